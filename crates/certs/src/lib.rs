@@ -1,0 +1,1 @@
+//! Private PKI for a longlink cluster.
