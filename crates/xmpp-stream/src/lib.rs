@@ -1,1 +1,23 @@
-//! XMPP stream layer.
+//! The XMPP client stream layer shared by the CM, the core and the client SDK.
+//!
+//! - [`framer`]: an incremental, policing framer that cuts a byte stream into
+//!   the stream header, complete top-level elements and the stream close,
+//!   enforcing size, depth and restricted-XML rules (RFC 6120 §11).
+//! - [`stanza`]: validation of one complete element, its routing header
+//!   (kind, type, to, id) and `from` stamping without building a tree.
+//! - [`element`]: a small element tree for the places that must look inside
+//!   a stanza (server IQs, the SDK).
+//! - [`stream`]: builders for stream headers, features, SASL and errors.
+//! - [`condition`]: stream and stanza error conditions.
+
+pub mod condition;
+pub mod element;
+pub mod framer;
+pub mod ns;
+pub mod stanza;
+pub mod stream;
+
+pub use condition::{StanzaCondition, StreamCondition};
+pub use element::{Element, Node};
+pub use framer::{FrameEvent, Framer, Limits, StreamHeader};
+pub use stanza::{StanzaHeader, StanzaKind, TopLevel};

@@ -1,0 +1,332 @@
+//! A small, owned XML element tree for the places that must look inside a
+//! stanza: server-handled IQs in the core and incoming stanzas in the SDK.
+//! Routing never builds one (see [`crate::stanza`]).
+
+use quick_xml::NsReader;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+
+use crate::condition::StreamCondition;
+use crate::framer::FramingError;
+
+/// An XML element with its resolved namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Element {
+    /// Local name.
+    pub name: String,
+    /// Namespace URI.
+    pub ns: String,
+    /// Attributes other than namespace declarations, qualified names as written.
+    pub attrs: Vec<(String, String)>,
+    /// Child nodes in order.
+    pub children: Vec<Node>,
+}
+
+/// A child node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    /// A child element.
+    Element(Element),
+    /// Character data (unescaped).
+    Text(String),
+}
+
+impl Element {
+    /// An element with no attributes or children.
+    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ns: ns.into(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Builder: sets an attribute.
+    pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set_attr(name, value);
+        self
+    }
+
+    /// Builder: appends a child element.
+    pub fn with_child(mut self, child: Element) -> Self {
+        self.children.push(Node::Element(child));
+        self
+    }
+
+    /// Builder: appends text.
+    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+        self.children.push(Node::Text(text.into()));
+        self
+    }
+
+    /// The value of an attribute.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets or replaces an attribute.
+    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.attrs.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((name, value)),
+        }
+    }
+
+    /// Removes an attribute.
+    pub fn remove_attr(&mut self, name: &str) {
+        self.attrs.retain(|(k, _)| k != name);
+    }
+
+    /// Child elements in order.
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// The first child element with this name and namespace.
+    pub fn child(&self, name: &str, ns: &str) -> Option<&Element> {
+        self.elements().find(|e| e.name == name && e.ns == ns)
+    }
+
+    /// The concatenated text children.
+    pub fn text(&self) -> String {
+        self.children
+            .iter()
+            .filter_map(|n| match n {
+                Node::Text(t) => Some(t.as_str()),
+                Node::Element(_) => None,
+            })
+            .collect()
+    }
+
+    /// Parses one complete element; unprefixed names without a declaration
+    /// are in `default_ns` (the stream's namespace).
+    pub fn parse(raw: &[u8], default_ns: &str) -> Result<Element, FramingError> {
+        let mut stack: Vec<Element> = Vec::new();
+        let mut reader = new_reader(raw)?;
+        loop {
+            let (resolved, event) = reader.read_resolved_event().map_err(not_well_formed)?;
+            match event {
+                Event::Start(ref start) | Event::Empty(ref start) => {
+                    let empty = matches!(event, Event::Empty(_));
+                    let ns = namespace_of(&resolved, default_ns)?;
+                    let mut el = Element::new(utf8(start.local_name().as_ref())?, ns);
+                    el.attrs = checked_attrs(&reader, start, false)?;
+                    if empty {
+                        if !attach(&mut stack, el.clone()) {
+                            return Ok(el);
+                        }
+                    } else {
+                        stack.push(el);
+                    }
+                }
+                Event::End(_) => {
+                    let el = stack.pop().ok_or_else(|| not_well_formed("unbalanced end tag"))?;
+                    if !attach(&mut stack, el.clone()) {
+                        return Ok(el);
+                    }
+                }
+                Event::Text(text) => {
+                    let text = text.unescape().map_err(not_well_formed)?;
+                    if let Some(top) = stack.last_mut() {
+                        top.children.push(Node::Text(text.into_owned()));
+                    } else if !text.trim().is_empty() {
+                        return Err(not_well_formed("text outside the element"));
+                    }
+                }
+                Event::CData(data) => {
+                    let text = utf8(&data)?;
+                    if let Some(top) = stack.last_mut() {
+                        top.children.push(Node::Text(text));
+                    }
+                }
+                Event::Eof => return Err(not_well_formed("incomplete element")),
+                Event::Comment(_) | Event::PI(_) | Event::DocType(_) | Event::Decl(_) => {
+                    return Err(FramingError::new(
+                        StreamCondition::RestrictedXml,
+                        "restricted XML",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Parses a top-level element read from a stream whose header declared
+    /// the `stream:` prefix (so `<stream:features>` and `<stream:error>` parse).
+    pub fn parse_in_stream(raw: &[u8]) -> Result<Element, FramingError> {
+        if !raw.starts_with(b"<stream:") {
+            return Element::parse(raw, crate::ns::CLIENT);
+        }
+        let mut wrapped = Vec::with_capacity(raw.len() + 80);
+        wrapped.extend_from_slice(b"<w xmlns:stream='http://etherx.jabber.org/streams'>");
+        wrapped.extend_from_slice(raw);
+        wrapped.extend_from_slice(b"</w>");
+        let outer = Element::parse(&wrapped, crate::ns::CLIENT)?;
+        outer
+            .elements()
+            .next()
+            .cloned()
+            .ok_or_else(|| not_well_formed("empty element"))
+    }
+
+    /// Serializes the element; `parent_ns` is the namespace in scope (pass
+    /// `jabber:client` for a stanza written into a client stream).
+    pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        out.push(b'<');
+        out.extend_from_slice(self.name.as_bytes());
+        if self.ns != parent_ns {
+            push_attr(out, "xmlns", &self.ns);
+        }
+        for (k, v) in &self.attrs {
+            push_attr(out, k, v);
+        }
+        if self.children.is_empty() {
+            out.extend_from_slice(b"/>");
+            return;
+        }
+        out.push(b'>');
+        for child in &self.children {
+            match child {
+                Node::Element(e) => e.write_to(out, &self.ns),
+                Node::Text(t) => out.extend_from_slice(escape(t).as_bytes()),
+            }
+        }
+        out.extend_from_slice(b"</");
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(b'>');
+    }
+
+    /// Serializes into a new buffer (see [`Element::write_to`]).
+    pub fn to_bytes(&self, parent_ns: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.write_to(&mut out, parent_ns);
+        out
+    }
+}
+
+/// Escapes text or an attribute value for XML (all five special characters).
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(s)
+}
+
+/// Appends ` name="escaped value"`.
+pub(crate) fn push_attr(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"=\"");
+    out.extend_from_slice(escape(value).as_bytes());
+    out.push(b'"');
+}
+
+fn attach(stack: &mut [Element], el: Element) -> bool {
+    match stack.last_mut() {
+        Some(parent) => {
+            parent.children.push(Node::Element(el));
+            true
+        }
+        None => false,
+    }
+}
+
+pub(crate) fn new_reader(raw: &[u8]) -> Result<NsReader<&[u8]>, FramingError> {
+    std::str::from_utf8(raw).map_err(|_| not_well_formed("invalid UTF-8"))?;
+    let mut reader = NsReader::from_reader(raw);
+    let config = reader.config_mut();
+    config.check_end_names = true;
+    config.trim_text(false);
+    Ok(reader)
+}
+
+pub(crate) fn namespace_of(
+    resolved: &ResolveResult<'_>,
+    default_ns: &str,
+) -> Result<String, FramingError> {
+    match resolved {
+        ResolveResult::Bound(ns) => utf8(ns.as_ref()),
+        ResolveResult::Unbound => Ok(default_ns.to_owned()),
+        ResolveResult::Unknown(_) => Err(not_well_formed("undeclared namespace prefix")),
+    }
+}
+
+/// Validates and returns the attributes of a start tag (duplicates, escapes,
+/// prefixes), skipping `xmlns` and, unless `keep_prefix_decls`, `xmlns:*`.
+pub(crate) fn checked_attrs(
+    reader: &NsReader<&[u8]>,
+    start: &BytesStart<'_>,
+    keep_prefix_decls: bool,
+) -> Result<Vec<(String, String)>, FramingError> {
+    let mut attrs = Vec::new();
+    for attr in start.attributes().with_checks(true) {
+        let attr = attr.map_err(not_well_formed)?;
+        let key = attr.key.as_ref();
+        let value = attr.unescape_value().map_err(not_well_formed)?;
+        if key == b"xmlns" {
+            continue;
+        }
+        if key.starts_with(b"xmlns:") {
+            if keep_prefix_decls {
+                attrs.push((utf8(key)?, value.into_owned()));
+            }
+            continue;
+        }
+        if let (ResolveResult::Unknown(_), _) = reader.resolve_attribute(attr.key) {
+            return Err(not_well_formed("undeclared attribute prefix"));
+        }
+        attrs.push((utf8(key)?, value.into_owned()));
+    }
+    Ok(attrs)
+}
+
+pub(crate) fn utf8(bytes: &[u8]) -> Result<String, FramingError> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| not_well_formed("invalid UTF-8"))
+}
+
+pub(crate) fn not_well_formed(e: impl std::fmt::Display) -> FramingError {
+    FramingError::new(StreamCondition::NotWellFormed, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ns;
+
+    #[test]
+    fn parses_and_writes_round_trip() {
+        let raw = br#"<iq type='get' id='1' xml:lang='en'><query xmlns='http://jabber.org/protocol/disco#info'/><x:y xmlns:x='urn:x' a='&lt;&amp;'>t&apos;</x:y></iq>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        assert_eq!(el.name, "iq");
+        assert_eq!(el.ns, ns::CLIENT);
+        assert_eq!(el.attr("xml:lang"), Some("en"));
+        assert!(el.child("query", ns::DISCO_INFO).is_some());
+        let y = el.child("y", "urn:x").unwrap();
+        assert_eq!(y.attr("a"), Some("<&"));
+        assert_eq!(y.text(), "t'");
+        let again = Element::parse(&el.to_bytes(ns::CLIENT), ns::CLIENT).unwrap();
+        assert_eq!(again, el);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in [
+            &b"<a><b></a>"[..],
+            b"<a x='1' x='2'/>",
+            b"<a>&unknown;</a>",
+            b"<p:a/>",
+            b"<a p:x='1'/>",
+            b"<a>\xff</a>",
+            b"<a>",
+        ] {
+            assert!(Element::parse(bad, ns::CLIENT).is_err(), "{bad:?}");
+        }
+    }
+}

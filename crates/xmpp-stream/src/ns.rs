@@ -1,0 +1,24 @@
+//! XML namespaces used by longlink.
+
+/// `jabber:client`, the default namespace of client streams.
+pub const CLIENT: &str = "jabber:client";
+/// The stream namespace (`stream:` prefix).
+pub const STREAMS: &str = "http://etherx.jabber.org/streams";
+/// Stream error conditions.
+pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// Stanza error conditions.
+pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// SASL negotiation.
+pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+/// Resource binding.
+pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+/// XEP-0199 ping.
+pub const PING: &str = "urn:xmpp:ping";
+/// XEP-0030 disco#info.
+pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// XEP-0030 disco#items.
+pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+/// XEP-0203 delayed delivery.
+pub const DELAY: &str = "urn:xmpp:delay";
+/// The `xml:` prefix namespace.
+pub const XML: &str = "http://www.w3.org/XML/1998/namespace";

@@ -1,0 +1,338 @@
+//! One complete top-level element without a tree: validation, the routing
+//! header the CM hands to the core, and byte-level rewriting of the start tag
+//! (`from` stamping, error replies, delay stamps).
+
+use bytes::Bytes;
+use quick_xml::events::Event;
+
+use crate::condition::StanzaCondition;
+use crate::element::{checked_attrs, namespace_of, new_reader, not_well_formed, push_attr, utf8};
+use crate::framer::FramingError;
+use crate::ns;
+
+/// The three stanza kinds (RFC 6120 §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StanzaKind {
+    /// `<message/>`.
+    Message,
+    /// `<presence/>`.
+    Presence,
+    /// `<iq/>`.
+    Iq,
+}
+
+impl StanzaKind {
+    /// The element name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StanzaKind::Message => "message",
+            StanzaKind::Presence => "presence",
+            StanzaKind::Iq => "iq",
+        }
+    }
+
+    /// The kind named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "message" => Some(StanzaKind::Message),
+            "presence" => Some(StanzaKind::Presence),
+            "iq" => Some(StanzaKind::Iq),
+            _ => None,
+        }
+    }
+}
+
+/// What validation learned about a top-level element.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopLevel {
+    /// Local name.
+    pub name: String,
+    /// Resolved namespace (`jabber:client` when undeclared).
+    pub ns: String,
+    /// Top-level attributes (unescaped), including `xmlns:prefix`
+    /// declarations but not the default `xmlns` (see `ns`).
+    pub attrs: Vec<(String, String)>,
+    /// Byte length of the start tag in the raw element.
+    pub start_len: usize,
+    /// Whether the element is written as `<x/>`.
+    pub empty: bool,
+}
+
+impl TopLevel {
+    /// The value of a top-level attribute.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The stanza kind, if this is a `jabber:client` stanza.
+    pub fn stanza_kind(&self) -> Option<StanzaKind> {
+        if self.ns == ns::CLIENT {
+            StanzaKind::from_name(&self.name)
+        } else {
+            None
+        }
+    }
+
+    /// The routing header of a stanza.
+    pub fn header(&self) -> Option<StanzaHeader> {
+        Some(StanzaHeader {
+            kind: self.stanza_kind()?,
+            stanza_type: self.attr("type").map(str::to_owned),
+            to: self.attr("to").map(str::to_owned),
+            id: self.attr("id").map(str::to_owned),
+        })
+    }
+}
+
+/// The compact routing header of a stanza: enough for the core to route
+/// without parsing the XML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StanzaHeader {
+    /// Message, presence or IQ.
+    pub kind: StanzaKind,
+    /// The `type` attribute.
+    pub stanza_type: Option<String>,
+    /// The `to` attribute as sent.
+    pub to: Option<String>,
+    /// The `id` attribute.
+    pub id: Option<String>,
+}
+
+/// Validates one complete element (well-formed, UTF-8, known entities, no
+/// duplicate attributes, declared prefixes, restricted XML) and returns its
+/// top-level information.
+pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
+    let mut reader = new_reader(raw)?;
+    let mut top: Option<TopLevel> = None;
+    let mut depth = 0usize;
+    loop {
+        let (resolved, event) = reader.read_resolved_event().map_err(not_well_formed)?;
+        match &event {
+            Event::Start(start) | Event::Empty(start) => {
+                let ns = namespace_of(&resolved, ns::CLIENT)?;
+                let attrs = checked_attrs(&reader, start, top.is_none())?;
+                let empty = matches!(event, Event::Empty(_));
+                if top.is_none() {
+                    top = Some(TopLevel {
+                        name: utf8(start.local_name().as_ref())?,
+                        ns,
+                        attrs,
+                        start_len: reader.buffer_position() as usize,
+                        empty,
+                    });
+                } else if depth == 0 {
+                    return Err(not_well_formed("more than one element"));
+                }
+                if !empty {
+                    depth += 1;
+                }
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Text(text) => {
+                text.unescape().map_err(not_well_formed)?;
+                if depth == 0 && !text.iter().all(u8::is_ascii_whitespace) {
+                    return Err(not_well_formed("text outside the element"));
+                }
+            }
+            Event::CData(_) => {}
+            Event::Eof => break,
+            Event::Comment(_) | Event::PI(_) | Event::DocType(_) | Event::Decl(_) => {
+                return Err(FramingError::new(
+                    crate::StreamCondition::RestrictedXml,
+                    "restricted XML",
+                ));
+            }
+        }
+    }
+    if depth != 0 {
+        return Err(not_well_formed("incomplete element"));
+    }
+    top.ok_or_else(|| not_well_formed("no element"))
+}
+
+/// Rewrites the start tag: attributes named in `set` are replaced (or
+/// removed when `None`), all others kept; the rest of the element is copied.
+pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -> Bytes {
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    out.push(b'<');
+    out.extend_from_slice(top.name.as_bytes());
+    if top.ns != ns::CLIENT {
+        push_attr(&mut out, "xmlns", &top.ns);
+    }
+    for (k, v) in &top.attrs {
+        if !set.iter().any(|(name, _)| name == k) {
+            push_attr(&mut out, k, v);
+        }
+    }
+    for (k, v) in set {
+        if let Some(v) = v {
+            push_attr(&mut out, k, v);
+        }
+    }
+    if top.empty {
+        out.extend_from_slice(b"/>");
+    } else {
+        out.push(b'>');
+        out.extend_from_slice(&raw[top.start_len..]);
+    }
+    Bytes::from(out)
+}
+
+/// Stamps `from` on a stanza, replacing whatever the client wrote.
+pub fn stamp_from(raw: &[u8], top: &TopLevel, from: &str) -> Bytes {
+    rewrite_attrs(raw, top, &[("from", Some(from))])
+}
+
+/// Inserts a child element just before the end tag (e.g. an XEP-0203 delay).
+pub fn append_child(raw: &[u8], top: &TopLevel, child: &[u8]) -> Bytes {
+    if top.empty {
+        let mut out = rewrite_attrs(raw, top, &[]).to_vec();
+        out.truncate(out.len() - 2);
+        out.push(b'>');
+        out.extend_from_slice(child);
+        out.extend_from_slice(b"</");
+        out.extend_from_slice(top.name.as_bytes());
+        out.push(b'>');
+        return Bytes::from(out);
+    }
+    let close = raw.iter().rposition(|&b| b == b'<').unwrap_or(raw.len());
+    let mut out = Vec::with_capacity(raw.len() + child.len());
+    out.extend_from_slice(&raw[..close]);
+    out.extend_from_slice(child);
+    out.extend_from_slice(&raw[close..]);
+    Bytes::from(out)
+}
+
+/// An XEP-0203 `<delay/>` element.
+pub fn delay_element(from: &str, stamp: &str) -> Vec<u8> {
+    let mut out = b"<delay xmlns=\"urn:xmpp:delay\"".to_vec();
+    push_attr(&mut out, "from", from);
+    push_attr(&mut out, "stamp", stamp);
+    out.extend_from_slice(b"/>");
+    out
+}
+
+/// A stanza error reply (RFC 6120 §8.3): `from`/`to` swapped from the
+/// original, same kind and id, `type='error'`.
+pub fn error_reply(
+    kind: StanzaKind,
+    id: Option<&str>,
+    from: &str,
+    to: &str,
+    condition: StanzaCondition,
+    text: Option<&str>,
+) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.push(b'<');
+    out.extend_from_slice(kind.name().as_bytes());
+    push_attr(&mut out, "from", from);
+    push_attr(&mut out, "to", to);
+    push_attr(&mut out, "type", "error");
+    if let Some(id) = id {
+        push_attr(&mut out, "id", id);
+    }
+    out.extend_from_slice(b"><error");
+    push_attr(&mut out, "type", condition.error_type());
+    out.extend_from_slice(b"><");
+    out.extend_from_slice(condition.name().as_bytes());
+    push_attr(&mut out, "xmlns", ns::STANZA_ERRORS);
+    out.extend_from_slice(b"/>");
+    if let Some(text) = text {
+        out.extend_from_slice(b"<text");
+        push_attr(&mut out, "xmlns", ns::STANZA_ERRORS);
+        out.push(b'>');
+        out.extend_from_slice(crate::element::escape(text).as_bytes());
+        out.extend_from_slice(b"</text>");
+    }
+    out.extend_from_slice(b"</error></");
+    out.extend_from_slice(kind.name().as_bytes());
+    out.push(b'>');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Element;
+
+    #[test]
+    fn inspects_header() {
+        let raw = b"<message to='bob@example.org' type='chat' id='m1' from='forged@evil'><body>hi</body></message>";
+        let top = inspect(raw).unwrap();
+        let h = top.header().unwrap();
+        assert_eq!(h.kind, StanzaKind::Message);
+        assert_eq!(h.to.as_deref(), Some("bob@example.org"));
+        assert_eq!(h.stanza_type.as_deref(), Some("chat"));
+        assert_eq!(h.id.as_deref(), Some("m1"));
+        let nonza = inspect(b"<r xmlns='urn:xmpp:sm:3'/>").unwrap();
+        assert_eq!(nonza.stanza_kind(), None);
+        assert_eq!(nonza.ns, "urn:xmpp:sm:3");
+    }
+
+    #[test]
+    fn stamps_from_replacing_forgery() {
+        let raw = b"<message to='bob@example.org' from='forged@evil' id='a&amp;b'><body>hi</body></message>";
+        let top = inspect(raw).unwrap();
+        let out = stamp_from(raw, &top, "alice@example.org/phone");
+        let el = Element::parse(&out, ns::CLIENT).unwrap();
+        assert_eq!(el.attr("from"), Some("alice@example.org/phone"));
+        assert_eq!(el.attr("id"), Some("a&b"));
+        assert_eq!(el.attrs.iter().filter(|(k, _)| k == "from").count(), 1);
+        assert_eq!(el.child("body", ns::CLIENT).unwrap().text(), "hi");
+
+        let raw = b"<message xmlns:e='urn:e' from='x'><e:x/></message>";
+        let out = stamp_from(raw, &inspect(raw).unwrap(), "a@b/c");
+        assert!(Element::parse(&out, ns::CLIENT).unwrap().child("x", "urn:e").is_some());
+
+        let raw = b"<presence/>";
+        let out = stamp_from(raw, &inspect(raw).unwrap(), "a@b/c");
+        assert_eq!(&out[..], b"<presence from=\"a@b/c\"/>");
+    }
+
+    #[test]
+    fn appends_delay() {
+        let raw = b"<message to='b@x'><body>hi</body></message>";
+        let top = inspect(raw).unwrap();
+        let out = append_child(raw, &top, &delay_element("x", "2026-01-01T00:00:00Z"));
+        let el = Element::parse(&out, ns::CLIENT).unwrap();
+        assert_eq!(
+            el.child("delay", ns::DELAY).unwrap().attr("stamp"),
+            Some("2026-01-01T00:00:00Z")
+        );
+        let raw = b"<message to='b@x'/>";
+        let out = append_child(raw, &inspect(raw).unwrap(), b"<x xmlns='y'/>");
+        assert!(Element::parse(&out, ns::CLIENT).unwrap().child("x", "y").is_some());
+    }
+
+    #[test]
+    fn builds_error_reply() {
+        let out = error_reply(
+            StanzaKind::Message,
+            Some("m1"),
+            "nobody@x",
+            "alice@x/phone",
+            StanzaCondition::ServiceUnavailable,
+            None,
+        );
+        let el = Element::parse(&out, ns::CLIENT).unwrap();
+        assert_eq!(el.attr("type"), Some("error"));
+        let error = el.child("error", ns::CLIENT).unwrap();
+        assert_eq!(error.attr("type"), Some("cancel"));
+        assert!(error.child("service-unavailable", ns::STANZA_ERRORS).is_some());
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            &b"<message><body>&foo;</body></message>"[..],
+            b"<message a='1' a='2'/>",
+            b"<message><x:y/></message>",
+            b"<message>\xc3\x28</message>",
+        ] {
+            assert!(inspect(bad).is_err(), "{bad:?}");
+        }
+    }
+}
