@@ -1,1 +1,203 @@
-//! IM core.
+//! The longlink IM core: authenticates users, keeps the routing table
+//! (which CM node holds which session), routes stanzas and stores what must
+//! not be lost. It never holds a client connection: CM nodes do, and reach
+//! the core over a few pooled QUIC connections each.
+//!
+//! Layout: [`links`] accepts CM connections, [`auth`] runs SASL,
+//! [`router`] (sans-IO) decides where stanzas go using [`routing`],
+//! [`driver`] carries its decisions out, [`storage`] persists accounts and
+//! offline messages, [`admin`] serves metrics, routes and account changes.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod driver;
+pub mod links;
+pub mod metrics;
+pub mod router;
+pub mod routing;
+pub mod storage;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::CoreConfig;
+
+/// Why the core could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Certificates could not be loaded.
+    #[error("certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    /// The database could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    /// A socket or file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration is unusable for QUIC.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoreError {
+    let context = context.into();
+    move |source| CoreError::Io { context, source }
+}
+
+/// A running core.
+pub struct CoreHandle {
+    /// Address CMs connect to.
+    pub quic_addr: SocketAddr,
+    /// Admin HTTP address.
+    pub admin_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl CoreHandle {
+    /// Stops the core: closes every CM connection and waits for its tasks.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.endpoint.close(0u32.into(), b"core shutting down");
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    /// Waits until shutdown is requested elsewhere (e.g. Ctrl-C handling).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+}
+
+/// Reads, or creates with mode 0600, the admin token of a data directory.
+pub fn admin_token(data_dir: &Path) -> Result<String, std::io::Error> {
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => return Ok(t.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&path)?.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+/// Transport settings for the CM links: few connections carrying many
+/// sessions, so generous windows; keep-alive well inside the idle timeout.
+fn link_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(8u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((16u32 * 1024 * 1024).into())
+        .receive_window((32u32 * 1024 * 1024).into())
+        .send_window(32 * 1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(Duration::from_secs(10).try_into().unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000)))));
+    t
+}
+
+/// Starts a core: storage, router, CM listener and admin endpoint.
+pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
+    let pki = certs::PkiPaths::new(&config.pki_dir);
+    let tls = certs::cluster_server_config(&pki.ca_cert(), &pki.core_cert(), &pki.core_key(), cm_protocol::ALPN)?;
+    let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| CoreError::Quic(e.to_string()))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+    server_config.transport_config(Arc::new(link_transport()));
+    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(io(format!("bind {}", config.listen)))?;
+    let quic_addr = endpoint.local_addr().map_err(io("local address"))?;
+
+    let db = storage::Db::open(&config.data_dir, config.offline_quota)?;
+    let storage = storage::Storage::start(db);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let links = Arc::new(links::Links::default());
+    let auth = Arc::new(auth::AuthService::new(&config.domain, storage.clone(), config.allow_plain));
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let instance: u64 = rand::random();
+
+    let (events_tx, events_rx) = mpsc::channel(driver::ROUTER_QUEUE);
+    let driver = driver::Driver {
+        router: router::Router::new(&config.domain, instance),
+        links: links.clone(),
+        storage: storage.clone(),
+        metrics: metrics.clone(),
+        events: events_tx.clone(),
+        domain: config.domain.clone(),
+    };
+    tasks.spawn(driver.run(events_rx, shutdown.clone()));
+
+    let token = admin_token(&config.data_dir).map_err(io("admin token"))?;
+    let admin_state = Arc::new(admin::AdminState {
+        metrics: metrics.clone(),
+        router: events_tx.clone(),
+        storage: storage.clone(),
+        token,
+    });
+    let listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(io(format!("bind admin {}", config.admin_listen)))?;
+    let admin_addr = listener.local_addr().map_err(io("admin address"))?;
+    let app = admin::routes(admin_state);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin endpoint failed");
+        }
+    });
+
+    let ctx = links::LinkContext {
+        links,
+        router: events_tx,
+        auth,
+        metrics: metrics.clone(),
+        domain: config.domain.clone(),
+        instance,
+        grace: config.node_grace(),
+        shutdown: shutdown.clone(),
+    };
+    let ep = endpoint.clone();
+    let stop = shutdown.clone();
+    let tracker = tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let incoming = tokio::select! {
+                _ = stop.cancelled() => return,
+                i = ep.accept() => match i { Some(i) => i, None => return },
+            };
+            let (nodes, _) = ctx.links.counts();
+            metrics.cm_nodes.set(nodes as i64);
+            tracker.spawn(links::serve(ctx.clone(), incoming));
+        }
+    });
+    tracing::info!(%quic_addr, %admin_addr, domain = %config.domain, "core started");
+    Ok(CoreHandle {
+        quic_addr,
+        admin_addr,
+        endpoint,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,139 @@
+//! The HTTP admin endpoint (loopback by default): `/metrics` (Prometheus
+//! text), `/routes` (routing table as JSON) and account management under
+//! `/users`, which needs the bearer token kept in `DATA_DIR/admin.token`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use xmpp_sasl::StoredCredentials;
+
+use crate::auth::normalize_user;
+use crate::driver::Event;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// State shared by the handlers.
+pub struct AdminState {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Router, for routing-table snapshots.
+    pub router: mpsc::Sender<Event>,
+    /// Account storage.
+    pub storage: Storage,
+    /// Bearer token for account management.
+    pub token: String,
+}
+
+/// The admin HTTP routes.
+pub fn routes(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/routes", get(routes_json))
+        .route("/users", post(add_user))
+        .route("/users/{user}", axum::routing::delete(delete_user))
+        .route("/users/{user}/password", put(set_password))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    (
+        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn routes_json(State(s): State<Arc<AdminState>>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.router.send(Event::Snapshot(tx)).await.is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    match rx.await {
+        Ok(snapshot) => Json(snapshot).into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// Body of `POST /users` and `PUT /users/{user}/password`.
+#[derive(Deserialize)]
+pub struct UserBody {
+    /// Username (local part); ignored for the password route.
+    #[serde(default)]
+    pub username: String,
+    /// New password.
+    pub password: String,
+}
+
+fn authorized(s: &AdminState, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {}", s.token);
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| constant_eq(v.as_bytes(), expected.as_bytes()))
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn add_user(State(s): State<Arc<AdminState>>, headers: HeaderMap, Json(body): Json<UserBody>) -> Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(user) = normalize_user(&body.username) else {
+        return (StatusCode::BAD_REQUEST, "invalid username").into_response();
+    };
+    let creds = derive(body.password).await;
+    match s.storage.call(move |db| db.add_user(&user, &creds)).await {
+        Ok(true) => StatusCode::CREATED.into_response(),
+        Ok(false) => (StatusCode::CONFLICT, "user exists").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn delete_user(State(s): State<Arc<AdminState>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(user) = normalize_user(&user) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    match s.storage.call(move |db| db.delete_user(&user)).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn set_password(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    Json(body): Json<UserBody>,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(user) = normalize_user(&user) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let creds = derive(body.password).await;
+    match s.storage.call(move |db| db.set_credentials(&user, &creds)).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn derive(password: String) -> StoredCredentials {
+    let pw = password.clone();
+    tokio::task::spawn_blocking(move || StoredCredentials::new(&pw, StoredCredentials::DEFAULT_ITERATIONS))
+        .await
+        .unwrap_or_else(|_| StoredCredentials::new(&password, StoredCredentials::DEFAULT_ITERATIONS))
+}

@@ -1,0 +1,196 @@
+//! SASL authentication of client sessions relayed by the CMs.
+//!
+//! The mechanisms themselves are sans-IO state machines in `xmpp-sasl`; this
+//! service keeps the in-progress SCRAM exchanges (bounded, with a deadline),
+//! looks credentials up in storage and runs PBKDF2 for PLAIN on blocking
+//! threads so routing never waits for it. Unknown users get a SCRAM exchange
+//! with fake credentials, so which accounts exist is not revealed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use xmpp_sasl::{Mechanism, ScramServer, StoredCredentials, fake_credentials, parse_client_first, parse_plain};
+
+use crate::routing::SessionAddr;
+use crate::storage::Storage;
+
+/// Most SCRAM exchanges in progress at once.
+const MAX_PENDING: usize = 100_000;
+/// An exchange not finished within this is forgotten.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// What to answer the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send a challenge.
+    Challenge(Vec<u8>),
+    /// Authenticated as `user` (bare JID); send success with `data`.
+    Success {
+        /// Additional data with success.
+        data: Vec<u8>,
+        /// Bare JID.
+        user: String,
+    },
+    /// Fail with this RFC 6120 §6.5 condition.
+    Failure(&'static str),
+}
+
+struct Pending {
+    server: ScramServer,
+    exists: bool,
+    started: Instant,
+}
+
+/// The authentication service (see the module docs).
+pub struct AuthService {
+    domain: String,
+    storage: Storage,
+    allow_plain: bool,
+    fake_secret: [u8; 32],
+    pending: Mutex<HashMap<SessionAddr, Pending>>,
+}
+
+impl AuthService {
+    /// A service for `domain` over `storage`.
+    pub fn new(domain: &str, storage: Storage, allow_plain: bool) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            storage,
+            allow_plain,
+            fake_secret: rand::random(),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Mechanism names to offer, in preference order.
+    pub fn mechanisms(&self) -> Vec<String> {
+        Mechanism::ALL
+            .iter()
+            .filter(|m| self.allow_plain || **m != Mechanism::Plain)
+            .map(|m| m.name().to_owned())
+            .collect()
+    }
+
+    /// The client chose `mechanism` with an initial response.
+    pub async fn start(&self, addr: SessionAddr, mechanism: &str, data: &[u8]) -> Outcome {
+        let mech = match Mechanism::from_name(mechanism) {
+            Some(Mechanism::Plain) if !self.allow_plain => return Outcome::Failure("invalid-mechanism"),
+            Some(m) => m,
+            None => return Outcome::Failure("invalid-mechanism"),
+        };
+        match mech.scram_hash() {
+            None => self.plain(data).await,
+            Some(hash) => {
+                let first = match parse_client_first(data) {
+                    Ok(f) => f,
+                    Err(e) => return Outcome::Failure(e.condition()),
+                };
+                if first.authzid.as_deref().is_some_and(|a| a != self.bare(&first.username)) {
+                    return Outcome::Failure("invalid-authzid");
+                }
+                let (creds, exists) = match self.lookup(&first.username).await {
+                    Ok(Some(c)) => (c, true),
+                    Ok(None) => (fake_credentials(&first.username, &self.fake_secret), false),
+                    Err(()) => return Outcome::Failure("temporary-auth-failure"),
+                };
+                let (server, challenge) = ScramServer::start_with_credentials(hash, first, &creds);
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.len() >= MAX_PENDING {
+                    pending.retain(|_, p| p.started.elapsed() < DEADLINE);
+                    if pending.len() >= MAX_PENDING {
+                        return Outcome::Failure("temporary-auth-failure");
+                    }
+                }
+                pending.insert(
+                    addr,
+                    Pending {
+                        server,
+                        exists,
+                        started: Instant::now(),
+                    },
+                );
+                Outcome::Challenge(challenge)
+            }
+        }
+    }
+
+    /// The client answered a challenge.
+    pub fn respond(&self, addr: SessionAddr, data: &[u8]) -> Outcome {
+        let Some(p) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr) else {
+            return Outcome::Failure("malformed-request");
+        };
+        if p.started.elapsed() > DEADLINE {
+            return Outcome::Failure("not-authorized");
+        }
+        let user = self.bare(p.server.username());
+        match p.server.finish(data) {
+            Ok(data) if p.exists => Outcome::Success { data, user },
+            Ok(_) => Outcome::Failure("not-authorized"),
+            Err(e) => Outcome::Failure(e.condition()),
+        }
+    }
+
+    /// The session went away mid-exchange.
+    pub fn abort(&self, addr: SessionAddr) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr);
+    }
+
+    async fn plain(&self, data: &[u8]) -> Outcome {
+        let plain = match parse_plain(data) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failure(e.condition()),
+        };
+        let user = self.bare(&plain.username);
+        if plain.authzid.as_deref().is_some_and(|a| a != user) {
+            return Outcome::Failure("invalid-authzid");
+        }
+        let creds = match self.lookup(&plain.username).await {
+            Ok(c) => c,
+            Err(()) => return Outcome::Failure("temporary-auth-failure"),
+        };
+        let password = plain.password;
+        let ok = tokio::task::spawn_blocking(move || match creds {
+            Some(c) => c.verify_password(&password),
+            None => {
+                // Spend the same work for unknown users.
+                let _ = StoredCredentials::derive(&password, b"longlink-unknown", 4096);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            Outcome::Success {
+                data: Vec::new(),
+                user,
+            }
+        } else {
+            Outcome::Failure("not-authorized")
+        }
+    }
+
+    async fn lookup(&self, username: &str) -> Result<Option<StoredCredentials>, ()> {
+        let Some(node) = normalize_user(username) else {
+            return Ok(None);
+        };
+        self.storage
+            .call(move |db| db.credentials(&node))
+            .await
+            .map_err(|e| tracing::error!(error = %e, "credential lookup failed"))
+    }
+
+    fn bare(&self, username: &str) -> String {
+        format!(
+            "{}@{}",
+            normalize_user(username).unwrap_or_else(|| username.to_owned()),
+            self.domain
+        )
+    }
+}
+
+/// Normalizes a username as a JID local part (nodeprep via the `jid` crate).
+pub fn normalize_user(username: &str) -> Option<String> {
+    let jid = jid::BareJid::new(&format!("{username}@localhost")).ok()?;
+    jid.node().map(|n| n.to_string())
+}

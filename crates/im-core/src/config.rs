@@ -1,0 +1,71 @@
+//! Configuration of the core (TOML; `longlink core --config FILE`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Core configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfig {
+    /// The XMPP domain served.
+    pub domain: String,
+    /// UDP address the CMs connect to (QUIC, mutual TLS).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// HTTP admin endpoint (metrics, routes, accounts); keep it on loopback.
+    #[serde(default = "default_admin")]
+    pub admin_listen: SocketAddr,
+    /// Directory of the embedded database and the admin token.
+    pub data_dir: PathBuf,
+    /// Directory of the cluster PKI (ca.pem, core.pem, core.key).
+    pub pki_dir: PathBuf,
+    /// How long a CM may have no pooled connection before its routes are dropped, in ms.
+    #[serde(default = "default_grace_ms")]
+    pub node_grace_ms: u64,
+    /// Most offline messages kept per user.
+    #[serde(default = "default_offline_quota")]
+    pub offline_quota: u32,
+    /// Offer SASL PLAIN (always under TLS).
+    #[serde(default = "yes")]
+    pub allow_plain: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5280))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5290))
+}
+fn default_grace_ms() -> u64 {
+    3000
+}
+fn default_offline_quota() -> u32 {
+    10_000
+}
+fn yes() -> bool {
+    true
+}
+
+impl CoreConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(domain: &str, data_dir: PathBuf, pki_dir: PathBuf) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            listen: default_listen(),
+            admin_listen: default_admin(),
+            data_dir,
+            pki_dir,
+            node_grace_ms: default_grace_ms(),
+            offline_quota: default_offline_quota(),
+            allow_plain: true,
+        }
+    }
+
+    /// The node grace period.
+    pub fn node_grace(&self) -> Duration {
+        Duration::from_millis(self.node_grace_ms)
+    }
+}

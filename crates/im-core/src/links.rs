@@ -1,0 +1,356 @@
+//! The CM side of the core: accepting pooled QUIC connections from CM nodes
+//! (mutual TLS with the cluster CA) and the registry of live nodes.
+//!
+//! Every connection carries one bidirectional stream of `cm-protocol`
+//! frames. A reader task decodes frames and hands routing frames to the
+//! router (awaiting when it is busy, so QUIC flow control slows the CM down
+//! instead of memory growing); SASL frames go to the auth service. A writer
+//! task per connection drains a bounded queue onto the stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cm_protocol::{Frame, FrameDecoder, SessionId};
+use quinn::{Connection, RecvStream, SendStream};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthService, Outcome};
+use crate::driver::Event;
+use crate::metrics::{Metrics, label};
+use crate::router::Input;
+use crate::routing::NodeId;
+
+/// Frames queued towards one pooled connection before it counts as full.
+pub const LINK_QUEUE: usize = 16 * 1024;
+
+/// Why a send to a node failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The node has no live connection.
+    NoLink,
+    /// The connection's queue is full.
+    Full,
+}
+
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+}
+
+struct NodeEntry {
+    name: String,
+    client_addr: String,
+    conns: Vec<Conn>,
+    /// Bumped on every connect so a stale grace timer does nothing.
+    epoch: u64,
+}
+
+/// Registry of CM nodes and their pooled connections.
+#[derive(Default)]
+pub struct Links {
+    inner: Mutex<LinksInner>,
+}
+
+#[derive(Default)]
+struct LinksInner {
+    ids: HashMap<String, NodeId>,
+    nodes: HashMap<NodeId, NodeEntry>,
+    next_conn: u64,
+}
+
+/// A node as shown by the admin endpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeInfo {
+    /// Node id in this core.
+    pub id: NodeId,
+    /// Node name (from its certificate).
+    pub name: String,
+    /// Address clients use to reach it.
+    pub client_addr: String,
+    /// Pooled connections open.
+    pub connections: usize,
+}
+
+impl Links {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinksInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection of node `name`; returns the node id, connection id and epoch.
+    fn register(&self, name: &str, client_addr: &str, tx: mpsc::Sender<Frame>) -> (NodeId, u64, u64) {
+        let mut inner = self.lock();
+        let next = inner.ids.len() as NodeId + 1;
+        let id = *inner.ids.entry(name.to_owned()).or_insert(next);
+        inner.next_conn += 1;
+        let conn_id = inner.next_conn;
+        let entry = inner.nodes.entry(id).or_insert_with(|| NodeEntry {
+            name: name.to_owned(),
+            client_addr: client_addr.to_owned(),
+            conns: Vec::new(),
+            epoch: 0,
+        });
+        entry.client_addr = client_addr.to_owned();
+        entry.conns.push(Conn { id: conn_id, tx });
+        entry.epoch += 1;
+        (id, conn_id, entry.epoch)
+    }
+
+    /// Removes a connection; returns the node's epoch if it has none left.
+    fn unregister(&self, node: NodeId, conn_id: u64) -> Option<u64> {
+        let mut inner = self.lock();
+        let entry = inner.nodes.get_mut(&node)?;
+        entry.conns.retain(|c| c.id != conn_id);
+        entry.conns.is_empty().then_some(entry.epoch)
+    }
+
+    /// Whether the node is still without connections at `epoch`.
+    fn still_gone(&self, node: NodeId, epoch: u64) -> bool {
+        let inner = self.lock();
+        inner
+            .nodes
+            .get(&node)
+            .is_some_and(|e| e.conns.is_empty() && e.epoch == epoch)
+    }
+
+    /// Queues a frame for `node` on the connection that carries session `sid`.
+    pub fn send(&self, node: NodeId, sid: SessionId, frame: Frame) -> Result<(), SendError> {
+        let inner = self.lock();
+        let entry = inner.nodes.get(&node).ok_or(SendError::NoLink)?;
+        if entry.conns.is_empty() {
+            return Err(SendError::NoLink);
+        }
+        let conn = &entry.conns[(sid % entry.conns.len() as u64) as usize];
+        conn.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::NoLink,
+        })
+    }
+
+    /// Nodes known to this core.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let inner = self.lock();
+        let mut v: Vec<NodeInfo> = inner
+            .nodes
+            .iter()
+            .map(|(id, e)| NodeInfo {
+                id: *id,
+                name: e.name.clone(),
+                client_addr: e.client_addr.clone(),
+                connections: e.conns.len(),
+            })
+            .collect();
+        v.sort_by_key(|n| n.id);
+        v
+    }
+
+    /// Number of nodes with at least one connection, and connections in all.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.lock();
+        let live = inner.nodes.values().filter(|e| !e.conns.is_empty()).count();
+        let conns = inner.nodes.values().map(|e| e.conns.len()).sum();
+        (live, conns)
+    }
+}
+
+/// Everything a connection handler needs.
+#[derive(Clone)]
+pub struct LinkContext {
+    /// Node registry.
+    pub links: Arc<Links>,
+    /// Router input.
+    pub router: mpsc::Sender<Event>,
+    /// SASL.
+    pub auth: Arc<AuthService>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Domain served.
+    pub domain: String,
+    /// This core's instance id.
+    pub instance: u64,
+    /// Grace before a connection-less node's routes are dropped.
+    pub grace: Duration,
+    /// Shutdown signal.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves one incoming CM connection until it closes.
+pub async fn serve(ctx: LinkContext, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "refused CM connection: TLS handshake failed");
+            ctx.metrics.link_errors.get_or_create(&label("reason", "handshake")).inc();
+            return;
+        }
+    };
+    let Some(name) = peer_node_name(&conn) else {
+        tracing::warn!(%remote, "refused CM connection: certificate names no CM node");
+        ctx.metrics.link_errors.get_or_create(&label("reason", "identity")).inc();
+        conn.close(1u32.into(), b"certificate names no node");
+        return;
+    };
+    if let Err(e) = run_link(&ctx, &conn, &name).await {
+        tracing::info!(%remote, node = %name, error = %e, "CM connection ended");
+    }
+}
+
+fn peer_node_name(conn: &Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs::node_name_from_cert(chain.first()?)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<(), LinkError> {
+    let (send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+        .await
+        .map_err(|_| LinkError::Protocol("no stream opened".into()))??;
+    let mut decoder = FrameDecoder::new();
+    let hello = read_frame(&mut recv, &mut decoder).await?;
+    let Some(Frame::Hello { node, client_addr, conn_index }) = hello else {
+        return Err(LinkError::Protocol("expected hello".into()));
+    };
+    if node != name {
+        ctx.metrics.link_errors.get_or_create(&label("reason", "identity")).inc();
+        conn.close(2u32.into(), b"node name does not match certificate");
+        return Err(LinkError::Protocol(format!("hello names {node}, certificate {name}")));
+    }
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let (node_id, conn_id, _) = ctx.links.register(name, &client_addr, tx.clone());
+    ctx.metrics.cm_connections.inc();
+    tracing::info!(node = name, node_id, conn_index, %client_addr, remote = %conn.remote_address(), "CM connected");
+    let _ = tx.try_send(Frame::Welcome {
+        domain: ctx.domain.clone(),
+        instance: ctx.instance,
+        mechanisms: ctx.auth.mechanisms(),
+    });
+    let writer = tokio::spawn(write_loop(send, rx));
+    let result = read_loop(ctx, node_id, &tx, &mut recv, &mut decoder).await;
+    writer.abort();
+    ctx.metrics.cm_connections.dec();
+    if let Some(epoch) = ctx.links.unregister(node_id, conn_id) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ctx.grace).await;
+            if ctx.links.still_gone(node_id, epoch) {
+                tracing::info!(node_id, "CM gone after its grace period; dropping its routes");
+                let _ = ctx.router.send(Event::Router(Input::NodeGone { node: node_id })).await;
+            }
+        });
+    }
+    result
+}
+
+async fn read_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<Option<Frame>, LinkError> {
+    loop {
+        if let Some(f) = decoder.next_frame().map_err(|e| LinkError::Protocol(e.to_string()))? {
+            return Ok(Some(f));
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes),
+            None => return Ok(None),
+        }
+    }
+}
+
+async fn read_loop(
+    ctx: &LinkContext,
+    node: NodeId,
+    reply: &mpsc::Sender<Frame>,
+    recv: &mut RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<(), LinkError> {
+    loop {
+        let frame = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Err(LinkError::Shutdown),
+            f = read_frame(recv, decoder) => f?,
+        };
+        let Some(frame) = frame else { return Ok(()) };
+        match frame {
+            Frame::AuthStart { sid, mechanism, data } => {
+                let ctx = ctx.clone();
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let outcome = ctx.auth.start((node, sid), &mechanism, &data).await;
+                    answer_auth(&ctx, node, sid, outcome, &reply).await;
+                });
+            }
+            Frame::AuthResponse { sid, data } => {
+                let outcome = ctx.auth.respond((node, sid), &data);
+                answer_auth(ctx, node, sid, outcome, reply).await;
+            }
+            Frame::SessionEnd { sid, jid } => {
+                ctx.auth.abort((node, sid));
+                forward(ctx, node, Frame::SessionEnd { sid, jid }).await?;
+            }
+            f @ (Frame::Bind { .. } | Frame::Announce { .. } | Frame::Stanza { .. } | Frame::Bounce { .. }) => {
+                forward(ctx, node, f).await?
+            }
+            other => {
+                return Err(LinkError::Protocol(format!("unexpected {} frame", other.name())));
+            }
+        }
+    }
+}
+
+async fn forward(ctx: &LinkContext, node: NodeId, frame: Frame) -> Result<(), LinkError> {
+    ctx.router
+        .send(Event::Router(Input::Frame { node, frame }))
+        .await
+        .map_err(|_| LinkError::Shutdown)
+}
+
+async fn answer_auth(ctx: &LinkContext, node: NodeId, sid: SessionId, outcome: Outcome, reply: &mpsc::Sender<Frame>) {
+    let frame = match outcome {
+        Outcome::Challenge(data) => Frame::AuthChallenge { sid, data: data.into() },
+        Outcome::Success { data, user } => {
+            ctx.metrics.auth.get_or_create(&label("result", "success")).inc();
+            // The router must know before the CM can send Bind.
+            let _ = ctx
+                .router
+                .send(Event::Router(Input::Authenticated { node, sid, user: user.clone() }))
+                .await;
+            Frame::AuthSuccess { sid, data: data.into(), user }
+        }
+        Outcome::Failure(condition) => {
+            ctx.metrics.auth.get_or_create(&label("result", condition)).inc();
+            Frame::AuthFailure { sid, condition: condition.into() }
+        }
+    };
+    let _ = reply.send(frame).await;
+}
+
+async fn write_loop(mut send: SendStream, mut rx: mpsc::Receiver<Frame>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(frame) = rx.recv().await {
+        frame.encode(&mut buf);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => f.encode(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}

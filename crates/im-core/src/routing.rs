@@ -1,0 +1,265 @@
+//! The routing table: which CM node holds which session.
+//!
+//! Keyed by bare JID; each entry lists the user's resources with the CM node
+//! and session that hold them and their presence. A per-node index lets a
+//! CM's routes be dropped at once when the CM is gone.
+
+use std::collections::HashMap;
+
+use cm_protocol::SessionId;
+use serde::Serialize;
+
+/// A CM node's id inside the core (index in the node registry).
+pub type NodeId = u32;
+
+/// Where one resource lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Resource part of the full JID.
+    pub resource: Box<str>,
+    /// CM node holding the session.
+    pub node: NodeId,
+    /// Session id on that node.
+    pub sid: SessionId,
+    /// Whether the session sent available presence.
+    pub available: bool,
+    /// Presence priority.
+    pub priority: i8,
+}
+
+/// A session's address (CM node, session id).
+pub type SessionAddr = (NodeId, SessionId);
+
+/// The routing table (see the module docs).
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    by_bare: HashMap<Box<str>, Vec<Route>>,
+    by_node: HashMap<NodeId, HashMap<SessionId, Box<str>>>,
+}
+
+/// One row of the JSON routing table.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteRow {
+    /// Full JID.
+    pub jid: String,
+    /// CM node id.
+    pub node: NodeId,
+    /// Session id.
+    pub sid: SessionId,
+    /// Presence available.
+    pub available: bool,
+    /// Priority.
+    pub priority: i8,
+}
+
+impl RoutingTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of bound sessions.
+    pub fn len(&self) -> usize {
+        self.by_node.values().map(HashMap::len).sum()
+    }
+
+    /// Whether no session is bound.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Binds `bare/resource` to a session; returns the session it replaced
+    /// (same full JID elsewhere), which must be told `conflict`.
+    pub fn bind(
+        &mut self,
+        bare: &str,
+        resource: &str,
+        node: NodeId,
+        sid: SessionId,
+        available: bool,
+        priority: i8,
+    ) -> Option<SessionAddr> {
+        let routes = self.by_bare.entry(bare.into()).or_default();
+        let new = Route {
+            resource: resource.into(),
+            node,
+            sid,
+            available,
+            priority,
+        };
+        let replaced = match routes.iter_mut().find(|r| &*r.resource == resource) {
+            Some(slot) => {
+                let old = (slot.node, slot.sid);
+                *slot = new;
+                (old != (node, sid)).then_some(old)
+            }
+            None => {
+                routes.push(new);
+                None
+            }
+        };
+        if let Some((old_node, old_sid)) = replaced
+            && let Some(sessions) = self.by_node.get_mut(&old_node)
+        {
+            sessions.remove(&old_sid);
+        }
+        self.by_node
+            .entry(node)
+            .or_default()
+            .insert(sid, format!("{bare}/{resource}").into());
+        replaced
+    }
+
+    /// Removes a session's route; returns its full JID and route if it had one.
+    pub fn unbind(&mut self, node: NodeId, sid: SessionId) -> Option<(String, Route)> {
+        let full = self.by_node.get_mut(&node)?.remove(&sid)?;
+        let (bare, resource) = full.split_once('/')?;
+        let routes = self.by_bare.get_mut(bare)?;
+        let pos = routes
+            .iter()
+            .position(|r| &*r.resource == resource && r.node == node && r.sid == sid)?;
+        let route = routes.swap_remove(pos);
+        if routes.is_empty() {
+            self.by_bare.remove(bare);
+        }
+        Some((full.into(), route))
+    }
+
+    /// Drops every route of a node; returns their full JIDs with routes.
+    pub fn drop_node(&mut self, node: NodeId) -> Vec<(String, Route)> {
+        let sids: Vec<SessionId> = self
+            .by_node
+            .get(&node)
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        let dropped = sids
+            .into_iter()
+            .filter_map(|sid| self.unbind(node, sid))
+            .collect();
+        self.by_node.remove(&node);
+        dropped
+    }
+
+    /// The full JID bound to a session.
+    pub fn jid_of(&self, node: NodeId, sid: SessionId) -> Option<&str> {
+        self.by_node.get(&node)?.get(&sid).map(|s| &**s)
+    }
+
+    /// Updates a session's presence; returns (previously available, bare JID).
+    pub fn set_presence(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        available: bool,
+        priority: i8,
+    ) -> Option<bool> {
+        let full = self.by_node.get(&node)?.get(&sid)?;
+        let bare = full.split_once('/')?.0;
+        let route = self
+            .by_bare
+            .get_mut(bare)?
+            .iter_mut()
+            .find(|r| r.node == node && r.sid == sid)?;
+        let was = route.available;
+        route.available = available;
+        route.priority = priority;
+        Some(was)
+    }
+
+    /// The route of a full JID.
+    pub fn full(&self, bare: &str, resource: &str) -> Option<&Route> {
+        self.by_bare
+            .get(bare)?
+            .iter()
+            .find(|r| &*r.resource == resource)
+    }
+
+    /// Every resource of a bare JID.
+    pub fn resources(&self, bare: &str) -> &[Route] {
+        self.by_bare.get(bare).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Available resources with the highest non-negative priority (RFC 6121 §8.5.2.1.1).
+    pub fn best(&self, bare: &str) -> Vec<SessionAddr> {
+        let routes = self.resources(bare);
+        let Some(top) = routes
+            .iter()
+            .filter(|r| r.available && r.priority >= 0)
+            .map(|r| r.priority)
+            .max()
+        else {
+            return Vec::new();
+        };
+        routes
+            .iter()
+            .filter(|r| r.available && r.priority == top)
+            .map(|r| (r.node, r.sid))
+            .collect()
+    }
+
+    /// Sessions per node.
+    pub fn counts(&self) -> HashMap<NodeId, usize> {
+        self.by_node.iter().map(|(n, s)| (*n, s.len())).collect()
+    }
+
+    /// Every route, for the admin endpoint.
+    pub fn rows(&self) -> Vec<RouteRow> {
+        let mut rows: Vec<RouteRow> = self
+            .by_bare
+            .iter()
+            .flat_map(|(bare, routes)| {
+                routes.iter().map(move |r| RouteRow {
+                    jid: format!("{bare}/{}", r.resource),
+                    node: r.node,
+                    sid: r.sid,
+                    available: r.available,
+                    priority: r.priority,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.jid.cmp(&b.jid));
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_replace_unbind_and_drop_node() {
+        let mut t = RoutingTable::new();
+        assert_eq!(t.bind("a@x", "phone", 1, 10, false, 0), None);
+        assert_eq!(t.bind("a@x", "desk", 2, 20, false, 0), None);
+        assert_eq!(t.len(), 2);
+        // same full JID on another session replaces it
+        assert_eq!(t.bind("a@x", "phone", 2, 21, false, 0), Some((1, 10)));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.full("a@x", "phone").unwrap().sid, 21);
+        // the replaced session's end does not remove the new route
+        assert_eq!(t.unbind(1, 10), None);
+        assert!(t.full("a@x", "phone").is_some());
+        t.bind("b@x", "r", 1, 11, true, 0);
+        let dropped = t.drop_node(2);
+        assert_eq!(dropped.len(), 2);
+        assert!(t.resources("a@x").is_empty());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.jid_of(1, 11), Some("b@x/r"));
+    }
+
+    #[test]
+    fn best_picks_highest_non_negative_available() {
+        let mut t = RoutingTable::new();
+        t.bind("a@x", "1", 1, 1, true, 5);
+        t.bind("a@x", "2", 1, 2, true, 5);
+        t.bind("a@x", "3", 1, 3, true, 1);
+        t.bind("a@x", "4", 1, 4, false, 9);
+        let mut best = t.best("a@x");
+        best.sort();
+        assert_eq!(best, vec![(1, 1), (1, 2)]);
+        t.set_presence(1, 1, true, -1);
+        t.set_presence(1, 2, true, -1);
+        t.set_presence(1, 3, true, -1);
+        assert!(t.best("a@x").is_empty());
+    }
+}
