@@ -1,1 +1,174 @@
-//! CM node.
+//! A longlink connection manager (CM) node: terminates client QUIC/TLS
+//! connections, parses and polices their XML streams and multiplexes every
+//! session over a few pooled QUIC connections to the IM core.
+//!
+//! Layout: [`listener`] accepts clients and drives one [`session`] state
+//! machine per XMPP stream; [`sessions`] is the registry the [`pool`]
+//! dispatches core frames through; [`config`] holds the settings.
+
+pub mod config;
+pub mod listener;
+pub mod pool;
+pub mod session;
+pub mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use xmpp_stream::framer::Limits;
+
+pub use config::CmConfig;
+
+/// ALPN for XMPP client connections (XEP-0467, XEP-0368).
+pub const CLIENT_ALPN: &[u8] = b"xmpp-client";
+
+/// Why a CM could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CmError {
+    /// Certificates could not be loaded.
+    #[error("certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    /// A socket could not be bound.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration is unusable for QUIC.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// A running CM node.
+pub struct CmHandle {
+    /// Node name.
+    pub node: String,
+    /// Address clients connect to.
+    pub client_addr: SocketAddr,
+    /// Live sessions.
+    pub sessions: Arc<sessions::Sessions>,
+    client_endpoint: quinn::Endpoint,
+    core_endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl CmHandle {
+    /// Stops the node: clients get `system-shutdown`, core links close.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        self.client_endpoint.close(0u32.into(), b"shutting down");
+        self.core_endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client_endpoint.wait_idle()).await;
+    }
+
+    /// Stops at once, like a crash: no stream errors, connections just vanish
+    /// for the peers (they notice by idle timeout or the core by the CLOSE).
+    pub fn abort(self) {
+        self.shutdown.cancel();
+        self.client_endpoint.close(0u32.into(), b"");
+        self.core_endpoint.close(0u32.into(), b"");
+    }
+}
+
+/// Transport settings for phones: few streams, small windows (little memory
+/// per idle connection), keep-alive inside typical NAT timeouts.
+fn client_transport(config: &CmConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(2u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((64u32 * 1024).into())
+        .receive_window((128u32 * 1024).into())
+        .send_window(128 * 1024)
+        .datagram_receive_buffer_size(None)
+        .keep_alive_interval(Some(config.keep_alive()))
+        .max_idle_timeout(config.idle_timeout().try_into().ok());
+    t
+}
+
+fn core_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(8u32.into())
+        .stream_receive_window((16u32 * 1024 * 1024).into())
+        .receive_window((32u32 * 1024 * 1024).into())
+        .send_window(32 * 1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Duration::from_secs(10).try_into().ok());
+    t
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CmError {
+    let context = context.into();
+    move |source| CmError::Io { context, source }
+}
+
+/// Starts a CM node: the client listener and the pool to the core.
+pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
+    let pki = certs::PkiPaths::new(&config.pki_dir);
+    let cert = pki.cm_cert(&config.node);
+    let key = pki.cm_key(&config.node);
+
+    let client_tls = certs::client_facing_server_config(&cert, &key, &[CLIENT_ALPN])?;
+    let client_tls = quinn::crypto::rustls::QuicServerConfig::try_from(client_tls).map_err(|e| CmError::Quic(e.to_string()))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(client_tls));
+    server_config.transport_config(Arc::new(client_transport(&config)));
+    let client_endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(io(format!("bind {}", config.listen)))?;
+    let client_addr = client_endpoint.local_addr().map_err(io("local address"))?;
+
+    let core_tls = certs::cluster_client_config(&pki.ca_cert(), &cert, &key, cm_protocol::ALPN)?;
+    let core_tls = quinn::crypto::rustls::QuicClientConfig::try_from(core_tls).map_err(|e| CmError::Quic(e.to_string()))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(core_tls));
+    client_config.transport_config(Arc::new(core_transport()));
+    let bind: SocketAddr = if config.core.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let mut core_endpoint = quinn::Endpoint::client(bind).map_err(io("bind core link socket"))?;
+    core_endpoint.set_default_client_config(client_config);
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let sessions = Arc::new(sessions::Sessions::default());
+    let pool = pool::Pool::start(
+        config.pool_size,
+        pool::PoolSetup {
+            node: config.node.clone(),
+            client_addr,
+            core: config.core,
+            endpoint: core_endpoint.clone(),
+            sessions: sessions.clone(),
+            shutdown: shutdown.clone(),
+        },
+        &tasks,
+    );
+    let ctx = Arc::new(listener::ListenerContext {
+        domain: config.domain.clone(),
+        limits: Limits {
+            max_stanza_bytes: config.max_stanza_bytes,
+            ..Limits::default()
+        },
+        sessions: sessions.clone(),
+        pool,
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    });
+    tasks.spawn(listener::run(client_endpoint.clone(), ctx));
+    tracing::info!(node = %config.node, %client_addr, core = %config.core, "CM started");
+    Ok(CmHandle {
+        node: config.node,
+        client_addr,
+        sessions,
+        client_endpoint,
+        core_endpoint,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,75 @@
+//! Configuration of a CM node (TOML; `longlink cm --config FILE`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// CM node configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmConfig {
+    /// Node name; must match the node's certificate (`cm-1` ...).
+    pub node: String,
+    /// XMPP domain served.
+    pub domain: String,
+    /// UDP address for client QUIC connections.
+    pub listen: SocketAddr,
+    /// The core's address.
+    pub core: SocketAddr,
+    /// Directory of the cluster PKI (ca.pem, NODE.pem, NODE.key).
+    pub pki_dir: PathBuf,
+    /// Pooled QUIC connections to the core.
+    #[serde(default = "default_pool")]
+    pub pool_size: u16,
+    /// Largest client stanza in bytes.
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_bytes: usize,
+    /// Client connection idle timeout, seconds.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+    /// QUIC keep-alive interval towards clients, seconds.
+    #[serde(default = "default_keepalive")]
+    pub keep_alive_secs: u64,
+}
+
+fn default_pool() -> u16 {
+    2
+}
+fn default_max_stanza() -> usize {
+    64 * 1024
+}
+fn default_idle() -> u64 {
+    90
+}
+fn default_keepalive() -> u64 {
+    25
+}
+
+impl CmConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(node: &str, domain: &str, listen: SocketAddr, core: SocketAddr, pki_dir: PathBuf) -> Self {
+        Self {
+            node: node.to_owned(),
+            domain: domain.to_owned(),
+            listen,
+            core,
+            pki_dir,
+            pool_size: default_pool(),
+            max_stanza_bytes: default_max_stanza(),
+            idle_timeout_secs: default_idle(),
+            keep_alive_secs: default_keepalive(),
+        }
+    }
+
+    /// Client idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// Client keep-alive interval.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs)
+    }
+}

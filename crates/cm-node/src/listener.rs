@@ -1,0 +1,139 @@
+//! The client-facing QUIC listener (XEP-0467): ALPN `xmpp-client`, each
+//! bidirectional stream one complete XMPP stream, driven by a
+//! [`ClientSession`] state machine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_protocol::Frame;
+use quinn::{RecvStream, SendStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use xmpp_stream::StreamCondition;
+use xmpp_stream::framer::Limits;
+
+use crate::pool::{Pool, bounce};
+use crate::session::{ClientSession, SessionAction};
+use crate::sessions::Sessions;
+
+/// A write to a client that takes longer than this ends the session.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest chunk read from a client at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What each client session needs.
+pub struct ListenerContext {
+    /// Domain served.
+    pub domain: String,
+    /// Stream limits.
+    pub limits: Limits,
+    /// Sessions registry.
+    pub sessions: Arc<Sessions>,
+    /// Pool to the core.
+    pub pool: Arc<Pool>,
+    /// Shutdown signal.
+    pub shutdown: CancellationToken,
+    /// Task tracker.
+    pub tasks: TaskTracker,
+}
+
+/// Accepts client connections until shutdown.
+pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+        };
+        ctx.tasks.spawn(serve_connection(ctx.clone(), incoming));
+    }
+}
+
+async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "client handshake failed");
+            return;
+        }
+    };
+    loop {
+        let stream = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            s = conn.accept_bi() => s,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                ctx.tasks.spawn(run_session(ctx.clone(), send, recv));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "client connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: RecvStream) {
+    let (sid, mut rx, kill) = ctx.sessions.open();
+    let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits);
+    let mut announced = (false, 0i8);
+    loop {
+        let actions = tokio::select! {
+            _ = ctx.shutdown.cancelled() => session.close(StreamCondition::SystemShutdown, None),
+            _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
+            chunk = recv.read_chunk(READ_CHUNK, true) => match chunk {
+                Ok(Some(c)) => session.on_data(&c.bytes),
+                Ok(None) | Err(_) => break,
+            },
+            frame = rx.recv() => match frame {
+                Some(f) => session.on_core(f),
+                None => break,
+            },
+        };
+        let mut close = false;
+        for action in actions {
+            match action {
+                SessionAction::Write(bytes) => {
+                    match tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&bytes)).await {
+                        Ok(Ok(())) => {}
+                        _ => close = true,
+                    }
+                }
+                SessionAction::ToCore(frame) => {
+                    if ctx.pool.send(sid, frame).await.is_err() {
+                        close = true;
+                    }
+                }
+                SessionAction::Bound(jid) => ctx.sessions.update(sid, &jid, false, 0),
+                SessionAction::Close => close = true,
+            }
+        }
+        if let Some(jid) = session.jid()
+            && announced != (session.available, session.priority)
+        {
+            announced = (session.available, session.priority);
+            ctx.sessions.update(sid, jid, session.available, session.priority);
+        }
+        if close {
+            break;
+        }
+        if rx.is_empty() {
+            session.shrink();
+        }
+    }
+    ctx.sessions.close(sid);
+    if let Some(end) = session.on_closed() {
+        let _ = ctx.pool.send(sid, end).await;
+    }
+    // Anything still queued for this session goes back to the core.
+    rx.close();
+    while let Ok(frame) = rx.try_recv() {
+        if let Some(b) = bounce(frame) {
+            let _ = ctx.pool.send(sid, b).await;
+        }
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
+

@@ -1,0 +1,250 @@
+//! The pool of QUIC connections from this CM to the core.
+//!
+//! `pool_size` connections, each driven by its own task that dials with
+//! jittered exponential backoff, says Hello, re-announces the bound sessions
+//! it carries, then pumps frames both ways. Session `sid` always uses
+//! connection `sid % pool_size`, so a session's frames stay in order. Each
+//! connection has a bounded queue that outlives reconnects: while the core is
+//! away, sessions wait on it (and QUIC flow control slows their clients)
+//! instead of memory growing.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cm_protocol::{Frame, FrameDecoder, SessionId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::sessions::{Dispatch, Sessions};
+
+/// Frames queued per pool connection.
+pub const POOL_QUEUE: usize = 8 * 1024;
+
+/// The pool (see the module docs).
+pub struct Pool {
+    senders: Vec<mpsc::Sender<Frame>>,
+    mechanisms: RwLock<Vec<String>>,
+}
+
+/// What a pool connection needs.
+pub struct PoolSetup {
+    /// Node name.
+    pub node: String,
+    /// Address clients use to reach this CM.
+    pub client_addr: SocketAddr,
+    /// The core.
+    pub core: SocketAddr,
+    /// QUIC endpoint to dial from (configured with the cluster client TLS).
+    pub endpoint: quinn::Endpoint,
+    /// Session registry.
+    pub sessions: Arc<Sessions>,
+    /// Shutdown signal.
+    pub shutdown: CancellationToken,
+}
+
+/// The pool is gone (shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the core connection pool is closed")]
+pub struct PoolClosed;
+
+impl Pool {
+    /// Starts `size` connection tasks.
+    pub fn start(size: u16, setup: PoolSetup, tasks: &TaskTracker) -> Arc<Pool> {
+        let size = size.max(1);
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..size {
+            let (tx, rx) = mpsc::channel(POOL_QUEUE);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let pool = Arc::new(Pool {
+            senders,
+            mechanisms: RwLock::new(vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-1".into(), "PLAIN".into()]),
+        });
+        let setup = Arc::new(setup);
+        for (index, rx) in receivers.into_iter().enumerate() {
+            tasks.spawn(connection_task(pool.clone(), setup.clone(), index as u16, size, rx));
+        }
+        pool
+    }
+
+    /// Queues a frame for the core on the session's connection (waits if full).
+    pub async fn send(&self, sid: SessionId, frame: Frame) -> Result<(), PoolClosed> {
+        let i = (sid % self.senders.len() as u64) as usize;
+        self.senders[i].send(frame).await.map_err(|_| PoolClosed)
+    }
+
+    /// The SASL mechanisms the core offers.
+    pub fn mechanisms(&self) -> Vec<String> {
+        self.mechanisms.read().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+async fn connection_task(pool: Arc<Pool>, setup: Arc<PoolSetup>, index: u16, size: u16, mut rx: mpsc::Receiver<Frame>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match run_connection(&pool, &setup, index, size, &mut rx).await {
+            Err(LinkError::Shutdown) => return,
+            Ok(()) => tracing::info!(index, "core connection closed"),
+            Err(e) => tracing::warn!(index, error = %e, "core connection failed"),
+        }
+        let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+        tokio::select! {
+            _ = setup.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}
+
+async fn run_connection(
+    pool: &Pool,
+    setup: &PoolSetup,
+    index: u16,
+    size: u16,
+    rx: &mut mpsc::Receiver<Frame>,
+) -> Result<(), LinkError> {
+    let connecting = setup.endpoint.connect(setup.core, certs::CORE_SERVER_NAME)?;
+    let conn = tokio::select! {
+        _ = setup.shutdown.cancelled() => return Err(LinkError::Shutdown),
+        c = connecting => c?,
+    };
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut out = BytesMut::new();
+    Frame::Hello {
+        node: setup.node.clone(),
+        client_addr: setup.client_addr.to_string(),
+        conn_index: index,
+    }
+    .encode(&mut out);
+    send.write_all(&out).await?;
+    out.clear();
+    let mut decoder = FrameDecoder::new();
+    let welcome = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, &mut decoder))
+        .await
+        .map_err(|_| LinkError::Protocol("no welcome".into()))??;
+    match welcome {
+        Some(Frame::Welcome { mechanisms, instance, .. }) => {
+            if let Ok(mut m) = pool.mechanisms.write() {
+                *m = mechanisms;
+            }
+            tracing::info!(index, core_instance = instance, "connected to the core");
+        }
+        other => return Err(LinkError::Protocol(format!("expected welcome, got {other:?}"))),
+    }
+    let announcements = setup.sessions.announcements(index, size);
+    if !announcements.is_empty() {
+        tracing::info!(index, sessions = announcements.len(), "re-announcing sessions");
+    }
+    for a in announcements {
+        a.encode(&mut out);
+    }
+    if !out.is_empty() {
+        send.write_all(&out).await?;
+        out.clear();
+    }
+    let mut bounces: Vec<Frame> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = setup.shutdown.cancelled() => {
+                conn.close(0u32.into(), b"cm shutting down");
+                return Err(LinkError::Shutdown);
+            }
+            frame = rx.recv() => {
+                let Some(frame) = frame else { return Err(LinkError::Shutdown) };
+                frame.encode(&mut out);
+                while out.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(f) => f.encode(&mut out),
+                        Err(_) => break,
+                    }
+                }
+                send.write_all(&out).await?;
+                out.clear();
+            }
+            chunk = recv.read_chunk(64 * 1024, true) => {
+                let Some(chunk) = chunk? else { return Ok(()) };
+                decoder.push(&chunk.bytes);
+                while let Some(frame) = decoder.next_frame().map_err(|e| LinkError::Protocol(e.to_string()))? {
+                    dispatch(pool, setup, frame, &mut bounces);
+                }
+                if !bounces.is_empty() {
+                    for b in bounces.drain(..) {
+                        b.encode(&mut out);
+                    }
+                    send.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+        }
+    }
+}
+
+fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Frame>) {
+    let sid = match &frame {
+        Frame::Deliver { sid, .. }
+        | Frame::AuthChallenge { sid, .. }
+        | Frame::AuthSuccess { sid, .. }
+        | Frame::AuthFailure { sid, .. }
+        | Frame::BindResult { sid, .. }
+        | Frame::Kick { sid, .. } => *sid,
+        Frame::Welcome { mechanisms, .. } => {
+            if let Ok(mut m) = pool.mechanisms.write() {
+                *m = mechanisms.clone();
+            }
+            return;
+        }
+        other => {
+            tracing::warn!(frame = other.name(), "unexpected frame from the core");
+            return;
+        }
+    };
+    match setup.sessions.dispatch(sid, frame) {
+        Dispatch::Queued => {}
+        Dispatch::Gone(f) | Dispatch::Overflow(f) => {
+            if let Some(b) = bounce(f) {
+                bounces.push(b);
+            }
+        }
+    }
+}
+
+/// Turns an undeliverable Deliver back into a Bounce for the core.
+pub fn bounce(frame: Frame) -> Option<Frame> {
+    let Frame::Deliver { payload, .. } = frame else { return None };
+    let top = xmpp_stream::stanza::inspect(&payload).ok()?;
+    let to = top.attr("to")?.to_owned();
+    Some(Frame::Bounce { to, payload })
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<Option<Frame>, LinkError> {
+    loop {
+        if let Some(f) = decoder.next_frame().map_err(|e| LinkError::Protocol(e.to_string()))? {
+            return Ok(Some(f));
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes),
+            None => return Ok(None),
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! One client XMPP stream as a sans-IO state machine.
+//!
+//! Events in: bytes from the client ([`ClientSession::on_data`]), frames from
+//! the core ([`ClientSession::on_core`]), the client going away
+//! ([`ClientSession::on_closed`]). Actions out: bytes to write, frames to
+//! send to the core, close. The CM negotiates the stream itself (header,
+//! features), relays SASL and resource binding to the core, and afterwards
+//! stamps `from` on every stanza and forwards it with its routing header.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
+use xmpp_stream::element::Element;
+use xmpp_stream::framer::{FrameEvent, Framer, FramingError, Limits};
+use xmpp_stream::stanza::{StanzaKind, inspect, stamp_from};
+use xmpp_stream::{StreamCondition, ns, stream};
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionAction {
+    /// Write bytes to the client.
+    Write(Bytes),
+    /// Send a frame to the core.
+    ToCore(Frame),
+    /// The session is bound to this full JID (register it for delivery).
+    Bound(String),
+    /// Close the client stream after the writes before it.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a stream header.
+    Header { authenticated: bool },
+    /// Waiting for `<auth/>`.
+    Sasl,
+    /// A SASL exchange is in progress at the core.
+    SaslRunning,
+    /// Authenticated; waiting for the bind IQ.
+    Bind,
+    /// Bind sent to the core.
+    Binding,
+    /// Bound: stanzas flow.
+    Bound,
+    /// Closed.
+    Closed,
+}
+
+/// Most failed SASL attempts before the stream is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+/// The state of one client stream (see the module docs).
+pub struct ClientSession {
+    sid: SessionId,
+    domain: String,
+    mechanisms: Vec<String>,
+    framer: Framer,
+    state: State,
+    user: Option<String>,
+    jid: Option<String>,
+    auth_failures: u32,
+    /// Whether the client sent available presence (for re-announcing).
+    pub available: bool,
+    /// Presence priority (for re-announcing).
+    pub priority: i8,
+    out: Vec<SessionAction>,
+}
+
+impl ClientSession {
+    /// A new stream on session id `sid` for `domain`.
+    pub fn new(sid: SessionId, domain: &str, mechanisms: Vec<String>, limits: Limits) -> Self {
+        Self {
+            sid,
+            domain: domain.to_owned(),
+            mechanisms,
+            framer: Framer::new(limits),
+            state: State::Header {
+                authenticated: false,
+            },
+            user: None,
+            jid: None,
+            auth_failures: 0,
+            available: false,
+            priority: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// The bound full JID.
+    pub fn jid(&self) -> Option<&str> {
+        self.jid.as_deref()
+    }
+
+    /// Whether the stream has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Releases parser memory while idle.
+    pub fn shrink(&mut self) {
+        self.framer.shrink();
+    }
+
+    /// Bytes arrived from the client.
+    pub fn on_data(&mut self, data: &[u8]) -> Vec<SessionAction> {
+        if self.state == State::Closed {
+            return Vec::new();
+        }
+        self.framer.push(data);
+        loop {
+            match self.framer.next_event() {
+                Ok(None) => break,
+                Ok(Some(FrameEvent::Open(header))) => self.on_open(header),
+                Ok(Some(FrameEvent::Element(raw))) => self.on_element(raw),
+                Ok(Some(FrameEvent::Close)) => {
+                    self.write(stream::STREAM_CLOSE.to_vec());
+                    self.finish();
+                }
+                Err(e) => self.fail(e),
+            }
+            if self.state == State::Closed {
+                break;
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// A frame from the core for this session.
+    pub fn on_core(&mut self, frame: Frame) -> Vec<SessionAction> {
+        if self.state == State::Closed {
+            return Vec::new();
+        }
+        match (self.state, frame) {
+            (_, Frame::Deliver { payload, .. }) if self.state == State::Bound => {
+                self.out.push(SessionAction::Write(payload));
+            }
+            (State::SaslRunning, Frame::AuthChallenge { data, .. }) => {
+                self.write(stream::sasl_element("challenge", None, Some(&B64.encode(&data))));
+            }
+            (State::SaslRunning, Frame::AuthSuccess { data, user, .. }) => {
+                let data = (!data.is_empty()).then(|| B64.encode(&data));
+                self.write(stream::sasl_element("success", None, data.as_deref()));
+                self.user = Some(user);
+                self.framer.restart();
+                self.state = State::Header {
+                    authenticated: true,
+                };
+            }
+            (State::SaslRunning, Frame::AuthFailure { condition, .. }) => {
+                self.write(stream::sasl_failure(&condition, None));
+                self.auth_failures += 1;
+                self.state = State::Sasl;
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.close_with(StreamCondition::PolicyViolation, Some("too many failed authentication attempts"));
+                }
+            }
+            (State::Binding, Frame::BindResult { iq_id, result, .. }) => match result {
+                Ok(jid) => {
+                    self.write(stream::bind_result(&iq_id, &jid));
+                    self.jid = Some(jid.clone());
+                    self.state = State::Bound;
+                    self.out.push(SessionAction::Bound(jid));
+                }
+                Err(condition) => {
+                    self.state = State::Bind;
+                    let cond = xmpp_stream::StanzaCondition::from_name(&condition);
+                    let reply = xmpp_stream::stanza::error_reply(
+                        StanzaKind::Iq,
+                        Some(&iq_id),
+                        &self.domain.clone(),
+                        self.user.as_deref().unwrap_or(""),
+                        cond,
+                        None,
+                    );
+                    self.out.push(SessionAction::Write(reply));
+                }
+            },
+            (_, Frame::Kick { condition, .. }) => {
+                self.close_with(StreamCondition::from_name(&condition), None);
+            }
+            (state, other) => {
+                tracing::debug!(sid = self.sid, ?state, frame = other.name(), "frame ignored in this state");
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Ends the stream with a stream error (e.g. the CM is shutting down or
+    /// the client cannot keep up).
+    pub fn close(&mut self, condition: StreamCondition, text: Option<&str>) -> Vec<SessionAction> {
+        if self.state != State::Closed {
+            self.close_with(condition, text);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The client's stream is gone; returns what the core must learn.
+    pub fn on_closed(&mut self) -> Option<Frame> {
+        let had_core_state = self.user.is_some() || self.state == State::SaslRunning || self.jid.is_some();
+        self.state = State::Closed;
+        had_core_state.then(|| Frame::SessionEnd {
+            sid: self.sid,
+            jid: self.jid.clone(),
+        })
+    }
+
+    fn on_open(&mut self, header: xmpp_stream::StreamHeader) {
+        let State::Header { authenticated } = self.state else {
+            self.close_with(StreamCondition::NotWellFormed, Some("unexpected stream header"));
+            return;
+        };
+        let id = format!("{:016x}", rand::random::<u64>());
+        let mut out = stream::server_header(&self.domain, &id, None, header.lang.as_deref());
+        match header.to.as_deref() {
+            Some(to) if to.eq_ignore_ascii_case(&self.domain) => {}
+            _ => {
+                self.write(out);
+                self.close_with(StreamCondition::HostUnknown, Some("this server does not serve that domain"));
+                return;
+            }
+        }
+        if authenticated {
+            out.extend(stream::features_bind());
+            self.state = State::Bind;
+        } else {
+            let mechs: Vec<&str> = self.mechanisms.iter().map(String::as_str).collect();
+            out.extend(stream::features_sasl(&mechs));
+            self.state = State::Sasl;
+        }
+        self.write(out);
+    }
+
+    fn on_element(&mut self, raw: Bytes) {
+        let top = match inspect(&raw) {
+            Ok(t) => t,
+            Err(e) => return self.fail(e),
+        };
+        match self.state {
+            State::Sasl | State::SaslRunning if top.ns == ns::SASL => self.on_sasl(&raw, &top),
+            State::Bind if top.stanza_kind() == Some(StanzaKind::Iq) => self.on_bind(&raw),
+            State::Bound => match top.header() {
+                Some(h) => self.on_stanza(&raw, &top, h),
+                None => self.close_with(StreamCondition::UnsupportedStanzaType, Some("unsupported element")),
+            },
+            State::Sasl | State::SaslRunning | State::Bind | State::Binding => {
+                self.close_with(StreamCondition::NotAuthorized, Some("authenticate and bind first"))
+            }
+            State::Header { .. } | State::Closed => {}
+        }
+    }
+
+    fn on_sasl(&mut self, raw: &[u8], top: &xmpp_stream::TopLevel) {
+        let text = match Element::parse(raw, ns::CLIENT) {
+            Ok(el) => el.text(),
+            Err(e) => return self.fail(e),
+        };
+        let data = match text.trim() {
+            "" | "=" => Ok(Vec::new()),
+            t => B64.decode(t),
+        };
+        let Ok(data) = data else {
+            self.write(stream::sasl_failure("incorrect-encoding", None));
+            self.state = State::Sasl;
+            return;
+        };
+        match (self.state, top.name.as_str()) {
+            (State::Sasl, "auth") => {
+                let mechanism = top.attr("mechanism").unwrap_or_default().to_owned();
+                if !self.mechanisms.iter().any(|m| *m == mechanism) {
+                    self.write(stream::sasl_failure("invalid-mechanism", None));
+                    return;
+                }
+                self.state = State::SaslRunning;
+                self.out.push(SessionAction::ToCore(Frame::AuthStart {
+                    sid: self.sid,
+                    mechanism,
+                    data: data.into(),
+                }));
+            }
+            (State::SaslRunning, "response") => {
+                self.out.push(SessionAction::ToCore(Frame::AuthResponse {
+                    sid: self.sid,
+                    data: data.into(),
+                }));
+            }
+            (_, "abort") => {
+                self.write(stream::sasl_failure("aborted", None));
+                self.state = State::Sasl;
+            }
+            _ => self.close_with(StreamCondition::NotAuthorized, Some("unexpected SASL element")),
+        }
+    }
+
+    fn on_bind(&mut self, raw: &[u8]) {
+        let iq = match Element::parse(raw, ns::CLIENT) {
+            Ok(el) => el,
+            Err(e) => return self.fail(e),
+        };
+        let id = iq.attr("id").unwrap_or_default().to_owned();
+        match (iq.attr("type"), iq.child("bind", ns::BIND)) {
+            (Some("set"), Some(bind)) => {
+                let resource = bind.child("resource", ns::BIND).map(|r| r.text().trim().to_owned());
+                self.state = State::Binding;
+                self.out.push(SessionAction::ToCore(Frame::Bind {
+                    sid: self.sid,
+                    iq_id: id,
+                    resource,
+                }));
+            }
+            _ => self.close_with(StreamCondition::NotAuthorized, Some("bind a resource first")),
+        }
+    }
+
+    fn on_stanza(&mut self, raw: &[u8], top: &xmpp_stream::TopLevel, h: xmpp_stream::StanzaHeader) {
+        let Some(from) = self.jid.clone() else { return };
+        let kind = match h.kind {
+            StanzaKind::Message => Kind::Message,
+            StanzaKind::Presence => Kind::Presence,
+            StanzaKind::Iq => Kind::Iq,
+        };
+        if kind == Kind::Presence && h.to.is_none() {
+            match h.stanza_type.as_deref() {
+                None => {
+                    self.available = true;
+                    self.priority = Element::parse(raw, ns::CLIENT)
+                        .ok()
+                        .and_then(|p| p.child("priority", ns::CLIENT).map(|c| c.text()))
+                        .and_then(|t| t.trim().parse().ok())
+                        .unwrap_or(0);
+                }
+                Some("unavailable") => self.available = false,
+                _ => {}
+            }
+        }
+        let payload = stamp_from(raw, top, &from);
+        self.out.push(SessionAction::ToCore(Frame::Stanza {
+            sid: self.sid,
+            header: RouteHeader {
+                kind,
+                stanza_type: h.stanza_type,
+                to: h.to,
+                id: h.id,
+                from,
+            },
+            payload,
+        }));
+    }
+
+    fn fail(&mut self, e: FramingError) {
+        self.close_with(e.condition, Some(&e.text));
+    }
+
+    fn close_with(&mut self, condition: StreamCondition, text: Option<&str>) {
+        tracing::debug!(sid = self.sid, %condition, text, "closing client stream");
+        if matches!(self.state, State::Header { .. }) && !self.out.iter().any(|a| matches!(a, SessionAction::Write(_))) {
+            // A stream error needs an open stream: open one first (RFC 6120 §4.9.1.1).
+            let id = format!("{:016x}", rand::random::<u64>());
+            self.write(stream::server_header(&self.domain, &id, None, None));
+        }
+        self.write(stream::stream_error(condition, text));
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Closed;
+        self.out.push(SessionAction::Close);
+    }
+
+    fn write(&mut self, bytes: Vec<u8>) {
+        self.out.push(SessionAction::Write(Bytes::from(bytes)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
+
+    fn session() -> ClientSession {
+        ClientSession::new(7, "x", vec!["SCRAM-SHA-256".into(), "PLAIN".into()], Limits::default())
+    }
+
+    fn written(actions: &[SessionAction]) -> String {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                SessionAction::Write(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn to_core(actions: &[SessionAction]) -> Vec<Frame> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                SessionAction::ToCore(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn bound_session() -> ClientSession {
+        let mut s = session();
+        let a = s.on_data(HEADER);
+        assert!(written(&a).contains("<mechanism>SCRAM-SHA-256</mechanism>"));
+        let a = s.on_data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>");
+        assert!(matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, data, .. }] if mechanism == "PLAIN" && &data[..] == b"\0a\0b"));
+        let a = s.on_core(Frame::AuthSuccess { sid: 7, data: Bytes::new(), user: "a@x".into() });
+        assert!(written(&a).contains("<success"));
+        let a = s.on_data(HEADER);
+        assert!(written(&a).contains("urn:ietf:params:xml:ns:xmpp-bind"));
+        let a = s.on_data(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
+        assert!(matches!(&to_core(&a)[..], [Frame::Bind { resource: Some(r), .. }] if r == "phone"));
+        let a = s.on_core(Frame::BindResult { sid: 7, iq_id: "b1".into(), result: Ok("a@x/phone".into()) });
+        assert!(a.contains(&SessionAction::Bound("a@x/phone".into())));
+        assert!(written(&a).contains("<jid>a@x/phone</jid>"));
+        s
+    }
+
+    #[test]
+    fn negotiates_and_stamps_from() {
+        let mut s = bound_session();
+        let a = s.on_data(b"<message to='b@x' from='evil@x' type='chat' id='m1'><body>hi</body></message>");
+        let [Frame::Stanza { header, payload, .. }] = &to_core(&a)[..] else { panic!("{a:?}") };
+        assert_eq!(header.from, "a@x/phone");
+        assert_eq!(header.to.as_deref(), Some("b@x"));
+        let el = Element::parse(payload, ns::CLIENT).unwrap();
+        assert_eq!(el.attr("from"), Some("a@x/phone"));
+        // presence tracking for re-announce
+        s.on_data(b"<presence><priority>5</priority></presence>");
+        assert!(s.available);
+        assert_eq!(s.priority, 5);
+        // deliveries are written as they are
+        let a = s.on_core(Frame::Deliver { sid: 7, payload: Bytes::from_static(b"<message/>") });
+        assert_eq!(written(&a), "<message/>");
+        assert_eq!(s.on_closed(), Some(Frame::SessionEnd { sid: 7, jid: Some("a@x/phone".into()) }));
+    }
+
+    #[test]
+    fn stanzas_before_auth_end_the_stream() {
+        let mut s = session();
+        s.on_data(HEADER);
+        let a = s.on_data(b"<message to='b@x'><body>hi</body></message>");
+        assert!(written(&a).contains("not-authorized"));
+        assert!(a.contains(&SessionAction::Close));
+        assert_eq!(s.on_closed(), None);
+    }
+
+    #[test]
+    fn wrong_domain_and_bad_xml_get_stream_errors() {
+        let mut s = session();
+        let a = s.on_data(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other' version='1.0'>");
+        assert!(written(&a).contains("host-unknown"));
+        let mut s = bound_session();
+        let a = s.on_data(b"<message><body>&bogus;</body></message>");
+        assert!(written(&a).contains("not-well-formed"));
+        assert!(a.contains(&SessionAction::Close));
+    }
+
+    #[test]
+    fn auth_failures_are_relayed_and_limited() {
+        let mut s = session();
+        s.on_data(HEADER);
+        for i in 0..3 {
+            s.on_data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>");
+            let a = s.on_core(Frame::AuthFailure { sid: 7, condition: "not-authorized".into() });
+            assert!(written(&a).contains("<not-authorized"));
+            assert_eq!(a.contains(&SessionAction::Close), i == 2);
+        }
+    }
+
+    #[test]
+    fn kick_closes_with_conflict() {
+        let mut s = bound_session();
+        let a = s.on_core(Frame::Kick { sid: 7, condition: "conflict".into() });
+        assert!(written(&a).contains("<conflict"));
+        assert!(a.contains(&SessionAction::Close));
+    }
+}
