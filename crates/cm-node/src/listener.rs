@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_protocol::Frame;
 use quinn::{RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

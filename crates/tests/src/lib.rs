@@ -1,1 +1,208 @@
-//! End-to-end test support.
+//! Support for end-to-end tests: a whole cluster (core with embedded
+//! storage, CM nodes, cluster PKI) started in-process on loopback, with real
+//! QUIC, TLS and SQLite, and torn down when dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use client_sdk::{Client, ClientError, ConnectOptions};
+use cm_node::{CmConfig, CmHandle};
+use im_core::{CoreConfig, CoreHandle};
+
+/// The XMPP domain of test clusters.
+pub const DOMAIN: &str = "longlink.test";
+
+/// A running test cluster.
+pub struct Cluster {
+    /// Holds the PKI and data directories.
+    pub dir: tempfile::TempDir,
+    /// The core, when running.
+    pub core: Option<CoreHandle>,
+    /// CM nodes (index 0 is cm-1); `None` once stopped.
+    pub cms: Vec<Option<CmHandle>>,
+    core_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+impl Cluster {
+    /// Starts a core and `cms` CM nodes.
+    pub async fn start(cms: usize) -> Cluster {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        certs::init(&dir.path().join("pki"), DOMAIN, cms as u32, false).expect("certs");
+        let mut cluster = Cluster {
+            dir,
+            core: None,
+            cms: Vec::new(),
+            core_addr: "127.0.0.1:0".parse().expect("addr"),
+            admin_addr: "127.0.0.1:0".parse().expect("addr"),
+        };
+        cluster.start_core().await;
+        for _ in 0..cms {
+            cluster.add_cm().await;
+        }
+        cluster
+    }
+
+    /// The PKI directory.
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// The cluster CA file clients trust.
+    pub fn ca(&self) -> PathBuf {
+        self.pki().join("ca.pem")
+    }
+
+    fn core_config(&self) -> CoreConfig {
+        let mut c = CoreConfig::new(DOMAIN, self.dir.path().join("data"), self.pki());
+        c.listen = self.core_addr;
+        c.admin_listen = self.admin_addr;
+        c.node_grace_ms = 1000;
+        c
+    }
+
+    /// Starts the core (on the same addresses as before, if it ran).
+    pub async fn start_core(&mut self) {
+        // A stopped core's UDP socket is released once its closing
+        // connections have drained; retry the bind for a few seconds.
+        let mut attempt = 0;
+        let core = loop {
+            match im_core::start(self.core_config()).await {
+                Ok(core) => break core,
+                Err(e) if attempt < 50 && e.to_string().contains("in use") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("core starts: {e}"),
+            }
+        };
+        self.core_addr = core.quic_addr;
+        self.admin_addr = core.admin_addr;
+        self.core = Some(core);
+    }
+
+    /// Stops the core.
+    pub async fn stop_core(&mut self) {
+        if let Some(core) = self.core.take() {
+            core.shutdown().await;
+        }
+    }
+
+    /// Starts one more CM node (`cm-N`), issuing its certificate if needed.
+    pub async fn add_cm(&mut self) -> usize {
+        let node = format!("cm-{}", self.cms.len() + 1);
+        certs::ensure_cm(&self.pki(), DOMAIN, &node, false).expect("cm cert");
+        let config = CmConfig::new(&node, DOMAIN, "127.0.0.1:0".parse().expect("addr"), self.core_addr, self.pki());
+        let cm = cm_node::start(config).await.expect("cm starts");
+        self.cms.push(Some(cm));
+        self.cms.len() - 1
+    }
+
+    /// Client address of CM `i` (0-based).
+    pub fn cm_addr(&self, i: usize) -> SocketAddr {
+        self.cms[i].as_ref().expect("cm running").client_addr
+    }
+
+    /// Creates an account (directly in the database, like `longlink adduser`
+    /// on a stopped core; SQLite serializes with the running core).
+    pub fn add_user(&self, user: &str, password: &str) {
+        let db = im_core::storage::Db::open(&self.dir.path().join("data"), 10_000).expect("db");
+        let creds = xmpp_sasl::StoredCredentials::new(password, 4096);
+        db.add_user(user, &creds).expect("add user");
+    }
+
+    /// Connection options for `user` at CM `cm`.
+    pub fn options(&self, cm: usize, user: &str, password: &str) -> ConnectOptions {
+        ConnectOptions::new(self.cm_addr(cm), &format!("{user}@{DOMAIN}"), password).with_ca_file(self.ca())
+    }
+
+    /// Logs `user` in at CM `cm` with `resource` and sends initial presence.
+    pub async fn login(&self, cm: usize, user: &str, resource: &str) -> Client {
+        let client = self
+            .try_login(cm, user, "secret", resource)
+            .await
+            .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
+        client.send_presence(0).await.expect("presence");
+        client
+    }
+
+    /// Logs in without sending presence.
+    pub async fn try_login(&self, cm: usize, user: &str, password: &str, resource: &str) -> Result<Client, ClientError> {
+        Client::connect(self.options(cm, user, password).with_resource(resource)).await
+    }
+
+    /// The core's `/routes` JSON.
+    pub async fn routes(&self) -> serde_json::Value {
+        let url = format!("http://{}/routes", self.admin_addr);
+        tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()
+                .expect("routes")
+                .body_mut()
+                .read_json::<serde_json::Value>()
+                .expect("json")
+        })
+        .await
+        .expect("join")
+    }
+
+    /// The core's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin_addr);
+        tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()
+                .expect("metrics")
+                .body_mut()
+                .read_to_string()
+                .expect("text")
+        })
+        .await
+        .expect("join")
+    }
+
+    /// The node name routing `full_jid`, if routed.
+    pub async fn node_of(&self, full_jid: &str) -> Option<String> {
+        let routes = self.routes().await;
+        let node_id = routes["routes"]
+            .as_array()?
+            .iter()
+            .find(|r| r["jid"] == full_jid)?["node"]
+            .as_u64()?;
+        routes["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"].as_u64() == Some(node_id))
+            .and_then(|n| n["name"].as_str().map(str::to_owned))
+    }
+
+    /// Waits until the routing table has `n` routes (or panics after 15 s).
+    pub async fn wait_routes(&self, n: usize) {
+        for _ in 0..150 {
+            let routes = self.routes().await;
+            if routes["routes"].as_array().map(Vec::len) == Some(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("routing table never reached {n} routes: {}", self.routes().await);
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        for cm in self.cms.drain(..).flatten() {
+            cm.shutdown().await;
+        }
+        self.stop_core().await;
+    }
+}

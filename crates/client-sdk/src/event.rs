@@ -1,0 +1,135 @@
+//! Typed incoming events.
+
+use xmpp_stream::element::Element;
+use xmpp_stream::ns;
+
+use crate::Pending;
+
+/// Something the server sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message.
+    Message(Message),
+    /// A presence.
+    Presence(Presence),
+    /// An IQ result or error nobody was waiting for, or an IQ request.
+    Iq(IqResponse),
+    /// The server ended the stream with this condition.
+    StreamError(String),
+    /// The stream is over.
+    Disconnected,
+}
+
+/// An incoming message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Stanza id.
+    pub id: Option<String>,
+    /// Sender as stamped by the server.
+    pub from: String,
+    /// Recipient.
+    pub to: Option<String>,
+    /// `type` (chat, normal, error...).
+    pub kind: String,
+    /// Body text.
+    pub body: Option<String>,
+    /// XEP-0203 delay stamp, for messages stored offline.
+    pub delay: Option<String>,
+    /// Stanza error condition, for `type='error'`.
+    pub error: Option<String>,
+}
+
+/// An incoming presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Sender.
+    pub from: String,
+    /// Available (no type) or not.
+    pub available: bool,
+    /// `type` attribute if any.
+    pub kind: Option<String>,
+    /// Priority.
+    pub priority: i8,
+    /// Status text.
+    pub status: Option<String>,
+}
+
+/// An IQ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IqResponse {
+    /// Id.
+    pub id: String,
+    /// Sender.
+    pub from: Option<String>,
+    /// `type`.
+    pub kind: String,
+    /// Stanza error condition for `type='error'`.
+    pub error: Option<String>,
+    /// The whole element.
+    pub element: Element,
+}
+
+/// The condition of a `<stream:error/>`.
+pub(crate) fn stream_error_condition(el: &Element) -> String {
+    el.elements()
+        .find(|c| c.ns == ns::STREAM_ERRORS && c.name != "text")
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| "undefined-condition".into())
+}
+
+/// The condition of a stanza `<error/>`, if any.
+pub(crate) fn stanza_error_condition(el: &Element) -> Option<String> {
+    el.child("error", ns::CLIENT)?
+        .elements()
+        .find(|c| c.ns == ns::STANZA_ERRORS && c.name != "text")
+        .map(|c| c.name.clone())
+}
+
+/// Turns an element into an event, completing IQ waiters on the way.
+pub(crate) fn classify(el: Element, pending: &Pending) -> Option<Event> {
+    if el.ns == ns::STREAMS && el.name == "error" {
+        return Some(Event::StreamError(stream_error_condition(&el)));
+    }
+    if el.ns != ns::CLIENT {
+        return None;
+    }
+    let attr = |k: &str| el.attr(k).map(str::to_owned);
+    match el.name.as_str() {
+        "message" => Some(Event::Message(Message {
+            id: attr("id"),
+            from: attr("from").unwrap_or_default(),
+            to: attr("to"),
+            kind: attr("type").unwrap_or_else(|| "normal".into()),
+            body: el.child("body", ns::CLIENT).map(Element::text),
+            delay: el.child("delay", ns::DELAY).and_then(|d| d.attr("stamp")).map(str::to_owned),
+            error: stanza_error_condition(&el),
+        })),
+        "presence" => Some(Event::Presence(Presence {
+            from: attr("from").unwrap_or_default(),
+            available: el.attr("type").is_none(),
+            kind: attr("type"),
+            priority: el
+                .child("priority", ns::CLIENT)
+                .and_then(|p| p.text().trim().parse().ok())
+                .unwrap_or(0),
+            status: el.child("status", ns::CLIENT).map(Element::text),
+        })),
+        "iq" => {
+            let r = IqResponse {
+                id: attr("id").unwrap_or_default(),
+                from: attr("from"),
+                kind: attr("type").unwrap_or_default(),
+                error: stanza_error_condition(&el),
+                element: el,
+            };
+            if matches!(r.kind.as_str(), "result" | "error")
+                && let Some(waiter) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.id)
+            {
+                let _ = waiter.send(r);
+                return None;
+            }
+            Some(Event::Iq(r))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,277 @@
+//! The spine end to end: clients on QUIC, CM nodes, the core, storage.
+//! Every test runs a real cluster on loopback and is bounded in time.
+
+use std::time::Duration;
+
+use client_sdk::{ClientError, Event};
+use tests::{Cluster, DOMAIN};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Runs a test body with an overall deadline.
+async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(90), f)
+        .await
+        .expect("test finished in time");
+}
+
+fn jid(user: &str) -> String {
+    format!("{user}@{DOMAIN}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_crosses_cms_and_routing_table_shows_the_cm() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        cluster.add_user("client1", "secret");
+        cluster.add_user("client3", "secret");
+        let c1 = cluster.login(0, "client1", "phone").await;
+        let mut c3 = cluster.login(2, "client3", "phone").await;
+        cluster.wait_routes(2).await;
+
+        let id = c1.send_message(&jid("client3"), "hello from CM 1").await.unwrap();
+        let m = c3.next_message(WAIT).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("hello from CM 1"));
+        assert_eq!(m.from, format!("{}/phone", jid("client1")));
+        assert_eq!(m.id.as_deref(), Some(id.as_str()));
+
+        assert_eq!(cluster.node_of(c3.jid()).await.as_deref(), Some("cm-3"));
+        assert_eq!(cluster.node_of(c1.jid()).await.as_deref(), Some("cm-1"));
+        let routes = cluster.routes().await;
+        let per_node: Vec<(String, u64)> = routes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["name"].as_str().unwrap().to_owned(), n["sessions"].as_u64().unwrap()))
+            .collect();
+        assert!(per_node.contains(&("cm-3".into(), 1)), "{per_node:?}");
+        assert!(per_node.contains(&("cm-2".into(), 0)), "{per_node:?}");
+
+        // ping and an unsupported IQ (never silence)
+        c1.ping().await.unwrap();
+        let iq = xmpp_stream::element::Element::new("iq", xmpp_stream::ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("to", DOMAIN)
+            .with_child(xmpp_stream::element::Element::new("query", "urn:example:nothing"));
+        let r = c1.iq(iq).await.unwrap();
+        assert_eq!(r.error.as_deref(), Some("service-unavailable"));
+
+        // a message to an unknown local user bounces with service-unavailable
+        c1.send_message(&jid("nobody"), "anyone?").await.unwrap();
+        let mut c1 = c1;
+        let m = c1.next_message(WAIT).await.unwrap();
+        assert_eq!(m.kind, "error");
+        assert_eq!(m.error.as_deref(), Some("service-unavailable"));
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cm_added_at_runtime_serves_new_clients() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        for u in ["a", "b", "d"] {
+            cluster.add_user(u, "secret");
+        }
+        let mut a = cluster.login(0, "a", "r").await;
+        let mut b = cluster.login(1, "b", "r").await;
+        let fourth = cluster.add_cm().await;
+        let mut d = cluster.login(fourth, "d", "r").await;
+        cluster.wait_routes(3).await;
+        assert_eq!(cluster.node_of(d.jid()).await.as_deref(), Some("cm-4"));
+
+        d.send_message(&jid("a"), "to a").await.unwrap();
+        d.send_message(&jid("b"), "to b").await.unwrap();
+        assert_eq!(a.next_message(WAIT).await.unwrap().body.as_deref(), Some("to a"));
+        assert_eq!(b.next_message(WAIT).await.unwrap().body.as_deref(), Some("to b"));
+        a.send_message(d.jid(), "back to d").await.unwrap();
+        let m = d.next_message(WAIT).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("back to d"));
+        assert_eq!(m.from, a.jid());
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_messages_survive_a_core_restart_and_arrive_in_order() {
+    bounded(async {
+        let mut cluster = Cluster::start(2).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let mut alice = cluster.login(0, "alice", "phone").await;
+        for i in 0..5 {
+            alice.send_message(&jid("bob"), &format!("offline {i}")).await.unwrap();
+        }
+        // a ping round trip after the messages: the core has routed them
+        alice.ping().await.unwrap();
+        // no error came back: bob exists, so they were stored
+        assert!(matches!(
+            tokio::time::timeout(Duration::from_millis(300), alice.next_message(WAIT)).await,
+            Err(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cluster.stop_core().await;
+        cluster.start_core().await;
+
+        let mut bob = cluster.try_login(1, "bob", "secret", "laptop").await;
+        for _ in 0..50 {
+            if bob.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            bob = cluster.try_login(1, "bob", "secret", "laptop").await;
+        }
+        let mut bob = bob.expect("bob logs in after the restart");
+        bob.send_presence(0).await.unwrap();
+        for i in 0..5 {
+            let m = bob.next_message(WAIT).await.unwrap();
+            assert_eq!(m.body, Some(format!("offline {i}")));
+            assert!(m.from.starts_with(&jid("alice")));
+            assert!(m.delay.is_some(), "offline messages carry a delay stamp");
+        }
+        // delivered once, then removed: a second login gets nothing
+        bob.disconnect().await;
+        let mut again = cluster.try_login(1, "bob", "secret", "laptop").await.unwrap();
+        again.send_presence(0).await.unwrap();
+        again.ping().await.unwrap();
+        assert!(matches!(again.next_message(Duration::from_millis(500)).await, Err(ClientError::Timeout)));
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_touches_no_other_session() {
+    bounded(async {
+        let cluster = Cluster::start(1).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+
+        // wrong password
+        let err = cluster.try_login(0, "alice", "wrong", "r").await.err();
+        assert_eq!(err, Some(ClientError::Auth("not-authorized".into())));
+        // unknown user looks the same
+        let err = cluster.try_login(0, "mallory", "x", "r").await.err();
+        assert_eq!(err, Some(ClientError::Auth("not-authorized".into())));
+
+        let alice = cluster.login(0, "alice", "phone").await;
+        let mut bob = cluster.login(0, "bob", "phone").await;
+        cluster.wait_routes(2).await;
+
+        // forged from is replaced by the bound JID
+        alice
+            .send_raw(format!("<message to='{}' from='ceo@{DOMAIN}/x' type='chat' id='f1'><body>trust me</body></message>", jid("bob")).as_bytes())
+            .await
+            .unwrap();
+        let m = bob.next_message(WAIT).await.unwrap();
+        assert_eq!(m.from, alice.jid());
+
+        // an oversized stanza ends only alice's stream
+        let mut alice = alice;
+        let big = format!("<message to='{}'><body>{}</body></message>", jid("bob"), "x".repeat(100 * 1024));
+        let _ = alice.send_raw(big.as_bytes()).await;
+        let mut saw_error = None;
+        while let Ok(Some(ev)) = tokio::time::timeout(WAIT, alice.next_event()).await {
+            match ev {
+                Event::StreamError(c) => {
+                    saw_error = Some(c);
+                    break;
+                }
+                Event::Disconnected => break,
+                _ => {}
+            }
+        }
+        assert_eq!(saw_error.as_deref(), Some("policy-violation"));
+        // bob carries on
+        bob.ping().await.unwrap();
+
+        // malformed XML from a new alice session: not-well-formed, bob unaffected
+        let mut alice2 = cluster.login(0, "alice", "desk").await;
+        alice2.send_raw(b"<message><body>&bogus;</body></message>").await.unwrap();
+        let mut cond = None;
+        while let Ok(Some(ev)) = tokio::time::timeout(WAIT, alice2.next_event()).await {
+            if let Event::StreamError(c) = ev {
+                cond = Some(c);
+                break;
+            }
+        }
+        assert_eq!(cond.as_deref(), Some("not-well-formed"));
+        bob.ping().await.unwrap();
+
+        // the same full JID again: the old session gets conflict
+        let bob2 = cluster.login(0, "bob", "phone").await;
+        let mut cond = None;
+        while let Ok(Some(ev)) = tokio::time::timeout(WAIT, bob.next_event()).await {
+            if let Event::StreamError(c) = ev {
+                cond = Some(c);
+                break;
+            }
+        }
+        assert_eq!(cond.as_deref(), Some("conflict"));
+        bob2.ping().await.unwrap();
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cm_with_a_foreign_certificate_is_refused_by_the_core() {
+    bounded(async {
+        let cluster = Cluster::start(1).await;
+        let foreign = tempfile::tempdir().unwrap();
+        certs::init(foreign.path(), DOMAIN, 2, false).unwrap();
+        let rogue = cm_node::start(cm_node::CmConfig::new(
+            "cm-2",
+            DOMAIN,
+            "127.0.0.1:0".parse().unwrap(),
+            cluster.core.as_ref().unwrap().quic_addr,
+            foreign.path().to_path_buf(),
+        ))
+        .await
+        .unwrap();
+        let mut refused = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let metrics = cluster.metrics().await;
+            if metrics.lines().any(|l| l.starts_with("longlink_core_link_errors_total{reason=\"handshake\"}")) {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the core logged and counted the refused handshake");
+        let routes = cluster.routes().await;
+        let names: Vec<&str> = routes["nodes"].as_array().unwrap().iter().filter_map(|n| n["name"].as_str()).collect();
+        assert_eq!(names, ["cm-1"]);
+        rogue.shutdown().await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_restart_keeps_clients_connected_and_messages_flowing() {
+    bounded(async {
+        let mut cluster = Cluster::start(2).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let mut alice = cluster.login(0, "alice", "phone").await;
+        let mut bob = cluster.login(1, "bob", "phone").await;
+        cluster.wait_routes(2).await;
+        alice.send_message(bob.jid(), "before").await.unwrap();
+        assert_eq!(bob.next_message(WAIT).await.unwrap().body.as_deref(), Some("before"));
+
+        cluster.stop_core().await;
+        cluster.start_core().await;
+        // the CMs reconnect and re-announce: the table is rebuilt, no re-login
+        cluster.wait_routes(2).await;
+        assert_eq!(cluster.node_of(bob.jid()).await.as_deref(), Some("cm-2"));
+        alice.send_message(bob.jid(), "after").await.unwrap();
+        assert_eq!(bob.next_message(WAIT).await.unwrap().body.as_deref(), Some("after"));
+        bob.send_message(&jid("alice"), "to bare after").await.unwrap();
+        assert_eq!(alice.next_message(WAIT).await.unwrap().body.as_deref(), Some("to bare after"));
+        cluster.shutdown().await;
+    })
+    .await;
+}
