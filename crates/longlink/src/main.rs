@@ -1,1 +1,124 @@
-fn main() {}
+//! `longlink`: run a local deployment or one role, manage accounts, and talk
+//! to a server from the command line.
+
+mod accounts;
+mod deploy;
+mod talk;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "longlink", version, about = "An XMPP server whose client connections live on connection-manager nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster PKI.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Start a complete local deployment in the foreground (core, embedded storage, CMs).
+    Up(deploy::UpArgs),
+    /// Run the IM core alone.
+    Core {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the CM-facing UDP address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override the admin HTTP address.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Run one CM node alone.
+    Cm {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the client UDP address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override the core address.
+        #[arg(long)]
+        core: Option<SocketAddr>,
+    },
+    /// Send one chat message.
+    Send(talk::SendArgs),
+    /// Receive messages, one JSON object per line on stdout.
+    Recv(talk::RecvArgs),
+    /// Create an account.
+    Adduser(accounts::AccountArgs),
+    /// Delete an account.
+    Deluser(accounts::AccountArgs),
+    /// Change an account's password.
+    Passwd(accounts::AccountArgs),
+    /// Print the core's routing table.
+    Routes {
+        /// Deployment directory (as given to `longlink up`).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a private CA and the core and CM certificates.
+    Init {
+        /// Directory for the PEM files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// XMPP domain the CMs serve.
+        #[arg(long)]
+        domain: String,
+        /// Number of CM nodes (cm-1 .. cm-N).
+        #[arg(long, default_value_t = 2)]
+        cm: u32,
+        /// Re-issue everything, replacing existing keys.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Certs {
+            command: CertsCommand::Init { dir, domain, cm, force },
+        } => {
+            let report = certs::init(&dir, &domain, cm, force).context("making certificates")?;
+            for p in &report.created {
+                println!("created {}", p.display());
+            }
+            for p in &report.kept {
+                println!("kept    {}", p.display());
+            }
+            Ok(())
+        }
+        Command::Up(args) => deploy::up(args).await,
+        Command::Core { config, listen, admin_listen } => deploy::run_core(&config, listen, admin_listen).await,
+        Command::Cm { config, listen, core } => deploy::run_cm(&config, listen, core).await,
+        Command::Send(args) => talk::send(args).await,
+        Command::Recv(args) => talk::recv(args).await,
+        Command::Adduser(args) => accounts::adduser(args).await,
+        Command::Deluser(args) => accounts::deluser(args).await,
+        Command::Passwd(args) => accounts::passwd(args).await,
+        Command::Routes { dir } => accounts::routes(&dir).await,
+    }
+}

@@ -1,0 +1,170 @@
+//! Account management (`adduser`, `deluser`, `passwd`) and `routes`.
+//!
+//! With the core running, requests go to its admin endpoint (address from
+//! `DIR/endpoints.json`, token from `DIR/data/admin.token`); with it stopped,
+//! the database in `DIR/data` is changed directly.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::deploy::Endpoints;
+
+/// Arguments of the account commands.
+#[derive(Args)]
+pub struct AccountArgs {
+    /// The account's JID (or just the user name).
+    jid: String,
+    /// Password (read from standard input if absent; not used by deluser).
+    #[arg(long)]
+    password: Option<String>,
+    /// Deployment directory (as given to `longlink up`).
+    #[arg(long, default_value = "dev-deploy")]
+    dir: PathBuf,
+}
+
+impl AccountArgs {
+    fn user(&self) -> Result<String> {
+        let local = self.jid.split('@').next().unwrap_or_default();
+        im_core::auth::normalize_user(local).with_context(|| format!("invalid user name in {}", self.jid))
+    }
+
+    fn password(&self) -> Result<String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        eprintln!("password:");
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let p = line.trim_end_matches(['\r', '\n']).to_owned();
+        if p.is_empty() {
+            bail!("empty password");
+        }
+        Ok(p)
+    }
+}
+
+enum Target {
+    Running { admin: String, token: String },
+    Stopped { data: PathBuf },
+}
+
+fn target(dir: &Path) -> Result<Target> {
+    let data = dir.join("data");
+    if let Ok(endpoints) = Endpoints::load(dir)
+        && std::net::TcpStream::connect_timeout(&endpoints.admin, std::time::Duration::from_secs(1)).is_ok()
+    {
+        let token = im_core::admin_token(&data).context("reading the admin token")?;
+        return Ok(Target::Running {
+            admin: format!("http://{}", endpoints.admin),
+            token,
+        });
+    }
+    Ok(Target::Stopped { data })
+}
+
+fn http(method: &str, url: &str, token: &str, body: Option<serde_json::Value>) -> Result<u16> {
+    let agent = ureq::Agent::new_with_config(ureq::config::Config::builder().http_status_as_error(false).build());
+    let auth = format!("Bearer {token}");
+    let resp = match (method, body) {
+        ("POST", Some(b)) => agent.post(url).header("authorization", &auth).send_json(b)?,
+        ("PUT", Some(b)) => agent.put(url).header("authorization", &auth).send_json(b)?,
+        ("DELETE", _) => agent.delete(url).header("authorization", &auth).call()?,
+        _ => bail!("unsupported request"),
+    };
+    Ok(resp.status().as_u16())
+}
+
+fn open_db(data: &Path) -> Result<im_core::storage::Db> {
+    im_core::storage::Db::open(data, 10_000).with_context(|| format!("opening the database in {}", data.display()))
+}
+
+/// `longlink adduser`.
+pub async fn adduser(args: AccountArgs) -> Result<()> {
+    let user = args.user()?;
+    let password = args.password()?;
+    let created = match target(&args.dir)? {
+        Target::Running { admin, token } => {
+            let body = serde_json::json!({ "username": user, "password": password });
+            let status = tokio::task::spawn_blocking(move || http("POST", &format!("{admin}/users"), &token, Some(body))).await??;
+            match status {
+                201 => true,
+                409 => false,
+                s => bail!("the core answered HTTP {s}"),
+            }
+        }
+        Target::Stopped { data } => {
+            let creds = xmpp_sasl::StoredCredentials::new(&password, xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS);
+            open_db(&data)?.add_user(&user, &creds)?
+        }
+    };
+    if !created {
+        bail!("user {user} exists");
+    }
+    println!("created {user}");
+    Ok(())
+}
+
+/// `longlink deluser`.
+pub async fn deluser(args: AccountArgs) -> Result<()> {
+    let user = args.user()?;
+    let deleted = match target(&args.dir)? {
+        Target::Running { admin, token } => {
+            let url = format!("{admin}/users/{user}");
+            let status = tokio::task::spawn_blocking(move || http("DELETE", &url, &token, None)).await??;
+            match status {
+                204 => true,
+                404 => false,
+                s => bail!("the core answered HTTP {s}"),
+            }
+        }
+        Target::Stopped { data } => open_db(&data)?.delete_user(&user)?,
+    };
+    if !deleted {
+        bail!("no user {user}");
+    }
+    println!("deleted {user}");
+    Ok(())
+}
+
+/// `longlink passwd`.
+pub async fn passwd(args: AccountArgs) -> Result<()> {
+    let user = args.user()?;
+    let password = args.password()?;
+    let changed = match target(&args.dir)? {
+        Target::Running { admin, token } => {
+            let url = format!("{admin}/users/{user}/password");
+            let body = serde_json::json!({ "password": password });
+            let status = tokio::task::spawn_blocking(move || http("PUT", &url, &token, Some(body))).await??;
+            match status {
+                204 => true,
+                404 => false,
+                s => bail!("the core answered HTTP {s}"),
+            }
+        }
+        Target::Stopped { data } => {
+            let creds = xmpp_sasl::StoredCredentials::new(&password, xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS);
+            open_db(&data)?.set_credentials(&user, &creds)?
+        }
+    };
+    if !changed {
+        bail!("no user {user}");
+    }
+    println!("password changed for {user}");
+    Ok(())
+}
+
+/// `longlink routes`.
+pub async fn routes(dir: &Path) -> Result<()> {
+    let endpoints = Endpoints::load(dir)?;
+    let url = format!("http://{}/routes", endpoints.admin);
+    let text = tokio::task::spawn_blocking(move || -> Result<String> {
+        Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
+    })
+    .await??;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}

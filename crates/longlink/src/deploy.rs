@@ -1,0 +1,148 @@
+//! Running longlink: a whole local deployment (`up`) or one role.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// Arguments of `longlink up`.
+#[derive(Args)]
+pub struct UpArgs {
+    /// Deployment directory (certificates, database, endpoints.json).
+    #[arg(long, default_value = "dev-deploy")]
+    dir: PathBuf,
+    /// Number of CM nodes.
+    #[arg(long, default_value_t = 2)]
+    cms: u32,
+    /// XMPP domain.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// First port: core on BASE, admin on BASE+10, CM i on BASE+100+i. 0 = ephemeral ports.
+    #[arg(long, default_value_t = 5270)]
+    port_base: u16,
+}
+
+/// What `longlink up` started, as written to `DIR/endpoints.json`.
+#[derive(Serialize, Deserialize)]
+pub struct Endpoints {
+    /// XMPP domain.
+    pub domain: String,
+    /// CA file clients must trust.
+    pub ca: PathBuf,
+    /// Core's CM-facing QUIC address.
+    pub core: SocketAddr,
+    /// Core admin HTTP address.
+    pub admin: SocketAddr,
+    /// Client-facing QUIC address of each CM.
+    pub cms: Vec<CmEndpoint>,
+}
+
+/// One CM in [`Endpoints`].
+#[derive(Serialize, Deserialize)]
+pub struct CmEndpoint {
+    /// Node name.
+    pub node: String,
+    /// Client QUIC address (ALPN xmpp-client).
+    pub quic: SocketAddr,
+}
+
+impl Endpoints {
+    /// Reads `DIR/endpoints.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("endpoints.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+fn port(base: u16, offset: u16) -> u16 {
+    if base == 0 { 0 } else { base + offset }
+}
+
+/// `longlink up`.
+pub async fn up(args: UpArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    let pki = dir.join("pki");
+    let report = certs::init(&pki, &args.domain, args.cms, false).context("making certificates")?;
+    if !report.created.is_empty() {
+        tracing::info!(dir = %pki.display(), files = report.created.len(), "made dev certificates");
+    }
+    let mut core_config = im_core::CoreConfig::new(&args.domain, dir.join("data"), pki.clone());
+    core_config.listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 0)));
+    core_config.admin_listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 10)));
+    let core = im_core::start(core_config).await.context("starting the core")?;
+    let mut cms = Vec::new();
+    for i in 1..=args.cms {
+        let node = format!("cm-{i}");
+        let listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 100 + i as u16)));
+        let config = cm_node::CmConfig::new(&node, &args.domain, listen, core.quic_addr, pki.clone());
+        cms.push(cm_node::start(config).await.with_context(|| format!("starting {node}"))?);
+    }
+    let endpoints = Endpoints {
+        domain: args.domain.clone(),
+        ca: pki.join("ca.pem"),
+        core: core.quic_addr,
+        admin: core.admin_addr,
+        cms: cms
+            .iter()
+            .map(|c| CmEndpoint {
+                node: c.node.clone(),
+                quic: c.client_addr,
+            })
+            .collect(),
+    };
+    let json = serde_json::to_string_pretty(&endpoints)?;
+    std::fs::write(dir.join("endpoints.json"), &json)?;
+    println!("longlink is up for domain {}", args.domain);
+    println!("  core (CM links)   quic://{}", core.quic_addr);
+    println!("  admin             http://{} (/metrics, /routes)", core.admin_addr);
+    for c in &endpoints.cms {
+        println!("  {:<17} quic://{} (ALPN xmpp-client)", c.node, c.quic);
+    }
+    println!("  CA                {}", endpoints.ca.display());
+    println!("  endpoints         {}", dir.join("endpoints.json").display());
+    println!("Add a user: longlink adduser alice@{} --password secret --dir {}", args.domain, dir.display());
+    println!("Ctrl-C stops everything.");
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("stopping");
+    for cm in cms {
+        cm.shutdown().await;
+    }
+    core.shutdown().await;
+    Ok(())
+}
+
+/// `longlink core --config FILE`.
+pub async fn run_core(config: &Path, listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut cfg: im_core::CoreConfig = toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(a) = admin {
+        cfg.admin_listen = a;
+    }
+    let core = im_core::start(cfg).await.context("starting the core")?;
+    tokio::signal::ctrl_c().await?;
+    core.shutdown().await;
+    Ok(())
+}
+
+/// `longlink cm --config FILE`.
+pub async fn run_cm(config: &Path, listen: Option<SocketAddr>, core: Option<SocketAddr>) -> Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut cfg: cm_node::CmConfig = toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(c) = core {
+        cfg.core = c;
+    }
+    let cm = cm_node::start(cfg).await.context("starting the CM")?;
+    tokio::signal::ctrl_c().await?;
+    cm.shutdown().await;
+    Ok(())
+}

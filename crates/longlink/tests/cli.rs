@@ -1,0 +1,119 @@
+//! The `longlink` command as users run it: real processes on loopback.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_longlink");
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("longlink runs")
+}
+
+#[test]
+fn certs_init_keeps_keys_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&["certs", "init", "--dir", d, "--domain", "example.org", "--cm", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    let key = dir.path().join("cm-2.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read(&key).unwrap();
+    assert!(run(&["certs", "init", "--dir", d, "--domain", "example.org", "--cm", "2"]).status.success());
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    assert!(run(&["certs", "init", "--dir", d, "--domain", "example.org", "--cm", "2", "--force"]).status.success());
+    assert_ne!(std::fs::read(&key).unwrap(), before);
+}
+
+/// Kills the deployment if the test fails half-way.
+struct Deployment(Child);
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn up_adduser_send_recv_routes_and_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut up = Deployment(
+        Command::new(BIN)
+            .args(["up", "--dir", d, "--cms", "2", "--port-base", "0", "--domain", "example.org"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoints = dir.path().join("endpoints.json");
+    wait_for(&endpoints);
+    let ep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
+    let cm1 = ep["cms"][0]["quic"].as_str().unwrap().to_owned();
+    let cm2 = ep["cms"][1]["quic"].as_str().unwrap().to_owned();
+    let ca = ep["ca"].as_str().unwrap().to_owned();
+
+    for user in ["alice@example.org", "bob@example.org"] {
+        let out = run(&["adduser", user, "--password", "pw", "--dir", d]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(!run(&["adduser", "alice", "--password", "pw", "--dir", d]).status.success(), "duplicate refused");
+
+    let recv = Command::new(BIN)
+        .args(["recv", "--server", &cm2, "--jid", "bob@example.org", "--password", "pw", "--ca", &ca, "--count", "1", "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait until bob is routed
+    let start = Instant::now();
+    loop {
+        let out = run(&["routes", "--dir", d]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("bob@example.org/") {
+            assert!(text.contains("\"name\": \"cm-2\""));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "bob never routed: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run(&["send", "--server", &cm1, "--jid", "alice@example.org", "--password", "pw", "--ca", &ca, "--to", "bob@example.org", "--body", "hi bob"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = recv.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["body"], "hi bob");
+    assert!(line["from"].as_str().unwrap().starts_with("alice@example.org/"));
+
+    // wrong password fails
+    let out = run(&["send", "--server", &cm1, "--jid", "alice@example.org", "--password", "nope", "--ca", &ca, "--to", "bob@example.org", "--body", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-authorized"));
+
+    // Ctrl-C stops everything cleanly
+    let pid = up.0.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = up.0.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // with the core stopped, accounts are managed in the database directly
+    assert!(run(&["passwd", "alice", "--password", "new", "--dir", d]).status.success());
+    assert!(run(&["deluser", "bob", "--dir", d]).status.success());
+    assert!(!run(&["deluser", "bob", "--dir", d]).status.success());
+}
