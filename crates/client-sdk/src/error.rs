@@ -40,11 +40,15 @@ impl ClientError {
         // QUIC carries TLS alerts as CRYPTO_ERROR codes 0x100..=0x1ff (RFC 9001 §4.8).
         let is_crypto = |code: u64| (0x100..0x200).contains(&code);
         match e {
-            quinn::ConnectionError::TransportError(t) if is_crypto(u64::from(t.code)) => ClientError::Tls(t.to_string()),
+            quinn::ConnectionError::TransportError(t) if is_crypto(u64::from(t.code)) => {
+                ClientError::Tls(t.to_string())
+            }
             quinn::ConnectionError::ConnectionClosed(c) if is_crypto(u64::from(c.error_code)) => {
                 ClientError::Tls(c.to_string())
             }
-            quinn::ConnectionError::TimedOut => ClientError::Unreachable("no answer from the server".into()),
+            quinn::ConnectionError::TimedOut => {
+                ClientError::Unreachable("no answer from the server".into())
+            }
             other => ClientError::Unreachable(other.to_string()),
         }
     }

@@ -101,7 +101,10 @@ pub(crate) fn classify(el: Element, pending: &Pending) -> Option<Event> {
             to: attr("to"),
             kind: attr("type").unwrap_or_else(|| "normal".into()),
             body: el.child("body", ns::CLIENT).map(Element::text),
-            delay: el.child("delay", ns::DELAY).and_then(|d| d.attr("stamp")).map(str::to_owned),
+            delay: el
+                .child("delay", ns::DELAY)
+                .and_then(|d| d.attr("stamp"))
+                .map(str::to_owned),
             error: stanza_error_condition(&el),
         })),
         "presence" => Some(Event::Presence(Presence {
@@ -123,7 +126,10 @@ pub(crate) fn classify(el: Element, pending: &Pending) -> Option<Event> {
                 element: el,
             };
             if matches!(r.kind.as_str(), "result" | "error")
-                && let Some(waiter) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.id)
+                && let Some(waiter) = pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&r.id)
             {
                 let _ = waiter.send(r);
                 return None;

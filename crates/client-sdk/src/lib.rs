@@ -114,18 +114,23 @@ impl Client {
     }
 
     async fn connect_inner(opts: ConnectOptions) -> Result<Client, ClientError> {
-        let bare = jid::BareJid::new(&opts.jid).map_err(|e| ClientError::Config(format!("invalid JID: {e}")))?;
+        let bare = jid::BareJid::new(&opts.jid)
+            .map_err(|e| ClientError::Config(format!("invalid JID: {e}")))?;
         let username = bare
             .node()
             .map(|n| n.to_string())
             .ok_or_else(|| ClientError::Config("the JID needs a user part".into()))?;
         let domain = bare.domain().to_string();
         let roots = match &opts.trust {
-            Trust::CaFile(path) => certs::load_roots(path).map_err(|e| ClientError::Config(e.to_string()))?,
+            Trust::CaFile(path) => {
+                certs::load_roots(path).map_err(|e| ClientError::Config(e.to_string()))?
+            }
             Trust::Roots(r) => (**r).clone(),
         };
-        let tls = certs::client_config(roots, &[ALPN]).map_err(|e| ClientError::Config(e.to_string()))?;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Config(e.to_string()))?;
+        let tls =
+            certs::client_config(roots, &[ALPN]).map_err(|e| ClientError::Config(e.to_string()))?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -137,7 +142,8 @@ impl Client {
         } else {
             ([0u16; 8], 0).into()
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable(e.to_string()))?;
         endpoint.set_default_client_config(config);
         let conn = endpoint
             .connect(opts.server, &domain)
@@ -185,7 +191,9 @@ impl Client {
     }
 
     fn new_id(&self) -> String {
-        let n = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("ll{n:x}-{:08x}", rand::random::<u32>())
     }
 
@@ -215,13 +223,19 @@ impl Client {
         let id = self.new_id();
         iq.set_attr("id", id.clone());
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
         self.write(&iq.to_bytes(ns::CLIENT)).await?;
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(ClientError::Closed),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 Err(ClientError::Timeout)
             }
         }
@@ -318,7 +332,11 @@ impl Negotiation {
 
     async fn next(&mut self) -> Result<FrameEvent, ClientError> {
         loop {
-            if let Some(ev) = self.framer.next_event().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            if let Some(ev) = self
+                .framer
+                .next_event()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
                 return Ok(ev);
             }
             match self.recv.read_chunk(64 * 1024, true).await {
@@ -333,7 +351,8 @@ impl Negotiation {
     async fn element(&mut self) -> Result<Element, ClientError> {
         match self.next().await? {
             FrameEvent::Element(raw) => {
-                let el = Element::parse_in_stream(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let el = Element::parse_in_stream(&raw)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if el.name == "error" && el.ns == ns::STREAMS {
                     return Err(ClientError::Stream(event::stream_error_condition(&el)));
                 }
@@ -363,7 +382,11 @@ impl Negotiation {
             return Err(ClientError::Auth("invalid-mechanism".into()));
         }
         let mut scram = ScramClient::new(ScramHash::Sha256, username, password);
-        let auth = stream::sasl_element("auth", Some("SCRAM-SHA-256"), Some(&B64.encode(scram.client_first())));
+        let auth = stream::sasl_element(
+            "auth",
+            Some("SCRAM-SHA-256"),
+            Some(&B64.encode(scram.client_first())),
+        );
         self.write(&auth).await?;
         loop {
             let el = self.element().await?;
@@ -379,8 +402,12 @@ impl Negotiation {
                     let reply = scram
                         .handle_server_first(&data)
                         .map_err(|e| ClientError::Auth(e.condition().to_owned()))?;
-                    self.write(&stream::sasl_element("response", None, Some(&B64.encode(reply))))
-                        .await?;
+                    self.write(&stream::sasl_element(
+                        "response",
+                        None,
+                        Some(&B64.encode(reply)),
+                    ))
+                    .await?;
                 }
                 "success" => {
                     scram
@@ -396,7 +423,11 @@ impl Negotiation {
                         .unwrap_or_else(|| "not-authorized".into());
                     return Err(ClientError::Auth(cond));
                 }
-                other => return Err(ClientError::Protocol(format!("unexpected <{other}/> during SASL"))),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected <{other}/> during SASL"
+                    )));
+                }
             }
         }
     }
@@ -404,7 +435,9 @@ impl Negotiation {
     async fn bind(&mut self, resource: Option<&str>) -> Result<String, ClientError> {
         let features = self.element().await?;
         if features.child("bind", ns::BIND).is_none() {
-            return Err(ClientError::Protocol("server offers no resource binding".into()));
+            return Err(ClientError::Protocol(
+                "server offers no resource binding".into(),
+            ));
         }
         let mut bind = Element::new("bind", ns::BIND);
         if let Some(r) = resource {
@@ -423,16 +456,25 @@ impl Negotiation {
                 .map(|j| j.text())
                 .ok_or_else(|| ClientError::Protocol("bind result without a JID".into()));
         }
-        Err(ClientError::StanzaError(event::stanza_error_condition(&reply).unwrap_or_else(|| "undefined-condition".into())))
+        Err(ClientError::StanzaError(
+            event::stanza_error_condition(&reply).unwrap_or_else(|| "undefined-condition".into()),
+        ))
     }
 }
 
-async fn read_loop(mut recv: RecvStream, mut framer: Framer, tx: mpsc::Sender<Event>, pending: Pending) {
+async fn read_loop(
+    mut recv: RecvStream,
+    mut framer: Framer,
+    tx: mpsc::Sender<Event>,
+    pending: Pending,
+) {
     'outer: loop {
         loop {
             match framer.next_event() {
                 Ok(Some(FrameEvent::Element(raw))) => {
-                    let Ok(el) = Element::parse_in_stream(&raw) else { continue };
+                    let Ok(el) = Element::parse_in_stream(&raw) else {
+                        continue;
+                    };
                     if let Some(event) = event::classify(el, &pending) {
                         let stop = matches!(event, Event::StreamError(_));
                         if tx.send(event).await.is_err() || stop {

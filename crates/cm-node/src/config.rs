@@ -49,7 +49,13 @@ fn default_keepalive() -> u64 {
 
 impl CmConfig {
     /// A configuration with defaults for everything but the essentials.
-    pub fn new(node: &str, domain: &str, listen: SocketAddr, core: SocketAddr, pki_dir: PathBuf) -> Self {
+    pub fn new(
+        node: &str,
+        domain: &str,
+        listen: SocketAddr,
+        core: SocketAddr,
+        pki_dir: PathBuf,
+    ) -> Self {
         Self {
             node: node.to_owned(),
             domain: domain.to_owned(),

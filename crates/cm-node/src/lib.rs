@@ -66,7 +66,8 @@ impl CmHandle {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         self.client_endpoint.close(0u32.into(), b"shutting down");
         self.core_endpoint.close(0u32.into(), b"shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client_endpoint.wait_idle()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.client_endpoint.wait_idle()).await;
     }
 
     /// Stops at once, like a crash: no stream errors, connections just vanish
@@ -116,14 +117,17 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     let key = pki.cm_key(&config.node);
 
     let client_tls = certs::client_facing_server_config(&cert, &key, &[CLIENT_ALPN])?;
-    let client_tls = quinn::crypto::rustls::QuicServerConfig::try_from(client_tls).map_err(|e| CmError::Quic(e.to_string()))?;
+    let client_tls = quinn::crypto::rustls::QuicServerConfig::try_from(client_tls)
+        .map_err(|e| CmError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(client_tls));
     server_config.transport_config(Arc::new(client_transport(&config)));
-    let client_endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(io(format!("bind {}", config.listen)))?;
+    let client_endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .map_err(io(format!("bind {}", config.listen)))?;
     let client_addr = client_endpoint.local_addr().map_err(io("local address"))?;
 
     let core_tls = certs::cluster_client_config(&pki.ca_cert(), &cert, &key, cm_protocol::ALPN)?;
-    let core_tls = quinn::crypto::rustls::QuicClientConfig::try_from(core_tls).map_err(|e| CmError::Quic(e.to_string()))?;
+    let core_tls = quinn::crypto::rustls::QuicClientConfig::try_from(core_tls)
+        .map_err(|e| CmError::Quic(e.to_string()))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(core_tls));
     client_config.transport_config(Arc::new(core_transport()));
     let bind: SocketAddr = if config.core.is_ipv4() {

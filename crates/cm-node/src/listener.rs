@@ -112,7 +112,8 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
             && announced != (session.available, session.priority)
         {
             announced = (session.available, session.priority);
-            ctx.sessions.update(sid, jid, session.available, session.priority);
+            ctx.sessions
+                .update(sid, jid, session.available, session.priority);
         }
         if close {
             break;
@@ -135,4 +136,3 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
-

@@ -63,11 +63,21 @@ impl Pool {
         }
         let pool = Arc::new(Pool {
             senders,
-            mechanisms: RwLock::new(vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-1".into(), "PLAIN".into()]),
+            mechanisms: RwLock::new(vec![
+                "SCRAM-SHA-256".into(),
+                "SCRAM-SHA-1".into(),
+                "PLAIN".into(),
+            ]),
         });
         let setup = Arc::new(setup);
         for (index, rx) in receivers.into_iter().enumerate() {
-            tasks.spawn(connection_task(pool.clone(), setup.clone(), index as u16, size, rx));
+            tasks.spawn(connection_task(
+                pool.clone(),
+                setup.clone(),
+                index as u16,
+                size,
+                rx,
+            ));
         }
         pool
     }
@@ -80,7 +90,10 @@ impl Pool {
 
     /// The SASL mechanisms the core offers.
     pub fn mechanisms(&self) -> Vec<String> {
-        self.mechanisms.read().map(|m| m.clone()).unwrap_or_default()
+        self.mechanisms
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -100,7 +113,13 @@ enum LinkError {
     Shutdown,
 }
 
-async fn connection_task(pool: Arc<Pool>, setup: Arc<PoolSetup>, index: u16, size: u16, mut rx: mpsc::Receiver<Frame>) {
+async fn connection_task(
+    pool: Arc<Pool>,
+    setup: Arc<PoolSetup>,
+    index: u16,
+    size: u16,
+    mut rx: mpsc::Receiver<Frame>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match run_connection(&pool, &setup, index, size, &mut rx).await {
@@ -108,7 +127,8 @@ async fn connection_task(pool: Arc<Pool>, setup: Arc<PoolSetup>, index: u16, siz
             Ok(()) => tracing::info!(index, "core connection closed"),
             Err(e) => tracing::warn!(index, error = %e, "core connection failed"),
         }
-        let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
         tokio::select! {
             _ = setup.shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff + jitter) => {}
@@ -124,7 +144,9 @@ async fn run_connection(
     size: u16,
     rx: &mut mpsc::Receiver<Frame>,
 ) -> Result<(), LinkError> {
-    let connecting = setup.endpoint.connect(setup.core, certs::CORE_SERVER_NAME)?;
+    let connecting = setup
+        .endpoint
+        .connect(setup.core, certs::CORE_SERVER_NAME)?;
     let conn = tokio::select! {
         _ = setup.shutdown.cancelled() => return Err(LinkError::Shutdown),
         c = connecting => c?,
@@ -140,21 +162,34 @@ async fn run_connection(
     send.write_all(&out).await?;
     out.clear();
     let mut decoder = FrameDecoder::new();
-    let welcome = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, &mut decoder))
-        .await
-        .map_err(|_| LinkError::Protocol("no welcome".into()))??;
+    let welcome =
+        tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, &mut decoder))
+            .await
+            .map_err(|_| LinkError::Protocol("no welcome".into()))??;
     match welcome {
-        Some(Frame::Welcome { mechanisms, instance, .. }) => {
+        Some(Frame::Welcome {
+            mechanisms,
+            instance,
+            ..
+        }) => {
             if let Ok(mut m) = pool.mechanisms.write() {
                 *m = mechanisms;
             }
             tracing::info!(index, core_instance = instance, "connected to the core");
         }
-        other => return Err(LinkError::Protocol(format!("expected welcome, got {other:?}"))),
+        other => {
+            return Err(LinkError::Protocol(format!(
+                "expected welcome, got {other:?}"
+            )));
+        }
     }
     let announcements = setup.sessions.announcements(index, size);
     if !announcements.is_empty() {
-        tracing::info!(index, sessions = announcements.len(), "re-announcing sessions");
+        tracing::info!(
+            index,
+            sessions = announcements.len(),
+            "re-announcing sessions"
+        );
     }
     for a in announcements {
         a.encode(&mut out);
@@ -231,15 +266,23 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
 
 /// Turns an undeliverable Deliver back into a Bounce for the core.
 pub fn bounce(frame: Frame) -> Option<Frame> {
-    let Frame::Deliver { payload, .. } = frame else { return None };
+    let Frame::Deliver { payload, .. } = frame else {
+        return None;
+    };
     let top = xmpp_stream::stanza::inspect(&payload).ok()?;
     let to = top.attr("to")?.to_owned();
     Some(Frame::Bounce { to, payload })
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<Option<Frame>, LinkError> {
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Frame>, LinkError> {
     loop {
-        if let Some(f) = decoder.next_frame().map_err(|e| LinkError::Protocol(e.to_string()))? {
+        if let Some(f) = decoder
+            .next_frame()
+            .map_err(|e| LinkError::Protocol(e.to_string()))?
+        {
             return Ok(Some(f));
         }
         match recv.read_chunk(64 * 1024, true).await? {

@@ -136,7 +136,11 @@ impl ClientSession {
                 self.out.push(SessionAction::Write(payload));
             }
             (State::SaslRunning, Frame::AuthChallenge { data, .. }) => {
-                self.write(stream::sasl_element("challenge", None, Some(&B64.encode(&data))));
+                self.write(stream::sasl_element(
+                    "challenge",
+                    None,
+                    Some(&B64.encode(&data)),
+                ));
             }
             (State::SaslRunning, Frame::AuthSuccess { data, user, .. }) => {
                 let data = (!data.is_empty()).then(|| B64.encode(&data));
@@ -152,7 +156,10 @@ impl ClientSession {
                 self.auth_failures += 1;
                 self.state = State::Sasl;
                 if self.auth_failures >= MAX_AUTH_FAILURES {
-                    self.close_with(StreamCondition::PolicyViolation, Some("too many failed authentication attempts"));
+                    self.close_with(
+                        StreamCondition::PolicyViolation,
+                        Some("too many failed authentication attempts"),
+                    );
                 }
             }
             (State::Binding, Frame::BindResult { iq_id, result, .. }) => match result {
@@ -180,7 +187,12 @@ impl ClientSession {
                 self.close_with(StreamCondition::from_name(&condition), None);
             }
             (state, other) => {
-                tracing::debug!(sid = self.sid, ?state, frame = other.name(), "frame ignored in this state");
+                tracing::debug!(
+                    sid = self.sid,
+                    ?state,
+                    frame = other.name(),
+                    "frame ignored in this state"
+                );
             }
         }
         std::mem::take(&mut self.out)
@@ -197,7 +209,8 @@ impl ClientSession {
 
     /// The client's stream is gone; returns what the core must learn.
     pub fn on_closed(&mut self) -> Option<Frame> {
-        let had_core_state = self.user.is_some() || self.state == State::SaslRunning || self.jid.is_some();
+        let had_core_state =
+            self.user.is_some() || self.state == State::SaslRunning || self.jid.is_some();
         self.state = State::Closed;
         had_core_state.then(|| Frame::SessionEnd {
             sid: self.sid,
@@ -207,7 +220,10 @@ impl ClientSession {
 
     fn on_open(&mut self, header: xmpp_stream::StreamHeader) {
         let State::Header { authenticated } = self.state else {
-            self.close_with(StreamCondition::NotWellFormed, Some("unexpected stream header"));
+            self.close_with(
+                StreamCondition::NotWellFormed,
+                Some("unexpected stream header"),
+            );
             return;
         };
         let id = format!("{:016x}", rand::random::<u64>());
@@ -216,7 +232,10 @@ impl ClientSession {
             Some(to) if to.eq_ignore_ascii_case(&self.domain) => {}
             _ => {
                 self.write(out);
-                self.close_with(StreamCondition::HostUnknown, Some("this server does not serve that domain"));
+                self.close_with(
+                    StreamCondition::HostUnknown,
+                    Some("this server does not serve that domain"),
+                );
                 return;
             }
         }
@@ -241,11 +260,15 @@ impl ClientSession {
             State::Bind if top.stanza_kind() == Some(StanzaKind::Iq) => self.on_bind(&raw),
             State::Bound => match top.header() {
                 Some(h) => self.on_stanza(&raw, &top, h),
-                None => self.close_with(StreamCondition::UnsupportedStanzaType, Some("unsupported element")),
+                None => self.close_with(
+                    StreamCondition::UnsupportedStanzaType,
+                    Some("unsupported element"),
+                ),
             },
-            State::Sasl | State::SaslRunning | State::Bind | State::Binding => {
-                self.close_with(StreamCondition::NotAuthorized, Some("authenticate and bind first"))
-            }
+            State::Sasl | State::SaslRunning | State::Bind | State::Binding => self.close_with(
+                StreamCondition::NotAuthorized,
+                Some("authenticate and bind first"),
+            ),
             State::Header { .. } | State::Closed => {}
         }
     }
@@ -267,7 +290,7 @@ impl ClientSession {
         match (self.state, top.name.as_str()) {
             (State::Sasl, "auth") => {
                 let mechanism = top.attr("mechanism").unwrap_or_default().to_owned();
-                if !self.mechanisms.iter().any(|m| *m == mechanism) {
+                if !self.mechanisms.contains(&mechanism) {
                     self.write(stream::sasl_failure("invalid-mechanism", None));
                     return;
                 }
@@ -288,7 +311,10 @@ impl ClientSession {
                 self.write(stream::sasl_failure("aborted", None));
                 self.state = State::Sasl;
             }
-            _ => self.close_with(StreamCondition::NotAuthorized, Some("unexpected SASL element")),
+            _ => self.close_with(
+                StreamCondition::NotAuthorized,
+                Some("unexpected SASL element"),
+            ),
         }
     }
 
@@ -300,7 +326,9 @@ impl ClientSession {
         let id = iq.attr("id").unwrap_or_default().to_owned();
         match (iq.attr("type"), iq.child("bind", ns::BIND)) {
             (Some("set"), Some(bind)) => {
-                let resource = bind.child("resource", ns::BIND).map(|r| r.text().trim().to_owned());
+                let resource = bind
+                    .child("resource", ns::BIND)
+                    .map(|r| r.text().trim().to_owned());
                 self.state = State::Binding;
                 self.out.push(SessionAction::ToCore(Frame::Bind {
                     sid: self.sid,
@@ -308,7 +336,10 @@ impl ClientSession {
                     resource,
                 }));
             }
-            _ => self.close_with(StreamCondition::NotAuthorized, Some("bind a resource first")),
+            _ => self.close_with(
+                StreamCondition::NotAuthorized,
+                Some("bind a resource first"),
+            ),
         }
     }
 
@@ -353,7 +384,12 @@ impl ClientSession {
 
     fn close_with(&mut self, condition: StreamCondition, text: Option<&str>) {
         tracing::debug!(sid = self.sid, %condition, text, "closing client stream");
-        if matches!(self.state, State::Header { .. }) && !self.out.iter().any(|a| matches!(a, SessionAction::Write(_))) {
+        if matches!(self.state, State::Header { .. })
+            && !self
+                .out
+                .iter()
+                .any(|a| matches!(a, SessionAction::Write(_)))
+        {
             // A stream error needs an open stream: open one first (RFC 6120 §4.9.1.1).
             let id = format!("{:016x}", rand::random::<u64>());
             self.write(stream::server_header(&self.domain, &id, None, None));
@@ -379,7 +415,12 @@ mod tests {
     const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
 
     fn session() -> ClientSession {
-        ClientSession::new(7, "x", vec!["SCRAM-SHA-256".into(), "PLAIN".into()], Limits::default())
+        ClientSession::new(
+            7,
+            "x",
+            vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
+            Limits::default(),
+        )
     }
 
     fn written(actions: &[SessionAction]) -> String {
@@ -406,15 +447,29 @@ mod tests {
         let mut s = session();
         let a = s.on_data(HEADER);
         assert!(written(&a).contains("<mechanism>SCRAM-SHA-256</mechanism>"));
-        let a = s.on_data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>");
-        assert!(matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, data, .. }] if mechanism == "PLAIN" && &data[..] == b"\0a\0b"));
-        let a = s.on_core(Frame::AuthSuccess { sid: 7, data: Bytes::new(), user: "a@x".into() });
+        let a = s.on_data(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+        );
+        assert!(
+            matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, data, .. }] if mechanism == "PLAIN" && &data[..] == b"\0a\0b")
+        );
+        let a = s.on_core(Frame::AuthSuccess {
+            sid: 7,
+            data: Bytes::new(),
+            user: "a@x".into(),
+        });
         assert!(written(&a).contains("<success"));
         let a = s.on_data(HEADER);
         assert!(written(&a).contains("urn:ietf:params:xml:ns:xmpp-bind"));
         let a = s.on_data(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
-        assert!(matches!(&to_core(&a)[..], [Frame::Bind { resource: Some(r), .. }] if r == "phone"));
-        let a = s.on_core(Frame::BindResult { sid: 7, iq_id: "b1".into(), result: Ok("a@x/phone".into()) });
+        assert!(
+            matches!(&to_core(&a)[..], [Frame::Bind { resource: Some(r), .. }] if r == "phone")
+        );
+        let a = s.on_core(Frame::BindResult {
+            sid: 7,
+            iq_id: "b1".into(),
+            result: Ok("a@x/phone".into()),
+        });
         assert!(a.contains(&SessionAction::Bound("a@x/phone".into())));
         assert!(written(&a).contains("<jid>a@x/phone</jid>"));
         s
@@ -423,8 +478,17 @@ mod tests {
     #[test]
     fn negotiates_and_stamps_from() {
         let mut s = bound_session();
-        let a = s.on_data(b"<message to='b@x' from='evil@x' type='chat' id='m1'><body>hi</body></message>");
-        let [Frame::Stanza { header, payload, .. }] = &to_core(&a)[..] else { panic!("{a:?}") };
+        let a = s.on_data(
+            b"<message to='b@x' from='evil@x' type='chat' id='m1'><body>hi</body></message>",
+        );
+        let [
+            Frame::Stanza {
+                header, payload, ..
+            },
+        ] = &to_core(&a)[..]
+        else {
+            panic!("{a:?}")
+        };
         assert_eq!(header.from, "a@x/phone");
         assert_eq!(header.to.as_deref(), Some("b@x"));
         let el = Element::parse(payload, ns::CLIENT).unwrap();
@@ -434,9 +498,18 @@ mod tests {
         assert!(s.available);
         assert_eq!(s.priority, 5);
         // deliveries are written as they are
-        let a = s.on_core(Frame::Deliver { sid: 7, payload: Bytes::from_static(b"<message/>") });
+        let a = s.on_core(Frame::Deliver {
+            sid: 7,
+            payload: Bytes::from_static(b"<message/>"),
+        });
         assert_eq!(written(&a), "<message/>");
-        assert_eq!(s.on_closed(), Some(Frame::SessionEnd { sid: 7, jid: Some("a@x/phone".into()) }));
+        assert_eq!(
+            s.on_closed(),
+            Some(Frame::SessionEnd {
+                sid: 7,
+                jid: Some("a@x/phone".into())
+            })
+        );
     }
 
     #[test]
@@ -465,8 +538,13 @@ mod tests {
         let mut s = session();
         s.on_data(HEADER);
         for i in 0..3 {
-            s.on_data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>");
-            let a = s.on_core(Frame::AuthFailure { sid: 7, condition: "not-authorized".into() });
+            s.on_data(
+                b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+            );
+            let a = s.on_core(Frame::AuthFailure {
+                sid: 7,
+                condition: "not-authorized".into(),
+            });
             assert!(written(&a).contains("<not-authorized"));
             assert_eq!(a.contains(&SessionAction::Close), i == 2);
         }
@@ -475,7 +553,10 @@ mod tests {
     #[test]
     fn kick_closes_with_conflict() {
         let mut s = bound_session();
-        let a = s.on_core(Frame::Kick { sid: 7, condition: "conflict".into() });
+        let a = s.on_core(Frame::Kick {
+            sid: 7,
+            condition: "conflict".into(),
+        });
         assert!(written(&a).contains("<conflict"));
         assert!(a.contains(&SessionAction::Close));
     }

@@ -96,12 +96,14 @@ impl Sessions {
             .iter()
             .filter(|(sid, _)| **sid % u64::from(size.max(1)) == u64::from(index))
             .filter_map(|(sid, h)| {
-                h.bound.as_ref().map(|(jid, available, priority)| Frame::Announce {
-                    sid: *sid,
-                    jid: jid.clone(),
-                    available: *available,
-                    priority: *priority,
-                })
+                h.bound
+                    .as_ref()
+                    .map(|(jid, available, priority)| Frame::Announce {
+                        sid: *sid,
+                        jid: jid.clone(),
+                        available: *available,
+                        priority: *priority,
+                    })
             })
             .collect()
     }

@@ -43,7 +43,10 @@ pub fn routes(state: Arc<AdminState>) -> Router {
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     (
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
@@ -82,7 +85,11 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn add_user(State(s): State<Arc<AdminState>>, headers: HeaderMap, Json(body): Json<UserBody>) -> Response {
+async fn add_user(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Json(body): Json<UserBody>,
+) -> Response {
     if !authorized(&s, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -97,7 +104,11 @@ async fn add_user(State(s): State<Arc<AdminState>>, headers: HeaderMap, Json(bod
     }
 }
 
-async fn delete_user(State(s): State<Arc<AdminState>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
+async fn delete_user(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
     if !authorized(&s, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -124,7 +135,11 @@ async fn set_password(
         return StatusCode::BAD_REQUEST.into_response();
     };
     let creds = derive(body.password).await;
-    match s.storage.call(move |db| db.set_credentials(&user, &creds)).await {
+    match s
+        .storage
+        .call(move |db| db.set_credentials(&user, &creds))
+        .await
+    {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => StatusCode::NOT_FOUND.into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -133,7 +148,9 @@ async fn set_password(
 
 async fn derive(password: String) -> StoredCredentials {
     let pw = password.clone();
-    tokio::task::spawn_blocking(move || StoredCredentials::new(&pw, StoredCredentials::DEFAULT_ITERATIONS))
-        .await
-        .unwrap_or_else(|_| StoredCredentials::new(&password, StoredCredentials::DEFAULT_ITERATIONS))
+    tokio::task::spawn_blocking(move || {
+        StoredCredentials::new(&pw, StoredCredentials::DEFAULT_ITERATIONS)
+    })
+    .await
+    .unwrap_or_else(|_| StoredCredentials::new(&password, StoredCredentials::DEFAULT_ITERATIONS))
 }

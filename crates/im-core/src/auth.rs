@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use xmpp_sasl::{Mechanism, ScramServer, StoredCredentials, fake_credentials, parse_client_first, parse_plain};
+use xmpp_sasl::{
+    Mechanism, ScramServer, StoredCredentials, fake_credentials, parse_client_first, parse_plain,
+};
 
 use crate::routing::SessionAddr;
 use crate::storage::Storage;
@@ -75,7 +77,9 @@ impl AuthService {
     /// The client chose `mechanism` with an initial response.
     pub async fn start(&self, addr: SessionAddr, mechanism: &str, data: &[u8]) -> Outcome {
         let mech = match Mechanism::from_name(mechanism) {
-            Some(Mechanism::Plain) if !self.allow_plain => return Outcome::Failure("invalid-mechanism"),
+            Some(Mechanism::Plain) if !self.allow_plain => {
+                return Outcome::Failure("invalid-mechanism");
+            }
             Some(m) => m,
             None => return Outcome::Failure("invalid-mechanism"),
         };
@@ -86,7 +90,11 @@ impl AuthService {
                     Ok(f) => f,
                     Err(e) => return Outcome::Failure(e.condition()),
                 };
-                if first.authzid.as_deref().is_some_and(|a| a != self.bare(&first.username)) {
+                if first
+                    .authzid
+                    .as_deref()
+                    .is_some_and(|a| a != self.bare(&first.username))
+                {
                     return Outcome::Failure("invalid-authzid");
                 }
                 let (creds, exists) = match self.lookup(&first.username).await {
@@ -117,7 +125,12 @@ impl AuthService {
 
     /// The client answered a challenge.
     pub fn respond(&self, addr: SessionAddr, data: &[u8]) -> Outcome {
-        let Some(p) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr) else {
+        let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr)
+        else {
             return Outcome::Failure("malformed-request");
         };
         if p.started.elapsed() > DEADLINE {
@@ -133,7 +146,10 @@ impl AuthService {
 
     /// The session went away mid-exchange.
     pub fn abort(&self, addr: SessionAddr) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
     }
 
     async fn plain(&self, data: &[u8]) -> Outcome {

@@ -17,7 +17,7 @@ use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
 use crate::router::{Action, Bounce, Input, Router};
 use crate::routing::{NodeId, RouteRow, SessionAddr};
-use crate::storage::{StorageError, Storage, Stored};
+use crate::storage::{Storage, StorageError, Stored};
 
 /// Events for the router task.
 pub enum Event {
@@ -110,7 +110,11 @@ impl Driver {
     fn execute(&mut self, action: Action) {
         match action {
             Action::Send { node, frame } => self.send(node, frame),
-            Action::StoreOffline { user, payload, bounce } => {
+            Action::StoreOffline {
+                user,
+                payload,
+                bounce,
+            } => {
                 self.metrics.offline_stored.inc();
                 let storage = self.storage.clone();
                 let events = self.events.clone();
@@ -139,7 +143,9 @@ impl Driver {
 
     fn send(&self, node: NodeId, frame: Frame) {
         let sid = match &frame {
-            Frame::Deliver { sid, .. } | Frame::Kick { sid, .. } | Frame::BindResult { sid, .. } => *sid,
+            Frame::Deliver { sid, .. }
+            | Frame::Kick { sid, .. }
+            | Frame::BindResult { sid, .. } => *sid,
             _ => 0,
         };
         if matches!(frame, Frame::Deliver { .. }) {
@@ -152,7 +158,10 @@ impl Driver {
                 tracing::warn!(node, "CM link full; frame dropped");
             }
             Err(SendError::NoLink) => {
-                self.metrics.link_errors.get_or_create(&label("reason", "no-link")).inc();
+                self.metrics
+                    .link_errors
+                    .get_or_create(&label("reason", "no-link"))
+                    .inc();
             }
         }
     }
@@ -171,13 +180,18 @@ impl Driver {
                     return;
                 }
             };
-            let Some(last) = msgs.last().map(|m| m.id) else { return };
+            let Some(last) = msgs.last().map(|m| m.id) else {
+                return;
+            };
             for m in &msgs {
                 let payload = match inspect(&m.payload) {
                     Ok(top) => append_child(&m.payload, &top, &delay_element(&domain, &m.stamp)),
                     Err(_) => Bytes::clone(&m.payload),
                 };
-                if links.send(node, sid, Frame::Deliver { sid, payload }).is_err() {
+                if links
+                    .send(node, sid, Frame::Deliver { sid, payload })
+                    .is_err()
+                {
                     // Keep them stored; they go out at the next login.
                     return;
                 }

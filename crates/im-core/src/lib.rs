@@ -93,7 +93,9 @@ pub fn admin_token(data_dir: &Path) -> Result<String, std::io::Error> {
         Err(_) => {}
     }
     std::fs::create_dir_all(data_dir)?;
-    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -112,25 +114,40 @@ fn link_transport() -> quinn::TransportConfig {
         .receive_window((32u32 * 1024 * 1024).into())
         .send_window(32 * 1024 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(2)))
-        .max_idle_timeout(Some(Duration::from_secs(10).try_into().unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000)))));
+        .max_idle_timeout(Some(
+            Duration::from_secs(10)
+                .try_into()
+                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
+        ));
     t
 }
 
 /// Starts a core: storage, router, CM listener and admin endpoint.
 pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     let pki = certs::PkiPaths::new(&config.pki_dir);
-    let tls = certs::cluster_server_config(&pki.ca_cert(), &pki.core_cert(), &pki.core_key(), cm_protocol::ALPN)?;
-    let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| CoreError::Quic(e.to_string()))?;
+    let tls = certs::cluster_server_config(
+        &pki.ca_cert(),
+        &pki.core_cert(),
+        &pki.core_key(),
+        cm_protocol::ALPN,
+    )?;
+    let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| CoreError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
     server_config.transport_config(Arc::new(link_transport()));
-    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(io(format!("bind {}", config.listen)))?;
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .map_err(io(format!("bind {}", config.listen)))?;
     let quic_addr = endpoint.local_addr().map_err(io("local address"))?;
 
     let db = storage::Db::open(&config.data_dir, config.offline_quota)?;
     let storage = storage::Storage::start(db);
     let metrics = Arc::new(metrics::Metrics::new());
     let links = Arc::new(links::Links::default());
-    let auth = Arc::new(auth::AuthService::new(&config.domain, storage.clone(), config.allow_plain));
+    let auth = Arc::new(auth::AuthService::new(
+        &config.domain,
+        storage.clone(),
+        config.allow_plain,
+    ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let instance: u64 = rand::random();

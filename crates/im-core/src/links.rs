@@ -81,7 +81,12 @@ impl Links {
     }
 
     /// Registers a connection of node `name`; returns the node id, connection id and epoch.
-    fn register(&self, name: &str, client_addr: &str, tx: mpsc::Sender<Frame>) -> (NodeId, u64, u64) {
+    fn register(
+        &self,
+        name: &str,
+        client_addr: &str,
+        tx: mpsc::Sender<Frame>,
+    ) -> (NodeId, u64, u64) {
         let mut inner = self.lock();
         let next = inner.ids.len() as NodeId + 1;
         let id = *inner.ids.entry(name.to_owned()).or_insert(next);
@@ -184,13 +189,19 @@ pub async fn serve(ctx: LinkContext, incoming: quinn::Incoming) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%remote, error = %e, "refused CM connection: TLS handshake failed");
-            ctx.metrics.link_errors.get_or_create(&label("reason", "handshake")).inc();
+            ctx.metrics
+                .link_errors
+                .get_or_create(&label("reason", "handshake"))
+                .inc();
             return;
         }
     };
     let Some(name) = peer_node_name(&conn) else {
         tracing::warn!(%remote, "refused CM connection: certificate names no CM node");
-        ctx.metrics.link_errors.get_or_create(&label("reason", "identity")).inc();
+        ctx.metrics
+            .link_errors
+            .get_or_create(&label("reason", "identity"))
+            .inc();
         conn.close(1u32.into(), b"certificate names no node");
         return;
     };
@@ -225,13 +236,23 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         .map_err(|_| LinkError::Protocol("no stream opened".into()))??;
     let mut decoder = FrameDecoder::new();
     let hello = read_frame(&mut recv, &mut decoder).await?;
-    let Some(Frame::Hello { node, client_addr, conn_index }) = hello else {
+    let Some(Frame::Hello {
+        node,
+        client_addr,
+        conn_index,
+    }) = hello
+    else {
         return Err(LinkError::Protocol("expected hello".into()));
     };
     if node != name {
-        ctx.metrics.link_errors.get_or_create(&label("reason", "identity")).inc();
+        ctx.metrics
+            .link_errors
+            .get_or_create(&label("reason", "identity"))
+            .inc();
         conn.close(2u32.into(), b"node name does not match certificate");
-        return Err(LinkError::Protocol(format!("hello names {node}, certificate {name}")));
+        return Err(LinkError::Protocol(format!(
+            "hello names {node}, certificate {name}"
+        )));
     }
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let (node_id, conn_id, _) = ctx.links.register(name, &client_addr, tx.clone());
@@ -251,17 +272,29 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         tokio::spawn(async move {
             tokio::time::sleep(ctx.grace).await;
             if ctx.links.still_gone(node_id, epoch) {
-                tracing::info!(node_id, "CM gone after its grace period; dropping its routes");
-                let _ = ctx.router.send(Event::Router(Input::NodeGone { node: node_id })).await;
+                tracing::info!(
+                    node_id,
+                    "CM gone after its grace period; dropping its routes"
+                );
+                let _ = ctx
+                    .router
+                    .send(Event::Router(Input::NodeGone { node: node_id }))
+                    .await;
             }
         });
     }
     result
 }
 
-async fn read_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<Option<Frame>, LinkError> {
+async fn read_frame(
+    recv: &mut RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Frame>, LinkError> {
     loop {
-        if let Some(f) = decoder.next_frame().map_err(|e| LinkError::Protocol(e.to_string()))? {
+        if let Some(f) = decoder
+            .next_frame()
+            .map_err(|e| LinkError::Protocol(e.to_string()))?
+        {
             return Ok(Some(f));
         }
         match recv.read_chunk(64 * 1024, true).await? {
@@ -285,7 +318,11 @@ async fn read_loop(
         };
         let Some(frame) = frame else { return Ok(()) };
         match frame {
-            Frame::AuthStart { sid, mechanism, data } => {
+            Frame::AuthStart {
+                sid,
+                mechanism,
+                data,
+            } => {
                 let ctx = ctx.clone();
                 let reply = reply.clone();
                 tokio::spawn(async move {
@@ -301,11 +338,15 @@ async fn read_loop(
                 ctx.auth.abort((node, sid));
                 forward(ctx, node, Frame::SessionEnd { sid, jid }).await?;
             }
-            f @ (Frame::Bind { .. } | Frame::Announce { .. } | Frame::Stanza { .. } | Frame::Bounce { .. }) => {
-                forward(ctx, node, f).await?
-            }
+            f @ (Frame::Bind { .. }
+            | Frame::Announce { .. }
+            | Frame::Stanza { .. }
+            | Frame::Bounce { .. }) => forward(ctx, node, f).await?,
             other => {
-                return Err(LinkError::Protocol(format!("unexpected {} frame", other.name())));
+                return Err(LinkError::Protocol(format!(
+                    "unexpected {} frame",
+                    other.name()
+                )));
             }
         }
     }
@@ -318,21 +359,47 @@ async fn forward(ctx: &LinkContext, node: NodeId, frame: Frame) -> Result<(), Li
         .map_err(|_| LinkError::Shutdown)
 }
 
-async fn answer_auth(ctx: &LinkContext, node: NodeId, sid: SessionId, outcome: Outcome, reply: &mpsc::Sender<Frame>) {
+async fn answer_auth(
+    ctx: &LinkContext,
+    node: NodeId,
+    sid: SessionId,
+    outcome: Outcome,
+    reply: &mpsc::Sender<Frame>,
+) {
     let frame = match outcome {
-        Outcome::Challenge(data) => Frame::AuthChallenge { sid, data: data.into() },
+        Outcome::Challenge(data) => Frame::AuthChallenge {
+            sid,
+            data: data.into(),
+        },
         Outcome::Success { data, user } => {
-            ctx.metrics.auth.get_or_create(&label("result", "success")).inc();
+            ctx.metrics
+                .auth
+                .get_or_create(&label("result", "success"))
+                .inc();
             // The router must know before the CM can send Bind.
             let _ = ctx
                 .router
-                .send(Event::Router(Input::Authenticated { node, sid, user: user.clone() }))
+                .send(Event::Router(Input::Authenticated {
+                    node,
+                    sid,
+                    user: user.clone(),
+                }))
                 .await;
-            Frame::AuthSuccess { sid, data: data.into(), user }
+            Frame::AuthSuccess {
+                sid,
+                data: data.into(),
+                user,
+            }
         }
         Outcome::Failure(condition) => {
-            ctx.metrics.auth.get_or_create(&label("result", condition)).inc();
-            Frame::AuthFailure { sid, condition: condition.into() }
+            ctx.metrics
+                .auth
+                .get_or_create(&label("result", condition))
+                .inc();
+            Frame::AuthFailure {
+                sid,
+                condition: condition.into(),
+            }
         }
     };
     let _ = reply.send(frame).await;

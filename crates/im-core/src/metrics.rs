@@ -52,15 +52,43 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("stanzas", "Stanzas received from CMs", m.stanzas.clone());
-        registry.register("delivered", "Stanzas sent to CMs for delivery", m.delivered.clone());
-        registry.register("offline_stored", "Messages stored offline", m.offline_stored.clone());
-        registry.register("offline_delivered", "Offline messages delivered", m.offline_delivered.clone());
+        registry.register(
+            "delivered",
+            "Stanzas sent to CMs for delivery",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "offline_stored",
+            "Messages stored offline",
+            m.offline_stored.clone(),
+        );
+        registry.register(
+            "offline_delivered",
+            "Offline messages delivered",
+            m.offline_delivered.clone(),
+        );
         registry.register("auth", "SASL authentications by result", m.auth.clone());
-        registry.register("link_errors", "CM connections refused or failed", m.link_errors.clone());
-        registry.register("link_overflow", "Frames to a CM dropped because its link was full", m.link_overflow.clone());
-        registry.register("cm_connections", "Pooled CM connections", m.cm_connections.clone());
+        registry.register(
+            "link_errors",
+            "CM connections refused or failed",
+            m.link_errors.clone(),
+        );
+        registry.register(
+            "link_overflow",
+            "Frames to a CM dropped because its link was full",
+            m.link_overflow.clone(),
+        );
+        registry.register(
+            "cm_connections",
+            "Pooled CM connections",
+            m.cm_connections.clone(),
+        );
         registry.register("cm_nodes", "CM nodes connected", m.cm_nodes.clone());
-        registry.register("sessions", "Sessions in the routing table", m.sessions.clone());
+        registry.register(
+            "sessions",
+            "Sessions in the routing table",
+            m.sessions.clone(),
+        );
         Self { registry, ..m }
     }
 

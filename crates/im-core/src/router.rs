@@ -141,13 +141,23 @@ impl Router {
 
     /// Storing an offline message failed: answer the sender.
     pub fn offline_failed(&mut self, bounce: Bounce, condition: StanzaCondition) -> Vec<Action> {
-        self.error_to(&bounce.sender, StanzaKind::Message, bounce.id.as_deref(), &bounce.to, condition);
+        self.error_to(
+            &bounce.sender,
+            StanzaKind::Message,
+            bounce.id.as_deref(),
+            &bounce.to,
+            condition,
+        );
         std::mem::take(&mut self.out)
     }
 
     fn frame(&mut self, node: NodeId, frame: Frame) {
         match frame {
-            Frame::Bind { sid, iq_id, resource } => self.bind(node, sid, iq_id, resource),
+            Frame::Bind {
+                sid,
+                iq_id,
+                resource,
+            } => self.bind(node, sid, iq_id, resource),
             Frame::Announce {
                 sid,
                 jid,
@@ -170,16 +180,32 @@ impl Router {
 
     fn bind(&mut self, node: NodeId, sid: SessionId, iq_id: String, resource: Option<String>) {
         let Some(user) = self.authenticated.remove(&(node, sid)) else {
-            self.send(node, Frame::BindResult { sid, iq_id, result: Err("not-authorized".into()) });
+            self.send(
+                node,
+                Frame::BindResult {
+                    sid,
+                    iq_id,
+                    result: Err("not-authorized".into()),
+                },
+            );
             return;
         };
         let resource = match resource.filter(|r| !r.is_empty()) {
             Some(r) => r,
             None => self.generate_resource(),
         };
-        let full = BareJid::new(&user).ok().and_then(|b| b.with_resource_str(&resource).ok());
+        let full = BareJid::new(&user)
+            .ok()
+            .and_then(|b| b.with_resource_str(&resource).ok());
         let Some(full) = full else {
-            self.send(node, Frame::BindResult { sid, iq_id, result: Err("bad-request".into()) });
+            self.send(
+                node,
+                Frame::BindResult {
+                    sid,
+                    iq_id,
+                    result: Err("bad-request".into()),
+                },
+            );
             return;
         };
         let bare = full.to_bare().to_string();
@@ -193,7 +219,14 @@ impl Router {
                 },
             );
         }
-        self.send(node, Frame::BindResult { sid, iq_id, result: Ok(full.to_string()) });
+        self.send(
+            node,
+            Frame::BindResult {
+                sid,
+                iq_id,
+                result: Ok(full.to_string()),
+            },
+        );
     }
 
     fn generate_resource(&mut self) -> String {
@@ -210,10 +243,14 @@ impl Router {
             return;
         };
         let bare = full.to_bare().to_string();
-        if let Some((old_node, old_sid)) =
-            self.table
-                .bind(&bare, full.resource().as_str(), node, sid, available, priority)
-        {
+        if let Some((old_node, old_sid)) = self.table.bind(
+            &bare,
+            full.resource().as_str(),
+            node,
+            sid,
+            available,
+            priority,
+        ) {
             self.send(
                 old_node,
                 Frame::Kick {
@@ -314,7 +351,10 @@ impl Router {
             }
             if available && was == Some(false) {
                 let user = sender_bare.split('@').next().unwrap_or_default().to_owned();
-                self.out.push(Action::FlushOffline { user, to: (node, sid) });
+                self.out.push(Action::FlushOffline {
+                    user,
+                    to: (node, sid),
+                });
             }
             return;
         };
@@ -427,7 +467,11 @@ impl Router {
                 },
             };
             self.stats.offline_stored += 1;
-            self.out.push(Action::StoreOffline { user, payload, bounce });
+            self.out.push(Action::StoreOffline {
+                user,
+                payload,
+                bounce,
+            });
         }
     }
 
@@ -435,7 +479,9 @@ impl Router {
     /// as if to the bare JID.
     fn bounced(&mut self, to: &str, payload: Bytes) {
         let Ok(jid) = Jid::new(to) else { return };
-        let Ok(top) = xmpp_stream::stanza::inspect(&payload) else { return };
+        let Ok(top) = xmpp_stream::stanza::inspect(&payload) else {
+            return;
+        };
         if top.stanza_kind() != Some(StanzaKind::Message) {
             return;
         }
@@ -487,7 +533,9 @@ impl Router {
             return;
         }
         let for_account = to.as_ref().is_some_and(|j| j.node().is_some());
-        if for_account && to.as_ref().map(|j| j.to_bare().to_string()).as_deref() != Some(sender_bare) {
+        if for_account
+            && to.as_ref().map(|j| j.to_bare().to_string()).as_deref() != Some(sender_bare)
+        {
             self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
             return;
         }
@@ -496,7 +544,9 @@ impl Router {
             return;
         };
         let child = el.elements().next();
-        let reply_from = to.map(|j| j.to_string()).unwrap_or_else(|| self.domain.clone());
+        let reply_from = to
+            .map(|j| j.to_string())
+            .unwrap_or_else(|| self.domain.clone());
         let result = || {
             Element::new("iq", ns::CLIENT)
                 .with_attr("type", "result")
@@ -506,7 +556,9 @@ impl Router {
         };
         let answer = match child.map(|c| (c.name.as_str(), c.ns.as_str(), itype)) {
             Some(("ping", ns::PING, "get")) => Some(result()),
-            Some(("query", ns::DISCO_INFO, "get")) if !for_account => Some(result().with_child(disco_info())),
+            Some(("query", ns::DISCO_INFO, "get")) if !for_account => {
+                Some(result().with_child(disco_info()))
+            }
             Some(("query", ns::DISCO_ITEMS, "get")) if !for_account => {
                 Some(result().with_child(Element::new("query", ns::DISCO_ITEMS)))
             }
@@ -522,7 +574,13 @@ impl Router {
         }
     }
 
-    fn reply_error(&mut self, node: NodeId, sid: SessionId, header: &RouteHeader, condition: StanzaCondition) {
+    fn reply_error(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        header: &RouteHeader,
+        condition: StanzaCondition,
+    ) {
         let kind = match header.kind {
             Kind::Message => StanzaKind::Message,
             Kind::Presence => StanzaKind::Presence,
@@ -530,13 +588,31 @@ impl Router {
         };
         let from = header.to.clone().unwrap_or_else(|| self.domain.clone());
         self.stats.errors += 1;
-        let reply = error_reply(kind, header.id.as_deref(), &from, &header.from, condition, None);
+        let reply = error_reply(
+            kind,
+            header.id.as_deref(),
+            &from,
+            &header.from,
+            condition,
+            None,
+        );
         self.deliver((node, sid), reply);
     }
 
-    fn error_to(&mut self, to_full: &str, kind: StanzaKind, id: Option<&str>, from: &str, condition: StanzaCondition) {
-        let Some((bare, res)) = to_full.split_once('/') else { return };
-        let Some(r) = self.table.full(bare, res) else { return };
+    fn error_to(
+        &mut self,
+        to_full: &str,
+        kind: StanzaKind,
+        id: Option<&str>,
+        from: &str,
+        condition: StanzaCondition,
+    ) {
+        let Some((bare, res)) = to_full.split_once('/') else {
+            return;
+        };
+        let Some(r) = self.table.full(bare, res) else {
+            return;
+        };
         let target = (r.node, r.sid);
         self.stats.errors += 1;
         let reply = error_reply(kind, id, from, to_full, condition, None);
@@ -591,28 +667,57 @@ mod tests {
     }
 
     fn bound(r: &mut Router, node: NodeId, sid: SessionId, user: &str, res: &str) -> String {
-        r.handle(Input::Authenticated { node, sid, user: user.into() });
+        r.handle(Input::Authenticated {
+            node,
+            sid,
+            user: user.into(),
+        });
         let acts = r.handle(Input::Frame {
             node,
-            frame: Frame::Bind { sid, iq_id: "b".into(), resource: Some(res.into()) },
+            frame: Frame::Bind {
+                sid,
+                iq_id: "b".into(),
+                resource: Some(res.into()),
+            },
         });
         match &acts[..] {
-            [Action::Send { frame: Frame::BindResult { result: Ok(jid), .. }, .. }] => jid.clone(),
+            [
+                Action::Send {
+                    frame:
+                        Frame::BindResult {
+                            result: Ok(jid), ..
+                        },
+                    ..
+                },
+            ] => jid.clone(),
             other => panic!("unexpected {other:?}"),
         }
     }
 
-    fn stanza(r: &mut Router, node: NodeId, sid: SessionId, h: RouteHeader, p: &str) -> Vec<Action> {
+    fn stanza(
+        r: &mut Router,
+        node: NodeId,
+        sid: SessionId,
+        h: RouteHeader,
+        p: &str,
+    ) -> Vec<Action> {
         r.handle(Input::Frame {
             node,
-            frame: Frame::Stanza { sid, header: h, payload: Bytes::copy_from_slice(p.as_bytes()) },
+            frame: Frame::Stanza {
+                sid,
+                header: h,
+                payload: Bytes::copy_from_slice(p.as_bytes()),
+            },
         })
     }
 
     fn delivered_to(acts: &[Action]) -> Vec<(NodeId, SessionId)> {
         acts.iter()
             .filter_map(|a| match a {
-                Action::Send { node, frame: Frame::Deliver { sid, .. } } => Some((*node, *sid)),
+                Action::Send {
+                    node,
+                    frame: Frame::Deliver { sid, .. },
+                } => Some((*node, *sid)),
                 _ => None,
             })
             .collect()
@@ -623,13 +728,37 @@ mod tests {
         let mut r = Router::new("x", 1);
         let a = bound(&mut r, 1, 10, "alice@x", "phone");
         bound(&mut r, 3, 30, "carol@x", "pc");
-        stanza(&mut r, 3, 30, header(Kind::Presence, "carol@x/pc", None, None), "<presence/>");
-        let acts = stanza(&mut r, 1, 10, header(Kind::Message, &a, Some("carol@x/pc"), Some("chat")), "<message/>");
+        stanza(
+            &mut r,
+            3,
+            30,
+            header(Kind::Presence, "carol@x/pc", None, None),
+            "<presence/>",
+        );
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, &a, Some("carol@x/pc"), Some("chat")),
+            "<message/>",
+        );
         assert_eq!(delivered_to(&acts), vec![(3, 30)]);
-        let acts = stanza(&mut r, 1, 10, header(Kind::Message, &a, Some("carol@x"), Some("chat")), "<message/>");
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, &a, Some("carol@x"), Some("chat")),
+            "<message/>",
+        );
         assert_eq!(delivered_to(&acts), vec![(3, 30)]);
         // an offline full JID falls back to the bare JID
-        let acts = stanza(&mut r, 1, 10, header(Kind::Message, &a, Some("carol@x/gone"), Some("chat")), "<message/>");
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, &a, Some("carol@x/gone"), Some("chat")),
+            "<message/>",
+        );
         assert_eq!(delivered_to(&acts), vec![(3, 30)]);
     }
 
@@ -637,18 +766,41 @@ mod tests {
     fn offline_when_no_available_resource_and_flush_on_presence() {
         let mut r = Router::new("x", 1);
         let a = bound(&mut r, 1, 10, "alice@x", "phone");
-        let acts = stanza(&mut r, 1, 10, header(Kind::Message, &a, Some("bob@x"), Some("chat")), "<message/>");
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, &a, Some("bob@x"), Some("chat")),
+            "<message/>",
+        );
         assert!(matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "bob"));
         // failure to store (unknown user) answers the sender
-        let Action::StoreOffline { bounce, .. } = acts[0].clone() else { unreachable!() };
+        let Action::StoreOffline { bounce, .. } = acts[0].clone() else {
+            unreachable!()
+        };
         let acts = r.offline_failed(bounce, StanzaCondition::ServiceUnavailable);
         assert_eq!(delivered_to(&acts), vec![(1, 10)]);
         // bob comes online: offline messages are flushed on initial presence
         bound(&mut r, 2, 20, "bob@x", "r");
-        let acts = stanza(&mut r, 2, 20, header(Kind::Presence, "bob@x/r", None, None), "<presence/>");
-        assert!(acts.contains(&Action::FlushOffline { user: "bob".into(), to: (2, 20) }));
+        let acts = stanza(
+            &mut r,
+            2,
+            20,
+            header(Kind::Presence, "bob@x/r", None, None),
+            "<presence/>",
+        );
+        assert!(acts.contains(&Action::FlushOffline {
+            user: "bob".into(),
+            to: (2, 20)
+        }));
         // headline and error messages are never stored
-        let acts = stanza(&mut r, 1, 10, header(Kind::Message, &a, Some("dave@x"), Some("headline")), "<message/>");
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, &a, Some("dave@x"), Some("headline")),
+            "<message/>",
+        );
         assert!(acts.is_empty());
     }
 
@@ -656,14 +808,25 @@ mod tests {
     fn conflict_kicks_the_old_session() {
         let mut r = Router::new("x", 1);
         bound(&mut r, 1, 10, "alice@x", "phone");
-        r.handle(Input::Authenticated { node: 2, sid: 5, user: "alice@x".into() });
+        r.handle(Input::Authenticated {
+            node: 2,
+            sid: 5,
+            user: "alice@x".into(),
+        });
         let acts = r.handle(Input::Frame {
             node: 2,
-            frame: Frame::Bind { sid: 5, iq_id: "b".into(), resource: Some("phone".into()) },
+            frame: Frame::Bind {
+                sid: 5,
+                iq_id: "b".into(),
+                resource: Some("phone".into()),
+            },
         });
         assert!(acts.contains(&Action::Send {
             node: 1,
-            frame: Frame::Kick { sid: 10, condition: "conflict".into() }
+            frame: Frame::Kick {
+                sid: 10,
+                condition: "conflict".into()
+            }
         }));
         assert_eq!(r.table().full("alice@x", "phone").unwrap().node, 2);
     }
@@ -673,33 +836,98 @@ mod tests {
         let mut r = Router::new("x", 1);
         let acts = r.handle(Input::Frame {
             node: 1,
-            frame: Frame::Bind { sid: 1, iq_id: "b".into(), resource: None },
+            frame: Frame::Bind {
+                sid: 1,
+                iq_id: "b".into(),
+                resource: None,
+            },
         });
-        assert!(matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Err(_), .. }, .. }]));
-        r.handle(Input::Authenticated { node: 1, sid: 2, user: "a@x".into() });
+        assert!(matches!(
+            &acts[..],
+            [Action::Send {
+                frame: Frame::BindResult { result: Err(_), .. },
+                ..
+            }]
+        ));
+        r.handle(Input::Authenticated {
+            node: 1,
+            sid: 2,
+            user: "a@x".into(),
+        });
         let acts = r.handle(Input::Frame {
             node: 1,
-            frame: Frame::Bind { sid: 2, iq_id: "b".into(), resource: None },
+            frame: Frame::Bind {
+                sid: 2,
+                iq_id: "b".into(),
+                resource: None,
+            },
         });
-        assert!(matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. }] if j.starts_with("a@x/ll-")));
+        assert!(
+            matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. }] if j.starts_with("a@x/ll-"))
+        );
     }
 
     #[test]
     fn server_iqs_and_errors() {
         let mut r = Router::new("x", 1);
         let a = bound(&mut r, 1, 10, "alice@x", "phone");
-        let acts = stanza(&mut r, 1, 10, header(Kind::Iq, &a, Some("x"), Some("get")), "<iq type='get' id='i1'><ping xmlns='urn:xmpp:ping'/></iq>");
-        let Action::Send { frame: Frame::Deliver { payload, .. }, .. } = &acts[0] else { panic!() };
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Iq, &a, Some("x"), Some("get")),
+            "<iq type='get' id='i1'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        let Action::Send {
+            frame: Frame::Deliver { payload, .. },
+            ..
+        } = &acts[0]
+        else {
+            panic!()
+        };
         let el = Element::parse(payload, ns::CLIENT).unwrap();
         assert_eq!(el.attr("type"), Some("result"));
-        let acts = stanza(&mut r, 1, 10, header(Kind::Iq, &a, None, Some("get")), "<iq type='get' id='i1'><query xmlns='urn:unknown'/></iq>");
-        let Action::Send { frame: Frame::Deliver { payload, .. }, .. } = &acts[0] else { panic!() };
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Iq, &a, None, Some("get")),
+            "<iq type='get' id='i1'><query xmlns='urn:unknown'/></iq>",
+        );
+        let Action::Send {
+            frame: Frame::Deliver { payload, .. },
+            ..
+        } = &acts[0]
+        else {
+            panic!()
+        };
         let el = Element::parse(payload, ns::CLIENT).unwrap();
-        assert!(el.child("error", ns::CLIENT).unwrap().child("service-unavailable", ns::STANZA_ERRORS).is_some());
+        assert!(
+            el.child("error", ns::CLIENT)
+                .unwrap()
+                .child("service-unavailable", ns::STANZA_ERRORS)
+                .is_some()
+        );
         // remote domains are not served
-        let acts = stanza(&mut r, 1, 10, header(Kind::Message, &a, Some("bob@elsewhere"), Some("chat")), "<message/>");
-        let Action::Send { frame: Frame::Deliver { payload, .. }, .. } = &acts[0] else { panic!() };
-        assert!(std::str::from_utf8(payload).unwrap().contains("remote-server-not-found"));
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, &a, Some("bob@elsewhere"), Some("chat")),
+            "<message/>",
+        );
+        let Action::Send {
+            frame: Frame::Deliver { payload, .. },
+            ..
+        } = &acts[0]
+        else {
+            panic!()
+        };
+        assert!(
+            std::str::from_utf8(payload)
+                .unwrap()
+                .contains("remote-server-not-found")
+        );
     }
 
     #[test]
@@ -707,8 +935,20 @@ mod tests {
         let mut r = Router::new("x", 1);
         bound(&mut r, 1, 10, "alice@x", "phone");
         bound(&mut r, 2, 20, "alice@x", "desk");
-        stanza(&mut r, 1, 10, header(Kind::Presence, "alice@x/phone", None, None), "<presence/>");
-        stanza(&mut r, 2, 20, header(Kind::Presence, "alice@x/desk", None, None), "<presence/>");
+        stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Presence, "alice@x/phone", None, None),
+            "<presence/>",
+        );
+        stanza(
+            &mut r,
+            2,
+            20,
+            header(Kind::Presence, "alice@x/desk", None, None),
+            "<presence/>",
+        );
         let acts = r.handle(Input::NodeGone { node: 1 });
         assert_eq!(delivered_to(&acts), vec![(2, 20)]);
         assert_eq!(r.table().len(), 1);

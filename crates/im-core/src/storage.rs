@@ -101,7 +101,11 @@ impl Db {
     }
 
     /// Creates an account; returns false if it exists.
-    pub fn add_user(&self, username: &str, creds: &StoredCredentials) -> Result<bool, StorageError> {
+    pub fn add_user(
+        &self,
+        username: &str,
+        creds: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -118,7 +122,11 @@ impl Db {
     }
 
     /// Replaces an account's credentials; returns false if it does not exist.
-    pub fn set_credentials(&self, username: &str, creds: &StoredCredentials) -> Result<bool, StorageError> {
+    pub fn set_credentials(
+        &self,
+        username: &str,
+        creds: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
         let n = self.conn.execute(
             "UPDATE users SET salt=?2, iterations=?3, sha1_stored=?4, sha1_server=?5,
              sha256_stored=?6, sha256_server=?7 WHERE username=?1",
@@ -179,7 +187,12 @@ impl Db {
     }
 
     /// Stores an offline message for an existing user, within the quota.
-    pub fn store_offline(&self, username: &str, stamp: &str, payload: &[u8]) -> Result<Stored, StorageError> {
+    pub fn store_offline(
+        &self,
+        username: &str,
+        stamp: &str,
+        payload: &[u8],
+    ) -> Result<Stored, StorageError> {
         let count: Option<u32> = self
             .conn
             .query_row(
@@ -203,9 +216,9 @@ impl Db {
 
     /// A user's offline messages, oldest first.
     pub fn offline(&self, username: &str) -> Result<Vec<OfflineMessage>, StorageError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, stamp, payload FROM offline WHERE username=?1 ORDER BY id")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, stamp, payload FROM offline WHERE username=?1 ORDER BY id",
+        )?;
         let rows = stmt.query_map([username], |r| {
             Ok(OfflineMessage {
                 id: r.get(0)?,
@@ -270,10 +283,12 @@ impl Storage {
         // The channel is bounded: wait on a blocking thread when it is full.
         let sent = match jobs.try_send(job) {
             Ok(()) => Ok(()),
-            Err(mpsc::TrySendError::Full(job)) => tokio::task::spawn_blocking(move || jobs.send(job))
-                .await
-                .map_err(|_| StorageError::Closed)?
-                .map_err(|_| StorageError::Closed),
+            Err(mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| StorageError::Closed)?
+                    .map_err(|_| StorageError::Closed)
+            }
             Err(mpsc::TrySendError::Disconnected(_)) => Err(StorageError::Closed),
         };
         sent?;
@@ -321,16 +336,30 @@ mod tests {
             let creds = StoredCredentials::new("pw", 4096);
             assert!(db.add_user("alice", &creds).unwrap());
             assert!(!db.add_user("alice", &creds).unwrap());
-            assert_eq!(db.store_offline("bob", "t", b"x").unwrap(), Stored::NoSuchUser);
-            assert_eq!(db.store_offline("alice", "t1", b"<m1/>").unwrap(), Stored::Stored);
-            assert_eq!(db.store_offline("alice", "t2", b"<m2/>").unwrap(), Stored::Stored);
+            assert_eq!(
+                db.store_offline("bob", "t", b"x").unwrap(),
+                Stored::NoSuchUser
+            );
+            assert_eq!(
+                db.store_offline("alice", "t1", b"<m1/>").unwrap(),
+                Stored::Stored
+            );
+            assert_eq!(
+                db.store_offline("alice", "t2", b"<m2/>").unwrap(),
+                Stored::Stored
+            );
             assert!(matches!(
                 db.store_offline("alice", "t3", b"<m3/>"),
                 Err(StorageError::QuotaExceeded)
             ));
         }
         let db = Db::open(dir.path(), 2).unwrap();
-        assert!(db.credentials("alice").unwrap().unwrap().verify_password("pw"));
+        assert!(
+            db.credentials("alice")
+                .unwrap()
+                .unwrap()
+                .verify_password("pw")
+        );
         let msgs = db.offline("alice").unwrap();
         assert_eq!(msgs.len(), 2);
         assert_eq!(&msgs[0].payload[..], b"<m1/>");

@@ -28,7 +28,8 @@ pub struct AccountArgs {
 impl AccountArgs {
     fn user(&self) -> Result<String> {
         let local = self.jid.split('@').next().unwrap_or_default();
-        im_core::auth::normalize_user(local).with_context(|| format!("invalid user name in {}", self.jid))
+        im_core::auth::normalize_user(local)
+            .with_context(|| format!("invalid user name in {}", self.jid))
     }
 
     fn password(&self) -> Result<String> {
@@ -54,7 +55,8 @@ enum Target {
 fn target(dir: &Path) -> Result<Target> {
     let data = dir.join("data");
     if let Ok(endpoints) = Endpoints::load(dir)
-        && std::net::TcpStream::connect_timeout(&endpoints.admin, std::time::Duration::from_secs(1)).is_ok()
+        && std::net::TcpStream::connect_timeout(&endpoints.admin, std::time::Duration::from_secs(1))
+            .is_ok()
     {
         let token = im_core::admin_token(&data).context("reading the admin token")?;
         return Ok(Target::Running {
@@ -66,10 +68,17 @@ fn target(dir: &Path) -> Result<Target> {
 }
 
 fn http(method: &str, url: &str, token: &str, body: Option<serde_json::Value>) -> Result<u16> {
-    let agent = ureq::Agent::new_with_config(ureq::config::Config::builder().http_status_as_error(false).build());
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .build(),
+    );
     let auth = format!("Bearer {token}");
     let resp = match (method, body) {
-        ("POST", Some(b)) => agent.post(url).header("authorization", &auth).send_json(b)?,
+        ("POST", Some(b)) => agent
+            .post(url)
+            .header("authorization", &auth)
+            .send_json(b)?,
         ("PUT", Some(b)) => agent.put(url).header("authorization", &auth).send_json(b)?,
         ("DELETE", _) => agent.delete(url).header("authorization", &auth).call()?,
         _ => bail!("unsupported request"),
@@ -78,7 +87,8 @@ fn http(method: &str, url: &str, token: &str, body: Option<serde_json::Value>) -
 }
 
 fn open_db(data: &Path) -> Result<im_core::storage::Db> {
-    im_core::storage::Db::open(data, 10_000).with_context(|| format!("opening the database in {}", data.display()))
+    im_core::storage::Db::open(data, 10_000)
+        .with_context(|| format!("opening the database in {}", data.display()))
 }
 
 /// `longlink adduser`.
@@ -88,7 +98,10 @@ pub async fn adduser(args: AccountArgs) -> Result<()> {
     let created = match target(&args.dir)? {
         Target::Running { admin, token } => {
             let body = serde_json::json!({ "username": user, "password": password });
-            let status = tokio::task::spawn_blocking(move || http("POST", &format!("{admin}/users"), &token, Some(body))).await??;
+            let status = tokio::task::spawn_blocking(move || {
+                http("POST", &format!("{admin}/users"), &token, Some(body))
+            })
+            .await??;
             match status {
                 201 => true,
                 409 => false,
@@ -96,7 +109,10 @@ pub async fn adduser(args: AccountArgs) -> Result<()> {
             }
         }
         Target::Stopped { data } => {
-            let creds = xmpp_sasl::StoredCredentials::new(&password, xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS);
+            let creds = xmpp_sasl::StoredCredentials::new(
+                &password,
+                xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+            );
             open_db(&data)?.add_user(&user, &creds)?
         }
     };
@@ -113,7 +129,8 @@ pub async fn deluser(args: AccountArgs) -> Result<()> {
     let deleted = match target(&args.dir)? {
         Target::Running { admin, token } => {
             let url = format!("{admin}/users/{user}");
-            let status = tokio::task::spawn_blocking(move || http("DELETE", &url, &token, None)).await??;
+            let status =
+                tokio::task::spawn_blocking(move || http("DELETE", &url, &token, None)).await??;
             match status {
                 204 => true,
                 404 => false,
@@ -137,7 +154,8 @@ pub async fn passwd(args: AccountArgs) -> Result<()> {
         Target::Running { admin, token } => {
             let url = format!("{admin}/users/{user}/password");
             let body = serde_json::json!({ "password": password });
-            let status = tokio::task::spawn_blocking(move || http("PUT", &url, &token, Some(body))).await??;
+            let status = tokio::task::spawn_blocking(move || http("PUT", &url, &token, Some(body)))
+                .await??;
             match status {
                 204 => true,
                 404 => false,
@@ -145,7 +163,10 @@ pub async fn passwd(args: AccountArgs) -> Result<()> {
             }
         }
         Target::Stopped { data } => {
-            let creds = xmpp_sasl::StoredCredentials::new(&password, xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS);
+            let creds = xmpp_sasl::StoredCredentials::new(
+                &password,
+                xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+            );
             open_db(&data)?.set_credentials(&user, &creds)?
         }
     };

@@ -52,7 +52,8 @@ impl Endpoints {
     /// Reads `DIR/endpoints.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("endpoints.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
@@ -63,7 +64,8 @@ fn port(base: u16, offset: u16) -> u16 {
 
 /// `longlink up`.
 pub async fn up(args: UpArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let pki = dir.join("pki");
     let report = certs::init(&pki, &args.domain, args.cms, false).context("making certificates")?;
@@ -73,13 +75,20 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let mut core_config = im_core::CoreConfig::new(&args.domain, dir.join("data"), pki.clone());
     core_config.listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 0)));
     core_config.admin_listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 10)));
-    let core = im_core::start(core_config).await.context("starting the core")?;
+    let core = im_core::start(core_config)
+        .await
+        .context("starting the core")?;
     let mut cms = Vec::new();
     for i in 1..=args.cms {
         let node = format!("cm-{i}");
         let listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 100 + i as u16)));
-        let config = cm_node::CmConfig::new(&node, &args.domain, listen, core.quic_addr, pki.clone());
-        cms.push(cm_node::start(config).await.with_context(|| format!("starting {node}"))?);
+        let config =
+            cm_node::CmConfig::new(&node, &args.domain, listen, core.quic_addr, pki.clone());
+        cms.push(
+            cm_node::start(config)
+                .await
+                .with_context(|| format!("starting {node}"))?,
+        );
     }
     let endpoints = Endpoints {
         domain: args.domain.clone(),
@@ -98,13 +107,23 @@ pub async fn up(args: UpArgs) -> Result<()> {
     std::fs::write(dir.join("endpoints.json"), &json)?;
     println!("longlink is up for domain {}", args.domain);
     println!("  core (CM links)   quic://{}", core.quic_addr);
-    println!("  admin             http://{} (/metrics, /routes)", core.admin_addr);
+    println!(
+        "  admin             http://{} (/metrics, /routes)",
+        core.admin_addr
+    );
     for c in &endpoints.cms {
         println!("  {:<17} quic://{} (ALPN xmpp-client)", c.node, c.quic);
     }
     println!("  CA                {}", endpoints.ca.display());
-    println!("  endpoints         {}", dir.join("endpoints.json").display());
-    println!("Add a user: longlink adduser alice@{} --password secret --dir {}", args.domain, dir.display());
+    println!(
+        "  endpoints         {}",
+        dir.join("endpoints.json").display()
+    );
+    println!(
+        "Add a user: longlink adduser alice@{} --password secret --dir {}",
+        args.domain,
+        dir.display()
+    );
     println!("Ctrl-C stops everything.");
     tokio::signal::ctrl_c().await?;
     tracing::info!("stopping");
@@ -116,9 +135,15 @@ pub async fn up(args: UpArgs) -> Result<()> {
 }
 
 /// `longlink core --config FILE`.
-pub async fn run_core(config: &Path, listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Result<()> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let mut cfg: im_core::CoreConfig = toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+pub async fn run_core(
+    config: &Path,
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) -> Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut cfg: im_core::CoreConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
     if let Some(l) = listen {
         cfg.listen = l;
     }
@@ -132,9 +157,15 @@ pub async fn run_core(config: &Path, listen: Option<SocketAddr>, admin: Option<S
 }
 
 /// `longlink cm --config FILE`.
-pub async fn run_cm(config: &Path, listen: Option<SocketAddr>, core: Option<SocketAddr>) -> Result<()> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let mut cfg: cm_node::CmConfig = toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+pub async fn run_cm(
+    config: &Path,
+    listen: Option<SocketAddr>,
+    core: Option<SocketAddr>,
+) -> Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut cfg: cm_node::CmConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
     if let Some(l) = listen {
         cfg.listen = l;
     }

@@ -12,7 +12,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "longlink", version, about = "An XMPP server whose client connections live on connection-manager nodes")]
+#[command(
+    name = "longlink",
+    version,
+    about = "An XMPP server whose client connections live on connection-manager nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +95,10 @@ enum CertsCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -100,7 +107,13 @@ async fn main() -> Result<()> {
     init_tracing();
     match cli.command {
         Command::Certs {
-            command: CertsCommand::Init { dir, domain, cm, force },
+            command:
+                CertsCommand::Init {
+                    dir,
+                    domain,
+                    cm,
+                    force,
+                },
         } => {
             let report = certs::init(&dir, &domain, cm, force).context("making certificates")?;
             for p in &report.created {
@@ -112,8 +125,16 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Up(args) => deploy::up(args).await,
-        Command::Core { config, listen, admin_listen } => deploy::run_core(&config, listen, admin_listen).await,
-        Command::Cm { config, listen, core } => deploy::run_cm(&config, listen, core).await,
+        Command::Core {
+            config,
+            listen,
+            admin_listen,
+        } => deploy::run_core(&config, listen, admin_listen).await,
+        Command::Cm {
+            config,
+            listen,
+            core,
+        } => deploy::run_cm(&config, listen, core).await,
         Command::Send(args) => talk::send(args).await,
         Command::Recv(args) => talk::recv(args).await,
         Command::Adduser(args) => accounts::adduser(args).await,

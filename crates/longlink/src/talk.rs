@@ -30,7 +30,8 @@ pub struct Login {
 
 impl Login {
     async fn connect(&self) -> Result<Client> {
-        let mut opts = ConnectOptions::new(self.server, &self.jid, &self.password).with_ca_file(&self.ca);
+        let mut opts =
+            ConnectOptions::new(self.server, &self.jid, &self.password).with_ca_file(&self.ca);
         if let Some(r) = &self.resource {
             opts = opts.with_resource(r);
         }
@@ -70,7 +71,10 @@ pub async fn send(args: SendArgs) -> Result<()> {
     let id = client.send_message(&args.to, &args.body).await?;
     // A ping round trip proves the server has taken the message.
     client.ping().await.context("waiting for the server")?;
-    println!("{}", serde_json::json!({ "id": id, "from": client.jid(), "to": args.to }));
+    println!(
+        "{}",
+        serde_json::json!({ "id": id, "from": client.jid(), "to": args.to })
+    );
     client.disconnect().await;
     Ok(())
 }

@@ -8,21 +8,63 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_longlink");
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().expect("longlink runs")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("longlink runs")
 }
 
 #[test]
 fn certs_init_keeps_keys_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = run(&["certs", "init", "--dir", d, "--domain", "example.org", "--cm", "2"]);
+    let out = run(&[
+        "certs",
+        "init",
+        "--dir",
+        d,
+        "--domain",
+        "example.org",
+        "--cm",
+        "2",
+    ]);
     assert!(out.status.success(), "{out:?}");
     let key = dir.path().join("cm-2.key");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let before = std::fs::read(&key).unwrap();
-    assert!(run(&["certs", "init", "--dir", d, "--domain", "example.org", "--cm", "2"]).status.success());
+    assert!(
+        run(&[
+            "certs",
+            "init",
+            "--dir",
+            d,
+            "--domain",
+            "example.org",
+            "--cm",
+            "2"
+        ])
+        .status
+        .success()
+    );
     assert_eq!(std::fs::read(&key).unwrap(), before);
-    assert!(run(&["certs", "init", "--dir", d, "--domain", "example.org", "--cm", "2", "--force"]).status.success());
+    assert!(
+        run(&[
+            "certs",
+            "init",
+            "--dir",
+            d,
+            "--domain",
+            "example.org",
+            "--cm",
+            "2",
+            "--force"
+        ])
+        .status
+        .success()
+    );
     assert_ne!(std::fs::read(&key).unwrap(), before);
 }
 
@@ -39,7 +81,11 @@ impl Drop for Deployment {
 fn wait_for(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "{} never appeared", path.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -50,7 +96,17 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
     let d = dir.path().to_str().unwrap();
     let mut up = Deployment(
         Command::new(BIN)
-            .args(["up", "--dir", d, "--cms", "2", "--port-base", "0", "--domain", "example.org"])
+            .args([
+                "up",
+                "--dir",
+                d,
+                "--cms",
+                "2",
+                "--port-base",
+                "0",
+                "--domain",
+                "example.org",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,7 +114,8 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
     );
     let endpoints = dir.path().join("endpoints.json");
     wait_for(&endpoints);
-    let ep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
+    let ep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
     let cm1 = ep["cms"][0]["quic"].as_str().unwrap().to_owned();
     let cm2 = ep["cms"][1]["quic"].as_str().unwrap().to_owned();
     let ca = ep["ca"].as_str().unwrap().to_owned();
@@ -67,10 +124,29 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
         let out = run(&["adduser", user, "--password", "pw", "--dir", d]);
         assert!(out.status.success(), "{out:?}");
     }
-    assert!(!run(&["adduser", "alice", "--password", "pw", "--dir", d]).status.success(), "duplicate refused");
+    assert!(
+        !run(&["adduser", "alice", "--password", "pw", "--dir", d])
+            .status
+            .success(),
+        "duplicate refused"
+    );
 
     let recv = Command::new(BIN)
-        .args(["recv", "--server", &cm2, "--jid", "bob@example.org", "--password", "pw", "--ca", &ca, "--count", "1", "--timeout", "20"])
+        .args([
+            "recv",
+            "--server",
+            &cm2,
+            "--jid",
+            "bob@example.org",
+            "--password",
+            "pw",
+            "--ca",
+            &ca,
+            "--count",
+            "1",
+            "--timeout",
+            "20",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -84,25 +160,68 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
             assert!(text.contains("\"name\": \"cm-2\""));
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "bob never routed: {text}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "bob never routed: {text}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = run(&["send", "--server", &cm1, "--jid", "alice@example.org", "--password", "pw", "--ca", &ca, "--to", "bob@example.org", "--body", "hi bob"]);
+    let out = run(&[
+        "send",
+        "--server",
+        &cm1,
+        "--jid",
+        "alice@example.org",
+        "--password",
+        "pw",
+        "--ca",
+        &ca,
+        "--to",
+        "bob@example.org",
+        "--body",
+        "hi bob",
+    ]);
     assert!(out.status.success(), "{out:?}");
     let out = recv.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(line["body"], "hi bob");
-    assert!(line["from"].as_str().unwrap().starts_with("alice@example.org/"));
+    assert!(
+        line["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("alice@example.org/")
+    );
 
     // wrong password fails
-    let out = run(&["send", "--server", &cm1, "--jid", "alice@example.org", "--password", "nope", "--ca", &ca, "--to", "bob@example.org", "--body", "x"]);
+    let out = run(&[
+        "send",
+        "--server",
+        &cm1,
+        "--jid",
+        "alice@example.org",
+        "--password",
+        "nope",
+        "--ca",
+        &ca,
+        "--to",
+        "bob@example.org",
+        "--body",
+        "x",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-authorized"));
 
     // Ctrl-C stops everything cleanly
     let pid = up.0.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let start = Instant::now();
     loop {
         if let Some(status) = up.0.try_wait().unwrap() {
@@ -113,7 +232,11 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // with the core stopped, accounts are managed in the database directly
-    assert!(run(&["passwd", "alice", "--password", "new", "--dir", d]).status.success());
+    assert!(
+        run(&["passwd", "alice", "--password", "new", "--dir", d])
+            .status
+            .success()
+    );
     assert!(run(&["deluser", "bob", "--dir", d]).status.success());
     assert!(!run(&["deluser", "bob", "--dir", d]).status.success());
 }

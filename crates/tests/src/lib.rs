@@ -102,7 +102,13 @@ impl Cluster {
     pub async fn add_cm(&mut self) -> usize {
         let node = format!("cm-{}", self.cms.len() + 1);
         certs::ensure_cm(&self.pki(), DOMAIN, &node, false).expect("cm cert");
-        let config = CmConfig::new(&node, DOMAIN, "127.0.0.1:0".parse().expect("addr"), self.core_addr, self.pki());
+        let config = CmConfig::new(
+            &node,
+            DOMAIN,
+            "127.0.0.1:0".parse().expect("addr"),
+            self.core_addr,
+            self.pki(),
+        );
         let cm = cm_node::start(config).await.expect("cm starts");
         self.cms.push(Some(cm));
         self.cms.len() - 1
@@ -123,7 +129,8 @@ impl Cluster {
 
     /// Connection options for `user` at CM `cm`.
     pub fn options(&self, cm: usize, user: &str, password: &str) -> ConnectOptions {
-        ConnectOptions::new(self.cm_addr(cm), &format!("{user}@{DOMAIN}"), password).with_ca_file(self.ca())
+        ConnectOptions::new(self.cm_addr(cm), &format!("{user}@{DOMAIN}"), password)
+            .with_ca_file(self.ca())
     }
 
     /// Logs `user` in at CM `cm` with `resource` and sends initial presence.
@@ -137,7 +144,13 @@ impl Cluster {
     }
 
     /// Logs in without sending presence.
-    pub async fn try_login(&self, cm: usize, user: &str, password: &str, resource: &str) -> Result<Client, ClientError> {
+    pub async fn try_login(
+        &self,
+        cm: usize,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Result<Client, ClientError> {
         Client::connect(self.options(cm, user, password).with_resource(resource)).await
     }
 
@@ -195,7 +208,10 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("routing table never reached {n} routes: {}", self.routes().await);
+        panic!(
+            "routing table never reached {n} routes: {}",
+            self.routes().await
+        );
     }
 
     /// Stops everything.

@@ -29,7 +29,10 @@ async fn message_crosses_cms_and_routing_table_shows_the_cm() {
         let mut c3 = cluster.login(2, "client3", "phone").await;
         cluster.wait_routes(2).await;
 
-        let id = c1.send_message(&jid("client3"), "hello from CM 1").await.unwrap();
+        let id = c1
+            .send_message(&jid("client3"), "hello from CM 1")
+            .await
+            .unwrap();
         let m = c3.next_message(WAIT).await.unwrap();
         assert_eq!(m.body.as_deref(), Some("hello from CM 1"));
         assert_eq!(m.from, format!("{}/phone", jid("client1")));
@@ -42,7 +45,12 @@ async fn message_crosses_cms_and_routing_table_shows_the_cm() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| (n["name"].as_str().unwrap().to_owned(), n["sessions"].as_u64().unwrap()))
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_owned(),
+                    n["sessions"].as_u64().unwrap(),
+                )
+            })
             .collect();
         assert!(per_node.contains(&("cm-3".into(), 1)), "{per_node:?}");
         assert!(per_node.contains(&("cm-2".into(), 0)), "{per_node:?}");
@@ -52,7 +60,10 @@ async fn message_crosses_cms_and_routing_table_shows_the_cm() {
         let iq = xmpp_stream::element::Element::new("iq", xmpp_stream::ns::CLIENT)
             .with_attr("type", "get")
             .with_attr("to", DOMAIN)
-            .with_child(xmpp_stream::element::Element::new("query", "urn:example:nothing"));
+            .with_child(xmpp_stream::element::Element::new(
+                "query",
+                "urn:example:nothing",
+            ));
         let r = c1.iq(iq).await.unwrap();
         assert_eq!(r.error.as_deref(), Some("service-unavailable"));
 
@@ -83,8 +94,14 @@ async fn a_cm_added_at_runtime_serves_new_clients() {
 
         d.send_message(&jid("a"), "to a").await.unwrap();
         d.send_message(&jid("b"), "to b").await.unwrap();
-        assert_eq!(a.next_message(WAIT).await.unwrap().body.as_deref(), Some("to a"));
-        assert_eq!(b.next_message(WAIT).await.unwrap().body.as_deref(), Some("to b"));
+        assert_eq!(
+            a.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("to a")
+        );
+        assert_eq!(
+            b.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("to b")
+        );
         a.send_message(d.jid(), "back to d").await.unwrap();
         let m = d.next_message(WAIT).await.unwrap();
         assert_eq!(m.body.as_deref(), Some("back to d"));
@@ -102,15 +119,19 @@ async fn offline_messages_survive_a_core_restart_and_arrive_in_order() {
         cluster.add_user("bob", "secret");
         let mut alice = cluster.login(0, "alice", "phone").await;
         for i in 0..5 {
-            alice.send_message(&jid("bob"), &format!("offline {i}")).await.unwrap();
+            alice
+                .send_message(&jid("bob"), &format!("offline {i}"))
+                .await
+                .unwrap();
         }
         // a ping round trip after the messages: the core has routed them
         alice.ping().await.unwrap();
         // no error came back: bob exists, so they were stored
-        assert!(matches!(
-            tokio::time::timeout(Duration::from_millis(300), alice.next_message(WAIT)).await,
-            Err(_)
-        ));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), alice.next_message(WAIT))
+                .await
+                .is_err()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         cluster.stop_core().await;
         cluster.start_core().await;
@@ -133,10 +154,16 @@ async fn offline_messages_survive_a_core_restart_and_arrive_in_order() {
         }
         // delivered once, then removed: a second login gets nothing
         bob.disconnect().await;
-        let mut again = cluster.try_login(1, "bob", "secret", "laptop").await.unwrap();
+        let mut again = cluster
+            .try_login(1, "bob", "secret", "laptop")
+            .await
+            .unwrap();
         again.send_presence(0).await.unwrap();
         again.ping().await.unwrap();
-        assert!(matches!(again.next_message(Duration::from_millis(500)).await, Err(ClientError::Timeout)));
+        assert!(matches!(
+            again.next_message(Duration::from_millis(500)).await,
+            Err(ClientError::Timeout)
+        ));
         cluster.shutdown().await;
     })
     .await;
@@ -235,14 +262,22 @@ async fn a_cm_with_a_foreign_certificate_is_refused_by_the_core() {
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let metrics = cluster.metrics().await;
-            if metrics.lines().any(|l| l.starts_with("longlink_core_link_errors_total{reason=\"handshake\"}")) {
+            if metrics
+                .lines()
+                .any(|l| l.starts_with("longlink_core_link_errors_total{reason=\"handshake\"}"))
+            {
                 refused = true;
                 break;
             }
         }
         assert!(refused, "the core logged and counted the refused handshake");
         let routes = cluster.routes().await;
-        let names: Vec<&str> = routes["nodes"].as_array().unwrap().iter().filter_map(|n| n["name"].as_str()).collect();
+        let names: Vec<&str> = routes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["name"].as_str())
+            .collect();
         assert_eq!(names, ["cm-1"]);
         rogue.shutdown().await;
         cluster.shutdown().await;
@@ -260,7 +295,10 @@ async fn core_restart_keeps_clients_connected_and_messages_flowing() {
         let mut bob = cluster.login(1, "bob", "phone").await;
         cluster.wait_routes(2).await;
         alice.send_message(bob.jid(), "before").await.unwrap();
-        assert_eq!(bob.next_message(WAIT).await.unwrap().body.as_deref(), Some("before"));
+        assert_eq!(
+            bob.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("before")
+        );
 
         cluster.stop_core().await;
         cluster.start_core().await;
@@ -268,9 +306,17 @@ async fn core_restart_keeps_clients_connected_and_messages_flowing() {
         cluster.wait_routes(2).await;
         assert_eq!(cluster.node_of(bob.jid()).await.as_deref(), Some("cm-2"));
         alice.send_message(bob.jid(), "after").await.unwrap();
-        assert_eq!(bob.next_message(WAIT).await.unwrap().body.as_deref(), Some("after"));
-        bob.send_message(&jid("alice"), "to bare after").await.unwrap();
-        assert_eq!(alice.next_message(WAIT).await.unwrap().body.as_deref(), Some("to bare after"));
+        assert_eq!(
+            bob.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("after")
+        );
+        bob.send_message(&jid("alice"), "to bare after")
+            .await
+            .unwrap();
+        assert_eq!(
+            alice.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("to bare after")
+        );
         cluster.shutdown().await;
     })
     .await;

@@ -129,7 +129,9 @@ impl Element {
                     }
                 }
                 Event::End(_) => {
-                    let el = stack.pop().ok_or_else(|| not_well_formed("unbalanced end tag"))?;
+                    let el = stack
+                        .pop()
+                        .ok_or_else(|| not_well_formed("unbalanced end tag"))?;
                     if !attach(&mut stack, el.clone()) {
                         return Ok(el);
                     }

@@ -320,10 +320,7 @@ impl Framer {
         if in_element && self.buf.len() - self.elem_start > self.limits.max_stanza_bytes {
             return Err(FramingError::new(
                 StreamCondition::PolicyViolation,
-                format!(
-                    "stanza larger than {} bytes",
-                    self.limits.max_stanza_bytes
-                ),
+                format!("stanza larger than {} bytes", self.limits.max_stanza_bytes),
             ));
         }
         if self.depth == 0 && self.buf.len() > self.limits.max_header_bytes {
@@ -504,7 +501,9 @@ mod tests {
         let mut f = Framer::new(Limits::default());
         f.push(HEADER.as_bytes());
         let evs = events(&mut f).unwrap();
-        assert!(matches!(&evs[..], [FrameEvent::Open(h)] if h.to.as_deref() == Some("example.org")));
+        assert!(
+            matches!(&evs[..], [FrameEvent::Open(h)] if h.to.as_deref() == Some("example.org"))
+        );
         f
     }
 

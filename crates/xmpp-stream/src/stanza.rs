@@ -285,7 +285,12 @@ mod tests {
 
         let raw = b"<message xmlns:e='urn:e' from='x'><e:x/></message>";
         let out = stamp_from(raw, &inspect(raw).unwrap(), "a@b/c");
-        assert!(Element::parse(&out, ns::CLIENT).unwrap().child("x", "urn:e").is_some());
+        assert!(
+            Element::parse(&out, ns::CLIENT)
+                .unwrap()
+                .child("x", "urn:e")
+                .is_some()
+        );
 
         let raw = b"<presence/>";
         let out = stamp_from(raw, &inspect(raw).unwrap(), "a@b/c");
@@ -304,7 +309,12 @@ mod tests {
         );
         let raw = b"<message to='b@x'/>";
         let out = append_child(raw, &inspect(raw).unwrap(), b"<x xmlns='y'/>");
-        assert!(Element::parse(&out, ns::CLIENT).unwrap().child("x", "y").is_some());
+        assert!(
+            Element::parse(&out, ns::CLIENT)
+                .unwrap()
+                .child("x", "y")
+                .is_some()
+        );
     }
 
     #[test]
@@ -321,7 +331,11 @@ mod tests {
         assert_eq!(el.attr("type"), Some("error"));
         let error = el.child("error", ns::CLIENT).unwrap();
         assert_eq!(error.attr("type"), Some("cancel"));
-        assert!(error.child("service-unavailable", ns::STANZA_ERRORS).is_some());
+        assert!(
+            error
+                .child("service-unavailable", ns::STANZA_ERRORS)
+                .is_some()
+        );
     }
 
     #[test]

@@ -122,7 +122,10 @@ mod tests {
         let mut stream = server_header("example.org", "abc", Some("a@example.org"), None);
         stream.extend(features_sasl(&["SCRAM-SHA-256", "PLAIN"]));
         stream.extend(sasl_failure("not-authorized", Some("bad <password>")));
-        stream.extend(stream_error(StreamCondition::PolicyViolation, Some("too big")));
+        stream.extend(stream_error(
+            StreamCondition::PolicyViolation,
+            Some("too big"),
+        ));
         let mut f = Framer::new(Limits::default());
         f.push(&stream);
         let mut names = Vec::new();
