@@ -17,6 +17,8 @@ use crate::sessions::Sessions;
 
 /// A write to a client that takes longer than this ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most deliveries coalesced into one write.
+const MAX_BATCH: usize = 64;
 /// Largest chunk read from a client at once.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -73,6 +75,14 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
     }
 }
 
+/// Writes to the client; false if the stream is gone or stuck.
+async fn write(send: &mut SendStream, bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, send.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: RecvStream) {
     let (sid, mut rx, kill) = ctx.sessions.open();
     let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits);
@@ -86,19 +96,29 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
                 Ok(None) | Err(_) => break,
             },
             frame = rx.recv() => match frame {
-                Some(f) => session.on_core(f),
+                Some(f) => {
+                    // Take whatever else is queued too: one write for a burst.
+                    let mut actions = session.on_core(f);
+                    while actions.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(f) => actions.extend(session.on_core(f)),
+                            Err(_) => break,
+                        }
+                    }
+                    actions
+                }
                 None => break,
             },
         };
         let mut close = false;
+        let mut pending: Vec<u8> = Vec::new();
         for action in actions {
+            if !matches!(action, SessionAction::Write(_)) && !pending.is_empty() {
+                close |= !write(&mut send, &pending).await;
+                pending.clear();
+            }
             match action {
-                SessionAction::Write(bytes) => {
-                    match tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&bytes)).await {
-                        Ok(Ok(())) => {}
-                        _ => close = true,
-                    }
-                }
+                SessionAction::Write(bytes) => pending.extend_from_slice(&bytes),
                 SessionAction::ToCore(frame) => {
                     if ctx.pool.send(sid, frame).await.is_err() {
                         close = true;
@@ -107,6 +127,9 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
                 SessionAction::Bound(jid) => ctx.sessions.update(sid, &jid, false, 0),
                 SessionAction::Close => close = true,
             }
+        }
+        if !pending.is_empty() {
+            close |= !write(&mut send, &pending).await;
         }
         if let Some(jid) = session.jid()
             && announced != (session.available, session.priority)

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Frames queued for one session before the client counts as not keeping up.
-pub const SESSION_QUEUE: usize = 256;
+pub const SESSION_QUEUE: usize = 1024;
 
 /// How the dispatcher reaches a session.
 #[derive(Clone)]
