@@ -27,7 +27,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Mutex, mpsc, oneshot};
-use xmpp_sasl::{ScramClient, ScramHash};
+pub use xmpp_sasl::Mechanism;
+use xmpp_sasl::ScramClient;
 use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
 use xmpp_stream::{ns, stream};
@@ -62,6 +63,8 @@ pub struct ConnectOptions {
     pub trust: Trust,
     /// Give up connecting and logging in after this long.
     pub timeout: Duration,
+    /// SASL mechanism to use (SCRAM-SHA-256 unless changed).
+    pub mechanism: Mechanism,
 }
 
 impl ConnectOptions {
@@ -74,7 +77,14 @@ impl ConnectOptions {
             resource: None,
             trust: Trust::CaFile(PathBuf::from("ca.pem")),
             timeout: Duration::from_secs(10),
+            mechanism: Mechanism::ScramSha256,
         }
+    }
+
+    /// Uses another SASL mechanism.
+    pub fn with_mechanism(mut self, mechanism: Mechanism) -> Self {
+        self.mechanism = mechanism;
+        self
     }
 
     /// Trusts the CA certificates in a PEM file.
@@ -160,7 +170,8 @@ impl Client {
             }),
         };
         nego.open(&domain).await?;
-        nego.authenticate(&username, &opts.password).await?;
+        nego.authenticate(&username, &opts.password, opts.mechanism)
+            .await?;
         nego.open(&domain).await?;
         let jid = nego.bind(opts.resource.as_deref()).await?;
         let Negotiation { send, recv, framer } = nego;
@@ -372,21 +383,28 @@ impl Negotiation {
         }
     }
 
-    async fn authenticate(&mut self, username: &str, password: &str) -> Result<(), ClientError> {
+    async fn authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+        mechanism: Mechanism,
+    ) -> Result<(), ClientError> {
         let features = self.element().await?;
         let offered = features
             .child("mechanisms", ns::SASL)
             .map(|m| m.elements().map(|e| e.text()).collect::<Vec<_>>())
             .unwrap_or_default();
-        if !offered.iter().any(|m| m == "SCRAM-SHA-256") {
+        if !offered.iter().any(|m| m == mechanism.name()) {
             return Err(ClientError::Auth("invalid-mechanism".into()));
         }
-        let mut scram = ScramClient::new(ScramHash::Sha256, username, password);
-        let auth = stream::sasl_element(
-            "auth",
-            Some("SCRAM-SHA-256"),
-            Some(&B64.encode(scram.client_first())),
-        );
+        let mut scram = mechanism
+            .scram_hash()
+            .map(|h| ScramClient::new(h, username, password));
+        let initial = match &scram {
+            Some(s) => s.client_first(),
+            None => xmpp_sasl::plain_message(username, password),
+        };
+        let auth = stream::sasl_element("auth", Some(mechanism.name()), Some(&B64.encode(initial)));
         self.write(&auth).await?;
         loop {
             let el = self.element().await?;
@@ -400,6 +418,8 @@ impl Negotiation {
             match el.name.as_str() {
                 "challenge" => {
                     let reply = scram
+                        .as_mut()
+                        .ok_or_else(|| ClientError::Protocol("challenge for PLAIN".into()))?
                         .handle_server_first(&data)
                         .map_err(|e| ClientError::Auth(e.condition().to_owned()))?;
                     self.write(&stream::sasl_element(
@@ -410,9 +430,11 @@ impl Negotiation {
                     .await?;
                 }
                 "success" => {
-                    scram
-                        .verify_server_final(&data)
-                        .map_err(|_| ClientError::Auth("server signature invalid".into()))?;
+                    if let Some(scram) = &scram {
+                        scram
+                            .verify_server_final(&data)
+                            .map_err(|_| ClientError::Auth("server signature invalid".into()))?;
+                    }
                     return Ok(());
                 }
                 "failure" => {

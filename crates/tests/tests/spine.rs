@@ -321,3 +321,88 @@ async fn core_restart_keeps_clients_connected_and_messages_flowing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sasl_mechanism_logs_in_and_untrusted_servers_are_refused() {
+    bounded(async {
+        let cluster = Cluster::start(1).await;
+        cluster.add_user("alice", "secret");
+        for mech in [
+            client_sdk::Mechanism::ScramSha256,
+            client_sdk::Mechanism::ScramSha1,
+            client_sdk::Mechanism::Plain,
+        ] {
+            let opts = cluster.options(0, "alice", "secret").with_mechanism(mech);
+            let client = client_sdk::Client::connect(opts)
+                .await
+                .unwrap_or_else(|e| panic!("{} login: {e}", mech.name()));
+            assert!(client.jid().starts_with(&jid("alice")));
+            client.ping().await.unwrap();
+            client.disconnect().await;
+            let bad = cluster.options(0, "alice", "wrong").with_mechanism(mech);
+            assert_eq!(
+                client_sdk::Client::connect(bad).await.err(),
+                Some(ClientError::Auth("not-authorized".into())),
+                "{}",
+                mech.name()
+            );
+        }
+        // a client trusting another CA refuses the CM's certificate
+        let other = tempfile::tempdir().unwrap();
+        certs::init(other.path(), DOMAIN, 1, false).unwrap();
+        let opts = cluster
+            .options(0, "alice", "secret")
+            .with_ca_file(other.path().join("ca.pem"));
+        let err = client_sdk::Client::connect(opts).await.err();
+        assert!(matches!(err, Some(ClientError::Tls(_))), "{err:?}");
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_cm_loses_only_its_routes_after_the_grace_period() {
+    bounded(async {
+        let mut cluster = Cluster::start(2).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let _phone = cluster.login(0, "alice", "phone").await;
+        let mut desk = cluster.login(1, "alice", "desk").await;
+        let mut bob = cluster.login(1, "bob", "r").await;
+        cluster.wait_routes(3).await;
+        // crash cm-1: its connections just vanish
+        cluster.cms[0].take().unwrap().abort();
+        cluster.wait_routes(2).await;
+        assert_eq!(
+            cluster.node_of(&format!("{}/phone", jid("alice"))).await,
+            None
+        );
+        // alice's other resource learns that the phone went away
+        let mut saw_unavailable = false;
+        while let Ok(Some(ev)) = tokio::time::timeout(WAIT, desk.next_event()).await {
+            if let Event::Presence(p) = ev
+                && p.from == format!("{}/phone", jid("alice"))
+                && !p.available
+            {
+                saw_unavailable = true;
+                break;
+            }
+        }
+        assert!(saw_unavailable);
+        // everyone on cm-2 carries on; a message to alice's bare JID reaches the desk
+        bob.send_message(&jid("alice"), "still here?")
+            .await
+            .unwrap();
+        assert_eq!(
+            desk.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("still here?")
+        );
+        desk.send_message(bob.jid(), "yes").await.unwrap();
+        assert_eq!(
+            bob.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("yes")
+        );
+        cluster.shutdown().await;
+    })
+    .await;
+}
