@@ -10,7 +10,10 @@ pub mod pki;
 pub mod tls;
 
 pub use error::CertError;
-pub use pki::{CORE_SERVER_NAME, InitReport, NODE_NAME_SUFFIX, PkiPaths, ensure_cm, init};
+pub use pki::{
+    CORE_SERVER_NAME, InitReport, LB_SERVER_NAME, NODE_NAME_SUFFIX, PkiPaths, ensure_cm, init,
+    load_quic_lb_key,
+};
 pub use tls::{
     client_config, client_facing_server_config, cluster_client_config, cluster_server_config,
     load_certs, load_key, load_roots, node_name_from_cert,

@@ -16,6 +16,8 @@ use crate::CertError;
 
 /// Server name the CM uses to verify the core (a SAN on the core certificate).
 pub const CORE_SERVER_NAME: &str = "core.cluster.longlink";
+/// Server name the CMs use to verify the load balancer's control endpoint.
+pub const LB_SERVER_NAME: &str = "lb.cluster.longlink";
 /// SAN DNS suffix carrying a CM node's identity: node "cm-3" has SAN "cm-3.cluster.longlink".
 pub const NODE_NAME_SUFFIX: &str = ".cluster.longlink";
 
@@ -56,6 +58,21 @@ impl PkiPaths {
         self.dir.join("core.key")
     }
     /// Certificate of CM node `node` (e.g. "cm-1"): `DIR/<node>.pem`.
+    /// DIR/lb.pem: the load balancer's certificate (control endpoint).
+    pub fn lb_cert(&self) -> PathBuf {
+        self.dir.join("lb.pem")
+    }
+
+    /// DIR/lb.key
+    pub fn lb_key(&self) -> PathBuf {
+        self.dir.join("lb.key")
+    }
+
+    /// DIR/quic-lb.key: the QUIC-LB connection-id key shared by balancer and CMs (hex).
+    pub fn quic_lb_key(&self) -> PathBuf {
+        self.dir.join("quic-lb.key")
+    }
+
     pub fn cm_cert(&self, node: &str) -> PathBuf {
         self.dir.join(format!("{node}.pem"))
     }
@@ -112,7 +129,21 @@ pub fn init(dir: &Path, domain: &str, cms: u32, force: bool) -> Result<InitRepor
         }
     }
 
-    let mut leaves = vec![Leaf::Core];
+    let lb_key = paths.quic_lb_key();
+    if force || !lb_key.exists() {
+        let mut key = [0u8; 16];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut key)
+            .map_err(|_| CertError::Verifier("no secure random source".into()))?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        write_file(&lb_key, hex.as_bytes(), KEY_MODE)?;
+        report.created.push(lb_key);
+    } else {
+        report.kept.push(lb_key);
+    }
+
+    let mut leaves = vec![Leaf::Core, Leaf::Lb];
     leaves.extend((1..=cms).map(|i| Leaf::Cm(format!("cm-{i}"))));
     for leaf in &leaves {
         let (cert, key) = leaf.paths(&paths);
@@ -162,6 +193,8 @@ pub(crate) fn is_valid_node_name(node: &str) -> bool {
         && !node.starts_with('-')
         && !node.ends_with('-')
         && node != "ca"
+        && node != "lb"
+        && node != "quic-lb"
         && format!("{node}{NODE_NAME_SUFFIX}") != CORE_SERVER_NAME
 }
 
@@ -192,6 +225,7 @@ fn check_domain(domain: &str) -> Result<(), CertError> {
 
 enum Leaf {
     Core,
+    Lb,
     Cm(String),
 }
 
@@ -199,6 +233,7 @@ impl Leaf {
     fn paths(&self, paths: &PkiPaths) -> (PathBuf, PathBuf) {
         match self {
             Leaf::Core => (paths.core_cert(), paths.core_key()),
+            Leaf::Lb => (paths.lb_cert(), paths.lb_key()),
             Leaf::Cm(node) => (paths.cm_cert(node), paths.cm_key(node)),
         }
     }
@@ -208,6 +243,11 @@ impl Leaf {
             Leaf::Core => (
                 "core".to_owned(),
                 vec![CORE_SERVER_NAME.to_owned(), "localhost".to_owned()],
+                vec![ExtendedKeyUsagePurpose::ServerAuth],
+            ),
+            Leaf::Lb => (
+                "lb".to_owned(),
+                vec![LB_SERVER_NAME.to_owned(), "localhost".to_owned()],
                 vec![ExtendedKeyUsagePurpose::ServerAuth],
             ),
             Leaf::Cm(node) => (
@@ -402,4 +442,22 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> 
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Reads the shared QUIC-LB key (32 hex digits) written by [`init`].
+pub fn load_quic_lb_key(path: &Path) -> Result<[u8; 16], CertError> {
+    let text = fs::read_to_string(path).map_err(CertError::io(path))?;
+    let text = text.trim();
+    let mut key = [0u8; 16];
+    if text.len() != 32 {
+        return Err(CertError::Verifier(format!(
+            "{}: expected 32 hex digits",
+            path.display()
+        )));
+    }
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .map_err(|_| CertError::Verifier(format!("{}: not hex", path.display())))?;
+    }
+    Ok(key)
 }

@@ -27,7 +27,15 @@ fn sorted(mut v: Vec<PathBuf>) -> Vec<PathBuf> {
 }
 
 fn all_files(p: &PkiPaths, cms: u32) -> Vec<PathBuf> {
-    let mut files = vec![p.ca_cert(), p.ca_key(), p.core_cert(), p.core_key()];
+    let mut files = vec![
+        p.ca_cert(),
+        p.ca_key(),
+        p.core_cert(),
+        p.core_key(),
+        p.lb_cert(),
+        p.lb_key(),
+        p.quic_lb_key(),
+    ];
     for i in 1..=cms {
         files.push(p.cm_cert(&format!("cm-{i}")));
         files.push(p.cm_key(&format!("cm-{i}")));
@@ -53,7 +61,7 @@ fn init_creates_all_files() {
         assert!(f.is_file(), "{} missing", f.display());
     }
     // No temporary files left behind.
-    assert_eq!(fs::read_dir(&dir).unwrap().count(), 8);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 11);
     #[cfg(unix)]
     {
         for key in [
