@@ -201,6 +201,28 @@ impl Client {
         self.endpoint.local_addr().ok()
     }
 
+    /// The device's network changed (call it from the OS network callback):
+    /// moves the QUIC connection to a fresh local socket on a new port. No
+    /// new handshake, no new login; QUIC path validation runs underneath.
+    pub fn network_changed(&self) -> Result<(), ClientError> {
+        let ip = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.ip())
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        self.rebind_to(SocketAddr::new(ip, 0))
+    }
+
+    /// Moves the QUIC connection to a socket bound at `local` (e.g. another
+    /// interface's address).
+    pub fn rebind_to(&self, local: SocketAddr) -> Result<(), ClientError> {
+        let socket = std::net::UdpSocket::bind(local)
+            .map_err(|e| ClientError::Config(format!("bind {local}: {e}")))?;
+        self.endpoint
+            .rebind(socket)
+            .map_err(|e| ClientError::Disconnected(format!("rebind: {e}")))
+    }
+
     fn new_id(&self) -> String {
         let n = self
             .next_id

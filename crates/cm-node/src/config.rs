@@ -32,6 +32,25 @@ pub struct CmConfig {
     /// QUIC keep-alive interval towards clients, seconds.
     #[serde(default = "default_keepalive")]
     pub keep_alive_secs: u64,
+    /// QUIC-LB server id encoded in this node's connection ids (default: N of `cm-N`).
+    #[serde(default)]
+    pub server_id: Option<u64>,
+    /// QUIC-LB connection-id settings (must match the balancer's).
+    #[serde(default)]
+    pub quic_lb: lb::server::QuicLbSettings,
+    /// The balancer this CM sits behind, if any.
+    #[serde(default)]
+    pub balancer: Option<BalancerLink>,
+}
+
+/// How a CM reaches its balancer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerLink {
+    /// The balancer's control endpoint (registration, health).
+    pub control: SocketAddr,
+    /// The balancer's backend UDP address (encapsulated datagrams).
+    pub encap: SocketAddr,
 }
 
 fn default_pool() -> u16 {
@@ -66,7 +85,16 @@ impl CmConfig {
             max_stanza_bytes: default_max_stanza(),
             idle_timeout_secs: default_idle(),
             keep_alive_secs: default_keepalive(),
+            server_id: None,
+            quic_lb: lb::server::QuicLbSettings::default(),
+            balancer: None,
         }
+    }
+
+    /// The QUIC-LB server id: configured, or N of a node named `cm-N`.
+    pub fn server_id(&self) -> Option<u64> {
+        self.server_id
+            .or_else(|| self.node.strip_prefix("cm-").and_then(|n| n.parse().ok()))
     }
 
     /// Client idle timeout.

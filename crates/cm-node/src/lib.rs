@@ -7,6 +7,7 @@
 //! dispatches core frames through; [`config`] holds the settings.
 
 pub mod config;
+pub mod encap_socket;
 pub mod listener;
 pub mod pool;
 pub mod session;
@@ -42,6 +43,9 @@ pub enum CmError {
     /// The TLS configuration is unusable for QUIC.
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A running CM node.
@@ -52,6 +56,8 @@ pub struct CmHandle {
     pub client_addr: SocketAddr,
     /// Live sessions.
     pub sessions: Arc<sessions::Sessions>,
+    /// Client connections (handshakes) received so far.
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
     client_endpoint: quinn::Endpoint,
     core_endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
@@ -110,6 +116,48 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CmError {
     move |source| CmError::Io { context, source }
 }
 
+/// The client-facing endpoint: connection ids in the QUIC-LB format with this
+/// node's server id, its own random stateless-reset key (quinn's default
+/// `EndpointConfig`), and behind a balancer the encapsulating socket.
+fn client_endpoint(
+    config: &CmConfig,
+    server_config: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, CmError> {
+    let lb_config = config
+        .quic_lb
+        .config(&config.pki_dir)
+        .map_err(|e| CmError::Config(e.to_string()))?;
+    let server_id = config
+        .server_id()
+        .and_then(|id| config.quic_lb.server_id_bytes(id))
+        .ok_or_else(|| {
+            CmError::Config(format!("{}: no QUIC-LB server id that fits", config.node))
+        })?;
+    let encoder = quic_lb::CidEncoder::new(lb_config, &server_id)
+        .map_err(|e| CmError::Config(e.to_string()))?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config.cid_generator(move || Box::new(quic_lb::QuicLbGenerator::new(encoder.clone())));
+    let socket =
+        std::net::UdpSocket::bind(config.listen).map_err(io(format!("bind {}", config.listen)))?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    match &config.balancer {
+        None => quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+            .map_err(io("client endpoint")),
+        Some(link) => {
+            socket.set_nonblocking(true).map_err(io("nonblocking"))?;
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(io("register socket"))?;
+            let socket = Arc::new(encap_socket::EncapSocket::new(socket, link.encap));
+            quinn::Endpoint::new_with_abstract_socket(
+                endpoint_config,
+                Some(server_config),
+                socket,
+                runtime,
+            )
+            .map_err(io("client endpoint"))
+        }
+    }
+}
+
 /// Starts a CM node: the client listener and the pool to the core.
 pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     let pki = certs::PkiPaths::new(&config.pki_dir);
@@ -121,8 +169,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         .map_err(|e| CmError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(client_tls));
     server_config.transport_config(Arc::new(client_transport(&config)));
-    let client_endpoint = quinn::Endpoint::server(server_config, config.listen)
-        .map_err(io(format!("bind {}", config.listen)))?;
+    let client_endpoint = client_endpoint(&config, server_config)?;
     let client_addr = client_endpoint.local_addr().map_err(io("local address"))?;
 
     let core_tls = certs::cluster_client_config(&pki.ca_cert(), &cert, &key, cm_protocol::ALPN)?;
@@ -141,6 +188,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let sessions = Arc::new(sessions::Sessions::default());
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pool = pool::Pool::start(
         config.pool_size,
         pool::PoolSetup {
@@ -163,13 +211,30 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         pool,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
+        accepted: accepted.clone(),
     });
     tasks.spawn(listener::run(client_endpoint.clone(), ctx));
+    if let Some(link) = &config.balancer {
+        let registration = lb::control::Registration {
+            node: config.node.clone(),
+            server_id: config.server_id().unwrap_or(0),
+            encap: client_addr,
+        };
+        let tls = lb::control::client_config(&config.pki_dir, &config.node)?;
+        tasks.spawn(lb::control::run_registration(
+            core_endpoint.clone(),
+            tls,
+            link.control,
+            registration,
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(node = %config.node, %client_addr, core = %config.core, "CM started");
     Ok(CmHandle {
         node: config.node,
         client_addr,
         sessions,
+        accepted,
         client_endpoint,
         core_endpoint,
         shutdown,

@@ -36,6 +36,8 @@ pub struct ListenerContext {
     pub shutdown: CancellationToken,
     /// Task tracker.
     pub tasks: TaskTracker,
+    /// Client connections (handshakes) received so far.
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Accepts client connections until shutdown.
@@ -51,6 +53,8 @@ pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
 
 async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
+    ctx.accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {

@@ -189,3 +189,38 @@ pub async fn routes(dir: &Path) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
 }
+
+/// `longlink drain NODE`.
+pub async fn drain(dir: &Path, node: &str, undo: bool) -> Result<()> {
+    let endpoints = Endpoints::load(dir)?;
+    let lb = endpoints.lb.context("this deployment has no balancer")?;
+    let url = format!(
+        "http://{}/{}/{node}",
+        lb.admin,
+        if undo { "undrain" } else { "drain" }
+    );
+    let status = tokio::task::spawn_blocking(move || -> Result<u16> {
+        let agent = ureq::Agent::new_with_config(
+            ureq::config::Config::builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        Ok(agent.post(&url).send_empty()?.status().as_u16())
+    })
+    .await??;
+    match status {
+        204 => {
+            println!(
+                "{node} {}",
+                if undo {
+                    "takes new connections again"
+                } else {
+                    "is draining"
+                }
+            );
+            Ok(())
+        }
+        404 => bail!("the balancer does not know {node}"),
+        s => bail!("the balancer answered HTTP {s}"),
+    }
+}

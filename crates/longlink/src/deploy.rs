@@ -19,7 +19,8 @@ pub struct UpArgs {
     /// XMPP domain.
     #[arg(long, default_value = "localhost")]
     domain: String,
-    /// First port: core on BASE, admin on BASE+10, CM i on BASE+100+i. 0 = ephemeral ports.
+    /// First port: core on BASE, balancer on BASE+1 (clients), BASE+2 (CMs), BASE+3 (control),
+    /// core admin on BASE+10, balancer admin on BASE+11, CM i on BASE+100+i. 0 = ephemeral ports.
     #[arg(long, default_value_t = 5270)]
     port_base: u16,
 }
@@ -35,8 +36,20 @@ pub struct Endpoints {
     pub core: SocketAddr,
     /// Core admin HTTP address.
     pub admin: SocketAddr,
-    /// Client-facing QUIC address of each CM.
+    /// Client-facing QUIC address of each CM (behind the balancer: not for clients).
     pub cms: Vec<CmEndpoint>,
+    /// The balancer: the one address clients use.
+    #[serde(default)]
+    pub lb: Option<LbEndpoints>,
+}
+
+/// The balancer in [`Endpoints`].
+#[derive(Serialize, Deserialize)]
+pub struct LbEndpoints {
+    /// Public QUIC address for clients.
+    pub quic: SocketAddr,
+    /// Admin HTTP (metrics, backends, drain).
+    pub admin: SocketAddr,
 }
 
 /// One CM in [`Endpoints`].
@@ -78,18 +91,36 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let core = im_core::start(core_config)
         .await
         .context("starting the core")?;
+    let local = |offset| SocketAddr::from(([127, 0, 0, 1], port(args.port_base, offset)));
+    let mut lb_settings = lb::server::LbSettings::local(pki.clone());
+    lb_settings.listen = vec![local(1)];
+    lb_settings.backend_listen = local(2);
+    lb_settings.control_listen = local(3);
+    lb_settings.admin_listen = local(11);
+    let balancer = lb::server::start(lb_settings)
+        .await
+        .context("starting the balancer")?;
     let mut cms = Vec::new();
     for i in 1..=args.cms {
         let node = format!("cm-{i}");
-        let listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 100 + i as u16)));
-        let config =
-            cm_node::CmConfig::new(&node, &args.domain, listen, core.quic_addr, pki.clone());
+        let mut config = cm_node::CmConfig::new(
+            &node,
+            &args.domain,
+            local(100 + i as u16),
+            core.quic_addr,
+            pki.clone(),
+        );
+        config.balancer = Some(cm_node::config::BalancerLink {
+            control: balancer.control_addr,
+            encap: balancer.backend_addr,
+        });
         cms.push(
             cm_node::start(config)
                 .await
                 .with_context(|| format!("starting {node}"))?,
         );
     }
+    let lb_public = balancer.public_addrs[0];
     let endpoints = Endpoints {
         domain: args.domain.clone(),
         ca: pki.join("ca.pem"),
@@ -102,17 +133,26 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 quic: c.client_addr,
             })
             .collect(),
+        lb: Some(LbEndpoints {
+            quic: lb_public,
+            admin: balancer.admin_addr,
+        }),
     };
     let json = serde_json::to_string_pretty(&endpoints)?;
     std::fs::write(dir.join("endpoints.json"), &json)?;
     println!("longlink is up for domain {}", args.domain);
+    println!("  clients           quic://{lb_public} (the balancer; ALPN xmpp-client)");
+    println!(
+        "  balancer admin    http://{} (/metrics, /backends, drain)",
+        balancer.admin_addr
+    );
     println!("  core (CM links)   quic://{}", core.quic_addr);
     println!(
         "  admin             http://{} (/metrics, /routes)",
         core.admin_addr
     );
     for c in &endpoints.cms {
-        println!("  {:<17} quic://{} (ALPN xmpp-client)", c.node, c.quic);
+        println!("  {:<17} behind the balancer at {}", c.node, c.quic);
     }
     println!("  CA                {}", endpoints.ca.display());
     println!(
@@ -130,6 +170,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     for cm in cms {
         cm.shutdown().await;
     }
+    balancer.shutdown().await;
     core.shutdown().await;
     Ok(())
 }
@@ -175,5 +216,19 @@ pub async fn run_cm(
     let cm = cm_node::start(cfg).await.context("starting the CM")?;
     tokio::signal::ctrl_c().await?;
     cm.shutdown().await;
+    Ok(())
+}
+
+/// `longlink lb --config FILE`.
+pub async fn run_lb(config: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let cfg: lb::server::LbSettings =
+        toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    let balancer = lb::server::start(cfg)
+        .await
+        .context("starting the balancer")?;
+    tokio::signal::ctrl_c().await?;
+    balancer.shutdown().await;
     Ok(())
 }

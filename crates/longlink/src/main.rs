@@ -55,6 +55,23 @@ enum Command {
         #[arg(long)]
         core: Option<SocketAddr>,
     },
+    /// Run the UDP load balancer alone.
+    Lb {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Stop sending new connections to a CM (its connections continue).
+    Drain {
+        /// Node name, e.g. cm-2.
+        node: String,
+        /// Deployment directory (as given to `longlink up`).
+        #[arg(long, default_value = "dev-deploy")]
+        dir: PathBuf,
+        /// Undo: take new connections again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Send one chat message.
     Send(talk::SendArgs),
     /// Receive messages, one JSON object per line on stdout.
@@ -135,6 +152,8 @@ async fn main() -> Result<()> {
             listen,
             core,
         } => deploy::run_cm(&config, listen, core).await,
+        Command::Lb { config } => deploy::run_lb(&config).await,
+        Command::Drain { node, dir, undo } => accounts::drain(&dir, &node, undo).await,
         Command::Send(args) => talk::send(args).await,
         Command::Recv(args) => talk::recv(args).await,
         Command::Adduser(args) => accounts::adduser(args).await,

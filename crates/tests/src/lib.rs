@@ -21,6 +21,9 @@ pub struct Cluster {
     pub core: Option<CoreHandle>,
     /// CM nodes (index 0 is cm-1); `None` once stopped.
     pub cms: Vec<Option<CmHandle>>,
+    /// The balancer, for clusters started with one.
+    pub lb: Option<lb::server::LbHandle>,
+    lb_addrs: Option<lb::server::LbSettings>,
     core_addr: SocketAddr,
     admin_addr: SocketAddr,
 }
@@ -36,6 +39,15 @@ pub fn init_logging() {
 impl Cluster {
     /// Starts a core and `cms` CM nodes.
     pub async fn start(cms: usize) -> Cluster {
+        Self::start_inner(cms, false).await
+    }
+
+    /// Starts a core, a balancer and `cms` CM nodes behind it.
+    pub async fn start_with_lb(cms: usize) -> Cluster {
+        Self::start_inner(cms, true).await
+    }
+
+    async fn start_inner(cms: usize, with_lb: bool) -> Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         certs::init(&dir.path().join("pki"), DOMAIN, cms as u32, false).expect("certs");
@@ -43,10 +55,17 @@ impl Cluster {
             dir,
             core: None,
             cms: Vec::new(),
+            lb: None,
+            lb_addrs: None,
             core_addr: "127.0.0.1:0".parse().expect("addr"),
             admin_addr: "127.0.0.1:0".parse().expect("addr"),
         };
         cluster.start_core().await;
+        if with_lb {
+            let settings = lb::server::LbSettings::local(cluster.pki());
+            cluster.lb_addrs = Some(settings);
+            cluster.start_lb().await;
+        }
         for _ in 0..cms {
             cluster.add_cm().await;
         }
@@ -98,17 +117,107 @@ impl Cluster {
         }
     }
 
+    /// Starts the balancer (on the same addresses as before, if it ran).
+    pub async fn start_lb(&mut self) {
+        let settings = self.lb_addrs.clone().expect("cluster has a balancer");
+        let mut attempt = 0;
+        let lb = loop {
+            match lb::server::start(settings.clone()).await {
+                Ok(lb) => break lb,
+                Err(e) if attempt < 50 && e.to_string().contains("in use") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("balancer starts: {e}"),
+            }
+        };
+        let mut fixed = settings;
+        fixed.listen = lb.public_addrs.clone();
+        fixed.backend_listen = lb.backend_addr;
+        fixed.control_listen = lb.control_addr;
+        fixed.admin_listen = lb.admin_addr;
+        self.lb_addrs = Some(fixed);
+        self.lb = Some(lb);
+    }
+
+    /// Stops the balancer.
+    pub async fn stop_lb(&mut self) {
+        if let Some(lb) = self.lb.take() {
+            lb.shutdown().await;
+        }
+    }
+
+    /// The balancer's public address.
+    pub fn lb_addr(&self) -> SocketAddr {
+        self.lb_addrs
+            .as_ref()
+            .expect("cluster has a balancer")
+            .listen[0]
+    }
+
+    /// Names of the CMs in the balancer's table.
+    pub fn lb_backends(&self) -> Vec<String> {
+        self.lb
+            .as_ref()
+            .map(|l| l.backends().into_iter().map(|b| b.name).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the balancer has exactly these backends (or panics after 15 s).
+    pub async fn wait_backends(&self, n: usize) {
+        for _ in 0..150 {
+            if self.lb_backends().len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("balancer never had {n} backends: {:?}", self.lb_backends());
+    }
+
+    /// Connection options for `user` through the balancer.
+    pub fn options_lb(&self, user: &str, password: &str) -> ConnectOptions {
+        ConnectOptions::new(self.lb_addr(), &format!("{user}@{DOMAIN}"), password)
+            .with_ca_file(self.ca())
+    }
+
+    /// Logs `user` in through the balancer and sends initial presence.
+    pub async fn login_lb(&self, user: &str, resource: &str) -> Client {
+        let client = Client::connect(self.options_lb(user, "secret").with_resource(resource))
+            .await
+            .unwrap_or_else(|e| panic!("{user} logs in through the balancer: {e}"));
+        client.send_presence(0).await.expect("presence");
+        client
+    }
+
+    /// Client connections each CM accepted so far.
+    pub fn accepted(&self) -> Vec<u64> {
+        self.cms
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .map(|c| c.accepted.load(std::sync::atomic::Ordering::Relaxed))
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
     /// Starts one more CM node (`cm-N`), issuing its certificate if needed.
     pub async fn add_cm(&mut self) -> usize {
         let node = format!("cm-{}", self.cms.len() + 1);
         certs::ensure_cm(&self.pki(), DOMAIN, &node, false).expect("cm cert");
-        let config = CmConfig::new(
+        let mut config = CmConfig::new(
             &node,
             DOMAIN,
             "127.0.0.1:0".parse().expect("addr"),
             self.core_addr,
             self.pki(),
         );
+        if let Some(lb) = &self.lb {
+            config.balancer = Some(cm_node::config::BalancerLink {
+                control: lb.control_addr,
+                encap: lb.backend_addr,
+            });
+        }
         let cm = cm_node::start(config).await.expect("cm starts");
         self.cms.push(Some(cm));
         self.cms.len() - 1
@@ -219,6 +328,7 @@ impl Cluster {
         for cm in self.cms.drain(..).flatten() {
             cm.shutdown().await;
         }
+        self.stop_lb().await;
         self.stop_core().await;
     }
 }

@@ -1,0 +1,116 @@
+//! The CM's UDP socket when it sits behind the balancer: a quinn
+//! [`AsyncUdpSocket`] that unwraps datagrams encapsulated by the balancer
+//! (so quinn sees the real client address, and path validation works when a
+//! client migrates) and wraps every outgoing datagram the same way, sending
+//! it back through the balancer. Datagrams from anyone but the configured
+//! balancer are dropped.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use lb::encap;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::io::ReadBuf;
+
+/// The encapsulating socket (see the module docs).
+pub struct EncapSocket {
+    io: tokio::net::UdpSocket,
+    balancer: SocketAddr,
+    /// Datagrams dropped (wrong source or bad header).
+    pub dropped: AtomicU64,
+}
+
+impl fmt::Debug for EncapSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncapSocket")
+            .field("balancer", &self.balancer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncapSocket {
+    /// Wraps a bound socket; traffic goes to and comes from `balancer`.
+    pub fn new(io: tokio::net::UdpSocket, balancer: SocketAddr) -> Self {
+        Self {
+            io,
+            balancer,
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+struct Poller(Arc<EncapSocket>);
+
+impl fmt::Debug for Poller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncapPoller")
+    }
+}
+
+impl UdpPoller for Poller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        self.0.io.poll_send_ready(cx)
+    }
+}
+
+impl AsyncUdpSocket for EncapSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(Poller(self))
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        // max_transmit_segments is 1: one datagram per transmit.
+        let mut buf = Vec::with_capacity(encap::MAX_HEADER + transmit.contents.len());
+        encap::encode(transmit.destination, transmit.contents, &mut buf);
+        self.io.try_send_to(&buf, self.balancer).map(|_| ())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Poll::Ready(Ok(0));
+        };
+        loop {
+            let mut read = ReadBuf::new(buf);
+            let from = ready!(self.io.poll_recv_from(cx, &mut read))?;
+            let n = read.filled().len();
+            if from != self.balancer {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Ok((client, payload)) = encap::decode(&buf[..n]) else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let header = n - payload.len();
+            buf.copy_within(header..n, 0);
+            *meta = RecvMeta {
+                addr: client,
+                len: n - header,
+                stride: n - header,
+                ecn: None,
+                dst_ip: None,
+            };
+            return Poll::Ready(Ok(1));
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    fn may_fragment(&self) -> bool {
+        // Keeps quinn from probing larger MTUs: the header must still fit.
+        true
+    }
+}
