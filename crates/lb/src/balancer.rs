@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use prometheus_client::metrics::counter::Counter;
 use quic_lb::{CidDecoder, LbConfig};
 
 use crate::maglev::{DEFAULT_TABLE_SIZE, Maglev};
@@ -26,7 +27,7 @@ use crate::packet::{self, LongType, PacketKind};
 pub const MAX_DATAGRAM: usize = 1500;
 
 /// A CM behind the balancer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Backend {
     /// Node name (Maglev key).
     pub name: String,
@@ -36,6 +37,10 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Draining: no new handshakes, existing connections continue.
     pub draining: bool,
+    /// Datagrams forwarded to it (a handle on its metric: no lookup per packet).
+    pub packets: Counter,
+    /// Bytes forwarded to it.
+    pub bytes: Counter,
 }
 
 /// Why a datagram was dropped.
@@ -268,6 +273,8 @@ mod tests {
             server_id: n.to_be_bytes().to_vec(),
             addr: SocketAddr::from(([127, 0, 0, 1], 9000 + n)),
             draining: false,
+            packets: Counter::default(),
+            bytes: Counter::default(),
         }
     }
 

@@ -66,13 +66,6 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// Counts a forwarded datagram.
-    pub fn forwarded(&self, backend: &str, len: usize) {
-        let labels = vec![("backend", backend.to_owned())];
-        self.packets.get_or_create(&labels).inc();
-        self.bytes.get_or_create(&labels).inc_by(len as u64);
-    }
-
     /// Counts a dropped datagram.
     pub fn dropped(&self, reason: &'static str) {
         self.drops

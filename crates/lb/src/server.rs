@@ -21,7 +21,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use serde::{Deserialize, Serialize};
-use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -162,36 +161,101 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
     move |source| LbError::Io { context, source }
 }
 
-/// A UDP socket with quinn-udp's batched I/O state.
+/// A UDP socket with quinn-udp's batched I/O state, used blocking from the
+/// data-plane threads (a read timeout lets them notice shutdown).
 struct UdpIo {
-    sock: tokio::net::UdpSocket,
+    sock: std::net::UdpSocket,
     state: UdpSocketState,
+    addr: SocketAddr,
 }
 
 impl UdpIo {
     fn bind(addr: SocketAddr) -> Result<Self, LbError> {
-        let std = std::net::UdpSocket::bind(addr).map_err(io(format!("bind {addr}")))?;
-        std.set_nonblocking(true).map_err(io("nonblocking"))?;
-        let state = UdpSocketState::new((&std).into()).map_err(io("socket options"))?;
-        let _ = state.set_recv_buffer_size((&std).into(), 4 << 20);
-        let _ = state.set_send_buffer_size((&std).into(), 4 << 20);
-        let sock = tokio::net::UdpSocket::from_std(std).map_err(io("register socket"))?;
-        Ok(Self { sock, state })
+        let sock = std::net::UdpSocket::bind(addr).map_err(io(format!("bind {addr}")))?;
+        let state = UdpSocketState::new((&sock).into()).map_err(io("socket options"))?;
+        let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
+        let _ = state.set_send_buffer_size((&sock).into(), 4 << 20);
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(io("read timeout"))?;
+        let addr = sock.local_addr().map_err(io("local address"))?;
+        Ok(Self { sock, state, addr })
     }
 
-    fn send(&self, to: SocketAddr, contents: &[u8]) -> bool {
+    fn send(&self, to: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> bool {
         let t = Transmit {
             destination: to,
             ecn: None,
             contents,
-            segment_size: None,
+            segment_size,
             src_ip: None,
         };
-        self.sock
-            .try_io(Interest::WRITABLE, || {
-                self.state.try_send((&self.sock).into(), &t)
-            })
-            .is_ok()
+        self.state.send((&self.sock).into(), &t).is_ok()
+    }
+}
+
+/// Datagrams for one destination gathered into one GSO send when they have
+/// the same size (the last may be shorter), flushed at the end of each
+/// receive batch.
+struct Outbox {
+    buf: Vec<u8>,
+    dest: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    max_segments: usize,
+    closed: bool,
+}
+
+impl Outbox {
+    fn new(max_segments: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(64 * 1024),
+            dest: None,
+            segment: 0,
+            count: 0,
+            max_segments: max_segments.max(1),
+            closed: false,
+        }
+    }
+
+    /// Queues one datagram written by `write`; returns false if sending failed.
+    fn push(
+        &mut self,
+        io: &UdpIo,
+        dest: SocketAddr,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
+        let mut ok = true;
+        let fits = self.dest == Some(dest)
+            && !self.closed
+            && self.count < self.max_segments
+            && len <= self.segment
+            && self.buf.len() + len <= 64 * 1024 - 1024;
+        if !fits {
+            ok = self.flush(io);
+            self.dest = Some(dest);
+            self.segment = len;
+        }
+        write(&mut self.buf);
+        self.count += 1;
+        // A shorter datagram must be the last of a GSO batch.
+        self.closed = len < self.segment;
+        ok
+    }
+
+    fn flush(&mut self, io: &UdpIo) -> bool {
+        let ok = match self.dest {
+            Some(dest) if self.count > 0 => {
+                let seg = (self.count > 1).then_some(self.segment);
+                io.send(dest, &self.buf, seg)
+            }
+            _ => true,
+        };
+        self.buf.clear();
+        self.count = 0;
+        self.dest = None;
+        self.closed = false;
+        ok
     }
 }
 
@@ -283,12 +347,8 @@ pub async fn start(settings: LbSettings) -> Result<LbHandle, LbError> {
         return Err(LbError::Config("no listen address".into()));
     }
     let backend = UdpIo::bind(settings.backend_listen)?;
-    let public_addrs = public
-        .iter()
-        .map(|u| u.sock.local_addr())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io("local address"))?;
-    let backend_addr = backend.sock.local_addr().map_err(io("local address"))?;
+    let public_addrs = public.iter().map(|u| u.addr).collect::<Vec<_>>();
+    let backend_addr = backend.addr;
 
     let pki = certs::PkiPaths::new(&settings.pki_dir);
     let tls =
@@ -316,9 +376,13 @@ pub async fn start(settings: LbSettings) -> Result<LbHandle, LbError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     for i in 0..shared.public.len() {
-        tasks.spawn(client_loop(shared.clone(), i, shutdown.clone()));
+        let (shared, stop) = (shared.clone(), shutdown.clone());
+        spawn_data_thread(format!("lb-client-{i}"), move || {
+            client_loop(&shared, i, &stop)
+        })?;
     }
-    tasks.spawn(backend_loop(shared.clone(), shutdown.clone()));
+    let (s2, stop) = (shared.clone(), shutdown.clone());
+    spawn_data_thread("lb-backend".into(), move || backend_loop(&s2, &stop))?;
     tasks.spawn(control_loop(
         shared.clone(),
         control_ep.clone(),
@@ -350,11 +414,22 @@ pub async fn start(settings: LbSettings) -> Result<LbHandle, LbError> {
     })
 }
 
-/// Receives batches on `io`, calling `each(datagram, source)` per datagram.
-async fn recv_batches(
+fn spawn_data_thread(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), LbError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(io(format!("start thread {name}")))
+}
+
+/// Receives batches on `io` (recvmmsg, GRO buffers split by stride), calling
+/// `each(datagram, source)` per datagram and `done()` after each batch, until
+/// shutdown.
+fn recv_batches(
     io: &UdpIo,
     shutdown: &CancellationToken,
     mut each: impl FnMut(&[u8], SocketAddr),
+    mut done: impl FnMut(),
 ) {
     let batch = quinn_udp::BATCH_SIZE.max(1);
     let seg = io.state.gro_segments().max(1);
@@ -362,17 +437,11 @@ async fn recv_batches(
         .map(|_| vec![0u8; (seg * 1600).clamp(1600, 64 * 1024)])
         .collect();
     let mut metas = vec![RecvMeta::default(); batch];
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = io.sock.readable() => if r.is_err() { return },
-        }
+    while !shutdown.is_cancelled() {
         let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let n = match io.sock.try_io(Interest::READABLE, || {
-            io.state.recv((&io.sock).into(), &mut slices, &mut metas)
-        }) {
+        let n = match io.state.recv((&io.sock).into(), &mut slices, &mut metas) {
             Ok(n) => n,
-            Err(_) => continue,
+            Err(_) => continue, // timeout (shutdown check) or a transient error
         };
         drop(slices);
         for (buf, meta) in bufs.iter().zip(&metas).take(n) {
@@ -385,64 +454,78 @@ async fn recv_batches(
                 each(datagram, meta.addr);
             }
         }
+        done();
     }
 }
 
-async fn client_loop(shared: Arc<Shared>, index: usize, shutdown: CancellationToken) {
+fn client_loop(shared: &Shared, index: usize, shutdown: &CancellationToken) {
     let io = &shared.public[index];
-    let mut out = Vec::with_capacity(2048);
-    recv_batches(io, &shutdown, |datagram, from| {
-        let Ok(balancer) = shared.balancer.read() else {
-            return;
-        };
-        match balancer.route(datagram) {
-            Decision::Forward { index, addr } => {
-                out.clear();
-                encap::encode(from, datagram, &mut out);
-                if shared.backend.send(addr, &out) {
-                    shared
-                        .metrics
-                        .forwarded(&balancer.backends()[index].name, datagram.len());
-                } else {
-                    shared.metrics.dropped("send_busy");
+    let outbox = std::cell::RefCell::new(Outbox::new(shared.backend.state.max_gso_segments()));
+    recv_batches(
+        io,
+        shutdown,
+        |datagram, from| {
+            let Ok(balancer) = shared.balancer.read() else {
+                return;
+            };
+            match balancer.route(datagram) {
+                Decision::Forward { index, addr } => {
+                    let len = encap::header_len(&from) + datagram.len();
+                    let sent = outbox.borrow_mut().push(&shared.backend, addr, len, |buf| {
+                        encap::encode(from, datagram, buf);
+                    });
+                    if !sent {
+                        shared.metrics.dropped("send_busy");
+                    }
+                    let backend = &balancer.backends()[index];
+                    backend.packets.inc();
+                    backend.bytes.inc_by(datagram.len() as u64);
                 }
+                Decision::Drop(reason) => shared.metrics.dropped(reason.name()),
             }
-            Decision::Drop(reason) => shared.metrics.dropped(reason.name()),
-        }
-    })
-    .await;
+        },
+        || {
+            if !outbox.borrow_mut().flush(&shared.backend) {
+                shared.metrics.dropped("send_busy");
+            }
+        },
+    );
 }
 
-async fn backend_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    recv_batches(&shared.backend, &shutdown, |datagram, from| {
-        let known = shared
-            .balancer
-            .read()
-            .map(|b| b.is_backend_addr(&from))
-            .unwrap_or(false);
-        if !known {
-            shared.metrics.dropped("foreign_return");
-            return;
-        }
-        let Ok((client, payload)) = encap::decode(datagram) else {
-            shared.metrics.dropped("bad_encapsulation");
-            return;
-        };
-        let Some(public) = shared.public.iter().find(|p| {
-            p.sock
-                .local_addr()
-                .is_ok_and(|a| a.is_ipv4() == client.is_ipv4())
-        }) else {
-            shared.metrics.dropped("no_public_socket");
-            return;
-        };
-        if public.send(client, payload) {
-            shared.metrics.returned.inc();
-        } else {
-            shared.metrics.dropped("send_busy");
-        }
-    })
-    .await;
+fn backend_loop(shared: &Shared, shutdown: &CancellationToken) {
+    recv_batches(
+        &shared.backend,
+        shutdown,
+        |datagram, from| {
+            let known = shared
+                .balancer
+                .read()
+                .map(|b| b.is_backend_addr(&from))
+                .unwrap_or(false);
+            if !known {
+                shared.metrics.dropped("foreign_return");
+                return;
+            }
+            let Ok((client, payload)) = encap::decode(datagram) else {
+                shared.metrics.dropped("bad_encapsulation");
+                return;
+            };
+            let Some(public) = shared
+                .public
+                .iter()
+                .find(|p| p.addr.is_ipv4() == client.is_ipv4())
+            else {
+                shared.metrics.dropped("no_public_socket");
+                return;
+            };
+            if public.send(client, payload, None) {
+                shared.metrics.returned.inc();
+            } else {
+                shared.metrics.dropped("send_busy");
+            }
+        },
+        || {},
+    );
 }
 
 async fn control_loop(
@@ -562,11 +645,14 @@ async fn register(shared: &Shared, conn: &quinn::Connection, name: &str) -> Resu
             Some(other) => Some(format!("server id taken by {}", other.name)),
             None => {
                 let new = !b.backends().iter().any(|o| o.name == name);
+                let labels = vec![("backend", name.to_owned())];
                 b.upsert(Backend {
                     name: name.to_owned(),
                     server_id,
                     addr: reg.encap,
                     draining,
+                    packets: shared.metrics.packets.get_or_create(&labels).clone(),
+                    bytes: shared.metrics.bytes.get_or_create(&labels).clone(),
                 });
                 if new {
                     shared.metrics.backends.inc();

@@ -94,6 +94,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let local = |offset| SocketAddr::from(([127, 0, 0, 1], port(args.port_base, offset)));
     let mut lb_settings = lb::server::LbSettings::local(pki.clone());
     lb_settings.listen = vec![local(1)];
+    if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+        lb_settings.listen.push(SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            port(args.port_base, 1),
+        )));
+    }
     lb_settings.backend_listen = local(2);
     lb_settings.control_listen = local(3);
     lb_settings.admin_listen = local(11);

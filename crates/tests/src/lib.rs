@@ -62,7 +62,11 @@ impl Cluster {
         };
         cluster.start_core().await;
         if with_lb {
-            let settings = lb::server::LbSettings::local(cluster.pki());
+            let mut settings = lb::server::LbSettings::local(cluster.pki());
+            // IPv4 and, where the machine has it, IPv6.
+            if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+                settings.listen.push("[::1]:0".parse().expect("addr"));
+            }
             cluster.lb_addrs = Some(settings);
             cluster.start_lb().await;
         }
@@ -153,6 +157,16 @@ impl Cluster {
             .as_ref()
             .expect("cluster has a balancer")
             .listen[0]
+    }
+
+    /// The balancer's public IPv6 address, if it listens on one.
+    pub fn lb_addr_v6(&self) -> Option<SocketAddr> {
+        self.lb_addrs
+            .as_ref()?
+            .listen
+            .iter()
+            .find(|a| a.is_ipv6())
+            .copied()
     }
 
     /// Names of the CMs in the balancer's table.

@@ -238,6 +238,33 @@ async fn a_dead_cm_affects_only_its_clients_and_leaves_the_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_reach_ipv4_cms_through_the_balancer() {
+    bounded(async {
+        let cluster = Cluster::start_with_lb(2).await;
+        let Some(v6) = cluster.lb_addr_v6() else {
+            eprintln!("no IPv6 loopback here; nothing to test");
+            return cluster.shutdown().await;
+        };
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        cluster.wait_backends(2).await;
+        let mut opts = cluster.options_lb("alice", "secret").with_resource("v6");
+        opts.server = v6;
+        let alice = Client::connect(opts).await.expect("login over IPv6");
+        alice.send_presence(0).await.unwrap();
+        let mut bob = cluster.login_lb("bob", "v4").await;
+        alice.send_message(bob.jid(), "over v6").await.unwrap();
+        assert_eq!(
+            bob.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("over v6")
+        );
+        alice.ping().await.unwrap();
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn established_connections_survive_a_balancer_restart() {
     bounded(async {
         let mut cluster = Cluster::start_with_lb(2).await;
