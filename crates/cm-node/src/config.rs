@@ -32,6 +32,12 @@ pub struct CmConfig {
     /// QUIC keep-alive interval towards clients, seconds.
     #[serde(default = "default_keepalive")]
     pub keep_alive_secs: u64,
+    /// Sustained bytes per second read from one client stream (flood shaping).
+    #[serde(default = "default_rate")]
+    pub client_rate_bytes: u64,
+    /// Bytes a client stream may send at once before shaping applies.
+    #[serde(default = "default_burst")]
+    pub client_burst_bytes: u64,
     /// QUIC-LB server id encoded in this node's connection ids (default: N of `cm-N`).
     #[serde(default)]
     pub server_id: Option<u64>,
@@ -59,6 +65,12 @@ fn default_pool() -> u16 {
 fn default_max_stanza() -> usize {
     64 * 1024
 }
+fn default_rate() -> u64 {
+    256 * 1024
+}
+fn default_burst() -> u64 {
+    1024 * 1024
+}
 fn default_idle() -> u64 {
     90
 }
@@ -85,6 +97,8 @@ impl CmConfig {
             max_stanza_bytes: default_max_stanza(),
             idle_timeout_secs: default_idle(),
             keep_alive_secs: default_keepalive(),
+            client_rate_bytes: default_rate(),
+            client_burst_bytes: default_burst(),
             server_id: None,
             quic_lb: lb::server::QuicLbSettings::default(),
             balancer: None,

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod pool;
 pub mod session;
 pub mod sessions;
+pub mod shaper;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,6 +208,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             max_stanza_bytes: config.max_stanza_bytes,
             ..Limits::default()
         },
+        rate: (config.client_rate_bytes, config.client_burst_bytes),
         sessions: sessions.clone(),
         pool,
         shutdown: shutdown.clone(),

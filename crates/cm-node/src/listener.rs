@@ -3,7 +3,7 @@
 //! [`ClientSession`] state machine.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use xmpp_stream::framer::Limits;
 use crate::pool::{Pool, bounce};
 use crate::session::{ClientSession, SessionAction};
 use crate::sessions::Sessions;
+use crate::shaper::Shaper;
 
 /// A write to a client that takes longer than this ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,6 +29,8 @@ pub struct ListenerContext {
     pub domain: String,
     /// Stream limits.
     pub limits: Limits,
+    /// Per-stream shaping: sustained bytes per second and burst.
+    pub rate: (u64, u64),
     /// Sessions registry.
     pub sessions: Arc<Sessions>,
     /// Pool to the core.
@@ -91,12 +94,20 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
     let (sid, mut rx, kill) = ctx.sessions.open();
     let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits);
     let mut announced = (false, 0i8);
+    let mut shaper = Shaper::new(ctx.rate.0, ctx.rate.1, Instant::now());
+    let mut resume_reading = Instant::now();
     loop {
+        let throttled = Instant::now() < resume_reading;
         let actions = tokio::select! {
+            _ = tokio::time::sleep_until(resume_reading.into()), if throttled => continue,
             _ = ctx.shutdown.cancelled() => session.close(StreamCondition::SystemShutdown, None),
             _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
-            chunk = recv.read_chunk(READ_CHUNK, true) => match chunk {
-                Ok(Some(c)) => session.on_data(&c.bytes),
+            chunk = recv.read_chunk(READ_CHUNK, true), if !throttled => match chunk {
+                Ok(Some(c)) => {
+                    let now = Instant::now();
+                    resume_reading = now + shaper.take(c.bytes.len(), now);
+                    session.on_data(&c.bytes)
+                }
                 Ok(None) | Err(_) => break,
             },
             frame = rx.recv() => match frame {

@@ -141,7 +141,7 @@ impl Driver {
         }
     }
 
-    fn send(&self, node: NodeId, frame: Frame) {
+    fn send(&mut self, node: NodeId, frame: Frame) {
         let sid = match &frame {
             Frame::Deliver { sid, .. }
             | Frame::Kick { sid, .. }
@@ -151,19 +151,48 @@ impl Driver {
         if matches!(frame, Frame::Deliver { .. }) {
             self.metrics.delivered.inc();
         }
-        match self.links.send(node, sid, frame) {
-            Ok(()) => {}
-            Err(SendError::Full) => {
+        let Err((reason, frame)) = self.links.send(node, sid, frame) else {
+            return;
+        };
+        match reason {
+            SendError::Full => {
                 self.metrics.link_overflow.inc();
-                tracing::warn!(node, "CM link full; frame dropped");
+                tracing::warn!(node, "CM link full");
             }
-            Err(SendError::NoLink) => {
+            SendError::NoLink => {
                 self.metrics
                     .link_errors
                     .get_or_create(&label("reason", "no-link"))
                     .inc();
             }
         }
+        // A message that cannot reach its session is stored, never dropped.
+        if let Frame::Deliver { payload, .. } = frame
+            && let Some(user) = self.offline_target(node, sid, &payload)
+        {
+            let bounce = Bounce {
+                sender: String::new(),
+                to: String::new(),
+                id: None,
+            };
+            self.execute(Action::StoreOffline {
+                user,
+                payload,
+                bounce,
+            });
+        }
+    }
+
+    /// The local user to store an undeliverable chat or normal message for.
+    fn offline_target(&self, node: NodeId, sid: u64, payload: &Bytes) -> Option<String> {
+        let top = inspect(payload).ok()?;
+        let storable = top.stanza_kind() == Some(xmpp_stream::StanzaKind::Message)
+            && matches!(top.attr("type").unwrap_or("normal"), "normal" | "chat");
+        if !storable {
+            return None;
+        }
+        let jid = self.router.table().jid_of(node, sid)?;
+        jid.split('@').next().map(str::to_owned)
     }
 
     fn flush_offline(&self, user: String, (node, sid): SessionAddr) {

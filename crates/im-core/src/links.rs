@@ -121,17 +121,22 @@ impl Links {
             .is_some_and(|e| e.conns.is_empty() && e.epoch == epoch)
     }
 
-    /// Queues a frame for `node` on the connection that carries session `sid`.
-    pub fn send(&self, node: NodeId, sid: SessionId, frame: Frame) -> Result<(), SendError> {
+    /// Queues a frame for `node` on the connection that carries session `sid`;
+    /// gives the frame back if it cannot.
+    pub fn send(
+        &self,
+        node: NodeId,
+        sid: SessionId,
+        frame: Frame,
+    ) -> Result<(), (SendError, Frame)> {
         let inner = self.lock();
-        let entry = inner.nodes.get(&node).ok_or(SendError::NoLink)?;
-        if entry.conns.is_empty() {
-            return Err(SendError::NoLink);
-        }
+        let Some(entry) = inner.nodes.get(&node).filter(|e| !e.conns.is_empty()) else {
+            return Err((SendError::NoLink, frame));
+        };
         let conn = &entry.conns[(sid % entry.conns.len() as u64) as usize];
         conn.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::NoLink,
+            mpsc::error::TrySendError::Full(f) => (SendError::Full, f),
+            mpsc::error::TrySendError::Closed(f) => (SendError::NoLink, f),
         })
     }
 
