@@ -167,7 +167,7 @@ impl Driver {
             }
         }
         // A message that cannot reach its session is stored, never dropped.
-        if let Frame::Deliver { payload, .. } = frame
+        if let Frame::Deliver { payload, .. } = *frame
             && let Some(user) = self.offline_target(node, sid, &payload)
         {
             let bounce = Bounce {

@@ -135,8 +135,8 @@ impl Links {
         };
         let conn = &entry.conns[(sid % entry.conns.len() as u64) as usize];
         conn.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) => (SendError::Full, f),
-            mpsc::error::TrySendError::Closed(f) => (SendError::NoLink, f),
+            mpsc::error::TrySendError::Full(f) => (SendError::Full, Box::new(f)),
+            mpsc::error::TrySendError::Closed(f) => (SendError::NoLink, Box::new(f)),
         })
     }
 
