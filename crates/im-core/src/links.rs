@@ -128,10 +128,10 @@ impl Links {
         node: NodeId,
         sid: SessionId,
         frame: Frame,
-    ) -> Result<(), (SendError, Frame)> {
+    ) -> Result<(), (SendError, Box<Frame>)> {
         let inner = self.lock();
         let Some(entry) = inner.nodes.get(&node).filter(|e| !e.conns.is_empty()) else {
-            return Err((SendError::NoLink, frame));
+            return Err((SendError::NoLink, Box::new(frame)));
         };
         let conn = &entry.conns[(sid % entry.conns.len() as u64) as usize];
         conn.tx.try_send(frame).map_err(|e| match e {
