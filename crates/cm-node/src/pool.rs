@@ -121,8 +121,9 @@ async fn connection_task(
     mut rx: mpsc::Receiver<Frame>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut instance = None;
     loop {
-        match run_connection(&pool, &setup, index, size, &mut rx).await {
+        match run_connection(&pool, &setup, index, size, &mut rx, &mut instance).await {
             Err(LinkError::Shutdown) => return,
             Ok(()) => tracing::info!(index, "core connection closed"),
             Err(e) => tracing::warn!(index, error = %e, "core connection failed"),
@@ -143,6 +144,7 @@ async fn run_connection(
     index: u16,
     size: u16,
     rx: &mut mpsc::Receiver<Frame>,
+    last_instance: &mut Option<u64>,
 ) -> Result<(), LinkError> {
     let connecting = setup
         .endpoint
@@ -176,6 +178,24 @@ async fn run_connection(
                 *m = mechanisms;
             }
             tracing::info!(index, core_instance = instance, "connected to the core");
+            if last_instance.is_some_and(|last| last != instance) {
+                // A new core knows nothing of SASL exchanges or binds in progress:
+                // fail them so the clients can retry instead of waiting forever.
+                for sid in setup.sessions.unbound(index, size) {
+                    let failure = Frame::AuthFailure {
+                        sid,
+                        condition: "temporary-auth-failure".into(),
+                    };
+                    let bind = Frame::BindResult {
+                        sid,
+                        iq_id: String::new(),
+                        result: Err("internal-server-error".into()),
+                    };
+                    let _ = setup.sessions.dispatch(sid, failure);
+                    let _ = setup.sessions.dispatch(sid, bind);
+                }
+            }
+            *last_instance = Some(instance);
         }
         other => {
             return Err(LinkError::Protocol(format!(

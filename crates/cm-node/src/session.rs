@@ -59,6 +59,8 @@ pub struct ClientSession {
     state: State,
     user: Option<String>,
     jid: Option<String>,
+    /// Id of the bind IQ being answered by the core.
+    bind_id: String,
     auth_failures: u32,
     /// Whether the client sent available presence (for re-announcing).
     pub available: bool,
@@ -80,6 +82,7 @@ impl ClientSession {
             },
             user: None,
             jid: None,
+            bind_id: String::new(),
             auth_failures: 0,
             available: false,
             priority: 0,
@@ -162,27 +165,14 @@ impl ClientSession {
                     );
                 }
             }
-            (State::Binding, Frame::BindResult { iq_id, result, .. }) => match result {
-                Ok(jid) => {
-                    self.write(stream::bind_result(&iq_id, &jid));
-                    self.jid = Some(jid.clone());
-                    self.state = State::Bound;
-                    self.out.push(SessionAction::Bound(jid));
-                }
-                Err(condition) => {
-                    self.state = State::Bind;
-                    let cond = xmpp_stream::StanzaCondition::from_name(&condition);
-                    let reply = xmpp_stream::stanza::error_reply(
-                        StanzaKind::Iq,
-                        Some(&iq_id),
-                        &self.domain.clone(),
-                        self.user.as_deref().unwrap_or(""),
-                        cond,
-                        None,
-                    );
-                    self.out.push(SessionAction::Write(reply));
-                }
-            },
+            (State::Binding, Frame::BindResult { iq_id, result, .. }) => {
+                let iq_id = if iq_id.is_empty() {
+                    std::mem::take(&mut self.bind_id)
+                } else {
+                    iq_id
+                };
+                self.bind_result(iq_id, result)
+            }
             (_, Frame::Kick { condition, .. }) => {
                 self.close_with(StreamCondition::from_name(&condition), None);
             }
@@ -196,6 +186,30 @@ impl ClientSession {
             }
         }
         std::mem::take(&mut self.out)
+    }
+
+    fn bind_result(&mut self, iq_id: String, result: Result<String, String>) {
+        match result {
+            Ok(jid) => {
+                self.write(stream::bind_result(&iq_id, &jid));
+                self.jid = Some(jid.clone());
+                self.state = State::Bound;
+                self.out.push(SessionAction::Bound(jid));
+            }
+            Err(condition) => {
+                self.state = State::Bind;
+                let cond = xmpp_stream::StanzaCondition::from_name(&condition);
+                let reply = xmpp_stream::stanza::error_reply(
+                    StanzaKind::Iq,
+                    Some(&iq_id),
+                    &self.domain.clone(),
+                    self.user.as_deref().unwrap_or(""),
+                    cond,
+                    None,
+                );
+                self.out.push(SessionAction::Write(reply));
+            }
+        }
     }
 
     /// Ends the stream with a stream error (e.g. the CM is shutting down or
@@ -330,6 +344,7 @@ impl ClientSession {
                     .child("resource", ns::BIND)
                     .map(|r| r.text().trim().to_owned());
                 self.state = State::Binding;
+                self.bind_id = id.clone();
                 self.out.push(SessionAction::ToCore(Frame::Bind {
                     sid: self.sid,
                     iq_id: id,
@@ -548,6 +563,45 @@ mod tests {
             assert!(written(&a).contains("<not-authorized"));
             assert_eq!(a.contains(&SessionAction::Close), i == 2);
         }
+    }
+
+    #[test]
+    fn a_bind_lost_by_a_restarted_core_is_answered_with_an_error() {
+        let mut s = session();
+        s.on_data(HEADER);
+        s.on_data(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+        );
+        s.on_core(Frame::AuthSuccess {
+            sid: 7,
+            data: Bytes::new(),
+            user: "a@x".into(),
+        });
+        s.on_data(HEADER);
+        s.on_data(
+            b"<iq type='set' id='bind-9'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+        );
+        // what the pool sends unbound sessions when the core instance changed
+        let a = s.on_core(Frame::AuthFailure {
+            sid: 7,
+            condition: "temporary-auth-failure".into(),
+        });
+        assert!(a.is_empty());
+        let a = s.on_core(Frame::BindResult {
+            sid: 7,
+            iq_id: String::new(),
+            result: Err("internal-server-error".into()),
+        });
+        let text = written(&a);
+        assert!(
+            text.contains("id=\"bind-9\"") && text.contains("internal-server-error"),
+            "{text}"
+        );
+        // the client may bind again
+        let a = s.on_data(
+            b"<iq type='set' id='bind-10'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+        );
+        assert!(matches!(&to_core(&a)[..], [Frame::Bind { iq_id, .. }] if iq_id == "bind-10"));
     }
 
     #[test]

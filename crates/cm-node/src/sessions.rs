@@ -108,6 +108,18 @@ impl Sessions {
             .collect()
     }
 
+    /// Sessions carried by pool connection `index` of `size` that are not bound
+    /// yet (possibly mid-SASL or mid-bind at the core).
+    pub fn unbound(&self, index: u16, size: u16) -> Vec<SessionId> {
+        self.lock()
+            .iter()
+            .filter(|(sid, h)| {
+                **sid % u64::from(size.max(1)) == u64::from(index) && h.bound.is_none()
+            })
+            .map(|(sid, _)| *sid)
+            .collect()
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.lock().len()
