@@ -170,6 +170,12 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         .map_err(|e| CmError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(client_tls));
     server_config.transport_config(Arc::new(client_transport(&config)));
+    if config.balancer.is_some() && config.listen.ip().is_unspecified() {
+        return Err(CmError::Config(format!(
+            "{}: behind a balancer, listen on a concrete address (the balancer sends there), not {}",
+            config.node, config.listen
+        )));
+    }
     let client_endpoint = client_endpoint(&config, server_config)?;
     let client_addr = client_endpoint.local_addr().map_err(io("local address"))?;
 

@@ -18,6 +18,9 @@ use crate::shaper::Shaper;
 
 /// A write to a client that takes longer than this ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A stream must be authenticated and bound within this, or it is closed
+/// (keep-alives would otherwise hold an idle, unauthenticated stream forever).
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most deliveries coalesced into one write.
 const MAX_BATCH: usize = 64;
 /// Largest chunk read from a client at once.
@@ -96,9 +99,14 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
     let mut announced = (false, 0i8);
     let mut shaper = Shaper::new(ctx.rate.0, ctx.rate.1, Instant::now());
     let mut resume_reading = Instant::now();
+    let negotiation_deadline = Instant::now() + NEGOTIATION_TIMEOUT;
     loop {
         let throttled = Instant::now() < resume_reading;
+        let negotiating = session.jid().is_none();
         let actions = tokio::select! {
+            _ = tokio::time::sleep_until(negotiation_deadline.into()), if negotiating => {
+                session.close(StreamCondition::ConnectionTimeout, Some("authenticate and bind in time"))
+            }
             _ = tokio::time::sleep_until(resume_reading.into()), if throttled => continue,
             _ = ctx.shutdown.cancelled() => session.close(StreamCondition::SystemShutdown, None),
             _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
@@ -167,7 +175,7 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
     // Anything still queued for this session goes back to the core.
     rx.close();
     while let Ok(frame) = rx.try_recv() {
-        if let Some(b) = bounce(frame) {
+        if let Some(b) = bounce(sid, frame) {
             let _ = ctx.pool.send(sid, b).await;
         }
     }

@@ -26,6 +26,8 @@ pub const POOL_QUEUE: usize = 8 * 1024;
 /// The pool (see the module docs).
 pub struct Pool {
     senders: Vec<mpsc::Sender<Frame>>,
+    /// Random id of this CM process, sent in every Hello.
+    instance: u64,
     mechanisms: RwLock<Vec<String>>,
 }
 
@@ -63,6 +65,7 @@ impl Pool {
         }
         let pool = Arc::new(Pool {
             senders,
+            instance: rand::random(),
             mechanisms: RwLock::new(vec![
                 "SCRAM-SHA-256".into(),
                 "SCRAM-SHA-1".into(),
@@ -159,6 +162,7 @@ async fn run_connection(
         node: setup.node.clone(),
         client_addr: setup.client_addr.to_string(),
         conn_index: index,
+        instance: pool.instance,
     }
     .encode(&mut out);
     send.write_all(&out).await?;
@@ -277,21 +281,21 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
     match setup.sessions.dispatch(sid, frame) {
         Dispatch::Queued => {}
         Dispatch::Gone(f) | Dispatch::Overflow(f) => {
-            if let Some(b) = bounce(f) {
+            if let Some(b) = bounce(sid, f) {
                 bounces.push(b);
             }
         }
     }
 }
 
-/// Turns an undeliverable Deliver back into a Bounce for the core.
-pub fn bounce(frame: Frame) -> Option<Frame> {
+/// Turns an undeliverable Deliver for session `sid` back into a Bounce for the core.
+pub fn bounce(sid: SessionId, frame: Frame) -> Option<Frame> {
     let Frame::Deliver { payload, .. } = frame else {
         return None;
     };
     let top = xmpp_stream::stanza::inspect(&payload).ok()?;
     let to = top.attr("to")?.to_owned();
-    Some(Frame::Bounce { to, payload })
+    Some(Frame::Bounce { sid, to, payload })
 }
 
 async fn read_frame(

@@ -35,6 +35,8 @@ enum State {
     Header { authenticated: bool },
     /// Waiting for `<auth/>`.
     Sasl,
+    /// `<auth/>` came without an initial response; an empty challenge was sent.
+    SaslInitial,
     /// A SASL exchange is in progress at the core.
     SaslRunning,
     /// Authenticated; waiting for the bind IQ.
@@ -61,6 +63,12 @@ pub struct ClientSession {
     jid: Option<String>,
     /// Id of the bind IQ being answered by the core.
     bind_id: String,
+    /// Mechanism chosen by an `<auth/>` that had no initial response.
+    mechanism: String,
+    /// A SASL frame was sent to the core and its answer is due.
+    awaiting_core: bool,
+    /// The client aborted while an answer was due: drop that answer.
+    drop_next_answer: bool,
     auth_failures: u32,
     /// Whether the client sent available presence (for re-announcing).
     pub available: bool,
@@ -83,6 +91,9 @@ impl ClientSession {
             user: None,
             jid: None,
             bind_id: String::new(),
+            mechanism: String::new(),
+            awaiting_core: false,
+            drop_next_answer: false,
             auth_failures: 0,
             available: false,
             priority: 0,
@@ -133,6 +144,15 @@ impl ClientSession {
     pub fn on_core(&mut self, frame: Frame) -> Vec<SessionAction> {
         if self.state == State::Closed {
             return Vec::new();
+        }
+        if matches!(
+            frame,
+            Frame::AuthChallenge { .. } | Frame::AuthSuccess { .. } | Frame::AuthFailure { .. }
+        ) {
+            self.awaiting_core = false;
+            if std::mem::take(&mut self.drop_next_answer) {
+                return Vec::new();
+            }
         }
         match (self.state, frame) {
             (_, Frame::Deliver { payload, .. }) if self.state == State::Bound => {
@@ -270,7 +290,9 @@ impl ClientSession {
             Err(e) => return self.fail(e),
         };
         match self.state {
-            State::Sasl | State::SaslRunning if top.ns == ns::SASL => self.on_sasl(&raw, &top),
+            State::Sasl | State::SaslInitial | State::SaslRunning if top.ns == ns::SASL => {
+                self.on_sasl(&raw, &top)
+            }
             State::Bind if top.stanza_kind() == Some(StanzaKind::Iq) => self.on_bind(&raw),
             State::Bound => match top.header() {
                 Some(h) => self.on_stanza(&raw, &top, h),
@@ -279,7 +301,11 @@ impl ClientSession {
                     Some("unsupported element"),
                 ),
             },
-            State::Sasl | State::SaslRunning | State::Bind | State::Binding => self.close_with(
+            State::Sasl
+            | State::SaslInitial
+            | State::SaslRunning
+            | State::Bind
+            | State::Binding => self.close_with(
                 StreamCondition::NotAuthorized,
                 Some("authenticate and bind first"),
             ),
@@ -292,6 +318,7 @@ impl ClientSession {
             Ok(el) => el.text(),
             Err(e) => return self.fail(e),
         };
+        let no_initial_response = text.trim().is_empty();
         let data = match text.trim() {
             "" | "=" => Ok(Vec::new()),
             t => B64.decode(t),
@@ -308,14 +335,21 @@ impl ClientSession {
                     self.write(stream::sasl_failure("invalid-mechanism", None));
                     return;
                 }
-                self.state = State::SaslRunning;
-                self.out.push(SessionAction::ToCore(Frame::AuthStart {
-                    sid: self.sid,
-                    mechanism,
-                    data: data.into(),
-                }));
+                if no_initial_response {
+                    // RFC 6120 §6.4.2: ask for it with an empty challenge.
+                    self.write(stream::sasl_element("challenge", None, None));
+                    self.mechanism = mechanism;
+                    self.state = State::SaslInitial;
+                    return;
+                }
+                self.start_auth(mechanism, data);
+            }
+            (State::SaslInitial, "response") => {
+                let mechanism = std::mem::take(&mut self.mechanism);
+                self.start_auth(mechanism, data);
             }
             (State::SaslRunning, "response") => {
+                self.awaiting_core = true;
                 self.out.push(SessionAction::ToCore(Frame::AuthResponse {
                     sid: self.sid,
                     data: data.into(),
@@ -323,13 +357,32 @@ impl ClientSession {
             }
             (_, "abort") => {
                 self.write(stream::sasl_failure("aborted", None));
+                self.drop_next_answer = self.awaiting_core;
                 self.state = State::Sasl;
+                // Aborts count as failures: a stream cannot restart SASL forever.
+                self.auth_failures += 1;
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.close_with(
+                        StreamCondition::PolicyViolation,
+                        Some("too many failed authentication attempts"),
+                    );
+                }
             }
             _ => self.close_with(
                 StreamCondition::NotAuthorized,
                 Some("unexpected SASL element"),
             ),
         }
+    }
+
+    fn start_auth(&mut self, mechanism: String, data: Vec<u8>) {
+        self.state = State::SaslRunning;
+        self.awaiting_core = true;
+        self.out.push(SessionAction::ToCore(Frame::AuthStart {
+            sid: self.sid,
+            mechanism,
+            data: data.into(),
+        }));
     }
 
     fn on_bind(&mut self, raw: &[u8]) {
@@ -347,6 +400,7 @@ impl ClientSession {
                 self.bind_id = id.clone();
                 self.out.push(SessionAction::ToCore(Frame::Bind {
                     sid: self.sid,
+                    user: self.user.clone().unwrap_or_default(),
                     iq_id: id,
                     resource,
                 }));
@@ -602,6 +656,52 @@ mod tests {
             b"<iq type='set' id='bind-10'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
         );
         assert!(matches!(&to_core(&a)[..], [Frame::Bind { iq_id, .. }] if iq_id == "bind-10"));
+    }
+
+    #[test]
+    fn auth_without_initial_response_gets_an_empty_challenge() {
+        let mut s = session();
+        s.on_data(HEADER);
+        let a = s.on_data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>");
+        assert!(written(&a).contains("<challenge"));
+        assert!(to_core(&a).is_empty());
+        let a =
+            s.on_data(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AGEAYg==</response>");
+        assert!(
+            matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, data, .. }] if mechanism == "PLAIN" && &data[..] == b"\0a\0b")
+        );
+    }
+
+    #[test]
+    fn aborts_count_and_a_stale_answer_is_dropped() {
+        let mut s = session();
+        s.on_data(HEADER);
+        s.on_data(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+        );
+        let a = s.on_data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+        assert!(written(&a).contains("<aborted"));
+        // a new attempt; the core's late answer to the aborted one is ignored
+        s.on_data(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGMAZA==</auth>",
+        );
+        let a = s.on_core(Frame::AuthSuccess {
+            sid: 7,
+            data: Bytes::new(),
+            user: "a@x".into(),
+        });
+        assert!(a.is_empty(), "{a:?}");
+        let a = s.on_core(Frame::AuthFailure {
+            sid: 7,
+            condition: "not-authorized".into(),
+        });
+        assert!(written(&a).contains("not-authorized"));
+        // the third failure or abort ends the stream
+        s.on_data(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+        );
+        let a = s.on_data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+        assert!(a.contains(&SessionAction::Close));
     }
 
     #[test]

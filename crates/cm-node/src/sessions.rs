@@ -35,10 +35,20 @@ pub enum Dispatch {
 }
 
 /// The registry (see the module docs).
-#[derive(Default)]
 pub struct Sessions {
     next: AtomicU64,
     map: Mutex<HashMap<SessionId, SessionHandle>>,
+}
+
+impl Default for Sessions {
+    /// Session ids start at a random point so a restarted CM does not reuse
+    /// the ids of its previous process.
+    fn default() -> Self {
+        Self {
+            next: AtomicU64::new(rand::random::<u64>() >> 1),
+            map: Mutex::default(),
+        }
+    }
 }
 
 impl Sessions {

@@ -62,6 +62,9 @@ pub enum Frame {
         client_addr: String,
         /// This connection's index in the pool.
         conn_index: u16,
+        /// Random id of this CM process: a new one means the CM restarted
+        /// and its old sessions are gone.
+        instance: u64,
     },
     /// Core→CM, answer to Hello.
     Welcome {
@@ -115,6 +118,8 @@ pub enum Frame {
     Bind {
         /// Session.
         sid: SessionId,
+        /// The bare JID the core authenticated this session as (from AuthSuccess).
+        user: String,
         /// IQ id to answer.
         iq_id: String,
         /// Requested resource.
@@ -160,6 +165,8 @@ pub enum Frame {
     /// CM→core: a stanza for a session that is gone, to be routed again
     /// (to another resource or offline storage).
     Bounce {
+        /// The session that could not take it.
+        sid: SessionId,
         /// Full JID the stanza was delivered to.
         to: String,
         /// The stanza bytes.
@@ -213,11 +220,13 @@ impl Frame {
                 node,
                 client_addr,
                 conn_index,
+                instance,
             } => {
                 w.tag(0);
                 w.str(node);
                 w.str(client_addr);
                 w.uint(u64::from(*conn_index));
+                w.uint(*instance);
             }
             Frame::Welcome {
                 domain,
@@ -265,11 +274,13 @@ impl Frame {
             }
             Frame::Bind {
                 sid,
+                user,
                 iq_id,
                 resource,
             } => {
                 w.tag(7);
                 w.uint(*sid);
+                w.str(user);
                 w.str(iq_id);
                 w.opt(resource.as_deref());
             }
@@ -319,8 +330,9 @@ impl Frame {
                 w.uint(*sid);
                 w.bytes(payload);
             }
-            Frame::Bounce { to, payload } => {
+            Frame::Bounce { sid, to, payload } => {
                 w.tag(12);
+                w.uint(*sid);
                 w.str(to);
                 w.bytes(payload);
             }
@@ -348,6 +360,7 @@ impl Frame {
                 node: get_str(r)?,
                 client_addr: get_str(r)?,
                 conn_index: u16::try_from(get_uint(r)?).map_err(|_| DecodeError::Invalid)?,
+                instance: get_uint(r)?,
             },
             1 => {
                 let domain = get_str(r)?;
@@ -387,6 +400,7 @@ impl Frame {
             },
             7 => Frame::Bind {
                 sid: get_uint(r)?,
+                user: get_str(r)?,
                 iq_id: get_str(r)?,
                 resource: get_opt(r)?,
             },
@@ -432,6 +446,7 @@ impl Frame {
                 payload: get_bytes(r)?,
             },
             12 => Frame::Bounce {
+                sid: get_uint(r)?,
                 to: get_str(r)?,
                 payload: get_bytes(r)?,
             },
@@ -593,6 +608,7 @@ mod tests {
                 node: "cm-1".into(),
                 client_addr: "127.0.0.1:5000".into(),
                 conn_index: 3,
+                instance: 42,
             },
             Frame::Welcome {
                 domain: "example.org".into(),
@@ -623,6 +639,7 @@ mod tests {
             },
             Frame::Bind {
                 sid: 9,
+                user: "a@b".into(),
                 iq_id: "b1".into(),
                 resource: None,
             },
@@ -658,6 +675,7 @@ mod tests {
                 payload: Bytes::from_static(b"<message/>"),
             },
             Frame::Bounce {
+                sid: 7,
                 to: "a@b/r".into(),
                 payload: Bytes::from_static(b"<message/>"),
             },

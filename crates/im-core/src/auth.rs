@@ -51,7 +51,12 @@ pub struct AuthService {
     allow_plain: bool,
     fake_secret: [u8; 32],
     pending: Mutex<HashMap<SessionAddr, Pending>>,
+    /// Bounds PBKDF2 runs for PLAIN (CPU-heavy) in flight at once.
+    plain_slots: tokio::sync::Semaphore,
 }
+
+/// Most PLAIN verifications computing at once; more wait their turn.
+const PLAIN_SLOTS: usize = 16;
 
 impl AuthService {
     /// A service for `domain` over `storage`.
@@ -62,6 +67,7 @@ impl AuthService {
             allow_plain,
             fake_secret: rand::random(),
             pending: Mutex::new(HashMap::new()),
+            plain_slots: tokio::sync::Semaphore::new(PLAIN_SLOTS),
         }
     }
 
@@ -166,6 +172,9 @@ impl AuthService {
             Err(()) => return Outcome::Failure("temporary-auth-failure"),
         };
         let password = plain.password;
+        let Ok(_slot) = self.plain_slots.acquire().await else {
+            return Outcome::Failure("temporary-auth-failure");
+        };
         let ok = tokio::task::spawn_blocking(move || match creds {
             Some(c) => c.verify_password(&password),
             None => {

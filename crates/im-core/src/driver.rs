@@ -27,7 +27,13 @@ pub enum Event {
     OfflineFailed(Bounce, StanzaCondition),
     /// The admin endpoint wants the routing table.
     Snapshot(oneshot::Sender<RoutesSnapshot>),
+    /// A user's offline flush finished.
+    FlushDone(String),
 }
+
+/// Storage jobs (offline stores and flushes) in flight at once; beyond that
+/// the router waits, which slows the CM links instead of growing memory.
+pub const STORAGE_SLOTS: usize = 1024;
 
 /// The routing table as the admin endpoint shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -65,6 +71,10 @@ pub struct Driver {
     pub events: mpsc::Sender<Event>,
     /// Domain (for delay stamps).
     pub domain: String,
+    /// Bounds storage jobs in flight (see [`STORAGE_SLOTS`]).
+    pub storage_slots: Arc<tokio::sync::Semaphore>,
+    /// Users whose offline messages are being flushed (one flush at a time).
+    pub flushing: std::collections::HashSet<String>,
 }
 
 impl Driver {
@@ -82,9 +92,13 @@ impl Driver {
                     let _ = tx.send(self.snapshot());
                     continue;
                 }
+                Event::FlushDone(user) => {
+                    self.flushing.remove(&user);
+                    continue;
+                }
             };
             for action in actions {
-                self.execute(action);
+                self.execute(action).await;
             }
             self.metrics.sessions.set(self.router.table().len() as i64);
         }
@@ -107,9 +121,13 @@ impl Driver {
         }
     }
 
-    fn execute(&mut self, action: Action) {
+    async fn execute(&mut self, action: Action) {
         match action {
-            Action::Send { node, frame } => self.send(node, frame),
+            Action::Send { node, frame } => {
+                if let Some(store) = self.send(node, frame) {
+                    Box::pin(self.execute(store)).await;
+                }
+            }
             Action::StoreOffline {
                 user,
                 payload,
@@ -118,11 +136,15 @@ impl Driver {
                 self.metrics.offline_stored.inc();
                 let storage = self.storage.clone();
                 let events = self.events.clone();
+                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     let stamp = now_stamp();
                     let result = storage
                         .call(move |db| db.store_offline(&user, &stamp, &payload))
                         .await;
+                    drop(slot);
                     let cond = match result {
                         Ok(Stored::Stored) => return,
                         Ok(Stored::NoSuchUser) => StanzaCondition::ServiceUnavailable,
@@ -137,11 +159,20 @@ impl Driver {
                     }
                 });
             }
-            Action::FlushOffline { user, to } => self.flush_offline(user, to),
+            Action::FlushOffline { user, to } => {
+                if !self.flushing.insert(user.clone()) {
+                    return; // a flush for this user is under way
+                }
+                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                self.flush_offline(user, to, slot);
+            }
         }
     }
 
-    fn send(&mut self, node: NodeId, frame: Frame) {
+    /// Sends a frame; an undeliverable message comes back as the store to do.
+    fn send(&mut self, node: NodeId, frame: Frame) -> Option<Action> {
         let sid = match &frame {
             Frame::Deliver { sid, .. }
             | Frame::Kick { sid, .. }
@@ -152,7 +183,7 @@ impl Driver {
             self.metrics.delivered.inc();
         }
         let Err((reason, frame)) = self.links.send(node, sid, frame) else {
-            return;
+            return None;
         };
         match reason {
             SendError::Full => {
@@ -167,20 +198,20 @@ impl Driver {
             }
         }
         // A message that cannot reach its session is stored, never dropped.
-        if let Frame::Deliver { payload, .. } = *frame
-            && let Some(user) = self.offline_target(node, sid, &payload)
-        {
-            let bounce = Bounce {
-                sender: String::new(),
-                to: String::new(),
-                id: None,
-            };
-            self.execute(Action::StoreOffline {
-                user,
-                payload,
-                bounce,
-            });
-        }
+        let Frame::Deliver { payload, .. } = *frame else {
+            return None;
+        };
+        let user = self.offline_target(node, sid, &payload)?;
+        let bounce = Bounce {
+            sender: String::new(),
+            to: String::new(),
+            id: None,
+        };
+        Some(Action::StoreOffline {
+            user,
+            payload,
+            bounce,
+        })
     }
 
     /// The local user to store an undeliverable chat or normal message for.
@@ -195,40 +226,52 @@ impl Driver {
         jid.split('@').next().map(str::to_owned)
     }
 
-    fn flush_offline(&self, user: String, (node, sid): SessionAddr) {
+    /// Delivers a user's stored messages in order with delay stamps, then
+    /// removes those that went out. One flush per user at a time.
+    fn flush_offline(
+        &self,
+        user: String,
+        (node, sid): SessionAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let storage = self.storage.clone();
         let links = self.links.clone();
         let metrics = self.metrics.clone();
         let domain = self.domain.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
             let name = user.clone();
-            let msgs = match storage.call(move |db| db.offline(&name)).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "loading offline messages failed");
-                    return;
+            let mut delivered = None;
+            match storage.call(move |db| db.offline(&name)).await {
+                Ok(msgs) => {
+                    for m in &msgs {
+                        let payload = match inspect(&m.payload) {
+                            Ok(top) => {
+                                append_child(&m.payload, &top, &delay_element(&domain, &m.stamp))
+                            }
+                            Err(_) => Bytes::clone(&m.payload),
+                        };
+                        if links
+                            .send(node, sid, Frame::Deliver { sid, payload })
+                            .is_err()
+                        {
+                            // The rest stays stored for the next login.
+                            break;
+                        }
+                        delivered = Some(m.id);
+                        metrics.offline_delivered.inc();
+                    }
                 }
-            };
-            let Some(last) = msgs.last().map(|m| m.id) else {
-                return;
-            };
-            for m in &msgs {
-                let payload = match inspect(&m.payload) {
-                    Ok(top) => append_child(&m.payload, &top, &delay_element(&domain, &m.stamp)),
-                    Err(_) => Bytes::clone(&m.payload),
-                };
-                if links
-                    .send(node, sid, Frame::Deliver { sid, payload })
-                    .is_err()
-                {
-                    // Keep them stored; they go out at the next login.
-                    return;
+                Err(e) => tracing::error!(error = %e, "loading offline messages failed"),
+            }
+            if let Some(last) = delivered {
+                let name = user.clone();
+                if let Err(e) = storage.call(move |db| db.remove_offline(&name, last)).await {
+                    tracing::error!(error = %e, "removing delivered offline messages failed");
                 }
-                metrics.offline_delivered.inc();
             }
-            if let Err(e) = storage.call(move |db| db.remove_offline(&user, last)).await {
-                tracing::error!(error = %e, "removing delivered offline messages failed");
-            }
+            drop(slot);
+            let _ = events.send(Event::FlushDone(user)).await;
         });
     }
 }

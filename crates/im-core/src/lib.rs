@@ -160,6 +160,8 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
         metrics: metrics.clone(),
         events: events_tx.clone(),
         domain: config.domain.clone(),
+        storage_slots: Arc::new(tokio::sync::Semaphore::new(driver::STORAGE_SLOTS)),
+        flushing: Default::default(),
     };
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 

@@ -43,6 +43,8 @@ struct Conn {
 
 struct NodeEntry {
     name: String,
+    /// The CM process instance last seen.
+    instance: u64,
     client_addr: String,
     conns: Vec<Conn>,
     /// Bumped on every connect so a stale grace timer does nothing.
@@ -80,13 +82,16 @@ impl Links {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a connection of node `name`; returns the node id, connection id and epoch.
+    /// Registers a connection of node `name` from CM process `instance`;
+    /// returns the node id, the connection id, and whether the node restarted
+    /// (a new instance: its old sessions are gone).
     fn register(
         &self,
         name: &str,
+        instance: u64,
         client_addr: &str,
         tx: mpsc::Sender<Frame>,
-    ) -> (NodeId, u64, u64) {
+    ) -> (NodeId, u64, bool) {
         let mut inner = self.lock();
         let next = inner.ids.len() as NodeId + 1;
         let id = *inner.ids.entry(name.to_owned()).or_insert(next);
@@ -94,14 +99,21 @@ impl Links {
         let conn_id = inner.next_conn;
         let entry = inner.nodes.entry(id).or_insert_with(|| NodeEntry {
             name: name.to_owned(),
+            instance,
             client_addr: client_addr.to_owned(),
             conns: Vec::new(),
             epoch: 0,
         });
         entry.client_addr = client_addr.to_owned();
+        let restarted = entry.instance != instance;
+        if restarted {
+            // Connections of the dead process may linger until their idle timeout.
+            entry.conns.clear();
+            entry.instance = instance;
+        }
         entry.conns.push(Conn { id: conn_id, tx });
         entry.epoch += 1;
-        (id, conn_id, entry.epoch)
+        (id, conn_id, restarted)
     }
 
     /// Removes a connection; returns the node's epoch if it has none left.
@@ -245,6 +257,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         node,
         client_addr,
         conn_index,
+        instance,
     }) = hello
     else {
         return Err(LinkError::Protocol("expected hello".into()));
@@ -260,7 +273,18 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         )));
     }
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    let (node_id, conn_id, _) = ctx.links.register(name, &client_addr, tx.clone());
+    let (node_id, conn_id, restarted) =
+        ctx.links.register(name, instance, &client_addr, tx.clone());
+    if restarted {
+        tracing::info!(
+            node = name,
+            "CM restarted: dropping the routes of its previous process"
+        );
+        ctx.router
+            .send(Event::Router(Input::NodeGone { node: node_id }))
+            .await
+            .map_err(|_| LinkError::Shutdown)?;
+    }
     ctx.metrics.cm_connections.inc();
     tracing::info!(node = name, node_id, conn_index, %client_addr, remote = %conn.remote_address(), "CM connected");
     let _ = tx.try_send(Frame::Welcome {
@@ -332,12 +356,14 @@ async fn read_loop(
                 let reply = reply.clone();
                 tokio::spawn(async move {
                     let outcome = ctx.auth.start((node, sid), &mechanism, &data).await;
-                    answer_auth(&ctx, node, sid, outcome, &reply).await;
+                    answer_auth(&ctx, sid, outcome, &reply).await;
                 });
             }
             Frame::AuthResponse { sid, data } => {
                 let outcome = ctx.auth.respond((node, sid), &data);
-                answer_auth(ctx, node, sid, outcome, reply).await;
+                // Never wait on our own link's queue while reading it.
+                let (ctx, reply) = (ctx.clone(), reply.clone());
+                tokio::spawn(async move { answer_auth(&ctx, sid, outcome, &reply).await });
             }
             Frame::SessionEnd { sid, jid } => {
                 ctx.auth.abort((node, sid));
@@ -366,7 +392,6 @@ async fn forward(ctx: &LinkContext, node: NodeId, frame: Frame) -> Result<(), Li
 
 async fn answer_auth(
     ctx: &LinkContext,
-    node: NodeId,
     sid: SessionId,
     outcome: Outcome,
     reply: &mpsc::Sender<Frame>,
@@ -381,15 +406,6 @@ async fn answer_auth(
                 .auth
                 .get_or_create(&label("result", "success"))
                 .inc();
-            // The router must know before the CM can send Bind.
-            let _ = ctx
-                .router
-                .send(Event::Router(Input::Authenticated {
-                    node,
-                    sid,
-                    user: user.clone(),
-                }))
-                .await;
             Frame::AuthSuccess {
                 sid,
                 data: data.into(),

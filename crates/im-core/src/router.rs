@@ -4,8 +4,6 @@
 //! carries out (send a frame to a node, store or flush offline messages).
 //! No sockets, no clocks, no storage: tests feed events and read actions.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
 use jid::{BareJid, Jid};
@@ -58,15 +56,6 @@ pub struct Bounce {
 /// Events the router reacts to.
 #[derive(Clone, Debug)]
 pub enum Input {
-    /// The auth service authenticated a session as `user` (bare JID).
-    Authenticated {
-        /// Node.
-        node: NodeId,
-        /// Session.
-        sid: SessionId,
-        /// Bare JID.
-        user: String,
-    },
     /// A routing frame from a node.
     Frame {
         /// Node.
@@ -98,7 +87,6 @@ pub struct RouterStats {
 pub struct Router {
     domain: String,
     table: RoutingTable,
-    authenticated: HashMap<SessionAddr, String>,
     out: Vec<Action>,
     resource_counter: u64,
     resource_seed: u64,
@@ -112,7 +100,6 @@ impl Router {
         Self {
             domain: domain.to_owned(),
             table: RoutingTable::new(),
-            authenticated: HashMap::new(),
             out: Vec::new(),
             resource_counter: 0,
             resource_seed: seed,
@@ -128,11 +115,6 @@ impl Router {
     /// Handles one event and returns the actions it produced.
     pub fn handle(&mut self, input: Input) -> Vec<Action> {
         match input {
-            Input::Authenticated { node, sid, user } => {
-                if self.authenticated.len() < 1_000_000 {
-                    self.authenticated.insert((node, sid), user);
-                }
-            }
             Input::NodeGone { node } => self.node_gone(node),
             Input::Frame { node, frame } => self.frame(node, frame),
         }
@@ -155,9 +137,10 @@ impl Router {
         match frame {
             Frame::Bind {
                 sid,
+                user,
                 iq_id,
                 resource,
-            } => self.bind(node, sid, iq_id, resource),
+            } => self.bind(node, sid, &user, iq_id, resource),
             Frame::Announce {
                 sid,
                 jid,
@@ -172,29 +155,27 @@ impl Router {
                 self.stats.stanzas_in += 1;
                 self.stanza(node, sid, header, payload)
             }
-            Frame::Bounce { to, payload } => self.bounced(&to, payload),
+            Frame::Bounce { sid, to, payload } => self.bounced(node, sid, &to, payload),
             Frame::SessionEnd { sid, .. } => self.session_end(node, sid),
             other => tracing::warn!(node, frame = other.name(), "unexpected frame from a CM"),
         }
     }
 
-    fn bind(&mut self, node: NodeId, sid: SessionId, iq_id: String, resource: Option<String>) {
-        let Some(user) = self.authenticated.remove(&(node, sid)) else {
-            self.send(
-                node,
-                Frame::BindResult {
-                    sid,
-                    iq_id,
-                    result: Err("not-authorized".into()),
-                },
-            );
-            return;
-        };
+    /// Binds a resource for a session the core authenticated as `user`
+    /// (the CM, a trusted cluster member, carries the user from AuthSuccess).
+    fn bind(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        user: &str,
+        iq_id: String,
+        resource: Option<String>,
+    ) {
         let resource = match resource.filter(|r| !r.is_empty()) {
             Some(r) => r,
             None => self.generate_resource(),
         };
-        let full = BareJid::new(&user)
+        let full = BareJid::new(user)
             .ok()
             .and_then(|b| b.with_resource_str(&resource).ok());
         let Some(full) = full else {
@@ -262,7 +243,6 @@ impl Router {
     }
 
     fn session_end(&mut self, node: NodeId, sid: SessionId) {
-        self.authenticated.remove(&(node, sid));
         if let Some((full, route)) = self.table.unbind(node, sid)
             && route.available
         {
@@ -271,7 +251,6 @@ impl Router {
     }
 
     fn node_gone(&mut self, node: NodeId) {
-        self.authenticated.retain(|(n, _), _| *n != node);
         for (full, route) in self.table.drop_node(node) {
             if route.available {
                 self.broadcast_unavailable(&full);
@@ -419,6 +398,10 @@ impl Router {
             self.deliver(target, payload);
             return;
         }
+        if mtype == "error" {
+            // RFC 6121 §8.5.2, §8.5.3: errors only reach the exact session; otherwise ignored.
+            return;
+        }
         self.message_to_bare(&bare, mtype, payload, Some((node, sid, header)));
     }
 
@@ -475,9 +458,11 @@ impl Router {
         }
     }
 
-    /// A stanza a CM could not deliver (its session ended): route it again
-    /// as if to the bare JID.
-    fn bounced(&mut self, to: &str, payload: Bytes) {
+    /// A stanza a CM could not deliver: its session is gone or cannot keep
+    /// up, so it leaves the table first (no bounce loop back to it), then the
+    /// stanza is routed again as if to the bare JID.
+    fn bounced(&mut self, node: NodeId, sid: SessionId, to: &str, payload: Bytes) {
+        self.session_end(node, sid);
         let Ok(jid) = Jid::new(to) else { return };
         let Ok(top) = xmpp_stream::stanza::inspect(&payload) else {
             return;
@@ -667,15 +652,11 @@ mod tests {
     }
 
     fn bound(r: &mut Router, node: NodeId, sid: SessionId, user: &str, res: &str) -> String {
-        r.handle(Input::Authenticated {
-            node,
-            sid,
-            user: user.into(),
-        });
         let acts = r.handle(Input::Frame {
             node,
             frame: Frame::Bind {
                 sid,
+                user: user.into(),
                 iq_id: "b".into(),
                 resource: Some(res.into()),
             },
@@ -808,15 +789,11 @@ mod tests {
     fn conflict_kicks_the_old_session() {
         let mut r = Router::new("x", 1);
         bound(&mut r, 1, 10, "alice@x", "phone");
-        r.handle(Input::Authenticated {
-            node: 2,
-            sid: 5,
-            user: "alice@x".into(),
-        });
         let acts = r.handle(Input::Frame {
             node: 2,
             frame: Frame::Bind {
                 sid: 5,
+                user: "alice@x".into(),
                 iq_id: "b".into(),
                 resource: Some("phone".into()),
             },
@@ -832,39 +809,82 @@ mod tests {
     }
 
     #[test]
-    fn bind_requires_authentication_and_generates_resources() {
+    fn bind_generates_resources_and_refuses_bad_ones() {
         let mut r = Router::new("x", 1);
-        let acts = r.handle(Input::Frame {
-            node: 1,
-            frame: Frame::Bind {
-                sid: 1,
-                iq_id: "b".into(),
-                resource: None,
-            },
-        });
-        assert!(matches!(
-            &acts[..],
-            [Action::Send {
-                frame: Frame::BindResult { result: Err(_), .. },
-                ..
-            }]
-        ));
-        r.handle(Input::Authenticated {
-            node: 1,
-            sid: 2,
-            user: "a@x".into(),
-        });
-        let acts = r.handle(Input::Frame {
-            node: 1,
-            frame: Frame::Bind {
-                sid: 2,
-                iq_id: "b".into(),
-                resource: None,
-            },
-        });
+        let bind = |r: &mut Router, sid, resource: Option<&str>| {
+            r.handle(Input::Frame {
+                node: 1,
+                frame: Frame::Bind {
+                    sid,
+                    user: "a@x".into(),
+                    iq_id: "b".into(),
+                    resource: resource.map(Into::into),
+                },
+            })
+        };
+        let acts = bind(&mut r, 2, None);
         assert!(
             matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. }] if j.starts_with("a@x/ll-"))
         );
+        let bad = "x".repeat(2000);
+        let acts = bind(&mut r, 3, Some(&bad));
+        assert!(
+            matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Err(e), .. }, .. }] if e == "bad-request")
+        );
+        // a retry after an error can succeed
+        let acts = bind(&mut r, 3, Some("ok"));
+        assert!(matches!(
+            &acts[..],
+            [Action::Send {
+                frame: Frame::BindResult { result: Ok(_), .. },
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_bounce_removes_the_session_and_goes_elsewhere_without_looping() {
+        let mut r = Router::new("x", 1);
+        let a = bound(&mut r, 1, 10, "alice@x", "phone");
+        bound(&mut r, 2, 20, "bob@x", "one");
+        bound(&mut r, 2, 21, "bob@x", "two");
+        stanza(
+            &mut r,
+            2,
+            20,
+            header(Kind::Presence, "bob@x/one", None, None),
+            "<presence/>",
+        );
+        stanza(
+            &mut r,
+            2,
+            21,
+            header(Kind::Presence, "bob@x/two", None, None),
+            "<presence/>",
+        );
+        let _ = a;
+        let payload =
+            Bytes::from_static(b"<message to='bob@x/one' type='chat'><body>hi</body></message>");
+        let acts = r.handle(Input::Frame {
+            node: 2,
+            frame: Frame::Bounce {
+                sid: 20,
+                to: "bob@x/one".into(),
+                payload: payload.clone(),
+            },
+        });
+        assert!(delivered_to(&acts).contains(&(2, 21)));
+        assert!(!delivered_to(&acts).contains(&(2, 20)));
+        let acts = r.handle(Input::Frame {
+            node: 2,
+            frame: Frame::Bounce {
+                sid: 21,
+                to: "bob@x/two".into(),
+                payload,
+            },
+        });
+        assert!(delivered_to(&acts).is_empty());
+        assert!(matches!(acts.last(), Some(Action::StoreOffline { user, .. }) if user == "bob"));
     }
 
     #[test]

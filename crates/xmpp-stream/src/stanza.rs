@@ -47,6 +47,8 @@ impl StanzaKind {
 pub struct TopLevel {
     /// Local name.
     pub name: String,
+    /// Name as written, prefix included (what rewriting must write back).
+    pub qname: String,
     /// Resolved namespace (`jabber:client` when undeclared).
     pub ns: String,
     /// Top-level attributes (unescaped), including `xmlns:prefix`
@@ -118,6 +120,7 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
                 if top.is_none() {
                     top = Some(TopLevel {
                         name: utf8(start.local_name().as_ref())?,
+                        qname: utf8(start.name().as_ref())?,
                         ns,
                         attrs,
                         start_len: reader.buffer_position() as usize,
@@ -158,8 +161,8 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
 pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -> Bytes {
     let mut out = Vec::with_capacity(raw.len() + 64);
     out.push(b'<');
-    out.extend_from_slice(top.name.as_bytes());
-    if top.ns != ns::CLIENT {
+    out.extend_from_slice(top.qname.as_bytes());
+    if top.ns != ns::CLIENT && !top.qname.contains(':') {
         push_attr(&mut out, "xmlns", &top.ns);
     }
     for (k, v) in &top.attrs {
@@ -194,7 +197,7 @@ pub fn append_child(raw: &[u8], top: &TopLevel, child: &[u8]) -> Bytes {
         out.push(b'>');
         out.extend_from_slice(child);
         out.extend_from_slice(b"</");
-        out.extend_from_slice(top.name.as_bytes());
+        out.extend_from_slice(top.qname.as_bytes());
         out.push(b'>');
         return Bytes::from(out);
     }
@@ -289,6 +292,22 @@ mod tests {
             Element::parse(&out, ns::CLIENT)
                 .unwrap()
                 .child("x", "urn:e")
+                .is_some()
+        );
+
+        // a prefixed stanza keeps its prefix on both tags
+        let raw = b"<c:message xmlns:c='jabber:client' to='b@x'><c:body>x</c:body></c:message>";
+        let out = stamp_from(raw, &inspect(raw).unwrap(), "a@x/r");
+        let el = Element::parse(&out, ns::CLIENT).unwrap();
+        assert_eq!(
+            (el.name.as_str(), el.attr("from")),
+            ("message", Some("a@x/r"))
+        );
+        let out = append_child(raw, &inspect(raw).unwrap(), b"<d xmlns='urn:xmpp:delay'/>");
+        assert!(
+            Element::parse(&out, ns::CLIENT)
+                .unwrap()
+                .child("d", ns::DELAY)
                 .is_some()
         );
 
