@@ -217,7 +217,21 @@ impl Cluster {
 
     /// Starts one more CM node (`cm-N`), issuing its certificate if needed.
     pub async fn add_cm(&mut self) -> usize {
-        let node = format!("cm-{}", self.cms.len() + 1);
+        let cm = self.start_cm(self.cms.len() + 1).await;
+        self.cms.push(Some(cm));
+        self.cms.len() - 1
+    }
+
+    /// Crashes CM `index` (0-based) and starts a new process of the same node at once.
+    pub async fn restart_cm(&mut self, index: usize) {
+        if let Some(old) = self.cms[index].take() {
+            old.abort();
+        }
+        self.cms[index] = Some(self.start_cm(index + 1).await);
+    }
+
+    async fn start_cm(&self, n: usize) -> CmHandle {
+        let node = format!("cm-{n}");
         certs::ensure_cm(&self.pki(), DOMAIN, &node, false).expect("cm cert");
         let mut config = CmConfig::new(
             &node,
@@ -232,9 +246,7 @@ impl Cluster {
                 encap: lb.backend_addr,
             });
         }
-        let cm = cm_node::start(config).await.expect("cm starts");
-        self.cms.push(Some(cm));
-        self.cms.len() - 1
+        cm_node::start(config).await.expect("cm starts")
     }
 
     /// Client address of CM `i` (0-based).

@@ -406,3 +406,40 @@ async fn a_dead_cm_loses_only_its_routes_after_the_grace_period() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cm_restarted_within_the_grace_period_leaves_no_stale_routes() {
+    bounded(async {
+        let mut cluster = Cluster::start(2).await;
+        for u in ["alice", "bob", "carol"] {
+            cluster.add_user(u, "secret");
+        }
+        let _alice = cluster.login(0, "alice", "phone").await;
+        let carol = cluster.login(1, "carol", "r").await;
+        cluster.wait_routes(2).await;
+        // cm-1 crashes and a new cm-1 process is up before the grace period ends
+        cluster.restart_cm(0).await;
+        let mut bob = cluster.login(0, "bob", "phone").await;
+        cluster.wait_routes(2).await;
+        assert_eq!(
+            cluster.node_of(&format!("{}/phone", jid("alice"))).await,
+            None
+        );
+        assert_eq!(cluster.node_of(bob.jid()).await.as_deref(), Some("cm-1"));
+        // a message to alice is stored, never written to whoever reuses her session
+        carol
+            .send_message(&jid("alice"), "for alice")
+            .await
+            .unwrap();
+        carol.send_message(&jid("bob"), "for bob").await.unwrap();
+        let m = bob.next_message(WAIT).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("for bob"));
+        assert!(bob.next_message(Duration::from_millis(500)).await.is_err());
+        let mut alice = cluster.login(1, "alice", "laptop").await;
+        let m = alice.next_message(WAIT).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("for alice"));
+        assert!(m.delay.is_some());
+        cluster.shutdown().await;
+    })
+    .await;
+}
