@@ -32,6 +32,9 @@ pub struct CmConfig {
     /// QUIC keep-alive interval towards clients, seconds.
     #[serde(default = "default_keepalive")]
     pub keep_alive_secs: u64,
+    /// Most client connections held at once; more are refused.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
     /// Sustained bytes per second read from one client stream (flood shaping).
     #[serde(default = "default_rate")]
     pub client_rate_bytes: u64,
@@ -65,6 +68,9 @@ fn default_pool() -> u16 {
 fn default_max_stanza() -> usize {
     64 * 1024
 }
+fn default_max_clients() -> usize {
+    500_000
+}
 fn default_rate() -> u64 {
     256 * 1024
 }
@@ -97,6 +103,7 @@ impl CmConfig {
             max_stanza_bytes: default_max_stanza(),
             idle_timeout_secs: default_idle(),
             keep_alive_secs: default_keepalive(),
+            max_clients: default_max_clients(),
             client_rate_bytes: default_rate(),
             client_burst_bytes: default_burst(),
             server_id: None,

@@ -220,6 +220,8 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         accepted: accepted.clone(),
+        open: Arc::default(),
+        max_clients: config.max_clients,
     });
     tasks.spawn(listener::run(client_endpoint.clone(), ctx));
     if let Some(link) = &config.balancer {

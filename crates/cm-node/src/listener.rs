@@ -44,6 +44,19 @@ pub struct ListenerContext {
     pub tasks: TaskTracker,
     /// Client connections (handshakes) received so far.
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// Client connections open now.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most client connections at once.
+    pub max_clients: usize,
+}
+
+/// Counts an open client connection for as long as it lives.
+struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Accepts client connections until shutdown.
@@ -61,6 +74,13 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
     let remote = incoming.remote_address();
     ctx.accepted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if ctx.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= ctx.max_clients {
+        ctx.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%remote, max = ctx.max_clients, "client refused: connection limit reached");
+        incoming.refuse();
+        return;
+    }
+    let _open = OpenGuard(ctx.open.clone());
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {

@@ -100,6 +100,22 @@ impl Db {
         })
     }
 
+    /// The seven parameters of an account row, username first.
+    fn account_params<'a>(
+        username: &'a str,
+        c: &'a StoredCredentials,
+    ) -> impl rusqlite::Params + 'a {
+        (
+            username,
+            &c.salt,
+            c.iterations,
+            &c.sha1.stored_key,
+            &c.sha1.server_key,
+            &c.sha256.stored_key,
+            &c.sha256.server_key,
+        )
+    }
+
     /// Creates an account; returns false if it exists.
     pub fn add_user(
         &self,
@@ -108,15 +124,7 @@ impl Db {
     ) -> Result<bool, StorageError> {
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                username,
-                creds.salt,
-                creds.iterations,
-                creds.sha1.stored_key,
-                creds.sha1.server_key,
-                creds.sha256.stored_key,
-                creds.sha256.server_key
-            ],
+            Self::account_params(username, creds),
         )?;
         Ok(n == 1)
     }
@@ -130,15 +138,7 @@ impl Db {
         let n = self.conn.execute(
             "UPDATE users SET salt=?2, iterations=?3, sha1_stored=?4, sha1_server=?5,
              sha256_stored=?6, sha256_server=?7 WHERE username=?1",
-            params![
-                username,
-                creds.salt,
-                creds.iterations,
-                creds.sha1.stored_key,
-                creds.sha1.server_key,
-                creds.sha256.stored_key,
-                creds.sha256.server_key
-            ],
+            Self::account_params(username, creds),
         )?;
         Ok(n == 1)
     }

@@ -217,7 +217,12 @@ impl Cluster {
 
     /// Starts one more CM node (`cm-N`), issuing its certificate if needed.
     pub async fn add_cm(&mut self) -> usize {
-        let cm = self.start_cm(self.cms.len() + 1).await;
+        self.add_cm_with(|_| {}).await
+    }
+
+    /// Starts one more CM node with a configuration tweak.
+    pub async fn add_cm_with(&mut self, tweak: impl FnOnce(&mut CmConfig)) -> usize {
+        let cm = self.start_cm(self.cms.len() + 1, tweak).await;
         self.cms.push(Some(cm));
         self.cms.len() - 1
     }
@@ -227,10 +232,10 @@ impl Cluster {
         if let Some(old) = self.cms[index].take() {
             old.abort();
         }
-        self.cms[index] = Some(self.start_cm(index + 1).await);
+        self.cms[index] = Some(self.start_cm(index + 1, |_| {}).await);
     }
 
-    async fn start_cm(&self, n: usize) -> CmHandle {
+    async fn start_cm(&self, n: usize, tweak: impl FnOnce(&mut CmConfig)) -> CmHandle {
         let node = format!("cm-{n}");
         certs::ensure_cm(&self.pki(), DOMAIN, &node, false).expect("cm cert");
         let mut config = CmConfig::new(
@@ -246,6 +251,7 @@ impl Cluster {
                 encap: lb.backend_addr,
             });
         }
+        tweak(&mut config);
         cm_node::start(config).await.expect("cm starts")
     }
 

@@ -443,3 +443,24 @@ async fn a_cm_restarted_within_the_grace_period_leaves_no_stale_routes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cm_refuses_connections_beyond_its_limit() {
+    bounded(async {
+        let mut cluster = Cluster::start(0).await;
+        cluster.add_cm_with(|c| c.max_clients = 1).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let alice = cluster.login(0, "alice", "r").await;
+        let err = cluster.try_login(0, "bob", "secret", "r").await.err();
+        assert!(matches!(err, Some(ClientError::Unreachable(_))), "{err:?}");
+        // the connection held goes on; once it is gone, there is room again
+        alice.ping().await.unwrap();
+        alice.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let bob = cluster.try_login(0, "bob", "secret", "r").await;
+        assert!(bob.is_ok(), "{:?}", bob.err());
+        cluster.shutdown().await;
+    })
+    .await;
+}
