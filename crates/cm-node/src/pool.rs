@@ -162,6 +162,7 @@ async fn run_connection(
         node: setup.node.clone(),
         client_addr: setup.client_addr.to_string(),
         conn_index: index,
+        pool_size: size,
         instance: pool.instance,
     }
     .encode(&mut out);

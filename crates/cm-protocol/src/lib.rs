@@ -62,6 +62,9 @@ pub enum Frame {
         client_addr: String,
         /// This connection's index in the pool.
         conn_index: u16,
+        /// Connections in the pool: session `sid` uses index `sid % pool_size`
+        /// both ways, so a session's frames keep one connection and one order.
+        pool_size: u16,
         /// Random id of this CM process: a new one means the CM restarted
         /// and its old sessions are gone.
         instance: u64,
@@ -220,12 +223,14 @@ impl Frame {
                 node,
                 client_addr,
                 conn_index,
+                pool_size,
                 instance,
             } => {
                 w.tag(0);
                 w.str(node);
                 w.str(client_addr);
                 w.uint(u64::from(*conn_index));
+                w.uint(u64::from(*pool_size));
                 w.uint(*instance);
             }
             Frame::Welcome {
@@ -360,6 +365,7 @@ impl Frame {
                 node: get_str(r)?,
                 client_addr: get_str(r)?,
                 conn_index: u16::try_from(get_uint(r)?).map_err(|_| DecodeError::Invalid)?,
+                pool_size: u16::try_from(get_uint(r)?).map_err(|_| DecodeError::Invalid)?,
                 instance: get_uint(r)?,
             },
             1 => {
@@ -608,6 +614,7 @@ mod tests {
                 node: "cm-1".into(),
                 client_addr: "127.0.0.1:5000".into(),
                 conn_index: 3,
+                pool_size: 4,
                 instance: 42,
             },
             Frame::Welcome {

@@ -38,6 +38,8 @@ pub enum SendError {
 
 struct Conn {
     id: u64,
+    /// Its index in the CM's pool.
+    index: u16,
     tx: mpsc::Sender<Frame>,
 }
 
@@ -45,6 +47,8 @@ struct NodeEntry {
     name: String,
     /// The CM process instance last seen.
     instance: u64,
+    /// The CM's pool size.
+    pool_size: u16,
     client_addr: String,
     conns: Vec<Conn>,
     /// Bumped on every connect so a stale grace timer does nothing.
@@ -89,6 +93,7 @@ impl Links {
         &self,
         name: &str,
         instance: u64,
+        (index, pool_size): (u16, u16),
         client_addr: &str,
         tx: mpsc::Sender<Frame>,
     ) -> (NodeId, u64, bool) {
@@ -100,6 +105,7 @@ impl Links {
         let entry = inner.nodes.entry(id).or_insert_with(|| NodeEntry {
             name: name.to_owned(),
             instance,
+            pool_size,
             client_addr: client_addr.to_owned(),
             conns: Vec::new(),
             epoch: 0,
@@ -111,7 +117,13 @@ impl Links {
             entry.conns.clear();
             entry.instance = instance;
         }
-        entry.conns.push(Conn { id: conn_id, tx });
+        entry.pool_size = pool_size.max(1);
+        entry.conns.retain(|c| c.index != index);
+        entry.conns.push(Conn {
+            id: conn_id,
+            index,
+            tx,
+        });
         entry.epoch += 1;
         (id, conn_id, restarted)
     }
@@ -145,7 +157,13 @@ impl Links {
         let Some(entry) = inner.nodes.get(&node).filter(|e| !e.conns.is_empty()) else {
             return Err((SendError::NoLink, Box::new(frame)));
         };
-        let conn = &entry.conns[(sid % entry.conns.len() as u64) as usize];
+        // The connection the CM uses for this session, else any live one.
+        let index = (sid % u64::from(entry.pool_size)) as u16;
+        let conn = entry
+            .conns
+            .iter()
+            .find(|c| c.index == index)
+            .unwrap_or(&entry.conns[(sid % entry.conns.len() as u64) as usize]);
         conn.tx.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(f) => (SendError::Full, Box::new(f)),
             mpsc::error::TrySendError::Closed(f) => (SendError::NoLink, Box::new(f)),
@@ -257,6 +275,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         node,
         client_addr,
         conn_index,
+        pool_size,
         instance,
     }) = hello
     else {
@@ -273,8 +292,13 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         )));
     }
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    let (node_id, conn_id, restarted) =
-        ctx.links.register(name, instance, &client_addr, tx.clone());
+    let (node_id, conn_id, restarted) = ctx.links.register(
+        name,
+        instance,
+        (conn_index, pool_size),
+        &client_addr,
+        tx.clone(),
+    );
     if restarted {
         tracing::info!(
             node = name,
