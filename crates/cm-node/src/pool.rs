@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cm_protocol::{Frame, FrameDecoder, SessionId};
+use cm_protocol::{Frame, FrameDecoder, SessionId, read_frame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -106,8 +106,8 @@ enum LinkError {
     Connect(#[from] quinn::ConnectError),
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    #[error("read: {0}")]
-    Read(#[from] quinn::ReadError),
+    #[error("{0}")]
+    Frame(#[from] cm_protocol::ReadFrameError),
     #[error("write: {0}")]
     Write(#[from] quinn::WriteError),
     #[error("protocol: {0}")]
@@ -243,9 +243,9 @@ async fn run_connection(
                 out.clear();
             }
             chunk = recv.read_chunk(64 * 1024, true) => {
-                let Some(chunk) = chunk? else { return Ok(()) };
+                let Some(chunk) = chunk.map_err(cm_protocol::ReadFrameError::from)? else { return Ok(()) };
                 decoder.push(&chunk.bytes);
-                while let Some(frame) = decoder.next_frame().map_err(|e| LinkError::Protocol(e.to_string()))? {
+                while let Some(frame) = decoder.next_frame().map_err(cm_protocol::ReadFrameError::from)? {
                     dispatch(pool, setup, frame, &mut bounces);
                 }
                 if !bounces.is_empty() {
@@ -297,22 +297,4 @@ pub fn bounce(sid: SessionId, frame: Frame) -> Option<Frame> {
     let top = xmpp_stream::stanza::inspect(&payload).ok()?;
     let to = top.attr("to")?.to_owned();
     Some(Frame::Bounce { sid, to, payload })
-}
-
-async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    decoder: &mut FrameDecoder,
-) -> Result<Option<Frame>, LinkError> {
-    loop {
-        if let Some(f) = decoder
-            .next_frame()
-            .map_err(|e| LinkError::Protocol(e.to_string()))?
-        {
-            return Ok(Some(f));
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(chunk) => decoder.push(&chunk.bytes),
-            None => return Ok(None),
-        }
-    }
 }

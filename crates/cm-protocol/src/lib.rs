@@ -533,6 +533,36 @@ impl FrameDecoder {
     }
 }
 
+/// Why reading a frame from a QUIC stream failed.
+#[cfg(feature = "quinn")]
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    /// The stream failed.
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The bytes were not a valid frame.
+    #[error("protocol: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// Reads the next frame from a QUIC stream (the thin driver around
+/// [`FrameDecoder`] both ends use); `Ok(None)` when the stream ended.
+#[cfg(feature = "quinn")]
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Frame>, ReadFrameError> {
+    loop {
+        if let Some(f) = decoder.next_frame()? {
+            return Ok(Some(f));
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes),
+            None => return Ok(None),
+        }
+    }
+}
+
 struct Writer<'a>(&'a mut BytesMut);
 
 impl Writer<'_> {

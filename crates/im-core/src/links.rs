@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cm_protocol::{Frame, FrameDecoder, SessionId};
+use cm_protocol::{Frame, FrameDecoder, SessionId, read_frame};
 use quinn::{Connection, RecvStream, SendStream};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -257,8 +257,8 @@ fn peer_node_name(conn: &Connection) -> Option<String> {
 enum LinkError {
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    #[error("read: {0}")]
-    Read(#[from] quinn::ReadError),
+    #[error("{0}")]
+    Frame(#[from] cm_protocol::ReadFrameError),
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("shutting down")]
@@ -337,24 +337,6 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         });
     }
     result
-}
-
-async fn read_frame(
-    recv: &mut RecvStream,
-    decoder: &mut FrameDecoder,
-) -> Result<Option<Frame>, LinkError> {
-    loop {
-        if let Some(f) = decoder
-            .next_frame()
-            .map_err(|e| LinkError::Protocol(e.to_string()))?
-        {
-            return Ok(Some(f));
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(chunk) => decoder.push(&chunk.bytes),
-            None => return Ok(None),
-        }
-    }
 }
 
 async fn read_loop(
