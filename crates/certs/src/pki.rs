@@ -73,6 +73,12 @@ impl PkiPaths {
         self.dir.join("quic-lb.key")
     }
 
+    /// DIR/cluster.key: the secret every CM shares (hex), from which the TLS
+    /// session-ticket key and the QUIC stateless-reset key are derived.
+    pub fn cluster_key(&self) -> PathBuf {
+        self.dir.join("cluster.key")
+    }
+
     pub fn cm_cert(&self, node: &str) -> PathBuf {
         self.dir.join(format!("{node}.pem"))
     }
@@ -129,18 +135,19 @@ pub fn init(dir: &Path, domain: &str, cms: u32, force: bool) -> Result<InitRepor
         }
     }
 
-    let lb_key = paths.quic_lb_key();
-    if force || !lb_key.exists() {
-        let mut key = [0u8; 16];
-        rustls::crypto::ring::default_provider()
-            .secure_random
-            .fill(&mut key)
-            .map_err(|_| CertError::Verifier("no secure random source".into()))?;
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        write_file(&lb_key, hex.as_bytes(), KEY_MODE)?;
-        report.created.push(lb_key);
-    } else {
-        report.kept.push(lb_key);
+    for (path, len) in [(paths.quic_lb_key(), 16), (paths.cluster_key(), 32)] {
+        if force || !path.exists() {
+            let mut key = vec![0u8; len];
+            rustls::crypto::ring::default_provider()
+                .secure_random
+                .fill(&mut key)
+                .map_err(|_| CertError::Verifier("no secure random source".into()))?;
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            write_file(&path, hex.as_bytes(), KEY_MODE)?;
+            report.created.push(path);
+        } else {
+            report.kept.push(path);
+        }
     }
 
     let mut leaves = vec![Leaf::Core, Leaf::Lb];
@@ -446,13 +453,23 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> 
 
 /// Reads the shared QUIC-LB key (32 hex digits) written by [`init`].
 pub fn load_quic_lb_key(path: &Path) -> Result<[u8; 16], CertError> {
+    load_hex_key(path)
+}
+
+/// Reads the cluster key (64 hex digits) written by [`init`].
+pub fn load_cluster_key(path: &Path) -> Result<[u8; 32], CertError> {
+    load_hex_key(path)
+}
+
+fn load_hex_key<const N: usize>(path: &Path) -> Result<[u8; N], CertError> {
     let text = fs::read_to_string(path).map_err(CertError::io(path))?;
     let text = text.trim();
-    let mut key = [0u8; 16];
-    if text.len() != 32 {
+    let mut key = [0u8; N];
+    if text.len() != 2 * N {
         return Err(CertError::Verifier(format!(
-            "{}: expected 32 hex digits",
-            path.display()
+            "{}: expected {} hex digits",
+            path.display(),
+            2 * N
         )));
     }
     for (i, byte) in key.iter_mut().enumerate() {

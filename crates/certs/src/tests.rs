@@ -35,6 +35,7 @@ fn all_files(p: &PkiPaths, cms: u32) -> Vec<PathBuf> {
         p.lb_cert(),
         p.lb_key(),
         p.quic_lb_key(),
+        p.cluster_key(),
     ];
     for i in 1..=cms {
         files.push(p.cm_cert(&format!("cm-{i}")));
@@ -61,7 +62,7 @@ fn init_creates_all_files() {
         assert!(f.is_file(), "{} missing", f.display());
     }
     // No temporary files left behind.
-    assert_eq!(fs::read_dir(&dir).unwrap().count(), 11);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 12);
     #[cfg(unix)]
     {
         for key in [
@@ -69,6 +70,7 @@ fn init_creates_all_files() {
             paths.core_key(),
             paths.cm_key("cm-1"),
             paths.cm_key("cm-2"),
+            paths.cluster_key(),
         ] {
             assert_eq!(mode(&key), 0o600, "{}", key.display());
         }

@@ -16,8 +16,39 @@ pub enum Event {
     Iq(IqResponse),
     /// The server ended the stream with this condition.
     StreamError(String),
-    /// The stream is over.
+    /// A sent message moved on (see [`MessageState`]).
+    MessageState {
+        /// The id `send_message` returned.
+        id: String,
+        /// Its new state.
+        state: MessageState,
+    },
+    /// The connection was lost; the client reconnects by itself if allowed.
+    ConnectionLost(String),
+    /// The client is connected again: `resumed` if the session continued
+    /// (nothing lost, nothing repeated), else it logged in anew and resent
+    /// what the server had not acknowledged.
+    Reconnected {
+        /// Whether the old session was resumed.
+        resumed: bool,
+    },
+    /// The session is over for good.
     Disconnected,
+}
+
+/// Where a sent message is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageState {
+    /// Waiting in the outbox for a connection.
+    Queued,
+    /// Written to the server.
+    Sent,
+    /// The server acknowledged it (XEP-0198): it is delivered or stored.
+    Acknowledged,
+    /// The recipient's client confirmed it (XEP-0184 receipt).
+    Delivered,
+    /// It cannot be sent (the outbox is full or the session ended).
+    Failed(String),
 }
 
 /// An incoming message.

@@ -14,8 +14,11 @@
 //! # Ok(()) }
 //! ```
 
+mod driver;
 mod error;
 mod event;
+mod negotiation;
+pub mod sm;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,18 +26,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use quinn::{RecvStream, SendStream};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 pub use xmpp_sasl::Mechanism;
-use xmpp_sasl::ScramClient;
 use xmpp_stream::element::Element;
-use xmpp_stream::framer::{FrameEvent, Framer, Limits};
-use xmpp_stream::{ns, stream};
+use xmpp_stream::ns;
 
+use driver::{Command, Driver};
 pub use error::ClientError;
-pub use event::{Event, IqResponse, Message, Presence};
+pub use event::{Event, IqResponse, Message, MessageState, Presence};
+use sm::Outgoing;
 
 /// ALPN of XMPP client connections.
 pub const ALPN: &[u8] = b"xmpp-client";
@@ -65,6 +66,18 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// SASL mechanism to use (SCRAM-SHA-256 unless changed).
     pub mechanism: Mechanism,
+    /// Enable XEP-0198 stream management with resumption (default on).
+    pub stream_management: bool,
+    /// Resumption time to ask for, in seconds (0: the server's default).
+    pub resume_max_secs: u32,
+    /// Reconnect by itself when the connection is lost (default on).
+    pub reconnect: bool,
+    /// An `<r/>` unanswered this long means the connection is dead.
+    pub ack_timeout: Duration,
+    /// Ask for and send XEP-0184 delivery receipts (default on).
+    pub receipts: bool,
+    /// A session to resume instead of binding a new one (SM id, our `h`).
+    pub previous_session: Option<(String, u32)>,
 }
 
 impl ConnectOptions {
@@ -78,7 +91,39 @@ impl ConnectOptions {
             trust: Trust::CaFile(PathBuf::from("ca.pem")),
             timeout: Duration::from_secs(10),
             mechanism: Mechanism::ScramSha256,
+            stream_management: true,
+            resume_max_secs: 0,
+            reconnect: true,
+            ack_timeout: Duration::from_secs(20),
+            receipts: true,
+            previous_session: None,
         }
+    }
+
+    /// A plain session: no stream management, no reconnection (what a
+    /// desktop client without XEP-0198 does).
+    pub fn without_stream_management(mut self) -> Self {
+        self.stream_management = false;
+        self.reconnect = false;
+        self
+    }
+
+    /// Asks for this resumption time (seconds).
+    pub fn with_resume_max(mut self, secs: u32) -> Self {
+        self.resume_max_secs = secs;
+        self
+    }
+
+    /// Tries to resume this session (from [`Client::resumption`]) first.
+    pub fn with_previous_session(mut self, id: &str, h: u32) -> Self {
+        self.previous_session = Some((id.to_owned(), h));
+        self
+    }
+
+    /// Whether to ask for and send delivery receipts.
+    pub fn with_receipts(mut self, on: bool) -> Self {
+        self.receipts = on;
+        self
     }
 
     /// Uses another SASL mechanism.
@@ -102,20 +147,38 @@ impl ConnectOptions {
 
 type Pending = Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<IqResponse>>>>;
 
-/// A logged-in session.
+/// State the session task shares with the handle.
+#[derive(Debug, Default)]
+struct Shared {
+    resumption: std::sync::Mutex<Option<(String, u32)>>,
+}
+
+/// A logged-in session. Stanzas go through a session task that keeps the
+/// connection alive: it reconnects and resumes by itself, and keeps what
+/// is sent while offline in an outbox.
 pub struct Client {
     jid: String,
     domain: String,
-    send: Arc<Mutex<SendStream>>,
+    cmds: mpsc::Sender<Command>,
     events: mpsc::Receiver<Event>,
     pending: Pending,
-    conn: quinn::Connection,
     endpoint: quinn::Endpoint,
-    next_id: std::sync::atomic::AtomicU64,
+    shared: Arc<Shared>,
+    resumed: bool,
+    receipts: bool,
+}
+
+/// A fresh stanza id.
+pub(crate) fn new_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("ll{n:x}-{:08x}", rand::random::<u32>())
 }
 
 impl Client {
-    /// Connects over QUIC, authenticates with SCRAM-SHA-256 and binds a resource.
+    /// Connects over QUIC, authenticates (SCRAM-SHA-256 unless changed),
+    /// then resumes `previous_session` or binds a resource, and enables
+    /// stream management.
     pub async fn connect(opts: ConnectOptions) -> Result<Client, ClientError> {
         let timeout = opts.timeout;
         tokio::time::timeout(timeout, Self::connect_inner(opts))
@@ -131,64 +194,70 @@ impl Client {
             .map(|n| n.to_string())
             .ok_or_else(|| ClientError::Config("the JID needs a user part".into()))?;
         let domain = bare.domain().to_string();
-        let roots = match &opts.trust {
-            Trust::CaFile(path) => {
-                certs::load_roots(path).map_err(|e| ClientError::Config(e.to_string()))?
-            }
-            Trust::Roots(r) => (**r).clone(),
+        let endpoint = client_endpoint(&opts)?;
+        let (conn, mut nego) = negotiation::dial(
+            &endpoint,
+            opts.server,
+            &domain,
+            &username,
+            &opts.password,
+            opts.mechanism,
+        )
+        .await?;
+        let features = nego.element().await?;
+        let mut resumed = None;
+        if let Some((id, h)) = &opts.previous_session {
+            resumed = nego.resume(id, *h).await?;
+        }
+        let jid = match resumed {
+            Some(_) => opts.jid.clone(),
+            None => nego.bind(&features, opts.resource.as_deref()).await?,
         };
-        let tls =
-            certs::client_config(roots, &[ALPN]).map_err(|e| ClientError::Config(e.to_string()))?;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(Duration::from_secs(25)))
-            .max_idle_timeout(Duration::from_secs(90).try_into().ok());
-        config.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if opts.server.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        endpoint.set_default_client_config(config);
-        let conn = endpoint
-            .connect(opts.server, &domain)
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?
-            .await
-            .map_err(ClientError::from_connection)?;
-        let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
-        let mut nego = Negotiation {
-            send,
-            recv,
-            framer: Framer::new(Limits {
-                max_stanza_bytes: 1024 * 1024,
-                ..Limits::default()
-            }),
-        };
-        nego.open(&domain).await?;
-        nego.authenticate(&username, &opts.password, opts.mechanism)
-            .await?;
-        nego.open(&domain).await?;
-        let jid = nego.bind(opts.resource.as_deref()).await?;
-        let Negotiation { send, recv, framer } = nego;
-
         let (tx, events) = mpsc::channel(1024);
+        let (cmds, cmd_rx) = mpsc::channel(1024);
         let pending: Pending = Arc::default();
-        tokio::spawn(read_loop(recv, framer, tx, pending.clone()));
+        let shared = Arc::new(Shared::default());
+        let resource = jid.split_once('/').map(|(_, r)| r.to_owned());
+        let receipts = opts.receipts;
+        let previous = opts.previous_session.clone();
+        let mut driver = Driver::new(
+            opts,
+            endpoint.clone(),
+            domain.clone(),
+            username,
+            resource,
+            tx,
+            pending.clone(),
+            shared.clone(),
+        );
+        driver.attach(conn, nego, resumed, previous).await;
+        tokio::spawn(driver.run(cmd_rx));
         Ok(Client {
             jid,
             domain,
-            send: Arc::new(Mutex::new(send)),
+            cmds,
             events,
             pending,
-            conn,
             endpoint,
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            shared,
+            resumed: resumed.is_some(),
+            receipts,
         })
+    }
+
+    /// Whether `connect` resumed `previous_session`.
+    pub fn was_resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The current SM id and `h`, for resuming from another process
+    /// ([`ConnectOptions::with_previous_session`]); None if not resumable.
+    pub fn resumption(&self) -> Option<(String, u32)> {
+        self.shared
+            .resumption
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The bound full JID.
@@ -223,44 +292,52 @@ impl Client {
             .map_err(|e| ClientError::Disconnected(format!("rebind: {e}")))
     }
 
-    fn new_id(&self) -> String {
-        let n = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("ll{n:x}-{:08x}", rand::random::<u32>())
-    }
-
     /// Sends available presence with a priority.
     pub async fn send_presence(&self, priority: i8) -> Result<(), ClientError> {
         let mut p = Element::new("presence", ns::CLIENT);
         if priority != 0 {
             p = p.with_child(Element::new("priority", ns::CLIENT).with_text(priority.to_string()));
         }
-        self.write(&p.to_bytes(ns::CLIENT)).await
+        self.command(Command::Presence(Bytes::from(p.to_bytes(ns::CLIENT))))
+            .await
     }
 
-    /// Sends a chat message; returns its id.
+    async fn command(&self, c: Command) -> Result<(), ClientError> {
+        self.cmds.send(c).await.map_err(|_| ClientError::Closed)
+    }
+
+    async fn stanza(&self, bytes: Vec<u8>, id: Option<String>) -> Result<(), ClientError> {
+        let bytes = Bytes::from(bytes);
+        self.command(Command::Stanza(Outgoing { bytes, id })).await
+    }
+
+    /// Sends a chat message; returns its id. Its progress arrives as
+    /// [`Event::MessageState`] (queued, sent, acknowledged, delivered).
     pub async fn send_message(&self, to: &str, body: &str) -> Result<String, ClientError> {
-        let id = self.new_id();
-        let m = Element::new("message", ns::CLIENT)
+        let id = new_id();
+        let mut m = Element::new("message", ns::CLIENT)
             .with_attr("to", to)
             .with_attr("type", "chat")
             .with_attr("id", id.clone())
             .with_child(Element::new("body", ns::CLIENT).with_text(body));
-        self.write(&m.to_bytes(ns::CLIENT)).await?;
+        if self.receipts {
+            m = m.with_child(Element::new("request", ns::RECEIPTS));
+        }
+        self.stanza(m.to_bytes(ns::CLIENT), Some(id.clone()))
+            .await?;
         Ok(id)
     }
 
     /// Sends an IQ and waits for its result or error.
     pub async fn iq(&self, mut iq: Element) -> Result<IqResponse, ClientError> {
-        let id = self.new_id();
+        let id = new_id();
         iq.set_attr("id", id.clone());
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), tx);
-        self.write(&iq.to_bytes(ns::CLIENT)).await?;
+        self.stanza(iq.to_bytes(ns::CLIENT), None).await?;
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(ClientError::Closed),
@@ -288,18 +365,10 @@ impl Client {
         }
     }
 
-    /// Writes raw XML to the stream (escape hatch for tests and tools).
+    /// Writes raw XML to the stream (escape hatch for tests and tools); it
+    /// counts as one stanza for stream management.
     pub async fn send_raw(&self, xml: &[u8]) -> Result<(), ClientError> {
-        self.write(xml).await
-    }
-
-    async fn write(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send
-            .lock()
-            .await
-            .write_all(bytes)
-            .await
-            .map_err(|e| ClientError::Disconnected(e.to_string()))
+        self.stanza(xml.to_vec(), None).await
     }
 
     /// The next event; `None` once the session is over.
@@ -310,235 +379,66 @@ impl Client {
     /// Waits for the next message, skipping other events, up to `timeout`.
     pub async fn next_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut stream_error = None;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => return Err(ClientError::Timeout),
-                Ok(None) => return Err(ClientError::Closed),
+                Ok(None) | Ok(Some(Event::Disconnected)) => {
+                    return Err(stream_error.map_or(ClientError::Closed, ClientError::Stream));
+                }
                 Ok(Some(Event::Message(m))) => return Ok(m),
-                Ok(Some(Event::StreamError(c))) => return Err(ClientError::Stream(c)),
-                Ok(Some(Event::Disconnected)) => return Err(ClientError::Closed),
+                // final only if the session ends (a CM shutting down is not)
+                Ok(Some(Event::StreamError(c))) => stream_error = Some(c),
                 Ok(Some(_)) => {}
             }
         }
     }
 
-    /// Ends the stream cleanly and closes the connection.
+    /// Ends the stream cleanly (the session ends: nothing waits for a
+    /// resumption) and closes the connection.
     pub async fn disconnect(self) {
-        {
-            let mut send = self.send.lock().await;
-            let _ = send.write_all(stream::STREAM_CLOSE).await;
-            let _ = send.finish();
+        let (done, wait) = oneshot::channel();
+        if self.cmds.send(Command::Close(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
         }
-        let mut events = self.events;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(e) = events.recv().await {
-                if matches!(e, Event::Disconnected) {
-                    break;
-                }
-            }
-        })
-        .await;
-        self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
-    /// Drops the connection without closing the stream (like losing the network).
+    /// Drops the connection without closing the stream (like losing the
+    /// network for good): a resumable session waits at the server.
     pub fn abort(self) {
-        self.conn.close(0u32.into(), b"");
+        let _ = self.cmds.try_send(Command::Abort);
     }
 }
 
-/// Stream negotiation before the session is handed to the read loop.
-struct Negotiation {
-    send: SendStream,
-    recv: RecvStream,
-    framer: Framer,
-}
-
-impl Negotiation {
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send
-            .write_all(bytes)
-            .await
-            .map_err(|e| ClientError::Disconnected(e.to_string()))
-    }
-
-    async fn next(&mut self) -> Result<FrameEvent, ClientError> {
-        loop {
-            if let Some(ev) = self
-                .framer
-                .next_event()
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                return Ok(ev);
-            }
-            match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(c)) => self.framer.push(&c.bytes),
-                Ok(None) => return Err(ClientError::Disconnected("stream closed".into())),
-                Err(e) => return Err(ClientError::Disconnected(e.to_string())),
-            }
+/// The QUIC endpoint of a client: one per [`Client`], kept across
+/// reconnections so TLS session tickets make them cheaper.
+fn client_endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
+    let roots = match &opts.trust {
+        Trust::CaFile(path) => {
+            certs::load_roots(path).map_err(|e| ClientError::Config(e.to_string()))?
         }
-    }
-
-    /// The next top-level element; stream errors become errors.
-    async fn element(&mut self) -> Result<Element, ClientError> {
-        match self.next().await? {
-            FrameEvent::Element(raw) => {
-                let el = Element::parse_in_stream(&raw)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                if el.name == "error" && el.ns == ns::STREAMS {
-                    return Err(ClientError::Stream(event::stream_error_condition(&el)));
-                }
-                Ok(el)
-            }
-            FrameEvent::Open(_) => Err(ClientError::Protocol("unexpected stream header".into())),
-            FrameEvent::Close => Err(ClientError::Disconnected("server closed the stream".into())),
-        }
-    }
-
-    async fn open(&mut self, domain: &str) -> Result<(), ClientError> {
-        self.framer.restart();
-        self.write(&stream::client_header(domain, None)).await?;
-        match self.next().await? {
-            FrameEvent::Open(_) => Ok(()),
-            _ => Err(ClientError::Protocol("expected a stream header".into())),
-        }
-    }
-
-    async fn authenticate(
-        &mut self,
-        username: &str,
-        password: &str,
-        mechanism: Mechanism,
-    ) -> Result<(), ClientError> {
-        let features = self.element().await?;
-        let offered = features
-            .child("mechanisms", ns::SASL)
-            .map(|m| m.elements().map(|e| e.text()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        if !offered.iter().any(|m| m == mechanism.name()) {
-            return Err(ClientError::Auth("invalid-mechanism".into()));
-        }
-        let mut scram = mechanism
-            .scram_hash()
-            .map(|h| ScramClient::new(h, username, password));
-        let initial = match &scram {
-            Some(s) => s.client_first(),
-            None => xmpp_sasl::plain_message(username, password),
-        };
-        let auth = stream::sasl_element("auth", Some(mechanism.name()), Some(&B64.encode(initial)));
-        self.write(&auth).await?;
-        loop {
-            let el = self.element().await?;
-            let text = el.text();
-            let data = match text.trim() {
-                "" | "=" => Vec::new(),
-                t => B64
-                    .decode(t)
-                    .map_err(|_| ClientError::Protocol("SASL data is not base64".into()))?,
-            };
-            match el.name.as_str() {
-                "challenge" => {
-                    let reply = scram
-                        .as_mut()
-                        .ok_or_else(|| ClientError::Protocol("challenge for PLAIN".into()))?
-                        .handle_server_first(&data)
-                        .map_err(|e| ClientError::Auth(e.condition().to_owned()))?;
-                    self.write(&stream::sasl_element(
-                        "response",
-                        None,
-                        Some(&B64.encode(reply)),
-                    ))
-                    .await?;
-                }
-                "success" => {
-                    if let Some(scram) = &scram {
-                        scram
-                            .verify_server_final(&data)
-                            .map_err(|_| ClientError::Auth("server signature invalid".into()))?;
-                    }
-                    return Ok(());
-                }
-                "failure" => {
-                    let cond = el
-                        .elements()
-                        .find(|c| c.name != "text")
-                        .map(|c| c.name.clone())
-                        .unwrap_or_else(|| "not-authorized".into());
-                    return Err(ClientError::Auth(cond));
-                }
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected <{other}/> during SASL"
-                    )));
-                }
-            }
-        }
-    }
-
-    async fn bind(&mut self, resource: Option<&str>) -> Result<String, ClientError> {
-        let features = self.element().await?;
-        if features.child("bind", ns::BIND).is_none() {
-            return Err(ClientError::Protocol(
-                "server offers no resource binding".into(),
-            ));
-        }
-        let mut bind = Element::new("bind", ns::BIND);
-        if let Some(r) = resource {
-            bind = bind.with_child(Element::new("resource", ns::BIND).with_text(r));
-        }
-        let iq = Element::new("iq", ns::CLIENT)
-            .with_attr("type", "set")
-            .with_attr("id", "bind-1")
-            .with_child(bind);
-        self.write(&iq.to_bytes(ns::CLIENT)).await?;
-        let reply = self.element().await?;
-        if reply.attr("type") == Some("result") {
-            return reply
-                .child("bind", ns::BIND)
-                .and_then(|b| b.child("jid", ns::BIND))
-                .map(|j| j.text())
-                .ok_or_else(|| ClientError::Protocol("bind result without a JID".into()));
-        }
-        Err(ClientError::StanzaError(
-            event::stanza_error_condition(&reply).unwrap_or_else(|| "undefined-condition".into()),
-        ))
-    }
-}
-
-async fn read_loop(
-    mut recv: RecvStream,
-    mut framer: Framer,
-    tx: mpsc::Sender<Event>,
-    pending: Pending,
-) {
-    'outer: loop {
-        loop {
-            match framer.next_event() {
-                Ok(Some(FrameEvent::Element(raw))) => {
-                    let Ok(el) = Element::parse_in_stream(&raw) else {
-                        continue;
-                    };
-                    if let Some(event) = event::classify(el, &pending) {
-                        let stop = matches!(event, Event::StreamError(_));
-                        if tx.send(event).await.is_err() || stop {
-                            break 'outer;
-                        }
-                    }
-                }
-                Ok(Some(FrameEvent::Close)) => break 'outer,
-                Ok(Some(FrameEvent::Open(_))) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed data from the server");
-                    break 'outer;
-                }
-            }
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(c)) => framer.push(&c.bytes),
-            _ => break,
-        }
-    }
-    let _ = tx.send(Event::Disconnected).await;
+        Trust::Roots(r) => (**r).clone(),
+    };
+    let tls =
+        certs::client_config(roots, &[ALPN]).map_err(|e| ClientError::Config(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    // Phones: a keep-alive inside common NAT/firewall UDP timeouts (30 s),
+    // and an idle timeout after which the connection counts as lost.
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(25)))
+        .max_idle_timeout(Duration::from_secs(90).try_into().ok());
+    config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if opts.server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable(e.to_string()))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
 }

@@ -13,6 +13,7 @@ pub mod pool;
 pub mod session;
 pub mod sessions;
 pub mod shaper;
+pub mod stream_management;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,11 +119,13 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CmError {
 }
 
 /// The client-facing endpoint: connection ids in the QUIC-LB format with this
-/// node's server id, its own random stateless-reset key (quinn's default
-/// `EndpointConfig`), and behind a balancer the encapsulating socket.
+/// node's server id, the stateless-reset key every CM shares (so a live CM
+/// can reset the connections of a dead one), and behind a balancer the
+/// encapsulating socket.
 fn client_endpoint(
     config: &CmConfig,
     server_config: quinn::ServerConfig,
+    cluster_key: &certs::cluster_key::ClusterKey,
 ) -> Result<quinn::Endpoint, CmError> {
     let lb_config = config
         .quic_lb
@@ -136,7 +139,7 @@ fn client_endpoint(
         })?;
     let encoder = quic_lb::CidEncoder::new(lb_config, &server_id)
         .map_err(|e| CmError::Config(e.to_string()))?;
-    let mut endpoint_config = quinn::EndpointConfig::default();
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(cluster_key.reset_key()));
     endpoint_config.cid_generator(move || Box::new(quic_lb::QuicLbGenerator::new(encoder.clone())));
     let socket =
         std::net::UdpSocket::bind(config.listen).map_err(io(format!("bind {}", config.listen)))?;
@@ -165,7 +168,16 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     let cert = pki.cm_cert(&config.node);
     let key = pki.cm_key(&config.node);
 
-    let client_tls = certs::client_facing_server_config(&cert, &key, &[CLIENT_ALPN])?;
+    let cluster_key = match certs::load_cluster_key(&pki.cluster_key()) {
+        Ok(k) => certs::cluster_key::ClusterKey::new(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "no cluster key: TLS tickets and stateless resets work on this CM only");
+            certs::cluster_key::ClusterKey::random()
+        }
+    };
+    let mut client_tls = certs::client_facing_server_config(&cert, &key, &[CLIENT_ALPN])?;
+    // Tickets any CM can open: a reconnecting phone resumes TLS wherever it lands.
+    client_tls.ticketer = cluster_key.ticketer();
     let client_tls = quinn::crypto::rustls::QuicServerConfig::try_from(client_tls)
         .map_err(|e| CmError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(client_tls));
@@ -176,7 +188,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             config.node, config.listen
         )));
     }
-    let client_endpoint = client_endpoint(&config, server_config)?;
+    let client_endpoint = client_endpoint(&config, server_config, &cluster_key)?;
     let client_addr = client_endpoint.local_addr().map_err(io("local address"))?;
 
     let core_tls = certs::cluster_client_config(&pki.ca_cert(), &cert, &key, cm_protocol::ALPN)?;

@@ -148,6 +148,7 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
                             Err(_) => break,
                         }
                     }
+                    actions.extend(session.request_ack());
                     actions
                 }
                 None => break,
@@ -168,6 +169,7 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
                     }
                 }
                 SessionAction::Bound(jid) => ctx.sessions.update(sid, &jid, false, 0),
+                SessionAction::Sm(sm) => ctx.sessions.set_sm(sid, sm),
                 SessionAction::Close => close = true,
             }
         }

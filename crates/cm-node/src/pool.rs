@@ -196,8 +196,13 @@ async fn run_connection(
                         iq_id: String::new(),
                         result: Err("internal-server-error".into()),
                     };
+                    let resume = Frame::Resumed {
+                        sid,
+                        result: Err("item-not-found".into()),
+                    };
                     let _ = setup.sessions.dispatch(sid, failure);
                     let _ = setup.sessions.dispatch(sid, bind);
+                    let _ = setup.sessions.dispatch(sid, resume);
                 }
             }
             *last_instance = Some(instance);
@@ -267,7 +272,10 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
         | Frame::AuthSuccess { sid, .. }
         | Frame::AuthFailure { sid, .. }
         | Frame::BindResult { sid, .. }
-        | Frame::Kick { sid, .. } => *sid,
+        | Frame::Kick { sid, .. }
+        | Frame::SmEnabled { sid, .. }
+        | Frame::Handled { sid, .. }
+        | Frame::Resumed { sid, .. } => *sid,
         Frame::Welcome { mechanisms, .. } => {
             if let Ok(mut m) = pool.mechanisms.write() {
                 *m = mechanisms.clone();

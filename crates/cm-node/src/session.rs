@@ -7,6 +7,8 @@
 //! features), relays SASL and resource binding to the core, and afterwards
 //! stamps `from` on every stanza and forwards it with its routing header.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
@@ -15,6 +17,8 @@ use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer, FramingError, Limits};
 use xmpp_stream::stanza::{StanzaKind, inspect, stamp_from};
 use xmpp_stream::{StreamCondition, ns, stream};
+
+use crate::stream_management::{CsiHold, SmCounters, SmState};
 
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +31,28 @@ pub enum SessionAction {
     Bound(String),
     /// Close the client stream after the writes before it.
     Close,
+    /// Stream management is on: the registry re-announces these counters.
+    Sm(SmShare),
 }
+
+/// What the registry keeps of a session's stream management.
+#[derive(Clone, Debug)]
+pub struct SmShare {
+    /// SM id (empty: not resumable).
+    pub id: String,
+    /// Resumption time granted.
+    pub max: u32,
+    /// Live counters.
+    pub counters: Arc<SmCounters>,
+}
+
+impl PartialEq for SmShare {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.max == other.max && Arc::ptr_eq(&self.counters, &other.counters)
+    }
+}
+
+impl Eq for SmShare {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -43,6 +68,8 @@ enum State {
     Bind,
     /// Bind sent to the core.
     Binding,
+    /// `<resume/>` sent to the core.
+    Resuming,
     /// Bound: stanzas flow.
     Bound,
     /// Closed.
@@ -74,6 +101,14 @@ pub struct ClientSession {
     pub available: bool,
     /// Presence priority (for re-announcing).
     pub priority: i8,
+    /// Stream management, once the client enabled it.
+    sm: Option<SmState>,
+    /// Client state indication.
+    csi: CsiHold,
+    /// `previd` and `h` of a `<resume/>` at the core.
+    resuming: Option<(String, u32)>,
+    /// The client closed its stream itself.
+    closed_by_client: bool,
     out: Vec<SessionAction>,
 }
 
@@ -97,6 +132,10 @@ impl ClientSession {
             auth_failures: 0,
             available: false,
             priority: 0,
+            sm: None,
+            csi: CsiHold::default(),
+            resuming: None,
+            closed_by_client: false,
             out: Vec::new(),
         }
     }
@@ -116,6 +155,15 @@ impl ClientSession {
         self.framer.shrink();
     }
 
+    /// After a burst of writes: asks the client to acknowledge them
+    /// (XEP-0198 `<r/>`), once per burst.
+    pub fn request_ack(&mut self) -> Vec<SessionAction> {
+        if self.state == State::Bound && self.sm.as_mut().is_some_and(SmState::want_ack) {
+            self.write(stream::sm_element("r", &[]));
+        }
+        std::mem::take(&mut self.out)
+    }
+
     /// Bytes arrived from the client.
     pub fn on_data(&mut self, data: &[u8]) -> Vec<SessionAction> {
         if self.state == State::Closed {
@@ -128,6 +176,7 @@ impl ClientSession {
                 Ok(Some(FrameEvent::Open(header))) => self.on_open(header),
                 Ok(Some(FrameEvent::Element(raw))) => self.on_element(raw),
                 Ok(Some(FrameEvent::Close)) => {
+                    self.closed_by_client = true;
                     self.write(stream::STREAM_CLOSE.to_vec());
                     self.finish();
                 }
@@ -155,9 +204,23 @@ impl ClientSession {
             }
         }
         match (self.state, frame) {
-            (_, Frame::Deliver { payload, .. }) if self.state == State::Bound => {
-                self.out.push(SessionAction::Write(payload));
+            (State::Bound, Frame::Deliver { payload, .. }) => self.on_deliver(payload),
+            (State::Bound, Frame::SmEnabled { id, max, .. }) => {
+                if let Some(sm) = &mut self.sm {
+                    sm.enabled(id.clone(), max);
+                    let max_s = max.to_string();
+                    let mut attrs = vec![];
+                    if !id.is_empty() {
+                        attrs = vec![("id", id.as_str()), ("resume", "true"), ("max", &max_s)];
+                    }
+                    self.write(stream::sm_element("enabled", &attrs));
+                    self.share_sm();
+                }
             }
+            (State::Bound, Frame::Handled { h, .. }) => {
+                self.write(stream::sm_element("a", &[("h", &h.to_string())]));
+            }
+            (State::Resuming, Frame::Resumed { result, .. }) => self.resumed(result),
             (State::SaslRunning, Frame::AuthChallenge { data, .. }) => {
                 self.write(stream::sasl_element(
                     "challenge",
@@ -208,6 +271,141 @@ impl ClientSession {
         std::mem::take(&mut self.out)
     }
 
+    fn on_deliver(&mut self, payload: Bytes) {
+        let seq = self.sm.as_mut().and_then(SmState::next_seq);
+        if self.csi.inactive
+            && let Ok(top) = inspect(&payload)
+            && top.stanza_kind() == Some(StanzaKind::Presence)
+        {
+            // XEP-0352: presence waits for `<active/>`; only the latest per sender.
+            let from = top.attr("from").unwrap_or_default().to_owned();
+            let outcome = self.csi.hold(seq, &from, payload);
+            if let Some(replaced) = outcome.replaced
+                && self.sm.is_some()
+            {
+                self.out.push(SessionAction::ToCore(Frame::Skipped {
+                    sid: self.sid,
+                    seqs: vec![replaced],
+                }));
+            }
+            if outcome.full {
+                self.flush_held();
+            }
+            return;
+        }
+        self.write_stanza(payload);
+    }
+
+    fn write_stanza(&mut self, payload: Bytes) {
+        if let Some(sm) = &self.sm {
+            sm.count_out();
+        }
+        self.out.push(SessionAction::Write(payload));
+    }
+
+    fn flush_held(&mut self) {
+        for payload in self.csi.take() {
+            self.write_stanza(payload);
+        }
+    }
+
+    fn share_sm(&mut self) {
+        if let Some(sm) = &self.sm {
+            self.out.push(SessionAction::Sm(SmShare {
+                id: sm.id.clone(),
+                max: sm.max,
+                counters: sm.counters.clone(),
+            }));
+        }
+    }
+
+    fn resumed(&mut self, result: Result<cm_protocol::Resumption, String>) {
+        let Some((previd, client_h)) = self.resuming.take() else {
+            return;
+        };
+        match result {
+            Ok(r) => {
+                self.write(stream::sm_element(
+                    "resumed",
+                    &[("previd", &previd), ("h", &r.h.to_string())],
+                ));
+                self.jid = Some(r.jid.clone());
+                self.available = r.available;
+                self.priority = r.priority;
+                self.state = State::Bound;
+                self.sm = Some(SmState::resumed(previd, r.max, r.h, client_h));
+                self.out.push(SessionAction::Bound(r.jid));
+                self.share_sm();
+            }
+            Err(condition) => {
+                self.write(stream::sm_failed(&condition, None));
+                self.state = State::Bind;
+            }
+        }
+    }
+
+    /// XEP-0198 and XEP-0352 elements after binding.
+    fn on_nonza(&mut self, top: &xmpp_stream::TopLevel) {
+        match (top.ns.as_str(), top.name.as_str()) {
+            (ns::SM, "enable") if self.sm.is_none() => {
+                let resume = matches!(top.attr("resume"), Some("true" | "1"));
+                let max = top.attr("max").and_then(|m| m.parse().ok()).unwrap_or(0);
+                self.sm = Some(SmState::enabling());
+                self.out.push(SessionAction::ToCore(Frame::SmEnable {
+                    sid: self.sid,
+                    resume,
+                    max,
+                }));
+            }
+            (ns::SM, "enable" | "resume") => {
+                self.write(stream::sm_failed("unexpected-request", None));
+            }
+            (ns::SM, "r") if self.sm.is_some() => {
+                self.out
+                    .push(SessionAction::ToCore(Frame::AckRequest { sid: self.sid }));
+            }
+            (ns::SM, "a") if self.sm.is_some() => {
+                let h = top.attr("h").and_then(|h| h.parse::<u32>().ok());
+                let sm = self.sm.as_mut().map(|sm| h.map(|h| (h, sm.on_ack(h))));
+                match sm.flatten() {
+                    Some((h, Ok(()))) => self
+                        .out
+                        .push(SessionAction::ToCore(Frame::Acked { sid: self.sid, h })),
+                    Some((_, Err(_))) => self.close_with(
+                        StreamCondition::UndefinedCondition,
+                        Some("handled-count-too-high"),
+                    ),
+                    None => self.close_with(StreamCondition::BadFormat, Some("bad h")),
+                }
+            }
+            (ns::CSI, "inactive") => self.csi.inactive = true,
+            (ns::CSI, "active") => {
+                self.csi.inactive = false;
+                self.flush_held();
+            }
+            _ => self.close_with(
+                StreamCondition::UnsupportedStanzaType,
+                Some("unsupported element"),
+            ),
+        }
+    }
+
+    fn on_resume(&mut self, top: &xmpp_stream::TopLevel) {
+        let previd = top.attr("previd").unwrap_or_default().to_owned();
+        let Some(h) = top.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+            self.write(stream::sm_failed("bad-request", None));
+            return;
+        };
+        self.state = State::Resuming;
+        self.resuming = Some((previd.clone(), h));
+        self.out.push(SessionAction::ToCore(Frame::Resume {
+            sid: self.sid,
+            user: self.user.clone().unwrap_or_default(),
+            previd,
+            h,
+        }));
+    }
+
     fn bind_result(&mut self, iq_id: String, result: Result<String, String>) {
         match result {
             Ok(jid) => {
@@ -243,12 +441,14 @@ impl ClientSession {
 
     /// The client's stream is gone; returns what the core must learn.
     pub fn on_closed(&mut self) -> Option<Frame> {
-        let had_core_state =
-            self.user.is_some() || self.state == State::SaslRunning || self.jid.is_some();
+        let had_core_state = self.user.is_some()
+            || matches!(self.state, State::SaslRunning | State::Resuming)
+            || self.jid.is_some();
         self.state = State::Closed;
         had_core_state.then(|| Frame::SessionEnd {
             sid: self.sid,
             jid: self.jid.clone(),
+            clean: self.closed_by_client,
         })
     }
 
@@ -294,18 +494,21 @@ impl ClientSession {
                 self.on_sasl(&raw, &top)
             }
             State::Bind if top.stanza_kind() == Some(StanzaKind::Iq) => self.on_bind(&raw),
+            State::Bind if top.ns == ns::SM && top.name == "resume" => self.on_resume(&top),
+            State::Bind if top.ns == ns::SM && top.name == "enable" => {
+                // XEP-0198 §3: only after binding.
+                self.write(stream::sm_failed("unexpected-request", None));
+            }
             State::Bound => match top.header() {
                 Some(h) => self.on_stanza(&raw, &top, h),
-                None => self.close_with(
-                    StreamCondition::UnsupportedStanzaType,
-                    Some("unsupported element"),
-                ),
+                None => self.on_nonza(&top),
             },
             State::Sasl
             | State::SaslInitial
             | State::SaslRunning
             | State::Bind
-            | State::Binding => self.close_with(
+            | State::Binding
+            | State::Resuming => self.close_with(
                 StreamCondition::NotAuthorized,
                 Some("authenticate and bind first"),
             ),
@@ -432,6 +635,9 @@ impl ClientSession {
                 Some("unavailable") => self.available = false,
                 _ => {}
             }
+        }
+        if let Some(sm) = &self.sm {
+            sm.count_in();
         }
         let payload = stamp_from(raw, top, &from);
         self.out.push(SessionAction::ToCore(Frame::Stanza {
@@ -576,7 +782,8 @@ mod tests {
             s.on_closed(),
             Some(Frame::SessionEnd {
                 sid: 7,
-                jid: Some("a@x/phone".into())
+                jid: Some("a@x/phone".into()),
+                clean: false,
             })
         );
     }
@@ -713,5 +920,151 @@ mod tests {
         });
         assert!(written(&a).contains("<conflict"));
         assert!(a.contains(&SessionAction::Close));
+    }
+
+    fn deliver(s: &mut ClientSession, xml: &'static str) -> Vec<SessionAction> {
+        s.on_core(Frame::Deliver {
+            sid: 7,
+            payload: Bytes::from_static(xml.as_bytes()),
+        })
+    }
+
+    #[test]
+    fn stream_management_counts_requests_and_checks_acks() {
+        let mut s = bound_session();
+        let a = s.on_data(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+        assert_eq!(
+            to_core(&a),
+            vec![Frame::SmEnable {
+                sid: 7,
+                resume: true,
+                max: 0
+            }]
+        );
+        let a = s.on_core(Frame::SmEnabled {
+            sid: 7,
+            id: "ID".into(),
+            max: 300,
+        });
+        assert!(
+            written(&a).contains(
+                "<enabled xmlns=\"urn:xmpp:sm:3\" id=\"ID\" resume=\"true\" max=\"300\"/>"
+            ),
+            "{}",
+            written(&a)
+        );
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, SessionAction::Sm(sm) if sm.id == "ID"))
+        );
+        deliver(&mut s, "<message/>");
+        deliver(&mut s, "<message/>");
+        assert!(written(&s.request_ack()).contains("<r xmlns=\"urn:xmpp:sm:3\"/>"));
+        assert!(s.request_ack().is_empty());
+        let a = s.on_data(b"<a xmlns='urn:xmpp:sm:3' h='2'/>");
+        assert_eq!(to_core(&a), vec![Frame::Acked { sid: 7, h: 2 }]);
+        let a = s.on_data(b"<r xmlns='urn:xmpp:sm:3'/>");
+        assert_eq!(to_core(&a), vec![Frame::AckRequest { sid: 7 }]);
+        let a = s.on_core(Frame::Handled { sid: 7, h: 4 });
+        assert_eq!(written(&a), "<a xmlns=\"urn:xmpp:sm:3\" h=\"4\"/>");
+        let a = s.on_data(b"<a xmlns='urn:xmpp:sm:3' h='3'/>");
+        assert!(written(&a).contains("undefined-condition"));
+        assert!(a.contains(&SessionAction::Close));
+    }
+
+    #[test]
+    fn inactive_clients_get_messages_at_once_and_the_latest_presence_later() {
+        let mut s = bound_session();
+        s.on_data(b"<enable xmlns='urn:xmpp:sm:3'/>");
+        s.on_core(Frame::SmEnabled {
+            sid: 7,
+            id: String::new(),
+            max: 0,
+        });
+        s.on_data(b"<inactive xmlns='urn:xmpp:csi:0'/>");
+        assert!(
+            written(&deliver(
+                &mut s,
+                "<presence from='b@x/1'><show>away</show></presence>"
+            ))
+            .is_empty()
+        );
+        let a = deliver(&mut s, "<presence from='b@x/1'/>");
+        assert!(written(&a).is_empty());
+        assert_eq!(
+            to_core(&a),
+            vec![Frame::Skipped {
+                sid: 7,
+                seqs: vec![0]
+            }]
+        );
+        assert_eq!(written(&deliver(&mut s, "<message/>")), "<message/>");
+        let a = s.on_data(b"<active xmlns='urn:xmpp:csi:0'/>");
+        assert_eq!(written(&a), "<presence from='b@x/1'/>");
+    }
+
+    #[test]
+    fn resume_instead_of_bind() {
+        let mut s = session();
+        s.on_data(HEADER);
+        s.on_data(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+        );
+        s.on_core(Frame::AuthSuccess {
+            sid: 7,
+            data: Bytes::new(),
+            user: "a@x".into(),
+        });
+        let a = s.on_data(HEADER);
+        assert!(written(&a).contains("urn:xmpp:sm:3"));
+        let a = s.on_data(b"<resume xmlns='urn:xmpp:sm:3' previd='P' h='3'/>");
+        assert_eq!(
+            to_core(&a),
+            vec![Frame::Resume {
+                sid: 7,
+                user: "a@x".into(),
+                previd: "P".into(),
+                h: 3
+            }]
+        );
+        let a = s.on_core(Frame::Resumed {
+            sid: 7,
+            result: Ok(cm_protocol::Resumption {
+                jid: "a@x/phone".into(),
+                h: 9,
+                available: true,
+                priority: 0,
+                max: 300,
+            }),
+        });
+        assert!(written(&a).contains("<resumed xmlns=\"urn:xmpp:sm:3\" previd=\"P\" h=\"9\"/>"));
+        assert!(a.contains(&SessionAction::Bound("a@x/phone".into())));
+        // replayed deliveries are written and counted from the client's h
+        deliver(&mut s, "<message/>");
+        assert!(written(&s.request_ack()).contains("<r "));
+        let a = s.on_data(b"<a xmlns='urn:xmpp:sm:3' h='4'/>");
+        assert_eq!(to_core(&a), vec![Frame::Acked { sid: 7, h: 4 }]);
+        // a refused resumption leaves the client free to bind
+        let mut s = session();
+        s.on_data(HEADER);
+        s.on_data(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+        );
+        s.on_core(Frame::AuthSuccess {
+            sid: 7,
+            data: Bytes::new(),
+            user: "a@x".into(),
+        });
+        s.on_data(HEADER);
+        s.on_data(b"<resume xmlns='urn:xmpp:sm:3' previd='P' h='3'/>");
+        let a = s.on_core(Frame::Resumed {
+            sid: 7,
+            result: Err("item-not-found".into()),
+        });
+        assert!(written(&a).contains("<failed xmlns=\"urn:xmpp:sm:3\"><item-not-found"));
+        let a = s.on_data(
+            b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+        );
+        assert!(matches!(&to_core(&a)[..], [Frame::Bind { .. }]));
     }
 }

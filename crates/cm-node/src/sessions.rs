@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cm_protocol::{Frame, SessionId};
+use cm_protocol::{Frame, SessionId, SmSnapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::session::SmShare;
 
 /// Frames queued for one session before the client counts as not keeping up.
 pub const SESSION_QUEUE: usize = 1024;
@@ -21,6 +23,8 @@ pub struct SessionHandle {
     pub kill: CancellationToken,
     /// Bound full JID, availability and priority (for re-announce).
     pub bound: Option<(String, bool, i8)>,
+    /// Stream management state (for re-announce).
+    pub sm: Option<SmShare>,
 }
 
 /// Outcome of dispatching a frame.
@@ -67,6 +71,7 @@ impl Sessions {
                 tx,
                 kill: kill.clone(),
                 bound: None,
+                sm: None,
             },
         );
         (sid, rx, kill)
@@ -76,6 +81,13 @@ impl Sessions {
     pub fn update(&self, sid: SessionId, jid: &str, available: bool, priority: i8) {
         if let Some(h) = self.lock().get_mut(&sid) {
             h.bound = Some((jid.to_owned(), available, priority));
+        }
+    }
+
+    /// Records that a session enabled (or resumed) stream management.
+    pub fn set_sm(&self, sid: SessionId, sm: SmShare) {
+        if let Some(h) = self.lock().get_mut(&sid) {
+            h.sm = Some(sm);
         }
     }
 
@@ -113,6 +125,12 @@ impl Sessions {
                         jid: jid.clone(),
                         available: *available,
                         priority: *priority,
+                        sm: h.sm.as_ref().map(|sm| SmSnapshot {
+                            id: sm.id.clone(),
+                            handled: sm.counters.handled(),
+                            sent: sm.counters.sent(),
+                            max: sm.max,
+                        }),
                     })
             })
             .collect()

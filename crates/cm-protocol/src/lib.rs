@@ -51,6 +51,35 @@ pub struct RouteHeader {
     pub from: String,
 }
 
+/// A session's stream-management counters, carried by [`Frame::Announce`]
+/// so a restarted core can take over tracking (XEP-0198).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmSnapshot {
+    /// The SM id the client holds (empty when the session is not resumable).
+    pub id: String,
+    /// Stanzas handled from the client so far (its outbound count).
+    pub handled: u32,
+    /// Stanzas written to the client so far.
+    pub sent: u32,
+    /// Resumption time granted, in seconds.
+    pub max: u32,
+}
+
+/// What a successful resumption hands the CM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resumption {
+    /// The session's full JID.
+    pub jid: String,
+    /// Stanzas the server handled from the client (`h` of `<resumed/>`).
+    pub h: u32,
+    /// Whether the session had sent available presence.
+    pub available: bool,
+    /// Its presence priority.
+    pub priority: i8,
+    /// Resumption time granted, in seconds.
+    pub max: u32,
+}
+
 /// One protocol frame. "CM→core" and "core→CM" give the direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -148,6 +177,8 @@ pub enum Frame {
         available: bool,
         /// Presence priority.
         priority: i8,
+        /// Stream-management counters, when enabled.
+        sm: Option<SmSnapshot>,
     },
     /// CM→core: a stanza from a bound session, `from` already stamped.
     Stanza {
@@ -181,6 +212,9 @@ pub enum Frame {
         sid: SessionId,
         /// Its full JID if it was bound.
         jid: Option<String>,
+        /// The client closed its stream itself (`</stream:stream>`): a
+        /// stream-managed session ends instead of waiting for resumption.
+        clean: bool,
     },
     /// Core→CM: end this session with a stream error.
     Kick {
@@ -188,6 +222,75 @@ pub enum Frame {
         sid: SessionId,
         /// Stream error condition.
         condition: String,
+    },
+    /// CM→core: the client enabled stream management. From here on the core
+    /// numbers every Deliver for the session (from 0) and keeps it until the
+    /// client acknowledges it.
+    SmEnable {
+        /// Session.
+        sid: SessionId,
+        /// The client asked for resumption.
+        resume: bool,
+        /// Resumption time the client asked for (0: server default).
+        max: u32,
+    },
+    /// Core→CM: stream management is on; Deliver frames after this one are
+    /// numbered from 0.
+    SmEnabled {
+        /// Session.
+        sid: SessionId,
+        /// SM id to give the client (empty: not resumable).
+        id: String,
+        /// Resumption time granted, in seconds.
+        max: u32,
+    },
+    /// CM→core: the client asked for an acknowledgement (`<r/>`).
+    AckRequest {
+        /// Session.
+        sid: SessionId,
+    },
+    /// Core→CM: stanzas from the client the core has handled (routed, or
+    /// stored durably), for `<a h/>`.
+    Handled {
+        /// Session.
+        sid: SessionId,
+        /// XEP-0198 `h`.
+        h: u32,
+    },
+    /// CM→core: the client acknowledged `h` stanzas (`<a h/>`).
+    Acked {
+        /// Session.
+        sid: SessionId,
+        /// XEP-0198 `h`.
+        h: u32,
+    },
+    /// CM→core: Deliver frames (by number since SmEnabled/Resumed) the CM
+    /// dropped without writing them (client state indication replaced an
+    /// older presence); the client will not count them.
+    Skipped {
+        /// Session.
+        sid: SessionId,
+        /// Their numbers.
+        seqs: Vec<u32>,
+    },
+    /// CM→core: an authenticated client asks to resume a session.
+    Resume {
+        /// The new session.
+        sid: SessionId,
+        /// The bare JID the core authenticated it as.
+        user: String,
+        /// `previd`.
+        previd: String,
+        /// The client's `h`.
+        h: u32,
+    },
+    /// Core→CM: the answer to Resume. On success the unacknowledged stanzas
+    /// follow as Deliver frames, numbered from 0.
+    Resumed {
+        /// Session.
+        sid: SessionId,
+        /// The resumed session, or the `<failed/>` condition.
+        result: Result<Resumption, String>,
     },
 }
 
@@ -210,6 +313,42 @@ impl Frame {
             Frame::Bounce { .. } => "bounce",
             Frame::SessionEnd { .. } => "session-end",
             Frame::Kick { .. } => "kick",
+            Frame::SmEnable { .. } => "sm-enable",
+            Frame::SmEnabled { .. } => "sm-enabled",
+            Frame::AckRequest { .. } => "ack-request",
+            Frame::Handled { .. } => "handled",
+            Frame::Acked { .. } => "acked",
+            Frame::Skipped { .. } => "skipped",
+            Frame::Resume { .. } => "resume",
+            Frame::Resumed { .. } => "resumed",
+        }
+    }
+
+    /// The session a frame belongs to (None for connection-level frames).
+    pub fn sid(&self) -> Option<SessionId> {
+        match self {
+            Frame::Hello { .. } | Frame::Welcome { .. } => None,
+            Frame::AuthStart { sid, .. }
+            | Frame::AuthResponse { sid, .. }
+            | Frame::AuthChallenge { sid, .. }
+            | Frame::AuthSuccess { sid, .. }
+            | Frame::AuthFailure { sid, .. }
+            | Frame::Bind { sid, .. }
+            | Frame::BindResult { sid, .. }
+            | Frame::Announce { sid, .. }
+            | Frame::Stanza { sid, .. }
+            | Frame::Deliver { sid, .. }
+            | Frame::Bounce { sid, .. }
+            | Frame::SessionEnd { sid, .. }
+            | Frame::Kick { sid, .. }
+            | Frame::SmEnable { sid, .. }
+            | Frame::SmEnabled { sid, .. }
+            | Frame::AckRequest { sid }
+            | Frame::Handled { sid, .. }
+            | Frame::Acked { sid, .. }
+            | Frame::Skipped { sid, .. }
+            | Frame::Resume { sid, .. }
+            | Frame::Resumed { sid, .. } => Some(*sid),
         }
     }
 
@@ -309,12 +448,23 @@ impl Frame {
                 jid,
                 available,
                 priority,
+                sm,
             } => {
                 w.tag(9);
                 w.uint(*sid);
                 w.str(jid);
                 w.tag(u8::from(*available));
                 w.tag(*priority as u8);
+                match sm {
+                    None => w.tag(0),
+                    Some(sm) => {
+                        w.tag(1);
+                        w.str(&sm.id);
+                        w.uint(u64::from(sm.handled));
+                        w.uint(u64::from(sm.sent));
+                        w.uint(u64::from(sm.max));
+                    }
+                }
             }
             Frame::Stanza {
                 sid,
@@ -341,15 +491,80 @@ impl Frame {
                 w.str(to);
                 w.bytes(payload);
             }
-            Frame::SessionEnd { sid, jid } => {
+            Frame::SessionEnd { sid, jid, clean } => {
                 w.tag(13);
                 w.uint(*sid);
                 w.opt(jid.as_deref());
+                w.tag(u8::from(*clean));
             }
             Frame::Kick { sid, condition } => {
                 w.tag(14);
                 w.uint(*sid);
                 w.str(condition);
+            }
+            Frame::SmEnable { sid, resume, max } => {
+                w.tag(15);
+                w.uint(*sid);
+                w.tag(u8::from(*resume));
+                w.uint(u64::from(*max));
+            }
+            Frame::SmEnabled { sid, id, max } => {
+                w.tag(16);
+                w.uint(*sid);
+                w.str(id);
+                w.uint(u64::from(*max));
+            }
+            Frame::AckRequest { sid } => {
+                w.tag(17);
+                w.uint(*sid);
+            }
+            Frame::Handled { sid, h } => {
+                w.tag(18);
+                w.uint(*sid);
+                w.uint(u64::from(*h));
+            }
+            Frame::Acked { sid, h } => {
+                w.tag(19);
+                w.uint(*sid);
+                w.uint(u64::from(*h));
+            }
+            Frame::Skipped { sid, seqs } => {
+                w.tag(20);
+                w.uint(*sid);
+                w.uint(seqs.len() as u64);
+                for s in seqs {
+                    w.uint(u64::from(*s));
+                }
+            }
+            Frame::Resume {
+                sid,
+                user,
+                previd,
+                h,
+            } => {
+                w.tag(21);
+                w.uint(*sid);
+                w.str(user);
+                w.str(previd);
+                w.uint(u64::from(*h));
+            }
+            Frame::Resumed { sid, result } => {
+                w.tag(22);
+                w.uint(*sid);
+                match result {
+                    Ok(r) => {
+                        w.tag(0);
+                        w.str(&r.jid);
+                        w.uint(u64::from(r.h));
+                        w.tag(u8::from(r.available));
+                        w.tag(r.priority as u8);
+                        w.uint(u64::from(r.max));
+                    }
+                    Err(cond) => {
+                        w.tag(1);
+                        w.str(cond);
+                    }
+                }
             }
         }
         let len = (out.len() - start - 4) as u32;
@@ -425,6 +640,16 @@ impl Frame {
                 jid: get_str(r)?,
                 available: get_u8(r)? != 0,
                 priority: get_u8(r)? as i8,
+                sm: match get_u8(r)? {
+                    0 => None,
+                    1 => Some(SmSnapshot {
+                        id: get_str(r)?,
+                        handled: get_u32(r)?,
+                        sent: get_u32(r)?,
+                        max: get_u32(r)?,
+                    }),
+                    _ => return Err(DecodeError::Invalid),
+                },
             },
             10 => {
                 let sid = get_uint(r)?;
@@ -459,11 +684,61 @@ impl Frame {
             13 => Frame::SessionEnd {
                 sid: get_uint(r)?,
                 jid: get_opt(r)?,
+                clean: get_u8(r)? != 0,
             },
             14 => Frame::Kick {
                 sid: get_uint(r)?,
                 condition: get_str(r)?,
             },
+            15 => Frame::SmEnable {
+                sid: get_uint(r)?,
+                resume: get_u8(r)? != 0,
+                max: get_u32(r)?,
+            },
+            16 => Frame::SmEnabled {
+                sid: get_uint(r)?,
+                id: get_str(r)?,
+                max: get_u32(r)?,
+            },
+            17 => Frame::AckRequest { sid: get_uint(r)? },
+            18 => Frame::Handled {
+                sid: get_uint(r)?,
+                h: get_u32(r)?,
+            },
+            19 => Frame::Acked {
+                sid: get_uint(r)?,
+                h: get_u32(r)?,
+            },
+            20 => {
+                let sid = get_uint(r)?;
+                let n = get_uint(r)?;
+                if n > r.remaining() as u64 {
+                    return Err(DecodeError::Truncated);
+                }
+                let seqs = (0..n).map(|_| get_u32(r)).collect::<Result<_, _>>()?;
+                Frame::Skipped { sid, seqs }
+            }
+            21 => Frame::Resume {
+                sid: get_uint(r)?,
+                user: get_str(r)?,
+                previd: get_str(r)?,
+                h: get_u32(r)?,
+            },
+            22 => {
+                let sid = get_uint(r)?;
+                let result = match get_u8(r)? {
+                    0 => Ok(Resumption {
+                        jid: get_str(r)?,
+                        h: get_u32(r)?,
+                        available: get_u8(r)? != 0,
+                        priority: get_u8(r)? as i8,
+                        max: get_u32(r)?,
+                    }),
+                    1 => Err(get_str(r)?),
+                    _ => return Err(DecodeError::Invalid),
+                };
+                Frame::Resumed { sid, result }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         if body.has_remaining() {
@@ -614,6 +889,10 @@ fn get_uint(r: &mut Bytes) -> Result<u64, DecodeError> {
     Err(DecodeError::Invalid)
 }
 
+fn get_u32(r: &mut Bytes) -> Result<u32, DecodeError> {
+    u32::try_from(get_uint(r)?).map_err(|_| DecodeError::Invalid)
+}
+
 fn get_bytes(r: &mut Bytes) -> Result<Bytes, DecodeError> {
     let len = usize::try_from(get_uint(r)?).map_err(|_| DecodeError::Invalid)?;
     if r.remaining() < len {
@@ -695,6 +974,59 @@ mod tests {
                 jid: "a@b/r".into(),
                 available: true,
                 priority: -5,
+                sm: None,
+            },
+            Frame::Announce {
+                sid: 10,
+                jid: "a@b/s".into(),
+                available: false,
+                priority: 0,
+                sm: Some(SmSnapshot {
+                    id: "abc".into(),
+                    handled: u32::MAX,
+                    sent: 7,
+                    max: 300,
+                }),
+            },
+            Frame::SmEnable {
+                sid: 1,
+                resume: true,
+                max: 0,
+            },
+            Frame::SmEnabled {
+                sid: 1,
+                id: "x".into(),
+                max: 300,
+            },
+            Frame::AckRequest { sid: 1 },
+            Frame::Handled { sid: 1, h: 5 },
+            Frame::Acked {
+                sid: 1,
+                h: u32::MAX,
+            },
+            Frame::Skipped {
+                sid: 1,
+                seqs: vec![1, 2, 900],
+            },
+            Frame::Resume {
+                sid: 2,
+                user: "a@b".into(),
+                previd: "x".into(),
+                h: 3,
+            },
+            Frame::Resumed {
+                sid: 2,
+                result: Ok(Resumption {
+                    jid: "a@b/r".into(),
+                    h: 9,
+                    available: true,
+                    priority: 1,
+                    max: 300,
+                }),
+            },
+            Frame::Resumed {
+                sid: 2,
+                result: Err("item-not-found".into()),
             },
             Frame::Stanza {
                 sid: 1 << 40,
@@ -719,6 +1051,7 @@ mod tests {
             Frame::SessionEnd {
                 sid: 7,
                 jid: Some("a@b/r".into()),
+                clean: true,
             },
             Frame::Kick {
                 sid: 7,

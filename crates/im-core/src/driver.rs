@@ -31,6 +31,9 @@ pub enum Event {
     FlushDone(String),
 }
 
+/// How often the router is ticked (SM expiry resolution).
+pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Storage jobs (offline stores and flushes) in flight at once; beyond that
 /// the router waits, which slows the CM links instead of growing memory.
 pub const STORAGE_SLOTS: usize = 1024;
@@ -80,11 +83,15 @@ pub struct Driver {
 impl Driver {
     /// Runs until shutdown.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                now = tick.tick() => Event::Router(Input::Tick { now: now.into_std() }),
                 e = rx.recv() => match e { Some(e) => e, None => return },
             };
+            let is_tick = matches!(event, Event::Router(Input::Tick { .. }));
             let actions = match event {
                 Event::Router(input) => self.router.handle(input),
                 Event::OfflineFailed(bounce, cond) => self.router.offline_failed(bounce, cond),
@@ -101,6 +108,20 @@ impl Driver {
                 self.execute(action).await;
             }
             self.metrics.sessions.set(self.router.table().len() as i64);
+            let stats = self.router.stats;
+            self.metrics.sm_resumed.set(stats.resumed as i64);
+            self.metrics
+                .sm_resume_failed
+                .set(stats.resume_failed as i64);
+            self.metrics.sm_expired.set(stats.sm_expired as i64);
+            if is_tick {
+                let (tracked, detached) = self.router.sm_counts();
+                let g = &self.metrics.sm_sessions;
+                g.get_or_create(&label("state", "attached"))
+                    .set((tracked - detached) as i64);
+                g.get_or_create(&label("state", "detached"))
+                    .set(detached as i64);
+            }
         }
     }
 
@@ -132,6 +153,7 @@ impl Driver {
                 user,
                 payload,
                 bounce,
+                origin,
             } => {
                 self.metrics.offline_stored.inc();
                 let storage = self.storage.clone();
@@ -145,6 +167,9 @@ impl Driver {
                         .call(move |db| db.store_offline(&user, &stamp, &payload))
                         .await;
                     drop(slot);
+                    if let Some(origin) = origin {
+                        let _ = events.send(Event::Router(Input::Stored { origin })).await;
+                    }
                     let cond = match result {
                         Ok(Stored::Stored) => return,
                         Ok(Stored::NoSuchUser) => StanzaCondition::ServiceUnavailable,
@@ -168,17 +193,31 @@ impl Driver {
                 };
                 self.flush_offline(user, to, slot);
             }
+            Action::RemoveOffline { user, upto } => {
+                let storage = self.storage.clone();
+                let metrics = self.metrics.clone();
+                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let name = user.clone();
+                    match storage.call(move |db| db.remove_offline(&name, upto)).await {
+                        Ok(()) => {
+                            metrics.offline_delivered.inc();
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "removing delivered offline messages failed")
+                        }
+                    }
+                    drop(slot);
+                });
+            }
         }
     }
 
     /// Sends a frame; an undeliverable message comes back as the store to do.
     fn send(&mut self, node: NodeId, frame: Frame) -> Option<Action> {
-        let sid = match &frame {
-            Frame::Deliver { sid, .. }
-            | Frame::Kick { sid, .. }
-            | Frame::BindResult { sid, .. } => *sid,
-            _ => 0,
-        };
+        let sid = frame.sid().unwrap_or(0);
         if matches!(frame, Frame::Deliver { .. }) {
             self.metrics.delivered.inc();
         }
@@ -197,10 +236,14 @@ impl Driver {
                     .inc();
             }
         }
-        // A message that cannot reach its session is stored, never dropped.
+        // A message that cannot reach its session is stored, never dropped
+        // (an SM session's ledger already keeps it for the resumption).
         let Frame::Deliver { payload, .. } = *frame else {
             return None;
         };
+        if self.router.is_tracked((node, sid)) {
+            return None;
+        }
         let user = self.offline_target(node, sid, &payload)?;
         let bounce = Bounce {
             sender: String::new(),
@@ -211,6 +254,7 @@ impl Driver {
             user,
             payload,
             bounce,
+            origin: None,
         })
     }
 
@@ -226,51 +270,49 @@ impl Driver {
         jid.split('@').next().map(str::to_owned)
     }
 
-    /// Delivers a user's stored messages in order with delay stamps, then
-    /// removes those that went out. One flush per user at a time.
+    /// Loads a user's stored messages, stamps them with their delay and
+    /// hands them to the router, which delivers them (through the session's
+    /// ledger when it has one) and then has them removed. One flush per
+    /// user at a time.
     fn flush_offline(
         &self,
         user: String,
-        (node, sid): SessionAddr,
+        to: SessionAddr,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         let storage = self.storage.clone();
-        let links = self.links.clone();
-        let metrics = self.metrics.clone();
         let domain = self.domain.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let name = user.clone();
-            let mut delivered = None;
-            match storage.call(move |db| db.offline(&name)).await {
-                Ok(msgs) => {
-                    for m in &msgs {
-                        let payload = match inspect(&m.payload) {
-                            Ok(top) => {
-                                append_child(&m.payload, &top, &delay_element(&domain, &m.stamp))
-                            }
-                            Err(_) => Bytes::clone(&m.payload),
-                        };
-                        if links
-                            .send(node, sid, Frame::Deliver { sid, payload })
-                            .is_err()
-                        {
-                            // The rest stays stored for the next login.
-                            break;
-                        }
-                        delivered = Some(m.id);
-                        metrics.offline_delivered.inc();
-                    }
+            let loaded = storage.call(move |db| db.offline(&name)).await;
+            drop(slot);
+            match loaded {
+                Ok(msgs) if !msgs.is_empty() => {
+                    let messages = msgs
+                        .iter()
+                        .map(|m| {
+                            let payload = match inspect(&m.payload) {
+                                Ok(top) => append_child(
+                                    &m.payload,
+                                    &top,
+                                    &delay_element(&domain, &m.stamp),
+                                ),
+                                Err(_) => Bytes::clone(&m.payload),
+                            };
+                            (m.id, payload)
+                        })
+                        .collect();
+                    let input = Input::Offline {
+                        user: user.clone(),
+                        to,
+                        messages,
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 }
+                Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "loading offline messages failed"),
             }
-            if let Some(last) = delivered {
-                let name = user.clone();
-                if let Err(e) = storage.call(move |db| db.remove_offline(&name, last)).await {
-                    tracing::error!(error = %e, "removing delivered offline messages failed");
-                }
-            }
-            drop(slot);
             let _ = events.send(Event::FlushDone(user)).await;
         });
     }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod driver;
+pub mod ledger;
 pub mod links;
 pub mod metrics;
 pub mod router;
@@ -86,8 +87,26 @@ impl CoreHandle {
 
 /// Reads, or creates with mode 0600, the admin token of a data directory.
 pub fn admin_token(data_dir: &Path) -> Result<String, std::io::Error> {
-    let path = data_dir.join("admin.token");
-    match std::fs::read_to_string(&path) {
+    secret_file(&data_dir.join("admin.token"))
+}
+
+/// Reads, or creates, the key of SM ids (so they survive a core restart).
+pub fn sm_secret(data_dir: &Path) -> Result<[u8; 32], std::io::Error> {
+    let hex = secret_file(&data_dir.join("sm.key"))?;
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(|| std::io::Error::other("sm.key is not 64 hex digits"))?;
+    }
+    Ok(key)
+}
+
+/// Reads a hex secret, or creates 32 random bytes of it with mode 0600.
+fn secret_file(path: &Path) -> Result<String, std::io::Error> {
+    let data_dir = path.parent().unwrap_or(Path::new("."));
+    match std::fs::read_to_string(path) {
         Ok(t) => return Ok(t.trim().to_owned()),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
@@ -100,7 +119,7 @@ pub fn admin_token(data_dir: &Path) -> Result<String, std::io::Error> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(&path)?.write_all(token.as_bytes())?;
+    opts.open(path)?.write_all(token.as_bytes())?;
     Ok(token)
 }
 
@@ -154,7 +173,8 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
 
     let (events_tx, events_rx) = mpsc::channel(driver::ROUTER_QUEUE);
     let driver = driver::Driver {
-        router: router::Router::new(&config.domain, instance),
+        router: router::Router::new(&config.domain, instance)
+            .with_sm_secret(sm_secret(&config.data_dir).map_err(io("SM key"))?),
         links: links.clone(),
         storage: storage.clone(),
         metrics: metrics.clone(),

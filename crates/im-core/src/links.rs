@@ -371,14 +371,19 @@ async fn read_loop(
                 let (ctx, reply) = (ctx.clone(), reply.clone());
                 tokio::spawn(async move { answer_auth(&ctx, sid, outcome, &reply).await });
             }
-            Frame::SessionEnd { sid, jid } => {
+            Frame::SessionEnd { sid, jid, clean } => {
                 ctx.auth.abort((node, sid));
-                forward(ctx, node, Frame::SessionEnd { sid, jid }).await?;
+                forward(ctx, node, Frame::SessionEnd { sid, jid, clean }).await?;
             }
             f @ (Frame::Bind { .. }
             | Frame::Announce { .. }
             | Frame::Stanza { .. }
-            | Frame::Bounce { .. }) => forward(ctx, node, f).await?,
+            | Frame::Bounce { .. }
+            | Frame::SmEnable { .. }
+            | Frame::AckRequest { .. }
+            | Frame::Acked { .. }
+            | Frame::Skipped { .. }
+            | Frame::Resume { .. }) => forward(ctx, node, f).await?,
             other => {
                 return Err(LinkError::Protocol(format!(
                     "unexpected {} frame",

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub cm_nodes: Gauge,
     /// Bound sessions in the routing table.
     pub sessions: Gauge,
+    /// SM sessions resumed since start.
+    pub sm_resumed: Gauge,
+    /// Resumptions refused since start.
+    pub sm_resume_failed: Gauge,
+    /// Detached SM sessions expired since start.
+    pub sm_expired: Gauge,
+    /// SM sessions tracked, and of those detached.
+    pub sm_sessions: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -49,6 +57,10 @@ impl Metrics {
             cm_connections: Gauge::default(),
             cm_nodes: Gauge::default(),
             sessions: Gauge::default(),
+            sm_resumed: Gauge::default(),
+            sm_resume_failed: Gauge::default(),
+            sm_expired: Gauge::default(),
+            sm_sessions: Family::default(),
             registry: Registry::default(),
         };
         registry.register("stanzas", "Stanzas received from CMs", m.stanzas.clone());
@@ -64,7 +76,7 @@ impl Metrics {
         );
         registry.register(
             "offline_delivered",
-            "Offline messages delivered",
+            "Offline message batches handed to sessions",
             m.offline_delivered.clone(),
         );
         registry.register("auth", "SASL authentications by result", m.auth.clone());
@@ -88,6 +100,26 @@ impl Metrics {
             "sessions",
             "Sessions in the routing table",
             m.sessions.clone(),
+        );
+        registry.register(
+            "sm_resumed",
+            "Stream-management sessions resumed",
+            m.sm_resumed.clone(),
+        );
+        registry.register(
+            "sm_resume_failed",
+            "Resumptions refused (unknown, forged or expired SM id)",
+            m.sm_resume_failed.clone(),
+        );
+        registry.register(
+            "sm_expired",
+            "Detached SM sessions expired (unacknowledged messages stored offline)",
+            m.sm_expired.clone(),
+        );
+        registry.register(
+            "sm_sessions",
+            "Stream-management sessions tracked, by state",
+            m.sm_sessions.clone(),
         );
         Self { registry, ..m }
     }

@@ -4,6 +4,10 @@
 //! carries out (send a frame to a node, store or flush offline messages).
 //! No sockets, no clocks, no storage: tests feed events and read actions.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Instant;
+
 use bytes::Bytes;
 use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
 use jid::{BareJid, Jid};
@@ -11,6 +15,9 @@ use xmpp_stream::element::Element;
 use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, StreamCondition, ns};
 
+use crate::ledger::{Ledger, SmIds};
+
+mod stream_management;
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
 
 /// Something the driver must do.
@@ -32,6 +39,17 @@ pub enum Action {
         payload: Bytes,
         /// What to tell the sender if storing fails.
         bounce: Bounce,
+        /// The SM session (token, `h`) whose acknowledgement waits for this
+        /// store: report [`Input::Stored`] when it is done either way.
+        origin: Option<(u64, u32)>,
+    },
+    /// Remove a user's stored messages up to `upto` (they are now tracked
+    /// by a live session).
+    RemoveOffline {
+        /// Username (local part).
+        user: String,
+        /// Highest row id delivered.
+        upto: i64,
     },
     /// Deliver the user's stored messages to this session, then remove them.
     FlushOffline {
@@ -68,6 +86,26 @@ pub enum Input {
         /// Node.
         node: NodeId,
     },
+    /// Time passed (the driver ticks about once a second): expires detached
+    /// SM sessions.
+    Tick {
+        /// Now.
+        now: Instant,
+    },
+    /// An offline store started for an SM session's stanza finished.
+    Stored {
+        /// (token, `h`) from [`Action::StoreOffline`]'s origin.
+        origin: (u64, u32),
+    },
+    /// A user's stored messages, loaded for a session that became available.
+    Offline {
+        /// Username (local part).
+        user: String,
+        /// The session.
+        to: SessionAddr,
+        /// (row id, stanza with delay stamp), oldest first.
+        messages: Vec<(i64, Bytes)>,
+    },
 }
 
 /// Router counters, read by the metrics endpoint.
@@ -81,6 +119,12 @@ pub struct RouterStats {
     pub offline_stored: u64,
     /// Error replies generated.
     pub errors: u64,
+    /// SM sessions resumed.
+    pub resumed: u64,
+    /// Resumptions refused.
+    pub resume_failed: u64,
+    /// Detached SM sessions that expired.
+    pub sm_expired: u64,
 }
 
 /// The router (see the module docs).
@@ -90,6 +134,19 @@ pub struct Router {
     out: Vec<Action>,
     resource_counter: u64,
     resource_seed: u64,
+    /// Delivery ledgers of SM sessions, by current address.
+    ledgers: HashMap<SessionAddr, Ledger>,
+    /// SM resumption tokens to current addresses.
+    tokens: HashMap<u64, SessionAddr>,
+    /// Expiry deadlines of detached sessions (checked lazily on Tick).
+    expiries: BinaryHeap<Reverse<(Instant, u64)>>,
+    sm_ids: SmIds,
+    /// Ledgers whose client is away.
+    detached: usize,
+    next_token: u64,
+    now: Instant,
+    /// (token, h) of the SM stanza being routed, for offline stores.
+    origin: Option<(u64, u32)>,
     /// Counters.
     pub stats: RouterStats,
 }
@@ -103,8 +160,33 @@ impl Router {
             out: Vec::new(),
             resource_counter: 0,
             resource_seed: seed,
+            ledgers: HashMap::new(),
+            tokens: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            sm_ids: SmIds::new(rand::random()),
+            detached: 0,
+            next_token: seed,
+            now: Instant::now(),
+            origin: None,
             stats: RouterStats::default(),
         }
+    }
+
+    /// Keys SM ids with `secret` (persisted, so ids survive a core restart).
+    pub fn with_sm_secret(mut self, secret: [u8; 32]) -> Self {
+        self.sm_ids = SmIds::new(secret);
+        self
+    }
+
+    /// Whether the core tracks deliveries to this session (it keeps them
+    /// until acknowledged, so a failed send loses nothing).
+    pub fn is_tracked(&self, addr: SessionAddr) -> bool {
+        self.ledgers.contains_key(&addr)
+    }
+
+    /// SM sessions tracked (attached or detached) and of those detached.
+    pub fn sm_counts(&self) -> (usize, usize) {
+        (self.ledgers.len(), self.detached)
     }
 
     /// The routing table (read-only).
@@ -117,6 +199,9 @@ impl Router {
         match input {
             Input::NodeGone { node } => self.node_gone(node),
             Input::Frame { node, frame } => self.frame(node, frame),
+            Input::Tick { now } => self.tick(now),
+            Input::Stored { origin } => self.stored(origin),
+            Input::Offline { user, to, messages } => self.offline(user, to, messages),
         }
         std::mem::take(&mut self.out)
     }
@@ -146,17 +231,81 @@ impl Router {
                 jid,
                 available,
                 priority,
-            } => self.announce(node, sid, &jid, available, priority),
+                sm,
+            } => {
+                self.announce(node, sid, &jid, available, priority);
+                if let Some(sm) = sm {
+                    self.restore_ledger(node, sid, &jid, sm);
+                }
+            }
             Frame::Stanza {
                 sid,
                 header,
                 payload,
             } => {
                 self.stats.stanzas_in += 1;
-                self.stanza(node, sid, header, payload)
+                match self.ledgers.get_mut(&(node, sid)) {
+                    // a stream the session has left (resumed elsewhere)
+                    Some(l) if l.detached_at.is_some() => return,
+                    Some(l) => self.origin = Some((l.token, l.count_in())),
+                    None if self.table.jid_of(node, sid).is_none() => return,
+                    None => {}
+                }
+                self.stanza(node, sid, header, payload);
+                self.origin = None;
             }
-            Frame::Bounce { sid, to, payload } => self.bounced(node, sid, &to, payload),
-            Frame::SessionEnd { sid, .. } => self.session_end(node, sid),
+            Frame::Bounce { sid, to, payload } => {
+                if self.ledgers.contains_key(&(node, sid)) {
+                    // already in the ledger: the session detaches, nothing is rerouted
+                    self.detach((node, sid));
+                } else {
+                    self.bounced(node, sid, &to, payload)
+                }
+            }
+            Frame::SessionEnd { sid, clean, .. } => {
+                if clean && self.ledgers.contains_key(&(node, sid)) {
+                    self.end_tracked((node, sid));
+                } else if self.ledgers.contains_key(&(node, sid)) {
+                    self.detach((node, sid));
+                } else {
+                    self.session_end(node, sid)
+                }
+            }
+            Frame::SmEnable { sid, resume, max } => self.sm_enable(node, sid, resume, max),
+            Frame::AckRequest { sid } => {
+                if let Some(l) = self.ledgers.get_mut(&(node, sid)) {
+                    let h = l.durable_h();
+                    l.ack_owed = h != l.handled;
+                    self.send(node, Frame::Handled { sid, h });
+                }
+            }
+            Frame::Acked { sid, h } => {
+                let too_high = self
+                    .ledgers
+                    .get_mut(&(node, sid))
+                    .is_some_and(|l| l.ack(h).is_err());
+                if too_high {
+                    tracing::debug!(node, sid, h, "client acknowledged more than it was sent");
+                    self.send(
+                        node,
+                        Frame::Kick {
+                            sid,
+                            condition: StreamCondition::UndefinedCondition.name().into(),
+                        },
+                    );
+                }
+            }
+            Frame::Skipped { sid, seqs } => {
+                if let Some(l) = self.ledgers.get_mut(&(node, sid)) {
+                    l.skip(&seqs);
+                }
+            }
+            Frame::Resume {
+                sid,
+                user,
+                previd,
+                h,
+            } => self.resume(node, sid, &user, &previd, h),
             other => tracing::warn!(node, frame = other.name(), "unexpected frame from a CM"),
         }
     }
@@ -191,14 +340,8 @@ impl Router {
         };
         let bare = full.to_bare().to_string();
         let resource = full.resource().to_string();
-        if let Some((old_node, old_sid)) = self.table.bind(&bare, &resource, node, sid, false, 0) {
-            self.send(
-                old_node,
-                Frame::Kick {
-                    sid: old_sid,
-                    condition: StreamCondition::Conflict.name().into(),
-                },
-            );
+        if let Some(old) = self.table.bind(&bare, &resource, node, sid, false, 0) {
+            self.replaced(old, &full.to_string());
         }
         self.send(
             node,
@@ -208,6 +351,21 @@ impl Router {
                 result: Ok(full.to_string()),
             },
         );
+    }
+
+    /// A session was replaced by a new one with its full JID (`conflict`):
+    /// kick it and hand what it never acknowledged to the user's sessions.
+    fn replaced(&mut self, (old_node, old_sid): SessionAddr, full: &str) {
+        self.send(
+            old_node,
+            Frame::Kick {
+                sid: old_sid,
+                condition: StreamCondition::Conflict.name().into(),
+            },
+        );
+        if let Some(ledger) = self.take_ledger((old_node, old_sid)) {
+            self.reroute_unacked(full, ledger);
+        }
     }
 
     fn generate_resource(&mut self) -> String {
@@ -224,7 +382,7 @@ impl Router {
             return;
         };
         let bare = full.to_bare().to_string();
-        if let Some((old_node, old_sid)) = self.table.bind(
+        if let Some(old) = self.table.bind(
             &bare,
             full.resource().as_str(),
             node,
@@ -232,13 +390,7 @@ impl Router {
             available,
             priority,
         ) {
-            self.send(
-                old_node,
-                Frame::Kick {
-                    sid: old_sid,
-                    condition: StreamCondition::Conflict.name().into(),
-                },
-            );
+            self.replaced(old, jid);
         }
     }
 
@@ -252,6 +404,19 @@ impl Router {
 
     fn node_gone(&mut self, node: NodeId) {
         for (full, route) in self.table.drop_node(node) {
+            let addr = (node, route.sid);
+            if self.ledgers.get(&addr).is_some_and(Ledger::resumable) {
+                // The session waits for its client to resume on another CM.
+                if let Some((bare, res)) = full.split_once('/') {
+                    self.table
+                        .bind(bare, res, node, route.sid, route.available, route.priority);
+                }
+                self.detach(addr);
+                continue;
+            }
+            if let Some(ledger) = self.take_ledger(addr) {
+                self.reroute_unacked(&full, ledger);
+            }
             if route.available {
                 self.broadcast_unavailable(&full);
             }
@@ -450,10 +615,20 @@ impl Router {
                 },
             };
             self.stats.offline_stored += 1;
+            let origin = self.origin;
+            if let Some((token, h)) = origin
+                && let Some(l) = self
+                    .tokens
+                    .get(&token)
+                    .and_then(|a| self.ledgers.get_mut(a))
+            {
+                l.store_started(h);
+            }
             self.out.push(Action::StoreOffline {
                 user,
                 payload,
                 bounce,
+                origin,
             });
         }
     }
@@ -605,8 +780,45 @@ impl Router {
     }
 
     fn deliver(&mut self, (node, sid): SessionAddr, payload: Bytes) {
+        if let Some(l) = self.ledgers.get_mut(&(node, sid)) {
+            if !l.has_room() {
+                // The client acknowledges nothing: treat it as unavailable.
+                let user = self.table.jid_of(node, sid).and_then(|j| j.split_once('@'));
+                let user = user.map(|(u, _)| u.to_owned());
+                if let Some(user) = user {
+                    self.store_undeliverable(user, payload);
+                }
+                return;
+            }
+            l.push(payload.clone());
+            if l.detached_at.is_some() {
+                return; // kept for the resumption
+            }
+        }
         self.stats.delivered += 1;
         self.send(node, Frame::Deliver { sid, payload });
+    }
+
+    /// Stores a message that no session can take, if it is worth storing.
+    fn store_undeliverable(&mut self, user: String, payload: Bytes) {
+        let Ok(top) = xmpp_stream::stanza::inspect(&payload) else {
+            return;
+        };
+        let storable = top.stanza_kind() == Some(StanzaKind::Message)
+            && matches!(top.attr("type").unwrap_or("normal"), "normal" | "chat");
+        if storable {
+            self.stats.offline_stored += 1;
+            self.out.push(Action::StoreOffline {
+                user,
+                payload,
+                bounce: Bounce {
+                    sender: String::new(),
+                    to: String::new(),
+                    id: None,
+                },
+                origin: None,
+            });
+        }
     }
 
     fn send(&mut self, node: NodeId, frame: Frame) {
@@ -972,5 +1184,306 @@ mod tests {
         let acts = r.handle(Input::NodeGone { node: 1 });
         assert_eq!(delivered_to(&acts), vec![(2, 20)]);
         assert_eq!(r.table().len(), 1);
+    }
+
+    fn frame(r: &mut Router, node: NodeId, frame: Frame) -> Vec<Action> {
+        r.handle(Input::Frame { node, frame })
+    }
+
+    /// Binds alice (node 1, sid 10, SM on) and bob (node 3, sid 30); returns alice's SM id.
+    fn sm_pair(r: &mut Router) -> String {
+        bound(r, 1, 10, "alice@x", "phone");
+        bound(r, 3, 30, "bob@x", "pc");
+        let acts = frame(
+            r,
+            1,
+            Frame::SmEnable {
+                sid: 10,
+                resume: true,
+                max: 60,
+            },
+        );
+        let [
+            Action::Send {
+                frame: Frame::SmEnabled { id, max: 60, .. },
+                node: 1,
+            },
+        ] = &acts[..]
+        else {
+            panic!("{acts:?}")
+        };
+        assert!(!id.is_empty());
+        id.clone()
+    }
+
+    fn chat(r: &mut Router, body: &str) -> Vec<Action> {
+        stanza(
+            r,
+            3,
+            30,
+            header(
+                Kind::Message,
+                "bob@x/pc",
+                Some("alice@x/phone"),
+                Some("chat"),
+            ),
+            &format!(
+                "<message type='chat' to='alice@x/phone' id='{body}'><body>{body}</body></message>"
+            ),
+        )
+    }
+
+    fn payloads(acts: &[Action]) -> Vec<String> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    frame: Frame::Deliver { payload, .. },
+                    ..
+                } => Some(String::from_utf8_lossy(payload).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_detached_session_keeps_its_messages_and_resumes_on_another_cm() {
+        let mut r = Router::new("x", 1);
+        let id = sm_pair(&mut r);
+        for b in ["m1", "m2", "m3"] {
+            assert_eq!(delivered_to(&chat(&mut r, b)), vec![(1, 10)]);
+        }
+        frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+        // alice's CM dies: the session waits, the route stays
+        let acts = r.handle(Input::NodeGone { node: 1 });
+        assert!(acts.is_empty(), "{acts:?}");
+        assert_eq!(r.sm_counts(), (1, 1));
+        assert!(delivered_to(&chat(&mut r, "m4")).is_empty());
+        // someone else cannot use the id
+        let acts = frame(
+            &mut r,
+            2,
+            Frame::Resume {
+                sid: 99,
+                user: "mallory@x".into(),
+                previd: id.clone(),
+                h: 0,
+            },
+        );
+        assert!(
+            matches!(&acts[..], [Action::Send { frame: Frame::Resumed { result: Err(c), .. }, .. }] if c == "item-not-found")
+        );
+        // alice resumes on node 2, having received m1 and m2
+        let acts = frame(
+            &mut r,
+            2,
+            Frame::Resume {
+                sid: 20,
+                user: "alice@x".into(),
+                previd: id,
+                h: 2,
+            },
+        );
+        let Action::Send {
+            node: 2,
+            frame: Frame::Resumed {
+                result: Ok(res), ..
+            },
+        } = &acts[0]
+        else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(res.jid, "alice@x/phone");
+        let replay = payloads(&acts);
+        assert_eq!(replay.len(), 2);
+        assert!(replay[0].contains("m3") && replay[1].contains("m4"));
+        assert_eq!(r.sm_counts(), (1, 0));
+        // new messages go to the new place
+        assert_eq!(delivered_to(&chat(&mut r, "m5")), vec![(2, 20)]);
+    }
+
+    #[test]
+    fn an_expired_session_sends_its_unacknowledged_messages_offline() {
+        let mut r = Router::new("x", 1);
+        let t0 = Instant::now();
+        r.handle(Input::Tick { now: t0 });
+        sm_pair(&mut r);
+        chat(&mut r, "m1");
+        chat(&mut r, "m2");
+        frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+        frame(
+            &mut r,
+            1,
+            Frame::SessionEnd {
+                sid: 10,
+                jid: Some("alice@x/phone".into()),
+                clean: false,
+            },
+        );
+        assert!(
+            r.handle(Input::Tick {
+                now: t0 + std::time::Duration::from_secs(59)
+            })
+            .is_empty()
+        );
+        let acts = r.handle(Input::Tick {
+            now: t0 + std::time::Duration::from_secs(61),
+        });
+        let stored: Vec<_> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::StoreOffline { user, payload, .. } => Some((user.clone(), payload.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].0, "alice");
+        assert!(String::from_utf8_lossy(&stored[0].1).contains("m2"));
+        assert_eq!(r.table().len(), 1);
+        assert_eq!(r.sm_counts(), (0, 0));
+    }
+
+    #[test]
+    fn acks_wait_for_offline_stores_and_too_high_is_kicked() {
+        let mut r = Router::new("x", 1);
+        bound(&mut r, 1, 10, "alice@x", "phone");
+        frame(
+            &mut r,
+            1,
+            Frame::SmEnable {
+                sid: 10,
+                resume: false,
+                max: 0,
+            },
+        );
+        // to an offline user: stored, and the ack waits for the store
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(
+                Kind::Message,
+                "alice@x/phone",
+                Some("carol@x"),
+                Some("chat"),
+            ),
+            "<message type='chat' to='carol@x'><body>hi</body></message>",
+        );
+        let [
+            Action::StoreOffline {
+                origin: Some(origin),
+                ..
+            },
+        ] = &acts[..]
+        else {
+            panic!("{acts:?}")
+        };
+        let origin = *origin;
+        let acts = frame(&mut r, 1, Frame::AckRequest { sid: 10 });
+        assert!(matches!(
+            &acts[..],
+            [Action::Send {
+                frame: Frame::Handled { h: 0, .. },
+                ..
+            }]
+        ));
+        let acts = r.handle(Input::Stored { origin });
+        assert!(matches!(
+            &acts[..],
+            [Action::Send {
+                frame: Frame::Handled { h: 1, .. },
+                ..
+            }]
+        ));
+        let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+        assert!(
+            matches!(&acts[..], [Action::Send { frame: Frame::Kick { condition, .. }, .. }] if condition == "undefined-condition")
+        );
+    }
+
+    #[test]
+    fn stanzas_from_a_stream_the_session_left_are_dropped() {
+        let mut r = Router::new("x", 1);
+        let id = sm_pair(&mut r);
+        frame(
+            &mut r,
+            2,
+            Frame::Resume {
+                sid: 20,
+                user: "alice@x".into(),
+                previd: id,
+                h: 0,
+            },
+        );
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+            "<message type='chat' to='bob@x'><body>late</body></message>",
+        );
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+
+    #[test]
+    fn offline_messages_go_through_the_ledger_and_a_clean_close_keeps_nothing() {
+        let mut r = Router::new("x", 1);
+        bound(&mut r, 1, 10, "bob@x", "laptop");
+        frame(
+            &mut r,
+            1,
+            Frame::SmEnable {
+                sid: 10,
+                resume: true,
+                max: 0,
+            },
+        );
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Presence, "bob@x/laptop", None, None),
+            "<presence/>",
+        );
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::FlushOffline { .. }))
+        );
+        let messages = (1..=5)
+            .map(|i| {
+                (
+                    i,
+                    Bytes::from(format!(
+                        "<message type='chat' id='o{i}'><body>{i}</body></message>"
+                    )),
+                )
+            })
+            .collect();
+        let acts = r.handle(Input::Offline {
+            user: "bob".into(),
+            to: (1, 10),
+            messages,
+        });
+        assert_eq!(payloads(&acts).len(), 5);
+        assert!(acts.contains(&Action::RemoveOffline {
+            user: "bob".into(),
+            upto: 5
+        }));
+        frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+        let acts = frame(
+            &mut r,
+            1,
+            Frame::SessionEnd {
+                sid: 10,
+                jid: Some("bob@x/laptop".into()),
+                clean: true,
+            },
+        );
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::StoreOffline { .. })),
+            "{acts:?}"
+        );
+        assert_eq!(r.table().len(), 0);
     }
 }

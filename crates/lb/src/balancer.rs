@@ -8,13 +8,17 @@
 //!    CMs, so every packet of one handshake lands on one CM.
 //! 3. Other long-header packets with unroutable CIDs use the same table
 //!    (the stable fallback).
-//! 4. Everything else is dropped with a reason: garbage, truncated headers,
+//! 4. A short-header packet for a CM that left (it died or stopped) goes to
+//!    the CM the Maglev table picks: CMs share one stateless-reset key, so
+//!    that CM answers with a stateless reset the client accepts, and the
+//!    client reconnects at once instead of waiting out its idle timeout.
+//! 5. Everything else is dropped with a reason: garbage, truncated headers,
 //!    unknown versions, oversize datagrams, short Initials, server ids of no
-//!    live CM (spoofed or of a dead CM).
+//!    live CM (spoofed, or unknown since this balancer started).
 //!
 //! No per-connection or per-source state: memory does not grow with clients.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use prometheus_client::metrics::counter::Counter;
@@ -107,7 +111,12 @@ pub struct Balancer {
     maglev: Maglev,
     /// Backend index for each Maglev backend position.
     maglev_index: Vec<usize>,
+    /// Server ids of CMs that left (bounded by [`MAX_DEPARTED`]).
+    departed: HashSet<Vec<u8>>,
 }
+
+/// Most departed server ids remembered.
+pub const MAX_DEPARTED: usize = 4096;
 
 impl Balancer {
     /// A balancer decoding CIDs with `configs` (old and new during rotation).
@@ -121,6 +130,7 @@ impl Balancer {
             by_server_id: HashMap::new(),
             maglev,
             maglev_index: Vec::new(),
+            departed: HashSet::new(),
         })
     }
 
@@ -146,6 +156,7 @@ impl Balancer {
 
     /// Adds or updates a backend (by name); the table is rebuilt.
     pub fn upsert(&mut self, backend: Backend) {
+        self.departed.remove(&backend.server_id);
         match self.backends.iter_mut().find(|b| b.name == backend.name) {
             Some(b) => *b = backend,
             None => self.backends.push(backend),
@@ -156,7 +167,14 @@ impl Balancer {
     /// Removes a backend; only its Maglev slots move. Returns whether it existed.
     pub fn remove(&mut self, name: &str) -> bool {
         let before = self.backends.len();
-        self.backends.retain(|b| b.name != name);
+        let departed = &mut self.departed;
+        self.backends.retain(|b| {
+            let keep = b.name != name;
+            if !keep && departed.len() < MAX_DEPARTED {
+                departed.insert(b.server_id.clone());
+            }
+            keep
+        });
         let removed = self.backends.len() != before;
         if removed {
             self.rebuild();
@@ -209,6 +227,15 @@ impl Balancer {
         self.by_server_id.get(sid.as_ref()).copied()
     }
 
+    /// Whether the CID names a CM that left.
+    fn left(&self, dcid: &[u8]) -> bool {
+        !self.departed.is_empty()
+            && self
+                .decoder
+                .server_id(dcid)
+                .is_some_and(|sid| self.departed.contains(sid.as_ref()))
+    }
+
     fn new_flow(&self, dcid: &[u8]) -> Decision {
         match self.maglev.lookup_index(dcid) {
             Some(i) => self.forward(self.maglev_index[i]),
@@ -228,6 +255,7 @@ impl Balancer {
             }
             Ok(PacketKind::Short { dcid, .. }) => match self.by_cid(dcid) {
                 Some(i) => self.forward(i),
+                None if self.left(dcid) => self.new_flow(dcid),
                 None => Decision::Drop(DropReason::UnknownServer),
             },
             Ok(PacketKind::Long {
@@ -329,6 +357,28 @@ mod tests {
         assert_eq!(
             b.route(&short(&spoofed)),
             Decision::Drop(DropReason::UnknownServer)
+        );
+    }
+
+    #[test]
+    fn packets_of_a_departed_cm_go_to_a_live_one_for_a_stateless_reset() {
+        let mut b = balancer(3);
+        let cid = CidEncoder::new(config(), &2u16.to_be_bytes())
+            .unwrap()
+            .generate();
+        b.remove("cm-2");
+        assert!(matches!(
+            b.route(&short(&cid)),
+            Decision::Forward { index: 0 | 1, .. }
+        ));
+        // it came back: its packets are its own again
+        b.upsert(backend(2));
+        assert_eq!(
+            b.route(&short(&cid)),
+            Decision::Forward {
+                index: 2,
+                addr: backend(2).addr
+            }
         );
     }
 

@@ -284,6 +284,20 @@ impl Cluster {
         client
     }
 
+    /// Logs in at CM `cm` without stream management (like a client that does
+    /// not implement XEP-0198) and sends initial presence.
+    pub async fn login_plain(&self, cm: usize, user: &str, resource: &str) -> Client {
+        let opts = self
+            .options(cm, user, "secret")
+            .with_resource(resource)
+            .without_stream_management();
+        let client = Client::connect(opts)
+            .await
+            .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
+        client.send_presence(0).await.expect("presence");
+        client
+    }
+
     /// Logs in without sending presence.
     pub async fn try_login(
         &self,

@@ -22,3 +22,9 @@ pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const DELAY: &str = "urn:xmpp:delay";
 /// The `xml:` prefix namespace.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// XEP-0198 stream management.
+pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0352 client state indication.
+pub const CSI: &str = "urn:xmpp:csi:0";
+/// XEP-0184 message delivery receipts.
+pub const RECEIPTS: &str = "urn:xmpp:receipts";

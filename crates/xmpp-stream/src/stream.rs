@@ -43,7 +43,30 @@ pub fn features_sasl(mechanisms: &[&str]) -> Vec<u8> {
 
 /// Stream features after authentication: resource binding.
 pub fn features_bind() -> Vec<u8> {
-    features(vec![Element::new("bind", ns::BIND)])
+    features(vec![
+        Element::new("bind", ns::BIND),
+        Element::new("sm", ns::SM),
+        Element::new("csi", ns::CSI),
+    ])
+}
+
+/// A XEP-0198 nonza (`<r/>`, `<a h/>`, `<enable/>`...) with attributes.
+pub fn sm_element(name: &str, attrs: &[(&str, &str)]) -> Vec<u8> {
+    let mut el = Element::new(name, ns::SM);
+    for (k, v) in attrs {
+        el = el.with_attr(*k, *v);
+    }
+    el.to_bytes(ns::CLIENT)
+}
+
+/// `<failed xmlns='urn:xmpp:sm:3'>` with a stanza error condition (and `h` if known).
+pub fn sm_failed(condition: &str, h: Option<u32>) -> Vec<u8> {
+    let mut el =
+        Element::new("failed", ns::SM).with_child(Element::new(condition, ns::STANZA_ERRORS));
+    if let Some(h) = h {
+        el = el.with_attr("h", h.to_string());
+    }
+    el.to_bytes(ns::CLIENT)
 }
 
 fn features(children: Vec<Element>) -> Vec<u8> {

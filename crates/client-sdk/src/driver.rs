@@ -1,0 +1,536 @@
+//! The session task: owns the current connection, the outbox and the
+//! stream-management state, and keeps the session alive across network
+//! loss (reconnect with jittered exponential backoff, resume when the
+//! server still holds the session, else log in again and resend what it
+//! never acknowledged).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::SendStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use xmpp_stream::element::Element;
+use xmpp_stream::framer::{FrameEvent, Framer};
+use xmpp_stream::{ns, stream};
+
+use crate::event::{self, Event, MessageState};
+use crate::negotiation::{Negotiation, dial};
+use crate::sm::{Outgoing, Seen, SmClient};
+use crate::{ClientError, ConnectOptions, Pending, Shared};
+
+/// Messages kept while offline; beyond that sends fail.
+pub const MAX_OUTBOX: usize = 10_000;
+
+/// What the [`crate::Client`] handle asks of the session task.
+pub(crate) enum Command {
+    /// A stanza (tracked until the server acknowledges it).
+    Stanza(Outgoing),
+    /// Available presence: sent, and sent again after a new login.
+    Presence(Bytes),
+    /// Close the stream cleanly, then stop.
+    Close(oneshot::Sender<()>),
+    /// Drop the connection without a goodbye, then stop.
+    Abort,
+}
+
+/// From the reader task of one connection.
+enum Inbound {
+    Element(Element),
+    End(String),
+}
+
+/// One live connection.
+struct Live {
+    conn: quinn::Connection,
+    send: SendStream,
+    inbound: mpsc::Receiver<Inbound>,
+}
+
+impl Live {
+    fn start(conn: quinn::Connection, nego: Negotiation) -> Self {
+        let (tx, inbound) = mpsc::channel(256);
+        let Negotiation { send, recv, framer } = nego;
+        tokio::spawn(read_loop(recv, framer, tx));
+        Self {
+            conn,
+            send,
+            inbound,
+        }
+    }
+}
+
+/// The session task (see the module docs).
+pub(crate) struct Driver {
+    pub(crate) opts: ConnectOptions,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) domain: String,
+    pub(crate) username: String,
+    /// Resource to ask for again after a new login.
+    pub(crate) resource: Option<String>,
+    live: Option<Live>,
+    sm: SmClient,
+    seen: Seen,
+    outbox: VecDeque<Outgoing>,
+    presence: Option<Bytes>,
+    events: mpsc::Sender<Event>,
+    pending: Pending,
+    shared: Arc<Shared>,
+    /// When an unanswered `<r/>` means the connection is dead.
+    ack_deadline: Option<Instant>,
+    /// Next reconnection attempt and how many failed before it.
+    retry: Option<(Instant, u32)>,
+    finished: bool,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        opts: ConnectOptions,
+        endpoint: quinn::Endpoint,
+        domain: String,
+        username: String,
+        resource: Option<String>,
+        events: mpsc::Sender<Event>,
+        pending: Pending,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            opts,
+            endpoint,
+            domain,
+            username,
+            resource,
+            live: None,
+            sm: SmClient::default(),
+            seen: Seen::default(),
+            outbox: VecDeque::new(),
+            presence: None,
+            events,
+            pending,
+            shared,
+            ack_deadline: None,
+            retry: None,
+            finished: false,
+        }
+    }
+
+    /// Takes over a negotiated connection: `resumed` is the server's `h` if
+    /// `<resume/>` succeeded, otherwise the session was just bound.
+    pub(crate) async fn attach(
+        &mut self,
+        conn: quinn::Connection,
+        nego: Negotiation,
+        resumed: Option<u32>,
+        previous: Option<(String, u32)>,
+    ) {
+        self.live = Some(Live::start(conn, nego));
+        match (resumed, previous) {
+            (Some(h), Some((id, inbound))) => {
+                // Resumed from the options of `connect`: continue those counters.
+                self.sm.enabling();
+                self.sm.enabled(Some(id));
+                for _ in 0..inbound {
+                    self.sm.received();
+                }
+                let _ = self.sm.resumed(h);
+            }
+            _ => self.enable_sm().await,
+        }
+        self.publish();
+    }
+
+    async fn enable_sm(&mut self) {
+        if !self.opts.stream_management {
+            return;
+        }
+        let max = self.opts.resume_max_secs.to_string();
+        let mut attrs = vec![("resume", "true")];
+        if self.opts.resume_max_secs > 0 {
+            attrs.push(("max", &max));
+        }
+        let enable = stream::sm_element("enable", &attrs);
+        if self.write_raw(&enable).await {
+            self.sm.enabling();
+        }
+    }
+
+    /// Runs until the session ends.
+    pub(crate) async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
+        loop {
+            if self.finished {
+                let _ = self.events.send(Event::Disconnected).await;
+                return;
+            }
+            self.request_ack().await;
+            let ack_deadline = self.ack_deadline;
+            let retry = self.retry;
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Command::Abort) => {
+                        if let Some(live) = self.live.take() {
+                            live.conn.close(0u32.into(), b"");
+                        }
+                        return;
+                    }
+                    Some(Command::Close(done)) => {
+                        self.close().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(Command::Stanza(out)) => self.send(out).await,
+                    Some(Command::Presence(p)) => {
+                        self.presence = Some(p.clone());
+                        self.send(Outgoing { bytes: p, id: None }).await;
+                    }
+                },
+                inbound = next_inbound(&mut self.live) => match inbound {
+                    Inbound::Element(el) => self.element(el).await,
+                    Inbound::End(reason) => self.lost(reason).await,
+                },
+                _ = sleep_until(ack_deadline), if ack_deadline.is_some() && self.live.is_some() => {
+                    self.lost("no acknowledgement from the server in time".into()).await;
+                }
+                _ = sleep_until(retry.map(|r| r.0)), if retry.is_some() => self.reconnect().await,
+            }
+        }
+    }
+
+    /// Publishes what [`crate::Client::resumption`] reports.
+    fn publish(&self) {
+        *self
+            .shared
+            .resumption
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.sm.resumption();
+    }
+
+    async fn event(&mut self, ev: Event) {
+        let _ = self.events.send(ev).await;
+    }
+
+    async fn state(&mut self, id: Option<String>, state: MessageState) {
+        if let Some(id) = id {
+            self.event(Event::MessageState { id, state }).await;
+        }
+    }
+
+    /// Writes bytes that are not stanzas; false (and the connection is
+    /// treated as lost) if that failed.
+    async fn write_raw(&mut self, bytes: &[u8]) -> bool {
+        let Some(live) = &mut self.live else {
+            return false;
+        };
+        match live.send.write_all(bytes).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.lost(format!("write: {e}")).await;
+                false
+            }
+        }
+    }
+
+    /// Sends a stanza now, or keeps it in the outbox until connected.
+    async fn send(&mut self, out: Outgoing) {
+        if self.live.is_none() {
+            if self.outbox.len() >= MAX_OUTBOX {
+                self.state(out.id, MessageState::Failed("outbox full".into()))
+                    .await;
+                return;
+            }
+            let id = out.id.clone();
+            self.outbox.push_back(out);
+            self.state(id, MessageState::Queued).await;
+            return;
+        }
+        if self.write_raw(&out.bytes.clone()).await {
+            let id = out.id.clone();
+            self.sm.written(out);
+            self.state(id, MessageState::Sent).await;
+        } else {
+            self.outbox.push_front(out);
+        }
+    }
+
+    async fn request_ack(&mut self) {
+        if self.live.is_some() && self.sm.want_ack() {
+            let r = stream::sm_element("r", &[]);
+            if self.write_raw(&r).await {
+                self.ack_deadline = Some(Instant::now() + self.opts.ack_timeout);
+            }
+        }
+    }
+
+    async fn element(&mut self, el: Element) {
+        if el.ns == ns::SM {
+            return self.sm_element(el).await;
+        }
+        if el.ns == ns::STREAMS && el.name == "error" {
+            let condition = event::stream_error_condition(&el);
+            self.event(Event::StreamError(condition.clone())).await;
+            // A CM going down sends its clients elsewhere; other errors are final.
+            if matches!(condition.as_str(), "system-shutdown" | "connection-timeout") {
+                self.lost(condition).await;
+            } else {
+                self.finished = true;
+                self.live = None;
+            }
+            return;
+        }
+        if el.ns != ns::CLIENT {
+            return;
+        }
+        self.sm.received();
+        self.publish();
+        if el.name == "message" {
+            if let Some(r) = el.child("received", ns::RECEIPTS) {
+                let id = r.attr("id").map(str::to_owned);
+                return self.state(id, MessageState::Delivered).await;
+            }
+            let from = el.attr("from").unwrap_or_default().to_owned();
+            if let Some(id) = el.attr("id")
+                && !self.seen.first_time(&from, id)
+            {
+                tracing::debug!(from, id, "duplicate message dropped");
+                return;
+            }
+            let wants_receipt = el.child("request", ns::RECEIPTS).is_some()
+                && el.attr("type") != Some("error")
+                && el.child("body", ns::CLIENT).is_some();
+            if wants_receipt
+                && self.opts.receipts
+                && let Some(id) = el.attr("id")
+            {
+                let receipt = Element::new("message", ns::CLIENT)
+                    .with_attr("to", from.clone())
+                    .with_attr("id", crate::new_id())
+                    .with_child(Element::new("received", ns::RECEIPTS).with_attr("id", id));
+                let bytes = Bytes::from(receipt.to_bytes(ns::CLIENT));
+                self.send(Outgoing { bytes, id: None }).await;
+            }
+        }
+        if let Some(ev) = event::classify(el, &self.pending) {
+            self.event(ev).await;
+        }
+    }
+
+    async fn sm_element(&mut self, el: Element) {
+        match el.name.as_str() {
+            "r" => {
+                let h = self.sm.inbound().to_string();
+                self.write_raw(&stream::sm_element("a", &[("h", &h)])).await;
+            }
+            "a" => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse().ok()) else {
+                    return;
+                };
+                match self.sm.acked(h) {
+                    Ok(acked) => {
+                        if !self.sm.ack_outstanding() {
+                            self.ack_deadline = None;
+                        }
+                        for out in acked {
+                            self.state(out.id, MessageState::Acknowledged).await;
+                        }
+                    }
+                    Err(_) => tracing::warn!(h, "server acknowledged more than was sent"),
+                }
+            }
+            "enabled" => {
+                self.sm.enabled(el.attr("id").map(str::to_owned));
+                self.publish();
+            }
+            "failed" => {
+                tracing::info!("server refused stream management");
+                self.sm.refused();
+                self.publish();
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection is gone: reconnect (after a short random delay) or end.
+    async fn lost(&mut self, reason: String) {
+        let Some(live) = self.live.take() else {
+            return;
+        };
+        live.conn.close(0u32.into(), b"");
+        self.ack_deadline = None;
+        tracing::info!(reason, "connection lost");
+        self.event(Event::ConnectionLost(reason)).await;
+        if self.opts.reconnect {
+            self.retry = Some((Instant::now() + backoff(0), 0));
+        } else {
+            self.finished = true;
+        }
+    }
+
+    async fn reconnect(&mut self) {
+        let Some((_, attempt)) = self.retry.take() else {
+            return;
+        };
+        match tokio::time::timeout(self.opts.timeout, self.establish()).await {
+            Ok(Ok(resumed)) => {
+                tracing::info!(resumed, attempt, "reconnected");
+                self.event(Event::Reconnected { resumed }).await;
+            }
+            Ok(Err(e @ (ClientError::Auth(_) | ClientError::Config(_) | ClientError::Tls(_)))) => {
+                tracing::warn!(error = %e, "cannot reconnect");
+                self.event(Event::StreamError(e.to_string())).await;
+                self.finished = true;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, attempt, "reconnect failed");
+                self.retry = Some((Instant::now() + backoff(attempt + 1), attempt + 1));
+            }
+            Err(_) => {
+                self.retry = Some((Instant::now() + backoff(attempt + 1), attempt + 1));
+            }
+        }
+    }
+
+    /// Dials, authenticates, resumes or binds, then sends what is owed.
+    async fn establish(&mut self) -> Result<bool, ClientError> {
+        let (conn, mut nego) = dial(
+            &self.endpoint,
+            self.opts.server,
+            &self.domain,
+            &self.username,
+            &self.opts.password,
+            self.opts.mechanism,
+        )
+        .await?;
+        let features = nego.element().await?;
+        let mut resumed = None;
+        if let Some((id, h)) = self.sm.resumption()
+            && features.child("sm", ns::SM).is_some()
+        {
+            resumed = nego.resume(&id, h).await?;
+        }
+        let resend = match resumed {
+            Some(h) => {
+                let (acked, rest) = self.sm.resumed(h);
+                for out in acked {
+                    self.state(out.id, MessageState::Acknowledged).await;
+                }
+                rest
+            }
+            None => {
+                let jid = nego.bind(&features, self.resource.as_deref()).await?;
+                if let Some((_, res)) = jid.split_once('/') {
+                    self.resource = Some(res.to_owned());
+                }
+                self.sm.restart()
+            }
+        };
+        self.live = Some(Live::start(conn, nego));
+        if resumed.is_none() {
+            self.enable_sm().await;
+            if let Some(p) = self.presence.clone() {
+                self.send(Outgoing { bytes: p, id: None }).await;
+            }
+        }
+        let owed: Vec<_> = resend.into_iter().chain(self.outbox.drain(..)).collect();
+        for out in owed {
+            self.send(out).await;
+        }
+        self.publish();
+        Ok(resumed.is_some())
+    }
+
+    async fn close(&mut self) {
+        // XEP-0198 §4: acknowledge what arrived, so the server keeps nothing.
+        if self.sm.tracking() {
+            let h = self.sm.inbound().to_string();
+            if !self.write_raw(&stream::sm_element("a", &[("h", &h)])).await {
+                return;
+            }
+        }
+        if !self.write_raw(stream::STREAM_CLOSE).await {
+            return;
+        }
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        let _ = live.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(i) = live.inbound.recv().await {
+                if matches!(i, Inbound::End(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        live.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// Jittered exponential backoff: 0.5–1 × min(200 ms × 2^attempt, 30 s).
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(200).saturating_mul(1 << attempt.min(8));
+    let cap = base.min(Duration::from_secs(30));
+    cap.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_inbound(live: &mut Option<Live>) -> Inbound {
+    match live {
+        Some(l) => l
+            .inbound
+            .recv()
+            .await
+            .unwrap_or_else(|| Inbound::End("reader ended".into())),
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_loop(mut recv: quinn::RecvStream, mut framer: Framer, tx: mpsc::Sender<Inbound>) {
+    let reason = 'outer: loop {
+        loop {
+            match framer.next_event() {
+                Ok(Some(FrameEvent::Element(raw))) => {
+                    let Ok(el) = Element::parse_in_stream(&raw) else {
+                        continue;
+                    };
+                    if tx.send(Inbound::Element(el)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(FrameEvent::Close)) => break 'outer "server closed the stream".to_owned(),
+                Ok(Some(FrameEvent::Open(_))) => {}
+                Ok(None) => break,
+                Err(e) => break 'outer format!("malformed data from the server: {e}"),
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(c)) => framer.push(&c.bytes),
+            Ok(None) => break "stream ended".to_owned(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = tx.send(Inbound::End(reason)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 0..20 {
+            let b = backoff(attempt);
+            let cap = Duration::from_millis(200)
+                .saturating_mul(1 << attempt.min(8))
+                .min(Duration::from_secs(30));
+            assert!(b >= cap / 2 && b <= cap, "{attempt}: {b:?}");
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Stream negotiation on a fresh connection: stream header, SASL, then
+//! resource binding or XEP-0198 resumption.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use quinn::{RecvStream, SendStream};
+use xmpp_sasl::{Mechanism, ScramClient};
+use xmpp_stream::element::Element;
+use xmpp_stream::framer::{FrameEvent, Framer, Limits};
+use xmpp_stream::{ns, stream};
+
+use crate::{ClientError, event};
+
+/// Stream negotiation before the session is handed to the driver.
+pub(crate) struct Negotiation {
+    pub(crate) send: SendStream,
+    pub(crate) recv: RecvStream,
+    pub(crate) framer: Framer,
+}
+
+impl Negotiation {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| ClientError::Disconnected(e.to_string()))
+    }
+
+    async fn next(&mut self) -> Result<FrameEvent, ClientError> {
+        loop {
+            if let Some(ev) = self
+                .framer
+                .next_event()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                return Ok(ev);
+            }
+            match self.recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(c)) => self.framer.push(&c.bytes),
+                Ok(None) => return Err(ClientError::Disconnected("stream closed".into())),
+                Err(e) => return Err(ClientError::Disconnected(e.to_string())),
+            }
+        }
+    }
+
+    /// The next top-level element; stream errors become errors.
+    pub(crate) async fn element(&mut self) -> Result<Element, ClientError> {
+        match self.next().await? {
+            FrameEvent::Element(raw) => {
+                let el = Element::parse_in_stream(&raw)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if el.name == "error" && el.ns == ns::STREAMS {
+                    return Err(ClientError::Stream(event::stream_error_condition(&el)));
+                }
+                Ok(el)
+            }
+            FrameEvent::Open(_) => Err(ClientError::Protocol("unexpected stream header".into())),
+            FrameEvent::Close => Err(ClientError::Disconnected("server closed the stream".into())),
+        }
+    }
+
+    pub(crate) async fn open(&mut self, domain: &str) -> Result<(), ClientError> {
+        self.framer.restart();
+        self.write(&stream::client_header(domain, None)).await?;
+        match self.next().await? {
+            FrameEvent::Open(_) => Ok(()),
+            _ => Err(ClientError::Protocol("expected a stream header".into())),
+        }
+    }
+
+    pub(crate) async fn authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+        mechanism: Mechanism,
+    ) -> Result<(), ClientError> {
+        let features = self.element().await?;
+        let offered = features
+            .child("mechanisms", ns::SASL)
+            .map(|m| m.elements().map(|e| e.text()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !offered.iter().any(|m| m == mechanism.name()) {
+            return Err(ClientError::Auth("invalid-mechanism".into()));
+        }
+        let mut scram = mechanism
+            .scram_hash()
+            .map(|h| ScramClient::new(h, username, password));
+        let initial = match &scram {
+            Some(s) => s.client_first(),
+            None => xmpp_sasl::plain_message(username, password),
+        };
+        let auth = stream::sasl_element("auth", Some(mechanism.name()), Some(&B64.encode(initial)));
+        self.write(&auth).await?;
+        loop {
+            let el = self.element().await?;
+            let text = el.text();
+            let data = match text.trim() {
+                "" | "=" => Vec::new(),
+                t => B64
+                    .decode(t)
+                    .map_err(|_| ClientError::Protocol("SASL data is not base64".into()))?,
+            };
+            match el.name.as_str() {
+                "challenge" => {
+                    let reply = scram
+                        .as_mut()
+                        .ok_or_else(|| ClientError::Protocol("challenge for PLAIN".into()))?
+                        .handle_server_first(&data)
+                        .map_err(|e| ClientError::Auth(e.condition().to_owned()))?;
+                    self.write(&stream::sasl_element(
+                        "response",
+                        None,
+                        Some(&B64.encode(reply)),
+                    ))
+                    .await?;
+                }
+                "success" => {
+                    if let Some(scram) = &scram {
+                        scram
+                            .verify_server_final(&data)
+                            .map_err(|_| ClientError::Auth("server signature invalid".into()))?;
+                    }
+                    return Ok(());
+                }
+                "failure" => {
+                    let cond = el
+                        .elements()
+                        .find(|c| c.name != "text")
+                        .map(|c| c.name.clone())
+                        .unwrap_or_else(|| "not-authorized".into());
+                    return Err(ClientError::Auth(cond));
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected <{other}/> during SASL"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Binds a resource; `features` are the stream features already read.
+    pub(crate) async fn bind(
+        &mut self,
+        features: &Element,
+        resource: Option<&str>,
+    ) -> Result<String, ClientError> {
+        if features.child("bind", ns::BIND).is_none() {
+            return Err(ClientError::Protocol(
+                "server offers no resource binding".into(),
+            ));
+        }
+        let mut bind = Element::new("bind", ns::BIND);
+        if let Some(r) = resource {
+            bind = bind.with_child(Element::new("resource", ns::BIND).with_text(r));
+        }
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", "bind-1")
+            .with_child(bind);
+        self.write(&iq.to_bytes(ns::CLIENT)).await?;
+        let reply = self.element().await?;
+        if reply.attr("type") == Some("result") {
+            return reply
+                .child("bind", ns::BIND)
+                .and_then(|b| b.child("jid", ns::BIND))
+                .map(|j| j.text())
+                .ok_or_else(|| ClientError::Protocol("bind result without a JID".into()));
+        }
+        Err(ClientError::StanzaError(
+            event::stanza_error_condition(&reply).unwrap_or_else(|| "undefined-condition".into()),
+        ))
+    }
+
+    /// XEP-0198 resumption: `Some(h)` of `<resumed/>`, or None if refused.
+    pub(crate) async fn resume(
+        &mut self,
+        previd: &str,
+        h: u32,
+    ) -> Result<Option<u32>, ClientError> {
+        self.write(&stream::sm_element(
+            "resume",
+            &[("previd", previd), ("h", &h.to_string())],
+        ))
+        .await?;
+        let answer = self.element().await?;
+        match (answer.ns.as_str(), answer.name.as_str()) {
+            (ns::SM, "resumed") => answer
+                .attr("h")
+                .and_then(|h| h.parse().ok())
+                .map(Some)
+                .ok_or_else(|| ClientError::Protocol("<resumed/> without h".into())),
+            (ns::SM, "failed") => Ok(None),
+            _ => Err(ClientError::Protocol(format!(
+                "unexpected <{}/> after <resume/>",
+                answer.name
+            ))),
+        }
+    }
+}
+
+/// Opens a QUIC connection and its XMPP stream, and authenticates; the
+/// caller binds or resumes next.
+pub(crate) async fn dial(
+    endpoint: &quinn::Endpoint,
+    server: std::net::SocketAddr,
+    domain: &str,
+    username: &str,
+    password: &str,
+    mechanism: Mechanism,
+) -> Result<(quinn::Connection, Negotiation), ClientError> {
+    let conn = endpoint
+        .connect(server, domain)
+        .map_err(|e| ClientError::Unreachable(e.to_string()))?
+        .await
+        .map_err(ClientError::from_connection)?;
+    let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
+    let mut nego = Negotiation {
+        send,
+        recv,
+        framer: Framer::new(Limits {
+            max_stanza_bytes: 1024 * 1024,
+            ..Limits::default()
+        }),
+    };
+    nego.open(domain).await?;
+    nego.authenticate(username, password, mechanism).await?;
+    nego.open(domain).await?;
+    Ok((conn, nego))
+}

@@ -1,0 +1,325 @@
+//! Stream management at the core (XEP-0198): one delivery ledger per
+//! session that enabled it.
+//!
+//! The core, not the CM, is the authority for what a client has received:
+//! every stanza routed to an SM session is kept here until the client
+//! acknowledges it, so a CM can die at any moment and the session resumes
+//! on any other CM with nothing lost. Entries are numbered per attachment
+//! (from 0 after `SmEnabled`/`Resumed`); the client's `h` counts what it
+//! was written, which is every entry except those the CM reports skipped.
+//! Pure data: no clocks (the router passes instants), no sockets.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Unacknowledged stanzas kept per session; beyond that a stanza is treated
+/// as sent to an unavailable resource (another resource or offline storage).
+pub const MAX_UNACKED: usize = 1000;
+
+/// Resumption time granted when the client names none, and the most granted.
+pub const DEFAULT_MAX_RESUME_SECS: u32 = 300;
+
+/// One stanza sent to the session.
+#[derive(Debug)]
+struct Entry {
+    payload: Bytes,
+    /// The CM dropped it unwritten (client state indication).
+    skipped: bool,
+}
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("handled count too high")]
+pub struct TooHigh;
+
+/// The ledger of one SM session (see the module docs).
+#[derive(Debug)]
+pub struct Ledger {
+    /// Resumption key (inside the SM id).
+    pub token: u64,
+    /// Granted resumption time in seconds; 0: not resumable.
+    pub max: u32,
+    /// Stanzas handled from the client (`h` we report).
+    pub handled: u32,
+    /// `handled` values of stanzas whose offline store is still running, in
+    /// the order they were counted (so the front is the oldest).
+    pending: VecDeque<u32>,
+    /// An `<a/>` went out lower than `handled` because of pending stores.
+    pub ack_owed: bool,
+    /// The client's last acknowledged `h`.
+    acked: u32,
+    /// Number of the front entry within this attachment.
+    first_seq: u32,
+    entries: VecDeque<Entry>,
+    /// When the client's stream went away (None while attached).
+    pub detached_at: Option<Instant>,
+}
+
+impl Ledger {
+    /// A ledger for a session that just enabled SM.
+    pub fn new(token: u64, max: u32) -> Self {
+        Self::restored(token, max, 0, 0)
+    }
+
+    /// A ledger rebuilt from a CM's counters (after a core restart).
+    pub fn restored(token: u64, max: u32, handled: u32, sent: u32) -> Self {
+        Self {
+            token,
+            max,
+            handled,
+            pending: VecDeque::new(),
+            ack_owed: false,
+            acked: sent,
+            first_seq: 0,
+            entries: VecDeque::new(),
+            detached_at: None,
+        }
+    }
+
+    /// Whether the session may be resumed.
+    pub fn resumable(&self) -> bool {
+        self.max > 0
+    }
+
+    /// Unacknowledged entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is unacknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether another stanza fits.
+    pub fn has_room(&self) -> bool {
+        self.entries.len() < MAX_UNACKED
+    }
+
+    /// Records a stanza sent to the session.
+    pub fn push(&mut self, payload: Bytes) {
+        self.entries.push_back(Entry {
+            payload,
+            skipped: false,
+        });
+    }
+
+    /// A stanza from the client was handled; returns its `h`.
+    pub fn count_in(&mut self) -> u32 {
+        self.handled = self.handled.wrapping_add(1);
+        self.handled
+    }
+
+    /// The stanza numbered `h` waits for an offline store.
+    pub fn store_started(&mut self, h: u32) {
+        self.pending.push_back(h);
+    }
+
+    /// The store for `h` finished (stored or answered with an error).
+    pub fn store_done(&mut self, h: u32) {
+        if let Some(pos) = self.pending.iter().position(|&p| p == h) {
+            self.pending.remove(pos);
+        }
+    }
+
+    /// The `h` that is safe to acknowledge: every stanza up to it is routed
+    /// or durably stored.
+    pub fn durable_h(&self) -> u32 {
+        self.pending
+            .front()
+            .map_or(self.handled, |p| p.wrapping_sub(1))
+    }
+
+    /// The client acknowledged `h`: drops what it received.
+    pub fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
+        let mut n = h.wrapping_sub(self.acked);
+        let written = self.entries.iter().filter(|e| !e.skipped).count();
+        if n as usize > written {
+            return Err(TooHigh);
+        }
+        while let Some(front) = self.entries.front() {
+            if !front.skipped {
+                if n == 0 {
+                    break;
+                }
+                n -= 1;
+            }
+            self.entries.pop_front();
+            self.first_seq = self.first_seq.wrapping_add(1);
+        }
+        self.acked = h;
+        Ok(())
+    }
+
+    /// The CM dropped these entries unwritten.
+    pub fn skip(&mut self, seqs: &[u32]) {
+        for seq in seqs {
+            let idx = seq.wrapping_sub(self.first_seq) as usize;
+            if let Some(e) = self.entries.get_mut(idx) {
+                e.skipped = true;
+            }
+        }
+    }
+
+    /// Starts a new attachment: drops skipped entries, renumbers from 0 and
+    /// returns the stanzas to send again, in order.
+    pub fn reattach(&mut self) -> Vec<Bytes> {
+        self.entries.retain(|e| !e.skipped);
+        self.first_seq = 0;
+        self.detached_at = None;
+        self.entries.iter().map(|e| e.payload.clone()).collect()
+    }
+
+    /// Ends the ledger: the stanzas the client never acknowledged.
+    pub fn into_unacked(self) -> Vec<Bytes> {
+        self.entries
+            .into_iter()
+            .filter(|e| !e.skipped)
+            .map(|e| e.payload)
+            .collect()
+    }
+}
+
+/// Makes and checks SM ids: `base64url(token ‖ HMAC-SHA-256(secret, token ‖ bare JID)[..16])`.
+/// An id is worthless to anyone but the user it was issued to.
+#[derive(Clone)]
+pub struct SmIds {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for SmIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SmIds(..)")
+    }
+}
+
+impl SmIds {
+    /// Ids keyed with `secret`.
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self { secret }
+    }
+
+    fn tag(&self, token: u64, bare: &str) -> [u8; 16] {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
+            return [0; 16];
+        };
+        mac.update(&token.to_be_bytes());
+        mac.update(bare.as_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0; 16];
+        tag.copy_from_slice(&full[..16]);
+        tag
+    }
+
+    /// The SM id for `token` issued to `bare`.
+    pub fn issue(&self, token: u64, bare: &str) -> String {
+        let mut raw = token.to_be_bytes().to_vec();
+        raw.extend_from_slice(&self.tag(token, bare));
+        B64.encode(raw)
+    }
+
+    /// The token inside `id` if `id` was issued to `bare`.
+    pub fn verify(&self, id: &str, bare: &str) -> Option<u64> {
+        let raw = B64.decode(id.as_bytes()).ok()?;
+        if raw.len() != 24 {
+            return None;
+        }
+        let token = u64::from_be_bytes(raw[..8].try_into().ok()?);
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
+        mac.update(&token.to_be_bytes());
+        mac.update(bare.as_bytes());
+        // constant-time comparison of the truncated tag
+        mac.verify_truncated_left(&raw[8..]).ok()?;
+        Some(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn acks_drop_received_entries_and_too_high_is_refused() {
+        let mut l = Ledger::new(1, 300);
+        for s in ["a", "b", "c"] {
+            l.push(b(s));
+        }
+        l.ack(2).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.ack(5), Err(TooHigh));
+        l.ack(3).unwrap();
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn counters_wrap_at_2_pow_32() {
+        let mut l = Ledger::restored(1, 300, u32::MAX, u32::MAX - 1);
+        assert_eq!(l.count_in(), 0);
+        for s in ["a", "b", "c"] {
+            l.push(b(s));
+        }
+        l.ack(u32::MAX).unwrap();
+        assert_eq!(l.len(), 2);
+        l.ack(1).unwrap();
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn skipped_entries_are_not_counted_nor_resent() {
+        let mut l = Ledger::new(1, 300);
+        for s in ["p1", "m1", "p2", "m2"] {
+            l.push(b(s));
+        }
+        l.skip(&[0, 2]);
+        // the client was written m1 and m2 only
+        l.ack(1).unwrap();
+        assert_eq!(l.reattach(), vec![b("m2")]);
+        // renumbered: m2 is 0, the next is 1
+        l.push(b("m3"));
+        l.skip(&[1]);
+        assert_eq!(l.into_unacked(), vec![b("m2")]);
+    }
+
+    #[test]
+    fn durable_h_waits_for_pending_stores() {
+        let mut l = Ledger::new(1, 300);
+        let h1 = l.count_in();
+        let h2 = l.count_in();
+        l.store_started(h2);
+        l.count_in();
+        assert_eq!(l.durable_h(), h1);
+        l.store_done(h2);
+        assert_eq!(l.durable_h(), 3);
+        // across the wrap
+        let mut l = Ledger::restored(1, 300, u32::MAX - 1, 0);
+        let a = l.count_in();
+        let b = l.count_in();
+        l.count_in();
+        l.store_started(b);
+        assert_eq!(b, 0);
+        assert_eq!(l.durable_h(), a);
+    }
+
+    #[test]
+    fn ids_are_bound_to_the_user_and_unforgeable() {
+        let ids = SmIds::new([7; 32]);
+        let id = ids.issue(42, "alice@x");
+        assert_eq!(ids.verify(&id, "alice@x"), Some(42));
+        assert_eq!(ids.verify(&id, "mallory@x"), None);
+        assert_eq!(SmIds::new([8; 32]).verify(&id, "alice@x"), None);
+        let mut forged = B64.decode(&id).unwrap();
+        forged[7] ^= 1; // another token, same tag
+        assert_eq!(ids.verify(&B64.encode(forged), "alice@x"), None);
+        assert_eq!(ids.verify("garbage!", "alice@x"), None);
+    }
+}
