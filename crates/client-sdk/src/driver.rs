@@ -30,6 +30,8 @@ pub(crate) enum Command {
     Stanza(Outgoing),
     /// Available presence: sent, and sent again after a new login.
     Presence(Bytes),
+    /// XEP-0352 client state: kept, and sent again after a new login.
+    Active(bool),
     /// Close the stream cleanly, then stop.
     Close(oneshot::Sender<()>),
     /// Drop the connection without a goodbye, then stop.
@@ -75,6 +77,8 @@ pub(crate) struct Driver {
     seen: Seen,
     outbox: VecDeque<Outgoing>,
     presence: Option<Bytes>,
+    /// XEP-0352 state the app set.
+    active: bool,
     events: mpsc::Sender<Event>,
     pending: Pending,
     shared: Arc<Shared>,
@@ -108,6 +112,7 @@ impl Driver {
             seen: Seen::default(),
             outbox: VecDeque::new(),
             presence: None,
+            active: true,
             events,
             pending,
             shared,
@@ -185,6 +190,10 @@ impl Driver {
                         self.presence = Some(p.clone());
                         self.send(Outgoing { bytes: p, id: None }).await;
                     }
+                    Some(Command::Active(active)) => {
+                        self.active = active;
+                        self.send_client_state().await;
+                    }
                 },
                 inbound = next_inbound(&mut self.live) => match inbound {
                     Inbound::Element(el) => self.element(el).await,
@@ -212,6 +221,9 @@ impl Driver {
     }
 
     async fn state(&mut self, id: Option<String>, state: MessageState) {
+        if !self.opts.message_states {
+            return;
+        }
         if let Some(id) = id {
             self.event(Event::MessageState { id, state }).await;
         }
@@ -254,6 +266,12 @@ impl Driver {
         }
     }
 
+    async fn send_client_state(&mut self) {
+        let name = if self.active { "active" } else { "inactive" };
+        let el = Element::new(name, ns::CSI).to_bytes(ns::CLIENT);
+        self.write_raw(&el).await;
+    }
+
     async fn request_ack(&mut self) {
         if self.live.is_some() && self.sm.want_ack() {
             let r = stream::sm_element("r", &[]);
@@ -294,6 +312,9 @@ impl Driver {
                 && !self.seen.first_time(&from, id)
             {
                 tracing::debug!(from, id, "duplicate message dropped");
+                self.shared
+                    .duplicates
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
             let wants_receipt = el.child("request", ns::RECEIPTS).is_some()
@@ -428,6 +449,9 @@ impl Driver {
         self.live = Some(Live::start(conn, nego));
         if resumed.is_none() {
             self.enable_sm().await;
+            if !self.active {
+                self.send_client_state().await;
+            }
             if let Some(p) = self.presence.clone() {
                 self.send(Outgoing { bytes: p, id: None }).await;
             }

@@ -78,6 +78,9 @@ pub struct ConnectOptions {
     pub receipts: bool,
     /// A session to resume instead of binding a new one (SM id, our `h`).
     pub previous_session: Option<(String, u32)>,
+    /// Report each sent message's progress as [`Event::MessageState`]
+    /// (off by default: an app that turns it on must read its events).
+    pub message_states: bool,
 }
 
 impl ConnectOptions {
@@ -97,7 +100,14 @@ impl ConnectOptions {
             ack_timeout: Duration::from_secs(20),
             receipts: true,
             previous_session: None,
+            message_states: false,
         }
+    }
+
+    /// Reports each sent message's progress as [`Event::MessageState`].
+    pub fn with_message_states(mut self) -> Self {
+        self.message_states = true;
+        self
     }
 
     /// A plain session: no stream management, no reconnection (what a
@@ -147,10 +157,16 @@ impl ConnectOptions {
 
 type Pending = Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<IqResponse>>>>;
 
+/// Events waiting for the app; when it stops reading, the session stops
+/// reading the server (which then holds back, bounded by QUIC flow control).
+pub const EVENT_QUEUE: usize = 4096;
+
 /// State the session task shares with the handle.
 #[derive(Debug, Default)]
 struct Shared {
     resumption: std::sync::Mutex<Option<(String, u32)>>,
+    /// Messages dropped as duplicates (same sender and id seen before).
+    duplicates: std::sync::atomic::AtomicU64,
 }
 
 /// A logged-in session. Stanzas go through a session task that keeps the
@@ -213,7 +229,7 @@ impl Client {
             Some(_) => opts.jid.clone(),
             None => nego.bind(&features, opts.resource.as_deref()).await?,
         };
-        let (tx, events) = mpsc::channel(1024);
+        let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let (cmds, cmd_rx) = mpsc::channel(1024);
         let pending: Pending = Arc::default();
         let shared = Arc::new(Shared::default());
@@ -243,6 +259,19 @@ impl Client {
             resumed: resumed.is_some(),
             receipts,
         })
+    }
+
+    /// Tells the server whether the app is in the foreground (XEP-0352):
+    /// while inactive, the server holds back presence and delivers messages.
+    pub async fn set_active(&self, active: bool) -> Result<(), ClientError> {
+        self.command(Command::Active(active)).await
+    }
+
+    /// Messages dropped because their sender and id were seen before.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.shared
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether `connect` resumed `previous_session`.

@@ -161,11 +161,11 @@ impl Driver {
                 let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
                     return;
                 };
+                // Queued here, in routing order: stored messages keep their order.
+                let stamp = now_stamp();
+                let stored = storage.submit(move |db| db.store_offline(&user, &stamp, &payload));
                 tokio::spawn(async move {
-                    let stamp = now_stamp();
-                    let result = storage
-                        .call(move |db| db.store_offline(&user, &stamp, &payload))
-                        .await;
+                    let result = stored.await;
                     drop(slot);
                     if let Some(origin) = origin {
                         let _ = events.send(Event::Router(Input::Stored { origin })).await;

@@ -18,9 +18,13 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// Unacknowledged stanzas kept per session; beyond that a stanza is treated
-/// as sent to an unavailable resource (another resource or offline storage).
-pub const MAX_UNACKED: usize = 1000;
+/// Unacknowledged stanzas kept per session; beyond that (or beyond
+/// [`MAX_UNACKED_BYTES`]) a message goes to offline storage and is flushed
+/// to the session once it has acknowledged enough.
+pub const MAX_UNACKED: usize = 2048;
+
+/// Bytes of unacknowledged stanzas kept per session.
+pub const MAX_UNACKED_BYTES: usize = 1024 * 1024;
 
 /// Resumption time granted when the client names none, and the most granted.
 pub const DEFAULT_MAX_RESUME_SECS: u32 = 300;
@@ -57,6 +61,10 @@ pub struct Ledger {
     /// Number of the front entry within this attachment.
     first_seq: u32,
     entries: VecDeque<Entry>,
+    /// Bytes in `entries`.
+    bytes: usize,
+    /// Messages went to offline storage because the ledger was full.
+    pub overflowed: bool,
     /// When the client's stream went away (None while attached).
     pub detached_at: Option<Instant>,
 }
@@ -78,6 +86,8 @@ impl Ledger {
             acked: sent,
             first_seq: 0,
             entries: VecDeque::new(),
+            bytes: 0,
+            overflowed: false,
             detached_at: None,
         }
     }
@@ -99,11 +109,17 @@ impl Ledger {
 
     /// Whether another stanza fits.
     pub fn has_room(&self) -> bool {
-        self.entries.len() < MAX_UNACKED
+        self.entries.len() < MAX_UNACKED && self.bytes < MAX_UNACKED_BYTES
+    }
+
+    /// Whether the ledger has drained to half its bounds.
+    pub fn half_empty(&self) -> bool {
+        self.entries.len() <= MAX_UNACKED / 2 && self.bytes <= MAX_UNACKED_BYTES / 2
     }
 
     /// Records a stanza sent to the session.
     pub fn push(&mut self, payload: Bytes) {
+        self.bytes += payload.len();
         self.entries.push_back(Entry {
             payload,
             skipped: false,
@@ -150,7 +166,9 @@ impl Ledger {
                 }
                 n -= 1;
             }
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= e.payload.len();
+            }
             self.first_seq = self.first_seq.wrapping_add(1);
         }
         self.acked = h;
@@ -171,6 +189,7 @@ impl Ledger {
     /// returns the stanzas to send again, in order.
     pub fn reattach(&mut self) -> Vec<Bytes> {
         self.entries.retain(|e| !e.skipped);
+        self.bytes = self.entries.iter().map(|e| e.payload.len()).sum();
         self.first_seq = 0;
         self.detached_at = None;
         self.entries.iter().map(|e| e.payload.clone()).collect()

@@ -280,10 +280,22 @@ impl Router {
                 }
             }
             Frame::Acked { sid, h } => {
-                let too_high = self
-                    .ledgers
-                    .get_mut(&(node, sid))
-                    .is_some_and(|l| l.ack(h).is_err());
+                let mut caught_up = false;
+                let too_high = self.ledgers.get_mut(&(node, sid)).is_some_and(|l| {
+                    let refused = l.ack(h).is_err();
+                    caught_up = l.overflowed && l.half_empty();
+                    l.overflowed &= !caught_up;
+                    refused
+                });
+                if caught_up
+                    && let Some(user) = self.table.jid_of(node, sid).and_then(|j| j.split_once('@'))
+                {
+                    let user = user.0.to_owned();
+                    self.out.push(Action::FlushOffline {
+                        user,
+                        to: (node, sid),
+                    });
+                }
                 if too_high {
                     tracing::debug!(node, sid, h, "client acknowledged more than it was sent");
                     self.send(
@@ -782,7 +794,8 @@ impl Router {
     fn deliver(&mut self, (node, sid): SessionAddr, payload: Bytes) {
         if let Some(l) = self.ledgers.get_mut(&(node, sid)) {
             if !l.has_room() {
-                // The client acknowledges nothing: treat it as unavailable.
+                // The client is far behind: store, and flush once it caught up.
+                l.overflowed = true;
                 let user = self.table.jid_of(node, sid).and_then(|j| j.split_once('@'));
                 let user = user.map(|(u, _)| u.to_owned());
                 if let Some(user) = user {

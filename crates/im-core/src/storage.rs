@@ -272,6 +272,15 @@ impl Storage {
         &self,
         f: impl FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
+        self.submit(f).await
+    }
+
+    /// Queues `f` now (jobs run in the order they were submitted, unless the
+    /// queue is full) and returns the future of its committed result.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |db| {
             let result = f(db);
@@ -280,19 +289,21 @@ impl Storage {
             })
         });
         let jobs = self.jobs.clone();
-        // The channel is bounded: wait on a blocking thread when it is full.
-        let sent = match jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || jobs.send(job))
-                    .await
-                    .map_err(|_| StorageError::Closed)?
-                    .map_err(|_| StorageError::Closed)
+        let queued = jobs.try_send(job);
+        async move {
+            match queued {
+                Ok(()) => {}
+                // The channel is bounded: wait on a blocking thread when it is full.
+                Err(mpsc::TrySendError::Full(job)) => {
+                    tokio::task::spawn_blocking(move || jobs.send(job))
+                        .await
+                        .map_err(|_| StorageError::Closed)?
+                        .map_err(|_| StorageError::Closed)?;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StorageError::Closed),
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(StorageError::Closed),
-        };
-        sent?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            rx.await.map_err(|_| StorageError::Closed)?
+        }
     }
 }
 

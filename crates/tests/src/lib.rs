@@ -378,3 +378,31 @@ impl Cluster {
         self.stop_core().await;
     }
 }
+
+/// Sends `n` numbered messages from `a` to `b` and `b` to `a`, calling
+/// `between` on `a` every `every` messages; checks order and exactly-once.
+pub async fn chat_with_moves(
+    a: &mut Client,
+    b: &mut Client,
+    n: usize,
+    every: usize,
+    between: impl Fn(&Client, usize),
+) {
+    for i in 0..n {
+        if i > 0 && i % every == 0 {
+            between(a, i);
+        }
+        a.send_message(b.jid(), &format!("a{i}")).await.unwrap();
+        b.send_message(a.jid(), &format!("b{i}")).await.unwrap();
+    }
+    for i in 0..n {
+        let m = b.next_message(Duration::from_secs(10)).await;
+        assert_eq!(m.map(|m| m.body), Ok(Some(format!("a{i}"))), "b's {i}th");
+        let m = a.next_message(Duration::from_secs(10)).await;
+        assert_eq!(m.map(|m| m.body), Ok(Some(format!("b{i}"))), "a's {i}th");
+    }
+    // nothing more: no duplicates, not even ones the SDK would have dropped
+    assert!(a.next_message(Duration::from_millis(300)).await.is_err());
+    assert!(b.next_message(Duration::from_millis(300)).await.is_err());
+    assert_eq!(a.duplicates_dropped() + b.duplicates_dropped(), 0);
+}

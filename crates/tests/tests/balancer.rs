@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client_sdk::Client;
-use tests::{Cluster, DOMAIN};
+use tests::{Cluster, DOMAIN, chat_with_moves};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -85,37 +85,6 @@ async fn new_connections_spread_evenly_over_the_cms() {
         cluster.shutdown().await;
     })
     .await;
-}
-
-/// Sends `n` numbered messages from `a` to `b` and `b` to `a`, calling
-/// `between` on `a` every `every` messages; checks order and exactly-once.
-async fn chat_with_moves(
-    a: &mut Client,
-    b: &mut Client,
-    n: usize,
-    every: usize,
-    between: impl Fn(&Client, usize),
-) {
-    for i in 0..n {
-        if i > 0 && i % every == 0 {
-            between(a, i);
-        }
-        a.send_message(b.jid(), &format!("a{i}")).await.unwrap();
-        b.send_message(a.jid(), &format!("b{i}")).await.unwrap();
-    }
-    for i in 0..n {
-        assert_eq!(
-            b.next_message(WAIT).await.unwrap().body,
-            Some(format!("a{i}"))
-        );
-        assert_eq!(
-            a.next_message(WAIT).await.unwrap().body,
-            Some(format!("b{i}"))
-        );
-    }
-    // nothing more: no duplicates
-    assert!(a.next_message(Duration::from_millis(300)).await.is_err());
-    assert!(b.next_message(Duration::from_millis(300)).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,253 @@
+//! Mobile-grade sessions end to end: connection migration under traffic,
+//! stream management (XEP-0198) with resumption, expiry to offline storage,
+//! and client state indication (XEP-0352). The SIGKILL-a-CM test needs real
+//! processes and lives in `crates/longlink/tests/failover.rs`.
+
+use std::time::Duration;
+
+use client_sdk::{Client, Event};
+use tests::{Cluster, DOMAIN, chat_with_moves};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("test finished in time");
+}
+
+fn jid(user: &str) -> String {
+    format!("{user}@{DOMAIN}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_each_way_while_one_side_keeps_changing_networks() {
+    bounded(async {
+        let cluster = Cluster::start_with_lb(2).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        cluster.wait_backends(2).await;
+        let mut alice = cluster.login_lb("alice", "phone").await;
+        let mut bob = cluster.login_lb("bob", "phone").await;
+        cluster.wait_routes(2).await;
+        let node = cluster.node_of(alice.jid()).await;
+        // every 100 messages: a new port, and every other time a new address
+        chat_with_moves(&mut alice, &mut bob, 1000, 100, |a, i| {
+            if i % 200 == 0 {
+                let ip = if i % 400 == 0 {
+                    "127.0.0.1"
+                } else {
+                    "127.0.0.2"
+                };
+                a.rebind_to(format!("{ip}:0").parse().unwrap()).unwrap();
+            } else {
+                a.network_changed().unwrap();
+            }
+        })
+        .await;
+        // one session all along: no reconnection, no re-login, same CM, and
+        // every message went live (none overflowed to offline storage)
+        assert_eq!(cluster.node_of(alice.jid()).await, node);
+        let metrics = cluster.metrics().await;
+        assert!(
+            metrics.contains("longlink_core_offline_stored_total 0"),
+            "{metrics}"
+        );
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(100), alice.next_event()).await
+        {
+            assert!(
+                !matches!(ev, Event::ConnectionLost(_) | Event::Reconnected { .. }),
+                "{ev:?}"
+            );
+        }
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated() {
+    bounded(async {
+        let cluster = Cluster::start(2).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let mut alice = cluster.login(0, "alice", "phone").await;
+        let mut bob = cluster.login(1, "bob", "desk").await;
+        alice.ping().await.unwrap();
+        let (id, h) = alice.resumption().expect("resumable");
+        // alice's phone loses the network for good; bob keeps writing
+        alice.abort();
+        for i in 0..20 {
+            bob.send_message(&format!("{}/phone", jid("alice")), &format!("m{i}"))
+                .await
+                .unwrap();
+        }
+        bob.ping().await.unwrap();
+        // the app restarts and resumes the session from its saved id, on another CM
+        let opts = cluster
+            .options(1, "alice", "secret")
+            .with_previous_session(&id, h);
+        let mut alice = Client::connect(opts).await.unwrap();
+        assert!(alice.was_resumed());
+        for i in 0..20 {
+            let m = alice.next_message(WAIT).await.unwrap();
+            assert_eq!(m.body, Some(format!("m{i}")));
+            assert!(m.delay.is_none(), "live, not from offline storage");
+        }
+        alice.send_message(bob.jid(), "back").await.unwrap();
+        assert_eq!(
+            bob.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("back")
+        );
+        assert!(
+            alice
+                .next_message(Duration::from_millis(300))
+                .await
+                .is_err()
+        );
+        assert_eq!(alice.duplicates_dropped(), 0);
+        assert_eq!(
+            cluster
+                .node_of(&format!("{}/phone", jid("alice")))
+                .await
+                .as_deref(),
+            Some("cm-2")
+        );
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_foreign_sm_ids_are_refused_and_expired_sessions_go_offline() {
+    bounded(async {
+        let cluster = Cluster::start(1).await;
+        for u in ["alice", "mallory", "carol"] {
+            cluster.add_user(u, "secret");
+        }
+        let alice = Client::connect(
+            cluster
+                .options(0, "alice", "secret")
+                .with_resource("phone")
+                .with_resume_max(2),
+        )
+        .await
+        .unwrap();
+        alice.send_presence(0).await.unwrap();
+        alice.ping().await.unwrap();
+        let (id, h) = alice.resumption().expect("resumable");
+        // another user presenting alice's id gets nothing of hers
+        let mallory = Client::connect(
+            cluster
+                .options(0, "mallory", "secret")
+                .with_previous_session(&id, h),
+        )
+        .await
+        .unwrap();
+        assert!(!mallory.was_resumed());
+        assert!(mallory.jid().starts_with(&jid("mallory")));
+        // a forged id (one character changed) is refused too
+        let mut forged = id.clone().into_bytes();
+        forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        let again = Client::connect(
+            cluster
+                .options(0, "alice", "secret")
+                .with_resource("tablet")
+                .with_previous_session(&forged, h),
+        )
+        .await
+        .unwrap();
+        assert!(!again.was_resumed());
+        let metrics = cluster.metrics().await;
+        assert!(
+            metrics.contains("longlink_core_sm_resume_failed 2"),
+            "{metrics}"
+        );
+        again.disconnect().await;
+
+        // alice vanishes; what carol sends waits for her, then expires offline
+        alice.abort();
+        let carol = cluster.login(0, "carol", "pc").await;
+        for i in 0..3 {
+            carol
+                .send_message(&jid("alice"), &format!("while away {i}"))
+                .await
+                .unwrap();
+        }
+        carol.ping().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let metrics = cluster.metrics().await;
+        assert!(metrics.contains("longlink_core_sm_expired 1"), "{metrics}");
+        let mut alice = cluster.login(0, "alice", "phone").await;
+        for i in 0..3 {
+            let m = alice.next_message(WAIT).await.unwrap();
+            assert_eq!(m.body, Some(format!("while away {i}")));
+            assert!(
+                m.delay.is_some(),
+                "from offline storage, with a delay stamp"
+            );
+        }
+        drop(mallory);
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactive_client_gets_messages_at_once_and_the_latest_presence_on_return() {
+    bounded(async {
+        let cluster = Cluster::start(2).await;
+        for u in ["bob", "carol", "dave"] {
+            cluster.add_user(u, "secret");
+        }
+        let mut bob = cluster.login(0, "bob", "phone").await;
+        let carol = cluster.login(1, "carol", "pc").await;
+        let dave = cluster.login(1, "dave", "pc").await;
+        bob.set_active(false).await.unwrap();
+        bob.ping().await.unwrap();
+        let to = bob.jid().to_owned();
+        let presence =
+            |status: &str| format!("<presence to='{to}'><status>{status}</status></presence>");
+        carol
+            .send_raw(presence("carol 1").as_bytes())
+            .await
+            .unwrap();
+        dave.send_raw(presence("dave 1").as_bytes()).await.unwrap();
+        carol
+            .send_raw(presence("carol 2").as_bytes())
+            .await
+            .unwrap();
+        carol.send_message(&to, "urgent").await.unwrap();
+        // the message arrives at once, and no presence before it or after it
+        let mut got_message = false;
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(700), bob.next_event()).await
+        {
+            match ev {
+                Event::Message(m) if m.body.is_some() => {
+                    assert_eq!(m.body.as_deref(), Some("urgent"));
+                    got_message = true;
+                }
+                Event::Presence(p) => panic!("presence while inactive: {p:?}"),
+                _ => {}
+            }
+        }
+        assert!(got_message);
+        // back in the foreground: the latest presence of each contact, once
+        bob.set_active(true).await.unwrap();
+        let mut statuses = Vec::new();
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(700), bob.next_event()).await
+        {
+            if let Event::Presence(p) = ev {
+                statuses.push(p.status.unwrap_or_default());
+            }
+        }
+        statuses.sort();
+        assert_eq!(statuses, vec!["carol 2".to_owned(), "dave 1".to_owned()]);
+        cluster.shutdown().await;
+    })
+    .await;
+}
