@@ -491,9 +491,15 @@ impl Driver {
     }
 }
 
-/// Jittered exponential backoff: 0.5–1 × min(200 ms × 2^attempt, 30 s).
+/// Reconnection delay: the first attempt at once (a phone that just lost
+/// its connection wants it back), then jittered exponential backoff,
+/// 0.5–1 × min(200 ms × 2^(attempt-1), 30 s), so a fleet that lost one CM
+/// does not come back in one wave.
 fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1 << attempt.min(8));
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let base = Duration::from_millis(200).saturating_mul(1 << (attempt - 1).min(8));
     let cap = base.min(Duration::from_secs(30));
     cap.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
@@ -549,10 +555,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
-        for attempt in 0..20 {
+        assert_eq!(backoff(0), Duration::ZERO);
+        for attempt in 1..20 {
             let b = backoff(attempt);
             let cap = Duration::from_millis(200)
-                .saturating_mul(1 << attempt.min(8))
+                .saturating_mul(1 << (attempt - 1).min(8))
                 .min(Duration::from_secs(30));
             assert!(b >= cap / 2 && b <= cap, "{attempt}: {b:?}");
         }

@@ -5,14 +5,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_longlink");
+mod common;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("longlink runs")
-}
+use common::{BIN, Deployment, backends, run};
 
 #[test]
 fn certs_init_keeps_keys_unless_forced() {
@@ -68,10 +63,10 @@ fn certs_init_keeps_keys_unless_forced() {
     assert_ne!(std::fs::read(&key).unwrap(), before);
 }
 
-/// Kills the deployment if the test fails half-way.
-struct Deployment(Child);
+/// Kills `longlink up` if the test fails half-way.
+struct UpProcess(Child);
 
-impl Drop for Deployment {
+impl Drop for UpProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -94,7 +89,7 @@ fn wait_for(path: &Path) {
 fn up_adduser_send_recv_routes_and_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let mut up = Deployment(
+    let mut up = UpProcess(
         Command::new(BIN)
             .args([
                 "up",
@@ -250,142 +245,15 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
     assert!(!run(&["deluser", "bob", "--dir", d]).status.success());
 }
 
-/// A free UDP or TCP port on loopback (bound and released).
-fn free_port(tcp: bool) -> u16 {
-    if tcp {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-}
-
-/// Child processes killed when the test ends, however it ends.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn backends(admin: &str) -> Vec<String> {
-    ureq::get(&format!("http://{admin}/backends"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
-        .and_then(|v| {
-            v.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|b| b["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn separate_processes_and_a_sigkilled_cm_leaves_the_balancer_within_two_seconds() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let pki = d.join("pki");
-    assert!(
-        run(&[
-            "certs",
-            "init",
-            "--dir",
-            pki.to_str().unwrap(),
-            "--domain",
-            "example.org",
-            "--cm",
-            "3"
-        ])
-        .status
-        .success()
-    );
-    // accounts while the core is stopped: straight into its database
-    assert!(
-        run(&[
-            "adduser",
-            "alice",
-            "--password",
-            "pw",
-            "--dir",
-            d.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
-    let core = format!("127.0.0.1:{}", free_port(false));
-    let core_admin = format!("127.0.0.1:{}", free_port(true));
-    let (lb_pub, lb_back, lb_ctl) = (free_port(false), free_port(false), free_port(false));
-    let lb_admin = format!("127.0.0.1:{}", free_port(true));
-    let write = |name: &str, text: String| {
-        let p = d.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    };
-    let core_toml = write(
-        "core.toml",
-        format!(
-            "domain = \"example.org\"\nlisten = \"{core}\"\nadmin_listen = \"{core_admin}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\n",
-            d.join("data").display(),
-            pki.display()
-        ),
-    );
-    let lb_toml = write(
-        "lb.toml",
-        format!(
-            "listen = [\"127.0.0.1:{lb_pub}\"]\nbackend_listen = \"127.0.0.1:{lb_back}\"\ncontrol_listen = \"127.0.0.1:{lb_ctl}\"\nadmin_listen = \"{lb_admin}\"\npki_dir = \"{}\"\n",
-            pki.display()
-        ),
-    );
-    let spawn = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut procs = Processes(vec![
-        spawn(&["core", "--config", &core_toml]),
-        spawn(&["lb", "--config", &lb_toml]),
-    ]);
-    for i in 1..=3 {
-        let cm_toml = write(
-            &format!("cm-{i}.toml"),
-            format!(
-                "node = \"cm-{i}\"\ndomain = \"example.org\"\nlisten = \"127.0.0.1:{}\"\ncore = \"{core}\"\npki_dir = \"{}\"\n\n[balancer]\ncontrol = \"127.0.0.1:{lb_ctl}\"\nencap = \"127.0.0.1:{lb_back}\"\n",
-                free_port(false),
-                pki.display()
-            ),
-        );
-        procs.0.push(spawn(&["cm", "--config", &cm_toml]));
-    }
-    let start = Instant::now();
-    while backends(&lb_admin).len() < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "CMs never all joined: {:?}",
-            backends(&lb_admin)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut dep = Deployment::start("example.org", 3, &["alice".to_owned()], "pw");
+    let cms: Vec<usize> = (1..=3).map(|i| dep.spawn_cm(i)).collect();
+    dep.wait_backends(&["cm-1", "cm-2", "cm-3"]);
     // SIGKILL cm-2: no goodbye, the balancer must notice by itself
-    procs.0[3].kill().unwrap();
+    dep.kill(cms[1]);
     let killed = Instant::now();
-    while backends(&lb_admin).contains(&"cm-2".to_owned()) {
+    while backends(&dep.lb_admin).contains(&"cm-2".to_owned()) {
         assert!(
             killed.elapsed() < Duration::from_secs(5),
             "cm-2 still in the table"
@@ -398,12 +266,13 @@ fn separate_processes_and_a_sigkilled_cm_leaves_the_balancer_within_two_seconds(
         "left after {gone_after:?}"
     );
     // new connections only reach live CMs: every login succeeds
-    let ca = pki.join("ca.pem");
+    let ca = dep.ca();
+    let lb = dep.lb().to_string();
     for i in 0..6 {
         let out = run(&[
             "send",
             "--server",
-            &format!("127.0.0.1:{lb_pub}"),
+            &lb,
             "--jid",
             "alice@example.org",
             "--password",

@@ -26,11 +26,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut receivers = Vec::new();
     for i in 0..pairs {
         let s = Client::connect(
-            ConnectOptions::new(cm_a, &format!("u{}@{domain}", 2 * i), "pw").with_ca_file(&ca),
+            ConnectOptions::new(cm_a, &format!("u{}@{domain}", 2 * i), "pw")
+                .with_ca_file(&ca)
+                .with_receipts(false),
         )
         .await?;
         let r = Client::connect(
-            ConnectOptions::new(cm_b, &format!("u{}@{domain}", 2 * i + 1), "pw").with_ca_file(&ca),
+            ConnectOptions::new(cm_b, &format!("u{}@{domain}", 2 * i + 1), "pw")
+                .with_ca_file(&ca)
+                .with_receipts(false),
         )
         .await?;
         r.send_presence(0).await?;

@@ -1,0 +1,255 @@
+//! Helpers for tests that run longlink as real processes on loopback.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `longlink` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_longlink");
+
+/// Runs `longlink` with `args` to completion.
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("longlink runs")
+}
+
+/// A free UDP or TCP port on loopback (bound and released).
+pub fn free_port(tcp: bool) -> u16 {
+    if tcp {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+/// Child processes killed when the test ends, however it ends.
+pub struct Processes(pub Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Names of the balancer's backends, from its admin endpoint.
+pub fn backends(admin: &str) -> Vec<String> {
+    ureq::get(&format!("http://{admin}/backends"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+        .and_then(|v| {
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|b| b["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// A deployment of separate processes: a core and a balancer, CMs added
+/// one by one, each with its own TOML file in a temporary directory.
+pub struct Deployment {
+    /// Holds PKI, data and configuration.
+    pub dir: tempfile::TempDir,
+    /// The PKI directory.
+    pub pki: PathBuf,
+    /// The XMPP domain.
+    pub domain: String,
+    /// The core's CM listener.
+    pub core: String,
+    /// The core's admin endpoint.
+    pub core_admin: String,
+    /// The balancer's public UDP port.
+    pub lb_public: u16,
+    lb_backend: u16,
+    lb_control: u16,
+    /// The balancer's admin endpoint.
+    pub lb_admin: String,
+    /// Processes: [core, lb, CMs in the order added].
+    pub procs: Processes,
+}
+
+impl Deployment {
+    /// Makes certificates for `cms` CMs, writes `users` (all with
+    /// `password`) into the core's database, and starts core and balancer.
+    pub fn start(domain: &str, cms: u32, users: &[String], password: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pki = d.join("pki");
+        let cms_arg = cms.to_string();
+        let init = run(&[
+            "certs",
+            "init",
+            "--dir",
+            pki.to_str().unwrap(),
+            "--domain",
+            domain,
+            "--cm",
+            &cms_arg,
+        ]);
+        assert!(init.status.success(), "{init:?}");
+        let data = d.join("data");
+        if !users.is_empty() {
+            let db = im_core::storage::Db::open(&data, 10_000).unwrap();
+            let creds = xmpp_sasl::StoredCredentials::new(
+                password,
+                xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+            );
+            for u in users {
+                assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
+            }
+        }
+        let mut dep = Self {
+            core: format!("127.0.0.1:{}", free_port(false)),
+            core_admin: format!("127.0.0.1:{}", free_port(true)),
+            lb_public: free_port(false),
+            lb_backend: free_port(false),
+            lb_control: free_port(false),
+            lb_admin: format!("127.0.0.1:{}", free_port(true)),
+            domain: domain.to_owned(),
+            pki,
+            dir,
+            procs: Processes(Vec::new()),
+        };
+        let core_toml = dep.write(
+            "core.toml",
+            format!(
+                "domain = \"{domain}\"\nlisten = \"{}\"\nadmin_listen = \"{}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\n",
+                dep.core,
+                dep.core_admin,
+                data.display(),
+                dep.pki.display()
+            ),
+        );
+        let lb_toml = dep.write(
+            "lb.toml",
+            format!(
+                "listen = [\"127.0.0.1:{}\"]\nbackend_listen = \"127.0.0.1:{}\"\ncontrol_listen = \"127.0.0.1:{}\"\nadmin_listen = \"{}\"\npki_dir = \"{}\"\n",
+                dep.lb_public,
+                dep.lb_backend,
+                dep.lb_control,
+                dep.lb_admin,
+                dep.pki.display()
+            ),
+        );
+        dep.spawn(&["core", "--config", &core_toml]);
+        dep.spawn(&["lb", "--config", &lb_toml]);
+        dep
+    }
+
+    fn write(&self, name: &str, text: String) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+
+    fn spawn(&mut self, args: &[&str]) -> usize {
+        let child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.procs.0.push(child);
+        self.procs.0.len() - 1
+    }
+
+    /// Starts CM `cm-<i>` behind the balancer; returns its process index.
+    pub fn spawn_cm(&mut self, i: u32) -> usize {
+        let toml = self.write(
+            &format!("cm-{i}.toml"),
+            format!(
+                "node = \"cm-{i}\"\ndomain = \"{}\"\nlisten = \"127.0.0.1:{}\"\ncore = \"{}\"\npki_dir = \"{}\"\n\n[balancer]\ncontrol = \"127.0.0.1:{}\"\nencap = \"127.0.0.1:{}\"\n",
+                self.domain,
+                free_port(false),
+                self.core,
+                self.pki.display(),
+                self.lb_control,
+                self.lb_backend,
+            ),
+        );
+        self.spawn(&["cm", "--config", &toml])
+    }
+
+    /// Waits until the balancer's backends are exactly `names`.
+    pub fn wait_backends(&self, names: &[&str]) {
+        let start = Instant::now();
+        loop {
+            let mut have = backends(&self.lb_admin);
+            have.sort();
+            if have == names {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "backends {have:?}, want {names:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The balancer's public address.
+    pub fn lb(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.lb_public).into()
+    }
+
+    /// The cluster CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.pki.join("ca.pem")
+    }
+
+    /// SIGKILLs process `index`.
+    pub fn kill(&mut self, index: usize) {
+        self.procs.0[index].kill().unwrap();
+        let _ = self.procs.0[index].wait();
+    }
+
+    /// The core's routing table: full JID to CM node name.
+    pub fn routes(&self) -> std::collections::HashMap<String, String> {
+        let v: serde_json::Value = ureq::get(&format!("http://{}/routes", self.core_admin))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let names: std::collections::HashMap<u64, String> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_u64().unwrap(),
+                    n["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let node = names.get(&r["node"].as_u64().unwrap()).cloned();
+                (
+                    r["jid"].as_str().unwrap().to_owned(),
+                    node.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
