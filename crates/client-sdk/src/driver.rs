@@ -5,6 +5,8 @@
 //! never acknowledged).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +45,20 @@ enum Inbound {
     Element(Element),
     End(String),
 }
+
+/// A new connection, negotiated up to resumption or binding.
+pub(crate) struct Attached {
+    conn: quinn::Connection,
+    nego: Negotiation,
+    /// `h` of `<resumed/>`, or None if a new session was bound.
+    pub(crate) resumed: Option<u32>,
+    /// The bound full JID of a new session.
+    pub(crate) jid: Option<String>,
+}
+
+/// A reconnection in progress (it owns what it needs: the session task
+/// keeps serving the app meanwhile).
+type Connecting = Pin<Box<dyn Future<Output = Result<Attached, ClientError>> + Send>>;
 
 /// One live connection.
 struct Live {
@@ -86,6 +102,8 @@ pub(crate) struct Driver {
     ack_deadline: Option<Instant>,
     /// Next reconnection attempt and how many failed before it.
     retry: Option<(Instant, u32)>,
+    /// The reconnection under way and its attempt number.
+    connecting: Option<(Connecting, u32)>,
     finished: bool,
 }
 
@@ -118,19 +136,20 @@ impl Driver {
             shared,
             ack_deadline: None,
             retry: None,
+            connecting: None,
             finished: false,
         }
     }
 
     /// Takes over a negotiated connection: `resumed` is the server's `h` if
     /// `<resume/>` succeeded, otherwise the session was just bound.
-    pub(crate) async fn attach(
-        &mut self,
-        conn: quinn::Connection,
-        nego: Negotiation,
-        resumed: Option<u32>,
-        previous: Option<(String, u32)>,
-    ) {
+    pub(crate) async fn attach(&mut self, attached: Attached, previous: Option<(String, u32)>) {
+        let Attached {
+            conn,
+            nego,
+            resumed,
+            ..
+        } = attached;
         self.live = Some(Live::start(conn, nego));
         match (resumed, previous) {
             (Some(h), Some((id, inbound))) => {
@@ -202,7 +221,8 @@ impl Driver {
                 _ = sleep_until(ack_deadline), if ack_deadline.is_some() && self.live.is_some() => {
                     self.lost("no acknowledgement from the server in time".into()).await;
                 }
-                _ = sleep_until(retry.map(|r| r.0)), if retry.is_some() => self.reconnect().await,
+                _ = sleep_until(retry.map(|r| r.0)), if retry.is_some() => self.start_connecting(),
+                attached = next_attached(&mut self.connecting) => self.connected(attached).await,
             }
         }
     }
@@ -388,48 +408,55 @@ impl Driver {
         }
     }
 
-    async fn reconnect(&mut self) {
+    fn start_connecting(&mut self) {
         let Some((_, attempt)) = self.retry.take() else {
             return;
         };
-        match tokio::time::timeout(self.opts.timeout, self.establish()).await {
-            Ok(Ok(resumed)) => {
+        let attempt_fut = negotiate(
+            self.endpoint.clone(),
+            self.opts.clone(),
+            self.domain.clone(),
+            self.username.clone(),
+            self.sm.resumption(),
+            self.resource.clone(),
+        );
+        let timeout = self.opts.timeout;
+        let fut = async move {
+            tokio::time::timeout(timeout, attempt_fut)
+                .await
+                .unwrap_or(Err(ClientError::Timeout))
+        };
+        self.connecting = Some((Box::pin(fut), attempt));
+    }
+
+    async fn connected(&mut self, (result, attempt): (Result<Attached, ClientError>, u32)) {
+        match result {
+            Ok(attached) => {
+                let resumed = attached.resumed.is_some();
+                self.adopt(attached).await;
                 tracing::info!(resumed, attempt, "reconnected");
                 self.event(Event::Reconnected { resumed }).await;
             }
-            Ok(Err(e @ (ClientError::Auth(_) | ClientError::Config(_) | ClientError::Tls(_)))) => {
+            Err(e @ (ClientError::Auth(_) | ClientError::Config(_) | ClientError::Tls(_))) => {
                 tracing::warn!(error = %e, "cannot reconnect");
                 self.event(Event::StreamError(e.to_string())).await;
                 self.finished = true;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::debug!(error = %e, attempt, "reconnect failed");
-                self.retry = Some((Instant::now() + backoff(attempt + 1), attempt + 1));
-            }
-            Err(_) => {
                 self.retry = Some((Instant::now() + backoff(attempt + 1), attempt + 1));
             }
         }
     }
 
-    /// Dials, authenticates, resumes or binds, then sends what is owed.
-    async fn establish(&mut self) -> Result<bool, ClientError> {
-        let (conn, mut nego) = dial(
-            &self.endpoint,
-            self.opts.server,
-            &self.domain,
-            &self.username,
-            &self.opts.password,
-            self.opts.mechanism,
-        )
-        .await?;
-        let features = nego.element().await?;
-        let mut resumed = None;
-        if let Some((id, h)) = self.sm.resumption()
-            && features.child("sm", ns::SM).is_some()
-        {
-            resumed = nego.resume(&id, h).await?;
-        }
+    /// Takes over a reconnected stream and sends what is owed on it.
+    async fn adopt(&mut self, attached: Attached) {
+        let Attached {
+            conn,
+            nego,
+            resumed,
+            jid,
+        } = attached;
         let resend = match resumed {
             Some(h) => {
                 let (acked, rest) = self.sm.resumed(h);
@@ -439,8 +466,7 @@ impl Driver {
                 rest
             }
             None => {
-                let jid = nego.bind(&features, self.resource.as_deref()).await?;
-                if let Some((_, res)) = jid.split_once('/') {
+                if let Some((_, res)) = jid.as_deref().and_then(|j| j.split_once('/')) {
                     self.resource = Some(res.to_owned());
                 }
                 self.sm.restart()
@@ -461,7 +487,6 @@ impl Driver {
             self.send(out).await;
         }
         self.publish();
-        Ok(resumed.is_some())
     }
 
     async fn close(&mut self) {
@@ -507,6 +532,58 @@ fn backoff(attempt: u32) -> Duration {
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Dials, authenticates, then resumes `resumption` if the server offers
+/// stream management, or binds `resource`.
+pub(crate) async fn negotiate(
+    endpoint: quinn::Endpoint,
+    opts: ConnectOptions,
+    domain: String,
+    username: String,
+    resumption: Option<(String, u32)>,
+    resource: Option<String>,
+) -> Result<Attached, ClientError> {
+    let (conn, mut nego) = dial(
+        &endpoint,
+        opts.server,
+        &domain,
+        &username,
+        &opts.password,
+        opts.mechanism,
+    )
+    .await?;
+    let features = nego.element().await?;
+    let mut resumed = None;
+    if let Some((id, h)) = resumption
+        && features.child("sm", ns::SM).is_some()
+    {
+        resumed = nego.resume(&id, h).await?;
+    }
+    let jid = match resumed {
+        Some(_) => None,
+        None => Some(nego.bind(&features, resource.as_deref()).await?),
+    };
+    Ok(Attached {
+        conn,
+        nego,
+        resumed,
+        jid,
+    })
+}
+
+async fn next_attached(
+    connecting: &mut Option<(Connecting, u32)>,
+) -> (Result<Attached, ClientError>, u32) {
+    match connecting {
+        Some((fut, attempt)) => {
+            let result = fut.await;
+            let attempt = *attempt;
+            *connecting = None;
+            (result, attempt)
+        }
         None => std::future::pending().await,
     }
 }

@@ -211,24 +211,17 @@ impl Client {
             .ok_or_else(|| ClientError::Config("the JID needs a user part".into()))?;
         let domain = bare.domain().to_string();
         let endpoint = client_endpoint(&opts)?;
-        let (conn, mut nego) = negotiation::dial(
-            &endpoint,
-            opts.server,
-            &domain,
-            &username,
-            &opts.password,
-            opts.mechanism,
+        let attached = driver::negotiate(
+            endpoint.clone(),
+            opts.clone(),
+            domain.clone(),
+            username.clone(),
+            opts.previous_session.clone(),
+            opts.resource.clone(),
         )
         .await?;
-        let features = nego.element().await?;
-        let mut resumed = None;
-        if let Some((id, h)) = &opts.previous_session {
-            resumed = nego.resume(id, *h).await?;
-        }
-        let jid = match resumed {
-            Some(_) => opts.jid.clone(),
-            None => nego.bind(&features, opts.resource.as_deref()).await?,
-        };
+        let resumed = attached.resumed;
+        let jid = attached.jid.clone().unwrap_or_else(|| opts.jid.clone());
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let (cmds, cmd_rx) = mpsc::channel(1024);
         let pending: Pending = Arc::default();
@@ -246,7 +239,7 @@ impl Client {
             pending.clone(),
             shared.clone(),
         );
-        driver.attach(conn, nego, resumed, previous).await;
+        driver.attach(attached, previous).await;
         tokio::spawn(driver.run(cmd_rx));
         Ok(Client {
             jid,

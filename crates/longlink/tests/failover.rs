@@ -64,7 +64,12 @@ struct Seen {
 }
 
 /// Reads events until `done` says enough or nothing came for `quiet`.
-async fn drain(client: &mut Client, seen: &mut Seen, quiet: Duration, done: impl Fn(&Seen) -> bool) {
+async fn drain(
+    client: &mut Client,
+    seen: &mut Seen,
+    quiet: Duration,
+    done: impl Fn(&Seen) -> bool,
+) {
     while !done(seen) {
         let Ok(Some(ev)) = tokio::time::timeout(quiet, client.next_event()).await else {
             return;
@@ -143,7 +148,10 @@ async fn scenario() {
     let mut sseen: Vec<Seen> = (0..SENDERS).map(|_| Seen::default()).collect();
     let quiet = Duration::from_secs(60);
     for (c, seen) in vclients.iter_mut().zip(&mut vseen) {
-        drain(c, seen, quiet, |s| s.messages.len() >= ROUNDS && s.acked.len() >= ROUNDS).await;
+        drain(c, seen, quiet, |s| {
+            s.messages.len() >= ROUNDS && s.acked.len() >= ROUNDS
+        })
+        .await;
     }
     for (c, seen) in sclients.iter_mut().zip(&mut sseen) {
         drain(c, seen, quiet, |s| {
@@ -166,13 +174,24 @@ async fn scenario() {
             .collect();
         assert_eq!(seen.messages, want, "v{i}: every message once, in order");
         assert!(seen.resumed && !seen.relogged, "v{i} resumed its session");
-        assert_eq!(seen.acked.len(), ROUNDS, "v{i}: all its messages acknowledged");
-        assert_eq!(vclients[i].duplicates_dropped(), 0, "v{i}: no duplicates at all");
+        assert_eq!(
+            seen.acked.len(),
+            ROUNDS,
+            "v{i}: all its messages acknowledged"
+        );
+        assert_eq!(
+            vclients[i].duplicates_dropped(),
+            0,
+            "v{i}: no duplicates at all"
+        );
     }
     for (k, seen) in sseen.iter().enumerate() {
         let mut by_victim: HashMap<String, Vec<String>> = HashMap::new();
         for (from, body) in &seen.messages {
-            by_victim.entry(from.clone()).or_default().push(body.clone());
+            by_victim
+                .entry(from.clone())
+                .or_default()
+                .push(body.clone());
         }
         for v in k * per_sender..(k + 1) * per_sender {
             let want: Vec<String> = (0..ROUNDS).map(|r| format!("v{v}-{r}")).collect();

@@ -42,12 +42,17 @@ async fn main() {
     for i in 0..rounds {
         let start = Instant::now();
         alice.network_changed().expect("rebind");
-        alice.send_message(bob.jid(), &format!("up {i}")).await.unwrap();
+        alice
+            .send_message(bob.jid(), &format!("up {i}"))
+            .await
+            .unwrap();
         bob.next_message(Duration::from_secs(10)).await.unwrap();
         up.push(start.elapsed());
         let start = Instant::now();
         alice.network_changed().expect("rebind");
-        bob.send_message(alice.jid(), &format!("down {i}")).await.unwrap();
+        bob.send_message(alice.jid(), &format!("down {i}"))
+            .await
+            .unwrap();
         alice.next_message(Duration::from_secs(10)).await.unwrap();
         down.push(start.elapsed());
     }
@@ -70,7 +75,9 @@ async fn main() {
         resume.push(start.elapsed());
         assert!(alice.was_resumed());
     }
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(10), alice.next_event()).await {
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(Duration::from_millis(10), alice.next_event()).await
+    {
         if let Event::Disconnected = ev {
             break;
         }
@@ -109,10 +116,25 @@ async fn main() {
     }
 
     println!("rounds: {rounds} (medians, loopback, debug or release as built)");
-    println!("network_changed() -> first message delivered, client to server to peer: {}", ms(median(up)));
-    println!("network_changed() -> first message delivered, peer to client:           {}", ms(median(down)));
-    println!("reconnect + SASL + <resume/> through the balancer (new endpoint):      {}", ms(median(resume)));
-    println!("QUIC handshake through the balancer, full:                             {}", ms(median(full)));
-    println!("QUIC handshake through the balancer, with a session ticket:            {}", ms(median(resumed)));
+    println!(
+        "network_changed() -> first message delivered, client to server to peer: {}",
+        ms(median(up))
+    );
+    println!(
+        "network_changed() -> first message delivered, peer to client:           {}",
+        ms(median(down))
+    );
+    println!(
+        "reconnect + SASL + <resume/> through the balancer (new endpoint):      {}",
+        ms(median(resume))
+    );
+    println!(
+        "QUIC handshake through the balancer, full:                             {}",
+        ms(median(full))
+    );
+    println!(
+        "QUIC handshake through the balancer, with a session ticket:            {}",
+        ms(median(resumed))
+    );
     cluster.shutdown().await;
 }

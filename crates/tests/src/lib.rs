@@ -227,12 +227,24 @@ impl Cluster {
         self.cms.len() - 1
     }
 
-    /// Crashes CM `index` (0-based) and starts a new process of the same node at once.
+    /// Crashes CM `index` (0-based) and starts a new process of the same
+    /// node at once, on the same client address.
     pub async fn restart_cm(&mut self, index: usize) {
-        if let Some(old) = self.cms[index].take() {
-            old.abort();
-        }
-        self.cms[index] = Some(self.start_cm(index + 1, |_| {}).await);
+        let addr = self.crash_cm(index);
+        self.revive_cm(index, addr).await;
+    }
+
+    /// Crashes CM `index` (0-based); returns the client address it had.
+    pub fn crash_cm(&mut self, index: usize) -> SocketAddr {
+        let old = self.cms[index].take().expect("cm running");
+        let addr = old.client_addr;
+        old.abort();
+        addr
+    }
+
+    /// Starts a new process of CM `index` on client address `addr`.
+    pub async fn revive_cm(&mut self, index: usize, addr: SocketAddr) {
+        self.cms[index] = Some(self.start_cm(index + 1, |c| c.listen = addr).await);
     }
 
     async fn start_cm(&self, n: usize, tweak: impl FnOnce(&mut CmConfig)) -> CmHandle {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use client_sdk::{Client, Event};
+use client_sdk::{Client, Event, MessageState};
 use tests::{Cluster, DOMAIN, chat_with_moves};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -247,6 +247,79 @@ async fn an_inactive_client_gets_messages_at_once_and_the_latest_presence_on_ret
         }
         statuses.sort();
         assert_eq!(statuses, vec!["carol 2".to_owned(), "dave 1".to_owned()]);
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_outage_the_sdk_logs_in_again_sends_its_outbox_and_gets_offline_messages() {
+    bounded(async {
+        let mut cluster = Cluster::start(2).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let opts = cluster
+            .options(0, "alice", "secret")
+            .with_resource("phone")
+            .with_resume_max(1)
+            .with_message_states();
+        let mut alice = Client::connect(opts).await.unwrap();
+        alice.send_presence(0).await.unwrap();
+        let mut bob = cluster.login(1, "bob", "desk").await;
+        alice.ping().await.unwrap();
+        // alice's CM crashes and stays down longer than her session may wait
+        let addr = cluster.crash_cm(0);
+        loop {
+            let ev = tokio::time::timeout(WAIT, alice.next_event()).await;
+            if let Ok(Some(Event::ConnectionLost(_))) = ev {
+                break;
+            }
+            assert!(ev.is_ok(), "alice notices the loss");
+        }
+        let queued = alice
+            .send_message(bob.jid(), "written offline")
+            .await
+            .unwrap();
+        for i in 0..2 {
+            bob.send_message(&jid("alice"), &format!("while down {i}"))
+                .await
+                .unwrap();
+        }
+        bob.ping().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.revive_cm(0, addr).await;
+        // the SDK comes back by itself: a new session, the outbox sent, offline fetched
+        let mut states = Vec::new();
+        let mut bodies = Vec::new();
+        let mut relogged = false;
+        while bodies.len() < 2 || !states.contains(&MessageState::Acknowledged) {
+            let ev = tokio::time::timeout(Duration::from_secs(20), alice.next_event())
+                .await
+                .expect("alice comes back")
+                .expect("session goes on");
+            match ev {
+                Event::MessageState { id, state } if id == queued => states.push(state),
+                Event::Reconnected { resumed } => relogged |= !resumed,
+                Event::Message(m) => {
+                    assert!(m.delay.is_some(), "from offline storage");
+                    bodies.push(m.body.unwrap_or_default());
+                }
+                _ => {}
+            }
+        }
+        assert!(relogged, "the expired session could not be resumed");
+        assert_eq!(bodies, vec!["while down 0", "while down 1"]);
+        assert_eq!(states.first(), Some(&MessageState::Queued), "{states:?}");
+        let m = bob.next_message(WAIT).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("written offline"));
+        // bob's client confirms it: a delivery receipt
+        while !states.contains(&MessageState::Delivered) {
+            match tokio::time::timeout(WAIT, alice.next_event()).await {
+                Ok(Some(Event::MessageState { id, state })) if id == queued => states.push(state),
+                Ok(Some(_)) => {}
+                other => panic!("no receipt: {other:?}"),
+            }
+        }
         cluster.shutdown().await;
     })
     .await;
