@@ -228,10 +228,11 @@ impl Cluster {
     }
 
     /// Crashes CM `index` (0-based) and starts a new process of the same
-    /// node at once, on the same client address.
+    /// node at once (on a new client address: the crashed one may still hold
+    /// its socket for a moment).
     pub async fn restart_cm(&mut self, index: usize) {
-        let addr = self.crash_cm(index);
-        self.revive_cm(index, addr).await;
+        self.crash_cm(index);
+        self.cms[index] = Some(self.start_cm(index + 1, |_| {}).await);
     }
 
     /// Crashes CM `index` (0-based); returns the client address it had.
@@ -242,7 +243,8 @@ impl Cluster {
         addr
     }
 
-    /// Starts a new process of CM `index` on client address `addr`.
+    /// Starts a new process of CM `index` on client address `addr` (some
+    /// time after [`Cluster::crash_cm`], once the old socket is released).
     pub async fn revive_cm(&mut self, index: usize, addr: SocketAddr) {
         self.cms[index] = Some(self.start_cm(index + 1, |c| c.listen = addr).await);
     }

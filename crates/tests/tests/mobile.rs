@@ -72,7 +72,7 @@ async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated(
         let cluster = Cluster::start(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
-        let mut alice = cluster.login(0, "alice", "phone").await;
+        let alice = cluster.login(0, "alice", "phone").await;
         let mut bob = cluster.login(1, "bob", "desk").await;
         alice.ping().await.unwrap();
         let (id, h) = alice.resumption().expect("resumable");
