@@ -3,7 +3,8 @@
 //! second delivered end to end. The load tool proper comes with the
 //! benchmarking issue; `bench/quick.sh` drives this.
 //!
-//! Usage: flood CM_A CM_B CA_FILE DOMAIN PAIRS MESSAGES (users u0..u{2*PAIRS-1}, password "pw")
+//! Usage: flood CM_A CM_B CA_FILE DOMAIN PAIRS MESSAGES (users u0..u{2*PAIRS-1}, password "pw");
+//! `FLOOD_SM=0` in the environment turns stream management off (to measure its cost).
 
 use std::time::{Duration, Instant};
 
@@ -22,20 +23,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (ca, domain) = (args[3].clone(), args[4].clone());
     let pairs: usize = args[5].parse()?;
     let messages: usize = args[6].parse()?;
+    let sm = std::env::var("FLOOD_SM").map_or(true, |v| v != "0");
+    let opts = |addr, user: String| {
+        let o = ConnectOptions::new(addr, &format!("{user}@{domain}"), "pw")
+            .with_ca_file(&ca)
+            .with_receipts(false);
+        if sm { o } else { o.without_stream_management() }
+    };
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for i in 0..pairs {
-        let s = Client::connect(
-            ConnectOptions::new(cm_a, &format!("u{}@{domain}", 2 * i), "pw")
-                .with_ca_file(&ca)
-                .with_receipts(false),
-        )
+        let s = Client::connect(opts(cm_a, format!("u{}", 2 * i)))
         .await?;
-        let r = Client::connect(
-            ConnectOptions::new(cm_b, &format!("u{}@{domain}", 2 * i + 1), "pw")
-                .with_ca_file(&ca)
-                .with_receipts(false),
-        )
+        let r = Client::connect(opts(cm_b, format!("u{}", 2 * i + 1)))
         .await?;
         r.send_presence(0).await?;
         r.ping().await?;
