@@ -16,6 +16,8 @@ use bytes::Bytes;
 pub struct SmCounters {
     handled: AtomicU32,
     sent: AtomicU32,
+    /// Number of the next core delivery.
+    seq: AtomicU32,
 }
 
 impl SmCounters {
@@ -27,6 +29,11 @@ impl SmCounters {
     /// Stanzas written to the client.
     pub fn sent(&self) -> u32 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Number the next delivery from the core gets.
+    pub fn next_seq(&self) -> u32 {
+        self.seq.load(Ordering::Relaxed)
     }
 }
 
@@ -41,8 +48,6 @@ pub struct SmState {
     pub counters: Arc<SmCounters>,
     /// Numbering of core deliveries is on (after SmEnabled / Resumed).
     numbering: bool,
-    /// Number of the next core delivery.
-    seq: u32,
     /// The client's last `<a h/>`.
     acked: u32,
     /// An `<r/>` is outstanding.
@@ -61,7 +66,6 @@ impl SmState {
             max: 0,
             counters: Arc::default(),
             numbering: false,
-            seq: 0,
             acked: 0,
             requested: false,
         }
@@ -75,7 +79,6 @@ impl SmState {
             max,
             counters: Arc::default(),
             numbering: true,
-            seq: 0,
             acked: client_h,
             requested: false,
         };
@@ -103,11 +106,8 @@ impl SmState {
 
     /// A delivery arrived from the core: its number, if numbering is on.
     pub fn next_seq(&mut self) -> Option<u32> {
-        self.numbering.then(|| {
-            let s = self.seq;
-            self.seq = self.seq.wrapping_add(1);
-            s
-        })
+        self.numbering
+            .then(|| self.counters.seq.fetch_add(1, Ordering::Relaxed))
     }
 
     /// A stanza is written to the client.

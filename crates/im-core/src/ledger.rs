@@ -77,6 +77,12 @@ impl Ledger {
 
     /// A ledger rebuilt from a CM's counters (after a core restart).
     pub fn restored(token: u64, max: u32, handled: u32, sent: u32) -> Self {
+        Self::restored_at(token, max, handled, sent, 0)
+    }
+
+    /// Like [`Ledger::restored`], numbering the next delivery `next_seq` as
+    /// the CM does.
+    pub fn restored_at(token: u64, max: u32, handled: u32, sent: u32, next_seq: u32) -> Self {
         Self {
             token,
             max,
@@ -84,7 +90,7 @@ impl Ledger {
             pending: VecDeque::new(),
             ack_owed: false,
             acked: sent,
-            first_seq: 0,
+            first_seq: next_seq,
             entries: VecDeque::new(),
             bytes: 0,
             overflowed: false,

@@ -865,6 +865,7 @@ fn disco_info() -> Element {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cm_protocol::SmSnapshot;
 
     fn header(kind: Kind, from: &str, to: Option<&str>, stype: Option<&str>) -> RouteHeader {
         RouteHeader {
@@ -1498,5 +1499,64 @@ mod tests {
             "{acts:?}"
         );
         assert_eq!(r.table().len(), 0);
+    }
+
+    #[test]
+    fn a_cm_back_after_its_sessions_detached_has_them_resume() {
+        let mut r = Router::new("x", 1);
+        let id = sm_pair(&mut r);
+        r.handle(Input::NodeGone { node: 1 });
+        chat(&mut r, "while cut off");
+        let announce = |sm| Frame::Announce {
+            sid: 10,
+            jid: "alice@x/phone".into(),
+            available: true,
+            priority: 0,
+            sm,
+        };
+        let snapshot = SmSnapshot {
+            id,
+            handled: 0,
+            sent: 0,
+            next_seq: 0,
+            max: 60,
+        };
+        let acts = frame(&mut r, 1, announce(Some(snapshot)));
+        assert!(
+            matches!(&acts[..], [Action::Send { frame: Frame::Kick { condition, .. }, .. }] if condition == "connection-timeout"),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_ledger_spills_to_storage_and_is_flushed_once_the_client_caught_up() {
+        let mut r = Router::new("x", 1);
+        sm_pair(&mut r);
+        let max = crate::ledger::MAX_UNACKED;
+        for i in 0..max {
+            assert_eq!(delivered_to(&chat(&mut r, &format!("m{i}"))).len(), 1);
+        }
+        let acts = chat(&mut r, "spilled");
+        assert!(
+            matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "alice"),
+            "{acts:?}"
+        );
+        // acknowledging a little is not enough; half is
+        assert!(frame(&mut r, 1, Frame::Acked { sid: 10, h: 10 }).is_empty());
+        let acts = frame(
+            &mut r,
+            1,
+            Frame::Acked {
+                sid: 10,
+                h: (max / 2) as u32,
+            },
+        );
+        assert_eq!(
+            acts,
+            vec![Action::FlushOffline {
+                user: "alice".into(),
+                to: (1, 10)
+            }]
+        );
     }
 }

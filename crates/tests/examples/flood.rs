@@ -33,10 +33,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for i in 0..pairs {
-        let s = Client::connect(opts(cm_a, format!("u{}", 2 * i)))
-        .await?;
-        let r = Client::connect(opts(cm_b, format!("u{}", 2 * i + 1)))
-        .await?;
+        let s = Client::connect(opts(cm_a, format!("u{}", 2 * i))).await?;
+        let r = Client::connect(opts(cm_b, format!("u{}", 2 * i + 1))).await?;
         r.send_presence(0).await?;
         r.ping().await?;
         senders.push(s);

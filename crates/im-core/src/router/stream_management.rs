@@ -61,7 +61,20 @@ impl Router {
         jid: &str,
         sm: SmSnapshot,
     ) {
-        if self.ledgers.contains_key(&(node, sid)) {
+        if let Some(l) = self.ledgers.get(&(node, sid)) {
+            if l.detached_at.is_some() {
+                // The CM was cut off longer than the grace period and the
+                // session detached meanwhile: what went to the ledger since
+                // was never sent. The client resumes and gets it in order.
+                let condition = xmpp_stream::StreamCondition::ConnectionTimeout;
+                self.send(
+                    node,
+                    Frame::Kick {
+                        sid,
+                        condition: condition.name().into(),
+                    },
+                );
+            }
             return;
         }
         let token = match self.sm_ids.verify(&sm.id, bare_of(jid)) {
@@ -69,7 +82,7 @@ impl Router {
             _ => self.new_token(),
         };
         let max = if sm.id.is_empty() { 0 } else { sm.max };
-        let ledger = Ledger::restored(token, max, sm.handled, sm.sent);
+        let ledger = Ledger::restored_at(token, max, sm.handled, sm.sent, sm.next_seq);
         self.ledgers.insert((node, sid), ledger);
         self.tokens.insert(token, (node, sid));
     }
