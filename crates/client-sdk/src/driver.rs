@@ -206,8 +206,11 @@ impl Driver {
                     }
                     Some(Command::Stanza(out)) => self.send(out).await,
                     Some(Command::Presence(p)) => {
+                        // kept for every new login; sent now only if connected
                         self.presence = Some(p.clone());
-                        self.send(Outgoing { bytes: p, id: None }).await;
+                        if self.live.is_some() {
+                            self.send(Outgoing { bytes: p, id: None }).await;
+                        }
                     }
                     Some(Command::Active(active)) => {
                         self.active = active;
@@ -308,8 +311,18 @@ impl Driver {
         if el.ns == ns::STREAMS && el.name == "error" {
             let condition = event::stream_error_condition(&el);
             self.event(Event::StreamError(condition.clone())).await;
-            // A CM going down sends its clients elsewhere; other errors are final.
-            if matches!(condition.as_str(), "system-shutdown" | "connection-timeout") {
+            // A CM going down, a stream the server gave up on, a client found
+            // too slow: the session may go on (resumed). Other errors are final.
+            let transient = matches!(
+                condition.as_str(),
+                "system-shutdown"
+                    | "connection-timeout"
+                    | "resource-constraint"
+                    | "reset"
+                    | "internal-server-error"
+                    | "undefined-condition"
+            );
+            if transient {
                 self.lost(condition).await;
             } else {
                 self.finished = true;
@@ -475,12 +488,15 @@ impl Driver {
         self.live = Some(Live::start(conn, nego));
         if resumed.is_none() {
             self.enable_sm().await;
-            if !self.active {
-                self.send_client_state().await;
-            }
-            if let Some(p) = self.presence.clone() {
-                self.send(Outgoing { bytes: p, id: None }).await;
-            }
+        }
+        if !self.active {
+            // a new CM knows nothing of it, resumed or not
+            self.send_client_state().await;
+        }
+        if resumed.is_none()
+            && let Some(p) = self.presence.clone()
+        {
+            self.send(Outgoing { bytes: p, id: None }).await;
         }
         let owed: Vec<_> = resend.into_iter().chain(self.outbox.drain(..)).collect();
         for out in owed {
@@ -490,6 +506,17 @@ impl Driver {
     }
 
     async fn close(&mut self) {
+        // What never reached the server will not now.
+        let unsent: Vec<Outgoing> = self.outbox.drain(..).collect();
+        let unacked = if self.live.is_none() {
+            self.sm.restart()
+        } else {
+            Vec::new()
+        };
+        for out in unsent.into_iter().chain(unacked) {
+            self.state(out.id, MessageState::Failed("session closed".into()))
+                .await;
+        }
         // XEP-0198 §4: acknowledge what arrived, so the server keeps nothing.
         if self.sm.tracking() {
             let h = self.sm.inbound().to_string();

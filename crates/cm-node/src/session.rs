@@ -206,6 +206,13 @@ impl ClientSession {
         match (self.state, frame) {
             (State::Bound, Frame::Deliver { payload, .. }) => self.on_deliver(payload),
             (State::Bound, Frame::SmEnabled { id, max, .. }) => {
+                if self.sm.is_some() {
+                    // Presence held before numbering began is written before
+                    // `<enabled/>`: neither side counts it.
+                    for (_, payload) in self.csi.take() {
+                        self.out.push(SessionAction::Write(payload));
+                    }
+                }
                 if let Some(sm) = &mut self.sm {
                     sm.enabled(id.clone(), max);
                     let max_s = max.to_string();
@@ -293,19 +300,20 @@ impl ClientSession {
             }
             return;
         }
-        self.write_stanza(payload);
+        self.write_stanza(payload, seq.is_some());
     }
 
-    fn write_stanza(&mut self, payload: Bytes) {
-        if let Some(sm) = &self.sm {
+    /// Writes a delivery; `numbered` if the core counts it (SM numbering on).
+    fn write_stanza(&mut self, payload: Bytes, numbered: bool) {
+        if numbered && let Some(sm) = &self.sm {
             sm.count_out();
         }
         self.out.push(SessionAction::Write(payload));
     }
 
     fn flush_held(&mut self) {
-        for payload in self.csi.take() {
-            self.write_stanza(payload);
+        for (seq, payload) in self.csi.take() {
+            self.write_stanza(payload, seq.is_some());
         }
     }
 

@@ -129,6 +129,7 @@ impl Sessions {
                             id: sm.id.clone(),
                             handled: sm.counters.handled(),
                             sent: sm.counters.sent(),
+                            client_acked: sm.counters.client_acked(),
                             next_seq: sm.counters.next_seq(),
                             max: sm.max,
                         }),

@@ -18,6 +18,8 @@ pub struct SmCounters {
     sent: AtomicU32,
     /// Number of the next core delivery.
     seq: AtomicU32,
+    /// The client's last `<a h/>`.
+    acked: AtomicU32,
 }
 
 impl SmCounters {
@@ -29,6 +31,11 @@ impl SmCounters {
     /// Stanzas written to the client.
     pub fn sent(&self) -> u32 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The client's last `<a h/>`.
+    pub fn client_acked(&self) -> u32 {
+        self.acked.load(Ordering::Relaxed)
     }
 
     /// Number the next delivery from the core gets.
@@ -84,6 +91,7 @@ impl SmState {
         };
         s.counters.handled.store(handled, Ordering::Relaxed);
         s.counters.sent.store(client_h, Ordering::Relaxed);
+        s.counters.acked.store(client_h, Ordering::Relaxed);
         s
     }
 
@@ -124,6 +132,7 @@ impl SmState {
             return Err(HandledTooHigh);
         }
         self.acked = h;
+        self.counters.acked.store(h, Ordering::Relaxed);
         self.requested = false;
         Ok(())
     }
@@ -182,11 +191,11 @@ impl CsiHold {
         outcome
     }
 
-    /// Everything held, oldest first.
-    pub fn take(&mut self) -> Vec<Bytes> {
+    /// Everything held (with its number, if it had one), oldest first.
+    pub fn take(&mut self) -> Vec<(Option<u32>, Bytes)> {
         std::mem::take(&mut self.held)
             .into_iter()
-            .map(|h| h.payload)
+            .map(|h| (h.seq, h.payload))
             .collect()
     }
 
@@ -238,7 +247,7 @@ mod tests {
         hold.hold(Some(2), "b", p("b1"));
         let o = hold.hold(Some(3), "a", p("a2"));
         assert_eq!(o.replaced, Some(1));
-        assert_eq!(hold.take(), vec![p("b1"), p("a2")]);
+        assert_eq!(hold.take(), vec![(Some(2), p("b1")), (Some(3), p("a2"))]);
         for i in 0..MAX_HELD {
             let o = hold.hold(None, &i.to_string(), p("x"));
             assert_eq!(o.full, i + 1 == MAX_HELD);

@@ -61,6 +61,8 @@ pub struct SmSnapshot {
     pub handled: u32,
     /// Stanzas written to the client so far.
     pub sent: u32,
+    /// The client's last `<a h/>`.
+    pub client_acked: u32,
     /// Number the CM gives the next Deliver (its count since SmEnabled or Resumed).
     pub next_seq: u32,
     /// Resumption time granted, in seconds.
@@ -464,6 +466,7 @@ impl Frame {
                         w.str(&sm.id);
                         w.uint(u64::from(sm.handled));
                         w.uint(u64::from(sm.sent));
+                        w.uint(u64::from(sm.client_acked));
                         w.uint(u64::from(sm.next_seq));
                         w.uint(u64::from(sm.max));
                     }
@@ -649,6 +652,7 @@ impl Frame {
                         id: get_str(r)?,
                         handled: get_u32(r)?,
                         sent: get_u32(r)?,
+                        client_acked: get_u32(r)?,
                         next_seq: get_u32(r)?,
                         max: get_u32(r)?,
                     }),
@@ -989,6 +993,7 @@ mod tests {
                     id: "abc".into(),
                     handled: u32::MAX,
                     sent: 7,
+                    client_acked: 5,
                     next_seq: 9,
                     max: 300,
                 }),

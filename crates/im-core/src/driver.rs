@@ -78,6 +78,8 @@ pub struct Driver {
     pub storage_slots: Arc<tokio::sync::Semaphore>,
     /// Users whose offline messages are being flushed (one flush at a time).
     pub flushing: std::collections::HashSet<String>,
+    /// The flush to run when a user's current one is done.
+    pub flush_next: std::collections::HashMap<String, SessionAddr>,
 }
 
 impl Driver {
@@ -101,7 +103,10 @@ impl Driver {
                 }
                 Event::FlushDone(user) => {
                     self.flushing.remove(&user);
-                    continue;
+                    match self.flush_next.remove(&user) {
+                        Some(to) => vec![Action::FlushOffline { user, to }],
+                        None => continue,
+                    }
                 }
             };
             for action in actions {
@@ -145,8 +150,8 @@ impl Driver {
     async fn execute(&mut self, action: Action) {
         match action {
             Action::Send { node, frame } => {
-                if let Some(store) = self.send(node, frame) {
-                    Box::pin(self.execute(store)).await;
+                for next in self.send(node, frame) {
+                    Box::pin(self.execute(next)).await;
                 }
             }
             Action::StoreOffline {
@@ -186,7 +191,9 @@ impl Driver {
             }
             Action::FlushOffline { user, to } => {
                 if !self.flushing.insert(user.clone()) {
-                    return; // a flush for this user is under way
+                    // one flush per user at a time: this one follows
+                    self.flush_next.insert(user, to);
+                    return;
                 }
                 let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
                     return;
@@ -194,21 +201,22 @@ impl Driver {
                 self.flush_offline(user, to, slot);
             }
             Action::RemoveOffline { user, upto } => {
-                let storage = self.storage.clone();
                 let metrics = self.metrics.clone();
                 let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
                     return;
                 };
+                // Queued now, before any later load of the same user's messages.
+                let removed = self
+                    .storage
+                    .submit(move |db| db.remove_offline(&user, upto));
                 tokio::spawn(async move {
-                    let name = user.clone();
-                    match storage.call(move |db| db.remove_offline(&name, upto)).await {
-                        Ok(()) => {
-                            metrics.offline_delivered.inc();
-                        }
+                    match removed.await {
+                        Ok(()) => metrics.offline_delivered.inc(),
                         Err(e) => {
-                            tracing::error!(error = %e, "removing delivered offline messages failed")
+                            tracing::error!(error = %e, "removing delivered offline messages failed");
+                            0
                         }
-                    }
+                    };
                     drop(slot);
                 });
             }
@@ -216,13 +224,13 @@ impl Driver {
     }
 
     /// Sends a frame; an undeliverable message comes back as the store to do.
-    fn send(&mut self, node: NodeId, frame: Frame) -> Option<Action> {
+    fn send(&mut self, node: NodeId, frame: Frame) -> Vec<Action> {
         let sid = frame.sid().unwrap_or(0);
         if matches!(frame, Frame::Deliver { .. }) {
             self.metrics.delivered.inc();
         }
         let Err((reason, frame)) = self.links.send(node, sid, frame) else {
-            return None;
+            return Vec::new();
         };
         match reason {
             SendError::Full => {
@@ -239,31 +247,31 @@ impl Driver {
         // A message that cannot reach its session is stored, never dropped
         // (an SM session's ledger already keeps it for the resumption).
         let Frame::Deliver { payload, .. } = *frame else {
-            return None;
+            return Vec::new();
         };
         if self.router.is_tracked((node, sid)) {
-            return None;
+            // The CM's numbering would skip it: the session resumes instead.
+            return self.router.delivery_failed((node, sid));
         }
-        let user = self.offline_target(node, sid, &payload)?;
+        let Some(user) = self.offline_target(node, sid, &payload) else {
+            return Vec::new();
+        };
         let bounce = Bounce {
             sender: String::new(),
             to: String::new(),
             id: None,
         };
-        Some(Action::StoreOffline {
+        vec![Action::StoreOffline {
             user,
             payload,
             bounce,
             origin: None,
-        })
+        }]
     }
 
     /// The local user to store an undeliverable chat or normal message for.
     fn offline_target(&self, node: NodeId, sid: u64, payload: &Bytes) -> Option<String> {
-        let top = inspect(payload).ok()?;
-        let storable = top.stanza_kind() == Some(xmpp_stream::StanzaKind::Message)
-            && matches!(top.attr("type").unwrap_or("normal"), "normal" | "chat");
-        if !storable {
+        if !crate::router::storable_message(payload) {
             return None;
         }
         let jid = self.router.table().jid_of(node, sid)?;
@@ -288,7 +296,7 @@ impl Driver {
             let loaded = storage.call(move |db| db.offline(&name)).await;
             drop(slot);
             match loaded {
-                Ok(msgs) if !msgs.is_empty() => {
+                Ok(msgs) => {
                     let messages = msgs
                         .iter()
                         .map(|m| {
@@ -310,8 +318,16 @@ impl Driver {
                     };
                     let _ = events.send(Event::Router(input)).await;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "loading offline messages failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "loading offline messages failed");
+                    // let the router stop holding new messages back
+                    let input = Input::Offline {
+                        user: user.clone(),
+                        to,
+                        messages: Vec::new(),
+                    };
+                    let _ = events.send(Event::Router(input)).await;
+                }
             }
             let _ = events.send(Event::FlushDone(user)).await;
         });

@@ -26,6 +26,10 @@ pub const MAX_UNACKED: usize = 2048;
 /// Bytes of unacknowledged stanzas kept per session.
 pub const MAX_UNACKED_BYTES: usize = 1024 * 1024;
 
+/// Bytes of unacknowledged stanzas kept by all ledgers together; beyond it
+/// messages spill to offline storage as for a full ledger.
+pub const MAX_LEDGER_BYTES_TOTAL: usize = 1024 * 1024 * 1024;
+
 /// Resumption time granted when the client names none, and the most granted.
 pub const DEFAULT_MAX_RESUME_SECS: u32 = 300;
 
@@ -35,6 +39,20 @@ struct Entry {
     payload: Bytes,
     /// The CM dropped it unwritten (client state indication).
     skipped: bool,
+}
+
+/// Counters a CM reports for a session the core does not know (after a core
+/// restart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Stanzas handled from the client.
+    pub handled: u32,
+    /// The client's last `<a h/>`.
+    pub client_acked: u32,
+    /// Stanzas written to the client.
+    pub sent: u32,
+    /// The CM's number for the next delivery.
+    pub next_seq: u32,
 }
 
 /// Why an acknowledgement was refused.
@@ -58,13 +76,23 @@ pub struct Ledger {
     pub ack_owed: bool,
     /// The client's last acknowledged `h`.
     acked: u32,
+    /// Deliveries a previous core instance made that the client may still
+    /// acknowledge (their payloads died with it).
+    unknown: u32,
+    /// The last `h` reported to the client (reports never go back).
+    reported: u32,
     /// Number of the front entry within this attachment.
     first_seq: u32,
     entries: VecDeque<Entry>,
     /// Bytes in `entries`.
     bytes: usize,
-    /// Messages went to offline storage because the ledger was full.
+    /// New messages go to offline storage (the ledger was full, or stored
+    /// messages are being flushed): they must not overtake the stored ones.
     pub overflowed: bool,
+    /// A flush of stored messages into this ledger is under way.
+    pub flushing: bool,
+    /// Messages were stored while the flush was under way.
+    pub spilled_while_flushing: bool,
     /// When the client's stream went away (None while attached).
     pub detached_at: Option<Instant>,
 }
@@ -72,28 +100,26 @@ pub struct Ledger {
 impl Ledger {
     /// A ledger for a session that just enabled SM.
     pub fn new(token: u64, max: u32) -> Self {
-        Self::restored(token, max, 0, 0)
+        Self::restored(token, max, Restored::default())
     }
 
     /// A ledger rebuilt from a CM's counters (after a core restart).
-    pub fn restored(token: u64, max: u32, handled: u32, sent: u32) -> Self {
-        Self::restored_at(token, max, handled, sent, 0)
-    }
-
-    /// Like [`Ledger::restored`], numbering the next delivery `next_seq` as
-    /// the CM does.
-    pub fn restored_at(token: u64, max: u32, handled: u32, sent: u32, next_seq: u32) -> Self {
+    pub fn restored(token: u64, max: u32, r: Restored) -> Self {
         Self {
             token,
             max,
-            handled,
+            handled: r.handled,
             pending: VecDeque::new(),
             ack_owed: false,
-            acked: sent,
-            first_seq: next_seq,
+            acked: r.client_acked,
+            unknown: r.sent.wrapping_sub(r.client_acked),
+            reported: r.handled,
+            first_seq: r.next_seq,
             entries: VecDeque::new(),
             bytes: 0,
             overflowed: false,
+            flushing: false,
+            spilled_while_flushing: false,
             detached_at: None,
         }
     }
@@ -158,13 +184,37 @@ impl Ledger {
             .map_or(self.handled, |p| p.wrapping_sub(1))
     }
 
+    /// The `h` to report now: the durable one, but never lower than one
+    /// reported before (a resumption reports everything handled).
+    pub fn report_h(&mut self) -> u32 {
+        let durable = self.durable_h();
+        if durable.wrapping_sub(self.reported) <= u32::MAX / 2 {
+            self.reported = durable;
+        }
+        self.reported
+    }
+
+    /// Reports everything handled (the `h` of `<resumed/>`).
+    pub fn report_all(&mut self) -> u32 {
+        self.reported = self.handled;
+        self.handled
+    }
+
+    /// Bytes of unacknowledged stanzas.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The client acknowledged `h`: drops what it received.
     pub fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
         let mut n = h.wrapping_sub(self.acked);
         let written = self.entries.iter().filter(|e| !e.skipped).count();
-        if n as usize > written {
+        if u64::from(n) > u64::from(self.unknown) + written as u64 {
             return Err(TooHigh);
         }
+        let from_before = n.min(self.unknown);
+        self.unknown -= from_before;
+        n -= from_before;
         while let Some(front) = self.entries.front() {
             if !front.skipped {
                 if n == 0 {
@@ -288,7 +338,16 @@ mod tests {
 
     #[test]
     fn counters_wrap_at_2_pow_32() {
-        let mut l = Ledger::restored(1, 300, u32::MAX, u32::MAX - 1);
+        let mut l = Ledger::restored(
+            1,
+            300,
+            Restored {
+                handled: u32::MAX,
+                client_acked: u32::MAX - 1,
+                sent: u32::MAX - 1,
+                next_seq: 0,
+            },
+        );
         assert_eq!(l.count_in(), 0);
         for s in ["a", "b", "c"] {
             l.push(b(s));
@@ -326,7 +385,14 @@ mod tests {
         l.store_done(h2);
         assert_eq!(l.durable_h(), 3);
         // across the wrap
-        let mut l = Ledger::restored(1, 300, u32::MAX - 1, 0);
+        let mut l = Ledger::restored(
+            1,
+            300,
+            Restored {
+                handled: u32::MAX - 1,
+                ..Restored::default()
+            },
+        );
         let a = l.count_in();
         let b = l.count_in();
         l.count_in();
@@ -346,5 +412,40 @@ mod tests {
         forged[7] ^= 1; // another token, same tag
         assert_eq!(ids.verify(&B64.encode(forged), "alice@x"), None);
         assert_eq!(ids.verify("garbage!", "alice@x"), None);
+    }
+
+    #[test]
+    fn a_restored_ledger_accepts_acks_for_what_the_old_core_sent() {
+        // the CM wrote 10, the client acknowledged 7, then the core restarted
+        let mut l = Ledger::restored(
+            1,
+            300,
+            Restored {
+                handled: 4,
+                client_acked: 7,
+                sent: 10,
+                next_seq: 3,
+            },
+        );
+        l.push(b("new"));
+        l.ack(9).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.ack(12), Err(TooHigh));
+        l.ack(11).unwrap();
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn reported_h_never_goes_back() {
+        let mut l = Ledger::new(1, 300);
+        let h1 = l.count_in();
+        let h2 = l.count_in();
+        l.store_started(h2);
+        assert_eq!(l.report_all(), 2);
+        assert_eq!(l.report_h(), 2);
+        l.store_done(h2);
+        l.count_in();
+        assert_eq!(l.report_h(), 3);
+        assert_eq!(h1, 1);
     }
 }

@@ -182,6 +182,7 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
         domain: config.domain.clone(),
         storage_slots: Arc::new(tokio::sync::Semaphore::new(driver::STORAGE_SLOTS)),
         flushing: Default::default(),
+        flush_next: Default::default(),
     };
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 

@@ -320,6 +320,13 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
     let result = read_loop(ctx, node_id, &tx, &mut recv, &mut decoder).await;
     writer.abort();
     ctx.metrics.cm_connections.dec();
+    // Frames in flight on this connection are gone, both ways.
+    let lost = Input::LinkLost {
+        node: node_id,
+        index: conn_index,
+        pool_size,
+    };
+    let _ = ctx.router.send(Event::Router(lost)).await;
     if let Some(epoch) = ctx.links.unregister(node_id, conn_id) {
         let ctx = ctx.clone();
         tokio::spawn(async move {

@@ -18,7 +18,9 @@ use xmpp_stream::{StanzaCondition, StreamCondition, ns};
 use crate::ledger::{Ledger, SmIds};
 
 mod stream_management;
+
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
+pub(crate) use stream_management::storable_message;
 
 /// Something the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +88,15 @@ pub enum Input {
         /// Node.
         node: NodeId,
     },
+    /// One pooled connection of a node ended (frames in flight on it are lost).
+    LinkLost {
+        /// Node.
+        node: NodeId,
+        /// The connection's index in the node's pool.
+        index: u16,
+        /// The pool's size.
+        pool_size: u16,
+    },
     /// Time passed (the driver ticks about once a second): expires detached
     /// SM sessions.
     Tick {
@@ -143,6 +154,12 @@ pub struct Router {
     sm_ids: SmIds,
     /// Ledgers whose client is away.
     detached: usize,
+    /// Bytes in all ledgers.
+    ledger_bytes: usize,
+    /// Addresses of SM sessions that ended or moved (bounded, see
+    /// [`stream_management::RETIRED_MEMORY`]).
+    retired: std::collections::HashSet<SessionAddr>,
+    retired_order: std::collections::VecDeque<SessionAddr>,
     next_token: u64,
     now: Instant,
     /// (token, h) of the SM stanza being routed, for offline stores.
@@ -165,6 +182,9 @@ impl Router {
             expiries: BinaryHeap::new(),
             sm_ids: SmIds::new(rand::random()),
             detached: 0,
+            ledger_bytes: 0,
+            retired: Default::default(),
+            retired_order: Default::default(),
             next_token: seed,
             now: Instant::now(),
             origin: None,
@@ -198,6 +218,11 @@ impl Router {
     pub fn handle(&mut self, input: Input) -> Vec<Action> {
         match input {
             Input::NodeGone { node } => self.node_gone(node),
+            Input::LinkLost {
+                node,
+                index,
+                pool_size,
+            } => self.link_lost(node, index, pool_size),
             Input::Frame { node, frame } => self.frame(node, frame),
             Input::Tick { now } => self.tick(now),
             Input::Stored { origin } => self.stored(origin),
@@ -232,12 +257,7 @@ impl Router {
                 available,
                 priority,
                 sm,
-            } => {
-                self.announce(node, sid, &jid, available, priority);
-                if let Some(sm) = sm {
-                    self.restore_ledger(node, sid, &jid, sm);
-                }
-            }
+            } => self.announced((node, sid), &jid, available, priority, sm),
             Frame::Stanza {
                 sid,
                 header,
@@ -255,10 +275,7 @@ impl Router {
                 self.origin = None;
             }
             Frame::Bounce { sid, to, payload } => {
-                if self.ledgers.contains_key(&(node, sid)) {
-                    // already in the ledger: the session detaches, nothing is rerouted
-                    self.detach((node, sid));
-                } else {
+                if !self.bounce_tracked((node, sid)) {
                     self.bounced(node, sid, &to, payload)
                 }
             }
@@ -271,53 +288,11 @@ impl Router {
                     self.session_end(node, sid)
                 }
             }
-            Frame::SmEnable { sid, resume, max } => self.sm_enable(node, sid, resume, max),
-            Frame::AckRequest { sid } => {
-                if let Some(l) = self.ledgers.get_mut(&(node, sid)) {
-                    let h = l.durable_h();
-                    l.ack_owed = h != l.handled;
-                    self.send(node, Frame::Handled { sid, h });
-                }
-            }
-            Frame::Acked { sid, h } => {
-                let mut caught_up = false;
-                let too_high = self.ledgers.get_mut(&(node, sid)).is_some_and(|l| {
-                    let refused = l.ack(h).is_err();
-                    caught_up = l.overflowed && l.half_empty();
-                    l.overflowed &= !caught_up;
-                    refused
-                });
-                if caught_up
-                    && let Some(user) = self.table.jid_of(node, sid).and_then(|j| j.split_once('@'))
-                {
-                    let user = user.0.to_owned();
-                    self.out.push(Action::FlushOffline {
-                        user,
-                        to: (node, sid),
-                    });
-                }
-                if too_high {
-                    tracing::debug!(node, sid, h, "client acknowledged more than it was sent");
-                    self.send(
-                        node,
-                        Frame::Kick {
-                            sid,
-                            condition: StreamCondition::UndefinedCondition.name().into(),
-                        },
-                    );
-                }
-            }
-            Frame::Skipped { sid, seqs } => {
-                if let Some(l) = self.ledgers.get_mut(&(node, sid)) {
-                    l.skip(&seqs);
-                }
-            }
-            Frame::Resume {
-                sid,
-                user,
-                previd,
-                h,
-            } => self.resume(node, sid, &user, &previd, h),
+            f @ (Frame::SmEnable { .. }
+            | Frame::AckRequest { .. }
+            | Frame::Acked { .. }
+            | Frame::Skipped { .. }
+            | Frame::Resume { .. }) => self.sm_frame(node, f),
             other => tracing::warn!(node, frame = other.name(), "unexpected frame from a CM"),
         }
     }
@@ -506,11 +481,7 @@ impl Router {
                 self.deliver(other, payload.clone());
             }
             if available && was == Some(false) {
-                let user = sender_bare.split('@').next().unwrap_or_default().to_owned();
-                self.out.push(Action::FlushOffline {
-                    user,
-                    to: (node, sid),
-                });
+                self.request_flush((node, sid));
             }
             return;
         };
@@ -626,22 +597,7 @@ impl Router {
                     id: None,
                 },
             };
-            self.stats.offline_stored += 1;
-            let origin = self.origin;
-            if let Some((token, h)) = origin
-                && let Some(l) = self
-                    .tokens
-                    .get(&token)
-                    .and_then(|a| self.ledgers.get_mut(a))
-            {
-                l.store_started(h);
-            }
-            self.out.push(Action::StoreOffline {
-                user,
-                payload,
-                bounce,
-                origin,
-            });
+            self.store(user, payload, bounce);
         }
     }
 
@@ -792,46 +748,47 @@ impl Router {
     }
 
     fn deliver(&mut self, (node, sid): SessionAddr, payload: Bytes) {
-        if let Some(l) = self.ledgers.get_mut(&(node, sid)) {
-            if !l.has_room() {
-                // The client is far behind: store, and flush once it caught up.
-                l.overflowed = true;
-                let user = self.table.jid_of(node, sid).and_then(|j| j.split_once('@'));
-                let user = user.map(|(u, _)| u.to_owned());
-                if let Some(user) = user {
-                    self.store_undeliverable(user, payload);
-                }
-                return;
+        match self.track((node, sid), &payload) {
+            stream_management::Tracking::Untracked | stream_management::Tracking::Send => {
+                self.stats.delivered += 1;
+                self.send(node, Frame::Deliver { sid, payload });
             }
-            l.push(payload.clone());
-            if l.detached_at.is_some() {
-                return; // kept for the resumption
-            }
+            // kept for the resumption, or stored behind older stored messages
+            stream_management::Tracking::Held | stream_management::Tracking::Spilled => {}
         }
-        self.stats.delivered += 1;
-        self.send(node, Frame::Deliver { sid, payload });
     }
 
     /// Stores a message that no session can take, if it is worth storing.
     fn store_undeliverable(&mut self, user: String, payload: Bytes) {
-        let Ok(top) = xmpp_stream::stanza::inspect(&payload) else {
-            return;
-        };
-        let storable = top.stanza_kind() == Some(StanzaKind::Message)
-            && matches!(top.attr("type").unwrap_or("normal"), "normal" | "chat");
-        if storable {
-            self.stats.offline_stored += 1;
-            self.out.push(Action::StoreOffline {
-                user,
-                payload,
-                bounce: Bounce {
-                    sender: String::new(),
-                    to: String::new(),
-                    id: None,
-                },
-                origin: None,
-            });
+        if stream_management::storable_message(&payload) {
+            let bounce = Bounce {
+                sender: String::new(),
+                to: String::new(),
+                id: None,
+            };
+            self.store(user, payload, bounce);
         }
+    }
+
+    /// Stores a message offline. If an SM sender's stanza is being routed,
+    /// its acknowledgement waits for the commit.
+    fn store(&mut self, user: String, payload: Bytes, bounce: Bounce) {
+        self.stats.offline_stored += 1;
+        let origin = self.origin;
+        if let Some((token, h)) = origin
+            && let Some(l) = self
+                .tokens
+                .get(&token)
+                .and_then(|a| self.ledgers.get_mut(a))
+        {
+            l.store_started(h);
+        }
+        self.out.push(Action::StoreOffline {
+            user,
+            payload,
+            bounce,
+            origin,
+        });
     }
 
     fn send(&mut self, node: NodeId, frame: Frame) {
@@ -1518,6 +1475,7 @@ mod tests {
             id,
             handled: 0,
             sent: 0,
+            client_acked: 0,
             next_seq: 0,
             max: 60,
         };
@@ -1558,5 +1516,113 @@ mod tests {
                 to: (1, 10)
             }]
         );
+    }
+
+    #[test]
+    fn live_stanzas_wait_behind_the_login_flush_and_then_flow() {
+        let mut r = Router::new("x", 1);
+        let _ = sm_pair(&mut r);
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Presence, "alice@x/phone", None, None),
+            "<presence/>",
+        );
+        assert!(acts.contains(&Action::FlushOffline {
+            user: "alice".into(),
+            to: (1, 10)
+        }));
+        // an IQ answer is not held back
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Iq, "alice@x/phone", Some("x"), Some("get")),
+            "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        assert_eq!(delivered_to(&acts), vec![(1, 10)]);
+        // a message arriving during the flush is stored behind the stored ones
+        let acts = chat(&mut r, "during");
+        assert!(
+            matches!(&acts[..], [Action::StoreOffline { .. }]),
+            "{acts:?}"
+        );
+        let acts = r.handle(Input::Offline {
+            user: "alice".into(),
+            to: (1, 10),
+            messages: vec![(
+                1,
+                Bytes::from_static(b"<message type='chat'><body>old</body></message>"),
+            )],
+        });
+        assert_eq!(payloads(&acts).len(), 1);
+        // it flushes again for what was stored meanwhile
+        assert!(acts.contains(&Action::FlushOffline {
+            user: "alice".into(),
+            to: (1, 10)
+        }));
+        let acts = r.handle(Input::Offline {
+            user: "alice".into(),
+            to: (1, 10),
+            messages: Vec::new(),
+        });
+        assert!(acts.is_empty(), "{acts:?}");
+        // and live traffic flows again
+        assert_eq!(delivered_to(&chat(&mut r, "after")), vec![(1, 10)]);
+    }
+
+    #[test]
+    fn late_bounces_of_an_ended_sm_session_are_not_routed_twice() {
+        let mut r = Router::new("x", 1);
+        sm_pair(&mut r);
+        chat(&mut r, "m1");
+        // a clean close: the unacknowledged m1 goes to offline storage once
+        let acts = frame(
+            &mut r,
+            1,
+            Frame::SessionEnd {
+                sid: 10,
+                jid: Some("alice@x/phone".into()),
+                clean: true,
+            },
+        );
+        assert!(
+            matches!(&acts[..], [Action::StoreOffline { .. }]),
+            "{acts:?}"
+        );
+        // the CM bounces m1 from the closed session's queue: nothing more happens
+        let acts = frame(
+            &mut r,
+            1,
+            Frame::Bounce {
+                sid: 10,
+                to: "alice@x/phone".into(),
+                payload: Bytes::from_static(
+                    b"<message type='chat' to='alice@x/phone'><body>m1</body></message>",
+                ),
+            },
+        );
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+
+    #[test]
+    fn a_lost_pool_connection_detaches_its_sm_sessions_only() {
+        let mut r = Router::new("x", 1);
+        sm_pair(&mut r);
+        // sid 10 rides connection 10 % 2 = 0; losing connection 1 changes nothing
+        r.handle(Input::LinkLost {
+            node: 1,
+            index: 1,
+            pool_size: 2,
+        });
+        assert_eq!(r.sm_counts(), (1, 0));
+        r.handle(Input::LinkLost {
+            node: 1,
+            index: 0,
+            pool_size: 2,
+        });
+        assert_eq!(r.sm_counts(), (1, 1));
+        assert!(delivered_to(&chat(&mut r, "kept")).is_empty());
     }
 }

@@ -197,6 +197,14 @@ impl RoutingTable {
             .collect()
     }
 
+    /// The sessions routed to `node`.
+    pub fn sids_of(&self, node: NodeId) -> Vec<SessionId> {
+        self.by_node
+            .get(&node)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Sessions per node.
     pub fn counts(&self) -> HashMap<NodeId, usize> {
         self.by_node.iter().map(|(n, s)| (*n, s.len())).collect()

@@ -8,8 +8,8 @@
 //!    CMs, so every packet of one handshake lands on one CM.
 //! 3. Other long-header packets with unroutable CIDs use the same table
 //!    (the stable fallback).
-//! 4. A short-header packet for a CM that left (it died or stopped) goes to
-//!    the CM the Maglev table picks: CMs share one stateless-reset key, so
+//! 4. A short-header packet for a CM that left (it died or stopped, and
+//!    stayed away past a grace period) goes to the CM the Maglev table picks: CMs share one stateless-reset key, so
 //!    that CM answers with a stateless reset the client accepts, and the
 //!    client reconnects at once instead of waiting out its idle timeout.
 //! 5. Everything else is dropped with a reason: garbage, truncated headers,
@@ -164,22 +164,22 @@ impl Balancer {
         self.rebuild();
     }
 
-    /// Removes a backend; only its Maglev slots move. Returns whether it existed.
-    pub fn remove(&mut self, name: &str) -> bool {
-        let before = self.backends.len();
-        let departed = &mut self.departed;
-        self.backends.retain(|b| {
-            let keep = b.name != name;
-            if !keep && departed.len() < MAX_DEPARTED {
-                departed.insert(b.server_id.clone());
-            }
-            keep
-        });
-        let removed = self.backends.len() != before;
-        if removed {
-            self.rebuild();
+    /// Removes a backend; only its Maglev slots move. Returns its server id
+    /// if it existed.
+    pub fn remove(&mut self, name: &str) -> Option<Vec<u8>> {
+        let pos = self.backends.iter().position(|b| b.name == name)?;
+        let removed = self.backends.remove(pos);
+        self.rebuild();
+        Some(removed.server_id)
+    }
+
+    /// The CM with `server_id` left for good (it stayed away past a grace
+    /// period): its connections' packets now go where a live CM resets them.
+    /// Does nothing if it came back meanwhile.
+    pub fn mark_departed(&mut self, server_id: &[u8]) {
+        if !self.by_server_id.contains_key(server_id) && self.departed.len() < MAX_DEPARTED {
+            self.departed.insert(server_id.to_vec());
         }
-        removed
     }
 
     /// Marks a backend draining or not; returns whether it exists.
@@ -366,7 +366,13 @@ mod tests {
         let cid = CidEncoder::new(config(), &2u16.to_be_bytes())
             .unwrap()
             .generate();
-        b.remove("cm-2");
+        let id = b.remove("cm-2").unwrap();
+        // not at once: a CM whose control link blinked must not lose its clients
+        assert_eq!(
+            b.route(&short(&cid)),
+            Decision::Drop(DropReason::UnknownServer)
+        );
+        b.mark_departed(&id);
         assert!(matches!(
             b.route(&short(&cid)),
             Decision::Forward { index: 0 | 1, .. }

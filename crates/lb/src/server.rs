@@ -29,6 +29,10 @@ use crate::control::{self, Registration};
 use crate::encap;
 use crate::metrics::Metrics;
 
+/// How long a CM must stay away before its connections count as dead (a
+/// control link that blinks must not get its clients reset).
+pub const DEPARTED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// QUIC-LB settings shared by the balancer and its CMs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -577,16 +581,29 @@ async fn serve_cm(shared: Arc<Shared>, incoming: quinn::Incoming) {
         .lock()
         .map(|g| g.get(&name).copied() == Some(generation))
         .unwrap_or(false);
-    if current
-        && shared
+    let removed = if current {
+        shared
             .balancer
             .write()
-            .map(|mut b| b.remove(&name))
-            .unwrap_or(false)
-    {
+            .ok()
+            .and_then(|mut b| b.remove(&name))
+    } else {
+        None
+    };
+    if let Some(server_id) = removed {
         shared.metrics.membership_changes.inc();
         shared.metrics.backends.dec();
         tracing::info!(node = %name, %reason, "CM left the balancer");
+        // Still away after the grace period: dead, not blinking. From then on
+        // its clients' packets reach a live CM, whose stateless reset sends
+        // them to reconnect at once.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DEPARTED_GRACE).await;
+            if let Ok(mut b) = shared.balancer.write() {
+                b.mark_departed(&server_id);
+            }
+        });
     }
 }
 
