@@ -50,6 +50,12 @@ pub struct CmConfig {
     /// The balancer this CM sits behind, if any.
     #[serde(default)]
     pub balancer: Option<BalancerLink>,
+    /// TCP address for RFC 6120 clients with mandatory STARTTLS (5222 style).
+    #[serde(default)]
+    pub tcp_listen: Option<SocketAddr>,
+    /// TCP address for direct TLS clients (XEP-0368, 5223 style).
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// How a CM reaches its balancer.
@@ -109,6 +115,8 @@ impl CmConfig {
             server_id: None,
             quic_lb: lb::server::QuicLbSettings::default(),
             balancer: None,
+            tcp_listen: None,
+            tls_listen: None,
         }
     }
 

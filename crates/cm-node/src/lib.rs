@@ -2,9 +2,11 @@
 //! connections, parses and polices their XML streams and multiplexes every
 //! session over a few pooled QUIC connections to the IM core.
 //!
-//! Layout: [`listener`] accepts clients and drives one [`session`] state
-//! machine per XMPP stream; [`sessions`] is the registry the [`pool`]
-//! dispatches core frames through; [`config`] holds the settings.
+//! Layout: [`listener`] accepts QUIC clients and drives one [`session`]
+//! state machine per XMPP stream, over any transport; [`tcp`] (with
+//! [`starttls`]) accepts TCP clients into the same driver; [`sessions`] is
+//! the registry the [`pool`] dispatches core frames through; [`config`]
+//! holds the settings.
 
 pub mod config;
 pub mod encap_socket;
@@ -13,7 +15,9 @@ pub mod pool;
 pub mod session;
 pub mod sessions;
 pub mod shaper;
+pub mod starttls;
 pub mod stream_management;
+pub mod tcp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +60,10 @@ pub struct CmHandle {
     pub node: String,
     /// Address clients connect to.
     pub client_addr: SocketAddr,
+    /// TCP address with mandatory STARTTLS, if enabled.
+    pub tcp_addr: Option<SocketAddr>,
+    /// TCP address with direct TLS, if enabled.
+    pub tls_addr: Option<SocketAddr>,
     /// Live sessions.
     pub sessions: Arc<sessions::Sessions>,
     /// Client connections (handshakes) received so far.
@@ -175,9 +183,13 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             certs::cluster_key::ClusterKey::random()
         }
     };
-    let mut client_tls = certs::client_facing_server_config(&cert, &key, &[CLIENT_ALPN])?;
     // Tickets any CM can open: a reconnecting phone resumes TLS wherever it lands.
-    client_tls.ticketer = cluster_key.ticketer();
+    let tls_for = |alpn: &[&[u8]]| -> Result<rustls::ServerConfig, CmError> {
+        let mut tls = certs::client_facing_server_config(&cert, &key, alpn)?;
+        tls.ticketer = cluster_key.ticketer();
+        Ok(tls)
+    };
+    let client_tls = tls_for(&[CLIENT_ALPN])?;
     let client_tls = quinn::crypto::rustls::QuicServerConfig::try_from(client_tls)
         .map_err(|e| CmError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(client_tls));
@@ -235,7 +247,27 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         open: Arc::default(),
         max_clients: config.max_clients,
     });
-    tasks.spawn(listener::run(client_endpoint.clone(), ctx));
+    tasks.spawn(listener::run(client_endpoint.clone(), ctx.clone()));
+    let mut tcp_addrs = [None, None];
+    for (i, (addr, mode, alpn)) in [
+        (config.tcp_listen, tcp::TcpMode::StartTls, &[][..]),
+        (
+            config.tls_listen,
+            tcp::TcpMode::DirectTls,
+            &[CLIENT_ALPN][..],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("bind {addr}")))?;
+        tcp_addrs[i] = Some(listener.local_addr().map_err(io("local address"))?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_for(alpn)?));
+        tasks.spawn(tcp::run(listener, acceptor, mode, ctx.clone()));
+    }
     if let Some(link) = &config.balancer {
         let registration = lb::control::Registration {
             node: config.node.clone(),
@@ -253,6 +285,8 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     }
     tracing::info!(node = %config.node, %client_addr, core = %config.core, "CM started");
     Ok(CmHandle {
+        tcp_addr: tcp_addrs[0],
+        tls_addr: tcp_addrs[1],
         node: config.node,
         client_addr,
         sessions,

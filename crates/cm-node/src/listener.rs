@@ -1,11 +1,13 @@
 //! The client-facing QUIC listener (XEP-0467): ALPN `xmpp-client`, each
 //! bidirectional stream one complete XMPP stream, driven by a
-//! [`ClientSession`] state machine.
+//! [`ClientSession`] state machine. [`run_session`] drives a session over
+//! any byte stream, so the TCP and TLS listeners (`tcp.rs`) share it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{RecvStream, SendStream};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
@@ -50,8 +52,52 @@ pub struct ListenerContext {
     pub max_clients: usize,
 }
 
+/// Where a session's bytes come from: a QUIC stream (zero-copy chunks, no
+/// buffer held while idle) or any other byte stream (TLS over TCP).
+pub trait ByteSource {
+    /// The next bytes; `Ok(None)` at the end of the stream.
+    fn next_chunk(&mut self) -> impl std::future::Future<Output = std::io::Result<Option<Bytes>>>;
+}
+
+impl ByteSource for quinn::RecvStream {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        match self.read_chunk(READ_CHUNK, true).await {
+            Ok(c) => Ok(c.map(|c| c.bytes)),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Any `AsyncRead` as a [`ByteSource`] (a small buffer per read).
+pub struct Reader<R>(pub R);
+
+/// Bytes read at once from a TLS stream.
+const STREAM_READ: usize = 4096;
+
+impl<R: AsyncRead + Unpin> ByteSource for Reader<R> {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        let mut buf = BytesMut::with_capacity(STREAM_READ);
+        match self.0.read_buf(&mut buf).await? {
+            0 => Ok(None),
+            _ => Ok(Some(buf.freeze())),
+        }
+    }
+}
+
 /// Counts an open client connection for as long as it lives.
-struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+pub struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+/// Counts a new client connection (of any transport); None if the CM holds
+/// `max_clients` already (the caller refuses it).
+pub fn admit(ctx: &ListenerContext) -> Option<OpenGuard> {
+    ctx.accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if ctx.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= ctx.max_clients {
+        ctx.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        return None;
+    }
+    Some(OpenGuard(ctx.open.clone()))
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -72,15 +118,11 @@ pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
 
 async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    ctx.accepted
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if ctx.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= ctx.max_clients {
-        ctx.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let Some(_open) = admit(&ctx) else {
         tracing::warn!(%remote, max = ctx.max_clients, "client refused: connection limit reached");
         incoming.refuse();
         return;
-    }
-    let _open = OpenGuard(ctx.open.clone());
+    };
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -106,14 +148,23 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
 }
 
 /// Writes to the client; false if the stream is gone or stuck.
-async fn write(send: &mut SendStream, bytes: &[u8]) -> bool {
+async fn write<W: AsyncWrite + Unpin>(send: &mut W, bytes: &[u8]) -> bool {
+    let written = async {
+        send.write_all(bytes).await?;
+        send.flush().await
+    };
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, send.write_all(bytes)).await,
+        tokio::time::timeout(WRITE_TIMEOUT, written).await,
         Ok(Ok(()))
     )
 }
 
-async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: RecvStream) {
+/// Drives one client XMPP stream over a byte stream until it ends.
+pub async fn run_session<R, W>(ctx: Arc<ListenerContext>, mut send: W, mut recv: R)
+where
+    R: ByteSource,
+    W: AsyncWrite + Unpin,
+{
     let (sid, mut rx, kill) = ctx.sessions.open();
     let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits);
     let mut announced = (false, 0i8);
@@ -130,11 +181,11 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
             _ = tokio::time::sleep_until(resume_reading.into()), if throttled => continue,
             _ = ctx.shutdown.cancelled() => session.close(StreamCondition::SystemShutdown, None),
             _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
-            chunk = recv.read_chunk(READ_CHUNK, true), if !throttled => match chunk {
+            chunk = recv.next_chunk(), if !throttled => match chunk {
                 Ok(Some(c)) => {
                     let now = Instant::now();
-                    resume_reading = now + shaper.take(c.bytes.len(), now);
-                    session.on_data(&c.bytes)
+                    resume_reading = now + shaper.take(c.len(), now);
+                    session.on_data(&c)
                 }
                 Ok(None) | Err(_) => break,
             },
@@ -201,6 +252,5 @@ async fn run_session(ctx: Arc<ListenerContext>, mut send: SendStream, mut recv: 
             let _ = ctx.pool.send(sid, b).await;
         }
     }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.shutdown()).await;
 }

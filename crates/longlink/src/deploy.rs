@@ -20,7 +20,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "localhost")]
     domain: String,
     /// First port: core on BASE, balancer on BASE+1 (clients), BASE+2 (CMs), BASE+3 (control),
-    /// core admin on BASE+10, balancer admin on BASE+11, CM i on BASE+100+i. 0 = ephemeral ports.
+    /// core admin on BASE+10, balancer admin on BASE+11, CM i on BASE+100+i (QUIC),
+    /// BASE+200+i (TCP, STARTTLS) and BASE+300+i (TCP, direct TLS). 0 = ephemeral ports.
     #[arg(long, default_value_t = 5270)]
     port_base: u16,
 }
@@ -59,6 +60,12 @@ pub struct CmEndpoint {
     pub node: String,
     /// Client QUIC address (ALPN xmpp-client).
     pub quic: SocketAddr,
+    /// TCP address for XMPP clients, STARTTLS required (RFC 6120).
+    #[serde(default)]
+    pub starttls: Option<SocketAddr>,
+    /// TCP address for XMPP clients, direct TLS (XEP-0368).
+    #[serde(default)]
+    pub direct_tls: Option<SocketAddr>,
 }
 
 impl Endpoints {
@@ -120,6 +127,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
             control: balancer.control_addr,
             encap: balancer.backend_addr,
         });
+        config.tcp_listen = Some(local(200 + i as u16));
+        config.tls_listen = Some(local(300 + i as u16));
         cms.push(
             cm_node::start(config)
                 .await
@@ -137,6 +146,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
             .map(|c| CmEndpoint {
                 node: c.node.clone(),
                 quic: c.client_addr,
+                starttls: c.tcp_addr,
+                direct_tls: c.tls_addr,
             })
             .collect(),
         lb: Some(LbEndpoints {
@@ -159,6 +170,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
     );
     for c in &endpoints.cms {
         println!("  {:<17} behind the balancer at {}", c.node, c.quic);
+        if let (Some(tcp), Some(tls)) = (c.starttls, c.direct_tls) {
+            println!(
+                "  {:<17} TCP clients: {tcp} (STARTTLS), {tls} (direct TLS)",
+                ""
+            );
+        }
     }
     println!("  CA                {}", endpoints.ca.display());
     println!(

@@ -269,6 +269,11 @@ impl Cluster {
         cm_node::start(config).await.expect("cm starts")
     }
 
+    /// CM `i` (0-based).
+    pub fn cm(&self, i: usize) -> &CmHandle {
+        self.cms[i].as_ref().expect("cm running")
+    }
+
     /// Client address of CM `i` (0-based).
     pub fn cm_addr(&self, i: usize) -> SocketAddr {
         self.cms[i].as_ref().expect("cm running").client_addr

@@ -28,3 +28,5 @@ pub const SM: &str = "urn:xmpp:sm:3";
 pub const CSI: &str = "urn:xmpp:csi:0";
 /// XEP-0184 message delivery receipts.
 pub const RECEIPTS: &str = "urn:xmpp:receipts";
+/// RFC 6120 STARTTLS.
+pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";

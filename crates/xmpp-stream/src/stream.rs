@@ -50,6 +50,13 @@ pub fn features_bind() -> Vec<u8> {
     ])
 }
 
+/// Stream features before TLS on a plain TCP stream: STARTTLS, required.
+pub fn features_starttls() -> Vec<u8> {
+    features(vec![
+        Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)),
+    ])
+}
+
 /// A XEP-0198 nonza (`<r/>`, `<a h/>`, `<enable/>`...) with attributes.
 pub fn sm_element(name: &str, attrs: &[(&str, &str)]) -> Vec<u8> {
     let mut el = Element::new(name, ns::SM);

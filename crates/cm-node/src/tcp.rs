@@ -1,0 +1,101 @@
+//! Client XMPP over TCP (RFC 6120), for every client that does not speak
+//! QUIC: STARTTLS (mandatory before anything else, `starttls.rs`) and direct
+//! TLS (XEP-0368, ALPN `xmpp-client`). After TLS, the stream is driven by the
+//! same [`crate::session::ClientSession`] as a QUIC stream, with the same
+//! limits, SASL, stream management and routing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::listener::{ByteSource, ListenerContext, Reader, admit, run_session};
+use crate::starttls::{StartTls, Step};
+
+/// Time for the TCP and TLS preliminaries (header, STARTTLS, handshake).
+const TLS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Which TCP flavour a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpMode {
+    /// Plain TCP, STARTTLS required (port 5222 style).
+    StartTls,
+    /// TLS from the first byte (XEP-0368, port 5223 style).
+    DirectTls,
+}
+
+/// Accepts TCP clients until shutdown.
+pub async fn run(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    mode: TcpMode,
+    ctx: Arc<ListenerContext>,
+) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(open) = admit(&ctx) else {
+            tracing::warn!(%remote, max = ctx.max_clients, "client refused: connection limit reached");
+            continue;
+        };
+        let (ctx2, tls) = (ctx.clone(), tls.clone());
+        ctx.tasks.spawn(async move {
+            let _open = open;
+            let _ = stream.set_nodelay(true);
+            let secured = secure(stream, &tls, mode, &ctx2.domain);
+            match tokio::time::timeout(TLS_DEADLINE, secured).await {
+                Ok(Ok(tls_stream)) => {
+                    let (read, write) = tokio::io::split(tls_stream);
+                    run_session(ctx2, write, Reader(read)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TCP client gave up before TLS"),
+                Err(_) => tracing::debug!(%remote, "TCP client too slow to start TLS"),
+            }
+        });
+    }
+}
+
+/// Runs STARTTLS (if plain) and the TLS handshake.
+async fn secure(
+    mut stream: TcpStream,
+    tls: &TlsAcceptor,
+    mode: TcpMode,
+    domain: &str,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    if mode == TcpMode::StartTls {
+        let mut negotiation = StartTls::new(domain);
+        negotiate(&mut stream, &mut negotiation).await?;
+    }
+    tls.accept(stream).await
+}
+
+/// Feeds the plain stream to the STARTTLS negotiation until it says TLS.
+async fn negotiate(stream: &mut TcpStream, negotiation: &mut StartTls) -> std::io::Result<()> {
+    let mut reader = Reader(&mut *stream);
+    loop {
+        let Some(chunk) = reader.next_chunk().await? else {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        };
+        for step in negotiation.on_data(&chunk) {
+            match step {
+                Step::Write(bytes) => reader.0.write_all(&bytes).await?,
+                Step::StartTls => return Ok(()),
+                Step::Close => {
+                    let _ = reader.0.shutdown().await;
+                    return Err(std::io::Error::other("refused before TLS"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Clients nobody here wrote: slixmpp (Python, from PyPI) logs in over TCP
+//! with STARTTLS and with direct TLS, with SCRAM-SHA-256 and PLAIN, and
+//! talks to a `client-sdk` user on QUIC. Plus certificate validation on the
+//! TLS listener.
+//!
+//! The test installs slixmpp into `target/interop-venv` on first use
+//! (`python3 -m venv`, `pip install slixmpp==1.17.0`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use client_sdk::Event;
+use tests::{Cluster, DOMAIN};
+
+const SLIXMPP: &str = "slixmpp==1.17.0";
+
+async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(300), f)
+        .await
+        .expect("test finished in time");
+}
+
+/// The venv's python with slixmpp, created on first use.
+fn slixmpp_python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let venv = target.join("interop-venv");
+    let python = venv.join("bin/python");
+    let have = std::process::Command::new(&python)
+        .args(["-c", "import slixmpp"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "python3 -m venv");
+        let pip = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", SLIXMPP])
+            .status()
+            .expect("pip runs");
+        assert!(pip.success(), "pip install {SLIXMPP}");
+    }
+    python
+}
+
+async fn tcp_cluster() -> Cluster {
+    let mut cluster = Cluster::start(0).await;
+    cluster
+        .add_cm_with(|c| {
+            c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_talks_to_a_quic_user_over_starttls_and_direct_tls_with_each_mechanism() {
+    bounded(async {
+        let python = tokio::task::spawn_blocking(slixmpp_python).await.unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/slix_client.py");
+        let cluster = tcp_cluster().await;
+        cluster.add_user("slix", "secret");
+        cluster.add_user("bob", "secret");
+        let mut bob = cluster.login(0, "bob", "phone").await;
+        let cm = cluster.cm(0);
+        let cases = [
+            ("starttls", "SCRAM-SHA-256", cm.tcp_addr.unwrap()),
+            ("starttls", "PLAIN", cm.tcp_addr.unwrap()),
+            ("tls", "SCRAM-SHA-256", cm.tls_addr.unwrap()),
+            ("tls", "PLAIN", cm.tls_addr.unwrap()),
+        ];
+        for (mode, mechanism, addr) in cases {
+            let child = tokio::process::Command::new(&python)
+                .arg(&script)
+                .args([
+                    "127.0.0.1",
+                    &addr.port().to_string(),
+                    mode,
+                    &format!("slix@{DOMAIN}/{mode}-{mechanism}"),
+                    "secret",
+                    mechanism,
+                    cluster.ca().to_str().unwrap(),
+                    bob.jid(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("python runs");
+            // bob (QUIC) gets slixmpp's message and answers it
+            let m = bob.next_message(Duration::from_secs(30)).await.unwrap();
+            assert_eq!(
+                m.body.as_deref(),
+                Some("hello from slixmpp"),
+                "{mode} {mechanism}"
+            );
+            assert!(m.from.starts_with(&format!("slix@{DOMAIN}/")), "{}", m.from);
+            bob.send_message(&m.from, &format!("hello back over {mode}"))
+                .await
+                .unwrap();
+            let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+                .await
+                .expect("slixmpp finishes")
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let report: serde_json::Value =
+                serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+                    panic!(
+                        "{mode} {mechanism}: no report ({e}): {stdout}\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+            assert!(out.status.success(), "{mode} {mechanism}: {report}");
+            assert_eq!(report["ping"], "ok");
+            assert_eq!(report["unsupported_iq"], "service-unavailable");
+            assert_eq!(report["answer"], format!("hello back over {mode}"));
+            assert_eq!(report["disconnected"], "clean");
+        }
+        // every slixmpp session ended cleanly: only bob is left
+        cluster.wait_routes(1).await;
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(200), bob.next_event()).await
+        {
+            assert!(
+                !matches!(ev, Event::StreamError(_) | Event::Disconnected),
+                "{ev:?}"
+            );
+        }
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// A TLS handshake with the direct-TLS listener trusting `roots`.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    roots: rustls::RootCertStore,
+) -> std::io::Result<()> {
+    let config = certs::client_config(roots, &[b"xmpp-client"]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(DOMAIN.to_owned()).unwrap();
+    connector.connect(name, tcp).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_present_a_certificate_only_the_cluster_ca_vouches_for() {
+    bounded(async {
+        let cluster = tcp_cluster().await;
+        let addr = cluster.cm(0).tls_addr.unwrap();
+        let ca = certs::load_roots(&cluster.ca()).unwrap();
+        handshake(addr, ca).await.expect("trusting the cluster CA");
+        let refused = handshake(addr, rustls::RootCertStore::empty()).await;
+        let err = refused.expect_err("a client trusting nothing refuses the server");
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        // STARTTLS: nothing but <starttls/> before TLS, no mechanisms in the clear
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(cluster.cm(0).tcp_addr.unwrap())
+            .await
+            .unwrap();
+        tcp.write_all(format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>").as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("</stream:features>") {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        assert!(text.contains("<required/></starttls>"), "{text}");
+        assert!(!text.contains("mechanisms"), "{text}");
+        tcp.write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AHNsaXgAc2VjcmV0</auth>").await.unwrap();
+        let mut rest = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut rest)).await;
+        assert!(rest.contains("policy-violation"), "{rest}");
+        cluster.shutdown().await;
+    })
+    .await;
+}
