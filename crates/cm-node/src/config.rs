@@ -56,6 +56,9 @@ pub struct CmConfig {
     /// TCP address for direct TLS clients (XEP-0368, 5223 style).
     #[serde(default)]
     pub tls_listen: Option<SocketAddr>,
+    /// TCP address for WebSocket clients over TLS (RFC 7395, `wss://`).
+    #[serde(default)]
+    pub ws_listen: Option<SocketAddr>,
 }
 
 /// How a CM reaches its balancer.
@@ -117,6 +120,7 @@ impl CmConfig {
             balancer: None,
             tcp_listen: None,
             tls_listen: None,
+            ws_listen: None,
         }
     }
 

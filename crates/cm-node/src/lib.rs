@@ -18,6 +18,7 @@ pub mod shaper;
 pub mod starttls;
 pub mod stream_management;
 pub mod tcp;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct CmHandle {
     pub tcp_addr: Option<SocketAddr>,
     /// TCP address with direct TLS, if enabled.
     pub tls_addr: Option<SocketAddr>,
+    /// WebSocket (TLS) address, if enabled.
+    pub ws_addr: Option<SocketAddr>,
     /// Live sessions.
     pub sessions: Arc<sessions::Sessions>,
     /// Client connections (handshakes) received so far.
@@ -268,6 +271,15 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_for(alpn)?));
         tasks.spawn(tcp::run(listener, acceptor, mode, ctx.clone()));
     }
+    let mut ws_addr = None;
+    if let Some(addr) = config.ws_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("bind {addr}")))?;
+        ws_addr = Some(listener.local_addr().map_err(io("local address"))?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_for(&[b"http/1.1"])?));
+        tasks.spawn(ws::run(listener, acceptor, ctx.clone()));
+    }
     if let Some(link) = &config.balancer {
         let registration = lb::control::Registration {
             node: config.node.clone(),
@@ -287,6 +299,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     Ok(CmHandle {
         tcp_addr: tcp_addrs[0],
         tls_addr: tcp_addrs[1],
+        ws_addr,
         node: config.node,
         client_addr,
         sessions,

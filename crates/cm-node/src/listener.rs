@@ -14,7 +14,7 @@ use xmpp_stream::StreamCondition;
 use xmpp_stream::framer::Limits;
 
 use crate::pool::{Pool, bounce};
-use crate::session::{ClientSession, SessionAction};
+use crate::session::{ClientSession, Framing, SessionAction};
 use crate::sessions::Sessions;
 use crate::shaper::Shaper;
 
@@ -65,6 +65,36 @@ impl ByteSource for quinn::RecvStream {
             Ok(c) => Ok(c.map(|c| c.bytes)),
             Err(e) => Err(std::io::Error::other(e)),
         }
+    }
+}
+
+/// Where a session's bytes go. A write is a list of parts, each a whole
+/// element or header (WebSocket sends each part as its own message).
+pub trait ByteSink {
+    /// Writes the parts, in order.
+    fn send_parts(
+        &mut self,
+        parts: &[Bytes],
+    ) -> impl std::future::Future<Output = std::io::Result<()>>;
+    /// Ends the stream (after the writes).
+    fn finish(&mut self) -> impl std::future::Future<Output = ()>;
+}
+
+/// Any `AsyncWrite` as a [`ByteSink`]: the parts go out as one write.
+pub struct Writer<W>(pub W);
+
+impl<W: AsyncWrite + Unpin> ByteSink for Writer<W> {
+    async fn send_parts(&mut self, parts: &[Bytes]) -> std::io::Result<()> {
+        if let [one] = parts {
+            self.0.write_all(one).await?;
+        } else {
+            self.0.write_all(&parts.concat()).await?;
+        }
+        self.0.flush().await
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.0.shutdown().await;
     }
 }
 
@@ -137,7 +167,12 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
         };
         match stream {
             Ok((send, recv)) => {
-                ctx.tasks.spawn(run_session(ctx.clone(), send, recv));
+                ctx.tasks.spawn(run_session(
+                    ctx.clone(),
+                    Writer(send),
+                    recv,
+                    Framing::Stream,
+                ));
             }
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "client connection ended");
@@ -148,25 +183,26 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
 }
 
 /// Writes to the client; false if the stream is gone or stuck.
-async fn write<W: AsyncWrite + Unpin>(send: &mut W, bytes: &[u8]) -> bool {
-    let written = async {
-        send.write_all(bytes).await?;
-        send.flush().await
-    };
+async fn write<W: ByteSink>(send: &mut W, parts: &[Bytes]) -> bool {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, written).await,
+        tokio::time::timeout(WRITE_TIMEOUT, send.send_parts(parts)).await,
         Ok(Ok(()))
     )
 }
 
 /// Drives one client XMPP stream over a byte stream until it ends.
-pub async fn run_session<R, W>(ctx: Arc<ListenerContext>, mut send: W, mut recv: R)
-where
+pub async fn run_session<R, W>(
+    ctx: Arc<ListenerContext>,
+    mut send: W,
+    mut recv: R,
+    framing: Framing,
+) where
     R: ByteSource,
-    W: AsyncWrite + Unpin,
+    W: ByteSink,
 {
     let (sid, mut rx, kill) = ctx.sessions.open();
-    let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits);
+    let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits)
+        .with_framing(framing);
     let mut announced = (false, 0i8);
     let mut shaper = Shaper::new(ctx.rate.0, ctx.rate.1, Instant::now());
     let mut resume_reading = Instant::now();
@@ -206,14 +242,14 @@ where
             },
         };
         let mut close = false;
-        let mut pending: Vec<u8> = Vec::new();
+        let mut pending: Vec<Bytes> = Vec::new();
         for action in actions {
             if !matches!(action, SessionAction::Write(_)) && !pending.is_empty() {
                 close |= !write(&mut send, &pending).await;
                 pending.clear();
             }
             match action {
-                SessionAction::Write(bytes) => pending.extend_from_slice(&bytes),
+                SessionAction::Write(bytes) => pending.push(bytes),
                 SessionAction::ToCore(frame) => {
                     if ctx.pool.send(sid, frame).await.is_err() {
                         close = true;
@@ -252,5 +288,5 @@ where
             let _ = ctx.pool.send(sid, b).await;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.finish()).await;
 }

@@ -76,6 +76,17 @@ enum State {
     Closed,
 }
 
+/// How XML is framed on the transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// One XML stream (TCP, TLS, a QUIC stream): `<stream:stream>` header.
+    #[default]
+    Stream,
+    /// RFC 7395 XMPP over WebSocket: `<open/>`, `<close/>`, and every
+    /// element a complete, namespace-declared message of its own.
+    WebSocket,
+}
+
 /// Most failed SASL attempts before the stream is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -109,6 +120,7 @@ pub struct ClientSession {
     resuming: Option<(String, u32)>,
     /// The client closed its stream itself.
     closed_by_client: bool,
+    framing: Framing,
     out: Vec<SessionAction>,
 }
 
@@ -136,8 +148,15 @@ impl ClientSession {
             csi: CsiHold::default(),
             resuming: None,
             closed_by_client: false,
+            framing: Framing::Stream,
             out: Vec::new(),
         }
+    }
+
+    /// Uses another framing (WebSocket).
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
     }
 
     /// The bound full JID.
@@ -177,7 +196,7 @@ impl ClientSession {
                 Ok(Some(FrameEvent::Element(raw))) => self.on_element(raw),
                 Ok(Some(FrameEvent::Close)) => {
                     self.closed_by_client = true;
-                    self.write(stream::STREAM_CLOSE.to_vec());
+                    self.write_close();
                     self.finish();
                 }
                 Err(e) => self.fail(e),
@@ -308,7 +327,7 @@ impl ClientSession {
         if numbered && let Some(sm) = &self.sm {
             sm.count_out();
         }
-        self.out.push(SessionAction::Write(payload));
+        self.write_stanza_bytes(payload);
     }
 
     fn flush_held(&mut self) {
@@ -417,7 +436,7 @@ impl ClientSession {
     fn bind_result(&mut self, iq_id: String, result: Result<String, String>) {
         match result {
             Ok(jid) => {
-                self.write(stream::bind_result(&iq_id, &jid));
+                self.write_stanza_bytes(Bytes::from(stream::bind_result(&iq_id, &jid)));
                 self.jid = Some(jid.clone());
                 self.state = State::Bound;
                 self.out.push(SessionAction::Bound(jid));
@@ -433,7 +452,7 @@ impl ClientSession {
                     cond,
                     None,
                 );
-                self.out.push(SessionAction::Write(reply));
+                self.write_stanza_bytes(reply);
             }
         }
     }
@@ -468,12 +487,10 @@ impl ClientSession {
             );
             return;
         };
-        let id = format!("{:016x}", rand::random::<u64>());
-        let mut out = stream::server_header(&self.domain, &id, None, header.lang.as_deref());
+        self.write_header(header.lang.as_deref());
         match header.to.as_deref() {
             Some(to) if to.eq_ignore_ascii_case(&self.domain) => {}
             _ => {
-                self.write(out);
                 self.close_with(
                     StreamCondition::HostUnknown,
                     Some("this server does not serve that domain"),
@@ -481,15 +498,60 @@ impl ClientSession {
                 return;
             }
         }
-        if authenticated {
-            out.extend(stream::features_bind());
+        let features = if authenticated {
             self.state = State::Bind;
+            stream::features_bind()
         } else {
-            let mechs: Vec<&str> = self.mechanisms.iter().map(String::as_str).collect();
-            out.extend(stream::features_sasl(&mechs));
             self.state = State::Sasl;
+            let mechs: Vec<&str> = self.mechanisms.iter().map(String::as_str).collect();
+            stream::features_sasl(&mechs)
+        };
+        match self.framing {
+            Framing::Stream => {
+                // header and features in one write
+                if let Some(SessionAction::Write(header)) = self.out.pop() {
+                    let mut both = header.to_vec();
+                    both.extend(features);
+                    self.write(both);
+                }
+            }
+            Framing::WebSocket => {
+                let declared = String::from_utf8_lossy(&features).replacen(
+                    "<stream:features",
+                    "<stream:features xmlns:stream=\"http://etherx.jabber.org/streams\"",
+                    1,
+                );
+                self.write(declared.into_bytes());
+            }
         }
-        self.write(out);
+    }
+
+    /// The server's stream header (`<open/>` on WebSocket).
+    fn write_header(&mut self, lang: Option<&str>) {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let header = match self.framing {
+            Framing::Stream => stream::server_header(&self.domain, &id, None, lang),
+            Framing::WebSocket => stream::ws_open(&self.domain, &id, lang),
+        };
+        self.write(header);
+    }
+
+    /// The end of the stream (`<close/>` on WebSocket).
+    fn write_close(&mut self) {
+        let close = match self.framing {
+            Framing::Stream => stream::STREAM_CLOSE,
+            Framing::WebSocket => stream::WS_CLOSE,
+        };
+        self.write(close.to_vec());
+    }
+
+    /// A stanza; on WebSocket it must declare its namespace (RFC 7395 §3.3.3).
+    fn write_stanza_bytes(&mut self, stanza: Bytes) {
+        let stanza = match self.framing {
+            Framing::Stream => stanza,
+            Framing::WebSocket => declare_client_ns(stanza),
+        };
+        self.out.push(SessionAction::Write(stanza));
     }
 
     fn on_element(&mut self, raw: Bytes) {
@@ -674,10 +736,15 @@ impl ClientSession {
                 .any(|a| matches!(a, SessionAction::Write(_)))
         {
             // A stream error needs an open stream: open one first (RFC 6120 §4.9.1.1).
-            let id = format!("{:016x}", rand::random::<u64>());
-            self.write(stream::server_header(&self.domain, &id, None, None));
+            self.write_header(None);
         }
-        self.write(stream::stream_error(condition, text));
+        match self.framing {
+            Framing::Stream => self.write(stream::stream_error(condition, text)),
+            Framing::WebSocket => {
+                self.write(stream::stream_error_element(condition, text, true));
+                self.write_close();
+            }
+        }
         self.finish();
     }
 
@@ -689,6 +756,31 @@ impl ClientSession {
     fn write(&mut self, bytes: Vec<u8>) {
         self.out.push(SessionAction::Write(Bytes::from(bytes)));
     }
+}
+
+/// Adds `xmlns="jabber:client"` to a stanza whose start tag declares no
+/// default namespace (it inherited it from the stream).
+fn declare_client_ns(stanza: Bytes) -> Bytes {
+    let end = stanza
+        .iter()
+        .position(|&b| b == b'>')
+        .unwrap_or(stanza.len());
+    let start_tag = &stanza[..end];
+    if start_tag
+        .windows(7)
+        .any(|w| w == b"xmlns=\"" || w == b"xmlns='")
+    {
+        return stanza;
+    }
+    let name_end = start_tag
+        .iter()
+        .position(|&b| b == b' ' || b == b'/' || b == b'\t' || b == b'\n' || b == b'\r')
+        .unwrap_or(end);
+    let mut out = Vec::with_capacity(stanza.len() + 24);
+    out.extend_from_slice(&stanza[..name_end]);
+    out.extend_from_slice(b" xmlns=\"jabber:client\"");
+    out.extend_from_slice(&stanza[name_end..]);
+    Bytes::from(out)
 }
 
 #[cfg(test)]

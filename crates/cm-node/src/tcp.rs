@@ -11,7 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::listener::{ByteSource, ListenerContext, Reader, admit, run_session};
+use crate::listener::{ByteSource, ListenerContext, Reader, Writer, admit, run_session};
+use crate::session::Framing;
 use crate::starttls::{StartTls, Step};
 
 /// Time for the TCP and TLS preliminaries (header, STARTTLS, handshake).
@@ -57,7 +58,7 @@ pub async fn run(
             match tokio::time::timeout(TLS_DEADLINE, secured).await {
                 Ok(Ok(tls_stream)) => {
                     let (read, write) = tokio::io::split(tls_stream);
-                    run_session(ctx2, write, Reader(read)).await;
+                    run_session(ctx2, Writer(write), Reader(read), Framing::Stream).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TCP client gave up before TLS"),
                 Err(_) => tracing::debug!(%remote, "TCP client too slow to start TLS"),

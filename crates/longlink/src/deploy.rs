@@ -21,7 +21,8 @@ pub struct UpArgs {
     domain: String,
     /// First port: core on BASE, balancer on BASE+1 (clients), BASE+2 (CMs), BASE+3 (control),
     /// core admin on BASE+10, balancer admin on BASE+11, CM i on BASE+100+i (QUIC),
-    /// BASE+200+i (TCP, STARTTLS) and BASE+300+i (TCP, direct TLS). 0 = ephemeral ports.
+    /// BASE+200+i (TCP, STARTTLS), BASE+300+i (TCP, direct TLS) and BASE+400+i
+    /// (WebSocket over TLS). 0 = ephemeral ports.
     #[arg(long, default_value_t = 5270)]
     port_base: u16,
 }
@@ -66,6 +67,9 @@ pub struct CmEndpoint {
     /// TCP address for XMPP clients, direct TLS (XEP-0368).
     #[serde(default)]
     pub direct_tls: Option<SocketAddr>,
+    /// WebSocket over TLS for browsers (RFC 7395, subprotocol `xmpp`).
+    #[serde(default)]
+    pub websocket: Option<SocketAddr>,
 }
 
 impl Endpoints {
@@ -129,6 +133,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         });
         config.tcp_listen = Some(local(200 + i as u16));
         config.tls_listen = Some(local(300 + i as u16));
+        config.ws_listen = Some(local(400 + i as u16));
         cms.push(
             cm_node::start(config)
                 .await
@@ -148,6 +153,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 quic: c.client_addr,
                 starttls: c.tcp_addr,
                 direct_tls: c.tls_addr,
+                websocket: c.ws_addr,
             })
             .collect(),
         lb: Some(LbEndpoints {
@@ -175,6 +181,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 "  {:<17} TCP clients: {tcp} (STARTTLS), {tls} (direct TLS)",
                 ""
             );
+        }
+        if let Some(ws) = c.websocket {
+            println!("  {:<17} WebSocket: wss://{ws}/ (subprotocol xmpp)", "");
         }
     }
     println!("  CA                {}", endpoints.ca.display());

@@ -56,6 +56,7 @@ async fn tcp_cluster() -> Cluster {
         .add_cm_with(|c| {
             c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
             c.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.ws_listen = Some("127.0.0.1:0".parse().unwrap());
         })
         .await;
     cluster
@@ -187,6 +188,126 @@ async fn tls_listeners_present_a_certificate_only_the_cluster_ca_vouches_for() {
         let mut rest = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut rest)).await;
         assert!(rest.contains("policy-violation"), "{rest}");
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens `wss://` to the CM's WebSocket listener offering `subprotocol`.
+async fn websocket(cluster: &Cluster, subprotocol: Option<&str>) -> Result<Ws, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let addr = cluster.cm(0).ws_addr.unwrap();
+    let roots = certs::load_roots(&cluster.ca()).unwrap();
+    let config = certs::client_config(roots, &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(DOMAIN.to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request = format!("wss://{DOMAIN}:{}/xmpp-websocket", addr.port())
+        .into_client_request()
+        .unwrap();
+    if let Some(p) = subprotocol {
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    let (ws, response) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("xmpp")
+    );
+    Ok(ws)
+}
+
+/// Sends one element as one text message.
+async fn ws_send(ws: &mut Ws, xml: &str) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(xml))
+        .await
+        .unwrap();
+}
+
+/// The next text message, which must be one complete, namespace-declared element.
+async fn ws_next(ws: &mut Ws) -> xmpp_stream::element::Element {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return xmpp_stream::element::Element::parse(t.as_bytes(), "")
+                .unwrap_or_else(|e| panic!("a standalone element: {e}: {t}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_talks_to_a_quic_user() {
+    use base64::Engine;
+    bounded(async {
+        let cluster = tcp_cluster().await;
+        cluster.add_user("web", "secret");
+        cluster.add_user("bob", "secret");
+        let mut bob = cluster.login(0, "bob", "phone").await;
+        // without the xmpp subprotocol the upgrade is refused
+        let refused = websocket(&cluster, None).await;
+        assert!(refused.is_err_and(|e| e.contains("400")));
+        let mut ws = websocket(&cluster, Some("xmpp")).await.unwrap();
+        let open = format!("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{DOMAIN}' version='1.0'/>");
+        ws_send(&mut ws, &open).await;
+        let header = ws_next(&mut ws).await;
+        assert_eq!((header.name.as_str(), header.ns.as_str()), ("open", "urn:ietf:params:xml:ns:xmpp-framing"));
+        assert_eq!(header.attr("from"), Some(DOMAIN));
+        let features = ws_next(&mut ws).await;
+        assert_eq!(features.name, "features");
+        let auth = base64::engine::general_purpose::STANDARD.encode(b"\0web\0secret");
+        ws_send(
+            &mut ws,
+            &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"),
+        )
+        .await;
+        assert_eq!(ws_next(&mut ws).await.name, "success");
+        ws_send(&mut ws, &open).await;
+        assert_eq!(ws_next(&mut ws).await.name, "open");
+        let features = ws_next(&mut ws).await;
+        assert!(features.child("bind", "urn:ietf:params:xml:ns:xmpp-bind").is_some());
+        ws_send(&mut ws, "<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>browser</resource></bind></iq>").await;
+        let bound = ws_next(&mut ws).await;
+        assert_eq!((bound.name.as_str(), bound.ns.as_str(), bound.attr("type")), ("iq", "jabber:client", Some("result")));
+        ws_send(&mut ws, "<presence xmlns='jabber:client'/>").await;
+        ws_send(
+            &mut ws,
+            &format!("<message xmlns='jabber:client' to='{}' type='chat' id='w1'><body>from the browser</body></message>", bob.jid()),
+        )
+        .await;
+        let m = bob.next_message(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("from the browser"));
+        assert_eq!(m.from, format!("web@{DOMAIN}/browser"));
+        bob.send_message(&m.from, "from a phone").await.unwrap();
+        let reply = loop {
+            let el = ws_next(&mut ws).await;
+            if el.name == "message" {
+                break el;
+            }
+        };
+        assert_eq!(reply.ns, "jabber:client");
+        assert_eq!(reply.child("body", "jabber:client").map(|b| b.text()).as_deref(), Some("from a phone"));
+        ws_send(&mut ws, "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>").await;
+        let close = ws_next(&mut ws).await;
+        assert_eq!((close.name.as_str(), close.ns.as_str()), ("close", "urn:ietf:params:xml:ns:xmpp-framing"));
+        cluster.wait_routes(1).await;
         cluster.shutdown().await;
     })
     .await;

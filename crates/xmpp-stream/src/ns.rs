@@ -30,3 +30,5 @@ pub const CSI: &str = "urn:xmpp:csi:0";
 pub const RECEIPTS: &str = "urn:xmpp:receipts";
 /// RFC 6120 STARTTLS.
 pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+/// RFC 7395 XMPP over WebSocket framing (`<open/>`, `<close/>`).
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";

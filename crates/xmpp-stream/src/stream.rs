@@ -87,7 +87,23 @@ fn features(children: Vec<Element>) -> Vec<u8> {
 
 /// A stream error followed by the stream close.
 pub fn stream_error(condition: StreamCondition, text: Option<&str>) -> Vec<u8> {
-    let mut out = b"<stream:error><".to_vec();
+    let mut out = stream_error_element(condition, text, false);
+    out.extend_from_slice(STREAM_CLOSE);
+    out
+}
+
+/// The `<stream:error/>` element alone; `declare` adds the `stream` prefix
+/// declaration (RFC 7395: every WebSocket message stands alone).
+pub fn stream_error_element(
+    condition: StreamCondition,
+    text: Option<&str>,
+    declare: bool,
+) -> Vec<u8> {
+    let mut out = b"<stream:error".to_vec();
+    if declare {
+        push_attr(&mut out, "xmlns:stream", ns::STREAMS);
+    }
+    out.extend_from_slice(b"><");
     out.extend_from_slice(condition.name().as_bytes());
     push_attr(&mut out, "xmlns", ns::STREAM_ERRORS);
     out.extend_from_slice(b"/>");
@@ -96,9 +112,24 @@ pub fn stream_error(condition: StreamCondition, text: Option<&str>) -> Vec<u8> {
         out.extend_from_slice(escape(text).as_bytes());
         out.extend_from_slice(b"</text>");
     }
-    out.extend_from_slice(b"</stream:error></stream:stream>");
+    out.extend_from_slice(b"</stream:error>");
     out
 }
+
+/// RFC 7395 `<open/>`, the WebSocket form of the server's stream header.
+pub fn ws_open(domain: &str, id: &str, lang: Option<&str>) -> Vec<u8> {
+    let mut out = b"<open".to_vec();
+    push_attr(&mut out, "xmlns", ns::FRAMING);
+    push_attr(&mut out, "id", id);
+    push_attr(&mut out, "from", domain);
+    push_attr(&mut out, "version", "1.0");
+    push_attr(&mut out, "xml:lang", lang.unwrap_or("en"));
+    out.extend_from_slice(b"/>");
+    out
+}
+
+/// RFC 7395 `<close/>`, the WebSocket form of `</stream:stream>`.
+pub const WS_CLOSE: &[u8] = b"<close xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\"/>";
 
 /// The stream close tag.
 pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
