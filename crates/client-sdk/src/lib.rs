@@ -17,7 +17,7 @@
 mod driver;
 mod error;
 mod event;
-mod negotiation;
+pub mod negotiation;
 pub mod sm;
 
 use std::collections::HashMap;

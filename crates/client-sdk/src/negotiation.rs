@@ -1,9 +1,12 @@
 //! Stream negotiation on a fresh connection: stream header, SASL, then
-//! resource binding or XEP-0198 resumption.
+//! resource binding or XEP-0198 resumption. Generic over the byte stream,
+//! so tools (the interop harness) use it over TCP and TLS too.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xmpp_sasl::{Mechanism, ScramClient};
 use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
@@ -11,22 +14,44 @@ use xmpp_stream::{ns, stream};
 
 use crate::{ClientError, event};
 
-/// Stream negotiation before the session is handed to the driver.
-pub(crate) struct Negotiation {
-    pub(crate) send: SendStream,
-    pub(crate) recv: RecvStream,
-    pub(crate) framer: Framer,
+/// A client's XMPP stream over any byte stream (a QUIC stream, TLS over
+/// TCP), driven step by step: what the session task and the interop harness
+/// use before (and, for the harness, after) login.
+pub struct Negotiation<W = SendStream, R = RecvStream> {
+    /// Where bytes go.
+    pub send: W,
+    /// Where bytes come from.
+    pub recv: R,
+    /// The incoming stream's framer.
+    pub framer: Framer,
 }
 
-impl Negotiation {
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send
-            .write_all(bytes)
+impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
+    /// A negotiation over a fresh stream.
+    pub fn new(send: W, recv: R) -> Self {
+        Self {
+            send,
+            recv,
+            framer: Framer::new(Limits {
+                max_stanza_bytes: 1024 * 1024,
+                ..Limits::default()
+            }),
+        }
+    }
+
+    /// Writes raw XML.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        let written = async {
+            self.send.write_all(bytes).await?;
+            self.send.flush().await
+        };
+        written
             .await
             .map_err(|e| ClientError::Disconnected(e.to_string()))
     }
 
-    async fn next(&mut self) -> Result<FrameEvent, ClientError> {
+    /// The next framing event (header, element, end).
+    pub async fn next(&mut self) -> Result<FrameEvent, ClientError> {
         loop {
             if let Some(ev) = self
                 .framer
@@ -35,16 +60,17 @@ impl Negotiation {
             {
                 return Ok(ev);
             }
-            match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(c)) => self.framer.push(&c.bytes),
-                Ok(None) => return Err(ClientError::Disconnected("stream closed".into())),
+            let mut buf = BytesMut::with_capacity(16 * 1024);
+            match self.recv.read_buf(&mut buf).await {
+                Ok(0) => return Err(ClientError::Disconnected("stream closed".into())),
+                Ok(_) => self.framer.push(&buf),
                 Err(e) => return Err(ClientError::Disconnected(e.to_string())),
             }
         }
     }
 
     /// The next top-level element; stream errors become errors.
-    pub(crate) async fn element(&mut self) -> Result<Element, ClientError> {
+    pub async fn element(&mut self) -> Result<Element, ClientError> {
         match self.next().await? {
             FrameEvent::Element(raw) => {
                 let el = Element::parse_in_stream(&raw)
@@ -59,7 +85,8 @@ impl Negotiation {
         }
     }
 
-    pub(crate) async fn open(&mut self, domain: &str) -> Result<(), ClientError> {
+    /// Opens (or restarts) the stream and waits for the server's header.
+    pub async fn open(&mut self, domain: &str) -> Result<(), ClientError> {
         self.framer.restart();
         self.write(&stream::client_header(domain, None)).await?;
         match self.next().await? {
@@ -68,7 +95,8 @@ impl Negotiation {
         }
     }
 
-    pub(crate) async fn authenticate(
+    /// Authenticates with `mechanism` (reads the features first).
+    pub async fn authenticate(
         &mut self,
         username: &str,
         password: &str,
@@ -140,7 +168,7 @@ impl Negotiation {
     }
 
     /// Binds a resource; `features` are the stream features already read.
-    pub(crate) async fn bind(
+    pub async fn bind(
         &mut self,
         features: &Element,
         resource: Option<&str>,
@@ -173,11 +201,7 @@ impl Negotiation {
     }
 
     /// XEP-0198 resumption: `Some(h)` of `<resumed/>`, or None if refused.
-    pub(crate) async fn resume(
-        &mut self,
-        previd: &str,
-        h: u32,
-    ) -> Result<Option<u32>, ClientError> {
+    pub async fn resume(&mut self, previd: &str, h: u32) -> Result<Option<u32>, ClientError> {
         self.write(&stream::sm_element(
             "resume",
             &[("previd", previd), ("h", &h.to_string())],
@@ -215,14 +239,7 @@ pub(crate) async fn dial(
         .await
         .map_err(ClientError::from_connection)?;
     let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
-    let mut nego = Negotiation {
-        send,
-        recv,
-        framer: Framer::new(Limits {
-            max_stanza_bytes: 1024 * 1024,
-            ..Limits::default()
-        }),
-    };
+    let mut nego = Negotiation::new(send, recv);
     nego.open(domain).await?;
     nego.authenticate(username, password, mechanism).await?;
     nego.open(domain).await?;

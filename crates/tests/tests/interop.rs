@@ -312,3 +312,42 @@ async fn a_websocket_client_talks_to_a_quic_user() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_passes_over_tcp_tls_and_quic() {
+    use tests::interop::{Target, Transport, run_suite};
+    bounded(async {
+        let cluster = tcp_cluster().await;
+        cluster.add_user("interop1", "pw1");
+        cluster.add_user("interop2", "pw2");
+        let cm = cluster.cm(0);
+        for (transport, server) in [
+            (Transport::Tcp, cm.tcp_addr.unwrap()),
+            (Transport::Tls, cm.tls_addr.unwrap()),
+            (Transport::Quic, cm.client_addr),
+        ] {
+            let target = Target {
+                server,
+                domain: DOMAIN.to_owned(),
+                transport,
+                ca: Some(cluster.ca()),
+                accounts: [
+                    ("interop1".to_owned(), "pw1".to_owned()),
+                    ("interop2".to_owned(), "pw2".to_owned()),
+                ],
+            };
+            let outcomes = run_suite(&target).await;
+            assert_eq!(outcomes.len(), 11);
+            for o in outcomes {
+                assert!(
+                    o.result.is_ok(),
+                    "{transport:?}: {}: {:?}",
+                    o.name,
+                    o.result
+                );
+            }
+        }
+        cluster.shutdown().await;
+    })
+    .await;
+}
