@@ -3,6 +3,7 @@
 
 mod accounts;
 mod deploy;
+mod interop;
 mod talk;
 
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ enum Command {
     Deluser(accounts::AccountArgs),
     /// Change an account's password.
     Passwd(accounts::AccountArgs),
+    /// Run the conformance suite against any XMPP server.
+    Interop(interop::InteropArgs),
     /// Print the core's routing table.
     Routes {
         /// Deployment directory (as given to `longlink up`).
@@ -160,5 +163,6 @@ async fn main() -> Result<()> {
         Command::Deluser(args) => accounts::deluser(args).await,
         Command::Passwd(args) => accounts::passwd(args).await,
         Command::Routes { dir } => accounts::routes(&dir).await,
+        Command::Interop(args) => interop::run(args).await,
     }
 }
