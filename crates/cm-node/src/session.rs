@@ -868,6 +868,8 @@ mod tests {
         assert_eq!(header.to.as_deref(), Some("b@x"));
         let el = Element::parse(payload, ns::CLIENT).unwrap();
         assert_eq!(el.attr("from"), Some("a@x/phone"));
+        // whitespace keep-alives between stanzas are fine
+        assert!(s.on_data(b" \n\t ").is_empty());
         // presence tracking for re-announce
         s.on_data(b"<presence><priority>5</priority></presence>");
         assert!(s.available);
