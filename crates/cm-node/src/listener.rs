@@ -80,6 +80,25 @@ pub trait ByteSink {
     fn finish(&mut self) -> impl std::future::Future<Output = ()>;
 }
 
+/// A QUIC send stream as a [`ByteSink`]; finishing waits (briefly) until the
+/// client has the last bytes, so a closing stream error is not lost.
+pub struct QuicSink(pub quinn::SendStream);
+
+impl ByteSink for QuicSink {
+    async fn send_parts(&mut self, parts: &[Bytes]) -> std::io::Result<()> {
+        let mut chunks: Vec<Bytes> = parts.to_vec();
+        self.0
+            .write_all_chunks(&mut chunks)
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.0.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.0.stopped()).await;
+    }
+}
+
 /// Any `AsyncWrite` as a [`ByteSink`]: the parts go out as one write.
 pub struct Writer<W>(pub W);
 
@@ -169,7 +188,7 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
             Ok((send, recv)) => {
                 ctx.tasks.spawn(run_session(
                     ctx.clone(),
-                    Writer(send),
+                    QuicSink(send),
                     recv,
                     Framing::Stream,
                 ));

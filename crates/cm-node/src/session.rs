@@ -229,7 +229,7 @@ impl ClientSession {
                     // Presence held before numbering began is written before
                     // `<enabled/>`: neither side counts it.
                     for (_, payload) in self.csi.take() {
-                        self.out.push(SessionAction::Write(payload));
+                        self.write_stanza_bytes(payload);
                     }
                 }
                 if let Some(sm) = &mut self.sm {
@@ -766,9 +766,10 @@ fn declare_client_ns(stanza: Bytes) -> Bytes {
         .position(|&b| b == b'>')
         .unwrap_or(stanza.len());
     let start_tag = &stanza[..end];
+    // The start tag was written by `rewrite_attrs`: attributes follow a space.
     if start_tag
-        .windows(7)
-        .any(|w| w == b"xmlns=\"" || w == b"xmlns='")
+        .windows(8)
+        .any(|w| w == b" xmlns=\"" || w == b" xmlns='")
     {
         return stanza;
     }
@@ -1168,5 +1169,20 @@ mod tests {
             b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
         );
         assert!(matches!(&to_core(&a)[..], [Frame::Bind { .. }]));
+    }
+
+    #[test]
+    fn websocket_stanzas_declare_their_namespace() {
+        let plain =
+            Bytes::from_static(b"<message to=\"a@x\" fooxmlns=\"1\"><body>x</body></message>");
+        let out = declare_client_ns(plain);
+        assert!(
+            out.starts_with(b"<message xmlns=\"jabber:client\" to="),
+            "{out:?}"
+        );
+        let empty = declare_client_ns(Bytes::from_static(b"<presence/>"));
+        assert_eq!(&empty[..], b"<presence xmlns=\"jabber:client\"/>");
+        let declared = Bytes::from_static(b"<iq xmlns=\"jabber:client\" type=\"result\"/>");
+        assert_eq!(declare_client_ns(declared.clone()), declared);
     }
 }

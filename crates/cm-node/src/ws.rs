@@ -50,12 +50,16 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
         let (ctx2, tls) = (ctx.clone(), tls.clone());
         ctx.tasks.spawn(async move {
             let _open = open;
-            let _ = tcp.set_nodelay(true);
+            crate::tcp::tune(&tcp);
             // frames no larger than the largest stanza (plus the framing)
             let limit = ctx2.limits.max_stanza_bytes + 1024;
+            // small buffers: idle connections must stay cheap
             let config = WebSocketConfig::default()
                 .max_message_size(Some(limit))
-                .max_frame_size(Some(limit));
+                .max_frame_size(Some(limit))
+                .read_buffer_size(4096)
+                .write_buffer_size(0)
+                .max_write_buffer_size(4 * limit);
             let upgrade = async {
                 let tls_stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
                 tokio_tungstenite::accept_hdr_async_with_config(
