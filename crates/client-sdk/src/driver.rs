@@ -93,6 +93,9 @@ pub(crate) struct Driver {
     seen: Seen,
     outbox: VecDeque<Outgoing>,
     presence: Option<Bytes>,
+    /// The app changed its presence while offline: send it on reconnecting,
+    /// even if the session resumes.
+    presence_unsent: bool,
     /// XEP-0352 state the app set.
     active: bool,
     events: mpsc::Sender<Event>,
@@ -130,6 +133,7 @@ impl Driver {
             seen: Seen::default(),
             outbox: VecDeque::new(),
             presence: None,
+            presence_unsent: false,
             active: true,
             events,
             pending,
@@ -208,6 +212,7 @@ impl Driver {
                     Some(Command::Presence(p)) => {
                         // kept for every new login; sent now only if connected
                         self.presence = Some(p.clone());
+                        self.presence_unsent = self.live.is_none();
                         if self.live.is_some() {
                             self.send(Outgoing { bytes: p, id: None }).await;
                         }
@@ -493,9 +498,11 @@ impl Driver {
             // a new CM knows nothing of it, resumed or not
             self.send_client_state().await;
         }
-        if resumed.is_none()
+        // a new session needs its presence; a resumed one only if it changed
+        if (resumed.is_none() || self.presence_unsent)
             && let Some(p) = self.presence.clone()
         {
+            self.presence_unsent = false;
             self.send(Outgoing { bytes: p, id: None }).await;
         }
         let owed: Vec<_> = resend.into_iter().chain(self.outbox.drain(..)).collect();
