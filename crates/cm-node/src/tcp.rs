@@ -4,6 +4,7 @@
 //! same [`crate::session::ClientSession`] as a QUIC stream, with the same
 //! limits, SASL, stream management and routing.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,13 +28,14 @@ pub enum TcpMode {
     DirectTls,
 }
 
-/// Accepts TCP clients until shutdown.
-pub async fn run(
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    mode: TcpMode,
-    ctx: Arc<ListenerContext>,
-) {
+/// Accepts TCP connections until shutdown: counts each against
+/// `max_clients`, tunes the socket ([`tune`]) and runs `serve` on its own
+/// task (the TCP and WebSocket listeners share this).
+pub async fn accept_loop<F, Fut>(listener: TcpListener, ctx: Arc<ListenerContext>, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr, Arc<ListenerContext>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let (stream, remote) = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -50,21 +52,37 @@ pub async fn run(
             tracing::warn!(%remote, max = ctx.max_clients, "client refused: connection limit reached");
             continue;
         };
-        let (ctx2, tls) = (ctx.clone(), tls.clone());
+        tune(&stream);
+        let served = serve(stream, remote, ctx.clone());
         ctx.tasks.spawn(async move {
             let _open = open;
-            tune(&stream);
-            let secured = secure(stream, &tls, mode, &ctx2.domain);
+            served.await;
+        });
+    }
+}
+
+/// Accepts TCP clients (STARTTLS or direct TLS) until shutdown.
+pub async fn run(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    mode: TcpMode,
+    ctx: Arc<ListenerContext>,
+) {
+    accept_loop(listener, ctx, move |stream, remote, ctx| {
+        let tls = tls.clone();
+        async move {
+            let secured = secure(stream, &tls, mode, &ctx.domain);
             match tokio::time::timeout(TLS_DEADLINE, secured).await {
                 Ok(Ok(tls_stream)) => {
                     let (read, write) = tokio::io::split(tls_stream);
-                    run_session(ctx2, Writer(write), Reader(read), Framing::Stream).await;
+                    run_session(ctx, Writer(write), Reader(read), Framing::Stream).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TCP client gave up before TLS"),
                 Err(_) => tracing::debug!(%remote, "TCP client too slow to start TLS"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// TCP keep-alive probes after 30 s of silence (every 10 s, 3 tries) and

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use xmpp_stream::element::Element;
 use xmpp_stream::{ns, stream};
 
-use crate::listener::{ByteSink, ByteSource, ListenerContext, admit, run_session};
+use crate::listener::{ByteSink, ByteSource, ListenerContext, run_session};
 use crate::session::Framing;
 
 /// Time for the TLS handshake and the HTTP upgrade.
@@ -31,28 +31,11 @@ pub const SUBPROTOCOL: &str = "xmpp";
 
 /// Accepts WebSocket clients until shutdown.
 pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerContext>) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "WebSocket accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(open) = admit(&ctx) else {
-            tracing::warn!(%remote, max = ctx.max_clients, "client refused: connection limit reached");
-            continue;
-        };
-        let (ctx2, tls) = (ctx.clone(), tls.clone());
-        ctx.tasks.spawn(async move {
-            let _open = open;
-            crate::tcp::tune(&tcp);
+    crate::tcp::accept_loop(listener, ctx, move |tcp, remote, ctx| {
+        let tls = tls.clone();
+        async move {
             // frames no larger than the largest stanza (plus the framing)
-            let limit = ctx2.limits.max_stanza_bytes + 1024;
+            let limit = ctx.limits.max_stanza_bytes + 1024;
             // small buffers: idle connections must stay cheap
             let config = WebSocketConfig::default()
                 .max_message_size(Some(limit))
@@ -73,13 +56,14 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
             match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
                 Ok(Ok(ws)) => {
                     let (sink, source) = ws.split();
-                    run_session(ctx2, WsSink(sink), WsSource(source), Framing::WebSocket).await;
+                    run_session(ctx, WsSink(sink), WsSource(source), Framing::WebSocket).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
                 Err(_) => tracing::debug!(%remote, "WebSocket client too slow to upgrade"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// The upgrade must offer the `xmpp` subprotocol; the answer selects it.

@@ -15,6 +15,21 @@ use im_core::{CoreConfig, CoreHandle};
 /// The XMPP domain of test clusters.
 pub const DOMAIN: &str = "longlink.test";
 
+/// How long a test waits for one expected event.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Runs a test body with an overall deadline of `secs` seconds.
+pub async fn bounded<F: std::future::Future<Output = ()>>(secs: u64, f: F) {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test finished in time");
+}
+
+/// `user@DOMAIN`.
+pub fn jid(user: &str) -> String {
+    format!("{user}@{DOMAIN}")
+}
+
 /// A running test cluster.
 pub struct Cluster {
     /// Holds the PKI and data directories.
@@ -417,9 +432,9 @@ pub async fn chat_with_moves(
         b.send_message(a.jid(), &format!("b{i}")).await.unwrap();
     }
     for i in 0..n {
-        let m = b.next_message(Duration::from_secs(10)).await;
+        let m = b.next_message(WAIT).await;
         assert_eq!(m.map(|m| m.body), Ok(Some(format!("a{i}"))), "b's {i}th");
-        let m = a.next_message(Duration::from_secs(10)).await;
+        let m = a.next_message(WAIT).await;
         assert_eq!(m.map(|m| m.body), Ok(Some(format!("b{i}"))), "a's {i}th");
     }
     // nothing more: no duplicates, not even ones the SDK would have dropped

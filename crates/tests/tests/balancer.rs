@@ -6,19 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client_sdk::Client;
-use tests::{Cluster, DOMAIN, chat_with_moves};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(120), f)
-        .await
-        .expect("test finished in time");
-}
-
-fn jid(user: &str) -> String {
-    format!("{user}@{DOMAIN}")
-}
+use tests::{Cluster, DOMAIN, WAIT, bounded, chat_with_moves, jid};
 
 /// A bare QUIC client endpoint trusting the cluster CA (handshakes only).
 fn raw_endpoint(cluster: &Cluster) -> quinn::Endpoint {
@@ -68,7 +56,7 @@ fn delta(after: &[u64], before: &[u64]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_spread_evenly_over_the_cms() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start_with_lb(3).await;
         cluster.wait_backends(3).await;
         let ep = raw_endpoint(&cluster);
@@ -89,7 +77,7 @@ async fn new_connections_spread_evenly_over_the_cms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_changes_port_or_address_stays_on_its_cm() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start_with_lb(3).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -120,7 +108,7 @@ async fn a_client_that_changes_port_or_address_stays_on_its_cm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_cm_takes_new_connections_and_a_drained_one_none() {
-    bounded(async {
+    bounded(120, async {
         let mut cluster = Cluster::start_with_lb(3).await;
         for u in ["a", "b", "c"] {
             cluster.add_user(u, "secret");
@@ -181,7 +169,7 @@ async fn a_joining_cm_takes_new_connections_and_a_drained_one_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_cm_affects_only_its_clients_and_leaves_the_table() {
-    bounded(async {
+    bounded(120, async {
         let mut cluster = Cluster::start_with_lb(3).await;
         cluster.wait_backends(3).await;
         let victim = 1;
@@ -208,7 +196,7 @@ async fn a_dead_cm_affects_only_its_clients_and_leaves_the_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_clients_reach_ipv4_cms_through_the_balancer() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start_with_lb(2).await;
         let Some(v6) = cluster.lb_addr_v6() else {
             eprintln!("no IPv6 loopback here; nothing to test");
@@ -235,7 +223,7 @@ async fn ipv6_clients_reach_ipv4_cms_through_the_balancer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn established_connections_survive_a_balancer_restart() {
-    bounded(async {
+    bounded(120, async {
         let mut cluster = Cluster::start_with_lb(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -268,7 +256,7 @@ async fn established_connections_survive_a_balancer_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_spoofed_datagrams_are_dropped_and_counted() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start_with_lb(2).await;
         cluster.add_user("alice", "secret");
         cluster.wait_backends(2).await;

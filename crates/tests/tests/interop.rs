@@ -12,15 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client_sdk::Event;
-use tests::{Cluster, DOMAIN};
+use tests::{Cluster, DOMAIN, bounded};
 
 const SLIXMPP: &str = "slixmpp==1.17.0";
-
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(300), f)
-        .await
-        .expect("test finished in time");
-}
 
 /// The venv's python with slixmpp, created on first use.
 fn slixmpp_python() -> PathBuf {
@@ -64,7 +58,7 @@ async fn tcp_cluster() -> Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slixmpp_talks_to_a_quic_user_over_starttls_and_direct_tls_with_each_mechanism() {
-    bounded(async {
+    bounded(300, async {
         let python = tokio::task::spawn_blocking(slixmpp_python).await.unwrap();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/slix_client.py");
         let cluster = tcp_cluster().await;
@@ -154,7 +148,7 @@ async fn handshake(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listeners_present_a_certificate_only_the_cluster_ca_vouches_for() {
-    bounded(async {
+    bounded(300, async {
         let cluster = tcp_cluster().await;
         let addr = cluster.cm(0).tls_addr.unwrap();
         let ca = certs::load_roots(&cluster.ca()).unwrap();
@@ -256,7 +250,7 @@ async fn ws_next(ws: &mut Ws) -> xmpp_stream::element::Element {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_talks_to_a_quic_user() {
     use base64::Engine;
-    bounded(async {
+    bounded(300, async {
         let cluster = tcp_cluster().await;
         cluster.add_user("web", "secret");
         cluster.add_user("bob", "secret");
@@ -316,7 +310,7 @@ async fn a_websocket_client_talks_to_a_quic_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_suite_passes_over_tcp_tls_and_quic() {
     use tests::interop::{Target, Transport, run_suite};
-    bounded(async {
+    bounded(300, async {
         let cluster = tcp_cluster().await;
         cluster.add_user("interop1", "pw1");
         cluster.add_user("interop2", "pw2");

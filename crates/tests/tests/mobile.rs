@@ -6,23 +6,11 @@
 use std::time::Duration;
 
 use client_sdk::{Client, Event, MessageState};
-use tests::{Cluster, DOMAIN, chat_with_moves};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(120), f)
-        .await
-        .expect("test finished in time");
-}
-
-fn jid(user: &str) -> String {
-    format!("{user}@{DOMAIN}")
-}
+use tests::{Cluster, WAIT, bounded, chat_with_moves, jid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_each_way_while_one_side_keeps_changing_networks() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start_with_lb(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -68,7 +56,7 @@ async fn a_thousand_messages_each_way_while_one_side_keeps_changing_networks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -121,7 +109,7 @@ async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_or_foreign_sm_ids_are_refused_and_expired_sessions_go_offline() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start(1).await;
         for u in ["alice", "mallory", "carol"] {
             cluster.add_user(u, "secret");
@@ -197,7 +185,7 @@ async fn forged_or_foreign_sm_ids_are_refused_and_expired_sessions_go_offline() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inactive_client_gets_messages_at_once_and_the_latest_presence_on_return() {
-    bounded(async {
+    bounded(120, async {
         let cluster = Cluster::start(2).await;
         for u in ["bob", "carol", "dave"] {
             cluster.add_user(u, "secret");
@@ -254,7 +242,7 @@ async fn an_inactive_client_gets_messages_at_once_and_the_latest_presence_on_ret
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_long_outage_the_sdk_logs_in_again_sends_its_outbox_and_gets_offline_messages() {
-    bounded(async {
+    bounded(120, async {
         let mut cluster = Cluster::start(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");

@@ -4,24 +4,11 @@
 use std::time::Duration;
 
 use client_sdk::{ClientError, Event};
-use tests::{Cluster, DOMAIN};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// Runs a test body with an overall deadline.
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(90), f)
-        .await
-        .expect("test finished in time");
-}
-
-fn jid(user: &str) -> String {
-    format!("{user}@{DOMAIN}")
-}
+use tests::{Cluster, DOMAIN, WAIT, bounded, jid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_crosses_cms_and_routing_table_shows_the_cm() {
-    bounded(async {
+    bounded(90, async {
         let cluster = Cluster::start(3).await;
         cluster.add_user("client1", "secret");
         cluster.add_user("client3", "secret");
@@ -80,7 +67,7 @@ async fn message_crosses_cms_and_routing_table_shows_the_cm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cm_added_at_runtime_serves_new_clients() {
-    bounded(async {
+    bounded(90, async {
         let mut cluster = Cluster::start(3).await;
         for u in ["a", "b", "d"] {
             cluster.add_user(u, "secret");
@@ -113,7 +100,7 @@ async fn a_cm_added_at_runtime_serves_new_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_messages_survive_a_core_restart_and_arrive_in_order() {
-    bounded(async {
+    bounded(90, async {
         let mut cluster = Cluster::start(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -169,7 +156,7 @@ async fn offline_messages_survive_a_core_restart_and_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_touches_no_other_session() {
-    bounded(async {
+    bounded(90, async {
         let cluster = Cluster::start(1).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -243,7 +230,7 @@ async fn bad_input_is_refused_and_touches_no_other_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cm_with_a_foreign_certificate_is_refused_by_the_core() {
-    bounded(async {
+    bounded(90, async {
         let cluster = Cluster::start(1).await;
         let foreign = tempfile::tempdir().unwrap();
         certs::init(foreign.path(), DOMAIN, 2, false).unwrap();
@@ -285,7 +272,7 @@ async fn a_cm_with_a_foreign_certificate_is_refused_by_the_core() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_restart_keeps_clients_connected_and_messages_flowing() {
-    bounded(async {
+    bounded(90, async {
         let mut cluster = Cluster::start(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -322,7 +309,7 @@ async fn core_restart_keeps_clients_connected_and_messages_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sasl_mechanism_logs_in_and_untrusted_servers_are_refused() {
-    bounded(async {
+    bounded(90, async {
         let cluster = Cluster::start(1).await;
         cluster.add_user("alice", "secret");
         for mech in [
@@ -360,7 +347,7 @@ async fn every_sasl_mechanism_logs_in_and_untrusted_servers_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_cm_loses_only_its_routes_after_the_grace_period() {
-    bounded(async {
+    bounded(90, async {
         let mut cluster = Cluster::start(2).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
@@ -408,7 +395,7 @@ async fn a_dead_cm_loses_only_its_routes_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cm_restarted_within_the_grace_period_leaves_no_stale_routes() {
-    bounded(async {
+    bounded(90, async {
         let mut cluster = Cluster::start(2).await;
         for u in ["alice", "bob", "carol"] {
             cluster.add_user(u, "secret");
@@ -445,7 +432,7 @@ async fn a_cm_restarted_within_the_grace_period_leaves_no_stale_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cm_refuses_connections_beyond_its_limit() {
-    bounded(async {
+    bounded(90, async {
         let mut cluster = Cluster::start(0).await;
         cluster.add_cm_with(|c| c.max_clients = 1).await;
         cluster.add_user("alice", "secret");
