@@ -8,34 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-20}
 MESSAGES=${MESSAGES:-2000}
-cargo build --release -p longlink --bin longlink 2>/dev/null
-cargo build --release -p tests --example flood 2>/dev/null
-BIN=target/release/longlink
-W=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
-$BIN certs init --dir "$W/pki" --domain bench.test --cm 2 >/dev/null
-cat > "$W/core.toml" <<EOT
-domain = "bench.test"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = "$W/data"
-pki_dir = "$W/pki"
-EOT
-for i in $(seq 0 $((2 * PAIRS - 1))); do $BIN adduser u$i --password pw --dir "$W" >/dev/null; done
-$BIN core --config "$W/core.toml" --listen 127.0.0.1:17270 --admin-listen 127.0.0.1:17280 2>"$W/core.log" &
-CORE=$!
-for i in 1 2; do
-cat > "$W/cm$i.toml" <<EOT
-node = "cm-$i"
-domain = "bench.test"
-listen = "127.0.0.1:1730$i"
-core = "127.0.0.1:17270"
-pki_dir = "$W/pki"
-EOT
-$BIN cm --config "$W/cm$i.toml" 2>"$W/cm$i.log" &
-CMS="${CMS:-} $!"
-done
-sleep 2
+EXAMPLE=flood CMS=2 USERS=$((2 * PAIRS)) CORE_PORT=17270
+. bench/cluster.sh
+CMS=$CM_PIDS
 cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
 TICK=$(getconf CLK_TCK)
 before=$(cpu $CORE)

@@ -343,13 +343,7 @@ impl Router {
     /// A session was replaced by a new one with its full JID (`conflict`):
     /// kick it and hand what it never acknowledged to the user's sessions.
     fn replaced(&mut self, (old_node, old_sid): SessionAddr, full: &str) {
-        self.send(
-            old_node,
-            Frame::Kick {
-                sid: old_sid,
-                condition: StreamCondition::Conflict.name().into(),
-            },
-        );
+        self.kick((old_node, old_sid), StreamCondition::Conflict);
         if let Some(ledger) = self.take_ledger((old_node, old_sid)) {
             self.reroute_unacked(full, ledger);
         }
@@ -793,6 +787,18 @@ impl Router {
 
     fn send(&mut self, node: NodeId, frame: Frame) {
         self.out.push(Action::Send { node, frame });
+    }
+
+    /// Ends a session with a stream error.
+    fn kick(&mut self, (node, sid): SessionAddr, condition: StreamCondition) {
+        let condition = condition.name().into();
+        self.send(node, Frame::Kick { sid, condition });
+    }
+
+    /// The local part of a session's JID (its account).
+    fn user_of(&self, (node, sid): SessionAddr) -> Option<String> {
+        let jid = self.table.jid_of(node, sid)?;
+        jid.split_once('@').map(|(user, _)| user.to_owned())
     }
 }
 

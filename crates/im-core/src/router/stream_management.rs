@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cm_protocol::{Frame, Resumption, SessionId, SmSnapshot};
-use xmpp_stream::StanzaCondition;
 use xmpp_stream::stanza::{StanzaKind, inspect};
+use xmpp_stream::{StanzaCondition, StreamCondition};
 
 use super::{Action, Router};
 use crate::ledger::{DEFAULT_MAX_RESUME_SECS, Ledger, MAX_LEDGER_BYTES_TOTAL, Restored};
@@ -73,15 +73,7 @@ impl Router {
         }
         if refused {
             tracing::debug!(node, sid, h, "client acknowledged more than it was sent");
-            self.send(
-                node,
-                Frame::Kick {
-                    sid,
-                    condition: xmpp_stream::StreamCondition::UndefinedCondition
-                        .name()
-                        .into(),
-                },
-            );
+            self.kick((node, sid), StreamCondition::UndefinedCondition);
         }
     }
 
@@ -100,12 +92,7 @@ impl Router {
             l.overflowed = true;
             l.spilled_while_flushing |= l.flushing;
             let caught_up = !l.flushing && l.half_empty();
-            let user = self
-                .table
-                .jid_of(addr.0, addr.1)
-                .and_then(|j| j.split_once('@'));
-            if let Some((user, _)) = user {
-                let user = user.to_owned();
+            if let Some(user) = self.user_of(addr) {
                 self.store_undeliverable(user, payload.clone());
             }
             if caught_up {
@@ -134,12 +121,7 @@ impl Router {
             l.flushing = true;
             l.overflowed = true;
         }
-        let user = self
-            .table
-            .jid_of(addr.0, addr.1)
-            .and_then(|j| j.split_once('@'));
-        if let Some((user, _)) = user {
-            let user = user.to_owned();
+        if let Some(user) = self.user_of(addr) {
             self.out.push(Action::FlushOffline { user, to: addr });
         }
     }
@@ -175,15 +157,8 @@ impl Router {
         std::mem::take(&mut self.out)
     }
 
-    fn kick_to_resume(&mut self, (node, sid): SessionAddr) {
-        let condition = xmpp_stream::StreamCondition::ConnectionTimeout;
-        self.send(
-            node,
-            Frame::Kick {
-                sid,
-                condition: condition.name().into(),
-            },
-        );
+    fn kick_to_resume(&mut self, addr: SessionAddr) {
+        self.kick(addr, StreamCondition::ConnectionTimeout);
     }
 
     /// A CM bounced a stanza: for an SM session (or one that ended or
@@ -212,14 +187,7 @@ impl Router {
             .and_then(|token| self.tokens.get(&token))
             .is_some_and(|addr| *addr != (node, sid));
         if moved || self.retired.contains(&(node, sid)) {
-            let condition = xmpp_stream::StreamCondition::Conflict;
-            self.send(
-                node,
-                Frame::Kick {
-                    sid,
-                    condition: condition.name().into(),
-                },
-            );
+            self.kick((node, sid), StreamCondition::Conflict);
             return;
         }
         self.announce(node, sid, jid, available, priority);
@@ -491,13 +459,7 @@ impl Router {
         if let Some(previous) = self.table.bind(bare, res, node, sid, route.0, route.1)
             && old_stream_alive
         {
-            self.send(
-                previous.0,
-                Frame::Kick {
-                    sid: previous.1,
-                    condition: xmpp_stream::StreamCondition::Conflict.name().into(),
-                },
-            );
+            self.kick(previous, StreamCondition::Conflict);
         }
         Ok((resumption, replay))
     }
