@@ -31,6 +31,13 @@ pub struct CoreConfig {
     /// Offer SASL PLAIN (always under TLS).
     #[serde(default = "yes")]
     pub allow_plain: bool,
+    /// PostgreSQL connection string (libpq key-value or `postgres://` URL);
+    /// unset: the embedded database in `data_dir`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Let clients create accounts in-band (XEP-0077).
+    #[serde(default)]
+    pub registration: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -61,6 +68,8 @@ impl CoreConfig {
             node_grace_ms: default_grace_ms(),
             offline_quota: default_offline_quota(),
             allow_plain: true,
+            database_url: None,
+            registration: false,
         }
     }
 

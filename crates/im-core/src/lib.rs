@@ -158,8 +158,12 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
         .map_err(io(format!("bind {}", config.listen)))?;
     let quic_addr = endpoint.local_addr().map_err(io("local address"))?;
 
-    let db = storage::Db::open(&config.data_dir, config.offline_quota)?;
-    let storage = storage::Storage::start(db);
+    let (url, dir, quota) = (
+        config.database_url.clone(),
+        config.data_dir.clone(),
+        config.offline_quota,
+    );
+    let storage = storage::Storage::start(move || storage::open(url.as_deref(), &dir, quota))?;
     let metrics = Arc::new(metrics::Metrics::new());
     let links = Arc::new(links::Links::default());
     let auth = Arc::new(auth::AuthService::new(

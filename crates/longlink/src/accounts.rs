@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::deploy::Endpoints;
+use im_core::storage::Store;
 
 /// Arguments of the account commands.
 #[derive(Args)]
@@ -86,8 +87,8 @@ fn http(method: &str, url: &str, token: &str, body: Option<serde_json::Value>) -
     Ok(resp.status().as_u16())
 }
 
-fn open_db(data: &Path) -> Result<im_core::storage::Db> {
-    im_core::storage::Db::open(data, 10_000)
+fn open_db(data: &Path) -> Result<im_core::storage::Sqlite> {
+    im_core::storage::Sqlite::open(data, 10_000)
         .with_context(|| format!("opening the database in {}", data.display()))
 }
 

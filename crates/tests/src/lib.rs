@@ -43,6 +43,7 @@ pub struct Cluster {
     lb_addrs: Option<lb::server::LbSettings>,
     core_addr: SocketAddr,
     admin_addr: SocketAddr,
+    database_url: Option<String>,
 }
 
 /// Logs to the test output when `RUST_LOG` is set.
@@ -56,15 +57,21 @@ pub fn init_logging() {
 impl Cluster {
     /// Starts a core and `cms` CM nodes.
     pub async fn start(cms: usize) -> Cluster {
-        Self::start_inner(cms, false).await
+        Self::start_inner(cms, false, None).await
     }
 
     /// Starts a core, a balancer and `cms` CM nodes behind it.
     pub async fn start_with_lb(cms: usize) -> Cluster {
-        Self::start_inner(cms, true).await
+        Self::start_inner(cms, true, None).await
     }
 
-    async fn start_inner(cms: usize, with_lb: bool) -> Cluster {
+    /// Starts a core whose store is the PostgreSQL database `url`, and
+    /// `cms` CM nodes.
+    pub async fn start_on_postgres(cms: usize, url: String) -> Cluster {
+        Self::start_inner(cms, false, Some(url)).await
+    }
+
+    async fn start_inner(cms: usize, with_lb: bool, database_url: Option<String>) -> Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         certs::init(&dir.path().join("pki"), DOMAIN, cms as u32, false).expect("certs");
@@ -76,6 +83,7 @@ impl Cluster {
             lb_addrs: None,
             core_addr: "127.0.0.1:0".parse().expect("addr"),
             admin_addr: "127.0.0.1:0".parse().expect("addr"),
+            database_url,
         };
         cluster.start_core().await;
         if with_lb {
@@ -108,6 +116,7 @@ impl Cluster {
         c.listen = self.core_addr;
         c.admin_listen = self.admin_addr;
         c.node_grace_ms = 1000;
+        c.database_url = self.database_url.clone();
         c
     }
 
@@ -297,11 +306,18 @@ impl Cluster {
     }
 
     /// Creates an account (directly in the database, like `longlink adduser`
-    /// on a stopped core; SQLite serializes with the running core).
+    /// on a stopped core; the database serializes with the running core).
     pub fn add_user(&self, user: &str, password: &str) {
-        let db = im_core::storage::Db::open(&self.dir.path().join("data"), 10_000).expect("db");
-        let creds = xmpp_sasl::StoredCredentials::new(password, 4096);
-        db.add_user(user, &creds).expect("add user");
+        let (url, dir) = (self.database_url.clone(), self.dir.path().join("data"));
+        let (user, password) = (user.to_owned(), password.to_owned());
+        // on a thread of its own: the PostgreSQL client runs its own runtime
+        std::thread::spawn(move || {
+            let mut db = im_core::storage::open(url.as_deref(), &dir, 10_000).expect("db");
+            let creds = xmpp_sasl::StoredCredentials::new(&password, 4096);
+            db.add_user(&user, &creds).expect("add user");
+        })
+        .join()
+        .expect("add user");
     }
 
     /// Connection options for `user` at CM `cm`.

@@ -106,7 +106,8 @@ impl Deployment {
         assert!(init.status.success(), "{init:?}");
         let data = d.join("data");
         if !users.is_empty() {
-            let db = im_core::storage::Db::open(&data, 10_000).unwrap();
+            use im_core::storage::Store;
+            let mut db = im_core::storage::Sqlite::open(&data, 10_000).unwrap();
             let creds = xmpp_sasl::StoredCredentials::new(
                 password,
                 xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,

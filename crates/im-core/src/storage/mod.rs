@@ -1,0 +1,458 @@
+//! Durable storage: accounts (SCRAM credentials, never passwords), offline
+//! messages, rosters, the message archive (XEP-0313) and vCards.
+//!
+//! [`Store`] is the one interface; it has two backends: [`Sqlite`], an
+//! embedded on-disk database in the data directory (the default, no
+//! server), and [`Postgres`], chosen by configuring a connection string.
+//! Both run versioned schema migrations when opened.
+//!
+//! [`Storage`] runs a store on its own thread and gives the async core a
+//! handle; the thread drains every queued job into one transaction (group
+//! commit), so durable writes do not cost one commit each.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use xmpp_sasl::StoredCredentials;
+
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+pub use postgres::Postgres;
+pub use sqlite::Sqlite;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error.
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// A transaction failed to commit; the job's own result is void.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The storage thread is gone (the core is shutting down).
+    #[error("storage is closed")]
+    Closed,
+    /// The user's offline queue is full.
+    #[error("offline quota exceeded")]
+    QuotaExceeded,
+    /// An archive query named an id the archive does not hold.
+    #[error("no such archived message")]
+    UnknownId,
+    /// The data directory could not be created.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One stored offline message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Row id (ascending in arrival order).
+    pub id: i64,
+    /// When it was stored (XEP-0082 timestamp).
+    pub stamp: String,
+    /// The stanza as routed.
+    pub payload: Bytes,
+}
+
+/// Outcome of storing a message for a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored durably.
+    Stored,
+    /// The addressed local user does not exist.
+    NoSuchUser,
+}
+
+/// A roster item's subscription state (RFC 6121 §2.1.2.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Subscription {
+    /// Neither sees the other's presence.
+    #[default]
+    None,
+    /// The user sees the contact's presence.
+    To,
+    /// The contact sees the user's presence.
+    From,
+    /// Both.
+    Both,
+}
+
+impl Subscription {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::To => "to",
+            Self::From => "from",
+            Self::Both => "both",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "to" => Self::To,
+            "from" => Self::From,
+            "both" => Self::Both,
+            _ => Self::None,
+        }
+    }
+
+    /// Whether the user receives the contact's presence.
+    pub fn to(self) -> bool {
+        matches!(self, Self::To | Self::Both)
+    }
+
+    /// Whether the contact receives the user's presence.
+    pub fn from(self) -> bool {
+        matches!(self, Self::From | Self::Both)
+    }
+
+    /// The state with `to` and `from` set as given.
+    pub fn with(to: bool, from: bool) -> Self {
+        match (to, from) {
+            (false, false) => Self::None,
+            (true, false) => Self::To,
+            (false, true) => Self::From,
+            (true, true) => Self::Both,
+        }
+    }
+}
+
+/// One contact in a user's roster, with its subscription state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RosterItem {
+    /// The contact's bare JID.
+    pub jid: String,
+    /// The user's name for the contact.
+    pub name: Option<String>,
+    /// Groups the user put the contact in.
+    pub groups: Vec<String>,
+    /// Subscription state.
+    pub subscription: Subscription,
+    /// The user asked to subscribe and waits for an answer (pending out).
+    pub ask: bool,
+    /// The contact asked to subscribe and waits for the user (pending in).
+    pub pending_in: bool,
+    /// Shown in the user's roster: false for an item that only records a
+    /// request the user has not answered.
+    pub listed: bool,
+}
+
+/// A user's roster with its version (XEP-0237).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roster {
+    /// Increases with every change.
+    pub version: u64,
+    /// Items, in no particular order.
+    pub items: Vec<RosterItem>,
+}
+
+/// One message for a user's archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    /// The archive's owner (local part).
+    pub user: String,
+    /// The stable id (XEP-0359 stanza-id), unique in the archive.
+    pub id: String,
+    /// The other party's bare JID.
+    pub peer: String,
+    /// When it was archived, in microseconds since the Unix epoch.
+    pub stamp: i64,
+    /// The message as routed.
+    pub payload: Bytes,
+}
+
+/// Which part of an archive to return (XEP-0313 with XEP-0059 paging).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveQuery {
+    /// Only messages with this bare JID.
+    pub with: Option<String>,
+    /// Not before this time (µs since the epoch).
+    pub start: Option<i64>,
+    /// Not after this time (µs since the epoch).
+    pub end: Option<i64>,
+    /// Only messages after this id.
+    pub after: Option<String>,
+    /// Only messages before this id.
+    pub before: Option<String>,
+    /// The page at the end of the range (newest messages) rather than at its
+    /// start: `<before/>`, or `<before>id</before>`.
+    pub from_end: bool,
+    /// Most messages to return.
+    pub max: usize,
+}
+
+/// One archived message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Archived {
+    /// Its stable id.
+    pub id: String,
+    /// When it was archived (µs since the epoch).
+    pub stamp: i64,
+    /// The message.
+    pub payload: Bytes,
+}
+
+/// One page of an archive query, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchivePage {
+    /// The messages.
+    pub items: Vec<Archived>,
+    /// No message matches beyond this page (in the paging direction).
+    pub complete: bool,
+}
+
+/// The storage interface both backends implement. Calls run on the
+/// storage thread, inside the transaction [`Storage`] opened.
+pub trait Store: Send {
+    /// Opens a transaction.
+    fn begin(&mut self) -> Result<(), StorageError>;
+    /// Commits the open transaction.
+    fn commit(&mut self) -> Result<(), StorageError>;
+    /// Abandons the open transaction.
+    fn rollback(&mut self);
+
+    /// Creates an account; returns false if it exists.
+    fn add_user(&mut self, username: &str, creds: &StoredCredentials)
+    -> Result<bool, StorageError>;
+    /// Replaces an account's credentials; returns false if it does not exist.
+    fn set_credentials(
+        &mut self,
+        username: &str,
+        creds: &StoredCredentials,
+    ) -> Result<bool, StorageError>;
+    /// Deletes an account with everything stored for it; false if absent.
+    fn delete_user(&mut self, username: &str) -> Result<bool, StorageError>;
+    /// An account's stored credentials.
+    fn credentials(&mut self, username: &str) -> Result<Option<StoredCredentials>, StorageError>;
+    /// Number of accounts.
+    fn user_count(&mut self) -> Result<u64, StorageError>;
+
+    /// Stores an offline message for an existing user, within the quota.
+    fn store_offline(
+        &mut self,
+        username: &str,
+        stamp: &str,
+        payload: &[u8],
+    ) -> Result<Stored, StorageError>;
+    /// A user's offline messages, oldest first.
+    fn offline(&mut self, username: &str) -> Result<Vec<OfflineMessage>, StorageError>;
+    /// Removes delivered offline messages up to and including `last_id`.
+    fn remove_offline(&mut self, username: &str, last_id: i64) -> Result<(), StorageError>;
+
+    /// A user's roster (empty, version 0, for an unknown user).
+    fn roster(&mut self, username: &str) -> Result<Roster, StorageError>;
+    /// Adds or replaces a roster item and sets the roster's version.
+    fn put_roster_item(
+        &mut self,
+        username: &str,
+        item: &RosterItem,
+        version: u64,
+    ) -> Result<(), StorageError>;
+    /// Removes a roster item and sets the roster's version.
+    fn remove_roster_item(
+        &mut self,
+        username: &str,
+        jid: &str,
+        version: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Adds a message to a user's archive.
+    fn archive(&mut self, entry: &ArchiveEntry) -> Result<Stored, StorageError>;
+    /// One page of a user's archive.
+    fn query_archive(
+        &mut self,
+        username: &str,
+        query: &ArchiveQuery,
+    ) -> Result<ArchivePage, StorageError>;
+
+    /// A user's vCard (XEP-0054), as stored.
+    fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError>;
+    /// Replaces a user's vCard.
+    fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError>;
+}
+
+/// Opens the configured store: PostgreSQL when `database_url` is given,
+/// else the embedded database in `data_dir`.
+pub fn open(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    offline_quota: u32,
+) -> Result<Box<dyn Store>, StorageError> {
+    Ok(match database_url {
+        Some(url) => Box::new(Postgres::open(url, offline_quota)?),
+        None => Box::new(Sqlite::open(data_dir, offline_quota)?),
+    })
+}
+
+/// For test suites and benchmarks: a new empty PostgreSQL database on the
+/// server `LONGLINK_TEST_POSTGRES` names (a libpq key-value string such as
+/// `host=127.0.0.1 port=5432 user=postgres`), as a connection string; `None`
+/// when unset. Panics if `LONGLINK_REQUIRE_POSTGRES` is set but the server
+/// is not, or cannot be reached, so CI cannot skip the backend silently.
+pub fn postgres_for_tests(prefix: &str) -> Option<String> {
+    let base = match std::env::var("LONGLINK_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var_os("LONGLINK_REQUIRE_POSTGRES").is_none(),
+                "LONGLINK_REQUIRE_POSTGRES is set but LONGLINK_TEST_POSTGRES is not"
+            );
+            tracing::warn!("PostgreSQL backend not tested: LONGLINK_TEST_POSTGRES is unset");
+            return None;
+        }
+    };
+    let name = format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>());
+    // On a thread of its own: the client runs a runtime, which cannot nest
+    // in a caller's.
+    let (server, db) = (base.clone(), name.clone());
+    let created = std::thread::spawn(move || {
+        ::postgres::Client::connect(&server, ::postgres::NoTls)?
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+    })
+    .join();
+    match created {
+        Ok(Ok(())) => Some(format!("{base} dbname={name}")),
+        Ok(Err(e)) => panic!("creating database {name} at LONGLINK_TEST_POSTGRES={base}: {e}"),
+        Err(_) => panic!("creating database {name}: the thread panicked"),
+    }
+}
+
+/// Encodes roster groups for a text column.
+fn encode_groups(groups: &[String]) -> String {
+    serde_json::to_string(groups).unwrap_or_else(|_| "[]".into())
+}
+
+/// Decodes roster groups from a text column.
+fn decode_groups(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Turns rows fetched in paging order (at most `max + 1`) into a page,
+/// oldest first.
+fn page(items: &mut Vec<Archived>, q: &ArchiveQuery) -> ArchivePage {
+    let complete = items.len() <= q.max;
+    items.truncate(q.max);
+    if q.from_end {
+        items.reverse();
+    }
+    ArchivePage {
+        items: std::mem::take(items),
+        complete,
+    }
+}
+
+/// Called with the commit outcome once the job's transaction is over.
+type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+type Job = Box<dyn FnOnce(&mut dyn Store) -> Completion + Send>;
+
+/// Async handle to the storage thread (cheap to clone).
+#[derive(Clone)]
+pub struct Storage {
+    jobs: mpsc::SyncSender<Job>,
+}
+
+/// Most jobs waiting for the storage thread; callers wait beyond that.
+const QUEUE: usize = 4096;
+/// Most jobs committed in one transaction.
+const BATCH: usize = 512;
+
+impl Storage {
+    /// Starts the storage thread over the store `open` opens there (the
+    /// PostgreSQL client runs its own runtime, so it must live on its own
+    /// thread); waits for the opening.
+    pub fn start(
+        open: impl FnOnce() -> Result<Box<dyn Store>, StorageError> + Send + 'static,
+    ) -> Result<Self, StorageError> {
+        let (jobs, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let (opened_tx, opened) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("storage".into())
+            .spawn(move || match open() {
+                Ok(store) => {
+                    let _ = opened_tx.send(Ok(()));
+                    run(store, rx)
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })?;
+        opened.recv().map_err(|_| StorageError::Closed)??;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the storage thread inside a transaction; the result is
+    /// returned after the transaction committed.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        self.submit(f).await
+    }
+
+    /// Queues `f` now (jobs run in the order they were submitted, unless the
+    /// queue is full) and returns the future of its committed result.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let result = f(db);
+            Box::new(move |commit: Result<(), StorageError>| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        let jobs = self.jobs.clone();
+        let queued = jobs.try_send(job);
+        async move {
+            match queued {
+                Ok(()) => {}
+                // The channel is bounded: wait on a blocking thread when it is full.
+                Err(mpsc::TrySendError::Full(job)) => {
+                    tokio::task::spawn_blocking(move || jobs.send(job))
+                        .await
+                        .map_err(|_| StorageError::Closed)?
+                        .map_err(|_| StorageError::Closed)?;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StorageError::Closed),
+            }
+            rx.await.map_err(|_| StorageError::Closed)?
+        }
+    }
+}
+
+fn run(mut store: Box<dyn Store>, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let begun = store.begin();
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut *store)).collect();
+        let commit = begun.and_then(|()| store.commit());
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "storage commit failed");
+            store.rollback();
+        }
+        for done in completions {
+            done(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StorageError::Commit(e.to_string())),
+            });
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The PostgreSQL backend, for deployments that outgrow one machine's
+//! embedded database. One connection on the storage thread; statements are
+//! prepared once and reused.
+
+use std::collections::HashMap;
+
+use ::postgres::{Client, NoTls, Statement, types::ToSql};
+use bytes::Bytes;
+use xmpp_sasl::{ScramKeys, StoredCredentials};
+
+use super::{
+    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, Roster, RosterItem,
+    StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
+};
+
+/// Schema migrations; the `schema_version` table records how many ran.
+const SCHEMA: &[&str] = &[
+    // 1: accounts and offline messages
+    "CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        salt BYTEA NOT NULL,
+        iterations INTEGER NOT NULL,
+        sha1_stored BYTEA NOT NULL,
+        sha1_server BYTEA NOT NULL,
+        sha256_stored BYTEA NOT NULL,
+        sha256_server BYTEA NOT NULL
+    );
+    CREATE TABLE offline (
+        id BIGSERIAL PRIMARY KEY,
+        username TEXT NOT NULL,
+        stamp TEXT NOT NULL,
+        payload BYTEA NOT NULL
+    );
+    CREATE INDEX offline_by_user ON offline(username, id);",
+    // 2: rosters, archive, vCards
+    "ALTER TABLE users ADD COLUMN roster_version BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE roster (
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        name TEXT,
+        groups TEXT NOT NULL,
+        subscription TEXT NOT NULL,
+        ask BOOLEAN NOT NULL,
+        pending_in BOOLEAN NOT NULL,
+        listed BOOLEAN NOT NULL,
+        PRIMARY KEY (username, jid)
+    );
+    CREATE TABLE archive (
+        seq BIGSERIAL PRIMARY KEY,
+        username TEXT NOT NULL,
+        id TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        stamp BIGINT NOT NULL,
+        payload BYTEA NOT NULL
+    );
+    CREATE UNIQUE INDEX archive_id ON archive(username, id);
+    CREATE INDEX archive_by_peer ON archive(username, peer, seq);
+    CREATE INDEX archive_by_stamp ON archive(username, stamp);
+    CREATE TABLE vcards (
+        username TEXT PRIMARY KEY,
+        vcard BYTEA NOT NULL
+    );",
+];
+
+/// The PostgreSQL store over one connection.
+pub struct Postgres {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+    offline_quota: u32,
+}
+
+impl Postgres {
+    /// Connects (libpq key-value string or `postgres://` URL, no TLS: keep
+    /// the database on loopback or a private network) and migrates.
+    pub fn open(url: &str, offline_quota: u32) -> Result<Self, StorageError> {
+        let mut client = Client::connect(url, NoTls)?;
+        client.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+        let mut tx = client.transaction()?;
+        tx.batch_execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM schema_version", &[])?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        for (i, step) in SCHEMA.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(step)?;
+            tx.execute("DELETE FROM schema_version", &[])?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&(i as i32 + 1)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Self {
+            client,
+            statements: HashMap::new(),
+            offline_quota,
+        })
+    }
+
+    /// The prepared statement for `sql` (prepared on first use).
+    fn stmt(&mut self, sql: &'static str) -> Result<Statement, StorageError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StorageError> {
+        let s = self.stmt(sql)?;
+        Ok(self.client.execute(&s, params)?)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<::postgres::Row>, StorageError> {
+        let s = self.stmt(sql)?;
+        Ok(self.client.query(&s, params)?)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<::postgres::Row>, StorageError> {
+        let s = self.stmt(sql)?;
+        Ok(self.client.query_opt(&s, params)?)
+    }
+
+    fn user_exists(&mut self, username: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .query_opt("SELECT 1 FROM users WHERE username=$1", &[&username])?
+            .is_some())
+    }
+
+    fn archive_seq(&mut self, username: &str, id: &str) -> Result<i64, StorageError> {
+        self.query_opt(
+            "SELECT seq FROM archive WHERE username=$1 AND id=$2",
+            &[&username, &id],
+        )?
+        .map(|r| r.get(0))
+        .ok_or(StorageError::UnknownId)
+    }
+}
+
+impl Store for Postgres {
+    fn begin(&mut self) -> Result<(), StorageError> {
+        Ok(self.client.batch_execute("BEGIN")?)
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
+        Ok(self.client.batch_execute("COMMIT")?)
+    }
+
+    fn rollback(&mut self) {
+        let _ = self.client.batch_execute("ROLLBACK");
+    }
+
+    fn add_user(
+        &mut self,
+        username: &str,
+        c: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
+        let n = self.execute(
+            "INSERT INTO users (username, salt, iterations, sha1_stored, sha1_server,
+             sha256_stored, sha256_server) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (username) DO NOTHING",
+            &[
+                &username,
+                &c.salt,
+                &(c.iterations as i32),
+                &c.sha1.stored_key,
+                &c.sha1.server_key,
+                &c.sha256.stored_key,
+                &c.sha256.server_key,
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_credentials(
+        &mut self,
+        username: &str,
+        c: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
+        let n = self.execute(
+            "UPDATE users SET salt=$2, iterations=$3, sha1_stored=$4, sha1_server=$5,
+             sha256_stored=$6, sha256_server=$7 WHERE username=$1",
+            &[
+                &username,
+                &c.salt,
+                &(c.iterations as i32),
+                &c.sha1.stored_key,
+                &c.sha1.server_key,
+                &c.sha256.stored_key,
+                &c.sha256.server_key,
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn delete_user(&mut self, username: &str) -> Result<bool, StorageError> {
+        self.execute("DELETE FROM offline WHERE username=$1", &[&username])?;
+        self.execute("DELETE FROM roster WHERE username=$1", &[&username])?;
+        self.execute("DELETE FROM archive WHERE username=$1", &[&username])?;
+        self.execute("DELETE FROM vcards WHERE username=$1", &[&username])?;
+        let n = self.execute("DELETE FROM users WHERE username=$1", &[&username])?;
+        Ok(n == 1)
+    }
+
+    fn credentials(&mut self, username: &str) -> Result<Option<StoredCredentials>, StorageError> {
+        let row = self.query_opt(
+            "SELECT salt, iterations, sha1_stored, sha1_server, sha256_stored, sha256_server
+             FROM users WHERE username=$1",
+            &[&username],
+        )?;
+        Ok(row.map(|r| StoredCredentials {
+            salt: r.get(0),
+            iterations: r.get::<_, i32>(1) as u32,
+            sha1: ScramKeys {
+                stored_key: r.get(2),
+                server_key: r.get(3),
+            },
+            sha256: ScramKeys {
+                stored_key: r.get(4),
+                server_key: r.get(5),
+            },
+        }))
+    }
+
+    fn user_count(&mut self) -> Result<u64, StorageError> {
+        let rows = self.query("SELECT COUNT(*) FROM users", &[])?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64)
+    }
+
+    fn store_offline(
+        &mut self,
+        username: &str,
+        stamp: &str,
+        payload: &[u8],
+    ) -> Result<Stored, StorageError> {
+        let count = self.query_opt(
+            "SELECT (SELECT COUNT(*) FROM offline WHERE username=$1) FROM users WHERE username=$1",
+            &[&username],
+        )?;
+        match count.map(|r| r.get::<_, i64>(0)) {
+            None => Ok(Stored::NoSuchUser),
+            Some(n) if n >= i64::from(self.offline_quota) => Err(StorageError::QuotaExceeded),
+            Some(_) => {
+                self.execute(
+                    "INSERT INTO offline (username, stamp, payload) VALUES ($1, $2, $3)",
+                    &[&username, &stamp, &payload],
+                )?;
+                Ok(Stored::Stored)
+            }
+        }
+    }
+
+    fn offline(&mut self, username: &str) -> Result<Vec<OfflineMessage>, StorageError> {
+        let rows = self.query(
+            "SELECT id, stamp, payload FROM offline WHERE username=$1 ORDER BY id",
+            &[&username],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| OfflineMessage {
+                id: r.get(0),
+                stamp: r.get(1),
+                payload: Bytes::from(r.get::<_, Vec<u8>>(2)),
+            })
+            .collect())
+    }
+
+    fn remove_offline(&mut self, username: &str, last_id: i64) -> Result<(), StorageError> {
+        self.execute(
+            "DELETE FROM offline WHERE username=$1 AND id<=$2",
+            &[&username, &last_id],
+        )?;
+        Ok(())
+    }
+
+    fn roster(&mut self, username: &str) -> Result<Roster, StorageError> {
+        let version = self
+            .query_opt(
+                "SELECT roster_version FROM users WHERE username=$1",
+                &[&username],
+            )?
+            .map_or(0, |r| r.get::<_, i64>(0));
+        let rows = self.query(
+            "SELECT jid, name, groups, subscription, ask, pending_in, listed
+             FROM roster WHERE username=$1",
+            &[&username],
+        )?;
+        let items = rows
+            .iter()
+            .map(|r| RosterItem {
+                jid: r.get(0),
+                name: r.get(1),
+                groups: decode_groups(r.get(2)),
+                subscription: Subscription::parse(r.get(3)),
+                ask: r.get(4),
+                pending_in: r.get(5),
+                listed: r.get(6),
+            })
+            .collect();
+        Ok(Roster {
+            version: version as u64,
+            items,
+        })
+    }
+
+    fn put_roster_item(
+        &mut self,
+        username: &str,
+        item: &RosterItem,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO roster (username, jid, name, groups, subscription, ask, pending_in, listed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (username, jid) DO UPDATE SET name=EXCLUDED.name,
+             groups=EXCLUDED.groups, subscription=EXCLUDED.subscription, ask=EXCLUDED.ask,
+             pending_in=EXCLUDED.pending_in, listed=EXCLUDED.listed",
+            &[
+                &username,
+                &item.jid,
+                &item.name,
+                &encode_groups(&item.groups),
+                &item.subscription.as_str(),
+                &item.ask,
+                &item.pending_in,
+                &item.listed,
+            ],
+        )?;
+        self.execute(
+            "UPDATE users SET roster_version=$2 WHERE username=$1",
+            &[&username, &(version as i64)],
+        )?;
+        Ok(())
+    }
+
+    fn remove_roster_item(
+        &mut self,
+        username: &str,
+        jid: &str,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.execute(
+            "DELETE FROM roster WHERE username=$1 AND jid=$2",
+            &[&username, &jid],
+        )?;
+        self.execute(
+            "UPDATE users SET roster_version=$2 WHERE username=$1",
+            &[&username, &(version as i64)],
+        )?;
+        Ok(())
+    }
+
+    fn archive(&mut self, e: &ArchiveEntry) -> Result<Stored, StorageError> {
+        // One statement: the row goes in only if the user exists.
+        let n = self.execute(
+            "INSERT INTO archive (username, id, peer, stamp, payload)
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM users WHERE username=$1)
+             ON CONFLICT (username, id) DO NOTHING",
+            &[&e.user, &e.id, &e.peer, &e.stamp, &&e.payload[..]],
+        )?;
+        if n == 0 && !self.user_exists(&e.user)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        Ok(Stored::Stored)
+    }
+
+    fn query_archive(
+        &mut self,
+        username: &str,
+        q: &ArchiveQuery,
+    ) -> Result<ArchivePage, StorageError> {
+        let after = q
+            .after
+            .as_deref()
+            .map(|id| self.archive_seq(username, id))
+            .transpose()?;
+        let before = q
+            .before
+            .as_deref()
+            .map(|id| self.archive_seq(username, id))
+            .transpose()?;
+        let sql = if q.from_end {
+            "SELECT id, stamp, payload FROM archive WHERE username=$1
+             AND ($2::TEXT IS NULL OR peer=$2) AND ($3::BIGINT IS NULL OR stamp>=$3)
+             AND ($4::BIGINT IS NULL OR stamp<=$4) AND ($5::BIGINT IS NULL OR seq>$5)
+             AND ($6::BIGINT IS NULL OR seq<$6) ORDER BY seq DESC LIMIT $7"
+        } else {
+            "SELECT id, stamp, payload FROM archive WHERE username=$1
+             AND ($2::TEXT IS NULL OR peer=$2) AND ($3::BIGINT IS NULL OR stamp>=$3)
+             AND ($4::BIGINT IS NULL OR stamp<=$4) AND ($5::BIGINT IS NULL OR seq>$5)
+             AND ($6::BIGINT IS NULL OR seq<$6) ORDER BY seq ASC LIMIT $7"
+        };
+        let limit = q.max as i64 + 1;
+        let rows = self.query(
+            sql,
+            &[&username, &q.with, &q.start, &q.end, &after, &before, &limit],
+        )?;
+        let mut items = rows
+            .iter()
+            .map(|r| Archived {
+                id: r.get(0),
+                stamp: r.get(1),
+                payload: Bytes::from(r.get::<_, Vec<u8>>(2)),
+            })
+            .collect();
+        Ok(super::page(&mut items, q))
+    }
+
+    fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError> {
+        Ok(self
+            .query_opt("SELECT vcard FROM vcards WHERE username=$1", &[&username])?
+            .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+    }
+
+    fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        self.execute(
+            "INSERT INTO vcards (username, vcard) VALUES ($1, $2)
+             ON CONFLICT (username) DO UPDATE SET vcard=EXCLUDED.vcard",
+            &[&username, &vcard],
+        )?;
+        Ok(Stored::Stored)
+    }
+}

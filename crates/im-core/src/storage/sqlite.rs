@@ -1,0 +1,401 @@
+//! The embedded backend: SQLite in WAL mode with full fsync, one file in
+//! the data directory.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use xmpp_sasl::{ScramKeys, StoredCredentials};
+
+use super::{
+    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, Roster, RosterItem,
+    StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
+};
+
+/// Schema migrations; `PRAGMA user_version` records how many ran.
+const SCHEMA: &[&str] = &[
+    // 1: accounts and offline messages
+    "CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        salt BLOB NOT NULL,
+        iterations INTEGER NOT NULL,
+        sha1_stored BLOB NOT NULL,
+        sha1_server BLOB NOT NULL,
+        sha256_stored BLOB NOT NULL,
+        sha256_server BLOB NOT NULL
+    );
+    CREATE TABLE offline (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL,
+        stamp TEXT NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE INDEX offline_by_user ON offline(username, id);",
+    // 2: rosters, archive, vCards
+    "ALTER TABLE users ADD COLUMN roster_version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE roster (
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        name TEXT,
+        groups TEXT NOT NULL,
+        subscription TEXT NOT NULL,
+        ask INTEGER NOT NULL,
+        pending_in INTEGER NOT NULL,
+        listed INTEGER NOT NULL,
+        PRIMARY KEY (username, jid)
+    );
+    CREATE TABLE archive (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL,
+        id TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        stamp INTEGER NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX archive_id ON archive(username, id);
+    CREATE INDEX archive_by_peer ON archive(username, peer, seq);
+    CREATE INDEX archive_by_stamp ON archive(username, stamp);
+    CREATE TABLE vcards (
+        username TEXT PRIMARY KEY,
+        vcard BLOB NOT NULL
+    );",
+];
+
+/// The embedded store over one SQLite connection.
+pub struct Sqlite {
+    conn: Connection,
+    offline_quota: u32,
+}
+
+impl Sqlite {
+    /// Opens (creating and migrating) `dir/longlink.db`.
+    pub fn open(dir: &Path, offline_quota: u32) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let conn = Connection::open(dir.join("longlink.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, step) in SCHEMA.iter().enumerate().skip(version as usize) {
+            conn.execute_batch(&format!(
+                "BEGIN; {step}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))?;
+        }
+        Ok(Self {
+            conn,
+            offline_quota,
+        })
+    }
+
+    /// The seven parameters of an account row, username first.
+    fn account_params<'a>(
+        username: &'a str,
+        c: &'a StoredCredentials,
+    ) -> impl rusqlite::Params + 'a {
+        (
+            username,
+            &c.salt,
+            c.iterations,
+            &c.sha1.stored_key,
+            &c.sha1.server_key,
+            &c.sha256.stored_key,
+            &c.sha256.server_key,
+        )
+    }
+
+    fn user_exists(&self, username: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM users WHERE username=?1")?
+            .exists([username])?)
+    }
+
+    /// The archive sequence number of `id`, or [`StorageError::UnknownId`].
+    fn archive_seq(&self, username: &str, id: &str) -> Result<i64, StorageError> {
+        self.conn
+            .prepare_cached("SELECT seq FROM archive WHERE username=?1 AND id=?2")?
+            .query_row([username, id], |r| r.get(0))
+            .optional()?
+            .ok_or(StorageError::UnknownId)
+    }
+}
+
+impl Store for Sqlite {
+    fn begin(&mut self) -> Result<(), StorageError> {
+        Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    fn add_user(
+        &mut self,
+        username: &str,
+        creds: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO users (username, salt, iterations, sha1_stored, sha1_server,
+             sha256_stored, sha256_server) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            Self::account_params(username, creds),
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_credentials(
+        &mut self,
+        username: &str,
+        creds: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
+        let n = self.conn.execute(
+            "UPDATE users SET salt=?2, iterations=?3, sha1_stored=?4, sha1_server=?5,
+             sha256_stored=?6, sha256_server=?7 WHERE username=?1",
+            Self::account_params(username, creds),
+        )?;
+        Ok(n == 1)
+    }
+
+    fn delete_user(&mut self, username: &str) -> Result<bool, StorageError> {
+        for table in ["offline", "roster", "archive", "vcards"] {
+            self.conn
+                .execute(&format!("DELETE FROM {table} WHERE username=?1"), [username])?;
+        }
+        let n = self
+            .conn
+            .execute("DELETE FROM users WHERE username=?1", [username])?;
+        Ok(n == 1)
+    }
+
+    fn credentials(&mut self, username: &str) -> Result<Option<StoredCredentials>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT salt, iterations, sha1_stored, sha1_server, sha256_stored, sha256_server
+                 FROM users WHERE username=?1",
+            )?
+            .query_row([username], |r| {
+                Ok(StoredCredentials {
+                    salt: r.get(0)?,
+                    iterations: r.get(1)?,
+                    sha1: ScramKeys {
+                        stored_key: r.get(2)?,
+                        server_key: r.get(3)?,
+                    },
+                    sha256: ScramKeys {
+                        stored_key: r.get(4)?,
+                        server_key: r.get(5)?,
+                    },
+                })
+            })
+            .optional()?)
+    }
+
+    fn user_count(&mut self) -> Result<u64, StorageError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?)
+    }
+
+    fn store_offline(
+        &mut self,
+        username: &str,
+        stamp: &str,
+        payload: &[u8],
+    ) -> Result<Stored, StorageError> {
+        let count: Option<u32> = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM offline WHERE username=?1) FROM users WHERE username=?1",
+            )?
+            .query_row([username], |r| r.get(0))
+            .optional()?;
+        match count {
+            None => Ok(Stored::NoSuchUser),
+            Some(n) if n >= self.offline_quota => Err(StorageError::QuotaExceeded),
+            Some(_) => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO offline (username, stamp, payload) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![username, stamp, payload])?;
+                Ok(Stored::Stored)
+            }
+        }
+    }
+
+    fn offline(&mut self, username: &str) -> Result<Vec<OfflineMessage>, StorageError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, stamp, payload FROM offline WHERE username=?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([username], |r| {
+            Ok(OfflineMessage {
+                id: r.get(0)?,
+                stamp: r.get(1)?,
+                payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn remove_offline(&mut self, username: &str, last_id: i64) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached("DELETE FROM offline WHERE username=?1 AND id<=?2")?
+            .execute(params![username, last_id])?;
+        Ok(())
+    }
+
+    fn roster(&mut self, username: &str) -> Result<Roster, StorageError> {
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT roster_version FROM users WHERE username=?1")?
+            .query_row([username], |r| r.get(0))
+            .optional()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT jid, name, groups, subscription, ask, pending_in, listed
+             FROM roster WHERE username=?1",
+        )?;
+        let items = stmt
+            .query_map([username], |r| {
+                Ok(RosterItem {
+                    jid: r.get(0)?,
+                    name: r.get(1)?,
+                    groups: decode_groups(&r.get::<_, String>(2)?),
+                    subscription: Subscription::parse(&r.get::<_, String>(3)?),
+                    ask: r.get(4)?,
+                    pending_in: r.get(5)?,
+                    listed: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Roster {
+            version: version.unwrap_or(0) as u64,
+            items,
+        })
+    }
+
+    fn put_roster_item(
+        &mut self,
+        username: &str,
+        item: &RosterItem,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO roster
+                 (username, jid, name, groups, subscription, ask, pending_in, listed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                username,
+                item.jid,
+                item.name,
+                encode_groups(&item.groups),
+                item.subscription.as_str(),
+                item.ask,
+                item.pending_in,
+                item.listed
+            ])?;
+        self.conn
+            .prepare_cached("UPDATE users SET roster_version=?2 WHERE username=?1")?
+            .execute(params![username, version as i64])?;
+        Ok(())
+    }
+
+    fn remove_roster_item(
+        &mut self,
+        username: &str,
+        jid: &str,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached("DELETE FROM roster WHERE username=?1 AND jid=?2")?
+            .execute([username, jid])?;
+        self.conn
+            .prepare_cached("UPDATE users SET roster_version=?2 WHERE username=?1")?
+            .execute(params![username, version as i64])?;
+        Ok(())
+    }
+
+    fn archive(&mut self, e: &ArchiveEntry) -> Result<Stored, StorageError> {
+        if !self.user_exists(&e.user)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO archive (username, id, peer, stamp, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![e.user, e.id, e.peer, e.stamp, &e.payload[..]])?;
+        Ok(Stored::Stored)
+    }
+
+    fn query_archive(
+        &mut self,
+        username: &str,
+        q: &ArchiveQuery,
+    ) -> Result<ArchivePage, StorageError> {
+        let after = q
+            .after
+            .as_deref()
+            .map(|id| self.archive_seq(username, id))
+            .transpose()?;
+        let before = q
+            .before
+            .as_deref()
+            .map(|id| self.archive_seq(username, id))
+            .transpose()?;
+        let order = if q.from_end { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT id, stamp, payload FROM archive WHERE username=?1
+             AND (?2 IS NULL OR peer=?2) AND (?3 IS NULL OR stamp>=?3)
+             AND (?4 IS NULL OR stamp<=?4) AND (?5 IS NULL OR seq>?5)
+             AND (?6 IS NULL OR seq<?6) ORDER BY seq {order} LIMIT ?7"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut items: Vec<Archived> = stmt
+            .query_map(
+                params![
+                    username,
+                    q.with,
+                    q.start,
+                    q.end,
+                    after,
+                    before,
+                    q.max as i64 + 1
+                ],
+                |r| {
+                    Ok(Archived {
+                        id: r.get(0)?,
+                        stamp: r.get(1)?,
+                        payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                    })
+                },
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(super::page(&mut items, q))
+    }
+
+    fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT vcard FROM vcards WHERE username=?1")?
+            .query_row([username], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(Bytes::from))
+    }
+
+    fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO vcards (username, vcard) VALUES (?1, ?2)")?
+            .execute(params![username, vcard])?;
+        Ok(Stored::Stored)
+    }
+}

@@ -1,0 +1,225 @@
+//! One conformance suite, run against both backends: the embedded one
+//! always, PostgreSQL when `LONGLINK_TEST_POSTGRES` names a server (a libpq
+//! key-value string such as `host=127.0.0.1 port=5432 user=postgres`; each
+//! run creates its own database there). `.ci/run` starts one.
+
+use super::*;
+
+fn both(test: impl Fn(&mut dyn Store, &dyn Fn() -> Box<dyn Store>)) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let reopen = move || Box::new(Sqlite::open(&path, 2).unwrap()) as Box<dyn Store>;
+    test(&mut *reopen(), &reopen);
+    if let Some(url) = postgres_for_tests("ll_unit") {
+        let reopen = move || Box::new(Postgres::open(&url, 2).unwrap()) as Box<dyn Store>;
+        test(&mut *reopen(), &reopen);
+    }
+}
+
+#[test]
+fn accounts_and_offline_messages_survive_reopen() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        assert!(!db.add_user("alice", &creds).unwrap());
+        assert_eq!(db.user_count().unwrap(), 1);
+        assert_eq!(db.store_offline("bob", "t", b"x").unwrap(), Stored::NoSuchUser);
+        assert_eq!(db.store_offline("alice", "t1", b"<m1/>").unwrap(), Stored::Stored);
+        assert_eq!(db.store_offline("alice", "t2", b"<m2/>").unwrap(), Stored::Stored);
+        assert!(matches!(
+            db.store_offline("alice", "t3", b"<m3/>"),
+            Err(StorageError::QuotaExceeded)
+        ));
+        let mut db = reopen();
+        assert!(db.credentials("alice").unwrap().unwrap().verify_password("pw"));
+        let other = StoredCredentials::new("pw2", 4096);
+        assert!(db.set_credentials("alice", &other).unwrap());
+        assert!(!db.set_credentials("nobody", &other).unwrap());
+        assert!(db.credentials("alice").unwrap().unwrap().verify_password("pw2"));
+        let msgs = db.offline("alice").unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(&msgs[0].payload[..], b"<m1/>");
+        assert_eq!(msgs[1].stamp, "t2");
+        db.remove_offline("alice", msgs[0].id).unwrap();
+        assert_eq!(db.offline("alice").unwrap().len(), 1);
+        assert!(db.delete_user("alice").unwrap());
+        assert!(!db.delete_user("alice").unwrap());
+        assert!(db.credentials("alice").unwrap().is_none());
+        assert!(db.offline("alice").unwrap().is_empty());
+    });
+}
+
+#[test]
+fn rosters_keep_items_states_and_versions() {
+    both(|db, reopen| {
+        db.add_user("alice", &StoredCredentials::new("pw", 4096)).unwrap();
+        assert_eq!(db.roster("alice").unwrap(), Roster::default());
+        let bob = RosterItem {
+            jid: "bob@x".into(),
+            name: Some("Bob".into()),
+            groups: vec!["Friends".into(), "Work, \"quoted\"".into()],
+            subscription: Subscription::To,
+            ask: false,
+            pending_in: true,
+            listed: true,
+        };
+        let carol = RosterItem {
+            jid: "carol@x".into(),
+            ask: true,
+            ..Default::default()
+        };
+        db.put_roster_item("alice", &bob, 1).unwrap();
+        db.put_roster_item("alice", &carol, 2).unwrap();
+        let mut changed = bob.clone();
+        changed.subscription = Subscription::Both;
+        changed.name = None;
+        db.put_roster_item("alice", &changed, 3).unwrap();
+        let mut db = reopen();
+        let mut roster = db.roster("alice").unwrap();
+        roster.items.sort_by(|a, b| a.jid.cmp(&b.jid));
+        assert_eq!(roster.version, 3);
+        assert_eq!(roster.items, vec![changed, carol]);
+        db.remove_roster_item("alice", "carol@x", 4).unwrap();
+        let roster = db.roster("alice").unwrap();
+        assert_eq!((roster.version, roster.items.len()), (4, 1));
+        assert!(db.delete_user("alice").unwrap());
+        assert!(db.roster("alice").unwrap().items.is_empty());
+    });
+}
+
+fn entry(user: &str, id: &str, peer: &str, stamp: i64) -> ArchiveEntry {
+    ArchiveEntry {
+        user: user.into(),
+        id: id.into(),
+        peer: peer.into(),
+        stamp,
+        payload: Bytes::from(format!("<message id='{id}'/>")),
+    }
+}
+
+fn ids(page: &ArchivePage) -> Vec<&str> {
+    page.items.iter().map(|a| a.id.as_str()).collect()
+}
+
+#[test]
+fn the_archive_pages_both_ways_and_filters() {
+    both(|db, reopen| {
+        db.add_user("alice", &StoredCredentials::new("pw", 4096)).unwrap();
+        assert_eq!(
+            db.archive(&entry("nobody", "x", "bob@x", 1)).unwrap(),
+            Stored::NoSuchUser
+        );
+        for i in 0..10 {
+            let peer = if i % 2 == 0 { "bob@x" } else { "carol@x" };
+            let e = entry("alice", &format!("id{i}"), peer, 1000 + i);
+            assert_eq!(db.archive(&e).unwrap(), Stored::Stored);
+        }
+        // a repeated id is ignored, not an error that aborts the batch
+        assert_eq!(db.archive(&entry("alice", "id3", "bob@x", 5)).unwrap(), Stored::Stored);
+        let mut db = reopen();
+        let q = |f: &dyn Fn(&mut ArchiveQuery)| {
+            let mut q = ArchiveQuery {
+                max: 3,
+                ..Default::default()
+            };
+            f(&mut q);
+            q
+        };
+        // oldest first, then the next page after the last id
+        let p1 = db.query_archive("alice", &q(&|_| {})).unwrap();
+        assert_eq!((ids(&p1), p1.complete), (vec!["id0", "id1", "id2"], false));
+        let p2 = db
+            .query_archive("alice", &q(&|q| q.after = Some("id2".into())))
+            .unwrap();
+        assert_eq!(ids(&p2), vec!["id3", "id4", "id5"]);
+        // newest first: the last page, then the one before it
+        let last = db.query_archive("alice", &q(&|q| q.from_end = true)).unwrap();
+        assert_eq!((ids(&last), last.complete), (vec!["id7", "id8", "id9"], false));
+        let before = db
+            .query_archive("alice", &q(&|q| {
+                q.from_end = true;
+                q.before = Some("id1".into());
+            }))
+            .unwrap();
+        assert_eq!((ids(&before), before.complete), (vec!["id0"], true));
+        // by peer and time range
+        let bob = db
+            .query_archive("alice", &q(&|q| {
+                q.with = Some("bob@x".into());
+                q.max = 100;
+            }))
+            .unwrap();
+        assert_eq!((ids(&bob), bob.complete), (vec!["id0", "id2", "id4", "id6", "id8"], true));
+        let range = db
+            .query_archive("alice", &q(&|q| {
+                q.start = Some(1003);
+                q.end = Some(1005);
+            }))
+            .unwrap();
+        assert_eq!((ids(&range), range.complete), (vec!["id3", "id4", "id5"], true));
+        assert_eq!(range.items[0].stamp, 1003);
+        assert_eq!(&range.items[0].payload[..], b"<message id='id3'/>");
+        // an unknown id is an error (item-not-found)
+        assert!(matches!(
+            db.query_archive("alice", &q(&|q| q.after = Some("nope".into()))),
+            Err(StorageError::UnknownId)
+        ));
+        // another user's archive is separate
+        assert!(db.query_archive("bob", &q(&|_| {})).unwrap().items.is_empty());
+    });
+}
+
+#[test]
+fn vcards_are_replaced() {
+    both(|db, reopen| {
+        db.add_user("alice", &StoredCredentials::new("pw", 4096)).unwrap();
+        assert_eq!(db.vcard("alice").unwrap(), None);
+        assert_eq!(db.set_vcard("nobody", b"<vCard/>").unwrap(), Stored::NoSuchUser);
+        db.set_vcard("alice", b"<vCard><NICKNAME>a</NICKNAME></vCard>").unwrap();
+        db.set_vcard("alice", b"<vCard><NICKNAME>b</NICKNAME></vCard>").unwrap();
+        let mut db = reopen();
+        assert_eq!(
+            db.vcard("alice").unwrap().as_deref(),
+            Some(&b"<vCard><NICKNAME>b</NICKNAME></vCard>"[..])
+        );
+    });
+}
+
+#[tokio::test]
+async fn the_storage_thread_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let mut backends: Vec<Option<String>> = vec![None];
+    backends.extend(postgres_for_tests("ll_unit").map(Some));
+    for url in backends {
+        let path = path.clone();
+        let storage = Storage::start(move || open(url.as_deref(), &path, 1000)).unwrap();
+        let creds = StoredCredentials::new("pw", 4096);
+        storage.call(move |db| db.add_user("u", &creds)).await.unwrap();
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                storage.submit(move |db| {
+                    db.archive(&entry("u", &format!("m{i}"), "p@x", i))
+                })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), Stored::Stored);
+        }
+        let page = storage
+            .call(|db| {
+                db.query_archive(
+                    "u",
+                    &ArchiveQuery {
+                        max: 1000,
+                        ..Default::default()
+                    },
+                )
+            })
+            .await
+            .unwrap();
+        // all committed, in submission order
+        let want: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+        assert_eq!(ids(&page), want);
+    }
+}
