@@ -200,6 +200,86 @@ impl Driver {
                 };
                 self.flush_offline(user, to, slot);
             }
+            Action::LoadRoster { user } => {
+                let local = crate::router::local_of(&user).to_owned();
+                let loaded = self.storage.submit(move |db| {
+                    if db.credentials(&local)?.is_none() {
+                        return Ok(None);
+                    }
+                    db.roster(&local).map(Some)
+                });
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let roster = loaded.await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, user, "loading a roster failed");
+                        None
+                    });
+                    let _ = events
+                        .send(Event::Router(Input::RosterLoaded { user, roster }))
+                        .await;
+                });
+            }
+            Action::SaveRosterItem {
+                user,
+                item,
+                version,
+            } => {
+                self.write(move |db| db.put_roster_item(&user, &item, version))
+                    .await
+            }
+            Action::RemoveRosterItem { user, jid, version } => {
+                self.write(move |db| db.remove_roster_item(&user, &jid, version))
+                    .await
+            }
+            Action::Archive {
+                mut entries,
+                origin,
+            } => {
+                let stamp = crate::queries::now_micros();
+                for e in &mut entries {
+                    e.stamp = stamp;
+                }
+                self.metrics.archived.inc_by(entries.len() as u64);
+                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let archived = self.storage.submit(move |db| {
+                    for e in &entries {
+                        db.archive(e)?;
+                    }
+                    Ok(())
+                });
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = archived.await {
+                        tracing::error!(error = %e, "archiving a message failed");
+                    }
+                    drop(slot);
+                    if let Some(origin) = origin {
+                        let _ = events.send(Event::Router(Input::Stored { origin })).await;
+                    }
+                });
+            }
+            Action::Query { to, query } => {
+                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let domain = self.domain.clone();
+                let answered = self
+                    .storage
+                    .submit(move |db| Ok(crate::queries::answer(db, &query, &domain)));
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let payloads = answered.await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "answering a query failed");
+                        Vec::new()
+                    });
+                    drop(slot);
+                    let _ = events
+                        .send(Event::Router(Input::Replies { to, payloads }))
+                        .await;
+                });
+            }
             Action::RemoveOffline { user, upto } => {
                 let metrics = self.metrics.clone();
                 let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
@@ -221,6 +301,23 @@ impl Driver {
                 });
             }
         }
+    }
+
+    /// Queues a write whose outcome nobody waits for (errors are logged).
+    async fn write(
+        &self,
+        f: impl FnOnce(&mut dyn crate::storage::Store) -> Result<(), StorageError> + Send + 'static,
+    ) {
+        let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let written = self.storage.submit(f);
+        tokio::spawn(async move {
+            if let Err(e) = written.await {
+                tracing::error!(error = %e, "a storage write failed");
+            }
+            drop(slot);
+        });
     }
 
     /// Sends a frame; an undeliverable message comes back as the store to do.

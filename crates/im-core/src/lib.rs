@@ -17,6 +17,7 @@ pub mod links;
 pub mod metrics;
 pub mod router;
 pub mod routing;
+pub mod queries;
 pub mod storage;
 
 use std::io::Write;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub offline_stored: Counter,
     /// Offline messages delivered.
     pub offline_delivered: Counter,
+    /// Archive entries written (one per archive a message goes into).
+    pub archived: Counter,
     /// Authentication outcomes by result.
     pub auth: Family<Labels, Counter>,
     /// CM connections refused or dropped, by reason.
@@ -51,6 +53,7 @@ impl Metrics {
             delivered: Counter::default(),
             offline_stored: Counter::default(),
             offline_delivered: Counter::default(),
+            archived: Counter::default(),
             auth: Family::default(),
             link_errors: Family::default(),
             link_overflow: Counter::default(),
@@ -73,6 +76,11 @@ impl Metrics {
             "offline_stored",
             "Messages stored offline",
             m.offline_stored.clone(),
+        );
+        registry.register(
+            "archived",
+            "Archive entries written (XEP-0313)",
+            m.archived.clone(),
         );
         registry.register(
             "offline_delivered",

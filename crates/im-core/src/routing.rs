@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use cm_protocol::SessionId;
 use serde::Serialize;
 
@@ -25,6 +26,32 @@ pub struct Route {
     pub available: bool,
     /// Presence priority.
     pub priority: i8,
+    /// The session's last available presence, as broadcast (for probes).
+    pub presence: Option<Bytes>,
+    /// The session enabled Message Carbons (XEP-0280).
+    pub carbons: bool,
+    /// The session asked for the roster, so it gets roster pushes.
+    pub interested: bool,
+    /// Bare JIDs the session sent directed available presence to, outside
+    /// its subscriptions (they learn when it goes away).
+    pub directed: Vec<Box<str>>,
+}
+
+impl Route {
+    /// A route with no presence yet.
+    pub fn new(resource: &str, node: NodeId, sid: SessionId) -> Self {
+        Self {
+            resource: resource.into(),
+            node,
+            sid,
+            available: false,
+            priority: 0,
+            presence: None,
+            carbons: false,
+            interested: false,
+            directed: Vec::new(),
+        }
+    }
 }
 
 /// A session's address (CM node, session id).
@@ -79,14 +106,19 @@ impl RoutingTable {
         available: bool,
         priority: i8,
     ) -> Option<SessionAddr> {
+        let mut new = Route::new(resource, node, sid);
+        new.available = available;
+        new.priority = priority;
+        self.insert(bare, new)
+    }
+
+    /// Binds a route as it is (with its session state: a resumed session
+    /// keeps its presence, carbons and roster interest); returns the session
+    /// it replaced.
+    pub fn insert(&mut self, bare: &str, new: Route) -> Option<SessionAddr> {
+        let (resource, node, sid) = (new.resource.clone(), new.node, new.sid);
+        let resource = &*resource;
         let routes = self.by_bare.entry(bare.into()).or_default();
-        let new = Route {
-            resource: resource.into(),
-            node,
-            sid,
-            available,
-            priority,
-        };
         let replaced = match routes.iter_mut().find(|r| &*r.resource == resource) {
             Some(slot) => {
                 let old = (slot.node, slot.sid);
@@ -164,6 +196,26 @@ impl RoutingTable {
         route.available = available;
         route.priority = priority;
         Some(was)
+    }
+
+    /// A session's route, to change its state.
+    pub fn route_mut(&mut self, node: NodeId, sid: SessionId) -> Option<&mut Route> {
+        let full = self.by_node.get(&node)?.get(&sid)?;
+        let bare = full.split_once('/')?.0;
+        self.by_bare
+            .get_mut(bare)?
+            .iter_mut()
+            .find(|r| r.node == node && r.sid == sid)
+    }
+
+    /// A session's route.
+    pub fn route(&self, node: NodeId, sid: SessionId) -> Option<&Route> {
+        let full = self.by_node.get(&node)?.get(&sid)?;
+        let bare = full.split_once('/')?.0;
+        self.by_bare
+            .get(bare)?
+            .iter()
+            .find(|r| r.node == node && r.sid == sid)
     }
 
     /// The route of a full JID.

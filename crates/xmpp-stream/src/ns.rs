@@ -32,3 +32,25 @@ pub const RECEIPTS: &str = "urn:xmpp:receipts";
 pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// RFC 7395 XMPP over WebSocket framing (`<open/>`, `<close/>`).
 pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+/// Rosters (RFC 6121).
+pub const ROSTER: &str = "jabber:iq:roster";
+/// Roster versioning stream feature (XEP-0237).
+pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+/// Message Carbons (XEP-0280).
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// Stanza Forwarding (XEP-0297).
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// Message Archive Management (XEP-0313).
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// Unique and stable stanza ids (XEP-0359).
+pub const SID: &str = "urn:xmpp:sid:0";
+/// Result Set Management (XEP-0059).
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// Data Forms (XEP-0004).
+pub const DATA: &str = "jabber:x:data";
+/// vCard-temp (XEP-0054).
+pub const VCARD: &str = "vcard-temp";
+/// In-band registration (XEP-0077).
+pub const REGISTER: &str = "jabber:iq:register";
+/// Message processing hints (XEP-0334).
+pub const HINTS: &str = "urn:xmpp:hints";

@@ -13,7 +13,7 @@ use xmpp_stream::{StanzaCondition, StreamCondition};
 
 use super::{Action, Router};
 use crate::ledger::{DEFAULT_MAX_RESUME_SECS, Ledger, MAX_LEDGER_BYTES_TOTAL, Restored};
-use crate::routing::{NodeId, SessionAddr};
+use crate::routing::{NodeId, Route, SessionAddr};
 
 /// How many addresses of ended or moved SM sessions are remembered, so a
 /// CM's late bounces for them are not routed a second time.
@@ -434,7 +434,7 @@ impl Router {
             let (bare, res) = full.split_once('/').ok_or(StanzaCondition::ItemNotFound)?;
             self.table
                 .full(bare, res)
-                .map(|r| (r.available, r.priority))
+                .cloned()
                 .ok_or(StanzaCondition::ItemNotFound)?
         };
         let mut ledger = self.take_ledger(old).ok_or(StanzaCondition::ItemNotFound)?;
@@ -449,14 +449,15 @@ impl Router {
         let resumption = Resumption {
             jid: full.clone(),
             h: ledger.report_all(),
-            available: route.0,
-            priority: route.1,
+            available: route.available,
+            priority: route.priority,
             max: ledger.max,
         };
         self.put_ledger((node, sid), ledger);
         // Move the route; the old stream (if its CM still holds it) is told `conflict`.
-        let (bare, res) = full.split_once('/').unwrap_or((&full, ""));
-        if let Some(previous) = self.table.bind(bare, res, node, sid, route.0, route.1)
+        let bare = full.split_once('/').map_or(&*full, |(b, _)| b);
+        let moved = Route { node, sid, ..route };
+        if let Some(previous) = self.table.insert(bare, moved)
             && old_stream_alive
         {
             self.kick(previous, StreamCondition::Conflict);

@@ -1,0 +1,139 @@
+//! Answers to the router's storage-backed queries ([`Query`]): archive
+//! pages (XEP-0313 results and `<fin/>`) and vCards. Runs on the storage
+//! thread, inside the job, so a query costs one hop.
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use xmpp_stream::element::{Element, escape};
+use xmpp_stream::stanza::{StanzaKind, delay_element, error_reply};
+use xmpp_stream::{StanzaCondition, ns};
+
+use crate::router::{Query, embeddable, wrap_forwarded};
+use crate::storage::{StorageError, Store};
+
+/// The stanzas answering `query`, in order (errors become stanza errors).
+pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
+    match query {
+        Query::Archive {
+            user,
+            requester,
+            iq_id,
+            query_id,
+            query,
+            flip,
+        } => {
+            let page = match db.query_archive(user, query) {
+                Ok(page) => page,
+                Err(e) => return vec![failure(e, requester, iq_id, domain)],
+            };
+            let mut items = page.items;
+            if *flip {
+                items.reverse();
+            }
+            let bare = format!("{user}@{domain}");
+            let mut out = Vec::with_capacity(items.len() + 1);
+            let query_attr = query_id
+                .as_deref()
+                .map(|q| format!(" queryid=\"{}\"", escape(q)))
+                .unwrap_or_default();
+            for item in &items {
+                let head = format!(
+                    "<message xmlns=\"jabber:client\" from=\"{}\" to=\"{}\"><result xmlns=\"{}\"{query_attr} id=\"{}\">",
+                    escape(&bare),
+                    escape(requester),
+                    ns::MAM,
+                    escape(&item.id)
+                );
+                let delay = delay_element(domain, &micros_to_stamp(item.stamp));
+                let inner = embeddable(&item.payload);
+                out.push(wrap_forwarded(&head, Some(&delay), &inner, "</result></message>"));
+            }
+            let mut set = Element::new("set", ns::RSM);
+            if let (Some(first), Some(last)) = (items.first(), items.last()) {
+                set = set
+                    .with_child(Element::new("first", ns::RSM).with_text(first.id.clone()))
+                    .with_child(Element::new("last", ns::RSM).with_text(last.id.clone()));
+            }
+            let mut fin = Element::new("fin", ns::MAM).with_child(set);
+            if page.complete {
+                fin.set_attr("complete", "true");
+            }
+            out.push(result(requester, iq_id, None, Some(fin)));
+            out
+        }
+        Query::VCardGet {
+            user,
+            from,
+            requester,
+            iq_id,
+        } => match db.vcard(user) {
+            Ok(stored) => {
+                let mut iq = result(requester, iq_id, from.as_deref(), None).to_vec();
+                // Insert the stored element before `</iq>`.
+                let vcard = stored.unwrap_or_else(|| {
+                    Bytes::from(Element::new("vCard", ns::VCARD).to_bytes(ns::CLIENT))
+                });
+                let close = iq.len() - "</iq>".len();
+                iq.splice(close..close, vcard.iter().copied());
+                vec![Bytes::from(iq)]
+            }
+            Err(e) => vec![failure(e, requester, iq_id, domain)],
+        },
+        Query::VCardSet {
+            user,
+            vcard,
+            requester,
+            iq_id,
+        } => match db.set_vcard(user, vcard) {
+            Ok(_) => vec![result(requester, iq_id, None, None)],
+            Err(e) => vec![failure(e, requester, iq_id, domain)],
+        },
+    }
+}
+
+/// `<iq type='result'>` with an optional child (always with an end tag).
+fn result(to: &str, id: &str, from: Option<&str>, child: Option<Element>) -> Bytes {
+    let mut iq = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_attr("to", to)
+        .with_attr("id", id);
+    if let Some(from) = from {
+        iq.set_attr("from", from);
+    }
+    match child {
+        Some(c) => Bytes::from(iq.with_child(c).to_bytes(ns::CLIENT)),
+        None => {
+            let mut bytes = iq.to_bytes(ns::CLIENT);
+            if bytes.ends_with(b"/>") {
+                bytes.truncate(bytes.len() - 2);
+                bytes.extend_from_slice(b"></iq>");
+            }
+            Bytes::from(bytes)
+        }
+    }
+}
+
+fn failure(e: StorageError, to: &str, id: &str, domain: &str) -> Bytes {
+    let condition = match e {
+        StorageError::UnknownId => StanzaCondition::ItemNotFound,
+        e => {
+            tracing::error!(error = %e, "storage query failed");
+            StanzaCondition::InternalServerError
+        }
+    };
+    error_reply(StanzaKind::Iq, Some(id), domain, to, condition, None)
+}
+
+/// Microseconds since the epoch as an XEP-0082 timestamp.
+pub fn micros_to_stamp(micros: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// Now, in microseconds since the epoch.
+pub fn now_micros() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}

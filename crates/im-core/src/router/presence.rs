@@ -1,0 +1,187 @@
+//! Presence (RFC 6121 §4): broadcast to the user's other resources and to
+//! contacts subscribed to the user, probes answered from the sessions' last
+//! presence when a session becomes available, directed presence, and
+//! unavailable presence when a session ends.
+
+use bytes::Bytes;
+use jid::Jid;
+use xmpp_stream::element::Element;
+use xmpp_stream::ns;
+
+use super::roster::presence_stanza;
+use super::{Router, bare_of};
+use crate::routing::SessionAddr;
+
+/// Most directed-presence targets remembered per session.
+const MAX_DIRECTED: usize = 64;
+
+impl Router {
+    /// A presence without `to` from `addr`: available (no type) or
+    /// unavailable.
+    pub(super) fn broadcast_presence(
+        &mut self,
+        addr: SessionAddr,
+        stype: Option<&str>,
+        payload: Bytes,
+        bare: &str,
+    ) {
+        let (available, priority) = match stype {
+            None => (true, presence_priority(&payload)),
+            Some("unavailable") => (false, 0),
+            _ => return, // probes and errors from clients are not broadcast
+        };
+        let Some(route) = self.table.route_mut(addr.0, addr.1) else {
+            return;
+        };
+        let was = route.available;
+        route.available = available;
+        route.priority = priority;
+        route.presence = available.then(|| payload.clone());
+        let directed = if available {
+            Vec::new()
+        } else {
+            std::mem::take(&mut route.directed)
+        };
+        let mut targets = self.others(bare, Some(addr));
+        targets.extend(self.subscribers(bare));
+        for to in directed {
+            targets.extend(self.others(&to, None));
+        }
+        for to in targets {
+            self.deliver(to, payload.clone());
+        }
+        if available && !was {
+            self.probe(addr, bare);
+            self.pending_requests(addr, bare);
+            self.request_flush(addr);
+        }
+    }
+
+    /// Directed presence from `addr` to `to` (RFC 6121 §4.6).
+    pub(super) fn directed_presence(
+        &mut self,
+        addr: SessionAddr,
+        to: &Jid,
+        stype: Option<&str>,
+        payload: Bytes,
+        bare: &str,
+    ) {
+        let target_bare = to.to_bare().to_string();
+        let targets: Vec<SessionAddr> = match to.resource() {
+            Some(res) => self
+                .table
+                .full(&target_bare, res.as_str())
+                .map(|r| vec![(r.node, r.sid)])
+                .unwrap_or_default(),
+            None => self
+                .table
+                .resources(&target_bare)
+                .iter()
+                .filter(|r| r.available && r.priority >= 0)
+                .map(|r| (r.node, r.sid))
+                .collect(),
+        };
+        // Remember who learns of this session outside its subscriptions.
+        let subscribed = self
+            .roster_items(bare)
+            .any(|i| i.jid == target_bare && i.subscription.from());
+        if !subscribed && let Some(route) = self.table.route_mut(addr.0, addr.1) {
+            let known = route.directed.iter().position(|d| **d == *target_bare);
+            match (stype, known) {
+                (None, None) if route.directed.len() < MAX_DIRECTED => {
+                    route.directed.push(target_bare.into());
+                }
+                (Some("unavailable"), Some(i)) => {
+                    route.directed.swap_remove(i);
+                }
+                _ => {}
+            }
+        }
+        for t in targets {
+            self.deliver(t, payload.clone());
+        }
+    }
+
+    /// Available sessions of the contacts subscribed to `bare`'s presence.
+    fn subscribers(&self, bare: &str) -> Vec<SessionAddr> {
+        self.roster_items(bare)
+            .filter(|i| i.subscription.from())
+            .flat_map(|i| self.table.resources(&i.jid))
+            .filter(|r| r.available)
+            .map(|r| (r.node, r.sid))
+            .collect()
+    }
+
+    /// A session became available: it gets the presence of the contacts it
+    /// is subscribed to and of the user's other resources.
+    fn probe(&mut self, addr: SessionAddr, bare: &str) {
+        let mut found: Vec<Bytes> = self
+            .roster_items(bare)
+            .filter(|i| i.subscription.to())
+            .flat_map(|i| self.table.resources(&i.jid))
+            .filter_map(|r| r.presence.clone())
+            .collect();
+        found.extend(
+            self.table
+                .resources(bare)
+                .iter()
+                .filter(|r| (r.node, r.sid) != addr)
+                .filter_map(|r| r.presence.clone()),
+        );
+        for p in found {
+            self.deliver(addr, p);
+        }
+    }
+
+    /// `bare`'s available resources present themselves to `contact`'s
+    /// available sessions (a new subscription), or say they are unavailable
+    /// (a cancelled one).
+    pub(super) fn presence_of_to(&mut self, bare: &str, contact: &str, unavailable: bool) {
+        let stanzas: Vec<Bytes> = self
+            .table
+            .resources(bare)
+            .iter()
+            .filter(|r| r.available)
+            .filter_map(|r| match unavailable {
+                true => Some(presence_stanza(
+                    &format!("{bare}/{}", r.resource),
+                    contact,
+                    "unavailable",
+                )),
+                false => r.presence.clone(),
+            })
+            .collect();
+        for to in self.others(contact, None) {
+            for s in &stanzas {
+                self.deliver(to, s.clone());
+            }
+        }
+    }
+
+    /// Tells everyone who saw `full` available that it went away: the
+    /// user's other resources, subscribed contacts, directed targets.
+    pub(super) fn broadcast_unavailable(&mut self, full: &str, directed: &[Box<str>]) {
+        let bare = bare_of(full);
+        let mut targets = self.others(bare, None);
+        targets.extend(self.subscribers(bare));
+        for to in directed {
+            targets.extend(self.others(to, None));
+        }
+        let presence = Element::new("presence", ns::CLIENT)
+            .with_attr("from", full)
+            .with_attr("type", "unavailable");
+        let presence = Bytes::from(presence.to_bytes(ns::CLIENT));
+        for to in targets {
+            self.deliver(to, presence.clone());
+        }
+    }
+}
+
+/// The `<priority/>` of an available presence (RFC 6121 §4.7.2.3), default 0.
+fn presence_priority(payload: &[u8]) -> i8 {
+    Element::parse(payload, ns::CLIENT)
+        .ok()
+        .and_then(|p| p.child("priority", ns::CLIENT).map(|c| c.text()))
+        .and_then(|t| t.trim().parse::<i8>().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,523 @@
+//! Rosters and presence subscriptions (RFC 6121 §2, §3, XEP-0237).
+//!
+//! The router keeps the rosters of users with a session (loaded when the
+//! first one binds) and of users a subscription stanza is addressed to
+//! (loaded for that stanza, dropped after). A frame that needs a roster not
+//! yet loaded waits, with every later frame of its session, until the
+//! driver reports the roster ([`super::Input::RosterLoaded`]); so the
+//! router never blocks on storage and a session's frames keep their order.
+//! Every change is written through to storage by [`Action::SaveRosterItem`]
+//! and [`Action::RemoveRosterItem`], queued in routing order.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use cm_protocol::{Frame, Kind, RouteHeader};
+use jid::{BareJid, Jid};
+use xmpp_stream::element::Element;
+use xmpp_stream::{StanzaCondition, StreamCondition, ns};
+
+use super::{Action, Router, bare_of, local_of};
+use crate::routing::{NodeId, SessionAddr};
+use crate::storage::{Roster, RosterItem, Subscription};
+
+/// Most items in one roster.
+pub const MAX_ROSTER_ITEMS: usize = 2000;
+/// Most groups per item, and most characters in a name or group.
+const MAX_GROUPS: usize = 32;
+const MAX_TEXT: usize = 1023;
+/// Most frames waiting for one roster to load; past it the session whose
+/// frame overflows is ended.
+const MAX_DEFERRED: usize = 1024;
+
+/// A loaded roster.
+#[derive(Debug, Default)]
+pub(crate) struct RosterState {
+    /// The account exists (rosters of unknown users stay empty).
+    exists: bool,
+    version: u64,
+    items: HashMap<String, RosterItem>,
+}
+
+/// A subscription presence type (RFC 6121 §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SubType {
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+}
+
+impl SubType {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "subscribe" => Self::Subscribe,
+            "subscribed" => Self::Subscribed,
+            "unsubscribe" => Self::Unsubscribe,
+            "unsubscribed" => Self::Unsubscribed,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Subscribed => "subscribed",
+            Self::Unsubscribe => "unsubscribe",
+            Self::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
+impl Router {
+    /// The bare JID whose roster `frame` needs and the router has not
+    /// loaded, if any.
+    pub(super) fn roster_needed(&self, frame: &Frame) -> Option<String> {
+        let bare = match frame {
+            Frame::Bind { user, .. } => user.clone(),
+            Frame::Announce { jid, .. } => bare_of(jid).to_owned(),
+            Frame::Stanza {
+                header, payload, ..
+            } => match header.kind {
+                Kind::Presence
+                    if header
+                        .stanza_type
+                        .as_deref()
+                        .is_some_and(|t| SubType::parse(t).is_some()) =>
+                {
+                    self.local_bare(header.to.as_deref()?)?
+                }
+                Kind::Iq
+                    if header.stanza_type.as_deref() == Some("set")
+                        && contains(payload, ns::ROSTER.as_bytes()) =>
+                {
+                    let el = Element::parse(payload, ns::CLIENT).ok()?;
+                    let item = el.child("query", ns::ROSTER)?.child("item", ns::ROSTER)?;
+                    if item.attr("subscription") != Some("remove") {
+                        return None;
+                    }
+                    self.local_bare(item.attr("jid")?)?
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        (!self.rosters.contains_key(&bare)).then_some(bare)
+    }
+
+    /// The normalized bare JID of a local account, if `jid` names one.
+    fn local_bare(&self, jid: &str) -> Option<String> {
+        let jid = Jid::new(jid).ok()?;
+        (jid.node().is_some() && jid.domain().as_str() == self.domain)
+            .then(|| jid.to_bare().to_string())
+    }
+
+    /// Keeps `frame` until `user`'s roster is loaded; later frames of its
+    /// session wait behind it.
+    pub(super) fn defer(&mut self, user: String, node: NodeId, frame: Frame) {
+        let sid = frame.sid();
+        let queue = self.loading.entry(user.clone()).or_insert_with(|| {
+            self.out.push(Action::LoadRoster { user: user.clone() });
+            Vec::new()
+        });
+        if queue.len() >= MAX_DEFERRED {
+            tracing::warn!(user, "too many frames wait for a roster; ending the session");
+            if let Some(sid) = sid {
+                self.kick((node, sid), StreamCondition::PolicyViolation);
+            }
+            return;
+        }
+        queue.push((node, frame));
+        if let Some(sid) = sid {
+            self.waiting.insert((node, sid), user);
+        }
+    }
+
+    /// A roster the router asked for (`None`: no such account): keep it and
+    /// handle the frames that waited for it.
+    pub(super) fn roster_loaded(&mut self, user: String, roster: Option<Roster>) {
+        let state = match roster {
+            Some(r) => RosterState {
+                exists: true,
+                version: r.version,
+                items: r.items.into_iter().map(|i| (i.jid.clone(), i)).collect(),
+            },
+            None => RosterState::default(),
+        };
+        self.rosters.entry(user.clone()).or_insert(state);
+        let queue = self.loading.remove(&user).unwrap_or_default();
+        self.waiting.retain(|_, u| *u != user);
+        for (node, frame) in queue {
+            self.frame(node, frame);
+        }
+        self.forget_roster_if_unused(&user);
+    }
+
+    /// Drops a cached roster once its user has no session and no frame
+    /// waits for it.
+    pub(super) fn forget_roster_if_unused(&mut self, bare: &str) {
+        if self.table.resources(bare).is_empty() && !self.loading.contains_key(bare) {
+            self.rosters.remove(bare);
+        }
+    }
+
+    /// Frames from `node` that wait for rosters are dropped with the node.
+    pub(super) fn forget_deferred(&mut self, node: NodeId) {
+        for queue in self.loading.values_mut() {
+            queue.retain(|(n, _)| *n != node);
+        }
+        self.waiting.retain(|(n, _), _| *n != node);
+    }
+
+    /// The user's roster items.
+    pub(super) fn roster_items(&self, bare: &str) -> impl Iterator<Item = &RosterItem> {
+        self.rosters
+            .get(bare)
+            .into_iter()
+            .flat_map(|r| r.items.values())
+    }
+
+    /// Answers a roster get or set from `addr` (RFC 6121 §2.1, §2.3–2.5).
+    pub(super) fn roster_iq(
+        &mut self,
+        addr: SessionAddr,
+        header: &RouteHeader,
+        query: &Element,
+        bare: &str,
+    ) {
+        let set = header.stanza_type.as_deref() == Some("set");
+        if !set {
+            if let Some(r) = self.table.route_mut(addr.0, addr.1) {
+                r.interested = true;
+            }
+            let Some(roster) = self.rosters.get(bare) else {
+                return self.reply_error(addr.0, addr.1, header, StanzaCondition::InternalServerError);
+            };
+            let version = roster.version.to_string();
+            let mut reply = iq_result(header);
+            // XEP-0237: an up-to-date client gets an empty result.
+            if query.attr("ver") != Some(version.as_str()) {
+                let mut q = Element::new("query", ns::ROSTER).with_attr("ver", version);
+                for item in roster.items.values().filter(|i| i.listed) {
+                    q = q.with_child(item_element(item));
+                }
+                reply = reply.with_child(q);
+            }
+            return self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
+        }
+        match self.roster_set(bare, query) {
+            Ok(()) => self.deliver(addr, Bytes::from(iq_result(header).to_bytes(ns::CLIENT))),
+            Err(condition) => self.reply_error(addr.0, addr.1, header, condition),
+        }
+    }
+
+    fn roster_set(&mut self, bare: &str, query: &Element) -> Result<(), StanzaCondition> {
+        let mut items = query.elements().filter(|e| e.name == "item");
+        let (Some(item), None) = (items.next(), items.next()) else {
+            return Err(StanzaCondition::BadRequest);
+        };
+        let contact = item
+            .attr("jid")
+            .and_then(|j| BareJid::new(j).ok())
+            .ok_or(StanzaCondition::BadRequest)?
+            .to_string();
+        let roster = self
+            .rosters
+            .get(bare)
+            .ok_or(StanzaCondition::InternalServerError)?;
+        if item.attr("subscription") == Some("remove") {
+            let Some(old) = roster.items.get(&contact).cloned() else {
+                return Err(StanzaCondition::ItemNotFound);
+            };
+            // RFC 6121 §2.5.2: cancel both directions first.
+            if old.subscription.to() || old.ask {
+                self.subscription_out(bare, &contact, SubType::Unsubscribe);
+            }
+            if old.subscription.from() || old.pending_in {
+                self.subscription_out(bare, &contact, SubType::Unsubscribed);
+            }
+            self.remove_item(bare, &contact);
+            return Ok(());
+        }
+        let name = item.attr("name").filter(|n| !n.is_empty());
+        let groups: Vec<String> = item
+            .elements()
+            .filter(|g| g.name == "group")
+            .map(|g| g.text())
+            .collect();
+        let mut unique = groups.clone();
+        unique.sort();
+        unique.dedup();
+        if name.is_some_and(|n| n.len() > MAX_TEXT)
+            || groups.len() > MAX_GROUPS
+            || unique.len() != groups.len()
+            || groups.iter().any(|g| g.is_empty() || g.len() > MAX_TEXT)
+        {
+            return Err(StanzaCondition::NotAcceptable);
+        }
+        let listed = roster.items.values().filter(|i| i.listed).count();
+        let mut entry = roster.items.get(&contact).cloned().unwrap_or(RosterItem {
+            jid: contact.clone(),
+            ..Default::default()
+        });
+        if !entry.listed && listed >= MAX_ROSTER_ITEMS {
+            return Err(StanzaCondition::ResourceConstraint);
+        }
+        entry.name = name.map(str::to_owned);
+        entry.groups = groups;
+        entry.listed = true;
+        self.put_item(bare, entry);
+        Ok(())
+    }
+
+    /// A subscription presence from a session of `bare` to `to`.
+    pub(super) fn subscription_stanza(&mut self, bare: &str, to: &Jid, kind: SubType) {
+        if !self.is_local(to) || to.node().is_none() {
+            return; // no server-to-server links: nothing to subscribe to
+        }
+        let contact = to.to_bare().to_string();
+        if contact == bare {
+            return;
+        }
+        self.subscription_out(bare, &contact, kind);
+    }
+
+    /// The user's side of a subscription change, then the contact's.
+    fn subscription_out(&mut self, bare: &str, contact: &str, kind: SubType) {
+        let item = self.item(bare, contact);
+        let mut changed = item.clone();
+        match kind {
+            SubType::Subscribe => {
+                if !item.subscription.to() {
+                    changed.ask = true;
+                }
+                changed.listed = true;
+            }
+            SubType::Subscribed => {
+                if !item.pending_in {
+                    return; // no pre-approvals: nothing was asked
+                }
+                changed.pending_in = false;
+                changed.subscription = Subscription::with(item.subscription.to(), true);
+                changed.listed = true;
+            }
+            SubType::Unsubscribe => {
+                changed.subscription = Subscription::with(false, item.subscription.from());
+                changed.ask = false;
+            }
+            SubType::Unsubscribed => {
+                changed.subscription = Subscription::with(item.subscription.to(), false);
+                changed.pending_in = false;
+            }
+        }
+        if changed != item {
+            self.put_item(bare, changed);
+        }
+        match kind {
+            // The contact now sees the user's available resources.
+            SubType::Subscribed => self.presence_of_to(bare, contact, false),
+            // … or no longer does.
+            SubType::Unsubscribed => self.presence_of_to(bare, contact, true),
+            _ => {}
+        }
+        self.subscription_in(contact, bare, kind);
+    }
+
+    /// The contact's side: `contact` receives `kind` from `from`.
+    fn subscription_in(&mut self, contact: &str, from: &str, kind: SubType) {
+        if !self.rosters.get(contact).is_some_and(|r| r.exists) {
+            return; // no such account: RFC 6121 §3.1.3 lets the request drop
+        }
+        let item = self.item(contact, from);
+        let mut changed = item.clone();
+        let deliver = match kind {
+            SubType::Subscribe => {
+                if item.subscription.from() {
+                    // Already approved: answer on the contact's behalf.
+                    self.subscription_in(from, contact, SubType::Subscribed);
+                    self.presence_of_to(contact, from, false);
+                    return;
+                }
+                changed.pending_in = true;
+                true
+            }
+            SubType::Subscribed => {
+                if !item.ask {
+                    return;
+                }
+                changed.ask = false;
+                changed.subscription = Subscription::with(true, item.subscription.from());
+                true
+            }
+            SubType::Unsubscribe => {
+                let had = item.subscription.from() || item.pending_in;
+                changed.subscription = Subscription::with(item.subscription.to(), false);
+                changed.pending_in = false;
+                if item.subscription.from() {
+                    self.presence_of_to(contact, from, true);
+                }
+                had
+            }
+            SubType::Unsubscribed => {
+                let had = item.subscription.to() || item.ask;
+                changed.subscription = Subscription::with(false, item.subscription.from());
+                changed.ask = false;
+                had
+            }
+        };
+        if changed != item {
+            if !changed.listed && changed == (RosterItem {
+                jid: changed.jid.clone(),
+                ..Default::default()
+            }) {
+                self.remove_item(contact, from);
+            } else {
+                self.put_item(contact, changed);
+            }
+        }
+        if deliver {
+            let stanza = presence_stanza(from, contact, kind.name());
+            for to in self.others(contact, None) {
+                self.deliver(to, stanza.clone());
+            }
+        }
+    }
+
+    /// The item for `contact` in `bare`'s roster (a blank one if absent).
+    fn item(&self, bare: &str, contact: &str) -> RosterItem {
+        self.rosters
+            .get(bare)
+            .and_then(|r| r.items.get(contact))
+            .cloned()
+            .unwrap_or(RosterItem {
+                jid: contact.to_owned(),
+                ..Default::default()
+            })
+    }
+
+    /// Stores a changed item and pushes it to the interested sessions.
+    fn put_item(&mut self, bare: &str, item: RosterItem) {
+        let Some(roster) = self.rosters.get_mut(bare) else {
+            return;
+        };
+        roster.version += 1;
+        let version = roster.version;
+        let was_listed = roster.items.get(&item.jid).is_some_and(|i| i.listed);
+        roster.items.insert(item.jid.clone(), item.clone());
+        self.out.push(Action::SaveRosterItem {
+            user: local_of(bare).to_owned(),
+            item: item.clone(),
+            version,
+        });
+        if item.listed || was_listed {
+            let mut el = item_element(&item);
+            if !item.listed {
+                el.set_attr("subscription", "remove");
+            }
+            self.push(bare, el, version);
+        }
+    }
+
+    fn remove_item(&mut self, bare: &str, contact: &str) {
+        let Some(roster) = self.rosters.get_mut(bare) else {
+            return;
+        };
+        let Some(old) = roster.items.remove(contact) else {
+            return;
+        };
+        roster.version += 1;
+        let version = roster.version;
+        self.out.push(Action::RemoveRosterItem {
+            user: local_of(bare).to_owned(),
+            jid: contact.to_owned(),
+            version,
+        });
+        if old.listed {
+            let el = Element::new("item", ns::ROSTER)
+                .with_attr("jid", contact)
+                .with_attr("subscription", "remove");
+            self.push(bare, el, version);
+        }
+    }
+
+    /// A roster push (RFC 6121 §2.1.6) to every session that asked for the
+    /// roster.
+    fn push(&mut self, bare: &str, item: Element, version: u64) {
+        let targets: Vec<(SessionAddr, String)> = self
+            .table
+            .resources(bare)
+            .iter()
+            .filter(|r| r.interested)
+            .map(|r| ((r.node, r.sid), format!("{bare}/{}", r.resource)))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        self.push_counter += 1;
+        let query = Element::new("query", ns::ROSTER)
+            .with_attr("ver", version.to_string())
+            .with_child(item);
+        for (addr, full) in targets {
+            let iq = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "set")
+                .with_attr("id", format!("push-{}", self.push_counter))
+                .with_attr("to", full)
+                .with_child(query.clone());
+            self.deliver(addr, Bytes::from(iq.to_bytes(ns::CLIENT)));
+        }
+    }
+
+    /// Requests the user has not answered yet, for a session that just
+    /// became available (RFC 6121 §3.1.3).
+    pub(super) fn pending_requests(&mut self, addr: SessionAddr, bare: &str) {
+        let from: Vec<String> = self
+            .roster_items(bare)
+            .filter(|i| i.pending_in)
+            .map(|i| i.jid.clone())
+            .collect();
+        for contact in from {
+            self.deliver(addr, presence_stanza(&contact, bare, "subscribe"));
+        }
+    }
+}
+
+/// An `<iq type='result'/>` answering `header`.
+pub(super) fn iq_result(header: &RouteHeader) -> Element {
+    let mut iq = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_attr("to", header.from.clone());
+    if let Some(id) = &header.id {
+        iq.set_attr("id", id.clone());
+    }
+    iq
+}
+
+/// A server-generated presence stanza.
+pub(super) fn presence_stanza(from: &str, to: &str, ptype: &str) -> Bytes {
+    let p = Element::new("presence", ns::CLIENT)
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_attr("type", ptype);
+    Bytes::from(p.to_bytes(ns::CLIENT))
+}
+
+fn item_element(item: &RosterItem) -> Element {
+    let mut e = Element::new("item", ns::ROSTER)
+        .with_attr("jid", item.jid.clone())
+        .with_attr("subscription", item.subscription.as_str());
+    if let Some(name) = &item.name {
+        e.set_attr("name", name.clone());
+    }
+    if item.ask {
+        e.set_attr("ask", "subscribe");
+    }
+    for g in &item.groups {
+        e = e.with_child(Element::new("group", ns::ROSTER).with_text(g.clone()));
+    }
+    e
+}
+
+/// Whether `hay` contains `needle`.
+pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
