@@ -23,6 +23,9 @@ use crate::negotiation::{Negotiation, dial};
 use crate::sm::{Outgoing, Seen, SmClient};
 use crate::{ClientError, ConnectOptions, Pending, Shared};
 
+/// Id prefix of the IQ that enables carbons (its answer is not an event).
+const CARBONS_ID: &str = "carbons-";
+
 /// Messages kept while offline; beyond that sends fail.
 pub const MAX_OUTBOX: usize = 10_000;
 
@@ -165,9 +168,22 @@ impl Driver {
                 }
                 let _ = self.sm.resumed(h);
             }
-            _ => self.enable_sm().await,
+            _ => self.new_session().await,
         }
         self.publish();
+    }
+
+    /// What a freshly bound session asks for: stream management, carbons.
+    async fn new_session(&mut self) {
+        self.enable_sm().await;
+        if self.opts.carbons {
+            let enable = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "set")
+                .with_attr("id", format!("{CARBONS_ID}{}", crate::new_id()))
+                .with_child(Element::new("enable", ns::CARBONS));
+            let bytes = Bytes::from(enable.to_bytes(ns::CLIENT));
+            self.send(Outgoing { bytes, id: None }).await;
+        }
     }
 
     async fn enable_sm(&mut self) {
@@ -340,6 +356,30 @@ impl Driver {
         }
         self.sm.received();
         self.publish();
+        let own = self.opts.jid.clone();
+        if el.name == "message"
+            && let Some(result) = el.child("result", ns::MAM)
+            && el.attr("from").is_none_or(|f| f == own)
+        {
+            // a page of an archive query the app waits for
+            let mut history = self.shared.history.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(page) = result.attr("queryid").and_then(|q| history.get_mut(q))
+                && let Some(m) = crate::im::archived(result)
+            {
+                page.push(m);
+            }
+            return;
+        }
+        if el.name == "iq"
+            && event::roster_push(&el, Some(&own)).is_some()
+            && let Some(id) = el.attr("id")
+        {
+            let ack = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "result")
+                .with_attr("id", id);
+            let bytes = Bytes::from(ack.to_bytes(ns::CLIENT));
+            self.send(Outgoing { bytes, id: None }).await;
+        }
         if el.name == "message" {
             if let Some(r) = el.child("received", ns::RECEIPTS) {
                 let id = r.attr("id").map(str::to_owned);
@@ -370,7 +410,10 @@ impl Driver {
                 self.send(Outgoing { bytes, id: None }).await;
             }
         }
-        if let Some(ev) = event::classify(el, &self.pending) {
+        if el.name == "iq" && el.attr("id").is_some_and(|id| id.starts_with(CARBONS_ID)) {
+            return; // the answer to enabling carbons
+        }
+        if let Some(ev) = event::classify(el, &self.pending, Some(&own)) {
             self.event(ev).await;
         }
     }
@@ -492,7 +535,8 @@ impl Driver {
         };
         self.live = Some(Live::start(conn, nego));
         if resumed.is_none() {
-            self.enable_sm().await;
+            // a resumed session keeps its carbons; a new one asks again
+            self.new_session().await;
         }
         if !self.active {
             // a new CM knows nothing of it, resumed or not

@@ -34,6 +34,17 @@ pub enum Event {
     },
     /// The session is over for good.
     Disconnected,
+    /// A contact's subscription stanza (RFC 6121 §3): a request to answer
+    /// with [`crate::Client::approve`] or [`crate::Client::deny`], or their
+    /// answer to yours.
+    Subscription {
+        /// The contact's bare JID.
+        from: String,
+        /// What they did.
+        kind: crate::im::SubscriptionRequest,
+    },
+    /// The roster changed (from another device, or a subscription moved on).
+    RosterPush(crate::im::RosterItem),
 }
 
 /// Where a sent message is.
@@ -68,6 +79,55 @@ pub struct Message {
     pub delay: Option<String>,
     /// Stanza error condition, for `type='error'`.
     pub error: Option<String>,
+    /// The server's stable id for it (XEP-0359), for history paging.
+    pub stanza_id: Option<String>,
+    /// A copy of a message another device of yours sent or received
+    /// (XEP-0280).
+    pub carbon: Option<Carbon>,
+}
+
+/// Which side of a conversation a carbon copy shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carbon {
+    /// Another of your devices sent it.
+    Sent,
+    /// Another of your devices received it.
+    Received,
+}
+
+/// A message element as a [`Message`].
+pub(crate) fn message_from(el: &Element) -> Message {
+    let attr = |k: &str| el.attr(k).map(str::to_owned);
+    Message {
+        id: attr("id"),
+        from: attr("from").unwrap_or_default(),
+        to: attr("to"),
+        kind: attr("type").unwrap_or_else(|| "normal".into()),
+        body: el.child("body", ns::CLIENT).map(Element::text),
+        delay: el
+            .child("delay", ns::DELAY)
+            .and_then(|d| d.attr("stamp"))
+            .map(str::to_owned),
+        error: stanza_error_condition(el),
+        stanza_id: el
+            .child("stanza-id", ns::SID)
+            .and_then(|s| s.attr("id"))
+            .map(str::to_owned),
+        carbon: None,
+    }
+}
+
+/// The message inside a carbon copy, if `el` is one.
+fn carbon_of(el: &Element) -> Option<Message> {
+    let (kind, wrapper) = [(Carbon::Sent, "sent"), (Carbon::Received, "received")]
+        .into_iter()
+        .find_map(|(k, name)| el.child(name, ns::CARBONS).map(|w| (k, w)))?;
+    let inner = wrapper
+        .child("forwarded", ns::FORWARD)?
+        .child("message", ns::CLIENT)?;
+    let mut m = message_from(inner);
+    m.carbon = Some(kind);
+    Some(m)
 }
 
 /// An incoming presence.
@@ -83,6 +143,22 @@ pub struct Presence {
     pub priority: i8,
     /// Status text.
     pub status: Option<String>,
+    /// `<show/>`: away, chat, dnd or xa.
+    pub show: Option<String>,
+}
+
+/// The item of a roster push (an IQ set from the own account, RFC 6121
+/// §2.1.6), if `el` is one.
+pub(crate) fn roster_push(el: &Element, own: Option<&str>) -> Option<crate::im::RosterItem> {
+    if el.name != "iq" || el.attr("type") != Some("set") {
+        return None;
+    }
+    if let Some(from) = el.attr("from")
+        && Some(from) != own
+    {
+        return None;
+    }
+    crate::im::RosterItem::parse(el.child("query", ns::ROSTER)?.child("item", ns::ROSTER)?)
 }
 
 /// An IQ.
@@ -117,7 +193,9 @@ pub(crate) fn stanza_error_condition(el: &Element) -> Option<String> {
 }
 
 /// Turns an element into an event, completing IQ waiters on the way.
-pub(crate) fn classify(el: Element, pending: &Pending) -> Option<Event> {
+/// `own` is the account's bare JID (carbons and roster pushes must come
+/// from it).
+pub(crate) fn classify(el: Element, pending: &Pending, own: Option<&str>) -> Option<Event> {
     if el.ns == ns::STREAMS && el.name == "error" {
         return Some(Event::StreamError(stream_error_condition(&el)));
     }
@@ -126,19 +204,22 @@ pub(crate) fn classify(el: Element, pending: &Pending) -> Option<Event> {
     }
     let attr = |k: &str| el.attr(k).map(str::to_owned);
     match el.name.as_str() {
-        "message" => Some(Event::Message(Message {
-            id: attr("id"),
-            from: attr("from").unwrap_or_default(),
-            to: attr("to"),
-            kind: attr("type").unwrap_or_else(|| "normal".into()),
-            body: el.child("body", ns::CLIENT).map(Element::text),
-            delay: el
-                .child("delay", ns::DELAY)
-                .and_then(|d| d.attr("stamp"))
-                .map(str::to_owned),
-            error: stanza_error_condition(&el),
-        })),
-        "presence" => Some(Event::Presence(Presence {
+        // A carbon copy must come from the own account (XEP-0280 §11).
+        "message" => Some(Event::Message(
+            carbon_of(&el)
+                .filter(|_| own.is_some_and(|own| attr("from").as_deref() == Some(own)))
+                .unwrap_or_else(|| message_from(&el)),
+        )),
+        "presence" => {
+            if let Some(kind) = el
+                .attr("type")
+                .and_then(crate::im::SubscriptionRequest::parse)
+            {
+                let from = attr("from").unwrap_or_default();
+                let from = from.split_once('/').map_or(from.clone(), |(b, _)| b.to_owned());
+                return Some(Event::Subscription { from, kind });
+            }
+            Some(Event::Presence(Presence {
             from: attr("from").unwrap_or_default(),
             available: el.attr("type").is_none(),
             kind: attr("type"),
@@ -147,8 +228,13 @@ pub(crate) fn classify(el: Element, pending: &Pending) -> Option<Event> {
                 .and_then(|p| p.text().trim().parse().ok())
                 .unwrap_or(0),
             status: el.child("status", ns::CLIENT).map(Element::text),
-        })),
+            show: el.child("show", ns::CLIENT).map(Element::text),
+        }))
+        }
         "iq" => {
+            if let Some(item) = roster_push(&el, own) {
+                return Some(Event::RosterPush(item));
+            }
             let r = IqResponse {
                 id: attr("id").unwrap_or_default(),
                 from: attr("from"),

@@ -17,6 +17,7 @@
 mod driver;
 mod error;
 mod event;
+pub mod im;
 pub mod negotiation;
 pub mod sm;
 
@@ -34,7 +35,7 @@ use xmpp_stream::ns;
 
 use driver::{Command, Driver};
 pub use error::ClientError;
-pub use event::{Event, IqResponse, Message, MessageState, Presence};
+pub use event::{Carbon, Event, IqResponse, Message, MessageState, Presence};
 use sm::Outgoing;
 
 /// ALPN of XMPP client connections.
@@ -68,6 +69,8 @@ pub struct ConnectOptions {
     pub mechanism: Mechanism,
     /// Enable XEP-0198 stream management with resumption (default on).
     pub stream_management: bool,
+    /// Ask for carbon copies of this account's conversations (XEP-0280).
+    pub carbons: bool,
     /// Resumption time to ask for, in seconds (0: the server's default).
     pub resume_max_secs: u32,
     /// Reconnect by itself when the connection is lost (default on).
@@ -95,6 +98,7 @@ impl ConnectOptions {
             timeout: Duration::from_secs(10),
             mechanism: Mechanism::ScramSha256,
             stream_management: true,
+            carbons: true,
             resume_max_secs: 0,
             reconnect: true,
             ack_timeout: Duration::from_secs(20),
@@ -107,6 +111,12 @@ impl ConnectOptions {
     /// Reports each sent message's progress as [`Event::MessageState`].
     pub fn with_message_states(mut self) -> Self {
         self.message_states = true;
+        self
+    }
+
+    /// No carbon copies of the account's other conversations.
+    pub fn without_carbons(mut self) -> Self {
+        self.carbons = false;
         self
     }
 
@@ -167,6 +177,8 @@ struct Shared {
     resumption: std::sync::Mutex<Option<(String, u32)>>,
     /// Messages dropped as duplicates (same sender and id seen before).
     duplicates: std::sync::atomic::AtomicU64,
+    /// Archive results collected for running history queries, by query id.
+    history: std::sync::Mutex<HashMap<String, Vec<im::ArchivedMessage>>>,
 }
 
 /// A logged-in session. Stanzas go through a session task that keeps the
@@ -320,6 +332,11 @@ impl Client {
         if priority != 0 {
             p = p.with_child(Element::new("priority", ns::CLIENT).with_text(priority.to_string()));
         }
+        self.presence(p).await
+    }
+
+    /// Sends a broadcast presence, kept to send again after a new login.
+    pub(crate) async fn presence(&self, p: Element) -> Result<(), ClientError> {
         self.command(Command::Presence(Bytes::from(p.to_bytes(ns::CLIENT))))
             .await
     }

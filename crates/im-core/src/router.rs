@@ -306,7 +306,7 @@ impl Router {
             Input::Replies { to, payloads } => {
                 if self.table.jid_of(to.0, to.1).is_some() {
                     for p in payloads {
-                        self.deliver(to, p);
+                        self.deliver_copy(to, p);
                     }
                 }
             }
@@ -812,8 +812,18 @@ impl Router {
         self.deliver(target, reply);
     }
 
-    fn deliver(&mut self, (node, sid): SessionAddr, payload: Bytes) {
-        match self.track((node, sid), &payload) {
+    fn deliver(&mut self, addr: SessionAddr, payload: Bytes) {
+        self.deliver_as(addr, payload, true)
+    }
+
+    /// Delivers a carbon copy or a query result: never queued behind stored
+    /// messages (it is not part of the conversation's order).
+    fn deliver_copy(&mut self, addr: SessionAddr, payload: Bytes) {
+        self.deliver_as(addr, payload, false)
+    }
+
+    fn deliver_as(&mut self, (node, sid): SessionAddr, payload: Bytes, queue: bool) {
+        match self.track((node, sid), &payload, queue) {
             stream_management::Tracking::Untracked | stream_management::Tracking::Send => {
                 self.stats.delivered += 1;
                 self.send(node, Frame::Deliver { sid, payload });

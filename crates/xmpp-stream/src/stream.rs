@@ -47,6 +47,7 @@ pub fn features_bind() -> Vec<u8> {
         Element::new("bind", ns::BIND),
         Element::new("sm", ns::SM),
         Element::new("csi", ns::CSI),
+        Element::new("ver", ns::ROSTER_VER),
     ])
 }
 

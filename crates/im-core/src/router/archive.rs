@@ -165,7 +165,7 @@ impl Router {
                 &inner,
                 &format!("</{kind}></message>"),
             );
-            self.deliver(addr, copy);
+            self.deliver_copy(addr, copy);
         }
     }
 

@@ -313,14 +313,14 @@ impl Router {
         if changed != item {
             self.put_item(bare, changed);
         }
+        self.subscription_in(contact, bare, kind);
         match kind {
-            // The contact now sees the user's available resources.
+            // The contact now sees the user's available resources …
             SubType::Subscribed => self.presence_of_to(bare, contact, false),
             // … or no longer does.
             SubType::Unsubscribed => self.presence_of_to(bare, contact, true),
             _ => {}
         }
-        self.subscription_in(contact, bare, kind);
     }
 
     /// The contact's side: `contact` receives `kind` from `from`.

@@ -78,7 +78,9 @@ impl Router {
     }
 
     /// Records a stanza for a session before it is sent (see [`Tracking`]).
-    pub(super) fn track(&mut self, addr: SessionAddr, payload: &Bytes) -> Tracking {
+    /// `queue`: a message that must not overtake stored ones (not a copy or
+    /// a query result, which belong to no conversation order).
+    pub(super) fn track(&mut self, addr: SessionAddr, payload: &Bytes, queue: bool) -> Tracking {
         let total = self.ledger_bytes;
         let Some(l) = self.ledgers.get_mut(&addr) else {
             return Tracking::Untracked;
@@ -86,7 +88,7 @@ impl Router {
         let full = !l.has_room() || total >= MAX_LEDGER_BYTES_TOTAL;
         // While stored messages are flushed, a new message waits behind them;
         // anything else (IQ answers, presence) goes on.
-        if full || (l.overflowed && storable_message(payload)) {
+        if full || (queue && l.overflowed && storable_message(payload)) {
             // Far behind, or behind stored messages: store this one too
             // (after them; it is flushed to the session in order).
             l.overflowed = true;

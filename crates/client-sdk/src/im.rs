@@ -1,0 +1,342 @@
+//! The instant-messaging API on top of a session: roster (RFC 6121 §2),
+//! presence subscriptions (§3), presence with show and status (§4), message
+//! history (XEP-0313 with XEP-0059 paging) and carbons (XEP-0280, on by
+//! default: see [`crate::ConnectOptions::without_carbons`]).
+
+use xmpp_stream::element::Element;
+use xmpp_stream::ns;
+
+use crate::event::{Message, message_from};
+use crate::{Client, ClientError};
+
+/// A subscription state (RFC 6121 §2.1.2.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    /// Neither sees the other.
+    None,
+    /// You see the contact's presence.
+    To,
+    /// The contact sees yours.
+    From,
+    /// Both.
+    Both,
+    /// The contact was removed (in a roster push).
+    Remove,
+}
+
+impl Subscription {
+    fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("to") => Self::To,
+            Some("from") => Self::From,
+            Some("both") => Self::Both,
+            Some("remove") => Self::Remove,
+            _ => Self::None,
+        }
+    }
+}
+
+/// One contact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterItem {
+    /// The contact's bare JID.
+    pub jid: String,
+    /// Your name for them.
+    pub name: Option<String>,
+    /// Your groups for them.
+    pub groups: Vec<String>,
+    /// Who sees whose presence.
+    pub subscription: Subscription,
+    /// You asked to see their presence and they have not answered.
+    pub pending: bool,
+}
+
+impl RosterItem {
+    pub(crate) fn parse(item: &Element) -> Option<Self> {
+        Some(Self {
+            jid: item.attr("jid")?.to_owned(),
+            name: item.attr("name").map(str::to_owned),
+            groups: item
+                .elements()
+                .filter(|g| g.name == "group")
+                .map(Element::text)
+                .collect(),
+            subscription: Subscription::parse(item.attr("subscription")),
+            pending: item.attr("ask") == Some("subscribe"),
+        })
+    }
+}
+
+/// A subscription stanza from a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriptionRequest {
+    /// They ask to see your presence: [`Client::approve`] or [`Client::deny`].
+    Subscribe,
+    /// They approved your request.
+    Subscribed,
+    /// They no longer want your presence.
+    Unsubscribe,
+    /// They denied or cancelled your subscription.
+    Unsubscribed,
+}
+
+impl SubscriptionRequest {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "subscribe" => Self::Subscribe,
+            "subscribed" => Self::Subscribed,
+            "unsubscribe" => Self::Unsubscribe,
+            "unsubscribed" => Self::Unsubscribed,
+            _ => return None,
+        })
+    }
+}
+
+/// Availability detail (RFC 6121 §4.7.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    /// Away.
+    Away,
+    /// Free for chat.
+    Chat,
+    /// Do not disturb.
+    Dnd,
+    /// Away for long.
+    Xa,
+}
+
+impl Show {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Away => "away",
+            Self::Chat => "chat",
+            Self::Dnd => "dnd",
+            Self::Xa => "xa",
+        }
+    }
+}
+
+/// Which part of the archive to fetch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only the conversation with this bare JID.
+    pub with: Option<String>,
+    /// Not before (XEP-0082 timestamp).
+    pub start: Option<String>,
+    /// Not after (XEP-0082 timestamp).
+    pub end: Option<String>,
+    /// The page after this archive id (paging forward).
+    pub after: Option<String>,
+    /// The page before this archive id (paging back); with `latest`.
+    pub before: Option<String>,
+    /// Start from the newest messages (the last page) instead of the oldest.
+    pub latest: bool,
+    /// Most messages (the server caps it; default 50).
+    pub max: Option<usize>,
+}
+
+/// One archived message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// Its stable archive id (XEP-0359 stanza-id).
+    pub id: String,
+    /// When the server archived it.
+    pub stamp: Option<String>,
+    /// The message.
+    pub message: Message,
+}
+
+/// One page of history, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The messages.
+    pub messages: Vec<ArchivedMessage>,
+    /// Nothing further in the paging direction.
+    pub complete: bool,
+    /// Id of the first message (page back with `before` = this).
+    pub first: Option<String>,
+    /// Id of the last message (page on with `after` = this).
+    pub last: Option<String>,
+}
+
+/// Parses a `<result/>` of an archive query.
+pub(crate) fn archived(result: &Element) -> Option<ArchivedMessage> {
+    let forwarded = result.child("forwarded", ns::FORWARD)?;
+    let inner = forwarded.child("message", ns::CLIENT)?;
+    Some(ArchivedMessage {
+        id: result.attr("id")?.to_owned(),
+        stamp: forwarded
+            .child("delay", ns::DELAY)
+            .and_then(|d| d.attr("stamp"))
+            .map(str::to_owned),
+        message: message_from(inner),
+    })
+}
+
+impl Client {
+    /// The roster (also subscribes this session to roster pushes, which
+    /// arrive as [`crate::Event::RosterPush`]).
+    pub async fn roster(&self) -> Result<Vec<RosterItem>, ClientError> {
+        let r = self
+            .request("get", Element::new("query", ns::ROSTER))
+            .await?;
+        Ok(r.child("query", ns::ROSTER)
+            .map(|q| q.elements().filter_map(RosterItem::parse).collect())
+            .unwrap_or_default())
+    }
+
+    /// Adds a contact or changes its name and groups (a rename is this
+    /// with the new name).
+    pub async fn set_contact(
+        &self,
+        jid: &str,
+        name: Option<&str>,
+        groups: &[&str],
+    ) -> Result<(), ClientError> {
+        let mut item = Element::new("item", ns::ROSTER).with_attr("jid", jid);
+        if let Some(n) = name {
+            item.set_attr("name", n);
+        }
+        for g in groups {
+            item = item.with_child(Element::new("group", ns::ROSTER).with_text(*g));
+        }
+        self.request("set", Element::new("query", ns::ROSTER).with_child(item))
+            .await
+            .map(drop)
+    }
+
+    /// Removes a contact (and both subscriptions with it).
+    pub async fn remove_contact(&self, jid: &str) -> Result<(), ClientError> {
+        let item = Element::new("item", ns::ROSTER)
+            .with_attr("jid", jid)
+            .with_attr("subscription", "remove");
+        self.request("set", Element::new("query", ns::ROSTER).with_child(item))
+            .await
+            .map(drop)
+    }
+
+    /// Asks to see `jid`'s presence.
+    pub async fn subscribe(&self, jid: &str) -> Result<(), ClientError> {
+        self.subscription(jid, "subscribe").await
+    }
+
+    /// Lets `jid` see your presence (answers their request).
+    pub async fn approve(&self, jid: &str) -> Result<(), ClientError> {
+        self.subscription(jid, "subscribed").await
+    }
+
+    /// Refuses `jid`'s request, or revokes their subscription.
+    pub async fn deny(&self, jid: &str) -> Result<(), ClientError> {
+        self.subscription(jid, "unsubscribed").await
+    }
+
+    /// Stops seeing `jid`'s presence.
+    pub async fn unsubscribe(&self, jid: &str) -> Result<(), ClientError> {
+        self.subscription(jid, "unsubscribe").await
+    }
+
+    async fn subscription(&self, jid: &str, ptype: &str) -> Result<(), ClientError> {
+        let p = Element::new("presence", ns::CLIENT)
+            .with_attr("to", jid)
+            .with_attr("type", ptype);
+        self.send_raw(&p.to_bytes(ns::CLIENT)).await
+    }
+
+    /// Sets your presence (sent again after every new login).
+    pub async fn set_presence(
+        &self,
+        show: Option<Show>,
+        status: Option<&str>,
+        priority: i8,
+    ) -> Result<(), ClientError> {
+        let mut p = Element::new("presence", ns::CLIENT);
+        if let Some(s) = show {
+            p = p.with_child(Element::new("show", ns::CLIENT).with_text(s.as_str()));
+        }
+        if let Some(s) = status {
+            p = p.with_child(Element::new("status", ns::CLIENT).with_text(s));
+        }
+        if priority != 0 {
+            p = p.with_child(Element::new("priority", ns::CLIENT).with_text(priority.to_string()));
+        }
+        self.presence(p).await
+    }
+
+    /// One page of the archive (XEP-0313).
+    pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, ClientError> {
+        let query_id = crate::new_id();
+        let field = |var: &str, value: &str| {
+            Element::new("field", ns::DATA)
+                .with_attr("var", var)
+                .with_child(Element::new("value", ns::DATA).with_text(value))
+        };
+        let mut form = Element::new("x", ns::DATA)
+            .with_attr("type", "submit")
+            .with_child(field("FORM_TYPE", ns::MAM).with_attr("type", "hidden"));
+        for (var, value) in [("with", &q.with), ("start", &q.start), ("end", &q.end)] {
+            if let Some(v) = value {
+                form = form.with_child(field(var, v));
+            }
+        }
+        let mut set = Element::new("set", ns::RSM);
+        if let Some(max) = q.max {
+            set = set.with_child(Element::new("max", ns::RSM).with_text(max.to_string()));
+        }
+        if let Some(after) = &q.after {
+            set = set.with_child(Element::new("after", ns::RSM).with_text(after.clone()));
+        }
+        if q.latest || q.before.is_some() {
+            let mut before = Element::new("before", ns::RSM);
+            if let Some(id) = &q.before {
+                before = before.with_text(id.clone());
+            }
+            set = set.with_child(before);
+        }
+        let query = Element::new("query", ns::MAM)
+            .with_attr("queryid", query_id.clone())
+            .with_child(form)
+            .with_child(set);
+        self.collecting(&query_id, true);
+        let result = self.request("set", query).await;
+        let messages = self.collecting(&query_id, false);
+        let r = result?;
+        let fin = r.child("fin", ns::MAM);
+        let rsm = fin.and_then(|f| f.child("set", ns::RSM));
+        let text = |name: &str| rsm.and_then(|s| s.child(name, ns::RSM)).map(Element::text);
+        Ok(HistoryPage {
+            messages,
+            complete: fin.and_then(|f| f.attr("complete")) == Some("true"),
+            first: text("first"),
+            last: text("last"),
+        })
+    }
+
+    /// Starts or ends collecting archive results for a query; returns what
+    /// was collected when ending.
+    fn collecting(&self, query_id: &str, start: bool) -> Vec<ArchivedMessage> {
+        let mut map = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if start {
+            map.insert(query_id.to_owned(), Vec::new());
+            Vec::new()
+        } else {
+            map.remove(query_id).unwrap_or_default()
+        }
+    }
+
+    /// An IQ to the own account with one child; the result element, or the
+    /// stanza error.
+    async fn request(&self, itype: &str, child: Element) -> Result<Element, ClientError> {
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", itype)
+            .with_child(child);
+        let r = self.iq(iq).await?;
+        match r.error {
+            None => Ok(r.element),
+            Some(cond) => Err(ClientError::StanzaError(cond)),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The IM features end to end, through real CMs and the core, on both
+//! storage backends: two users who never met subscribe to each other (one
+//! approving after coming online), see each other's presence, a third
+//! device gets carbons, and a fresh device pages through the whole
+//! conversation from the archive.
+
+use std::time::Duration;
+
+use client_sdk::im::{HistoryQuery, Subscription, SubscriptionRequest};
+use client_sdk::{Carbon, Client, Event};
+use tests::{Cluster, WAIT, bounded, jid};
+
+/// Waits for the first event `pick` accepts, skipping others.
+async fn wait_for<T>(c: &mut Client, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(ev)) => {
+                if let Some(t) = pick(&ev) {
+                    return t;
+                }
+            }
+            Ok(None) => panic!("{}: session ended waiting for {what}", c.jid()),
+            Err(_) => panic!("{}: timed out waiting for {what}", c.jid()),
+        }
+    }
+}
+
+async fn subscription_from(c: &mut Client, from: &str, kind: SubscriptionRequest) {
+    let from = jid(from);
+    wait_for(c, &format!("{kind:?} from {from}"), |ev| match ev {
+        Event::Subscription { from: f, kind: k } if *f == from && *k == kind => Some(()),
+        _ => None,
+    })
+    .await
+}
+
+async fn presence_from(c: &mut Client, full: &str) {
+    wait_for(c, &format!("presence of {full}"), |ev| match ev {
+        Event::Presence(p) if p.from == full && p.available => Some(()),
+        _ => None,
+    })
+    .await
+}
+
+async fn conversation(cluster: Cluster) {
+    cluster.add_user("alice", "secret");
+    cluster.add_user("bob", "secret");
+    let (alice_jid, bob_jid) = (jid("alice"), jid("bob"));
+
+    // Alice adds Bob and asks for his presence while he is offline.
+    let mut alice = cluster.login(0, "alice", "phone").await;
+    assert!(alice.roster().await.unwrap().is_empty());
+    alice
+        .set_contact(&bob_jid, Some("Bob"), &["Friends"])
+        .await
+        .unwrap();
+    alice.subscribe(&bob_jid).await.unwrap();
+    let pushed = wait_for(&mut alice, "the pending roster push", |ev| match ev {
+        Event::RosterPush(item) if item.pending => Some(item.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pushed.jid, bob_jid);
+    assert_eq!(pushed.name.as_deref(), Some("Bob"));
+    assert_eq!(pushed.groups, vec!["Friends".to_owned()]);
+
+    // Bob comes online on the other CM: the request waited for him.
+    let mut bob = cluster.login(1, "bob", "pc").await;
+    subscription_from(&mut bob, "alice", SubscriptionRequest::Subscribe).await;
+    bob.approve(&alice_jid).await.unwrap();
+    subscription_from(&mut alice, "bob", SubscriptionRequest::Subscribed).await;
+    presence_from(&mut alice, &format!("{bob_jid}/pc")).await;
+    // … and asks back; Alice approves.
+    bob.subscribe(&alice_jid).await.unwrap();
+    subscription_from(&mut alice, "bob", SubscriptionRequest::Subscribe).await;
+    alice.approve(&bob_jid).await.unwrap();
+    subscription_from(&mut bob, "alice", SubscriptionRequest::Subscribed).await;
+    presence_from(&mut bob, &format!("{alice_jid}/phone")).await;
+
+    let roster = alice.roster().await.unwrap();
+    assert_eq!(roster.len(), 1, "{roster:?}");
+    assert_eq!(roster[0].subscription, Subscription::Both);
+    assert!(!roster[0].pending);
+    let roster = bob.roster().await.unwrap();
+    assert_eq!(
+        (roster[0].jid.as_str(), roster[0].subscription),
+        (alice_jid.as_str(), Subscription::Both)
+    );
+
+    // A third device of Alice's: it sees both contacts' presence at login
+    // (probes), and carbon copies of the conversation both ways.
+    let mut desk = cluster.login(1, "alice", "desk").await;
+    presence_from(&mut desk, &format!("{bob_jid}/pc")).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let (from, to, to_jid) = if i % 2 == 0 {
+            (&alice, &mut bob, format!("{bob_jid}/pc"))
+        } else {
+            (&bob, &mut alice, format!("{alice_jid}/phone"))
+        };
+        let body = format!("message {i}");
+        from.send_message(&to_jid, &body).await.unwrap();
+        let got = to.next_message(WAIT).await.unwrap();
+        assert_eq!(got.body.as_deref(), Some(body.as_str()));
+        assert!(got.stanza_id.is_some(), "{got:?}");
+        // (copies of delivery receipts come too: they have no body)
+        let copy = wait_for(&mut desk, "a carbon copy", |ev| match ev {
+            Event::Message(m) if m.body.is_some() => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+        let side = if i % 2 == 0 { Carbon::Sent } else { Carbon::Received };
+        assert_eq!((copy.carbon, copy.body.as_deref()), (Some(side), Some(body.as_str())));
+        sent.push((body, got.stanza_id.unwrap()));
+    }
+
+    // A fresh device pages through the history, oldest first, four at a time.
+    let tablet = cluster.login(0, "alice", "tablet").await;
+    let mut history = Vec::new();
+    let mut query = HistoryQuery {
+        with: Some(bob_jid.clone()),
+        max: Some(4),
+        ..Default::default()
+    };
+    loop {
+        let page = tablet.history(&query).await.unwrap();
+        history.extend(page.messages.iter().cloned());
+        if page.complete {
+            break;
+        }
+        query.after = page.last.clone();
+        assert!(history.len() <= 10, "paging does not end");
+    }
+    let got: Vec<(String, String)> = history
+        .iter()
+        .map(|a| (a.message.body.clone().unwrap_or_default(), a.id.clone()))
+        .collect();
+    assert_eq!(got, sent, "the whole conversation, in order, with the ids delivered");
+    // Newest first: the last page, then the one before it.
+    let latest = tablet
+        .history(&HistoryQuery {
+            latest: true,
+            max: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = latest.messages.iter().map(|a| a.id.as_str()).collect();
+    let want: Vec<&str> = sent[7..].iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!((ids, latest.complete), (want, false));
+    let earlier = tablet
+        .history(&HistoryQuery {
+            before: latest.first.clone(),
+            max: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(earlier.messages[2].id, sent[6].1);
+    // Bob's archive holds the same ids.
+    let bobs = bob
+        .history(&HistoryQuery {
+            with: Some(alice_jid.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<String> = bobs.messages.into_iter().map(|a| a.id).collect();
+    let want: Vec<String> = sent.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids, want);
+
+    // Removing the contact ends both subscriptions.
+    alice.remove_contact(&bob_jid).await.unwrap();
+    subscription_from(&mut bob, "alice", SubscriptionRequest::Unsubscribe).await;
+    let roster = bob.roster().await.unwrap();
+    assert_eq!(roster[0].subscription, Subscription::None, "{roster:?}");
+    assert!(alice.roster().await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_presence_carbons_and_history_on_the_embedded_store() {
+    bounded(120, async { conversation(Cluster::start(2).await).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_presence_carbons_and_history_on_postgresql() {
+    let Some(url) = im_core::storage::postgres_for_tests("ll_im") else {
+        return;
+    };
+    bounded(120, async { conversation(Cluster::start_on_postgres(2, url).await).await }).await;
+}
