@@ -215,6 +215,19 @@ impl Deployment {
         self.pki.join("ca.pem")
     }
 
+    /// Starts the core again (after [`Self::kill`] of index 0), on the same
+    /// addresses and data.
+    pub fn restart_core(&mut self) {
+        let toml = self.dir.path().join("core.toml");
+        let child = Command::new(BIN)
+            .args(["core", "--config", toml.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.procs.0[0] = child;
+    }
+
     /// SIGKILLs process `index`.
     pub fn kill(&mut self, index: usize) {
         self.procs.0[index].kill().unwrap();
