@@ -362,7 +362,11 @@ impl Driver {
             && el.attr("from").is_none_or(|f| f == own)
         {
             // a page of an archive query the app waits for
-            let mut history = self.shared.history.lock().unwrap_or_else(|e| e.into_inner());
+            let mut history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(page) = result.attr("queryid").and_then(|q| history.get_mut(q))
                 && let Some(m) = crate::im::archived(result)
             {

@@ -216,20 +216,22 @@ pub(crate) fn classify(el: Element, pending: &Pending, own: Option<&str>) -> Opt
                 .and_then(crate::im::SubscriptionRequest::parse)
             {
                 let from = attr("from").unwrap_or_default();
-                let from = from.split_once('/').map_or(from.clone(), |(b, _)| b.to_owned());
+                let from = from
+                    .split_once('/')
+                    .map_or(from.clone(), |(b, _)| b.to_owned());
                 return Some(Event::Subscription { from, kind });
             }
             Some(Event::Presence(Presence {
-            from: attr("from").unwrap_or_default(),
-            available: el.attr("type").is_none(),
-            kind: attr("type"),
-            priority: el
-                .child("priority", ns::CLIENT)
-                .and_then(|p| p.text().trim().parse().ok())
-                .unwrap_or(0),
-            status: el.child("status", ns::CLIENT).map(Element::text),
-            show: el.child("show", ns::CLIENT).map(Element::text),
-        }))
+                from: attr("from").unwrap_or_default(),
+                available: el.attr("type").is_none(),
+                kind: attr("type"),
+                priority: el
+                    .child("priority", ns::CLIENT)
+                    .and_then(|p| p.text().trim().parse().ok())
+                    .unwrap_or(0),
+                status: el.child("status", ns::CLIENT).map(Element::text),
+                show: el.child("show", ns::CLIENT).map(Element::text),
+            }))
         }
         "iq" => {
             if let Some(item) = roster_push(&el, own) {

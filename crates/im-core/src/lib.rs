@@ -15,9 +15,9 @@ pub mod driver;
 pub mod ledger;
 pub mod links;
 pub mod metrics;
+pub mod queries;
 pub mod router;
 pub mod routing;
-pub mod queries;
 pub mod storage;
 
 use std::io::Write;

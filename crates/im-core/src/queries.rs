@@ -47,7 +47,12 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
                 );
                 let delay = delay_element(domain, &micros_to_stamp(item.stamp));
                 let inner = embeddable(&item.payload);
-                out.push(wrap_forwarded(&head, Some(&delay), &inner, "</result></message>"));
+                out.push(wrap_forwarded(
+                    &head,
+                    Some(&delay),
+                    &inner,
+                    "</result></message>",
+                ));
             }
             let mut set = Element::new("set", ns::RSM);
             if let (Some(first), Some(last)) = (items.first(), items.last()) {

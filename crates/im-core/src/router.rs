@@ -730,7 +730,9 @@ impl Router {
             self.reply_error(node, sid, header, StanzaCondition::BadRequest);
             return;
         };
-        let own = to.as_ref().is_none_or(|j| j.to_bare().to_string() == sender_bare);
+        let own = to
+            .as_ref()
+            .is_none_or(|j| j.to_bare().to_string() == sender_bare);
         let for_account = to.as_ref().is_some_and(|j| j.node().is_some());
         let addr = (node, sid);
         let result = || {
@@ -743,7 +745,13 @@ impl Router {
         let reply = match (child.name.as_str(), child.ns.as_str(), itype) {
             // Anyone's vCard can be read; everything else is one's own.
             ("vCard", ns::VCARD, _) if own || itype == "get" => {
-                return self.vcard_iq(addr, header, child, to.as_ref().filter(|_| !own), sender_bare);
+                return self.vcard_iq(
+                    addr,
+                    header,
+                    child,
+                    to.as_ref().filter(|_| !own),
+                    sender_bare,
+                );
             }
             _ if !own && for_account => {
                 return self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
@@ -955,10 +963,12 @@ mod tests {
                 let mut next = Vec::new();
                 for a in pending {
                     match a {
-                        Action::LoadRoster { user } => next.extend(self.handle(Input::RosterLoaded {
-                            user,
-                            roster: Some(Roster::default()),
-                        })),
+                        Action::LoadRoster { user } => {
+                            next.extend(self.handle(Input::RosterLoaded {
+                                user,
+                                roster: Some(Roster::default()),
+                            }))
+                        }
                         a => out.push(a),
                     }
                 }

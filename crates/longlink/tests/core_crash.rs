@@ -68,16 +68,32 @@ async fn nothing_acknowledged_is_lost_when_the_core_is_killed() {
         // Bob is online (archived and delivered), Carol offline (archived and stored).
         let mut ids = std::collections::HashSet::new();
         for i in 0..EACH {
-            ids.insert(alice.send_message(&format!("bob@{DOMAIN}"), &format!("b{i}")).await.unwrap());
-            ids.insert(alice.send_message(&format!("carol@{DOMAIN}"), &format!("c{i}")).await.unwrap());
+            ids.insert(
+                alice
+                    .send_message(&format!("bob@{DOMAIN}"), &format!("b{i}"))
+                    .await
+                    .unwrap(),
+            );
+            ids.insert(
+                alice
+                    .send_message(&format!("carol@{DOMAIN}"), &format!("c{i}"))
+                    .await
+                    .unwrap(),
+            );
         }
         while !ids.is_empty() {
             match tokio::time::timeout(Duration::from_secs(20), alice.next_event()).await {
-                Ok(Some(Event::MessageState { id, state: MessageState::Acknowledged })) => {
+                Ok(Some(Event::MessageState {
+                    id,
+                    state: MessageState::Acknowledged,
+                })) => {
                     ids.remove(&id);
                 }
                 Ok(Some(_)) => {}
-                other => panic!("acknowledgements stopped with {} missing: {other:?}", ids.len()),
+                other => panic!(
+                    "acknowledgements stopped with {} missing: {other:?}",
+                    ids.len()
+                ),
             }
         }
         // All acknowledged: kill the core at once, then start it again.
@@ -90,7 +106,10 @@ async fn nothing_acknowledged_is_lost_when_the_core_is_killed() {
         carol.send_presence(0).await.unwrap();
         let mut offline = Vec::new();
         while offline.len() < EACH {
-            let m = carol.next_message(Duration::from_secs(20)).await.expect("offline message");
+            let m = carol
+                .next_message(Duration::from_secs(20))
+                .await
+                .expect("offline message");
             offline.push(m.body.unwrap_or_default());
         }
         let want_c: Vec<String> = (0..EACH).map(|i| format!("c{i}")).collect();

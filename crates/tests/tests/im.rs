@@ -110,8 +110,15 @@ async fn conversation(cluster: Cluster) {
             _ => None,
         })
         .await;
-        let side = if i % 2 == 0 { Carbon::Sent } else { Carbon::Received };
-        assert_eq!((copy.carbon, copy.body.as_deref()), (Some(side), Some(body.as_str())));
+        let side = if i % 2 == 0 {
+            Carbon::Sent
+        } else {
+            Carbon::Received
+        };
+        assert_eq!(
+            (copy.carbon, copy.body.as_deref()),
+            (Some(side), Some(body.as_str()))
+        );
         sent.push((body, got.stanza_id.unwrap()));
     }
 
@@ -136,7 +143,10 @@ async fn conversation(cluster: Cluster) {
         .iter()
         .map(|a| (a.message.body.clone().unwrap_or_default(), a.id.clone()))
         .collect();
-    assert_eq!(got, sent, "the whole conversation, in order, with the ids delivered");
+    assert_eq!(
+        got, sent,
+        "the whole conversation, in order, with the ids delivered"
+    );
     // Newest first: the last page, then the one before it.
     let latest = tablet
         .history(&HistoryQuery {
@@ -190,5 +200,8 @@ async fn subscriptions_presence_carbons_and_history_on_postgresql() {
     let Some(url) = im_core::storage::postgres_for_tests("ll_im") else {
         return;
     };
-    bounded(120, async { conversation(Cluster::start_on_postgres(2, url).await).await }).await;
+    bounded(120, async {
+        conversation(Cluster::start_on_postgres(2, url).await).await
+    })
+    .await;
 }

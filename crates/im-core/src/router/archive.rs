@@ -73,7 +73,12 @@ pub enum Query {
 impl Router {
     /// Gives a chat message between local users its stable id and archives
     /// it for both; returns the stanza to deliver.
-    pub(super) fn archive_message(&mut self, sender_bare: &str, to_bare: &str, payload: Bytes) -> Bytes {
+    pub(super) fn archive_message(
+        &mut self,
+        sender_bare: &str,
+        to_bare: &str,
+        payload: Bytes,
+    ) -> Bytes {
         if !contains(&payload, b"<body") {
             return payload; // chat states, receipts: not archived
         }
@@ -87,7 +92,10 @@ impl Router {
             return payload;
         };
         self.archive_counter += 1;
-        let id = format!("{:016x}", mix(self.archive_seed.wrapping_add(self.archive_counter)));
+        let id = format!(
+            "{:016x}",
+            mix(self.archive_seed.wrapping_add(self.archive_counter))
+        );
         let tag = Element::new("stanza-id", ns::SID)
             .with_attr("id", id.clone())
             .with_attr("by", to_bare)
@@ -137,16 +145,17 @@ impl Router {
             return;
         }
         let inner = embeddable(payload);
-        let copies: Vec<(SessionAddr, &str, String)> = [("sent", sender_bare), ("received", to_bare)]
-            .into_iter()
-            .flat_map(|(kind, bare)| {
-                self.table.resources(bare).iter().filter_map(move |r| {
-                    let addr = (r.node, r.sid);
-                    (r.carbons && r.available && addr != sender && !delivered.contains(&addr))
-                        .then(|| (addr, kind, format!("{bare}/{}", r.resource)))
+        let copies: Vec<(SessionAddr, &str, String)> =
+            [("sent", sender_bare), ("received", to_bare)]
+                .into_iter()
+                .flat_map(|(kind, bare)| {
+                    self.table.resources(bare).iter().filter_map(move |r| {
+                        let addr = (r.node, r.sid);
+                        (r.carbons && r.available && addr != sender && !delivered.contains(&addr))
+                            .then(|| (addr, kind, format!("{bare}/{}", r.resource)))
+                    })
                 })
-            })
-            .collect();
+                .collect();
         let mut seen = Vec::new();
         for (addr, kind, full) in copies {
             if seen.contains(&addr) {
@@ -178,9 +187,16 @@ impl Router {
     }
 
     /// An archive query (XEP-0313 §4) or a request for its form.
-    pub(super) fn mam_iq(&mut self, addr: SessionAddr, header: &RouteHeader, query: &Element, bare: &str) {
+    pub(super) fn mam_iq(
+        &mut self,
+        addr: SessionAddr,
+        header: &RouteHeader,
+        query: &Element,
+        bare: &str,
+    ) {
         if header.stanza_type.as_deref() == Some("get") {
-            let reply = iq_result(header).with_child(Element::new("query", ns::MAM).with_child(mam_form()));
+            let reply =
+                iq_result(header).with_child(Element::new("query", ns::MAM).with_child(mam_form()));
             return self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
         }
         match parse_mam_query(query) {
@@ -242,7 +258,8 @@ fn mam_form() -> Element {
     Element::new("x", ns::DATA)
         .with_attr("type", "form")
         .with_child(
-            field("FORM_TYPE", "hidden").with_child(Element::new("value", ns::DATA).with_text(ns::MAM)),
+            field("FORM_TYPE", "hidden")
+                .with_child(Element::new("value", ns::DATA).with_text(ns::MAM)),
         )
         .with_child(field("with", "jid-single"))
         .with_child(field("start", "text-single"))

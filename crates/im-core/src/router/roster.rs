@@ -121,7 +121,10 @@ impl Router {
             Vec::new()
         });
         if queue.len() >= MAX_DEFERRED {
-            tracing::warn!(user, "too many frames wait for a roster; ending the session");
+            tracing::warn!(
+                user,
+                "too many frames wait for a roster; ending the session"
+            );
             if let Some(sid) = sid {
                 self.kick((node, sid), StreamCondition::PolicyViolation);
             }
@@ -191,7 +194,12 @@ impl Router {
                 r.interested = true;
             }
             let Some(roster) = self.rosters.get(bare) else {
-                return self.reply_error(addr.0, addr.1, header, StanzaCondition::InternalServerError);
+                return self.reply_error(
+                    addr.0,
+                    addr.1,
+                    header,
+                    StanzaCondition::InternalServerError,
+                );
             };
             let version = roster.version.to_string();
             let mut reply = iq_result(header);
@@ -366,10 +374,13 @@ impl Router {
             }
         };
         if changed != item {
-            if !changed.listed && changed == (RosterItem {
-                jid: changed.jid.clone(),
-                ..Default::default()
-            }) {
+            if !changed.listed
+                && changed
+                    == (RosterItem {
+                        jid: changed.jid.clone(),
+                        ..Default::default()
+                    })
+            {
                 self.remove_item(contact, from);
             } else {
                 self.put_item(contact, changed);

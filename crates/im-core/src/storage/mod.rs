@@ -267,7 +267,10 @@ pub trait Store: Send {
         version: u64,
     ) -> Result<(), StorageError>;
 
-    /// Adds a message to a user's archive.
+    /// Adds a message to a user's archive (an unknown user's entry is
+    /// dropped). The write may be held until the transaction commits, so
+    /// call it between [`Store::begin`] and [`Store::commit`], as
+    /// [`Storage`] does.
     fn archive(&mut self, entry: &ArchiveEntry) -> Result<Stored, StorageError>;
     /// One page of a user's archive.
     fn query_archive(
@@ -312,7 +315,11 @@ pub fn postgres_for_tests(prefix: &str) -> Option<String> {
             return None;
         }
     };
-    let name = format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let name = format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     // On a thread of its own: the client runs a runtime, which cannot nest
     // in a caller's.
     let (server, db) = (base.clone(), name.clone());

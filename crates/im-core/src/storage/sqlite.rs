@@ -162,8 +162,10 @@ impl Store for Sqlite {
 
     fn delete_user(&mut self, username: &str) -> Result<bool, StorageError> {
         for table in ["offline", "roster", "archive", "vcards"] {
-            self.conn
-                .execute(&format!("DELETE FROM {table} WHERE username=?1"), [username])?;
+            self.conn.execute(
+                &format!("DELETE FROM {table} WHERE username=?1"),
+                [username],
+            )?;
         }
         let n = self
             .conn

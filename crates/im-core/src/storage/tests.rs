@@ -23,19 +23,38 @@ fn accounts_and_offline_messages_survive_reopen() {
         assert!(db.add_user("alice", &creds).unwrap());
         assert!(!db.add_user("alice", &creds).unwrap());
         assert_eq!(db.user_count().unwrap(), 1);
-        assert_eq!(db.store_offline("bob", "t", b"x").unwrap(), Stored::NoSuchUser);
-        assert_eq!(db.store_offline("alice", "t1", b"<m1/>").unwrap(), Stored::Stored);
-        assert_eq!(db.store_offline("alice", "t2", b"<m2/>").unwrap(), Stored::Stored);
+        assert_eq!(
+            db.store_offline("bob", "t", b"x").unwrap(),
+            Stored::NoSuchUser
+        );
+        assert_eq!(
+            db.store_offline("alice", "t1", b"<m1/>").unwrap(),
+            Stored::Stored
+        );
+        assert_eq!(
+            db.store_offline("alice", "t2", b"<m2/>").unwrap(),
+            Stored::Stored
+        );
         assert!(matches!(
             db.store_offline("alice", "t3", b"<m3/>"),
             Err(StorageError::QuotaExceeded)
         ));
         let mut db = reopen();
-        assert!(db.credentials("alice").unwrap().unwrap().verify_password("pw"));
+        assert!(
+            db.credentials("alice")
+                .unwrap()
+                .unwrap()
+                .verify_password("pw")
+        );
         let other = StoredCredentials::new("pw2", 4096);
         assert!(db.set_credentials("alice", &other).unwrap());
         assert!(!db.set_credentials("nobody", &other).unwrap());
-        assert!(db.credentials("alice").unwrap().unwrap().verify_password("pw2"));
+        assert!(
+            db.credentials("alice")
+                .unwrap()
+                .unwrap()
+                .verify_password("pw2")
+        );
         let msgs = db.offline("alice").unwrap();
         assert_eq!(msgs.len(), 2);
         assert_eq!(&msgs[0].payload[..], b"<m1/>");
@@ -52,7 +71,8 @@ fn accounts_and_offline_messages_survive_reopen() {
 #[test]
 fn rosters_keep_items_states_and_versions() {
     both(|db, reopen| {
-        db.add_user("alice", &StoredCredentials::new("pw", 4096)).unwrap();
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
         assert_eq!(db.roster("alice").unwrap(), Roster::default());
         let bob = RosterItem {
             jid: "bob@x".into(),
@@ -104,19 +124,36 @@ fn ids(page: &ArchivePage) -> Vec<&str> {
 #[test]
 fn the_archive_pages_both_ways_and_filters() {
     both(|db, reopen| {
-        db.add_user("alice", &StoredCredentials::new("pw", 4096)).unwrap();
-        assert_eq!(
-            db.archive(&entry("nobody", "x", "bob@x", 1)).unwrap(),
-            Stored::NoSuchUser
-        );
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        // archive writes may wait for the commit (PostgreSQL batches them)
+        db.begin().unwrap();
+        // an unknown user's entry is dropped
+        db.archive(&entry("nobody", "x", "bob@x", 1)).unwrap();
         for i in 0..10 {
             let peer = if i % 2 == 0 { "bob@x" } else { "carol@x" };
             let e = entry("alice", &format!("id{i}"), peer, 1000 + i);
             assert_eq!(db.archive(&e).unwrap(), Stored::Stored);
         }
         // a repeated id is ignored, not an error that aborts the batch
-        assert_eq!(db.archive(&entry("alice", "id3", "bob@x", 5)).unwrap(), Stored::Stored);
+        assert_eq!(
+            db.archive(&entry("alice", "id3", "bob@x", 5)).unwrap(),
+            Stored::Stored
+        );
+        db.commit().unwrap();
         let mut db = reopen();
+        assert!(
+            db.query_archive(
+                "nobody",
+                &ArchiveQuery {
+                    max: 9,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .items
+            .is_empty()
+        );
         let q = |f: &dyn Fn(&mut ArchiveQuery)| {
             let mut q = ArchiveQuery {
                 max: 3,
@@ -133,30 +170,50 @@ fn the_archive_pages_both_ways_and_filters() {
             .unwrap();
         assert_eq!(ids(&p2), vec!["id3", "id4", "id5"]);
         // newest first: the last page, then the one before it
-        let last = db.query_archive("alice", &q(&|q| q.from_end = true)).unwrap();
-        assert_eq!((ids(&last), last.complete), (vec!["id7", "id8", "id9"], false));
+        let last = db
+            .query_archive("alice", &q(&|q| q.from_end = true))
+            .unwrap();
+        assert_eq!(
+            (ids(&last), last.complete),
+            (vec!["id7", "id8", "id9"], false)
+        );
         let before = db
-            .query_archive("alice", &q(&|q| {
-                q.from_end = true;
-                q.before = Some("id1".into());
-            }))
+            .query_archive(
+                "alice",
+                &q(&|q| {
+                    q.from_end = true;
+                    q.before = Some("id1".into());
+                }),
+            )
             .unwrap();
         assert_eq!((ids(&before), before.complete), (vec!["id0"], true));
         // by peer and time range
         let bob = db
-            .query_archive("alice", &q(&|q| {
-                q.with = Some("bob@x".into());
-                q.max = 100;
-            }))
+            .query_archive(
+                "alice",
+                &q(&|q| {
+                    q.with = Some("bob@x".into());
+                    q.max = 100;
+                }),
+            )
             .unwrap();
-        assert_eq!((ids(&bob), bob.complete), (vec!["id0", "id2", "id4", "id6", "id8"], true));
+        assert_eq!(
+            (ids(&bob), bob.complete),
+            (vec!["id0", "id2", "id4", "id6", "id8"], true)
+        );
         let range = db
-            .query_archive("alice", &q(&|q| {
-                q.start = Some(1003);
-                q.end = Some(1005);
-            }))
+            .query_archive(
+                "alice",
+                &q(&|q| {
+                    q.start = Some(1003);
+                    q.end = Some(1005);
+                }),
+            )
             .unwrap();
-        assert_eq!((ids(&range), range.complete), (vec!["id3", "id4", "id5"], true));
+        assert_eq!(
+            (ids(&range), range.complete),
+            (vec!["id3", "id4", "id5"], true)
+        );
         assert_eq!(range.items[0].stamp, 1003);
         assert_eq!(&range.items[0].payload[..], b"<message id='id3'/>");
         // an unknown id is an error (item-not-found)
@@ -165,18 +222,29 @@ fn the_archive_pages_both_ways_and_filters() {
             Err(StorageError::UnknownId)
         ));
         // another user's archive is separate
-        assert!(db.query_archive("bob", &q(&|_| {})).unwrap().items.is_empty());
+        assert!(
+            db.query_archive("bob", &q(&|_| {}))
+                .unwrap()
+                .items
+                .is_empty()
+        );
     });
 }
 
 #[test]
 fn vcards_are_replaced() {
     both(|db, reopen| {
-        db.add_user("alice", &StoredCredentials::new("pw", 4096)).unwrap();
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
         assert_eq!(db.vcard("alice").unwrap(), None);
-        assert_eq!(db.set_vcard("nobody", b"<vCard/>").unwrap(), Stored::NoSuchUser);
-        db.set_vcard("alice", b"<vCard><NICKNAME>a</NICKNAME></vCard>").unwrap();
-        db.set_vcard("alice", b"<vCard><NICKNAME>b</NICKNAME></vCard>").unwrap();
+        assert_eq!(
+            db.set_vcard("nobody", b"<vCard/>").unwrap(),
+            Stored::NoSuchUser
+        );
+        db.set_vcard("alice", b"<vCard><NICKNAME>a</NICKNAME></vCard>")
+            .unwrap();
+        db.set_vcard("alice", b"<vCard><NICKNAME>b</NICKNAME></vCard>")
+            .unwrap();
         let mut db = reopen();
         assert_eq!(
             db.vcard("alice").unwrap().as_deref(),
@@ -195,13 +263,12 @@ async fn the_storage_thread_group_commits() {
         let path = path.clone();
         let storage = Storage::start(move || open(url.as_deref(), &path, 1000)).unwrap();
         let creds = StoredCredentials::new("pw", 4096);
-        storage.call(move |db| db.add_user("u", &creds)).await.unwrap();
+        storage
+            .call(move |db| db.add_user("u", &creds))
+            .await
+            .unwrap();
         let calls: Vec<_> = (0..200)
-            .map(|i| {
-                storage.submit(move |db| {
-                    db.archive(&entry("u", &format!("m{i}"), "p@x", i))
-                })
-            })
+            .map(|i| storage.submit(move |db| db.archive(&entry("u", &format!("m{i}"), "p@x", i))))
             .collect();
         for c in calls {
             assert_eq!(c.await.unwrap(), Stored::Stored);
