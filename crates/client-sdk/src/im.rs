@@ -173,6 +173,61 @@ pub(crate) fn archived(result: &Element) -> Option<ArchivedMessage> {
     })
 }
 
+/// Creates the account `opts.jid` with `opts.password` by in-band
+/// registration (XEP-0077), where the server offers it. Log in afterwards
+/// with [`Client::connect`]. The error is the server's stanza condition
+/// (`conflict`: the name is taken; `not-acceptable`; `not-allowed`:
+/// registration is off; `resource-constraint`: try later).
+pub async fn register(opts: &crate::ConnectOptions) -> Result<(), ClientError> {
+    let bare = jid::BareJid::new(&opts.jid)
+        .map_err(|e| ClientError::Config(format!("invalid JID: {e}")))?;
+    let username = bare
+        .node()
+        .map(|n| n.to_string())
+        .ok_or_else(|| ClientError::Config("the JID needs a user part".into()))?;
+    let domain = bare.domain().to_string();
+    let endpoint = crate::client_endpoint(opts)?;
+    let conn = endpoint
+        .connect(opts.server, &domain)
+        .map_err(|e| ClientError::Unreachable(e.to_string()))?
+        .await
+        .map_err(ClientError::from_connection)?;
+    let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
+    let mut nego = crate::negotiation::Negotiation::new(send, recv);
+    let outcome = async {
+        nego.open(&domain).await?;
+        let features = nego.element().await?;
+        if features.child("register", ns::REGISTER_FEATURE).is_none() {
+            return Err(ClientError::StanzaError("not-allowed".into()));
+        }
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", "register")
+            .with_child(
+                Element::new("query", ns::REGISTER)
+                    .with_child(Element::new("username", ns::REGISTER).with_text(username))
+                    .with_child(
+                        Element::new("password", ns::REGISTER).with_text(opts.password.clone()),
+                    ),
+            );
+        nego.write(&iq.to_bytes(ns::CLIENT)).await?;
+        let answer = nego.element().await?;
+        match answer.attr("type") {
+            Some("result") => Ok(()),
+            _ => Err(ClientError::StanzaError(
+                crate::event::stanza_error_condition(&answer)
+                    .unwrap_or_else(|| "undefined-condition".into()),
+            )),
+        }
+    };
+    let result = tokio::time::timeout(opts.timeout, outcome)
+        .await
+        .unwrap_or(Err(ClientError::Timeout));
+    conn.close(0u32.into(), b"registered");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}
+
 impl Client {
     /// The roster (also subscribes this session to roster pushes, which
     /// arrive as [`crate::Event::RosterPush`]).

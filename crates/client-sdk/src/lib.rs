@@ -452,7 +452,7 @@ impl Client {
 
 /// The QUIC endpoint of a client: one per [`Client`], kept across
 /// reconnections so TLS session tickets make them cheaper.
-fn client_endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
+pub(crate) fn client_endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
     let roots = match &opts.trust {
         Trust::CaFile(path) => {
             certs::load_roots(path).map_err(|e| ClientError::Config(e.to_string()))?

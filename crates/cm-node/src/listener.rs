@@ -221,6 +221,7 @@ pub async fn run_session<R, W>(
 {
     let (sid, mut rx, kill) = ctx.sessions.open();
     let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits)
+        .with_registration(ctx.pool.registration())
         .with_framing(framing);
     let mut announced = (false, 0i8);
     let mut shaper = Shaper::new(ctx.rate.0, ctx.rate.1, Instant::now());

@@ -29,6 +29,8 @@ pub struct Pool {
     /// Random id of this CM process, sent in every Hello.
     instance: u64,
     mechanisms: RwLock<Vec<String>>,
+    /// The core offers in-band registration.
+    registration: std::sync::atomic::AtomicBool,
 }
 
 /// What a pool connection needs.
@@ -71,6 +73,7 @@ impl Pool {
                 "SCRAM-SHA-1".into(),
                 "PLAIN".into(),
             ]),
+            registration: Default::default(),
         });
         let setup = Arc::new(setup);
         for (index, rx) in receivers.into_iter().enumerate() {
@@ -89,6 +92,11 @@ impl Pool {
     pub async fn send(&self, sid: SessionId, frame: Frame) -> Result<(), PoolClosed> {
         let i = (sid % self.senders.len() as u64) as usize;
         self.senders[i].send(frame).await.map_err(|_| PoolClosed)
+    }
+
+    /// Whether the core offers in-band registration (XEP-0077).
+    pub fn registration(&self) -> bool {
+        self.registration.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The SASL mechanisms the core offers.
@@ -177,11 +185,14 @@ async fn run_connection(
         Some(Frame::Welcome {
             mechanisms,
             instance,
+            registration,
             ..
         }) => {
             if let Ok(mut m) = pool.mechanisms.write() {
                 *m = mechanisms;
             }
+            pool.registration
+                .store(registration, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(index, core_instance = instance, "connected to the core");
             if last_instance.is_some_and(|last| last != instance) {
                 // A new core knows nothing of SASL exchanges or binds in progress:
@@ -275,11 +286,18 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
         | Frame::Kick { sid, .. }
         | Frame::SmEnabled { sid, .. }
         | Frame::Handled { sid, .. }
-        | Frame::Resumed { sid, .. } => *sid,
-        Frame::Welcome { mechanisms, .. } => {
+        | Frame::Resumed { sid, .. }
+        | Frame::RegisterResult { sid, .. } => *sid,
+        Frame::Welcome {
+            mechanisms,
+            registration,
+            ..
+        } => {
             if let Ok(mut m) = pool.mechanisms.write() {
                 *m = mechanisms.clone();
             }
+            pool.registration
+                .store(*registration, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         other => {

@@ -120,6 +120,12 @@ pub struct ClientSession {
     resuming: Option<(String, u32)>,
     /// The client closed its stream itself.
     closed_by_client: bool,
+    /// In-band registration (XEP-0077) is offered.
+    registration: bool,
+    /// Id of the registration IQ the core is answering.
+    register_id: Option<String>,
+    /// Registrations tried on this stream.
+    registrations: u32,
     framing: Framing,
     out: Vec<SessionAction>,
 }
@@ -148,9 +154,18 @@ impl ClientSession {
             csi: CsiHold::default(),
             resuming: None,
             closed_by_client: false,
+            registration: false,
+            register_id: None,
+            registrations: 0,
             framing: Framing::Stream,
             out: Vec::new(),
         }
+    }
+
+    /// Offers in-band registration (XEP-0077) before authentication.
+    pub fn with_registration(mut self, on: bool) -> Self {
+        self.registration = on;
+        self
     }
 
     /// Uses another framing (WebSocket).
@@ -221,6 +236,21 @@ impl ClientSession {
             if std::mem::take(&mut self.drop_next_answer) {
                 return Vec::new();
             }
+        }
+        if let Frame::RegisterResult { error, .. } = &frame {
+            let Some(id) = self.register_id.take() else {
+                return Vec::new();
+            };
+            match error {
+                None => {
+                    let ok = Element::new("iq", ns::CLIENT)
+                        .with_attr("type", "result")
+                        .with_attr("id", id);
+                    self.write_stanza_bytes(Bytes::from(ok.to_bytes(ns::CLIENT)));
+                }
+                Some(condition) => self.register_error(&id, condition),
+            }
+            return std::mem::take(&mut self.out);
         }
         match (self.state, frame) {
             (State::Bound, Frame::Deliver { payload, .. }) => self.on_deliver(payload),
@@ -504,7 +534,10 @@ impl ClientSession {
         } else {
             self.state = State::Sasl;
             let mechs: Vec<&str> = self.mechanisms.iter().map(String::as_str).collect();
-            stream::features_sasl(&mechs)
+            match self.registration {
+                true => stream::features_sasl_register(&mechs),
+                false => stream::features_sasl(&mechs),
+            }
         };
         match self.framing {
             Framing::Stream => {
@@ -562,6 +595,9 @@ impl ClientSession {
         match self.state {
             State::Sasl | State::SaslInitial | State::SaslRunning if top.ns == ns::SASL => {
                 self.on_sasl(&raw, &top)
+            }
+            State::Sasl if self.registration && top.stanza_kind() == Some(StanzaKind::Iq) => {
+                self.on_register(&raw)
             }
             State::Bind if top.stanza_kind() == Some(StanzaKind::Iq) => self.on_bind(&raw),
             State::Bind if top.ns == ns::SM && top.name == "resume" => self.on_resume(&top),
@@ -646,6 +682,74 @@ impl ClientSession {
                 Some("unexpected SASL element"),
             ),
         }
+    }
+
+    /// An IQ before authentication, where registration is offered
+    /// (XEP-0077 §3.1): the form locally, account creation at the core.
+    fn on_register(&mut self, raw: &[u8]) {
+        let iq = match Element::parse(raw, ns::CLIENT) {
+            Ok(el) => el,
+            Err(e) => return self.fail(e),
+        };
+        let id = iq.attr("id").unwrap_or_default().to_owned();
+        let Some(query) = iq.child("query", ns::REGISTER) else {
+            return self.close_with(
+                StreamCondition::NotAuthorized,
+                Some("authenticate and bind first"),
+            );
+        };
+        match iq.attr("type") {
+            Some("get") => {
+                let form = Element::new("query", ns::REGISTER)
+                    .with_child(
+                        Element::new("instructions", ns::REGISTER)
+                            .with_text("Choose a user name and password."),
+                    )
+                    .with_child(Element::new("username", ns::REGISTER))
+                    .with_child(Element::new("password", ns::REGISTER));
+                let reply = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "result")
+                    .with_attr("id", id)
+                    .with_child(form);
+                self.write_stanza_bytes(Bytes::from(reply.to_bytes(ns::CLIENT)));
+            }
+            Some("set") => {
+                let field = |name: &str| query.child(name, ns::REGISTER).map(Element::text);
+                let (Some(username), Some(password)) = (field("username"), field("password"))
+                else {
+                    return self.register_error(&id, "bad-request");
+                };
+                if self.register_id.is_some() || self.registrations >= MAX_AUTH_FAILURES {
+                    return self.register_error(&id, "not-allowed");
+                }
+                self.registrations += 1;
+                self.register_id = Some(id);
+                self.out.push(SessionAction::ToCore(Frame::Register {
+                    sid: self.sid,
+                    username,
+                    password,
+                }));
+            }
+            _ => self.register_error(&id, "bad-request"),
+        }
+    }
+
+    /// Answers the registration IQ `id` with a stanza error.
+    fn register_error(&mut self, id: &str, condition: &str) {
+        let kind = match condition {
+            "bad-request" | "not-acceptable" => "modify",
+            "resource-constraint" => "wait",
+            _ => "cancel",
+        };
+        let reply = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "error")
+            .with_attr("id", id)
+            .with_child(
+                Element::new("error", ns::CLIENT)
+                    .with_attr("type", kind)
+                    .with_child(Element::new(condition, ns::STANZA_ERRORS)),
+            );
+        self.write_stanza_bytes(Bytes::from(reply.to_bytes(ns::CLIENT)));
     }
 
     fn start_auth(&mut self, mechanism: String, data: Vec<u8>) {

@@ -110,6 +110,26 @@ pub enum Frame {
         instance: u64,
         /// SASL mechanisms to offer, in order.
         mechanisms: Vec<String>,
+        /// Offer in-band registration (XEP-0077) before authentication.
+        registration: bool,
+    },
+    /// CM→core: a client asks to create an account (XEP-0077, before
+    /// authentication).
+    Register {
+        /// Session.
+        sid: SessionId,
+        /// The user name asked for (not yet normalized).
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// Core→CM: the account was created (`None`) or not (a stanza error
+    /// condition: conflict, not-acceptable, not-allowed, resource-constraint).
+    RegisterResult {
+        /// Session.
+        sid: SessionId,
+        /// Why not.
+        error: Option<String>,
     },
     /// CM→core: a client chose a SASL mechanism (initial response may be empty).
     AuthStart {
@@ -325,6 +345,8 @@ impl Frame {
             Frame::Skipped { .. } => "skipped",
             Frame::Resume { .. } => "resume",
             Frame::Resumed { .. } => "resumed",
+            Frame::Register { .. } => "register",
+            Frame::RegisterResult { .. } => "register-result",
         }
     }
 
@@ -352,7 +374,9 @@ impl Frame {
             | Frame::Acked { sid, .. }
             | Frame::Skipped { sid, .. }
             | Frame::Resume { sid, .. }
-            | Frame::Resumed { sid, .. } => Some(*sid),
+            | Frame::Resumed { sid, .. }
+            | Frame::Register { sid, .. }
+            | Frame::RegisterResult { sid, .. } => Some(*sid),
         }
     }
 
@@ -380,6 +404,7 @@ impl Frame {
                 domain,
                 instance,
                 mechanisms,
+                registration,
             } => {
                 w.tag(1);
                 w.str(domain);
@@ -387,6 +412,28 @@ impl Frame {
                 w.uint(mechanisms.len() as u64);
                 for m in mechanisms {
                     w.str(m);
+                }
+                w.tag(u8::from(*registration));
+            }
+            Frame::Register {
+                sid,
+                username,
+                password,
+            } => {
+                w.tag(23);
+                w.uint(*sid);
+                w.str(username);
+                w.str(password);
+            }
+            Frame::RegisterResult { sid, error } => {
+                w.tag(24);
+                w.uint(*sid);
+                match error {
+                    None => w.tag(0),
+                    Some(e) => {
+                        w.tag(1);
+                        w.str(e);
+                    }
                 }
             }
             Frame::AuthStart {
@@ -601,6 +648,7 @@ impl Frame {
                     domain,
                     instance,
                     mechanisms,
+                    registration: get_u8(r)? != 0,
                 }
             }
             2 => Frame::AuthStart {
@@ -746,6 +794,20 @@ impl Frame {
                     _ => return Err(DecodeError::Invalid),
                 };
                 Frame::Resumed { sid, result }
+            }
+            23 => Frame::Register {
+                sid: get_uint(r)?,
+                username: get_str(r)?,
+                password: get_str(r)?,
+            },
+            24 => {
+                let sid = get_uint(r)?;
+                let error = match get_u8(r)? {
+                    0 => None,
+                    1 => Some(get_str(r)?),
+                    _ => return Err(DecodeError::Invalid),
+                };
+                Frame::RegisterResult { sid, error }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -938,6 +1000,20 @@ mod tests {
                 domain: "example.org".into(),
                 instance: u64::MAX,
                 mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
+                registration: true,
+            },
+            Frame::Register {
+                sid: 9,
+                username: "Alice".into(),
+                password: "pässword".into(),
+            },
+            Frame::RegisterResult {
+                sid: 9,
+                error: None,
+            },
+            Frame::RegisterResult {
+                sid: 9,
+                error: Some("conflict".into()),
             },
             Frame::AuthStart {
                 sid: 1,

@@ -53,7 +53,17 @@ pub struct AuthService {
     pending: Mutex<HashMap<SessionAddr, Pending>>,
     /// Bounds PBKDF2 runs for PLAIN (CPU-heavy) in flight at once.
     plain_slots: tokio::sync::Semaphore,
+    /// In-band registration (XEP-0077) is offered.
+    registration: bool,
+    /// Registrations allowed now (a token bucket refilled over time).
+    register_tokens: Mutex<(f64, Instant)>,
 }
+
+/// Accounts created in-band per second, cluster-wide, and the burst allowed.
+const REGISTRATIONS_PER_SEC: f64 = 10.0;
+const REGISTRATION_BURST: f64 = 20.0;
+/// Longest password accepted at registration.
+const MAX_PASSWORD: usize = 1023;
 
 /// Most PLAIN verifications computing at once; more wait their turn.
 const PLAIN_SLOTS: usize = 16;
@@ -68,6 +78,72 @@ impl AuthService {
             fake_secret: rand::random(),
             pending: Mutex::new(HashMap::new()),
             plain_slots: tokio::sync::Semaphore::new(PLAIN_SLOTS),
+            registration: false,
+            register_tokens: Mutex::new((REGISTRATION_BURST, Instant::now())),
+        }
+    }
+
+    /// Offers in-band registration.
+    pub fn with_registration(mut self, on: bool) -> Self {
+        self.registration = on;
+        self
+    }
+
+    /// Whether in-band registration is offered.
+    pub fn registration(&self) -> bool {
+        self.registration
+    }
+
+    /// Creates an account in-band (XEP-0077 §3.1); the error is a stanza
+    /// condition: `not-allowed` (off), `not-acceptable` (bad name or
+    /// password), `conflict` (taken), `resource-constraint` (too many
+    /// registrations right now), `internal-server-error`.
+    pub async fn register(&self, username: &str, password: &str) -> Result<(), &'static str> {
+        if !self.registration {
+            return Err("not-allowed");
+        }
+        let user = normalize_user(username).ok_or("not-acceptable")?;
+        if password.is_empty() || password.len() > MAX_PASSWORD {
+            return Err("not-acceptable");
+        }
+        {
+            let mut bucket = self
+                .register_tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let (tokens, at) = *bucket;
+            let now = Instant::now();
+            let tokens = (tokens + now.duration_since(at).as_secs_f64() * REGISTRATIONS_PER_SEC)
+                .min(REGISTRATION_BURST);
+            if tokens < 1.0 {
+                *bucket = (tokens, now);
+                return Err("resource-constraint");
+            }
+            *bucket = (tokens - 1.0, now);
+        }
+        // PBKDF2 is CPU work: on a blocking thread, bounded like PLAIN.
+        let _slot = self
+            .plain_slots
+            .acquire()
+            .await
+            .map_err(|_| "internal-server-error")?;
+        let password = password.to_owned();
+        let creds = tokio::task::spawn_blocking(move || {
+            StoredCredentials::new(&password, StoredCredentials::DEFAULT_ITERATIONS)
+        })
+        .await
+        .map_err(|_| "internal-server-error")?;
+        match self
+            .storage
+            .call(move |db| db.add_user(&user, &creds))
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("conflict"),
+            Err(e) => {
+                tracing::error!(error = %e, "registration failed");
+                Err("internal-server-error")
+            }
         }
     }
 

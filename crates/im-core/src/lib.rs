@@ -167,11 +167,10 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     let storage = storage::Storage::start(move || storage::open(url.as_deref(), &dir, quota))?;
     let metrics = Arc::new(metrics::Metrics::new());
     let links = Arc::new(links::Links::default());
-    let auth = Arc::new(auth::AuthService::new(
-        &config.domain,
-        storage.clone(),
-        config.allow_plain,
-    ));
+    let auth = Arc::new(
+        auth::AuthService::new(&config.domain, storage.clone(), config.allow_plain)
+            .with_registration(config.registration),
+    );
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let instance: u64 = rand::random();

@@ -315,6 +315,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         domain: ctx.domain.clone(),
         instance: ctx.instance,
         mechanisms: ctx.auth.mechanisms(),
+        registration: ctx.auth.registration(),
     });
     let writer = tokio::spawn(write_loop(send, rx));
     let result = read_loop(ctx, node_id, &tx, &mut recv, &mut decoder).await;
@@ -370,6 +371,23 @@ async fn read_loop(
                 tokio::spawn(async move {
                     let outcome = ctx.auth.start((node, sid), &mechanism, &data).await;
                     answer_auth(&ctx, sid, outcome, &reply).await;
+                });
+            }
+            Frame::Register {
+                sid,
+                username,
+                password,
+            } => {
+                let (ctx, reply) = (ctx.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let error = ctx.auth.register(&username, &password).await.err();
+                    let outcome = error.unwrap_or("created");
+                    ctx.metrics
+                        .registrations
+                        .get_or_create(&label("result", outcome))
+                        .inc();
+                    let error = error.map(str::to_owned);
+                    let _ = reply.send(Frame::RegisterResult { sid, error }).await;
                 });
             }
             Frame::AuthResponse { sid, data } => {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub archived: Counter,
     /// Authentication outcomes by result.
     pub auth: Family<Labels, Counter>,
+    /// In-band registrations by result.
+    pub registrations: Family<Labels, Counter>,
     /// CM connections refused or dropped, by reason.
     pub link_errors: Family<Labels, Counter>,
     /// Frames dropped because a CM link was full.
@@ -55,6 +57,7 @@ impl Metrics {
             offline_delivered: Counter::default(),
             archived: Counter::default(),
             auth: Family::default(),
+            registrations: Family::default(),
             link_errors: Family::default(),
             link_overflow: Counter::default(),
             cm_connections: Gauge::default(),
@@ -76,6 +79,11 @@ impl Metrics {
             "offline_stored",
             "Messages stored offline",
             m.offline_stored.clone(),
+        );
+        registry.register(
+            "registrations",
+            "In-band registrations (XEP-0077) by result",
+            m.registrations.clone(),
         );
         registry.register(
             "archived",

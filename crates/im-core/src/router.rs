@@ -1784,4 +1784,259 @@ mod tests {
         assert_eq!(r.sm_counts(), (1, 1));
         assert!(delivered_to(&chat(&mut r, "kept")).is_empty());
     }
+
+    fn deliveries(acts: &[Action]) -> Vec<((NodeId, SessionId), String)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    node,
+                    frame: Frame::Deliver { sid, payload },
+                } => Some(((*node, *sid), String::from_utf8_lossy(payload).into_owned())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
+        let mut r = Router::new("x", 1);
+        let bind = Frame::Bind {
+            sid: 10,
+            user: "alice@x".into(),
+            iq_id: "b".into(),
+            resource: Some("phone".into()),
+        };
+        // The bind waits for alice's roster; so does her next frame.
+        let acts = r.handle(Input::Frame {
+            node: 1,
+            frame: bind,
+        });
+        assert_eq!(
+            acts,
+            vec![Action::LoadRoster {
+                user: "alice@x".into()
+            }]
+        );
+        let ping = Frame::Stanza {
+            sid: 10,
+            header: header(Kind::Iq, "alice@x/phone", None, Some("get")),
+            payload: Bytes::from_static(
+                b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+            ),
+        };
+        assert!(
+            r.handle(Input::Frame {
+                node: 1,
+                frame: ping
+            })
+            .is_empty()
+        );
+        // Another user's session is not held up meanwhile.
+        assert_eq!(bound(&mut r, 2, 20, "bob@x", "pc"), "bob@x/pc");
+        let roster = Roster {
+            version: 7,
+            items: vec![RosterItem {
+                jid: "bob@x".into(),
+                subscription: crate::storage::Subscription::Both,
+                listed: true,
+                ..Default::default()
+            }],
+        };
+        let acts = r.handle(Input::RosterLoaded {
+            user: "alice@x".into(),
+            roster: Some(roster),
+        });
+        assert!(
+            matches!(&acts[0], Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. } if j == "alice@x/phone"),
+            "{acts:?}"
+        );
+        assert_eq!(delivered_to(&acts[1..]), vec![(1, 10)]);
+        // Her roster is kept while she is online: versioning answers empty.
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Iq, "alice@x/phone", None, Some("get")),
+            "<iq type='get' id='r'><query xmlns='jabber:iq:roster' ver='7'/></iq>",
+        );
+        let d = deliveries(&acts);
+        assert!(
+            d[0].1.contains("type=\"result\"") && !d[0].1.contains("query"),
+            "{d:?}"
+        );
+        // Presence reaches the subscribed contact, and she gets his at login.
+        stanza(
+            &mut r,
+            2,
+            20,
+            header(Kind::Presence, "bob@x/pc", None, None),
+            "<presence from='bob@x/pc'/>",
+        );
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Presence, "alice@x/phone", None, None),
+            "<presence from='alice@x/phone'/>",
+        );
+        let mut to: Vec<_> = deliveries(&acts)
+            .into_iter()
+            .map(|(a, p)| (a, p.contains("bob@x/pc")))
+            .collect();
+        to.sort();
+        assert_eq!(to, vec![((1, 10), true), ((2, 20), false)], "{acts:?}");
+    }
+
+    #[test]
+    fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
+        let mut r = Router::new("x", 1);
+        bound(&mut r, 1, 10, "alice@x", "phone");
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(
+                Kind::Presence,
+                "alice@x/phone",
+                Some("bob@x"),
+                Some("subscribe"),
+            ),
+            "<presence to='bob@x' type='subscribe'/>",
+        );
+        let saved: Vec<(String, bool, bool)> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::SaveRosterItem { user, item, .. } => {
+                    Some((user.clone(), item.ask, item.pending_in))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            saved,
+            vec![("alice".into(), true, false), ("bob".into(), false, true)]
+        );
+        assert!(
+            delivered_to(&acts).is_empty(),
+            "bob has no session: {acts:?}"
+        );
+        // Bob logs in: his roster comes from storage with the request.
+        let Some(Action::SaveRosterItem { item, version, .. }) = acts
+            .iter()
+            .find(|a| matches!(a, Action::SaveRosterItem { user, .. } if user == "bob"))
+        else {
+            panic!("{acts:?}")
+        };
+        let stored = Roster {
+            version: *version,
+            items: vec![item.clone()],
+        };
+        let bind = Frame::Bind {
+            sid: 20,
+            user: "bob@x".into(),
+            iq_id: "b".into(),
+            resource: Some("pc".into()),
+        };
+        let acts = r.handle(Input::Frame {
+            node: 2,
+            frame: bind,
+        });
+        assert_eq!(
+            acts,
+            vec![Action::LoadRoster {
+                user: "bob@x".into()
+            }]
+        );
+        r.handle(Input::RosterLoaded {
+            user: "bob@x".into(),
+            roster: Some(stored),
+        });
+        // … and the request reaches him with his initial presence.
+        let acts = stanza(
+            &mut r,
+            2,
+            20,
+            header(Kind::Presence, "bob@x/pc", None, None),
+            "<presence/>",
+        );
+        let d = deliveries(&acts);
+        assert!(
+            d.iter().any(|(a, p)| *a == (2, 20)
+                && p.contains("type=\"subscribe\"")
+                && p.contains("from=\"alice@x\"")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn chat_is_archived_before_the_ack_stamped_and_carbon_copied() {
+        let mut r = Router::new("x", 1);
+        bound(&mut r, 1, 10, "alice@x", "phone");
+        bound(&mut r, 1, 11, "alice@x", "desk");
+        bound(&mut r, 2, 20, "bob@x", "pc");
+        for (sid, res) in [(10, "phone"), (11, "desk")] {
+            stanza(
+                &mut r,
+                1,
+                sid,
+                header(Kind::Presence, &format!("alice@x/{res}"), None, None),
+                "<presence/>",
+            );
+        }
+        stanza(
+            &mut r,
+            2,
+            20,
+            header(Kind::Presence, "bob@x/pc", None, None),
+            "<presence/>",
+        );
+        stanza(
+            &mut r,
+            1,
+            11,
+            header(Kind::Iq, "alice@x/desk", None, Some("set")),
+            "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+        );
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+            "<message from='alice@x/phone' to='bob@x' type='chat'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='bob@x'/></message>",
+        );
+        let Some(Action::Archive { entries, .. }) =
+            acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+        else {
+            panic!("{acts:?}")
+        };
+        let owners: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.user.as_str(), e.peer.as_str()))
+            .collect();
+        assert_eq!(owners, vec![("alice", "bob@x"), ("bob", "alice@x")]);
+        let id = entries[0].id.clone();
+        let d = deliveries(&acts);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(d[0].0, (2, 20));
+        assert!(
+            d[0].1.contains(&format!("id=\"{id}\"")) && !d[0].1.contains("forged"),
+            "{}",
+            d[0].1
+        );
+        assert_eq!(d[1].0, (1, 11));
+        assert!(
+            d[1].1.contains("<sent xmlns=\"urn:xmpp:carbons:2\">"),
+            "{}",
+            d[1].1
+        );
+        // A private message is not copied.
+        let acts = stanza(
+            &mut r,
+            1,
+            10,
+            header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+            "<message to='bob@x' type='chat'><body>psst</body><private xmlns='urn:xmpp:carbons:2'/></message>",
+        );
+        assert_eq!(delivered_to(&acts), vec![(2, 20)]);
+    }
 }

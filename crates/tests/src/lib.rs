@@ -44,6 +44,7 @@ pub struct Cluster {
     core_addr: SocketAddr,
     admin_addr: SocketAddr,
     database_url: Option<String>,
+    registration: bool,
 }
 
 /// Logs to the test output when `RUST_LOG` is set.
@@ -57,21 +58,31 @@ pub fn init_logging() {
 impl Cluster {
     /// Starts a core and `cms` CM nodes.
     pub async fn start(cms: usize) -> Cluster {
-        Self::start_inner(cms, false, None).await
+        Self::start_inner(cms, false, None, false).await
     }
 
     /// Starts a core, a balancer and `cms` CM nodes behind it.
     pub async fn start_with_lb(cms: usize) -> Cluster {
-        Self::start_inner(cms, true, None).await
+        Self::start_inner(cms, true, None, false).await
     }
 
     /// Starts a core whose store is the PostgreSQL database `url`, and
     /// `cms` CM nodes.
     pub async fn start_on_postgres(cms: usize, url: String) -> Cluster {
-        Self::start_inner(cms, false, Some(url)).await
+        Self::start_inner(cms, false, Some(url), false).await
     }
 
-    async fn start_inner(cms: usize, with_lb: bool, database_url: Option<String>) -> Cluster {
+    /// Starts a core that offers in-band registration, and `cms` CM nodes.
+    pub async fn start_with_registration(cms: usize) -> Cluster {
+        Self::start_inner(cms, false, None, true).await
+    }
+
+    async fn start_inner(
+        cms: usize,
+        with_lb: bool,
+        database_url: Option<String>,
+        registration: bool,
+    ) -> Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         certs::init(&dir.path().join("pki"), DOMAIN, cms as u32, false).expect("certs");
@@ -84,6 +95,7 @@ impl Cluster {
             core_addr: "127.0.0.1:0".parse().expect("addr"),
             admin_addr: "127.0.0.1:0".parse().expect("addr"),
             database_url,
+            registration,
         };
         cluster.start_core().await;
         if with_lb {
@@ -117,6 +129,7 @@ impl Cluster {
         c.admin_listen = self.admin_addr;
         c.node_grace_ms = 1000;
         c.database_url = self.database_url.clone();
+        c.registration = self.registration;
         c
     }
 

@@ -191,6 +191,45 @@ async fn conversation(cluster: Cluster) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_band_registration_creates_accounts_only_where_enabled() {
+    bounded(60, async {
+        let open = Cluster::start_with_registration(1).await;
+        let dave = open.options(0, "dave", "dave's secret");
+        client_sdk::im::register(&dave).await.expect("registered");
+        let again = client_sdk::im::register(&open.options(0, "dave", "other")).await;
+        assert!(
+            matches!(&again, Err(client_sdk::ClientError::StanzaError(c)) if c == "conflict"),
+            "{again:?}"
+        );
+        let client = Client::connect(dave)
+            .await
+            .expect("the new account logs in");
+        client.disconnect().await;
+        let bad = client_sdk::im::register(&open.options(0, "Dave", "")).await;
+        assert!(
+            matches!(&bad, Err(client_sdk::ClientError::StanzaError(c)) if c == "not-acceptable"),
+            "{bad:?}"
+        );
+        let metrics = open.metrics().await;
+        assert!(
+            metrics.contains("longlink_core_registrations_total{result=\"created\"} 1"),
+            "{metrics}"
+        );
+        open.shutdown().await;
+
+        // Off by default: not even offered.
+        let closed = Cluster::start(1).await;
+        let refused = client_sdk::im::register(&closed.options(0, "eve", "pw")).await;
+        assert!(
+            matches!(&refused, Err(client_sdk::ClientError::StanzaError(c)) if c == "not-allowed"),
+            "{refused:?}"
+        );
+        closed.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_presence_carbons_and_history_on_the_embedded_store() {
     bounded(120, async { conversation(Cluster::start(2).await).await }).await;
 }

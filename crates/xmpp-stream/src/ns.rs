@@ -52,5 +52,7 @@ pub const DATA: &str = "jabber:x:data";
 pub const VCARD: &str = "vcard-temp";
 /// In-band registration (XEP-0077).
 pub const REGISTER: &str = "jabber:iq:register";
+/// In-band registration stream feature (XEP-0077 §4).
+pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 /// Message processing hints (XEP-0334).
 pub const HINTS: &str = "urn:xmpp:hints";

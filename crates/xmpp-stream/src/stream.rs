@@ -34,11 +34,24 @@ pub fn client_header(domain: &str, from: Option<&str>) -> Vec<u8> {
 
 /// Stream features before authentication: the SASL mechanisms.
 pub fn features_sasl(mechanisms: &[&str]) -> Vec<u8> {
+    features(vec![mechanisms_element(mechanisms)])
+}
+
+/// Stream features before authentication, offering in-band registration
+/// (XEP-0077) besides SASL.
+pub fn features_sasl_register(mechanisms: &[&str]) -> Vec<u8> {
+    features(vec![
+        mechanisms_element(mechanisms),
+        Element::new("register", ns::REGISTER_FEATURE),
+    ])
+}
+
+fn mechanisms_element(mechanisms: &[&str]) -> Element {
     let mut mechs = Element::new("mechanisms", ns::SASL);
     for m in mechanisms {
         mechs = mechs.with_child(Element::new("mechanism", ns::SASL).with_text(*m));
     }
-    features(vec![mechs])
+    mechs
 }
 
 /// Stream features after authentication: resource binding.
