@@ -20,6 +20,7 @@ mod event;
 pub mod im;
 pub mod negotiation;
 pub mod sm;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

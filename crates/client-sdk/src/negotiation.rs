@@ -102,6 +102,18 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         password: &str,
         mechanism: Mechanism,
     ) -> Result<(), ClientError> {
+        self.authenticate_cached(username, password, mechanism, None)
+            .await
+    }
+
+    /// [`Self::authenticate`], taking SCRAM SaltedPasswords from `cache`.
+    pub async fn authenticate_cached(
+        &mut self,
+        username: &str,
+        password: &str,
+        mechanism: Mechanism,
+        cache: Option<&std::sync::Arc<xmpp_sasl::SaltedCache>>,
+    ) -> Result<(), ClientError> {
         let features = self.element().await?;
         let offered = features
             .child("mechanisms", ns::SASL)
@@ -110,9 +122,13 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         if !offered.iter().any(|m| m == mechanism.name()) {
             return Err(ClientError::Auth("invalid-mechanism".into()));
         }
-        let mut scram = mechanism
-            .scram_hash()
-            .map(|h| ScramClient::new(h, username, password));
+        let mut scram = mechanism.scram_hash().map(|h| {
+            let client = ScramClient::new(h, username, password);
+            match cache {
+                Some(c) => client.with_cache(c.clone()),
+                None => client,
+            }
+        });
         let initial = match &scram {
             Some(s) => s.client_first(),
             None => xmpp_sasl::plain_message(username, password),

@@ -6,38 +6,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use client_sdk::Mechanism;
-use client_sdk::negotiation::Negotiation;
-use tokio::io::{AsyncRead, AsyncWrite};
 use xmpp_stream::element::Element;
 use xmpp_stream::framer::FrameEvent;
 use xmpp_stream::ns;
 
-/// How to reach the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// TCP, then STARTTLS.
-    Tcp,
-    /// TLS from the first byte, ALPN `xmpp-client`.
-    Tls,
-    /// QUIC, ALPN `xmpp-client`, one bidirectional stream.
-    Quic,
-}
-
-impl std::str::FromStr for Transport {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tcp" => Ok(Self::Tcp),
-            "tls" => Ok(Self::Tls),
-            "quic" => Ok(Self::Quic),
-            other => Err(format!("unknown transport {other} (tcp, tls or quic)")),
-        }
-    }
-}
+pub use client_sdk::transport::Transport;
 
 /// The server under test.
 #[derive(Clone, Debug)]
@@ -63,7 +39,7 @@ pub struct Outcome {
     pub result: Result<(), String>,
 }
 
-type Io = Negotiation<Box<dyn AsyncWrite + Unpin + Send>, Box<dyn AsyncRead + Unpin + Send>>;
+use client_sdk::transport::{Dialer, Io};
 
 /// One open connection.
 struct Conn {
@@ -90,78 +66,14 @@ fn roots(target: &Target) -> Result<rustls::RootCertStore, String> {
 async fn connect(
     target: &Target,
 ) -> Result<(Io, Option<(quinn::Endpoint, quinn::Connection)>), String> {
-    let roots = roots(target)?;
-    let name = rustls::pki_types::ServerName::try_from(target.domain.clone()).map_err(err)?;
-    let (io, quic): (Io, _) = match target.transport {
-        Transport::Quic => {
-            let tls = certs::client_config(roots, &[b"xmpp-client"]).map_err(err)?;
-            let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(err)?;
-            let bind: SocketAddr = if target.server.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                ([0u16; 8], 0).into()
-            };
-            let mut ep = quinn::Endpoint::client(bind).map_err(err)?;
-            ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-            let conn = ep
-                .connect(target.server, &target.domain)
-                .map_err(err)?
-                .await
-                .map_err(err)?;
-            let (send, recv) = conn.open_bi().await.map_err(err)?;
-            (
-                Negotiation::new(Box::new(send), Box::new(recv)),
-                Some((ep, conn)),
-            )
-        }
-        Transport::Tls | Transport::Tcp => {
-            let mut tcp = tokio::net::TcpStream::connect(target.server)
-                .await
-                .map_err(err)?;
-            let _ = tcp.set_nodelay(true);
-            let alpn: &[&[u8]] = if target.transport == Transport::Tls {
-                &[b"xmpp-client"]
-            } else {
-                tcp = starttls(tcp, &target.domain).await?;
-                &[]
-            };
-            let tls = certs::client_config(roots, alpn).map_err(err)?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
-                .connect(name, tcp)
-                .await
-                .map_err(err)?;
-            let (r, w) = tokio::io::split(tls);
-            (Negotiation::new(Box::new(w), Box::new(r)), None)
-        }
+    let dialer = Dialer::new(target.server, &target.domain, target.transport, roots(target)?)
+        .map_err(err)?;
+    let endpoint = match target.transport {
+        Transport::Quic => Some(dialer.endpoint().map_err(err)?),
+        _ => None,
     };
-    let mut io = io;
-    io.open(&target.domain).await.map_err(err)?;
-    Ok((io, quic))
-}
-
-/// RFC 6120 §5 from the client side; returns the stream to wrap in TLS.
-async fn starttls(
-    tcp: tokio::net::TcpStream,
-    domain: &str,
-) -> Result<tokio::net::TcpStream, String> {
-    let (r, w) = tokio::io::split(tcp);
-    let mut plain = Negotiation::new(w, r);
-    plain.open(domain).await.map_err(err)?;
-    let features = plain.element().await.map_err(err)?;
-    let offer = features
-        .child("starttls", ns::TLS)
-        .ok_or("no <starttls/> offered")?;
-    if offer.child("required", ns::TLS).is_none() {
-        tracing::info!("the server does not require STARTTLS");
-    }
-    let start = Element::new("starttls", ns::TLS).to_bytes(ns::CLIENT);
-    plain.write(&start).await.map_err(err)?;
-    let proceed = plain.element().await.map_err(err)?;
-    if proceed.name != "proceed" {
-        return Err(format!("expected <proceed/>, got <{}/>", proceed.name));
-    }
-    let Negotiation { send, recv, .. } = plain;
-    Ok(recv.unsplit(send))
+    let c = dialer.connect(endpoint.as_ref()).await.map_err(err)?;
+    Ok((c.io, endpoint.zip(c.quic)))
 }
 
 /// Logs account `n` in with `mechanism` (None: the best the server

@@ -316,7 +316,7 @@ async fn the_conformance_suite_passes_over_tcp_tls_and_quic() {
         cluster.add_user("interop2", "pw2");
         let cm = cluster.cm(0);
         for (transport, server) in [
-            (Transport::Tcp, cm.tcp_addr.unwrap()),
+            (Transport::Starttls, cm.tcp_addr.unwrap()),
             (Transport::Tls, cm.tls_addr.unwrap()),
             (Transport::Quic, cm.client_addr),
         ] {

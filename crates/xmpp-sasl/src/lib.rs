@@ -17,7 +17,7 @@ mod scram;
 pub use credentials::{ScramKeys, StoredCredentials, fake_credentials};
 pub use error::SaslError;
 pub use plain::{Plain, parse_plain, plain_message};
-pub use scram::{ClientFirst, ScramClient, ScramServer, parse_client_first};
+pub use scram::{ClientFirst, SaltedCache, ScramClient, ScramServer, parse_client_first};
 
 /// A SASL mechanism longlink offers, in preference order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +63,7 @@ impl Mechanism {
 }
 
 /// Hash used by a SCRAM variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ScramHash {
     /// SHA-1, for SCRAM-SHA-1.
     Sha1,

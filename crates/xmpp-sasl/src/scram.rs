@@ -275,6 +275,33 @@ pub struct ScramClient {
     nonce: String,
     min_iterations: u32,
     exchange: Option<ClientExchange>,
+    cache: Option<std::sync::Arc<SaltedCache>>,
+}
+
+/// SaltedPasswords a client computed, by (hash, password, salt,
+/// iterations): a load tool logging the same accounts in again and again
+/// skips PBKDF2, so it does not burn the CPU it measures. Bounded.
+#[derive(Debug, Default)]
+pub struct SaltedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<(ScramHash, String, Vec<u8>, u32), Vec<u8>>>,
+}
+
+impl SaltedCache {
+    /// Most entries kept; beyond it new ones are not remembered.
+    pub const MAX_ENTRIES: usize = 1_000_000;
+
+    fn salted(&self, hash: ScramHash, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+        let key = (hash, password.to_owned(), salt.to_vec(), iterations);
+        if let Some(s) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return s.clone();
+        }
+        let salted = crypto::salted_password(hash, password, salt, iterations);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() < Self::MAX_ENTRIES {
+            entries.insert(key, salted.clone());
+        }
+        salted
+    }
 }
 
 impl fmt::Debug for ScramClient {
@@ -307,7 +334,14 @@ impl ScramClient {
             nonce: nonce.to_owned(),
             min_iterations: StoredCredentials::MIN_ITERATIONS,
             exchange: None,
+            cache: None,
         }
+    }
+
+    /// Takes SaltedPasswords from (and adds them to) `cache`.
+    pub fn with_cache(mut self, cache: std::sync::Arc<SaltedCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Lowest iteration count accepted from the server (default 4096; lower only in tests).
@@ -370,7 +404,10 @@ impl ScramClient {
         }
 
         let hash = self.hash;
-        let salted = crypto::salted_password(hash, &self.password, &salt, iterations);
+        let salted = match &self.cache {
+            Some(cache) => cache.salted(hash, &self.password, &salt, iterations),
+            None => crypto::salted_password(hash, &self.password, &salt, iterations),
+        };
         let client_key = crypto::client_key(hash, &salted);
         let stored_key = crypto::digest(hash, &client_key);
         let without_proof = format!("c=biws,r={nonce}");
