@@ -25,6 +25,9 @@ use crate::{ClientError, ConnectOptions, Pending, Shared};
 
 /// Id prefix of the IQ that enables carbons (its answer is not an event).
 const CARBONS_ID: &str = "carbons-";
+/// Id prefix of the roster get a new session sends (its items become
+/// roster-push events).
+const ROSTER_ID: &str = "roster-";
 
 /// Messages kept while offline; beyond that sends fail.
 pub const MAX_OUTBOX: usize = 10_000;
@@ -173,9 +176,23 @@ impl Driver {
         self.publish();
     }
 
-    /// What a freshly bound session asks for: stream management, carbons.
+    /// What a freshly bound session asks for: stream management, carbons,
+    /// and the roster if the app wanted it (its items arrive as roster
+    /// pushes, as they may have changed meanwhile).
     async fn new_session(&mut self) {
         self.enable_sm().await;
+        if self
+            .shared
+            .roster_wanted
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let get = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "get")
+                .with_attr("id", format!("{ROSTER_ID}{}", crate::new_id()))
+                .with_child(Element::new("query", ns::ROSTER));
+            let bytes = Bytes::from(get.to_bytes(ns::CLIENT));
+            self.send(Outgoing { bytes, id: None }).await;
+        }
         if self.opts.carbons {
             let enable = Element::new("iq", ns::CLIENT)
                 .with_attr("type", "set")
@@ -416,6 +433,20 @@ impl Driver {
         }
         if el.name == "iq" && el.attr("id").is_some_and(|id| id.starts_with(CARBONS_ID)) {
             return; // the answer to enabling carbons
+        }
+        if el.name == "iq" && el.attr("id").is_some_and(|id| id.starts_with(ROSTER_ID)) {
+            let items: Vec<_> = el
+                .child("query", ns::ROSTER)
+                .map(|q| {
+                    q.elements()
+                        .filter_map(crate::im::RosterItem::parse)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for item in items {
+                self.event(Event::RosterPush(item)).await;
+            }
+            return;
         }
         if let Some(ev) = event::classify(el, &self.pending, Some(&own)) {
             self.event(ev).await;

@@ -232,6 +232,9 @@ impl Client {
     /// The roster (also subscribes this session to roster pushes, which
     /// arrive as [`crate::Event::RosterPush`]).
     pub async fn roster(&self) -> Result<Vec<RosterItem>, ClientError> {
+        self.shared
+            .roster_wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let r = self
             .request("get", Element::new("query", ns::ROSTER))
             .await?;

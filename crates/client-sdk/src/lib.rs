@@ -180,6 +180,9 @@ struct Shared {
     duplicates: std::sync::atomic::AtomicU64,
     /// Archive results collected for running history queries, by query id.
     history: std::sync::Mutex<HashMap<String, Vec<im::ArchivedMessage>>>,
+    /// The app asked for the roster: a new session (after a re-login) asks
+    /// again, so roster pushes keep coming.
+    roster_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// A logged-in session. Stanzas go through a session task that keeps the
@@ -215,9 +218,11 @@ impl Client {
             .map_err(|_| ClientError::Timeout)?
     }
 
-    async fn connect_inner(opts: ConnectOptions) -> Result<Client, ClientError> {
+    async fn connect_inner(mut opts: ConnectOptions) -> Result<Client, ClientError> {
         let bare = jid::BareJid::new(&opts.jid)
             .map_err(|e| ClientError::Config(format!("invalid JID: {e}")))?;
+        // normalized, as the server writes it (stringprep)
+        opts.jid = bare.to_string();
         let username = bare
             .node()
             .map(|n| n.to_string())

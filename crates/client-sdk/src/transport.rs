@@ -135,8 +135,8 @@ impl Dialer {
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let (mut io, quic): (Io, _) = match self.transport {
             Transport::Quic => {
-                let ep = endpoint
-                    .ok_or_else(|| ClientError::Config("QUIC needs an endpoint".into()))?;
+                let ep =
+                    endpoint.ok_or_else(|| ClientError::Config("QUIC needs an endpoint".into()))?;
                 let conn = ep
                     .connect(self.server, &self.domain)
                     .map_err(|e| ClientError::Unreachable(e.to_string()))?

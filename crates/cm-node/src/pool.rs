@@ -211,9 +211,14 @@ async fn run_connection(
                         sid,
                         result: Err("item-not-found".into()),
                     };
+                    let register = Frame::RegisterResult {
+                        sid,
+                        error: Some("internal-server-error".into()),
+                    };
                     let _ = setup.sessions.dispatch(sid, failure);
                     let _ = setup.sessions.dispatch(sid, bind);
                     let _ = setup.sessions.dispatch(sid, resume);
+                    let _ = setup.sessions.dispatch(sid, register);
                 }
             }
             *last_instance = Some(instance);

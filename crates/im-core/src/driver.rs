@@ -31,6 +31,9 @@ pub enum Event {
     FlushDone(String),
 }
 
+/// Extra attempts at an archive write whose commit failed.
+const ARCHIVE_RETRIES: u64 = 3;
+
 /// How often the router is ticked (SM expiry resolution).
 pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -201,22 +204,37 @@ impl Driver {
                 self.flush_offline(user, to, slot);
             }
             Action::LoadRoster { user } => {
-                let local = crate::router::local_of(&user).to_owned();
-                let loaded = self.storage.submit(move |db| {
-                    if db.credentials(&local)?.is_none() {
-                        return Ok(None);
-                    }
-                    db.roster(&local).map(Some)
-                });
-                let events = self.events.clone();
+                let load = |storage: Storage, user: &str| {
+                    let local = crate::router::local_of(user).to_owned();
+                    storage.submit(move |db| {
+                        if db.credentials(&local)?.is_none() {
+                            return Ok(None);
+                        }
+                        db.roster(&local).map(Some)
+                    })
+                };
+                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let loaded = load(self.storage.clone(), &user);
+                let (events, storage) = (self.events.clone(), self.storage.clone());
                 tokio::spawn(async move {
-                    let roster = loaded.await.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, user, "loading a roster failed");
-                        None
-                    });
-                    let _ = events
-                        .send(Event::Router(Input::RosterLoaded { user, roster }))
-                        .await;
+                    let mut result = loaded.await;
+                    for attempt in 1..=ARCHIVE_RETRIES {
+                        let Err(e) = &result else { break };
+                        tracing::warn!(error = %e, user, attempt, "loading a roster failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                        result = load(storage.clone(), &user).await;
+                    }
+                    drop(slot);
+                    let input = match result {
+                        Ok(roster) => Input::RosterLoaded { user, roster },
+                        Err(e) => {
+                            tracing::error!(error = %e, user, "loading a roster failed for good");
+                            Input::RosterFailed { user }
+                        }
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 });
             }
             Action::SaveRosterItem {
@@ -243,20 +261,37 @@ impl Driver {
                 let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
                     return;
                 };
-                let archived = self.storage.submit(move |db| {
-                    for e in &entries {
-                        db.archive(e)?;
-                    }
-                    Ok(())
-                });
-                let events = self.events.clone();
+                let write = |storage: Storage, entries: Vec<crate::storage::ArchiveEntry>| {
+                    storage.submit(move |db| {
+                        for e in &entries {
+                            db.archive(e)?;
+                        }
+                        Ok(())
+                    })
+                };
+                let archived = write(self.storage.clone(), entries.clone());
+                let (events, storage) = (self.events.clone(), self.storage.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = archived.await {
-                        tracing::error!(error = %e, "archiving a message failed");
+                    let mut result = archived.await;
+                    // A commit can fail for another job of its batch: try again alone.
+                    for attempt in 1..=ARCHIVE_RETRIES {
+                        let Err(e) = &result else { break };
+                        tracing::warn!(error = %e, attempt, "archiving a message failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                        result = write(storage.clone(), entries.clone()).await;
                     }
                     drop(slot);
-                    if let Some(origin) = origin {
-                        let _ = events.send(Event::Router(Input::Stored { origin })).await;
+                    match (result, origin) {
+                        (Ok(()), Some(origin)) => {
+                            let _ = events.send(Event::Router(Input::Stored { origin })).await;
+                        }
+                        (Ok(()), None) => {}
+                        // Not durable, so never acknowledged: the sender's
+                        // acknowledgements stop here, it reconnects and
+                        // resends from the last durable one.
+                        (Err(e), _) => {
+                            tracing::error!(error = %e, "archiving a message failed for good")
+                        }
                     }
                 });
             }

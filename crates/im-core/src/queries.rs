@@ -12,6 +12,9 @@ use xmpp_stream::{StanzaCondition, ns};
 use crate::router::{Query, embeddable, wrap_forwarded};
 use crate::storage::{StorageError, Store};
 
+/// Most bytes of archived messages in one answer (the rest is the next page).
+pub const MAX_PAGE_BYTES: usize = 256 * 1024;
+
 /// The stanzas answering `query`, in order (errors become stanza errors).
 pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
     match query {
@@ -28,6 +31,28 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
                 Err(e) => return vec![failure(e, requester, iq_id, domain)],
             };
             let mut items = page.items;
+            let mut complete = page.complete;
+            // Bounded in bytes too, keeping the messages next to the cursor.
+            let mut bytes = 0;
+            let mut keep = |a: &crate::storage::Archived| {
+                bytes += a.payload.len();
+                bytes <= MAX_PAGE_BYTES
+            };
+            let fitting = match query.from_end {
+                false => items.iter().take_while(|a| keep(a)).count(),
+                true => items.iter().rev().take_while(|a| keep(a)).count(),
+            }
+            .max(1)
+            .min(items.len());
+            if fitting < items.len() {
+                complete = false;
+                match query.from_end {
+                    false => items.truncate(fitting),
+                    true => {
+                        items.drain(..items.len() - fitting);
+                    }
+                }
+            }
             if *flip {
                 items.reverse();
             }
@@ -61,7 +86,7 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
                     .with_child(Element::new("last", ns::RSM).with_text(last.id.clone()));
             }
             let mut fin = Element::new("fin", ns::MAM).with_child(set);
-            if page.complete {
+            if complete {
                 fin.set_attr("complete", "true");
             }
             out.push(result(requester, iq_id, None, Some(fin)));

@@ -161,6 +161,12 @@ pub enum Input {
         /// The roster.
         roster: Option<Roster>,
     },
+    /// A roster asked for by [`Action::LoadRoster`] could not be read: the
+    /// sessions whose frames waited for it are ended.
+    RosterFailed {
+        /// Bare JID.
+        user: String,
+    },
     /// The answer to an [`Action::Query`].
     Replies {
         /// The asking session.
@@ -228,8 +234,11 @@ pub struct Router {
     rosters: HashMap<String, roster::RosterState>,
     /// Frames waiting for a user's roster, by bare JID.
     loading: HashMap<String, Vec<(NodeId, Frame)>>,
-    /// Sessions with a waiting frame: the roster they wait for.
-    waiting: HashMap<SessionAddr, String>,
+    /// Sessions with a waiting frame: the roster they wait for, and how
+    /// many of their stanzas wait.
+    waiting: HashMap<SessionAddr, (String, usize)>,
+    /// Sessions with a storage query being answered (one at a time).
+    querying: std::collections::HashSet<SessionAddr>,
     push_counter: u64,
     archive_seed: u64,
     archive_counter: u64,
@@ -260,6 +269,7 @@ impl Router {
             rosters: HashMap::new(),
             loading: HashMap::new(),
             waiting: HashMap::new(),
+            querying: Default::default(),
             push_counter: 0,
             archive_seed: seed.rotate_left(17) ^ 0x5EED_A2C1_11F0_0D5E,
             archive_counter: 0,
@@ -303,7 +313,9 @@ impl Router {
             Input::Stored { origin } => self.stored(origin),
             Input::Offline { user, to, messages } => self.offline(user, to, messages),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster),
+            Input::RosterFailed { user } => self.roster_failed(user),
             Input::Replies { to, payloads } => {
+                self.querying.remove(&to);
                 if self.table.jid_of(to.0, to.1).is_some() {
                     for p in payloads {
                         self.deliver_copy(to, p);
@@ -330,7 +342,7 @@ impl Router {
         // Frames wait, in order, for rosters not loaded yet.
         if !self.waiting.is_empty()
             && let Some(sid) = frame.sid()
-            && let Some(user) = self.waiting.get(&(node, sid)).cloned()
+            && let Some((user, _)) = self.waiting.get(&(node, sid)).cloned()
         {
             return self.defer(user, node, frame);
         }

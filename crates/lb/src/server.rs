@@ -166,7 +166,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
 }
 
 /// A UDP socket with quinn-udp's batched I/O state, used blocking from the
-/// data-plane threads (a read timeout lets them notice shutdown).
+/// data-plane threads (a read timeout lets them notice shutdown; a full
+/// send buffer makes a thread wait, which is the backpressure UDP has).
 struct UdpIo {
     sock: std::net::UdpSocket,
     state: UdpSocketState,
@@ -179,6 +180,10 @@ impl UdpIo {
         let state = UdpSocketState::new((&sock).into()).map_err(io("socket options"))?;
         let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
         let _ = state.set_send_buffer_size((&sock).into(), 4 << 20);
+        // quinn-udp makes the socket non-blocking; the data-plane threads
+        // block in recvmmsg instead (with a timeout to notice shutdown), or
+        // they would spin a core each even with no traffic.
+        sock.set_nonblocking(false).map_err(io("blocking mode"))?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(io("read timeout"))?;
         let addr = sock.local_addr().map_err(io("local address"))?;

@@ -24,6 +24,10 @@ pub struct AccountArgs {
     /// Deployment directory (as given to `longlink up`).
     #[arg(long, default_value = "dev-deploy")]
     dir: PathBuf,
+    /// adduser: create COUNT accounts, the name followed by 0 … COUNT-1
+    /// (for load tests), all with the same password.
+    #[arg(long)]
+    count: Option<usize>,
 }
 
 impl AccountArgs {
@@ -94,6 +98,9 @@ fn open_db(data: &Path) -> Result<im_core::storage::Sqlite> {
 
 /// `longlink adduser`.
 pub async fn adduser(args: AccountArgs) -> Result<()> {
+    if let Some(count) = args.count {
+        return add_many(args, count).await;
+    }
     let user = args.user()?;
     let password = args.password()?;
     let created = match target(&args.dir)? {
@@ -121,6 +128,51 @@ pub async fn adduser(args: AccountArgs) -> Result<()> {
         bail!("user {user} exists");
     }
     println!("created {user}");
+    Ok(())
+}
+
+/// `longlink adduser NAME --count N`: NAME0 … NAME{N-1}; existing ones are
+/// left as they are.
+async fn add_many(args: AccountArgs, count: usize) -> Result<()> {
+    let prefix = args.user()?;
+    let password = args.password()?;
+    let mut created = 0;
+    match target(&args.dir)? {
+        Target::Running { admin, token } => {
+            for i in 0..count {
+                let body =
+                    serde_json::json!({ "username": format!("{prefix}{i}"), "password": password });
+                let (admin, token) = (admin.clone(), token.clone());
+                let status = tokio::task::spawn_blocking(move || {
+                    http("POST", &format!("{admin}/users"), &token, Some(body))
+                })
+                .await??;
+                match status {
+                    201 => created += 1,
+                    409 => {}
+                    s => bail!("the core answered HTTP {s}"),
+                }
+            }
+        }
+        Target::Stopped { data } => {
+            let mut db = open_db(&data)?;
+            db.begin()?;
+            for i in 0..count {
+                let creds = xmpp_sasl::StoredCredentials::new(
+                    &password,
+                    xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+                );
+                if db.add_user(&format!("{prefix}{i}"), &creds)? {
+                    created += 1;
+                }
+            }
+            db.commit()?;
+        }
+    }
+    println!(
+        "created {created} of {prefix}0 … {prefix}{}",
+        count.saturating_sub(1)
+    );
     Ok(())
 }
 

@@ -66,8 +66,13 @@ fn roots(target: &Target) -> Result<rustls::RootCertStore, String> {
 async fn connect(
     target: &Target,
 ) -> Result<(Io, Option<(quinn::Endpoint, quinn::Connection)>), String> {
-    let dialer = Dialer::new(target.server, &target.domain, target.transport, roots(target)?)
-        .map_err(err)?;
+    let dialer = Dialer::new(
+        target.server,
+        &target.domain,
+        target.transport,
+        roots(target)?,
+    )
+    .map_err(err)?;
     let endpoint = match target.transport {
         Transport::Quic => Some(dialer.endpoint().map_err(err)?),
         _ => None,

@@ -19,6 +19,10 @@ async fn a_thousand_messages_each_way_while_one_side_keeps_changing_networks() {
         let mut bob = cluster.login_lb("bob", "phone").await;
         cluster.wait_routes(2).await;
         let node = cluster.node_of(alice.jid()).await;
+        // Messages that arrive while a login's (empty) offline flush runs
+        // are stored behind it by design; the flush takes a storage round
+        // trip, longer now that archive writes share the storage thread.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         // every 100 messages: a new port, and every other time a new address
         chat_with_moves(&mut alice, &mut bob, 1000, 100, |a, i| {
             if i % 200 == 0 {

@@ -283,8 +283,11 @@ pub struct ScramClient {
 /// skips PBKDF2, so it does not burn the CPU it measures. Bounded.
 #[derive(Debug, Default)]
 pub struct SaltedCache {
-    entries: std::sync::Mutex<std::collections::HashMap<(ScramHash, String, Vec<u8>, u32), Vec<u8>>>,
+    entries: std::sync::Mutex<std::collections::HashMap<SaltedKey, Vec<u8>>>,
 }
+
+/// (hash, password, salt, iterations).
+type SaltedKey = (ScramHash, String, Vec<u8>, u32);
 
 impl SaltedCache {
     /// Most entries kept; beyond it new ones are not remembered.
@@ -292,7 +295,12 @@ impl SaltedCache {
 
     fn salted(&self, hash: ScramHash, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
         let key = (hash, password.to_owned(), salt.to_vec(), iterations);
-        if let Some(s) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(s) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return s.clone();
         }
         let salted = crypto::salted_password(hash, password, salt, iterations);

@@ -138,6 +138,7 @@ impl Element {
                 }
                 Event::Text(text) => {
                     let text = text.unescape().map_err(not_well_formed)?;
+                    xml_chars(&text)?;
                     if let Some(top) = stack.last_mut() {
                         top.children.push(Node::Text(text.into_owned()));
                     } else if !text.trim().is_empty() {
@@ -240,11 +241,29 @@ fn attach(stack: &mut [Element], el: Element) -> bool {
 
 pub(crate) fn new_reader(raw: &[u8]) -> Result<NsReader<&[u8]>, FramingError> {
     std::str::from_utf8(raw).map_err(|_| not_well_formed("invalid UTF-8"))?;
+    if raw
+        .iter()
+        .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+    {
+        return Err(not_well_formed("control character"));
+    }
     let mut reader = NsReader::from_reader(raw);
     let config = reader.config_mut();
     config.check_end_names = true;
     config.trim_text(false);
     Ok(reader)
+}
+
+/// Rejects characters XML 1.0 does not allow (C0 controls other than tab,
+/// newline and carriage return, U+FFFE, U+FFFF), as written or as
+/// character references.
+pub(crate) fn xml_chars(s: &str) -> Result<&str, FramingError> {
+    match s.chars().any(|c| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+    }) {
+        true => Err(not_well_formed("character not allowed in XML")),
+        false => Ok(s),
+    }
 }
 
 pub(crate) fn namespace_of(
@@ -270,6 +289,7 @@ pub(crate) fn checked_attrs(
         let attr = attr.map_err(not_well_formed)?;
         let key = attr.key.as_ref();
         let value = attr.unescape_value().map_err(not_well_formed)?;
+        xml_chars(&value)?;
         if key == b"xmlns" {
             continue;
         }

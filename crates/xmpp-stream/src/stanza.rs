@@ -135,7 +135,7 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
             }
             Event::End(_) => depth = depth.saturating_sub(1),
             Event::Text(text) => {
-                text.unescape().map_err(not_well_formed)?;
+                crate::element::xml_chars(&text.unescape().map_err(not_well_formed)?)?;
                 if depth == 0 && !text.iter().all(u8::is_ascii_whitespace) {
                     return Err(not_well_formed("text outside the element"));
                 }
@@ -260,6 +260,26 @@ pub fn error_reply(
 mod tests {
     use super::*;
     use crate::Element;
+
+    #[test]
+    fn control_characters_are_not_xml() {
+        for bad in [
+            &b"<message><body>a\x00b</body></message>"[..],
+            b"<message><body>a&#0;b</body></message>",
+            b"<message><body>a&#x1;b</body></message>",
+            b"<message id='&#7;'/>",
+            b"<message><body>&#xFFFF;</body></message>",
+        ] {
+            let e = inspect(bad).unwrap_err();
+            assert_eq!(
+                e.condition,
+                crate::StreamCondition::NotWellFormed,
+                "{bad:?}"
+            );
+            assert!(Element::parse(bad, ns::CLIENT).is_err(), "{bad:?}");
+        }
+        assert!(inspect(b"<message><body>tab\tnl\ncr\r&#9;</body></message>").is_ok());
+    }
 
     #[test]
     fn inspects_header() {

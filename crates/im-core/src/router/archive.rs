@@ -209,7 +209,7 @@ impl Router {
                     query: q,
                     flip,
                 };
-                self.out.push(Action::Query { to: addr, query });
+                self.query(addr, header, query);
             }
             Err(condition) => self.reply_error(addr.0, addr.1, header, condition),
         }
@@ -244,6 +244,14 @@ impl Router {
         } else {
             return self.reply_error(addr.0, addr.1, header, StanzaCondition::Forbidden);
         };
+        self.query(addr, header, query);
+    }
+
+    /// Hands a query to the driver; one at a time per session.
+    fn query(&mut self, addr: SessionAddr, header: &RouteHeader, query: Query) {
+        if !self.querying.insert(addr) {
+            return self.reply_error(addr.0, addr.1, header, StanzaCondition::ResourceConstraint);
+        }
         self.out.push(Action::Query { to: addr, query });
     }
 }

@@ -73,11 +73,12 @@ impl Router {
                 .full(&target_bare, res.as_str())
                 .map(|r| vec![(r.node, r.sid)])
                 .unwrap_or_default(),
+            // RFC 6121 §8.5.2.1.1: every available resource.
             None => self
                 .table
                 .resources(&target_bare)
                 .iter()
-                .filter(|r| r.available && r.priority >= 0)
+                .filter(|r| r.available)
                 .map(|r| (r.node, r.sid))
                 .collect(),
         };

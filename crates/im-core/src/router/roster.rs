@@ -23,12 +23,18 @@ use crate::storage::{Roster, RosterItem, Subscription};
 
 /// Most items in one roster.
 pub const MAX_ROSTER_ITEMS: usize = 2000;
+/// Most bytes of names, JIDs and groups in one roster, so that the whole
+/// roster fits one stanza (and one CM↔core frame) with room to spare.
+pub const MAX_ROSTER_BYTES: usize = 256 * 1024;
+/// Most requests a user has not answered yet, kept beyond the roster.
+const MAX_PENDING_IN: usize = 500;
 /// Most groups per item, and most characters in a name or group.
 const MAX_GROUPS: usize = 32;
 const MAX_TEXT: usize = 1023;
-/// Most frames waiting for one roster to load; past it the session whose
-/// frame overflows is ended.
-const MAX_DEFERRED: usize = 1024;
+/// Most stanzas of one session waiting for a roster to load; past it the
+/// session is ended and its further stanzas are dropped (its control
+/// frames, such as its end, still wait in order).
+const MAX_DEFERRED: usize = 256;
 
 /// A loaded roster.
 #[derive(Debug, Default)]
@@ -37,6 +43,32 @@ pub(crate) struct RosterState {
     exists: bool,
     version: u64,
     items: HashMap<String, RosterItem>,
+}
+
+impl RosterState {
+    /// Whether the roster still fits its bounds with `item` in it (in place
+    /// of any item with its JID).
+    fn fits(&self, item: &RosterItem) -> bool {
+        let old = self.items.get(&item.jid);
+        let bytes: usize = self.items.values().map(item_bytes).sum::<usize>()
+            - old.map_or(0, item_bytes)
+            + item_bytes(item);
+        let count = |listed: bool| {
+            self.items.values().filter(|i| i.listed == listed).count()
+                - usize::from(old.is_some_and(|o| o.listed == listed))
+                + usize::from(item.listed == listed)
+        };
+        bytes <= MAX_ROSTER_BYTES
+            && count(true) <= MAX_ROSTER_ITEMS
+            && count(false) <= MAX_PENDING_IN
+    }
+}
+
+/// Roughly what an item takes in a roster result.
+fn item_bytes(i: &RosterItem) -> usize {
+    64 + i.jid.len()
+        + i.name.as_ref().map_or(0, String::len)
+        + i.groups.iter().map(|g| g.len() + 16).sum::<usize>()
 }
 
 /// A subscription presence type (RFC 6121 §3).
@@ -115,24 +147,58 @@ impl Router {
     /// Keeps `frame` until `user`'s roster is loaded; later frames of its
     /// session wait behind it.
     pub(super) fn defer(&mut self, user: String, node: NodeId, frame: Frame) {
-        let sid = frame.sid();
-        let queue = self.loading.entry(user.clone()).or_insert_with(|| {
-            self.out.push(Action::LoadRoster { user: user.clone() });
-            Vec::new()
-        });
-        if queue.len() >= MAX_DEFERRED {
-            tracing::warn!(
-                user,
-                "too many frames wait for a roster; ending the session"
-            );
-            if let Some(sid) = sid {
-                self.kick((node, sid), StreamCondition::PolicyViolation);
+        let stanza = matches!(frame, Frame::Stanza { .. });
+        if let Some(sid) = frame.sid() {
+            let (_, count) = self
+                .waiting
+                .entry((node, sid))
+                .or_insert_with(|| (user.clone(), 0));
+            if stanza {
+                *count += 1;
+                if *count > MAX_DEFERRED {
+                    if *count == MAX_DEFERRED + 1 {
+                        tracing::warn!(user, "a session floods stanzas while its roster loads");
+                        self.kick((node, sid), StreamCondition::PolicyViolation);
+                    }
+                    return;
+                }
             }
-            return;
         }
-        queue.push((node, frame));
-        if let Some(sid) = sid {
-            self.waiting.insert((node, sid), user);
+        self.loading
+            .entry(user.clone())
+            .or_insert_with(|| {
+                self.out.push(Action::LoadRoster { user });
+                Vec::new()
+            })
+            .push((node, frame));
+    }
+
+    /// The frames waiting for `user`'s roster, their sessions no longer
+    /// marked as waiting for it.
+    fn take_waiting(&mut self, user: &str) -> Vec<(NodeId, Frame)> {
+        let queue = self.loading.remove(user).unwrap_or_default();
+        for (node, frame) in &queue {
+            if let Some(sid) = frame.sid()
+                && self
+                    .waiting
+                    .get(&(*node, sid))
+                    .is_some_and(|(u, _)| u == user)
+            {
+                self.waiting.remove(&(*node, sid));
+            }
+        }
+        queue
+    }
+
+    /// A roster could not be read: the sessions that waited for it end.
+    pub(super) fn roster_failed(&mut self, user: String) {
+        let mut ended = std::collections::HashSet::new();
+        for (node, frame) in self.take_waiting(&user) {
+            if let Some(sid) = frame.sid()
+                && ended.insert((node, sid))
+            {
+                self.kick((node, sid), StreamCondition::InternalServerError);
+            }
         }
     }
 
@@ -148,9 +214,7 @@ impl Router {
             None => RosterState::default(),
         };
         self.rosters.entry(user.clone()).or_insert(state);
-        let queue = self.loading.remove(&user).unwrap_or_default();
-        self.waiting.retain(|_, u| *u != user);
-        for (node, frame) in queue {
+        for (node, frame) in self.take_waiting(&user) {
             self.frame(node, frame);
         }
         self.forget_roster_if_unused(&user);
@@ -263,17 +327,16 @@ impl Router {
         {
             return Err(StanzaCondition::NotAcceptable);
         }
-        let listed = roster.items.values().filter(|i| i.listed).count();
         let mut entry = roster.items.get(&contact).cloned().unwrap_or(RosterItem {
             jid: contact.clone(),
             ..Default::default()
         });
-        if !entry.listed && listed >= MAX_ROSTER_ITEMS {
-            return Err(StanzaCondition::ResourceConstraint);
-        }
         entry.name = name.map(str::to_owned);
         entry.groups = groups;
         entry.listed = true;
+        if !roster.fits(&entry) {
+            return Err(StanzaCondition::ResourceConstraint);
+        }
         self.put_item(bare, entry);
         Ok(())
     }
@@ -319,6 +382,9 @@ impl Router {
             }
         }
         if changed != item {
+            if !self.rosters.get(bare).is_some_and(|r| r.fits(&changed)) {
+                return; // the roster is full: the request goes nowhere
+            }
             self.put_item(bare, changed);
         }
         self.subscription_in(contact, bare, kind);
@@ -334,7 +400,12 @@ impl Router {
     /// The contact's side: `contact` receives `kind` from `from`.
     fn subscription_in(&mut self, contact: &str, from: &str, kind: SubType) {
         if !self.rosters.get(contact).is_some_and(|r| r.exists) {
-            return; // no such account: RFC 6121 §3.1.3 lets the request drop
+            // No such account: the request is refused on its behalf, so the
+            // user's item does not wait forever.
+            if kind == SubType::Subscribe {
+                self.subscription_in(from, contact, SubType::Unsubscribed);
+            }
+            return;
         }
         let item = self.item(contact, from);
         let mut changed = item.clone();
@@ -373,6 +444,9 @@ impl Router {
                 had
             }
         };
+        if changed != item && !self.rosters.get(contact).is_some_and(|r| r.fits(&changed)) {
+            return; // too many requests waiting for this user: dropped
+        }
         if changed != item {
             if !changed.listed
                 && changed

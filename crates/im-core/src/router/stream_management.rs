@@ -88,6 +88,11 @@ impl Router {
         let full = !l.has_room() || total >= MAX_LEDGER_BYTES_TOTAL;
         // While stored messages are flushed, a new message waits behind them;
         // anything else (IQ answers, presence) goes on.
+        if full && !queue {
+            // A copy or a query result for a client far behind: dropped,
+            // never stored offline as if it were a message to it.
+            return Tracking::Spilled;
+        }
         if full || (queue && l.overflowed && storable_message(payload)) {
             // Far behind, or behind stored messages: store this one too
             // (after them; it is flushed to the session in order).
@@ -450,7 +455,10 @@ impl Router {
         let replay = ledger.reattach();
         let resumption = Resumption {
             jid: full.clone(),
-            h: ledger.report_all(),
+            // Only what is durable: a stanza whose archive or offline
+            // store is still pending is sent again by the client (and
+            // dropped as a duplicate by id at the recipient), never lost.
+            h: ledger.report_h(),
             available: route.available,
             priority: route.priority,
             max: ledger.max,

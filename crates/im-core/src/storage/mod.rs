@@ -367,6 +367,44 @@ type Job = Box<dyn FnOnce(&mut dyn Store) -> Completion + Send>;
 #[derive(Clone)]
 pub struct Storage {
     jobs: mpsc::SyncSender<Job>,
+    /// Jobs waiting for room in `jobs`, in submission order; a forwarding
+    /// thread moves them, so a full queue makes jobs wait, never reorders
+    /// them.
+    overflow: std::sync::Arc<Overflow>,
+}
+
+/// Jobs submitted while the storage queue was full.
+#[derive(Default)]
+struct Overflow {
+    queue: std::sync::Mutex<std::collections::VecDeque<Job>>,
+    ready: std::sync::Condvar,
+    /// The storage thread is gone: jobs are dropped (their callers see
+    /// [`StorageError::Closed`]).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Overflow {
+    /// Moves waiting jobs into the storage queue, oldest first, blocking
+    /// while it is full; returns when the storage thread is gone.
+    fn forward(&self, jobs: &mpsc::SyncSender<Job>) {
+        loop {
+            let job = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(job) = q.pop_front() {
+                        break job;
+                    }
+                    q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            if jobs.send(job).is_err() {
+                self.closed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                return;
+            }
+        }
+    }
 }
 
 /// Most jobs waiting for the storage thread; callers wait beyond that.
@@ -395,7 +433,12 @@ impl Storage {
                 }
             })?;
         opened.recv().map_err(|_| StorageError::Closed)??;
-        Ok(Self { jobs })
+        let overflow = std::sync::Arc::new(Overflow::default());
+        let (forward, to) = (overflow.clone(), jobs.clone());
+        std::thread::Builder::new()
+            .name("storage-queue".into())
+            .spawn(move || forward.forward(&to))?;
+        Ok(Self { jobs, overflow })
     }
 
     /// Runs `f` on the storage thread inside a transaction; the result is
@@ -409,10 +452,14 @@ impl Storage {
 
     /// Queues `f` now (jobs run in the order they were submitted, unless the
     /// queue is full) and returns the future of its committed result.
-    pub fn submit<T: Send + 'static>(
+    pub fn submit<T, F>(
         &self,
-        f: impl FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static {
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |db| {
             let result = f(db);
@@ -420,22 +467,33 @@ impl Storage {
                 let _ = tx.send(commit.and(result));
             })
         });
-        let jobs = self.jobs.clone();
-        let queued = jobs.try_send(job);
-        async move {
-            match queued {
-                Ok(()) => {}
-                // The channel is bounded: wait on a blocking thread when it is full.
-                Err(mpsc::TrySendError::Full(job)) => {
-                    tokio::task::spawn_blocking(move || jobs.send(job))
-                        .await
-                        .map_err(|_| StorageError::Closed)?
-                        .map_err(|_| StorageError::Closed)?;
+        let mut waiting = self
+            .overflow
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Straight into the queue unless older jobs wait for room.
+        let job = match waiting.is_empty() {
+            true => match self.jobs.try_send(job) {
+                Ok(()) => None,
+                Err(mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job)) => {
+                    Some(job)
                 }
-                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StorageError::Closed),
-            }
-            rx.await.map_err(|_| StorageError::Closed)?
+            },
+            false => Some(job),
+        };
+        if let Some(job) = job
+            && !self
+                .overflow
+                .closed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            waiting.push_back(job);
+            self.overflow.ready.notify_one();
         }
+        drop(waiting);
+        // (A closed storage thread drops the job, which closes `rx`.)
+        async move { rx.await.map_err(|_| StorageError::Closed)? }
     }
 }
 

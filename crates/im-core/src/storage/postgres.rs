@@ -71,6 +71,10 @@ pub struct Postgres {
     /// before it commits (or before anything reads the archive): one round
     /// trip for a whole group commit instead of one per message.
     archive_batch: Vec<ArchiveEntry>,
+    /// A statement of the open transaction failed: PostgreSQL aborted it,
+    /// and its `COMMIT` would quietly roll back, so `commit` reports failure.
+    failed: Option<String>,
+    url: String,
 }
 
 impl Postgres {
@@ -101,6 +105,8 @@ impl Postgres {
             statements: HashMap::new(),
             offline_quota,
             archive_batch: Vec::new(),
+            failed: None,
+            url: url.to_owned(),
         })
     }
 
@@ -109,9 +115,18 @@ impl Postgres {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql)?;
+        let s = self.client.prepare(sql);
+        let s = self.check(s)?;
         self.statements.insert(sql, s.clone());
         Ok(s)
+    }
+
+    /// Notes a failed statement (the transaction is now aborted).
+    fn check<T>(&mut self, r: Result<T, ::postgres::Error>) -> Result<T, StorageError> {
+        r.map_err(|e| {
+            self.failed.get_or_insert_with(|| e.to_string());
+            e.into()
+        })
     }
 
     fn execute(
@@ -120,7 +135,8 @@ impl Postgres {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StorageError> {
         let s = self.stmt(sql)?;
-        Ok(self.client.execute(&s, params)?)
+        let r = self.client.execute(&s, params);
+        self.check(r)
     }
 
     fn query(
@@ -129,7 +145,8 @@ impl Postgres {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<::postgres::Row>, StorageError> {
         let s = self.stmt(sql)?;
-        Ok(self.client.query(&s, params)?)
+        let r = self.client.query(&s, params);
+        self.check(r)
     }
 
     fn query_opt(
@@ -138,7 +155,8 @@ impl Postgres {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<::postgres::Row>, StorageError> {
         let s = self.stmt(sql)?;
-        Ok(self.client.query_opt(&s, params)?)
+        let r = self.client.query_opt(&s, params);
+        self.check(r)
     }
 
     /// Writes the batched archive entries (those of unknown users are
@@ -184,16 +202,30 @@ impl Postgres {
 
 impl Store for Postgres {
     fn begin(&mut self) -> Result<(), StorageError> {
+        self.failed = None;
+        self.archive_batch.clear();
+        if self.client.is_closed() {
+            // The server restarted or the network failed: connect again.
+            tracing::warn!("the PostgreSQL connection is closed; reconnecting");
+            self.client = Client::connect(&self.url, NoTls)?;
+            self.statements.clear();
+        }
         Ok(self.client.batch_execute("BEGIN")?)
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {
-        self.flush_archive()?;
+        let flushed = self.flush_archive();
+        if let Some(why) = self.failed.take() {
+            let _ = self.client.batch_execute("ROLLBACK");
+            return Err(StorageError::Commit(why));
+        }
+        flushed?;
         Ok(self.client.batch_execute("COMMIT")?)
     }
 
     fn rollback(&mut self) {
         self.archive_batch.clear();
+        self.failed = None;
         let _ = self.client.batch_execute("ROLLBACK");
     }
 
@@ -242,6 +274,11 @@ impl Store for Postgres {
         self.execute("DELETE FROM roster WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM archive WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM vcards WHERE username=$1", &[&username])?;
+        // Nobody keeps a subscription to the name (it may be registered again).
+        self.execute(
+            "DELETE FROM roster WHERE left(jid, length($1) + 1) = $1 || '@'",
+            &[&username],
+        )?;
         let n = self.execute("DELETE FROM users WHERE username=$1", &[&username])?;
         Ok(n == 1)
     }
@@ -371,7 +408,7 @@ impl Store for Postgres {
             ],
         )?;
         self.execute(
-            "UPDATE users SET roster_version=$2 WHERE username=$1",
+            "UPDATE users SET roster_version=GREATEST(roster_version, $2) WHERE username=$1",
             &[&username, &(version as i64)],
         )?;
         Ok(())
@@ -388,7 +425,7 @@ impl Store for Postgres {
             &[&username, &jid],
         )?;
         self.execute(
-            "UPDATE users SET roster_version=$2 WHERE username=$1",
+            "UPDATE users SET roster_version=GREATEST(roster_version, $2) WHERE username=$1",
             &[&username, &(version as i64)],
         )?;
         Ok(())

@@ -167,6 +167,11 @@ impl Store for Sqlite {
                 [username],
             )?;
         }
+        // Nobody keeps a subscription to the name (it may be registered again).
+        self.conn.execute(
+            "DELETE FROM roster WHERE substr(jid, 1, length(?1) + 1) = ?1 || '@'",
+            [username],
+        )?;
         let n = self
             .conn
             .execute("DELETE FROM users WHERE username=?1", [username])?;
@@ -303,7 +308,9 @@ impl Store for Sqlite {
                 item.listed
             ])?;
         self.conn
-            .prepare_cached("UPDATE users SET roster_version=?2 WHERE username=?1")?
+            .prepare_cached(
+                "UPDATE users SET roster_version=MAX(roster_version, ?2) WHERE username=?1",
+            )?
             .execute(params![username, version as i64])?;
         Ok(())
     }
@@ -318,7 +325,9 @@ impl Store for Sqlite {
             .prepare_cached("DELETE FROM roster WHERE username=?1 AND jid=?2")?
             .execute([username, jid])?;
         self.conn
-            .prepare_cached("UPDATE users SET roster_version=?2 WHERE username=?1")?
+            .prepare_cached(
+                "UPDATE users SET roster_version=MAX(roster_version, ?2) WHERE username=?1",
+            )?
             .execute(params![username, version as i64])?;
         Ok(())
     }

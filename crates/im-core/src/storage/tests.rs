@@ -102,6 +102,29 @@ fn rosters_keep_items_states_and_versions() {
         db.remove_roster_item("alice", "carol@x", 4).unwrap();
         let roster = db.roster("alice").unwrap();
         assert_eq!((roster.version, roster.items.len()), (4, 1));
+        // versions never go back
+        db.remove_roster_item("alice", "nobody@x", 2).unwrap();
+        assert_eq!(db.roster("alice").unwrap().version, 4);
+        // a deleted account leaves nobody subscribed to its name
+        let creds = StoredCredentials::new("pw", 4096);
+        db.add_user("bob", &creds).unwrap();
+        db.add_user("bo", &creds).unwrap();
+        for (v, jid) in [(1, "alice@x"), (2, "bob@x")] {
+            let item = RosterItem {
+                jid: jid.into(),
+                ..Default::default()
+            };
+            db.put_roster_item("bo", &item, v).unwrap();
+        }
+        assert!(db.delete_user("bob").unwrap());
+        let left: Vec<String> = db
+            .roster("bo")
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|i| i.jid)
+            .collect();
+        assert_eq!(left, vec!["alice@x".to_owned()]);
         assert!(db.delete_user("alice").unwrap());
         assert!(db.roster("alice").unwrap().items.is_empty());
     });

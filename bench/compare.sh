@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# longlink side by side with ejabberd and Prosody, in one run, on loopback.
+#
+#   bench/compare.sh                 # everything (installs ejabberd and prosody if missing)
+#   SERVERS="longlink" bench/compare.sh
+#   USERS=500 RATES=1000,5000 STEP=10 LOGIN_C=1,16 REPEAT=3 bench/compare.sh
+#
+# Every server gets the same users (bench0 … bench{USERS-1}, password
+# "bench"), the same TLS certificate (from `longlink certs`), no shaper and
+# Nagle off, and is measured by the same load tool (crates/bench), run in
+# its own process on the same machine. longlink is driven over STARTTLS
+# straight to a CM, and over QUIC through the balancer; ejabberd and Prosody
+# over STARTTLS and plain TCP. Results: JSON lines in $OUT/results.jsonl,
+# and the table bench/table.py prints. Everything started here is stopped
+# by PID at exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=${USERS:-1000}
+RATES=${RATES:-1000,2500,5000,7500,10000}
+STEP=${STEP:-10}
+LOGIN_C=${LOGIN_C:-1,8,32}
+IDLE_USERS=${IDLE_USERS:-$USERS}
+REPEAT=${REPEAT:-1}
+SERVERS=${SERVERS:-"longlink ejabberd prosody"}
+SCENARIOS=${SCENARIOS:-"idle chat login"}
+OUT=${OUT:-target/compare}
+DOMAIN=bench.test
+mkdir -p "$OUT"
+: > "$OUT/results.jsonl"
+
+cargo build --release -p longlink --bin longlink -p bench --bin longlink-bench 2>&1 | tail -1
+BIN=target/release/longlink
+LOAD=target/release/longlink-bench
+W=$(mktemp -d /tmp/longlink-compare.XXXXXX)
+chmod 755 "$W"
+STARTED=()
+cleanup() {
+    for p in "${STARTED[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${STARTED[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -n "${EJABBERD_CTL:-}" ]; then $EJABBERD_CTL stop >/dev/null 2>&1 || true; fi
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+$BIN certs init --dir "$W/pki" --domain $DOMAIN --cm 1 >/dev/null
+CA="$W/pki/ca.pem"
+cat "$W/pki/cm-1.pem" "$W/pki/cm-1.key" > "$W/pki/server.pem"
+chmod 644 "$W/pki/"*
+
+# Runs the load tool; tags each JSON line with the server and run number.
+load() { # server port transport run pids... -- scenario args...
+    local server=$1 port=$2 transport=$3 run=$4; shift 4
+    local pids=()
+    while [ "$1" != "--" ]; do pids+=(--pid "$1"); shift; done
+    shift
+    $LOAD --server 127.0.0.1:$port --domain $DOMAIN --transport "$transport" --ca "$CA" \
+        --prefix bench --password bench "${pids[@]}" "$@" \
+        | python3 -c "
+import json, sys
+for line in sys.stdin:
+    row = json.loads(line); row['server'] = '$server'; row['run'] = $run
+    print(json.dumps(row), flush=True)" >> "$OUT/results.jsonl"
+}
+
+scenarios() { # server port transport pids...
+    local server=$1 port=$2 transport=$3; shift 3
+    for run in $(seq 1 "$REPEAT"); do
+        for s in $SCENARIOS; do
+            echo "== $server over $transport: $s (run $run)" >&2
+            case $s in
+            idle) load "$server" "$port" "$transport" "$run" "$@" -- idle --users "$IDLE_USERS" ;;
+            chat) load "$server" "$port" "$transport" "$run" "$@" -- chat --users "$USERS" --rates "$RATES" --step-secs "$STEP" ;;
+            login) load "$server" "$port" "$transport" "$run" "$@" -- login --users "$USERS" --concurrency "$LOGIN_C" --step-secs "$STEP" ;;
+            migrate)
+                if [ "$transport" = quic ]; then
+                    load "$server" "$port" "$transport" "$run" "$@" -- migrate --users 200 --rate 1000 --every 5 --secs "$((STEP * 2))"
+                fi ;;
+            esac
+        done
+    done
+}
+
+wait_port() { # tcp port
+    for _ in $(seq 1 100); do
+        if python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex(('127.0.0.1', $1)))"; then return 0; fi
+        sleep 0.2
+    done
+    echo "nothing listens on $1" >&2; return 1
+}
+
+run_longlink() {
+    local d="$W/longlink"
+    mkdir -p "$d"
+    cat > "$d/core.toml" <<EOT
+domain = "$DOMAIN"
+listen = "127.0.0.1:17280"
+admin_listen = "127.0.0.1:17290"
+data_dir = "$d/data"
+pki_dir = "$W/pki"
+EOT
+    cat > "$d/lb.toml" <<EOT
+listen = ["127.0.0.1:17271"]
+backend_listen = "127.0.0.1:17272"
+control_listen = "127.0.0.1:17273"
+admin_listen = "127.0.0.1:17281"
+pki_dir = "$W/pki"
+EOT
+    cat > "$d/cm.toml" <<EOT
+node = "cm-1"
+domain = "$DOMAIN"
+listen = "127.0.0.1:17301"
+core = "127.0.0.1:17280"
+pki_dir = "$W/pki"
+tcp_listen = "127.0.0.1:17471"
+
+[balancer]
+control = "127.0.0.1:17273"
+encap = "127.0.0.1:17272"
+EOT
+    mkdir -p "$d/deploy" "$d/data"
+    ln -s "$d/data" "$d/deploy/data"
+    $BIN adduser bench --count "$USERS" --password bench --dir "$d/deploy" >/dev/null
+    $BIN core --config "$d/core.toml" 2>"$d/core.log" & local core=$!; STARTED+=($core)
+    $BIN lb --config "$d/lb.toml" 2>"$d/lb.log" & local lb=$!; STARTED+=($lb)
+    $BIN cm --config "$d/cm.toml" 2>"$d/cm.log" & local cm=$!; STARTED+=($cm)
+    wait_port 17471
+    sleep 3 # the CM joins the balancer
+    scenarios longlink 17471 starttls core=$core cm=$cm
+    scenarios longlink 17271 quic core=$core cm=$cm lb=$lb
+    kill $cm $lb $core; wait $cm $lb $core 2>/dev/null || true
+}
+
+install() { # package binary
+    command -v "$2" >/dev/null && return 0
+    echo "installing $1 from Debian's packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; }
+}
+
+run_prosody() {
+    install prosody prosody
+    local d="$W/prosody"
+    mkdir -p "$d/data"
+    chown -R prosody: "$d" 2>/dev/null || true
+    cat > "$d/prosody.cfg.lua" <<EOT
+pidfile = "$d/prosody.pid"
+data_path = "$d/data"
+daemonize = false
+log = { warn = "$d/prosody.log" }
+interfaces = { "127.0.0.1" }
+c2s_ports = { 15222 }
+c2s_direct_tls_ports = { }
+s2s_ports = { }
+modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "register", "posix" }
+modules_disabled = { "s2s" }
+authentication = "internal_hashed"
+allow_registration = true
+min_seconds_between_registrations = 0
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = false
+limits = { c2s = { rate = "100mb/s" } }
+ssl = { certificate = "$W/pki/cm-1.pem"; key = "$W/pki/cm-1.key" }
+VirtualHost "$DOMAIN"
+EOT
+    runuser -u prosody -- prosody --config "$d/prosody.cfg.lua" 2>"$d/stderr.log" &
+    STARTED+=($!)
+    wait_port 15222
+    local pid
+    pid=$(pgrep -u prosody -f "prosody --config $d" | head -1)
+    $LOAD --server 127.0.0.1:15222 --domain $DOMAIN --transport plain --ca "$CA" \
+        --prefix bench --password bench register --users "$USERS"
+    scenarios prosody 15222 starttls prosody=$pid
+    scenarios prosody 15222 plain prosody=$pid
+}
+
+run_ejabberd() {
+    install ejabberd ejabberdctl
+    local d="$W/ejabberd"
+    mkdir -p "$d/db" "$d/logs"
+    chown -R ejabberd: "$d" 2>/dev/null || true
+    cat > "$d/ejabberd.yml" <<EOT
+hosts: [$DOMAIN]
+loglevel: warning
+certfiles: ["$W/pki/server.pem"]
+auth_password_format: scram
+shaper: {}
+shaper_rules: {}
+listen:
+  - port: 25222
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls: true
+    max_stanza_size: 262144
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  register:
+    allow: all
+  local:
+    allow: local
+modules:
+  mod_disco: {}
+  mod_ping: {}
+  mod_roster: {}
+  mod_register:
+    ip_access: all
+    access: register
+    registration_timeout: infinity
+EOT
+    chown ejabberd: "$d/ejabberd.yml"
+    EJABBERD_CTL="ejabberdctl --config $d/ejabberd.yml --logs $d/logs --spool $d/db --node bench@localhost"
+    $EJABBERD_CTL start
+    $EJABBERD_CTL started
+    wait_port 25222
+    local pid
+    pid=$(pgrep -f "beam.*bench@localhost" | head -1)
+    $LOAD --server 127.0.0.1:25222 --domain $DOMAIN --transport plain --ca "$CA" \
+        --prefix bench --password bench register --users "$USERS"
+    scenarios ejabberd 25222 starttls ejabberd=$pid
+    scenarios ejabberd 25222 plain ejabberd=$pid
+    $EJABBERD_CTL stop >/dev/null; EJABBERD_CTL=""
+}
+
+for s in $SERVERS; do "run_$s"; done
+python3 bench/table.py "$OUT/results.jsonl"

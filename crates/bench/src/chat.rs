@@ -1,0 +1,306 @@
+//! `chat` and `migrate`: N online users, each sending ~100-byte messages to
+//! the next (user i to user i+1) at a total rate R, stepped up; per step:
+//! sent, delivered, lost, duplicated, time to delivery, CPU per 1000
+//! delivered messages of every watched process. `migrate` (QUIC only) is
+//! one step of it with every client moving to a new UDP socket every T
+//! seconds, reporting the delivery time of messages around the moves.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::procstat::{CpuSnapshot, Watched};
+use crate::report::{emit, pairs, percentiles};
+use crate::user::{Online, Setup, next};
+
+/// What one step measured.
+#[derive(Serialize)]
+struct Step {
+    scenario: &'static str,
+    transport: String,
+    users: usize,
+    rate: u64,
+    seconds: u64,
+    sent: u64,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// CPU µs per 1000 delivered messages, by process.
+    cpu_us_per_1000: Vec<(String, f64)>,
+    /// migrate: rebinds done, and p99/max delivery time of messages sent
+    /// within a second after their sender or recipient moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moves: Option<(u64, f64, f64)>,
+}
+
+/// Shared counters of the measuring window.
+struct Shared {
+    start: Instant,
+    /// Current total rate (messages per second).
+    rate: AtomicU64,
+    step: AtomicU64,
+    /// Window bounds in µs since `start` (end = i64::MAX while open).
+    window: (AtomicI64, AtomicI64),
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    duplicated: AtomicU64,
+    latencies: std::sync::Mutex<Vec<u64>>,
+    moved_latencies: std::sync::Mutex<Vec<u64>>,
+    /// Per user: when it last moved (µs since start; i64::MIN never).
+    moved_at: Vec<AtomicI64>,
+    moves: AtomicU64,
+}
+
+impl Shared {
+    fn now(&self) -> i64 {
+        self.start.elapsed().as_micros() as i64
+    }
+    fn in_window(&self, t: i64) -> bool {
+        t >= self.window.0.load(Relaxed) && t <= self.window.1.load(Relaxed)
+    }
+    fn recently_moved(&self, user: usize, t: i64) -> bool {
+        let m = self.moved_at[user].load(Relaxed);
+        m != i64::MIN && t >= m && t - m <= 1_000_000
+    }
+}
+
+/// The knobs.
+pub struct Plan {
+    /// Users online.
+    pub users: usize,
+    /// Total rates to step through.
+    pub rates: Vec<u64>,
+    /// Measured seconds per step.
+    pub step_secs: u64,
+    /// Seconds at each new rate before measuring.
+    pub warmup_secs: u64,
+    /// Seconds after a step for late deliveries.
+    pub grace_secs: u64,
+    /// migrate: every client moves this often (QUIC only).
+    pub move_every: Option<Duration>,
+}
+
+/// Runs the plan.
+pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Result<()> {
+    let n = plan.users.max(2);
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        rate: AtomicU64::new(0),
+        step: AtomicU64::new(0),
+        window: (AtomicI64::new(i64::MAX), AtomicI64::new(i64::MAX)),
+        sent: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        duplicated: AtomicU64::new(0),
+        latencies: Default::default(),
+        moved_latencies: Default::default(),
+        moved_at: (0..n).map(|_| AtomicI64::new(i64::MIN)).collect(),
+        moves: AtomicU64::new(0),
+    });
+    let quic = setup.dialer.transport() == client_sdk::transport::Transport::Quic;
+    let own_endpoints = plan.move_every.is_some();
+    let endpoints = crate::endpoints(&setup, if quic { n } else { 0 }, own_endpoints)?;
+    let online = crate::login_all(&setup, n, &endpoints).await?;
+    eprintln!("{n} users online");
+    let mut tasks = Vec::new();
+    for (i, user) in online.into_iter().enumerate() {
+        let Online {
+            writer,
+            reader,
+            quic,
+            ..
+        } = user;
+        let to = setup.jid((i + 1) % n);
+        tasks.push(tokio::spawn(receive(reader, i, shared.clone())));
+        tasks.push(tokio::spawn(send(writer, i, n, to, shared.clone(), quic)));
+        if let (Some(every), Some(ep)) = (plan.move_every, endpoints.get(i)) {
+            tasks.push(tokio::spawn(mover(ep.clone(), i, n, every, shared.clone())));
+        }
+    }
+    let scenario = if plan.move_every.is_some() {
+        "migrate"
+    } else {
+        "chat"
+    };
+    for &rate in &plan.rates {
+        shared.rate.store(rate, Relaxed);
+        shared.step.fetch_add(1, Relaxed);
+        tokio::time::sleep(Duration::from_secs(plan.warmup_secs)).await;
+        for c in [&shared.sent, &shared.delivered, &shared.duplicated] {
+            c.store(0, Relaxed);
+        }
+        shared
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        shared
+            .moved_latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let moves_before = shared.moves.load(Relaxed);
+        let cpu_before = CpuSnapshot::take(&watched);
+        shared.window.1.store(i64::MAX, Relaxed);
+        shared.window.0.store(shared.now(), Relaxed);
+        tokio::time::sleep(Duration::from_secs(plan.step_secs)).await;
+        shared.window.1.store(shared.now(), Relaxed);
+        let cpu_after = CpuSnapshot::take(&watched);
+        tokio::time::sleep(Duration::from_secs(plan.grace_secs)).await;
+        let sent = shared.sent.load(Relaxed);
+        let delivered = shared.delivered.load(Relaxed);
+        let mut lat =
+            std::mem::take(&mut *shared.latencies.lock().unwrap_or_else(|e| e.into_inner()));
+        let (p50, p99, max) = percentiles(&mut lat);
+        let cpu = cpu_after.per(&cpu_before, delivered, 1000);
+        let moves = plan.move_every.map(|_| {
+            let mut m = std::mem::take(
+                &mut *shared
+                    .moved_latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            let (_, mp99, mmax) = percentiles(&mut m);
+            (shared.moves.load(Relaxed) - moves_before, mp99, mmax)
+        });
+        let step = Step {
+            scenario,
+            transport: format!("{:?}", setup.dialer.transport()).to_lowercase(),
+            users: n,
+            rate,
+            seconds: plan.step_secs,
+            sent,
+            delivered,
+            lost: sent.saturating_sub(delivered),
+            duplicated: shared.duplicated.load(Relaxed),
+            p50_ms: p50,
+            p99_ms: p99,
+            max_ms: max,
+            cpu_us_per_1000: cpu,
+            moves,
+        };
+        let human = format!(
+            "{scenario} rate {rate}/s: sent {sent} delivered {delivered} lost {} dup {} | ms p50 {p50:.1} p99 {p99:.1} max {max:.1} | CPU µs/1000 msgs {}{}",
+            step.lost,
+            step.duplicated,
+            pairs(&step.cpu_us_per_1000),
+            step.moves
+                .map(|(m, p, x)| format!(" | {m} moves, around them p99 {p:.1} max {x:.1} ms"))
+                .unwrap_or_default()
+        );
+        emit(&step, human);
+    }
+    shared.rate.store(0, Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// ~100-byte message bodies: `b STEP FROM SEQ MICROS` plus padding.
+async fn send(
+    mut writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    i: usize,
+    n: usize,
+    to: String,
+    shared: Arc<Shared>,
+    _quic: Option<quinn::Connection>,
+) {
+    let mut seq = 0u64;
+    // spread the users' sends over the period
+    let mut next =
+        tokio::time::Instant::now() + Duration::from_micros(rand::random::<u64>() % 100_000);
+    loop {
+        let rate = shared.rate.load(Relaxed);
+        if rate == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            next = tokio::time::Instant::now();
+            continue;
+        }
+        let period = Duration::from_secs_f64(n as f64 / rate as f64);
+        tokio::time::sleep_until(next).await;
+        next += period;
+        let now = tokio::time::Instant::now();
+        if next + Duration::from_secs(1) < now {
+            next = now; // fell far behind: do not burst to catch up
+        }
+        seq += 1;
+        let t = shared.now();
+        let step = shared.step.load(Relaxed);
+        let msg = format!(
+            "<message to='{to}' type='chat' id='m{seq}'><body>b {step} {i} {seq} {t} ........................................................</body></message>"
+        );
+        if shared.in_window(t) {
+            shared.sent.fetch_add(1, Relaxed);
+        }
+        if writer.write_all(msg.as_bytes()).await.is_err() || writer.flush().await.is_err() {
+            tracing::warn!(user = i, "send failed; the user stops");
+            return;
+        }
+    }
+}
+
+async fn receive(mut reader: client_sdk::transport::Io, me: usize, shared: Arc<Shared>) {
+    let mut seen: (u64, HashSet<u64>) = (0, HashSet::new());
+    while let Some(el) = next(&mut reader).await {
+        if el.name != "message" {
+            continue;
+        }
+        let Some(body) = el.child("body", xmpp_stream::ns::CLIENT).map(|b| b.text()) else {
+            continue;
+        };
+        let mut f = body.split(' ').skip(1).map(|x| x.parse::<i64>().ok());
+        let (Some(Some(step)), Some(Some(from)), Some(Some(seq)), Some(Some(t))) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if !shared.in_window(t) {
+            continue;
+        }
+        if seen.0 != step as u64 {
+            seen = (step as u64, HashSet::new());
+        }
+        if !seen.1.insert(seq as u64) {
+            shared.duplicated.fetch_add(1, Relaxed);
+            continue;
+        }
+        shared.delivered.fetch_add(1, Relaxed);
+        let lat = (shared.now() - t).max(0) as u64;
+        shared
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lat);
+        if shared.recently_moved(me, t)
+            || shared.recently_moved(from as usize % shared.moved_at.len(), t)
+        {
+            shared
+                .moved_latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(lat);
+        }
+    }
+}
+
+/// Moves client `i` to a new UDP socket every `every` (staggered).
+async fn mover(ep: quinn::Endpoint, i: usize, n: usize, every: Duration, shared: Arc<Shared>) {
+    tokio::time::sleep(every.mul_f64(i as f64 / n as f64)).await;
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        shared.moved_at[i].store(shared.now(), Relaxed);
+        if ep.rebind(socket).is_ok() {
+            shared.moves.fetch_add(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! `longlink-bench`: an XMPP load tool. It speaks XMPP over plain TCP,
+//! STARTTLS, direct TLS and QUIC (XEP-0467), so the same scenarios drive
+//! longlink, ejabberd and Prosody; thousands of users from one process,
+//! SCRAM keys cached so the tool does not burn the CPU it measures.
+//! Results: JSON lines on stdout, a table on stderr. See docs/BENCHMARKS.md.
+
+mod chat;
+mod idle;
+mod login;
+mod procstat;
+mod report;
+mod user;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use client_sdk::Mechanism;
+use client_sdk::transport::{Dialer, Transport};
+
+use crate::procstat::Watched;
+use crate::user::{Online, Setup, login};
+
+/// Command line.
+#[derive(Parser)]
+#[command(
+    name = "longlink-bench",
+    about = "XMPP load tool: idle, chat, login, migrate"
+)]
+struct Cli {
+    /// Server address (a CM's or balancer's, or ejabberd's/Prosody's port).
+    #[arg(long)]
+    server: SocketAddr,
+    /// XMPP domain (also the certificate's name).
+    #[arg(long)]
+    domain: String,
+    /// plain, starttls, tls or quic.
+    #[arg(long, default_value = "starttls")]
+    transport: Transport,
+    /// CA certificate to trust (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Accounts are PREFIX0 … PREFIX{N-1}.
+    #[arg(long, default_value = "load")]
+    prefix: String,
+    /// Their password.
+    #[arg(long, default_value = "load")]
+    password: String,
+    /// SASL mechanism: SCRAM-SHA-256, SCRAM-SHA-1 or PLAIN.
+    #[arg(long, default_value = "SCRAM-SHA-1")]
+    mechanism: String,
+    /// Server processes to measure, as name=PID (repeatable).
+    #[arg(long = "pid")]
+    pids: Vec<Watched>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N users log in, send presence and stay idle: memory per session.
+    Idle {
+        /// Users.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Seconds to let the servers settle before reading their memory.
+        #[arg(long, default_value_t = 5)]
+        settle: u64,
+    },
+    /// N users chat to their neighbours at rising total rates.
+    Chat {
+        /// Users.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Total messages per second, one step each (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,2500,5000,7500,10000"
+        )]
+        rates: Vec<u64>,
+        /// Measured seconds per step.
+        #[arg(long, default_value_t = 10)]
+        step_secs: u64,
+        /// Seconds at a new rate before measuring.
+        #[arg(long, default_value_t = 2)]
+        warmup_secs: u64,
+    },
+    /// Logins per second (connect, SASL, bind, presence, close) at rising concurrency.
+    Login {
+        /// Accounts to cycle through.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Concurrent logins, one step each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+        concurrency: Vec<usize>,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 10)]
+        step_secs: u64,
+    },
+    /// Creates the accounts by in-band registration (XEP-0077), 16 at a time.
+    Register {
+        /// Accounts.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+    },
+    /// QUIC only: clients chat while each moves to a new UDP port every T seconds.
+    Migrate {
+        /// Clients.
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Total messages per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds between moves of one client.
+        #[arg(long, default_value_t = 5)]
+        every: u64,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let roots =
+        certs::load_roots(&cli.ca).with_context(|| format!("reading {}", cli.ca.display()))?;
+    let mechanism = Mechanism::from_name(&cli.mechanism)
+        .with_context(|| format!("unknown mechanism {}", cli.mechanism))?;
+    let setup = Setup {
+        dialer: Dialer::new(cli.server, &cli.domain, cli.transport, roots)?,
+        prefix: cli.prefix,
+        password: cli.password,
+        mechanism,
+        cache: Arc::default(),
+    };
+    match cli.scenario {
+        Scenario::Idle { users, settle } => idle::run(setup, cli.pids, users, settle).await,
+        Scenario::Register { users } => register_all(&setup, users).await,
+        Scenario::Chat {
+            users,
+            rates,
+            step_secs,
+            warmup_secs,
+        } => {
+            let plan = chat::Plan {
+                users,
+                rates,
+                step_secs,
+                warmup_secs,
+                grace_secs: 2,
+                move_every: None,
+            };
+            chat::run(setup, cli.pids, plan).await
+        }
+        Scenario::Login {
+            users,
+            concurrency,
+            step_secs,
+        } => login::run(setup, cli.pids, users, concurrency, step_secs).await,
+        Scenario::Migrate {
+            users,
+            rate,
+            every,
+            secs,
+        } => {
+            anyhow::ensure!(
+                cli.transport == Transport::Quic,
+                "migrate needs --transport quic"
+            );
+            let plan = chat::Plan {
+                users,
+                rates: vec![rate],
+                step_secs: secs,
+                warmup_secs: 2,
+                grace_secs: 3,
+                move_every: Some(Duration::from_secs(every)),
+            };
+            chat::run(setup, cli.pids, plan).await
+        }
+    }
+}
+
+async fn register_all(setup: &Setup, n: usize) -> Result<()> {
+    let ep = match setup.dialer.transport() {
+        Transport::Quic => Some(setup.dialer.endpoint()?),
+        _ => None,
+    };
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let (setup, ep) = (setup.clone(), ep.clone());
+                tokio::spawn(async move { user::register(&setup, i, ep.as_ref()).await })
+            })
+            .collect();
+        for (h, &i) in handles.into_iter().zip(chunk) {
+            h.await?
+                .with_context(|| format!("registering {}", setup.jid(i)))?;
+        }
+    }
+    eprintln!("{n} accounts registered");
+    Ok(())
+}
+
+/// QUIC endpoints for `n` users: one each when they must move on their own,
+/// else one per 256 users. Empty for TCP transports.
+pub fn endpoints(setup: &Setup, n: usize, own: bool) -> Result<Vec<quinn::Endpoint>> {
+    let count = match (n, own) {
+        (0, _) => 0,
+        (n, true) => n,
+        (n, false) => n.div_ceil(256),
+    };
+    (0..count)
+        .map(|_| setup.dialer.endpoint().map_err(Into::into))
+        .collect()
+}
+
+/// The endpoint user `i` uses.
+pub fn endpoint_of(endpoints: &[quinn::Endpoint], i: usize, n: usize) -> Option<&quinn::Endpoint> {
+    match endpoints.len() {
+        0 => None,
+        len if len == n => endpoints.get(i),
+        len => endpoints.get(i % len),
+    }
+}
+
+/// Logs users 0..n in, 64 at a time.
+pub async fn login_all(
+    setup: &Setup,
+    n: usize,
+    endpoints: &[quinn::Endpoint],
+) -> Result<Vec<Online>> {
+    let mut online = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let logins = chunk.iter().map(|&i| {
+            let (setup, ep) = (setup.clone(), endpoint_of(endpoints, i, n).cloned());
+            tokio::spawn(async move { login(&setup, i, ep.as_ref()).await })
+        });
+        let handles: Vec<_> = logins.collect();
+        for (h, &i) in handles.into_iter().zip(chunk) {
+            let user = h
+                .await?
+                .with_context(|| format!("{} cannot log in", setup.jid(i)))?;
+            online.push(user);
+        }
+    }
+    Ok(online)
+}

@@ -1,0 +1,133 @@
+//! One simulated user: log in over the chosen transport (SCRAM keys cached
+//! across logins), bind, send presence; then a writer half and a reader that
+//! yields parsed stanzas.
+
+use std::sync::Arc;
+
+use client_sdk::transport::{Dialer, Io};
+use client_sdk::{ClientError, Mechanism};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use xmpp_sasl::SaltedCache;
+use xmpp_stream::element::Element;
+
+/// What every simulated user shares.
+#[derive(Clone)]
+pub struct Setup {
+    /// Reaches the server.
+    pub dialer: Dialer,
+    /// Accounts are `{prefix}{i}` with this password.
+    pub prefix: String,
+    /// The password of every account.
+    pub password: String,
+    /// SASL mechanism.
+    pub mechanism: Mechanism,
+    /// SCRAM SaltedPasswords computed so far.
+    pub cache: Arc<SaltedCache>,
+}
+
+impl Setup {
+    /// The bare JID of user `i`.
+    pub fn jid(&self, i: usize) -> String {
+        format!("{}{i}@{}", self.prefix, self.dialer.domain())
+    }
+}
+
+/// A logged-in user.
+pub struct Online {
+    /// Where stanzas go.
+    pub writer: Box<dyn AsyncWrite + Unpin + Send>,
+    /// Where they come from (its writer half is a sink).
+    pub reader: Io,
+    /// The QUIC connection, kept open with the user.
+    pub quic: Option<quinn::Connection>,
+    /// The bound full JID.
+    pub jid: String,
+}
+
+/// Logs user `i` in (stream, SASL, bind, initial presence). QUIC needs an
+/// endpoint.
+pub async fn login(
+    setup: &Setup,
+    i: usize,
+    endpoint: Option<&quinn::Endpoint>,
+) -> Result<Online, ClientError> {
+    let connected = setup.dialer.connect(endpoint).await?;
+    let mut io = connected.io;
+    let user = format!("{}{i}", setup.prefix);
+    io.authenticate_cached(&user, &setup.password, setup.mechanism, Some(&setup.cache))
+        .await?;
+    io.open(setup.dialer.domain()).await?;
+    let features = io.element().await?;
+    let jid = io.bind(&features, Some("load")).await?;
+    io.write(b"<presence/>").await?;
+    let client_sdk::negotiation::Negotiation { send, recv, framer } = io;
+    let reader = Io {
+        send: Box::new(tokio::io::sink()),
+        recv,
+        framer,
+    };
+    Ok(Online {
+        writer: send,
+        reader,
+        quic: connected.quic,
+        jid,
+    })
+}
+
+/// Creates account `i` by in-band registration (XEP-0077): how the load
+/// tool fills ejabberd and Prosody. An existing account is fine.
+pub async fn register(
+    setup: &Setup,
+    i: usize,
+    endpoint: Option<&quinn::Endpoint>,
+) -> Result<(), ClientError> {
+    use xmpp_stream::ns;
+    let mut io = setup.dialer.connect(endpoint).await?.io;
+    let _features = io.element().await?;
+    let iq = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "set")
+        .with_attr("id", "reg")
+        .with_child(
+            Element::new("query", ns::REGISTER)
+                .with_child(
+                    Element::new("username", ns::REGISTER)
+                        .with_text(format!("{}{i}", setup.prefix)),
+                )
+                .with_child(
+                    Element::new("password", ns::REGISTER).with_text(setup.password.clone()),
+                ),
+        );
+    io.write(&iq.to_bytes(ns::CLIENT)).await?;
+    let answer = io.element().await?;
+    let _ = io.write(xmpp_stream::stream::STREAM_CLOSE).await;
+    let condition = answer.child("error", ns::CLIENT).and_then(|e| {
+        e.elements()
+            .find(|c| c.ns == ns::STANZA_ERRORS)
+            .map(|c| c.name.clone())
+    });
+    match (answer.attr("type"), condition.as_deref()) {
+        (Some("result"), _) | (_, Some("conflict")) => Ok(()),
+        (_, c) => Err(ClientError::StanzaError(
+            c.unwrap_or("undefined-condition").to_owned(),
+        )),
+    }
+}
+
+impl Online {
+    /// Ends the stream and the connection.
+    pub async fn close(mut self) {
+        let _ = self
+            .writer
+            .write_all(xmpp_stream::stream::STREAM_CLOSE)
+            .await;
+        let _ = self.writer.flush().await;
+        if let Some(c) = &self.quic {
+            c.close(0u32.into(), b"bye");
+        }
+    }
+}
+
+/// The next stanza, or None when the stream ended.
+pub async fn next(reader: &mut Io) -> Option<Element> {
+    reader.element().await.ok()
+}
