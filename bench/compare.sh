@@ -38,6 +38,7 @@ cleanup() {
     for p in "${STARTED[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${STARTED[@]}"; do wait "$p" 2>/dev/null || true; done
     if [ -n "${EJABBERD_CTL:-}" ]; then $EJABBERD_CTL stop >/dev/null 2>&1 || true; fi
+    if [ -n "${KEEP_LOGS:-}" ]; then cp -r "$W" "$KEEP_LOGS"; fi
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -97,6 +98,7 @@ listen = "127.0.0.1:17280"
 admin_listen = "127.0.0.1:17290"
 data_dir = "$d/data"
 pki_dir = "$W/pki"
+archive = ${ARCHIVE:-true}
 EOT
     cat > "$d/lb.toml" <<EOT
 listen = ["127.0.0.1:17271"]
@@ -120,7 +122,7 @@ EOT
     mkdir -p "$d/deploy" "$d/data"
     ln -s "$d/data" "$d/deploy/data"
     $BIN adduser bench --count "$USERS" --password bench --dir "$d/deploy" >/dev/null
-    $BIN core --config "$d/core.toml" 2>"$d/core.log" & local core=$!; STARTED+=($core)
+    RUST_LOG=${CORE_LOG:-info} $BIN core --config "$d/core.toml" 2>"$d/core.log" & local core=$!; STARTED+=($core)
     $BIN lb --config "$d/lb.toml" 2>"$d/lb.log" & local lb=$!; STARTED+=($lb)
     $BIN cm --config "$d/cm.toml" 2>"$d/cm.log" & local cm=$!; STARTED+=($cm)
     wait_port 17471

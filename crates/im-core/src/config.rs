@@ -38,6 +38,10 @@ pub struct CoreConfig {
     /// Let clients create accounts in-band (XEP-0077).
     #[serde(default)]
     pub registration: bool,
+    /// Archive chat messages (XEP-0313), before acknowledging them to
+    /// their sender. Off: no history, one durable write less per message.
+    #[serde(default = "yes")]
+    pub archive: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -70,6 +74,7 @@ impl CoreConfig {
             allow_plain: true,
             database_url: None,
             registration: false,
+            archive: true,
         }
     }
 

@@ -178,7 +178,11 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     let (events_tx, events_rx) = mpsc::channel(driver::ROUTER_QUEUE);
     let driver = driver::Driver {
         router: router::Router::new(&config.domain, instance)
-            .with_sm_secret(sm_secret(&config.data_dir).map_err(io("SM key"))?),
+            .with_sm_secret(sm_secret(&config.data_dir).map_err(io("SM key"))?)
+            .with_archive(
+                config.archive,
+                (queries::now_micros() as u64).wrapping_mul(16),
+            ),
         links: links.clone(),
         storage: storage.clone(),
         metrics: metrics.clone(),

@@ -240,7 +240,11 @@ pub struct Router {
     /// Sessions with a storage query being answered (one at a time).
     querying: std::collections::HashSet<SessionAddr>,
     push_counter: u64,
-    archive_seed: u64,
+    /// Messages are archived (XEP-0313).
+    archive: bool,
+    /// Archive ids are `archive_base + counter`: increasing, so the
+    /// archive's indexes grow at their ends (see [`Router::with_archive`]).
+    archive_base: u64,
     archive_counter: u64,
     /// Counters.
     pub stats: RouterStats,
@@ -271,10 +275,21 @@ impl Router {
             waiting: HashMap::new(),
             querying: Default::default(),
             push_counter: 0,
-            archive_seed: seed.rotate_left(17) ^ 0x5EED_A2C1_11F0_0D5E,
+            archive: true,
+            archive_base: seed,
             archive_counter: 0,
             stats: RouterStats::default(),
         }
+    }
+
+    /// Archives messages (the default) or not; `base` starts the archive
+    /// ids. Give it the wall-clock time in µs times 16 at start: ids then
+    /// increase across restarts unless a run averaged more than 16 million
+    /// archived messages a second.
+    pub fn with_archive(mut self, on: bool, base: u64) -> Self {
+        self.archive = on;
+        self.archive_base = base;
+        self
     }
 
     /// Keys SM ids with `secret` (persisted, so ids survive a core restart).
@@ -770,14 +785,16 @@ impl Router {
             }
             ("ping", ns::PING, "get") => result(),
             ("query", ns::DISCO_INFO, "get") => result().with_child(match for_account {
-                true => account_info(),
+                true => account_info(self.archive),
                 false => disco_info(),
             }),
             ("query", ns::DISCO_ITEMS, "get") => {
                 result().with_child(Element::new("query", ns::DISCO_ITEMS))
             }
             ("query", ns::ROSTER, _) => return self.roster_iq(addr, header, child, sender_bare),
-            ("query", ns::MAM, _) => return self.mam_iq(addr, header, child, sender_bare),
+            ("query", ns::MAM, _) if self.archive => {
+                return self.mam_iq(addr, header, child, sender_bare);
+            }
             ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),
             ("disable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, false),
             _ => {
@@ -940,12 +957,15 @@ fn disco_info() -> Element {
 }
 
 /// An account's disco#info: its archive and stable ids (XEP-0313 §6).
-fn account_info() -> Element {
+fn account_info(archive: bool) -> Element {
     features(
         Element::new("identity", ns::DISCO_INFO)
             .with_attr("category", "account")
             .with_attr("type", "registered"),
-        &[ns::DISCO_INFO, ns::MAM, ns::SID],
+        match archive {
+            true => &[ns::DISCO_INFO, ns::MAM, ns::SID],
+            false => &[ns::DISCO_INFO],
+        },
     )
 }
 

@@ -79,7 +79,7 @@ impl Router {
         to_bare: &str,
         payload: Bytes,
     ) -> Bytes {
-        if !contains(&payload, b"<body") {
+        if !self.archive || !contains(&payload, b"<body") {
             return payload; // chat states, receipts: not archived
         }
         // XEP-0359 §3.1: ids claiming to be ours come only from us.
@@ -94,7 +94,7 @@ impl Router {
         self.archive_counter += 1;
         let id = format!(
             "{:016x}",
-            mix(self.archive_seed.wrapping_add(self.archive_counter))
+            self.archive_base.wrapping_add(self.archive_counter)
         );
         let tag = Element::new("stanza-id", ns::SID)
             .with_attr("id", id.clone())
@@ -374,12 +374,4 @@ pub(crate) fn wrap_forwarded(head: &str, delay: Option<&[u8]>, inner: &[u8], tai
     out.extend_from_slice(b"</forwarded>");
     out.extend_from_slice(tail.as_bytes());
     Bytes::from(out)
-}
-
-/// A bijective 64-bit mix (splitmix64's finalizer): distinct counters give
-/// distinct ids that do not reveal the message count.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }

@@ -345,6 +345,48 @@ fn decode_groups(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
+/// An archive id (16 hex digits, as the router writes them) as the number
+/// the backends store; anything else names no archived message.
+fn archive_key(id: &str) -> Result<i64, StorageError> {
+    u64::from_str_radix(id, 16)
+        .ok()
+        .filter(|_| !id.is_empty() && id.len() <= 16)
+        .map(|k| k as i64)
+        .ok_or(StorageError::UnknownId)
+}
+
+/// The stored number of an archive id as the id clients see.
+fn archive_id(key: i64) -> String {
+    format!("{:016x}", key as u64)
+}
+
+/// The WHERE conditions of an archive query after `username = $1`, with
+/// `$n` placeholders from 2 on (SQLite accepts `?n` written as `$n` too),
+/// and which of (with, start, end, after, before) they use, in order.
+fn archive_filter(q: &ArchiveQuery) -> (String, [bool; 5]) {
+    let used = [
+        q.with.is_some(),
+        q.start.is_some(),
+        q.end.is_some(),
+        q.after.is_some(),
+        q.before.is_some(),
+    ];
+    let mut sql = String::new();
+    let mut n = 2;
+    for (on, cond) in used
+        .iter()
+        .zip(["peer = $", "stamp >= $", "stamp <= $", "id > $", "id < $"])
+    {
+        if *on {
+            sql.push_str(&format!(" AND {cond}{n}"));
+            n += 1;
+        }
+    }
+    let order = if q.from_end { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY id {order} LIMIT ${n}"));
+    (sql, used)
+}
+
 /// Turns rows fetched in paging order (at most `max + 1`) into a page,
 /// oldest first.
 fn page(items: &mut Vec<Archived>, q: &ArchiveQuery) -> ArchivePage {
@@ -497,7 +539,12 @@ impl Storage {
     }
 }
 
+/// Under load (a commit less than this ago), a batch waits up to this long
+/// for more jobs: fewer, larger commits. An idle store commits at once.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
+
 fn run(mut store: Box<dyn Store>, rx: mpsc::Receiver<Job>) {
+    let mut last_commit = std::time::Instant::now() - LINGER;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -506,9 +553,21 @@ fn run(mut store: Box<dyn Store>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        if batch.len() < BATCH && last_commit.elapsed() < LINGER {
+            let deadline = std::time::Instant::now() + LINGER;
+            while batch.len() < BATCH {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        tracing::trace!(jobs = batch.len(), "storage batch");
         let begun = store.begin();
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut *store)).collect();
         let commit = begun.and_then(|()| store.commit());
+        last_commit = std::time::Instant::now();
         if let Err(e) = &commit {
             tracing::error!(error = %e, "storage commit failed");
             store.rollback();

@@ -46,16 +46,14 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (username, jid)
     );
     CREATE TABLE archive (
-        seq BIGSERIAL PRIMARY KEY,
         username TEXT NOT NULL,
-        id TEXT NOT NULL,
+        id BIGINT NOT NULL,
         peer TEXT NOT NULL,
         stamp BIGINT NOT NULL,
-        payload BYTEA NOT NULL
+        payload BYTEA NOT NULL,
+        PRIMARY KEY (username, id)
     );
-    CREATE UNIQUE INDEX archive_id ON archive(username, id);
-    CREATE INDEX archive_by_peer ON archive(username, peer, seq);
-    CREATE INDEX archive_by_stamp ON archive(username, stamp);
+    CREATE INDEX archive_by_peer ON archive(username, peer, id);
     CREATE TABLE vcards (
         username TEXT PRIMARY KEY,
         vcard BYTEA NOT NULL
@@ -65,7 +63,7 @@ const SCHEMA: &[&str] = &[
 /// The PostgreSQL store over one connection.
 pub struct Postgres {
     client: Client,
-    statements: HashMap<&'static str, Statement>,
+    statements: HashMap<String, Statement>,
     offline_quota: u32,
     /// Archive entries of the open transaction, written in one statement
     /// before it commits (or before anything reads the archive): one round
@@ -111,13 +109,13 @@ impl Postgres {
     }
 
     /// The prepared statement for `sql` (prepared on first use).
-    fn stmt(&mut self, sql: &'static str) -> Result<Statement, StorageError> {
+    fn stmt(&mut self, sql: &str) -> Result<Statement, StorageError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql);
         let s = self.check(s)?;
-        self.statements.insert(sql, s.clone());
+        self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 
@@ -141,7 +139,7 @@ impl Postgres {
 
     fn query(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<::postgres::Row>, StorageError> {
         let s = self.stmt(sql)?;
@@ -167,14 +165,17 @@ impl Postgres {
         }
         let batch = std::mem::take(&mut self.archive_batch);
         let users: Vec<&str> = batch.iter().map(|e| e.user.as_str()).collect();
-        let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+        let ids = batch
+            .iter()
+            .map(|e| super::archive_key(&e.id))
+            .collect::<Result<Vec<i64>, _>>()?;
         let peers: Vec<&str> = batch.iter().map(|e| e.peer.as_str()).collect();
         let stamps: Vec<i64> = batch.iter().map(|e| e.stamp).collect();
         let payloads: Vec<&[u8]> = batch.iter().map(|e| &e.payload[..]).collect();
         self.execute(
             "INSERT INTO archive (username, id, peer, stamp, payload)
              SELECT t.u, t.i, t.p, t.s, t.b
-             FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[])
+             FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[])
                  WITH ORDINALITY AS t(u, i, p, s, b, n)
              WHERE EXISTS (SELECT 1 FROM users WHERE username = t.u)
              ORDER BY t.n
@@ -190,12 +191,14 @@ impl Postgres {
             .is_some())
     }
 
-    fn archive_seq(&mut self, username: &str, id: &str) -> Result<i64, StorageError> {
+    /// The stored key of archive id `id`, or [`StorageError::UnknownId`].
+    fn archive_key(&mut self, username: &str, id: &str) -> Result<i64, StorageError> {
+        let key = super::archive_key(id)?;
         self.query_opt(
-            "SELECT seq FROM archive WHERE username=$1 AND id=$2",
-            &[&username, &id],
+            "SELECT 1 FROM archive WHERE username=$1 AND id=$2",
+            &[&username, &key],
         )?
-        .map(|r| r.get(0))
+        .map(|_| key)
         .ok_or(StorageError::UnknownId)
     }
 }
@@ -444,38 +447,33 @@ impl Store for Postgres {
         q: &ArchiveQuery,
     ) -> Result<ArchivePage, StorageError> {
         self.flush_archive()?;
-        let after = q
-            .after
-            .as_deref()
-            .map(|id| self.archive_seq(username, id))
-            .transpose()?;
-        let before = q
-            .before
-            .as_deref()
-            .map(|id| self.archive_seq(username, id))
-            .transpose()?;
-        let sql = if q.from_end {
-            "SELECT id, stamp, payload FROM archive WHERE username=$1
-             AND ($2::TEXT IS NULL OR peer=$2) AND ($3::BIGINT IS NULL OR stamp>=$3)
-             AND ($4::BIGINT IS NULL OR stamp<=$4) AND ($5::BIGINT IS NULL OR seq>$5)
-             AND ($6::BIGINT IS NULL OR seq<$6) ORDER BY seq DESC LIMIT $7"
-        } else {
-            "SELECT id, stamp, payload FROM archive WHERE username=$1
-             AND ($2::TEXT IS NULL OR peer=$2) AND ($3::BIGINT IS NULL OR stamp>=$3)
-             AND ($4::BIGINT IS NULL OR stamp<=$4) AND ($5::BIGINT IS NULL OR seq>$5)
-             AND ($6::BIGINT IS NULL OR seq<$6) ORDER BY seq ASC LIMIT $7"
-        };
+        let (filter, _) = super::archive_filter(q);
+        let keys = [&q.after, &q.before]
+            .into_iter()
+            .flatten()
+            .map(|id| self.archive_key(username, id))
+            .collect::<Result<Vec<i64>, _>>()?;
         let limit = q.max as i64 + 1;
-        let rows = self.query(
-            sql,
-            &[
-                &username, &q.with, &q.start, &q.end, &after, &before, &limit,
-            ],
-        )?;
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&username];
+        if let Some(w) = &q.with {
+            args.push(w);
+        }
+        if let Some(t) = &q.start {
+            args.push(t);
+        }
+        if let Some(t) = &q.end {
+            args.push(t);
+        }
+        for k in &keys {
+            args.push(k);
+        }
+        args.push(&limit);
+        let sql = format!("SELECT id, stamp, payload FROM archive WHERE username = $1{filter}");
+        let rows = self.query(&sql, &args)?;
         let mut items = rows
             .iter()
             .map(|r| Archived {
-                id: r.get(0),
+                id: super::archive_id(r.get(0)),
                 stamp: r.get(1),
                 payload: Bytes::from(r.get::<_, Vec<u8>>(2)),
             })

@@ -45,16 +45,14 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (username, jid)
     );
     CREATE TABLE archive (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
         username TEXT NOT NULL,
-        id TEXT NOT NULL,
+        id INTEGER NOT NULL,
         peer TEXT NOT NULL,
         stamp INTEGER NOT NULL,
-        payload BLOB NOT NULL
-    );
-    CREATE UNIQUE INDEX archive_id ON archive(username, id);
-    CREATE INDEX archive_by_peer ON archive(username, peer, seq);
-    CREATE INDEX archive_by_stamp ON archive(username, stamp);
+        payload BLOB NOT NULL,
+        PRIMARY KEY (username, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX archive_by_peer ON archive(username, peer, id);
     CREATE TABLE vcards (
         username TEXT PRIMARY KEY,
         vcard BLOB NOT NULL
@@ -74,6 +72,10 @@ impl Sqlite {
         let conn = Connection::open(dir.join("longlink.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // 64 MiB of page cache (the archive's indexes stay in memory) and
+        // checkpoints every 32 MiB of WAL instead of every 4 MiB.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, step) in SCHEMA.iter().enumerate().skip(version as usize) {
@@ -111,13 +113,14 @@ impl Sqlite {
             .exists([username])?)
     }
 
-    /// The archive sequence number of `id`, or [`StorageError::UnknownId`].
-    fn archive_seq(&self, username: &str, id: &str) -> Result<i64, StorageError> {
-        self.conn
-            .prepare_cached("SELECT seq FROM archive WHERE username=?1 AND id=?2")?
-            .query_row([username, id], |r| r.get(0))
-            .optional()?
-            .ok_or(StorageError::UnknownId)
+    /// The stored key of archive id `id`, or [`StorageError::UnknownId`].
+    fn archive_key(&self, username: &str, id: &str) -> Result<i64, StorageError> {
+        let key = super::archive_key(id)?;
+        let found = self
+            .conn
+            .prepare_cached("SELECT 1 FROM archive WHERE username=?1 AND id=?2")?
+            .exists(params![username, key])?;
+        found.then_some(key).ok_or(StorageError::UnknownId)
     }
 }
 
@@ -341,7 +344,13 @@ impl Store for Sqlite {
                 "INSERT OR IGNORE INTO archive (username, id, peer, stamp, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![e.user, e.id, e.peer, e.stamp, &e.payload[..]])?;
+            .execute(params![
+                e.user,
+                super::archive_key(&e.id)?,
+                e.peer,
+                e.stamp,
+                &e.payload[..]
+            ])?;
         Ok(Stored::Stored)
     }
 
@@ -350,43 +359,29 @@ impl Store for Sqlite {
         username: &str,
         q: &ArchiveQuery,
     ) -> Result<ArchivePage, StorageError> {
-        let after = q
-            .after
-            .as_deref()
-            .map(|id| self.archive_seq(username, id))
-            .transpose()?;
-        let before = q
-            .before
-            .as_deref()
-            .map(|id| self.archive_seq(username, id))
-            .transpose()?;
-        let order = if q.from_end { "DESC" } else { "ASC" };
-        let sql = format!(
-            "SELECT id, stamp, payload FROM archive WHERE username=?1
-             AND (?2 IS NULL OR peer=?2) AND (?3 IS NULL OR stamp>=?3)
-             AND (?4 IS NULL OR stamp<=?4) AND (?5 IS NULL OR seq>?5)
-             AND (?6 IS NULL OR seq<?6) ORDER BY seq {order} LIMIT ?7"
-        );
+        use rusqlite::types::Value;
+        let mut args = vec![Value::Text(username.to_owned())];
+        let (filter, used) = super::archive_filter(q);
+        if let Some(w) = &q.with {
+            args.push(Value::Text(w.clone()));
+        }
+        args.extend(q.start.map(Value::Integer));
+        args.extend(q.end.map(Value::Integer));
+        for id in [&q.after, &q.before].into_iter().flatten() {
+            args.push(Value::Integer(self.archive_key(username, id)?));
+        }
+        debug_assert_eq!(args.len(), 1 + used.iter().filter(|u| **u).count());
+        args.push(Value::Integer(q.max as i64 + 1));
+        let sql = format!("SELECT id, stamp, payload FROM archive WHERE username = $1{filter}");
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut items: Vec<Archived> = stmt
-            .query_map(
-                params![
-                    username,
-                    q.with,
-                    q.start,
-                    q.end,
-                    after,
-                    before,
-                    q.max as i64 + 1
-                ],
-                |r| {
-                    Ok(Archived {
-                        id: r.get(0)?,
-                        stamp: r.get(1)?,
-                        payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                    })
-                },
-            )?
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(Archived {
+                    id: super::archive_id(r.get(0)?),
+                    stamp: r.get(1)?,
+                    payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                })
+            })?
             .collect::<Result<_, _>>()?;
         Ok(super::page(&mut items, q))
     }

@@ -130,6 +130,11 @@ fn rosters_keep_items_states_and_versions() {
     });
 }
 
+/// Archive ids are 16 hex digits (the router's increasing numbers).
+fn hex(n: u64) -> String {
+    format!("{n:016x}")
+}
+
 fn entry(user: &str, id: &str, peer: &str, stamp: i64) -> ArchiveEntry {
     ArchiveEntry {
         user: user.into(),
@@ -152,19 +157,20 @@ fn the_archive_pages_both_ways_and_filters() {
         // archive writes may wait for the commit (PostgreSQL batches them)
         db.begin().unwrap();
         // an unknown user's entry is dropped
-        db.archive(&entry("nobody", "x", "bob@x", 1)).unwrap();
+        db.archive(&entry("nobody", &hex(1), "bob@x", 1)).unwrap();
         for i in 0..10 {
             let peer = if i % 2 == 0 { "bob@x" } else { "carol@x" };
-            let e = entry("alice", &format!("id{i}"), peer, 1000 + i);
+            let e = entry("alice", &hex(100 + i as u64), peer, 1000 + i);
             assert_eq!(db.archive(&e).unwrap(), Stored::Stored);
         }
         // a repeated id is ignored, not an error that aborts the batch
         assert_eq!(
-            db.archive(&entry("alice", "id3", "bob@x", 5)).unwrap(),
+            db.archive(&entry("alice", &hex(103), "bob@x", 5)).unwrap(),
             Stored::Stored
         );
         db.commit().unwrap();
         let mut db = reopen();
+        let h: Vec<String> = (100..110).map(hex).collect();
         assert!(
             db.query_archive(
                 "nobody",
@@ -187,29 +193,32 @@ fn the_archive_pages_both_ways_and_filters() {
         };
         // oldest first, then the next page after the last id
         let p1 = db.query_archive("alice", &q(&|_| {})).unwrap();
-        assert_eq!((ids(&p1), p1.complete), (vec!["id0", "id1", "id2"], false));
+        assert_eq!(
+            (ids(&p1), p1.complete),
+            (vec![h[0].as_str(), h[1].as_str(), h[2].as_str()], false)
+        );
         let p2 = db
-            .query_archive("alice", &q(&|q| q.after = Some("id2".into())))
+            .query_archive("alice", &q(&|q| q.after = Some(h[2].as_str().into())))
             .unwrap();
-        assert_eq!(ids(&p2), vec!["id3", "id4", "id5"]);
+        assert_eq!(ids(&p2), vec![h[3].as_str(), h[4].as_str(), h[5].as_str()]);
         // newest first: the last page, then the one before it
         let last = db
             .query_archive("alice", &q(&|q| q.from_end = true))
             .unwrap();
         assert_eq!(
             (ids(&last), last.complete),
-            (vec!["id7", "id8", "id9"], false)
+            (vec![h[7].as_str(), h[8].as_str(), h[9].as_str()], false)
         );
         let before = db
             .query_archive(
                 "alice",
                 &q(&|q| {
                     q.from_end = true;
-                    q.before = Some("id1".into());
+                    q.before = Some(h[1].as_str().into());
                 }),
             )
             .unwrap();
-        assert_eq!((ids(&before), before.complete), (vec!["id0"], true));
+        assert_eq!((ids(&before), before.complete), (vec![h[0].as_str()], true));
         // by peer and time range
         let bob = db
             .query_archive(
@@ -222,7 +231,16 @@ fn the_archive_pages_both_ways_and_filters() {
             .unwrap();
         assert_eq!(
             (ids(&bob), bob.complete),
-            (vec!["id0", "id2", "id4", "id6", "id8"], true)
+            (
+                vec![
+                    h[0].as_str(),
+                    h[2].as_str(),
+                    h[4].as_str(),
+                    h[6].as_str(),
+                    h[8].as_str()
+                ],
+                true
+            )
         );
         let range = db
             .query_archive(
@@ -235,13 +253,20 @@ fn the_archive_pages_both_ways_and_filters() {
             .unwrap();
         assert_eq!(
             (ids(&range), range.complete),
-            (vec!["id3", "id4", "id5"], true)
+            (vec![h[3].as_str(), h[4].as_str(), h[5].as_str()], true)
         );
         assert_eq!(range.items[0].stamp, 1003);
-        assert_eq!(&range.items[0].payload[..], b"<message id='id3'/>");
+        assert_eq!(
+            &range.items[0].payload[..],
+            b"<message id='0000000000000067'/>"
+        );
         // an unknown id is an error (item-not-found)
         assert!(matches!(
             db.query_archive("alice", &q(&|q| q.after = Some("nope".into()))),
+            Err(StorageError::UnknownId)
+        ));
+        assert!(matches!(
+            db.query_archive("alice", &q(&|q| q.before = Some(hex(7)))),
             Err(StorageError::UnknownId)
         ));
         // another user's archive is separate
@@ -291,7 +316,9 @@ async fn the_storage_thread_group_commits() {
             .await
             .unwrap();
         let calls: Vec<_> = (0..200)
-            .map(|i| storage.submit(move |db| db.archive(&entry("u", &format!("m{i}"), "p@x", i))))
+            .map(|i| {
+                storage.submit(move |db| db.archive(&entry("u", &hex(i as u64 + 1), "p@x", i)))
+            })
             .collect();
         for c in calls {
             assert_eq!(c.await.unwrap(), Stored::Stored);
@@ -309,7 +336,7 @@ async fn the_storage_thread_group_commits() {
             .await
             .unwrap();
         // all committed, in submission order
-        let want: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+        let want: Vec<String> = (1..=200).map(hex).collect();
         assert_eq!(ids(&page), want);
     }
 }
