@@ -10,7 +10,9 @@
 # Nagle off, and is measured by the same load tool (crates/bench), run in
 # its own process on the same machine. longlink is driven over STARTTLS
 # straight to a CM, and over QUIC through the balancer; ejabberd and Prosody
-# over STARTTLS and plain TCP. Results: JSON lines in $OUT/results.jsonl,
+# over STARTTLS and plain TCP. None archives messages (as configured here);
+# "longlink+mam" is longlink again with its archive on, chat only. Each
+# server is restarted for each transport, so idle memory starts fresh. Results: JSON lines in $OUT/results.jsonl,
 # and the table bench/table.py prints. Everything started here is stopped
 # by PID at exit.
 set -euo pipefail
@@ -21,12 +23,14 @@ STEP=${STEP:-10}
 LOGIN_C=${LOGIN_C:-1,8,32}
 IDLE_USERS=${IDLE_USERS:-$USERS}
 REPEAT=${REPEAT:-1}
-SERVERS=${SERVERS:-"longlink ejabberd prosody"}
+SERVERS=${SERVERS:-"longlink longlink_mam ejabberd prosody"}
 SCENARIOS=${SCENARIOS:-"idle chat login"}
 OUT=${OUT:-target/compare}
 DOMAIN=bench.test
 mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
+# thousands of sockets per process (servers inherit it)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -p longlink --bin longlink -p bench --bin longlink-bench 2>&1 | tail -1
 BIN=target/release/longlink
@@ -89,16 +93,16 @@ wait_port() { # tcp port
     echo "nothing listens on $1" >&2; return 1
 }
 
-run_longlink() {
+start_longlink() {
     local d="$W/longlink"
-    mkdir -p "$d"
+    rm -rf "$d"; mkdir -p "$d"
     cat > "$d/core.toml" <<EOT
 domain = "$DOMAIN"
 listen = "127.0.0.1:17280"
 admin_listen = "127.0.0.1:17290"
 data_dir = "$d/data"
 pki_dir = "$W/pki"
-archive = ${ARCHIVE:-true}
+archive = ${ARCHIVE:-false}
 EOT
     cat > "$d/lb.toml" <<EOT
 listen = ["127.0.0.1:17271"]
@@ -127,9 +131,24 @@ EOT
     $BIN cm --config "$d/cm.toml" 2>"$d/cm.log" & local cm=$!; STARTED+=($cm)
     wait_port 17471
     sleep 3 # the CM joins the balancer
-    scenarios longlink 17471 starttls core=$core cm=$cm
-    scenarios longlink 17271 quic core=$core cm=$cm lb=$lb
-    kill $cm $lb $core; wait $cm $lb $core 2>/dev/null || true
+    LL=($core $cm $lb)
+}
+
+# longlink with its message archive on (XEP-0313: a durable write per
+# message before it is acknowledged), which the other two are not running.
+run_longlink_mam() {
+    ARCHIVE=true start_longlink
+    SCENARIOS=chat scenarios longlink+mam 17471 starttls core=${LL[0]} cm=${LL[1]}
+    kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+}
+
+run_longlink() {
+    start_longlink
+    scenarios longlink 17471 starttls core=${LL[0]} cm=${LL[1]}
+    kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+    start_longlink
+    scenarios longlink 17271 quic core=${LL[0]} cm=${LL[1]} lb=${LL[2]}
+    kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
 }
 
 install() { # package binary
@@ -139,16 +158,16 @@ install() { # package binary
         || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; }
 }
 
-run_prosody() {
-    install prosody prosody
+start_prosody() {
     local d="$W/prosody"
-    mkdir -p "$d/data"
+    rm -rf "$d"; mkdir -p "$d/data"
     chown -R prosody: "$d" 2>/dev/null || true
     cat > "$d/prosody.cfg.lua" <<EOT
 pidfile = "$d/prosody.pid"
 data_path = "$d/data"
 daemonize = false
 log = { warn = "$d/prosody.log" }
+network_backend = "epoll"
 interfaces = { "127.0.0.1" }
 c2s_ports = { 15222 }
 c2s_direct_tls_ports = { }
@@ -165,20 +184,25 @@ ssl = { certificate = "$W/pki/cm-1.pem"; key = "$W/pki/cm-1.key" }
 VirtualHost "$DOMAIN"
 EOT
     runuser -u prosody -- prosody --config "$d/prosody.cfg.lua" 2>"$d/stderr.log" &
-    STARTED+=($!)
+    PROSODY=$!; STARTED+=($PROSODY)
     wait_port 15222
-    local pid
-    pid=$(pgrep -u prosody -f "prosody --config $d" | head -1)
     $LOAD --server 127.0.0.1:15222 --domain $DOMAIN --transport plain --ca "$CA" \
         --prefix bench --password bench register --users "$USERS"
-    scenarios prosody 15222 starttls prosody=$pid
-    scenarios prosody 15222 plain prosody=$pid
+    PROSODY_PID=$(pgrep -u prosody -f "prosody --config $d" | head -1)
 }
 
-run_ejabberd() {
-    install ejabberd ejabberdctl
+run_prosody() {
+    install prosody prosody
+    for transport in starttls plain; do
+        start_prosody
+        scenarios prosody 15222 $transport prosody=$PROSODY_PID
+        kill $PROSODY; wait $PROSODY 2>/dev/null || true
+    done
+}
+
+start_ejabberd() {
     local d="$W/ejabberd"
-    mkdir -p "$d/db" "$d/logs"
+    rm -rf "$d"; mkdir -p "$d/db" "$d/logs"
     chown -R ejabberd: "$d" 2>/dev/null || true
     cat > "$d/ejabberd.yml" <<EOT
 hosts: [$DOMAIN]
@@ -193,6 +217,7 @@ listen:
     module: ejabberd_c2s
     starttls: true
     max_stanza_size: 262144
+    backlog: 4096
 acl:
   local:
     user_regexp: ""
@@ -208,20 +233,26 @@ modules:
   mod_register:
     ip_access: all
     access: register
-    registration_timeout: infinity
+registration_timeout: infinity
 EOT
-    chown ejabberd: "$d/ejabberd.yml"
-    EJABBERD_CTL="ejabberdctl --config $d/ejabberd.yml --logs $d/logs --spool $d/db --node bench@localhost"
+    touch "$d/ejabberdctl.cfg" # (Debian's would point back at /etc/ejabberd)
+    chown -R ejabberd: "$d"
+    EJABBERD_CTL="ejabberdctl --config-dir $d --config $d/ejabberd.yml --ctl-config $d/ejabberdctl.cfg --logs $d/logs --spool $d/db --node bench@localhost"
     $EJABBERD_CTL start
     $EJABBERD_CTL started
     wait_port 25222
-    local pid
-    pid=$(pgrep -f "beam.*bench@localhost" | head -1)
+    EJABBERD_PID=$(pgrep -f "beam.*bench@localhost" | head -1)
     $LOAD --server 127.0.0.1:25222 --domain $DOMAIN --transport plain --ca "$CA" \
         --prefix bench --password bench register --users "$USERS"
-    scenarios ejabberd 25222 starttls ejabberd=$pid
-    scenarios ejabberd 25222 plain ejabberd=$pid
-    $EJABBERD_CTL stop >/dev/null; EJABBERD_CTL=""
+}
+
+run_ejabberd() {
+    install ejabberd ejabberdctl
+    for transport in starttls plain; do
+        start_ejabberd
+        scenarios ejabberd 25222 $transport ejabberd=$EJABBERD_PID
+        $EJABBERD_CTL stop >/dev/null; $EJABBERD_CTL stopped >/dev/null 2>&1 || true; EJABBERD_CTL=""
+    done
 }
 
 for s in $SERVERS; do "run_$s"; done

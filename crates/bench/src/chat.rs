@@ -109,7 +109,7 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
     let online = crate::login_all(&setup, n, &endpoints).await?;
     eprintln!("{n} users online");
     let mut tasks = Vec::new();
-    for (i, user) in online.into_iter().enumerate() {
+    for (i, user) in online {
         let Online {
             writer,
             reader,

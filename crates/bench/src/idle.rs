@@ -33,7 +33,8 @@ pub async fn run(
     let online = crate::login_all(&setup, users, &endpoints).await?;
     // Keep reading (the servers' presence echoes), then let them settle.
     let mut keep = Vec::new();
-    for u in online {
+    let users = online.len();
+    for (_, u) in online {
         let crate::user::Online {
             writer,
             mut reader,

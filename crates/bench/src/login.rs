@@ -37,7 +37,7 @@ pub async fn run(
     let quic = setup.dialer.transport() == client_sdk::transport::Transport::Quic;
     // Warm the SCRAM cache: one login per account, not measured.
     let warm = crate::endpoints(&setup, if quic { users } else { 0 }, false)?;
-    for u in crate::login_all(&setup, users, &warm).await? {
+    for (_, u) in crate::login_all(&setup, users, &warm).await? {
         u.close().await;
     }
     for c in levels {

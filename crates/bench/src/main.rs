@@ -143,9 +143,16 @@ async fn main() -> Result<()> {
         password: cli.password,
         mechanism,
         cache: Arc::default(),
+        resource: "load".into(),
     };
     match cli.scenario {
-        Scenario::Idle { users, settle } => idle::run(setup, cli.pids, users, settle).await,
+        Scenario::Idle { users, settle } => {
+            let setup = Setup {
+                resource: "idle".into(),
+                ..setup
+            };
+            idle::run(setup, cli.pids, users, settle).await
+        }
         Scenario::Register { users } => register_all(&setup, users).await,
         Scenario::Chat {
             users,
@@ -235,13 +242,16 @@ pub fn endpoint_of(endpoints: &[quinn::Endpoint], i: usize, n: usize) -> Option<
     }
 }
 
-/// Logs users 0..n in, 64 at a time.
+/// Logs users 0..n in, 64 at a time; returns each with its number. A few
+/// failures are reported and tolerated (the users that logged in carry
+/// on); more than 1 % fail the scenario.
 pub async fn login_all(
     setup: &Setup,
     n: usize,
     endpoints: &[quinn::Endpoint],
-) -> Result<Vec<Online>> {
+) -> Result<Vec<(usize, Online)>> {
     let mut online = Vec::with_capacity(n);
+    let mut failed = Vec::new();
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let logins = chunk.iter().map(|&i| {
             let (setup, ep) = (setup.clone(), endpoint_of(endpoints, i, n).cloned());
@@ -249,11 +259,15 @@ pub async fn login_all(
         });
         let handles: Vec<_> = logins.collect();
         for (h, &i) in handles.into_iter().zip(chunk) {
-            let user = h
-                .await?
-                .with_context(|| format!("{} cannot log in", setup.jid(i)))?;
-            online.push(user);
+            match h.await? {
+                Ok(user) => online.push((i, user)),
+                Err(e) => failed.push(format!("{}: {e:?}", setup.jid(i))),
+            }
         }
+    }
+    if !failed.is_empty() {
+        eprintln!("{} of {n} logins failed, e.g. {}", failed.len(), failed[0]);
+        anyhow::ensure!(failed.len() * 100 <= n, "too many logins failed");
     }
     Ok(online)
 }

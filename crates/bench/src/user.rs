@@ -23,6 +23,9 @@ pub struct Setup {
     pub mechanism: Mechanism,
     /// SCRAM SaltedPasswords computed so far.
     pub cache: Arc<SaltedCache>,
+    /// The resource every user binds (scenarios differ, so a scenario's
+    /// logins never collide with the sessions of the one before).
+    pub resource: String,
 }
 
 impl Setup {
@@ -44,9 +47,22 @@ pub struct Online {
     pub jid: String,
 }
 
-/// Logs user `i` in (stream, SASL, bind, initial presence). QUIC needs an
-/// endpoint.
+/// A login or registration not done in this long has failed.
+pub const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Logs user `i` in (stream, SASL, bind, initial presence) within
+/// [`LOGIN_TIMEOUT`]. QUIC needs an endpoint.
 pub async fn login(
+    setup: &Setup,
+    i: usize,
+    endpoint: Option<&quinn::Endpoint>,
+) -> Result<Online, ClientError> {
+    tokio::time::timeout(LOGIN_TIMEOUT, login_inner(setup, i, endpoint))
+        .await
+        .unwrap_or(Err(ClientError::Timeout))
+}
+
+async fn login_inner(
     setup: &Setup,
     i: usize,
     endpoint: Option<&quinn::Endpoint>,
@@ -58,7 +74,7 @@ pub async fn login(
         .await?;
     io.open(setup.dialer.domain()).await?;
     let features = io.element().await?;
-    let jid = io.bind(&features, Some("load")).await?;
+    let jid = io.bind(&features, Some(&setup.resource)).await?;
     io.write(b"<presence/>").await?;
     let client_sdk::negotiation::Negotiation { send, recv, framer } = io;
     let reader = Io {
@@ -77,6 +93,16 @@ pub async fn login(
 /// Creates account `i` by in-band registration (XEP-0077): how the load
 /// tool fills ejabberd and Prosody. An existing account is fine.
 pub async fn register(
+    setup: &Setup,
+    i: usize,
+    endpoint: Option<&quinn::Endpoint>,
+) -> Result<(), ClientError> {
+    tokio::time::timeout(LOGIN_TIMEOUT, register_inner(setup, i, endpoint))
+        .await
+        .unwrap_or(Err(ClientError::Timeout))
+}
+
+async fn register_inner(
     setup: &Setup,
     i: usize,
     endpoint: Option<&quinn::Endpoint>,
