@@ -59,6 +59,30 @@ impl UdpPoller for Poller {
     }
 }
 
+impl EncapSocket {
+    /// Checks a received datagram and moves its payload to the front of
+    /// `buf`; `None` (counted as dropped) if it is not from the balancer or
+    /// not encapsulated.
+    fn unwrap(&self, buf: &mut [u8], n: usize, from: SocketAddr) -> Option<RecvMeta> {
+        let decoded = (from == self.balancer)
+            .then(|| encap::decode(&buf[..n]).ok())
+            .flatten();
+        let Some((client, payload)) = decoded else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let header = n - payload.len();
+        buf.copy_within(header..n, 0);
+        Some(RecvMeta {
+            addr: client,
+            len: n - header,
+            stride: n - header,
+            ecn: None,
+            dst_ip: None,
+        })
+    }
+}
+
 impl AsyncUdpSocket for EncapSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(Poller(self))
@@ -66,9 +90,14 @@ impl AsyncUdpSocket for EncapSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         // max_transmit_segments is 1: one datagram per transmit.
-        let mut buf = Vec::with_capacity(encap::MAX_HEADER + transmit.contents.len());
-        encap::encode(transmit.destination, transmit.contents, &mut buf);
-        self.io.try_send_to(&buf, self.balancer).map(|_| ())
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            encap::encode(transmit.destination, transmit.contents, buf);
+            self.io.try_send_to(buf, self.balancer).map(|_| ())
+        })
     }
 
     fn poll_recv(
@@ -77,32 +106,30 @@ impl AsyncUdpSocket for EncapSocket {
         bufs: &mut [io::IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
-            return Poll::Ready(Ok(0));
-        };
-        loop {
-            let mut read = ReadBuf::new(buf);
-            let from = ready!(self.io.poll_recv_from(cx, &mut read))?;
-            let n = read.filled().len();
-            if from != self.balancer {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
+        // The first datagram waits for readiness; the rest of the batch takes
+        // whatever else is queued, so quinn handles a burst in one wakeup.
+        let mut count = 0;
+        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
+            loop {
+                let (n, from) = if count == 0 {
+                    let mut read = ReadBuf::new(buf);
+                    let from = ready!(self.io.poll_recv_from(cx, &mut read))?;
+                    (read.filled().len(), from)
+                } else {
+                    match self.io.try_recv_from(buf) {
+                        Ok(got) => got,
+                        // WouldBlock, or an error the next poll reports
+                        Err(_) => return Poll::Ready(Ok(count)),
+                    }
+                };
+                if let Some(m) = self.unwrap(buf, n, from) {
+                    *meta = m;
+                    count += 1;
+                    break;
+                }
             }
-            let Ok((client, payload)) = encap::decode(&buf[..n]) else {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let header = n - payload.len();
-            buf.copy_within(header..n, 0);
-            *meta = RecvMeta {
-                addr: client,
-                len: n - header,
-                stride: n - header,
-                ecn: None,
-                dst_ip: None,
-            };
-            return Poll::Ready(Ok(1));
         }
+        Poll::Ready(Ok(count))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

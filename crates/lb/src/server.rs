@@ -165,9 +165,14 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
     move |source| LbError::Io { context, source }
 }
 
-/// A UDP socket with quinn-udp's batched I/O state, used blocking from the
-/// data-plane threads (a read timeout lets them notice shutdown; a full
-/// send buffer makes a thread wait, which is the backpressure UDP has).
+/// A UDP socket with quinn-udp's batched I/O state, used from the
+/// data-plane threads. The socket is non-blocking: a thread waits in
+/// `poll(2)` until it is readable (with a timeout, to notice shutdown), then
+/// takes whatever is queued in one `recvmmsg`. A full send buffer makes the
+/// thread wait for room, which is the backpressure UDP has. (A blocking
+/// socket would not do: `recvmmsg` without `MSG_WAITFORONE`, as quinn-udp
+/// calls it, waits for a whole batch, which held every datagram for the
+/// read timeout when traffic was light.)
 struct UdpIo {
     sock: std::net::UdpSocket,
     state: UdpSocketState,
@@ -180,12 +185,7 @@ impl UdpIo {
         let state = UdpSocketState::new((&sock).into()).map_err(io("socket options"))?;
         let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
         let _ = state.set_send_buffer_size((&sock).into(), 4 << 20);
-        // quinn-udp makes the socket non-blocking; the data-plane threads
-        // block in recvmmsg instead (with a timeout to notice shutdown), or
-        // they would spin a core each even with no traffic.
-        sock.set_nonblocking(false).map_err(io("blocking mode"))?;
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .map_err(io("read timeout"))?;
+        // quinn-udp has made the socket non-blocking; see `wait`.
         let addr = sock.local_addr().map_err(io("local address"))?;
         Ok(Self { sock, state, addr })
     }
@@ -198,9 +198,39 @@ impl UdpIo {
             segment_size,
             src_ip: None,
         };
-        self.state.send((&self.sock).into(), &t).is_ok()
+        for _ in 0..SEND_WAITS {
+            match self.state.send((&self.sock).into(), &t) {
+                Ok(()) => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.wait(libc::POLLOUT);
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Waits until the socket is ready for `events` or [`WAIT_MS`] pass;
+    /// true if it is ready.
+    fn wait(&self, events: libc::c_short) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: `fd` is one valid pollfd for an open socket, and the
+        // count passed is 1.
+        unsafe { libc::poll(&mut fd, 1, WAIT_MS) > 0 }
     }
 }
+
+/// How long a data-plane thread waits for its socket at a time (it checks
+/// for shutdown in between).
+const WAIT_MS: libc::c_int = 100;
+
+/// How many waits for send-buffer room before a datagram is dropped.
+const SEND_WAITS: usize = 10;
 
 /// Datagrams for one destination gathered into one GSO send when they have
 /// the same size (the last may be shorter), flushed at the end of each
@@ -447,10 +477,13 @@ fn recv_batches(
         .collect();
     let mut metas = vec![RecvMeta::default(); batch];
     while !shutdown.is_cancelled() {
+        if !io.wait(libc::POLLIN) {
+            continue; // timeout: check for shutdown
+        }
         let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let n = match io.state.recv((&io.sock).into(), &mut slices, &mut metas) {
             Ok(n) => n,
-            Err(_) => continue, // timeout (shutdown check) or a transient error
+            Err(_) => continue, // another thread took it, or a transient error
         };
         drop(slices);
         for (buf, meta) in bufs.iter().zip(&metas).take(n) {

@@ -539,12 +539,7 @@ impl Storage {
     }
 }
 
-/// Under load (a commit less than this ago), a batch waits up to this long
-/// for more jobs: fewer, larger commits. An idle store commits at once.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
-
 fn run(mut store: Box<dyn Store>, rx: mpsc::Receiver<Job>) {
-    let mut last_commit = std::time::Instant::now() - LINGER;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -553,21 +548,10 @@ fn run(mut store: Box<dyn Store>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if batch.len() < BATCH && last_commit.elapsed() < LINGER {
-            let deadline = std::time::Instant::now() + LINGER;
-            while batch.len() < BATCH {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
         tracing::trace!(jobs = batch.len(), "storage batch");
         let begun = store.begin();
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut *store)).collect();
         let commit = begun.and_then(|()| store.commit());
-        last_commit = std::time::Instant::now();
         if let Err(e) = &commit {
             tracing::error!(error = %e, "storage commit failed");
             store.rollback();
