@@ -67,6 +67,10 @@ pub(crate) struct Attached {
 type Connecting = Pin<Box<dyn Future<Output = Result<Attached, ClientError>> + Send>>;
 
 /// One live connection.
+/// How long a client whose writes the server stopped waits for the
+/// server's reason (see `read_last_words`).
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
 struct Live {
     conn: quinn::Connection,
     send: SendStream,
@@ -299,8 +303,35 @@ impl Driver {
         match live.send.write_all(bytes).await {
             Ok(()) => true,
             Err(e) => {
-                self.lost(format!("write: {e}")).await;
+                // The server stopped reading (STOP_SENDING): it has usually
+                // said why in a stream error that is still on its way.
+                let stopped = matches!(e, quinn::WriteError::Stopped(_));
+                if !(stopped && self.read_last_words().await) {
+                    self.lost(format!("write: {e}")).await;
+                }
                 false
+            }
+        }
+    }
+
+    /// Reads what the server sent before it stopped reading, for up to
+    /// [`LAST_WORDS`]; true if that ended or moved the session (a stream
+    /// error), false if nothing did.
+    async fn read_last_words(&mut self) -> bool {
+        let deadline = Instant::now() + LAST_WORDS;
+        loop {
+            let Some(live) = &mut self.live else {
+                return true;
+            };
+            match tokio::time::timeout_at(deadline, live.inbound.recv()).await {
+                Ok(Some(Inbound::Element(el))) => {
+                    // (boxed: handling it may write, which may end up here)
+                    Box::pin(self.element(el)).await;
+                    if self.finished || self.live.is_none() {
+                        return true;
+                    }
+                }
+                _ => return false,
             }
         }
     }

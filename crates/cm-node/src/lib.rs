@@ -104,10 +104,11 @@ fn client_transport(config: &CmConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(2u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((64u32 * 1024).into())
-        .receive_window((128u32 * 1024).into())
-        .send_window(128 * 1024)
+        .stream_receive_window((16u32 * 1024).into())
+        .receive_window((32u32 * 1024).into())
+        .send_window(32 * 1024)
         .datagram_receive_buffer_size(None)
+        .mtu_discovery_config(None)
         .keep_alive_interval(Some(config.keep_alive()))
         .max_idle_timeout(config.idle_timeout().try_into().ok());
     t

@@ -57,6 +57,10 @@ pub struct ListenerContext {
 pub trait ByteSource {
     /// The next bytes; `Ok(None)` at the end of the stream.
     fn next_chunk(&mut self) -> impl std::future::Future<Output = std::io::Result<Option<Bytes>>>;
+    /// The session has ended: read no more. A QUIC stream tells the client
+    /// (STOP_SENDING), so a client blocked on flow control in the middle of
+    /// a write it will never finish gets an error instead of waiting.
+    fn stop(&mut self) {}
 }
 
 impl ByteSource for quinn::RecvStream {
@@ -65,6 +69,10 @@ impl ByteSource for quinn::RecvStream {
             Ok(c) => Ok(c.map(|c| c.bytes)),
             Err(e) => Err(std::io::Error::other(e)),
         }
+    }
+
+    fn stop(&mut self) {
+        let _ = quinn::RecvStream::stop(self, 0u32.into());
     }
 }
 
@@ -248,10 +256,10 @@ pub async fn run_session<R, W>(
             frame = rx.recv() => match frame {
                 Some(f) => {
                     // Take whatever else is queued too: one write for a burst.
-                    let mut actions = session.on_core(f);
+                    let mut actions = session.on_core(*f);
                     while actions.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(f) => actions.extend(session.on_core(f)),
+                            Ok(f) => actions.extend(session.on_core(*f)),
                             Err(_) => break,
                         }
                     }
@@ -297,6 +305,7 @@ pub async fn run_session<R, W>(
             session.shrink();
         }
     }
+    recv.stop();
     ctx.sessions.close(sid);
     if let Some(end) = session.on_closed() {
         let _ = ctx.pool.send(sid, end).await;
@@ -304,7 +313,7 @@ pub async fn run_session<R, W>(
     // Anything still queued for this session goes back to the core.
     rx.close();
     while let Ok(frame) = rx.try_recv() {
-        if let Some(b) = bounce(sid, frame) {
+        if let Some(b) = bounce(sid, *frame) {
             let _ = ctx.pool.send(sid, b).await;
         }
     }
