@@ -4,6 +4,7 @@
 #   bench/compare.sh                 # everything (installs ejabberd and prosody if missing)
 #   SERVERS="longlink" bench/compare.sh
 #   USERS=500 RATES=1000,5000 STEP=10 LOGIN_C=1,16 REPEAT=3 bench/compare.sh
+#   CORE_THREADS=2 SERVERS=longlink bench/compare.sh   # the core's --threads
 #
 # Every server gets the same users (bench0 … bench{USERS-1}, password
 # "bench"), the same TLS certificate (from `longlink certs`), no shaper and
@@ -126,7 +127,7 @@ EOT
     mkdir -p "$d/deploy" "$d/data"
     ln -s "$d/data" "$d/deploy/data"
     $BIN adduser bench --count "$USERS" --password bench --dir "$d/deploy" >/dev/null
-    RUST_LOG=${CORE_LOG:-info} $BIN core --config "$d/core.toml" 2>"$d/core.log" & local core=$!; STARTED+=($core)
+    RUST_LOG=${CORE_LOG:-info} $BIN core --config "$d/core.toml" ${CORE_THREADS:+--threads $CORE_THREADS} 2>"$d/core.log" & local core=$!; STARTED+=($core)
     $BIN lb --config "$d/lb.toml" 2>"$d/lb.log" & local lb=$!; STARTED+=($lb)
     $BIN cm --config "$d/cm.toml" 2>"$d/cm.log" & local cm=$!; STARTED+=($cm)
     wait_port 17471

@@ -21,6 +21,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Runtime worker threads. Default: 1 for `core` (its router is one
+    /// task; a single-threaded runtime spares it a cross-thread wakeup per
+    /// message), one per CPU for everything else.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -121,11 +126,29 @@ fn init_tracing() {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing();
-    match cli.command {
+    let threads = cli.threads.unwrap_or(match cli.command {
+        Command::Core { .. } => 1,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
         Command::Certs {
             command:
                 CertsCommand::Init {
