@@ -13,7 +13,8 @@
 # straight to a CM, and over QUIC through the balancer; ejabberd and Prosody
 # over STARTTLS and plain TCP. None archives messages (as configured here);
 # "longlink+mam" is longlink again with its archive on, chat only. Each
-# server is restarted for each transport, so idle memory starts fresh. Results: JSON lines in $OUT/results.jsonl,
+# server is restarted for each transport and each run, so every run starts
+# from fresh processes (idle memory too). Results: JSON lines in $OUT/results.jsonl,
 # and the table bench/table.py prints. Everything started here is stopped
 # by PID at exit.
 set -euo pipefail
@@ -68,9 +69,8 @@ for line in sys.stdin:
     print(json.dumps(row), flush=True)" >> "$OUT/results.jsonl"
 }
 
-scenarios() { # server port transport pids...
-    local server=$1 port=$2 transport=$3; shift 3
-    for run in $(seq 1 "$REPEAT"); do
+scenarios() { # server port transport pids...  (run number in $RUN)
+    local server=$1 port=$2 transport=$3 run=$RUN; shift 3
         for s in $SCENARIOS; do
             echo "== $server over $transport: $s (run $run)" >&2
             case $s in
@@ -83,7 +83,6 @@ scenarios() { # server port transport pids...
                 fi ;;
             esac
         done
-    done
 }
 
 wait_port() { # tcp port
@@ -138,18 +137,22 @@ EOT
 # longlink with its message archive on (XEP-0313: a durable write per
 # message before it is acknowledged), which the other two are not running.
 run_longlink_mam() {
+    for RUN in $(seq 1 "$REPEAT"); do
     ARCHIVE=true start_longlink
     SCENARIOS=chat scenarios longlink+mam 17471 starttls core=${LL[0]} cm=${LL[1]}
     kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+    done
 }
 
 run_longlink() {
+    for RUN in $(seq 1 "$REPEAT"); do
     start_longlink
     scenarios longlink 17471 starttls core=${LL[0]} cm=${LL[1]}
     kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
     start_longlink
     scenarios longlink 17271 quic core=${LL[0]} cm=${LL[1]} lb=${LL[2]}
     kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+    done
 }
 
 install() { # package binary
@@ -184,21 +187,32 @@ limits = { c2s = { rate = "100mb/s" } }
 ssl = { certificate = "$W/pki/cm-1.pem"; key = "$W/pki/cm-1.key" }
 VirtualHost "$DOMAIN"
 EOT
-    runuser -u prosody -- prosody --config "$d/prosody.cfg.lua" 2>"$d/stderr.log" &
+    # (raise the open-files limit to the hard one, as for ejabberd)
+    runuser -u prosody -- sh -c 'ulimit -n "$(ulimit -Hn)"; exec prosody --config "$1"' sh "$d/prosody.cfg.lua" 2>"$d/stderr.log" &
     PROSODY=$!; STARTED+=($PROSODY)
     wait_port 15222
+    PROSODY_PID=$(pgrep -u prosody -f "prosody --config $d" | head -1)
     $LOAD --server 127.0.0.1:15222 --domain $DOMAIN --transport plain --ca "$CA" \
         --prefix bench --password bench register --users "$USERS"
-    PROSODY_PID=$(pgrep -u prosody -f "prosody --config $d" | head -1)
 }
 
 run_prosody() {
     install prosody prosody
-    for transport in starttls plain; do
+    for RUN in $(seq 1 "$REPEAT"); do for transport in starttls plain; do
         start_prosody
         scenarios prosody 15222 $transport prosody=$PROSODY_PID
         kill $PROSODY; wait $PROSODY 2>/dev/null || true
-    done
+    done; done
+}
+
+# ejabberdctl as the ejabberd user, with the open-files limit raised to the
+# hard limit (run as root it switches user through su, which leaves 1024:
+# too few for 1000 users, and logins beyond that hang).
+ejctl() {
+    local d=$EJABBERD_DIR
+    runuser -u ejabberd -- sh -c 'ulimit -n "$(ulimit -Hn)"; exec ejabberdctl "$@"' sh \
+        --config-dir "$d" --config "$d/ejabberd.yml" --ctl-config "$d/ejabberdctl.cfg" \
+        --logs "$d/logs" --spool "$d/db" --node bench@localhost "$@"
 }
 
 start_ejabberd() {
@@ -238,7 +252,8 @@ registration_timeout: infinity
 EOT
     touch "$d/ejabberdctl.cfg" # (Debian's would point back at /etc/ejabberd)
     chown -R ejabberd: "$d"
-    EJABBERD_CTL="ejabberdctl --config-dir $d --config $d/ejabberd.yml --ctl-config $d/ejabberdctl.cfg --logs $d/logs --spool $d/db --node bench@localhost"
+    EJABBERD_DIR=$d
+    EJABBERD_CTL=ejctl
     $EJABBERD_CTL start
     $EJABBERD_CTL started
     wait_port 25222
@@ -249,11 +264,11 @@ EOT
 
 run_ejabberd() {
     install ejabberd ejabberdctl
-    for transport in starttls plain; do
+    for RUN in $(seq 1 "$REPEAT"); do for transport in starttls plain; do
         start_ejabberd
         scenarios ejabberd 25222 $transport ejabberd=$EJABBERD_PID
         $EJABBERD_CTL stop >/dev/null; $EJABBERD_CTL stopped >/dev/null 2>&1 || true; EJABBERD_CTL=""
-    done
+    done; done
 }
 
 for s in $SERVERS; do "run_$s"; done

@@ -12,10 +12,14 @@ def key(r):
 def cpu_total(pairs, exclude=("load-tool",)):
     return sum(v for n, v in pairs if n not in exclude and v == v)
 
-print("\n## idle: KiB per idle session (median over runs)")
+print("\n## idle: KiB per idle session (median over runs on fresh processes)")
 idle = collections.defaultdict(lambda: collections.defaultdict(list))
+# A run on a process that already held these sessions once measures
+# nothing (memory freed by the last run is reused): skip such rows.
+fresh = {(r["server"], r["transport"], r["run"]) for r in rows
+         if r["scenario"] == "idle" and r["kib_per_session"] > 0}
 for r in rows:
-    if r["scenario"] == "idle":
+    if r["scenario"] == "idle" and (r["server"], r["transport"], r["run"]) in fresh:
         idle[key(r)][r["process"]].append(r["kib_per_session"])
 for k, procs in sorted(idle.items()):
     parts = {p: med(v) for p, v in procs.items()}

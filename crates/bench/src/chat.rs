@@ -104,8 +104,8 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         moves: AtomicU64::new(0),
     });
     let quic = setup.dialer.transport() == client_sdk::transport::Transport::Quic;
-    let own_endpoints = plan.move_every.is_some();
-    let endpoints = crate::endpoints(&setup, if quic { n } else { 0 }, own_endpoints)?;
+    // A UDP socket per user, as every phone has (and migrate moves them).
+    let endpoints = crate::endpoints(&setup, if quic { n } else { 0 }, true)?;
     let online = crate::login_all(&setup, n, &endpoints).await?;
     eprintln!("{n} users online");
     let mut tasks = Vec::new();
@@ -200,6 +200,7 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
     for t in tasks {
         t.abort();
     }
+    crate::close_endpoints(&endpoints).await;
     Ok(())
 }
 

@@ -72,5 +72,6 @@ pub async fn run(
     for k in keep {
         k.abort();
     }
+    crate::close_endpoints(&endpoints).await;
     Ok(())
 }

@@ -98,9 +98,14 @@ impl CmHandle {
     }
 }
 
-/// Transport settings for phones: few streams, small windows (little memory
-/// per idle connection), keep-alive inside typical NAT timeouts.
 fn client_transport(config: &CmConfig) -> quinn::TransportConfig {
+    idle_phone_transport(config.keep_alive(), config.idle_timeout())
+}
+
+/// The CM's transport settings for phones: few streams, small windows
+/// (little memory per idle connection), keep-alive inside typical NAT
+/// timeouts. Public so the load tool's quinn baseline uses the same.
+pub fn idle_phone_transport(keep_alive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(2u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -109,8 +114,8 @@ fn client_transport(config: &CmConfig) -> quinn::TransportConfig {
         .send_window(32 * 1024)
         .datagram_receive_buffer_size(None)
         .mtu_discovery_config(None)
-        .keep_alive_interval(Some(config.keep_alive()))
-        .max_idle_timeout(config.idle_timeout().try_into().ok());
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(idle_timeout.try_into().ok());
     t
 }
 
