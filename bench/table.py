@@ -4,13 +4,15 @@ repeated runs; ratios against ejabberd over STARTTLS from the same file)."""
 import collections, json, statistics, sys
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-med = lambda xs: statistics.median(xs) if xs else float("nan")
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
 
 def key(r):
     return (r["server"], r["transport"])
 
 def cpu_total(pairs, exclude=("load-tool",)):
-    return sum(v for n, v in pairs if n not in exclude and v == v)
+    return sum(v for n, v in pairs if n not in exclude and v is not None and v == v)
 
 print("\n## idle: KiB per idle session (median over runs on fresh processes)")
 idle = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -35,7 +37,7 @@ base = {}
 for k, steps in sorted(chat.items()):
     for rate, rs in sorted(steps.items()):
         cpu = med([cpu_total(r["cpu_us_per_1000"]) / 1000 for r in rs])
-        per = {n: med([dict(r["cpu_us_per_1000"]).get(n, float("nan")) / 1000 for r in rs])
+        per = {n: med([(dict(r["cpu_us_per_1000"]).get(n) or float("nan")) / 1000 for r in rs])
                for n, _ in rs[0]["cpu_us_per_1000"]}
         p99 = med([r["p99_ms"] for r in rs])
         lost = med([r["lost"] for r in rs])

@@ -105,7 +105,10 @@ fn client_transport(config: &CmConfig) -> quinn::TransportConfig {
 /// The CM's transport settings for phones: few streams, small windows
 /// (little memory per idle connection), keep-alive inside typical NAT
 /// timeouts. Public so the load tool's quinn baseline uses the same.
-pub fn idle_phone_transport(keep_alive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
+pub fn idle_phone_transport(
+    keep_alive: Duration,
+    idle_timeout: Duration,
+) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(2u32.into())
         .max_concurrent_uni_streams(0u32.into())
