@@ -71,18 +71,18 @@ for line in sys.stdin:
 
 scenarios() { # server port transport pids...  (run number in $RUN)
     local server=$1 port=$2 transport=$3 run=$RUN; shift 3
-        for s in $SCENARIOS; do
-            echo "== $server over $transport: $s (run $run)" >&2
-            case $s in
-            idle) load "$server" "$port" "$transport" "$run" "$@" -- idle --users "$IDLE_USERS" ;;
-            chat) load "$server" "$port" "$transport" "$run" "$@" -- chat --users "$USERS" --rates "$RATES" --step-secs "$STEP" ;;
-            login) load "$server" "$port" "$transport" "$run" "$@" -- login --users "$USERS" --concurrency "$LOGIN_C" --step-secs "$STEP" ;;
-            migrate)
-                if [ "$transport" = quic ]; then
-                    load "$server" "$port" "$transport" "$run" "$@" -- migrate --users 200 --rate 1000 --every 5 --secs "$((STEP * 2))"
-                fi ;;
-            esac
-        done
+    for s in $SCENARIOS; do
+        echo "== $server over $transport: $s (run $run)" >&2
+        case $s in
+        idle) load "$server" "$port" "$transport" "$run" "$@" -- idle --users "$IDLE_USERS" ;;
+        chat) load "$server" "$port" "$transport" "$run" "$@" -- chat --users "$USERS" --rates "$RATES" --step-secs "$STEP" ;;
+        login) load "$server" "$port" "$transport" "$run" "$@" -- login --users "$USERS" --concurrency "$LOGIN_C" --step-secs "$STEP" ;;
+        migrate)
+            if [ "$transport" = quic ]; then
+                load "$server" "$port" "$transport" "$run" "$@" -- migrate --users 200 --rate 1000 --every 5 --secs "$((STEP * 2))"
+            fi ;;
+        esac
+    done
 }
 
 wait_port() { # tcp port
@@ -138,20 +138,20 @@ EOT
 # message before it is acknowledged), which the other two are not running.
 run_longlink_mam() {
     for RUN in $(seq 1 "$REPEAT"); do
-    ARCHIVE=true start_longlink
-    SCENARIOS=chat scenarios longlink+mam 17471 starttls core=${LL[0]} cm=${LL[1]}
-    kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+        ARCHIVE=true start_longlink
+        SCENARIOS=chat scenarios longlink+mam 17471 starttls core=${LL[0]} cm=${LL[1]}
+        kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
     done
 }
 
 run_longlink() {
     for RUN in $(seq 1 "$REPEAT"); do
-    start_longlink
-    scenarios longlink 17471 starttls core=${LL[0]} cm=${LL[1]}
-    kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
-    start_longlink
-    scenarios longlink 17271 quic core=${LL[0]} cm=${LL[1]} lb=${LL[2]}
-    kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+        start_longlink
+        scenarios longlink 17471 starttls core=${LL[0]} cm=${LL[1]}
+        kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+        start_longlink
+        scenarios longlink 17271 quic core=${LL[0]} cm=${LL[1]} lb=${LL[2]}
+        kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
     done
 }
 
