@@ -4,7 +4,7 @@
 # CORE_PORT (core), CORE_PORT+10 (admin), CORE_PORT+30+i (cm-i).
 # Everything stops and W is removed when the script exits.
 cargo build --release -p longlink --bin longlink 2>/dev/null
-cargo build --release -p tests --example "$EXAMPLE" 2>/dev/null
+cargo build --release -p longlink-bench --example "$EXAMPLE" 2>/dev/null
 BIN=target/release/longlink
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT

@@ -8,7 +8,7 @@
 #
 # Every server gets the same users (bench0 … bench{USERS-1}, password
 # "bench"), the same TLS certificate (from `longlink certs`), no shaper and
-# Nagle off, and is measured by the same load tool (crates/bench), run in
+# Nagle off, and is measured by the same load tool (tests/load), run in
 # its own process on the same machine. longlink is driven over STARTTLS
 # straight to a CM, and over QUIC through the balancer; ejabberd and Prosody
 # over STARTTLS and plain TCP. None archives messages (as configured here);
@@ -34,7 +34,7 @@ mkdir -p "$OUT"
 # thousands of sockets per process (servers inherit it)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -p longlink --bin longlink -p bench --bin longlink-bench 2>&1 | tail -1
+cargo build --release -p longlink --bin longlink -p longlink-bench --bin longlink-bench 2>&1 | tail -1
 BIN=target/release/longlink
 LOAD=target/release/longlink-bench
 W=$(mktemp -d /tmp/longlink-compare.XXXXXX)

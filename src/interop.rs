@@ -1,11 +1,11 @@
-//! `longlink interop`: the conformance suite of `tests::interop` against any
+//! `longlink interop`: the conformance suite of the `interop` crate against any
 //! XMPP server, one line per case.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use tests::interop::{Target, Transport, run_suite};
+use interop::{Target, Transport, run_suite};
 
 /// Arguments of `longlink interop`.
 #[derive(clap::Args)]

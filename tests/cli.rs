@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+mod support;
 
-use common::{BIN, Deployment, backends, run};
+use support::process::{BIN, Deployment, backends, run};
 
 #[test]
 fn certs_init_keeps_keys_unless_forced() {

@@ -7,13 +7,17 @@
 //! - bare QUIC handshakes through the balancer, full and resumed.
 //!
 //! Runs an in-process cluster (core, balancer, two CMs) on loopback.
-//! Usage: cargo run --release -p tests --example mobile_timing [ROUNDS]
+//! Usage: cargo run --release -p longlink --example mobile_timing [ROUNDS]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client_sdk::{Client, Event};
-use tests::{Cluster, DOMAIN};
+#[allow(dead_code)]
+#[path = "../support/cluster.rs"]
+mod cluster;
+
+use cluster::{Cluster, DOMAIN};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client_sdk::Event;
-use tests::{Cluster, DOMAIN, bounded};
+mod support;
+use support::{Cluster, DOMAIN, bounded};
 
 const SLIXMPP: &str = "slixmpp==1.17.0";
 
 /// The venv's python with slixmpp, created on first use.
 fn slixmpp_python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
@@ -60,7 +61,7 @@ async fn tcp_cluster() -> Cluster {
 async fn slixmpp_talks_to_a_quic_user_over_starttls_and_direct_tls_with_each_mechanism() {
     bounded(300, async {
         let python = tokio::task::spawn_blocking(slixmpp_python).await.unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/slix_client.py");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/slix_client.py");
         let cluster = tcp_cluster().await;
         cluster.add_user("slix", "secret");
         cluster.add_user("bob", "secret");
@@ -309,7 +310,7 @@ async fn a_websocket_client_talks_to_a_quic_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_suite_passes_over_tcp_tls_and_quic() {
-    use tests::interop::{Target, Transport, run_suite};
+    use interop::{Target, Transport, run_suite};
     bounded(300, async {
         let cluster = tcp_cluster().await;
         cluster.add_user("interop1", "pw1");

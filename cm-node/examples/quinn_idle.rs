@@ -1,4 +1,4 @@
-//! `quinn-idle`: what quinn alone needs per idle server-side connection on
+//! `quinn_idle` (`cargo run --release -p cm-node --example quinn_idle`): what quinn alone needs per idle server-side connection on
 //! this machine, the yardstick for longlink's idle-memory goal.
 //!
 //! The tool starts itself again as a bare quinn server (a child process, so
@@ -20,10 +20,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-#[allow(dead_code)]
-#[path = "../procstat.rs"]
-mod procstat;
-
 #[derive(Parser)]
 #[command(name = "quinn-idle", about = "RSS per idle quinn server connection")]
 struct Cli {
@@ -39,6 +35,16 @@ struct Cli {
     /// (internal) the server's certificate and key (DER), for --serve.
     #[arg(long, hide = true)]
     dir: Option<std::path::PathBuf>,
+}
+
+/// Resident memory of process `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn transport(kind: &str) -> quinn::TransportConfig {
@@ -83,7 +89,7 @@ async fn measure(
     BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
     let server: SocketAddr = line.trim().parse().context("server address")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = procstat::rss_kib(child.id()).unwrap_or(0);
+    let before = rss_kib(child.id()).unwrap_or(0);
     let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into())?;
     endpoint.set_default_client_config(client.clone());
     let mut held = Vec::with_capacity(cli.connections);
@@ -94,7 +100,7 @@ async fn measure(
         held.push((conn, send, recv));
     }
     tokio::time::sleep(Duration::from_secs(cli.settle)).await;
-    let after = procstat::rss_kib(child.id()).unwrap_or(0);
+    let after = rss_kib(child.id()).unwrap_or(0);
     let per = after.saturating_sub(before) as f64 / cli.connections as f64;
     println!(
         "{}",

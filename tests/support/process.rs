@@ -1,7 +1,5 @@
 //! Helpers for tests that run longlink as real processes on loopback.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,12 +1,13 @@
 //! Mobile-grade sessions end to end: connection migration under traffic,
 //! stream management (XEP-0198) with resumption, expiry to offline storage,
 //! and client state indication (XEP-0352). The SIGKILL-a-CM test needs real
-//! processes and lives in `crates/longlink/tests/failover.rs`.
+//! processes and lives in `tests/failover.rs`.
 
 use std::time::Duration;
 
 use client_sdk::{Client, Event, MessageState};
-use tests::{Cluster, WAIT, bounded, chat_with_moves, jid};
+mod support;
+use support::{Cluster, WAIT, bounded, chat_with_moves, jid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_each_way_while_one_side_keeps_changing_networks() {

@@ -2,13 +2,13 @@
 //! resume on the other CM through the balancer, and every message the
 //! server acknowledged arrives exactly once, in order. Real processes.
 
-mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use client_sdk::{Client, ConnectOptions, Event, MessageState};
-use common::Deployment;
+use support::process::Deployment;
 
 const DOMAIN: &str = "example.org";
 const VICTIMS: usize = 100;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use client_sdk::im::{HistoryQuery, Subscription, SubscriptionRequest};
 use client_sdk::{Carbon, Client, Event};
-use tests::{Cluster, WAIT, bounded, jid};
+mod support;
+use support::{Cluster, WAIT, bounded, jid};
 
 /// Waits for the first event `pick` accepts, skipping others.
 async fn wait_for<T>(c: &mut Client, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {

@@ -2,8 +2,6 @@
 //! storage, CM nodes, cluster PKI) started in-process on loopback, with real
 //! QUIC, TLS and SQLite, and torn down when dropped.
 
-pub mod interop;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use client_sdk::{ClientError, Event};
-use tests::{Cluster, DOMAIN, WAIT, bounded, jid};
+mod support;
+use support::{Cluster, DOMAIN, WAIT, bounded, jid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_crosses_cms_and_routing_table_shows_the_cm() {

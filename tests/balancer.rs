@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client_sdk::Client;
-use tests::{Cluster, DOMAIN, WAIT, bounded, chat_with_moves, jid};
+mod support;
+use support::{Cluster, DOMAIN, WAIT, bounded, chat_with_moves, jid};
 
 /// A bare QUIC client endpoint trusting the cluster CA (handshakes only).
 fn raw_endpoint(cluster: &Cluster) -> quinn::Endpoint {

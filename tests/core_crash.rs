@@ -2,13 +2,13 @@
 //! every acknowledged message is in the archive after the restart, and
 //! every one stored for an offline user reaches them. Real processes.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use client_sdk::im::HistoryQuery;
 use client_sdk::{Client, ConnectOptions, Event, MessageState};
-use common::Deployment;
+use support::process::Deployment;
 
 const DOMAIN: &str = "example.org";
 const EACH: usize = 50;
