@@ -31,6 +31,7 @@ pub enum CertError {
     #[error("cluster CA file {} is missing (run init, or init --force to start a new CA)", .0.display())]
     MissingCa(PathBuf),
     /// An existing CA certificate or key could not be used.
+    #[cfg(feature = "issue")]
     #[error("invalid CA file {}: {source}", .path.display())]
     InvalidCa {
         /// File concerned.
@@ -45,6 +46,7 @@ pub enum CertError {
     #[error("invalid XMPP domain {0:?}")]
     InvalidDomain(String),
     /// Certificate generation failed.
+    #[cfg(feature = "issue")]
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     /// rustls rejected a configuration or certificate.

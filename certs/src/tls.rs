@@ -11,7 +11,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 
 use crate::CertError;
-use crate::pki::{CORE_SERVER_NAME, NODE_NAME_SUFFIX, is_valid_node_name};
+use crate::paths::{CORE_SERVER_NAME, NODE_NAME_SUFFIX, is_valid_node_name};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
