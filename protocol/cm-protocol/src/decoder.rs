@@ -1,0 +1,346 @@
+//! Bytes to frames: [`Frame::decode`] for one frame's body and the
+//! incremental, sans-IO [`FrameDecoder`] that cuts a byte stream into frames.
+//!
+//! Nothing a peer sends can make decoding panic or allocate more than the
+//! frame it sent: a frame's declared length is checked against [`MAX_FRAME`]
+//! before the buffer grows for it, and every length or count inside a frame
+//! against the bytes left in that frame.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::error::DecodeError;
+use crate::frame::{Frame, Kind, Resumption, RouteHeader, SmSnapshot};
+use crate::primitive::Reader;
+use crate::tag::FrameTag;
+
+/// Largest frame accepted (a stanza plus headers).
+pub const MAX_FRAME: usize = 1024 * 1024;
+
+/// Most SASL mechanisms a [`Frame::Welcome`] may offer.
+const MAX_MECHANISMS: u64 = 16;
+
+/// Octets of the length in front of every frame.
+const LENGTH_PREFIX: usize = 4;
+
+impl Frame {
+    /// Decodes one frame body (without the length prefix).
+    pub fn decode(body: Bytes) -> Result<Frame, DecodeError> {
+        let mut r = Reader::new(body);
+        let frame = match FrameTag::try_from(r.u8()?)? {
+            FrameTag::Hello => Frame::Hello {
+                node: r.string()?,
+                client_addr: r.string()?,
+                conn_index: r.u16()?,
+                pool_size: r.u16()?,
+                instance: r.varint()?,
+            },
+            FrameTag::Welcome => {
+                let domain = r.string()?;
+                let instance = r.varint()?;
+                let n = r.varint()?;
+                if n > MAX_MECHANISMS {
+                    return Err(DecodeError::Invalid);
+                }
+                let mechanisms = (0..n).map(|_| r.string()).collect::<Result<_, _>>()?;
+                Frame::Welcome {
+                    domain,
+                    instance,
+                    mechanisms,
+                    registration: r.bool()?,
+                }
+            }
+            FrameTag::AuthStart => Frame::AuthStart {
+                sid: r.varint()?,
+                mechanism: r.string()?,
+                data: r.bytes()?,
+            },
+            FrameTag::AuthResponse => Frame::AuthResponse {
+                sid: r.varint()?,
+                data: r.bytes()?,
+            },
+            FrameTag::AuthChallenge => Frame::AuthChallenge {
+                sid: r.varint()?,
+                data: r.bytes()?,
+            },
+            FrameTag::AuthSuccess => Frame::AuthSuccess {
+                sid: r.varint()?,
+                data: r.bytes()?,
+                user: r.string()?,
+            },
+            FrameTag::AuthFailure => Frame::AuthFailure {
+                sid: r.varint()?,
+                condition: r.string()?,
+            },
+            FrameTag::Bind => Frame::Bind {
+                sid: r.varint()?,
+                user: r.string()?,
+                iq_id: r.string()?,
+                resource: r.opt_string()?,
+            },
+            FrameTag::BindResult => {
+                let sid = r.varint()?;
+                let iq_id = r.string()?;
+                let result = if r.flag()? {
+                    Err(r.string()?)
+                } else {
+                    Ok(r.string()?)
+                };
+                Frame::BindResult { sid, iq_id, result }
+            }
+            FrameTag::Announce => Frame::Announce {
+                sid: r.varint()?,
+                jid: r.string()?,
+                available: r.bool()?,
+                priority: r.i8()?,
+                sm: if r.flag()? {
+                    Some(SmSnapshot {
+                        id: r.string()?,
+                        handled: r.u32()?,
+                        sent: r.u32()?,
+                        client_acked: r.u32()?,
+                        next_seq: r.u32()?,
+                        max: r.u32()?,
+                    })
+                } else {
+                    None
+                },
+            },
+            FrameTag::Stanza => Frame::Stanza {
+                sid: r.varint()?,
+                header: RouteHeader {
+                    kind: Kind::from_octet(r.u8()?).ok_or(DecodeError::Invalid)?,
+                    stanza_type: r.opt_string()?,
+                    to: r.opt_string()?,
+                    id: r.opt_string()?,
+                    from: r.string()?,
+                },
+                payload: r.bytes()?,
+            },
+            FrameTag::Deliver => Frame::Deliver {
+                sid: r.varint()?,
+                payload: r.bytes()?,
+            },
+            FrameTag::Bounce => Frame::Bounce {
+                sid: r.varint()?,
+                to: r.string()?,
+                payload: r.bytes()?,
+            },
+            FrameTag::SessionEnd => Frame::SessionEnd {
+                sid: r.varint()?,
+                jid: r.opt_string()?,
+                clean: r.bool()?,
+            },
+            FrameTag::Kick => Frame::Kick {
+                sid: r.varint()?,
+                condition: r.string()?,
+            },
+            FrameTag::SmEnable => Frame::SmEnable {
+                sid: r.varint()?,
+                resume: r.bool()?,
+                max: r.u32()?,
+            },
+            FrameTag::SmEnabled => Frame::SmEnabled {
+                sid: r.varint()?,
+                id: r.string()?,
+                max: r.u32()?,
+            },
+            FrameTag::AckRequest => Frame::AckRequest { sid: r.varint()? },
+            FrameTag::Handled => Frame::Handled {
+                sid: r.varint()?,
+                h: r.u32()?,
+            },
+            FrameTag::Acked => Frame::Acked {
+                sid: r.varint()?,
+                h: r.u32()?,
+            },
+            FrameTag::Skipped => {
+                let sid = r.varint()?;
+                let n = r.count()?;
+                let seqs = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
+                Frame::Skipped { sid, seqs }
+            }
+            FrameTag::Resume => Frame::Resume {
+                sid: r.varint()?,
+                user: r.string()?,
+                previd: r.string()?,
+                h: r.u32()?,
+            },
+            FrameTag::Resumed => {
+                let sid = r.varint()?;
+                let result = if r.flag()? {
+                    Err(r.string()?)
+                } else {
+                    Ok(Resumption {
+                        jid: r.string()?,
+                        h: r.u32()?,
+                        available: r.bool()?,
+                        priority: r.i8()?,
+                        max: r.u32()?,
+                    })
+                };
+                Frame::Resumed { sid, result }
+            }
+            FrameTag::Register => Frame::Register {
+                sid: r.varint()?,
+                username: r.string()?,
+                password: r.string()?,
+            },
+            FrameTag::RegisterResult => Frame::RegisterResult {
+                sid: r.varint()?,
+                error: r.opt_string()?,
+            },
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+/// Sans-IO frame decoder: push bytes as they arrive, pull whole frames.
+///
+/// It buffers what it is given; a caller that pulls every frame after each
+/// push holds at most one unfinished frame (at most [`MAX_FRAME`] plus the
+/// length) and the last chunk pushed.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    ///
+    /// After an error the stream cannot be resynchronised; the connection
+    /// is to be closed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        let Some(prefix) = self.buf.first_chunk::<LENGTH_PREFIX>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > MAX_FRAME {
+            return Err(DecodeError::TooLarge(len));
+        }
+        if self.buf.len() < LENGTH_PREFIX + len {
+            self.buf.reserve(LENGTH_PREFIX + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(LENGTH_PREFIX);
+        let body = self.buf.split_to(len).freeze();
+        Frame::decode(body).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(body);
+        wire
+    }
+
+    #[test]
+    fn unknown_type_octet_is_an_unknown_type_error() {
+        let mut dec = FrameDecoder::new();
+        dec.push(&frame(&[99, 1]));
+        assert_eq!(dec.next_frame(), Err(DecodeError::UnknownType(99)));
+    }
+
+    #[test]
+    fn length_above_max_frame_is_too_large_before_the_body_arrives() {
+        let mut dec = FrameDecoder::new();
+        dec.push(&((MAX_FRAME + 1) as u32).to_be_bytes());
+        assert_eq!(dec.next_frame(), Err(DecodeError::TooLarge(MAX_FRAME + 1)));
+        let mut dec = FrameDecoder::new();
+        dec.push(&[0xff, 0, 0, 0]);
+        assert_eq!(dec.next_frame(), Err(DecodeError::TooLarge(0xff00_0000)));
+    }
+
+    #[test]
+    fn frame_of_exactly_max_frame_is_accepted() {
+        let payload = vec![b'x'; MAX_FRAME - 5];
+        let f = Frame::Deliver {
+            sid: 1,
+            payload: Bytes::from(payload),
+        };
+        let wire = f.to_bytes();
+        assert_eq!(wire.len(), LENGTH_PREFIX + MAX_FRAME);
+        let mut dec = FrameDecoder::new();
+        dec.push(&wire);
+        assert_eq!(dec.next_frame(), Ok(Some(f)));
+    }
+
+    #[test]
+    fn partial_frame_waits_for_more_bytes() {
+        let wire = Frame::AckRequest { sid: 300 }.to_bytes();
+        let mut dec = FrameDecoder::new();
+        for &b in &wire[..wire.len() - 1] {
+            dec.push(&[b]);
+            assert_eq!(dec.next_frame(), Ok(None));
+        }
+        dec.push(&wire[wire.len() - 1..]);
+        assert_eq!(dec.next_frame(), Ok(Some(Frame::AckRequest { sid: 300 })));
+        assert_eq!(dec.next_frame(), Ok(None));
+    }
+
+    #[test]
+    fn empty_body_is_truncated() {
+        assert_eq!(Frame::decode(Bytes::new()), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn bytes_after_the_last_field_are_invalid() {
+        // AckRequest { sid: 1 } and one more octet.
+        assert_eq!(
+            Frame::decode(Bytes::from_static(&[17, 1, 0])),
+            Err(DecodeError::Invalid)
+        );
+    }
+
+    #[test]
+    fn welcome_with_more_than_sixteen_mechanisms_is_invalid() {
+        let mut body = vec![1, 1, b'b', 0, 17];
+        body.extend_from_slice(&[0; 17]);
+        body.push(0);
+        assert_eq!(Frame::decode(Bytes::from(body)), Err(DecodeError::Invalid));
+    }
+
+    #[test]
+    fn skipped_count_beyond_the_frame_is_truncated() {
+        // sid 1, then a count of u32::MAX seqs with two bytes left.
+        let body = [20, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2];
+        assert_eq!(
+            Frame::decode(Bytes::copy_from_slice(&body)),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn unknown_stanza_kind_is_invalid() {
+        // Stanza, sid 1, kind 3.
+        let body = [10, 1, 3, 0, 0, 0, 0, 0];
+        assert_eq!(
+            Frame::decode(Bytes::copy_from_slice(&body)),
+            Err(DecodeError::Invalid)
+        );
+    }
+
+    #[test]
+    fn conn_index_above_u16_is_invalid() {
+        // Hello, "", "", conn_index 65536.
+        let body = [0, 0, 0, 0x80, 0x80, 0x04, 1, 0];
+        assert_eq!(
+            Frame::decode(Bytes::copy_from_slice(&body)),
+            Err(DecodeError::Invalid)
+        );
+    }
+}

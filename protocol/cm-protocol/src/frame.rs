@@ -1,0 +1,383 @@
+//! The frames and the values they carry.
+
+use bytes::Bytes;
+
+use crate::tag::FrameTag;
+
+/// A client session's id, unique within its CM node.
+pub type SessionId = u64;
+
+/// Stanza kinds as carried in a [`RouteHeader`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// `<message/>`
+    Message = 0,
+    /// `<presence/>`
+    Presence = 1,
+    /// `<iq/>`
+    Iq = 2,
+}
+
+impl Kind {
+    /// The kind sent as `octet`, if any.
+    pub(crate) fn from_octet(octet: u8) -> Option<Kind> {
+        match octet {
+            0 => Some(Kind::Message),
+            1 => Some(Kind::Presence),
+            2 => Some(Kind::Iq),
+            _ => None,
+        }
+    }
+}
+
+/// The compact routing header the CM puts in front of every stanza so the
+/// core routes without parsing XML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteHeader {
+    /// Stanza kind.
+    pub kind: Kind,
+    /// `type` attribute.
+    pub stanza_type: Option<String>,
+    /// `to` attribute as the client wrote it.
+    pub to: Option<String>,
+    /// `id` attribute.
+    pub id: Option<String>,
+    /// The sender's full JID, as stamped by the CM.
+    pub from: String,
+}
+
+/// A session's stream-management counters, carried by [`Frame::Announce`]
+/// so a restarted core can take over tracking (XEP-0198).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmSnapshot {
+    /// The SM id the client holds (empty when the session is not resumable).
+    pub id: String,
+    /// Stanzas handled from the client so far (its outbound count).
+    pub handled: u32,
+    /// Stanzas written to the client so far.
+    pub sent: u32,
+    /// The client's last `<a h/>`.
+    pub client_acked: u32,
+    /// Number the CM gives the next Deliver (its count since SmEnabled or Resumed).
+    pub next_seq: u32,
+    /// Resumption time granted, in seconds.
+    pub max: u32,
+}
+
+/// What a successful resumption hands the CM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resumption {
+    /// The session's full JID.
+    pub jid: String,
+    /// Stanzas the server handled from the client (`h` of `<resumed/>`).
+    pub h: u32,
+    /// Whether the session had sent available presence.
+    pub available: bool,
+    /// Its presence priority.
+    pub priority: i8,
+    /// Resumption time granted, in seconds.
+    pub max: u32,
+}
+
+/// One protocol frame. "CM→core" and "core→CM" give the direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// CM→core, first frame of every pooled connection.
+    Hello {
+        /// Node name (must match the node's certificate).
+        node: String,
+        /// Address clients use to reach this CM.
+        client_addr: String,
+        /// This connection's index in the pool.
+        conn_index: u16,
+        /// Connections in the pool: session `sid` uses index `sid % pool_size`
+        /// both ways, so a session's frames keep one connection and one order.
+        pool_size: u16,
+        /// Random id of this CM process: a new one means the CM restarted
+        /// and its old sessions are gone.
+        instance: u64,
+    },
+    /// Core→CM, answer to Hello.
+    Welcome {
+        /// XMPP domain served.
+        domain: String,
+        /// Random id of this core process instance (changes on restart).
+        instance: u64,
+        /// SASL mechanisms to offer, in order.
+        mechanisms: Vec<String>,
+        /// Offer in-band registration (XEP-0077) before authentication.
+        registration: bool,
+    },
+    /// CM→core: a client asks to create an account (XEP-0077, before
+    /// authentication).
+    Register {
+        /// Session.
+        sid: SessionId,
+        /// The user name asked for (not yet normalized).
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// Core→CM: the account was created (`None`) or not (a stanza error
+    /// condition: conflict, not-acceptable, not-allowed, resource-constraint).
+    RegisterResult {
+        /// Session.
+        sid: SessionId,
+        /// Why not.
+        error: Option<String>,
+    },
+    /// CM→core: a client chose a SASL mechanism (initial response may be empty).
+    AuthStart {
+        /// Session.
+        sid: SessionId,
+        /// Mechanism name.
+        mechanism: String,
+        /// Initial response (raw, base64-decoded).
+        data: Bytes,
+    },
+    /// CM→core: a SASL response.
+    AuthResponse {
+        /// Session.
+        sid: SessionId,
+        /// Response (raw).
+        data: Bytes,
+    },
+    /// Core→CM: a SASL challenge.
+    AuthChallenge {
+        /// Session.
+        sid: SessionId,
+        /// Challenge (raw).
+        data: Bytes,
+    },
+    /// Core→CM: authentication succeeded.
+    AuthSuccess {
+        /// Session.
+        sid: SessionId,
+        /// Additional data with success (raw).
+        data: Bytes,
+        /// The authenticated bare JID.
+        user: String,
+    },
+    /// Core→CM: authentication failed.
+    AuthFailure {
+        /// Session.
+        sid: SessionId,
+        /// RFC 6120 §6.5 condition.
+        condition: String,
+    },
+    /// CM→core: bind a resource (None: let the server choose).
+    Bind {
+        /// Session.
+        sid: SessionId,
+        /// The bare JID the core authenticated this session as (from AuthSuccess).
+        user: String,
+        /// IQ id to answer.
+        iq_id: String,
+        /// Requested resource.
+        resource: Option<String>,
+    },
+    /// Core→CM: the bind result.
+    BindResult {
+        /// Session.
+        sid: SessionId,
+        /// IQ id to answer.
+        iq_id: String,
+        /// Full JID bound, or the stanza error condition.
+        result: Result<String, String>,
+    },
+    /// CM→core: a bound session, sent again after a (re)connection so a
+    /// restarted core rebuilds its routing table.
+    Announce {
+        /// Session.
+        sid: SessionId,
+        /// Full JID.
+        jid: String,
+        /// Whether the session sent available presence.
+        available: bool,
+        /// Presence priority.
+        priority: i8,
+        /// Stream-management counters, when enabled.
+        sm: Option<SmSnapshot>,
+    },
+    /// CM→core: a stanza from a bound session, `from` already stamped.
+    Stanza {
+        /// Session.
+        sid: SessionId,
+        /// Routing header.
+        header: RouteHeader,
+        /// The stanza bytes.
+        payload: Bytes,
+    },
+    /// Core→CM: write this stanza to a session.
+    Deliver {
+        /// Session.
+        sid: SessionId,
+        /// The stanza bytes.
+        payload: Bytes,
+    },
+    /// CM→core: a stanza for a session that is gone, to be routed again
+    /// (to another resource or offline storage).
+    Bounce {
+        /// The session that could not take it.
+        sid: SessionId,
+        /// Full JID the stanza was delivered to.
+        to: String,
+        /// The stanza bytes.
+        payload: Bytes,
+    },
+    /// CM→core: a session ended (after SASL or after bind).
+    SessionEnd {
+        /// Session.
+        sid: SessionId,
+        /// Its full JID if it was bound.
+        jid: Option<String>,
+        /// The client closed its stream itself (`</stream:stream>`): a
+        /// stream-managed session ends instead of waiting for resumption.
+        clean: bool,
+    },
+    /// Core→CM: end this session with a stream error.
+    Kick {
+        /// Session.
+        sid: SessionId,
+        /// Stream error condition.
+        condition: String,
+    },
+    /// CM→core: the client enabled stream management. From here on the core
+    /// numbers every Deliver for the session (from 0) and keeps it until the
+    /// client acknowledges it.
+    SmEnable {
+        /// Session.
+        sid: SessionId,
+        /// The client asked for resumption.
+        resume: bool,
+        /// Resumption time the client asked for (0: server default).
+        max: u32,
+    },
+    /// Core→CM: stream management is on; Deliver frames after this one are
+    /// numbered from 0.
+    SmEnabled {
+        /// Session.
+        sid: SessionId,
+        /// SM id to give the client (empty: not resumable).
+        id: String,
+        /// Resumption time granted, in seconds.
+        max: u32,
+    },
+    /// CM→core: the client asked for an acknowledgement (`<r/>`).
+    AckRequest {
+        /// Session.
+        sid: SessionId,
+    },
+    /// Core→CM: stanzas from the client the core has handled (routed, or
+    /// stored durably), for `<a h/>`.
+    Handled {
+        /// Session.
+        sid: SessionId,
+        /// XEP-0198 `h`.
+        h: u32,
+    },
+    /// CM→core: the client acknowledged `h` stanzas (`<a h/>`).
+    Acked {
+        /// Session.
+        sid: SessionId,
+        /// XEP-0198 `h`.
+        h: u32,
+    },
+    /// CM→core: Deliver frames (by number since SmEnabled/Resumed) the CM
+    /// dropped without writing them (client state indication replaced an
+    /// older presence); the client will not count them.
+    Skipped {
+        /// Session.
+        sid: SessionId,
+        /// Their numbers.
+        seqs: Vec<u32>,
+    },
+    /// CM→core: an authenticated client asks to resume a session.
+    Resume {
+        /// The new session.
+        sid: SessionId,
+        /// The bare JID the core authenticated it as.
+        user: String,
+        /// `previd`.
+        previd: String,
+        /// The client's `h`.
+        h: u32,
+    },
+    /// Core→CM: the answer to Resume. On success the unacknowledged stanzas
+    /// follow as Deliver frames, numbered from 0.
+    Resumed {
+        /// Session.
+        sid: SessionId,
+        /// The resumed session, or the `<failed/>` condition.
+        result: Result<Resumption, String>,
+    },
+}
+
+impl Frame {
+    /// The type octet this frame is sent with.
+    pub fn tag(&self) -> FrameTag {
+        match self {
+            Frame::Hello { .. } => FrameTag::Hello,
+            Frame::Welcome { .. } => FrameTag::Welcome,
+            Frame::Register { .. } => FrameTag::Register,
+            Frame::RegisterResult { .. } => FrameTag::RegisterResult,
+            Frame::AuthStart { .. } => FrameTag::AuthStart,
+            Frame::AuthResponse { .. } => FrameTag::AuthResponse,
+            Frame::AuthChallenge { .. } => FrameTag::AuthChallenge,
+            Frame::AuthSuccess { .. } => FrameTag::AuthSuccess,
+            Frame::AuthFailure { .. } => FrameTag::AuthFailure,
+            Frame::Bind { .. } => FrameTag::Bind,
+            Frame::BindResult { .. } => FrameTag::BindResult,
+            Frame::Announce { .. } => FrameTag::Announce,
+            Frame::Stanza { .. } => FrameTag::Stanza,
+            Frame::Deliver { .. } => FrameTag::Deliver,
+            Frame::Bounce { .. } => FrameTag::Bounce,
+            Frame::SessionEnd { .. } => FrameTag::SessionEnd,
+            Frame::Kick { .. } => FrameTag::Kick,
+            Frame::SmEnable { .. } => FrameTag::SmEnable,
+            Frame::SmEnabled { .. } => FrameTag::SmEnabled,
+            Frame::AckRequest { .. } => FrameTag::AckRequest,
+            Frame::Handled { .. } => FrameTag::Handled,
+            Frame::Acked { .. } => FrameTag::Acked,
+            Frame::Skipped { .. } => FrameTag::Skipped,
+            Frame::Resume { .. } => FrameTag::Resume,
+            Frame::Resumed { .. } => FrameTag::Resumed,
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        self.tag().name()
+    }
+
+    /// The session a frame belongs to (None for connection-level frames).
+    pub fn sid(&self) -> Option<SessionId> {
+        match self {
+            Frame::Hello { .. } | Frame::Welcome { .. } => None,
+            Frame::AuthStart { sid, .. }
+            | Frame::AuthResponse { sid, .. }
+            | Frame::AuthChallenge { sid, .. }
+            | Frame::AuthSuccess { sid, .. }
+            | Frame::AuthFailure { sid, .. }
+            | Frame::Bind { sid, .. }
+            | Frame::BindResult { sid, .. }
+            | Frame::Announce { sid, .. }
+            | Frame::Stanza { sid, .. }
+            | Frame::Deliver { sid, .. }
+            | Frame::Bounce { sid, .. }
+            | Frame::SessionEnd { sid, .. }
+            | Frame::Kick { sid, .. }
+            | Frame::SmEnable { sid, .. }
+            | Frame::SmEnabled { sid, .. }
+            | Frame::AckRequest { sid }
+            | Frame::Handled { sid, .. }
+            | Frame::Acked { sid, .. }
+            | Frame::Skipped { sid, .. }
+            | Frame::Resume { sid, .. }
+            | Frame::Resumed { sid, .. }
+            | Frame::Register { sid, .. }
+            | Frame::RegisterResult { sid, .. } => Some(*sid),
+        }
+    }
+}
