@@ -11,11 +11,11 @@
 //! client now ([`ClientSession::wants_read`]). Randomness (stream ids)
 //! comes from a generator the driver seeds.
 //!
-//! The CM negotiates the stream itself ([`features`]), relays SASL
-//! ([`sasl`]), in-band registration ([`registration`]) and resource binding
-//! or resumption ([`binding`]) to the core, then stamps and relays stanzas
-//! ([`relay`]) and keeps its share of stream management and client state
-//! indication ([`stream_management`]). It polices the stream: the framer's
+//! The CM negotiates the stream itself (`features`), relays SASL
+//! (`sasl`), in-band registration (`registration`) and resource binding
+//! or resumption (`binding`) to the core, then stamps and relays stanzas
+//! (`relay`) and keeps its share of stream management and client state
+//! indication (`stream_management`). It polices the stream: the framer's
 //! limits, a read budget ([`crate::shaper`]) and a deadline to authenticate
 //! and bind.
 
