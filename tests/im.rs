@@ -230,6 +230,39 @@ async fn in_band_registration_creates_accounts_only_where_enabled() {
     .await;
 }
 
+/// A CM holds a client's stream features until it has heard the core's
+/// Welcome, so a client that connects early is offered what the core offers
+/// (here in-band registration), not a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_connects_before_the_core_answered_is_offered_registration() {
+    bounded(60, async {
+        let mut cluster = Cluster::start_with_registration(1).await;
+        cluster.stop_core().await;
+        // a CM process that has never heard the core
+        cluster.restart_cm(0).await;
+        let mut early = cluster.options(0, "frank", "frank's secret");
+        early.timeout = Duration::from_secs(30);
+        let registering = tokio::spawn(async move { client_sdk::im::register(&early).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !registering.is_finished(),
+            "the CM answered before it heard the core: {:?}",
+            registering.await
+        );
+        cluster.start_core().await;
+        registering
+            .await
+            .expect("join")
+            .expect("registered once the core answered");
+        let frank = Client::connect(cluster.options(0, "frank", "frank's secret"))
+            .await
+            .expect("the new account logs in");
+        frank.disconnect().await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_presence_carbons_and_history_on_the_embedded_store() {
     bounded(120, async { conversation(Cluster::start(2).await).await }).await;

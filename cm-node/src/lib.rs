@@ -4,10 +4,12 @@
 //!
 //! Layout: [`listener`] accepts QUIC clients and drives one [`session`]
 //! state machine per XMPP stream, over any transport; [`tcp`] (with
-//! [`starttls`]) accepts TCP clients into the same driver; [`sessions`] is
-//! the registry the [`pool`] dispatches core frames through; [`config`]
-//! holds the settings.
+//! [`starttls`]) and [`ws`] accept TCP and WebSocket clients into the same
+//! driver; [`sessions`] is the registry the [`pool`] dispatches core frames
+//! through; [`shaper`] and [`backoff`] are small sans-IO helpers;
+//! [`config`] holds the settings.
 
+pub mod backoff;
 pub mod config;
 pub mod encap_socket;
 pub mod listener;
@@ -16,7 +18,6 @@ pub mod session;
 pub mod sessions;
 pub mod shaper;
 pub mod starttls;
-pub mod stream_management;
 pub mod tcp;
 pub mod ws;
 
@@ -245,12 +246,15 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         &tasks,
     );
     let ctx = Arc::new(listener::ListenerContext {
-        domain: config.domain.clone(),
-        limits: Limits {
-            max_stanza_bytes: config.max_stanza_bytes,
-            ..Limits::default()
-        },
-        rate: (config.client_rate_bytes, config.client_burst_bytes),
+        settings: Arc::new(session::SessionSettings {
+            domain: config.domain.clone(),
+            limits: Limits {
+                max_stanza_bytes: config.max_stanza_bytes,
+                ..Limits::default()
+            },
+            read_rate: config.client_rate_bytes,
+            read_burst: config.client_burst_bytes,
+        }),
         sessions: sessions.clone(),
         pool,
         shutdown: shutdown.clone(),

@@ -7,35 +7,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
-use xmpp_stream::framer::Limits;
 
 use crate::pool::{Pool, bounce};
-use crate::session::{ClientSession, Framing, SessionAction};
+use crate::session::{ClientSession, Framing, SessionAction, SessionSettings};
 use crate::sessions::Sessions;
-use crate::shaper::Shaper;
 
 /// A write to a client that takes longer than this ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A stream must be authenticated and bound within this, or it is closed
-/// (keep-alives would otherwise hold an idle, unauthenticated stream forever).
-const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most deliveries coalesced into one write.
+/// Most frames from the core coalesced into one write.
 const MAX_BATCH: usize = 64;
 /// Largest chunk read from a client at once.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// What each client session needs.
 pub struct ListenerContext {
-    /// Domain served.
-    pub domain: String,
-    /// Stream limits.
-    pub limits: Limits,
-    /// Per-stream shaping: sustained bytes per second and burst.
-    pub rate: (u64, u64),
+    /// What every session shares: domain, limits, read shaping.
+    pub settings: Arc<SessionSettings>,
     /// Sessions registry.
     pub sessions: Arc<Sessions>,
     /// Pool to the core.
@@ -217,7 +210,9 @@ async fn write<W: ByteSink>(send: &mut W, parts: &[Bytes]) -> bool {
     )
 }
 
-/// Drives one client XMPP stream over a byte stream until it ends.
+/// Drives one client XMPP stream over a byte stream until it ends: feeds
+/// the [`ClientSession`] what happens (bytes, core frames, the core's
+/// offer, timers, shutdown) and carries out its actions.
 pub async fn run_session<R, W>(
     ctx: Arc<ListenerContext>,
     mut send: W,
@@ -228,50 +223,44 @@ pub async fn run_session<R, W>(
     W: ByteSink,
 {
     let (sid, mut rx, kill) = ctx.sessions.open();
-    let mut session = ClientSession::new(sid, &ctx.domain, ctx.pool.mechanisms(), ctx.limits)
-        .with_registration(ctx.pool.registration())
-        .with_framing(framing);
-    let mut announced = (false, 0i8);
-    let mut shaper = Shaper::new(ctx.rate.0, ctx.rate.1, Instant::now());
-    let mut resume_reading = Instant::now();
-    let negotiation_deadline = Instant::now() + NEGOTIATION_TIMEOUT;
+    let mut session = ClientSession::new(
+        sid,
+        ctx.settings.clone(),
+        framing,
+        ctx.pool.core_offer(),
+        SmallRng::seed_from_u64(rand::random()),
+        Instant::now(),
+    );
     loop {
-        let throttled = Instant::now() < resume_reading;
-        let negotiating = session.jid().is_none();
-        let actions = tokio::select! {
-            _ = tokio::time::sleep_until(negotiation_deadline.into()), if negotiating => {
-                session.close(StreamCondition::ConnectionTimeout, Some("authenticate and bind in time"))
-            }
-            _ = tokio::time::sleep_until(resume_reading.into()), if throttled => continue,
+        let timeout = session.poll_timeout();
+        let reading = session.wants_read();
+        let awaiting_offer = session.awaits_core_offer();
+        tokio::select! {
+            _ = sleep_until(timeout) => session.handle_timeout(Instant::now()),
             _ = ctx.shutdown.cancelled() => session.close(StreamCondition::SystemShutdown, None),
             _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
-            chunk = recv.next_chunk(), if !throttled => match chunk {
-                Ok(Some(c)) => {
-                    let now = Instant::now();
-                    resume_reading = now + shaper.take(c.len(), now);
-                    session.on_data(&c)
-                }
+            offer = ctx.pool.wait_core_offer(), if awaiting_offer => session.on_core_offer(offer),
+            chunk = recv.next_chunk(), if reading => match chunk {
+                Ok(Some(c)) => session.on_data(Instant::now(), &c),
                 Ok(None) | Err(_) => break,
             },
             frame = rx.recv() => match frame {
                 Some(f) => {
                     // Take whatever else is queued too: one write for a burst.
-                    let mut actions = session.on_core(*f);
-                    while actions.len() < MAX_BATCH {
+                    session.on_core(*f);
+                    for _ in 1..MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(f) => actions.extend(session.on_core(*f)),
+                            Ok(f) => session.on_core(*f),
                             Err(_) => break,
                         }
                     }
-                    actions.extend(session.request_ack());
-                    actions
                 }
                 None => break,
             },
-        };
+        }
         let mut close = false;
         let mut pending: Vec<Bytes> = Vec::new();
-        for action in actions {
+        for action in session.poll_actions() {
             if !matches!(action, SessionAction::Write(_)) && !pending.is_empty() {
                 close |= !write(&mut send, &pending).await;
                 pending.clear();
@@ -283,20 +272,12 @@ pub async fn run_session<R, W>(
                         close = true;
                     }
                 }
-                SessionAction::Bound(jid) => ctx.sessions.update(sid, &jid, false, 0),
-                SessionAction::Sm(sm) => ctx.sessions.set_sm(sid, sm),
+                SessionAction::Announcement(update) => ctx.sessions.update(sid, update),
                 SessionAction::Close => close = true,
             }
         }
         if !pending.is_empty() {
             close |= !write(&mut send, &pending).await;
-        }
-        if let Some(jid) = session.jid()
-            && announced != (session.available, session.priority)
-        {
-            announced = (session.available, session.priority);
-            ctx.sessions
-                .update(sid, jid, session.available, session.priority);
         }
         if close {
             break;
@@ -307,8 +288,11 @@ pub async fn run_session<R, W>(
     }
     recv.stop();
     ctx.sessions.close(sid);
-    if let Some(end) = session.on_closed() {
-        let _ = ctx.pool.send(sid, end).await;
+    session.on_closed();
+    for action in session.poll_actions() {
+        if let SessionAction::ToCore(frame) = action {
+            let _ = ctx.pool.send(sid, frame).await;
+        }
     }
     // Anything still queued for this session goes back to the core.
     rx.close();
@@ -318,4 +302,12 @@ pub async fn run_session<R, W>(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), send.finish()).await;
+}
+
+/// Sleeps until `deadline`; never returns without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }

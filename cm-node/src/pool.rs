@@ -1,24 +1,37 @@
 //! The pool of QUIC connections from this CM to the core.
 //!
 //! `pool_size` connections, each driven by its own task that dials with
-//! jittered exponential backoff, says Hello, re-announces the bound sessions
-//! it carries, then pumps frames both ways. Session `sid` always uses
-//! connection `sid % pool_size`, so a session's frames stay in order. Each
-//! connection has a bounded queue that outlives reconnects: while the core is
-//! away, sessions wait on it (and QUIC flow control slows their clients)
-//! instead of memory growing.
+//! jittered exponential backoff ([`Backoff`]), says Hello, re-announces the
+//! bound sessions it carries, then pumps frames both ways. Session `sid`
+//! always uses connection `sid % pool_size`, so a session's frames stay in
+//! order. Each connection has a bounded queue that outlives reconnects: while
+//! the core is away, sessions wait on it (and QUIC flow control slows their
+//! clients) instead of memory growing.
+//!
+//! What the core's `Welcome` offers clients (SASL mechanisms, in-band
+//! registration) is published as a [`CoreOffer`]; until the first one,
+//! sessions hold their stream features.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use cm_protocol::{Frame, FrameDecoder, SessionId, read_frame};
-use tokio::sync::mpsc;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
+use crate::session::CoreOffer;
 use crate::sessions::{Dispatch, Sessions};
+
+/// First wait before reconnecting to the core; it doubles per failure.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
+/// Longest wait (before jitter) between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(3);
 
 /// Frames queued per pool connection.
 pub const POOL_QUEUE: usize = 8 * 1024;
@@ -28,9 +41,8 @@ pub struct Pool {
     senders: Vec<mpsc::Sender<Frame>>,
     /// Random id of this CM process, sent in every Hello.
     instance: u64,
-    mechanisms: RwLock<Vec<String>>,
-    /// The core offers in-band registration.
-    registration: std::sync::atomic::AtomicBool,
+    /// What the core offers clients; none until its first Welcome.
+    offer: watch::Sender<Option<Arc<CoreOffer>>>,
 }
 
 /// What a pool connection needs.
@@ -68,12 +80,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             senders,
             instance: rand::random(),
-            mechanisms: RwLock::new(vec![
-                "SCRAM-SHA-256".into(),
-                "SCRAM-SHA-1".into(),
-                "PLAIN".into(),
-            ]),
-            registration: Default::default(),
+            offer: watch::Sender::new(None),
         });
         let setup = Arc::new(setup);
         for (index, rx) in receivers.into_iter().enumerate() {
@@ -94,17 +101,39 @@ impl Pool {
         self.senders[i].send(frame).await.map_err(|_| PoolClosed)
     }
 
-    /// Whether the core offers in-band registration (XEP-0077).
-    pub fn registration(&self) -> bool {
-        self.registration.load(std::sync::atomic::Ordering::Relaxed)
+    /// What the core offers clients, if a Welcome has come yet (the
+    /// latest one's, across reconnections).
+    pub fn core_offer(&self) -> Option<Arc<CoreOffer>> {
+        self.offer.borrow().clone()
     }
 
-    /// The SASL mechanisms the core offers.
-    pub fn mechanisms(&self) -> Vec<String> {
-        self.mechanisms
-            .read()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+    /// Waits until the core has offered something (at once if it has).
+    pub async fn wait_core_offer(&self) -> Arc<CoreOffer> {
+        let mut offers = self.offer.subscribe();
+        loop {
+            if let Some(offer) = offers.borrow_and_update().clone() {
+                return offer;
+            }
+            if offers.changed().await.is_err() {
+                // the pool holds the sender as long as it lives
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Records what a Welcome offers; sessions waiting for it go on.
+    fn welcomed(&self, mechanisms: Vec<String>, registration: bool) {
+        let offer = CoreOffer {
+            mechanisms,
+            registration,
+        };
+        self.offer.send_if_modified(|current| {
+            if current.as_deref() == Some(&offer) {
+                return false;
+            }
+            *current = Some(Arc::new(offer));
+            true
+        });
     }
 }
 
@@ -131,7 +160,11 @@ async fn connection_task(
     size: u16,
     mut rx: mpsc::Receiver<Frame>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(
+        RECONNECT_INITIAL,
+        RECONNECT_MAX,
+        SmallRng::seed_from_u64(rand::random()),
+    );
     let mut instance = None;
     loop {
         match run_connection(&pool, &setup, index, size, &mut rx, &mut instance).await {
@@ -139,13 +172,10 @@ async fn connection_task(
             Ok(()) => tracing::info!(index, "core connection closed"),
             Err(e) => tracing::warn!(index, error = %e, "core connection failed"),
         }
-        let jitter =
-            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
         tokio::select! {
             _ = setup.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(3));
     }
 }
 
@@ -188,11 +218,7 @@ async fn run_connection(
             registration,
             ..
         }) => {
-            if let Ok(mut m) = pool.mechanisms.write() {
-                *m = mechanisms;
-            }
-            pool.registration
-                .store(registration, std::sync::atomic::Ordering::Relaxed);
+            pool.welcomed(mechanisms, registration);
             tracing::info!(index, core_instance = instance, "connected to the core");
             if last_instance.is_some_and(|last| last != instance) {
                 // A new core knows nothing of SASL exchanges or binds in progress:
@@ -298,11 +324,7 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
             registration,
             ..
         } => {
-            if let Ok(mut m) = pool.mechanisms.write() {
-                *m = mechanisms.clone();
-            }
-            pool.registration
-                .store(*registration, std::sync::atomic::Ordering::Relaxed);
+            pool.welcomed(mechanisms.clone(), *registration);
             return;
         }
         other => {

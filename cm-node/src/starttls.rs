@@ -1,7 +1,10 @@
 //! RFC 6120 §5 on a plain TCP connection, sans-IO: the stream header, then
 //! features offering only `<starttls/>` (required), then `<proceed/>`.
 //! Nothing else is accepted before TLS: no authentication in the clear.
+//! Stream ids come from a generator the driver seeds.
 
+use rand::RngCore;
+use rand::rngs::SmallRng;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
 use xmpp_stream::stanza::inspect;
 use xmpp_stream::{StreamCondition, ns, stream};
@@ -21,16 +24,19 @@ pub enum Step {
 /// The pre-TLS negotiation of one connection.
 pub struct StartTls {
     domain: String,
+    /// Stream ids.
+    rng: SmallRng,
     framer: Framer,
     opened: bool,
     done: bool,
 }
 
 impl StartTls {
-    /// A negotiation for `domain`.
-    pub fn new(domain: &str) -> Self {
+    /// A negotiation for `domain`; `rng` makes the stream id.
+    pub fn new(domain: &str, rng: SmallRng) -> Self {
         Self {
             domain: domain.to_owned(),
+            rng,
             // nothing legitimate before TLS is large
             framer: Framer::new(Limits {
                 max_stanza_bytes: 4096,
@@ -53,7 +59,7 @@ impl StartTls {
                 Ok(None) => break,
                 Ok(Some(FrameEvent::Open(header))) if !self.opened => {
                     self.opened = true;
-                    let id = format!("{:016x}", rand::random::<u64>());
+                    let id = format!("{:016x}", self.rng.next_u64());
                     let mut bytes =
                         stream::server_header(&self.domain, &id, None, header.lang.as_deref());
                     if !header
@@ -92,7 +98,7 @@ impl StartTls {
                 Err(e) => {
                     let mut bytes = Vec::new();
                     if !self.opened {
-                        let id = format!("{:016x}", rand::random::<u64>());
+                        let id = format!("{:016x}", self.rng.next_u64());
                         bytes = stream::server_header(&self.domain, &id, None, None);
                     }
                     bytes.extend(stream::stream_error(e.condition, Some(&e.text)));
@@ -114,6 +120,11 @@ impl StartTls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    fn negotiation() -> StartTls {
+        StartTls::new("x", SmallRng::seed_from_u64(1))
+    }
 
     const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0' xml:lang='de'>";
 
@@ -129,7 +140,7 @@ mod tests {
 
     #[test]
     fn offers_required_starttls_and_proceeds() {
-        let mut n = StartTls::new("x");
+        let mut n = negotiation();
         let steps = n.on_data(HEADER);
         let t = text(&steps);
         assert!(
@@ -152,19 +163,29 @@ mod tests {
 
     #[test]
     fn anything_but_starttls_is_refused() {
-        let mut n = StartTls::new("x");
+        let mut n = negotiation();
         n.on_data(HEADER);
         let steps = n.on_data(
             b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
         );
         assert!(text(&steps).contains("policy-violation"));
         assert_eq!(steps.last(), Some(&Step::Close));
-        let mut n = StartTls::new("x");
+        let mut n = negotiation();
         let steps = n.on_data(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other' version='1.0'>");
         assert!(text(&steps).contains("host-unknown"));
-        let mut n = StartTls::new("x");
+        let mut n = negotiation();
         let steps = n.on_data(b"<<<garbage");
         assert!(text(&steps).contains("<stream:error>"));
         assert_eq!(steps.last(), Some(&Step::Close));
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_stream_id() {
+        let header = |seed| {
+            let mut n = StartTls::new("x", SmallRng::seed_from_u64(seed));
+            text(&n.on_data(HEADER))
+        };
+        assert_eq!(header(5), header(5));
+        assert_ne!(header(5), header(6));
     }
 }

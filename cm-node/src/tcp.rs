@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -71,7 +73,7 @@ pub async fn run(
     accept_loop(listener, ctx, move |stream, remote, ctx| {
         let tls = tls.clone();
         async move {
-            let secured = secure(stream, &tls, mode, &ctx.domain);
+            let secured = secure(stream, &tls, mode, &ctx.settings.domain);
             match tokio::time::timeout(TLS_DEADLINE, secured).await {
                 Ok(Ok(tls_stream)) => {
                     let (read, write) = tokio::io::split(tls_stream);
@@ -113,7 +115,7 @@ async fn secure(
     domain: &str,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
     if mode == TcpMode::StartTls {
-        let mut negotiation = StartTls::new(domain);
+        let mut negotiation = StartTls::new(domain, SmallRng::seed_from_u64(rand::random()));
         negotiate(&mut stream, &mut negotiation).await?;
     }
     tls.accept(stream).await

@@ -35,7 +35,7 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
         let tls = tls.clone();
         async move {
             // frames no larger than the largest stanza (plus the framing)
-            let limit = ctx.limits.max_stanza_bytes + 1024;
+            let limit = ctx.settings.limits.max_stanza_bytes + 1024;
             // small buffers: idle connections must stay cheap
             let config = WebSocketConfig::default()
                 .max_message_size(Some(limit))

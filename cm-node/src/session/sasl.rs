@@ -1,0 +1,172 @@
+//! SASL relayed to the core (RFC 6120 §6): the CM checks the mechanism,
+//! decodes base64 and forwards the exchange as `AuthStart` /
+//! `AuthResponse` frames; the core's challenges and outcome go back to the
+//! client. Failures and aborts are counted so a stream cannot try forever.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cm_protocol::{Frame, SessionId};
+use xmpp_stream::element::Element;
+use xmpp_stream::{StreamCondition, TopLevel, ns, stream};
+
+use super::features::CoreOffer;
+use super::output::{Output, StreamError};
+
+/// Most failed SASL attempts (aborts included) before the stream is closed.
+pub(super) const MAX_AUTH_FAILURES: u32 = 3;
+
+/// Where an exchange stands.
+#[derive(Debug, Default)]
+enum Stage {
+    /// Waiting for `<auth/>`.
+    #[default]
+    Idle,
+    /// `<auth/>` came without an initial response for this mechanism; an
+    /// empty challenge was sent.
+    InitialResponse(String),
+    /// The exchange runs at the core.
+    Running,
+}
+
+/// The SASL relay of one stream (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct SaslRelay {
+    stage: Stage,
+    /// A frame was sent to the core and its answer is due.
+    awaiting_core: bool,
+    /// The client aborted while an answer was due: drop that answer.
+    drop_next_answer: bool,
+    failures: u32,
+}
+
+impl SaslRelay {
+    /// No exchange is in progress (other elements may come, e.g. registration).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.stage, Stage::Idle)
+    }
+
+    /// The core is running an exchange for this stream.
+    pub fn is_running(&self) -> bool {
+        matches!(self.stage, Stage::Running)
+    }
+
+    /// A SASL element from the client.
+    pub fn on_element(
+        &mut self,
+        sid: SessionId,
+        offer: &CoreOffer,
+        raw: &[u8],
+        top: &TopLevel,
+        out: &mut Output,
+    ) -> Result<(), StreamError> {
+        let text = Element::parse(raw, ns::CLIENT)?.text();
+        let no_initial_response = text.trim().is_empty();
+        let data = match text.trim() {
+            "" | "=" => Ok(Vec::new()),
+            t => B64.decode(t),
+        };
+        let Ok(data) = data else {
+            out.write(stream::sasl_failure("incorrect-encoding", None));
+            self.stage = Stage::Idle;
+            return Ok(());
+        };
+        match (&mut self.stage, top.name.as_str()) {
+            (Stage::Idle, "auth") => {
+                let mechanism = top.attr("mechanism").unwrap_or_default();
+                if !offer.offers(mechanism) {
+                    out.write(stream::sasl_failure("invalid-mechanism", None));
+                    return Ok(());
+                }
+                if no_initial_response {
+                    // RFC 6120 §6.4.2: ask for it with an empty challenge.
+                    out.write(stream::sasl_element("challenge", None, None));
+                    self.stage = Stage::InitialResponse(mechanism.to_owned());
+                    return Ok(());
+                }
+                self.start(sid, mechanism.to_owned(), data, out);
+            }
+            (Stage::InitialResponse(mechanism), "response") => {
+                let mechanism = std::mem::take(mechanism);
+                self.start(sid, mechanism, data, out);
+            }
+            (Stage::Running, "response") => {
+                self.awaiting_core = true;
+                out.send(Frame::AuthResponse {
+                    sid,
+                    data: data.into(),
+                });
+            }
+            (_, "abort") => {
+                out.write(stream::sasl_failure("aborted", None));
+                self.drop_next_answer = self.awaiting_core;
+                self.stage = Stage::Idle;
+                // Aborts count as failures: a stream cannot restart SASL forever.
+                return self.count_failure();
+            }
+            _ => {
+                return Err(StreamError::new(
+                    StreamCondition::NotAuthorized,
+                    "unexpected SASL element",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The core's `AuthChallenge`, `AuthSuccess` or `AuthFailure`; returns
+    /// the authenticated user on success.
+    pub fn on_core(
+        &mut self,
+        frame: Frame,
+        out: &mut Output,
+    ) -> Result<Option<String>, StreamError> {
+        self.awaiting_core = false;
+        if std::mem::take(&mut self.drop_next_answer) || !self.is_running() {
+            tracing::debug!(frame = frame.name(), "SASL answer ignored");
+            return Ok(None);
+        }
+        match frame {
+            Frame::AuthChallenge { data, .. } => {
+                out.write(stream::sasl_element(
+                    "challenge",
+                    None,
+                    Some(&B64.encode(&data)),
+                ));
+            }
+            Frame::AuthSuccess { data, user, .. } => {
+                let data = (!data.is_empty()).then(|| B64.encode(&data));
+                out.write(stream::sasl_element("success", None, data.as_deref()));
+                self.stage = Stage::Idle;
+                return Ok(Some(user));
+            }
+            Frame::AuthFailure { condition, .. } => {
+                out.write(stream::sasl_failure(&condition, None));
+                self.stage = Stage::Idle;
+                self.count_failure()?;
+            }
+            other => tracing::debug!(frame = other.name(), "not a SASL answer"),
+        }
+        Ok(None)
+    }
+
+    fn start(&mut self, sid: SessionId, mechanism: String, data: Vec<u8>, out: &mut Output) {
+        self.stage = Stage::Running;
+        self.awaiting_core = true;
+        out.send(Frame::AuthStart {
+            sid,
+            mechanism,
+            data: data.into(),
+        });
+    }
+
+    fn count_failure(&mut self) -> Result<(), StreamError> {
+        self.failures += 1;
+        if self.failures >= MAX_AUTH_FAILURES {
+            return Err(StreamError::new(
+                StreamCondition::PolicyViolation,
+                "too many failed authentication attempts",
+            ));
+        }
+        Ok(())
+    }
+}

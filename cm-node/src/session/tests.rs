@@ -1,0 +1,798 @@
+//! Unit tests of [`ClientSession`]: whole exchanges, driven by bytes,
+//! frames and `Instant`s.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cm_protocol::Frame;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use xmpp_stream::element::Element;
+use xmpp_stream::framer::Limits;
+use xmpp_stream::{StreamCondition, ns};
+
+use super::*;
+
+const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
+const AUTH_PLAIN: &[u8] =
+    b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>";
+
+fn settings(read_rate: u64, read_burst: u64) -> Arc<SessionSettings> {
+    Arc::new(SessionSettings {
+        domain: "x".into(),
+        limits: Limits::default(),
+        read_rate,
+        read_burst,
+    })
+}
+
+fn offer(registration: bool) -> Arc<CoreOffer> {
+    Arc::new(CoreOffer {
+        mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
+        registration,
+    })
+}
+
+fn session_at(now: Instant, offer: Option<Arc<CoreOffer>>, seed: u64) -> ClientSession {
+    ClientSession::new(
+        7,
+        settings(256 * 1024, 1024 * 1024),
+        Framing::Stream,
+        offer,
+        SmallRng::seed_from_u64(seed),
+        now,
+    )
+}
+
+fn session() -> ClientSession {
+    session_at(Instant::now(), Some(offer(false)), 1)
+}
+
+/// One input, then the batch's actions.
+trait Drive {
+    fn data(&mut self, bytes: &[u8]) -> Vec<SessionAction>;
+    fn core(&mut self, frame: Frame) -> Vec<SessionAction>;
+    fn deliver(&mut self, xml: &'static str) -> Vec<SessionAction>;
+    fn closed(&mut self) -> Vec<SessionAction>;
+}
+
+impl Drive for ClientSession {
+    fn data(&mut self, bytes: &[u8]) -> Vec<SessionAction> {
+        self.on_data(Instant::now(), bytes);
+        self.poll_actions()
+    }
+
+    fn core(&mut self, frame: Frame) -> Vec<SessionAction> {
+        self.on_core(frame);
+        self.poll_actions()
+    }
+
+    fn deliver(&mut self, xml: &'static str) -> Vec<SessionAction> {
+        self.core(Frame::Deliver {
+            sid: 7,
+            payload: Bytes::from_static(xml.as_bytes()),
+        })
+    }
+
+    fn closed(&mut self) -> Vec<SessionAction> {
+        self.on_closed();
+        self.poll_actions()
+    }
+}
+
+fn written(actions: &[SessionAction]) -> String {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            SessionAction::Write(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to_core(actions: &[SessionAction]) -> Vec<Frame> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            SessionAction::ToCore(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn announced(actions: &[SessionAction]) -> Vec<AnnouncementUpdate> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            SessionAction::Announcement(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn authenticate(s: &mut ClientSession) {
+    let a = s.data(HEADER);
+    assert!(written(&a).contains("<mechanism>SCRAM-SHA-256</mechanism>"));
+    let a = s.data(AUTH_PLAIN);
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, data, .. }] if mechanism == "PLAIN" && &data[..] == b"\0a\0b")
+    );
+    let a = s.core(Frame::AuthSuccess {
+        sid: 7,
+        data: Bytes::new(),
+        user: "a@x".into(),
+    });
+    assert!(written(&a).contains("<success"));
+}
+
+fn bind(s: &mut ClientSession) {
+    authenticate(s);
+    let a = s.data(HEADER);
+    assert!(written(&a).contains("urn:ietf:params:xml:ns:xmpp-bind"));
+    let a = s.data(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
+    assert!(matches!(&to_core(&a)[..], [Frame::Bind { resource: Some(r), .. }] if r == "phone"));
+    let a = s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: "b1".into(),
+        result: Ok("a@x/phone".into()),
+    });
+    assert_eq!(
+        announced(&a),
+        vec![AnnouncementUpdate::Bound("a@x/phone".into())]
+    );
+    assert!(written(&a).contains("<jid>a@x/phone</jid>"));
+}
+
+fn bound_session() -> ClientSession {
+    let mut s = session();
+    bind(&mut s);
+    s
+}
+
+fn enable_sm(s: &mut ClientSession, id: &str) -> Vec<SessionAction> {
+    s.data(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    s.core(Frame::SmEnabled {
+        sid: 7,
+        id: id.into(),
+        max: 300,
+    })
+}
+
+#[test]
+fn negotiates_and_stamps_from() {
+    let mut s = bound_session();
+    let a =
+        s.data(b"<message to='b@x' from='evil@x' type='chat' id='m1'><body>hi</body></message>");
+    let [
+        Frame::Stanza {
+            header, payload, ..
+        },
+    ] = &to_core(&a)[..]
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(header.from, "a@x/phone");
+    assert_eq!(header.to.as_deref(), Some("b@x"));
+    let el = Element::parse(payload, ns::CLIENT).unwrap();
+    assert_eq!(el.attr("from"), Some("a@x/phone"));
+    // whitespace keep-alives between stanzas are fine
+    assert!(s.data(b" \n\t ").is_empty());
+    // deliveries are written as they are
+    let a = s.deliver("<message/>");
+    assert_eq!(written(&a), "<message/>");
+    assert_eq!(
+        to_core(&s.closed()),
+        vec![Frame::SessionEnd {
+            sid: 7,
+            jid: Some("a@x/phone".into()),
+            clean: false,
+        }]
+    );
+}
+
+#[test]
+fn broadcast_presence_changes_are_announced_once_per_batch() {
+    let mut s = bound_session();
+    let a = s.data(b"<presence><priority>5</priority></presence>");
+    assert_eq!(to_core(&a).len(), 1);
+    assert_eq!(
+        announced(&a),
+        vec![AnnouncementUpdate::Presence {
+            available: true,
+            priority: 5
+        }]
+    );
+    // the same presence again changes nothing; directed presence neither
+    let a = s.data(b"<presence><priority>5</priority></presence><presence to='b@x'/>");
+    assert_eq!(to_core(&a).len(), 2);
+    assert_eq!(announced(&a), vec![]);
+    // two changes in one batch: the last one is announced
+    let a = s.data(b"<presence type='unavailable'/><presence><priority>-1</priority></presence>");
+    assert_eq!(
+        announced(&a),
+        vec![AnnouncementUpdate::Presence {
+            available: true,
+            priority: -1
+        }]
+    );
+    let a = s.data(b"<presence type='unavailable'/>");
+    assert_eq!(
+        announced(&a),
+        vec![AnnouncementUpdate::Presence {
+            available: false,
+            priority: -1
+        }]
+    );
+}
+
+#[test]
+fn stanzas_before_auth_end_the_stream() {
+    let mut s = session();
+    s.data(HEADER);
+    let a = s.data(b"<message to='b@x'><body>hi</body></message>");
+    assert!(written(&a).contains("not-authorized"));
+    assert!(a.contains(&SessionAction::Close));
+    assert!(s.closed().is_empty());
+}
+
+#[test]
+fn wrong_domain_and_bad_xml_get_stream_errors() {
+    let mut s = session();
+    let a = s.data(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other' version='1.0'>");
+    assert!(written(&a).contains("host-unknown"));
+    let mut s = bound_session();
+    let a = s.data(b"<message><body>&bogus;</body></message>");
+    assert!(written(&a).contains("not-well-formed"));
+    assert!(a.contains(&SessionAction::Close));
+}
+
+#[test]
+fn auth_failures_are_relayed_and_limited() {
+    let mut s = session();
+    s.data(HEADER);
+    for i in 0..3 {
+        s.data(AUTH_PLAIN);
+        let a = s.core(Frame::AuthFailure {
+            sid: 7,
+            condition: "not-authorized".into(),
+        });
+        assert!(written(&a).contains("<not-authorized"));
+        assert_eq!(a.contains(&SessionAction::Close), i == 2);
+    }
+}
+
+#[test]
+fn a_bind_lost_by_a_restarted_core_is_answered_with_an_error() {
+    let mut s = session();
+    authenticate(&mut s);
+    s.data(HEADER);
+    s.data(b"<iq type='set' id='bind-9'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    // what the pool sends unbound sessions when the core instance changed
+    let a = s.core(Frame::AuthFailure {
+        sid: 7,
+        condition: "temporary-auth-failure".into(),
+    });
+    assert!(a.is_empty());
+    let a = s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: String::new(),
+        result: Err("internal-server-error".into()),
+    });
+    let text = written(&a);
+    assert!(
+        text.contains("id=\"bind-9\"") && text.contains("internal-server-error"),
+        "{text}"
+    );
+    // the client may bind again
+    let a = s
+        .data(b"<iq type='set' id='bind-10'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    assert!(matches!(&to_core(&a)[..], [Frame::Bind { iq_id, .. }] if iq_id == "bind-10"));
+}
+
+#[test]
+fn auth_without_initial_response_gets_an_empty_challenge() {
+    let mut s = session();
+    s.data(HEADER);
+    let a = s.data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>");
+    assert!(written(&a).contains("<challenge"));
+    assert!(to_core(&a).is_empty());
+    let a = s.data(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AGEAYg==</response>");
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, data, .. }] if mechanism == "PLAIN" && &data[..] == b"\0a\0b")
+    );
+}
+
+#[test]
+fn mechanisms_the_core_does_not_offer_are_refused() {
+    let mut s = session();
+    s.data(HEADER);
+    let a = s.data(
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>eA==</auth>",
+    );
+    assert!(written(&a).contains("<invalid-mechanism"));
+    assert!(to_core(&a).is_empty());
+}
+
+#[test]
+fn aborts_count_and_a_stale_answer_is_dropped() {
+    let mut s = session();
+    s.data(HEADER);
+    s.data(AUTH_PLAIN);
+    let a = s.data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    assert!(written(&a).contains("<aborted"));
+    // a new attempt; the core's late answer to the aborted one is ignored
+    s.data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGMAZA==</auth>");
+    let a = s.core(Frame::AuthSuccess {
+        sid: 7,
+        data: Bytes::new(),
+        user: "a@x".into(),
+    });
+    assert!(a.is_empty(), "{a:?}");
+    let a = s.core(Frame::AuthFailure {
+        sid: 7,
+        condition: "not-authorized".into(),
+    });
+    assert!(written(&a).contains("not-authorized"));
+    // the third failure or abort ends the stream
+    s.data(AUTH_PLAIN);
+    let a = s.data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    assert!(a.contains(&SessionAction::Close));
+}
+
+#[test]
+fn kick_closes_with_conflict() {
+    let mut s = bound_session();
+    let a = s.core(Frame::Kick {
+        sid: 7,
+        condition: "conflict".into(),
+    });
+    assert!(written(&a).contains("<conflict"));
+    assert!(a.contains(&SessionAction::Close));
+}
+
+#[test]
+fn stream_management_counts_requests_and_checks_acks() {
+    let mut s = bound_session();
+    let a = s.data(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    assert_eq!(
+        to_core(&a),
+        vec![Frame::SmEnable {
+            sid: 7,
+            resume: true,
+            max: 0
+        }]
+    );
+    let a = s.core(Frame::SmEnabled {
+        sid: 7,
+        id: "ID".into(),
+        max: 300,
+    });
+    assert!(
+        written(&a)
+            .contains("<enabled xmlns=\"urn:xmpp:sm:3\" id=\"ID\" resume=\"true\" max=\"300\"/>"),
+        "{}",
+        written(&a)
+    );
+    assert_eq!(
+        announced(&a),
+        vec![
+            AnnouncementUpdate::StreamManagement {
+                id: "ID".into(),
+                max: 300
+            },
+            AnnouncementUpdate::SmCounters(SmCounts::default()),
+        ]
+    );
+    // one batch of two deliveries: both written, then one <r/>
+    s.on_core(Frame::Deliver {
+        sid: 7,
+        payload: Bytes::from_static(b"<message/>"),
+    });
+    s.on_core(Frame::Deliver {
+        sid: 7,
+        payload: Bytes::from_static(b"<message/>"),
+    });
+    let a = s.poll_actions();
+    assert_eq!(
+        written(&a),
+        "<message/><message/><r xmlns=\"urn:xmpp:sm:3\"/>"
+    );
+    // the next burst waits for the answer
+    assert_eq!(written(&s.deliver("<message/>")), "<message/>");
+    let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='2'/>");
+    assert_eq!(to_core(&a), vec![Frame::Acked { sid: 7, h: 2 }]);
+    let a = s.data(b"<r xmlns='urn:xmpp:sm:3'/>");
+    assert_eq!(to_core(&a), vec![Frame::AckRequest { sid: 7 }]);
+    let a = s.core(Frame::Handled { sid: 7, h: 4 });
+    assert_eq!(
+        written(&a),
+        "<a xmlns=\"urn:xmpp:sm:3\" h=\"4\"/><r xmlns=\"urn:xmpp:sm:3\"/>"
+    );
+    let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='4'/>");
+    assert!(written(&a).contains("undefined-condition"));
+    assert!(a.contains(&SessionAction::Close));
+}
+
+#[test]
+fn sm_counters_leave_the_session_once_per_batch_and_only_when_changed() {
+    let mut s = bound_session();
+    enable_sm(&mut s, "ID");
+    let a = s.data(b"<message to='b@x'/><message to='b@x'/><message to='b@x'/>");
+    assert_eq!(to_core(&a).len(), 3);
+    assert_eq!(
+        announced(&a),
+        vec![AnnouncementUpdate::SmCounters(SmCounts {
+            handled: 3,
+            ..SmCounts::default()
+        })]
+    );
+    // the counters come after the frames they count
+    assert!(matches!(a.last(), Some(SessionAction::Announcement(_))));
+    // a keep-alive changes nothing
+    assert_eq!(announced(&s.data(b" ")), vec![]);
+    s.on_core(Frame::Deliver {
+        sid: 7,
+        payload: Bytes::from_static(b"<message/>"),
+    });
+    s.on_core(Frame::Deliver {
+        sid: 7,
+        payload: Bytes::from_static(b"<message/>"),
+    });
+    assert_eq!(
+        announced(&s.poll_actions()),
+        vec![AnnouncementUpdate::SmCounters(SmCounts {
+            handled: 3,
+            sent: 2,
+            client_acked: 0,
+            next_seq: 2,
+        })]
+    );
+    assert_eq!(
+        announced(&s.data(b"<a xmlns='urn:xmpp:sm:3' h='2'/>")),
+        vec![AnnouncementUpdate::SmCounters(SmCounts {
+            handled: 3,
+            sent: 2,
+            client_acked: 2,
+            next_seq: 2,
+        })]
+    );
+    // without stream management there is nothing to announce
+    let mut plain = bound_session();
+    assert_eq!(announced(&plain.data(b"<message to='b@x'/>")), vec![]);
+}
+
+#[test]
+fn inactive_clients_get_messages_at_once_and_the_latest_presence_later() {
+    let mut s = bound_session();
+    s.data(b"<enable xmlns='urn:xmpp:sm:3'/>");
+    s.core(Frame::SmEnabled {
+        sid: 7,
+        id: String::new(),
+        max: 0,
+    });
+    s.data(b"<inactive xmlns='urn:xmpp:csi:0'/>");
+    assert!(written(&s.deliver("<presence from='b@x/1'><show>away</show></presence>")).is_empty());
+    let a = s.deliver("<presence from='b@x/1'/>");
+    assert!(written(&a).is_empty());
+    assert_eq!(
+        to_core(&a),
+        vec![Frame::Skipped {
+            sid: 7,
+            seqs: vec![0]
+        }]
+    );
+    assert_eq!(
+        written(&s.deliver("<message/>")),
+        "<message/><r xmlns=\"urn:xmpp:sm:3\"/>"
+    );
+    let a = s.data(b"<active xmlns='urn:xmpp:csi:0'/>");
+    assert_eq!(written(&a), "<presence from='b@x/1'/>");
+}
+
+#[test]
+fn resume_instead_of_bind() {
+    let mut s = session();
+    authenticate(&mut s);
+    let a = s.data(HEADER);
+    assert!(written(&a).contains("urn:xmpp:sm:3"));
+    let a = s.data(b"<resume xmlns='urn:xmpp:sm:3' previd='P' h='3'/>");
+    assert_eq!(
+        to_core(&a),
+        vec![Frame::Resume {
+            sid: 7,
+            user: "a@x".into(),
+            previd: "P".into(),
+            h: 3
+        }]
+    );
+    let a = s.core(Frame::Resumed {
+        sid: 7,
+        result: Ok(cm_protocol::Resumption {
+            jid: "a@x/phone".into(),
+            h: 9,
+            available: true,
+            priority: 2,
+            max: 300,
+        }),
+    });
+    assert!(written(&a).contains("<resumed xmlns=\"urn:xmpp:sm:3\" previd=\"P\" h=\"9\"/>"));
+    assert_eq!(
+        announced(&a),
+        vec![
+            AnnouncementUpdate::Bound("a@x/phone".into()),
+            AnnouncementUpdate::StreamManagement {
+                id: "P".into(),
+                max: 300
+            },
+            AnnouncementUpdate::Presence {
+                available: true,
+                priority: 2
+            },
+            AnnouncementUpdate::SmCounters(SmCounts {
+                handled: 9,
+                sent: 3,
+                client_acked: 3,
+                next_seq: 0
+            }),
+        ]
+    );
+    // replayed deliveries are written and counted from the client's h
+    assert!(written(&s.deliver("<message/>")).contains("<r "));
+    let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='4'/>");
+    assert_eq!(to_core(&a), vec![Frame::Acked { sid: 7, h: 4 }]);
+    // a refused resumption leaves the client free to bind
+    let mut s = session();
+    authenticate(&mut s);
+    s.data(HEADER);
+    s.data(b"<resume xmlns='urn:xmpp:sm:3' previd='P' h='3'/>");
+    let a = s.core(Frame::Resumed {
+        sid: 7,
+        result: Err("item-not-found".into()),
+    });
+    assert!(written(&a).contains("<failed xmlns=\"urn:xmpp:sm:3\"><item-not-found"));
+    let a = s.data(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    assert!(matches!(&to_core(&a)[..], [Frame::Bind { .. }]));
+}
+
+#[test]
+fn registration_is_offered_and_relayed_where_the_core_offers_it() {
+    let mut s = session_at(Instant::now(), Some(offer(true)), 1);
+    let a = s.data(HEADER);
+    assert!(written(&a).contains("<register xmlns=\"http://jabber.org/features/iq-register\""));
+    let a = s.data(b"<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>d</username><password>p</password></query></iq>");
+    assert_eq!(
+        to_core(&a),
+        vec![Frame::Register {
+            sid: 7,
+            username: "d".into(),
+            password: "p".into()
+        }]
+    );
+    let a = s.core(Frame::RegisterResult {
+        sid: 7,
+        error: Some("conflict".into()),
+    });
+    let text = written(&a);
+    assert!(
+        text.contains("id=\"r1\"") && text.contains("<conflict"),
+        "{text}"
+    );
+    // not offered: a registration IQ is a stanza before authentication
+    let mut s = session();
+    let a = s.data(HEADER);
+    assert!(!written(&a).contains("iq-register"));
+    let a = s.data(b"<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>");
+    assert!(written(&a).contains("not-authorized"));
+}
+
+#[test]
+fn features_wait_for_the_core_offer_and_reading_pauses_meanwhile() {
+    let t0 = Instant::now();
+    let mut s = session_at(t0, None, 1);
+    // a client that sends its header and its <auth/> at once
+    s.on_data(t0, &[HEADER, AUTH_PLAIN].concat());
+    let a = s.poll_actions();
+    let text = written(&a);
+    assert!(
+        text.starts_with("<?xml") || text.starts_with("<stream:stream"),
+        "{text}"
+    );
+    assert!(!text.contains("features"), "{text}");
+    assert!(to_core(&a).is_empty());
+    assert!(s.awaits_core_offer());
+    assert!(!s.wants_read());
+    s.on_core_offer(offer(true));
+    let a = s.poll_actions();
+    let text = written(&a);
+    assert!(
+        text.starts_with("<stream:features>") && text.contains("iq-register"),
+        "{text}"
+    );
+    // what the client sent meanwhile is handled now
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, .. }] if mechanism == "PLAIN")
+    );
+    assert!(!s.awaits_core_offer());
+    assert!(s.wants_read());
+}
+
+#[test]
+fn features_go_out_at_once_when_the_offer_is_known() {
+    let mut s = session_at(Instant::now(), Some(offer(false)), 1);
+    let a = s.data(HEADER);
+    assert_eq!(a.len(), 1, "header and features in one write: {a:?}");
+    assert!(written(&a).contains("<stream:features>"));
+    assert!(!s.awaits_core_offer());
+}
+
+#[test]
+fn a_core_that_never_answers_ends_the_stream_with_remote_connection_failed() {
+    let t0 = Instant::now();
+    let mut s = session_at(t0, None, 1);
+    s.on_data(t0, HEADER);
+    s.poll_actions();
+    assert_eq!(s.poll_timeout(), Some(t0 + NEGOTIATION_TIMEOUT));
+    s.handle_timeout(t0 + NEGOTIATION_TIMEOUT);
+    let a = s.poll_actions();
+    let text = written(&a);
+    assert!(text.contains("<remote-connection-failed"), "{text}");
+    assert!(
+        !text.contains("<stream:stream"),
+        "the header went out before: {text}"
+    );
+    assert_eq!(a.last(), Some(&SessionAction::Close));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn negotiation_times_out_exactly_at_its_deadline() {
+    let t0 = Instant::now();
+    let deadline = t0 + NEGOTIATION_TIMEOUT;
+    let mut s = session_at(t0, Some(offer(false)), 1);
+    assert_eq!(s.poll_timeout(), Some(deadline));
+    s.on_data(t0 + Duration::from_secs(1), HEADER);
+    s.poll_actions();
+    // authenticated but not bound: the deadline stands
+    s.on_data(t0 + Duration::from_secs(2), AUTH_PLAIN);
+    s.on_core(Frame::AuthSuccess {
+        sid: 7,
+        data: Bytes::new(),
+        user: "a@x".into(),
+    });
+    s.poll_actions();
+    assert_eq!(s.poll_timeout(), Some(deadline));
+    s.handle_timeout(deadline - Duration::from_nanos(1));
+    assert_eq!(s.poll_actions(), vec![]);
+    s.handle_timeout(deadline);
+    let a = s.poll_actions();
+    let text = written(&a);
+    assert!(text.contains("<connection-timeout"), "{text}");
+    // a stream error needs an open stream: the restarted one gets a header first
+    assert!(
+        text.starts_with("<?xml") || text.starts_with("<stream:stream"),
+        "{text}"
+    );
+    assert_eq!(a.last(), Some(&SessionAction::Close));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_bound_session_has_no_negotiation_deadline() {
+    let t0 = Instant::now();
+    let mut s = session_at(t0, Some(offer(false)), 1);
+    bind(&mut s);
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + NEGOTIATION_TIMEOUT * 2);
+    assert_eq!(s.poll_actions(), vec![]);
+    let a = s.data(b"<message to='b@x'/>");
+    assert_eq!(to_core(&a).len(), 1);
+}
+
+#[test]
+fn reading_pauses_when_the_read_budget_is_spent_and_resumes_in_time() {
+    let t0 = Instant::now();
+    // 1000 bytes a second, 4000 at once
+    let mut s = ClientSession::new(
+        7,
+        settings(1000, 4000),
+        Framing::Stream,
+        Some(offer(false)),
+        SmallRng::seed_from_u64(1),
+        t0,
+    );
+    s.on_data(t0, HEADER);
+    assert!(s.wants_read());
+    // whitespace keep-alives up to the burst: still within budget
+    s.on_data(t0, &vec![b' '; 4000 - HEADER.len()]);
+    assert!(s.wants_read());
+    // 1000 bytes more: one second's worth over budget
+    s.on_data(t0, &[b' '; 1000]);
+    assert!(!s.wants_read());
+    let resume = t0 + Duration::from_secs(1);
+    assert_eq!(s.poll_timeout(), Some(resume));
+    s.handle_timeout(resume - Duration::from_millis(1));
+    assert!(!s.wants_read());
+    s.handle_timeout(resume);
+    assert!(s.wants_read());
+    // what remains is the negotiation deadline
+    assert_eq!(s.poll_timeout(), Some(t0 + NEGOTIATION_TIMEOUT));
+    assert_eq!(
+        written(&s.poll_actions())
+            .matches("<stream:features>")
+            .count(),
+        1
+    );
+    // after a quiet second the budget has refilled by the rate
+    let later = resume + Duration::from_secs(1);
+    s.on_data(later, &[b' '; 1000]);
+    assert!(s.wants_read());
+    s.on_data(later, &[b' '; 500]);
+    assert!(!s.wants_read());
+    assert_eq!(s.poll_timeout(), Some(later + Duration::from_millis(500)));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_stream_ids() {
+    let header_with_seed = |seed| {
+        let mut s = session_at(Instant::now(), Some(offer(false)), seed);
+        let text = written(&s.data(HEADER));
+        let start = text.find(" id=").expect("a stream id") + 5;
+        text[start..start + 16].to_owned()
+    };
+    assert_eq!(header_with_seed(42), header_with_seed(42));
+    assert_ne!(header_with_seed(42), header_with_seed(43));
+    // the restarted stream gets a new id from the same generator
+    let mut s = session_at(Instant::now(), Some(offer(false)), 42);
+    let first = written(&s.data(HEADER));
+    s.data(AUTH_PLAIN);
+    s.core(Frame::AuthSuccess {
+        sid: 7,
+        data: Bytes::new(),
+        user: "a@x".into(),
+    });
+    let second = written(&s.data(HEADER));
+    assert!(first.contains(&header_with_seed(42)));
+    assert!(!second.contains(&header_with_seed(42)));
+}
+
+#[test]
+fn websocket_openings_are_messages_of_their_own() {
+    let mut s = ClientSession::new(
+        7,
+        settings(256 * 1024, 1024 * 1024),
+        Framing::WebSocket,
+        Some(offer(false)),
+        SmallRng::seed_from_u64(1),
+        Instant::now(),
+    );
+    let a = s.data(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>");
+    let writes: Vec<String> = a
+        .iter()
+        .filter_map(|a| match a {
+            SessionAction::Write(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(writes[0].starts_with("<open"), "{writes:?}");
+    assert!(
+        writes[1].starts_with("<stream:features xmlns:stream=\"http://etherx.jabber.org/streams\""),
+        "{writes:?}"
+    );
+    let a = s.data(b"<message to='b@x'/>");
+    assert!(written(&a).contains("not-authorized"));
+    assert!(written(&a).ends_with("<close xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\"/>"));
+}
+
+#[test]
+fn shutdown_closes_with_a_stream_error_once() {
+    let mut s = bound_session();
+    s.close(StreamCondition::SystemShutdown, None);
+    let a = s.poll_actions();
+    assert!(written(&a).contains("<system-shutdown"));
+    assert_eq!(a.last(), Some(&SessionAction::Close));
+    s.close(StreamCondition::SystemShutdown, None);
+    assert_eq!(s.poll_actions(), vec![]);
+    assert!(!s.wants_read());
+}
