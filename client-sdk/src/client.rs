@@ -28,6 +28,10 @@ const ANSWER_GUARD: Duration = Duration::from_secs(35);
 /// A logged-in session. Stanzas go through a session task that keeps the
 /// connection alive: it reconnects and resumes by itself, and keeps what
 /// is sent while offline in an outbox.
+///
+/// The task also answers requests (IQs, the roster, history, resumption
+/// state). It waits while the app's event queue ([`crate::EVENT_QUEUE`]) is
+/// full, so an app must keep reading events for answers to come.
 pub struct Client {
     jid: String,
     domain: String,

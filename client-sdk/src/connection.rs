@@ -49,11 +49,17 @@ pub(crate) fn client_endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, 
 /// Everything needed to open a connection for one account.
 #[derive(Clone)]
 pub(crate) struct Dialer {
+    /// The client's endpoint (shared by all its connections).
     pub(crate) endpoint: quinn::Endpoint,
+    /// The CM or balancer.
     pub(crate) server: SocketAddr,
+    /// The XMPP domain (also the TLS server name).
     pub(crate) domain: String,
+    /// The SASL user name.
     pub(crate) username: String,
+    /// The password.
     pub(crate) password: String,
+    /// The SASL mechanism.
     pub(crate) mechanism: Mechanism,
 }
 
@@ -99,9 +105,12 @@ pub(crate) enum Inbound {
 
 /// A negotiated connection: where to write, and what its reader read.
 pub(crate) struct Live {
+    /// The QUIC connection.
     pub(crate) conn: quinn::Connection,
+    /// Its XMPP stream's sending side.
     pub(crate) send: SendStream,
-    pub(crate) inbound: mpsc::Receiver<Inbound>,
+    /// What its reader task read.
+    inbound: mpsc::Receiver<Inbound>,
     /// A write failed: nothing more is written on it.
     pub(crate) broken: bool,
 }

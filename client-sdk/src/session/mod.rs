@@ -66,12 +66,19 @@ pub(crate) struct SessionConfig {
     pub(crate) jid: String,
     /// The resource to ask for at a new login (until one is bound).
     pub(crate) resource: Option<String>,
+    /// Enable XEP-0198 at each new login.
     pub(crate) stream_management: bool,
+    /// Enable carbons at each new login.
     pub(crate) carbons: bool,
+    /// The resumption time to ask for (0: the server's).
     pub(crate) resume_max_secs: u32,
+    /// Reconnect after losing the connection (else the session ends).
     pub(crate) reconnect: bool,
+    /// An `<r/>` unanswered this long means the connection is dead.
     pub(crate) ack_timeout: Duration,
+    /// Answer receipt requests.
     pub(crate) receipts: bool,
+    /// Report sent messages' progress as events.
     pub(crate) message_states: bool,
     /// The session the first connection tried to resume (SM id, our `h`).
     pub(crate) previous_session: Option<(String, u32)>,
@@ -132,9 +139,13 @@ pub(crate) enum Request {
 /// The answer to a [`Request`] (the variant of the same name).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Answer {
+    /// The IQ's result or error.
     Iq(IqResponse),
+    /// The page, its messages oldest first.
     History(HistoryPage),
+    /// The SM id and our `h`, or None.
     Resumption(Option<(String, u32)>),
+    /// The count.
     DuplicatesDropped(u64),
 }
 
@@ -156,7 +167,9 @@ pub(crate) enum Output {
     /// server still holds it, else log in and bind `resource`. Report with
     /// [`Session::on_connected`] or [`Session::on_connect_failed`].
     Connect {
+        /// The SM id and our `h`, if the session can be resumed.
         resumption: Option<(String, u32)>,
+        /// The resource to bind at a new login.
         resource: Option<String>,
     },
     /// Our stream is closed: finish the sending direction.
@@ -167,7 +180,9 @@ pub(crate) enum Output {
     Event(Event),
     /// The answer to the app's request `id`.
     Reply {
+        /// The request's id.
         id: RequestId,
+        /// Its answer, or why there is none.
         answer: Result<Answer, ClientError>,
     },
     /// The session is over: nothing more comes out.
@@ -177,8 +192,8 @@ pub(crate) enum Output {
 /// Where the connection stands.
 #[derive(Debug)]
 enum Link {
-    /// None; the next attempt is due at `retry` (attempt number with it).
-    Down { retry: Option<(Instant, u32)> },
+    /// None; attempt number `attempt` is due at `retry_at`.
+    Down { retry_at: Instant, attempt: u32 },
     /// An attempt (this number) is under way.
     Connecting { attempt: u32 },
     /// Connected and negotiated.
@@ -264,7 +279,7 @@ impl Session {
                 ack_deadline,
                 write_failed,
             } => earliest(*ack_deadline, write_failed.as_ref().map(|(at, _)| *at)),
-            Link::Down { retry } => retry.map(|(at, _)| at),
+            Link::Down { retry_at, .. } => Some(*retry_at),
             Link::Closing { deadline } => Some(*deadline),
             Link::Connecting { .. } | Link::Ended => None,
         };
@@ -287,9 +302,7 @@ impl Session {
                 let reason = reason.clone();
                 self.lost(reason);
             }
-            Link::Down {
-                retry: Some((at, attempt)),
-            } if *at <= now => {
+            Link::Down { retry_at, attempt } if *retry_at <= now => {
                 let attempt = *attempt;
                 self.link = Link::Connecting { attempt };
                 self.outputs.push_back(Output::Connect {
@@ -799,7 +812,6 @@ impl Session {
         tracing::info!(reason, "connection lost");
         self.event(Event::ConnectionLost(reason));
         if self.config.reconnect {
-            self.link = Link::Down { retry: None };
             self.connect_now();
         } else {
             self.end();
@@ -816,10 +828,8 @@ impl Session {
     }
 
     fn schedule_retry(&mut self, now: Instant, attempt: u32) {
-        let at = now + reconnect::delay(attempt, &mut self.rng);
-        self.link = Link::Down {
-            retry: Some((at, attempt)),
-        };
+        let retry_at = now + reconnect::delay(attempt, &mut self.rng);
+        self.link = Link::Down { retry_at, attempt };
     }
 
     /// Ends the stream cleanly: what never reached the server fails, what
