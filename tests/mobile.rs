@@ -68,7 +68,7 @@ async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated(
         let alice = cluster.login(0, "alice", "phone").await;
         let mut bob = cluster.login(1, "bob", "desk").await;
         alice.ping().await.unwrap();
-        let (id, h) = alice.resumption().expect("resumable");
+        let (id, h) = alice.resumption().await.expect("resumable");
         // alice's phone loses the network for good; bob keeps writing
         alice.abort();
         for i in 0..20 {
@@ -99,7 +99,7 @@ async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated(
                 .await
                 .is_err()
         );
-        assert_eq!(alice.duplicates_dropped(), 0);
+        assert_eq!(alice.duplicates_dropped().await.unwrap(), 0);
         assert_eq!(
             cluster
                 .node_of(&format!("{}/phone", jid("alice")))
@@ -129,7 +129,7 @@ async fn forged_or_foreign_sm_ids_are_refused_and_expired_sessions_go_offline() 
         .unwrap();
         alice.send_presence(0).await.unwrap();
         alice.ping().await.unwrap();
-        let (id, h) = alice.resumption().expect("resumable");
+        let (id, h) = alice.resumption().await.expect("resumable");
         // another user presenting alice's id gets nothing of hers
         let mallory = Client::connect(
             cluster

@@ -33,6 +33,10 @@ pub enum ClientError {
     /// No answer in time.
     #[error("timed out")]
     Timeout,
+    /// Too much is waiting (the outbox, or requests waiting for answers):
+    /// try again later.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl ClientError {

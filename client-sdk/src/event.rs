@@ -3,8 +3,6 @@
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
-use crate::Pending;
-
 /// Something the server sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -192,10 +190,21 @@ pub(crate) fn stanza_error_condition(el: &Element) -> Option<String> {
         .map(|c| c.name.clone())
 }
 
-/// Turns an element into an event, completing IQ waiters on the way.
-/// `own` is the account's bare JID (carbons and roster pushes must come
-/// from it).
-pub(crate) fn classify(el: Element, pending: &Pending, own: Option<&str>) -> Option<Event> {
+/// An IQ as the app sees it.
+pub(crate) fn iq_response(el: Element) -> IqResponse {
+    let attr = |k: &str| el.attr(k).map(str::to_owned);
+    IqResponse {
+        id: attr("id").unwrap_or_default(),
+        from: attr("from"),
+        kind: attr("type").unwrap_or_default(),
+        error: stanza_error_condition(&el),
+        element: el,
+    }
+}
+
+/// Turns a stanza into an event. `own` is the account's bare JID (carbons
+/// and roster pushes must come from it).
+pub(crate) fn classify(el: Element, own: Option<&str>) -> Option<Event> {
     if el.ns == ns::STREAMS && el.name == "error" {
         return Some(Event::StreamError(stream_error_condition(&el)));
     }
@@ -233,28 +242,10 @@ pub(crate) fn classify(el: Element, pending: &Pending, own: Option<&str>) -> Opt
                 show: el.child("show", ns::CLIENT).map(Element::text),
             }))
         }
-        "iq" => {
-            if let Some(item) = roster_push(&el, own) {
-                return Some(Event::RosterPush(item));
-            }
-            let r = IqResponse {
-                id: attr("id").unwrap_or_default(),
-                from: attr("from"),
-                kind: attr("type").unwrap_or_default(),
-                error: stanza_error_condition(&el),
-                element: el,
-            };
-            if matches!(r.kind.as_str(), "result" | "error")
-                && let Some(waiter) = pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&r.id)
-            {
-                let _ = waiter.send(r);
-                return None;
-            }
-            Some(Event::Iq(r))
-        }
+        "iq" => Some(match roster_push(&el, own) {
+            Some(item) => Event::RosterPush(item),
+            None => Event::Iq(iq_response(el)),
+        }),
         _ => None,
     }
 }

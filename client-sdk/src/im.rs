@@ -7,6 +7,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
 use crate::event::{Message, message_from};
+use crate::session::{Answer, Request};
 use crate::{Client, ClientError};
 
 /// A subscription state (RFC 6121 §2.1.2.5).
@@ -173,6 +174,54 @@ pub(crate) fn archived(result: &Element) -> Option<ArchivedMessage> {
     })
 }
 
+/// The `<query/>` of an archive request for `q`; its results carry `query_id`.
+pub(crate) fn history_query(q: &HistoryQuery, query_id: &str) -> Element {
+    let field = |var: &str, value: &str| {
+        Element::new("field", ns::DATA)
+            .with_attr("var", var)
+            .with_child(Element::new("value", ns::DATA).with_text(value))
+    };
+    let mut form = Element::new("x", ns::DATA)
+        .with_attr("type", "submit")
+        .with_child(field("FORM_TYPE", ns::MAM).with_attr("type", "hidden"));
+    for (var, value) in [("with", &q.with), ("start", &q.start), ("end", &q.end)] {
+        if let Some(v) = value {
+            form = form.with_child(field(var, v));
+        }
+    }
+    let mut set = Element::new("set", ns::RSM);
+    if let Some(max) = q.max {
+        set = set.with_child(Element::new("max", ns::RSM).with_text(max.to_string()));
+    }
+    if let Some(after) = &q.after {
+        set = set.with_child(Element::new("after", ns::RSM).with_text(after.clone()));
+    }
+    if q.latest || q.before.is_some() {
+        let mut before = Element::new("before", ns::RSM);
+        if let Some(id) = &q.before {
+            before = before.with_text(id.clone());
+        }
+        set = set.with_child(before);
+    }
+    Element::new("query", ns::MAM)
+        .with_attr("queryid", query_id)
+        .with_child(form)
+        .with_child(set)
+}
+
+/// The page an archive query's result IQ (its `<fin/>`) closes.
+pub(crate) fn history_page(result: &Element, messages: Vec<ArchivedMessage>) -> HistoryPage {
+    let fin = result.child("fin", ns::MAM);
+    let rsm = fin.and_then(|f| f.child("set", ns::RSM));
+    let text = |name: &str| rsm.and_then(|s| s.child(name, ns::RSM)).map(Element::text);
+    HistoryPage {
+        messages,
+        complete: fin.and_then(|f| f.attr("complete")) == Some("true"),
+        first: text("first"),
+        last: text("last"),
+    }
+}
+
 /// Creates the account `opts.jid` with `opts.password` by in-band
 /// registration (XEP-0077), where the server offers it. Log in afterwards
 /// with [`Client::connect`]. The error is the server's stanza condition
@@ -186,7 +235,7 @@ pub async fn register(opts: &crate::ConnectOptions) -> Result<(), ClientError> {
         .map(|n| n.to_string())
         .ok_or_else(|| ClientError::Config("the JID needs a user part".into()))?;
     let domain = bare.domain().to_string();
-    let endpoint = crate::client_endpoint(opts)?;
+    let endpoint = crate::connection::client_endpoint(opts)?;
     let conn = endpoint
         .connect(opts.server, &domain)
         .map_err(|e| ClientError::Unreachable(e.to_string()))?
@@ -232,13 +281,14 @@ impl Client {
     /// The roster (also subscribes this session to roster pushes, which
     /// arrive as [`crate::Event::RosterPush`]).
     pub async fn roster(&self) -> Result<Vec<RosterItem>, ClientError> {
-        self.shared
-            .roster_wanted
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let r = self
-            .request("get", Element::new("query", ns::ROSTER))
-            .await?;
-        Ok(r.child("query", ns::ROSTER)
+        let Answer::Iq(r) = self.ask(Request::Roster).await? else {
+            return Err(ClientError::Closed);
+        };
+        if let Some(condition) = r.error {
+            return Err(ClientError::StanzaError(condition));
+        }
+        Ok(r.element
+            .child("query", ns::ROSTER)
             .map(|q| q.elements().filter_map(RosterItem::parse).collect())
             .unwrap_or_default())
     }
@@ -322,66 +372,9 @@ impl Client {
 
     /// One page of the archive (XEP-0313).
     pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, ClientError> {
-        let query_id = crate::new_id();
-        let field = |var: &str, value: &str| {
-            Element::new("field", ns::DATA)
-                .with_attr("var", var)
-                .with_child(Element::new("value", ns::DATA).with_text(value))
-        };
-        let mut form = Element::new("x", ns::DATA)
-            .with_attr("type", "submit")
-            .with_child(field("FORM_TYPE", ns::MAM).with_attr("type", "hidden"));
-        for (var, value) in [("with", &q.with), ("start", &q.start), ("end", &q.end)] {
-            if let Some(v) = value {
-                form = form.with_child(field(var, v));
-            }
-        }
-        let mut set = Element::new("set", ns::RSM);
-        if let Some(max) = q.max {
-            set = set.with_child(Element::new("max", ns::RSM).with_text(max.to_string()));
-        }
-        if let Some(after) = &q.after {
-            set = set.with_child(Element::new("after", ns::RSM).with_text(after.clone()));
-        }
-        if q.latest || q.before.is_some() {
-            let mut before = Element::new("before", ns::RSM);
-            if let Some(id) = &q.before {
-                before = before.with_text(id.clone());
-            }
-            set = set.with_child(before);
-        }
-        let query = Element::new("query", ns::MAM)
-            .with_attr("queryid", query_id.clone())
-            .with_child(form)
-            .with_child(set);
-        self.collecting(&query_id, true);
-        let result = self.request("set", query).await;
-        let messages = self.collecting(&query_id, false);
-        let r = result?;
-        let fin = r.child("fin", ns::MAM);
-        let rsm = fin.and_then(|f| f.child("set", ns::RSM));
-        let text = |name: &str| rsm.and_then(|s| s.child(name, ns::RSM)).map(Element::text);
-        Ok(HistoryPage {
-            messages,
-            complete: fin.and_then(|f| f.attr("complete")) == Some("true"),
-            first: text("first"),
-            last: text("last"),
-        })
-    }
-
-    /// Starts or ends collecting archive results for a query; returns what
-    /// was collected when ending.
-    fn collecting(&self, query_id: &str, start: bool) -> Vec<ArchivedMessage> {
-        let mut map = self
-            .shared
-            .history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if start {
-            map.insert(query_id.to_owned(), Vec::new());
-            Vec::new()
-        } else {
-            map.remove(query_id).unwrap_or_default()
+        match self.ask(Request::History(q.clone())).await? {
+            Answer::History(page) => Ok(page),
+            _ => Err(ClientError::Closed),
         }
     }
 

@@ -1,9 +1,8 @@
 //! The client's side of stream management (XEP-0198), sans-IO: what was
 //! sent and not yet acknowledged (resent after a resumption or a new
-//! login), what was received (the `h` we report), and which message ids
-//! were already seen (duplicates after a resumption are dropped).
+//! login) and what was received (the `h` we report).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 
@@ -62,6 +61,17 @@ impl Default for SmClient {
 }
 
 impl SmClient {
+    /// The counters of a session another process saved (its SM id and our
+    /// `h`), about to be resumed.
+    pub fn saved(id: String, inbound: u32) -> Self {
+        Self {
+            phase: Phase::On,
+            id: Some(id).filter(|i| !i.is_empty()),
+            inbound,
+            ..Self::default()
+        }
+    }
+
     /// `<enable/>` was written.
     pub fn enabling(&mut self) {
         self.phase = Phase::Enabling;
@@ -139,11 +149,6 @@ impl SmClient {
         self.requested
     }
 
-    /// Unacknowledged stanzas.
-    pub fn unacked_len(&self) -> usize {
-        self.unacked.len()
-    }
-
     /// `<resumed h/>`: returns (acknowledged, to send again). Counting
     /// continues from `h`.
     pub fn resumed(&mut self, h: u32) -> (Vec<Outgoing>, Vec<Outgoing>) {
@@ -161,34 +166,6 @@ impl SmClient {
         let rest = self.unacked.drain(..).collect();
         *self = Self::default();
         rest
-    }
-}
-
-/// Message ids seen lately (bounded), to drop duplicates.
-#[derive(Debug, Default)]
-pub struct Seen {
-    set: HashSet<(String, String)>,
-    order: VecDeque<(String, String)>,
-}
-
-/// How many (sender, id) pairs are remembered.
-pub const SEEN_CAPACITY: usize = 4096;
-
-impl Seen {
-    /// Records (from, id); false if it was already there.
-    pub fn first_time(&mut self, from: &str, id: &str) -> bool {
-        let key = (from.to_owned(), id.to_owned());
-        if self.set.contains(&key) {
-            return false;
-        }
-        if self.order.len() >= SEEN_CAPACITY
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        self.order.push_back(key.clone());
-        self.set.insert(key);
-        true
     }
 }
 
@@ -240,14 +217,14 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_are_recognised_within_capacity() {
-        let mut seen = Seen::default();
-        assert!(seen.first_time("a", "1"));
-        assert!(!seen.first_time("a", "1"));
-        assert!(seen.first_time("b", "1"));
-        for i in 0..SEEN_CAPACITY {
-            seen.first_time("c", &i.to_string());
-        }
-        assert!(seen.first_time("a", "1"));
+    fn a_saved_session_reports_its_h_and_counts_on() {
+        let mut sm = SmClient::saved("id".into(), 7);
+        assert!(sm.tracking());
+        sm.received();
+        assert_eq!(sm.resumption(), Some(("id".into(), 8)));
+        let (acked, rest) = sm.resumed(3);
+        assert!(acked.is_empty() && rest.is_empty());
+        sm.written(out(1));
+        assert_eq!(sm.acked(4).unwrap(), vec![out(1)]);
     }
 }

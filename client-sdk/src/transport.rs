@@ -74,11 +74,7 @@ impl Dialer {
         transport: Transport,
         roots: rustls::RootCertStore,
     ) -> Result<Self, ClientError> {
-        let config = |alpn: &[&[u8]]| {
-            certs::client_config(roots.clone(), alpn)
-                .map(Arc::new)
-                .map_err(|e| ClientError::Config(e.to_string()))
-        };
+        let config = |alpn: &[&[u8]]| crate::tls::client_config(roots.clone(), alpn).map(Arc::new);
         let direct = config(&[b"xmpp-client"])?;
         let quic = match transport {
             Transport::Quic => {

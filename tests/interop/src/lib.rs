@@ -59,7 +59,7 @@ fn roots(target: &Target) -> Result<rustls::RootCertStore, String> {
         .ca
         .clone()
         .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
-    certs::load_roots(&path).map_err(err)
+    client_sdk::load_roots(&path).map_err(err)
 }
 
 /// Connects and opens the stream (after STARTTLS on TCP).

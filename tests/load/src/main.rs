@@ -134,7 +134,7 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let roots =
-        certs::load_roots(&cli.ca).with_context(|| format!("reading {}", cli.ca.display()))?;
+        client_sdk::load_roots(&cli.ca).with_context(|| format!("reading {}", cli.ca.display()))?;
     let mechanism = Mechanism::from_name(&cli.mechanism)
         .with_context(|| format!("unknown mechanism {}", cli.mechanism))?;
     let setup = Setup {

@@ -1,0 +1,305 @@
+//! The app's handle on a session: [`Client`]. It sends what the app asks
+//! to the session task (`crate::driver`) as commands, and gets answers
+//! back on oneshot channels and events on a bounded queue; it shares no
+//! state with the task.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+use xmpp_stream::element::Element;
+use xmpp_stream::ns;
+
+use crate::connection::{Dialer, client_endpoint};
+use crate::driver::{Driver, ToSession};
+use crate::session::{Answer, Command, Request, Session, SessionConfig};
+use crate::sm::Outgoing;
+use crate::{ClientError, ConnectOptions, EVENT_QUEUE, Event, IqResponse, Message};
+
+/// Commands waiting for the session task.
+const COMMAND_QUEUE: usize = 1024;
+/// How long a request waits for the session task's answer at most (the
+/// session itself gives an IQ 30 s; this only guards against a stalled task).
+const ANSWER_GUARD: Duration = Duration::from_secs(35);
+
+/// A logged-in session. Stanzas go through a session task that keeps the
+/// connection alive: it reconnects and resumes by itself, and keeps what
+/// is sent while offline in an outbox.
+///
+/// The task also answers requests (IQs, the roster, history, resumption
+/// state). It waits while the app's event queue ([`crate::EVENT_QUEUE`]) is
+/// full, so an app must keep reading events for answers to come.
+pub struct Client {
+    jid: String,
+    domain: String,
+    to_session: mpsc::Sender<ToSession>,
+    events: mpsc::Receiver<Event>,
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+    resumed: bool,
+    receipts: bool,
+}
+
+/// A fresh id for a message the app sends.
+fn new_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("ll{n:x}-{:08x}", rand::random::<u32>())
+}
+
+impl Client {
+    /// Connects over QUIC, authenticates (SCRAM-SHA-256 unless changed),
+    /// then resumes `previous_session` or binds a resource, and enables
+    /// stream management.
+    pub async fn connect(opts: ConnectOptions) -> Result<Client, ClientError> {
+        let timeout = opts.timeout;
+        tokio::time::timeout(timeout, Self::connect_inner(opts))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn connect_inner(mut opts: ConnectOptions) -> Result<Client, ClientError> {
+        let bare = jid::BareJid::new(&opts.jid)
+            .map_err(|e| ClientError::Config(format!("invalid JID: {e}")))?;
+        // normalized, as the server writes it (stringprep)
+        opts.jid = bare.to_string();
+        let username = bare
+            .node()
+            .map(|n| n.to_string())
+            .ok_or_else(|| ClientError::Config("the JID needs a user part".into()))?;
+        let domain = bare.domain().to_string();
+        let endpoint = client_endpoint(&opts)?;
+        let dialer = Dialer {
+            endpoint: endpoint.clone(),
+            server: opts.server,
+            domain: domain.clone(),
+            username,
+            password: opts.password.clone(),
+            mechanism: opts.mechanism,
+        };
+        let (live, negotiated) = dialer
+            .clone()
+            .connect(opts.previous_session.clone(), opts.resource.clone())
+            .await?;
+        let resumed = negotiated.resumed.is_some();
+        let jid = negotiated.jid.clone().unwrap_or_else(|| opts.jid.clone());
+        let mut session = Session::new(SessionConfig::new(&opts), StdRng::from_entropy());
+        session.on_connected(Instant::now(), negotiated);
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (to_session, from_app) = mpsc::channel(COMMAND_QUEUE);
+        let driver = Driver::new(session, dialer, opts.timeout, live, events_tx);
+        let task = tokio::spawn(driver.run(from_app));
+        Ok(Client {
+            jid,
+            domain,
+            to_session,
+            events,
+            endpoint,
+            task,
+            resumed,
+            receipts: opts.receipts,
+        })
+    }
+
+    /// Tells the server whether the app is in the foreground (XEP-0352):
+    /// while inactive, the server holds back presence and delivers messages.
+    pub async fn set_active(&self, active: bool) -> Result<(), ClientError> {
+        self.command(Command::Active(active)).await
+    }
+
+    /// Messages dropped because their sender and id were seen before.
+    pub async fn duplicates_dropped(&self) -> Result<u64, ClientError> {
+        match self.ask(Request::DuplicatesDropped).await? {
+            Answer::DuplicatesDropped(n) => Ok(n),
+            _ => Err(ClientError::Closed),
+        }
+    }
+
+    /// Whether `connect` resumed `previous_session`.
+    pub fn was_resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The current SM id and `h`, for resuming from another process
+    /// ([`ConnectOptions::with_previous_session`]); None if not resumable
+    /// (or the session is over).
+    pub async fn resumption(&self) -> Option<(String, u32)> {
+        match self.ask(Request::Resumption).await {
+            Ok(Answer::Resumption(r)) => r,
+            _ => None,
+        }
+    }
+
+    /// The bound full JID.
+    pub fn jid(&self) -> &str {
+        &self.jid
+    }
+
+    /// The local address of the QUIC socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// The device's network changed (call it from the OS network callback):
+    /// moves the QUIC connection to a fresh local socket on a new port. No
+    /// new handshake, no new login; QUIC path validation runs underneath.
+    pub fn network_changed(&self) -> Result<(), ClientError> {
+        let ip = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.ip())
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        self.rebind_to(SocketAddr::new(ip, 0))
+    }
+
+    /// Moves the QUIC connection to a socket bound at `local` (e.g. another
+    /// interface's address).
+    pub fn rebind_to(&self, local: SocketAddr) -> Result<(), ClientError> {
+        let socket = std::net::UdpSocket::bind(local)
+            .map_err(|e| ClientError::Config(format!("bind {local}: {e}")))?;
+        self.endpoint
+            .rebind(socket)
+            .map_err(|e| ClientError::Disconnected(format!("rebind: {e}")))
+    }
+
+    /// Sends available presence with a priority.
+    pub async fn send_presence(&self, priority: i8) -> Result<(), ClientError> {
+        let mut p = Element::new("presence", ns::CLIENT);
+        if priority != 0 {
+            p = p.with_child(Element::new("priority", ns::CLIENT).with_text(priority.to_string()));
+        }
+        self.presence(p).await
+    }
+
+    /// Sends a broadcast presence, kept to send again after a new login.
+    pub(crate) async fn presence(&self, p: Element) -> Result<(), ClientError> {
+        self.command(Command::Presence(Bytes::from(p.to_bytes(ns::CLIENT))))
+            .await
+    }
+
+    async fn command(&self, c: Command) -> Result<(), ClientError> {
+        self.to_session
+            .send(ToSession::Command(c))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Asks the session something and waits for its answer.
+    pub(crate) async fn ask(&self, request: Request) -> Result<Answer, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.to_session
+            .send(ToSession::Request(request, tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        match tokio::time::timeout(ANSWER_GUARD, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    async fn stanza(&self, bytes: Vec<u8>, id: Option<String>) -> Result<(), ClientError> {
+        let bytes = Bytes::from(bytes);
+        self.command(Command::Send(Outgoing { bytes, id })).await
+    }
+
+    /// Sends a chat message; returns its id. Its progress arrives as
+    /// [`Event::MessageState`] (queued, sent, acknowledged, delivered).
+    pub async fn send_message(&self, to: &str, body: &str) -> Result<String, ClientError> {
+        let id = new_id();
+        let mut m = Element::new("message", ns::CLIENT)
+            .with_attr("to", to)
+            .with_attr("type", "chat")
+            .with_attr("id", id.clone())
+            .with_child(Element::new("body", ns::CLIENT).with_text(body));
+        if self.receipts {
+            m = m.with_child(Element::new("request", ns::RECEIPTS));
+        }
+        self.stanza(m.to_bytes(ns::CLIENT), Some(id.clone()))
+            .await?;
+        Ok(id)
+    }
+
+    /// Sends an IQ (the session sets its id) and waits for its result or
+    /// error, up to 30 s.
+    pub async fn iq(&self, iq: Element) -> Result<IqResponse, ClientError> {
+        match self.ask(Request::Iq(iq)).await? {
+            Answer::Iq(r) => Ok(r),
+            _ => Err(ClientError::Closed),
+        }
+    }
+
+    /// XEP-0199 ping of the server; returns the round-trip time.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = Instant::now();
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("to", self.domain.clone())
+            .with_child(Element::new("ping", ns::PING));
+        let r = self.iq(iq).await?;
+        match r.error {
+            None => Ok(start.elapsed()),
+            Some(cond) => Err(ClientError::StanzaError(cond)),
+        }
+    }
+
+    /// Writes raw XML to the stream (escape hatch for tests and tools); it
+    /// counts as one stanza for stream management.
+    pub async fn send_raw(&self, xml: &[u8]) -> Result<(), ClientError> {
+        self.stanza(xml.to_vec(), None).await
+    }
+
+    /// The next event; `None` once the session is over.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Waits for the next message, skipping other events, up to `timeout`.
+    pub async fn next_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stream_error = None;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return Err(ClientError::Timeout),
+                Ok(None) | Ok(Some(Event::Disconnected)) => {
+                    return Err(stream_error.map_or(ClientError::Closed, ClientError::Stream));
+                }
+                Ok(Some(Event::Message(m))) => return Ok(m),
+                // final only if the session ends (a CM shutting down is not)
+                Ok(Some(Event::StreamError(c))) => stream_error = Some(c),
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
+    /// Ends the stream cleanly (the session ends: nothing waits for a
+    /// resumption) and closes the connection.
+    pub async fn disconnect(self) {
+        let Client {
+            to_session,
+            events,
+            endpoint,
+            task,
+            ..
+        } = self;
+        // nobody reads events any more: the task must not wait for that
+        drop(events);
+        if to_session
+            .send(ToSession::Command(Command::Close))
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+
+    /// Drops the connection without closing the stream (like losing the
+    /// network for good): a resumable session waits at the server.
+    pub fn abort(self) {
+        let _ = self.to_session.try_send(ToSession::Command(Command::Abort));
+    }
+}

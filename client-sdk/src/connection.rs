@@ -1,0 +1,167 @@
+//! One QUIC connection of a client: the endpoint every connection of a
+//! [`crate::Client`] shares, dialing and negotiating (stream header, SASL,
+//! then resumption or binding), and the live connection with its reader.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::SendStream;
+use tokio::sync::mpsc;
+use xmpp_sasl::Mechanism;
+use xmpp_stream::element::Element;
+use xmpp_stream::framer::{FrameEvent, Framer};
+use xmpp_stream::ns;
+
+use crate::negotiation::{Negotiation, dial};
+use crate::session::Negotiated;
+use crate::{ALPN, ClientError, ConnectOptions};
+
+/// Elements read ahead of the session task, per connection.
+const INBOUND_QUEUE: usize = 256;
+
+/// The QUIC endpoint of a client: one per [`crate::Client`], kept across
+/// reconnections so TLS session tickets make them cheaper.
+pub(crate) fn client_endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
+    let roots = crate::tls::roots(&opts.trust)?;
+    let tls = crate::tls::client_config(roots, &[ALPN])?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    // Phones: a keep-alive inside common NAT/firewall UDP timeouts (30 s),
+    // and an idle timeout after which the connection counts as lost.
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(25)))
+        .max_idle_timeout(Duration::from_secs(90).try_into().ok());
+    config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if opts.server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable(e.to_string()))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Everything needed to open a connection for one account.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    /// The client's endpoint (shared by all its connections).
+    pub(crate) endpoint: quinn::Endpoint,
+    /// The CM or balancer.
+    pub(crate) server: SocketAddr,
+    /// The XMPP domain (also the TLS server name).
+    pub(crate) domain: String,
+    /// The SASL user name.
+    pub(crate) username: String,
+    /// The password.
+    pub(crate) password: String,
+    /// The SASL mechanism.
+    pub(crate) mechanism: Mechanism,
+}
+
+impl Dialer {
+    /// Dials, authenticates, then resumes `resumption` if the server offers
+    /// stream management, or binds `resource`.
+    pub(crate) async fn connect(
+        self,
+        resumption: Option<(String, u32)>,
+        resource: Option<String>,
+    ) -> Result<(Live, Negotiated), ClientError> {
+        let (conn, mut nego) = dial(
+            &self.endpoint,
+            self.server,
+            &self.domain,
+            &self.username,
+            &self.password,
+            self.mechanism,
+        )
+        .await?;
+        let features = nego.element().await?;
+        let mut resumed = None;
+        if let Some((id, h)) = resumption
+            && features.child("sm", ns::SM).is_some()
+        {
+            resumed = nego.resume(&id, h).await?;
+        }
+        let jid = match resumed {
+            Some(_) => None,
+            None => Some(nego.bind(&features, resource.as_deref()).await?),
+        };
+        Ok((Live::start(conn, nego), Negotiated { resumed, jid }))
+    }
+}
+
+/// What the reader of a connection hands over.
+pub(crate) enum Inbound {
+    /// A top-level element.
+    Element(Element),
+    /// The stream or the connection ended, for this reason.
+    End(String),
+}
+
+/// A negotiated connection: where to write, and what its reader read.
+pub(crate) struct Live {
+    /// The QUIC connection.
+    pub(crate) conn: quinn::Connection,
+    /// Its XMPP stream's sending side.
+    pub(crate) send: SendStream,
+    /// What its reader task read.
+    inbound: mpsc::Receiver<Inbound>,
+    /// A write failed: nothing more is written on it.
+    pub(crate) broken: bool,
+}
+
+impl Live {
+    /// Starts reading the connection's stream.
+    fn start(conn: quinn::Connection, nego: Negotiation) -> Self {
+        let (tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let Negotiation { send, recv, framer } = nego;
+        tokio::spawn(read_loop(recv, framer, tx));
+        Self {
+            conn,
+            send,
+            inbound,
+            broken: false,
+        }
+    }
+
+    /// The next element or the end of the stream.
+    pub(crate) async fn next(&mut self) -> Inbound {
+        self.inbound
+            .recv()
+            .await
+            .unwrap_or_else(|| Inbound::End("reader ended".into()))
+    }
+}
+
+/// Reads and frames the server's stream until it ends.
+async fn read_loop(mut recv: quinn::RecvStream, mut framer: Framer, tx: mpsc::Sender<Inbound>) {
+    let reason = 'outer: loop {
+        loop {
+            match framer.next_event() {
+                Ok(Some(FrameEvent::Element(raw))) => {
+                    let Ok(el) = Element::parse_in_stream(&raw) else {
+                        continue;
+                    };
+                    if tx.send(Inbound::Element(el)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(FrameEvent::Close)) => break 'outer "server closed the stream".to_owned(),
+                Ok(Some(FrameEvent::Open(_))) => {}
+                Ok(None) => break,
+                Err(e) => break 'outer format!("malformed data from the server: {e}"),
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(c)) => framer.push(&c.bytes),
+            Ok(None) => break "stream ended".to_owned(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = tx.send(Inbound::End(reason)).await;
+}

@@ -1,0 +1,132 @@
+//! How to connect and log in: [`ConnectOptions`] and the [`Trust`] it uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use xmpp_sasl::Mechanism;
+
+/// Where the client trusts certificates from.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// A PEM file of CA certificates (e.g. the cluster CA).
+    CaFile(PathBuf),
+    /// A ready root store.
+    Roots(Arc<rustls::RootCertStore>),
+}
+
+/// How to connect and log in.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// The server (CM or balancer) address.
+    pub server: SocketAddr,
+    /// Bare JID to log in as.
+    pub jid: String,
+    /// Password.
+    pub password: String,
+    /// Requested resource (server-generated if None).
+    pub resource: Option<String>,
+    /// Trusted roots.
+    pub trust: Trust,
+    /// Give up connecting and logging in after this long.
+    pub timeout: Duration,
+    /// SASL mechanism to use (SCRAM-SHA-256 unless changed).
+    pub mechanism: Mechanism,
+    /// Enable XEP-0198 stream management with resumption (default on).
+    pub stream_management: bool,
+    /// Ask for carbon copies of this account's conversations (XEP-0280).
+    pub carbons: bool,
+    /// Resumption time to ask for, in seconds (0: the server's default).
+    pub resume_max_secs: u32,
+    /// Reconnect by itself when the connection is lost (default on).
+    pub reconnect: bool,
+    /// An `<r/>` unanswered this long means the connection is dead.
+    pub ack_timeout: Duration,
+    /// Ask for and send XEP-0184 delivery receipts (default on).
+    pub receipts: bool,
+    /// A session to resume instead of binding a new one (SM id, our `h`).
+    pub previous_session: Option<(String, u32)>,
+    /// Report each sent message's progress as [`Event::MessageState`]
+    /// (off by default: an app that turns it on must read its events).
+    pub message_states: bool,
+}
+
+impl ConnectOptions {
+    /// Options with defaults: no resource, 10 s timeout, trust `ca.pem` in the working directory.
+    pub fn new(server: SocketAddr, jid: &str, password: &str) -> Self {
+        Self {
+            server,
+            jid: jid.to_owned(),
+            password: password.to_owned(),
+            resource: None,
+            trust: Trust::CaFile(PathBuf::from("ca.pem")),
+            timeout: Duration::from_secs(10),
+            mechanism: Mechanism::ScramSha256,
+            stream_management: true,
+            carbons: true,
+            resume_max_secs: 0,
+            reconnect: true,
+            ack_timeout: Duration::from_secs(20),
+            receipts: true,
+            previous_session: None,
+            message_states: false,
+        }
+    }
+
+    /// Reports each sent message's progress as [`Event::MessageState`].
+    pub fn with_message_states(mut self) -> Self {
+        self.message_states = true;
+        self
+    }
+
+    /// No carbon copies of the account's other conversations.
+    pub fn without_carbons(mut self) -> Self {
+        self.carbons = false;
+        self
+    }
+
+    /// A plain session: no stream management, no reconnection (what a
+    /// desktop client without XEP-0198 does).
+    pub fn without_stream_management(mut self) -> Self {
+        self.stream_management = false;
+        self.reconnect = false;
+        self
+    }
+
+    /// Asks for this resumption time (seconds).
+    pub fn with_resume_max(mut self, secs: u32) -> Self {
+        self.resume_max_secs = secs;
+        self
+    }
+
+    /// Tries to resume this session (from [`crate::Client::resumption`]) first.
+    pub fn with_previous_session(mut self, id: &str, h: u32) -> Self {
+        self.previous_session = Some((id.to_owned(), h));
+        self
+    }
+
+    /// Whether to ask for and send delivery receipts.
+    pub fn with_receipts(mut self, on: bool) -> Self {
+        self.receipts = on;
+        self
+    }
+
+    /// Uses another SASL mechanism.
+    pub fn with_mechanism(mut self, mechanism: Mechanism) -> Self {
+        self.mechanism = mechanism;
+        self
+    }
+
+    /// Trusts the CA certificates in a PEM file.
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trust = Trust::CaFile(path.into());
+        self
+    }
+
+    /// Requests a resource.
+    pub fn with_resource(mut self, resource: &str) -> Self {
+        self.resource = Some(resource.to_owned());
+        self
+    }
+}

@@ -1,0 +1,893 @@
+//! The client session as a sans-IO state machine: everything the SDK
+//! decides between the app and the server, with no sockets and no clock.
+//!
+//! In: the app's commands, elements from the server, the connection coming
+//! up or going down, writes that failed, and the current time. Out
+//! ([`Session::poll_output`]): bytes to write, connections to open or close,
+//! events for the app, answers to its requests, and the end of the session;
+//! [`Session::poll_timeout`] says when to call [`Session::handle_timeout`]
+//! next (acknowledgement timeout, reconnection backoff, unanswered IQs, the
+//! wait for the server's last words). Ids and backoff jitter come from the
+//! RNG given to [`Session::new`].
+//!
+//! What it owns: the outbox (what the app sends while offline), XEP-0198
+//! state (`crate::sm`), the IQs waiting for answers (`requests`), duplicate
+//! suppression (`dedup`), the presence and client state to restore after a
+//! new login, and the reconnection schedule (`reconnect`).
+
+mod dedup;
+mod reconnect;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use rand::rngs::StdRng;
+use xmpp_stream::element::Element;
+use xmpp_stream::{ns, stream};
+
+use crate::event::{self, Event, IqResponse, MessageState};
+use crate::im::{self, HistoryPage, HistoryQuery, RosterItem};
+use crate::sm::{Outgoing, SmClient};
+use crate::{ClientError, ConnectOptions};
+use dedup::DuplicateFilter;
+pub use requests::RequestId;
+use requests::{IQ_TIMEOUT, PendingIqs, Waiter};
+
+/// Stanzas kept while offline; beyond that sends fail.
+pub(crate) const MAX_OUTBOX: usize = 10_000;
+/// How long a clean close waits for the server to end its stream too.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a client whose writes the server stopped (QUIC STOP_SENDING)
+/// waits for the server's reason (a stream error usually on its way)
+/// before counting the connection as lost.
+pub(crate) const LAST_WORDS: Duration = Duration::from_secs(2);
+
+/// Stream errors after which the session may go on (resumed, or logged in
+/// again): a CM going down, a stream the server gave up on, a client found
+/// too slow. Any other stream error ends the session.
+const TRANSIENT_STREAM_ERRORS: &[&str] = &[
+    "system-shutdown",
+    "connection-timeout",
+    "resource-constraint",
+    "reset",
+    "internal-server-error",
+    "undefined-condition",
+];
+
+/// What the session needs of [`ConnectOptions`].
+#[derive(Clone, Debug)]
+pub(crate) struct SessionConfig {
+    /// The account's bare JID, normalized as the server writes it.
+    pub(crate) jid: String,
+    /// The resource to ask for at a new login (until one is bound).
+    pub(crate) resource: Option<String>,
+    /// Enable XEP-0198 at each new login.
+    pub(crate) stream_management: bool,
+    /// Enable carbons at each new login.
+    pub(crate) carbons: bool,
+    /// The resumption time to ask for (0: the server's).
+    pub(crate) resume_max_secs: u32,
+    /// Reconnect after losing the connection (else the session ends).
+    pub(crate) reconnect: bool,
+    /// An `<r/>` unanswered this long means the connection is dead.
+    pub(crate) ack_timeout: Duration,
+    /// Answer receipt requests.
+    pub(crate) receipts: bool,
+    /// Report sent messages' progress as events.
+    pub(crate) message_states: bool,
+    /// The session the first connection tried to resume (SM id, our `h`).
+    pub(crate) previous_session: Option<(String, u32)>,
+}
+
+impl SessionConfig {
+    /// The session's part of `opts` (whose JID must be normalized).
+    pub(crate) fn new(opts: &ConnectOptions) -> Self {
+        Self {
+            jid: opts.jid.clone(),
+            resource: opts.resource.clone(),
+            stream_management: opts.stream_management,
+            carbons: opts.carbons,
+            resume_max_secs: opts.resume_max_secs,
+            reconnect: opts.reconnect,
+            ack_timeout: opts.ack_timeout,
+            receipts: opts.receipts,
+            message_states: opts.message_states,
+            previous_session: opts.previous_session.clone(),
+        }
+    }
+}
+
+/// What the app asks that needs no answer.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A stanza (tracked until the server acknowledges it).
+    Send(Outgoing),
+    /// Available presence: sent, and sent again after a new login.
+    Presence(Bytes),
+    /// XEP-0352 client state: kept, and sent again on every new connection.
+    Active(bool),
+    /// A question; its answer comes out as [`Output::Reply`] with this id.
+    Request(RequestId, Request),
+    /// End the stream cleanly, then the session.
+    Close,
+    /// Drop the connection without a goodbye (a resumable session waits at
+    /// the server), and end the session.
+    Abort,
+}
+
+/// What the app asks that has an answer ([`Answer`]).
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// An IQ (the session sets its id): answered by its result or error.
+    Iq(Element),
+    /// The roster; from now on every new login fetches it again and
+    /// reports its items as roster pushes.
+    Roster,
+    /// A page of the archive.
+    History(HistoryQuery),
+    /// The SM id and our `h`, if the session can be resumed.
+    Resumption,
+    /// How many messages were dropped as duplicates.
+    DuplicatesDropped,
+}
+
+/// The answer to a [`Request`] (the variant of the same name).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Answer {
+    /// The IQ's result or error.
+    Iq(IqResponse),
+    /// The page, its messages oldest first.
+    History(HistoryPage),
+    /// The SM id and our `h`, or None.
+    Resumption(Option<(String, u32)>),
+    /// The count.
+    DuplicatesDropped(u64),
+}
+
+/// How a new connection was negotiated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Negotiated {
+    /// `h` of `<resumed/>`, or None if a new session was bound.
+    pub(crate) resumed: Option<u32>,
+    /// The bound full JID of a new session.
+    pub(crate) jid: Option<String>,
+}
+
+/// What the session decided; carried out in order by the driver.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Output {
+    /// Write these bytes on the current connection.
+    Transmit(Bytes),
+    /// Open a connection and negotiate it: resume `resumption` if the
+    /// server still holds it, else log in and bind `resource`. Report with
+    /// [`Session::on_connected`] or [`Session::on_connect_failed`].
+    Connect {
+        /// The SM id and our `h`, if the session can be resumed.
+        resumption: Option<(String, u32)>,
+        /// The resource to bind at a new login.
+        resource: Option<String>,
+    },
+    /// Our stream is closed: finish the sending direction.
+    FinishSending,
+    /// Close the current connection (`clean`: after a closed stream).
+    CloseConnection { clean: bool },
+    /// Give the app this event.
+    Event(Event),
+    /// The answer to the app's request `id`.
+    Reply {
+        /// The request's id.
+        id: RequestId,
+        /// Its answer, or why there is none.
+        answer: Result<Answer, ClientError>,
+    },
+    /// The session is over: nothing more comes out.
+    Ended,
+}
+
+/// Where the connection stands.
+#[derive(Debug)]
+enum Link {
+    /// None; attempt number `attempt` is due at `retry_at`.
+    Down { retry_at: Instant, attempt: u32 },
+    /// An attempt (this number) is under way.
+    Connecting { attempt: u32 },
+    /// Connected and negotiated.
+    Up {
+        /// An `<r/>` unanswered by then means the connection is dead.
+        ack_deadline: Option<Instant>,
+        /// A write failed: nothing more is written; the connection counts
+        /// as lost at this deadline, for this reason, unless the server's
+        /// last words end it first.
+        write_failed: Option<(Instant, String)>,
+    },
+    /// Our stream is closed; waiting for the server's end until then.
+    Closing { deadline: Instant },
+    /// The session is over.
+    Ended,
+}
+
+/// The client session (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Session {
+    config: SessionConfig,
+    link: Link,
+    /// A connection was up before (the next one is a reconnection).
+    connected_before: bool,
+    /// The resource to ask for at a new login.
+    resource: Option<String>,
+    sm: SmClient,
+    seen: DuplicateFilter,
+    duplicates: u64,
+    outbox: VecDeque<Outgoing>,
+    presence: Option<Bytes>,
+    /// The app changed its presence while offline: send it on
+    /// reconnecting, even if the session resumes.
+    presence_unsent: bool,
+    /// XEP-0352 state the app set.
+    active: bool,
+    /// The app asked for the roster: a new login asks again, so roster
+    /// pushes keep coming.
+    roster_wanted: bool,
+    iqs: PendingIqs,
+    rng: StdRng,
+    ids_issued: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl Session {
+    /// A session whose first connection is being negotiated (report it with
+    /// [`Self::on_connected`]). `rng` makes its ids and backoff jitter.
+    pub(crate) fn new(config: SessionConfig, rng: StdRng) -> Self {
+        let sm = match config.previous_session.clone() {
+            Some((id, h)) => SmClient::saved(id, h),
+            None => SmClient::default(),
+        };
+        Self {
+            resource: config.resource.clone(),
+            config,
+            link: Link::Connecting { attempt: 0 },
+            connected_before: false,
+            sm,
+            seen: DuplicateFilter::default(),
+            duplicates: 0,
+            outbox: VecDeque::new(),
+            presence: None,
+            presence_unsent: false,
+            active: true,
+            roster_wanted: false,
+            iqs: PendingIqs::default(),
+            rng,
+            ids_issued: 0,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to carry out.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] is due next.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let link = match &self.link {
+            Link::Up {
+                ack_deadline,
+                write_failed,
+            } => earliest(*ack_deadline, write_failed.as_ref().map(|(at, _)| *at)),
+            Link::Down { retry_at, .. } => Some(*retry_at),
+            Link::Closing { deadline } => Some(*deadline),
+            Link::Connecting { .. } | Link::Ended => None,
+        };
+        earliest(link, self.iqs.next_deadline())
+    }
+
+    /// Time passed: whatever is due at `now` happens.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        match &self.link {
+            Link::Up {
+                ack_deadline: Some(at),
+                ..
+            } if *at <= now => {
+                self.lost("no acknowledgement from the server in time".into());
+            }
+            Link::Up {
+                write_failed: Some((at, reason)),
+                ..
+            } if *at <= now => {
+                let reason = reason.clone();
+                self.lost(reason);
+            }
+            Link::Down { retry_at, attempt } if *retry_at <= now => {
+                let attempt = *attempt;
+                self.link = Link::Connecting { attempt };
+                self.outputs.push_back(Output::Connect {
+                    resumption: self.sm.resumption(),
+                    resource: self.resource.clone(),
+                });
+            }
+            Link::Closing { deadline } if *deadline <= now => {
+                self.outputs
+                    .push_back(Output::CloseConnection { clean: true });
+                self.end();
+            }
+            _ => {}
+        }
+        for waiter in self.iqs.expire(now) {
+            if let Waiter::App(id) | Waiter::History { request: id, .. } = waiter {
+                self.reply(id, Err(ClientError::Timeout));
+            }
+        }
+        self.request_ack(now);
+    }
+
+    /// What the app asks.
+    pub(crate) fn command(&mut self, now: Instant, command: Command) {
+        if matches!(self.link, Link::Closing { .. } | Link::Ended) {
+            if let Command::Request(id, _) = command {
+                self.reply(id, Err(ClientError::Closed));
+            }
+            return;
+        }
+        match command {
+            Command::Send(out) => {
+                self.send(out);
+            }
+            Command::Presence(p) => {
+                // kept for every new login; sent now only if connected
+                self.presence = Some(p.clone());
+                let up = matches!(self.link, Link::Up { .. });
+                self.presence_unsent = !up;
+                if up {
+                    self.send(Outgoing { bytes: p, id: None });
+                }
+            }
+            Command::Active(active) => {
+                self.active = active;
+                self.send_client_state();
+            }
+            Command::Request(id, request) => self.request(now, id, request),
+            Command::Close => self.close(now),
+            Command::Abort => {
+                self.outputs
+                    .push_back(Output::CloseConnection { clean: false });
+                self.end();
+            }
+        }
+        self.request_ack(now);
+    }
+
+    /// A connection attempt succeeded (the first one too): take it over
+    /// and send what is owed on it.
+    pub(crate) fn on_connected(&mut self, now: Instant, negotiated: Negotiated) {
+        let Link::Connecting { attempt } = self.link else {
+            return;
+        };
+        let Negotiated { resumed, jid } = negotiated;
+        let resend = match resumed {
+            Some(h) => {
+                let (acked, rest) = self.sm.resumed(h);
+                for out in acked {
+                    self.state(out.id, MessageState::Acknowledged);
+                }
+                rest
+            }
+            None => {
+                if let Some((_, resource)) = jid.as_deref().and_then(|j| j.split_once('/')) {
+                    self.resource = Some(resource.to_owned());
+                }
+                self.sm.restart()
+            }
+        };
+        self.link = Link::Up {
+            ack_deadline: None,
+            write_failed: None,
+        };
+        if resumed.is_none() {
+            // a resumed session keeps its carbons and roster pushes
+            self.new_login(now);
+        }
+        if !self.active {
+            // a new CM knows nothing of it, resumed or not
+            self.send_client_state();
+        }
+        // a new session needs its presence; a resumed one only if it changed
+        if (resumed.is_none() || self.presence_unsent)
+            && let Some(p) = self.presence.clone()
+        {
+            self.presence_unsent = false;
+            self.send(Outgoing { bytes: p, id: None });
+        }
+        let owed: Vec<_> = resend.into_iter().chain(self.outbox.drain(..)).collect();
+        for out in owed {
+            self.send(out);
+        }
+        if self.connected_before {
+            let resumed = resumed.is_some();
+            tracing::info!(resumed, attempt, "reconnected");
+            self.event(Event::Reconnected { resumed });
+        }
+        self.connected_before = true;
+        self.request_ack(now);
+    }
+
+    /// A connection attempt failed.
+    pub(crate) fn on_connect_failed(&mut self, now: Instant, error: ClientError) {
+        let Link::Connecting { attempt } = self.link else {
+            return;
+        };
+        match error {
+            ClientError::Auth(_) | ClientError::Config(_) | ClientError::Tls(_) => {
+                tracing::warn!(%error, "cannot reconnect");
+                self.event(Event::StreamError(error.to_string()));
+                self.end();
+            }
+            _ => {
+                tracing::debug!(%error, attempt, "reconnect failed");
+                self.schedule_retry(now, attempt + 1);
+            }
+        }
+    }
+
+    /// The server's stream (or the connection) ended.
+    pub(crate) fn on_stream_end(&mut self, reason: String) {
+        match &self.link {
+            Link::Up {
+                write_failed: Some((_, why)),
+                ..
+            } => {
+                let why = why.clone();
+                self.lost(why);
+            }
+            Link::Up { .. } => self.lost(reason),
+            Link::Closing { .. } => {
+                self.outputs
+                    .push_back(Output::CloseConnection { clean: true });
+                self.end();
+            }
+            _ => {}
+        }
+    }
+
+    /// A write on the current connection failed; `stopped` if the server
+    /// stopped reading (it has usually said why, in a stream error still on
+    /// its way: wait [`LAST_WORDS`] for it).
+    pub(crate) fn on_write_failed(&mut self, now: Instant, reason: &str, stopped: bool) {
+        match &mut self.link {
+            Link::Up {
+                write_failed: write_failed @ None,
+                ..
+            } => {
+                let reason = format!("write: {reason}");
+                if stopped {
+                    *write_failed = Some((now + LAST_WORDS, reason));
+                } else {
+                    self.lost(reason);
+                }
+            }
+            Link::Closing { .. } => {
+                self.outputs
+                    .push_back(Output::CloseConnection { clean: false });
+                self.end();
+            }
+            _ => {}
+        }
+    }
+
+    /// An element from the server.
+    pub(crate) fn on_element(&mut self, now: Instant, el: Element) {
+        if !matches!(self.link, Link::Up { .. }) {
+            return; // closing: the server's goodbye traffic is not for the app
+        }
+        if el.ns == ns::SM {
+            self.sm_element(&el);
+        } else if el.ns == ns::STREAMS && el.name == "error" {
+            self.stream_error(&el);
+        } else if el.ns == ns::CLIENT {
+            self.stanza(el);
+        }
+        self.request_ack(now);
+    }
+
+    fn writable(&self) -> bool {
+        matches!(
+            self.link,
+            Link::Up {
+                write_failed: None,
+                ..
+            }
+        )
+    }
+
+    fn event(&mut self, ev: Event) {
+        self.outputs.push_back(Output::Event(ev));
+    }
+
+    fn reply(&mut self, id: RequestId, answer: Result<Answer, ClientError>) {
+        self.outputs.push_back(Output::Reply { id, answer });
+    }
+
+    /// Reports a sent message's progress, if the app follows it.
+    fn state(&mut self, id: Option<String>, state: MessageState) {
+        if !self.config.message_states {
+            return;
+        }
+        if let Some(id) = id {
+            self.event(Event::MessageState { id, state });
+        }
+    }
+
+    /// A fresh id for a stanza the session makes.
+    fn new_id(&mut self) -> String {
+        self.ids_issued += 1;
+        format!("lls{:x}-{:08x}", self.ids_issued, self.rng.r#gen::<u32>())
+    }
+
+    /// Writes bytes that are not stanzas, if the connection takes writes.
+    fn write_raw(&mut self, bytes: Vec<u8>) -> bool {
+        let writable = self.writable();
+        if writable {
+            self.outputs.push_back(Output::Transmit(Bytes::from(bytes)));
+        }
+        writable
+    }
+
+    /// Sends a stanza now, or keeps it in the outbox until connected; false
+    /// if the outbox is full (it is dropped).
+    fn send(&mut self, out: Outgoing) -> bool {
+        if !self.writable() {
+            if self.outbox.len() >= MAX_OUTBOX {
+                self.state(out.id, MessageState::Failed("outbox full".into()));
+                return false;
+            }
+            let id = out.id.clone();
+            self.outbox.push_back(out);
+            self.state(id, MessageState::Queued);
+            return true;
+        }
+        self.outputs.push_back(Output::Transmit(out.bytes.clone()));
+        let id = out.id.clone();
+        self.sm.written(out);
+        self.state(id, MessageState::Sent);
+        true
+    }
+
+    /// Sends an IQ (its id set to `id`) and waits for its answer.
+    fn send_iq(
+        &mut self,
+        now: Instant,
+        mut iq: Element,
+        id: String,
+        waiter: Waiter,
+    ) -> Result<(), ClientError> {
+        iq.set_attr("id", id.clone());
+        self.iqs
+            .insert(id.clone(), waiter, now + IQ_TIMEOUT)
+            .map_err(|_| ClientError::Busy("too many requests waiting for answers".into()))?;
+        let bytes = Bytes::from(iq.to_bytes(ns::CLIENT));
+        if !self.send(Outgoing { bytes, id: None }) {
+            self.iqs.take(&id);
+            return Err(ClientError::Busy("the outbox is full".into()));
+        }
+        Ok(())
+    }
+
+    fn request(&mut self, now: Instant, id: RequestId, request: Request) {
+        let sent = match request {
+            Request::Resumption => {
+                let resumption = self.sm.resumption();
+                return self.reply(id, Ok(Answer::Resumption(resumption)));
+            }
+            Request::DuplicatesDropped => {
+                let n = self.duplicates;
+                return self.reply(id, Ok(Answer::DuplicatesDropped(n)));
+            }
+            Request::Iq(iq) => {
+                let iq_id = self.new_id();
+                self.send_iq(now, iq, iq_id, Waiter::App(id))
+            }
+            Request::Roster => {
+                self.roster_wanted = true;
+                let iq_id = self.new_id();
+                self.send_iq(now, roster_get(), iq_id, Waiter::App(id))
+            }
+            Request::History(query) => {
+                // the results name their query by `queryid`: the IQ's id
+                let iq_id = self.new_id();
+                let iq = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "set")
+                    .with_child(im::history_query(&query, &iq_id));
+                let waiter = Waiter::History {
+                    request: id,
+                    results: Vec::new(),
+                };
+                self.send_iq(now, iq, iq_id, waiter)
+            }
+        };
+        if let Err(e) = sent {
+            self.reply(id, Err(e));
+        }
+    }
+
+    fn send_client_state(&mut self) {
+        let name = if self.active { "active" } else { "inactive" };
+        self.write_raw(Element::new(name, ns::CSI).to_bytes(ns::CLIENT));
+    }
+
+    /// Asks for an acknowledgement of what was written, if one is due.
+    fn request_ack(&mut self, now: Instant) {
+        if self.writable()
+            && self.sm.want_ack()
+            && self.write_raw(stream::sm_element("r", &[]))
+            && let Link::Up { ack_deadline, .. } = &mut self.link
+        {
+            *ack_deadline = Some(now + self.config.ack_timeout);
+        }
+    }
+
+    /// What a freshly bound session asks for: stream management, the
+    /// roster if the app wanted it (its items arrive as roster pushes, as
+    /// they may have changed meanwhile), and carbons.
+    fn new_login(&mut self, now: Instant) {
+        if self.config.stream_management {
+            let max = self.config.resume_max_secs.to_string();
+            let mut attrs = vec![("resume", "true")];
+            if self.config.resume_max_secs > 0 {
+                attrs.push(("max", &max));
+            }
+            if self.write_raw(stream::sm_element("enable", &attrs)) {
+                self.sm.enabling();
+            }
+        }
+        // (neither can fail: the table and the outbox are empty or nearly)
+        if self.roster_wanted {
+            let id = self.new_id();
+            let _ = self.send_iq(now, roster_get(), id, Waiter::RosterRefresh);
+        }
+        if self.config.carbons {
+            let enable = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "set")
+                .with_child(Element::new("enable", ns::CARBONS));
+            let id = self.new_id();
+            let _ = self.send_iq(now, enable, id, Waiter::Carbons);
+        }
+    }
+
+    fn sm_element(&mut self, el: &Element) {
+        match el.name.as_str() {
+            "r" => {
+                let h = self.sm.inbound().to_string();
+                self.write_raw(stream::sm_element("a", &[("h", &h)]));
+            }
+            "a" => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse().ok()) else {
+                    return;
+                };
+                match self.sm.acked(h) {
+                    Ok(acked) => {
+                        if !self.sm.ack_outstanding()
+                            && let Link::Up { ack_deadline, .. } = &mut self.link
+                        {
+                            *ack_deadline = None;
+                        }
+                        for out in acked {
+                            self.state(out.id, MessageState::Acknowledged);
+                        }
+                    }
+                    Err(_) => tracing::warn!(h, "server acknowledged more than was sent"),
+                }
+            }
+            "enabled" => self.sm.enabled(el.attr("id").map(str::to_owned)),
+            "failed" => {
+                tracing::info!("server refused stream management");
+                self.sm.refused();
+            }
+            _ => {}
+        }
+    }
+
+    fn stream_error(&mut self, el: &Element) {
+        let condition = event::stream_error_condition(el);
+        self.event(Event::StreamError(condition.clone()));
+        if TRANSIENT_STREAM_ERRORS.contains(&condition.as_str()) {
+            self.lost(condition);
+        } else {
+            self.outputs
+                .push_back(Output::CloseConnection { clean: false });
+            self.end();
+        }
+    }
+
+    /// A stanza from the server: counted, then answered, dropped, matched
+    /// to a waiting IQ, or given to the app.
+    fn stanza(&mut self, el: Element) {
+        self.sm.received();
+        let own = self.config.jid.as_str();
+        if el.name == "message"
+            && let Some(result) = el.child("result", ns::MAM)
+            && el.attr("from").is_none_or(|f| f == own)
+        {
+            // a result of an archive query the app waits for
+            if let Some(query_id) = result.attr("queryid") {
+                self.iqs.collect(query_id, im::archived(result));
+            }
+            return;
+        }
+        if el.name == "iq"
+            && event::roster_push(&el, Some(own)).is_some()
+            && let Some(id) = el.attr("id")
+        {
+            let ack = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "result")
+                .with_attr("id", id);
+            let bytes = Bytes::from(ack.to_bytes(ns::CLIENT));
+            self.send(Outgoing { bytes, id: None });
+        }
+        if el.name == "message" && !self.message_for_app(&el) {
+            return;
+        }
+        if el.name == "iq"
+            && matches!(el.attr("type"), Some("result" | "error"))
+            && let Some(waiter) = el.attr("id").and_then(|id| self.iqs.take(id))
+        {
+            return self.answered(waiter, el);
+        }
+        let own = self.config.jid.as_str();
+        if let Some(ev) = event::classify(el, Some(own)) {
+            self.event(ev);
+        }
+    }
+
+    /// Handles what a message means to the session (a receipt, a
+    /// duplicate, a receipt to send); false if the app does not see it.
+    fn message_for_app(&mut self, el: &Element) -> bool {
+        if let Some(r) = el.child("received", ns::RECEIPTS) {
+            let id = r.attr("id").map(str::to_owned);
+            self.state(id, MessageState::Delivered);
+            return false;
+        }
+        let from = el.attr("from").unwrap_or_default();
+        if let Some(id) = el.attr("id")
+            && !self.seen.first_time(from, id)
+        {
+            tracing::debug!(from, id, "duplicate message dropped");
+            self.duplicates += 1;
+            return false;
+        }
+        let wants_receipt = el.child("request", ns::RECEIPTS).is_some()
+            && el.attr("type") != Some("error")
+            && el.child("body", ns::CLIENT).is_some();
+        if wants_receipt
+            && self.config.receipts
+            && let Some(id) = el.attr("id")
+        {
+            let receipt = Element::new("message", ns::CLIENT)
+                .with_attr("to", from)
+                .with_attr("id", self.new_id())
+                .with_child(Element::new("received", ns::RECEIPTS).with_attr("id", id));
+            let bytes = Bytes::from(receipt.to_bytes(ns::CLIENT));
+            self.send(Outgoing { bytes, id: None });
+        }
+        true
+    }
+
+    /// The answer to an IQ the session waited for.
+    fn answered(&mut self, waiter: Waiter, iq: Element) {
+        match waiter {
+            Waiter::App(id) => self.reply(id, Ok(Answer::Iq(event::iq_response(iq)))),
+            Waiter::History { request, results } => {
+                let answer = match event::stanza_error_condition(&iq) {
+                    Some(condition) => Err(ClientError::StanzaError(condition)),
+                    None if iq.attr("type") == Some("error") => {
+                        Err(ClientError::StanzaError("undefined-condition".into()))
+                    }
+                    None => Ok(Answer::History(im::history_page(&iq, results))),
+                };
+                self.reply(request, answer);
+            }
+            Waiter::RosterRefresh => {
+                let items: Vec<_> = iq
+                    .child("query", ns::ROSTER)
+                    .map(|q| q.elements().filter_map(RosterItem::parse).collect())
+                    .unwrap_or_default();
+                for item in items {
+                    self.event(Event::RosterPush(item));
+                }
+            }
+            Waiter::Carbons => {}
+        }
+    }
+
+    /// The connection is gone: reconnect (at once) or end.
+    fn lost(&mut self, reason: String) {
+        if !matches!(self.link, Link::Up { .. }) {
+            return;
+        }
+        self.outputs
+            .push_back(Output::CloseConnection { clean: false });
+        tracing::info!(reason, "connection lost");
+        self.event(Event::ConnectionLost(reason));
+        if self.config.reconnect {
+            self.connect_now();
+        } else {
+            self.end();
+        }
+    }
+
+    /// The first attempt after a loss goes at once.
+    fn connect_now(&mut self) {
+        self.link = Link::Connecting { attempt: 0 };
+        self.outputs.push_back(Output::Connect {
+            resumption: self.sm.resumption(),
+            resource: self.resource.clone(),
+        });
+    }
+
+    fn schedule_retry(&mut self, now: Instant, attempt: u32) {
+        let retry_at = now + reconnect::delay(attempt, &mut self.rng);
+        self.link = Link::Down { retry_at, attempt };
+    }
+
+    /// Ends the stream cleanly: what never reached the server fails, what
+    /// arrived is acknowledged (XEP-0198 §4, so the server keeps nothing),
+    /// `</stream:stream>` goes out, and the server has [`CLOSE_WAIT`] to end
+    /// its stream too.
+    fn close(&mut self, now: Instant) {
+        let unsent: Vec<Outgoing> = self.outbox.drain(..).collect();
+        let unacked = if matches!(self.link, Link::Up { .. }) {
+            Vec::new()
+        } else {
+            self.sm.restart()
+        };
+        for out in unsent.into_iter().chain(unacked) {
+            self.state(out.id, MessageState::Failed("session closed".into()));
+        }
+        if !self.writable() {
+            self.outputs
+                .push_back(Output::CloseConnection { clean: false });
+            return self.end();
+        }
+        if self.sm.tracking() {
+            let h = self.sm.inbound().to_string();
+            self.write_raw(stream::sm_element("a", &[("h", &h)]));
+        }
+        self.write_raw(stream::STREAM_CLOSE.to_vec());
+        self.outputs.push_back(Output::FinishSending);
+        self.link = Link::Closing {
+            deadline: now + CLOSE_WAIT,
+        };
+    }
+
+    /// The session is over: waiting requests fail, the app hears of it.
+    fn end(&mut self) {
+        if matches!(self.link, Link::Ended) {
+            return;
+        }
+        self.link = Link::Ended;
+        for waiter in self.iqs.drain() {
+            if let Waiter::App(id) | Waiter::History { request: id, .. } = waiter {
+                self.reply(id, Err(ClientError::Closed));
+            }
+        }
+        self.event(Event::Disconnected);
+        self.outputs.push_back(Output::Ended);
+    }
+}
+
+/// The roster get (RFC 6121 §2.1.3).
+fn roster_get() -> Element {
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", "get")
+        .with_child(Element::new("query", ns::ROSTER))
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

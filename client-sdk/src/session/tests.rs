@@ -1,0 +1,1001 @@
+//! The session without sockets: time is passed in, outputs are read back.
+
+use rand::SeedableRng;
+
+use super::*;
+use crate::im::{Subscription, SubscriptionRequest};
+
+const OWN: &str = "alice@example.org";
+const ACK_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        jid: OWN.into(),
+        resource: Some("phone".into()),
+        stream_management: true,
+        carbons: false,
+        resume_max_secs: 0,
+        reconnect: true,
+        ack_timeout: ACK_TIMEOUT,
+        receipts: true,
+        message_states: true,
+        previous_session: None,
+    }
+}
+
+fn xml(s: &str) -> Element {
+    Element::parse_in_stream(s.as_bytes()).unwrap()
+}
+
+fn drain(s: &mut Session) -> Vec<Output> {
+    std::iter::from_fn(|| s.poll_output()).collect()
+}
+
+/// What was written, as text.
+fn written(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(outputs: &[Output]) -> Vec<Event> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(outputs: &[Output]) -> Vec<(RequestId, Result<Answer, ClientError>)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Reply { id, answer } => Some((*id, answer.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state(id: &str, state: MessageState) -> Event {
+    Event::MessageState {
+        id: id.into(),
+        state,
+    }
+}
+
+fn message(id: &str) -> Command {
+    let bytes = Bytes::from(format!(
+        "<message to='bob@example.org' type='chat' id='{id}'><body>{id}</body></message>"
+    ));
+    Command::Send(Outgoing {
+        bytes,
+        id: Some(id.into()),
+    })
+}
+
+fn bound() -> Negotiated {
+    Negotiated {
+        resumed: None,
+        jid: Some(format!("{OWN}/phone")),
+    }
+}
+
+/// A session whose first connection came up at `t0` with stream
+/// management enabled (SM id `sm-1`); its outputs so far are drained.
+fn connected(config: SessionConfig, t0: Instant) -> Session {
+    let mut s = Session::new(config, StdRng::seed_from_u64(7));
+    s.on_connected(t0, bound());
+    let first = drain(&mut s);
+    assert_eq!(
+        written(&first),
+        vec!["<enable xmlns=\"urn:xmpp:sm:3\" resume=\"true\"/>"]
+    );
+    assert!(events(&first).is_empty(), "no Reconnected for the first");
+    s.on_element(
+        t0,
+        xml("<enabled xmlns='urn:xmpp:sm:3' id='sm-1' resume='true'/>"),
+    );
+    assert!(drain(&mut s).is_empty());
+    s
+}
+
+/// The id the session gave the IQ it wrote last.
+fn last_iq_id(outputs: &[Output]) -> String {
+    let text = written(outputs)
+        .into_iter()
+        .rfind(|w| w.starts_with("<iq"))
+        .expect("an IQ written");
+    xml(&text).attr("id").expect("an id").to_owned()
+}
+
+#[test]
+fn an_unanswered_ack_request_declares_the_connection_dead_exactly_at_its_deadline() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, message("m1"));
+    let out = drain(&mut s);
+    assert_eq!(written(&out).len(), 2);
+    assert_eq!(written(&out)[1], "<r xmlns=\"urn:xmpp:sm:3\"/>");
+    assert_eq!(events(&out), vec![state("m1", MessageState::Sent)]);
+    let deadline = t0 + ACK_TIMEOUT;
+    assert_eq!(s.poll_timeout(), Some(deadline));
+    // a second stanza does not ask again, nor move the deadline
+    s.command(t0 + Duration::from_secs(5), message("m2"));
+    assert_eq!(written(&drain(&mut s)).len(), 1);
+    assert_eq!(s.poll_timeout(), Some(deadline));
+    s.handle_timeout(deadline - Duration::from_nanos(1));
+    assert!(drain(&mut s).is_empty());
+    s.handle_timeout(deadline);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Output::CloseConnection { clean: false },
+            Output::Event(Event::ConnectionLost(
+                "no acknowledgement from the server in time".into()
+            )),
+            Output::Connect {
+                resumption: Some(("sm-1".into(), 0)),
+                resource: Some("phone".into()),
+            },
+        ]
+    );
+}
+
+#[test]
+fn an_answered_ack_request_clears_its_deadline_and_acknowledges_the_messages() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, message("m1"));
+    drain(&mut s);
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='1'/>"));
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![state("m1", MessageState::Acknowledged)]
+    );
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + ACK_TIMEOUT * 2);
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn the_server_asking_for_an_ack_gets_our_count_of_its_stanzas() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_element(t0, xml("<presence from='bob@example.org/desk'/>"));
+    s.on_element(t0, xml("<presence from='carol@example.org/pc'/>"));
+    drain(&mut s);
+    s.on_element(t0, xml("<r xmlns='urn:xmpp:sm:3'/>"));
+    assert_eq!(
+        written(&drain(&mut s)),
+        vec!["<a xmlns=\"urn:xmpp:sm:3\" h=\"2\"/>"]
+    );
+    assert_eq!(s.sm.resumption(), Some(("sm-1".into(), 2)));
+}
+
+#[test]
+fn reconnection_starts_at_once_then_backs_off_with_jitter_up_to_the_cap_and_resets() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_stream_end("stream ended".into());
+    let out = drain(&mut s);
+    assert_eq!(
+        out,
+        vec![
+            Output::CloseConnection { clean: false },
+            Output::Event(Event::ConnectionLost("stream ended".into())),
+            Output::Connect {
+                resumption: Some(("sm-1".into(), 0)),
+                resource: Some("phone".into()),
+            },
+        ]
+    );
+    let mut now = t0;
+    let mut delays = Vec::new();
+    for attempt in 1..=14u32 {
+        s.on_connect_failed(now, ClientError::Unreachable("no route".into()));
+        assert!(drain(&mut s).is_empty());
+        let due = s.poll_timeout().expect("a retry is scheduled");
+        let delay = due - now;
+        let ceiling = reconnect::ceiling(attempt);
+        assert!(
+            delay >= ceiling / 2 && delay <= ceiling,
+            "attempt {attempt}: {delay:?} against {ceiling:?}"
+        );
+        assert!(delay <= reconnect::BACKOFF_CAP);
+        delays.push(delay);
+        s.handle_timeout(due - Duration::from_nanos(1));
+        assert!(drain(&mut s).is_empty(), "not before it is due");
+        now = due;
+        s.handle_timeout(now);
+        assert!(matches!(drain(&mut s).as_slice(), [Output::Connect { .. }]));
+    }
+    // growing early on, capped at the end
+    assert!(delays[3] > delays[0]);
+    assert_eq!(reconnect::ceiling(14), reconnect::BACKOFF_CAP);
+    s.on_connected(
+        now,
+        Negotiated {
+            resumed: Some(0),
+            jid: None,
+        },
+    );
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![Event::Reconnected { resumed: true }]
+    );
+    // lost again: the count starts over, the first attempt goes at once
+    let later = now + Duration::from_secs(600);
+    s.on_stream_end("again".into());
+    let out = drain(&mut s);
+    assert!(
+        matches!(out.last(), Some(Output::Connect { .. })),
+        "{out:?}"
+    );
+    s.on_connect_failed(later, ClientError::Timeout);
+    let delay = s.poll_timeout().unwrap() - later;
+    assert!(delay >= reconnect::ceiling(1) / 2 && delay <= reconnect::ceiling(1));
+}
+
+#[test]
+fn a_refused_login_while_reconnecting_ends_the_session() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    s.on_connect_failed(t0, ClientError::Auth("not-authorized".into()));
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Output::Event(Event::StreamError(
+                "authentication failed: not-authorized".into()
+            )),
+            Output::Event(Event::Disconnected),
+            Output::Ended,
+        ]
+    );
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn without_reconnection_a_lost_connection_ends_the_session() {
+    let t0 = Instant::now();
+    let mut s = connected(
+        SessionConfig {
+            reconnect: false,
+            ..config()
+        },
+        t0,
+    );
+    s.on_stream_end("stream ended".into());
+    let out = drain(&mut s);
+    assert!(!out.iter().any(|o| matches!(o, Output::Connect { .. })));
+    assert_eq!(out.last(), Some(&Output::Ended));
+}
+
+#[test]
+fn after_resumption_what_the_servers_h_does_not_cover_is_resent_then_the_outbox() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    for id in ["m1", "m2", "m3"] {
+        s.command(t0, message(id));
+    }
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='1'/>"));
+    s.on_element(t0, xml("<message from='bob@example.org/desk' id='b1'/>"));
+    drain(&mut s);
+    s.on_stream_end("stream ended".into());
+    let out = drain(&mut s);
+    assert_eq!(
+        out.last(),
+        Some(&Output::Connect {
+            resumption: Some(("sm-1".into(), 1)),
+            resource: Some("phone".into()),
+        })
+    );
+    // written while offline: kept in the outbox
+    s.command(t0, message("m4"));
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![state("m4", MessageState::Queued)]
+    );
+    // the server got m1 and m2
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(2),
+            jid: None,
+        },
+    );
+    let out = drain(&mut s);
+    let w = written(&out);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].contains("id='m3'"), "{w:?}");
+    assert!(w[1].contains("id='m4'"), "{w:?}");
+    assert_eq!(w[2], "<r xmlns=\"urn:xmpp:sm:3\"/>");
+    assert_eq!(
+        events(&out),
+        vec![
+            state("m2", MessageState::Acknowledged),
+            state("m3", MessageState::Sent),
+            state("m4", MessageState::Sent),
+            Event::Reconnected { resumed: true },
+        ]
+    );
+    // counting goes on from the server's h
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='4'/>"));
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![
+            state("m3", MessageState::Acknowledged),
+            state("m4", MessageState::Acknowledged),
+        ]
+    );
+}
+
+#[test]
+fn after_a_new_login_everything_unacknowledged_is_resent_with_the_presence() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, Command::Presence(Bytes::from_static(b"<presence/>")));
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='1'/>"));
+    s.command(t0, Command::Active(false));
+    s.command(t0, message("m1"));
+    drain(&mut s);
+    s.on_stream_end("stream ended".into());
+    drain(&mut s);
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: None,
+            jid: Some(format!("{OWN}/other")),
+        },
+    );
+    // (an unacknowledged presence would go out twice: kept, and resent)
+    let w = written(&drain(&mut s));
+    assert_eq!(
+        w,
+        vec![
+            "<enable xmlns=\"urn:xmpp:sm:3\" resume=\"true\"/>".to_owned(),
+            "<inactive xmlns=\"urn:xmpp:csi:0\"/>".to_owned(),
+            "<presence/>".to_owned(),
+            "<message to='bob@example.org' type='chat' id='m1'><body>m1</body></message>"
+                .to_owned(),
+            "<r xmlns=\"urn:xmpp:sm:3\"/>".to_owned(),
+        ]
+    );
+    // the next login asks for the resource the server gave this one
+    s.on_stream_end("again".into());
+    assert_eq!(
+        drain(&mut s).last(),
+        Some(&Output::Connect {
+            resumption: None,
+            resource: Some("other".into()),
+        })
+    );
+}
+
+#[test]
+fn a_presence_changed_offline_is_sent_even_when_the_session_resumes() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, Command::Presence(Bytes::from_static(b"<presence/>")));
+    drain(&mut s);
+    s.on_stream_end("stream ended".into());
+    drain(&mut s);
+    s.command(
+        t0,
+        Command::Presence(Bytes::from_static(
+            b"<presence><show>away</show></presence>",
+        )),
+    );
+    drain(&mut s);
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(1),
+            jid: None,
+        },
+    );
+    let w = written(&drain(&mut s));
+    assert_eq!(w[0], "<presence><show>away</show></presence>");
+    assert_eq!(w.len(), 2, "sent once, then <r/>: {w:?}");
+}
+
+#[test]
+fn the_outbox_is_bounded() {
+    let t0 = Instant::now();
+    let mut s = connected(
+        SessionConfig {
+            message_states: false,
+            ..config()
+        },
+        t0,
+    );
+    s.on_stream_end("stream ended".into());
+    drain(&mut s);
+    for i in 0..MAX_OUTBOX {
+        s.command(t0, message(&i.to_string()));
+    }
+    assert!(drain(&mut s).is_empty());
+    s.command(
+        t0,
+        Command::Request(RequestId(1), Request::Iq(xml("<iq type='get'/>"))),
+    );
+    assert_eq!(
+        replies(&drain(&mut s)),
+        vec![(
+            RequestId(1),
+            Err(ClientError::Busy("the outbox is full".into()))
+        )]
+    );
+}
+
+#[test]
+fn duplicate_messages_are_dropped_counted_and_not_receipted_twice() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let m = "<message from='bob@example.org/desk' to='alice@example.org/phone' type='chat' id='b1'>\
+             <body>hi</body><request xmlns='urn:xmpp:receipts'/></message>";
+    s.on_element(t0, xml(m));
+    let out = drain(&mut s);
+    let ev = events(&out);
+    assert!(matches!(&ev[..], [Event::Message(m)] if m.body.as_deref() == Some("hi")));
+    let receipt = written(&out);
+    assert!(receipt[0].contains("<received xmlns=\"urn:xmpp:receipts\" id=\"b1\"/>"));
+    assert!(receipt[0].contains("to=\"bob@example.org/desk\""));
+    s.on_element(t0, xml(m));
+    let out = drain(&mut s);
+    assert!(events(&out).is_empty());
+    assert!(!written(&out).iter().any(|w| w.contains("received")));
+    // same id from someone else is no duplicate
+    s.on_element(
+        t0,
+        xml("<message from='carol@example.org/pc' type='chat' id='b1'><body>yo</body></message>"),
+    );
+    assert_eq!(events(&drain(&mut s)).len(), 1);
+    s.command(
+        t0,
+        Command::Request(RequestId(9), Request::DuplicatesDropped),
+    );
+    assert_eq!(
+        replies(&drain(&mut s)),
+        vec![(RequestId(9), Ok(Answer::DuplicatesDropped(1)))]
+    );
+}
+
+#[test]
+fn a_delivery_receipt_moves_the_message_to_delivered() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_element(
+        t0,
+        xml("<message from='bob@example.org/desk' id='r1'><received xmlns='urn:xmpp:receipts' id='m1'/></message>"),
+    );
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![state("m1", MessageState::Delivered)]
+    );
+}
+
+#[test]
+fn iq_replies_go_to_the_request_with_their_id_and_unanswered_ones_time_out() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let ping = "<iq type='get' to='example.org'><ping xmlns='urn:xmpp:ping'/></iq>";
+    s.command(t0, Command::Request(RequestId(1), Request::Iq(xml(ping))));
+    let first = last_iq_id(&drain(&mut s));
+    s.command(t0, Command::Request(RequestId(2), Request::Iq(xml(ping))));
+    let second = last_iq_id(&drain(&mut s));
+    let t1 = t0 + Duration::from_secs(1);
+    s.command(t1, Command::Request(RequestId(3), Request::Iq(xml(ping))));
+    let third = last_iq_id(&drain(&mut s));
+    assert_ne!(first, second);
+    s.on_element(t1, xml("<a xmlns='urn:xmpp:sm:3' h='3'/>"));
+    // answered out of order
+    s.on_element(t0, xml(&format!("<iq type='result' id='{second}'/>")));
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq type='error' id='{first}'><error type='cancel'>\
+             <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        )),
+    );
+    let got = replies(&drain(&mut s));
+    assert_eq!(got.len(), 2);
+    assert!(
+        matches!(&got[0], (RequestId(2), Ok(Answer::Iq(r))) if r.id == second && r.error.is_none())
+    );
+    assert!(matches!(&got[1], (RequestId(1), Ok(Answer::Iq(r)))
+        if r.error.as_deref() == Some("service-unavailable")));
+    // an answer nobody waits for is an event
+    s.on_element(t0, xml(&format!("<iq type='result' id='{first}'/>")));
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Iq(r)] if r.id == first));
+    // the third times out 30 s after it was asked, exactly
+    assert_eq!(s.poll_timeout(), Some(t1 + IQ_TIMEOUT));
+    s.handle_timeout(t1 + IQ_TIMEOUT - Duration::from_nanos(1));
+    assert!(replies(&drain(&mut s)).is_empty());
+    s.handle_timeout(t1 + IQ_TIMEOUT);
+    assert_eq!(
+        replies(&drain(&mut s)),
+        vec![(RequestId(3), Err(ClientError::Timeout))]
+    );
+    // too late now
+    s.on_element(t0, xml(&format!("<iq type='result' id='{third}'/>")));
+    assert!(replies(&drain(&mut s)).is_empty());
+}
+
+#[test]
+fn requests_waiting_when_the_session_ends_fail_as_closed() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(4), Request::Iq(xml("<iq type='get'/>"))),
+    );
+    drain(&mut s);
+    s.command(t0, Command::Abort);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Output::CloseConnection { clean: false },
+            Output::Reply {
+                id: RequestId(4),
+                answer: Err(ClientError::Closed)
+            },
+            Output::Event(Event::Disconnected),
+            Output::Ended,
+        ]
+    );
+}
+
+#[test]
+fn roster_pushes_from_the_own_account_are_answered_and_reported() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_element(
+        t0,
+        xml("<iq type='set' id='push-1' from='alice@example.org'><query xmlns='jabber:iq:roster'>\
+             <item jid='bob@example.org' subscription='both' name='Bob'><group>Friends</group></item>\
+             </query></iq>"),
+    );
+    let out = drain(&mut s);
+    assert_eq!(
+        written(&out)[0],
+        "<iq type=\"result\" id=\"push-1\"/>",
+        "answered (RFC 6121 §2.1.6)"
+    );
+    assert_eq!(
+        events(&out),
+        vec![Event::RosterPush(RosterItem {
+            jid: "bob@example.org".into(),
+            name: Some("Bob".into()),
+            groups: vec!["Friends".into()],
+            subscription: Subscription::Both,
+            pending: false,
+        })]
+    );
+    // a "push" from someone else is neither answered nor a roster change
+    s.on_element(
+        t0,
+        xml(
+            "<iq type='set' id='push-2' from='mallory@example.org'><query xmlns='jabber:iq:roster'>\
+             <item jid='bob@example.org' subscription='remove'/></query></iq>",
+        ),
+    );
+    let out = drain(&mut s);
+    assert!(!written(&out).iter().any(|w| w.contains("push-2")));
+    assert!(matches!(&events(&out)[..], [Event::Iq(r)] if r.id == "push-2"));
+}
+
+#[test]
+fn a_new_login_fetches_the_roster_again_once_the_app_asked_for_it() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, Command::Request(RequestId(1), Request::Roster));
+    let id = last_iq_id(&drain(&mut s));
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq type='result' id='{id}'><query xmlns='jabber:iq:roster'/></iq>"
+        )),
+    );
+    assert!(matches!(
+        &replies(&drain(&mut s))[..],
+        [(RequestId(1), Ok(Answer::Iq(_)))]
+    ));
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='1'/>"));
+    s.on_stream_end("stream ended".into());
+    drain(&mut s);
+    s.on_connected(t0, bound());
+    let out = drain(&mut s);
+    let refresh = last_iq_id(&out);
+    assert!(written(&out).iter().any(|w| w.contains("jabber:iq:roster")));
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq type='result' id='{refresh}'><query xmlns='jabber:iq:roster'>\
+             <item jid='bob@example.org' subscription='to'/>\
+             <item jid='carol@example.org' ask='subscribe'/></query></iq>"
+        )),
+    );
+    let ev = events(&drain(&mut s));
+    assert_eq!(ev.len(), 2);
+    assert!(matches!(&ev[0], Event::RosterPush(i) if i.subscription == Subscription::To));
+    assert!(matches!(&ev[1], Event::RosterPush(i) if i.pending));
+}
+
+#[test]
+fn carbons_are_enabled_at_each_new_login_and_their_answer_is_not_an_event() {
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionConfig {
+            carbons: true,
+            ..config()
+        },
+        StdRng::seed_from_u64(1),
+    );
+    s.on_connected(t0, bound());
+    let out = drain(&mut s);
+    assert!(written(&out)[1].contains("urn:xmpp:carbons:2"));
+    let id = last_iq_id(&out);
+    s.on_element(t0, xml(&format!("<iq type='result' id='{id}'/>")));
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn archive_results_are_collected_into_the_page_their_query_closes() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let query = HistoryQuery {
+        with: Some("bob@example.org".into()),
+        max: Some(2),
+        ..HistoryQuery::default()
+    };
+    s.command(t0, Command::Request(RequestId(5), Request::History(query)));
+    let out = drain(&mut s);
+    let id = last_iq_id(&out);
+    assert!(written(&out)[0].contains(&format!("queryid=\"{id}\"")));
+    let result = |archive_id: &str, body: &str| {
+        format!(
+            "<message to='alice@example.org/phone'><result xmlns='urn:xmpp:mam:2' queryid='{id}' id='{archive_id}'>\
+             <forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2024-01-01T00:00:00Z'/>\
+             <message xmlns='jabber:client' from='bob@example.org/desk' type='chat'><body>{body}</body></message>\
+             </forwarded></result></message>"
+        )
+    };
+    s.on_element(t0, xml(&result("a1", "one")));
+    s.on_element(t0, xml(&result("a2", "two")));
+    // results of a query nobody waits for are dropped
+    s.on_element(t0, xml(&result("a3", "three").replace(&id, "other")));
+    assert!(drain(&mut s).is_empty(), "results are not events");
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq type='result' id='{id}'><fin xmlns='urn:xmpp:mam:2' complete='true'>\
+             <set xmlns='http://jabber.org/protocol/rsm'><first>a1</first><last>a2</last></set></fin></iq>"
+        )),
+    );
+    let got = replies(&drain(&mut s));
+    let [(RequestId(5), Ok(Answer::History(page)))] = &got[..] else {
+        panic!("{got:?}");
+    };
+    assert!(page.complete);
+    assert_eq!(page.first.as_deref(), Some("a1"));
+    assert_eq!(page.last.as_deref(), Some("a2"));
+    let bodies: Vec<_> = page
+        .messages
+        .iter()
+        .map(|m| (m.id.as_str(), m.message.body.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(bodies, vec![("a1", "one"), ("a2", "two")]);
+    assert_eq!(
+        page.messages[0].stamp.as_deref(),
+        Some("2024-01-01T00:00:00Z")
+    );
+}
+
+#[test]
+fn a_refused_archive_query_is_a_stanza_error() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(5), Request::History(HistoryQuery::default())),
+    );
+    let id = last_iq_id(&drain(&mut s));
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq type='error' id='{id}'><error type='modify'>\
+             <bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        )),
+    );
+    assert_eq!(
+        replies(&drain(&mut s)),
+        vec![(
+            RequestId(5),
+            Err(ClientError::StanzaError("bad-request".into()))
+        )]
+    );
+}
+
+#[test]
+fn subscription_requests_and_presence_become_events() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_element(
+        t0,
+        xml("<presence from='bob@example.org/desk' type='subscribe'/>"),
+    );
+    s.on_element(
+        t0,
+        xml("<presence from='bob@example.org/desk'><priority>5</priority></presence>"),
+    );
+    let ev = events(&drain(&mut s));
+    assert_eq!(
+        ev[0],
+        Event::Subscription {
+            from: "bob@example.org".into(),
+            kind: SubscriptionRequest::Subscribe,
+        }
+    );
+    assert!(matches!(&ev[1], Event::Presence(p) if p.available && p.priority == 5));
+}
+
+#[test]
+fn transient_stream_errors_reconnect_and_final_ones_end_the_session() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let error = |condition: &str| {
+        xml(&format!(
+            "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+        ))
+    };
+    s.on_element(t0, error("system-shutdown"));
+    let out = drain(&mut s);
+    assert_eq!(
+        out[0],
+        Output::Event(Event::StreamError("system-shutdown".into()))
+    );
+    assert!(matches!(out.last(), Some(Output::Connect { .. })));
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(0),
+            jid: None,
+        },
+    );
+    drain(&mut s);
+    s.on_element(t0, error("conflict"));
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Output::Event(Event::StreamError("conflict".into())),
+            Output::CloseConnection { clean: false },
+            Output::Event(Event::Disconnected),
+            Output::Ended,
+        ]
+    );
+}
+
+#[test]
+fn a_server_that_stops_reading_has_two_seconds_for_its_last_words() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_write_failed(t0, "stopped by peer: error 0", true);
+    assert_eq!(s.poll_timeout(), Some(t0 + LAST_WORDS));
+    // nothing more is written meanwhile: stanzas wait in the outbox
+    s.command(t0, message("m1"));
+    let out = drain(&mut s);
+    assert!(written(&out).is_empty());
+    assert_eq!(events(&out), vec![state("m1", MessageState::Queued)]);
+    // its reason arrives in time: the session ends for it
+    s.on_element(
+        t0,
+        xml("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"),
+    );
+    assert_eq!(drain(&mut s).last(), Some(&Output::Ended));
+
+    // no reason in time: the connection counts as lost at the deadline
+    let mut s = connected(config(), t0);
+    s.on_write_failed(t0, "stopped by peer: error 0", true);
+    s.handle_timeout(t0 + LAST_WORDS - Duration::from_nanos(1));
+    assert!(drain(&mut s).is_empty());
+    s.handle_timeout(t0 + LAST_WORDS);
+    let out = drain(&mut s);
+    assert_eq!(
+        events(&out),
+        vec![Event::ConnectionLost(
+            "write: stopped by peer: error 0".into()
+        )]
+    );
+    assert!(matches!(out.last(), Some(Output::Connect { .. })));
+}
+
+#[test]
+fn any_other_write_failure_loses_the_connection_at_once() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_write_failed(t0, "connection lost", false);
+    let out = drain(&mut s);
+    assert_eq!(out[0], Output::CloseConnection { clean: false });
+    assert!(matches!(out.last(), Some(Output::Connect { .. })));
+}
+
+#[test]
+fn a_clean_close_acknowledges_ends_the_stream_and_waits_for_the_servers_end() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_element(
+        t0,
+        xml("<message from='bob@example.org/desk'><body>x</body></message>"),
+    );
+    drain(&mut s);
+    s.command(t0, Command::Close);
+    let out = drain(&mut s);
+    assert_eq!(
+        written(&out),
+        vec!["<a xmlns=\"urn:xmpp:sm:3\" h=\"1\"/>", "</stream:stream>"]
+    );
+    assert_eq!(out.last(), Some(&Output::FinishSending));
+    assert_eq!(s.poll_timeout(), Some(t0 + CLOSE_WAIT));
+    // the server's goodbye traffic is not for the app
+    s.on_element(
+        t0,
+        xml("<message from='bob@example.org/desk'><body>y</body></message>"),
+    );
+    assert!(drain(&mut s).is_empty());
+    s.on_stream_end("server closed the stream".into());
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Output::CloseConnection { clean: true },
+            Output::Event(Event::Disconnected),
+            Output::Ended,
+        ]
+    );
+
+    // a server that never ends its stream: closed at the deadline
+    let mut s = connected(config(), t0);
+    s.command(t0, Command::Close);
+    drain(&mut s);
+    s.handle_timeout(t0 + CLOSE_WAIT - Duration::from_nanos(1));
+    assert!(drain(&mut s).is_empty());
+    s.handle_timeout(t0 + CLOSE_WAIT);
+    assert_eq!(drain(&mut s)[0], Output::CloseConnection { clean: true });
+}
+
+#[test]
+fn closing_while_offline_fails_what_never_reached_the_server() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, message("m1"));
+    s.on_stream_end("stream ended".into());
+    s.command(t0, message("m2"));
+    drain(&mut s);
+    s.command(t0, Command::Close);
+    let out = drain(&mut s);
+    let failed = |id: &str| state(id, MessageState::Failed("session closed".into()));
+    assert_eq!(
+        events(&out),
+        vec![failed("m2"), failed("m1"), Event::Disconnected]
+    );
+    assert!(written(&out).is_empty());
+    assert_eq!(out.last(), Some(&Output::Ended));
+}
+
+#[test]
+fn a_saved_session_resumed_at_the_first_connection_continues_its_counters() {
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionConfig {
+            previous_session: Some(("sm-old".into(), 20)),
+            ..config()
+        },
+        StdRng::seed_from_u64(1),
+    );
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(3),
+            jid: None,
+        },
+    );
+    let out = drain(&mut s);
+    assert!(
+        written(&out).is_empty(),
+        "no <enable/>: the session goes on"
+    );
+    assert!(events(&out).is_empty());
+    s.on_element(
+        t0,
+        xml("<message from='bob@example.org/desk'><body>x</body></message>"),
+    );
+    drain(&mut s);
+    s.command(t0, Command::Request(RequestId(1), Request::Resumption));
+    assert_eq!(
+        replies(&drain(&mut s)),
+        vec![(
+            RequestId(1),
+            Ok(Answer::Resumption(Some(("sm-old".into(), 21))))
+        )]
+    );
+    s.command(t0, message("m1"));
+    drain(&mut s);
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='4'/>"));
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![state("m1", MessageState::Acknowledged)]
+    );
+}
+
+#[test]
+fn a_saved_session_the_server_no_longer_holds_becomes_a_new_one() {
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionConfig {
+            previous_session: Some(("sm-old".into(), 20)),
+            ..config()
+        },
+        StdRng::seed_from_u64(1),
+    );
+    s.on_connected(t0, bound());
+    assert_eq!(
+        written(&drain(&mut s)),
+        vec!["<enable xmlns=\"urn:xmpp:sm:3\" resume=\"true\"/>"]
+    );
+    s.command(t0, Command::Request(RequestId(1), Request::Resumption));
+    assert_eq!(
+        replies(&drain(&mut s)),
+        vec![(RequestId(1), Ok(Answer::Resumption(None)))]
+    );
+}
+
+#[test]
+fn the_same_seed_makes_the_same_ids_and_delays() {
+    let run = |seed: u64| {
+        let t0 = Instant::now();
+        let mut s = Session::new(config(), StdRng::seed_from_u64(seed));
+        s.on_connected(t0, bound());
+        s.command(
+            t0,
+            Command::Request(RequestId(1), Request::Iq(xml("<iq type='get'/>"))),
+        );
+        let id = last_iq_id(&drain(&mut s));
+        s.on_stream_end("gone".into());
+        s.on_connect_failed(t0, ClientError::Timeout);
+        (id, s.poll_timeout().map(|at| at - t0))
+    };
+    assert_eq!(run(3), run(3));
+    assert_ne!(run(3).0, run(4).0);
+}
+
+#[test]
+fn an_inactive_state_is_sent_on_every_new_connection() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, Command::Active(false));
+    assert_eq!(
+        written(&drain(&mut s)),
+        vec!["<inactive xmlns=\"urn:xmpp:csi:0\"/>"]
+    );
+    s.on_stream_end("gone".into());
+    s.command(t0, Command::Active(false));
+    drain(&mut s);
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(0),
+            jid: None,
+        },
+    );
+    assert_eq!(
+        written(&drain(&mut s)),
+        vec!["<inactive xmlns=\"urn:xmpp:csi:0\"/>"]
+    );
+}
