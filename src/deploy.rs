@@ -103,7 +103,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         .await
         .context("starting the core")?;
     let local = |offset| SocketAddr::from(([127, 0, 0, 1], port(args.port_base, offset)));
-    let mut lb_settings = lb::server::LbSettings::local(pki.clone());
+    let mut lb_settings = lb::settings::LbSettings::local(pki.clone());
     lb_settings.listen = vec![local(1)];
     if std::net::UdpSocket::bind("[::1]:0").is_ok() {
         lb_settings.listen.push(SocketAddr::from((
@@ -255,7 +255,7 @@ pub async fn run_cm(
 pub async fn run_lb(config: &Path) -> Result<()> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let cfg: lb::server::LbSettings =
+    let cfg: lb::settings::LbSettings =
         toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
     let balancer = lb::server::start(cfg)
         .await

@@ -46,7 +46,7 @@ pub struct CmConfig {
     pub server_id: Option<u64>,
     /// QUIC-LB connection-id settings (must match the balancer's).
     #[serde(default)]
-    pub quic_lb: lb::server::QuicLbSettings,
+    pub quic_lb: lb_protocol::QuicLbSettings,
     /// The balancer this CM sits behind, if any.
     #[serde(default)]
     pub balancer: Option<BalancerLink>,
@@ -116,7 +116,7 @@ impl CmConfig {
             client_rate_bytes: default_rate(),
             client_burst_bytes: default_burst(),
             server_id: None,
-            quic_lb: lb::server::QuicLbSettings::default(),
+            quic_lb: lb_protocol::QuicLbSettings::default(),
             balancer: None,
             tcp_listen: None,
             tls_listen: None,

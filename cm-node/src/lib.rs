@@ -10,6 +10,7 @@
 //! [`config`] holds the settings.
 
 pub mod backoff;
+pub mod balancer_link;
 pub mod config;
 pub mod encap_socket;
 pub mod listener;
@@ -148,9 +149,14 @@ fn client_endpoint(
     server_config: quinn::ServerConfig,
     cluster_key: &certs::cluster_key::ClusterKey,
 ) -> Result<quinn::Endpoint, CmError> {
+    let key = config
+        .quic_lb
+        .encrypted
+        .then(|| certs::load_quic_lb_key(&certs::PkiPaths::new(&config.pki_dir).quic_lb_key()))
+        .transpose()?;
     let lb_config = config
         .quic_lb
-        .config(&config.pki_dir)
+        .config(key)
         .map_err(|e| CmError::Config(e.to_string()))?;
     let server_id = config
         .server_id()
@@ -158,10 +164,11 @@ fn client_endpoint(
         .ok_or_else(|| {
             CmError::Config(format!("{}: no QUIC-LB server id that fits", config.node))
         })?;
-    let encoder = quic_lb::CidEncoder::new(lb_config, &server_id)
+    let encoder = lb_protocol::CidEncoder::new(lb_config, &server_id)
         .map_err(|e| CmError::Config(e.to_string()))?;
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(cluster_key.reset_key()));
-    endpoint_config.cid_generator(move || Box::new(quic_lb::QuicLbGenerator::new(encoder.clone())));
+    endpoint_config
+        .cid_generator(move || Box::new(lb_protocol::QuicLbGenerator::new(encoder.clone())));
     let socket =
         std::net::UdpSocket::bind(config.listen).map_err(io(format!("bind {}", config.listen)))?;
     let runtime = Arc::new(quinn::TokioRuntime);
@@ -294,13 +301,13 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         tasks.spawn(ws::run(listener, acceptor, ctx.clone()));
     }
     if let Some(link) = &config.balancer {
-        let registration = lb::control::Registration {
+        let registration = lb_protocol::control::Registration {
             node: config.node.clone(),
             server_id: config.server_id().unwrap_or(0),
             encap: client_addr,
         };
-        let tls = lb::control::client_config(&config.pki_dir, &config.node)?;
-        tasks.spawn(lb::control::run_registration(
+        let tls = balancer_link::client_config(&config.pki_dir, &config.node)?;
+        tasks.spawn(balancer_link::run(
             core_endpoint.clone(),
             tls,
             link.control,

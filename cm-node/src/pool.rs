@@ -167,7 +167,13 @@ async fn connection_task(
     );
     let mut instance = None;
     loop {
-        match run_connection(&pool, &setup, index, size, &mut rx, &mut instance).await {
+        let link = Link {
+            index,
+            size,
+            last_instance: &mut instance,
+            backoff: &mut backoff,
+        };
+        match run_connection(&pool, &setup, &mut rx, link).await {
             Err(LinkError::Shutdown) => return,
             Ok(()) => tracing::info!(index, "core connection closed"),
             Err(e) => tracing::warn!(index, error = %e, "core connection failed"),
@@ -179,14 +185,29 @@ async fn connection_task(
     }
 }
 
+/// One pooled connection's place in the pool and what it remembers across
+/// reconnections.
+struct Link<'a> {
+    index: u16,
+    size: u16,
+    /// The core instance the last connection was welcomed by.
+    last_instance: &'a mut Option<u64>,
+    /// Reconnection delays; reset once a connection is welcomed.
+    backoff: &'a mut Backoff,
+}
+
 async fn run_connection(
     pool: &Pool,
     setup: &PoolSetup,
-    index: u16,
-    size: u16,
     rx: &mut mpsc::Receiver<Frame>,
-    last_instance: &mut Option<u64>,
+    link: Link<'_>,
 ) -> Result<(), LinkError> {
+    let Link {
+        index,
+        size,
+        last_instance,
+        backoff,
+    } = link;
     let connecting = setup
         .endpoint
         .connect(setup.core, certs::CORE_SERVER_NAME)?;
@@ -248,6 +269,7 @@ async fn run_connection(
                 }
             }
             *last_instance = Some(instance);
+            backoff.reset();
         }
         other => {
             return Err(LinkError::Protocol(format!(

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lb::balancer::{Backend, Balancer, Decision};
 use lb::maglev::Maglev;
-use quic_lb::{CidEncoder, LbConfig};
+use lb_protocol::{CidEncoder, LbConfig};
 
 const TABLE_SIZE: usize = 65_537;
 const DATAGRAM_LEN: usize = 1200;

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lb::control::{Registration, run_registration};
-use lb::encap;
-use lb::server::{LbSettings, start};
-use quic_lb::CidEncoder;
-use tokio_util::sync::CancellationToken;
+use lb::server::start;
+use lb::settings::LbSettings;
+use lb_protocol::CidEncoder;
+use lb_protocol::control::{self, Answer, Registration};
+use lb_protocol::encap;
 
 const PAYLOAD: usize = 1200;
 
@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     certs::init(dir.path(), "bench.test", 1, false)?;
     let settings = LbSettings::local(dir.path().to_path_buf());
-    let lb_config = settings.quic_lb.config(dir.path())?;
+    let lb_config = settings.quic_lb_config()?;
     let lb = start(settings).await?;
     let lb_addr = lb.public_addrs[0];
 
@@ -80,20 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Register the echo socket as cm-1 over the real control channel.
-    let control_tls = lb::control::client_config(dir.path(), "cm-1")?;
-    let client_ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(run_registration(
-        client_ep,
-        control_tls,
-        lb.control_addr,
-        Registration {
-            node: "cm-1".into(),
-            server_id: 1,
-            encap: echo_addr,
-        },
-        shutdown.clone(),
-    ));
+    let (_control_ep, control_conn) = register(dir.path(), lb.control_addr, echo_addr).await?;
     while lb.backends().is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -168,7 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let median = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
     let p99 = |v: &[f64]| v.get(v.len() * 99 / 100).copied().unwrap_or(f64::NAN);
     stop.store(true, Ordering::Relaxed);
-    shutdown.cancel();
+    control_conn.close(0u32.into(), b"bench done");
     println!(
         "{{\"senders\":{senders},\"seconds\":{secs:.2},\"sent\":{sent},\"forwarded\":{forwarded},\"forwarded_per_second\":{pps:.0},\"balancer_cpu_seconds\":{lb_cpu:.2},\"forwarded_per_cpu_second\":{per_core:.0},\
          \"rtt_direct_median_us\":{:.1},\"rtt_via_lb_median_us\":{:.1},\"rtt_direct_p99_us\":{:.1},\"rtt_via_lb_p99_us\":{:.1},\
@@ -206,6 +193,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     lb.shutdown().await;
     Ok(())
+}
+
+/// Registers `encap` as cm-1 with the balancer's control endpoint, as a CM
+/// does (cm-node's `balancer_link`, which the balancer does not link), and
+/// returns the connection that keeps it registered (and its endpoint).
+async fn register(
+    pki_dir: &std::path::Path,
+    control_addr: SocketAddr,
+    encap: SocketAddr,
+) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
+    let pki = certs::PkiPaths::new(pki_dir);
+    let tls = certs::cluster_client_config(
+        &pki.ca_cert(),
+        &pki.cm_cert("cm-1"),
+        &pki.cm_key("cm-1"),
+        control::ALPN,
+    )?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(control::transport()));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let conn = endpoint
+        .connect_with(config, control_addr, certs::LB_SERVER_NAME)?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let registration = Registration {
+        node: "cm-1".into(),
+        server_id: 1,
+        encap,
+    };
+    send.write_all(&registration.to_line()).await?;
+    send.finish()?;
+    match Answer::from_line(&recv.read_to_end(control::MAX_ANSWER_LEN).await?) {
+        Answer::Accepted => Ok((endpoint, conn)),
+        Answer::Refused(why) => Err(format!("registration refused: {why}").into()),
+    }
 }
 
 /// CPU seconds used so far by the balancer's data-plane threads (`lb-*`).

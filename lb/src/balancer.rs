@@ -21,10 +21,11 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
+use lb_protocol::{CidDecoder, LbConfig};
 use prometheus_client::metrics::counter::Counter;
-use quic_lb::{CidDecoder, LbConfig};
 
 use crate::maglev::{DEFAULT_TABLE_SIZE, Maglev};
+use crate::membership::MAX_DEPARTED;
 use crate::packet::{self, LongType, PacketKind};
 
 /// Largest datagram forwarded (an Ethernet MTU's worth of UDP payload).
@@ -111,12 +112,10 @@ pub struct Balancer {
     maglev: Maglev,
     /// Backend index for each Maglev backend position.
     maglev_index: Vec<usize>,
-    /// Server ids of CMs that left (bounded by [`MAX_DEPARTED`]).
+    /// Server ids of CMs that left for good (bounded by [`MAX_DEPARTED`];
+    /// [`Membership`](crate::membership::Membership) decides which).
     departed: HashSet<Vec<u8>>,
 }
-
-/// Most departed server ids remembered.
-pub const MAX_DEPARTED: usize = 4096;
 
 impl Balancer {
     /// A balancer decoding CIDs with `configs` (old and new during rotation).
@@ -175,11 +174,18 @@ impl Balancer {
 
     /// The CM with `server_id` left for good (it stayed away past a grace
     /// period): its connections' packets now go where a live CM resets them.
-    /// Does nothing if it came back meanwhile.
+    /// Does nothing if it came back meanwhile, or if [`MAX_DEPARTED`] are
+    /// remembered already.
     pub fn mark_departed(&mut self, server_id: &[u8]) {
         if !self.by_server_id.contains_key(server_id) && self.departed.len() < MAX_DEPARTED {
             self.departed.insert(server_id.to_vec());
         }
+    }
+
+    /// Forgets a departed server id: its packets are dropped again (unless a
+    /// live CM holds it).
+    pub fn forget_departed(&mut self, server_id: &[u8]) {
+        self.departed.remove(server_id);
     }
 
     /// Marks a backend draining or not; returns whether it exists.
@@ -289,7 +295,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quic_lb::CidEncoder;
+    use lb_protocol::CidEncoder;
 
     fn config() -> LbConfig {
         LbConfig::new(0, 2, 6, Some([7u8; 16])).unwrap()
@@ -377,6 +383,13 @@ mod tests {
             b.route(&short(&cid)),
             Decision::Forward { index: 0 | 1, .. }
         ));
+        // forgotten (the remembered set was full): dropped again
+        b.forget_departed(&id);
+        assert_eq!(
+            b.route(&short(&cid)),
+            Decision::Drop(DropReason::UnknownServer)
+        );
+        b.mark_departed(&id);
         // it came back: its packets are its own again
         b.upsert(backend(2));
         assert_eq!(

@@ -1,10 +1,14 @@
-//! Prometheus metrics of the balancer.
+//! Prometheus metrics of the balancer (rendered by the admin endpoint's
+//! `/metrics`).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::balancer::DropReason;
+use crate::data_plane::DROP_REASONS as DATA_PLANE_DROPS;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -60,7 +64,7 @@ impl Metrics {
             "Joins, leaves and drain changes",
             m.membership_changes.clone(),
         );
-        for reason in crate::server::drop_reasons() {
+        for reason in drop_reasons() {
             let _ = m.drops.get_or_create(&vec![("reason", reason.to_owned())]);
         }
         Self { registry, ..m }
@@ -87,4 +91,14 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Every drop reason counted (for docs and tests): the balancer's, the data
+/// plane's, and refused control connections.
+pub fn drop_reasons() -> impl Iterator<Item = &'static str> {
+    DropReason::ALL
+        .iter()
+        .map(|r| r.name())
+        .chain(DATA_PLANE_DROPS)
+        .chain(["control_refused"])
 }

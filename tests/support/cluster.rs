@@ -38,7 +38,7 @@ pub struct Cluster {
     pub cms: Vec<Option<CmHandle>>,
     /// The balancer, for clusters started with one.
     pub lb: Option<lb::server::LbHandle>,
-    lb_addrs: Option<lb::server::LbSettings>,
+    lb_addrs: Option<lb::settings::LbSettings>,
     core_addr: SocketAddr,
     admin_addr: SocketAddr,
     database_url: Option<String>,
@@ -97,7 +97,7 @@ impl Cluster {
         };
         cluster.start_core().await;
         if with_lb {
-            let mut settings = lb::server::LbSettings::local(cluster.pki());
+            let mut settings = lb::settings::LbSettings::local(cluster.pki());
             // IPv4 and, where the machine has it, IPv6.
             if std::net::UdpSocket::bind("[::1]:0").is_ok() {
                 settings.listen.push("[::1]:0".parse().expect("addr"));

@@ -1,4 +1,19 @@
-//! QUIC-LB routable connection ids, per draft-ietf-quic-load-balancers-21.
+//! The wire between the connection managers (CMs) and the UDP load balancer:
+//! everything both sides must agree on, and nothing else (no sockets, no
+//! TLS, no runtime). Four formats:
+//!
+//! - **Connection ids** (QUIC-LB, draft-ietf-quic-load-balancers-21, the
+//!   root items below): the CM encodes its server id into every connection id
+//!   it issues, the balancer decodes it from each packet.
+//! - [`encap`]: the header that carries the client's address on every
+//!   datagram between balancer and CM, both ways.
+//! - [`control`]: how a CM registers with the balancer (ALPN, the
+//!   registration line and its answer, the control connections' transport
+//!   settings).
+//! - [`settings`]: the QUIC-LB settings both sides read from their
+//!   configuration files ([`QuicLbSettings`]).
+//!
+//! ## Connection ids
 //!
 //! A CM node (QUIC server) behind a UDP load balancer issues connection ids that
 //! encode its server id; the load balancer decodes the server id from the destination
@@ -17,7 +32,7 @@
 //! - [`QuicLbGenerator`]: a `quinn_proto::ConnectionIdGenerator` for quinn endpoints.
 //!
 //! ```
-//! use quic_lb::{CidDecoder, CidEncoder, LbConfig};
+//! use lb_protocol::{CidDecoder, CidEncoder, LbConfig};
 //!
 //! let config = LbConfig::new(0, 2, 6, Some([0x42; 16]))?;
 //! let encoder = CidEncoder::new(config.clone(), &[0x01, 0x07])?;
@@ -25,8 +40,12 @@
 //! let decoder = CidDecoder::new([config])?;
 //! assert_eq!(decoder.server_id(&cid).unwrap().as_bytes(), &[0x01, 0x07]);
 //! assert_eq!(decoder.cid_len_for(cid[0]), Some(9));
-//! # Ok::<(), quic_lb::ConfigError>(())
+//! # Ok::<(), lb_protocol::ConfigError>(())
 //! ```
+
+pub mod control;
+pub mod encap;
+pub mod settings;
 
 mod codec;
 mod config;
@@ -36,6 +55,7 @@ mod generator;
 pub use codec::{CidDecoder, CidEncoder, EncodeError, ServerId};
 pub use config::{ConfigError, LbConfig};
 pub use generator::QuicLbGenerator;
+pub use settings::QuicLbSettings;
 
 /// Config rotation codepoint reserved for unroutable CIDs (servers without a config).
 pub const UNROUTABLE_CONFIG: u8 = 0b111;
