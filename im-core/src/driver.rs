@@ -205,7 +205,7 @@ impl Driver {
             }
             Action::LoadRoster { user } => {
                 let load = |storage: Storage, user: &str| {
-                    let local = crate::router::local_of(user).to_owned();
+                    let local = crate::address::local(user).unwrap_or_default().to_owned();
                     storage.submit(move |db| {
                         if db.credentials(&local)?.is_none() {
                             return Ok(None);
@@ -407,7 +407,7 @@ impl Driver {
             return None;
         }
         let jid = self.router.table().jid_of(node, sid)?;
-        jid.split('@').next().map(str::to_owned)
+        crate::address::local(jid).map(str::to_owned)
     }
 
     /// Loads a user's stored messages, stamps them with their delay and

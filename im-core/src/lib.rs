@@ -8,6 +8,7 @@
 //! [`driver`] carries its decisions out, [`storage`] persists accounts and
 //! offline messages, [`admin`] serves metrics, routes and account changes.
 
+pub mod address;
 pub mod admin;
 pub mod auth;
 pub mod config;

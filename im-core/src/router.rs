@@ -15,6 +15,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, StreamCondition, ns};
 
+use crate::address;
 use crate::ledger::{Ledger, SmIds};
 use crate::storage::{ArchiveEntry, Roster, RosterItem};
 
@@ -500,7 +501,7 @@ impl Router {
             if route.available {
                 self.broadcast_unavailable(&full, &route.directed);
             }
-            self.forget_roster_if_unused(bare_of(&full));
+            self.forget_roster_if_unused(address::bare(&full));
         }
     }
 
@@ -509,7 +510,7 @@ impl Router {
             let addr = (node, route.sid);
             if self.ledgers.get(&addr).is_some_and(Ledger::resumable) {
                 // The session waits for its client to resume on another CM.
-                if let Some((bare, _)) = full.split_once('/') {
+                if let Some((bare, _)) = address::split_full(&full) {
                     self.table.insert(bare, route);
                 }
                 self.detach(addr);
@@ -521,7 +522,7 @@ impl Router {
             if route.available {
                 self.broadcast_unavailable(&full, &route.directed);
             }
-            self.forget_roster_if_unused(bare_of(&full));
+            self.forget_roster_if_unused(address::bare(&full));
         }
         self.forget_deferred(node);
     }
@@ -537,11 +538,7 @@ impl Router {
     }
 
     fn stanza(&mut self, node: NodeId, sid: SessionId, header: RouteHeader, payload: Bytes) {
-        let sender_bare = header
-            .from
-            .split_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or_else(|| header.from.clone());
+        let sender_bare = address::bare(&header.from).to_owned();
         let to = match header.to.as_deref() {
             None => None,
             Some(raw) => match Jid::new(raw) {
@@ -672,7 +669,7 @@ impl Router {
             return targets;
         }
         if matches!(mtype, "normal" | "chat") {
-            let user = bare.split('@').next().unwrap_or_default().to_owned();
+            let user = address::local(bare).unwrap_or_default().to_owned();
             let bounce = match sender {
                 Some((_, _, h)) => Bounce {
                     sender: h.from.clone(),
@@ -837,7 +834,7 @@ impl Router {
         from: &str,
         condition: StanzaCondition,
     ) {
-        let Some((bare, res)) = to_full.split_once('/') else {
+        let Some((bare, res)) = address::split_full(to_full) else {
             return;
         };
         let Some(r) = self.table.full(bare, res) else {
@@ -923,18 +920,8 @@ impl Router {
     /// The local part of a session's JID (its account).
     fn user_of(&self, (node, sid): SessionAddr) -> Option<String> {
         let jid = self.table.jid_of(node, sid)?;
-        jid.split_once('@').map(|(user, _)| user.to_owned())
+        address::local(jid).map(str::to_owned)
     }
-}
-
-/// The bare part of a JID.
-pub(crate) fn bare_of(jid: &str) -> &str {
-    jid.split_once('/').map_or(jid, |(b, _)| b)
-}
-
-/// The local part of a bare JID (the account's user name).
-pub(crate) fn local_of(bare: &str) -> &str {
-    bare.split_once('@').map_or(bare, |(l, _)| l)
 }
 
 /// The server's disco#info (XEP-0030): exactly what is served.

@@ -18,7 +18,8 @@ use xmpp_stream::stanza::{append_child, inspect, rewrite_attrs};
 use xmpp_stream::{StanzaCondition, ns};
 
 use super::roster::{contains, iq_result};
-use super::{Action, Router, local_of};
+use super::{Action, Router};
+use crate::address;
 use crate::routing::SessionAddr;
 use crate::storage::{ArchiveEntry, ArchiveQuery};
 
@@ -102,7 +103,7 @@ impl Router {
             .to_bytes(ns::CLIENT);
         let stamped = append_child(&payload, &top, &tag);
         let mut entries = vec![ArchiveEntry {
-            user: local_of(sender_bare).to_owned(),
+            user: address::local(sender_bare).unwrap_or_default().to_owned(),
             id: id.clone(),
             peer: to_bare.to_owned(),
             stamp: 0,
@@ -110,7 +111,7 @@ impl Router {
         }];
         if to_bare != sender_bare {
             entries.push(ArchiveEntry {
-                user: local_of(to_bare).to_owned(),
+                user: address::local(to_bare).unwrap_or_default().to_owned(),
                 id,
                 peer: sender_bare.to_owned(),
                 stamp: 0,
@@ -162,7 +163,7 @@ impl Router {
                 continue; // a message to oneself: one copy
             }
             seen.push(addr);
-            let bare = full.split_once('/').map_or(full.as_str(), |(b, _)| b);
+            let bare = address::bare(&full);
             let copy = wrap_forwarded(
                 &format!(
                     "<message xmlns=\"jabber:client\" from=\"{}\" to=\"{}\" type=\"chat\"><{kind} xmlns=\"{}\">",
@@ -202,7 +203,7 @@ impl Router {
         match parse_mam_query(query) {
             Ok((q, flip)) => {
                 let query = Query::Archive {
-                    user: local_of(bare).to_owned(),
+                    user: address::local(bare).unwrap_or_default().to_owned(),
                     requester: header.from.clone(),
                     iq_id: header.id.clone().unwrap_or_default(),
                     query_id: query.attr("queryid").map(str::to_owned),
@@ -229,14 +230,14 @@ impl Router {
         let iq_id = header.id.clone().unwrap_or_default();
         let query = if header.stanza_type.as_deref() == Some("get") {
             Query::VCardGet {
-                user: local_of(&owner).to_owned(),
+                user: address::local(&owner).unwrap_or_default().to_owned(),
                 from: to.map(|_| owner.clone()),
                 requester,
                 iq_id,
             }
         } else if owner == bare {
             Query::VCardSet {
-                user: local_of(bare).to_owned(),
+                user: address::local(bare).unwrap_or_default().to_owned(),
                 vcard: Bytes::from(vcard.to_bytes(ns::CLIENT)),
                 requester,
                 iq_id,

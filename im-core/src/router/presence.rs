@@ -8,8 +8,9 @@ use jid::Jid;
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
+use super::Router;
 use super::roster::presence_stanza;
-use super::{Router, bare_of};
+use crate::address;
 use crate::routing::SessionAddr;
 
 /// Most directed-presence targets remembered per session.
@@ -162,7 +163,7 @@ impl Router {
     /// Tells everyone who saw `full` available that it went away: the
     /// user's other resources, subscribed contacts, directed targets.
     pub(super) fn broadcast_unavailable(&mut self, full: &str, directed: &[Box<str>]) {
-        let bare = bare_of(full);
+        let bare = address::bare(full);
         let mut targets = self.others(bare, None);
         targets.extend(self.subscribers(bare));
         for to in directed {

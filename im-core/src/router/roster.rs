@@ -17,7 +17,8 @@ use jid::{BareJid, Jid};
 use xmpp_stream::element::Element;
 use xmpp_stream::{StanzaCondition, StreamCondition, ns};
 
-use super::{Action, Router, bare_of, local_of};
+use super::{Action, Router};
+use crate::address;
 use crate::routing::{NodeId, SessionAddr};
 use crate::storage::{Roster, RosterItem, Subscription};
 
@@ -107,7 +108,7 @@ impl Router {
     pub(super) fn roster_needed(&self, frame: &Frame) -> Option<String> {
         let bare = match frame {
             Frame::Bind { user, .. } => user.clone(),
-            Frame::Announce { jid, .. } => bare_of(jid).to_owned(),
+            Frame::Announce { jid, .. } => address::bare(jid).to_owned(),
             Frame::Stanza {
                 header, payload, ..
             } => match header.kind {
@@ -490,7 +491,7 @@ impl Router {
         let was_listed = roster.items.get(&item.jid).is_some_and(|i| i.listed);
         roster.items.insert(item.jid.clone(), item.clone());
         self.out.push(Action::SaveRosterItem {
-            user: local_of(bare).to_owned(),
+            user: address::local(bare).unwrap_or_default().to_owned(),
             item: item.clone(),
             version,
         });
@@ -513,7 +514,7 @@ impl Router {
         roster.version += 1;
         let version = roster.version;
         self.out.push(Action::RemoveRosterItem {
-            user: local_of(bare).to_owned(),
+            user: address::local(bare).unwrap_or_default().to_owned(),
             jid: contact.to_owned(),
             version,
         });

@@ -12,6 +12,7 @@ use xmpp_stream::stanza::{StanzaKind, inspect};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
 use super::{Action, Router};
+use crate::address;
 use crate::ledger::{DEFAULT_MAX_RESUME_SECS, Ledger, MAX_LEDGER_BYTES_TOTAL, Restored};
 use crate::routing::{NodeId, Route, SessionAddr};
 
@@ -190,7 +191,7 @@ impl Router {
         // A CM that never heard its `conflict`: the session lives elsewhere now.
         let moved = sm
             .as_ref()
-            .and_then(|sm| self.sm_ids.verify(&sm.id, bare_of(jid)))
+            .and_then(|sm| self.sm_ids.verify(&sm.id, address::bare(jid)))
             .and_then(|token| self.tokens.get(&token))
             .is_some_and(|addr| *addr != (node, sid));
         if moved || self.retired.contains(&(node, sid)) {
@@ -221,7 +222,7 @@ impl Router {
             (true, m) => m.min(DEFAULT_MAX_RESUME_SECS),
         };
         let id = if max > 0 {
-            self.sm_ids.issue(token, bare_of(&full))
+            self.sm_ids.issue(token, address::bare(&full))
         } else {
             String::new()
         };
@@ -245,7 +246,7 @@ impl Router {
     /// Rebuilds the ledger of a session a restarted core did not know from
     /// its CM's counters (what the lost core held unacknowledged is gone).
     fn restore_ledger(&mut self, node: NodeId, sid: SessionId, jid: &str, sm: SmSnapshot) {
-        let token = match self.sm_ids.verify(&sm.id, bare_of(jid)) {
+        let token = match self.sm_ids.verify(&sm.id, address::bare(jid)) {
             Some(t) if !self.tokens.contains_key(&t) => t,
             _ => self.new_token(),
         };
@@ -328,7 +329,7 @@ impl Router {
     /// XEP-0198 §5: unacknowledged messages go to another resource or
     /// offline storage (with a delay stamp); the rest is dropped.
     pub(super) fn reroute_unacked(&mut self, full: &str, ledger: Ledger) {
-        let bare = bare_of(full).to_owned();
+        let bare = address::bare(full).to_owned();
         for payload in ledger.into_unacked() {
             let Ok(top) = inspect(&payload) else { continue };
             if top.stanza_kind() != Some(StanzaKind::Message) {
@@ -438,7 +439,7 @@ impl Router {
             .map(str::to_owned)
             .ok_or(StanzaCondition::ItemNotFound)?;
         let route = {
-            let (bare, res) = full.split_once('/').ok_or(StanzaCondition::ItemNotFound)?;
+            let (bare, res) = address::split_full(&full).ok_or(StanzaCondition::ItemNotFound)?;
             self.table
                 .full(bare, res)
                 .cloned()
@@ -465,7 +466,7 @@ impl Router {
         };
         self.put_ledger((node, sid), ledger);
         // Move the route; the old stream (if its CM still holds it) is told `conflict`.
-        let bare = full.split_once('/').map_or(&*full, |(b, _)| b);
+        let bare = address::bare(&full);
         let moved = Route { node, sid, ..route };
         if let Some(previous) = self.table.insert(bare, moved)
             && old_stream_alive
@@ -532,9 +533,4 @@ pub(crate) fn storable_message(payload: &[u8]) -> bool {
         top.stanza_kind() == Some(StanzaKind::Message)
             && matches!(top.attr("type").unwrap_or("normal"), "normal" | "chat")
     })
-}
-
-/// The bare part of a full JID.
-fn bare_of(full: &str) -> &str {
-    full.split_once('/').map_or(full, |(b, _)| b)
 }
