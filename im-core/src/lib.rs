@@ -13,7 +13,6 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod driver;
-pub mod ledger;
 pub mod links;
 pub mod metrics;
 pub mod queries;

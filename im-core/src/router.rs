@@ -4,8 +4,7 @@
 //! carries out (send a frame to a node, store or flush offline messages).
 //! No sockets, no clocks, no storage: tests feed events and read actions.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,17 +15,18 @@ use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, StreamCondition, ns};
 
 use crate::address;
-use crate::ledger::{Ledger, SmIds};
 use crate::storage::{ArchiveEntry, Roster, RosterItem};
 
 mod archive;
 mod presence;
 mod roster;
+mod sm_sessions;
 mod stream_management;
 
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
 pub use archive::Query;
 pub(crate) use archive::{embeddable, wrap_forwarded};
+use sm_sessions::{Incoming, SmSessions};
 pub(crate) use stream_management::storable_message;
 
 /// Something the driver must do.
@@ -212,22 +212,8 @@ pub struct Router {
     out: Vec<Action>,
     resource_counter: u64,
     resource_seed: u64,
-    /// Delivery ledgers of SM sessions, by current address.
-    ledgers: HashMap<SessionAddr, Ledger>,
-    /// SM resumption tokens to current addresses.
-    tokens: HashMap<u64, SessionAddr>,
-    /// Expiry deadlines of detached sessions (checked lazily on Tick).
-    expiries: BinaryHeap<Reverse<(Instant, u64)>>,
-    sm_ids: SmIds,
-    /// Ledgers whose client is away.
-    detached: usize,
-    /// Bytes in all ledgers.
-    ledger_bytes: usize,
-    /// Addresses of SM sessions that ended or moved (bounded, see
-    /// [`stream_management::RETIRED_MEMORY`]).
-    retired: std::collections::HashSet<SessionAddr>,
-    retired_order: std::collections::VecDeque<SessionAddr>,
-    next_token: u64,
+    /// Stream-management sessions (XEP-0198).
+    sessions: SmSessions,
     now: Instant,
     /// (token, h) of the SM stanza being routed, for offline stores.
     origin: Option<(u64, u32)>,
@@ -260,15 +246,7 @@ impl Router {
             out: Vec::new(),
             resource_counter: 0,
             resource_seed: seed,
-            ledgers: HashMap::new(),
-            tokens: HashMap::new(),
-            expiries: BinaryHeap::new(),
-            sm_ids: SmIds::new(rand::random()),
-            detached: 0,
-            ledger_bytes: 0,
-            retired: Default::default(),
-            retired_order: Default::default(),
-            next_token: seed,
+            sessions: SmSessions::new(seed, rand::random()),
             now: Instant::now(),
             origin: None,
             rosters: HashMap::new(),
@@ -295,19 +273,19 @@ impl Router {
 
     /// Keys SM ids with `secret` (persisted, so ids survive a core restart).
     pub fn with_sm_secret(mut self, secret: [u8; 32]) -> Self {
-        self.sm_ids = SmIds::new(secret);
+        self.sessions = SmSessions::new(self.resource_seed, secret);
         self
     }
 
     /// Whether the core tracks deliveries to this session (it keeps them
     /// until acknowledged, so a failed send loses nothing).
     pub fn is_tracked(&self, addr: SessionAddr) -> bool {
-        self.ledgers.contains_key(&addr)
+        self.sessions.is_tracked(addr)
     }
 
     /// SM sessions tracked (attached or detached) and of those detached.
     pub fn sm_counts(&self) -> (usize, usize) {
-        (self.ledgers.len(), self.detached)
+        self.sessions.counts()
     }
 
     /// The routing table (read-only).
@@ -323,9 +301,12 @@ impl Router {
                 node,
                 index,
                 pool_size,
-            } => self.link_lost(node, index, pool_size),
+            } => self.link_lost(node, index, pool_size, self.now),
             Input::Frame { node, frame } => self.frame(node, frame),
-            Input::Tick { now } => self.tick(now),
+            Input::Tick { now } => {
+                self.now = now;
+                self.expire(now);
+            }
             Input::Stored { origin } => self.stored(origin),
             Input::Offline { user, to, messages } => self.offline(user, to, messages),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster),
@@ -385,26 +366,26 @@ impl Router {
                 payload,
             } => {
                 self.stats.stanzas_in += 1;
-                match self.ledgers.get_mut(&(node, sid)) {
+                match self.sessions.count_in((node, sid)) {
                     // a stream the session has left (resumed elsewhere)
-                    Some(l) if l.detached_at.is_some() => return,
-                    Some(l) => self.origin = Some((l.token, l.count_in())),
-                    None if self.table.jid_of(node, sid).is_none() => return,
-                    None => {}
+                    Incoming::FromDetached => return,
+                    Incoming::Counted(origin) => self.origin = Some(origin),
+                    Incoming::Untracked if self.table.jid_of(node, sid).is_none() => return,
+                    Incoming::Untracked => {}
                 }
                 self.stanza(node, sid, header, payload);
                 self.origin = None;
             }
             Frame::Bounce { sid, to, payload } => {
-                if !self.bounce_tracked((node, sid)) {
+                if !self.bounce_tracked((node, sid), self.now) {
                     self.bounced(node, sid, &to, payload)
                 }
             }
             Frame::SessionEnd { sid, clean, .. } => {
-                if clean && self.ledgers.contains_key(&(node, sid)) {
+                if clean && self.sessions.is_tracked((node, sid)) {
                     self.end_tracked((node, sid));
-                } else if self.ledgers.contains_key(&(node, sid)) {
-                    self.detach((node, sid));
+                } else if self.sessions.is_tracked((node, sid)) {
+                    self.detach((node, sid), self.now);
                 } else {
                     self.session_end(node, sid)
                 }
@@ -465,7 +446,7 @@ impl Router {
     /// kick it and hand what it never acknowledged to the user's sessions.
     fn replaced(&mut self, (old_node, old_sid): SessionAddr, full: &str) {
         self.kick((old_node, old_sid), StreamCondition::Conflict);
-        if let Some(ledger) = self.take_ledger((old_node, old_sid)) {
+        if let Some(ledger) = self.sessions.remove((old_node, old_sid)) {
             self.reroute_unacked(full, ledger);
         }
     }
@@ -508,15 +489,15 @@ impl Router {
     fn node_gone(&mut self, node: NodeId) {
         for (full, route) in self.table.drop_node(node) {
             let addr = (node, route.sid);
-            if self.ledgers.get(&addr).is_some_and(Ledger::resumable) {
+            if self.sessions.is_resumable(addr) {
                 // The session waits for its client to resume on another CM.
                 if let Some((bare, _)) = address::split_full(&full) {
                     self.table.insert(bare, route);
                 }
-                self.detach(addr);
+                self.detach(addr, self.now);
                 continue;
             }
-            if let Some(ledger) = self.take_ledger(addr) {
+            if let Some(ledger) = self.sessions.remove(addr) {
                 self.reroute_unacked(&full, ledger);
             }
             if route.available {
@@ -858,7 +839,7 @@ impl Router {
 
     fn deliver_as(&mut self, (node, sid): SessionAddr, payload: Bytes, queue: bool) {
         match self.track((node, sid), &payload, queue) {
-            stream_management::Tracking::Untracked | stream_management::Tracking::Send => {
+            stream_management::Tracking::Send => {
                 self.stats.delivered += 1;
                 self.send(node, Frame::Deliver { sid, payload });
             }
@@ -896,13 +877,8 @@ impl Router {
     /// acknowledged; returns the origin to report [`Input::Stored`] for.
     fn hold_ack(&mut self) -> Option<(u64, u32)> {
         let origin = self.origin;
-        if let Some((token, h)) = origin
-            && let Some(l) = self
-                .tokens
-                .get(&token)
-                .and_then(|a| self.ledgers.get_mut(a))
-        {
-            l.store_started(h);
+        if let Some(origin) = origin {
+            self.sessions.store_started(origin);
         }
         origin
     }

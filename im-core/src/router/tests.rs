@@ -556,7 +556,7 @@ fn a_cm_back_after_its_sessions_detached_has_them_resume() {
 fn a_full_ledger_spills_to_storage_and_is_flushed_once_the_client_caught_up() {
     let mut r = Router::new("x", 1);
     sm_pair(&mut r);
-    let max = crate::ledger::MAX_UNACKED;
+    let max = super::sm_sessions::MAX_UNACKED;
     for i in 0..max {
         assert_eq!(delivered_to(&chat(&mut r, &format!("m{i}"))).len(), 1);
     }
