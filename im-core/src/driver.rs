@@ -383,7 +383,9 @@ impl Driver {
         };
         if self.router.is_tracked((node, sid)) {
             // The CM's numbering would skip it: the session resumes instead.
-            return self.router.delivery_failed((node, sid), std::time::Instant::now());
+            return self
+                .router
+                .delivery_failed((node, sid), std::time::Instant::now());
         }
         let Some(user) = self.offline_target(node, sid, &payload) else {
             return Vec::new();

@@ -4,7 +4,6 @@
 //! carries out (send a frame to a node, store or flush offline messages).
 //! No sockets, no clocks, no storage: tests feed events and read actions.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,12 +19,14 @@ use crate::storage::{ArchiveEntry, Roster, RosterItem};
 mod archive;
 mod presence;
 mod roster;
+mod roster_cache;
 mod sm_sessions;
 mod stream_management;
 
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
 pub use archive::Query;
 pub(crate) use archive::{embeddable, wrap_forwarded};
+use roster_cache::{RosterCache, roster_for};
 use sm_sessions::{Incoming, SmSessions};
 pub(crate) use stream_management::storable_message;
 
@@ -217,13 +218,8 @@ pub struct Router {
     now: Instant,
     /// (token, h) of the SM stanza being routed, for offline stores.
     origin: Option<(u64, u32)>,
-    /// Rosters of users with sessions (and of users a frame waits for).
-    rosters: HashMap<String, roster::RosterState>,
-    /// Frames waiting for a user's roster, by bare JID.
-    loading: HashMap<String, Vec<(NodeId, Frame)>>,
-    /// Sessions with a waiting frame: the roster they wait for, and how
-    /// many of their stanzas wait.
-    waiting: HashMap<SessionAddr, (String, usize)>,
+    /// Rosters in memory, and the frames waiting for one.
+    rosters: RosterCache,
     /// Sessions with a storage query being answered (one at a time).
     querying: std::collections::HashSet<SessionAddr>,
     push_counter: u64,
@@ -249,9 +245,7 @@ impl Router {
             sessions: SmSessions::new(seed, rand::random()),
             now: Instant::now(),
             origin: None,
-            rosters: HashMap::new(),
-            loading: HashMap::new(),
-            waiting: HashMap::new(),
+            rosters: RosterCache::default(),
             querying: Default::default(),
             push_counter: 0,
             archive: true,
@@ -337,13 +331,14 @@ impl Router {
 
     fn frame(&mut self, node: NodeId, frame: Frame) {
         // Frames wait, in order, for rosters not loaded yet.
-        if !self.waiting.is_empty()
-            && let Some(sid) = frame.sid()
-            && let Some((user, _)) = self.waiting.get(&(node, sid)).cloned()
+        if let Some(sid) = frame.sid()
+            && let Some(user) = self.rosters.waited_for((node, sid))
         {
             return self.defer(user, node, frame);
         }
-        if let Some(user) = self.roster_needed(&frame) {
+        if let Some(user) = roster_for(&frame, &self.domain)
+            && !self.rosters.is_loaded(&user)
+        {
             return self.defer(user, node, frame);
         }
         match frame {
@@ -505,7 +500,7 @@ impl Router {
             }
             self.forget_roster_if_unused(address::bare(&full));
         }
-        self.forget_deferred(node);
+        self.rosters.forget_node(node);
     }
 
     /// Available sessions of `bare` other than `except`.

@@ -1,76 +1,23 @@
-//! Rosters and presence subscriptions (RFC 6121 §2, §3, XEP-0237).
-//!
-//! The router keeps the rosters of users with a session (loaded when the
-//! first one binds) and of users a subscription stanza is addressed to
-//! (loaded for that stanza, dropped after). A frame that needs a roster not
-//! yet loaded waits, with every later frame of its session, until the
-//! driver reports the roster ([`super::Input::RosterLoaded`]); so the
-//! router never blocks on storage and a session's frames keep their order.
-//! Every change is written through to storage by [`Action::SaveRosterItem`]
+//! Rosters and presence subscriptions (RFC 6121 §2, §3, XEP-0237): the
+//! router's side, working on the rosters of the
+//! [`RosterCache`](super::roster_cache::RosterCache). Every change is written through to storage by [`Action::SaveRosterItem`]
 //! and [`Action::RemoveRosterItem`], queued in routing order.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
-use cm_protocol::{Frame, Kind, RouteHeader};
+use cm_protocol::{Frame, RouteHeader};
 use jid::{BareJid, Jid};
 use xmpp_stream::element::Element;
 use xmpp_stream::{StanzaCondition, StreamCondition, ns};
 
+use super::roster_cache::Deferred;
 use super::{Action, Router};
 use crate::address;
 use crate::routing::{NodeId, SessionAddr};
 use crate::storage::{Roster, RosterItem, Subscription};
 
-/// Most items in one roster.
-pub const MAX_ROSTER_ITEMS: usize = 2000;
-/// Most bytes of names, JIDs and groups in one roster, so that the whole
-/// roster fits one stanza (and one CM↔core frame) with room to spare.
-pub const MAX_ROSTER_BYTES: usize = 256 * 1024;
-/// Most requests a user has not answered yet, kept beyond the roster.
-const MAX_PENDING_IN: usize = 500;
 /// Most groups per item, and most characters in a name or group.
 const MAX_GROUPS: usize = 32;
 const MAX_TEXT: usize = 1023;
-/// Most stanzas of one session waiting for a roster to load; past it the
-/// session is ended and its further stanzas are dropped (its control
-/// frames, such as its end, still wait in order).
-const MAX_DEFERRED: usize = 256;
-
-/// A loaded roster.
-#[derive(Debug, Default)]
-pub(crate) struct RosterState {
-    /// The account exists (rosters of unknown users stay empty).
-    exists: bool,
-    version: u64,
-    items: HashMap<String, RosterItem>,
-}
-
-impl RosterState {
-    /// Whether the roster still fits its bounds with `item` in it (in place
-    /// of any item with its JID).
-    fn fits(&self, item: &RosterItem) -> bool {
-        let old = self.items.get(&item.jid);
-        let bytes: usize = self.items.values().map(item_bytes).sum::<usize>()
-            - old.map_or(0, item_bytes)
-            + item_bytes(item);
-        let count = |listed: bool| {
-            self.items.values().filter(|i| i.listed == listed).count()
-                - usize::from(old.is_some_and(|o| o.listed == listed))
-                + usize::from(item.listed == listed)
-        };
-        bytes <= MAX_ROSTER_BYTES
-            && count(true) <= MAX_ROSTER_ITEMS
-            && count(false) <= MAX_PENDING_IN
-    }
-}
-
-/// Roughly what an item takes in a roster result.
-fn item_bytes(i: &RosterItem) -> usize {
-    64 + i.jid.len()
-        + i.name.as_ref().map_or(0, String::len)
-        + i.groups.iter().map(|g| g.len() + 16).sum::<usize>()
-}
 
 /// A subscription presence type (RFC 6121 §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,98 +50,25 @@ impl SubType {
 }
 
 impl Router {
-    /// The bare JID whose roster `frame` needs and the router has not
-    /// loaded, if any.
-    pub(super) fn roster_needed(&self, frame: &Frame) -> Option<String> {
-        let bare = match frame {
-            Frame::Bind { user, .. } => user.clone(),
-            Frame::Announce { jid, .. } => address::bare(jid).to_owned(),
-            Frame::Stanza {
-                header, payload, ..
-            } => match header.kind {
-                Kind::Presence
-                    if header
-                        .stanza_type
-                        .as_deref()
-                        .is_some_and(|t| SubType::parse(t).is_some()) =>
-                {
-                    self.local_bare(header.to.as_deref()?)?
-                }
-                Kind::Iq
-                    if header.stanza_type.as_deref() == Some("set")
-                        && contains(payload, ns::ROSTER.as_bytes()) =>
-                {
-                    let el = Element::parse(payload, ns::CLIENT).ok()?;
-                    let item = el.child("query", ns::ROSTER)?.child("item", ns::ROSTER)?;
-                    if item.attr("subscription") != Some("remove") {
-                        return None;
-                    }
-                    self.local_bare(item.attr("jid")?)?
-                }
-                _ => return None,
-            },
-            _ => return None,
-        };
-        (!self.rosters.contains_key(&bare)).then_some(bare)
-    }
-
-    /// The normalized bare JID of a local account, if `jid` names one.
-    fn local_bare(&self, jid: &str) -> Option<String> {
-        let jid = Jid::new(jid).ok()?;
-        (jid.node().is_some() && jid.domain().as_str() == self.domain)
-            .then(|| jid.to_bare().to_string())
-    }
-
     /// Keeps `frame` until `user`'s roster is loaded; later frames of its
     /// session wait behind it.
     pub(super) fn defer(&mut self, user: String, node: NodeId, frame: Frame) {
-        let stanza = matches!(frame, Frame::Stanza { .. });
-        if let Some(sid) = frame.sid() {
-            let (_, count) = self
-                .waiting
-                .entry((node, sid))
-                .or_insert_with(|| (user.clone(), 0));
-            if stanza {
-                *count += 1;
-                if *count > MAX_DEFERRED {
-                    if *count == MAX_DEFERRED + 1 {
-                        tracing::warn!(user, "a session floods stanzas while its roster loads");
-                        self.kick((node, sid), StreamCondition::PolicyViolation);
-                    }
-                    return;
+        let sid = frame.sid();
+        match self.rosters.defer(user.clone(), node, frame) {
+            Deferred::Waiting { load: true } => self.out.push(Action::LoadRoster { user }),
+            Deferred::Waiting { load: false } | Deferred::Dropped { kick: false } => {}
+            Deferred::Dropped { kick: true } => {
+                if let Some(sid) = sid {
+                    self.kick((node, sid), StreamCondition::PolicyViolation);
                 }
             }
         }
-        self.loading
-            .entry(user.clone())
-            .or_insert_with(|| {
-                self.out.push(Action::LoadRoster { user });
-                Vec::new()
-            })
-            .push((node, frame));
-    }
-
-    /// The frames waiting for `user`'s roster, their sessions no longer
-    /// marked as waiting for it.
-    fn take_waiting(&mut self, user: &str) -> Vec<(NodeId, Frame)> {
-        let queue = self.loading.remove(user).unwrap_or_default();
-        for (node, frame) in &queue {
-            if let Some(sid) = frame.sid()
-                && self
-                    .waiting
-                    .get(&(*node, sid))
-                    .is_some_and(|(u, _)| u == user)
-            {
-                self.waiting.remove(&(*node, sid));
-            }
-        }
-        queue
     }
 
     /// A roster could not be read: the sessions that waited for it end.
     pub(super) fn roster_failed(&mut self, user: String) {
         let mut ended = std::collections::HashSet::new();
-        for (node, frame) in self.take_waiting(&user) {
+        for (node, frame) in self.rosters.failed(&user) {
             if let Some(sid) = frame.sid()
                 && ended.insert((node, sid))
             {
@@ -206,16 +80,7 @@ impl Router {
     /// A roster the router asked for (`None`: no such account): keep it and
     /// handle the frames that waited for it.
     pub(super) fn roster_loaded(&mut self, user: String, roster: Option<Roster>) {
-        let state = match roster {
-            Some(r) => RosterState {
-                exists: true,
-                version: r.version,
-                items: r.items.into_iter().map(|i| (i.jid.clone(), i)).collect(),
-            },
-            None => RosterState::default(),
-        };
-        self.rosters.entry(user.clone()).or_insert(state);
-        for (node, frame) in self.take_waiting(&user) {
+        for (node, frame) in self.rosters.loaded(&user, roster) {
             self.frame(node, frame);
         }
         self.forget_roster_if_unused(&user);
@@ -224,25 +89,13 @@ impl Router {
     /// Drops a cached roster once its user has no session and no frame
     /// waits for it.
     pub(super) fn forget_roster_if_unused(&mut self, bare: &str) {
-        if self.table.resources(bare).is_empty() && !self.loading.contains_key(bare) {
-            self.rosters.remove(bare);
-        }
-    }
-
-    /// Frames from `node` that wait for rosters are dropped with the node.
-    pub(super) fn forget_deferred(&mut self, node: NodeId) {
-        for queue in self.loading.values_mut() {
-            queue.retain(|(n, _)| *n != node);
-        }
-        self.waiting.retain(|(n, _), _| *n != node);
+        let in_use = !self.table.resources(bare).is_empty();
+        self.rosters.forget_if_unused(bare, in_use);
     }
 
     /// The user's roster items.
     pub(super) fn roster_items(&self, bare: &str) -> impl Iterator<Item = &RosterItem> {
-        self.rosters
-            .get(bare)
-            .into_iter()
-            .flat_map(|r| r.items.values())
+        self.rosters.items(bare)
     }
 
     /// Answers a roster get or set from `addr` (RFC 6121 §2.1, §2.3–2.5).
@@ -266,12 +119,12 @@ impl Router {
                     StanzaCondition::InternalServerError,
                 );
             };
-            let version = roster.version.to_string();
+            let version = roster.version().to_string();
             let mut reply = iq_result(header);
             // XEP-0237: an up-to-date client gets an empty result.
             if query.attr("ver") != Some(version.as_str()) {
                 let mut q = Element::new("query", ns::ROSTER).with_attr("ver", version);
-                for item in roster.items.values().filter(|i| i.listed) {
+                for item in roster.listed() {
                     q = q.with_child(item_element(item));
                 }
                 reply = reply.with_child(q);
@@ -299,7 +152,7 @@ impl Router {
             .get(bare)
             .ok_or(StanzaCondition::InternalServerError)?;
         if item.attr("subscription") == Some("remove") {
-            let Some(old) = roster.items.get(&contact).cloned() else {
+            let Some(old) = roster.item(&contact).cloned() else {
                 return Err(StanzaCondition::ItemNotFound);
             };
             // RFC 6121 §2.5.2: cancel both directions first.
@@ -328,7 +181,7 @@ impl Router {
         {
             return Err(StanzaCondition::NotAcceptable);
         }
-        let mut entry = roster.items.get(&contact).cloned().unwrap_or(RosterItem {
+        let mut entry = roster.item(&contact).cloned().unwrap_or(RosterItem {
             jid: contact.clone(),
             ..Default::default()
         });
@@ -400,7 +253,7 @@ impl Router {
 
     /// The contact's side: `contact` receives `kind` from `from`.
     fn subscription_in(&mut self, contact: &str, from: &str, kind: SubType) {
-        if !self.rosters.get(contact).is_some_and(|r| r.exists) {
+        if !self.rosters.get(contact).is_some_and(|r| r.exists()) {
             // No such account: the request is refused on its behalf, so the
             // user's item does not wait forever.
             if kind == SubType::Subscribe {
@@ -473,7 +326,7 @@ impl Router {
     fn item(&self, bare: &str, contact: &str) -> RosterItem {
         self.rosters
             .get(bare)
-            .and_then(|r| r.items.get(contact))
+            .and_then(|r| r.item(contact))
             .cloned()
             .unwrap_or(RosterItem {
                 jid: contact.to_owned(),
@@ -483,13 +336,9 @@ impl Router {
 
     /// Stores a changed item and pushes it to the interested sessions.
     fn put_item(&mut self, bare: &str, item: RosterItem) {
-        let Some(roster) = self.rosters.get_mut(bare) else {
+        let Some((version, was_listed)) = self.rosters.put_item(bare, item.clone()) else {
             return;
         };
-        roster.version += 1;
-        let version = roster.version;
-        let was_listed = roster.items.get(&item.jid).is_some_and(|i| i.listed);
-        roster.items.insert(item.jid.clone(), item.clone());
         self.out.push(Action::SaveRosterItem {
             user: address::local(bare).unwrap_or_default().to_owned(),
             item: item.clone(),
@@ -505,14 +354,9 @@ impl Router {
     }
 
     fn remove_item(&mut self, bare: &str, contact: &str) {
-        let Some(roster) = self.rosters.get_mut(bare) else {
+        let Some((old, version)) = self.rosters.remove_item(bare, contact) else {
             return;
         };
-        let Some(old) = roster.items.remove(contact) else {
-            return;
-        };
-        roster.version += 1;
-        let version = roster.version;
         self.out.push(Action::RemoveRosterItem {
             user: address::local(bare).unwrap_or_default().to_owned(),
             jid: contact.to_owned(),
