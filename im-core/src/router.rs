@@ -17,6 +17,7 @@ use crate::address;
 use crate::storage::{ArchiveEntry, Roster, RosterItem};
 
 mod archive;
+mod archive_ids;
 mod presence;
 mod roster;
 mod roster_cache;
@@ -26,6 +27,7 @@ mod stream_management;
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
 pub use archive::Query;
 pub(crate) use archive::{embeddable, wrap_forwarded};
+use archive_ids::ArchiveIds;
 use roster_cache::{RosterCache, roster_for};
 use sm_sessions::{Incoming, SmSessions};
 pub(crate) use stream_management::storable_message;
@@ -223,12 +225,8 @@ pub struct Router {
     /// Sessions with a storage query being answered (one at a time).
     querying: std::collections::HashSet<SessionAddr>,
     push_counter: u64,
-    /// Messages are archived (XEP-0313).
-    archive: bool,
-    /// Archive ids are `archive_base + counter`: increasing, so the
-    /// archive's indexes grow at their ends (see [`Router::with_archive`]).
-    archive_base: u64,
-    archive_counter: u64,
+    /// Ids of archived messages; none: messages are not archived (XEP-0313).
+    archive: Option<ArchiveIds>,
     /// Counters.
     pub stats: RouterStats,
 }
@@ -248,9 +246,7 @@ impl Router {
             rosters: RosterCache::default(),
             querying: Default::default(),
             push_counter: 0,
-            archive: true,
-            archive_base: seed,
-            archive_counter: 0,
+            archive: Some(ArchiveIds::new(seed)),
             stats: RouterStats::default(),
         }
     }
@@ -260,8 +256,7 @@ impl Router {
     /// increase across restarts unless a run averaged more than 16 million
     /// archived messages a second.
     pub fn with_archive(mut self, on: bool, base: u64) -> Self {
-        self.archive = on;
-        self.archive_base = base;
+        self.archive = on.then(|| ArchiveIds::new(base));
         self
     }
 
@@ -758,14 +753,14 @@ impl Router {
             }
             ("ping", ns::PING, "get") => result(),
             ("query", ns::DISCO_INFO, "get") => result().with_child(match for_account {
-                true => account_info(self.archive),
+                true => account_info(self.archive.is_some()),
                 false => disco_info(),
             }),
             ("query", ns::DISCO_ITEMS, "get") => {
                 result().with_child(Element::new("query", ns::DISCO_ITEMS))
             }
             ("query", ns::ROSTER, _) => return self.roster_iq(addr, header, child, sender_bare),
-            ("query", ns::MAM, _) if self.archive => {
+            ("query", ns::MAM, _) if self.archive.is_some() => {
                 return self.mam_iq(addr, header, child, sender_bare);
             }
             ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),

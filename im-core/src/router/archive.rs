@@ -80,7 +80,7 @@ impl Router {
         to_bare: &str,
         payload: Bytes,
     ) -> Bytes {
-        if !self.archive || !contains(&payload, b"<body") {
+        if self.archive.is_none() || !contains(&payload, b"<body") {
             return payload; // chat states, receipts: not archived
         }
         // XEP-0359 §3.1: ids claiming to be ours come only from us.
@@ -92,11 +92,10 @@ impl Router {
         let Ok(top) = inspect(&payload) else {
             return payload;
         };
-        self.archive_counter += 1;
-        let id = format!(
-            "{:016x}",
-            self.archive_base.wrapping_add(self.archive_counter)
-        );
+        let Some(ids) = &mut self.archive else {
+            return payload;
+        };
+        let id = ids.next_id();
         let tag = Element::new("stanza-id", ns::SID)
             .with_attr("id", id.clone())
             .with_attr("by", to_bare)
