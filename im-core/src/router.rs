@@ -8,26 +8,31 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
-use jid::{BareJid, Jid};
-use xmpp_stream::element::Element;
 use xmpp_stream::stanza::{StanzaKind, error_reply};
-use xmpp_stream::{StanzaCondition, StreamCondition, ns};
+use xmpp_stream::{StanzaCondition, StreamCondition};
 
 use crate::address;
 use crate::storage::{ArchiveEntry, Roster, RosterItem};
 
 mod archive;
 mod archive_ids;
+mod binding;
+mod carbons;
+mod forward;
+mod iq;
 mod presence;
-mod roster;
+mod query;
 mod roster_cache;
+mod roster_waits;
+mod rules;
 mod sm_sessions;
 mod stream_management;
+mod subscriptions;
 
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
-pub use archive::Query;
-pub(crate) use archive::{embeddable, wrap_forwarded};
 use archive_ids::ArchiveIds;
+pub(crate) use forward::{embeddable, wrap_forwarded};
+pub use query::Query;
 use roster_cache::{RosterCache, roster_for};
 use sm_sessions::{Incoming, SmSessions};
 pub(crate) use stream_management::storable_message;
@@ -389,115 +394,6 @@ impl Router {
         }
     }
 
-    /// Binds a resource for a session the core authenticated as `user`
-    /// (the CM, a trusted cluster member, carries the user from AuthSuccess).
-    fn bind(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        user: &str,
-        iq_id: String,
-        resource: Option<String>,
-    ) {
-        let resource = match resource.filter(|r| !r.is_empty()) {
-            Some(r) => r,
-            None => self.generate_resource(),
-        };
-        let full = BareJid::new(user)
-            .ok()
-            .and_then(|b| b.with_resource_str(&resource).ok());
-        let Some(full) = full else {
-            self.send(
-                node,
-                Frame::BindResult {
-                    sid,
-                    iq_id,
-                    result: Err("bad-request".into()),
-                },
-            );
-            return;
-        };
-        let bare = full.to_bare().to_string();
-        let resource = full.resource().to_string();
-        if let Some(old) = self.table.bind(&bare, &resource, node, sid, false, 0) {
-            self.replaced(old, &full.to_string());
-        }
-        self.send(
-            node,
-            Frame::BindResult {
-                sid,
-                iq_id,
-                result: Ok(full.to_string()),
-            },
-        );
-    }
-
-    /// A session was replaced by a new one with its full JID (`conflict`):
-    /// kick it and hand what it never acknowledged to the user's sessions.
-    fn replaced(&mut self, (old_node, old_sid): SessionAddr, full: &str) {
-        self.kick((old_node, old_sid), StreamCondition::Conflict);
-        if let Some(ledger) = self.sessions.remove((old_node, old_sid)) {
-            self.reroute_unacked(full, ledger);
-        }
-    }
-
-    fn generate_resource(&mut self) -> String {
-        self.resource_counter += 1;
-        let x = self
-            .resource_seed
-            .wrapping_add(self.resource_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        format!("ll-{:016x}", x ^ (x >> 29))
-    }
-
-    fn announce(&mut self, node: NodeId, sid: SessionId, jid: &str, available: bool, priority: i8) {
-        let Ok(full) = jid::FullJid::new(jid) else {
-            tracing::warn!(node, jid, "announce with an invalid JID");
-            return;
-        };
-        let bare = full.to_bare().to_string();
-        if let Some(old) = self.table.bind(
-            &bare,
-            full.resource().as_str(),
-            node,
-            sid,
-            available,
-            priority,
-        ) {
-            self.replaced(old, jid);
-        }
-    }
-
-    fn session_end(&mut self, node: NodeId, sid: SessionId) {
-        if let Some((full, route)) = self.table.unbind(node, sid) {
-            if route.available {
-                self.broadcast_unavailable(&full, &route.directed);
-            }
-            self.forget_roster_if_unused(address::bare(&full));
-        }
-    }
-
-    fn node_gone(&mut self, node: NodeId) {
-        for (full, route) in self.table.drop_node(node) {
-            let addr = (node, route.sid);
-            if self.sessions.is_resumable(addr) {
-                // The session waits for its client to resume on another CM.
-                if let Some((bare, _)) = address::split_full(&full) {
-                    self.table.insert(bare, route);
-                }
-                self.detach(addr, self.now);
-                continue;
-            }
-            if let Some(ledger) = self.sessions.remove(addr) {
-                self.reroute_unacked(&full, ledger);
-            }
-            if route.available {
-                self.broadcast_unavailable(&full, &route.directed);
-            }
-            self.forget_roster_if_unused(address::bare(&full));
-        }
-        self.rosters.forget_node(node);
-    }
-
     /// Available sessions of `bare` other than `except`.
     fn others(&self, bare: &str, except: Option<SessionAddr>) -> Vec<SessionAddr> {
         self.table
@@ -506,270 +402,6 @@ impl Router {
             .filter(|r| r.available && Some((r.node, r.sid)) != except)
             .map(|r| (r.node, r.sid))
             .collect()
-    }
-
-    fn stanza(&mut self, node: NodeId, sid: SessionId, header: RouteHeader, payload: Bytes) {
-        let sender_bare = address::bare(&header.from).to_owned();
-        let to = match header.to.as_deref() {
-            None => None,
-            Some(raw) => match Jid::new(raw) {
-                Ok(jid) => Some(jid),
-                Err(_) => {
-                    self.reply_error(node, sid, &header, StanzaCondition::JidMalformed);
-                    return;
-                }
-            },
-        };
-        match header.kind {
-            Kind::Presence => self.presence(node, sid, &header, to, payload, &sender_bare),
-            Kind::Message => self.message(node, sid, &header, to, payload, &sender_bare),
-            Kind::Iq => self.iq(node, sid, &header, to, payload, &sender_bare),
-        }
-    }
-
-    fn is_local(&self, jid: &Jid) -> bool {
-        jid.domain().as_str() == self.domain
-    }
-
-    fn presence(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        to: Option<Jid>,
-        payload: Bytes,
-        sender_bare: &str,
-    ) {
-        let stype = header.stanza_type.as_deref();
-        if let Some(kind) = stype.and_then(roster::SubType::parse) {
-            if let Some(to) = to {
-                self.subscription_stanza(sender_bare, &to, kind);
-            }
-            return;
-        }
-        match to {
-            None => self.broadcast_presence((node, sid), stype, payload, sender_bare),
-            Some(to) if self.is_local(&to) && stype != Some("probe") => {
-                self.directed_presence((node, sid), &to, stype, payload, sender_bare)
-            }
-            Some(_) => {}
-        }
-    }
-
-    fn message(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        to: Option<Jid>,
-        payload: Bytes,
-        sender_bare: &str,
-    ) {
-        let to = match to {
-            Some(to) => to,
-            None => match Jid::new(sender_bare) {
-                Ok(j) => j,
-                Err(_) => return,
-            },
-        };
-        let mtype = header.stanza_type.as_deref().unwrap_or("normal");
-        if !self.is_local(&to) {
-            if mtype != "error" {
-                self.reply_error(node, sid, header, StanzaCondition::RemoteServerNotFound);
-            }
-            return;
-        }
-        if to.node().is_none() {
-            // To the server itself: nothing handles messages here.
-            if mtype != "error" {
-                self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
-            }
-            return;
-        }
-        let bare = to.to_bare().to_string();
-        let conversation = matches!(mtype, "chat" | "normal");
-        let payload = match conversation {
-            true => self.archive_message(sender_bare, &bare, payload),
-            false => payload,
-        };
-        let delivered = if let Some(res) = to.resource()
-            && let Some(r) = self.table.full(&bare, res.as_str())
-        {
-            let target = (r.node, r.sid);
-            self.deliver(target, payload.clone());
-            vec![target]
-        } else if mtype == "error" {
-            // RFC 6121 §8.5.2, §8.5.3: errors only reach the exact session; otherwise ignored.
-            return;
-        } else {
-            self.message_to_bare(&bare, mtype, payload.clone(), Some((node, sid, header)))
-        };
-        if conversation {
-            self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &payload);
-        }
-    }
-
-    /// RFC 6121 §8.5.2: a message to a bare JID (or an offline full JID).
-    fn message_to_bare(
-        &mut self,
-        bare: &str,
-        mtype: &str,
-        payload: Bytes,
-        sender: Option<(NodeId, SessionId, &RouteHeader)>,
-    ) -> Vec<SessionAddr> {
-        let targets: Vec<SessionAddr> = match mtype {
-            "headline" => self
-                .table
-                .resources(bare)
-                .iter()
-                .filter(|r| r.available && r.priority >= 0)
-                .map(|r| (r.node, r.sid))
-                .collect(),
-            "groupchat" => {
-                if let Some((n, s, h)) = sender {
-                    self.reply_error(n, s, h, StanzaCondition::ServiceUnavailable);
-                }
-                return Vec::new();
-            }
-            _ => self.table.best(bare),
-        };
-        if !targets.is_empty() {
-            for &t in &targets {
-                self.deliver(t, payload.clone());
-            }
-            return targets;
-        }
-        if matches!(mtype, "normal" | "chat") {
-            let user = address::local(bare).unwrap_or_default().to_owned();
-            let bounce = match sender {
-                Some((_, _, h)) => Bounce {
-                    sender: h.from.clone(),
-                    to: h.to.clone().unwrap_or_else(|| bare.to_owned()),
-                    id: h.id.clone(),
-                },
-                None => Bounce {
-                    sender: String::new(),
-                    to: bare.to_owned(),
-                    id: None,
-                },
-            };
-            self.store(user, payload, bounce);
-        }
-        Vec::new()
-    }
-
-    /// A stanza a CM could not deliver: its session is gone or cannot keep
-    /// up, so it leaves the table first (no bounce loop back to it), then the
-    /// stanza is routed again as if to the bare JID.
-    fn bounced(&mut self, node: NodeId, sid: SessionId, to: &str, payload: Bytes) {
-        self.session_end(node, sid);
-        let Ok(jid) = Jid::new(to) else { return };
-        let Ok(top) = xmpp_stream::stanza::inspect(&payload) else {
-            return;
-        };
-        if top.stanza_kind() != Some(StanzaKind::Message) {
-            return;
-        }
-        let mtype = top.attr("type").unwrap_or("normal").to_owned();
-        self.message_to_bare(&jid.to_bare().to_string(), &mtype, payload, None);
-    }
-
-    fn iq(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        to: Option<Jid>,
-        payload: Bytes,
-        sender_bare: &str,
-    ) {
-        let itype = header.stanza_type.as_deref().unwrap_or("");
-        let is_request = matches!(itype, "get" | "set");
-        let to = match to {
-            None => None,
-            Some(j) if !self.is_local(&j) => {
-                if is_request {
-                    self.reply_error(node, sid, header, StanzaCondition::RemoteServerNotFound);
-                }
-                return;
-            }
-            Some(j) => Some(j),
-        };
-        // Addressed to a full JID of a user: deliver to that session.
-        if let Some(to) = &to
-            && let Some(res) = to.resource()
-            && to.node().is_some()
-        {
-            let bare = to.to_bare().to_string();
-            match self.table.full(&bare, res.as_str()) {
-                Some(r) => {
-                    let target = (r.node, r.sid);
-                    self.deliver(target, payload);
-                }
-                None if is_request => {
-                    self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable)
-                }
-                None => {}
-            }
-            return;
-        }
-        // Otherwise the server answers (for itself or on behalf of the account).
-        if !is_request {
-            return;
-        }
-        let Ok(el) = Element::parse(&payload, ns::CLIENT) else {
-            self.reply_error(node, sid, header, StanzaCondition::BadRequest);
-            return;
-        };
-        let Some(child) = el.elements().next() else {
-            self.reply_error(node, sid, header, StanzaCondition::BadRequest);
-            return;
-        };
-        let own = to
-            .as_ref()
-            .is_none_or(|j| j.to_bare().to_string() == sender_bare);
-        let for_account = to.as_ref().is_some_and(|j| j.node().is_some());
-        let addr = (node, sid);
-        let result = || {
-            let mut r = roster::iq_result(header);
-            if let Some(j) = &to {
-                r.set_attr("from", j.to_string());
-            }
-            r
-        };
-        let reply = match (child.name.as_str(), child.ns.as_str(), itype) {
-            // Anyone's vCard can be read; everything else is one's own.
-            ("vCard", ns::VCARD, _) if own || itype == "get" => {
-                return self.vcard_iq(
-                    addr,
-                    header,
-                    child,
-                    to.as_ref().filter(|_| !own),
-                    sender_bare,
-                );
-            }
-            _ if !own && for_account => {
-                return self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
-            }
-            ("ping", ns::PING, "get") => result(),
-            ("query", ns::DISCO_INFO, "get") => result().with_child(match for_account {
-                true => account_info(self.archive.is_some()),
-                false => disco_info(),
-            }),
-            ("query", ns::DISCO_ITEMS, "get") => {
-                result().with_child(Element::new("query", ns::DISCO_ITEMS))
-            }
-            ("query", ns::ROSTER, _) => return self.roster_iq(addr, header, child, sender_bare),
-            ("query", ns::MAM, _) if self.archive.is_some() => {
-                return self.mam_iq(addr, header, child, sender_bare);
-            }
-            ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),
-            ("disable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, false),
-            _ => {
-                return self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
-            }
-        };
-        self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
     }
 
     fn reply_error(
@@ -890,44 +522,9 @@ impl Router {
     }
 }
 
-/// The server's disco#info (XEP-0030): exactly what is served.
-fn disco_info() -> Element {
-    features(
-        Element::new("identity", ns::DISCO_INFO)
-            .with_attr("category", "server")
-            .with_attr("type", "im")
-            .with_attr("name", "longlink"),
-        &[
-            ns::DISCO_INFO,
-            ns::DISCO_ITEMS,
-            ns::PING,
-            ns::ROSTER,
-            ns::CARBONS,
-            ns::VCARD,
-            "msgoffline",
-        ],
-    )
-}
-
-/// An account's disco#info: its archive and stable ids (XEP-0313 §6).
-fn account_info(archive: bool) -> Element {
-    features(
-        Element::new("identity", ns::DISCO_INFO)
-            .with_attr("category", "account")
-            .with_attr("type", "registered"),
-        match archive {
-            true => &[ns::DISCO_INFO, ns::MAM, ns::SID],
-            false => &[ns::DISCO_INFO],
-        },
-    )
-}
-
-fn features(identity: Element, vars: &[&str]) -> Element {
-    let mut q = Element::new("query", ns::DISCO_INFO).with_child(identity);
-    for var in vars {
-        q = q.with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *var));
-    }
-    q
+/// Whether `hay` contains `needle`.
+pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

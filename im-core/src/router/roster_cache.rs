@@ -14,7 +14,8 @@ use jid::Jid;
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
-use super::roster::{SubType, contains};
+use super::contains;
+use super::subscriptions::SubType;
 use crate::routing::{NodeId, SessionAddr};
 use crate::storage::{Roster, RosterItem};
 

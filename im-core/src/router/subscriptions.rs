@@ -1,23 +1,18 @@
-//! Rosters and presence subscriptions (RFC 6121 §2, §3, XEP-0237): the
-//! router's side, working on the rosters of the
-//! [`RosterCache`](super::roster_cache::RosterCache). Every change is written through to storage by [`Action::SaveRosterItem`]
-//! and [`Action::RemoveRosterItem`], queued in routing order.
+//! Presence subscriptions (RFC 6121 §3) and the roster changes they make,
+//! on the rosters of the [`RosterCache`](super::roster_cache::RosterCache).
+//! Every change is written through to storage by
+//! [`Action::SaveRosterItem`] and [`Action::RemoveRosterItem`], queued in
+//! routing order, and pushed to the sessions that asked for the roster.
 
 use bytes::Bytes;
-use cm_protocol::{Frame, RouteHeader};
-use jid::{BareJid, Jid};
+use jid::Jid;
 use xmpp_stream::element::Element;
-use xmpp_stream::{StanzaCondition, StreamCondition, ns};
+use xmpp_stream::ns;
 
-use super::roster_cache::Deferred;
 use super::{Action, Router};
 use crate::address;
-use crate::routing::{NodeId, SessionAddr};
-use crate::storage::{Roster, RosterItem, Subscription};
-
-/// Most groups per item, and most characters in a name or group.
-const MAX_GROUPS: usize = 32;
-const MAX_TEXT: usize = 1023;
+use crate::routing::SessionAddr;
+use crate::storage::{RosterItem, Subscription};
 
 /// A subscription presence type (RFC 6121 §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +34,7 @@ impl SubType {
         })
     }
 
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::Subscribe => "subscribe",
             Self::Subscribed => "subscribed",
@@ -50,151 +45,6 @@ impl SubType {
 }
 
 impl Router {
-    /// Keeps `frame` until `user`'s roster is loaded; later frames of its
-    /// session wait behind it.
-    pub(super) fn defer(&mut self, user: String, node: NodeId, frame: Frame) {
-        let sid = frame.sid();
-        match self.rosters.defer(user.clone(), node, frame) {
-            Deferred::Waiting { load: true } => self.out.push(Action::LoadRoster { user }),
-            Deferred::Waiting { load: false } | Deferred::Dropped { kick: false } => {}
-            Deferred::Dropped { kick: true } => {
-                if let Some(sid) = sid {
-                    self.kick((node, sid), StreamCondition::PolicyViolation);
-                }
-            }
-        }
-    }
-
-    /// A roster could not be read: the sessions that waited for it end.
-    pub(super) fn roster_failed(&mut self, user: String) {
-        let mut ended = std::collections::HashSet::new();
-        for (node, frame) in self.rosters.failed(&user) {
-            if let Some(sid) = frame.sid()
-                && ended.insert((node, sid))
-            {
-                self.kick((node, sid), StreamCondition::InternalServerError);
-            }
-        }
-    }
-
-    /// A roster the router asked for (`None`: no such account): keep it and
-    /// handle the frames that waited for it.
-    pub(super) fn roster_loaded(&mut self, user: String, roster: Option<Roster>) {
-        for (node, frame) in self.rosters.loaded(&user, roster) {
-            self.frame(node, frame);
-        }
-        self.forget_roster_if_unused(&user);
-    }
-
-    /// Drops a cached roster once its user has no session and no frame
-    /// waits for it.
-    pub(super) fn forget_roster_if_unused(&mut self, bare: &str) {
-        let in_use = !self.table.resources(bare).is_empty();
-        self.rosters.forget_if_unused(bare, in_use);
-    }
-
-    /// The user's roster items.
-    pub(super) fn roster_items(&self, bare: &str) -> impl Iterator<Item = &RosterItem> {
-        self.rosters.items(bare)
-    }
-
-    /// Answers a roster get or set from `addr` (RFC 6121 §2.1, §2.3–2.5).
-    pub(super) fn roster_iq(
-        &mut self,
-        addr: SessionAddr,
-        header: &RouteHeader,
-        query: &Element,
-        bare: &str,
-    ) {
-        let set = header.stanza_type.as_deref() == Some("set");
-        if !set {
-            if let Some(r) = self.table.route_mut(addr.0, addr.1) {
-                r.interested = true;
-            }
-            let Some(roster) = self.rosters.get(bare) else {
-                return self.reply_error(
-                    addr.0,
-                    addr.1,
-                    header,
-                    StanzaCondition::InternalServerError,
-                );
-            };
-            let version = roster.version().to_string();
-            let mut reply = iq_result(header);
-            // XEP-0237: an up-to-date client gets an empty result.
-            if query.attr("ver") != Some(version.as_str()) {
-                let mut q = Element::new("query", ns::ROSTER).with_attr("ver", version);
-                for item in roster.listed() {
-                    q = q.with_child(item_element(item));
-                }
-                reply = reply.with_child(q);
-            }
-            return self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
-        }
-        match self.roster_set(bare, query) {
-            Ok(()) => self.deliver(addr, Bytes::from(iq_result(header).to_bytes(ns::CLIENT))),
-            Err(condition) => self.reply_error(addr.0, addr.1, header, condition),
-        }
-    }
-
-    fn roster_set(&mut self, bare: &str, query: &Element) -> Result<(), StanzaCondition> {
-        let mut items = query.elements().filter(|e| e.name == "item");
-        let (Some(item), None) = (items.next(), items.next()) else {
-            return Err(StanzaCondition::BadRequest);
-        };
-        let contact = item
-            .attr("jid")
-            .and_then(|j| BareJid::new(j).ok())
-            .ok_or(StanzaCondition::BadRequest)?
-            .to_string();
-        let roster = self
-            .rosters
-            .get(bare)
-            .ok_or(StanzaCondition::InternalServerError)?;
-        if item.attr("subscription") == Some("remove") {
-            let Some(old) = roster.item(&contact).cloned() else {
-                return Err(StanzaCondition::ItemNotFound);
-            };
-            // RFC 6121 §2.5.2: cancel both directions first.
-            if old.subscription.to() || old.ask {
-                self.subscription_out(bare, &contact, SubType::Unsubscribe);
-            }
-            if old.subscription.from() || old.pending_in {
-                self.subscription_out(bare, &contact, SubType::Unsubscribed);
-            }
-            self.remove_item(bare, &contact);
-            return Ok(());
-        }
-        let name = item.attr("name").filter(|n| !n.is_empty());
-        let groups: Vec<String> = item
-            .elements()
-            .filter(|g| g.name == "group")
-            .map(|g| g.text())
-            .collect();
-        let mut unique = groups.clone();
-        unique.sort();
-        unique.dedup();
-        if name.is_some_and(|n| n.len() > MAX_TEXT)
-            || groups.len() > MAX_GROUPS
-            || unique.len() != groups.len()
-            || groups.iter().any(|g| g.is_empty() || g.len() > MAX_TEXT)
-        {
-            return Err(StanzaCondition::NotAcceptable);
-        }
-        let mut entry = roster.item(&contact).cloned().unwrap_or(RosterItem {
-            jid: contact.clone(),
-            ..Default::default()
-        });
-        entry.name = name.map(str::to_owned);
-        entry.groups = groups;
-        entry.listed = true;
-        if !roster.fits(&entry) {
-            return Err(StanzaCondition::ResourceConstraint);
-        }
-        self.put_item(bare, entry);
-        Ok(())
-    }
-
     /// A subscription presence from a session of `bare` to `to`.
     pub(super) fn subscription_stanza(&mut self, bare: &str, to: &Jid, kind: SubType) {
         if !self.is_local(to) || to.node().is_none() {
@@ -208,7 +58,7 @@ impl Router {
     }
 
     /// The user's side of a subscription change, then the contact's.
-    fn subscription_out(&mut self, bare: &str, contact: &str, kind: SubType) {
+    pub(super) fn subscription_out(&mut self, bare: &str, contact: &str, kind: SubType) {
         let item = self.item(bare, contact);
         let mut changed = item.clone();
         match kind {
@@ -335,7 +185,7 @@ impl Router {
     }
 
     /// Stores a changed item and pushes it to the interested sessions.
-    fn put_item(&mut self, bare: &str, item: RosterItem) {
+    pub(super) fn put_item(&mut self, bare: &str, item: RosterItem) {
         let Some((version, was_listed)) = self.rosters.put_item(bare, item.clone()) else {
             return;
         };
@@ -353,7 +203,7 @@ impl Router {
         }
     }
 
-    fn remove_item(&mut self, bare: &str, contact: &str) {
+    pub(super) fn remove_item(&mut self, bare: &str, contact: &str) {
         let Some((old, version)) = self.rosters.remove_item(bare, contact) else {
             return;
         };
@@ -401,7 +251,8 @@ impl Router {
     /// became available (RFC 6121 §3.1.3).
     pub(super) fn pending_requests(&mut self, addr: SessionAddr, bare: &str) {
         let from: Vec<String> = self
-            .roster_items(bare)
+            .rosters
+            .items(bare)
             .filter(|i| i.pending_in)
             .map(|i| i.jid.clone())
             .collect();
@@ -409,17 +260,6 @@ impl Router {
             self.deliver(addr, presence_stanza(&contact, bare, "subscribe"));
         }
     }
-}
-
-/// An `<iq type='result'/>` answering `header`.
-pub(super) fn iq_result(header: &RouteHeader) -> Element {
-    let mut iq = Element::new("iq", ns::CLIENT)
-        .with_attr("type", "result")
-        .with_attr("to", header.from.clone());
-    if let Some(id) = &header.id {
-        iq.set_attr("id", id.clone());
-    }
-    iq
 }
 
 /// A server-generated presence stanza.
@@ -431,7 +271,7 @@ pub(super) fn presence_stanza(from: &str, to: &str, ptype: &str) -> Bytes {
     Bytes::from(p.to_bytes(ns::CLIENT))
 }
 
-fn item_element(item: &RosterItem) -> Element {
+pub(super) fn item_element(item: &RosterItem) -> Element {
     let mut e = Element::new("item", ns::ROSTER)
         .with_attr("jid", item.jid.clone())
         .with_attr("subscription", item.subscription.as_str());
@@ -445,9 +285,4 @@ fn item_element(item: &RosterItem) -> Element {
         e = e.with_child(Element::new("group", ns::ROSTER).with_text(g.clone()));
     }
     e
-}
-
-/// Whether `hay` contains `needle`.
-pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
