@@ -176,22 +176,19 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     let instance: u64 = rand::random();
 
     let (events_tx, events_rx) = mpsc::channel(driver::ROUTER_QUEUE);
-    let driver = driver::Driver {
-        router: router::Router::new(&config.domain, instance)
-            .with_sm_secret(sm_secret(&config.data_dir).map_err(io("SM key"))?)
-            .with_archive(
-                config.archive,
-                (queries::now_micros() as u64).wrapping_mul(16),
-            ),
-        links: links.clone(),
-        storage: storage.clone(),
-        metrics: metrics.clone(),
-        events: events_tx.clone(),
-        domain: config.domain.clone(),
-        storage_slots: Arc::new(tokio::sync::Semaphore::new(driver::STORAGE_SLOTS)),
-        flushing: Default::default(),
-        flush_next: Default::default(),
-    };
+    let sm_key = sm_secret(&config.data_dir).map_err(io("SM key"))?;
+    let router = router::Router::new(&config.domain, instance, sm_key).with_archive(
+        config.archive,
+        (queries::now_micros() as u64).wrapping_mul(16),
+    );
+    let driver = driver::Driver::new(
+        router,
+        links.clone(),
+        storage.clone(),
+        metrics.clone(),
+        events_tx.clone(),
+        config.domain.clone(),
+    );
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 
     let token = admin_token(&config.data_dir).map_err(io("admin token"))?;

@@ -1,9 +1,20 @@
 //! The router: a sans-IO state machine that owns the routing table and
 //! decides, for every frame from a CM, what happens (RFC 6120 §10,
-//! RFC 6121 §8.5). Inputs are events; outputs are [`Action`]s the driver
+//! RFC 6121 §8.5). Inputs are events with the time they happen at
+//! ([`Router::handle`], [`Router::handle_timeout`]); outputs are
+//! [`Action`]s the driver takes one by one ([`Router::poll_action`]) and
 //! carries out (send a frame to a node, store or flush offline messages).
-//! No sockets, no clocks, no storage: tests feed events and read actions.
+//! No sockets, no clocks, no randomness, no storage: tests feed events and
+//! instants, and read actions.
+//!
+//! The router coordinates; each concern's state is a type of its own:
+//! the routing table ([`RoutingTable`]), stream-management sessions
+//! (`sm_sessions`), the roster cache (`roster_cache`) and archive ids
+//! (`archive_ids`). The rules it applies live one concern per module:
+//! stanza routing (`rules`), binding (`binding`), presence, subscriptions,
+//! server IQs (`iq`), archive stamping and carbons, storage queries.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,13 +42,14 @@ mod subscriptions;
 
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
 use archive_ids::ArchiveIds;
+use binding::ResourceNames;
 pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use query::Query;
 use roster_cache::{RosterCache, roster_for};
-use sm_sessions::{Incoming, SmSessions};
+use sm_sessions::{Incoming, Origin, SmSessions};
 pub(crate) use stream_management::storable_message;
 
-/// Something the driver must do.
+/// Something the driver must do (see [`Router::poll_action`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send a frame to a CM node (on the pooled connection for `sid`).
@@ -152,12 +164,6 @@ pub enum Input {
         /// The pool's size.
         pool_size: u16,
     },
-    /// Time passed (the driver ticks about once a second): expires detached
-    /// SM sessions.
-    Tick {
-        /// Now.
-        now: Instant,
-    },
     /// An offline store started for an SM session's stanza finished.
     Stored {
         /// (token, `h`) from [`Action::StoreOffline`]'s origin.
@@ -175,6 +181,14 @@ pub enum Input {
     RosterFailed {
         /// Bare JID.
         user: String,
+    },
+    /// Storing an offline message failed (see [`Action::StoreOffline`]):
+    /// the sender is answered with `condition`.
+    OfflineFailed {
+        /// What the store carried to answer the sender.
+        bounce: Bounce,
+        /// The error to answer with.
+        condition: StanzaCondition,
     },
     /// The answer to an [`Action::Query`].
     Replies {
@@ -217,36 +231,39 @@ pub struct RouterStats {
 pub struct Router {
     domain: String,
     table: RoutingTable,
-    out: Vec<Action>,
-    resource_counter: u64,
-    resource_seed: u64,
+    /// Actions not yet taken by the driver (it takes all of them after
+    /// every input, so this holds what one input produced).
+    out: VecDeque<Action>,
+    /// Names of resources the server picks.
+    resources: ResourceNames,
     /// Stream-management sessions (XEP-0198).
     sessions: SmSessions,
-    now: Instant,
-    /// (token, h) of the SM stanza being routed, for offline stores.
-    origin: Option<(u64, u32)>,
+    /// The SM stanza being routed, for the storage actions its
+    /// acknowledgement waits for.
+    origin: Option<Origin>,
     /// Rosters in memory, and the frames waiting for one.
     rosters: RosterCache,
     /// Sessions with a storage query being answered (one at a time).
-    querying: std::collections::HashSet<SessionAddr>,
+    querying: HashSet<SessionAddr>,
+    /// Roster pushes sent (their ids).
     push_counter: u64,
     /// Ids of archived messages; none: messages are not archived (XEP-0313).
     archive: Option<ArchiveIds>,
-    /// Counters.
-    pub stats: RouterStats,
+    stats: RouterStats,
 }
 
 impl Router {
-    /// A router for `domain`; `seed` varies generated resources between runs.
-    pub fn new(domain: &str, seed: u64) -> Self {
+    /// A router for `domain`. `seed` (random, from outside) varies
+    /// generated resources, SM resumption tokens and, until
+    /// [`Router::with_archive`], archive ids between runs; SM ids are keyed
+    /// with `sm_secret` (persisted, so they survive a core restart).
+    pub fn new(domain: &str, seed: u64, sm_secret: [u8; 32]) -> Self {
         Self {
             domain: domain.to_owned(),
             table: RoutingTable::new(),
-            out: Vec::new(),
-            resource_counter: 0,
-            resource_seed: seed,
-            sessions: SmSessions::new(seed, rand::random()),
-            now: Instant::now(),
+            out: VecDeque::new(),
+            resources: ResourceNames::new(seed),
+            sessions: SmSessions::new(seed, sm_secret),
             origin: None,
             rosters: RosterCache::default(),
             querying: Default::default(),
@@ -262,12 +279,6 @@ impl Router {
     /// archived messages a second.
     pub fn with_archive(mut self, on: bool, base: u64) -> Self {
         self.archive = on.then(|| ArchiveIds::new(base));
-        self
-    }
-
-    /// Keys SM ids with `secret` (persisted, so ids survive a core restart).
-    pub fn with_sm_secret(mut self, secret: [u8; 32]) -> Self {
-        self.sessions = SmSessions::new(self.resource_seed, secret);
         self
     }
 
@@ -287,24 +298,33 @@ impl Router {
         &self.table
     }
 
-    /// Handles one event and returns the actions it produced.
-    pub fn handle(&mut self, input: Input) -> Vec<Action> {
+    /// The router's counters.
+    pub fn stats(&self) -> RouterStats {
+        self.stats
+    }
+
+    /// Handles one event that happened at `now`; its actions wait in
+    /// [`Router::poll_action`].
+    pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
-            Input::NodeGone { node } => self.node_gone(node),
+            Input::NodeGone { node } => self.node_gone(node, now),
             Input::LinkLost {
                 node,
                 index,
                 pool_size,
-            } => self.link_lost(node, index, pool_size, self.now),
-            Input::Frame { node, frame } => self.frame(node, frame),
-            Input::Tick { now } => {
-                self.now = now;
-                self.expire(now);
-            }
+            } => self.link_lost(node, index, pool_size, now),
+            Input::Frame { node, frame } => self.frame(node, frame, now),
             Input::Stored { origin } => self.stored(origin),
             Input::Offline { user, to, messages } => self.offline(user, to, messages),
-            Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster),
+            Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
+            Input::OfflineFailed { bounce, condition } => self.error_to(
+                &bounce.sender,
+                StanzaKind::Message,
+                bounce.id.as_deref(),
+                &bounce.to,
+                condition,
+            ),
             Input::Replies { to, payloads } => {
                 self.querying.remove(&to);
                 if self.table.jid_of(to.0, to.1).is_some() {
@@ -314,22 +334,42 @@ impl Router {
                 }
             }
         }
-        std::mem::take(&mut self.out)
     }
 
-    /// Storing an offline message failed: answer the sender.
-    pub fn offline_failed(&mut self, bounce: Bounce, condition: StanzaCondition) -> Vec<Action> {
-        self.error_to(
-            &bounce.sender,
-            StanzaKind::Message,
-            bounce.id.as_deref(),
-            &bounce.to,
-            condition,
-        );
-        std::mem::take(&mut self.out)
+    /// The earliest deadline the router keeps (a detached SM session's
+    /// expiry): call [`Router::handle_timeout`] then. None: no deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.next_expiry()
     }
 
-    fn frame(&mut self, node: NodeId, frame: Frame) {
+    /// Time reached `now`: detached SM sessions whose resumption time is
+    /// over expire (what they never acknowledged goes to another resource
+    /// or offline storage).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+    }
+
+    /// The next action to carry out, in order; take them all after every
+    /// input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// A Deliver for an SM session could not be handed to its CM link at
+    /// `now`: the session detaches and is told to resume (which replays
+    /// it). Its actions come next from [`Router::poll_action`], before any
+    /// left from the input being carried out.
+    pub fn delivery_failed(&mut self, addr: SessionAddr, now: Instant) {
+        let queued = self.out.len();
+        if self.sessions.is_attached(addr) {
+            self.detach(addr, now);
+            self.kick_to_resume(addr);
+        }
+        let new = self.out.len() - queued;
+        self.out.rotate_right(new);
+    }
+
+    fn frame(&mut self, node: NodeId, frame: Frame, now: Instant) {
         // Frames wait, in order, for rosters not loaded yet.
         if let Some(sid) = frame.sid()
             && let Some(user) = self.rosters.waited_for((node, sid))
@@ -372,7 +412,7 @@ impl Router {
                 self.origin = None;
             }
             Frame::Bounce { sid, to, payload } => {
-                if !self.bounce_tracked((node, sid), self.now) {
+                if !self.bounce_tracked((node, sid), now) {
                     self.bounced(node, sid, &to, payload)
                 }
             }
@@ -380,7 +420,7 @@ impl Router {
                 if clean && self.sessions.is_tracked((node, sid)) {
                     self.end_tracked((node, sid));
                 } else if self.sessions.is_tracked((node, sid)) {
-                    self.detach((node, sid), self.now);
+                    self.detach((node, sid), now);
                 } else {
                     self.session_end(node, sid)
                 }
@@ -487,7 +527,7 @@ impl Router {
     fn store(&mut self, user: String, payload: Bytes, bounce: Bounce) {
         self.stats.offline_stored += 1;
         let origin = self.hold_ack();
-        self.out.push(Action::StoreOffline {
+        self.emit(Action::StoreOffline {
             user,
             payload,
             bounce,
@@ -506,7 +546,11 @@ impl Router {
     }
 
     fn send(&mut self, node: NodeId, frame: Frame) {
-        self.out.push(Action::Send { node, frame });
+        self.emit(Action::Send { node, frame });
+    }
+
+    fn emit(&mut self, action: Action) {
+        self.out.push_back(action);
     }
 
     /// Ends a session with a stream error.

@@ -59,7 +59,7 @@ impl Router {
             });
         }
         let origin = self.hold_ack();
-        self.out.push(Action::Archive { entries, origin });
+        self.emit(Action::Archive { entries, origin });
         stamped
     }
 }

@@ -2,6 +2,8 @@
 //! (RFC 6120 §7), sessions a CM announces, a session's end, a CM's
 //! departure, and a full JID taken over by a new session (`conflict`).
 
+use std::time::Instant;
+
 use cm_protocol::{Frame, SessionId};
 use jid::BareJid;
 use xmpp_stream::StreamCondition;
@@ -23,7 +25,7 @@ impl Router {
     ) {
         let resource = match resource.filter(|r| !r.is_empty()) {
             Some(r) => r,
-            None => self.generate_resource(),
+            None => self.resources.next_name(),
         };
         let full = BareJid::new(user)
             .ok()
@@ -63,14 +65,6 @@ impl Router {
         }
     }
 
-    pub(super) fn generate_resource(&mut self) -> String {
-        self.resource_counter += 1;
-        let x = self
-            .resource_seed
-            .wrapping_add(self.resource_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        format!("ll-{:016x}", x ^ (x >> 29))
-    }
-
     pub(super) fn announce(
         &mut self,
         node: NodeId,
@@ -105,7 +99,7 @@ impl Router {
         }
     }
 
-    pub(super) fn node_gone(&mut self, node: NodeId) {
+    pub(super) fn node_gone(&mut self, node: NodeId, now: Instant) {
         for (full, route) in self.table.drop_node(node) {
             let addr = (node, route.sid);
             if self.sessions.is_resumable(addr) {
@@ -113,7 +107,7 @@ impl Router {
                 if let Some((bare, _)) = address::split_full(&full) {
                     self.table.insert(bare, route);
                 }
-                self.detach(addr, self.now);
+                self.detach(addr, now);
                 continue;
             }
             if let Some(ledger) = self.sessions.remove(addr) {
@@ -125,5 +119,29 @@ impl Router {
             self.forget_roster_if_unused(address::bare(&full));
         }
         self.rosters.forget_node(node);
+    }
+}
+
+/// Names of the resources the server picks for clients that ask for none:
+/// `ll-` and 16 hex digits, varying with the seed between runs.
+#[derive(Debug)]
+pub(super) struct ResourceNames {
+    seed: u64,
+    issued: u64,
+}
+
+impl ResourceNames {
+    /// Names varied by `seed`.
+    pub(super) fn new(seed: u64) -> Self {
+        Self { seed, issued: 0 }
+    }
+
+    /// A name not given before.
+    pub(super) fn next_name(&mut self) -> String {
+        self.issued += 1;
+        let x = self
+            .seed
+            .wrapping_add(self.issued.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        format!("ll-{:016x}", x ^ (x >> 29))
     }
 }

@@ -59,6 +59,6 @@ impl Router {
         if !self.querying.insert(addr) {
             return self.reply_error(addr.0, addr.1, header, StanzaCondition::ResourceConstraint);
         }
-        self.out.push(Action::Query { to: addr, query });
+        self.emit(Action::Query { to: addr, query });
     }
 }

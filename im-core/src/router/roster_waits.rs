@@ -2,6 +2,8 @@
 //! roster loaded (or failed), then handled in order (see
 //! [`RosterCache`](super::roster_cache::RosterCache)).
 
+use std::time::Instant;
+
 use cm_protocol::Frame;
 use xmpp_stream::StreamCondition;
 
@@ -16,7 +18,7 @@ impl Router {
     pub(super) fn defer(&mut self, user: String, node: NodeId, frame: Frame) {
         let sid = frame.sid();
         match self.rosters.defer(user.clone(), node, frame) {
-            Deferred::Waiting { load: true } => self.out.push(Action::LoadRoster { user }),
+            Deferred::Waiting { load: true } => self.emit(Action::LoadRoster { user }),
             Deferred::Waiting { load: false } | Deferred::Dropped { kick: false } => {}
             Deferred::Dropped { kick: true } => {
                 if let Some(sid) = sid {
@@ -40,9 +42,9 @@ impl Router {
 
     /// A roster the router asked for (`None`: no such account): keep it and
     /// handle the frames that waited for it.
-    pub(super) fn roster_loaded(&mut self, user: String, roster: Option<Roster>) {
+    pub(super) fn roster_loaded(&mut self, user: String, roster: Option<Roster>, now: Instant) {
         for (node, frame) in self.rosters.loaded(&user, roster) {
-            self.frame(node, frame);
+            self.frame(node, frame, now);
         }
         self.forget_roster_if_unused(&user);
     }

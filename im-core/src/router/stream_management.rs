@@ -91,7 +91,7 @@ impl Router {
             return;
         }
         if let Some(user) = self.user_of(addr) {
-            self.out.push(Action::FlushOffline { user, to: addr });
+            self.emit(Action::FlushOffline { user, to: addr });
         }
     }
 
@@ -110,17 +110,7 @@ impl Router {
         }
     }
 
-    /// A Deliver for an SM session could not be handed to its CM link: the
-    /// session detaches and is told to resume (which replays it).
-    pub fn delivery_failed(&mut self, addr: SessionAddr, now: Instant) -> Vec<Action> {
-        if self.sessions.is_attached(addr) {
-            self.detach(addr, now);
-            self.kick_to_resume(addr);
-        }
-        std::mem::take(&mut self.out)
-    }
-
-    fn kick_to_resume(&mut self, addr: SessionAddr) {
+    pub(super) fn kick_to_resume(&mut self, addr: SessionAddr) {
         self.kick(addr, StreamCondition::ConnectionTimeout);
     }
 
@@ -341,7 +331,7 @@ impl Router {
             upto = Some(id);
         }
         if let Some(upto) = upto {
-            self.out.push(Action::RemoveOffline { user, upto });
+            self.emit(Action::RemoveOffline { user, upto });
         }
         if self.sessions.finish_flush(to, delivered == total) {
             self.request_flush(to);

@@ -189,7 +189,7 @@ impl Router {
         let Some((version, was_listed)) = self.rosters.put_item(bare, item.clone()) else {
             return;
         };
-        self.out.push(Action::SaveRosterItem {
+        self.emit(Action::SaveRosterItem {
             user: address::local(bare).unwrap_or_default().to_owned(),
             item: item.clone(),
             version,
@@ -207,7 +207,7 @@ impl Router {
         let Some((old, version)) = self.rosters.remove_item(bare, contact) else {
             return;
         };
-        self.out.push(Action::RemoveRosterItem {
+        self.emit(Action::RemoveRosterItem {
             user: address::local(bare).unwrap_or_default().to_owned(),
             jid: contact.to_owned(),
             version,

@@ -1,5 +1,9 @@
-//! Shared helpers of the router's unit tests: a driver stand-in that
-//! answers roster loads at once, and builders and readers of frames.
+//! Shared helpers of the router's unit tests: a test router, a driver
+//! stand-in that answers roster loads at once, and builders and readers of
+//! frames.
+
+use std::sync::LazyLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
@@ -8,30 +12,76 @@ use super::{Action, Input, Router};
 use crate::routing::NodeId;
 use crate::storage::Roster;
 
-/// Drives the router as the driver does, answering roster loads at
-/// once (every user has an empty roster).
+/// The instant tests start from (every input without a time of its own
+/// happens at it).
+pub(super) fn t0() -> Instant {
+    static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
+    *T0
+}
+
+/// A router for domain `x` with a fixed seed and SM key.
+pub(super) fn router() -> Router {
+    Router::new("x", 1, [7; 32])
+}
+
+/// Drives the router as the driver does.
 pub(super) trait Run {
-    fn run(&mut self, input: Input) -> Vec<Action>;
+    /// Handles `input` at [`t0`], answering roster loads at once (every
+    /// user has an empty roster); returns the other actions.
+    fn run(&mut self, input: Input) -> Vec<Action> {
+        self.run_at(input, t0())
+    }
+
+    /// [`Run::run`] at `now`.
+    fn run_at(&mut self, input: Input, now: Instant) -> Vec<Action>;
+
+    /// Handles `input` at [`t0`]; returns every action it produced.
+    fn step(&mut self, input: Input) -> Vec<Action>;
+
+    /// Reaches `now`; returns the actions of what expired.
+    fn timeout(&mut self, now: Instant) -> Vec<Action>;
+
+    /// The actions waiting.
+    fn drain(&mut self) -> Vec<Action>;
 }
 
 impl Run for Router {
-    fn run(&mut self, input: Input) -> Vec<Action> {
+    fn run_at(&mut self, input: Input, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
-        let mut pending = self.handle(input);
+        self.handle(input, now);
+        let mut pending = self.drain();
         while !pending.is_empty() {
             let mut next = Vec::new();
             for a in pending {
                 match a {
-                    Action::LoadRoster { user } => next.extend(self.handle(Input::RosterLoaded {
-                        user,
-                        roster: Some(Roster::default()),
-                    })),
+                    Action::LoadRoster { user } => {
+                        let loaded = Input::RosterLoaded {
+                            user,
+                            roster: Some(Roster::default()),
+                        };
+                        self.handle(loaded, now);
+                        next.extend(self.drain());
+                    }
                     a => out.push(a),
                 }
             }
             pending = next;
         }
         out
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Action> {
+        self.handle(input, t0());
+        self.drain()
+    }
+
+    fn timeout(&mut self, now: Instant) -> Vec<Action> {
+        self.handle_timeout(now);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.poll_action()).collect()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The router's unit tests: events in, actions out.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cm_protocol::{Frame, Kind, SmSnapshot};
@@ -13,7 +13,7 @@ use crate::storage::{Roster, RosterItem};
 
 #[test]
 fn message_to_full_and_bare_jid() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let a = bound(&mut r, 1, 10, "alice@x", "phone");
     bound(&mut r, 3, 30, "carol@x", "pc");
     stanza(
@@ -52,7 +52,7 @@ fn message_to_full_and_bare_jid() {
 
 #[test]
 fn offline_when_no_available_resource_and_flush_on_presence() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let a = bound(&mut r, 1, 10, "alice@x", "phone");
     let acts = stanza(
         &mut r,
@@ -66,7 +66,10 @@ fn offline_when_no_available_resource_and_flush_on_presence() {
     let Action::StoreOffline { bounce, .. } = acts[0].clone() else {
         unreachable!()
     };
-    let acts = r.offline_failed(bounce, StanzaCondition::ServiceUnavailable);
+    let acts = r.run(Input::OfflineFailed {
+        bounce,
+        condition: StanzaCondition::ServiceUnavailable,
+    });
     assert_eq!(delivered_to(&acts), vec![(1, 10)]);
     // bob comes online: offline messages are flushed on initial presence
     bound(&mut r, 2, 20, "bob@x", "r");
@@ -94,7 +97,7 @@ fn offline_when_no_available_resource_and_flush_on_presence() {
 
 #[test]
 fn conflict_kicks_the_old_session() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
     let acts = r.run(Input::Frame {
         node: 2,
@@ -117,7 +120,7 @@ fn conflict_kicks_the_old_session() {
 
 #[test]
 fn bind_generates_resources_and_refuses_bad_ones() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let bind = |r: &mut Router, sid, resource: Option<&str>| {
         r.run(Input::Frame {
             node: 1,
@@ -151,7 +154,7 @@ fn bind_generates_resources_and_refuses_bad_ones() {
 
 #[test]
 fn a_bounce_removes_the_session_and_goes_elsewhere_without_looping() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let a = bound(&mut r, 1, 10, "alice@x", "phone");
     bound(&mut r, 2, 20, "bob@x", "one");
     bound(&mut r, 2, 21, "bob@x", "two");
@@ -196,7 +199,7 @@ fn a_bounce_removes_the_session_and_goes_elsewhere_without_looping() {
 
 #[test]
 fn server_iqs_and_errors() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let a = bound(&mut r, 1, 10, "alice@x", "phone");
     let acts = stanza(
         &mut r,
@@ -259,7 +262,7 @@ fn server_iqs_and_errors() {
 
 #[test]
 fn node_gone_drops_routes_and_tells_other_resources() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
     bound(&mut r, 2, 20, "alice@x", "desk");
     stanza(
@@ -283,7 +286,7 @@ fn node_gone_drops_routes_and_tells_other_resources() {
 
 #[test]
 fn a_detached_session_keeps_its_messages_and_resumes_on_another_cm() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let id = sm_pair(&mut r);
     for b in ["m1", "m2", "m3"] {
         assert_eq!(delivered_to(&chat(&mut r, b)), vec![(1, 10)]);
@@ -339,9 +342,7 @@ fn a_detached_session_keeps_its_messages_and_resumes_on_another_cm() {
 
 #[test]
 fn an_expired_session_sends_its_unacknowledged_messages_offline() {
-    let mut r = Router::new("x", 1);
-    let t0 = Instant::now();
-    r.run(Input::Tick { now: t0 });
+    let mut r = router();
     sm_pair(&mut r);
     chat(&mut r, "m1");
     chat(&mut r, "m2");
@@ -355,15 +356,8 @@ fn an_expired_session_sends_its_unacknowledged_messages_offline() {
             clean: false,
         },
     );
-    assert!(
-        r.run(Input::Tick {
-            now: t0 + std::time::Duration::from_secs(59)
-        })
-        .is_empty()
-    );
-    let acts = r.run(Input::Tick {
-        now: t0 + std::time::Duration::from_secs(61),
-    });
+    assert!(r.timeout(t0() + Duration::from_secs(59)).is_empty());
+    let acts = r.timeout(t0() + Duration::from_secs(61));
     let stored: Vec<_> = acts
         .iter()
         .filter_map(|a| match a {
@@ -380,7 +374,7 @@ fn an_expired_session_sends_its_unacknowledged_messages_offline() {
 
 #[test]
 fn acks_wait_for_offline_stores_and_too_high_is_kicked() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
     frame(
         &mut r,
@@ -439,7 +433,7 @@ fn acks_wait_for_offline_stores_and_too_high_is_kicked() {
 
 #[test]
 fn stanzas_from_a_stream_the_session_left_are_dropped() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let id = sm_pair(&mut r);
     frame(
         &mut r,
@@ -463,7 +457,7 @@ fn stanzas_from_a_stream_the_session_left_are_dropped() {
 
 #[test]
 fn offline_messages_go_through_the_ledger_and_a_clean_close_keeps_nothing() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     bound(&mut r, 1, 10, "bob@x", "laptop");
     frame(
         &mut r,
@@ -526,7 +520,7 @@ fn offline_messages_go_through_the_ledger_and_a_clean_close_keeps_nothing() {
 
 #[test]
 fn a_cm_back_after_its_sessions_detached_has_them_resume() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let id = sm_pair(&mut r);
     r.run(Input::NodeGone { node: 1 });
     chat(&mut r, "while cut off");
@@ -554,7 +548,7 @@ fn a_cm_back_after_its_sessions_detached_has_them_resume() {
 
 #[test]
 fn a_full_ledger_spills_to_storage_and_is_flushed_once_the_client_caught_up() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     sm_pair(&mut r);
     let max = super::sm_sessions::MAX_UNACKED;
     for i in 0..max {
@@ -586,7 +580,7 @@ fn a_full_ledger_spills_to_storage_and_is_flushed_once_the_client_caught_up() {
 
 #[test]
 fn live_stanzas_wait_behind_the_login_flush_and_then_flow() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let _ = sm_pair(&mut r);
     let acts = stanza(
         &mut r,
@@ -640,7 +634,7 @@ fn live_stanzas_wait_behind_the_login_flush_and_then_flow() {
 
 #[test]
 fn late_bounces_of_an_ended_sm_session_are_not_routed_twice() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     sm_pair(&mut r);
     chat(&mut r, "m1");
     // a clean close: the unacknowledged m1 goes to offline storage once
@@ -674,7 +668,7 @@ fn late_bounces_of_an_ended_sm_session_are_not_routed_twice() {
 
 #[test]
 fn a_lost_pool_connection_detaches_its_sm_sessions_only() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     sm_pair(&mut r);
     // sid 10 rides connection 10 % 2 = 0; losing connection 1 changes nothing
     r.run(Input::LinkLost {
@@ -694,7 +688,7 @@ fn a_lost_pool_connection_detaches_its_sm_sessions_only() {
 
 #[test]
 fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     let bind = Frame::Bind {
         sid: 10,
         user: "alice@x".into(),
@@ -702,7 +696,7 @@ fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
         resource: Some("phone".into()),
     };
     // The bind waits for alice's roster; so does her next frame.
-    let acts = r.handle(Input::Frame {
+    let acts = r.step(Input::Frame {
         node: 1,
         frame: bind,
     });
@@ -718,7 +712,7 @@ fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
         payload: Bytes::from_static(b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>"),
     };
     assert!(
-        r.handle(Input::Frame {
+        r.step(Input::Frame {
             node: 1,
             frame: ping
         })
@@ -735,7 +729,7 @@ fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
             ..Default::default()
         }],
     };
-    let acts = r.handle(Input::RosterLoaded {
+    let acts = r.step(Input::RosterLoaded {
         user: "alice@x".into(),
         roster: Some(roster),
     });
@@ -782,7 +776,7 @@ fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
 
 #[test]
 fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
     let acts = stanza(
         &mut r,
@@ -830,7 +824,7 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
         iq_id: "b".into(),
         resource: Some("pc".into()),
     };
-    let acts = r.handle(Input::Frame {
+    let acts = r.step(Input::Frame {
         node: 2,
         frame: bind,
     });
@@ -840,7 +834,7 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
             user: "bob@x".into()
         }]
     );
-    r.handle(Input::RosterLoaded {
+    r.step(Input::RosterLoaded {
         user: "bob@x".into(),
         roster: Some(stored),
     });
@@ -863,7 +857,7 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
 
 #[test]
 fn chat_is_archived_before_the_ack_stamped_and_carbon_copied() {
-    let mut r = Router::new("x", 1);
+    let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
     bound(&mut r, 1, 11, "alice@x", "desk");
     bound(&mut r, 2, 20, "bob@x", "pc");
@@ -931,4 +925,214 @@ fn chat_is_archived_before_the_ack_stamped_and_carbon_copied() {
         "<message to='bob@x' type='chat'><body>psst</body><private xmlns='urn:xmpp:carbons:2'/></message>",
     );
     assert_eq!(delivered_to(&acts), vec![(2, 20)]);
+}
+
+/// Ends alice's stream (node 1, sid 10) uncleanly at `now`: her SM session detaches.
+fn drop_alice_at(r: &mut Router, now: Instant) -> Vec<Action> {
+    r.run_at(
+        Input::Frame {
+            node: 1,
+            frame: Frame::SessionEnd {
+                sid: 10,
+                jid: Some("alice@x/phone".into()),
+                clean: false,
+            },
+        },
+        now,
+    )
+}
+
+#[test]
+fn without_detached_sessions_there_is_no_deadline() {
+    let mut r = router();
+    assert_eq!(r.poll_timeout(), None);
+    // attached SM sessions have none either
+    sm_pair(&mut r);
+    assert_eq!(r.poll_timeout(), None);
+}
+
+#[test]
+fn a_detached_session_expires_exactly_at_its_deadline() {
+    let mut r = router();
+    sm_pair(&mut r); // alice: resumable for 60 s
+    chat(&mut r, "m1");
+    let detached_at = t0() + Duration::from_millis(5_250);
+    drop_alice_at(&mut r, detached_at);
+    let deadline = detached_at + Duration::from_secs(60);
+    assert_eq!(r.poll_timeout(), Some(deadline));
+    // not a nanosecond before
+    assert!(r.timeout(deadline - Duration::from_nanos(1)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert_eq!(r.poll_timeout(), Some(deadline));
+    // at the deadline itself: unacknowledged m1 goes to offline storage
+    let acts = r.timeout(deadline);
+    assert!(
+        matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "alice"),
+        "{acts:?}"
+    );
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.poll_timeout(), None);
+    assert_eq!(r.stats().sm_expired, 1);
+}
+
+#[test]
+fn poll_timeout_reports_the_earliest_deadline() {
+    let mut r = router();
+    sm_pair(&mut r); // alice: 60 s
+    bound(&mut r, 2, 20, "carol@x", "tab");
+    let acts = frame(
+        &mut r,
+        2,
+        Frame::SmEnable {
+            sid: 20,
+            resume: true,
+            max: 10,
+        },
+    );
+    assert!(matches!(
+        &acts[..],
+        [Action::Send {
+            frame: Frame::SmEnabled { max: 10, .. },
+            ..
+        }]
+    ));
+    drop_alice_at(&mut r, t0());
+    let carol_at = t0() + Duration::from_secs(20);
+    r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::SessionEnd {
+                sid: 20,
+                jid: Some("carol@x/tab".into()),
+                clean: false,
+            },
+        },
+        carol_at,
+    );
+    // carol detached later but expires first
+    assert_eq!(r.poll_timeout(), Some(carol_at + Duration::from_secs(10)));
+    r.timeout(carol_at + Duration::from_secs(10));
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    // both at once when time jumps past both
+    let mut r2 = router();
+    sm_pair(&mut r2);
+    drop_alice_at(&mut r2, t0());
+    r2.timeout(t0() + Duration::from_secs(3600));
+    assert_eq!(r2.sm_counts(), (0, 0));
+}
+
+#[test]
+fn resuming_cancels_the_deadline_and_a_new_detach_sets_a_fresh_one() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    let resumed_at = t0() + Duration::from_secs(30);
+    let acts = r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::Resume {
+                sid: 20,
+                user: "alice@x".into(),
+                previd: id,
+                h: 0,
+            },
+        },
+        resumed_at,
+    );
+    assert!(
+        matches!(
+            &acts[0],
+            Action::Send {
+                frame: Frame::Resumed { result: Ok(_), .. },
+                ..
+            }
+        ),
+        "{acts:?}"
+    );
+    assert_eq!(r.poll_timeout(), None);
+    // the old deadline passes: nothing expires
+    assert!(r.timeout(t0() + Duration::from_secs(61)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 0));
+    // detached again (its new CM is gone): the resumption time starts over
+    let gone_at = t0() + Duration::from_secs(100);
+    r.run_at(Input::NodeGone { node: 2 }, gone_at);
+    assert_eq!(r.poll_timeout(), Some(gone_at + Duration::from_secs(60)));
+}
+
+#[test]
+fn a_session_that_is_not_resumable_ends_at_once_without_a_deadline() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    frame(
+        &mut r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: false,
+            max: 0,
+        },
+    );
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), None);
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.table().len(), 0);
+}
+
+#[test]
+fn a_failed_delivery_kicks_before_the_rest_of_the_input_is_carried_out() {
+    let mut r = router();
+    sm_pair(&mut r);
+    // two deliveries waiting; the first cannot be handed to the link
+    bound(&mut r, 1, 11, "alice@x", "desk");
+    r.handle(
+        Input::Frame {
+            node: 3,
+            frame: Frame::Stanza {
+                sid: 30,
+                header: header(Kind::Presence, "bob@x/pc", Some("alice@x/phone"), None),
+                payload: Bytes::from_static(b"<presence to='alice@x/phone'/>"),
+            },
+        },
+        t0(),
+    );
+    r.handle(
+        Input::Frame {
+            node: 3,
+            frame: Frame::Stanza {
+                sid: 30,
+                header: header(Kind::Presence, "bob@x/pc", Some("alice@x/desk"), None),
+                payload: Bytes::from_static(b"<presence to='alice@x/desk'/>"),
+            },
+        },
+        t0(),
+    );
+    let first = r.poll_action();
+    assert!(
+        matches!(
+            first,
+            Some(Action::Send {
+                node: 1,
+                frame: Frame::Deliver { sid: 10, .. }
+            })
+        ),
+        "{first:?}"
+    );
+    r.delivery_failed((1, 10), t0());
+    let next = r.poll_action();
+    assert!(
+        matches!(&next, Some(Action::Send { frame: Frame::Kick { sid: 10, condition }, .. }) if condition == "connection-timeout"),
+        "{next:?}"
+    );
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    assert!(matches!(
+        r.poll_action(),
+        Some(Action::Send {
+            node: 1,
+            frame: Frame::Deliver { sid: 11, .. }
+        })
+    ));
+    assert_eq!(r.poll_action(), None);
 }

@@ -131,11 +131,13 @@ impl Ledger {
     }
 
     /// Unacknowledged entries.
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether nothing is unacknowledged.
+    #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -196,6 +198,7 @@ impl Ledger {
     }
 
     /// Reports everything handled (the `h` of `<resumed/>`).
+    #[cfg(test)]
     pub(super) fn report_all(&mut self) -> u32 {
         self.reported = self.handled;
         self.handled
