@@ -29,6 +29,7 @@ mod archive;
 mod archive_ids;
 mod binding;
 mod carbons;
+mod conversation;
 mod forward;
 mod iq;
 mod presence;
@@ -46,7 +47,7 @@ use binding::ResourceNames;
 pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use query::Query;
 use roster_cache::{RosterCache, roster_for};
-use sm_sessions::{Incoming, Origin, SmSessions};
+use sm_sessions::{Delivery, Incoming, Origin, SmSessions};
 pub(crate) use stream_management::storable_message;
 
 /// Something the driver must do (see [`Router::poll_action`]).
@@ -489,18 +490,30 @@ impl Router {
         self.deliver(target, reply);
     }
 
+    /// Delivers a stanza that is not a chat or normal message (an IQ, a
+    /// presence, an error).
     fn deliver(&mut self, addr: SessionAddr, payload: Bytes) {
-        self.deliver_as(addr, payload, true)
+        self.deliver_as(addr, payload, Delivery::Other)
+    }
+
+    /// Delivers a message of type `mtype`: a chat or normal one waits
+    /// behind the session's stored messages.
+    fn deliver_message(&mut self, addr: SessionAddr, payload: Bytes, mtype: &str) {
+        let delivery = match mtype {
+            "chat" | "normal" => Delivery::Storable,
+            _ => Delivery::Other,
+        };
+        self.deliver_as(addr, payload, delivery)
     }
 
     /// Delivers a carbon copy or a query result: never queued behind stored
     /// messages (it is not part of the conversation's order).
     fn deliver_copy(&mut self, addr: SessionAddr, payload: Bytes) {
-        self.deliver_as(addr, payload, false)
+        self.deliver_as(addr, payload, Delivery::Copy)
     }
 
-    fn deliver_as(&mut self, (node, sid): SessionAddr, payload: Bytes, queue: bool) {
-        match self.track((node, sid), &payload, queue) {
+    fn deliver_as(&mut self, (node, sid): SessionAddr, payload: Bytes, delivery: Delivery) {
+        match self.track((node, sid), &payload, delivery) {
             stream_management::Tracking::Send => {
                 self.stats.delivered += 1;
                 self.send(node, Frame::Deliver { sid, payload });
@@ -510,16 +523,14 @@ impl Router {
         }
     }
 
-    /// Stores a message that no session can take, if it is worth storing.
-    fn store_undeliverable(&mut self, user: String, payload: Bytes) {
-        if stream_management::storable_message(&payload) {
-            let bounce = Bounce {
-                sender: String::new(),
-                to: String::new(),
-                id: None,
-            };
-            self.store(user, payload, bounce);
-        }
+    /// Stores a chat or normal message its session's ledger cannot take.
+    fn store_spilled(&mut self, user: String, payload: Bytes) {
+        let bounce = Bounce {
+            sender: String::new(),
+            to: String::new(),
+            id: None,
+        };
+        self.store(user, payload, bounce);
     }
 
     /// Stores a message offline. If an SM sender's stanza is being routed,

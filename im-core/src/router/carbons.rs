@@ -1,39 +1,31 @@
 //! Message Carbons (XEP-0280 §6): copies of a chat message for the
 //! sender's and the recipient's other resources that enabled them.
 
-use bytes::Bytes;
-use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
-use super::forward::{embeddable, wrap_forwarded};
-use super::{Router, contains};
+use super::Router;
+use super::forward::wrap_forwarded;
 use crate::address;
 use crate::routing::SessionAddr;
 
 impl Router {
-    /// Carbon copies of a chat message (XEP-0280 §6): to the sender's other
-    /// resources that enabled carbons, and to the recipient's that did not
-    /// get the message itself.
+    /// Whether a session of `bare` enabled carbons.
+    pub(super) fn wants_carbons(&self, bare: &str) -> bool {
+        self.table.resources(bare).iter().any(|r| r.carbons)
+    }
+
+    /// Carbon copies of a chat message (XEP-0280 §6) embedding `inner` (see
+    /// [`super::conversation`]): to the sender's other resources that
+    /// enabled carbons, and to the recipient's that did not get the message
+    /// itself.
     pub(super) fn carbon_copies(
         &mut self,
         sender: SessionAddr,
         sender_bare: &str,
         to_bare: &str,
         delivered: &[SessionAddr],
-        payload: &Bytes,
+        inner: &[u8],
     ) {
-        let wants = |bare: &str| self.table.resources(bare).iter().any(|r| r.carbons);
-        if !wants(sender_bare) && !wants(to_bare) {
-            return;
-        }
-        if (contains(payload, ns::CARBONS.as_bytes()) || contains(payload, ns::HINTS.as_bytes()))
-            && Element::parse(payload, ns::CLIENT).is_ok_and(|m| {
-                m.child("private", ns::CARBONS).is_some() || m.child("no-copy", ns::HINTS).is_some()
-            })
-        {
-            return;
-        }
-        let inner = embeddable(payload);
         let copies: Vec<(SessionAddr, &str, String)> =
             [("sent", sender_bare), ("received", to_bare)]
                 .into_iter()
@@ -60,7 +52,7 @@ impl Router {
                     ns::CARBONS
                 ),
                 None,
-                &inner,
+                inner,
                 &format!("</{kind}></message>"),
             );
             self.deliver_copy(addr, copy);

@@ -3,16 +3,24 @@
 
 use bytes::Bytes;
 use xmpp_stream::ns;
-use xmpp_stream::stanza::{inspect, rewrite_attrs};
+use xmpp_stream::stanza::{TopLevel, inspect, rewrite_attrs};
 
 /// A stanza that can be embedded in another namespace: its own `xmlns`
 /// declared.
 pub(crate) fn embeddable(payload: &Bytes) -> Bytes {
     match inspect(payload) {
-        Ok(top) if top.ns == ns::CLIENT && top.attr("xmlns").is_none() => {
-            rewrite_attrs(payload, &top, &[("xmlns", Some(ns::CLIENT))])
-        }
-        _ => payload.clone(),
+        Ok(top) => embeddable_as(payload, &top),
+        Err(_) => payload.clone(),
+    }
+}
+
+/// [`embeddable`] for a stanza already inspected (`top` describes its
+/// start tag).
+pub(super) fn embeddable_as(payload: &Bytes, top: &TopLevel) -> Bytes {
+    if top.ns == ns::CLIENT && top.attr("xmlns").is_none() {
+        rewrite_attrs(payload, top, &[("xmlns", Some(ns::CLIENT))])
+    } else {
+        payload.clone()
     }
 }
 

@@ -100,15 +100,18 @@ impl Router {
         }
         let bare = to.to_bare().to_string();
         let conversation = matches!(mtype, "chat" | "normal");
-        let payload = match conversation {
-            true => self.archive_message(sender_bare, &bare, payload),
-            false => payload,
+        let (payload, carbon) = match conversation {
+            true => {
+                let prepared = self.prepare_conversation(sender_bare, &bare, payload);
+                (prepared.payload, prepared.carbon)
+            }
+            false => (payload, None),
         };
         let delivered = if let Some(res) = to.resource()
             && let Some(r) = self.table.full(&bare, res.as_str())
         {
             let target = (r.node, r.sid);
-            self.deliver(target, payload.clone());
+            self.deliver_message(target, payload.clone(), mtype);
             vec![target]
         } else if mtype == "error" {
             // RFC 6121 §8.5.2, §8.5.3: errors only reach the exact session; otherwise ignored.
@@ -116,8 +119,8 @@ impl Router {
         } else {
             self.message_to_bare(&bare, mtype, payload.clone(), Some((node, sid, header)))
         };
-        if conversation {
-            self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &payload);
+        if let Some(inner) = carbon {
+            self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &inner);
         }
     }
 
@@ -147,7 +150,7 @@ impl Router {
         };
         if !targets.is_empty() {
             for &t in &targets {
-                self.deliver(t, payload.clone());
+                self.deliver_message(t, payload.clone(), mtype);
             }
             return targets;
         }

@@ -44,6 +44,21 @@ pub(crate) enum Incoming {
     Counted(Origin),
 }
 
+/// What a stanza sent to a session is, for a ledger that is full or has
+/// stored messages ahead of new ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// A chat or normal message: it waits behind stored messages (stored
+    /// after them), and is stored when the ledger is full.
+    Storable,
+    /// Anything else of the session's stream (IQ, presence, other message
+    /// types): goes on past stored messages; dropped when the ledger is full.
+    Other,
+    /// A carbon copy or a query result, which belong to no conversation's
+    /// order: goes on past stored messages; dropped when the ledger is full.
+    Copy,
+}
+
 /// What happens to a stanza sent to a session.
 pub(crate) enum Admission {
     /// Not an SM session: send it.
@@ -55,7 +70,8 @@ pub(crate) enum Admission {
     /// Not kept: a copy or a query result for a client far behind.
     Dropped,
     /// The ledger is full or behind stored messages: store the stanza
-    /// offline (if it is a message); `flush`: then ask for the stored ones.
+    /// offline if it is [`Delivery::Storable`] (else it is dropped);
+    /// `flush`: then ask for the stored ones.
     Spill {
         /// The session caught up enough for a flush of stored messages.
         flush: bool,
@@ -279,30 +295,26 @@ impl SmSessions {
         }
     }
 
-    /// Records a stanza for a session before it is sent. `queue`: a stanza
-    /// that must not overtake stored messages (not a copy or a query
-    /// result, which belong to no conversation's order); `storable`: whether
-    /// it is a message offline storage takes.
+    /// Records a stanza for a session before it is sent.
     pub(crate) fn admit(
         &mut self,
         addr: SessionAddr,
         payload: &Bytes,
-        queue: bool,
-        storable: impl FnOnce() -> bool,
+        delivery: Delivery,
     ) -> Admission {
         let total = self.bytes;
         let Some(l) = self.ledgers.get_mut(&addr) else {
             return Admission::Untracked;
         };
         let full = !l.has_room() || total >= MAX_LEDGER_BYTES_TOTAL;
-        if full && !queue {
+        if full && delivery == Delivery::Copy {
             // A copy or a query result for a client far behind: dropped,
             // never stored offline as if it were a message to it.
             return Admission::Dropped;
         }
         // While stored messages are flushed, a new message waits behind them;
         // anything else (IQ answers, presence) goes on.
-        if full || (queue && l.overflowed && storable()) {
+        if full || (delivery == Delivery::Storable && l.overflowed) {
             // Far behind, or behind stored messages: stored too (after
             // them; it is flushed to the session in order).
             l.overflowed = true;

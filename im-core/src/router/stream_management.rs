@@ -10,7 +10,7 @@ use cm_protocol::{Frame, Resumption, SessionId, SmSnapshot};
 use xmpp_stream::stanza::{StanzaKind, inspect};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
-use super::sm_sessions::{Admission, Detach, Flushed, Ledger};
+use super::sm_sessions::{Admission, Delivery, Detach, Flushed, Ledger};
 use super::{Action, Router};
 use crate::address;
 use crate::routing::{NodeId, Route, SessionAddr};
@@ -61,19 +61,21 @@ impl Router {
     }
 
     /// Records a stanza for a session before it is sent (see [`Tracking`]).
-    /// `queue`: a message that must not overtake stored ones (not a copy or
-    /// a query result, which belong to no conversation order).
-    pub(super) fn track(&mut self, addr: SessionAddr, payload: &Bytes, queue: bool) -> Tracking {
-        match self
-            .sessions
-            .admit(addr, payload, queue, || storable_message(payload))
-        {
+    pub(super) fn track(
+        &mut self,
+        addr: SessionAddr,
+        payload: &Bytes,
+        delivery: Delivery,
+    ) -> Tracking {
+        match self.sessions.admit(addr, payload, delivery) {
             Admission::Untracked | Admission::Send => Tracking::Send,
             Admission::Held => Tracking::Held,
             Admission::Dropped => Tracking::Spilled,
             Admission::Spill { flush } => {
-                if let Some(user) = self.user_of(addr) {
-                    self.store_undeliverable(user, payload.clone());
+                if delivery == Delivery::Storable
+                    && let Some(user) = self.user_of(addr)
+                {
+                    self.store_spilled(user, payload.clone());
                 }
                 if flush {
                     self.request_flush(addr);

@@ -1136,3 +1136,144 @@ fn a_failed_delivery_kicks_before_the_rest_of_the_input_is_carried_out() {
     ));
     assert_eq!(r.poll_action(), None);
 }
+
+/// Alice on phone (1, 10) and desk (1, 11, carbons on), Bob on pc (2, 20),
+/// all available.
+fn carbons_trio(r: &mut Router) {
+    bound(r, 1, 10, "alice@x", "phone");
+    bound(r, 1, 11, "alice@x", "desk");
+    bound(r, 2, 20, "bob@x", "pc");
+    for (node, sid, full) in [
+        (1, 10, "alice@x/phone"),
+        (1, 11, "alice@x/desk"),
+        (2, 20, "bob@x/pc"),
+    ] {
+        stanza(
+            r,
+            node,
+            sid,
+            header(Kind::Presence, full, None, None),
+            "<presence/>",
+        );
+    }
+    stanza(
+        r,
+        1,
+        11,
+        header(Kind::Iq, "alice@x/desk", None, Some("set")),
+        "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+    );
+}
+
+#[test]
+fn a_message_neither_archived_nor_copied_is_delivered_as_it_came() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    // not even XML: the core does not look inside (the CM validated what it sends)
+    let payload = "<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/>";
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        payload,
+    );
+    assert_eq!(deliveries(&acts), vec![((2, 20), payload.to_owned())]);
+}
+
+#[test]
+fn a_chat_state_is_copied_without_being_archived() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message to='bob@x' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    );
+    assert!(!acts.iter().any(|a| matches!(a, Action::Archive { .. })));
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[1].0, (1, 11));
+    assert!(
+        d[1].1.contains("<sent xmlns=\"urn:xmpp:carbons:2\"><forwarded xmlns=\"urn:xmpp:forward:0\"><message to=\"bob@x\" type=\"chat\" xmlns=\"jabber:client\"><active"),
+        "{}",
+        d[1].1
+    );
+}
+
+#[test]
+fn a_private_message_is_archived_with_forged_ids_stripped_and_not_copied() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message to='bob@x' type='chat'><body>psst</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='bob@x'/><private xmlns='urn:xmpp:carbons:2'/></message>",
+    );
+    let Some(Action::Archive { entries, .. }) =
+        acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+    else {
+        panic!("{acts:?}")
+    };
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 1, "no copy: {d:?}");
+    assert_eq!(d[0].0, (2, 20));
+    let delivered = &d[0].1;
+    assert!(!delivered.contains("forged"), "{delivered}");
+    assert!(
+        delivered.contains(&format!("id=\"{}\"", entries[0].id)),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains("<private xmlns=\"urn:xmpp:carbons:2\"/>"),
+        "{delivered}"
+    );
+    assert_eq!(&entries[0].payload[..], delivered.as_bytes());
+}
+
+#[test]
+fn a_chat_with_a_hint_is_archived_and_copied_from_one_parse() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        "<message to='alice@x/phone' type='chat'><body>hi</body><store xmlns='urn:xmpp:hints'/></message>",
+    );
+    let Some(Action::Archive { entries, .. }) =
+        acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+    else {
+        panic!("{acts:?}")
+    };
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[0].0, (1, 10));
+    assert_eq!(d[0].1.as_bytes(), &entries[0].payload[..]);
+    // the desk gets a "received" copy of the stamped message
+    assert_eq!(d[1].0, (1, 11));
+    assert!(
+        d[1].1.contains("<received xmlns=\"urn:xmpp:carbons:2\">"),
+        "{}",
+        d[1].1
+    );
+    assert!(d[1].1.contains(&d[0].1), "{}", d[1].1);
+}
