@@ -5,8 +5,9 @@
 //!
 //! Layout: [`links`] accepts CM connections, [`auth`] runs SASL,
 //! [`router`] (sans-IO) decides where stanzas go using [`routing`],
-//! [`driver`] carries its decisions out, [`storage`] persists accounts and
-//! offline messages, [`admin`] serves metrics, routes and account changes.
+//! [`driver`] carries its decisions out and keeps its time, [`storage`]
+//! persists accounts and offline messages, [`admin`] serves metrics,
+//! routes and account changes; [`address`] takes JID strings apart.
 
 pub mod address;
 pub mod admin;

@@ -9,18 +9,23 @@
 //!
 //! The router coordinates; each concern's state is a type of its own:
 //! the routing table ([`RoutingTable`]), stream-management sessions
-//! (`sm_sessions`), the roster cache (`roster_cache`) and archive ids
+//! (`sm_sessions`: ledgers, tokens, expiry deadlines), the roster cache
+//! (`roster_cache`: rosters and the frames waiting for one) and archive ids
 //! (`archive_ids`). The rules it applies live one concern per module:
-//! stanza routing (`rules`), binding (`binding`), presence, subscriptions,
-//! server IQs (`iq`), archive stamping and carbons, storage queries.
+//! stanza routing (`rules`), binding and session ends (`binding`),
+//! presence, subscriptions, frames waiting for rosters (`roster_waits`),
+//! stream management (`stream_management`), server IQs (`iq`, one module
+//! per protocol), conversation messages parsed at most once for the
+//! archive and carbons (`conversation`, `archive`, `carbons`), storage
+//! queries (`query`), and what it emits (`output`).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
-use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
-use xmpp_stream::stanza::{StanzaKind, error_reply};
-use xmpp_stream::{StanzaCondition, StreamCondition};
+use cm_protocol::Frame;
+use xmpp_stream::StanzaCondition;
+use xmpp_stream::stanza::StanzaKind;
 
 use crate::address;
 use crate::storage::{ArchiveEntry, Roster, RosterItem};
@@ -32,6 +37,7 @@ mod carbons;
 mod conversation;
 mod forward;
 mod iq;
+mod output;
 mod presence;
 mod query;
 mod roster_cache;
@@ -47,7 +53,7 @@ use binding::ResourceNames;
 pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use query::Query;
 use roster_cache::{RosterCache, roster_for};
-use sm_sessions::{Delivery, Incoming, Origin, SmSessions};
+use sm_sessions::{Incoming, Origin, SmSessions};
 pub(crate) use stream_management::storable_message;
 
 /// Something the driver must do (see [`Router::poll_action`]).
@@ -61,7 +67,7 @@ pub enum Action {
         frame: Frame,
     },
     /// Store a message for an offline user; if the user does not exist or
-    /// the quota is full, call [`Router::offline_failed`] with `bounce`.
+    /// the quota is full, report [`Input::OfflineFailed`] with `bounce`.
     StoreOffline {
         /// Bare username (local part).
         user: String,
@@ -443,131 +449,6 @@ impl Router {
             .filter(|r| r.available && Some((r.node, r.sid)) != except)
             .map(|r| (r.node, r.sid))
             .collect()
-    }
-
-    fn reply_error(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        condition: StanzaCondition,
-    ) {
-        let kind = match header.kind {
-            Kind::Message => StanzaKind::Message,
-            Kind::Presence => StanzaKind::Presence,
-            Kind::Iq => StanzaKind::Iq,
-        };
-        let from = header.to.clone().unwrap_or_else(|| self.domain.clone());
-        self.stats.errors += 1;
-        let reply = error_reply(
-            kind,
-            header.id.as_deref(),
-            &from,
-            &header.from,
-            condition,
-            None,
-        );
-        self.deliver((node, sid), reply);
-    }
-
-    fn error_to(
-        &mut self,
-        to_full: &str,
-        kind: StanzaKind,
-        id: Option<&str>,
-        from: &str,
-        condition: StanzaCondition,
-    ) {
-        let Some((bare, res)) = address::split_full(to_full) else {
-            return;
-        };
-        let Some(r) = self.table.full(bare, res) else {
-            return;
-        };
-        let target = (r.node, r.sid);
-        self.stats.errors += 1;
-        let reply = error_reply(kind, id, from, to_full, condition, None);
-        self.deliver(target, reply);
-    }
-
-    /// Delivers a stanza that is not a chat or normal message (an IQ, a
-    /// presence, an error).
-    fn deliver(&mut self, addr: SessionAddr, payload: Bytes) {
-        self.deliver_as(addr, payload, Delivery::Other)
-    }
-
-    /// Delivers a message of type `mtype`: a chat or normal one waits
-    /// behind the session's stored messages.
-    fn deliver_message(&mut self, addr: SessionAddr, payload: Bytes, mtype: &str) {
-        let delivery = match mtype {
-            "chat" | "normal" => Delivery::Storable,
-            _ => Delivery::Other,
-        };
-        self.deliver_as(addr, payload, delivery)
-    }
-
-    /// Delivers a carbon copy or a query result: never queued behind stored
-    /// messages (it is not part of the conversation's order).
-    fn deliver_copy(&mut self, addr: SessionAddr, payload: Bytes) {
-        self.deliver_as(addr, payload, Delivery::Copy)
-    }
-
-    fn deliver_as(&mut self, (node, sid): SessionAddr, payload: Bytes, delivery: Delivery) {
-        match self.track((node, sid), &payload, delivery) {
-            stream_management::Tracking::Send => {
-                self.stats.delivered += 1;
-                self.send(node, Frame::Deliver { sid, payload });
-            }
-            // kept for the resumption, or stored behind older stored messages
-            stream_management::Tracking::Held | stream_management::Tracking::Spilled => {}
-        }
-    }
-
-    /// Stores a chat or normal message its session's ledger cannot take.
-    fn store_spilled(&mut self, user: String, payload: Bytes) {
-        let bounce = Bounce {
-            sender: String::new(),
-            to: String::new(),
-            id: None,
-        };
-        self.store(user, payload, bounce);
-    }
-
-    /// Stores a message offline. If an SM sender's stanza is being routed,
-    /// its acknowledgement waits for the commit.
-    fn store(&mut self, user: String, payload: Bytes, bounce: Bounce) {
-        self.stats.offline_stored += 1;
-        let origin = self.hold_ack();
-        self.emit(Action::StoreOffline {
-            user,
-            payload,
-            bounce,
-            origin,
-        });
-    }
-
-    /// The SM stanza being routed waits for a storage commit before it is
-    /// acknowledged; returns the origin to report [`Input::Stored`] for.
-    fn hold_ack(&mut self) -> Option<(u64, u32)> {
-        let origin = self.origin;
-        if let Some(origin) = origin {
-            self.sessions.store_started(origin);
-        }
-        origin
-    }
-
-    fn send(&mut self, node: NodeId, frame: Frame) {
-        self.emit(Action::Send { node, frame });
-    }
-
-    fn emit(&mut self, action: Action) {
-        self.out.push_back(action);
-    }
-
-    /// Ends a session with a stream error.
-    fn kick(&mut self, (node, sid): SessionAddr, condition: StreamCondition) {
-        let condition = condition.name().into();
-        self.send(node, Frame::Kick { sid, condition });
     }
 
     /// The local part of a session's JID (its account).
