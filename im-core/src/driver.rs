@@ -1,7 +1,11 @@
-//! The router's tokio driver: feeds events to the sans-IO [`Router`] and
-//! carries out its actions (frames to CM links, offline storage).
+//! The router's tokio driver: feeds events to the sans-IO [`Router`] with
+//! the time they arrived, sleeps until the router's next deadline
+//! ([`Router::poll_timeout`], asked again after every input), and carries
+//! out the router's actions (frames to CM links, offline storage).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use cm_protocol::Frame;
@@ -23,8 +27,6 @@ use crate::storage::{Storage, StorageError, Stored};
 pub enum Event {
     /// An input for the router.
     Router(Input),
-    /// Storing an offline message failed.
-    OfflineFailed(Bounce, StanzaCondition),
     /// The admin endpoint wants the routing table.
     Snapshot(oneshot::Sender<RoutesSnapshot>),
     /// A user's offline flush finished.
@@ -33,9 +35,6 @@ pub enum Event {
 
 /// Extra attempts at an archive write whose commit failed.
 const ARCHIVE_RETRIES: u64 = 3;
-
-/// How often the router is ticked (SM expiry resolution).
-pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Storage jobs (offline stores and flushes) in flight at once; beyond that
 /// the router waits, which slows the CM links instead of growing memory.
@@ -63,73 +62,100 @@ pub struct NodeRoutes {
 /// Router input queue length: readers wait beyond it.
 pub const ROUTER_QUEUE: usize = 64 * 1024;
 
-/// Shared pieces the driver uses.
+/// The router's driver (see the module docs).
 pub struct Driver {
-    /// The router.
-    pub router: Router,
-    /// Node registry.
-    pub links: Arc<Links>,
-    /// Storage.
-    pub storage: Storage,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
+    router: Router,
+    links: Arc<Links>,
+    storage: Storage,
+    metrics: Arc<Metrics>,
     /// Own sender, for storage completions.
-    pub events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Event>,
     /// Domain (for delay stamps).
-    pub domain: String,
+    domain: String,
     /// Bounds storage jobs in flight (see [`STORAGE_SLOTS`]).
-    pub storage_slots: Arc<tokio::sync::Semaphore>,
+    storage_slots: Arc<tokio::sync::Semaphore>,
     /// Users whose offline messages are being flushed (one flush at a time).
-    pub flushing: std::collections::HashSet<String>,
+    flushing: HashSet<String>,
     /// The flush to run when a user's current one is done.
-    pub flush_next: std::collections::HashMap<String, SessionAddr>,
+    flush_next: HashMap<String, SessionAddr>,
+    /// SM sessions (tracked, detached) as the metrics last showed them.
+    sm_shown: Option<(usize, usize)>,
 }
 
 impl Driver {
+    /// A driver for `router`; `events` is the sender of the queue
+    /// [`Driver::run`] reads (storage completions come back through it).
+    pub fn new(
+        router: Router,
+        links: Arc<Links>,
+        storage: Storage,
+        metrics: Arc<Metrics>,
+        events: mpsc::Sender<Event>,
+        domain: String,
+    ) -> Self {
+        Self {
+            router,
+            links,
+            storage,
+            metrics,
+            events,
+            domain,
+            storage_slots: Arc::new(tokio::sync::Semaphore::new(STORAGE_SLOTS)),
+            flushing: HashSet::new(),
+            flush_next: HashMap::new(),
+            sm_shown: None,
+        }
+    }
+
     /// Runs until shutdown.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.show_metrics();
         loop {
-            let event = tokio::select! {
+            let deadline = self.router.poll_timeout();
+            tokio::select! {
                 _ = shutdown.cancelled() => return,
-                now = tick.tick() => Event::Router(Input::Tick { now: now.into_std() }),
-                e = rx.recv() => match e { Some(e) => e, None => return },
-            };
-            let is_tick = matches!(event, Event::Router(Input::Tick { .. }));
-            let actions = match event {
-                Event::Router(input) => self.router.handle(input),
-                Event::OfflineFailed(bounce, cond) => self.router.offline_failed(bounce, cond),
-                Event::Snapshot(tx) => {
-                    let _ = tx.send(self.snapshot());
-                    continue;
-                }
-                Event::FlushDone(user) => {
-                    self.flushing.remove(&user);
-                    match self.flush_next.remove(&user) {
-                        Some(to) => vec![Action::FlushOffline { user, to }],
-                        None => continue,
+                _ = sleep_until(deadline) => self.router.handle_timeout(Instant::now()),
+                e = rx.recv() => match e {
+                    Some(Event::Router(input)) => self.router.handle(input, Instant::now()),
+                    Some(Event::Snapshot(tx)) => {
+                        let _ = tx.send(self.snapshot());
+                        continue;
                     }
-                }
-            };
-            for action in actions {
+                    Some(Event::FlushDone(user)) => {
+                        self.flushing.remove(&user);
+                        match self.flush_next.remove(&user) {
+                            Some(to) => self.execute(Action::FlushOffline { user, to }).await,
+                            None => continue,
+                        }
+                    }
+                    None => return,
+                },
+            }
+            while let Some(action) = self.router.poll_action() {
                 self.execute(action).await;
             }
-            self.metrics.sessions.set(self.router.table().len() as i64);
-            let stats = self.router.stats;
-            self.metrics.sm_resumed.set(stats.resumed as i64);
-            self.metrics
-                .sm_resume_failed
-                .set(stats.resume_failed as i64);
-            self.metrics.sm_expired.set(stats.sm_expired as i64);
-            if is_tick {
-                let (tracked, detached) = self.router.sm_counts();
-                let g = &self.metrics.sm_sessions;
-                g.get_or_create(&label("state", "attached"))
-                    .set((tracked - detached) as i64);
-                g.get_or_create(&label("state", "detached"))
-                    .set(detached as i64);
-            }
+            self.show_metrics();
+        }
+    }
+
+    /// Brings the router's gauges up to date.
+    fn show_metrics(&mut self) {
+        self.metrics.sessions.set(self.router.table().len() as i64);
+        let stats = self.router.stats();
+        self.metrics.sm_resumed.set(stats.resumed as i64);
+        self.metrics
+            .sm_resume_failed
+            .set(stats.resume_failed as i64);
+        self.metrics.sm_expired.set(stats.sm_expired as i64);
+        let counts = self.router.sm_counts();
+        if self.sm_shown != Some(counts) {
+            self.sm_shown = Some(counts);
+            let (tracked, detached) = counts;
+            let g = &self.metrics.sm_sessions;
+            g.get_or_create(&label("state", "attached"))
+                .set((tracked - detached) as i64);
+            g.get_or_create(&label("state", "detached"))
+                .set(detached as i64);
         }
     }
 
@@ -153,8 +179,8 @@ impl Driver {
     async fn execute(&mut self, action: Action) {
         match action {
             Action::Send { node, frame } => {
-                for next in self.send(node, frame) {
-                    Box::pin(self.execute(next)).await;
+                if let Some(store) = self.send(node, frame) {
+                    Box::pin(self.execute(store)).await;
                 }
             }
             Action::StoreOffline {
@@ -188,7 +214,11 @@ impl Driver {
                         }
                     };
                     if !bounce.sender.is_empty() {
-                        let _ = events.send(Event::OfflineFailed(bounce, cond)).await;
+                        let input = Input::OfflineFailed {
+                            bounce,
+                            condition: cond,
+                        };
+                        let _ = events.send(Event::Router(input)).await;
                     }
                 });
             }
@@ -205,7 +235,7 @@ impl Driver {
             }
             Action::LoadRoster { user } => {
                 let load = |storage: Storage, user: &str| {
-                    let local = crate::router::local_of(user).to_owned();
+                    let local = crate::address::local(user).unwrap_or_default().to_owned();
                     storage.submit(move |db| {
                         if db.credentials(&local)?.is_none() {
                             return Ok(None);
@@ -355,14 +385,15 @@ impl Driver {
         });
     }
 
-    /// Sends a frame; an undeliverable message comes back as the store to do.
-    fn send(&mut self, node: NodeId, frame: Frame) -> Vec<Action> {
+    /// Sends a frame; an undeliverable message comes back as the store to
+    /// do (or, for an SM session, as the router's next actions).
+    fn send(&mut self, node: NodeId, frame: Frame) -> Option<Action> {
         let sid = frame.sid().unwrap_or(0);
         if matches!(frame, Frame::Deliver { .. }) {
             self.metrics.delivered.inc();
         }
         let Err((reason, frame)) = self.links.send(node, sid, frame) else {
-            return Vec::new();
+            return None;
         };
         match reason {
             SendError::Full => {
@@ -379,26 +410,25 @@ impl Driver {
         // A message that cannot reach its session is stored, never dropped
         // (an SM session's ledger already keeps it for the resumption).
         let Frame::Deliver { payload, .. } = *frame else {
-            return Vec::new();
+            return None;
         };
         if self.router.is_tracked((node, sid)) {
             // The CM's numbering would skip it: the session resumes instead.
-            return self.router.delivery_failed((node, sid));
+            self.router.delivery_failed((node, sid), Instant::now());
+            return None;
         }
-        let Some(user) = self.offline_target(node, sid, &payload) else {
-            return Vec::new();
-        };
+        let user = self.offline_target(node, sid, &payload)?;
         let bounce = Bounce {
             sender: String::new(),
             to: String::new(),
             id: None,
         };
-        vec![Action::StoreOffline {
+        Some(Action::StoreOffline {
             user,
             payload,
             bounce,
             origin: None,
-        }]
+        })
     }
 
     /// The local user to store an undeliverable chat or normal message for.
@@ -407,7 +437,7 @@ impl Driver {
             return None;
         }
         let jid = self.router.table().jid_of(node, sid)?;
-        jid.split('@').next().map(str::to_owned)
+        crate::address::local(jid).map(str::to_owned)
     }
 
     /// Loads a user's stored messages, stamps them with their delay and
@@ -463,6 +493,14 @@ impl Driver {
             }
             let _ = events.send(Event::FlushDone(user)).await;
         });
+    }
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,14 +5,15 @@
 //!
 //! Layout: [`links`] accepts CM connections, [`auth`] runs SASL,
 //! [`router`] (sans-IO) decides where stanzas go using [`routing`],
-//! [`driver`] carries its decisions out, [`storage`] persists accounts and
-//! offline messages, [`admin`] serves metrics, routes and account changes.
+//! [`driver`] carries its decisions out and keeps its time, [`storage`]
+//! persists accounts and offline messages, [`admin`] serves metrics,
+//! routes and account changes; [`address`] takes JID strings apart.
 
+pub mod address;
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod driver;
-pub mod ledger;
 pub mod links;
 pub mod metrics;
 pub mod queries;
@@ -176,22 +177,19 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     let instance: u64 = rand::random();
 
     let (events_tx, events_rx) = mpsc::channel(driver::ROUTER_QUEUE);
-    let driver = driver::Driver {
-        router: router::Router::new(&config.domain, instance)
-            .with_sm_secret(sm_secret(&config.data_dir).map_err(io("SM key"))?)
-            .with_archive(
-                config.archive,
-                (queries::now_micros() as u64).wrapping_mul(16),
-            ),
-        links: links.clone(),
-        storage: storage.clone(),
-        metrics: metrics.clone(),
-        events: events_tx.clone(),
-        domain: config.domain.clone(),
-        storage_slots: Arc::new(tokio::sync::Semaphore::new(driver::STORAGE_SLOTS)),
-        flushing: Default::default(),
-        flush_next: Default::default(),
-    };
+    let sm_key = sm_secret(&config.data_dir).map_err(io("SM key"))?;
+    let router = router::Router::new(&config.domain, instance, sm_key).with_archive(
+        config.archive,
+        (queries::now_micros() as u64).wrapping_mul(16),
+    );
+    let driver = driver::Driver::new(
+        router,
+        links.clone(),
+        storage.clone(),
+        metrics.clone(),
+        events_tx.clone(),
+        config.domain.clone(),
+    );
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 
     let token = admin_token(&config.data_dir).map_err(io("admin token"))?;

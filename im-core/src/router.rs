@@ -1,34 +1,62 @@
 //! The router: a sans-IO state machine that owns the routing table and
 //! decides, for every frame from a CM, what happens (RFC 6120 §10,
-//! RFC 6121 §8.5). Inputs are events; outputs are [`Action`]s the driver
+//! RFC 6121 §8.5). Inputs are events with the time they happen at
+//! ([`Router::handle`], [`Router::handle_timeout`]); outputs are
+//! [`Action`]s the driver takes one by one ([`Router::poll_action`]) and
 //! carries out (send a frame to a node, store or flush offline messages).
-//! No sockets, no clocks, no storage: tests feed events and read actions.
+//! No sockets, no clocks, no randomness, no storage: tests feed events and
+//! instants, and read actions.
+//!
+//! The router coordinates; each concern's state is a type of its own:
+//! the routing table ([`RoutingTable`]), stream-management sessions
+//! (`sm_sessions`: ledgers, tokens, expiry deadlines), the roster cache
+//! (`roster_cache`: rosters and the frames waiting for one) and archive ids
+//! (`archive_ids`). The rules it applies live one concern per module:
+//! stanza routing (`rules`), binding and session ends (`binding`),
+//! presence, subscriptions, frames waiting for rosters (`roster_waits`),
+//! stream management (`stream_management`), server IQs (`iq`, one module
+//! per protocol), conversation messages parsed at most once for the
+//! archive and carbons (`conversation`, `archive`, `carbons`), storage
+//! queries (`query`), and what it emits (`output`).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
-use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
-use jid::{BareJid, Jid};
-use xmpp_stream::element::Element;
-use xmpp_stream::stanza::{StanzaKind, error_reply};
-use xmpp_stream::{StanzaCondition, StreamCondition, ns};
+use cm_protocol::Frame;
+use xmpp_stream::StanzaCondition;
+use xmpp_stream::stanza::StanzaKind;
 
-use crate::ledger::{Ledger, SmIds};
+use crate::address;
 use crate::storage::{ArchiveEntry, Roster, RosterItem};
 
 mod archive;
+mod archive_ids;
+mod binding;
+mod carbons;
+mod conversation;
+mod forward;
+mod iq;
+mod output;
 mod presence;
-mod roster;
+mod query;
+mod roster_cache;
+mod roster_waits;
+mod rules;
+mod sm_sessions;
 mod stream_management;
+mod subscriptions;
 
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
-pub use archive::Query;
-pub(crate) use archive::{embeddable, wrap_forwarded};
+use archive_ids::ArchiveIds;
+use binding::ResourceNames;
+pub(crate) use forward::{embeddable, wrap_forwarded};
+pub use query::Query;
+use roster_cache::{RosterCache, roster_for};
+use sm_sessions::{Incoming, Origin, SmSessions};
 pub(crate) use stream_management::storable_message;
 
-/// Something the driver must do.
+/// Something the driver must do (see [`Router::poll_action`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send a frame to a CM node (on the pooled connection for `sid`).
@@ -39,7 +67,7 @@ pub enum Action {
         frame: Frame,
     },
     /// Store a message for an offline user; if the user does not exist or
-    /// the quota is full, call [`Router::offline_failed`] with `bounce`.
+    /// the quota is full, report [`Input::OfflineFailed`] with `bounce`.
     StoreOffline {
         /// Bare username (local part).
         user: String,
@@ -143,12 +171,6 @@ pub enum Input {
         /// The pool's size.
         pool_size: u16,
     },
-    /// Time passed (the driver ticks about once a second): expires detached
-    /// SM sessions.
-    Tick {
-        /// Now.
-        now: Instant,
-    },
     /// An offline store started for an SM session's stanza finished.
     Stored {
         /// (token, `h`) from [`Action::StoreOffline`]'s origin.
@@ -166,6 +188,14 @@ pub enum Input {
     RosterFailed {
         /// Bare JID.
         user: String,
+    },
+    /// Storing an offline message failed (see [`Action::StoreOffline`]):
+    /// the sender is answered with `condition`.
+    OfflineFailed {
+        /// What the store carried to answer the sender.
+        bounce: Bounce,
+        /// The error to answer with.
+        condition: StanzaCondition,
     },
     /// The answer to an [`Action::Query`].
     Replies {
@@ -208,76 +238,44 @@ pub struct RouterStats {
 pub struct Router {
     domain: String,
     table: RoutingTable,
-    out: Vec<Action>,
-    resource_counter: u64,
-    resource_seed: u64,
-    /// Delivery ledgers of SM sessions, by current address.
-    ledgers: HashMap<SessionAddr, Ledger>,
-    /// SM resumption tokens to current addresses.
-    tokens: HashMap<u64, SessionAddr>,
-    /// Expiry deadlines of detached sessions (checked lazily on Tick).
-    expiries: BinaryHeap<Reverse<(Instant, u64)>>,
-    sm_ids: SmIds,
-    /// Ledgers whose client is away.
-    detached: usize,
-    /// Bytes in all ledgers.
-    ledger_bytes: usize,
-    /// Addresses of SM sessions that ended or moved (bounded, see
-    /// [`stream_management::RETIRED_MEMORY`]).
-    retired: std::collections::HashSet<SessionAddr>,
-    retired_order: std::collections::VecDeque<SessionAddr>,
-    next_token: u64,
-    now: Instant,
-    /// (token, h) of the SM stanza being routed, for offline stores.
-    origin: Option<(u64, u32)>,
-    /// Rosters of users with sessions (and of users a frame waits for).
-    rosters: HashMap<String, roster::RosterState>,
-    /// Frames waiting for a user's roster, by bare JID.
-    loading: HashMap<String, Vec<(NodeId, Frame)>>,
-    /// Sessions with a waiting frame: the roster they wait for, and how
-    /// many of their stanzas wait.
-    waiting: HashMap<SessionAddr, (String, usize)>,
+    /// Actions not yet taken by the driver (it takes all of them after
+    /// every input, so this holds what one input produced).
+    out: VecDeque<Action>,
+    /// Names of resources the server picks.
+    resources: ResourceNames,
+    /// Stream-management sessions (XEP-0198).
+    sessions: SmSessions,
+    /// The SM stanza being routed, for the storage actions its
+    /// acknowledgement waits for.
+    origin: Option<Origin>,
+    /// Rosters in memory, and the frames waiting for one.
+    rosters: RosterCache,
     /// Sessions with a storage query being answered (one at a time).
-    querying: std::collections::HashSet<SessionAddr>,
+    querying: HashSet<SessionAddr>,
+    /// Roster pushes sent (their ids).
     push_counter: u64,
-    /// Messages are archived (XEP-0313).
-    archive: bool,
-    /// Archive ids are `archive_base + counter`: increasing, so the
-    /// archive's indexes grow at their ends (see [`Router::with_archive`]).
-    archive_base: u64,
-    archive_counter: u64,
-    /// Counters.
-    pub stats: RouterStats,
+    /// Ids of archived messages; none: messages are not archived (XEP-0313).
+    archive: Option<ArchiveIds>,
+    stats: RouterStats,
 }
 
 impl Router {
-    /// A router for `domain`; `seed` varies generated resources between runs.
-    pub fn new(domain: &str, seed: u64) -> Self {
+    /// A router for `domain`. `seed` (random, from outside) varies
+    /// generated resources, SM resumption tokens and, until
+    /// [`Router::with_archive`], archive ids between runs; SM ids are keyed
+    /// with `sm_secret` (persisted, so they survive a core restart).
+    pub fn new(domain: &str, seed: u64, sm_secret: [u8; 32]) -> Self {
         Self {
             domain: domain.to_owned(),
             table: RoutingTable::new(),
-            out: Vec::new(),
-            resource_counter: 0,
-            resource_seed: seed,
-            ledgers: HashMap::new(),
-            tokens: HashMap::new(),
-            expiries: BinaryHeap::new(),
-            sm_ids: SmIds::new(rand::random()),
-            detached: 0,
-            ledger_bytes: 0,
-            retired: Default::default(),
-            retired_order: Default::default(),
-            next_token: seed,
-            now: Instant::now(),
+            out: VecDeque::new(),
+            resources: ResourceNames::new(seed),
+            sessions: SmSessions::new(seed, sm_secret),
             origin: None,
-            rosters: HashMap::new(),
-            loading: HashMap::new(),
-            waiting: HashMap::new(),
+            rosters: RosterCache::default(),
             querying: Default::default(),
             push_counter: 0,
-            archive: true,
-            archive_base: seed,
-            archive_counter: 0,
+            archive: Some(ArchiveIds::new(seed)),
             stats: RouterStats::default(),
         }
     }
@@ -287,26 +285,19 @@ impl Router {
     /// increase across restarts unless a run averaged more than 16 million
     /// archived messages a second.
     pub fn with_archive(mut self, on: bool, base: u64) -> Self {
-        self.archive = on;
-        self.archive_base = base;
-        self
-    }
-
-    /// Keys SM ids with `secret` (persisted, so ids survive a core restart).
-    pub fn with_sm_secret(mut self, secret: [u8; 32]) -> Self {
-        self.sm_ids = SmIds::new(secret);
+        self.archive = on.then(|| ArchiveIds::new(base));
         self
     }
 
     /// Whether the core tracks deliveries to this session (it keeps them
     /// until acknowledged, so a failed send loses nothing).
     pub fn is_tracked(&self, addr: SessionAddr) -> bool {
-        self.ledgers.contains_key(&addr)
+        self.sessions.is_tracked(addr)
     }
 
     /// SM sessions tracked (attached or detached) and of those detached.
     pub fn sm_counts(&self) -> (usize, usize) {
-        (self.ledgers.len(), self.detached)
+        self.sessions.counts()
     }
 
     /// The routing table (read-only).
@@ -314,21 +305,33 @@ impl Router {
         &self.table
     }
 
-    /// Handles one event and returns the actions it produced.
-    pub fn handle(&mut self, input: Input) -> Vec<Action> {
+    /// The router's counters.
+    pub fn stats(&self) -> RouterStats {
+        self.stats
+    }
+
+    /// Handles one event that happened at `now`; its actions wait in
+    /// [`Router::poll_action`].
+    pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
-            Input::NodeGone { node } => self.node_gone(node),
+            Input::NodeGone { node } => self.node_gone(node, now),
             Input::LinkLost {
                 node,
                 index,
                 pool_size,
-            } => self.link_lost(node, index, pool_size),
-            Input::Frame { node, frame } => self.frame(node, frame),
-            Input::Tick { now } => self.tick(now),
+            } => self.link_lost(node, index, pool_size, now),
+            Input::Frame { node, frame } => self.frame(node, frame, now),
             Input::Stored { origin } => self.stored(origin),
             Input::Offline { user, to, messages } => self.offline(user, to, messages),
-            Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster),
+            Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
+            Input::OfflineFailed { bounce, condition } => self.error_to(
+                &bounce.sender,
+                StanzaKind::Message,
+                bounce.id.as_deref(),
+                &bounce.to,
+                condition,
+            ),
             Input::Replies { to, payloads } => {
                 self.querying.remove(&to);
                 if self.table.jid_of(to.0, to.1).is_some() {
@@ -338,30 +341,51 @@ impl Router {
                 }
             }
         }
-        std::mem::take(&mut self.out)
     }
 
-    /// Storing an offline message failed: answer the sender.
-    pub fn offline_failed(&mut self, bounce: Bounce, condition: StanzaCondition) -> Vec<Action> {
-        self.error_to(
-            &bounce.sender,
-            StanzaKind::Message,
-            bounce.id.as_deref(),
-            &bounce.to,
-            condition,
-        );
-        std::mem::take(&mut self.out)
+    /// The earliest deadline the router keeps (a detached SM session's
+    /// expiry): call [`Router::handle_timeout`] then. None: no deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.next_expiry()
     }
 
-    fn frame(&mut self, node: NodeId, frame: Frame) {
+    /// Time reached `now`: detached SM sessions whose resumption time is
+    /// over expire (what they never acknowledged goes to another resource
+    /// or offline storage).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+    }
+
+    /// The next action to carry out, in order; take them all after every
+    /// input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// A Deliver for an SM session could not be handed to its CM link at
+    /// `now`: the session detaches and is told to resume (which replays
+    /// it). Its actions come next from [`Router::poll_action`], before any
+    /// left from the input being carried out.
+    pub fn delivery_failed(&mut self, addr: SessionAddr, now: Instant) {
+        let queued = self.out.len();
+        if self.sessions.is_attached(addr) {
+            self.detach(addr, now);
+            self.kick_to_resume(addr);
+        }
+        let new = self.out.len() - queued;
+        self.out.rotate_right(new);
+    }
+
+    fn frame(&mut self, node: NodeId, frame: Frame, now: Instant) {
         // Frames wait, in order, for rosters not loaded yet.
-        if !self.waiting.is_empty()
-            && let Some(sid) = frame.sid()
-            && let Some((user, _)) = self.waiting.get(&(node, sid)).cloned()
+        if let Some(sid) = frame.sid()
+            && let Some(user) = self.rosters.waited_for((node, sid))
         {
             return self.defer(user, node, frame);
         }
-        if let Some(user) = self.roster_needed(&frame) {
+        if let Some(user) = roster_for(&frame, &self.domain)
+            && !self.rosters.is_loaded(&user)
+        {
             return self.defer(user, node, frame);
         }
         match frame {
@@ -384,26 +408,26 @@ impl Router {
                 payload,
             } => {
                 self.stats.stanzas_in += 1;
-                match self.ledgers.get_mut(&(node, sid)) {
+                match self.sessions.count_in((node, sid)) {
                     // a stream the session has left (resumed elsewhere)
-                    Some(l) if l.detached_at.is_some() => return,
-                    Some(l) => self.origin = Some((l.token, l.count_in())),
-                    None if self.table.jid_of(node, sid).is_none() => return,
-                    None => {}
+                    Incoming::FromDetached => return,
+                    Incoming::Counted(origin) => self.origin = Some(origin),
+                    Incoming::Untracked if self.table.jid_of(node, sid).is_none() => return,
+                    Incoming::Untracked => {}
                 }
                 self.stanza(node, sid, header, payload);
                 self.origin = None;
             }
             Frame::Bounce { sid, to, payload } => {
-                if !self.bounce_tracked((node, sid)) {
+                if !self.bounce_tracked((node, sid), now) {
                     self.bounced(node, sid, &to, payload)
                 }
             }
             Frame::SessionEnd { sid, clean, .. } => {
-                if clean && self.ledgers.contains_key(&(node, sid)) {
+                if clean && self.sessions.is_tracked((node, sid)) {
                     self.end_tracked((node, sid));
-                } else if self.ledgers.contains_key(&(node, sid)) {
-                    self.detach((node, sid));
+                } else if self.sessions.is_tracked((node, sid)) {
+                    self.detach((node, sid), now);
                 } else {
                     self.session_end(node, sid)
                 }
@@ -417,115 +441,6 @@ impl Router {
         }
     }
 
-    /// Binds a resource for a session the core authenticated as `user`
-    /// (the CM, a trusted cluster member, carries the user from AuthSuccess).
-    fn bind(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        user: &str,
-        iq_id: String,
-        resource: Option<String>,
-    ) {
-        let resource = match resource.filter(|r| !r.is_empty()) {
-            Some(r) => r,
-            None => self.generate_resource(),
-        };
-        let full = BareJid::new(user)
-            .ok()
-            .and_then(|b| b.with_resource_str(&resource).ok());
-        let Some(full) = full else {
-            self.send(
-                node,
-                Frame::BindResult {
-                    sid,
-                    iq_id,
-                    result: Err("bad-request".into()),
-                },
-            );
-            return;
-        };
-        let bare = full.to_bare().to_string();
-        let resource = full.resource().to_string();
-        if let Some(old) = self.table.bind(&bare, &resource, node, sid, false, 0) {
-            self.replaced(old, &full.to_string());
-        }
-        self.send(
-            node,
-            Frame::BindResult {
-                sid,
-                iq_id,
-                result: Ok(full.to_string()),
-            },
-        );
-    }
-
-    /// A session was replaced by a new one with its full JID (`conflict`):
-    /// kick it and hand what it never acknowledged to the user's sessions.
-    fn replaced(&mut self, (old_node, old_sid): SessionAddr, full: &str) {
-        self.kick((old_node, old_sid), StreamCondition::Conflict);
-        if let Some(ledger) = self.take_ledger((old_node, old_sid)) {
-            self.reroute_unacked(full, ledger);
-        }
-    }
-
-    fn generate_resource(&mut self) -> String {
-        self.resource_counter += 1;
-        let x = self
-            .resource_seed
-            .wrapping_add(self.resource_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        format!("ll-{:016x}", x ^ (x >> 29))
-    }
-
-    fn announce(&mut self, node: NodeId, sid: SessionId, jid: &str, available: bool, priority: i8) {
-        let Ok(full) = jid::FullJid::new(jid) else {
-            tracing::warn!(node, jid, "announce with an invalid JID");
-            return;
-        };
-        let bare = full.to_bare().to_string();
-        if let Some(old) = self.table.bind(
-            &bare,
-            full.resource().as_str(),
-            node,
-            sid,
-            available,
-            priority,
-        ) {
-            self.replaced(old, jid);
-        }
-    }
-
-    fn session_end(&mut self, node: NodeId, sid: SessionId) {
-        if let Some((full, route)) = self.table.unbind(node, sid) {
-            if route.available {
-                self.broadcast_unavailable(&full, &route.directed);
-            }
-            self.forget_roster_if_unused(bare_of(&full));
-        }
-    }
-
-    fn node_gone(&mut self, node: NodeId) {
-        for (full, route) in self.table.drop_node(node) {
-            let addr = (node, route.sid);
-            if self.ledgers.get(&addr).is_some_and(Ledger::resumable) {
-                // The session waits for its client to resume on another CM.
-                if let Some((bare, _)) = full.split_once('/') {
-                    self.table.insert(bare, route);
-                }
-                self.detach(addr);
-                continue;
-            }
-            if let Some(ledger) = self.take_ledger(addr) {
-                self.reroute_unacked(&full, ledger);
-            }
-            if route.available {
-                self.broadcast_unavailable(&full, &route.directed);
-            }
-            self.forget_roster_if_unused(bare_of(&full));
-        }
-        self.forget_deferred(node);
-    }
-
     /// Available sessions of `bare` other than `except`.
     fn others(&self, bare: &str, except: Option<SessionAddr>) -> Vec<SessionAddr> {
         self.table
@@ -536,1539 +451,19 @@ impl Router {
             .collect()
     }
 
-    fn stanza(&mut self, node: NodeId, sid: SessionId, header: RouteHeader, payload: Bytes) {
-        let sender_bare = header
-            .from
-            .split_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or_else(|| header.from.clone());
-        let to = match header.to.as_deref() {
-            None => None,
-            Some(raw) => match Jid::new(raw) {
-                Ok(jid) => Some(jid),
-                Err(_) => {
-                    self.reply_error(node, sid, &header, StanzaCondition::JidMalformed);
-                    return;
-                }
-            },
-        };
-        match header.kind {
-            Kind::Presence => self.presence(node, sid, &header, to, payload, &sender_bare),
-            Kind::Message => self.message(node, sid, &header, to, payload, &sender_bare),
-            Kind::Iq => self.iq(node, sid, &header, to, payload, &sender_bare),
-        }
-    }
-
-    fn is_local(&self, jid: &Jid) -> bool {
-        jid.domain().as_str() == self.domain
-    }
-
-    fn presence(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        to: Option<Jid>,
-        payload: Bytes,
-        sender_bare: &str,
-    ) {
-        let stype = header.stanza_type.as_deref();
-        if let Some(kind) = stype.and_then(roster::SubType::parse) {
-            if let Some(to) = to {
-                self.subscription_stanza(sender_bare, &to, kind);
-            }
-            return;
-        }
-        match to {
-            None => self.broadcast_presence((node, sid), stype, payload, sender_bare),
-            Some(to) if self.is_local(&to) && stype != Some("probe") => {
-                self.directed_presence((node, sid), &to, stype, payload, sender_bare)
-            }
-            Some(_) => {}
-        }
-    }
-
-    fn message(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        to: Option<Jid>,
-        payload: Bytes,
-        sender_bare: &str,
-    ) {
-        let to = match to {
-            Some(to) => to,
-            None => match Jid::new(sender_bare) {
-                Ok(j) => j,
-                Err(_) => return,
-            },
-        };
-        let mtype = header.stanza_type.as_deref().unwrap_or("normal");
-        if !self.is_local(&to) {
-            if mtype != "error" {
-                self.reply_error(node, sid, header, StanzaCondition::RemoteServerNotFound);
-            }
-            return;
-        }
-        if to.node().is_none() {
-            // To the server itself: nothing handles messages here.
-            if mtype != "error" {
-                self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
-            }
-            return;
-        }
-        let bare = to.to_bare().to_string();
-        let conversation = matches!(mtype, "chat" | "normal");
-        let payload = match conversation {
-            true => self.archive_message(sender_bare, &bare, payload),
-            false => payload,
-        };
-        let delivered = if let Some(res) = to.resource()
-            && let Some(r) = self.table.full(&bare, res.as_str())
-        {
-            let target = (r.node, r.sid);
-            self.deliver(target, payload.clone());
-            vec![target]
-        } else if mtype == "error" {
-            // RFC 6121 §8.5.2, §8.5.3: errors only reach the exact session; otherwise ignored.
-            return;
-        } else {
-            self.message_to_bare(&bare, mtype, payload.clone(), Some((node, sid, header)))
-        };
-        if conversation {
-            self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &payload);
-        }
-    }
-
-    /// RFC 6121 §8.5.2: a message to a bare JID (or an offline full JID).
-    fn message_to_bare(
-        &mut self,
-        bare: &str,
-        mtype: &str,
-        payload: Bytes,
-        sender: Option<(NodeId, SessionId, &RouteHeader)>,
-    ) -> Vec<SessionAddr> {
-        let targets: Vec<SessionAddr> = match mtype {
-            "headline" => self
-                .table
-                .resources(bare)
-                .iter()
-                .filter(|r| r.available && r.priority >= 0)
-                .map(|r| (r.node, r.sid))
-                .collect(),
-            "groupchat" => {
-                if let Some((n, s, h)) = sender {
-                    self.reply_error(n, s, h, StanzaCondition::ServiceUnavailable);
-                }
-                return Vec::new();
-            }
-            _ => self.table.best(bare),
-        };
-        if !targets.is_empty() {
-            for &t in &targets {
-                self.deliver(t, payload.clone());
-            }
-            return targets;
-        }
-        if matches!(mtype, "normal" | "chat") {
-            let user = bare.split('@').next().unwrap_or_default().to_owned();
-            let bounce = match sender {
-                Some((_, _, h)) => Bounce {
-                    sender: h.from.clone(),
-                    to: h.to.clone().unwrap_or_else(|| bare.to_owned()),
-                    id: h.id.clone(),
-                },
-                None => Bounce {
-                    sender: String::new(),
-                    to: bare.to_owned(),
-                    id: None,
-                },
-            };
-            self.store(user, payload, bounce);
-        }
-        Vec::new()
-    }
-
-    /// A stanza a CM could not deliver: its session is gone or cannot keep
-    /// up, so it leaves the table first (no bounce loop back to it), then the
-    /// stanza is routed again as if to the bare JID.
-    fn bounced(&mut self, node: NodeId, sid: SessionId, to: &str, payload: Bytes) {
-        self.session_end(node, sid);
-        let Ok(jid) = Jid::new(to) else { return };
-        let Ok(top) = xmpp_stream::stanza::inspect(&payload) else {
-            return;
-        };
-        if top.stanza_kind() != Some(StanzaKind::Message) {
-            return;
-        }
-        let mtype = top.attr("type").unwrap_or("normal").to_owned();
-        self.message_to_bare(&jid.to_bare().to_string(), &mtype, payload, None);
-    }
-
-    fn iq(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        to: Option<Jid>,
-        payload: Bytes,
-        sender_bare: &str,
-    ) {
-        let itype = header.stanza_type.as_deref().unwrap_or("");
-        let is_request = matches!(itype, "get" | "set");
-        let to = match to {
-            None => None,
-            Some(j) if !self.is_local(&j) => {
-                if is_request {
-                    self.reply_error(node, sid, header, StanzaCondition::RemoteServerNotFound);
-                }
-                return;
-            }
-            Some(j) => Some(j),
-        };
-        // Addressed to a full JID of a user: deliver to that session.
-        if let Some(to) = &to
-            && let Some(res) = to.resource()
-            && to.node().is_some()
-        {
-            let bare = to.to_bare().to_string();
-            match self.table.full(&bare, res.as_str()) {
-                Some(r) => {
-                    let target = (r.node, r.sid);
-                    self.deliver(target, payload);
-                }
-                None if is_request => {
-                    self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable)
-                }
-                None => {}
-            }
-            return;
-        }
-        // Otherwise the server answers (for itself or on behalf of the account).
-        if !is_request {
-            return;
-        }
-        let Ok(el) = Element::parse(&payload, ns::CLIENT) else {
-            self.reply_error(node, sid, header, StanzaCondition::BadRequest);
-            return;
-        };
-        let Some(child) = el.elements().next() else {
-            self.reply_error(node, sid, header, StanzaCondition::BadRequest);
-            return;
-        };
-        let own = to
-            .as_ref()
-            .is_none_or(|j| j.to_bare().to_string() == sender_bare);
-        let for_account = to.as_ref().is_some_and(|j| j.node().is_some());
-        let addr = (node, sid);
-        let result = || {
-            let mut r = roster::iq_result(header);
-            if let Some(j) = &to {
-                r.set_attr("from", j.to_string());
-            }
-            r
-        };
-        let reply = match (child.name.as_str(), child.ns.as_str(), itype) {
-            // Anyone's vCard can be read; everything else is one's own.
-            ("vCard", ns::VCARD, _) if own || itype == "get" => {
-                return self.vcard_iq(
-                    addr,
-                    header,
-                    child,
-                    to.as_ref().filter(|_| !own),
-                    sender_bare,
-                );
-            }
-            _ if !own && for_account => {
-                return self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
-            }
-            ("ping", ns::PING, "get") => result(),
-            ("query", ns::DISCO_INFO, "get") => result().with_child(match for_account {
-                true => account_info(self.archive),
-                false => disco_info(),
-            }),
-            ("query", ns::DISCO_ITEMS, "get") => {
-                result().with_child(Element::new("query", ns::DISCO_ITEMS))
-            }
-            ("query", ns::ROSTER, _) => return self.roster_iq(addr, header, child, sender_bare),
-            ("query", ns::MAM, _) if self.archive => {
-                return self.mam_iq(addr, header, child, sender_bare);
-            }
-            ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),
-            ("disable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, false),
-            _ => {
-                return self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
-            }
-        };
-        self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
-    }
-
-    fn reply_error(
-        &mut self,
-        node: NodeId,
-        sid: SessionId,
-        header: &RouteHeader,
-        condition: StanzaCondition,
-    ) {
-        let kind = match header.kind {
-            Kind::Message => StanzaKind::Message,
-            Kind::Presence => StanzaKind::Presence,
-            Kind::Iq => StanzaKind::Iq,
-        };
-        let from = header.to.clone().unwrap_or_else(|| self.domain.clone());
-        self.stats.errors += 1;
-        let reply = error_reply(
-            kind,
-            header.id.as_deref(),
-            &from,
-            &header.from,
-            condition,
-            None,
-        );
-        self.deliver((node, sid), reply);
-    }
-
-    fn error_to(
-        &mut self,
-        to_full: &str,
-        kind: StanzaKind,
-        id: Option<&str>,
-        from: &str,
-        condition: StanzaCondition,
-    ) {
-        let Some((bare, res)) = to_full.split_once('/') else {
-            return;
-        };
-        let Some(r) = self.table.full(bare, res) else {
-            return;
-        };
-        let target = (r.node, r.sid);
-        self.stats.errors += 1;
-        let reply = error_reply(kind, id, from, to_full, condition, None);
-        self.deliver(target, reply);
-    }
-
-    fn deliver(&mut self, addr: SessionAddr, payload: Bytes) {
-        self.deliver_as(addr, payload, true)
-    }
-
-    /// Delivers a carbon copy or a query result: never queued behind stored
-    /// messages (it is not part of the conversation's order).
-    fn deliver_copy(&mut self, addr: SessionAddr, payload: Bytes) {
-        self.deliver_as(addr, payload, false)
-    }
-
-    fn deliver_as(&mut self, (node, sid): SessionAddr, payload: Bytes, queue: bool) {
-        match self.track((node, sid), &payload, queue) {
-            stream_management::Tracking::Untracked | stream_management::Tracking::Send => {
-                self.stats.delivered += 1;
-                self.send(node, Frame::Deliver { sid, payload });
-            }
-            // kept for the resumption, or stored behind older stored messages
-            stream_management::Tracking::Held | stream_management::Tracking::Spilled => {}
-        }
-    }
-
-    /// Stores a message that no session can take, if it is worth storing.
-    fn store_undeliverable(&mut self, user: String, payload: Bytes) {
-        if stream_management::storable_message(&payload) {
-            let bounce = Bounce {
-                sender: String::new(),
-                to: String::new(),
-                id: None,
-            };
-            self.store(user, payload, bounce);
-        }
-    }
-
-    /// Stores a message offline. If an SM sender's stanza is being routed,
-    /// its acknowledgement waits for the commit.
-    fn store(&mut self, user: String, payload: Bytes, bounce: Bounce) {
-        self.stats.offline_stored += 1;
-        let origin = self.hold_ack();
-        self.out.push(Action::StoreOffline {
-            user,
-            payload,
-            bounce,
-            origin,
-        });
-    }
-
-    /// The SM stanza being routed waits for a storage commit before it is
-    /// acknowledged; returns the origin to report [`Input::Stored`] for.
-    fn hold_ack(&mut self) -> Option<(u64, u32)> {
-        let origin = self.origin;
-        if let Some((token, h)) = origin
-            && let Some(l) = self
-                .tokens
-                .get(&token)
-                .and_then(|a| self.ledgers.get_mut(a))
-        {
-            l.store_started(h);
-        }
-        origin
-    }
-
-    fn send(&mut self, node: NodeId, frame: Frame) {
-        self.out.push(Action::Send { node, frame });
-    }
-
-    /// Ends a session with a stream error.
-    fn kick(&mut self, (node, sid): SessionAddr, condition: StreamCondition) {
-        let condition = condition.name().into();
-        self.send(node, Frame::Kick { sid, condition });
-    }
-
     /// The local part of a session's JID (its account).
     fn user_of(&self, (node, sid): SessionAddr) -> Option<String> {
         let jid = self.table.jid_of(node, sid)?;
-        jid.split_once('@').map(|(user, _)| user.to_owned())
+        address::local(jid).map(str::to_owned)
     }
 }
 
-/// The bare part of a JID.
-pub(crate) fn bare_of(jid: &str) -> &str {
-    jid.split_once('/').map_or(jid, |(b, _)| b)
-}
-
-/// The local part of a bare JID (the account's user name).
-pub(crate) fn local_of(bare: &str) -> &str {
-    bare.split_once('@').map_or(bare, |(l, _)| l)
-}
-
-/// The server's disco#info (XEP-0030): exactly what is served.
-fn disco_info() -> Element {
-    features(
-        Element::new("identity", ns::DISCO_INFO)
-            .with_attr("category", "server")
-            .with_attr("type", "im")
-            .with_attr("name", "longlink"),
-        &[
-            ns::DISCO_INFO,
-            ns::DISCO_ITEMS,
-            ns::PING,
-            ns::ROSTER,
-            ns::CARBONS,
-            ns::VCARD,
-            "msgoffline",
-        ],
-    )
-}
-
-/// An account's disco#info: its archive and stable ids (XEP-0313 §6).
-fn account_info(archive: bool) -> Element {
-    features(
-        Element::new("identity", ns::DISCO_INFO)
-            .with_attr("category", "account")
-            .with_attr("type", "registered"),
-        match archive {
-            true => &[ns::DISCO_INFO, ns::MAM, ns::SID],
-            false => &[ns::DISCO_INFO],
-        },
-    )
-}
-
-fn features(identity: Element, vars: &[&str]) -> Element {
-    let mut q = Element::new("query", ns::DISCO_INFO).with_child(identity);
-    for var in vars {
-        q = q.with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *var));
-    }
-    q
+/// Whether `hay` contains `needle`.
+pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Drives the router as the driver does, answering roster loads at
-    /// once (every user has an empty roster).
-    trait Run {
-        fn run(&mut self, input: Input) -> Vec<Action>;
-    }
-
-    impl Run for Router {
-        fn run(&mut self, input: Input) -> Vec<Action> {
-            let mut out = Vec::new();
-            let mut pending = self.handle(input);
-            while !pending.is_empty() {
-                let mut next = Vec::new();
-                for a in pending {
-                    match a {
-                        Action::LoadRoster { user } => {
-                            next.extend(self.handle(Input::RosterLoaded {
-                                user,
-                                roster: Some(Roster::default()),
-                            }))
-                        }
-                        a => out.push(a),
-                    }
-                }
-                pending = next;
-            }
-            out
-        }
-    }
-    use cm_protocol::SmSnapshot;
-
-    fn header(kind: Kind, from: &str, to: Option<&str>, stype: Option<&str>) -> RouteHeader {
-        RouteHeader {
-            kind,
-            stanza_type: stype.map(Into::into),
-            to: to.map(Into::into),
-            id: Some("i1".into()),
-            from: from.into(),
-        }
-    }
-
-    fn bound(r: &mut Router, node: NodeId, sid: SessionId, user: &str, res: &str) -> String {
-        let acts = r.run(Input::Frame {
-            node,
-            frame: Frame::Bind {
-                sid,
-                user: user.into(),
-                iq_id: "b".into(),
-                resource: Some(res.into()),
-            },
-        });
-        match &acts[..] {
-            [
-                Action::Send {
-                    frame:
-                        Frame::BindResult {
-                            result: Ok(jid), ..
-                        },
-                    ..
-                },
-            ] => jid.clone(),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    fn stanza(
-        r: &mut Router,
-        node: NodeId,
-        sid: SessionId,
-        h: RouteHeader,
-        p: &str,
-    ) -> Vec<Action> {
-        r.run(Input::Frame {
-            node,
-            frame: Frame::Stanza {
-                sid,
-                header: h,
-                payload: Bytes::copy_from_slice(p.as_bytes()),
-            },
-        })
-    }
-
-    fn delivered_to(acts: &[Action]) -> Vec<(NodeId, SessionId)> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    node,
-                    frame: Frame::Deliver { sid, .. },
-                } => Some((*node, *sid)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn message_to_full_and_bare_jid() {
-        let mut r = Router::new("x", 1);
-        let a = bound(&mut r, 1, 10, "alice@x", "phone");
-        bound(&mut r, 3, 30, "carol@x", "pc");
-        stanza(
-            &mut r,
-            3,
-            30,
-            header(Kind::Presence, "carol@x/pc", None, None),
-            "<presence/>",
-        );
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, &a, Some("carol@x/pc"), Some("chat")),
-            "<message/>",
-        );
-        assert_eq!(delivered_to(&acts), vec![(3, 30)]);
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, &a, Some("carol@x"), Some("chat")),
-            "<message/>",
-        );
-        assert_eq!(delivered_to(&acts), vec![(3, 30)]);
-        // an offline full JID falls back to the bare JID
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, &a, Some("carol@x/gone"), Some("chat")),
-            "<message/>",
-        );
-        assert_eq!(delivered_to(&acts), vec![(3, 30)]);
-    }
-
-    #[test]
-    fn offline_when_no_available_resource_and_flush_on_presence() {
-        let mut r = Router::new("x", 1);
-        let a = bound(&mut r, 1, 10, "alice@x", "phone");
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, &a, Some("bob@x"), Some("chat")),
-            "<message/>",
-        );
-        assert!(matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "bob"));
-        // failure to store (unknown user) answers the sender
-        let Action::StoreOffline { bounce, .. } = acts[0].clone() else {
-            unreachable!()
-        };
-        let acts = r.offline_failed(bounce, StanzaCondition::ServiceUnavailable);
-        assert_eq!(delivered_to(&acts), vec![(1, 10)]);
-        // bob comes online: offline messages are flushed on initial presence
-        bound(&mut r, 2, 20, "bob@x", "r");
-        let acts = stanza(
-            &mut r,
-            2,
-            20,
-            header(Kind::Presence, "bob@x/r", None, None),
-            "<presence/>",
-        );
-        assert!(acts.contains(&Action::FlushOffline {
-            user: "bob".into(),
-            to: (2, 20)
-        }));
-        // headline and error messages are never stored
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, &a, Some("dave@x"), Some("headline")),
-            "<message/>",
-        );
-        assert!(acts.is_empty());
-    }
-
-    #[test]
-    fn conflict_kicks_the_old_session() {
-        let mut r = Router::new("x", 1);
-        bound(&mut r, 1, 10, "alice@x", "phone");
-        let acts = r.run(Input::Frame {
-            node: 2,
-            frame: Frame::Bind {
-                sid: 5,
-                user: "alice@x".into(),
-                iq_id: "b".into(),
-                resource: Some("phone".into()),
-            },
-        });
-        assert!(acts.contains(&Action::Send {
-            node: 1,
-            frame: Frame::Kick {
-                sid: 10,
-                condition: "conflict".into()
-            }
-        }));
-        assert_eq!(r.table().full("alice@x", "phone").unwrap().node, 2);
-    }
-
-    #[test]
-    fn bind_generates_resources_and_refuses_bad_ones() {
-        let mut r = Router::new("x", 1);
-        let bind = |r: &mut Router, sid, resource: Option<&str>| {
-            r.run(Input::Frame {
-                node: 1,
-                frame: Frame::Bind {
-                    sid,
-                    user: "a@x".into(),
-                    iq_id: "b".into(),
-                    resource: resource.map(Into::into),
-                },
-            })
-        };
-        let acts = bind(&mut r, 2, None);
-        assert!(
-            matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. }] if j.starts_with("a@x/ll-"))
-        );
-        let bad = "x".repeat(2000);
-        let acts = bind(&mut r, 3, Some(&bad));
-        assert!(
-            matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Err(e), .. }, .. }] if e == "bad-request")
-        );
-        // a retry after an error can succeed
-        let acts = bind(&mut r, 3, Some("ok"));
-        assert!(matches!(
-            &acts[..],
-            [Action::Send {
-                frame: Frame::BindResult { result: Ok(_), .. },
-                ..
-            }]
-        ));
-    }
-
-    #[test]
-    fn a_bounce_removes_the_session_and_goes_elsewhere_without_looping() {
-        let mut r = Router::new("x", 1);
-        let a = bound(&mut r, 1, 10, "alice@x", "phone");
-        bound(&mut r, 2, 20, "bob@x", "one");
-        bound(&mut r, 2, 21, "bob@x", "two");
-        stanza(
-            &mut r,
-            2,
-            20,
-            header(Kind::Presence, "bob@x/one", None, None),
-            "<presence/>",
-        );
-        stanza(
-            &mut r,
-            2,
-            21,
-            header(Kind::Presence, "bob@x/two", None, None),
-            "<presence/>",
-        );
-        let _ = a;
-        let payload =
-            Bytes::from_static(b"<message to='bob@x/one' type='chat'><body>hi</body></message>");
-        let acts = r.run(Input::Frame {
-            node: 2,
-            frame: Frame::Bounce {
-                sid: 20,
-                to: "bob@x/one".into(),
-                payload: payload.clone(),
-            },
-        });
-        assert!(delivered_to(&acts).contains(&(2, 21)));
-        assert!(!delivered_to(&acts).contains(&(2, 20)));
-        let acts = r.run(Input::Frame {
-            node: 2,
-            frame: Frame::Bounce {
-                sid: 21,
-                to: "bob@x/two".into(),
-                payload,
-            },
-        });
-        assert!(delivered_to(&acts).is_empty());
-        assert!(matches!(acts.last(), Some(Action::StoreOffline { user, .. }) if user == "bob"));
-    }
-
-    #[test]
-    fn server_iqs_and_errors() {
-        let mut r = Router::new("x", 1);
-        let a = bound(&mut r, 1, 10, "alice@x", "phone");
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Iq, &a, Some("x"), Some("get")),
-            "<iq type='get' id='i1'><ping xmlns='urn:xmpp:ping'/></iq>",
-        );
-        let Action::Send {
-            frame: Frame::Deliver { payload, .. },
-            ..
-        } = &acts[0]
-        else {
-            panic!()
-        };
-        let el = Element::parse(payload, ns::CLIENT).unwrap();
-        assert_eq!(el.attr("type"), Some("result"));
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Iq, &a, None, Some("get")),
-            "<iq type='get' id='i1'><query xmlns='urn:unknown'/></iq>",
-        );
-        let Action::Send {
-            frame: Frame::Deliver { payload, .. },
-            ..
-        } = &acts[0]
-        else {
-            panic!()
-        };
-        let el = Element::parse(payload, ns::CLIENT).unwrap();
-        assert!(
-            el.child("error", ns::CLIENT)
-                .unwrap()
-                .child("service-unavailable", ns::STANZA_ERRORS)
-                .is_some()
-        );
-        // remote domains are not served
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, &a, Some("bob@elsewhere"), Some("chat")),
-            "<message/>",
-        );
-        let Action::Send {
-            frame: Frame::Deliver { payload, .. },
-            ..
-        } = &acts[0]
-        else {
-            panic!()
-        };
-        assert!(
-            std::str::from_utf8(payload)
-                .unwrap()
-                .contains("remote-server-not-found")
-        );
-    }
-
-    #[test]
-    fn node_gone_drops_routes_and_tells_other_resources() {
-        let mut r = Router::new("x", 1);
-        bound(&mut r, 1, 10, "alice@x", "phone");
-        bound(&mut r, 2, 20, "alice@x", "desk");
-        stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Presence, "alice@x/phone", None, None),
-            "<presence/>",
-        );
-        stanza(
-            &mut r,
-            2,
-            20,
-            header(Kind::Presence, "alice@x/desk", None, None),
-            "<presence/>",
-        );
-        let acts = r.run(Input::NodeGone { node: 1 });
-        assert_eq!(delivered_to(&acts), vec![(2, 20)]);
-        assert_eq!(r.table().len(), 1);
-    }
-
-    fn frame(r: &mut Router, node: NodeId, frame: Frame) -> Vec<Action> {
-        r.run(Input::Frame { node, frame })
-    }
-
-    /// Binds alice (node 1, sid 10, SM on) and bob (node 3, sid 30); returns alice's SM id.
-    fn sm_pair(r: &mut Router) -> String {
-        bound(r, 1, 10, "alice@x", "phone");
-        bound(r, 3, 30, "bob@x", "pc");
-        let acts = frame(
-            r,
-            1,
-            Frame::SmEnable {
-                sid: 10,
-                resume: true,
-                max: 60,
-            },
-        );
-        let [
-            Action::Send {
-                frame: Frame::SmEnabled { id, max: 60, .. },
-                node: 1,
-            },
-        ] = &acts[..]
-        else {
-            panic!("{acts:?}")
-        };
-        assert!(!id.is_empty());
-        id.clone()
-    }
-
-    fn chat(r: &mut Router, body: &str) -> Vec<Action> {
-        stanza(
-            r,
-            3,
-            30,
-            header(
-                Kind::Message,
-                "bob@x/pc",
-                Some("alice@x/phone"),
-                Some("chat"),
-            ),
-            &format!(
-                "<message type='chat' to='alice@x/phone' id='{body}'><body>{body}</body></message>"
-            ),
-        )
-        .into_iter()
-        .filter(|a| !matches!(a, Action::Archive { .. }))
-        .collect()
-    }
-
-    fn payloads(acts: &[Action]) -> Vec<String> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    frame: Frame::Deliver { payload, .. },
-                    ..
-                } => Some(String::from_utf8_lossy(payload).into_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_detached_session_keeps_its_messages_and_resumes_on_another_cm() {
-        let mut r = Router::new("x", 1);
-        let id = sm_pair(&mut r);
-        for b in ["m1", "m2", "m3"] {
-            assert_eq!(delivered_to(&chat(&mut r, b)), vec![(1, 10)]);
-        }
-        frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
-        // alice's CM dies: the session waits, the route stays
-        let acts = r.run(Input::NodeGone { node: 1 });
-        assert!(acts.is_empty(), "{acts:?}");
-        assert_eq!(r.sm_counts(), (1, 1));
-        assert!(delivered_to(&chat(&mut r, "m4")).is_empty());
-        // someone else cannot use the id
-        let acts = frame(
-            &mut r,
-            2,
-            Frame::Resume {
-                sid: 99,
-                user: "mallory@x".into(),
-                previd: id.clone(),
-                h: 0,
-            },
-        );
-        assert!(
-            matches!(&acts[..], [Action::Send { frame: Frame::Resumed { result: Err(c), .. }, .. }] if c == "item-not-found")
-        );
-        // alice resumes on node 2, having received m1 and m2
-        let acts = frame(
-            &mut r,
-            2,
-            Frame::Resume {
-                sid: 20,
-                user: "alice@x".into(),
-                previd: id,
-                h: 2,
-            },
-        );
-        let Action::Send {
-            node: 2,
-            frame: Frame::Resumed {
-                result: Ok(res), ..
-            },
-        } = &acts[0]
-        else {
-            panic!("{acts:?}")
-        };
-        assert_eq!(res.jid, "alice@x/phone");
-        let replay = payloads(&acts);
-        assert_eq!(replay.len(), 2);
-        assert!(replay[0].contains("m3") && replay[1].contains("m4"));
-        assert_eq!(r.sm_counts(), (1, 0));
-        // new messages go to the new place
-        assert_eq!(delivered_to(&chat(&mut r, "m5")), vec![(2, 20)]);
-    }
-
-    #[test]
-    fn an_expired_session_sends_its_unacknowledged_messages_offline() {
-        let mut r = Router::new("x", 1);
-        let t0 = Instant::now();
-        r.run(Input::Tick { now: t0 });
-        sm_pair(&mut r);
-        chat(&mut r, "m1");
-        chat(&mut r, "m2");
-        frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
-        frame(
-            &mut r,
-            1,
-            Frame::SessionEnd {
-                sid: 10,
-                jid: Some("alice@x/phone".into()),
-                clean: false,
-            },
-        );
-        assert!(
-            r.run(Input::Tick {
-                now: t0 + std::time::Duration::from_secs(59)
-            })
-            .is_empty()
-        );
-        let acts = r.run(Input::Tick {
-            now: t0 + std::time::Duration::from_secs(61),
-        });
-        let stored: Vec<_> = acts
-            .iter()
-            .filter_map(|a| match a {
-                Action::StoreOffline { user, payload, .. } => Some((user.clone(), payload.clone())),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(stored.len(), 1);
-        assert_eq!(stored[0].0, "alice");
-        assert!(String::from_utf8_lossy(&stored[0].1).contains("m2"));
-        assert_eq!(r.table().len(), 1);
-        assert_eq!(r.sm_counts(), (0, 0));
-    }
-
-    #[test]
-    fn acks_wait_for_offline_stores_and_too_high_is_kicked() {
-        let mut r = Router::new("x", 1);
-        bound(&mut r, 1, 10, "alice@x", "phone");
-        frame(
-            &mut r,
-            1,
-            Frame::SmEnable {
-                sid: 10,
-                resume: false,
-                max: 0,
-            },
-        );
-        // to an offline user: stored, and the ack waits for the store
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(
-                Kind::Message,
-                "alice@x/phone",
-                Some("carol@x"),
-                Some("chat"),
-            ),
-            // no body, so no archive write: only the store holds the ack
-            "<message type='chat' to='carol@x'><thread>hi</thread></message>",
-        );
-        let [
-            Action::StoreOffline {
-                origin: Some(origin),
-                ..
-            },
-        ] = &acts[..]
-        else {
-            panic!("{acts:?}")
-        };
-        let origin = *origin;
-        let acts = frame(&mut r, 1, Frame::AckRequest { sid: 10 });
-        assert!(matches!(
-            &acts[..],
-            [Action::Send {
-                frame: Frame::Handled { h: 0, .. },
-                ..
-            }]
-        ));
-        let acts = r.run(Input::Stored { origin });
-        assert!(matches!(
-            &acts[..],
-            [Action::Send {
-                frame: Frame::Handled { h: 1, .. },
-                ..
-            }]
-        ));
-        let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
-        assert!(
-            matches!(&acts[..], [Action::Send { frame: Frame::Kick { condition, .. }, .. }] if condition == "undefined-condition")
-        );
-    }
-
-    #[test]
-    fn stanzas_from_a_stream_the_session_left_are_dropped() {
-        let mut r = Router::new("x", 1);
-        let id = sm_pair(&mut r);
-        frame(
-            &mut r,
-            2,
-            Frame::Resume {
-                sid: 20,
-                user: "alice@x".into(),
-                previd: id,
-                h: 0,
-            },
-        );
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
-            "<message type='chat' to='bob@x'><body>late</body></message>",
-        );
-        assert!(acts.is_empty(), "{acts:?}");
-    }
-
-    #[test]
-    fn offline_messages_go_through_the_ledger_and_a_clean_close_keeps_nothing() {
-        let mut r = Router::new("x", 1);
-        bound(&mut r, 1, 10, "bob@x", "laptop");
-        frame(
-            &mut r,
-            1,
-            Frame::SmEnable {
-                sid: 10,
-                resume: true,
-                max: 0,
-            },
-        );
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Presence, "bob@x/laptop", None, None),
-            "<presence/>",
-        );
-        assert!(
-            acts.iter()
-                .any(|a| matches!(a, Action::FlushOffline { .. }))
-        );
-        let messages = (1..=5)
-            .map(|i| {
-                (
-                    i,
-                    Bytes::from(format!(
-                        "<message type='chat' id='o{i}'><body>{i}</body></message>"
-                    )),
-                )
-            })
-            .collect();
-        let acts = r.run(Input::Offline {
-            user: "bob".into(),
-            to: (1, 10),
-            messages,
-        });
-        assert_eq!(payloads(&acts).len(), 5);
-        assert!(acts.contains(&Action::RemoveOffline {
-            user: "bob".into(),
-            upto: 5
-        }));
-        frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
-        let acts = frame(
-            &mut r,
-            1,
-            Frame::SessionEnd {
-                sid: 10,
-                jid: Some("bob@x/laptop".into()),
-                clean: true,
-            },
-        );
-        assert!(
-            !acts
-                .iter()
-                .any(|a| matches!(a, Action::StoreOffline { .. })),
-            "{acts:?}"
-        );
-        assert_eq!(r.table().len(), 0);
-    }
-
-    #[test]
-    fn a_cm_back_after_its_sessions_detached_has_them_resume() {
-        let mut r = Router::new("x", 1);
-        let id = sm_pair(&mut r);
-        r.run(Input::NodeGone { node: 1 });
-        chat(&mut r, "while cut off");
-        let announce = |sm| Frame::Announce {
-            sid: 10,
-            jid: "alice@x/phone".into(),
-            available: true,
-            priority: 0,
-            sm,
-        };
-        let snapshot = SmSnapshot {
-            id,
-            handled: 0,
-            sent: 0,
-            client_acked: 0,
-            next_seq: 0,
-            max: 60,
-        };
-        let acts = frame(&mut r, 1, announce(Some(snapshot)));
-        assert!(
-            matches!(&acts[..], [Action::Send { frame: Frame::Kick { condition, .. }, .. }] if condition == "connection-timeout"),
-            "{acts:?}"
-        );
-    }
-
-    #[test]
-    fn a_full_ledger_spills_to_storage_and_is_flushed_once_the_client_caught_up() {
-        let mut r = Router::new("x", 1);
-        sm_pair(&mut r);
-        let max = crate::ledger::MAX_UNACKED;
-        for i in 0..max {
-            assert_eq!(delivered_to(&chat(&mut r, &format!("m{i}"))).len(), 1);
-        }
-        let acts = chat(&mut r, "spilled");
-        assert!(
-            matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "alice"),
-            "{acts:?}"
-        );
-        // acknowledging a little is not enough; half is
-        assert!(frame(&mut r, 1, Frame::Acked { sid: 10, h: 10 }).is_empty());
-        let acts = frame(
-            &mut r,
-            1,
-            Frame::Acked {
-                sid: 10,
-                h: (max / 2) as u32,
-            },
-        );
-        assert_eq!(
-            acts,
-            vec![Action::FlushOffline {
-                user: "alice".into(),
-                to: (1, 10)
-            }]
-        );
-    }
-
-    #[test]
-    fn live_stanzas_wait_behind_the_login_flush_and_then_flow() {
-        let mut r = Router::new("x", 1);
-        let _ = sm_pair(&mut r);
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Presence, "alice@x/phone", None, None),
-            "<presence/>",
-        );
-        assert!(acts.contains(&Action::FlushOffline {
-            user: "alice".into(),
-            to: (1, 10)
-        }));
-        // an IQ answer is not held back
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Iq, "alice@x/phone", Some("x"), Some("get")),
-            "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
-        );
-        assert_eq!(delivered_to(&acts), vec![(1, 10)]);
-        // a message arriving during the flush is stored behind the stored ones
-        let acts = chat(&mut r, "during");
-        assert!(
-            matches!(&acts[..], [Action::StoreOffline { .. }]),
-            "{acts:?}"
-        );
-        let acts = r.run(Input::Offline {
-            user: "alice".into(),
-            to: (1, 10),
-            messages: vec![(
-                1,
-                Bytes::from_static(b"<message type='chat'><body>old</body></message>"),
-            )],
-        });
-        assert_eq!(payloads(&acts).len(), 1);
-        // it flushes again for what was stored meanwhile
-        assert!(acts.contains(&Action::FlushOffline {
-            user: "alice".into(),
-            to: (1, 10)
-        }));
-        let acts = r.run(Input::Offline {
-            user: "alice".into(),
-            to: (1, 10),
-            messages: Vec::new(),
-        });
-        assert!(acts.is_empty(), "{acts:?}");
-        // and live traffic flows again
-        assert_eq!(delivered_to(&chat(&mut r, "after")), vec![(1, 10)]);
-    }
-
-    #[test]
-    fn late_bounces_of_an_ended_sm_session_are_not_routed_twice() {
-        let mut r = Router::new("x", 1);
-        sm_pair(&mut r);
-        chat(&mut r, "m1");
-        // a clean close: the unacknowledged m1 goes to offline storage once
-        let acts = frame(
-            &mut r,
-            1,
-            Frame::SessionEnd {
-                sid: 10,
-                jid: Some("alice@x/phone".into()),
-                clean: true,
-            },
-        );
-        assert!(
-            matches!(&acts[..], [Action::StoreOffline { .. }]),
-            "{acts:?}"
-        );
-        // the CM bounces m1 from the closed session's queue: nothing more happens
-        let acts = frame(
-            &mut r,
-            1,
-            Frame::Bounce {
-                sid: 10,
-                to: "alice@x/phone".into(),
-                payload: Bytes::from_static(
-                    b"<message type='chat' to='alice@x/phone'><body>m1</body></message>",
-                ),
-            },
-        );
-        assert!(acts.is_empty(), "{acts:?}");
-    }
-
-    #[test]
-    fn a_lost_pool_connection_detaches_its_sm_sessions_only() {
-        let mut r = Router::new("x", 1);
-        sm_pair(&mut r);
-        // sid 10 rides connection 10 % 2 = 0; losing connection 1 changes nothing
-        r.run(Input::LinkLost {
-            node: 1,
-            index: 1,
-            pool_size: 2,
-        });
-        assert_eq!(r.sm_counts(), (1, 0));
-        r.run(Input::LinkLost {
-            node: 1,
-            index: 0,
-            pool_size: 2,
-        });
-        assert_eq!(r.sm_counts(), (1, 1));
-        assert!(delivered_to(&chat(&mut r, "kept")).is_empty());
-    }
-
-    fn deliveries(acts: &[Action]) -> Vec<((NodeId, SessionId), String)> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    node,
-                    frame: Frame::Deliver { sid, payload },
-                } => Some(((*node, *sid), String::from_utf8_lossy(payload).into_owned())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
-        let mut r = Router::new("x", 1);
-        let bind = Frame::Bind {
-            sid: 10,
-            user: "alice@x".into(),
-            iq_id: "b".into(),
-            resource: Some("phone".into()),
-        };
-        // The bind waits for alice's roster; so does her next frame.
-        let acts = r.handle(Input::Frame {
-            node: 1,
-            frame: bind,
-        });
-        assert_eq!(
-            acts,
-            vec![Action::LoadRoster {
-                user: "alice@x".into()
-            }]
-        );
-        let ping = Frame::Stanza {
-            sid: 10,
-            header: header(Kind::Iq, "alice@x/phone", None, Some("get")),
-            payload: Bytes::from_static(
-                b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
-            ),
-        };
-        assert!(
-            r.handle(Input::Frame {
-                node: 1,
-                frame: ping
-            })
-            .is_empty()
-        );
-        // Another user's session is not held up meanwhile.
-        assert_eq!(bound(&mut r, 2, 20, "bob@x", "pc"), "bob@x/pc");
-        let roster = Roster {
-            version: 7,
-            items: vec![RosterItem {
-                jid: "bob@x".into(),
-                subscription: crate::storage::Subscription::Both,
-                listed: true,
-                ..Default::default()
-            }],
-        };
-        let acts = r.handle(Input::RosterLoaded {
-            user: "alice@x".into(),
-            roster: Some(roster),
-        });
-        assert!(
-            matches!(&acts[0], Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. } if j == "alice@x/phone"),
-            "{acts:?}"
-        );
-        assert_eq!(delivered_to(&acts[1..]), vec![(1, 10)]);
-        // Her roster is kept while she is online: versioning answers empty.
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Iq, "alice@x/phone", None, Some("get")),
-            "<iq type='get' id='r'><query xmlns='jabber:iq:roster' ver='7'/></iq>",
-        );
-        let d = deliveries(&acts);
-        assert!(
-            d[0].1.contains("type=\"result\"") && !d[0].1.contains("query"),
-            "{d:?}"
-        );
-        // Presence reaches the subscribed contact, and she gets his at login.
-        stanza(
-            &mut r,
-            2,
-            20,
-            header(Kind::Presence, "bob@x/pc", None, None),
-            "<presence from='bob@x/pc'/>",
-        );
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Presence, "alice@x/phone", None, None),
-            "<presence from='alice@x/phone'/>",
-        );
-        let mut to: Vec<_> = deliveries(&acts)
-            .into_iter()
-            .map(|(a, p)| (a, p.contains("bob@x/pc")))
-            .collect();
-        to.sort();
-        assert_eq!(to, vec![((1, 10), true), ((2, 20), false)], "{acts:?}");
-    }
-
-    #[test]
-    fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
-        let mut r = Router::new("x", 1);
-        bound(&mut r, 1, 10, "alice@x", "phone");
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(
-                Kind::Presence,
-                "alice@x/phone",
-                Some("bob@x"),
-                Some("subscribe"),
-            ),
-            "<presence to='bob@x' type='subscribe'/>",
-        );
-        let saved: Vec<(String, bool, bool)> = acts
-            .iter()
-            .filter_map(|a| match a {
-                Action::SaveRosterItem { user, item, .. } => {
-                    Some((user.clone(), item.ask, item.pending_in))
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            saved,
-            vec![("alice".into(), true, false), ("bob".into(), false, true)]
-        );
-        assert!(
-            delivered_to(&acts).is_empty(),
-            "bob has no session: {acts:?}"
-        );
-        // Bob logs in: his roster comes from storage with the request.
-        let Some(Action::SaveRosterItem { item, version, .. }) = acts
-            .iter()
-            .find(|a| matches!(a, Action::SaveRosterItem { user, .. } if user == "bob"))
-        else {
-            panic!("{acts:?}")
-        };
-        let stored = Roster {
-            version: *version,
-            items: vec![item.clone()],
-        };
-        let bind = Frame::Bind {
-            sid: 20,
-            user: "bob@x".into(),
-            iq_id: "b".into(),
-            resource: Some("pc".into()),
-        };
-        let acts = r.handle(Input::Frame {
-            node: 2,
-            frame: bind,
-        });
-        assert_eq!(
-            acts,
-            vec![Action::LoadRoster {
-                user: "bob@x".into()
-            }]
-        );
-        r.handle(Input::RosterLoaded {
-            user: "bob@x".into(),
-            roster: Some(stored),
-        });
-        // … and the request reaches him with his initial presence.
-        let acts = stanza(
-            &mut r,
-            2,
-            20,
-            header(Kind::Presence, "bob@x/pc", None, None),
-            "<presence/>",
-        );
-        let d = deliveries(&acts);
-        assert!(
-            d.iter().any(|(a, p)| *a == (2, 20)
-                && p.contains("type=\"subscribe\"")
-                && p.contains("from=\"alice@x\"")),
-            "{d:?}"
-        );
-    }
-
-    #[test]
-    fn chat_is_archived_before_the_ack_stamped_and_carbon_copied() {
-        let mut r = Router::new("x", 1);
-        bound(&mut r, 1, 10, "alice@x", "phone");
-        bound(&mut r, 1, 11, "alice@x", "desk");
-        bound(&mut r, 2, 20, "bob@x", "pc");
-        for (sid, res) in [(10, "phone"), (11, "desk")] {
-            stanza(
-                &mut r,
-                1,
-                sid,
-                header(Kind::Presence, &format!("alice@x/{res}"), None, None),
-                "<presence/>",
-            );
-        }
-        stanza(
-            &mut r,
-            2,
-            20,
-            header(Kind::Presence, "bob@x/pc", None, None),
-            "<presence/>",
-        );
-        stanza(
-            &mut r,
-            1,
-            11,
-            header(Kind::Iq, "alice@x/desk", None, Some("set")),
-            "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
-        );
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
-            "<message from='alice@x/phone' to='bob@x' type='chat'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='bob@x'/></message>",
-        );
-        let Some(Action::Archive { entries, .. }) =
-            acts.iter().find(|a| matches!(a, Action::Archive { .. }))
-        else {
-            panic!("{acts:?}")
-        };
-        let owners: Vec<(&str, &str)> = entries
-            .iter()
-            .map(|e| (e.user.as_str(), e.peer.as_str()))
-            .collect();
-        assert_eq!(owners, vec![("alice", "bob@x"), ("bob", "alice@x")]);
-        let id = entries[0].id.clone();
-        let d = deliveries(&acts);
-        assert_eq!(d.len(), 2, "{d:?}");
-        assert_eq!(d[0].0, (2, 20));
-        assert!(
-            d[0].1.contains(&format!("id=\"{id}\"")) && !d[0].1.contains("forged"),
-            "{}",
-            d[0].1
-        );
-        assert_eq!(d[1].0, (1, 11));
-        assert!(
-            d[1].1.contains("<sent xmlns=\"urn:xmpp:carbons:2\">"),
-            "{}",
-            d[1].1
-        );
-        // A private message is not copied.
-        let acts = stanza(
-            &mut r,
-            1,
-            10,
-            header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
-            "<message to='bob@x' type='chat'><body>psst</body><private xmlns='urn:xmpp:carbons:2'/></message>",
-        );
-        assert_eq!(delivered_to(&acts), vec![(2, 20)]);
-    }
-}
+mod test_support;
+#[cfg(test)]
+mod tests;

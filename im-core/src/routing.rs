@@ -10,6 +10,8 @@ use bytes::Bytes;
 use cm_protocol::SessionId;
 use serde::Serialize;
 
+use crate::address;
+
 /// A CM node's id inside the core (index in the node registry).
 pub type NodeId = u32;
 
@@ -145,7 +147,7 @@ impl RoutingTable {
     /// Removes a session's route; returns its full JID and route if it had one.
     pub fn unbind(&mut self, node: NodeId, sid: SessionId) -> Option<(String, Route)> {
         let full = self.by_node.get_mut(&node)?.remove(&sid)?;
-        let (bare, resource) = full.split_once('/')?;
+        let (bare, resource) = address::split_full(&full)?;
         let routes = self.by_bare.get_mut(bare)?;
         let pos = routes
             .iter()
@@ -186,7 +188,7 @@ impl RoutingTable {
         priority: i8,
     ) -> Option<bool> {
         let full = self.by_node.get(&node)?.get(&sid)?;
-        let bare = full.split_once('/')?.0;
+        let bare = address::split_full(full)?.0;
         let route = self
             .by_bare
             .get_mut(bare)?
@@ -201,7 +203,7 @@ impl RoutingTable {
     /// A session's route, to change its state.
     pub fn route_mut(&mut self, node: NodeId, sid: SessionId) -> Option<&mut Route> {
         let full = self.by_node.get(&node)?.get(&sid)?;
-        let bare = full.split_once('/')?.0;
+        let bare = address::split_full(full)?.0;
         self.by_bare
             .get_mut(bare)?
             .iter_mut()
@@ -211,7 +213,7 @@ impl RoutingTable {
     /// A session's route.
     pub fn route(&self, node: NodeId, sid: SessionId) -> Option<&Route> {
         let full = self.by_node.get(&node)?.get(&sid)?;
-        let bare = full.split_once('/')?.0;
+        let bare = address::split_full(full)?.0;
         self.by_bare
             .get(bare)?
             .iter()

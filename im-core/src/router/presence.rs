@@ -8,8 +8,9 @@ use jid::Jid;
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
-use super::roster::presence_stanza;
-use super::{Router, bare_of};
+use super::Router;
+use super::subscriptions::presence_stanza;
+use crate::address;
 use crate::routing::SessionAddr;
 
 /// Most directed-presence targets remembered per session.
@@ -84,7 +85,8 @@ impl Router {
         };
         // Remember who learns of this session outside its subscriptions.
         let subscribed = self
-            .roster_items(bare)
+            .rosters
+            .items(bare)
             .any(|i| i.jid == target_bare && i.subscription.from());
         if !subscribed && let Some(route) = self.table.route_mut(addr.0, addr.1) {
             let known = route.directed.iter().position(|d| **d == *target_bare);
@@ -105,7 +107,8 @@ impl Router {
 
     /// Available sessions of the contacts subscribed to `bare`'s presence.
     fn subscribers(&self, bare: &str) -> Vec<SessionAddr> {
-        self.roster_items(bare)
+        self.rosters
+            .items(bare)
             .filter(|i| i.subscription.from())
             .flat_map(|i| self.table.resources(&i.jid))
             .filter(|r| r.available)
@@ -117,7 +120,8 @@ impl Router {
     /// is subscribed to and of the user's other resources.
     fn probe(&mut self, addr: SessionAddr, bare: &str) {
         let mut found: Vec<Bytes> = self
-            .roster_items(bare)
+            .rosters
+            .items(bare)
             .filter(|i| i.subscription.to())
             .flat_map(|i| self.table.resources(&i.jid))
             .filter_map(|r| r.presence.clone())
@@ -162,7 +166,7 @@ impl Router {
     /// Tells everyone who saw `full` available that it went away: the
     /// user's other resources, subscribed contacts, directed targets.
     pub(super) fn broadcast_unavailable(&mut self, full: &str, directed: &[Box<str>]) {
-        let bare = bare_of(full);
+        let bare = address::bare(full);
         let mut targets = self.others(bare, None);
         targets.extend(self.subscribers(bare));
         for to in directed {

@@ -1,5 +1,4 @@
-//! Stream management at the core (XEP-0198): one delivery ledger per
-//! session that enabled it.
+//! The delivery ledger of one stream-management session (XEP-0198).
 //!
 //! The core, not the CM, is the authority for what a client has received:
 //! every stanza routed to an SM session is kept here until the client
@@ -7,16 +6,12 @@
 //! on any other CM with nothing lost. Entries are numbered per attachment
 //! (from 0 after `SmEnabled`/`Resumed`); the client's `h` counts what it
 //! was written, which is every entry except those the CM reports skipped.
-//! Pure data: no clocks (the router passes instants), no sockets.
+//! Pure data: no clocks (the detach time comes in from outside), no sockets.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 /// Unacknowledged stanzas kept per session; beyond that (or beyond
 /// [`MAX_UNACKED_BYTES`]) a message goes to offline storage and is flushed
@@ -44,7 +39,7 @@ struct Entry {
 /// Counters a CM reports for a session the core does not know (after a core
 /// restart).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Restored {
+pub(crate) struct Restored {
     /// Stanzas handled from the client.
     pub handled: u32,
     /// The client's last `<a h/>`.
@@ -58,22 +53,22 @@ pub struct Restored {
 /// Why an acknowledgement was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("handled count too high")]
-pub struct TooHigh;
+pub(crate) struct TooHigh;
 
 /// The ledger of one SM session (see the module docs).
 #[derive(Debug)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// Resumption key (inside the SM id).
-    pub token: u64,
+    pub(super) token: u64,
     /// Granted resumption time in seconds; 0: not resumable.
-    pub max: u32,
+    pub(super) max: u32,
     /// Stanzas handled from the client (`h` we report).
-    pub handled: u32,
+    pub(super) handled: u32,
     /// `handled` values of stanzas whose offline store is still running, in
     /// the order they were counted (so the front is the oldest).
     pending: VecDeque<u32>,
     /// An `<a/>` went out lower than `handled` because of pending stores.
-    pub ack_owed: bool,
+    pub(super) ack_owed: bool,
     /// The client's last acknowledged `h`.
     acked: u32,
     /// Deliveries a previous core instance made that the client may still
@@ -88,23 +83,23 @@ pub struct Ledger {
     bytes: usize,
     /// New messages go to offline storage (the ledger was full, or stored
     /// messages are being flushed): they must not overtake the stored ones.
-    pub overflowed: bool,
+    pub(super) overflowed: bool,
     /// A flush of stored messages into this ledger is under way.
-    pub flushing: bool,
+    pub(super) flushing: bool,
     /// Messages were stored while the flush was under way.
-    pub spilled_while_flushing: bool,
+    pub(super) spilled_while_flushing: bool,
     /// When the client's stream went away (None while attached).
-    pub detached_at: Option<Instant>,
+    pub(super) detached_at: Option<Instant>,
 }
 
 impl Ledger {
     /// A ledger for a session that just enabled SM.
-    pub fn new(token: u64, max: u32) -> Self {
+    pub(super) fn new(token: u64, max: u32) -> Self {
         Self::restored(token, max, Restored::default())
     }
 
     /// A ledger rebuilt from a CM's counters (after a core restart).
-    pub fn restored(token: u64, max: u32, r: Restored) -> Self {
+    pub(super) fn restored(token: u64, max: u32, r: Restored) -> Self {
         Self {
             token,
             max,
@@ -125,32 +120,40 @@ impl Ledger {
     }
 
     /// Whether the session may be resumed.
-    pub fn resumable(&self) -> bool {
+    pub(super) fn resumable(&self) -> bool {
         self.max > 0
     }
 
+    /// When a detached session expires (none while attached).
+    pub(super) fn expiry(&self) -> Option<Instant> {
+        self.detached_at
+            .map(|at| at + Duration::from_secs(u64::from(self.max)))
+    }
+
     /// Unacknowledged entries.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether nothing is unacknowledged.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Whether another stanza fits.
-    pub fn has_room(&self) -> bool {
+    pub(super) fn has_room(&self) -> bool {
         self.entries.len() < MAX_UNACKED && self.bytes < MAX_UNACKED_BYTES
     }
 
     /// Whether the ledger has drained to half its bounds.
-    pub fn half_empty(&self) -> bool {
+    pub(super) fn half_empty(&self) -> bool {
         self.entries.len() <= MAX_UNACKED / 2 && self.bytes <= MAX_UNACKED_BYTES / 2
     }
 
     /// Records a stanza sent to the session.
-    pub fn push(&mut self, payload: Bytes) {
+    pub(super) fn push(&mut self, payload: Bytes) {
         self.bytes += payload.len();
         self.entries.push_back(Entry {
             payload,
@@ -159,18 +162,18 @@ impl Ledger {
     }
 
     /// A stanza from the client was handled; returns its `h`.
-    pub fn count_in(&mut self) -> u32 {
+    pub(super) fn count_in(&mut self) -> u32 {
         self.handled = self.handled.wrapping_add(1);
         self.handled
     }
 
     /// The stanza numbered `h` waits for an offline store.
-    pub fn store_started(&mut self, h: u32) {
+    pub(super) fn store_started(&mut self, h: u32) {
         self.pending.push_back(h);
     }
 
     /// The store for `h` finished (stored or answered with an error).
-    pub fn store_done(&mut self, h: u32) {
+    pub(super) fn store_done(&mut self, h: u32) {
         if let Some(pos) = self.pending.iter().position(|&p| p == h) {
             self.pending.remove(pos);
         }
@@ -178,7 +181,7 @@ impl Ledger {
 
     /// The `h` that is safe to acknowledge: every stanza up to it is routed
     /// or durably stored.
-    pub fn durable_h(&self) -> u32 {
+    pub(super) fn durable_h(&self) -> u32 {
         self.pending
             .front()
             .map_or(self.handled, |p| p.wrapping_sub(1))
@@ -186,7 +189,7 @@ impl Ledger {
 
     /// The `h` to report now: the durable one, but never lower than one
     /// reported before (a resumption reports everything handled).
-    pub fn report_h(&mut self) -> u32 {
+    pub(super) fn report_h(&mut self) -> u32 {
         let durable = self.durable_h();
         if durable.wrapping_sub(self.reported) <= u32::MAX / 2 {
             self.reported = durable;
@@ -195,18 +198,19 @@ impl Ledger {
     }
 
     /// Reports everything handled (the `h` of `<resumed/>`).
-    pub fn report_all(&mut self) -> u32 {
+    #[cfg(test)]
+    pub(super) fn report_all(&mut self) -> u32 {
         self.reported = self.handled;
         self.handled
     }
 
     /// Bytes of unacknowledged stanzas.
-    pub fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// The client acknowledged `h`: drops what it received.
-    pub fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
+    pub(super) fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
         let mut n = h.wrapping_sub(self.acked);
         let written = self.entries.iter().filter(|e| !e.skipped).count();
         if u64::from(n) > u64::from(self.unknown) + written as u64 {
@@ -232,7 +236,7 @@ impl Ledger {
     }
 
     /// The CM dropped these entries unwritten.
-    pub fn skip(&mut self, seqs: &[u32]) {
+    pub(super) fn skip(&mut self, seqs: &[u32]) {
         for seq in seqs {
             let idx = seq.wrapping_sub(self.first_seq) as usize;
             if let Some(e) = self.entries.get_mut(idx) {
@@ -243,7 +247,7 @@ impl Ledger {
 
     /// Starts a new attachment: drops skipped entries, renumbers from 0 and
     /// returns the stanzas to send again, in order.
-    pub fn reattach(&mut self) -> Vec<Bytes> {
+    pub(super) fn reattach(&mut self) -> Vec<Bytes> {
         self.entries.retain(|e| !e.skipped);
         self.bytes = self.entries.iter().map(|e| e.payload.len()).sum();
         self.first_seq = 0;
@@ -252,66 +256,12 @@ impl Ledger {
     }
 
     /// Ends the ledger: the stanzas the client never acknowledged.
-    pub fn into_unacked(self) -> Vec<Bytes> {
+    pub(crate) fn into_unacked(self) -> Vec<Bytes> {
         self.entries
             .into_iter()
             .filter(|e| !e.skipped)
             .map(|e| e.payload)
             .collect()
-    }
-}
-
-/// Makes and checks SM ids: `base64url(token ‖ HMAC-SHA-256(secret, token ‖ bare JID)[..16])`.
-/// An id is worthless to anyone but the user it was issued to.
-#[derive(Clone)]
-pub struct SmIds {
-    secret: [u8; 32],
-}
-
-impl std::fmt::Debug for SmIds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SmIds(..)")
-    }
-}
-
-impl SmIds {
-    /// Ids keyed with `secret`.
-    pub fn new(secret: [u8; 32]) -> Self {
-        Self { secret }
-    }
-
-    fn tag(&self, token: u64, bare: &str) -> [u8; 16] {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
-            return [0; 16];
-        };
-        mac.update(&token.to_be_bytes());
-        mac.update(bare.as_bytes());
-        let full = mac.finalize().into_bytes();
-        let mut tag = [0; 16];
-        tag.copy_from_slice(&full[..16]);
-        tag
-    }
-
-    /// The SM id for `token` issued to `bare`.
-    pub fn issue(&self, token: u64, bare: &str) -> String {
-        let mut raw = token.to_be_bytes().to_vec();
-        raw.extend_from_slice(&self.tag(token, bare));
-        B64.encode(raw)
-    }
-
-    /// The token inside `id` if `id` was issued to `bare`.
-    pub fn verify(&self, id: &str, bare: &str) -> Option<u64> {
-        let raw = B64.decode(id.as_bytes()).ok()?;
-        if raw.len() != 24 {
-            return None;
-        }
-        let token = u64::from_be_bytes(raw[..8].try_into().ok()?);
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
-        mac.update(&token.to_be_bytes());
-        mac.update(bare.as_bytes());
-        // constant-time comparison of the truncated tag
-        mac.verify_truncated_left(&raw[8..]).ok()?;
-        Some(token)
     }
 }
 
@@ -399,19 +349,6 @@ mod tests {
         l.store_started(b);
         assert_eq!(b, 0);
         assert_eq!(l.durable_h(), a);
-    }
-
-    #[test]
-    fn ids_are_bound_to_the_user_and_unforgeable() {
-        let ids = SmIds::new([7; 32]);
-        let id = ids.issue(42, "alice@x");
-        assert_eq!(ids.verify(&id, "alice@x"), Some(42));
-        assert_eq!(ids.verify(&id, "mallory@x"), None);
-        assert_eq!(SmIds::new([8; 32]).verify(&id, "alice@x"), None);
-        let mut forged = B64.decode(&id).unwrap();
-        forged[7] ^= 1; // another token, same tag
-        assert_eq!(ids.verify(&B64.encode(forged), "alice@x"), None);
-        assert_eq!(ids.verify("garbage!", "alice@x"), None);
     }
 
     #[test]

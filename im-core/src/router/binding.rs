@@ -1,0 +1,147 @@
+//! Sessions entering and leaving the routing table: resource binding
+//! (RFC 6120 §7), sessions a CM announces, a session's end, a CM's
+//! departure, and a full JID taken over by a new session (`conflict`).
+
+use std::time::Instant;
+
+use cm_protocol::{Frame, SessionId};
+use jid::BareJid;
+use xmpp_stream::StreamCondition;
+
+use super::Router;
+use crate::address;
+use crate::routing::{NodeId, SessionAddr};
+
+impl Router {
+    /// Binds a resource for a session the core authenticated as `user`
+    /// (the CM, a trusted cluster member, carries the user from AuthSuccess).
+    pub(super) fn bind(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        user: &str,
+        iq_id: String,
+        resource: Option<String>,
+    ) {
+        let resource = match resource.filter(|r| !r.is_empty()) {
+            Some(r) => r,
+            None => self.resources.next_name(),
+        };
+        let full = BareJid::new(user)
+            .ok()
+            .and_then(|b| b.with_resource_str(&resource).ok());
+        let Some(full) = full else {
+            self.send(
+                node,
+                Frame::BindResult {
+                    sid,
+                    iq_id,
+                    result: Err("bad-request".into()),
+                },
+            );
+            return;
+        };
+        let bare = full.to_bare().to_string();
+        let resource = full.resource().to_string();
+        if let Some(old) = self.table.bind(&bare, &resource, node, sid, false, 0) {
+            self.replaced(old, &full.to_string());
+        }
+        self.send(
+            node,
+            Frame::BindResult {
+                sid,
+                iq_id,
+                result: Ok(full.to_string()),
+            },
+        );
+    }
+
+    /// A session was replaced by a new one with its full JID (`conflict`):
+    /// kick it and hand what it never acknowledged to the user's sessions.
+    pub(super) fn replaced(&mut self, (old_node, old_sid): SessionAddr, full: &str) {
+        self.kick((old_node, old_sid), StreamCondition::Conflict);
+        if let Some(ledger) = self.sessions.remove((old_node, old_sid)) {
+            self.reroute_unacked(full, ledger);
+        }
+    }
+
+    pub(super) fn announce(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        jid: &str,
+        available: bool,
+        priority: i8,
+    ) {
+        let Ok(full) = jid::FullJid::new(jid) else {
+            tracing::warn!(node, jid, "announce with an invalid JID");
+            return;
+        };
+        let bare = full.to_bare().to_string();
+        if let Some(old) = self.table.bind(
+            &bare,
+            full.resource().as_str(),
+            node,
+            sid,
+            available,
+            priority,
+        ) {
+            self.replaced(old, jid);
+        }
+    }
+
+    pub(super) fn session_end(&mut self, node: NodeId, sid: SessionId) {
+        if let Some((full, route)) = self.table.unbind(node, sid) {
+            if route.available {
+                self.broadcast_unavailable(&full, &route.directed);
+            }
+            self.forget_roster_if_unused(address::bare(&full));
+        }
+    }
+
+    pub(super) fn node_gone(&mut self, node: NodeId, now: Instant) {
+        for (full, route) in self.table.drop_node(node) {
+            let addr = (node, route.sid);
+            if self.sessions.is_resumable(addr) {
+                // The session waits for its client to resume on another CM.
+                if let Some((bare, _)) = address::split_full(&full) {
+                    self.table.insert(bare, route);
+                }
+                self.detach(addr, now);
+                continue;
+            }
+            if let Some(ledger) = self.sessions.remove(addr) {
+                self.reroute_unacked(&full, ledger);
+            }
+            if route.available {
+                self.broadcast_unavailable(&full, &route.directed);
+            }
+            self.forget_roster_if_unused(address::bare(&full));
+        }
+        self.rosters.forget_node(node);
+    }
+}
+
+/// Names of the resources the server picks for clients that ask for none:
+/// `ll-` and 16 hex digits, varying with the seed between runs.
+#[derive(Debug)]
+pub(super) struct ResourceNames {
+    seed: u64,
+    issued: u64,
+}
+
+impl ResourceNames {
+    /// Names varied by `seed`.
+    pub(super) fn new(seed: u64) -> Self {
+        Self { seed, issued: 0 }
+    }
+
+    /// A name not given before.
+    pub(super) fn next_name(&mut self) -> String {
+        self.issued += 1;
+        let x = self
+            .seed
+            .wrapping_add(self.issued.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        format!("ll-{:016x}", x ^ (x >> 29))
+    }
+}

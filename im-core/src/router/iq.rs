@@ -1,0 +1,99 @@
+//! IQs the server answers itself, for itself or on behalf of an account
+//! (RFC 6120 §10.3, RFC 6121 §8.5.1, §8.5.3.1): one module per protocol;
+//! ping (XEP-0199) is answered here.
+
+mod carbons;
+mod disco;
+mod mam;
+mod roster;
+mod vcard;
+
+use bytes::Bytes;
+use cm_protocol::RouteHeader;
+use jid::Jid;
+use xmpp_stream::element::Element;
+use xmpp_stream::{StanzaCondition, ns};
+
+use super::Router;
+use crate::routing::SessionAddr;
+
+impl Router {
+    /// A get or set to the server or to the sender's own account (no
+    /// resource): answered, or refused with `service-unavailable`.
+    pub(super) fn server_iq(
+        &mut self,
+        addr: SessionAddr,
+        header: &RouteHeader,
+        to: Option<&Jid>,
+        payload: &[u8],
+        sender_bare: &str,
+    ) {
+        let itype = header.stanza_type.as_deref().unwrap_or("");
+        // Otherwise the server answers (for itself or on behalf of the account).
+        let Ok(el) = Element::parse(payload, ns::CLIENT) else {
+            self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
+            return;
+        };
+        let Some(child) = el.elements().next() else {
+            self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
+            return;
+        };
+        let own = to.is_none_or(|j| j.to_bare().to_string() == sender_bare);
+        let for_account = to.is_some_and(|j| j.node().is_some());
+        let result = || {
+            let mut r = iq_result(header);
+            if let Some(j) = to {
+                r.set_attr("from", j.to_string());
+            }
+            r
+        };
+        let reply = match (child.name.as_str(), child.ns.as_str(), itype) {
+            // Anyone's vCard can be read; everything else is one's own.
+            ("vCard", ns::VCARD, _) if own || itype == "get" => {
+                return self.vcard_iq(addr, header, child, to.filter(|_| !own), sender_bare);
+            }
+            _ if !own && for_account => {
+                return self.reply_error(
+                    addr.0,
+                    addr.1,
+                    header,
+                    StanzaCondition::ServiceUnavailable,
+                );
+            }
+            ("ping", ns::PING, "get") => result(),
+            ("query", ns::DISCO_INFO, "get") => result().with_child(match for_account {
+                true => disco::account_info(self.archive.is_some()),
+                false => disco::disco_info(),
+            }),
+            ("query", ns::DISCO_ITEMS, "get") => {
+                result().with_child(Element::new("query", ns::DISCO_ITEMS))
+            }
+            ("query", ns::ROSTER, _) => return self.roster_iq(addr, header, child, sender_bare),
+            ("query", ns::MAM, _) if self.archive.is_some() => {
+                return self.mam_iq(addr, header, child, sender_bare);
+            }
+            ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),
+            ("disable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, false),
+            _ => {
+                return self.reply_error(
+                    addr.0,
+                    addr.1,
+                    header,
+                    StanzaCondition::ServiceUnavailable,
+                );
+            }
+        };
+        self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
+    }
+}
+
+/// An `<iq type='result'/>` answering `header`.
+pub(super) fn iq_result(header: &RouteHeader) -> Element {
+    let mut iq = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_attr("to", header.from.clone());
+    if let Some(id) = &header.id {
+        iq.set_attr("id", id.clone());
+    }
+    iq
+}

@@ -1,0 +1,146 @@
+//! What the router emits, through its action queue: deliveries (recorded in
+//! the session's SM ledger first, see [`Delivery`]), offline stores whose
+//! commit an SM sender's acknowledgement waits for, stanza errors, kicks.
+
+use bytes::Bytes;
+use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
+use xmpp_stream::stanza::{StanzaKind, error_reply};
+use xmpp_stream::{StanzaCondition, StreamCondition};
+
+use super::sm_sessions::Delivery;
+use super::stream_management::Tracking;
+use super::{Action, Bounce, Router};
+use crate::address;
+use crate::routing::{NodeId, SessionAddr};
+
+impl Router {
+    pub(super) fn reply_error(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        header: &RouteHeader,
+        condition: StanzaCondition,
+    ) {
+        let kind = match header.kind {
+            Kind::Message => StanzaKind::Message,
+            Kind::Presence => StanzaKind::Presence,
+            Kind::Iq => StanzaKind::Iq,
+        };
+        let from = header.to.clone().unwrap_or_else(|| self.domain.clone());
+        self.stats.errors += 1;
+        let reply = error_reply(
+            kind,
+            header.id.as_deref(),
+            &from,
+            &header.from,
+            condition,
+            None,
+        );
+        self.deliver((node, sid), reply);
+    }
+
+    pub(super) fn error_to(
+        &mut self,
+        to_full: &str,
+        kind: StanzaKind,
+        id: Option<&str>,
+        from: &str,
+        condition: StanzaCondition,
+    ) {
+        let Some((bare, res)) = address::split_full(to_full) else {
+            return;
+        };
+        let Some(r) = self.table.full(bare, res) else {
+            return;
+        };
+        let target = (r.node, r.sid);
+        self.stats.errors += 1;
+        let reply = error_reply(kind, id, from, to_full, condition, None);
+        self.deliver(target, reply);
+    }
+
+    /// Delivers a stanza that is not a chat or normal message (an IQ, a
+    /// presence, an error).
+    pub(super) fn deliver(&mut self, addr: SessionAddr, payload: Bytes) {
+        self.deliver_as(addr, payload, Delivery::Other)
+    }
+
+    /// Delivers a message of type `mtype`: a chat or normal one waits
+    /// behind the session's stored messages.
+    pub(super) fn deliver_message(&mut self, addr: SessionAddr, payload: Bytes, mtype: &str) {
+        let delivery = match mtype {
+            "chat" | "normal" => Delivery::Storable,
+            _ => Delivery::Other,
+        };
+        self.deliver_as(addr, payload, delivery)
+    }
+
+    /// Delivers a carbon copy or a query result: never queued behind stored
+    /// messages (it is not part of the conversation's order).
+    pub(super) fn deliver_copy(&mut self, addr: SessionAddr, payload: Bytes) {
+        self.deliver_as(addr, payload, Delivery::Copy)
+    }
+
+    pub(super) fn deliver_as(
+        &mut self,
+        (node, sid): SessionAddr,
+        payload: Bytes,
+        delivery: Delivery,
+    ) {
+        match self.track((node, sid), &payload, delivery) {
+            Tracking::Send => {
+                self.stats.delivered += 1;
+                self.send(node, Frame::Deliver { sid, payload });
+            }
+            // kept for the resumption, or stored behind older stored messages
+            Tracking::Held | Tracking::Spilled => {}
+        }
+    }
+
+    /// Stores a chat or normal message its session's ledger cannot take.
+    pub(super) fn store_spilled(&mut self, user: String, payload: Bytes) {
+        let bounce = Bounce {
+            sender: String::new(),
+            to: String::new(),
+            id: None,
+        };
+        self.store(user, payload, bounce);
+    }
+
+    /// Stores a message offline. If an SM sender's stanza is being routed,
+    /// its acknowledgement waits for the commit.
+    pub(super) fn store(&mut self, user: String, payload: Bytes, bounce: Bounce) {
+        self.stats.offline_stored += 1;
+        let origin = self.hold_ack();
+        self.emit(Action::StoreOffline {
+            user,
+            payload,
+            bounce,
+            origin,
+        });
+    }
+
+    /// The SM stanza being routed waits for a storage commit before it is
+    /// acknowledged; returns the origin to report [`super::Input::Stored`] for.
+    pub(super) fn hold_ack(&mut self) -> Option<(u64, u32)> {
+        let origin = self.origin;
+        if let Some(origin) = origin {
+            self.sessions.store_started(origin);
+        }
+        origin
+    }
+
+    pub(super) fn send(&mut self, node: NodeId, frame: Frame) {
+        self.emit(Action::Send { node, frame });
+    }
+
+    pub(super) fn emit(&mut self, action: Action) {
+        self.out.push_back(action);
+    }
+
+    /// Ends a session with a stream error.
+    pub(super) fn kick(&mut self, (node, sid): SessionAddr, condition: StreamCondition) {
+        let condition = condition.name().into();
+        self.send(node, Frame::Kick { sid, condition });
+    }
+}

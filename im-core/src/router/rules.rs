@@ -1,0 +1,236 @@
+//! Where a stanza from a client goes: the server rules of RFC 6120 §10 and
+//! RFC 6121 §8.5 for messages, presence and IQs addressed to local users,
+//! to the server, or to other domains (which are not served).
+
+use bytes::Bytes;
+use cm_protocol::{Kind, RouteHeader, SessionId};
+use jid::Jid;
+use xmpp_stream::StanzaCondition;
+use xmpp_stream::stanza::StanzaKind;
+
+use super::subscriptions::SubType;
+use super::{Bounce, Router};
+use crate::address;
+use crate::routing::{NodeId, SessionAddr};
+
+impl Router {
+    pub(super) fn stanza(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        header: RouteHeader,
+        payload: Bytes,
+    ) {
+        let sender_bare = address::bare(&header.from).to_owned();
+        let to = match header.to.as_deref() {
+            None => None,
+            Some(raw) => match Jid::new(raw) {
+                Ok(jid) => Some(jid),
+                Err(_) => {
+                    self.reply_error(node, sid, &header, StanzaCondition::JidMalformed);
+                    return;
+                }
+            },
+        };
+        match header.kind {
+            Kind::Presence => self.presence(node, sid, &header, to, payload, &sender_bare),
+            Kind::Message => self.message(node, sid, &header, to, payload, &sender_bare),
+            Kind::Iq => self.iq(node, sid, &header, to, payload, &sender_bare),
+        }
+    }
+
+    pub(super) fn is_local(&self, jid: &Jid) -> bool {
+        jid.domain().as_str() == self.domain
+    }
+
+    pub(super) fn presence(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        header: &RouteHeader,
+        to: Option<Jid>,
+        payload: Bytes,
+        sender_bare: &str,
+    ) {
+        let stype = header.stanza_type.as_deref();
+        if let Some(kind) = stype.and_then(SubType::parse) {
+            if let Some(to) = to {
+                self.subscription_stanza(sender_bare, &to, kind);
+            }
+            return;
+        }
+        match to {
+            None => self.broadcast_presence((node, sid), stype, payload, sender_bare),
+            Some(to) if self.is_local(&to) && stype != Some("probe") => {
+                self.directed_presence((node, sid), &to, stype, payload, sender_bare)
+            }
+            Some(_) => {}
+        }
+    }
+
+    pub(super) fn message(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        header: &RouteHeader,
+        to: Option<Jid>,
+        payload: Bytes,
+        sender_bare: &str,
+    ) {
+        let to = match to {
+            Some(to) => to,
+            None => match Jid::new(sender_bare) {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        let mtype = header.stanza_type.as_deref().unwrap_or("normal");
+        if !self.is_local(&to) {
+            if mtype != "error" {
+                self.reply_error(node, sid, header, StanzaCondition::RemoteServerNotFound);
+            }
+            return;
+        }
+        if to.node().is_none() {
+            // To the server itself: nothing handles messages here.
+            if mtype != "error" {
+                self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable);
+            }
+            return;
+        }
+        let bare = to.to_bare().to_string();
+        let conversation = matches!(mtype, "chat" | "normal");
+        let (payload, carbon) = match conversation {
+            true => {
+                let prepared = self.prepare_conversation(sender_bare, &bare, payload);
+                (prepared.payload, prepared.carbon)
+            }
+            false => (payload, None),
+        };
+        let delivered = if let Some(res) = to.resource()
+            && let Some(r) = self.table.full(&bare, res.as_str())
+        {
+            let target = (r.node, r.sid);
+            self.deliver_message(target, payload.clone(), mtype);
+            vec![target]
+        } else if mtype == "error" {
+            // RFC 6121 §8.5.2, §8.5.3: errors only reach the exact session; otherwise ignored.
+            return;
+        } else {
+            self.message_to_bare(&bare, mtype, payload.clone(), Some((node, sid, header)))
+        };
+        if let Some(inner) = carbon {
+            self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &inner);
+        }
+    }
+
+    /// RFC 6121 §8.5.2: a message to a bare JID (or an offline full JID).
+    pub(super) fn message_to_bare(
+        &mut self,
+        bare: &str,
+        mtype: &str,
+        payload: Bytes,
+        sender: Option<(NodeId, SessionId, &RouteHeader)>,
+    ) -> Vec<SessionAddr> {
+        let targets: Vec<SessionAddr> = match mtype {
+            "headline" => self
+                .table
+                .resources(bare)
+                .iter()
+                .filter(|r| r.available && r.priority >= 0)
+                .map(|r| (r.node, r.sid))
+                .collect(),
+            "groupchat" => {
+                if let Some((n, s, h)) = sender {
+                    self.reply_error(n, s, h, StanzaCondition::ServiceUnavailable);
+                }
+                return Vec::new();
+            }
+            _ => self.table.best(bare),
+        };
+        if !targets.is_empty() {
+            for &t in &targets {
+                self.deliver_message(t, payload.clone(), mtype);
+            }
+            return targets;
+        }
+        if matches!(mtype, "normal" | "chat") {
+            let user = address::local(bare).unwrap_or_default().to_owned();
+            let bounce = match sender {
+                Some((_, _, h)) => Bounce {
+                    sender: h.from.clone(),
+                    to: h.to.clone().unwrap_or_else(|| bare.to_owned()),
+                    id: h.id.clone(),
+                },
+                None => Bounce {
+                    sender: String::new(),
+                    to: bare.to_owned(),
+                    id: None,
+                },
+            };
+            self.store(user, payload, bounce);
+        }
+        Vec::new()
+    }
+
+    /// A stanza a CM could not deliver: its session is gone or cannot keep
+    /// up, so it leaves the table first (no bounce loop back to it), then the
+    /// stanza is routed again as if to the bare JID.
+    pub(super) fn bounced(&mut self, node: NodeId, sid: SessionId, to: &str, payload: Bytes) {
+        self.session_end(node, sid);
+        let Ok(jid) = Jid::new(to) else { return };
+        let Ok(top) = xmpp_stream::stanza::inspect(&payload) else {
+            return;
+        };
+        if top.stanza_kind() != Some(StanzaKind::Message) {
+            return;
+        }
+        let mtype = top.attr("type").unwrap_or("normal").to_owned();
+        self.message_to_bare(&jid.to_bare().to_string(), &mtype, payload, None);
+    }
+
+    pub(super) fn iq(
+        &mut self,
+        node: NodeId,
+        sid: SessionId,
+        header: &RouteHeader,
+        to: Option<Jid>,
+        payload: Bytes,
+        sender_bare: &str,
+    ) {
+        let itype = header.stanza_type.as_deref().unwrap_or("");
+        let is_request = matches!(itype, "get" | "set");
+        let to = match to {
+            None => None,
+            Some(j) if !self.is_local(&j) => {
+                if is_request {
+                    self.reply_error(node, sid, header, StanzaCondition::RemoteServerNotFound);
+                }
+                return;
+            }
+            Some(j) => Some(j),
+        };
+        // Addressed to a full JID of a user: deliver to that session.
+        if let Some(to) = &to
+            && let Some(res) = to.resource()
+            && to.node().is_some()
+        {
+            let bare = to.to_bare().to_string();
+            match self.table.full(&bare, res.as_str()) {
+                Some(r) => {
+                    let target = (r.node, r.sid);
+                    self.deliver(target, payload);
+                }
+                None if is_request => {
+                    self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable)
+                }
+                None => {}
+            }
+            return;
+        }
+        // Otherwise the server answers (for itself or on behalf of the account).
+        if is_request {
+            self.server_iq((node, sid), header, to.as_ref(), &payload, sender_bare);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Shared helpers of the router's unit tests: a test router, a driver
+//! stand-in that answers roster loads at once, and builders and readers of
+//! frames.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
+
+use super::{Action, Input, Router};
+use crate::routing::NodeId;
+use crate::storage::Roster;
+
+/// The instant tests start from (every input without a time of its own
+/// happens at it).
+pub(super) fn t0() -> Instant {
+    static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
+    *T0
+}
+
+/// A router for domain `x` with a fixed seed and SM key.
+pub(super) fn router() -> Router {
+    Router::new("x", 1, [7; 32])
+}
+
+/// Drives the router as the driver does.
+pub(super) trait Run {
+    /// Handles `input` at [`t0`], answering roster loads at once (every
+    /// user has an empty roster); returns the other actions.
+    fn run(&mut self, input: Input) -> Vec<Action> {
+        self.run_at(input, t0())
+    }
+
+    /// [`Run::run`] at `now`.
+    fn run_at(&mut self, input: Input, now: Instant) -> Vec<Action>;
+
+    /// Handles `input` at [`t0`]; returns every action it produced.
+    fn step(&mut self, input: Input) -> Vec<Action>;
+
+    /// Reaches `now`; returns the actions of what expired.
+    fn timeout(&mut self, now: Instant) -> Vec<Action>;
+
+    /// The actions waiting.
+    fn drain(&mut self) -> Vec<Action>;
+}
+
+impl Run for Router {
+    fn run_at(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.handle(input, now);
+        let mut pending = self.drain();
+        while !pending.is_empty() {
+            let mut next = Vec::new();
+            for a in pending {
+                match a {
+                    Action::LoadRoster { user } => {
+                        let loaded = Input::RosterLoaded {
+                            user,
+                            roster: Some(Roster::default()),
+                        };
+                        self.handle(loaded, now);
+                        next.extend(self.drain());
+                    }
+                    a => out.push(a),
+                }
+            }
+            pending = next;
+        }
+        out
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Action> {
+        self.handle(input, t0());
+        self.drain()
+    }
+
+    fn timeout(&mut self, now: Instant) -> Vec<Action> {
+        self.handle_timeout(now);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.poll_action()).collect()
+    }
+}
+
+pub(super) fn header(kind: Kind, from: &str, to: Option<&str>, stype: Option<&str>) -> RouteHeader {
+    RouteHeader {
+        kind,
+        stanza_type: stype.map(Into::into),
+        to: to.map(Into::into),
+        id: Some("i1".into()),
+        from: from.into(),
+    }
+}
+
+pub(super) fn bound(r: &mut Router, node: NodeId, sid: SessionId, user: &str, res: &str) -> String {
+    let acts = r.run(Input::Frame {
+        node,
+        frame: Frame::Bind {
+            sid,
+            user: user.into(),
+            iq_id: "b".into(),
+            resource: Some(res.into()),
+        },
+    });
+    match &acts[..] {
+        [
+            Action::Send {
+                frame: Frame::BindResult {
+                    result: Ok(jid), ..
+                },
+                ..
+            },
+        ] => jid.clone(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub(super) fn stanza(
+    r: &mut Router,
+    node: NodeId,
+    sid: SessionId,
+    h: RouteHeader,
+    p: &str,
+) -> Vec<Action> {
+    r.run(Input::Frame {
+        node,
+        frame: Frame::Stanza {
+            sid,
+            header: h,
+            payload: Bytes::copy_from_slice(p.as_bytes()),
+        },
+    })
+}
+
+pub(super) fn delivered_to(acts: &[Action]) -> Vec<(NodeId, SessionId)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                node,
+                frame: Frame::Deliver { sid, .. },
+            } => Some((*node, *sid)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(super) fn frame(r: &mut Router, node: NodeId, frame: Frame) -> Vec<Action> {
+    r.run(Input::Frame { node, frame })
+}
+
+/// Binds alice (node 1, sid 10, SM on) and bob (node 3, sid 30); returns alice's SM id.
+pub(super) fn sm_pair(r: &mut Router) -> String {
+    bound(r, 1, 10, "alice@x", "phone");
+    bound(r, 3, 30, "bob@x", "pc");
+    let acts = frame(
+        r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: true,
+            max: 60,
+        },
+    );
+    let [
+        Action::Send {
+            frame: Frame::SmEnabled { id, max: 60, .. },
+            node: 1,
+        },
+    ] = &acts[..]
+    else {
+        panic!("{acts:?}")
+    };
+    assert!(!id.is_empty());
+    id.clone()
+}
+
+pub(super) fn chat(r: &mut Router, body: &str) -> Vec<Action> {
+    stanza(
+        r,
+        3,
+        30,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        &format!(
+            "<message type='chat' to='alice@x/phone' id='{body}'><body>{body}</body></message>"
+        ),
+    )
+    .into_iter()
+    .filter(|a| !matches!(a, Action::Archive { .. }))
+    .collect()
+}
+
+pub(super) fn payloads(acts: &[Action]) -> Vec<String> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                frame: Frame::Deliver { payload, .. },
+                ..
+            } => Some(String::from_utf8_lossy(payload).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(super) fn deliveries(acts: &[Action]) -> Vec<((NodeId, SessionId), String)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                node,
+                frame: Frame::Deliver { sid, payload },
+            } => Some(((*node, *sid), String::from_utf8_lossy(payload).into_owned())),
+            _ => None,
+        })
+        .collect()
+}

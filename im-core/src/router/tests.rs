@@ -1,0 +1,1279 @@
+//! The router's unit tests: events in, actions out.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cm_protocol::{Frame, Kind, SmSnapshot};
+use xmpp_stream::element::Element;
+use xmpp_stream::{StanzaCondition, ns};
+
+use super::test_support::*;
+use super::{Action, Input, Router};
+use crate::storage::{Roster, RosterItem};
+
+#[test]
+fn message_to_full_and_bare_jid() {
+    let mut r = router();
+    let a = bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 3, 30, "carol@x", "pc");
+    stanza(
+        &mut r,
+        3,
+        30,
+        header(Kind::Presence, "carol@x/pc", None, None),
+        "<presence/>",
+    );
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, &a, Some("carol@x/pc"), Some("chat")),
+        "<message/>",
+    );
+    assert_eq!(delivered_to(&acts), vec![(3, 30)]);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, &a, Some("carol@x"), Some("chat")),
+        "<message/>",
+    );
+    assert_eq!(delivered_to(&acts), vec![(3, 30)]);
+    // an offline full JID falls back to the bare JID
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, &a, Some("carol@x/gone"), Some("chat")),
+        "<message/>",
+    );
+    assert_eq!(delivered_to(&acts), vec![(3, 30)]);
+}
+
+#[test]
+fn offline_when_no_available_resource_and_flush_on_presence() {
+    let mut r = router();
+    let a = bound(&mut r, 1, 10, "alice@x", "phone");
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, &a, Some("bob@x"), Some("chat")),
+        "<message/>",
+    );
+    assert!(matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "bob"));
+    // failure to store (unknown user) answers the sender
+    let Action::StoreOffline { bounce, .. } = acts[0].clone() else {
+        unreachable!()
+    };
+    let acts = r.run(Input::OfflineFailed {
+        bounce,
+        condition: StanzaCondition::ServiceUnavailable,
+    });
+    assert_eq!(delivered_to(&acts), vec![(1, 10)]);
+    // bob comes online: offline messages are flushed on initial presence
+    bound(&mut r, 2, 20, "bob@x", "r");
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/r", None, None),
+        "<presence/>",
+    );
+    assert!(acts.contains(&Action::FlushOffline {
+        user: "bob".into(),
+        to: (2, 20)
+    }));
+    // headline and error messages are never stored
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, &a, Some("dave@x"), Some("headline")),
+        "<message/>",
+    );
+    assert!(acts.is_empty());
+}
+
+#[test]
+fn conflict_kicks_the_old_session() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    let acts = r.run(Input::Frame {
+        node: 2,
+        frame: Frame::Bind {
+            sid: 5,
+            user: "alice@x".into(),
+            iq_id: "b".into(),
+            resource: Some("phone".into()),
+        },
+    });
+    assert!(acts.contains(&Action::Send {
+        node: 1,
+        frame: Frame::Kick {
+            sid: 10,
+            condition: "conflict".into()
+        }
+    }));
+    assert_eq!(r.table().full("alice@x", "phone").unwrap().node, 2);
+}
+
+#[test]
+fn bind_generates_resources_and_refuses_bad_ones() {
+    let mut r = router();
+    let bind = |r: &mut Router, sid, resource: Option<&str>| {
+        r.run(Input::Frame {
+            node: 1,
+            frame: Frame::Bind {
+                sid,
+                user: "a@x".into(),
+                iq_id: "b".into(),
+                resource: resource.map(Into::into),
+            },
+        })
+    };
+    let acts = bind(&mut r, 2, None);
+    assert!(
+        matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. }] if j.starts_with("a@x/ll-"))
+    );
+    let bad = "x".repeat(2000);
+    let acts = bind(&mut r, 3, Some(&bad));
+    assert!(
+        matches!(&acts[..], [Action::Send { frame: Frame::BindResult { result: Err(e), .. }, .. }] if e == "bad-request")
+    );
+    // a retry after an error can succeed
+    let acts = bind(&mut r, 3, Some("ok"));
+    assert!(matches!(
+        &acts[..],
+        [Action::Send {
+            frame: Frame::BindResult { result: Ok(_), .. },
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_bounce_removes_the_session_and_goes_elsewhere_without_looping() {
+    let mut r = router();
+    let a = bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "one");
+    bound(&mut r, 2, 21, "bob@x", "two");
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/one", None, None),
+        "<presence/>",
+    );
+    stanza(
+        &mut r,
+        2,
+        21,
+        header(Kind::Presence, "bob@x/two", None, None),
+        "<presence/>",
+    );
+    let _ = a;
+    let payload =
+        Bytes::from_static(b"<message to='bob@x/one' type='chat'><body>hi</body></message>");
+    let acts = r.run(Input::Frame {
+        node: 2,
+        frame: Frame::Bounce {
+            sid: 20,
+            to: "bob@x/one".into(),
+            payload: payload.clone(),
+        },
+    });
+    assert!(delivered_to(&acts).contains(&(2, 21)));
+    assert!(!delivered_to(&acts).contains(&(2, 20)));
+    let acts = r.run(Input::Frame {
+        node: 2,
+        frame: Frame::Bounce {
+            sid: 21,
+            to: "bob@x/two".into(),
+            payload,
+        },
+    });
+    assert!(delivered_to(&acts).is_empty());
+    assert!(matches!(acts.last(), Some(Action::StoreOffline { user, .. }) if user == "bob"));
+}
+
+#[test]
+fn server_iqs_and_errors() {
+    let mut r = router();
+    let a = bound(&mut r, 1, 10, "alice@x", "phone");
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, &a, Some("x"), Some("get")),
+        "<iq type='get' id='i1'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let Action::Send {
+        frame: Frame::Deliver { payload, .. },
+        ..
+    } = &acts[0]
+    else {
+        panic!()
+    };
+    let el = Element::parse(payload, ns::CLIENT).unwrap();
+    assert_eq!(el.attr("type"), Some("result"));
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, &a, None, Some("get")),
+        "<iq type='get' id='i1'><query xmlns='urn:unknown'/></iq>",
+    );
+    let Action::Send {
+        frame: Frame::Deliver { payload, .. },
+        ..
+    } = &acts[0]
+    else {
+        panic!()
+    };
+    let el = Element::parse(payload, ns::CLIENT).unwrap();
+    assert!(
+        el.child("error", ns::CLIENT)
+            .unwrap()
+            .child("service-unavailable", ns::STANZA_ERRORS)
+            .is_some()
+    );
+    // remote domains are not served
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, &a, Some("bob@elsewhere"), Some("chat")),
+        "<message/>",
+    );
+    let Action::Send {
+        frame: Frame::Deliver { payload, .. },
+        ..
+    } = &acts[0]
+    else {
+        panic!()
+    };
+    assert!(
+        std::str::from_utf8(payload)
+            .unwrap()
+            .contains("remote-server-not-found")
+    );
+}
+
+#[test]
+fn node_gone_drops_routes_and_tells_other_resources() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "alice@x", "desk");
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "alice@x/desk", None, None),
+        "<presence/>",
+    );
+    let acts = r.run(Input::NodeGone { node: 1 });
+    assert_eq!(delivered_to(&acts), vec![(2, 20)]);
+    assert_eq!(r.table().len(), 1);
+}
+
+#[test]
+fn a_detached_session_keeps_its_messages_and_resumes_on_another_cm() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    for b in ["m1", "m2", "m3"] {
+        assert_eq!(delivered_to(&chat(&mut r, b)), vec![(1, 10)]);
+    }
+    frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+    // alice's CM dies: the session waits, the route stays
+    let acts = r.run(Input::NodeGone { node: 1 });
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert!(delivered_to(&chat(&mut r, "m4")).is_empty());
+    // someone else cannot use the id
+    let acts = frame(
+        &mut r,
+        2,
+        Frame::Resume {
+            sid: 99,
+            user: "mallory@x".into(),
+            previd: id.clone(),
+            h: 0,
+        },
+    );
+    assert!(
+        matches!(&acts[..], [Action::Send { frame: Frame::Resumed { result: Err(c), .. }, .. }] if c == "item-not-found")
+    );
+    // alice resumes on node 2, having received m1 and m2
+    let acts = frame(
+        &mut r,
+        2,
+        Frame::Resume {
+            sid: 20,
+            user: "alice@x".into(),
+            previd: id,
+            h: 2,
+        },
+    );
+    let Action::Send {
+        node: 2,
+        frame: Frame::Resumed {
+            result: Ok(res), ..
+        },
+    } = &acts[0]
+    else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(res.jid, "alice@x/phone");
+    let replay = payloads(&acts);
+    assert_eq!(replay.len(), 2);
+    assert!(replay[0].contains("m3") && replay[1].contains("m4"));
+    assert_eq!(r.sm_counts(), (1, 0));
+    // new messages go to the new place
+    assert_eq!(delivered_to(&chat(&mut r, "m5")), vec![(2, 20)]);
+}
+
+#[test]
+fn an_expired_session_sends_its_unacknowledged_messages_offline() {
+    let mut r = router();
+    sm_pair(&mut r);
+    chat(&mut r, "m1");
+    chat(&mut r, "m2");
+    frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+    frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: false,
+        },
+    );
+    assert!(r.timeout(t0() + Duration::from_secs(59)).is_empty());
+    let acts = r.timeout(t0() + Duration::from_secs(61));
+    let stored: Vec<_> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::StoreOffline { user, payload, .. } => Some((user.clone(), payload.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, "alice");
+    assert!(String::from_utf8_lossy(&stored[0].1).contains("m2"));
+    assert_eq!(r.table().len(), 1);
+    assert_eq!(r.sm_counts(), (0, 0));
+}
+
+#[test]
+fn acks_wait_for_offline_stores_and_too_high_is_kicked() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    frame(
+        &mut r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: false,
+            max: 0,
+        },
+    );
+    // to an offline user: stored, and the ack waits for the store
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Message,
+            "alice@x/phone",
+            Some("carol@x"),
+            Some("chat"),
+        ),
+        // no body, so no archive write: only the store holds the ack
+        "<message type='chat' to='carol@x'><thread>hi</thread></message>",
+    );
+    let [
+        Action::StoreOffline {
+            origin: Some(origin),
+            ..
+        },
+    ] = &acts[..]
+    else {
+        panic!("{acts:?}")
+    };
+    let origin = *origin;
+    let acts = frame(&mut r, 1, Frame::AckRequest { sid: 10 });
+    assert!(matches!(
+        &acts[..],
+        [Action::Send {
+            frame: Frame::Handled { h: 0, .. },
+            ..
+        }]
+    ));
+    let acts = r.run(Input::Stored { origin });
+    assert!(matches!(
+        &acts[..],
+        [Action::Send {
+            frame: Frame::Handled { h: 1, .. },
+            ..
+        }]
+    ));
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+    assert!(
+        matches!(&acts[..], [Action::Send { frame: Frame::Kick { condition, .. }, .. }] if condition == "undefined-condition")
+    );
+}
+
+#[test]
+fn stanzas_from_a_stream_the_session_left_are_dropped() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    frame(
+        &mut r,
+        2,
+        Frame::Resume {
+            sid: 20,
+            user: "alice@x".into(),
+            previd: id,
+            h: 0,
+        },
+    );
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message type='chat' to='bob@x'><body>late</body></message>",
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+}
+
+#[test]
+fn offline_messages_go_through_the_ledger_and_a_clean_close_keeps_nothing() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "bob@x", "laptop");
+    frame(
+        &mut r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: true,
+            max: 0,
+        },
+    );
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "bob@x/laptop", None, None),
+        "<presence/>",
+    );
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::FlushOffline { .. }))
+    );
+    let messages = (1..=5)
+        .map(|i| {
+            (
+                i,
+                Bytes::from(format!(
+                    "<message type='chat' id='o{i}'><body>{i}</body></message>"
+                )),
+            )
+        })
+        .collect();
+    let acts = r.run(Input::Offline {
+        user: "bob".into(),
+        to: (1, 10),
+        messages,
+    });
+    assert_eq!(payloads(&acts).len(), 5);
+    assert!(acts.contains(&Action::RemoveOffline {
+        user: "bob".into(),
+        upto: 5
+    }));
+    frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("bob@x/laptop".into()),
+            clean: true,
+        },
+    );
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::StoreOffline { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(r.table().len(), 0);
+}
+
+#[test]
+fn a_cm_back_after_its_sessions_detached_has_them_resume() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    r.run(Input::NodeGone { node: 1 });
+    chat(&mut r, "while cut off");
+    let announce = |sm| Frame::Announce {
+        sid: 10,
+        jid: "alice@x/phone".into(),
+        available: true,
+        priority: 0,
+        sm,
+    };
+    let snapshot = SmSnapshot {
+        id,
+        handled: 0,
+        sent: 0,
+        client_acked: 0,
+        next_seq: 0,
+        max: 60,
+    };
+    let acts = frame(&mut r, 1, announce(Some(snapshot)));
+    assert!(
+        matches!(&acts[..], [Action::Send { frame: Frame::Kick { condition, .. }, .. }] if condition == "connection-timeout"),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_full_ledger_spills_to_storage_and_is_flushed_once_the_client_caught_up() {
+    let mut r = router();
+    sm_pair(&mut r);
+    let max = super::sm_sessions::MAX_UNACKED;
+    for i in 0..max {
+        assert_eq!(delivered_to(&chat(&mut r, &format!("m{i}"))).len(), 1);
+    }
+    let acts = chat(&mut r, "spilled");
+    assert!(
+        matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "alice"),
+        "{acts:?}"
+    );
+    // acknowledging a little is not enough; half is
+    assert!(frame(&mut r, 1, Frame::Acked { sid: 10, h: 10 }).is_empty());
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::Acked {
+            sid: 10,
+            h: (max / 2) as u32,
+        },
+    );
+    assert_eq!(
+        acts,
+        vec![Action::FlushOffline {
+            user: "alice".into(),
+            to: (1, 10)
+        }]
+    );
+}
+
+#[test]
+fn live_stanzas_wait_behind_the_login_flush_and_then_flow() {
+    let mut r = router();
+    let _ = sm_pair(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    assert!(acts.contains(&Action::FlushOffline {
+        user: "alice".into(),
+        to: (1, 10)
+    }));
+    // an IQ answer is not held back
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", Some("x"), Some("get")),
+        "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    assert_eq!(delivered_to(&acts), vec![(1, 10)]);
+    // a message arriving during the flush is stored behind the stored ones
+    let acts = chat(&mut r, "during");
+    assert!(
+        matches!(&acts[..], [Action::StoreOffline { .. }]),
+        "{acts:?}"
+    );
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![(
+            1,
+            Bytes::from_static(b"<message type='chat'><body>old</body></message>"),
+        )],
+    });
+    assert_eq!(payloads(&acts).len(), 1);
+    // it flushes again for what was stored meanwhile
+    assert!(acts.contains(&Action::FlushOffline {
+        user: "alice".into(),
+        to: (1, 10)
+    }));
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: Vec::new(),
+    });
+    assert!(acts.is_empty(), "{acts:?}");
+    // and live traffic flows again
+    assert_eq!(delivered_to(&chat(&mut r, "after")), vec![(1, 10)]);
+}
+
+#[test]
+fn late_bounces_of_an_ended_sm_session_are_not_routed_twice() {
+    let mut r = router();
+    sm_pair(&mut r);
+    chat(&mut r, "m1");
+    // a clean close: the unacknowledged m1 goes to offline storage once
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: true,
+        },
+    );
+    assert!(
+        matches!(&acts[..], [Action::StoreOffline { .. }]),
+        "{acts:?}"
+    );
+    // the CM bounces m1 from the closed session's queue: nothing more happens
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::Bounce {
+            sid: 10,
+            to: "alice@x/phone".into(),
+            payload: Bytes::from_static(
+                b"<message type='chat' to='alice@x/phone'><body>m1</body></message>",
+            ),
+        },
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+}
+
+#[test]
+fn a_lost_pool_connection_detaches_its_sm_sessions_only() {
+    let mut r = router();
+    sm_pair(&mut r);
+    // sid 10 rides connection 10 % 2 = 0; losing connection 1 changes nothing
+    r.run(Input::LinkLost {
+        node: 1,
+        index: 1,
+        pool_size: 2,
+    });
+    assert_eq!(r.sm_counts(), (1, 0));
+    r.run(Input::LinkLost {
+        node: 1,
+        index: 0,
+        pool_size: 2,
+    });
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert!(delivered_to(&chat(&mut r, "kept")).is_empty());
+}
+
+#[test]
+fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
+    let mut r = router();
+    let bind = Frame::Bind {
+        sid: 10,
+        user: "alice@x".into(),
+        iq_id: "b".into(),
+        resource: Some("phone".into()),
+    };
+    // The bind waits for alice's roster; so does her next frame.
+    let acts = r.step(Input::Frame {
+        node: 1,
+        frame: bind,
+    });
+    assert_eq!(
+        acts,
+        vec![Action::LoadRoster {
+            user: "alice@x".into()
+        }]
+    );
+    let ping = Frame::Stanza {
+        sid: 10,
+        header: header(Kind::Iq, "alice@x/phone", None, Some("get")),
+        payload: Bytes::from_static(b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>"),
+    };
+    assert!(
+        r.step(Input::Frame {
+            node: 1,
+            frame: ping
+        })
+        .is_empty()
+    );
+    // Another user's session is not held up meanwhile.
+    assert_eq!(bound(&mut r, 2, 20, "bob@x", "pc"), "bob@x/pc");
+    let roster = Roster {
+        version: 7,
+        items: vec![RosterItem {
+            jid: "bob@x".into(),
+            subscription: crate::storage::Subscription::Both,
+            listed: true,
+            ..Default::default()
+        }],
+    };
+    let acts = r.step(Input::RosterLoaded {
+        user: "alice@x".into(),
+        roster: Some(roster),
+    });
+    assert!(
+        matches!(&acts[0], Action::Send { frame: Frame::BindResult { result: Ok(j), .. }, .. } if j == "alice@x/phone"),
+        "{acts:?}"
+    );
+    assert_eq!(delivered_to(&acts[1..]), vec![(1, 10)]);
+    // Her roster is kept while she is online: versioning answers empty.
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", None, Some("get")),
+        "<iq type='get' id='r'><query xmlns='jabber:iq:roster' ver='7'/></iq>",
+    );
+    let d = deliveries(&acts);
+    assert!(
+        d[0].1.contains("type=\"result\"") && !d[0].1.contains("query"),
+        "{d:?}"
+    );
+    // Presence reaches the subscribed contact, and she gets his at login.
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence from='bob@x/pc'/>",
+    );
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence from='alice@x/phone'/>",
+    );
+    let mut to: Vec<_> = deliveries(&acts)
+        .into_iter()
+        .map(|(a, p)| (a, p.contains("bob@x/pc")))
+        .collect();
+    to.sort();
+    assert_eq!(to, vec![((1, 10), true), ((2, 20), false)], "{acts:?}");
+}
+
+#[test]
+fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Presence,
+            "alice@x/phone",
+            Some("bob@x"),
+            Some("subscribe"),
+        ),
+        "<presence to='bob@x' type='subscribe'/>",
+    );
+    let saved: Vec<(String, bool, bool)> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::SaveRosterItem { user, item, .. } => {
+                Some((user.clone(), item.ask, item.pending_in))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        saved,
+        vec![("alice".into(), true, false), ("bob".into(), false, true)]
+    );
+    assert!(
+        delivered_to(&acts).is_empty(),
+        "bob has no session: {acts:?}"
+    );
+    // Bob logs in: his roster comes from storage with the request.
+    let Some(Action::SaveRosterItem { item, version, .. }) = acts
+        .iter()
+        .find(|a| matches!(a, Action::SaveRosterItem { user, .. } if user == "bob"))
+    else {
+        panic!("{acts:?}")
+    };
+    let stored = Roster {
+        version: *version,
+        items: vec![item.clone()],
+    };
+    let bind = Frame::Bind {
+        sid: 20,
+        user: "bob@x".into(),
+        iq_id: "b".into(),
+        resource: Some("pc".into()),
+    };
+    let acts = r.step(Input::Frame {
+        node: 2,
+        frame: bind,
+    });
+    assert_eq!(
+        acts,
+        vec![Action::LoadRoster {
+            user: "bob@x".into()
+        }]
+    );
+    r.step(Input::RosterLoaded {
+        user: "bob@x".into(),
+        roster: Some(stored),
+    });
+    // … and the request reaches him with his initial presence.
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    let d = deliveries(&acts);
+    assert!(
+        d.iter().any(|(a, p)| *a == (2, 20)
+            && p.contains("type=\"subscribe\"")
+            && p.contains("from=\"alice@x\"")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn chat_is_archived_before_the_ack_stamped_and_carbon_copied() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 1, 11, "alice@x", "desk");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    for (sid, res) in [(10, "phone"), (11, "desk")] {
+        stanza(
+            &mut r,
+            1,
+            sid,
+            header(Kind::Presence, &format!("alice@x/{res}"), None, None),
+            "<presence/>",
+        );
+    }
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    stanza(
+        &mut r,
+        1,
+        11,
+        header(Kind::Iq, "alice@x/desk", None, Some("set")),
+        "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+    );
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message from='alice@x/phone' to='bob@x' type='chat'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='bob@x'/></message>",
+    );
+    let Some(Action::Archive { entries, .. }) =
+        acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+    else {
+        panic!("{acts:?}")
+    };
+    let owners: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.user.as_str(), e.peer.as_str()))
+        .collect();
+    assert_eq!(owners, vec![("alice", "bob@x"), ("bob", "alice@x")]);
+    let id = entries[0].id.clone();
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[0].0, (2, 20));
+    assert!(
+        d[0].1.contains(&format!("id=\"{id}\"")) && !d[0].1.contains("forged"),
+        "{}",
+        d[0].1
+    );
+    assert_eq!(d[1].0, (1, 11));
+    assert!(
+        d[1].1.contains("<sent xmlns=\"urn:xmpp:carbons:2\">"),
+        "{}",
+        d[1].1
+    );
+    // A private message is not copied.
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message to='bob@x' type='chat'><body>psst</body><private xmlns='urn:xmpp:carbons:2'/></message>",
+    );
+    assert_eq!(delivered_to(&acts), vec![(2, 20)]);
+}
+
+/// Ends alice's stream (node 1, sid 10) uncleanly at `now`: her SM session detaches.
+fn drop_alice_at(r: &mut Router, now: Instant) -> Vec<Action> {
+    r.run_at(
+        Input::Frame {
+            node: 1,
+            frame: Frame::SessionEnd {
+                sid: 10,
+                jid: Some("alice@x/phone".into()),
+                clean: false,
+            },
+        },
+        now,
+    )
+}
+
+#[test]
+fn without_detached_sessions_there_is_no_deadline() {
+    let mut r = router();
+    assert_eq!(r.poll_timeout(), None);
+    // attached SM sessions have none either
+    sm_pair(&mut r);
+    assert_eq!(r.poll_timeout(), None);
+}
+
+#[test]
+fn a_detached_session_expires_exactly_at_its_deadline() {
+    let mut r = router();
+    sm_pair(&mut r); // alice: resumable for 60 s
+    chat(&mut r, "m1");
+    let detached_at = t0() + Duration::from_millis(5_250);
+    drop_alice_at(&mut r, detached_at);
+    let deadline = detached_at + Duration::from_secs(60);
+    assert_eq!(r.poll_timeout(), Some(deadline));
+    // not a nanosecond before
+    assert!(r.timeout(deadline - Duration::from_nanos(1)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert_eq!(r.poll_timeout(), Some(deadline));
+    // at the deadline itself: unacknowledged m1 goes to offline storage
+    let acts = r.timeout(deadline);
+    assert!(
+        matches!(&acts[..], [Action::StoreOffline { user, .. }] if user == "alice"),
+        "{acts:?}"
+    );
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.poll_timeout(), None);
+    assert_eq!(r.stats().sm_expired, 1);
+}
+
+#[test]
+fn poll_timeout_reports_the_earliest_deadline() {
+    let mut r = router();
+    sm_pair(&mut r); // alice: 60 s
+    bound(&mut r, 2, 20, "carol@x", "tab");
+    let acts = frame(
+        &mut r,
+        2,
+        Frame::SmEnable {
+            sid: 20,
+            resume: true,
+            max: 10,
+        },
+    );
+    assert!(matches!(
+        &acts[..],
+        [Action::Send {
+            frame: Frame::SmEnabled { max: 10, .. },
+            ..
+        }]
+    ));
+    drop_alice_at(&mut r, t0());
+    let carol_at = t0() + Duration::from_secs(20);
+    r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::SessionEnd {
+                sid: 20,
+                jid: Some("carol@x/tab".into()),
+                clean: false,
+            },
+        },
+        carol_at,
+    );
+    // carol detached later but expires first
+    assert_eq!(r.poll_timeout(), Some(carol_at + Duration::from_secs(10)));
+    r.timeout(carol_at + Duration::from_secs(10));
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    // both at once when time jumps past both
+    let mut r2 = router();
+    sm_pair(&mut r2);
+    drop_alice_at(&mut r2, t0());
+    r2.timeout(t0() + Duration::from_secs(3600));
+    assert_eq!(r2.sm_counts(), (0, 0));
+}
+
+#[test]
+fn resuming_cancels_the_deadline_and_a_new_detach_sets_a_fresh_one() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    let resumed_at = t0() + Duration::from_secs(30);
+    let acts = r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::Resume {
+                sid: 20,
+                user: "alice@x".into(),
+                previd: id,
+                h: 0,
+            },
+        },
+        resumed_at,
+    );
+    assert!(
+        matches!(
+            &acts[0],
+            Action::Send {
+                frame: Frame::Resumed { result: Ok(_), .. },
+                ..
+            }
+        ),
+        "{acts:?}"
+    );
+    assert_eq!(r.poll_timeout(), None);
+    // the old deadline passes: nothing expires
+    assert!(r.timeout(t0() + Duration::from_secs(61)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 0));
+    // detached again (its new CM is gone): the resumption time starts over
+    let gone_at = t0() + Duration::from_secs(100);
+    r.run_at(Input::NodeGone { node: 2 }, gone_at);
+    assert_eq!(r.poll_timeout(), Some(gone_at + Duration::from_secs(60)));
+}
+
+#[test]
+fn a_session_that_is_not_resumable_ends_at_once_without_a_deadline() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    frame(
+        &mut r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: false,
+            max: 0,
+        },
+    );
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), None);
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.table().len(), 0);
+}
+
+#[test]
+fn a_failed_delivery_kicks_before_the_rest_of_the_input_is_carried_out() {
+    let mut r = router();
+    sm_pair(&mut r);
+    // two deliveries waiting; the first cannot be handed to the link
+    bound(&mut r, 1, 11, "alice@x", "desk");
+    r.handle(
+        Input::Frame {
+            node: 3,
+            frame: Frame::Stanza {
+                sid: 30,
+                header: header(Kind::Presence, "bob@x/pc", Some("alice@x/phone"), None),
+                payload: Bytes::from_static(b"<presence to='alice@x/phone'/>"),
+            },
+        },
+        t0(),
+    );
+    r.handle(
+        Input::Frame {
+            node: 3,
+            frame: Frame::Stanza {
+                sid: 30,
+                header: header(Kind::Presence, "bob@x/pc", Some("alice@x/desk"), None),
+                payload: Bytes::from_static(b"<presence to='alice@x/desk'/>"),
+            },
+        },
+        t0(),
+    );
+    let first = r.poll_action();
+    assert!(
+        matches!(
+            first,
+            Some(Action::Send {
+                node: 1,
+                frame: Frame::Deliver { sid: 10, .. }
+            })
+        ),
+        "{first:?}"
+    );
+    r.delivery_failed((1, 10), t0());
+    let next = r.poll_action();
+    assert!(
+        matches!(&next, Some(Action::Send { frame: Frame::Kick { sid: 10, condition }, .. }) if condition == "connection-timeout"),
+        "{next:?}"
+    );
+    assert_eq!(r.sm_counts(), (1, 1));
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    assert!(matches!(
+        r.poll_action(),
+        Some(Action::Send {
+            node: 1,
+            frame: Frame::Deliver { sid: 11, .. }
+        })
+    ));
+    assert_eq!(r.poll_action(), None);
+}
+
+/// Alice on phone (1, 10) and desk (1, 11, carbons on), Bob on pc (2, 20),
+/// all available.
+fn carbons_trio(r: &mut Router) {
+    bound(r, 1, 10, "alice@x", "phone");
+    bound(r, 1, 11, "alice@x", "desk");
+    bound(r, 2, 20, "bob@x", "pc");
+    for (node, sid, full) in [
+        (1, 10, "alice@x/phone"),
+        (1, 11, "alice@x/desk"),
+        (2, 20, "bob@x/pc"),
+    ] {
+        stanza(
+            r,
+            node,
+            sid,
+            header(Kind::Presence, full, None, None),
+            "<presence/>",
+        );
+    }
+    stanza(
+        r,
+        1,
+        11,
+        header(Kind::Iq, "alice@x/desk", None, Some("set")),
+        "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+    );
+}
+
+#[test]
+fn a_message_neither_archived_nor_copied_is_delivered_as_it_came() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    // not even XML: the core does not look inside (the CM validated what it sends)
+    let payload = "<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/>";
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        payload,
+    );
+    assert_eq!(deliveries(&acts), vec![((2, 20), payload.to_owned())]);
+}
+
+#[test]
+fn a_chat_state_is_copied_without_being_archived() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message to='bob@x' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    );
+    assert!(!acts.iter().any(|a| matches!(a, Action::Archive { .. })));
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[1].0, (1, 11));
+    assert!(
+        d[1].1.contains("<sent xmlns=\"urn:xmpp:carbons:2\"><forwarded xmlns=\"urn:xmpp:forward:0\"><message to=\"bob@x\" type=\"chat\" xmlns=\"jabber:client\"><active"),
+        "{}",
+        d[1].1
+    );
+}
+
+#[test]
+fn a_private_message_is_archived_with_forged_ids_stripped_and_not_copied() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message to='bob@x' type='chat'><body>psst</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='bob@x'/><private xmlns='urn:xmpp:carbons:2'/></message>",
+    );
+    let Some(Action::Archive { entries, .. }) =
+        acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+    else {
+        panic!("{acts:?}")
+    };
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 1, "no copy: {d:?}");
+    assert_eq!(d[0].0, (2, 20));
+    let delivered = &d[0].1;
+    assert!(!delivered.contains("forged"), "{delivered}");
+    assert!(
+        delivered.contains(&format!("id=\"{}\"", entries[0].id)),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains("<private xmlns=\"urn:xmpp:carbons:2\"/>"),
+        "{delivered}"
+    );
+    assert_eq!(&entries[0].payload[..], delivered.as_bytes());
+}
+
+#[test]
+fn a_chat_with_a_hint_is_archived_and_copied_from_one_parse() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        "<message to='alice@x/phone' type='chat'><body>hi</body><store xmlns='urn:xmpp:hints'/></message>",
+    );
+    let Some(Action::Archive { entries, .. }) =
+        acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+    else {
+        panic!("{acts:?}")
+    };
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[0].0, (1, 10));
+    assert_eq!(d[0].1.as_bytes(), &entries[0].payload[..]);
+    // the desk gets a "received" copy of the stamped message
+    assert_eq!(d[1].0, (1, 11));
+    assert!(
+        d[1].1.contains("<received xmlns=\"urn:xmpp:carbons:2\">"),
+        "{}",
+        d[1].1
+    );
+    assert!(d[1].1.contains(&d[0].1), "{}", d[1].1);
+}
