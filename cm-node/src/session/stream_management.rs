@@ -1,7 +1,8 @@
 //! The CM's share of stream management (XEP-0198) and client state
 //! indication (XEP-0352) for one session: counters and the presence held
 //! back while the client is inactive. The core keeps what was delivered
-//! until the client acknowledges it (see `im_core::ledger`); the CM counts,
+//! until the client acknowledges it (the ledgers in im-core's
+//! `router/sm_sessions`); the CM counts,
 //! answers `<r/>` with what the core says it handled, and numbers the
 //! core's deliveries so it can report those it dropped. The counters leave
 //! the session as values (at most once per batch), for the registry to
