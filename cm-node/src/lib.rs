@@ -6,8 +6,9 @@
 //! state machine per XMPP stream, over any transport; [`tcp`] (with
 //! [`starttls`]) and [`ws`] accept TCP and WebSocket clients into the same
 //! driver; [`sessions`] is the registry the [`pool`] dispatches core frames
-//! through; [`shaper`] and [`backoff`] are small sans-IO helpers;
-//! [`config`] holds the settings.
+//! through; [`balancer_link`] keeps the CM registered with the balancer
+//! and [`encap_socket`] carries its encapsulated datagrams; [`backoff`]
+//! paces both links' reconnections; [`config`] holds the settings.
 
 pub mod backoff;
 pub mod balancer_link;
@@ -17,7 +18,6 @@ pub mod listener;
 pub mod pool;
 pub mod session;
 pub mod sessions;
-pub mod shaper;
 pub mod starttls;
 pub mod tcp;
 pub mod ws;

@@ -16,7 +16,7 @@
 //! or resumption (`binding`) to the core, then stamps and relays stanzas
 //! (`relay`) and keeps its share of stream management and client state
 //! indication (`stream_management`). It polices the stream: the framer's
-//! limits, a read budget ([`crate::shaper`]) and a deadline to authenticate
+//! limits, a read budget ([`xmpp_stream::rate::TokenBucket`]) and a deadline to authenticate
 //! and bind.
 
 mod binding;
@@ -36,6 +36,7 @@ use bytes::Bytes;
 use cm_protocol::{Frame, SessionId};
 use rand::rngs::SmallRng;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
+use xmpp_stream::rate::TokenBucket;
 use xmpp_stream::stanza::inspect;
 use xmpp_stream::{StanzaHeader, StanzaKind, StreamCondition, StreamHeader, TopLevel, ns, stream};
 
@@ -49,8 +50,6 @@ use registration::InBandRegistration;
 use relay::AnnouncedPresence;
 use sasl::SaslRelay;
 use stream_management::StreamManagement;
-
-use crate::shaper::Shaper;
 
 /// A stream must be authenticated and bound within this, or it is closed
 /// (keep-alives would otherwise hold an idle, unauthenticated stream forever).
@@ -144,7 +143,7 @@ pub struct ClientSession {
     binding: Binding,
     presence: AnnouncedPresence,
     sm: StreamManagement,
-    shaper: Shaper,
+    read_budget: TokenBucket,
     /// Reading waits until then (the read budget is spent).
     read_paused_until: Option<Instant>,
     /// Authenticate and bind before then.
@@ -171,7 +170,7 @@ impl ClientSession {
         Self {
             sid,
             framer: Framer::new(settings.limits),
-            shaper: Shaper::new(settings.read_rate, settings.read_burst, now),
+            read_budget: TokenBucket::new(settings.read_rate, settings.read_burst, now),
             settings,
             offer,
             state: State::Header {
@@ -198,7 +197,7 @@ impl ClientSession {
         if self.state == State::Closed {
             return;
         }
-        let wait = self.shaper.take(data.len(), now);
+        let wait = self.read_budget.take(data.len(), now);
         if !wait.is_zero() {
             self.read_paused_until = Some(now + wait);
         }

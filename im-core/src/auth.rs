@@ -14,6 +14,8 @@ use xmpp_sasl::{
     Mechanism, ScramServer, StoredCredentials, fake_credentials, parse_client_first, parse_plain,
 };
 
+use xmpp_stream::rate::TokenBucket;
+
 use crate::routing::SessionAddr;
 use crate::storage::Storage;
 
@@ -56,12 +58,12 @@ pub struct AuthService {
     /// In-band registration (XEP-0077) is offered.
     registration: bool,
     /// Registrations allowed now (a token bucket refilled over time).
-    register_tokens: Mutex<(f64, Instant)>,
+    register_tokens: Mutex<TokenBucket>,
 }
 
 /// Accounts created in-band per second, cluster-wide, and the burst allowed.
-const REGISTRATIONS_PER_SEC: f64 = 10.0;
-const REGISTRATION_BURST: f64 = 20.0;
+const REGISTRATIONS_PER_SEC: u64 = 10;
+const REGISTRATION_BURST: u64 = 20;
 /// Longest password accepted at registration.
 const MAX_PASSWORD: usize = 1023;
 
@@ -79,7 +81,11 @@ impl AuthService {
             pending: Mutex::new(HashMap::new()),
             plain_slots: tokio::sync::Semaphore::new(PLAIN_SLOTS),
             registration: false,
-            register_tokens: Mutex::new((REGISTRATION_BURST, Instant::now())),
+            register_tokens: Mutex::new(TokenBucket::new(
+                REGISTRATIONS_PER_SEC,
+                REGISTRATION_BURST,
+                Instant::now(),
+            )),
         }
     }
 
@@ -106,20 +112,13 @@ impl AuthService {
         if password.is_empty() || password.len() > MAX_PASSWORD {
             return Err("not-acceptable");
         }
-        {
-            let mut bucket = self
-                .register_tokens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let (tokens, at) = *bucket;
-            let now = Instant::now();
-            let tokens = (tokens + now.duration_since(at).as_secs_f64() * REGISTRATIONS_PER_SEC)
-                .min(REGISTRATION_BURST);
-            if tokens < 1.0 {
-                *bucket = (tokens, now);
-                return Err("resource-constraint");
-            }
-            *bucket = (tokens - 1.0, now);
+        let admitted = self
+            .register_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_take(1, Instant::now());
+        if !admitted {
+            return Err("resource-constraint");
         }
         // PBKDF2 is CPU work: on a blocking thread, bounded like PLAIN.
         let _slot = self

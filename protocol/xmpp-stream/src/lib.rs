@@ -9,11 +9,13 @@
 //!   a stanza (server IQs, the SDK).
 //! - [`stream`]: builders for stream headers, features, SASL and errors.
 //! - [`condition`]: stream and stanza error conditions.
+//! - [`rate`]: a token bucket for the rates clients are held to.
 
 pub mod condition;
 pub mod element;
 pub mod framer;
 pub mod ns;
+pub mod rate;
 pub mod stanza;
 pub mod stream;
 
