@@ -15,13 +15,12 @@ use lb_protocol::control::{self, Answer, Registration};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio_util::sync::CancellationToken;
+use xmpp_stream::pacing::Backoff;
 
-use crate::backoff::Backoff;
+use crate::backoff::Reconnect;
 
-/// First wait before reconnecting.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest wait before reconnecting (before jitter).
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Reconnection to the balancer: at once, then from 50 ms doubling to 1 s.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 /// Why a registration ended (the CM then reconnects).
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +70,7 @@ pub async fn run(
     registration: Registration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(
-        FIRST_BACKOFF,
-        MAX_BACKOFF,
-        SmallRng::seed_from_u64(rand::random()),
-    );
+    let mut backoff = Reconnect::new(RECONNECT, SmallRng::seed_from_u64(rand::random()));
     loop {
         match register_once(
             &endpoint,
@@ -106,7 +101,7 @@ async fn register_once(
     control: SocketAddr,
     registration: &Registration,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
+    backoff: &mut Reconnect,
 ) -> Result<(), LinkError> {
     let conn = endpoint
         .connect_with(tls.clone(), control, certs::LB_SERVER_NAME)?

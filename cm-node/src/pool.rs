@@ -1,7 +1,7 @@
 //! The pool of QUIC connections from this CM to the core.
 //!
 //! `pool_size` connections, each driven by its own task that dials with
-//! jittered exponential backoff ([`Backoff`]), says Hello, re-announces the
+//! jittered exponential backoff ([`Reconnect`]), says Hello, re-announces the
 //! bound sessions it carries, then pumps frames both ways. Session `sid`
 //! always uses connection `sid % pool_size`, so a session's frames stay in
 //! order. Each connection has a bounded queue that outlives reconnects: while
@@ -23,15 +23,14 @@ use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use xmpp_stream::pacing::Backoff;
 
-use crate::backoff::Backoff;
+use crate::backoff::Reconnect;
 use crate::session::CoreOffer;
 use crate::sessions::{Dispatch, Sessions};
 
-/// First wait before reconnecting to the core; it doubles per failure.
-const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
-/// Longest wait (before jitter) between reconnection attempts.
-const RECONNECT_MAX: Duration = Duration::from_secs(3);
+/// Reconnection to the core: at once, then from 100 ms doubling to 3 s.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
 
 /// Frames queued per pool connection.
 pub const POOL_QUEUE: usize = 8 * 1024;
@@ -160,11 +159,7 @@ async fn connection_task(
     size: u16,
     mut rx: mpsc::Receiver<Frame>,
 ) {
-    let mut backoff = Backoff::new(
-        RECONNECT_INITIAL,
-        RECONNECT_MAX,
-        SmallRng::seed_from_u64(rand::random()),
-    );
+    let mut backoff = Reconnect::new(RECONNECT, SmallRng::seed_from_u64(rand::random()));
     let mut instance = None;
     loop {
         let link = Link {
@@ -193,7 +188,7 @@ struct Link<'a> {
     /// The core instance the last connection was welcomed by.
     last_instance: &'a mut Option<u64>,
     /// Reconnection delays; reset once a connection is welcomed.
-    backoff: &'a mut Backoff,
+    backoff: &'a mut Reconnect,
 }
 
 async fn run_connection(

@@ -16,7 +16,7 @@
 //! or resumption (`binding`) to the core, then stamps and relays stanzas
 //! (`relay`) and keeps its share of stream management and client state
 //! indication (`stream_management`). It polices the stream: the framer's
-//! limits, a read budget ([`xmpp_stream::rate::TokenBucket`]) and a deadline to authenticate
+//! limits, a read budget ([`xmpp_stream::pacing::TokenBucket`]) and a deadline to authenticate
 //! and bind.
 
 mod binding;
@@ -36,7 +36,7 @@ use bytes::Bytes;
 use cm_protocol::{Frame, SessionId};
 use rand::rngs::SmallRng;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
-use xmpp_stream::rate::TokenBucket;
+use xmpp_stream::pacing::TokenBucket;
 use xmpp_stream::stanza::inspect;
 use xmpp_stream::{StanzaHeader, StanzaKind, StreamCondition, StreamHeader, TopLevel, ns, stream};
 

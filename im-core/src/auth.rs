@@ -14,7 +14,7 @@ use xmpp_sasl::{
     Mechanism, ScramServer, StoredCredentials, fake_credentials, parse_client_first, parse_plain,
 };
 
-use xmpp_stream::rate::TokenBucket;
+use xmpp_stream::pacing::TokenBucket;
 
 use crate::routing::SessionAddr;
 use crate::storage::Storage;

@@ -16,7 +16,6 @@
 //! new login, and the reconnection schedule (`reconnect`).
 
 mod dedup;
-mod reconnect;
 mod requests;
 #[cfg(test)]
 mod tests;
@@ -28,6 +27,7 @@ use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::StdRng;
 use xmpp_stream::element::Element;
+use xmpp_stream::pacing::Backoff;
 use xmpp_stream::{ns, stream};
 
 use crate::event::{self, Event, IqResponse, MessageState};
@@ -38,6 +38,12 @@ use dedup::DuplicateFilter;
 pub use requests::RequestId;
 use requests::{IQ_TIMEOUT, PendingIqs, Waiter};
 
+/// Reconnection after a lost connection: the first attempt at once (a phone
+/// that just lost its connection wants it back), then jittered exponential
+/// backoff, 0.5–1 × min(200 ms × 2^(attempt-1), 30 s), so a fleet that lost
+/// one CM does not come back in one wave.
+pub(crate) const RECONNECT: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 /// Stanzas kept while offline; beyond that sends fail.
 pub(crate) const MAX_OUTBOX: usize = 10_000;
 /// How long a clean close waits for the server to end its stream too.
@@ -828,7 +834,7 @@ impl Session {
     }
 
     fn schedule_retry(&mut self, now: Instant, attempt: u32) {
-        let retry_at = now + reconnect::delay(attempt, &mut self.rng);
+        let retry_at = now + RECONNECT.delay(attempt, self.rng.r#gen());
         self.link = Link::Down { retry_at, attempt };
     }
 

@@ -202,12 +202,12 @@ fn reconnection_starts_at_once_then_backs_off_with_jitter_up_to_the_cap_and_rese
         assert!(drain(&mut s).is_empty());
         let due = s.poll_timeout().expect("a retry is scheduled");
         let delay = due - now;
-        let ceiling = reconnect::ceiling(attempt);
+        let ceiling = RECONNECT.ceiling(attempt);
         assert!(
             delay >= ceiling / 2 && delay <= ceiling,
             "attempt {attempt}: {delay:?} against {ceiling:?}"
         );
-        assert!(delay <= reconnect::BACKOFF_CAP);
+        assert!(delay <= RECONNECT.ceiling(u32::MAX));
         delays.push(delay);
         s.handle_timeout(due - Duration::from_nanos(1));
         assert!(drain(&mut s).is_empty(), "not before it is due");
@@ -217,7 +217,7 @@ fn reconnection_starts_at_once_then_backs_off_with_jitter_up_to_the_cap_and_rese
     }
     // growing early on, capped at the end
     assert!(delays[3] > delays[0]);
-    assert_eq!(reconnect::ceiling(14), reconnect::BACKOFF_CAP);
+    assert_eq!(RECONNECT.ceiling(14), RECONNECT.ceiling(u32::MAX));
     s.on_connected(
         now,
         Negotiated {
@@ -239,7 +239,7 @@ fn reconnection_starts_at_once_then_backs_off_with_jitter_up_to_the_cap_and_rese
     );
     s.on_connect_failed(later, ClientError::Timeout);
     let delay = s.poll_timeout().unwrap() - later;
-    assert!(delay >= reconnect::ceiling(1) / 2 && delay <= reconnect::ceiling(1));
+    assert!(delay >= RECONNECT.ceiling(1) / 2 && delay <= RECONNECT.ceiling(1));
 }
 
 #[test]

@@ -9,13 +9,14 @@
 //!   a stanza (server IQs, the SDK).
 //! - [`stream`]: builders for stream headers, features, SASL and errors.
 //! - [`condition`]: stream and stanza error conditions.
-//! - [`rate`]: a token bucket for the rates clients are held to.
+//! - [`pacing`]: a token bucket for the rates clients are held to, and the
+//!   jittered backoff between reconnections.
 
 pub mod condition;
 pub mod element;
 pub mod framer;
 pub mod ns;
-pub mod rate;
+pub mod pacing;
 pub mod stanza;
 pub mod stream;
 

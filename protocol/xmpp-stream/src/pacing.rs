@@ -1,8 +1,15 @@
-//! Rate limits on what clients may do: a token bucket, sans-IO (the caller
-//! passes the time). The CM shapes each stream's reads with it (a session
-//! over its budget is not cut off; the CM stops reading until the bucket
-//! refills, so flow control slows the sender and a flooding client cannot
-//! starve the others); the core limits in-band registrations with it.
+//! How fast things may go, sans-IO (the caller passes the time and the
+//! randomness):
+//!
+//! - [`TokenBucket`]: the rates clients are held to. The CM shapes each
+//!   stream's reads with it (a session over its budget is not cut off; the
+//!   CM stops reading until the bucket refills, so flow control slows the
+//!   sender and a flooding client cannot starve the others); the core
+//!   limits in-band registrations with it.
+//! - [`Backoff`]: the jittered exponential backoff between reconnection
+//!   attempts, for phones (the client SDK) and for the cluster's own links
+//!   (CM to core, CM to balancer), so a fleet that lost a peer does not come
+//!   back in one wave.
 
 use std::time::{Duration, Instant};
 
@@ -57,9 +64,58 @@ impl TokenBucket {
     }
 }
 
+/// A reconnection schedule: attempt 0 at once (whoever just lost a link
+/// wants it back), then attempt `n` after `min(base × 2^(n-1), cap)`, scaled
+/// by a random factor in 0.5–1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    /// Delays doubling from `base` (before the second attempt) to `cap`.
+    pub const fn new(base: Duration, cap: Duration) -> Self {
+        Self { base, cap }
+    }
+
+    /// The delay before attempt `attempt` (0: the first), before jitter.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        self.base
+            .saturating_mul(1u32 << (attempt - 1).min(20))
+            .min(self.cap)
+    }
+
+    /// The delay before attempt `attempt`: its ceiling times `0.5 + jitter /
+    /// 2`, where `jitter` is a uniform random number in [0, 1] drawn by the
+    /// caller (values outside are clamped).
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        self.ceiling(attempt)
+            .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_starts_at_once_then_doubles_to_the_cap_with_jitter_in_range() {
+        let b = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        assert_eq!(b.delay(0, 1.0), Duration::ZERO);
+        assert_eq!(b.ceiling(1), Duration::from_millis(200));
+        assert_eq!(b.ceiling(2), Duration::from_millis(400));
+        assert_eq!(b.ceiling(8), Duration::from_millis(25_600));
+        assert_eq!(b.ceiling(9), Duration::from_secs(30));
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(30));
+        assert_eq!(b.delay(1, 0.0), Duration::from_millis(100));
+        assert_eq!(b.delay(1, 1.0), Duration::from_millis(200));
+        assert_eq!(b.delay(2, 0.5), Duration::from_millis(300));
+        assert_eq!(b.delay(2, 7.0), Duration::from_millis(400), "clamped");
+    }
 
     #[test]
     fn bursts_pass_then_the_rate_holds() {
