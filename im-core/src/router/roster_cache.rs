@@ -26,10 +26,13 @@ pub const MAX_ROSTER_ITEMS: usize = 2000;
 pub const MAX_ROSTER_BYTES: usize = 256 * 1024;
 /// Most requests a user has not answered yet, kept beyond the roster.
 const MAX_PENDING_IN: usize = 500;
-/// Most stanzas of one session waiting for a roster to load; past it the
-/// session is ended and its further stanzas are dropped (its control
-/// frames, such as its end, still wait in order).
-pub const MAX_DEFERRED: usize = 256;
+/// Most frames of one session waiting for a roster to load (stanzas and
+/// the control frames its client causes, such as `<r/>` and `<a/>`); past
+/// it, or past [`MAX_DEFERRED_BYTES`], the session is ended and its further
+/// frames are dropped, except its end, which still waits in order.
+pub const MAX_DEFERRED: usize = 1024;
+/// Most stanza bytes of one session waiting for a roster to load.
+pub const MAX_DEFERRED_BYTES: usize = 1 << 20;
 
 /// A roster in memory.
 #[derive(Debug, Default)]
@@ -94,8 +97,8 @@ pub(crate) enum Deferred {
         /// First frame for this roster: ask the driver to load it.
         load: bool,
     },
-    /// Dropped: its session has too many stanzas waiting; `kick`: the
-    /// session just went over the bound (end it).
+    /// Dropped: its session has too many frames or bytes waiting; `kick`:
+    /// the session just went over the bound (end it).
     Dropped {
         /// End the session now.
         kick: bool,
@@ -110,8 +113,21 @@ pub(crate) struct RosterCache {
     /// Frames waiting for a user's roster, by bare JID.
     loading: HashMap<String, Vec<(NodeId, Frame)>>,
     /// Sessions with a waiting frame: the roster they wait for, and how
-    /// many of their stanzas wait.
-    waiting: HashMap<SessionAddr, (String, usize)>,
+    /// much of theirs waits.
+    waiting: HashMap<SessionAddr, Waiting>,
+}
+
+/// What one session has waiting for a roster.
+#[derive(Debug)]
+struct Waiting {
+    /// The roster (bare JID).
+    user: String,
+    /// Frames waiting, its end aside.
+    frames: usize,
+    /// Stanza bytes waiting.
+    bytes: usize,
+    /// It went over a bound: everything but its end is dropped.
+    over: bool,
 }
 
 impl RosterCache {
@@ -139,27 +155,38 @@ impl RosterCache {
         if self.waiting.is_empty() {
             return None;
         }
-        self.waiting.get(&addr).map(|(user, _)| user.clone())
+        self.waiting.get(&addr).map(|w| w.user.clone())
     }
 
     /// Keeps `frame` until `user`'s roster is loaded; later frames of its
     /// session wait behind it.
     pub(crate) fn defer(&mut self, user: String, node: NodeId, frame: Frame) -> Deferred {
-        let stanza = matches!(frame, Frame::Stanza { .. });
         if let Some(sid) = frame.sid() {
-            let (_, count) = self
-                .waiting
-                .entry((node, sid))
-                .or_insert_with(|| (user.clone(), 0));
-            if stanza {
-                *count += 1;
-                if *count > MAX_DEFERRED {
-                    let kick = *count == MAX_DEFERRED + 1;
+            let waiting = self.waiting.entry((node, sid)).or_insert_with(|| Waiting {
+                user: user.clone(),
+                frames: 0,
+                bytes: 0,
+                over: false,
+            });
+            // A session's end always waits, so the core learns of it.
+            if !matches!(frame, Frame::SessionEnd { .. }) {
+                let bytes = match &frame {
+                    Frame::Stanza { payload, .. } => payload.len(),
+                    _ => 0,
+                };
+                if waiting.over
+                    || waiting.frames >= MAX_DEFERRED
+                    || waiting.bytes + bytes > MAX_DEFERRED_BYTES
+                {
+                    let kick = !waiting.over;
                     if kick {
-                        tracing::warn!(user, "a session floods stanzas while its roster loads");
+                        tracing::warn!(user, "a session floods frames while its roster loads");
                     }
+                    waiting.over = true;
                     return Deferred::Dropped { kick };
                 }
+                waiting.frames += 1;
+                waiting.bytes += bytes;
             }
         }
         let mut load = false;
@@ -202,7 +229,7 @@ impl RosterCache {
                 && self
                     .waiting
                     .get(&(*node, sid))
-                    .is_some_and(|(u, _)| u == user)
+                    .is_some_and(|w| w.user == user)
             {
                 self.waiting.remove(&(*node, sid));
             }

@@ -1277,3 +1277,110 @@ fn a_chat_with_a_hint_is_archived_and_copied_from_one_parse() {
     );
     assert!(d[1].1.contains(&d[0].1), "{}", d[1].1);
 }
+
+#[test]
+fn a_session_flooding_control_frames_while_its_roster_loads_is_ended_once_and_its_end_still_waits()
+{
+    let mut r = router();
+    let bind = Frame::Bind {
+        sid: 10,
+        user: "alice@x".into(),
+        iq_id: "b".into(),
+        resource: Some("phone".into()),
+    };
+    assert_eq!(
+        r.step(Input::Frame {
+            node: 1,
+            frame: bind
+        }),
+        vec![Action::LoadRoster {
+            user: "alice@x".into()
+        }]
+    );
+    // `<r/>` after `<r/>` while the roster loads: the bind and 1023 more wait.
+    for _ in 1..super::roster_cache::MAX_DEFERRED {
+        let acts = r.step(Input::Frame {
+            node: 1,
+            frame: Frame::AckRequest { sid: 10 },
+        });
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+    let kick = Action::Send {
+        node: 1,
+        frame: Frame::Kick {
+            sid: 10,
+            condition: "policy-violation".into(),
+        },
+    };
+    let acts = r.step(Input::Frame {
+        node: 1,
+        frame: Frame::AckRequest { sid: 10 },
+    });
+    assert_eq!(acts, vec![kick], "the session is ended when it goes over");
+    let acts = r.step(Input::Frame {
+        node: 1,
+        frame: Frame::AckRequest { sid: 10 },
+    });
+    assert!(
+        acts.is_empty(),
+        "ended once, later frames dropped: {acts:?}"
+    );
+    // its end waits in order behind the rest, so the core learns of it
+    let acts = r.step(Input::Frame {
+        node: 1,
+        frame: Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: false,
+        },
+    });
+    assert!(acts.is_empty(), "{acts:?}");
+    r.step(Input::RosterLoaded {
+        user: "alice@x".into(),
+        roster: Some(Roster::default()),
+    });
+    assert!(
+        r.table().full("alice@x", "phone").is_none(),
+        "the bind went through, then the session ended"
+    );
+}
+
+#[test]
+fn stanza_bytes_waiting_for_a_roster_are_bounded() {
+    let mut r = router();
+    let bind = Frame::Bind {
+        sid: 10,
+        user: "alice@x".into(),
+        iq_id: "b".into(),
+        resource: Some("phone".into()),
+    };
+    r.step(Input::Frame {
+        node: 1,
+        frame: bind,
+    });
+    let big = format!(
+        "<message to='bob@x' type='chat'><body>{}</body></message>",
+        "x".repeat(60 * 1024)
+    );
+    let mut kicked_after = None;
+    for n in 1..=20 {
+        let acts = r.step(Input::Frame {
+            node: 1,
+            frame: Frame::Stanza {
+                sid: 10,
+                header: header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+                payload: Bytes::from(big.clone()),
+            },
+        });
+        if !acts.is_empty() {
+            assert!(
+                matches!(&acts[..], [Action::Send { frame: Frame::Kick { condition, .. }, .. }] if condition == "policy-violation"),
+                "{acts:?}"
+            );
+            kicked_after = Some(n);
+            break;
+        }
+    }
+    // 1 MiB holds 17 of these 60 KiB messages; the 18th goes over
+    assert_eq!(kicked_after, Some(18));
+}
