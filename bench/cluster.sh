@@ -3,9 +3,13 @@
 # u0..u{USERS-1} (password "pw"). Sets BIN, W, CORE, CM_PIDS; ports
 # CORE_PORT (core), CORE_PORT+10 (admin), CORE_PORT+30+i (cm-i).
 # Everything stops and W is removed when the script exits.
-cargo build --release -p longlink --bin longlink 2>/dev/null
-cargo build --release -p longlink-bench --example "$EXAMPLE" 2>/dev/null
-BIN=target/release/longlink
+# BIN set by the caller: that longlink binary is used and nothing is built
+# (to run an older build side by side with this one).
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -p longlink --bin longlink 2>/dev/null
+    cargo build --release -p longlink-bench --example "$EXAMPLE" 2>/dev/null
+    BIN=target/release/longlink
+fi
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 $BIN certs init --dir "$W/pki" --domain bench.test --cm "$CMS" >/dev/null 2>&1
