@@ -2,12 +2,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
 
-use support::process::{BIN, Deployment, backends, run};
+use support::process::{BIN, Deployment, Processes, backends, run};
 
 #[test]
 fn certs_init_keeps_keys_unless_forced() {
@@ -63,16 +63,6 @@ fn certs_init_keeps_keys_unless_forced() {
     assert_ne!(std::fs::read(&key).unwrap(), before);
 }
 
-/// Kills `longlink up` if the test fails half-way.
-struct UpProcess(Child);
-
-impl Drop for UpProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_for(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
@@ -89,7 +79,8 @@ fn wait_for(path: &Path) {
 fn up_adduser_send_recv_routes_and_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let mut up = UpProcess(
+    // `longlink up`, killed if the test fails half-way
+    let mut up = Processes(vec![
         Command::new(BIN)
             .args([
                 "up",
@@ -106,7 +97,7 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    ]);
     let endpoints = dir.path().join("endpoints.json");
     wait_for(&endpoints);
     let ep: serde_json::Value =
@@ -126,26 +117,28 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
         "duplicate refused"
     );
 
-    let recv = Command::new(BIN)
-        .args([
-            "recv",
-            "--server",
-            &lb,
-            "--jid",
-            "bob@example.org",
-            "--password",
-            "pw",
-            "--ca",
-            &ca,
-            "--count",
-            "1",
-            "--timeout",
-            "20",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut recv = Processes(vec![
+        Command::new(BIN)
+            .args([
+                "recv",
+                "--server",
+                &lb,
+                "--jid",
+                "bob@example.org",
+                "--password",
+                "pw",
+                "--ca",
+                &ca,
+                "--count",
+                "1",
+                "--timeout",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ]);
     // wait until bob is routed
     let start = Instant::now();
     loop {
@@ -177,7 +170,7 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
         "hi bob",
     ]);
     assert!(out.status.success(), "{out:?}");
-    let out = recv.wait_with_output().unwrap();
+    let out = recv.0.remove(0).wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let line: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
@@ -218,7 +211,7 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
     assert!(!run(&["drain", "cm-9", "--dir", d]).status.success());
 
     // Ctrl-C stops everything cleanly
-    let pid = up.0.id().to_string();
+    let pid = up.0[0].id().to_string();
     assert!(
         Command::new("kill")
             .args(["-INT", &pid])
@@ -228,7 +221,7 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
     );
     let start = Instant::now();
     loop {
-        if let Some(status) = up.0.try_wait().unwrap() {
+        if let Some(status) = up.0[0].try_wait().unwrap() {
             assert!(status.success(), "{status:?}");
             break;
         }
