@@ -68,7 +68,7 @@ async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated(
         let alice = cluster.login(0, "alice", "phone").await;
         let mut bob = cluster.login(1, "bob", "desk").await;
         alice.ping().await.unwrap();
-        let (id, h) = alice.resumption().await.expect("resumable");
+        let (id, h) = alice.resumption().expect("resumable");
         // alice's phone loses the network for good; bob keeps writing
         alice.abort();
         for i in 0..20 {
@@ -99,13 +99,65 @@ async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated(
                 .await
                 .is_err()
         );
-        assert_eq!(alice.duplicates_dropped().await.unwrap(), 0);
+        assert_eq!(alice.duplicates_dropped(), 0);
         assert_eq!(
             cluster
                 .node_of(&format!("{}/phone", jid("alice")))
                 .await
                 .as_deref(),
             Some("cm-2")
+        );
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// An app saves where to resume after its session ended (a phone app sent
+/// to the background saves its state whenever it gets the chance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_ended_still_reports_its_resumption_state_and_resumes_from_it() {
+    bounded(120, async {
+        let mut cluster = Cluster::start(2).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let mut opts = cluster.options(0, "alice", "secret").with_resource("phone");
+        opts.reconnect = false;
+        let mut alice = Client::connect(opts).await.unwrap();
+        alice.send_presence(0).await.unwrap();
+        let bob = cluster.login(1, "bob", "desk").await;
+        let alice_jid = format!("{}/phone", jid("alice"));
+        bob.send_message(&alice_jid, "before").await.unwrap();
+        let m = alice.next_message(WAIT).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("before"));
+        // alice's CM crashes: without reconnection her session ends
+        cluster.crash_cm(0);
+        loop {
+            match tokio::time::timeout(WAIT, alice.next_event()).await {
+                Ok(Some(Event::Disconnected) | None) => break,
+                Ok(Some(_)) => {}
+                Err(_) => panic!("alice notices the loss"),
+            }
+        }
+        // the session is over, and still says where to resume it
+        let (id, h) = alice.resumption().expect("resumable after the end");
+        assert!(h >= 1, "h counts what alice got: {h}");
+        assert_eq!(alice.duplicates_dropped(), 0);
+        drop(alice);
+        bob.send_message(&alice_jid, "while away").await.unwrap();
+        bob.ping().await.unwrap();
+        let opts = cluster
+            .options(1, "alice", "secret")
+            .with_previous_session(&id, h);
+        let mut alice = Client::connect(opts).await.unwrap();
+        assert!(alice.was_resumed());
+        // what she got before is not delivered again: her h covered it
+        let m = alice.next_message(WAIT).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("while away"));
+        assert!(
+            alice
+                .next_message(Duration::from_millis(300))
+                .await
+                .is_err()
         );
         cluster.shutdown().await;
     })
@@ -129,7 +181,7 @@ async fn forged_or_foreign_sm_ids_are_refused_and_expired_sessions_go_offline() 
         .unwrap();
         alice.send_presence(0).await.unwrap();
         alice.ping().await.unwrap();
-        let (id, h) = alice.resumption().await.expect("resumable");
+        let (id, h) = alice.resumption().expect("resumable");
         // another user presenting alice's id gets nothing of hers
         let mallory = Client::connect(
             cluster

@@ -9,41 +9,52 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
 use crate::connection::{Dialer, client_endpoint};
-use crate::driver::{Driver, ToSession};
-use crate::session::{Answer, Command, Request, Session, SessionConfig};
+use crate::driver::{self, Driver, ToSession};
+use crate::session::{Answer, Command, Request, Session, SessionConfig, Snapshot};
 use crate::sm::Outgoing;
 use crate::{ClientError, ConnectOptions, EVENT_QUEUE, Event, IqResponse, Message};
 
 /// Commands waiting for the session task.
 const COMMAND_QUEUE: usize = 1024;
-/// How long a request waits for the session task's answer at most (the
-/// session itself gives an IQ 30 s; this only guards against a stalled task).
+/// How long a request ([`Client::ask`]) waits at most, from handing it to
+/// the session task to its answer (the session itself gives an IQ 30 s;
+/// this guards against a task held up by a full event queue or a
+/// connection that takes no writes).
 const ANSWER_GUARD: Duration = Duration::from_secs(35);
 
 /// A logged-in session. Stanzas go through a session task that keeps the
 /// connection alive: it reconnects and resumes by itself, and keeps what
 /// is sent while offline in an outbox.
 ///
-/// The task also answers requests (IQs, the roster, history, resumption
-/// state). It waits while the app's event queue ([`crate::EVENT_QUEUE`]) is
-/// full, so an app must keep reading events for answers to come.
+/// The task also answers requests (IQs, the roster, history). It waits
+/// while the app's event queue ([`crate::EVENT_QUEUE`]) is full, so an app
+/// must keep reading events for answers to come (a request gives up with
+/// [`ClientError::Timeout`] after 35 s) and for what it sends to be taken
+/// (sending waits meanwhile, without limit).
 pub struct Client {
     jid: String,
     domain: String,
     to_session: mpsc::Sender<ToSession>,
     events: mpsc::Receiver<Event>,
+    /// What the session task last published (kept after it ended).
+    snapshot: watch::Receiver<Snapshot>,
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
     resumed: bool,
     receipts: bool,
 }
 
-/// A fresh id for a message the app sends.
+/// A fresh id for a message the app sends. The handle makes it (not the
+/// session, whose ids are `lls…` from its seeded RNG) so that
+/// [`Client::send_message`] returns it without a round trip through the
+/// session task: the app knows the id before the first state event about
+/// it can arrive. A process-wide counter keeps ids apart within the
+/// process, the random part across processes and restarts.
 fn new_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -87,16 +98,17 @@ impl Client {
         let resumed = negotiated.resumed.is_some();
         let jid = negotiated.jid.clone().unwrap_or_else(|| opts.jid.clone());
         let mut session = Session::new(SessionConfig::new(&opts), StdRng::from_entropy());
-        session.on_connected(Instant::now(), negotiated);
+        session.on_connected(driver::now(), negotiated);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (to_session, from_app) = mpsc::channel(COMMAND_QUEUE);
-        let driver = Driver::new(session, dialer, opts.timeout, live, events_tx);
+        let (driver, snapshot) = Driver::new(session, dialer, opts.timeout, live, events_tx);
         let task = tokio::spawn(driver.run(from_app));
         Ok(Client {
             jid,
             domain,
             to_session,
             events,
+            snapshot,
             endpoint,
             task,
             resumed,
@@ -110,12 +122,10 @@ impl Client {
         self.command(Command::Active(active)).await
     }
 
-    /// Messages dropped because their sender and id were seen before.
-    pub async fn duplicates_dropped(&self) -> Result<u64, ClientError> {
-        match self.ask(Request::DuplicatesDropped).await? {
-            Answer::DuplicatesDropped(n) => Ok(n),
-            _ => Err(ClientError::Closed),
-        }
+    /// Messages dropped because their sender and id were seen before (as
+    /// of the session task's last step; the final count once it ended).
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.snapshot.borrow().duplicates_dropped
     }
 
     /// Whether `connect` resumed `previous_session`.
@@ -124,13 +134,12 @@ impl Client {
     }
 
     /// The current SM id and `h`, for resuming from another process
-    /// ([`ConnectOptions::with_previous_session`]); None if not resumable
-    /// (or the session is over).
-    pub async fn resumption(&self) -> Option<(String, u32)> {
-        match self.ask(Request::Resumption).await {
-            Ok(Answer::Resumption(r)) => r,
-            _ => None,
-        }
+    /// ([`ConnectOptions::with_previous_session`]); None if not resumable.
+    /// It covers at least every stanza the app got an event for, and stays
+    /// readable after the session ended (an app going to the background
+    /// saves it, to resume later).
+    pub fn resumption(&self) -> Option<(String, u32)> {
+        self.snapshot.borrow().resumption.clone()
     }
 
     /// The bound full JID.
@@ -180,6 +189,11 @@ impl Client {
             .await
     }
 
+    /// Hands the session task a command. It waits, without limit, while
+    /// the command queue ([`COMMAND_QUEUE`]) is full: while the task is
+    /// held up waiting for the app to read its events, or for the
+    /// connection to take its writes. That is the backpressure on an app
+    /// that sends faster than either.
     async fn command(&self, c: Command) -> Result<(), ClientError> {
         self.to_session
             .send(ToSession::Command(c))
@@ -187,18 +201,22 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Asks the session something and waits for its answer.
+    /// Asks the session something and waits for its answer: for room in the
+    /// command queue and for the answer together at most [`ANSWER_GUARD`]
+    /// (then [`ClientError::Timeout`]; the request may still be carried out
+    /// if it was handed over).
     pub(crate) async fn ask(&self, request: Request) -> Result<Answer, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.to_session
-            .send(ToSession::Request(request, tx))
+        let asked = async {
+            let (tx, rx) = oneshot::channel();
+            self.to_session
+                .send(ToSession::Request(request, tx))
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            rx.await.unwrap_or(Err(ClientError::Closed))
+        };
+        tokio::time::timeout(ANSWER_GUARD, asked)
             .await
-            .map_err(|_| ClientError::Closed)?;
-        match tokio::time::timeout(ANSWER_GUARD, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => Err(ClientError::Timeout),
-        }
+            .unwrap_or(Err(ClientError::Timeout))
     }
 
     async fn stanza(&self, bytes: Vec<u8>, id: Option<String>) -> Result<(), ClientError> {
@@ -224,7 +242,7 @@ impl Client {
     }
 
     /// Sends an IQ (the session sets its id) and waits for its result or
-    /// error, up to 30 s.
+    /// error: 30 s once the session task has it, 35 s in all.
     pub async fn iq(&self, iq: Element) -> Result<IqResponse, ClientError> {
         match self.ask(Request::Iq(iq)).await? {
             Answer::Iq(r) => Ok(r),

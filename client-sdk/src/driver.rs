@@ -3,19 +3,23 @@
 //! connection reads and what the app asks, writes what it decided, sleeps
 //! until its [`Session::poll_timeout`], and hands events and answers to
 //! the app. Every decision is the session's.
+//!
+//! It reads the time from tokio's clock only ([`now`]), the clock it sleeps
+//! on: under paused time (an app's tests) the two would disagree and the
+//! task would spin.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ClientError;
 use crate::connection::{Dialer, Inbound, Live};
 use crate::event::Event;
-use crate::session::{Answer, Command, Negotiated, Output, Request, RequestId, Session};
+use crate::session::{Answer, Command, Negotiated, Output, Request, RequestId, Session, Snapshot};
+use crate::sm::Outgoing;
 
 /// Where the answer to a request goes.
 pub(crate) type Responder = oneshot::Sender<Result<Answer, ClientError>>;
@@ -41,6 +45,9 @@ pub(crate) struct Driver {
     live: Option<Live>,
     connecting: Option<Connecting>,
     events: mpsc::Sender<Event>,
+    /// Where the handle reads the session's [`Snapshot`] (it keeps the last
+    /// one after the task ended).
+    snapshot: watch::Sender<Snapshot>,
     /// Requests waiting for the session's answer (as many as it has
     /// waiting: it answers or refuses each at once or in time).
     responders: HashMap<RequestId, Responder>,
@@ -48,38 +55,50 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// A driver for `session`, whose first connection `live` is.
+    /// A driver for `session`, whose first connection `live` is, and
+    /// where the handle reads the session's snapshot.
     pub(crate) fn new(
         session: Session,
         dialer: Dialer,
         connect_timeout: Duration,
         live: Live,
         events: mpsc::Sender<Event>,
-    ) -> Self {
-        Self {
+    ) -> (Self, watch::Receiver<Snapshot>) {
+        let mut first = Snapshot::default();
+        session.update_snapshot(&mut first);
+        let (snapshot, reader) = watch::channel(first);
+        let driver = Self {
             session,
             dialer,
             connect_timeout,
             live: Some(live),
             connecting: None,
             events,
+            snapshot,
             responders: HashMap::new(),
             next_request: 0,
-        }
+        };
+        (driver, reader)
     }
 
     /// Runs until the session ends.
     pub(crate) async fn run(mut self, mut from_app: mpsc::Receiver<ToSession>) {
+        // false once the handle is gone (the channel would answer None at
+        // once, every time)
+        let mut app_connected = true;
         loop {
             if self.carry_out().await {
                 return;
             }
             let deadline = self.session.poll_timeout();
             tokio::select! {
-                msg = from_app.recv() => {
+                msg = from_app.recv(), if app_connected => {
                     let command = match msg {
                         // the handle is gone: like abort
-                        None => Command::Abort,
+                        None => {
+                            app_connected = false;
+                            Command::Abort
+                        }
                         Some(ToSession::Command(c)) => c,
                         Some(ToSession::Request(request, responder)) => {
                             let id = RequestId(self.next_request);
@@ -88,29 +107,53 @@ impl Driver {
                             Command::Request(id, request)
                         }
                     };
-                    self.session.command(Instant::now(), command);
+                    self.session.command(now(), command);
                 }
                 inbound = next_inbound(&mut self.live) => match inbound {
-                    Inbound::Element(el) => self.session.on_element(Instant::now(), el),
+                    Inbound::Element(el) => self.session.on_element(now(), el),
                     Inbound::End(reason) => self.session.on_stream_end(reason),
                 },
-                () = sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
+                () = sleep_until(deadline) => self.session.handle_timeout(now()),
                 result = next_connected(&mut self.connecting) => match result {
                     Ok((live, negotiated)) => {
                         self.live = Some(live);
-                        self.session.on_connected(Instant::now(), negotiated);
+                        self.session.on_connected(now(), negotiated);
                     }
-                    Err(e) => self.session.on_connect_failed(Instant::now(), e),
+                    Err(e) => self.session.on_connect_failed(now(), e),
                 },
             }
         }
     }
 
-    /// Carries out what the session decided; true once it ended.
+    /// Carries out what the session decided; true once it ended. The
+    /// snapshot is published first (an app that saw an event finds the
+    /// snapshot at least that new) and again at the end.
     async fn carry_out(&mut self) -> bool {
+        self.publish();
+        let ended = self.carry_out_outputs().await;
+        self.publish();
+        ended
+    }
+
+    /// Hands the handle the session's snapshot, if it changed.
+    fn publish(&self) {
+        self.snapshot
+            .send_if_modified(|snapshot| self.session.update_snapshot(snapshot));
+    }
+
+    async fn carry_out_outputs(&mut self) -> bool {
         while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Transmit(bytes) => self.write(bytes).await,
+                Output::Transmit(bytes) => {
+                    if let Err(e) = self.write(&bytes).await {
+                        self.write_failed(&e, None);
+                    }
+                }
+                Output::TransmitStanza(out) => {
+                    if let Err(e) = self.write(&out.bytes).await {
+                        self.write_failed(&e, Some(out));
+                    }
+                }
                 Output::Connect {
                     resumption,
                     resource,
@@ -150,25 +193,37 @@ impl Driver {
         false
     }
 
-    async fn write(&mut self, bytes: Bytes) {
-        let Some(live) = &mut self.live else {
-            return;
-        };
-        if live.broken {
-            return;
-        }
-        if let Err(e) = live.send.write_all(&bytes).await {
-            live.broken = true;
-            let stopped = matches!(e, quinn::WriteError::Stopped(_));
-            self.session
-                .on_write_failed(Instant::now(), &e.to_string(), stopped);
+    /// Writes on the current connection; nothing if there is none or a
+    /// write on it failed before (the session knows: it sends no stanza
+    /// there any more).
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), quinn::WriteError> {
+        match &mut self.live {
+            Some(live) if !live.broken => {
+                let written = live.send.write_all(bytes).await;
+                live.broken = written.is_err();
+                written
+            }
+            _ => Ok(()),
         }
     }
+
+    /// Tells the session a write failed, handing back the stanza it carried
+    /// if the session keeps no copy.
+    fn write_failed(&mut self, e: &quinn::WriteError, unwritten: Option<Outgoing>) {
+        let stopped = matches!(e, quinn::WriteError::Stopped(_));
+        self.session
+            .on_write_failed(now(), &e.to_string(), stopped, unwritten);
+    }
+}
+
+/// The current time on tokio's clock (the one the driver sleeps on).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
 }

@@ -132,7 +132,9 @@ pub struct HistoryQuery {
     pub before: Option<String>,
     /// Start from the newest messages (the last page) instead of the oldest.
     pub latest: bool,
-    /// Most messages (the server caps it; default 50).
+    /// Most messages; more than 1000 (what the SDK keeps of one page) asks
+    /// for 1000. The server may cap it lower, and picks without it
+    /// (longlink: at most 250, 50 by default).
     pub max: Option<usize>,
 }
 

@@ -103,7 +103,12 @@ impl SmClient {
 
     /// The resumption id and our `h`, if the session can be resumed.
     pub fn resumption(&self) -> Option<(String, u32)> {
-        self.id.clone().map(|id| (id, self.inbound))
+        self.resumable().map(|(id, h)| (id.to_owned(), h))
+    }
+
+    /// [`Self::resumption`], borrowed.
+    pub fn resumable(&self) -> Option<(&str, u32)> {
+        self.id.as_deref().map(|id| (id, self.inbound))
     }
 
     /// A stanza was written; tracked until acknowledged.

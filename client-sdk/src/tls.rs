@@ -1,6 +1,11 @@
 //! TLS for clients: trusted roots from a PEM file and the rustls client
 //! configuration (TLS 1.3, ring). Only what a client needs: issuing
 //! certificates is the cluster's business (`certs`), not an app's.
+//!
+//! The policy here (TLS 1.3 only, the ring provider) must stay in step with
+//! the servers' in `certs/src/tls.rs` (`client_facing_server_config`):
+//! this crate does not link `certs`, so nothing checks that they agree, and
+//! a change on one side alone leaves clients unable to connect.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -65,7 +65,7 @@ async fn main() {
     let mut resume = Vec::new();
     for _ in 0..rounds {
         alice.ping().await.unwrap();
-        let (id, h) = alice.resumption().await.expect("resumable");
+        let (id, h) = alice.resumption().expect("resumable");
         alice.abort();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let start = Instant::now();

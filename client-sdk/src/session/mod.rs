@@ -36,7 +36,7 @@ use crate::sm::{Outgoing, SmClient};
 use crate::{ClientError, ConnectOptions};
 use dedup::DuplicateFilter;
 pub use requests::RequestId;
-use requests::{IQ_TIMEOUT, PendingIqs, Waiter};
+use requests::{HistoryResults, IQ_TIMEOUT, MAX_HISTORY_RESULTS, PendingIqs, Waiter};
 
 /// Reconnection after a lost connection: the first attempt at once (a phone
 /// that just lost its connection wants it back), then jittered exponential
@@ -136,10 +136,6 @@ pub(crate) enum Request {
     Roster,
     /// A page of the archive.
     History(HistoryQuery),
-    /// The SM id and our `h`, if the session can be resumed.
-    Resumption,
-    /// How many messages were dropped as duplicates.
-    DuplicatesDropped,
 }
 
 /// The answer to a [`Request`] (the variant of the same name).
@@ -149,10 +145,17 @@ pub(crate) enum Answer {
     Iq(IqResponse),
     /// The page, its messages oldest first.
     History(HistoryPage),
-    /// The SM id and our `h`, or None.
-    Resumption(Option<(String, u32)>),
-    /// The count.
-    DuplicatesDropped(u64),
+}
+
+/// What the session reports to the handle without a request (see
+/// [`Session::update_snapshot`]): [`crate::Client::resumption`] and
+/// [`crate::Client::duplicates_dropped`] read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// The SM id and our `h`, if the session can be resumed.
+    pub(crate) resumption: Option<(String, u32)>,
+    /// Messages dropped because their sender and id were seen before.
+    pub(crate) duplicates_dropped: u64,
 }
 
 /// How a new connection was negotiated.
@@ -167,8 +170,13 @@ pub(crate) struct Negotiated {
 /// What the session decided; carried out in order by the driver.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Output {
-    /// Write these bytes on the current connection.
+    /// Write these bytes on the current connection (what is not a stanza,
+    /// and stanzas stream management keeps until acknowledged).
     Transmit(Bytes),
+    /// Write this stanza on the current connection. Nothing else keeps it
+    /// (stream management does not track it): if the write fails, hand it
+    /// back to [`Session::on_write_failed`], which queues it again.
+    TransmitStanza(Outgoing),
     /// Open a connection and negotiate it: resume `resumption` if the
     /// server still holds it, else log in and bind `resource`. Report with
     /// [`Session::on_connected`] or [`Session::on_connect_failed`].
@@ -292,6 +300,26 @@ impl Session {
         earliest(link, self.iqs.next_deadline())
     }
 
+    /// Brings `snapshot` up to date; true if anything in it changed. (It
+    /// allocates only when the SM id changed.)
+    pub(crate) fn update_snapshot(&self, snapshot: &mut Snapshot) -> bool {
+        let mut changed = false;
+        match (&mut snapshot.resumption, self.sm.resumable()) {
+            (Some((id, h)), Some((current_id, current_h))) if id.as_str() == current_id => {
+                changed |= *h != current_h;
+                *h = current_h;
+            }
+            (None, None) => {}
+            (slot, current) => {
+                *slot = current.map(|(id, h)| (id.to_owned(), h));
+                changed = true;
+            }
+        }
+        changed |= snapshot.duplicates_dropped != self.duplicates;
+        snapshot.duplicates_dropped = self.duplicates;
+        changed
+    }
+
     /// Time passed: whatever is due at `now` happens.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         match &self.link {
@@ -334,8 +362,16 @@ impl Session {
     /// What the app asks.
     pub(crate) fn command(&mut self, now: Instant, command: Command) {
         if matches!(self.link, Link::Closing { .. } | Link::Ended) {
-            if let Command::Request(id, _) = command {
-                self.reply(id, Err(ClientError::Closed));
+            match command {
+                Command::Request(id, _) => self.reply(id, Err(ClientError::Closed)),
+                // no more waiting for the server's end (the handle may be
+                // gone: nobody else would end the wait before CLOSE_WAIT)
+                Command::Abort if matches!(self.link, Link::Closing { .. }) => {
+                    self.outputs
+                        .push_back(Output::CloseConnection { clean: true });
+                    self.end();
+                }
+                _ => {}
             }
             return;
         }
@@ -461,8 +497,17 @@ impl Session {
 
     /// A write on the current connection failed; `stopped` if the server
     /// stopped reading (it has usually said why, in a stream error still on
-    /// its way: wait [`LAST_WORDS`] for it).
-    pub(crate) fn on_write_failed(&mut self, now: Instant, reason: &str, stopped: bool) {
+    /// its way: wait [`LAST_WORDS`] for it). `unwritten` is the stanza of
+    /// the failed [`Output::TransmitStanza`], if it was one: it and the
+    /// stanzas not yet handed out go back to the front of the outbox.
+    pub(crate) fn on_write_failed(
+        &mut self,
+        now: Instant,
+        reason: &str,
+        stopped: bool,
+        unwritten: Option<Outgoing>,
+    ) {
+        self.take_back_unwritten(unwritten);
         match &mut self.link {
             Link::Up {
                 write_failed: write_failed @ None,
@@ -481,6 +526,53 @@ impl Session {
                 self.end();
             }
             _ => {}
+        }
+    }
+
+    /// Puts the stanzas nothing else keeps that a broken connection did not
+    /// take — `unwritten` and the [`Output::TransmitStanza`]s still queued —
+    /// back at the front of the outbox, in order, reported `Queued` (their
+    /// `Sent`, not handed out yet, is dropped). Tracked stanzas come back
+    /// from stream management on the next connection. While closing they
+    /// fail instead.
+    fn take_back_unwritten(&mut self, unwritten: Option<Outgoing>) {
+        let queued = |o: &Output| matches!(o, Output::TransmitStanza(_));
+        if unwritten.is_none() && !self.outputs.iter().any(queued) {
+            return;
+        }
+        let mut back: Vec<Outgoing> = unwritten.into_iter().collect();
+        for output in std::mem::take(&mut self.outputs) {
+            match output {
+                Output::TransmitStanza(out) => back.push(out),
+                // (`send` reports it right after the stanza's transmit)
+                Output::Event(Event::MessageState {
+                    id,
+                    state: MessageState::Sent,
+                }) if back.last().and_then(|out| out.id.as_ref()) == Some(&id) => {}
+                other => self.outputs.push_back(other),
+            }
+        }
+        if back.is_empty() {
+            return;
+        }
+        if matches!(self.link, Link::Closing { .. } | Link::Ended) {
+            for out in back {
+                self.state(out.id, MessageState::Failed("session closed".into()));
+            }
+            return;
+        }
+        let ids: Vec<Option<String>> = back.iter().map(|out| out.id.clone()).collect();
+        for out in back.into_iter().rev() {
+            self.outbox.push_front(out);
+        }
+        for id in ids {
+            self.state(id, MessageState::Queued);
+        }
+        // (it held at most MAX_OUTBOX before the last connection came up)
+        while self.outbox.len() > MAX_OUTBOX {
+            if let Some(out) = self.outbox.pop_back() {
+                self.state(out.id, MessageState::Failed("outbox full".into()));
+            }
         }
     }
 
@@ -555,9 +647,14 @@ impl Session {
             self.state(id, MessageState::Queued);
             return true;
         }
-        self.outputs.push_back(Output::Transmit(out.bytes.clone()));
         let id = out.id.clone();
-        self.sm.written(out);
+        if self.sm.tracking() {
+            // stream management keeps it, to send again if need be
+            self.outputs.push_back(Output::Transmit(out.bytes.clone()));
+            self.sm.written(out);
+        } else {
+            self.outputs.push_back(Output::TransmitStanza(out));
+        }
         self.state(id, MessageState::Sent);
         true
     }
@@ -584,14 +681,6 @@ impl Session {
 
     fn request(&mut self, now: Instant, id: RequestId, request: Request) {
         let sent = match request {
-            Request::Resumption => {
-                let resumption = self.sm.resumption();
-                return self.reply(id, Ok(Answer::Resumption(resumption)));
-            }
-            Request::DuplicatesDropped => {
-                let n = self.duplicates;
-                return self.reply(id, Ok(Answer::DuplicatesDropped(n)));
-            }
             Request::Iq(iq) => {
                 let iq_id = self.new_id();
                 self.send_iq(now, iq, iq_id, Waiter::App(id))
@@ -601,7 +690,11 @@ impl Session {
                 let iq_id = self.new_id();
                 self.send_iq(now, roster_get(), iq_id, Waiter::App(id))
             }
-            Request::History(query) => {
+            Request::History(mut query) => {
+                // no more than a page keeps (a server that sends more
+                // anyway gets an incomplete page: see HistoryResults)
+                query.max = query.max.map(|max| max.min(MAX_HISTORY_RESULTS));
+                let backward = query.latest || query.before.is_some();
                 // the results name their query by `queryid`: the IQ's id
                 let iq_id = self.new_id();
                 let iq = Element::new("iq", ns::CLIENT)
@@ -609,7 +702,7 @@ impl Session {
                     .with_child(im::history_query(&query, &iq_id));
                 let waiter = Waiter::History {
                     request: id,
-                    results: Vec::new(),
+                    results: HistoryResults::new(backward),
                 };
                 self.send_iq(now, iq, iq_id, waiter)
             }
@@ -791,7 +884,7 @@ impl Session {
                     None if iq.attr("type") == Some("error") => {
                         Err(ClientError::StanzaError("undefined-condition".into()))
                     }
-                    None => Ok(Answer::History(im::history_page(&iq, results))),
+                    None => Ok(Answer::History(results.into_page(&iq))),
                 };
                 self.reply(request, answer);
             }
@@ -844,7 +937,9 @@ impl Session {
     /// its stream too.
     fn close(&mut self, now: Instant) {
         let unsent: Vec<Outgoing> = self.outbox.drain(..).collect();
-        let unacked = if matches!(self.link, Link::Up { .. }) {
+        // (on a connection still taking writes they went out before our
+        // end of stream, which the server reads after them)
+        let unacked = if self.writable() {
             Vec::new()
         } else {
             self.sm.restart()

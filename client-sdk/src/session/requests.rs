@@ -1,16 +1,19 @@
 //! The IQs a session waits answers for, matched by id, each with a
 //! deadline after which it is given up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::im::ArchivedMessage;
+use xmpp_stream::element::Element;
+
+use crate::im::{self, ArchivedMessage, HistoryPage};
 
 /// How long an IQ waits for its answer.
 pub(crate) const IQ_TIMEOUT: Duration = Duration::from_secs(30);
 /// IQs waiting at once; beyond that requests fail at once.
 pub(crate) const MAX_PENDING_IQS: usize = 4096;
-/// Archive results kept for one query (the server pages far fewer).
+/// Archive results kept for one query: a query asks for no more (the
+/// server pages far fewer anyway).
 pub(crate) const MAX_HISTORY_RESULTS: usize = 1000;
 
 /// Which request of the app an answer goes to (chosen by the driver).
@@ -26,7 +29,7 @@ pub(crate) enum Waiter {
     /// the answer (their `queryid` is the IQ's id) are collected here.
     History {
         request: RequestId,
-        results: Vec<ArchivedMessage>,
+        results: HistoryResults,
     },
     /// The roster a new login fetches again: its items become roster pushes.
     RosterRefresh,
@@ -79,9 +82,7 @@ impl PendingIqs {
     pub(crate) fn collect(&mut self, query_id: &str, result: Option<ArchivedMessage>) -> bool {
         match self.waiting.get_mut(query_id) {
             Some((Waiter::History { results, .. }, _)) => {
-                if let Some(m) = result
-                    && results.len() < MAX_HISTORY_RESULTS
-                {
+                if let Some(m) = result {
                     results.push(m);
                 }
                 true
@@ -117,6 +118,64 @@ impl PendingIqs {
             .drain()
             .map(|(_, (waiter, _))| waiter)
             .collect()
+    }
+}
+
+/// The results of one archive query as they arrive, at most
+/// [`MAX_HISTORY_RESULTS`]. A server that sends more (one that ignores the
+/// query's `max`) gets them cut at the end away from where the query
+/// started — the newest paging forward, the oldest paging back — and the
+/// page says so, so that paging on from it skips nothing.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct HistoryResults {
+    messages: VecDeque<ArchivedMessage>,
+    /// The query pages back (`before`, or the latest messages).
+    backward: bool,
+    /// More arrived than were kept.
+    cut: bool,
+}
+
+impl HistoryResults {
+    /// Results of a query paging back (`backward`) or forward.
+    pub(crate) fn new(backward: bool) -> Self {
+        Self {
+            backward,
+            ..Self::default()
+        }
+    }
+
+    /// The next result (the server sends them oldest first).
+    fn push(&mut self, m: ArchivedMessage) {
+        if self.messages.len() < MAX_HISTORY_RESULTS {
+            self.messages.push_back(m);
+            return;
+        }
+        self.cut = true;
+        if self.backward {
+            self.messages.pop_front();
+            self.messages.push_back(m);
+        }
+    }
+
+    /// The page the query's answer `iq` closes. When results were cut, it is
+    /// incomplete and its edge in the paging direction (`last` forward,
+    /// `first` back) is the last message kept, not the server's.
+    pub(crate) fn into_page(self, iq: &Element) -> HistoryPage {
+        let Self {
+            messages,
+            backward,
+            cut,
+        } = self;
+        let mut page = im::history_page(iq, messages.into());
+        if cut {
+            page.complete = false;
+            if backward {
+                page.first = page.messages.first().map(|m| m.id.clone());
+            } else {
+                page.last = page.messages.last().map(|m| m.id.clone());
+            }
+        }
+        page
     }
 }
 
@@ -168,6 +227,27 @@ mod tests {
         assert_eq!(table.next_deadline(), None);
     }
 
+    fn archived(n: usize) -> ArchivedMessage {
+        ArchivedMessage {
+            id: n.to_string(),
+            stamp: None,
+            message: crate::event::message_from(&Element::new("message", xmpp_stream::ns::CLIENT)),
+        }
+    }
+
+    /// A complete page's answer, whose ids run from `first` to `last`.
+    fn fin(first: usize, last: usize) -> Element {
+        Element::parse_in_stream(
+            format!(
+                "<iq type='result' id='q'><fin xmlns='urn:xmpp:mam:2' complete='true'>\
+                 <set xmlns='http://jabber.org/protocol/rsm'><first>{first}</first><last>{last}</last></set>\
+                 </fin></iq>"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn history_results_are_collected_only_for_a_waiting_query_and_bounded() {
         let t0 = Instant::now();
@@ -175,24 +255,64 @@ mod tests {
         assert!(!table.collect("q", None));
         let waiter = Waiter::History {
             request: RequestId(1),
-            results: Vec::new(),
+            results: HistoryResults::new(false),
         };
         table.insert("q".into(), waiter, t0).unwrap();
-        let archived = |n: usize| ArchivedMessage {
-            id: n.to_string(),
-            stamp: None,
-            message: crate::event::message_from(&xmpp_stream::element::Element::new(
-                "message",
-                xmpp_stream::ns::CLIENT,
-            )),
-        };
         for n in 0..MAX_HISTORY_RESULTS + 5 {
             assert!(table.collect("q", Some(archived(n))));
         }
         let Some(Waiter::History { results, .. }) = table.take("q") else {
             panic!("a history waiter");
         };
-        assert_eq!(results.len(), MAX_HISTORY_RESULTS);
-        assert_eq!(results[0].id, "0");
+        let page = results.into_page(&fin(0, MAX_HISTORY_RESULTS + 4));
+        assert_eq!(page.messages.len(), MAX_HISTORY_RESULTS);
+        assert_eq!(page.messages[0].id, "0");
+    }
+
+    #[test]
+    fn a_page_cut_paging_forward_is_incomplete_and_goes_on_after_the_last_kept() {
+        let mut results = HistoryResults::new(false);
+        for n in 0..MAX_HISTORY_RESULTS + 2 {
+            results.push(archived(n));
+        }
+        let page = results.into_page(&fin(0, MAX_HISTORY_RESULTS + 1));
+        assert!(!page.complete);
+        assert_eq!(page.first.as_deref(), Some("0"));
+        let last_kept = (MAX_HISTORY_RESULTS - 1).to_string();
+        assert_eq!(page.last.as_deref(), Some(last_kept.as_str()));
+        assert_eq!(
+            page.messages.last().map(|m| m.id.as_str()),
+            Some(&*last_kept)
+        );
+    }
+
+    #[test]
+    fn a_page_cut_paging_back_keeps_the_newest_and_goes_on_before_the_first_kept() {
+        let mut results = HistoryResults::new(true);
+        for n in 0..MAX_HISTORY_RESULTS + 2 {
+            results.push(archived(n));
+        }
+        let newest = (MAX_HISTORY_RESULTS + 1).to_string();
+        let page = results.into_page(&fin(0, MAX_HISTORY_RESULTS + 1));
+        assert!(!page.complete);
+        assert_eq!(page.first.as_deref(), Some("2"));
+        assert_eq!(page.messages[0].id, "2");
+        assert_eq!(page.last.as_deref(), Some(newest.as_str()));
+        assert_eq!(page.messages.len(), MAX_HISTORY_RESULTS);
+    }
+
+    #[test]
+    fn a_page_within_the_bound_is_the_servers() {
+        let mut results = HistoryResults::new(false);
+        for n in 0..3 {
+            results.push(archived(n));
+        }
+        let page = results.into_page(&fin(0, 2));
+        assert!(page.complete);
+        assert_eq!(
+            (page.first.as_deref(), page.last.as_deref()),
+            (Some("0"), Some("2"))
+        );
+        assert_eq!(page.messages.len(), 3);
     }
 }

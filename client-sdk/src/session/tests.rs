@@ -36,10 +36,19 @@ fn written(outputs: &[Output]) -> Vec<String> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Transmit(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Output::Transmit(b) | Output::TransmitStanza(Outgoing { bytes: b, .. }) => {
+                Some(String::from_utf8_lossy(b).into_owned())
+            }
             _ => None,
         })
         .collect()
+}
+
+/// The session's snapshot, brought up to date from a default one.
+fn snapshot(s: &Session) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    s.update_snapshot(&mut snapshot);
+    snapshot
 }
 
 fn events(outputs: &[Output]) -> Vec<Event> {
@@ -458,14 +467,7 @@ fn duplicate_messages_are_dropped_counted_and_not_receipted_twice() {
         xml("<message from='carol@example.org/pc' type='chat' id='b1'><body>yo</body></message>"),
     );
     assert_eq!(events(&drain(&mut s)).len(), 1);
-    s.command(
-        t0,
-        Command::Request(RequestId(9), Request::DuplicatesDropped),
-    );
-    assert_eq!(
-        replies(&drain(&mut s)),
-        vec![(RequestId(9), Ok(Answer::DuplicatesDropped(1)))]
-    );
+    assert_eq!(snapshot(&s).duplicates_dropped, 1);
 }
 
 #[test]
@@ -787,7 +789,7 @@ fn transient_stream_errors_reconnect_and_final_ones_end_the_session() {
 fn a_server_that_stops_reading_has_two_seconds_for_its_last_words() {
     let t0 = Instant::now();
     let mut s = connected(config(), t0);
-    s.on_write_failed(t0, "stopped by peer: error 0", true);
+    s.on_write_failed(t0, "stopped by peer: error 0", true, None);
     assert_eq!(s.poll_timeout(), Some(t0 + LAST_WORDS));
     // nothing more is written meanwhile: stanzas wait in the outbox
     s.command(t0, message("m1"));
@@ -803,7 +805,7 @@ fn a_server_that_stops_reading_has_two_seconds_for_its_last_words() {
 
     // no reason in time: the connection counts as lost at the deadline
     let mut s = connected(config(), t0);
-    s.on_write_failed(t0, "stopped by peer: error 0", true);
+    s.on_write_failed(t0, "stopped by peer: error 0", true, None);
     s.handle_timeout(t0 + LAST_WORDS - Duration::from_nanos(1));
     assert!(drain(&mut s).is_empty());
     s.handle_timeout(t0 + LAST_WORDS);
@@ -821,7 +823,7 @@ fn a_server_that_stops_reading_has_two_seconds_for_its_last_words() {
 fn any_other_write_failure_loses_the_connection_at_once() {
     let t0 = Instant::now();
     let mut s = connected(config(), t0);
-    s.on_write_failed(t0, "connection lost", false);
+    s.on_write_failed(t0, "connection lost", false, None);
     let out = drain(&mut s);
     assert_eq!(out[0], Output::CloseConnection { clean: false });
     assert!(matches!(out.last(), Some(Output::Connect { .. })));
@@ -917,14 +919,7 @@ fn a_saved_session_resumed_at_the_first_connection_continues_its_counters() {
         xml("<message from='bob@example.org/desk'><body>x</body></message>"),
     );
     drain(&mut s);
-    s.command(t0, Command::Request(RequestId(1), Request::Resumption));
-    assert_eq!(
-        replies(&drain(&mut s)),
-        vec![(
-            RequestId(1),
-            Ok(Answer::Resumption(Some(("sm-old".into(), 21))))
-        )]
-    );
+    assert_eq!(snapshot(&s).resumption, Some(("sm-old".into(), 21)));
     s.command(t0, message("m1"));
     drain(&mut s);
     s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='4'/>"));
@@ -949,11 +944,7 @@ fn a_saved_session_the_server_no_longer_holds_becomes_a_new_one() {
         written(&drain(&mut s)),
         vec!["<enable xmlns=\"urn:xmpp:sm:3\" resume=\"true\"/>"]
     );
-    s.command(t0, Command::Request(RequestId(1), Request::Resumption));
-    assert_eq!(
-        replies(&drain(&mut s)),
-        vec![(RequestId(1), Ok(Answer::Resumption(None)))]
-    );
+    assert_eq!(snapshot(&s).resumption, None);
 }
 
 #[test]
@@ -998,4 +989,265 @@ fn an_inactive_state_is_sent_on_every_new_connection() {
         written(&drain(&mut s)),
         vec!["<inactive xmlns=\"urn:xmpp:csi:0\"/>"]
     );
+}
+
+#[test]
+fn the_snapshot_changes_only_when_the_resumption_state_or_the_duplicates_do() {
+    let t0 = Instant::now();
+    let mut s = Session::new(config(), StdRng::seed_from_u64(7));
+    let mut seen = Snapshot::default();
+    assert!(!s.update_snapshot(&mut seen), "nothing resumable yet");
+    s.on_connected(t0, bound());
+    s.on_element(
+        t0,
+        xml("<enabled xmlns='urn:xmpp:sm:3' id='sm-1' resume='true'/>"),
+    );
+    assert!(s.update_snapshot(&mut seen));
+    assert_eq!(seen.resumption, Some(("sm-1".into(), 0)));
+    assert!(!s.update_snapshot(&mut seen), "unchanged");
+    let m = "<message from='bob@example.org/desk' type='chat' id='b1'><body>hi</body></message>";
+    s.on_element(t0, xml(m));
+    assert!(s.update_snapshot(&mut seen));
+    assert_eq!(seen.resumption, Some(("sm-1".into(), 1)));
+    s.on_element(t0, xml(m));
+    assert!(s.update_snapshot(&mut seen));
+    assert_eq!(
+        seen,
+        Snapshot {
+            resumption: Some(("sm-1".into(), 2)),
+            duplicates_dropped: 1,
+        }
+    );
+    // the server refuses to resume: a new session, nothing to resume yet
+    s.on_stream_end("gone".into());
+    s.on_connected(t0, bound());
+    assert!(s.update_snapshot(&mut seen));
+    assert_eq!(seen.resumption, None);
+    assert_eq!(seen.duplicates_dropped, 1);
+}
+
+/// A session without stream management whose first connection came up at
+/// `t0`; its outputs so far are drained.
+fn connected_without_sm(t0: Instant) -> Session {
+    let mut s = Session::new(
+        SessionConfig {
+            stream_management: false,
+            ..config()
+        },
+        StdRng::seed_from_u64(7),
+    );
+    s.on_connected(t0, bound());
+    assert!(drain(&mut s).is_empty());
+    s
+}
+
+/// Hands out outputs up to the first stanza transmit, as the driver does,
+/// and returns that stanza.
+fn next_stanza(s: &mut Session) -> Outgoing {
+    loop {
+        match s.poll_output() {
+            Some(Output::TransmitStanza(out)) => return out,
+            Some(_) => {}
+            None => panic!("no stanza to write"),
+        }
+    }
+}
+
+#[test]
+fn without_stream_management_stanzas_whose_write_failed_go_back_to_the_outbox_in_order() {
+    let t0 = Instant::now();
+    let mut s = connected_without_sm(t0);
+    for id in ["m1", "m2", "m3"] {
+        s.command(t0, message(id));
+    }
+    // the driver writes m1, which fails; m2 and m3 wait in the session's queue
+    let m1 = next_stanza(&mut s);
+    assert_eq!(m1.id.as_deref(), Some("m1"));
+    s.on_write_failed(t0, "stopped by peer: error 0", true, Some(m1));
+    let out = drain(&mut s);
+    assert!(written(&out).is_empty(), "{out:?}");
+    // (their Sent was not handed out: the app never hears it)
+    assert_eq!(
+        events(&out),
+        vec![
+            state("m1", MessageState::Queued),
+            state("m2", MessageState::Queued),
+            state("m3", MessageState::Queued),
+        ]
+    );
+    // written meanwhile: behind them
+    s.command(t0, message("m4"));
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![state("m4", MessageState::Queued)]
+    );
+    s.handle_timeout(t0 + LAST_WORDS);
+    assert!(matches!(
+        drain(&mut s).last(),
+        Some(Output::Connect {
+            resumption: None,
+            ..
+        })
+    ));
+    s.on_connected(t0 + LAST_WORDS, bound());
+    let out = drain(&mut s);
+    let ids: Vec<String> = written(&out)
+        .iter()
+        .map(|w| xml(w).attr("id").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, vec!["m1", "m2", "m3", "m4"]);
+    assert_eq!(
+        events(&out),
+        vec![
+            state("m1", MessageState::Sent),
+            state("m2", MessageState::Sent),
+            state("m3", MessageState::Sent),
+            state("m4", MessageState::Sent),
+            Event::Reconnected { resumed: false },
+        ]
+    );
+}
+
+#[test]
+fn without_stream_management_a_stanza_whose_write_failed_is_sent_again_after_a_reconnection() {
+    let t0 = Instant::now();
+    let mut s = connected_without_sm(t0);
+    s.command(t0, message("m1"));
+    let m1 = next_stanza(&mut s);
+    s.on_write_failed(t0, "connection lost", false, Some(m1));
+    let out = drain(&mut s);
+    assert_eq!(
+        events(&out),
+        vec![
+            state("m1", MessageState::Queued),
+            Event::ConnectionLost("write: connection lost".into()),
+        ]
+    );
+    assert!(matches!(out.last(), Some(Output::Connect { .. })));
+    s.on_connected(t0, bound());
+    let w = written(&drain(&mut s));
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("id='m1'"), "{w:?}");
+}
+
+#[test]
+fn with_stream_management_a_failed_write_leaves_the_stanzas_to_it() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, message("m1"));
+    s.command(t0, message("m2"));
+    // tracked stanzas go out as plain transmits: nothing to hand back
+    assert!(matches!(s.poll_output(), Some(Output::Transmit(_))));
+    s.on_write_failed(t0, "connection lost", false, None);
+    let out = drain(&mut s);
+    assert!(
+        !events(&out).iter().any(|e| matches!(
+            e,
+            Event::MessageState {
+                state: MessageState::Queued,
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+    assert!(s.outbox.is_empty());
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(0),
+            jid: None,
+        },
+    );
+    let w = written(&drain(&mut s));
+    assert!(
+        w[0].contains("id='m1'") && w[1].contains("id='m2'"),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn a_stanza_whose_write_fails_while_closing_fails() {
+    let t0 = Instant::now();
+    let mut s = connected_without_sm(t0);
+    s.command(t0, message("m1"));
+    s.command(t0, Command::Close);
+    let m1 = next_stanza(&mut s);
+    s.on_write_failed(t0, "connection lost", false, Some(m1));
+    let out = drain(&mut s);
+    assert_eq!(
+        events(&out),
+        vec![
+            state("m1", MessageState::Failed("session closed".into())),
+            Event::Disconnected,
+        ]
+    );
+    assert_eq!(out.last(), Some(&Output::Ended));
+}
+
+#[test]
+fn closing_after_a_write_failure_fails_what_the_server_never_acknowledged() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, message("m1"));
+    drain(&mut s);
+    s.on_write_failed(t0, "stopped by peer: error 0", true, None);
+    s.command(t0, Command::Close);
+    let out = drain(&mut s);
+    assert_eq!(
+        events(&out),
+        vec![
+            state("m1", MessageState::Failed("session closed".into())),
+            Event::Disconnected,
+        ]
+    );
+    assert_eq!(out.last(), Some(&Output::Ended));
+}
+
+#[test]
+fn the_handle_going_away_while_closing_ends_the_session_at_once() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, Command::Close);
+    drain(&mut s);
+    assert_eq!(s.poll_timeout(), Some(t0 + CLOSE_WAIT));
+    // the driver turns a closed command channel into Abort
+    s.command(t0, Command::Abort);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Output::CloseConnection { clean: true },
+            Output::Event(Event::Disconnected),
+            Output::Ended,
+        ]
+    );
+    assert_eq!(s.poll_timeout(), None);
+    // and again (the channel answers None every time): nothing more
+    s.command(t0, Command::Abort);
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn an_archive_query_asks_for_no_more_than_a_page_keeps() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let max_asked = |s: &mut Session, max: Option<usize>| {
+        let query = HistoryQuery {
+            max,
+            ..HistoryQuery::default()
+        };
+        s.command(t0, Command::Request(RequestId(1), Request::History(query)));
+        let w = written(&drain(s));
+        let iq = xml(&w[0]);
+        let set = iq
+            .child("query", ns::MAM)
+            .and_then(|q| q.child("set", ns::RSM))
+            .expect("an RSM set");
+        set.child("max", ns::RSM).map(Element::text)
+    };
+    assert_eq!(
+        max_asked(&mut s, Some(5000)),
+        Some(MAX_HISTORY_RESULTS.to_string())
+    );
+    assert_eq!(max_asked(&mut s, Some(20)), Some("20".into()));
+    assert_eq!(max_asked(&mut s, None), None, "the server's default");
 }
