@@ -524,6 +524,35 @@ mod tests {
         ));
     }
 
+    // Paused time: the driver must take the time from tokio's clock, or the
+    // deadline it sleeps until never passes for the session.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_never_authenticates_ends_at_its_deadline_on_tokios_clock() {
+        let wall_clock = std::time::Instant::now();
+        let (pool, _core) = Pool::detached(1);
+        pool.welcome_for_tests(offer());
+        let ctx = context(pool);
+        let started = tokio::time::Instant::now();
+        let (mut client, task) = start(&ctx);
+        client.gate.add_permits(16);
+        client.send.send(HEADER).unwrap();
+        task.await.unwrap();
+        assert_eq!(started.elapsed(), crate::session::NEGOTIATION_TIMEOUT);
+        let mut writes = Vec::new();
+        while let Ok(w) = client.written.try_recv() {
+            writes.push(w);
+        }
+        assert!(
+            writes
+                .last()
+                .is_some_and(|w| w.contains("<connection-timeout")),
+            "{writes:?}"
+        );
+        assert!(ctx.sessions.is_empty());
+        // not after spinning until the wall clock caught up
+        assert!(wall_clock.elapsed() < crate::session::NEGOTIATION_TIMEOUT);
+    }
+
     #[tokio::test]
     async fn a_client_that_leaves_while_the_features_wait_for_the_core_is_noticed() {
         let (pool, _core) = Pool::detached(1);
