@@ -34,7 +34,8 @@ use crate::sessions::{Dispatch, Sessions};
 /// (uniformly spread, so the CMs of a restarted core do not return in one
 /// wave), then 0.5–1 × 100 ms doubling to 3 s. The count starts over only
 /// after a connection stayed up (welcomed) for 3 s, so a core that welcomes
-/// and then drops every connection is retried every 1.5–3 s, not in a loop.
+/// and then drops every connection is soon retried only every 1.5–3 s, not
+/// in a loop limited by the round trip.
 const RECONNECT: Backoff = Backoff::spread(Duration::from_millis(100), Duration::from_secs(3));
 
 /// Frames queued per pool connection.
