@@ -4,7 +4,7 @@
 //! as the CM runs. The balancer keeps the CM in its table while this
 //! connection lives, so a CM that dies leaves it by itself; when the
 //! connection is lost (balancer restart, network) the CM reconnects with
-//! jittered exponential backoff (50 ms doubling to 1 s) and registers again.
+//! jittered exponential backoff (`RECONNECT`) and registers again.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,8 +19,11 @@ use xmpp_stream::pacing::Backoff;
 
 use crate::backoff::Reconnect;
 
-/// Reconnection to the balancer: at once, then from 50 ms doubling to 1 s.
-const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+/// Reconnection to the balancer: the first retry after a loss within
+/// 0–50 ms (uniformly spread, so the CMs of a restarted balancer do not
+/// return in one wave), then 0.5–1 × 50 ms doubling to 1 s. The count starts
+/// over only after a registration stayed accepted for 1 s.
+const RECONNECT: Backoff = Backoff::spread(Duration::from_millis(50), Duration::from_secs(1));
 
 /// Why a registration ended (the CM then reconnects).
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +90,15 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(backoff.next_delay(crate::now())) => {}
         }
     }
 }
 
 /// One registration: returns `Ok` at shutdown, an error when the connection
-/// was refused or lost. An accepted registration resets `backoff`, so a CM
-/// whose long-lived link drops retries at once, not at the longest step.
+/// was refused or lost. An accepted registration is reported to `backoff`,
+/// so a CM whose long-lived link drops retries from the shortest step, and
+/// one the balancer drops at once keeps backing off.
 async fn register_once(
     endpoint: &quinn::Endpoint,
     tls: &quinn::ClientConfig,
@@ -114,7 +118,7 @@ async fn register_once(
         return Err(LinkError::Refused(why));
     }
     tracing::info!(%control, node = %registration.node, "registered with the balancer");
-    backoff.reset();
+    backoff.established(crate::now());
     tokio::select! {
         _ = shutdown.cancelled() => {
             conn.close(0u32.into(), b"cm shutting down");

@@ -100,6 +100,12 @@ impl CmHandle {
     }
 }
 
+/// The drivers' clock: tokio's (so paused time in tests moves it too), as
+/// the `std` instant the state machines take.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn client_transport(config: &CmConfig) -> quinn::TransportConfig {
     idle_phone_transport(config.keep_alive(), config.idle_timeout())
 }

@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
 
+use crate::now;
 use crate::pool::{Pool, bounce};
-use crate::session::{ClientSession, Framing, SessionAction, SessionSettings};
-use crate::sessions::Sessions;
+use crate::session::{AnnouncementUpdate, ClientSession, Framing, SessionAction, SessionSettings};
+use crate::sessions::{OpenSession, Sessions};
 
 /// A write to a client that takes longer than this ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,7 +213,12 @@ async fn write<W: ByteSink>(send: &mut W, parts: &[Bytes]) -> bool {
 
 /// Drives one client XMPP stream over a byte stream until it ends: feeds
 /// the [`ClientSession`] what happens (bytes, core frames, the core's
-/// offer, timers, shutdown) and carries out its actions.
+/// offer, timers, shutdown) and carries out its actions. Writes to the
+/// client are gathered and made before the next frame to the core (and at
+/// the end of the batch); what the registry announces is updated at once,
+/// not after the writes before it (a write to a slow client can take up to
+/// [`WRITE_TIMEOUT`], and a core reconnecting meanwhile must get the
+/// session as it is).
 pub async fn run_session<R, W>(
     ctx: Arc<ListenerContext>,
     mut send: W,
@@ -222,26 +228,31 @@ pub async fn run_session<R, W>(
     R: ByteSource,
     W: ByteSink,
 {
-    let (sid, mut rx, kill) = ctx.sessions.open();
+    let OpenSession {
+        sid,
+        frames: mut rx,
+        kill,
+        sm_counts,
+    } = ctx.sessions.open();
     let mut session = ClientSession::new(
         sid,
         ctx.settings.clone(),
         framing,
         ctx.pool.core_offer(),
         SmallRng::seed_from_u64(rand::random()),
-        Instant::now(),
+        now(),
     );
     loop {
         let timeout = session.poll_timeout();
         let reading = session.wants_read();
         let awaiting_offer = session.awaits_core_offer();
         tokio::select! {
-            _ = sleep_until(timeout) => session.handle_timeout(Instant::now()),
+            _ = sleep_until(timeout) => session.handle_timeout(now()),
             _ = ctx.shutdown.cancelled() => session.close(StreamCondition::SystemShutdown, None),
             _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
             offer = ctx.pool.wait_core_offer(), if awaiting_offer => session.on_core_offer(offer),
             chunk = recv.next_chunk(), if reading => match chunk {
-                Ok(Some(c)) => session.on_data(Instant::now(), &c),
+                Ok(Some(c)) => session.on_data(now(), &c),
                 Ok(None) | Err(_) => break,
             },
             frame = rx.recv() => match frame {
@@ -261,7 +272,11 @@ pub async fn run_session<R, W>(
         let mut close = false;
         let mut pending: Vec<Bytes> = Vec::new();
         for action in session.poll_actions() {
-            if !matches!(action, SessionAction::Write(_)) && !pending.is_empty() {
+            let flushes = !matches!(
+                action,
+                SessionAction::Write(_) | SessionAction::Announcement(_)
+            );
+            if flushes && !pending.is_empty() {
                 close |= !write(&mut send, &pending).await;
                 pending.clear();
             }
@@ -271,6 +286,10 @@ pub async fn run_session<R, W>(
                     if ctx.pool.send(sid, frame).await.is_err() {
                         close = true;
                     }
+                }
+                // Nearly every batch: the session's own slot, not the registry's lock.
+                SessionAction::Announcement(AnnouncementUpdate::SmCounters(counts)) => {
+                    sm_counts.store(counts)
                 }
                 SessionAction::Announcement(update) => ctx.sessions.update(sid, update),
                 SessionAction::Close => close = true,
@@ -307,7 +326,247 @@ pub async fn run_session<R, W>(
 /// Sleeps until `deadline`; never returns without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    use cm_protocol::{Frame, Resumption, SmSnapshot};
+    use tokio::sync::{Semaphore, mpsc};
+    use xmpp_stream::framer::Limits;
+
+    use super::*;
+    use crate::session::CoreOffer;
+
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
+    const AUTH_PLAIN: &[u8] =
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>";
+
+    fn context(pool: Arc<Pool>) -> Arc<ListenerContext> {
+        Arc::new(ListenerContext {
+            settings: Arc::new(SessionSettings {
+                domain: "x".into(),
+                limits: Limits::default(),
+                read_rate: 256 * 1024,
+                read_burst: 1024 * 1024,
+            }),
+            sessions: Arc::new(Sessions::starting_at(0)),
+            pool,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            accepted: Arc::new(AtomicU64::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_clients: 10,
+        })
+    }
+
+    /// The client's side of the bytes: what the test sends; its end when
+    /// the sender is dropped.
+    struct ChannelSource(mpsc::UnboundedReceiver<&'static [u8]>);
+
+    impl ByteSource for ChannelSource {
+        async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+            Ok(self.0.recv().await.map(Bytes::from_static))
+        }
+    }
+
+    /// A client that reports every write as it starts and lets it finish
+    /// only when the test adds a permit: a slow phone, on demand.
+    struct GatedSink {
+        written: mpsc::UnboundedSender<String>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl ByteSink for GatedSink {
+        async fn send_parts(&mut self, parts: &[Bytes]) -> std::io::Result<()> {
+            let _ = self
+                .written
+                .send(String::from_utf8_lossy(&parts.concat()).into_owned());
+            self.gate
+                .acquire()
+                .await
+                .map_err(std::io::Error::other)?
+                .forget();
+            Ok(())
+        }
+
+        async fn finish(&mut self) {}
+    }
+
+    struct Client {
+        send: mpsc::UnboundedSender<&'static [u8]>,
+        written: mpsc::UnboundedReceiver<String>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Client {
+        /// The next write the session starts, finished at once.
+        async fn read(&mut self) -> String {
+            let text = self.written.recv().await.expect("a write");
+            self.gate.add_permits(1);
+            text
+        }
+    }
+
+    fn start(ctx: &Arc<ListenerContext>) -> (Client, tokio::task::JoinHandle<()>) {
+        let (send, recv) = mpsc::unbounded_channel();
+        let (written_tx, written) = mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(0));
+        let sink = GatedSink {
+            written: written_tx,
+            gate: gate.clone(),
+        };
+        let task = tokio::spawn(run_session(
+            ctx.clone(),
+            sink,
+            ChannelSource(recv),
+            Framing::Stream,
+        ));
+        let client = Client {
+            send,
+            written,
+            gate,
+        };
+        (client, task)
+    }
+
+    fn offer() -> CoreOffer {
+        CoreOffer {
+            mechanisms: vec!["PLAIN".into()],
+            registration: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumption_reaches_the_registry_with_its_counters_while_the_replay_is_written() {
+        let (pool, mut core) = Pool::detached(1);
+        pool.welcome_for_tests(offer());
+        let ctx = context(pool);
+        let (mut client, task) = start(&ctx);
+        client.send.send(HEADER).unwrap();
+        assert!(client.read().await.contains("<mechanism>PLAIN</mechanism>"));
+        client.send.send(AUTH_PLAIN).unwrap();
+        let Some(Frame::AuthStart { sid, .. }) = core[0].recv().await else {
+            panic!("no AuthStart")
+        };
+        let user = "a@x".to_owned();
+        let success = Frame::AuthSuccess {
+            sid,
+            data: Bytes::new(),
+            user,
+        };
+        ctx.sessions.dispatch(sid, success);
+        assert!(client.read().await.contains("<success"));
+        client.send.send(HEADER).unwrap();
+        assert!(client.read().await.contains("urn:xmpp:sm:3"));
+        client
+            .send
+            .send(b"<resume xmlns='urn:xmpp:sm:3' previd='P' h='3'/>")
+            .unwrap();
+        assert!(matches!(
+            core[0].recv().await,
+            Some(Frame::Resume { h: 3, .. })
+        ));
+        // the answer and the replay, in one batch
+        let resumption = Resumption {
+            jid: "a@x/phone".into(),
+            h: 9,
+            available: true,
+            priority: 2,
+            max: 300,
+        };
+        ctx.sessions.dispatch(
+            sid,
+            Frame::Resumed {
+                sid,
+                result: Ok(resumption),
+            },
+        );
+        for _ in 0..2 {
+            let payload = Bytes::from_static(b"<message/>");
+            ctx.sessions.dispatch(sid, Frame::Deliver { sid, payload });
+        }
+        // the phone is slow: the batch's write has started and not finished
+        let write = client.written.recv().await.expect("a write");
+        assert!(
+            write.starts_with("<resumed") && write.matches("<message/>").count() == 2,
+            "{write}"
+        );
+        // meanwhile a reconnecting pool announces the session as it is
+        assert_eq!(
+            ctx.sessions.announcements(0, 1),
+            vec![Frame::Announce {
+                sid,
+                jid: "a@x/phone".into(),
+                available: true,
+                priority: 2,
+                sm: Some(SmSnapshot {
+                    id: "P".into(),
+                    handled: 9,
+                    sent: 5,
+                    client_acked: 3,
+                    next_seq: 2,
+                    max: 300,
+                }),
+            }]
+        );
+        client.gate.add_permits(1);
+        drop(client.send);
+        task.await.unwrap();
+        assert!(ctx.sessions.is_empty());
+        assert!(matches!(
+            core[0].recv().await,
+            Some(Frame::SessionEnd { clean: false, .. })
+        ));
+    }
+
+    // Paused time: the driver must take the time from tokio's clock, or the
+    // deadline it sleeps until never passes for the session.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_never_authenticates_ends_at_its_deadline_on_tokios_clock() {
+        let wall_clock = std::time::Instant::now();
+        let (pool, _core) = Pool::detached(1);
+        pool.welcome_for_tests(offer());
+        let ctx = context(pool);
+        let started = tokio::time::Instant::now();
+        let (mut client, task) = start(&ctx);
+        client.gate.add_permits(16);
+        client.send.send(HEADER).unwrap();
+        task.await.unwrap();
+        assert_eq!(started.elapsed(), crate::session::NEGOTIATION_TIMEOUT);
+        let mut writes = Vec::new();
+        while let Ok(w) = client.written.try_recv() {
+            writes.push(w);
+        }
+        assert!(
+            writes
+                .last()
+                .is_some_and(|w| w.contains("<connection-timeout")),
+            "{writes:?}"
+        );
+        assert!(ctx.sessions.is_empty());
+        // not after spinning until the wall clock caught up
+        assert!(wall_clock.elapsed() < crate::session::NEGOTIATION_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_while_the_features_wait_for_the_core_is_noticed() {
+        let (pool, _core) = Pool::detached(1);
+        let ctx = context(pool);
+        let (mut client, task) = start(&ctx);
+        client.send.send(HEADER).unwrap();
+        let header = client.read().await;
+        assert!(!header.contains("features"), "{header}");
+        assert_eq!(ctx.sessions.len(), 1);
+        drop(client.send);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the session ends with its client")
+            .unwrap();
+        assert!(ctx.sessions.is_empty());
     }
 }

@@ -1,12 +1,13 @@
 //! The pool of QUIC connections from this CM to the core.
 //!
 //! `pool_size` connections, each driven by its own task that dials with
-//! jittered exponential backoff ([`Reconnect`]), says Hello, re-announces the
-//! bound sessions it carries, then pumps frames both ways. Session `sid`
-//! always uses connection `sid % pool_size`, so a session's frames stay in
-//! order. Each connection has a bounded queue that outlives reconnects: while
-//! the core is away, sessions wait on it (and QUIC flow control slows their
-//! clients) instead of memory growing.
+//! jittered exponential backoff ([`Reconnect`] on the `RECONNECT`
+//! schedule), says Hello, re-announces the bound sessions it carries, then
+//! pumps frames both ways. Session `sid` always uses connection
+//! `sid % pool_size`, so a session's frames stay in order. Each connection
+//! has a bounded queue that outlives reconnects: while the core is away,
+//! sessions wait on it (and QUIC flow control slows their clients) instead
+//! of memory growing.
 //!
 //! What the core's `Welcome` offers clients (SASL mechanisms, in-band
 //! registration) is published as a [`CoreOffer`]; until the first one,
@@ -29,8 +30,13 @@ use crate::backoff::Reconnect;
 use crate::session::CoreOffer;
 use crate::sessions::{Dispatch, Sessions};
 
-/// Reconnection to the core: at once, then from 100 ms doubling to 3 s.
-const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+/// Reconnection to the core: the first retry after a loss within 0–100 ms
+/// (uniformly spread, so the CMs of a restarted core do not return in one
+/// wave), then 0.5–1 × 100 ms doubling to 3 s. The count starts over only
+/// after a connection stayed up (welcomed) for 3 s, so a core that welcomes
+/// and then drops every connection is soon retried only every 1.5–3 s, not
+/// in a loop limited by the round trip.
+const RECONNECT: Backoff = Backoff::spread(Duration::from_millis(100), Duration::from_secs(3));
 
 /// Frames queued per pool connection.
 pub const POOL_QUEUE: usize = 8 * 1024;
@@ -69,18 +75,8 @@ impl Pool {
     /// Starts `size` connection tasks.
     pub fn start(size: u16, setup: PoolSetup, tasks: &TaskTracker) -> Arc<Pool> {
         let size = size.max(1);
-        let mut senders = Vec::new();
-        let mut receivers = Vec::new();
-        for _ in 0..size {
-            let (tx, rx) = mpsc::channel(POOL_QUEUE);
-            senders.push(tx);
-            receivers.push(rx);
-        }
-        let pool = Arc::new(Pool {
-            senders,
-            instance: rand::random(),
-            offer: watch::Sender::new(None),
-        });
+        let (pool, receivers) = Self::with_queues(size);
+        let pool = Arc::new(pool);
         let setup = Arc::new(setup);
         for (index, rx) in receivers.into_iter().enumerate() {
             tasks.spawn(connection_task(
@@ -92,6 +88,33 @@ impl Pool {
             ));
         }
         pool
+    }
+
+    /// A pool of `size` connections' queues (at least one), and their
+    /// receiving ends.
+    fn with_queues(size: u16) -> (Pool, Vec<mpsc::Receiver<Frame>>) {
+        let (senders, receivers) = (0..size.max(1)).map(|_| mpsc::channel(POOL_QUEUE)).unzip();
+        let pool = Pool {
+            senders,
+            instance: rand::random(),
+            offer: watch::Sender::new(None),
+        };
+        (pool, receivers)
+    }
+
+    /// A pool without connection tasks, for driver tests: what sessions
+    /// send the core arrives on the receivers; [`Pool::welcome_for_tests`]
+    /// plays the core's `Welcome`.
+    #[cfg(test)]
+    pub(crate) fn detached(size: u16) -> (Arc<Pool>, Vec<mpsc::Receiver<Frame>>) {
+        let (pool, receivers) = Self::with_queues(size);
+        (Arc::new(pool), receivers)
+    }
+
+    /// What a `Welcome` offering `offer` does, for driver tests.
+    #[cfg(test)]
+    pub(crate) fn welcome_for_tests(&self, offer: CoreOffer) {
+        self.welcomed(offer.mechanisms, offer.registration);
     }
 
     /// Queues a frame for the core on the session's connection (waits if full).
@@ -175,7 +198,7 @@ async fn connection_task(
         }
         tokio::select! {
             _ = setup.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(backoff.next_delay(crate::now())) => {}
         }
     }
 }
@@ -187,7 +210,7 @@ struct Link<'a> {
     size: u16,
     /// The core instance the last connection was welcomed by.
     last_instance: &'a mut Option<u64>,
-    /// Reconnection delays; reset once a connection is welcomed.
+    /// Reconnection delays; told when a connection is welcomed.
     backoff: &'a mut Reconnect,
 }
 
@@ -264,7 +287,7 @@ async fn run_connection(
                 }
             }
             *last_instance = Some(instance);
-            backoff.reset();
+            backoff.established(crate::now());
         }
         other => {
             return Err(LinkError::Protocol(format!(
@@ -367,4 +390,62 @@ pub fn bounce(sid: SessionId, frame: Frame) -> Option<Frame> {
     let top = xmpp_stream::stanza::inspect(&payload).ok()?;
     let to = top.attr("to")?.to_owned();
     Some(Frame::Bounce { sid, to, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(mechanisms: &[&str], registration: bool) -> CoreOffer {
+        CoreOffer {
+            mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
+            registration,
+        }
+    }
+
+    #[test]
+    fn an_unchanged_offer_is_not_published_again() {
+        let (pool, _queues) = Pool::detached(1);
+        let mut offers = pool.offer.subscribe();
+        assert_eq!(pool.core_offer(), None);
+        pool.welcomed(vec!["PLAIN".into()], false);
+        assert!(offers.has_changed().unwrap());
+        let first = offers.borrow_and_update().clone().expect("an offer");
+        assert_eq!(*first, offer(&["PLAIN"], false));
+        // every reconnection's Welcome saying the same publishes nothing
+        pool.welcomed(vec!["PLAIN".into()], false);
+        assert!(!offers.has_changed().unwrap());
+        assert!(Arc::ptr_eq(&pool.core_offer().unwrap(), &first));
+        // a core that offers something else is published
+        pool.welcomed(vec!["PLAIN".into()], true);
+        assert!(offers.has_changed().unwrap());
+        assert_eq!(*pool.core_offer().unwrap(), offer(&["PLAIN"], true));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_on_the_first_offer() {
+        let (pool, _queues) = Pool::detached(1);
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.wait_core_offer().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        pool.welcomed(vec!["SCRAM-SHA-256".into()], false);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(*got, offer(&["SCRAM-SHA-256"], false));
+    }
+
+    #[tokio::test]
+    async fn waiting_once_the_offer_is_known_returns_at_once() {
+        let (pool, _queues) = Pool::detached(1);
+        pool.welcomed(vec!["PLAIN".into()], true);
+        let got = tokio::time::timeout(Duration::ZERO, pool.wait_core_offer())
+            .await
+            .expect("at once");
+        assert_eq!(*got, offer(&["PLAIN"], true));
+    }
 }

@@ -82,12 +82,24 @@ pub enum SessionAction {
 }
 
 /// A change to what the session registry re-announces for a session when a
-/// core connection comes back (an `Announce` frame).
+/// core connection comes back (an `Announce` frame). Each one holds real
+/// values, never placeholders a later update fills in: the registry may
+/// announce the session between any two of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AnnouncementUpdate {
-    /// Bound to this full JID (unavailable, priority 0, no SM yet):
-    /// deliverable and announced from now on.
-    Bound(String),
+    /// Bound to a full JID: deliverable and announced from now on, as this
+    /// says (after a bind: unavailable, priority 0, no SM; after a
+    /// resumption: the presence and stream management it resumed).
+    Bound {
+        /// The full JID.
+        jid: String,
+        /// The client's broadcast presence is available.
+        available: bool,
+        /// Its priority.
+        priority: i8,
+        /// Stream management, if on.
+        sm: Option<SmAnnouncement>,
+    },
     /// The client's broadcast presence changed.
     Presence {
         /// It sent available presence.
@@ -95,15 +107,22 @@ pub enum AnnouncementUpdate {
         /// Its priority.
         priority: i8,
     },
-    /// Stream management is on (enabled or resumed).
-    StreamManagement {
-        /// SM id (empty: not resumable).
-        id: String,
-        /// Resumption time granted, seconds.
-        max: u32,
-    },
-    /// The SM counters now (at most once per batch).
+    /// Stream management was enabled.
+    StreamManagement(SmAnnouncement),
+    /// The SM counters now (at most once per batch, only while stream
+    /// management is on or being enabled).
     SmCounters(SmCounts),
+}
+
+/// What the registry announces of a session's stream management.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmAnnouncement {
+    /// SM id (empty: not resumable).
+    pub id: String,
+    /// Resumption time granted, seconds.
+    pub max: u32,
+    /// The counters when it was enabled or resumed.
+    pub counts: SmCounts,
 }
 
 /// Where the stream stands.
@@ -111,8 +130,9 @@ pub enum AnnouncementUpdate {
 enum State {
     /// Waiting for a stream header.
     Header { authenticated: bool },
-    /// The header is answered; the features wait for the core's offer
-    /// (nothing more is read meanwhile).
+    /// The header is answered; the features wait for the core's offer.
+    /// What the client sends meanwhile is buffered unparsed, up to one
+    /// stanza's worth (reading goes on so a client that leaves is noticed).
     AwaitingOffer,
     /// Before authentication: SASL (or registration).
     Sasl,
@@ -329,10 +349,18 @@ impl ClientSession {
     }
 
     /// Whether to read from the client now: not while the read budget is
-    /// spent or the features wait for the core.
+    /// spent, and while the features wait for the core only until one
+    /// stanza's worth is buffered (reading on lets the driver notice a
+    /// client that leaves; nothing is parsed until the offer comes).
     pub fn wants_read(&self) -> bool {
         self.read_paused_until.is_none()
-            && !matches!(self.state, State::AwaitingOffer | State::Closed)
+            && match self.state {
+                State::Closed => false,
+                State::AwaitingOffer => {
+                    self.framer.buffered() < self.settings.limits.max_stanza_bytes
+                }
+                _ => true,
+            }
     }
 
     /// Whether the session waits for [`ClientSession::on_core_offer`].
@@ -523,25 +551,37 @@ impl ClientSession {
         };
     }
 
+    /// Bound by a bind: unavailable, priority 0, no stream management.
     fn bound(&mut self, jid: String) {
-        self.state = State::Bound;
-        self.negotiation_deadline = None;
-        self.out
-            .push(SessionAction::Announcement(AnnouncementUpdate::Bound(
-                jid.clone(),
-            )));
-        self.jid = Some(jid);
+        self.bound_as(jid, false, 0, None);
     }
 
+    /// Bound by a resumption: the presence and stream management of the
+    /// resumed session, announced in one update.
     fn resumed(&mut self, resumed: Resumed) {
         let Resumed {
             previd,
             client_h,
             resumption: r,
         } = resumed;
-        self.bound(r.jid);
         self.presence.resumed(r.available, r.priority);
-        self.sm.resumed(previd, r.max, r.h, client_h, &mut self.out);
+        let sm = self.sm.resumed(previd, r.max, r.h, client_h);
+        self.bound_as(r.jid, r.available, r.priority, Some(sm));
+    }
+
+    /// Bound to `jid`: stanzas flow, and the registry learns the binding
+    /// whole.
+    fn bound_as(&mut self, jid: String, available: bool, priority: i8, sm: Option<SmAnnouncement>) {
+        self.state = State::Bound;
+        self.negotiation_deadline = None;
+        self.out
+            .push(SessionAction::Announcement(AnnouncementUpdate::Bound {
+                jid: jid.clone(),
+                available,
+                priority,
+                sm,
+            }));
+        self.jid = Some(jid);
     }
 
     fn close_with(&mut self, error: StreamError) {

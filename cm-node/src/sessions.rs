@@ -1,17 +1,20 @@
 //! The CM's registry of live client sessions: where frames from the core
 //! are dispatched, and what is re-announced when a pool connection returns.
 //! Sessions tell it what to announce through their
-//! [`AnnouncementUpdate`] actions; it holds plain values.
+//! [`AnnouncementUpdate`] actions; it holds plain values. A session's SM
+//! counters, which change with nearly every batch, live in a slot of their
+//! own ([`SmCountsSlot`]) that the session's driver writes without the
+//! registry's lock.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cm_protocol::{Frame, SessionId, SmSnapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{AnnouncementUpdate, SmCounts};
+use crate::session::{AnnouncementUpdate, SmAnnouncement, SmCounts};
 
 /// Frames queued for one session before the client counts as not keeping up.
 pub const SESSION_QUEUE: usize = 1024;
@@ -25,9 +28,12 @@ struct Entry {
     kill: CancellationToken,
     /// Set once the session is bound.
     announcement: Option<Announcement>,
+    /// The session's latest SM counters (shared with its driver).
+    sm_counts: Arc<SmCountsSlot>,
 }
 
-/// What an `Announce` frame says of a bound session.
+/// What an `Announce` frame says of a bound session (the SM counters are
+/// in the entry's slot).
 struct Announcement {
     jid: String,
     available: bool,
@@ -39,7 +45,39 @@ struct Announcement {
 struct SmRecord {
     id: String,
     max: u32,
-    counts: SmCounts,
+}
+
+/// The latest SM counters of one session: its driver stores them as the
+/// session reports them ([`AnnouncementUpdate::SmCounters`], at most once
+/// per batch) and the registry reads them when it re-announces the
+/// session. A lock of its own, uncontended, so a batch never takes the
+/// registry's, and the four counters are always read as one report.
+#[derive(Debug, Default)]
+pub struct SmCountsSlot(Mutex<SmCounts>);
+
+impl SmCountsSlot {
+    /// Records the session's counters.
+    pub fn store(&self, counts: SmCounts) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+    }
+
+    /// The counters last stored (zeros before any).
+    pub fn load(&self) -> SmCounts {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a session's driver gets from [`Sessions::open`].
+#[derive(Debug)]
+pub struct OpenSession {
+    /// The session's id.
+    pub sid: SessionId,
+    /// Frames from the core for it.
+    pub frames: mpsc::Receiver<Box<Frame>>,
+    /// Cancelled when it must end at once (its client is too slow).
+    pub kill: CancellationToken,
+    /// Where its driver stores its SM counters.
+    pub sm_counts: Arc<SmCountsSlot>,
 }
 
 /// Outcome of dispatching a frame.
@@ -80,36 +118,56 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new session and returns its id, its frame receiver and
-    /// the token cancelled when it must end at once.
-    pub fn open(&self) -> (SessionId, mpsc::Receiver<Box<Frame>>, CancellationToken) {
+    /// Registers a new session: its id, its frame receiver, the token
+    /// cancelled when it must end at once and its SM counters' slot.
+    pub fn open(&self) -> OpenSession {
         let sid = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let (tx, frames) = mpsc::channel(SESSION_QUEUE);
         let kill = CancellationToken::new();
+        let sm_counts = Arc::new(SmCountsSlot::default());
         self.lock().insert(
             sid,
             Entry {
                 tx,
                 kill: kill.clone(),
                 announcement: None,
+                sm_counts: sm_counts.clone(),
             },
         );
-        (sid, rx, kill)
+        OpenSession {
+            sid,
+            frames,
+            kill,
+            sm_counts,
+        }
     }
 
-    /// Applies a session's change to what is announced for it.
+    /// Applies a session's change to what is announced for it. (A
+    /// driver stores [`AnnouncementUpdate::SmCounters`] in the session's
+    /// slot itself, without this lock; here they land in the same slot.)
     pub fn update(&self, sid: SessionId, update: AnnouncementUpdate) {
         let mut map = self.lock();
         let Some(entry) = map.get_mut(&sid) else {
             return;
         };
         match (update, &mut entry.announcement) {
-            (AnnouncementUpdate::Bound(jid), announcement) => {
+            (
+                AnnouncementUpdate::Bound {
+                    jid,
+                    available,
+                    priority,
+                    sm,
+                },
+                announcement,
+            ) => {
+                // The slot is written under the registry's lock, so an
+                // announcement never pairs this SM id with older counts.
+                let sm = sm.map(|sm| record(&entry.sm_counts, sm));
                 *announcement = Some(Announcement {
                     jid,
-                    available: false,
-                    priority: 0,
-                    sm: None,
+                    available,
+                    priority,
+                    sm,
                 });
             }
             (
@@ -122,17 +180,13 @@ impl Sessions {
                 a.available = available;
                 a.priority = priority;
             }
-            (AnnouncementUpdate::StreamManagement { id, max }, Some(a)) => {
-                a.sm = Some(SmRecord {
-                    id,
-                    max,
-                    counts: SmCounts::default(),
-                });
+            (AnnouncementUpdate::StreamManagement(sm), Some(a)) => {
+                a.sm = Some(record(&entry.sm_counts, sm));
             }
-            (AnnouncementUpdate::SmCounters(counts), Some(Announcement { sm: Some(sm), .. })) => {
-                sm.counts = counts;
-            }
-            (update, _) => {
+            // Counters are kept whenever they come (also while SM is being
+            // enabled); they are announced once SM is on.
+            (AnnouncementUpdate::SmCounters(counts), _) => entry.sm_counts.store(counts),
+            (update, None) => {
                 tracing::debug!(sid, ?update, "announcement update for an unbound session")
             }
         }
@@ -171,13 +225,16 @@ impl Sessions {
                     jid: a.jid.clone(),
                     available: a.available,
                     priority: a.priority,
-                    sm: a.sm.as_ref().map(|sm| SmSnapshot {
-                        id: sm.id.clone(),
-                        handled: sm.counts.handled,
-                        sent: sm.counts.sent,
-                        client_acked: sm.counts.client_acked,
-                        next_seq: sm.counts.next_seq,
-                        max: sm.max,
+                    sm: a.sm.as_ref().map(|sm| {
+                        let counts = entry.sm_counts.load();
+                        SmSnapshot {
+                            id: sm.id.clone(),
+                            handled: counts.handled,
+                            sent: counts.sent,
+                            client_acked: counts.client_acked,
+                            next_seq: counts.next_seq,
+                            max: sm.max,
+                        }
                     }),
                 })
             })
@@ -205,6 +262,15 @@ impl Sessions {
     }
 }
 
+/// Stores an announcement's counters in `slot`; the rest is the record.
+fn record(slot: &SmCountsSlot, sm: SmAnnouncement) -> SmRecord {
+    slot.store(sm.counts);
+    SmRecord {
+        id: sm.id,
+        max: sm.max,
+    }
+}
+
 /// Whether session `sid` rides pool connection `index` of `size`.
 fn carried_by(sid: SessionId, index: u16, size: u16) -> bool {
     sid % u64::from(size.max(1)) == u64::from(index)
@@ -214,46 +280,67 @@ fn carried_by(sid: SessionId, index: u16, size: u16) -> bool {
 mod tests {
     use super::*;
 
+    fn sm(id: &str, max: u32, counts: SmCounts) -> SmAnnouncement {
+        SmAnnouncement {
+            id: id.into(),
+            max,
+            counts,
+        }
+    }
+
+    fn bound(jid: &str) -> AnnouncementUpdate {
+        AnnouncementUpdate::Bound {
+            jid: jid.into(),
+            available: false,
+            priority: 0,
+            sm: None,
+        }
+    }
+
+    fn by_sid(mut frames: Vec<Frame>) -> Vec<Frame> {
+        frames.sort_by_key(|f| match f {
+            Frame::Announce { sid, .. } => *sid,
+            _ => 0,
+        });
+        frames
+    }
+
     #[test]
     fn bound_sessions_are_announced_with_their_presence_and_counters() {
         let sessions = Sessions::starting_at(0);
-        let (one, _rx1, _) = sessions.open();
-        let (two, _rx2, _) = sessions.open();
-        let (three, _rx3, _) = sessions.open();
-        assert_eq!((one, two, three), (1, 2, 3));
-        // counters before a binding are ignored
-        sessions.update(one, AnnouncementUpdate::SmCounters(SmCounts::default()));
-        sessions.update(one, AnnouncementUpdate::Bound("a@x/1".into()));
+        let one = sessions.open();
+        let two = sessions.open();
+        let three = sessions.open();
+        assert_eq!((one.sid, two.sid, three.sid), (1, 2, 3));
+        sessions.update(one.sid, bound("a@x/1"));
         sessions.update(
-            one,
+            one.sid,
             AnnouncementUpdate::Presence {
                 available: true,
                 priority: 3,
             },
         );
+        let enabled = SmCounts {
+            handled: 1,
+            ..SmCounts::default()
+        };
         sessions.update(
-            one,
-            AnnouncementUpdate::StreamManagement {
-                id: "ID".into(),
-                max: 300,
-            },
+            one.sid,
+            AnnouncementUpdate::StreamManagement(sm("ID", 300, enabled)),
         );
+        assert_eq!(one.sm_counts.load(), enabled);
+        // what the driver stores in the session's slot is what is announced
         let counts = SmCounts {
             handled: 4,
             sent: 9,
             client_acked: 7,
             next_seq: 12,
         };
-        sessions.update(one, AnnouncementUpdate::SmCounters(counts));
-        sessions.update(three, AnnouncementUpdate::Bound("b@x/1".into()));
+        one.sm_counts.store(counts);
+        sessions.update(three.sid, bound("b@x/1"));
         // pool connection 1 of 2 carries the odd ids
-        let mut frames = sessions.announcements(1, 2);
-        frames.sort_by_key(|f| match f {
-            Frame::Announce { sid, .. } => *sid,
-            _ => 0,
-        });
         assert_eq!(
-            frames,
+            by_sid(sessions.announcements(1, 2)),
             vec![
                 Frame::Announce {
                     sid: 1,
@@ -280,14 +367,86 @@ mod tests {
         );
         assert_eq!(sessions.announcements(0, 2), vec![]);
         assert_eq!(sessions.unbound(0, 2), vec![2]);
-        sessions.close(one);
+        sessions.close(one.sid);
         assert_eq!(sessions.announcements(1, 2).len(), 1);
+    }
+
+    #[test]
+    fn a_resumed_binding_is_announced_whole_at_once() {
+        let sessions = Sessions::starting_at(0);
+        let s = sessions.open();
+        let resumed = SmCounts {
+            handled: 9,
+            sent: 3,
+            client_acked: 3,
+            next_seq: 0,
+        };
+        sessions.update(
+            s.sid,
+            AnnouncementUpdate::Bound {
+                jid: "a@x/phone".into(),
+                available: true,
+                priority: 2,
+                sm: Some(sm("P", 300, resumed)),
+            },
+        );
+        assert_eq!(
+            sessions.announcements(0, 1),
+            vec![Frame::Announce {
+                sid: s.sid,
+                jid: "a@x/phone".into(),
+                available: true,
+                priority: 2,
+                sm: Some(SmSnapshot {
+                    id: "P".into(),
+                    handled: 9,
+                    sent: 3,
+                    client_acked: 3,
+                    next_seq: 0,
+                    max: 300,
+                }),
+            }]
+        );
+    }
+
+    #[test]
+    fn counters_reported_while_sm_is_being_enabled_are_kept_and_announced_once_it_is_on() {
+        let sessions = Sessions::starting_at(0);
+        let s = sessions.open();
+        sessions.update(s.sid, bound("a@x/1"));
+        let enabling = SmCounts {
+            handled: 2,
+            ..SmCounts::default()
+        };
+        sessions.update(s.sid, AnnouncementUpdate::SmCounters(enabling));
+        assert_eq!(s.sm_counts.load(), enabling);
+        let [Frame::Announce { sm: None, .. }] = &sessions.announcements(0, 1)[..] else {
+            panic!("announced with SM before it is on");
+        };
+        sessions.update(
+            s.sid,
+            AnnouncementUpdate::StreamManagement(sm("ID", 60, enabling)),
+        );
+        let [
+            Frame::Announce {
+                sm: Some(snapshot), ..
+            },
+        ] = &sessions.announcements(0, 1)[..]
+        else {
+            panic!("not announced with SM");
+        };
+        assert_eq!((snapshot.handled, snapshot.max), (2, 60));
     }
 
     #[test]
     fn a_full_queue_kills_the_session_and_returns_the_frame() {
         let sessions = Sessions::starting_at(0);
-        let (sid, _rx, kill) = sessions.open();
+        let OpenSession {
+            sid,
+            kill,
+            frames: _frames,
+            ..
+        } = sessions.open();
         let frame = |n: u32| Frame::Handled { sid, h: n };
         for n in 0..SESSION_QUEUE as u32 {
             assert_eq!(sessions.dispatch(sid, frame(n)), Dispatch::Queued);

@@ -12,7 +12,9 @@
 //! - A CM is in the table while its latest registration's connection lives.
 //!   A registration under a node name already registered (the CM
 //!   reconnected) replaces the old one; the old connection's end is then
-//!   ignored. A server id another live CM holds is refused.
+//!   ignored. If it came back with another server id, its old one is
+//!   treated like a CM that left (below). A server id another live CM holds
+//!   is refused.
 //! - A CM whose connection ended leaves the table at once (no new
 //!   handshakes, its connections' packets are dropped), but it may just have
 //!   blinked: only if no CM registers its server id within
@@ -102,8 +104,6 @@ struct Member {
 /// The balancer's membership state (see the module docs).
 #[derive(Debug)]
 pub struct Membership {
-    /// [`DEPARTED_GRACE`] but in tests of the driver.
-    grace: Duration,
     members: HashMap<String, Member>,
     /// Nodes drained by the operator (registered or not).
     drained: HashSet<String>,
@@ -126,14 +126,7 @@ impl Default for Membership {
 impl Membership {
     /// No CM yet.
     pub fn new() -> Self {
-        Self::with_grace(DEPARTED_GRACE)
-    }
-
-    /// No CM yet, with another grace than [`DEPARTED_GRACE`] (to test
-    /// drivers in real time).
-    pub(crate) fn with_grace(grace: Duration) -> Self {
         Self {
-            grace,
             members: HashMap::new(),
             drained: HashSet::new(),
             next_registration: 0,
@@ -143,12 +136,13 @@ impl Membership {
         }
     }
 
-    /// A CM's registration arrived on a new control connection: the CM
-    /// joins (or replaces its earlier registration). Refused if another live
-    /// CM holds `server_id`.
+    /// A CM's registration arrived on a new control connection at `now`:
+    /// the CM joins (or replaces its earlier registration; a server id it
+    /// held before and no longer does gets the grace of a CM that left).
+    /// Refused if another live CM holds `server_id`.
     pub fn register(
         &mut self,
-        _now: Instant,
+        now: Instant,
         node: &str,
         server_id: Vec<u8>,
         addr: SocketAddr,
@@ -170,13 +164,21 @@ impl Membership {
                 server_id: server_id.clone(),
             });
         }
-        self.members.insert(
+        let replaced = self.members.insert(
             node.to_owned(),
             Member {
                 server_id: server_id.clone(),
                 registration,
             },
         );
+        if let Some(old) = replaced
+            && old.server_id != server_id
+        {
+            // Its connections under the old id are as good as a departed
+            // CM's: dropped for the grace, then reset.
+            self.leaving
+                .push_back((now + DEPARTED_GRACE, old.server_id));
+        }
         self.changes.push_back(Change::Join {
             node: node.to_owned(),
             server_id,
@@ -201,7 +203,8 @@ impl Membership {
         let Some(member) = self.members.remove(node) else {
             return false;
         };
-        self.leaving.push_back((now + self.grace, member.server_id));
+        self.leaving
+            .push_back((now + DEPARTED_GRACE, member.server_id));
         self.changes.push_back(Change::Leave {
             node: node.to_owned(),
         });
@@ -539,5 +542,49 @@ mod tests {
         assert_eq!(m.poll_timeout(), Some(t0 + DEPARTED_GRACE));
         m.handle_timeout(t0 + DEPARTED_GRACE);
         assert_eq!(changes(&mut m), [Change::Depart { server_id: sid(2) }]);
+    }
+
+    #[test]
+    fn a_cm_registering_again_under_another_server_id_gives_the_old_one_the_grace_of_a_cm_that_left()
+     {
+        let t0 = Instant::now();
+        let mut m = Membership::new();
+        let old = m.register(t0, "cm-1", sid(1), addr(9001)).unwrap();
+        changes(&mut m);
+        let t1 = t0 + Duration::from_secs(5);
+        m.register(t1, "cm-1", sid(7), addr(9001)).unwrap();
+        assert_eq!(changes(&mut m), [join("cm-1", 7, 9001, false)]);
+        assert_eq!(m.poll_timeout(), Some(t1 + DEPARTED_GRACE));
+        // the old registration's end changes nothing more
+        assert!(!m.connection_ended(t1, "cm-1", old));
+        m.handle_timeout(t1 + DEPARTED_GRACE - Duration::from_nanos(1));
+        assert_eq!(changes(&mut m), []);
+        m.handle_timeout(t1 + DEPARTED_GRACE);
+        assert_eq!(changes(&mut m), [Change::Depart { server_id: sid(1) }]);
+        assert_eq!(m.poll_timeout(), None);
+        // the old id is free for another CM, and is its own again
+        m.register(t1 + DEPARTED_GRACE, "cm-2", sid(1), addr(9002))
+            .unwrap();
+        assert_eq!(
+            changes(&mut m),
+            [
+                Change::Forget { server_id: sid(1) },
+                join("cm-2", 1, 9002, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cm_that_switches_server_ids_and_back_within_the_grace_keeps_its_clients() {
+        let t0 = Instant::now();
+        let mut m = Membership::new();
+        m.register(t0, "cm-1", sid(1), addr(9001)).unwrap();
+        m.register(t0, "cm-1", sid(7), addr(9001)).unwrap();
+        m.register(t0, "cm-1", sid(1), addr(9001)).unwrap();
+        changes(&mut m);
+        // sid 7 was held only for a moment: it departs; sid 1 is live
+        m.handle_timeout(t0 + DEPARTED_GRACE);
+        assert_eq!(changes(&mut m), [Change::Depart { server_id: sid(7) }]);
+        assert_eq!(m.poll_timeout(), None);
     }
 }

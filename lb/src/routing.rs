@@ -8,7 +8,7 @@
 //! released, so the table follows the state machine in order.
 //! [`Routing::run_timers`] is the thin driver of its deadlines: it sleeps
 //! until [`Membership::poll_timeout`] and then hands the state machine the
-//! time.
+//! time (tokio's clock throughout, so paused time in tests moves it).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -33,13 +33,9 @@ pub(crate) struct Routing {
 impl Routing {
     /// An empty table.
     pub(crate) fn new(balancer: Balancer, metrics: Arc<Metrics>) -> Self {
-        Self::with_membership(balancer, metrics, Membership::new())
-    }
-
-    fn with_membership(balancer: Balancer, metrics: Arc<Metrics>, membership: Membership) -> Self {
         Self {
             table: RwLock::new(balancer),
-            membership: Mutex::new(membership),
+            membership: Mutex::new(Membership::new()),
             metrics,
             deadline_moved: Notify::new(),
         }
@@ -66,7 +62,7 @@ impl Routing {
         addr: SocketAddr,
     ) -> Result<(RegistrationId, bool), Refused> {
         let mut membership = self.membership();
-        let registered = membership.register(Instant::now(), node, server_id, addr);
+        let registered = membership.register(now(), node, server_id, addr);
         let draining = membership.is_draining(node);
         self.apply(&mut membership);
         registered.map(|id| (id, draining))
@@ -76,7 +72,7 @@ impl Routing {
     /// the table (it had not registered again meanwhile).
     pub(crate) fn connection_ended(&self, node: &str, registration: RegistrationId) -> bool {
         let mut membership = self.membership();
-        let left = membership.connection_ended(Instant::now(), node, registration);
+        let left = membership.connection_ended(now(), node, registration);
         self.apply(&mut membership);
         left
     }
@@ -101,7 +97,7 @@ impl Routing {
             let deadline = self.membership().poll_timeout();
             let sleep = async {
                 match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -110,7 +106,7 @@ impl Routing {
                 _ = moved => {}
                 _ = sleep => {
                     let mut membership = self.membership();
-                    membership.handle_timeout(Instant::now());
+                    membership.handle_timeout(now());
                     self.apply(&mut membership);
                 }
             }
@@ -123,9 +119,16 @@ impl Routing {
 
     /// Applies every pending change to the table (called with the
     /// membership locked, so changes land in the order they were decided).
+    /// An input that changed nothing (a refused registration, the end of a
+    /// replaced one, draining an unknown node) takes no table lock and
+    /// wakes no timer: only a change can move a deadline.
     fn apply(&self, membership: &mut Membership) {
+        let Some(first) = membership.poll_change() else {
+            return;
+        };
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        while let Some(change) = membership.poll_change() {
+        let pending = std::iter::from_fn(|| membership.poll_change());
+        for change in std::iter::once(first).chain(pending) {
             match change {
                 Change::Join {
                     node,
@@ -168,6 +171,11 @@ impl Routing {
     }
 }
 
+/// The drivers' clock: tokio's, as the `std` instant [`Membership`] takes.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -176,6 +184,7 @@ mod tests {
 
     use super::*;
     use crate::balancer::{Decision, DropReason};
+    use crate::membership::DEPARTED_GRACE;
 
     fn config() -> LbConfig {
         LbConfig::new(0, 2, 6, Some([7u8; 16])).unwrap()
@@ -192,15 +201,27 @@ mod tests {
         routing.table().unwrap().route(datagram)
     }
 
-    #[tokio::test]
-    async fn the_driver_hands_a_departed_cms_clients_to_the_maglev_pick_after_the_grace() {
-        let grace = Duration::from_millis(200);
-        let metrics = Arc::new(Metrics::new());
-        let routing = Arc::new(Routing::with_membership(
+    fn routing(metrics: &Arc<Metrics>) -> Routing {
+        Routing::new(
             Balancer::new(vec![config()], 65_537).unwrap(),
             metrics.clone(),
-            Membership::with_grace(grace),
-        ));
+        )
+    }
+
+    /// Whether an input woke the timer task (a permit is waiting).
+    async fn timer_woken(routing: &Routing) -> bool {
+        tokio::time::timeout(Duration::ZERO, routing.deadline_moved.notified())
+            .await
+            .is_ok()
+    }
+
+    // Paused time: the driver must take the time from tokio's clock, or
+    // the deadline never passes for the state machine.
+    #[tokio::test(start_paused = true)]
+    async fn the_driver_hands_a_departed_cms_clients_to_the_maglev_pick_exactly_after_the_grace() {
+        let wall_clock = std::time::Instant::now();
+        let metrics = Arc::new(Metrics::new());
+        let routing = Arc::new(routing(&metrics));
         let shutdown = CancellationToken::new();
         let timers = tokio::spawn({
             let (routing, shutdown) = (routing.clone(), shutdown.clone());
@@ -217,25 +238,45 @@ mod tests {
             Decision::Forward { index: 0, addr: a }
         );
 
-        let left = Instant::now();
         assert!(routing.connection_ended("cm-1", r1));
         assert_eq!(metrics.backends.get(), 1);
+        let dropped = Decision::Drop(DropReason::UnknownServer);
+        assert_eq!(route(&routing, &short(&cid)), dropped);
+        // the driver was asleep with no deadline: the leave must wake it
+        tokio::time::sleep(DEPARTED_GRACE - Duration::from_millis(1)).await;
+        assert_eq!(route(&routing, &short(&cid)), dropped);
+        tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(
             route(&routing, &short(&cid)),
-            Decision::Drop(DropReason::UnknownServer)
+            Decision::Forward { index: 0, addr: b }
         );
-        // the driver was asleep with no deadline: the leave must wake it
-        let handed_over = loop {
-            if route(&routing, &short(&cid)) == (Decision::Forward { index: 0, addr: b }) {
-                break left.elapsed();
-            }
-            assert!(left.elapsed() < grace * 10, "never handed over");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        assert!(handed_over >= grace, "handed over after {handed_over:?}");
+        // on tokio's clock, not after spinning until the wall clock caught up
+        assert!(wall_clock.elapsed() < DEPARTED_GRACE);
 
         shutdown.cancel();
         timers.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_input_that_changes_nothing_leaves_the_table_and_the_timer_alone() {
+        let metrics = Arc::new(Metrics::new());
+        let routing = routing(&metrics);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9001));
+        let (old, _) = routing.register("cm-1", vec![0, 1], addr).unwrap();
+        assert!(timer_woken(&routing).await);
+        assert!(!timer_woken(&routing).await);
+        // a refused registration
+        assert!(routing.register("cm-2", vec![0, 1], addr).is_err());
+        assert!(!timer_woken(&routing).await);
+        // the end of a replaced registration
+        routing.register("cm-1", vec![0, 1], addr).unwrap();
+        assert!(timer_woken(&routing).await);
+        assert!(!routing.connection_ended("cm-1", old));
+        assert!(!timer_woken(&routing).await);
+        // draining a node that is not registered
+        assert!(!routing.set_draining("cm-9", true));
+        assert!(!timer_woken(&routing).await);
+        assert_eq!(metrics.membership_changes.get(), 2);
     }
 
     #[test]

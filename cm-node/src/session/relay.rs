@@ -67,10 +67,12 @@ impl AnnouncedPresence {
         }
     }
 
-    /// A resumed session has the presence its previous stream announced.
+    /// A resumed session has the presence its previous stream announced
+    /// (and the registry learns it with the binding).
     pub fn resumed(&mut self, available: bool, priority: i8) {
         self.available = available;
         self.priority = priority;
+        self.reported = (available, priority);
     }
 
     /// Availability and priority, if they changed since last taken.

@@ -14,7 +14,7 @@ use xmpp_stream::stanza::inspect;
 use xmpp_stream::{StanzaKind, StreamCondition, TopLevel, ns, stream};
 
 use super::output::{Output, StreamError};
-use super::{AnnouncementUpdate, SessionAction};
+use super::{AnnouncementUpdate, SessionAction, SmAnnouncement};
 
 /// A session's stream-management counters, as re-announced to the core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,6 +64,8 @@ impl SmState {
 
     /// State of a resumed session: the client acknowledged `client_h`, the
     /// server handled `handled`; replayed deliveries are numbered from 0.
+    /// Its counts count as taken: the caller announces them whole
+    /// ([`SmState::announcement`]).
     pub fn resumed(id: String, max: u32, handled: u32, client_h: u32) -> Self {
         Self {
             id,
@@ -76,16 +78,28 @@ impl SmState {
             },
             numbering: true,
             requested: false,
-            changed: true,
+            changed: false,
         }
     }
 
-    /// The core confirmed; deliveries are numbered from now on.
-    pub fn enabled(&mut self, id: String, max: u32) {
+    /// The core confirmed; deliveries are numbered from now on. Returns
+    /// what the registry announces from now on (the counts included, so
+    /// they count as taken).
+    pub fn enabled(&mut self, id: String, max: u32) -> SmAnnouncement {
         self.id = id;
         self.max = max;
         self.numbering = true;
-        self.changed = true;
+        self.changed = false;
+        self.announcement()
+    }
+
+    /// Id, resumption time and counters, as the registry announces them.
+    pub fn announcement(&self) -> SmAnnouncement {
+        SmAnnouncement {
+            id: self.id.clone(),
+            max: self.max,
+            counts: self.counts,
+        }
     }
 
     /// A stanza came from the client.
@@ -291,15 +305,19 @@ impl StreamManagement {
         for (_, payload) in self.csi.take() {
             out.write_stanza(payload);
         }
-        sm.enabled(id.clone(), max);
+        let announcement = sm.enabled(id, max);
         let max_s = max.to_string();
         let mut attrs = vec![];
-        if !id.is_empty() {
-            attrs = vec![("id", id.as_str()), ("resume", "true"), ("max", &max_s)];
+        if !announcement.id.is_empty() {
+            attrs = vec![
+                ("id", announcement.id.as_str()),
+                ("resume", "true"),
+                ("max", &max_s),
+            ];
         }
         out.write(stream::sm_element("enabled", &attrs));
         out.push(SessionAction::Announcement(
-            AnnouncementUpdate::StreamManagement { id, max },
+            AnnouncementUpdate::StreamManagement(announcement),
         ));
     }
 
@@ -308,22 +326,18 @@ impl StreamManagement {
         out.write(stream::sm_element("a", &[("h", &h.to_string())]));
     }
 
-    /// The session resumed SM id `previd` (see [`SmState::resumed`]).
+    /// The session resumed SM id `previd` (see [`SmState::resumed`]);
+    /// returns what the registry announces of it.
     pub fn resumed(
         &mut self,
         previd: String,
         max: u32,
         handled: u32,
         client_h: u32,
-        out: &mut Output,
-    ) {
-        out.push(SessionAction::Announcement(
-            AnnouncementUpdate::StreamManagement {
-                id: previd.clone(),
-                max,
-            },
-        ));
-        self.sm = Some(SmState::resumed(previd, max, handled, client_h));
+    ) -> SmAnnouncement {
+        self.sm
+            .insert(SmState::resumed(previd, max, handled, client_h))
+            .announcement()
     }
 
     /// After a burst of writes: asks the client to acknowledge them
@@ -403,14 +417,27 @@ mod tests {
         assert_eq!(sm.next_seq(), None);
         sm.count_out();
         assert_eq!(sm.take_changed(), None);
-        sm.enabled(String::new(), 0);
-        assert!(sm.take_changed().is_some());
+        // enabling announces the counts whole: they count as taken
+        sm.count_in();
+        let announced = sm.enabled("id".into(), 300);
+        assert_eq!(
+            announced,
+            SmAnnouncement {
+                id: "id".into(),
+                max: 300,
+                counts: SmCounts {
+                    handled: 3,
+                    ..SmCounts::default()
+                }
+            }
+        );
+        assert_eq!(sm.take_changed(), None);
         assert_eq!(sm.next_seq(), Some(0));
         sm.count_out();
         assert_eq!(
             sm.take_changed(),
             Some(SmCounts {
-                handled: 2,
+                handled: 3,
                 sent: 1,
                 client_acked: 0,
                 next_seq: 1

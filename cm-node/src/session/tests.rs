@@ -139,7 +139,12 @@ fn bind(s: &mut ClientSession) {
     });
     assert_eq!(
         announced(&a),
-        vec![AnnouncementUpdate::Bound("a@x/phone".into())]
+        vec![AnnouncementUpdate::Bound {
+            jid: "a@x/phone".into(),
+            available: false,
+            priority: 0,
+            sm: None,
+        }]
     );
     assert!(written(&a).contains("<jid>a@x/phone</jid>"));
 }
@@ -374,15 +379,14 @@ fn stream_management_counts_requests_and_checks_acks() {
         "{}",
         written(&a)
     );
+    // the counters come with it, not after it
     assert_eq!(
         announced(&a),
-        vec![
-            AnnouncementUpdate::StreamManagement {
-                id: "ID".into(),
-                max: 300
-            },
-            AnnouncementUpdate::SmCounters(SmCounts::default()),
-        ]
+        vec![AnnouncementUpdate::StreamManagement(SmAnnouncement {
+            id: "ID".into(),
+            max: 300,
+            counts: SmCounts::default(),
+        })]
     );
     // one batch of two deliveries: both written, then one <r/>
     s.on_core(Frame::Deliver {
@@ -490,8 +494,9 @@ fn inactive_clients_get_messages_at_once_and_the_latest_presence_later() {
     assert_eq!(written(&a), "<presence from='b@x/1'/>");
 }
 
-#[test]
-fn resume_instead_of_bind() {
+/// Authenticates, restarts the stream and asks to resume SM id `P` with
+/// the client's `h` = 3.
+fn resuming_session() -> ClientSession {
     let mut s = session();
     authenticate(&mut s);
     let a = s.data(HEADER);
@@ -506,7 +511,13 @@ fn resume_instead_of_bind() {
             h: 3
         }]
     );
-    let a = s.core(Frame::Resumed {
+    s
+}
+
+/// The core's answer to [`resuming_session`]: its `h` is 9, the previous
+/// stream was available with priority 2.
+fn resumed_frame() -> Frame {
+    Frame::Resumed {
         sid: 7,
         result: Ok(cm_protocol::Resumption {
             jid: "a@x/phone".into(),
@@ -515,42 +526,109 @@ fn resume_instead_of_bind() {
             priority: 2,
             max: 300,
         }),
-    });
+    }
+}
+
+#[test]
+fn an_accepted_resumption_is_announced_whole_and_counts_replays_from_the_clients_h() {
+    let mut s = resuming_session();
+    let a = s.core(resumed_frame());
     assert!(written(&a).contains("<resumed xmlns=\"urn:xmpp:sm:3\" previd=\"P\" h=\"9\"/>"));
+    // one update with the presence and SM counters resumed: nothing left at
+    // a placeholder for a later update to fill in
     assert_eq!(
         announced(&a),
-        vec![
-            AnnouncementUpdate::Bound("a@x/phone".into()),
-            AnnouncementUpdate::StreamManagement {
+        vec![AnnouncementUpdate::Bound {
+            jid: "a@x/phone".into(),
+            available: true,
+            priority: 2,
+            sm: Some(SmAnnouncement {
                 id: "P".into(),
-                max: 300
-            },
-            AnnouncementUpdate::Presence {
-                available: true,
-                priority: 2
-            },
-            AnnouncementUpdate::SmCounters(SmCounts {
-                handled: 9,
-                sent: 3,
-                client_acked: 3,
-                next_seq: 0
+                max: 300,
+                counts: SmCounts {
+                    handled: 9,
+                    sent: 3,
+                    client_acked: 3,
+                    next_seq: 0
+                },
             }),
-        ]
+        }]
     );
     // replayed deliveries are written and counted from the client's h
     assert!(written(&s.deliver("<message/>")).contains("<r "));
     let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='4'/>");
     assert_eq!(to_core(&a), vec![Frame::Acked { sid: 7, h: 4 }]);
-    // a refused resumption leaves the client free to bind
-    let mut s = session();
-    authenticate(&mut s);
-    s.data(HEADER);
-    s.data(b"<resume xmlns='urn:xmpp:sm:3' previd='P' h='3'/>");
+}
+
+#[test]
+fn a_resume_batch_with_a_replay_reaches_the_registry_with_its_counters_at_every_step() {
+    let mut s = resuming_session();
+    // the answer and the replay arrive in one batch
+    s.on_core(resumed_frame());
+    s.on_core(Frame::Deliver {
+        sid: 7,
+        payload: Bytes::from_static(b"<message id='m1'/>"),
+    });
+    s.on_core(Frame::Deliver {
+        sid: 7,
+        payload: Bytes::from_static(b"<message id='m2'/>"),
+    });
+    let a = s.poll_actions();
+    assert_eq!(
+        written(&a),
+        "<resumed xmlns=\"urn:xmpp:sm:3\" previd=\"P\" h=\"9\"/><message id='m1'/><message id='m2'/><r xmlns=\"urn:xmpp:sm:3\"/>"
+    );
+    // The registry, applying the updates in order, may re-announce the
+    // session between any two of them: each step must be the truth.
+    let registry = crate::sessions::Sessions::starting_at(6);
+    let opened = registry.open();
+    assert_eq!(opened.sid, 7);
+    let announce = |registry: &crate::sessions::Sessions| match &registry.announcements(0, 1)[..] {
+        [
+            Frame::Announce {
+                jid,
+                available,
+                priority,
+                sm: Some(sm),
+                ..
+            },
+        ] => (jid.clone(), *available, *priority, sm.clone()),
+        other => panic!("{other:?}"),
+    };
+    let updates = announced(&a);
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    let mut steps = Vec::new();
+    for update in updates {
+        registry.update(7, update);
+        steps.push(announce(&registry));
+    }
+    let snapshot = |sent, next_seq| cm_protocol::SmSnapshot {
+        id: "P".into(),
+        handled: 9,
+        sent,
+        client_acked: 3,
+        next_seq,
+        max: 300,
+    };
+    let jid = String::from("a@x/phone");
+    assert_eq!(
+        steps,
+        vec![
+            (jid.clone(), true, 2, snapshot(3, 0)),
+            (jid, true, 2, snapshot(5, 2)),
+        ]
+    );
+}
+
+#[test]
+fn a_refused_resumption_leaves_the_client_free_to_bind() {
+    let mut s = resuming_session();
     let a = s.core(Frame::Resumed {
         sid: 7,
         result: Err("item-not-found".into()),
     });
     assert!(written(&a).contains("<failed xmlns=\"urn:xmpp:sm:3\"><item-not-found"));
+    assert_eq!(announced(&a), vec![]);
     let a = s.data(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
     assert!(matches!(&to_core(&a)[..], [Frame::Bind { .. }]));
 }
@@ -587,7 +665,7 @@ fn registration_is_offered_and_relayed_where_the_core_offers_it() {
 }
 
 #[test]
-fn features_wait_for_the_core_offer_and_reading_pauses_meanwhile() {
+fn features_wait_for_the_core_offer_and_what_the_client_sent_meanwhile_is_handled_after_it() {
     let t0 = Instant::now();
     let mut s = session_at(t0, None, 1);
     // a client that sends its header and its <auth/> at once
@@ -601,7 +679,6 @@ fn features_wait_for_the_core_offer_and_reading_pauses_meanwhile() {
     assert!(!text.contains("features"), "{text}");
     assert!(to_core(&a).is_empty());
     assert!(s.awaits_core_offer());
-    assert!(!s.wants_read());
     s.on_core_offer(offer(true));
     let a = s.poll_actions();
     let text = written(&a);
@@ -614,6 +691,27 @@ fn features_wait_for_the_core_offer_and_reading_pauses_meanwhile() {
         matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, .. }] if mechanism == "PLAIN")
     );
     assert!(!s.awaits_core_offer());
+    assert!(s.wants_read());
+}
+
+#[test]
+fn while_the_features_wait_reading_goes_on_up_to_one_stanzas_worth() {
+    let t0 = Instant::now();
+    let mut s = session_at(t0, None, 1);
+    s.on_data(t0, HEADER);
+    s.poll_actions();
+    assert!(s.awaits_core_offer());
+    // reading goes on (so the driver notices a client that leaves)...
+    assert!(s.wants_read());
+    let limit = Limits::default().max_stanza_bytes;
+    s.on_data(t0, &vec![b' '; limit - 1]);
+    assert!(s.wants_read());
+    assert_eq!(s.poll_actions(), vec![]);
+    // ...but nothing is parsed meanwhile: past one stanza's worth it stops
+    s.on_data(t0, b" ");
+    assert!(!s.wants_read());
+    s.on_core_offer(offer(false));
+    assert!(written(&s.poll_actions()).starts_with("<stream:features>"));
     assert!(s.wants_read());
 }
 

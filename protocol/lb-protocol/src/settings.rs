@@ -63,16 +63,14 @@ impl QuicLbSettings {
         LbConfig::new(self.config_id, self.server_id_len, self.nonce_len, key)
     }
 
-    /// A server id as the octets carried in CIDs (big-endian, `server_id_len` long).
+    /// A server id as the octets carried in CIDs (big-endian,
+    /// `server_id_len` long); `None` if it does not fit (or the length is
+    /// over 8 octets).
     pub fn server_id_bytes(&self, server_id: u64) -> Option<Vec<u8>> {
         let bytes = server_id.to_be_bytes();
-        let len = self.server_id_len.min(8);
-        if self.server_id_len > 8 || bytes[..8 - len].iter().any(|b| *b != 0) {
-            return None;
-        }
-        let mut out = vec![0u8; self.server_id_len - len];
-        out.extend_from_slice(&bytes[8 - len..]);
-        Some(out)
+        let unused = bytes.len().checked_sub(self.server_id_len)?;
+        let (high, low) = bytes.split_at(unused);
+        high.iter().all(|b| *b == 0).then(|| low.to_vec())
     }
 }
 
@@ -96,7 +94,14 @@ mod tests {
     fn server_ids_are_big_endian_and_must_fit() {
         let s = QuicLbSettings::default();
         assert_eq!(s.server_id_bytes(0x0107), Some(vec![1, 7]));
+        assert_eq!(s.server_id_bytes(0xffff), Some(vec![0xff, 0xff]));
         assert_eq!(s.server_id_bytes(0x1_0000), None);
+        let full = QuicLbSettings {
+            server_id_len: 8,
+            ..s.clone()
+        };
+        assert_eq!(full.server_id_bytes(u64::MAX), Some(vec![0xff; 8]));
+        assert_eq!(full.server_id_bytes(3), Some(vec![0, 0, 0, 0, 0, 0, 0, 3]));
         let wide = QuicLbSettings {
             server_id_len: 10,
             ..s.clone()

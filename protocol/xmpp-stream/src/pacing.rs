@@ -7,9 +7,10 @@
 //!   sender and a flooding client cannot starve the others); the core
 //!   limits in-band registrations with it.
 //! - [`Backoff`]: the jittered exponential backoff between reconnection
-//!   attempts, for phones (the client SDK) and for the cluster's own links
-//!   (CM to core, CM to balancer), so a fleet that lost a peer does not come
-//!   back in one wave.
+//!   attempts, for phones (the client SDK: the first retry at once) and for
+//!   the cluster's own links (CM to core, CM to balancer: the first retry
+//!   too after a random part of the first step), so a fleet that lost a peer
+//!   does not come back in one wave.
 
 use std::time::{Duration, Instant};
 
@@ -64,37 +65,71 @@ impl TokenBucket {
     }
 }
 
-/// A reconnection schedule: attempt 0 at once (whoever just lost a link
-/// wants it back), then attempt `n` after `min(base × 2^(n-1), cap)`, scaled
-/// by a random factor in 0.5–1.
+/// A reconnection schedule: attempt `n ≥ 1` after `min(base × 2^(n-1),
+/// cap)`, scaled by a random factor in 0.5–1; attempt 0 (the first retry
+/// after a loss) either at once ([`Backoff::new`]: whoever just lost a link
+/// wants it back) or after a uniformly random part of `base`
+/// ([`Backoff::spread`]: peers that lost the same link together, such as
+/// servers whose core restarted, come back spread over `base`, not in one
+/// wave).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     base: Duration,
     cap: Duration,
+    /// Attempt 0 waits 0..base instead of nothing.
+    spread_first: bool,
 }
 
 impl Backoff {
-    /// Delays doubling from `base` (before the second attempt) to `cap`.
+    /// Delays doubling from `base` (before the second attempt) to `cap`;
+    /// the first attempt at once.
     pub const fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap }
+        Self {
+            base,
+            cap,
+            spread_first: false,
+        }
+    }
+
+    /// Like [`Backoff::new`], but the first attempt too waits: a uniformly
+    /// random delay in 0..`base`.
+    pub const fn spread(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            spread_first: true,
+        }
+    }
+
+    /// The longest delay.
+    pub const fn cap(&self) -> Duration {
+        self.cap
     }
 
     /// The delay before attempt `attempt` (0: the first), before jitter.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        if attempt == 0 {
-            return Duration::ZERO;
+        match attempt {
+            0 if self.spread_first => self.base.min(self.cap),
+            0 => Duration::ZERO,
+            _ => self
+                .base
+                .saturating_mul(1u32 << (attempt - 1).min(20))
+                .min(self.cap),
         }
-        self.base
-            .saturating_mul(1u32 << (attempt - 1).min(20))
-            .min(self.cap)
     }
 
-    /// The delay before attempt `attempt`: its ceiling times `0.5 + jitter /
-    /// 2`, where `jitter` is a uniform random number in [0, 1] drawn by the
-    /// caller (values outside are clamped).
+    /// The delay before attempt `attempt`, where `jitter` is a uniform
+    /// random number in [0, 1] drawn by the caller (values outside are
+    /// clamped): the ceiling times `jitter` for a spread first attempt,
+    /// otherwise times `0.5 + jitter / 2`.
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        self.ceiling(attempt)
-            .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+        let jitter = jitter.clamp(0.0, 1.0);
+        let factor = if attempt == 0 {
+            jitter
+        } else {
+            0.5 + jitter / 2.0
+        };
+        self.ceiling(attempt).mul_f64(factor)
     }
 }
 
@@ -115,6 +150,26 @@ mod tests {
         assert_eq!(b.delay(1, 1.0), Duration::from_millis(200));
         assert_eq!(b.delay(2, 0.5), Duration::from_millis(300));
         assert_eq!(b.delay(2, 7.0), Duration::from_millis(400), "clamped");
+        assert_eq!(b.cap(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_spread_backoff_waits_a_random_part_of_the_base_before_the_first_attempt() {
+        let b = Backoff::spread(Duration::from_millis(200), Duration::from_secs(30));
+        assert_eq!(b.ceiling(0), Duration::from_millis(200));
+        assert_eq!(b.delay(0, 0.0), Duration::ZERO);
+        assert_eq!(b.delay(0, 0.25), Duration::from_millis(50));
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(200));
+        assert_eq!(b.delay(0, -3.0), Duration::ZERO, "clamped");
+        // the rest of the schedule is the same as without the spread
+        let at_once = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        for attempt in 1..12 {
+            assert_eq!(b.ceiling(attempt), at_once.ceiling(attempt));
+            assert_eq!(b.delay(attempt, 0.3), at_once.delay(attempt, 0.3));
+        }
+        // a base above the cap is capped for the first attempt too
+        let tight = Backoff::spread(Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(tight.delay(0, 1.0), Duration::from_secs(1));
     }
 
     #[test]
