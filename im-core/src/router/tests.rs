@@ -1243,10 +1243,30 @@ fn a_private_message_is_archived_with_forged_ids_stripped_and_not_copied() {
     assert_eq!(&entries[0].payload[..], delivered.as_bytes());
 }
 
+/// `original` with the `<stanza-id/>` of archive id `id` by `by` appended,
+/// as the core stamps a message it keeps the bytes of.
+fn with_stanza_id(original: &str, id: &str, by: &str) -> String {
+    let end = original.rfind("</").unwrap();
+    format!(
+        "{}<stanza-id xmlns=\"urn:xmpp:sid:0\" id=\"{id}\" by=\"{by}\"/>{}",
+        &original[..end],
+        &original[end..]
+    )
+}
+
+/// The archive entries among `acts` (one `Archive` action expected).
+fn archived(acts: &[Action]) -> &[crate::storage::ArchiveEntry] {
+    match acts.iter().find(|a| matches!(a, Action::Archive { .. })) {
+        Some(Action::Archive { entries, .. }) => entries,
+        _ => panic!("not archived: {acts:?}"),
+    }
+}
+
 #[test]
-fn a_chat_with_a_hint_is_archived_and_copied_from_one_parse() {
+fn a_chat_with_a_hint_is_delivered_as_it_came_stamped_and_its_copy_embeds_those_bytes() {
     let mut r = router();
     carbons_trio(&mut r);
+    let original = "<message to='alice@x/phone' type='chat'><body>hi</body><store xmlns='urn:xmpp:hints'/></message>";
     let acts = stanza(
         &mut r,
         2,
@@ -1257,25 +1277,116 @@ fn a_chat_with_a_hint_is_archived_and_copied_from_one_parse() {
             Some("alice@x/phone"),
             Some("chat"),
         ),
-        "<message to='alice@x/phone' type='chat'><body>hi</body><store xmlns='urn:xmpp:hints'/></message>",
+        original,
     );
-    let Some(Action::Archive { entries, .. }) =
-        acts.iter().find(|a| matches!(a, Action::Archive { .. }))
-    else {
-        panic!("{acts:?}")
-    };
+    let entries = archived(&acts);
     let d = deliveries(&acts);
     assert_eq!(d.len(), 2, "{d:?}");
     assert_eq!(d[0].0, (1, 10));
+    // the tree only read it: the bytes are the client's, the stamp appended
+    let stamped = with_stanza_id(original, &entries[0].id, "alice@x");
+    assert_eq!(d[0].1, stamped);
     assert_eq!(d[0].1.as_bytes(), &entries[0].payload[..]);
     // the desk gets a "received" copy of the stamped message
     assert_eq!(d[1].0, (1, 11));
+    let start_tag = "<message to='alice@x/phone' type='chat'>".len();
     assert!(
-        d[1].1.contains("<received xmlns=\"urn:xmpp:carbons:2\">"),
+        d[1].1.contains(&format!(
+            "<received xmlns=\"urn:xmpp:carbons:2\"><forwarded xmlns=\"urn:xmpp:forward:0\"><message to=\"alice@x/phone\" type=\"chat\" xmlns=\"jabber:client\">{}</forwarded>",
+            &stamped[start_tag..]
+        )),
         "{}",
         d[1].1
     );
-    assert!(d[1].1.contains(&d[0].1), "{}", d[1].1);
+}
+
+#[test]
+fn a_plain_chat_is_stamped_in_its_bytes_and_its_carbon_embeds_exactly_them() {
+    // the common case: archive and carbons on, a body, no hint or id
+    let mut r = router();
+    carbons_trio(&mut r);
+    let original = "<message to='bob@x' type='chat' id='m1'><body>hi</body></message>";
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        original,
+    );
+    let entries = archived(&acts);
+    let stamped = with_stanza_id(original, &entries[0].id, "bob@x");
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[0], ((2, 20), stamped.clone()));
+    assert!(entries.iter().all(|e| e.payload == stamped.as_bytes()));
+    // the sent copy: the start tag with its namespace declared, then the
+    // stamped bytes after their start tag, byte for byte
+    let start_tag = "<message to='bob@x' type='chat' id='m1'>".len();
+    assert_eq!(d[1].0, (1, 11));
+    assert_eq!(
+        d[1].1,
+        format!(
+            "<message xmlns=\"jabber:client\" from=\"alice@x\" to=\"alice@x/desk\" type=\"chat\"><sent xmlns=\"urn:xmpp:carbons:2\"><forwarded xmlns=\"urn:xmpp:forward:0\"><message to=\"bob@x\" type=\"chat\" id=\"m1\" xmlns=\"jabber:client\">{}</forwarded></sent></message>",
+            &stamped[start_tag..]
+        )
+    );
+}
+
+#[test]
+fn a_message_with_an_origin_id_is_delivered_and_archived_as_it_came_with_the_stanza_id_appended() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    // names the stanza-id namespace, so the tree reads it; nothing to strip
+    let original = "<message xmlns:p='urn:p' p:x='1' to='bob@x' type='chat'><body>hi</body><origin-id xmlns='urn:xmpp:sid:0' id='o1'/></message>";
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        original,
+    );
+    let entries = archived(&acts);
+    let stamped = with_stanza_id(original, &entries[0].id, "bob@x");
+    assert_eq!(deliveries(&acts), vec![((2, 20), stamped.clone())]);
+    assert!(entries.iter().all(|e| e.payload == stamped.as_bytes()));
+}
+
+#[test]
+fn a_message_rewritten_to_strip_a_forged_id_keeps_its_prefix_declarations() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message xmlns:p='urn:p' p:x='1' to='bob@x' type='chat'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='bob@x'/><x xmlns='urn:x' p:y='2'/></message>",
+    );
+    let entries = archived(&acts);
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    let delivered = &d[0].1;
+    assert!(!delivered.contains("forged"), "{delivered}");
+    assert_eq!(&entries[0].payload[..], delivered.as_bytes());
+    // namespace-well-formed (every prefix declared), for the recipient and
+    // for the copy alike
+    for (_, stanza) in &d {
+        if let Err(e) = Element::parse(stanza.as_bytes(), ns::CLIENT) {
+            panic!("{e:?}: {stanza}");
+        }
+    }
+    let message = Element::parse(delivered.as_bytes(), ns::CLIENT).unwrap();
+    assert_eq!(message.attr("p:x"), Some("1"));
+    assert_eq!(message.prefixes, [("p".to_owned(), "urn:p".to_owned())]);
+    assert_eq!(message.child("x", "urn:x").unwrap().attr("p:y"), Some("2"));
 }
 
 #[test]
