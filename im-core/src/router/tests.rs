@@ -1457,6 +1457,97 @@ fn a_session_flooding_control_frames_while_its_roster_loads_is_ended_once_and_it
 }
 
 #[test]
+fn a_message_bounced_after_its_session_went_over_the_roster_wait_bound_goes_offline() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    // alice asks carol (no session, roster not loaded): her frames wait for it
+    let acts = r.step(Input::Frame {
+        node: 1,
+        frame: Frame::Stanza {
+            sid: 10,
+            header: header(
+                Kind::Presence,
+                "alice@x/phone",
+                Some("carol@x"),
+                Some("subscribe"),
+            ),
+            payload: Bytes::from_static(b"<presence to='carol@x' type='subscribe'/>"),
+        },
+    });
+    assert_eq!(
+        acts,
+        vec![Action::LoadRoster {
+            user: "carol@x".into()
+        }]
+    );
+    // and go over the bound: her session is ended
+    let mut kicked = false;
+    for _ in 0..super::roster_cache::MAX_DEFERRED {
+        let acts = r.step(Input::Frame {
+            node: 1,
+            frame: Frame::AckRequest { sid: 10 },
+        });
+        kicked |= acts.iter().any(|a| {
+            matches!(a, Action::Send { frame: Frame::Kick { sid: 10, condition }, .. } if condition == "policy-violation")
+        });
+    }
+    assert!(kicked);
+    // bob writes to her meanwhile; her CM, ending the session, bounces it
+    let message = "<message to='alice@x/phone' type='chat'><body>hi</body></message>";
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        message,
+    );
+    let [((1, 10), delivered)] = &deliveries(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    let payload = Bytes::from(delivered.clone());
+    for frame in [
+        Frame::Bounce {
+            sid: 10,
+            to: "alice@x/phone".into(),
+            payload: payload.clone(),
+        },
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: false,
+        },
+    ] {
+        let acts = r.step(Input::Frame { node: 1, frame });
+        assert!(acts.is_empty(), "waits in order: {acts:?}");
+    }
+    let acts = r.step(Input::RosterLoaded {
+        user: "carol@x".into(),
+        roster: Some(Roster::default()),
+    });
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::StoreOffline { user, payload: p, .. } if user == "alice" && *p == payload
+        )),
+        "the bounced message is stored for alice: {acts:?}"
+    );
+    assert!(r.table().full("alice@x", "phone").is_none());
+}
+
+#[test]
 fn stanza_bytes_waiting_for_a_roster_are_bounded() {
     let mut r = router();
     let bind = Frame::Bind {
