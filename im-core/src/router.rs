@@ -56,6 +56,12 @@ use roster_cache::{RosterCache, roster_for};
 use sm_sessions::{Incoming, Origin, SmSessions};
 pub(crate) use stream_management::storable_message;
 
+/// Capacity of the action queue past which, once drained, it gives memory
+/// back (a burst, such as a big CM's departure, can queue millions).
+const ACTIONS_SHRINK_ABOVE: usize = 64 * 1024;
+/// Capacity a drained action queue keeps when it gives memory back.
+const ACTIONS_KEPT: usize = 1024;
+
 /// Something the driver must do (see [`Router::poll_action`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -239,7 +245,8 @@ pub struct Router {
     domain: String,
     table: RoutingTable,
     /// Actions not yet taken by the driver (it takes all of them after
-    /// every input, so this holds what one input produced).
+    /// every input, so this holds what one input produced; its memory is
+    /// given back once a burst drained, see [`ACTIONS_SHRINK_ABOVE`]).
     out: VecDeque<Action>,
     /// Names of resources the server picks.
     resources: ResourceNames,
@@ -359,7 +366,11 @@ impl Router {
     /// The next action to carry out, in order; take them all after every
     /// input.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.out.pop_front()
+        let action = self.out.pop_front();
+        if action.is_none() && self.out.capacity() > ACTIONS_SHRINK_ABOVE {
+            self.out.shrink_to(ACTIONS_KEPT);
+        }
+        action
     }
 
     /// A Deliver for an SM session could not be handed to its CM link at

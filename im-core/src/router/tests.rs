@@ -1586,3 +1586,36 @@ fn stanza_bytes_waiting_for_a_roster_are_bounded() {
     // 1 MiB holds 17 of these 60 KiB messages; the 18th goes over
     assert_eq!(kicked_after, Some(18));
 }
+
+#[test]
+fn the_action_queue_gives_memory_back_once_a_burst_drained() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    // one input, 100 000 actions: an archive query's answer
+    let burst = 100_000;
+    r.handle(
+        Input::Replies {
+            to: (1, 10),
+            payloads: vec![Bytes::from_static(b"<message/>"); burst],
+        },
+        t0(),
+    );
+    assert!(r.out.capacity() >= burst);
+    assert_eq!(r.drain().len(), burst);
+    assert!(
+        r.out.capacity() <= 2 * super::ACTIONS_KEPT,
+        "{}",
+        r.out.capacity()
+    );
+    // a small queue keeps its memory
+    r.handle(
+        Input::Replies {
+            to: (1, 10),
+            payloads: vec![Bytes::from_static(b"<message/>"); 5000],
+        },
+        t0(),
+    );
+    let kept = r.out.capacity();
+    r.drain();
+    assert_eq!(r.out.capacity(), kept);
+}
