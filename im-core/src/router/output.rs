@@ -7,8 +7,7 @@ use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
 use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
-use super::sm_sessions::Delivery;
-use super::stream_management::Tracking;
+use super::sm_sessions::{Admission, Delivery};
 use super::{Action, Bounce, Router};
 use crate::address;
 use crate::routing::{NodeId, SessionAddr};
@@ -88,16 +87,19 @@ impl Router {
         delivery: Delivery,
     ) {
         match self.track((node, sid), &payload, delivery) {
-            Tracking::Send => {
+            Admission::Untracked | Admission::Send => {
                 self.stats.delivered += 1;
                 self.send(node, Frame::Deliver { sid, payload });
             }
-            // kept for the resumption, or stored behind older stored messages
-            Tracking::Held | Tracking::Spilled => {}
+            // kept for the resumption, stored behind older stored messages,
+            // or dropped (a copy for a client far behind)
+            Admission::Held | Admission::Dropped | Admission::Spill { .. } => {}
         }
     }
 
-    /// Stores a chat or normal message its session's ledger cannot take.
+    /// Stores a chat or normal message its session cannot take (its ledger
+    /// is full or behind stored messages, or its link failed); nobody is
+    /// answered if storing fails.
     pub(super) fn store_spilled(&mut self, user: String, payload: Bytes) {
         let bounce = Bounce {
             sender: String::new(),

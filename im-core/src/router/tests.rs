@@ -1119,7 +1119,11 @@ fn a_failed_delivery_kicks_before_the_rest_of_the_input_is_carried_out() {
         ),
         "{first:?}"
     );
-    r.delivery_failed((1, 10), t0());
+    r.delivery_failed(
+        (1, 10),
+        Bytes::from_static(b"<presence to='alice@x/phone'/>"),
+        t0(),
+    );
     let next = r.poll_action();
     assert!(
         matches!(&next, Some(Action::Send { frame: Frame::Kick { sid: 10, condition }, .. }) if condition == "connection-timeout"),
@@ -1135,6 +1139,70 @@ fn a_failed_delivery_kicks_before_the_rest_of_the_input_is_carried_out() {
         })
     ));
     assert_eq!(r.poll_action(), None);
+}
+
+#[test]
+fn a_failed_delivery_to_a_session_without_sm_stores_a_chat_or_normal_message_first() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    // an action of the input being carried out waits behind
+    r.emit(Action::LoadRoster {
+        user: "carol@x".into(),
+    });
+    let chat = Bytes::from_static(b"<message type='chat'><body>hi</body></message>");
+    r.delivery_failed((1, 10), chat.clone(), t0());
+    assert_eq!(
+        r.poll_action(),
+        Some(Action::StoreOffline {
+            user: "alice".into(),
+            payload: chat,
+            bounce: super::Bounce {
+                sender: String::new(),
+                to: String::new(),
+                id: None,
+            },
+            origin: None,
+        })
+    );
+    assert!(matches!(r.poll_action(), Some(Action::LoadRoster { .. })));
+    assert_eq!(r.stats().offline_stored, 1);
+    // a normal message (no type) too; the session stays bound
+    let normal = Bytes::from_static(b"<message><body>hi</body></message>");
+    r.delivery_failed((1, 10), normal, t0());
+    assert!(matches!(
+        &r.drain()[..],
+        [Action::StoreOffline { user, .. }] if user == "alice"
+    ));
+    assert!(r.table().full("alice@x", "phone").is_some());
+    // anything else is lost, as on a broken stream
+    for other in [
+        &b"<message type='headline'><body>hi</body></message>"[..],
+        b"<message type='error'/>",
+        b"<presence/>",
+        b"<iq type='result' id='1'/>",
+        b"<message",
+    ] {
+        r.delivery_failed((2, 20), Bytes::from_static(other), t0());
+        assert_eq!(r.drain(), vec![], "{}", String::from_utf8_lossy(other));
+    }
+    // a session no longer bound: nobody to store for
+    r.delivery_failed((9, 90), Bytes::from_static(b"<message/>"), t0());
+    assert_eq!(r.drain(), vec![]);
+}
+
+#[test]
+fn a_failed_delivery_to_a_detached_sm_session_does_nothing_more() {
+    let mut r = router();
+    sm_pair(&mut r);
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.sm_counts(), (1, 1));
+    let chat = Bytes::from_static(b"<message type='chat'><body>hi</body></message>");
+    r.delivery_failed((1, 10), chat, t0() + Duration::from_secs(1));
+    // its ledger keeps the stanza: neither stored nor kicked again, and
+    // the deadline stays the first detach's
+    assert_eq!(r.drain(), vec![]);
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
 }
 
 /// Alice on phone (1, 10) and desk (1, 11, carbons on), Bob on pc (2, 20),
