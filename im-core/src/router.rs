@@ -313,7 +313,11 @@ impl Router {
     }
 
     /// Handles one event that happened at `now`; its actions wait in
-    /// [`Router::poll_action`].
+    /// [`Router::poll_action`]. It expires nothing: an input is handled
+    /// before deadlines due at the same instant or earlier that
+    /// [`Router::handle_timeout`] has not reached yet, so a `Resume` just
+    /// after its session's deadline can still win (as it could within the
+    /// old one-second tick).
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::NodeGone { node } => self.node_gone(node, now),
@@ -389,6 +393,9 @@ impl Router {
         self.out.rotate_right(new);
     }
 
+    /// A frame from a CM's session: it waits behind that session's frames
+    /// still waiting for a roster (or for a roster it needs itself), else
+    /// it is handled now.
     fn frame(&mut self, node: NodeId, frame: Frame, now: Instant) {
         // Frames wait, in order, for rosters not loaded yet.
         if let Some(sid) = frame.sid()

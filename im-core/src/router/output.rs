@@ -13,6 +13,8 @@ use crate::address;
 use crate::routing::{NodeId, SessionAddr};
 
 impl Router {
+    /// Answers the stanza `header` describes, from the sender's session,
+    /// with a stanza error (from whom it was addressed to, or the server).
     pub(super) fn reply_error(
         &mut self,
         node: NodeId,
@@ -38,6 +40,8 @@ impl Router {
         self.deliver((node, sid), reply);
     }
 
+    /// Sends a stanza error to the session of full JID `to_full`, if bound,
+    /// as if from `from` (answering a stanza that turned out undeliverable).
     pub(super) fn error_to(
         &mut self,
         to_full: &str,
@@ -80,6 +84,8 @@ impl Router {
         self.deliver_as(addr, payload, Delivery::Copy)
     }
 
+    /// Delivers a stanza as what it is (see [`Delivery`]): through the
+    /// session's SM ledger first, which may hold, store or drop it.
     pub(super) fn deliver_as(
         &mut self,
         (node, sid): SessionAddr,
@@ -132,10 +138,12 @@ impl Router {
         origin
     }
 
+    /// Sends a frame to a node (not recorded in any ledger).
     pub(super) fn send(&mut self, node: NodeId, frame: Frame) {
         self.emit(Action::Send { node, frame });
     }
 
+    /// Queues an action for the driver ([`Router::poll_action`]).
     pub(super) fn emit(&mut self, action: Action) {
         self.out.push_back(action);
     }

@@ -37,6 +37,9 @@ impl Router {
         }
     }
 
+    /// The client acknowledged `h` stanzas (`<a h/>`): its ledger drops
+    /// them; a ledger that drained enough flushes stored messages, and a
+    /// client claiming more than it was sent is ended.
     fn acked(&mut self, (node, sid): SessionAddr, h: u32) {
         let Some(acked) = self.sessions.acked((node, sid), h) else {
             return;
@@ -88,6 +91,8 @@ impl Router {
         }
     }
 
+    /// Ends a session's stream so that its client resumes (XEP-0198 §5),
+    /// realigning what it received with its ledger.
     pub(super) fn kick_to_resume(&mut self, addr: SessionAddr) {
         self.kick(addr, StreamCondition::ConnectionTimeout);
     }
@@ -135,6 +140,8 @@ impl Router {
         }
     }
 
+    /// `<enable/>` from a bound session: its ledger starts, and the CM is
+    /// told the SM id and the resumption time granted.
     fn sm_enable(&mut self, node: NodeId, sid: SessionId, resume: bool, max: u32) {
         let Some(full) = self.table.jid_of(node, sid) else {
             return;
@@ -236,6 +243,9 @@ impl Router {
         }
     }
 
+    /// Moves the SM session `previd` of `user` to the stream (`node`,
+    /// `sid`): what to tell the client and the stanzas to send again, or
+    /// why it cannot resume.
     fn try_resume(
         &mut self,
         node: NodeId,

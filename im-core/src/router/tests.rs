@@ -1062,6 +1062,131 @@ fn resuming_cancels_the_deadline_and_a_new_detach_sets_a_fresh_one() {
 }
 
 #[test]
+fn a_new_session_taking_a_detached_sessions_jid_removes_its_deadline() {
+    let mut r = router();
+    sm_pair(&mut r);
+    chat(&mut r, "m1");
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    // alice binds phone again on another CM instead of resuming: conflict
+    let acts = r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::Bind {
+                sid: 20,
+                user: "alice@x".into(),
+                iq_id: "b".into(),
+                resource: Some("phone".into()),
+            },
+        },
+        t0() + Duration::from_secs(10),
+    );
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Send { node: 1, frame: Frame::Kick { sid: 10, condition } } if condition == "conflict")),
+        "{acts:?}"
+    );
+    // what it never acknowledged is handed on at once (no session of
+    // alice's is available: stored)
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::StoreOffline { user, .. } if user == "alice")),
+        "{acts:?}"
+    );
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.poll_timeout(), None);
+    assert!(r.timeout(t0() + Duration::from_secs(60)).is_empty());
+    assert_eq!(r.stats().sm_expired, 0);
+}
+
+#[test]
+fn a_lost_pool_connection_starts_its_sm_sessions_deadlines() {
+    let mut r = router();
+    sm_pair(&mut r); // alice (1, 10): connection 10 % 2 = 0, 60 s
+    let lost_at = t0() + Duration::from_secs(7);
+    r.run_at(
+        Input::LinkLost {
+            node: 1,
+            index: 0,
+            pool_size: 2,
+        },
+        lost_at,
+    );
+    let deadline = lost_at + Duration::from_secs(60);
+    assert_eq!(r.poll_timeout(), Some(deadline));
+    assert!(r.timeout(deadline - Duration::from_nanos(1)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 1));
+    r.timeout(deadline);
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.stats().sm_expired, 1);
+}
+
+#[test]
+fn a_resume_handled_before_the_due_expiry_still_wins() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    chat(&mut r, "m1");
+    drop_alice_at(&mut r, t0());
+    let deadline = t0() + Duration::from_secs(60);
+    // the resume arrives just after the deadline, before handle_timeout
+    let acts = r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::Resume {
+                sid: 20,
+                user: "alice@x".into(),
+                previd: id,
+                h: 0,
+            },
+        },
+        deadline + Duration::from_millis(1),
+    );
+    assert!(
+        matches!(
+            &acts[0],
+            Action::Send {
+                frame: Frame::Resumed { result: Ok(_), .. },
+                ..
+            }
+        ),
+        "{acts:?}"
+    );
+    assert_eq!(payloads(&acts[1..]).len(), 1, "m1 replayed: {acts:?}");
+    assert!(r.timeout(deadline + Duration::from_millis(2)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 0));
+}
+
+#[test]
+fn a_restored_session_gets_at_most_the_servers_resumption_time() {
+    let mut before = router();
+    let id = sm_pair(&mut before);
+    // the core restarted; alice's CM announces her with what it was told
+    // (or claims): a day
+    let mut r = router();
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::Announce {
+            sid: 10,
+            jid: "alice@x/phone".into(),
+            available: true,
+            priority: 0,
+            sm: Some(SmSnapshot {
+                id,
+                handled: 0,
+                sent: 0,
+                client_acked: 0,
+                next_seq: 0,
+                max: 86_400,
+            }),
+        },
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(r.sm_counts(), (1, 0));
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(300)));
+}
+
+#[test]
 fn a_session_that_is_not_resumable_ends_at_once_without_a_deadline() {
     let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
