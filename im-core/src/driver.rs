@@ -1,7 +1,9 @@
 //! The router's tokio driver: feeds events to the sans-IO [`Router`] with
 //! the time they arrived, sleeps until the router's next deadline
 //! ([`Router::poll_timeout`], asked again after every input), and carries
-//! out the router's actions (frames to CM links, offline storage).
+//! out the router's actions (frames to CM links, offline storage). It reads
+//! one clock, tokio's (see [`now`]), so a test that pauses tokio's time
+//! drives the router's deadlines too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use xmpp_stream::stanza::{append_child, delay_element, inspect};
 
 use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
-use crate::router::{Action, Bounce, Input, Router};
+use crate::router::{Action, Input, Router};
 use crate::routing::{NodeId, RouteRow, SessionAddr};
 use crate::storage::{Storage, StorageError, Stored};
 
@@ -114,9 +116,9 @@ impl Driver {
             let deadline = self.router.poll_timeout();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = sleep_until(deadline) => self.router.handle_timeout(Instant::now()),
+                _ = sleep_until(deadline) => self.router.handle_timeout(now()),
                 e = rx.recv() => match e {
-                    Some(Event::Router(input)) => self.router.handle(input, Instant::now()),
+                    Some(Event::Router(input)) => self.router.handle(input, now()),
                     Some(Event::Snapshot(tx)) => {
                         let _ = tx.send(self.snapshot());
                         continue;
@@ -178,11 +180,7 @@ impl Driver {
 
     async fn execute(&mut self, action: Action) {
         match action {
-            Action::Send { node, frame } => {
-                if let Some(store) = self.send(node, frame) {
-                    Box::pin(self.execute(store)).await;
-                }
-            }
+            Action::Send { node, frame } => self.send(node, frame),
             Action::StoreOffline {
                 user,
                 payload,
@@ -385,15 +383,15 @@ impl Driver {
         });
     }
 
-    /// Sends a frame; an undeliverable message comes back as the store to
-    /// do (or, for an SM session, as the router's next actions).
-    fn send(&mut self, node: NodeId, frame: Frame) -> Option<Action> {
+    /// Sends a frame; a delivery that cannot reach its CM link is reported
+    /// to the router, whose next actions say what becomes of it.
+    fn send(&mut self, node: NodeId, frame: Frame) {
         let sid = frame.sid().unwrap_or(0);
         if matches!(frame, Frame::Deliver { .. }) {
             self.metrics.delivered.inc();
         }
         let Err((reason, frame)) = self.links.send(node, sid, frame) else {
-            return None;
+            return;
         };
         match reason {
             SendError::Full => {
@@ -407,37 +405,9 @@ impl Driver {
                     .inc();
             }
         }
-        // A message that cannot reach its session is stored, never dropped
-        // (an SM session's ledger already keeps it for the resumption).
-        let Frame::Deliver { payload, .. } = *frame else {
-            return None;
-        };
-        if self.router.is_tracked((node, sid)) {
-            // The CM's numbering would skip it: the session resumes instead.
-            self.router.delivery_failed((node, sid), Instant::now());
-            return None;
+        if let Frame::Deliver { payload, .. } = *frame {
+            self.router.delivery_failed((node, sid), payload, now());
         }
-        let user = self.offline_target(node, sid, &payload)?;
-        let bounce = Bounce {
-            sender: String::new(),
-            to: String::new(),
-            id: None,
-        };
-        Some(Action::StoreOffline {
-            user,
-            payload,
-            bounce,
-            origin: None,
-        })
-    }
-
-    /// The local user to store an undeliverable chat or normal message for.
-    fn offline_target(&self, node: NodeId, sid: u64, payload: &Bytes) -> Option<String> {
-        if !crate::router::storable_message(payload) {
-            return None;
-        }
-        let jid = self.router.table().jid_of(node, sid)?;
-        crate::address::local(jid).map(str::to_owned)
     }
 
     /// Loads a user's stored messages, stamps them with their delay and
@@ -496,6 +466,12 @@ impl Driver {
     }
 }
 
+/// The time now on tokio's clock (which a test can pause), as the router
+/// takes it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Sleeps until `deadline`, or forever if there is none.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -509,4 +485,23 @@ pub fn now_stamp() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_router_is_given_the_time_of_the_clock_the_driver_sleeps_on() {
+        let start = now();
+        let deadline = start + Duration::from_secs(60);
+        // tokio's time is paused: the sleep ends at once, its clock moved
+        // on to the deadline, and so has the time the router is given
+        sleep_until(Some(deadline)).await;
+        let woke = now();
+        assert!(woke >= deadline, "{:?}", woke - start);
+        assert!(woke - start < Duration::from_secs(61), "{:?}", woke - start);
+    }
 }

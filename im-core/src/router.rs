@@ -14,10 +14,11 @@
 //! (`archive_ids`). The rules it applies live one concern per module:
 //! stanza routing (`rules`), binding and session ends (`binding`),
 //! presence, subscriptions, frames waiting for rosters (`roster_waits`),
-//! stream management (`stream_management`), server IQs (`iq`, one module
-//! per protocol), conversation messages parsed at most once for the
-//! archive and carbons (`conversation`, `archive`, `carbons`), storage
-//! queries (`query`), and what it emits (`output`).
+//! stream management (`stream_management`), offline delivery (`offline`),
+//! server IQs (`iq`, one module per protocol), conversation messages,
+//! looked into only when the archive or carbons need it (`conversation`,
+//! `archive`, `carbons`), storage queries (`query`), and what it emits
+//! (`output`).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
@@ -37,6 +38,7 @@ mod carbons;
 mod conversation;
 mod forward;
 mod iq;
+mod offline;
 mod output;
 mod presence;
 mod query;
@@ -54,7 +56,12 @@ pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use query::Query;
 use roster_cache::{RosterCache, roster_for};
 use sm_sessions::{Incoming, Origin, SmSessions};
-pub(crate) use stream_management::storable_message;
+
+/// Capacity of the action queue past which, once drained, it gives memory
+/// back (a burst, such as a big CM's departure, can queue millions).
+const ACTIONS_SHRINK_ABOVE: usize = 64 * 1024;
+/// Capacity a drained action queue keeps when it gives memory back.
+const ACTIONS_KEPT: usize = 1024;
 
 /// Something the driver must do (see [`Router::poll_action`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,7 +246,8 @@ pub struct Router {
     domain: String,
     table: RoutingTable,
     /// Actions not yet taken by the driver (it takes all of them after
-    /// every input, so this holds what one input produced).
+    /// every input, so this holds what one input produced; its memory is
+    /// given back once a burst drained, see [`ACTIONS_SHRINK_ABOVE`]).
     out: VecDeque<Action>,
     /// Names of resources the server picks.
     resources: ResourceNames,
@@ -289,12 +297,6 @@ impl Router {
         self
     }
 
-    /// Whether the core tracks deliveries to this session (it keeps them
-    /// until acknowledged, so a failed send loses nothing).
-    pub fn is_tracked(&self, addr: SessionAddr) -> bool {
-        self.sessions.is_tracked(addr)
-    }
-
     /// SM sessions tracked (attached or detached) and of those detached.
     pub fn sm_counts(&self) -> (usize, usize) {
         self.sessions.counts()
@@ -311,7 +313,11 @@ impl Router {
     }
 
     /// Handles one event that happened at `now`; its actions wait in
-    /// [`Router::poll_action`].
+    /// [`Router::poll_action`]. It expires nothing: an input is handled
+    /// before deadlines due at the same instant or earlier that
+    /// [`Router::handle_timeout`] has not reached yet, so a `Resume` just
+    /// after its session's deadline can still win (as it could within the
+    /// old one-second tick).
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::NodeGone { node } => self.node_gone(node, now),
@@ -322,7 +328,7 @@ impl Router {
             } => self.link_lost(node, index, pool_size, now),
             Input::Frame { node, frame } => self.frame(node, frame, now),
             Input::Stored { origin } => self.stored(origin),
-            Input::Offline { user, to, messages } => self.offline(user, to, messages),
+            Input::Offline { user, to, messages } => self.deliver_stored(user, to, messages),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
             Input::OfflineFailed { bounce, condition } => self.error_to(
@@ -359,23 +365,37 @@ impl Router {
     /// The next action to carry out, in order; take them all after every
     /// input.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.out.pop_front()
+        let action = self.out.pop_front();
+        if action.is_none() && self.out.capacity() > ACTIONS_SHRINK_ABOVE {
+            self.out.shrink_to(ACTIONS_KEPT);
+        }
+        action
     }
 
-    /// A Deliver for an SM session could not be handed to its CM link at
-    /// `now`: the session detaches and is told to resume (which replays
-    /// it). Its actions come next from [`Router::poll_action`], before any
-    /// left from the input being carried out.
-    pub fn delivery_failed(&mut self, addr: SessionAddr, now: Instant) {
+    /// A `Deliver` of `payload` to `addr` could not be handed to its CM
+    /// link at `now`. An SM session detaches and is told to resume (its
+    /// ledger keeps the stanza, and the resumption replays it); for any
+    /// other session a chat or normal message goes to offline storage, and
+    /// anything else is lost, as on a broken stream. Its actions come next
+    /// from [`Router::poll_action`], before any left from the input being
+    /// carried out.
+    pub fn delivery_failed(&mut self, addr: SessionAddr, payload: Bytes, now: Instant) {
         let queued = self.out.len();
-        if self.sessions.is_attached(addr) {
-            self.detach(addr, now);
-            self.kick_to_resume(addr);
+        if self.sessions.is_tracked(addr) {
+            if self.sessions.is_attached(addr) {
+                self.detach(addr, now);
+                self.kick_to_resume(addr);
+            }
+        } else {
+            self.store_undeliverable(addr, payload);
         }
         let new = self.out.len() - queued;
         self.out.rotate_right(new);
     }
 
+    /// A frame from a CM's session: it waits behind that session's frames
+    /// still waiting for a roster (or for a roster it needs itself), else
+    /// it is handled now.
     fn frame(&mut self, node: NodeId, frame: Frame, now: Instant) {
         // Frames wait, in order, for rosters not loaded yet.
         if let Some(sid) = frame.sid()

@@ -10,11 +10,10 @@ use crate::address;
 use crate::storage::ArchiveEntry;
 
 impl Router {
-    /// The id of the next archived message.
-    pub(super) fn next_archive_id(&mut self) -> String {
-        self.archive
-            .as_mut()
-            .map_or_else(String::new, |ids| ids.next_id())
+    /// The id of the next archived message; none: messages are not
+    /// archived.
+    pub(super) fn next_archive_id(&mut self) -> Option<String> {
+        self.archive.as_mut().map(|ids| ids.next_id())
     }
 
     /// Archives `stamped` (a message from `sender_bare` to `to_bare` with

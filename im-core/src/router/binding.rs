@@ -65,6 +65,8 @@ impl Router {
         }
     }
 
+    /// Enters a session a CM announced (after a core restart or a link
+    /// loss) into the routing table; one holding its full JID is replaced.
     pub(super) fn announce(
         &mut self,
         node: NodeId,
@@ -90,6 +92,8 @@ impl Router {
         }
     }
 
+    /// A session is gone: out of the table, its presence withdrawn from
+    /// those who had it, its roster dropped if it was the user's last.
     pub(super) fn session_end(&mut self, node: NodeId, sid: SessionId) {
         if let Some((full, route)) = self.table.unbind(node, sid) {
             if route.available {
@@ -99,6 +103,9 @@ impl Router {
         }
     }
 
+    /// A CM is gone for good at `now`: its resumable SM sessions detach and
+    /// wait for their clients; the others end, what they never
+    /// acknowledged going to other resources or offline storage.
     pub(super) fn node_gone(&mut self, node: NodeId, now: Instant) {
         for (full, route) in self.table.drop_node(node) {
             let addr = (node, route.sid);

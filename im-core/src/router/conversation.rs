@@ -1,16 +1,21 @@
 //! A chat or normal message between local users, made ready for delivery:
 //! stamped with its archive id and archived (XEP-0313, XEP-0359), and the
-//! form its carbon copies embed (XEP-0280). The core parses such a message
-//! at most once, and only when the archive or carbons need it:
+//! form its carbon copies embed (XEP-0280). The core looks inside such a
+//! message only when the archive or carbons need it, and keeps its bytes
+//! unless a forged id has to come out:
 //!
 //! - neither (archiving off or no `<body` in the bytes, and no session of
 //!   either user enabled carbons): not parsed at all;
 //! - otherwise one [`inspect`] pass (the top-level element: where the start
-//!   tag ends, its attributes), shared by the stamp and the carbons;
-//! - or, instead, one [`Element::parse`] when the bytes name the stanza-id
-//!   namespace (a forged `<stanza-id/>` to strip before archiving) or the
-//!   carbons or hints namespace (a `<private/>` or `<no-copy/>` that keeps
-//!   carbons away); the message is then written out again from the tree.
+//!   tag ends, its attributes), shared by the stamp (appended to the bytes)
+//!   and the carbons;
+//! - when the bytes name the stanza-id namespace (archiving: a forged
+//!   `<stanza-id/>` to strip, though usually an `<origin-id/>`) or the
+//!   carbons or hints namespace (carbons: a `<private/>` or `<no-copy/>`
+//!   keeps them away), one [`Element::parse`] first, as a reader. Only when
+//!   it finds a `<stanza-id/>` to strip is the message written out again
+//!   from the tree (stamped); otherwise the bytes are kept and take the
+//!   [`inspect`] way above. A message the tree cannot parse takes it too.
 
 use bytes::Bytes;
 use xmpp_stream::element::{Element, Node};
@@ -39,7 +44,7 @@ impl Router {
     ) -> Prepared {
         // chat states, receipts: not archived
         let archive = self.archive.is_some() && contains(&payload, b"<body");
-        let carbons = self.wants_carbons(sender_bare) || self.wants_carbons(to_bare);
+        let mut carbons = self.wants_carbons(sender_bare) || self.wants_carbons(to_bare);
         if !archive && !carbons {
             return Prepared {
                 payload,
@@ -51,8 +56,32 @@ impl Router {
         let hints = carbons
             && (contains(&payload, ns::CARBONS.as_bytes())
                 || contains(&payload, ns::HINTS.as_bytes()));
-        if forged_ids || hints {
-            return self.prepare_from_tree(sender_bare, to_bare, payload, archive, carbons);
+        if (forged_ids || hints)
+            && let Ok(mut message) = Element::parse(&payload, ns::CLIENT)
+        {
+            carbons &= !is_private(&message);
+            if archive && strip_stanza_ids(&mut message) {
+                return self.stamp_from_tree(sender_bare, to_bare, message, payload, carbons);
+            }
+        }
+        self.prepare_from_bytes(sender_bare, to_bare, payload, archive, carbons)
+    }
+
+    /// [`Router::prepare_conversation`] on the bytes: one [`inspect`] pass,
+    /// the stamp appended to them.
+    fn prepare_from_bytes(
+        &mut self,
+        sender_bare: &str,
+        to_bare: &str,
+        payload: Bytes,
+        archive: bool,
+        carbons: bool,
+    ) -> Prepared {
+        if !archive && !carbons {
+            return Prepared {
+                payload,
+                carbon: None,
+            };
         }
         let Ok(top) = inspect(&payload) else {
             return Prepared {
@@ -62,53 +91,19 @@ impl Router {
         };
         // A message written `<message/>` has no body (the `<body` was in
         // an attribute value): nothing to archive.
-        let payload = match archive && !top.empty {
-            true => self.archive_stamped(sender_bare, to_bare, &payload, &top),
-            false => payload,
+        let payload = if archive && !top.empty {
+            let stamped = self.archive_stamped(sender_bare, to_bare, &payload, &top);
+            // `top` still describes the stamped bytes, which the carbon's
+            // start tag is rewritten from: `append_child` inserts before
+            // the end tag of a non-empty element, its start tag untouched.
+            debug_assert!(stamped.starts_with(&payload[..top.start_len]));
+            stamped
+        } else {
+            payload
         };
         Prepared {
             carbon: carbons.then(|| embeddable_as(&payload, &top)),
             payload,
-        }
-    }
-
-    /// [`Router::prepare_conversation`] with the message parsed into a tree.
-    fn prepare_from_tree(
-        &mut self,
-        sender_bare: &str,
-        to_bare: &str,
-        payload: Bytes,
-        archive: bool,
-        carbons: bool,
-    ) -> Prepared {
-        let Ok(mut message) = Element::parse(&payload, ns::CLIENT) else {
-            return Prepared {
-                carbon: carbons.then(|| payload.clone()),
-                payload,
-            };
-        };
-        let private = message.child("private", ns::CARBONS).is_some()
-            || message.child("no-copy", ns::HINTS).is_some();
-        let carbons = carbons && !private;
-        if !archive {
-            // Written out with its namespace declared: embeddable as is.
-            return Prepared {
-                carbon: carbons.then(|| Bytes::from(message.to_bytes(""))),
-                payload,
-            };
-        }
-        message
-            .children
-            .retain(|c| !matches!(c, Node::Element(e) if e.name == "stanza-id" && e.ns == ns::SID));
-        let id = self.next_archive_id();
-        message
-            .children
-            .push(Node::Element(stanza_id(&id, to_bare)));
-        let stamped = Bytes::from(message.to_bytes(""));
-        self.archive(sender_bare, to_bare, id, stamped.clone());
-        Prepared {
-            carbon: carbons.then(|| stamped.clone()),
-            payload: stamped,
         }
     }
 
@@ -117,14 +112,61 @@ impl Router {
         &mut self,
         sender_bare: &str,
         to_bare: &str,
-        payload: &[u8],
+        payload: &Bytes,
         top: &TopLevel,
     ) -> Bytes {
-        let id = self.next_archive_id();
+        let Some(id) = self.next_archive_id() else {
+            return payload.clone();
+        };
         let stamped = append_child(payload, top, &stanza_id(&id, to_bare).to_bytes(ns::CLIENT));
         self.archive(sender_bare, to_bare, id, stamped.clone());
         stamped
     }
+
+    /// Stamps and archives a message whose forged ids were stripped from
+    /// its tree, written out again (`payload`: as it came, delivered if
+    /// archiving is off after all).
+    fn stamp_from_tree(
+        &mut self,
+        sender_bare: &str,
+        to_bare: &str,
+        mut message: Element,
+        payload: Bytes,
+        carbons: bool,
+    ) -> Prepared {
+        let Some(id) = self.next_archive_id() else {
+            return Prepared {
+                carbon: carbons.then(|| payload.clone()),
+                payload,
+            };
+        };
+        message
+            .children
+            .push(Node::Element(stanza_id(&id, to_bare)));
+        // Written with its namespace declared: embeddable as is.
+        let stamped = Bytes::from(message.to_bytes(""));
+        self.archive(sender_bare, to_bare, id, stamped.clone());
+        Prepared {
+            carbon: carbons.then(|| stamped.clone()),
+            payload: stamped,
+        }
+    }
+}
+
+/// Whether the message asks to be kept from carbons (XEP-0280 §7
+/// `<private/>`, XEP-0334 `<no-copy/>`).
+fn is_private(message: &Element) -> bool {
+    message.child("private", ns::CARBONS).is_some() || message.child("no-copy", ns::HINTS).is_some()
+}
+
+/// Removes the `<stanza-id/>` children a client put in (only the server may
+/// claim them); whether there were any.
+fn strip_stanza_ids(message: &mut Element) -> bool {
+    let before = message.children.len();
+    message
+        .children
+        .retain(|c| !matches!(c, Node::Element(e) if e.name == "stanza-id" && e.ns == ns::SID));
+    message.children.len() != before
 }
 
 /// The `<stanza-id/>` (XEP-0359) the archive of `by` gives a message.

@@ -29,7 +29,7 @@ impl Router {
         sender_bare: &str,
     ) {
         let itype = header.stanza_type.as_deref().unwrap_or("");
-        // Otherwise the server answers (for itself or on behalf of the account).
+        // The request's one child element says what is asked.
         let Ok(el) = Element::parse(payload, ns::CLIENT) else {
             self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
             return;

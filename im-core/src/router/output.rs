@@ -7,13 +7,14 @@ use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
 use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
-use super::sm_sessions::Delivery;
-use super::stream_management::Tracking;
+use super::sm_sessions::{Admission, Delivery};
 use super::{Action, Bounce, Router};
 use crate::address;
 use crate::routing::{NodeId, SessionAddr};
 
 impl Router {
+    /// Answers the stanza `header` describes, from the sender's session,
+    /// with a stanza error (from whom it was addressed to, or the server).
     pub(super) fn reply_error(
         &mut self,
         node: NodeId,
@@ -39,6 +40,8 @@ impl Router {
         self.deliver((node, sid), reply);
     }
 
+    /// Sends a stanza error to the session of full JID `to_full`, if bound,
+    /// as if from `from` (answering a stanza that turned out undeliverable).
     pub(super) fn error_to(
         &mut self,
         to_full: &str,
@@ -81,6 +84,8 @@ impl Router {
         self.deliver_as(addr, payload, Delivery::Copy)
     }
 
+    /// Delivers a stanza as what it is (see [`Delivery`]): through the
+    /// session's SM ledger first, which may hold, store or drop it.
     pub(super) fn deliver_as(
         &mut self,
         (node, sid): SessionAddr,
@@ -88,16 +93,19 @@ impl Router {
         delivery: Delivery,
     ) {
         match self.track((node, sid), &payload, delivery) {
-            Tracking::Send => {
+            Admission::Untracked | Admission::Send => {
                 self.stats.delivered += 1;
                 self.send(node, Frame::Deliver { sid, payload });
             }
-            // kept for the resumption, or stored behind older stored messages
-            Tracking::Held | Tracking::Spilled => {}
+            // kept for the resumption, stored behind older stored messages,
+            // or dropped (a copy for a client far behind)
+            Admission::Held | Admission::Dropped | Admission::Spill { .. } => {}
         }
     }
 
-    /// Stores a chat or normal message its session's ledger cannot take.
+    /// Stores a chat or normal message its session cannot take (its ledger
+    /// is full or behind stored messages, or its link failed); nobody is
+    /// answered if storing fails.
     pub(super) fn store_spilled(&mut self, user: String, payload: Bytes) {
         let bounce = Bounce {
             sender: String::new(),
@@ -130,10 +138,12 @@ impl Router {
         origin
     }
 
+    /// Sends a frame to a node (not recorded in any ledger).
     pub(super) fn send(&mut self, node: NodeId, frame: Frame) {
         self.emit(Action::Send { node, frame });
     }
 
+    /// Queues an action for the driver ([`Router::poll_action`]).
     pub(super) fn emit(&mut self, action: Action) {
         self.out.push_back(action);
     }

@@ -29,7 +29,8 @@ const MAX_PENDING_IN: usize = 500;
 /// Most frames of one session waiting for a roster to load (stanzas and
 /// the control frames its client causes, such as `<r/>` and `<a/>`); past
 /// it, or past [`MAX_DEFERRED_BYTES`], the session is ended and its further
-/// frames are dropped, except its end, which still waits in order.
+/// frames are dropped, except its end and the stanzas its CM bounces, which
+/// still wait in order (see [`exempt_from_bound`]).
 pub const MAX_DEFERRED: usize = 1024;
 /// Most stanza bytes of one session waiting for a roster to load.
 pub const MAX_DEFERRED_BYTES: usize = 1 << 20;
@@ -122,11 +123,11 @@ pub(crate) struct RosterCache {
 struct Waiting {
     /// The roster (bare JID).
     user: String,
-    /// Frames waiting, its end aside.
+    /// Frames waiting, its end and bounces aside.
     frames: usize,
     /// Stanza bytes waiting.
     bytes: usize,
-    /// It went over a bound: everything but its end is dropped.
+    /// It went over a bound: everything but its end and bounces is dropped.
     over: bool,
 }
 
@@ -168,8 +169,7 @@ impl RosterCache {
                 bytes: 0,
                 over: false,
             });
-            // A session's end always waits, so the core learns of it.
-            if !matches!(frame, Frame::SessionEnd { .. }) {
+            if !exempt_from_bound(&frame) {
                 let bytes = match &frame {
                     Frame::Stanza { payload, .. } => payload.len(),
                     _ => 0,
@@ -270,6 +270,19 @@ impl RosterCache {
         roster.version += 1;
         Some((old, roster.version))
     }
+}
+
+/// Whether a frame waits for a roster whatever its session has waiting
+/// already, counted against no bound: a session's end (so the core learns
+/// of it) and a stanza its CM bounces (a message the core sent the session,
+/// usually from another user, which must go to another resource or offline
+/// storage). Bounces are not the client's to flood with: there are no more
+/// of them than deliveries the core sent to the session, and they come
+/// mostly when the session ends, which going over the bound causes. They
+/// wait in order rather than being routed at once because the frames ahead
+/// of them decide where they go (a bind or an SM enable still waiting).
+fn exempt_from_bound(frame: &Frame) -> bool {
+    matches!(frame, Frame::SessionEnd { .. } | Frame::Bounce { .. })
 }
 
 /// The bare JID of the local account whose roster `frame` needs, if any:

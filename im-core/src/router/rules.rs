@@ -14,6 +14,7 @@ use crate::address;
 use crate::routing::{NodeId, SessionAddr};
 
 impl Router {
+    /// A stanza from a client: checks its `to` and routes it by kind.
     pub(super) fn stanza(
         &mut self,
         node: NodeId,
@@ -39,10 +40,13 @@ impl Router {
         }
     }
 
+    /// Whether `jid` is of the domain this router serves.
     pub(super) fn is_local(&self, jid: &Jid) -> bool {
         jid.domain().as_str() == self.domain
     }
 
+    /// A presence from a client (RFC 6121 §3, §4): a subscription change,
+    /// a broadcast, or presence directed to a local JID.
     pub(super) fn presence(
         &mut self,
         node: NodeId,
@@ -68,6 +72,9 @@ impl Router {
         }
     }
 
+    /// A message from a client (RFC 6121 §8.5): to the addressed session or
+    /// the user's best ones, archived and carbon-copied if a conversation,
+    /// stored offline if nobody can take it, refused if not deliverable.
     pub(super) fn message(
         &mut self,
         node: NodeId,
@@ -189,6 +196,8 @@ impl Router {
         self.message_to_bare(&jid.to_bare().to_string(), &mtype, payload, None);
     }
 
+    /// An IQ from a client: to the addressed full JID's session, or answered
+    /// by the server (for itself or the account, RFC 6121 §8.5.3.1).
     pub(super) fn iq(
         &mut self,
         node: NodeId,

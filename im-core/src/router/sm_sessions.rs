@@ -245,13 +245,18 @@ impl SmSessions {
     }
 
     /// Rebuilds the ledger of a session a restarted core did not know from
-    /// its CM's counters (what the lost core held unacknowledged is gone).
+    /// its CM's counters (what the lost core held unacknowledged is gone);
+    /// its resumption time is the CM's, up to this server's maximum.
     pub(crate) fn restore(&mut self, addr: SessionAddr, bare: &str, sm: &SmSnapshot) {
         let token = match self.ids.verify(&sm.id, bare) {
             Some(t) if !self.tokens.contains_key(&t) => t,
             _ => self.new_token(),
         };
-        let max = if sm.id.is_empty() { 0 } else { sm.max };
+        // what the CM says was granted, but never more than this server grants
+        let max = match sm.id.is_empty() {
+            true => 0,
+            false => sm.max.min(DEFAULT_MAX_RESUME_SECS),
+        };
         let counters = Restored {
             handled: sm.handled,
             client_acked: sm.client_acked,
@@ -479,11 +484,13 @@ impl SmSessions {
         self.ledgers.insert(addr, ledger);
     }
 
+    /// The ledger with this resumption token, wherever it is now.
     fn ledger_of_token(&mut self, token: u64) -> Option<&mut Ledger> {
         let addr = self.tokens.get(&token)?;
         self.ledgers.get_mut(addr)
     }
 
+    /// A resumption token no session has (the next of a seeded LCG).
     fn new_token(&mut self) -> u64 {
         loop {
             self.next_token = self
@@ -506,10 +513,12 @@ struct Retired {
 }
 
 impl Retired {
+    /// Whether `addr` is remembered.
     fn contains(&self, addr: SessionAddr) -> bool {
         self.set.contains(&addr)
     }
 
+    /// Remembers `addr`, forgetting the oldest past [`RETIRED_MEMORY`].
     fn insert(&mut self, addr: SessionAddr) {
         if self.set.insert(addr) {
             self.order.push_back(addr);
@@ -521,6 +530,8 @@ impl Retired {
         }
     }
 
+    /// Forgets `addr` (a session lives there again); its place in the
+    /// order stays until it comes up.
     fn remove(&mut self, addr: SessionAddr) {
         self.set.remove(&addr);
     }

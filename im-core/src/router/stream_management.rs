@@ -10,20 +10,10 @@ use cm_protocol::{Frame, Resumption, SessionId, SmSnapshot};
 use xmpp_stream::stanza::{StanzaKind, inspect};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
-use super::sm_sessions::{Admission, Delivery, Detach, Flushed, Ledger};
-use super::{Action, Router};
+use super::Router;
+use super::sm_sessions::{Admission, Delivery, Detach, Ledger};
 use crate::address;
 use crate::routing::{NodeId, Route, SessionAddr};
-
-/// What happened to a stanza sent to a session.
-pub(super) enum Tracking {
-    /// Not an SM session, or in its ledger: send it.
-    Send,
-    /// In the ledger; the client is away, so not sent now.
-    Held,
-    /// Went to offline storage instead (or dropped if not a message).
-    Spilled,
-}
 
 impl Router {
     /// Handles the stream-management frames from a CM.
@@ -47,6 +37,9 @@ impl Router {
         }
     }
 
+    /// The client acknowledged `h` stanzas (`<a h/>`): its ledger drops
+    /// them; a ledger that drained enough flushes stored messages, and a
+    /// client claiming more than it was sent is ended.
     fn acked(&mut self, (node, sid): SessionAddr, h: u32) {
         let Some(acked) = self.sessions.acked((node, sid), h) else {
             return;
@@ -60,41 +53,27 @@ impl Router {
         }
     }
 
-    /// Records a stanza for a session before it is sent (see [`Tracking`]).
+    /// Records a stanza for a session before it is sent; one its ledger
+    /// cannot take is stored offline if it is a message that may be, and
+    /// stored messages are asked for once the client caught up.
     pub(super) fn track(
         &mut self,
         addr: SessionAddr,
         payload: &Bytes,
         delivery: Delivery,
-    ) -> Tracking {
-        match self.sessions.admit(addr, payload, delivery) {
-            Admission::Untracked | Admission::Send => Tracking::Send,
-            Admission::Held => Tracking::Held,
-            Admission::Dropped => Tracking::Spilled,
-            Admission::Spill { flush } => {
-                if delivery == Delivery::Storable
-                    && let Some(user) = self.user_of(addr)
-                {
-                    self.store_spilled(user, payload.clone());
-                }
-                if flush {
-                    self.request_flush(addr);
-                }
-                Tracking::Spilled
+    ) -> Admission {
+        let admission = self.sessions.admit(addr, payload, delivery);
+        if let Admission::Spill { flush } = admission {
+            if delivery == Delivery::Storable
+                && let Some(user) = self.user_of(addr)
+            {
+                self.store_spilled(user, payload.clone());
+            }
+            if flush {
+                self.request_flush(addr);
             }
         }
-    }
-
-    /// Asks the driver to load the session's stored messages. For an SM
-    /// session, new messages are stored behind them until the flush is done,
-    /// so none overtakes a stored one.
-    pub(super) fn request_flush(&mut self, addr: SessionAddr) {
-        if !self.sessions.start_flush(addr) {
-            return;
-        }
-        if let Some(user) = self.user_of(addr) {
-            self.emit(Action::FlushOffline { user, to: addr });
-        }
+        admission
     }
 
     /// A pooled CM connection ended: whatever was in flight on it, either
@@ -112,6 +91,8 @@ impl Router {
         }
     }
 
+    /// Ends a session's stream so that its client resumes (XEP-0198 §5),
+    /// realigning what it received with its ledger.
     pub(super) fn kick_to_resume(&mut self, addr: SessionAddr) {
         self.kick(addr, StreamCondition::ConnectionTimeout);
     }
@@ -159,6 +140,8 @@ impl Router {
         }
     }
 
+    /// `<enable/>` from a bound session: its ledger starts, and the CM is
+    /// told the SM id and the resumption time granted.
     fn sm_enable(&mut self, node: NodeId, sid: SessionId, resume: bool, max: u32) {
         let Some(full) = self.table.jid_of(node, sid) else {
             return;
@@ -260,6 +243,9 @@ impl Router {
         }
     }
 
+    /// Moves the SM session `previd` of `user` to the stream (`node`,
+    /// `sid`): what to tell the client and the stanzas to send again, or
+    /// why it cannot resume.
     fn try_resume(
         &mut self,
         node: NodeId,
@@ -308,43 +294,4 @@ impl Router {
         }
         Ok((resumption, resumed.replay))
     }
-
-    /// Stored messages loaded for `to` (possibly none): deliver them
-    /// (through its ledger, ahead of anything stored meanwhile), then let the
-    /// driver remove them from storage.
-    pub(super) fn offline(&mut self, user: String, to: SessionAddr, messages: Vec<(i64, Bytes)>) {
-        if self.table.jid_of(to.0, to.1).is_none() {
-            return; // gone meanwhile: they stay stored
-        }
-        let total = messages.len();
-        let mut delivered = 0;
-        let mut upto = None;
-        for (id, payload) in messages {
-            let send = match self.sessions.push_flushed(to, &payload) {
-                Flushed::Untracked => true,
-                Flushed::Full => break,
-                Flushed::Pushed { attached } => attached,
-            };
-            if send {
-                self.stats.delivered += 1;
-                self.send(to.0, Frame::Deliver { sid: to.1, payload });
-            }
-            delivered += 1;
-            upto = Some(id);
-        }
-        if let Some(upto) = upto {
-            self.emit(Action::RemoveOffline { user, upto });
-        }
-        if self.sessions.finish_flush(to, delivered == total) {
-            self.request_flush(to);
-        }
-    }
-}
-
-/// Whether offline storage takes this stanza (a chat or normal message).
-pub(crate) fn storable_message(payload: &[u8]) -> bool {
-    inspect(payload).is_ok_and(|top| {
-        top.stanza_kind() == Some(StanzaKind::Message)
-            && matches!(top.attr("type").unwrap_or("normal"), "normal" | "chat")
-    })
 }

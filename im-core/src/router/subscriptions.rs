@@ -24,6 +24,7 @@ pub(crate) enum SubType {
 }
 
 impl SubType {
+    /// The subscription type a presence `type` attribute names, if any.
     pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "subscribe" => Self::Subscribe,
@@ -34,6 +35,7 @@ impl SubType {
         })
     }
 
+    /// The `type` attribute value.
     pub(super) fn name(self) -> &'static str {
         match self {
             Self::Subscribe => "subscribe",
@@ -203,6 +205,8 @@ impl Router {
         }
     }
 
+    /// Removes `contact` from `bare`'s roster: stored, and pushed to the
+    /// user's sessions if they saw the item.
     pub(super) fn remove_item(&mut self, bare: &str, contact: &str) {
         let Some((old, version)) = self.rosters.remove_item(bare, contact) else {
             return;
@@ -271,6 +275,7 @@ pub(super) fn presence_stanza(from: &str, to: &str, ptype: &str) -> Bytes {
     Bytes::from(p.to_bytes(ns::CLIENT))
 }
 
+/// A roster item as the roster protocol shows it (RFC 6121 §2.1.2).
 pub(super) fn item_element(item: &RosterItem) -> Element {
     let mut e = Element::new("item", ns::ROSTER)
         .with_attr("jid", item.jid.clone())

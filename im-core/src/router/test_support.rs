@@ -85,6 +85,7 @@ impl Run for Router {
     }
 }
 
+/// A routing header of `kind` from `from` (id `i1`).
 pub(super) fn header(kind: Kind, from: &str, to: Option<&str>, stype: Option<&str>) -> RouteHeader {
     RouteHeader {
         kind,
@@ -95,6 +96,8 @@ pub(super) fn header(kind: Kind, from: &str, to: Option<&str>, stype: Option<&st
     }
 }
 
+/// Binds `user`'s resource `res` as session (`node`, `sid`); returns the
+/// full JID.
 pub(super) fn bound(r: &mut Router, node: NodeId, sid: SessionId, user: &str, res: &str) -> String {
     let acts = r.run(Input::Frame {
         node,
@@ -118,6 +121,7 @@ pub(super) fn bound(r: &mut Router, node: NodeId, sid: SessionId, user: &str, re
     }
 }
 
+/// A stanza `p` from session (`node`, `sid`), run as [`Run::run`] does.
 pub(super) fn stanza(
     r: &mut Router,
     node: NodeId,
@@ -135,6 +139,7 @@ pub(super) fn stanza(
     })
 }
 
+/// The sessions `acts` deliver to, in order.
 pub(super) fn delivered_to(acts: &[Action]) -> Vec<(NodeId, SessionId)> {
     acts.iter()
         .filter_map(|a| match a {
@@ -147,6 +152,7 @@ pub(super) fn delivered_to(acts: &[Action]) -> Vec<(NodeId, SessionId)> {
         .collect()
 }
 
+/// A frame from `node`, run as [`Run::run`] does.
 pub(super) fn frame(r: &mut Router, node: NodeId, frame: Frame) -> Vec<Action> {
     r.run(Input::Frame { node, frame })
 }
@@ -177,6 +183,8 @@ pub(super) fn sm_pair(r: &mut Router) -> String {
     id.clone()
 }
 
+/// A chat `body` from bob (3, 30) to alice@x/phone; its actions but the
+/// archive's.
 pub(super) fn chat(r: &mut Router, body: &str) -> Vec<Action> {
     stanza(
         r,
@@ -197,6 +205,7 @@ pub(super) fn chat(r: &mut Router, body: &str) -> Vec<Action> {
     .collect()
 }
 
+/// The stanzas `acts` deliver, in order.
 pub(super) fn payloads(acts: &[Action]) -> Vec<String> {
     acts.iter()
         .filter_map(|a| match a {
@@ -209,6 +218,7 @@ pub(super) fn payloads(acts: &[Action]) -> Vec<String> {
         .collect()
 }
 
+/// The deliveries in `acts`: (session, stanza), in order.
 pub(super) fn deliveries(acts: &[Action]) -> Vec<((NodeId, SessionId), String)> {
     acts.iter()
         .filter_map(|a| match a {

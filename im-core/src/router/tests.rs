@@ -1062,6 +1062,131 @@ fn resuming_cancels_the_deadline_and_a_new_detach_sets_a_fresh_one() {
 }
 
 #[test]
+fn a_new_session_taking_a_detached_sessions_jid_removes_its_deadline() {
+    let mut r = router();
+    sm_pair(&mut r);
+    chat(&mut r, "m1");
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
+    // alice binds phone again on another CM instead of resuming: conflict
+    let acts = r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::Bind {
+                sid: 20,
+                user: "alice@x".into(),
+                iq_id: "b".into(),
+                resource: Some("phone".into()),
+            },
+        },
+        t0() + Duration::from_secs(10),
+    );
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Send { node: 1, frame: Frame::Kick { sid: 10, condition } } if condition == "conflict")),
+        "{acts:?}"
+    );
+    // what it never acknowledged is handed on at once (no session of
+    // alice's is available: stored)
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::StoreOffline { user, .. } if user == "alice")),
+        "{acts:?}"
+    );
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.poll_timeout(), None);
+    assert!(r.timeout(t0() + Duration::from_secs(60)).is_empty());
+    assert_eq!(r.stats().sm_expired, 0);
+}
+
+#[test]
+fn a_lost_pool_connection_starts_its_sm_sessions_deadlines() {
+    let mut r = router();
+    sm_pair(&mut r); // alice (1, 10): connection 10 % 2 = 0, 60 s
+    let lost_at = t0() + Duration::from_secs(7);
+    r.run_at(
+        Input::LinkLost {
+            node: 1,
+            index: 0,
+            pool_size: 2,
+        },
+        lost_at,
+    );
+    let deadline = lost_at + Duration::from_secs(60);
+    assert_eq!(r.poll_timeout(), Some(deadline));
+    assert!(r.timeout(deadline - Duration::from_nanos(1)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 1));
+    r.timeout(deadline);
+    assert_eq!(r.sm_counts(), (0, 0));
+    assert_eq!(r.stats().sm_expired, 1);
+}
+
+#[test]
+fn a_resume_handled_before_the_due_expiry_still_wins() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    chat(&mut r, "m1");
+    drop_alice_at(&mut r, t0());
+    let deadline = t0() + Duration::from_secs(60);
+    // the resume arrives just after the deadline, before handle_timeout
+    let acts = r.run_at(
+        Input::Frame {
+            node: 2,
+            frame: Frame::Resume {
+                sid: 20,
+                user: "alice@x".into(),
+                previd: id,
+                h: 0,
+            },
+        },
+        deadline + Duration::from_millis(1),
+    );
+    assert!(
+        matches!(
+            &acts[0],
+            Action::Send {
+                frame: Frame::Resumed { result: Ok(_), .. },
+                ..
+            }
+        ),
+        "{acts:?}"
+    );
+    assert_eq!(payloads(&acts[1..]).len(), 1, "m1 replayed: {acts:?}");
+    assert!(r.timeout(deadline + Duration::from_millis(2)).is_empty());
+    assert_eq!(r.sm_counts(), (1, 0));
+}
+
+#[test]
+fn a_restored_session_gets_at_most_the_servers_resumption_time() {
+    let mut before = router();
+    let id = sm_pair(&mut before);
+    // the core restarted; alice's CM announces her with what it was told
+    // (or claims): a day
+    let mut r = router();
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::Announce {
+            sid: 10,
+            jid: "alice@x/phone".into(),
+            available: true,
+            priority: 0,
+            sm: Some(SmSnapshot {
+                id,
+                handled: 0,
+                sent: 0,
+                client_acked: 0,
+                next_seq: 0,
+                max: 86_400,
+            }),
+        },
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(r.sm_counts(), (1, 0));
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(300)));
+}
+
+#[test]
 fn a_session_that_is_not_resumable_ends_at_once_without_a_deadline() {
     let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
@@ -1119,7 +1244,11 @@ fn a_failed_delivery_kicks_before_the_rest_of_the_input_is_carried_out() {
         ),
         "{first:?}"
     );
-    r.delivery_failed((1, 10), t0());
+    r.delivery_failed(
+        (1, 10),
+        Bytes::from_static(b"<presence to='alice@x/phone'/>"),
+        t0(),
+    );
     let next = r.poll_action();
     assert!(
         matches!(&next, Some(Action::Send { frame: Frame::Kick { sid: 10, condition }, .. }) if condition == "connection-timeout"),
@@ -1135,6 +1264,70 @@ fn a_failed_delivery_kicks_before_the_rest_of_the_input_is_carried_out() {
         })
     ));
     assert_eq!(r.poll_action(), None);
+}
+
+#[test]
+fn a_failed_delivery_to_a_session_without_sm_stores_a_chat_or_normal_message_first() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    // an action of the input being carried out waits behind
+    r.emit(Action::LoadRoster {
+        user: "carol@x".into(),
+    });
+    let chat = Bytes::from_static(b"<message type='chat'><body>hi</body></message>");
+    r.delivery_failed((1, 10), chat.clone(), t0());
+    assert_eq!(
+        r.poll_action(),
+        Some(Action::StoreOffline {
+            user: "alice".into(),
+            payload: chat,
+            bounce: super::Bounce {
+                sender: String::new(),
+                to: String::new(),
+                id: None,
+            },
+            origin: None,
+        })
+    );
+    assert!(matches!(r.poll_action(), Some(Action::LoadRoster { .. })));
+    assert_eq!(r.stats().offline_stored, 1);
+    // a normal message (no type) too; the session stays bound
+    let normal = Bytes::from_static(b"<message><body>hi</body></message>");
+    r.delivery_failed((1, 10), normal, t0());
+    assert!(matches!(
+        &r.drain()[..],
+        [Action::StoreOffline { user, .. }] if user == "alice"
+    ));
+    assert!(r.table().full("alice@x", "phone").is_some());
+    // anything else is lost, as on a broken stream
+    for other in [
+        &b"<message type='headline'><body>hi</body></message>"[..],
+        b"<message type='error'/>",
+        b"<presence/>",
+        b"<iq type='result' id='1'/>",
+        b"<message",
+    ] {
+        r.delivery_failed((2, 20), Bytes::from_static(other), t0());
+        assert_eq!(r.drain(), vec![], "{}", String::from_utf8_lossy(other));
+    }
+    // a session no longer bound: nobody to store for
+    r.delivery_failed((9, 90), Bytes::from_static(b"<message/>"), t0());
+    assert_eq!(r.drain(), vec![]);
+}
+
+#[test]
+fn a_failed_delivery_to_a_detached_sm_session_does_nothing_more() {
+    let mut r = router();
+    sm_pair(&mut r);
+    drop_alice_at(&mut r, t0());
+    assert_eq!(r.sm_counts(), (1, 1));
+    let chat = Bytes::from_static(b"<message type='chat'><body>hi</body></message>");
+    r.delivery_failed((1, 10), chat, t0() + Duration::from_secs(1));
+    // its ledger keeps the stanza: neither stored nor kicked again, and
+    // the deadline stays the first detach's
+    assert_eq!(r.drain(), vec![]);
+    assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(60)));
 }
 
 /// Alice on phone (1, 10) and desk (1, 11, carbons on), Bob on pc (2, 20),
@@ -1243,10 +1436,30 @@ fn a_private_message_is_archived_with_forged_ids_stripped_and_not_copied() {
     assert_eq!(&entries[0].payload[..], delivered.as_bytes());
 }
 
+/// `original` with the `<stanza-id/>` of archive id `id` by `by` appended,
+/// as the core stamps a message it keeps the bytes of.
+fn with_stanza_id(original: &str, id: &str, by: &str) -> String {
+    let end = original.rfind("</").unwrap();
+    format!(
+        "{}<stanza-id xmlns=\"urn:xmpp:sid:0\" id=\"{id}\" by=\"{by}\"/>{}",
+        &original[..end],
+        &original[end..]
+    )
+}
+
+/// The archive entries among `acts` (one `Archive` action expected).
+fn archived(acts: &[Action]) -> &[crate::storage::ArchiveEntry] {
+    match acts.iter().find(|a| matches!(a, Action::Archive { .. })) {
+        Some(Action::Archive { entries, .. }) => entries,
+        _ => panic!("not archived: {acts:?}"),
+    }
+}
+
 #[test]
-fn a_chat_with_a_hint_is_archived_and_copied_from_one_parse() {
+fn a_chat_with_a_hint_is_delivered_as_it_came_stamped_and_its_copy_embeds_those_bytes() {
     let mut r = router();
     carbons_trio(&mut r);
+    let original = "<message to='alice@x/phone' type='chat'><body>hi</body><store xmlns='urn:xmpp:hints'/></message>";
     let acts = stanza(
         &mut r,
         2,
@@ -1257,25 +1470,116 @@ fn a_chat_with_a_hint_is_archived_and_copied_from_one_parse() {
             Some("alice@x/phone"),
             Some("chat"),
         ),
-        "<message to='alice@x/phone' type='chat'><body>hi</body><store xmlns='urn:xmpp:hints'/></message>",
+        original,
     );
-    let Some(Action::Archive { entries, .. }) =
-        acts.iter().find(|a| matches!(a, Action::Archive { .. }))
-    else {
-        panic!("{acts:?}")
-    };
+    let entries = archived(&acts);
     let d = deliveries(&acts);
     assert_eq!(d.len(), 2, "{d:?}");
     assert_eq!(d[0].0, (1, 10));
+    // the tree only read it: the bytes are the client's, the stamp appended
+    let stamped = with_stanza_id(original, &entries[0].id, "alice@x");
+    assert_eq!(d[0].1, stamped);
     assert_eq!(d[0].1.as_bytes(), &entries[0].payload[..]);
     // the desk gets a "received" copy of the stamped message
     assert_eq!(d[1].0, (1, 11));
+    let start_tag = "<message to='alice@x/phone' type='chat'>".len();
     assert!(
-        d[1].1.contains("<received xmlns=\"urn:xmpp:carbons:2\">"),
+        d[1].1.contains(&format!(
+            "<received xmlns=\"urn:xmpp:carbons:2\"><forwarded xmlns=\"urn:xmpp:forward:0\"><message to=\"alice@x/phone\" type=\"chat\" xmlns=\"jabber:client\">{}</forwarded>",
+            &stamped[start_tag..]
+        )),
         "{}",
         d[1].1
     );
-    assert!(d[1].1.contains(&d[0].1), "{}", d[1].1);
+}
+
+#[test]
+fn a_plain_chat_is_stamped_in_its_bytes_and_its_carbon_embeds_exactly_them() {
+    // the common case: archive and carbons on, a body, no hint or id
+    let mut r = router();
+    carbons_trio(&mut r);
+    let original = "<message to='bob@x' type='chat' id='m1'><body>hi</body></message>";
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        original,
+    );
+    let entries = archived(&acts);
+    let stamped = with_stanza_id(original, &entries[0].id, "bob@x");
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[0], ((2, 20), stamped.clone()));
+    assert!(entries.iter().all(|e| e.payload == stamped.as_bytes()));
+    // the sent copy: the start tag with its namespace declared, then the
+    // stamped bytes after their start tag, byte for byte
+    let start_tag = "<message to='bob@x' type='chat' id='m1'>".len();
+    assert_eq!(d[1].0, (1, 11));
+    assert_eq!(
+        d[1].1,
+        format!(
+            "<message xmlns=\"jabber:client\" from=\"alice@x\" to=\"alice@x/desk\" type=\"chat\"><sent xmlns=\"urn:xmpp:carbons:2\"><forwarded xmlns=\"urn:xmpp:forward:0\"><message to=\"bob@x\" type=\"chat\" id=\"m1\" xmlns=\"jabber:client\">{}</forwarded></sent></message>",
+            &stamped[start_tag..]
+        )
+    );
+}
+
+#[test]
+fn a_message_with_an_origin_id_is_delivered_and_archived_as_it_came_with_the_stanza_id_appended() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    // names the stanza-id namespace, so the tree reads it; nothing to strip
+    let original = "<message xmlns:p='urn:p' p:x='1' to='bob@x' type='chat'><body>hi</body><origin-id xmlns='urn:xmpp:sid:0' id='o1'/></message>";
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        original,
+    );
+    let entries = archived(&acts);
+    let stamped = with_stanza_id(original, &entries[0].id, "bob@x");
+    assert_eq!(deliveries(&acts), vec![((2, 20), stamped.clone())]);
+    assert!(entries.iter().all(|e| e.payload == stamped.as_bytes()));
+}
+
+#[test]
+fn a_message_rewritten_to_strip_a_forged_id_keeps_its_prefix_declarations() {
+    let mut r = router();
+    carbons_trio(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message xmlns:p='urn:p' p:x='1' to='bob@x' type='chat'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='bob@x'/><x xmlns='urn:x' p:y='2'/></message>",
+    );
+    let entries = archived(&acts);
+    let d = deliveries(&acts);
+    assert_eq!(d.len(), 2, "{d:?}");
+    let delivered = &d[0].1;
+    assert!(!delivered.contains("forged"), "{delivered}");
+    assert_eq!(&entries[0].payload[..], delivered.as_bytes());
+    // namespace-well-formed (every prefix declared), for the recipient and
+    // for the copy alike
+    for (_, stanza) in &d {
+        if let Err(e) = Element::parse(stanza.as_bytes(), ns::CLIENT) {
+            panic!("{e:?}: {stanza}");
+        }
+    }
+    let message = Element::parse(delivered.as_bytes(), ns::CLIENT).unwrap();
+    assert_eq!(message.attr("p:x"), Some("1"));
+    assert_eq!(message.prefixes, [("p".to_owned(), "urn:p".to_owned())]);
+    assert_eq!(message.child("x", "urn:x").unwrap().attr("p:y"), Some("2"));
 }
 
 #[test]
@@ -1346,6 +1650,97 @@ fn a_session_flooding_control_frames_while_its_roster_loads_is_ended_once_and_it
 }
 
 #[test]
+fn a_message_bounced_after_its_session_went_over_the_roster_wait_bound_goes_offline() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "pc");
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    // alice asks carol (no session, roster not loaded): her frames wait for it
+    let acts = r.step(Input::Frame {
+        node: 1,
+        frame: Frame::Stanza {
+            sid: 10,
+            header: header(
+                Kind::Presence,
+                "alice@x/phone",
+                Some("carol@x"),
+                Some("subscribe"),
+            ),
+            payload: Bytes::from_static(b"<presence to='carol@x' type='subscribe'/>"),
+        },
+    });
+    assert_eq!(
+        acts,
+        vec![Action::LoadRoster {
+            user: "carol@x".into()
+        }]
+    );
+    // and go over the bound: her session is ended
+    let mut kicked = false;
+    for _ in 0..super::roster_cache::MAX_DEFERRED {
+        let acts = r.step(Input::Frame {
+            node: 1,
+            frame: Frame::AckRequest { sid: 10 },
+        });
+        kicked |= acts.iter().any(|a| {
+            matches!(a, Action::Send { frame: Frame::Kick { sid: 10, condition }, .. } if condition == "policy-violation")
+        });
+    }
+    assert!(kicked);
+    // bob writes to her meanwhile; her CM, ending the session, bounces it
+    let message = "<message to='alice@x/phone' type='chat'><body>hi</body></message>";
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        message,
+    );
+    let [((1, 10), delivered)] = &deliveries(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    let payload = Bytes::from(delivered.clone());
+    for frame in [
+        Frame::Bounce {
+            sid: 10,
+            to: "alice@x/phone".into(),
+            payload: payload.clone(),
+        },
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: false,
+        },
+    ] {
+        let acts = r.step(Input::Frame { node: 1, frame });
+        assert!(acts.is_empty(), "waits in order: {acts:?}");
+    }
+    let acts = r.step(Input::RosterLoaded {
+        user: "carol@x".into(),
+        roster: Some(Roster::default()),
+    });
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::StoreOffline { user, payload: p, .. } if user == "alice" && *p == payload
+        )),
+        "the bounced message is stored for alice: {acts:?}"
+    );
+    assert!(r.table().full("alice@x", "phone").is_none());
+}
+
+#[test]
 fn stanza_bytes_waiting_for_a_roster_are_bounded() {
     let mut r = router();
     let bind = Frame::Bind {
@@ -1383,4 +1778,37 @@ fn stanza_bytes_waiting_for_a_roster_are_bounded() {
     }
     // 1 MiB holds 17 of these 60 KiB messages; the 18th goes over
     assert_eq!(kicked_after, Some(18));
+}
+
+#[test]
+fn the_action_queue_gives_memory_back_once_a_burst_drained() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    // one input, 100 000 actions: an archive query's answer
+    let burst = 100_000;
+    r.handle(
+        Input::Replies {
+            to: (1, 10),
+            payloads: vec![Bytes::from_static(b"<message/>"); burst],
+        },
+        t0(),
+    );
+    assert!(r.out.capacity() >= burst);
+    assert_eq!(r.drain().len(), burst);
+    assert!(
+        r.out.capacity() <= 2 * super::ACTIONS_KEPT,
+        "{}",
+        r.out.capacity()
+    );
+    // a small queue keeps its memory
+    r.handle(
+        Input::Replies {
+            to: (1, 10),
+            payloads: vec![Bytes::from_static(b"<message/>"); 5000],
+        },
+        t0(),
+    );
+    let kept = r.out.capacity();
+    r.drain();
+    assert_eq!(r.out.capacity(), kept);
 }

@@ -1,6 +1,12 @@
 //! A small, owned XML element tree for the places that must look inside a
 //! stanza: server-handled IQs in the core and incoming stanzas in the SDK.
 //! Routing never builds one (see [`crate::stanza`]).
+//!
+//! What it writes is namespace-well-formed whatever part of a tree is
+//! written: an element's name is written unprefixed with its namespace as
+//! the default (`xmlns`) where it differs from its parent's, and the
+//! prefixes of its attribute names (`p:a`) are declared (`xmlns:p`) where no
+//! ancestor written with it declared them already ([`Element::prefixes`]).
 
 use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
@@ -18,6 +24,11 @@ pub struct Element {
     pub ns: String,
     /// Attributes other than namespace declarations, qualified names as written.
     pub attrs: Vec<(String, String)>,
+    /// The namespaces of the prefixes its attribute names use, as
+    /// (prefix, namespace URI) (`xml:` aside, which is always bound): what
+    /// the source declared, so that the element is written with them
+    /// declared wherever it ends up.
+    pub prefixes: Vec<(String, String)>,
     /// Child nodes in order.
     pub children: Vec<Node>,
 }
@@ -38,6 +49,7 @@ impl Element {
             name: name.into(),
             ns: ns.into(),
             attrs: Vec::new(),
+            prefixes: Vec::new(),
             children: Vec::new(),
         }
     }
@@ -119,7 +131,7 @@ impl Element {
                     let empty = matches!(event, Event::Empty(_));
                     let ns = namespace_of(&resolved, default_ns)?;
                     let mut el = Element::new(utf8(start.local_name().as_ref())?, ns);
-                    el.attrs = checked_attrs(&reader, start, false)?;
+                    el.attrs = read_attrs(&reader, start, false, Some(&mut el.prefixes))?;
                     if empty {
                         if !attach(&mut stack, el.clone()) {
                             return Ok(el);
@@ -183,28 +195,53 @@ impl Element {
     /// Serializes the element; `parent_ns` is the namespace in scope (pass
     /// `jabber:client` for a stanza written into a client stream).
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        self.write_in_scope(out, parent_ns, &mut Vec::new());
+    }
+
+    /// [`Element::write_to`] inside ancestors that declared the prefixes in
+    /// `scope` (prefix, namespace URI; the innermost last).
+    fn write_in_scope<'a>(
+        &'a self,
+        out: &mut Vec<u8>,
+        parent_ns: &str,
+        scope: &mut Vec<(&'a str, &'a str)>,
+    ) {
         out.push(b'<');
         out.extend_from_slice(self.name.as_bytes());
         if self.ns != parent_ns {
             push_attr(out, "xmlns", &self.ns);
+        }
+        let outer = scope.len();
+        for (prefix, uri) in &self.prefixes {
+            let in_scope = scope.iter().rev().find(|(p, _)| p == prefix);
+            if prefix != "xml" && in_scope.is_none_or(|(_, u)| u != uri) {
+                out.push(b' ');
+                out.extend_from_slice(b"xmlns:");
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(b"=\"");
+                out.extend_from_slice(escape(uri).as_bytes());
+                out.push(b'"');
+                scope.push((prefix, uri));
+            }
         }
         for (k, v) in &self.attrs {
             push_attr(out, k, v);
         }
         if self.children.is_empty() {
             out.extend_from_slice(b"/>");
-            return;
-        }
-        out.push(b'>');
-        for child in &self.children {
-            match child {
-                Node::Element(e) => e.write_to(out, &self.ns),
-                Node::Text(t) => out.extend_from_slice(escape(t).as_bytes()),
+        } else {
+            out.push(b'>');
+            for child in &self.children {
+                match child {
+                    Node::Element(e) => e.write_in_scope(out, &self.ns, scope),
+                    Node::Text(t) => out.extend_from_slice(escape(t).as_bytes()),
+                }
             }
+            out.extend_from_slice(b"</");
+            out.extend_from_slice(self.name.as_bytes());
+            out.push(b'>');
         }
-        out.extend_from_slice(b"</");
-        out.extend_from_slice(self.name.as_bytes());
-        out.push(b'>');
+        scope.truncate(outer);
     }
 
     /// Serializes into a new buffer (see [`Element::write_to`]).
@@ -284,6 +321,17 @@ pub(crate) fn checked_attrs(
     start: &BytesStart<'_>,
     keep_prefix_decls: bool,
 ) -> Result<Vec<(String, String)>, FramingError> {
+    read_attrs(reader, start, keep_prefix_decls, None)
+}
+
+/// [`checked_attrs`], also noting in `prefixes` the namespace of each prefix
+/// the attribute names use (once per prefix, `xml:` aside).
+fn read_attrs(
+    reader: &NsReader<&[u8]>,
+    start: &BytesStart<'_>,
+    keep_prefix_decls: bool,
+    mut prefixes: Option<&mut Vec<(String, String)>>,
+) -> Result<Vec<(String, String)>, FramingError> {
     let mut attrs = Vec::new();
     for attr in start.attributes().with_checks(true) {
         let attr = attr.map_err(not_well_formed)?;
@@ -299,8 +347,22 @@ pub(crate) fn checked_attrs(
             }
             continue;
         }
-        if let (ResolveResult::Unknown(_), _) = reader.resolve_attribute(attr.key) {
-            return Err(not_well_formed("undeclared attribute prefix"));
+        match reader.resolve_attribute(attr.key) {
+            (ResolveResult::Unknown(_), _) => {
+                return Err(not_well_formed("undeclared attribute prefix"));
+            }
+            (ResolveResult::Bound(uri), _) => {
+                if let Some(prefixes) = prefixes.as_deref_mut()
+                    && let Some(prefix) = attr.key.prefix()
+                    && prefix.as_ref() != b"xml"
+                    && !prefixes
+                        .iter()
+                        .any(|(p, _)| p.as_bytes() == prefix.as_ref())
+                {
+                    prefixes.push((utf8(prefix.as_ref())?, utf8(uri.as_ref())?));
+                }
+            }
+            (ResolveResult::Unbound, _) => {}
         }
         attrs.push((utf8(key)?, value.into_owned()));
     }
@@ -335,6 +397,80 @@ mod tests {
         assert_eq!(y.text(), "t'");
         let again = Element::parse(&el.to_bytes(ns::CLIENT), ns::CLIENT).unwrap();
         assert_eq!(again, el);
+    }
+
+    /// Writes `el` and parses it back: fails unless what was written is
+    /// namespace-well-formed (every prefix declared).
+    fn written_and_parsed(el: &Element) -> Element {
+        let written = el.to_bytes(ns::CLIENT);
+        Element::parse(&written, ns::CLIENT).unwrap_or_else(|e| {
+            panic!("{e:?}: {}", String::from_utf8_lossy(&written));
+        })
+    }
+
+    #[test]
+    fn prefixed_attributes_of_the_root_are_written_with_their_declaration() {
+        let raw = br#"<message xmlns:p='urn:p' p:a='1' type='chat'><body>x</body></message>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        assert_eq!(el.attr("p:a"), Some("1"));
+        assert_eq!(el.prefixes, [("p".to_owned(), "urn:p".to_owned())]);
+        assert_eq!(written_and_parsed(&el), el);
+    }
+
+    #[test]
+    fn prefixed_attributes_of_children_are_written_with_their_declaration() {
+        let raw =
+            br#"<message><x xmlns='urn:x' xmlns:q='urn:q' q:b='2'><y q:c='3'/></x></message>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        assert!(el.prefixes.is_empty());
+        let x = el.child("x", "urn:x").unwrap();
+        assert_eq!(x.prefixes, [("q".to_owned(), "urn:q".to_owned())]);
+        assert_eq!(written_and_parsed(&el), el);
+        // declared once, on the outermost element that uses it
+        let written = String::from_utf8(el.to_bytes(ns::CLIENT)).unwrap();
+        assert_eq!(written.matches("xmlns:q=").count(), 1, "{written}");
+    }
+
+    #[test]
+    fn children_in_a_default_namespace_keep_it_and_their_own_children_inherit_it() {
+        let raw = br#"<message><x xmlns='urn:x'><y/></x><z/></message>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        let x = el.child("x", "urn:x").unwrap();
+        assert!(x.child("y", "urn:x").is_some());
+        assert!(el.child("z", ns::CLIENT).is_some());
+        assert_eq!(written_and_parsed(&el), el);
+        assert_eq!(
+            el.to_bytes(ns::CLIENT),
+            br#"<message><x xmlns="urn:x"><y/></x><z/></message>"#
+        );
+    }
+
+    #[test]
+    fn a_prefix_declared_on_the_root_and_used_on_a_child_is_declared_wherever_the_child_is_written()
+    {
+        let raw = br#"<message xmlns:p='urn:p'><x xmlns='urn:x' p:a='1'/><body>b</body></message>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        assert_eq!(written_and_parsed(&el), el);
+        // the child alone, as a subtree handed elsewhere
+        let x = el.child("x", "urn:x").unwrap();
+        assert_eq!(x.prefixes, [("p".to_owned(), "urn:p".to_owned())]);
+        let alone = Element::parse(&x.to_bytes(ns::CLIENT), ns::CLIENT).unwrap();
+        assert_eq!(&alone, x);
+        // the same prefix bound to another namespace further in: declared again
+        let raw = br#"<m xmlns:p='urn:1' p:a='1'><c xmlns:p='urn:2' p:b='2'/></m>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        let again = written_and_parsed(&el);
+        assert_eq!(again.elements().next().unwrap().prefixes[0].1, "urn:2");
+        assert_eq!(again, el);
+    }
+
+    #[test]
+    fn the_xml_prefix_is_never_declared() {
+        let el = Element::parse(br#"<m xml:lang='en'><c xml:lang='de'/></m>"#, ns::CLIENT).unwrap();
+        assert!(el.prefixes.is_empty());
+        let written = String::from_utf8(el.to_bytes(ns::CLIENT)).unwrap();
+        assert!(!written.contains("xmlns:xml"), "{written}");
+        assert_eq!(written_and_parsed(&el), el);
     }
 
     #[test]

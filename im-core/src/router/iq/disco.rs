@@ -35,6 +35,7 @@ pub(in crate::router) fn account_info(archive: bool) -> Element {
     )
 }
 
+/// A disco#info query with `identity` and the features `vars`.
 fn features(identity: Element, vars: &[&str]) -> Element {
     let mut q = Element::new("query", ns::DISCO_INFO).with_child(identity);
     for var in vars {

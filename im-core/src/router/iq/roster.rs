@@ -56,6 +56,8 @@ impl Router {
         }
     }
 
+    /// A roster set (RFC 6121 §2.3, §2.5) from `bare`: adds, changes or
+    /// removes one item (a removal cancels the subscriptions first).
     pub(super) fn roster_set(
         &mut self,
         bare: &str,

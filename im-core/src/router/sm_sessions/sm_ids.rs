@@ -25,6 +25,7 @@ impl SmIds {
         Self { secret }
     }
 
+    /// The tag that binds `token` to `bare`.
     fn tag(&self, token: u64, bare: &str) -> [u8; 16] {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
             return [0; 16];
