@@ -135,9 +135,12 @@ impl Client {
 
     /// The current SM id and `h`, for resuming from another process
     /// ([`ConnectOptions::with_previous_session`]); None if not resumable.
-    /// It covers at least every stanza the app got an event for, and stays
-    /// readable after the session ended (an app going to the background
-    /// saves it, to resume later).
+    /// It stays readable after the session ended (an app going to the
+    /// background saves it, to resume later). Its `h` counts every stanza
+    /// the session received, including any whose event the app has not
+    /// read yet: resuming with it tells the server those were handled, so
+    /// read the events that are waiting ([`Client::next_event`]) before
+    /// saving it, or they are not delivered again.
     pub fn resumption(&self) -> Option<(String, u32)> {
         self.snapshot.borrow().resumption.clone()
     }

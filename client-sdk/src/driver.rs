@@ -144,16 +144,20 @@ impl Driver {
     async fn carry_out_outputs(&mut self) -> bool {
         while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Transmit(bytes) => {
-                    if let Err(e) = self.write(&bytes).await {
-                        self.write_failed(&e, None);
+                Output::Transmit(bytes) => match self.write(&bytes).await {
+                    Ok(Written::Yes) | Ok(Written::NoConnection) => {}
+                    Err(e) => self.write_failed(&e, None),
+                },
+                Output::TransmitStanza(out) => match self.write(&out.bytes).await {
+                    Ok(Written::Yes) => {}
+                    // (the session sends no stanza where there is no
+                    // connection; should it, the stanza goes back to it)
+                    Ok(Written::NoConnection) => {
+                        self.session
+                            .on_write_failed(now(), "no connection", false, Some(out));
                     }
-                }
-                Output::TransmitStanza(out) => {
-                    if let Err(e) = self.write(&out.bytes).await {
-                        self.write_failed(&e, Some(out));
-                    }
-                }
+                    Err(e) => self.write_failed(&e, Some(out)),
+                },
                 Output::Connect {
                     resumption,
                     resource,
@@ -194,16 +198,16 @@ impl Driver {
     }
 
     /// Writes on the current connection; nothing if there is none or a
-    /// write on it failed before (the session knows: it sends no stanza
-    /// there any more).
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), quinn::WriteError> {
+    /// write on it failed before (the session already knows of that
+    /// failure).
+    async fn write(&mut self, bytes: &[u8]) -> Result<Written, quinn::WriteError> {
         match &mut self.live {
             Some(live) if !live.broken => {
                 let written = live.send.write_all(bytes).await;
                 live.broken = written.is_err();
-                written
+                written.map(|()| Written::Yes)
             }
-            _ => Ok(()),
+            _ => Ok(Written::NoConnection),
         }
     }
 
@@ -214,6 +218,14 @@ impl Driver {
         self.session
             .on_write_failed(now(), &e.to_string(), stopped, unwritten);
     }
+}
+
+/// Whether [`Driver::write`] wrote.
+enum Written {
+    /// On the current connection.
+    Yes,
+    /// There is none, or a write on it failed before.
+    NoConnection,
 }
 
 /// The current time on tokio's clock (the one the driver sleeps on).

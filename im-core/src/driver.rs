@@ -494,7 +494,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_router_is_given_the_time_of_the_clock_the_driver_sleeps_on() {
+    async fn the_drivers_clock_and_its_sleep_both_follow_tokios_paused_time() {
         let start = now();
         let deadline = start + Duration::from_secs(60);
         // tokio's time is paused: the sleep ends at once, its clock moved

@@ -20,7 +20,7 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -541,14 +541,18 @@ impl Session {
             return;
         }
         let mut back: Vec<Outgoing> = unwritten.into_iter().collect();
+        let mut back_ids: HashSet<String> = back.iter().filter_map(|o| o.id.clone()).collect();
         for output in std::mem::take(&mut self.outputs) {
             match output {
-                Output::TransmitStanza(out) => back.push(out),
-                // (`send` reports it right after the stanza's transmit)
+                Output::TransmitStanza(out) => {
+                    back_ids.extend(out.id.clone());
+                    back.push(out);
+                }
+                // (`send` reports it after the stanza's transmit)
                 Output::Event(Event::MessageState {
                     id,
                     state: MessageState::Sent,
-                }) if back.last().and_then(|out| out.id.as_ref()) == Some(&id) => {}
+                }) if back_ids.contains(&id) => {}
                 other => self.outputs.push_back(other),
             }
         }

@@ -253,9 +253,10 @@ impl SmSessions {
             _ => self.new_token(),
         };
         // what the CM says was granted, but never more than this server grants
-        let max = match sm.id.is_empty() {
-            true => 0,
-            false => sm.max.min(DEFAULT_MAX_RESUME_SECS),
+        let max = if sm.id.is_empty() {
+            0
+        } else {
+            sm.max.min(DEFAULT_MAX_RESUME_SECS)
         };
         let counters = Restored {
             handled: sm.handled,
