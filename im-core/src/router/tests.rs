@@ -1537,7 +1537,8 @@ fn a_message_with_an_origin_id_is_delivered_and_archived_as_it_came_with_the_sta
         header(Kind::Presence, "bob@x/pc", None, None),
         "<presence/>",
     );
-    // names the stanza-id namespace, so the tree reads it; nothing to strip
+    // an origin-id shares the stanza-id namespace but is no <stanza-id/>: the
+    // bytes are kept, the stanza-id appended (no tree is read)
     let original = "<message xmlns:p='urn:p' p:x='1' to='bob@x' type='chat'><body>hi</body><origin-id xmlns='urn:xmpp:sid:0' id='o1'/></message>";
     let acts = stanza(
         &mut r,
