@@ -6,6 +6,8 @@
 //! before the buffer grows for it, and every length or count inside a frame
 //! against the bytes left in that frame.
 
+use std::net::IpAddr;
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
@@ -53,6 +55,7 @@ impl Frame {
                 sid: r.varint()?,
                 mechanism: r.string()?,
                 data: r.bytes()?,
+                client_ip: ip_address(&r.bytes()?)?,
             },
             FrameTag::AuthResponse => Frame::AuthResponse {
                 sid: r.varint()?,
@@ -192,6 +195,16 @@ impl Frame {
         };
         r.finish()?;
         Ok(frame)
+    }
+}
+
+/// A client address as carried in `AuthStart`: no octets, 4 or 16.
+fn ip_address(octets: &[u8]) -> Result<Option<IpAddr>, DecodeError> {
+    match octets.len() {
+        0 => Ok(None),
+        4 => Ok(<[u8; 4]>::try_from(octets).ok().map(IpAddr::from)),
+        16 => Ok(<[u8; 16]>::try_from(octets).ok().map(IpAddr::from)),
+        _ => Err(DecodeError::Invalid),
     }
 }
 

@@ -1,9 +1,22 @@
 //! Frames to bytes: the length prefix, the type octet, the fields in order.
 
+use std::net::IpAddr;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::decoder::MAX_FRAME;
 use crate::frame::Frame;
 use crate::primitive::Writer;
+
+/// A frame longer than [`MAX_FRAME`] was not encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{frame} frame of {len} bytes is above the {MAX_FRAME}-byte frame limit")]
+pub struct FrameTooLarge {
+    /// The frame's name.
+    pub frame: &'static str,
+    /// Its encoded length (after the length prefix).
+    pub len: usize,
+}
 
 impl Frame {
     /// Appends the encoded frame to `out`.
@@ -15,6 +28,23 @@ impl Frame {
         self.encode_fields(&mut w);
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Appends the encoded frame to `out` unless it is longer than
+    /// [`MAX_FRAME`], which the peer's decoder refuses (and closes the whole
+    /// link for): then `out` is left as it was.
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), FrameTooLarge> {
+        let start = out.len();
+        self.encode(out);
+        let len = out.len() - start - 4;
+        if len > MAX_FRAME {
+            out.truncate(start);
+            return Err(FrameTooLarge {
+                frame: self.name(),
+                len,
+            });
+        }
+        Ok(())
     }
 
     /// Encodes into a fresh buffer.
@@ -71,10 +101,17 @@ impl Frame {
                 sid,
                 mechanism,
                 data,
+                client_ip,
             } => {
                 w.varint(*sid);
                 w.str(mechanism);
                 w.bytes(data);
+                // 0, 4 or 16 octets
+                match client_ip {
+                    None => w.bytes(&[]),
+                    Some(IpAddr::V4(ip)) => w.bytes(&ip.octets()),
+                    Some(IpAddr::V6(ip)) => w.bytes(&ip.octets()),
+                }
             }
             Frame::AuthResponse { sid, data } | Frame::AuthChallenge { sid, data } => {
                 w.varint(*sid);
@@ -207,5 +244,57 @@ impl Frame {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_above_max_frame_is_not_encoded_and_the_buffer_keeps_what_it_had() {
+        let mut out = BytesMut::new();
+        let small = Frame::AckRequest { sid: 1 };
+        small.encode(&mut out);
+        let before = out.clone();
+        // type octet + sid varint + length varint (3 octets) + payload
+        let fits = Frame::Deliver {
+            sid: 1,
+            payload: Bytes::from(vec![b'x'; MAX_FRAME - 5]),
+        };
+        assert_eq!(fits.try_encode(&mut out), Ok(()));
+        assert_eq!(out.len(), before.len() + 4 + MAX_FRAME);
+        out.truncate(before.len());
+        let too_large = Frame::Deliver {
+            sid: 1,
+            payload: Bytes::from(vec![b'x'; MAX_FRAME - 4]),
+        };
+        assert_eq!(
+            too_large.try_encode(&mut out),
+            Err(FrameTooLarge {
+                frame: "deliver",
+                len: MAX_FRAME + 1
+            })
+        );
+        assert_eq!(out, before);
+    }
+
+    #[test]
+    fn a_stanza_of_max_stanza_bytes_fits_in_a_frame_with_its_largest_header() {
+        let payload = Bytes::from(vec![b'x'; crate::MAX_STANZA]);
+        // its attributes cannot be longer than the stanza; a JID is at most 3071 bytes
+        let attr = Some("a".repeat(crate::MAX_STANZA / 3));
+        let frame = Frame::Stanza {
+            sid: u64::MAX,
+            header: crate::RouteHeader {
+                kind: crate::Kind::Message,
+                stanza_type: attr.clone(),
+                to: attr.clone(),
+                id: attr,
+                from: "f".repeat(3071),
+            },
+            payload,
+        };
+        assert_eq!(frame.try_encode(&mut BytesMut::new()), Ok(()));
     }
 }

@@ -1,5 +1,7 @@
 //! The frames and the values they carry.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 
 use crate::tag::FrameTag;
@@ -135,6 +137,9 @@ pub enum Frame {
         mechanism: String,
         /// Initial response (raw, base64-decoded).
         data: Bytes,
+        /// The client's IP address as the CM saw it (the core throttles
+        /// failed attempts per address); `None` if unknown.
+        client_ip: Option<IpAddr>,
     },
     /// CM→core: a SASL response.
     AuthResponse {
@@ -349,6 +354,64 @@ impl Frame {
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         self.tag().name()
+    }
+
+    /// Bytes a queued frame holds: its fixed size plus its variable-length
+    /// fields. What queues of frames count against their byte budgets.
+    pub fn queued_bytes(&self) -> usize {
+        let variable = match self {
+            Frame::Hello {
+                node, client_addr, ..
+            } => node.len() + client_addr.len(),
+            Frame::Welcome {
+                domain, mechanisms, ..
+            } => domain.len() + mechanisms.iter().map(|m| 24 + m.len()).sum::<usize>(),
+            Frame::Register {
+                username, password, ..
+            } => username.len() + password.len(),
+            Frame::RegisterResult { error, .. } => error.as_ref().map_or(0, String::len),
+            Frame::AuthStart {
+                mechanism, data, ..
+            } => mechanism.len() + data.len(),
+            Frame::AuthResponse { data, .. } | Frame::AuthChallenge { data, .. } => data.len(),
+            Frame::AuthSuccess { data, user, .. } => data.len() + user.len(),
+            Frame::AuthFailure { condition, .. } | Frame::Kick { condition, .. } => condition.len(),
+            Frame::Bind {
+                user,
+                iq_id,
+                resource,
+                ..
+            } => user.len() + iq_id.len() + resource.as_ref().map_or(0, String::len),
+            Frame::BindResult { iq_id, result, .. } => {
+                iq_id.len() + result.as_ref().map_or_else(String::len, String::len)
+            }
+            Frame::Announce { jid, sm, .. } => jid.len() + sm.as_ref().map_or(0, |sm| sm.id.len()),
+            Frame::Stanza {
+                header, payload, ..
+            } => {
+                let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+                payload.len()
+                    + header.from.len()
+                    + opt(&header.stanza_type)
+                    + opt(&header.to)
+                    + opt(&header.id)
+            }
+            Frame::Deliver { payload, .. } => payload.len(),
+            Frame::Bounce { to, payload, .. } => to.len() + payload.len(),
+            Frame::SessionEnd { jid, .. } => jid.as_ref().map_or(0, String::len),
+            Frame::SmEnabled { id, .. } => id.len(),
+            Frame::Skipped { seqs, .. } => seqs.len() * std::mem::size_of::<u32>(),
+            Frame::Resume { user, previd, .. } => user.len() + previd.len(),
+            Frame::Resumed { result, .. } => match result {
+                Ok(r) => r.jid.len(),
+                Err(condition) => condition.len(),
+            },
+            Frame::SmEnable { .. }
+            | Frame::AckRequest { .. }
+            | Frame::Handled { .. }
+            | Frame::Acked { .. } => 0,
+        };
+        std::mem::size_of::<Frame>() + variable
     }
 
     /// The session a frame belongs to (None for connection-level frames).

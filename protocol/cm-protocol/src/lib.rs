@@ -29,11 +29,18 @@ mod quinn_stream;
 mod tag;
 
 pub use decoder::{FrameDecoder, MAX_FRAME};
+pub use encoder::FrameTooLarge;
 pub use error::{DecodeError, UnknownFrameType};
 pub use frame::{Frame, Kind, Resumption, RouteHeader, SessionId, SmSnapshot};
 #[cfg(feature = "quinn")]
 pub use quinn_stream::{ReadFrameError, read_frame};
 pub use tag::FrameTag;
+
+/// The largest client stanza a CM may accept: every frame that carries
+/// one (a `Stanza` with its routing header, whose strings are copies of
+/// attributes of the stanza itself, or a `Deliver` of it wrapped as a carbon
+/// copy at the core) then fits in [`MAX_FRAME`].
+pub const MAX_STANZA: usize = MAX_FRAME / 2 - 16 * 1024;
 
 /// ALPN of the CM↔core protocol; the version is part of it.
 pub const ALPN: &[u8] = b"longlink-cm/1";

@@ -63,6 +63,11 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             sid,
             mechanism: string(rng),
             data: bytes(rng),
+            client_ip: match rng.gen_range(0..3) {
+                0 => None,
+                1 => Some(std::net::IpAddr::from(rng.r#gen::<[u8; 4]>())),
+                _ => Some(std::net::IpAddr::from(rng.r#gen::<[u8; 16]>())),
+            },
         },
         FrameTag::AuthResponse => Frame::AuthResponse {
             sid,

@@ -65,8 +65,27 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 sid: 1,
                 mechanism: "PLAIN".into(),
                 data: Bytes::from_static(b"\0a\0b"),
+                client_ip: Some(std::net::Ipv4Addr::new(127, 0, 0, 1).into()),
             },
-            "0000000d 02 0105504c41494e0400610062",
+            "00000012 02 0105504c41494e0400610062 047f000001",
+        ),
+        (
+            Frame::AuthStart {
+                sid: 1,
+                mechanism: "PLAIN".into(),
+                data: Bytes::from_static(b"\0a\0b"),
+                client_ip: None,
+            },
+            "0000000e 02 0105504c41494e0400610062 00",
+        ),
+        (
+            Frame::AuthStart {
+                sid: 1,
+                mechanism: "PLAIN".into(),
+                data: Bytes::new(),
+                client_ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
+            },
+            "0000001a 02 0105504c41494e00 1000000000000000000000000000000001",
         ),
         (
             Frame::AuthResponse {
