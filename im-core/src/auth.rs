@@ -4,9 +4,15 @@
 //! service keeps the in-progress SCRAM exchanges (bounded, with a deadline),
 //! looks credentials up in storage and runs PBKDF2 for PLAIN on blocking
 //! threads so routing never waits for it. Unknown users get a SCRAM exchange
-//! with fake credentials, so which accounts exist is not revealed.
+//! with fake credentials, and PLAIN checks their password against such
+//! credentials with the same single PBKDF2 run, so which accounts exist is
+//! not revealed. Failures are throttled per account and per client address
+//! ([`throttle`]): a blocked attempt is refused before any password check.
+
+pub mod throttle;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +22,7 @@ use xmpp_sasl::{
 
 use xmpp_stream::pacing::TokenBucket;
 
+use self::throttle::{AuthThrottle, ThrottleSettings};
 use crate::routing::SessionAddr;
 use crate::storage::Storage;
 
@@ -44,6 +51,9 @@ struct Pending {
     server: ScramServer,
     exists: bool,
     started: Instant,
+    /// The normalized account and the client's address, for the throttle.
+    account: String,
+    client_ip: Option<IpAddr>,
 }
 
 /// The authentication service (see the module docs).
@@ -59,6 +69,8 @@ pub struct AuthService {
     registration: bool,
     /// Registrations allowed now (a token bucket refilled over time).
     register_tokens: Mutex<TokenBucket>,
+    /// Failed attempts per account and per client address.
+    throttle: Mutex<AuthThrottle>,
 }
 
 /// Accounts created in-band per second, cluster-wide, and the burst allowed.
@@ -86,6 +98,7 @@ impl AuthService {
                 REGISTRATION_BURST,
                 Instant::now(),
             )),
+            throttle: Mutex::new(AuthThrottle::new(ThrottleSettings::default())),
         }
     }
 
@@ -155,8 +168,15 @@ impl AuthService {
             .collect()
     }
 
-    /// The client chose `mechanism` with an initial response.
-    pub async fn start(&self, addr: SessionAddr, mechanism: &str, data: &[u8]) -> Outcome {
+    /// The client (from `client_ip`, if the CM said) chose `mechanism`
+    /// with an initial response.
+    pub async fn start(
+        &self,
+        addr: SessionAddr,
+        mechanism: &str,
+        data: &[u8],
+        client_ip: Option<IpAddr>,
+    ) -> Outcome {
         let mech = match Mechanism::from_name(mechanism) {
             Some(Mechanism::Plain) if !self.allow_plain => {
                 return Outcome::Failure("invalid-mechanism");
@@ -165,7 +185,7 @@ impl AuthService {
             None => return Outcome::Failure("invalid-mechanism"),
         };
         match mech.scram_hash() {
-            None => self.plain(data).await,
+            None => self.plain(data, client_ip).await,
             Some(hash) => {
                 let first = match parse_client_first(data) {
                     Ok(f) => f,
@@ -177,6 +197,10 @@ impl AuthService {
                     .is_some_and(|a| a != self.bare(&first.username))
                 {
                     return Outcome::Failure("invalid-authzid");
+                }
+                let account = self.account(&first.username);
+                if self.blocked(&account, client_ip) {
+                    return Outcome::Failure(THROTTLED);
                 }
                 let (creds, exists) = match self.lookup(&first.username).await {
                     Ok(Some(c)) => (c, true),
@@ -197,6 +221,8 @@ impl AuthService {
                         server,
                         exists,
                         started: Instant::now(),
+                        account,
+                        client_ip,
                     },
                 );
                 Outcome::Challenge(challenge)
@@ -218,11 +244,13 @@ impl AuthService {
             return Outcome::Failure("not-authorized");
         }
         let user = self.bare(p.server.username());
-        match p.server.finish(data) {
+        let outcome = match p.server.finish(data) {
             Ok(data) if p.exists => Outcome::Success { data, user },
             Ok(_) => Outcome::Failure("not-authorized"),
             Err(e) => Outcome::Failure(e.condition()),
-        }
+        };
+        self.record(&p.account, p.client_ip, &outcome);
+        outcome
     }
 
     /// The session went away mid-exchange.
@@ -233,7 +261,7 @@ impl AuthService {
             .remove(&addr);
     }
 
-    async fn plain(&self, data: &[u8]) -> Outcome {
+    async fn plain(&self, data: &[u8], client_ip: Option<IpAddr>) -> Outcome {
         let plain = match parse_plain(data) {
             Ok(p) => p,
             Err(e) => return Outcome::Failure(e.condition()),
@@ -242,31 +270,60 @@ impl AuthService {
         if plain.authzid.as_deref().is_some_and(|a| a != user) {
             return Outcome::Failure("invalid-authzid");
         }
+        let account = self.account(&plain.username);
+        if self.blocked(&account, client_ip) {
+            return Outcome::Failure(THROTTLED);
+        }
         let creds = match self.lookup(&plain.username).await {
             Ok(c) => c,
             Err(()) => return Outcome::Failure("temporary-auth-failure"),
         };
-        let password = plain.password;
+        let (username, password) = (plain.username, plain.password);
         let Ok(_slot) = self.plain_slots.acquire().await else {
             return Outcome::Failure("temporary-auth-failure");
         };
-        let ok = tokio::task::spawn_blocking(move || match creds {
-            Some(c) => c.verify_password(&password),
-            None => {
-                // Spend the same work for unknown users.
-                let _ = StoredCredentials::derive(&password, b"longlink-unknown", 4096);
-                false
-            }
+        let fake_secret = self.fake_secret;
+        let ok = tokio::task::spawn_blocking(move || {
+            verify_plain(creds.as_ref(), &username, &password, &fake_secret)
         })
         .await
         .unwrap_or(false);
-        if ok {
+        let outcome = if ok {
             Outcome::Success {
                 data: Vec::new(),
                 user,
             }
         } else {
             Outcome::Failure("not-authorized")
+        };
+        self.record(&account, client_ip, &outcome);
+        outcome
+    }
+
+    /// The account a username names, as the throttle counts it.
+    fn account(&self, username: &str) -> String {
+        normalize_user(username).unwrap_or_else(|| username.to_owned())
+    }
+
+    /// Whether attempts for `account` or from `client_ip` are blocked now.
+    fn blocked(&self, account: &str, client_ip: Option<IpAddr>) -> bool {
+        let throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        match throttle.check(Instant::now(), account, client_ip) {
+            Ok(()) => false,
+            Err(blocked) => {
+                tracing::info!(account, ?client_ip, until = ?blocked.until, "authentication throttled");
+                true
+            }
+        }
+    }
+
+    /// Tells the throttle how an attempt ended.
+    fn record(&self, account: &str, client_ip: Option<IpAddr>, outcome: &Outcome) {
+        let mut throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Outcome::Success { .. } => throttle.succeeded(account),
+            Outcome::Failure(_) => throttle.failed(Instant::now(), account, client_ip),
+            Outcome::Challenge(_) => {}
         }
     }
 
@@ -289,8 +346,93 @@ impl AuthService {
     }
 }
 
+/// The condition of an attempt refused by the throttle: the client may try
+/// again later.
+const THROTTLED: &str = "temporary-auth-failure";
+
+/// PLAIN's password check: exactly one PBKDF2 run whether the account
+/// exists or not (an unknown user's password is checked against fake
+/// credentials of the default iteration count), so the time it takes does
+/// not tell which accounts exist.
+fn verify_plain(
+    creds: Option<&StoredCredentials>,
+    username: &str,
+    password: &str,
+    fake_secret: &[u8],
+) -> bool {
+    match creds {
+        Some(c) => c.verify_password(password),
+        None => {
+            let _ = fake_credentials(username, fake_secret).verify_password(password);
+            false
+        }
+    }
+}
+
 /// Normalizes a username as a JID local part (nodeprep via the `jid` crate).
 pub fn normalize_user(username: &str) -> Option<String> {
     let jid = jid::BareJid::new(&format!("{username}@localhost")).ok()?;
     jid.node().map(|n| n.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn derivations(f: impl FnOnce() -> bool) -> (bool, u64) {
+        let before = xmpp_sasl::derivations_on_this_thread();
+        let ok = f();
+        (ok, xmpp_sasl::derivations_on_this_thread() - before)
+    }
+
+    #[tokio::test]
+    async fn after_its_free_failures_an_account_is_refused_unchecked_even_with_the_right_password()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let storage =
+            Storage::start(move || crate::storage::open(None, &path, 1000)).expect("storage");
+        let creds = StoredCredentials::new("right", StoredCredentials::DEFAULT_ITERATIONS);
+        storage
+            .call(move |db| db.add_user("alice", &creds))
+            .await
+            .unwrap();
+        let auth = AuthService::new("x", storage, true);
+        let attacker = Some(IpAddr::from([192, 0, 2, 1]));
+        let plain = |user: &str, password: &str| xmpp_sasl::plain_message(user, password);
+        let free = ThrottleSettings::default().account_free_failures;
+        for sid in 0..=u64::from(free) {
+            let outcome = auth
+                .start((1, sid), "PLAIN", &plain("alice", "guess"), attacker)
+                .await;
+            assert_eq!(outcome, Outcome::Failure("not-authorized"), "guess {sid}");
+        }
+        // blocked now: even the right password is not checked
+        let outcome = auth
+            .start((1, 99), "PLAIN", &plain("alice", "right"), attacker)
+            .await;
+        assert_eq!(outcome, Outcome::Failure(THROTTLED));
+        let outcome = auth
+            .start((1, 100), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None)
+            .await;
+        assert_eq!(outcome, Outcome::Failure(THROTTLED));
+        // other accounts are not blocked by it
+        let outcome = auth
+            .start((1, 101), "PLAIN", &plain("bob", "x"), None)
+            .await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"));
+    }
+
+    #[test]
+    fn plain_runs_one_pbkdf2_derivation_for_known_and_unknown_users_alike() {
+        let secret = [7u8; 32];
+        let creds = StoredCredentials::new("right", StoredCredentials::DEFAULT_ITERATIONS);
+        let known_right = derivations(|| verify_plain(Some(&creds), "alice", "right", &secret));
+        let known_wrong = derivations(|| verify_plain(Some(&creds), "alice", "wrong", &secret));
+        let unknown = derivations(|| verify_plain(None, "nobody", "right", &secret));
+        assert_eq!(
+            (known_right, known_wrong, unknown),
+            ((true, 1), (false, 1), (false, 1))
+        );
+    }
 }

@@ -42,6 +42,10 @@ pub struct CoreConfig {
     /// their sender. Off: no history, one durable write less per message.
     #[serde(default = "yes")]
     pub archive: bool,
+    /// Most sessions (resources) one account may bind at once; more binds
+    /// are refused with `resource-constraint`.
+    #[serde(default = "default_max_resources")]
+    pub max_resources_per_account: usize,
 }
 
 fn default_listen() -> SocketAddr {
@@ -55,6 +59,9 @@ fn default_grace_ms() -> u64 {
 }
 fn default_offline_quota() -> u32 {
     10_000
+}
+fn default_max_resources() -> usize {
+    crate::routing::MAX_RESOURCES_PER_ACCOUNT
 }
 fn yes() -> bool {
     true
@@ -75,6 +82,7 @@ impl CoreConfig {
             database_url: None,
             registration: false,
             archive: true,
+            max_resources_per_account: default_max_resources(),
         }
     }
 

@@ -178,10 +178,12 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
 
     let (events_tx, events_rx) = mpsc::channel(driver::ROUTER_QUEUE);
     let sm_key = sm_secret(&config.data_dir).map_err(io("SM key"))?;
-    let router = router::Router::new(&config.domain, instance, sm_key).with_archive(
-        config.archive,
-        (queries::now_micros() as u64).wrapping_mul(16),
-    );
+    let router = router::Router::new(&config.domain, instance, sm_key)
+        .with_archive(
+            config.archive,
+            (queries::now_micros() as u64).wrapping_mul(16),
+        )
+        .with_max_resources(config.max_resources_per_account);
     let driver = driver::Driver::new(
         router,
         links.clone(),

@@ -5,7 +5,9 @@
 //! frames. A reader task decodes frames and hands routing frames to the
 //! router (awaiting when it is busy, so QUIC flow control slows the CM down
 //! instead of memory growing); SASL frames go to the auth service. A writer
-//! task per connection drains a bounded queue onto the stream.
+//! task per connection drains a queue bounded in bytes ([`LINK_QUEUE_BYTES`])
+//! onto the stream; a frame that does not fit is given back to the router
+//! ([`SendError::Full`]), which detaches the session it was for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,7 @@ use bytes::BytesMut;
 use cm_protocol::{Frame, FrameDecoder, SessionId, read_frame};
 use quinn::{Connection, RecvStream, SendStream};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthService, Outcome};
@@ -24,8 +26,79 @@ use crate::metrics::{Metrics, label};
 use crate::router::Input;
 use crate::routing::NodeId;
 
-/// Frames queued towards one pooled connection before it counts as full.
-pub const LINK_QUEUE: usize = 16 * 1024;
+/// Bytes of frames ([`Frame::queued_bytes`]) queued towards one pooled
+/// connection before it counts as full.
+pub const LINK_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The sending end of one connection's queue, bounded in bytes: a frame
+/// holds its bytes of the budget until the writer takes it.
+#[derive(Clone)]
+pub struct LinkSender {
+    tx: mpsc::UnboundedSender<(Frame, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    bytes: usize,
+}
+
+/// The writer's end of one connection's queue.
+pub struct LinkReceiver(mpsc::UnboundedReceiver<(Frame, OwnedSemaphorePermit)>);
+
+impl LinkSender {
+    /// A queue of `bytes` (a frame larger than that still goes into an
+    /// empty queue).
+    pub fn channel(bytes: usize) -> (LinkSender, LinkReceiver) {
+        let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(bytes));
+        (LinkSender { tx, budget, bytes }, LinkReceiver(rx))
+    }
+
+    fn cost(&self, frame: &Frame) -> u32 {
+        frame.queued_bytes().min(self.bytes) as u32
+    }
+
+    /// Queues `frame` if its bytes fit now.
+    pub fn try_send(&self, frame: Frame) -> Result<(), (SendError, Frame)> {
+        if self.tx.is_closed() {
+            return Err((SendError::NoLink, frame));
+        }
+        match self
+            .budget
+            .clone()
+            .try_acquire_many_owned(self.cost(&frame))
+        {
+            Ok(bytes) => self
+                .tx
+                .send((frame, bytes))
+                .map_err(|e| (SendError::NoLink, e.0.0)),
+            Err(_) => Err((SendError::Full, frame)),
+        }
+    }
+
+    /// Queues `frame` once its bytes fit; gives it back if the link is gone.
+    pub async fn send(&self, frame: Frame) -> Result<(), Frame> {
+        let Ok(bytes) = self
+            .budget
+            .clone()
+            .acquire_many_owned(self.cost(&frame))
+            .await
+        else {
+            return Err(frame);
+        };
+        self.tx.send((frame, bytes)).map_err(|e| e.0.0)
+    }
+}
+
+impl LinkReceiver {
+    /// The next frame (its bytes return to the budget).
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.0.recv().await.map(|(frame, _bytes)| frame)
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        self.0.try_recv().ok().map(|(frame, _bytes)| frame)
+    }
+}
 
 /// Why a send to a node failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,7 +113,7 @@ struct Conn {
     id: u64,
     /// Its index in the CM's pool.
     index: u16,
-    tx: mpsc::Sender<Frame>,
+    tx: LinkSender,
 }
 
 struct NodeEntry {
@@ -95,7 +168,7 @@ impl Links {
         instance: u64,
         (index, pool_size): (u16, u16),
         client_addr: &str,
-        tx: mpsc::Sender<Frame>,
+        tx: LinkSender,
     ) -> (NodeId, u64, bool) {
         let mut inner = self.lock();
         let next = inner.ids.len() as NodeId + 1;
@@ -164,10 +237,9 @@ impl Links {
             .iter()
             .find(|c| c.index == index)
             .unwrap_or(&entry.conns[(sid % entry.conns.len() as u64) as usize]);
-        conn.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) => (SendError::Full, Box::new(f)),
-            mpsc::error::TrySendError::Closed(f) => (SendError::NoLink, Box::new(f)),
-        })
+        conn.tx
+            .try_send(frame)
+            .map_err(|(why, frame)| (why, Box::new(frame)))
     }
 
     /// Nodes known to this core.
@@ -291,7 +363,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
             "hello names {node}, certificate {name}"
         )));
     }
-    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let (tx, rx) = LinkSender::channel(LINK_QUEUE_BYTES);
     let (node_id, conn_id, restarted) = ctx.links.register(
         name,
         instance,
@@ -350,7 +422,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
 async fn read_loop(
     ctx: &LinkContext,
     node: NodeId,
-    reply: &mpsc::Sender<Frame>,
+    reply: &LinkSender,
     recv: &mut RecvStream,
     decoder: &mut FrameDecoder,
 ) -> Result<(), LinkError> {
@@ -365,11 +437,15 @@ async fn read_loop(
                 sid,
                 mechanism,
                 data,
+                client_ip,
             } => {
                 let ctx = ctx.clone();
                 let reply = reply.clone();
                 tokio::spawn(async move {
-                    let outcome = ctx.auth.start((node, sid), &mechanism, &data).await;
+                    let outcome = ctx
+                        .auth
+                        .start((node, sid), &mechanism, &data, client_ip)
+                        .await;
                     answer_auth(&ctx, sid, outcome, &reply).await;
                 });
             }
@@ -426,12 +502,7 @@ async fn forward(ctx: &LinkContext, node: NodeId, frame: Frame) -> Result<(), Li
         .map_err(|_| LinkError::Shutdown)
 }
 
-async fn answer_auth(
-    ctx: &LinkContext,
-    sid: SessionId,
-    outcome: Outcome,
-    reply: &mpsc::Sender<Frame>,
-) {
+async fn answer_auth(ctx: &LinkContext, sid: SessionId, outcome: Outcome, reply: &LinkSender) {
     let frame = match outcome {
         Outcome::Challenge(data) => Frame::AuthChallenge {
             sid,
@@ -462,19 +533,70 @@ async fn answer_auth(
     let _ = reply.send(frame).await;
 }
 
-async fn write_loop(mut send: SendStream, mut rx: mpsc::Receiver<Frame>) {
+async fn write_loop(mut send: SendStream, mut rx: LinkReceiver) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = rx.recv().await {
-        frame.encode(&mut buf);
+        encode(&frame, &mut buf);
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(f) => f.encode(&mut buf),
-                Err(_) => break,
+                Some(f) => encode(&f, &mut buf),
+                None => break,
             }
         }
         if send.write_all(&buf).await.is_err() {
             return;
         }
         buf.clear();
+    }
+}
+
+/// Encodes a frame for a CM; one above the frame limit (which the CM would
+/// answer by closing the link for every session on it) is dropped.
+fn encode(frame: &Frame, out: &mut BytesMut) {
+    if let Err(e) = frame.try_encode(out) {
+        tracing::error!(sid = frame.sid(), error = %e, "frame for a CM dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn deliver(n: usize) -> Frame {
+        Frame::Deliver {
+            sid: 1,
+            payload: Bytes::from(vec![b'x'; n]),
+        }
+    }
+
+    #[test]
+    fn a_link_queue_is_full_at_its_byte_budget_and_has_room_again_once_the_writer_takes_frames() {
+        let (tx, mut rx) = LinkSender::channel(1024 * 1024);
+        let frame = deliver(64 * 1024);
+        let mut queued = 0;
+        let refused = loop {
+            match tx.try_send(frame.clone()) {
+                Ok(()) => queued += 1,
+                Err(e) => break e,
+            }
+            assert!(queued <= 1024, "{queued} frames of 64 KiB queued");
+        };
+        assert_eq!(refused, (SendError::Full, frame.clone()));
+        assert_eq!(queued, 1024 * 1024 / frame.queued_bytes());
+        assert_eq!(rx.try_recv(), Some(frame.clone()));
+        assert_eq!(tx.try_send(frame.clone()), Ok(()));
+        // a frame above the whole budget still goes into an empty queue
+        let (tx, _rx) = LinkSender::channel(1000);
+        assert_eq!(tx.try_send(deliver(5000)), Ok(()));
+        assert!(matches!(tx.try_send(deliver(1)), Err((SendError::Full, _))));
+        // a link that is gone says so
+        let (tx, rx) = LinkSender::channel(1000);
+        drop(rx);
+        assert!(matches!(
+            tx.try_send(deliver(1)),
+            Err((SendError::NoLink, _))
+        ));
     }
 }

@@ -288,6 +288,14 @@ impl Router {
         }
     }
 
+    /// Lets each account bind at most `max` resources at once (default
+    /// [`crate::routing::MAX_RESOURCES_PER_ACCOUNT`]); more binds are
+    /// refused with `resource-constraint`.
+    pub fn with_max_resources(mut self, max: usize) -> Self {
+        self.table = RoutingTable::with_max_per_account(max);
+        self
+    }
+
     /// Archives messages (the default) or not; `base` starts the archive
     /// ids. Give it the wall-clock time in µs times 16 at start: ids then
     /// increase across restarts unless a run averaged more than 16 million

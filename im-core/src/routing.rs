@@ -3,6 +3,11 @@
 //! Keyed by bare JID; each entry lists the user's resources with the CM node
 //! and session that hold them and their presence. A per-node index lets a
 //! CM's routes be dropped at once when the CM is gone.
+//!
+//! An account holds at most `max_per_account` resources
+//! ([`RoutingTable::admits`]; default [`MAX_RESOURCES_PER_ACCOUNT`]), so
+//! the per-account list stays short enough to scan: routing a message to a
+//! bare JID is linear in that account's resources only.
 
 use std::collections::HashMap;
 
@@ -59,11 +64,25 @@ impl Route {
 /// A session's address (CM node, session id).
 pub type SessionAddr = (NodeId, SessionId);
 
+/// Default most resources (sessions) one account may bind at once.
+pub const MAX_RESOURCES_PER_ACCOUNT: usize = 64;
+
 /// The routing table (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RoutingTable {
     by_bare: HashMap<Box<str>, Vec<Route>>,
     by_node: HashMap<NodeId, HashMap<SessionId, Box<str>>>,
+    max_per_account: usize,
+}
+
+impl Default for RoutingTable {
+    fn default() -> Self {
+        Self {
+            by_bare: HashMap::new(),
+            by_node: HashMap::new(),
+            max_per_account: MAX_RESOURCES_PER_ACCOUNT,
+        }
+    }
 }
 
 /// One row of the JSON routing table.
@@ -85,6 +104,22 @@ impl RoutingTable {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A table whose accounts may bind at most `max` resources each (at least one).
+    pub fn with_max_per_account(max: usize) -> Self {
+        Self {
+            max_per_account: max.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `bare` may bind `resource` now: a resource it holds is
+    /// replaced (always allowed); a new one needs room under the
+    /// per-account cap.
+    pub fn admits(&self, bare: &str, resource: &str) -> bool {
+        let routes = self.resources(bare);
+        routes.len() < self.max_per_account || routes.iter().any(|r| &*r.resource == resource)
     }
 
     /// Number of bound sessions.
@@ -307,6 +342,19 @@ mod tests {
         assert!(t.resources("a@x").is_empty());
         assert_eq!(t.len(), 1);
         assert_eq!(t.jid_of(1, 11), Some("b@x/r"));
+    }
+
+    #[test]
+    fn an_account_at_its_resource_cap_may_replace_a_resource_but_not_add_one() {
+        let mut t = RoutingTable::with_max_per_account(2);
+        assert!(t.admits("a@x", "1"));
+        t.bind("a@x", "1", 1, 1, true, 0);
+        t.bind("a@x", "2", 1, 2, true, 0);
+        assert!(!t.admits("a@x", "3"));
+        assert!(t.admits("a@x", "2"));
+        assert!(t.admits("b@x", "3"));
+        t.unbind(1, 1);
+        assert!(t.admits("a@x", "3"));
     }
 
     #[test]

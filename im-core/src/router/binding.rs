@@ -43,6 +43,18 @@ impl Router {
         };
         let bare = full.to_bare().to_string();
         let resource = full.resource().to_string();
+        if !self.table.admits(&bare, &resource) {
+            // The account holds its most sessions: refused (RFC 6120 §7.6.2.1).
+            self.send(
+                node,
+                Frame::BindResult {
+                    sid,
+                    iq_id,
+                    result: Err("resource-constraint".into()),
+                },
+            );
+            return;
+        }
         if let Some(old) = self.table.bind(&bare, &resource, node, sid, false, 0) {
             self.replaced(old, &full.to_string());
         }
@@ -150,5 +162,63 @@ impl ResourceNames {
             .seed
             .wrapping_add(self.issued.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         format!("ll-{:016x}", x ^ (x >> 29))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cm_protocol::Frame;
+
+    use super::super::test_support::{Run, bound};
+    use super::super::{Action, Input, Router};
+
+    #[test]
+    fn a_bind_beyond_the_accounts_resource_cap_is_refused_with_resource_constraint() {
+        let mut r = Router::new("x", 1, [7; 32]).with_max_resources(2);
+        bound(&mut r, 1, 1, "a@x", "one");
+        bound(&mut r, 1, 2, "a@x", "two");
+        let acts = r.run(Input::Frame {
+            node: 1,
+            frame: Frame::Bind {
+                sid: 3,
+                user: "a@x".into(),
+                iq_id: "b".into(),
+                resource: Some("three".into()),
+            },
+        });
+        assert!(
+            matches!(
+                &acts[..],
+                [Action::Send { frame: Frame::BindResult { sid: 3, result: Err(c), .. }, .. }]
+                    if c == "resource-constraint"
+            ),
+            "{acts:?}"
+        );
+        assert_eq!(r.table().resources("a@x").len(), 2);
+        // the same full JID still replaces its old session; other accounts bind
+        let acts = r.run(Input::Frame {
+            node: 1,
+            frame: Frame::Bind {
+                sid: 4,
+                user: "a@x".into(),
+                iq_id: "b".into(),
+                resource: Some("two".into()),
+            },
+        });
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                Action::Send {
+                    frame: Frame::BindResult {
+                        sid: 4,
+                        result: Ok(_),
+                        ..
+                    },
+                    ..
+                }
+            )),
+            "{acts:?}"
+        );
+        bound(&mut r, 1, 5, "b@x", "one");
     }
 }

@@ -33,6 +33,17 @@ pub(crate) fn digest(hash: ScramHash, data: &[u8]) -> Vec<u8> {
     }
 }
 
+#[cfg(feature = "count-derivations")]
+thread_local! {
+    static DERIVATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// PBKDF2 runs made on the calling thread so far.
+#[cfg(feature = "count-derivations")]
+pub fn derivations_on_this_thread() -> u64 {
+    DERIVATIONS.with(std::cell::Cell::get)
+}
+
 /// SaltedPassword = Hi(Normalize(password), salt, i).
 pub(crate) fn salted_password(
     hash: ScramHash,
@@ -40,6 +51,8 @@ pub(crate) fn salted_password(
     salt: &[u8],
     iterations: u32,
 ) -> Vec<u8> {
+    #[cfg(feature = "count-derivations")]
+    DERIVATIONS.with(|n| n.set(n.get() + 1));
     let normalized = normalize_password(password);
     let mut out = vec![0u8; hash.output_len()];
     match hash {

@@ -15,6 +15,8 @@ mod plain;
 mod scram;
 
 pub use credentials::{ScramKeys, StoredCredentials, fake_credentials};
+#[cfg(feature = "count-derivations")]
+pub use crypto::derivations_on_this_thread;
 pub use error::SaslError;
 pub use plain::{Plain, parse_plain, plain_message};
 pub use scram::{ClientFirst, SaltedCache, ScramClient, ScramServer, parse_client_first};

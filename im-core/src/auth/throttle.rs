@@ -1,0 +1,314 @@
+//! Throttling of password guessing, per account and per client address
+//! (IPv4 address, IPv6 /64), sans-IO: the time comes in with every call.
+//!
+//! Each key may fail a few times freely (`free_failures`); every failure
+//! beyond that blocks it for an exponentially growing time (`base_delay`
+//! doubling up to `max_delay`). While an account or an address is blocked,
+//! attempts for it are refused before any password is checked. A key whose
+//! last failure is `forget_after` old starts over; a success clears its
+//! account (not its address: one valid account must not reset an address
+//! that guesses others). Each table holds at most `max_entries` keys: when
+//! one is full, forgotten keys are swept out, and if none is, the key that
+//! failed longest ago makes room.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// The throttle's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleSettings {
+    /// Failures an account may have before it is blocked.
+    pub account_free_failures: u32,
+    /// Failures an address may have before it is blocked (higher: many
+    /// users share an address behind carrier NAT).
+    pub address_free_failures: u32,
+    /// First blocking time; it doubles with each further failure.
+    pub base_delay: Duration,
+    /// Longest blocking time.
+    pub max_delay: Duration,
+    /// Failures this old are forgotten.
+    pub forget_after: Duration,
+    /// Most keys per table (accounts, addresses).
+    pub max_entries: usize,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        Self {
+            account_free_failures: 5,
+            address_free_failures: 20,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+            forget_after: Duration::from_secs(15 * 60),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// An attempt was refused unchecked: its account or address is blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// When the block ends.
+    pub until: Instant,
+}
+
+/// The failures of one key.
+#[derive(Clone, Copy, Debug)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    blocked_until: Instant,
+}
+
+/// One table of keys (see the module docs).
+#[derive(Debug)]
+struct Table<K> {
+    entries: HashMap<K, Failures>,
+    free_failures: u32,
+}
+
+impl<K: Hash + Eq + Clone> Table<K> {
+    fn new(free_failures: u32) -> Self {
+        Self {
+            entries: HashMap::new(),
+            free_failures,
+        }
+    }
+
+    fn blocked_until<Q>(&self, key: &Q, now: Instant) -> Option<Instant>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries
+            .get(key)
+            .map(|f| f.blocked_until)
+            .filter(|until| *until > now)
+    }
+
+    fn failed(&mut self, key: K, now: Instant, settings: &ThrottleSettings) {
+        if !self.entries.contains_key(&key) && self.entries.len() >= settings.max_entries {
+            self.make_room(now, settings);
+        }
+        let f = self.entries.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+            blocked_until: now,
+        });
+        if now.saturating_duration_since(f.last) >= settings.forget_after {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        if f.count > self.free_failures {
+            let doublings = (f.count - self.free_failures - 1).min(31);
+            let delay = settings
+                .base_delay
+                .saturating_mul(1 << doublings)
+                .min(settings.max_delay);
+            f.blocked_until = now + delay;
+        }
+    }
+
+    fn forget<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.remove(key);
+    }
+
+    /// Sweeps out forgotten keys; if none was, drops the one that failed
+    /// longest ago. O(n), and only when the table is full.
+    fn make_room(&mut self, now: Instant, settings: &ThrottleSettings) {
+        self.entries.retain(|_, f| {
+            now.saturating_duration_since(f.last) < settings.forget_after || f.blocked_until > now
+        });
+        if self.entries.len() < settings.max_entries {
+            return;
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .min_by_key(|(_, f)| f.last)
+            .map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            self.entries.remove(&k);
+        }
+    }
+}
+
+/// The part of a client address failures count against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum AddressKey {
+    V4(u32),
+    /// The /64 prefix.
+    V6(u64),
+}
+
+impl AddressKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => AddressKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey::V4(u32::from(v4)),
+                None => AddressKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// The failure throttle (see the module docs).
+#[derive(Debug)]
+pub struct AuthThrottle {
+    settings: ThrottleSettings,
+    accounts: Table<String>,
+    addresses: Table<AddressKey>,
+}
+
+impl AuthThrottle {
+    /// A throttle with these bounds.
+    pub fn new(settings: ThrottleSettings) -> Self {
+        Self {
+            accounts: Table::new(settings.account_free_failures),
+            addresses: Table::new(settings.address_free_failures),
+            settings,
+        }
+    }
+
+    /// Whether an attempt for `account` (normalized) from `ip` may be
+    /// checked at `now`.
+    pub fn check(&self, now: Instant, account: &str, ip: Option<IpAddr>) -> Result<(), Blocked> {
+        let by_account = self.accounts.blocked_until(account, now);
+        let by_address = ip.and_then(|ip| self.addresses.blocked_until(&AddressKey::of(ip), now));
+        match by_account.max(by_address) {
+            Some(until) => Err(Blocked { until }),
+            None => Ok(()),
+        }
+    }
+
+    /// An attempt for `account` from `ip` failed at `now`.
+    pub fn failed(&mut self, now: Instant, account: &str, ip: Option<IpAddr>) {
+        self.accounts
+            .failed(account.to_owned(), now, &self.settings);
+        if let Some(ip) = ip {
+            self.addresses
+                .failed(AddressKey::of(ip), now, &self.settings);
+        }
+    }
+
+    /// `account` authenticated: its failures are forgotten.
+    pub fn succeeded(&mut self, account: &str) {
+        self.accounts.forget(account);
+    }
+
+    /// Keys held (accounts, addresses).
+    pub fn len(&self) -> (usize, usize) {
+        (self.accounts.entries.len(), self.addresses.entries.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ThrottleSettings {
+        ThrottleSettings {
+            account_free_failures: 3,
+            address_free_failures: 5,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(8),
+            forget_after: Duration::from_secs(60),
+            max_entries: 4,
+        }
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn an_account_is_blocked_after_its_free_failures_for_a_doubling_time_up_to_the_maximum() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(settings());
+        let from = ip("192.0.2.1");
+        for i in 0..3 {
+            assert_eq!(t.check(t0, "alice", from), Ok(()), "failure {i}");
+            t.failed(t0, "alice", from);
+        }
+        // the fourth failure blocks for 1 s
+        t.failed(t0, "alice", from);
+        let s = Duration::from_secs(1);
+        assert_eq!(t.check(t0, "alice", None), Err(Blocked { until: t0 + s }));
+        assert_eq!(t.check(t0 + s, "alice", None), Ok(()));
+        // then 2 s, 4 s, 8 s, and no more than 8 s
+        let mut now = t0 + s;
+        for delay in [2, 4, 8, 8, 8] {
+            t.failed(now, "alice", None);
+            let until = now + Duration::from_secs(delay);
+            assert_eq!(t.check(now, "alice", None), Err(Blocked { until }));
+            now = until;
+        }
+        // other accounts are not affected
+        assert_eq!(t.check(t0, "bob", None), Ok(()));
+    }
+
+    #[test]
+    fn an_address_is_blocked_for_every_account_after_its_own_free_failures() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(settings());
+        let from = ip("2001:db8:1:2::7");
+        for user in ["a", "b", "c", "d", "e"] {
+            t.failed(t0, user, from);
+        }
+        assert_eq!(t.check(t0, "f", from), Ok(()));
+        t.failed(t0, "f", from);
+        let blocked = Err(Blocked {
+            until: t0 + Duration::from_secs(1),
+        });
+        // another host of the same /64 is the same subscriber
+        assert_eq!(t.check(t0, "g", ip("2001:db8:1:2::99")), blocked);
+        assert_eq!(t.check(t0, "g", ip("2001:db8:1:3::7")), Ok(()));
+        assert_eq!(t.check(t0, "g", None), Ok(()));
+    }
+
+    #[test]
+    fn failures_are_forgotten_after_a_quiet_time_and_an_accounts_on_success() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(settings());
+        for _ in 0..4 {
+            t.failed(t0, "alice", None);
+        }
+        assert!(t.check(t0, "alice", None).is_err());
+        // a minute later the count starts over: one failure blocks nothing
+        let later = t0 + Duration::from_secs(61);
+        t.failed(later, "alice", None);
+        assert_eq!(t.check(later, "alice", None), Ok(()));
+        for _ in 0..3 {
+            t.failed(later, "alice", None);
+        }
+        assert!(t.check(later, "alice", None).is_err());
+        t.succeeded("alice");
+        assert_eq!(t.check(later, "alice", None), Ok(()));
+    }
+
+    #[test]
+    fn a_full_table_sweeps_forgotten_keys_and_then_drops_the_oldest() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(settings());
+        for (i, user) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            t.failed(t0 + Duration::from_secs(i as u64), user, None);
+        }
+        assert_eq!(t.len(), (4, 0));
+        // none forgotten yet: the oldest ("a") makes room
+        t.failed(t0 + Duration::from_secs(10), "e", None);
+        assert_eq!(t.len(), (4, 0));
+        assert!(!t.accounts.entries.contains_key("a"));
+        // all forgotten: swept out
+        t.failed(t0 + Duration::from_secs(200), "f", None);
+        assert_eq!(t.len(), (1, 0));
+    }
+}
