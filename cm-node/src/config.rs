@@ -35,6 +35,23 @@ pub struct CmConfig {
     /// Most client connections held at once; more are refused.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Most connections from one client address (IPv4 address, IPv6 /64)
+    /// that have not authenticated yet; more are refused. 0: no cap.
+    #[serde(default = "default_pre_auth_per_address")]
+    pub pre_auth_per_address: usize,
+    /// A client QUIC connection with no open stream (after its handshake,
+    /// or after its last stream ended) is closed after this many ms.
+    #[serde(default = "default_stream_wait_ms")]
+    pub stream_wait_ms: u64,
+    /// Bytes of frames from the core queued for one session; a session
+    /// whose client does not read them fast enough is closed
+    /// (`resource-constraint`) and what is queued bounces to the core.
+    #[serde(default = "default_session_queue_bytes")]
+    pub session_queue_bytes: usize,
+    /// Bytes of frames queued for each pooled core connection; sessions
+    /// wait while it is full (backpressure to their clients).
+    #[serde(default = "default_pool_queue_bytes")]
+    pub pool_queue_bytes: usize,
     /// Sustained bytes per second read from one client stream (flood shaping).
     #[serde(default = "default_rate")]
     pub client_rate_bytes: u64,
@@ -80,6 +97,18 @@ fn default_max_stanza() -> usize {
 fn default_max_clients() -> usize {
     500_000
 }
+fn default_pre_auth_per_address() -> usize {
+    256
+}
+fn default_stream_wait_ms() -> u64 {
+    10_000
+}
+fn default_session_queue_bytes() -> usize {
+    1024 * 1024
+}
+fn default_pool_queue_bytes() -> usize {
+    16 * 1024 * 1024
+}
 fn default_rate() -> u64 {
     256 * 1024
 }
@@ -113,6 +142,10 @@ impl CmConfig {
             idle_timeout_secs: default_idle(),
             keep_alive_secs: default_keepalive(),
             max_clients: default_max_clients(),
+            pre_auth_per_address: default_pre_auth_per_address(),
+            stream_wait_ms: default_stream_wait_ms(),
+            session_queue_bytes: default_session_queue_bytes(),
+            pool_queue_bytes: default_pool_queue_bytes(),
             client_rate_bytes: default_rate(),
             client_burst_bytes: default_burst(),
             server_id: None,
@@ -133,6 +166,11 @@ impl CmConfig {
     /// Client idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// How long a client QUIC connection may have no open stream.
+    pub fn stream_wait(&self) -> Duration {
+        Duration::from_millis(self.stream_wait_ms)
     }
 
     /// Client keep-alive interval.

@@ -8,8 +8,10 @@
 //! driver; [`sessions`] is the registry the [`pool`] dispatches core frames
 //! through; [`balancer_link`] keeps the CM registered with the balancer
 //! and [`encap_socket`] carries its encapsulated datagrams; [`backoff`]
-//! paces both links' reconnections; [`config`] holds the settings.
+//! paces both links' reconnections; [`admission`] caps unauthenticated
+//! connections per client address; [`config`] holds the settings.
 
+pub mod admission;
 pub mod backoff;
 pub mod balancer_link;
 pub mod config;
@@ -198,6 +200,13 @@ fn client_endpoint(
 
 /// Starts a CM node: the client listener and the pool to the core.
 pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
+    if config.max_stanza_bytes > cm_protocol::MAX_STANZA {
+        return Err(CmError::Config(format!(
+            "max_stanza_bytes {} is above {}: a stanza must fit in one frame to the core",
+            config.max_stanza_bytes,
+            cm_protocol::MAX_STANZA
+        )));
+    }
     let pki = certs::PkiPaths::new(&config.pki_dir);
     let cert = pki.cm_cert(&config.node);
     let key = pki.cm_key(&config.node);
@@ -244,7 +253,8 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let sessions = Arc::new(sessions::Sessions::default());
+    let sessions =
+        Arc::new(sessions::Sessions::default().with_queue_bytes(config.session_queue_bytes));
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pool = pool::Pool::start(
         config.pool_size,
@@ -255,6 +265,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             endpoint: core_endpoint.clone(),
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
+            queue_bytes: config.pool_queue_bytes,
         },
         &tasks,
     );
@@ -275,6 +286,8 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         accepted: accepted.clone(),
         open: Arc::default(),
         max_clients: config.max_clients,
+        pre_auth: Arc::new(admission::PreAuthLimit::new(config.pre_auth_per_address)),
+        stream_wait: config.stream_wait(),
     });
     tasks.spawn(listener::run(client_endpoint.clone(), ctx.clone()));
     let mut tcp_addrs = [None, None];

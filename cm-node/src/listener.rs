@@ -3,6 +3,7 @@
 //! [`ClientSession`] state machine. [`run_session`] drives a session over
 //! any byte stream, so the TCP and TLS listeners (`tcp.rs`) share it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
 
+use crate::admission::{ClientPeer, PreAuthLimit, PreAuthSlot};
 use crate::now;
 use crate::pool::{Pool, bounce};
 use crate::session::{AnnouncementUpdate, ClientSession, Framing, SessionAction, SessionSettings};
@@ -44,6 +46,10 @@ pub struct ListenerContext {
     pub open: Arc<std::sync::atomic::AtomicUsize>,
     /// Most client connections at once.
     pub max_clients: usize,
+    /// Unauthenticated connections per client address.
+    pub pre_auth: Arc<PreAuthLimit>,
+    /// A QUIC connection with no open stream for this long is closed.
+    pub stream_wait: Duration,
 }
 
 /// Where a session's bytes come from: a QUIC stream (zero-copy chunks, no
@@ -138,16 +144,43 @@ impl<R: AsyncRead + Unpin> ByteSource for Reader<R> {
 /// Counts an open client connection for as long as it lives.
 pub struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
 
-/// Counts a new client connection (of any transport); None if the CM holds
-/// `max_clients` already (the caller refuses it).
-pub fn admit(ctx: &ListenerContext) -> Option<OpenGuard> {
+/// Why a client connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The CM holds `max_clients` connections.
+    #[error("connection limit reached")]
+    Full,
+    /// The client's address holds its cap of unauthenticated connections.
+    #[error("too many unauthenticated connections from this address")]
+    PreAuthPerAddress,
+}
+
+/// What an admitted connection holds while it lives.
+pub struct Admitted {
+    /// Its place among the open connections.
+    pub open: OpenGuard,
+    /// Its client and its place under the per-address cap.
+    pub peer: ClientPeer,
+}
+
+/// Counts a new client connection (of any transport) from `ip`, or says
+/// why it is refused.
+pub fn admit(ctx: &ListenerContext, ip: IpAddr) -> Result<Admitted, Refused> {
     ctx.accepted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if ctx.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= ctx.max_clients {
         ctx.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        return None;
+        return Err(Refused::Full);
     }
-    Some(OpenGuard(ctx.open.clone()))
+    let open = OpenGuard(ctx.open.clone());
+    let guard = ctx.pre_auth.admit(ip).ok_or(Refused::PreAuthPerAddress)?;
+    Ok(Admitted {
+        open,
+        peer: ClientPeer {
+            ip,
+            pre_auth: PreAuthSlot::new(guard),
+        },
+    })
 }
 
 impl Drop for OpenGuard {
@@ -169,10 +202,13 @@ pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
 
 async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    let Some(_open) = admit(&ctx) else {
-        tracing::warn!(%remote, max = ctx.max_clients, "client refused: connection limit reached");
-        incoming.refuse();
-        return;
+    let Admitted { open: _open, peer } = match admit(&ctx, remote.ip()) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::warn!(%remote, max = ctx.max_clients, "client refused: {why}");
+            incoming.refuse();
+            return;
+        }
     };
     let conn = match incoming.await {
         Ok(c) => c,
@@ -181,26 +217,40 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
             return;
         }
     };
+    // The connection's streams; while it has none, it has `stream_wait` to
+    // open one (keep-alives alone do not hold a client slot).
+    let mut streams = tokio::task::JoinSet::new();
     loop {
+        let idle = streams.is_empty();
+        let wait = tokio::time::sleep(ctx.stream_wait);
         let stream = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => break,
+            _ = wait, if idle => {
+                tracing::debug!(%remote, "client connection closed: no stream opened in time");
+                conn.close(0u32.into(), b"no stream");
+                break;
+            }
+            Some(_) = streams.join_next(), if !idle => continue,
             s = conn.accept_bi() => s,
         };
         match stream {
             Ok((send, recv)) => {
-                ctx.tasks.spawn(run_session(
+                streams.spawn(run_session(
                     ctx.clone(),
                     QuicSink(send),
                     recv,
                     Framing::Stream,
+                    peer.clone(),
                 ));
             }
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "client connection ended");
-                return;
+                break;
             }
         }
     }
+    // Sessions end on their own (shutdown, or their stream is gone).
+    while streams.join_next().await.is_some() {}
 }
 
 /// Writes to the client; false if the stream is gone or stuck.
@@ -224,6 +274,7 @@ pub async fn run_session<R, W>(
     mut send: W,
     mut recv: R,
     framing: Framing,
+    peer: ClientPeer,
 ) where
     R: ByteSource,
     W: ByteSink,
@@ -241,7 +292,8 @@ pub async fn run_session<R, W>(
         ctx.pool.core_offer(),
         SmallRng::seed_from_u64(rand::random()),
         now(),
-    );
+    )
+    .with_client_ip(peer.ip);
     loop {
         let timeout = session.poll_timeout();
         let reading = session.wants_read();
@@ -258,10 +310,10 @@ pub async fn run_session<R, W>(
             frame = rx.recv() => match frame {
                 Some(f) => {
                     // Take whatever else is queued too: one write for a burst.
-                    session.on_core(*f);
+                    session.on_core(f.into_frame());
                     for _ in 1..MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(f) => session.on_core(*f),
+                            Ok(f) => session.on_core(f.into_frame()),
                             Err(_) => break,
                         }
                     }
@@ -291,7 +343,13 @@ pub async fn run_session<R, W>(
                 SessionAction::Announcement(AnnouncementUpdate::SmCounters(counts)) => {
                     sm_counts.store(counts)
                 }
-                SessionAction::Announcement(update) => ctx.sessions.update(sid, update),
+                SessionAction::Announcement(update) => {
+                    if matches!(update, AnnouncementUpdate::Bound { .. }) {
+                        // Authenticated and bound: no longer counted per address.
+                        peer.pre_auth.release();
+                    }
+                    ctx.sessions.update(sid, update)
+                }
                 SessionAction::Close => close = true,
             }
         }
@@ -316,7 +374,7 @@ pub async fn run_session<R, W>(
     // Anything still queued for this session goes back to the core.
     rx.close();
     while let Ok(frame) = rx.try_recv() {
-        if let Some(b) = bounce(sid, *frame) {
+        if let Some(b) = bounce(sid, frame.into_frame()) {
             let _ = ctx.pool.send(sid, b).await;
         }
     }
@@ -361,6 +419,8 @@ mod tests {
             accepted: Arc::new(AtomicU64::new(0)),
             open: Arc::new(AtomicUsize::new(0)),
             max_clients: 10,
+            pre_auth: Arc::new(PreAuthLimit::new(10)),
+            stream_wait: Duration::from_secs(10),
         })
     }
 
@@ -420,11 +480,17 @@ mod tests {
             written: written_tx,
             gate: gate.clone(),
         };
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let peer = ClientPeer {
+            ip,
+            pre_auth: PreAuthSlot::new(ctx.pre_auth.admit(ip).expect("admitted")),
+        };
         let task = tokio::spawn(run_session(
             ctx.clone(),
             sink,
             ChannelSource(recv),
             Framing::Stream,
+            peer,
         ));
         let client = Client {
             send,

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use cm_protocol::{Frame, FrameDecoder, SessionId, read_frame};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xmpp_stream::pacing::Backoff;
@@ -38,12 +38,38 @@ use crate::sessions::{Dispatch, Sessions};
 /// in a loop limited by the round trip.
 const RECONNECT: Backoff = Backoff::spread(Duration::from_millis(100), Duration::from_secs(3));
 
-/// Frames queued per pool connection.
-pub const POOL_QUEUE: usize = 8 * 1024;
+/// Default bytes of frames ([`Frame::queued_bytes`]) queued per pool
+/// connection; sessions wait while it is full.
+pub const POOL_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// One pooled connection's queue, bounded in bytes: a frame waits for its
+/// bytes of the budget and gives them back when the connection takes it.
+struct PoolSender {
+    tx: mpsc::UnboundedSender<(Frame, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    /// The budget's size: no frame asks for more.
+    bytes: usize,
+}
+
+/// The receiving end of one pooled connection's queue.
+pub(crate) struct PoolQueue(mpsc::UnboundedReceiver<(Frame, OwnedSemaphorePermit)>);
+
+impl PoolQueue {
+    /// The next frame (its bytes return to the budget); `None` once the
+    /// pool is gone.
+    pub(crate) async fn recv(&mut self) -> Option<Frame> {
+        self.0.recv().await.map(|(frame, _bytes)| frame)
+    }
+
+    /// The next frame if one is queued.
+    fn try_recv(&mut self) -> Option<Frame> {
+        self.0.try_recv().ok().map(|(frame, _bytes)| frame)
+    }
+}
 
 /// The pool (see the module docs).
 pub struct Pool {
-    senders: Vec<mpsc::Sender<Frame>>,
+    senders: Vec<PoolSender>,
     /// Random id of this CM process, sent in every Hello.
     instance: u64,
     /// What the core offers clients; none until its first Welcome.
@@ -64,6 +90,8 @@ pub struct PoolSetup {
     pub sessions: Arc<Sessions>,
     /// Shutdown signal.
     pub shutdown: CancellationToken,
+    /// Bytes of frames queued per connection at most.
+    pub queue_bytes: usize,
 }
 
 /// The pool is gone (shutting down).
@@ -75,7 +103,7 @@ impl Pool {
     /// Starts `size` connection tasks.
     pub fn start(size: u16, setup: PoolSetup, tasks: &TaskTracker) -> Arc<Pool> {
         let size = size.max(1);
-        let (pool, receivers) = Self::with_queues(size);
+        let (pool, receivers) = Self::with_queues(size, setup.queue_bytes);
         let pool = Arc::new(pool);
         let setup = Arc::new(setup);
         for (index, rx) in receivers.into_iter().enumerate() {
@@ -90,10 +118,17 @@ impl Pool {
         pool
     }
 
-    /// A pool of `size` connections' queues (at least one), and their
-    /// receiving ends.
-    fn with_queues(size: u16) -> (Pool, Vec<mpsc::Receiver<Frame>>) {
-        let (senders, receivers) = (0..size.max(1)).map(|_| mpsc::channel(POOL_QUEUE)).unzip();
+    /// A pool of `size` connections' queues (at least one) of `bytes`
+    /// each, and their receiving ends.
+    fn with_queues(size: u16, bytes: usize) -> (Pool, Vec<PoolQueue>) {
+        let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let (senders, receivers) = (0..size.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let budget = Arc::new(Semaphore::new(bytes));
+                (PoolSender { tx, budget, bytes }, PoolQueue(rx))
+            })
+            .unzip();
         let pool = Pool {
             senders,
             instance: rand::random(),
@@ -106,8 +141,8 @@ impl Pool {
     /// send the core arrives on the receivers; [`Pool::welcome_for_tests`]
     /// plays the core's `Welcome`.
     #[cfg(test)]
-    pub(crate) fn detached(size: u16) -> (Arc<Pool>, Vec<mpsc::Receiver<Frame>>) {
-        let (pool, receivers) = Self::with_queues(size);
+    pub(crate) fn detached(size: u16) -> (Arc<Pool>, Vec<PoolQueue>) {
+        let (pool, receivers) = Self::with_queues(size, POOL_QUEUE_BYTES);
         (Arc::new(pool), receivers)
     }
 
@@ -117,10 +152,19 @@ impl Pool {
         self.welcomed(offer.mechanisms, offer.registration);
     }
 
-    /// Queues a frame for the core on the session's connection (waits if full).
+    /// Queues a frame for the core on the session's connection (waits
+    /// while its queue holds its budget of bytes).
     pub async fn send(&self, sid: SessionId, frame: Frame) -> Result<(), PoolClosed> {
         let i = (sid % self.senders.len() as u64) as usize;
-        self.senders[i].send(frame).await.map_err(|_| PoolClosed)
+        let queue = &self.senders[i];
+        let cost = frame.queued_bytes().min(queue.bytes) as u32;
+        let bytes = queue
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| PoolClosed)?;
+        queue.tx.send((frame, bytes)).map_err(|_| PoolClosed)
     }
 
     /// What the core offers clients, if a Welcome has come yet (the
@@ -180,7 +224,7 @@ async fn connection_task(
     setup: Arc<PoolSetup>,
     index: u16,
     size: u16,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: PoolQueue,
 ) {
     let mut backoff = Reconnect::new(RECONNECT, SmallRng::seed_from_u64(rand::random()));
     let mut instance = None;
@@ -217,7 +261,7 @@ struct Link<'a> {
 async fn run_connection(
     pool: &Pool,
     setup: &PoolSetup,
-    rx: &mut mpsc::Receiver<Frame>,
+    rx: &mut PoolQueue,
     link: Link<'_>,
 ) -> Result<(), LinkError> {
     let Link {
@@ -319,11 +363,11 @@ async fn run_connection(
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { return Err(LinkError::Shutdown) };
-                frame.encode(&mut out);
+                encode(&frame, &mut out);
                 while out.len() < 256 * 1024 {
                     match rx.try_recv() {
-                        Ok(f) => f.encode(&mut out),
-                        Err(_) => break,
+                        Some(f) => encode(&f, &mut out),
+                        None => break,
                     }
                 }
                 send.write_all(&out).await?;
@@ -337,13 +381,21 @@ async fn run_connection(
                 }
                 if !bounces.is_empty() {
                     for b in bounces.drain(..) {
-                        b.encode(&mut out);
+                        encode(&b, &mut out);
                     }
                     send.write_all(&out).await?;
                     out.clear();
                 }
             }
         }
+    }
+}
+
+/// Encodes a frame for the core; one above the frame limit (which the core
+/// would answer by closing the link for every session on it) is dropped.
+fn encode(frame: &Frame, out: &mut BytesMut) {
+    if let Err(e) = frame.try_encode(out) {
+        tracing::error!(sid = frame.sid(), error = %e, "frame for the core dropped");
     }
 }
 
@@ -394,6 +446,8 @@ pub fn bounce(sid: SessionId, frame: Frame) -> Option<Frame> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn offer(mechanisms: &[&str], registration: bool) -> CoreOffer {
@@ -401,6 +455,35 @@ mod tests {
             mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
             registration,
         }
+    }
+
+    #[tokio::test]
+    async fn a_session_waits_while_its_pool_queue_holds_its_byte_budget() {
+        use futures_util::FutureExt;
+        let (pool, mut queues) = Pool::with_queues(1, 100_000);
+        let stanza = |n: u8| Frame::Bounce {
+            sid: 1,
+            to: "a@x/r".into(),
+            payload: Bytes::from(vec![n; 60_000]),
+        };
+        pool.send(1, stanza(1)).await.unwrap();
+        // the second does not fit beside the first: the session waits
+        let mut second = Box::pin(pool.send(1, stanza(2)));
+        assert!((&mut second).now_or_never().is_none());
+        // once the connection takes the first, it goes in
+        assert_eq!(queues[0].recv().await, Some(stanza(1)));
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("queued once there is room")
+            .unwrap();
+        assert_eq!(queues[0].recv().await, Some(stanza(2)));
+        // a frame above the whole budget still goes into an empty queue
+        let huge = Frame::Deliver {
+            sid: 1,
+            payload: Bytes::from(vec![0; 200_000]),
+        };
+        let sent = pool.send(1, huge.clone()).now_or_never();
+        assert!(matches!(sent, Some(Ok(()))));
     }
 
     #[test]

@@ -212,6 +212,12 @@ impl ClientSession {
         }
     }
 
+    /// The client connected from `ip` (sent to the core with SASL attempts).
+    pub fn with_client_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.sasl.set_client_ip(ip);
+        self
+    }
+
     /// Bytes arrived from the client at `now`.
     pub fn on_data(&mut self, now: Instant, data: &[u8]) {
         if self.state == State::Closed {

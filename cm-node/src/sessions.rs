@@ -11,19 +11,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cm_protocol::{Frame, SessionId, SmSnapshot};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::session::{AnnouncementUpdate, SmAnnouncement, SmCounts};
 
 /// Frames queued for one session before the client counts as not keeping up.
 pub const SESSION_QUEUE: usize = 1024;
+/// Default bytes of frames ([`Frame::queued_bytes`]) queued for one session
+/// before the client counts as not keeping up.
+pub const SESSION_QUEUE_BYTES: usize = 1024 * 1024;
+
+/// A frame queued for a session: it holds its bytes of the session's
+/// budget until the session takes it.
+#[derive(Debug)]
+pub struct QueuedFrame {
+    frame: Frame,
+    _bytes: OwnedSemaphorePermit,
+}
+
+impl QueuedFrame {
+    /// The frame; its bytes return to the session's budget.
+    pub fn into_frame(self) -> Frame {
+        self.frame
+    }
+}
 
 /// How the dispatcher reaches a session, and what is announced for it.
 struct Entry {
     /// Frames from the core, boxed: a channel allocates its first block of
     /// 32 slots when created, so unboxed frames cost an idle session 5 KiB.
-    tx: mpsc::Sender<Box<Frame>>,
+    tx: mpsc::Sender<Box<QueuedFrame>>,
+    /// The queue's byte budget ([`Sessions::with_queue_bytes`]).
+    budget: Arc<Semaphore>,
     /// Cancelled when the session must end at once (client too slow).
     kill: CancellationToken,
     /// Set once the session is bound.
@@ -73,7 +93,7 @@ pub struct OpenSession {
     /// The session's id.
     pub sid: SessionId,
     /// Frames from the core for it.
-    pub frames: mpsc::Receiver<Box<Frame>>,
+    pub frames: mpsc::Receiver<Box<QueuedFrame>>,
     /// Cancelled when it must end at once (its client is too slow).
     pub kill: CancellationToken,
     /// Where its driver stores its SM counters.
@@ -87,7 +107,7 @@ pub enum Dispatch {
     Queued,
     /// No such session (it ended).
     Gone(Frame),
-    /// The session's queue was full; it is being killed.
+    /// The session's queue was full (in frames or bytes); it is being killed.
     Overflow(Frame),
 }
 
@@ -95,6 +115,8 @@ pub enum Dispatch {
 pub struct Sessions {
     next: AtomicU64,
     map: Mutex<HashMap<SessionId, Entry>>,
+    /// Bytes of frames each session's queue holds at most.
+    queue_bytes: usize,
 }
 
 impl Default for Sessions {
@@ -111,7 +133,16 @@ impl Sessions {
         Self {
             next: AtomicU64::new(last),
             map: Mutex::default(),
+            queue_bytes: SESSION_QUEUE_BYTES,
         }
+    }
+
+    /// Each session's queue holds at most `bytes` of frames (and
+    /// [`SESSION_QUEUE`] frames); a session whose queue would hold more is
+    /// killed (its client is not reading) and the frame bounces.
+    pub fn with_queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
@@ -125,10 +156,12 @@ impl Sessions {
         let (tx, frames) = mpsc::channel(SESSION_QUEUE);
         let kill = CancellationToken::new();
         let sm_counts = Arc::new(SmCountsSlot::default());
+        let budget = Arc::new(Semaphore::new(self.queue_bytes));
         self.lock().insert(
             sid,
             Entry {
                 tx,
+                budget,
                 kill: kill.clone(),
                 announcement: None,
                 sm_counts: sm_counts.clone(),
@@ -203,12 +236,22 @@ impl Sessions {
         let Some(entry) = map.get(&sid) else {
             return Dispatch::Gone(frame);
         };
-        match entry.tx.try_send(Box::new(frame)) {
+        // A frame larger than the whole budget still goes into an empty queue.
+        let cost = frame.queued_bytes().min(self.queue_bytes) as u32;
+        let Ok(bytes) = entry.budget.clone().try_acquire_many_owned(cost) else {
+            entry.kill.cancel();
+            return Dispatch::Overflow(frame);
+        };
+        let queued = Box::new(QueuedFrame {
+            frame,
+            _bytes: bytes,
+        });
+        match entry.tx.try_send(queued) {
             Ok(()) => Dispatch::Queued,
-            Err(mpsc::error::TrySendError::Closed(f)) => Dispatch::Gone(*f),
-            Err(mpsc::error::TrySendError::Full(f)) => {
+            Err(mpsc::error::TrySendError::Closed(q)) => Dispatch::Gone(q.into_frame()),
+            Err(mpsc::error::TrySendError::Full(q)) => {
                 entry.kill.cancel();
-                Dispatch::Overflow(*f)
+                Dispatch::Overflow(q.into_frame())
             }
         }
     }
@@ -458,5 +501,52 @@ mod tests {
         );
         assert!(kill.is_cancelled());
         assert_eq!(sessions.dispatch(99, frame(0)), Dispatch::Gone(frame(0)));
+    }
+
+    #[test]
+    fn a_queue_over_its_byte_budget_kills_the_session_long_before_its_frame_count() {
+        let sessions = Sessions::starting_at(0);
+        let OpenSession {
+            sid,
+            kill,
+            frames: _frames,
+            ..
+        } = sessions.open();
+        let big = Frame::Deliver {
+            sid,
+            payload: bytes::Bytes::from(vec![b'x'; 64 * 1024]),
+        };
+        let mut queued = 0;
+        while sessions.dispatch(sid, big.clone()) == Dispatch::Queued {
+            queued += 1;
+            assert!(queued < SESSION_QUEUE, "{queued} frames of 64 KiB queued");
+        }
+        assert!(kill.is_cancelled());
+        assert!(
+            queued * big.queued_bytes() <= SESSION_QUEUE_BYTES,
+            "{queued}"
+        );
+        assert_eq!(queued, SESSION_QUEUE_BYTES / big.queued_bytes());
+    }
+
+    #[test]
+    fn bytes_taken_by_the_session_return_to_its_budget() {
+        let sessions = Sessions::starting_at(0).with_queue_bytes(100_000);
+        let mut s = sessions.open();
+        let big = Frame::Deliver {
+            sid: s.sid,
+            payload: bytes::Bytes::from(vec![b'x'; 60_000]),
+        };
+        assert_eq!(sessions.dispatch(s.sid, big.clone()), Dispatch::Queued);
+        let taken = s.frames.try_recv().expect("queued").into_frame();
+        assert_eq!(taken, big);
+        assert_eq!(sessions.dispatch(s.sid, big.clone()), Dispatch::Queued);
+        // a frame above the whole budget still goes into an empty queue
+        let s2 = sessions.open();
+        let huge = Frame::Deliver {
+            sid: s2.sid,
+            payload: bytes::Bytes::from(vec![b'x'; 200_000]),
+        };
+        assert_eq!(sessions.dispatch(s2.sid, huge), Dispatch::Queued);
     }
 }

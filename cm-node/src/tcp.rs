@@ -14,7 +14,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::listener::{ByteSource, ListenerContext, Reader, Writer, admit, run_session};
+use crate::admission::ClientPeer;
+use crate::listener::{Admitted, ByteSource, ListenerContext, Reader, Writer, admit, run_session};
 use crate::session::Framing;
 use crate::starttls::{StartTls, Step};
 
@@ -31,11 +32,11 @@ pub enum TcpMode {
 }
 
 /// Accepts TCP connections until shutdown: counts each against
-/// `max_clients`, tunes the socket ([`tune`]) and runs `serve` on its own
+/// `max_clients` and the per-address cap on unauthenticated connections, tunes the socket ([`tune`]) and runs `serve` on its own
 /// task (the TCP and WebSocket listeners share this).
 pub async fn accept_loop<F, Fut>(listener: TcpListener, ctx: Arc<ListenerContext>, serve: F)
 where
-    F: Fn(TcpStream, SocketAddr, Arc<ListenerContext>) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<ListenerContext>, ClientPeer) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -50,12 +51,15 @@ where
                 }
             },
         };
-        let Some(open) = admit(&ctx) else {
-            tracing::warn!(%remote, max = ctx.max_clients, "client refused: connection limit reached");
-            continue;
+        let Admitted { open, peer } = match admit(&ctx, remote.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::warn!(%remote, max = ctx.max_clients, "client refused: {why}");
+                continue;
+            }
         };
         tune(&stream);
-        let served = serve(stream, remote, ctx.clone());
+        let served = serve(stream, remote, ctx.clone(), peer);
         ctx.tasks.spawn(async move {
             let _open = open;
             served.await;
@@ -70,14 +74,14 @@ pub async fn run(
     mode: TcpMode,
     ctx: Arc<ListenerContext>,
 ) {
-    accept_loop(listener, ctx, move |stream, remote, ctx| {
+    accept_loop(listener, ctx, move |stream, remote, ctx, peer| {
         let tls = tls.clone();
         async move {
             let secured = secure(stream, &tls, mode, &ctx.settings.domain);
             match tokio::time::timeout(TLS_DEADLINE, secured).await {
                 Ok(Ok(tls_stream)) => {
                     let (read, write) = tokio::io::split(tls_stream);
-                    run_session(ctx, Writer(write), Reader(read), Framing::Stream).await;
+                    run_session(ctx, Writer(write), Reader(read), Framing::Stream, peer).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TCP client gave up before TLS"),
                 Err(_) => tracing::debug!(%remote, "TCP client too slow to start TLS"),

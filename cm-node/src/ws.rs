@@ -31,7 +31,7 @@ pub const SUBPROTOCOL: &str = "xmpp";
 
 /// Accepts WebSocket clients until shutdown.
 pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerContext>) {
-    crate::tcp::accept_loop(listener, ctx, move |tcp, remote, ctx| {
+    crate::tcp::accept_loop(listener, ctx, move |tcp, remote, ctx, peer| {
         let tls = tls.clone();
         async move {
             // frames no larger than the largest stanza (plus the framing)
@@ -56,7 +56,14 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
             match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
                 Ok(Ok(ws)) => {
                     let (sink, source) = ws.split();
-                    run_session(ctx, WsSink(sink), WsSource(source), Framing::WebSocket).await;
+                    run_session(
+                        ctx,
+                        WsSink(sink),
+                        WsSource(source),
+                        Framing::WebSocket,
+                        peer,
+                    )
+                    .await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
                 Err(_) => tracing::debug!(%remote, "WebSocket client too slow to upgrade"),

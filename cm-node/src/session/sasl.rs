@@ -3,6 +3,8 @@
 //! `AuthResponse` frames; the core's challenges and outcome go back to the
 //! client. Failures and aborts are counted so a stream cannot try forever.
 
+use std::net::IpAddr;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cm_protocol::{Frame, SessionId};
@@ -37,9 +39,17 @@ pub(super) struct SaslRelay {
     /// The client aborted while an answer was due: drop that answer.
     drop_next_answer: bool,
     failures: u32,
+    /// The client's address, sent with every attempt (the core throttles
+    /// failures per address).
+    client_ip: Option<IpAddr>,
 }
 
 impl SaslRelay {
+    /// Records the client's address for the attempts to come.
+    pub fn set_client_ip(&mut self, ip: IpAddr) {
+        self.client_ip = Some(ip);
+    }
+
     /// No exchange is in progress (other elements may come, e.g. registration).
     pub fn is_idle(&self) -> bool {
         matches!(self.stage, Stage::Idle)
@@ -156,6 +166,7 @@ impl SaslRelay {
             sid,
             mechanism,
             data: data.into(),
+            client_ip: self.client_ip,
         });
     }
 
