@@ -57,9 +57,9 @@ impl LinkSender {
     }
 
     /// Queues `frame` if its bytes fit now.
-    pub fn try_send(&self, frame: Frame) -> Result<(), (SendError, Frame)> {
+    pub fn try_send(&self, frame: Frame) -> Result<(), (SendError, Box<Frame>)> {
         if self.tx.is_closed() {
-            return Err((SendError::NoLink, frame));
+            return Err((SendError::NoLink, Box::new(frame)));
         }
         match self
             .budget
@@ -69,22 +69,22 @@ impl LinkSender {
             Ok(bytes) => self
                 .tx
                 .send((frame, bytes))
-                .map_err(|e| (SendError::NoLink, e.0.0)),
-            Err(_) => Err((SendError::Full, frame)),
+                .map_err(|e| (SendError::NoLink, Box::new(e.0.0))),
+            Err(_) => Err((SendError::Full, Box::new(frame))),
         }
     }
 
     /// Queues `frame` once its bytes fit; gives it back if the link is gone.
-    pub async fn send(&self, frame: Frame) -> Result<(), Frame> {
+    pub async fn send(&self, frame: Frame) -> Result<(), Box<Frame>> {
         let Ok(bytes) = self
             .budget
             .clone()
             .acquire_many_owned(self.cost(&frame))
             .await
         else {
-            return Err(frame);
+            return Err(Box::new(frame));
         };
-        self.tx.send((frame, bytes)).map_err(|e| e.0.0)
+        self.tx.send((frame, bytes)).map_err(|e| Box::new(e.0.0))
     }
 }
 
@@ -237,9 +237,7 @@ impl Links {
             .iter()
             .find(|c| c.index == index)
             .unwrap_or(&entry.conns[(sid % entry.conns.len() as u64) as usize]);
-        conn.tx
-            .try_send(frame)
-            .map_err(|(why, frame)| (why, Box::new(frame)))
+        conn.tx.try_send(frame)
     }
 
     /// Nodes known to this core.
@@ -583,7 +581,7 @@ mod tests {
             }
             assert!(queued <= 1024, "{queued} frames of 64 KiB queued");
         };
-        assert_eq!(refused, (SendError::Full, frame.clone()));
+        assert_eq!(refused, (SendError::Full, Box::new(frame.clone())));
         assert_eq!(queued, 1024 * 1024 / frame.queued_bytes());
         assert_eq!(rx.try_recv(), Some(frame.clone()));
         assert_eq!(tx.try_send(frame.clone()), Ok(()));
