@@ -50,6 +50,41 @@ async fn a_quic_connection_that_never_opens_a_stream_is_closed_after_the_stream_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_connection_whose_streams_never_authenticate_is_closed_after_the_auth_wait() {
+    bounded(60, async {
+        let mut cluster = Cluster::start(0).await;
+        cluster.add_cm_with(|c| c.auth_wait_ms = 1000).await;
+        let ep = raw_endpoint(&cluster);
+        let conn = ep
+            .connect(cluster.cm_addr(0), DOMAIN)
+            .unwrap()
+            .await
+            .expect("handshake");
+        // a stream that sends its header and then nothing: its own
+        // negotiation deadline is 60 s, and another could follow it
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let header = format!(
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>"
+        );
+        send.write_all(header.as_bytes()).await.unwrap();
+        let mut first = [0u8; 16];
+        recv.read_exact(&mut first).await.expect("the CM answers");
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the CM closes a connection that does not authenticate");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(&close.reason[..], b"not authenticated")
+            }
+            other => panic!("closed by {other:?}"),
+        }
+        ep.close(0u32.into(), b"");
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_unauthenticated_connection_from_an_address_at_its_cap_is_refused_while_authenticated_ones_go_on()
  {
     bounded(90, async {

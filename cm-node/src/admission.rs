@@ -117,6 +117,11 @@ impl PreAuthSlot {
     pub fn release(&self) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
+
+    /// Whether the connection has authenticated (one of its streams bound).
+    pub fn is_released(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
 }
 
 /// Who a session's client is, as its driver needs it.

@@ -43,6 +43,10 @@ pub struct CmConfig {
     /// or after its last stream ended) is closed after this many ms.
     #[serde(default = "default_stream_wait_ms")]
     pub stream_wait_ms: u64,
+    /// A client QUIC connection none of whose streams has bound a session
+    /// (or resumed one) this many ms after it was accepted is closed.
+    #[serde(default = "default_auth_wait_ms")]
+    pub auth_wait_ms: u64,
     /// Bytes of frames from the core queued for one session; a session
     /// whose client does not read them fast enough is closed
     /// (`resource-constraint`) and what is queued bounces to the core.
@@ -103,6 +107,9 @@ fn default_pre_auth_per_address() -> usize {
 fn default_stream_wait_ms() -> u64 {
     10_000
 }
+fn default_auth_wait_ms() -> u64 {
+    90_000
+}
 fn default_session_queue_bytes() -> usize {
     1024 * 1024
 }
@@ -144,6 +151,7 @@ impl CmConfig {
             max_clients: default_max_clients(),
             pre_auth_per_address: default_pre_auth_per_address(),
             stream_wait_ms: default_stream_wait_ms(),
+            auth_wait_ms: default_auth_wait_ms(),
             session_queue_bytes: default_session_queue_bytes(),
             pool_queue_bytes: default_pool_queue_bytes(),
             client_rate_bytes: default_rate(),
@@ -171,6 +179,11 @@ impl CmConfig {
     /// How long a client QUIC connection may have no open stream.
     pub fn stream_wait(&self) -> Duration {
         Duration::from_millis(self.stream_wait_ms)
+    }
+
+    /// How long a client QUIC connection may go without binding a session.
+    pub fn auth_wait(&self) -> Duration {
+        Duration::from_millis(self.auth_wait_ms)
     }
 
     /// Client keep-alive interval.

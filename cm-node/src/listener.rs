@@ -50,6 +50,10 @@ pub struct ListenerContext {
     pub pre_auth: Arc<PreAuthLimit>,
     /// A QUIC connection with no open stream for this long is closed.
     pub stream_wait: Duration,
+    /// A QUIC connection none of whose streams bound a session this long
+    /// after its handshake is closed (each stream has its own negotiation
+    /// deadline, but a connection could open one after another).
+    pub auth_wait: Duration,
 }
 
 /// Where a session's bytes come from: a QUIC stream (zero-copy chunks, no
@@ -220,11 +224,21 @@ async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) 
     // The connection's streams; while it has none, it has `stream_wait` to
     // open one (keep-alives alone do not hold a client slot).
     let mut streams = tokio::task::JoinSet::new();
+    let auth_deadline = tokio::time::Instant::now() + ctx.auth_wait;
     loop {
         let idle = streams.is_empty();
         let wait = tokio::time::sleep(ctx.stream_wait);
+        let unauthenticated = !peer.pre_auth.is_released();
         let stream = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(auth_deadline), if unauthenticated => {
+                if peer.pre_auth.is_released() {
+                    continue;
+                }
+                tracing::debug!(%remote, "client connection closed: not authenticated in time");
+                conn.close(0u32.into(), b"not authenticated");
+                break;
+            }
             _ = wait, if idle => {
                 tracing::debug!(%remote, "client connection closed: no stream opened in time");
                 conn.close(0u32.into(), b"no stream");
@@ -421,6 +435,7 @@ mod tests {
             max_clients: 10,
             pre_auth: Arc::new(PreAuthLimit::new(10)),
             stream_wait: Duration::from_secs(10),
+            auth_wait: Duration::from_secs(90),
         })
     }
 
