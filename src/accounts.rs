@@ -1,8 +1,10 @@
-//! Account management (`adduser`, `deluser`, `passwd`) and `routes`.
+//! Account management (`adduser`, `deluser`, `passwd`), `routes` and
+//! `drain`.
 //!
 //! With the core running, requests go to its admin endpoint (address from
 //! `DIR/endpoints.json`, token from `DIR/data/admin.token`); with it stopped,
-//! the database in `DIR/data` is changed directly.
+//! the database in `DIR/data` is changed directly. `drain` goes to the
+//! balancer's admin endpoint, which `longlink up` gives the same token.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -230,12 +232,31 @@ pub async fn passwd(args: AccountArgs) -> Result<()> {
     Ok(())
 }
 
+/// The admin bearer token of the deployment in `dir` (never created here).
+fn read_token(dir: &Path) -> Result<String> {
+    let path = dir.join("data").join("admin.token");
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the admin token {}", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
 /// `longlink routes`.
 pub async fn routes(dir: &Path) -> Result<()> {
     let endpoints = Endpoints::load(dir)?;
     let url = format!("http://{}/routes", endpoints.admin);
+    let auth = format!("Bearer {}", read_token(dir)?);
     let text = tokio::task::spawn_blocking(move || -> Result<String> {
-        Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
+        let agent = ureq::Agent::new_with_config(
+            ureq::config::Config::builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        let mut resp = agent.get(&url).header("authorization", &auth).call()?;
+        match resp.status().as_u16() {
+            200 => Ok(resp.body_mut().read_to_string()?),
+            401 => bail!("the core refused the admin token"),
+            s => bail!("the core answered HTTP {s}"),
+        }
     })
     .await??;
     let json: serde_json::Value = serde_json::from_str(&text)?;
@@ -252,13 +273,18 @@ pub async fn drain(dir: &Path, node: &str, undo: bool) -> Result<()> {
         lb.admin,
         if undo { "undrain" } else { "drain" }
     );
+    let auth = format!("Bearer {}", read_token(dir)?);
     let status = tokio::task::spawn_blocking(move || -> Result<u16> {
         let agent = ureq::Agent::new_with_config(
             ureq::config::Config::builder()
                 .http_status_as_error(false)
                 .build(),
         );
-        Ok(agent.post(&url).send_empty()?.status().as_u16())
+        let resp = agent
+            .post(&url)
+            .header("authorization", &auth)
+            .send_empty()?;
+        Ok(resp.status().as_u16())
     })
     .await??;
     match status {
@@ -274,6 +300,7 @@ pub async fn drain(dir: &Path, node: &str, undo: bool) -> Result<()> {
             Ok(())
         }
         404 => bail!("the balancer does not know {node}"),
+        401 => bail!("the balancer refused the admin token"),
         s => bail!("the balancer answered HTTP {s}"),
     }
 }

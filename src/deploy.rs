@@ -36,11 +36,12 @@ pub struct Endpoints {
     pub ca: PathBuf,
     /// Core's CM-facing QUIC address.
     pub core: SocketAddr,
-    /// Core admin HTTP address.
+    /// Core admin HTTP address (token in `DIR/data/admin.token`).
     pub admin: SocketAddr,
-    /// Client-facing QUIC address of each CM (behind the balancer: not for clients).
+    /// Each CM: its TCP and WebSocket client addresses, and the address it
+    /// exchanges encapsulated datagrams with the balancer on (not for clients).
     pub cms: Vec<CmEndpoint>,
-    /// The balancer: the one address clients use.
+    /// The balancer: the one QUIC address clients use.
     #[serde(default)]
     pub lb: Option<LbEndpoints>,
 }
@@ -48,9 +49,9 @@ pub struct Endpoints {
 /// The balancer in [`Endpoints`].
 #[derive(Serialize, Deserialize)]
 pub struct LbEndpoints {
-    /// Public QUIC address for clients.
+    /// Public QUIC address for clients (ALPN xmpp-client).
     pub quic: SocketAddr,
-    /// Admin HTTP (metrics, backends, drain).
+    /// Admin HTTP (metrics; backends and drain with the admin token).
     pub admin: SocketAddr,
 }
 
@@ -59,8 +60,10 @@ pub struct LbEndpoints {
 pub struct CmEndpoint {
     /// Node name.
     pub node: String,
-    /// Client QUIC address (ALPN xmpp-client).
-    pub quic: SocketAddr,
+    /// Where the CM takes datagrams the balancer encapsulated. Not a client
+    /// address: the CM drops every datagram that does not come from the
+    /// balancer; QUIC clients use [`LbEndpoints::quic`].
+    pub balancer_encap: SocketAddr,
     /// TCP address for XMPP clients, STARTTLS required (RFC 6120).
     #[serde(default)]
     pub starttls: Option<SocketAddr>,
@@ -86,11 +89,45 @@ fn port(base: u16, offset: u16) -> u16 {
     if base == 0 { 0 } else { base + offset }
 }
 
+/// Makes `data` (accounts with their SCRAM keys, messages, the admin token
+/// and SM key) private whatever the umask: the directory 0700, every file
+/// already in it 0600. Files made later are private through the umask
+/// [`private_umask`] set.
+pub fn private_data_dir(data: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let private = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("restricting {}", path.display()))
+    };
+    private(data, 0o700)?;
+    for entry in std::fs::read_dir(data).with_context(|| format!("reading {}", data.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            private(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the process umask to 077, so that every file the process creates
+/// (the database and its `-wal`/`-shm`, tokens, keys) is readable by its
+/// owner only, whatever umask it was started with. Call it before any
+/// thread starts.
+pub fn private_umask() {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot
+    // fail and touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// `longlink up`.
 pub async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
+    private_data_dir(&dir.join("data"))?;
     let pki = dir.join("pki");
     let report = certs::init(&pki, &args.domain, args.cms, false).context("making certificates")?;
     if !report.created.is_empty() {
@@ -114,6 +151,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
     lb_settings.backend_listen = local(2);
     lb_settings.control_listen = local(3);
     lb_settings.admin_listen = local(11);
+    // One deployment, one admin token: `longlink drain` reads the core's.
+    lb_settings.admin_token_file = Some(dir.join("data").join("admin.token"));
     let balancer = lb::server::start(lb_settings)
         .await
         .context("starting the balancer")?;
@@ -150,7 +189,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             .iter()
             .map(|c| CmEndpoint {
                 node: c.node.clone(),
-                quic: c.client_addr,
+                balancer_encap: c.client_addr,
                 starttls: c.tcp_addr,
                 direct_tls: c.tls_addr,
                 websocket: c.ws_addr,
@@ -166,16 +205,23 @@ pub async fn up(args: UpArgs) -> Result<()> {
     println!("longlink is up for domain {}", args.domain);
     println!("  clients           quic://{lb_public} (the balancer; ALPN xmpp-client)");
     println!(
-        "  balancer admin    http://{} (/metrics, /backends, drain)",
+        "  balancer admin    http://{} (/metrics; /backends, drain with the admin token)",
         balancer.admin_addr
     );
     println!("  core (CM links)   quic://{}", core.quic_addr);
     println!(
-        "  admin             http://{} (/metrics, /routes)",
+        "  admin             http://{} (/metrics; /routes, /users with the admin token)",
         core.admin_addr
     );
+    println!(
+        "  admin token       {}",
+        dir.join("data").join("admin.token").display()
+    );
     for c in &endpoints.cms {
-        println!("  {:<17} behind the balancer at {}", c.node, c.quic);
+        println!(
+            "  {:<17} behind the balancer (encapsulated datagrams at {})",
+            c.node, c.balancer_encap
+        );
         if let (Some(tcp), Some(tls)) = (c.starttls, c.direct_tls) {
             println!(
                 "  {:<17} TCP clients: {tcp} (STARTTLS), {tls} (direct TLS)",
@@ -223,6 +269,7 @@ pub async fn run_core(
     if let Some(a) = admin {
         cfg.admin_listen = a;
     }
+    private_data_dir(&cfg.data_dir)?;
     let core = im_core::start(cfg).await.context("starting the core")?;
     tokio::signal::ctrl_c().await?;
     core.shutdown().await;

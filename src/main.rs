@@ -117,17 +117,39 @@ enum CertsCommand {
     },
 }
 
+/// Logs go to stderr, in colour only when it is a terminal and `NO_COLOR`
+/// is unset (<https://no-color.org>): a log file gets no escape codes.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .init();
+}
+
+/// Whether log lines may carry colour codes.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    std::io::stderr().is_terminal() && !no_color
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Core { .. }
+            | Command::Lb { .. }
+            | Command::Adduser(_)
+            | Command::Deluser(_)
+            | Command::Passwd(_)
+    ) {
+        // Before any thread: what these make (database, tokens) is private.
+        deploy::private_umask();
+    }
     init_tracing();
     let threads = cli.threads.unwrap_or(match cli.command {
         Command::Core { .. } => 1,

@@ -246,7 +246,7 @@ fn separate_processes_and_a_sigkilled_cm_leaves_the_balancer_within_two_seconds(
     // SIGKILL cm-2: no goodbye, the balancer must notice by itself
     dep.kill(cms[1]);
     let killed = Instant::now();
-    while backends(&dep.lb_admin).contains(&"cm-2".to_owned()) {
+    while backends(&dep.lb_admin, &dep.lb_token).contains(&"cm-2".to_owned()) {
         assert!(
             killed.elapsed() < Duration::from_secs(5),
             "cm-2 still in the table"
@@ -282,4 +282,87 @@ fn separate_processes_and_a_sigkilled_cm_leaves_the_balancer_within_two_seconds(
             "login {i} through the balancer: {out:?}"
         );
     }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn up_keeps_its_data_private_under_a_permissive_umask_and_logs_to_a_file_without_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let log_path = dir.path().join("up.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // a permissive umask, stderr to a file (not a terminal), colour not refused
+    let mut up = Processes(vec![
+        Command::new("sh")
+            .args([
+                "-c",
+                "umask 022; exec \"$0\" up --dir \"$1\" --cms 1 --port-base 0 --domain example.org",
+                BIN,
+                d,
+            ])
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ]);
+    let endpoints = dir.path().join("endpoints.json");
+    wait_for(&endpoints);
+    let data = dir.path().join("data");
+    // SQLite makes -wal and -shm when the core opens the database
+    for name in ["longlink.db-wal", "longlink.db-shm"] {
+        wait_for(&data.join(name));
+    }
+    assert_eq!(mode(&data), 0o700, "data directory");
+    for name in [
+        "longlink.db",
+        "longlink.db-wal",
+        "longlink.db-shm",
+        "admin.token",
+        "sm.key",
+    ] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    for entry in std::fs::read_dir(dir.path().join("pki")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "key") {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    // a CM's encapsulated address is not offered as a client address
+    let ep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
+    let cm = &ep["cms"][0];
+    assert!(cm["balancer_encap"].is_string(), "{ep}");
+    assert!(cm.get("quic").is_none(), "{ep}");
+    assert!(ep["lb"]["quic"].is_string(), "{ep}");
+
+    let pid = up.0[0].id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    while up.0[0].try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logged = std::fs::read(&log_path).unwrap();
+    let text = String::from_utf8_lossy(&logged);
+    assert!(text.contains("core started"), "{text}");
+    assert!(
+        !logged.contains(&0x1b),
+        "colour codes in a log file: {text:?}"
+    );
 }

@@ -112,7 +112,9 @@ async fn scenario() {
     // a second CM joins; cm-1 takes no new connections, so senders land on cm-2
     dep.spawn_cm(2);
     tokio::task::block_in_place(|| dep.wait_backends(&["cm-1", "cm-2"]));
-    let drained = ureq::post(&format!("http://{}/drain/cm-1", dep.lb_admin)).send_empty();
+    let drained = ureq::post(&format!("http://{}/drain/cm-1", dep.lb_admin))
+        .header("authorization", &format!("Bearer {}", dep.lb_token))
+        .send_empty();
     assert!(drained.is_ok(), "{drained:?}");
     let mut sclients = login_all(&dep, &senders).await;
     let routes = tokio::task::block_in_place(|| dep.routes());

@@ -451,3 +451,192 @@ async fn a_cm_refuses_connections_beyond_its_limit() {
     })
     .await;
 }
+
+/// A metric's value in Prometheus text (`name` with its labels, if any).
+fn metric(text: &str, name: &str) -> Option<i64> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits (bounded) until the core's metrics satisfy `ok`; returns them.
+async fn wait_metrics(cluster: &Cluster, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = cluster.metrics().await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_cm_gauges_count_registered_cms_and_follow_one_that_leaves() {
+    bounded(90, async {
+        let mut cluster = Cluster::start(2).await;
+        // two CMs, each with its default pool of two connections
+        wait_metrics(&cluster, "2 nodes, 4 connections", |m| {
+            metric(m, "longlink_core_cm_nodes") == Some(2)
+                && metric(m, "longlink_core_cm_connections") == Some(4)
+        })
+        .await;
+        cluster.cms[1].take().unwrap().shutdown().await;
+        wait_metrics(&cluster, "1 node, 2 connections after cm-2 left", |m| {
+            metric(m, "longlink_core_cm_nodes") == Some(1)
+                && metric(m, "longlink_core_cm_connections") == Some(2)
+        })
+        .await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// A QUIC connection to the core with `cert_node`'s CA-signed certificate,
+/// announcing itself as `hello_node`; returns how the core closed it.
+async fn link_as(cluster: &Cluster, cert_node: &str, hello_node: &str) -> quinn::ConnectionError {
+    let pki = certs::PkiPaths::new(cluster.pki());
+    let tls = certs::cluster_client_config(
+        &pki.ca_cert(),
+        &pki.cm_cert(cert_node),
+        &pki.cm_key(cert_node),
+        cm_protocol::ALPN,
+    )
+    .unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    let core = cluster.core.as_ref().unwrap().quic_addr;
+    let conn = ep
+        .connect(core, certs::CORE_SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("the TLS handshake passes: the certificate is the cluster's");
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    cm_protocol::Frame::Hello {
+        node: hello_node.into(),
+        client_addr: "127.0.0.1:1".into(),
+        conn_index: 0,
+        pool_size: 1,
+        instance: 7,
+    }
+    .encode(&mut buf);
+    send.write_all(&buf).await.unwrap();
+    let closed = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("the core closes the link");
+    ep.close(0u32.into(), b"");
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_signed_cm_certificate_announcing_another_node_is_refused_by_the_core() {
+    bounded(90, async {
+        let cluster = Cluster::start(2).await;
+        wait_metrics(&cluster, "2 nodes", |m| {
+            metric(m, "longlink_core_cm_nodes") == Some(2)
+        })
+        .await;
+        // cm-1's certificate, claiming to be cm-2
+        match link_as(&cluster, "cm-1", "cm-2").await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, 2u32.into());
+                assert_eq!(&close.reason[..], b"node name does not match certificate");
+            }
+            other => panic!("closed for another reason: {other}"),
+        }
+        let m = wait_metrics(&cluster, "an identity error counted", |m| {
+            metric(m, "longlink_core_link_errors_total{reason=\"identity\"}") == Some(1)
+        })
+        .await;
+        // cm-2 keeps its own two connections; nothing was registered for the impostor
+        assert_eq!(metric(&m, "longlink_core_cm_connections"), Some(4));
+        let routes = cluster.routes().await;
+        let mut nodes: Vec<(String, u64)> = routes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_owned(),
+                    n["connections"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, [("cm-1".to_owned(), 2), ("cm-2".to_owned(), 2)]);
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// `GET`s `url` with an optional bearer token; returns status and body.
+async fn get(url: String, token: Option<String>) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::new_with_config(
+            ureq::config::Config::builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        let mut req = agent.get(&url);
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.call().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_admin_routes_and_users_need_the_token_and_metrics_name_no_user() {
+    bounded(90, async {
+        let cluster = Cluster::start(1).await;
+        cluster.add_user("alice", "secret");
+        let _alice = cluster.login(0, "alice", "phone").await;
+        cluster.wait_routes(1).await;
+        let admin = cluster.admin_addr();
+        let routes = format!("http://{admin}/routes");
+        assert_eq!(get(routes.clone(), None).await.0, 401);
+        assert_eq!(get(routes.clone(), Some("0".repeat(64))).await.0, 401);
+        let (status, body) = get(routes, Some(cluster.admin_token())).await;
+        assert_eq!(status, 200);
+        assert!(body.contains(&jid("alice")), "{body}");
+        // account management without the token
+        let users = format!("http://{admin}/users");
+        let status = tokio::task::spawn_blocking(move || {
+            let agent = ureq::Agent::new_with_config(
+                ureq::config::Config::builder()
+                    .http_status_as_error(false)
+                    .build(),
+            );
+            agent
+                .post(&users)
+                .send_json(serde_json::json!({"username": "mallory", "password": "x"}))
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 401);
+        // /metrics stays open, and no label names a user
+        let (status, metrics) = get(format!("http://{admin}/metrics"), None).await;
+        assert_eq!(status, 200);
+        assert!(metrics.contains("longlink_core_sessions 1"), "{metrics}");
+        assert!(
+            !metrics.contains("alice") && !metrics.contains(DOMAIN),
+            "{metrics}"
+        );
+        cluster.shutdown().await;
+    })
+    .await;
+}

@@ -361,7 +361,22 @@ fn cm_certificate_cannot_impersonate_core() {
     let mut server = ServerConnection::new(Arc::new(server_cfg)).unwrap();
     let name = ServerName::try_from(CORE_SERVER_NAME).unwrap();
     let mut client = ClientConnection::new(Arc::new(client_cfg), name).unwrap();
-    assert!(handshake(&mut client, &mut server).is_err());
+    // The chain is valid (same CA): only the name check may refuse it.
+    match handshake(&mut client, &mut server).unwrap_err() {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        }) => {
+            assert_eq!(expected, ServerName::try_from(CORE_SERVER_NAME).unwrap());
+            assert!(
+                presented
+                    .iter()
+                    .any(|n| n.contains("cm-1.cluster.longlink")),
+                "{presented:?}"
+            );
+        }
+        other => panic!("refused for another reason than the name: {other:?}"),
+    }
 }
 
 #[test]

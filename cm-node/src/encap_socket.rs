@@ -24,6 +24,8 @@ pub struct EncapSocket {
     balancer: SocketAddr,
     /// Datagrams dropped (wrong source or bad header).
     pub dropped: AtomicU64,
+    /// Datagrams from the balancer handed to quinn.
+    pub received: AtomicU64,
 }
 
 impl fmt::Debug for EncapSocket {
@@ -41,6 +43,7 @@ impl EncapSocket {
             io,
             balancer,
             dropped: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         }
     }
 }
@@ -71,6 +74,7 @@ impl EncapSocket {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         };
+        self.received.fetch_add(1, Ordering::Relaxed);
         let header = n - payload.len();
         buf.copy_within(header..n, 0);
         Some(RecvMeta {

@@ -75,6 +75,9 @@ pub struct CmHandle {
     pub sessions: Arc<sessions::Sessions>,
     /// Client connections (handshakes) received so far.
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// Behind a balancer: the socket its datagrams arrive on (with counts of
+    /// datagrams received and dropped).
+    pub encap_socket: Option<Arc<encap_socket::EncapSocket>>,
     client_endpoint: quinn::Endpoint,
     core_endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
@@ -156,7 +159,7 @@ fn client_endpoint(
     config: &CmConfig,
     server_config: quinn::ServerConfig,
     cluster_key: &certs::cluster_key::ClusterKey,
-) -> Result<quinn::Endpoint, CmError> {
+) -> Result<(quinn::Endpoint, Option<Arc<encap_socket::EncapSocket>>), CmError> {
     let key = config
         .quic_lb
         .encrypted
@@ -182,6 +185,7 @@ fn client_endpoint(
     let runtime = Arc::new(quinn::TokioRuntime);
     match &config.balancer {
         None => quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+            .map(|endpoint| (endpoint, None))
             .map_err(io("client endpoint")),
         Some(link) => {
             socket.set_nonblocking(true).map_err(io("nonblocking"))?;
@@ -190,9 +194,10 @@ fn client_endpoint(
             quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config,
                 Some(server_config),
-                socket,
+                socket.clone(),
                 runtime,
             )
+            .map(|endpoint| (endpoint, Some(socket)))
             .map_err(io("client endpoint"))
         }
     }
@@ -235,7 +240,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             config.node, config.listen
         )));
     }
-    let client_endpoint = client_endpoint(&config, server_config, &cluster_key)?;
+    let (client_endpoint, encap_socket) = client_endpoint(&config, server_config, &cluster_key)?;
     let client_addr = client_endpoint.local_addr().map_err(io("local address"))?;
 
     let core_tls = certs::cluster_client_config(&pki.ca_cert(), &cert, &key, cm_protocol::ALPN)?;
@@ -344,6 +349,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         client_addr,
         sessions,
         accepted,
+        encap_socket,
         client_endpoint,
         core_endpoint,
         shutdown,

@@ -1,6 +1,7 @@
 //! The HTTP admin endpoint (loopback by default): `/metrics` (Prometheus
-//! text), `/routes` (routing table as JSON) and account management under
-//! `/users`, which needs the bearer token kept in `DATA_DIR/admin.token`.
+//! text; open, its labels never name a user), and behind the bearer token
+//! kept in `DATA_DIR/admin.token` (401 without it): `/routes` (routing
+//! table as JSON: every online JID) and account management under `/users`.
 
 use std::sync::Arc;
 
@@ -52,7 +53,10 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
-async fn routes_json(State(s): State<Arc<AdminState>>) -> Response {
+async fn routes_json(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
     let (tx, rx) = oneshot::channel();
     if s.router.send(Event::Snapshot(tx)).await.is_err() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();

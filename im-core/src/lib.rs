@@ -167,7 +167,10 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     );
     let storage = storage::Storage::start(move || storage::open(url.as_deref(), &dir, quota))?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let links = Arc::new(links::Links::default());
+    let links = Arc::new(links::Links::with_gauges(links::LinkGauges {
+        nodes: metrics.cm_nodes.clone(),
+        connections: metrics.cm_connections.clone(),
+    }));
     let auth = Arc::new(
         auth::AuthService::new(&config.domain, storage.clone(), config.allow_plain)
             .with_registration(config.registration),
@@ -235,8 +238,6 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
                 _ = stop.cancelled() => return,
                 i = ep.accept() => match i { Some(i) => i, None => return },
             };
-            let (nodes, _) = ctx.links.counts();
-            metrics.cm_nodes.set(nodes as i64);
             tracker.spawn(links::serve(ctx.clone(), incoming));
         }
     });

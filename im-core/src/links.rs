@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cm_protocol::{Frame, FrameDecoder, SessionId, read_frame};
+use prometheus_client::metrics::gauge::Gauge;
 use quinn::{Connection, RecvStream, SendStream};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -132,6 +133,16 @@ struct NodeEntry {
 #[derive(Default)]
 pub struct Links {
     inner: Mutex<LinksInner>,
+    gauges: Option<LinkGauges>,
+}
+
+/// The gauges that show the registry: set on every change, under its lock,
+/// so they read what it holds.
+pub struct LinkGauges {
+    /// Nodes with at least one connection.
+    pub nodes: Gauge,
+    /// Registered connections in all.
+    pub connections: Gauge,
 }
 
 #[derive(Default)]
@@ -155,8 +166,25 @@ pub struct NodeInfo {
 }
 
 impl Links {
+    /// An empty registry that keeps `gauges` up to date.
+    pub fn with_gauges(gauges: LinkGauges) -> Self {
+        Self {
+            inner: Mutex::default(),
+            gauges: Some(gauges),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LinksInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the gauges from `inner` (called with the lock held).
+    fn show(&self, inner: &LinksInner) {
+        if let Some(g) = &self.gauges {
+            let (nodes, connections) = inner.counts();
+            g.nodes.set(nodes as i64);
+            g.connections.set(connections as i64);
+        }
     }
 
     /// Registers a connection of node `name` from CM process `instance`;
@@ -198,6 +226,7 @@ impl Links {
             tx,
         });
         entry.epoch += 1;
+        self.show(&inner);
         (id, conn_id, restarted)
     }
 
@@ -206,7 +235,9 @@ impl Links {
         let mut inner = self.lock();
         let entry = inner.nodes.get_mut(&node)?;
         entry.conns.retain(|c| c.id != conn_id);
-        entry.conns.is_empty().then_some(entry.epoch)
+        let gone = entry.conns.is_empty().then_some(entry.epoch);
+        self.show(&inner);
+        gone
     }
 
     /// Whether the node is still without connections at `epoch`.
@@ -259,9 +290,14 @@ impl Links {
 
     /// Number of nodes with at least one connection, and connections in all.
     pub fn counts(&self) -> (usize, usize) {
-        let inner = self.lock();
-        let live = inner.nodes.values().filter(|e| !e.conns.is_empty()).count();
-        let conns = inner.nodes.values().map(|e| e.conns.len()).sum();
+        self.lock().counts()
+    }
+}
+
+impl LinksInner {
+    fn counts(&self) -> (usize, usize) {
+        let live = self.nodes.values().filter(|e| !e.conns.is_empty()).count();
+        let conns = self.nodes.values().map(|e| e.conns.len()).sum();
         (live, conns)
     }
 }
@@ -379,7 +415,6 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
             .await
             .map_err(|_| LinkError::Shutdown)?;
     }
-    ctx.metrics.cm_connections.inc();
     tracing::info!(node = name, node_id, conn_index, %client_addr, remote = %conn.remote_address(), "CM connected");
     let _ = tx.try_send(Frame::Welcome {
         domain: ctx.domain.clone(),
@@ -390,7 +425,6 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
     let writer = tokio::spawn(write_loop(send, rx));
     let result = read_loop(ctx, node_id, &tx, &mut recv, &mut decoder).await;
     writer.abort();
-    ctx.metrics.cm_connections.dec();
     // Frames in flight on this connection are gone, both ways.
     let lost = Input::LinkLost {
         node: node_id,

@@ -30,9 +30,10 @@ pub struct Metrics {
     pub link_errors: Family<Labels, Counter>,
     /// Frames dropped because a CM link was full.
     pub link_overflow: Counter,
-    /// Pooled CM connections open.
+    /// Pooled CM connections registered (set by the link registry).
     pub cm_connections: Gauge,
-    /// CM nodes with at least one connection.
+    /// CM nodes with at least one registered connection (set by the link
+    /// registry).
     pub cm_nodes: Gauge,
     /// Bound sessions in the routing table.
     pub sessions: Gauge,

@@ -1,13 +1,16 @@
 //! The admin HTTP endpoint (keep it on loopback): `GET /metrics`
-//! (OpenMetrics text), `GET /backends` (the table as JSON),
-//! `POST /drain/{node}` and `POST /undrain/{node}` (204, or 404 for a node
-//! not in the table).
+//! (OpenMetrics text; open: its labels name CMs and drop reasons, never a
+//! client), and behind the bearer token of [`admin_token`]: `GET /backends`
+//! (the table as JSON), `POST /drain/{node}` and `POST /undrain/{node}`
+//! (204, or 404 for a node not in the table). Without the right
+//! `Authorization: Bearer TOKEN` header they answer 401.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,6 +27,56 @@ pub(crate) struct Admin {
     pub(crate) routing: Arc<Routing>,
     /// The metrics to render.
     pub(crate) metrics: Arc<Metrics>,
+    /// The bearer token every route but `/metrics` needs.
+    pub(crate) token: Arc<str>,
+}
+
+/// Reads the admin token from `path`, or creates it (32 random bytes in
+/// hex, mode 0600) if the file does not exist.
+pub fn admin_token(path: &std::path::Path) -> Result<String, std::io::Error> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is empty",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(mut f) => f.write_all(token.as_bytes())?,
+        // Another process (the core of the same deployment) made it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Ok(std::fs::read_to_string(path)?.trim().to_owned());
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(token)
+}
+
+/// Whether `headers` carry `Authorization: Bearer TOKEN` (compared in
+/// constant time).
+fn authorized(token: &str, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {token}");
+    headers
+        .get("authorization")
+        .is_some_and(|v| constant_eq(v.as_bytes(), expected.as_bytes()))
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves the admin endpoint on `listener` until shutdown.
@@ -63,7 +116,10 @@ async fn metrics(State(s): State<Admin>) -> Response {
         .into_response()
 }
 
-async fn backends(State(s): State<Admin>) -> Response {
+async fn backends(State(s): State<Admin>, headers: HeaderMap) -> Response {
+    if !authorized(&s.token, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
     let list: Vec<BackendView> = s
         .routing
         .backends()
@@ -78,15 +134,22 @@ async fn backends(State(s): State<Admin>) -> Response {
     Json(list).into_response()
 }
 
-async fn drain(State(s): State<Admin>, Path(node): Path<String>) -> StatusCode {
-    set_draining(&s, &node, true)
+async fn drain(State(s): State<Admin>, headers: HeaderMap, Path(node): Path<String>) -> StatusCode {
+    set_draining(&s, &headers, &node, true)
 }
 
-async fn undrain(State(s): State<Admin>, Path(node): Path<String>) -> StatusCode {
-    set_draining(&s, &node, false)
+async fn undrain(
+    State(s): State<Admin>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+) -> StatusCode {
+    set_draining(&s, &headers, &node, false)
 }
 
-fn set_draining(s: &Admin, node: &str, draining: bool) -> StatusCode {
+fn set_draining(s: &Admin, headers: &HeaderMap, node: &str, draining: bool) -> StatusCode {
+    if !authorized(&s.token, headers) {
+        return StatusCode::UNAUTHORIZED;
+    }
     if s.routing.set_draining(node, draining) {
         StatusCode::NO_CONTENT
     } else {

@@ -131,6 +131,10 @@ async fn register(
                 .write_all(&Answer::Refused(why.clone()).to_line())
                 .await;
             let _ = send.finish();
+            // Closing at once could discard the answer: let the CM read why
+            // (bounded), then close.
+            let _ = tokio::time::timeout(REGISTRATION_TIMEOUT, send.stopped()).await;
+            conn.close(2u32.into(), b"registration refused");
             return Err(why);
         }
     };

@@ -23,9 +23,11 @@
 //!   stateless reset sends the clients to reconnect at once. At most
 //!   [`MAX_DEPARTED`] departed server ids are remembered (the oldest is
 //!   forgotten first); a departed server id that registers again is live.
-//! - Drain state is kept per node name, whether the node is registered or
-//!   not, so a drained CM that reconnects is still drained. It lives in
-//!   memory only.
+//! - Only a CM in the table can be drained (draining an unknown name
+//!   changes nothing). Drain state is kept per node name, and outlives the
+//!   CM's connection, so a drained CM that reconnects is still drained. At
+//!   most [`MAX_DRAINED`] names are remembered: past that, the drain marks
+//!   of CMs no longer in the table are forgotten. It lives in memory only.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +39,10 @@ pub const DEPARTED_GRACE: Duration = Duration::from_secs(3);
 
 /// Most departed server ids remembered.
 pub const MAX_DEPARTED: usize = 4096;
+
+/// Most drained node names remembered (CMs in the table are never
+/// forgotten; absent ones are once the set is this full).
+pub const MAX_DRAINED: usize = 1024;
 
 /// One accepted registration (one control connection), to tell a CM's
 /// current connection from the one it replaced.
@@ -105,7 +111,8 @@ struct Member {
 #[derive(Debug)]
 pub struct Membership {
     members: HashMap<String, Member>,
-    /// Nodes drained by the operator (registered or not).
+    /// Nodes the operator drained while they were in the table (they may
+    /// have left since); at most [`MAX_DRAINED`] beyond the members.
     drained: HashSet<String>,
     next_registration: u64,
     /// Server ids of CMs that left, with the end of their grace, earliest
@@ -211,16 +218,21 @@ impl Membership {
         true
     }
 
-    /// Drains (or undrains) `node`: remembered even if it is not registered
-    /// (it will join drained); returns whether it is in the table.
+    /// Drains (or undrains) `node`, if it is in the table (and remembers
+    /// it, so it rejoins drained after a reconnect); returns whether it is.
+    /// A name not in the table changes nothing.
     pub fn set_draining(&mut self, node: &str, draining: bool) -> bool {
+        if !self.members.contains_key(node) {
+            return false;
+        }
         if draining {
+            if self.drained.len() >= MAX_DRAINED {
+                let members = &self.members;
+                self.drained.retain(|name| members.contains_key(name));
+            }
             self.drained.insert(node.to_owned());
         } else {
             self.drained.remove(node);
-        }
-        if !self.members.contains_key(node) {
-            return false;
         }
         self.changes.push_back(Change::Drain {
             node: node.to_owned(),
@@ -472,17 +484,45 @@ mod tests {
     }
 
     #[test]
-    fn draining_an_unknown_node_is_remembered_for_when_it_joins() {
+    fn draining_an_unknown_node_changes_nothing_and_is_not_remembered() {
         let t0 = Instant::now();
         let mut m = Membership::new();
         assert!(!m.set_draining("cm-9", true));
         assert_eq!(changes(&mut m), []);
+        assert!(!m.is_draining("cm-9"));
         m.register(t0, "cm-9", sid(9), addr(9009)).unwrap();
-        assert_eq!(changes(&mut m), [join("cm-9", 9, 9009, true)]);
-        assert!(!m.set_draining("cm-8", true));
-        assert!(!m.set_draining("cm-8", false));
-        m.register(t0, "cm-8", sid(8), addr(9008)).unwrap();
-        assert_eq!(changes(&mut m), [join("cm-8", 8, 9008, false)]);
+        assert_eq!(changes(&mut m), [join("cm-9", 9, 9009, false)]);
+        // any number of made-up names leaves no trace
+        for i in 0..10_000 {
+            assert!(!m.set_draining(&format!("nobody-{i}"), true));
+        }
+        assert!(m.drained.is_empty());
+        assert_eq!(changes(&mut m), []);
+    }
+
+    #[test]
+    fn the_drain_marks_of_departed_cms_are_bounded_and_members_keep_theirs() {
+        let t0 = Instant::now();
+        let mut m = Membership::new();
+        let r = m.register(t0, "cm-0", sid(0), addr(9000)).unwrap();
+        assert!(m.set_draining("cm-0", true));
+        // many CMs drained and gone
+        for i in 1..=(MAX_DRAINED as u16 + 10) {
+            let node = format!("cm-{i}");
+            let r = m.register(t0, &node, sid(i), addr(9000)).unwrap();
+            assert!(m.set_draining(&node, true));
+            m.connection_ended(t0, &node, r);
+        }
+        assert!(m.drained.len() <= MAX_DRAINED, "{}", m.drained.len());
+        assert!(
+            m.is_draining("cm-0"),
+            "a member's drain survives the pruning"
+        );
+        // a drained member that reconnects is still drained
+        m.connection_ended(t0, "cm-0", r);
+        changes(&mut m);
+        m.register(t0, "cm-0", sid(0), addr(9000)).unwrap();
+        assert_eq!(changes(&mut m), [join("cm-0", 0, 9000, true)]);
     }
 
     #[test]

@@ -289,16 +289,17 @@ mod tests {
         assert!(!routing.set_draining("cm-1", true));
         let addr = SocketAddr::from(([127, 0, 0, 1], 9001));
         let (_, draining) = routing.register("cm-1", vec![0, 1], addr).unwrap();
-        assert!(draining);
+        assert!(!draining, "a drain of an unknown name is not remembered");
+        assert!(routing.set_draining("cm-1", true));
         assert!(routing.backends()[0].draining);
         assert!(routing.set_draining("cm-1", false));
         assert!(!routing.backends()[0].draining);
-        assert_eq!(metrics.membership_changes.get(), 2);
+        assert_eq!(metrics.membership_changes.get(), 3);
         assert_eq!(
             routing.register("cm-2", vec![0, 1], addr).unwrap_err(),
             Refused::ServerIdTaken { by: "cm-1".into() }
         );
         assert_eq!(routing.backends().len(), 1);
-        assert_eq!(metrics.membership_changes.get(), 2);
+        assert_eq!(metrics.membership_changes.get(), 3);
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::admin::admin_token;
 use crate::admin::{self, Admin};
 use crate::balancer::{Backend, Balancer};
 use crate::control::{self, Control};
@@ -124,6 +125,10 @@ pub async fn start(settings: LbSettings) -> Result<LbHandle, LbError> {
         .local_addr()
         .map_err(LbError::io("admin address"))?;
 
+    let token_path = settings.admin_token_path();
+    let token = admin::admin_token(&token_path)
+        .map_err(LbError::io(format!("admin token {}", token_path.display())))?;
+
     let metrics = Arc::new(Metrics::new());
     metrics.table_size.set(settings.table_size as i64);
     let routing = Arc::new(Routing::new(balancer, metrics.clone()));
@@ -155,6 +160,7 @@ pub async fn start(settings: LbSettings) -> Result<LbHandle, LbError> {
     let admin = Admin {
         routing: routing.clone(),
         metrics: metrics.clone(),
+        token: token.into(),
     };
     tasks.spawn(admin::serve(listener, admin, shutdown.clone()));
     tracing::info!(?public_addrs, %backend_addr, %control_addr, %admin_addr, "balancer started");

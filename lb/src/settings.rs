@@ -20,6 +20,10 @@ pub struct LbSettings {
     pub control_listen: SocketAddr,
     /// Admin HTTP (metrics, backends, drain); keep it on loopback.
     pub admin_listen: SocketAddr,
+    /// File holding the admin bearer token (created, mode 0600, with a
+    /// random token if missing). Default: `PKI_DIR/lb-admin.token`.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Cluster PKI directory (ca.pem, lb.pem, lb.key, quic-lb.key).
     pub pki_dir: PathBuf,
     /// QUIC-LB connection-id settings.
@@ -43,10 +47,18 @@ impl LbSettings {
             backend_listen: any,
             control_listen: any,
             admin_listen: any,
+            admin_token_file: None,
             pki_dir,
             quic_lb: QuicLbSettings::default(),
             table_size: default_table(),
         }
+    }
+
+    /// The file the admin token is kept in.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.pki_dir.join("lb-admin.token"))
     }
 
     /// The QUIC-LB config, reading the key from the PKI directory when the

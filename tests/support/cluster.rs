@@ -252,6 +252,25 @@ impl Cluster {
             .collect()
     }
 
+    /// Datagrams from the balancer each CM's encapsulating socket handed to
+    /// QUIC so far (0 for a CM without a balancer).
+    pub fn encap_received(&self) -> Vec<u64> {
+        self.cms
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .and_then(|c| c.encap_socket.as_ref())
+                    .map(|s| s.received.load(std::sync::atomic::Ordering::Relaxed))
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// The balancer's settings as running (its bound addresses).
+    pub fn lb_settings(&self) -> &lb::settings::LbSettings {
+        self.lb_addrs.as_ref().expect("cluster has a balancer")
+    }
+
     /// Starts one more CM node (`cm-N`), issuing its certificate if needed.
     pub async fn add_cm(&mut self) -> usize {
         self.add_cm_with(|_| {}).await
@@ -372,11 +391,29 @@ impl Cluster {
         Client::connect(self.options(cm, user, password).with_resource(resource)).await
     }
 
+    /// The core's admin bearer token.
+    pub fn admin_token(&self) -> String {
+        im_core::admin_token(&self.dir.path().join("data")).expect("admin token")
+    }
+
+    /// The core's admin HTTP address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The balancer's admin bearer token.
+    pub fn lb_token(&self) -> String {
+        let settings = self.lb_addrs.as_ref().expect("cluster has a balancer");
+        lb::server::admin_token(&settings.admin_token_path()).expect("balancer admin token")
+    }
+
     /// The core's `/routes` JSON.
     pub async fn routes(&self) -> serde_json::Value {
         let url = format!("http://{}/routes", self.admin_addr);
+        let auth = format!("Bearer {}", self.admin_token());
         tokio::task::spawn_blocking(move || {
             ureq::get(&url)
+                .header("authorization", &auth)
                 .call()
                 .expect("routes")
                 .body_mut()

@@ -44,9 +44,11 @@ impl Drop for Processes {
     }
 }
 
-/// Names of the balancer's backends, from its admin endpoint.
-pub fn backends(admin: &str) -> Vec<String> {
+/// Names of the balancer's backends, from its admin endpoint (`token`:
+/// its admin bearer token).
+pub fn backends(admin: &str, token: &str) -> Vec<String> {
     ureq::get(&format!("http://{admin}/backends"))
+        .header("authorization", &format!("Bearer {token}"))
         .call()
         .ok()
         .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
@@ -79,6 +81,10 @@ pub struct Deployment {
     lb_control: u16,
     /// The balancer's admin endpoint.
     pub lb_admin: String,
+    /// The balancer's admin bearer token.
+    pub lb_token: String,
+    /// The core's admin bearer token.
+    pub core_token: String,
     /// Processes: [core, lb, CMs in the order added].
     pub procs: Processes,
 }
@@ -114,7 +120,13 @@ impl Deployment {
                 assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
             }
         }
+        // The tokens exist before the processes start, as the ones they read.
+        let core_token = im_core::admin_token(&data).unwrap();
+        let lb_token_file = d.join("lb-admin.token");
+        let lb_token = lb::server::admin_token(&lb_token_file).unwrap();
         let mut dep = Self {
+            lb_token,
+            core_token,
             core: format!("127.0.0.1:{}", free_port(false)),
             core_admin: format!("127.0.0.1:{}", free_port(true)),
             lb_public: free_port(false),
@@ -139,11 +151,12 @@ impl Deployment {
         let lb_toml = dep.write(
             "lb.toml",
             format!(
-                "listen = [\"127.0.0.1:{}\"]\nbackend_listen = \"127.0.0.1:{}\"\ncontrol_listen = \"127.0.0.1:{}\"\nadmin_listen = \"{}\"\npki_dir = \"{}\"\n",
+                "listen = [\"127.0.0.1:{}\"]\nbackend_listen = \"127.0.0.1:{}\"\ncontrol_listen = \"127.0.0.1:{}\"\nadmin_listen = \"{}\"\nadmin_token_file = \"{}\"\npki_dir = \"{}\"\n",
                 dep.lb_public,
                 dep.lb_backend,
                 dep.lb_control,
                 dep.lb_admin,
+                lb_token_file.display(),
                 dep.pki.display()
             ),
         );
@@ -190,7 +203,7 @@ impl Deployment {
     pub fn wait_backends(&self, names: &[&str]) {
         let start = Instant::now();
         loop {
-            let mut have = backends(&self.lb_admin);
+            let mut have = backends(&self.lb_admin, &self.lb_token);
             have.sort();
             if have == names {
                 return;
@@ -235,6 +248,7 @@ impl Deployment {
     /// The core's routing table: full JID to CM node name.
     pub fn routes(&self) -> std::collections::HashMap<String, String> {
         let v: serde_json::Value = ureq::get(&format!("http://{}/routes", self.core_admin))
+            .header("authorization", &format!("Bearer {}", self.core_token))
             .call()
             .unwrap()
             .body_mut()
