@@ -32,6 +32,8 @@ use traffic::{Phase, Shared};
 
 /// Lost messages explained in detail in the report (all are counted).
 const EXPLAINED: usize = 40;
+/// Recipients of lost messages whose archives are looked up at the end.
+const AUDITED_RECIPIENTS: usize = 50;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -169,6 +171,23 @@ impl std::fmt::Display for Report {
             c.unknown,
             c.lost
         )?;
+        if c.lost > 0 {
+            let yes = self
+                .lost
+                .iter()
+                .filter(|l| l.archived == Some(true))
+                .count();
+            let no = self
+                .lost
+                .iter()
+                .filter(|l| l.archived == Some(false))
+                .count();
+            writeln!(
+                f,
+                "lost and in the recipient's archive {yes}, lost and not archived {no}, not looked up {}",
+                self.lost.len() - yes - no
+            )?;
+        }
         if !self.settled {
             writeln!(
                 f,
@@ -388,7 +407,22 @@ async fn run_within(config: Config) -> Result<Report> {
     {}
     clients.abort_all();
 
-    let (counts, lost, disorder) = ledger.tally();
+    let (counts, mut lost, disorder) = ledger.tally();
+    if !lost.is_empty() {
+        say(format!(
+            "{} acknowledged messages lost; looking them up in the recipients' archives",
+            lost.len()
+        ));
+        let (archived, seen) =
+            traffic::audit_archive(&shared, &lost, AUDITED_RECIPIENTS, Duration::from_secs(60))
+                .await;
+        for (l, a) in lost.iter_mut().zip(archived) {
+            l.archived = a;
+        }
+        say(format!(
+            "the archives looked at hold {seen} messages of these conversations"
+        ));
+    }
     let kills = ledger.kills();
     let explanations = explain(&ledger, &lost, &kills);
     let _ = std::fs::write(dir.join("clients.txt"), ledger.histories());
@@ -455,6 +489,15 @@ fn explain(ledger: &Ledger, lost: &[Lost], kills: &[Kill]) -> String {
             out,
             "LOST user{} → user{} #{} id {} sent {:.2}s acknowledged {:.2}s",
             l.sender, l.recipient, l.seq, l.id, l.sent_at, l.acked_at
+        );
+        let _ = writeln!(
+            out,
+            "    in the recipient's archive: {}",
+            match l.archived {
+                Some(true) => "yes (stored, not delivered)",
+                Some(false) => "no (never routed)",
+                None => "not looked up",
+            }
         );
         let (before, after) = ledger.deliveries_around(l.recipient, l.acked_at);
         let show = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t:.2}s"));

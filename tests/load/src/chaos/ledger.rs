@@ -97,6 +97,10 @@ pub struct Lost {
     pub sent_at: f64,
     /// ...and acknowledged.
     pub acked_at: f64,
+    /// Whether the recipient's archive (XEP-0313) has it, if looked up:
+    /// acknowledged and archived means the core stored it and failed to
+    /// deliver it; not archived, that the core never routed it.
+    pub archived: Option<bool>,
 }
 
 /// An out-of-order delivery.
@@ -348,6 +352,7 @@ impl Ledger {
                                 id: r.id.clone().unwrap_or_default(),
                                 sent_at: r.sent_at,
                                 acked_at,
+                                archived: None,
                             });
                         }
                     }

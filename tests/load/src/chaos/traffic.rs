@@ -72,6 +72,80 @@ impl Shared {
     }
 }
 
+/// Which of `lost` (sender, seq) are in their recipients' archives, as
+/// the recipients see them from a separate resource; at most `users`
+/// recipients are asked (None for the others), within `limit`. Also
+/// returns how many of this run's messages the archives showed in all (a
+/// check that the lookup itself works).
+pub async fn audit_archive(
+    shared: &Shared,
+    lost: &[ledger::Lost],
+    users: usize,
+    limit: Duration,
+) -> (Vec<Option<bool>>, usize) {
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
+    let mut by_recipient: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for l in lost {
+        if by_recipient.len() < users || by_recipient.contains_key(&l.recipient) {
+            by_recipient
+                .entry(l.recipient)
+                .or_default()
+                .insert(l.sender);
+        }
+    }
+    let mut found: HashSet<(usize, usize, u64)> = HashSet::new();
+    let mut asked: HashSet<usize> = HashSet::new();
+    let audit = async {
+        for (&recipient, senders) in &by_recipient {
+            let opts = shared.options(recipient).with_resource("audit");
+            let Ok(client) = Client::connect(opts).await else {
+                continue;
+            };
+            let mut complete = true;
+            for &sender in senders {
+                let mut q = client_sdk::im::HistoryQuery {
+                    with: Some(format!("{}{sender}@{}", shared.prefix, shared.domain)),
+                    max: Some(250),
+                    ..Default::default()
+                };
+                // bounded: a few pages per conversation are plenty here
+                for _ in 0..20 {
+                    let Ok(page) = client.history(&q).await else {
+                        complete = false;
+                        break;
+                    };
+                    for m in &page.messages {
+                        if let Some((s, seq)) =
+                            m.message.body.as_deref().and_then(ledger::parse_body)
+                            && s == sender
+                        {
+                            found.insert((sender, recipient, seq));
+                        }
+                    }
+                    if page.complete || page.last.is_none() {
+                        break;
+                    }
+                    q.after = page.last;
+                }
+            }
+            if complete {
+                asked.insert(recipient);
+            }
+            client.disconnect().await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, audit).await;
+    let verdicts = lost
+        .iter()
+        .map(|l| {
+            asked
+                .contains(&l.recipient)
+                .then(|| found.contains(&(l.sender, l.recipient, l.seq)))
+        })
+        .collect();
+    (verdicts, found.len())
+}
+
 /// How a connected stretch of a client ended.
 enum End {
     /// The SDK ended the session for good.
