@@ -28,7 +28,7 @@ use crate::user::{Online, Setup, login};
 #[derive(Parser)]
 #[command(
     name = "longlink-bench",
-    about = "XMPP load tool: idle, chat, login, migrate"
+    about = "XMPP load tool: idle, chat, login, migrate (and `longlink-bench chaos --help`)"
 )]
 struct Cli {
     /// Server address (a CM's or balancer's, or ejabberd's/Prosody's port).
@@ -124,11 +124,74 @@ enum Scenario {
     },
 }
 
+/// `longlink-bench chaos`: its own command line (it starts the servers
+/// itself, so it takes none of the others' server options).
+#[derive(Parser)]
+#[command(
+    name = "longlink-bench chaos",
+    about = "Kill and restart longlink processes under chat traffic; check that nothing acknowledged is lost"
+)]
+struct ChaosCli {
+    /// The `longlink` binary to run the deployment with.
+    #[arg(long)]
+    longlink: PathBuf,
+    /// The one-minute CI variant (60 users) instead of the five-minute one (300).
+    #[arg(long)]
+    short: bool,
+    /// Seed of the kill schedule and the clients' choices (random if absent; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Users (overrides the variant's).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Seconds of chaos (overrides the variant's).
+    #[arg(long)]
+    secs: Option<u64>,
+    /// Directory for PKI, data and logs (default: a new one in the temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the directory even if the run passed.
+    #[arg(long)]
+    keep: bool,
+}
+
+async fn chaos_main() -> Result<()> {
+    use longlink_bench::chaos;
+    let cli = ChaosCli::parse_from(std::env::args().skip(1));
+    let seed = cli.seed.unwrap_or_else(rand::random);
+    let mut config = if cli.short {
+        chaos::Config::short(&cli.longlink, seed)
+    } else {
+        chaos::Config::long(&cli.longlink, seed)
+    };
+    if let Some(users) = cli.users {
+        config.users = users;
+    }
+    if let Some(secs) = cli.secs {
+        config.duration = Duration::from_secs(secs);
+        config.deadline = config.duration + config.settle + Duration::from_secs(180);
+    }
+    config.dir = cli.dir;
+    config.keep = cli.keep;
+    let report = tokio::select! {
+        report = chaos::run(config) => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted (seed {seed}); every process it started is killed"),
+    };
+    println!("{report}");
+    if !report.passed() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    let chaos = std::env::args().nth(1).as_deref() == Some("chaos");
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // the chaos run's clients warn at every kill; its report says what matters
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| if chaos { "error" } else { "warn" }.into()),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal, and never with NO_COLOR set.
@@ -137,6 +200,12 @@ async fn main() -> Result<()> {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .init();
+    if chaos {
+        return chaos_main().await;
+    }
+    if std::env::args().nth(1).as_deref() == Some("chaos") {
+        return chaos_main().await;
+    }
     let cli = Cli::parse();
     let roots =
         client_sdk::load_roots(&cli.ca).with_context(|| format!("reading {}", cli.ca.display()))?;
