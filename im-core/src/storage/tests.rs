@@ -301,43 +301,211 @@ fn vcards_are_replaced() {
     });
 }
 
+/// Storage threads over each real backend, wrapped in a fault plan.
+fn faulty_storages(dir: &std::path::Path, limits: Limits) -> Vec<(Storage, FaultPlan)> {
+    backends(dir)
+        .into_iter()
+        .map(|reopen| {
+            let plan = FaultPlan::new();
+            let faults = plan.clone();
+            let storage = Storage::start_with(limits, move || {
+                Ok(Box::new(FaultyStore::new(reopen(), faults)) as Box<dyn Store>)
+            })
+            .unwrap();
+            (storage, plan)
+        })
+        .collect()
+}
+
+/// Waits (bounded) until the plan has seen more than `n` calls.
+fn wait_for_calls(plan: &FaultPlan, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while plan.calls() <= n {
+        assert!(std::time::Instant::now() < deadline, "no storage call came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Polls a future once: its output if it is ready at once.
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+async fn add_user(storage: &Storage, name: &'static str) {
+    let creds = StoredCredentials::new("pw", 4096);
+    storage
+        .call(move |db| db.add_user(name, &creds))
+        .await
+        .unwrap();
+}
+
+async fn archived_ids(storage: &Storage, user: &'static str) -> Vec<String> {
+    let page = storage
+        .call(move |db| {
+            db.query_archive(
+                user,
+                &ArchiveQuery {
+                    max: 10_000,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    page.items.into_iter().map(|a| a.id).collect()
+}
+
 #[tokio::test]
 async fn the_storage_thread_group_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    let mut backends: Vec<Option<String>> = vec![None];
-    backends.extend(postgres_for_tests("ll_unit").map(Some));
-    for url in backends {
-        let path = path.clone();
-        let storage = Storage::start(move || open(url.as_deref(), &path, 1000)).unwrap();
-        let creds = StoredCredentials::new("pw", 4096);
-        storage
-            .call(move |db| db.add_user("u", &creds))
-            .await
-            .unwrap();
-        let calls: Vec<_> = (0..200)
-            .map(|i| {
-                storage.submit(move |db| db.archive(&entry("u", &hex(i as u64 + 1), "p@x", i)))
-            })
+    for (storage, plan) in faulty_storages(dir.path(), Limits::default()) {
+        add_user(&storage, "u").await;
+        // The thread stalls on a first job; 200 more queue behind it.
+        plan.stall();
+        let calls = plan.calls();
+        let first = storage.submit(|db| db.archive(&entry("u", &hex(1), "p@x", 0)));
+        wait_for_calls(&plan, calls);
+        let queued: Vec<_> = (1..=200)
+            .map(|i| storage.submit(move |db| db.archive(&entry("u", &hex(i + 1), "p@x", 0))))
             .collect();
-        for c in calls {
+        let commits = plan.commits();
+        plan.heal();
+        assert_eq!(first.await.unwrap(), Stored::Stored);
+        for c in queued {
             assert_eq!(c.await.unwrap(), Stored::Stored);
         }
-        let page = storage
-            .call(|db| {
-                db.query_archive(
-                    "u",
-                    &ArchiveQuery {
-                        max: 1000,
-                        ..Default::default()
-                    },
-                )
-            })
-            .await
-            .unwrap();
+        // the first job's commit, then one for all 200 queued behind it
+        assert_eq!(plan.commits() - commits, 2, "201 jobs, committed in groups");
         // all committed, in submission order
-        let want: Vec<String> = (1..=200).map(hex).collect();
-        assert_eq!(ids(&page), want);
+        let want: Vec<String> = (1..=201).map(hex).collect();
+        assert_eq!(archived_ids(&storage, "u").await, want);
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_its_batch_and_the_thread_serves_later_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (storage, plan) in faulty_storages(dir.path(), Limits::default()) {
+        add_user(&storage, "u").await;
+        // Three jobs in one batch: a write, one that panics, a write.
+        plan.stall();
+        let calls = plan.calls();
+        let blocker = storage.submit(|db| db.user_count());
+        wait_for_calls(&plan, calls);
+        let before = storage.submit(|db| db.store_offline("u", "t", b"<before/>"));
+        let panics = storage.submit(|db| -> Result<(), StorageError> {
+            db.user_count()?;
+            panic!("a type mismatch in Row::get")
+        });
+        let after = storage.submit(|db| db.store_offline("u", "t", b"<after/>"));
+        plan.heal();
+        blocker.await.unwrap();
+        assert!(matches!(panics.await, Err(StorageError::Panicked)));
+        // the panicking job's batch was rolled back, with the job before it
+        assert!(matches!(before.await, Err(StorageError::Panicked)));
+        // the job queued behind it ran in a transaction of its own
+        assert_eq!(after.await.unwrap(), Stored::Stored);
+        // and the thread keeps serving
+        let later = storage.submit(|db| db.store_offline("u", "t", b"<later/>"));
+        assert_eq!(later.await.unwrap(), Stored::Stored);
+        let stored: Vec<Bytes> = storage
+            .call(|db| db.offline("u"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(
+            stored,
+            vec![Bytes::from("<after/>"), Bytes::from("<later/>")]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_jobs_at_once_keeps_order_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = JOB_OVERHEAD + 1000;
+    let limits = Limits {
+        queue_bytes: 10 * job,
+        ..Limits::default()
+    };
+    for (storage, plan) in faulty_storages(dir.path(), limits) {
+        add_user(&storage, "u").await;
+        plan.stall();
+        let calls = plan.calls();
+        let blocker = storage.submit_sized(1000, |db| db.user_count());
+        wait_for_calls(&plan, calls);
+        // the running job still counts: nine more fit
+        let accepted: Vec<_> = (1..=9)
+            .map(|i| {
+                storage.submit_sized(1000, move |db| db.archive(&entry("u", &hex(i), "p@x", 0)))
+            })
+            .collect();
+        // the tenth is refused at once, without waiting for the stalled store
+        let refused = storage.submit_sized(1000, |db| db.archive(&entry("u", &hex(99), "p@x", 0)));
+        assert!(matches!(
+            poll_once(refused),
+            Some(Err(StorageError::Overloaded))
+        ));
+        // a small job does not fit either
+        assert!(matches!(
+            poll_once(storage.submit(|db| db.user_count())),
+            Some(Err(StorageError::Overloaded))
+        ));
+        plan.heal();
+        blocker.await.unwrap();
+        for a in accepted {
+            assert_eq!(a.await.unwrap(), Stored::Stored);
+        }
+        let want: Vec<String> = (1..=9).map(hex).collect();
+        assert_eq!(archived_ids(&storage, "u").await, want);
+        // drained: the budget is back
+        let again = storage.submit_sized(5 * job, |db| db.archive(&entry("u", &hex(10), "p@x", 0)));
+        assert_eq!(again.await.unwrap(), Stored::Stored);
+    }
+}
+
+#[tokio::test]
+async fn a_job_queued_past_its_deadline_times_out_and_never_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        deadline: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    for (storage, plan) in faulty_storages(dir.path(), limits) {
+        add_user(&storage, "u").await;
+        plan.stall();
+        let calls = plan.calls();
+        let running = storage.submit(|db| db.store_offline("u", "t", b"<running/>"));
+        wait_for_calls(&plan, calls);
+        let waiting = storage.submit(|db| db.store_offline("u", "t", b"<waiting/>"));
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert!(
+            matches!(waited, Ok(Err(StorageError::Timeout))),
+            "{waited:?}"
+        );
+        // the stall outlasts the deadline of the job that had started: it is
+        // not abandoned, its result comes once the store is back
+        plan.heal();
+        assert_eq!(running.await.unwrap(), Stored::Stored);
+        let stored: Vec<Bytes> = storage
+            .call(|db| db.offline("u"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(
+            stored,
+            vec![Bytes::from("<running/>")],
+            "the timed-out job never ran"
+        );
     }
 }
 
