@@ -613,3 +613,134 @@ fn a_stalled_fault_plan_blocks_calls_until_healed() {
         assert_eq!(db.offline("alice").unwrap().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn a_lost_postgres_connection_fails_the_job_on_it_and_the_next_reconnects() {
+    let Some(url) = postgres_for_tests("ll_unit") else {
+        println!("skipped: LONGLINK_TEST_POSTGRES is unset");
+        return;
+    };
+    let open_url = url.clone();
+    let storage =
+        Storage::start(move || Ok(Box::new(Postgres::open(&open_url, 10)?) as _)).unwrap();
+    add_user(&storage, "u").await;
+    // Another session ends the store's connection, as a server restart would.
+    let killed = postgres_backends(&url, true).len();
+    assert_eq!(killed, 1, "one store connection ended");
+    let started = std::time::Instant::now();
+    let on_dead = storage
+        .submit(|db| db.store_offline("u", "t", b"<lost/>"))
+        .await;
+    assert!(
+        matches!(on_dead, Err(StorageError::Unavailable(_))),
+        "{on_dead:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "failed promptly"
+    );
+    // the next job reconnects
+    let next = storage.submit(|db| db.store_offline("u", "t", b"<kept/>"));
+    assert_eq!(next.await.unwrap(), Stored::Stored);
+    let stored = storage.call(|db| db.offline("u")).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(&stored[0].payload[..], b"<kept/>");
+}
+
+#[test]
+fn opening_postgres_where_no_server_listens_fails_promptly_as_unavailable() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let opened = Postgres::open(&format!("host=127.0.0.1 port={port} user=postgres"), 10);
+    assert!(
+        matches!(opened, Err(StorageError::Unavailable(_))),
+        "{:?}",
+        opened.err()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+}
+
+/// Resumes a stopped process when dropped (also when the test fails).
+struct Stopped(u32);
+
+impl Stopped {
+    fn signal(pid: u32, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    fn stop(pid: u32) -> Self {
+        Self::signal(pid, "-STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        Self::signal(self.0, "-CONT");
+    }
+}
+
+/// The pids of the server processes serving the database `url` names,
+/// but for the session asking (on a thread: the client runs a runtime).
+fn postgres_backends(url: &str, terminate: bool) -> Vec<i32> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let db = url.rsplit("dbname=").next().unwrap_or_default().to_owned();
+        let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let rows = admin
+            .query(
+                "SELECT pid, CASE WHEN $2 THEN pg_terminate_backend(pid) END
+                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db, &terminate],
+            )
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect()
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_frozen_postgres_backend_fails_the_job_within_the_io_timeout_and_the_next_reconnects() {
+    let Some(url) = postgres_for_tests("ll_unit") else {
+        println!("skipped: LONGLINK_TEST_POSTGRES is unset");
+        return;
+    };
+    let open_url = url.clone();
+    let storage =
+        Storage::start(move || Ok(Box::new(Postgres::open(&open_url, 10)?) as _)).unwrap();
+    add_user(&storage, "u").await;
+    let pids = postgres_backends(&url, false);
+    assert_eq!(pids.len(), 1, "one store connection: {pids:?}");
+    // The server's process for the store's connection freezes (the kernel
+    // still accepts its TCP traffic, so only a client-side timeout helps).
+    let frozen = Stopped::stop(pids[0] as u32);
+    let started = std::time::Instant::now();
+    let on_frozen = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        storage.submit(|db| db.store_offline("u", "t", b"<lost/>")),
+    )
+    .await
+    .expect("the job on a frozen server must not hang");
+    assert!(
+        matches!(on_frozen, Err(StorageError::Unavailable(_))),
+        "{on_frozen:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    // the next job reconnects (a new backend) while the old one stays frozen
+    let next = storage.submit(|db| db.store_offline("u", "t", b"<kept/>"));
+    assert_eq!(next.await.unwrap(), Stored::Stored);
+    drop(frozen);
+    let stored = storage.call(|db| db.offline("u")).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(&stored[0].payload[..], b"<kept/>");
+}
