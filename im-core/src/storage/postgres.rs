@@ -73,7 +73,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection string sets one), so an abandoned statement frees its locks.
 const STATEMENT_TIMEOUT_MS: u64 = 5000;
 /// First and longest pause between reconnection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 
 /// One live connection; its I/O task runs while the store waits on it.
 struct Connection {
