@@ -46,6 +46,13 @@ pub struct CoreConfig {
     /// are refused with `resource-constraint`.
     #[serde(default = "default_max_resources")]
     pub max_resources_per_account: usize,
+    /// Most bytes of jobs queued for (or running on) the storage thread;
+    /// beyond it storage work is refused at once.
+    #[serde(default = "default_storage_queue_bytes")]
+    pub storage_queue_bytes: usize,
+    /// How long a storage job may wait in the queue before it fails, in ms.
+    #[serde(default = "default_storage_deadline_ms")]
+    pub storage_deadline_ms: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -62,6 +69,12 @@ fn default_offline_quota() -> u32 {
 }
 fn default_max_resources() -> usize {
     crate::routing::MAX_RESOURCES_PER_ACCOUNT
+}
+fn default_storage_queue_bytes() -> usize {
+    crate::storage::Limits::default().queue_bytes
+}
+fn default_storage_deadline_ms() -> u64 {
+    crate::storage::Limits::default().deadline.as_millis() as u64
 }
 fn yes() -> bool {
     true
@@ -83,6 +96,16 @@ impl CoreConfig {
             registration: false,
             archive: true,
             max_resources_per_account: default_max_resources(),
+            storage_queue_bytes: default_storage_queue_bytes(),
+            storage_deadline_ms: default_storage_deadline_ms(),
+        }
+    }
+
+    /// The bounds of the storage queue.
+    pub fn storage_limits(&self) -> crate::storage::Limits {
+        crate::storage::Limits {
+            queue_bytes: self.storage_queue_bytes,
+            deadline: Duration::from_millis(self.storage_deadline_ms),
         }
     }
 

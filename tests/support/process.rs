@@ -93,6 +93,18 @@ impl Deployment {
     /// Makes certificates for `cms` CMs, writes `users` (all with
     /// `password`) into the core's database, and starts core and balancer.
     pub fn start(domain: &str, cms: u32, users: &[String], password: &str) -> Self {
+        Self::start_with_database(domain, cms, users, password, None)
+    }
+
+    /// [`Self::start`] with the core's store in the PostgreSQL database
+    /// `database_url` names (the users are written there), if given.
+    pub fn start_with_database(
+        domain: &str,
+        cms: u32,
+        users: &[String],
+        password: &str,
+        database_url: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let pki = d.join("pki");
@@ -110,20 +122,31 @@ impl Deployment {
         assert!(init.status.success(), "{init:?}");
         let data = d.join("data");
         if !users.is_empty() {
-            use im_core::storage::Store;
-            let mut db = im_core::storage::Sqlite::open(&data, 10_000).unwrap();
-            let creds = xmpp_sasl::StoredCredentials::new(
-                password,
-                xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+            // (on a thread: the PostgreSQL store runs a runtime of its own)
+            let (url, data, users, password) = (
+                database_url.map(str::to_owned),
+                data.clone(),
+                users.to_vec(),
+                password.to_owned(),
             );
-            for u in users {
-                assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
-            }
+            std::thread::spawn(move || {
+                let mut db = im_core::storage::open(url.as_deref(), &data, 10_000).unwrap();
+                let creds = xmpp_sasl::StoredCredentials::new(
+                    &password,
+                    xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+                );
+                for u in &users {
+                    assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
+                }
+            })
+            .join()
+            .unwrap();
         }
         // The tokens exist before the processes start, as the ones they read.
         let core_token = im_core::admin_token(&data).unwrap();
         let lb_token_file = d.join("lb-admin.token");
         let lb_token = lb::server::admin_token(&lb_token_file).unwrap();
+        let database = database_url.map_or(String::new(), |u| format!("database_url = \"{u}\"\n"));
         let mut dep = Self {
             lb_token,
             core_token,
@@ -141,7 +164,7 @@ impl Deployment {
         let core_toml = dep.write(
             "core.toml",
             format!(
-                "domain = \"{domain}\"\nlisten = \"{}\"\nadmin_listen = \"{}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\n",
+                "domain = \"{domain}\"\nlisten = \"{}\"\nadmin_listen = \"{}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\n{database}",
                 dep.core,
                 dep.core_admin,
                 data.display(),
