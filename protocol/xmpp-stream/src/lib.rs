@@ -19,6 +19,7 @@ pub mod ns;
 pub mod pacing;
 pub mod stanza;
 pub mod stream;
+pub mod wellformed;
 
 pub use condition::{StanzaCondition, StreamCondition};
 pub use element::{Element, Node};

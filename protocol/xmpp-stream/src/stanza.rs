@@ -134,13 +134,9 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
                 }
             }
             Event::End(_) => depth = depth.saturating_sub(1),
-            Event::Text(text) => {
-                crate::element::xml_chars(&text.unescape().map_err(not_well_formed)?)?;
-                if depth == 0 && !text.iter().all(u8::is_ascii_whitespace) {
-                    return Err(not_well_formed("text outside the element"));
-                }
-            }
-            Event::CData(_) => {}
+            // checked by `wellformed::check` (characters, references, and
+            // nothing but whitespace outside the element)
+            Event::Text(_) | Event::CData(_) => {}
             Event::Eof => break,
             Event::Comment(_) | Event::PI(_) | Event::DocType(_) | Event::Decl(_) => {
                 return Err(FramingError::new(
@@ -375,6 +371,87 @@ mod tests {
                 .child("service-unavailable", ns::STANZA_ERRORS)
                 .is_some()
         );
+    }
+
+    /// Poisons quick-xml alone lets through but expat and libxml2 reject
+    /// (XML 1.0 fifth edition, Namespaces in XML 1.0): relayed, they end the
+    /// recipient's stream.
+    const POISONS: &[&[u8]] = &[
+        b"<message><x xmlns='u' a='<b'/></message>",
+        b"<message a='x & y'/>",
+        b"<message a='&#xD800;'/>",
+        b"<message><body>a]]>b</body></message>",
+        b"<message><body>a & b</body></message>",
+        b"<message><body>&#xD800;</body></message>",
+        b"<message><body>&#x110000;</body></message>",
+        b"<message><body>&#99999999999999999999;</body></message>",
+        b"<message><body>&#xFFFE;</body></message>",
+        b"<message><body>\xef\xbf\xbe</body></message>",
+        b"<message><body>&#;</body></message>",
+        b"<message><body>&#x;</body></message>",
+        b"<message><body>&#12a;</body></message>",
+        b"<message><body>&amp</body></message>",
+        b"<message><1a/></message>",
+        b"<message><a:/></message>",
+        b"<message><:a/></message>",
+        b"<message><a:b:c xmlns:a='u'/></message>",
+        b"<message><a-b.c\xc3\x97/></message>",
+        b"<message 1a='x'/>",
+        b"<message a='1'b='2'/>",
+        b"<message a='1' / >",
+        b"< message/>",
+        b"<message></message x>",
+        b"<message><x xmlns:a='u' xmlns:b='u' a:y='1' b:y='2'/></message>",
+        b"<message xmlns:xml='urn:other'/>",
+        b"<message xmlns:xmlns='urn:other'/>",
+        b"<message xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+        b"<message xmlns:p='http://www.w3.org/2000/xmlns/'/>",
+        b"<message xmlns='http://www.w3.org/2000/xmlns/'/>",
+        b"<message xmlns:p=''/>",
+        b"<message><xmlns:a/></message>",
+        b"<message xmlns='jabber:client' xmlns='jabber:client'/>",
+    ];
+
+    #[test]
+    fn poisons_a_strict_parser_rejects_are_not_well_formed() {
+        let accepted: Vec<String> = POISONS
+            .iter()
+            .filter(|bad| {
+                !inspect(bad).is_err_and(|e| e.condition == crate::StreamCondition::NotWellFormed)
+                    || Element::parse(bad, ns::CLIENT).is_ok()
+            })
+            .map(|bad| String::from_utf8_lossy(bad).into_owned())
+            .collect();
+        assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    }
+
+    #[test]
+    fn well_formed_corners_are_accepted() {
+        for good in [
+            &b"<message a = '1'\n\tb=\"2\" ><body>a &gt; b ]] > ]>&#x10FFFF;&#65;</body></message >"[..],
+            b"<message><body><![CDATA[ <not> & ]] ]]></body></message>",
+            b"<message xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/>",
+            b"<message><x xmlns:a='u' xmlns:b='v' a:y='1' b:y='2' y='3'/></message>",
+            "<message><\u{e9}l\u{e8}ve \u{e9}t\u{e9}='\u{fffd}'>\u{10000}</\u{e9}l\u{e8}ve></message>".as_bytes(),
+            b"<message><x xmlns=''/></message>",
+        ] {
+            inspect(good).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(good)));
+        }
+    }
+
+    #[test]
+    fn attributes_per_element_are_capped() {
+        let tag = |n: usize| {
+            let mut s = String::from("<message><x");
+            for i in 0..n {
+                s.push_str(&format!(" a{i}='v'"));
+            }
+            s.push_str("/></message>");
+            s
+        };
+        assert!(inspect(tag(crate::wellformed::MAX_ATTRIBUTES).as_bytes()).is_ok());
+        let e = inspect(tag(crate::wellformed::MAX_ATTRIBUTES + 1).as_bytes()).unwrap_err();
+        assert_eq!(e.condition, crate::StreamCondition::PolicyViolation);
     }
 
     #[test]
