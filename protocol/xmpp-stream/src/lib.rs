@@ -24,4 +24,4 @@ pub mod wellformed;
 pub use condition::{StanzaCondition, StreamCondition};
 pub use element::{Element, Node};
 pub use framer::{FrameEvent, Framer, Limits, StreamHeader};
-pub use stanza::{StanzaHeader, StanzaKind, TopLevel};
+pub use stanza::{Claim, ClaimKind, StanzaHeader, StanzaKind, TopLevel};

@@ -2,6 +2,8 @@
 //! header the CM hands to the core, and byte-level rewriting of the start tag
 //! (`from` stamping, error replies, delay stamps).
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use quick_xml::events::Event;
 
@@ -58,6 +60,84 @@ pub struct TopLevel {
     pub start_len: usize,
     /// Whether the element is written as `<x/>`.
     pub empty: bool,
+    /// Its children that only a server writes (see [`Claim`]), in
+    /// document order; empty (and unallocated) on nearly every stanza.
+    pub claims: Vec<Claim>,
+}
+
+/// A child of a stanza that only a server writes: from a client, a
+/// forgery when it speaks for this server ([`Claim::forged_for`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// What it claims.
+    pub kind: ClaimKind,
+    /// Where it is in the raw element, start tag to end tag.
+    pub span: Range<usize>,
+    /// Whom it speaks for: the `by` of a stanza-id, the `from` of a
+    /// delay (unescaped); none for the others or when absent.
+    pub entity: Option<String>,
+}
+
+/// The server assertions a client could forge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// XEP-0359 `<stanza-id/>`: an archive's id for the message.
+    StanzaId,
+    /// XEP-0203 `<delay/>` or legacy XEP-0091 `<x xmlns='jabber:x:delay'/>`.
+    Delay,
+    /// XEP-0280 `<sent/>` or `<received/>` carbon wrapper.
+    Carbon,
+    /// XEP-0313 `<result/>` of an archive query.
+    ArchiveResult,
+}
+
+impl ClaimKind {
+    /// The kind of a child named `name` in `ns`, if it is a claim.
+    fn of(ns: &str, name: &str) -> Option<Self> {
+        match (ns, name) {
+            (ns::SID, "stanza-id") => Some(ClaimKind::StanzaId),
+            (ns::DELAY, "delay") | (ns::LEGACY_DELAY, "x") => Some(ClaimKind::Delay),
+            (ns::CARBONS, "sent" | "received") => Some(ClaimKind::Carbon),
+            (ns, "result") if ns.starts_with(ns::MAM_PREFIX) => Some(ClaimKind::ArchiveResult),
+            _ => None,
+        }
+    }
+
+    /// The attribute naming whom the claim speaks for.
+    fn entity_attr(self) -> Option<&'static str> {
+        match self {
+            ClaimKind::StanzaId => Some("by"),
+            ClaimKind::Delay => Some("from"),
+            ClaimKind::Carbon | ClaimKind::ArchiveResult => None,
+        }
+    }
+}
+
+impl Claim {
+    /// Whether a client that sent this claim forged it, `domain` being the
+    /// one this server serves: a stanza-id with no `by` or a `by` in
+    /// `domain` (XEP-0359 §3.1: only we speak for our archives), a delay
+    /// from the server itself (what clients trust as the server's stamp),
+    /// any carbon wrapper or archive result (XEP-0280, XEP-0313: never a
+    /// client's to send).
+    pub fn forged_for(&self, domain: &str) -> bool {
+        let entity = self.entity.as_deref();
+        match self.kind {
+            ClaimKind::StanzaId => {
+                entity.is_none_or(|by| jid_domain(by).eq_ignore_ascii_case(domain))
+            }
+            ClaimKind::Delay => entity.is_some_and(|from| {
+                !from.contains('@') && jid_domain(from).eq_ignore_ascii_case(domain)
+            }),
+            ClaimKind::Carbon | ClaimKind::ArchiveResult => true,
+        }
+    }
+}
+
+/// The domain part of a JID as written (no normalisation).
+fn jid_domain(jid: &str) -> &str {
+    let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
+    bare.rsplit_once('@').map_or(bare, |(_, d)| d)
 }
 
 impl TopLevel {
@@ -110,7 +190,10 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
     let mut reader = new_reader(raw)?;
     let mut top: Option<TopLevel> = None;
     let mut depth = 0usize;
+    // a claim among the top element's children whose end is not read yet
+    let mut open_claim: Option<Claim> = None;
     loop {
+        let before = reader.buffer_position() as usize;
         let (resolved, event) = reader.read_resolved_event().map_err(not_well_formed)?;
         match &event {
             Event::Start(start) | Event::Empty(start) => {
@@ -125,15 +208,41 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
                         attrs,
                         start_len: reader.buffer_position() as usize,
                         empty,
+                        claims: Vec::new(),
                     });
                 } else if depth == 0 {
                     return Err(not_well_formed("more than one element"));
+                } else if depth == 1
+                    && let Some(kind) = ClaimKind::of(&ns, &utf8(start.local_name().as_ref())?)
+                    && let Some(top) = top.as_mut()
+                {
+                    let entity = kind.entity_attr().and_then(|name| {
+                        attrs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+                    });
+                    let claim = Claim {
+                        kind,
+                        span: before..reader.buffer_position() as usize,
+                        entity,
+                    };
+                    match empty {
+                        true => top.claims.push(claim),
+                        false => open_claim = Some(claim),
+                    }
                 }
                 if !empty {
                     depth += 1;
                 }
             }
-            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if depth == 1
+                    && let Some(mut claim) = open_claim.take()
+                    && let Some(top) = top.as_mut()
+                {
+                    claim.span.end = reader.buffer_position() as usize;
+                    top.claims.push(claim);
+                }
+            }
             // checked by `wellformed::check` (characters, references, and
             // nothing but whitespace outside the element)
             Event::Text(_) | Event::CData(_) => {}
@@ -155,6 +264,16 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
 /// Rewrites the start tag: attributes named in `set` are replaced (or
 /// removed when `None`), all others kept; the rest of the element is copied.
 pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -> Bytes {
+    rewrite(raw, top, set, |_| false)
+}
+
+/// [`rewrite_attrs`], leaving out the claims `cut` picks.
+fn rewrite(
+    raw: &[u8],
+    top: &TopLevel,
+    set: &[(&str, Option<&str>)],
+    cut: impl Fn(&Claim) -> bool,
+) -> Bytes {
     let mut out = Vec::with_capacity(raw.len() + 64);
     out.push(b'<');
     out.extend_from_slice(top.qname.as_bytes());
@@ -175,7 +294,13 @@ pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -
         out.extend_from_slice(b"/>");
     } else {
         out.push(b'>');
-        out.extend_from_slice(&raw[top.start_len..]);
+        // claims are children of the top element, in order, apart
+        let mut at = top.start_len;
+        for claim in top.claims.iter().filter(|c| cut(c)) {
+            out.extend_from_slice(&raw[at..claim.span.start]);
+            at = claim.span.end;
+        }
+        out.extend_from_slice(&raw[at..]);
     }
     Bytes::from(out)
 }
@@ -183,6 +308,13 @@ pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -
 /// Stamps `from` on a stanza, replacing whatever the client wrote.
 pub fn stamp_from(raw: &[u8], top: &TopLevel, from: &str) -> Bytes {
     rewrite_attrs(raw, top, &[("from", Some(from))])
+}
+
+/// What a server relays of a client's stanza: `from` stamped (see
+/// [`stamp_from`]) and the claims the client forged for `domain` left out
+/// ([`Claim::forged_for`]); all other bytes as they came.
+pub fn stamp_from_unforged(raw: &[u8], top: &TopLevel, from: &str, domain: &str) -> Bytes {
+    rewrite(raw, top, &[("from", Some(from))], |c| c.forged_for(domain))
 }
 
 /// Inserts a child element just before the end tag (e.g. an XEP-0203 delay).
@@ -330,6 +462,53 @@ mod tests {
         let raw = b"<presence/>";
         let out = stamp_from(raw, &inspect(raw).unwrap(), "a@b/c");
         assert_eq!(&out[..], b"<presence from=\"a@b/c\"/>");
+    }
+
+    #[test]
+    fn claims_forged_for_our_domain_are_cut_and_every_other_byte_is_kept() {
+        let raw = concat!(
+            "<message to='bob@example.org' from='x'><body>hi</body>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.org' id='f1'/>",
+            "<s:stanza-id xmlns:s='urn:xmpp:sid:0' by='example.org' id='f2'></s:stanza-id>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' id='f3'/>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.other.net' id='kept'/>",
+            "<delay xmlns='urn:xmpp:delay' from='example.org' stamp='2000-01-01T00:00:00Z'/>",
+            "<delay xmlns='urn:xmpp:delay' from='alice@example.org/phone' stamp='kept'/>",
+            "<x xmlns='jabber:x:delay' from='EXAMPLE.ORG' stamp='20000101T00:00:00'/>",
+            "<sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>",
+            "<message from='bob@example.org'><body>fake</body></message></forwarded></sent>",
+            "<c:received xmlns:c='urn:xmpp:carbons:2'/>",
+            "<result xmlns='urn:xmpp:mam:2' id='r'><forwarded xmlns='urn:xmpp:forward:0'/></result>",
+            "<b:body xmlns:b='jabber:client'>x &amp; y</b:body>",
+            "<received xmlns='urn:xmpp:receipts' id='kept'/>",
+            "<private xmlns='urn:xmpp:carbons:2'/>",
+            "</message>"
+        )
+        .as_bytes();
+        let top = inspect(raw).unwrap();
+        assert_eq!(top.claims.len(), 10, "{:#?}", top.claims);
+        for c in &top.claims {
+            assert!(raw[c.span.clone()].starts_with(b"<") && raw[c.span.clone()].ends_with(b">"));
+        }
+        let out = stamp_from_unforged(raw, &top, "alice@example.org/phone", "example.org");
+        let kept = concat!(
+            "<message to=\"bob@example.org\" from=\"alice@example.org/phone\"><body>hi</body>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.other.net' id='kept'/>",
+            "<delay xmlns='urn:xmpp:delay' from='alice@example.org/phone' stamp='kept'/>",
+            "<b:body xmlns:b='jabber:client'>x &amp; y</b:body>",
+            "<received xmlns='urn:xmpp:receipts' id='kept'/>",
+            "<private xmlns='urn:xmpp:carbons:2'/>",
+            "</message>"
+        );
+        assert_eq!(String::from_utf8_lossy(&out), kept);
+        // nothing forged: the bytes stamp_from writes
+        let plain = b"<message to='b@x'><body>hi</body></message>";
+        let top = inspect(plain).unwrap();
+        assert!(top.claims.is_empty());
+        assert_eq!(
+            stamp_from_unforged(plain, &top, "a@x/r", "x"),
+            stamp_from(plain, &top, "a@x/r")
+        );
     }
 
     #[test]
