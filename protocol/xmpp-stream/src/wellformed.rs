@@ -11,7 +11,8 @@
 //!   controls but tab, newline and carriage return; no U+FFFE, U+FFFF; no
 //!   references to surrogates or beyond U+10FFFF);
 //! - names: element and attribute names are XML `QName`s (one colon at
-//!   most, not first or last), never prefixed `xmlns` on an element;
+//!   most, not first or last), never prefixed `xmlns` or `xml` on an
+//!   element;
 //! - references: only the five predefined entities and numeric character
 //!   references, each closed by `;`; `&` nowhere else;
 //! - `<` never in an attribute value, `]]>` never in text;
@@ -254,8 +255,10 @@ impl<'a> Checker<'a> {
     fn start_tag(&mut self) -> Result<bool, FramingError> {
         self.pos += 1;
         let (name, prefix) = self.qname()?;
-        if prefix > 0 && &name[..prefix] == b"xmlns" {
-            return Err(bad("element prefixed xmlns"));
+        // xmlns: Namespaces in XML §3; xml: no element is in the XML
+        // namespace, and strict parsers (roxmltree) refuse it
+        if prefix > 0 && matches!(&name[..prefix], b"xmlns" | b"xml") {
+            return Err(bad("element prefixed xmlns or xml"));
         }
         // where each attribute name is, for the duplicate check
         let mut names = [(0u32, 0u32); MAX_ATTRIBUTES];
