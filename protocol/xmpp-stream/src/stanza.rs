@@ -281,7 +281,12 @@ fn rewrite(
         push_attr(&mut out, "xmlns", &top.ns);
     }
     for (k, v) in &top.attrs {
-        if !set.iter().any(|(name, _)| name == k) {
+        if set.iter().any(|(name, _)| name == k) {
+            continue;
+        }
+        if k.starts_with("xmlns:") {
+            push_declaration(&mut out, k, v);
+        } else {
             push_attr(&mut out, k, v);
         }
     }
@@ -303,6 +308,20 @@ fn rewrite(
         out.extend_from_slice(&raw[at..]);
     }
     Bytes::from(out)
+}
+
+/// Appends a namespace declaration as it came: escaping would put
+/// references in the namespace name, which [`crate::wellformed`] refuses.
+/// It holds no `&` or `<` and only one kind of quote (no references), so
+/// quoting with the other is enough.
+fn push_declaration(out: &mut Vec<u8>, name: &str, uri: &str) {
+    let quote = if uri.contains('"') { b'\'' } else { b'"' };
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    out.push(quote);
+    out.extend_from_slice(uri.as_bytes());
+    out.push(quote);
 }
 
 /// Stamps `from` on a stanza, replacing whatever the client wrote.
@@ -509,6 +528,27 @@ mod tests {
             stamp_from_unforged(plain, &top, "a@x/r", "x"),
             stamp_from(plain, &top, "a@x/r")
         );
+    }
+
+    /// Found by the xml_strict fuzz target: declarations written back
+    /// escaped (`&gt;`, `&quot;`) no longer inspected.
+    #[test]
+    fn a_stamped_stanza_keeps_its_namespace_declarations_as_they_came() {
+        for raw in [
+            &b"<message xmlns:p='a>b' to='x'/>"[..],
+            b"<message xmlns:p='a\"b'><p:x/></message>",
+            b"<message xmlns:p=\"a'b\"><p:x/></message>",
+        ] {
+            let top = inspect(raw).unwrap();
+            let out = stamp_from(raw, &top, "a@x/r");
+            let again = inspect(&out).unwrap_or_else(|e| {
+                panic!("{e}: {}", String::from_utf8_lossy(&out));
+            });
+            assert_eq!(again.attr("xmlns:p"), top.attr("xmlns:p"));
+        }
+        for bad in [&b"<message xmlns:p='a\rb'/>"[..], b"<message xmlns='a b'/>"] {
+            assert!(inspect(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

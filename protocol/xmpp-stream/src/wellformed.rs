@@ -23,9 +23,10 @@
 //!   duplicate checks stay cheap);
 //! - namespace declarations: `xml` bound only to its namespace, `xmlns`
 //!   never declared, neither namespace bound to another prefix or as the
-//!   default, no prefix undeclared (`xmlns:p=''`), and no references in
-//!   namespace names (a policy: the namespace names quick-xml resolves are
-//!   then the ones a strict parser resolves);
+//!   default, no prefix undeclared (`xmlns:p=''`), and no references or
+//!   whitespace in namespace names (a policy, URIs have neither: the
+//!   namespace names quick-xml resolves, unnormalised, are then the ones a
+//!   strict parser resolves, and they can be written back as they came);
 //! - no comments, processing instructions or DTDs (restricted XML); CDATA
 //!   sections are well-formed XML and pass;
 //! - exactly one element, whitespace around it at most.
@@ -324,8 +325,10 @@ impl<'a> Checker<'a> {
                 None => return Err(bad("unterminated attribute value")),
                 Some(q) if q == quote => break,
                 Some(b'<') => return Err(bad("'<' in an attribute value")),
-                Some(b'&') if declared.is_some() => {
-                    return Err(bad("references in namespace names are not accepted"));
+                Some(b'&' | b' ' | b'\t' | b'\n' | b'\r') if declared.is_some() => {
+                    return Err(bad(
+                        "references and whitespace in namespace names are not accepted",
+                    ));
                 }
                 Some(b'&') => self.reference()?,
                 Some(b) => self.char_at(b)?,
