@@ -93,37 +93,93 @@ pub enum Carbon {
     Received,
 }
 
-/// A message element as a [`Message`].
-pub(crate) fn message_from(el: &Element) -> Message {
+/// Whom a message's server claims must speak for to be believed: an id
+/// only from the archive that holds the message (XEP-0359 §3.1: `by` is
+/// that archive's JID), a delay only from the server (XEP-0203). The first
+/// such child counts, whatever came before it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Trusted<'a> {
+    /// The bare JID of the archive whose `<stanza-id/>` counts.
+    pub archive: Option<&'a str>,
+    /// The domain whose `<delay/>` counts.
+    pub server: Option<&'a str>,
+}
+
+impl<'a> Trusted<'a> {
+    /// For a message received by the account `own` (a bare JID): its
+    /// archive (a room's, for groupchat) and its server.
+    pub(crate) fn for_message(el: &'a Element, own: Option<&'a str>) -> Self {
+        let archive = match el.attr("type") {
+            Some("groupchat") => el.attr("from").map(bare),
+            _ => own,
+        };
+        Trusted {
+            archive,
+            server: own.map(domain),
+        }
+    }
+}
+
+/// The bare part of a JID.
+pub(crate) fn bare(jid: &str) -> &str {
+    jid.split_once('/').map_or(jid, |(b, _)| b)
+}
+
+/// The domain of a JID.
+fn domain(jid: &str) -> &str {
+    let b = bare(jid);
+    b.rsplit_once('@').map_or(b, |(_, d)| d)
+}
+
+/// A message element as a [`Message`], its server claims believed as
+/// `trusted` says.
+pub(crate) fn message_from(el: &Element, trusted: Trusted<'_>) -> Message {
     let attr = |k: &str| el.attr(k).map(str::to_owned);
+    let claim = |name: &str, namespace: &str, entity: &str, trusted: Option<&str>| {
+        el.elements()
+            .filter(|c| c.name == name && c.ns == namespace)
+            .find(|c| {
+                c.attr(entity)
+                    .zip(trusted)
+                    .is_some_and(|(e, t)| e.eq_ignore_ascii_case(t))
+            })
+    };
     Message {
         id: attr("id"),
         from: attr("from").unwrap_or_default(),
         to: attr("to"),
         kind: attr("type").unwrap_or_else(|| "normal".into()),
         body: el.child("body", ns::CLIENT).map(Element::text),
-        delay: el
-            .child("delay", ns::DELAY)
+        delay: claim("delay", ns::DELAY, "from", trusted.server)
             .and_then(|d| d.attr("stamp"))
             .map(str::to_owned),
         error: stanza_error_condition(el),
-        stanza_id: el
-            .child("stanza-id", ns::SID)
+        stanza_id: claim("stanza-id", ns::SID, "by", trusted.archive)
             .and_then(|s| s.attr("id"))
             .map(str::to_owned),
         carbon: None,
     }
 }
 
-/// The message inside a carbon copy, if `el` is one.
-fn carbon_of(el: &Element) -> Option<Message> {
+/// The message inside a carbon copy, if `el` is one, for the account
+/// `own`. The server stamps a message with the id of its recipient's
+/// archive: a copy of one the account sent carries its peer's.
+fn carbon_of(el: &Element, own: Option<&str>) -> Option<Message> {
     let (kind, wrapper) = [(Carbon::Sent, "sent"), (Carbon::Received, "received")]
         .into_iter()
         .find_map(|(k, name)| el.child(name, ns::CARBONS).map(|w| (k, w)))?;
     let inner = wrapper
         .child("forwarded", ns::FORWARD)?
         .child("message", ns::CLIENT)?;
-    let mut m = message_from(inner);
+    let archive = match kind {
+        Carbon::Sent => inner.attr("to").map(bare),
+        Carbon::Received => own,
+    };
+    let trusted = Trusted {
+        archive,
+        server: own.map(domain),
+    };
+    let mut m = message_from(inner, trusted);
     m.carbon = Some(kind);
     Some(m)
 }
@@ -215,9 +271,9 @@ pub(crate) fn classify(el: Element, own: Option<&str>) -> Option<Event> {
     match el.name.as_str() {
         // A carbon copy must come from the own account (XEP-0280 §11).
         "message" => Some(Event::Message(
-            carbon_of(&el)
+            carbon_of(&el, own)
                 .filter(|_| own.is_some_and(|own| attr("from").as_deref() == Some(own)))
-                .unwrap_or_else(|| message_from(&el)),
+                .unwrap_or_else(|| message_from(&el, Trusted::for_message(&el, own))),
         )),
         "presence" => {
             if let Some(kind) = el

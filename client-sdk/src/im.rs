@@ -162,17 +162,23 @@ pub struct HistoryPage {
     pub last: Option<String>,
 }
 
-/// Parses a `<result/>` of an archive query.
-pub(crate) fn archived(result: &Element) -> Option<ArchivedMessage> {
+/// Parses a `<result/>` of an archive query of the account `own` (a bare
+/// JID). The server stamps a message with the id of its recipient's
+/// archive (the same id in both archives).
+pub(crate) fn archived(result: &Element, own: &str) -> Option<ArchivedMessage> {
     let forwarded = result.child("forwarded", ns::FORWARD)?;
     let inner = forwarded.child("message", ns::CLIENT)?;
+    let trusted = crate::event::Trusted {
+        archive: inner.attr("to").map(crate::event::bare),
+        server: own.rsplit_once('@').map(|(_, d)| d),
+    };
     Some(ArchivedMessage {
         id: result.attr("id")?.to_owned(),
         stamp: forwarded
             .child("delay", ns::DELAY)
             .and_then(|d| d.attr("stamp"))
             .map(str::to_owned),
-        message: message_from(inner),
+        message: message_from(inner, trusted),
     })
 }
 

@@ -544,7 +544,7 @@ impl ClientSession {
         let Some(from) = &self.jid else { return };
         self.presence.observe(&header, raw);
         self.sm.count_in();
-        let frame = relay::stanza_frame(self.sid, raw, top, header, from);
+        let frame = relay::stanza_frame(self.sid, raw, top, header, from, &self.settings.domain);
         self.out.send(frame);
     }
 

@@ -816,7 +816,7 @@ impl Session {
         {
             // a result of an archive query the app waits for
             if let Some(query_id) = result.attr("queryid") {
-                self.iqs.collect(query_id, im::archived(result));
+                self.iqs.collect(query_id, im::archived(result, own));
             }
             return;
         }

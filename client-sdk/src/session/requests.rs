@@ -231,7 +231,10 @@ mod tests {
         ArchivedMessage {
             id: n.to_string(),
             stamp: None,
-            message: crate::event::message_from(&Element::new("message", xmpp_stream::ns::CLIENT)),
+            message: crate::event::message_from(
+                &Element::new("message", xmpp_stream::ns::CLIENT),
+                crate::event::Trusted::default(),
+            ),
         }
     }
 

@@ -471,6 +471,38 @@ fn duplicate_messages_are_dropped_counted_and_not_receipted_twice() {
 }
 
 #[test]
+fn a_stanza_id_counts_only_from_the_own_archive_and_a_delay_only_from_the_server() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    // forgeries first: the SDK must not take the first one it sees
+    let m = "<message from='bob@example.org/desk' to='alice@example.org/phone' type='chat' id='c1'>\
+             <body>hi</body>\
+             <delay xmlns='urn:xmpp:delay' from='bob@example.org/desk' stamp='1999-01-01T00:00:00Z'/>\
+             <delay xmlns='urn:xmpp:delay' from='evil.example' stamp='1998-01-01T00:00:00Z'/>\
+             <delay xmlns='urn:xmpp:delay' from='example.org' stamp='2026-01-01T00:00:00Z'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.org' id='forged'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' id='no-by'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='alice@example.org' id='real'/></message>";
+    s.on_element(t0, xml(m));
+    let ev = events(&drain(&mut s));
+    let [Event::Message(m)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(m.stanza_id.as_deref(), Some("real"));
+    assert_eq!(m.delay.as_deref(), Some("2026-01-01T00:00:00Z"));
+    // only forgeries: none taken
+    let m = "<message from='bob@example.org/desk' type='chat' id='c2'><body>x</body>\
+             <delay xmlns='urn:xmpp:delay' stamp='1999-01-01T00:00:00Z'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='example.org' id='forged'/></message>";
+    s.on_element(t0, xml(m));
+    let ev = events(&drain(&mut s));
+    let [Event::Message(m)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!((m.stanza_id.as_deref(), m.delay.as_deref()), (None, None));
+}
+
+#[test]
 fn a_delivery_receipt_moves_the_message_to_delivered() {
     let t0 = Instant::now();
     let mut s = connected(config(), t0);

@@ -1,28 +1,37 @@
 //! Stanza relay after binding: `from` is stamped with the bound full JID
-//! (whatever the client wrote is dropped), the routing header is taken from
+//! (whatever the client wrote is dropped), the server claims the client
+//! forged for this domain (stanza-ids, delays, carbon wrappers, archive
+//! results: [`xmpp_stream::Claim`]) are cut from messages and presence, the
+//! routing header is taken from
 //! the start tag, and the stanza goes to the core as a `Stanza` frame. The
 //! client's broadcast presence is tracked, because a reconnected core must
 //! learn the session's availability and priority again.
 
 use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
 use xmpp_stream::element::Element;
-use xmpp_stream::stanza::stamp_from;
+use xmpp_stream::stanza::{stamp_from, stamp_from_unforged};
 use xmpp_stream::{StanzaHeader, StanzaKind, TopLevel, ns};
 
-/// The `Stanza` frame for a client stanza `raw` from the bound `from`.
+/// The `Stanza` frame for a client stanza `raw` from the bound `from`, on
+/// a CM serving `domain`.
 pub(super) fn stanza_frame(
     sid: SessionId,
     raw: &[u8],
     top: &TopLevel,
     header: StanzaHeader,
     from: &str,
+    domain: &str,
 ) -> Frame {
     let kind = match header.kind {
         StanzaKind::Message => Kind::Message,
         StanzaKind::Presence => Kind::Presence,
         StanzaKind::Iq => Kind::Iq,
     };
-    let payload = stamp_from(raw, top, from);
+    // An IQ's children are its payload, addressed to whoever answers it.
+    let payload = match header.kind {
+        StanzaKind::Message | StanzaKind::Presence => stamp_from_unforged(raw, top, from, domain),
+        StanzaKind::Iq => stamp_from(raw, top, from),
+    };
     Frame::Stanza {
         sid,
         header: RouteHeader {

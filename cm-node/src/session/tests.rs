@@ -197,6 +197,77 @@ fn negotiates_and_stamps_from() {
 }
 
 #[test]
+fn a_stanza_a_strict_parser_refuses_ends_the_stream_and_never_reaches_the_core() {
+    for poison in [
+        &b"<message to='b@x' type='chat'><body>hi</body><x xmlns='u' a='<b'/></message>"[..],
+        b"<message to='b@x' type='chat'><body>a]]>b</body></message>",
+        b"<message to='b@x' type='chat'><x xmlns:p='u' xmlns:q='u' p:a='1' q:a='2'/></message>",
+    ] {
+        let mut s = bound_session();
+        let a = s.data(poison);
+        assert!(
+            written(&a).contains("not-well-formed"),
+            "{}: {a:?}",
+            String::from_utf8_lossy(poison)
+        );
+        assert!(a.contains(&SessionAction::Close));
+        assert!(
+            !to_core(&a)
+                .iter()
+                .any(|f| matches!(f, Frame::Stanza { .. })),
+            "{}",
+            String::from_utf8_lossy(poison)
+        );
+    }
+}
+
+#[test]
+fn server_claims_a_client_forged_are_cut_from_every_stanza_it_relays() {
+    let mut s = bound_session();
+    let forged = concat!(
+        "<b:message xmlns:b='jabber:client' to='b@x' type='headline'><b:body>hi</b:body>",
+        "<stanza-id xmlns='urn:xmpp:sid:0' by='b@x' id='forged1'/>",
+        "<s:stanza-id xmlns:s='urn:xmpp:sid:0' by='x' id='forged2'/>",
+        "<stanza-id xmlns='urn:xmpp:sid:0' by='room@conference.elsewhere' id='theirs'/>",
+        "<delay xmlns='urn:xmpp:delay' from='x' stamp='1999-01-01T00:00:00Z'/>",
+        "<sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>",
+        "<message from='b@x' to='a@x' type='chat'><body>fake</body></message>",
+        "</forwarded></sent>",
+        "<result xmlns='urn:xmpp:mam:2' queryid='q' id='r'><forwarded xmlns='urn:xmpp:forward:0'/></result>",
+        "</b:message>",
+        "<presence><delay xmlns='urn:xmpp:delay' from='x' stamp='1999-01-01T00:00:00Z'/></presence>",
+    );
+    let frames = to_core(&s.data(forged.as_bytes()));
+    let [
+        Frame::Stanza { payload: m, .. },
+        Frame::Stanza { payload: p, .. },
+    ] = &frames[..]
+    else {
+        panic!("{frames:?}")
+    };
+    let m = Element::parse(m, ns::CLIENT).unwrap();
+    assert_eq!(
+        m.child("body", ns::CLIENT).map(Element::text).as_deref(),
+        Some("hi")
+    );
+    let ids: Vec<_> = m
+        .elements()
+        .filter(|e| e.ns == ns::SID)
+        .filter_map(|e| e.attr("id"))
+        .collect();
+    assert_eq!(ids, ["theirs"]);
+    for (name, namespace) in [
+        ("delay", ns::DELAY),
+        ("sent", ns::CARBONS),
+        ("result", ns::MAM),
+    ] {
+        assert!(m.child(name, namespace).is_none(), "{name} survived");
+    }
+    let p = Element::parse(p, ns::CLIENT).unwrap();
+    assert!(p.child("delay", ns::DELAY).is_none());
+}
+
+#[test]
 fn broadcast_presence_changes_are_announced_once_per_batch() {
     let mut s = bound_session();
     let a = s.data(b"<presence><priority>5</priority></presence>");

@@ -10,7 +10,7 @@
 
 use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
+use quick_xml::name::{QName, ResolveResult};
 
 use crate::condition::StreamCondition;
 use crate::framer::FramingError;
@@ -150,7 +150,6 @@ impl Element {
                 }
                 Event::Text(text) => {
                     let text = text.unescape().map_err(not_well_formed)?;
-                    xml_chars(&text)?;
                     if let Some(top) = stack.last_mut() {
                         top.children.push(Node::Text(text.into_owned()));
                     } else if !text.trim().is_empty() {
@@ -277,30 +276,13 @@ fn attach(stack: &mut [Element], el: Element) -> bool {
 }
 
 pub(crate) fn new_reader(raw: &[u8]) -> Result<NsReader<&[u8]>, FramingError> {
-    std::str::from_utf8(raw).map_err(|_| not_well_formed("invalid UTF-8"))?;
-    if raw
-        .iter()
-        .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
-    {
-        return Err(not_well_formed("control character"));
-    }
+    let s = std::str::from_utf8(raw).map_err(|_| not_well_formed("invalid UTF-8"))?;
+    crate::wellformed::check(s)?;
     let mut reader = NsReader::from_reader(raw);
     let config = reader.config_mut();
     config.check_end_names = true;
     config.trim_text(false);
     Ok(reader)
-}
-
-/// Rejects characters XML 1.0 does not allow (C0 controls other than tab,
-/// newline and carriage return, U+FFFE, U+FFFF), as written or as
-/// character references.
-pub(crate) fn xml_chars(s: &str) -> Result<&str, FramingError> {
-    match s.chars().any(|c| {
-        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
-    }) {
-        true => Err(not_well_formed("character not allowed in XML")),
-        false => Ok(s),
-    }
 }
 
 pub(crate) fn namespace_of(
@@ -337,7 +319,6 @@ fn read_attrs(
         let attr = attr.map_err(not_well_formed)?;
         let key = attr.key.as_ref();
         let value = attr.unescape_value().map_err(not_well_formed)?;
-        xml_chars(&value)?;
         if key == b"xmlns" {
             continue;
         }
@@ -366,7 +347,39 @@ fn read_attrs(
         }
         attrs.push((utf8(key)?, value.into_owned()));
     }
+    same_expanded_names(reader, &attrs)?;
     Ok(attrs)
+}
+
+/// Rejects two prefixed attributes whose prefixes are bound to one
+/// namespace and whose local names are equal (`a:x` and `b:x`): the same
+/// attribute twice to a namespace-aware parser. Quadratic in the prefixed
+/// attributes, of which an element has at most
+/// [`crate::wellformed::MAX_ATTRIBUTES`].
+fn same_expanded_names(
+    reader: &NsReader<&[u8]>,
+    attrs: &[(String, String)],
+) -> Result<(), FramingError> {
+    fn prefixed((k, _): &(String, String)) -> Option<(&str, &str)> {
+        k.split_once(':')
+            .filter(|(p, _)| *p != "xmlns")
+            .map(|(_, local)| (k.as_str(), local))
+    }
+    for (i, (a, local_a)) in attrs.iter().filter_map(prefixed).enumerate() {
+        for (b, local_b) in attrs.iter().filter_map(prefixed).skip(i + 1) {
+            if local_a != local_b {
+                continue;
+            }
+            let ns = |k: &str| match reader.resolve_attribute(QName(k.as_bytes())).0 {
+                ResolveResult::Bound(ns) => Some(ns.as_ref().to_vec()),
+                _ => None,
+            };
+            if ns(a) == ns(b) {
+                return Err(not_well_formed("the same attribute twice"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn utf8(bytes: &[u8]) -> Result<String, FramingError> {

@@ -5,12 +5,15 @@
 //! the stream header, each complete top-level element and the stream close
 //! end, enforcing on the way:
 //!
-//! - a maximum element size and nesting depth ([`Limits`]),
+//! - a maximum element size (exact: an element one byte larger is refused
+//!   even when it begins and ends within one read) and nesting depth
+//!   ([`Limits`]),
 //! - restricted XML (RFC 6120 §11.1): no comments, DTDs, entity declarations
 //!   or processing instructions (only the XML declaration before the header),
 //! - only whitespace between top-level elements (keep-alives are tolerated).
 //!
-//! Each complete element is then validated by quick-xml
+//! Each complete element is then checked strictly
+//! ([`crate::wellformed`]) and read by quick-xml
 //! ([`crate::stanza::inspect`]) before anyone uses it.
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -318,10 +321,7 @@ impl Framer {
     fn check_limits(&self) -> Result<(), FramingError> {
         let in_element = self.depth >= 2 || (self.depth == 1 && self.state != Scan::Text);
         if in_element && self.buf.len() - self.elem_start > self.limits.max_stanza_bytes {
-            return Err(FramingError::new(
-                StreamCondition::PolicyViolation,
-                format!("stanza larger than {} bytes", self.limits.max_stanza_bytes),
-            ));
+            return Err(stanza_too_large(&self.limits));
         }
         if self.depth == 0 && self.buf.len() > self.limits.max_header_bytes {
             return Err(FramingError::new(
@@ -358,7 +358,7 @@ impl Framer {
                 }
                 2 => {
                     self.depth = 1;
-                    return Ok(Some(self.take_element(tag_end)));
+                    return self.take_element(tag_end).map(Some);
                 }
                 _ => self.depth -= 1,
             }
@@ -372,12 +372,18 @@ impl Framer {
                         "empty stream header",
                     ));
                 }
+                if tag_end > self.limits.max_header_bytes {
+                    return Err(FramingError::new(
+                        StreamCondition::PolicyViolation,
+                        "stream header too large",
+                    ));
+                }
                 let header = parse_header(&self.buf[self.tag_start..tag_end])?;
                 self.consume(tag_end);
                 self.depth = 1;
                 Ok(Some(FrameEvent::Open(header)))
             }
-            1 if empty => Ok(Some(self.take_element(tag_end))),
+            1 if empty => self.take_element(tag_end).map(Some),
             _ if empty => Ok(None),
             _ => {
                 self.depth += 1;
@@ -392,10 +398,15 @@ impl Framer {
         }
     }
 
-    fn take_element(&mut self, end: usize) -> FrameEvent {
+    /// The element ending at `end`, unless it is larger than allowed
+    /// (checked here too: it may have begun and ended in one read).
+    fn take_element(&mut self, end: usize) -> Result<FrameEvent, FramingError> {
         let start = self.elem_start;
+        if end - start > self.limits.max_stanza_bytes {
+            return Err(stanza_too_large(&self.limits));
+        }
         let chunk = self.consume(end);
-        FrameEvent::Element(chunk.slice(start..))
+        Ok(FrameEvent::Element(chunk.slice(start..)))
     }
 
     fn consume(&mut self, end: usize) -> Bytes {
@@ -405,6 +416,13 @@ impl Framer {
         self.elem_start = 0;
         chunk
     }
+}
+
+fn stanza_too_large(limits: &Limits) -> FramingError {
+    FramingError::new(
+        StreamCondition::PolicyViolation,
+        format!("stanza larger than {} bytes", limits.max_stanza_bytes),
+    )
 }
 
 fn trim_end_tag(tag: &[u8]) -> &[u8] {
@@ -561,6 +579,67 @@ mod tests {
         f.push(&[b'a'; 200]);
         let err = events(&mut f).unwrap_err();
         assert_eq!(err.condition, StreamCondition::PolicyViolation);
+    }
+
+    #[test]
+    fn the_stanza_size_limit_is_exact_even_when_the_element_completes_in_one_read() {
+        let limit = 100;
+        let framer = || {
+            let mut f = Framer::new(Limits {
+                max_stanza_bytes: limit,
+                ..Limits::default()
+            });
+            f.push(HEADER.as_bytes());
+            events(&mut f).unwrap();
+            f
+        };
+        let element = |len: usize| {
+            let mut e = b"<message><body>".to_vec();
+            e.resize(len - b"</body></message>".len(), b'a');
+            e.extend_from_slice(b"</body></message>");
+            e
+        };
+        let mut f = framer();
+        f.push(&element(limit));
+        assert_eq!(
+            events(&mut f).unwrap(),
+            [FrameEvent::Element(Bytes::from(element(limit)))]
+        );
+        for chunks in [1, 2] {
+            let mut f = framer();
+            let big = element(limit + 1);
+            let (a, b) = big.split_at(if chunks == 1 { 0 } else { 50 });
+            f.push(a);
+            assert_eq!(events(&mut f).unwrap(), []);
+            f.push(b);
+            assert_eq!(
+                events(&mut f).unwrap_err().condition,
+                StreamCondition::PolicyViolation,
+                "in {chunks} reads"
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_size_limit_is_exact_even_when_the_header_completes_in_one_read() {
+        let mut f = Framer::new(Limits {
+            max_header_bytes: HEADER.len() - 1,
+            ..Limits::default()
+        });
+        f.push(HEADER.as_bytes());
+        assert_eq!(
+            events(&mut f).unwrap_err().condition,
+            StreamCondition::PolicyViolation
+        );
+        let mut f = Framer::new(Limits {
+            max_header_bytes: HEADER.len(),
+            ..Limits::default()
+        });
+        f.push(HEADER.as_bytes());
+        assert!(matches!(
+            &events(&mut f).unwrap()[..],
+            [FrameEvent::Open(_)]
+        ));
     }
 
     #[test]

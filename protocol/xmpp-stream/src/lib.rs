@@ -3,8 +3,12 @@
 //! - [`framer`]: an incremental, policing framer that cuts a byte stream into
 //!   the stream header, complete top-level elements and the stream close,
 //!   enforcing size, depth and restricted-XML rules (RFC 6120 §11).
+//! - [`wellformed`]: the strict, allocation-free well-formedness pass every
+//!   element passes before quick-xml reads it (what the CM relays, a strict
+//!   parser such as expat accepts).
 //! - [`stanza`]: validation of one complete element, its routing header
-//!   (kind, type, to, id) and `from` stamping without building a tree.
+//!   (kind, type, to, id), the server claims a client could forge, and
+//!   `from` stamping without building a tree.
 //! - [`element`]: a small element tree for the places that must look inside
 //!   a stanza (server IQs, the SDK).
 //! - [`stream`]: builders for stream headers, features, SASL and errors.
@@ -19,8 +23,9 @@ pub mod ns;
 pub mod pacing;
 pub mod stanza;
 pub mod stream;
+pub mod wellformed;
 
 pub use condition::{StanzaCondition, StreamCondition};
 pub use element::{Element, Node};
 pub use framer::{FrameEvent, Framer, Limits, StreamHeader};
-pub use stanza::{StanzaHeader, StanzaKind, TopLevel};
+pub use stanza::{Claim, ClaimKind, StanzaHeader, StanzaKind, TopLevel};

@@ -42,6 +42,10 @@ pub const CARBONS: &str = "urn:xmpp:carbons:2";
 pub const FORWARD: &str = "urn:xmpp:forward:0";
 /// Message Archive Management (XEP-0313).
 pub const MAM: &str = "urn:xmpp:mam:2";
+/// What every version of the XEP-0313 namespace begins with.
+pub const MAM_PREFIX: &str = "urn:xmpp:mam:";
+/// Legacy delayed delivery (XEP-0091), still read by some clients.
+pub const LEGACY_DELAY: &str = "jabber:x:delay";
 /// Unique and stable stanza ids (XEP-0359).
 pub const SID: &str = "urn:xmpp:sid:0";
 /// Result Set Management (XEP-0059).

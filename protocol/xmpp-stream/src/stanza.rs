@@ -2,6 +2,8 @@
 //! header the CM hands to the core, and byte-level rewriting of the start tag
 //! (`from` stamping, error replies, delay stamps).
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use quick_xml::events::Event;
 
@@ -58,6 +60,84 @@ pub struct TopLevel {
     pub start_len: usize,
     /// Whether the element is written as `<x/>`.
     pub empty: bool,
+    /// Its children that only a server writes (see [`Claim`]), in
+    /// document order; empty (and unallocated) on nearly every stanza.
+    pub claims: Vec<Claim>,
+}
+
+/// A child of a stanza that only a server writes: from a client, a
+/// forgery when it speaks for this server ([`Claim::forged_for`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// What it claims.
+    pub kind: ClaimKind,
+    /// Where it is in the raw element, start tag to end tag.
+    pub span: Range<usize>,
+    /// Whom it speaks for: the `by` of a stanza-id, the `from` of a
+    /// delay (unescaped); none for the others or when absent.
+    pub entity: Option<String>,
+}
+
+/// The server assertions a client could forge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// XEP-0359 `<stanza-id/>`: an archive's id for the message.
+    StanzaId,
+    /// XEP-0203 `<delay/>` or legacy XEP-0091 `<x xmlns='jabber:x:delay'/>`.
+    Delay,
+    /// XEP-0280 `<sent/>` or `<received/>` carbon wrapper.
+    Carbon,
+    /// XEP-0313 `<result/>` of an archive query.
+    ArchiveResult,
+}
+
+impl ClaimKind {
+    /// The kind of a child named `name` in `ns`, if it is a claim.
+    fn of(ns: &str, name: &str) -> Option<Self> {
+        match (ns, name) {
+            (ns::SID, "stanza-id") => Some(ClaimKind::StanzaId),
+            (ns::DELAY, "delay") | (ns::LEGACY_DELAY, "x") => Some(ClaimKind::Delay),
+            (ns::CARBONS, "sent" | "received") => Some(ClaimKind::Carbon),
+            (ns, "result") if ns.starts_with(ns::MAM_PREFIX) => Some(ClaimKind::ArchiveResult),
+            _ => None,
+        }
+    }
+
+    /// The attribute naming whom the claim speaks for.
+    fn entity_attr(self) -> Option<&'static str> {
+        match self {
+            ClaimKind::StanzaId => Some("by"),
+            ClaimKind::Delay => Some("from"),
+            ClaimKind::Carbon | ClaimKind::ArchiveResult => None,
+        }
+    }
+}
+
+impl Claim {
+    /// Whether a client that sent this claim forged it, `domain` being the
+    /// one this server serves: a stanza-id with no `by` or a `by` in
+    /// `domain` (XEP-0359 §3.1: only we speak for our archives), a delay
+    /// from the server itself (what clients trust as the server's stamp),
+    /// any carbon wrapper or archive result (XEP-0280, XEP-0313: never a
+    /// client's to send).
+    pub fn forged_for(&self, domain: &str) -> bool {
+        let entity = self.entity.as_deref();
+        match self.kind {
+            ClaimKind::StanzaId => {
+                entity.is_none_or(|by| jid_domain(by).eq_ignore_ascii_case(domain))
+            }
+            ClaimKind::Delay => entity.is_some_and(|from| {
+                !from.contains('@') && jid_domain(from).eq_ignore_ascii_case(domain)
+            }),
+            ClaimKind::Carbon | ClaimKind::ArchiveResult => true,
+        }
+    }
+}
+
+/// The domain part of a JID as written (no normalisation).
+fn jid_domain(jid: &str) -> &str {
+    let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
+    bare.rsplit_once('@').map_or(bare, |(_, d)| d)
 }
 
 impl TopLevel {
@@ -110,7 +190,10 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
     let mut reader = new_reader(raw)?;
     let mut top: Option<TopLevel> = None;
     let mut depth = 0usize;
+    // a claim among the top element's children whose end is not read yet
+    let mut open_claim: Option<Claim> = None;
     loop {
+        let before = reader.buffer_position() as usize;
         let (resolved, event) = reader.read_resolved_event().map_err(not_well_formed)?;
         match &event {
             Event::Start(start) | Event::Empty(start) => {
@@ -125,22 +208,44 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
                         attrs,
                         start_len: reader.buffer_position() as usize,
                         empty,
+                        claims: Vec::new(),
                     });
                 } else if depth == 0 {
                     return Err(not_well_formed("more than one element"));
+                } else if depth == 1
+                    && let Some(kind) = ClaimKind::of(&ns, &utf8(start.local_name().as_ref())?)
+                    && let Some(top) = top.as_mut()
+                {
+                    let entity = kind.entity_attr().and_then(|name| {
+                        attrs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+                    });
+                    let claim = Claim {
+                        kind,
+                        span: before..reader.buffer_position() as usize,
+                        entity,
+                    };
+                    match empty {
+                        true => top.claims.push(claim),
+                        false => open_claim = Some(claim),
+                    }
                 }
                 if !empty {
                     depth += 1;
                 }
             }
-            Event::End(_) => depth = depth.saturating_sub(1),
-            Event::Text(text) => {
-                crate::element::xml_chars(&text.unescape().map_err(not_well_formed)?)?;
-                if depth == 0 && !text.iter().all(u8::is_ascii_whitespace) {
-                    return Err(not_well_formed("text outside the element"));
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if depth == 1
+                    && let Some(mut claim) = open_claim.take()
+                    && let Some(top) = top.as_mut()
+                {
+                    claim.span.end = reader.buffer_position() as usize;
+                    top.claims.push(claim);
                 }
             }
-            Event::CData(_) => {}
+            // checked by `wellformed::check` (characters, references, and
+            // nothing but whitespace outside the element)
+            Event::Text(_) | Event::CData(_) => {}
             Event::Eof => break,
             Event::Comment(_) | Event::PI(_) | Event::DocType(_) | Event::Decl(_) => {
                 return Err(FramingError::new(
@@ -159,6 +264,16 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
 /// Rewrites the start tag: attributes named in `set` are replaced (or
 /// removed when `None`), all others kept; the rest of the element is copied.
 pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -> Bytes {
+    rewrite(raw, top, set, |_| false)
+}
+
+/// [`rewrite_attrs`], leaving out the claims `cut` picks.
+fn rewrite(
+    raw: &[u8],
+    top: &TopLevel,
+    set: &[(&str, Option<&str>)],
+    cut: impl Fn(&Claim) -> bool,
+) -> Bytes {
     let mut out = Vec::with_capacity(raw.len() + 64);
     out.push(b'<');
     out.extend_from_slice(top.qname.as_bytes());
@@ -166,7 +281,12 @@ pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -
         push_attr(&mut out, "xmlns", &top.ns);
     }
     for (k, v) in &top.attrs {
-        if !set.iter().any(|(name, _)| name == k) {
+        if set.iter().any(|(name, _)| name == k) {
+            continue;
+        }
+        if k.starts_with("xmlns:") {
+            push_declaration(&mut out, k, v);
+        } else {
             push_attr(&mut out, k, v);
         }
     }
@@ -179,14 +299,41 @@ pub fn rewrite_attrs(raw: &[u8], top: &TopLevel, set: &[(&str, Option<&str>)]) -
         out.extend_from_slice(b"/>");
     } else {
         out.push(b'>');
-        out.extend_from_slice(&raw[top.start_len..]);
+        // claims are children of the top element, in order, apart
+        let mut at = top.start_len;
+        for claim in top.claims.iter().filter(|c| cut(c)) {
+            out.extend_from_slice(&raw[at..claim.span.start]);
+            at = claim.span.end;
+        }
+        out.extend_from_slice(&raw[at..]);
     }
     Bytes::from(out)
+}
+
+/// Appends a namespace declaration as it came: escaping would put
+/// references in the namespace name, which [`crate::wellformed`] refuses.
+/// It holds no `&` or `<` and only one kind of quote (no references), so
+/// quoting with the other is enough.
+fn push_declaration(out: &mut Vec<u8>, name: &str, uri: &str) {
+    let quote = if uri.contains('"') { b'\'' } else { b'"' };
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    out.push(quote);
+    out.extend_from_slice(uri.as_bytes());
+    out.push(quote);
 }
 
 /// Stamps `from` on a stanza, replacing whatever the client wrote.
 pub fn stamp_from(raw: &[u8], top: &TopLevel, from: &str) -> Bytes {
     rewrite_attrs(raw, top, &[("from", Some(from))])
+}
+
+/// What a server relays of a client's stanza: `from` stamped (see
+/// [`stamp_from`]) and the claims the client forged for `domain` left out
+/// ([`Claim::forged_for`]); all other bytes as they came.
+pub fn stamp_from_unforged(raw: &[u8], top: &TopLevel, from: &str, domain: &str) -> Bytes {
+    rewrite(raw, top, &[("from", Some(from))], |c| c.forged_for(domain))
 }
 
 /// Inserts a child element just before the end tag (e.g. an XEP-0203 delay).
@@ -337,6 +484,74 @@ mod tests {
     }
 
     #[test]
+    fn claims_forged_for_our_domain_are_cut_and_every_other_byte_is_kept() {
+        let raw = concat!(
+            "<message to='bob@example.org' from='x'><body>hi</body>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.org' id='f1'/>",
+            "<s:stanza-id xmlns:s='urn:xmpp:sid:0' by='example.org' id='f2'></s:stanza-id>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' id='f3'/>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.other.net' id='kept'/>",
+            "<delay xmlns='urn:xmpp:delay' from='example.org' stamp='2000-01-01T00:00:00Z'/>",
+            "<delay xmlns='urn:xmpp:delay' from='alice@example.org/phone' stamp='kept'/>",
+            "<x xmlns='jabber:x:delay' from='EXAMPLE.ORG' stamp='20000101T00:00:00'/>",
+            "<sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>",
+            "<message from='bob@example.org'><body>fake</body></message></forwarded></sent>",
+            "<c:received xmlns:c='urn:xmpp:carbons:2'/>",
+            "<result xmlns='urn:xmpp:mam:2' id='r'><forwarded xmlns='urn:xmpp:forward:0'/></result>",
+            "<b:body xmlns:b='jabber:client'>x &amp; y</b:body>",
+            "<received xmlns='urn:xmpp:receipts' id='kept'/>",
+            "<private xmlns='urn:xmpp:carbons:2'/>",
+            "</message>"
+        )
+        .as_bytes();
+        let top = inspect(raw).unwrap();
+        assert_eq!(top.claims.len(), 10, "{:#?}", top.claims);
+        for c in &top.claims {
+            assert!(raw[c.span.clone()].starts_with(b"<") && raw[c.span.clone()].ends_with(b">"));
+        }
+        let out = stamp_from_unforged(raw, &top, "alice@example.org/phone", "example.org");
+        let kept = concat!(
+            "<message to=\"bob@example.org\" from=\"alice@example.org/phone\"><body>hi</body>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.other.net' id='kept'/>",
+            "<delay xmlns='urn:xmpp:delay' from='alice@example.org/phone' stamp='kept'/>",
+            "<b:body xmlns:b='jabber:client'>x &amp; y</b:body>",
+            "<received xmlns='urn:xmpp:receipts' id='kept'/>",
+            "<private xmlns='urn:xmpp:carbons:2'/>",
+            "</message>"
+        );
+        assert_eq!(String::from_utf8_lossy(&out), kept);
+        // nothing forged: the bytes stamp_from writes
+        let plain = b"<message to='b@x'><body>hi</body></message>";
+        let top = inspect(plain).unwrap();
+        assert!(top.claims.is_empty());
+        assert_eq!(
+            stamp_from_unforged(plain, &top, "a@x/r", "x"),
+            stamp_from(plain, &top, "a@x/r")
+        );
+    }
+
+    /// Found by the xml_strict fuzz target: declarations written back
+    /// escaped (`&gt;`, `&quot;`) no longer inspected.
+    #[test]
+    fn a_stamped_stanza_keeps_its_namespace_declarations_as_they_came() {
+        for raw in [
+            &b"<message xmlns:p='a>b' to='x'/>"[..],
+            b"<message xmlns:p='a\"b'><p:x/></message>",
+            b"<message xmlns:p=\"a'b\"><p:x/></message>",
+        ] {
+            let top = inspect(raw).unwrap();
+            let out = stamp_from(raw, &top, "a@x/r");
+            let again = inspect(&out).unwrap_or_else(|e| {
+                panic!("{e}: {}", String::from_utf8_lossy(&out));
+            });
+            assert_eq!(again.attr("xmlns:p"), top.attr("xmlns:p"));
+        }
+        for bad in [&b"<message xmlns:p='a\rb'/>"[..], b"<message xmlns='a b'/>"] {
+            assert!(inspect(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn appends_delay() {
         let raw = b"<message to='b@x'><body>hi</body></message>";
         let top = inspect(raw).unwrap();
@@ -375,6 +590,91 @@ mod tests {
                 .child("service-unavailable", ns::STANZA_ERRORS)
                 .is_some()
         );
+    }
+
+    /// Poisons quick-xml alone lets through but expat and libxml2 reject
+    /// (XML 1.0 fifth edition, Namespaces in XML 1.0): relayed, they end the
+    /// recipient's stream.
+    const POISONS: &[&[u8]] = &[
+        b"<message><x xmlns='u' a='<b'/></message>",
+        b"<message a='x & y'/>",
+        b"<message a='&#xD800;'/>",
+        b"<message><body>a]]>b</body></message>",
+        b"<message><body>a & b</body></message>",
+        b"<message><body>&#xD800;</body></message>",
+        b"<message><body>&#x110000;</body></message>",
+        b"<message><body>&#99999999999999999999;</body></message>",
+        b"<message><body>&#xFFFE;</body></message>",
+        b"<message><body>\xef\xbf\xbe</body></message>",
+        b"<message><body>&#;</body></message>",
+        b"<message><body>&#x;</body></message>",
+        b"<message><body>&#12a;</body></message>",
+        b"<message><body>&amp</body></message>",
+        b"<message><1a/></message>",
+        b"<message><a:/></message>",
+        b"<message><:a/></message>",
+        b"<message><a:b:c xmlns:a='u'/></message>",
+        b"<message><a-b.c\xc3\x97/></message>",
+        b"<message 1a='x'/>",
+        b"<message a='1'b='2'/>",
+        b"<message a='1' / >",
+        b"< message/>",
+        b"<message></message x>",
+        b"<message><x xmlns:a='u' xmlns:b='u' a:y='1' b:y='2'/></message>",
+        b"<message xmlns:xml='urn:other'/>",
+        b"<message xmlns:xmlns='urn:other'/>",
+        b"<message xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+        b"<message xmlns:p='http://www.w3.org/2000/xmlns/'/>",
+        b"<message xmlns='http://www.w3.org/2000/xmlns/'/>",
+        b"<message xmlns:p=''/>",
+        b"<message><xmlns:a/></message>",
+        // found by the xml_strict fuzz target: roxmltree refuses elements
+        // prefixed xml (no XMPP element is in the XML namespace)
+        b"<xml:lae to='bo@b:r>>'/>",
+        b"<message><xml:x/></message>",
+        b"<message xmlns='jabber:client' xmlns='jabber:client'/>",
+    ];
+
+    #[test]
+    fn poisons_a_strict_parser_rejects_are_not_well_formed() {
+        let accepted: Vec<String> = POISONS
+            .iter()
+            .filter(|bad| {
+                !inspect(bad).is_err_and(|e| e.condition == crate::StreamCondition::NotWellFormed)
+                    || Element::parse(bad, ns::CLIENT).is_ok()
+            })
+            .map(|bad| String::from_utf8_lossy(bad).into_owned())
+            .collect();
+        assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    }
+
+    #[test]
+    fn well_formed_corners_are_accepted() {
+        for good in [
+            &b"<message a = '1'\n\tb=\"2\" ><body>a &gt; b ]] > ]>&#x10FFFF;&#65;</body></message >"[..],
+            b"<message><body><![CDATA[ <not> & ]] ]]></body></message>",
+            b"<message xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/>",
+            b"<message><x xmlns:a='u' xmlns:b='v' a:y='1' b:y='2' y='3'/></message>",
+            "<message><\u{e9}l\u{e8}ve \u{e9}t\u{e9}='\u{fffd}'>\u{10000}</\u{e9}l\u{e8}ve></message>".as_bytes(),
+            b"<message><x xmlns=''/></message>",
+        ] {
+            inspect(good).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(good)));
+        }
+    }
+
+    #[test]
+    fn attributes_per_element_are_capped() {
+        let tag = |n: usize| {
+            let mut s = String::from("<message><x");
+            for i in 0..n {
+                s.push_str(&format!(" a{i}='v'"));
+            }
+            s.push_str("/></message>");
+            s
+        };
+        assert!(inspect(tag(crate::wellformed::MAX_ATTRIBUTES).as_bytes()).is_ok());
+        let e = inspect(tag(crate::wellformed::MAX_ATTRIBUTES + 1).as_bytes()).unwrap_err();
+        assert_eq!(e.condition, crate::StreamCondition::PolicyViolation);
     }
 
     #[test]
