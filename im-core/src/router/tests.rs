@@ -3,12 +3,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cm_protocol::{Frame, Kind, SmSnapshot};
+use cm_protocol::{Frame, Kind, SessionId, SmSnapshot};
 use xmpp_stream::element::Element;
 use xmpp_stream::{StanzaCondition, ns};
 
 use super::test_support::*;
 use super::{Action, Input, Router};
+use crate::routing::NodeId;
 use crate::storage::{Roster, RosterItem};
 
 #[test]
@@ -495,11 +496,14 @@ fn offline_messages_go_through_the_ledger_and_a_clean_close_keeps_nothing() {
         messages,
     });
     assert_eq!(payloads(&acts).len(), 5);
-    assert!(acts.contains(&Action::RemoveOffline {
-        user: "bob".into(),
-        upto: 5
-    }));
-    frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+    assert_eq!(
+        acts,
+        vec![Action::RemoveOffline {
+            user: "bob".into(),
+            upto: 5
+        }]
+    );
     let acts = frame(
         &mut r,
         1,
@@ -1812,4 +1816,131 @@ fn the_action_queue_gives_memory_back_once_a_burst_drained() {
     let kept = r.out.capacity();
     r.drain();
     assert_eq!(r.out.capacity(), kept);
+}
+
+/// Bob (node 1, sid 10) with SM (resumable for 60 s) and his initial
+/// presence sent; five stored messages (rows 1..=5) loaded for him.
+fn bob_with_five_stored(r: &mut Router) -> Vec<Action> {
+    bound(r, 1, 10, "bob@x", "laptop");
+    frame(
+        r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: true,
+            max: 60,
+        },
+    );
+    stanza(
+        r,
+        1,
+        10,
+        header(Kind::Presence, "bob@x/laptop", None, None),
+        "<presence/>",
+    );
+    r.run(Input::Offline {
+        user: "bob".into(),
+        to: (1, 10),
+        messages: stored_messages(1..=5),
+    })
+}
+
+/// Stored chat messages with these row ids (body: the row id).
+fn stored_messages(rows: std::ops::RangeInclusive<i64>) -> Vec<(i64, Bytes)> {
+    rows.map(|i| {
+        (
+            i,
+            Bytes::from(format!(
+                "<message type='chat' id='o{i}'><body>{i}</body></message>"
+            )),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn stored_messages_are_removed_only_once_acknowledged() {
+    let mut r = router();
+    let acts = bob_with_five_stored(&mut r);
+    assert_eq!(payloads(&acts).len(), 5);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::RemoveOffline { .. })),
+        "removed before any acknowledgement: {acts:?}"
+    );
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 2 });
+    assert_eq!(
+        acts,
+        vec![Action::RemoveOffline {
+            user: "bob".into(),
+            upto: 2
+        }]
+    );
+    // a second load of the same rows (before the removal ran) hands out
+    // only what is new
+    let acts = r.run(Input::Offline {
+        user: "bob".into(),
+        to: (1, 10),
+        messages: stored_messages(1..=6),
+    });
+    assert_eq!(
+        payloads(&acts),
+        vec!["<message type='chat' id='o6'><body>6</body></message>"]
+    );
+}
+
+#[test]
+fn stored_messages_a_session_never_acknowledged_stay_stored_when_it_expires() {
+    let mut r = router();
+    bob_with_five_stored(&mut r);
+    frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+    drop_session(&mut r, 1, 10, "bob@x/laptop");
+    let acts = r.timeout(t0() + Duration::from_secs(61));
+    // rows 2..=5 are still stored: neither stored again nor removed
+    assert!(
+        !acts.iter().any(|a| matches!(
+            a,
+            Action::StoreOffline { .. } | Action::RemoveOffline { .. }
+        )),
+        "{acts:?}"
+    );
+    assert_eq!(r.sm_counts(), (0, 0));
+    // his next session loads them again, and gets all four
+    bound(&mut r, 2, 20, "bob@x", "phone");
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/phone", None, None),
+        "<presence/>",
+    );
+    assert!(acts.contains(&Action::FlushOffline {
+        user: "bob".into(),
+        to: (2, 20)
+    }));
+    let acts = r.run(Input::Offline {
+        user: "bob".into(),
+        to: (2, 20),
+        messages: stored_messages(2..=5),
+    });
+    assert_eq!(payloads(&acts).len(), 4);
+    // without SM, handed to the link is acknowledged
+    assert!(acts.contains(&Action::RemoveOffline {
+        user: "bob".into(),
+        upto: 5
+    }));
+}
+
+/// The stream of session (`node`, `sid`) of `full` ends uncleanly.
+fn drop_session(r: &mut Router, node: NodeId, sid: SessionId, full: &str) -> Vec<Action> {
+    frame(
+        r,
+        node,
+        Frame::SessionEnd {
+            sid,
+            jid: Some(full.into()),
+            clean: false,
+        },
+    )
 }
