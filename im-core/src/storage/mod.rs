@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use xmpp_sasl::StoredCredentials;
 
+mod faults;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use faults::{FaultPlan, FaultyStore};
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
@@ -50,6 +52,9 @@ pub enum StorageError {
     /// The data directory could not be created.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A [`FaultPlan`] made the call fail (tests and chaos runs only).
+    #[error("injected fault")]
+    Injected,
 }
 
 /// One stored offline message.

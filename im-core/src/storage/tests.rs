@@ -340,3 +340,108 @@ async fn the_storage_thread_group_commits() {
         assert_eq!(ids(&page), want);
     }
 }
+
+/// Each real backend (SQLite in a temp dir; PostgreSQL when configured),
+/// freshly opened, as a closure that opens it again.
+fn backends(dir: &std::path::Path) -> Vec<Box<dyn Fn() -> Box<dyn Store> + Send + Sync>> {
+    let path = dir.to_owned();
+    let mut all: Vec<Box<dyn Fn() -> Box<dyn Store> + Send + Sync>> = vec![Box::new(move || {
+        Box::new(Sqlite::open(&path, 1000).unwrap()) as Box<dyn Store>
+    })];
+    if let Some(url) = postgres_for_tests("ll_unit") {
+        all.push(Box::new(move || {
+            Box::new(Postgres::open(&url, 1000).unwrap()) as Box<dyn Store>
+        }));
+    }
+    all
+}
+
+#[test]
+fn the_fault_plan_fails_writes_commits_and_everything_then_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    for reopen in backends(dir.path()) {
+        let plan = FaultPlan::new();
+        let mut db = FaultyStore::new(reopen(), plan.clone());
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+
+        // the next two writes fail, reads do not, the third write works
+        plan.fail_writes(2);
+        assert!(matches!(
+            db.store_offline("alice", "t", b"<a/>"),
+            Err(StorageError::Injected)
+        ));
+        assert_eq!(db.offline("alice").unwrap().len(), 0);
+        assert!(matches!(
+            db.set_vcard("alice", b"<vCard/>"),
+            Err(StorageError::Injected)
+        ));
+        assert_eq!(
+            db.store_offline("alice", "t", b"<b/>").unwrap(),
+            Stored::Stored
+        );
+
+        // a failed commit rolls the batch back in the real store
+        plan.fail_commits(1);
+        db.begin().unwrap();
+        db.store_offline("alice", "t", b"<lost/>").unwrap();
+        assert!(matches!(db.commit(), Err(StorageError::Injected)));
+        db.rollback();
+        db.begin().unwrap();
+        db.store_offline("alice", "t", b"<kept/>").unwrap();
+        db.commit().unwrap();
+
+        // everything fails until healed
+        plan.fail_all();
+        assert!(matches!(db.begin(), Err(StorageError::Injected)));
+        assert!(matches!(db.offline("alice"), Err(StorageError::Injected)));
+        assert!(matches!(db.commit(), Err(StorageError::Injected)));
+        plan.heal();
+        let payloads: Vec<Bytes> = db
+            .offline("alice")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(payloads, vec![Bytes::from("<b/>"), Bytes::from("<kept/>")]);
+        // and the real store underneath holds the same
+        assert_eq!(reopen().offline("alice").unwrap().len(), 2);
+        assert!(plan.calls() >= 13);
+    }
+}
+
+#[test]
+fn a_stalled_fault_plan_blocks_calls_until_healed() {
+    let dir = tempfile::tempdir().unwrap();
+    for reopen in backends(dir.path()) {
+        let plan = FaultPlan::new();
+        let mut db = FaultyStore::new(reopen(), plan.clone());
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        plan.stall();
+        let before = plan.calls();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let r = db.store_offline("alice", "t", b"<m/>");
+            done_tx.send(r.is_ok()).unwrap();
+            db
+        });
+        // the call was attempted, and it waits
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while plan.calls() == before {
+            assert!(std::time::Instant::now() < deadline, "the call never came");
+            std::thread::yield_now();
+        }
+        assert!(matches!(
+            done.recv_timeout(std::time::Duration::from_millis(200)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        ));
+        plan.heal();
+        assert!(
+            done.recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap()
+        );
+        let mut db = worker.join().unwrap();
+        assert_eq!(db.offline("alice").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,259 @@
+//! Fault injection for storage: [`FaultyStore`] wraps a real [`Store`] and
+//! consults a [`FaultPlan`] before every call, so tests (and, later, the
+//! chaos tool) can make the disk or database fail, refuse commits or stall,
+//! and heal it again, while the real store underneath does the real work.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use xmpp_sasl::StoredCredentials;
+
+use super::{
+    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, Roster, RosterItem, StorageError,
+    Store, Stored,
+};
+
+/// What the next storage calls do; shared (cheap clone) between a test and
+/// the store it wraps.
+#[derive(Clone, Default)]
+pub struct FaultPlan {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a stall ends.
+    healed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    fail_all: bool,
+    fail_writes: usize,
+    fail_commits: usize,
+    stalled: bool,
+    calls: u64,
+}
+
+/// The kind of a store call, for deciding which faults apply to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Read,
+    Write,
+    Begin,
+    Commit,
+}
+
+impl FaultPlan {
+    /// A plan that injects nothing (until told to).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call (reads, writes, begin and commit) fails with
+    /// [`StorageError::Injected`] until healed.
+    pub fn fail_all(&self) {
+        self.state().fail_all = true;
+    }
+
+    /// The next `n` write calls (store_offline, archive writes, roster
+    /// writes, removals...) fail.
+    pub fn fail_writes(&self, n: usize) {
+        self.state().fail_writes = n;
+    }
+
+    /// The next `n` commits fail (the whole batch rolls back).
+    pub fn fail_commits(&self, n: usize) {
+        self.state().fail_commits = n;
+    }
+
+    /// Every call blocks until [`FaultPlan::heal`] (a stalled disk / hung
+    /// database).
+    pub fn stall(&self) {
+        self.state().stalled = true;
+    }
+
+    /// Back to normal; releases stalled calls.
+    pub fn heal(&self) {
+        let mut s = self.state();
+        *s = State {
+            calls: s.calls,
+            ..State::default()
+        };
+        drop(s);
+        self.shared.healed.notify_all();
+    }
+
+    /// Calls made so far (to let tests wait on "the write was attempted");
+    /// a stalled call counts as soon as it starts waiting.
+    pub fn calls(&self) -> u64 {
+        self.state().calls
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a call, waits out a stall, and says whether it must fail.
+    fn check(&self, call: Call) -> Result<(), StorageError> {
+        let mut s = self.state();
+        s.calls += 1;
+        while s.stalled {
+            s = self
+                .shared
+                .healed
+                .wait(s)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if s.fail_all {
+            return Err(StorageError::Injected);
+        }
+        let budget = match call {
+            Call::Write => &mut s.fail_writes,
+            Call::Commit => &mut s.fail_commits,
+            Call::Read | Call::Begin => return Ok(()),
+        };
+        match *budget {
+            0 => Ok(()),
+            _ => {
+                *budget -= 1;
+                Err(StorageError::Injected)
+            }
+        }
+    }
+}
+
+/// A Store that consults the plan before delegating to the real store it
+/// wraps.
+pub struct FaultyStore {
+    inner: Box<dyn Store>,
+    plan: FaultPlan,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`, injecting the faults `plan` names.
+    pub fn new(inner: Box<dyn Store>, plan: FaultPlan) -> Self {
+        Self { inner, plan }
+    }
+}
+
+impl Store for FaultyStore {
+    fn begin(&mut self) -> Result<(), StorageError> {
+        self.plan.check(Call::Begin)?;
+        self.inner.begin()
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
+        self.plan.check(Call::Commit)?;
+        self.inner.commit()
+    }
+
+    fn rollback(&mut self) {
+        // A rollback cannot fail; it still waits out a stall.
+        let _ = self.plan.check(Call::Read);
+        self.inner.rollback()
+    }
+
+    fn add_user(
+        &mut self,
+        username: &str,
+        creds: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.add_user(username, creds)
+    }
+
+    fn set_credentials(
+        &mut self,
+        username: &str,
+        creds: &StoredCredentials,
+    ) -> Result<bool, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.set_credentials(username, creds)
+    }
+
+    fn delete_user(&mut self, username: &str) -> Result<bool, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.delete_user(username)
+    }
+
+    fn credentials(&mut self, username: &str) -> Result<Option<StoredCredentials>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.credentials(username)
+    }
+
+    fn user_count(&mut self) -> Result<u64, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.user_count()
+    }
+
+    fn store_offline(
+        &mut self,
+        username: &str,
+        stamp: &str,
+        payload: &[u8],
+    ) -> Result<Stored, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.store_offline(username, stamp, payload)
+    }
+
+    fn offline(&mut self, username: &str) -> Result<Vec<OfflineMessage>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.offline(username)
+    }
+
+    fn remove_offline(&mut self, username: &str, last_id: i64) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.remove_offline(username, last_id)
+    }
+
+    fn roster(&mut self, username: &str) -> Result<Roster, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.roster(username)
+    }
+
+    fn put_roster_item(
+        &mut self,
+        username: &str,
+        item: &RosterItem,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.put_roster_item(username, item, version)
+    }
+
+    fn remove_roster_item(
+        &mut self,
+        username: &str,
+        jid: &str,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.remove_roster_item(username, jid, version)
+    }
+
+    fn archive(&mut self, entry: &ArchiveEntry) -> Result<Stored, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.archive(entry)
+    }
+
+    fn query_archive(
+        &mut self,
+        username: &str,
+        query: &ArchiveQuery,
+    ) -> Result<ArchivePage, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.query_archive(username, query)
+    }
+
+    fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.vcard(username)
+    }
+
+    fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.set_vcard(username, vcard)
+    }
+}
