@@ -5,9 +5,10 @@
 //! one clock, tokio's (see [`now`]), so a test that pauses tokio's time
 //! drives the router's deadlines too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cm_protocol::Frame;
@@ -21,9 +22,9 @@ use xmpp_stream::stanza::{append_child, delay_element, inspect};
 
 use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
-use crate::router::{Action, Input, Router};
+use crate::router::{Action, Bounce, Input, Router};
 use crate::routing::{NodeId, RouteRow, SessionAddr};
-use crate::storage::{Storage, StorageError, Stored};
+use crate::storage::{Storage, StorageError, Store, Stored};
 
 /// Events for the router task.
 pub enum Event {
@@ -35,12 +36,38 @@ pub enum Event {
     FlushDone(String),
 }
 
-/// Extra attempts at an archive write whose commit failed.
+/// Extra attempts at a storage job whose transaction failed (a commit can
+/// fail for another job of its batch).
 const ARCHIVE_RETRIES: u64 = 3;
 
-/// Storage jobs (offline stores and flushes) in flight at once; beyond that
-/// the router waits, which slows the CM links instead of growing memory.
-pub const STORAGE_SLOTS: usize = 1024;
+/// Bytes of storage work queued at once, by default (see [`StorageLimits`]).
+pub const STORAGE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// How long a storage job may wait in the queue, by default.
+pub const STORAGE_DEADLINE: Duration = Duration::from_secs(10);
+/// What one queued job is charged on top of the message bytes it carries.
+const JOB_COST: usize = 512;
+
+/// Bounds on the storage work the driver queues. The router's task never
+/// waits for storage: a job that does not fit in `queue_bytes` is refused at
+/// once, and one still queued (not started) when `deadline` passes is
+/// abandoned; either way a message's sender gets a `resource-constraint`
+/// error, and the message is neither stored nor acknowledged as stored.
+#[derive(Clone, Copy, Debug)]
+pub struct StorageLimits {
+    /// Most bytes queued (message bytes plus a fixed cost per job).
+    pub queue_bytes: usize,
+    /// Longest a job waits in the queue before it is abandoned.
+    pub deadline: Duration,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        Self {
+            queue_bytes: STORAGE_QUEUE_BYTES,
+            deadline: STORAGE_DEADLINE,
+        }
+    }
+}
 
 /// The routing table as the admin endpoint shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -74,8 +101,13 @@ pub struct Driver {
     events: mpsc::Sender<Event>,
     /// Domain (for delay stamps).
     domain: String,
-    /// Bounds storage jobs in flight (see [`STORAGE_SLOTS`]).
-    storage_slots: Arc<tokio::sync::Semaphore>,
+    /// Bounds on queued storage work.
+    limits: StorageLimits,
+    /// Bytes of storage work queued now (see [`StorageLimits`]).
+    budget: Budget,
+    /// Inputs the driver made itself while carrying out actions (storage
+    /// work refused at once), handed to the router next.
+    refused: VecDeque<Input>,
     /// Users whose offline messages are being flushed (one flush at a time).
     flushing: HashSet<String>,
     /// The flush to run when a user's current one is done.
@@ -102,11 +134,20 @@ impl Driver {
             metrics,
             events,
             domain,
-            storage_slots: Arc::new(tokio::sync::Semaphore::new(STORAGE_SLOTS)),
+            limits: StorageLimits::default(),
+            budget: Budget::new(STORAGE_QUEUE_BYTES),
+            refused: VecDeque::new(),
             flushing: HashSet::new(),
             flush_next: HashMap::new(),
             sm_shown: None,
         }
+    }
+
+    /// Other bounds on queued storage work than the defaults.
+    pub fn with_storage_limits(mut self, limits: StorageLimits) -> Self {
+        self.limits = limits;
+        self.budget = Budget::new(limits.queue_bytes);
+        self
     }
 
     /// Runs until shutdown.
@@ -126,17 +167,29 @@ impl Driver {
                     Some(Event::FlushDone(user)) => {
                         self.flushing.remove(&user);
                         match self.flush_next.remove(&user) {
-                            Some(to) => self.execute(Action::FlushOffline { user, to }).await,
+                            Some(to) => self.execute(Action::FlushOffline { user, to }),
                             None => continue,
                         }
                     }
                     None => return,
                 },
             }
-            while let Some(action) = self.router.poll_action() {
-                self.execute(action).await;
-            }
+            self.carry_out();
             self.show_metrics();
+        }
+    }
+
+    /// Carries out the router's actions, and hands it what the driver
+    /// refused meanwhile (whose actions are carried out in turn).
+    fn carry_out(&mut self) {
+        loop {
+            while let Some(action) = self.router.poll_action() {
+                self.execute(action);
+            }
+            let Some(input) = self.refused.pop_front() else {
+                return;
+            };
+            self.router.handle(input, now());
         }
     }
 
@@ -178,7 +231,9 @@ impl Driver {
         }
     }
 
-    async fn execute(&mut self, action: Action) {
+    /// Carries out one action. Never waits: storage work is queued within
+    /// the byte budget or refused at once (see [`StorageLimits`]).
+    fn execute(&mut self, action: Action) {
         match action {
             Action::Send { node, frame } => self.send(node, frame),
             Action::StoreOffline {
@@ -188,36 +243,38 @@ impl Driver {
                 origin,
             } => {
                 self.metrics.offline_stored.inc();
-                let storage = self.storage.clone();
-                let events = self.events.clone();
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
+                let Some(charge) = self.budget.charge(payload.len()) else {
+                    return self.refuse_write(bounce, payload, origin);
                 };
                 // Queued here, in routing order: stored messages keep their order.
                 let stamp = now_stamp();
-                let stored = storage.submit(move |db| db.store_offline(&user, &stamp, &payload));
+                let job = {
+                    let payload = payload.clone();
+                    move || {
+                        let (user, stamp, payload) = (user.clone(), stamp.clone(), payload.clone());
+                        move |db: &mut dyn Store| db.store_offline(&user, &stamp, &payload)
+                    }
+                };
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let events = self.events.clone();
                 tokio::spawn(async move {
-                    let result = stored.await;
-                    drop(slot);
-                    if let Some(origin) = origin {
-                        let _ = events.send(Event::Router(Input::Stored { origin })).await;
-                    }
-                    let cond = match result {
-                        Ok(Stored::Stored) => return,
-                        Ok(Stored::NoSuchUser) => StanzaCondition::ServiceUnavailable,
-                        Err(StorageError::QuotaExceeded) => StanzaCondition::ResourceConstraint,
-                        Err(e) => {
-                            tracing::error!(error = %e, "storing an offline message failed");
-                            StanzaCondition::InternalServerError
+                    let condition = match queued.run(ARCHIVE_RETRIES, job).await {
+                        Ok(Stored::Stored) => {
+                            if let Some(origin) = origin {
+                                let _ = events.send(Event::Router(Input::Stored { origin })).await;
+                            }
+                            return;
                         }
+                        Ok(Stored::NoSuchUser) => StanzaCondition::ServiceUnavailable,
+                        Err(e) => e.condition(),
                     };
-                    if !bounce.sender.is_empty() {
-                        let input = Input::OfflineFailed {
-                            bounce,
-                            condition: cond,
-                        };
-                        let _ = events.send(Event::Router(input)).await;
-                    }
+                    let input = Input::StoreFailed {
+                        bounce,
+                        payload,
+                        condition,
+                        origin,
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 });
             }
             Action::FlushOffline { user, to } => {
@@ -226,36 +283,40 @@ impl Driver {
                     self.flush_next.insert(user, to);
                     return;
                 }
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
-                };
-                self.flush_offline(user, to, slot);
+                match self.budget.charge(0) {
+                    Some(charge) => self.flush_offline(user, to, charge),
+                    None => {
+                        // Nothing loaded: the router stops holding new
+                        // messages back; the rows stay stored.
+                        tracing::warn!(user, "storage overloaded: offline messages not loaded");
+                        self.flushing.remove(&user);
+                        self.refused.push_back(Input::Offline {
+                            user,
+                            to,
+                            messages: Vec::new(),
+                        });
+                    }
+                }
             }
             Action::LoadRoster { user } => {
-                let load = |storage: Storage, user: &str| {
-                    let local = crate::address::local(user).unwrap_or_default().to_owned();
-                    storage.submit(move |db| {
+                let Some(charge) = self.budget.charge(0) else {
+                    tracing::warn!(user, "storage overloaded: roster not loaded");
+                    return self.refused.push_back(Input::RosterFailed { user });
+                };
+                let local = crate::address::local(&user).unwrap_or_default().to_owned();
+                let job = move || {
+                    let local = local.clone();
+                    move |db: &mut dyn Store| {
                         if db.credentials(&local)?.is_none() {
                             return Ok(None);
                         }
                         db.roster(&local).map(Some)
-                    })
-                };
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let loaded = load(self.storage.clone(), &user);
-                let (events, storage) = (self.events.clone(), self.storage.clone());
-                tokio::spawn(async move {
-                    let mut result = loaded.await;
-                    for attempt in 1..=ARCHIVE_RETRIES {
-                        let Err(e) = &result else { break };
-                        tracing::warn!(error = %e, user, attempt, "loading a roster failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                        result = load(storage.clone(), &user).await;
                     }
-                    drop(slot);
-                    let input = match result {
+                };
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let input = match queued.run(ARCHIVE_RETRIES, job).await {
                         Ok(roster) => Input::RosterLoaded { user, roster },
                         Err(e) => {
                             tracing::error!(error = %e, user, "loading a roster failed for good");
@@ -269,13 +330,9 @@ impl Driver {
                 user,
                 item,
                 version,
-            } => {
-                self.write(move |db| db.put_roster_item(&user, &item, version))
-                    .await
-            }
+            } => self.write(move |db| db.put_roster_item(&user, &item, version)),
             Action::RemoveRosterItem { user, jid, version } => {
                 self.write(move |db| db.remove_roster_item(&user, &jid, version))
-                    .await
             }
             Action::Archive {
                 mut entries,
@@ -286,100 +343,111 @@ impl Driver {
                     e.stamp = stamp;
                 }
                 self.metrics.archived.inc_by(entries.len() as u64);
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
+                let payload = entries
+                    .first()
+                    .map(|e| e.payload.clone())
+                    .unwrap_or_default();
+                let Some(charge) = self.budget.charge(payload.len() * entries.len()) else {
+                    return self.refuse_write(Bounce::default(), payload, origin);
                 };
-                let write = |storage: Storage, entries: Vec<crate::storage::ArchiveEntry>| {
-                    storage.submit(move |db| {
+                let job = move || {
+                    let entries = entries.clone();
+                    move |db: &mut dyn Store| {
                         for e in &entries {
                             db.archive(e)?;
                         }
                         Ok(())
-                    })
+                    }
                 };
-                let archived = write(self.storage.clone(), entries.clone());
-                let (events, storage) = (self.events.clone(), self.storage.clone());
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let events = self.events.clone();
                 tokio::spawn(async move {
-                    let mut result = archived.await;
-                    // A commit can fail for another job of its batch: try again alone.
-                    for attempt in 1..=ARCHIVE_RETRIES {
-                        let Err(e) = &result else { break };
-                        tracing::warn!(error = %e, attempt, "archiving a message failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                        result = write(storage.clone(), entries.clone()).await;
-                    }
-                    drop(slot);
-                    match (result, origin) {
-                        (Ok(()), Some(origin)) => {
-                            let _ = events.send(Event::Router(Input::Stored { origin })).await;
-                        }
-                        (Ok(()), None) => {}
-                        // Not durable, so never acknowledged: the sender's
-                        // acknowledgements stop here, it reconnects and
-                        // resends from the last durable one.
-                        (Err(e), _) => {
-                            tracing::error!(error = %e, "archiving a message failed for good")
-                        }
-                    }
+                    // A commit can fail for another job of its batch: tried again alone.
+                    let input = match (queued.run(ARCHIVE_RETRIES, job).await, origin) {
+                        (Ok(()), Some(origin)) => Input::Stored { origin },
+                        (Ok(()), None) => return,
+                        // Not durable: the sender is told, and only then is
+                        // the stanza acknowledged (see Input::StoreFailed).
+                        (Err(e), origin) => Input::StoreFailed {
+                            bounce: Bounce::default(),
+                            payload,
+                            condition: e.condition(),
+                            origin,
+                        },
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 });
             }
             Action::Query { to, query } => {
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
+                let Some(charge) = self.budget.charge(0) else {
+                    return self.refused.push_back(Input::QueryFailed {
+                        to,
+                        condition: StanzaCondition::ResourceConstraint,
+                    });
                 };
                 let domain = self.domain.clone();
-                let answered = self
-                    .storage
-                    .submit(move |db| Ok(crate::queries::answer(db, &query, &domain)));
+                let job = move || {
+                    let (query, domain) = (query.clone(), domain.clone());
+                    move |db: &mut dyn Store| Ok(crate::queries::answer(db, &query, &domain))
+                };
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let payloads = answered.await.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "answering a query failed");
-                        Vec::new()
-                    });
-                    drop(slot);
-                    let _ = events
-                        .send(Event::Router(Input::Replies { to, payloads }))
-                        .await;
+                    let input = match queued.run(0, job).await {
+                        Ok(payloads) => Input::Replies { to, payloads },
+                        Err(e) => {
+                            tracing::error!(error = %e, "answering a query failed");
+                            Input::QueryFailed {
+                                to,
+                                condition: e.condition(),
+                            }
+                        }
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 });
             }
             Action::RemoveOffline { user, upto } => {
                 let metrics = self.metrics.clone();
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
-                };
                 // Queued now, before any later load of the same user's messages.
-                let removed = self
-                    .storage
-                    .submit(move |db| db.remove_offline(&user, upto));
-                tokio::spawn(async move {
-                    match removed.await {
-                        Ok(()) => metrics.offline_delivered.inc(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "removing delivered offline messages failed");
-                            0
-                        }
-                    };
-                    drop(slot);
+                self.write(move |db| {
+                    db.remove_offline(&user, upto)?;
+                    metrics.offline_delivered.inc();
+                    Ok(())
                 });
             }
         }
     }
 
-    /// Queues a write whose outcome nobody waits for (errors are logged).
-    async fn write(
-        &self,
-        f: impl FnOnce(&mut dyn crate::storage::Store) -> Result<(), StorageError> + Send + 'static,
+    /// A durable write that could not even be queued (the storage queue is
+    /// full): its sender is refused at once.
+    fn refuse_write(&mut self, bounce: Bounce, payload: Bytes, origin: Option<(u64, u32)>) {
+        tracing::warn!("storage queue full: a message is refused");
+        self.refused.push_back(Input::StoreFailed {
+            bounce,
+            payload,
+            condition: StanzaCondition::ResourceConstraint,
+            origin,
+        });
+    }
+
+    /// Queues a write whose outcome nobody waits for (errors are logged;
+    /// see the module docs for what that leaves).
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut dyn Store) -> Result<(), StorageError> + Send + 'static,
     ) {
-        let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+        let Some(charge) = self.budget.charge(0) else {
+            tracing::error!("storage queue full: a write is dropped");
             return;
         };
-        let written = self.storage.submit(f);
+        let written = self.storage.submit(move |db| {
+            let _charge = charge;
+            f(db)
+        });
         tokio::spawn(async move {
             if let Err(e) = written.await {
                 tracing::error!(error = %e, "a storage write failed");
             }
-            drop(slot);
         });
     }
 
@@ -414,19 +482,18 @@ impl Driver {
     /// hands them to the router, which delivers them (through the session's
     /// ledger when it has one) and then has them removed. One flush per
     /// user at a time.
-    fn flush_offline(
-        &self,
-        user: String,
-        to: SessionAddr,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    fn flush_offline(&self, user: String, to: SessionAddr, charge: Charge) {
         let storage = self.storage.clone();
         let domain = self.domain.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let name = user.clone();
-            let loaded = storage.call(move |db| db.offline(&name)).await;
-            drop(slot);
+            let loaded = storage
+                .call(move |db| {
+                    let _charge = charge;
+                    db.offline(&name)
+                })
+                .await;
             match loaded {
                 Ok(msgs) => {
                     let messages = msgs
@@ -463,6 +530,146 @@ impl Driver {
             }
             let _ = events.send(Event::FlushDone(user)).await;
         });
+    }
+}
+
+/// The bytes of storage work queued, against its bound.
+#[derive(Clone)]
+struct Budget {
+    used: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// What one queued job holds of the [`Budget`]; given back when dropped
+/// (when the job ran, or was dropped unrun).
+struct Charge {
+    used: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Self {
+        Self {
+            used: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Charges a job carrying `bytes` of messages; none if it does not fit.
+    fn charge(&self, bytes: usize) -> Option<Charge> {
+        let bytes = bytes + JOB_COST;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= self.max).then_some(used + bytes)
+            })
+            .ok()?;
+        Some(Charge {
+            used: self.used.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a storage job did not give a result.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    /// It was still queued when its deadline passed: it never ran.
+    #[error("storage job abandoned after waiting past its deadline")]
+    Late,
+    /// It ran and failed (after its retries).
+    #[error(transparent)]
+    Failed(#[from] StorageError),
+}
+
+impl JobError {
+    /// The stanza error that answers a message whose write ended so.
+    fn condition(&self) -> StanzaCondition {
+        match self {
+            JobError::Late | JobError::Failed(StorageError::QuotaExceeded) => {
+                StanzaCondition::ResourceConstraint
+            }
+            JobError::Failed(e) => {
+                tracing::error!(error = %e, "a storage job failed for good");
+                StanzaCondition::InternalServerError
+            }
+        }
+    }
+}
+
+/// A job's run state, shared by the job and its waiter, so that exactly
+/// one of "it ran" and "it was abandoned" happens.
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A storage job with its deadline and its charge: run (and retried) by
+/// [`Queued::run`].
+struct Queued {
+    storage: Storage,
+    deadline: tokio::time::Instant,
+    charge: Arc<Charge>,
+}
+
+impl Queued {
+    fn new(storage: &Storage, deadline: Duration, charge: Charge) -> Self {
+        Self {
+            storage: storage.clone(),
+            deadline: tokio::time::Instant::now() + deadline,
+            charge: Arc::new(charge),
+        }
+    }
+
+    /// Queues the job `make` builds, and again (up to `retries` times, 100
+    /// ms × attempt apart) while it fails with anything but a full quota or
+    /// an unknown id. An attempt still queued at the deadline is abandoned
+    /// (it will not run); one that started is waited for.
+    async fn run<T, J>(self, retries: u64, make: impl Fn() -> J) -> Result<T, JobError>
+    where
+        T: Send + 'static,
+        J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    {
+        let mut attempt = 0;
+        loop {
+            let state = Arc::new(AtomicU8::new(QUEUED));
+            let (job, claim, charge) = (make(), state.clone(), self.charge.clone());
+            let result = self.storage.submit(move |db| {
+                let _charge = charge;
+                claim
+                    .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                    .map_err(|_| StorageError::Closed)?;
+                job(db)
+            });
+            tokio::pin!(result);
+            let result = tokio::select! {
+                r = &mut result => r,
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    if state
+                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Err(JobError::Late);
+                    }
+                    result.await
+                }
+            };
+            match result {
+                Err(StorageError::QuotaExceeded | StorageError::UnknownId) => {}
+                Err(e) if attempt < retries => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "a storage job failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    continue;
+                }
+                _ => {}
+            }
+            return result.map_err(JobError::from);
+        }
     }
 }
 
