@@ -1,9 +1,23 @@
 //! The router's tokio driver: feeds events to the sans-IO [`Router`] with
 //! the time they arrived, sleeps until the router's next deadline
 //! ([`Router::poll_timeout`], asked again after every input), and carries
-//! out the router's actions (frames to CM links, offline storage). It reads
+//! out the router's actions (frames to CM links, storage jobs). It reads
 //! one clock, tokio's (see [`now`]), so a test that pauses tokio's time
 //! drives the router's deadlines too.
+//!
+//! The router's task never waits for storage: routing, presence and pings
+//! go on while the database is slow or down. Storage jobs are charged
+//! against a byte budget and refused at once when it is full; one still
+//! queued at its deadline is abandoned and never runs ([`StorageLimits`]).
+//! Every durable write of a message reports exactly one outcome, and only
+//! once it is known: [`Input::Stored`] after the commit, or
+//! [`Input::StoreFailed`] (full queue or deadline: `resource-constraint`;
+//! no such user: `service-unavailable`; quota: `resource-constraint`;
+//! anything else after its retries: `internal-server-error`). A query that
+//! fails reports [`Input::QueryFailed`]. Roster writes and removals of
+//! acknowledged offline messages are not waited for: a failure is logged
+//! (a roster then differs between memory and disk until the next load; a
+//! removed row that failed to go may be delivered again, with its id).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -698,7 +712,11 @@ pub fn now_stamp() -> String {
 mod tests {
     use std::time::Duration;
 
+    use cm_protocol::{Kind, RouteHeader, SessionId};
+    use xmpp_sasl::StoredCredentials;
+
     use super::*;
+    use crate::storage::{FaultPlan, FaultyStore, Sqlite};
 
     #[tokio::test(start_paused = true)]
     async fn the_drivers_clock_and_its_sleep_both_follow_tokios_paused_time() {
@@ -710,5 +728,342 @@ mod tests {
         let woke = now();
         assert!(woke >= deadline, "{:?}", woke - start);
         assert!(woke - start < Duration::from_secs(61), "{:?}", woke - start);
+    }
+
+    /// How long a test waits for a frame it expects.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A running driver over a real SQLite store behind a [`FaultPlan`],
+    /// with one CM node whose frames the test reads.
+    struct Harness {
+        events: mpsc::Sender<Event>,
+        frames: mpsc::Receiver<Frame>,
+        plan: FaultPlan,
+        node: NodeId,
+        shutdown: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.plan.heal();
+            self.shutdown.cancel();
+        }
+    }
+
+    /// Accounts alice, bob and carol (offline quota `quota`).
+    async fn harness(quota: u32, limits: Option<StorageLimits>) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plan = FaultPlan::new();
+        let (p, d) = (plan.clone(), dir.path().to_owned());
+        let storage = Storage::start(move || {
+            let real: Box<dyn Store> = Box::new(Sqlite::open(&d, quota)?);
+            Ok(Box::new(FaultyStore::new(real, p)) as Box<dyn Store>)
+        })
+        .expect("storage");
+        for user in ["alice", "bob", "carol"] {
+            storage
+                .call(move |db| db.add_user(user, &StoredCredentials::new("pw", 4096)))
+                .await
+                .expect("account");
+        }
+        let links = Arc::new(Links::default());
+        let (tx, frames) = mpsc::channel(64 * 1024);
+        let (node, _, _) = links.register("cm-1", 1, (0, 1), "127.0.0.1:5222", tx);
+        let (events, rx) = mpsc::channel(ROUTER_QUEUE);
+        let mut driver = Driver::new(
+            Router::new("x", 1, [7; 32]),
+            links,
+            storage,
+            Arc::new(Metrics::new()),
+            events.clone(),
+            "x".into(),
+        );
+        if let Some(limits) = limits {
+            driver = driver.with_storage_limits(limits);
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(driver.run(rx, shutdown.clone()));
+        Harness {
+            events,
+            frames,
+            plan,
+            node,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    impl Harness {
+        async fn frame(&self, frame: Frame) {
+            let node = self.node;
+            self.events
+                .send(Event::Router(Input::Frame { node, frame }))
+                .await
+                .expect("driver running");
+        }
+
+        /// The next frame `want` accepts (others skipped), within [`WAIT`].
+        async fn until(&mut self, what: &str, want: impl Fn(&Frame) -> bool) -> Frame {
+            let frames = &mut self.frames;
+            let found = tokio::time::timeout(WAIT, async {
+                loop {
+                    let f = frames.recv().await.expect("frames");
+                    if want(&f) {
+                        return f;
+                    }
+                }
+            })
+            .await;
+            found.unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+        }
+
+        /// Binds `user@x/res` as `sid` and sends its initial presence.
+        async fn online(&mut self, sid: SessionId, user: &str, res: &str) {
+            self.frame(Frame::Bind {
+                sid,
+                user: format!("{user}@x"),
+                iq_id: "b".into(),
+                resource: Some(res.into()),
+            })
+            .await;
+            self.until(
+                "bind result",
+                |f| matches!(f, Frame::BindResult { sid: s, .. } if *s == sid),
+            )
+            .await;
+            self.stanza(
+                sid,
+                Kind::Presence,
+                &format!("{user}@x/{res}"),
+                None,
+                None,
+                "<presence/>",
+            )
+            .await;
+        }
+
+        /// Enables SM (not resumable) for `sid`.
+        async fn enable_sm(&mut self, sid: SessionId) {
+            self.frame(Frame::SmEnable {
+                sid,
+                resume: false,
+                max: 0,
+            })
+            .await;
+            self.until(
+                "SM enabled",
+                |f| matches!(f, Frame::SmEnabled { sid: s, .. } if *s == sid),
+            )
+            .await;
+        }
+
+        async fn stanza(
+            &self,
+            sid: SessionId,
+            kind: Kind,
+            from: &str,
+            to: Option<&str>,
+            stype: Option<&str>,
+            payload: &str,
+        ) {
+            let header = RouteHeader {
+                kind,
+                stanza_type: stype.map(Into::into),
+                to: to.map(Into::into),
+                // the id as the CM's header carries it
+                id: payload
+                    .split(" id='")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                    .map(Into::into),
+                from: from.into(),
+            };
+            self.frame(Frame::Stanza {
+                sid,
+                header,
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+            })
+            .await;
+        }
+
+        /// A chat from alice (sid 10) to `to`, id `id`.
+        async fn chat(&self, to: &str, id: &str, inner: &str) {
+            let payload = format!(
+                "<message from='alice@x/phone' to='{to}' type='chat' id='{id}'>{inner}</message>"
+            );
+            self.stanza(
+                10,
+                Kind::Message,
+                "alice@x/phone",
+                Some(to),
+                Some("chat"),
+                &payload,
+            )
+            .await;
+        }
+    }
+
+    /// Whether `f` delivers to `sid` a stanza containing `needle`.
+    fn delivers(f: &Frame, sid: SessionId, needle: &str) -> bool {
+        matches!(f, Frame::Deliver { sid: s, payload } if *s == sid && crate::router::contains(payload, needle.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn an_archive_write_that_fails_for_good_is_refused_to_its_sender_and_later_acks_flow() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.online(30, "bob", "pc").await;
+        h.enable_sm(10).await;
+        // the first attempt and every retry fail
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        h.chat("bob@x", "m1", "<body>one</body>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        // delivered to bob at once (archiving runs beside it)
+        h.until("delivery to bob", |f| delivers(f, 30, "one")).await;
+        h.until("the error to alice", |f| delivers(f, 10, "type=\"error\""))
+            .await;
+        let handled = h
+            .until("an acknowledgement of m1", |f| {
+                matches!(f, Frame::Handled { h: 1, .. })
+            })
+            .await;
+        assert!(matches!(handled, Frame::Handled { sid: 10, h: 1 }));
+        // the next message is archived and acknowledged normally
+        h.chat("bob@x", "m2", "<body>two</body>").await;
+        h.until("delivery to bob", |f| delivers(f, 30, "two")).await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("an acknowledgement of m2", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 2 })
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_offline_store_that_fails_is_refused_before_it_is_acknowledged() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.enable_sm(10).await;
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        // no body: no archive write, only the offline store
+        h.chat("carol@x", "m1", "<thread>t</thread>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("the first answer to <r/>", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 0 })
+        })
+        .await;
+        let next = h
+            .until("the error or an acknowledgement", |f| {
+                delivers(f, 10, "type=\"error\"") || matches!(f, Frame::Handled { .. })
+            })
+            .await;
+        assert!(
+            delivers(&next, 10, "m1"),
+            "acknowledged before its sender was told: {next:?}"
+        );
+        h.until("the acknowledgement after the error", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 1 })
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn with_storage_stalled_pings_and_presence_flow_and_after_heal_messages_are_stored() {
+        const QUEUED: usize = STORAGE_JOBS_BEFORE_FIX + 100;
+        let mut h = harness(10_000, None).await;
+        h.online(10, "alice", "phone").await;
+        h.online(30, "bob", "pc").await;
+        h.plan.stall();
+        for i in 0..QUEUED {
+            h.chat("carol@x", &format!("q{i}"), "<thread>t</thread>")
+                .await;
+        }
+        h.stanza(
+            10,
+            Kind::Iq,
+            "alice@x/phone",
+            Some("x"),
+            Some("get"),
+            "<iq type='get' id='ping1' to='x'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+        h.until("the ping's answer", |f| delivers(f, 10, "ping1"))
+            .await;
+        h.stanza(
+            10,
+            Kind::Presence,
+            "alice@x/phone",
+            Some("bob@x/pc"),
+            None,
+            "<presence to='bob@x/pc'><status>here</status></presence>",
+        )
+        .await;
+        h.until("the directed presence", |f| delivers(f, 30, "here"))
+            .await;
+        assert!(h.plan.calls() > 0, "storage was reached and stalled");
+        h.plan.heal();
+        // everything queued is stored: carol gets every message
+        h.online(20, "carol", "tablet").await;
+        let mut got = 0;
+        while got < QUEUED {
+            h.until("a stored message for carol", |f| {
+                delivers(f, 20, "<thread>")
+            })
+            .await;
+            got += 1;
+        }
+    }
+
+    /// Storage jobs the driver let wait before the router task blocked
+    /// (its former semaphore).
+    const STORAGE_JOBS_BEFORE_FIX: usize = 1024;
+
+    #[tokio::test]
+    async fn a_message_to_an_offline_user_is_refused_when_the_storage_queue_is_full_or_late() {
+        let limits = StorageLimits {
+            queue_bytes: 4 * 1024,
+            deadline: Duration::from_millis(300),
+        };
+        let mut h = harness(100, Some(limits)).await;
+        h.online(10, "alice", "phone").await;
+        h.plan.stall();
+        // waits in the queue past its deadline: refused, never stored
+        h.chat("carol@x", "late", "<thread>t</thread>").await;
+        h.until("the refusal of the late message", |f| {
+            delivers(f, 10, "late") && delivers(f, 10, "resource-constraint")
+        })
+        .await;
+        // more than the queue holds: the rest refused at once
+        let filler = "x".repeat(1024);
+        for i in 0..8 {
+            h.chat(
+                "carol@x",
+                &format!("full{i}"),
+                &format!("<thread>{filler}</thread>"),
+            )
+            .await;
+        }
+        h.until(
+            "a refusal of a message the full queue has no room for",
+            |f| delivers(f, 10, "full") && delivers(f, 10, "resource-constraint"),
+        )
+        .await;
+        h.plan.heal();
+        h.chat("carol@x", "after", "<thread>t</thread>").await;
+        // carol gets what was stored after the heal; nothing refused was stored
+        h.online(20, "carol", "tablet").await;
+        let first = h
+            .until("a stored message for carol", |f| {
+                delivers(f, 20, "<thread>")
+            })
+            .await;
+        assert!(
+            !delivers(&first, 20, "late"),
+            "a refused message was stored: {first:?}"
+        );
+        h.until("the message sent after the heal", |f| {
+            delivers(f, 20, "after")
+        })
+        .await;
     }
 }
