@@ -4,6 +4,8 @@
 #                                        # creates a cluster in DIR, starts it and
 #                                        # prints the libpq connection string
 #   scripts/postgres.sh stop DIR         # stops it (by its PID file) and deletes DIR
+#   scripts/postgres.sh halt DIR         # crash-stops it (-m immediate), keeps DIR
+#   scripts/postgres.sh resume DIR PORT  # starts a halted server again (crash recovery)
 # The server listens on 127.0.0.1 only, trusts local connections (user
 # postgres) and runs with fsync on, like a real deployment.
 set -euo pipefail
@@ -37,6 +39,14 @@ start)
         -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200" start >/dev/null
     echo "host=127.0.0.1 port=$port user=postgres"
     ;;
+halt)
+    as_owner "$(bindir)/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+    ;;
+resume)
+    port=${3:?port}
+    as_owner "$(bindir)/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200" start >/dev/null
+    ;;
 stop)
     bin=$(bindir)
     if [ -n "$bin" ] && [ -f "$dir/data/postmaster.pid" ]; then
@@ -45,7 +55,7 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    echo "usage: $0 start DIR PORT | stop DIR | halt DIR | resume DIR PORT" >&2
     exit 2
     ;;
 esac

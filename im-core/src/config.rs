@@ -42,6 +42,13 @@ pub struct CoreConfig {
     /// their sender. Off: no history, one durable write less per message.
     #[serde(default = "yes")]
     pub archive: bool,
+    /// Most bytes of jobs queued for (or running on) the storage thread;
+    /// beyond it storage work is refused at once.
+    #[serde(default = "default_storage_queue_bytes")]
+    pub storage_queue_bytes: usize,
+    /// How long a storage job may wait in the queue before it fails, in ms.
+    #[serde(default = "default_storage_deadline_ms")]
+    pub storage_deadline_ms: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -55,6 +62,12 @@ fn default_grace_ms() -> u64 {
 }
 fn default_offline_quota() -> u32 {
     10_000
+}
+fn default_storage_queue_bytes() -> usize {
+    crate::storage::Limits::default().queue_bytes
+}
+fn default_storage_deadline_ms() -> u64 {
+    crate::storage::Limits::default().deadline.as_millis() as u64
 }
 fn yes() -> bool {
     true
@@ -75,6 +88,16 @@ impl CoreConfig {
             database_url: None,
             registration: false,
             archive: true,
+            storage_queue_bytes: default_storage_queue_bytes(),
+            storage_deadline_ms: default_storage_deadline_ms(),
+        }
+    }
+
+    /// The bounds of the storage queue.
+    pub fn storage_limits(&self) -> crate::storage::Limits {
+        crate::storage::Limits {
+            queue_bytes: self.storage_queue_bytes,
+            deadline: Duration::from_millis(self.storage_deadline_ms),
         }
     }
 

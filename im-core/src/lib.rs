@@ -165,7 +165,9 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
         config.data_dir.clone(),
         config.offline_quota,
     );
-    let storage = storage::Storage::start(move || storage::open(url.as_deref(), &dir, quota))?;
+    let storage = storage::Storage::start_with(config.storage_limits(), move || {
+        storage::open(url.as_deref(), &dir, quota)
+    })?;
     let metrics = Arc::new(metrics::Metrics::new());
     let links = Arc::new(links::Links::default());
     let auth = Arc::new(

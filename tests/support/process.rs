@@ -87,6 +87,18 @@ impl Deployment {
     /// Makes certificates for `cms` CMs, writes `users` (all with
     /// `password`) into the core's database, and starts core and balancer.
     pub fn start(domain: &str, cms: u32, users: &[String], password: &str) -> Self {
+        Self::start_with_database(domain, cms, users, password, None)
+    }
+
+    /// [`Self::start`] with the core's store in the PostgreSQL database
+    /// `database_url` names (the users are written there), if given.
+    pub fn start_with_database(
+        domain: &str,
+        cms: u32,
+        users: &[String],
+        password: &str,
+        database_url: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let pki = d.join("pki");
@@ -104,16 +116,27 @@ impl Deployment {
         assert!(init.status.success(), "{init:?}");
         let data = d.join("data");
         if !users.is_empty() {
-            use im_core::storage::Store;
-            let mut db = im_core::storage::Sqlite::open(&data, 10_000).unwrap();
-            let creds = xmpp_sasl::StoredCredentials::new(
-                password,
-                xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+            // (on a thread: the PostgreSQL store runs a runtime of its own)
+            let (url, data, users, password) = (
+                database_url.map(str::to_owned),
+                data.clone(),
+                users.to_vec(),
+                password.to_owned(),
             );
-            for u in users {
-                assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
-            }
+            std::thread::spawn(move || {
+                let mut db = im_core::storage::open(url.as_deref(), &data, 10_000).unwrap();
+                let creds = xmpp_sasl::StoredCredentials::new(
+                    &password,
+                    xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+                );
+                for u in &users {
+                    assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
+                }
+            })
+            .join()
+            .unwrap();
         }
+        let database = database_url.map_or(String::new(), |u| format!("database_url = \"{u}\"\n"));
         let mut dep = Self {
             core: format!("127.0.0.1:{}", free_port(false)),
             core_admin: format!("127.0.0.1:{}", free_port(true)),
@@ -129,7 +152,7 @@ impl Deployment {
         let core_toml = dep.write(
             "core.toml",
             format!(
-                "domain = \"{domain}\"\nlisten = \"{}\"\nadmin_listen = \"{}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\n",
+                "domain = \"{domain}\"\nlisten = \"{}\"\nadmin_listen = \"{}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\n{database}",
                 dep.core,
                 dep.core_admin,
                 data.display(),

@@ -34,6 +34,7 @@ struct State {
     fail_commits: usize,
     stalled: bool,
     calls: u64,
+    commits: u64,
 }
 
 /// The kind of a store call, for deciding which faults apply to it.
@@ -79,6 +80,7 @@ impl FaultPlan {
         let mut s = self.state();
         *s = State {
             calls: s.calls,
+            commits: s.commits,
             ..State::default()
         };
         drop(s);
@@ -89,6 +91,11 @@ impl FaultPlan {
     /// a stalled call counts as soon as it starts waiting.
     pub fn calls(&self) -> u64 {
         self.state().calls
+    }
+
+    /// Commits that reached the real store (and so were attempted there).
+    pub fn commits(&self) -> u64 {
+        self.state().commits
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -115,7 +122,10 @@ impl FaultPlan {
             Call::Read | Call::Begin => return Ok(()),
         };
         match *budget {
-            0 => Ok(()),
+            0 => {
+                s.commits += u64::from(call == Call::Commit);
+                Ok(())
+            }
             _ => {
                 *budget -= 1;
                 Err(StorageError::Injected)

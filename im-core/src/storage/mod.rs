@@ -8,14 +8,14 @@
 //!
 //! [`Storage`] runs a store on its own thread and gives the async core a
 //! handle; the thread drains every queued job into one transaction (group
-//! commit), so durable writes do not cost one commit each.
+//! commit), so durable writes do not cost one commit each. Its queue is
+//! bounded in bytes ([`Limits`]) and refuses rather than blocks.
+//! [`FaultyStore`] wraps a store to inject faults.
 
 use std::path::Path;
-use std::sync::mpsc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use xmpp_sasl::StoredCredentials;
 
 mod faults;
@@ -23,10 +23,12 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+mod worker;
 
 pub use faults::{FaultPlan, FaultyStore};
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
+pub use worker::{JOB_OVERHEAD, Limits, Storage};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,20 @@ pub enum StorageError {
     /// The data directory could not be created.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The storage queue is full (its byte budget is spent): the job was
+    /// refused without running.
+    #[error("storage is overloaded")]
+    Overloaded,
+    /// The job waited in the storage queue past its deadline (behind a slow
+    /// or stalled database) and never ran.
+    #[error("storage timed out")]
+    Timeout,
+    /// A job of the transaction panicked; the transaction was rolled back.
+    #[error("a storage job panicked; its transaction was rolled back")]
+    Panicked,
+    /// The database cannot be reached; the store keeps reconnecting.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// A [`FaultPlan`] made the call fail (tests and chaos runs only).
     #[error("injected fault")]
     Injected,
@@ -403,169 +419,5 @@ fn page(items: &mut Vec<Archived>, q: &ArchiveQuery) -> ArchivePage {
     ArchivePage {
         items: std::mem::take(items),
         complete,
-    }
-}
-
-/// Called with the commit outcome once the job's transaction is over.
-type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
-type Job = Box<dyn FnOnce(&mut dyn Store) -> Completion + Send>;
-
-/// Async handle to the storage thread (cheap to clone).
-#[derive(Clone)]
-pub struct Storage {
-    jobs: mpsc::SyncSender<Job>,
-    /// Jobs waiting for room in `jobs`, in submission order; a forwarding
-    /// thread moves them, so a full queue makes jobs wait, never reorders
-    /// them.
-    overflow: std::sync::Arc<Overflow>,
-}
-
-/// Jobs submitted while the storage queue was full.
-#[derive(Default)]
-struct Overflow {
-    queue: std::sync::Mutex<std::collections::VecDeque<Job>>,
-    ready: std::sync::Condvar,
-    /// The storage thread is gone: jobs are dropped (their callers see
-    /// [`StorageError::Closed`]).
-    closed: std::sync::atomic::AtomicBool,
-}
-
-impl Overflow {
-    /// Moves waiting jobs into the storage queue, oldest first, blocking
-    /// while it is full; returns when the storage thread is gone.
-    fn forward(&self, jobs: &mpsc::SyncSender<Job>) {
-        loop {
-            let job = {
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    if let Some(job) = q.pop_front() {
-                        break job;
-                    }
-                    q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
-                }
-            };
-            if jobs.send(job).is_err() {
-                self.closed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                self.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                return;
-            }
-        }
-    }
-}
-
-/// Most jobs waiting for the storage thread; callers wait beyond that.
-const QUEUE: usize = 4096;
-/// Most jobs committed in one transaction.
-const BATCH: usize = 512;
-
-impl Storage {
-    /// Starts the storage thread over the store `open` opens there (the
-    /// PostgreSQL client runs its own runtime, so it must live on its own
-    /// thread); waits for the opening.
-    pub fn start(
-        open: impl FnOnce() -> Result<Box<dyn Store>, StorageError> + Send + 'static,
-    ) -> Result<Self, StorageError> {
-        let (jobs, rx) = mpsc::sync_channel::<Job>(QUEUE);
-        let (opened_tx, opened) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("storage".into())
-            .spawn(move || match open() {
-                Ok(store) => {
-                    let _ = opened_tx.send(Ok(()));
-                    run(store, rx)
-                }
-                Err(e) => {
-                    let _ = opened_tx.send(Err(e));
-                }
-            })?;
-        opened.recv().map_err(|_| StorageError::Closed)??;
-        let overflow = std::sync::Arc::new(Overflow::default());
-        let (forward, to) = (overflow.clone(), jobs.clone());
-        std::thread::Builder::new()
-            .name("storage-queue".into())
-            .spawn(move || forward.forward(&to))?;
-        Ok(Self { jobs, overflow })
-    }
-
-    /// Runs `f` on the storage thread inside a transaction; the result is
-    /// returned after the transaction committed.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<T, StorageError> {
-        self.submit(f).await
-    }
-
-    /// Queues `f` now (jobs run in the order they were submitted, unless the
-    /// queue is full) and returns the future of its committed result.
-    pub fn submit<T, F>(
-        &self,
-        f: F,
-    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + use<T, F>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |db| {
-            let result = f(db);
-            Box::new(move |commit: Result<(), StorageError>| {
-                let _ = tx.send(commit.and(result));
-            })
-        });
-        let mut waiting = self
-            .overflow
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // Straight into the queue unless older jobs wait for room.
-        let job = match waiting.is_empty() {
-            true => match self.jobs.try_send(job) {
-                Ok(()) => None,
-                Err(mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job)) => {
-                    Some(job)
-                }
-            },
-            false => Some(job),
-        };
-        if let Some(job) = job
-            && !self
-                .overflow
-                .closed
-                .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            waiting.push_back(job);
-            self.overflow.ready.notify_one();
-        }
-        drop(waiting);
-        // (A closed storage thread drops the job, which closes `rx`.)
-        async move { rx.await.map_err(|_| StorageError::Closed)? }
-    }
-}
-
-fn run(mut store: Box<dyn Store>, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        tracing::trace!(jobs = batch.len(), "storage batch");
-        let begun = store.begin();
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut *store)).collect();
-        let commit = begun.and_then(|()| store.commit());
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "storage commit failed");
-            store.rollback();
-        }
-        for done in completions {
-            done(match &commit {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StorageError::Commit(e.to_string())),
-            });
-        }
     }
 }

@@ -1,11 +1,16 @@
 //! The PostgreSQL backend, for deployments that outgrow one machine's
-//! embedded database. One connection on the storage thread; statements are
-//! prepared once and reused.
+//! embedded database. One connection on the storage thread, driven by a
+//! runtime of its own with every round trip bounded in time; statements
+//! are prepared once per connection and reused. A lost connection fails
+//! the calls that needed it and is made again, with backoff.
 
 use std::collections::HashMap;
 
-use ::postgres::{Client, NoTls, Statement, types::ToSql};
+use std::time::{Duration, Instant};
+
+use ::postgres::{NoTls, Statement, types::ToSql};
 use bytes::Bytes;
+use tokio_postgres::{Client, Config};
 use xmpp_sasl::{ScramKeys, StoredCredentials};
 
 use super::{
@@ -60,9 +65,37 @@ const SCHEMA: &[&str] = &[
     );",
 ];
 
-/// The PostgreSQL store over one connection.
-pub struct Postgres {
+/// Longest wait for one round trip (a statement, `BEGIN`, `COMMIT`) or a
+/// connection attempt: past it the connection counts as dead (a stopped or
+/// frozen server, a lost network) and the call fails.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server-side `statement_timeout` set on each connection (unless the
+/// connection string sets one), so an abandoned statement frees its locks.
+const STATEMENT_TIMEOUT_MS: u64 = 5000;
+/// First and longest pause between reconnection attempts.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+/// One live connection; its I/O task runs while the store waits on it.
+struct Connection {
     client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The PostgreSQL store over one connection, reconnecting (with backoff)
+/// when it is lost; every round trip is bounded by [`IO_TIMEOUT`].
+pub struct Postgres {
+    /// Drives the connection: a single-threaded runtime of the storage
+    /// thread's own, entered only while a call waits.
+    runtime: tokio::runtime::Runtime,
+    /// `None` after the connection was lost, until a reconnection works.
+    conn: Option<Connection>,
+    config: Config,
     statements: HashMap<String, Statement>,
     offline_quota: u32,
     /// Archive entries of the open transaction, written in one statement
@@ -72,40 +105,180 @@ pub struct Postgres {
     /// A statement of the open transaction failed: PostgreSQL aborted it,
     /// and its `COMMIT` would quietly roll back, so `commit` reports failure.
     failed: Option<String>,
-    url: String,
+    /// When the next reconnection may be tried, the pause after it, and why
+    /// the last attempt failed.
+    retry_at: Instant,
+    backoff: Duration,
+    down_because: String,
+}
+
+/// Runs one round trip on the store's connection, bounded by
+/// [`IO_TIMEOUT`]: `io!(self, client => client.query(..))`.
+macro_rules! io {
+    ($self:ident, $client:ident => $call:expr) => {{
+        let r = match $self.conn.as_ref() {
+            None => None,
+            Some(conn) => {
+                let $client = &conn.client;
+                Some(
+                    $self
+                        .runtime
+                        .block_on(async { tokio::time::timeout(IO_TIMEOUT, $call).await }),
+                )
+            }
+        };
+        $self.settle(r)
+    }};
 }
 
 impl Postgres {
     /// Connects (libpq key-value string or `postgres://` URL, no TLS: keep
     /// the database on loopback or a private network) and migrates.
+    /// Connections get a connect timeout, TCP keepalives and a TCP user
+    /// timeout unless the string sets them, and a `statement_timeout`.
     pub fn open(url: &str, offline_quota: u32) -> Result<Self, StorageError> {
-        let mut client = Client::connect(url, NoTls)?;
-        client.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-        )?;
-        let mut tx = client.transaction()?;
-        tx.batch_execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")?;
-        let version: i32 = tx
-            .query_opt("SELECT version FROM schema_version", &[])?
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        for (i, step) in SCHEMA.iter().enumerate().skip(version as usize) {
-            tx.batch_execute(step)?;
-            tx.execute("DELETE FROM schema_version", &[])?;
-            tx.execute(
-                "INSERT INTO schema_version (version) VALUES ($1)",
-                &[&(i as i32 + 1)],
-            )?;
+        let mut config: Config = url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(IO_TIMEOUT);
         }
-        tx.commit()?;
-        Ok(Self {
-            client,
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(IO_TIMEOUT);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
+        let options = config.get_options().unwrap_or_default();
+        if !options.contains("statement_timeout") {
+            let options = format!("{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}");
+            config.options(options.trim_start());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut store = Self {
+            runtime,
+            conn: None,
+            config,
             statements: HashMap::new(),
             offline_quota,
             archive_batch: Vec::new(),
             failed: None,
-            url: url.to_owned(),
-        })
+            retry_at: Instant::now(),
+            backoff: BACKOFF.0,
+            down_because: String::new(),
+        };
+        store.connect()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Runs the schema migrations not yet run.
+    fn migrate(&mut self) -> Result<(), StorageError> {
+        io!(self, c => c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+        ))?;
+        io!(self, c => c.batch_execute("BEGIN; LOCK TABLE schema_version IN EXCLUSIVE MODE"))?;
+        let migrated = self.migrate_locked();
+        match migrated {
+            Ok(()) => io!(self, c => c.batch_execute("COMMIT")),
+            Err(e) => {
+                let _ = io!(self, c => c.batch_execute("ROLLBACK"));
+                Err(e)
+            }
+        }
+    }
+
+    fn migrate_locked(&mut self) -> Result<(), StorageError> {
+        let version: i32 = io!(self, c => c.query_opt("SELECT version FROM schema_version", &[]))?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        for (i, step) in SCHEMA.iter().enumerate().skip(version as usize) {
+            let next = i as i32 + 1;
+            io!(self, c => c.batch_execute(step))?;
+            io!(self, c => c.execute("DELETE FROM schema_version", &[]))?;
+            io!(self, c => c.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&next],
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Connects now, or fails at once with [`StorageError::Unavailable`]
+    /// while the backoff after a failed attempt lasts.
+    fn connect(&mut self) -> Result<(), StorageError> {
+        let now = Instant::now();
+        if now < self.retry_at {
+            return Err(StorageError::Unavailable(format!(
+                "{} (next attempt in {} ms)",
+                self.down_because,
+                (self.retry_at - now).as_millis()
+            )));
+        }
+        let config = &self.config;
+        let attempt = self.runtime.block_on(async {
+            let (client, connection) =
+                tokio::time::timeout(IO_TIMEOUT, config.connect(NoTls)).await??;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "the PostgreSQL connection ended");
+                }
+            });
+            Ok::<_, ConnectError>(Connection { client, task })
+        });
+        match attempt {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.statements.clear();
+                self.backoff = BACKOFF.0;
+                Ok(())
+            }
+            Err(e) => {
+                self.down_because = format!("connecting to PostgreSQL: {e}");
+                self.retry_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(BACKOFF.1);
+                tracing::warn!(error = %self.down_because, "PostgreSQL unavailable");
+                Err(StorageError::Unavailable(self.down_because.clone()))
+            }
+        }
+    }
+
+    /// The result of a round trip; a timeout or a lost connection drops
+    /// the connection (the next transaction reconnects) and fails with
+    /// [`StorageError::Unavailable`]. Any failure aborts the transaction.
+    fn settle<T>(
+        &mut self,
+        r: Option<Result<Result<T, ::postgres::Error>, tokio::time::error::Elapsed>>,
+    ) -> Result<T, StorageError> {
+        let e = match r {
+            Some(Ok(Ok(t))) => return Ok(t),
+            None => StorageError::Unavailable(self.down_because.clone()),
+            Some(Err(_)) => {
+                self.lost(format!(
+                    "PostgreSQL did not answer within {} ms",
+                    IO_TIMEOUT.as_millis()
+                ));
+                StorageError::Unavailable(self.down_because.clone())
+            }
+            Some(Ok(Err(e))) if connection_lost(&e) => {
+                self.lost(format!("the PostgreSQL connection was lost: {e}"));
+                StorageError::Unavailable(self.down_because.clone())
+            }
+            Some(Ok(Err(e))) => e.into(),
+        };
+        self.failed.get_or_insert_with(|| e.to_string());
+        Err(e)
+    }
+
+    /// Drops the connection; the next transaction reconnects at once.
+    fn lost(&mut self, why: String) {
+        tracing::warn!(error = %why, "dropping the PostgreSQL connection");
+        self.conn = None;
+        self.down_because = why;
+        self.retry_at = Instant::now();
     }
 
     /// The prepared statement for `sql` (prepared on first use).
@@ -113,18 +286,9 @@ impl Postgres {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql);
-        let s = self.check(s)?;
+        let s = io!(self, c => c.prepare(sql))?;
         self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
-    }
-
-    /// Notes a failed statement (the transaction is now aborted).
-    fn check<T>(&mut self, r: Result<T, ::postgres::Error>) -> Result<T, StorageError> {
-        r.map_err(|e| {
-            self.failed.get_or_insert_with(|| e.to_string());
-            e.into()
-        })
     }
 
     fn execute(
@@ -133,8 +297,7 @@ impl Postgres {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StorageError> {
         let s = self.stmt(sql)?;
-        let r = self.client.execute(&s, params);
-        self.check(r)
+        io!(self, c => c.execute(&s, params))
     }
 
     fn query(
@@ -143,8 +306,7 @@ impl Postgres {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<::postgres::Row>, StorageError> {
         let s = self.stmt(sql)?;
-        let r = self.client.query(&s, params);
-        self.check(r)
+        io!(self, c => c.query(&s, params))
     }
 
     fn query_opt(
@@ -153,8 +315,7 @@ impl Postgres {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<::postgres::Row>, StorageError> {
         let s = self.stmt(sql)?;
-        let r = self.client.query_opt(&s, params);
-        self.check(r)
+        io!(self, c => c.query_opt(&s, params))
     }
 
     /// Writes the batched archive entries (those of unknown users are
@@ -207,29 +368,30 @@ impl Store for Postgres {
     fn begin(&mut self) -> Result<(), StorageError> {
         self.failed = None;
         self.archive_batch.clear();
-        if self.client.is_closed() {
+        if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             // The server restarted or the network failed: connect again.
-            tracing::warn!("the PostgreSQL connection is closed; reconnecting");
-            self.client = Client::connect(&self.url, NoTls)?;
-            self.statements.clear();
+            self.conn = None;
+            self.connect()?;
         }
-        Ok(self.client.batch_execute("BEGIN")?)
+        io!(self, c => c.batch_execute("BEGIN"))
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {
         let flushed = self.flush_archive();
         if let Some(why) = self.failed.take() {
-            let _ = self.client.batch_execute("ROLLBACK");
+            let _ = io!(self, c => c.batch_execute("ROLLBACK"));
             return Err(StorageError::Commit(why));
         }
         flushed?;
-        Ok(self.client.batch_execute("COMMIT")?)
+        io!(self, c => c.batch_execute("COMMIT"))
     }
 
     fn rollback(&mut self) {
         self.archive_batch.clear();
+        if self.conn.is_some() {
+            let _ = io!(self, c => c.batch_execute("ROLLBACK"));
+        }
         self.failed = None;
-        let _ = self.client.batch_execute("ROLLBACK");
     }
 
     fn add_user(&mut self, username: &str, c: &StoredCredentials) -> Result<bool, StorageError> {
@@ -498,4 +660,26 @@ impl Store for Postgres {
         )?;
         Ok(Stored::Stored)
     }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("no answer within {} ms", IO_TIMEOUT.as_millis())]
+    Timeout(#[from] tokio::time::error::Elapsed),
+}
+
+/// Whether `e` means the connection is gone (closed, an I/O error, or the
+/// server going down: SQLSTATE classes 08 and 57), not just the statement.
+fn connection_lost(e: &::postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let class = &code.code()[..2];
+        return class == "08" || class == "57" && code.code() != "57014";
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }

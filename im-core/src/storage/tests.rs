@@ -301,43 +301,211 @@ fn vcards_are_replaced() {
     });
 }
 
+/// Storage threads over each real backend, wrapped in a fault plan.
+fn faulty_storages(dir: &std::path::Path, limits: Limits) -> Vec<(Storage, FaultPlan)> {
+    backends(dir)
+        .into_iter()
+        .map(|reopen| {
+            let plan = FaultPlan::new();
+            let faults = plan.clone();
+            let storage = Storage::start_with(limits, move || {
+                Ok(Box::new(FaultyStore::new(reopen(), faults)) as Box<dyn Store>)
+            })
+            .unwrap();
+            (storage, plan)
+        })
+        .collect()
+}
+
+/// Waits (bounded) until the plan has seen more than `n` calls.
+fn wait_for_calls(plan: &FaultPlan, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while plan.calls() <= n {
+        assert!(std::time::Instant::now() < deadline, "no storage call came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Polls a future once: its output if it is ready at once.
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+async fn add_user(storage: &Storage, name: &'static str) {
+    let creds = StoredCredentials::new("pw", 4096);
+    storage
+        .call(move |db| db.add_user(name, &creds))
+        .await
+        .unwrap();
+}
+
+async fn archived_ids(storage: &Storage, user: &'static str) -> Vec<String> {
+    let page = storage
+        .call(move |db| {
+            db.query_archive(
+                user,
+                &ArchiveQuery {
+                    max: 10_000,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    page.items.into_iter().map(|a| a.id).collect()
+}
+
 #[tokio::test]
 async fn the_storage_thread_group_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    let mut backends: Vec<Option<String>> = vec![None];
-    backends.extend(postgres_for_tests("ll_unit").map(Some));
-    for url in backends {
-        let path = path.clone();
-        let storage = Storage::start(move || open(url.as_deref(), &path, 1000)).unwrap();
-        let creds = StoredCredentials::new("pw", 4096);
-        storage
-            .call(move |db| db.add_user("u", &creds))
-            .await
-            .unwrap();
-        let calls: Vec<_> = (0..200)
-            .map(|i| {
-                storage.submit(move |db| db.archive(&entry("u", &hex(i as u64 + 1), "p@x", i)))
-            })
+    for (storage, plan) in faulty_storages(dir.path(), Limits::default()) {
+        add_user(&storage, "u").await;
+        // The thread stalls on a first job; 200 more queue behind it.
+        plan.stall();
+        let calls = plan.calls();
+        let first = storage.submit(|db| db.archive(&entry("u", &hex(1), "p@x", 0)));
+        wait_for_calls(&plan, calls);
+        let queued: Vec<_> = (1..=200)
+            .map(|i| storage.submit(move |db| db.archive(&entry("u", &hex(i + 1), "p@x", 0))))
             .collect();
-        for c in calls {
+        let commits = plan.commits();
+        plan.heal();
+        assert_eq!(first.await.unwrap(), Stored::Stored);
+        for c in queued {
             assert_eq!(c.await.unwrap(), Stored::Stored);
         }
-        let page = storage
-            .call(|db| {
-                db.query_archive(
-                    "u",
-                    &ArchiveQuery {
-                        max: 1000,
-                        ..Default::default()
-                    },
-                )
-            })
-            .await
-            .unwrap();
+        // the first job's commit, then one for all 200 queued behind it
+        assert_eq!(plan.commits() - commits, 2, "201 jobs, committed in groups");
         // all committed, in submission order
-        let want: Vec<String> = (1..=200).map(hex).collect();
-        assert_eq!(ids(&page), want);
+        let want: Vec<String> = (1..=201).map(hex).collect();
+        assert_eq!(archived_ids(&storage, "u").await, want);
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_its_batch_and_the_thread_serves_later_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (storage, plan) in faulty_storages(dir.path(), Limits::default()) {
+        add_user(&storage, "u").await;
+        // Three jobs in one batch: a write, one that panics, a write.
+        plan.stall();
+        let calls = plan.calls();
+        let blocker = storage.submit(|db| db.user_count());
+        wait_for_calls(&plan, calls);
+        let before = storage.submit(|db| db.store_offline("u", "t", b"<before/>"));
+        let panics = storage.submit(|db| -> Result<(), StorageError> {
+            db.user_count()?;
+            panic!("a type mismatch in Row::get")
+        });
+        let after = storage.submit(|db| db.store_offline("u", "t", b"<after/>"));
+        plan.heal();
+        blocker.await.unwrap();
+        assert!(matches!(panics.await, Err(StorageError::Panicked)));
+        // the panicking job's batch was rolled back, with the job before it
+        assert!(matches!(before.await, Err(StorageError::Panicked)));
+        // the job queued behind it ran in a transaction of its own
+        assert_eq!(after.await.unwrap(), Stored::Stored);
+        // and the thread keeps serving
+        let later = storage.submit(|db| db.store_offline("u", "t", b"<later/>"));
+        assert_eq!(later.await.unwrap(), Stored::Stored);
+        let stored: Vec<Bytes> = storage
+            .call(|db| db.offline("u"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(
+            stored,
+            vec![Bytes::from("<after/>"), Bytes::from("<later/>")]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_jobs_at_once_keeps_order_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = JOB_OVERHEAD + 1000;
+    let limits = Limits {
+        queue_bytes: 10 * job,
+        ..Limits::default()
+    };
+    for (storage, plan) in faulty_storages(dir.path(), limits) {
+        add_user(&storage, "u").await;
+        plan.stall();
+        let calls = plan.calls();
+        let blocker = storage.submit_sized(1000, |db| db.user_count());
+        wait_for_calls(&plan, calls);
+        // the running job still counts: nine more fit
+        let accepted: Vec<_> = (1..=9)
+            .map(|i| {
+                storage.submit_sized(1000, move |db| db.archive(&entry("u", &hex(i), "p@x", 0)))
+            })
+            .collect();
+        // the tenth is refused at once, without waiting for the stalled store
+        let refused = storage.submit_sized(1000, |db| db.archive(&entry("u", &hex(99), "p@x", 0)));
+        assert!(matches!(
+            poll_once(refused),
+            Some(Err(StorageError::Overloaded))
+        ));
+        // a small job does not fit either
+        assert!(matches!(
+            poll_once(storage.submit(|db| db.user_count())),
+            Some(Err(StorageError::Overloaded))
+        ));
+        plan.heal();
+        blocker.await.unwrap();
+        for a in accepted {
+            assert_eq!(a.await.unwrap(), Stored::Stored);
+        }
+        let want: Vec<String> = (1..=9).map(hex).collect();
+        assert_eq!(archived_ids(&storage, "u").await, want);
+        // drained: the budget is back
+        let again = storage.submit_sized(5 * job, |db| db.archive(&entry("u", &hex(10), "p@x", 0)));
+        assert_eq!(again.await.unwrap(), Stored::Stored);
+    }
+}
+
+#[tokio::test]
+async fn a_job_queued_past_its_deadline_times_out_and_never_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        deadline: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    for (storage, plan) in faulty_storages(dir.path(), limits) {
+        add_user(&storage, "u").await;
+        plan.stall();
+        let calls = plan.calls();
+        let running = storage.submit(|db| db.store_offline("u", "t", b"<running/>"));
+        wait_for_calls(&plan, calls);
+        let waiting = storage.submit(|db| db.store_offline("u", "t", b"<waiting/>"));
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert!(
+            matches!(waited, Ok(Err(StorageError::Timeout))),
+            "{waited:?}"
+        );
+        // the stall outlasts the deadline of the job that had started: it is
+        // not abandoned, its result comes once the store is back
+        plan.heal();
+        assert_eq!(running.await.unwrap(), Stored::Stored);
+        let stored: Vec<Bytes> = storage
+            .call(|db| db.offline("u"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(
+            stored,
+            vec![Bytes::from("<running/>")],
+            "the timed-out job never ran"
+        );
     }
 }
 
@@ -444,4 +612,135 @@ fn a_stalled_fault_plan_blocks_calls_until_healed() {
         let mut db = worker.join().unwrap();
         assert_eq!(db.offline("alice").unwrap().len(), 1);
     }
+}
+
+#[tokio::test]
+async fn a_lost_postgres_connection_fails_the_job_on_it_and_the_next_reconnects() {
+    let Some(url) = postgres_for_tests("ll_unit") else {
+        println!("skipped: LONGLINK_TEST_POSTGRES is unset");
+        return;
+    };
+    let open_url = url.clone();
+    let storage =
+        Storage::start(move || Ok(Box::new(Postgres::open(&open_url, 10)?) as _)).unwrap();
+    add_user(&storage, "u").await;
+    // Another session ends the store's connection, as a server restart would.
+    let killed = postgres_backends(&url, true).len();
+    assert_eq!(killed, 1, "one store connection ended");
+    let started = std::time::Instant::now();
+    let on_dead = storage
+        .submit(|db| db.store_offline("u", "t", b"<lost/>"))
+        .await;
+    assert!(
+        matches!(on_dead, Err(StorageError::Unavailable(_))),
+        "{on_dead:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "failed promptly"
+    );
+    // the next job reconnects
+    let next = storage.submit(|db| db.store_offline("u", "t", b"<kept/>"));
+    assert_eq!(next.await.unwrap(), Stored::Stored);
+    let stored = storage.call(|db| db.offline("u")).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(&stored[0].payload[..], b"<kept/>");
+}
+
+#[test]
+fn opening_postgres_where_no_server_listens_fails_promptly_as_unavailable() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let opened = Postgres::open(&format!("host=127.0.0.1 port={port} user=postgres"), 10);
+    assert!(
+        matches!(opened, Err(StorageError::Unavailable(_))),
+        "{:?}",
+        opened.err()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+}
+
+/// Resumes a stopped process when dropped (also when the test fails).
+struct Stopped(u32);
+
+impl Stopped {
+    fn signal(pid: u32, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    fn stop(pid: u32) -> Self {
+        Self::signal(pid, "-STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        Self::signal(self.0, "-CONT");
+    }
+}
+
+/// The pids of the server processes serving the database `url` names,
+/// but for the session asking (on a thread: the client runs a runtime).
+fn postgres_backends(url: &str, terminate: bool) -> Vec<i32> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let db = url.rsplit("dbname=").next().unwrap_or_default().to_owned();
+        let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let rows = admin
+            .query(
+                "SELECT pid, CASE WHEN $2 THEN pg_terminate_backend(pid) END
+                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db, &terminate],
+            )
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect()
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_frozen_postgres_backend_fails_the_job_within_the_io_timeout_and_the_next_reconnects() {
+    let Some(url) = postgres_for_tests("ll_unit") else {
+        println!("skipped: LONGLINK_TEST_POSTGRES is unset");
+        return;
+    };
+    let open_url = url.clone();
+    let storage =
+        Storage::start(move || Ok(Box::new(Postgres::open(&open_url, 10)?) as _)).unwrap();
+    add_user(&storage, "u").await;
+    let pids = postgres_backends(&url, false);
+    assert_eq!(pids.len(), 1, "one store connection: {pids:?}");
+    // The server's process for the store's connection freezes (the kernel
+    // still accepts its TCP traffic, so only a client-side timeout helps).
+    let frozen = Stopped::stop(pids[0] as u32);
+    let started = std::time::Instant::now();
+    let on_frozen = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        storage.submit(|db| db.store_offline("u", "t", b"<lost/>")),
+    )
+    .await
+    .expect("the job on a frozen server must not hang");
+    assert!(
+        matches!(on_frozen, Err(StorageError::Unavailable(_))),
+        "{on_frozen:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    // the next job reconnects (a new backend) while the old one stays frozen
+    let next = storage.submit(|db| db.store_offline("u", "t", b"<kept/>"));
+    assert_eq!(next.await.unwrap(), Stored::Stored);
+    drop(frozen);
+    let stored = storage.call(|db| db.offline("u")).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(&stored[0].payload[..], b"<kept/>");
 }
