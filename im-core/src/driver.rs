@@ -605,9 +605,10 @@ impl JobError {
     /// The stanza error that answers a message whose write ended so.
     fn condition(&self) -> StanzaCondition {
         match self {
-            JobError::Late | JobError::Failed(StorageError::QuotaExceeded) => {
-                StanzaCondition::ResourceConstraint
-            }
+            JobError::Late
+            | JobError::Failed(
+                StorageError::QuotaExceeded | StorageError::Overloaded | StorageError::Timeout,
+            ) => StanzaCondition::ResourceConstraint,
             JobError::Failed(e) => {
                 tracing::error!(error = %e, "a storage job failed for good");
                 StanzaCondition::InternalServerError
@@ -673,7 +674,13 @@ impl Queued {
                 }
             };
             match result {
-                Err(StorageError::QuotaExceeded | StorageError::UnknownId) => {}
+                // Refused by storage itself (full, late) or for good: no retry.
+                Err(
+                    StorageError::QuotaExceeded
+                    | StorageError::UnknownId
+                    | StorageError::Overloaded
+                    | StorageError::Timeout,
+                ) => {}
                 Err(e) if attempt < retries => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "a storage job failed; retrying");
