@@ -127,3 +127,139 @@ async fn nothing_acknowledged_is_lost_when_the_core_is_killed() {
         .await
         .expect("the test finished in time");
 }
+
+/// A raw client over QUIC that logs in, enables stream management and
+/// then never answers `<r/>`: nothing it receives is ever acknowledged.
+struct SilentClient {
+    io: client_sdk::transport::Io,
+    _quic: (quinn::Endpoint, quinn::Connection),
+}
+
+impl SilentClient {
+    async fn login(dep: &Deployment, user: &str, resource: &str) -> Self {
+        use client_sdk::transport::{Dialer, Transport};
+        let roots = client_sdk::load_roots(&dep.ca()).expect("CA");
+        let dialer = Dialer::new(dep.lb(), DOMAIN, Transport::Quic, roots).expect("dialer");
+        let endpoint = dialer.endpoint().expect("endpoint");
+        let connected = dialer.connect(Some(&endpoint)).await.expect("connect");
+        let mut io = connected.io;
+        let quic = connected.quic.expect("a QUIC connection");
+        io.authenticate(user, "pw", client_sdk::Mechanism::ScramSha256)
+            .await
+            .expect("authenticate");
+        io.open(DOMAIN).await.expect("restart the stream");
+        let features = io.element().await.expect("features");
+        io.bind(&features, Some(resource)).await.expect("bind");
+        let mut c = Self {
+            io,
+            _quic: (endpoint, quic),
+        };
+        c.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await;
+        let enabled = c
+            .until(|el| el.name == "enabled" || el.name == "failed")
+            .await;
+        assert_eq!(enabled.name, "enabled", "SM enabled");
+        c.send("<presence/>").await;
+        c
+    }
+
+    async fn send(&mut self, xml: &str) {
+        self.io.write(xml.as_bytes()).await.expect("write");
+    }
+
+    /// The next element `want` accepts (skipping `<r/>` unanswered and
+    /// everything else), within 20 s.
+    async fn until(
+        &mut self,
+        want: impl Fn(&xmpp_stream::element::Element) -> bool,
+    ) -> xmpp_stream::element::Element {
+        let io = &mut self.io;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let el = io.element().await.expect("read");
+                if want(&el) {
+                    return el;
+                }
+            }
+        })
+        .await
+        .expect("the element came in time")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_messages_delivered_but_never_acknowledged_survive_a_core_kill() {
+    const WAITING: usize = 5;
+    let users: Vec<String> = ["alice", "carol"].map(String::from).to_vec();
+    let mut dep = Deployment::start(DOMAIN, 1, &users, "pw");
+    dep.spawn_cm(1);
+    dep.wait_backends(&["cm-1"]);
+    let run = async {
+        // Carol is offline: Alice's messages are stored for her.
+        let mut alice = Client::connect(options(&dep, "alice", "phone").with_message_states())
+            .await
+            .expect("alice");
+        let mut ids = std::collections::HashSet::new();
+        for i in 0..WAITING {
+            ids.insert(
+                alice
+                    .send_message(&format!("carol@{DOMAIN}"), &format!("w{i}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        while !ids.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(20), alice.next_event()).await {
+                Ok(Some(Event::MessageState {
+                    id,
+                    state: MessageState::Acknowledged,
+                })) => {
+                    ids.remove(&id);
+                }
+                Ok(Some(_)) => {}
+                other => panic!("acknowledgements stopped: {other:?}"),
+            }
+        }
+        alice.abort();
+
+        // Carol logs in with SM and receives all of them, never acknowledging.
+        let mut carol = SilentClient::login(&dep, "carol", "phone").await;
+        let mut received = Vec::new();
+        while received.len() < WAITING {
+            let m = carol
+                .until(|el| el.name == "message" && el.child("body", "jabber:client").is_some())
+                .await;
+            received.push(
+                m.child("body", "jabber:client")
+                    .map(|b| b.text())
+                    .unwrap_or_default(),
+            );
+        }
+        let want: Vec<String> = (0..WAITING).map(|i| format!("w{i}")).collect();
+        assert_eq!(
+            received, want,
+            "the stored messages reached the silent client"
+        );
+
+        // The core dies before any acknowledgement; it starts again.
+        dep.kill(0);
+        drop(carol);
+        dep.restart_core();
+
+        let mut fresh = login(&dep, "carol", "tablet").await;
+        fresh.send_presence(0).await.unwrap();
+        let mut again = Vec::new();
+        while again.len() < WAITING {
+            let m = fresh
+                .next_message(Duration::from_secs(20))
+                .await
+                .expect("a stored message after the restart");
+            again.push(m.body.unwrap_or_default());
+        }
+        assert_eq!(again, want, "nothing unacknowledged was removed");
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the test finished in time");
+}

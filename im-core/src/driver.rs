@@ -1,13 +1,28 @@
 //! The router's tokio driver: feeds events to the sans-IO [`Router`] with
 //! the time they arrived, sleeps until the router's next deadline
 //! ([`Router::poll_timeout`], asked again after every input), and carries
-//! out the router's actions (frames to CM links, offline storage). It reads
+//! out the router's actions (frames to CM links, storage jobs). It reads
 //! one clock, tokio's (see [`now`]), so a test that pauses tokio's time
 //! drives the router's deadlines too.
+//!
+//! The router's task never waits for storage: routing, presence and pings
+//! go on while the database is slow or down. Storage jobs are charged
+//! against a byte budget and refused at once when it is full; one still
+//! queued at its deadline is abandoned and never runs ([`StorageLimits`]).
+//! Every durable write of a message reports exactly one outcome, and only
+//! once it is known: [`Input::Stored`] after the commit, or
+//! [`Input::StoreFailed`] (full queue or deadline: `resource-constraint`;
+//! no such user: `service-unavailable`; quota: `resource-constraint`;
+//! anything else after its retries: `internal-server-error`). A query that
+//! fails reports [`Input::QueryFailed`]. Roster writes and removals of
+//! acknowledged offline messages are not waited for: a failure is logged
+//! (a roster then differs between memory and disk until the next load; a
+//! removed row that failed to go may be delivered again, with its id).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cm_protocol::Frame;
@@ -21,9 +36,9 @@ use xmpp_stream::stanza::{append_child, delay_element, inspect};
 
 use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
-use crate::router::{Action, Input, Router};
+use crate::router::{Action, Bounce, Input, Router};
 use crate::routing::{NodeId, RouteRow, SessionAddr};
-use crate::storage::{Storage, StorageError, Stored};
+use crate::storage::{Storage, StorageError, Store, Stored};
 
 /// Events for the router task.
 pub enum Event {
@@ -35,12 +50,38 @@ pub enum Event {
     FlushDone(String),
 }
 
-/// Extra attempts at an archive write whose commit failed.
+/// Extra attempts at a storage job whose transaction failed (a commit can
+/// fail for another job of its batch).
 const ARCHIVE_RETRIES: u64 = 3;
 
-/// Storage jobs (offline stores and flushes) in flight at once; beyond that
-/// the router waits, which slows the CM links instead of growing memory.
-pub const STORAGE_SLOTS: usize = 1024;
+/// Bytes of storage work queued at once, by default (see [`StorageLimits`]).
+pub const STORAGE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// How long a storage job may wait in the queue, by default.
+pub const STORAGE_DEADLINE: Duration = Duration::from_secs(10);
+/// What one queued job is charged on top of the message bytes it carries.
+const JOB_COST: usize = 512;
+
+/// Bounds on the storage work the driver queues. The router's task never
+/// waits for storage: a job that does not fit in `queue_bytes` is refused at
+/// once, and one still queued (not started) when `deadline` passes is
+/// abandoned; either way a message's sender gets a `resource-constraint`
+/// error, and the message is neither stored nor acknowledged as stored.
+#[derive(Clone, Copy, Debug)]
+pub struct StorageLimits {
+    /// Most bytes queued (message bytes plus a fixed cost per job).
+    pub queue_bytes: usize,
+    /// Longest a job waits in the queue before it is abandoned.
+    pub deadline: Duration,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        Self {
+            queue_bytes: STORAGE_QUEUE_BYTES,
+            deadline: STORAGE_DEADLINE,
+        }
+    }
+}
 
 /// The routing table as the admin endpoint shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -74,8 +115,13 @@ pub struct Driver {
     events: mpsc::Sender<Event>,
     /// Domain (for delay stamps).
     domain: String,
-    /// Bounds storage jobs in flight (see [`STORAGE_SLOTS`]).
-    storage_slots: Arc<tokio::sync::Semaphore>,
+    /// Bounds on queued storage work.
+    limits: StorageLimits,
+    /// Bytes of storage work queued now (see [`StorageLimits`]).
+    budget: Budget,
+    /// Inputs the driver made itself while carrying out actions (storage
+    /// work refused at once), handed to the router next.
+    refused: VecDeque<Input>,
     /// Users whose offline messages are being flushed (one flush at a time).
     flushing: HashSet<String>,
     /// The flush to run when a user's current one is done.
@@ -102,11 +148,20 @@ impl Driver {
             metrics,
             events,
             domain,
-            storage_slots: Arc::new(tokio::sync::Semaphore::new(STORAGE_SLOTS)),
+            limits: StorageLimits::default(),
+            budget: Budget::new(STORAGE_QUEUE_BYTES),
+            refused: VecDeque::new(),
             flushing: HashSet::new(),
             flush_next: HashMap::new(),
             sm_shown: None,
         }
+    }
+
+    /// Other bounds on queued storage work than the defaults.
+    pub fn with_storage_limits(mut self, limits: StorageLimits) -> Self {
+        self.limits = limits;
+        self.budget = Budget::new(limits.queue_bytes);
+        self
     }
 
     /// Runs until shutdown.
@@ -126,17 +181,29 @@ impl Driver {
                     Some(Event::FlushDone(user)) => {
                         self.flushing.remove(&user);
                         match self.flush_next.remove(&user) {
-                            Some(to) => self.execute(Action::FlushOffline { user, to }).await,
+                            Some(to) => self.execute(Action::FlushOffline { user, to }),
                             None => continue,
                         }
                     }
                     None => return,
                 },
             }
-            while let Some(action) = self.router.poll_action() {
-                self.execute(action).await;
-            }
+            self.carry_out();
             self.show_metrics();
+        }
+    }
+
+    /// Carries out the router's actions, and hands it what the driver
+    /// refused meanwhile (whose actions are carried out in turn).
+    fn carry_out(&mut self) {
+        loop {
+            while let Some(action) = self.router.poll_action() {
+                self.execute(action);
+            }
+            let Some(input) = self.refused.pop_front() else {
+                return;
+            };
+            self.router.handle(input, now());
         }
     }
 
@@ -178,7 +245,9 @@ impl Driver {
         }
     }
 
-    async fn execute(&mut self, action: Action) {
+    /// Carries out one action. Never waits: storage work is queued within
+    /// the byte budget or refused at once (see [`StorageLimits`]).
+    fn execute(&mut self, action: Action) {
         match action {
             Action::Send { node, frame } => self.send(node, frame),
             Action::StoreOffline {
@@ -188,36 +257,38 @@ impl Driver {
                 origin,
             } => {
                 self.metrics.offline_stored.inc();
-                let storage = self.storage.clone();
-                let events = self.events.clone();
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
+                let Some(charge) = self.budget.charge(payload.len()) else {
+                    return self.refuse_write(bounce, payload, origin);
                 };
                 // Queued here, in routing order: stored messages keep their order.
                 let stamp = now_stamp();
-                let stored = storage.submit(move |db| db.store_offline(&user, &stamp, &payload));
+                let job = {
+                    let payload = payload.clone();
+                    move || {
+                        let (user, stamp, payload) = (user.clone(), stamp.clone(), payload.clone());
+                        move |db: &mut dyn Store| db.store_offline(&user, &stamp, &payload)
+                    }
+                };
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let events = self.events.clone();
                 tokio::spawn(async move {
-                    let result = stored.await;
-                    drop(slot);
-                    if let Some(origin) = origin {
-                        let _ = events.send(Event::Router(Input::Stored { origin })).await;
-                    }
-                    let cond = match result {
-                        Ok(Stored::Stored) => return,
-                        Ok(Stored::NoSuchUser) => StanzaCondition::ServiceUnavailable,
-                        Err(StorageError::QuotaExceeded) => StanzaCondition::ResourceConstraint,
-                        Err(e) => {
-                            tracing::error!(error = %e, "storing an offline message failed");
-                            StanzaCondition::InternalServerError
+                    let condition = match queued.run(ARCHIVE_RETRIES, job).await {
+                        Ok(Stored::Stored) => {
+                            if let Some(origin) = origin {
+                                let _ = events.send(Event::Router(Input::Stored { origin })).await;
+                            }
+                            return;
                         }
+                        Ok(Stored::NoSuchUser) => StanzaCondition::ServiceUnavailable,
+                        Err(e) => e.condition(),
                     };
-                    if !bounce.sender.is_empty() {
-                        let input = Input::OfflineFailed {
-                            bounce,
-                            condition: cond,
-                        };
-                        let _ = events.send(Event::Router(input)).await;
-                    }
+                    let input = Input::StoreFailed {
+                        bounce,
+                        payload,
+                        condition,
+                        origin,
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 });
             }
             Action::FlushOffline { user, to } => {
@@ -226,36 +297,40 @@ impl Driver {
                     self.flush_next.insert(user, to);
                     return;
                 }
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
-                };
-                self.flush_offline(user, to, slot);
+                match self.budget.charge(0) {
+                    Some(charge) => self.flush_offline(user, to, charge),
+                    None => {
+                        // Nothing loaded: the router stops holding new
+                        // messages back; the rows stay stored.
+                        tracing::warn!(user, "storage overloaded: offline messages not loaded");
+                        self.flushing.remove(&user);
+                        self.refused.push_back(Input::Offline {
+                            user,
+                            to,
+                            messages: Vec::new(),
+                        });
+                    }
+                }
             }
             Action::LoadRoster { user } => {
-                let load = |storage: Storage, user: &str| {
-                    let local = crate::address::local(user).unwrap_or_default().to_owned();
-                    storage.submit(move |db| {
+                let Some(charge) = self.budget.charge(0) else {
+                    tracing::warn!(user, "storage overloaded: roster not loaded");
+                    return self.refused.push_back(Input::RosterFailed { user });
+                };
+                let local = crate::address::local(&user).unwrap_or_default().to_owned();
+                let job = move || {
+                    let local = local.clone();
+                    move |db: &mut dyn Store| {
                         if db.credentials(&local)?.is_none() {
                             return Ok(None);
                         }
                         db.roster(&local).map(Some)
-                    })
-                };
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let loaded = load(self.storage.clone(), &user);
-                let (events, storage) = (self.events.clone(), self.storage.clone());
-                tokio::spawn(async move {
-                    let mut result = loaded.await;
-                    for attempt in 1..=ARCHIVE_RETRIES {
-                        let Err(e) = &result else { break };
-                        tracing::warn!(error = %e, user, attempt, "loading a roster failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                        result = load(storage.clone(), &user).await;
                     }
-                    drop(slot);
-                    let input = match result {
+                };
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let input = match queued.run(ARCHIVE_RETRIES, job).await {
                         Ok(roster) => Input::RosterLoaded { user, roster },
                         Err(e) => {
                             tracing::error!(error = %e, user, "loading a roster failed for good");
@@ -269,13 +344,9 @@ impl Driver {
                 user,
                 item,
                 version,
-            } => {
-                self.write(move |db| db.put_roster_item(&user, &item, version))
-                    .await
-            }
+            } => self.write(move |db| db.put_roster_item(&user, &item, version)),
             Action::RemoveRosterItem { user, jid, version } => {
                 self.write(move |db| db.remove_roster_item(&user, &jid, version))
-                    .await
             }
             Action::Archive {
                 mut entries,
@@ -286,100 +357,111 @@ impl Driver {
                     e.stamp = stamp;
                 }
                 self.metrics.archived.inc_by(entries.len() as u64);
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
+                let payload = entries
+                    .first()
+                    .map(|e| e.payload.clone())
+                    .unwrap_or_default();
+                let Some(charge) = self.budget.charge(payload.len() * entries.len()) else {
+                    return self.refuse_write(Bounce::default(), payload, origin);
                 };
-                let write = |storage: Storage, entries: Vec<crate::storage::ArchiveEntry>| {
-                    storage.submit(move |db| {
+                let job = move || {
+                    let entries = entries.clone();
+                    move |db: &mut dyn Store| {
                         for e in &entries {
                             db.archive(e)?;
                         }
                         Ok(())
-                    })
+                    }
                 };
-                let archived = write(self.storage.clone(), entries.clone());
-                let (events, storage) = (self.events.clone(), self.storage.clone());
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let events = self.events.clone();
                 tokio::spawn(async move {
-                    let mut result = archived.await;
-                    // A commit can fail for another job of its batch: try again alone.
-                    for attempt in 1..=ARCHIVE_RETRIES {
-                        let Err(e) = &result else { break };
-                        tracing::warn!(error = %e, attempt, "archiving a message failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                        result = write(storage.clone(), entries.clone()).await;
-                    }
-                    drop(slot);
-                    match (result, origin) {
-                        (Ok(()), Some(origin)) => {
-                            let _ = events.send(Event::Router(Input::Stored { origin })).await;
-                        }
-                        (Ok(()), None) => {}
-                        // Not durable, so never acknowledged: the sender's
-                        // acknowledgements stop here, it reconnects and
-                        // resends from the last durable one.
-                        (Err(e), _) => {
-                            tracing::error!(error = %e, "archiving a message failed for good")
-                        }
-                    }
+                    // A commit can fail for another job of its batch: tried again alone.
+                    let input = match (queued.run(ARCHIVE_RETRIES, job).await, origin) {
+                        (Ok(()), Some(origin)) => Input::Stored { origin },
+                        (Ok(()), None) => return,
+                        // Not durable: the sender is told, and only then is
+                        // the stanza acknowledged (see Input::StoreFailed).
+                        (Err(e), origin) => Input::StoreFailed {
+                            bounce: Bounce::default(),
+                            payload,
+                            condition: e.condition(),
+                            origin,
+                        },
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 });
             }
             Action::Query { to, query } => {
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
+                let Some(charge) = self.budget.charge(0) else {
+                    return self.refused.push_back(Input::QueryFailed {
+                        to,
+                        condition: StanzaCondition::ResourceConstraint,
+                    });
                 };
                 let domain = self.domain.clone();
-                let answered = self
-                    .storage
-                    .submit(move |db| Ok(crate::queries::answer(db, &query, &domain)));
+                let job = move || {
+                    let (query, domain) = (query.clone(), domain.clone());
+                    move |db: &mut dyn Store| Ok(crate::queries::answer(db, &query, &domain))
+                };
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let payloads = answered.await.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "answering a query failed");
-                        Vec::new()
-                    });
-                    drop(slot);
-                    let _ = events
-                        .send(Event::Router(Input::Replies { to, payloads }))
-                        .await;
+                    let input = match queued.run(0, job).await {
+                        Ok(payloads) => Input::Replies { to, payloads },
+                        Err(e) => {
+                            tracing::error!(error = %e, "answering a query failed");
+                            Input::QueryFailed {
+                                to,
+                                condition: e.condition(),
+                            }
+                        }
+                    };
+                    let _ = events.send(Event::Router(input)).await;
                 });
             }
             Action::RemoveOffline { user, upto } => {
                 let metrics = self.metrics.clone();
-                let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
-                    return;
-                };
                 // Queued now, before any later load of the same user's messages.
-                let removed = self
-                    .storage
-                    .submit(move |db| db.remove_offline(&user, upto));
-                tokio::spawn(async move {
-                    match removed.await {
-                        Ok(()) => metrics.offline_delivered.inc(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "removing delivered offline messages failed");
-                            0
-                        }
-                    };
-                    drop(slot);
+                self.write(move |db| {
+                    db.remove_offline(&user, upto)?;
+                    metrics.offline_delivered.inc();
+                    Ok(())
                 });
             }
         }
     }
 
-    /// Queues a write whose outcome nobody waits for (errors are logged).
-    async fn write(
-        &self,
-        f: impl FnOnce(&mut dyn crate::storage::Store) -> Result<(), StorageError> + Send + 'static,
+    /// A durable write that could not even be queued (the storage queue is
+    /// full): its sender is refused at once.
+    fn refuse_write(&mut self, bounce: Bounce, payload: Bytes, origin: Option<(u64, u32)>) {
+        tracing::warn!("storage queue full: a message is refused");
+        self.refused.push_back(Input::StoreFailed {
+            bounce,
+            payload,
+            condition: StanzaCondition::ResourceConstraint,
+            origin,
+        });
+    }
+
+    /// Queues a write whose outcome nobody waits for (errors are logged;
+    /// see the module docs for what that leaves).
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut dyn Store) -> Result<(), StorageError> + Send + 'static,
     ) {
-        let Ok(slot) = self.storage_slots.clone().acquire_owned().await else {
+        let Some(charge) = self.budget.charge(0) else {
+            tracing::error!("storage queue full: a write is dropped");
             return;
         };
-        let written = self.storage.submit(f);
+        let written = self.storage.submit(move |db| {
+            let _charge = charge;
+            f(db)
+        });
         tokio::spawn(async move {
             if let Err(e) = written.await {
                 tracing::error!(error = %e, "a storage write failed");
             }
-            drop(slot);
         });
     }
 
@@ -414,19 +496,18 @@ impl Driver {
     /// hands them to the router, which delivers them (through the session's
     /// ledger when it has one) and then has them removed. One flush per
     /// user at a time.
-    fn flush_offline(
-        &self,
-        user: String,
-        to: SessionAddr,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    fn flush_offline(&self, user: String, to: SessionAddr, charge: Charge) {
         let storage = self.storage.clone();
         let domain = self.domain.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let name = user.clone();
-            let loaded = storage.call(move |db| db.offline(&name)).await;
-            drop(slot);
+            let loaded = storage
+                .call(move |db| {
+                    let _charge = charge;
+                    db.offline(&name)
+                })
+                .await;
             match loaded {
                 Ok(msgs) => {
                     let messages = msgs
@@ -466,6 +547,153 @@ impl Driver {
     }
 }
 
+/// The bytes of storage work queued, against its bound.
+#[derive(Clone)]
+struct Budget {
+    used: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// What one queued job holds of the [`Budget`]; given back when dropped
+/// (when the job ran, or was dropped unrun).
+struct Charge {
+    used: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Self {
+        Self {
+            used: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Charges a job carrying `bytes` of messages; none if it does not fit.
+    fn charge(&self, bytes: usize) -> Option<Charge> {
+        let bytes = bytes + JOB_COST;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= self.max).then_some(used + bytes)
+            })
+            .ok()?;
+        Some(Charge {
+            used: self.used.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a storage job did not give a result.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    /// It was still queued when its deadline passed: it never ran.
+    #[error("storage job abandoned after waiting past its deadline")]
+    Late,
+    /// It ran and failed (after its retries).
+    #[error(transparent)]
+    Failed(#[from] StorageError),
+}
+
+impl JobError {
+    /// The stanza error that answers a message whose write ended so.
+    fn condition(&self) -> StanzaCondition {
+        match self {
+            JobError::Late
+            | JobError::Failed(
+                StorageError::QuotaExceeded | StorageError::Overloaded | StorageError::Timeout,
+            ) => StanzaCondition::ResourceConstraint,
+            JobError::Failed(e) => {
+                tracing::error!(error = %e, "a storage job failed for good");
+                StanzaCondition::InternalServerError
+            }
+        }
+    }
+}
+
+/// A job's run state, shared by the job and its waiter, so that exactly
+/// one of "it ran" and "it was abandoned" happens.
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A storage job with its deadline and its charge: run (and retried) by
+/// [`Queued::run`].
+struct Queued {
+    storage: Storage,
+    deadline: tokio::time::Instant,
+    charge: Arc<Charge>,
+}
+
+impl Queued {
+    fn new(storage: &Storage, deadline: Duration, charge: Charge) -> Self {
+        Self {
+            storage: storage.clone(),
+            deadline: tokio::time::Instant::now() + deadline,
+            charge: Arc::new(charge),
+        }
+    }
+
+    /// Queues the job `make` builds, and again (up to `retries` times, 100
+    /// ms × attempt apart) while it fails with anything but a full quota or
+    /// an unknown id. An attempt still queued at the deadline is abandoned
+    /// (it will not run); one that started is waited for.
+    async fn run<T, J>(self, retries: u64, make: impl Fn() -> J) -> Result<T, JobError>
+    where
+        T: Send + 'static,
+        J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    {
+        let mut attempt = 0;
+        loop {
+            let state = Arc::new(AtomicU8::new(QUEUED));
+            let (job, claim, charge) = (make(), state.clone(), self.charge.clone());
+            let result = self.storage.submit(move |db| {
+                let _charge = charge;
+                claim
+                    .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                    .map_err(|_| StorageError::Closed)?;
+                job(db)
+            });
+            tokio::pin!(result);
+            let result = tokio::select! {
+                r = &mut result => r,
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    if state
+                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Err(JobError::Late);
+                    }
+                    result.await
+                }
+            };
+            match result {
+                // Refused by storage itself (full, late) or for good: no retry.
+                Err(
+                    StorageError::QuotaExceeded
+                    | StorageError::UnknownId
+                    | StorageError::Overloaded
+                    | StorageError::Timeout,
+                ) => {}
+                Err(e) if attempt < retries => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "a storage job failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    continue;
+                }
+                _ => {}
+            }
+            return result.map_err(JobError::from);
+        }
+    }
+}
+
 /// The time now on tokio's clock (which a test can pause), as the router
 /// takes it.
 fn now() -> Instant {
@@ -491,7 +719,11 @@ pub fn now_stamp() -> String {
 mod tests {
     use std::time::Duration;
 
+    use cm_protocol::{Kind, RouteHeader, SessionId};
+    use xmpp_sasl::StoredCredentials;
+
     use super::*;
+    use crate::storage::{FaultPlan, FaultyStore, Sqlite};
 
     #[tokio::test(start_paused = true)]
     async fn the_drivers_clock_and_its_sleep_both_follow_tokios_paused_time() {
@@ -503,5 +735,342 @@ mod tests {
         let woke = now();
         assert!(woke >= deadline, "{:?}", woke - start);
         assert!(woke - start < Duration::from_secs(61), "{:?}", woke - start);
+    }
+
+    /// How long a test waits for a frame it expects.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A running driver over a real SQLite store behind a [`FaultPlan`],
+    /// with one CM node whose frames the test reads.
+    struct Harness {
+        events: mpsc::Sender<Event>,
+        frames: mpsc::Receiver<Frame>,
+        plan: FaultPlan,
+        node: NodeId,
+        shutdown: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.plan.heal();
+            self.shutdown.cancel();
+        }
+    }
+
+    /// Accounts alice, bob and carol (offline quota `quota`).
+    async fn harness(quota: u32, limits: Option<StorageLimits>) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plan = FaultPlan::new();
+        let (p, d) = (plan.clone(), dir.path().to_owned());
+        let storage = Storage::start(move || {
+            let real: Box<dyn Store> = Box::new(Sqlite::open(&d, quota)?);
+            Ok(Box::new(FaultyStore::new(real, p)) as Box<dyn Store>)
+        })
+        .expect("storage");
+        for user in ["alice", "bob", "carol"] {
+            storage
+                .call(move |db| db.add_user(user, &StoredCredentials::new("pw", 4096)))
+                .await
+                .expect("account");
+        }
+        let links = Arc::new(Links::default());
+        let (tx, frames) = mpsc::channel(64 * 1024);
+        let (node, _, _) = links.register("cm-1", 1, (0, 1), "127.0.0.1:5222", tx);
+        let (events, rx) = mpsc::channel(ROUTER_QUEUE);
+        let mut driver = Driver::new(
+            Router::new("x", 1, [7; 32]),
+            links,
+            storage,
+            Arc::new(Metrics::new()),
+            events.clone(),
+            "x".into(),
+        );
+        if let Some(limits) = limits {
+            driver = driver.with_storage_limits(limits);
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(driver.run(rx, shutdown.clone()));
+        Harness {
+            events,
+            frames,
+            plan,
+            node,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    impl Harness {
+        async fn frame(&self, frame: Frame) {
+            let node = self.node;
+            self.events
+                .send(Event::Router(Input::Frame { node, frame }))
+                .await
+                .expect("driver running");
+        }
+
+        /// The next frame `want` accepts (others skipped), within [`WAIT`].
+        async fn until(&mut self, what: &str, want: impl Fn(&Frame) -> bool) -> Frame {
+            let frames = &mut self.frames;
+            let found = tokio::time::timeout(WAIT, async {
+                loop {
+                    let f = frames.recv().await.expect("frames");
+                    if want(&f) {
+                        return f;
+                    }
+                }
+            })
+            .await;
+            found.unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+        }
+
+        /// Binds `user@x/res` as `sid` and sends its initial presence.
+        async fn online(&mut self, sid: SessionId, user: &str, res: &str) {
+            self.frame(Frame::Bind {
+                sid,
+                user: format!("{user}@x"),
+                iq_id: "b".into(),
+                resource: Some(res.into()),
+            })
+            .await;
+            self.until(
+                "bind result",
+                |f| matches!(f, Frame::BindResult { sid: s, .. } if *s == sid),
+            )
+            .await;
+            self.stanza(
+                sid,
+                Kind::Presence,
+                &format!("{user}@x/{res}"),
+                None,
+                None,
+                "<presence/>",
+            )
+            .await;
+        }
+
+        /// Enables SM (not resumable) for `sid`.
+        async fn enable_sm(&mut self, sid: SessionId) {
+            self.frame(Frame::SmEnable {
+                sid,
+                resume: false,
+                max: 0,
+            })
+            .await;
+            self.until(
+                "SM enabled",
+                |f| matches!(f, Frame::SmEnabled { sid: s, .. } if *s == sid),
+            )
+            .await;
+        }
+
+        async fn stanza(
+            &self,
+            sid: SessionId,
+            kind: Kind,
+            from: &str,
+            to: Option<&str>,
+            stype: Option<&str>,
+            payload: &str,
+        ) {
+            let header = RouteHeader {
+                kind,
+                stanza_type: stype.map(Into::into),
+                to: to.map(Into::into),
+                // the id as the CM's header carries it
+                id: payload
+                    .split(" id='")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                    .map(Into::into),
+                from: from.into(),
+            };
+            self.frame(Frame::Stanza {
+                sid,
+                header,
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+            })
+            .await;
+        }
+
+        /// A chat from alice (sid 10) to `to`, id `id`.
+        async fn chat(&self, to: &str, id: &str, inner: &str) {
+            let payload = format!(
+                "<message from='alice@x/phone' to='{to}' type='chat' id='{id}'>{inner}</message>"
+            );
+            self.stanza(
+                10,
+                Kind::Message,
+                "alice@x/phone",
+                Some(to),
+                Some("chat"),
+                &payload,
+            )
+            .await;
+        }
+    }
+
+    /// Whether `f` delivers to `sid` a stanza containing `needle`.
+    fn delivers(f: &Frame, sid: SessionId, needle: &str) -> bool {
+        matches!(f, Frame::Deliver { sid: s, payload } if *s == sid && crate::router::contains(payload, needle.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn an_archive_write_that_fails_for_good_is_refused_to_its_sender_and_later_acks_flow() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.online(30, "bob", "pc").await;
+        h.enable_sm(10).await;
+        // the first attempt and every retry fail
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        h.chat("bob@x", "m1", "<body>one</body>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        // delivered to bob at once (archiving runs beside it)
+        h.until("delivery to bob", |f| delivers(f, 30, "one")).await;
+        h.until("the error to alice", |f| delivers(f, 10, "type=\"error\""))
+            .await;
+        let handled = h
+            .until("an acknowledgement of m1", |f| {
+                matches!(f, Frame::Handled { h: 1, .. })
+            })
+            .await;
+        assert!(matches!(handled, Frame::Handled { sid: 10, h: 1 }));
+        // the next message is archived and acknowledged normally
+        h.chat("bob@x", "m2", "<body>two</body>").await;
+        h.until("delivery to bob", |f| delivers(f, 30, "two")).await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("an acknowledgement of m2", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 2 })
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_offline_store_that_fails_is_refused_before_it_is_acknowledged() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.enable_sm(10).await;
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        // no body: no archive write, only the offline store
+        h.chat("carol@x", "m1", "<thread>t</thread>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("the first answer to <r/>", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 0 })
+        })
+        .await;
+        let next = h
+            .until("the error or an acknowledgement", |f| {
+                delivers(f, 10, "type=\"error\"") || matches!(f, Frame::Handled { .. })
+            })
+            .await;
+        assert!(
+            delivers(&next, 10, "m1"),
+            "acknowledged before its sender was told: {next:?}"
+        );
+        h.until("the acknowledgement after the error", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 1 })
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn with_storage_stalled_pings_and_presence_flow_and_after_heal_messages_are_stored() {
+        const QUEUED: usize = STORAGE_JOBS_BEFORE_FIX + 100;
+        let mut h = harness(10_000, None).await;
+        h.online(10, "alice", "phone").await;
+        h.online(30, "bob", "pc").await;
+        h.plan.stall();
+        for i in 0..QUEUED {
+            h.chat("carol@x", &format!("q{i}"), "<thread>t</thread>")
+                .await;
+        }
+        h.stanza(
+            10,
+            Kind::Iq,
+            "alice@x/phone",
+            Some("x"),
+            Some("get"),
+            "<iq type='get' id='ping1' to='x'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+        h.until("the ping's answer", |f| delivers(f, 10, "ping1"))
+            .await;
+        h.stanza(
+            10,
+            Kind::Presence,
+            "alice@x/phone",
+            Some("bob@x/pc"),
+            None,
+            "<presence to='bob@x/pc'><status>here</status></presence>",
+        )
+        .await;
+        h.until("the directed presence", |f| delivers(f, 30, "here"))
+            .await;
+        assert!(h.plan.calls() > 0, "storage was reached and stalled");
+        h.plan.heal();
+        // everything queued is stored: carol gets every message
+        h.online(20, "carol", "tablet").await;
+        let mut got = 0;
+        while got < QUEUED {
+            h.until("a stored message for carol", |f| {
+                delivers(f, 20, "<thread>")
+            })
+            .await;
+            got += 1;
+        }
+    }
+
+    /// Storage jobs the driver let wait before the router task blocked
+    /// (its former semaphore).
+    const STORAGE_JOBS_BEFORE_FIX: usize = 1024;
+
+    #[tokio::test]
+    async fn a_message_to_an_offline_user_is_refused_when_the_storage_queue_is_full_or_late() {
+        let limits = StorageLimits {
+            queue_bytes: 4 * 1024,
+            deadline: Duration::from_millis(300),
+        };
+        let mut h = harness(100, Some(limits)).await;
+        h.online(10, "alice", "phone").await;
+        h.plan.stall();
+        // waits in the queue past its deadline: refused, never stored
+        h.chat("carol@x", "late", "<thread>t</thread>").await;
+        h.until("the refusal of the late message", |f| {
+            delivers(f, 10, "late") && delivers(f, 10, "resource-constraint")
+        })
+        .await;
+        // more than the queue holds: the rest refused at once
+        let filler = "x".repeat(1024);
+        for i in 0..8 {
+            h.chat(
+                "carol@x",
+                &format!("full{i}"),
+                &format!("<thread>{filler}</thread>"),
+            )
+            .await;
+        }
+        h.until(
+            "a refusal of a message the full queue has no room for",
+            |f| delivers(f, 10, "full") && delivers(f, 10, "resource-constraint"),
+        )
+        .await;
+        h.plan.heal();
+        h.chat("carol@x", "after", "<thread>t</thread>").await;
+        // carol gets what was stored after the heal; nothing refused was stored
+        h.online(20, "carol", "tablet").await;
+        let first = h
+            .until("a stored message for carol", |f| {
+                delivers(f, 20, "<thread>")
+            })
+            .await;
+        assert!(
+            !delivers(&first, 20, "late"),
+            "a refused message was stored: {first:?}"
+        );
+        h.until("the message sent after the heal", |f| {
+            delivers(f, 20, "after")
+        })
+        .await;
     }
 }

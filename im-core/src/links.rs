@@ -190,7 +190,7 @@ impl Links {
     /// Registers a connection of node `name` from CM process `instance`;
     /// returns the node id, the connection id, and whether the node restarted
     /// (a new instance: its old sessions are gone).
-    fn register(
+    pub(crate) fn register(
         &self,
         name: &str,
         instance: u64,

@@ -20,13 +20,12 @@
 //! `archive`, `carbons`), storage queries (`query`), and what it emits
 //! (`output`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
 use cm_protocol::Frame;
 use xmpp_stream::StanzaCondition;
-use xmpp_stream::stanza::StanzaKind;
 
 use crate::address;
 use crate::storage::{ArchiveEntry, Roster, RosterItem};
@@ -46,6 +45,7 @@ mod roster_cache;
 mod roster_waits;
 mod rules;
 mod sm_sessions;
+mod stored_rows;
 mod stream_management;
 mod subscriptions;
 
@@ -54,8 +54,10 @@ use archive_ids::ArchiveIds;
 use binding::ResourceNames;
 pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use query::Query;
+use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
 use sm_sessions::{Incoming, Origin, SmSessions};
+use stored_rows::StoredRows;
 
 /// Capacity of the action queue past which, once drained, it gives memory
 /// back (a burst, such as a big CM's departure, can queue millions).
@@ -73,8 +75,11 @@ pub enum Action {
         /// The frame.
         frame: Frame,
     },
-    /// Store a message for an offline user; if the user does not exist or
-    /// the quota is full, report [`Input::OfflineFailed`] with `bounce`.
+    /// Store a message for an offline user. Report [`Input::Stored`] for
+    /// `origin` once committed, or [`Input::StoreFailed`] (with `bounce`
+    /// and the payload) if the user does not exist, the quota is full or
+    /// the write failed for good: never [`Input::Stored`] before the
+    /// outcome is known.
     StoreOffline {
         /// Bare username (local part).
         user: String,
@@ -83,18 +88,21 @@ pub enum Action {
         /// What to tell the sender if storing fails.
         bounce: Bounce,
         /// The SM session (token, `h`) whose acknowledgement waits for this
-        /// store: report [`Input::Stored`] when it is done either way.
+        /// store.
         origin: Option<(u64, u32)>,
     },
-    /// Remove a user's stored messages up to `upto` (they are now tracked
-    /// by a live session).
+    /// Remove a user's stored messages up to `upto`: their clients
+    /// acknowledged them (or they were handed to sessions without stream
+    /// management).
     RemoveOffline {
         /// Username (local part).
         user: String,
-        /// Highest row id delivered.
+        /// Highest row id acknowledged.
         upto: i64,
     },
-    /// Deliver the user's stored messages to this session, then remove them.
+    /// Load the user's stored messages for this session and report
+    /// [`Input::Offline`] (they are removed by a later
+    /// [`Action::RemoveOffline`]).
     FlushOffline {
         /// Username (local part).
         user: String,
@@ -126,7 +134,8 @@ pub enum Action {
     },
     /// Archive a message (one entry per archive it goes into); stamp the
     /// entries with the time, and report [`Input::Stored`] for `origin`
-    /// once committed.
+    /// once committed, or [`Input::StoreFailed`] (with an empty bounce and
+    /// the first entry's payload) if the write failed for good.
     Archive {
         /// The entries.
         entries: Vec<ArchiveEntry>,
@@ -134,7 +143,8 @@ pub enum Action {
         origin: Option<(u64, u32)>,
     },
     /// Answer a query from storage and hand the stanzas back through
-    /// [`Input::Replies`].
+    /// [`Input::Replies`], or report [`Input::QueryFailed`] if it could not
+    /// be answered (its transaction failed, or storage is overloaded).
     Query {
         /// The asking session.
         to: SessionAddr,
@@ -143,8 +153,10 @@ pub enum Action {
     },
 }
 
-/// Enough of a stanza to answer it with an error later.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Enough of a stanza to answer it with an error later. An empty
+/// `sender` means: take the sender, recipient and id from the stanza's own
+/// attributes (its `from` was stamped by the CM).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bounce {
     /// The original sender (full JID).
     pub sender: String,
@@ -178,10 +190,25 @@ pub enum Input {
         /// The pool's size.
         pool_size: u16,
     },
-    /// An offline store started for an SM session's stanza finished.
+    /// A durable write ([`Action::StoreOffline`], [`Action::Archive`])
+    /// an SM session's stanza waited for committed.
     Stored {
-        /// (token, `h`) from [`Action::StoreOffline`]'s origin.
+        /// (token, `h`) from the action's origin.
         origin: (u64, u32),
+    },
+    /// A durable write of a message failed for good ([`Action::StoreOffline`]
+    /// or [`Action::Archive`]): its sender is answered with `condition`,
+    /// then the stanza counts as handled (its acknowledgement is released).
+    StoreFailed {
+        /// What the action carried to answer the sender.
+        bounce: Bounce,
+        /// The message (the error's addresses and id when `bounce` has no
+        /// sender).
+        payload: Bytes,
+        /// The error to answer with.
+        condition: StanzaCondition,
+        /// The SM session (token, `h`) whose acknowledgement waited.
+        origin: Option<(u64, u32)>,
     },
     /// A roster asked for by [`Action::LoadRoster`] (`None`: no account).
     RosterLoaded {
@@ -196,20 +223,19 @@ pub enum Input {
         /// Bare JID.
         user: String,
     },
-    /// Storing an offline message failed (see [`Action::StoreOffline`]):
-    /// the sender is answered with `condition`.
-    OfflineFailed {
-        /// What the store carried to answer the sender.
-        bounce: Bounce,
-        /// The error to answer with.
-        condition: StanzaCondition,
-    },
     /// The answer to an [`Action::Query`].
     Replies {
         /// The asking session.
         to: SessionAddr,
         /// Stanzas to deliver, in order.
         payloads: Vec<Bytes>,
+    },
+    /// An [`Action::Query`] could not be answered: the IQ gets an error.
+    QueryFailed {
+        /// The asking session.
+        to: SessionAddr,
+        /// The error to answer with.
+        condition: StanzaCondition,
     },
     /// A user's stored messages, loaded for a session that became available.
     Offline {
@@ -258,8 +284,11 @@ pub struct Router {
     origin: Option<Origin>,
     /// Rosters in memory, and the frames waiting for one.
     rosters: RosterCache,
-    /// Sessions with a storage query being answered (one at a time).
-    querying: HashSet<SessionAddr>,
+    /// Offline-storage rows out with sessions and not yet acknowledged.
+    stored_rows: StoredRows,
+    /// Sessions with a storage query being answered (one at a time), with
+    /// what its error answer needs.
+    querying: HashMap<SessionAddr, QueryId>,
     /// Roster pushes sent (their ids).
     push_counter: u64,
     /// Ids of archived messages; none: messages are not archived (XEP-0313).
@@ -281,6 +310,7 @@ impl Router {
             sessions: SmSessions::new(seed, sm_secret),
             origin: None,
             rosters: RosterCache::default(),
+            stored_rows: StoredRows::default(),
             querying: Default::default(),
             push_counter: 0,
             archive: Some(ArchiveIds::new(seed)),
@@ -339,13 +369,13 @@ impl Router {
             Input::Offline { user, to, messages } => self.deliver_stored(user, to, messages),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
-            Input::OfflineFailed { bounce, condition } => self.error_to(
-                &bounce.sender,
-                StanzaKind::Message,
-                bounce.id.as_deref(),
-                &bounce.to,
+            Input::StoreFailed {
+                bounce,
+                payload,
                 condition,
-            ),
+                origin,
+            } => self.store_failed(bounce, &payload, condition, origin),
+            Input::QueryFailed { to, condition } => self.query_failed(to, condition),
             Input::Replies { to, payloads } => {
                 self.querying.remove(&to);
                 if self.table.jid_of(to.0, to.1).is_some() {

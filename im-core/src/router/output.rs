@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
-use xmpp_stream::stanza::{StanzaKind, error_reply};
+use xmpp_stream::stanza::{StanzaKind, error_reply, inspect};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
 use super::sm_sessions::{Admission, Delivery};
@@ -104,15 +104,54 @@ impl Router {
     }
 
     /// Stores a chat or normal message its session cannot take (its ledger
-    /// is full or behind stored messages, or its link failed); nobody is
-    /// answered if storing fails.
+    /// is full or behind stored messages, or its link failed); if storing
+    /// fails, the sender its `from` names is answered.
     pub(super) fn store_spilled(&mut self, user: String, payload: Bytes) {
-        let bounce = Bounce {
-            sender: String::new(),
-            to: String::new(),
-            id: None,
+        self.store(user, payload, Bounce::default());
+    }
+
+    /// A durable write of a message failed for good: its sender (from the
+    /// bounce, else from the message's own `from`, stamped by the CM) gets
+    /// `condition` as an error from the recipient as addressed, and only
+    /// then does the stanza count as handled for an SM sender's
+    /// acknowledgement, so an `<a h/>` never covers a message that was
+    /// neither stored nor refused. An error is never answered.
+    pub(super) fn store_failed(
+        &mut self,
+        bounce: Bounce,
+        payload: &[u8],
+        condition: StanzaCondition,
+        origin: Option<(u64, u32)>,
+    ) {
+        let answer = if !bounce.sender.is_empty() {
+            Some(bounce)
+        } else {
+            inspect(payload).ok().and_then(|top| {
+                (top.attr("type") != Some("error")).then(|| Bounce {
+                    sender: top.attr("from").unwrap_or_default().to_owned(),
+                    to: top.attr("to").unwrap_or_default().to_owned(),
+                    id: top.attr("id").map(str::to_owned),
+                })
+            })
         };
-        self.store(user, payload, bounce);
+        match answer {
+            Some(b) if !b.sender.is_empty() => {
+                tracing::warn!(sender = b.sender, to = b.to, %condition, "a message could not be stored; its sender is told");
+                self.error_to(
+                    &b.sender,
+                    StanzaKind::Message,
+                    b.id.as_deref(),
+                    &b.to,
+                    condition,
+                );
+            }
+            _ => {
+                tracing::error!(%condition, "a message could not be stored and has no sender to tell")
+            }
+        }
+        if let Some(origin) = origin {
+            self.stored(origin);
+        }
     }
 
     /// Stores a message offline. If an SM sender's stanza is being routed,

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use cm_protocol::RouteHeader;
 use xmpp_stream::StanzaCondition;
+use xmpp_stream::stanza::{StanzaKind, error_reply};
 
 use super::{Action, Router};
 use crate::routing::SessionAddr;
@@ -53,12 +54,63 @@ pub enum Query {
     },
 }
 
+/// The IQ a query answers: enough to answer it with an error.
+#[derive(Debug)]
+pub(super) struct QueryId {
+    /// The requesting session's full JID.
+    requester: String,
+    /// The IQ's id.
+    iq_id: String,
+}
+
+impl Query {
+    /// The IQ this query answers.
+    fn id(&self) -> QueryId {
+        let (requester, iq_id) = match self {
+            Query::Archive {
+                requester, iq_id, ..
+            }
+            | Query::VCardGet {
+                requester, iq_id, ..
+            }
+            | Query::VCardSet {
+                requester, iq_id, ..
+            } => (requester, iq_id),
+        };
+        QueryId {
+            requester: requester.clone(),
+            iq_id: iq_id.clone(),
+        }
+    }
+}
+
 impl Router {
     /// Hands a query to the driver; one at a time per session.
     pub(super) fn query(&mut self, addr: SessionAddr, header: &RouteHeader, query: Query) {
-        if !self.querying.insert(addr) {
+        if self.querying.contains_key(&addr) {
             return self.reply_error(addr.0, addr.1, header, StanzaCondition::ResourceConstraint);
         }
+        self.querying.insert(addr, query.id());
         self.emit(Action::Query { to: addr, query });
+    }
+
+    /// A query could not be answered: its IQ gets an error from the server.
+    pub(super) fn query_failed(&mut self, to: SessionAddr, condition: StanzaCondition) {
+        let Some(id) = self.querying.remove(&to) else {
+            return;
+        };
+        if self.table.jid_of(to.0, to.1).is_none() {
+            return;
+        }
+        self.stats.errors += 1;
+        let reply = error_reply(
+            StanzaKind::Iq,
+            Some(&id.iq_id),
+            &self.domain,
+            &id.requester,
+            condition,
+            None,
+        );
+        self.deliver(to, reply);
     }
 }

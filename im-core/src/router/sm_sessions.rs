@@ -97,6 +97,8 @@ pub(crate) struct Acked {
     pub(crate) refused: bool,
     /// The ledger drained enough to flush stored messages into it.
     pub(crate) caught_up: bool,
+    /// Offline-storage rows of the stored messages acknowledged now.
+    pub(crate) rows: Vec<i64>,
 }
 
 /// What detaching a session did.
@@ -120,6 +122,9 @@ pub(crate) struct Resumed {
     pub(crate) max: u32,
     /// The old stream was still attached (its CM holds it: tell it `conflict`).
     pub(crate) old_attached: bool,
+    /// Offline-storage rows of the stored messages the resumption's `h`
+    /// acknowledged.
+    pub(crate) rows: Vec<i64>,
 }
 
 /// The SM sessions (see the module docs).
@@ -288,10 +293,17 @@ impl SmSessions {
     pub(crate) fn acked(&mut self, addr: SessionAddr, h: u32) -> Option<Acked> {
         let l = self.ledgers.get_mut(&addr)?;
         let before = l.bytes();
-        let refused = l.ack(h).is_err();
+        let (refused, rows) = match l.ack(h) {
+            Ok(rows) => (false, rows),
+            Err(TooHigh) => (true, Vec::new()),
+        };
         self.bytes -= before - l.bytes();
         let caught_up = l.overflowed && !l.flushing && l.half_empty();
-        Some(Acked { refused, caught_up })
+        Some(Acked {
+            refused,
+            caught_up,
+            rows,
+        })
     }
 
     /// The CM dropped these deliveries unwritten.
@@ -330,7 +342,7 @@ impl SmSessions {
             return Admission::Spill { flush };
         }
         self.bytes += payload.len();
-        l.push(payload.clone());
+        l.push(payload.clone(), None);
         match l.detached_at {
             None => Admission::Send,
             Some(_) => Admission::Held,
@@ -352,15 +364,16 @@ impl SmSessions {
         true
     }
 
-    /// A stored message for the session, during a flush.
-    pub(crate) fn push_flushed(&mut self, addr: SessionAddr, payload: &Bytes) -> Flushed {
+    /// A stored message (from offline-storage row `row`) for the session,
+    /// during a flush: it stays stored until the client acknowledges it.
+    pub(crate) fn push_flushed(&mut self, addr: SessionAddr, payload: &Bytes, row: i64) -> Flushed {
         let total = self.bytes;
         match self.ledgers.get_mut(&addr) {
             None => Flushed::Untracked,
             Some(l) if !l.has_room() || total >= MAX_LEDGER_BYTES_TOTAL => Flushed::Full,
             Some(l) => {
                 self.bytes += payload.len();
-                l.push(payload.clone());
+                l.push(payload.clone(), Some(row));
                 Flushed::Pushed {
                     attached: l.detached_at.is_none(),
                 }
@@ -439,11 +452,14 @@ impl SmSessions {
     ) -> Option<Result<Resumed, TooHigh>> {
         let mut ledger = self.remove(old)?;
         let old_attached = ledger.detached_at.is_none();
-        if let Err(e) = ledger.ack(h) {
-            self.retired.remove(old);
-            self.insert(old, ledger);
-            return Some(Err(e));
-        }
+        let rows = match ledger.ack(h) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.retired.remove(old);
+                self.insert(old, ledger);
+                return Some(Err(e));
+            }
+        };
         let replay = ledger.reattach();
         let resumed = Resumed {
             replay,
@@ -453,6 +469,7 @@ impl SmSessions {
             h: ledger.report_h(),
             max: ledger.max,
             old_attached,
+            rows,
         };
         self.retired.remove(new);
         self.insert(new, ledger);

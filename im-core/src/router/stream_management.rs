@@ -44,6 +44,11 @@ impl Router {
         let Some(acked) = self.sessions.acked((node, sid), h) else {
             return;
         };
+        if !acked.rows.is_empty()
+            && let Some(user) = self.user_of((node, sid))
+        {
+            self.stored_acked(&user, &acked.rows);
+        }
         if acked.caught_up {
             self.request_flush((node, sid));
         }
@@ -174,10 +179,16 @@ impl Router {
     }
 
     /// XEP-0198 §5: unacknowledged messages go to another resource or
-    /// offline storage (with a delay stamp); the rest is dropped.
+    /// offline storage (with a delay stamp); the rest is dropped. Stored
+    /// messages it held were never removed from storage: they stay there
+    /// (and go to another available resource by a flush).
     pub(super) fn reroute_unacked(&mut self, full: &str, ledger: Ledger) {
         let bare = address::bare(full).to_owned();
-        for payload in ledger.into_unacked() {
+        let unacked = ledger.into_unacked();
+        if let Some(user) = address::local(&bare) {
+            self.stored_returned(user, &unacked.rows);
+        }
+        for payload in unacked.payloads {
             let Ok(top) = inspect(&payload) else { continue };
             if top.stanza_kind() != Some(StanzaKind::Message) {
                 continue;
@@ -278,6 +289,10 @@ impl Router {
             }
             Some(Ok(resumed)) => resumed,
         };
+        if let Some(user) = address::local(bare) {
+            let user = user.to_owned();
+            self.stored_acked(&user, &resumed.rows);
+        }
         let resumption = Resumption {
             jid: full.clone(),
             h: resumed.h,

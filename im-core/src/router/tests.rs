@@ -3,12 +3,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cm_protocol::{Frame, Kind, SmSnapshot};
+use cm_protocol::{Frame, Kind, SessionId, SmSnapshot};
 use xmpp_stream::element::Element;
 use xmpp_stream::{StanzaCondition, ns};
 
 use super::test_support::*;
-use super::{Action, Input, Router};
+use super::{Action, Bounce, Input, Router};
+use crate::routing::NodeId;
 use crate::storage::{Roster, RosterItem};
 
 #[test]
@@ -66,9 +67,11 @@ fn offline_when_no_available_resource_and_flush_on_presence() {
     let Action::StoreOffline { bounce, .. } = acts[0].clone() else {
         unreachable!()
     };
-    let acts = r.run(Input::OfflineFailed {
+    let acts = r.run(Input::StoreFailed {
         bounce,
+        payload: Bytes::from_static(b"<message/>"),
         condition: StanzaCondition::ServiceUnavailable,
+        origin: None,
     });
     assert_eq!(delivered_to(&acts), vec![(1, 10)]);
     // bob comes online: offline messages are flushed on initial presence
@@ -495,11 +498,14 @@ fn offline_messages_go_through_the_ledger_and_a_clean_close_keeps_nothing() {
         messages,
     });
     assert_eq!(payloads(&acts).len(), 5);
-    assert!(acts.contains(&Action::RemoveOffline {
-        user: "bob".into(),
-        upto: 5
-    }));
-    frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 5 });
+    assert_eq!(
+        acts,
+        vec![Action::RemoveOffline {
+            user: "bob".into(),
+            upto: 5
+        }]
+    );
     let acts = frame(
         &mut r,
         1,
@@ -1812,4 +1818,309 @@ fn the_action_queue_gives_memory_back_once_a_burst_drained() {
     let kept = r.out.capacity();
     r.drain();
     assert_eq!(r.out.capacity(), kept);
+}
+
+/// Bob (node 1, sid 10) with SM (resumable for 60 s) and his initial
+/// presence sent; five stored messages (rows 1..=5) loaded for him.
+fn bob_with_five_stored(r: &mut Router) -> Vec<Action> {
+    bound(r, 1, 10, "bob@x", "laptop");
+    frame(
+        r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: true,
+            max: 60,
+        },
+    );
+    stanza(
+        r,
+        1,
+        10,
+        header(Kind::Presence, "bob@x/laptop", None, None),
+        "<presence/>",
+    );
+    r.run(Input::Offline {
+        user: "bob".into(),
+        to: (1, 10),
+        messages: stored_messages(1..=5),
+    })
+}
+
+/// Stored chat messages with these row ids (body: the row id).
+fn stored_messages(rows: std::ops::RangeInclusive<i64>) -> Vec<(i64, Bytes)> {
+    rows.map(|i| {
+        (
+            i,
+            Bytes::from(format!(
+                "<message type='chat' id='o{i}'><body>{i}</body></message>"
+            )),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn stored_messages_are_removed_only_once_acknowledged() {
+    let mut r = router();
+    let acts = bob_with_five_stored(&mut r);
+    assert_eq!(payloads(&acts).len(), 5);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::RemoveOffline { .. })),
+        "removed before any acknowledgement: {acts:?}"
+    );
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 2 });
+    assert_eq!(
+        acts,
+        vec![Action::RemoveOffline {
+            user: "bob".into(),
+            upto: 2
+        }]
+    );
+    // a second load of the same rows (before the removal ran) hands out
+    // only what is new
+    let acts = r.run(Input::Offline {
+        user: "bob".into(),
+        to: (1, 10),
+        messages: stored_messages(1..=6),
+    });
+    assert_eq!(
+        payloads(&acts),
+        vec!["<message type='chat' id='o6'><body>6</body></message>"]
+    );
+}
+
+#[test]
+fn stored_messages_a_session_never_acknowledged_stay_stored_when_it_expires() {
+    let mut r = router();
+    bob_with_five_stored(&mut r);
+    frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+    drop_session(&mut r, 1, 10, "bob@x/laptop");
+    let acts = r.timeout(t0() + Duration::from_secs(61));
+    // rows 2..=5 are still stored: neither stored again nor removed
+    assert!(
+        !acts.iter().any(|a| matches!(
+            a,
+            Action::StoreOffline { .. } | Action::RemoveOffline { .. }
+        )),
+        "{acts:?}"
+    );
+    assert_eq!(r.sm_counts(), (0, 0));
+    // his next session loads them again, and gets all four
+    bound(&mut r, 2, 20, "bob@x", "phone");
+    let acts = stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/phone", None, None),
+        "<presence/>",
+    );
+    assert!(acts.contains(&Action::FlushOffline {
+        user: "bob".into(),
+        to: (2, 20)
+    }));
+    let acts = r.run(Input::Offline {
+        user: "bob".into(),
+        to: (2, 20),
+        messages: stored_messages(2..=5),
+    });
+    assert_eq!(payloads(&acts).len(), 4);
+    // without SM, handed to the link is acknowledged
+    assert!(acts.contains(&Action::RemoveOffline {
+        user: "bob".into(),
+        upto: 5
+    }));
+}
+
+/// The stream of session (`node`, `sid`) of `full` ends uncleanly.
+fn drop_session(r: &mut Router, node: NodeId, sid: SessionId, full: &str) -> Vec<Action> {
+    frame(
+        r,
+        node,
+        Frame::SessionEnd {
+            sid,
+            jid: Some(full.into()),
+            clean: false,
+        },
+    )
+}
+
+/// Alice (node 1, sid 10) with SM, not resumable; Bob (node 3, sid 30)
+/// available without SM.
+fn alice_with_sm_and_bob(r: &mut Router) {
+    bound(r, 1, 10, "alice@x", "phone");
+    bound(r, 3, 30, "bob@x", "pc");
+    stanza(
+        r,
+        3,
+        30,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    frame(
+        r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: false,
+            max: 0,
+        },
+    );
+}
+
+/// The `h` values of the Handled frames in `acts`.
+fn handled(acts: &[Action]) -> Vec<u32> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                frame: Frame::Handled { h, .. },
+                ..
+            } => Some(*h),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_archive_write_answers_the_sender_and_later_stanzas_are_acknowledged() {
+    let mut r = router();
+    alice_with_sm_and_bob(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message from='alice@x/phone' type='chat' to='bob@x' id='m1'><body>hi</body></message>",
+    );
+    let Some(Action::Archive {
+        entries,
+        origin: Some(origin),
+    }) = acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+    else {
+        panic!("{acts:?}")
+    };
+    let (payload, origin) = (entries[0].payload.clone(), *origin);
+    // not durable yet: not acknowledged (the CM stamped `from`, which
+    // the archive entry keeps)
+    assert_eq!(
+        handled(&frame(&mut r, 1, Frame::AckRequest { sid: 10 })),
+        vec![0]
+    );
+    let acts = r.run(Input::StoreFailed {
+        bounce: Bounce::default(),
+        payload,
+        condition: StanzaCondition::InternalServerError,
+        origin: Some(origin),
+    });
+    // the sender hears of it first, then the stanza counts as handled
+    let errors = deliveries(&acts);
+    assert_eq!(errors.len(), 1, "{acts:?}");
+    assert_eq!(errors[0].0, (1, 10));
+    assert!(errors[0].1.contains("type=\"error\"") && errors[0].1.contains("m1"));
+    assert!(
+        errors[0].1.contains("internal-server-error"),
+        "{}",
+        errors[0].1
+    );
+    assert_eq!(handled(&acts), vec![1], "{acts:?}");
+    assert!(matches!(
+        acts.last(),
+        Some(Action::Send {
+            frame: Frame::Handled { .. },
+            ..
+        })
+    ));
+    // the next stanza is acknowledged normally
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message from='alice@x/phone' type='chat' to='bob@x' id='m2'><body>again</body></message>",
+    );
+    let Some(Action::Archive {
+        origin: Some(origin),
+        ..
+    }) = acts.iter().find(|a| matches!(a, Action::Archive { .. }))
+    else {
+        panic!("{acts:?}")
+    };
+    let origin = *origin;
+    r.run(Input::Stored { origin });
+    assert_eq!(
+        handled(&frame(&mut r, 1, Frame::AckRequest { sid: 10 })),
+        vec![2]
+    );
+}
+
+#[test]
+fn a_failed_store_without_a_bounce_answers_the_sender_the_message_names() {
+    let mut r = router();
+    alice_with_sm_and_bob(&mut r);
+    // a message from alice, rerouted from an ended ledger: nothing but its
+    // own attributes says who sent it
+    let acts = r.run(Input::StoreFailed {
+        bounce: Bounce::default(),
+        payload: Bytes::from_static(
+            b"<message from='alice@x/phone' to='carol@x' type='chat' id='m7'><body>x</body></message>",
+        ),
+        condition: StanzaCondition::InternalServerError,
+        origin: None,
+    });
+    let errors = deliveries(&acts);
+    assert_eq!(errors.len(), 1, "{acts:?}");
+    assert_eq!(errors[0].0, (1, 10));
+    assert!(
+        errors[0].1.contains("m7") && errors[0].1.contains("from=\"carol@x\""),
+        "{}",
+        errors[0].1
+    );
+    // an error is never answered
+    let acts = r.run(Input::StoreFailed {
+        bounce: Bounce::default(),
+        payload: Bytes::from_static(
+            b"<message from='alice@x/phone' to='carol@x' type='error' id='m8'/>",
+        ),
+        condition: StanzaCondition::InternalServerError,
+        origin: None,
+    });
+    assert!(acts.is_empty(), "{acts:?}");
+}
+
+#[test]
+fn a_query_that_could_not_be_answered_gets_an_error() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", None, Some("get")),
+        "<iq type='get' id='i1'><vCard xmlns='vcard-temp'/></iq>",
+    );
+    assert!(matches!(&acts[..], [Action::Query { .. }]), "{acts:?}");
+    let acts = r.run(Input::QueryFailed {
+        to: (1, 10),
+        condition: StanzaCondition::InternalServerError,
+    });
+    let errors = deliveries(&acts);
+    assert_eq!(errors.len(), 1, "{acts:?}");
+    assert!(
+        errors[0].1.contains("<iq")
+            && errors[0].1.contains("id=\"i1\"")
+            && errors[0].1.contains("internal-server-error"),
+        "{}",
+        errors[0].1
+    );
+    // the session may ask again
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", None, Some("get")),
+        "<iq type='get' id='i1'><vCard xmlns='vcard-temp'/></iq>",
+    );
+    assert!(matches!(&acts[..], [Action::Query { .. }]), "{acts:?}");
 }

@@ -34,6 +34,19 @@ struct Entry {
     payload: Bytes,
     /// The CM dropped it unwritten (client state indication).
     skipped: bool,
+    /// The offline-storage row it was loaded from: the row stays stored
+    /// until the client acknowledges the stanza.
+    row: Option<i64>,
+}
+
+/// What a ledger held unacknowledged when it ended.
+#[derive(Debug, Default)]
+pub(crate) struct Unacked {
+    /// Stanzas routed to the session, in order (to route elsewhere).
+    pub(crate) payloads: Vec<Bytes>,
+    /// Offline-storage rows of stored messages it held (still stored:
+    /// they go back to storage's care, not routed again).
+    pub(crate) rows: Vec<i64>,
 }
 
 /// Counters a CM reports for a session the core does not know (after a core
@@ -152,12 +165,14 @@ impl Ledger {
         self.entries.len() <= MAX_UNACKED / 2 && self.bytes <= MAX_UNACKED_BYTES / 2
     }
 
-    /// Records a stanza sent to the session.
-    pub(super) fn push(&mut self, payload: Bytes) {
+    /// Records a stanza sent to the session (`row`: the offline-storage row
+    /// it was loaded from, if it is a stored message).
+    pub(super) fn push(&mut self, payload: Bytes, row: Option<i64>) {
         self.bytes += payload.len();
         self.entries.push_back(Entry {
             payload,
             skipped: false,
+            row,
         });
     }
 
@@ -209,8 +224,10 @@ impl Ledger {
         self.bytes
     }
 
-    /// The client acknowledged `h`: drops what it received.
-    pub(super) fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
+    /// The client acknowledged `h`: drops what it received; returns the
+    /// offline-storage rows of the stored messages among them (which may
+    /// now be removed from storage).
+    pub(super) fn ack(&mut self, h: u32) -> Result<Vec<i64>, TooHigh> {
         let mut n = h.wrapping_sub(self.acked);
         let written = self.entries.iter().filter(|e| !e.skipped).count();
         if u64::from(n) > u64::from(self.unknown) + written as u64 {
@@ -219,6 +236,7 @@ impl Ledger {
         let from_before = n.min(self.unknown);
         self.unknown -= from_before;
         n -= from_before;
+        let mut rows = Vec::new();
         while let Some(front) = self.entries.front() {
             if !front.skipped {
                 if n == 0 {
@@ -228,11 +246,13 @@ impl Ledger {
             }
             if let Some(e) = self.entries.pop_front() {
                 self.bytes -= e.payload.len();
+                // (a skipped entry is a presence, never a stored message)
+                rows.extend(e.row);
             }
             self.first_seq = self.first_seq.wrapping_add(1);
         }
         self.acked = h;
-        Ok(())
+        Ok(rows)
     }
 
     /// The CM dropped these entries unwritten.
@@ -255,13 +275,17 @@ impl Ledger {
         self.entries.iter().map(|e| e.payload.clone()).collect()
     }
 
-    /// Ends the ledger: the stanzas the client never acknowledged.
-    pub(crate) fn into_unacked(self) -> Vec<Bytes> {
-        self.entries
-            .into_iter()
-            .filter(|e| !e.skipped)
-            .map(|e| e.payload)
-            .collect()
+    /// Ends the ledger: what the client never acknowledged.
+    pub(crate) fn into_unacked(self) -> Unacked {
+        let mut unacked = Unacked::default();
+        for e in self.entries {
+            match (e.row, e.skipped) {
+                (Some(row), _) => unacked.rows.push(row),
+                (None, false) => unacked.payloads.push(e.payload),
+                (None, true) => {}
+            }
+        }
+        unacked
     }
 }
 
@@ -277,13 +301,27 @@ mod tests {
     fn acks_drop_received_entries_and_too_high_is_refused() {
         let mut l = Ledger::new(1, 300);
         for s in ["a", "b", "c"] {
-            l.push(b(s));
+            l.push(b(s), None);
         }
-        l.ack(2).unwrap();
+        assert_eq!(l.ack(2), Ok(vec![]));
         assert_eq!(l.len(), 1);
         assert_eq!(l.ack(5), Err(TooHigh));
         l.ack(3).unwrap();
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn acks_report_the_storage_rows_of_stored_messages_and_an_end_hands_back_the_rest() {
+        let mut l = Ledger::new(1, 300);
+        l.push(b("live"), None);
+        l.push(b("s1"), Some(11));
+        l.push(b("s2"), Some(12));
+        l.push(b("s3"), Some(13));
+        assert_eq!(l.ack(2), Ok(vec![11]));
+        assert_eq!(l.ack(2), Ok(vec![]));
+        let unacked = l.into_unacked();
+        assert_eq!(unacked.rows, vec![12, 13]);
+        assert!(unacked.payloads.is_empty());
     }
 
     #[test]
@@ -300,7 +338,7 @@ mod tests {
         );
         assert_eq!(l.count_in(), 0);
         for s in ["a", "b", "c"] {
-            l.push(b(s));
+            l.push(b(s), None);
         }
         l.ack(u32::MAX).unwrap();
         assert_eq!(l.len(), 2);
@@ -312,16 +350,16 @@ mod tests {
     fn skipped_entries_are_not_counted_nor_resent() {
         let mut l = Ledger::new(1, 300);
         for s in ["p1", "m1", "p2", "m2"] {
-            l.push(b(s));
+            l.push(b(s), None);
         }
         l.skip(&[0, 2]);
         // the client was written m1 and m2 only
         l.ack(1).unwrap();
         assert_eq!(l.reattach(), vec![b("m2")]);
         // renumbered: m2 is 0, the next is 1
-        l.push(b("m3"));
+        l.push(b("m3"), None);
         l.skip(&[1]);
-        assert_eq!(l.into_unacked(), vec![b("m2")]);
+        assert_eq!(l.into_unacked().payloads, vec![b("m2")]);
     }
 
     #[test]
@@ -364,7 +402,7 @@ mod tests {
                 next_seq: 3,
             },
         );
-        l.push(b("new"));
+        l.push(b("new"), None);
         l.ack(9).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l.ack(12), Err(TooHigh));

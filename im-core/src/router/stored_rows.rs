@@ -1,0 +1,167 @@
+//! Which offline-storage rows are out with a session and not yet
+//! acknowledged, per user: a stored message is removed from storage only
+//! once its client acknowledged it (XEP-0198 `<a h/>`), or once it was
+//! handed to the link of a session without stream management. Until then
+//! it stays stored, so a core crash loses nothing: the next login loads it
+//! again.
+//!
+//! Removal is by "every row up to" ([`super::Action::RemoveOffline`]), so
+//! the line removed never passes a row still out with a session or handed
+//! back to storage by a session that ended unacknowledged; a load does not
+//! hand out again a row that is out or acknowledged. Only users with rows
+//! out have an entry, so the table is bounded by the ledgers' bounds.
+//!
+//! A session of the user that ended with rows out hands them back: they are
+//! loaded again by the next flush. A row acknowledged above a handed-back
+//! one stays stored until that one is acknowledged too; if the entry was
+//! dropped meanwhile (nothing out any more), it can be delivered once more
+//! (a duplicate with its original id, never a loss).
+
+use std::collections::{BTreeSet, HashMap};
+
+/// The rows out with sessions, per user (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct StoredRows {
+    users: HashMap<String, UserRows>,
+}
+
+/// One user's rows.
+#[derive(Debug, Default)]
+struct UserRows {
+    /// Rows in a session's ledger, not acknowledged.
+    out: BTreeSet<i64>,
+    /// Rows a session handed back unacknowledged (still stored, to load
+    /// again).
+    returned: BTreeSet<i64>,
+    /// The highest row handed out.
+    handed_upto: i64,
+    /// The highest row acknowledged.
+    acked_upto: i64,
+    /// Removal was asked for every row up to this one.
+    removed_upto: i64,
+}
+
+impl StoredRows {
+    /// Whether a loaded row of `user` is to be handed to a session: not
+    /// one out with a session already, nor one acknowledged.
+    pub(crate) fn wanted(&self, user: &str, row: i64) -> bool {
+        let Some(u) = self.users.get(user) else {
+            return true;
+        };
+        if u.out.contains(&row) {
+            return false;
+        }
+        row > u.handed_upto.max(u.removed_upto) || u.returned.contains(&row)
+    }
+
+    /// `row` of `user` went into a session's ledger.
+    pub(crate) fn handed(&mut self, user: &str, row: i64) {
+        let u = self.users.entry(user.to_owned()).or_default();
+        u.returned.remove(&row);
+        u.out.insert(row);
+        u.handed_upto = u.handed_upto.max(row);
+    }
+
+    /// The client acknowledged these rows of `user` (or they were handed to
+    /// a session without stream management): the line up to which storage
+    /// may now remove, if it moved.
+    pub(crate) fn acked(&mut self, user: &str, rows: &[i64]) -> Option<i64> {
+        if rows.is_empty() {
+            return None;
+        }
+        let u = self.users.get_mut(user)?;
+        for row in rows {
+            u.out.remove(row);
+            u.acked_upto = u.acked_upto.max(*row);
+        }
+        let held = [u.out.first(), u.returned.first()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(i64::MAX, |first| first - 1);
+        let line = u.acked_upto.min(held);
+        let removed = (line > u.removed_upto).then(|| {
+            u.removed_upto = line;
+            line
+        });
+        if u.out.is_empty() {
+            self.users.remove(user);
+        }
+        removed
+    }
+
+    /// A session of `user` ended with these rows unacknowledged: they stay
+    /// stored, to be loaded again.
+    pub(crate) fn returned(&mut self, user: &str, rows: &[i64]) {
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        for row in rows {
+            if u.out.remove(row) {
+                u.returned.insert(*row);
+            }
+        }
+        if u.out.is_empty() {
+            // Nothing out: a load hands out what storage holds.
+            self.users.remove(user);
+        }
+    }
+
+    /// Users with rows out.
+    #[cfg(test)]
+    pub(crate) fn users(&self) -> usize {
+        self.users.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_removed_only_up_to_the_first_unacknowledged_one() {
+        let mut rows = StoredRows::default();
+        for r in 1..=5 {
+            assert!(rows.wanted("bob", r));
+            rows.handed("bob", r);
+        }
+        // a second load does not hand them out again
+        assert!(!rows.wanted("bob", 3));
+        assert!(rows.wanted("bob", 6));
+        assert_eq!(rows.acked("bob", &[1, 2]), Some(2));
+        assert!(!rows.wanted("bob", 2), "acknowledged");
+        assert_eq!(rows.acked("bob", &[3, 4, 5]), Some(5));
+        assert_eq!(rows.users(), 0);
+    }
+
+    #[test]
+    fn a_second_session_acknowledging_does_not_remove_rows_another_holds() {
+        let mut rows = StoredRows::default();
+        for r in 1..=3 {
+            rows.handed("bob", r);
+        }
+        for r in 4..=5 {
+            rows.handed("bob", r);
+        }
+        // the second ledger (4, 5) is acknowledged first
+        assert_eq!(rows.acked("bob", &[4, 5]), None);
+        assert_eq!(rows.acked("bob", &[1]), Some(1));
+        assert_eq!(rows.acked("bob", &[2, 3]), Some(5));
+    }
+
+    #[test]
+    fn rows_handed_back_stay_stored_and_block_removal_past_them() {
+        let mut rows = StoredRows::default();
+        for r in 1..=4 {
+            rows.handed("bob", r);
+        }
+        rows.returned("bob", &[1, 2]);
+        assert!(rows.wanted("bob", 1), "loadable again");
+        assert!(!rows.wanted("bob", 3), "still out");
+        assert_eq!(rows.acked("bob", &[3]), None, "1 and 2 are stored still");
+        rows.handed("bob", 1);
+        rows.handed("bob", 2);
+        assert_eq!(rows.acked("bob", &[1, 2, 4]), Some(4));
+        assert_eq!(rows.users(), 0);
+    }
+}
