@@ -42,7 +42,7 @@ for t in "${targets[@]}"; do
         failed+=("$t")
         tail -n 60 "$fuzz/artifacts/$t.log"
     fi
-    grep -E '^#[0-9]+ +DONE|^stat::(number_of_executed_units|peak_rss_mb)' "$fuzz/artifacts/$t.log" || true
+    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::(number_of_executed_units|peak_rss_mb)' "$fuzz/artifacts/$t.log" || true
 done
 
 if [ ${#failed[@]} -gt 0 ]; then
