@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use client_sdk::im::{HistoryQuery, Subscription, SubscriptionRequest};
+use client_sdk::transport::{Dialer, Transport};
 use client_sdk::{Carbon, Client, Event};
+use xmpp_stream::ns;
 mod support;
-use support::{Cluster, WAIT, bounded, jid};
+use support::{Cluster, DOMAIN, WAIT, bounded, jid};
 
 /// Waits for the first event `pick` accepts, skipping others.
 async fn wait_for<T>(c: &mut Client, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
@@ -243,13 +245,22 @@ async fn a_client_that_connects_before_the_core_answered_is_offered_registration
         let mut early = cluster.options(0, "frank", "frank's secret");
         early.timeout = Duration::from_secs(30);
         let registering = tokio::spawn(async move { client_sdk::im::register(&early).await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(
-            !registering.is_finished(),
-            "the CM answered before it heard the core: {:?}",
-            registering.await
-        );
+        // A stream of our own: its header answered means the CM holds it
+        // before it heard the core; the features it then sends must be the
+        // core's (a guess would lack registration).
+        let roots = client_sdk::load_roots(&cluster.ca()).unwrap();
+        let dialer = Dialer::new(cluster.cm_addr(0), DOMAIN, Transport::Quic, roots).unwrap();
+        let endpoint = dialer.endpoint().unwrap();
+        let mut raw = dialer
+            .connect(Some(&endpoint))
+            .await
+            .expect("the CM answers the stream header without the core");
         cluster.start_core().await;
+        let features = raw.io.element().await.expect("features");
+        assert!(
+            features.child("register", ns::REGISTER_FEATURE).is_some(),
+            "{features:?}"
+        );
         registering
             .await
             .expect("join")

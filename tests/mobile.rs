@@ -21,9 +21,17 @@ async fn a_thousand_messages_each_way_while_one_side_keeps_changing_networks() {
         cluster.wait_routes(2).await;
         let node = cluster.node_of(alice.jid()).await;
         // Messages that arrive while a login's (empty) offline flush runs
-        // are stored behind it by design; the flush takes a storage round
-        // trip, longer now that archive writes share the storage thread.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // are stored behind it by design. A marker each way: once it has
+        // arrived (live, or stored and flushed behind the flush), that
+        // login's flush is over, and from then on nothing has a reason to
+        // be stored offline.
+        alice.send_message(bob.jid(), "marker").await.unwrap();
+        bob.send_message(alice.jid(), "marker").await.unwrap();
+        for c in [&mut alice, &mut bob] {
+            let m = c.next_message(WAIT).await.expect("the marker arrives");
+            assert_eq!(m.body.as_deref(), Some("marker"));
+        }
+        let stored_before = cluster.metric("longlink_core_offline_stored_total").await;
         // every 100 messages: a new port, and every other time a new address
         chat_with_moves(&mut alice, &mut bob, 1000, 100, |a, i| {
             if i % 200 == 0 {
@@ -41,10 +49,11 @@ async fn a_thousand_messages_each_way_while_one_side_keeps_changing_networks() {
         // one session all along: no reconnection, no re-login, same CM, and
         // every message went live (none overflowed to offline storage)
         assert_eq!(cluster.node_of(alice.jid()).await, node);
-        let metrics = cluster.metrics().await;
-        assert!(
-            metrics.contains("longlink_core_offline_stored_total 0"),
-            "{metrics}"
+        assert_eq!(
+            cluster.metric("longlink_core_offline_stored_total").await,
+            stored_before,
+            "{}",
+            cluster.metrics().await
         );
         while let Ok(Some(ev)) =
             tokio::time::timeout(Duration::from_millis(100), alice.next_event()).await
@@ -93,11 +102,11 @@ async fn a_lost_connection_resumes_and_nothing_acknowledged_is_lost_or_repeated(
             bob.next_message(WAIT).await.unwrap().body.as_deref(),
             Some("back")
         );
-        assert!(
-            alice
-                .next_message(Duration::from_millis(300))
-                .await
-                .is_err()
+        // nothing is delivered twice: a repeat would come before this marker
+        bob.send_message(alice.jid(), "marker").await.unwrap();
+        assert_eq!(
+            alice.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("marker")
         );
         assert_eq!(alice.duplicates_dropped(), 0);
         assert_eq!(
@@ -222,9 +231,10 @@ async fn forged_or_foreign_sm_ids_are_refused_and_expired_sessions_go_offline() 
                 .unwrap();
         }
         carol.ping().await.unwrap();
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let metrics = cluster.metrics().await;
-        assert!(metrics.contains("longlink_core_sm_expired 1"), "{metrics}");
+        // her session (resumable for 2 s) expires; what it held goes offline
+        cluster
+            .wait_metric("longlink_core_sm_expired", |n| n == 1.0)
+            .await;
         let mut alice = cluster.login(0, "alice", "phone").await;
         for i in 0..3 {
             let m = alice.next_message(WAIT).await.unwrap();
@@ -331,7 +341,10 @@ async fn after_a_long_outage_the_sdk_logs_in_again_sends_its_outbox_and_gets_off
                 .unwrap();
         }
         bob.ping().await.unwrap();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // the CM comes back only once her session (resumable for 1 s) expired
+        cluster
+            .wait_metric("longlink_core_sm_expired", |n| n >= 1.0)
+            .await;
         cluster.revive_cm(0, addr).await;
         // the SDK comes back by itself: a new session, the outbox sent, offline fetched
         let mut states = Vec::new();

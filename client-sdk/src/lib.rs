@@ -28,6 +28,9 @@ mod connection;
 mod driver;
 mod error;
 mod event;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod im;
 #[cfg(feature = "tools")]
 pub mod negotiation;

@@ -16,6 +16,9 @@ pub mod backoff;
 pub mod balancer_link;
 pub mod config;
 pub mod encap_socket;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listener;
 pub mod pool;
 pub mod session;

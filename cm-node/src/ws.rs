@@ -34,15 +34,7 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
     crate::tcp::accept_loop(listener, ctx, move |tcp, remote, ctx, peer| {
         let tls = tls.clone();
         async move {
-            // frames no larger than the largest stanza (plus the framing)
-            let limit = ctx.settings.limits.max_stanza_bytes + 1024;
-            // small buffers: idle connections must stay cheap
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(limit))
-                .max_frame_size(Some(limit))
-                .read_buffer_size(4096)
-                .write_buffer_size(0)
-                .max_write_buffer_size(4 * limit);
+            let config = websocket_config(ctx.settings.limits.max_stanza_bytes);
             let upgrade = async {
                 let tls_stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
                 tokio_tungstenite::accept_hdr_async_with_config(
@@ -73,9 +65,25 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
     .await
 }
 
+/// The WebSocket settings for stanzas of at most `max_stanza_bytes`.
+pub(crate) fn websocket_config(max_stanza_bytes: usize) -> WebSocketConfig {
+    // frames no larger than the largest stanza (plus the framing)
+    let limit = max_stanza_bytes + 1024;
+    // small buffers: idle connections must stay cheap
+    WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * limit)
+}
+
 /// The upgrade must offer the `xmpp` subprotocol; the answer selects it.
 #[allow(clippy::result_large_err)] // the signature tungstenite's callback has
-fn require_xmpp(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+pub(crate) fn require_xmpp(
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
     let offered = request
         .headers()
         .get_all("sec-websocket-protocol")
@@ -96,7 +104,7 @@ fn require_xmpp(request: &Request, mut response: Response) -> Result<Response, E
 }
 
 /// Incoming messages, translated to the byte stream the session parses.
-struct WsSource<S>(SplitStream<WebSocketStream<S>>);
+pub(crate) struct WsSource<S>(pub(crate) SplitStream<WebSocketStream<S>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ByteSource for WsSource<S> {
     async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
@@ -116,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ByteSource for WsSource<S> {
 }
 
 /// Turns `<open/>` into a stream header and `<close/>` into the stream end.
-fn from_framing(text: Utf8Bytes) -> Bytes {
+pub(crate) fn from_framing(text: Utf8Bytes) -> Bytes {
     let trimmed = text.as_str().trim_start();
     if trimmed.starts_with("<open") {
         if let Ok(open) = Element::parse(trimmed.as_bytes(), ns::CLIENT)

@@ -454,6 +454,29 @@ impl Cluster {
             .and_then(|n| n["name"].as_str().map(str::to_owned))
     }
 
+    /// The value of the core's metric `name` (a whole line's name, labels
+    /// included), `None` if it is not exposed.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        metric_value(&self.metrics().await, name)
+    }
+
+    /// Waits until the core's metric `name` satisfies `ok` (or panics after
+    /// [`WAIT`] with the metrics).
+    pub async fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) {
+        let start = std::time::Instant::now();
+        loop {
+            let metrics = self.metrics().await;
+            if metric_value(&metrics, name).is_some_and(&ok) {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{name} never reached the expected value: {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the routing table has `n` routes (or panics after 15 s).
     pub async fn wait_routes(&self, n: usize) {
         for _ in 0..150 {
@@ -505,4 +528,13 @@ pub async fn chat_with_moves(
     assert!(a.next_message(Duration::from_millis(300)).await.is_err());
     assert!(b.next_message(Duration::from_millis(300)).await.is_err());
     assert_eq!(a.duplicates_dropped() + b.duplicates_dropped(), 0);
+}
+
+/// The value of metric `name` (its name and labels as written) in a
+/// Prometheus text exposition.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (n, value) = line.rsplit_once(' ')?;
+        (n == name).then(|| value.parse().ok()).flatten()
+    })
 }

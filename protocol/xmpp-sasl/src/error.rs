@@ -44,6 +44,15 @@ pub enum SaslError {
         /// Minimum the client accepts.
         min: u32,
     },
+    /// The server asked for more PBKDF2 iterations than the client accepts
+    /// (hashing them would keep the client busy for minutes).
+    #[error("iteration count {got} above maximum {max}")]
+    IterationsTooHigh {
+        /// Iteration count sent by the server.
+        got: u32,
+        /// Maximum the client accepts.
+        max: u32,
+    },
     /// The server-final-message carried `e=<value>`.
     #[error("server reported SCRAM error: {0}")]
     ServerError(String),
@@ -77,6 +86,7 @@ impl SaslError {
             | SaslError::NotAuthorized
             | SaslError::InvalidServerSignature
             | SaslError::IterationsTooLow { .. }
+            | SaslError::IterationsTooHigh { .. }
             | SaslError::ServerError(_) => "not-authorized",
         }
     }

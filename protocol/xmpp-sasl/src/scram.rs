@@ -323,6 +323,11 @@ impl fmt::Debug for ScramClient {
 }
 
 impl ScramClient {
+    /// Highest iteration count accepted from the server: a fraction of a
+    /// second of PBKDF2 (OWASP's 600,000 for SHA-256 fits); the count is the
+    /// server's to choose, and `u32::MAX` would take most of an hour.
+    pub const MAX_ITERATIONS: u32 = 1_000_000;
+
     /// New exchange with a random client nonce.
     pub fn new(hash: ScramHash, username: &str, password: &str) -> Self {
         Self::with_nonce(hash, username, password, &random_nonce())
@@ -408,6 +413,12 @@ impl ScramClient {
             return Err(SaslError::IterationsTooLow {
                 got: iterations,
                 min: self.min_iterations,
+            });
+        }
+        if iterations > Self::MAX_ITERATIONS {
+            return Err(SaslError::IterationsTooHigh {
+                got: iterations,
+                max: Self::MAX_ITERATIONS,
             });
         }
 

@@ -326,3 +326,50 @@ fn client_escapes_username_and_server_gs2_y_round_trip() {
         .unwrap_err();
     assert_eq!(err, SaslError::ChannelBindingMismatch);
 }
+
+/// Found by the `sasl` fuzz target (tests/fuzz): a server-first asking for
+/// millions of PBKDF2 iterations kept the client hashing for seconds, and
+/// `i=4294967295` would keep a phone busy for the better part of an hour.
+#[test]
+fn client_refuses_an_iteration_count_above_its_maximum() {
+    let mut c = ScramClient::with_nonce(
+        ScramHash::Sha256,
+        "user",
+        "pencil",
+        "fyko+d2lbbFgONRv9qkxdawL",
+    );
+    // the fuzzer's input
+    let server_first = b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNVvVjnW=,s=QSXCR+Q7sek8bf92,i=4096096";
+    assert_eq!(
+        c.handle_server_first(server_first),
+        Err(SaslError::IterationsTooHigh {
+            got: 4_096_096,
+            max: ScramClient::MAX_ITERATIONS
+        })
+    );
+    assert_eq!(
+        c.handle_server_first(b"r=fyko+d2lbbFgONRv9qkxdawLx,s=QSXCR+Q7sek8bf92,i=4294967295"),
+        Err(SaslError::IterationsTooHigh {
+            got: u32::MAX,
+            max: ScramClient::MAX_ITERATIONS
+        })
+    );
+    // the fuzzer's next find: the same count behind leading zeros
+    let zeros = format!(
+        "r=fyko+d2lbbFgONRv9qkxdawLx,s=c2FsdA==,i={}1510860223,e=ext",
+        "0".repeat(90)
+    );
+    assert_eq!(
+        c.handle_server_first(zeros.as_bytes()),
+        Err(SaslError::IterationsTooHigh {
+            got: 1_510_860_223,
+            max: ScramClient::MAX_ITERATIONS
+        })
+    );
+    // the maximum itself is accepted (and the refusals left no state behind)
+    let at_max = format!(
+        "r=fyko+d2lbbFgONRv9qkxdawLx,s=QSXCR+Q7sek8bf92,i={}",
+        ScramClient::MAX_ITERATIONS
+    );
+    assert!(c.handle_server_first(at_max.as_bytes()).is_ok());
+}
