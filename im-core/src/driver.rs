@@ -744,7 +744,7 @@ mod tests {
     /// with one CM node whose frames the test reads.
     struct Harness {
         events: mpsc::Sender<Event>,
-        frames: mpsc::Receiver<Frame>,
+        frames: crate::links::LinkReceiver,
         plan: FaultPlan,
         node: NodeId,
         shutdown: CancellationToken,
@@ -775,7 +775,7 @@ mod tests {
                 .expect("account");
         }
         let links = Arc::new(Links::default());
-        let (tx, frames) = mpsc::channel(64 * 1024);
+        let (tx, frames) = crate::links::LinkSender::channel(64 * 1024 * 1024);
         let (node, _, _) = links.register("cm-1", 1, (0, 1), "127.0.0.1:5222", tx);
         let (events, rx) = mpsc::channel(ROUTER_QUEUE);
         let mut driver = Driver::new(
