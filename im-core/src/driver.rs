@@ -269,10 +269,11 @@ impl Driver {
                         move |db: &mut dyn Store| db.store_offline(&user, &stamp, &payload)
                     }
                 };
-                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
+                    .run(ARCHIVE_RETRIES, job);
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let condition = match queued.run(ARCHIVE_RETRIES, job).await {
+                    let condition = match outcome.await {
                         Ok(Stored::Stored) => {
                             if let Some(origin) = origin {
                                 let _ = events.send(Event::Router(Input::Stored { origin })).await;
@@ -327,10 +328,11 @@ impl Driver {
                         db.roster(&local).map(Some)
                     }
                 };
-                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
+                    .run(ARCHIVE_RETRIES, job);
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let input = match queued.run(ARCHIVE_RETRIES, job).await {
+                    let input = match outcome.await {
                         Ok(roster) => Input::RosterLoaded { user, roster },
                         Err(e) => {
                             tracing::error!(error = %e, user, "loading a roster failed for good");
@@ -373,11 +375,12 @@ impl Driver {
                         Ok(())
                     }
                 };
-                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
+                    .run(ARCHIVE_RETRIES, job);
                 let events = self.events.clone();
                 tokio::spawn(async move {
                     // A commit can fail for another job of its batch: tried again alone.
-                    let input = match (queued.run(ARCHIVE_RETRIES, job).await, origin) {
+                    let input = match (outcome.await, origin) {
                         (Ok(()), Some(origin)) => Input::Stored { origin },
                         (Ok(()), None) => return,
                         // Not durable: the sender is told, and only then is
@@ -404,10 +407,10 @@ impl Driver {
                     let (query, domain) = (query.clone(), domain.clone());
                     move |db: &mut dyn Store| Ok(crate::queries::answer(db, &query, &domain))
                 };
-                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge).run(0, job);
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let input = match queued.run(0, job).await {
+                    let input = match outcome.await {
                         Ok(payloads) => Input::Replies { to, payloads },
                         Err(e) => {
                             tracing::error!(error = %e, "answering a query failed");
@@ -640,57 +643,85 @@ impl Queued {
         }
     }
 
-    /// Queues the job `make` builds, and again (up to `retries` times, 100
-    /// ms × attempt apart) while it fails with anything but a full quota or
-    /// an unknown id. An attempt still queued at the deadline is abandoned
-    /// (it will not run); one that started is waited for.
-    async fn run<T, J>(self, retries: u64, make: impl Fn() -> J) -> Result<T, JobError>
+    /// Queues the job `make` builds now — in the caller's order, so jobs
+    /// keep routing order (stored messages keep theirs) — and returns the
+    /// future of its result, which queues it again (up to `retries` times,
+    /// 100 ms × attempt apart) while it fails with anything but a full quota,
+    /// an unknown id or a refusal by the storage queue. An attempt still
+    /// queued at the deadline is abandoned (it will not run); one that
+    /// started is waited for.
+    fn run<T, J>(
+        self,
+        retries: u64,
+        make: impl Fn() -> J + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, JobError>> + Send
     where
         T: Send + 'static,
         J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
     {
-        let mut attempt = 0;
-        loop {
-            let state = Arc::new(AtomicU8::new(QUEUED));
-            let (job, claim, charge) = (make(), state.clone(), self.charge.clone());
-            let result = self.storage.submit(move |db| {
-                let _charge = charge;
-                claim
-                    .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-                    .map_err(|_| StorageError::Closed)?;
-                job(db)
-            });
-            tokio::pin!(result);
-            let result = tokio::select! {
-                r = &mut result => r,
-                _ = tokio::time::sleep_until(self.deadline) => {
-                    if state
-                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return Err(JobError::Late);
+        let first = self.attempt(make());
+        async move {
+            let mut attempt = 0;
+            let (mut state, mut result) = first;
+            loop {
+                let outcome = tokio::select! {
+                    r = &mut result => r,
+                    _ = tokio::time::sleep_until(self.deadline) => {
+                        if state
+                            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                        {
+                            return Err(JobError::Late);
+                        }
+                        (&mut result).await
                     }
-                    result.await
+                };
+                match outcome {
+                    // Refused by storage itself (full, late) or for good: no retry.
+                    Err(
+                        StorageError::QuotaExceeded
+                        | StorageError::UnknownId
+                        | StorageError::Overloaded
+                        | StorageError::Timeout,
+                    ) => {}
+                    Err(e) if attempt < retries => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "a storage job failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        (state, result) = self.attempt(make());
+                        continue;
+                    }
+                    _ => {}
                 }
-            };
-            match result {
-                // Refused by storage itself (full, late) or for good: no retry.
-                Err(
-                    StorageError::QuotaExceeded
-                    | StorageError::UnknownId
-                    | StorageError::Overloaded
-                    | StorageError::Timeout,
-                ) => {}
-                Err(e) if attempt < retries => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "a storage job failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                    continue;
-                }
-                _ => {}
+                return outcome.map_err(JobError::from);
             }
-            return result.map_err(JobError::from);
         }
+    }
+
+    /// Queues one attempt of `job`: its claim (queued, started or
+    /// abandoned) and the future of its committed result.
+    #[allow(clippy::type_complexity)]
+    fn attempt<T, J>(
+        &self,
+        job: J,
+    ) -> (
+        Arc<AtomicU8>,
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send>>,
+    )
+    where
+        T: Send + 'static,
+        J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    {
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (claim, charge) = (state.clone(), self.charge.clone());
+        let result = self.storage.submit(move |db| {
+            let _charge = charge;
+            claim
+                .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                .map_err(|_| StorageError::Closed)?;
+            job(db)
+        });
+        (state, Box::pin(result))
     }
 }
 
