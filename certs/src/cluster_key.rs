@@ -6,7 +6,12 @@
 //! - one QUIC stateless-reset key, so when a CM dies the balancer can hand
 //!   the dead connections' packets to a live CM, whose stateless reset the
 //!   client accepts and reconnects at once instead of waiting for its idle
-//!   timeout.
+//!   timeout;
+//! - the core's QUIC stateless-reset and connection-id keys (labels of
+//!   their own), so a restarted core recognises the connection ids of its
+//!   previous process's CM connections and answers their packets with
+//!   a stateless reset the CMs accept, and they reconnect within a round
+//!   trip instead of waiting for their idle timeout.
 
 use std::sync::Arc;
 
@@ -61,6 +66,25 @@ impl ClusterKey {
             hmac::HMAC_SHA256,
             &self.derive("longlink quic stateless reset"),
         )
+    }
+
+    /// The core's QUIC stateless-reset key: the same for every process of
+    /// the core, distinct from the CMs' ([`ClusterKey::reset_key`]).
+    pub fn core_reset_key(&self) -> hmac::Key {
+        hmac::Key::new(
+            hmac::HMAC_SHA256,
+            &self.derive("longlink core quic stateless reset"),
+        )
+    }
+
+    /// The key of the core's QUIC connection ids (quinn's
+    /// `HashedConnectionIdGenerator` signs its ids with it, and an endpoint
+    /// answers only packets whose id it signed): the same for every process
+    /// of the core, so a restarted core takes its previous process's ids as
+    /// its own and answers them with a stateless reset.
+    pub fn core_cid_key(&self) -> u64 {
+        let k = self.derive("longlink core quic connection ids");
+        u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]])
     }
 
     /// A rustls ticketer every CM shares.
@@ -157,6 +181,18 @@ mod tests {
         tampered[20] ^= 1;
         assert_eq!(b.decrypt(&tampered), None);
         assert_eq!(b.decrypt(b"short"), None);
+    }
+
+    #[test]
+    fn the_core_reset_and_connection_id_keys_survive_a_restart_and_differ_from_the_cms() {
+        let tag = |k: hmac::Key| hmac::sign(&k, b"connection id").as_ref().to_vec();
+        let core = tag(ClusterKey::new([4; 32]).core_reset_key());
+        assert_eq!(core, tag(ClusterKey::new([4; 32]).core_reset_key()));
+        assert_ne!(core, tag(ClusterKey::new([4; 32]).reset_key()));
+        assert_ne!(core, tag(ClusterKey::new([5; 32]).core_reset_key()));
+        let cids = ClusterKey::new([4; 32]).core_cid_key();
+        assert_eq!(cids, ClusterKey::new([4; 32]).core_cid_key());
+        assert_ne!(cids, ClusterKey::new([5; 32]).core_cid_key());
     }
 
     #[test]

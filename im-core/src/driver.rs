@@ -807,7 +807,7 @@ mod tests {
         }
         let links = Arc::new(Links::default());
         let (tx, frames) = crate::links::LinkSender::channel(64 * 1024 * 1024);
-        let (node, _, _) = links.register("cm-1", 1, (0, 1), "127.0.0.1:5222", tx);
+        let node = links.register("cm-1", 1, (0, 1), "127.0.0.1:5222", tx).node;
         let (events, rx) = mpsc::channel(ROUTER_QUEUE);
         let mut driver = Driver::new(
             Router::new("x", 1, [7; 32]),

@@ -143,6 +143,38 @@ fn link_transport() -> quinn::TransportConfig {
     t
 }
 
+/// The CM listener. Its stateless-reset key and the key that signs its
+/// connection ids are derived from the cluster key, so every process of
+/// this core has the same ones: after a restart, the CMs' packets on their
+/// old connections are answered with a stateless reset they accept, and
+/// they reconnect at once instead of after their idle timeout.
+fn link_endpoint(
+    pki: &certs::PkiPaths,
+    server_config: quinn::ServerConfig,
+    listen: SocketAddr,
+) -> Result<quinn::Endpoint, CoreError> {
+    let cluster_key = match certs::load_cluster_key(&pki.cluster_key()) {
+        Ok(k) => certs::cluster_key::ClusterKey::new(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "no cluster key: after a restart of this core, CMs notice only at their idle timeout");
+            certs::cluster_key::ClusterKey::random()
+        }
+    };
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(cluster_key.core_reset_key()));
+    let cid_key = cluster_key.core_cid_key();
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(listen).map_err(io(format!("bind {listen}")))?;
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(io(format!("listen on {listen}")))
+}
+
 /// Starts a core: storage, router, CM listener and admin endpoint.
 pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     let pki = certs::PkiPaths::new(&config.pki_dir);
@@ -156,8 +188,7 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
         .map_err(|e| CoreError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
     server_config.transport_config(Arc::new(link_transport()));
-    let endpoint = quinn::Endpoint::server(server_config, config.listen)
-        .map_err(io(format!("bind {}", config.listen)))?;
+    let endpoint = link_endpoint(&pki, server_config, config.listen)?;
     let quic_addr = endpoint.local_addr().map_err(io("local address"))?;
 
     let (url, dir, quota) = (

@@ -114,7 +114,37 @@ struct Conn {
     id: u64,
     /// Its index in the CM's pool.
     index: u16,
+    /// The CM's pool size when it connected.
+    pool_size: u16,
     tx: LinkSender,
+    /// Cancelled when a newer connection replaces this one: its handler
+    /// closes it at once.
+    replaced: CancellationToken,
+}
+
+impl Conn {
+    /// What the router hears when this connection's frames in flight are lost.
+    fn lost(&self, node: NodeId) -> Input {
+        Input::LinkLost {
+            node,
+            index: self.index,
+            pool_size: self.pool_size,
+        }
+    }
+}
+
+/// A connection just registered.
+pub(crate) struct Registered {
+    pub(crate) node: NodeId,
+    conn_id: u64,
+    /// A new process of the node: the routes of its old one are gone.
+    restarted: bool,
+    /// The node's connection at the same pool index that this one replaced
+    /// (the same process reconnected before the core noticed the old one
+    /// end): its loss, for the router before this connection's first frame.
+    lost: Option<Input>,
+    /// Cancelled when a newer connection replaces this one.
+    replaced: CancellationToken,
 }
 
 struct NodeEntry {
@@ -187,9 +217,10 @@ impl Links {
         }
     }
 
-    /// Registers a connection of node `name` from CM process `instance`;
-    /// returns the node id, the connection id, and whether the node restarted
-    /// (a new instance: its old sessions are gone).
+    /// Registers a connection of node `name` from CM process `instance`.
+    /// A node name runs once, so the connections it replaces are told to
+    /// close: all of a previous process's (the node restarted), or the one
+    /// at the same pool index (the process reconnected).
     pub(crate) fn register(
         &self,
         name: &str,
@@ -197,7 +228,7 @@ impl Links {
         (index, pool_size): (u16, u16),
         client_addr: &str,
         tx: LinkSender,
-    ) -> (NodeId, u64, bool) {
+    ) -> Registered {
         let mut inner = self.lock();
         let next = inner.ids.len() as NodeId + 1;
         let id = *inner.ids.entry(name.to_owned()).or_insert(next);
@@ -213,28 +244,50 @@ impl Links {
         });
         entry.client_addr = client_addr.to_owned();
         let restarted = entry.instance != instance;
+        let mut lost = None;
         if restarted {
-            // Connections of the dead process may linger until their idle timeout.
-            entry.conns.clear();
+            // Connections of the dead process would linger until their idle
+            // timeout; its routes go with `NodeGone`, not link by link.
+            for old in entry.conns.drain(..) {
+                old.replaced.cancel();
+            }
             entry.instance = instance;
+        } else if let Some(at) = entry.conns.iter().position(|c| c.index == index) {
+            let old = entry.conns.swap_remove(at);
+            old.replaced.cancel();
+            lost = Some(old.lost(id));
         }
-        entry.pool_size = pool_size.max(1);
-        entry.conns.retain(|c| c.index != index);
+        let pool_size = pool_size.max(1);
+        entry.pool_size = pool_size;
+        let replaced = CancellationToken::new();
         entry.conns.push(Conn {
             id: conn_id,
             index,
+            pool_size,
             tx,
+            replaced: replaced.clone(),
         });
         entry.epoch += 1;
         self.show(&inner);
-        (id, conn_id, restarted)
+        Registered {
+            node: id,
+            conn_id,
+            restarted,
+            lost,
+            replaced,
+        }
     }
 
-    /// Removes a connection; returns the node's epoch if it has none left.
-    fn unregister(&self, node: NodeId, conn_id: u64) -> Option<u64> {
+    /// Removes a connection that ended. If it was still registered (not
+    /// replaced), `lost` gets its `LinkLost` under the registry's lock, so
+    /// the router hears it before anything from a connection that registers
+    /// after; returns the node's epoch if it has no connection left.
+    fn unregister(&self, node: NodeId, conn_id: u64, lost: impl FnOnce(Input)) -> Option<u64> {
         let mut inner = self.lock();
         let entry = inner.nodes.get_mut(&node)?;
-        entry.conns.retain(|c| c.id != conn_id);
+        let at = entry.conns.iter().position(|c| c.id == conn_id)?;
+        let conn = entry.conns.swap_remove(at);
+        lost(conn.lost(node));
         let gone = entry.conns.is_empty().then_some(entry.epoch);
         self.show(&inner);
         gone
@@ -369,6 +422,8 @@ enum LinkError {
     Protocol(String),
     #[error("shutting down")]
     Shutdown,
+    #[error("replaced by a newer connection of the node")]
+    Replaced,
 }
 
 async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<(), LinkError> {
@@ -398,13 +453,30 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         )));
     }
     let (tx, rx) = LinkSender::channel(LINK_QUEUE_BYTES);
-    let (node_id, conn_id, restarted) = ctx.links.register(
+    let Registered {
+        node: node_id,
+        conn_id,
+        restarted,
+        lost,
+        replaced,
+    } = ctx.links.register(
         name,
         instance,
         (conn_index, pool_size),
         &client_addr,
         tx.clone(),
     );
+    if let Some(lost) = lost {
+        tracing::info!(
+            node = name,
+            conn_index,
+            "CM reconnected before its old connection ended: that one is lost"
+        );
+        ctx.router
+            .send(Event::Router(lost))
+            .await
+            .map_err(|_| LinkError::Shutdown)?;
+    }
     if restarted {
         tracing::info!(
             node = name,
@@ -423,16 +495,23 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         registration: ctx.auth.registration(),
     });
     let writer = tokio::spawn(write_loop(send, rx));
-    let result = read_loop(ctx, node_id, &tx, &mut recv, &mut decoder).await;
-    writer.abort();
-    // Frames in flight on this connection are gone, both ways.
-    let lost = Input::LinkLost {
-        node: node_id,
-        index: conn_index,
-        pool_size,
+    let result = tokio::select! {
+        r = read_loop(ctx, node_id, &tx, &mut recv, &mut decoder) => r,
+        _ = replaced.cancelled() => Err(LinkError::Replaced),
     };
-    let _ = ctx.router.send(Event::Router(lost)).await;
-    if let Some(epoch) = ctx.links.unregister(node_id, conn_id) {
+    writer.abort();
+    if matches!(result, Err(LinkError::Replaced)) {
+        conn.close(3u32.into(), b"replaced by a newer connection of this node");
+    }
+    // Frames in flight on this connection are gone, both ways (unless a
+    // newer connection replaced it, which told the router already).
+    let permit = ctx.router.reserve().await.ok();
+    let gone = ctx.links.unregister(node_id, conn_id, |lost| {
+        if let Some(permit) = permit {
+            permit.send(Event::Router(lost));
+        }
+    });
+    if let Some(epoch) = gone {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(ctx.grace).await;
@@ -601,6 +680,74 @@ mod tests {
             sid: 1,
             payload: Bytes::from(vec![b'x'; n]),
         }
+    }
+
+    fn connect(links: &Links, instance: u64, index: u16) -> Registered {
+        let (tx, _rx) = LinkSender::channel(1000);
+        links.register("cm-1", instance, (index, 2), "127.0.0.1:5000", tx)
+    }
+
+    /// `unregister`, returning what the router hears from it.
+    fn end(links: &Links, c: &Registered) -> (Option<u64>, Vec<Input>) {
+        let mut heard = Vec::new();
+        let gone = links.unregister(c.node, c.conn_id, |lost| heard.push(lost));
+        (gone, heard)
+    }
+
+    #[test]
+    fn a_restarted_nodes_new_process_closes_the_old_ones_connections_and_their_end_loses_nothing() {
+        let links = Links::default();
+        let old = [connect(&links, 1, 0), connect(&links, 1, 1)];
+        let new = connect(&links, 2, 0);
+        assert!(new.restarted);
+        assert!(
+            new.lost.is_none(),
+            "the old process's routes go with NodeGone"
+        );
+        assert!(old.iter().all(|c| c.replaced.is_cancelled()));
+        assert!(!new.replaced.is_cancelled());
+        assert_eq!(links.counts(), (1, 1));
+        // The old process's connections end (at the latest at their idle
+        // timeout): the new process's sessions on their indexes stay attached.
+        for c in &old {
+            assert!(matches!(end(&links, c), (None, heard) if heard.is_empty()));
+        }
+        assert_eq!(links.counts(), (1, 1));
+        let (gone, heard) = end(&links, &new);
+        assert!(gone.is_some(), "the node's last connection ended");
+        assert!(matches!(
+            heard[..],
+            [Input::LinkLost {
+                node: 1,
+                index: 0,
+                pool_size: 2
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_reconnection_at_the_same_index_loses_the_old_connection_at_once_and_only_once() {
+        let links = Links::default();
+        let old = connect(&links, 1, 0);
+        let other = connect(&links, 1, 1);
+        let new = connect(&links, 1, 0);
+        assert!(!new.restarted);
+        assert!(matches!(
+            new.lost,
+            Some(Input::LinkLost {
+                node: 1,
+                index: 0,
+                pool_size: 2
+            })
+        ));
+        assert!(old.replaced.is_cancelled());
+        assert!(!other.replaced.is_cancelled());
+        assert_eq!(links.counts(), (1, 2));
+        assert!(matches!(end(&links, &old), (None, heard) if heard.is_empty()));
+        assert_eq!(links.counts(), (1, 2));
+        let (gone, heard) = end(&links, &other);
+        assert_eq!(gone, None, "index 0 is still connected");
+        assert!(matches!(heard[..], [Input::LinkLost { index: 1, .. }]));
     }
 
     #[test]

@@ -277,9 +277,16 @@ impl Cluster {
         let start = Instant::now();
         loop {
             let (lb_admin, core_admin) = (self.lb_admin, self.core_admin);
+            let lb_tok =
+                std::fs::read_to_string(self.dir.join("pki/lb-admin.token")).unwrap_or_default();
+            let core_tok =
+                std::fs::read_to_string(self.dir.join("data/admin.token")).unwrap_or_default();
             let (have, core_up) = tokio::task::spawn_blocking(move || {
-                let have = backends_at(lb_admin);
-                (have, http_get(core_admin, "/routes").is_ok())
+                let have = backends_at(lb_admin, lb_tok.trim());
+                (
+                    have,
+                    http_get(core_admin, "/routes", core_tok.trim()).is_ok(),
+                )
             })
             .await?;
             if have == want && core_up {
@@ -293,8 +300,8 @@ impl Cluster {
     }
 }
 
-fn backends_at(admin: SocketAddr) -> Vec<String> {
-    let Ok(body) = http_get(admin, "/backends") else {
+fn backends_at(admin: SocketAddr, tok: &str) -> Vec<String> {
+    let Ok(body) = http_get(admin, "/backends", tok) else {
         return Vec::new();
     };
     let mut names: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
@@ -351,12 +358,15 @@ fn run(longlink: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
 }
 
 /// A plain HTTP/1.0 GET on loopback (admin endpoints); the body if 200.
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+fn http_get(addr: SocketAddr, path: &str, tok: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.take(4 << 20).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
