@@ -2223,3 +2223,36 @@ fn a_roster_sets_result_and_push_wait_for_the_commit_and_a_failure_undoes_it() {
     );
     assert!(alice_roster(&mut r).contains("bob@x"));
 }
+
+#[test]
+fn a_message_whose_body_is_namespace_prefixed_is_archived_and_a_foreign_body_is_not() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 3, 30, "bob@x", "pc");
+    let send = |r: &mut Router, inner: &str| {
+        stanza(
+            r,
+            3,
+            30,
+            header(
+                Kind::Message,
+                "bob@x/pc",
+                Some("alice@x/phone"),
+                Some("chat"),
+            ),
+            &format!("<message type='chat' to='alice@x/phone' id='m'>{inner}</message>"),
+        )
+    };
+    let archived = |acts: &[Action]| acts.iter().any(|a| matches!(a, Action::Archive { .. }));
+    // the body in jabber:client, under a prefix of its own
+    let acts = send(&mut r, "<b:body xmlns:b='jabber:client'>hi</b:body>");
+    assert!(archived(&acts), "a prefixed body is a body: {acts:?}");
+    // an element called body in another namespace is not one
+    let acts = send(&mut r, "<x:body xmlns:x='urn:example:other'>hi</x:body>");
+    assert!(!archived(&acts), "{acts:?}");
+    let acts = send(
+        &mut r,
+        "<active xmlns='http://jabber.org/protocol/chatstates'/>",
+    );
+    assert!(!archived(&acts), "{acts:?}");
+}
