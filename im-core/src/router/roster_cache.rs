@@ -6,6 +6,9 @@
 //! yet loaded waits, with every later frame of its session, until the
 //! driver reports the roster ([`super::Input::RosterLoaded`]); so the
 //! router never blocks on storage and a session's frames keep their order.
+//! A roster with a change being written is not ready either: frames that
+//! need it, and frames of its user's sessions, wait the same way until the
+//! change's outcome is known (see `roster_writes`).
 
 use std::collections::HashMap;
 
