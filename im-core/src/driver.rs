@@ -14,10 +14,11 @@
 //! [`Input::StoreFailed`] (full queue or deadline: `resource-constraint`;
 //! no such user: `service-unavailable`; quota: `resource-constraint`;
 //! anything else after its retries: `internal-server-error`). A query that
-//! fails reports [`Input::QueryFailed`]. Roster writes and removals of
+//! fails reports [`Input::QueryFailed`]. A roster change reports
+//! [`Input::RosterWritten`] or [`Input::RosterWriteFailed`] (same
+//! conditions; the router holds its answers until then). Removals of
 //! acknowledged offline messages are not waited for: a failure is logged
-//! (a roster then differs between memory and disk until the next load; a
-//! removed row that failed to go may be delivered again, with its id).
+//! (a removed row that failed to go may be delivered again, with its id).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use xmpp_stream::stanza::{append_child, delay_element, inspect};
 
 use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
-use crate::router::{Action, Bounce, Input, Router};
+use crate::router::{Action, Bounce, Input, RosterWrite, Router};
 use crate::routing::{NodeId, RouteRow, SessionAddr};
 use crate::storage::{Storage, StorageError, Store, Stored};
 
@@ -342,13 +343,45 @@ impl Driver {
                     let _ = events.send(Event::Router(input)).await;
                 });
             }
-            Action::SaveRosterItem {
-                user,
-                item,
-                version,
-            } => self.write(move |db| db.put_roster_item(&user, &item, version)),
-            Action::RemoveRosterItem { user, jid, version } => {
-                self.write(move |db| db.remove_roster_item(&user, &jid, version))
+            Action::WriteRoster { txn, writes } => {
+                let Some(charge) = self.budget.charge(0) else {
+                    tracing::warn!("storage queue full: a roster change is refused");
+                    return self.refused.push_back(Input::RosterWriteFailed {
+                        txn,
+                        condition: StanzaCondition::ResourceConstraint,
+                    });
+                };
+                let job = move || {
+                    let writes = writes.clone();
+                    move |db: &mut dyn Store| {
+                        for w in &writes {
+                            match w {
+                                RosterWrite::Put {
+                                    user,
+                                    item,
+                                    version,
+                                } => db.put_roster_item(user, item, *version)?,
+                                RosterWrite::Remove { user, jid, version } => {
+                                    db.remove_roster_item(user, jid, *version)?
+                                }
+                            }
+                        }
+                        Ok(())
+                    }
+                };
+                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    // Writes are idempotent: a retry repeats them all.
+                    let input = match queued.run(ARCHIVE_RETRIES, job).await {
+                        Ok(()) => Input::RosterWritten { txn },
+                        Err(e) => Input::RosterWriteFailed {
+                            txn,
+                            condition: e.condition(),
+                        },
+                    };
+                    let _ = events.send(Event::Router(input)).await;
+                });
             }
             Action::Archive {
                 mut entries,
@@ -945,6 +978,153 @@ mod tests {
     /// Whether `f` delivers to `sid` a stanza containing `needle`.
     fn delivers(f: &Frame, sid: SessionId, needle: &str) -> bool {
         matches!(f, Frame::Deliver { sid: s, payload } if *s == sid && crate::router::contains(payload, needle.as_bytes()))
+    }
+
+    impl Harness {
+        /// Every frame up to and including the first `want` accepts,
+        /// within [`WAIT`].
+        async fn frames_until(&mut self, what: &str, want: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+            let frames = &mut self.frames;
+            let found = tokio::time::timeout(WAIT, async {
+                let mut seen = Vec::new();
+                loop {
+                    let f = frames.recv().await.expect("frames");
+                    let done = want(&f);
+                    seen.push(f);
+                    if done {
+                        return seen;
+                    }
+                }
+            })
+            .await;
+            found.unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+        }
+
+        /// A roster get from alice (sid 10) with id `id`; returns its
+        /// result's payload and every frame seen before it.
+        async fn alice_roster(&mut self, id: &str) -> (String, Vec<Frame>) {
+            let get = format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>");
+            self.stanza(10, Kind::Iq, "alice@x/phone", None, Some("get"), &get)
+                .await;
+            let needle = format!("id=\"{id}\"");
+            let mut seen = self
+                .frames_until("the roster result", |f| delivers(f, 10, &needle))
+                .await;
+            let Some(Frame::Deliver { payload, .. }) = seen.pop() else {
+                unreachable!("frames_until ends with the match")
+            };
+            (String::from_utf8_lossy(&payload).into_owned(), seen)
+        }
+    }
+
+    /// Whether `f` is a roster push (server-made ids start with `push-`).
+    fn is_push(f: &Frame) -> bool {
+        matches!(f, Frame::Deliver { payload, .. } if crate::router::contains(payload, b"push-"))
+    }
+
+    #[tokio::test]
+    async fn a_roster_set_whose_write_fails_gets_an_error_no_push_and_the_roster_stays_as_stored() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        let (before, _) = h.alice_roster("g1").await;
+        assert!(!before.contains("bob@x"), "{before}");
+        // the write and every retry fail
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        let set = "<iq type='set' id='s1'><query xmlns='jabber:iq:roster'>\
+                   <item jid='bob@x' name='Bob'/></query></iq>";
+        h.stanza(10, Kind::Iq, "alice@x/phone", None, Some("set"), set)
+            .await;
+        let seen = h
+            .frames_until("the answer to the set", |f| delivers(f, 10, "id=\"s1\""))
+            .await;
+        let answer = seen.last().expect("the answer");
+        assert!(
+            delivers(answer, 10, "type=\"error\"") && delivers(answer, 10, "internal-server-error"),
+            "the set is refused: {answer:?}"
+        );
+        assert!(
+            !seen.iter().any(is_push),
+            "no push for a change not stored: {seen:?}"
+        );
+        // a later get shows the roster as stored, and no push came meanwhile
+        let (after, seen) = h.alice_roster("g2").await;
+        assert!(
+            !after.contains("bob@x"),
+            "memory kept the failed change: {after}"
+        );
+        assert!(!seen.iter().any(is_push), "{seen:?}");
+        // storage works again: the same set is stored, answered and pushed
+        let set = set.replace("s1", "s2");
+        h.stanza(10, Kind::Iq, "alice@x/phone", None, Some("set"), &set)
+            .await;
+        let seen = h
+            .frames_until("the answer to the set", |f| delivers(f, 10, "id=\"s2\""))
+            .await;
+        assert!(
+            delivers(seen.last().expect("answer"), 10, "type=\"result\""),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().any(is_push),
+            "pushed before its result: {seen:?}"
+        );
+        let (after, _) = h.alice_roster("g3").await;
+        assert!(after.contains("bob@x"), "{after}");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_whose_roster_write_fails_is_refused_and_not_forwarded() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.online(30, "bob", "pc").await;
+        h.alice_roster("g1").await;
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        let subscribe = "<presence to='bob@x' type='subscribe' id='p1'/>";
+        h.stanza(
+            10,
+            Kind::Presence,
+            "alice@x/phone",
+            Some("bob@x"),
+            Some("subscribe"),
+            subscribe,
+        )
+        .await;
+        let seen = h
+            .frames_until("the error to alice", |f| delivers(f, 10, "type=\"error\""))
+            .await;
+        let error = seen.last().expect("the error");
+        assert!(
+            delivers(error, 10, "internal-server-error") && delivers(error, 10, "p1"),
+            "{error:?}"
+        );
+        assert!(!seen.iter().any(is_push), "{seen:?}");
+        assert!(
+            !seen.iter().any(|f| delivers(f, 30, "subscribe")),
+            "forwarded though not stored: {seen:?}"
+        );
+        let (after, seen) = h.alice_roster("g2").await;
+        assert!(
+            !after.contains("bob@x"),
+            "memory kept the failed change: {after}"
+        );
+        assert!(
+            !seen.iter().any(|f| delivers(f, 30, "subscribe")),
+            "{seen:?}"
+        );
+        // healed: the same request is stored, then forwarded to bob
+        h.stanza(
+            10,
+            Kind::Presence,
+            "alice@x/phone",
+            Some("bob@x"),
+            Some("subscribe"),
+            subscribe,
+        )
+        .await;
+        h.until("the request at bob", |f| delivers(f, 30, "subscribe"))
+            .await;
+        let (after, _) = h.alice_roster("g3").await;
+        assert!(after.contains("bob@x"), "{after}");
     }
 
     #[tokio::test]

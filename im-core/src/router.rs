@@ -43,6 +43,7 @@ mod presence;
 mod query;
 mod roster_cache;
 mod roster_waits;
+mod roster_writes;
 mod rules;
 mod sm_sessions;
 mod stored_rows;
@@ -56,6 +57,7 @@ pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
+use roster_writes::RosterWrites;
 use sm_sessions::{Incoming, Origin, SmSessions};
 use stored_rows::StoredRows;
 
@@ -114,23 +116,15 @@ pub enum Action {
         /// Bare JID.
         user: String,
     },
-    /// Store a roster item (added or changed).
-    SaveRosterItem {
-        /// Username (local part).
-        user: String,
-        /// The item.
-        item: RosterItem,
-        /// The roster's new version.
-        version: u64,
-    },
-    /// Remove a roster item.
-    RemoveRosterItem {
-        /// Username (local part).
-        user: String,
-        /// The contact's bare JID.
-        jid: String,
-        /// The roster's new version.
-        version: u64,
+    /// Write a roster change (one or more items of one or two rosters)
+    /// and report [`Input::RosterWritten`] once it committed, or
+    /// [`Input::RosterWriteFailed`]: never the first before the outcome is
+    /// known. What the change delivers waits for it (see `roster_writes`).
+    WriteRoster {
+        /// The change's id, for the report.
+        txn: u64,
+        /// The writes, in order.
+        writes: Vec<RosterWrite>,
     },
     /// Archive a message (one entry per archive it goes into); stamp the
     /// entries with the time, and report [`Input::Stored`] for `origin`
@@ -150,6 +144,29 @@ pub enum Action {
         to: SessionAddr,
         /// The query.
         query: Query,
+    },
+}
+
+/// One roster write of an [`Action::WriteRoster`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RosterWrite {
+    /// Store a roster item (added or changed).
+    Put {
+        /// Username (local part).
+        user: String,
+        /// The item.
+        item: RosterItem,
+        /// The roster's new version.
+        version: u64,
+    },
+    /// Remove a roster item.
+    Remove {
+        /// Username (local part).
+        user: String,
+        /// The contact's bare JID.
+        jid: String,
+        /// The roster's new version.
+        version: u64,
     },
 }
 
@@ -216,6 +233,20 @@ pub enum Input {
         user: String,
         /// The roster.
         roster: Option<Roster>,
+    },
+    /// The writes of an [`Action::WriteRoster`] committed.
+    RosterWritten {
+        /// The action's `txn`.
+        txn: u64,
+    },
+    /// The writes of an [`Action::WriteRoster`] failed for good (or were
+    /// refused): the change is undone and its sender answered with
+    /// `condition`.
+    RosterWriteFailed {
+        /// The action's `txn`.
+        txn: u64,
+        /// The error to answer with.
+        condition: StanzaCondition,
     },
     /// A roster asked for by [`Action::LoadRoster`] could not be read: the
     /// sessions whose frames waited for it are ended.
@@ -284,6 +315,8 @@ pub struct Router {
     origin: Option<Origin>,
     /// Rosters in memory, and the frames waiting for one.
     rosters: RosterCache,
+    /// Roster changes being built or written.
+    roster_writes: RosterWrites,
     /// Offline-storage rows out with sessions and not yet acknowledged.
     stored_rows: StoredRows,
     /// Sessions with a storage query being answered (one at a time), with
@@ -310,6 +343,7 @@ impl Router {
             sessions: SmSessions::new(seed, sm_secret),
             origin: None,
             rosters: RosterCache::default(),
+            roster_writes: RosterWrites::default(),
             stored_rows: StoredRows::default(),
             querying: Default::default(),
             push_counter: 0,
@@ -369,6 +403,10 @@ impl Router {
             Input::Offline { user, to, messages } => self.deliver_stored(user, to, messages),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
+            Input::RosterWritten { txn } => self.roster_written(txn, now),
+            Input::RosterWriteFailed { txn, condition } => {
+                self.roster_write_failed(txn, condition, now)
+            }
             Input::StoreFailed {
                 bounce,
                 payload,
@@ -432,8 +470,8 @@ impl Router {
     }
 
     /// A frame from a CM's session: it waits behind that session's frames
-    /// still waiting for a roster (or for a roster it needs itself), else
-    /// it is handled now.
+    /// still waiting for a roster (or for a roster it needs itself, or
+    /// while its user's roster is being written), else it is handled now.
     fn frame(&mut self, node: NodeId, frame: Frame, now: Instant) {
         // Frames wait, in order, for rosters not loaded yet.
         if let Some(sid) = frame.sid()
@@ -441,8 +479,18 @@ impl Router {
         {
             return self.defer(user, node, frame);
         }
+        // … and for rosters being written: the sessions of their users …
+        if self.rosters.any_writing()
+            && let Some(sid) = frame.sid()
+            && let Some(jid) = self.table.jid_of(node, sid)
+            && self.rosters.is_writing(address::bare(jid))
+        {
+            let user = address::bare(jid).to_owned();
+            return self.defer(user, node, frame);
+        }
+        // … and any frame that needs one.
         if let Some(user) = roster_for(&frame, &self.domain)
-            && !self.rosters.is_loaded(&user)
+            && !self.rosters.is_ready(&user)
         {
             return self.defer(user, node, frame);
         }

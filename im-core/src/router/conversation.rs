@@ -4,8 +4,9 @@
 //! message only when the archive or carbons need it, and keeps its bytes
 //! unless a forged id has to come out:
 //!
-//! - neither (archiving off or no `<body` in the bytes, and no session of
-//!   either user enabled carbons): not parsed at all;
+//! - neither (archiving off or no body, and no session of either user
+//!   enabled carbons): not parsed at all, unless the bytes have a `:body`
+//!   and no `<body` (a body under a namespace prefix, see [`has_body`]);
 //! - otherwise one [`inspect`] pass (the top-level element: where the start
 //!   tag ends, its attributes), shared by the stamp (appended to the bytes)
 //!   and the carbons;
@@ -43,7 +44,7 @@ impl Router {
         payload: Bytes,
     ) -> Prepared {
         // chat states, receipts: not archived
-        let archive = self.archive.is_some() && contains(&payload, b"<body");
+        let archive = self.archive.is_some() && has_body(&payload);
         let mut carbons = self.wants_carbons(sender_bare) || self.wants_carbons(to_bare);
         if !archive && !carbons {
             return Prepared {
@@ -168,6 +169,18 @@ impl Router {
             payload: stamped,
         }
     }
+}
+
+/// Whether a message has a `<body/>` (in `jabber:client`), so it is
+/// archived. An unprefixed `<body` in the bytes decides at once (the common
+/// case, as before); only bytes with a `:body` but no `<body` (a body under
+/// a prefix, `<b:body xmlns:b='jabber:client'>`) are parsed to look.
+fn has_body(payload: &[u8]) -> bool {
+    if contains(payload, b"<body") {
+        return true;
+    }
+    contains(payload, b":body")
+        && Element::parse(payload, ns::CLIENT).is_ok_and(|m| m.child("body", ns::CLIENT).is_some())
 }
 
 /// Whether the message asks to be kept from carbons (XEP-0280 §7

@@ -92,6 +92,12 @@ impl Router {
         payload: Bytes,
         delivery: Delivery,
     ) {
+        // A roster change's deliveries wait for its commit.
+        let Some(((node, sid), payload, delivery)) =
+            self.hold_for_change((node, sid), payload, delivery)
+        else {
+            return;
+        };
         match self.track((node, sid), &payload, delivery) {
             Admission::Untracked | Admission::Send => {
                 self.stats.delivered += 1;

@@ -6,6 +6,9 @@
 //! yet loaded waits, with every later frame of its session, until the
 //! driver reports the roster ([`super::Input::RosterLoaded`]); so the
 //! router never blocks on storage and a session's frames keep their order.
+//! A roster with a change being written is not ready either: frames that
+//! need it, and frames of its user's sessions, wait the same way until the
+//! change's outcome is known (see `roster_writes`).
 
 use std::collections::HashMap;
 
@@ -36,7 +39,7 @@ pub const MAX_DEFERRED: usize = 1024;
 pub const MAX_DEFERRED_BYTES: usize = 1 << 20;
 
 /// A roster in memory.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct CachedRoster {
     /// The account exists (rosters of unknown users stay empty).
     exists: bool,
@@ -116,6 +119,9 @@ pub(crate) struct RosterCache {
     /// Sessions with a waiting frame: the roster they wait for, and how
     /// much of theirs waits.
     waiting: HashMap<SessionAddr, Waiting>,
+    /// Rosters with a change being written (bare JID → changes in flight):
+    /// frames that need them wait as during a load.
+    writing: HashMap<String, u32>,
 }
 
 /// What one session has waiting for a roster.
@@ -137,9 +143,45 @@ impl RosterCache {
         self.rosters.get(bare)
     }
 
-    /// Whether the roster of `bare` is loaded.
-    pub(crate) fn is_loaded(&self, bare: &str) -> bool {
-        self.rosters.contains_key(bare)
+    /// Whether the roster of `bare` is loaded and no change of it is being
+    /// written (frames that need it can be handled now).
+    pub(crate) fn is_ready(&self, bare: &str) -> bool {
+        self.rosters.contains_key(bare) && !self.is_writing(bare)
+    }
+
+    /// Whether a change of `bare`'s roster is being written.
+    pub(crate) fn is_writing(&self, bare: &str) -> bool {
+        !self.writing.is_empty() && self.writing.contains_key(bare)
+    }
+
+    /// Whether any roster change is being written.
+    pub(crate) fn any_writing(&self) -> bool {
+        !self.writing.is_empty()
+    }
+
+    /// A change of `bare`'s roster went to storage.
+    pub(crate) fn write_started(&mut self, bare: &str) {
+        *self.writing.entry(bare.to_owned()).or_default() += 1;
+    }
+
+    /// A change of `bare`'s roster committed or failed.
+    pub(crate) fn write_done(&mut self, bare: &str) {
+        if let Some(n) = self.writing.get_mut(bare) {
+            *n -= 1;
+            if *n == 0 {
+                self.writing.remove(bare);
+            }
+        }
+    }
+
+    /// Puts `bare`'s roster back as it was before a change that failed.
+    pub(crate) fn restore(&mut self, bare: &str, roster: CachedRoster) {
+        self.rosters.insert(bare.to_owned(), roster);
+    }
+
+    /// The frames that waited for `bare`'s roster while it was written.
+    pub(crate) fn settled(&mut self, bare: &str) -> Vec<(NodeId, Frame)> {
+        self.take_waiting(bare)
     }
 
     /// The user's roster items (none if not loaded).
@@ -189,11 +231,13 @@ impl RosterCache {
                 waiting.bytes += bytes;
             }
         }
+        // A roster in memory being written is not loaded again.
         let mut load = false;
+        let loaded = self.rosters.contains_key(&user);
         self.loading
             .entry(user)
             .or_insert_with(|| {
-                load = true;
+                load = !loaded;
                 Vec::new()
             })
             .push((node, frame));
@@ -237,10 +281,10 @@ impl RosterCache {
         queue
     }
 
-    /// Drops a roster once its user has no session (`in_use` false) and
-    /// no frame waits for it.
+    /// Drops a roster once its user has no session (`in_use` false), no
+    /// frame waits for it and no change of it is being written.
     pub(crate) fn forget_if_unused(&mut self, bare: &str, in_use: bool) {
-        if !in_use && !self.loading.contains_key(bare) {
+        if !in_use && !self.loading.contains_key(bare) && !self.is_writing(bare) {
             self.rosters.remove(bare);
         }
     }

@@ -59,7 +59,10 @@ impl Router {
         let stype = header.stanza_type.as_deref();
         if let Some(kind) = stype.and_then(SubType::parse) {
             if let Some(to) = to {
-                self.subscription_stanza(sender_bare, &to, kind);
+                // forwarded (and answered) once its roster writes commit
+                self.roster_change((node, sid), header, |r| {
+                    r.subscription_stanza(sender_bare, &to, kind)
+                });
             }
             return;
         }

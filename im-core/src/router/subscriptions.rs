@@ -1,15 +1,16 @@
 //! Presence subscriptions (RFC 6121 §3) and the roster changes they make,
 //! on the rosters of the [`RosterCache`](super::roster_cache::RosterCache).
-//! Every change is written through to storage by
-//! [`Action::SaveRosterItem`] and [`Action::RemoveRosterItem`], queued in
-//! routing order, and pushed to the sessions that asked for the roster.
+//! Every change is one roster change (`roster_writes`): written to storage
+//! by one [`Action::WriteRoster`](super::Action::WriteRoster), queued in
+//! routing order, and pushed to the sessions that asked for the roster
+//! (with the subscription stanzas it forwards) once it committed.
 
 use bytes::Bytes;
 use jid::Jid;
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
-use super::{Action, Router};
+use super::{RosterWrite, Router};
 use crate::address;
 use crate::routing::SessionAddr;
 use crate::storage::{RosterItem, Subscription};
@@ -188,10 +189,11 @@ impl Router {
 
     /// Stores a changed item and pushes it to the interested sessions.
     pub(super) fn put_item(&mut self, bare: &str, item: RosterItem) {
+        self.roster_changing(bare);
         let Some((version, was_listed)) = self.rosters.put_item(bare, item.clone()) else {
             return;
         };
-        self.emit(Action::SaveRosterItem {
+        self.record_write(RosterWrite::Put {
             user: address::local(bare).unwrap_or_default().to_owned(),
             item: item.clone(),
             version,
@@ -208,10 +210,11 @@ impl Router {
     /// Removes `contact` from `bare`'s roster: stored, and pushed to the
     /// user's sessions if they saw the item.
     pub(super) fn remove_item(&mut self, bare: &str, contact: &str) {
+        self.roster_changing(bare);
         let Some((old, version)) = self.rosters.remove_item(bare, contact) else {
             return;
         };
-        self.emit(Action::RemoveRosterItem {
+        self.record_write(RosterWrite::Remove {
             user: address::local(bare).unwrap_or_default().to_owned(),
             jid: contact.to_owned(),
             version,

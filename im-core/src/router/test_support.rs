@@ -27,7 +27,8 @@ pub(super) fn router() -> Router {
 /// Drives the router as the driver does.
 pub(super) trait Run {
     /// Handles `input` at [`t0`], answering roster loads at once (every
-    /// user has an empty roster); returns the other actions.
+    /// user has an empty roster) and committing roster writes at once;
+    /// returns the other actions (with the roster writes).
     fn run(&mut self, input: Input) -> Vec<Action> {
         self.run_at(input, t0())
     }
@@ -60,6 +61,12 @@ impl Run for Router {
                             roster: Some(Roster::default()),
                         };
                         self.handle(loaded, now);
+                        next.extend(self.drain());
+                    }
+                    Action::WriteRoster { txn, writes } => {
+                        // kept for the test to read, and committed at once
+                        out.push(Action::WriteRoster { txn, writes });
+                        self.handle(Input::RosterWritten { txn }, now);
                         next.extend(self.drain());
                     }
                     a => out.push(a),
@@ -227,6 +234,16 @@ pub(super) fn deliveries(acts: &[Action]) -> Vec<((NodeId, SessionId), String)> 
                 frame: Frame::Deliver { sid, payload },
             } => Some(((*node, *sid), String::from_utf8_lossy(payload).into_owned())),
             _ => None,
+        })
+        .collect()
+}
+
+/// The roster writes among `acts`, in order.
+pub(super) fn roster_writes(acts: &[Action]) -> Vec<crate::router::RosterWrite> {
+    acts.iter()
+        .flat_map(|a| match a {
+            Action::WriteRoster { writes, .. } => writes.clone(),
+            _ => Vec::new(),
         })
         .collect()
 }

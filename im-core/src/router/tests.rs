@@ -8,7 +8,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::{StanzaCondition, ns};
 
 use super::test_support::*;
-use super::{Action, Bounce, Input, Router};
+use super::{Action, Bounce, Input, RosterWrite, Router};
 use crate::routing::NodeId;
 use crate::storage::{Roster, RosterItem};
 
@@ -796,13 +796,12 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
         ),
         "<presence to='bob@x' type='subscribe'/>",
     );
-    let saved: Vec<(String, bool, bool)> = acts
+    let puts: Vec<RosterWrite> = roster_writes(&acts);
+    let saved: Vec<(String, bool, bool)> = puts
         .iter()
-        .filter_map(|a| match a {
-            Action::SaveRosterItem { user, item, .. } => {
-                Some((user.clone(), item.ask, item.pending_in))
-            }
-            _ => None,
+        .filter_map(|w| match w {
+            RosterWrite::Put { user, item, .. } => Some((user.clone(), item.ask, item.pending_in)),
+            RosterWrite::Remove { .. } => None,
         })
         .collect();
     assert_eq!(
@@ -814,9 +813,9 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
         "bob has no session: {acts:?}"
     );
     // Bob logs in: his roster comes from storage with the request.
-    let Some(Action::SaveRosterItem { item, version, .. }) = acts
+    let Some(RosterWrite::Put { item, version, .. }) = puts
         .iter()
-        .find(|a| matches!(a, Action::SaveRosterItem { user, .. } if user == "bob"))
+        .find(|w| matches!(w, RosterWrite::Put { user, .. } if user == "bob"))
     else {
         panic!("{acts:?}")
     };
@@ -1733,10 +1732,16 @@ fn a_message_bounced_after_its_session_went_over_the_roster_wait_bound_goes_offl
         let acts = r.step(Input::Frame { node: 1, frame });
         assert!(acts.is_empty(), "waits in order: {acts:?}");
     }
-    let acts = r.step(Input::RosterLoaded {
+    let mut acts = r.step(Input::RosterLoaded {
         user: "carol@x".into(),
         roster: Some(Roster::default()),
     });
+    // the subscription's roster writes commit; the frames behind them go on
+    let txn = match acts.first() {
+        Some(Action::WriteRoster { txn, .. }) => *txn,
+        _ => panic!("{acts:?}"),
+    };
+    acts.extend(r.step(Input::RosterWritten { txn }));
     assert!(
         acts.iter().any(|a| matches!(
             a,
@@ -2123,4 +2128,131 @@ fn a_query_that_could_not_be_answered_gets_an_error() {
         "<iq type='get' id='i1'><vCard xmlns='vcard-temp'/></iq>",
     );
     assert!(matches!(&acts[..], [Action::Query { .. }]), "{acts:?}");
+}
+
+/// A roster set from alice (1, 10) adding bob, handled as the driver
+/// hands it over (no storage answer yet).
+fn roster_set_adding_bob(r: &mut Router, id: &str) -> Vec<Action> {
+    let mut h = header(Kind::Iq, "alice@x/phone", None, Some("set"));
+    h.id = Some(id.into());
+    let payload = format!(
+        "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='bob@x'/></query></iq>"
+    );
+    r.step(Input::Frame {
+        node: 1,
+        frame: Frame::Stanza {
+            sid: 10,
+            header: h,
+            payload: Bytes::from(payload),
+        },
+    })
+}
+
+/// A roster get from alice (1, 10), run to its answer.
+fn alice_roster(r: &mut Router) -> String {
+    let acts = stanza(
+        r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", None, Some("get")),
+        "<iq type='get' id='i1'><query xmlns='jabber:iq:roster'/></iq>",
+    );
+    let p = payloads(&acts);
+    assert_eq!(p.len(), 1, "{acts:?}");
+    p[0].clone()
+}
+
+#[test]
+fn a_roster_sets_result_and_push_wait_for_the_commit_and_a_failure_undoes_it() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    assert!(!alice_roster(&mut r).contains("bob@x"));
+    // the write goes out; nothing is delivered until it commits
+    let acts = roster_set_adding_bob(&mut r, "s1");
+    let [Action::WriteRoster { txn, writes }] = &acts[..] else {
+        panic!("one write and nothing else: {acts:?}")
+    };
+    assert!(
+        matches!(&writes[..], [RosterWrite::Put { user, item, .. }] if user == "alice" && item.jid == "bob@x"),
+        "{writes:?}"
+    );
+    let txn = *txn;
+    // alice's next frame waits behind the write
+    let get = r.step(Input::Frame {
+        node: 1,
+        frame: Frame::Stanza {
+            sid: 10,
+            header: header(Kind::Iq, "alice@x/phone", None, Some("get")),
+            payload: Bytes::from_static(
+                b"<iq type='get' id='i1'><query xmlns='jabber:iq:roster'/></iq>",
+            ),
+        },
+    });
+    assert!(get.is_empty(), "waits for the write: {get:?}");
+    // the write fails: an error, no push, and the get then shows no bob
+    let acts = r.step(Input::RosterWriteFailed {
+        txn,
+        condition: StanzaCondition::InternalServerError,
+    });
+    let p = payloads(&acts);
+    assert_eq!(p.len(), 2, "the error, then the get's answer: {acts:?}");
+    assert!(
+        p[0].contains("id=\"s1\"") && p[0].contains("internal-server-error"),
+        "{p:?}"
+    );
+    assert!(
+        p[1].contains("id=\"i1\"") && !p[1].contains("bob@x"),
+        "{p:?}"
+    );
+    assert!(!p.iter().any(|s| s.contains("push-")), "{p:?}");
+    // again, and this time it commits: the result and the push go out then
+    let acts = roster_set_adding_bob(&mut r, "s2");
+    let [Action::WriteRoster { txn, .. }] = &acts[..] else {
+        panic!("{acts:?}")
+    };
+    let acts = r.step(Input::RosterWritten { txn: *txn });
+    let p = payloads(&acts);
+    assert!(
+        p.iter().any(|s| s.contains("push-") && s.contains("bob@x")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|s| s.contains("id=\"s2\"") && s.contains("result")),
+        "{p:?}"
+    );
+    assert!(alice_roster(&mut r).contains("bob@x"));
+}
+
+#[test]
+fn a_message_whose_body_is_namespace_prefixed_is_archived_and_a_foreign_body_is_not() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 3, 30, "bob@x", "pc");
+    let send = |r: &mut Router, inner: &str| {
+        stanza(
+            r,
+            3,
+            30,
+            header(
+                Kind::Message,
+                "bob@x/pc",
+                Some("alice@x/phone"),
+                Some("chat"),
+            ),
+            &format!("<message type='chat' to='alice@x/phone' id='m'>{inner}</message>"),
+        )
+    };
+    let archived = |acts: &[Action]| acts.iter().any(|a| matches!(a, Action::Archive { .. }));
+    // the body in jabber:client, under a prefix of its own
+    let acts = send(&mut r, "<b:body xmlns:b='jabber:client'>hi</b:body>");
+    assert!(archived(&acts), "a prefixed body is a body: {acts:?}");
+    // an element called body in another namespace is not one
+    let acts = send(&mut r, "<x:body xmlns:x='urn:example:other'>hi</x:body>");
+    assert!(!archived(&acts), "{acts:?}");
+    let acts = send(
+        &mut r,
+        "<active xmlns='http://jabber.org/protocol/chatstates'/>",
+    );
+    assert!(!archived(&acts), "{acts:?}");
 }

@@ -50,10 +50,12 @@ impl Router {
             }
             return self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
         }
-        match self.roster_set(bare, query) {
-            Ok(()) => self.deliver(addr, Bytes::from(iq_result(header).to_bytes(ns::CLIENT))),
-            Err(condition) => self.reply_error(addr.0, addr.1, header, condition),
-        }
+        // The result and the pushes go out once the writes commit; if they
+        // fail, the change is undone and the set answered with an error.
+        self.roster_change(addr, header, |r| match r.roster_set(bare, query) {
+            Ok(()) => r.deliver(addr, Bytes::from(iq_result(header).to_bytes(ns::CLIENT))),
+            Err(condition) => r.reply_error(addr.0, addr.1, header, condition),
+        });
     }
 
     /// A roster set (RFC 6121 §2.3, §2.5) from `bare`: adds, changes or
