@@ -369,11 +369,12 @@ impl Driver {
                         Ok(())
                     }
                 };
-                let queued = Queued::new(&self.storage, self.limits.deadline, charge);
+                // Writes are idempotent: a retry repeats them all.
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
+                    .run(ARCHIVE_RETRIES, job);
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    // Writes are idempotent: a retry repeats them all.
-                    let input = match queued.run(ARCHIVE_RETRIES, job).await {
+                    let input = match outcome.await {
                         Ok(()) => Input::RosterWritten { txn },
                         Err(e) => Input::RosterWriteFailed {
                             txn,
