@@ -354,19 +354,22 @@ impl Driver {
                 let job = move || {
                     let writes = writes.clone();
                     move |db: &mut dyn Store| {
-                        for w in &writes {
-                            match w {
-                                RosterWrite::Put {
-                                    user,
-                                    item,
-                                    version,
-                                } => db.put_roster_item(user, item, *version)?,
-                                RosterWrite::Remove { user, jid, version } => {
-                                    db.remove_roster_item(user, jid, *version)?
+                        // one change: all of its writes or none
+                        crate::storage::all_or_none(db, |db| {
+                            for w in &writes {
+                                match w {
+                                    RosterWrite::Put {
+                                        user,
+                                        item,
+                                        version,
+                                    } => db.put_roster_item(user, item, *version)?,
+                                    RosterWrite::Remove { user, jid, version } => {
+                                        db.remove_roster_item(user, jid, *version)?
+                                    }
                                 }
                             }
-                        }
-                        Ok(())
+                            Ok(())
+                        })
                     }
                 };
                 // Writes are idempotent: a retry repeats them all.

@@ -165,6 +165,21 @@ impl Store for FaultyStore {
         self.inner.rollback()
     }
 
+    fn savepoint(&mut self) -> Result<(), StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.savepoint()
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.rollback_to_savepoint()
+    }
+
+    fn release_savepoint(&mut self) -> Result<(), StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.release_savepoint()
+    }
+
     fn add_user(
         &mut self,
         username: &str,

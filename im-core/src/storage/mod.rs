@@ -235,6 +235,28 @@ pub struct ArchivePage {
 
 /// The storage interface both backends implement. Calls run on the
 /// storage thread, inside the transaction [`Storage`] opened.
+/// Runs `f`'s writes all or none inside the batch's transaction: when `f`
+/// fails, what it wrote is undone and the other jobs of the batch still
+/// commit. For a job of several writes (a roster change), since the jobs of
+/// one batch share a transaction.
+pub fn all_or_none<T>(
+    db: &mut dyn Store,
+    f: impl FnOnce(&mut dyn Store) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    db.savepoint()?;
+    match f(db) {
+        Ok(t) => {
+            db.release_savepoint()?;
+            Ok(t)
+        }
+        Err(e) => {
+            // (if even this fails, the backend fails the whole batch)
+            db.rollback_to_savepoint()?;
+            Err(e)
+        }
+    }
+}
+
 pub trait Store: Send {
     /// Opens a transaction.
     fn begin(&mut self) -> Result<(), StorageError>;
@@ -242,6 +264,14 @@ pub trait Store: Send {
     fn commit(&mut self) -> Result<(), StorageError>;
     /// Abandons the open transaction.
     fn rollback(&mut self);
+    /// Marks a point in the open transaction that
+    /// [`Store::rollback_to_savepoint`] returns to (see [`all_or_none`]).
+    fn savepoint(&mut self) -> Result<(), StorageError>;
+    /// Undoes what was written since the last savepoint; the transaction
+    /// (and the other jobs of its batch) go on.
+    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError>;
+    /// Forgets the last savepoint, keeping what was written since.
+    fn release_savepoint(&mut self) -> Result<(), StorageError>;
 
     /// Creates an account; returns false if it exists.
     fn add_user(&mut self, username: &str, creds: &StoredCredentials)

@@ -105,6 +105,9 @@ pub struct Postgres {
     /// A statement of the open transaction failed: PostgreSQL aborted it,
     /// and its `COMMIT` would quietly roll back, so `commit` reports failure.
     failed: Option<String>,
+    /// The open savepoint: archive rows buffered before it, and whether the
+    /// transaction had already failed then.
+    savepoint: Option<(usize, bool)>,
     /// When the next reconnection may be tried, the pause after it, and why
     /// the last attempt failed.
     retry_at: Instant,
@@ -165,6 +168,7 @@ impl Postgres {
             offline_quota,
             archive_batch: Vec::new(),
             failed: None,
+            savepoint: None,
             retry_at: Instant::now(),
             backoff: BACKOFF.0,
             down_because: String::new(),
@@ -392,6 +396,29 @@ impl Store for Postgres {
             let _ = io!(self, c => c.batch_execute("ROLLBACK"));
         }
         self.failed = None;
+    }
+
+    fn savepoint(&mut self) -> Result<(), StorageError> {
+        io!(self, c => c.batch_execute("SAVEPOINT job"))?;
+        self.savepoint = Some((self.archive_batch.len(), self.failed.is_some()));
+        Ok(())
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError> {
+        let (archived, failed_before) = self.savepoint.take().unwrap_or((0, true));
+        io!(self, c => c.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"))?;
+        // A statement that failed after the savepoint no longer aborts the
+        // transaction, and archive rows buffered since are not written.
+        self.archive_batch.truncate(archived);
+        if !failed_before {
+            self.failed = None;
+        }
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> Result<(), StorageError> {
+        self.savepoint = None;
+        io!(self, c => c.batch_execute("RELEASE SAVEPOINT job"))
     }
 
     fn add_user(&mut self, username: &str, c: &StoredCredentials) -> Result<bool, StorageError> {

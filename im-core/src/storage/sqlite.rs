@@ -137,6 +137,18 @@ impl Store for Sqlite {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
 
+    fn savepoint(&mut self) -> Result<(), StorageError> {
+        Ok(self.conn.execute_batch("SAVEPOINT job")?)
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError> {
+        Ok(self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?)
+    }
+
+    fn release_savepoint(&mut self) -> Result<(), StorageError> {
+        Ok(self.conn.execute_batch("RELEASE job")?)
+    }
+
     fn add_user(
         &mut self,
         username: &str,

@@ -744,3 +744,40 @@ async fn a_frozen_postgres_backend_fails_the_job_within_the_io_timeout_and_the_n
     assert_eq!(stored.len(), 1);
     assert_eq!(&stored[0].payload[..], b"<kept/>");
 }
+
+#[test]
+fn a_failed_all_or_none_job_leaves_nothing_and_the_rest_of_its_transaction_commits() {
+    both(|db, reopen| {
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        let item = |jid: &str| RosterItem {
+            jid: jid.into(),
+            ..Default::default()
+        };
+        // One transaction, as a batch of the storage thread: a job that
+        // commits, then one of two writes that fails after its first write.
+        db.begin().unwrap();
+        db.put_roster_item("alice", &item("bob@x"), 1).unwrap();
+        let failed = all_or_none(db, |db| {
+            db.put_roster_item("alice", &item("carol@x"), 2)?;
+            Err::<(), _>(StorageError::Injected)
+        });
+        assert!(matches!(failed, Err(StorageError::Injected)));
+        let kept = all_or_none(db, |db| db.put_roster_item("alice", &item("dave@x"), 3));
+        assert!(kept.is_ok());
+        db.commit().unwrap();
+        let mut jids: Vec<_> = reopen()
+            .roster("alice")
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|i| i.jid)
+            .collect();
+        jids.sort();
+        assert_eq!(
+            jids,
+            ["bob@x", "dave@x"],
+            "carol's half-done change is undone"
+        );
+    });
+}
