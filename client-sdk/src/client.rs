@@ -297,25 +297,52 @@ impl Client {
     }
 
     /// Ends the stream cleanly (the session ends: nothing waits for a
-    /// resumption) and closes the connection.
-    pub async fn disconnect(self) {
+    /// resumption) and closes the connection. Returns the events the app
+    /// had not read, and those that came while closing: the session
+    /// acknowledged their stanzas to the server, so they are the app's
+    /// last chance to see them. At most [`EVENT_QUEUE`] are returned (the
+    /// rest of a flood arriving while closing is dropped).
+    pub async fn disconnect(self) -> Vec<Event> {
         let Client {
             to_session,
-            events,
+            mut events,
             endpoint,
             task,
             ..
         } = self;
-        // nobody reads events any more: the task must not wait for that
-        drop(events);
-        if to_session
+        let mut pending = Vec::new();
+        let closing = to_session
             .send(ToSession::Command(Command::Close))
             .await
-            .is_ok()
+            .is_ok();
+        let wait = if closing {
+            Duration::from_secs(3)
+        } else {
+            Duration::ZERO
+        };
+        // Read until the session ends (it closes the queue) or the wait
+        // is over; then what is still queued.
+        let _ = tokio::time::timeout(wait, async {
+            while pending.len() < EVENT_QUEUE {
+                match events.recv().await {
+                    Some(ev) => pending.push(ev),
+                    None => break,
+                }
+            }
+        })
+        .await;
+        while pending.len() < EVENT_QUEUE
+            && let Ok(ev) = events.try_recv()
         {
+            pending.push(ev);
+        }
+        // nobody reads events any more: the task must not wait for that
+        drop(events);
+        if closing {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        pending
     }
 
     /// Drops the connection without closing the stream (like losing the

@@ -579,7 +579,7 @@ mod tests {
         );
         // meanwhile a reconnecting pool announces the session as it is
         assert_eq!(
-            ctx.sessions.announcements(0, 1),
+            ctx.sessions.announcements(0, 1).frames,
             vec![Frame::Announce {
                 sid,
                 jid: "a@x/phone".into(),

@@ -2,8 +2,10 @@
 //!
 //! `pool_size` connections, each driven by its own task that dials with
 //! jittered exponential backoff ([`Reconnect`] on the `RECONNECT`
-//! schedule), says Hello, re-announces the bound sessions it carries, then
-//! pumps frames both ways. Session `sid` always uses connection
+//! schedule), says Hello, re-announces the bound sessions it carries
+//! (those with stanzas the core never confirmed are kicked to resume, and
+//! fenced until they end: [`crate::sessions::Fence`]), then pumps frames
+//! both ways. Session `sid` always uses connection
 //! `sid % pool_size`, so a session's frames stay in order. Each connection
 //! has a bounded queue that outlives reconnects: while the core is away,
 //! sessions wait on it (and QUIC flow control slows their clients) instead
@@ -28,7 +30,7 @@ use xmpp_stream::pacing::Backoff;
 
 use crate::backoff::Reconnect;
 use crate::session::CoreOffer;
-use crate::sessions::{Dispatch, Sessions};
+use crate::sessions::{Dispatch, Reannouncement, Sessions};
 
 /// Reconnection to the core: the first retry after a loss within 0–100 ms
 /// (uniformly spread, so the CMs of a restarted core do not return in one
@@ -339,7 +341,10 @@ async fn run_connection(
             )));
         }
     }
-    let announcements = setup.sessions.announcements(index, size);
+    let Reannouncement {
+        frames: announcements,
+        mut fence,
+    } = setup.sessions.announcements(index, size);
     if !announcements.is_empty() {
         tracing::info!(
             index,
@@ -363,12 +368,18 @@ async fn run_connection(
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { return Err(LinkError::Shutdown) };
-                encode(&frame, &mut out);
+                if fence.passes(&frame) {
+                    encode(&frame, &mut out);
+                }
                 while out.len() < 256 * 1024 {
                     match rx.try_recv() {
-                        Some(f) => encode(&f, &mut out),
+                        Some(f) if fence.passes(&f) => encode(&f, &mut out),
+                        Some(_) => {}
                         None => break,
                     }
+                }
+                if out.is_empty() {
+                    continue;
                 }
                 send.write_all(&out).await?;
                 out.clear();

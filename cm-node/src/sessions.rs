@@ -6,7 +6,7 @@
 //! own ([`SmCountsSlot`]) that the session's driver writes without the
 //! registry's lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -256,32 +256,51 @@ impl Sessions {
         }
     }
 
-    /// Announce frames for the bound sessions carried by pool connection `index` of `size`.
-    pub fn announcements(&self, index: u16, size: u16) -> Vec<Frame> {
-        self.lock()
+    /// What pool connection `index` of `size` re-announces when it comes
+    /// back: an `Announce` frame for each bound session it carries, with
+    /// SM's `handled` at what the core confirmed. A session whose client
+    /// sent more than that (stanzas that died with the link or still wait
+    /// in the pool's queue) is kicked with `connection-timeout`, so its
+    /// client resumes and resends them in order, and is fenced: nothing
+    /// more of it may reach the core (see [`Fence`]).
+    pub fn announcements(&self, index: u16, size: u16) -> Reannouncement {
+        let mut fence = Fence::default();
+        let frames = self
+            .lock()
             .iter()
             .filter(|(sid, _)| carried_by(**sid, index, size))
             .filter_map(|(sid, entry)| {
                 let a = entry.announcement.as_ref()?;
+                let sm = a.sm.as_ref().map(|sm| {
+                    let counts = entry.sm_counts.load();
+                    if counts.unconfirmed() != 0 {
+                        tracing::debug!(
+                            sid,
+                            unconfirmed = counts.unconfirmed(),
+                            "stanzas the core did not confirm: the client resumes"
+                        );
+                        fence.sids.insert(*sid);
+                        kick(entry, *sid);
+                    }
+                    SmSnapshot {
+                        id: sm.id.clone(),
+                        handled: counts.confirmed,
+                        sent: counts.sent,
+                        client_acked: counts.client_acked,
+                        next_seq: counts.next_seq,
+                        max: sm.max,
+                    }
+                });
                 Some(Frame::Announce {
                     sid: *sid,
                     jid: a.jid.clone(),
                     available: a.available,
                     priority: a.priority,
-                    sm: a.sm.as_ref().map(|sm| {
-                        let counts = entry.sm_counts.load();
-                        SmSnapshot {
-                            id: sm.id.clone(),
-                            handled: counts.handled,
-                            sent: counts.sent,
-                            client_acked: counts.client_acked,
-                            next_seq: counts.next_seq,
-                            max: sm.max,
-                        }
-                    }),
+                    sm,
                 })
             })
-            .collect()
+            .collect();
+        Reannouncement { frames, fence }
     }
 
     /// Sessions carried by pool connection `index` of `size` that are not bound
@@ -302,6 +321,75 @@ impl Sessions {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What a returning pool connection re-announces ([`Sessions::announcements`]).
+#[derive(Debug, Default)]
+pub struct Reannouncement {
+    /// `Announce` frames, to be written before anything queued.
+    pub frames: Vec<Frame>,
+    /// The sessions being kicked to resume.
+    pub fence: Fence,
+}
+
+/// Sessions a pool connection was re-announced without stanzas their
+/// clients sent, and kicked for it: until each one's `SessionEnd` passes,
+/// their `Stanza` and `AckRequest` frames are dropped, so the core never
+/// routes a stanza that came after a lost one (the client resends them
+/// all after it resumes). Bounded by the sessions the connection carries;
+/// replaced at every re-announcement.
+#[derive(Debug, Default)]
+pub struct Fence {
+    sids: HashSet<SessionId>,
+}
+
+impl Fence {
+    /// Whether `frame`, taken from the pool's queue, may go to the core.
+    pub fn passes(&mut self, frame: &Frame) -> bool {
+        if self.sids.is_empty() {
+            return true;
+        }
+        match frame {
+            Frame::Stanza { sid, .. } | Frame::AckRequest { sid } => !self.sids.contains(sid),
+            Frame::SessionEnd { sid, .. } => {
+                self.sids.remove(sid);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether no session is fenced.
+    pub fn is_empty(&self) -> bool {
+        self.sids.is_empty()
+    }
+}
+
+/// Tells a session to end its client's stream resumably: a
+/// `connection-timeout` kick in its queue, or at once if that is full.
+fn kick(entry: &Entry, sid: SessionId) {
+    let frame = Frame::Kick {
+        sid,
+        condition: "connection-timeout".into(),
+    };
+    let cost = frame.queued_bytes() as u32;
+    let queued = entry
+        .budget
+        .clone()
+        .try_acquire_many_owned(cost)
+        .ok()
+        .and_then(|bytes| {
+            entry
+                .tx
+                .try_send(Box::new(QueuedFrame {
+                    frame,
+                    _bytes: bytes,
+                }))
+                .ok()
+        });
+    if queued.is_none() {
+        entry.kill.cancel();
     }
 }
 
@@ -378,12 +466,13 @@ mod tests {
             sent: 9,
             client_acked: 7,
             next_seq: 12,
+            confirmed: 4,
         };
         one.sm_counts.store(counts);
         sessions.update(three.sid, bound("b@x/1"));
         // pool connection 1 of 2 carries the odd ids
         assert_eq!(
-            by_sid(sessions.announcements(1, 2)),
+            by_sid(sessions.announcements(1, 2).frames),
             vec![
                 Frame::Announce {
                     sid: 1,
@@ -408,10 +497,10 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(sessions.announcements(0, 2), vec![]);
+        assert_eq!(sessions.announcements(0, 2).frames, vec![]);
         assert_eq!(sessions.unbound(0, 2), vec![2]);
         sessions.close(one.sid);
-        assert_eq!(sessions.announcements(1, 2).len(), 1);
+        assert_eq!(sessions.announcements(1, 2).frames.len(), 1);
     }
 
     #[test]
@@ -423,6 +512,7 @@ mod tests {
             sent: 3,
             client_acked: 3,
             next_seq: 0,
+            confirmed: 9,
         };
         sessions.update(
             s.sid,
@@ -434,7 +524,7 @@ mod tests {
             },
         );
         assert_eq!(
-            sessions.announcements(0, 1),
+            sessions.announcements(0, 1).frames,
             vec![Frame::Announce {
                 sid: s.sid,
                 jid: "a@x/phone".into(),
@@ -457,13 +547,15 @@ mod tests {
         let sessions = Sessions::starting_at(0);
         let s = sessions.open();
         sessions.update(s.sid, bound("a@x/1"));
+        // (the core confirmed both: nothing is kicked)
         let enabling = SmCounts {
             handled: 2,
+            confirmed: 2,
             ..SmCounts::default()
         };
         sessions.update(s.sid, AnnouncementUpdate::SmCounters(enabling));
         assert_eq!(s.sm_counts.load(), enabling);
-        let [Frame::Announce { sm: None, .. }] = &sessions.announcements(0, 1)[..] else {
+        let [Frame::Announce { sm: None, .. }] = &sessions.announcements(0, 1).frames[..] else {
             panic!("announced with SM before it is on");
         };
         sessions.update(
@@ -474,11 +566,87 @@ mod tests {
             Frame::Announce {
                 sm: Some(snapshot), ..
             },
-        ] = &sessions.announcements(0, 1)[..]
+        ] = &sessions.announcements(0, 1).frames[..]
         else {
             panic!("not announced with SM");
         };
         assert_eq!((snapshot.handled, snapshot.max), (2, 60));
+    }
+
+    #[test]
+    fn a_session_the_core_did_not_confirm_everything_of_is_announced_at_the_confirmed_count_and_kicked()
+     {
+        let sessions = Sessions::starting_at(0);
+        let mut lossy = sessions.open();
+        let mut whole = sessions.open();
+        for s in [&lossy, &whole] {
+            sessions.update(s.sid, bound("a@x/1"));
+            sessions.update(
+                s.sid,
+                AnnouncementUpdate::StreamManagement(sm("ID", 300, SmCounts::default())),
+            );
+        }
+        // the client sent 5; the core confirmed 3 (2 died with the link or wait in the pool)
+        lossy.sm_counts.store(SmCounts {
+            handled: 5,
+            confirmed: 3,
+            ..SmCounts::default()
+        });
+        whole.sm_counts.store(SmCounts {
+            handled: 4,
+            confirmed: 4,
+            ..SmCounts::default()
+        });
+        let Reannouncement { frames, mut fence } = sessions.announcements(0, 1);
+        let mut handled: Vec<_> = frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Announce {
+                    sid, sm: Some(sm), ..
+                } => Some((sid, sm.handled)),
+                _ => None,
+            })
+            .collect();
+        handled.sort();
+        assert_eq!(handled, vec![(lossy.sid, 3), (whole.sid, 4)]);
+        // the lossy session's client is told to resume (it resends from 3)
+        assert_eq!(
+            lossy.frames.try_recv().map(|q| q.into_frame()).ok(),
+            Some(Frame::Kick {
+                sid: lossy.sid,
+                condition: "connection-timeout".into()
+            })
+        );
+        // the other goes on untouched
+        assert!(whole.frames.try_recv().is_err());
+        assert!(!lossy.kill.is_cancelled() && !whole.kill.is_cancelled());
+        // until the kicked session ends, nothing more of it reaches the core
+        let stanza = |sid| Frame::Stanza {
+            sid,
+            header: cm_protocol::RouteHeader {
+                kind: cm_protocol::Kind::Message,
+                stanza_type: None,
+                to: Some("b@x".into()),
+                id: None,
+                from: "a@x/1".into(),
+            },
+            payload: bytes::Bytes::from_static(b"<message/>"),
+        };
+        assert!(!fence.passes(&stanza(lossy.sid)));
+        assert!(!fence.passes(&Frame::AckRequest { sid: lossy.sid }));
+        assert!(fence.passes(&Frame::Acked {
+            sid: lossy.sid,
+            h: 1
+        }));
+        assert!(fence.passes(&stanza(whole.sid)));
+        let end = Frame::SessionEnd {
+            sid: lossy.sid,
+            jid: Some("a@x/1".into()),
+            clean: false,
+        };
+        assert!(fence.passes(&end));
+        assert!(fence.is_empty());
+        assert!(fence.passes(&stanza(lossy.sid)));
     }
 
     #[test]

@@ -65,6 +65,10 @@ const TRANSIENT_STREAM_ERRORS: &[&str] = &[
     "undefined-condition",
 ];
 
+/// The SASL condition that asks the client to try again later (RFC 6120
+/// §6.5.12); every other SASL failure is final.
+const TEMPORARY_AUTH_FAILURE: &str = "temporary-auth-failure";
+
 /// What the session needs of [`ConnectOptions`].
 #[derive(Clone, Debug)]
 pub(crate) struct SessionConfig {
@@ -457,21 +461,26 @@ impl Session {
         self.request_ack(now);
     }
 
-    /// A connection attempt failed.
+    /// A connection attempt failed. Refused credentials, bad options and
+    /// TLS failures end the session; anything else, `temporary-auth-failure`
+    /// included (RFC 6120 §6.5.12: a CM answers it while its core is away),
+    /// is retried with the reconnection backoff.
     pub(crate) fn on_connect_failed(&mut self, now: Instant, error: ClientError) {
         let Link::Connecting { attempt } = self.link else {
             return;
         };
-        match error {
-            ClientError::Auth(_) | ClientError::Config(_) | ClientError::Tls(_) => {
-                tracing::warn!(%error, "cannot reconnect");
-                self.event(Event::StreamError(error.to_string()));
-                self.end();
-            }
-            _ => {
-                tracing::debug!(%error, attempt, "reconnect failed");
-                self.schedule_retry(now, attempt + 1);
-            }
+        let is_final = match &error {
+            ClientError::Auth(condition) => condition != TEMPORARY_AUTH_FAILURE,
+            ClientError::Config(_) | ClientError::Tls(_) => true,
+            _ => false,
+        };
+        if is_final {
+            tracing::warn!(%error, "cannot reconnect");
+            self.event(Event::StreamError(error.to_string()));
+            self.end();
+        } else {
+            tracing::debug!(%error, attempt, "reconnect failed");
+            self.schedule_retry(now, attempt + 1);
         }
     }
 

@@ -272,6 +272,61 @@ fn a_refused_login_while_reconnecting_ends_the_session() {
 }
 
 #[test]
+fn a_temporary_auth_failure_while_reconnecting_is_retried_with_backoff_and_loses_nothing() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, message("m1"));
+    drain(&mut s);
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    // RFC 6120 §6.5.12: the server (a CM whose core is away) asks to retry later
+    let mut now = t0;
+    for attempt in 1..=4u32 {
+        s.on_connect_failed(now, ClientError::Auth("temporary-auth-failure".into()));
+        assert_eq!(
+            drain(&mut s),
+            vec![],
+            "attempt {attempt}: the session goes on"
+        );
+        let due = s.poll_timeout().expect("a retry is scheduled");
+        let ceiling = RECONNECT.ceiling(attempt);
+        assert!(
+            due - now >= ceiling / 2 && due - now <= ceiling,
+            "attempt {attempt}: {:?} against {ceiling:?}",
+            due - now
+        );
+        s.handle_timeout(due - Duration::from_nanos(1));
+        assert_eq!(drain(&mut s), vec![], "not before it is due");
+        now = due;
+        s.handle_timeout(now);
+        assert_eq!(
+            drain(&mut s),
+            vec![Output::Connect {
+                resumption: Some(("sm-1".into(), 0)),
+                resource: Some("phone".into()),
+            }]
+        );
+    }
+    // the core is back: the session resumes and resends what it kept
+    s.on_connected(
+        now,
+        Negotiated {
+            resumed: Some(0),
+            jid: None,
+        },
+    );
+    let out = drain(&mut s);
+    assert!(written(&out)[0].contains("id='m1'"), "{out:?}");
+    assert_eq!(
+        events(&out),
+        vec![
+            state("m1", MessageState::Sent),
+            Event::Reconnected { resumed: true }
+        ]
+    );
+}
+
+#[test]
 fn without_reconnection_a_lost_connection_ends_the_session() {
     let t0 = Instant::now();
     let mut s = connected(

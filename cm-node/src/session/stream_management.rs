@@ -27,6 +27,18 @@ pub struct SmCounts {
     pub client_acked: u32,
     /// Number the next delivery from the core gets.
     pub next_seq: u32,
+    /// The highest `handled` the core confirmed (its `Handled` frames, or
+    /// the `h` a resumption started from): only these stanzas of the
+    /// client are known to have reached the core.
+    pub confirmed: u32,
+}
+
+impl SmCounts {
+    /// The client's stanzas the core has not confirmed: lost if the link
+    /// they went on died, or still queued for it.
+    pub fn unconfirmed(&self) -> u32 {
+        self.handled.wrapping_sub(self.confirmed)
+    }
 }
 
 /// One session's stream-management state at the CM.
@@ -75,6 +87,7 @@ impl SmState {
                 sent: client_h,
                 client_acked: client_h,
                 next_seq: 0,
+                confirmed: handled,
             },
             numbering: true,
             requested: false,
@@ -106,6 +119,17 @@ impl SmState {
     pub fn count_in(&mut self) {
         self.counts.handled = self.counts.handled.wrapping_add(1);
         self.changed = true;
+    }
+
+    /// The core's `Handled`: it confirmed `h` of the client's stanzas. An
+    /// older count, or one beyond what the client sent, confirms nothing.
+    pub fn on_confirmed(&mut self, h: u32) {
+        let confirmed = self.counts.confirmed;
+        let ahead = h.wrapping_sub(confirmed);
+        if ahead != 0 && ahead <= self.counts.handled.wrapping_sub(confirmed) {
+            self.counts.confirmed = h;
+            self.changed = true;
+        }
     }
 
     /// A delivery arrived from the core: its number, if numbering is on.
@@ -321,8 +345,12 @@ impl StreamManagement {
         ));
     }
 
-    /// The core's `Handled`: the answer to the client's `<r/>`.
+    /// The core's `Handled`: the answer to the client's `<r/>`, and what
+    /// the core confirmed.
     pub fn on_handled(&mut self, h: u32, out: &mut Output) {
+        if let Some(sm) = &mut self.sm {
+            sm.on_confirmed(h);
+        }
         out.write(stream::sm_element("a", &[("h", &h.to_string())]));
     }
 
@@ -440,7 +468,8 @@ mod tests {
                 handled: 3,
                 sent: 1,
                 client_acked: 0,
-                next_seq: 1
+                next_seq: 1,
+                confirmed: 0,
             })
         );
     }

@@ -521,6 +521,7 @@ fn sm_counters_leave_the_session_once_per_batch_and_only_when_changed() {
             sent: 2,
             client_acked: 0,
             next_seq: 2,
+            confirmed: 0,
         })]
     );
     assert_eq!(
@@ -530,11 +531,38 @@ fn sm_counters_leave_the_session_once_per_batch_and_only_when_changed() {
             sent: 2,
             client_acked: 2,
             next_seq: 2,
+            confirmed: 0,
         })]
     );
     // without stream management there is nothing to announce
     let mut plain = bound_session();
     assert_eq!(announced(&plain.data(b"<message to='b@x'/>")), vec![]);
+}
+
+#[test]
+fn the_cores_handled_becomes_the_confirmed_count_up_to_what_the_client_sent() {
+    let mut s = bound_session();
+    enable_sm(&mut s, "ID");
+    s.data(b"<message to='b@x'/><message to='b@x'/><message to='b@x'/>");
+    s.data(b"<r xmlns='urn:xmpp:sm:3'/>");
+    let counts = |confirmed| {
+        vec![AnnouncementUpdate::SmCounters(SmCounts {
+            handled: 3,
+            confirmed,
+            ..SmCounts::default()
+        })]
+    };
+    assert_eq!(
+        announced(&s.core(Frame::Handled { sid: 7, h: 2 })),
+        counts(2)
+    );
+    // an older answer, or one beyond what the client sent, confirms nothing
+    assert_eq!(announced(&s.core(Frame::Handled { sid: 7, h: 1 })), vec![]);
+    assert_eq!(announced(&s.core(Frame::Handled { sid: 7, h: 4 })), vec![]);
+    assert_eq!(
+        announced(&s.core(Frame::Handled { sid: 7, h: 3 })),
+        counts(3)
+    );
 }
 
 #[test]
@@ -620,7 +648,8 @@ fn an_accepted_resumption_is_announced_whole_and_counts_replays_from_the_clients
                     handled: 9,
                     sent: 3,
                     client_acked: 3,
-                    next_seq: 0
+                    next_seq: 0,
+                    confirmed: 9,
                 },
             }),
         }]
@@ -654,18 +683,19 @@ fn a_resume_batch_with_a_replay_reaches_the_registry_with_its_counters_at_every_
     let registry = crate::sessions::Sessions::starting_at(6);
     let opened = registry.open();
     assert_eq!(opened.sid, 7);
-    let announce = |registry: &crate::sessions::Sessions| match &registry.announcements(0, 1)[..] {
-        [
-            Frame::Announce {
-                jid,
-                available,
-                priority,
-                sm: Some(sm),
-                ..
-            },
-        ] => (jid.clone(), *available, *priority, sm.clone()),
-        other => panic!("{other:?}"),
-    };
+    let announce =
+        |registry: &crate::sessions::Sessions| match &registry.announcements(0, 1).frames[..] {
+            [
+                Frame::Announce {
+                    jid,
+                    available,
+                    priority,
+                    sm: Some(sm),
+                    ..
+                },
+            ] => (jid.clone(), *available, *priority, sm.clone()),
+            other => panic!("{other:?}"),
+        };
     let updates = announced(&a);
     assert_eq!(updates.len(), 2, "{updates:?}");
     let mut steps = Vec::new();

@@ -277,16 +277,12 @@ impl Cluster {
         let start = Instant::now();
         loop {
             let (lb_admin, core_admin) = (self.lb_admin, self.core_admin);
-            let lb_tok =
-                std::fs::read_to_string(self.dir.join("pki/lb-admin.token")).unwrap_or_default();
-            let core_tok =
-                std::fs::read_to_string(self.dir.join("data/admin.token")).unwrap_or_default();
+            // the admin endpoints want the tokens each server keeps (made at its first start)
+            let lb_token = self.dir.join("pki").join("lb-admin.token");
+            let core_token = self.dir.join("data").join("admin.token");
             let (have, core_up) = tokio::task::spawn_blocking(move || {
-                let have = backends_at(lb_admin, lb_tok.trim());
-                (
-                    have,
-                    http_get(core_admin, "/routes", core_tok.trim()).is_ok(),
-                )
+                let have = backends_at(lb_admin, &lb_token);
+                (have, http_get(core_admin, "/routes", &core_token).is_ok())
             })
             .await?;
             if have == want && core_up {
@@ -300,8 +296,8 @@ impl Cluster {
     }
 }
 
-fn backends_at(admin: SocketAddr, tok: &str) -> Vec<String> {
-    let Ok(body) = http_get(admin, "/backends", tok) else {
+fn backends_at(admin: SocketAddr, token: &Path) -> Vec<String> {
+    let Ok(body) = http_get(admin, "/backends", token) else {
         return Vec::new();
     };
     let mut names: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
@@ -358,14 +354,17 @@ fn run(longlink: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
 }
 
 /// A plain HTTP/1.0 GET on loopback (admin endpoints); the body if 200.
-fn http_get(addr: SocketAddr, path: &str, tok: &str) -> Result<String> {
+/// GET `path` with the bearer token kept in the file `token`.
+fn http_get(addr: SocketAddr, path: &str, token: &Path) -> Result<String> {
     use std::io::{Read, Write};
+    let token = std::fs::read_to_string(token)?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
     )?;
     let mut buf = Vec::new();
     s.take(4 << 20).read_to_end(&mut buf)?;
