@@ -227,7 +227,11 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
         metrics.clone(),
         events_tx.clone(),
         config.domain.clone(),
-    );
+    )
+    .with_storage_limits(driver::StorageLimits {
+        queue_bytes: config.storage_queue_bytes,
+        deadline: config.storage_limits().deadline,
+    });
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 
     let token = admin_token(&config.data_dir).map_err(io("admin token"))?;

@@ -233,8 +233,6 @@ pub struct ArchivePage {
     pub complete: bool,
 }
 
-/// The storage interface both backends implement. Calls run on the
-/// storage thread, inside the transaction [`Storage`] opened.
 /// Runs `f`'s writes all or none inside the batch's transaction: when `f`
 /// fails, what it wrote is undone and the other jobs of the batch still
 /// commit. For a job of several writes (a roster change), since the jobs of
@@ -257,6 +255,8 @@ pub fn all_or_none<T>(
     }
 }
 
+/// The storage interface both backends implement. Calls run on the
+/// storage thread, inside the transaction [`Storage`] opened.
 pub trait Store: Send {
     /// Opens a transaction.
     fn begin(&mut self) -> Result<(), StorageError>;
