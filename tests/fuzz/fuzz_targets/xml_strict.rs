@@ -58,8 +58,12 @@ fuzz_target!(|data: &[u8]| {
                     let Ok(top) = inspect(&raw) else { return };
                     strict(&raw, "element");
                     if top.header().is_some() {
-                        let relayed =
-                            stamp_from_unforged(&raw, &top, "alice@example.org/phone", "example.org");
+                        let relayed = stamp_from_unforged(
+                            &raw,
+                            &top,
+                            "alice@example.org/phone",
+                            "example.org",
+                        );
                         strict(&relayed, "relayed stanza");
                         // and what the relay wrote is read back the same
                         let again = inspect(&relayed).expect("relayed stanza inspects");
