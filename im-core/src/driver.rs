@@ -123,10 +123,8 @@ pub struct Driver {
     /// Inputs the driver made itself while carrying out actions (storage
     /// work refused at once), handed to the router next.
     refused: VecDeque<Input>,
-    /// Users whose offline messages are being flushed (one flush at a time).
-    flushing: HashSet<String>,
-    /// The flush to run when a user's current one is done.
-    flush_next: HashMap<String, SessionAddr>,
+    /// Offline flushes running and waiting, one running per user.
+    flushes: Flushes,
     /// SM sessions (tracked, detached) as the metrics last showed them.
     sm_shown: Option<(usize, usize)>,
 }
@@ -152,8 +150,7 @@ impl Driver {
             limits: StorageLimits::default(),
             budget: Budget::new(STORAGE_QUEUE_BYTES),
             refused: VecDeque::new(),
-            flushing: HashSet::new(),
-            flush_next: HashMap::new(),
+            flushes: Flushes::default(),
             sm_shown: None,
         }
     }
@@ -179,13 +176,10 @@ impl Driver {
                         let _ = tx.send(self.snapshot());
                         continue;
                     }
-                    Some(Event::FlushDone(user)) => {
-                        self.flushing.remove(&user);
-                        match self.flush_next.remove(&user) {
-                            Some(to) => self.execute(Action::FlushOffline { user, to }),
-                            None => continue,
-                        }
-                    }
+                    Some(Event::FlushDone(user)) => match self.flushes.done(&user) {
+                        Some(to) => self.run_flush(user, to),
+                        None => continue,
+                    },
                     None => return,
                 },
             }
@@ -294,24 +288,8 @@ impl Driver {
                 });
             }
             Action::FlushOffline { user, to } => {
-                if !self.flushing.insert(user.clone()) {
-                    // one flush per user at a time: this one follows
-                    self.flush_next.insert(user, to);
-                    return;
-                }
-                match self.budget.charge(0) {
-                    Some(charge) => self.flush_offline(user, to, charge),
-                    None => {
-                        // Nothing loaded: the router stops holding new
-                        // messages back; the rows stay stored.
-                        tracing::warn!(user, "storage overloaded: offline messages not loaded");
-                        self.flushing.remove(&user);
-                        self.refused.push_back(Input::Offline {
-                            user,
-                            to,
-                            messages: Vec::new(),
-                        });
-                    }
+                if self.flushes.start(&user, to) {
+                    self.run_flush(user, to);
                 }
             }
             Action::LoadRoster { user } => {
@@ -532,6 +510,28 @@ impl Driver {
         }
     }
 
+    /// Runs the flush of `user`'s stored messages to `to` (the one
+    /// [`Flushes`] counts as running for the user).
+    fn run_flush(&mut self, user: String, to: SessionAddr) {
+        match self.budget.charge(0) {
+            Some(charge) => self.flush_offline(user, to, charge),
+            None => {
+                // Nothing loaded: the router stops holding new
+                // messages back; the rows stay stored.
+                tracing::warn!(user, "storage overloaded: offline messages not loaded");
+                let next = self.flushes.done(&user);
+                self.refused.push_back(Input::Offline {
+                    user: user.clone(),
+                    to,
+                    messages: Vec::new(),
+                });
+                if let Some(next) = next {
+                    self.run_flush(user, next);
+                }
+            }
+        }
+    }
+
     /// Loads a user's stored messages, stamps them with their delay and
     /// hands them to the router, which delivers them (through the session's
     /// ledger when it has one) and then has them removed. One flush per
@@ -584,6 +584,40 @@ impl Driver {
             }
             let _ = events.send(Event::FlushDone(user)).await;
         });
+    }
+}
+
+/// Offline flushes: one runs per user at a time (each loads all of the
+/// user's stored messages); the others wait their turn.
+#[derive(Debug, Default)]
+struct Flushes {
+    /// Users with a flush running.
+    running: HashSet<String>,
+    /// The flush to run when a user's current one is done.
+    next: HashMap<String, SessionAddr>,
+}
+
+impl Flushes {
+    /// A flush of `user`'s messages to `to` is asked for: true to run it
+    /// now, false if it waits for the user's running one.
+    fn start(&mut self, user: &str, to: SessionAddr) -> bool {
+        if self.running.insert(user.to_owned()) {
+            return true;
+        }
+        self.next.insert(user.to_owned(), to);
+        false
+    }
+
+    /// `user`'s running flush is done: the next one to run (counted as
+    /// running), if any.
+    fn done(&mut self, user: &str) -> Option<SessionAddr> {
+        match self.next.remove(user) {
+            Some(to) => Some(to),
+            None => {
+                self.running.remove(user);
+                None
+            }
+        }
     }
 }
 
@@ -792,6 +826,26 @@ mod tests {
 
     use super::*;
     use crate::storage::{FaultPlan, FaultyStore, Sqlite};
+
+    #[test]
+    fn every_waiting_flush_of_a_user_runs_once_in_order_after_the_running_one() {
+        let mut f = Flushes::default();
+        assert!(f.start("x", (1, 1)));
+        // sessions B and C ask while A's flush runs; B asks twice
+        assert!(!f.start("x", (1, 2)));
+        assert!(!f.start("x", (1, 3)));
+        assert!(!f.start("x", (1, 2)));
+        // another user's flush is not held up
+        assert!(f.start("y", (2, 1)));
+        assert_eq!(f.done("x"), Some((1, 2)));
+        assert_eq!(f.done("x"), Some((1, 3)));
+        assert_eq!(f.done("x"), None);
+        // nothing left running: the next request runs at once
+        assert!(f.start("x", (1, 4)));
+        assert_eq!(f.done("x"), None);
+        assert_eq!(f.done("y"), None);
+        assert!(f.running.is_empty() && f.next.is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_drivers_clock_and_its_sleep_both_follow_tokios_paused_time() {
