@@ -38,7 +38,7 @@ use xmpp_stream::stanza::{append_child, delay_element, inspect};
 use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
 use crate::router::{Action, Bounce, Input, RosterWrite, Router};
-use crate::routing::{NodeId, RouteRow, SessionAddr};
+use crate::routing::{MAX_RESOURCES_PER_ACCOUNT, NodeId, RouteRow, SessionAddr};
 use crate::storage::{Storage, StorageError, Store, Stored};
 
 /// Events for the router task.
@@ -287,11 +287,18 @@ impl Driver {
                     let _ = events.send(Event::Router(input)).await;
                 });
             }
-            Action::FlushOffline { user, to } => {
-                if self.flushes.start(&user, to) {
-                    self.run_flush(user, to);
+            Action::FlushOffline { user, to } => match self.flushes.start(&user, to) {
+                FlushStart::Run => self.run_flush(user, to),
+                FlushStart::Wait => {}
+                FlushStart::Refused => {
+                    tracing::warn!(user, "too many offline flushes waiting: one not loaded");
+                    self.refused.push_back(Input::Offline {
+                        user,
+                        to,
+                        messages: Vec::new(),
+                    });
                 }
-            }
+            },
             Action::LoadRoster { user } => {
                 let Some(charge) = self.budget.charge(0) else {
                     tracing::warn!(user, "storage overloaded: roster not loaded");
@@ -587,37 +594,60 @@ impl Driver {
     }
 }
 
+/// Flushes of one user that may wait behind its running one: one per
+/// session address, bounded by the user's sessions (plus as many of
+/// sessions that ended meanwhile).
+pub const MAX_WAITING_FLUSHES: usize = 2 * MAX_RESOURCES_PER_ACCOUNT;
+
 /// Offline flushes: one runs per user at a time (each loads all of the
-/// user's stored messages); the others wait their turn.
+/// user's stored messages); the others wait their turn, each address once.
 #[derive(Debug, Default)]
 struct Flushes {
     /// Users with a flush running.
     running: HashSet<String>,
-    /// The flush to run when a user's current one is done.
-    next: HashMap<String, SessionAddr>,
+    /// The flushes to run, in order, when a user's current one is done.
+    next: HashMap<String, VecDeque<SessionAddr>>,
+}
+
+/// What becomes of a flush asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum FlushStart {
+    /// Run it now.
+    Run,
+    /// It waits for the user's running one (or is waiting already).
+    Wait,
+    /// Too many wait ([`MAX_WAITING_FLUSHES`]): answer it as not loaded.
+    Refused,
 }
 
 impl Flushes {
-    /// A flush of `user`'s messages to `to` is asked for: true to run it
-    /// now, false if it waits for the user's running one.
-    fn start(&mut self, user: &str, to: SessionAddr) -> bool {
+    /// A flush of `user`'s messages to `to` is asked for.
+    fn start(&mut self, user: &str, to: SessionAddr) -> FlushStart {
         if self.running.insert(user.to_owned()) {
-            return true;
+            return FlushStart::Run;
         }
-        self.next.insert(user.to_owned(), to);
-        false
+        let waiting = self.next.entry(user.to_owned()).or_default();
+        if waiting.contains(&to) {
+            FlushStart::Wait
+        } else if waiting.len() >= MAX_WAITING_FLUSHES {
+            FlushStart::Refused
+        } else {
+            waiting.push_back(to);
+            FlushStart::Wait
+        }
     }
 
     /// `user`'s running flush is done: the next one to run (counted as
     /// running), if any.
     fn done(&mut self, user: &str) -> Option<SessionAddr> {
-        match self.next.remove(user) {
-            Some(to) => Some(to),
-            None => {
-                self.running.remove(user);
-                None
-            }
+        let next = self.next.get_mut(user).and_then(VecDeque::pop_front);
+        if self.next.get(user).is_some_and(VecDeque::is_empty) {
+            self.next.remove(user);
         }
+        if next.is_none() {
+            self.running.remove(user);
+        }
+        next
     }
 }
 
@@ -830,21 +860,37 @@ mod tests {
     #[test]
     fn every_waiting_flush_of_a_user_runs_once_in_order_after_the_running_one() {
         let mut f = Flushes::default();
-        assert!(f.start("x", (1, 1)));
+        assert_eq!(f.start("x", (1, 1)), FlushStart::Run);
         // sessions B and C ask while A's flush runs; B asks twice
-        assert!(!f.start("x", (1, 2)));
-        assert!(!f.start("x", (1, 3)));
-        assert!(!f.start("x", (1, 2)));
+        assert_eq!(f.start("x", (1, 2)), FlushStart::Wait);
+        assert_eq!(f.start("x", (1, 3)), FlushStart::Wait);
+        assert_eq!(f.start("x", (1, 2)), FlushStart::Wait);
         // another user's flush is not held up
-        assert!(f.start("y", (2, 1)));
+        assert_eq!(f.start("y", (2, 1)), FlushStart::Run);
         assert_eq!(f.done("x"), Some((1, 2)));
         assert_eq!(f.done("x"), Some((1, 3)));
         assert_eq!(f.done("x"), None);
         // nothing left running: the next request runs at once
-        assert!(f.start("x", (1, 4)));
+        assert_eq!(f.start("x", (1, 4)), FlushStart::Run);
         assert_eq!(f.done("x"), None);
         assert_eq!(f.done("y"), None);
         assert!(f.running.is_empty() && f.next.is_empty());
+    }
+
+    #[test]
+    fn waiting_flushes_of_a_user_are_bounded_and_one_past_the_bound_is_refused() {
+        let mut f = Flushes::default();
+        assert_eq!(f.start("x", (1, 0)), FlushStart::Run);
+        for sid in 1..=MAX_WAITING_FLUSHES as u64 {
+            assert_eq!(f.start("x", (1, sid)), FlushStart::Wait);
+        }
+        assert_eq!(f.start("x", (1, 9999)), FlushStart::Refused);
+        // one already waiting is still just waiting
+        assert_eq!(f.start("x", (1, 1)), FlushStart::Wait);
+        for sid in 1..=MAX_WAITING_FLUSHES as u64 {
+            assert_eq!(f.done("x"), Some((1, sid)));
+        }
+        assert_eq!(f.done("x"), None);
     }
 
     #[tokio::test(start_paused = true)]
