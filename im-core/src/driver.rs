@@ -38,7 +38,7 @@ use xmpp_stream::stanza::{append_child, delay_element, inspect};
 use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
 use crate::router::{Action, Bounce, Input, RosterWrite, Router};
-use crate::routing::{NodeId, RouteRow, SessionAddr};
+use crate::routing::{MAX_RESOURCES_PER_ACCOUNT, NodeId, RouteRow, SessionAddr};
 use crate::storage::{Storage, StorageError, Store, Stored};
 
 /// Events for the router task.
@@ -123,10 +123,8 @@ pub struct Driver {
     /// Inputs the driver made itself while carrying out actions (storage
     /// work refused at once), handed to the router next.
     refused: VecDeque<Input>,
-    /// Users whose offline messages are being flushed (one flush at a time).
-    flushing: HashSet<String>,
-    /// The flush to run when a user's current one is done.
-    flush_next: HashMap<String, SessionAddr>,
+    /// Offline flushes running and waiting, one running per user.
+    flushes: Flushes,
     /// SM sessions (tracked, detached) as the metrics last showed them.
     sm_shown: Option<(usize, usize)>,
 }
@@ -152,8 +150,7 @@ impl Driver {
             limits: StorageLimits::default(),
             budget: Budget::new(STORAGE_QUEUE_BYTES),
             refused: VecDeque::new(),
-            flushing: HashSet::new(),
-            flush_next: HashMap::new(),
+            flushes: Flushes::default(),
             sm_shown: None,
         }
     }
@@ -179,13 +176,10 @@ impl Driver {
                         let _ = tx.send(self.snapshot());
                         continue;
                     }
-                    Some(Event::FlushDone(user)) => {
-                        self.flushing.remove(&user);
-                        match self.flush_next.remove(&user) {
-                            Some(to) => self.execute(Action::FlushOffline { user, to }),
-                            None => continue,
-                        }
-                    }
+                    Some(Event::FlushDone(user)) => match self.flushes.done(&user) {
+                        Some(to) => self.run_flush(user, to),
+                        None => continue,
+                    },
                     None => return,
                 },
             }
@@ -293,27 +287,18 @@ impl Driver {
                     let _ = events.send(Event::Router(input)).await;
                 });
             }
-            Action::FlushOffline { user, to } => {
-                if !self.flushing.insert(user.clone()) {
-                    // one flush per user at a time: this one follows
-                    self.flush_next.insert(user, to);
-                    return;
+            Action::FlushOffline { user, to } => match self.flushes.start(&user, to) {
+                FlushStart::Run => self.run_flush(user, to),
+                FlushStart::Wait => {}
+                FlushStart::Refused => {
+                    tracing::warn!(user, "too many offline flushes waiting: one not loaded");
+                    self.refused.push_back(Input::Offline {
+                        user,
+                        to,
+                        messages: Vec::new(),
+                    });
                 }
-                match self.budget.charge(0) {
-                    Some(charge) => self.flush_offline(user, to, charge),
-                    None => {
-                        // Nothing loaded: the router stops holding new
-                        // messages back; the rows stay stored.
-                        tracing::warn!(user, "storage overloaded: offline messages not loaded");
-                        self.flushing.remove(&user);
-                        self.refused.push_back(Input::Offline {
-                            user,
-                            to,
-                            messages: Vec::new(),
-                        });
-                    }
-                }
-            }
+            },
             Action::LoadRoster { user } => {
                 let Some(charge) = self.budget.charge(0) else {
                     tracing::warn!(user, "storage overloaded: roster not loaded");
@@ -532,6 +517,28 @@ impl Driver {
         }
     }
 
+    /// Runs the flush of `user`'s stored messages to `to` (the one
+    /// [`Flushes`] counts as running for the user).
+    fn run_flush(&mut self, user: String, to: SessionAddr) {
+        match self.budget.charge(0) {
+            Some(charge) => self.flush_offline(user, to, charge),
+            None => {
+                // Nothing loaded: the router stops holding new
+                // messages back; the rows stay stored.
+                tracing::warn!(user, "storage overloaded: offline messages not loaded");
+                let next = self.flushes.done(&user);
+                self.refused.push_back(Input::Offline {
+                    user: user.clone(),
+                    to,
+                    messages: Vec::new(),
+                });
+                if let Some(next) = next {
+                    self.run_flush(user, next);
+                }
+            }
+        }
+    }
+
     /// Loads a user's stored messages, stamps them with their delay and
     /// hands them to the router, which delivers them (through the session's
     /// ledger when it has one) and then has them removed. One flush per
@@ -584,6 +591,63 @@ impl Driver {
             }
             let _ = events.send(Event::FlushDone(user)).await;
         });
+    }
+}
+
+/// Flushes of one user that may wait behind its running one: one per
+/// session address, bounded by the user's sessions (plus as many of
+/// sessions that ended meanwhile).
+pub const MAX_WAITING_FLUSHES: usize = 2 * MAX_RESOURCES_PER_ACCOUNT;
+
+/// Offline flushes: one runs per user at a time (each loads all of the
+/// user's stored messages); the others wait their turn, each address once.
+#[derive(Debug, Default)]
+struct Flushes {
+    /// Users with a flush running.
+    running: HashSet<String>,
+    /// The flushes to run, in order, when a user's current one is done.
+    next: HashMap<String, VecDeque<SessionAddr>>,
+}
+
+/// What becomes of a flush asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum FlushStart {
+    /// Run it now.
+    Run,
+    /// It waits for the user's running one (or is waiting already).
+    Wait,
+    /// Too many wait ([`MAX_WAITING_FLUSHES`]): answer it as not loaded.
+    Refused,
+}
+
+impl Flushes {
+    /// A flush of `user`'s messages to `to` is asked for.
+    fn start(&mut self, user: &str, to: SessionAddr) -> FlushStart {
+        if self.running.insert(user.to_owned()) {
+            return FlushStart::Run;
+        }
+        let waiting = self.next.entry(user.to_owned()).or_default();
+        if waiting.contains(&to) {
+            FlushStart::Wait
+        } else if waiting.len() >= MAX_WAITING_FLUSHES {
+            FlushStart::Refused
+        } else {
+            waiting.push_back(to);
+            FlushStart::Wait
+        }
+    }
+
+    /// `user`'s running flush is done: the next one to run (counted as
+    /// running), if any.
+    fn done(&mut self, user: &str) -> Option<SessionAddr> {
+        let next = self.next.get_mut(user).and_then(VecDeque::pop_front);
+        if self.next.get(user).is_some_and(VecDeque::is_empty) {
+            self.next.remove(user);
+        }
+        if next.is_none() {
+            self.running.remove(user);
+        }
+        next
     }
 }
 
@@ -792,6 +856,42 @@ mod tests {
 
     use super::*;
     use crate::storage::{FaultPlan, FaultyStore, Sqlite};
+
+    #[test]
+    fn every_waiting_flush_of_a_user_runs_once_in_order_after_the_running_one() {
+        let mut f = Flushes::default();
+        assert_eq!(f.start("x", (1, 1)), FlushStart::Run);
+        // sessions B and C ask while A's flush runs; B asks twice
+        assert_eq!(f.start("x", (1, 2)), FlushStart::Wait);
+        assert_eq!(f.start("x", (1, 3)), FlushStart::Wait);
+        assert_eq!(f.start("x", (1, 2)), FlushStart::Wait);
+        // another user's flush is not held up
+        assert_eq!(f.start("y", (2, 1)), FlushStart::Run);
+        assert_eq!(f.done("x"), Some((1, 2)));
+        assert_eq!(f.done("x"), Some((1, 3)));
+        assert_eq!(f.done("x"), None);
+        // nothing left running: the next request runs at once
+        assert_eq!(f.start("x", (1, 4)), FlushStart::Run);
+        assert_eq!(f.done("x"), None);
+        assert_eq!(f.done("y"), None);
+        assert!(f.running.is_empty() && f.next.is_empty());
+    }
+
+    #[test]
+    fn waiting_flushes_of_a_user_are_bounded_and_one_past_the_bound_is_refused() {
+        let mut f = Flushes::default();
+        assert_eq!(f.start("x", (1, 0)), FlushStart::Run);
+        for sid in 1..=MAX_WAITING_FLUSHES as u64 {
+            assert_eq!(f.start("x", (1, sid)), FlushStart::Wait);
+        }
+        assert_eq!(f.start("x", (1, 9999)), FlushStart::Refused);
+        // one already waiting is still just waiting
+        assert_eq!(f.start("x", (1, 1)), FlushStart::Wait);
+        for sid in 1..=MAX_WAITING_FLUSHES as u64 {
+            assert_eq!(f.done("x"), Some((1, sid)));
+        }
+        assert_eq!(f.done("x"), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_drivers_clock_and_its_sleep_both_follow_tokios_paused_time() {

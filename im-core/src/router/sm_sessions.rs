@@ -125,6 +125,10 @@ pub(crate) struct Resumed {
     /// Offline-storage rows of the stored messages the resumption's `h`
     /// acknowledged.
     pub(crate) rows: Vec<i64>,
+    /// A flush to the old address was under way: its result finds no one
+    /// there (the rows stay stored), so the session asks again at the new
+    /// address.
+    pub(crate) reflush: bool,
 }
 
 /// The SM sessions (see the module docs).
@@ -461,6 +465,9 @@ impl SmSessions {
             }
         };
         let replay = ledger.reattach();
+        // The flush in flight was for `old`: it is abandoned, and the
+        // ledger keeps holding new messages back until the next one is done.
+        let reflush = std::mem::take(&mut ledger.flushing);
         let resumed = Resumed {
             replay,
             // Only what is durable: a stanza whose archive or offline
@@ -470,6 +477,7 @@ impl SmSessions {
             max: ledger.max,
             old_attached,
             rows,
+            reflush,
         };
         self.retired.remove(new);
         self.insert(new, ledger);

@@ -140,8 +140,13 @@ impl Router {
             && !self.sessions.is_tracked((node, sid))
         {
             // A restarted core did not know the session: its ledger is
-            // rebuilt from the CM's counters.
+            // rebuilt from the CM's counters. Stored messages the lost core
+            // handed out unacknowledged are still stored: an available
+            // session (which sends no initial presence again) gets them now.
             self.sessions.restore((node, sid), bare, &sm);
+            if available {
+                self.request_flush((node, sid));
+            }
         }
     }
 
@@ -227,7 +232,7 @@ impl Router {
         h: u32,
     ) {
         match self.try_resume(node, sid, user, previd, h) {
-            Ok((resumption, replay)) => {
+            Ok((resumption, replay, reflush)) => {
                 self.stats.resumed += 1;
                 self.send(
                     node,
@@ -239,6 +244,9 @@ impl Router {
                 for payload in replay {
                     self.stats.delivered += 1;
                     self.send(node, Frame::Deliver { sid, payload });
+                }
+                if reflush {
+                    self.request_flush((node, sid));
                 }
             }
             Err(condition) => {
@@ -255,8 +263,9 @@ impl Router {
     }
 
     /// Moves the SM session `previd` of `user` to the stream (`node`,
-    /// `sid`): what to tell the client and the stanzas to send again, or
-    /// why it cannot resume.
+    /// `sid`): what to tell the client, the stanzas to send again and
+    /// whether a flush of stored messages must be asked for again (one to
+    /// the old address was under way), or why it cannot resume.
     fn try_resume(
         &mut self,
         node: NodeId,
@@ -264,7 +273,7 @@ impl Router {
         user: &str,
         previd: &str,
         h: u32,
-    ) -> Result<(Resumption, Vec<Bytes>), StanzaCondition> {
+    ) -> Result<(Resumption, Vec<Bytes>, bool), StanzaCondition> {
         let old = self
             .sessions
             .holder_of(previd, user)
@@ -307,6 +316,6 @@ impl Router {
         {
             self.kick(previous, StreamCondition::Conflict);
         }
-        Ok((resumption, resumed.replay))
+        Ok((resumption, resumed.replay, resumed.reflush))
     }
 }

@@ -1185,7 +1185,14 @@ fn a_restored_session_gets_at_most_the_servers_resumption_time() {
             }),
         },
     );
-    assert!(acts.is_empty(), "{acts:?}");
+    // (an available restored session is flushed; see below)
+    assert_eq!(
+        acts,
+        vec![Action::FlushOffline {
+            user: "alice".into(),
+            to: (1, 10)
+        }]
+    );
     assert_eq!(r.sm_counts(), (1, 0));
     drop_alice_at(&mut r, t0());
     assert_eq!(r.poll_timeout(), Some(t0() + Duration::from_secs(300)));
@@ -2255,4 +2262,110 @@ fn a_message_whose_body_is_namespace_prefixed_is_archived_and_a_foreign_body_is_
         "<active xmlns='http://jabber.org/protocol/chatstates'/>",
     );
     assert!(!archived(&acts), "{acts:?}");
+}
+
+#[test]
+fn a_resume_during_a_flush_flushes_again_at_the_new_address_and_chat_flows_after() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    assert!(acts.contains(&Action::FlushOffline {
+        user: "alice".into(),
+        to: (1, 10)
+    }));
+    // before the flush's result, alice resumes on node 2
+    let acts = frame(
+        &mut r,
+        2,
+        Frame::Resume {
+            sid: 20,
+            user: "alice@x".into(),
+            previd: id,
+            h: 0,
+        },
+    );
+    assert!(
+        acts.contains(&Action::FlushOffline {
+            user: "alice".into(),
+            to: (2, 20)
+        }),
+        "{acts:?}"
+    );
+    // the result for the old address finds no one: the rows stay stored
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: stored_messages(1..=2),
+    });
+    assert!(delivered_to(&acts).is_empty(), "{acts:?}");
+    // the flush for the new address delivers them there
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (2, 20),
+        messages: stored_messages(1..=2),
+    });
+    assert_eq!(delivered_to(&acts), vec![(2, 20), (2, 20)]);
+    // and live chat flows to the session again
+    assert_eq!(delivered_to(&chat(&mut r, "after")), vec![(2, 20)]);
+}
+
+#[test]
+fn a_restored_available_sm_session_is_flushed_and_an_unavailable_one_is_not() {
+    let mut before = router();
+    let id = sm_pair(&mut before);
+    let snapshot = SmSnapshot {
+        id,
+        handled: 0,
+        sent: 3,
+        client_acked: 1,
+        next_seq: 3,
+        max: 60,
+    };
+    // the core restarted: alice's CM announces her, available
+    let mut r = router();
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::Announce {
+            sid: 10,
+            jid: "alice@x/phone".into(),
+            available: true,
+            priority: 0,
+            sm: Some(snapshot.clone()),
+        },
+    );
+    assert_eq!(
+        acts,
+        vec![Action::FlushOffline {
+            user: "alice".into(),
+            to: (1, 10)
+        }]
+    );
+    // stored rows the dead core handed out come to her again
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: stored_messages(1..=2),
+    });
+    assert_eq!(delivered_to(&acts), vec![(1, 10), (1, 10)]);
+    // one not yet available waits for its initial presence
+    let mut r = router();
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::Announce {
+            sid: 10,
+            jid: "alice@x/phone".into(),
+            available: false,
+            priority: 0,
+            sm: Some(snapshot),
+        },
+    );
+    assert!(acts.is_empty(), "{acts:?}");
 }
