@@ -7,13 +7,16 @@
 //! with fake credentials, and PLAIN checks their password against such
 //! credentials with the same single PBKDF2 run, so which accounts exist is
 //! not revealed. Failures are throttled per account and per client address
-//! ([`throttle`]): a blocked attempt is refused before any password check.
+//! ([`throttle`]): a blocked attempt is refused before any password check,
+//! an attempt counts against its account and address from its start (an
+//! [`Attempt`] settled when it ends, or dropped as abandoned), and the
+//! throttle is asked again right before the password is checked.
 
 pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use xmpp_sasl::{
@@ -22,7 +25,7 @@ use xmpp_sasl::{
 
 use xmpp_stream::pacing::TokenBucket;
 
-use self::throttle::{AuthThrottle, ThrottleSettings};
+use self::throttle::{AuthThrottle, Refused, Settled, ThrottleSettings};
 use crate::routing::SessionAddr;
 use crate::storage::Storage;
 
@@ -51,9 +54,67 @@ struct Pending {
     server: ScramServer,
     exists: bool,
     started: Instant,
-    /// The normalized account and the client's address, for the throttle.
+    /// Its admission by the throttle, settled when the exchange ends.
+    attempt: Attempt,
+}
+
+/// An attempt admitted by the throttle ([`AuthThrottle::begin`]); settled
+/// once, by [`Attempt::settle`] or, if dropped unsettled (the session left,
+/// the exchange expired, the future was cancelled), as abandoned.
+struct Attempt {
+    throttle: Arc<Mutex<AuthThrottle>>,
+    /// The normalized account.
     account: String,
     client_ip: Option<IpAddr>,
+    settled: bool,
+}
+
+impl Attempt {
+    /// Whether its account or address got blocked since it was admitted.
+    fn blocked_now(&self) -> bool {
+        let throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        match throttle.check(Instant::now(), &self.account, self.client_ip) {
+            Ok(()) => false,
+            Err(blocked) => {
+                tracing::info!(account = self.account, client_ip = ?self.client_ip, until = ?blocked.until, "authentication throttled before the check");
+                true
+            }
+        }
+    }
+
+    /// Tells the throttle how the attempt ended.
+    fn settle(mut self, how: Settled) {
+        self.end(how);
+    }
+
+    fn end(&mut self, how: Settled) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner()).end(
+            Instant::now(),
+            &self.account,
+            self.client_ip,
+            how,
+        );
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.end(Settled::Abandoned);
+    }
+}
+
+impl Settled {
+    /// How an attempt that ended in `outcome` (not a challenge) settles.
+    fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Success { .. } => Settled::Succeeded,
+            Outcome::Failure(_) => Settled::Failed,
+            Outcome::Challenge(_) => Settled::Abandoned,
+        }
+    }
 }
 
 /// The authentication service (see the module docs).
@@ -70,7 +131,7 @@ pub struct AuthService {
     /// Registrations allowed now (a token bucket refilled over time).
     register_tokens: Mutex<TokenBucket>,
     /// Failed attempts per account and per client address.
-    throttle: Mutex<AuthThrottle>,
+    throttle: Arc<Mutex<AuthThrottle>>,
 }
 
 /// Accounts created in-band per second, cluster-wide, and the burst allowed.
@@ -98,7 +159,7 @@ impl AuthService {
                 REGISTRATION_BURST,
                 Instant::now(),
             )),
-            throttle: Mutex::new(AuthThrottle::new(ThrottleSettings::default())),
+            throttle: Arc::new(Mutex::new(AuthThrottle::new(ThrottleSettings::default()))),
         }
     }
 
@@ -198,10 +259,9 @@ impl AuthService {
                 {
                     return Outcome::Failure("invalid-authzid");
                 }
-                let account = self.account(&first.username);
-                if self.blocked(&account, client_ip) {
+                let Some(attempt) = self.admit(self.account(&first.username), client_ip) else {
                     return Outcome::Failure(THROTTLED);
-                }
+                };
                 let (creds, exists) = match self.lookup(&first.username).await {
                     Ok(Some(c)) => (c, true),
                     Ok(None) => (fake_credentials(&first.username, &self.fake_secret), false),
@@ -209,22 +269,28 @@ impl AuthService {
                 };
                 let (server, challenge) = ScramServer::start_with_credentials(hash, first, &creds);
                 let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let mut expired = Vec::new();
                 if pending.len() >= MAX_PENDING {
-                    pending.retain(|_, p| p.started.elapsed() < DEADLINE);
+                    expired.extend(pending.extract_if(|_, p| p.started.elapsed() >= DEADLINE));
                     if pending.len() >= MAX_PENDING {
+                        drop(pending);
+                        drop(expired);
                         return Outcome::Failure("temporary-auth-failure");
                     }
                 }
-                pending.insert(
+                let replaced = pending.insert(
                     addr,
                     Pending {
                         server,
                         exists,
                         started: Instant::now(),
-                        account,
-                        client_ip,
+                        attempt,
                     },
                 );
+                // the sweep's and a replaced exchange's attempts are settled
+                // (dropped) after the lock is released
+                drop(pending);
+                drop((expired, replaced));
                 Outcome::Challenge(challenge)
             }
         }
@@ -243,22 +309,28 @@ impl AuthService {
         if p.started.elapsed() > DEADLINE {
             return Outcome::Failure("not-authorized");
         }
+        if p.attempt.blocked_now() {
+            return Outcome::Failure(THROTTLED);
+        }
         let user = self.bare(p.server.username());
         let outcome = match p.server.finish(data) {
             Ok(data) if p.exists => Outcome::Success { data, user },
             Ok(_) => Outcome::Failure("not-authorized"),
             Err(e) => Outcome::Failure(e.condition()),
         };
-        self.record(&p.account, p.client_ip, &outcome);
+        p.attempt.settle(Settled::of(&outcome));
         outcome
     }
 
     /// The session went away mid-exchange.
     pub fn abort(&self, addr: SessionAddr) {
-        self.pending
+        let aborted = self
+            .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&addr);
+        // settled as abandoned, outside the pending lock
+        drop(aborted);
     }
 
     async fn plain(&self, data: &[u8], client_ip: Option<IpAddr>) -> Outcome {
@@ -270,10 +342,9 @@ impl AuthService {
         if plain.authzid.as_deref().is_some_and(|a| a != user) {
             return Outcome::Failure("invalid-authzid");
         }
-        let account = self.account(&plain.username);
-        if self.blocked(&account, client_ip) {
+        let Some(attempt) = self.admit(self.account(&plain.username), client_ip) else {
             return Outcome::Failure(THROTTLED);
-        }
+        };
         let creds = match self.lookup(&plain.username).await {
             Ok(c) => c,
             Err(()) => return Outcome::Failure("temporary-auth-failure"),
@@ -282,6 +353,10 @@ impl AuthService {
         let Ok(_slot) = self.plain_slots.acquire().await else {
             return Outcome::Failure("temporary-auth-failure");
         };
+        // it may have waited for the slot while others failed
+        if attempt.blocked_now() {
+            return Outcome::Failure(THROTTLED);
+        }
         let fake_secret = self.fake_secret;
         let ok = tokio::task::spawn_blocking(move || {
             verify_plain(creds.as_ref(), &username, &password, &fake_secret)
@@ -296,7 +371,7 @@ impl AuthService {
         } else {
             Outcome::Failure("not-authorized")
         };
-        self.record(&account, client_ip, &outcome);
+        attempt.settle(Settled::of(&outcome));
         outcome
     }
 
@@ -305,25 +380,29 @@ impl AuthService {
         normalize_user(username).unwrap_or_else(|| username.to_owned())
     }
 
-    /// Whether attempts for `account` or from `client_ip` are blocked now.
-    fn blocked(&self, account: &str, client_ip: Option<IpAddr>) -> bool {
-        let throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
-        match throttle.check(Instant::now(), account, client_ip) {
-            Ok(()) => false,
-            Err(blocked) => {
-                tracing::info!(account, ?client_ip, until = ?blocked.until, "authentication throttled");
-                true
+    /// Admits an attempt for `account` from `client_ip` now, or `None` if
+    /// the throttle refuses it.
+    fn admit(&self, account: String, client_ip: Option<IpAddr>) -> Option<Attempt> {
+        let admitted = self
+            .throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin(Instant::now(), &account, client_ip);
+        match admitted {
+            Ok(()) => Some(Attempt {
+                throttle: self.throttle.clone(),
+                account,
+                client_ip,
+                settled: false,
+            }),
+            Err(refused) => {
+                let until = match refused {
+                    Refused::Blocked(b) => Some(b.until),
+                    Refused::InFlight => None,
+                };
+                tracing::info!(account, ?client_ip, ?until, "authentication throttled");
+                None
             }
-        }
-    }
-
-    /// Tells the throttle how an attempt ended.
-    fn record(&self, account: &str, client_ip: Option<IpAddr>, outcome: &Outcome) {
-        let mut throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
-        match outcome {
-            Outcome::Success { .. } => throttle.succeeded(account),
-            Outcome::Failure(_) => throttle.failed(Instant::now(), account, client_ip),
-            Outcome::Challenge(_) => {}
         }
     }
 
@@ -421,6 +500,75 @@ mod tests {
             .start((1, 101), "PLAIN", &plain("bob", "x"), None)
             .await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
+    }
+
+    async fn service_with_alice() -> (tempfile::TempDir, AuthService) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let storage =
+            Storage::start(move || crate::storage::open(None, &path, 1000)).expect("storage");
+        let creds = StoredCredentials::new("right", StoredCredentials::DEFAULT_ITERATIONS);
+        storage
+            .call(move |db| db.add_user("alice", &creds))
+            .await
+            .unwrap();
+        (dir, AuthService::new("x", storage, true))
+    }
+
+    #[tokio::test]
+    async fn scram_starts_in_flight_at_once_get_a_challenge_only_up_to_the_free_allowance() {
+        let (_dir, auth) = service_with_alice().await;
+        let free = u64::from(ThrottleSettings::default().account_free_failures);
+        let mut challenged = 0;
+        let mut throttled = 0;
+        // none of them answers yet: no failure is recorded before all start
+        for sid in 0..4 * free {
+            let from = Some(IpAddr::from([192, 0, 2, sid as u8]));
+            match auth
+                .start((1, sid), "SCRAM-SHA-256", b"n,,n=alice,r=abc", from)
+                .await
+            {
+                Outcome::Challenge(_) => challenged += 1,
+                Outcome::Failure(THROTTLED) => throttled += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // as many as a serial guesser gets checked before its block
+        assert_eq!((challenged, throttled), (free + 1, 3 * free - 1));
+        // the exchanges that were let in fail; then the account is blocked
+        for sid in 0..=free {
+            let outcome = auth.respond((1, sid), b"c=biws,r=abc,p=AAAA");
+            assert_ne!(outcome, Outcome::Failure(THROTTLED), "exchange {sid}");
+            assert!(matches!(outcome, Outcome::Failure(_)), "exchange {sid}");
+        }
+        let outcome = auth
+            .start((1, 1000), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None)
+            .await;
+        assert_eq!(outcome, Outcome::Failure(THROTTLED));
+    }
+
+    #[tokio::test]
+    async fn plain_attempts_started_at_once_run_the_password_check_only_up_to_the_free_allowance() {
+        let (_dir, auth) = service_with_alice().await;
+        let auth = std::sync::Arc::new(auth);
+        let free = u64::from(ThrottleSettings::default().account_free_failures);
+        let attempts = 4 * free;
+        let mut tasks = tokio::task::JoinSet::new();
+        for sid in 0..attempts {
+            let auth = auth.clone();
+            let from = Some(IpAddr::from([198, 51, 100, sid as u8]));
+            let message = xmpp_sasl::plain_message("alice", "guess");
+            tasks.spawn(async move { auth.start((2, sid), "PLAIN", &message, from).await });
+        }
+        let (mut checked, mut throttled) = (0, 0);
+        while let Some(outcome) = tasks.join_next().await {
+            match outcome.unwrap() {
+                Outcome::Failure("not-authorized") => checked += 1,
+                Outcome::Failure(THROTTLED) => throttled += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((checked, throttled), (free + 1, attempts - free - 1));
     }
 
     #[test]

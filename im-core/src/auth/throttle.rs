@@ -7,8 +7,15 @@
 //! attempts for it are refused before any password is checked. A key whose
 //! last failure is `forget_after` old starts over; a success clears its
 //! account (not its address: one valid account must not reset an address
-//! that guesses others). Each table holds at most `max_entries` keys: when
-//! one is full, forgotten keys are swept out, and if none is, the key that
+//! that guesses others).
+//!
+//! Attempts run in parallel (PBKDF2 on a pool, SCRAM across round trips),
+//! so an attempt counts while it is in flight: [`AuthThrottle::begin`]
+//! admits it only if the key would not be blocked were every attempt
+//! already in flight to fail, and [`AuthThrottle::end`] settles it (a
+//! failure counts, a success or an abandoned attempt does not). Parallel
+//! guessers thus get no more password checks than serial ones. Each table holds at most `max_entries` keys: when
+//! one is full, forgotten keys without attempts in flight are swept out, and if none is, the key that
 //! failed longest ago makes room.
 
 use std::borrow::Borrow;
@@ -55,10 +62,34 @@ pub struct Blocked {
     pub until: Instant,
 }
 
+/// Why an attempt was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its account or address is blocked until then.
+    Blocked(Blocked),
+    /// Attempts for its account or address already in flight would block
+    /// it if they failed: it may try again once they are settled.
+    InFlight,
+}
+
+/// How an admitted attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The password was right.
+    Succeeded,
+    /// The password was checked and wrong (or the exchange was invalid).
+    Failed,
+    /// No password was checked (the session left, the exchange expired,
+    /// a lookup failed, or it was refused before the check).
+    Abandoned,
+}
+
 /// The failures of one key.
 #[derive(Clone, Copy, Debug)]
 struct Failures {
     count: u32,
+    /// Attempts admitted and not yet settled.
+    in_flight: u32,
     last: Instant,
     blocked_until: Instant,
 }
@@ -89,22 +120,72 @@ impl<K: Hash + Eq + Clone> Table<K> {
             .filter(|until| *until > now)
     }
 
-    fn failed(&mut self, key: K, now: Instant, settings: &ThrottleSettings) {
+    /// Whether one more attempt for `key` may be admitted at `now`: it is
+    /// not blocked, and the attempts in flight failing would not block it.
+    fn admits<Q>(&self, key: &Q, now: Instant, settings: &ThrottleSettings) -> Result<(), Refused>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(f) = self.entries.get(key) else {
+            return Ok(());
+        };
+        if f.blocked_until > now {
+            return Err(Refused::Blocked(Blocked {
+                until: f.blocked_until,
+            }));
+        }
+        let count = if now.saturating_duration_since(f.last) >= settings.forget_after {
+            0
+        } else {
+            f.count
+        };
+        if f.in_flight > 0 && count.saturating_add(f.in_flight) > self.free_failures {
+            return Err(Refused::InFlight);
+        }
+        Ok(())
+    }
+
+    /// The entry of `key`, made (room first if the table is full) if absent.
+    fn entry(&mut self, key: K, now: Instant, settings: &ThrottleSettings) -> &mut Failures {
         if !self.entries.contains_key(&key) && self.entries.len() >= settings.max_entries {
             self.make_room(now, settings);
         }
-        let f = self.entries.entry(key).or_insert(Failures {
+        self.entries.entry(key).or_insert(Failures {
             count: 0,
+            in_flight: 0,
             last: now,
             blocked_until: now,
-        });
+        })
+    }
+
+    fn begin(&mut self, key: K, now: Instant, settings: &ThrottleSettings) {
+        let f = self.entry(key, now, settings);
+        f.in_flight = f.in_flight.saturating_add(1);
+    }
+
+    /// Settles an attempt admitted by `begin` (if its entry was dropped
+    /// meanwhile, there is nothing to settle).
+    fn settle<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(f) = self.entries.get_mut(key) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn failed(&mut self, key: K, now: Instant, settings: &ThrottleSettings) {
+        let free_failures = self.free_failures;
+        let f = self.entry(key, now, settings);
         if now.saturating_duration_since(f.last) >= settings.forget_after {
             f.count = 0;
         }
         f.count = f.count.saturating_add(1);
         f.last = now;
-        if f.count > self.free_failures {
-            let doublings = (f.count - self.free_failures - 1).min(31);
+        if f.count > free_failures {
+            let doublings = (f.count - free_failures - 1).min(31);
             let delay = settings
                 .base_delay
                 .saturating_mul(1 << doublings)
@@ -113,19 +194,31 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
     }
 
-    fn forget<Q>(&mut self, key: &Q)
+    /// Forgets the failures of `key`; its attempts in flight still count.
+    fn forget<Q>(&mut self, key: &Q, now: Instant)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.entries.remove(key);
+        match self.entries.get_mut(key) {
+            Some(f) if f.in_flight > 0 => {
+                f.count = 0;
+                f.blocked_until = now;
+            }
+            Some(_) => {
+                self.entries.remove(key);
+            }
+            None => {}
+        }
     }
 
     /// Sweeps out forgotten keys; if none was, drops the one that failed
     /// longest ago. O(n), and only when the table is full.
     fn make_room(&mut self, now: Instant, settings: &ThrottleSettings) {
         self.entries.retain(|_, f| {
-            now.saturating_duration_since(f.last) < settings.forget_after || f.blocked_until > now
+            now.saturating_duration_since(f.last) < settings.forget_after
+                || f.blocked_until > now
+                || f.in_flight > 0
         });
         if self.entries.len() < settings.max_entries {
             return;
@@ -190,6 +283,41 @@ impl AuthThrottle {
         }
     }
 
+    /// Admits an attempt for `account` (normalized) from `ip` at `now`, to
+    /// be settled with [`end`](Self::end) exactly once; refused if either
+    /// is blocked or would be were the attempts in flight for it to fail.
+    pub fn begin(
+        &mut self,
+        now: Instant,
+        account: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(), Refused> {
+        let address = ip.map(AddressKey::of);
+        self.accounts.admits(account, now, &self.settings)?;
+        if let Some(a) = &address {
+            self.addresses.admits(a, now, &self.settings)?;
+        }
+        self.accounts.begin(account.to_owned(), now, &self.settings);
+        if let Some(a) = address {
+            self.addresses.begin(a, now, &self.settings);
+        }
+        Ok(())
+    }
+
+    /// Settles an attempt admitted by [`begin`](Self::begin) at `now`.
+    pub fn end(&mut self, now: Instant, account: &str, ip: Option<IpAddr>, how: Settled) {
+        let address = ip.map(AddressKey::of);
+        self.accounts.settle(account);
+        if let Some(a) = &address {
+            self.addresses.settle(a);
+        }
+        match how {
+            Settled::Succeeded => self.succeeded(now, account),
+            Settled::Failed => self.failed(now, account, ip),
+            Settled::Abandoned => {}
+        }
+    }
+
     /// An attempt for `account` from `ip` failed at `now`.
     pub fn failed(&mut self, now: Instant, account: &str, ip: Option<IpAddr>) {
         self.accounts
@@ -201,8 +329,8 @@ impl AuthThrottle {
     }
 
     /// `account` authenticated: its failures are forgotten.
-    pub fn succeeded(&mut self, account: &str) {
-        self.accounts.forget(account);
+    pub fn succeeded(&mut self, now: Instant, account: &str) {
+        self.accounts.forget(account, now);
     }
 
     /// Keys held (accounts, addresses).
@@ -291,8 +419,59 @@ mod tests {
             t.failed(later, "alice", None);
         }
         assert!(t.check(later, "alice", None).is_err());
-        t.succeeded("alice");
+        t.succeeded(later, "alice");
         assert_eq!(t.check(later, "alice", None), Ok(()));
+    }
+
+    #[test]
+    fn attempts_in_flight_count_until_settled_and_only_failures_stay_counted() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(settings());
+        let from = ip("192.0.2.1");
+        // free_failures 3: four may be in flight, as four may fail serially
+        for i in 0..4 {
+            assert_eq!(t.begin(t0, "alice", from), Ok(()), "attempt {i}");
+        }
+        assert_eq!(t.begin(t0, "alice", None), Err(Refused::InFlight));
+        // an abandoned attempt frees its place without counting
+        t.end(t0, "alice", from, Settled::Abandoned);
+        assert_eq!(t.begin(t0, "alice", from), Ok(()));
+        // a success forgets the account's failures, not the others in flight
+        t.end(t0, "alice", from, Settled::Failed);
+        t.end(t0, "alice", from, Settled::Succeeded);
+        assert_eq!(t.begin(t0, "alice", from), Ok(()));
+        assert_eq!(t.begin(t0, "alice", from), Ok(()));
+        assert_eq!(t.begin(t0, "alice", None), Err(Refused::InFlight));
+        // all four fail: blocked, as four serial failures would block it
+        for _ in 0..4 {
+            t.end(t0, "alice", from, Settled::Failed);
+        }
+        let blocked = Blocked {
+            until: t0 + Duration::from_secs(1),
+        };
+        assert_eq!(t.begin(t0, "alice", None), Err(Refused::Blocked(blocked)));
+        // after the block, one attempt at a time
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(t.begin(later, "alice", None), Ok(()));
+        assert_eq!(t.begin(later, "alice", None), Err(Refused::InFlight));
+        t.end(later, "alice", None, Settled::Abandoned);
+        // the address counted its attempts in flight too, and was settled
+        assert_eq!(
+            t.addresses.entries[&AddressKey::of(from.unwrap())].in_flight,
+            0
+        );
+    }
+
+    #[test]
+    fn an_address_admits_at_most_its_free_failures_plus_one_in_flight_across_accounts() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(settings());
+        let from = ip("2001:db8::1");
+        for user in ["a", "b", "c", "d", "e", "f"] {
+            assert_eq!(t.begin(t0, user, from), Ok(()), "{user}");
+        }
+        assert_eq!(t.begin(t0, "g", ip("2001:db8::2")), Err(Refused::InFlight));
+        assert_eq!(t.begin(t0, "g", None), Ok(()));
     }
 
     #[test]
