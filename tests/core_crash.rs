@@ -4,36 +4,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use client_sdk::im::HistoryQuery;
-use client_sdk::{Client, ConnectOptions, Event, MessageState};
+use client_sdk::{Client, Event, MessageState};
 use support::process::Deployment;
 
 const DOMAIN: &str = "example.org";
 const EACH: usize = 50;
-
-fn options(dep: &Deployment, user: &str, resource: &str) -> ConnectOptions {
-    ConnectOptions::new(dep.lb(), &format!("{user}@{DOMAIN}"), "pw")
-        .with_ca_file(dep.ca())
-        .with_resource(resource)
-        .with_receipts(false)
-}
-
-/// Logs in, retrying while the core is (re)starting.
-async fn login(dep: &Deployment, user: &str, resource: &str) -> Client {
-    let start = Instant::now();
-    loop {
-        match Client::connect(options(dep, user, resource)).await {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                tracing::debug!(error = %e, "login retry");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{user} cannot log in: {e}"),
-        }
-    }
-}
 
 async fn history(c: &Client, with: &str) -> Vec<String> {
     let mut bodies = Vec::new();
@@ -59,10 +37,10 @@ async fn nothing_acknowledged_is_lost_when_the_core_is_killed() {
     dep.spawn_cm(1);
     dep.wait_backends(&["cm-1"]);
     let run = async {
-        let mut alice = Client::connect(options(&dep, "alice", "phone").with_message_states())
+        let mut alice = Client::connect(dep.client_options("alice", "phone").with_message_states())
             .await
             .expect("alice");
-        let bob = login(&dep, "bob", "phone").await;
+        let bob = dep.login("bob", "phone").await;
         alice.send_presence(0).await.unwrap();
         bob.send_presence(0).await.unwrap();
         // Bob is online (archived and delivered), Carol offline (archived and stored).
@@ -102,7 +80,7 @@ async fn nothing_acknowledged_is_lost_when_the_core_is_killed() {
         bob.abort();
         dep.restart_core();
 
-        let mut carol = login(&dep, "carol", "phone").await;
+        let mut carol = dep.login("carol", "phone").await;
         carol.send_presence(0).await.unwrap();
         let mut offline = Vec::new();
         while offline.len() < EACH {
@@ -116,10 +94,10 @@ async fn nothing_acknowledged_is_lost_when_the_core_is_killed() {
         assert_eq!(offline, want_c, "every stored message, in order");
 
         let want_b: Vec<String> = (0..EACH).map(|i| format!("b{i}")).collect();
-        let alice = login(&dep, "alice", "tablet").await;
+        let alice = dep.login("alice", "tablet").await;
         assert_eq!(history(&alice, "bob").await, want_b);
         assert_eq!(history(&alice, "carol").await, want_c);
-        let bob = login(&dep, "bob", "tablet").await;
+        let bob = dep.login("bob", "tablet").await;
         assert_eq!(history(&bob, "alice").await, want_b);
         assert_eq!(history(&carol, "alice").await, want_c);
     };
@@ -197,7 +175,7 @@ async fn stored_messages_delivered_but_never_acknowledged_survive_a_core_kill() 
     dep.wait_backends(&["cm-1"]);
     let run = async {
         // Carol is offline: Alice's messages are stored for her.
-        let mut alice = Client::connect(options(&dep, "alice", "phone").with_message_states())
+        let mut alice = Client::connect(dep.client_options("alice", "phone").with_message_states())
             .await
             .expect("alice");
         let mut ids = std::collections::HashSet::new();
@@ -247,7 +225,7 @@ async fn stored_messages_delivered_but_never_acknowledged_survive_a_core_kill() 
         drop(carol);
         dep.restart_core();
 
-        let mut fresh = login(&dep, "carol", "tablet").await;
+        let mut fresh = dep.login("carol", "tablet").await;
         fresh.send_presence(0).await.unwrap();
         let mut again = Vec::new();
         while again.len() < WAITING {

@@ -6,36 +6,14 @@
 mod support;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use client_sdk::{Client, ConnectOptions, Event, MessageState};
+use client_sdk::{Client, Event, MessageState};
 use support::process::Deployment;
 
 const DOMAIN: &str = "example.org";
 /// Messages sent; the core is killed after a third of them.
 const TOTAL: usize = 150;
-
-fn options(dep: &Deployment, user: &str, resource: &str) -> ConnectOptions {
-    ConnectOptions::new(dep.lb(), &format!("{user}@{DOMAIN}"), "pw")
-        .with_ca_file(dep.ca())
-        .with_resource(resource)
-        .with_receipts(false)
-}
-
-/// Logs in, retrying while the core is (re)starting.
-async fn login(dep: &Deployment, user: &str, resource: &str) -> Client {
-    let start = Instant::now();
-    loop {
-        match Client::connect(options(dep, user, resource)).await {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                tracing::debug!(error = %e, "login retry");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{user} cannot log in: {e}"),
-        }
-    }
-}
 
 /// Notes a message-state event: ids Acknowledged, and ids Failed.
 fn note(ev: Event, acked: &mut HashSet<String>, failed: &mut HashSet<String>) {
@@ -63,7 +41,7 @@ async fn every_acknowledged_message_arrives_in_order_once_across_a_core_restart(
     dep.spawn_cm(1);
     dep.wait_backends(&["cm-1"]);
     let run = async {
-        let mut alice = Client::connect(options(&dep, "alice", "phone").with_message_states())
+        let mut alice = Client::connect(dep.client_options("alice", "phone").with_message_states())
             .await
             .expect("alice");
         alice.send_presence(0).await.unwrap();
@@ -107,7 +85,7 @@ async fn every_acknowledged_message_arrives_in_order_once_across_a_core_restart(
         assert!(failed.is_empty(), "failed: {failed:?}");
 
         // Bob comes online: offline storage hands him everything, in order.
-        let mut bob = login(&dep, "bob", "phone").await;
+        let mut bob = dep.login("bob", "phone").await;
         bob.send_presence(0).await.unwrap();
         let mut want: Vec<usize> = acked.iter().map(|id| body_of[id]).collect();
         want.sort();

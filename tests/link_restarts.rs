@@ -7,35 +7,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use client_sdk::{Client, ConnectOptions};
 use support::process::Deployment;
 
 const DOMAIN: &str = "example.org";
 
 /// The CM↔core idle timeout (`im-core` `link_transport`, and the CM's).
 const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn options(dep: &Deployment, user: &str, resource: &str) -> ConnectOptions {
-    ConnectOptions::new(dep.lb(), &format!("{user}@{DOMAIN}"), "pw")
-        .with_ca_file(dep.ca())
-        .with_resource(resource)
-        .with_receipts(false)
-}
-
-/// Logs in, retrying while the cluster is (re)starting.
-async fn login(dep: &Deployment, user: &str, resource: &str) -> Client {
-    let start = Instant::now();
-    loop {
-        match Client::connect(options(dep, user, resource)).await {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                tracing::debug!(error = %e, "login retry");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{user} cannot log in: {e}"),
-        }
-    }
-}
 
 /// The core's `longlink_core_cm_connections` gauge, if its admin endpoint
 /// answers.
@@ -82,8 +59,8 @@ async fn sessions_on_a_cm_restarted_at_once_keep_receiving_after_its_old_connect
         dep.kill(old);
         let killed = Instant::now();
         dep.spawn_cm(1);
-        let alice = login(&dep, "alice", "phone").await;
-        let mut bob = login(&dep, "bob", "phone").await;
+        let alice = dep.login("alice", "phone").await;
+        let mut bob = dep.login("bob", "phone").await;
         alice.send_presence(0).await.unwrap();
         bob.send_presence(0).await.unwrap();
         println!("logged in {:?} after the kill", killed.elapsed());
@@ -150,7 +127,7 @@ async fn a_cm_notices_a_restarted_core_as_soon_as_it_sends_to_it() {
     dep.wait_backends(&["cm-1"]);
     let run = async {
         wait_cm_connections(&dep, 2, Duration::from_secs(30)).await;
-        let alice = login(&dep, "alice", "phone").await;
+        let alice = dep.login("alice", "phone").await;
         dep.kill(0);
         dep.restart_core();
         // The new core is up and has no CM connection yet.

@@ -71,6 +71,8 @@ pub struct Deployment {
     pub pki: PathBuf,
     /// The XMPP domain.
     pub domain: String,
+    /// Every user's password.
+    pub password: String,
     /// The core's CM listener.
     pub core: String,
     /// The core's admin endpoint.
@@ -157,6 +159,7 @@ impl Deployment {
             lb_control: free_port(false),
             lb_admin: format!("127.0.0.1:{}", free_port(true)),
             domain: domain.to_owned(),
+            password: password.to_owned(),
             pki,
             dir,
             procs: Processes(Vec::new()),
@@ -247,6 +250,35 @@ impl Deployment {
     /// The cluster CA certificate.
     pub fn ca(&self) -> PathBuf {
         self.pki.join("ca.pem")
+    }
+
+    /// Options for `user`'s client with `resource`, through the balancer
+    /// (receipts off: the tests count messages).
+    pub fn client_options(&self, user: &str, resource: &str) -> client_sdk::ConnectOptions {
+        client_sdk::ConnectOptions::new(
+            self.lb(),
+            &format!("{user}@{}", self.domain),
+            &self.password,
+        )
+        .with_ca_file(self.ca())
+        .with_resource(resource)
+        .with_receipts(false)
+    }
+
+    /// Logs `user` in, retrying for up to 30 s while the cluster is
+    /// (re)starting.
+    pub async fn login(&self, user: &str, resource: &str) -> client_sdk::Client {
+        let start = Instant::now();
+        loop {
+            match client_sdk::Client::connect(self.client_options(user, resource)).await {
+                Ok(c) => return c,
+                Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                    tracing::debug!(error = %e, "login retry");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{user} cannot log in: {e}"),
+            }
+        }
     }
 
     /// Starts the core again (after [`Self::kill`] of index 0), on the same
