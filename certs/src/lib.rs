@@ -5,7 +5,8 @@
 //! reads the shared keys; [`tls`] turns those files into rustls
 //! configurations (TLS 1.3 only, ring crypto provider) for the CM↔core and
 //! CM↔balancer links and for the client-facing side of CM nodes;
-//! [`cluster_key`] derives the keys every CM shares. Issuing certificates
+//! [`cluster_key`] derives the keys every CM shares; [`secret`] keeps the
+//! nodes' own secrets (admin tokens, the SM id key) in private files. Issuing certificates
 //! ([`issue`], with rcgen) is behind the default feature `issue`: the nodes
 //! depend on this crate without it, so none of them carries a certificate
 //! authority.
@@ -15,6 +16,7 @@ mod error;
 #[cfg(feature = "issue")]
 pub mod issue;
 pub mod paths;
+pub mod secret;
 pub mod tls;
 
 pub use error::CertError;

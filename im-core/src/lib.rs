@@ -21,7 +21,6 @@ pub mod router;
 pub mod routing;
 pub mod storage;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -89,12 +88,12 @@ impl CoreHandle {
 
 /// Reads, or creates with mode 0600, the admin token of a data directory.
 pub fn admin_token(data_dir: &Path) -> Result<String, std::io::Error> {
-    secret_file(&data_dir.join("admin.token"))
+    certs::secret::hex_secret(&data_dir.join("admin.token"))
 }
 
 /// Reads, or creates, the key of SM ids (so they survive a core restart).
 pub fn sm_secret(data_dir: &Path) -> Result<[u8; 32], std::io::Error> {
-    let hex = secret_file(&data_dir.join("sm.key"))?;
+    let hex = certs::secret::hex_secret(&data_dir.join("sm.key"))?;
     let mut key = [0u8; 32];
     for (i, b) in key.iter_mut().enumerate() {
         *b = hex
@@ -103,26 +102,6 @@ pub fn sm_secret(data_dir: &Path) -> Result<[u8; 32], std::io::Error> {
             .ok_or_else(|| std::io::Error::other("sm.key is not 64 hex digits"))?;
     }
     Ok(key)
-}
-
-/// Reads a hex secret, or creates 32 random bytes of it with mode 0600.
-fn secret_file(path: &Path) -> Result<String, std::io::Error> {
-    let data_dir = path.parent().unwrap_or(Path::new("."));
-    match std::fs::read_to_string(path) {
-        Ok(t) => return Ok(t.trim().to_owned()),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        Err(_) => {}
-    }
-    std::fs::create_dir_all(data_dir)?;
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(path)?.write_all(token.as_bytes())?;
-    Ok(token)
 }
 
 /// Transport settings for the CM links: few connections carrying many

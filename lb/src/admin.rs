@@ -5,7 +5,6 @@
 //! (204, or 404 for a node not in the table). Without the right
 //! `Authorization: Bearer TOKEN` header they answer 401.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,38 +31,10 @@ pub(crate) struct Admin {
 }
 
 /// Reads the admin token from `path`, or creates it (32 random bytes in
-/// hex, mode 0600) if the file does not exist.
+/// hex, mode 0600) if the file does not exist (see
+/// [`certs::secret::hex_secret`]).
 pub fn admin_token(path: &std::path::Path) -> Result<String, std::io::Error> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} is empty",
-                path.display()
-            )));
-        }
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        Err(_) => {}
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    match opts.open(path) {
-        Ok(mut f) => f.write_all(token.as_bytes())?,
-        // Another process (the core of the same deployment) made it first.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Ok(std::fs::read_to_string(path)?.trim().to_owned());
-        }
-        Err(e) => return Err(e),
-    }
-    Ok(token)
+    certs::secret::hex_secret(path)
 }
 
 /// Whether `headers` carry `Authorization: Bearer TOKEN` (compared in
