@@ -647,22 +647,35 @@ async fn the_core_admin_routes_and_users_need_the_token_and_metrics_name_no_user
         assert!(body.contains(&jid("alice")), "{body}");
         // account management without the token
         let users = format!("http://{admin}/users");
-        let status = tokio::task::spawn_blocking(move || {
+        let (status, garbage) = tokio::task::spawn_blocking(move || {
             let agent = ureq::Agent::new_with_config(
                 ureq::config::Config::builder()
                     .http_status_as_error(false)
                     .build(),
             );
-            agent
+            let status = agent
                 .post(&users)
                 .send_json(serde_json::json!({"username": "mallory", "password": "x"}))
                 .unwrap()
                 .status()
-                .as_u16()
+                .as_u16();
+            // the token is checked before the body is read: not 400/415/422
+            let garbage = agent
+                .post(&users)
+                .content_type("application/json")
+                .send("not json")
+                .unwrap()
+                .status()
+                .as_u16();
+            (status, garbage)
         })
         .await
         .unwrap();
         assert_eq!(status, 401);
+        assert_eq!(
+            garbage, 401,
+            "a bad body without the token is refused for the token"
+        );
         // /metrics stays open, and no label names a user
         let (status, metrics) = get(format!("http://{admin}/metrics"), None).await;
         assert_eq!(status, 200);

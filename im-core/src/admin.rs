@@ -33,13 +33,33 @@ pub struct AdminState {
 
 /// The admin HTTP routes.
 pub fn routes(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
+    // The token is checked before anything of the request is read (the
+    // layer runs ahead of the handlers' extractors, JSON bodies included).
+    let private = Router::new()
         .route("/routes", get(routes_json))
         .route("/users", post(add_user))
         .route("/users/{user}", axum::routing::delete(delete_user))
         .route("/users/{user}/password", put(set_password))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .merge(private)
         .with_state(state)
+}
+
+/// Lets a request through only with `Authorization: Bearer TOKEN`.
+async fn require_token(
+    State(s): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !authorized(&s, request.headers()) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    next.run(request).await
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
@@ -53,10 +73,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
-async fn routes_json(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if !authorized(&s, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn routes_json(State(s): State<Arc<AdminState>>) -> Response {
     let (tx, rx) = oneshot::channel();
     if s.router.send(Event::Snapshot(tx)).await.is_err() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -89,14 +106,7 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn add_user(
-    State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    Json(body): Json<UserBody>,
-) -> Response {
-    if !authorized(&s, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn add_user(State(s): State<Arc<AdminState>>, Json(body): Json<UserBody>) -> Response {
     let Some(user) = normalize_user(&body.username) else {
         return (StatusCode::BAD_REQUEST, "invalid username").into_response();
     };
@@ -108,14 +118,7 @@ async fn add_user(
     }
 }
 
-async fn delete_user(
-    State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-) -> Response {
-    if !authorized(&s, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn delete_user(State(s): State<Arc<AdminState>>, Path(user): Path<String>) -> Response {
     let Some(user) = normalize_user(&user) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
@@ -128,13 +131,9 @@ async fn delete_user(
 
 async fn set_password(
     State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     Json(body): Json<UserBody>,
 ) -> Response {
-    if !authorized(&s, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
     let Some(user) = normalize_user(&user) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
