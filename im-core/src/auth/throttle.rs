@@ -99,13 +99,19 @@ struct Failures {
 struct Table<K> {
     entries: HashMap<K, Failures>,
     free_failures: u32,
+    /// Attempts in flight count as possible failures even for a key that
+    /// has none yet (accounts); otherwise only once it failed (addresses:
+    /// many users behind one NAT log in at once, and must not wait on
+    /// each other).
+    in_flight_without_failures: bool,
 }
 
 impl<K: Hash + Eq + Clone> Table<K> {
-    fn new(free_failures: u32) -> Self {
+    fn new(free_failures: u32, in_flight_without_failures: bool) -> Self {
         Self {
             entries: HashMap::new(),
             free_failures,
+            in_flight_without_failures,
         }
     }
 
@@ -140,7 +146,10 @@ impl<K: Hash + Eq + Clone> Table<K> {
         } else {
             f.count
         };
-        if f.in_flight > 0 && count.saturating_add(f.in_flight) > self.free_failures {
+        if f.in_flight > 0
+            && (count > 0 || self.in_flight_without_failures)
+            && count.saturating_add(f.in_flight) > self.free_failures
+        {
             return Err(Refused::InFlight);
         }
         Ok(())
@@ -266,8 +275,8 @@ impl AuthThrottle {
     /// A throttle with these bounds.
     pub fn new(settings: ThrottleSettings) -> Self {
         Self {
-            accounts: Table::new(settings.account_free_failures),
-            addresses: Table::new(settings.address_free_failures),
+            accounts: Table::new(settings.account_free_failures, true),
+            addresses: Table::new(settings.address_free_failures, false),
             settings,
         }
     }
@@ -463,11 +472,23 @@ mod tests {
     }
 
     #[test]
-    fn an_address_admits_at_most_its_free_failures_plus_one_in_flight_across_accounts() {
+    fn an_address_that_failed_admits_at_most_its_free_failures_plus_one_in_flight_across_accounts()
+    {
         let t0 = Instant::now();
         let mut t = AuthThrottle::new(settings());
         let from = ip("2001:db8::1");
-        for user in ["a", "b", "c", "d", "e", "f"] {
+        // no failures yet: logins from one address (a NAT) do not wait on
+        // each other, however many are in flight
+        for user in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            assert_eq!(t.begin(t0, user, from), Ok(()), "{user}");
+        }
+        for user in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            t.end(t0, user, from, Settled::Abandoned);
+        }
+        // once it failed, what is in flight counts as possible failures
+        t.begin(t0, "x", from).unwrap();
+        t.end(t0, "x", from, Settled::Failed);
+        for user in ["a", "b", "c", "d", "e"] {
             assert_eq!(t.begin(t0, user, from), Ok(()), "{user}");
         }
         assert_eq!(t.begin(t0, "g", ip("2001:db8::2")), Err(Refused::InFlight));
