@@ -39,7 +39,7 @@ use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
 use crate::router::{Action, Bounce, Input, RosterWrite, Router};
 use crate::routing::{MAX_RESOURCES_PER_ACCOUNT, NodeId, RouteRow, SessionAddr};
-use crate::storage::{Storage, StorageError, Store, Stored};
+use crate::storage::{OfflineQuota, OfflineRow, Storage, StorageError, Store};
 
 /// Events for the router task.
 pub enum Event {
@@ -250,10 +250,18 @@ impl Driver {
                 payload,
                 bounce,
                 origin,
+                live,
             } => {
-                self.metrics.offline_stored.inc();
+                if live.is_none() {
+                    self.metrics.offline_stored.inc();
+                }
                 let Some(charge) = self.budget.charge(payload.len()) else {
-                    return self.refuse_write(bounce, payload, origin);
+                    return self.refuse_write(bounce, payload, origin, live);
+                };
+                // A live row is bounded by the ledgers, not the quota.
+                let quota = match live {
+                    Some(_) => OfflineQuota::Exempt,
+                    None => OfflineQuota::Checked,
                 };
                 // Queued here, in routing order: stored messages keep their order.
                 let stamp = now_stamp();
@@ -261,28 +269,43 @@ impl Driver {
                     let payload = payload.clone();
                     move || {
                         let (user, stamp, payload) = (user.clone(), stamp.clone(), payload.clone());
-                        move |db: &mut dyn Store| db.store_offline(&user, &stamp, &payload)
+                        move |db: &mut dyn Store| {
+                            db.store_offline_row(&user, &stamp, &payload, quota)
+                        }
                     }
                 };
                 let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
                     .run(ARCHIVE_RETRIES, job);
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let condition = match outcome.await {
-                        Ok(Stored::Stored) => {
+                    // (this result may reach the router after that of a job
+                    // queued later, e.g. a flush's load that read the row:
+                    // the router delivers such a row twice at worst)
+                    let condition = match (outcome.await, live) {
+                        (Ok(OfflineRow::Row(row)), Some(ticket)) => {
+                            let input = Input::LiveStored {
+                                ticket,
+                                row,
+                                origin,
+                            };
+                            let _ = events.send(Event::Router(input)).await;
+                            return;
+                        }
+                        (Ok(OfflineRow::Row(_)), None) => {
                             if let Some(origin) = origin {
                                 let _ = events.send(Event::Router(Input::Stored { origin })).await;
                             }
                             return;
                         }
-                        Ok(Stored::NoSuchUser) => StanzaCondition::ServiceUnavailable,
-                        Err(e) => e.condition(),
+                        (Ok(OfflineRow::NoSuchUser), _) => StanzaCondition::ServiceUnavailable,
+                        (Err(e), _) => e.condition(),
                     };
                     let input = Input::StoreFailed {
                         bounce,
                         payload,
                         condition,
                         origin,
+                        live,
                     };
                     let _ = events.send(Event::Router(input)).await;
                 });
@@ -386,7 +409,7 @@ impl Driver {
                     .map(|e| e.payload.clone())
                     .unwrap_or_default();
                 let Some(charge) = self.budget.charge(payload.len() * entries.len()) else {
-                    return self.refuse_write(Bounce::default(), payload, origin);
+                    return self.refuse_write(Bounce::default(), payload, origin, None);
                 };
                 let job = move || {
                     let entries = entries.clone();
@@ -412,6 +435,7 @@ impl Driver {
                             payload,
                             condition: e.condition(),
                             origin,
+                            live: None,
                         },
                     };
                     let _ = events.send(Event::Router(input)).await;
@@ -445,11 +469,16 @@ impl Driver {
                     let _ = events.send(Event::Router(input)).await;
                 });
             }
-            Action::RemoveOffline { user, upto } => {
+            Action::RemoveOffline { user, upto, rows } => {
                 let metrics = self.metrics.clone();
                 // Queued now, before any later load of the same user's messages.
                 self.write(move |db| {
-                    db.remove_offline(&user, upto)?;
+                    if upto > 0 {
+                        db.remove_offline(&user, upto)?;
+                    }
+                    if !rows.is_empty() {
+                        db.remove_offline_rows(&user, &rows)?;
+                    }
                     metrics.offline_delivered.inc();
                     Ok(())
                 });
@@ -459,13 +488,20 @@ impl Driver {
 
     /// A durable write that could not even be queued (the storage queue is
     /// full): its sender is refused at once.
-    fn refuse_write(&mut self, bounce: Bounce, payload: Bytes, origin: Option<(u64, u32)>) {
+    fn refuse_write(
+        &mut self,
+        bounce: Bounce,
+        payload: Bytes,
+        origin: Option<(u64, u32)>,
+        live: Option<u64>,
+    ) {
         tracing::warn!("storage queue full: a message is refused");
         self.refused.push_back(Input::StoreFailed {
             bounce,
             payload,
             condition: StanzaCondition::ResourceConstraint,
             origin,
+            live,
         });
     }
 

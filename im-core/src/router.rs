@@ -37,6 +37,7 @@ mod carbons;
 mod conversation;
 mod forward;
 mod iq;
+mod live_rows;
 mod offline;
 mod output;
 mod presence;
@@ -54,6 +55,8 @@ use crate::routing::{NodeId, RoutingTable, SessionAddr};
 use archive_ids::ArchiveIds;
 use binding::ResourceNames;
 pub(crate) use forward::{embeddable, wrap_forwarded};
+use live_rows::LiveRows;
+pub use live_rows::MAX_PENDING_TICKETS;
 pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
@@ -92,15 +95,23 @@ pub enum Action {
         /// The SM session (token, `h`) whose acknowledgement waits for this
         /// store.
         origin: Option<(u64, u32)>,
+        /// A live row: the message went live to the user's SM sessions,
+        /// and this is its durable copy until they acknowledge it. Not
+        /// held to the offline quota; report [`Input::LiveStored`] with
+        /// the row id (not [`Input::Stored`]), or [`Input::StoreFailed`]
+        /// with this ticket.
+        live: Option<u64>,
     },
-    /// Remove a user's stored messages up to `upto`: their clients
-    /// acknowledged them (or they were handed to sessions without stream
-    /// management).
+    /// Remove a user's stored messages up to `upto`, and the live rows
+    /// `rows`: their clients acknowledged them (or they were handed to
+    /// sessions without stream management).
     RemoveOffline {
         /// Username (local part).
         user: String,
-        /// Highest row id acknowledged.
+        /// Every row up to this one (0: none).
         upto: i64,
+        /// And these rows (live rows above `upto`).
+        rows: Vec<i64>,
     },
     /// Load the user's stored messages for this session and report
     /// [`Input::Offline`] (they are removed by a later
@@ -213,6 +224,16 @@ pub enum Input {
         /// (token, `h`) from the action's origin.
         origin: (u64, u32),
     },
+    /// The live row of an [`Action::StoreOffline`] committed as `row`
+    /// (and the SM stanza `origin` waited for it).
+    LiveStored {
+        /// The action's `live` ticket.
+        ticket: u64,
+        /// The row id storage gave it.
+        row: i64,
+        /// (token, `h`) from the action's origin.
+        origin: Option<(u64, u32)>,
+    },
     /// A durable write of a message failed for good ([`Action::StoreOffline`]
     /// or [`Action::Archive`]): its sender is answered with `condition`,
     /// then the stanza counts as handled (its acknowledgement is released).
@@ -226,6 +247,8 @@ pub enum Input {
         condition: StanzaCondition,
         /// The SM session (token, `h`) whose acknowledgement waited.
         origin: Option<(u64, u32)>,
+        /// The action's `live` ticket (a live row that was not written).
+        live: Option<u64>,
     },
     /// A roster asked for by [`Action::LoadRoster`] (`None`: no account).
     RosterLoaded {
@@ -319,6 +342,11 @@ pub struct Router {
     roster_writes: RosterWrites,
     /// Offline-storage rows out with sessions and not yet acknowledged.
     stored_rows: StoredRows,
+    /// Live rows being written.
+    live_rows: LiveRows,
+    /// The live row of the message being routed (one per message and
+    /// user, however many sessions take it).
+    live_ticket: Option<u64>,
     /// Sessions with a storage query being answered (one at a time), with
     /// what its error answer needs.
     querying: HashMap<SessionAddr, QueryId>,
@@ -345,6 +373,8 @@ impl Router {
             rosters: RosterCache::default(),
             roster_writes: RosterWrites::default(),
             stored_rows: StoredRows::default(),
+            live_rows: LiveRows::default(),
+            live_ticket: None,
             querying: Default::default(),
             push_counter: 0,
             archive: Some(ArchiveIds::new(seed)),
@@ -400,6 +430,16 @@ impl Router {
             } => self.link_lost(node, index, pool_size, now),
             Input::Frame { node, frame } => self.frame(node, frame, now),
             Input::Stored { origin } => self.stored(origin),
+            Input::LiveStored {
+                ticket,
+                row,
+                origin,
+            } => {
+                if let Some(origin) = origin {
+                    self.stored(origin);
+                }
+                self.live_written(ticket, Some(row));
+            }
             Input::Offline { user, to, messages } => self.deliver_stored(user, to, messages),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
@@ -412,7 +452,13 @@ impl Router {
                 payload,
                 condition,
                 origin,
-            } => self.store_failed(bounce, &payload, condition, origin),
+                live,
+            } => {
+                if let Some(ticket) = live {
+                    self.live_written(ticket, None);
+                }
+                self.store_failed(bounce, &payload, condition, origin)
+            }
             Input::QueryFailed { to, condition } => self.query_failed(to, condition),
             Input::Replies { to, payloads } => {
                 self.querying.remove(&to);
@@ -569,6 +615,8 @@ pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+#[cfg(test)]
+mod live_row_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]

@@ -7,13 +7,23 @@
 //! management, once they were handed to its link (see `stored_rows`). One
 //! flush per session at a time; an SM session's new messages are stored
 //! behind the stored ones meanwhile, so none overtakes them.
+//!
+//! A message delivered live to SM sessions is stored too, as a live row
+//! (see `live_rows`): it is removed like a stored one once a client
+//! acknowledged it, and otherwise stays for the next flush, so a core crash
+//! loses no message acknowledged to its sender.
 
 use bytes::Bytes;
 use cm_protocol::Frame;
+use xmpp_stream::element::{Element, Node};
+use xmpp_stream::ns;
 use xmpp_stream::stanza::{StanzaKind, inspect};
 
-use super::sm_sessions::Flushed;
-use super::{Action, Router};
+use super::sm_sessions::{Flushed, Row};
+use super::{Action, Router, contains};
+
+/// The namespace of chat state notifications (XEP-0085).
+const CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
 use crate::routing::SessionAddr;
 
 impl Router {
@@ -76,11 +86,60 @@ impl Router {
     /// Stored messages of `user` (their rows) were acknowledged: storage
     /// removes them, up to the first one still out with a session.
     pub(super) fn stored_acked(&mut self, user: &str, rows: &[i64]) {
-        if let Some(upto) = self.stored_rows.acked(user, rows) {
+        if let Some(removal) = self.stored_rows.acked(user, rows) {
             self.emit(Action::RemoveOffline {
                 user: user.to_owned(),
-                upto,
+                upto: removal.upto,
+                rows: removal.rows,
             });
+        }
+    }
+
+    /// A session of `user` ended holding these stored messages (rows with
+    /// their payloads) and live rows still being written (tickets)
+    /// unacknowledged: they stay stored for a flush, but chat states,
+    /// which are removed.
+    pub(super) fn stored_ended(
+        &mut self,
+        user: &str,
+        rows: Vec<(i64, Bytes)>,
+        tickets: &[(u64, Bytes)],
+    ) {
+        let (states, kept): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|(_, payload)| chat_state_only(payload));
+        let kept: Vec<i64> = kept.into_iter().map(|(row, _)| row).collect();
+        self.stored_returned(user, &kept);
+        let states: Vec<i64> = states.into_iter().map(|(row, _)| row).collect();
+        self.stored_acked(user, &states);
+        let states: Vec<u64> = tickets
+            .iter()
+            .filter(|(_, payload)| chat_state_only(payload))
+            .map(|(ticket, _)| *ticket)
+            .collect();
+        self.live_rows.acked(&states);
+    }
+
+    /// The live row `ticket` was written as `row` (none: it failed). Its
+    /// ledger entries hold the row now; what happened to them meanwhile is
+    /// applied: acknowledged, it is removed; handed back by every session
+    /// that held it, it stays stored and a flush is asked for.
+    pub(super) fn live_written(&mut self, ticket: u64, row: Option<i64>) {
+        let Some(pending) = self.live_rows.written(ticket) else {
+            return;
+        };
+        let stored = row.map_or(Row::None, Row::Stored);
+        let mut held = false;
+        for &token in &pending.holders {
+            held |= self.sessions.resolve(token, ticket, stored);
+        }
+        let Some(row) = row else { return };
+        let user = pending.user;
+        self.stored_rows.live(&user, row);
+        if pending.acked {
+            self.stored_acked(&user, &[row]);
+        } else if !held {
+            self.stored_returned(&user, &[row]);
         }
     }
 
@@ -116,5 +175,26 @@ fn storable_message(payload: &[u8]) -> bool {
     inspect(payload).is_ok_and(|top| {
         top.stanza_kind() == Some(StanzaKind::Message)
             && matches!(top.attr("type").unwrap_or("normal"), "normal" | "chat")
+    })
+}
+
+/// Whether a message carries only chat state notifications (XEP-0085):
+/// nothing a user would miss, so not kept for later. Its stamps (delay,
+/// stanza ids) do not count.
+fn chat_state_only(payload: &[u8]) -> bool {
+    if !contains(payload, CHAT_STATES.as_bytes()) || contains(payload, b"<body") {
+        return false;
+    }
+    Element::parse(payload, ns::CLIENT).is_ok_and(|m| {
+        let mut states = false;
+        let only = m.children.iter().all(|c| match c {
+            Node::Element(e) if e.ns == CHAT_STATES => {
+                states = true;
+                true
+            }
+            Node::Element(e) => e.ns == ns::DELAY || e.ns == ns::SID,
+            _ => true,
+        });
+        only && states
     })
 }

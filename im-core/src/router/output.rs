@@ -98,7 +98,12 @@ impl Router {
         else {
             return;
         };
-        match self.track((node, sid), &payload, delivery) {
+        let (admission, live) = self.track((node, sid), &payload, delivery);
+        // the live row (if this is the message's first) goes after the
+        // delivery: the recipient does not wait for it, only the sender's
+        // acknowledgement does
+        let live = live.map(|ticket| (ticket, payload.clone()));
+        match admission {
             Admission::Untracked | Admission::Send => {
                 self.stats.delivered += 1;
                 self.send(node, Frame::Deliver { sid, payload });
@@ -106,6 +111,9 @@ impl Router {
             // kept for the resumption, stored behind older stored messages,
             // or dropped (a copy for a client far behind)
             Admission::Held | Admission::Dropped | Admission::Spill { .. } => {}
+        }
+        if let Some((ticket, payload)) = live {
+            self.store_live((node, sid), payload, ticket);
         }
     }
 
@@ -170,6 +178,26 @@ impl Router {
             payload,
             bounce,
             origin,
+            live: None,
+        });
+    }
+
+    /// Writes the live row `ticket` of a message delivered live to SM
+    /// session `addr` (and maybe other sessions of its user). If an SM
+    /// sender's stanza is being routed, its acknowledgement waits for the
+    /// commit; if the write fails, the sender (the message's `from`) is
+    /// answered, as for any store.
+    pub(super) fn store_live(&mut self, addr: SessionAddr, payload: Bytes, ticket: u64) {
+        let Some(user) = self.user_of(addr) else {
+            return;
+        };
+        let origin = self.hold_ack();
+        self.emit(Action::StoreOffline {
+            user,
+            payload,
+            bounce: Bounce::default(),
+            origin,
+            live: Some(ticket),
         });
     }
 

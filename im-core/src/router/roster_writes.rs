@@ -192,6 +192,7 @@ impl Router {
         for (addr, payload, delivery) in deliveries {
             if self.table.jid_of(addr.0, addr.1).is_some() {
                 self.deliver_as(addr, payload, delivery);
+                self.live_ticket = None;
             }
         }
     }

@@ -109,6 +109,8 @@ impl Router {
             return;
         }
         let bare = to.to_bare().to_string();
+        // one live row for this message (see `live_rows`)
+        self.live_ticket = None;
         let conversation = matches!(mtype, "chat" | "normal");
         let (payload, carbon) = match conversation {
             true => {
@@ -129,6 +131,7 @@ impl Router {
         } else {
             self.message_to_bare(&bare, mtype, payload.clone(), Some((node, sid, header)))
         };
+        self.live_ticket = None;
         if let Some(inner) = carbon {
             self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &inner);
         }
@@ -159,9 +162,12 @@ impl Router {
             _ => self.table.best(bare),
         };
         if !targets.is_empty() {
+            // one live row for this message, however many sessions take it
+            self.live_ticket = None;
             for &t in &targets {
                 self.deliver_message(t, payload.clone(), mtype);
             }
+            self.live_ticket = None;
             return targets;
         }
         if matches!(mtype, "normal" | "chat") {

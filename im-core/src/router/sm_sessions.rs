@@ -18,10 +18,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use cm_protocol::SmSnapshot;
 
-pub(crate) use ledger::Ledger;
 #[cfg(test)]
 pub(crate) use ledger::MAX_UNACKED;
 use ledger::{DEFAULT_MAX_RESUME_SECS, MAX_LEDGER_BYTES_TOTAL, Restored, TooHigh};
+pub(crate) use ledger::{Ledger, Row, Rows};
 use sm_ids::SmIds;
 
 use crate::routing::SessionAddr;
@@ -97,8 +97,8 @@ pub(crate) struct Acked {
     pub(crate) refused: bool,
     /// The ledger drained enough to flush stored messages into it.
     pub(crate) caught_up: bool,
-    /// Offline-storage rows of the stored messages acknowledged now.
-    pub(crate) rows: Vec<i64>,
+    /// Offline-storage rows of the messages acknowledged now.
+    pub(crate) rows: Rows,
 }
 
 /// What detaching a session did.
@@ -122,9 +122,9 @@ pub(crate) struct Resumed {
     pub(crate) max: u32,
     /// The old stream was still attached (its CM holds it: tell it `conflict`).
     pub(crate) old_attached: bool,
-    /// Offline-storage rows of the stored messages the resumption's `h`
+    /// Offline-storage rows of the messages the resumption's `h`
     /// acknowledged.
-    pub(crate) rows: Vec<i64>,
+    pub(crate) rows: Rows,
     /// A flush to the old address was under way: its result finds no one
     /// there (the rows stay stored), so the session asks again at the new
     /// address.
@@ -299,7 +299,7 @@ impl SmSessions {
         let before = l.bytes();
         let (refused, rows) = match l.ack(h) {
             Ok(rows) => (false, rows),
-            Err(TooHigh) => (true, Vec::new()),
+            Err(TooHigh) => (true, Rows::default()),
         };
         self.bytes -= before - l.bytes();
         let caught_up = l.overflowed && !l.flushing && l.half_empty();
@@ -317,12 +317,15 @@ impl SmSessions {
         }
     }
 
-    /// Records a stanza for a session before it is sent.
+    /// Records a stanza for a session before it is sent (`row`: the
+    /// offline-storage row that will hold it, for a
+    /// [`Delivery::Storable`] one).
     pub(crate) fn admit(
         &mut self,
         addr: SessionAddr,
         payload: &Bytes,
         delivery: Delivery,
+        row: Row,
     ) -> Admission {
         let total = self.bytes;
         let Some(l) = self.ledgers.get_mut(&addr) else {
@@ -346,7 +349,7 @@ impl SmSessions {
             return Admission::Spill { flush };
         }
         self.bytes += payload.len();
-        l.push(payload.clone(), None);
+        l.push(payload.clone(), row);
         match l.detached_at {
             None => Admission::Send,
             Some(_) => Admission::Held,
@@ -377,7 +380,7 @@ impl SmSessions {
             Some(l) if !l.has_room() || total >= MAX_LEDGER_BYTES_TOTAL => Flushed::Full,
             Some(l) => {
                 self.bytes += payload.len();
-                l.push(payload.clone(), Some(row));
+                l.push(payload.clone(), Row::Stored(row));
                 Flushed::Pushed {
                     attached: l.detached_at.is_none(),
                 }
@@ -401,6 +404,19 @@ impl SmSessions {
             l.overflowed = false;
             false
         }
+    }
+
+    /// The live row `ticket` of the session with resumption token `token`
+    /// is stored as `row` (or, [`Row::None`], could not be): its entries
+    /// hold that now; whether the session still held any.
+    pub(crate) fn resolve(&mut self, token: u64, ticket: u64, row: Row) -> bool {
+        self.ledger_of_token(token)
+            .is_some_and(|l| l.resolve(ticket, row))
+    }
+
+    /// The resumption token of a tracked session.
+    pub(crate) fn token_of(&self, addr: SessionAddr) -> Option<u64> {
+        self.ledgers.get(&addr).map(|l| l.token)
     }
 
     /// The stanza `origin` waits for a storage commit before it is

@@ -11,6 +11,13 @@
 //! hand out again a row that is out or acknowledged. Only users with rows
 //! out have an entry, so the table is bounded by the ledgers' bounds.
 //!
+//! Live rows (the durable copies of messages delivered live to SM
+//! sessions, see `live_rows`) are out too, so the line never passes one
+//! unacknowledged; but they were not handed out by a load, in row order, so
+//! they never move the load's marks (`handed_upto`, `acked_upto`: rows
+//! below those were all loaded), and once acknowledged they are removed by
+//! id ([`Removal::rows`]), in the same action as the line.
+//!
 //! A session of the user that ended with rows out hands them back: they are
 //! loaded again by the next flush. A row acknowledged above a handed-back
 //! one stays stored until that one is acknowledged too; if the entry was
@@ -18,6 +25,15 @@
 //! (a duplicate with its original id, never a loss).
 
 use std::collections::{BTreeSet, HashMap};
+
+/// What storage may remove now (see [`super::Action::RemoveOffline`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Removal {
+    /// Every row up to this one.
+    pub(crate) upto: i64,
+    /// And these live rows above it.
+    pub(crate) rows: Vec<i64>,
+}
 
 /// The rows out with sessions, per user (see the module docs).
 #[derive(Debug, Default)]
@@ -30,6 +46,8 @@ pub(crate) struct StoredRows {
 struct UserRows {
     /// Rows in a session's ledger, not acknowledged.
     out: BTreeSet<i64>,
+    /// Those of `out` that are live rows (not handed out by a load).
+    live: BTreeSet<i64>,
     /// Rows a session handed back unacknowledged (still stored, to load
     /// again).
     returned: BTreeSet<i64>,
@@ -58,21 +76,40 @@ impl StoredRows {
     pub(crate) fn handed(&mut self, user: &str, row: i64) {
         let u = self.users.entry(user.to_owned()).or_default();
         u.returned.remove(&row);
+        u.live.remove(&row);
         u.out.insert(row);
         u.handed_upto = u.handed_upto.max(row);
     }
 
+    /// Live row `row` of `user` is in a session's ledger (its message was
+    /// delivered live; the row came back from storage).
+    pub(crate) fn live(&mut self, user: &str, row: i64) {
+        let u = self.users.entry(user.to_owned()).or_default();
+        if u.out.insert(row) {
+            u.live.insert(row);
+        }
+    }
+
     /// The client acknowledged these rows of `user` (or they were handed to
-    /// a session without stream management): the line up to which storage
-    /// may now remove, if it moved.
-    pub(crate) fn acked(&mut self, user: &str, rows: &[i64]) -> Option<i64> {
+    /// a session without stream management): what storage may now remove,
+    /// if the line moved or live rows were acknowledged. A row not out
+    /// (acknowledged already, by another session holding the same live
+    /// row) is ignored.
+    pub(crate) fn acked(&mut self, user: &str, rows: &[i64]) -> Option<Removal> {
         if rows.is_empty() {
             return None;
         }
         let u = self.users.get_mut(user)?;
+        let mut live = Vec::new();
         for row in rows {
-            u.out.remove(row);
-            u.acked_upto = u.acked_upto.max(*row);
+            if !u.out.remove(row) {
+                continue;
+            }
+            if u.live.remove(row) {
+                live.push(*row);
+            } else {
+                u.acked_upto = u.acked_upto.max(*row);
+            }
         }
         let held = [u.out.first(), u.returned.first()]
             .into_iter()
@@ -80,14 +117,17 @@ impl StoredRows {
             .min()
             .map_or(i64::MAX, |first| first - 1);
         let line = u.acked_upto.min(held);
-        let removed = (line > u.removed_upto).then(|| {
+        let moved = line > u.removed_upto;
+        if moved {
             u.removed_upto = line;
-            line
-        });
+        }
+        let upto = u.removed_upto;
+        live.retain(|&row| row > upto);
+        let removal = (moved || !live.is_empty()).then_some(Removal { upto, rows: live });
         if u.out.is_empty() {
             self.users.remove(user);
         }
-        removed
+        removal
     }
 
     /// A session of `user` ended with these rows unacknowledged: they stay
@@ -98,6 +138,8 @@ impl StoredRows {
         };
         for row in rows {
             if u.out.remove(row) {
+                // a live row handed back is loaded as any stored one
+                u.live.remove(row);
                 u.returned.insert(*row);
             }
         }
@@ -118,6 +160,13 @@ impl StoredRows {
 mod tests {
     use super::*;
 
+    fn up(upto: i64) -> Removal {
+        Removal {
+            upto,
+            rows: Vec::new(),
+        }
+    }
+
     #[test]
     fn rows_are_removed_only_up_to_the_first_unacknowledged_one() {
         let mut rows = StoredRows::default();
@@ -128,9 +177,9 @@ mod tests {
         // a second load does not hand them out again
         assert!(!rows.wanted("bob", 3));
         assert!(rows.wanted("bob", 6));
-        assert_eq!(rows.acked("bob", &[1, 2]), Some(2));
+        assert_eq!(rows.acked("bob", &[1, 2]), Some(up(2)));
         assert!(!rows.wanted("bob", 2), "acknowledged");
-        assert_eq!(rows.acked("bob", &[3, 4, 5]), Some(5));
+        assert_eq!(rows.acked("bob", &[3, 4, 5]), Some(up(5)));
         assert_eq!(rows.users(), 0);
     }
 
@@ -145,8 +194,8 @@ mod tests {
         }
         // the second ledger (4, 5) is acknowledged first
         assert_eq!(rows.acked("bob", &[4, 5]), None);
-        assert_eq!(rows.acked("bob", &[1]), Some(1));
-        assert_eq!(rows.acked("bob", &[2, 3]), Some(5));
+        assert_eq!(rows.acked("bob", &[1]), Some(up(1)));
+        assert_eq!(rows.acked("bob", &[2, 3]), Some(up(5)));
     }
 
     #[test]
@@ -161,7 +210,61 @@ mod tests {
         assert_eq!(rows.acked("bob", &[3]), None, "1 and 2 are stored still");
         rows.handed("bob", 1);
         rows.handed("bob", 2);
-        assert_eq!(rows.acked("bob", &[1, 2, 4]), Some(4));
+        assert_eq!(rows.acked("bob", &[1, 2, 4]), Some(up(4)));
         assert_eq!(rows.users(), 0);
+    }
+
+    #[test]
+    fn live_rows_are_removed_by_id_and_never_move_the_load_marks() {
+        let mut rows = StoredRows::default();
+        // a flush handed 1 and 2; live rows 3 and 5 went out; 4 is stored
+        // for a flush still to come (never loaded)
+        rows.handed("bob", 1);
+        rows.handed("bob", 2);
+        rows.live("bob", 3);
+        rows.live("bob", 5);
+        assert!(!rows.wanted("bob", 5), "out live");
+        assert!(rows.wanted("bob", 4), "a live row is no load mark");
+        // the live rows acknowledged first: removed by id, not by line
+        assert_eq!(
+            rows.acked("bob", &[5]),
+            Some(Removal {
+                upto: 0,
+                rows: vec![5]
+            })
+        );
+        // a second session holding the same live row acknowledges it: no-op
+        assert_eq!(rows.acked("bob", &[5]), None);
+        assert_eq!(rows.acked("bob", &[1, 2]), Some(up(2)));
+        // the line stops at 2 (row 4 was never loaded): 3 goes by id
+        assert_eq!(
+            rows.acked("bob", &[3]),
+            Some(Removal {
+                upto: 2,
+                rows: vec![3]
+            })
+        );
+        assert_eq!(rows.users(), 0);
+    }
+
+    #[test]
+    fn an_unacknowledged_live_row_holds_the_line_and_comes_back_by_a_load() {
+        let mut rows = StoredRows::default();
+        rows.live("bob", 3);
+        for r in [4, 5] {
+            rows.handed("bob", r);
+        }
+        assert_eq!(rows.acked("bob", &[4, 5]), Some(up(2)), "live 3 is out");
+        rows.live("bob", 6);
+        rows.returned("bob", &[3]);
+        assert!(rows.wanted("bob", 3), "handed back: loadable");
+        rows.handed("bob", 3);
+        assert_eq!(
+            rows.acked("bob", &[3, 6]),
+            Some(Removal {
+                upto: 5,
+                rows: vec![6]
+            })
+        );
     }
 }

@@ -11,7 +11,7 @@ use xmpp_stream::stanza::{StanzaKind, inspect};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
 use super::Router;
-use super::sm_sessions::{Admission, Delivery, Detach, Ledger};
+use super::sm_sessions::{Admission, Delivery, Detach, Ledger, Row};
 use crate::address;
 use crate::routing::{NodeId, Route, SessionAddr};
 
@@ -44,10 +44,11 @@ impl Router {
         let Some(acked) = self.sessions.acked((node, sid), h) else {
             return;
         };
-        if !acked.rows.is_empty()
+        self.live_rows.acked(&acked.rows.tickets);
+        if !acked.rows.rows.is_empty()
             && let Some(user) = self.user_of((node, sid))
         {
-            self.stored_acked(&user, &acked.rows);
+            self.stored_acked(&user, &acked.rows.rows);
         }
         if acked.caught_up {
             self.request_flush((node, sid));
@@ -60,14 +61,47 @@ impl Router {
 
     /// Records a stanza for a session before it is sent; one its ledger
     /// cannot take is stored offline if it is a message that may be, and
-    /// stored messages are asked for once the client caught up.
+    /// stored messages are asked for once the client caught up. A chat or
+    /// normal message its ledger takes is held by a live row (see
+    /// `live_rows`): the message's one, or a new one whose ticket is
+    /// returned, for the caller to write ([`Router::store_live`]).
     pub(super) fn track(
         &mut self,
         addr: SessionAddr,
         payload: &Bytes,
         delivery: Delivery,
-    ) -> Admission {
-        let admission = self.sessions.admit(addr, payload, delivery);
+    ) -> (Admission, Option<u64>) {
+        let token = match delivery {
+            Delivery::Storable => self.sessions.token_of(addr),
+            Delivery::Other | Delivery::Copy => None,
+        };
+        let (row, fresh) = match (token, self.live_ticket) {
+            (None, _) => (Row::None, false),
+            (Some(_), Some(ticket)) => (Row::Ticket(ticket), false),
+            (Some(_), None) => match self.user_of(addr).and_then(|u| self.live_rows.issue(&u)) {
+                Some(ticket) => (Row::Ticket(ticket), true),
+                None => {
+                    tracing::warn!(
+                        "too many live rows being written: a message goes live without one"
+                    );
+                    (Row::None, false)
+                }
+            },
+        };
+        let admission = self.sessions.admit(addr, payload, delivery, row);
+        let mut live = None;
+        if let (Row::Ticket(ticket), Some(token)) = (row, token) {
+            if matches!(admission, Admission::Send | Admission::Held) {
+                self.live_rows.held_by(ticket, token);
+                if fresh {
+                    self.live_ticket = Some(ticket);
+                    live = Some(ticket);
+                }
+            } else if fresh {
+                // not taken: no row to write
+                self.live_rows.written(ticket);
+            }
+        }
         if let Admission::Spill { flush } = admission {
             if delivery == Delivery::Storable
                 && let Some(user) = self.user_of(addr)
@@ -78,7 +112,7 @@ impl Router {
                 self.request_flush(addr);
             }
         }
-        admission
+        (admission, live)
     }
 
     /// A pooled CM connection ended: whatever was in flight on it, either
@@ -185,13 +219,16 @@ impl Router {
 
     /// XEP-0198 §5: unacknowledged messages go to another resource or
     /// offline storage (with a delay stamp); the rest is dropped. Stored
-    /// messages it held were never removed from storage: they stay there
-    /// (and go to another available resource by a flush).
+    /// messages it held (live rows included) were never removed from
+    /// storage: they stay there (and go to another available resource by a
+    /// flush), but for chat states, which are removed (XEP-0085 notices
+    /// are not kept for later). Live rows still being written are handed
+    /// back when their ids come (see `live_rows`).
     pub(super) fn reroute_unacked(&mut self, full: &str, ledger: Ledger) {
         let bare = address::bare(full).to_owned();
         let unacked = ledger.into_unacked();
         if let Some(user) = address::local(&bare) {
-            self.stored_returned(user, &unacked.rows);
+            self.stored_ended(user, unacked.rows, &unacked.tickets);
         }
         for payload in unacked.payloads {
             let Ok(top) = inspect(&payload) else { continue };
@@ -298,9 +335,10 @@ impl Router {
             }
             Some(Ok(resumed)) => resumed,
         };
+        self.live_rows.acked(&resumed.rows.tickets);
         if let Some(user) = address::local(bare) {
             let user = user.to_owned();
-            self.stored_acked(&user, &resumed.rows);
+            self.stored_acked(&user, &resumed.rows.rows);
         }
         let resumption = Resumption {
             jid: full.clone(),

@@ -191,9 +191,10 @@ pub(super) fn sm_pair(r: &mut Router) -> String {
 }
 
 /// A chat `body` from bob (3, 30) to alice@x/phone; its actions but the
-/// archive's.
+/// archive's and its live row's, which is written at once (see
+/// [`commit_live`]).
 pub(super) fn chat(r: &mut Router, body: &str) -> Vec<Action> {
-    stanza(
+    let acts = stanza(
         r,
         3,
         30,
@@ -209,7 +210,42 @@ pub(super) fn chat(r: &mut Router, body: &str) -> Vec<Action> {
     )
     .into_iter()
     .filter(|a| !matches!(a, Action::Archive { .. }))
-    .collect()
+    .collect();
+    commit_live(r, acts)
+}
+
+thread_local! {
+    /// The row id the next live row written by [`commit_live`] gets.
+    static NEXT_ROW: std::cell::Cell<i64> = const { std::cell::Cell::new(1000) };
+}
+
+/// Writes the live rows among `acts` as storage would (their ids increase
+/// from 1000 in each test thread), reporting [`Input::LiveStored`]; returns
+/// the other actions, then those the reports produced.
+pub(super) fn commit_live(r: &mut Router, acts: Vec<Action>) -> Vec<Action> {
+    let mut out = Vec::new();
+    let mut written = Vec::new();
+    for a in acts {
+        match a {
+            Action::StoreOffline {
+                live: Some(ticket),
+                origin,
+                ..
+            } => {
+                let row = NEXT_ROW.with(|n| n.replace(n.get() + 1));
+                written.push(Input::LiveStored {
+                    ticket,
+                    row,
+                    origin,
+                });
+            }
+            a => out.push(a),
+        }
+    }
+    for input in written {
+        out.extend(r.run(input));
+    }
+    out
 }
 
 /// The stanzas `acts` deliver, in order.

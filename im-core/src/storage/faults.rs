@@ -9,8 +9,8 @@ use bytes::Bytes;
 use xmpp_sasl::StoredCredentials;
 
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, Roster, RosterItem, StorageError,
-    Store, Stored,
+    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, Roster,
+    RosterItem, StorageError, Store, Stored,
 };
 
 /// What the next storage calls do; shared (cheap clone) between a test and
@@ -213,14 +213,16 @@ impl Store for FaultyStore {
         self.inner.user_count()
     }
 
-    fn store_offline(
+    fn store_offline_row(
         &mut self,
         username: &str,
         stamp: &str,
         payload: &[u8],
-    ) -> Result<Stored, StorageError> {
+        quota: OfflineQuota,
+    ) -> Result<OfflineRow, StorageError> {
         self.plan.check(Call::Write)?;
-        self.inner.store_offline(username, stamp, payload)
+        self.inner
+            .store_offline_row(username, stamp, payload, quota)
     }
 
     fn offline(&mut self, username: &str) -> Result<Vec<OfflineMessage>, StorageError> {
@@ -231,6 +233,11 @@ impl Store for FaultyStore {
     fn remove_offline(&mut self, username: &str, last_id: i64) -> Result<(), StorageError> {
         self.plan.check(Call::Write)?;
         self.inner.remove_offline(username, last_id)
+    }
+
+    fn remove_offline_rows(&mut self, username: &str, ids: &[i64]) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.remove_offline_rows(username, ids)
     }
 
     fn roster(&mut self, username: &str) -> Result<Roster, StorageError> {

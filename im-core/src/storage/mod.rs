@@ -93,6 +93,27 @@ pub enum Stored {
     NoSuchUser,
 }
 
+/// Outcome of storing a message in a user's offline table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfflineRow {
+    /// Stored durably under this row id (ids increase in storing order).
+    Row(i64),
+    /// The addressed local user does not exist.
+    NoSuchUser,
+}
+
+/// Whether an offline store is held to the user's offline quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfflineQuota {
+    /// Refused with [`StorageError::QuotaExceeded`] when the user's table
+    /// holds the quota already (a message for a user who cannot take it).
+    Checked,
+    /// Not checked: a live row, the durable copy of a message delivered
+    /// live to a stream-management session, bounded by the ledgers' own
+    /// bounds instead (see the router's `live_rows`).
+    Exempt,
+}
+
 /// A roster item's subscription state (RFC 6121 §2.1.2.5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Subscription {
@@ -295,11 +316,29 @@ pub trait Store: Send {
         username: &str,
         stamp: &str,
         payload: &[u8],
-    ) -> Result<Stored, StorageError>;
+    ) -> Result<Stored, StorageError> {
+        Ok(
+            match self.store_offline_row(username, stamp, payload, OfflineQuota::Checked)? {
+                OfflineRow::Row(_) => Stored::Stored,
+                OfflineRow::NoSuchUser => Stored::NoSuchUser,
+            },
+        )
+    }
+    /// Stores an offline message for an existing user (held to the quota
+    /// or not, as `quota` says) and returns its row id.
+    fn store_offline_row(
+        &mut self,
+        username: &str,
+        stamp: &str,
+        payload: &[u8],
+        quota: OfflineQuota,
+    ) -> Result<OfflineRow, StorageError>;
     /// A user's offline messages, oldest first.
     fn offline(&mut self, username: &str) -> Result<Vec<OfflineMessage>, StorageError>;
     /// Removes delivered offline messages up to and including `last_id`.
     fn remove_offline(&mut self, username: &str, last_id: i64) -> Result<(), StorageError>;
+    /// Removes these offline messages of a user (delivered live rows).
+    fn remove_offline_rows(&mut self, username: &str, ids: &[i64]) -> Result<(), StorageError>;
 
     /// A user's roster (empty, version 0, for an unknown user).
     fn roster(&mut self, username: &str) -> Result<Roster, StorageError>;

@@ -14,8 +14,8 @@ use tokio_postgres::{Client, Config};
 use xmpp_sasl::{ScramKeys, StoredCredentials};
 
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, Roster, RosterItem,
-    StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
+    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
+    Roster, RosterItem, StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
 };
 
 /// Schema migrations; the `schema_version` table records how many ran.
@@ -500,25 +500,33 @@ impl Store for Postgres {
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64)
     }
 
-    fn store_offline(
+    fn store_offline_row(
         &mut self,
         username: &str,
         stamp: &str,
         payload: &[u8],
-    ) -> Result<Stored, StorageError> {
-        let count = self.query_opt(
-            "SELECT (SELECT COUNT(*) FROM offline WHERE username=$1) FROM users WHERE username=$1",
-            &[&username],
-        )?;
+        quota: OfflineQuota,
+    ) -> Result<OfflineRow, StorageError> {
+        let count = match quota {
+            OfflineQuota::Checked => self.query_opt(
+                "SELECT (SELECT COUNT(*) FROM offline WHERE username=$1) FROM users WHERE username=$1",
+                &[&username],
+            )?,
+            OfflineQuota::Exempt => self.query_opt(
+                "SELECT 0::BIGINT FROM users WHERE username=$1",
+                &[&username],
+            )?,
+        };
         match count.map(|r| r.get::<_, i64>(0)) {
-            None => Ok(Stored::NoSuchUser),
+            None => Ok(OfflineRow::NoSuchUser),
             Some(n) if n >= i64::from(self.offline_quota) => Err(StorageError::QuotaExceeded),
             Some(_) => {
-                self.execute(
-                    "INSERT INTO offline (username, stamp, payload) VALUES ($1, $2, $3)",
+                let row = self.query_opt(
+                    "INSERT INTO offline (username, stamp, payload) VALUES ($1, $2, $3) RETURNING id",
                     &[&username, &stamp, &payload],
                 )?;
-                Ok(Stored::Stored)
+                row.map(|r| OfflineRow::Row(r.get::<_, i64>(0)))
+                    .ok_or_else(|| StorageError::Commit("INSERT … RETURNING gave no row".into()))
             }
         }
     }
@@ -542,6 +550,14 @@ impl Store for Postgres {
         self.execute(
             "DELETE FROM offline WHERE username=$1 AND id<=$2",
             &[&username, &last_id],
+        )?;
+        Ok(())
+    }
+
+    fn remove_offline_rows(&mut self, username: &str, ids: &[i64]) -> Result<(), StorageError> {
+        self.execute(
+            "DELETE FROM offline WHERE username=$1 AND id = ANY($2)",
+            &[&username, &ids],
         )?;
         Ok(())
     }

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use xmpp_sasl::{ScramKeys, StoredCredentials};
 
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, Roster, RosterItem,
-    StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
+    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
+    Roster, RosterItem, StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
 };
 
 /// Schema migrations; `PRAGMA user_version` records how many ran.
@@ -223,21 +223,29 @@ impl Store for Sqlite {
             .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?)
     }
 
-    fn store_offline(
+    fn store_offline_row(
         &mut self,
         username: &str,
         stamp: &str,
         payload: &[u8],
-    ) -> Result<Stored, StorageError> {
-        let count: Option<u32> = self
-            .conn
-            .prepare_cached(
-                "SELECT (SELECT COUNT(*) FROM offline WHERE username=?1) FROM users WHERE username=?1",
-            )?
-            .query_row([username], |r| r.get(0))
-            .optional()?;
+        quota: OfflineQuota,
+    ) -> Result<OfflineRow, StorageError> {
+        let count: Option<u32> = match quota {
+            OfflineQuota::Checked => self
+                .conn
+                .prepare_cached(
+                    "SELECT (SELECT COUNT(*) FROM offline WHERE username=?1) FROM users WHERE username=?1",
+                )?
+                .query_row([username], |r| r.get(0))
+                .optional()?,
+            OfflineQuota::Exempt => self
+                .conn
+                .prepare_cached("SELECT 0 FROM users WHERE username=?1")?
+                .query_row([username], |r| r.get(0))
+                .optional()?,
+        };
         match count {
-            None => Ok(Stored::NoSuchUser),
+            None => Ok(OfflineRow::NoSuchUser),
             Some(n) if n >= self.offline_quota => Err(StorageError::QuotaExceeded),
             Some(_) => {
                 self.conn
@@ -245,7 +253,7 @@ impl Store for Sqlite {
                         "INSERT INTO offline (username, stamp, payload) VALUES (?1, ?2, ?3)",
                     )?
                     .execute(params![username, stamp, payload])?;
-                Ok(Stored::Stored)
+                Ok(OfflineRow::Row(self.conn.last_insert_rowid()))
             }
         }
     }
@@ -268,6 +276,16 @@ impl Store for Sqlite {
         self.conn
             .prepare_cached("DELETE FROM offline WHERE username=?1 AND id<=?2")?
             .execute(params![username, last_id])?;
+        Ok(())
+    }
+
+    fn remove_offline_rows(&mut self, username: &str, ids: &[i64]) -> Result<(), StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM offline WHERE username=?1 AND id=?2")?;
+        for id in ids {
+            stmt.execute(params![username, id])?;
+        }
         Ok(())
     }
 

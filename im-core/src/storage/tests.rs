@@ -17,6 +17,54 @@ fn both(test: impl Fn(&mut dyn Store, &dyn Fn() -> Box<dyn Store>)) {
 }
 
 #[test]
+fn offline_rows_get_increasing_ids_live_ones_past_the_quota_and_go_by_id() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        assert_eq!(
+            db.store_offline_row("bob", "t", b"x", OfflineQuota::Exempt)
+                .unwrap(),
+            OfflineRow::NoSuchUser
+        );
+        // the quota (2) holds checked stores; live ones go past it
+        let mut ids = Vec::new();
+        for (i, quota) in [
+            OfflineQuota::Checked,
+            OfflineQuota::Checked,
+            OfflineQuota::Exempt,
+            OfflineQuota::Exempt,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            match db.store_offline_row("alice", "t", format!("<m{i}/>").as_bytes(), quota) {
+                Ok(OfflineRow::Row(id)) => ids.push(id),
+                other => panic!("store {i}: {other:?}"),
+            }
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+        assert!(matches!(
+            db.store_offline_row("alice", "t", b"<over/>", OfflineQuota::Checked),
+            Err(StorageError::QuotaExceeded)
+        ));
+        let loaded: Vec<i64> = db.offline("alice").unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(loaded, ids, "the ids returned are the rows' ids");
+        // removal by id takes exactly those rows, and only the user's
+        db.remove_offline_rows("alice", &[ids[1], ids[3]]).unwrap();
+        db.remove_offline_rows("bob", &[ids[0]]).unwrap();
+        let mut db = reopen();
+        let left: Vec<i64> = db.offline("alice").unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(left, vec![ids[0], ids[2]]);
+        // (live rows count against later checked stores: 2 rows, quota 2)
+        // ids keep increasing after removals and a reopen
+        match db.store_offline_row("alice", "t", b"<next/>", OfflineQuota::Exempt) {
+            Ok(OfflineRow::Row(id)) => assert!(id > ids[3], "{id} after {ids:?}"),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
 fn accounts_and_offline_messages_survive_reopen() {
     both(|db, reopen| {
         let creds = StoredCredentials::new("pw", 4096);

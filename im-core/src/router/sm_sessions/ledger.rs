@@ -28,25 +28,64 @@ pub const MAX_LEDGER_BYTES_TOTAL: usize = 1024 * 1024 * 1024;
 /// Resumption time granted when the client names none, and the most granted.
 pub const DEFAULT_MAX_RESUME_SECS: u32 = 300;
 
+/// The offline-storage row that keeps an entry's stanza durable until the
+/// client acknowledges it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// None: the stanza lives only in the ledger (not a chat or normal
+    /// message, or its live row could not be written).
+    None,
+    /// Stored under this row id: loaded by a flush, or a live row whose
+    /// id came back.
+    Stored(i64),
+    /// A live row being written; its id comes back under this ticket (see
+    /// the router's `live_rows`).
+    Ticket(u64),
+}
+
 /// One stanza sent to the session.
 #[derive(Debug)]
 struct Entry {
     payload: Bytes,
     /// The CM dropped it unwritten (client state indication).
     skipped: bool,
-    /// The offline-storage row it was loaded from: the row stays stored
-    /// until the client acknowledges the stanza.
-    row: Option<i64>,
+    /// The offline-storage row holding it: the row stays stored until the
+    /// client acknowledges the stanza.
+    row: Row,
+}
+
+/// The offline-storage rows of entries a client acknowledged, or a ledger
+/// held when it ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rows {
+    /// Rows whose ids are known.
+    pub(crate) rows: Vec<i64>,
+    /// Tickets of live rows whose ids have not come back yet.
+    pub(crate) tickets: Vec<u64>,
+}
+
+impl Rows {
+    fn add(&mut self, row: Row) {
+        match row {
+            Row::None => {}
+            Row::Stored(id) => self.rows.push(id),
+            Row::Ticket(t) => self.tickets.push(t),
+        }
+    }
 }
 
 /// What a ledger held unacknowledged when it ended.
 #[derive(Debug, Default)]
 pub(crate) struct Unacked {
-    /// Stanzas routed to the session, in order (to route elsewhere).
+    /// Stanzas routed to the session with no row, in order (to route
+    /// elsewhere).
     pub(crate) payloads: Vec<Bytes>,
-    /// Offline-storage rows of stored messages it held (still stored:
-    /// they go back to storage's care, not routed again).
-    pub(crate) rows: Vec<i64>,
+    /// Offline-storage rows of the messages it held (still stored: they go
+    /// back to storage's care, not routed again), with the payloads of
+    /// those whose ids are known, in order.
+    pub(crate) rows: Vec<(i64, Bytes)>,
+    /// Tickets of live rows being written, with their payloads.
+    pub(crate) tickets: Vec<(u64, Bytes)>,
 }
 
 /// Counters a CM reports for a session the core does not know (after a core
@@ -166,8 +205,8 @@ impl Ledger {
     }
 
     /// Records a stanza sent to the session (`row`: the offline-storage row
-    /// it was loaded from, if it is a stored message).
-    pub(super) fn push(&mut self, payload: Bytes, row: Option<i64>) {
+    /// holding it, if any).
+    pub(super) fn push(&mut self, payload: Bytes, row: Row) {
         self.bytes += payload.len();
         self.entries.push_back(Entry {
             payload,
@@ -225,9 +264,9 @@ impl Ledger {
     }
 
     /// The client acknowledged `h`: drops what it received; returns the
-    /// offline-storage rows of the stored messages among them (which may
-    /// now be removed from storage).
-    pub(super) fn ack(&mut self, h: u32) -> Result<Vec<i64>, TooHigh> {
+    /// offline-storage rows of the messages among them (which may now be
+    /// removed from storage).
+    pub(super) fn ack(&mut self, h: u32) -> Result<Rows, TooHigh> {
         let mut n = h.wrapping_sub(self.acked);
         let written = self.entries.iter().filter(|e| !e.skipped).count();
         if u64::from(n) > u64::from(self.unknown) + written as u64 {
@@ -236,7 +275,7 @@ impl Ledger {
         let from_before = n.min(self.unknown);
         self.unknown -= from_before;
         n -= from_before;
-        let mut rows = Vec::new();
+        let mut rows = Rows::default();
         while let Some(front) = self.entries.front() {
             if !front.skipped {
                 if n == 0 {
@@ -247,7 +286,7 @@ impl Ledger {
             if let Some(e) = self.entries.pop_front() {
                 self.bytes -= e.payload.len();
                 // (a skipped entry is a presence, never a stored message)
-                rows.extend(e.row);
+                rows.add(e.row);
             }
             self.first_seq = self.first_seq.wrapping_add(1);
         }
@@ -275,14 +314,29 @@ impl Ledger {
         self.entries.iter().map(|e| e.payload.clone()).collect()
     }
 
+    /// The live row written under `ticket` is stored as `row`: entries
+    /// waiting for it hold the row now; whether any did.
+    pub(super) fn resolve(&mut self, ticket: u64, row: Row) -> bool {
+        let mut found = false;
+        // (the newest entries first: ids come back soon after their push)
+        for e in self.entries.iter_mut().rev() {
+            if e.row == Row::Ticket(ticket) {
+                e.row = row;
+                found = true;
+            }
+        }
+        found
+    }
+
     /// Ends the ledger: what the client never acknowledged.
     pub(crate) fn into_unacked(self) -> Unacked {
         let mut unacked = Unacked::default();
         for e in self.entries {
             match (e.row, e.skipped) {
-                (Some(row), _) => unacked.rows.push(row),
-                (None, false) => unacked.payloads.push(e.payload),
-                (None, true) => {}
+                (Row::Stored(row), _) => unacked.rows.push((row, e.payload)),
+                (Row::Ticket(t), _) => unacked.tickets.push((t, e.payload)),
+                (Row::None, false) => unacked.payloads.push(e.payload),
+                (Row::None, true) => {}
             }
         }
         unacked
@@ -301,9 +355,9 @@ mod tests {
     fn acks_drop_received_entries_and_too_high_is_refused() {
         let mut l = Ledger::new(1, 300);
         for s in ["a", "b", "c"] {
-            l.push(b(s), None);
+            l.push(b(s), Row::None);
         }
-        assert_eq!(l.ack(2), Ok(vec![]));
+        assert_eq!(l.ack(2), Ok(Rows::default()));
         assert_eq!(l.len(), 1);
         assert_eq!(l.ack(5), Err(TooHigh));
         l.ack(3).unwrap();
@@ -313,14 +367,15 @@ mod tests {
     #[test]
     fn acks_report_the_storage_rows_of_stored_messages_and_an_end_hands_back_the_rest() {
         let mut l = Ledger::new(1, 300);
-        l.push(b("live"), None);
-        l.push(b("s1"), Some(11));
-        l.push(b("s2"), Some(12));
-        l.push(b("s3"), Some(13));
-        assert_eq!(l.ack(2), Ok(vec![11]));
-        assert_eq!(l.ack(2), Ok(vec![]));
+        l.push(b("live"), Row::None);
+        l.push(b("s1"), Row::Stored(11));
+        l.push(b("s2"), Row::Stored(12));
+        l.push(b("s3"), Row::Stored(13));
+        assert_eq!(l.ack(2).map(|r| r.rows), Ok(vec![11]));
+        assert_eq!(l.ack(2), Ok(Rows::default()));
         let unacked = l.into_unacked();
-        assert_eq!(unacked.rows, vec![12, 13]);
+        let rows: Vec<i64> = unacked.rows.iter().map(|(r, _)| *r).collect();
+        assert_eq!(rows, vec![12, 13]);
         assert!(unacked.payloads.is_empty());
     }
 
@@ -338,7 +393,7 @@ mod tests {
         );
         assert_eq!(l.count_in(), 0);
         for s in ["a", "b", "c"] {
-            l.push(b(s), None);
+            l.push(b(s), Row::None);
         }
         l.ack(u32::MAX).unwrap();
         assert_eq!(l.len(), 2);
@@ -350,14 +405,14 @@ mod tests {
     fn skipped_entries_are_not_counted_nor_resent() {
         let mut l = Ledger::new(1, 300);
         for s in ["p1", "m1", "p2", "m2"] {
-            l.push(b(s), None);
+            l.push(b(s), Row::None);
         }
         l.skip(&[0, 2]);
         // the client was written m1 and m2 only
         l.ack(1).unwrap();
         assert_eq!(l.reattach(), vec![b("m2")]);
         // renumbered: m2 is 0, the next is 1
-        l.push(b("m3"), None);
+        l.push(b("m3"), Row::None);
         l.skip(&[1]);
         assert_eq!(l.into_unacked().payloads, vec![b("m2")]);
     }
@@ -402,7 +457,7 @@ mod tests {
                 next_seq: 3,
             },
         );
-        l.push(b("new"), None);
+        l.push(b("new"), Row::None);
         l.ack(9).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l.ack(12), Err(TooHigh));

@@ -1,0 +1,397 @@
+//! Live rows (see `live_rows`): a message delivered live to an SM session
+//! is written to its user's offline table too, so that nothing
+//! acknowledged to its sender is lost if the core dies before the
+//! recipient's `<a h/>`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cm_protocol::{Frame, Kind};
+
+use super::test_support::*;
+use super::{Action, Input, Router};
+
+/// A live row write: (user, ticket, origin).
+type LiveWrite = (String, u64, Option<(u64, u32)>);
+
+/// The live row writes among `acts`.
+fn live_writes(acts: &[Action]) -> Vec<LiveWrite> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::StoreOffline {
+                user,
+                live: Some(ticket),
+                origin,
+                ..
+            } => Some((user.clone(), *ticket, *origin)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The removals among `acts`: (user, upto, rows).
+fn removals(acts: &[Action]) -> Vec<(String, i64, Vec<i64>)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::RemoveOffline { user, upto, rows } => Some((user.clone(), *upto, rows.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `h` values of the Handled frames in `acts`.
+fn handled(acts: &[Action]) -> Vec<u32> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                frame: Frame::Handled { h, .. },
+                ..
+            } => Some(*h),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bob (3, 30) enables SM too (he is the sender).
+fn bob_enables_sm(r: &mut Router) {
+    frame(
+        r,
+        3,
+        Frame::SmEnable {
+            sid: 30,
+            resume: true,
+            max: 60,
+        },
+    );
+}
+
+/// A body-less receipt from bob (3, 30) to alice@x/phone (not archived);
+/// every action, its live row unwritten.
+fn receipt(r: &mut Router, id: &str) -> Vec<Action> {
+    stanza(
+        r,
+        3,
+        30,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        &format!(
+            "<message type='chat' to='alice@x/phone' id='{id}'><received xmlns='urn:xmpp:receipts' id='x'/></message>"
+        ),
+    )
+}
+
+#[test]
+fn the_senders_ack_waits_for_the_live_row_of_a_message_routed_to_an_sm_recipient() {
+    let mut r = router();
+    sm_pair(&mut r);
+    bob_enables_sm(&mut r);
+    let acts = receipt(&mut r, "r1");
+    assert_eq!(delivered_to(&acts), vec![(1, 10)], "delivered live at once");
+    let writes = live_writes(&acts);
+    let [(user, ticket, Some(origin))] = &writes[..] else {
+        panic!("one live row write holding bob's ack: {acts:?}")
+    };
+    assert_eq!(user, "alice");
+    // the Deliver goes out before the write is asked for
+    let deliver = acts.iter().position(|a| matches!(a, Action::Send { .. }));
+    let store = acts
+        .iter()
+        .position(|a| matches!(a, Action::StoreOffline { .. }));
+    assert!(deliver < store, "{acts:?}");
+    // bob asks: the receipt is not durable yet
+    let acts = frame(&mut r, 3, Frame::AckRequest { sid: 30 });
+    assert_eq!(handled(&acts), vec![0], "{acts:?}");
+    // the row is written: bob's ack goes out
+    let acts = r.run(Input::LiveStored {
+        ticket: *ticket,
+        row: 7,
+        origin: Some(*origin),
+    });
+    assert_eq!(handled(&acts), vec![1], "{acts:?}");
+}
+
+#[test]
+fn the_recipients_ack_removes_the_live_rows_it_covers_in_one_action() {
+    let mut r = router();
+    sm_pair(&mut r);
+    let mut delivered = 0;
+    let mut written = 0;
+    let mut archived = 0;
+    for i in 0..10 {
+        let acts = stanza(
+            &mut r,
+            3,
+            30,
+            header(
+                Kind::Message,
+                "bob@x/pc",
+                Some("alice@x/phone"),
+                Some("chat"),
+            ),
+            &format!(
+                "<message type='chat' to='alice@x/phone' id='m{i}'><body>m{i}</body></message>"
+            ),
+        );
+        // the cost per message: one delivery, one archive write, one live row
+        delivered += delivered_to(&acts).len();
+        written += live_writes(&acts).len();
+        archived += acts
+            .iter()
+            .filter(|a| matches!(a, Action::Archive { .. }))
+            .count();
+        assert_eq!(acts.len(), 3, "{acts:?}");
+        commit_live(&mut r, acts);
+    }
+    assert_eq!((delivered, archived, written), (10, 10, 10));
+    // alice acknowledges 4, then the rest: one removal each, by id
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 4 });
+    let removed = removals(&acts);
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    let [(user, 0, rows)] = &removed[..] else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(user, "alice");
+    assert_eq!(rows.len(), 4);
+    assert!(rows.windows(2).all(|w| w[0] < w[1]));
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 10 });
+    let removed = removals(&acts);
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    assert_eq!(removed[0].2.len(), 6);
+    assert!(removed[0].2[0] > rows[3]);
+    // nothing acknowledged again
+    assert!(frame(&mut r, 1, Frame::Acked { sid: 10, h: 10 }).is_empty());
+}
+
+#[test]
+fn an_ack_that_comes_before_the_row_id_removes_the_row_when_it_comes() {
+    let mut r = router();
+    sm_pair(&mut r);
+    let acts = receipt(&mut r, "r1");
+    let [(_, ticket, _)] = live_writes(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+    assert!(removals(&acts).is_empty(), "no id to remove yet: {acts:?}");
+    let acts = r.run(Input::LiveStored {
+        ticket,
+        row: 41,
+        origin: None,
+    });
+    assert_eq!(removals(&acts), vec![("alice".into(), 0, vec![41])]);
+}
+
+#[test]
+fn an_expired_ledger_hands_its_live_rows_back_and_stores_nothing_twice() {
+    let mut r = router();
+    sm_pair(&mut r);
+    chat(&mut r, "m1");
+    chat(&mut r, "m2");
+    // m3's row is still being written when the session expires
+    let acts = receipt(&mut r, "m3");
+    let [(_, pending, _)] = live_writes(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 });
+    let [(_, _, m1_rows)] = &removals(&acts)[..] else {
+        panic!("m1's row goes: {acts:?}")
+    };
+    let m1 = m1_rows[0];
+    frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: false,
+        },
+    );
+    let acts = r.timeout(t0() + Duration::from_secs(61));
+    assert!(
+        !acts.iter().any(|a| matches!(
+            a,
+            Action::StoreOffline { .. } | Action::RemoveOffline { .. }
+        )),
+        "m2 stays stored as it is, once: {acts:?}"
+    );
+    assert_eq!(r.sm_counts(), (0, 0));
+    // alice is back (available) before m3's row id comes: it is handed
+    // back too, and a flush for her is asked for
+    bound(&mut r, 2, 20, "alice@x", "tablet");
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "alice@x/tablet", None, None),
+        "<presence/>",
+    );
+    // (her login's flush is under way; the next one waits for it)
+    let acts = r.run(Input::LiveStored {
+        ticket: pending,
+        row: m1 + 2,
+        origin: None,
+    });
+    assert!(removals(&acts).is_empty(), "{acts:?}");
+    // the login's flush loads m2 and m3 (m1 was removed): both delivered
+    let m2 = m1 + 1;
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (2, 20),
+        messages: vec![
+            (
+                m2,
+                Bytes::from_static(b"<message type='chat'><body>m2</body></message>"),
+            ),
+            (
+                m1 + 2,
+                Bytes::from_static(
+                    b"<message type='chat'><received xmlns='urn:xmpp:receipts' id='x'/></message>",
+                ),
+            ),
+        ],
+    });
+    assert_eq!(delivered_to(&acts), vec![(2, 20), (2, 20)], "{acts:?}");
+    assert!(live_writes(&acts).is_empty());
+}
+
+#[test]
+fn a_message_to_two_sm_sessions_of_a_user_writes_one_row_removed_by_the_first_ack() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 1, 11, "alice@x", "desk");
+    bound(&mut r, 3, 30, "bob@x", "pc");
+    for (sid, res) in [(10, "phone"), (11, "desk")] {
+        stanza(
+            &mut r,
+            1,
+            sid,
+            header(Kind::Presence, &format!("alice@x/{res}"), None, None),
+            "<presence/>",
+        );
+        // (their login flushes find nothing)
+        r.run(Input::Offline {
+            user: "alice".into(),
+            to: (1, sid),
+            messages: Vec::new(),
+        });
+    }
+    // SM on, once their presences went round: the ledgers are empty
+    for sid in [10, 11] {
+        frame(
+            &mut r,
+            1,
+            Frame::SmEnable {
+                sid,
+                resume: true,
+                max: 60,
+            },
+        );
+    }
+    let acts = stanza(
+        &mut r,
+        3,
+        30,
+        header(Kind::Message, "bob@x/pc", Some("alice@x"), Some("chat")),
+        "<message type='chat' to='alice@x'><received xmlns='urn:xmpp:receipts' id='x'/></message>",
+    );
+    let mut to = delivered_to(&acts);
+    to.sort();
+    assert_eq!(to, vec![(1, 10), (1, 11)], "{acts:?}");
+    assert_eq!(live_writes(&acts).len(), 1, "one row: {acts:?}");
+    commit_live(&mut r, acts);
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 11, h: 1 });
+    let removed = removals(&acts);
+    assert_eq!(removed.len(), 1, "{acts:?}");
+    assert_eq!(removed[0].2.len(), 1);
+    // the other session's ack of the same row asks for nothing
+    assert!(frame(&mut r, 1, Frame::Acked { sid: 10, h: 1 }).is_empty());
+}
+
+#[test]
+fn a_failed_live_row_answers_its_sender_and_the_message_is_rerouted_on_the_ledgers_end() {
+    let mut r = router();
+    sm_pair(&mut r);
+    let acts = receipt(&mut r, "r1");
+    let [(_, ticket, _)] = live_writes(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    let payload = Bytes::from_static(
+        b"<message type='chat' from='bob@x/pc' to='alice@x/phone' id='r1'><received xmlns='urn:xmpp:receipts' id='x'/></message>",
+    );
+    let acts = r.run(Input::StoreFailed {
+        bounce: super::Bounce::default(),
+        payload,
+        condition: xmpp_stream::StanzaCondition::InternalServerError,
+        origin: None,
+        live: Some(ticket),
+    });
+    // bob is told
+    assert_eq!(delivered_to(&acts), vec![(3, 30)], "{acts:?}");
+    // alice's clean close: the message, with no row, is stored as before
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: true,
+        },
+    );
+    assert!(
+        matches!(&acts[..], [Action::StoreOffline { live: None, user, .. }] if user == "alice"),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn chat_states_left_unacknowledged_are_removed_when_the_ledger_ends() {
+    let mut r = router();
+    sm_pair(&mut r);
+    let acts = stanza(
+        &mut r,
+        3,
+        30,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        "<message type='chat' to='alice@x/phone'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    );
+    assert_eq!(live_writes(&acts).len(), 1);
+    commit_live(&mut r, acts);
+    chat(&mut r, "kept");
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: true,
+        },
+    );
+    // the chat state's row goes; the chat's stays for the next login
+    let removed = removals(&acts);
+    assert_eq!(removed.len(), 1, "{acts:?}");
+    assert_eq!(removed[0].2.len(), 1);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::StoreOffline { .. })),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn messages_to_sessions_without_sm_write_no_live_row() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 3, 30, "bob@x", "pc");
+    let acts = receipt(&mut r, "r1");
+    assert_eq!(delivered_to(&acts), vec![(1, 10)]);
+    assert!(live_writes(&acts).is_empty(), "{acts:?}");
+}

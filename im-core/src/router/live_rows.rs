@@ -1,0 +1,109 @@
+//! Live rows being written: a chat or normal message delivered live to a
+//! user's stream-management sessions is also written to the user's offline
+//! table (one row per message and user, however many of the user's
+//! sessions took it), so that a core crash before the client's `<a h/>`
+//! loses nothing: the next flush delivers it again. The row's id comes back
+//! after the write commits; until then the ledger entries hold a ticket
+//! this table issued, and what happened to them meanwhile (acknowledged,
+//! or their session ended) is remembered here and applied when the id
+//! comes ([`LiveRows::written`]).
+//!
+//! Bounded: an entry lives from the store action to its outcome, which
+//! the driver reports exactly once, within the storage deadline; past
+//! [`MAX_PENDING_TICKETS`] entries a message goes live without a row (as
+//! before live rows existed) rather than growing the table.
+
+use std::collections::HashMap;
+
+/// Most live rows being written at once; the default storage budget
+/// (64 MiB at 512 bytes a job) holds at most as many jobs.
+pub const MAX_PENDING_TICKETS: usize = 128 * 1024;
+
+/// A live row whose id has not come back yet.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The recipient (local part).
+    pub(crate) user: String,
+    /// Resumption tokens of the SM sessions whose ledgers hold it.
+    pub(crate) holders: Vec<u64>,
+    /// A client acknowledged it: the row is removed once its id is known.
+    pub(crate) acked: bool,
+}
+
+/// The tickets of live rows being written (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct LiveRows {
+    pending: HashMap<u64, Pending>,
+    next: u64,
+}
+
+impl LiveRows {
+    /// A ticket for a message about to be written for `user`; none when
+    /// too many are being written.
+    pub(crate) fn issue(&mut self, user: &str) -> Option<u64> {
+        if self.pending.len() >= MAX_PENDING_TICKETS {
+            return None;
+        }
+        self.next += 1;
+        self.pending.insert(
+            self.next,
+            Pending {
+                user: user.to_owned(),
+                holders: Vec::new(),
+                acked: false,
+            },
+        );
+        Some(self.next)
+    }
+
+    /// The session with resumption token `token` holds `ticket`'s message.
+    pub(crate) fn held_by(&mut self, ticket: u64, token: u64) {
+        if let Some(p) = self.pending.get_mut(&ticket) {
+            p.holders.push(token);
+        }
+    }
+
+    /// A client acknowledged these tickets' messages.
+    pub(crate) fn acked(&mut self, tickets: &[u64]) {
+        for t in tickets {
+            if let Some(p) = self.pending.get_mut(t) {
+                p.acked = true;
+            }
+        }
+    }
+
+    /// The write of `ticket` ended (stored or failed): what was remembered.
+    pub(crate) fn written(&mut self, ticket: u64) -> Option<Pending> {
+        self.pending.remove(&ticket)
+    }
+
+    /// Live rows being written.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_remembers_its_holders_and_acks_until_written() {
+        let mut live = LiveRows::default();
+        let t = live.issue("bob").unwrap();
+        let u = live.issue("bob").unwrap();
+        assert_ne!(t, u);
+        live.held_by(t, 7);
+        live.held_by(t, 8);
+        live.acked(&[t]);
+        let p = live.written(t).unwrap();
+        assert_eq!(
+            (p.user.as_str(), &p.holders[..], p.acked),
+            ("bob", &[7, 8][..], true)
+        );
+        assert!(live.written(t).is_none(), "once");
+        assert!(!live.written(u).unwrap().acked);
+        assert_eq!(live.len(), 0);
+    }
+}
