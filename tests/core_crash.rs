@@ -241,3 +241,96 @@ async fn stored_messages_delivered_but_never_acknowledged_survive_a_core_kill() 
         .await
         .expect("the test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_delivered_live_but_never_acknowledged_survive_a_core_kill() {
+    const SENT: usize = 20;
+    let users: Vec<String> = ["alice", "carol"].map(String::from).to_vec();
+    let mut dep = Deployment::start(DOMAIN, 1, &users, "pw");
+    dep.spawn_cm(1);
+    dep.wait_backends(&["cm-1"]);
+    let run = async {
+        // Carol is online with SM and never acknowledges anything.
+        let mut carol = SilentClient::login(&dep, "carol", "phone").await;
+        let mut alice = Client::connect(dep.client_options("alice", "phone").with_message_states())
+            .await
+            .expect("alice");
+        // Chats and body-less receipts (no archive write: only the live row
+        // keeps them), the last one a chat: its acknowledgement covers all.
+        let mut ids = Vec::new();
+        let mut waiting = std::collections::HashSet::new();
+        for i in 0..SENT {
+            if i % 3 == 2 {
+                let id = format!("rcpt-{i}");
+                let receipt = format!(
+                    "<message to='carol@{DOMAIN}' type='chat' id='{id}'><received xmlns='urn:xmpp:receipts' id='x{i}'/></message>"
+                );
+                alice.send_raw(receipt.as_bytes()).await.unwrap();
+                ids.push(id);
+            } else {
+                let id = alice
+                    .send_message(&format!("carol@{DOMAIN}"), &format!("m{i}"))
+                    .await
+                    .unwrap();
+                waiting.insert(id.clone());
+                ids.push(id);
+            }
+        }
+        assert!(!ids[SENT - 1].starts_with("rcpt"), "the last one is a chat");
+        while !waiting.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(20), alice.next_event()).await {
+                Ok(Some(Event::MessageState {
+                    id,
+                    state: MessageState::Acknowledged,
+                })) => {
+                    waiting.remove(&id);
+                }
+                Ok(Some(_)) => {}
+                other => panic!("acknowledgements stopped: {other:?}"),
+            }
+        }
+        // Carol had every one of them live (unacknowledged).
+        let mut live = Vec::new();
+        while live.len() < SENT {
+            let m = carol.until(|el| el.name == "message").await;
+            live.push(m.attr("id").unwrap_or_default().to_owned());
+        }
+        assert_eq!(live, ids, "delivered live, in order");
+
+        // The core dies before any acknowledgement from Carol; it starts again.
+        dep.kill(0);
+        alice.abort();
+        drop(carol);
+        dep.restart_core();
+
+        // Carol logs in afresh (a raw client, which shows receipts too);
+        // Alice sends a last chat: it comes after every stored one.
+        let alice = dep.login("alice", "tablet").await;
+        let mut fresh = SilentClient::login(&dep, "carol", "tablet").await;
+        let end = alice
+            .send_message(&format!("carol@{DOMAIN}"), "end")
+            .await
+            .unwrap();
+        let mut again = Vec::new();
+        loop {
+            let m = fresh.until(|el| el.name == "message").await;
+            let id = m.attr("id").unwrap_or_default().to_owned();
+            if id == end {
+                break;
+            }
+            again.push(id);
+        }
+        let raw = again.len();
+        let mut seen = std::collections::HashSet::new();
+        again.retain(|id| seen.insert(id.clone()));
+        assert_eq!(
+            again,
+            ids,
+            "every message acknowledged to Alice reached Carol once, in order (after dropping {} duplicates by id)",
+            raw - again.len()
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the test finished in time");
+}
