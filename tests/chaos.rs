@@ -10,9 +10,6 @@ use std::path::Path;
 use longlink_bench::chaos::{Config, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the core's SM ledgers are durable (issue 14, open): a core kill loses \
-            messages acknowledged to their senders and not yet to their recipients; \
-            run with `cargo test --test chaos -- --ignored --nocapture`"]
 async fn acknowledged_messages_survive_kills_of_a_cm_the_core_and_the_balancer() {
     let seed = std::env::var("LONGLINK_CHAOS_SEED")
         .ok()
