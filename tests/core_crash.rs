@@ -244,9 +244,25 @@ async fn stored_messages_delivered_but_never_acknowledged_survive_a_core_kill() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_delivered_live_but_never_acknowledged_survive_a_core_kill() {
+    live_messages_survive_a_core_kill(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_delivered_live_but_never_acknowledged_survive_a_core_kill_on_postgresql() {
+    let Some(url) = im_core::storage::postgres_for_tests("ll_crash") else {
+        println!("skipped: LONGLINK_TEST_POSTGRES is unset");
+        return;
+    };
+    live_messages_survive_a_core_kill(Some(&url)).await;
+}
+
+/// Carol, online with SM, never acknowledges; Alice's chats and body-less
+/// receipts to her are acknowledged to Alice; the core is killed: after
+/// the restart a fresh login of Carol's gets every one once, in order.
+async fn live_messages_survive_a_core_kill(database: Option<&str>) {
     const SENT: usize = 20;
     let users: Vec<String> = ["alice", "carol"].map(String::from).to_vec();
-    let mut dep = Deployment::start(DOMAIN, 1, &users, "pw");
+    let mut dep = Deployment::start_with_database(DOMAIN, 1, &users, "pw", database);
     dep.spawn_cm(1);
     dep.wait_backends(&["cm-1"]);
     let run = async {

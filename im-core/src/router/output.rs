@@ -102,7 +102,7 @@ impl Router {
         // the live row (if this is the message's first) goes after the
         // delivery: the recipient does not wait for it, only the sender's
         // acknowledgement does
-        let live = live.map(|ticket| (ticket, payload.clone()));
+        let live = live.map(|(ticket, user)| (ticket, user, payload.clone()));
         match admission {
             Admission::Untracked | Admission::Send => {
                 self.stats.delivered += 1;
@@ -112,8 +112,8 @@ impl Router {
             // or dropped (a copy for a client far behind)
             Admission::Held | Admission::Dropped | Admission::Spill { .. } => {}
         }
-        if let Some((ticket, payload)) = live {
-            self.store_live((node, sid), payload, ticket);
+        if let Some((ticket, user, payload)) = live {
+            self.store_live(user, payload, ticket);
         }
     }
 
@@ -183,14 +183,10 @@ impl Router {
     }
 
     /// Writes the live row `ticket` of a message delivered live to SM
-    /// session `addr` (and maybe other sessions of its user). If an SM
-    /// sender's stanza is being routed, its acknowledgement waits for the
-    /// commit; if the write fails, the sender (the message's `from`) is
-    /// answered, as for any store.
-    pub(super) fn store_live(&mut self, addr: SessionAddr, payload: Bytes, ticket: u64) {
-        let Some(user) = self.user_of(addr) else {
-            return;
-        };
+    /// sessions of `user`. If an SM sender's stanza is being routed, its
+    /// acknowledgement waits for the commit; if the write fails, the sender
+    /// (the message's `from`) is answered, as for any store.
+    pub(super) fn store_live(&mut self, user: String, payload: Bytes, ticket: u64) {
         let origin = self.hold_ack();
         self.emit(Action::StoreOffline {
             user,

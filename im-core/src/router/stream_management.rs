@@ -63,28 +63,31 @@ impl Router {
     /// cannot take is stored offline if it is a message that may be, and
     /// stored messages are asked for once the client caught up. A chat or
     /// normal message its ledger takes is held by a live row (see
-    /// `live_rows`): the message's one, or a new one whose ticket is
-    /// returned, for the caller to write ([`Router::store_live`]).
+    /// `live_rows`): the message's one, or a new one whose ticket (with the
+    /// user) is returned, for the caller to write ([`Router::store_live`]).
     pub(super) fn track(
         &mut self,
         addr: SessionAddr,
         payload: &Bytes,
         delivery: Delivery,
-    ) -> (Admission, Option<u64>) {
+    ) -> (Admission, Option<(u64, String)>) {
         let token = match delivery {
             Delivery::Storable => self.sessions.token_of(addr),
             Delivery::Other | Delivery::Copy => None,
         };
         let (row, fresh) = match (token, self.live_ticket) {
-            (None, _) => (Row::None, false),
-            (Some(_), Some(ticket)) => (Row::Ticket(ticket), false),
-            (Some(_), None) => match self.user_of(addr).and_then(|u| self.live_rows.issue(&u)) {
-                Some(ticket) => (Row::Ticket(ticket), true),
+            (None, _) => (Row::None, None),
+            (Some(_), Some(ticket)) => (Row::Ticket(ticket), None),
+            (Some(_), None) => match self
+                .user_of(addr)
+                .and_then(|u| Some((self.live_rows.issue(&u)?, u)))
+            {
+                Some((ticket, user)) => (Row::Ticket(ticket), Some(user)),
                 None => {
                     tracing::warn!(
                         "too many live rows being written: a message goes live without one"
                     );
-                    (Row::None, false)
+                    (Row::None, None)
                 }
             },
         };
@@ -93,11 +96,11 @@ impl Router {
         if let (Row::Ticket(ticket), Some(token)) = (row, token) {
             if matches!(admission, Admission::Send | Admission::Held) {
                 self.live_rows.held_by(ticket, token);
-                if fresh {
+                if let Some(user) = fresh {
                     self.live_ticket = Some(ticket);
-                    live = Some(ticket);
+                    live = Some((ticket, user));
                 }
-            } else if fresh {
+            } else if fresh.is_some() {
                 // not taken: no row to write
                 self.live_rows.written(ticket);
             }
