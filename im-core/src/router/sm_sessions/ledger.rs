@@ -314,18 +314,23 @@ impl Ledger {
         self.entries.iter().map(|e| e.payload.clone()).collect()
     }
 
-    /// The live row written under `ticket` is stored as `row`: entries
-    /// waiting for it hold the row now; whether any did.
+    /// The live row written under `ticket` is stored as `row`: the entry
+    /// waiting for it (a message enters a ledger once) holds the row now;
+    /// whether there was one.
     pub(super) fn resolve(&mut self, ticket: u64, row: Row) -> bool {
-        let mut found = false;
         // (the newest entries first: ids come back soon after their push)
-        for e in self.entries.iter_mut().rev() {
-            if e.row == Row::Ticket(ticket) {
+        match self
+            .entries
+            .iter_mut()
+            .rev()
+            .find(|e| e.row == Row::Ticket(ticket))
+        {
+            Some(e) => {
                 e.row = row;
-                found = true;
+                true
             }
+            None => false,
         }
-        found
     }
 
     /// Ends the ledger: what the client never acknowledged.
@@ -377,6 +382,28 @@ mod tests {
         let rows: Vec<i64> = unacked.rows.iter().map(|(r, _)| *r).collect();
         assert_eq!(rows, vec![12, 13]);
         assert!(unacked.payloads.is_empty());
+    }
+
+    #[test]
+    fn tickets_are_reported_until_their_rows_come_and_rows_after() {
+        let mut l = Ledger::new(1, 300);
+        l.push(b("a"), Row::Ticket(5));
+        l.push(b("b"), Row::Ticket(6));
+        l.push(b("c"), Row::Ticket(7));
+        assert!(l.resolve(6, Row::Stored(60)));
+        assert!(!l.resolve(8, Row::Stored(80)), "not held");
+        assert!(l.resolve(7, Row::None), "its write failed");
+        assert_eq!(
+            l.ack(2),
+            Ok(Rows {
+                rows: vec![60],
+                tickets: vec![5]
+            })
+        );
+        // the failed one has no row: routed on at the end, as before
+        let unacked = l.into_unacked();
+        assert_eq!(unacked.payloads, vec![b("c")]);
+        assert!(unacked.rows.is_empty() && unacked.tickets.is_empty());
     }
 
     #[test]
