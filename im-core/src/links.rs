@@ -137,11 +137,12 @@ impl Conn {
 pub(crate) struct Registered {
     pub(crate) node: NodeId,
     conn_id: u64,
-    /// A new process of the node: the routes of its old one are gone.
+    /// A new process of the node: the routes of its old one are gone
+    /// (the router was told `NodeGone`).
     restarted: bool,
     /// The node's connection at the same pool index that this one replaced
     /// (the same process reconnected before the core noticed the old one
-    /// end): its loss, for the router before this connection's first frame.
+    /// end): its loss, which the router was told.
     lost: Option<Input>,
     /// Cancelled when a newer connection replaces this one.
     replaced: CancellationToken,
@@ -217,17 +218,37 @@ impl Links {
         }
     }
 
+    /// [`register_telling`](Self::register_telling) with no one to tell.
+    #[cfg(test)]
+    pub(crate) fn register(
+        &self,
+        name: &str,
+        instance: u64,
+        pool: (u16, u16),
+        client_addr: &str,
+        tx: LinkSender,
+    ) -> Registered {
+        self.register_telling(name, instance, pool, client_addr, tx, |_| {})
+    }
+
     /// Registers a connection of node `name` from CM process `instance`.
     /// A node name runs once, so the connections it replaces are told to
-    /// close: all of a previous process's (the node restarted), or the one
-    /// at the same pool index (the process reconnected).
-    pub(crate) fn register(
+    /// close: all of a previous process's (the node restarted: `tell` gets
+    /// `NodeGone`), or the one at the same pool index (the process
+    /// reconnected: `tell` gets its `LinkLost`). `tell` is called under
+    /// the registry's lock, so the router hears it before any frame of a
+    /// connection of the new process (see [`forward_if_current`]) and after
+    /// every frame of the replaced ones.
+    ///
+    /// [`forward_if_current`]: Self::forward_if_current
+    pub(crate) fn register_telling(
         &self,
         name: &str,
         instance: u64,
         (index, pool_size): (u16, u16),
         client_addr: &str,
         tx: LinkSender,
+        mut tell: impl FnMut(Input),
     ) -> Registered {
         let mut inner = self.lock();
         let next = inner.ids.len() as NodeId + 1;
@@ -268,6 +289,12 @@ impl Links {
             replaced: replaced.clone(),
         });
         entry.epoch += 1;
+        if restarted {
+            tell(Input::NodeGone { node: id });
+        }
+        if let Some(lost) = &lost {
+            tell(lost.clone());
+        }
         self.show(&inner);
         Registered {
             node: id,
@@ -293,13 +320,36 @@ impl Links {
         gone
     }
 
-    /// Whether the node is still without connections at `epoch`.
-    fn still_gone(&self, node: NodeId, epoch: u64) -> bool {
+    /// If the node is still without connections at `epoch`, `gone` is
+    /// called (under the lock: no connection registers meanwhile, so its
+    /// frames cannot come before the `NodeGone` it sends); whether it was.
+    fn if_still_gone(&self, node: NodeId, epoch: u64, gone: impl FnOnce()) -> bool {
         let inner = self.lock();
-        inner
+        let still = inner
             .nodes
             .get(&node)
-            .is_some_and(|e| e.conns.is_empty() && e.epoch == epoch)
+            .is_some_and(|e| e.conns.is_empty() && e.epoch == epoch);
+        if still {
+            gone();
+        }
+        still
+    }
+
+    /// Hands a frame read from connection `conn_id` of `node` on (`send`,
+    /// under the lock) only while that connection is registered: a frame a
+    /// replaced connection read late (its process restarted, or it
+    /// reconnected) never reaches the router after the `NodeGone` or
+    /// `LinkLost` its replacement sent. Whether it was handed on.
+    fn forward_if_current(&self, node: NodeId, conn_id: u64, send: impl FnOnce()) -> bool {
+        let inner = self.lock();
+        let current = inner
+            .nodes
+            .get(&node)
+            .is_some_and(|e| e.conns.iter().any(|c| c.id == conn_id));
+        if current {
+            send();
+        }
+        current
     }
 
     /// Queues a frame for `node` on the connection that carries session `sid`;
@@ -453,39 +503,44 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         )));
     }
     let (tx, rx) = LinkSender::channel(LINK_QUEUE_BYTES);
+    // What registering tells the router goes under the registry's lock,
+    // so room for it is reserved first (at most a NodeGone and a LinkLost).
+    let mut permits = ctx
+        .router
+        .reserve_many(2)
+        .await
+        .map_err(|_| LinkError::Shutdown)?;
     let Registered {
         node: node_id,
         conn_id,
         restarted,
         lost,
         replaced,
-    } = ctx.links.register(
+    } = ctx.links.register_telling(
         name,
         instance,
         (conn_index, pool_size),
         &client_addr,
         tx.clone(),
+        |input| {
+            if let Some(permit) = permits.next() {
+                permit.send(Event::Router(input));
+            }
+        },
     );
-    if let Some(lost) = lost {
+    drop(permits);
+    if lost.is_some() {
         tracing::info!(
             node = name,
             conn_index,
             "CM reconnected before its old connection ended: that one is lost"
         );
-        ctx.router
-            .send(Event::Router(lost))
-            .await
-            .map_err(|_| LinkError::Shutdown)?;
     }
     if restarted {
         tracing::info!(
             node = name,
-            "CM restarted: dropping the routes of its previous process"
+            "CM restarted: dropped the routes of its previous process"
         );
-        ctx.router
-            .send(Event::Router(Input::NodeGone { node: node_id }))
-            .await
-            .map_err(|_| LinkError::Shutdown)?;
     }
     tracing::info!(node = name, node_id, conn_index, %client_addr, remote = %conn.remote_address(), "CM connected");
     let _ = tx.try_send(Frame::Welcome {
@@ -496,7 +551,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
     });
     let writer = tokio::spawn(write_loop(send, rx));
     let result = tokio::select! {
-        r = read_loop(ctx, node_id, &tx, &mut recv, &mut decoder) => r,
+        r = read_loop(ctx, (node_id, conn_id), &tx, &mut recv, &mut decoder) => r,
         _ = replaced.cancelled() => Err(LinkError::Replaced),
     };
     writer.abort();
@@ -515,15 +570,17 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         let ctx = ctx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(ctx.grace).await;
-            if ctx.links.still_gone(node_id, epoch) {
+            let Ok(permit) = ctx.router.reserve().await else {
+                return;
+            };
+            let gone = ctx.links.if_still_gone(node_id, epoch, || {
+                permit.send(Event::Router(Input::NodeGone { node: node_id }));
+            });
+            if gone {
                 tracing::info!(
                     node_id,
-                    "CM gone after its grace period; dropping its routes"
+                    "CM gone after its grace period; dropped its routes"
                 );
-                let _ = ctx
-                    .router
-                    .send(Event::Router(Input::NodeGone { node: node_id }))
-                    .await;
             }
         });
     }
@@ -532,7 +589,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
 
 async fn read_loop(
     ctx: &LinkContext,
-    node: NodeId,
+    (node, conn_id): (NodeId, u64),
     reply: &LinkSender,
     recv: &mut RecvStream,
     decoder: &mut FrameDecoder,
@@ -585,7 +642,7 @@ async fn read_loop(
             }
             Frame::SessionEnd { sid, jid, clean } => {
                 ctx.auth.abort((node, sid));
-                forward(ctx, node, Frame::SessionEnd { sid, jid, clean }).await?;
+                forward(ctx, (node, conn_id), Frame::SessionEnd { sid, jid, clean }).await?;
             }
             f @ (Frame::Bind { .. }
             | Frame::Announce { .. }
@@ -595,7 +652,7 @@ async fn read_loop(
             | Frame::AckRequest { .. }
             | Frame::Acked { .. }
             | Frame::Skipped { .. }
-            | Frame::Resume { .. }) => forward(ctx, node, f).await?,
+            | Frame::Resume { .. }) => forward(ctx, (node, conn_id), f).await?,
             other => {
                 return Err(LinkError::Protocol(format!(
                     "unexpected {} frame",
@@ -606,11 +663,26 @@ async fn read_loop(
     }
 }
 
-async fn forward(ctx: &LinkContext, node: NodeId, frame: Frame) -> Result<(), LinkError> {
-    ctx.router
-        .send(Event::Router(Input::Frame { node, frame }))
+/// Hands a frame of connection `conn_id` to the router, unless the
+/// connection was replaced meanwhile (see [`Links::forward_if_current`]).
+async fn forward(
+    ctx: &LinkContext,
+    (node, conn_id): (NodeId, u64),
+    frame: Frame,
+) -> Result<(), LinkError> {
+    let permit = ctx
+        .router
+        .reserve()
         .await
-        .map_err(|_| LinkError::Shutdown)
+        .map_err(|_| LinkError::Shutdown)?;
+    let event = Event::Router(Input::Frame { node, frame });
+    match ctx
+        .links
+        .forward_if_current(node, conn_id, || permit.send(event))
+    {
+        true => Ok(()),
+        false => Err(LinkError::Replaced),
+    }
 }
 
 async fn answer_auth(ctx: &LinkContext, sid: SessionId, outcome: Outcome, reply: &LinkSender) {
@@ -748,6 +820,57 @@ mod tests {
         let (gone, heard) = end(&links, &other);
         assert_eq!(gone, None, "index 0 is still connected");
         assert!(matches!(heard[..], [Input::LinkLost { index: 1, .. }]));
+    }
+
+    /// `register_telling`, returning what the router hears from it.
+    fn connect_telling(links: &Links, instance: u64, index: u16) -> (Registered, Vec<Input>) {
+        let (tx, _rx) = LinkSender::channel(1000);
+        let mut heard = Vec::new();
+        let c = links.register_telling("cm-1", instance, (index, 2), "x", tx, |i| heard.push(i));
+        (c, heard)
+    }
+
+    #[test]
+    fn registering_tells_the_router_node_gone_or_link_lost_and_replaced_connections_forward_nothing_after()
+     {
+        let links = Links::default();
+        let (old, heard) = connect_telling(&links, 1, 0);
+        assert!(heard.is_empty(), "a first connection replaces nothing");
+        assert!(links.forward_if_current(old.node, old.conn_id, || {}));
+        // the same process reconnects at index 0: the old one's loss is told
+        let (again, heard) = connect_telling(&links, 1, 0);
+        assert!(matches!(
+            heard[..],
+            [Input::LinkLost {
+                node: 1,
+                index: 0,
+                ..
+            }]
+        ));
+        let mut late = false;
+        assert!(!links.forward_if_current(old.node, old.conn_id, || late = true));
+        assert!(!late, "a replaced connection's late frame is not handed on");
+        // a new process: NodeGone is told, the old process forwards nothing
+        let (new, heard) = connect_telling(&links, 2, 1);
+        assert!(matches!(heard[..], [Input::NodeGone { node: 1 }]));
+        assert!(!links.forward_if_current(again.node, again.conn_id, || late = true));
+        assert!(!late);
+        assert!(links.forward_if_current(new.node, new.conn_id, || {}));
+    }
+
+    #[test]
+    fn node_gone_after_the_grace_is_told_only_while_the_node_has_no_connection_at_its_epoch() {
+        let links = Links::default();
+        let c = connect(&links, 1, 0);
+        let (gone, _) = end(&links, &c);
+        let epoch = gone.expect("its last connection");
+        let back = connect(&links, 1, 0);
+        let mut told = false;
+        assert!(!links.if_still_gone(c.node, epoch, || told = true));
+        assert!(!told, "it came back: its routes stay");
+        let (gone, _) = end(&links, &back);
+        assert!(links.if_still_gone(back.node, gone.expect("last"), || told = true));
+        assert!(told);
     }
 
     #[test]

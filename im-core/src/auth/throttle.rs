@@ -14,12 +14,20 @@
 //! admits it only if the key would not be blocked were every attempt
 //! already in flight to fail, and [`AuthThrottle::end`] settles it (a
 //! failure counts, a success or an abandoned attempt does not). Parallel
-//! guessers thus get no more password checks than serial ones. Each table holds at most `max_entries` keys: when
-//! one is full, forgotten keys without attempts in flight are swept out, and if none is, the key that
-//! failed longest ago makes room.
+//! guessers thus get no more password checks than serial ones.
+//!
+//! Each table holds at most `max_entries` keys, ordered by their last
+//! failure in two classes: keys within their free failures, and keys that
+//! went past them (blocked, or blocked before). When a table is full,
+//! forgotten keys are swept out from the front of each class, and if none
+//! was, the key of the first class that failed longest ago makes room; a
+//! key of the second class goes only when the first is empty. So many
+//! fresh names failing once (a guesser's cheap churn) never push out a
+//! blocked account or address, and making room costs O(log n), not a scan.
+//! A key pushed out forgets its attempts in flight too.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -92,12 +100,25 @@ struct Failures {
     in_flight: u32,
     last: Instant,
     blocked_until: Instant,
+    /// Where the key is in the table's order.
+    rank: Rank,
+}
+
+/// A key's place in its table's order: its class (0: within its free
+/// failures, 1: past them), its last failure, and a tie-break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rank {
+    class: usize,
+    at: (Instant, u64),
 }
 
 /// One table of keys (see the module docs).
 #[derive(Debug)]
 struct Table<K> {
     entries: HashMap<K, Failures>,
+    /// Per class, the keys by last failure (see [`Rank`]).
+    order: [BTreeMap<(Instant, u64), K>; 2],
+    next_seq: u64,
     free_failures: u32,
     /// Attempts in flight count as possible failures even for a key that
     /// has none yet (accounts); otherwise only once it failed (addresses:
@@ -110,6 +131,8 @@ impl<K: Hash + Eq + Clone> Table<K> {
     fn new(free_failures: u32, in_flight_without_failures: bool) -> Self {
         Self {
             entries: HashMap::new(),
+            order: [BTreeMap::new(), BTreeMap::new()],
+            next_seq: 0,
             free_failures,
             in_flight_without_failures,
         }
@@ -155,22 +178,66 @@ impl<K: Hash + Eq + Clone> Table<K> {
         Ok(())
     }
 
-    /// The entry of `key`, made (room first if the table is full) if absent.
-    fn entry(&mut self, key: K, now: Instant, settings: &ThrottleSettings) -> &mut Failures {
-        if !self.entries.contains_key(&key) && self.entries.len() >= settings.max_entries {
+    /// Makes the entry of `key` if it is absent (room first if the table
+    /// is full).
+    fn ensure(&mut self, key: &K, now: Instant, settings: &ThrottleSettings) {
+        if self.entries.contains_key(key) {
+            return;
+        }
+        if self.entries.len() >= settings.max_entries {
             self.make_room(now, settings);
         }
-        self.entries.entry(key).or_insert(Failures {
-            count: 0,
-            in_flight: 0,
-            last: now,
-            blocked_until: now,
-        })
+        let rank = Rank {
+            class: 0,
+            at: (now, self.next_seq),
+        };
+        self.next_seq += 1;
+        self.order[0].insert(rank.at, key.clone());
+        self.entries.insert(
+            key.clone(),
+            Failures {
+                count: 0,
+                in_flight: 0,
+                last: now,
+                blocked_until: now,
+                rank,
+            },
+        );
+    }
+
+    /// Moves `key` to its place in the order after its failures changed.
+    fn rerank(&mut self, key: &K) {
+        let Some(f) = self.entries.get_mut(key) else {
+            return;
+        };
+        let rank = Rank {
+            class: usize::from(f.count > self.free_failures),
+            at: (f.last, f.rank.at.1),
+        };
+        if rank != f.rank {
+            if let Some(k) = self.order[f.rank.class].remove(&f.rank.at) {
+                self.order[rank.class].insert(rank.at, k);
+            }
+            f.rank = rank;
+        }
+    }
+
+    /// Drops `key` and its place in the order.
+    fn remove<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(f) = self.entries.remove(key) {
+            self.order[f.rank.class].remove(&f.rank.at);
+        }
     }
 
     fn begin(&mut self, key: K, now: Instant, settings: &ThrottleSettings) {
-        let f = self.entry(key, now, settings);
-        f.in_flight = f.in_flight.saturating_add(1);
+        self.ensure(&key, now, settings);
+        if let Some(f) = self.entries.get_mut(&key) {
+            f.in_flight = f.in_flight.saturating_add(1);
+        }
     }
 
     /// Settles an attempt admitted by `begin` (if its entry was dropped
@@ -187,7 +254,10 @@ impl<K: Hash + Eq + Clone> Table<K> {
 
     fn failed(&mut self, key: K, now: Instant, settings: &ThrottleSettings) {
         let free_failures = self.free_failures;
-        let f = self.entry(key, now, settings);
+        self.ensure(&key, now, settings);
+        let Some(f) = self.entries.get_mut(&key) else {
+            return;
+        };
         if now.saturating_duration_since(f.last) >= settings.forget_after {
             f.count = 0;
         }
@@ -201,44 +271,46 @@ impl<K: Hash + Eq + Clone> Table<K> {
                 .min(settings.max_delay);
             f.blocked_until = now + delay;
         }
+        self.rerank(&key);
     }
 
     /// Forgets the failures of `key`; its attempts in flight still count.
-    fn forget<Q>(&mut self, key: &Q, now: Instant)
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    fn forget(&mut self, key: &K, now: Instant) {
         match self.entries.get_mut(key) {
             Some(f) if f.in_flight > 0 => {
                 f.count = 0;
                 f.blocked_until = now;
+                self.rerank(key);
             }
-            Some(_) => {
-                self.entries.remove(key);
-            }
+            Some(_) => self.remove(key),
             None => {}
         }
     }
 
-    /// Sweeps out forgotten keys; if none was, drops the one that failed
-    /// longest ago. O(n), and only when the table is full.
+    /// Sweeps forgotten keys out from the front of each class; if none
+    /// was, drops the first key of the first class that has one (see the
+    /// module docs). Only when the table is full.
     fn make_room(&mut self, now: Instant, settings: &ThrottleSettings) {
-        self.entries.retain(|_, f| {
-            now.saturating_duration_since(f.last) < settings.forget_after
-                || f.blocked_until > now
-                || f.in_flight > 0
-        });
-        if self.entries.len() < settings.max_entries {
+        let mut swept = false;
+        for class in 0..2 {
+            while let Some((&(last, _), key)) = self.order[class].first_key_value() {
+                let forgotten = now.saturating_duration_since(last) >= settings.forget_after
+                    && self.entries.get(key).is_none_or(|f| f.blocked_until <= now);
+                if !forgotten {
+                    break;
+                }
+                let key = key.clone();
+                self.remove(&key);
+                swept = true;
+            }
+        }
+        if swept {
             return;
         }
-        let oldest = self
-            .entries
-            .iter()
-            .min_by_key(|(_, f)| f.last)
-            .map(|(k, _)| k.clone());
-        if let Some(k) = oldest {
-            self.entries.remove(&k);
+        let first = self.order.iter().find_map(|o| o.first_key_value());
+        if let Some((_, key)) = first {
+            let key = key.clone();
+            self.remove(&key);
         }
     }
 }
@@ -339,7 +411,7 @@ impl AuthThrottle {
 
     /// `account` authenticated: its failures are forgotten.
     pub fn succeeded(&mut self, now: Instant, account: &str) {
-        self.accounts.forget(account, now);
+        self.accounts.forget(&account.to_owned(), now);
     }
 
     /// Keys held (accounts, addresses).
@@ -510,5 +582,38 @@ mod tests {
         // all forgotten: swept out
         t.failed(t0 + Duration::from_secs(200), "f", None);
         assert_eq!(t.len(), (1, 0));
+    }
+
+    #[test]
+    fn fresh_names_failing_once_never_push_a_blocked_account_out_of_a_full_table() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(settings());
+        for i in 0..4 {
+            t.failed(t0 + Duration::from_millis(i), "victim", None);
+        }
+        let blocked = t.check(t0 + Duration::from_millis(10), "victim", None);
+        assert!(blocked.is_err(), "four failures block it (3 free)");
+        // a guesser churns the table with 100 fresh names, each failing once
+        for i in 0..100u64 {
+            t.failed(t0 + Duration::from_millis(20 + i), &format!("n{i}"), None);
+        }
+        assert_eq!(t.len().0, 4, "the table stays at its bound");
+        assert_eq!(
+            t.check(t0 + Duration::from_millis(200), "victim", None),
+            blocked,
+            "still blocked, until the same instant"
+        );
+        // with only blocked keys left, the one that failed longest ago goes
+        for u in ["x", "y", "z"] {
+            for i in 0..4 {
+                t.failed(t0 + Duration::from_millis(300 + i), u, None);
+            }
+        }
+        t.failed(t0 + Duration::from_millis(400), "w", None);
+        assert!(
+            t.check(t0 + Duration::from_millis(500), "victim", None)
+                .is_ok()
+        );
+        assert!(t.check(t0 + Duration::from_millis(500), "x", None).is_err());
     }
 }

@@ -662,6 +662,35 @@ mod tests {
         }
     }
 
+    /// Names strict parsers disagree on (XML 1.0 fourth edition, which
+    /// expat applies, against the fifth): each is refused as a policy,
+    /// whatever the edition would say.
+    #[test]
+    fn names_beyond_latin1_letters_are_refused_as_a_policy() {
+        for name in [
+            "\u{660}",    // Arabic-Indic zero: a NameStartChar in the fifth edition only
+            "a\u{37F}",   // unassigned in Unicode 2.0: expat refuses it
+            "\u{10000}x", // beyond the BMP: the fourth edition has no such name characters
+            "p\u{2070}",  // superscript zero
+            "\u{4E00}",   // a CJK ideograph, fine in both: refused all the same (policy)
+        ] {
+            for stanza in [
+                format!("<message><{name} xmlns='u'/></message>"),
+                format!("<message {name}='1'/>"),
+                format!("<message><x xmlns:{name}='u'/></message>"),
+            ] {
+                let e = inspect(stanza.as_bytes()).expect_err(&stanza);
+                assert_eq!(
+                    e.condition,
+                    crate::StreamCondition::PolicyViolation,
+                    "{stanza}"
+                );
+            }
+        }
+        // Latin-1 letters and the middle dot are in both editions
+        inspect("<message><\u{c0}\u{b7}\u{ff} \u{f8}='1'/></message>".as_bytes()).unwrap();
+    }
+
     #[test]
     fn attributes_per_element_are_capped() {
         let tag = |n: usize| {

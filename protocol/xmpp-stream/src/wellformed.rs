@@ -12,7 +12,12 @@
 //!   references to surrogates or beyond U+10FFFF);
 //! - names: element and attribute names are XML `QName`s (one colon at
 //!   most, not first or last), never prefixed `xmlns` or `xml` on an
-//!   element;
+//!   element; and, a policy, made of ASCII and Latin-1 letters only: beyond
+//!   them strict parsers disagree (expat applies the fourth edition's name
+//!   classes, where for example U+0660 cannot start a name and unassigned
+//!   code points are refused; libxml2 and roxmltree the fifth's), so a name
+//!   one accepts could end another's stream. No XMPP namespace uses such
+//!   names; they are refused with `policy-violation`;
 //! - references: only the five predefined entities and numeric character
 //!   references, each closed by `;`; `&` nowhere else;
 //! - `<` never in an attribute value, `]]>` never in text;
@@ -90,6 +95,13 @@ fn is_name_char(c: char) -> bool {
     is_name_start(c)
         || matches!(c,
             '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// Whether a name character is one every strict parser takes, in every
+/// edition of XML 1.0: ASCII, or a Latin-1 letter or middle dot.
+fn is_portable_name_char(c: char) -> bool {
+    c.is_ascii()
+        || matches!(c, '\u{B7}' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{FF}')
 }
 
 struct Checker<'a> {
@@ -216,8 +228,9 @@ impl<'a> Checker<'a> {
         Err(bad("undefined entity or unescaped '&'"))
     }
 
-    /// An `NCName` at `pos`; false if there is none.
-    fn nc_name(&mut self) -> bool {
+    /// An `NCName` at `pos`; false if there is none. A name character
+    /// beyond the portable ones is refused (see the module docs).
+    fn nc_name(&mut self) -> Result<bool, FramingError> {
         let mut first = true;
         while let Some(c) = self.s[self.pos..].chars().next() {
             let ok = if first {
@@ -228,23 +241,29 @@ impl<'a> Checker<'a> {
             if !ok {
                 break;
             }
+            if !is_portable_name_char(c) {
+                return Err(FramingError::new(
+                    StreamCondition::PolicyViolation,
+                    "names beyond ASCII and Latin-1 letters are not accepted",
+                ));
+            }
             first = false;
             self.pos += c.len_utf8();
         }
-        !first
+        Ok(!first)
     }
 
     /// A `QName` at `pos`: its bytes and its prefix length (0: none).
     fn qname(&mut self) -> Result<(&'a [u8], usize), FramingError> {
         let start = self.pos;
-        if !self.nc_name() {
+        if !self.nc_name()? {
             return Err(bad("invalid name"));
         }
         let mut prefix = 0;
         if self.peek() == Some(b':') {
             prefix = self.pos - start;
             self.pos += 1;
-            if !self.nc_name() || self.peek() == Some(b':') {
+            if !self.nc_name()? || self.peek() == Some(b':') {
                 return Err(bad("invalid qualified name"));
             }
         }
