@@ -55,8 +55,8 @@ use crate::routing::{NodeId, RoutingTable, SessionAddr};
 use archive_ids::ArchiveIds;
 use binding::ResourceNames;
 pub(crate) use forward::{embeddable, wrap_forwarded};
-use live_rows::LiveRows;
 pub use live_rows::MAX_PENDING_TICKETS;
+use live_rows::{LiveRows, MessageRow};
 pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
@@ -344,9 +344,8 @@ pub struct Router {
     stored_rows: StoredRows,
     /// Live rows being written.
     live_rows: LiveRows,
-    /// The live row of the message being routed (one per message and
-    /// user, however many sessions take it).
-    live_ticket: Option<u64>,
+    /// The live row of the message being routed.
+    live_ticket: MessageRow,
     /// Sessions with a storage query being answered (one at a time), with
     /// what its error answer needs.
     querying: HashMap<SessionAddr, QueryId>,
@@ -374,7 +373,7 @@ impl Router {
             roster_writes: RosterWrites::default(),
             stored_rows: StoredRows::default(),
             live_rows: LiveRows::default(),
-            live_ticket: None,
+            live_ticket: MessageRow::Unset,
             querying: Default::default(),
             push_counter: 0,
             archive: Some(ArchiveIds::new(seed)),

@@ -395,3 +395,154 @@ fn messages_to_sessions_without_sm_write_no_live_row() {
     assert_eq!(delivered_to(&acts), vec![(1, 10)]);
     assert!(live_writes(&acts).is_empty(), "{acts:?}");
 }
+
+/// Alice's phone (1, 10) and desk (1, 11), both available with SM, their
+/// login flushes done; bob (3, 30) without SM.
+fn alice_on_two_sm_sessions(r: &mut Router) {
+    bound(r, 1, 10, "alice@x", "phone");
+    bound(r, 1, 11, "alice@x", "desk");
+    bound(r, 3, 30, "bob@x", "pc");
+    for (sid, res) in [(10, "phone"), (11, "desk")] {
+        stanza(
+            r,
+            1,
+            sid,
+            header(Kind::Presence, &format!("alice@x/{res}"), None, None),
+            "<presence/>",
+        );
+        r.run(Input::Offline {
+            user: "alice".into(),
+            to: (1, sid),
+            messages: Vec::new(),
+        });
+        frame(
+            r,
+            1,
+            Frame::SmEnable {
+                sid,
+                resume: true,
+                max: 60,
+            },
+        );
+    }
+}
+
+/// A chat `body` from bob (3, 30) to `to`, its live row not written.
+fn chat_to(r: &mut Router, to: &str, body: &str) -> Vec<Action> {
+    stanza(
+        r,
+        3,
+        30,
+        header(Kind::Message, "bob@x/pc", Some(to), Some("chat")),
+        &format!("<message type='chat' to='{to}' id='{body}'><body>{body}</body></message>"),
+    )
+}
+
+#[test]
+fn a_ledger_ending_with_live_rows_still_being_written_flushes_the_best_session_so_nothing_overtakes_them()
+ {
+    let mut r = router();
+    alice_on_two_sm_sessions(&mut r);
+    // m1 goes live to the phone; its row is still being written when the
+    // phone closes its stream without acknowledging it
+    let acts = chat_to(&mut r, "alice@x/phone", "m1");
+    assert_eq!(delivered_to(&acts), vec![(1, 10)]);
+    let [(_, ticket, _)] = live_writes(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: true,
+        },
+    );
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::FlushOffline { to: (1, 11), .. })),
+        "the desk is flushed at once, its load queued behind m1's write: {acts:?}"
+    );
+    // m2, to alice's bare JID, reaches the desk only behind m1
+    let acts = chat_to(&mut r, "alice@x", "m2");
+    assert!(
+        delivered_to(&acts).is_empty(),
+        "m2 waits behind m1: {acts:?}"
+    );
+    // the load read m1's row (and m2's) before m1's id came back
+    let m1 = 5000;
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 11),
+        messages: vec![
+            (
+                m1,
+                Bytes::from_static(b"<message type='chat' id='m1'><body>m1</body></message>"),
+            ),
+            (
+                m1 + 1,
+                Bytes::from_static(b"<message type='chat' id='m2'><body>m2</body></message>"),
+            ),
+        ],
+    });
+    assert_eq!(
+        payloads(&acts),
+        vec![
+            "<message type='chat' id='m1'><body>m1</body></message>".to_owned(),
+            "<message type='chat' id='m2'><body>m2</body></message>".to_owned()
+        ],
+        "in order"
+    );
+    // m1's id comes back: it is out with the desk, so not handed back (a
+    // second flush would deliver it twice)
+    let acts = r.run(Input::LiveStored {
+        ticket,
+        row: m1,
+        origin: None,
+    });
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::FlushOffline { .. })),
+        "{acts:?}"
+    );
+    assert!(!r.stored_rows.wanted("alice", m1));
+    // (the desk's ledger: the phone's unavailable presence, m1, m2)
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 11, h: 3 });
+    assert_eq!(removals(&acts), vec![("alice".to_owned(), m1 + 1, vec![])]);
+}
+
+#[test]
+fn past_the_pending_live_rows_bound_a_message_goes_live_and_its_sender_gets_an_error_not_an_ack() {
+    let mut r = router();
+    r.live_rows = super::live_rows::LiveRows::with_limit(1);
+    sm_pair(&mut r);
+    bob_enables_sm(&mut r);
+    let first = receipt(&mut r, "r1");
+    assert_eq!(live_writes(&first).len(), 1);
+    // (as the CM stamps it: with its sender)
+    let acts = stanza(
+        &mut r,
+        3,
+        30,
+        header(
+            Kind::Message,
+            "bob@x/pc",
+            Some("alice@x/phone"),
+            Some("chat"),
+        ),
+        "<message type='chat' from='bob@x/pc' to='alice@x/phone' id='r2'><received xmlns='urn:xmpp:receipts' id='x'/></message>",
+    );
+    assert!(
+        delivered_to(&acts).contains(&(1, 10)),
+        "still delivered live: {acts:?}"
+    );
+    assert!(live_writes(&acts).is_empty(), "no row for it: {acts:?}");
+    let errors: Vec<_> = deliveries(&acts)
+        .into_iter()
+        .filter(|(to, p)| *to == (3, 30) && p.contains("type=\"error\"") && p.contains("id=\"r2\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "bob is told about r2: {acts:?}");
+    assert!(errors[0].1.contains("resource-constraint"), "{errors:?}");
+}

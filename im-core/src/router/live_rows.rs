@@ -10,14 +10,32 @@
 //!
 //! Bounded: an entry lives from the store action to its outcome, which
 //! the driver reports exactly once, within the storage deadline; past
-//! [`MAX_PENDING_TICKETS`] entries a message goes live without a row (as
-//! before live rows existed) rather than growing the table.
+//! [`MAX_PENDING_TICKETS`] entries a message still goes live, but without
+//! a row, so its sender is answered `resource-constraint` (as when the
+//! storage queue is full) rather than acknowledged with nothing durable.
 
 use std::collections::HashMap;
 
 /// Most live rows being written at once; the default storage budget
 /// (64 MiB at 512 bytes a job) holds at most as many jobs.
 pub const MAX_PENDING_TICKETS: usize = 128 * 1024;
+
+/// The live row of the message being routed: one per message and user,
+/// however many of the user's sessions take it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum MessageRow {
+    /// None asked for yet.
+    #[default]
+    Unset,
+    /// This ticket's row.
+    Issued(u64),
+    /// Too many live rows are being written: none for this message.
+    /// `answered`: its sender was told.
+    Refused {
+        /// The sender got its error.
+        answered: bool,
+    },
+}
 
 /// A live row whose id has not come back yet.
 #[derive(Debug)]
@@ -31,17 +49,38 @@ pub(crate) struct Pending {
 }
 
 /// The tickets of live rows being written (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LiveRows {
     pending: HashMap<u64, Pending>,
     next: u64,
+    /// Most tickets pending ([`MAX_PENDING_TICKETS`]).
+    limit: usize,
+}
+
+impl Default for LiveRows {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+            next: 0,
+            limit: MAX_PENDING_TICKETS,
+        }
+    }
 }
 
 impl LiveRows {
+    /// At most `limit` tickets pending (tests).
+    #[cfg(test)]
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
     /// A ticket for a message about to be written for `user`; none when
     /// too many are being written.
     pub(crate) fn issue(&mut self, user: &str) -> Option<u64> {
-        if self.pending.len() >= MAX_PENDING_TICKETS {
+        if self.pending.len() >= self.limit {
             return None;
         }
         self.next += 1;

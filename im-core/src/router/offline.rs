@@ -98,7 +98,10 @@ impl Router {
     /// A session of `user` ended holding these stored messages (rows with
     /// their payloads) and live rows still being written (tickets)
     /// unacknowledged: they stay stored for a flush, but chat states,
-    /// which are removed.
+    /// which are removed. With live rows still being written, the user's
+    /// best session is flushed now: its load queues behind those writes,
+    /// so it reads them, and new messages wait behind them meanwhile (else
+    /// a new message could reach that session ahead of them).
     pub(super) fn stored_ended(
         &mut self,
         user: &str,
@@ -112,12 +115,14 @@ impl Router {
         self.stored_returned(user, &kept);
         let states: Vec<i64> = states.into_iter().map(|(row, _)| row).collect();
         self.stored_acked(user, &states);
-        let states: Vec<u64> = tickets
+        let (states, kept): (Vec<_>, Vec<_>) = tickets
             .iter()
-            .filter(|(_, payload)| chat_state_only(payload))
-            .map(|(ticket, _)| *ticket)
-            .collect();
+            .partition(|(_, payload)| chat_state_only(payload));
+        let states: Vec<u64> = states.into_iter().map(|(ticket, _)| *ticket).collect();
         self.live_rows.acked(&states);
+        if !kept.is_empty() {
+            self.flush_best(user);
+        }
     }
 
     /// The live row `ticket` was written as `row` (none: it failed). Its
@@ -129,16 +134,19 @@ impl Router {
             return;
         };
         let stored = row.map_or(Row::None, Row::Stored);
-        let mut held = false;
+        let mut held = 0;
         for &token in &pending.holders {
-            held |= self.sessions.resolve(token, ticket, stored);
+            held += u32::from(self.sessions.resolve(token, ticket, stored));
         }
         let Some(row) = row else { return };
         let user = pending.user;
-        self.stored_rows.live(&user, row);
         if pending.acked {
+            self.stored_rows.live(&user, row, 1);
             self.stored_acked(&user, &[row]);
-        } else if !held {
+        } else if held > 0 {
+            self.stored_rows.live(&user, row, held);
+        } else if !self.stored_rows.is_out(&user, row) {
+            // (out already: a flush read it and handed it to a session)
             self.stored_returned(&user, &[row]);
         }
     }
@@ -147,10 +155,15 @@ impl Router {
     /// messages: they stay stored, and go to the user's best available
     /// session, if any, by a flush.
     pub(super) fn stored_returned(&mut self, user: &str, rows: &[i64]) {
-        if rows.is_empty() {
+        if rows.is_empty() || self.stored_rows.returned(user, rows).is_empty() {
             return;
         }
-        self.stored_rows.returned(user, rows);
+        self.flush_best(user);
+    }
+
+    /// Flushes the stored messages of `user` to its best available
+    /// session, if any.
+    fn flush_best(&mut self, user: &str) {
         let bare = format!("{user}@{}", self.domain);
         if let Some(&best) = self.table.best(&bare).first() {
             self.request_flush(best);

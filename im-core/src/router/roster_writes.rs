@@ -24,6 +24,7 @@ use bytes::Bytes;
 use cm_protocol::RouteHeader;
 use xmpp_stream::StanzaCondition;
 
+use super::live_rows::MessageRow;
 use super::roster_cache::CachedRoster;
 use super::sm_sessions::Delivery;
 use super::{Action, RosterWrite, Router};
@@ -192,7 +193,7 @@ impl Router {
         for (addr, payload, delivery) in deliveries {
             if self.table.jid_of(addr.0, addr.1).is_some() {
                 self.deliver_as(addr, payload, delivery);
-                self.live_ticket = None;
+                self.live_ticket = MessageRow::Unset;
             }
         }
     }

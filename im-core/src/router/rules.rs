@@ -8,6 +8,7 @@ use jid::Jid;
 use xmpp_stream::StanzaCondition;
 use xmpp_stream::stanza::StanzaKind;
 
+use super::live_rows::MessageRow;
 use super::subscriptions::SubType;
 use super::{Bounce, Router};
 use crate::address;
@@ -110,7 +111,7 @@ impl Router {
         }
         let bare = to.to_bare().to_string();
         // one live row for this message (see `live_rows`)
-        self.live_ticket = None;
+        self.live_ticket = MessageRow::Unset;
         let conversation = matches!(mtype, "chat" | "normal");
         let (payload, carbon) = match conversation {
             true => {
@@ -131,7 +132,7 @@ impl Router {
         } else {
             self.message_to_bare(&bare, mtype, payload.clone(), Some((node, sid, header)))
         };
-        self.live_ticket = None;
+        self.live_ticket = MessageRow::Unset;
         if let Some(inner) = carbon {
             self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &inner);
         }
@@ -163,11 +164,11 @@ impl Router {
         };
         if !targets.is_empty() {
             // one live row for this message, however many sessions take it
-            self.live_ticket = None;
+            self.live_ticket = MessageRow::Unset;
             for &t in &targets {
                 self.deliver_message(t, payload.clone(), mtype);
             }
-            self.live_ticket = None;
+            self.live_ticket = MessageRow::Unset;
             return targets;
         }
         if matches!(mtype, "normal" | "chat") {

@@ -18,13 +18,19 @@
 //! below those were all loaded), and once acknowledged they are removed by
 //! id ([`Removal::rows`]), in the same action as the line.
 //!
+//! A live row can be in several ledgers at once (one message to several
+//! SM sessions of a user): it is out as long as one holds it, so one
+//! session's end does not hand it back while another still holds it (a
+//! flush would deliver it to that one again); the first acknowledgement
+//! removes it.
+//!
 //! A session of the user that ended with rows out hands them back: they are
 //! loaded again by the next flush. A row acknowledged above a handed-back
 //! one stays stored until that one is acknowledged too; if the entry was
 //! dropped meanwhile (nothing out any more), it can be delivered once more
 //! (a duplicate with its original id, never a loss).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What storage may remove now (see [`super::Action::RemoveOffline`]).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -44,8 +50,9 @@ pub(crate) struct StoredRows {
 /// One user's rows.
 #[derive(Debug, Default)]
 struct UserRows {
-    /// Rows in a session's ledger, not acknowledged.
-    out: BTreeSet<i64>,
+    /// Rows in sessions' ledgers, not acknowledged, with how many ledgers
+    /// hold each.
+    out: BTreeMap<i64, u32>,
     /// Those of `out` that are live rows (not handed out by a load).
     live: BTreeSet<i64>,
     /// Rows a session handed back unacknowledged (still stored, to load
@@ -66,10 +73,17 @@ impl StoredRows {
         let Some(u) = self.users.get(user) else {
             return true;
         };
-        if u.out.contains(&row) {
+        if u.out.contains_key(&row) {
             return false;
         }
         row > u.handed_upto.max(u.removed_upto) || u.returned.contains(&row)
+    }
+
+    /// Whether `row` of `user` is out with a session.
+    pub(crate) fn is_out(&self, user: &str, row: i64) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| u.out.contains_key(&row))
     }
 
     /// `row` of `user` went into a session's ledger.
@@ -77,16 +91,30 @@ impl StoredRows {
         let u = self.users.entry(user.to_owned()).or_default();
         u.returned.remove(&row);
         u.live.remove(&row);
-        u.out.insert(row);
+        *u.out.entry(row).or_default() += 1;
         u.handed_upto = u.handed_upto.max(row);
     }
 
-    /// Live row `row` of `user` is in a session's ledger (its message was
-    /// delivered live; the row came back from storage).
-    pub(crate) fn live(&mut self, user: &str, row: i64) {
+    /// Live row `row` of `user` is in `holders` sessions' ledgers (its
+    /// message was delivered live; the row came back from storage). A row
+    /// storage was already asked to remove (a flush read it, handed it to
+    /// a session and saw it acknowledged before its id came back) is not
+    /// taken in again.
+    pub(crate) fn live(&mut self, user: &str, row: i64, holders: u32) {
         let u = self.users.entry(user.to_owned()).or_default();
-        if u.out.insert(row) {
-            u.live.insert(row);
+        if row <= u.removed_upto {
+            if u.out.is_empty() {
+                self.users.remove(user);
+            }
+            return;
+        }
+        match u.out.get_mut(&row) {
+            // a flush handed it out already
+            Some(n) => *n += holders,
+            None => {
+                u.out.insert(row, holders.max(1));
+                u.live.insert(row);
+            }
         }
     }
 
@@ -102,7 +130,7 @@ impl StoredRows {
         let u = self.users.get_mut(user)?;
         let mut live = Vec::new();
         for row in rows {
-            if !u.out.remove(row) {
+            if u.out.remove(row).is_none() {
                 continue;
             }
             if u.live.remove(row) {
@@ -111,7 +139,7 @@ impl StoredRows {
                 u.acked_upto = u.acked_upto.max(*row);
             }
         }
-        let held = [u.out.first(), u.returned.first()]
+        let held = [u.out.keys().next(), u.returned.first()]
             .into_iter()
             .flatten()
             .min()
@@ -130,23 +158,32 @@ impl StoredRows {
         removal
     }
 
-    /// A session of `user` ended with these rows unacknowledged: they stay
-    /// stored, to be loaded again.
-    pub(crate) fn returned(&mut self, user: &str, rows: &[i64]) {
+    /// A session of `user` ended with these rows unacknowledged: those no
+    /// other session holds stay stored, to be loaded again; returns them.
+    pub(crate) fn returned(&mut self, user: &str, rows: &[i64]) -> Vec<i64> {
         let Some(u) = self.users.get_mut(user) else {
-            return;
+            return Vec::new();
         };
+        let mut back = Vec::new();
         for row in rows {
-            if u.out.remove(row) {
-                // a live row handed back is loaded as any stored one
-                u.live.remove(row);
-                u.returned.insert(*row);
+            let Some(n) = u.out.get_mut(row) else {
+                continue;
+            };
+            if *n > 1 {
+                *n -= 1; // still in another session's ledger
+                continue;
             }
+            u.out.remove(row);
+            // a live row handed back is loaded as any stored one
+            u.live.remove(row);
+            u.returned.insert(*row);
+            back.push(*row);
         }
         if u.out.is_empty() {
             // Nothing out: a load hands out what storage holds.
             self.users.remove(user);
         }
+        back
     }
 
     /// Users with rows out.
@@ -221,8 +258,8 @@ mod tests {
         // for a flush still to come (never loaded)
         rows.handed("bob", 1);
         rows.handed("bob", 2);
-        rows.live("bob", 3);
-        rows.live("bob", 5);
+        rows.live("bob", 3, 1);
+        rows.live("bob", 5, 1);
         assert!(!rows.wanted("bob", 5), "out live");
         assert!(rows.wanted("bob", 4), "a live row is no load mark");
         // the live rows acknowledged first: removed by id, not by line
@@ -250,12 +287,12 @@ mod tests {
     #[test]
     fn an_unacknowledged_live_row_holds_the_line_and_comes_back_by_a_load() {
         let mut rows = StoredRows::default();
-        rows.live("bob", 3);
+        rows.live("bob", 3, 1);
         for r in [4, 5] {
             rows.handed("bob", r);
         }
         assert_eq!(rows.acked("bob", &[4, 5]), Some(up(2)), "live 3 is out");
-        rows.live("bob", 6);
+        rows.live("bob", 6, 1);
         rows.returned("bob", &[3]);
         assert!(rows.wanted("bob", 3), "handed back: loadable");
         rows.handed("bob", 3);
@@ -266,5 +303,42 @@ mod tests {
                 rows: vec![6]
             })
         );
+    }
+
+    #[test]
+    fn a_live_row_in_two_ledgers_is_not_handed_back_while_one_still_holds_it() {
+        let mut rows = StoredRows::default();
+        rows.live("bob", 7, 2);
+        assert!(rows.returned("bob", &[7]).is_empty(), "the other holds it");
+        assert!(!rows.wanted("bob", 7), "so no flush hands it out again");
+        assert_eq!(
+            rows.acked("bob", &[7]),
+            Some(Removal {
+                upto: 0,
+                rows: vec![7]
+            })
+        );
+        // held by one: its end hands it back
+        rows.live("bob", 8, 1);
+        assert_eq!(rows.returned("bob", &[8]), vec![8]);
+        assert!(rows.wanted("bob", 8));
+    }
+
+    #[test]
+    fn a_live_row_whose_removal_was_asked_already_is_not_taken_in_again() {
+        let mut rows = StoredRows::default();
+        // a flush read live row 3 before its id came back, handed it out
+        // and saw it acknowledged: removed by the line
+        rows.handed("bob", 2);
+        rows.handed("bob", 3);
+        rows.handed("bob", 9);
+        assert_eq!(rows.acked("bob", &[2, 3]), Some(up(3)));
+        rows.live("bob", 3, 1);
+        assert!(
+            !rows.is_out("bob", 3),
+            "not out: nothing holds the line on it"
+        );
+        assert_eq!(rows.acked("bob", &[9]), Some(up(9)));
+        assert_eq!(rows.users(), 0);
     }
 }

@@ -10,8 +10,9 @@ use cm_protocol::{Frame, Resumption, SessionId, SmSnapshot};
 use xmpp_stream::stanza::{StanzaKind, inspect};
 use xmpp_stream::{StanzaCondition, StreamCondition};
 
-use super::Router;
+use super::live_rows::MessageRow;
 use super::sm_sessions::{Admission, Delivery, Detach, Ledger, Row};
+use super::{Bounce, Router};
 use crate::address;
 use crate::routing::{NodeId, Route, SessionAddr};
 
@@ -77,27 +78,39 @@ impl Router {
         };
         let (row, fresh) = match (token, self.live_ticket) {
             (None, _) => (Row::None, None),
-            (Some(_), Some(ticket)) => (Row::Ticket(ticket), None),
-            (Some(_), None) => match self
+            (Some(_), MessageRow::Issued(ticket)) => (Row::Ticket(ticket), None),
+            (Some(_), MessageRow::Refused { .. }) => (Row::None, None),
+            (Some(_), MessageRow::Unset) => match self
                 .user_of(addr)
                 .and_then(|u| Some((self.live_rows.issue(&u)?, u)))
             {
                 Some((ticket, user)) => (Row::Ticket(ticket), Some(user)),
                 None => {
-                    tracing::warn!(
-                        "too many live rows being written: a message goes live without one"
-                    );
+                    self.live_ticket = MessageRow::Refused { answered: false };
                     (Row::None, None)
                 }
             },
         };
         let admission = self.sessions.admit(addr, payload, delivery, row);
+        if self.live_ticket == (MessageRow::Refused { answered: false })
+            && matches!(admission, Admission::Send | Admission::Held)
+        {
+            // Delivered with nothing durable behind it: its sender is
+            // told, never acknowledged as if it were stored.
+            self.live_ticket = MessageRow::Refused { answered: true };
+            self.store_failed(
+                Bounce::default(),
+                payload,
+                StanzaCondition::ResourceConstraint,
+                None,
+            );
+        }
         let mut live = None;
         if let (Row::Ticket(ticket), Some(token)) = (row, token) {
             if matches!(admission, Admission::Send | Admission::Held) {
                 self.live_rows.held_by(ticket, token);
                 if let Some(user) = fresh {
-                    self.live_ticket = Some(ticket);
+                    self.live_ticket = MessageRow::Issued(ticket);
                     live = Some((ticket, user));
                 }
             } else if fresh.is_some() {
