@@ -675,6 +675,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cm_at_half_its_client_limit_asks_every_unvalidated_address_to_validate() {
+        let (pool, _core) = Pool::detached(1);
+        let ctx = context(pool);
+        let held: Vec<_> = (0..5u8)
+            .map(|i| admit_quic(&ctx, [10, 0, 0, i].into(), false).expect("below half"))
+            .collect();
+        let fresh: IpAddr = [10, 0, 1, 1].into();
+        assert_eq!(
+            admit_quic(&ctx, fresh, false).err(),
+            Some(Refused::AddressNotValidated)
+        );
+        assert!(admit_quic(&ctx, fresh, true).is_ok());
+        drop(held);
+        assert!(admit_quic(&ctx, fresh, false).is_ok());
+    }
+
+    #[tokio::test]
     async fn a_client_that_leaves_while_the_features_wait_for_the_core_is_noticed() {
         let (pool, _core) = Pool::detached(1);
         let ctx = context(pool);
