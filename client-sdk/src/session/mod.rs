@@ -36,7 +36,7 @@ use crate::sm::{Outgoing, SmClient};
 use crate::{ClientError, ConnectOptions};
 use dedup::DuplicateFilter;
 pub use requests::RequestId;
-use requests::{HistoryResults, IQ_TIMEOUT, MAX_HISTORY_RESULTS, PendingIqs, Waiter};
+use requests::{HistoryResults, IQ_TIMEOUT, MAX_HISTORY_RESULTS, PendingIqs, Responder, Waiter};
 
 /// Reconnection after a lost connection: the first attempt at once (a phone
 /// that just lost its connection wants it back), then jittered exponential
@@ -681,12 +681,13 @@ impl Session {
         waiter: Waiter,
     ) -> Result<(), ClientError> {
         iq.set_attr("id", id.clone());
+        let responder = Responder::of(iq.attr("to"), &self.config.jid);
         self.iqs
-            .insert(id.clone(), waiter, now + IQ_TIMEOUT)
+            .insert(id.clone(), waiter, responder, now + IQ_TIMEOUT)
             .map_err(|_| ClientError::Busy("too many requests waiting for answers".into()))?;
         let bytes = Bytes::from(iq.to_bytes(ns::CLIENT));
         if !self.send(Outgoing { bytes, id: None }) {
-            self.iqs.take(&id);
+            self.iqs.cancel(&id);
             return Err(ClientError::Busy("the outbox is full".into()));
         }
         Ok(())
@@ -844,7 +845,9 @@ impl Session {
         }
         if el.name == "iq"
             && matches!(el.attr("type"), Some("result" | "error"))
-            && let Some(waiter) = el.attr("id").and_then(|id| self.iqs.take(id))
+            && let Some(waiter) = el
+                .attr("id")
+                .and_then(|id| self.iqs.answer(id, el.attr("from"), &self.config.jid))
         {
             return self.answered(waiter, el);
         }
