@@ -30,6 +30,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::pacing::Backoff;
 use xmpp_stream::{ns, stream};
 
+use crate::connection::Inbound;
 use crate::event::{self, Event, IqResponse, MessageState};
 use crate::im::{self, HistoryPage, HistoryQuery, RosterItem};
 use crate::sm::{Outgoing, SmClient};
@@ -587,6 +588,34 @@ impl Session {
                 self.state(out.id, MessageState::Failed("outbox full".into()));
             }
         }
+    }
+
+    /// What the connection's reader read.
+    pub(crate) fn on_inbound(&mut self, now: Instant, inbound: Inbound) {
+        match inbound {
+            Inbound::Element(el) => self.on_element(now, el),
+            Inbound::Unreadable { stanza, error } => self.on_unreadable(now, stanza, &error),
+            Inbound::End(reason) => self.on_stream_end(reason),
+        }
+    }
+
+    /// An element from the server the SDK cannot parse: dropped, but a
+    /// stanza counts for XEP-0198 like any other (the server counted it as
+    /// sent; were it not acknowledged, the server would send it again on
+    /// every resumption and its ledger would never drain).
+    fn on_unreadable(&mut self, now: Instant, stanza: bool, error: &str) {
+        if !matches!(self.link, Link::Up { .. }) {
+            return;
+        }
+        tracing::warn!(
+            stanza,
+            error,
+            "dropped an element from the server that does not parse"
+        );
+        if stanza {
+            self.sm.received();
+        }
+        self.request_ack(now);
     }
 
     /// An element from the server.

@@ -1378,3 +1378,22 @@ fn an_iq_answer_completes_its_request_only_from_whom_the_request_went_to() {
     let got = answer(&mut s, &to_domain, None);
     assert!(matches!(&got[..], [(RequestId(4), Ok(_))]), "{got:?}");
 }
+
+#[test]
+fn a_stanza_the_sdk_cannot_parse_still_counts_for_the_servers_acks() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    // frames, but a strict reader refuses a reference in a namespace name
+    let unreadable = b"<message from='bob@example.org/x' id='m1' type='chat'>\
+        <body>hi</body><x xmlns='urn:a&gt;b'/></message>";
+    s.on_inbound(t0, crate::connection::read_element(unreadable));
+    let readable =
+        b"<message from='bob@example.org/x' id='m2' type='chat'><body>2</body></message>";
+    s.on_inbound(t0, crate::connection::read_element(readable));
+    drain(&mut s);
+    s.on_element(t0, xml("<r xmlns='urn:xmpp:sm:3'/>"));
+    assert_eq!(
+        written(&drain(&mut s)),
+        vec!["<a xmlns=\"urn:xmpp:sm:3\" h=\"2\"/>"]
+    );
+}
