@@ -38,13 +38,14 @@ pub(crate) enum Waiter {
     Carbons,
 }
 
-/// Who may answer an IQ (RFC 6120 §8.1.2.1 and §10.3.3). An answer without
-/// `from` always may: only the server writes such stanzas (it stamps every
-/// other sender's `from`).
+/// Who may answer an IQ (RFC 6120 §8.1.2.1 and §10.3.3). The server may
+/// always: an answer without `from`, or from its domain (the account's),
+/// is the server's (it stamps every other sender's `from`; it answers from
+/// its domain for anyone, e.g. a storage error).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Responder {
     /// The account (an IQ without `to`, or to its own bare JID): the server
-    /// answers for it, from the bare JID or the domain.
+    /// answers for it, from the bare JID (or as the server).
     Account,
     /// The address the IQ went to.
     Jid(String),
@@ -60,18 +61,18 @@ impl Responder {
         }
     }
 
-    /// Whether an answer `from` that address is this responder's.
+    /// Whether an answer `from` that address is this responder's (or the
+    /// server's).
     pub(crate) fn answers(&self, from: Option<&str>, own: &str) -> bool {
         let Some(from) = from else { return true };
-        match self {
-            Responder::Account => {
-                same_jid(from, own)
-                    || own
-                        .split_once('@')
-                        .is_some_and(|(_, domain)| same_jid(from, domain))
+        let server = own
+            .split_once('@')
+            .is_some_and(|(_, domain)| same_jid(from, domain));
+        server
+            || match self {
+                Responder::Account => same_jid(from, own),
+                Responder::Jid(to) => same_jid(from, to),
             }
-            Responder::Jid(to) => same_jid(from, to),
-        }
     }
 }
 

@@ -1372,11 +1372,15 @@ fn an_iq_answer_completes_its_request_only_from_whom_the_request_went_to() {
     let got = answer(&mut s, &again, Some("example.org"));
     assert!(matches!(&got[..], [(RequestId(3), Ok(_))]), "{got:?}");
     // a stanza without `from` comes from the server itself (it stamps every
-    // other sender's): it answers any request
+    // other sender's): it may answer any request
     let to_domain = ask(&mut s, 4, Some("example.org"));
     assert!(answer(&mut s, &to_domain, Some("evil.example")).is_empty());
     let got = answer(&mut s, &to_domain, None);
     assert!(matches!(&got[..], [(RequestId(4), Ok(_))]), "{got:?}");
+    // and so is one from our domain (the server's error on a contact's behalf)
+    let to_carol = ask(&mut s, 5, Some("carol@example.org"));
+    let got = answer(&mut s, &to_carol, Some("example.org"));
+    assert!(matches!(&got[..], [(RequestId(5), Ok(_))]), "{got:?}");
 }
 
 #[test]
