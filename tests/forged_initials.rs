@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -75,11 +76,18 @@ async fn forged_initials_from_an_address_hold_at_most_one_of_its_unauthenticated
         cluster.add_user("alice", "secret");
         let initials = capture_initials(&cluster.ca(), DOMAIN, 8).await;
         let _attacker = forge(&initials, cluster.cm_addr(0));
+        // every attempt is either counted or answered with a Retry
+        let seen = || {
+            let cm = cluster.cm(0);
+            cm.accepted.load(Ordering::Relaxed) + cm.retried.load(Ordering::Relaxed)
+        };
         let deadline = Instant::now() + WAIT;
-        while cluster.accepted()[0] < 8 {
+        while seen() < 8 {
             assert!(Instant::now() < deadline, "the CM never saw the Initials");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // one holds a slot, the rest were asked to prove the address
+        assert_eq!(cluster.cm(0).retried.load(Ordering::Relaxed), 7);
         // the client at the forged address still gets in (after a Retry)
         let alice = cluster.try_login(0, "alice", "secret", "phone").await;
         let alice = alice.unwrap_or_else(|e| panic!("the forged address is locked out: {e}"));

@@ -40,8 +40,11 @@ pub struct ListenerContext {
     pub shutdown: CancellationToken,
     /// Task tracker.
     pub tasks: TaskTracker,
-    /// Client connections (handshakes) received so far.
+    /// Client connections (handshakes) received so far (not counting the
+    /// attempts answered with a Retry: their retries count).
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// QUIC connection attempts answered with a Retry so far.
+    pub retried: Arc<std::sync::atomic::AtomicU64>,
     /// Client connections open now.
     pub open: Arc<std::sync::atomic::AtomicUsize>,
     /// Most client connections at once.
@@ -185,8 +188,16 @@ pub fn admit(ctx: &ListenerContext, ip: IpAddr) -> Result<Admitted, Refused> {
 /// when the CM holds half its `max_clients` (so forged Initials from many
 /// addresses cannot fill the CM either).
 pub fn admit_quic(ctx: &ListenerContext, ip: IpAddr, validated: bool) -> Result<Admitted, Refused> {
-    ctx.accepted
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let admitted = count_in(ctx, ip, validated);
+    let counter = match admitted {
+        Err(Refused::AddressNotValidated) => &ctx.retried,
+        _ => &ctx.accepted,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    admitted
+}
+
+fn count_in(ctx: &ListenerContext, ip: IpAddr, validated: bool) -> Result<Admitted, Refused> {
     let open = ctx.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let guard = OpenGuard(ctx.open.clone());
     if open >= ctx.max_clients {
@@ -471,6 +482,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             accepted: Arc::new(AtomicU64::new(0)),
+            retried: Arc::new(AtomicU64::new(0)),
             open: Arc::new(AtomicUsize::new(0)),
             max_clients: 10,
             pre_auth: Arc::new(PreAuthLimit::new(10)),
