@@ -99,6 +99,14 @@ impl Dialer {
 pub(crate) enum Inbound {
     /// A top-level element.
     Element(Element),
+    /// A top-level element that frames but does not parse (the SDK's
+    /// reader is stricter than the server's writer, or the server is wrong).
+    Unreadable {
+        /// It was a stanza: it counts for stream management.
+        stanza: bool,
+        /// Why it does not parse.
+        error: String,
+    },
     /// The stream or the connection ended, for this reason.
     End(String),
 }
@@ -138,16 +146,36 @@ impl Live {
     }
 }
 
+/// What the reader hands over for one top-level element of the server's
+/// stream: the element, or, if the SDK cannot parse it, whether it was a
+/// stanza (it still counts for stream management).
+pub(crate) fn read_element(raw: &[u8]) -> Inbound {
+    match Element::parse_in_stream(raw) {
+        Ok(el) => Inbound::Element(el),
+        Err(e) => Inbound::Unreadable {
+            stanza: is_stanza(raw),
+            error: e.to_string(),
+        },
+    }
+}
+
+/// Whether a framed top-level element is a stanza (`message`, `presence`
+/// or `iq`, unprefixed: in the stream's namespace), from its start tag.
+fn is_stanza(raw: &[u8]) -> bool {
+    let name_end = raw
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'/' | b'>'))
+        .unwrap_or(raw.len());
+    matches!(&raw[..name_end], b"<message" | b"<presence" | b"<iq")
+}
+
 /// Reads and frames the server's stream until it ends.
 async fn read_loop(mut recv: quinn::RecvStream, mut framer: Framer, tx: mpsc::Sender<Inbound>) {
     let reason = 'outer: loop {
         loop {
             match framer.next_event() {
                 Ok(Some(FrameEvent::Element(raw))) => {
-                    let Ok(el) = Element::parse_in_stream(&raw) else {
-                        continue;
-                    };
-                    if tx.send(Inbound::Element(el)).await.is_err() {
+                    if tx.send(read_element(&raw)).await.is_err() {
                         return;
                     }
                 }

@@ -109,10 +109,7 @@ impl Driver {
                     };
                     self.session.command(now(), command);
                 }
-                inbound = next_inbound(&mut self.live) => match inbound {
-                    Inbound::Element(el) => self.session.on_element(now(), el),
-                    Inbound::End(reason) => self.session.on_stream_end(reason),
-                },
+                inbound = next_inbound(&mut self.live) => self.session.on_inbound(now(), inbound),
                 () = sleep_until(deadline) => self.session.handle_timeout(now()),
                 result = next_connected(&mut self.connecting) => match result {
                     Ok((live, negotiated)) => {

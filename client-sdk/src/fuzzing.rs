@@ -109,9 +109,8 @@ impl InboundHarness {
         loop {
             match self.reader.next_event() {
                 Ok(Some(FrameEvent::Element(raw))) => {
-                    if let Ok(el) = Element::parse_in_stream(&raw) {
-                        self.session.on_element(self.now, el);
-                    }
+                    let inbound = crate::connection::read_element(&raw);
+                    self.session.on_inbound(self.now, inbound);
                 }
                 Ok(Some(FrameEvent::Open(_))) => {}
                 Ok(Some(FrameEvent::Close)) => {

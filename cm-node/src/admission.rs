@@ -5,6 +5,17 @@
 //! holding `per_address` of them gets its next connection refused. The
 //! table has an entry only per address with such a connection, so it is
 //! bounded by the open connections, themselves bounded by `max_clients`.
+//!
+//! A QUIC client's source address is only claimed until it proves it
+//! receives there (quinn's address validation: it echoes a Retry token),
+//! so anyone could send Initials "from" a victim's address and fill its
+//! slots. [`PreAuthLimit::admit_quic`] therefore asks an unvalidated
+//! address that already holds a slot to validate first (the listener
+//! answers with a Retry): forged Initials hold at most one slot of the
+//! address they claim, while a real client's first connection costs no
+//! extra round trip. The first unvalidated connection does count (else any
+//! number of them arriving together would pass uncounted); it cannot hold
+//! its slot longer than its handshake's idle timeout.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -53,20 +64,36 @@ impl PreAuthLimit {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a new connection from `ip`; `None` if its address holds the
-    /// cap already (the caller refuses the connection).
+    /// Counts a new connection from `ip` whose address is validated (TCP's
+    /// handshake validates it); `None` if its address holds the cap already
+    /// (the caller refuses the connection).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PreAuthGuard> {
+        self.admit_quic(ip, true).ok()
+    }
+
+    /// Counts a new QUIC connection from `ip`, whose address quinn has
+    /// validated or not (see the module docs): refused at the cap, and
+    /// [`NotAdmitted::Unvalidated`] (the caller answers with a Retry) when
+    /// the address is not validated and holds a slot already.
+    pub fn admit_quic(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        address_validated: bool,
+    ) -> Result<PreAuthGuard, NotAdmitted> {
         let key = AddressKey::of(ip);
         let mut counts = self.lock();
         let count = counts.entry(key).or_default();
+        if !address_validated && *count > 0 {
+            return Err(NotAdmitted::Unvalidated);
+        }
         if self.per_address != 0 && *count >= self.per_address {
             if *count == 0 {
                 counts.remove(&key);
             }
-            return None;
+            return Err(NotAdmitted::AtCap);
         }
         *count += 1;
-        Some(PreAuthGuard {
+        Ok(PreAuthGuard {
             limit: self.clone(),
             key,
         })
@@ -81,6 +108,16 @@ impl PreAuthLimit {
     pub fn addresses(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// Why [`PreAuthLimit::admit_quic`] did not count a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// The address holds its cap of unauthenticated connections.
+    AtCap,
+    /// The address is not validated and holds a slot already: the client
+    /// must prove it receives there first.
+    Unvalidated,
 }
 
 /// One unauthenticated connection, counted until dropped.
@@ -167,6 +204,28 @@ mod tests {
                 .admit("::ffff:198.51.100.7".parse().unwrap())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_unvalidated_address_gets_one_slot_and_must_validate_for_more() {
+        let limit = Arc::new(PreAuthLimit::new(3));
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        // forged Initials: the first counts, the rest are asked to validate
+        let forged = limit.admit_quic(ip, false).expect("the first");
+        for _ in 0..100 {
+            assert_eq!(
+                limit.admit_quic(ip, false).err(),
+                Some(NotAdmitted::Unvalidated)
+            );
+        }
+        assert_eq!(limit.count(ip), 1);
+        // the real client, validated by its Retry token, gets in up to the cap
+        let _a = limit.admit_quic(ip, true).expect("validated");
+        let _b = limit.admit_quic(ip, true).expect("validated");
+        assert_eq!(limit.admit_quic(ip, true).err(), Some(NotAdmitted::AtCap));
+        // once the address holds nothing, its next first connection needs no Retry
+        drop((forged, _a, _b));
+        assert!(limit.admit_quic(ip, false).is_ok());
     }
 
     #[test]

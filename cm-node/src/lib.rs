@@ -76,8 +76,12 @@ pub struct CmHandle {
     pub ws_addr: Option<SocketAddr>,
     /// Live sessions.
     pub sessions: Arc<sessions::Sessions>,
-    /// Client connections (handshakes) received so far.
+    /// Client connections (handshakes) received so far (an attempt
+    /// answered with a Retry counts once its retry arrives).
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// QUIC connection attempts answered with a Retry (the client must
+    /// prove its address first) so far.
+    pub retried: Arc<std::sync::atomic::AtomicU64>,
     /// Behind a balancer: the socket its datagrams arrive on (with counts of
     /// datagrams received and dropped).
     pub encap_socket: Option<Arc<encap_socket::EncapSocket>>,
@@ -264,6 +268,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     let sessions =
         Arc::new(sessions::Sessions::default().with_queue_bytes(config.session_queue_bytes));
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pool = pool::Pool::start(
         config.pool_size,
         pool::PoolSetup {
@@ -292,6 +297,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         accepted: accepted.clone(),
+        retried: retried.clone(),
         open: Arc::default(),
         max_clients: config.max_clients,
         pre_auth: Arc::new(admission::PreAuthLimit::new(config.pre_auth_per_address)),
@@ -352,6 +358,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         client_addr,
         sessions,
         accepted,
+        retried,
         encap_socket,
         client_endpoint,
         core_endpoint,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
 
-use crate::admission::{ClientPeer, PreAuthLimit, PreAuthSlot};
+use crate::admission::{ClientPeer, NotAdmitted, PreAuthLimit, PreAuthSlot};
 use crate::now;
 use crate::pool::{Pool, bounce};
 use crate::session::{AnnouncementUpdate, ClientSession, Framing, SessionAction, SessionSettings};
@@ -40,8 +40,11 @@ pub struct ListenerContext {
     pub shutdown: CancellationToken,
     /// Task tracker.
     pub tasks: TaskTracker,
-    /// Client connections (handshakes) received so far.
+    /// Client connections (handshakes) received so far (not counting the
+    /// attempts answered with a Retry: their retries count).
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// QUIC connection attempts answered with a Retry so far.
+    pub retried: Arc<std::sync::atomic::AtomicU64>,
     /// Client connections open now.
     pub open: Arc<std::sync::atomic::AtomicUsize>,
     /// Most client connections at once.
@@ -157,6 +160,11 @@ pub enum Refused {
     /// The client's address holds its cap of unauthenticated connections.
     #[error("too many unauthenticated connections from this address")]
     PreAuthPerAddress,
+    /// A QUIC client must prove its address first (the listener answers
+    /// with a Retry): its address holds an unauthenticated connection
+    /// already, or the CM holds half its `max_clients`.
+    #[error("address not validated")]
+    AddressNotValidated,
 }
 
 /// What an admitted connection holds while it lives.
@@ -167,22 +175,49 @@ pub struct Admitted {
     pub peer: ClientPeer,
 }
 
-/// Counts a new client connection (of any transport) from `ip`, or says
-/// why it is refused.
+/// Counts a new client connection over TCP (whose handshake validated the
+/// address) from `ip`, or says why it is refused.
 pub fn admit(ctx: &ListenerContext, ip: IpAddr) -> Result<Admitted, Refused> {
-    ctx.accepted
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if ctx.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= ctx.max_clients {
-        ctx.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    admit_quic(ctx, ip, true)
+}
+
+/// [`admit`] for a QUIC connection attempt whose address quinn has
+/// `validated` or not: an unvalidated one must validate (Retry) when its
+/// address holds an unauthenticated connection already (so forged Initials
+/// hold at most one slot of the address they claim, see `admission.rs`), or
+/// when the CM holds half its `max_clients` (so forged Initials from many
+/// addresses cannot fill the CM either).
+pub fn admit_quic(ctx: &ListenerContext, ip: IpAddr, validated: bool) -> Result<Admitted, Refused> {
+    let admitted = count_in(ctx, ip, validated);
+    let counter = match admitted {
+        Err(Refused::AddressNotValidated) => &ctx.retried,
+        _ => &ctx.accepted,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    admitted
+}
+
+fn count_in(ctx: &ListenerContext, ip: IpAddr, validated: bool) -> Result<Admitted, Refused> {
+    let open = ctx.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let guard = OpenGuard(ctx.open.clone());
+    if open >= ctx.max_clients {
         return Err(Refused::Full);
     }
-    let open = OpenGuard(ctx.open.clone());
-    let guard = ctx.pre_auth.admit(ip).ok_or(Refused::PreAuthPerAddress)?;
+    if !validated && open >= ctx.max_clients / 2 {
+        return Err(Refused::AddressNotValidated);
+    }
+    let pre_auth = ctx
+        .pre_auth
+        .admit_quic(ip, validated)
+        .map_err(|e| match e {
+            NotAdmitted::AtCap => Refused::PreAuthPerAddress,
+            NotAdmitted::Unvalidated => Refused::AddressNotValidated,
+        })?;
     Ok(Admitted {
-        open,
+        open: guard,
         peer: ClientPeer {
             ip,
-            pre_auth: PreAuthSlot::new(guard),
+            pre_auth: PreAuthSlot::new(pre_auth),
         },
     })
 }
@@ -193,27 +228,43 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Accepts client connections until shutdown.
+/// Accepts client connections until shutdown. Each attempt is admitted
+/// here, in order, so the check of its address and the count of it are one
+/// step (attempts arriving together cannot all pass one check).
 pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
     loop {
         let incoming = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        ctx.tasks.spawn(serve_connection(ctx.clone(), incoming));
+        let remote = incoming.remote_address();
+        match admit_quic(&ctx, remote.ip(), incoming.remote_address_validated()) {
+            Ok(admitted) => {
+                ctx.tasks
+                    .spawn(serve_connection(ctx.clone(), incoming, admitted));
+            }
+            Err(Refused::AddressNotValidated) => {
+                tracing::debug!(%remote, "client asked to validate its address (Retry)");
+                // Never fails for an unvalidated address; refuse if it does.
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+            }
+            Err(why) => {
+                tracing::warn!(%remote, max = ctx.max_clients, "client refused: {why}");
+                incoming.refuse();
+            }
+        }
     }
 }
 
-async fn serve_connection(ctx: Arc<ListenerContext>, incoming: quinn::Incoming) {
+async fn serve_connection(
+    ctx: Arc<ListenerContext>,
+    incoming: quinn::Incoming,
+    admitted: Admitted,
+) {
     let remote = incoming.remote_address();
-    let Admitted { open: _open, peer } = match admit(&ctx, remote.ip()) {
-        Ok(a) => a,
-        Err(why) => {
-            tracing::warn!(%remote, max = ctx.max_clients, "client refused: {why}");
-            incoming.refuse();
-            return;
-        }
-    };
+    let Admitted { open: _open, peer } = admitted;
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -431,6 +482,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             accepted: Arc::new(AtomicU64::new(0)),
+            retried: Arc::new(AtomicU64::new(0)),
             open: Arc::new(AtomicUsize::new(0)),
             max_clients: 10,
             pre_auth: Arc::new(PreAuthLimit::new(10)),
@@ -632,6 +684,23 @@ mod tests {
         assert!(ctx.sessions.is_empty());
         // not after spinning until the wall clock caught up
         assert!(wall_clock.elapsed() < crate::session::NEGOTIATION_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_cm_at_half_its_client_limit_asks_every_unvalidated_address_to_validate() {
+        let (pool, _core) = Pool::detached(1);
+        let ctx = context(pool);
+        let held: Vec<_> = (0..5u8)
+            .map(|i| admit_quic(&ctx, [10, 0, 0, i].into(), false).expect("below half"))
+            .collect();
+        let fresh: IpAddr = [10, 0, 1, 1].into();
+        assert_eq!(
+            admit_quic(&ctx, fresh, false).err(),
+            Some(Refused::AddressNotValidated)
+        );
+        assert!(admit_quic(&ctx, fresh, true).is_ok());
+        drop(held);
+        assert!(admit_quic(&ctx, fresh, false).is_ok());
     }
 
     #[tokio::test]

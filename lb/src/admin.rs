@@ -2,7 +2,8 @@
 //! (OpenMetrics text; open: its labels name CMs and drop reasons, never a
 //! client), and behind the bearer token of [`admin_token`]: `GET /backends`
 //! (the table as JSON), `POST /drain/{node}` and `POST /undrain/{node}`
-//! (204, or 404 for a node not in the table). Without the right
+//! (204, or 404 for a node not in the table; undraining a drained node
+//! that is away removes its mark, 204). Without the right
 //! `Authorization: Bearer TOKEN` header they answer 401.
 
 use std::net::SocketAddr;

@@ -25,7 +25,8 @@
 //!   forgotten first); a departed server id that registers again is live.
 //! - Only a CM in the table can be drained (draining an unknown name
 //!   changes nothing). Drain state is kept per node name, and outlives the
-//!   CM's connection, so a drained CM that reconnects is still drained. At
+//!   CM's connection, so a drained CM that reconnects is still drained
+//!   (unless it is undrained while away, which removes the mark). At
 //!   most [`MAX_DRAINED`] names are remembered: past that, the drain marks
 //!   of CMs no longer in the table are forgotten. It lives in memory only.
 
@@ -220,10 +221,12 @@ impl Membership {
 
     /// Drains (or undrains) `node`, if it is in the table (and remembers
     /// it, so it rejoins drained after a reconnect); returns whether it is.
-    /// A name not in the table changes nothing.
+    /// A name not in the table changes nothing, except that undraining a
+    /// drained CM that is away removes its mark (it rejoins taking new
+    /// handshakes; returns true).
     pub fn set_draining(&mut self, node: &str, draining: bool) -> bool {
         if !self.members.contains_key(node) {
-            return false;
+            return !draining && self.drained.remove(node);
         }
         if draining {
             if self.drained.len() >= MAX_DRAINED {
@@ -481,6 +484,24 @@ mod tests {
                 draining: false
             }]
         );
+    }
+
+    #[test]
+    fn undraining_a_drained_cm_that_is_away_removes_its_mark_so_it_rejoins_taking_handshakes() {
+        let t0 = Instant::now();
+        let mut m = Membership::new();
+        let r = m.register(t0, "cm-1", sid(1), addr(9001)).unwrap();
+        assert!(m.set_draining("cm-1", true));
+        m.connection_ended(t0, "cm-1", r);
+        changes(&mut m);
+        // away: the operator undrains it (nothing in the table to change)
+        assert!(m.set_draining("cm-1", false));
+        assert_eq!(changes(&mut m), []);
+        assert!(!m.is_draining("cm-1"));
+        m.register(t0, "cm-1", sid(1), addr(9001)).unwrap();
+        assert_eq!(changes(&mut m), [join("cm-1", 1, 9001, false)]);
+        // a name with no mark and not in the table is still unknown
+        assert!(!m.set_draining("cm-1-typo", false));
     }
 
     #[test]

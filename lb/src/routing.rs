@@ -77,7 +77,8 @@ impl Routing {
         left
     }
 
-    /// Drains (or undrains) a CM; false if it is not in the table.
+    /// Drains (or undrains) a CM; false if it is not in the table (nor, when
+    /// undraining, drained while away).
     pub(crate) fn set_draining(&self, node: &str, draining: bool) -> bool {
         let mut membership = self.membership();
         let known = membership.set_draining(node, draining);

@@ -30,13 +30,14 @@ use xmpp_stream::element::Element;
 use xmpp_stream::pacing::Backoff;
 use xmpp_stream::{ns, stream};
 
+use crate::connection::Inbound;
 use crate::event::{self, Event, IqResponse, MessageState};
 use crate::im::{self, HistoryPage, HistoryQuery, RosterItem};
 use crate::sm::{Outgoing, SmClient};
 use crate::{ClientError, ConnectOptions};
 use dedup::DuplicateFilter;
 pub use requests::RequestId;
-use requests::{HistoryResults, IQ_TIMEOUT, MAX_HISTORY_RESULTS, PendingIqs, Waiter};
+use requests::{HistoryResults, IQ_TIMEOUT, MAX_HISTORY_RESULTS, PendingIqs, Responder, Waiter};
 
 /// Reconnection after a lost connection: the first attempt at once (a phone
 /// that just lost its connection wants it back), then jittered exponential
@@ -589,6 +590,34 @@ impl Session {
         }
     }
 
+    /// What the connection's reader read.
+    pub(crate) fn on_inbound(&mut self, now: Instant, inbound: Inbound) {
+        match inbound {
+            Inbound::Element(el) => self.on_element(now, el),
+            Inbound::Unreadable { stanza, error } => self.on_unreadable(now, stanza, &error),
+            Inbound::End(reason) => self.on_stream_end(reason),
+        }
+    }
+
+    /// An element from the server the SDK cannot parse: dropped, but a
+    /// stanza counts for XEP-0198 like any other (the server counted it as
+    /// sent; were it not acknowledged, the server would send it again on
+    /// every resumption and its ledger would never drain).
+    fn on_unreadable(&mut self, now: Instant, stanza: bool, error: &str) {
+        if !matches!(self.link, Link::Up { .. }) {
+            return;
+        }
+        tracing::warn!(
+            stanza,
+            error,
+            "dropped an element from the server that does not parse"
+        );
+        if stanza {
+            self.sm.received();
+        }
+        self.request_ack(now);
+    }
+
     /// An element from the server.
     pub(crate) fn on_element(&mut self, now: Instant, el: Element) {
         if !matches!(self.link, Link::Up { .. }) {
@@ -681,12 +710,13 @@ impl Session {
         waiter: Waiter,
     ) -> Result<(), ClientError> {
         iq.set_attr("id", id.clone());
+        let responder = Responder::of(iq.attr("to"), &self.config.jid);
         self.iqs
-            .insert(id.clone(), waiter, now + IQ_TIMEOUT)
+            .insert(id.clone(), waiter, responder, now + IQ_TIMEOUT)
             .map_err(|_| ClientError::Busy("too many requests waiting for answers".into()))?;
         let bytes = Bytes::from(iq.to_bytes(ns::CLIENT));
         if !self.send(Outgoing { bytes, id: None }) {
-            self.iqs.take(&id);
+            self.iqs.cancel(&id);
             return Err(ClientError::Busy("the outbox is full".into()));
         }
         Ok(())
@@ -844,7 +874,9 @@ impl Session {
         }
         if el.name == "iq"
             && matches!(el.attr("type"), Some("result" | "error"))
-            && let Some(waiter) = el.attr("id").and_then(|id| self.iqs.take(id))
+            && let Some(waiter) = el
+                .attr("id")
+                .and_then(|id| self.iqs.answer(id, el.attr("from"), &self.config.jid))
         {
             return self.answered(waiter, el);
         }

@@ -1,5 +1,6 @@
-//! The IQs a session waits answers for, matched by id, each with a
-//! deadline after which it is given up.
+//! The IQs a session waits answers for, matched by id and by who answers
+//! (only whom the IQ went to, so another sender who guesses an id cannot
+//! answer it), each with a deadline after which it is given up.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -37,10 +38,57 @@ pub(crate) enum Waiter {
     Carbons,
 }
 
+/// Who may answer an IQ (RFC 6120 §8.1.2.1 and §10.3.3). The server may
+/// always: an answer without `from`, or from its domain (the account's),
+/// is the server's (it stamps every other sender's `from`; it answers from
+/// its domain for anyone, e.g. a storage error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Responder {
+    /// The account (an IQ without `to`, or to its own bare JID): the server
+    /// answers for it, from the bare JID (or as the server).
+    Account,
+    /// The address the IQ went to.
+    Jid(String),
+}
+
+impl Responder {
+    /// Who answers an IQ `to` that address, sent by the account `own` (a
+    /// bare JID).
+    pub(crate) fn of(to: Option<&str>, own: &str) -> Self {
+        match to {
+            Some(to) if !same_jid(to, own) => Responder::Jid(to.to_owned()),
+            _ => Responder::Account,
+        }
+    }
+
+    /// Whether an answer `from` that address is this responder's (or the
+    /// server's).
+    pub(crate) fn answers(&self, from: Option<&str>, own: &str) -> bool {
+        let Some(from) = from else { return true };
+        let server = own
+            .split_once('@')
+            .is_some_and(|(_, domain)| same_jid(from, domain));
+        server
+            || match self {
+                Responder::Account => same_jid(from, own),
+                Responder::Jid(to) => same_jid(from, to),
+            }
+    }
+}
+
+/// Whether two JIDs are the same address as the server compares them: the
+/// bare part (localpart and domain) without regard to ASCII case, the
+/// resource exactly.
+fn same_jid(a: &str, b: &str) -> bool {
+    let (a_bare, a_resource) = a.split_once('/').map_or((a, None), |(b, r)| (b, Some(r)));
+    let (b_bare, b_resource) = b.split_once('/').map_or((b, None), |(b, r)| (b, Some(r)));
+    a_bare.eq_ignore_ascii_case(b_bare) && a_resource == b_resource
+}
+
 /// The table of waiting IQs (bounded by [`MAX_PENDING_IQS`]).
 #[derive(Debug, Default)]
 pub(crate) struct PendingIqs {
-    waiting: HashMap<String, (Waiter, (Instant, u64))>,
+    waiting: HashMap<String, (Waiter, Responder, (Instant, u64))>,
     /// The same IQs by deadline (the `u64` keeps equal deadlines apart).
     deadlines: BTreeMap<(Instant, u64), String>,
     next: u64,
@@ -51,11 +99,12 @@ pub(crate) struct PendingIqs {
 pub(crate) struct Full;
 
 impl PendingIqs {
-    /// Waits for the answer to IQ `id` until `deadline`.
+    /// Waits for the answer to IQ `id` from `responder` until `deadline`.
     pub(crate) fn insert(
         &mut self,
         id: String,
         waiter: Waiter,
+        responder: Responder,
         deadline: Instant,
     ) -> Result<(), Full> {
         if self.waiting.len() >= MAX_PENDING_IQS {
@@ -64,15 +113,27 @@ impl PendingIqs {
         let key = (deadline, self.next);
         self.next += 1;
         self.deadlines.insert(key, id.clone());
-        if let Some((_, old)) = self.waiting.insert(id, (waiter, key)) {
+        if let Some((_, _, old)) = self.waiting.insert(id, (waiter, responder, key)) {
             self.deadlines.remove(&old);
         }
         Ok(())
     }
 
-    /// The waiter of IQ `id`, which is answered.
-    pub(crate) fn take(&mut self, id: &str) -> Option<Waiter> {
-        let (waiter, key) = self.waiting.remove(id)?;
+    /// The waiter of IQ `id`, which is answered by `from` (the account
+    /// is `own`); `None` (and the IQ still waits) if `from` is not whom it
+    /// went to.
+    pub(crate) fn answer(&mut self, id: &str, from: Option<&str>, own: &str) -> Option<Waiter> {
+        let (_, responder, _) = self.waiting.get(id)?;
+        if !responder.answers(from, own) {
+            tracing::debug!(id, from, "IQ answer from whom it did not go to: ignored");
+            return None;
+        }
+        self.cancel(id)
+    }
+
+    /// Stops waiting for IQ `id`; its waiter.
+    pub(crate) fn cancel(&mut self, id: &str) -> Option<Waiter> {
+        let (waiter, _, key) = self.waiting.remove(id)?;
         self.deadlines.remove(&key);
         Some(waiter)
     }
@@ -81,7 +142,7 @@ impl PendingIqs {
     /// such query waits.
     pub(crate) fn collect(&mut self, query_id: &str, result: Option<ArchivedMessage>) -> bool {
         match self.waiting.get_mut(query_id) {
-            Some((Waiter::History { results, .. }, _)) => {
+            Some((Waiter::History { results, .. }, _, _)) => {
                 if let Some(m) = result {
                     results.push(m);
                 }
@@ -104,7 +165,7 @@ impl PendingIqs {
                 break;
             }
             let id = entry.remove();
-            if let Some((waiter, _)) = self.waiting.remove(&id) {
+            if let Some((waiter, _, _)) = self.waiting.remove(&id) {
                 expired.push(waiter);
             }
         }
@@ -116,7 +177,7 @@ impl PendingIqs {
         self.deadlines.clear();
         self.waiting
             .drain()
-            .map(|(_, (waiter, _))| waiter)
+            .map(|(_, (waiter, _, _))| waiter)
             .collect()
     }
 }
@@ -183,22 +244,40 @@ impl HistoryResults {
 mod tests {
     use super::*;
 
+    const OWN: &str = "alice@example.org";
+    const ACCOUNT: Responder = Responder::Account;
+
     #[test]
     fn iqs_expire_in_deadline_order_and_answered_ones_never_expire() {
         let t0 = Instant::now();
         let mut table = PendingIqs::default();
         table
-            .insert("a".into(), Waiter::App(RequestId(1)), t0 + IQ_TIMEOUT)
+            .insert(
+                "a".into(),
+                Waiter::App(RequestId(1)),
+                ACCOUNT,
+                t0 + IQ_TIMEOUT,
+            )
             .unwrap();
         table
-            .insert("b".into(), Waiter::Carbons, t0 + Duration::from_secs(1))
+            .insert(
+                "b".into(),
+                Waiter::Carbons,
+                ACCOUNT,
+                t0 + Duration::from_secs(1),
+            )
             .unwrap();
         table
-            .insert("c".into(), Waiter::App(RequestId(3)), t0 + IQ_TIMEOUT)
+            .insert(
+                "c".into(),
+                Waiter::App(RequestId(3)),
+                ACCOUNT,
+                t0 + IQ_TIMEOUT,
+            )
             .unwrap();
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(1)));
-        assert_eq!(table.take("b"), Some(Waiter::Carbons));
-        assert_eq!(table.take("b"), None);
+        assert_eq!(table.answer("b", None, OWN), Some(Waiter::Carbons));
+        assert_eq!(table.answer("b", None, OWN), None);
         assert_eq!(table.next_deadline(), Some(t0 + IQ_TIMEOUT));
         assert!(
             table
@@ -217,10 +296,12 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PendingIqs::default();
         for i in 0..MAX_PENDING_IQS {
-            table.insert(i.to_string(), Waiter::Carbons, t0).unwrap();
+            table
+                .insert(i.to_string(), Waiter::Carbons, ACCOUNT, t0)
+                .unwrap();
         }
         assert_eq!(
-            table.insert("one more".into(), Waiter::Carbons, t0),
+            table.insert("one more".into(), Waiter::Carbons, ACCOUNT, t0),
             Err(Full)
         );
         assert_eq!(table.drain().len(), MAX_PENDING_IQS);
@@ -260,11 +341,11 @@ mod tests {
             request: RequestId(1),
             results: HistoryResults::new(false),
         };
-        table.insert("q".into(), waiter, t0).unwrap();
+        table.insert("q".into(), waiter, ACCOUNT, t0).unwrap();
         for n in 0..MAX_HISTORY_RESULTS + 5 {
             assert!(table.collect("q", Some(archived(n))));
         }
-        let Some(Waiter::History { results, .. }) = table.take("q") else {
+        let Some(Waiter::History { results, .. }) = table.cancel("q") else {
             panic!("a history waiter");
         };
         let page = results.into_page(&fin(0, MAX_HISTORY_RESULTS + 4));

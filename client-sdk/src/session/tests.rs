@@ -1338,3 +1338,66 @@ fn an_archive_query_asks_for_no_more_than_a_page_keeps() {
     assert_eq!(max_asked(&mut s, Some(20)), Some("20".into()));
     assert_eq!(max_asked(&mut s, None), None, "the server's default");
 }
+
+#[test]
+fn an_iq_answer_completes_its_request_only_from_whom_the_request_went_to() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let ask = |s: &mut Session, n: u64, to: Option<&str>| {
+        let to = to.map_or(String::new(), |to| format!(" to='{to}'"));
+        let iq = format!("<iq type='get'{to}><ping xmlns='urn:xmpp:ping'/></iq>");
+        s.command(t0, Command::Request(RequestId(n), Request::Iq(xml(&iq))));
+        last_iq_id(&drain(s))
+    };
+    let answer = |s: &mut Session, id: &str, from: Option<&str>| {
+        let from = from.map_or(String::new(), |f| format!(" from='{f}'"));
+        s.on_element(t0, xml(&format!("<iq type='result' id='{id}'{from}/>")));
+        replies(&drain(s))
+    };
+    // to a contact's resource: another sender who guessed the id does not answer it
+    let to_bob = ask(&mut s, 1, Some("bob@example.org/phone"));
+    assert!(answer(&mut s, &to_bob, Some("mallory@example.org/x")).is_empty());
+    assert!(answer(&mut s, &to_bob, Some("bob@example.org/desk")).is_empty());
+    assert!(answer(&mut s, &to_bob, Some("bob@example.org")).is_empty());
+    // the contact does (the server writes the address in its own case)
+    let got = answer(&mut s, &to_bob, Some("Bob@Example.org/phone"));
+    assert!(matches!(&got[..], [(RequestId(1), Ok(_))]), "{got:?}");
+    // to no one (the account): the server answers, nobody else
+    let to_account = ask(&mut s, 2, None);
+    assert!(answer(&mut s, &to_account, Some("bob@example.org")).is_empty());
+    assert!(answer(&mut s, &to_account, Some("alice@example.org/desk")).is_empty());
+    let got = answer(&mut s, &to_account, Some(OWN));
+    assert!(matches!(&got[..], [(RequestId(2), Ok(_))]), "{got:?}");
+    let again = ask(&mut s, 3, Some(OWN));
+    let got = answer(&mut s, &again, Some("example.org"));
+    assert!(matches!(&got[..], [(RequestId(3), Ok(_))]), "{got:?}");
+    // a stanza without `from` comes from the server itself (it stamps every
+    // other sender's): it may answer any request
+    let to_domain = ask(&mut s, 4, Some("example.org"));
+    assert!(answer(&mut s, &to_domain, Some("evil.example")).is_empty());
+    let got = answer(&mut s, &to_domain, None);
+    assert!(matches!(&got[..], [(RequestId(4), Ok(_))]), "{got:?}");
+    // and so is one from our domain (the server's error on a contact's behalf)
+    let to_carol = ask(&mut s, 5, Some("carol@example.org"));
+    let got = answer(&mut s, &to_carol, Some("example.org"));
+    assert!(matches!(&got[..], [(RequestId(5), Ok(_))]), "{got:?}");
+}
+
+#[test]
+fn a_stanza_the_sdk_cannot_parse_still_counts_for_the_servers_acks() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    // frames, but a strict reader refuses a reference in a namespace name
+    let unreadable = b"<message from='bob@example.org/x' id='m1' type='chat'>\
+        <body>hi</body><x xmlns='urn:a&gt;b'/></message>";
+    s.on_inbound(t0, crate::connection::read_element(unreadable));
+    let readable =
+        b"<message from='bob@example.org/x' id='m2' type='chat'><body>2</body></message>";
+    s.on_inbound(t0, crate::connection::read_element(readable));
+    drain(&mut s);
+    s.on_element(t0, xml("<r xmlns='urn:xmpp:sm:3'/>"));
+    assert_eq!(
+        written(&drain(&mut s)),
+        vec!["<a xmlns=\"urn:xmpp:sm:3\" h=\"2\"/>"]
+    );
+}

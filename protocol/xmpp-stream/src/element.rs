@@ -208,18 +208,13 @@ impl Element {
         out.push(b'<');
         out.extend_from_slice(self.name.as_bytes());
         if self.ns != parent_ns {
-            push_attr(out, "xmlns", &self.ns);
+            push_declaration(out, None, &self.ns);
         }
         let outer = scope.len();
         for (prefix, uri) in &self.prefixes {
             let in_scope = scope.iter().rev().find(|(p, _)| p == prefix);
             if prefix != "xml" && in_scope.is_none_or(|(_, u)| u != uri) {
-                out.push(b' ');
-                out.extend_from_slice(b"xmlns:");
-                out.extend_from_slice(prefix.as_bytes());
-                out.extend_from_slice(b"=\"");
-                out.extend_from_slice(escape(uri).as_bytes());
-                out.push(b'"');
+                push_declaration(out, Some(prefix), uri);
                 scope.push((prefix, uri));
             }
         }
@@ -233,7 +228,7 @@ impl Element {
             for child in &self.children {
                 match child {
                     Node::Element(e) => e.write_in_scope(out, &self.ns, scope),
-                    Node::Text(t) => out.extend_from_slice(escape(t).as_bytes()),
+                    Node::Text(t) => push_text(out, t),
                 }
             }
             out.extend_from_slice(b"</");
@@ -256,13 +251,86 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     quick_xml::escape::escape(s)
 }
 
-/// Appends ` name="escaped value"`.
+/// Appends `s` with each byte `special` picks replaced by what it returns.
+fn push_escaped(
+    out: &mut Vec<u8>,
+    s: &str,
+    special: impl Fn(&[u8], usize) -> Option<&'static [u8]>,
+) {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for i in 0..bytes.len() {
+        if let Some(reference) = special(bytes, i) {
+            out.extend_from_slice(&bytes[from..i]);
+            out.extend_from_slice(reference);
+            from = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[from..]);
+}
+
+/// Appends ` name="value"`, escaped only as XML requires, so that a value
+/// never comes out longer than any source it was read from: `&` and `<` as
+/// references, `>` raw, and quoted with the quote it holds fewer of (that
+/// one as a character reference, the other raw). Whitespace is written as
+/// held.
 pub(crate) fn push_attr(out: &mut Vec<u8>, name: &str, value: &str) {
+    let doubles = value.bytes().filter(|&b| b == b'"').count();
+    let quote = if doubles > 0 && doubles > value.bytes().filter(|&b| b == b'\'').count() {
+        b'\''
+    } else {
+        b'"'
+    };
     out.push(b' ');
     out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"=\"");
-    out.extend_from_slice(escape(value).as_bytes());
-    out.push(b'"');
+    out.push(b'=');
+    out.push(quote);
+    push_escaped(out, value, |b, i| match b[i] {
+        b'&' => Some(b"&amp;"),
+        b'<' => Some(b"&lt;"),
+        b'"' if quote == b'"' => Some(b"&#34;"),
+        b'\'' if quote == b'\'' => Some(b"&#39;"),
+        _ => None,
+    });
+    out.push(quote);
+}
+
+/// Appends a namespace declaration (` xmlns="uri"` or ` xmlns:p="uri"`) as
+/// it came: a reference in a namespace name is refused by
+/// [`crate::wellformed`], and one read from a stream holds no `&` or `<`
+/// and only one kind of quote, so quoting with the other is enough. (A
+/// namespace name a program made up that cannot be written so is escaped.)
+/// `prefix` is `None` for the default namespace.
+pub(crate) fn push_declaration(out: &mut Vec<u8>, prefix: Option<&str>, uri: &str) {
+    let (doubles, singles) = (uri.contains('"'), uri.contains('\''));
+    if uri.contains(['&', '<']) || (doubles && singles) {
+        return match prefix {
+            None => push_attr(out, "xmlns", uri),
+            Some(p) => push_attr(out, &format!("xmlns:{p}"), uri),
+        };
+    }
+    let quote = if doubles { b'\'' } else { b'"' };
+    out.extend_from_slice(b" xmlns");
+    if let Some(prefix) = prefix {
+        out.push(b':');
+        out.extend_from_slice(prefix.as_bytes());
+    }
+    out.push(b'=');
+    out.push(quote);
+    out.extend_from_slice(uri.as_bytes());
+    out.push(quote);
+}
+
+/// Appends character data, escaped only as XML requires (so never longer
+/// than its source): `&` and `<` as references, `>` only where it would
+/// close a `]]>`.
+fn push_text(out: &mut Vec<u8>, text: &str) {
+    push_escaped(out, text, |b, i| match b[i] {
+        b'&' => Some(b"&amp;"),
+        b'<' => Some(b"&lt;"),
+        b'>' if i >= 2 && &b[i - 2..i] == b"]]" => Some(b"&gt;"),
+        _ => None,
+    });
 }
 
 fn attach(stack: &mut [Element], el: Element) -> bool {
@@ -484,6 +552,40 @@ mod tests {
         let written = String::from_utf8(el.to_bytes(ns::CLIENT)).unwrap();
         assert!(!written.contains("xmlns:xml"), "{written}");
         assert_eq!(written_and_parsed(&el), el);
+    }
+
+    #[test]
+    fn namespace_names_with_quotes_and_angle_brackets_are_written_so_they_parse_back() {
+        let raw = br#"<m xmlns:p='urn:"p>' p:a='1'><x xmlns='urn:a>b'/><y xmlns="urn:it's"/></m>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        assert!(el.child("x", "urn:a>b").is_some());
+        assert!(el.child("y", "urn:it's").is_some());
+        assert_eq!(written_and_parsed(&el), el);
+        // a subtree written alone too
+        let x = el.child("x", "urn:a>b").unwrap();
+        assert_eq!(&written_and_parsed(x), x);
+    }
+
+    #[test]
+    fn what_is_written_is_never_longer_than_its_source_and_parses_back_identically() {
+        let raw = br#"<message to='b@x' a='>>"""&apos;' b="''''&quot;" c='&amp;&lt;'><body>'"&gt;>]]&gt;</body></message>"#;
+        let el = Element::parse(raw, ns::CLIENT).unwrap();
+        assert_eq!(el.attr("a"), Some(r#">>"""'"#));
+        assert_eq!(el.child("body", ns::CLIENT).unwrap().text(), r#"'">>]]>"#);
+        let written = el.to_bytes(ns::CLIENT);
+        assert!(
+            written.len() <= raw.len(),
+            "{} > {}: {}",
+            written.len(),
+            raw.len(),
+            String::from_utf8_lossy(&written)
+        );
+        assert_eq!(written_and_parsed(&el), el);
+        // what a program builds, whatever it holds, is written so it parses back
+        let built = Element::new("m", ns::CLIENT)
+            .with_attr("q", "both ' and \" <&>")
+            .with_text("]]> & <x>");
+        assert_eq!(written_and_parsed(&built), built);
     }
 
     #[test]

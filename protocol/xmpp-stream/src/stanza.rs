@@ -8,7 +8,9 @@ use bytes::Bytes;
 use quick_xml::events::Event;
 
 use crate::condition::StanzaCondition;
-use crate::element::{checked_attrs, namespace_of, new_reader, not_well_formed, push_attr, utf8};
+use crate::element::{
+    checked_attrs, namespace_of, new_reader, not_well_formed, push_attr, push_declaration, utf8,
+};
 use crate::framer::FramingError;
 use crate::ns;
 
@@ -56,6 +58,10 @@ pub struct TopLevel {
     /// Top-level attributes (unescaped), including `xmlns:prefix`
     /// declarations but not the default `xmlns` (see `ns`).
     pub attrs: Vec<(String, String)>,
+    /// The default namespace a prefixed top element declares (`xmlns`),
+    /// which is not its own (`ns`) but its unprefixed children's; `None`
+    /// for an unprefixed one (its `ns` is that).
+    pub default_ns: Option<String>,
     /// Byte length of the start tag in the raw element.
     pub start_len: usize,
     /// Whether the element is written as `<x/>`.
@@ -201,11 +207,22 @@ pub fn inspect(raw: &[u8]) -> Result<TopLevel, FramingError> {
                 let attrs = checked_attrs(&reader, start, top.is_none())?;
                 let empty = matches!(event, Event::Empty(_));
                 if top.is_none() {
+                    let qname = utf8(start.name().as_ref())?;
+                    // (only a prefixed element, rare, is looked at again)
+                    let default_ns = match qname.contains(':') {
+                        true => start
+                            .try_get_attribute("xmlns")
+                            .map_err(not_well_formed)?
+                            .map(|a| utf8(&a.value))
+                            .transpose()?,
+                        false => None,
+                    };
                     top = Some(TopLevel {
                         name: utf8(start.local_name().as_ref())?,
-                        qname: utf8(start.name().as_ref())?,
+                        qname,
                         ns,
                         attrs,
+                        default_ns,
                         start_len: reader.buffer_position() as usize,
                         empty,
                         claims: Vec::new(),
@@ -277,15 +294,20 @@ fn rewrite(
     let mut out = Vec::with_capacity(raw.len() + 64);
     out.push(b'<');
     out.extend_from_slice(top.qname.as_bytes());
-    if top.ns != ns::CLIENT && !top.qname.contains(':') {
-        push_attr(&mut out, "xmlns", &top.ns);
+    if top.qname.contains(':') {
+        // its children may be in the default namespace it declares
+        if let Some(default_ns) = &top.default_ns {
+            push_declaration(&mut out, None, default_ns);
+        }
+    } else if top.ns != ns::CLIENT {
+        push_declaration(&mut out, None, &top.ns);
     }
     for (k, v) in &top.attrs {
         if set.iter().any(|(name, _)| name == k) {
             continue;
         }
-        if k.starts_with("xmlns:") {
-            push_declaration(&mut out, k, v);
+        if let Some(prefix) = k.strip_prefix("xmlns:") {
+            push_declaration(&mut out, Some(prefix), v);
         } else {
             push_attr(&mut out, k, v);
         }
@@ -308,20 +330,6 @@ fn rewrite(
         out.extend_from_slice(&raw[at..]);
     }
     Bytes::from(out)
-}
-
-/// Appends a namespace declaration as it came: escaping would put
-/// references in the namespace name, which [`crate::wellformed`] refuses.
-/// It holds no `&` or `<` and only one kind of quote (no references), so
-/// quoting with the other is enough.
-fn push_declaration(out: &mut Vec<u8>, name: &str, uri: &str) {
-    let quote = if uri.contains('"') { b'\'' } else { b'"' };
-    out.push(b' ');
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'=');
-    out.push(quote);
-    out.extend_from_slice(uri.as_bytes());
-    out.push(quote);
 }
 
 /// Stamps `from` on a stanza, replacing whatever the client wrote.
@@ -549,6 +557,45 @@ mod tests {
         for bad in [&b"<message xmlns:p='a\rb'/>"[..], b"<message xmlns='a b'/>"] {
             assert!(inspect(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_prefixed_stanza_keeps_the_default_namespace_it_declares_for_its_children() {
+        let raw = b"<c:message xmlns:c='jabber:client' xmlns='urn:x' to='b@x'><body>hi</body></c:message>";
+        let top = inspect(raw).unwrap();
+        assert_eq!(top.ns, ns::CLIENT);
+        let out = stamp_from(raw, &top, "a@x/r");
+        let el = Element::parse(&out, ns::CLIENT).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out));
+        });
+        assert!(
+            el.child("body", "urn:x").is_some(),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(el.attr("from"), Some("a@x/r"));
+    }
+
+    #[test]
+    fn stamping_never_grows_the_attributes_the_client_wrote() {
+        // each a one-byte character the writer once escaped into four to six
+        let value = ">'".repeat(1000);
+        let raw = format!(
+            "<message to='b@x' x=\"{value}\" y='{}'/>",
+            "\"".repeat(1000)
+        );
+        let top = inspect(raw.as_bytes()).unwrap();
+        let out = stamp_from(raw.as_bytes(), &top, "a@x/r");
+        let added = " from=\"a@x/r\"".len();
+        assert!(
+            out.len() <= raw.len() + added,
+            "{} bytes from {}",
+            out.len(),
+            raw.len()
+        );
+        let again = inspect(&out).unwrap();
+        assert_eq!(again.attr("x"), Some(value.as_str()));
+        assert_eq!(again.attr("y"), top.attr("y"));
     }
 
     #[test]
