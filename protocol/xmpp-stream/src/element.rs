@@ -323,12 +323,24 @@ pub(crate) fn push_declaration(out: &mut Vec<u8>, prefix: Option<&str>, uri: &st
 
 /// Appends character data, escaped only as XML requires (so never longer
 /// than its source): `&` and `<` as references, `>` only where it would
-/// close a `]]>`.
+/// close a `]]>` — counting the `]` written just before this text, since
+/// text and CDATA read as separate nodes (`]]<![CDATA[>]]>`) are written
+/// side by side.
 fn push_text(out: &mut Vec<u8>, text: &str) {
+    let n = out.len();
+    let before = [
+        n.checked_sub(2).map(|j| out[j]),
+        n.checked_sub(1).map(|j| out[j]),
+    ];
+    // the byte `k` places before `b[i]`, in what is written
+    let back = |b: &[u8], i: usize, k: usize| match i.checked_sub(k) {
+        Some(j) => Some(b[j]),
+        None => before[2 - (k - i)],
+    };
     push_escaped(out, text, |b, i| match b[i] {
         b'&' => Some(b"&amp;"),
         b'<' => Some(b"&lt;"),
-        b'>' if i >= 2 && &b[i - 2..i] == b"]]" => Some(b"&gt;"),
+        b'>' if back(b, i, 1) == Some(b']') && back(b, i, 2) == Some(b']') => Some(b"&gt;"),
         _ => None,
     });
 }
@@ -586,6 +598,22 @@ mod tests {
             .with_attr("q", "both ' and \" <&>")
             .with_text("]]> & <x>");
         assert_eq!(written_and_parsed(&built), built);
+    }
+
+    #[test]
+    fn a_cdata_end_split_across_text_and_cdata_nodes_is_written_escaped() {
+        for raw in [
+            &b"<message><body>]]<![CDATA[>]]></body></message>"[..],
+            b"<message><body>]<![CDATA[]>]]></body></message>",
+            b"<message><body><![CDATA[]]]]><![CDATA[>]]></body></message>",
+        ] {
+            let el = Element::parse(raw, ns::CLIENT).unwrap();
+            let written = el.to_bytes(ns::CLIENT);
+            let text = String::from_utf8_lossy(&written);
+            assert!(!text.contains("]]>"), "{text}");
+            crate::wellformed::check(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(written_and_parsed(&el).text(), el.text());
+        }
     }
 
     #[test]

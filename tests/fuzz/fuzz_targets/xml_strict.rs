@@ -8,11 +8,14 @@
 //! `cm-node`'s relay does. Every element accepted, as it came and as it
 //! would be relayed, must then parse with roxmltree inside a stream-like
 //! root declaring `jabber:client` and the `stream:` prefix, as the
-//! recipient's parser sees it.
+//! recipient's parser sees it. So must every accepted stanza as the core
+//! rewrites it from its tree ([`Element::parse`], [`Element::to_bytes`]),
+//! as it does to strip stanza-ids or store a vCard.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use xmpp_stream::Element;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
 use xmpp_stream::stanza::{inspect, stamp_from_unforged};
 
@@ -57,6 +60,12 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(FrameEvent::Element(raw))) => {
                     let Ok(top) = inspect(&raw) else { return };
                     strict(&raw, "element");
+                    if let Ok(tree) = Element::parse(&raw, "jabber:client") {
+                        strict(
+                            &tree.to_bytes("jabber:client"),
+                            "element rewritten by the core",
+                        );
+                    }
                     if top.header().is_some() {
                         let relayed = stamp_from_unforged(
                             &raw,
