@@ -160,13 +160,19 @@ pub(crate) fn read_element(raw: &[u8]) -> Inbound {
 }
 
 /// Whether a framed top-level element is a stanza (`message`, `presence`
-/// or `iq`, unprefixed: in the stream's namespace), from its start tag.
+/// or `iq`, unprefixed or prefixed: the server relays a client's prefixed
+/// stanza as it came, and counts it), from its start tag.
 fn is_stanza(raw: &[u8]) -> bool {
     let name_end = raw
         .iter()
         .position(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'/' | b'>'))
         .unwrap_or(raw.len());
-    matches!(&raw[..name_end], b"<message" | b"<presence" | b"<iq")
+    let name = raw.get(1..name_end).unwrap_or_default();
+    let local = match name.iter().rposition(|&b| b == b':') {
+        Some(colon) => &name[colon + 1..],
+        None => name,
+    };
+    matches!(local, b"message" | b"presence" | b"iq")
 }
 
 /// Reads and frames the server's stream until it ends.
@@ -192,4 +198,28 @@ async fn read_loop(mut recv: quinn::RecvStream, mut framer: Framer, tx: mpsc::Se
         }
     };
     let _ = tx.send(Inbound::End(reason)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_element_counts_as_a_stanza_by_its_local_name_prefixed_or_not() {
+        for (raw, stanza) in [
+            (&b"<message><x:y/></message>"[..], true),
+            (b"<c:message><body/></c:message>", true),
+            (b"<c:iq type='get'><x:q/></c:iq>", true),
+            (b"<presence><x:y/></presence>", true),
+            (b"<messages><x:y/></messages>", false),
+            (b"<stream:features><x:y/></stream:features>", false),
+        ] {
+            match read_element(raw) {
+                Inbound::Unreadable { stanza: s, .. } => {
+                    assert_eq!(s, stanza, "{}", String::from_utf8_lossy(raw))
+                }
+                _ => panic!("readable: {}", String::from_utf8_lossy(raw)),
+            }
+        }
+    }
 }

@@ -546,3 +546,82 @@ fn past_the_pending_live_rows_bound_a_message_goes_live_and_its_sender_gets_an_e
     assert_eq!(errors.len(), 1, "bob is told about r2: {acts:?}");
     assert!(errors[0].1.contains("resource-constraint"), "{errors:?}");
 }
+
+#[test]
+fn a_live_row_whose_sessions_all_ended_before_its_id_came_is_flushed_to_the_user_when_it_comes() {
+    let mut r = router();
+    alice_on_two_sm_sessions(&mut r);
+    let acts = chat_to(&mut r, "alice@x/phone", "m1");
+    let [(_, ticket, _)] = live_writes(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: true,
+        },
+    );
+    // the desk's flush found nothing (its load ran before m1's write, as a
+    // retried write can land behind it)
+    r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 11),
+        messages: Vec::new(),
+    });
+    let acts = r.run(Input::LiveStored {
+        ticket,
+        row: 7000,
+        origin: None,
+    });
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::FlushOffline { to: (1, 11), .. })),
+        "m1 is stored and nobody holds it: the desk is flushed: {acts:?}"
+    );
+    assert!(r.stored_rows.wanted("alice", 7000));
+}
+
+#[test]
+fn a_ledger_ending_while_another_session_holds_its_live_row_asks_no_flush_and_the_other_keeps_it() {
+    let mut r = router();
+    alice_on_two_sm_sessions(&mut r);
+    // to the bare JID: phone and desk both take it, one row
+    let acts = chat_to(&mut r, "alice@x", "m1");
+    assert_eq!(delivered_to(&acts).len(), 2, "{acts:?}");
+    let [(_, ticket, _)] = live_writes(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    let acts = frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: true,
+        },
+    );
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::FlushOffline { .. })),
+        "the desk holds m1: no flush could bring it but twice: {acts:?}"
+    );
+    let acts = r.run(Input::LiveStored {
+        ticket,
+        row: 7100,
+        origin: None,
+    });
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::FlushOffline { .. })),
+        "{acts:?}"
+    );
+    assert!(r.stored_rows.is_out("alice", 7100), "out with the desk");
+    // (the desk's ledger: the phone's unavailable presence, m1)
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 11, h: 2 });
+    assert_eq!(removals(&acts), vec![("alice".to_owned(), 0, vec![7100])]);
+}

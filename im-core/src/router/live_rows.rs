@@ -102,6 +102,11 @@ impl LiveRows {
         }
     }
 
+    /// The resumption tokens of the sessions that took `ticket`'s message.
+    pub(crate) fn holders(&self, ticket: u64) -> &[u64] {
+        self.pending.get(&ticket).map_or(&[], |p| &p.holders)
+    }
+
     /// A client acknowledged these tickets' messages.
     pub(crate) fn acked(&mut self, tickets: &[u64]) {
         for t in tickets {

@@ -98,10 +98,12 @@ impl Router {
     /// A session of `user` ended holding these stored messages (rows with
     /// their payloads) and live rows still being written (tickets)
     /// unacknowledged: they stay stored for a flush, but chat states,
-    /// which are removed. With live rows still being written, the user's
-    /// best session is flushed now: its load queues behind those writes,
-    /// so it reads them, and new messages wait behind them meanwhile (else
-    /// a new message could reach that session ahead of them).
+    /// which are removed. With live rows still being written that no
+    /// other session holds, the user's best session is flushed now: its
+    /// load queues behind those writes, so it reads them, and new messages
+    /// wait behind them meanwhile (else a new message could reach that
+    /// session ahead of them). A row another session still holds is left
+    /// to it (a flush could deliver it there a second time).
     pub(super) fn stored_ended(
         &mut self,
         user: &str,
@@ -120,7 +122,14 @@ impl Router {
             .partition(|(_, payload)| chat_state_only(payload));
         let states: Vec<u64> = states.into_iter().map(|(ticket, _)| *ticket).collect();
         self.live_rows.acked(&states);
-        if !kept.is_empty() {
+        let unheld = kept.iter().any(|(ticket, _)| {
+            !self
+                .live_rows
+                .holders(*ticket)
+                .iter()
+                .any(|&token| self.sessions.has_token(token))
+        });
+        if unheld {
             self.flush_best(user);
         }
     }
@@ -146,7 +155,9 @@ impl Router {
         } else if held > 0 {
             self.stored_rows.live(&user, row, held);
         } else if !self.stored_rows.is_out(&user, row) {
-            // (out already: a flush read it and handed it to a session)
+            // no session holds it (out already: a flush read it and handed
+            // it to a session): stored, for the next flush, asked for now
+            self.stored_rows.live(&user, row, 1);
             self.stored_returned(&user, &[row]);
         }
     }

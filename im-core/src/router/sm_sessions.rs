@@ -414,6 +414,11 @@ impl SmSessions {
             .is_some_and(|l| l.resolve(ticket, row))
     }
 
+    /// Whether a tracked session has resumption token `token`.
+    pub(crate) fn has_token(&self, token: u64) -> bool {
+        self.tokens.contains_key(&token)
+    }
+
     /// The resumption token of a tracked session.
     pub(crate) fn token_of(&self, addr: SessionAddr) -> Option<u64> {
         self.ledgers.get(&addr).map(|l| l.token)
