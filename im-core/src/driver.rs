@@ -315,11 +315,8 @@ impl Driver {
                 FlushStart::Wait => {}
                 FlushStart::Refused => {
                     tracing::warn!(user, "too many offline flushes waiting: one not loaded");
-                    self.refused.push_back(Input::Offline {
-                        user,
-                        to,
-                        messages: Vec::new(),
-                    });
+                    self.refused
+                        .push_back(Input::OfflineLoadFailed { user, to });
                 }
             },
             Action::LoadRoster { user } => {
@@ -559,14 +556,13 @@ impl Driver {
         match self.budget.charge(0) {
             Some(charge) => self.flush_offline(user, to, charge),
             None => {
-                // Nothing loaded: the router stops holding new
-                // messages back; the rows stay stored.
+                // Nothing loaded: the router keeps holding new messages
+                // back and asks again later; the rows stay stored.
                 tracing::warn!(user, "storage overloaded: offline messages not loaded");
                 let next = self.flushes.done(&user);
-                self.refused.push_back(Input::Offline {
+                self.refused.push_back(Input::OfflineLoadFailed {
                     user: user.clone(),
                     to,
-                    messages: Vec::new(),
                 });
                 if let Some(next) = next {
                     self.run_flush(user, next);
@@ -616,11 +612,10 @@ impl Driver {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "loading offline messages failed");
-                    // let the router stop holding new messages back
-                    let input = Input::Offline {
+                    // the router keeps holding new messages back, and retries
+                    let input = Input::OfflineLoadFailed {
                         user: user.clone(),
                         to,
-                        messages: Vec::new(),
                     };
                     let _ = events.send(Event::Router(input)).await;
                 }
@@ -1323,6 +1318,75 @@ mod tests {
             matches!(f, Frame::Handled { sid: 10, h: 1 })
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_flush_whose_load_fails_keeps_new_messages_behind_the_stored_ones_and_retries() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.enable_sm(10).await;
+        // stored for carol (offline): acknowledged once committed
+        h.chat("carol@x", "s1", "<body>stored</body>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("s1 stored", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 1 })
+        })
+        .await;
+        // carol comes online with SM; her flush's load fails
+        h.plan.fail_offline_loads(1);
+        h.frame(Frame::Bind {
+            sid: 20,
+            user: "carol@x".into(),
+            iq_id: "b".into(),
+            resource: Some("tablet".into()),
+        })
+        .await;
+        h.until("bind result", |f| {
+            matches!(f, Frame::BindResult { sid: 20, .. })
+        })
+        .await;
+        h.enable_sm(20).await;
+        h.stanza(
+            20,
+            Kind::Presence,
+            "carol@x/tablet",
+            None,
+            None,
+            "<presence/>",
+        )
+        .await;
+        let failed = tokio::time::timeout(WAIT, async {
+            while h.plan.offline_load_failures_left() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "the flush's load was never tried");
+        // the failure reaches the router before the next message (a round trip)
+        h.stanza(
+            20,
+            Kind::Iq,
+            "carol@x/tablet",
+            Some("x"),
+            Some("get"),
+            "<iq type='get' id='ping1' to='x'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+        h.until("the ping's answer", |f| delivers(f, 20, "ping1"))
+            .await;
+        // a new message must not overtake the stored one
+        h.chat("carol@x/tablet", "n2", "<body>new</body>").await;
+        let first = h
+            .until("a message for carol", |f| {
+                delivers(f, 20, "stored") || delivers(f, 20, "new")
+            })
+            .await;
+        assert!(
+            delivers(&first, 20, "stored"),
+            "a new message overtook the stored one: {first:?}"
+        );
+        h.until("the new message after it", |f| delivers(f, 20, "new"))
+            .await;
     }
 
     #[tokio::test]
