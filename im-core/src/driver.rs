@@ -51,9 +51,10 @@ pub enum Event {
     FlushDone(String),
 }
 
-/// Extra attempts at a storage job whose transaction failed (a commit can
-/// fail for another job of its batch).
-const ARCHIVE_RETRIES: u64 = 3;
+/// Extra attempts at a storage job that failed or whose transaction failed
+/// (a commit can fail for another job of its batch), made by the storage
+/// thread in queue order.
+const ARCHIVE_RETRIES: u32 = 3;
 
 /// Bytes of storage work queued at once, by default (see [`StorageLimits`]).
 pub const STORAGE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
@@ -777,83 +778,46 @@ impl Queued {
 
     /// Queues the job `make` builds now — in the caller's order, so jobs
     /// keep routing order (stored messages keep theirs) — and returns the
-    /// future of its result, which queues it again (up to `retries` times,
-    /// 100 ms × attempt apart) while it fails with anything but a full quota,
-    /// an unknown id or a refusal by the storage queue. An attempt still
-    /// queued at the deadline is abandoned (it will not run); one that
-    /// started is waited for.
+    /// future of its result. The storage thread tries it again (up to
+    /// `retries` times) while it fails with anything but a refusal (a full
+    /// quota, an unknown id, a full or late queue), in queue order: a
+    /// retried write never lands behind a later one (see
+    /// [`Storage::submit_retried`]). A job still queued at the deadline is
+    /// abandoned (it will not run); one that started is waited for.
     fn run<T, J>(
         self,
-        retries: u64,
+        retries: u32,
         make: impl Fn() -> J + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, JobError>> + Send
     where
         T: Send + 'static,
         J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
     {
-        let first = self.attempt(make());
-        async move {
-            let mut attempt = 0;
-            let (mut state, mut result) = first;
-            loop {
-                let outcome = tokio::select! {
-                    r = &mut result => r,
-                    _ = tokio::time::sleep_until(self.deadline) => {
-                        if state
-                            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
-                        {
-                            return Err(JobError::Late);
-                        }
-                        (&mut result).await
-                    }
-                };
-                match outcome {
-                    // Refused by storage itself (full, late) or for good: no retry.
-                    Err(
-                        StorageError::QuotaExceeded
-                        | StorageError::UnknownId
-                        | StorageError::Overloaded
-                        | StorageError::Timeout,
-                    ) => {}
-                    Err(e) if attempt < retries => {
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "a storage job failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                        (state, result) = self.attempt(make());
-                        continue;
-                    }
-                    _ => {}
-                }
-                return outcome.map_err(JobError::from);
-            }
-        }
-    }
-
-    /// Queues one attempt of `job`: its claim (queued, started or
-    /// abandoned) and the future of its committed result.
-    #[allow(clippy::type_complexity)]
-    fn attempt<T, J>(
-        &self,
-        job: J,
-    ) -> (
-        Arc<AtomicU8>,
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send>>,
-    )
-    where
-        T: Send + 'static,
-        J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
-    {
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (claim, charge) = (state.clone(), self.charge.clone());
-        let result = self.storage.submit(move |db| {
-            let _charge = charge;
-            claim
-                .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-                .map_err(|_| StorageError::Closed)?;
-            job(db)
-        });
-        (state, Box::pin(result))
+        let mut result = Box::pin(self.storage.submit_retried(0, retries, move |db| {
+            let _charge = &charge;
+            // the first attempt claims the job; a retry finds it started
+            match claim.compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) | Err(STARTED) => make()(db),
+                Err(_) => Err(StorageError::Closed),
+            }
+        }));
+        async move {
+            let outcome = tokio::select! {
+                r = &mut result => r,
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    if state
+                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Err(JobError::Late);
+                    }
+                    (&mut result).await
+                }
+            };
+            outcome.map_err(JobError::from)
+        }
     }
 }
 
@@ -1386,6 +1350,34 @@ mod tests {
             "a new message overtook the stored one: {first:?}"
         );
         h.until("the new message after it", |f| delivers(f, 20, "new"))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_offline_store_retried_after_a_failure_stays_ahead_of_the_next_one() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.enable_sm(10).await;
+        // m1's first write fails; m2 is queued right behind it
+        h.plan.fail_writes(1);
+        h.chat("carol@x", "m1", "<thread>one</thread>").await;
+        h.chat("carol@x", "m2", "<thread>two</thread>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("both stored", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 2 })
+        })
+        .await;
+        h.online(20, "carol", "tablet").await;
+        let first = h
+            .until("a stored message for carol", |f| {
+                delivers(f, 20, "<thread>")
+            })
+            .await;
+        assert!(
+            delivers(&first, 20, "id='m1'"),
+            "the retried store landed behind the next one: {first:?}"
+        );
+        h.until("the second one", |f| delivers(f, 20, "id='m2'"))
             .await;
     }
 
