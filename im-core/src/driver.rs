@@ -264,9 +264,16 @@ impl Driver {
                     Some(_) => OfflineQuota::Exempt,
                     None => OfflineQuota::Checked,
                 };
+                // Nobody waits for this store (no SM sender's ack, no live
+                // row, no sender to answer): a message rerouted at its
+                // session's end, or one its link had no room for. Its sender
+                // may hold an acknowledgement already, so it is tried again
+                // until it commits (see `store_again`).
+                let unwaited = origin.is_none() && live.is_none() && bounce.sender.is_empty();
                 // Queued here, in routing order: stored messages keep their order.
                 let stamp = now_stamp();
-                let job = {
+                let recipient = user.clone();
+                let job = Arc::new({
                     let payload = payload.clone();
                     move || {
                         let (user, stamp, payload) = (user.clone(), stamp.clone(), payload.clone());
@@ -274,15 +281,34 @@ impl Driver {
                             db.store_offline_row(&user, &stamp, &payload, quota)
                         }
                     }
-                };
+                });
+                let first = job.clone();
                 let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
-                    .run(ARCHIVE_RETRIES, job);
+                    .run(ARCHIVE_RETRIES, move || first());
                 let events = self.events.clone();
+                let again = unwaited.then(|| StoreAgain {
+                    storage: self.storage.clone(),
+                    budget: self.budget.clone(),
+                    deadline: self.limits.deadline,
+                });
                 tokio::spawn(async move {
+                    let mut outcome = outcome.await;
+                    if let Some(again) = again
+                        && outcome.is_err()
+                    {
+                        outcome = again.until_stored(outcome, payload.len(), job).await;
+                        if outcome.is_ok() {
+                            // stored after later jobs, maybe after the
+                            // user's flush: the router flushes again
+                            let input = Input::OfflineStoredLate { user: recipient };
+                            let _ = events.send(Event::Router(input)).await;
+                            return;
+                        }
+                    }
                     // (this result may reach the router after that of a job
                     // queued later, e.g. a flush's load that read the row:
                     // the router delivers such a row twice at worst)
-                    let condition = match (outcome.await, live) {
+                    let condition = match (outcome, live) {
                         (Ok(OfflineRow::Row(row)), Some(ticket)) => {
                             let input = Input::LiveStored {
                                 ticket,
@@ -626,6 +652,59 @@ impl Driver {
     }
 }
 
+/// The first pause before an offline store nobody waits for is tried again
+/// after its retries failed; it doubles up to [`STORE_AGAIN_MAX`].
+pub const STORE_AGAIN_FIRST: Duration = Duration::from_millis(500);
+/// The longest pause between tries of an offline store nobody waits for.
+pub const STORE_AGAIN_MAX: Duration = Duration::from_secs(10);
+
+/// What trying an offline store again needs: an offline store nobody waits
+/// for (a message rerouted at its session's end, whose sender may hold an
+/// acknowledgement) is tried again until it commits, as long as it fails
+/// for a passing reason (not a full quota or an unknown user) and the
+/// storage queue has room for it: its bytes stay charged while it waits,
+/// so the waiting ones are bounded by the queue's bytes. A retry can land
+/// behind a later message of the same user (better than losing it).
+struct StoreAgain {
+    storage: Storage,
+    budget: Budget,
+    deadline: Duration,
+}
+
+impl StoreAgain {
+    /// Tries the store `make` builds again, with backoff, while `outcome`
+    /// is a passing failure and the queue has room; its last outcome.
+    async fn until_stored<T, J>(
+        self,
+        mut outcome: Result<T, JobError>,
+        bytes: usize,
+        make: Arc<impl Fn() -> J + Send + Sync + 'static>,
+    ) -> Result<T, JobError>
+    where
+        T: Send + 'static,
+        J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    {
+        let mut pause = STORE_AGAIN_FIRST;
+        loop {
+            match &outcome {
+                Err(e) if e.is_transient() => {}
+                _ => return outcome,
+            }
+            let Some(hold) = self.budget.charge(bytes) else {
+                tracing::error!("storage queue full: an unacknowledged message is not stored");
+                return outcome;
+            };
+            tracing::warn!("an unacknowledged message could not be stored yet; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(STORE_AGAIN_MAX);
+            let make = make.clone();
+            outcome = Queued::new(&self.storage, self.deadline, hold)
+                .run(ARCHIVE_RETRIES, move || make())
+                .await;
+        }
+    }
+}
+
 /// Flushes of one user that may wait behind its running one: one per
 /// session address, bounded by the user's sessions (plus as many of
 /// sessions that ended meanwhile).
@@ -738,6 +817,15 @@ enum JobError {
 }
 
 impl JobError {
+    /// Whether trying the job again later may work (it was late, or failed
+    /// for a passing reason).
+    fn is_transient(&self) -> bool {
+        match self {
+            JobError::Late => true,
+            JobError::Failed(e) => e.is_transient(),
+        }
+    }
+
     /// The stanza error that answers a message whose write ended so.
     fn condition(&self) -> StanzaCondition {
         match self {
@@ -1378,6 +1466,40 @@ mod tests {
             "the retried store landed behind the next one: {first:?}"
         );
         h.until("the second one", |f| delivers(f, 20, "id='m2'"))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_unacknowledged_message_stored_at_a_sessions_end_is_retried_until_it_commits() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.online(20, "carol", "tablet").await;
+        h.enable_sm(20).await;
+        // m1 goes live to carol; its live row fails (alice hears of it)
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        h.chat("carol@x/tablet", "m1", "<thread>t</thread>").await;
+        h.until("m1 at carol", |f| delivers(f, 20, "id='m1'")).await;
+        h.until("the error to alice", |f| delivers(f, 10, "type=\"error\""))
+            .await;
+        // carol's stream dies unacknowledged: m1 goes to storage, whose
+        // first tries fail
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        h.frame(Frame::SessionEnd {
+            sid: 20,
+            jid: None,
+            clean: false,
+        })
+        .await;
+        let failed = tokio::time::timeout(WAIT, async {
+            while h.plan.writes_to_fail() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "the store was never tried");
+        // carol comes back: m1 was stored after all
+        h.online(21, "carol", "tablet").await;
+        h.until("m1 stored for carol", |f| delivers(f, 21, "id='m1'"))
             .await;
     }
 

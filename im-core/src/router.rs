@@ -305,6 +305,14 @@ pub enum Input {
         /// The session the flush was for.
         to: SessionAddr,
     },
+    /// An offline store nobody waited for (no `origin`, no live row, no
+    /// sender in its bounce) committed only after being tried again, so
+    /// maybe after the user's flush: the user's best available session (if
+    /// any) gets a flush.
+    OfflineStoredLate {
+        /// Username (local part).
+        user: String,
+    },
     /// A user's stored messages, loaded for a session that became available.
     Offline {
         /// Username (local part).
@@ -459,6 +467,7 @@ impl Router {
             }
             Input::Offline { user, to, messages } => self.deliver_stored(user, to, messages),
             Input::OfflineLoadFailed { user: _, to } => self.flush_failed(to, now),
+            Input::OfflineStoredLate { user } => self.stored_late(&user),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
             Input::RosterWritten { txn } => self.roster_written(txn, now),

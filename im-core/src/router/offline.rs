@@ -103,6 +103,15 @@ impl Router {
         self.flush_retries.failed(to, now);
     }
 
+    /// A message for `user` was stored late (after its store was tried
+    /// again): the user's best available session, if any, gets a flush.
+    pub(super) fn stored_late(&mut self, user: &str) {
+        let bare = format!("{user}@{}", self.domain);
+        if let Some(&best) = self.table.best(&bare).first() {
+            self.request_flush(best);
+        }
+    }
+
     /// Asks again for the failed flushes due at `now` (of sessions still
     /// there).
     pub(super) fn retry_flushes(&mut self, now: Instant) {

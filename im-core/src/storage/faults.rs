@@ -67,6 +67,11 @@ impl FaultPlan {
         self.state().fail_writes = n;
     }
 
+    /// Write calls still to fail (see [`FaultPlan::fail_writes`]).
+    pub fn writes_to_fail(&self) -> usize {
+        self.state().fail_writes
+    }
+
     /// The next `n` commits fail (the whole batch rolls back).
     pub fn fail_commits(&self, n: usize) {
         self.state().fail_commits = n;
