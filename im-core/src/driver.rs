@@ -51,9 +51,10 @@ pub enum Event {
     FlushDone(String),
 }
 
-/// Extra attempts at a storage job whose transaction failed (a commit can
-/// fail for another job of its batch).
-const ARCHIVE_RETRIES: u64 = 3;
+/// Extra attempts at a storage job that failed or whose transaction failed
+/// (a commit can fail for another job of its batch), made by the storage
+/// thread in queue order.
+const ARCHIVE_RETRIES: u32 = 3;
 
 /// Bytes of storage work queued at once, by default (see [`StorageLimits`]).
 pub const STORAGE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
@@ -263,9 +264,16 @@ impl Driver {
                     Some(_) => OfflineQuota::Exempt,
                     None => OfflineQuota::Checked,
                 };
+                // Nobody waits for this store (no SM sender's ack, no live
+                // row, no sender to answer): a message rerouted at its
+                // session's end, or one its link had no room for. Its sender
+                // may hold an acknowledgement already, so it is tried again
+                // until it commits (see `store_again`).
+                let unwaited = origin.is_none() && live.is_none() && bounce.sender.is_empty();
                 // Queued here, in routing order: stored messages keep their order.
                 let stamp = now_stamp();
-                let job = {
+                let recipient = user.clone();
+                let job = Arc::new({
                     let payload = payload.clone();
                     move || {
                         let (user, stamp, payload) = (user.clone(), stamp.clone(), payload.clone());
@@ -273,15 +281,34 @@ impl Driver {
                             db.store_offline_row(&user, &stamp, &payload, quota)
                         }
                     }
-                };
+                });
+                let first = job.clone();
                 let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
-                    .run(ARCHIVE_RETRIES, job);
+                    .run(ARCHIVE_RETRIES, move || first());
                 let events = self.events.clone();
+                let again = unwaited.then(|| StoreAgain {
+                    storage: self.storage.clone(),
+                    budget: self.budget.clone(),
+                    deadline: self.limits.deadline,
+                });
                 tokio::spawn(async move {
+                    let mut outcome = outcome.await;
+                    if let Some(again) = again
+                        && outcome.is_err()
+                    {
+                        outcome = again.until_stored(outcome, payload.len(), job).await;
+                        if outcome.is_ok() {
+                            // stored after later jobs, maybe after the
+                            // user's flush: the router flushes again
+                            let input = Input::OfflineStoredLate { user: recipient };
+                            let _ = events.send(Event::Router(input)).await;
+                            return;
+                        }
+                    }
                     // (this result may reach the router after that of a job
                     // queued later, e.g. a flush's load that read the row:
                     // the router delivers such a row twice at worst)
-                    let condition = match (outcome.await, live) {
+                    let condition = match (outcome, live) {
                         (Ok(OfflineRow::Row(row)), Some(ticket)) => {
                             let input = Input::LiveStored {
                                 ticket,
@@ -315,11 +342,8 @@ impl Driver {
                 FlushStart::Wait => {}
                 FlushStart::Refused => {
                     tracing::warn!(user, "too many offline flushes waiting: one not loaded");
-                    self.refused.push_back(Input::Offline {
-                        user,
-                        to,
-                        messages: Vec::new(),
-                    });
+                    self.refused
+                        .push_back(Input::OfflineLoadFailed { user, to });
                 }
             },
             Action::LoadRoster { user } => {
@@ -559,14 +583,13 @@ impl Driver {
         match self.budget.charge(0) {
             Some(charge) => self.flush_offline(user, to, charge),
             None => {
-                // Nothing loaded: the router stops holding new
-                // messages back; the rows stay stored.
+                // Nothing loaded: the router keeps holding new messages
+                // back and asks again later; the rows stay stored.
                 tracing::warn!(user, "storage overloaded: offline messages not loaded");
                 let next = self.flushes.done(&user);
-                self.refused.push_back(Input::Offline {
+                self.refused.push_back(Input::OfflineLoadFailed {
                     user: user.clone(),
                     to,
-                    messages: Vec::new(),
                 });
                 if let Some(next) = next {
                     self.run_flush(user, next);
@@ -616,17 +639,69 @@ impl Driver {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "loading offline messages failed");
-                    // let the router stop holding new messages back
-                    let input = Input::Offline {
+                    // the router keeps holding new messages back, and retries
+                    let input = Input::OfflineLoadFailed {
                         user: user.clone(),
                         to,
-                        messages: Vec::new(),
                     };
                     let _ = events.send(Event::Router(input)).await;
                 }
             }
             let _ = events.send(Event::FlushDone(user)).await;
         });
+    }
+}
+
+/// The first pause before an offline store nobody waits for is tried again
+/// after its retries failed; it doubles up to [`STORE_AGAIN_MAX`].
+pub const STORE_AGAIN_FIRST: Duration = Duration::from_millis(500);
+/// The longest pause between tries of an offline store nobody waits for.
+pub const STORE_AGAIN_MAX: Duration = Duration::from_secs(10);
+
+/// What trying an offline store again needs: an offline store nobody waits
+/// for (a message rerouted at its session's end, whose sender may hold an
+/// acknowledgement) is tried again until it commits, as long as it fails
+/// for a passing reason (not a full quota or an unknown user) and the
+/// storage queue has room for it: its bytes stay charged while it waits,
+/// so the waiting ones are bounded by the queue's bytes. A retry can land
+/// behind a later message of the same user (better than losing it).
+struct StoreAgain {
+    storage: Storage,
+    budget: Budget,
+    deadline: Duration,
+}
+
+impl StoreAgain {
+    /// Tries the store `make` builds again, with backoff, while `outcome`
+    /// is a passing failure and the queue has room; its last outcome.
+    async fn until_stored<T, J>(
+        self,
+        mut outcome: Result<T, JobError>,
+        bytes: usize,
+        make: Arc<impl Fn() -> J + Send + Sync + 'static>,
+    ) -> Result<T, JobError>
+    where
+        T: Send + 'static,
+        J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    {
+        let mut pause = STORE_AGAIN_FIRST;
+        loop {
+            match &outcome {
+                Err(e) if e.is_transient() => {}
+                _ => return outcome,
+            }
+            let Some(hold) = self.budget.charge(bytes) else {
+                tracing::error!("storage queue full: an unacknowledged message is not stored");
+                return outcome;
+            };
+            tracing::warn!("an unacknowledged message could not be stored yet; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(STORE_AGAIN_MAX);
+            let make = make.clone();
+            outcome = Queued::new(&self.storage, self.deadline, hold)
+                .run(ARCHIVE_RETRIES, move || make())
+                .await;
+        }
     }
 }
 
@@ -742,6 +817,15 @@ enum JobError {
 }
 
 impl JobError {
+    /// Whether trying the job again later may work (it was late, or failed
+    /// for a passing reason).
+    fn is_transient(&self) -> bool {
+        match self {
+            JobError::Late => true,
+            JobError::Failed(e) => e.is_transient(),
+        }
+    }
+
     /// The stanza error that answers a message whose write ended so.
     fn condition(&self) -> StanzaCondition {
         match self {
@@ -782,83 +866,46 @@ impl Queued {
 
     /// Queues the job `make` builds now — in the caller's order, so jobs
     /// keep routing order (stored messages keep theirs) — and returns the
-    /// future of its result, which queues it again (up to `retries` times,
-    /// 100 ms × attempt apart) while it fails with anything but a full quota,
-    /// an unknown id or a refusal by the storage queue. An attempt still
-    /// queued at the deadline is abandoned (it will not run); one that
-    /// started is waited for.
+    /// future of its result. The storage thread tries it again (up to
+    /// `retries` times) while it fails with anything but a refusal (a full
+    /// quota, an unknown id, a full or late queue), in queue order: a
+    /// retried write never lands behind a later one (see
+    /// [`Storage::submit_retried`]). A job still queued at the deadline is
+    /// abandoned (it will not run); one that started is waited for.
     fn run<T, J>(
         self,
-        retries: u64,
+        retries: u32,
         make: impl Fn() -> J + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, JobError>> + Send
     where
         T: Send + 'static,
         J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
     {
-        let first = self.attempt(make());
-        async move {
-            let mut attempt = 0;
-            let (mut state, mut result) = first;
-            loop {
-                let outcome = tokio::select! {
-                    r = &mut result => r,
-                    _ = tokio::time::sleep_until(self.deadline) => {
-                        if state
-                            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
-                        {
-                            return Err(JobError::Late);
-                        }
-                        (&mut result).await
-                    }
-                };
-                match outcome {
-                    // Refused by storage itself (full, late) or for good: no retry.
-                    Err(
-                        StorageError::QuotaExceeded
-                        | StorageError::UnknownId
-                        | StorageError::Overloaded
-                        | StorageError::Timeout,
-                    ) => {}
-                    Err(e) if attempt < retries => {
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "a storage job failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                        (state, result) = self.attempt(make());
-                        continue;
-                    }
-                    _ => {}
-                }
-                return outcome.map_err(JobError::from);
-            }
-        }
-    }
-
-    /// Queues one attempt of `job`: its claim (queued, started or
-    /// abandoned) and the future of its committed result.
-    #[allow(clippy::type_complexity)]
-    fn attempt<T, J>(
-        &self,
-        job: J,
-    ) -> (
-        Arc<AtomicU8>,
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send>>,
-    )
-    where
-        T: Send + 'static,
-        J: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
-    {
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (claim, charge) = (state.clone(), self.charge.clone());
-        let result = self.storage.submit(move |db| {
-            let _charge = charge;
-            claim
-                .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-                .map_err(|_| StorageError::Closed)?;
-            job(db)
-        });
-        (state, Box::pin(result))
+        let mut result = Box::pin(self.storage.submit_retried(0, retries, move |db| {
+            let _charge = &charge;
+            // the first attempt claims the job; a retry finds it started
+            match claim.compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) | Err(STARTED) => make()(db),
+                Err(_) => Err(StorageError::Closed),
+            }
+        }));
+        async move {
+            let outcome = tokio::select! {
+                r = &mut result => r,
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    if state
+                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Err(JobError::Late);
+                    }
+                    (&mut result).await
+                }
+            };
+            outcome.map_err(JobError::from)
+        }
     }
 }
 
@@ -1323,6 +1370,137 @@ mod tests {
             matches!(f, Frame::Handled { sid: 10, h: 1 })
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_flush_whose_load_fails_keeps_new_messages_behind_the_stored_ones_and_retries() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.enable_sm(10).await;
+        // stored for carol (offline): acknowledged once committed
+        h.chat("carol@x", "s1", "<body>stored</body>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("s1 stored", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 1 })
+        })
+        .await;
+        // carol comes online with SM; her flush's load fails
+        h.plan.fail_offline_loads(1);
+        h.frame(Frame::Bind {
+            sid: 20,
+            user: "carol@x".into(),
+            iq_id: "b".into(),
+            resource: Some("tablet".into()),
+        })
+        .await;
+        h.until("bind result", |f| {
+            matches!(f, Frame::BindResult { sid: 20, .. })
+        })
+        .await;
+        h.enable_sm(20).await;
+        h.stanza(
+            20,
+            Kind::Presence,
+            "carol@x/tablet",
+            None,
+            None,
+            "<presence/>",
+        )
+        .await;
+        let failed = tokio::time::timeout(WAIT, async {
+            while h.plan.offline_load_failures_left() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "the flush's load was never tried");
+        // the failure reaches the router before the next message (a round trip)
+        h.stanza(
+            20,
+            Kind::Iq,
+            "carol@x/tablet",
+            Some("x"),
+            Some("get"),
+            "<iq type='get' id='ping1' to='x'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+        h.until("the ping's answer", |f| delivers(f, 20, "ping1"))
+            .await;
+        // a new message must not overtake the stored one
+        h.chat("carol@x/tablet", "n2", "<body>new</body>").await;
+        let first = h
+            .until("a message for carol", |f| {
+                delivers(f, 20, "stored") || delivers(f, 20, "new")
+            })
+            .await;
+        assert!(
+            delivers(&first, 20, "stored"),
+            "a new message overtook the stored one: {first:?}"
+        );
+        h.until("the new message after it", |f| delivers(f, 20, "new"))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_offline_store_retried_after_a_failure_stays_ahead_of_the_next_one() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.enable_sm(10).await;
+        // m1's first write fails; m2 is queued right behind it
+        h.plan.fail_writes(1);
+        h.chat("carol@x", "m1", "<thread>one</thread>").await;
+        h.chat("carol@x", "m2", "<thread>two</thread>").await;
+        h.frame(Frame::AckRequest { sid: 10 }).await;
+        h.until("both stored", |f| {
+            matches!(f, Frame::Handled { sid: 10, h: 2 })
+        })
+        .await;
+        h.online(20, "carol", "tablet").await;
+        let first = h
+            .until("a stored message for carol", |f| {
+                delivers(f, 20, "<thread>")
+            })
+            .await;
+        assert!(
+            delivers(&first, 20, "id='m1'"),
+            "the retried store landed behind the next one: {first:?}"
+        );
+        h.until("the second one", |f| delivers(f, 20, "id='m2'"))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_unacknowledged_message_stored_at_a_sessions_end_is_retried_until_it_commits() {
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.online(20, "carol", "tablet").await;
+        h.enable_sm(20).await;
+        // m1 goes live to carol; its live row fails (alice hears of it)
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        h.chat("carol@x/tablet", "m1", "<thread>t</thread>").await;
+        h.until("m1 at carol", |f| delivers(f, 20, "id='m1'")).await;
+        h.until("the error to alice", |f| delivers(f, 10, "type=\"error\""))
+            .await;
+        // carol's stream dies unacknowledged: m1 goes to storage, whose
+        // first tries fail
+        h.plan.fail_writes(1 + ARCHIVE_RETRIES as usize);
+        h.frame(Frame::SessionEnd {
+            sid: 20,
+            jid: None,
+            clean: false,
+        })
+        .await;
+        let failed = tokio::time::timeout(WAIT, async {
+            while h.plan.writes_to_fail() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "the store was never tried");
+        // carol comes back: m1 was stored after all
+        h.online(21, "carol", "tablet").await;
+        h.until("m1 stored for carol", |f| delivers(f, 21, "id='m1'"))
+            .await;
     }
 
     #[tokio::test]

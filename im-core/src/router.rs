@@ -35,6 +35,7 @@ mod archive_ids;
 mod binding;
 mod carbons;
 mod conversation;
+mod flush_retries;
 mod forward;
 mod iq;
 mod live_rows;
@@ -54,6 +55,8 @@ mod subscriptions;
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
 use archive_ids::ArchiveIds;
 use binding::ResourceNames;
+use flush_retries::FlushRetries;
+pub use flush_retries::{FLUSH_RETRY_FIRST, FLUSH_RETRY_MAX};
 pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use live_rows::MAX_PENDING_TICKETS;
 use live_rows::{LiveRows, MessageRow};
@@ -291,6 +294,25 @@ pub enum Input {
         /// The error to answer with.
         condition: StanzaCondition,
     },
+    /// Loading the stored messages of an [`Action::FlushOffline`] failed
+    /// (storage refused, down or late): the session keeps holding new
+    /// messages behind the stored ones, and the flush is asked for again
+    /// after a backoff ([`FLUSH_RETRY_FIRST`] doubling up to
+    /// [`FLUSH_RETRY_MAX`]).
+    OfflineLoadFailed {
+        /// Username (local part).
+        user: String,
+        /// The session the flush was for.
+        to: SessionAddr,
+    },
+    /// An offline store nobody waited for (no `origin`, no live row, no
+    /// sender in its bounce) committed only after being tried again, so
+    /// maybe after the user's flush: the user's best available session (if
+    /// any) gets a flush.
+    OfflineStoredLate {
+        /// Username (local part).
+        user: String,
+    },
     /// A user's stored messages, loaded for a session that became available.
     Offline {
         /// Username (local part).
@@ -344,6 +366,8 @@ pub struct Router {
     stored_rows: StoredRows,
     /// Live rows being written.
     live_rows: LiveRows,
+    /// Flushes whose load failed, waiting to be asked for again.
+    flush_retries: FlushRetries,
     /// The live row of the message being routed.
     live_ticket: MessageRow,
     /// Sessions with a storage query being answered (one at a time), with
@@ -373,6 +397,7 @@ impl Router {
             roster_writes: RosterWrites::default(),
             stored_rows: StoredRows::default(),
             live_rows: LiveRows::default(),
+            flush_retries: FlushRetries::default(),
             live_ticket: MessageRow::Unset,
             querying: Default::default(),
             push_counter: 0,
@@ -440,6 +465,8 @@ impl Router {
                 self.live_written(ticket, Some(row));
             }
             Input::Offline { user, to, messages } => self.deliver_stored(user, to, messages),
+            Input::OfflineLoadFailed { user: _, to } => self.flush_failed(to, now),
+            Input::OfflineStoredLate { user } => self.stored_late(&user),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
             Input::RosterWritten { txn } => self.roster_written(txn, now),
@@ -471,16 +498,21 @@ impl Router {
     }
 
     /// The earliest deadline the router keeps (a detached SM session's
-    /// expiry): call [`Router::handle_timeout`] then. None: no deadline.
+    /// expiry, a failed flush's retry): call [`Router::handle_timeout`]
+    /// then. None: no deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.next_expiry()
+        match (self.sessions.next_expiry(), self.flush_retries.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Time reached `now`: detached SM sessions whose resumption time is
     /// over expire (what they never acknowledged goes to another resource
-    /// or offline storage).
+    /// or offline storage), and failed flushes due again are asked for.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire(now);
+        self.retry_flushes(now);
     }
 
     /// The next action to carry out, in order; take them all after every

@@ -13,6 +13,8 @@
 //! acknowledged it, and otherwise stays for the next flush, so a core crash
 //! loses no message acknowledged to its sender.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use cm_protocol::Frame;
 use xmpp_stream::element::{Element, Node};
@@ -50,6 +52,7 @@ impl Router {
         to: SessionAddr,
         messages: Vec<(i64, Bytes)>,
     ) {
+        self.flush_retries.loaded(to);
         if self.table.jid_of(to.0, to.1).is_none() {
             return; // gone meanwhile: they stay stored
         }
@@ -80,6 +83,43 @@ impl Router {
         self.stored_acked(&user, &written);
         if self.sessions.finish_flush(to, delivered == total) {
             self.request_flush(to);
+        }
+    }
+
+    /// The flush of `to` could not load the stored messages at `now`: the
+    /// session keeps holding new messages behind them (its flush counts as
+    /// under way), and the flush is asked for again after a backoff. A
+    /// session gone meanwhile is not retried (a resumption flushes again).
+    pub(super) fn flush_failed(&mut self, to: SessionAddr, now: Instant) {
+        if self.table.jid_of(to.0, to.1).is_none() {
+            self.flush_retries.loaded(to);
+            return;
+        }
+        tracing::warn!(
+            node = to.0,
+            sid = to.1,
+            "loading stored messages failed: retrying"
+        );
+        self.flush_retries.failed(to, now);
+    }
+
+    /// A message for `user` was stored late (after its store was tried
+    /// again): the user's best available session, if any, gets a flush.
+    pub(super) fn stored_late(&mut self, user: &str) {
+        let bare = format!("{user}@{}", self.domain);
+        if let Some(&best) = self.table.best(&bare).first() {
+            self.request_flush(best);
+        }
+    }
+
+    /// Asks again for the failed flushes due at `now` (of sessions still
+    /// there).
+    pub(super) fn retry_flushes(&mut self, now: Instant) {
+        while let Some(to) = self.flush_retries.take_due(now) {
+            match self.user_of(to) {
+                Some(user) => self.emit(Action::FlushOffline { user, to }),
+                None => self.flush_retries.loaded(to),
+            }
         }
     }
 

@@ -493,8 +493,9 @@ impl SmSessions {
             replay,
             // Only what is durable: a stanza whose archive or offline
             // store is still pending is sent again by the client (and
-            // dropped as a duplicate by id at the recipient), never lost.
-            h: ledger.report_h(),
+            // dropped as a duplicate by id at the recipient), never lost;
+            // the count restarts there, as the client's does.
+            h: ledger.resumed_h(),
             max: ledger.max,
             old_attached,
             rows,

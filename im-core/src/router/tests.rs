@@ -2373,3 +2373,63 @@ fn a_restored_available_sm_session_is_flushed_and_an_unavailable_one_is_not() {
     );
     assert!(acts.is_empty(), "{acts:?}");
 }
+
+#[test]
+fn a_resumption_with_a_write_pending_counts_on_from_the_h_it_reported() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    let send_m1 = |r: &mut Router, node: NodeId, sid: SessionId| {
+        let acts = stanza(
+            r,
+            node,
+            sid,
+            header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+            "<message from='alice@x/phone' type='chat' to='bob@x' id='m1'><body>hi</body></message>",
+        );
+        // its archive write and its offline store for bob (not available)
+        let origins: Vec<(u64, u32)> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Archive { origin, .. } | Action::StoreOffline { origin, .. } => *origin,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(origins.len(), 2, "{acts:?}");
+        origins
+    };
+    // m1's writes are still pending when alice's CM dies
+    let first = send_m1(&mut r, 1, 10);
+    r.run(Input::NodeGone { node: 1 });
+    let acts = frame(
+        &mut r,
+        2,
+        Frame::Resume {
+            sid: 20,
+            user: "alice@x".into(),
+            previd: id,
+            h: 0,
+        },
+    );
+    let Some(Frame::Resumed {
+        result: Ok(res), ..
+    }) = acts.iter().find_map(|a| match a {
+        Action::Send { frame, .. } => Some(frame),
+        _ => None,
+    })
+    else {
+        panic!("{acts:?}")
+    };
+    // only what is durable: m1 is not
+    assert_eq!(res.h, 0);
+    // so the client sends m1 again; both writes commit
+    let again = send_m1(&mut r, 2, 20);
+    for origin in first.into_iter().chain(again) {
+        r.run(Input::Stored { origin });
+    }
+    // the client sent one stanza on the resumed stream after h 0
+    assert_eq!(
+        handled(&frame(&mut r, 2, Frame::AckRequest { sid: 20 })),
+        vec![1],
+        "the core counted past what the client sent"
+    );
+}

@@ -32,6 +32,7 @@ struct State {
     fail_all: bool,
     fail_writes: usize,
     fail_commits: usize,
+    fail_offline_loads: usize,
     stalled: bool,
     calls: u64,
     commits: u64,
@@ -44,6 +45,8 @@ enum Call {
     Write,
     Begin,
     Commit,
+    /// Loading a user's offline messages (a read a flush needs).
+    OfflineLoad,
 }
 
 impl FaultPlan {
@@ -64,9 +67,25 @@ impl FaultPlan {
         self.state().fail_writes = n;
     }
 
+    /// Write calls still to fail (see [`FaultPlan::fail_writes`]).
+    pub fn writes_to_fail(&self) -> usize {
+        self.state().fail_writes
+    }
+
     /// The next `n` commits fail (the whole batch rolls back).
     pub fn fail_commits(&self, n: usize) {
         self.state().fail_commits = n;
+    }
+
+    /// The next `n` loads of offline messages (a flush's read) fail.
+    pub fn fail_offline_loads(&self, n: usize) {
+        self.state().fail_offline_loads = n;
+    }
+
+    /// Loads of offline messages still to fail (see
+    /// [`FaultPlan::fail_offline_loads`]).
+    pub fn offline_load_failures_left(&self) -> usize {
+        self.state().fail_offline_loads
     }
 
     /// Every call blocks until [`FaultPlan::heal`] (a stalled disk / hung
@@ -119,6 +138,7 @@ impl FaultPlan {
         let budget = match call {
             Call::Write => &mut s.fail_writes,
             Call::Commit => &mut s.fail_commits,
+            Call::OfflineLoad => &mut s.fail_offline_loads,
             Call::Read | Call::Begin => return Ok(()),
         };
         match *budget {
@@ -226,7 +246,7 @@ impl Store for FaultyStore {
     }
 
     fn offline(&mut self, username: &str) -> Result<Vec<OfflineMessage>, StorageError> {
-        self.plan.check(Call::Read)?;
+        self.plan.check(Call::OfflineLoad)?;
         self.inner.offline(username)
     }
 

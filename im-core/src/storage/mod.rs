@@ -28,7 +28,7 @@ mod worker;
 pub use faults::{FaultPlan, FaultyStore};
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
-pub use worker::{JOB_OVERHEAD, Limits, Storage};
+pub use worker::{JOB_OVERHEAD, Limits, RETRY_PAUSE, Storage};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]

@@ -105,14 +105,28 @@ pub struct Postgres {
     /// A statement of the open transaction failed: PostgreSQL aborted it,
     /// and its `COMMIT` would quietly roll back, so `commit` reports failure.
     failed: Option<String>,
-    /// The open savepoint: archive rows buffered before it, and whether the
-    /// transaction had already failed then.
-    savepoint: Option<(usize, bool)>,
+    /// The open savepoints, innermost last (see [`Mark`]).
+    savepoints: Vec<Mark>,
+    /// Archive rows written out (by a read of the archive) while a
+    /// savepoint was open, in order: rolling back to that savepoint undoes
+    /// them, so those buffered before it go back into the buffer.
+    flushed: Vec<ArchiveEntry>,
     /// When the next reconnection may be tried, the pause after it, and why
     /// the last attempt failed.
     retry_at: Instant,
     backoff: Duration,
     down_because: String,
+}
+
+/// What a savepoint needs to be rolled back to.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    /// Archive rows buffered when it was set.
+    buffered: usize,
+    /// Rows in `flushed` when it was set.
+    flushed: usize,
+    /// Whether the transaction had failed already.
+    failed: bool,
 }
 
 /// Runs one round trip on the store's connection, bounded by
@@ -168,7 +182,8 @@ impl Postgres {
             offline_quota,
             archive_batch: Vec::new(),
             failed: None,
-            savepoint: None,
+            savepoints: Vec::new(),
+            flushed: Vec::new(),
             retry_at: Instant::now(),
             backoff: BACKOFF.0,
             down_because: String::new(),
@@ -329,6 +344,10 @@ impl Postgres {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.archive_batch);
+        if !self.savepoints.is_empty() {
+            // (undone by a rollback to one of them: see `flushed`)
+            self.flushed.extend(batch.iter().cloned());
+        }
         let users: Vec<&str> = batch.iter().map(|e| e.user.as_str()).collect();
         let ids = batch
             .iter()
@@ -372,6 +391,8 @@ impl Store for Postgres {
     fn begin(&mut self) -> Result<(), StorageError> {
         self.failed = None;
         self.archive_batch.clear();
+        self.savepoints.clear();
+        self.flushed.clear();
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             // The server restarted or the network failed: connect again.
             self.conn = None;
@@ -392,6 +413,8 @@ impl Store for Postgres {
 
     fn rollback(&mut self) {
         self.archive_batch.clear();
+        self.savepoints.clear();
+        self.flushed.clear();
         if self.conn.is_some() {
             let _ = io!(self, c => c.batch_execute("ROLLBACK"));
         }
@@ -400,24 +423,43 @@ impl Store for Postgres {
 
     fn savepoint(&mut self) -> Result<(), StorageError> {
         io!(self, c => c.batch_execute("SAVEPOINT job"))?;
-        self.savepoint = Some((self.archive_batch.len(), self.failed.is_some()));
+        self.savepoints.push(Mark {
+            buffered: self.archive_batch.len(),
+            flushed: self.flushed.len(),
+            failed: self.failed.is_some(),
+        });
         Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) -> Result<(), StorageError> {
-        let (archived, failed_before) = self.savepoint.take().unwrap_or((0, true));
+        let mark = self.savepoints.pop().unwrap_or(Mark {
+            buffered: 0,
+            flushed: self.flushed.len(),
+            failed: true,
+        });
         io!(self, c => c.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"))?;
         // A statement that failed after the savepoint no longer aborts the
-        // transaction, and archive rows buffered since are not written.
-        self.archive_batch.truncate(archived);
-        if !failed_before {
+        // transaction, and archive rows buffered since are not written;
+        // rows buffered before it but written out since are undone, so
+        // they are buffered again.
+        if self.flushed.len() > mark.flushed {
+            let end = (mark.flushed + mark.buffered).min(self.flushed.len());
+            self.archive_batch = self.flushed[mark.flushed..end].to_vec();
+            self.flushed.truncate(mark.flushed);
+        } else {
+            self.archive_batch.truncate(mark.buffered);
+        }
+        if !mark.failed {
             self.failed = None;
         }
         Ok(())
     }
 
     fn release_savepoint(&mut self) -> Result<(), StorageError> {
-        self.savepoint = None;
+        self.savepoints.pop();
+        if self.savepoints.is_empty() {
+            self.flushed.clear();
+        }
         io!(self, c => c.batch_execute("RELEASE SAVEPOINT job"))
     }
 

@@ -829,3 +829,73 @@ fn a_failed_all_or_none_job_leaves_nothing_and_the_rest_of_its_transaction_commi
         );
     });
 }
+
+#[tokio::test]
+async fn a_job_whose_statement_fails_fails_alone_and_the_rest_of_its_batch_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    for (storage, plan) in faulty_storages(dir.path(), Limits::default()) {
+        add_user(&storage, "u").await;
+        add_user(&storage, "v").await;
+        // Three jobs in one batch: a write, one whose statement the
+        // database refuses (PostgreSQL refuses a NUL in text; SQLite takes
+        // it: no such user), a write.
+        plan.stall();
+        let calls = plan.calls();
+        let blocker = storage.submit(|db| db.user_count());
+        wait_for_calls(&plan, calls);
+        let before = storage.submit(|db| db.store_offline("u", "t", b"<before/>"));
+        let refused = storage.submit(|db| db.store_offline("v\0", "t", b"<nul/>"));
+        let after = storage.submit(|db| db.store_offline("u", "t", b"<after/>"));
+        plan.heal();
+        blocker.await.unwrap();
+        let refused = refused.await;
+        assert!(
+            matches!(
+                refused,
+                Err(StorageError::Postgres(_)) | Ok(Stored::NoSuchUser)
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(before.await.unwrap(), Stored::Stored);
+        assert_eq!(after.await.unwrap(), Stored::Stored);
+        let stored: Vec<Bytes> = storage
+            .call(|db| db.offline("u"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(
+            stored,
+            vec![Bytes::from("<before/>"), Bytes::from("<after/>")]
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_archive_query_that_fails_after_reading_keeps_the_batchs_buffered_archive_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for (storage, plan) in faulty_storages(dir.path(), Limits::default()) {
+        add_user(&storage, "u").await;
+        // One batch: an archive write (PostgreSQL buffers it), a query
+        // that reads the archive (which writes the buffer out) then fails,
+        // and another write.
+        plan.stall();
+        let calls = plan.calls();
+        let blocker = storage.submit(|db| db.user_count());
+        wait_for_calls(&plan, calls);
+        let first = storage.submit(|db| db.archive(&entry("u", &hex(1), "p@x", 0)));
+        let query = storage.submit(|db| -> Result<(), StorageError> {
+            db.query_archive("u", &ArchiveQuery::default())?;
+            db.store_offline("v\0", "t", b"<nul/>")?;
+            Err(StorageError::Injected)
+        });
+        let second = storage.submit(|db| db.archive(&entry("u", &hex(2), "p@x", 0)));
+        plan.heal();
+        blocker.await.unwrap();
+        assert!(query.await.is_err());
+        assert_eq!(first.await.unwrap(), Stored::Stored);
+        assert_eq!(second.await.unwrap(), Stored::Stored);
+        assert_eq!(archived_ids(&storage, "u").await, vec![hex(1), hex(2)]);
+    }
+}

@@ -42,6 +42,9 @@ impl Default for Limits {
 pub const JOB_OVERHEAD: usize = 256;
 /// Most jobs committed in one transaction.
 const BATCH: usize = 512;
+/// The pause before a failed transaction's jobs are tried again, times
+/// the failures in a row.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// A job's progress. Leaving `QUEUED` is a race between its caller's
 /// deadline and the storage thread, settled by one compare-and-swap.
@@ -51,17 +54,26 @@ const TIMED_OUT: u8 = 2;
 
 /// A job with its caller's channel, type-erased for the queue.
 trait Pending: Send {
-    /// Runs the job in the open transaction (once; a panic leaves no result).
-    fn run(&mut self, db: &mut dyn Store);
+    /// Runs the job in the open transaction, in a savepoint of its own so
+    /// that its failure undoes only its writes; a transient failure of its
+    /// own is tried again at once, in place (before any later job), while
+    /// it has attempts left. An error means the transaction itself broke
+    /// (a savepoint could not be set or rolled back to).
+    fn run(&mut self, db: &mut dyn Store) -> Result<(), StorageError>;
     /// Delivers the result to the caller: the job's own if its transaction
     /// committed, else the batch's failure.
     fn complete(self: Box<Self>, batch: &Result<(), StorageError>);
+    /// Its transaction failed: whether it runs again (an attempt was left,
+    /// now spent) rather than failing.
+    fn again(&mut self) -> bool;
     /// Moves the job from queued to `to`; false if it already left.
     fn leave_queue(&self, to: u8) -> bool;
 }
 
 struct Task<T, F> {
-    f: Option<F>,
+    f: F,
+    /// Attempts left after this one.
+    retries: u32,
     result: Option<Result<T, StorageError>>,
     tx: oneshot::Sender<Result<T, StorageError>>,
     state: Arc<AtomicU8>,
@@ -70,11 +82,26 @@ struct Task<T, F> {
 impl<T, F> Pending for Task<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    F: FnMut(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
 {
-    fn run(&mut self, db: &mut dyn Store) {
-        if let Some(f) = self.f.take() {
-            self.result = Some(f(db));
+    fn run(&mut self, db: &mut dyn Store) -> Result<(), StorageError> {
+        loop {
+            self.result = None;
+            db.savepoint()?;
+            let result = (self.f)(db);
+            match &result {
+                Ok(_) => db.release_savepoint()?,
+                Err(e) => {
+                    db.rollback_to_savepoint()?;
+                    if e.is_transient() && self.retries > 0 {
+                        self.retries -= 1;
+                        tracing::warn!(error = %e, "a storage job failed; retrying it in place");
+                        continue;
+                    }
+                }
+            }
+            self.result = Some(result);
+            return Ok(());
         }
     }
 
@@ -86,6 +113,15 @@ where
         let _ = self.tx.send(result);
     }
 
+    fn again(&mut self) -> bool {
+        self.result = None;
+        if self.retries == 0 {
+            return false;
+        }
+        self.retries -= 1;
+        true
+    }
+
     fn leave_queue(&self, to: u8) -> bool {
         self.state
             .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
@@ -94,6 +130,15 @@ where
 }
 
 impl StorageError {
+    /// Whether trying the job again may work: not for refusals (quota,
+    /// unknown id, a full or late queue, closed storage).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            Self::QuotaExceeded | Self::UnknownId | Self::Overloaded | Self::Timeout | Self::Closed
+        )
+    }
+
     /// This batch-wide failure as each of the batch's jobs reports it.
     fn for_batch(&self) -> Self {
         match self {
@@ -274,6 +319,31 @@ impl Storage {
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
     {
+        let mut f = Some(f);
+        self.submit_retried(bytes, 0, move |db| match f.take() {
+            Some(f) => f(db),
+            None => Err(StorageError::Panicked),
+        })
+    }
+
+    /// [`Storage::submit_sized`] for a job tried up to `retries` more
+    /// times by the storage thread, in queue order: a transient failure of
+    /// its own is tried again at once in its transaction, and a failed
+    /// transaction (its commit, a panic) is tried again, after a pause
+    /// ([`RETRY_PAUSE`] × attempt), with the jobs of its batch still to
+    /// try, before any later job. So a retried write never lands behind a
+    /// later one. Refusals (see [`StorageError::is_transient`]) are not
+    /// tried again.
+    pub fn submit_retried<T, F>(
+        &self,
+        bytes: usize,
+        retries: u32,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn Store) -> Result<T, StorageError> + Send + 'static,
+    {
         let (tx, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let since = Instant::now();
@@ -281,7 +351,8 @@ impl Storage {
         let deadline = since + queue.limits.deadline;
         let queued = queue.push(Queued {
             task: Box::new(Task {
-                f: Some(f),
+                f,
+                retries,
                 result: None,
                 tx,
                 state: state.clone(),
@@ -326,18 +397,26 @@ fn run(mut store: Box<dyn Store>, queue: &Queue) {
             }
             // (else its caller gave up at the deadline: it never runs)
         }
-        // Jobs left unrun by a panic run next, in a transaction of their own.
+        // Jobs to try again (and those left unrun by a panic) run next,
+        // before any later job, in a transaction of their own.
+        let mut failures = 0;
         while !tasks.is_empty() {
-            transaction(&mut *store, &mut tasks);
+            if failures > 0 {
+                std::thread::sleep(RETRY_PAUSE * failures);
+            }
+            match transaction(&mut *store, &mut tasks) {
+                true => failures = 0,
+                false => failures += 1,
+            }
         }
         queue.release(bytes);
     }
 }
 
-/// Runs `tasks` in one transaction and completes them, or, when one
-/// panics, completes those that ran (failed) and leaves the rest in
-/// `tasks`.
-fn transaction(store: &mut dyn Store, tasks: &mut Vec<Box<dyn Pending>>) {
+/// Runs `tasks` in one transaction and completes them; false if it failed.
+/// Then those with attempts left stay in `tasks` to run again; so do
+/// those a panic left unrun.
+fn transaction(store: &mut dyn Store, tasks: &mut Vec<Box<dyn Pending>>) -> bool {
     tracing::trace!(jobs = tasks.len(), "storage batch");
     let mut ran = 0;
     let outcome = match guarded(|| store.begin()) {
@@ -346,18 +425,25 @@ fn transaction(store: &mut dyn Store, tasks: &mut Vec<Box<dyn Pending>>) {
             Err(e)
         }
         Ok(()) => {
-            let mut panicked = false;
+            let mut failed = None;
             for task in tasks.iter_mut() {
                 ran += 1;
-                if catch_unwind(AssertUnwindSafe(|| task.run(&mut *store))).is_err() {
-                    tracing::error!("a storage job panicked; its batch is rolled back");
-                    panicked = true;
-                    break;
+                match catch_unwind(AssertUnwindSafe(|| task.run(&mut *store))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::error!("a storage job panicked; its batch is rolled back");
+                        failed = Some(StorageError::Panicked);
+                        break;
+                    }
                 }
             }
-            match panicked {
-                true => Err(StorageError::Panicked),
-                false => guarded(|| store.commit()),
+            match failed {
+                Some(e) => Err(e),
+                None => guarded(|| store.commit()),
             }
         }
     };
@@ -367,9 +453,22 @@ fn transaction(store: &mut dyn Store, tasks: &mut Vec<Box<dyn Pending>>) {
             tracing::error!("rolling back panicked");
         }
     }
-    for task in tasks.drain(..ran) {
-        task.complete(&outcome);
+    let failed = outcome.is_err();
+    let mut kept = Vec::with_capacity(tasks.len());
+    for mut task in tasks.drain(..) {
+        if ran == 0 {
+            kept.push(task); // left unrun: runs next as it is
+            continue;
+        }
+        ran -= 1;
+        if failed && task.again() {
+            kept.push(task);
+        } else {
+            task.complete(&outcome);
+        }
     }
+    *tasks = kept;
+    !failed
 }
 
 /// `f`'s result, or [`StorageError::Panicked`] if it panicked.

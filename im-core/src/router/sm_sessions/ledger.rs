@@ -119,6 +119,11 @@ pub(crate) struct Ledger {
     /// `handled` values of stanzas whose offline store is still running, in
     /// the order they were counted (so the front is the oldest).
     pending: VecDeque<u32>,
+    /// `h` values of stores still running for stanzas counted before a
+    /// resumption that reported less (see [`Ledger::resumed_h`]): their
+    /// completions count for nothing, since the client sends those
+    /// stanzas again and they are counted anew.
+    stale: VecDeque<u32>,
     /// An `<a/>` went out lower than `handled` because of pending stores.
     pub(super) ack_owed: bool,
     /// The client's last acknowledged `h`.
@@ -157,6 +162,7 @@ impl Ledger {
             max,
             handled: r.handled,
             pending: VecDeque::new(),
+            stale: VecDeque::new(),
             ack_owed: false,
             acked: r.client_acked,
             unknown: r.sent.wrapping_sub(r.client_acked),
@@ -226,8 +232,16 @@ impl Ledger {
         self.pending.push_back(h);
     }
 
-    /// The store for `h` finished (stored or answered with an error).
+    /// The store for `h` finished (stored or answered with an error). A
+    /// store from before a resumption (stale) is matched first: if a
+    /// stanza counted anew with the same `h` finished first, it is taken
+    /// for the stale one, and so counts as durable only once the stale
+    /// one finished too — later, never too early.
     pub(super) fn store_done(&mut self, h: u32) {
+        if let Some(pos) = self.stale.iter().position(|&p| p == h) {
+            self.stale.remove(pos);
+            return;
+        }
         if let Some(pos) = self.pending.iter().position(|&p| p == h) {
             self.pending.remove(pos);
         }
@@ -249,6 +263,17 @@ impl Ledger {
             self.reported = durable;
         }
         self.reported
+    }
+
+    /// The `h` of `<resumed/>`: what is durable. The client sends again
+    /// every stanza past it, so the count restarts there (it agrees with
+    /// the client's), and the stores still running for stanzas past it
+    /// become stale.
+    pub(super) fn resumed_h(&mut self) -> u32 {
+        let h = self.report_h();
+        self.handled = h;
+        self.stale.extend(self.pending.drain(..));
+        h
     }
 
     /// Reports everything handled (the `h` of `<resumed/>`).
