@@ -594,6 +594,8 @@ impl Router {
                 match self.sessions.count_in((node, sid)) {
                     // a stream the session has left (resumed elsewhere)
                     Incoming::FromDetached => return,
+                    // sent again after a resumption; routed the first time
+                    Incoming::Resent => return,
                     Incoming::Counted(origin) => self.origin = Some(origin),
                     Incoming::Untracked if self.table.jid_of(node, sid).is_none() => return,
                     Incoming::Untracked => {}

@@ -42,6 +42,10 @@ pub(crate) enum Incoming {
     FromDetached,
     /// Counted; its acknowledgement waits for whatever it is routed into.
     Counted(Origin),
+    /// Counted, and not to be routed: the client sent it again after a
+    /// resumption, and it was routed before (its acknowledgement waits for
+    /// the stores it went into then).
+    Resent,
 }
 
 /// What a stanza sent to a session is, for a ledger that is full or has
@@ -281,7 +285,10 @@ impl SmSessions {
         match self.ledgers.get_mut(&addr) {
             None => Incoming::Untracked,
             Some(l) if l.detached_at.is_some() => Incoming::FromDetached,
-            Some(l) => Incoming::Counted((l.token, l.count_in())),
+            Some(l) => match l.count_in_resent() {
+                (_, true) => Incoming::Resent,
+                (h, false) => Incoming::Counted((l.token, h)),
+            },
         }
     }
 

@@ -119,11 +119,11 @@ pub(crate) struct Ledger {
     /// `handled` values of stanzas whose offline store is still running, in
     /// the order they were counted (so the front is the oldest).
     pending: VecDeque<u32>,
-    /// `h` values of stores still running for stanzas counted before a
-    /// resumption that reported less (see [`Ledger::resumed_h`]): their
-    /// completions count for nothing, since the client sends those
-    /// stanzas again and they are counted anew.
-    stale: VecDeque<u32>,
+    /// After a resumption that reported less than was handled (see
+    /// [`Ledger::resumed_h`]): the last `h` counted before it. The client
+    /// sends those stanzas again, in order; they were routed already, so
+    /// they are counted, not routed twice.
+    resent_upto: Option<u32>,
     /// An `<a/>` went out lower than `handled` because of pending stores.
     pub(super) ack_owed: bool,
     /// The client's last acknowledged `h`.
@@ -162,7 +162,7 @@ impl Ledger {
             max,
             handled: r.handled,
             pending: VecDeque::new(),
-            stale: VecDeque::new(),
+            resent_upto: None,
             ack_owed: false,
             acked: r.client_acked,
             unknown: r.sent.wrapping_sub(r.client_acked),
@@ -222,9 +222,24 @@ impl Ledger {
     }
 
     /// A stanza from the client was handled; returns its `h`.
+    #[cfg(test)]
     pub(super) fn count_in(&mut self) -> u32 {
+        self.count_in_resent().0
+    }
+
+    /// A stanza from the client was handled; returns its `h`, and whether
+    /// it is one sent again after a resumption that was routed before it
+    /// (its store, if any, is still pending under the same `h`).
+    pub(super) fn count_in_resent(&mut self) -> (u32, bool) {
         self.handled = self.handled.wrapping_add(1);
-        self.handled
+        let resent = self.resent_upto.is_some_and(|upto| {
+            let within = upto.wrapping_sub(self.handled) <= u32::MAX / 2;
+            if !within || upto == self.handled {
+                self.resent_upto = None;
+            }
+            within
+        });
+        (self.handled, resent)
     }
 
     /// The stanza numbered `h` waits for an offline store.
@@ -232,16 +247,8 @@ impl Ledger {
         self.pending.push_back(h);
     }
 
-    /// The store for `h` finished (stored or answered with an error). A
-    /// store from before a resumption (stale) is matched first: if a
-    /// stanza counted anew with the same `h` finished first, it is taken
-    /// for the stale one, and so counts as durable only once the stale
-    /// one finished too — later, never too early.
+    /// The store for `h` finished (stored or answered with an error).
     pub(super) fn store_done(&mut self, h: u32) {
-        if let Some(pos) = self.stale.iter().position(|&p| p == h) {
-            self.stale.remove(pos);
-            return;
-        }
         if let Some(pos) = self.pending.iter().position(|&p| p == h) {
             self.pending.remove(pos);
         }
@@ -267,12 +274,18 @@ impl Ledger {
 
     /// The `h` of `<resumed/>`: what is durable. The client sends again
     /// every stanza past it, so the count restarts there (it agrees with
-    /// the client's), and the stores still running for stanzas past it
-    /// become stale.
+    /// the client's); those stanzas were routed already, so they are only
+    /// counted again (see [`count_in_resent`](Self::count_in_resent)), and
+    /// the stores still running for them keep their `h` and hold the
+    /// acknowledgement as before.
     pub(super) fn resumed_h(&mut self) -> u32 {
         let h = self.report_h();
+        let upto = match self.resent_upto {
+            Some(upto) if upto.wrapping_sub(self.handled) <= u32::MAX / 2 => upto,
+            _ => self.handled,
+        };
+        self.resent_upto = (upto != h).then_some(upto);
         self.handled = h;
-        self.stale.extend(self.pending.drain(..));
         h
     }
 
