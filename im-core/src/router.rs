@@ -591,7 +591,7 @@ impl Router {
                 payload,
             } => {
                 self.stats.stanzas_in += 1;
-                match self.sessions.count_in((node, sid)) {
+                match self.sessions.count_in((node, sid), &payload) {
                     // a stream the session has left (resumed elsewhere)
                     Incoming::FromDetached => return,
                     // sent again after a resumption; routed the first time

@@ -442,6 +442,16 @@ impl Session {
             // a new CM knows nothing of it, resumed or not
             self.send_client_state();
         }
+        // A resumed stream gets what the server did not acknowledge first,
+        // in its order (the server expects those stanzas right after
+        // `<resumed/>`); a new session starts with its presence.
+        let (first, after): (Vec<_>, Vec<_>) = match resumed {
+            Some(_) => (resend, Vec::new()),
+            None => (Vec::new(), resend),
+        };
+        for out in first {
+            self.send(out);
+        }
         // a new session needs its presence; a resumed one only if it changed
         if (resumed.is_none() || self.presence_unsent)
             && let Some(p) = self.presence.clone()
@@ -449,7 +459,7 @@ impl Session {
             self.presence_unsent = false;
             self.send(Outgoing { bytes: p, id: None });
         }
-        let owed: Vec<_> = resend.into_iter().chain(self.outbox.drain(..)).collect();
+        let owed: Vec<_> = after.into_iter().chain(self.outbox.drain(..)).collect();
         for out in owed {
             self.send(out);
         }

@@ -1401,3 +1401,35 @@ fn a_stanza_the_sdk_cannot_parse_still_counts_for_the_servers_acks() {
         vec!["<a xmlns=\"urn:xmpp:sm:3\" h=\"2\"/>"]
     );
 }
+
+#[test]
+fn after_a_resumption_the_unacknowledged_stanzas_go_before_a_presence_changed_while_away() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(t0, message("m1"));
+    drain(&mut s);
+    s.on_stream_end("stream ended".into());
+    drain(&mut s);
+    // the presence changes while the stream is away
+    s.command(
+        t0,
+        Command::Presence(Bytes::from_static(
+            b"<presence><show>away</show></presence>",
+        )),
+    );
+    drain(&mut s);
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(0),
+            jid: None,
+        },
+    );
+    let w = written(&drain(&mut s));
+    let m1 = w.iter().position(|x| x.contains("id='m1'"));
+    let presence = w.iter().position(|x| x.contains("<show>away</show>"));
+    assert!(
+        matches!((m1, presence), (Some(m), Some(p)) if m < p),
+        "m1 (sent again) first, then the presence: {w:?}"
+    );
+}

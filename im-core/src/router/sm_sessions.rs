@@ -280,12 +280,12 @@ impl SmSessions {
         self.insert(addr, Ledger::restored(token, max, counters));
     }
 
-    /// Counts a stanza from the session's client.
-    pub(crate) fn count_in(&mut self, addr: SessionAddr) -> Incoming {
+    /// Counts a stanza (`payload`) from the session's client.
+    pub(crate) fn count_in(&mut self, addr: SessionAddr, payload: &[u8]) -> Incoming {
         match self.ledgers.get_mut(&addr) {
             None => Incoming::Untracked,
             Some(l) if l.detached_at.is_some() => Incoming::FromDetached,
-            Some(l) => match l.count_in_resent() {
+            Some(l) => match l.count_in_resent(fingerprint(payload)) {
                 (_, true) => Incoming::Resent,
                 (h, false) => Incoming::Counted((l.token, h)),
             },
@@ -590,4 +590,13 @@ impl Retired {
     fn remove(&mut self, addr: SessionAddr) {
         self.set.remove(&addr);
     }
+}
+
+/// A stanza's fingerprint: a hash of its bytes (as the CM relayed them),
+/// to know a stanza the client sends again after a resumption.
+fn fingerprint(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    payload.hash(&mut hasher);
+    hasher.finish()
 }

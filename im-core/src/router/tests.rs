@@ -2449,3 +2449,50 @@ fn a_resumption_with_a_write_pending_counts_on_from_the_h_it_reported() {
     // a new stanza after the resent ones is routed
     assert_eq!(send_m1(&mut r, 2, 20).len(), 2);
 }
+
+#[test]
+fn after_a_resumption_a_stanza_that_is_not_the_one_sent_before_is_routed_never_dropped() {
+    let mut r = router();
+    let id = sm_pair(&mut r);
+    // m1 (a chat to offline bob: archive and offline writes) is pending
+    // when alice's CM dies
+    let m1 =
+        "<message from='alice@x/phone' type='chat' to='bob@x' id='m1'><body>hi</body></message>";
+    let chat = header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat"));
+    stanza(&mut r, 1, 10, chat.clone(), m1);
+    r.run(Input::NodeGone { node: 1 });
+    frame(
+        &mut r,
+        2,
+        Frame::Resume {
+            sid: 20,
+            user: "alice@x".into(),
+            previd: id,
+            h: 0,
+        },
+    );
+    let available = |r: &Router| r.table.resources("alice@x").iter().any(|res| res.available);
+    assert!(!available(&r), "no presence sent yet");
+    // the client sends a presence before resending m1 (as the SDK did when
+    // its presence changed while away): it is new, so it is routed
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence from='alice@x/phone'><show>away</show></presence>",
+    );
+    assert!(
+        available(&r),
+        "alice is available: her presence was not dropped"
+    );
+    // m1 comes after it: no longer where it was expected, so routed again
+    // (a duplicate the recipient's SDK drops by id, never a loss)
+    let again = stanza(&mut r, 2, 20, chat, m1);
+    assert!(
+        again
+            .iter()
+            .any(|a| matches!(a, Action::StoreOffline { .. })),
+        "{again:?}"
+    );
+}

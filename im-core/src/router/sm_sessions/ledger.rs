@@ -102,6 +102,11 @@ pub(crate) struct Restored {
     pub next_seq: u32,
 }
 
+/// Most stanzas whose fingerprints a ledger keeps for a resumption (see
+/// [`Ledger::resumed_h`]): beyond, a stanza sent again is routed twice
+/// (the SDK drops the duplicate by id).
+pub(crate) const MAX_RECENT: usize = 4096;
+
 /// Why an acknowledgement was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("handled count too high")]
@@ -119,11 +124,15 @@ pub(crate) struct Ledger {
     /// `handled` values of stanzas whose offline store is still running, in
     /// the order they were counted (so the front is the oldest).
     pending: VecDeque<u32>,
-    /// After a resumption that reported less than was handled (see
-    /// [`Ledger::resumed_h`]): the last `h` counted before it. The client
-    /// sends those stanzas again, in order; they were routed already, so
-    /// they are counted, not routed twice.
-    resent_upto: Option<u32>,
+    /// The `h` and fingerprint of each stanza counted and not yet durable
+    /// (at most [`MAX_RECENT`]): what a resumption reporting less than
+    /// `handled` expects the client to send again.
+    recent: VecDeque<(u32, u64)>,
+    /// After such a resumption (see [`Ledger::resumed_h`]): the stanzas,
+    /// routed already, that the client is expected to send again, in
+    /// order. One that comes as expected (same number, same fingerprint)
+    /// is counted, not routed twice; anything else ends the expectation.
+    resent: VecDeque<(u32, u64)>,
     /// An `<a/>` went out lower than `handled` because of pending stores.
     pub(super) ack_owed: bool,
     /// The client's last acknowledged `h`.
@@ -162,7 +171,8 @@ impl Ledger {
             max,
             handled: r.handled,
             pending: VecDeque::new(),
-            resent_upto: None,
+            recent: VecDeque::new(),
+            resent: VecDeque::new(),
             ack_owed: false,
             acked: r.client_acked,
             unknown: r.sent.wrapping_sub(r.client_acked),
@@ -224,22 +234,43 @@ impl Ledger {
     /// A stanza from the client was handled; returns its `h`.
     #[cfg(test)]
     pub(super) fn count_in(&mut self) -> u32 {
-        self.count_in_resent().0
+        self.count_in_resent(0).0
     }
 
-    /// A stanza from the client was handled; returns its `h`, and whether
-    /// it is one sent again after a resumption that was routed before it
-    /// (its store, if any, is still pending under the same `h`).
-    pub(super) fn count_in_resent(&mut self) -> (u32, bool) {
+    /// A stanza from the client, whose bytes hash to `fingerprint`, was
+    /// handled; returns its `h`, and whether it is one the client sent
+    /// again after a resumption and that was routed before it (its store,
+    /// if any, is still pending under the same `h`).
+    pub(super) fn count_in_resent(&mut self, fingerprint: u64) -> (u32, bool) {
         self.handled = self.handled.wrapping_add(1);
-        let resent = self.resent_upto.is_some_and(|upto| {
-            let within = upto.wrapping_sub(self.handled) <= u32::MAX / 2;
-            if !within || upto == self.handled {
-                self.resent_upto = None;
+        let h = self.handled;
+        let resent = match self.resent.pop_front() {
+            Some(expected) if expected == (h, fingerprint) => true,
+            Some(_) => {
+                // the client sends something else: from here on all is new
+                self.resent.clear();
+                self.recent
+                    .retain(|&(r, _)| h.wrapping_sub(r).wrapping_sub(1) <= u32::MAX / 2);
+                false
             }
-            within
-        });
-        (self.handled, resent)
+            None => false,
+        };
+        // what is durable is never sent again
+        let durable = self.durable_h();
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(r, _)| durable.wrapping_sub(r) <= u32::MAX / 2)
+        {
+            self.recent.pop_front();
+        }
+        if !resent {
+            if self.recent.len() == MAX_RECENT {
+                self.recent.pop_front(); // sent again, it is routed twice
+            }
+            self.recent.push_back((h, fingerprint));
+        }
+        (h, resent)
     }
 
     /// The stanza numbered `h` waits for an offline store.
@@ -280,11 +311,13 @@ impl Ledger {
     /// acknowledgement as before.
     pub(super) fn resumed_h(&mut self) -> u32 {
         let h = self.report_h();
-        let upto = match self.resent_upto {
-            Some(upto) if upto.wrapping_sub(self.handled) <= u32::MAX / 2 => upto,
-            _ => self.handled,
-        };
-        self.resent_upto = (upto != h).then_some(upto);
+        // counted before, past h: expected again, in order
+        self.resent = self
+            .recent
+            .iter()
+            .filter(|&&(r, _)| r.wrapping_sub(h).wrapping_sub(1) <= u32::MAX / 2)
+            .copied()
+            .collect();
         self.handled = h;
         h
     }
