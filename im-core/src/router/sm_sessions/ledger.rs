@@ -133,6 +133,12 @@ pub(crate) struct Ledger {
     /// order. One that comes as expected (same number, same fingerprint)
     /// is counted, not routed twice; anything else ends the expectation.
     resent: VecDeque<(u32, u64)>,
+    /// Numbers of stores still running for stanzas counted before a
+    /// resumption, after the client sent something new at their number:
+    /// their completions are matched here first, so they never count for
+    /// the new stanza with the same number (it is acknowledged no earlier
+    /// than both finished).
+    stale: VecDeque<u32>,
     /// An `<a/>` went out lower than `handled` because of pending stores.
     pub(super) ack_owed: bool,
     /// The client's last acknowledged `h`.
@@ -173,6 +179,7 @@ impl Ledger {
             pending: VecDeque::new(),
             recent: VecDeque::new(),
             resent: VecDeque::new(),
+            stale: VecDeque::new(),
             ack_owed: false,
             acked: r.client_acked,
             unknown: r.sent.wrapping_sub(r.client_acked),
@@ -247,10 +254,15 @@ impl Ledger {
         let resent = match self.resent.pop_front() {
             Some(expected) if expected == (h, fingerprint) => true,
             Some(_) => {
-                // the client sends something else: from here on all is new
+                // the client sends something else: from here on all is new,
+                // and the old stanzas' numbers are given again
                 self.resent.clear();
-                self.recent
-                    .retain(|&(r, _)| h.wrapping_sub(r).wrapping_sub(1) <= u32::MAX / 2);
+                let before_h = |r: u32| h.wrapping_sub(r).wrapping_sub(1) <= u32::MAX / 2;
+                self.recent.retain(|&(r, _)| before_h(r));
+                let (kept, stale): (VecDeque<u32>, VecDeque<u32>) =
+                    self.pending.drain(..).partition(|&p| before_h(p));
+                self.pending = kept;
+                self.stale.extend(stale);
                 false
             }
             None => false,
@@ -264,10 +276,9 @@ impl Ledger {
         {
             self.recent.pop_front();
         }
-        if !resent {
-            if self.recent.len() == MAX_RECENT {
-                self.recent.pop_front(); // sent again, it is routed twice
-            }
+        // (full: later ones, if sent again, are routed twice; the first
+        // ones, which come back first, are still known)
+        if !resent && self.recent.len() < MAX_RECENT {
             self.recent.push_back((h, fingerprint));
         }
         (h, resent)
@@ -280,6 +291,10 @@ impl Ledger {
 
     /// The store for `h` finished (stored or answered with an error).
     pub(super) fn store_done(&mut self, h: u32) {
+        if let Some(pos) = self.stale.iter().position(|&p| p == h) {
+            self.stale.remove(pos);
+            return;
+        }
         if let Some(pos) = self.pending.iter().position(|&p| p == h) {
             self.pending.remove(pos);
         }
@@ -513,6 +528,31 @@ mod tests {
         l.push(b("m3"), Row::None);
         l.skip(&[1]);
         assert_eq!(l.into_unacked().payloads, vec![b("m2")]);
+    }
+
+    #[test]
+    fn after_a_resumption_a_new_stanza_at_an_old_number_is_never_acknowledged_by_the_old_write() {
+        let mut l = Ledger::new(1, 300);
+        // m1 (a write), p2 (none), m3 (a write), both writes pending
+        assert_eq!(l.count_in_resent(11), (1, false));
+        l.store_started(1);
+        assert_eq!(l.count_in_resent(12), (2, false));
+        assert_eq!(l.count_in_resent(13), (3, false));
+        l.store_started(3);
+        assert_eq!(l.resumed_h(), 0);
+        // the client sends m1 and p2 again: known, counted, not routed
+        assert_eq!(l.count_in_resent(11), (1, true));
+        assert_eq!(l.count_in_resent(12), (2, true));
+        // then something new where m3 was expected: routed, with a write
+        assert_eq!(l.count_in_resent(99), (3, false));
+        l.store_started(3);
+        l.store_done(1);
+        assert_eq!(l.report_h(), 2, "m1 is durable");
+        // the old m3's write finishes first: it is not the new one's
+        l.store_done(3);
+        assert_eq!(l.report_h(), 2, "the new stanza 3 waits for its own write");
+        l.store_done(3);
+        assert_eq!(l.report_h(), 3);
     }
 
     #[test]
