@@ -625,3 +625,52 @@ fn a_ledger_ending_while_another_session_holds_its_live_row_asks_no_flush_and_th
     let acts = frame(&mut r, 1, Frame::Acked { sid: 11, h: 2 });
     assert_eq!(removals(&acts), vec![("alice".to_owned(), 0, vec![7100])]);
 }
+
+#[test]
+fn a_flush_asked_for_while_one_runs_is_made_once_that_one_is_done() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    frame(
+        &mut r,
+        1,
+        Frame::SmEnable {
+            sid: 10,
+            resume: true,
+            max: 60,
+        },
+    );
+    // her login's flush is under way
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::FlushOffline { .. })),
+        "{acts:?}"
+    );
+    // a store that failed and was tried again commits late; its flush
+    // waits for the running one, whose load may have read before it
+    let acts = r.run(Input::OfflineStoredLate {
+        user: "alice".into(),
+    });
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::FlushOffline { .. })),
+        "{acts:?}"
+    );
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: Vec::new(),
+    });
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::FlushOffline { to: (1, 10), .. })),
+        "flushed again for the late store: {acts:?}"
+    );
+}

@@ -364,13 +364,17 @@ impl SmSessions {
     }
 
     /// A flush of stored messages to the session is about to be asked for:
-    /// false if one is under way already. While it runs, new messages are
-    /// stored behind the stored ones, so none overtakes them.
+    /// false if one is under way already (that one then flushes again when
+    /// done: its load may have read before what this one was asked for).
+    /// While it runs, new messages are stored behind the stored ones, so
+    /// none overtakes them.
     pub(crate) fn start_flush(&mut self, addr: SessionAddr) -> bool {
         let Some(l) = self.ledgers.get_mut(&addr) else {
             return true;
         };
         if l.flushing {
+            // its load may have read already: flush again once it is done
+            l.spilled_while_flushing = true;
             return false;
         }
         l.flushing = true;
