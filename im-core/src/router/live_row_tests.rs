@@ -54,15 +54,7 @@ fn handled(acts: &[Action]) -> Vec<u32> {
 
 /// Bob (3, 30) enables SM too (he is the sender).
 fn bob_enables_sm(r: &mut Router) {
-    frame(
-        r,
-        3,
-        Frame::SmEnable {
-            sid: 30,
-            resume: true,
-            max: 60,
-        },
-    );
+    sm_enable(r, 3, 30, 60);
 }
 
 /// A body-less receipt from bob (3, 30) to alice@x/phone (not archived);
@@ -200,15 +192,7 @@ fn an_expired_ledger_hands_its_live_rows_back_and_stores_nothing_twice() {
         panic!("m1's row goes: {acts:?}")
     };
     let m1 = m1_rows[0];
-    frame(
-        &mut r,
-        1,
-        Frame::SessionEnd {
-            sid: 10,
-            jid: Some("alice@x/phone".into()),
-            clean: false,
-        },
-    );
+    end_session(&mut r, 1, 10, "alice@x/phone", false);
     let acts = r.timeout(t0() + Duration::from_secs(61));
     assert!(
         !acts.iter().any(|a| matches!(
@@ -280,15 +264,7 @@ fn a_message_to_two_sm_sessions_of_a_user_writes_one_row_removed_by_the_first_ac
     }
     // SM on, once their presences went round: the ledgers are empty
     for sid in [10, 11] {
-        frame(
-            &mut r,
-            1,
-            Frame::SmEnable {
-                sid,
-                resume: true,
-                max: 60,
-            },
-        );
+        sm_enable(&mut r, 1, sid, 60);
     }
     let acts = stanza(
         &mut r,
@@ -331,15 +307,7 @@ fn a_failed_live_row_answers_its_sender_and_the_message_is_rerouted_on_the_ledge
     // bob is told
     assert_eq!(delivered_to(&acts), vec![(3, 30)], "{acts:?}");
     // alice's clean close: the message, with no row, is stored as before
-    let acts = frame(
-        &mut r,
-        1,
-        Frame::SessionEnd {
-            sid: 10,
-            jid: Some("alice@x/phone".into()),
-            clean: true,
-        },
-    );
+    let acts = end_session(&mut r, 1, 10, "alice@x/phone", true);
     assert!(
         matches!(&acts[..], [Action::StoreOffline { live: None, user, .. }] if user == "alice"),
         "{acts:?}"
@@ -365,15 +333,7 @@ fn chat_states_left_unacknowledged_are_removed_when_the_ledger_ends() {
     assert_eq!(live_writes(&acts).len(), 1);
     commit_live(&mut r, acts);
     chat(&mut r, "kept");
-    let acts = frame(
-        &mut r,
-        1,
-        Frame::SessionEnd {
-            sid: 10,
-            jid: Some("alice@x/phone".into()),
-            clean: true,
-        },
-    );
+    let acts = end_session(&mut r, 1, 10, "alice@x/phone", true);
     // the chat state's row goes; the chat's stays for the next login
     let removed = removals(&acts);
     assert_eq!(removed.len(), 1, "{acts:?}");
@@ -415,15 +375,7 @@ fn alice_on_two_sm_sessions(r: &mut Router) {
             to: (1, sid),
             messages: Vec::new(),
         });
-        frame(
-            r,
-            1,
-            Frame::SmEnable {
-                sid,
-                resume: true,
-                max: 60,
-            },
-        );
+        sm_enable(r, 1, sid, 60);
     }
 }
 
@@ -450,18 +402,9 @@ fn a_ledger_ending_with_live_rows_still_being_written_flushes_the_best_session_s
     let [(_, ticket, _)] = live_writes(&acts)[..] else {
         panic!("{acts:?}")
     };
-    let acts = frame(
-        &mut r,
-        1,
-        Frame::SessionEnd {
-            sid: 10,
-            jid: Some("alice@x/phone".into()),
-            clean: true,
-        },
-    );
+    let acts = end_session(&mut r, 1, 10, "alice@x/phone", true);
     assert!(
-        acts.iter()
-            .any(|a| matches!(a, Action::FlushOffline { to: (1, 11), .. })),
+        flushes(&acts, Some((1, 11))),
         "the desk is flushed at once, its load queued behind m1's write: {acts:?}"
     );
     // m2, to alice's bare JID, reaches the desk only behind m1
@@ -555,15 +498,7 @@ fn a_live_row_whose_sessions_all_ended_before_its_id_came_is_flushed_to_the_user
     let [(_, ticket, _)] = live_writes(&acts)[..] else {
         panic!("{acts:?}")
     };
-    frame(
-        &mut r,
-        1,
-        Frame::SessionEnd {
-            sid: 10,
-            jid: Some("alice@x/phone".into()),
-            clean: true,
-        },
-    );
+    end_session(&mut r, 1, 10, "alice@x/phone", true);
     // the desk's flush found nothing (its load ran before m1's write, as a
     // retried write can land behind it)
     r.run(Input::Offline {
@@ -577,8 +512,7 @@ fn a_live_row_whose_sessions_all_ended_before_its_id_came_is_flushed_to_the_user
         origin: None,
     });
     assert!(
-        acts.iter()
-            .any(|a| matches!(a, Action::FlushOffline { to: (1, 11), .. })),
+        flushes(&acts, Some((1, 11))),
         "m1 is stored and nobody holds it: the desk is flushed: {acts:?}"
     );
     assert!(r.stored_rows.wanted("alice", 7000));
@@ -594,15 +528,7 @@ fn a_ledger_ending_while_another_session_holds_its_live_row_asks_no_flush_and_th
     let [(_, ticket, _)] = live_writes(&acts)[..] else {
         panic!("{acts:?}")
     };
-    let acts = frame(
-        &mut r,
-        1,
-        Frame::SessionEnd {
-            sid: 10,
-            jid: Some("alice@x/phone".into()),
-            clean: true,
-        },
-    );
+    let acts = end_session(&mut r, 1, 10, "alice@x/phone", true);
     assert!(
         !acts
             .iter()
@@ -630,15 +556,7 @@ fn a_ledger_ending_while_another_session_holds_its_live_row_asks_no_flush_and_th
 fn a_flush_asked_for_while_one_runs_is_made_once_that_one_is_done() {
     let mut r = router();
     bound(&mut r, 1, 10, "alice@x", "phone");
-    frame(
-        &mut r,
-        1,
-        Frame::SmEnable {
-            sid: 10,
-            resume: true,
-            max: 60,
-        },
-    );
+    sm_enable(&mut r, 1, 10, 60);
     // her login's flush is under way
     let acts = stanza(
         &mut r,
@@ -647,11 +565,7 @@ fn a_flush_asked_for_while_one_runs_is_made_once_that_one_is_done() {
         header(Kind::Presence, "alice@x/phone", None, None),
         "<presence/>",
     );
-    assert!(
-        acts.iter()
-            .any(|a| matches!(a, Action::FlushOffline { .. })),
-        "{acts:?}"
-    );
+    assert!(flushes(&acts, None), "{acts:?}");
     // a store that failed and was tried again commits late; its flush
     // waits for the running one, whose load may have read before it
     let acts = r.run(Input::OfflineStoredLate {
@@ -669,8 +583,7 @@ fn a_flush_asked_for_while_one_runs_is_made_once_that_one_is_done() {
         messages: Vec::new(),
     });
     assert!(
-        acts.iter()
-            .any(|a| matches!(a, Action::FlushOffline { to: (1, 10), .. })),
+        flushes(&acts, Some((1, 10))),
         "flushed again for the late store: {acts:?}"
     );
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cm_protocol::{Frame, Kind, RouteHeader, SessionId};
 
 use super::{Action, Input, Router};
-use crate::routing::NodeId;
+use crate::routing::{NodeId, SessionAddr};
 use crate::storage::Roster;
 
 /// The instant tests start from (every input without a time of its own
@@ -282,4 +282,42 @@ pub(super) fn roster_writes(acts: &[Action]) -> Vec<crate::router::RosterWrite> 
             _ => Vec::new(),
         })
         .collect()
+}
+
+/// The session (`node`, `sid`) enables SM, resumable for `max` seconds.
+pub(super) fn sm_enable(r: &mut Router, node: NodeId, sid: SessionId, max: u32) -> Vec<Action> {
+    frame(
+        r,
+        node,
+        Frame::SmEnable {
+            sid,
+            resume: true,
+            max,
+        },
+    )
+}
+
+/// The CM reports the session (`node`, `sid`) of `jid` ended.
+pub(super) fn end_session(
+    r: &mut Router,
+    node: NodeId,
+    sid: SessionId,
+    jid: &str,
+    clean: bool,
+) -> Vec<Action> {
+    frame(
+        r,
+        node,
+        Frame::SessionEnd {
+            sid,
+            jid: Some(jid.into()),
+            clean,
+        },
+    )
+}
+
+/// Whether `acts` ask for a flush to `to` (any session if None).
+pub(super) fn flushes(acts: &[Action], to: Option<SessionAddr>) -> bool {
+    acts.iter()
+        .any(|a| matches!(a, Action::FlushOffline { to: t, .. } if to.is_none_or(|to| *t == to)))
 }
