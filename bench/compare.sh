@@ -5,6 +5,9 @@
 #   SERVERS="longlink" bench/compare.sh
 #   USERS=500 RATES=1000,5000 STEP=10 LOGIN_C=1,16 REPEAT=3 bench/compare.sh
 #   CORE_THREADS=2 SERVERS=longlink bench/compare.sh   # the core's --threads
+#   PROBE=1 SERVERS="longlink ejabberd" SCENARIOS=chat bench/compare.sh
+#       # beside each chat step, bench/probe.py (an independent client, STARTTLS
+#       # servers only) measures delivery time too, for a check of the tool
 #
 # Every server gets the same users (bench0 … bench{USERS-1}, password
 # "bench"), the same TLS certificate (from `longlink certs`), no shaper and
@@ -25,7 +28,7 @@ STEP=${STEP:-10}
 LOGIN_C=${LOGIN_C:-1,8,32}
 IDLE_USERS=${IDLE_USERS:-$USERS}
 REPEAT=${REPEAT:-1}
-SERVERS=${SERVERS:-"longlink longlink_mam ejabberd prosody"}
+SERVERS=${SERVERS:-"floor longlink longlink_mam ejabberd prosody"}
 SCENARIOS=${SCENARIOS:-"idle chat login"}
 OUT=${OUT:-target/compare}
 DOMAIN=bench.test
@@ -61,7 +64,7 @@ load() { # server port transport run pids... -- scenario args...
     while [ "$1" != "--" ]; do pids+=(--pid "$1"); shift; done
     shift
     $LOAD --server 127.0.0.1:$port --domain $DOMAIN --transport "$transport" --ca "$CA" \
-        --prefix bench --password bench "${pids[@]}" "$@" \
+        --prefix bench --password bench --mechanism "${MECH:-SCRAM-SHA-1}" "${pids[@]}" "$@" \
         | python3 -c "
 import json, sys
 for line in sys.stdin:
@@ -75,13 +78,41 @@ scenarios() { # server port transport pids...  (run number in $RUN)
         echo "== $server over $transport: $s (run $run)" >&2
         case $s in
         idle) load "$server" "$port" "$transport" "$run" "$@" -- idle --users "$IDLE_USERS" ;;
-        chat) load "$server" "$port" "$transport" "$run" "$@" -- chat --users "$USERS" --rates "$RATES" --step-secs "$STEP" ;;
+        chat)
+            if [ -n "${PROBE:-}" ] && [ "$transport" = starttls ]; then
+                probe_chat "$server" "$port" "$run" "$@"
+            else
+                load "$server" "$port" "$transport" "$run" "$@" -- chat --users "$USERS" --rates "$RATES" --step-secs "$STEP"
+            fi ;;
         login) load "$server" "$port" "$transport" "$run" "$@" -- login --users "$USERS" --concurrency "$LOGIN_C" --step-secs "$STEP" ;;
         migrate)
             if [ "$transport" = quic ]; then
                 load "$server" "$port" "$transport" "$run" "$@" -- migrate --users 200 --rate 1000 --every 5 --secs "$((STEP * 2))"
             fi ;;
         esac
+    done
+}
+
+# Each rate on its own: the load tool's chat step, and bench/probe.py's two
+# clients (accounts bench$USERS and bench$((USERS+1))) at 20 msg/s during its
+# measured window; both lines go to the results.
+probe_chat() { # server port run pids...
+    local server=$1 port=$2 run=$3; shift 3
+    for rate in ${RATES//,/ }; do
+        load "$server" "$port" starttls "$run" "$@" -- chat --users "$USERS" --rates "$rate" --step-secs "$STEP" 2>"$W/tool.err" &
+        local tool=$!
+        for _ in $(seq 1 600); do grep -q "users online" "$W/tool.err" 2>/dev/null && break; sleep 0.1; done
+        sleep 2 # the step's warm-up
+        python3 bench/probe.py --server 127.0.0.1:$port --domain $DOMAIN --ca "$CA" \
+            --users "bench$USERS,bench$((USERS + 1))" --password bench --rate 20 --secs "$((STEP - 2))" \
+            --label "$server starttls $rate" \
+            | python3 -c "
+import json, sys
+for line in sys.stdin:
+    row = json.loads(line); row['server'] = '$server'; row['transport'] = 'starttls'; row['rate'] = $rate; row['run'] = $run
+    print(json.dumps(row), flush=True)" | tee -a "$OUT/results.jsonl" >&2
+        wait $tool
+        cat "$W/tool.err" >&2
     done
 }
 
@@ -125,7 +156,7 @@ encap = "127.0.0.1:17272"
 EOT
     mkdir -p "$d/deploy" "$d/data"
     ln -s "$d/data" "$d/deploy/data"
-    $BIN adduser bench --count "$USERS" --password bench --dir "$d/deploy" >/dev/null
+    $BIN adduser bench --count "$((USERS + 2))" --password bench --dir "$d/deploy" >/dev/null
     RUST_LOG=${CORE_LOG:-info} $BIN core --config "$d/core.toml" ${CORE_THREADS:+--threads $CORE_THREADS} 2>"$d/core.log" & local core=$!; STARTED+=($core)
     $BIN lb --config "$d/lb.toml" 2>"$d/lb.log" & local lb=$!; STARTED+=($lb)
     $BIN cm --config "$d/cm.toml" 2>"$d/cm.log" & local cm=$!; STARTED+=($cm)
@@ -152,6 +183,18 @@ run_longlink() {
         start_longlink
         scenarios longlink 17271 quic core=${LL[0]} cm=${LL[1]} lb=${LL[2]}
         kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+    done
+}
+
+# The load tool's floor: its chat scenario through a trivial message switch
+# (`longlink-bench switch`: plain TCP, SASL PLAIN, messages copied to their
+# recipient). What the tool reads here is its own share of every figure.
+run_floor() {
+    for RUN in $(seq 1 "$REPEAT"); do
+        $LOAD switch --listen 127.0.0.1:15299 --domain $DOMAIN 2>/dev/null & local sw=$!; STARTED+=($sw)
+        wait_port 15299
+        MECH=PLAIN SCENARIOS=chat scenarios floor 15299 plain switch=$sw
+        kill $sw; wait $sw 2>/dev/null || true
     done
 }
 
@@ -193,7 +236,7 @@ EOT
     wait_port 15222
     PROSODY_PID=$(pgrep -u prosody -f "prosody --config $d" | head -1)
     $LOAD --server 127.0.0.1:15222 --domain $DOMAIN --transport plain --ca "$CA" \
-        --prefix bench --password bench register --users "$USERS"
+        --prefix bench --password bench register --users "$((USERS + 2))"
 }
 
 run_prosody() {
@@ -259,7 +302,7 @@ EOT
     wait_port 25222
     EJABBERD_PID=$(pgrep -f "beam.*bench@localhost" | head -1)
     $LOAD --server 127.0.0.1:25222 --domain $DOMAIN --transport plain --ca "$CA" \
-        --prefix bench --password bench register --users "$USERS"
+        --prefix bench --password bench register --users "$((USERS + 2))"
 }
 
 run_ejabberd() {

@@ -44,7 +44,7 @@ for k, steps in sorted(chat.items()):
         if k == ("ejabberd", "starttls"):
             base[rate] = cpu
         print(f"{k[0]:9} {k[1]:9} rate {rate:6}: delivered {med([r['delivered'] for r in rs]):8.0f} lost {lost:6.0f} "
-              f"p50 {med([r['p50_ms'] for r in rs]):7.1f} p99 {p99:7.1f} ms  CPU {cpu:6.1f} µs/msg  ("
+              f"p50 {med([r['p50_ms'] for r in rs]):7.2f} p99 {p99:7.2f} ms  tool lag p99 {med([r.get('lag_p99_ms') for r in rs]):6.2f}  CPU {cpu:6.1f} µs/msg  ("
               + " ".join(f"{n} {v:.1f}" for n, v in per.items()) + ")")
 if base:
     print("\n## chat: server CPU per message relative to ejabberd over STARTTLS at the same rate")
@@ -79,3 +79,13 @@ if mig:
         print(f"run {r['run']}: {r['users']} clients, {m[0]} moves: sent {r['sent']} delivered {r['delivered']} "
               f"lost {r['lost']} dup {r['duplicated']}; p99 {r['p99_ms']:.1f} ms overall, "
               f"{m[1]:.1f} ms (max {m[2]:.1f}) within 1 s of a move")
+
+probes = [r for r in rows if r["scenario"] == "probe"]
+if probes:
+    print("\n## check: the load tool beside an independent probe (bench/probe.py, 20 msg/s) in the same step")
+    tool = {(r["server"], r["transport"], r["rate"], r["run"]): r for r in rows if r["scenario"] == "chat"}
+    for p in probes:
+        t = tool.get((p["server"], p["transport"], p["rate"], p["run"]))
+        tl = f"tool p50 {t['p50_ms']:.2f} p99 {t['p99_ms']:.2f}" if t else "tool: no row"
+        print(f"{p['server']:9} {p['transport']:9} rate {p['rate']:6} run {p['run']}: "
+              f"probe p50 {p['p50_ms']:.2f} p99 {p['p99_ms']:.2f} ms ({p['delivered']}/{p['sent']})  |  {tl} ms")

@@ -1,13 +1,20 @@
 //! `chat` and `migrate`: N online users, each sending ~100-byte messages to
 //! the next (user i to user i+1) at a total rate R, stepped up; per step:
 //! sent, delivered, lost, duplicated, time to delivery, CPU per 1000
-//! delivered messages of every watched process. `migrate` (QUIC only) is
+//! delivered messages of every watched process.
+//!
+//! The schedule is open-loop and even: message k of a step leaves at
+//! `k / R` seconds after the step began, sent by user `k mod N`, whoever
+//! answered or not. Delivery time runs from the moment the message is
+//! written to the moment its recipient has parsed it; how late the tool
+//! wrote messages against the schedule is reported apart (`lag`), so a tool
+//! that cannot keep up shows as lag, not as server latency. `migrate` (QUIC only) is
 //! one step of it with every client moving to a new UDP socket every T
 //! seconds, reporting the delivery time of messages around the moves.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,6 +39,10 @@ struct Step {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// How late the tool wrote the step's messages against the schedule:
+    /// p99 and max, ms.
+    lag_p99_ms: f64,
+    lag_max_ms: f64,
     /// CPU µs per 1000 delivered messages, by process.
     cpu_us_per_1000: Vec<(String, f64)>,
     /// migrate: rebinds done, and p99/max delivery time of messages sent
@@ -45,6 +56,9 @@ struct Shared {
     start: Instant,
     /// Current total rate (messages per second).
     rate: AtomicU64,
+    /// When the current rate took effect, µs since `start`.
+    epoch: AtomicI64,
+    /// Bumped after `rate` and `epoch` are set: the senders start over.
     step: AtomicU64,
     /// Window bounds in µs since `start` (end = i64::MAX while open).
     window: (AtomicI64, AtomicI64),
@@ -52,6 +66,8 @@ struct Shared {
     delivered: AtomicU64,
     duplicated: AtomicU64,
     latencies: std::sync::Mutex<Vec<u64>>,
+    /// Send lag (µs behind schedule) of the window's messages.
+    lags: std::sync::Mutex<Vec<u64>>,
     moved_latencies: std::sync::Mutex<Vec<u64>>,
     /// Per user: when it last moved (µs since start; i64::MIN never).
     moved_at: Vec<AtomicI64>,
@@ -93,12 +109,14 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
     let shared = Arc::new(Shared {
         start: Instant::now(),
         rate: AtomicU64::new(0),
+        epoch: AtomicI64::new(0),
         step: AtomicU64::new(0),
         window: (AtomicI64::new(i64::MAX), AtomicI64::new(i64::MAX)),
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         duplicated: AtomicU64::new(0),
         latencies: Default::default(),
+        lags: Default::default(),
         moved_latencies: Default::default(),
         moved_at: (0..n).map(|_| AtomicI64::new(i64::MIN)).collect(),
         moves: AtomicU64::new(0),
@@ -129,17 +147,16 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         "chat"
     };
     for &rate in &plan.rates {
-        shared.rate.store(rate, Relaxed);
-        shared.step.fetch_add(1, Relaxed);
+        shared.rate.store(rate, SeqCst);
+        shared.epoch.store(shared.now(), SeqCst);
+        shared.step.fetch_add(1, SeqCst);
         tokio::time::sleep(Duration::from_secs(plan.warmup_secs)).await;
         for c in [&shared.sent, &shared.delivered, &shared.duplicated] {
             c.store(0, Relaxed);
         }
-        shared
-            .latencies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        for v in [&shared.latencies, &shared.lags] {
+            v.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
         shared
             .moved_latencies
             .lock()
@@ -158,6 +175,8 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         let mut lat =
             std::mem::take(&mut *shared.latencies.lock().unwrap_or_else(|e| e.into_inner()));
         let (p50, p99, max) = percentiles(&mut lat);
+        let mut lags = std::mem::take(&mut *shared.lags.lock().unwrap_or_else(|e| e.into_inner()));
+        let (_, lag_p99, lag_max) = percentiles(&mut lags);
         let cpu = cpu_after.per(&cpu_before, delivered, 1000);
         let moves = plan.move_every.map(|_| {
             let mut m = std::mem::take(
@@ -182,11 +201,13 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
             p50_ms: p50,
             p99_ms: p99,
             max_ms: max,
+            lag_p99_ms: lag_p99,
+            lag_max_ms: lag_max,
             cpu_us_per_1000: cpu,
             moves,
         };
         let human = format!(
-            "{scenario} rate {rate}/s: sent {sent} delivered {delivered} lost {} dup {} | ms p50 {p50:.1} p99 {p99:.1} max {max:.1} | CPU µs/1000 msgs {}{}",
+            "{scenario} rate {rate}/s: sent {sent} delivered {delivered} lost {} dup {} | ms p50 {p50:.2} p99 {p99:.2} max {max:.1} | tool lag p99 {lag_p99:.2} max {lag_max:.1} ms | CPU µs/1000 msgs {}{}",
             step.lost,
             step.duplicated,
             pairs(&step.cpu_us_per_1000),
@@ -196,7 +217,8 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         );
         emit(&step, human);
     }
-    shared.rate.store(0, Relaxed);
+    shared.rate.store(0, SeqCst);
+    shared.step.fetch_add(1, SeqCst);
     for t in tasks {
         t.abort();
     }
@@ -204,7 +226,8 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
     Ok(())
 }
 
-/// ~100-byte message bodies: `b STEP FROM SEQ MICROS` plus padding.
+/// ~100-byte message bodies: `b STEP FROM SEQ MICROS` plus padding. User
+/// `i` of `n` sends messages `i, i + n, i + 2n, …` of the step's schedule.
 async fn send(
     mut writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     i: usize,
@@ -214,31 +237,45 @@ async fn send(
     _quic: Option<quinn::Connection>,
 ) {
     let mut seq = 0u64;
-    // spread the users' sends over the period
-    let mut next =
-        tokio::time::Instant::now() + Duration::from_micros(rand::random::<u64>() % 100_000);
+    let (mut step, mut k) = (u64::MAX, 0u64);
     loop {
-        let rate = shared.rate.load(Relaxed);
+        let now_step = shared.step.load(SeqCst);
+        let rate = shared.rate.load(SeqCst);
         if rate == 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            next = tokio::time::Instant::now();
+            tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let period = Duration::from_secs_f64(n as f64 / rate as f64);
-        tokio::time::sleep_until(next).await;
-        next += period;
-        let now = tokio::time::Instant::now();
-        if next + Duration::from_secs(1) < now {
-            next = now; // fell far behind: do not burst to catch up
+        if now_step != step {
+            (step, k) = (now_step, 0);
         }
+        let epoch = shared.epoch.load(SeqCst);
+        let slot = i as u64 + k * n as u64;
+        let intended = epoch + (slot as f64 * 1e6 / rate as f64) as i64;
+        let wait = intended - shared.now();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+            if shared.step.load(SeqCst) != step {
+                continue; // the rate changed while waiting: the new schedule
+            }
+        }
+        k += 1;
         seq += 1;
         let t = shared.now();
-        let step = shared.step.load(Relaxed);
+        let lag = t - intended;
+        if lag > 1_000_000 {
+            // fell far behind: skip the missed slots rather than burst
+            k += (lag as f64 * rate as f64 / 1e6 / n as f64) as u64;
+        }
         let msg = format!(
             "<message to='{to}' type='chat' id='m{seq}'><body>b {step} {i} {seq} {t} ........................................................</body></message>"
         );
         if shared.in_window(t) {
             shared.sent.fetch_add(1, Relaxed);
+            shared
+                .lags
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(lag.max(0) as u64);
         }
         if writer.write_all(msg.as_bytes()).await.is_err() || writer.flush().await.is_err() {
             tracing::warn!(user = i, "send failed; the user stops");

@@ -9,6 +9,7 @@ mod idle;
 mod login;
 mod procstat;
 mod report;
+mod switch;
 mod user;
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use crate::user::{Online, Setup, login};
 #[derive(Parser)]
 #[command(
     name = "longlink-bench",
-    about = "XMPP load tool: idle, chat, login, migrate (and `longlink-bench chaos --help`)"
+    about = "XMPP load tool: idle, chat, login, migrate (and `longlink-bench chaos --help`, `longlink-bench switch --help`)"
 )]
 struct Cli {
     /// Server address (a CM's or balancer's, or ejabberd's/Prosody's port).
@@ -40,9 +41,9 @@ struct Cli {
     /// plain, starttls, tls or quic.
     #[arg(long, default_value = "starttls")]
     transport: Transport,
-    /// CA certificate to trust (PEM).
+    /// CA certificate to trust (PEM); needed by every transport but plain.
     #[arg(long)]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// Accounts are PREFIX0 … PREFIX{N-1}.
     #[arg(long, default_value = "load")]
     prefix: String,
@@ -155,6 +156,22 @@ struct ChaosCli {
     keep: bool,
 }
 
+/// `longlink-bench switch`: the trivial server the tool's floor is read
+/// against (see `switch.rs`).
+#[derive(Parser)]
+#[command(
+    name = "longlink-bench switch",
+    about = "A trivial plain-TCP XMPP message switch: the load tool's floor"
+)]
+struct SwitchCli {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:5299")]
+    listen: SocketAddr,
+    /// XMPP domain.
+    #[arg(long, default_value = "floor.test")]
+    domain: String,
+}
+
 async fn chaos_main() -> Result<()> {
     use longlink_bench::chaos;
     let cli = ChaosCli::parse_from(std::env::args().skip(1));
@@ -203,12 +220,18 @@ async fn main() -> Result<()> {
     if chaos {
         return chaos_main().await;
     }
-    if std::env::args().nth(1).as_deref() == Some("chaos") {
-        return chaos_main().await;
+    if std::env::args().nth(1).as_deref() == Some("switch") {
+        let cli = SwitchCli::parse_from(std::env::args().skip(1));
+        return switch::serve(cli.listen, cli.domain).await;
     }
     let cli = Cli::parse();
-    let roots =
-        client_sdk::load_roots(&cli.ca).with_context(|| format!("reading {}", cli.ca.display()))?;
+    let roots = match &cli.ca {
+        Some(ca) => {
+            client_sdk::load_roots(ca).with_context(|| format!("reading {}", ca.display()))?
+        }
+        None if cli.transport == Transport::Plain => rustls::RootCertStore::empty(),
+        None => anyhow::bail!("--ca is needed for {:?}", cli.transport),
+    };
     let mechanism = Mechanism::from_name(&cli.mechanism)
         .with_context(|| format!("unknown mechanism {}", cli.mechanism))?;
     let setup = Setup {
