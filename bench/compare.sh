@@ -5,6 +5,10 @@
 #   SERVERS="longlink" bench/compare.sh
 #   USERS=500 RATES=1000,5000 STEP=10 LOGIN_C=1,16 REPEAT=3 bench/compare.sh
 #   CORE_THREADS=2 SERVERS=longlink bench/compare.sh   # the core's --threads
+#   LONGLINK_TRANSPORTS=quic SERVERS=longlink bench/compare.sh   # one transport
+#   PREFER_CHACHA20=false ...   # the CM follows the client's cipher order (AES-GCM)
+#   CM_WRAP="valgrind --tool=massif --massif-out-file=/tmp/cm.massif" SERVERS=longlink SCENARIOS=idle bench/compare.sh
+#       # the CM under a profiler (here: where its memory per session goes)
 #   PROBE=1 SERVERS="longlink ejabberd" SCENARIOS=chat bench/compare.sh
 #       # beside each chat step, bench/probe.py (an independent client, STARTTLS
 #       # servers only) measures delivery time too, for a check of the tool
@@ -35,7 +39,7 @@ DOMAIN=bench.test
 mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
 # thousands of sockets per process (servers inherit it)
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -p longlink --bin longlink -p longlink-bench --bin longlink-bench 2>&1 | tail -1
 BIN=target/release/longlink
@@ -85,6 +89,8 @@ scenarios() { # server port transport pids...  (run number in $RUN)
                 load "$server" "$port" "$transport" "$run" "$@" -- chat --users "$USERS" --rates "$RATES" --step-secs "$STEP"
             fi ;;
         login) load "$server" "$port" "$transport" "$run" "$@" -- login --users "$USERS" --concurrency "$LOGIN_C" --step-secs "$STEP" ;;
+        scale) load "$server" "$port" "$transport" "$run" "$@" -- scale --users "$USERS" \
+                --active "${ACTIVE:-1000}" --rate "${SCALE_RATE:-1000}" --secs "$STEP" ;;
         migrate)
             if [ "$transport" = quic ]; then
                 load "$server" "$port" "$transport" "$run" "$@" -- migrate --users 200 --rate 1000 --every 5 --secs "$((STEP * 2))"
@@ -149,6 +155,7 @@ listen = "127.0.0.1:17301"
 core = "127.0.0.1:17280"
 pki_dir = "$W/pki"
 tcp_listen = "127.0.0.1:17471"
+prefer_chacha20 = ${PREFER_CHACHA20:-true}
 
 [balancer]
 control = "127.0.0.1:17273"
@@ -159,7 +166,9 @@ EOT
     $BIN adduser bench --count "$((USERS + 2))" --password bench --dir "$d/deploy" >/dev/null
     RUST_LOG=${CORE_LOG:-info} $BIN core --config "$d/core.toml" ${CORE_THREADS:+--threads $CORE_THREADS} 2>"$d/core.log" & local core=$!; STARTED+=($core)
     $BIN lb --config "$d/lb.toml" 2>"$d/lb.log" & local lb=$!; STARTED+=($lb)
-    $BIN cm --config "$d/cm.toml" 2>"$d/cm.log" & local cm=$!; STARTED+=($cm)
+    # CM_WRAP runs the CM under a profiler, e.g.
+    # CM_WRAP="valgrind --tool=massif --massif-out-file=/tmp/cm.massif"
+    ${CM_WRAP:-} $BIN cm --config "$d/cm.toml" 2>"$d/cm.log" & local cm=$!; STARTED+=($cm)
     wait_port 17471
     sleep 3 # the CM joins the balancer
     LL=($core $cm $lb)
@@ -177,12 +186,14 @@ run_longlink_mam() {
 
 run_longlink() {
     for RUN in $(seq 1 "$REPEAT"); do
-        start_longlink
-        scenarios longlink 17471 starttls core=${LL[0]} cm=${LL[1]}
-        kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
-        start_longlink
-        scenarios longlink 17271 quic core=${LL[0]} cm=${LL[1]} lb=${LL[2]}
-        kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+        for transport in ${LONGLINK_TRANSPORTS:-starttls quic}; do
+            start_longlink
+            case $transport in
+            starttls) scenarios longlink 17471 starttls core=${LL[0]} cm=${LL[1]} ;;
+            quic) scenarios longlink 17271 quic core=${LL[0]} cm=${LL[1]} lb=${LL[2]} ;;
+            esac
+            kill "${LL[@]}"; wait "${LL[@]}" 2>/dev/null || true
+        done
     done
 }
 

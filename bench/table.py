@@ -23,10 +23,19 @@ fresh = {(r["server"], r["transport"], r["run"]) for r in rows
 for r in rows:
     if r["scenario"] == "idle" and (r["server"], r["transport"], r["run"]) in fresh:
         idle[key(r)][r["process"]].append(r["kib_per_session"])
+idle_cost = collections.defaultdict(lambda: collections.defaultdict(list))
+for r in rows:
+    if r["scenario"] == "idle" and r.get("idle_cpu_percent") is not None:
+        idle_cost[key(r)][r["process"]].append((r["idle_cpu_percent"], r.get("idle_wakeups_per_s")))
 for k, procs in sorted(idle.items()):
     parts = {p: med(v) for p, v in procs.items()}
     print(f"{k[0]:9} {k[1]:9} total {sum(parts.values()):7.1f}   " +
           "  ".join(f"{p} {v:.1f}" for p, v in sorted(parts.items())))
+if idle_cost:
+    print("\n## idle: CPU % of one core and wakeups (context switches) per second, sessions held and silent")
+    for k, procs in sorted(idle_cost.items()):
+        print(f"{k[0]:9} {k[1]:9} " + "  ".join(
+            f"{p} {med([c for c, _ in v]):.2f} % {med([w for _, w in v]):.0f}/s" for p, v in sorted(procs.items())))
 
 print("\n## chat: per rate step (median over runs); CPU = server processes, µs per delivered message")
 chat = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -89,3 +98,9 @@ if probes:
         tl = f"tool p50 {t['p50_ms']:.2f} p99 {t['p99_ms']:.2f}" if t else "tool: no row"
         print(f"{p['server']:9} {p['transport']:9} rate {p['rate']:6} run {p['run']}: "
               f"probe p50 {p['p50_ms']:.2f} p99 {p['p99_ms']:.2f} ms ({p['delivered']}/{p['sent']})  |  {tl} ms")
+
+ramps = [r for r in rows if r["scenario"] == "scale-ramp"]
+if ramps:
+    print("\n## scale: login ramp (all users, 64 logins in flight)")
+    for r in ramps:
+        print(f"{r['server']:9} {r['transport']:9} run {r['run']}: {r['users']} users in {r['seconds']:.1f} s: {r['logins_per_second']:.0f} logins/s")

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -72,6 +72,8 @@ struct Shared {
     /// Per user: when it last moved (µs since start; i64::MIN never).
     moved_at: Vec<AtomicI64>,
     moves: AtomicU64,
+    /// Whether the movers move (the current step is a migrate step).
+    moving: AtomicBool,
 }
 
 impl Shared {
@@ -99,12 +101,36 @@ pub struct Plan {
     pub warmup_secs: u64,
     /// Seconds after a step for late deliveries.
     pub grace_secs: u64,
-    /// migrate: every client moves this often (QUIC only).
+    /// migrate: every client moves this often (QUIC only; a client moves
+    /// only if it has an endpoint of its own).
     pub move_every: Option<Duration>,
+    /// migrate: the moves start with this step (0: from the first).
+    pub move_from_step: usize,
 }
 
-/// Runs the plan.
+/// Runs the plan: logs the users in (each QUIC user on a UDP socket of its
+/// own, as every phone has, and as moving needs), then drives the steps.
 pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Result<()> {
+    let n = plan.users.max(2);
+    let quic = setup.dialer.transport() == client_sdk::transport::Transport::Quic;
+    let endpoints = crate::endpoints(&setup, if quic { n } else { 0 }, true)?;
+    let online = crate::login_all(&setup, n, &endpoints).await?;
+    eprintln!("{n} users online");
+    let result = run_online(&setup, &watched, &plan, online, &endpoints).await;
+    crate::close_endpoints(&endpoints).await;
+    result
+}
+
+/// Drives the plan's steps with users already online: user `i` (of
+/// `0..plan.users`) sends to user `i + 1`; `endpoints[i]`, if there is one,
+/// is user `i`'s own and moves it. The users' connections end with it.
+pub async fn run_online(
+    setup: &Setup,
+    watched: &[Watched],
+    plan: &Plan,
+    online: Vec<(usize, Online)>,
+    endpoints: &[quinn::Endpoint],
+) -> anyhow::Result<()> {
     let n = plan.users.max(2);
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -120,12 +146,8 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         moved_latencies: Default::default(),
         moved_at: (0..n).map(|_| AtomicI64::new(i64::MIN)).collect(),
         moves: AtomicU64::new(0),
+        moving: AtomicBool::new(false),
     });
-    let quic = setup.dialer.transport() == client_sdk::transport::Transport::Quic;
-    // A UDP socket per user, as every phone has (and migrate moves them).
-    let endpoints = crate::endpoints(&setup, if quic { n } else { 0 }, true)?;
-    let online = crate::login_all(&setup, n, &endpoints).await?;
-    eprintln!("{n} users online");
     let mut tasks = Vec::new();
     for (i, user) in online {
         let Online {
@@ -141,12 +163,10 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
             tasks.push(tokio::spawn(mover(ep.clone(), i, n, every, shared.clone())));
         }
     }
-    let scenario = if plan.move_every.is_some() {
-        "migrate"
-    } else {
-        "chat"
-    };
-    for &rate in &plan.rates {
+    for (index, &rate) in plan.rates.iter().enumerate() {
+        let moving = plan.move_every.is_some() && index >= plan.move_from_step;
+        shared.moving.store(moving, SeqCst);
+        let scenario = if moving { "migrate" } else { "chat" };
         shared.rate.store(rate, SeqCst);
         shared.epoch.store(shared.now(), SeqCst);
         shared.step.fetch_add(1, SeqCst);
@@ -178,7 +198,7 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         let mut lags = std::mem::take(&mut *shared.lags.lock().unwrap_or_else(|e| e.into_inner()));
         let (_, lag_p99, lag_max) = percentiles(&mut lags);
         let cpu = cpu_after.per(&cpu_before, delivered, 1000);
-        let moves = plan.move_every.map(|_| {
+        let moves = moving.then(|| {
             let mut m = std::mem::take(
                 &mut *shared
                     .moved_latencies
@@ -222,7 +242,6 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
     for t in tasks {
         t.abort();
     }
-    crate::close_endpoints(&endpoints).await;
     Ok(())
 }
 
@@ -336,6 +355,9 @@ async fn mover(ep: quinn::Endpoint, i: usize, n: usize, every: Duration, shared:
         let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
             continue;
         };
+        if !shared.moving.load(Relaxed) {
+            continue;
+        }
         shared.moved_at[i].store(shared.now(), Relaxed);
         if ep.rebind(socket).is_ok() {
             shared.moves.fetch_add(1, Relaxed);

@@ -1,11 +1,13 @@
 //! `idle`: N users log in, send initial presence and stay; after settling,
-//! the memory each watched process grew by, per session.
+//! the memory each watched process grew by, per session; then, over a
+//! further measured window of silence, each process's CPU use and wakeups
+//! (context switches) per second: what keep-alives and timers cost.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::procstat::{Watched, rss_kib};
+use crate::procstat::{Watched, context_switches, cpu, rss_kib};
 use crate::report::emit;
 use crate::user::{Setup, next};
 
@@ -18,6 +20,10 @@ struct Row {
     rss_before_kib: u64,
     rss_after_kib: u64,
     kib_per_session: f64,
+    /// CPU use while idle, percent of one core.
+    idle_cpu_percent: Option<f64>,
+    /// Context switches per second while idle.
+    idle_wakeups_per_s: Option<f64>,
 }
 
 /// Runs the scenario.
@@ -26,52 +32,106 @@ pub async fn run(
     watched: Vec<Watched>,
     users: usize,
     settle: u64,
+    measure: u64,
 ) -> anyhow::Result<()> {
-    let before: Vec<Option<u64>> = watched.iter().map(|w| rss_kib(w.pid)).collect();
+    let before = rss_all(&watched);
     let quic = setup.dialer.transport() == client_sdk::transport::Transport::Quic;
     let endpoints = crate::endpoints(&setup, if quic { users } else { 0 }, false)?;
     let online = crate::login_all(&setup, users, &endpoints).await?;
-    // Keep reading (the servers' presence echoes), then let them settle.
-    let mut keep = Vec::new();
     let users = online.len();
-    for (_, u) in online {
-        let crate::user::Online {
-            writer,
-            mut reader,
-            quic,
-            ..
-        } = u;
-        keep.push(tokio::spawn(async move {
-            let _hold = (writer, quic);
-            while next(&mut reader).await.is_some() {}
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let keep = hold(online);
     let transport = format!("{:?}", setup.dialer.transport()).to_lowercase();
-    for (w, before) in watched.iter().zip(before) {
-        let (Some(b), Some(a)) = (before, rss_kib(w.pid)) else {
-            continue;
-        };
-        let row = Row {
-            scenario: "idle",
-            transport: transport.clone(),
-            users,
-            process: w.name.clone(),
-            rss_before_kib: b,
-            rss_after_kib: a,
-            kib_per_session: (a as f64 - b as f64) / users as f64,
-        };
-        let human = format!(
-            "idle {users} users over {transport}: {} grew {} KiB → {:.1} KiB per session",
-            w.name,
-            a as i64 - b as i64,
-            row.kib_per_session
-        );
-        emit(&row, human);
-    }
+    report(&watched, &before, users, &transport, settle, measure).await;
     for k in keep {
         k.abort();
     }
     crate::close_endpoints(&endpoints).await;
     Ok(())
+}
+
+/// Holds the users' sessions open, reading (and dropping) what the
+/// servers send them (presence echoes), until the tasks are aborted.
+pub fn hold(online: Vec<(usize, crate::user::Online)>) -> Vec<tokio::task::JoinHandle<()>> {
+    online
+        .into_iter()
+        .map(|(_, u)| {
+            let crate::user::Online {
+                writer,
+                mut reader,
+                quic,
+                ..
+            } = u;
+            tokio::spawn(async move {
+                let _hold = (writer, quic);
+                while next(&mut reader).await.is_some() {}
+            })
+        })
+        .collect()
+}
+
+/// Resident memory of every watched process now.
+pub fn rss_all(watched: &[Watched]) -> Vec<Option<u64>> {
+    watched.iter().map(|w| rss_kib(w.pid)).collect()
+}
+
+/// With `users` sessions held since `before` was read: waits `settle`
+/// seconds, reads each process's memory growth per session, then its CPU
+/// and wakeups over `measure` more seconds of silence; emits a row each.
+pub async fn report(
+    watched: &[Watched],
+    before: &[Option<u64>],
+    users: usize,
+    transport: &str,
+    settle: u64,
+    measure: u64,
+) {
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let rss_after: Vec<Option<u64>> = watched.iter().map(|w| rss_kib(w.pid)).collect();
+    let idle_before: Vec<_> = watched
+        .iter()
+        .map(|w| (cpu(w.pid), context_switches(w.pid)))
+        .collect();
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(measure)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let idle: Vec<(Option<f64>, Option<f64>)> = watched
+        .iter()
+        .zip(idle_before)
+        .map(|(w, (c0, s0))| {
+            let cpu = cpu(w.pid)
+                .zip(c0)
+                .map(|(c1, c0)| c1.saturating_sub(c0).as_secs_f64() * 100.0 / secs);
+            let wakeups = context_switches(w.pid)
+                .zip(s0)
+                .map(|(s1, s0)| s1.saturating_sub(s0) as f64 / secs);
+            (cpu, wakeups)
+        })
+        .collect();
+    for (((w, before), after), (idle_cpu, wakeups)) in
+        watched.iter().zip(before).zip(rss_after).zip(idle)
+    {
+        let (Some(b), Some(a)) = (*before, after) else {
+            continue;
+        };
+        let row = Row {
+            scenario: "idle",
+            transport: transport.to_owned(),
+            users,
+            process: w.name.clone(),
+            rss_before_kib: b,
+            rss_after_kib: a,
+            kib_per_session: (a as f64 - b as f64) / users as f64,
+            idle_cpu_percent: idle_cpu,
+            idle_wakeups_per_s: wakeups,
+        };
+        let human = format!(
+            "idle {users} users over {transport}: {} grew {} KiB → {:.1} KiB per session; idle {:.2} % CPU, {:.0} wakeups/s",
+            w.name,
+            a as i64 - b as i64,
+            row.kib_per_session,
+            idle_cpu.unwrap_or(f64::NAN),
+            wakeups.unwrap_or(f64::NAN),
+        );
+        emit(&row, human);
+    }
 }

@@ -9,6 +9,7 @@ mod idle;
 mod login;
 mod procstat;
 mod report;
+mod scale;
 mod switch;
 mod user;
 
@@ -29,7 +30,7 @@ use crate::user::{Online, Setup, login};
 #[derive(Parser)]
 #[command(
     name = "longlink-bench",
-    about = "XMPP load tool: idle, chat, login, migrate (and `longlink-bench chaos --help`, `longlink-bench switch --help`)"
+    about = "XMPP load tool: idle, chat, login, migrate, scale (and `longlink-bench chaos --help`, `longlink-bench switch --help`)"
 )]
 struct Cli {
     /// Server address (a CM's or balancer's, or ejabberd's/Prosody's port).
@@ -70,6 +71,9 @@ enum Scenario {
         /// Seconds to let the servers settle before reading their memory.
         #[arg(long, default_value_t = 5)]
         settle: u64,
+        /// Seconds of silence over which idle CPU and wakeups are measured.
+        #[arg(long, default_value_t = 10)]
+        measure: u64,
     },
     /// N users chat to their neighbours at rising total rates.
     Chat {
@@ -107,6 +111,25 @@ enum Scenario {
         /// Accounts.
         #[arg(long, default_value_t = 1000)]
         users: usize,
+    },
+    /// Many phones on one server: N log in (timed), idle (measured), then A
+    /// of them chat at R msg/s and, in a second step, move (QUIC) while chatting.
+    Scale {
+        /// Users.
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Users that chat (and move); the rest idle.
+        #[arg(long, default_value_t = 1000)]
+        active: usize,
+        /// Total messages per second among the active users.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Measured seconds per step.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Seconds to let the servers settle before reading their memory.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
     },
     /// QUIC only: clients chat while each moves to a new UDP port every T seconds.
     Migrate {
@@ -243,12 +266,16 @@ async fn main() -> Result<()> {
         resource: "load".into(),
     };
     match cli.scenario {
-        Scenario::Idle { users, settle } => {
+        Scenario::Idle {
+            users,
+            settle,
+            measure,
+        } => {
             let setup = Setup {
                 resource: "idle".into(),
                 ..setup
             };
-            idle::run(setup, cli.pids, users, settle).await
+            idle::run(setup, cli.pids, users, settle, measure).await
         }
         Scenario::Register { users } => register_all(&setup, users).await,
         Scenario::Chat {
@@ -264,6 +291,7 @@ async fn main() -> Result<()> {
                 warmup_secs,
                 grace_secs: 2,
                 move_every: None,
+                move_from_step: 0,
             };
             chat::run(setup, cli.pids, plan).await
         }
@@ -272,6 +300,26 @@ async fn main() -> Result<()> {
             concurrency,
             step_secs,
         } => login::run(setup, cli.pids, users, concurrency, step_secs).await,
+        Scenario::Scale {
+            users,
+            active,
+            rate,
+            secs,
+            settle,
+        } => {
+            let setup = Setup {
+                resource: "scale".into(),
+                ..setup
+            };
+            let plan = scale::Plan {
+                users,
+                active,
+                rate,
+                secs,
+                settle,
+            };
+            scale::run(setup, cli.pids, plan).await
+        }
         Scenario::Migrate {
             users,
             rate,
@@ -289,6 +337,7 @@ async fn main() -> Result<()> {
                 warmup_secs: 2,
                 grace_secs: 3,
                 move_every: Some(Duration::from_secs(every)),
+                move_from_step: 0,
             };
             chat::run(setup, cli.pids, plan).await
         }
@@ -360,26 +409,45 @@ pub async fn login_all(
     n: usize,
     endpoints: &[quinn::Endpoint],
 ) -> Result<Vec<(usize, Online)>> {
+    login_range(setup, 0..n, endpoints).await
+}
+
+/// [`login_all`] for users `range`; the `k`-th of them uses the endpoint
+/// [`endpoint_of`] gives `k` among `range.len()`.
+pub async fn login_range(
+    setup: &Setup,
+    range: std::ops::Range<usize>,
+    endpoints: &[quinn::Endpoint],
+) -> Result<Vec<(usize, Online)>> {
+    let (first, n) = (range.start, range.len());
     let mut online = Vec::with_capacity(n);
     let mut failed = Vec::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
-        let logins = chunk.iter().map(|&i| {
-            let (setup, ep) = (setup.clone(), endpoint_of(endpoints, i, n).cloned());
-            tokio::spawn(async move { login(&setup, i, ep.as_ref()).await })
-        });
-        let handles: Vec<_> = logins.collect();
-        for (h, &i) in handles.into_iter().zip(chunk) {
-            match h.await? {
-                Ok(user) => online.push((i, user)),
-                Err(_) => failed.push(i),
-            }
+    // 64 logins in flight at any time
+    let mut running = tokio::task::JoinSet::new();
+    let mut next_user = range.into_iter();
+    loop {
+        while running.len() < 64 {
+            let Some(i) = next_user.next() else { break };
+            let (setup, ep) = (setup.clone(), endpoint_of(endpoints, i - first, n).cloned());
+            running.spawn(async move { (i, login(&setup, i, ep.as_ref()).await) });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        match done? {
+            (i, Ok(user)) => online.push((i, user)),
+            (i, Err(_)) => failed.push(i),
+        }
+        if n >= 10_000 && online.len() % 10_000 == 0 && !online.is_empty() {
+            eprintln!("{} of {n} users online", online.len());
         }
     }
+    online.sort_unstable_by_key(|(i, _)| *i);
     // One more try each, one at a time: a burst of TLS handshakes can
     // overflow a server's accept queue, which is not what is measured here.
     let mut errors = Vec::new();
     for i in failed {
-        let ep = endpoint_of(endpoints, i, n).cloned();
+        let ep = endpoint_of(endpoints, i - first, n).cloned();
         match login(setup, i, ep.as_ref()).await {
             Ok(user) => online.push((i, user)),
             Err(e) => errors.push(format!("{}: {e:?}", setup.jid(i))),

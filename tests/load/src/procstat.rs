@@ -53,6 +53,27 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Context switches so far, voluntary and not, summed over the process's
+/// threads: each is a thread going to sleep or being woken, so their rate
+/// at idle counts the wakeups timers and keep-alives cause.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(path(pid, "task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        total += status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches:")
+                    || l.starts_with("nonvoluntary_ctxt_switches:")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 fn clock_ticks() -> u64 {
     // sysconf(_SC_CLK_TCK) is 100 on every Linux this runs on.
     100
