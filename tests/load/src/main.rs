@@ -9,7 +9,6 @@ mod idle;
 mod login;
 mod procstat;
 mod report;
-mod user;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,8 +20,11 @@ use clap::{Parser, Subcommand};
 use client_sdk::Mechanism;
 use client_sdk::transport::{Dialer, Transport};
 
+use longlink_bench::user;
+
 use crate::procstat::Watched;
 use crate::user::{Online, Setup, login};
+pub use crate::user::close_endpoints;
 
 /// Command line.
 #[derive(Parser)]
@@ -307,18 +309,6 @@ pub fn endpoints(setup: &Setup, n: usize, own: bool) -> Result<Vec<quinn::Endpoi
         .collect()
 }
 
-/// Closes every connection on the endpoints and waits (briefly) until the
-/// servers were told: a load tool that just exits leaves its QUIC sessions
-/// open on the server until they time out, and they would still receive
-/// (and cost) the next scenario's messages.
-pub async fn close_endpoints(endpoints: &[quinn::Endpoint]) {
-    for ep in endpoints {
-        ep.close(0u32.into(), b"done");
-    }
-    for ep in endpoints {
-        let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
-    }
-}
 
 /// The endpoint user `i` uses.
 pub fn endpoint_of(endpoints: &[quinn::Endpoint], i: usize, n: usize) -> Option<&quinn::Endpoint> {

@@ -153,6 +153,19 @@ impl Online {
     }
 }
 
+/// Closes every connection on the endpoints and waits (briefly) until the
+/// servers were told: a load tool that just exits leaves its QUIC sessions
+/// open on the server until they time out, and they would still receive
+/// (and cost) the next scenario's messages.
+pub async fn close_endpoints(endpoints: &[quinn::Endpoint]) {
+    for ep in endpoints {
+        ep.close(0u32.into(), b"done");
+    }
+    for ep in endpoints {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ep.wait_idle()).await;
+    }
+}
+
 /// The next stanza, or None when the stream ended.
 pub async fn next(reader: &mut Io) -> Option<Element> {
     reader.element().await.ok()
