@@ -32,18 +32,21 @@ pub async fn run(
     let endpoints = crate::endpoints(&setup, if quic { users } else { 0 }, false)?;
     let online = crate::login_all(&setup, users, &endpoints).await?;
     // Keep reading (the servers' presence echoes), then let them settle.
+    // Each user closes its stream when told (so the servers end the
+    // sessions at once, not at their idle timeouts).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut keep = Vec::new();
     let users = online.len();
-    for (_, u) in online {
-        let crate::user::Online {
-            writer,
-            mut reader,
-            quic,
-            ..
-        } = u;
+    for (_, mut u) in online {
+        let mut stopped = stopped.clone();
         keep.push(tokio::spawn(async move {
-            let _hold = (writer, quic);
-            while next(&mut reader).await.is_some() {}
+            let told = tokio::select! {
+                told = stopped.wait_for(|stop| *stop) => told.is_ok(),
+                _ = async { while next(&mut u.reader).await.is_some() {} } => false,
+            };
+            if told {
+                u.close().await;
+            }
         }));
     }
     tokio::time::sleep(Duration::from_secs(settle)).await;
@@ -69,8 +72,9 @@ pub async fn run(
         );
         emit(&row, human);
     }
+    let _ = stop.send(true);
     for k in keep {
-        k.abort();
+        let _ = k.await;
     }
     crate::close_endpoints(&endpoints).await;
     Ok(())

@@ -23,8 +23,8 @@ use client_sdk::transport::{Dialer, Transport};
 use longlink_bench::user;
 
 use crate::procstat::Watched;
-use crate::user::{Online, Setup, login};
 pub use crate::user::close_endpoints;
+use crate::user::{Online, Setup, login};
 
 /// Command line.
 #[derive(Parser)]
@@ -308,7 +308,6 @@ pub fn endpoints(setup: &Setup, n: usize, own: bool) -> Result<Vec<quinn::Endpoi
         .map(|_| setup.dialer.endpoint().map_err(Into::into))
         .collect()
 }
-
 
 /// The endpoint user `i` uses.
 pub fn endpoint_of(endpoints: &[quinn::Endpoint], i: usize, n: usize) -> Option<&quinn::Endpoint> {
