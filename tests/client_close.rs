@@ -145,8 +145,18 @@ async fn stream_close_then_silence(
 async fn quic_clients_that_close_their_stream_and_fall_silent_leave_the_routing_table_at_once() {
     bounded(60, async {
         let cluster = Cluster::start(1).await;
-        let _clients =
+        let clients =
             stream_close_then_silence(&cluster, cluster.cm_addr(0), Transport::Quic, 8).await;
+        // The CM closes each connection whose only stream ended: nothing
+        // of it is held until an idle timeout.
+        for (i, c) in clients.iter().enumerate() {
+            let conn = c.quic.as_ref().expect("QUIC");
+            let closed = tokio::time::timeout(AT_ONCE, conn.closed()).await;
+            assert!(
+                matches!(closed, Ok(quinn::ConnectionError::ApplicationClosed(_))),
+                "client {i}: the CM closed the connection: {closed:?}"
+            );
+        }
         cluster.shutdown().await;
     })
     .await;
