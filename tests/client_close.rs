@@ -142,7 +142,8 @@ async fn stream_close_then_silence(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_clients_that_close_their_stream_and_fall_silent_leave_the_routing_table_at_once() {
+async fn quic_clients_that_close_their_stream_and_fall_silent_leave_the_routing_table_and_are_disconnected_at_once()
+ {
     bounded(60, async {
         let cluster = Cluster::start(1).await;
         let clients =
