@@ -18,7 +18,9 @@ use xmpp_stream::StreamCondition;
 use crate::admission::{ClientPeer, NotAdmitted, PreAuthLimit, PreAuthSlot};
 use crate::now;
 use crate::pool::{Pool, bounce};
-use crate::session::{AnnouncementUpdate, ClientSession, Framing, SessionAction, SessionSettings};
+use crate::session::{
+    AnnouncementUpdate, ClientSession, Framing, SessionAction, SessionSettings, StreamEnd,
+};
 use crate::sessions::{OpenSession, Sessions};
 
 /// A write to a client that takes longer than this ends the session.
@@ -295,7 +297,18 @@ async fn serve_connection(
                 conn.close(0u32.into(), b"no stream");
                 break;
             }
-            Some(_) = streams.join_next(), if !idle => continue,
+            Some(ended) = streams.join_next(), if !idle => {
+                // The client ended its only stream with </stream:stream>:
+                // it is done with the connection too. Closing it now frees
+                // it at once, and a client that then falls silent (or
+                // whose own close is lost) holds nothing until a timeout.
+                if matches!(ended, Ok(Some(StreamEnd::Client))) && streams.is_empty() {
+                    tracing::debug!(%remote, "client connection closed: its stream ended");
+                    conn.close(0u32.into(), b"stream closed");
+                    break;
+                }
+                continue;
+            }
             s = conn.accept_bi() => s,
         };
         match stream {
@@ -333,14 +346,16 @@ async fn write<W: ByteSink>(send: &mut W, parts: &[Bytes]) -> bool {
 /// the end of the batch); what the registry announces is updated at once,
 /// not after the writes before it (a write to a slow client can take up to
 /// [`WRITE_TIMEOUT`], and a core reconnecting meanwhile must get the
-/// session as it is).
+/// session as it is). Returns who ended the stream if the session did
+/// (`None`: the client's stream or connection went away).
 pub async fn run_session<R, W>(
     ctx: Arc<ListenerContext>,
     mut send: W,
     mut recv: R,
     framing: Framing,
     peer: ClientPeer,
-) where
+) -> Option<StreamEnd>
+where
     R: ByteSource,
     W: ByteSink,
 {
@@ -359,6 +374,7 @@ pub async fn run_session<R, W>(
         now(),
     )
     .with_client_ip(peer.ip);
+    let mut ended = None;
     loop {
         let timeout = session.poll_timeout();
         let reading = session.wants_read();
@@ -415,7 +431,10 @@ pub async fn run_session<R, W>(
                     }
                     ctx.sessions.update(sid, update)
                 }
-                SessionAction::Close => close = true,
+                SessionAction::Close(end) => {
+                    ended = Some(end);
+                    close = true;
+                }
             }
         }
         if !pending.is_empty() {
@@ -444,6 +463,7 @@ pub async fn run_session<R, W>(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), send.finish()).await;
+    ended
 }
 
 /// Sleeps until `deadline`; never returns without one.
@@ -539,7 +559,7 @@ mod tests {
         }
     }
 
-    fn start(ctx: &Arc<ListenerContext>) -> (Client, tokio::task::JoinHandle<()>) {
+    fn start(ctx: &Arc<ListenerContext>) -> (Client, tokio::task::JoinHandle<Option<StreamEnd>>) {
         let (send, recv) = mpsc::unbounded_channel();
         let (written_tx, written) = mpsc::unbounded_channel();
         let gate = Arc::new(Semaphore::new(0));
@@ -649,7 +669,7 @@ mod tests {
         );
         client.gate.add_permits(1);
         drop(client.send);
-        task.await.unwrap();
+        assert_eq!(task.await.unwrap(), None, "the client's stream went away");
         assert!(ctx.sessions.is_empty());
         assert!(matches!(
             core[0].recv().await,
@@ -669,7 +689,7 @@ mod tests {
         let (mut client, task) = start(&ctx);
         client.gate.add_permits(16);
         client.send.send(HEADER).unwrap();
-        task.await.unwrap();
+        assert_eq!(task.await.unwrap(), Some(StreamEnd::Server));
         assert_eq!(started.elapsed(), crate::session::NEGOTIATION_TIMEOUT);
         let mut writes = Vec::new();
         while let Ok(w) = client.written.try_recv() {

@@ -77,8 +77,19 @@ pub enum SessionAction {
     ToCore(Frame),
     /// What the registry re-announces for this session changed.
     Announcement(AnnouncementUpdate),
-    /// Close the client stream after the writes before it.
-    Close,
+    /// Close the client stream after the writes before it; who ended it.
+    Close(StreamEnd),
+}
+
+/// Who ended a client stream ([`SessionAction::Close`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The client, with `</stream:stream>` (`<close/>` on WebSocket),
+    /// answered in kind: it is done with the stream, and its session
+    /// ended cleanly (not resumable, XEP-0198 §5).
+    Client,
+    /// The CM, with a stream error.
+    Server,
 }
 
 /// A change to what the session registry re-announces for a session when a
@@ -440,7 +451,7 @@ impl ClientSession {
                 Ok(Some(FrameEvent::Close)) => {
                     self.closed_by_client = true;
                     self.out.write_close();
-                    self.finish();
+                    self.finish(StreamEnd::Client);
                 }
                 Err(e) => self.close_with(e.into()),
             }
@@ -603,11 +614,11 @@ impl ClientSession {
             self.out.write(header);
         }
         self.out.write_stream_error(&error);
-        self.finish();
+        self.finish(StreamEnd::Server);
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, end: StreamEnd) {
         self.state = State::Closed;
-        self.out.push(SessionAction::Close);
+        self.out.push(SessionAction::Close(end));
     }
 }

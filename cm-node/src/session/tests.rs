@@ -210,7 +210,7 @@ fn a_stanza_a_strict_parser_refuses_ends_the_stream_and_never_reaches_the_core()
             "{}: {a:?}",
             String::from_utf8_lossy(poison)
         );
-        assert!(a.contains(&SessionAction::Close));
+        assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
         assert!(
             !to_core(&a)
                 .iter()
@@ -308,7 +308,7 @@ fn stanzas_before_auth_end_the_stream() {
     s.data(HEADER);
     let a = s.data(b"<message to='b@x'><body>hi</body></message>");
     assert!(written(&a).contains("not-authorized"));
-    assert!(a.contains(&SessionAction::Close));
+    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
     assert!(s.closed().is_empty());
 }
 
@@ -320,7 +320,7 @@ fn wrong_domain_and_bad_xml_get_stream_errors() {
     let mut s = bound_session();
     let a = s.data(b"<message><body>&bogus;</body></message>");
     assert!(written(&a).contains("not-well-formed"));
-    assert!(a.contains(&SessionAction::Close));
+    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
 }
 
 #[test]
@@ -334,7 +334,7 @@ fn auth_failures_are_relayed_and_limited() {
             condition: "not-authorized".into(),
         });
         assert!(written(&a).contains("<not-authorized"));
-        assert_eq!(a.contains(&SessionAction::Close), i == 2);
+        assert_eq!(a.contains(&SessionAction::Close(StreamEnd::Server)), i == 2);
     }
 }
 
@@ -413,7 +413,7 @@ fn aborts_count_and_a_stale_answer_is_dropped() {
     // the third failure or abort ends the stream
     s.data(AUTH_PLAIN);
     let a = s.data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
-    assert!(a.contains(&SessionAction::Close));
+    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
 }
 
 #[test]
@@ -424,7 +424,36 @@ fn kick_closes_with_conflict() {
         condition: "conflict".into(),
     });
     assert!(written(&a).contains("<conflict"));
-    assert!(a.contains(&SessionAction::Close));
+    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
+}
+
+#[test]
+fn a_clients_stream_end_is_answered_and_ends_its_session_cleanly_with_or_without_sm() {
+    for sm in [false, true] {
+        let mut s = bound_session();
+        if sm {
+            enable_sm(&mut s, "S");
+        }
+        let a = s.data(b"</stream:stream>");
+        assert_eq!(
+            a,
+            vec![
+                SessionAction::Write(Bytes::from_static(b"</stream:stream>")),
+                SessionAction::Close(StreamEnd::Client),
+            ],
+            "sm {sm}"
+        );
+        assert!(!s.wants_read());
+        assert_eq!(
+            to_core(&s.closed()),
+            vec![Frame::SessionEnd {
+                sid: 7,
+                jid: Some("a@x/phone".into()),
+                clean: true,
+            }],
+            "sm {sm}"
+        );
+    }
 }
 
 #[test]
@@ -486,7 +515,7 @@ fn stream_management_counts_requests_and_checks_acks() {
     );
     let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='4'/>");
     assert!(written(&a).contains("undefined-condition"));
-    assert!(a.contains(&SessionAction::Close));
+    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
 }
 
 #[test]
@@ -840,7 +869,7 @@ fn a_core_that_never_answers_ends_the_stream_with_remote_connection_failed() {
         !text.contains("<stream:stream"),
         "the header went out before: {text}"
     );
-    assert_eq!(a.last(), Some(&SessionAction::Close));
+    assert_eq!(a.last(), Some(&SessionAction::Close(StreamEnd::Server)));
     assert_eq!(s.poll_timeout(), None);
 }
 
@@ -872,7 +901,7 @@ fn negotiation_times_out_exactly_at_its_deadline() {
         text.starts_with("<?xml") || text.starts_with("<stream:stream"),
         "{text}"
     );
-    assert_eq!(a.last(), Some(&SessionAction::Close));
+    assert_eq!(a.last(), Some(&SessionAction::Close(StreamEnd::Server)));
     assert_eq!(s.poll_timeout(), None);
 }
 
@@ -990,7 +1019,7 @@ fn shutdown_closes_with_a_stream_error_once() {
     s.close(StreamCondition::SystemShutdown, None);
     let a = s.poll_actions();
     assert!(written(&a).contains("<system-shutdown"));
-    assert_eq!(a.last(), Some(&SessionAction::Close));
+    assert_eq!(a.last(), Some(&SessionAction::Close(StreamEnd::Server)));
     s.close(StreamCondition::SystemShutdown, None);
     assert_eq!(s.poll_actions(), vec![]);
     assert!(!s.wants_read());

@@ -183,12 +183,12 @@ pub async fn run_online(
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         let moves_before = shared.moves.load(Relaxed);
-        let cpu_before = CpuSnapshot::take(&watched);
+        let cpu_before = CpuSnapshot::take(watched);
         shared.window.1.store(i64::MAX, Relaxed);
         shared.window.0.store(shared.now(), Relaxed);
         tokio::time::sleep(Duration::from_secs(plan.step_secs)).await;
         shared.window.1.store(shared.now(), Relaxed);
-        let cpu_after = CpuSnapshot::take(&watched);
+        let cpu_after = CpuSnapshot::take(watched);
         tokio::time::sleep(Duration::from_secs(plan.grace_secs)).await;
         let sent = shared.sent.load(Relaxed);
         let delivered = shared.delivered.load(Relaxed);

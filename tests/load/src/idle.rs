@@ -39,34 +39,51 @@ pub async fn run(
     let endpoints = crate::endpoints(&setup, if quic { users } else { 0 }, false)?;
     let online = crate::login_all(&setup, users, &endpoints).await?;
     let users = online.len();
-    let keep = hold(online);
+    let held = Held::new(online);
     let transport = format!("{:?}", setup.dialer.transport()).to_lowercase();
     report(&watched, &before, users, &transport, settle, measure).await;
-    for k in keep {
-        k.abort();
-    }
+    held.close().await;
     crate::close_endpoints(&endpoints).await;
     Ok(())
 }
 
-/// Holds the users' sessions open, reading (and dropping) what the
-/// servers send them (presence echoes), until the tasks are aborted.
-pub fn hold(online: Vec<(usize, crate::user::Online)>) -> Vec<tokio::task::JoinHandle<()>> {
-    online
-        .into_iter()
-        .map(|(_, u)| {
-            let crate::user::Online {
-                writer,
-                mut reader,
-                quic,
-                ..
-            } = u;
-            tokio::spawn(async move {
-                let _hold = (writer, quic);
-                while next(&mut reader).await.is_some() {}
+/// Users' sessions held open, reading (and dropping) what the servers
+/// send them (presence echoes), until [`Held::close`].
+pub struct Held {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Held {
+    /// Holds `online`.
+    pub fn new(online: Vec<(usize, crate::user::Online)>) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = online
+            .into_iter()
+            .map(|(_, mut u)| {
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let told = tokio::select! {
+                        told = stopped.wait_for(|stop| *stop) => told.is_ok(),
+                        _ = async { while next(&mut u.reader).await.is_some() {} } => false,
+                    };
+                    if told {
+                        u.close().await;
+                    }
+                })
             })
-        })
-        .collect()
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Each user closes its stream (so the servers end the sessions at
+    /// once, not at their idle timeouts); returns when all have.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 /// Resident memory of every watched process now.

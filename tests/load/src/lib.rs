@@ -1,5 +1,8 @@
 //! The library side of `longlink-bench`: scenarios other programs run too.
 //! The chaos run ([`chaos`]) is called by the `longlink-bench chaos`
-//! subcommand and by the end-to-end test `tests/chaos.rs`.
+//! subcommand and by the end-to-end test `tests/chaos.rs`. The simulated
+//! user ([`user`]: log in, close) is here too, so the end-to-end tests
+//! check the tool's own close path.
 
 pub mod chaos;
+pub mod user;

@@ -40,6 +40,7 @@ pub async fn run(
     for (_, u) in crate::login_all(&setup, users, &warm).await? {
         u.close().await;
     }
+    crate::close_endpoints(&warm).await;
     for c in levels {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -76,11 +77,17 @@ pub async fn run(
                         }
                         i = (i + c) % users;
                     }
+                    ep
                 })
             })
             .collect();
+        // Each worker's endpoint outlives it, until its connections'
+        // closes are sent (after the measurement).
+        let mut endpoints = Vec::new();
         for w in workers {
-            let _ = w.await;
+            if let Ok(Some(ep)) = w.await {
+                endpoints.push(ep);
+            }
         }
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = CpuSnapshot::take(&watched).per(&cpu_before, ok.load(Relaxed), 1);
@@ -106,6 +113,7 @@ pub async fn run(
             pairs(&step.cpu_us_per_login)
         );
         emit(&step, human);
+        crate::close_endpoints(&endpoints).await;
         // let closed connections drain before the next step
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -11,7 +11,6 @@ mod procstat;
 mod report;
 mod scale;
 mod switch;
-mod user;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +22,10 @@ use clap::{Parser, Subcommand};
 use client_sdk::Mechanism;
 use client_sdk::transport::{Dialer, Transport};
 
+use longlink_bench::user;
+
 use crate::procstat::Watched;
+pub use crate::user::close_endpoints;
 use crate::user::{Online, Setup, login};
 
 /// Command line.
@@ -377,19 +379,6 @@ pub fn endpoints(setup: &Setup, n: usize, own: bool) -> Result<Vec<quinn::Endpoi
     (0..count)
         .map(|_| setup.dialer.endpoint().map_err(Into::into))
         .collect()
-}
-
-/// Closes every connection on the endpoints and waits (briefly) until the
-/// servers were told: a load tool that just exits leaves its QUIC sessions
-/// open on the server until they time out, and they would still receive
-/// (and cost) the next scenario's messages.
-pub async fn close_endpoints(endpoints: &[quinn::Endpoint]) {
-    for ep in endpoints {
-        ep.close(0u32.into(), b"done");
-    }
-    for ep in endpoints {
-        let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
-    }
 }
 
 /// The endpoint user `i` uses.

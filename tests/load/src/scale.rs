@@ -66,7 +66,7 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         ramp.logins_per_second
     );
     emit(&ramp, human);
-    let held = crate::idle::hold(idle);
+    let held = crate::idle::Held::new(idle);
     crate::idle::report(&watched, &before, online, &transport, plan.settle, 10).await;
     let chat = crate::chat::Plan {
         users: plan.active,
@@ -79,9 +79,7 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
         move_from_step: 1,
     };
     let result = crate::chat::run_online(&setup, &watched, &chat, active, &own).await;
-    for h in held {
-        h.abort();
-    }
+    held.close().await;
     crate::close_endpoints(&own).await;
     crate::close_endpoints(&shared).await;
     result

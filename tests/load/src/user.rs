@@ -139,17 +139,51 @@ async fn register_inner(
     }
 }
 
+/// How long [`Online::close`] waits for the server's end of the stream.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Online {
-    /// Ends the stream and the connection.
+    /// Ends the stream, then the connection, the way a client must for the
+    /// server to end its session at once: writes `</stream:stream>`, ends
+    /// its side of the stream, waits (at most [`CLOSE_WAIT`]) for the
+    /// server's `</stream:stream>` or the stream's end, and only then
+    /// closes a QUIC connection. (Closing at once, as this did before,
+    /// drops the unsent `</stream:stream>`: quinn sends nothing of a closed
+    /// connection's streams. The server then learns of the end only from
+    /// the one CONNECTION_CLOSE packet; if that is lost, or the tool exits
+    /// before quinn's driver sent it, only from its idle timeout, 55 s
+    /// later with longlink's CM: keep-alive 25 s, then 30 s idle.)
     pub async fn close(mut self) {
         let _ = self
             .writer
             .write_all(xmpp_stream::stream::STREAM_CLOSE)
             .await;
-        let _ = self.writer.flush().await;
+        let _ = self.writer.shutdown().await;
+        let answered = async {
+            loop {
+                match self.reader.next().await {
+                    Ok(xmpp_stream::framer::FrameEvent::Close) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, answered).await;
         if let Some(c) = &self.quic {
             c.close(0u32.into(), b"bye");
         }
+    }
+}
+
+/// Closes every connection on the endpoints and waits (briefly) until the
+/// servers were told: a load tool that just exits leaves its QUIC sessions
+/// open on the server until they time out, and they would still receive
+/// (and cost) the next scenario's messages.
+pub async fn close_endpoints(endpoints: &[quinn::Endpoint]) {
+    for ep in endpoints {
+        ep.close(0u32.into(), b"done");
+    }
+    for ep in endpoints {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ep.wait_idle()).await;
     }
 }
 
