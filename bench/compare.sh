@@ -6,7 +6,6 @@
 #   USERS=500 RATES=1000,5000 STEP=10 LOGIN_C=1,16 REPEAT=3 bench/compare.sh
 #   CORE_THREADS=2 SERVERS=longlink bench/compare.sh   # the core's --threads
 #   LONGLINK_TRANSPORTS=quic SERVERS=longlink bench/compare.sh   # one transport
-#   PREFER_CHACHA20=false ...   # the CM follows the client's cipher order (AES-GCM)
 #   CM_WRAP="valgrind --tool=massif --massif-out-file=/tmp/cm.massif" SERVERS=longlink SCENARIOS=idle bench/compare.sh
 #       # the CM under a profiler (here: where its memory per session goes)
 #   PROBE=1 SERVERS="longlink ejabberd" SCENARIOS=chat bench/compare.sh
@@ -155,7 +154,6 @@ listen = "127.0.0.1:17301"
 core = "127.0.0.1:17280"
 pki_dir = "$W/pki"
 tcp_listen = "127.0.0.1:17471"
-prefer_chacha20 = ${PREFER_CHACHA20:-true}
 
 [balancer]
 control = "127.0.0.1:17273"

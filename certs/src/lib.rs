@@ -27,9 +27,8 @@ pub use paths::{
     load_quic_lb_key,
 };
 pub use tls::{
-    client_config, client_facing_server_config, client_facing_server_config_chacha_first,
-    cluster_client_config, cluster_server_config, load_certs, load_key, load_roots,
-    node_name_from_cert,
+    client_config, client_facing_server_config, cluster_client_config, cluster_server_config,
+    load_certs, load_key, load_roots, node_name_from_cert,
 };
 
 #[cfg(all(test, feature = "issue"))]

@@ -111,31 +111,6 @@ pub fn client_facing_server_config(
     Ok(config)
 }
 
-/// [`client_facing_server_config`] that picks ChaCha20-Poly1305 whenever the
-/// client offers it, whatever the client's order. Its keys are 32 bytes where
-/// ring's AES-GCM keys are expanded key schedules of ~600 bytes each, and a
-/// QUIC connection holds eight of them (packet and header keys, both
-/// directions, current and next phase) plus the TLS record keys: about 3.5 KiB
-/// less per idle connection (docs/BENCHMARKS.md measures it, and the CPU).
-pub fn client_facing_server_config_chacha_first(
-    cert: &Path,
-    key: &Path,
-    alpn: &[&[u8]],
-) -> Result<ServerConfig, CertError> {
-    let mut provider = rustls::crypto::ring::default_provider();
-    // stable sort: ChaCha20 first, the rest in the provider's order
-    provider
-        .cipher_suites
-        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
-    config.ignore_client_order = true;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
-}
-
 /// Client config trusting exactly the given roots (TLS 1.3), ALPN list given.
 pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<ClientConfig, CertError> {
     let mut config = ClientConfig::builder_with_provider(provider())

@@ -80,12 +80,6 @@ pub struct CmConfig {
     /// TCP address for WebSocket clients over TLS (RFC 7395, `wss://`).
     #[serde(default)]
     pub ws_listen: Option<SocketAddr>,
-    /// Pick ChaCha20-Poly1305 for clients that offer it (every TLS 1.3
-    /// client does), whatever their order: its keys take ~3.5 KiB less per
-    /// QUIC connection than AES-GCM's (docs/BENCHMARKS.md). `false` follows
-    /// the client's preference (usually AES-GCM).
-    #[serde(default = "default_prefer_chacha20")]
-    pub prefer_chacha20: bool,
 }
 
 /// How a CM reaches its balancer.
@@ -98,9 +92,6 @@ pub struct BalancerLink {
     pub encap: SocketAddr,
 }
 
-fn default_prefer_chacha20() -> bool {
-    true
-}
 fn default_pool() -> u16 {
     2
 }
@@ -171,7 +162,6 @@ impl CmConfig {
             tcp_listen: None,
             tls_listen: None,
             ws_listen: None,
-            prefer_chacha20: default_prefer_chacha20(),
         }
     }
 

@@ -232,11 +232,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     };
     // Tickets any CM can open: a reconnecting phone resumes TLS wherever it lands.
     let tls_for = |alpn: &[&[u8]]| -> Result<rustls::ServerConfig, CmError> {
-        let mut tls = if config.prefer_chacha20 {
-            certs::client_facing_server_config_chacha_first(&cert, &key, alpn)?
-        } else {
-            certs::client_facing_server_config(&cert, &key, alpn)?
-        };
+        let mut tls = certs::client_facing_server_config(&cert, &key, alpn)?;
         tls.ticketer = cluster_key.ticketer();
         Ok(tls)
     };

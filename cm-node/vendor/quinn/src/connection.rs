@@ -1078,6 +1078,10 @@ impl State {
             }
         }
 
+        // Nothing more to send: give the datagram buffer back rather than
+        // keep an MTU's worth for every idle connection (the next transmit
+        // reserves it again).
+        self.send_buffer = Vec::new();
         Ok(false)
     }
 
