@@ -313,6 +313,19 @@ impl Sessions {
             .collect()
     }
 
+    /// Bytes of frames queued toward the clients now, over every session
+    /// (one pass over the registry under its lock: for scrapes, not for a
+    /// hot path).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|e| {
+                self.queue_bytes
+                    .saturating_sub(e.budget.available_permits())
+            })
+            .sum()
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.lock().len()
