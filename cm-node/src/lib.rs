@@ -277,7 +277,11 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         Arc::new(sessions::Sessions::default().with_queue_bytes(config.session_queue_bytes));
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = match &encap_socket {
+        Some(socket) => metrics::Metrics::new().with_encap_socket(socket.clone()),
+        None => metrics::Metrics::new(),
+    };
+    let metrics = Arc::new(metrics);
     let pool = pool::Pool::start(
         config.pool_size,
         pool::PoolSetup {

@@ -842,6 +842,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_driver_counts_a_sessions_state_bytes_login_stanzas_and_end() {
+        let (pool, mut core) = Pool::detached(1);
+        pool.welcome_for_tests(offer());
+        let ctx = context(pool);
+        let quic = ctx.metrics.transport(Transport::Quic);
+        let (mut client, task) = start(&ctx);
+        client.send.send(HEADER).unwrap();
+        assert!(client.read().await.contains("<mechanism>PLAIN</mechanism>"));
+        assert_eq!((quic.negotiating.get(), quic.bound.get()), (1, 0));
+        client.send.send(AUTH_PLAIN).unwrap();
+        let Some(Frame::AuthStart { sid, .. }) = core[0].recv().await else {
+            panic!("no AuthStart")
+        };
+        let user = "a@x".to_owned();
+        let success = Frame::AuthSuccess {
+            sid,
+            data: Bytes::new(),
+            user,
+        };
+        ctx.sessions.dispatch(sid, success);
+        assert!(client.read().await.contains("<success"));
+        client.send.send(HEADER).unwrap();
+        client.read().await;
+        client
+            .send
+            .send(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+            .unwrap();
+        assert!(matches!(core[0].recv().await, Some(Frame::Bind { .. })));
+        ctx.sessions.dispatch(
+            sid,
+            Frame::BindResult {
+                sid,
+                iq_id: "b".into(),
+                result: Ok("a@x/r".into()),
+            },
+        );
+        assert!(client.read().await.contains("a@x/r"));
+        assert_eq!((quic.negotiating.get(), quic.bound.get()), (0, 1));
+        client.send.send(b"<message to='b@x'/>").unwrap();
+        assert!(matches!(core[0].recv().await, Some(Frame::Stanza { .. })));
+        let payload = Bytes::from_static(b"<message from='b@x' to='a@x/r'/>");
+        ctx.sessions.dispatch(sid, Frame::Deliver { sid, payload });
+        assert!(client.read().await.contains("from='b@x'"));
+        // the client leaves without closing its stream
+        drop(client.send);
+        task.await.unwrap();
+        assert_eq!((quic.negotiating.get(), quic.bound.get()), (0, 0));
+        assert_eq!((quic.stanzas_in.get(), quic.stanzas_out.get()), (1, 1));
+        let sent = 2 * HEADER.len()
+            + AUTH_PLAIN.len()
+            + b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>".len()
+            + b"<message to='b@x'/>".len();
+        assert_eq!(quic.bytes_in.get(), sent as u64);
+        assert!(quic.bytes_out.get() > 0);
+        let text = ctx.metrics.render();
+        for line in [
+            "longlink_cm_logins_total{transport=\"quic\",result=\"ok\"} 1",
+            "longlink_cm_stream_ends_total{transport=\"quic\",reason=\"disconnected\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_client_that_leaves_while_the_features_wait_for_the_core_is_noticed() {
         let (pool, _core) = Pool::detached(1);
         let ctx = context(pool);

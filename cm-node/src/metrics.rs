@@ -9,12 +9,18 @@
 //! label lookup or an allocation. Labels name transports and fixed reasons,
 //! never a client.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::encap_socket::EncapSocket;
 use crate::session::{EndReason, LoginResult, Refusal};
 
 /// A label set of fixed names and values (no allocation to look it up).
@@ -344,6 +350,14 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Behind a balancer: also exports what the encapsulating `socket`
+    /// took and dropped (its own counters, read when scraped).
+    pub fn with_encap_socket(mut self, socket: Arc<EncapSocket>) -> Self {
+        self.registry
+            .register_collector(Box::new(EncapCollector(socket)));
+        self
+    }
+
     /// The hot-path metrics of `transport`.
     pub fn transport(&self, transport: Transport) -> &TransportMetrics {
         &self.transports[transport.index()]
@@ -400,6 +414,33 @@ impl Metrics {
     }
 }
 
+/// Exports an [`EncapSocket`]'s counters.
+#[derive(Debug)]
+struct EncapCollector(Arc<EncapSocket>);
+
+impl Collector for EncapCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = [
+            (
+                "encap_datagrams_received",
+                "Datagrams from the balancer handed to QUIC",
+                &self.0.received,
+            ),
+            (
+                "encap_datagrams_dropped",
+                "Datagrams on the balancer socket dropped (not from the balancer, or a bad header)",
+                &self.0.dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -439,6 +480,23 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
+    }
+
+    #[tokio::test]
+    async fn an_encapsulating_sockets_counts_are_read_when_scraped() {
+        let io = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = Arc::new(EncapSocket::new(io, "127.0.0.1:9".parse().unwrap()));
+        let m = Metrics::new().with_encap_socket(socket.clone());
+        let received = "longlink_cm_encap_datagrams_received_total";
+        let dropped = "longlink_cm_encap_datagrams_dropped_total";
+        assert_eq!(value(&m.render(), received), Some(0.0));
+        socket.received.fetch_add(5, Ordering::Relaxed);
+        socket.dropped.fetch_add(2, Ordering::Relaxed);
+        let text = m.render();
+        assert_eq!(value(&text, received), Some(5.0), "{text}");
+        assert_eq!(value(&text, dropped), Some(2.0), "{text}");
+        // without a balancer there is nothing to export
+        assert_eq!(value(&Metrics::new().render(), received), None);
     }
 
     #[test]

@@ -561,6 +561,25 @@ mod tests {
         assert!(matches!(sent, Some(Ok(()))));
     }
 
+    #[tokio::test]
+    async fn queued_bytes_are_what_the_connections_queues_hold_until_taken() {
+        let (pool, mut queues) = Pool::with_queues(2, 100_000);
+        let frame = |sid, n| Frame::Bounce {
+            sid,
+            to: "a@x/r".into(),
+            payload: Bytes::from(vec![0; n]),
+        };
+        assert_eq!(pool.queued_bytes(), 0);
+        pool.send(1, frame(1, 1000)).await.unwrap();
+        pool.send(2, frame(2, 3000)).await.unwrap();
+        let cost = frame(1, 1000).queued_bytes() + frame(2, 3000).queued_bytes();
+        assert_eq!(pool.queued_bytes(), cost);
+        assert_eq!(queues[1].recv().await, Some(frame(1, 1000)));
+        assert_eq!(pool.queued_bytes(), frame(2, 3000).queued_bytes());
+        assert_eq!(queues[0].recv().await, Some(frame(2, 3000)));
+        assert_eq!(pool.queued_bytes(), 0);
+    }
+
     #[test]
     fn an_unchanged_offer_is_not_published_again() {
         let (pool, _queues) = Pool::detached(1);
