@@ -21,8 +21,8 @@ pub struct UpArgs {
     domain: String,
     /// First port: core on BASE, balancer on BASE+1 (clients), BASE+2 (CMs), BASE+3 (control),
     /// core admin on BASE+10, balancer admin on BASE+11, CM i on BASE+100+i (QUIC),
-    /// BASE+200+i (TCP, STARTTLS), BASE+300+i (TCP, direct TLS) and BASE+400+i
-    /// (WebSocket over TLS). 0 = ephemeral ports.
+    /// BASE+200+i (TCP, STARTTLS), BASE+300+i (TCP, direct TLS), BASE+400+i
+    /// (WebSocket over TLS) and BASE+500+i (admin: /metrics). 0 = ephemeral ports.
     #[arg(long, default_value_t = 5270)]
     port_base: u16,
 }
@@ -73,6 +73,9 @@ pub struct CmEndpoint {
     /// WebSocket over TLS for browsers (RFC 7395, subprotocol `xmpp`).
     #[serde(default)]
     pub websocket: Option<SocketAddr>,
+    /// Admin HTTP (`/metrics`).
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
 }
 
 impl Endpoints {
@@ -173,6 +176,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         config.tcp_listen = Some(local(200 + i as u16));
         config.tls_listen = Some(local(300 + i as u16));
         config.ws_listen = Some(local(400 + i as u16));
+        config.admin_listen = Some(local(500 + i as u16));
         cms.push(
             cm_node::start(config)
                 .await
@@ -193,6 +197,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 starttls: c.tcp_addr,
                 direct_tls: c.tls_addr,
                 websocket: c.ws_addr,
+                admin: c.admin_addr,
             })
             .collect(),
         lb: Some(LbEndpoints {
@@ -230,6 +235,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }
         if let Some(ws) = c.websocket {
             println!("  {:<17} WebSocket: wss://{ws}/ (subprotocol xmpp)", "");
+        }
+        if let Some(admin) = c.admin {
+            println!("  {:<17} admin: http://{admin} (/metrics)", "");
         }
     }
     println!("  CA                {}", endpoints.ca.display());
@@ -281,6 +289,7 @@ pub async fn run_cm(
     config: &Path,
     listen: Option<SocketAddr>,
     core: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
 ) -> Result<()> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
@@ -291,6 +300,9 @@ pub async fn run_cm(
     }
     if let Some(c) = core {
         cfg.core = c;
+    }
+    if admin.is_some() {
+        cfg.admin_listen = admin;
     }
     let cm = cm_node::start(cfg).await.context("starting the CM")?;
     tokio::signal::ctrl_c().await?;

@@ -60,6 +60,10 @@ enum Command {
         /// Override the core address.
         #[arg(long)]
         core: Option<SocketAddr>,
+        /// Serve the admin HTTP endpoint (`/metrics`) here (overrides
+        /// `admin_listen` of the configuration).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
     },
     /// Run the UDP load balancer alone.
     Lb {
@@ -199,7 +203,8 @@ async fn run(command: Command) -> Result<()> {
             config,
             listen,
             core,
-        } => deploy::run_cm(&config, listen, core).await,
+            admin_listen,
+        } => deploy::run_cm(&config, listen, core, admin_listen).await,
         Command::Lb { config } => deploy::run_lb(&config).await,
         Command::Drain { node, dir, undo } => accounts::drain(&dir, &node, undo).await,
         Command::Send(args) => talk::send(args).await,

@@ -201,6 +201,28 @@ fn up_adduser_send_recv_routes_and_clean_stop() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-authorized"));
 
+    // every CM serves /metrics at the address endpoints.json records: the
+    // two logins and the refused one, over QUIC through the balancer
+    let logins = |result: &str| -> f64 {
+        let name = format!("longlink_cm_logins_total{{transport=\"quic\",result=\"{result}\"}}");
+        ep["cms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|cm| {
+                let admin = cm["admin"].as_str().expect("a CM admin address");
+                let text = ureq::get(&format!("http://{admin}/metrics"))
+                    .call()
+                    .unwrap()
+                    .body_mut()
+                    .read_to_string()
+                    .unwrap();
+                support::metric_value(&text, &name).unwrap_or(0.0)
+            })
+            .sum()
+    };
+    assert_eq!((logins("ok"), logins("failed")), (2.0, 1.0));
+
     // draining a CM through the balancer's admin endpoint
     assert!(run(&["drain", "cm-1", "--dir", d]).status.success());
     assert!(

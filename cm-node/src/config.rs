@@ -80,6 +80,10 @@ pub struct CmConfig {
     /// TCP address for WebSocket clients over TLS (RFC 7395, `wss://`).
     #[serde(default)]
     pub ws_listen: Option<SocketAddr>,
+    /// TCP address of the admin HTTP endpoint (`/metrics`), if any; keep
+    /// it on loopback or a private network.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// How a CM reaches its balancer.
@@ -162,6 +166,7 @@ impl CmConfig {
             tcp_listen: None,
             tls_listen: None,
             ws_listen: None,
+            admin_listen: None,
         }
     }
 

@@ -9,8 +9,11 @@
 //! through; [`balancer_link`] keeps the CM registered with the balancer
 //! and [`encap_socket`] carries its encapsulated datagrams; [`backoff`]
 //! paces both links' reconnections; [`admission`] caps unauthenticated
-//! connections per client address; [`config`] holds the settings.
+//! connections per client address; [`config`] holds the settings;
+//! [`metrics`] counts what happens, served on `/metrics` by the admin
+//! endpoint (`admin`).
 
+mod admin;
 pub mod admission;
 pub mod backoff;
 pub mod balancer_link;
@@ -20,6 +23,7 @@ pub mod encap_socket;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod session;
 pub mod sessions;
@@ -74,6 +78,8 @@ pub struct CmHandle {
     pub tls_addr: Option<SocketAddr>,
     /// WebSocket (TLS) address, if enabled.
     pub ws_addr: Option<SocketAddr>,
+    /// Admin HTTP address (`/metrics`), if enabled.
+    pub admin_addr: Option<SocketAddr>,
     /// Live sessions.
     pub sessions: Arc<sessions::Sessions>,
     /// Client connections (handshakes) received so far (an attempt
@@ -85,6 +91,8 @@ pub struct CmHandle {
     /// Behind a balancer: the socket its datagrams arrive on (with counts of
     /// datagrams received and dropped).
     pub encap_socket: Option<Arc<encap_socket::EncapSocket>>,
+    /// The node's metrics (what `/metrics` renders).
+    pub metrics: Arc<metrics::Metrics>,
     client_endpoint: quinn::Endpoint,
     core_endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
@@ -269,6 +277,11 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         Arc::new(sessions::Sessions::default().with_queue_bytes(config.session_queue_bytes));
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let metrics = match &encap_socket {
+        Some(socket) => metrics::Metrics::new().with_encap_socket(socket.clone()),
+        None => metrics::Metrics::new(),
+    };
+    let metrics = Arc::new(metrics);
     let pool = pool::Pool::start(
         config.pool_size,
         pool::PoolSetup {
@@ -279,6 +292,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
             queue_bytes: config.pool_queue_bytes,
+            metrics: metrics.clone(),
         },
         &tasks,
     );
@@ -298,6 +312,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         tasks: tasks.clone(),
         accepted: accepted.clone(),
         retried: retried.clone(),
+        metrics: metrics.clone(),
         open: Arc::default(),
         max_clients: config.max_clients,
         pre_auth: Arc::new(admission::PreAuthLimit::new(config.pre_auth_per_address)),
@@ -334,6 +349,20 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_for(&[b"http/1.1"])?));
         tasks.spawn(ws::run(listener, acceptor, ctx.clone()));
     }
+    let mut admin_addr = None;
+    if let Some(addr) = config.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("bind admin {addr}")))?;
+        admin_addr = Some(listener.local_addr().map_err(io("admin address"))?);
+        let state = admin::Admin {
+            metrics: metrics.clone(),
+            open: ctx.open.clone(),
+            sessions: sessions.clone(),
+            pool: ctx.pool.clone(),
+        };
+        tasks.spawn(admin::serve(listener, state, shutdown.clone()));
+    }
     if let Some(link) = &config.balancer {
         let registration = lb_protocol::control::Registration {
             node: config.node.clone(),
@@ -349,11 +378,13 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             shutdown.clone(),
         ));
     }
-    tracing::info!(node = %config.node, %client_addr, core = %config.core, "CM started");
+    tracing::info!(node = %config.node, %client_addr, core = %config.core, admin = ?admin_addr, "CM started");
     Ok(CmHandle {
         tcp_addr: tcp_addrs[0],
         tls_addr: tcp_addrs[1],
         ws_addr,
+        admin_addr,
+        metrics,
         node: config.node,
         client_addr,
         sessions,

@@ -16,10 +16,12 @@ use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
 
 use crate::admission::{ClientPeer, NotAdmitted, PreAuthLimit, PreAuthSlot};
+use crate::metrics::{DropReason, Metrics, StreamEnd, Transport, TransportMetrics};
 use crate::now;
 use crate::pool::{Pool, bounce};
 use crate::session::{
-    AnnouncementUpdate, ClientSession, Framing, SessionAction, SessionSettings, StreamEnd,
+    AnnouncementUpdate, ClientSession, ClosedBy, Framing, SessionAction, SessionReport,
+    SessionSettings,
 };
 use crate::sessions::{OpenSession, Sessions};
 
@@ -47,6 +49,8 @@ pub struct ListenerContext {
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
     /// QUIC connection attempts answered with a Retry so far.
     pub retried: Arc<std::sync::atomic::AtomicU64>,
+    /// The CM's metrics.
+    pub metrics: Arc<Metrics>,
     /// Client connections open now.
     pub open: Arc<std::sync::atomic::AtomicUsize>,
     /// Most client connections at once.
@@ -70,18 +74,44 @@ pub trait ByteSource {
     /// (STOP_SENDING), so a client blocked on flow control in the middle of
     /// a write it will never finish gets an error instead of waiting.
     fn stop(&mut self) {}
+    /// Whether the client's network path changed since the last call (a
+    /// QUIC connection that migrated); checked after each read.
+    fn path_changed(&mut self) -> bool {
+        false
+    }
 }
 
-impl ByteSource for quinn::RecvStream {
+/// A QUIC stream's receiving side, with its connection's client address
+/// as last seen (to notice migrations on reads, at no cost while idle).
+pub struct QuicSource {
+    recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    path: std::net::SocketAddr,
+}
+
+impl QuicSource {
+    /// The receiving side `recv` of a stream on `conn`.
+    pub fn new(recv: quinn::RecvStream, conn: quinn::Connection) -> Self {
+        let path = conn.remote_address();
+        Self { recv, conn, path }
+    }
+}
+
+impl ByteSource for QuicSource {
     async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
-        match self.read_chunk(READ_CHUNK, true).await {
+        match self.recv.read_chunk(READ_CHUNK, true).await {
             Ok(c) => Ok(c.map(|c| c.bytes)),
             Err(e) => Err(std::io::Error::other(e)),
         }
     }
 
     fn stop(&mut self) {
-        let _ = quinn::RecvStream::stop(self, 0u32.into());
+        let _ = self.recv.stop(0u32.into());
+    }
+
+    fn path_changed(&mut self) -> bool {
+        let now = self.conn.remote_address();
+        std::mem::replace(&mut self.path, now) != now
     }
 }
 
@@ -196,6 +226,14 @@ pub fn admit_quic(ctx: &ListenerContext, ip: IpAddr, validated: bool) -> Result<
         _ => &ctx.accepted,
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match admitted {
+        Err(Refused::Full) => ctx.metrics.dropped(DropReason::MaxClients),
+        Err(Refused::PreAuthPerAddress) => ctx.metrics.dropped(DropReason::PreAuthPerAddress),
+        Err(Refused::AddressNotValidated) => {
+            ctx.metrics.quic_retries.inc();
+        }
+        Ok(_) => {}
+    }
     admitted
 }
 
@@ -242,6 +280,7 @@ pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
         let remote = incoming.remote_address();
         match admit_quic(&ctx, remote.ip(), incoming.remote_address_validated()) {
             Ok(admitted) => {
+                ctx.metrics.transport(Transport::Quic).accepted.inc();
                 ctx.tasks
                     .spawn(serve_connection(ctx.clone(), incoming, admitted));
             }
@@ -271,6 +310,7 @@ async fn serve_connection(
         Ok(c) => c,
         Err(e) => {
             tracing::info!(%remote, error = %e, "client handshake failed");
+            ctx.metrics.quic_handshakes_failed.inc();
             return;
         }
     };
@@ -302,7 +342,7 @@ async fn serve_connection(
                 // it is done with the connection too. Closing it now frees
                 // it at once, and a client that then falls silent (or
                 // whose own close is lost) holds nothing until a timeout.
-                if matches!(ended, Ok(Some(StreamEnd::Client))) && streams.is_empty() {
+                if matches!(ended, Ok(Some(ClosedBy::Client))) && streams.is_empty() {
                     tracing::debug!(%remote, "client connection closed: its stream ended");
                     conn.close(0u32.into(), b"stream closed");
                     break;
@@ -316,8 +356,8 @@ async fn serve_connection(
                 streams.spawn(run_session(
                     ctx.clone(),
                     QuicSink(send),
-                    recv,
-                    Framing::Stream,
+                    QuicSource::new(recv, conn.clone()),
+                    Transport::Quic,
                     peer.clone(),
                 ));
             }
@@ -331,12 +371,53 @@ async fn serve_connection(
     while streams.join_next().await.is_some() {}
 }
 
-/// Writes to the client; false if the stream is gone or stuck.
-async fn write<W: ByteSink>(send: &mut W, parts: &[Bytes]) -> bool {
-    matches!(
+/// Writes to the client; false if the stream is gone or stuck. Counts the
+/// bytes written.
+async fn write<W: ByteSink>(send: &mut W, parts: &[Bytes], counts: &TransportMetrics) -> bool {
+    let written = matches!(
         tokio::time::timeout(WRITE_TIMEOUT, send.send_parts(parts)).await,
         Ok(Ok(()))
-    )
+    );
+    if written {
+        counts
+            .bytes_out
+            .inc_by(parts.iter().map(|p| p.len() as u64).sum());
+    }
+    written
+}
+
+/// Counts a session in the `sessions` gauge of its transport, negotiating
+/// until it is bound, for as long as it lives.
+struct SessionGauge<'a> {
+    counts: &'a TransportMetrics,
+    bound: bool,
+}
+
+impl<'a> SessionGauge<'a> {
+    fn new(counts: &'a TransportMetrics) -> Self {
+        counts.negotiating.inc();
+        Self {
+            counts,
+            bound: false,
+        }
+    }
+
+    /// The session is bound (or resumed): once per stream.
+    fn bound(&mut self) {
+        if !std::mem::replace(&mut self.bound, true) {
+            self.counts.negotiating.dec();
+            self.counts.bound.inc();
+        }
+    }
+}
+
+impl Drop for SessionGauge<'_> {
+    fn drop(&mut self) {
+        match self.bound {
+            true => self.counts.bound.dec(),
+            false => self.counts.negotiating.dec(),
+        };
+    }
 }
 
 /// Drives one client XMPP stream over a byte stream until it ends: feeds
@@ -346,25 +427,34 @@ async fn write<W: ByteSink>(send: &mut W, parts: &[Bytes]) -> bool {
 /// the end of the batch); what the registry announces is updated at once,
 /// not after the writes before it (a write to a slow client can take up to
 /// [`WRITE_TIMEOUT`], and a core reconnecting meanwhile must get the
-/// session as it is). Returns who ended the stream if the session did
-/// (`None`: the client's stream or connection went away).
+/// session as it is). It counts what the session reports and what goes
+/// through it in the metrics of its `transport`. Returns who ended the
+/// stream if the session did (`None`: the client's stream or connection
+/// went away).
 pub async fn run_session<R, W>(
     ctx: Arc<ListenerContext>,
     mut send: W,
     mut recv: R,
-    framing: Framing,
+    transport: Transport,
     peer: ClientPeer,
-) -> Option<StreamEnd>
+) -> Option<ClosedBy>
 where
     R: ByteSource,
     W: ByteSink,
 {
+    let metrics = &*ctx.metrics;
+    let counts = metrics.transport(transport);
+    let mut gauge = SessionGauge::new(counts);
     let OpenSession {
         sid,
         frames: mut rx,
         kill,
         sm_counts,
     } = ctx.sessions.open();
+    let framing = match transport {
+        Transport::WebSocket => Framing::WebSocket,
+        Transport::Quic | Transport::StartTls | Transport::DirectTls => Framing::Stream,
+    };
     let mut session = ClientSession::new(
         sid,
         ctx.settings.clone(),
@@ -374,6 +464,8 @@ where
         now(),
     )
     .with_client_ip(peer.ip);
+    // How the stream ended, once known (for the metrics), and who ended it.
+    let mut end = None;
     let mut ended = None;
     loop {
         let timeout = session.poll_timeout();
@@ -385,16 +477,25 @@ where
             _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
             offer = ctx.pool.wait_core_offer(), if awaiting_offer => session.on_core_offer(offer),
             chunk = recv.next_chunk(), if reading => match chunk {
-                Ok(Some(c)) => session.on_data(now(), &c),
-                Ok(None) | Err(_) => break,
+                Ok(Some(c)) => {
+                    counts.bytes_in.inc_by(c.len() as u64);
+                    if recv.path_changed() {
+                        metrics.quic_path_changes.inc();
+                    }
+                    session.on_data(now(), &c)
+                }
+                Ok(None) | Err(_) => {
+                    end = Some(StreamEnd::Disconnected);
+                    break;
+                }
             },
             frame = rx.recv() => match frame {
                 Some(f) => {
                     // Take whatever else is queued too: one write for a burst.
-                    session.on_core(f.into_frame());
+                    on_core(&mut session, f.into_frame(), counts);
                     for _ in 1..MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(f) => session.on_core(f.into_frame()),
+                            Ok(f) => on_core(&mut session, f.into_frame(), counts),
                             Err(_) => break,
                         }
                     }
@@ -407,38 +508,62 @@ where
         for action in session.poll_actions() {
             let flushes = !matches!(
                 action,
-                SessionAction::Write(_) | SessionAction::Announcement(_)
+                SessionAction::Write(_) | SessionAction::Announcement(_) | SessionAction::Report(_)
             );
             if flushes && !pending.is_empty() {
-                close |= !write(&mut send, &pending).await;
+                if !write(&mut send, &pending, counts).await {
+                    close = true;
+                    end.get_or_insert(StreamEnd::WriteFailed);
+                }
                 pending.clear();
             }
             match action {
                 SessionAction::Write(bytes) => pending.push(bytes),
                 SessionAction::ToCore(frame) => {
+                    let stanza = matches!(frame, cm_protocol::Frame::Stanza { .. });
                     if ctx.pool.send(sid, frame).await.is_err() {
                         close = true;
+                        end.get_or_insert(StreamEnd::PoolClosed);
+                    } else if stanza {
+                        counts.stanzas_in.inc();
                     }
                 }
                 // Nearly every batch: the session's own slot, not the registry's lock.
-                SessionAction::Announcement(AnnouncementUpdate::SmCounters(counts)) => {
-                    sm_counts.store(counts)
+                SessionAction::Announcement(AnnouncementUpdate::SmCounters(sm)) => {
+                    sm_counts.store(sm)
                 }
                 SessionAction::Announcement(update) => {
                     if matches!(update, AnnouncementUpdate::Bound { .. }) {
                         // Authenticated and bound: no longer counted per address.
                         peer.pre_auth.release();
+                        gauge.bound();
                     }
                     ctx.sessions.update(sid, update)
                 }
-                SessionAction::Close(end) => {
-                    ended = Some(end);
+                SessionAction::Report(report) => match report {
+                    SessionReport::Login(result) => metrics.login(transport, result),
+                    SessionReport::ReadPaused => {
+                        counts.read_throttles.inc();
+                    }
+                    SessionReport::Ended(reason) => {
+                        if let crate::session::EndReason::StreamError {
+                            refusal: Some(r), ..
+                        } = reason
+                        {
+                            metrics.dropped(DropReason::Session(r));
+                        }
+                        end.get_or_insert(StreamEnd::Session(reason));
+                    }
+                },
+                SessionAction::Close(by) => {
+                    ended = Some(by);
                     close = true;
                 }
             }
         }
-        if !pending.is_empty() {
-            close |= !write(&mut send, &pending).await;
+        if !pending.is_empty() && !write(&mut send, &pending, counts).await {
+            close = true;
+            end.get_or_insert(StreamEnd::WriteFailed);
         }
         if close {
             break;
@@ -447,6 +572,8 @@ where
             session.shrink();
         }
     }
+    metrics.stream_ended(transport, end.unwrap_or(StreamEnd::Disconnected));
+    drop(gauge);
     recv.stop();
     ctx.sessions.close(sid);
     session.on_closed();
@@ -458,12 +585,22 @@ where
     // Anything still queued for this session goes back to the core.
     rx.close();
     while let Ok(frame) = rx.try_recv() {
+        metrics.dropped(DropReason::SessionGone);
         if let Some(b) = bounce(sid, frame.into_frame()) {
             let _ = ctx.pool.send(sid, b).await;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), send.finish()).await;
     ended
+}
+
+/// Hands a frame from the core to the session, counting the stanzas it
+/// carries to the client.
+fn on_core(session: &mut ClientSession, frame: cm_protocol::Frame, counts: &TransportMetrics) {
+    if matches!(frame, cm_protocol::Frame::Deliver { .. }) {
+        counts.stanzas_out.inc();
+    }
+    session.on_core(frame);
 }
 
 /// Sleeps until `deadline`; never returns without one.
@@ -503,6 +640,7 @@ mod tests {
             tasks: TaskTracker::new(),
             accepted: Arc::new(AtomicU64::new(0)),
             retried: Arc::new(AtomicU64::new(0)),
+            metrics: Arc::new(Metrics::new()),
             open: Arc::new(AtomicUsize::new(0)),
             max_clients: 10,
             pre_auth: Arc::new(PreAuthLimit::new(10)),
@@ -559,7 +697,7 @@ mod tests {
         }
     }
 
-    fn start(ctx: &Arc<ListenerContext>) -> (Client, tokio::task::JoinHandle<Option<StreamEnd>>) {
+    fn start(ctx: &Arc<ListenerContext>) -> (Client, tokio::task::JoinHandle<Option<ClosedBy>>) {
         let (send, recv) = mpsc::unbounded_channel();
         let (written_tx, written) = mpsc::unbounded_channel();
         let gate = Arc::new(Semaphore::new(0));
@@ -576,7 +714,7 @@ mod tests {
             ctx.clone(),
             sink,
             ChannelSource(recv),
-            Framing::Stream,
+            Transport::Quic,
             peer,
         ));
         let client = Client {
@@ -689,7 +827,7 @@ mod tests {
         let (mut client, task) = start(&ctx);
         client.gate.add_permits(16);
         client.send.send(HEADER).unwrap();
-        assert_eq!(task.await.unwrap(), Some(StreamEnd::Server));
+        assert_eq!(task.await.unwrap(), Some(ClosedBy::Server));
         assert_eq!(started.elapsed(), crate::session::NEGOTIATION_TIMEOUT);
         let mut writes = Vec::new();
         while let Ok(w) = client.written.try_recv() {
@@ -721,6 +859,70 @@ mod tests {
         assert!(admit_quic(&ctx, fresh, true).is_ok());
         drop(held);
         assert!(admit_quic(&ctx, fresh, false).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_driver_counts_a_sessions_state_bytes_login_stanzas_and_end() {
+        let (pool, mut core) = Pool::detached(1);
+        pool.welcome_for_tests(offer());
+        let ctx = context(pool);
+        let quic = ctx.metrics.transport(Transport::Quic);
+        let (mut client, task) = start(&ctx);
+        client.send.send(HEADER).unwrap();
+        assert!(client.read().await.contains("<mechanism>PLAIN</mechanism>"));
+        assert_eq!((quic.negotiating.get(), quic.bound.get()), (1, 0));
+        client.send.send(AUTH_PLAIN).unwrap();
+        let Some(Frame::AuthStart { sid, .. }) = core[0].recv().await else {
+            panic!("no AuthStart")
+        };
+        let user = "a@x".to_owned();
+        let success = Frame::AuthSuccess {
+            sid,
+            data: Bytes::new(),
+            user,
+        };
+        ctx.sessions.dispatch(sid, success);
+        assert!(client.read().await.contains("<success"));
+        client.send.send(HEADER).unwrap();
+        client.read().await;
+        client
+            .send
+            .send(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+            .unwrap();
+        assert!(matches!(core[0].recv().await, Some(Frame::Bind { .. })));
+        ctx.sessions.dispatch(
+            sid,
+            Frame::BindResult {
+                sid,
+                iq_id: "b".into(),
+                result: Ok("a@x/r".into()),
+            },
+        );
+        assert!(client.read().await.contains("a@x/r"));
+        assert_eq!((quic.negotiating.get(), quic.bound.get()), (0, 1));
+        client.send.send(b"<message to='b@x'/>").unwrap();
+        assert!(matches!(core[0].recv().await, Some(Frame::Stanza { .. })));
+        let payload = Bytes::from_static(b"<message from='b@x' to='a@x/r'/>");
+        ctx.sessions.dispatch(sid, Frame::Deliver { sid, payload });
+        assert!(client.read().await.contains("from='b@x'"));
+        // the client leaves without closing its stream
+        drop(client.send);
+        task.await.unwrap();
+        assert_eq!((quic.negotiating.get(), quic.bound.get()), (0, 0));
+        assert_eq!((quic.stanzas_in.get(), quic.stanzas_out.get()), (1, 1));
+        let sent = 2 * HEADER.len()
+            + AUTH_PLAIN.len()
+            + b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>".len()
+            + b"<message to='b@x'/>".len();
+        assert_eq!(quic.bytes_in.get(), sent as u64);
+        assert!(quic.bytes_out.get() > 0);
+        let text = ctx.metrics.render();
+        for line in [
+            "longlink_cm_logins_total{transport=\"quic\",result=\"ok\"} 1",
+            "longlink_cm_stream_ends_total{transport=\"quic\",reason=\"disconnected\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 
     #[tokio::test]

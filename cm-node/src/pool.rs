@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use xmpp_stream::pacing::Backoff;
 
 use crate::backoff::Reconnect;
+use crate::metrics::{DropReason, Metrics};
 use crate::session::CoreOffer;
 use crate::sessions::{Dispatch, Reannouncement, Sessions};
 
@@ -94,6 +95,8 @@ pub struct PoolSetup {
     pub shutdown: CancellationToken,
     /// Bytes of frames queued per connection at most.
     pub queue_bytes: usize,
+    /// The CM's metrics (frames, links, drops).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The pool is gone (shutting down).
@@ -169,6 +172,14 @@ impl Pool {
         queue.tx.send((frame, bytes)).map_err(|_| PoolClosed)
     }
 
+    /// Bytes of frames queued toward the core now, over every connection.
+    pub fn queued_bytes(&self) -> usize {
+        self.senders
+            .iter()
+            .map(|q| q.bytes.saturating_sub(q.budget.available_permits()))
+            .sum()
+    }
+
     /// What the core offers clients, if a Welcome has come yet (the
     /// latest one's, across reconnections).
     pub fn core_offer(&self) -> Option<Arc<CoreOffer>> {
@@ -237,14 +248,44 @@ async fn connection_task(
             last_instance: &mut instance,
             backoff: &mut backoff,
         };
-        match run_connection(&pool, &setup, &mut rx, link).await {
+        let mut up = LinkUp {
+            gauge: &setup.metrics.core_links,
+            up: false,
+        };
+        let result = run_connection(&pool, &setup, &mut rx, link, &mut up).await;
+        drop(up);
+        match result {
             Err(LinkError::Shutdown) => return,
             Ok(()) => tracing::info!(index, "core connection closed"),
             Err(e) => tracing::warn!(index, error = %e, "core connection failed"),
         }
+        setup.metrics.core_link_failures.inc();
         tokio::select! {
             _ = setup.shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff.next_delay(crate::now())) => {}
+        }
+    }
+}
+
+/// Counts a pooled connection in the `core_links` gauge while it is up
+/// (welcomed).
+struct LinkUp<'a> {
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    up: bool,
+}
+
+impl LinkUp<'_> {
+    fn welcomed(&mut self) {
+        if !std::mem::replace(&mut self.up, true) {
+            self.gauge.inc();
+        }
+    }
+}
+
+impl Drop for LinkUp<'_> {
+    fn drop(&mut self) {
+        if self.up {
+            self.gauge.dec();
         }
     }
 }
@@ -265,6 +306,7 @@ async fn run_connection(
     setup: &PoolSetup,
     rx: &mut PoolQueue,
     link: Link<'_>,
+    up: &mut LinkUp<'_>,
 ) -> Result<(), LinkError> {
     let Link {
         index,
@@ -334,6 +376,7 @@ async fn run_connection(
             }
             *last_instance = Some(instance);
             backoff.established(crate::now());
+            up.welcomed();
         }
         other => {
             return Err(LinkError::Protocol(format!(
@@ -360,6 +403,8 @@ async fn run_connection(
         out.clear();
     }
     let mut bounces: Vec<Frame> = Vec::new();
+    let metrics = &*setup.metrics;
+    let (frames_out, frames_in) = (metrics.frames_to_core(), metrics.frames_from_core());
     loop {
         tokio::select! {
             _ = setup.shutdown.cancelled() => {
@@ -368,15 +413,18 @@ async fn run_connection(
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { return Err(LinkError::Shutdown) };
-                if fence.passes(&frame) {
-                    encode(&frame, &mut out);
-                }
-                while out.len() < 256 * 1024 {
-                    match rx.try_recv() {
-                        Some(f) if fence.passes(&f) => encode(&f, &mut out),
-                        Some(_) => {}
-                        None => break,
+                let mut next = Some(frame);
+                while let Some(f) = next {
+                    if fence.passes(&f) {
+                        if encode(&f, &mut out) {
+                            frames_out.inc();
+                        } else {
+                            metrics.dropped(DropReason::FrameTooLarge);
+                        }
+                    } else {
+                        metrics.dropped(DropReason::Fenced);
                     }
+                    next = if out.len() < 256 * 1024 { rx.try_recv() } else { None };
                 }
                 if out.is_empty() {
                     continue;
@@ -388,11 +436,16 @@ async fn run_connection(
                 let Some(chunk) = chunk.map_err(cm_protocol::ReadFrameError::from)? else { return Ok(()) };
                 decoder.push(&chunk.bytes);
                 while let Some(frame) = decoder.next_frame().map_err(cm_protocol::ReadFrameError::from)? {
+                    frames_in.inc();
                     dispatch(pool, setup, frame, &mut bounces);
                 }
                 if !bounces.is_empty() {
                     for b in bounces.drain(..) {
-                        encode(&b, &mut out);
+                        if encode(&b, &mut out) {
+                            frames_out.inc();
+                        } else {
+                            metrics.dropped(DropReason::FrameTooLarge);
+                        }
                     }
                     send.write_all(&out).await?;
                     out.clear();
@@ -403,10 +456,15 @@ async fn run_connection(
 }
 
 /// Encodes a frame for the core; one above the frame limit (which the core
-/// would answer by closing the link for every session on it) is dropped.
-fn encode(frame: &Frame, out: &mut BytesMut) {
-    if let Err(e) = frame.try_encode(out) {
-        tracing::error!(sid = frame.sid(), error = %e, "frame for the core dropped");
+/// would answer by closing the link for every session on it) is dropped
+/// (false).
+fn encode(frame: &Frame, out: &mut BytesMut) -> bool {
+    match frame.try_encode(out) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(sid = frame.sid(), error = %e, "frame for the core dropped");
+            false
+        }
     }
 }
 
@@ -435,13 +493,19 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
             return;
         }
     };
-    match setup.sessions.dispatch(sid, frame) {
-        Dispatch::Queued => {}
-        Dispatch::Gone(f) | Dispatch::Overflow(f) => {
-            if let Some(b) = bounce(sid, f) {
-                bounces.push(b);
-            }
+    let undelivered = match setup.sessions.dispatch(sid, frame) {
+        Dispatch::Queued => return,
+        Dispatch::Gone(f) => {
+            setup.metrics.dropped(DropReason::SessionGone);
+            f
         }
+        Dispatch::Overflow(f) => {
+            setup.metrics.dropped(DropReason::SessionQueueFull);
+            f
+        }
+    };
+    if let Some(b) = bounce(sid, undelivered) {
+        bounces.push(b);
     }
 }
 
@@ -495,6 +559,25 @@ mod tests {
         };
         let sent = pool.send(1, huge.clone()).now_or_never();
         assert!(matches!(sent, Some(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_what_the_connections_queues_hold_until_taken() {
+        let (pool, mut queues) = Pool::with_queues(2, 100_000);
+        let frame = |sid, n| Frame::Bounce {
+            sid,
+            to: "a@x/r".into(),
+            payload: Bytes::from(vec![0; n]),
+        };
+        assert_eq!(pool.queued_bytes(), 0);
+        pool.send(1, frame(1, 1000)).await.unwrap();
+        pool.send(2, frame(2, 3000)).await.unwrap();
+        let cost = frame(1, 1000).queued_bytes() + frame(2, 3000).queued_bytes();
+        assert_eq!(pool.queued_bytes(), cost);
+        assert_eq!(queues[1].recv().await, Some(frame(1, 1000)));
+        assert_eq!(pool.queued_bytes(), frame(2, 3000).queued_bytes());
+        assert_eq!(queues[0].recv().await, Some(frame(2, 3000)));
+        assert_eq!(pool.queued_bytes(), 0);
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod features;
 mod output;
 mod registration;
 mod relay;
+mod report;
 mod sasl;
 mod stream_management;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use xmpp_stream::{StanzaHeader, StanzaKind, StreamCondition, StreamHeader, TopLe
 
 pub use features::CoreOffer;
 pub use output::Framing;
+pub use report::{EndReason, LoginResult, Refusal, SessionReport};
 pub use stream_management::SmCounts;
 
 use binding::{Binding, Resumed};
@@ -77,13 +79,16 @@ pub enum SessionAction {
     ToCore(Frame),
     /// What the registry re-announces for this session changed.
     Announcement(AnnouncementUpdate),
-    /// Close the client stream after the writes before it; who ended it.
-    Close(StreamEnd),
+    /// Close the client stream after the writes before it; who ended it
+    /// (a [`SessionReport::Ended`] says why, just before).
+    Close(ClosedBy),
+    /// Something for the CM's metrics to count.
+    Report(SessionReport),
 }
 
 /// Who ended a client stream ([`SessionAction::Close`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamEnd {
+pub enum ClosedBy {
     /// The client, with `</stream:stream>` (`<close/>` on WebSocket),
     /// answered in kind: it is done with the stream, and its session
     /// ended cleanly (not resumable, XEP-0198 §5).
@@ -237,6 +242,8 @@ impl ClientSession {
         let wait = self.read_budget.take(data.len(), now);
         if !wait.is_zero() {
             self.read_paused_until = Some(now + wait);
+            self.out
+                .push(SessionAction::Report(SessionReport::ReadPaused));
         }
         self.framer.push(data);
         self.process_events();
@@ -350,6 +357,7 @@ impl ClientSession {
                 StreamCondition::ConnectionTimeout,
                 "authenticate and bind in time",
             )
+            .refusing(Refusal::NegotiationTimeout)
         };
         self.close_with(error);
     }
@@ -392,6 +400,7 @@ impl ClientSession {
             self.close_with(StreamError {
                 condition,
                 text: text.map(Into::into),
+                refusal: None,
             });
         }
     }
@@ -451,7 +460,7 @@ impl ClientSession {
                 Ok(Some(FrameEvent::Close)) => {
                     self.closed_by_client = true;
                     self.out.write_close();
-                    self.finish(StreamEnd::Client);
+                    self.finish(EndReason::ClientClosed);
                 }
                 Err(e) => self.close_with(e.into()),
             }
@@ -460,10 +469,10 @@ impl ClientSession {
 
     fn on_open(&mut self, header: StreamHeader) {
         let State::Header { authenticated } = self.state else {
-            return self.close_with(StreamError::new(
-                StreamCondition::NotWellFormed,
-                "unexpected stream header",
-            ));
+            return self.close_with(
+                StreamError::new(StreamCondition::NotWellFormed, "unexpected stream header")
+                    .refusing(Refusal::Malformed),
+            );
         };
         let domain = &self.settings.domain;
         let opening = features::header(
@@ -478,10 +487,13 @@ impl ClientSession {
             .is_some_and(|to| to.eq_ignore_ascii_case(domain))
         {
             self.out.write(opening);
-            return self.close_with(StreamError::new(
-                StreamCondition::HostUnknown,
-                "this server does not serve that domain",
-            ));
+            return self.close_with(
+                StreamError::new(
+                    StreamCondition::HostUnknown,
+                    "this server does not serve that domain",
+                )
+                .refusing(Refusal::HostUnknown),
+            );
         }
         let features = if authenticated {
             self.state = State::Bind;
@@ -542,7 +554,8 @@ impl ClientSession {
             State::Sasl | State::Bind => Err(StreamError::new(
                 StreamCondition::NotAuthorized,
                 "authenticate and bind first",
-            )),
+            )
+            .refusing(Refusal::Unauthenticated)),
             State::Header { .. } | State::AwaitingOffer | State::Closed => Ok(()),
         };
         if let Err(e) = result {
@@ -614,11 +627,21 @@ impl ClientSession {
             self.out.write(header);
         }
         self.out.write_stream_error(&error);
-        self.finish(StreamEnd::Server);
+        self.finish(EndReason::StreamError {
+            condition: error.condition,
+            refusal: error.refusal,
+        });
     }
 
-    fn finish(&mut self, end: StreamEnd) {
+    /// Ends the stream, reporting why.
+    fn finish(&mut self, reason: EndReason) {
         self.state = State::Closed;
-        self.out.push(SessionAction::Close(end));
+        let by = match reason {
+            EndReason::ClientClosed => ClosedBy::Client,
+            EndReason::StreamError { .. } => ClosedBy::Server,
+        };
+        self.out
+            .push(SessionAction::Report(SessionReport::Ended(reason)));
+        self.out.push(SessionAction::Close(by));
     }
 }

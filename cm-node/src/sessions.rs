@@ -313,6 +313,19 @@ impl Sessions {
             .collect()
     }
 
+    /// Bytes of frames queued toward the clients now, over every session
+    /// (one pass over the registry under its lock: for scrapes, not for a
+    /// hot path).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|e| {
+                self.queue_bytes
+                    .saturating_sub(e.budget.available_permits())
+            })
+            .sum()
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -434,6 +447,34 @@ mod tests {
             _ => 0,
         });
         frames
+    }
+
+    #[test]
+    fn queued_bytes_are_what_the_sessions_queues_hold_until_taken() {
+        let sessions = Sessions::starting_at(0).with_queue_bytes(1000);
+        let mut a = sessions.open();
+        let mut b = sessions.open();
+        assert_eq!(sessions.queued_bytes(), 0);
+        let deliver = |sid, n| Frame::Deliver {
+            sid,
+            payload: bytes::Bytes::from(vec![b'x'; n]),
+        };
+        let (fa, fb) = (deliver(a.sid, 100), deliver(b.sid, 300));
+        let cost = fa.queued_bytes() + fb.queued_bytes();
+        assert_eq!(sessions.dispatch(a.sid, fa), Dispatch::Queued);
+        assert_eq!(sessions.dispatch(b.sid, fb), Dispatch::Queued);
+        assert_eq!(sessions.queued_bytes(), cost);
+        // a frame above a whole budget counts as the budget
+        let huge = deliver(a.sid, 5000);
+        drop(a.frames.try_recv().expect("queued").into_frame());
+        assert_eq!(sessions.dispatch(a.sid, huge), Dispatch::Queued);
+        assert_eq!(
+            sessions.queued_bytes(),
+            cost - deliver(a.sid, 100).queued_bytes() + 1000
+        );
+        drop(a.frames.try_recv().expect("queued"));
+        drop(b.frames.try_recv().expect("queued"));
+        assert_eq!(sessions.queued_bytes(), 0);
     }
 
     #[test]

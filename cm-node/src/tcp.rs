@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::ClientPeer;
 use crate::listener::{Admitted, ByteSource, ListenerContext, Reader, Writer, admit, run_session};
-use crate::session::Framing;
+use crate::metrics::{DropReason, Transport};
 use crate::starttls::{StartTls, Step};
 
 /// Time for the TCP and TLS preliminaries (header, STARTTLS, handshake).
@@ -31,11 +31,16 @@ pub enum TcpMode {
     DirectTls,
 }
 
-/// Accepts TCP connections until shutdown: counts each against
-/// `max_clients` and the per-address cap on unauthenticated connections, tunes the socket ([`tune`]) and runs `serve` on its own
+/// Accepts TCP connections of `transport` until shutdown: counts each
+/// against `max_clients` and the per-address cap on unauthenticated
+/// connections, tunes the socket ([`tune`]) and runs `serve` on its own
 /// task (the TCP and WebSocket listeners share this).
-pub async fn accept_loop<F, Fut>(listener: TcpListener, ctx: Arc<ListenerContext>, serve: F)
-where
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    transport: Transport,
+    ctx: Arc<ListenerContext>,
+    serve: F,
+) where
     F: Fn(TcpStream, SocketAddr, Arc<ListenerContext>, ClientPeer) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -58,6 +63,7 @@ where
                 continue;
             }
         };
+        ctx.metrics.transport(transport).accepted.inc();
         tune(&stream);
         let served = serve(stream, remote, ctx.clone(), peer);
         ctx.tasks.spawn(async move {
@@ -74,20 +80,35 @@ pub async fn run(
     mode: TcpMode,
     ctx: Arc<ListenerContext>,
 ) {
-    accept_loop(listener, ctx, move |stream, remote, ctx, peer| {
-        let tls = tls.clone();
-        async move {
-            let secured = secure(stream, &tls, mode, &ctx.settings.domain);
-            match tokio::time::timeout(TLS_DEADLINE, secured).await {
-                Ok(Ok(tls_stream)) => {
-                    let (read, write) = tokio::io::split(tls_stream);
-                    run_session(ctx, Writer(write), Reader(read), Framing::Stream, peer).await;
+    let transport = match mode {
+        TcpMode::StartTls => Transport::StartTls,
+        TcpMode::DirectTls => Transport::DirectTls,
+    };
+    accept_loop(
+        listener,
+        transport,
+        ctx,
+        move |stream, remote, ctx, peer| {
+            let tls = tls.clone();
+            async move {
+                let secured = secure(stream, &tls, mode, &ctx.settings.domain);
+                match tokio::time::timeout(TLS_DEADLINE, secured).await {
+                    Ok(Ok(tls_stream)) => {
+                        let (read, write) = tokio::io::split(tls_stream);
+                        run_session(ctx, Writer(write), Reader(read), transport, peer).await;
+                    }
+                    Ok(Err(e)) => {
+                        ctx.metrics.dropped(DropReason::TlsFailed);
+                        tracing::debug!(%remote, error = %e, "TCP client gave up before TLS")
+                    }
+                    Err(_) => {
+                        ctx.metrics.dropped(DropReason::TlsFailed);
+                        tracing::debug!(%remote, "TCP client too slow to start TLS")
+                    }
                 }
-                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TCP client gave up before TLS"),
-                Err(_) => tracing::debug!(%remote, "TCP client too slow to start TLS"),
             }
-        }
-    })
+        },
+    )
     .await
 }
 

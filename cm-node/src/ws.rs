@@ -21,7 +21,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::{ns, stream};
 
 use crate::listener::{ByteSink, ByteSource, ListenerContext, run_session};
-use crate::session::Framing;
+use crate::metrics::{DropReason, Transport};
 
 /// Time for the TLS handshake and the HTTP upgrade.
 const UPGRADE_DEADLINE: Duration = Duration::from_secs(30);
@@ -31,37 +31,48 @@ pub const SUBPROTOCOL: &str = "xmpp";
 
 /// Accepts WebSocket clients until shutdown.
 pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerContext>) {
-    crate::tcp::accept_loop(listener, ctx, move |tcp, remote, ctx, peer| {
-        let tls = tls.clone();
-        async move {
-            let config = websocket_config(ctx.settings.limits.max_stanza_bytes);
-            let upgrade = async {
-                let tls_stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
-                tokio_tungstenite::accept_hdr_async_with_config(
-                    tls_stream,
-                    require_xmpp,
-                    Some(config),
-                )
-                .await
-                .map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
-                Ok(Ok(ws)) => {
-                    let (sink, source) = ws.split();
-                    run_session(
-                        ctx,
-                        WsSink(sink),
-                        WsSource(source),
-                        Framing::WebSocket,
-                        peer,
+    crate::tcp::accept_loop(
+        listener,
+        Transport::WebSocket,
+        ctx,
+        move |tcp, remote, ctx, peer| {
+            let tls = tls.clone();
+            async move {
+                let config = websocket_config(ctx.settings.limits.max_stanza_bytes);
+                let upgrade = async {
+                    let tls_stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
+                    tokio_tungstenite::accept_hdr_async_with_config(
+                        tls_stream,
+                        require_xmpp,
+                        Some(config),
                     )
-                    .await;
+                    .await
+                    .map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
+                    Ok(Ok(ws)) => {
+                        let (sink, source) = ws.split();
+                        run_session(
+                            ctx,
+                            WsSink(sink),
+                            WsSource(source),
+                            Transport::WebSocket,
+                            peer,
+                        )
+                        .await;
+                    }
+                    Ok(Err(e)) => {
+                        ctx.metrics.dropped(DropReason::WebSocketUpgradeFailed);
+                        tracing::debug!(%remote, error = %e, "WebSocket upgrade failed")
+                    }
+                    Err(_) => {
+                        ctx.metrics.dropped(DropReason::WebSocketUpgradeFailed);
+                        tracing::debug!(%remote, "WebSocket client too slow to upgrade")
+                    }
                 }
-                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
-                Err(_) => tracing::debug!(%remote, "WebSocket client too slow to upgrade"),
             }
-        }
-    })
+        },
+    )
     .await
 }
 

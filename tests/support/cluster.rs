@@ -325,6 +325,23 @@ impl Cluster {
         cm_node::start(config).await.expect("cm starts")
     }
 
+    /// The `/metrics` text of CM `i` (0-based), from its admin endpoint
+    /// (the CM must have been started with `admin_listen`).
+    pub async fn cm_metrics(&self, i: usize) -> String {
+        let addr = self.cm(i).admin_addr.expect("the CM serves /metrics");
+        let url = format!("http://{addr}/metrics");
+        tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()
+                .expect("metrics")
+                .body_mut()
+                .read_to_string()
+                .expect("text")
+        })
+        .await
+        .expect("join")
+    }
+
     /// CM `i` (0-based).
     pub fn cm(&self, i: usize) -> &CmHandle {
         self.cms[i].as_ref().expect("cm running")

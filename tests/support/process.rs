@@ -87,6 +87,8 @@ pub struct Deployment {
     pub lb_token: String,
     /// The core's admin bearer token.
     pub core_token: String,
+    /// Each CM's admin endpoint (`/metrics`), by its number (`cm-N`).
+    pub cm_admin: std::collections::BTreeMap<u32, String>,
     /// Processes: [core, lb, CMs in the order added].
     pub procs: Processes,
 }
@@ -163,6 +165,7 @@ impl Deployment {
             pki,
             dir,
             procs: Processes(Vec::new()),
+            cm_admin: Default::default(),
         };
         let core_toml = dep.write(
             "core.toml",
@@ -210,10 +213,11 @@ impl Deployment {
 
     /// Starts CM `cm-<i>` behind the balancer; returns its process index.
     pub fn spawn_cm(&mut self, i: u32) -> usize {
+        let admin = format!("127.0.0.1:{}", free_port(true));
         let toml = self.write(
             &format!("cm-{i}.toml"),
             format!(
-                "node = \"cm-{i}\"\ndomain = \"{}\"\nlisten = \"127.0.0.1:{}\"\ncore = \"{}\"\npki_dir = \"{}\"\n\n[balancer]\ncontrol = \"127.0.0.1:{}\"\nencap = \"127.0.0.1:{}\"\n",
+                "node = \"cm-{i}\"\ndomain = \"{}\"\nlisten = \"127.0.0.1:{}\"\ncore = \"{}\"\npki_dir = \"{}\"\nadmin_listen = \"{admin}\"\n\n[balancer]\ncontrol = \"127.0.0.1:{}\"\nencap = \"127.0.0.1:{}\"\n",
                 self.domain,
                 free_port(false),
                 self.core,
@@ -222,6 +226,7 @@ impl Deployment {
                 self.lb_backend,
             ),
         );
+        self.cm_admin.insert(i, admin);
         self.spawn(&["cm", "--config", &toml])
     }
 

@@ -9,6 +9,7 @@ use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, StreamCondition, TopLevel, ns, stream};
 
 use super::output::{Output, StreamError};
+use super::report::Refusal;
 
 /// Where binding stands.
 #[derive(Debug, Default)]
@@ -68,10 +69,10 @@ impl Binding {
                 });
                 Ok(())
             }
-            _ => Err(StreamError::new(
-                StreamCondition::NotAuthorized,
-                "bind a resource first",
-            )),
+            _ => Err(
+                StreamError::new(StreamCondition::NotAuthorized, "bind a resource first")
+                    .refusing(Refusal::Unauthenticated),
+            ),
         }
     }
 

@@ -10,6 +10,7 @@ use xmpp_stream::framer::FramingError;
 use xmpp_stream::{StreamCondition, stream};
 
 use super::SessionAction;
+use super::report::Refusal;
 
 /// How XML is framed on the transport.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub(super) struct StreamError {
     pub condition: StreamCondition,
     /// Text for the client, if any.
     pub text: Option<Cow<'static, str>>,
+    /// What the client did, if the stream ends for it.
+    pub refusal: Option<Refusal>,
 }
 
 impl StreamError {
@@ -37,6 +40,7 @@ impl StreamError {
         Self {
             condition,
             text: Some(Cow::Borrowed(text)),
+            refusal: None,
         }
     }
 
@@ -45,13 +49,21 @@ impl StreamError {
         Self {
             condition,
             text: None,
+            refusal: None,
         }
+    }
+
+    /// The stream ends for what the client did.
+    pub fn refusing(mut self, refusal: Refusal) -> Self {
+        self.refusal = Some(refusal);
+        self
     }
 }
 
 impl From<FramingError> for StreamError {
     fn from(e: FramingError) -> Self {
         Self {
+            refusal: Some(Refusal::of_framing(&e)),
             condition: e.condition,
             text: Some(Cow::Owned(e.text)),
         }

@@ -8,6 +8,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::{StreamCondition, ns};
 
 use super::output::{Output, StreamError};
+use super::report::Refusal;
 
 /// Most registrations tried on one stream.
 const MAX_REGISTRATIONS: u32 = 3;
@@ -36,7 +37,8 @@ impl InBandRegistration {
             return Err(StreamError::new(
                 StreamCondition::NotAuthorized,
                 "authenticate and bind first",
-            ));
+            )
+            .refusing(Refusal::Unauthenticated));
         };
         match iq.attr("type") {
             Some("get") => {

@@ -11,8 +11,10 @@ use cm_protocol::{Frame, SessionId};
 use xmpp_stream::element::Element;
 use xmpp_stream::{StreamCondition, TopLevel, ns, stream};
 
+use super::SessionAction;
 use super::features::CoreOffer;
 use super::output::{Output, StreamError};
+use super::report::{LoginResult, Refusal, SessionReport};
 
 /// Most failed SASL attempts (aborts included) before the stream is closed.
 pub(super) const MAX_AUTH_FAILURES: u32 = 3;
@@ -77,6 +79,7 @@ impl SaslRelay {
         };
         let Ok(data) = data else {
             out.write(stream::sasl_failure("incorrect-encoding", None));
+            report(out, LoginResult::IncorrectEncoding);
             self.stage = Stage::Idle;
             return Ok(());
         };
@@ -85,6 +88,7 @@ impl SaslRelay {
                 let mechanism = top.attr("mechanism").unwrap_or_default();
                 if !offer.offers(mechanism) {
                     out.write(stream::sasl_failure("invalid-mechanism", None));
+                    report(out, LoginResult::InvalidMechanism);
                     return Ok(());
                 }
                 if no_initial_response {
@@ -108,6 +112,7 @@ impl SaslRelay {
             }
             (_, "abort") => {
                 out.write(stream::sasl_failure("aborted", None));
+                report(out, LoginResult::Aborted);
                 self.drop_next_answer = self.awaiting_core;
                 self.stage = Stage::Idle;
                 // Aborts count as failures: a stream cannot restart SASL forever.
@@ -117,7 +122,8 @@ impl SaslRelay {
                 return Err(StreamError::new(
                     StreamCondition::NotAuthorized,
                     "unexpected SASL element",
-                ));
+                )
+                .refusing(Refusal::Unauthenticated));
             }
         }
         Ok(())
@@ -146,11 +152,13 @@ impl SaslRelay {
             Frame::AuthSuccess { data, user, .. } => {
                 let data = (!data.is_empty()).then(|| B64.encode(&data));
                 out.write(stream::sasl_element("success", None, data.as_deref()));
+                report(out, LoginResult::Ok);
                 self.stage = Stage::Idle;
                 return Ok(Some(user));
             }
             Frame::AuthFailure { condition, .. } => {
                 out.write(stream::sasl_failure(&condition, None));
+                report(out, LoginResult::of_failure(&condition));
                 self.stage = Stage::Idle;
                 self.count_failure()?;
             }
@@ -176,8 +184,14 @@ impl SaslRelay {
             return Err(StreamError::new(
                 StreamCondition::PolicyViolation,
                 "too many failed authentication attempts",
-            ));
+            )
+            .refusing(Refusal::AuthFailures));
         }
         Ok(())
     }
+}
+
+/// Reports how a SASL attempt ended.
+fn report(out: &mut Output, result: LoginResult) {
+    out.push(SessionAction::Report(SessionReport::Login(result)));
 }

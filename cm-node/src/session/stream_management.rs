@@ -14,6 +14,7 @@ use xmpp_stream::stanza::inspect;
 use xmpp_stream::{StanzaKind, StreamCondition, TopLevel, ns, stream};
 
 use super::output::{Output, StreamError};
+use super::report::Refusal;
 use super::{AnnouncementUpdate, SessionAction, SmAnnouncement};
 
 /// A session's stream-management counters, as re-announced to the core.
@@ -260,13 +261,15 @@ impl StreamManagement {
             (ns::SM, "r", Some(_)) => out.send(Frame::AckRequest { sid }),
             (ns::SM, "a", Some(sm)) => {
                 let Some(h) = top.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
-                    return Err(StreamError::new(StreamCondition::BadFormat, "bad h"));
+                    return Err(StreamError::new(StreamCondition::BadFormat, "bad h")
+                        .refusing(Refusal::StreamManagement));
                 };
                 if sm.on_ack(h).is_err() {
                     return Err(StreamError::new(
                         StreamCondition::UndefinedCondition,
                         "handled-count-too-high",
-                    ));
+                    )
+                    .refusing(Refusal::StreamManagement));
                 }
                 out.send(Frame::Acked { sid, h });
             }
@@ -279,7 +282,8 @@ impl StreamManagement {
                 return Err(StreamError::new(
                     StreamCondition::UnsupportedStanzaType,
                     "unsupported element",
-                ));
+                )
+                .refusing(Refusal::StreamManagement));
             }
         }
         Ok(())

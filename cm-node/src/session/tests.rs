@@ -210,7 +210,7 @@ fn a_stanza_a_strict_parser_refuses_ends_the_stream_and_never_reaches_the_core()
             "{}: {a:?}",
             String::from_utf8_lossy(poison)
         );
-        assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
+        assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
         assert!(
             !to_core(&a)
                 .iter()
@@ -308,7 +308,7 @@ fn stanzas_before_auth_end_the_stream() {
     s.data(HEADER);
     let a = s.data(b"<message to='b@x'><body>hi</body></message>");
     assert!(written(&a).contains("not-authorized"));
-    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
     assert!(s.closed().is_empty());
 }
 
@@ -320,7 +320,7 @@ fn wrong_domain_and_bad_xml_get_stream_errors() {
     let mut s = bound_session();
     let a = s.data(b"<message><body>&bogus;</body></message>");
     assert!(written(&a).contains("not-well-formed"));
-    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
 }
 
 #[test]
@@ -334,7 +334,7 @@ fn auth_failures_are_relayed_and_limited() {
             condition: "not-authorized".into(),
         });
         assert!(written(&a).contains("<not-authorized"));
-        assert_eq!(a.contains(&SessionAction::Close(StreamEnd::Server)), i == 2);
+        assert_eq!(a.contains(&SessionAction::Close(ClosedBy::Server)), i == 2);
     }
 }
 
@@ -413,7 +413,7 @@ fn aborts_count_and_a_stale_answer_is_dropped() {
     // the third failure or abort ends the stream
     s.data(AUTH_PLAIN);
     let a = s.data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
-    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
 }
 
 #[test]
@@ -424,7 +424,7 @@ fn kick_closes_with_conflict() {
         condition: "conflict".into(),
     });
     assert!(written(&a).contains("<conflict"));
-    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
 }
 
 #[test]
@@ -439,7 +439,7 @@ fn a_clients_stream_end_is_answered_and_ends_its_session_cleanly_with_or_without
             a,
             vec![
                 SessionAction::Write(Bytes::from_static(b"</stream:stream>")),
-                SessionAction::Close(StreamEnd::Client),
+                SessionAction::Close(ClosedBy::Client),
             ],
             "sm {sm}"
         );
@@ -515,7 +515,7 @@ fn stream_management_counts_requests_and_checks_acks() {
     );
     let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='4'/>");
     assert!(written(&a).contains("undefined-condition"));
-    assert!(a.contains(&SessionAction::Close(StreamEnd::Server)));
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
 }
 
 #[test]
@@ -869,7 +869,7 @@ fn a_core_that_never_answers_ends_the_stream_with_remote_connection_failed() {
         !text.contains("<stream:stream"),
         "the header went out before: {text}"
     );
-    assert_eq!(a.last(), Some(&SessionAction::Close(StreamEnd::Server)));
+    assert_eq!(a.last(), Some(&SessionAction::Close(ClosedBy::Server)));
     assert_eq!(s.poll_timeout(), None);
 }
 
@@ -901,7 +901,7 @@ fn negotiation_times_out_exactly_at_its_deadline() {
         text.starts_with("<?xml") || text.starts_with("<stream:stream"),
         "{text}"
     );
-    assert_eq!(a.last(), Some(&SessionAction::Close(StreamEnd::Server)));
+    assert_eq!(a.last(), Some(&SessionAction::Close(ClosedBy::Server)));
     assert_eq!(s.poll_timeout(), None);
 }
 
@@ -1019,8 +1019,191 @@ fn shutdown_closes_with_a_stream_error_once() {
     s.close(StreamCondition::SystemShutdown, None);
     let a = s.poll_actions();
     assert!(written(&a).contains("<system-shutdown"));
-    assert_eq!(a.last(), Some(&SessionAction::Close(StreamEnd::Server)));
+    assert_eq!(a.last(), Some(&SessionAction::Close(ClosedBy::Server)));
     s.close(StreamCondition::SystemShutdown, None);
     assert_eq!(s.poll_actions(), vec![]);
     assert!(!s.wants_read());
+}
+
+fn reported(actions: &[SessionAction]) -> Vec<SessionReport> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            SessionAction::Report(r) => Some(*r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ended(condition: StreamCondition, refusal: Option<Refusal>) -> SessionReport {
+    SessionReport::Ended(EndReason::StreamError { condition, refusal })
+}
+
+#[test]
+fn every_sasl_outcome_is_reported_with_its_result() {
+    let mut s = session();
+    s.data(HEADER);
+    let a = s
+        .data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NONE'>AGEAYg==</auth>");
+    assert_eq!(
+        reported(&a),
+        vec![SessionReport::Login(LoginResult::InvalidMechanism)]
+    );
+    let a = s.data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!</auth>");
+    assert_eq!(
+        reported(&a),
+        vec![SessionReport::Login(LoginResult::IncorrectEncoding)]
+    );
+    s.data(AUTH_PLAIN);
+    let a = s.core(Frame::AuthFailure {
+        sid: 7,
+        condition: "not-authorized".into(),
+    });
+    assert_eq!(
+        reported(&a),
+        vec![SessionReport::Login(LoginResult::Failed)]
+    );
+    s.data(AUTH_PLAIN);
+    let a = s.core(Frame::AuthFailure {
+        sid: 7,
+        condition: "temporary-auth-failure".into(),
+    });
+    assert_eq!(
+        reported(&a),
+        vec![SessionReport::Login(LoginResult::TemporaryFailure)]
+    );
+    // the third failure (an abort counts) ends the stream
+    let a = s.data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    assert_eq!(
+        reported(&a),
+        vec![
+            SessionReport::Login(LoginResult::Aborted),
+            ended(
+                StreamCondition::PolicyViolation,
+                Some(Refusal::AuthFailures)
+            ),
+        ]
+    );
+    let mut s = session();
+    s.data(HEADER);
+    s.data(AUTH_PLAIN);
+    let a = s.core(Frame::AuthSuccess {
+        sid: 7,
+        data: Bytes::new(),
+        user: "a@x".into(),
+    });
+    assert_eq!(reported(&a), vec![SessionReport::Login(LoginResult::Ok)]);
+}
+
+#[test]
+fn a_stanza_over_the_size_limit_is_reported_as_refused_just_before_the_close() {
+    let mut s = bound_session();
+    let body = "a".repeat(Limits::default().max_stanza_bytes);
+    let big = format!("<message to='b@x'><body>{body}</body></message>");
+    let a = s.data(big.as_bytes());
+    assert!(to_core(&a).is_empty());
+    assert_eq!(
+        a[a.len() - 2..],
+        [
+            SessionAction::Report(ended(
+                StreamCondition::PolicyViolation,
+                Some(Refusal::StanzaLimits)
+            )),
+            SessionAction::Close(ClosedBy::Server),
+        ]
+    );
+}
+
+#[test]
+fn an_end_says_whether_the_client_closed_was_refused_or_the_stream_was_ended_for_it() {
+    let mut s = bound_session();
+    let a = s.data(b"</stream:stream>");
+    assert_eq!(
+        reported(&a),
+        vec![SessionReport::Ended(EndReason::ClientClosed)]
+    );
+    let mut s = session();
+    s.data(HEADER);
+    let a = s.data(b"<message to='b@x'><body>hi</body></message>");
+    assert_eq!(
+        reported(&a),
+        vec![ended(
+            StreamCondition::NotAuthorized,
+            Some(Refusal::Unauthenticated)
+        )]
+    );
+    let mut s = session();
+    let a = s.data(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other' version='1.0'>");
+    assert_eq!(
+        reported(&a),
+        vec![ended(
+            StreamCondition::HostUnknown,
+            Some(Refusal::HostUnknown)
+        )]
+    );
+    let mut s = bound_session();
+    let a = s.data(b"<message><body>&bogus;</body></message>");
+    assert_eq!(
+        reported(&a),
+        vec![ended(
+            StreamCondition::NotWellFormed,
+            Some(Refusal::Malformed)
+        )]
+    );
+    let mut s = bound_session();
+    let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    assert_eq!(
+        reported(&a),
+        vec![ended(
+            StreamCondition::UnsupportedStanzaType,
+            Some(Refusal::StreamManagement)
+        )]
+    );
+    // not the client's doing: no refusal
+    let mut s = bound_session();
+    let a = s.core(Frame::Kick {
+        sid: 7,
+        condition: "conflict".into(),
+    });
+    assert_eq!(reported(&a), vec![ended(StreamCondition::Conflict, None)]);
+    let mut s = bound_session();
+    s.close(StreamCondition::SystemShutdown, None);
+    assert_eq!(
+        reported(&s.poll_actions()),
+        vec![ended(StreamCondition::SystemShutdown, None)]
+    );
+    let t0 = Instant::now();
+    let mut s = session_at(t0, Some(offer(false)), 1);
+    s.on_data(t0, HEADER);
+    s.poll_actions();
+    s.handle_timeout(t0 + NEGOTIATION_TIMEOUT);
+    assert_eq!(
+        reported(&s.poll_actions()),
+        vec![ended(
+            StreamCondition::ConnectionTimeout,
+            Some(Refusal::NegotiationTimeout)
+        )]
+    );
+}
+
+#[test]
+fn each_pause_of_reading_for_a_spent_budget_is_reported_once() {
+    let t0 = Instant::now();
+    let mut s = ClientSession::new(
+        7,
+        settings(1000, 4000),
+        Framing::Stream,
+        Some(offer(false)),
+        SmallRng::seed_from_u64(1),
+        t0,
+    );
+    s.on_data(t0, HEADER);
+    s.on_data(t0, &vec![b' '; 4000 - HEADER.len()]);
+    assert_eq!(reported(&s.poll_actions()), vec![]);
+    s.on_data(t0, &[b' '; 1000]);
+    assert_eq!(reported(&s.poll_actions()), vec![SessionReport::ReadPaused]);
+    s.handle_timeout(t0 + Duration::from_secs(1));
+    assert_eq!(reported(&s.poll_actions()), vec![]);
+    s.on_data(t0 + Duration::from_secs(1), &[b' '; 2000]);
+    assert_eq!(reported(&s.poll_actions()), vec![SessionReport::ReadPaused]);
 }
