@@ -6,6 +6,7 @@
 #   USERS=500 RATES=1000,5000 STEP=10 LOGIN_C=1,16 REPEAT=3 bench/compare.sh
 #   CORE_THREADS=2 SERVERS=longlink bench/compare.sh   # the core's --threads
 #   LONGLINK_TRANSPORTS=quic SERVERS=longlink bench/compare.sh   # one transport
+#   OTHER_TRANSPORTS=starttls ...   # ejabberd and Prosody over STARTTLS only
 #   CM_WRAP="valgrind --tool=massif --massif-out-file=/tmp/cm.massif" SERVERS=longlink SCENARIOS=idle bench/compare.sh
 #       # the CM under a profiler (here: where its memory per session goes)
 #   PROBE=1 SERVERS="longlink ejabberd" SCENARIOS=chat bench/compare.sh
@@ -99,17 +100,18 @@ scenarios() { # server port transport pids...  (run number in $RUN)
 }
 
 # Each rate on its own: the load tool's chat step, and bench/probe.py's two
-# clients (accounts bench$USERS and bench$((USERS+1))) at 20 msg/s during its
-# measured window; both lines go to the results.
+# clients (accounts bench$USERS and bench$((USERS+1))) at 50 msg/s during its
+# measured window (from the tool's "window open" line); both lines go to the
+# results.
 probe_chat() { # server port run pids...
     local server=$1 port=$2 run=$3; shift 3
     for rate in ${RATES//,/ }; do
-        load "$server" "$port" starttls "$run" "$@" -- chat --users "$USERS" --rates "$rate" --step-secs "$STEP" 2>"$W/tool.err" &
+        local err="$W/tool-$run-$rate.err"
+        load "$server" "$port" starttls "$run" "$@" -- chat --users "$USERS" --rates "$rate" --step-secs "$STEP" 2>"$err" &
         local tool=$!
-        for _ in $(seq 1 600); do grep -q "users online" "$W/tool.err" 2>/dev/null && break; sleep 0.1; done
-        sleep 2 # the step's warm-up
+        for _ in $(seq 1 1200); do grep -q "window open" "$err" 2>/dev/null && break; sleep 0.1; done
         python3 bench/probe.py --server 127.0.0.1:$port --domain $DOMAIN --ca "$CA" \
-            --users "bench$USERS,bench$((USERS + 1))" --password bench --rate 20 --secs "$((STEP - 2))" \
+            --users "bench$USERS,bench$((USERS + 1))" --password bench --rate 50 --secs "$((STEP - 1))" \
             --label "$server starttls $rate" \
             | python3 -c "
 import json, sys
@@ -117,7 +119,7 @@ for line in sys.stdin:
     row = json.loads(line); row['server'] = '$server'; row['transport'] = 'starttls'; row['rate'] = $rate; row['run'] = $run
     print(json.dumps(row), flush=True)" | tee -a "$OUT/results.jsonl" >&2
         wait $tool
-        cat "$W/tool.err" >&2
+        cat "$err" >&2
     done
 }
 
@@ -250,7 +252,7 @@ EOT
 
 run_prosody() {
     install prosody prosody
-    for RUN in $(seq 1 "$REPEAT"); do for transport in starttls plain; do
+    for RUN in $(seq 1 "$REPEAT"); do for transport in ${OTHER_TRANSPORTS:-starttls plain}; do
         start_prosody
         scenarios prosody 15222 $transport prosody=$PROSODY_PID
         kill $PROSODY; wait $PROSODY 2>/dev/null || true
@@ -316,7 +318,7 @@ EOT
 
 run_ejabberd() {
     install ejabberd ejabberdctl
-    for RUN in $(seq 1 "$REPEAT"); do for transport in starttls plain; do
+    for RUN in $(seq 1 "$REPEAT"); do for transport in ${OTHER_TRANSPORTS:-starttls plain}; do
         start_ejabberd
         scenarios ejabberd 25222 $transport ejabberd=$EJABBERD_PID
         $EJABBERD_CTL stop >/dev/null; $EJABBERD_CTL stopped >/dev/null 2>&1 || true; EJABBERD_CTL=""

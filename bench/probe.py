@@ -7,7 +7,7 @@ clients live in this process), p50/p99/max in ms. bench/compare.sh runs it
 beside the load tool to check the tool's figures against it.
 
   bench/probe.py --server 127.0.0.1:17471 --domain bench.test --ca ca.pem \
-      --users bench998,bench999 --password bench --rate 20 --secs 20
+      --users bench998,bench999 --password bench --rate 50 --secs 20
 """
 import argparse, asyncio, base64, json, re, ssl, sys, time
 
@@ -75,7 +75,7 @@ async def main():
     ap.add_argument("--ca", required=True)
     ap.add_argument("--users", required=True, help="two accounts, comma-separated")
     ap.add_argument("--password", required=True)
-    ap.add_argument("--rate", type=float, default=20, help="messages per second, both directions together")
+    ap.add_argument("--rate", type=float, default=50, help="messages per second, both directions together")
     ap.add_argument("--secs", type=float, default=20)
     ap.add_argument("--label", default="")
     a = ap.parse_args()
@@ -94,11 +94,16 @@ async def main():
             if not data:
                 return
             c.buf += data
+            end = 0
             for m in rx.finditer(c.buf):
                 seq = int(m.group(1))
                 if seq in sent:
                     lat.append((now - sent.pop(seq)) / 1e6)
-            c.buf = c.buf[c.buf.rfind(b">") + 1:]
+                end = m.end()
+            # keep what may be the start of a body split across reads
+            c.buf = c.buf[end:]
+            if len(c.buf) > 65536:
+                c.buf = c.buf[c.buf.rfind(b"<"):]
 
     receivers = [asyncio.create_task(receive(c)) for c in clients]
     n = int(a.rate * a.secs)

@@ -91,7 +91,7 @@ if mig:
 
 probes = [r for r in rows if r["scenario"] == "probe"]
 if probes:
-    print("\n## check: the load tool beside an independent probe (bench/probe.py, 20 msg/s) in the same step")
+    print("\n## check: the load tool beside an independent probe (bench/probe.py, 50 msg/s) in the same step")
     tool = {(r["server"], r["transport"], r["rate"], r["run"]): r for r in rows if r["scenario"] == "chat"}
     for p in probes:
         t = tool.get((p["server"], p["transport"], p["rate"], p["run"]))

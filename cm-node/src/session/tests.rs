@@ -439,6 +439,7 @@ fn a_clients_stream_end_is_answered_and_ends_its_session_cleanly_with_or_without
             a,
             vec![
                 SessionAction::Write(Bytes::from_static(b"</stream:stream>")),
+                SessionAction::Report(SessionReport::Ended(EndReason::ClientClosed)),
                 SessionAction::Close(ClosedBy::Client),
             ],
             "sm {sm}"

@@ -14,11 +14,12 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use crate::procstat::{CpuSnapshot, Watched};
 use crate::report::{emit, pairs, percentiles};
@@ -26,66 +27,95 @@ use crate::user::{Online, Setup, next};
 
 /// What one step measured.
 #[derive(Serialize)]
-struct Step {
+pub struct Step {
     scenario: &'static str,
     transport: String,
     users: usize,
-    rate: u64,
+    /// The rate asked for, messages per second.
+    pub rate: u64,
     seconds: u64,
-    sent: u64,
-    delivered: u64,
-    lost: u64,
-    duplicated: u64,
+    /// Messages written while the window was open.
+    pub sent: u64,
+    /// Of those, delivered once by the end of the grace period.
+    pub delivered: u64,
+    /// Sent and not delivered.
+    pub lost: u64,
+    /// Deliveries of a message already delivered.
+    pub duplicated: u64,
+    /// Slots of the schedule the tool skipped because it fell more than a
+    /// second behind (the step then ran below its rate).
+    pub skipped: u64,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
-    /// How late the tool wrote the step's messages against the schedule:
+    /// How late the tool wrote the window's messages against the schedule:
     /// p99 and max, ms.
     lag_p99_ms: f64,
     lag_max_ms: f64,
     /// CPU µs per 1000 delivered messages, by process.
     cpu_us_per_1000: Vec<(String, f64)>,
-    /// migrate: rebinds done, and p99/max delivery time of messages sent
-    /// within a second after their sender or recipient moved.
+    /// migrate: moves done in the window, and p99/max delivery time of
+    /// messages sent within a second after their sender or recipient moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     moves: Option<(u64, f64, f64)>,
 }
 
-/// Shared counters of the measuring window.
+/// The schedule the senders and movers follow, published at each change.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Schedule {
+    /// Bumped at each step: the senders start the step's schedule over.
+    step: u64,
+    /// Total messages per second (0: nobody sends).
+    rate: u64,
+    /// When the step began, µs since `Shared::start`.
+    epoch: i64,
+    /// When the movers' schedule began (the window's opening), if they move.
+    moves_from: Option<i64>,
+}
+
+/// When message `k` of user `i` of `n` is due, µs after the step began: the
+/// step's messages leave one every `1/rate` s, message `j` from user `j mod n`.
+fn due(i: usize, k: u64, n: usize, rate: u64) -> i64 {
+    let slot = i as u64 + k * n as u64;
+    (slot as f64 * 1e6 / rate as f64) as i64
+}
+
+/// What the senders, receivers and movers share.
 struct Shared {
     start: Instant,
-    /// Current total rate (messages per second).
-    rate: AtomicU64,
-    /// When the current rate took effect, µs since `start`.
-    epoch: AtomicI64,
-    /// Bumped after `rate` and `epoch` are set: the senders start over.
-    step: AtomicU64,
-    /// Window bounds in µs since `start` (end = i64::MAX while open).
-    window: (AtomicI64, AtomicI64),
+    schedule: watch::Sender<Schedule>,
+    /// The open window's id, 0 while none is open. A message carries the id
+    /// it was sent under; only the window's own count.
+    open: AtomicU64,
+    /// The id of the window being counted (kept through the grace period).
+    counted: AtomicU64,
     sent: AtomicU64,
     delivered: AtomicU64,
     duplicated: AtomicU64,
+    skipped: AtomicU64,
     latencies: std::sync::Mutex<Vec<u64>>,
     /// Send lag (µs behind schedule) of the window's messages.
     lags: std::sync::Mutex<Vec<u64>>,
     moved_latencies: std::sync::Mutex<Vec<u64>>,
     /// Per user: when it last moved (µs since start; i64::MIN never).
     moved_at: Vec<AtomicI64>,
+    /// Moves done while the window was open.
     moves: AtomicU64,
-    /// Whether the movers move (the current step is a migrate step).
-    moving: AtomicBool,
 }
 
 impl Shared {
     fn now(&self) -> i64 {
         self.start.elapsed().as_micros() as i64
     }
-    fn in_window(&self, t: i64) -> bool {
-        t >= self.window.0.load(Relaxed) && t <= self.window.1.load(Relaxed)
-    }
     fn recently_moved(&self, user: usize, t: i64) -> bool {
         let m = self.moved_at[user].load(Relaxed);
         m != i64::MIN && t >= m && t - m <= 1_000_000
+    }
+    fn take(v: &std::sync::Mutex<Vec<u64>>) -> Vec<u64> {
+        std::mem::take(&mut *v.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+    fn push(v: &std::sync::Mutex<Vec<u64>>, x: u64) {
+        v.lock().unwrap_or_else(|e| e.into_inner()).push(x);
     }
 }
 
@@ -102,7 +132,8 @@ pub struct Plan {
     /// Seconds after a step for late deliveries.
     pub grace_secs: u64,
     /// migrate: every client moves this often (QUIC only; a client moves
-    /// only if it has an endpoint of its own).
+    /// only if it has an endpoint of its own), staggered over the period
+    /// from the window's opening.
     pub move_every: Option<Duration>,
     /// migrate: the moves start with this step (0: from the first).
     pub move_from_step: usize,
@@ -118,35 +149,35 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
     eprintln!("{n} users online");
     let result = run_online(&setup, &watched, &plan, online, &endpoints).await;
     crate::close_endpoints(&endpoints).await;
-    result
+    result.map(|_| ())
 }
 
 /// Drives the plan's steps with users already online: user `i` (of
 /// `0..plan.users`) sends to user `i + 1`; `endpoints[i]`, if there is one,
 /// is user `i`'s own and moves it. The users' connections end with it.
+/// Emits each step's row and returns them.
 pub async fn run_online(
     setup: &Setup,
     watched: &[Watched],
     plan: &Plan,
     online: Vec<(usize, Online)>,
     endpoints: &[quinn::Endpoint],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Step>> {
     let n = plan.users.max(2);
     let shared = Arc::new(Shared {
         start: Instant::now(),
-        rate: AtomicU64::new(0),
-        epoch: AtomicI64::new(0),
-        step: AtomicU64::new(0),
-        window: (AtomicI64::new(i64::MAX), AtomicI64::new(i64::MAX)),
+        schedule: watch::Sender::new(Schedule::default()),
+        open: AtomicU64::new(0),
+        counted: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         duplicated: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
         latencies: Default::default(),
         lags: Default::default(),
         moved_latencies: Default::default(),
         moved_at: (0..n).map(|_| AtomicI64::new(i64::MIN)).collect(),
         moves: AtomicU64::new(0),
-        moving: AtomicBool::new(false),
     });
     let mut tasks = Vec::new();
     for (i, user) in online {
@@ -163,50 +194,55 @@ pub async fn run_online(
             tasks.push(tokio::spawn(mover(ep.clone(), i, n, every, shared.clone())));
         }
     }
+    let mut steps = Vec::new();
     for (index, &rate) in plan.rates.iter().enumerate() {
         let moving = plan.move_every.is_some() && index >= plan.move_from_step;
-        shared.moving.store(moving, SeqCst);
         let scenario = if moving { "migrate" } else { "chat" };
-        shared.rate.store(rate, SeqCst);
-        shared.epoch.store(shared.now(), SeqCst);
-        shared.step.fetch_add(1, SeqCst);
+        let schedule = Schedule {
+            step: index as u64 + 1,
+            rate,
+            epoch: shared.now(),
+            moves_from: None,
+        };
+        shared.schedule.send_replace(schedule);
         tokio::time::sleep(Duration::from_secs(plan.warmup_secs)).await;
-        for c in [&shared.sent, &shared.delivered, &shared.duplicated] {
-            c.store(0, Relaxed);
+        // Open the window: a new id, so nothing sent before counts.
+        let id = index as u64 + 1;
+        for c in [
+            &shared.sent,
+            &shared.delivered,
+            &shared.duplicated,
+            &shared.skipped,
+            &shared.moves,
+        ] {
+            c.store(0, SeqCst);
         }
-        for v in [&shared.latencies, &shared.lags] {
-            v.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for v in [&shared.latencies, &shared.lags, &shared.moved_latencies] {
+            Shared::take(v);
         }
-        shared
-            .moved_latencies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let moves_before = shared.moves.load(Relaxed);
         let cpu_before = CpuSnapshot::take(watched);
-        shared.window.1.store(i64::MAX, Relaxed);
-        shared.window.0.store(shared.now(), Relaxed);
+        shared.counted.store(id, SeqCst);
+        shared.open.store(id, SeqCst);
+        if moving {
+            shared.schedule.send_replace(Schedule {
+                moves_from: Some(shared.now()),
+                ..schedule
+            });
+        }
+        eprintln!("window open: {scenario} rate {rate}/s");
         tokio::time::sleep(Duration::from_secs(plan.step_secs)).await;
-        shared.window.1.store(shared.now(), Relaxed);
+        shared.open.store(0, SeqCst);
         let cpu_after = CpuSnapshot::take(watched);
+        let moves = shared.moves.load(SeqCst);
         tokio::time::sleep(Duration::from_secs(plan.grace_secs)).await;
-        let sent = shared.sent.load(Relaxed);
-        let delivered = shared.delivered.load(Relaxed);
-        let mut lat =
-            std::mem::take(&mut *shared.latencies.lock().unwrap_or_else(|e| e.into_inner()));
-        let (p50, p99, max) = percentiles(&mut lat);
-        let mut lags = std::mem::take(&mut *shared.lags.lock().unwrap_or_else(|e| e.into_inner()));
-        let (_, lag_p99, lag_max) = percentiles(&mut lags);
+        let sent = shared.sent.load(SeqCst);
+        let delivered = shared.delivered.load(SeqCst);
+        let (p50, p99, max) = percentiles(&mut Shared::take(&shared.latencies));
+        let (_, lag_p99, lag_max) = percentiles(&mut Shared::take(&shared.lags));
         let cpu = cpu_after.per(&cpu_before, delivered, 1000);
         let moves = moving.then(|| {
-            let mut m = std::mem::take(
-                &mut *shared
-                    .moved_latencies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
-            let (_, mp99, mmax) = percentiles(&mut m);
-            (shared.moves.load(Relaxed) - moves_before, mp99, mmax)
+            let (_, mp99, mmax) = percentiles(&mut Shared::take(&shared.moved_latencies));
+            (moves, mp99, mmax)
         });
         let step = Step {
             scenario,
@@ -217,7 +253,8 @@ pub async fn run_online(
             sent,
             delivered,
             lost: sent.saturating_sub(delivered),
-            duplicated: shared.duplicated.load(Relaxed),
+            duplicated: shared.duplicated.load(SeqCst),
+            skipped: shared.skipped.load(SeqCst),
             p50_ms: p50,
             p99_ms: p99,
             max_ms: max,
@@ -227,7 +264,12 @@ pub async fn run_online(
             moves,
         };
         let human = format!(
-            "{scenario} rate {rate}/s: sent {sent} delivered {delivered} lost {} dup {} | ms p50 {p50:.2} p99 {p99:.2} max {max:.1} | tool lag p99 {lag_p99:.2} max {lag_max:.1} ms | CPU µs/1000 msgs {}{}",
+            "{scenario} rate {rate}/s: sent {sent} ({:.0}/s{}) delivered {delivered} lost {} dup {} | ms p50 {p50:.2} p99 {p99:.2} max {max:.1} | tool lag p99 {lag_p99:.2} max {lag_max:.1} ms | CPU µs/1000 msgs {}{}",
+            sent as f64 / plan.step_secs.max(1) as f64,
+            match step.skipped {
+                0 => String::new(),
+                k => format!(", {k} skipped: the tool fell behind"),
+            },
             step.lost,
             step.duplicated,
             pairs(&step.cpu_us_per_1000),
@@ -236,17 +278,17 @@ pub async fn run_online(
                 .unwrap_or_default()
         );
         emit(&step, human);
+        steps.push(step);
     }
-    shared.rate.store(0, SeqCst);
-    shared.step.fetch_add(1, SeqCst);
+    shared.schedule.send_replace(Schedule::default());
     for t in tasks {
         t.abort();
     }
-    Ok(())
+    Ok(steps)
 }
 
-/// ~100-byte message bodies: `b STEP FROM SEQ MICROS` plus padding. User
-/// `i` of `n` sends messages `i, i + n, i + 2n, …` of the step's schedule.
+/// ~100-byte message bodies: `b WINDOW FROM SEQ MICROS` plus padding. User
+/// `i` of `n` sends messages `i, i + n, i + 2n, …` of each step's schedule.
 async fn send(
     mut writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     i: usize,
@@ -255,56 +297,71 @@ async fn send(
     shared: Arc<Shared>,
     _quic: Option<quinn::Connection>,
 ) {
+    let mut schedule = shared.schedule.subscribe();
+    let mut now_is = *schedule.borrow_and_update();
+    let mut k = 0u64;
     let mut seq = 0u64;
-    let (mut step, mut k) = (u64::MAX, 0u64);
     loop {
-        let now_step = shared.step.load(SeqCst);
-        let rate = shared.rate.load(SeqCst);
-        if rate == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if now_is.rate == 0 {
+            if schedule.changed().await.is_err() {
+                return;
+            }
+            let next = *schedule.borrow_and_update();
+            if next.step != now_is.step {
+                k = 0;
+            }
+            now_is = next;
             continue;
         }
-        if now_step != step {
-            (step, k) = (now_step, 0);
-        }
-        let epoch = shared.epoch.load(SeqCst);
-        let slot = i as u64 + k * n as u64;
-        let intended = epoch + (slot as f64 * 1e6 / rate as f64) as i64;
+        let intended = now_is.epoch + due(i, k, n, now_is.rate);
         let wait = intended - shared.now();
         if wait > 0 {
-            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
-            if shared.step.load(SeqCst) != step {
-                continue; // the rate changed while waiting: the new schedule
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_micros(wait as u64)) => {}
+                changed = schedule.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let next = *schedule.borrow_and_update();
+                    if next.step != now_is.step {
+                        k = 0; // a new step: its schedule starts over
+                    }
+                    now_is = next;
+                    continue;
+                }
             }
         }
         k += 1;
         seq += 1;
+        let window = shared.open.load(SeqCst);
         let t = shared.now();
         let lag = t - intended;
         if lag > 1_000_000 {
             // fell far behind: skip the missed slots rather than burst
-            k += (lag as f64 * rate as f64 / 1e6 / n as f64) as u64;
+            let missed = (lag as f64 * now_is.rate as f64 / 1e6 / n as f64) as u64;
+            k += missed;
+            if window != 0 {
+                shared.skipped.fetch_add(missed, Relaxed);
+            }
         }
         let msg = format!(
-            "<message to='{to}' type='chat' id='m{seq}'><body>b {step} {i} {seq} {t} ........................................................</body></message>"
+            "<message to='{to}' type='chat' id='m{seq}'><body>b {window} {i} {seq} {t} ........................................................</body></message>"
         );
-        if shared.in_window(t) {
+        if window != 0 {
             shared.sent.fetch_add(1, Relaxed);
-            shared
-                .lags
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(lag.max(0) as u64);
         }
         if writer.write_all(msg.as_bytes()).await.is_err() || writer.flush().await.is_err() {
             tracing::warn!(user = i, "send failed; the user stops");
             return;
         }
+        if window != 0 {
+            Shared::push(&shared.lags, lag.max(0) as u64);
+        }
     }
 }
 
 async fn receive(mut reader: client_sdk::transport::Io, me: usize, shared: Arc<Shared>) {
-    let mut seen: (u64, HashSet<u64>) = (0, HashSet::new());
+    let mut seen: (u64, HashSet<(u64, u64)>) = (0, HashSet::new());
     while let Some(el) = next(&mut reader).await {
         if el.name != "message" {
             continue;
@@ -313,54 +370,134 @@ async fn receive(mut reader: client_sdk::transport::Io, me: usize, shared: Arc<S
             continue;
         };
         let mut f = body.split(' ').skip(1).map(|x| x.parse::<i64>().ok());
-        let (Some(Some(step)), Some(Some(from)), Some(Some(seq)), Some(Some(t))) =
+        let (Some(Some(window)), Some(Some(from)), Some(Some(seq)), Some(Some(t))) =
             (f.next(), f.next(), f.next(), f.next())
         else {
             continue;
         };
-        if !shared.in_window(t) {
-            continue;
+        let window = window as u64;
+        if window == 0 || window != shared.counted.load(SeqCst) {
+            continue; // sent outside the window being counted
         }
-        if seen.0 != step as u64 {
-            seen = (step as u64, HashSet::new());
+        if seen.0 != window {
+            seen = (window, HashSet::new());
         }
-        if !seen.1.insert(seq as u64) {
+        if !seen.1.insert((from as u64, seq as u64)) {
             shared.duplicated.fetch_add(1, Relaxed);
             continue;
         }
         shared.delivered.fetch_add(1, Relaxed);
         let lat = (shared.now() - t).max(0) as u64;
-        shared
-            .latencies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(lat);
+        Shared::push(&shared.latencies, lat);
         if shared.recently_moved(me, t)
             || shared.recently_moved(from as usize % shared.moved_at.len(), t)
         {
-            shared
-                .moved_latencies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(lat);
+            Shared::push(&shared.moved_latencies, lat);
         }
     }
 }
 
-/// Moves client `i` to a new UDP socket every `every` (staggered).
+/// Moves client `i` to a new UDP socket every `every` while its schedule
+/// says so: at `moves_from + every·i/n`, then every `every` after that.
 async fn mover(ep: quinn::Endpoint, i: usize, n: usize, every: Duration, shared: Arc<Shared>) {
-    tokio::time::sleep(every.mul_f64(i as f64 / n as f64)).await;
+    let mut schedule = shared.schedule.subscribe();
     loop {
-        tokio::time::sleep(every).await;
-        let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        let Some(from) = schedule.borrow_and_update().moves_from else {
+            if schedule.changed().await.is_err() {
+                return;
+            }
             continue;
         };
-        if !shared.moving.load(Relaxed) {
-            continue;
+        let offset = every.mul_f64(i as f64 / n as f64).as_micros() as i64;
+        let mut at = from + offset;
+        loop {
+            let wait = (at - shared.now()).max(0) as u64;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_micros(wait)) => {}
+                changed = schedule.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break; // a new schedule
+                }
+            }
+            at += every.as_micros() as i64;
+            let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+                continue;
+            };
+            shared.moved_at[i].store(shared.now(), Relaxed);
+            if ep.rebind(socket).is_ok() && shared.open.load(SeqCst) != 0 {
+                shared.moves.fetch_add(1, Relaxed);
+            }
         }
-        shared.moved_at[i].store(shared.now(), Relaxed);
-        if ep.rebind(socket).is_ok() {
-            shared.moves.fetch_add(1, Relaxed);
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_spreads_a_steps_messages_evenly_over_all_users() {
+        // 4 users at 1000/s: message j leaves at j ms, from user j mod 4.
+        let mut times: Vec<(i64, usize)> = (0..4)
+            .flat_map(|i| (0..5).map(move |k| (due(i, k, 4, 1000), i)))
+            .collect();
+        times.sort();
+        let expected: Vec<(i64, usize)> = (0..20).map(|j| (j * 1000, j as usize % 4)).collect();
+        assert_eq!(times, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn through_the_floor_switch_every_message_of_a_step_is_sent_on_schedule_and_delivered_once()
+     {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(crate::switch::serve_on(listener, "floor.test".into()));
+        let dialer = client_sdk::transport::Dialer::new(
+            addr,
+            "floor.test",
+            client_sdk::transport::Transport::Plain,
+            rustls::RootCertStore::empty(),
+        )
+        .expect("dialer");
+        let setup = Setup {
+            dialer,
+            prefix: "u".into(),
+            password: "p".into(),
+            mechanism: client_sdk::Mechanism::from_name("PLAIN").expect("PLAIN"),
+            cache: Arc::default(),
+            resource: "t".into(),
+        };
+        let online = crate::login_all(&setup, 20, &[]).await.expect("logins");
+        assert_eq!(online.len(), 20);
+        let plan = Plan {
+            users: 20,
+            rates: vec![400],
+            step_secs: 2,
+            warmup_secs: 1,
+            grace_secs: 1,
+            move_every: None,
+            move_from_step: 0,
+        };
+        let steps = tokio::time::timeout(
+            Duration::from_secs(30),
+            run_online(&setup, &[], &plan, online, &[]),
+        )
+        .await
+        .expect("the step ends in time")
+        .expect("the step ran");
+        server.abort();
+        let step = &steps[0];
+        // 2 s at 400/s: 800 slots, give or take the window's edges
+        assert!(
+            (760..=840).contains(&step.sent),
+            "sent {} of ~800",
+            step.sent
+        );
+        assert_eq!(step.delivered, step.sent);
+        assert_eq!((step.lost, step.duplicated, step.skipped), (0, 0, 0));
     }
 }

@@ -427,8 +427,13 @@ pub async fn login_range(
             (i, Ok(user)) => online.push((i, user)),
             (i, Err(_)) => failed.push(i),
         }
-        if n >= 10_000 && online.len() % 10_000 == 0 && !online.is_empty() {
-            eprintln!("{} of {n} users online", online.len());
+        let done_so_far = online.len() + failed.len();
+        if n >= 10_000 && done_so_far.is_multiple_of(10_000) {
+            eprintln!(
+                "{} of {n} logins done ({} failed)",
+                done_so_far,
+                failed.len()
+            );
         }
     }
     online.sort_unstable_by_key(|(i, _)| *i);

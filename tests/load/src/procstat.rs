@@ -53,25 +53,39 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Context switches so far, voluntary and not, summed over the process's
-/// threads: each is a thread going to sleep or being woken, so their rate
-/// at idle counts the wakeups timers and keep-alives cause.
-pub fn context_switches(pid: u32) -> Option<u64> {
-    let mut total = 0;
+/// Voluntary context switches so far, by thread: each is a thread going
+/// to sleep to wait for something (a timer, a socket, a lock), so their rate
+/// at idle counts the wakeups timers and keep-alives cause. (Involuntary
+/// switches are preemption by other processes, and are left out.)
+pub fn voluntary_switches(pid: u32) -> Option<std::collections::HashMap<String, u64>> {
+    let mut by_thread = std::collections::HashMap::new();
     for task in std::fs::read_dir(path(pid, "task")).ok()? {
-        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+        let task = task.ok()?;
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
             continue; // the thread ended meanwhile
         };
-        total += status
+        let switches = status
             .lines()
-            .filter(|l| {
-                l.starts_with("voluntary_ctxt_switches:")
-                    || l.starts_with("nonvoluntary_ctxt_switches:")
-            })
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>();
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(n) = switches {
+            by_thread.insert(task.file_name().to_string_lossy().into_owned(), n);
+        }
     }
-    Some(total)
+    Some(by_thread)
+}
+
+/// Voluntary switches between two readings of [`voluntary_switches`]:
+/// per thread, so a thread that ended between them takes away nothing but
+/// its own (uncounted) share, and one that began counts from zero.
+pub fn switches_between(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 fn clock_ticks() -> u64 {

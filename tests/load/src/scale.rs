@@ -82,5 +82,5 @@ pub async fn run(setup: Setup, watched: Vec<Watched>, plan: Plan) -> anyhow::Res
     held.close().await;
     crate::close_endpoints(&own).await;
     crate::close_endpoints(&shared).await;
-    result
+    result.map(|_| ())
 }

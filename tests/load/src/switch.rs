@@ -34,9 +34,22 @@ type Routes = Arc<Mutex<HashMap<String, mpsc::Sender<Bytes>>>>;
 pub async fn serve(listen: SocketAddr, domain: String) -> Result<()> {
     let listener = TcpListener::bind(listen).await?;
     eprintln!("switch listening on {}", listener.local_addr()?);
+    serve_on(listener, domain).await
+}
+
+/// Serves on `listener` until the task ends.
+pub async fn serve_on(listener: TcpListener, domain: String) -> Result<()> {
     let routes: Routes = Arc::default();
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // out of descriptors, say: the bench's next logins fail, the switch goes on
+                tracing::warn!("switch: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let (routes, domain) = (routes.clone(), domain.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(tcp, routes, &domain).await {
@@ -46,20 +59,42 @@ pub async fn serve(listen: SocketAddr, domain: String) -> Result<()> {
     }
 }
 
-/// One client connection: negotiation, then routing its messages.
+/// One client connection: negotiation, then routing its messages; its
+/// route and writer go with it however it ends.
 async fn connection(tcp: TcpStream, routes: Routes, domain: &str) -> Result<()> {
     tcp.set_nodelay(true)?;
-    let (mut rd, wr) = tcp.into_split();
+    let (rd, wr) = tcp.into_split();
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
     let writer = tokio::spawn(write_queue(wr, rx));
+    let mut bound: Option<String> = None;
+    let result = serve_stream(rd, &tx, &routes, domain, &mut bound).await;
+    if let Some(bare) = bound {
+        let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.get(&bare).is_some_and(|t| t.same_channel(&tx)) {
+            routes.remove(&bare);
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// Reads and answers one client's stream; `bound` is set to its bare JID
+/// once it is bound.
+async fn serve_stream(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    tx: &mpsc::Sender<Bytes>,
+    routes: &Routes,
+    domain: &str,
+    bound: &mut Option<String>,
+) -> Result<()> {
     let mut framer = Framer::new(Limits::default());
     let mut user: Option<String> = None;
-    let mut bound: Option<String> = None;
     let mut buf = vec![0u8; 64 * 1024];
-    let result = 'conn: loop {
+    loop {
         let n = rd.read(&mut buf).await?;
         if n == 0 {
-            break Ok(());
+            return Ok(());
         }
         framer.push(&buf[..n]);
         while let Some(event) = framer.next_event()? {
@@ -70,15 +105,15 @@ async fn connection(tcp: TcpStream, routes: Routes, domain: &str) -> Result<()> 
                         None => stream::features_sasl(&["PLAIN"]),
                         Some(_) => stream::features_bind(),
                     });
-                    send(&tx, out).await?;
+                    send(tx, out).await?;
                 }
                 FrameEvent::Close => {
-                    send(&tx, stream::STREAM_CLOSE.to_vec()).await?;
-                    break 'conn Ok(());
+                    send(tx, stream::STREAM_CLOSE.to_vec()).await?;
+                    return Ok(());
                 }
                 FrameEvent::Element(raw) => {
                     if raw.starts_with(b"<message") {
-                        route(&routes, &raw);
+                        route(routes, &raw);
                         continue;
                     }
                     let el = Element::parse_in_stream(&raw)?;
@@ -89,11 +124,11 @@ async fn connection(tcp: TcpStream, routes: Routes, domain: &str) -> Result<()> 
                                 .ok()
                                 .and_then(|m| xmpp_sasl::parse_plain(&m).ok());
                             let Some(plain) = plain else {
-                                send(&tx, stream::sasl_failure("malformed-request", None)).await?;
+                                send(tx, stream::sasl_failure("malformed-request", None)).await?;
                                 continue;
                             };
                             user = Some(plain.username);
-                            send(&tx, stream::sasl_element("success", None, None)).await?;
+                            send(tx, stream::sasl_element("success", None, None)).await?;
                             framer.restart();
                         }
                         ("iq", Some(name)) if el.child("bind", ns::BIND).is_some() => {
@@ -108,8 +143,8 @@ async fn connection(tcp: TcpStream, routes: Routes, domain: &str) -> Result<()> 
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
                                 .insert(bare.clone(), tx.clone());
-                            bound = Some(bare.clone());
-                            send(&tx, stream::bind_result(&id, &format!("{bare}/{resource}")))
+                            *bound = Some(bare.clone());
+                            send(tx, stream::bind_result(&id, &format!("{bare}/{resource}")))
                                 .await?;
                         }
                         _ => {} // presence and the rest: nothing to do
@@ -117,16 +152,7 @@ async fn connection(tcp: TcpStream, routes: Routes, domain: &str) -> Result<()> 
                 }
             }
         }
-    };
-    if let Some(bare) = bound {
-        let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
-        if routes.get(&bare).is_some_and(|t| t.same_channel(&tx)) {
-            routes.remove(&bare);
-        }
     }
-    drop(tx);
-    let _ = writer.await;
-    result
 }
 
 /// Copies a message to the connection bound to its `to` bare JID, if any.

@@ -154,11 +154,15 @@ impl Online {
     /// before quinn's driver sent it, only from its idle timeout, 55 s
     /// later with longlink's CM: keep-alive 25 s, then 30 s idle.)
     pub async fn close(mut self) {
-        let _ = self
-            .writer
-            .write_all(xmpp_stream::stream::STREAM_CLOSE)
-            .await;
-        let _ = self.writer.shutdown().await;
+        let said = async {
+            let _ = self
+                .writer
+                .write_all(xmpp_stream::stream::STREAM_CLOSE)
+                .await;
+            let _ = self.writer.shutdown().await;
+        };
+        // a server that does not read must not hold the close up
+        let _ = tokio::time::timeout(CLOSE_WAIT, said).await;
         let answered = async {
             loop {
                 match self.reader.next().await {
