@@ -2,10 +2,13 @@
 //! (OpenMetrics text of [`Metrics`], open like the core's and the
 //! balancer's: its labels name transports and reasons, never a client).
 //! The gauges of what the CM holds right now (connections open, bytes
-//! queued toward the clients and toward the core) are read when scraped.
+//! queued toward the clients and toward the core) are read when scraped;
+//! the bytes queued toward clients, a pass over every session under the
+//! registry's lock, at most once a second however often it is scraped.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -28,7 +31,12 @@ pub(crate) struct Admin {
     pub(crate) sessions: Arc<Sessions>,
     /// The pool (bytes queued toward the core).
     pub(crate) pool: Arc<Pool>,
+    /// The last count of bytes queued toward clients, and when it was made.
+    pub(crate) toward_clients: Arc<Mutex<Option<(Instant, usize)>>>,
 }
+
+/// How long a count of the bytes queued toward clients is reused.
+const RECOUNT_AFTER: Duration = Duration::from_secs(1);
 
 impl Admin {
     /// The exposition, with the gauges read now.
@@ -36,9 +44,29 @@ impl Admin {
         let m = &self.metrics;
         m.connections.set(gauge(self.open.load(Ordering::Relaxed)));
         m.queued_toward_clients()
-            .set(gauge(self.sessions.queued_bytes()));
+            .set(gauge(self.queued_toward_clients()));
         m.queued_toward_core().set(gauge(self.pool.queued_bytes()));
         m.render()
+    }
+}
+
+impl Admin {
+    /// Bytes queued toward clients: counted again only if the last count is
+    /// older than [`RECOUNT_AFTER`], so scrapes cannot keep the registry's
+    /// lock (which every frame from the core takes) busy.
+    fn queued_toward_clients(&self) -> usize {
+        let mut last = self
+            .toward_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some((at, n)) if at.elapsed() < RECOUNT_AFTER => n,
+            _ => {
+                let n = self.sessions.queued_bytes();
+                *last = Some((Instant::now(), n));
+                n
+            }
+        }
     }
 }
 

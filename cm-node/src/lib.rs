@@ -360,6 +360,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
             open: ctx.open.clone(),
             sessions: sessions.clone(),
             pool: ctx.pool.clone(),
+            toward_clients: Arc::default(),
         };
         tasks.spawn(admin::serve(listener, state, shutdown.clone()));
     }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cm_node::session::{ClientSession, CoreOffer, Framing, SessionAction, SessionSettings};
+use cm_node::session::{
+    ClientSession, CoreOffer, Framing, SessionAction, SessionReport, SessionSettings,
+};
 use cm_protocol::{Frame, Kind};
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
@@ -36,6 +38,8 @@ struct Harness {
     /// headers count as restarts of it).
     written: Framer,
     closed: bool,
+    /// A `Report(Ended)` came (it must come once, just before the close).
+    ended: bool,
     bound: bool,
     /// `iq_id` of the bind the CM relayed.
     bind_iq: Option<String>,
@@ -74,6 +78,7 @@ impl Harness {
             now,
             written: client_reader(),
             closed: false,
+            ended: false,
             bound: false,
             bind_iq: None,
         };
@@ -126,7 +131,16 @@ impl Harness {
                         self.bound = true;
                     }
                 }
-                SessionAction::Close => self.closed = true,
+                SessionAction::Report(report) => {
+                    if matches!(report, SessionReport::Ended(_)) {
+                        assert!(!self.ended, "a stream reported ended twice");
+                        self.ended = true;
+                    }
+                }
+                SessionAction::Close(_) => {
+                    assert!(self.ended, "a close with no report of why just before");
+                    self.closed = true;
+                }
             }
         }
         for frame in answers {

@@ -99,8 +99,8 @@ enum ConnectionEvent {
         error_code: VarInt,
         reason: bytes::Bytes,
     },
-    /// Boxed: a datagram event is some 400 bytes, and the first block of
-    /// each connection's event channel holds 32 of them (13 KB per
+    /// Boxed: a datagram event is some 200 bytes, and the first block of
+    /// each connection's event channel holds 32 of them (about 6.5 KB per
     /// connection, allocated for its whole life); boxed, the block is 1.5 KB.
     Proto(Box<proto::ConnectionEvent>),
     Rebind(Arc<dyn AsyncUdpSocket>),
