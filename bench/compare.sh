@@ -68,7 +68,8 @@ load() { # server port transport run pids... -- scenario args...
     while [ "$1" != "--" ]; do pids+=(--pid "$1"); shift; done
     shift
     $LOAD --server 127.0.0.1:$port --domain $DOMAIN --transport "$transport" --ca "$CA" \
-        --prefix bench --password bench --mechanism "${MECH:-SCRAM-SHA-1}" "${pids[@]}" "$@" \
+        --prefix bench --password bench --mechanism "${MECH:-SCRAM-SHA-1}" \
+        ${TCP_SOURCES:+--tcp-sources "$TCP_SOURCES"} "${pids[@]}" "$@" \
         | python3 -c "
 import json, sys
 for line in sys.stdin:

@@ -4,8 +4,9 @@
 //! a [`Negotiation`] over boxed byte streams, for tools that drive XMPP
 //! step by step: the interop harness and the load tool.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use xmpp_stream::element::Element;
@@ -63,6 +64,10 @@ pub struct Dialer {
     starttls: Arc<rustls::ClientConfig>,
     direct: Arc<rustls::ClientConfig>,
     quic: Option<quinn::ClientConfig>,
+    /// Local addresses TCP connections leave from, in turn (empty: the
+    /// system's choice), and the next one's index.
+    sources: Arc<[IpAddr]>,
+    next_source: Arc<AtomicUsize>,
 }
 
 impl Dialer {
@@ -91,7 +96,32 @@ impl Dialer {
             starttls: config(&[])?,
             direct,
             quic,
+            sources: Arc::from([]),
+            next_source: Arc::default(),
         })
+    }
+
+    /// TCP connections leave from `sources` in turn: more connections to one
+    /// server than one address pair has ephemeral ports (about 28 000 on
+    /// Linux), as a load tool on loopback needs (127.0.0.1, 127.0.0.2, …).
+    pub fn with_tcp_sources(mut self, sources: Vec<IpAddr>) -> Self {
+        self.sources = Arc::from(sources);
+        self
+    }
+
+    /// A TCP connection to the server, from the next source if any.
+    async fn tcp(&self) -> std::io::Result<tokio::net::TcpStream> {
+        if self.sources.is_empty() {
+            return tokio::net::TcpStream::connect(self.server).await;
+        }
+        let source =
+            self.sources[self.next_source.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
+        let socket = match source {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(self.server).await
     }
 
     /// The XMPP domain.
@@ -142,7 +172,8 @@ impl Dialer {
                 (Negotiation::new(Box::new(send), Box::new(recv)), Some(conn))
             }
             Transport::Plain | Transport::Starttls | Transport::Tls => {
-                let mut tcp = tokio::net::TcpStream::connect(self.server)
+                let mut tcp = self
+                    .tcp()
                     .await
                     .map_err(|e| ClientError::Unreachable(e.to_string()))?;
                 let _ = tcp.set_nodelay(true);

@@ -56,6 +56,11 @@ struct Cli {
     /// SASL mechanism: SCRAM-SHA-256, SCRAM-SHA-1 or PLAIN.
     #[arg(long, default_value = "SCRAM-SHA-1")]
     mechanism: String,
+    /// Local addresses TCP connections leave from, in turn (comma-separated;
+    /// e.g. 127.0.0.1,127.0.0.2 to hold more than ~28 000 connections to one
+    /// loopback server).
+    #[arg(long, value_delimiter = ',')]
+    tcp_sources: Vec<std::net::IpAddr>,
     /// Server processes to measure, as name=PID (repeatable).
     #[arg(long = "pid")]
     pids: Vec<Watched>,
@@ -260,7 +265,8 @@ async fn main() -> Result<()> {
     let mechanism = Mechanism::from_name(&cli.mechanism)
         .with_context(|| format!("unknown mechanism {}", cli.mechanism))?;
     let setup = Setup {
-        dialer: Dialer::new(cli.server, &cli.domain, cli.transport, roots)?,
+        dialer: Dialer::new(cli.server, &cli.domain, cli.transport, roots)?
+            .with_tcp_sources(cli.tcp_sources),
         prefix: cli.prefix,
         password: cli.password,
         mechanism,
