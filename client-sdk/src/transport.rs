@@ -230,3 +230,32 @@ async fn starttls(
     let Negotiation { send, recv, .. } = plain;
     Ok(recv.unsplit(send))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_connections_leave_from_the_given_sources_in_turn() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = listener.local_addr().expect("address");
+        let sources: Vec<IpAddr> = vec![[127, 0, 0, 2].into(), [127, 0, 0, 3].into()];
+        let dialer = Dialer::new(
+            server,
+            "example.test",
+            Transport::Plain,
+            rustls::RootCertStore::empty(),
+        )
+        .expect("dialer")
+        .with_tcp_sources(sources.clone());
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let _client = dialer.tcp().await.expect("connected");
+            let (_, peer) = listener.accept().await.expect("accepted");
+            seen.push(peer.ip());
+        }
+        assert_eq!(seen, vec![sources[0], sources[1], sources[0]]);
+    }
+}
