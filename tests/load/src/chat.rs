@@ -235,8 +235,11 @@ pub async fn run_online(
         let cpu_after = CpuSnapshot::take(watched);
         let moves = shared.moves.load(SeqCst);
         tokio::time::sleep(Duration::from_secs(plan.grace_secs)).await;
+        // Read the window's figures, then stop counting it: a message of
+        // it that arrives later must not land in the next window's counts.
         let sent = shared.sent.load(SeqCst);
         let delivered = shared.delivered.load(SeqCst);
+        shared.counted.store(0, SeqCst);
         let (p50, p99, max) = percentiles(&mut Shared::take(&shared.latencies));
         let (_, lag_p99, lag_max) = percentiles(&mut Shared::take(&shared.lags));
         let cpu = cpu_after.per(&cpu_before, delivered, 1000);
@@ -491,9 +494,10 @@ mod tests {
         .expect("the step ran");
         server.abort();
         let step = &steps[0];
-        // 2 s at 400/s: 800 slots, give or take the window's edges
+        // 2 s at 400/s: 800 slots, give or take the window's edges (and
+        // timers late on a loaded machine)
         assert!(
-            (760..=840).contains(&step.sent),
+            (700..=900).contains(&step.sent),
             "sent {} of ~800",
             step.sent
         );
