@@ -1117,49 +1117,58 @@ fn a_stanza_over_the_size_limit_is_reported_as_refused_just_before_the_close() {
 
 #[test]
 fn an_end_says_whether_the_client_closed_was_refused_or_the_stream_was_ended_for_it() {
-    let mut s = bound_session();
-    let a = s.data(b"</stream:stream>");
-    assert_eq!(
-        reported(&a),
-        vec![SessionReport::Ended(EndReason::ClientClosed)]
-    );
-    let mut s = session();
-    s.data(HEADER);
-    let a = s.data(b"<message to='b@x'><body>hi</body></message>");
-    assert_eq!(
-        reported(&a),
-        vec![ended(
-            StreamCondition::NotAuthorized,
-            Some(Refusal::Unauthenticated)
-        )]
-    );
-    let mut s = session();
-    let a = s.data(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other' version='1.0'>");
-    assert_eq!(
-        reported(&a),
-        vec![ended(
-            StreamCondition::HostUnknown,
-            Some(Refusal::HostUnknown)
-        )]
-    );
-    let mut s = bound_session();
-    let a = s.data(b"<message><body>&bogus;</body></message>");
-    assert_eq!(
-        reported(&a),
-        vec![ended(
-            StreamCondition::NotWellFormed,
-            Some(Refusal::Malformed)
-        )]
-    );
-    let mut s = bound_session();
-    let a = s.data(b"<a xmlns='urn:xmpp:sm:3' h='1'/>");
-    assert_eq!(
-        reported(&a),
-        vec![ended(
-            StreamCondition::UnsupportedStanzaType,
-            Some(Refusal::StreamManagement)
-        )]
-    );
+    // where the session is, what the client sends, and the end reported
+    enum At {
+        Fresh,
+        Opened,
+        Bound,
+    }
+    let cases: [(At, &[u8], SessionReport); 5] = [
+        (
+            At::Bound,
+            b"</stream:stream>",
+            SessionReport::Ended(EndReason::ClientClosed),
+        ),
+        (
+            At::Opened,
+            b"<message to='b@x'><body>hi</body></message>",
+            ended(StreamCondition::NotAuthorized, Some(Refusal::Unauthenticated)),
+        ),
+        (
+            At::Fresh,
+            b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='other' version='1.0'>",
+            ended(StreamCondition::HostUnknown, Some(Refusal::HostUnknown)),
+        ),
+        (
+            At::Bound,
+            b"<message><body>&bogus;</body></message>",
+            ended(StreamCondition::NotWellFormed, Some(Refusal::Malformed)),
+        ),
+        (
+            At::Bound,
+            b"<a xmlns='urn:xmpp:sm:3' h='1'/>",
+            ended(
+                StreamCondition::UnsupportedStanzaType,
+                Some(Refusal::StreamManagement),
+            ),
+        ),
+    ];
+    for (at, input, expected) in cases {
+        let mut s = match at {
+            At::Bound => bound_session(),
+            At::Fresh | At::Opened => session(),
+        };
+        if let At::Opened = at {
+            s.data(HEADER);
+        }
+        let a = s.data(input);
+        assert_eq!(
+            reported(&a),
+            vec![expected],
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
     // not the client's doing: no refusal
     let mut s = bound_session();
     let a = s.core(Frame::Kick {
