@@ -725,6 +725,31 @@ mod tests {
         (client, task)
     }
 
+    /// Opens the stream, authenticates as a@x with the core's answer
+    /// played by the test, and restarts the stream (the features after it
+    /// are left to read); the session's id.
+    async fn authenticate(
+        ctx: &Arc<ListenerContext>,
+        client: &mut Client,
+        core: &mut crate::pool::PoolQueue,
+    ) -> u64 {
+        client.send.send(HEADER).unwrap();
+        assert!(client.read().await.contains("<mechanism>PLAIN</mechanism>"));
+        client.send.send(AUTH_PLAIN).unwrap();
+        let Some(Frame::AuthStart { sid, .. }) = core.recv().await else {
+            panic!("no AuthStart")
+        };
+        let success = Frame::AuthSuccess {
+            sid,
+            data: Bytes::new(),
+            user: "a@x".to_owned(),
+        };
+        ctx.sessions.dispatch(sid, success);
+        assert!(client.read().await.contains("<success"));
+        client.send.send(HEADER).unwrap();
+        sid
+    }
+
     fn offer() -> CoreOffer {
         CoreOffer {
             mechanisms: vec!["PLAIN".into()],
@@ -738,21 +763,7 @@ mod tests {
         pool.welcome_for_tests(offer());
         let ctx = context(pool);
         let (mut client, task) = start(&ctx);
-        client.send.send(HEADER).unwrap();
-        assert!(client.read().await.contains("<mechanism>PLAIN</mechanism>"));
-        client.send.send(AUTH_PLAIN).unwrap();
-        let Some(Frame::AuthStart { sid, .. }) = core[0].recv().await else {
-            panic!("no AuthStart")
-        };
-        let user = "a@x".to_owned();
-        let success = Frame::AuthSuccess {
-            sid,
-            data: Bytes::new(),
-            user,
-        };
-        ctx.sessions.dispatch(sid, success);
-        assert!(client.read().await.contains("<success"));
-        client.send.send(HEADER).unwrap();
+        let sid = authenticate(&ctx, &mut client, &mut core[0]).await;
         assert!(client.read().await.contains("urn:xmpp:sm:3"));
         client
             .send
@@ -868,22 +879,8 @@ mod tests {
         let ctx = context(pool);
         let quic = ctx.metrics.transport(Transport::Quic);
         let (mut client, task) = start(&ctx);
-        client.send.send(HEADER).unwrap();
-        assert!(client.read().await.contains("<mechanism>PLAIN</mechanism>"));
+        let sid = authenticate(&ctx, &mut client, &mut core[0]).await;
         assert_eq!((quic.negotiating.get(), quic.bound.get()), (1, 0));
-        client.send.send(AUTH_PLAIN).unwrap();
-        let Some(Frame::AuthStart { sid, .. }) = core[0].recv().await else {
-            panic!("no AuthStart")
-        };
-        let user = "a@x".to_owned();
-        let success = Frame::AuthSuccess {
-            sid,
-            data: Bytes::new(),
-            user,
-        };
-        ctx.sessions.dispatch(sid, success);
-        assert!(client.read().await.contains("<success"));
-        client.send.send(HEADER).unwrap();
         client.read().await;
         client
             .send
