@@ -281,8 +281,12 @@ pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
         match admit_quic(&ctx, remote.ip(), incoming.remote_address_validated()) {
             Ok(admitted) => {
                 ctx.metrics.transport(Transport::Quic).accepted.inc();
-                ctx.tasks
-                    .spawn(serve_connection(ctx.clone(), incoming, admitted));
+                ctx.tasks.spawn(serve_connection(
+                    ctx.clone(),
+                    incoming.into_future(),
+                    remote,
+                    admitted,
+                ));
             }
             Err(Refused::AddressNotValidated) => {
                 tracing::debug!(%remote, "client asked to validate its address (Retry)");
@@ -299,14 +303,18 @@ pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
     }
 }
 
+/// Takes the handshake rather than the `quinn::Incoming`: an `Incoming` is
+/// 384 bytes, and this task's future would keep room for it (twice, as
+/// argument and moved local) for as long as the connection lives; the
+/// handshake's future is 56.
 async fn serve_connection(
     ctx: Arc<ListenerContext>,
-    incoming: quinn::Incoming,
+    handshake: quinn::IncomingFuture,
+    remote: std::net::SocketAddr,
     admitted: Admitted,
 ) {
-    let remote = incoming.remote_address();
     let Admitted { open: _open, peer } = admitted;
-    let conn = match incoming.await {
+    let conn = match handshake.await {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(%remote, error = %e, "client handshake failed");

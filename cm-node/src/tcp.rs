@@ -14,7 +14,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::ClientPeer;
 use crate::listener::{Admitted, ByteSource, ListenerContext, Reader, Writer, admit, run_session};
 use crate::metrics::{DropReason, Transport};
 use crate::starttls::{StartTls, Step};
@@ -34,14 +33,18 @@ pub enum TcpMode {
 /// Accepts TCP connections of `transport` until shutdown: counts each
 /// against `max_clients` and the per-address cap on unauthenticated
 /// connections, tunes the socket ([`tune`]) and runs `serve` on its own
-/// task (the TCP and WebSocket listeners share this).
+/// task (the TCP and WebSocket listeners share this). `serve`'s future is
+/// the task's whole future, so it should hold nothing across the session it
+/// does not need: the handshake boxed, its result unpacked before the
+/// session starts (a task keeps room for the largest state of its future for
+/// as long as it lives).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     transport: Transport,
     ctx: Arc<ListenerContext>,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Arc<ListenerContext>, ClientPeer) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<ListenerContext>, Admitted) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -56,7 +59,7 @@ pub async fn accept_loop<F, Fut>(
                 }
             },
         };
-        let Admitted { open, peer } = match admit(&ctx, remote.ip()) {
+        let admitted = match admit(&ctx, remote.ip()) {
             Ok(a) => a,
             Err(why) => {
                 tracing::warn!(%remote, max = ctx.max_clients, "client refused: {why}");
@@ -65,11 +68,8 @@ pub async fn accept_loop<F, Fut>(
         };
         ctx.metrics.transport(transport).accepted.inc();
         tune(&stream);
-        let served = serve(stream, remote, ctx.clone(), peer);
-        ctx.tasks.spawn(async move {
-            let _open = open;
-            served.await;
-        });
+        ctx.tasks
+            .spawn(serve(stream, remote, ctx.clone(), admitted));
     }
 }
 
@@ -88,24 +88,26 @@ pub async fn run(
         listener,
         transport,
         ctx,
-        move |stream, remote, ctx, peer| {
+        move |stream, remote, ctx, admitted| {
             let tls = tls.clone();
             async move {
-                let secured = secure(stream, &tls, mode, &ctx.settings.domain);
-                match tokio::time::timeout(TLS_DEADLINE, secured).await {
-                    Ok(Ok(tls_stream)) => {
-                        let (read, write) = tokio::io::split(tls_stream);
-                        run_session(ctx, Writer(write), Reader(read), transport, peer).await;
-                    }
+                let Admitted { open: _open, peer } = admitted;
+                let secured = Box::pin(secure(stream, &tls, mode, &ctx.settings.domain));
+                let tls_stream = match tokio::time::timeout(TLS_DEADLINE, secured).await {
+                    Ok(Ok(tls_stream)) => tls_stream,
                     Ok(Err(e)) => {
                         ctx.metrics.dropped(DropReason::TlsFailed);
-                        tracing::debug!(%remote, error = %e, "TCP client gave up before TLS")
+                        tracing::debug!(%remote, error = %e, "TCP client gave up before TLS");
+                        return;
                     }
                     Err(_) => {
                         ctx.metrics.dropped(DropReason::TlsFailed);
-                        tracing::debug!(%remote, "TCP client too slow to start TLS")
+                        tracing::debug!(%remote, "TCP client too slow to start TLS");
+                        return;
                     }
-                }
+                };
+                let (read, write) = tokio::io::split(tls_stream);
+                run_session(ctx, Writer(write), Reader(read), transport, peer).await;
             }
         },
     )

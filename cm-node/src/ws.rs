@@ -35,11 +35,13 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
         listener,
         Transport::WebSocket,
         ctx,
-        move |tcp, remote, ctx, peer| {
+        move |tcp, remote, ctx, admitted| {
             let tls = tls.clone();
             async move {
+                let crate::listener::Admitted { open: _open, peer } = admitted;
                 let config = websocket_config(ctx.settings.limits.max_stanza_bytes);
-                let upgrade = async {
+                // boxed, and unpacked before the session: see `accept_loop`
+                let upgrade = Box::pin(async {
                     let tls_stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
                     tokio_tungstenite::accept_hdr_async_with_config(
                         tls_stream,
@@ -48,28 +50,29 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
                     )
                     .await
                     .map_err(|e| e.to_string())
-                };
-                match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
-                    Ok(Ok(ws)) => {
-                        let (sink, source) = ws.split();
-                        run_session(
-                            ctx,
-                            WsSink(sink),
-                            WsSource(source),
-                            Transport::WebSocket,
-                            peer,
-                        )
-                        .await;
-                    }
+                });
+                let ws = match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
+                    Ok(Ok(ws)) => ws,
                     Ok(Err(e)) => {
                         ctx.metrics.dropped(DropReason::WebSocketUpgradeFailed);
-                        tracing::debug!(%remote, error = %e, "WebSocket upgrade failed")
+                        tracing::debug!(%remote, error = %e, "WebSocket upgrade failed");
+                        return;
                     }
                     Err(_) => {
                         ctx.metrics.dropped(DropReason::WebSocketUpgradeFailed);
-                        tracing::debug!(%remote, "WebSocket client too slow to upgrade")
+                        tracing::debug!(%remote, "WebSocket client too slow to upgrade");
+                        return;
                     }
-                }
+                };
+                let (sink, source) = ws.split();
+                run_session(
+                    ctx,
+                    WsSink(sink),
+                    WsSource(source),
+                    Transport::WebSocket,
+                    peer,
+                )
+                .await;
             }
         },
     )
