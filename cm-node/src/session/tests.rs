@@ -1055,24 +1055,21 @@ fn every_sasl_outcome_is_reported_with_its_result() {
         reported(&a),
         vec![SessionReport::Login(LoginResult::IncorrectEncoding)]
     );
-    s.data(AUTH_PLAIN);
-    let a = s.core(Frame::AuthFailure {
-        sid: 7,
-        condition: "not-authorized".into(),
-    });
-    assert_eq!(
-        reported(&a),
-        vec![SessionReport::Login(LoginResult::Failed)]
-    );
-    s.data(AUTH_PLAIN);
-    let a = s.core(Frame::AuthFailure {
-        sid: 7,
-        condition: "temporary-auth-failure".into(),
-    });
-    assert_eq!(
-        reported(&a),
-        vec![SessionReport::Login(LoginResult::TemporaryFailure)]
-    );
+    for (condition, result) in [
+        ("not-authorized", LoginResult::Failed),
+        ("temporary-auth-failure", LoginResult::TemporaryFailure),
+    ] {
+        s.data(AUTH_PLAIN);
+        let a = s.core(Frame::AuthFailure {
+            sid: 7,
+            condition: condition.into(),
+        });
+        assert_eq!(
+            reported(&a),
+            vec![SessionReport::Login(result)],
+            "{condition}"
+        );
+    }
     // the third failure (an abort counts) ends the stream
     let a = s.data(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
     assert_eq!(
