@@ -102,6 +102,7 @@ async fn a_sigkilled_cm_loses_nothing_its_sessions_resume_on_another() {
 }
 
 async fn scenario() {
+    support::init_logging();
     let victims: Vec<String> = (0..VICTIMS).map(|i| format!("v{i}")).collect();
     let senders: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
     let users: Vec<String> = victims.iter().chain(&senders).cloned().collect();

@@ -307,7 +307,7 @@ impl Driver {
                     }
                     // (this result may reach the router after that of a job
                     // queued later, e.g. a flush's load that read the row:
-                    // the router delivers such a row twice at worst)
+                    // the router holds such a load until this comes)
                     let condition = match (outcome, live) {
                         (Ok(OfflineRow::Row(row)), Some(ticket)) => {
                             let input = Input::LiveStored {

@@ -60,6 +60,7 @@ pub use flush_retries::{FLUSH_RETRY_FIRST, FLUSH_RETRY_MAX};
 pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use live_rows::MAX_PENDING_TICKETS;
 use live_rows::{LiveRows, MessageRow};
+use offline::WaitingLoad;
 pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
@@ -368,6 +369,8 @@ pub struct Router {
     live_rows: LiveRows,
     /// Flushes whose load failed, waiting to be asked for again.
     flush_retries: FlushRetries,
+    /// Loaded stored messages waiting for live rows being written.
+    waiting_loads: Vec<WaitingLoad>,
     /// The live row of the message being routed.
     live_ticket: MessageRow,
     /// Sessions with a storage query being answered (one at a time), with
@@ -398,6 +401,7 @@ impl Router {
             stored_rows: StoredRows::default(),
             live_rows: LiveRows::default(),
             flush_retries: FlushRetries::default(),
+            waiting_loads: Vec::new(),
             live_ticket: MessageRow::Unset,
             querying: Default::default(),
             push_counter: 0,
@@ -464,8 +468,8 @@ impl Router {
                 }
                 self.live_written(ticket, Some(row));
             }
-            Input::Offline { user, to, messages } => self.deliver_stored(user, to, messages),
-            Input::OfflineLoadFailed { user: _, to } => self.flush_failed(to, now),
+            Input::Offline { user, to, messages } => self.stored_loaded(user, to, messages),
+            Input::OfflineLoadFailed { user, to } => self.flush_failed(&user, to, now),
             Input::OfflineStoredLate { user } => self.stored_late(&user),
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),

@@ -32,6 +32,30 @@ pub fn free_port(tcp: bool) -> u16 {
     }
 }
 
+/// Where a spawned process's stderr goes: a file named after its first
+/// two arguments in `$LONGLINK_TEST_LOG_DIR` when that is set (to read a
+/// failed run's logs; `RUST_LOG` picks the level), else nowhere.
+pub fn stderr_for(args: &[&str]) -> Stdio {
+    let Some(dir) = std::env::var_os("LONGLINK_TEST_LOG_DIR") else {
+        return Stdio::null();
+    };
+    let name = args
+        .iter()
+        .take(3)
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .collect::<Vec<_>>()
+        .join("-");
+    let path = std::path::Path::new(&dir).join(format!("{name}.log"));
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(f) => f.into(),
+        Err(e) => panic!("cannot open {}: {e}", path.display()),
+    }
+}
+
 /// Child processes killed when the test ends, however it ends.
 pub struct Processes(pub Vec<Child>);
 
@@ -204,7 +228,7 @@ impl Deployment {
         let child = Command::new(BIN)
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr_for(args))
             .spawn()
             .unwrap();
         self.procs.0.push(child);
@@ -293,7 +317,7 @@ impl Deployment {
         let child = Command::new(BIN)
             .args(["core", "--config", toml.to_str().unwrap()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr_for(&["core", "--config", "core.toml"]))
             .spawn()
             .unwrap();
         self.procs.0[0] = child;

@@ -413,7 +413,8 @@ fn a_ledger_ending_with_live_rows_still_being_written_flushes_the_best_session_s
         delivered_to(&acts).is_empty(),
         "m2 waits behind m1: {acts:?}"
     );
-    // the load read m1's row (and m2's) before m1's id came back
+    // the load read m1's row (and m2's) before m1's id came back: it waits
+    // for that id (until then m1 could be out with a session unknown)
     let m1 = 5000;
     let acts = r.run(Input::Offline {
         user: "alice".into(),
@@ -429,6 +430,14 @@ fn a_ledger_ending_with_live_rows_still_being_written_flushes_the_best_session_s
             ),
         ],
     });
+    assert!(payloads(&acts).is_empty(), "{acts:?}");
+    // m1's id comes back: nobody holds it, so the waiting load hands it to
+    // the desk, then m2
+    let acts = r.run(Input::LiveStored {
+        ticket,
+        row: m1,
+        origin: None,
+    });
     assert_eq!(
         payloads(&acts),
         vec![
@@ -437,19 +446,15 @@ fn a_ledger_ending_with_live_rows_still_being_written_flushes_the_best_session_s
         ],
         "in order"
     );
-    // m1's id comes back: it is out with the desk, so not handed back (a
-    // second flush would deliver it twice)
-    let acts = r.run(Input::LiveStored {
-        ticket,
-        row: m1,
-        origin: None,
+    // (m1 handed back asked for a flush meanwhile: it comes after this
+    // one, and hands out neither again)
+    assert!(flushes(&acts, Some((1, 11))), "{acts:?}");
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 11),
+        messages: vec![stored(m1, "m1"), stored(m1 + 1, "m2")],
     });
-    assert!(
-        !acts
-            .iter()
-            .any(|a| matches!(a, Action::FlushOffline { .. })),
-        "{acts:?}"
-    );
+    assert!(payloads(&acts).is_empty(), "{acts:?}");
     assert!(!r.stored_rows.wanted("alice", m1));
     // (the desk's ledger: the phone's unavailable presence, m1, m2)
     let acts = frame(&mut r, 1, Frame::Acked { sid: 11, h: 3 });
@@ -586,4 +591,162 @@ fn a_flush_asked_for_while_one_runs_is_made_once_that_one_is_done() {
         flushes(&acts, Some((1, 10))),
         "flushed again for the late store: {acts:?}"
     );
+}
+
+/// Alice's phone (1, 10) with SM, and bob (3, 30), before her initial
+/// presence.
+fn alice_phone_before_presence(r: &mut Router) {
+    bound(r, 1, 10, "alice@x", "phone");
+    sm_enable(r, 1, 10, 60);
+    bound(r, 3, 30, "bob@x", "pc");
+}
+
+/// Alice's initial presence from her phone (1, 10).
+fn alice_presence(r: &mut Router) -> Vec<Action> {
+    stanza(
+        r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    )
+}
+
+/// Stored message `body` (a chat from bob) as a load returns it.
+fn stored(row: i64, body: &str) -> (i64, Bytes) {
+    let xml = format!("<message type='chat' id='{body}'><body>{body}</body></message>");
+    (row, Bytes::from(xml))
+}
+
+/// How many of `acts` deliver a stanza carrying `body` to the phone.
+fn copies(acts: &[Action], body: &str) -> usize {
+    deliveries(acts)
+        .iter()
+        .filter(|(to, xml)| *to == (1, 10) && xml.contains(&format!("<body>{body}</body>")))
+        .count()
+}
+
+/// How many stanzas `acts` deliver to the phone.
+fn to_phone(acts: &[Action]) -> u32 {
+    let n = deliveries(acts)
+        .iter()
+        .filter(|(to, _)| *to == (1, 10))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[test]
+fn a_load_that_read_a_live_row_before_its_id_came_waits_for_it_and_delivers_it_not_twice() {
+    let mut r = router();
+    alice_phone_before_presence(&mut r);
+    // m1 reaches the phone live before its initial presence
+    let acts = chat_to(&mut r, "alice@x/phone", "m1");
+    assert_eq!(copies(&acts, "m1"), 1);
+    let [(_, ticket, _)] = live_writes(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    // the presence's flush was queued behind m1's write and read its row;
+    // the load's result comes before the write's
+    let acts = alice_presence(&mut r);
+    assert!(flushes(&acts, Some((1, 10))), "{acts:?}");
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![stored(5000, "m1")],
+    });
+    assert_eq!(copies(&acts, "m1"), 0, "waits for m1's id: {acts:?}");
+    let acts = r.run(Input::LiveStored {
+        ticket,
+        row: 5000,
+        origin: None,
+    });
+    assert_eq!(
+        copies(&acts, "m1"),
+        0,
+        "out with the phone already: {acts:?}"
+    );
+    assert!(!r.stored_rows.wanted("alice", 5000));
+}
+
+#[test]
+fn a_load_waits_only_for_live_rows_of_its_own_user() {
+    let mut r = router();
+    alice_phone_before_presence(&mut r);
+    bound(&mut r, 2, 20, "carol@x", "tab");
+    sm_enable(&mut r, 2, 20, 60);
+    // a live row of carol's is being written
+    let acts = chat_to(&mut r, "carol@x/tab", "c1");
+    assert_eq!(live_writes(&acts).len(), 1, "{acts:?}");
+    alice_presence(&mut r);
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![stored(3, "old")],
+    });
+    assert_eq!(copies(&acts, "old"), 1, "{acts:?}");
+}
+
+#[test]
+fn a_live_row_acknowledged_while_a_load_that_read_it_is_under_way_is_not_delivered_again() {
+    let mut r = router();
+    alice_phone_before_presence(&mut r);
+    let mut sent = to_phone(&alice_presence(&mut r));
+    sent += to_phone(&r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: Vec::new(),
+    }));
+    let live = chat_to(&mut r, "alice@x/phone", "m1");
+    let acts = commit_live(&mut r, live);
+    assert_eq!(copies(&acts, "m1"), 1);
+    sent += to_phone(&acts);
+    // a late store asks for a flush; its load is queued ahead of m1's
+    // removal, so it reads m1
+    let acts = r.run(Input::OfflineStoredLate {
+        user: "alice".into(),
+    });
+    assert!(flushes(&acts, Some((1, 10))), "{acts:?}");
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: sent });
+    let [(_, 0, rows)] = &removals(&acts)[..] else {
+        panic!("m1 removed by id: {acts:?}")
+    };
+    let m1 = rows[0];
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![(m1, stored(m1, "m1").1), stored(m1 + 1, "late")],
+    });
+    assert_eq!(copies(&acts, "m1"), 0, "acknowledged: {acts:?}");
+    assert_eq!(copies(&acts, "late"), 1, "{acts:?}");
+}
+
+#[test]
+fn stored_rows_acknowledged_while_a_second_load_that_read_them_is_under_way_are_not_delivered_again()
+ {
+    let mut r = router();
+    alice_phone_before_presence(&mut r);
+    let mut sent = to_phone(&alice_presence(&mut r));
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![stored(1, "a"), stored(2, "b")],
+    });
+    assert_eq!(copies(&acts, "a") + copies(&acts, "b"), 2);
+    sent += to_phone(&acts);
+    let acts = r.run(Input::OfflineStoredLate {
+        user: "alice".into(),
+    });
+    assert!(flushes(&acts, Some((1, 10))), "{acts:?}");
+    // both acknowledged (nothing out any more) before the second load's
+    // result, which read them ahead of their removal
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: sent });
+    assert_eq!(removals(&acts), vec![("alice".to_owned(), 2, vec![])]);
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![stored(1, "a"), stored(2, "b"), stored(3, "c")],
+    });
+    assert_eq!(copies(&acts, "a") + copies(&acts, "b"), 0, "{acts:?}");
+    assert_eq!(copies(&acts, "c"), 1, "{acts:?}");
+    assert_eq!(r.stored_rows.users(), 1, "c is out");
 }

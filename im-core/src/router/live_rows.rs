@@ -14,7 +14,7 @@
 //! a row, so its sender is answered `resource-constraint` (as when the
 //! storage queue is full) rather than acknowledged with nothing durable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// Most live rows being written at once; the default storage budget
 /// (64 MiB at 512 bytes a job) holds at most as many jobs.
@@ -52,6 +52,8 @@ pub(crate) struct Pending {
 #[derive(Debug)]
 pub(crate) struct LiveRows {
     pending: HashMap<u64, Pending>,
+    /// The pending tickets of each user (only users with some).
+    by_user: HashMap<String, BTreeSet<u64>>,
     next: u64,
     /// Most tickets pending ([`MAX_PENDING_TICKETS`]).
     limit: usize,
@@ -61,6 +63,7 @@ impl Default for LiveRows {
     fn default() -> Self {
         Self {
             pending: HashMap::new(),
+            by_user: HashMap::new(),
             next: 0,
             limit: MAX_PENDING_TICKETS,
         }
@@ -84,6 +87,10 @@ impl LiveRows {
             return None;
         }
         self.next += 1;
+        self.by_user
+            .entry(user.to_owned())
+            .or_default()
+            .insert(self.next);
         self.pending.insert(
             self.next,
             Pending {
@@ -118,7 +125,28 @@ impl LiveRows {
 
     /// The write of `ticket` ended (stored or failed): what was remembered.
     pub(crate) fn written(&mut self, ticket: u64) -> Option<Pending> {
-        self.pending.remove(&ticket)
+        let pending = self.pending.remove(&ticket)?;
+        if let Some(tickets) = self.by_user.get_mut(&pending.user) {
+            tickets.remove(&ticket);
+            if tickets.is_empty() {
+                self.by_user.remove(&pending.user);
+            }
+        }
+        Some(pending)
+    }
+
+    /// The last ticket issued (0: none yet).
+    pub(crate) fn last_issued(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether a ticket of `user` at or below `mark` is still being
+    /// written.
+    pub(crate) fn writing_upto(&self, user: &str, mark: u64) -> bool {
+        self.by_user
+            .get(user)
+            .and_then(|t| t.first())
+            .is_some_and(|&first| first <= mark)
     }
 
     /// Live rows being written.
@@ -147,7 +175,11 @@ mod tests {
             ("bob", &[7, 8][..], true)
         );
         assert!(live.written(t).is_none(), "once");
+        assert!(live.writing_upto("bob", u));
+        assert!(!live.writing_upto("bob", t), "t is written");
+        assert!(!live.writing_upto("alice", u));
         assert!(!live.written(u).unwrap().acked);
+        assert!(!live.writing_upto("bob", u));
         assert_eq!(live.len(), 0);
     }
 }

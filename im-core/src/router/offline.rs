@@ -23,10 +23,22 @@ use xmpp_stream::stanza::{StanzaKind, inspect};
 
 use super::sm_sessions::{Flushed, Row};
 use super::{Action, Router, contains};
+use crate::routing::SessionAddr;
 
 /// The namespace of chat state notifications (XEP-0085).
 const CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
-use crate::routing::SessionAddr;
+
+/// Stored messages loaded for a session, waiting until no live row of
+/// their user issued up to `mark` is being written (see
+/// [`Router::stored_loaded`]).
+#[derive(Debug)]
+pub(super) struct WaitingLoad {
+    user: String,
+    to: SessionAddr,
+    messages: Vec<(i64, Bytes)>,
+    /// The last live-row ticket issued when they were loaded.
+    mark: u64,
+}
 
 impl Router {
     /// Asks the driver to load the session's stored messages. For an SM
@@ -37,7 +49,57 @@ impl Router {
             return;
         }
         if let Some(user) = self.user_of(addr) {
-            self.emit(Action::FlushOffline { user, to: addr });
+            self.load_stored(user, addr);
+        }
+    }
+
+    /// Asks the driver to load `user`'s stored messages for `to`.
+    fn load_stored(&mut self, user: String, to: SessionAddr) {
+        self.stored_rows.load_started(&user);
+        self.emit(Action::FlushOffline { user, to });
+    }
+
+    /// Stored messages loaded for `to`. The load may have read live rows
+    /// whose ids have not come back yet (their writes were queued ahead of
+    /// it, and the driver reports each outcome on its own): such a row is
+    /// not yet known to be out with a session, so handing it out now would
+    /// deliver its message twice. So while a live row of the user issued
+    /// before now is being written, the loaded messages wait (see
+    /// [`Router::live_written`]); every write ends within the storage
+    /// deadline, so they wait boundedly.
+    pub(super) fn stored_loaded(
+        &mut self,
+        user: String,
+        to: SessionAddr,
+        messages: Vec<(i64, Bytes)>,
+    ) {
+        let mark = self.live_rows.last_issued();
+        if self.live_rows.writing_upto(&user, mark) {
+            self.waiting_loads.push(WaitingLoad {
+                user,
+                to,
+                messages,
+                mark,
+            });
+            return;
+        }
+        self.deliver_stored(&user, to, messages);
+        self.stored_rows.load_ended(&user);
+    }
+
+    /// Delivers the loads of `user` that were waiting for live rows now
+    /// written.
+    fn release_loads(&mut self, user: &str) {
+        let mut i = 0;
+        while i < self.waiting_loads.len() {
+            let w = &self.waiting_loads[i];
+            if w.user != user || self.live_rows.writing_upto(user, w.mark) {
+                i += 1;
+                continue;
+            }
+            let w = self.waiting_loads.swap_remove(i);
+            self.deliver_stored(&w.user, w.to, w.messages);
+            self.stored_rows.load_ended(&w.user);
         }
     }
 
@@ -46,12 +108,7 @@ impl Router {
     /// its ledger stay stored until the client acknowledges them; those
     /// handed to a session without SM are removed now (nothing would ever
     /// acknowledge them). Rows out with a session already are skipped.
-    pub(super) fn deliver_stored(
-        &mut self,
-        user: String,
-        to: SessionAddr,
-        messages: Vec<(i64, Bytes)>,
-    ) {
+    fn deliver_stored(&mut self, user: &str, to: SessionAddr, messages: Vec<(i64, Bytes)>) {
         self.flush_retries.loaded(to);
         if self.table.jid_of(to.0, to.1).is_none() {
             return; // gone meanwhile: they stay stored
@@ -60,7 +117,7 @@ impl Router {
         let mut delivered = 0;
         let mut written = Vec::new();
         for (id, payload) in messages {
-            if !self.stored_rows.wanted(&user, id) {
+            if !self.stored_rows.wanted(user, id) {
                 delivered += 1;
                 continue;
             }
@@ -72,7 +129,7 @@ impl Router {
                 Flushed::Full => break,
                 Flushed::Pushed { attached } => attached,
             };
-            self.stored_rows.handed(&user, id);
+            self.stored_rows.handed(user, id);
             if send {
                 self.stats.delivered += 1;
                 self.send(to.0, Frame::Deliver { sid: to.1, payload });
@@ -80,7 +137,7 @@ impl Router {
             delivered += 1;
         }
         // Without SM, handed to the link is as far as anyone can tell.
-        self.stored_acked(&user, &written);
+        self.stored_acked(user, &written);
         if self.sessions.finish_flush(to, delivered == total) {
             self.request_flush(to);
         }
@@ -90,7 +147,8 @@ impl Router {
     /// session keeps holding new messages behind them (its flush counts as
     /// under way), and the flush is asked for again after a backoff. A
     /// session gone meanwhile is not retried (a resumption flushes again).
-    pub(super) fn flush_failed(&mut self, to: SessionAddr, now: Instant) {
+    pub(super) fn flush_failed(&mut self, user: &str, to: SessionAddr, now: Instant) {
+        self.stored_rows.load_ended(user);
         if self.table.jid_of(to.0, to.1).is_none() {
             self.flush_retries.loaded(to);
             return;
@@ -117,7 +175,7 @@ impl Router {
     pub(super) fn retry_flushes(&mut self, now: Instant) {
         while let Some(to) = self.flush_retries.take_due(now) {
             match self.user_of(to) {
-                Some(user) => self.emit(Action::FlushOffline { user, to }),
+                Some(user) => self.load_stored(user, to),
                 None => self.flush_retries.loaded(to),
             }
         }
@@ -177,7 +235,8 @@ impl Router {
     /// The live row `ticket` was written as `row` (none: it failed). Its
     /// ledger entries hold the row now; what happened to them meanwhile is
     /// applied: acknowledged, it is removed; handed back by every session
-    /// that held it, it stays stored and a flush is asked for.
+    /// that held it, it stays stored and a flush is asked for. Loads that
+    /// waited for it go on once nothing they wait for is being written.
     pub(super) fn live_written(&mut self, ticket: u64, row: Option<i64>) {
         let Some(pending) = self.live_rows.written(ticket) else {
             return;
@@ -187,19 +246,22 @@ impl Router {
         for &token in &pending.holders {
             held += u32::from(self.sessions.resolve(token, ticket, stored));
         }
-        let Some(row) = row else { return };
         let user = pending.user;
-        if pending.acked {
-            self.stored_rows.live(&user, row, 1);
-            self.stored_acked(&user, &[row]);
-        } else if held > 0 {
-            self.stored_rows.live(&user, row, held);
-        } else if !self.stored_rows.is_out(&user, row) {
-            // no session holds it (out already: a flush read it and handed
-            // it to a session): stored, for the next flush, asked for now
-            self.stored_rows.live(&user, row, 1);
-            self.stored_returned(&user, &[row]);
+        if let Some(row) = row {
+            if pending.acked {
+                self.stored_rows.live(&user, row, 1);
+                self.stored_acked(&user, &[row]);
+            } else if held > 0 {
+                self.stored_rows.live(&user, row, held);
+            } else if !self.stored_rows.is_out(&user, row) {
+                // no session holds it (out already: a flush read it and
+                // handed it to a session): stored, for the next flush,
+                // asked for now
+                self.stored_rows.live(&user, row, 1);
+                self.stored_returned(&user, &[row]);
+            }
         }
+        self.release_loads(&user);
     }
 
     /// A session of `user` ended without acknowledging these stored

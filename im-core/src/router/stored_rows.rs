@@ -27,8 +27,13 @@
 //! A session of the user that ended with rows out hands them back: they are
 //! loaded again by the next flush. A row acknowledged above a handed-back
 //! one stays stored until that one is acknowledged too; if the entry was
-//! dropped meanwhile (nothing out any more), it can be delivered once more
-//! (a duplicate with its original id, never a loss).
+//! dropped meanwhile (nothing out and no load under way), it can be
+//! delivered once more (a duplicate with its original id, never a loss).
+//!
+//! A load may have read rows before their removal committed (it was queued
+//! ahead of it): so while loads of the user are under way, the entry stays
+//! (its marks say what was acknowledged) and live rows removed by id are
+//! remembered, and such a load hands out none of them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -64,6 +69,19 @@ struct UserRows {
     acked_upto: i64,
     /// Removal was asked for every row up to this one.
     removed_upto: i64,
+    /// Loads of the user's stored messages under way.
+    loads: u32,
+    /// Live rows whose removal was asked while a load was under way (it
+    /// may have read them); forgotten when no load is.
+    removed_live: BTreeSet<i64>,
+}
+
+impl UserRows {
+    /// Nothing out and no load under way: the entry says nothing a load
+    /// needs.
+    fn idle(&self) -> bool {
+        self.out.is_empty() && self.loads == 0
+    }
 }
 
 impl StoredRows {
@@ -73,7 +91,7 @@ impl StoredRows {
         let Some(u) = self.users.get(user) else {
             return true;
         };
-        if u.out.contains_key(&row) {
+        if u.out.contains_key(&row) || u.removed_live.contains(&row) {
             return false;
         }
         row > u.handed_upto.max(u.removed_upto) || u.returned.contains(&row)
@@ -103,7 +121,7 @@ impl StoredRows {
     pub(crate) fn live(&mut self, user: &str, row: i64, holders: u32) {
         let u = self.users.entry(user.to_owned()).or_default();
         if row <= u.removed_upto {
-            if u.out.is_empty() {
+            if u.idle() {
                 self.users.remove(user);
             }
             return;
@@ -151,8 +169,11 @@ impl StoredRows {
         }
         let upto = u.removed_upto;
         live.retain(|&row| row > upto);
+        if u.loads > 0 {
+            u.removed_live.extend(&live);
+        }
         let removal = (moved || !live.is_empty()).then_some(Removal { upto, rows: live });
-        if u.out.is_empty() {
+        if u.idle() {
             self.users.remove(user);
         }
         removal
@@ -179,11 +200,31 @@ impl StoredRows {
             u.returned.insert(*row);
             back.push(*row);
         }
-        if u.out.is_empty() {
+        if u.idle() {
             // Nothing out: a load hands out what storage holds.
             self.users.remove(user);
         }
         back
+    }
+
+    /// A load of `user`'s stored messages was queued.
+    pub(crate) fn load_started(&mut self, user: &str) {
+        self.users.entry(user.to_owned()).or_default().loads += 1;
+    }
+
+    /// A load of `user`'s stored messages ended (its rows were handed out,
+    /// or it failed).
+    pub(crate) fn load_ended(&mut self, user: &str) {
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        u.loads = u.loads.saturating_sub(1);
+        if u.loads == 0 {
+            u.removed_live.clear();
+        }
+        if u.idle() {
+            self.users.remove(user);
+        }
     }
 
     /// Users with rows out.
