@@ -39,6 +39,7 @@ mod flush_retries;
 mod forward;
 mod iq;
 mod live_rows;
+mod loads;
 mod offline;
 mod output;
 mod presence;
@@ -60,7 +61,7 @@ pub use flush_retries::{FLUSH_RETRY_FIRST, FLUSH_RETRY_MAX};
 pub(crate) use forward::{embeddable, wrap_forwarded};
 pub use live_rows::MAX_PENDING_TICKETS;
 use live_rows::{LiveRows, MessageRow};
-use offline::WaitingLoad;
+use loads::Loads;
 pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
@@ -369,8 +370,8 @@ pub struct Router {
     live_rows: LiveRows,
     /// Flushes whose load failed, waiting to be asked for again.
     flush_retries: FlushRetries,
-    /// Loaded stored messages waiting for live rows being written.
-    waiting_loads: Vec<WaitingLoad>,
+    /// Loads of stored messages under way.
+    loads: Loads,
     /// The live row of the message being routed.
     live_ticket: MessageRow,
     /// Sessions with a storage query being answered (one at a time), with
@@ -401,7 +402,7 @@ impl Router {
             stored_rows: StoredRows::default(),
             live_rows: LiveRows::default(),
             flush_retries: FlushRetries::default(),
-            waiting_loads: Vec::new(),
+            loads: Loads::default(),
             live_ticket: MessageRow::Unset,
             querying: Default::default(),
             push_counter: 0,

@@ -32,20 +32,19 @@ pub fn free_port(tcp: bool) -> u16 {
     }
 }
 
-/// Where a spawned process's stderr goes: a file named after its first
-/// two arguments in `$LONGLINK_TEST_LOG_DIR` when that is set (to read a
-/// failed run's logs; `RUST_LOG` picks the level), else nowhere.
-pub fn stderr_for(args: &[&str]) -> Stdio {
-    let Some(dir) = std::env::var_os("LONGLINK_TEST_LOG_DIR") else {
+/// Where the stderr of a process of the deployment in `dir` goes: to
+/// `$LONGLINK_TEST_LOG_DIR/<dir's name>-<name>.log` when that variable is
+/// set (to read a failed run's logs; `RUST_LOG` picks the level), else
+/// nowhere.
+fn stderr_for(dir: &std::path::Path, name: &str) -> Stdio {
+    let Some(logs) = std::env::var_os("LONGLINK_TEST_LOG_DIR") else {
         return Stdio::null();
     };
-    let name = args
-        .iter()
-        .take(3)
-        .map(|a| a.rsplit('/').next().unwrap_or(a))
-        .collect::<Vec<_>>()
-        .join("-");
-    let path = std::path::Path::new(&dir).join(format!("{name}.log"));
+    let run = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map_or("run", |n| n.trim_start_matches('.'));
+    let path = std::path::Path::new(&logs).join(format!("{run}-{name}.log"));
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -54,6 +53,16 @@ pub fn stderr_for(args: &[&str]) -> Stdio {
         Ok(f) => f.into(),
         Err(e) => panic!("cannot open {}: {e}", path.display()),
     }
+}
+
+/// The name a process's log takes: its config file's stem (`core`,
+/// `cm-1`), else its first argument.
+fn log_name<'a>(args: &[&'a str]) -> &'a str {
+    args.iter()
+        .rev()
+        .find_map(|a| a.strip_suffix(".toml"))
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap_or(args.first().copied().unwrap_or("longlink"))
 }
 
 /// Child processes killed when the test ends, however it ends.
@@ -228,7 +237,7 @@ impl Deployment {
         let child = Command::new(BIN)
             .args(args)
             .stdout(Stdio::null())
-            .stderr(stderr_for(args))
+            .stderr(stderr_for(self.dir.path(), log_name(args)))
             .spawn()
             .unwrap();
         self.procs.0.push(child);
@@ -317,7 +326,7 @@ impl Deployment {
         let child = Command::new(BIN)
             .args(["core", "--config", toml.to_str().unwrap()])
             .stdout(Stdio::null())
-            .stderr(stderr_for(&["core", "--config", "core.toml"]))
+            .stderr(stderr_for(self.dir.path(), "core"))
             .spawn()
             .unwrap();
         self.procs.0[0] = child;

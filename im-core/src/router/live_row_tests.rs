@@ -749,4 +749,55 @@ fn stored_rows_acknowledged_while_a_second_load_that_read_them_is_under_way_are_
     assert_eq!(copies(&acts, "a") + copies(&acts, "b"), 0, "{acts:?}");
     assert_eq!(copies(&acts, "c"), 1, "{acts:?}");
     assert_eq!(r.stored_rows.users(), 1, "c is out");
+    sent += to_phone(&acts);
+    let acts = frame(&mut r, 1, Frame::Acked { sid: 10, h: sent });
+    assert_eq!(removals(&acts), vec![("alice".to_owned(), 3, vec![])]);
+    assert_eq!(r.stored_rows.users(), 0, "nothing out, no load under way");
+}
+
+#[test]
+fn a_session_without_sm_has_one_load_under_way_and_one_asked_for_meanwhile_follows_it() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "desk");
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/desk", None, None),
+        "<presence/>",
+    );
+    assert!(flushes(&acts, Some((1, 10))), "{acts:?}");
+    for _ in 0..2 {
+        let acts = r.run(Input::OfflineStoredLate {
+            user: "alice".into(),
+        });
+        assert!(!flushes(&acts, None), "one under way: {acts:?}");
+    }
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![stored(1, "a")],
+    });
+    assert_eq!(payloads(&acts).len(), 1, "{acts:?}");
+    assert!(flushes(&acts, Some((1, 10))), "the one asked for: {acts:?}");
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![stored(2, "b")],
+    });
+    assert!(!flushes(&acts, None), "{acts:?}");
+    assert_eq!(r.stored_rows.users(), 0, "no load under way");
+}
+
+#[test]
+fn a_failed_load_is_no_longer_under_way() {
+    let mut r = router();
+    alice_phone_before_presence(&mut r);
+    alice_presence(&mut r);
+    assert_eq!(r.stored_rows.users(), 1, "a load under way");
+    r.run(Input::OfflineLoadFailed {
+        user: "alice".into(),
+        to: (1, 10),
+    });
+    assert_eq!(r.stored_rows.users(), 0);
 }

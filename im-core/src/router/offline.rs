@@ -28,18 +28,6 @@ use crate::routing::SessionAddr;
 /// The namespace of chat state notifications (XEP-0085).
 const CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
 
-/// Stored messages loaded for a session, waiting until no live row of
-/// their user issued up to `mark` is being written (see
-/// [`Router::stored_loaded`]).
-#[derive(Debug)]
-pub(super) struct WaitingLoad {
-    user: String,
-    to: SessionAddr,
-    messages: Vec<(i64, Bytes)>,
-    /// The last live-row ticket issued when they were loaded.
-    mark: u64,
-}
-
 impl Router {
     /// Asks the driver to load the session's stored messages. For an SM
     /// session, new messages are stored behind them until the flush is done,
@@ -53,10 +41,23 @@ impl Router {
         }
     }
 
-    /// Asks the driver to load `user`'s stored messages for `to`.
+    /// Asks the driver to load `user`'s stored messages for `to`, unless a
+    /// load for `to` is under way (then it is asked for once that ends).
     fn load_stored(&mut self, user: String, to: SessionAddr) {
+        if !self.loads.start(to) {
+            return;
+        }
         self.stored_rows.load_started(&user);
         self.emit(Action::FlushOffline { user, to });
+    }
+
+    /// The load for `to` of `user`'s stored messages ended (handed out, or
+    /// failed): one asked for meanwhile is asked for now.
+    fn load_ended(&mut self, user: &str, to: SessionAddr) {
+        self.stored_rows.load_ended(user);
+        if self.loads.end(to) && self.table.jid_of(to.0, to.1).is_some() {
+            self.load_stored(user.to_owned(), to);
+        }
     }
 
     /// Stored messages loaded for `to`. The load may have read live rows
@@ -75,31 +76,23 @@ impl Router {
     ) {
         let mark = self.live_rows.last_issued();
         if self.live_rows.writing_upto(&user, mark) {
-            self.waiting_loads.push(WaitingLoad {
-                user,
-                to,
-                messages,
-                mark,
-            });
+            self.loads.wait(&user, to, messages, mark);
             return;
         }
         self.deliver_stored(&user, to, messages);
-        self.stored_rows.load_ended(&user);
+        self.load_ended(&user, to);
     }
 
     /// Delivers the loads of `user` that were waiting for live rows now
-    /// written.
+    /// written, oldest first.
     fn release_loads(&mut self, user: &str) {
-        let mut i = 0;
-        while i < self.waiting_loads.len() {
-            let w = &self.waiting_loads[i];
-            if w.user != user || self.live_rows.writing_upto(user, w.mark) {
-                i += 1;
-                continue;
-            }
-            let w = self.waiting_loads.swap_remove(i);
-            self.deliver_stored(&w.user, w.to, w.messages);
-            self.stored_rows.load_ended(&w.user);
+        while let Some(w) = {
+            let live = &self.live_rows;
+            self.loads
+                .next_ready(user, |mark| live.writing_upto(user, mark))
+        } {
+            self.deliver_stored(user, w.to, w.messages);
+            self.load_ended(user, w.to);
         }
     }
 
@@ -149,6 +142,7 @@ impl Router {
     /// session gone meanwhile is not retried (a resumption flushes again).
     pub(super) fn flush_failed(&mut self, user: &str, to: SessionAddr, now: Instant) {
         self.stored_rows.load_ended(user);
+        self.loads.end(to);
         if self.table.jid_of(to.0, to.1).is_none() {
             self.flush_retries.loaded(to);
             return;
@@ -254,9 +248,8 @@ impl Router {
             } else if held > 0 {
                 self.stored_rows.live(&user, row, held);
             } else if !self.stored_rows.is_out(&user, row) {
-                // no session holds it (out already: a flush read it and
-                // handed it to a session): stored, for the next flush,
-                // asked for now
+                // no session holds it: stored, for the next flush, asked
+                // for now
                 self.stored_rows.live(&user, row, 1);
                 self.stored_returned(&user, &[row]);
             }

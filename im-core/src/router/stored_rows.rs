@@ -9,7 +9,8 @@
 //! the line removed never passes a row still out with a session or handed
 //! back to storage by a session that ended unacknowledged; a load does not
 //! hand out again a row that is out or acknowledged. Only users with rows
-//! out have an entry, so the table is bounded by the ledgers' bounds.
+//! out or a load under way have an entry, so the table is bounded by the
+//! ledgers' bounds and the sessions.
 //!
 //! Live rows (the durable copies of messages delivered live to SM
 //! sessions, see `live_rows`) are out too, so the line never passes one
@@ -115,9 +116,9 @@ impl StoredRows {
 
     /// Live row `row` of `user` is in `holders` sessions' ledgers (its
     /// message was delivered live; the row came back from storage). A row
-    /// storage was already asked to remove (a flush read it, handed it to
-    /// a session and saw it acknowledged before its id came back) is not
-    /// taken in again.
+    /// storage was already asked to remove, or one a flush handed out
+    /// already, is not taken in again (a safeguard: a load waits for the
+    /// live rows of its user being written, so neither should happen).
     pub(crate) fn live(&mut self, user: &str, row: i64, holders: u32) {
         let u = self.users.entry(user.to_owned()).or_default();
         if row <= u.removed_upto {
@@ -363,6 +364,26 @@ mod tests {
         rows.live("bob", 8, 1);
         assert_eq!(rows.returned("bob", &[8]), vec![8]);
         assert!(rows.wanted("bob", 8));
+    }
+
+    #[test]
+    fn while_a_load_is_under_way_rows_acknowledged_meanwhile_are_not_wanted_again() {
+        let mut rows = StoredRows::default();
+        rows.handed("bob", 1);
+        rows.live("bob", 5, 1);
+        rows.load_started("bob");
+        assert_eq!(
+            rows.acked("bob", &[1, 5]),
+            Some(Removal {
+                upto: 1,
+                rows: vec![5]
+            })
+        );
+        assert!(!rows.wanted("bob", 1), "below the line");
+        assert!(!rows.wanted("bob", 5), "removed by id meanwhile");
+        assert!(rows.wanted("bob", 6));
+        rows.load_ended("bob");
+        assert_eq!(rows.users(), 0, "forgotten once no load is under way");
     }
 
     #[test]
