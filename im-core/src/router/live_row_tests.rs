@@ -779,7 +779,11 @@ fn a_session_without_sm_has_one_load_under_way_and_one_asked_for_meanwhile_follo
         messages: vec![stored(1, "a")],
     });
     assert_eq!(payloads(&acts).len(), 1, "{acts:?}");
-    assert!(flushes(&acts, Some((1, 10))), "the one asked for: {acts:?}");
+    let asked = acts
+        .iter()
+        .filter(|a| matches!(a, Action::FlushOffline { to: (1, 10), .. }))
+        .count();
+    assert_eq!(asked, 1, "the two asked for meanwhile, once: {acts:?}");
     let acts = r.run(Input::Offline {
         user: "alice".into(),
         to: (1, 10),
@@ -790,14 +794,44 @@ fn a_session_without_sm_has_one_load_under_way_and_one_asked_for_meanwhile_follo
 }
 
 #[test]
-fn a_failed_load_is_no_longer_under_way() {
+fn a_failed_load_is_no_longer_under_way_and_its_retry_is_asked_for() {
     let mut r = router();
     alice_phone_before_presence(&mut r);
     alice_presence(&mut r);
     assert_eq!(r.stored_rows.users(), 1, "a load under way");
-    r.run(Input::OfflineLoadFailed {
+    r.handle(
+        Input::OfflineLoadFailed {
+            user: "alice".into(),
+            to: (1, 10),
+        },
+        t0(),
+    );
+    assert_eq!(r.stored_rows.users(), 0);
+    r.handle_timeout(t0() + super::FLUSH_RETRY_FIRST);
+    let acts: Vec<Action> = std::iter::from_fn(|| r.poll_action()).collect();
+    assert!(flushes(&acts, Some((1, 10))), "retried: {acts:?}");
+    assert_eq!(r.stored_rows.users(), 1, "under way again");
+}
+
+#[test]
+fn a_load_asked_for_again_after_the_session_enabled_sm_holds_new_messages_behind_it() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 3, 30, "bob@x", "pc");
+    alice_presence(&mut r);
+    // SM comes after the presence's load was asked for; a late store asks
+    // for another meanwhile
+    sm_enable(&mut r, 1, 10, 60);
+    r.run(Input::OfflineStoredLate {
+        user: "alice".into(),
+    });
+    let acts = r.run(Input::Offline {
         user: "alice".into(),
         to: (1, 10),
+        messages: Vec::new(),
     });
-    assert_eq!(r.stored_rows.users(), 0);
+    assert!(flushes(&acts, Some((1, 10))), "{acts:?}");
+    // a new message waits behind the late-stored one
+    let acts = chat_to(&mut r, "alice@x/phone", "new");
+    assert_eq!(copies(&acts, "new"), 0, "stored behind: {acts:?}");
 }

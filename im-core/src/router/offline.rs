@@ -51,12 +51,17 @@ impl Router {
         self.emit(Action::FlushOffline { user, to });
     }
 
-    /// The load for `to` of `user`'s stored messages ended (handed out, or
-    /// failed): one asked for meanwhile is asked for now.
+    /// The load for `to` of `user`'s stored messages ended (its messages
+    /// were handed out): one asked for meanwhile is asked for now, for
+    /// whoever has the session now, with new messages stored behind it if
+    /// it has SM (it may have enabled SM since).
     fn load_ended(&mut self, user: &str, to: SessionAddr) {
         self.stored_rows.load_ended(user);
-        if self.loads.end(to) && self.table.jid_of(to.0, to.1).is_some() {
-            self.load_stored(user.to_owned(), to);
+        if self.loads.end(to)
+            && let Some(user) = self.user_of(to)
+        {
+            self.sessions.flush_again(to);
+            self.load_stored(user, to);
         }
     }
 

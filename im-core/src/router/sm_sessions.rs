@@ -382,6 +382,15 @@ impl SmSessions {
         true
     }
 
+    /// A flush of stored messages to the session is under way (asked for
+    /// again after one that ended): new messages are stored behind it.
+    pub(crate) fn flush_again(&mut self, addr: SessionAddr) {
+        if let Some(l) = self.ledgers.get_mut(&addr) {
+            l.flushing = true;
+            l.overflowed = true;
+        }
+    }
+
     /// A stored message (from offline-storage row `row`) for the session,
     /// during a flush: it stays stored until the client acknowledges it.
     pub(crate) fn push_flushed(&mut self, addr: SessionAddr, payload: &Bytes, row: i64) -> Flushed {
