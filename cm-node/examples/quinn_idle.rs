@@ -8,8 +8,11 @@
 //! writes a few bytes, lets the server settle and reports the server's RSS
 //! growth per connection, once with quinn's default transport settings and
 //! once with the CM's settings for idle phones
-//! (`cm_node::idle_phone_transport`). JSON lines on stdout, a line each on
-//! stderr.
+//! (`cm_node::idle_phone_transport`). A third server, `proto`, drives
+//! quinn-proto itself with the phone settings from one thread owning the
+//! endpoint and every connection (no task, channel or waker per
+//! connection): the floor a CM-specific quinn-proto driver could reach.
+//! JSON lines on stdout, a line each on stderr.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -58,6 +61,9 @@ fn transport(kind: &str) -> quinn::TransportConfig {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let (Some(kind), Some(dir)) = (&cli.serve, &cli.dir) {
+        if kind == "proto" {
+            return tokio::task::block_in_place(|| proto_server::serve(dir));
+        }
         return serve(kind, dir).await;
     }
     let dir = tempfile::tempdir()?;
@@ -67,7 +73,7 @@ async fn main() -> Result<()> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone())?;
     let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
-    for kind in ["default", "phone"] {
+    for kind in ["default", "phone", "proto"] {
         measure(&cli, kind, dir.path(), &client).await?;
     }
     Ok(())
@@ -110,7 +116,7 @@ async fn measure(
         })
     );
     eprintln!(
-        "quinn alone, {kind} transport: {} connections, server grew {} KiB → {per:.1} KiB per connection",
+        "quinn alone, {kind} server: {} connections, server grew {} KiB → {per:.1} KiB per connection",
         cli.connections,
         after.saturating_sub(before)
     );
@@ -120,10 +126,21 @@ async fn measure(
     Ok(())
 }
 
-async fn serve(kind: &str, dir: &std::path::Path) -> Result<()> {
+/// The server's certificate and key, as the parent wrote them to `dir`.
+fn cert_and_key(
+    dir: &std::path::Path,
+) -> Result<(
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
     let cert = rustls::pki_types::CertificateDer::from(std::fs::read(dir.join("cert.der"))?);
     let key = rustls::pki_types::PrivateKeyDer::try_from(std::fs::read(dir.join("key.der"))?)
         .map_err(|e| anyhow::anyhow!("key: {e}"))?;
+    Ok((cert, key))
+}
+
+async fn serve(kind: &str, dir: &std::path::Path) -> Result<()> {
+    let (cert, key) = cert_and_key(dir)?;
     let mut config = quinn::ServerConfig::with_single_cert(vec![cert], key)?;
     config.transport_config(Arc::new(transport(kind)));
     let endpoint = quinn::Endpoint::server(config, ([127, 0, 0, 1], 0).into())?;
@@ -138,4 +155,165 @@ async fn serve(kind: &str, dir: &std::path::Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// quinn-proto driven by one thread that owns the endpoint and every
+/// connection: a datagram in, its connection's events and transmits out;
+/// timers from each connection's `poll_timeout`. Enough to hold idle
+/// connections with one stream each (what is read is dropped), not a
+/// server.
+mod proto_server {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::net::UdpSocket;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use anyhow::Result;
+    use bytes::BytesMut;
+    use quinn_proto::{
+        Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
+        ServerConfig, StreamEvent, Transmit,
+    };
+
+    /// Serves until killed.
+    pub fn serve(dir: &std::path::Path) -> Result<()> {
+        let (cert, key) = super::cert_and_key(dir)?;
+        let mut config = ServerConfig::with_single_cert(vec![cert], key)?;
+        config.transport_config(Arc::new(super::transport("phone")));
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        println!("{}", socket.local_addr()?);
+        std::io::stdout().flush()?;
+        eprintln!(
+            "(a quinn-proto Connection is {} bytes inline)",
+            std::mem::size_of::<Connection>()
+        );
+        let mut server = Server {
+            socket,
+            endpoint: Endpoint::new(
+                Arc::new(EndpointConfig::default()),
+                Some(Arc::new(config)),
+                false,
+                None,
+            ),
+            conns: HashMap::new(),
+            out: Vec::new(),
+        };
+        let mut datagram = vec![0u8; 65_536];
+        loop {
+            let now = Instant::now();
+            let next = server
+                .conns
+                .values_mut()
+                .filter_map(|c| c.poll_timeout())
+                .min();
+            let wait = next.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+            server
+                .socket
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+            let mut touched = Vec::new();
+            if let Ok((n, from)) = server.socket.recv_from(&mut datagram) {
+                let data = BytesMut::from(&datagram[..n]);
+                touched.extend(server.datagram(from, data));
+            }
+            let now = Instant::now();
+            for (ch, c) in &mut server.conns {
+                if c.poll_timeout().is_some_and(|t| t <= now) {
+                    c.handle_timeout(now);
+                    touched.push(*ch);
+                }
+            }
+            for ch in touched {
+                server.drive(ch);
+            }
+        }
+    }
+
+    struct Server {
+        socket: UdpSocket,
+        endpoint: Endpoint,
+        /// Boxed: a `Connection` is several KiB, and a map keeps room for
+        /// more entries than it holds.
+        conns: HashMap<ConnectionHandle, Box<Connection>>,
+        out: Vec<u8>,
+    }
+
+    impl Server {
+        /// Hands a datagram to the endpoint; the connection it concerns.
+        fn datagram(
+            &mut self,
+            from: std::net::SocketAddr,
+            data: BytesMut,
+        ) -> Option<ConnectionHandle> {
+            let now = Instant::now();
+            self.out.clear();
+            match self
+                .endpoint
+                .handle(now, from, None, None, data, &mut self.out)?
+            {
+                DatagramEvent::NewConnection(incoming) => {
+                    self.out.clear();
+                    match self.endpoint.accept(incoming, now, &mut self.out, None) {
+                        Ok((ch, conn)) => {
+                            self.conns.insert(ch, Box::new(conn));
+                            Some(ch)
+                        }
+                        Err(e) => {
+                            if let Some(t) = e.response {
+                                self.send(&t);
+                            }
+                            None
+                        }
+                    }
+                }
+                DatagramEvent::ConnectionEvent(ch, event) => {
+                    self.conns.get_mut(&ch)?.handle_event(event);
+                    Some(ch)
+                }
+                DatagramEvent::Response(t) => {
+                    self.send(&t);
+                    None
+                }
+            }
+        }
+
+        /// Carries out what connection `ch` has to do now.
+        fn drive(&mut self, ch: ConnectionHandle) {
+            let Some(conn) = self.conns.get_mut(&ch) else {
+                return;
+            };
+            while let Some(event) = conn.poll_endpoint_events() {
+                if let Some(back) = self.endpoint.handle_event(ch, event) {
+                    conn.handle_event(back);
+                }
+            }
+            while let Some(event) = conn.poll() {
+                match event {
+                    Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                        while conn.streams().accept(Dir::Bi).is_some() {}
+                    }
+                    Event::Stream(StreamEvent::Readable { id }) => {
+                        let mut stream = conn.recv_stream(id);
+                        if let Ok(mut chunks) = stream.read(true) {
+                            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
+                            let _ = chunks.finalize();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let mut buf = Vec::new();
+            while let Some(t) = conn.poll_transmit(Instant::now(), 1, &mut buf) {
+                let _ = self.socket.send_to(&buf[..t.size], t.destination);
+                buf.clear();
+            }
+            if conn.is_drained() {
+                self.conns.remove(&ch);
+            }
+        }
+
+        fn send(&self, t: &Transmit) {
+            let _ = self.socket.send_to(&self.out[..t.size], t.destination);
+        }
+    }
 }
