@@ -833,5 +833,37 @@ fn a_load_asked_for_again_after_the_session_enabled_sm_holds_new_messages_behind
     assert!(flushes(&acts, Some((1, 10))), "{acts:?}");
     // a new message waits behind the late-stored one
     let acts = chat_to(&mut r, "alice@x/phone", "new");
-    assert_eq!(copies(&acts, "new"), 0, "stored behind: {acts:?}");
+    assert_eq!(copies(&acts, "new"), 0, "{acts:?}");
+    assert!(stored_behind(&acts, "new"), "{acts:?}");
+}
+
+/// Whether `acts` store a message carrying `body` for a flush (not as a
+/// live row).
+fn stored_behind(acts: &[Action], body: &str) -> bool {
+    acts.iter().any(|a| {
+        matches!(a, Action::StoreOffline { payload, live: None, .. }
+            if String::from_utf8_lossy(payload).contains(&format!("<body>{body}</body>")))
+    })
+}
+
+#[test]
+fn a_load_retried_after_the_session_enabled_sm_holds_new_messages_behind_it() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 3, 30, "bob@x", "pc");
+    alice_presence(&mut r);
+    r.handle(
+        Input::OfflineLoadFailed {
+            user: "alice".into(),
+            to: (1, 10),
+        },
+        t0(),
+    );
+    sm_enable(&mut r, 1, 10, 60);
+    r.handle_timeout(t0() + super::FLUSH_RETRY_FIRST);
+    let acts: Vec<Action> = std::iter::from_fn(|| r.poll_action()).collect();
+    assert!(flushes(&acts, Some((1, 10))), "retried: {acts:?}");
+    let acts = chat_to(&mut r, "alice@x/phone", "new");
+    assert_eq!(copies(&acts, "new"), 0, "{acts:?}");
+    assert!(stored_behind(&acts, "new"), "{acts:?}");
 }

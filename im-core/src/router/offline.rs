@@ -174,7 +174,11 @@ impl Router {
     pub(super) fn retry_flushes(&mut self, now: Instant) {
         while let Some(to) = self.flush_retries.take_due(now) {
             match self.user_of(to) {
-                Some(user) => self.load_stored(user, to),
+                Some(user) => {
+                    // (the session may have enabled SM since the load failed)
+                    self.sessions.flush_again(to);
+                    self.load_stored(user, to);
+                }
                 None => self.flush_retries.loaded(to),
             }
         }
