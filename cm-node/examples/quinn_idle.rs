@@ -3,10 +3,12 @@
 //!
 //! The tool starts itself again as a bare quinn server (a child process, so
 //! its memory is its own): it accepts connections, takes one bidirectional
-//! stream each and waits on it in one task per connection, as the least a
+//! stream each and echoes it in one task per connection, as the least a
 //! server can do. The parent opens N connections with one stream each,
 //! writes a few bytes, lets the server settle and reports the server's RSS
-//! growth per connection, once with quinn's default transport settings and
+//! growth per connection; then every connection must make a round trip
+//! (settle under the client's 30 s idle timeout: the default transport
+//! sends no keep-alives). Once with quinn's default transport settings and
 //! once with the CM's settings for idle phones
 //! (`cm_node::idle_phone_transport`). A third server, `proto`, drives
 //! quinn-proto itself with the phone settings from one thread owning the
@@ -107,6 +109,29 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_secs(cli.settle)).await;
     let after = rss_kib(child.id()).unwrap_or(0);
+    // every connection must still be up, or the figure is for fewer: each
+    // makes a round trip after the reading (the server echoes)
+    let mut alive = 0;
+    for (_, send, recv) in &mut held {
+        let trip = async {
+            send.write_all(b"ping").await?;
+            let mut back = [0u8; 9];
+            recv.read_exact(&mut back).await?;
+            anyhow::ensure!(&back == b"helloping", "echo {back:?}");
+            anyhow::Ok(())
+        };
+        if tokio::time::timeout(Duration::from_secs(5), trip)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            alive += 1;
+        }
+    }
+    anyhow::ensure!(
+        alive == cli.connections,
+        "{kind} server: only {alive} of {} connections answered after the reading",
+        cli.connections
+    );
     let per = after.saturating_sub(before) as f64 / cli.connections as f64;
     println!(
         "{}",
@@ -148,10 +173,15 @@ async fn serve(kind: &str, dir: &std::path::Path) -> Result<()> {
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
-            let Ok((_send, mut recv)) = conn.accept_bi().await else {
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
                 return;
             };
-            while let Ok(Some(_)) = recv.read_chunk(4096, true).await {}
+            // echo: the parent's check that the connection is alive
+            while let Ok(Some(chunk)) = recv.read_chunk(4096, true).await {
+                if send.write_all(&chunk.bytes).await.is_err() {
+                    return;
+                }
+            }
         });
     }
     Ok(())
@@ -229,6 +259,22 @@ mod proto_server {
         }
     }
 
+    /// Reads what stream `id` has and writes it back (the parent's check
+    /// that the connection is alive).
+    fn echo(conn: &mut Connection, id: quinn_proto::StreamId) {
+        let mut data = Vec::new();
+        if let Ok(mut chunks) = conn.recv_stream(id).read(true) {
+            while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+                data.extend_from_slice(&chunk.bytes);
+            }
+            let _ = chunks.finalize();
+        }
+        if !data.is_empty() {
+            let _ = conn.send_stream(id).write(&data);
+        }
+    }
+
+    /// The endpoint, its connections and the socket they share.
     struct Server {
         socket: UdpSocket,
         endpoint: Endpoint,
@@ -289,16 +335,13 @@ mod proto_server {
             }
             while let Some(event) = conn.poll() {
                 match event {
+                    // a new stream's first data comes with Opened only
                     Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                        while conn.streams().accept(Dir::Bi).is_some() {}
-                    }
-                    Event::Stream(StreamEvent::Readable { id }) => {
-                        let mut stream = conn.recv_stream(id);
-                        if let Ok(mut chunks) = stream.read(true) {
-                            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
-                            let _ = chunks.finalize();
+                        while let Some(id) = conn.streams().accept(Dir::Bi) {
+                            echo(conn, id);
                         }
                     }
+                    Event::Stream(StreamEvent::Readable { id }) => echo(conn, id),
                     _ => {}
                 }
             }
@@ -312,6 +355,7 @@ mod proto_server {
             }
         }
 
+        /// Sends a response the endpoint made.
         fn send(&self, t: &Transmit) {
             let _ = self.socket.send_to(&self.out[..t.size], t.destination);
         }
