@@ -6,7 +6,8 @@
 //! Layout: [`links`] accepts CM connections, [`auth`] runs SASL,
 //! [`router`] (sans-IO) decides where stanzas go using [`routing`],
 //! [`driver`] carries its decisions out and keeps its time, [`storage`]
-//! persists accounts and offline messages, [`admin`] serves metrics,
+//! persists accounts and offline messages, [`shards`] owns slots of users
+//! when many cores share a domain, [`admin`] serves metrics,
 //! routes and account changes; [`address`] takes JID strings apart.
 
 pub mod address;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod queries;
 pub mod router;
 pub mod routing;
+pub mod shards;
 pub mod storage;
 
 use std::net::SocketAddr;

@@ -63,6 +63,20 @@ const SCHEMA: &[&str] = &[
         username TEXT PRIMARY KEY,
         vcard BYTEA NOT NULL
     );",
+    // 3: shard slots and the cores that own them (`crate::shards`)
+    "CREATE TABLE cluster (slots INTEGER NOT NULL);
+    CREATE TABLE cores (
+        core_id TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL,
+        draining BOOLEAN NOT NULL
+    );
+    CREATE TABLE slots (
+        slot INTEGER PRIMARY KEY,
+        owner TEXT,
+        epoch BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX slots_by_owner ON slots(owner);",
 ];
 
 /// Longest wait for one round trip (a statement, `BEGIN`, `COMMIT`) or a

@@ -16,7 +16,7 @@
 //! Modules: [`Frame`] and the values it carries (`frame`); the type octet of
 //! each frame, [`FrameTag`] (`tag`); frames to bytes (`encoder`); bytes to
 //! frames, [`FrameDecoder`] (`decoder`); the field encodings (`primitive`);
-//! [`DecodeError`] (`error`); and with feature `quinn`, [`read_frame`] over a
+//! [`DecodeError`] (`error`); which shard slot a user is in ([`slots`]); and with feature `quinn`, [`read_frame`] over a
 //! quinn stream (`quinn_stream`).
 
 mod decoder;
@@ -26,6 +26,7 @@ mod frame;
 mod primitive;
 #[cfg(feature = "quinn")]
 mod quinn_stream;
+pub mod slots;
 mod tag;
 
 pub use decoder::{FrameDecoder, MAX_FRAME};
