@@ -155,7 +155,12 @@ impl RoutingTable {
     pub fn insert(&mut self, bare: &str, new: Route) -> Option<SessionAddr> {
         let (resource, node, sid) = (new.resource.clone(), new.node, new.sid);
         let resource = &*resource;
-        let routes = self.by_bare.entry(bare.into()).or_default();
+        // Most accounts have one session: room for one, not the four a
+        // first push would make.
+        let routes = self
+            .by_bare
+            .entry(bare.into())
+            .or_insert_with(|| Vec::with_capacity(1));
         let replaced = match routes.iter_mut().find(|r| &*r.resource == resource) {
             Some(slot) => {
                 let old = (slot.node, slot.sid);

@@ -110,7 +110,7 @@ impl Router {
         self.rosters
             .items(bare)
             .filter(|i| i.subscription.from())
-            .flat_map(|i| self.table.resources(&i.jid))
+            .flat_map(|i| self.table.resources(i.jid))
             .filter(|r| r.available)
             .map(|r| (r.node, r.sid))
             .collect()
@@ -123,7 +123,7 @@ impl Router {
             .rosters
             .items(bare)
             .filter(|i| i.subscription.to())
-            .flat_map(|i| self.table.resources(&i.jid))
+            .flat_map(|i| self.table.resources(i.jid))
             .filter_map(|r| r.presence.clone())
             .collect();
         found.extend(

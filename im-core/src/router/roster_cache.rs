@@ -11,6 +11,7 @@
 //! change's outcome is known (see `roster_writes`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cm_protocol::{Frame, Kind};
 use jid::Jid;
@@ -20,7 +21,7 @@ use xmpp_stream::ns;
 use super::contains;
 use super::subscriptions::SubType;
 use crate::routing::{NodeId, SessionAddr};
-use crate::storage::{Roster, RosterItem};
+use crate::storage::{Roster, RosterItem, Subscription};
 
 /// Most items in one roster.
 pub const MAX_ROSTER_ITEMS: usize = 2000;
@@ -38,52 +39,226 @@ pub const MAX_DEFERRED: usize = 1024;
 /// Most stanza bytes of one session waiting for a roster to load.
 pub const MAX_DEFERRED_BYTES: usize = 1 << 20;
 
-/// A roster in memory.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct CachedRoster {
+/// Bare JIDs that rosters in memory name, interned: a roster holds a
+/// number per contact, and each JID is kept once however many rosters name
+/// it. Counted references free a JID when the last roster naming it goes.
+#[derive(Debug, Default)]
+struct Contacts {
+    ids: HashMap<Arc<str>, u32>,
+    jids: Vec<Option<Interned>>,
+    free: Vec<u32>,
+}
+
+/// One interned JID and how many references rosters hold to it.
+#[derive(Debug)]
+struct Interned {
+    jid: Arc<str>,
+    refs: u32,
+}
+
+impl Contacts {
+    /// The id of `jid`, taking one reference to it.
+    fn intern(&mut self, jid: &str) -> u32 {
+        if let Some(&id) = self.ids.get(jid) {
+            if let Some(Some(i)) = self.jids.get_mut(id as usize) {
+                i.refs += 1;
+            }
+            return id;
+        }
+        let jid: Arc<str> = Arc::from(jid);
+        let interned = Some(Interned {
+            jid: jid.clone(),
+            refs: 1,
+        });
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.jids[id as usize] = interned;
+                id
+            }
+            None => {
+                self.jids.push(interned);
+                (self.jids.len() - 1) as u32
+            }
+        };
+        self.ids.insert(jid, id);
+        id
+    }
+
+    /// Gives back one reference to `id`; the last one frees it.
+    fn release(&mut self, id: u32) {
+        let Some(slot) = self.jids.get_mut(id as usize) else {
+            return;
+        };
+        let Some(i) = slot else { return };
+        i.refs -= 1;
+        if i.refs == 0 {
+            self.ids.remove(&i.jid);
+            *slot = None;
+            self.free.push(id);
+        }
+        // Shrink what a burst of many JIDs left behind.
+        if self.ids.capacity() > 1024 && self.ids.len() < self.ids.capacity() / 4 {
+            self.ids.shrink_to(self.ids.len() * 2);
+        }
+    }
+
+    /// The id of `jid`, if a roster in memory names it.
+    fn id(&self, jid: &str) -> Option<u32> {
+        self.ids.get(jid).copied()
+    }
+
+    /// The JID of `id`.
+    fn jid(&self, id: u32) -> &str {
+        match self.jids.get(id as usize) {
+            Some(Some(i)) => &i.jid,
+            _ => "",
+        }
+    }
+}
+
+/// A roster in memory, compact: its items sorted by contact id, each a
+/// number and a byte of flags; the few items with a name or groups keep
+/// them apart.
+#[derive(Debug, Default)]
+struct CachedRoster {
     /// The account exists (rosters of unknown users stay empty).
     exists: bool,
     version: u64,
-    items: HashMap<String, RosterItem>,
+    items: Vec<Item>,
+    /// Names and groups, by contact id, sorted.
+    extras: Vec<(u32, Extra)>,
 }
 
-impl CachedRoster {
+/// One roster item in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Item {
+    contact: u32,
+    flags: u8,
+}
+
+/// What few items have: the user's name for the contact and groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extra {
+    name: Option<String>,
+    groups: Vec<String>,
+}
+
+const SUB_TO: u8 = 1;
+const SUB_FROM: u8 = 2;
+const ASK: u8 = 4;
+const PENDING_IN: u8 = 8;
+const LISTED: u8 = 16;
+
+impl Item {
+    fn subscription(self) -> Subscription {
+        Subscription::with(self.flags & SUB_TO != 0, self.flags & SUB_FROM != 0)
+    }
+}
+
+/// The flags of `item`.
+fn flags_of(item: &RosterItem) -> u8 {
+    let bit = |on: bool, b: u8| if on { b } else { 0 };
+    bit(item.subscription.to(), SUB_TO)
+        | bit(item.subscription.from(), SUB_FROM)
+        | bit(item.ask, ASK)
+        | bit(item.pending_in, PENDING_IN)
+        | bit(item.listed, LISTED)
+}
+
+/// A roster item as the router reads it, borrowed from the cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ItemRef<'a> {
+    /// The contact's bare JID.
+    pub(crate) jid: &'a str,
+    /// Subscription state.
+    pub(crate) subscription: Subscription,
+    /// The contact asked to subscribe and waits for the user.
+    pub(crate) pending_in: bool,
+}
+
+/// A roster in memory, as the router reads it.
+#[derive(Clone, Copy)]
+pub(crate) struct RosterView<'a> {
+    roster: &'a CachedRoster,
+    contacts: &'a Contacts,
+}
+
+impl<'a> RosterView<'a> {
     /// Whether the account exists.
     pub(crate) fn exists(&self) -> bool {
-        self.exists
+        self.roster.exists
     }
 
     /// The roster's version (XEP-0237).
     pub(crate) fn version(&self) -> u64 {
-        self.version
+        self.roster.version
     }
 
-    /// The item for `contact`, if any.
-    pub(crate) fn item(&self, contact: &str) -> Option<&RosterItem> {
-        self.items.get(contact)
+    /// The item for `contact`, if any, as an owned item.
+    pub(crate) fn item(&self, contact: &str) -> Option<RosterItem> {
+        let id = self.contacts.id(contact)?;
+        let at = self
+            .roster
+            .items
+            .binary_search_by_key(&id, |i| i.contact)
+            .ok()?;
+        Some(self.owned(self.roster.items[at]))
     }
 
-    /// The items the user sees (not the unanswered requests).
-    pub(crate) fn listed(&self) -> impl Iterator<Item = &RosterItem> {
-        self.items.values().filter(|i| i.listed)
+    /// The items the user sees (not the unanswered requests), owned.
+    pub(crate) fn listed(&self) -> impl Iterator<Item = RosterItem> + 'a {
+        let view = *self;
+        self.roster
+            .items
+            .iter()
+            .filter(|i| i.flags & LISTED != 0)
+            .map(move |i| view.owned(*i))
     }
 
     /// Whether the roster still fits its bounds with `item` in it (in place
     /// of any item with its JID).
     pub(crate) fn fits(&self, item: &RosterItem) -> bool {
-        let old = self.items.get(&item.jid);
-        let bytes: usize = self.items.values().map(item_bytes).sum::<usize>()
-            - old.map_or(0, item_bytes)
+        let old = self.item(&item.jid);
+        let all = || self.roster.items.iter().map(|i| self.owned(*i));
+        let bytes: usize = all().map(|i| item_bytes(&i)).sum::<usize>()
+            - old.as_ref().map_or(0, item_bytes)
             + item_bytes(item);
         let count = |listed: bool| {
-            self.items.values().filter(|i| i.listed == listed).count()
-                - usize::from(old.is_some_and(|o| o.listed == listed))
+            all().filter(|i| i.listed == listed).count()
+                - usize::from(old.as_ref().is_some_and(|o| o.listed == listed))
                 + usize::from(item.listed == listed)
         };
         bytes <= MAX_ROSTER_BYTES
             && count(true) <= MAX_ROSTER_ITEMS
             && count(false) <= MAX_PENDING_IN
     }
+
+    /// `item` as the owned type storage and stanzas use.
+    fn owned(&self, item: Item) -> RosterItem {
+        let extra = self
+            .roster
+            .extras
+            .binary_search_by_key(&item.contact, |(id, _)| *id)
+            .ok()
+            .map(|at| self.roster.extras[at].1.clone())
+            .unwrap_or_default();
+        RosterItem {
+            jid: self.contacts.jid(item.contact).to_owned(),
+            name: extra.name,
+            groups: extra.groups,
+            subscription: item.subscription(),
+            ask: item.flags & ASK != 0,
+            pending_in: item.flags & PENDING_IN != 0,
+            listed: item.flags & LISTED != 0,
+        }
+    }
+}
+
+/// A roster as it was before a change, to put back if the change fails.
+#[derive(Clone, Debug)]
+pub(crate) struct RosterSnapshot {
+    exists: bool,
+    roster: Roster,
 }
 
 /// Roughly what an item takes in a roster result.
@@ -112,8 +287,11 @@ pub(crate) enum Deferred {
 /// The roster cache (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct RosterCache {
-    /// Rosters of users with sessions (and of users a frame waits for).
-    rosters: HashMap<String, CachedRoster>,
+    /// Rosters of users with sessions (and of users a frame waits for), by
+    /// the user's interned bare JID.
+    rosters: HashMap<u32, CachedRoster>,
+    /// The JIDs rosters name, their users' own included.
+    contacts: Contacts,
     /// Frames waiting for a user's roster, by bare JID.
     loading: HashMap<String, Vec<(NodeId, Frame)>>,
     /// Sessions with a waiting frame: the roster they wait for, and how
@@ -139,14 +317,25 @@ struct Waiting {
 
 impl RosterCache {
     /// The roster of `bare`, if loaded.
-    pub(crate) fn get(&self, bare: &str) -> Option<&CachedRoster> {
-        self.rosters.get(bare)
+    pub(crate) fn get(&self, bare: &str) -> Option<RosterView<'_>> {
+        let roster = self.rosters.get(&self.contacts.id(bare)?)?;
+        Some(RosterView {
+            roster,
+            contacts: &self.contacts,
+        })
+    }
+
+    /// Whether the roster of `bare` is loaded.
+    fn contains(&self, bare: &str) -> bool {
+        self.contacts
+            .id(bare)
+            .is_some_and(|id| self.rosters.contains_key(&id))
     }
 
     /// Whether the roster of `bare` is loaded and no change of it is being
     /// written (frames that need it can be handled now).
     pub(crate) fn is_ready(&self, bare: &str) -> bool {
-        self.rosters.contains_key(bare) && !self.is_writing(bare)
+        self.contains(bare) && !self.is_writing(bare)
     }
 
     /// Whether a change of `bare`'s roster is being written.
@@ -174,9 +363,82 @@ impl RosterCache {
         }
     }
 
+    /// `bare`'s roster as it is, to put back if a change fails.
+    pub(crate) fn snapshot(&self, bare: &str) -> Option<RosterSnapshot> {
+        let view = self.get(bare)?;
+        Some(RosterSnapshot {
+            exists: view.exists(),
+            roster: Roster {
+                version: view.version(),
+                items: view.roster.items.iter().map(|i| view.owned(*i)).collect(),
+            },
+        })
+    }
+
     /// Puts `bare`'s roster back as it was before a change that failed.
-    pub(crate) fn restore(&mut self, bare: &str, roster: CachedRoster) {
-        self.rosters.insert(bare.to_owned(), roster);
+    pub(crate) fn restore(&mut self, bare: &str, snapshot: RosterSnapshot) {
+        let roster = snapshot.exists.then_some(snapshot.roster);
+        self.put(bare, roster);
+    }
+
+    /// Keeps `bare`'s roster (`None`: no such account), replacing any.
+    fn put(&mut self, bare: &str, roster: Option<Roster>) {
+        let user = self.contacts.intern(bare);
+        let mut cached = CachedRoster::default();
+        if let Some(r) = roster {
+            cached.exists = true;
+            cached.version = r.version;
+            for item in r.items {
+                self.insert_item(&mut cached, item);
+            }
+            cached.items.shrink_to_fit();
+            cached.extras.shrink_to_fit();
+        }
+        if let Some(old) = self.rosters.insert(user, cached) {
+            self.drop_roster(old);
+            // the user's own reference was held already
+            self.contacts.release(user);
+        }
+    }
+
+    /// Adds or replaces `item` in `roster`, interning its JID.
+    fn insert_item(&mut self, roster: &mut CachedRoster, item: RosterItem) {
+        let flags = flags_of(&item);
+        let extra = Extra {
+            name: item.name,
+            groups: item.groups,
+        };
+        let contact = match self.contacts.id(&item.jid) {
+            Some(id)
+                if roster
+                    .items
+                    .binary_search_by_key(&id, |i| i.contact)
+                    .is_ok() =>
+            {
+                id
+            }
+            _ => self.contacts.intern(&item.jid),
+        };
+        match roster.items.binary_search_by_key(&contact, |i| i.contact) {
+            Ok(at) => roster.items[at].flags = flags,
+            Err(at) => roster.items.insert(at, Item { contact, flags }),
+        }
+        let found = roster.extras.binary_search_by_key(&contact, |(id, _)| *id);
+        match (found, extra == Extra::default()) {
+            (Ok(at), true) => {
+                roster.extras.remove(at);
+            }
+            (Ok(at), false) => roster.extras[at].1 = extra,
+            (Err(at), false) => roster.extras.insert(at, (contact, extra)),
+            (Err(_), true) => {}
+        }
+    }
+
+    /// Gives back the references a roster held to its contacts.
+    fn drop_roster(&mut self, roster: CachedRoster) {
+        for item in roster.items {
+            self.contacts.release(item.contact);
+        }
     }
 
     /// The frames that waited for `bare`'s roster while it was written.
@@ -185,11 +447,15 @@ impl RosterCache {
     }
 
     /// The user's roster items (none if not loaded).
-    pub(crate) fn items(&self, bare: &str) -> impl Iterator<Item = &RosterItem> {
-        self.rosters
-            .get(bare)
-            .into_iter()
-            .flat_map(|r| r.items.values())
+    pub(crate) fn items(&self, bare: &str) -> impl Iterator<Item = ItemRef<'_>> {
+        let roster = self.contacts.id(bare).and_then(|id| self.rosters.get(&id));
+        roster.into_iter().flat_map(|r| {
+            r.items.iter().map(|i| ItemRef {
+                jid: self.contacts.jid(i.contact),
+                subscription: i.subscription(),
+                pending_in: i.flags & PENDING_IN != 0,
+            })
+        })
     }
 
     /// The roster a session's frames wait for, if any (its next frame
@@ -233,7 +499,7 @@ impl RosterCache {
         }
         // A roster in memory being written is not loaded again.
         let mut load = false;
-        let loaded = self.rosters.contains_key(&user);
+        let loaded = self.contains(&user);
         self.loading
             .entry(user)
             .or_insert_with(|| {
@@ -247,15 +513,9 @@ impl RosterCache {
     /// A roster was loaded (`None`: no such account): keeps it and returns
     /// the frames that waited for it, in order.
     pub(crate) fn loaded(&mut self, user: &str, roster: Option<Roster>) -> Vec<(NodeId, Frame)> {
-        let state = match roster {
-            Some(r) => CachedRoster {
-                exists: true,
-                version: r.version,
-                items: r.items.into_iter().map(|i| (i.jid.clone(), i)).collect(),
-            },
-            None => CachedRoster::default(),
-        };
-        self.rosters.entry(user.to_owned()).or_insert(state);
+        if !self.contains(user) {
+            self.put(user, roster);
+        }
         self.take_waiting(user)
     }
 
@@ -284,8 +544,18 @@ impl RosterCache {
     /// Drops a roster once its user has no session (`in_use` false), no
     /// frame waits for it and no change of it is being written.
     pub(crate) fn forget_if_unused(&mut self, bare: &str, in_use: bool) {
-        if !in_use && !self.loading.contains_key(bare) && !self.is_writing(bare) {
-            self.rosters.remove(bare);
+        if in_use || self.loading.contains_key(bare) || self.is_writing(bare) {
+            return;
+        }
+        let Some(user) = self.contacts.id(bare) else {
+            return;
+        };
+        if let Some(old) = self.rosters.remove(&user) {
+            self.drop_roster(old);
+            self.contacts.release(user);
+            if self.rosters.capacity() > 1024 && self.rosters.len() < self.rosters.capacity() / 4 {
+                self.rosters.shrink_to(self.rosters.len() * 2);
+            }
         }
     }
 
@@ -300,19 +570,31 @@ impl RosterCache {
     /// Stores a changed item; returns the roster's new version and whether
     /// the item was listed before (none if the roster is not loaded).
     pub(crate) fn put_item(&mut self, bare: &str, item: RosterItem) -> Option<(u64, bool)> {
-        let roster = self.rosters.get_mut(bare)?;
+        let user = self.contacts.id(bare)?;
+        let was_listed = self.get(bare)?.item(&item.jid).is_some_and(|i| i.listed);
+        let mut roster = self.rosters.remove(&user)?;
         roster.version += 1;
-        let was_listed = roster.items.get(&item.jid).is_some_and(|i| i.listed);
-        roster.items.insert(item.jid.clone(), item);
-        Some((roster.version, was_listed))
+        self.insert_item(&mut roster, item);
+        let version = roster.version;
+        self.rosters.insert(user, roster);
+        Some((version, was_listed))
     }
 
     /// Removes an item; returns it and the roster's new version.
     pub(crate) fn remove_item(&mut self, bare: &str, contact: &str) -> Option<(RosterItem, u64)> {
-        let roster = self.rosters.get_mut(bare)?;
-        let old = roster.items.remove(contact)?;
+        let user = self.contacts.id(bare)?;
+        let old = self.get(bare)?.item(contact)?;
+        let id = self.contacts.id(contact)?;
+        let roster = self.rosters.get_mut(&user)?;
+        let at = roster.items.binary_search_by_key(&id, |i| i.contact).ok()?;
+        roster.items.remove(at);
+        if let Ok(at) = roster.extras.binary_search_by_key(&id, |(c, _)| *c) {
+            roster.extras.remove(at);
+        }
         roster.version += 1;
-        Some((old, roster.version))
+        let version = roster.version;
+        self.contacts.release(id);
+        Some((old, version))
     }
 }
 
@@ -368,4 +650,128 @@ pub(crate) fn roster_for(frame: &Frame, domain: &str) -> Option<String> {
 fn local_bare(jid: &str, domain: &str) -> Option<String> {
     let jid = Jid::new(jid).ok()?;
     (jid.node().is_some() && jid.domain().as_str() == domain).then(|| jid.to_bare().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(jid: &str, subscription: Subscription) -> RosterItem {
+        RosterItem {
+            jid: jid.into(),
+            subscription,
+            listed: true,
+            ..Default::default()
+        }
+    }
+
+    fn roster(items: Vec<RosterItem>) -> Option<Roster> {
+        Some(Roster { version: 3, items })
+    }
+
+    /// JIDs interned now (the test's window on the interner).
+    fn interned(cache: &RosterCache) -> usize {
+        cache.contacts.ids.len()
+    }
+
+    #[test]
+    fn a_contact_named_by_many_rosters_is_kept_once_and_freed_with_the_last() {
+        let mut cache = RosterCache::default();
+        cache.loaded(
+            "a@x",
+            roster(vec![
+                item("c@x", Subscription::Both),
+                item("b@x", Subscription::To),
+            ]),
+        );
+        cache.loaded("b@x", roster(vec![item("c@x", Subscription::From)]));
+        // a, b, c: each once, though c is in two rosters and b is a user too.
+        assert_eq!(interned(&cache), 3);
+        cache.forget_if_unused("a@x", false);
+        assert!(cache.get("a@x").is_none());
+        assert_eq!(interned(&cache), 2, "b's roster still names c; b is a user");
+        cache.forget_if_unused("b@x", false);
+        assert_eq!(interned(&cache), 0, "nothing left names anyone");
+        assert!(cache.contacts.jids.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn items_read_back_as_they_were_stored_names_and_groups_included() {
+        let mut cache = RosterCache::default();
+        let named = RosterItem {
+            jid: "n@x".into(),
+            name: Some("Nina".into()),
+            groups: vec!["Friends".into(), "Work".into()],
+            subscription: Subscription::To,
+            ask: true,
+            pending_in: true,
+            listed: true,
+        };
+        let request = RosterItem {
+            jid: "r@x".into(),
+            pending_in: true,
+            ..Default::default()
+        };
+        cache.loaded("u@x", roster(vec![named.clone(), request.clone()]));
+        let view = cache.get("u@x").expect("loaded");
+        assert!(view.exists());
+        assert_eq!(view.version(), 3);
+        assert_eq!(view.item("n@x"), Some(named.clone()));
+        assert_eq!(view.item("r@x"), Some(request));
+        assert_eq!(view.item("u@x"), None, "the user is interned, not an item");
+        assert_eq!(view.listed().collect::<Vec<_>>(), vec![named]);
+        let pending: Vec<&str> = cache
+            .items("u@x")
+            .filter(|i| i.pending_in)
+            .map(|i| i.jid)
+            .collect();
+        assert_eq!(pending.len(), 2);
+    }
+
+    #[test]
+    fn put_and_remove_change_the_item_and_its_references() {
+        let mut cache = RosterCache::default();
+        cache.loaded("u@x", roster(vec![item("a@x", Subscription::None)]));
+        let mut a = item("a@x", Subscription::Both);
+        a.name = Some("Al".into());
+        assert_eq!(cache.put_item("u@x", a.clone()), Some((4, true)));
+        assert_eq!(
+            cache.get("u@x").and_then(|v| v.item("a@x")),
+            Some(a.clone())
+        );
+        assert_eq!(
+            interned(&cache),
+            2,
+            "replacing an item takes no new reference"
+        );
+        assert_eq!(
+            cache.put_item("u@x", item("b@x", Subscription::To)),
+            Some((5, false))
+        );
+        assert_eq!(interned(&cache), 3);
+        assert_eq!(cache.remove_item("u@x", "a@x"), Some((a, 6)));
+        assert_eq!(cache.get("u@x").and_then(|v| v.item("a@x")), None);
+        assert_eq!(interned(&cache), 2, "a is named by no roster now");
+        assert_eq!(cache.remove_item("u@x", "a@x"), None);
+    }
+
+    #[test]
+    fn a_snapshot_puts_a_roster_back_as_it_was() {
+        let mut cache = RosterCache::default();
+        cache.loaded("u@x", roster(vec![item("a@x", Subscription::From)]));
+        let before = cache.snapshot("u@x").expect("loaded");
+        cache.put_item("u@x", item("b@x", Subscription::To));
+        cache.remove_item("u@x", "a@x");
+        cache.restore("u@x", before);
+        let view = cache.get("u@x").expect("restored");
+        assert_eq!(view.version(), 3);
+        assert_eq!(view.item("a@x"), Some(item("a@x", Subscription::From)));
+        assert_eq!(view.item("b@x"), None);
+        assert_eq!(interned(&cache), 2, "u and a; b went with the change");
+        // An unknown user's roster restores as unknown.
+        cache.loaded("nobody@x", None);
+        let unknown = cache.snapshot("nobody@x").expect("cached");
+        cache.restore("nobody@x", unknown);
+        assert!(!cache.get("nobody@x").expect("cached").exists());
+    }
 }

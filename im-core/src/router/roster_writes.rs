@@ -25,7 +25,7 @@ use cm_protocol::RouteHeader;
 use xmpp_stream::StanzaCondition;
 
 use super::live_rows::MessageRow;
-use super::roster_cache::CachedRoster;
+use super::roster_cache::RosterSnapshot;
 use super::sm_sessions::Delivery;
 use super::{Action, RosterWrite, Router};
 use crate::routing::SessionAddr;
@@ -36,7 +36,7 @@ pub(super) struct Change {
     /// The writes, in order.
     writes: Vec<RosterWrite>,
     /// Each touched roster as it was before the change (bare JID).
-    before: Vec<(String, CachedRoster)>,
+    before: Vec<(String, RosterSnapshot)>,
     /// What the change delivers once durable, in order.
     deliveries: Vec<(SessionAddr, Bytes, Delivery)>,
 }
@@ -127,8 +127,8 @@ impl Router {
         if change.before.iter().any(|(b, _)| b == bare) {
             return;
         }
-        if let Some(roster) = self.rosters.get(bare) {
-            change.before.push((bare.to_owned(), roster.clone()));
+        if let Some(roster) = self.rosters.snapshot(bare) {
+            change.before.push((bare.to_owned(), roster));
         }
     }
 
@@ -200,7 +200,7 @@ impl Router {
 
     /// A change's rosters are no longer written: the frames that waited for
     /// them are handled, in order.
-    fn rosters_settled(&mut self, rosters: Vec<(String, CachedRoster)>, now: Instant) {
+    fn rosters_settled(&mut self, rosters: Vec<(String, RosterSnapshot)>, now: Instant) {
         for (bare, _) in &rosters {
             self.rosters.write_done(bare);
         }

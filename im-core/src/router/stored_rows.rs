@@ -86,6 +86,15 @@ impl UserRows {
 }
 
 impl StoredRows {
+    /// Drops `user`'s entry; a table left mostly empty by a burst of loads
+    /// gives its memory back.
+    fn forget(&mut self, user: &str) {
+        self.users.remove(user);
+        if self.users.capacity() > 1024 && self.users.len() < self.users.capacity() / 4 {
+            self.users.shrink_to(self.users.len() * 2);
+        }
+    }
+
     /// Whether a loaded row of `user` is to be handed to a session: not
     /// one out with a session already, nor one acknowledged.
     pub(crate) fn wanted(&self, user: &str, row: i64) -> bool {
@@ -123,7 +132,7 @@ impl StoredRows {
         let u = self.users.entry(user.to_owned()).or_default();
         if row <= u.removed_upto {
             if u.idle() {
-                self.users.remove(user);
+                self.forget(user);
             }
             return;
         }
@@ -175,7 +184,7 @@ impl StoredRows {
         }
         let removal = (moved || !live.is_empty()).then_some(Removal { upto, rows: live });
         if u.idle() {
-            self.users.remove(user);
+            self.forget(user);
         }
         removal
     }
@@ -203,7 +212,7 @@ impl StoredRows {
         }
         if u.idle() {
             // Nothing out: a load hands out what storage holds.
-            self.users.remove(user);
+            self.forget(user);
         }
         back
     }
@@ -224,7 +233,7 @@ impl StoredRows {
             u.removed_live.clear();
         }
         if u.idle() {
-            self.users.remove(user);
+            self.forget(user);
         }
     }
 

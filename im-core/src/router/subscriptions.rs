@@ -180,7 +180,6 @@ impl Router {
         self.rosters
             .get(bare)
             .and_then(|r| r.item(contact))
-            .cloned()
             .unwrap_or(RosterItem {
                 jid: contact.to_owned(),
                 ..Default::default()
@@ -261,7 +260,7 @@ impl Router {
             .rosters
             .items(bare)
             .filter(|i| i.pending_in)
-            .map(|i| i.jid.clone())
+            .map(|i| i.jid.to_owned())
             .collect();
         for contact in from {
             self.deliver(addr, presence_stanza(&contact, bare, "subscribe"));

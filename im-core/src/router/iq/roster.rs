@@ -44,7 +44,7 @@ impl Router {
             if query.attr("ver") != Some(version.as_str()) {
                 let mut q = Element::new("query", ns::ROSTER).with_attr("ver", version);
                 for item in roster.listed() {
-                    q = q.with_child(item_element(item));
+                    q = q.with_child(item_element(&item));
                 }
                 reply = reply.with_child(q);
             }
@@ -79,7 +79,7 @@ impl Router {
             .get(bare)
             .ok_or(StanzaCondition::InternalServerError)?;
         if item.attr("subscription") == Some("remove") {
-            let Some(old) = roster.item(&contact).cloned() else {
+            let Some(old) = roster.item(&contact) else {
                 return Err(StanzaCondition::ItemNotFound);
             };
             // RFC 6121 §2.5.2: cancel both directions first.
@@ -108,7 +108,7 @@ impl Router {
         {
             return Err(StanzaCondition::NotAcceptable);
         }
-        let mut entry = roster.item(&contact).cloned().unwrap_or(RosterItem {
+        let mut entry = roster.item(&contact).unwrap_or(RosterItem {
             jid: contact.clone(),
             ..Default::default()
         });
