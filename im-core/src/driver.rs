@@ -9,6 +9,9 @@
 //! go on while the database is slow or down. Storage jobs are charged
 //! against a byte budget and refused at once when it is full; one still
 //! queued at its deadline is abandoned and never runs ([`StorageLimits`]).
+//! Roster loads alone wait for room instead (in order, up to the same
+//! deadline): a burst of logins, or every session re-announced after a
+//! restart, would otherwise fail most of its sessions.
 //! Every durable write of a message reports exactly one outcome, and only
 //! once it is known: [`Input::Stored`] after the commit, or
 //! [`Input::StoreFailed`] (full queue or deadline: `resource-constraint`;
@@ -62,6 +65,8 @@ pub const STORAGE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 pub const STORAGE_DEADLINE: Duration = Duration::from_secs(10);
 /// What one queued job is charged on top of the message bytes it carries.
 const JOB_COST: usize = 512;
+/// How soon roster loads waiting for storage room look again.
+const LOAD_RETRY: Duration = Duration::from_millis(5);
 
 /// Bounds on the storage work the driver queues. The router's task never
 /// waits for storage: a job that does not fit in `queue_bytes` is refused at
@@ -126,6 +131,12 @@ pub struct Driver {
     refused: VecDeque<Input>,
     /// Offline flushes running and waiting, one running per user.
     flushes: Flushes,
+    /// Roster loads waiting for room in the storage budget, oldest first.
+    /// A load is asked for once per user whose frames wait for it, so this
+    /// holds at most one entry per user with a session (or a subscription
+    /// stanza) waiting: a burst of logins or a rebuild after a restart waits
+    /// here instead of failing its sessions.
+    roster_loads: VecDeque<(String, Instant)>,
     /// SM sessions (tracked, detached) as the metrics last showed them.
     sm_shown: Option<(usize, usize)>,
 }
@@ -152,6 +163,7 @@ impl Driver {
             budget: Budget::new(STORAGE_QUEUE_BYTES),
             refused: VecDeque::new(),
             flushes: Flushes::default(),
+            roster_loads: VecDeque::new(),
             sm_shown: None,
         }
     }
@@ -168,9 +180,13 @@ impl Driver {
         self.show_metrics();
         loop {
             let deadline = self.router.poll_timeout();
+            // Loads waiting for storage room look again soon even if no
+            // event comes (a job that frees room need not report back).
+            let retry = (!self.roster_loads.is_empty()).then(|| now() + LOAD_RETRY);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = sleep_until(deadline) => self.router.handle_timeout(now()),
+                _ = sleep_until(retry) => {}
                 e = rx.recv() => match e {
                     Some(Event::Router(input)) => self.router.handle(input, now()),
                     Some(Event::Snapshot(tx)) => {
@@ -192,6 +208,7 @@ impl Driver {
     /// Carries out the router's actions, and hands it what the driver
     /// refused meanwhile (whose actions are carried out in turn).
     fn carry_out(&mut self) {
+        self.start_roster_loads();
         loop {
             while let Some(action) = self.router.poll_action() {
                 self.execute(action);
@@ -239,6 +256,56 @@ impl Driver {
             nodes,
             routes: self.router.table().rows(),
         }
+    }
+
+    /// Starts the waiting roster loads the storage budget has room for, in
+    /// order; one that waited past the storage deadline fails (storage is
+    /// stalled: its sessions end, as when a queued load is late).
+    fn start_roster_loads(&mut self) {
+        let now = now();
+        while let Some((_, since)) = self.roster_loads.front() {
+            if now.duration_since(*since) >= self.limits.deadline {
+                if let Some((user, _)) = self.roster_loads.pop_front() {
+                    tracing::warn!(user, "storage overloaded: roster not loaded in time");
+                    self.refused.push_back(Input::RosterFailed { user });
+                }
+                continue;
+            }
+            let Some(charge) = self.budget.charge(0) else {
+                return;
+            };
+            let Some((user, _)) = self.roster_loads.pop_front() else {
+                return;
+            };
+            self.load_roster(user, charge);
+        }
+    }
+
+    /// Loads `user`'s roster (`None` for no such account) for the router.
+    fn load_roster(&mut self, user: String, charge: Charge) {
+        let local = crate::address::local(&user).unwrap_or_default().to_owned();
+        let job = move || {
+            let local = local.clone();
+            move |db: &mut dyn Store| {
+                if db.credentials(&local)?.is_none() {
+                    return Ok(None);
+                }
+                db.roster(&local).map(Some)
+            }
+        };
+        let outcome =
+            Queued::new(&self.storage, self.limits.deadline, charge).run(ARCHIVE_RETRIES, job);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let input = match outcome.await {
+                Ok(roster) => Input::RosterLoaded { user, roster },
+                Err(e) => {
+                    tracing::error!(error = %e, user, "loading a roster failed for good");
+                    Input::RosterFailed { user }
+                }
+            };
+            let _ = events.send(Event::Router(input)).await;
+        });
     }
 
     /// Carries out one action. Never waits: storage work is queued within
@@ -347,33 +414,8 @@ impl Driver {
                 }
             },
             Action::LoadRoster { user } => {
-                let Some(charge) = self.budget.charge(0) else {
-                    tracing::warn!(user, "storage overloaded: roster not loaded");
-                    return self.refused.push_back(Input::RosterFailed { user });
-                };
-                let local = crate::address::local(&user).unwrap_or_default().to_owned();
-                let job = move || {
-                    let local = local.clone();
-                    move |db: &mut dyn Store| {
-                        if db.credentials(&local)?.is_none() {
-                            return Ok(None);
-                        }
-                        db.roster(&local).map(Some)
-                    }
-                };
-                let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
-                    .run(ARCHIVE_RETRIES, job);
-                let events = self.events.clone();
-                tokio::spawn(async move {
-                    let input = match outcome.await {
-                        Ok(roster) => Input::RosterLoaded { user, roster },
-                        Err(e) => {
-                            tracing::error!(error = %e, user, "loading a roster failed for good");
-                            Input::RosterFailed { user }
-                        }
-                    };
-                    let _ = events.send(Event::Router(input)).await;
-                });
+                self.roster_loads.push_back((user, now()));
+                self.start_roster_loads();
             }
             Action::WriteRoster { txn, writes } => {
                 let Some(charge) = self.budget.charge(0) else {
@@ -1207,6 +1249,40 @@ mod tests {
     /// Whether `f` is a roster push (server-made ids start with `push-`).
     fn is_push(f: &Frame) -> bool {
         matches!(f, Frame::Deliver { payload, .. } if crate::router::contains(payload, b"push-"))
+    }
+
+    #[tokio::test]
+    async fn roster_loads_past_the_storage_budget_wait_for_room_instead_of_ending_their_sessions() {
+        // Room for two queued jobs; storage stalled, so none finishes.
+        let limits = StorageLimits {
+            queue_bytes: 2 * JOB_COST,
+            deadline: Duration::from_secs(5),
+        };
+        let mut h = harness(100, Some(limits)).await;
+        h.plan.stall();
+        for (sid, user) in [(10, "alice"), (20, "bob"), (30, "carol")] {
+            h.frame(Frame::Bind {
+                sid,
+                user: format!("{user}@x"),
+                iq_id: "b".into(),
+                resource: Some("phone".into()),
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.plan.heal();
+        let mut bound = std::collections::HashSet::new();
+        while bound.len() < 3 {
+            let f = h
+                .until("a bind result (or a kick)", |f| {
+                    matches!(f, Frame::BindResult { .. } | Frame::Kick { .. })
+                })
+                .await;
+            match f {
+                Frame::BindResult { sid, .. } => bound.insert(sid),
+                other => panic!("a session ended while its roster waited: {other:?}"),
+            };
+        }
     }
 
     #[tokio::test]
