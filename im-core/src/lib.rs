@@ -158,6 +158,20 @@ fn link_endpoint(
 
 /// Starts a core: storage, router, CM listener and admin endpoint.
 pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
+    let (url, dir, quota) = (
+        config.database_url.clone(),
+        config.data_dir.clone(),
+        config.offline_quota,
+    );
+    start_with_store(config, move || storage::open(url.as_deref(), &dir, quota)).await
+}
+
+/// Starts a core on the store `open` makes (on the storage thread) instead
+/// of the configured one: for the load tool's core-sim fixture.
+pub async fn start_with_store(
+    config: CoreConfig,
+    open: impl FnOnce() -> Result<Box<dyn storage::Store>, storage::StorageError> + Send + 'static,
+) -> Result<CoreHandle, CoreError> {
     let pki = certs::PkiPaths::new(&config.pki_dir);
     let tls = certs::cluster_server_config(
         &pki.ca_cert(),
@@ -172,14 +186,7 @@ pub async fn start(config: CoreConfig) -> Result<CoreHandle, CoreError> {
     let endpoint = link_endpoint(&pki, server_config, config.listen)?;
     let quic_addr = endpoint.local_addr().map_err(io("local address"))?;
 
-    let (url, dir, quota) = (
-        config.database_url.clone(),
-        config.data_dir.clone(),
-        config.offline_quota,
-    );
-    let storage = storage::Storage::start_with(config.storage_limits(), move || {
-        storage::open(url.as_deref(), &dir, quota)
-    })?;
+    let storage = storage::Storage::start_with(config.storage_limits(), open)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let links = Arc::new(links::Links::with_gauges(links::LinkGauges {
         nodes: metrics.cm_nodes.clone(),

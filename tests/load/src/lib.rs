@@ -3,6 +3,10 @@
 //! subcommand and by the end-to-end test `tests/chaos.rs`. The simulated
 //! user ([`user`]: log in, close) is here too, so the end-to-end tests
 //! check the tool's own close path.
+//! [`core_sim`] loads one core with millions of simulated sessions (the
+//! `core-sim` binary); [`procstat`] reads what processes cost.
 
 pub mod chaos;
+pub mod core_sim;
+pub mod procstat;
 pub mod user;

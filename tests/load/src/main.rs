@@ -7,7 +7,6 @@
 mod chat;
 mod idle;
 mod login;
-mod procstat;
 mod report;
 mod scale;
 mod switch;
@@ -22,7 +21,7 @@ use clap::{Parser, Subcommand};
 use client_sdk::Mechanism;
 use client_sdk::transport::{Dialer, Transport};
 
-use longlink_bench::user;
+use longlink_bench::{procstat, user};
 
 use crate::procstat::Watched;
 pub use crate::user::close_endpoints;

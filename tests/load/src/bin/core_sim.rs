@@ -1,0 +1,133 @@
+//! `core-sim`: one core loaded with millions of simulated sessions (see
+//! `longlink_bench::core_sim`). `core-sim run --help` for the options;
+//! `core-sim host` is the child it starts.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use longlink_bench::core_sim::{self, Mix, SimOptions, fixture::Population};
+
+#[derive(Parser)]
+#[command(
+    name = "core-sim",
+    about = "One longlink core under millions of simulated sessions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the simulation; JSON lines on stdout, a summary on stderr.
+    Run {
+        /// Sessions at each hold step, ascending (comma-separated); the
+        /// last is the population.
+        #[arg(long, value_delimiter = ',', default_value = "100000")]
+        steps: Vec<u32>,
+        /// Contacts per user.
+        #[arg(long, default_value_t = 50)]
+        contacts: u32,
+        /// Simulated CM nodes.
+        #[arg(long, default_value_t = 8)]
+        nodes: u32,
+        /// Seconds per load step.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Messages per second, alone (0 skips).
+        #[arg(long, default_value_t = 5000.0)]
+        messages: f64,
+        /// Presence broadcasts per second, alone (0 skips).
+        #[arg(long, default_value_t = 500.0)]
+        presences: f64,
+        /// Reconnects per second, alone (0 skips).
+        #[arg(long, default_value_t = 500.0)]
+        reconnects: f64,
+        /// The mix, per session per second: messages, presences,
+        /// reconnects (docs/SCALING.md derives the defaults).
+        #[arg(long, value_delimiter = ',', default_value = "0.00116,0.00056,0.00056")]
+        mix: Vec<f64>,
+        /// Multiples of the mix to step through (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        mix_scales: Vec<f64>,
+        /// Skip the restart-and-rebuild step.
+        #[arg(long)]
+        no_rebuild: bool,
+        /// Working directory (PKI, core data); default a fresh temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// (internal) The core on the fixture store.
+    Host {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        users: u32,
+        #[arg(long)]
+        contacts: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Host {
+            dir,
+            users,
+            contacts,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(core_sim::host(&dir, Population { users, contacts })),
+        Command::Run {
+            steps,
+            contacts,
+            nodes,
+            secs,
+            messages,
+            presences,
+            reconnects,
+            mix,
+            mix_scales,
+            no_rebuild,
+            dir,
+        } => {
+            let (dir, _temp) = match dir {
+                Some(d) => (d, None),
+                None => {
+                    let t = tempfile::tempdir()?;
+                    (t.path().to_owned(), Some(t))
+                }
+            };
+            let mix = Mix {
+                messages: mix.first().copied().unwrap_or(0.0),
+                presences: mix.get(1).copied().unwrap_or(0.0),
+                reconnects: mix.get(2).copied().unwrap_or(0.0),
+            };
+            let opts = SimOptions {
+                steps,
+                contacts,
+                nodes,
+                secs,
+                alone: [messages, presences, reconnects],
+                mix,
+                mix_scales,
+                rebuild: !no_rebuild,
+                dir,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(core_sim::run(opts))
+        }
+    }
+}
