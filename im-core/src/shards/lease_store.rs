@@ -3,8 +3,8 @@
 //!
 //! Tables (migration 3 of the PostgreSQL store): `cluster` (the slot
 //! count, fixed when the first core prepares it), `cores` (one row per
-//! core: address, membership lease expiry, draining) and `slots` (owner and
-//! epoch of each slot). A slot's owner holds it while the owner's
+//! member, a core process `core#incarnation`: address, membership lease
+//! expiry, draining) and `slots` (owner member and epoch of each slot). A slot's owner holds it while the owner's
 //! membership lease is live; there is no per-slot expiry, so renewing is
 //! one row's update however many slots a core owns.
 //!
@@ -177,7 +177,7 @@ impl LeaseStore {
 /// slot, at which epoch.
 #[derive(Clone, Copy, Debug)]
 pub struct Fence<'a> {
-    /// The writing core.
+    /// The writing member ([`super::LeaseConfig::member`]).
     pub core: &'a str,
     /// The user's slot.
     pub slot: Slot,
@@ -190,7 +190,7 @@ pub struct Fence<'a> {
 /// a row if and only if the write may go ahead, and locks the slot's row
 /// until the transaction ends.
 pub const FENCE_CHECK: &str = "SELECT 1 FROM slots s JOIN cores c ON c.core_id = s.owner
-     WHERE s.slot = $1 AND s.owner = $2 AND s.epoch = $3 AND c.expires_at > now()
+     WHERE s.slot = $1 AND s.owner = $2 AND s.epoch = $3 AND c.expires_at > clock_timestamp()
      FOR SHARE OF s";
 
 /// Checks `fence` inside a transaction, locking the slot's row so that it

@@ -45,6 +45,10 @@ pub struct Epoch(pub i64);
 pub struct LeaseConfig {
     /// This core's id, unique in the cluster and stable across restarts.
     pub core: String,
+    /// This process's random number: two processes with the same `core`
+    /// (a replacement started while the old one is paused) are two members
+    /// and never own, or pass a fence for, the same slot at once.
+    pub incarnation: u64,
     /// Where CMs and other cores reach this core (`host:port`).
     pub address: String,
     /// The cluster's slot count (the same for every core and CM).
@@ -59,17 +63,25 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// Defaults for `core` at `address`: 4096 slots, an 8 s lease renewed
-    /// every 2 s (a dead core's slots move within 10 s), hand-overs of 64.
-    pub fn new(core: impl Into<String>, address: impl Into<String>) -> Self {
+    /// Defaults for process `incarnation` (random, drawn by the caller) of
+    /// `core` at `address`: 4096 slots, an 8 s lease renewed every 2 s (a
+    /// dead core's slots move within 10 s), hand-overs of 64.
+    pub fn new(core: impl Into<String>, address: impl Into<String>, incarnation: u64) -> Self {
         Self {
             core: core.into(),
+            incarnation,
             address: address.into(),
             slots: cm_protocol::slots::DEFAULT_SLOTS,
             lease: Duration::from_secs(8),
             round_every: Duration::from_secs(2),
             handover_batch: 64,
         }
+    }
+
+    /// The id this process takes part as: `core#incarnation`. It owns
+    /// slots in the database and is what its writes' fences name.
+    pub fn member(&self) -> String {
+        format!("{}#{:016x}", self.core, self.incarnation)
     }
 }
 
@@ -78,7 +90,7 @@ impl LeaseConfig {
 pub struct Round {
     /// Matches the round to its outcome.
     pub id: u64,
-    /// The core taking part.
+    /// The member taking part ([`LeaseConfig::member`]).
     pub core: String,
     /// Its address, published with its membership.
     pub address: String,
@@ -108,7 +120,7 @@ pub struct RoundOutcome {
 /// A live core, as a round saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    /// Its id.
+    /// Its member id (`core#incarnation`).
     pub core: String,
     /// Where it is reached.
     pub address: String,
@@ -164,6 +176,8 @@ struct InFlight {
 #[derive(Debug)]
 pub struct SlotLeases {
     config: LeaseConfig,
+    /// [`LeaseConfig::member`].
+    member: String,
     held: BTreeMap<Slot, Held>,
     /// Slots handed over, to give back in the next round.
     handed_over: BTreeSet<Slot>,
@@ -185,6 +199,7 @@ impl SlotLeases {
     /// A core that owns nothing yet; its first round is due at `now`.
     pub fn new(config: LeaseConfig, now: Instant) -> Self {
         Self {
+            member: config.member(),
             config,
             held: BTreeMap::new(),
             handed_over: BTreeSet::new(),
@@ -211,7 +226,7 @@ impl SlotLeases {
         let release: Vec<Slot> = self.handed_over.iter().copied().collect();
         let round = Round {
             id: self.next_id,
-            core: self.config.core.clone(),
+            core: self.member.clone(),
             address: self.config.address.clone(),
             lease: self.config.lease,
             draining: self.draining,
@@ -406,14 +421,11 @@ impl SlotLeases {
             .filter(|m| !m.draining)
             .map(|m| m.core.as_str())
             .collect();
-        if !active.contains(&self.config.core.as_str()) {
-            active.push(&self.config.core);
+        if !active.contains(&self.member.as_str()) {
+            active.push(&self.member);
             active.sort_unstable();
         }
-        let index = active
-            .iter()
-            .position(|c| *c == self.config.core)
-            .unwrap_or(0);
+        let index = active.iter().position(|c| *c == self.member).unwrap_or(0);
         share_of(self.config.slots, active.len(), index)
     }
 
@@ -422,7 +434,7 @@ impl SlotLeases {
     fn someone_below_share(&self) -> bool {
         let active: Vec<&Member> = self.members.iter().filter(|m| !m.draining).collect();
         active.iter().enumerate().any(|(i, m)| {
-            m.core != self.config.core && m.slots < share_of(self.config.slots, active.len(), i)
+            m.core != self.member && m.slots < share_of(self.config.slots, active.len(), i)
         })
     }
 }

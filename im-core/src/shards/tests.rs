@@ -10,13 +10,18 @@ use super::*;
 fn config(core: &str, slots: u16) -> LeaseConfig {
     LeaseConfig {
         slots,
-        ..LeaseConfig::new(core, format!("{core}.test:5000"))
+        ..LeaseConfig::new(core, format!("{core}.test:5000"), 0)
     }
+}
+
+/// The member id of `core`'s process in these tests (incarnation 0).
+fn id(core: &str) -> String {
+    config(core, 1).member()
 }
 
 fn member(core: &str, slots: u32) -> Member {
     Member {
-        core: core.into(),
+        core: id(core),
         address: format!("{core}.test:5000"),
         draining: false,
         slots,
@@ -440,6 +445,7 @@ fn a_write_fenced_with_a_lost_slots_epoch_is_refused_and_the_new_owners_passes()
         a_store.prepare(4).await.expect("prepare");
         let mut a = SlotLeases::new(fast("core-a", 4), Instant::now());
         let a_epoch = own_all(&mut a, &mut a_store).await;
+        let a_id = id("core-a");
         let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .expect("connect");
@@ -449,7 +455,7 @@ fn a_write_fenced_with_a_lost_slots_epoch_is_refused_and_the_new_owners_passes()
             .await
             .expect("table");
         let fence_a = Fence {
-            core: "core-a",
+            core: &a_id,
             slot: Slot(2),
             epoch: a_epoch,
         };
@@ -483,7 +489,7 @@ fn a_write_fenced_with_a_lost_slots_epoch_is_refused_and_the_new_owners_passes()
             Err(LeaseError::Fenced { .. })
         ));
         let fence_b = Fence {
-            core: "core-b",
+            core: &id("core-b"),
             slot: Slot(2),
             epoch: b_epoch,
         };
@@ -497,7 +503,7 @@ fn a_write_fenced_with_a_lost_slots_epoch_is_refused_and_the_new_owners_passes()
             .collect();
         assert_eq!(
             writers,
-            vec!["core-a", "core-b"],
+            vec![a_id.clone(), id("core-b")],
             "exactly the passed writes"
         );
     });
@@ -521,7 +527,7 @@ fn a_claim_skips_a_slot_whose_fenced_write_is_open_and_takes_it_after_the_commit
         // a's write passes its fence and stays open past a's lease.
         let tx = client.transaction().await.expect("begin");
         let fence = Fence {
-            core: "core-a",
+            core: &id("core-a"),
             slot: Slot(0),
             epoch: a_epoch,
         };
@@ -584,7 +590,7 @@ fn a_core_configured_for_another_slot_count_is_refused() {
 fn round_of(config: &LeaseConfig) -> Round {
     Round {
         id: 0,
-        core: config.core.clone(),
+        core: config.member(),
         address: config.address.clone(),
         lease: config.lease,
         draining: false,
@@ -624,4 +630,71 @@ async fn fenced_write(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[test]
+fn a_replacement_process_of_the_same_core_cannot_be_robbed_by_the_old_one_coming_back() {
+    let Some(url) = database("leases_twins") else {
+        println!("skipped: LONGLINK_TEST_POSTGRES is unset");
+        return;
+    };
+    runtime().block_on(async {
+        let old_config = LeaseConfig {
+            incarnation: 1,
+            ..fast("core-a", 4)
+        };
+        let new_config = LeaseConfig {
+            incarnation: 2,
+            ..fast("core-a", 4)
+        };
+        let mut store = LeaseStore::connect(&url).await.expect("connect");
+        store.prepare(4).await.expect("prepare");
+        let mut old = SlotLeases::new(old_config.clone(), Instant::now());
+        let old_epoch = own_all(&mut old, &mut store).await;
+        // The old process is paused past its lease; its replacement starts.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut new = SlotLeases::new(new_config.clone(), Instant::now());
+        let new_epoch = own_all(&mut new, &mut store).await;
+        assert!(new_epoch > old_epoch);
+        assert_eq!(new.owned(), 4);
+        // The old process wakes and rejoins: it gives back only its own
+        // rows, and the live replacement's slots are not claimable.
+        let rejoin = Round {
+            id: 7,
+            rejoin: true,
+            claim: 4,
+            ..round_of(&old_config)
+        };
+        assert_eq!(store.run(&rejoin).await.expect("rejoin").owned, vec![]);
+        let again = Round {
+            id: 8,
+            ..round_of(&new_config)
+        };
+        let kept = store.run(&again).await.expect("the replacement's round");
+        assert_eq!(kept.owned.len(), 4);
+        assert!(kept.owned.iter().all(|(_, e)| *e == new_epoch));
+        let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute("CREATE TABLE fenced_log (slot INTEGER, writer TEXT)")
+            .await
+            .expect("table");
+        let (old_id, new_id) = (old_config.member(), new_config.member());
+        let fence = |core, epoch| Fence {
+            core,
+            slot: Slot(1),
+            epoch,
+        };
+        assert!(matches!(
+            fenced_write(&mut client, fence(&old_id, new_epoch)).await,
+            Err(LeaseError::Fenced { .. })
+        ));
+        assert!(
+            fenced_write(&mut client, fence(&new_id, new_epoch))
+                .await
+                .is_ok()
+        );
+    });
 }
