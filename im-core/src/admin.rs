@@ -73,14 +73,19 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
+/// How long `/routes` waits for the router: it queues behind CM frames,
+/// which the router stops taking while a flood of logins is paced.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn routes_json(State(s): State<Arc<AdminState>>) -> Response {
-    let (tx, rx) = oneshot::channel();
-    if s.router.send(Event::Snapshot(tx)).await.is_err() {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    }
-    match rx.await {
-        Ok(snapshot) => Json(snapshot).into_response(),
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    let asked = async {
+        let (tx, rx) = oneshot::channel();
+        s.router.send(Event::Snapshot(tx)).await.ok()?;
+        rx.await.ok()
+    };
+    match tokio::time::timeout(SNAPSHOT_WAIT, asked).await {
+        Ok(Some(snapshot)) => Json(snapshot).into_response(),
+        _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
 

@@ -111,6 +111,9 @@ pub struct NodeRoutes {
 
 /// Router input queue length: readers wait beyond it.
 pub const ROUTER_QUEUE: usize = 64 * 1024;
+/// Storage completions queued for the router: a completion's task waits
+/// beyond it (the driver reads them whatever else it does).
+const COMPLETIONS_QUEUE: usize = 64 * 1024;
 
 /// The router's driver (see the module docs).
 pub struct Driver {
@@ -118,8 +121,13 @@ pub struct Driver {
     links: Arc<Links>,
     storage: Storage,
     metrics: Arc<Metrics>,
-    /// Own sender, for storage completions.
+    /// Own sender, for storage completions: a channel apart from the CM
+    /// links' (read even while the router has intake closed).
     events: mpsc::Sender<Event>,
+    /// Where storage completions come back.
+    completions: mpsc::Receiver<Event>,
+    /// Whether CM frames are taken now ([`Action::Intake`]).
+    intake_open: bool,
     /// Domain (for delay stamps).
     domain: String,
     /// Bounds on queued storage work.
@@ -142,22 +150,25 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A driver for `router`; `events` is the sender of the queue
-    /// [`Driver::run`] reads (storage completions come back through it).
+    /// A driver for `router`. [`Driver::run`] reads CM frames and admin
+    /// requests from its `rx`; storage completions come back on a channel
+    /// of the driver's own.
     pub fn new(
         router: Router,
         links: Arc<Links>,
         storage: Storage,
         metrics: Arc<Metrics>,
-        events: mpsc::Sender<Event>,
         domain: String,
     ) -> Self {
+        let (events, completions) = mpsc::channel(COMPLETIONS_QUEUE);
         Self {
             router,
             links,
             storage,
             metrics,
             events,
+            completions,
+            intake_open: true,
             domain,
             limits: StorageLimits::default(),
             budget: Budget::new(STORAGE_QUEUE_BYTES),
@@ -183,11 +194,20 @@ impl Driver {
             // Loads waiting for storage room look again soon even if no
             // event comes (a job that frees room need not report back).
             let retry = (!self.roster_loads.is_empty()).then(|| now() + LOAD_RETRY);
+            let intake_open = self.intake_open;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = sleep_until(deadline) => self.router.handle_timeout(now()),
                 _ = sleep_until(retry) => {}
-                e = rx.recv() => match e {
+                e = self.completions.recv() => match e {
+                    Some(Event::Router(input)) => self.router.handle(input, now()),
+                    Some(Event::FlushDone(user)) => match self.flushes.done(&user) {
+                        Some(to) => self.run_flush(user, to),
+                        None => continue,
+                    },
+                    Some(Event::Snapshot(_)) | None => continue,
+                },
+                e = rx.recv(), if intake_open => match e {
                     Some(Event::Router(input)) => self.router.handle(input, now()),
                     Some(Event::Snapshot(tx)) => {
                         let _ = tx.send(self.snapshot());
@@ -312,6 +332,12 @@ impl Driver {
     /// the byte budget or refused at once (see [`StorageLimits`]).
     fn execute(&mut self, action: Action) {
         match action {
+            Action::Intake { open } => {
+                if !open {
+                    tracing::info!("many frames wait for rosters: CM frames paused");
+                }
+                self.intake_open = open;
+            }
             Action::Send { node, frame } => self.send(node, frame),
             Action::StoreOffline {
                 user,
@@ -1076,7 +1102,6 @@ mod tests {
             links,
             storage,
             Arc::new(Metrics::new()),
-            events.clone(),
             "x".into(),
         );
         if let Some(limits) = limits {

@@ -213,7 +213,6 @@ pub async fn start_with_store(
         links.clone(),
         storage.clone(),
         metrics.clone(),
-        events_tx.clone(),
         config.domain.clone(),
     )
     .with_storage_limits(driver::StorageLimits {

@@ -72,12 +72,25 @@ use stored_rows::StoredRows;
 /// Capacity of the action queue past which, once drained, it gives memory
 /// back (a burst, such as a big CM's departure, can queue millions).
 const ACTIONS_SHRINK_ABOVE: usize = 64 * 1024;
+/// Frames waiting for rosters (all sessions) at which the router asks the
+/// driver to stop taking CM frames, and below which it asks again.
+pub const INTAKE_CLOSE_AT: usize = 64 * 1024;
+/// See [`INTAKE_CLOSE_AT`].
+pub const INTAKE_OPEN_BELOW: usize = 16 * 1024;
 /// Capacity a drained action queue keeps when it gives memory back.
 const ACTIONS_KEPT: usize = 1024;
 
 /// Something the driver must do (see [`Router::poll_action`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Stop (`open` false) or start again taking frames from the CM links:
+    /// too many frames wait for rosters to load (a flood of logins, or every
+    /// session re-announced after a restart), and the flood is paced by
+    /// storage instead of held in memory. Storage outcomes keep coming.
+    Intake {
+        /// Take CM frames.
+        open: bool,
+    },
     /// Send a frame to a CM node (on the pooled connection for `sid`).
     Send {
         /// Target node.
@@ -355,6 +368,8 @@ pub struct Router {
     out: VecDeque<Action>,
     /// Names of resources the server picks.
     resources: ResourceNames,
+    /// The driver was asked to stop taking CM frames ([`Action::Intake`]).
+    intake_closed: bool,
     /// Stream-management sessions (XEP-0198).
     sessions: SmSessions,
     /// The SM stanza being routed, for the storage actions its
@@ -408,6 +423,7 @@ impl Router {
             push_counter: 0,
             archive: Some(ArchiveIds::new(seed)),
             stats: RouterStats::default(),
+            intake_closed: false,
         }
     }
 
@@ -450,6 +466,27 @@ impl Router {
     /// after its session's deadline can still win (as it could within the
     /// old one-second tick).
     pub fn handle(&mut self, input: Input, now: Instant) {
+        self.handle_input(input, now);
+        self.pace_intake();
+    }
+
+    /// Asks the driver to stop or start taking CM frames as the frames
+    /// waiting for rosters cross [`INTAKE_CLOSE_AT`] and
+    /// [`INTAKE_OPEN_BELOW`].
+    fn pace_intake(&mut self) {
+        let waiting = self.rosters.deferred();
+        let open = if self.intake_closed {
+            waiting < INTAKE_OPEN_BELOW
+        } else {
+            waiting < INTAKE_CLOSE_AT
+        };
+        if open == self.intake_closed {
+            self.intake_closed = !open;
+            self.emit(Action::Intake { open });
+        }
+    }
+
+    fn handle_input(&mut self, input: Input, now: Instant) {
         match input {
             Input::NodeGone { node } => self.node_gone(node, now),
             Input::LinkLost {

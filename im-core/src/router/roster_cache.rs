@@ -116,17 +116,47 @@ impl Contacts {
     }
 }
 
-/// A roster in memory, compact: its items sorted by contact id, each a
-/// number and a byte of flags; the few items with a name or groups keep
-/// them apart.
+/// A roster in memory, compact: its items' contact ids, sorted, and their
+/// flags beside them (five bytes an item); the few items with a name or
+/// groups keep them apart.
 #[derive(Debug, Default)]
 struct CachedRoster {
     /// The account exists (rosters of unknown users stay empty).
     exists: bool,
     version: u64,
-    items: Vec<Item>,
+    contacts: Vec<u32>,
+    flags: Vec<u8>,
     /// Names and groups, by contact id, sorted.
     extras: Vec<(u32, Extra)>,
+}
+
+impl CachedRoster {
+    /// Where `contact`'s item is, or would go.
+    fn find(&self, contact: u32) -> Result<usize, usize> {
+        self.contacts.binary_search(&contact)
+    }
+
+    /// The item at `at`.
+    fn at(&self, at: usize) -> Item {
+        Item {
+            contact: self.contacts[at],
+            flags: self.flags[at],
+        }
+    }
+
+    /// The items, in contact order.
+    fn iter(&self) -> impl Iterator<Item = Item> + '_ {
+        self.contacts
+            .iter()
+            .zip(&self.flags)
+            .map(|(&contact, &flags)| Item { contact, flags })
+    }
+
+    /// Removes the item at `at`.
+    fn remove_at(&mut self, at: usize) {
+        self.contacts.remove(at);
+        self.flags.remove(at);
+    }
 }
 
 /// One roster item in memory.
@@ -197,29 +227,24 @@ impl<'a> RosterView<'a> {
     /// The item for `contact`, if any, as an owned item.
     pub(crate) fn item(&self, contact: &str) -> Option<RosterItem> {
         let id = self.contacts.id(contact)?;
-        let at = self
-            .roster
-            .items
-            .binary_search_by_key(&id, |i| i.contact)
-            .ok()?;
-        Some(self.owned(self.roster.items[at]))
+        let at = self.roster.find(id).ok()?;
+        Some(self.owned(self.roster.at(at)))
     }
 
     /// The items the user sees (not the unanswered requests), owned.
     pub(crate) fn listed(&self) -> impl Iterator<Item = RosterItem> + 'a {
         let view = *self;
         self.roster
-            .items
             .iter()
             .filter(|i| i.flags & LISTED != 0)
-            .map(move |i| view.owned(*i))
+            .map(move |i| view.owned(i))
     }
 
     /// Whether the roster still fits its bounds with `item` in it (in place
     /// of any item with its JID).
     pub(crate) fn fits(&self, item: &RosterItem) -> bool {
         let old = self.item(&item.jid);
-        let all = || self.roster.items.iter().map(|i| self.owned(*i));
+        let all = || self.roster.iter().map(|i| self.owned(i));
         let bytes: usize = all().map(|i| item_bytes(&i)).sum::<usize>()
             - old.as_ref().map_or(0, item_bytes)
             + item_bytes(item);
@@ -289,7 +314,8 @@ pub(crate) enum Deferred {
 pub(crate) struct RosterCache {
     /// Rosters of users with sessions (and of users a frame waits for), by
     /// the user's interned bare JID.
-    rosters: HashMap<u32, CachedRoster>,
+    /// (Boxed, so the table itself stays small: see `SmSessions`.)
+    rosters: HashMap<u32, Box<CachedRoster>>,
     /// The JIDs rosters name, their users' own included.
     contacts: Contacts,
     /// Frames waiting for a user's roster, by bare JID.
@@ -300,6 +326,8 @@ pub(crate) struct RosterCache {
     /// Rosters with a change being written (bare JID → changes in flight):
     /// frames that need them wait as during a load.
     writing: HashMap<String, u32>,
+    /// Frames waiting in `loading`, all users together.
+    deferred: usize,
 }
 
 /// What one session has waiting for a roster.
@@ -370,7 +398,7 @@ impl RosterCache {
             exists: view.exists(),
             roster: Roster {
                 version: view.version(),
-                items: view.roster.items.iter().map(|i| view.owned(*i)).collect(),
+                items: view.roster.iter().map(|i| view.owned(i)).collect(),
             },
         })
     }
@@ -384,21 +412,58 @@ impl RosterCache {
     /// Keeps `bare`'s roster (`None`: no such account), replacing any.
     fn put(&mut self, bare: &str, roster: Option<Roster>) {
         let user = self.contacts.intern(bare);
-        let mut cached = CachedRoster::default();
-        if let Some(r) = roster {
-            cached.exists = true;
-            cached.version = r.version;
-            for item in r.items {
-                self.insert_item(&mut cached, item);
-            }
-            cached.items.shrink_to_fit();
-            cached.extras.shrink_to_fit();
-        }
-        if let Some(old) = self.rosters.insert(user, cached) {
-            self.drop_roster(old);
+        let cached = match roster {
+            Some(r) => self.build(r),
+            None => CachedRoster::default(),
+        };
+        if let Some(old) = self.rosters.insert(user, Box::new(cached)) {
+            self.drop_roster(*old);
             // the user's own reference was held already
             self.contacts.release(user);
         }
+    }
+
+    /// A loaded roster in its compact form: every JID interned once, the
+    /// items sorted by id in one pass (a later duplicate of a JID wins, as
+    /// with item-by-item inserts).
+    fn build(&mut self, r: Roster) -> CachedRoster {
+        let mut items: Vec<(u32, u8, Extra)> = r
+            .items
+            .into_iter()
+            .map(|item| {
+                let id = self.contacts.intern(&item.jid);
+                let flags = flags_of(&item);
+                let extra = Extra {
+                    name: item.name,
+                    groups: item.groups,
+                };
+                (id, flags, extra)
+            })
+            .collect();
+        // stable: of equal ids the last stays last
+        items.sort_by_key(|(id, _, _)| *id);
+        let mut cached = CachedRoster {
+            exists: true,
+            version: r.version,
+            contacts: Vec::with_capacity(items.len()),
+            flags: Vec::with_capacity(items.len()),
+            extras: Vec::new(),
+        };
+        let mut items = items.into_iter().peekable();
+        while let Some((id, flags, extra)) = items.next() {
+            if items.peek().is_some_and(|(next, _, _)| *next == id) {
+                // a duplicate: its reference goes, the later item stays
+                self.contacts.release(id);
+                continue;
+            }
+            cached.contacts.push(id);
+            cached.flags.push(flags);
+            if extra != Extra::default() {
+                cached.extras.push((id, extra));
+            }
+        }
+        cached.extras.shrink_to_fit();
+        cached
     }
 
     /// Adds or replaces `item` in `roster`, interning its JID.
@@ -409,19 +474,15 @@ impl RosterCache {
             groups: item.groups,
         };
         let contact = match self.contacts.id(&item.jid) {
-            Some(id)
-                if roster
-                    .items
-                    .binary_search_by_key(&id, |i| i.contact)
-                    .is_ok() =>
-            {
-                id
-            }
+            Some(id) if roster.find(id).is_ok() => id,
             _ => self.contacts.intern(&item.jid),
         };
-        match roster.items.binary_search_by_key(&contact, |i| i.contact) {
-            Ok(at) => roster.items[at].flags = flags,
-            Err(at) => roster.items.insert(at, Item { contact, flags }),
+        match roster.find(contact) {
+            Ok(at) => roster.flags[at] = flags,
+            Err(at) => {
+                roster.contacts.insert(at, contact);
+                roster.flags.insert(at, flags);
+            }
         }
         let found = roster.extras.binary_search_by_key(&contact, |(id, _)| *id);
         match (found, extra == Extra::default()) {
@@ -436,8 +497,8 @@ impl RosterCache {
 
     /// Gives back the references a roster held to its contacts.
     fn drop_roster(&mut self, roster: CachedRoster) {
-        for item in roster.items {
-            self.contacts.release(item.contact);
+        for contact in roster.contacts {
+            self.contacts.release(contact);
         }
     }
 
@@ -450,12 +511,17 @@ impl RosterCache {
     pub(crate) fn items(&self, bare: &str) -> impl Iterator<Item = ItemRef<'_>> {
         let roster = self.contacts.id(bare).and_then(|id| self.rosters.get(&id));
         roster.into_iter().flat_map(|r| {
-            r.items.iter().map(|i| ItemRef {
+            r.iter().map(|i| ItemRef {
                 jid: self.contacts.jid(i.contact),
                 subscription: i.subscription(),
                 pending_in: i.flags & PENDING_IN != 0,
             })
         })
+    }
+
+    /// Frames waiting for rosters, all users together.
+    pub(crate) fn deferred(&self) -> usize {
+        self.deferred
     }
 
     /// The roster a session's frames wait for, if any (its next frame
@@ -507,6 +573,7 @@ impl RosterCache {
                 Vec::new()
             })
             .push((node, frame));
+        self.deferred += 1;
         Deferred::Waiting { load }
     }
 
@@ -528,6 +595,7 @@ impl RosterCache {
     /// marked as waiting for it.
     fn take_waiting(&mut self, user: &str) -> Vec<(NodeId, Frame)> {
         let queue = self.loading.remove(user).unwrap_or_default();
+        self.deferred -= queue.len();
         for (node, frame) in &queue {
             if let Some(sid) = frame.sid()
                 && self
@@ -551,7 +619,7 @@ impl RosterCache {
             return;
         };
         if let Some(old) = self.rosters.remove(&user) {
-            self.drop_roster(old);
+            self.drop_roster(*old);
             self.contacts.release(user);
             if self.rosters.capacity() > 1024 && self.rosters.len() < self.rosters.capacity() / 4 {
                 self.rosters.shrink_to(self.rosters.len() * 2);
@@ -562,7 +630,9 @@ impl RosterCache {
     /// Frames from `node` that wait for rosters are dropped with the node.
     pub(crate) fn forget_node(&mut self, node: NodeId) {
         for queue in self.loading.values_mut() {
+            let before = queue.len();
             queue.retain(|(n, _)| *n != node);
+            self.deferred -= before - queue.len();
         }
         self.waiting.retain(|(n, _), _| *n != node);
     }
@@ -586,8 +656,8 @@ impl RosterCache {
         let old = self.get(bare)?.item(contact)?;
         let id = self.contacts.id(contact)?;
         let roster = self.rosters.get_mut(&user)?;
-        let at = roster.items.binary_search_by_key(&id, |i| i.contact).ok()?;
-        roster.items.remove(at);
+        let at = roster.find(id).ok()?;
+        roster.remove_at(at);
         if let Ok(at) = roster.extras.binary_search_by_key(&id, |(c, _)| *c) {
             roster.extras.remove(at);
         }
@@ -726,6 +796,24 @@ mod tests {
             .map(|i| i.jid)
             .collect();
         assert_eq!(pending.len(), 2);
+    }
+
+    #[test]
+    fn a_loaded_roster_naming_a_contact_twice_keeps_the_later_item_and_one_reference() {
+        let mut cache = RosterCache::default();
+        cache.loaded(
+            "u@x",
+            roster(vec![
+                item("a@x", Subscription::To),
+                item("b@x", Subscription::None),
+                item("a@x", Subscription::Both),
+            ]),
+        );
+        let view = cache.get("u@x").expect("loaded");
+        assert_eq!(view.item("a@x"), Some(item("a@x", Subscription::Both)));
+        assert_eq!(view.listed().count(), 2);
+        cache.forget_if_unused("u@x", false);
+        assert_eq!(interned(&cache), 0, "no reference left behind");
     }
 
     #[test]

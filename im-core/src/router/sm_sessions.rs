@@ -139,7 +139,9 @@ pub(crate) struct Resumed {
 #[derive(Debug)]
 pub(crate) struct SmSessions {
     /// Ledgers by the session's current address.
-    ledgers: HashMap<SessionAddr, Ledger>,
+    /// (Boxed: a table of millions of 200-byte values costs twice that
+    /// again in empty slots, and a growing table holds old and new at once.)
+    ledgers: HashMap<SessionAddr, Box<Ledger>>,
     /// Resumption tokens to current addresses.
     tokens: HashMap<u64, SessionAddr>,
     /// (deadline, token) of every detached session; the first expires next.
@@ -191,7 +193,7 @@ impl SmSessions {
 
     /// Whether the session is tracked and may be resumed.
     pub(crate) fn is_resumable(&self, addr: SessionAddr) -> bool {
-        self.ledgers.get(&addr).is_some_and(Ledger::resumable)
+        self.ledgers.get(&addr).is_some_and(|l| l.resumable())
     }
 
     /// Whether an SM session ended or moved away from this address.
@@ -537,7 +539,7 @@ impl SmSessions {
         }
         self.bytes -= ledger.bytes();
         self.retired.insert(addr);
-        Some(ledger)
+        Some(*ledger)
     }
 
     /// Tracks a ledger at `addr`, keeping the counts, the token and the
@@ -549,13 +551,13 @@ impl SmSessions {
         }
         self.bytes += ledger.bytes();
         self.tokens.insert(ledger.token, addr);
-        self.ledgers.insert(addr, ledger);
+        self.ledgers.insert(addr, Box::new(ledger));
     }
 
     /// The ledger with this resumption token, wherever it is now.
     fn ledger_of_token(&mut self, token: u64) -> Option<&mut Ledger> {
         let addr = self.tokens.get(&token)?;
-        self.ledgers.get_mut(addr)
+        self.ledgers.get_mut(addr).map(|l| &mut **l)
     }
 
     /// A resumption token no session has (the next of a seeded LCG).

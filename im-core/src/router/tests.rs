@@ -2496,3 +2496,50 @@ fn after_a_resumption_a_stanza_that_is_not_the_one_sent_before_is_routed_never_d
         "{again:?}"
     );
 }
+
+#[test]
+fn too_many_frames_waiting_for_rosters_close_the_intake_until_loads_drain_them() {
+    use super::{INTAKE_CLOSE_AT, INTAKE_OPEN_BELOW};
+    let mut r = router();
+    let intake = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::Intake { open } => Some(*open),
+            _ => None,
+        })
+    };
+    // every bind of a new user waits for that user's roster (`step`: the
+    // loads are not answered)
+    let bind = |r: &mut Router, i: usize| {
+        r.step(Input::Frame {
+            node: 1,
+            frame: Frame::Bind {
+                sid: i as SessionId,
+                user: format!("u{i}@x"),
+                iq_id: "b".into(),
+                resource: Some("r".into()),
+            },
+        })
+    };
+    for i in 0..INTAKE_CLOSE_AT - 1 {
+        assert_eq!(intake(&bind(&mut r, i)), None, "open below the bound");
+    }
+    assert_eq!(intake(&bind(&mut r, INTAKE_CLOSE_AT - 1)), Some(false));
+    // loads come back; the intake opens once few enough still wait
+    let mut opened_at = None;
+    for i in 0..INTAKE_CLOSE_AT {
+        let acts = r.step(Input::RosterLoaded {
+            user: format!("u{i}@x"),
+            roster: Some(Roster::default()),
+        });
+        if let Some(open) = intake(&acts) {
+            assert!(open);
+            opened_at = Some(INTAKE_CLOSE_AT - 1 - i);
+            break;
+        }
+    }
+    assert_eq!(
+        opened_at,
+        Some(INTAKE_OPEN_BELOW - 1),
+        "frames still waiting when it opened"
+    );
+}
