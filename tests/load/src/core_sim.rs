@@ -9,8 +9,8 @@
 //!    quiet, its resident memory is read (per session: growth since the
 //!    core started, over the sessions).
 //! 2. **load**: for `--secs` seconds each, messages alone, presence
-//!    broadcasts alone, reconnects alone (a clean end and a new
-//!    announcement), then the traffic model's mix at increasing scale:
+//!    broadcasts alone, reconnects alone (a clean end, a new session and
+//!    its initial presence), then the traffic model's mix at increasing scale:
 //!    delivery p50/p99, lost, core CPU per event.
 //! 3. **rebuild**: the core is SIGKILLed and started again; the time from
 //!    the CMs' reconnection until its routing table holds every session
@@ -276,18 +276,20 @@ async fn load(
     }
     let cpu_before = cpu(host.pid).unwrap_or_default();
     let started = Instant::now();
-    let end = started + Duration::from_secs(secs);
+    // Exactly this many events, on an even schedule (a late wakeup sends
+    // what is due at once).
+    let target = (total * secs as f64).round() as u64;
     let mut sent = [0u64; 3];
     let mut due = 0f64;
     let tick = Duration::from_millis(5);
     let mut next = tokio::time::Instant::now();
     let mut away = false;
-    while Instant::now() < end {
+    while sent.iter().sum::<u64>() < target {
         next += tick;
         tokio::time::sleep_until(next).await;
         due += total * tick.as_secs_f64();
         let mut batches: Vec<BytesMut> = nodes.iter().map(|_| BytesMut::new()).collect();
-        while due >= 1.0 {
+        while due >= 1.0 && sent.iter().sum::<u64>() < target {
             due -= 1.0;
             let pick = rng.gen_range(0.0..total);
             let kind = if pick < rates[0] {
@@ -316,9 +318,13 @@ async fn load(
                     sent[1] += 1;
                 }
                 Event::Reconnect => {
+                    // A clean end, then a new session as a CM binds one
+                    // (announced, not yet available) and its initial
+                    // presence: broadcast, probes and the offline flush.
                     sim_cm::end(&mut batches[n], nodes[n].sid(from), from, DOMAIN);
                     let sid = nodes[n].renew(from);
-                    sim_cm::announce(&mut batches[n], sid, from, DOMAIN);
+                    sim_cm::bound(&mut batches[n], sid, from, DOMAIN);
+                    sim_cm::presence(&mut batches[n], sid, from, false, DOMAIN);
                     sent[2] += 1;
                 }
             }

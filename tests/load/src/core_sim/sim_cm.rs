@@ -230,12 +230,22 @@ pub fn jid(i: u32, domain: &str) -> String {
 }
 
 /// Appends session `i`'s announcement (available, stream management on,
-/// counters from zero) to `out`.
+/// counters from zero): a session a CM re-announces after a core restart.
 pub fn announce(out: &mut BytesMut, sid: SessionId, i: u32, domain: &str) {
+    announce_as(out, sid, i, domain, true);
+}
+
+/// Appends session `i`'s announcement as a freshly bound session: stream
+/// management on, no presence yet (its initial presence follows).
+pub fn bound(out: &mut BytesMut, sid: SessionId, i: u32, domain: &str) {
+    announce_as(out, sid, i, domain, false);
+}
+
+fn announce_as(out: &mut BytesMut, sid: SessionId, i: u32, domain: &str, available: bool) {
     Frame::Announce {
         sid,
         jid: jid(i, domain),
-        available: true,
+        available,
         priority: 0,
         sm: Some(SmSnapshot {
             id: String::new(),
