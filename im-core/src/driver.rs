@@ -1311,6 +1311,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_too_many_frames_waiting_for_rosters_cm_frames_wait_until_storage_catches_up() {
+        use crate::router::INTAKE_CLOSE_AT;
+        let mut h = harness(100, None).await;
+        h.online(10, "alice", "phone").await;
+        h.plan.stall();
+        // Binds of users whose rosters cannot load while storage stalls.
+        for i in 0..INTAKE_CLOSE_AT {
+            h.frame(Frame::Bind {
+                sid: 1000 + i as SessionId,
+                user: format!("u{i}@x"),
+                iq_id: "b".into(),
+                resource: Some("r".into()),
+            })
+            .await;
+        }
+        // alice's message to herself needs no roster, but comes after them.
+        h.chat("alice@x/phone", "m1", "<body>hi</body>").await;
+        let early = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                let f = h.frames.recv().await.expect("frames");
+                if delivers(&f, 10, "m1") {
+                    return f;
+                }
+            }
+        })
+        .await;
+        assert!(early.is_err(), "the intake is closed: the message waits");
+        h.plan.heal();
+        h.until("the message, once the rosters loaded", |f| {
+            delivers(f, 10, "m1")
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_roster_set_whose_write_fails_gets_an_error_no_push_and_the_roster_stays_as_stored() {
         let mut h = harness(100, None).await;
         h.online(10, "alice", "phone").await;
