@@ -36,6 +36,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use xmpp_stream::StanzaCondition;
+use xmpp_stream::pacing::TokenBucket;
 use xmpp_stream::stanza::{append_child, delay_element, inspect};
 
 use crate::links::{Links, NodeInfo, SendError};
@@ -128,6 +129,10 @@ pub struct Driver {
     completions: mpsc::Receiver<Event>,
     /// Whether CM frames are taken now ([`Action::Intake`]).
     intake_open: bool,
+    /// Warnings of full CM links: at most one a second (five at once).
+    overflow_warnings: TokenBucket,
+    /// Frames dropped on full links since the last warning.
+    overflow_unlogged: u64,
     /// Domain (for delay stamps).
     domain: String,
     /// Bounds on queued storage work.
@@ -169,6 +174,8 @@ impl Driver {
             events,
             completions,
             intake_open: true,
+            overflow_warnings: TokenBucket::new(1, 5, now()),
+            overflow_unlogged: 0,
             domain,
             limits: StorageLimits::default(),
             budget: Budget::new(STORAGE_QUEUE_BYTES),
@@ -631,7 +638,14 @@ impl Driver {
         match reason {
             SendError::Full => {
                 self.metrics.link_overflow.inc();
-                tracing::warn!(node, "CM link full");
+                // A CM that stopped reading fills its link with every frame
+                // for it: a few warnings a second, not one per frame.
+                if self.overflow_warnings.try_take(1, now()) {
+                    let unlogged = std::mem::take(&mut self.overflow_unlogged);
+                    tracing::warn!(node, dropped_unlogged = unlogged, "CM link full");
+                } else {
+                    self.overflow_unlogged += 1;
+                }
             }
             SendError::NoLink => {
                 self.metrics
