@@ -206,30 +206,40 @@ impl Driver {
                 _ = shutdown.cancelled() => return,
                 _ = sleep_until(deadline) => self.router.handle_timeout(now()),
                 _ = sleep_until(retry) => {}
-                e = self.completions.recv() => match e {
-                    Some(Event::Router(input)) => self.router.handle(input, now()),
-                    Some(Event::FlushDone(user)) => match self.flushes.done(&user) {
-                        Some(to) => self.run_flush(user, to),
-                        None => continue,
-                    },
-                    Some(Event::Snapshot(_)) | None => continue,
-                },
-                e = rx.recv(), if intake_open => match e {
-                    Some(Event::Router(input)) => self.router.handle(input, now()),
-                    Some(Event::Snapshot(tx)) => {
-                        let _ = tx.send(self.snapshot());
+                // (the driver holds a sender of its own: never closed)
+                Some(e) = self.completions.recv() => {
+                    if !self.on_event(e) {
                         continue;
                     }
-                    Some(Event::FlushDone(user)) => match self.flushes.done(&user) {
-                        Some(to) => self.run_flush(user, to),
-                        None => continue,
-                    },
+                }
+                e = rx.recv(), if intake_open => match e {
+                    Some(e) => {
+                        if !self.on_event(e) {
+                            continue;
+                        }
+                    }
                     None => return,
                 },
             }
             self.carry_out();
             self.show_metrics();
         }
+    }
+
+    /// Handles one event; false if it gave the router nothing to do.
+    fn on_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Router(input) => self.router.handle(input, now()),
+            Event::Snapshot(tx) => {
+                let _ = tx.send(self.snapshot());
+                return false;
+            }
+            Event::FlushDone(user) => match self.flushes.done(&user) {
+                Some(to) => self.run_flush(user, to),
+                None => return false,
+            },
+        }
+        true
     }
 
     /// Carries out the router's actions, and hands it what the driver

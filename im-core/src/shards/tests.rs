@@ -36,6 +36,18 @@ fn owned(range: std::ops::Range<u16>, epoch: i64) -> Vec<(Slot, Epoch)> {
     range.map(|s| (Slot(s), Epoch(epoch))).collect()
 }
 
+/// Runs the round due at `now` and answers it with what the database owns
+/// for the core (`owned`) and who is live (`members`).
+fn answer_round(
+    leases: &mut SlotLeases,
+    now: Instant,
+    owned: Vec<(Slot, Epoch)>,
+    members: Vec<Member>,
+) {
+    let r = leases.poll_round(now).expect("a round is due");
+    leases.handle_outcome(r.id, Some(RoundOutcome { owned, members }), now);
+}
+
 #[test]
 fn a_lone_core_rejoins_first_then_claims_every_slot_at_once() {
     let t0 = Instant::now();
@@ -97,15 +109,7 @@ fn the_share_of_each_core_follows_its_place_among_the_live_members() {
 fn with_no_successful_round_for_a_lease_every_slot_is_lost_and_the_core_rejoins() {
     let t0 = Instant::now();
     let mut leases = SlotLeases::new(config("a", 4), t0);
-    let r = leases.poll_round(t0).expect("round");
-    leases.handle_outcome(
-        r.id,
-        Some(RoundOutcome {
-            owned: owned(0..4, 5),
-            members: vec![member("a", 4)],
-        }),
-        t0,
-    );
+    answer_round(&mut leases, t0, owned(0..4, 5), vec![member("a", 4)]);
     events(&mut leases);
     // Rounds fail (the database is unreachable) until the lease runs out.
     let mut now = t0;
@@ -135,15 +139,7 @@ fn with_no_successful_round_for_a_lease_every_slot_is_lost_and_the_core_rejoins(
 fn a_round_answered_after_the_local_lease_ran_out_is_not_believed() {
     let t0 = Instant::now();
     let mut leases = SlotLeases::new(config("a", 2), t0);
-    let r = leases.poll_round(t0).expect("round");
-    leases.handle_outcome(
-        r.id,
-        Some(RoundOutcome {
-            owned: owned(0..2, 1),
-            members: vec![member("a", 2)],
-        }),
-        t0,
-    );
+    answer_round(&mut leases, t0, owned(0..2, 1), vec![member("a", 2)]);
     events(&mut leases);
     let t1 = t0 + Duration::from_secs(2);
     let slow = leases.poll_round(t1).expect("round");
@@ -200,26 +196,15 @@ fn a_core_above_its_share_hands_over_in_batches_while_another_is_below() {
         },
         t0,
     );
-    let r = leases.poll_round(t0).expect("round");
-    leases.handle_outcome(
-        r.id,
-        Some(RoundOutcome {
-            owned: owned(0..10, 1),
-            members: vec![member("a", 10)],
-        }),
-        t0,
-    );
+    answer_round(&mut leases, t0, owned(0..10, 1), vec![member("a", 10)]);
     events(&mut leases);
     // b joined: a's share is 5, b owns nothing.
     let t1 = t0 + Duration::from_secs(2);
-    let r = leases.poll_round(t1).expect("round");
-    leases.handle_outcome(
-        r.id,
-        Some(RoundOutcome {
-            owned: owned(0..10, 1),
-            members: vec![member("a", 10), member("b", 0)],
-        }),
+    answer_round(
+        &mut leases,
         t1,
+        owned(0..10, 1),
+        vec![member("a", 10), member("b", 0)],
     );
     let asked = events(&mut leases);
     assert_eq!(
@@ -262,14 +247,11 @@ fn a_core_above_its_share_hands_over_in_batches_while_another_is_below() {
         leases.handed_over(Slot(s));
     }
     let t3 = t2 + Duration::from_secs(2);
-    let r = leases.poll_round(t3).expect("round");
-    leases.handle_outcome(
-        r.id,
-        Some(RoundOutcome {
-            owned: owned(0..5, 1),
-            members: vec![member("a", 5), member("b", 5)],
-        }),
+    answer_round(
+        &mut leases,
         t3,
+        owned(0..5, 1),
+        vec![member("a", 5), member("b", 5)],
     );
     assert_eq!(events(&mut leases), vec![]);
     assert_eq!(leases.owned(), 5);
@@ -279,14 +261,11 @@ fn a_core_above_its_share_hands_over_in_batches_while_another_is_below() {
 fn a_draining_core_claims_nothing_and_hands_everything_over() {
     let t0 = Instant::now();
     let mut leases = SlotLeases::new(config("a", 4), t0);
-    let r = leases.poll_round(t0).expect("round");
-    leases.handle_outcome(
-        r.id,
-        Some(RoundOutcome {
-            owned: owned(0..2, 1),
-            members: vec![member("a", 2), member("b", 2)],
-        }),
+    answer_round(
+        &mut leases,
         t0,
+        owned(0..2, 1),
+        vec![member("a", 2), member("b", 2)],
     );
     events(&mut leases);
     leases.drain(t0);
