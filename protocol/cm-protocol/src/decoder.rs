@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
-use crate::frame::{Frame, Kind, Resumption, RouteHeader, SmSnapshot};
+use crate::frame::{CoreAddress, Frame, Kind, Resumption, RouteHeader, SlotEpoch, SmSnapshot};
 use crate::primitive::Reader;
 use crate::tag::FrameTag;
 
@@ -110,13 +110,7 @@ impl Frame {
             },
             FrameTag::Stanza => Frame::Stanza {
                 sid: r.varint()?,
-                header: RouteHeader {
-                    kind: Kind::from_octet(r.u8()?).ok_or(DecodeError::Invalid)?,
-                    stanza_type: r.opt_string()?,
-                    to: r.opt_string()?,
-                    id: r.opt_string()?,
-                    from: r.string()?,
-                },
+                header: route_header(&mut r)?,
                 payload: r.bytes()?,
             },
             FrameTag::Deliver => Frame::Deliver {
@@ -192,10 +186,61 @@ impl Frame {
                 sid: r.varint()?,
                 error: r.opt_string()?,
             },
+            FrameTag::SlotOwners => {
+                let core = r.string()?;
+                let slot_count = r.u16()?;
+                let n = r.count()?;
+                // grown as entries arrive, never sized by the claimed count
+                let mut owned = Vec::new();
+                for _ in 0..n {
+                    let slot = r.u16()?;
+                    if slot >= slot_count {
+                        return Err(DecodeError::Invalid);
+                    }
+                    owned.push(SlotEpoch {
+                        slot,
+                        epoch: r.varint()?,
+                    });
+                }
+                let n = r.count()?;
+                let mut cores = Vec::new();
+                for _ in 0..n {
+                    cores.push(CoreAddress {
+                        core: r.string()?,
+                        address: r.string()?,
+                    });
+                }
+                Frame::SlotOwners {
+                    core,
+                    slot_count,
+                    owned,
+                    cores,
+                }
+            }
+            FrameTag::Forward => Frame::Forward {
+                seq: r.varint()?,
+                header: route_header(&mut r)?,
+                payload: r.bytes()?,
+            },
+            FrameTag::ForwardDone => Frame::ForwardDone {
+                seq: r.varint()?,
+                accepted: r.bool()?,
+            },
         };
         r.finish()?;
         Ok(frame)
     }
+}
+
+/// A stanza's routing header (`Stanza`, `Forward`).
+fn route_header(r: &mut Reader) -> Result<RouteHeader, DecodeError> {
+    Ok(RouteHeader {
+        kind: Kind::from_octet(r.u8()?).ok_or(DecodeError::Invalid)?,
+        stanza_type: r.opt_string()?,
+        to: r.opt_string()?,
+        id: r.opt_string()?,
+        from: r.string()?,
+    })
 }
 
 /// A client address as carried in `AuthStart`: no octets, 4 or 16.

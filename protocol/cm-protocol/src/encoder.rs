@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::decoder::MAX_FRAME;
-use crate::frame::Frame;
+use crate::frame::{Frame, RouteHeader};
 use crate::primitive::Writer;
 
 /// A frame longer than [`MAX_FRAME`] was not encoded.
@@ -173,11 +173,7 @@ impl Frame {
                 payload,
             } => {
                 w.varint(*sid);
-                w.u8(header.kind as u8);
-                w.opt_str(header.stanza_type.as_deref());
-                w.opt_str(header.to.as_deref());
-                w.opt_str(header.id.as_deref());
-                w.str(&header.from);
+                write_header(w, header);
                 w.bytes(payload);
             }
             Frame::Deliver { sid, payload } => {
@@ -243,8 +239,49 @@ impl Frame {
                     Err(condition) => w.str(condition),
                 }
             }
+            Frame::SlotOwners {
+                core,
+                slot_count,
+                owned,
+                cores,
+            } => {
+                w.str(core);
+                w.varint(u64::from(*slot_count));
+                w.varint(owned.len() as u64);
+                for o in owned {
+                    w.varint(u64::from(o.slot));
+                    w.varint(o.epoch);
+                }
+                w.varint(cores.len() as u64);
+                for c in cores {
+                    w.str(&c.core);
+                    w.str(&c.address);
+                }
+            }
+            Frame::Forward {
+                seq,
+                header,
+                payload,
+            } => {
+                w.varint(*seq);
+                write_header(w, header);
+                w.bytes(payload);
+            }
+            Frame::ForwardDone { seq, accepted } => {
+                w.varint(*seq);
+                w.bool(*accepted);
+            }
         }
     }
+}
+
+/// A stanza's routing header (`Stanza`, `Forward`).
+fn write_header(w: &mut Writer<'_>, header: &RouteHeader) {
+    w.u8(header.kind as u8);
+    w.opt_str(header.stanza_type.as_deref());
+    w.opt_str(header.to.as_deref());
+    w.opt_str(header.id.as_deref());
+    w.str(&header.from);
 }
 
 #[cfg(test)]

@@ -317,6 +317,58 @@ pub enum Frame {
         /// The resumed session, or the `<failed/>` condition.
         result: Result<Resumption, String>,
     },
+    /// Core→CM and core→core: every slot the sending core owns now, with
+    /// its epoch (this replaces what the core said before), and the live
+    /// cores it knows. Sent after `Welcome` (or `Hello` between cores) and
+    /// whenever either changes.
+    SlotOwners {
+        /// The sending core's member id (`core#incarnation`).
+        core: String,
+        /// The cluster's number of slots.
+        slot_count: u16,
+        /// The slots it owns, ascending.
+        owned: Vec<SlotEpoch>,
+        /// The live cores (the sender included) and where each is reached.
+        cores: Vec<CoreAddress>,
+    },
+    /// Core→core: a stanza for a user of a slot the receiving core owns.
+    /// The sending core did the sender's side (its archive, carbons and
+    /// acknowledgement wait); the receiver does the recipient's.
+    Forward {
+        /// Numbers the forward for its answer (per connection).
+        seq: u64,
+        /// The stanza's routing header (`from` is the sender's full JID).
+        header: RouteHeader,
+        /// The stanza.
+        payload: Bytes,
+    },
+    /// Core→core: the answer to `Forward`.
+    ForwardDone {
+        /// The forward's `seq`.
+        seq: u64,
+        /// Routed, and what it needed stored is committed (or its sender
+        /// was answered with an error). False: the receiver does not own
+        /// the recipient's slot; send it again to the owner.
+        accepted: bool,
+    },
+}
+
+/// A slot and the epoch its owner holds it at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotEpoch {
+    /// The slot.
+    pub slot: u16,
+    /// Its epoch (raised by every claim).
+    pub epoch: u64,
+}
+
+/// A live core and where it is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreAddress {
+    /// Its member id (`core#incarnation`).
+    pub core: String,
+    /// The `host:port` CMs and cores connect to.
+    pub address: String,
 }
 
 impl Frame {
@@ -348,6 +400,9 @@ impl Frame {
             Frame::Skipped { .. } => FrameTag::Skipped,
             Frame::Resume { .. } => FrameTag::Resume,
             Frame::Resumed { .. } => FrameTag::Resumed,
+            Frame::SlotOwners { .. } => FrameTag::SlotOwners,
+            Frame::Forward { .. } => FrameTag::Forward,
+            Frame::ForwardDone { .. } => FrameTag::ForwardDone,
         }
     }
 
@@ -388,6 +443,9 @@ impl Frame {
             Frame::Announce { jid, sm, .. } => jid.len() + sm.as_ref().map_or(0, |sm| sm.id.len()),
             Frame::Stanza {
                 header, payload, ..
+            }
+            | Frame::Forward {
+                header, payload, ..
             } => {
                 let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
                 payload.len()
@@ -406,10 +464,23 @@ impl Frame {
                 Ok(r) => r.jid.len(),
                 Err(condition) => condition.len(),
             },
+            Frame::SlotOwners {
+                core, owned, cores, ..
+            } => {
+                core.len()
+                    + owned.len() * std::mem::size_of::<SlotEpoch>()
+                    + cores
+                        .iter()
+                        .map(|c| {
+                            std::mem::size_of::<CoreAddress>() + c.core.len() + c.address.len()
+                        })
+                        .sum::<usize>()
+            }
             Frame::SmEnable { .. }
             | Frame::AckRequest { .. }
             | Frame::Handled { .. }
-            | Frame::Acked { .. } => 0,
+            | Frame::Acked { .. }
+            | Frame::ForwardDone { .. } => 0,
         };
         std::mem::size_of::<Frame>() + variable
     }
@@ -417,7 +488,11 @@ impl Frame {
     /// The session a frame belongs to (None for connection-level frames).
     pub fn sid(&self) -> Option<SessionId> {
         match self {
-            Frame::Hello { .. } | Frame::Welcome { .. } => None,
+            Frame::Hello { .. }
+            | Frame::Welcome { .. }
+            | Frame::SlotOwners { .. }
+            | Frame::Forward { .. }
+            | Frame::ForwardDone { .. } => None,
             Frame::AuthStart { sid, .. }
             | Frame::AuthResponse { sid, .. }
             | Frame::AuthChallenge { sid, .. }

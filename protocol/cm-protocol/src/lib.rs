@@ -32,7 +32,9 @@ mod tag;
 pub use decoder::{FrameDecoder, MAX_FRAME};
 pub use encoder::FrameTooLarge;
 pub use error::{DecodeError, UnknownFrameType};
-pub use frame::{Frame, Kind, Resumption, RouteHeader, SessionId, SmSnapshot};
+pub use frame::{
+    CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmSnapshot,
+};
 #[cfg(feature = "quinn")]
 pub use quinn_stream::{ReadFrameError, read_frame};
 pub use tag::FrameTag;
@@ -44,4 +46,4 @@ pub use tag::FrameTag;
 pub const MAX_STANZA: usize = MAX_FRAME / 2 - 16 * 1024;
 
 /// ALPN of the CM↔core protocol; the version is part of it.
-pub const ALPN: &[u8] = b"longlink-cm/2";
+pub const ALPN: &[u8] = b"longlink-cm/3";

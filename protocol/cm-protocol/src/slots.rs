@@ -35,9 +35,139 @@ pub fn slot_of(bare: &str, slots: u16) -> Slot {
     Slot((hasher.finish() % u64::from(slots.max(1))) as u16)
 }
 
+/// Who owns each slot, as the owners say it (`SlotOwners` frames): the
+/// view a CM routes sessions by and a core forwards stanzas by. A claim
+/// with a higher epoch wins, so a paused core's stale word cannot undo its
+/// successor's; a core's claims go when it says it no longer owns a slot
+/// or when the holder of the map forgets it (its links are gone).
+#[derive(Clone, Debug)]
+pub struct SlotMap {
+    /// Owner (index into `cores`) and epoch of each slot; none: unknown.
+    owners: Vec<Option<(u32, u64)>>,
+    /// Member ids of the cores named so far (never shrinks: a few per
+    /// process start).
+    cores: Vec<String>,
+}
+
+impl SlotMap {
+    /// A map of `slots` slots, none of them owned.
+    pub fn new(slots: u16) -> Self {
+        Self {
+            owners: vec![None; usize::from(slots.max(1))],
+            cores: Vec::new(),
+        }
+    }
+
+    /// The number of slots.
+    pub fn slot_count(&self) -> u16 {
+        self.owners.len() as u16
+    }
+
+    /// The owner of `slot`, if known.
+    pub fn owner(&self, slot: Slot) -> Option<&str> {
+        let (core, _) = (*self.owners.get(usize::from(slot.0))?)?;
+        self.cores.get(core as usize).map(String::as_str)
+    }
+
+    /// The owner of `bare`'s slot, if known.
+    pub fn owner_of(&self, bare: &str) -> Option<&str> {
+        self.owner(slot_of(bare, self.slot_count()))
+    }
+
+    /// `core` says it owns exactly `owned` (slot, epoch): its claims with
+    /// an epoch at least the known one take the slot; slots it held and no
+    /// longer names have no known owner. Returns the slots whose owner
+    /// changed. Slots beyond the map's count are ignored.
+    pub fn apply(&mut self, core: &str, owned: &[(u16, u64)]) -> Vec<Slot> {
+        let id = self.core_id(core);
+        let mut named = vec![false; self.owners.len()];
+        let mut changed = Vec::new();
+        for &(slot, epoch) in owned {
+            let Some(entry) = self.owners.get_mut(usize::from(slot)) else {
+                continue;
+            };
+            named[usize::from(slot)] = true;
+            match *entry {
+                Some((c, e)) if c == id && e == epoch => {}
+                Some((c, e)) if c == id || epoch >= e => {
+                    *entry = Some((id, epoch));
+                    if c != id {
+                        changed.push(Slot(slot));
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    *entry = Some((id, epoch));
+                    changed.push(Slot(slot));
+                }
+            }
+        }
+        for (slot, entry) in self.owners.iter_mut().enumerate() {
+            if !named[slot] && matches!(*entry, Some((c, _)) if c == id) {
+                *entry = None;
+                changed.push(Slot(slot as u16));
+            }
+        }
+        changed.sort_unstable();
+        changed
+    }
+
+    /// Forgets what `core` claimed (its links are gone): its slots have no
+    /// known owner until another core claims them. Returns those slots.
+    pub fn forget(&mut self, core: &str) -> Vec<Slot> {
+        self.apply(core, &[])
+    }
+
+    fn core_id(&mut self, core: &str) -> u32 {
+        match self.cores.iter().position(|c| c == core) {
+            Some(i) => i as u32,
+            None => {
+                self.cores.push(core.to_owned());
+                (self.cores.len() - 1) as u32
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_takes_unknown_slots_and_a_later_epoch_takes_them_from_another_core() {
+        let mut map = SlotMap::new(8);
+        assert_eq!(map.apply("a#1", &[(0, 1), (1, 1)]), vec![Slot(0), Slot(1)]);
+        assert_eq!(map.owner(Slot(0)), Some("a#1"));
+        assert_eq!(map.owner(Slot(2)), None);
+        // b claims slot 1 at a later epoch: it moves; a's word on 0 stays.
+        assert_eq!(map.apply("b#1", &[(1, 2)]), vec![Slot(1)]);
+        assert_eq!(map.owner(Slot(1)), Some("b#1"));
+        // a, paused, repeats its stale claim: slot 1 stays b's.
+        assert_eq!(map.apply("a#1", &[(0, 1), (1, 1)]), vec![]);
+        assert_eq!(map.owner(Slot(1)), Some("b#1"));
+    }
+
+    #[test]
+    fn slots_a_core_no_longer_names_or_a_forgotten_core_held_have_no_owner() {
+        let mut map = SlotMap::new(8);
+        map.apply("a#1", &[(0, 1), (1, 1), (2, 1)]);
+        map.apply("b#1", &[(3, 1)]);
+        assert_eq!(map.apply("a#1", &[(0, 1)]), vec![Slot(1), Slot(2)]);
+        assert_eq!(map.owner(Slot(1)), None);
+        assert_eq!(map.forget("a#1"), vec![Slot(0)]);
+        assert_eq!(map.owner(Slot(0)), None);
+        assert_eq!(map.owner(Slot(3)), Some("b#1"));
+        // out-of-range slots are ignored
+        assert_eq!(map.apply("b#1", &[(3, 1), (99, 1)]), vec![]);
+    }
+
+    #[test]
+    fn owner_of_a_user_is_the_owner_of_its_slot() {
+        let mut map = SlotMap::new(4096);
+        let slot = slot_of("alice@example.org", 4096);
+        map.apply("a#1", &[(slot.0, 7)]);
+        assert_eq!(map.owner_of("alice@example.org"), Some("a#1"));
+    }
 
     /// The values are part of the cluster's contract: CMs and cores of
     /// different versions must place users alike. If this test fails, the

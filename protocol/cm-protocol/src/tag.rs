@@ -91,6 +91,12 @@ frame_tags! {
     Register = 23, "register";
     /// [`Frame::RegisterResult`](crate::Frame::RegisterResult).
     RegisterResult = 24, "register-result";
+    /// [`Frame::SlotOwners`](crate::Frame::SlotOwners).
+    SlotOwners = 25, "slot-owners";
+    /// [`Frame::Forward`](crate::Frame::Forward).
+    Forward = 26, "forward";
+    /// [`Frame::ForwardDone`](crate::Frame::ForwardDone).
+    ForwardDone = 27, "forward-done";
 }
 
 impl From<FrameTag> for u8 {
@@ -113,7 +119,7 @@ mod tests {
     #[test]
     fn octets_without_a_frame_type_are_an_unknown_frame_type() {
         let known = FrameTag::ALL.len();
-        assert_eq!(known, 25);
+        assert_eq!(known, 28);
         for octet in 0..=u8::MAX {
             match FrameTag::try_from(octet) {
                 Ok(tag) => assert_eq!(u8::from(tag), octet),

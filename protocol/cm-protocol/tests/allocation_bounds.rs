@@ -78,6 +78,18 @@ fn liars() -> Vec<(&'static str, Vec<u8>)> {
         ("welcome mechanism count u64::MAX", with(&[1, 0, 0], &huge)),
         ("skipped count u64::MAX", with(&[20, 1], &huge)),
         ("skipped count 2^28", with(&[20, 1], &big)),
+        (
+            "slot-owners count u64::MAX",
+            with(&[25, 1, b'c', 0x80, 0x20], &huge),
+        ),
+        (
+            "slot-owners count 2^28",
+            with(&[25, 1, b'c', 0x80, 0x20], &big),
+        ),
+        (
+            "slot-owners cores count 2^28",
+            with(&[25, 1, b'c', 0x80, 0x20, 0], &big),
+        ),
         ("bind resource length 2^28", with(&[7, 1, 0, 0, 1], &big)),
     ]
 }

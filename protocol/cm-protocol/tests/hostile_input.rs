@@ -6,8 +6,8 @@
 
 use bytes::{Bytes, BytesMut};
 use cm_protocol::{
-    DecodeError, Frame, FrameDecoder, FrameTag, Kind, MAX_FRAME, Resumption, RouteHeader,
-    SmSnapshot,
+    CoreAddress, DecodeError, Frame, FrameDecoder, FrameTag, Kind, MAX_FRAME, Resumption,
+    RouteHeader, SlotEpoch, SmSnapshot,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -189,6 +189,40 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
         FrameTag::RegisterResult => Frame::RegisterResult {
             sid,
             error: opt_string(rng),
+        },
+        FrameTag::SlotOwners => {
+            let slot_count = rng.gen_range(1..=u16::MAX);
+            Frame::SlotOwners {
+                core: string(rng),
+                slot_count,
+                owned: (0..rng.gen_range(0..10))
+                    .map(|_| SlotEpoch {
+                        slot: rng.gen_range(0..slot_count),
+                        epoch: rng.next_u64(),
+                    })
+                    .collect(),
+                cores: (0..rng.gen_range(0..4))
+                    .map(|_| CoreAddress {
+                        core: string(rng),
+                        address: string(rng),
+                    })
+                    .collect(),
+            }
+        }
+        FrameTag::Forward => Frame::Forward {
+            seq: rng.next_u64(),
+            header: RouteHeader {
+                kind: Kind::Message,
+                stanza_type: opt_string(rng),
+                to: opt_string(rng),
+                id: opt_string(rng),
+                from: string(rng),
+            },
+            payload: Bytes::from(string(rng)),
+        },
+        FrameTag::ForwardDone => Frame::ForwardDone {
+            seq: rng.next_u64(),
+            accepted: rng.gen_bool(0.5),
         },
     }
 }

@@ -4,7 +4,9 @@
 //! into modules. A change here is a wire-format change: it needs a new ALPN.
 
 use bytes::{Bytes, BytesMut};
-use cm_protocol::{Frame, FrameDecoder, Kind, Resumption, RouteHeader, SmSnapshot};
+use cm_protocol::{
+    CoreAddress, Frame, FrameDecoder, Kind, Resumption, RouteHeader, SlotEpoch, SmSnapshot,
+};
 
 /// Every frame variant with its encoding: the `u32` length, the type octet,
 /// then the fields (hex, spaces ignored).
@@ -318,6 +320,45 @@ fn golden() -> Vec<(Frame, &'static str)> {
             },
             "00000012 16 02010e6974656d2d6e6f742d666f756e64",
         ),
+        (
+            Frame::SlotOwners {
+                core: "c#1".into(),
+                slot_count: 4096,
+                owned: vec![
+                    SlotEpoch { slot: 5, epoch: 2 },
+                    SlotEpoch {
+                        slot: 300,
+                        epoch: 1,
+                    },
+                ],
+                cores: vec![CoreAddress {
+                    core: "c#1".into(),
+                    address: "h:1".into(),
+                }],
+            },
+            "00000016 19 0363233180200205 02ac0201 01 03632331 03683a31",
+        ),
+        (
+            Frame::Forward {
+                seq: 7,
+                header: RouteHeader {
+                    kind: Kind::Message,
+                    stanza_type: None,
+                    to: Some("b@x".into()),
+                    id: None,
+                    from: "a@x/r".into(),
+                },
+                payload: Bytes::from_static(b"<m/>"),
+            },
+            "00000015 1a 07 00 00 0103624078 00 05614078 2f72 043c6d2f3e",
+        ),
+        (
+            Frame::ForwardDone {
+                seq: 7,
+                accepted: false,
+            },
+            "00000003 1b 0700",
+        ),
     ]
 }
 
@@ -364,10 +405,13 @@ fn variant_index(frame: &Frame) -> usize {
         Frame::Skipped { .. } => 22,
         Frame::Resume { .. } => 23,
         Frame::Resumed { .. } => 24,
+        Frame::SlotOwners { .. } => 25,
+        Frame::Forward { .. } => 26,
+        Frame::ForwardDone { .. } => 27,
     }
 }
 
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 28;
 
 #[test]
 fn golden_covers_every_frame_variant() {
