@@ -174,7 +174,11 @@ impl Leaf {
             Leaf::Core => (
                 "core".to_owned(),
                 vec![CORE_SERVER_NAME.to_owned(), "localhost".to_owned()],
-                vec![ExtendedKeyUsagePurpose::ServerAuth],
+                // client too: cores of a cluster dial each other
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
             ),
             Leaf::Lb => (
                 "lb".to_owned(),

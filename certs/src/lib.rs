@@ -28,7 +28,7 @@ pub use paths::{
 };
 pub use tls::{
     client_config, client_facing_server_config, cluster_client_config, cluster_server_config,
-    load_certs, load_key, load_roots, node_name_from_cert,
+    is_core_cert, load_certs, load_key, load_roots, node_name_from_cert,
 };
 
 #[cfg(all(test, feature = "issue"))]

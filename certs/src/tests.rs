@@ -203,6 +203,7 @@ fn node_name_from_certificates() {
     assert_eq!(node_name_from_cert(cm2).as_deref(), Some("cm-2"));
     let core = &load_certs(&paths.core_cert()).unwrap()[0];
     assert_eq!(node_name_from_cert(core), None);
+    assert!(is_core_cert(core) && !is_core_cert(cm2));
     let ca = &load_certs(&paths.ca_cert()).unwrap()[0];
     assert_eq!(node_name_from_cert(ca), None);
 }

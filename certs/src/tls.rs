@@ -121,6 +121,20 @@ pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<ClientConfi
     Ok(config)
 }
 
+/// Whether `cert` is a core's (it names [`CORE_SERVER_NAME`]): a peer in
+/// a cluster of cores.
+pub fn is_core_cert(cert: &CertificateDer<'_>) -> bool {
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(san)) = x509.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(
+        |name| matches!(name, GeneralName::DNSName(dns) if dns.eq_ignore_ascii_case(CORE_SERVER_NAME)),
+    )
+}
+
 /// The CM node name ("cm-3") a peer certificate names in a SAN "<node>.cluster.longlink", if any.
 ///
 /// The core's own name ([`CORE_SERVER_NAME`]) is never a node name. Only meaningful for a

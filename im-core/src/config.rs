@@ -53,6 +53,29 @@ pub struct CoreConfig {
     /// How long a storage job may wait in the queue before it fails, in ms.
     #[serde(default = "default_storage_deadline_ms")]
     pub storage_deadline_ms: u64,
+    /// Take part in a cluster of cores sharing the domain (issue 15):
+    /// needs `database_url` (slot leases live in PostgreSQL). Unset: this
+    /// core serves every user (the embedded single core).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A core's place in a cluster of cores.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This core's name (unique in the cluster, e.g. `core-2`).
+    pub name: String,
+    /// The `host:port` CMs and other cores reach this core's `listen` at.
+    pub advertise: String,
+    /// Shard slots of the cluster (the same on every core; fixed when the
+    /// first core prepares the cluster).
+    #[serde(default = "default_slots")]
+    pub slots: u16,
+}
+
+fn default_slots() -> u16 {
+    cm_protocol::slots::DEFAULT_SLOTS
 }
 
 fn default_listen() -> SocketAddr {
@@ -98,6 +121,7 @@ impl CoreConfig {
             max_resources_per_account: default_max_resources(),
             storage_queue_bytes: default_storage_queue_bytes(),
             storage_deadline_ms: default_storage_deadline_ms(),
+            cluster: None,
         }
     }
 

@@ -152,6 +152,25 @@ pub struct Driver {
     roster_loads: VecDeque<(String, Instant)>,
     /// SM sessions (tracked, detached) as the metrics last showed them.
     sm_shown: Option<(usize, usize)>,
+    /// This core's part in a cluster of cores; none: the single core.
+    cluster: Option<ClusterLinks>,
+}
+
+/// What the driver of a core in a cluster carries out the router's
+/// cluster actions with.
+pub struct ClusterLinks {
+    /// This core's member id.
+    pub member: String,
+    /// The cluster's slot count.
+    pub slot_count: u16,
+    /// Links to the peer cores.
+    pub peers: crate::peers::PeerLinks,
+    /// The live cores, as the lease driver last read them.
+    pub cores: tokio::sync::watch::Receiver<Vec<crate::shards::Member>>,
+    /// Where this core's latest `SlotOwners` is kept for new links.
+    pub slot_owners: tokio::sync::watch::Sender<Option<Frame>>,
+    /// Answers to the lease driver.
+    pub lease_commands: mpsc::Sender<crate::shards::LeaseCommand>,
 }
 
 impl Driver {
@@ -183,7 +202,14 @@ impl Driver {
             flushes: Flushes::default(),
             roster_loads: VecDeque::new(),
             sm_shown: None,
+            cluster: None,
         }
+    }
+
+    /// Carries out the router's cluster actions with `cluster`.
+    pub fn with_cluster(mut self, cluster: ClusterLinks) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Other bounds on queued storage work than the defaults.
@@ -356,6 +382,15 @@ impl Driver {
                 self.intake_open = open;
             }
             Action::Send { node, frame } => self.send(node, frame),
+            Action::Forward { core, frame } => self.forward(&core, frame),
+            Action::SlotsOwned { owned } => self.tell_slots(owned),
+            Action::HandedOver { slot } => {
+                if let Some(c) = &self.cluster {
+                    let _ = c
+                        .lease_commands
+                        .try_send(crate::shards::LeaseCommand::HandedOver(slot));
+                }
+            }
             Action::StoreOffline {
                 user,
                 payload,
@@ -633,6 +668,44 @@ impl Driver {
                 tracing::error!(error = %e, "a storage write failed");
             }
         });
+    }
+
+    /// Sends a frame to a peer core; a forward that finds no room is
+    /// refused to the router, which sends it again when it can.
+    fn forward(&mut self, core: &str, frame: Frame) {
+        let Some(cluster) = &self.cluster else { return };
+        if let Err(refused) = cluster.peers.send(core, frame)
+            && let Frame::Forward { seq, .. } = *refused
+            && seq != 0
+        {
+            self.refused.push_back(Input::ForwardDone {
+                seq,
+                accepted: false,
+            });
+        }
+    }
+
+    /// Tells the CMs and the peer cores what this core owns now.
+    fn tell_slots(&mut self, owned: Vec<cm_protocol::SlotEpoch>) {
+        let Some(cluster) = &self.cluster else { return };
+        let cores = cluster
+            .cores
+            .borrow()
+            .iter()
+            .map(|m| cm_protocol::CoreAddress {
+                core: m.core.clone(),
+                address: m.address.clone(),
+            })
+            .collect();
+        let frame = Frame::SlotOwners {
+            core: cluster.member.clone(),
+            slot_count: cluster.slot_count,
+            owned,
+            cores,
+        };
+        cluster.slot_owners.send_replace(Some(frame.clone()));
+        self.links.broadcast(&frame);
+        cluster.peers.broadcast(&frame);
     }
 
     /// Sends a frame; a delivery that cannot reach its CM link is reported

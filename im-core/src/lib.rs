@@ -17,6 +17,7 @@ pub mod config;
 pub mod driver;
 pub mod links;
 pub mod metrics;
+pub mod peers;
 pub mod queries;
 pub mod router;
 pub mod routing;
@@ -54,6 +55,47 @@ pub enum CoreError {
     /// The TLS configuration is unusable for QUIC.
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
+    /// The cluster configuration is unusable.
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+/// Hands the lease driver's events to the router, as many at once as have
+/// come (a first round can own thousands of slots).
+async fn follow_leases(
+    mut events: mpsc::Receiver<shards::LeaseEvent>,
+    router: mpsc::Sender<driver::Event>,
+) {
+    while let Some(first) = events.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = events.try_recv() {
+            batch.push(more);
+        }
+        let input = router::Input::Ownership { events: batch };
+        if router.send(driver::Event::Router(input)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps a link to every live peer core.
+async fn follow_members(
+    mut members: tokio::sync::watch::Receiver<Vec<shards::Member>>,
+    peers: peers::PeerLinks,
+    setup: peers::PeerSetup,
+) {
+    loop {
+        let live: Vec<(String, String)> = members
+            .borrow_and_update()
+            .iter()
+            .map(|m| (m.core.clone(), m.address.clone()))
+            .collect();
+        peers.sync(&live, &setup);
+        tokio::select! {
+            () = setup.shutdown.cancelled() => return,
+            changed = members.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoreError {
@@ -201,13 +243,71 @@ pub async fn start_with_store(
     let instance: u64 = rand::random();
 
     let (events_tx, events_rx) = mpsc::channel(driver::ROUTER_QUEUE);
-    let sm_key = sm_secret(&config.data_dir).map_err(io("SM key"))?;
-    let router = router::Router::new(&config.domain, instance, sm_key)
+    let sm_key = match &config.cluster {
+        // every core of a cluster resumes every core's sessions
+        Some(_) => {
+            certs::cluster_key::ClusterKey::new(certs::load_cluster_key(&pki.cluster_key())?)
+                .derive("longlink sm ids")
+        }
+        None => sm_secret(&config.data_dir).map_err(io("SM key"))?,
+    };
+    let mut router = router::Router::new(&config.domain, instance, sm_key)
         .with_archive(
             config.archive,
             (queries::now_micros() as u64).wrapping_mul(16),
         )
         .with_max_resources(config.max_resources_per_account);
+    let mut slot_owners = None;
+    let mut cluster_links = None;
+    if let Some(cluster) = &config.cluster {
+        let Some(url) = config.database_url.clone() else {
+            return Err(CoreError::Cluster(
+                "a core in a cluster needs database_url (PostgreSQL)".into(),
+            ));
+        };
+        let mut lease_config = shards::LeaseConfig::new(
+            cluster.name.clone(),
+            cluster.advertise.clone(),
+            rand::random(),
+        );
+        lease_config.slots = cluster.slots;
+        let member = lease_config.member();
+        router = router.with_cluster(&member, cluster.slots);
+        let leases = shards::SlotLeases::new(lease_config, std::time::Instant::now());
+        let lease = shards::driver::spawn(leases, url, cluster.slots, shutdown.clone());
+        let (owners_tx, owners_rx) = tokio::sync::watch::channel(None);
+        slot_owners = Some(owners_rx.clone());
+        let client = certs::cluster_client_config(
+            &pki.ca_cert(),
+            &pki.core_cert(),
+            &pki.core_key(),
+            cm_protocol::ALPN,
+        )?;
+        let quic_client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
+            .map_err(|e| CoreError::Quic(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic_client));
+        client.transport_config(Arc::new(link_transport()));
+        let peers = peers::PeerLinks::default();
+        let setup = peers::PeerSetup {
+            member: member.clone(),
+            endpoint: endpoint.clone(),
+            client,
+            router: events_tx.clone(),
+            slot_owners: owners_rx,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(follow_leases(lease.events, events_tx.clone()));
+        tasks.spawn(follow_members(lease.members.clone(), peers.clone(), setup));
+        tracing::info!(member, slots = cluster.slots, "core in a cluster");
+        cluster_links = Some(driver::ClusterLinks {
+            member,
+            slot_count: cluster.slots,
+            peers,
+            cores: lease.members,
+            slot_owners: owners_tx,
+            lease_commands: lease.commands,
+        });
+    }
     let driver = driver::Driver::new(
         router,
         links.clone(),
@@ -219,6 +319,10 @@ pub async fn start_with_store(
         queue_bytes: config.storage_queue_bytes,
         deadline: config.storage_limits().deadline,
     });
+    let driver = match cluster_links {
+        Some(c) => driver.with_cluster(c),
+        None => driver,
+    };
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 
     let token = admin_token(&config.data_dir).map_err(io("admin token"))?;
@@ -252,6 +356,7 @@ pub async fn start_with_store(
         instance,
         grace: config.node_grace(),
         shutdown: shutdown.clone(),
+        slot_owners,
     };
     let ep = endpoint.clone();
     let stop = shutdown.clone();

@@ -374,6 +374,18 @@ impl Links {
         conn.tx.try_send(frame)
     }
 
+    /// Queues `frame` on every connection of every node (dropped where a
+    /// queue is full: what it says is said again on the next change and
+    /// after every reconnection).
+    pub fn broadcast(&self, frame: &Frame) {
+        let inner = self.lock();
+        for entry in inner.nodes.values() {
+            for conn in &entry.conns {
+                let _ = conn.tx.try_send(frame.clone());
+            }
+        }
+    }
+
     /// Nodes known to this core.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         let inner = self.lock();
@@ -424,6 +436,9 @@ pub struct LinkContext {
     pub grace: Duration,
     /// Shutdown signal.
     pub shutdown: CancellationToken,
+    /// In a cluster: this core's latest `SlotOwners`, said after every
+    /// `Welcome`.
+    pub slot_owners: Option<tokio::sync::watch::Receiver<Option<Frame>>>,
 }
 
 /// Serves one incoming CM connection until it closes.
@@ -440,7 +455,10 @@ pub async fn serve(ctx: LinkContext, incoming: quinn::Incoming) {
             return;
         }
     };
-    let Some(name) = peer_node_name(&conn) else {
+    let Some(name) = peer_node_name(&conn).or_else(|| {
+        // a peer core of a cluster: it names itself in its Hello
+        (ctx.slot_owners.is_some() && is_peer_core(&conn)).then(String::new)
+    }) else {
         tracing::warn!(%remote, "refused CM connection: certificate names no CM node");
         ctx.metrics
             .link_errors
@@ -452,6 +470,17 @@ pub async fn serve(ctx: LinkContext, incoming: quinn::Incoming) {
     if let Err(e) = run_link(&ctx, &conn, &name).await {
         tracing::info!(%remote, node = %name, error = %e, "CM connection ended");
     }
+}
+
+fn is_peer_core(conn: &Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().map(certs::is_core_cert))
+        .unwrap_or(false)
 }
 
 fn peer_node_name(conn: &Connection) -> Option<String> {
@@ -491,6 +520,13 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
     }) = hello
     else {
         return Err(LinkError::Protocol("expected hello".into()));
+    };
+    // A peer core (its certificate is the core's) names itself: a member
+    // id `name#incarnation`, never a CM's name.
+    let name = if name.is_empty() && node.contains('#') {
+        node.as_str()
+    } else {
+        name
     };
     if node != name {
         ctx.metrics
@@ -549,6 +585,9 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         mechanisms: ctx.auth.mechanisms(),
         registration: ctx.auth.registration(),
     });
+    if let Some(owners) = ctx.slot_owners.as_ref().and_then(|w| w.borrow().clone()) {
+        let _ = tx.try_send(owners);
+    }
     let writer = tokio::spawn(write_loop(send, rx));
     let result = tokio::select! {
         r = read_loop(ctx, (node_id, conn_id), &tx, &mut recv, &mut decoder) => r,

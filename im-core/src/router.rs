@@ -42,12 +42,14 @@ mod live_rows;
 mod loads;
 mod offline;
 mod output;
+mod peers;
 mod presence;
 mod query;
 mod roster_cache;
 mod roster_waits;
 mod roster_writes;
 mod rules;
+mod shards;
 mod sm_sessions;
 mod stored_rows;
 mod stream_management;
@@ -66,6 +68,8 @@ pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
 use roster_writes::RosterWrites;
+pub use shards::{FORWARD_BYTES, FORWARD_GIVE_UP};
+use shards::{Forwards, Inbound, Ownership};
 use sm_sessions::{Incoming, Origin, SmSessions};
 use stored_rows::StoredRows;
 
@@ -165,6 +169,24 @@ pub enum Action {
         /// The SM session (token, `h`) whose acknowledgement waits.
         origin: Option<(u64, u32)>,
     },
+    /// Send a frame (`Forward`) to the peer core `core` (a member id).
+    Forward {
+        /// The peer.
+        core: String,
+        /// The frame.
+        frame: Frame,
+    },
+    /// The slots this core owns changed: tell the CMs and the peer cores
+    /// (`SlotOwners`).
+    SlotsOwned {
+        /// Every slot owned now, with its epoch.
+        owned: Vec<cm_protocol::SlotEpoch>,
+    },
+    /// A slot the lease driver asked to hand over is handed over (tell it).
+    HandedOver {
+        /// The slot.
+        slot: cm_protocol::slots::Slot,
+    },
     /// Answer a query from storage and hand the stanzas back through
     /// [`Input::Replies`], or report [`Input::QueryFailed`] if it could not
     /// be answered (its transaction failed, or storage is overloaded).
@@ -215,6 +237,27 @@ pub struct Bounce {
 /// Events the router reacts to.
 #[derive(Clone, Debug)]
 pub enum Input {
+    /// The slots this core owns changed (the lease driver's events, in
+    /// order).
+    Ownership {
+        /// The events.
+        events: Vec<crate::shards::LeaseEvent>,
+    },
+    /// This core's link to peer `core` came up or went down: forwards
+    /// sent on it and not answered are sent again when it is up.
+    PeerLink {
+        /// The peer's member id.
+        core: String,
+        /// Up (false: down).
+        up: bool,
+    },
+    /// A peer core answered a `Forward` this core sent.
+    ForwardDone {
+        /// The forward's number.
+        seq: u64,
+        /// Taken (false: the peer does not own the recipient's slot).
+        accepted: bool,
+    },
     /// A routing frame from a node.
     Frame {
         /// Node.
@@ -397,6 +440,16 @@ pub struct Router {
     /// Ids of archived messages; none: messages are not archived (XEP-0313).
     archive: Option<ArchiveIds>,
     stats: RouterStats,
+    /// The slots this core serves in a cluster; none: every user.
+    shard: Option<Ownership>,
+    /// Messages forwarded to peer cores, waiting for their answers.
+    forwards: Forwards,
+    /// Stanzas forwarded by peer cores, waiting for their writes.
+    inbound: Inbound,
+    /// Peer cores' links, by node.
+    peer_links: HashMap<NodeId, String>,
+    /// The time of the input being handled.
+    now: Option<Instant>,
 }
 
 impl Router {
@@ -424,7 +477,25 @@ impl Router {
             archive: Some(ArchiveIds::new(seed)),
             stats: RouterStats::default(),
             intake_closed: false,
+            shard: None,
+            forwards: Forwards::default(),
+            inbound: Inbound::default(),
+            peer_links: HashMap::new(),
+            now: None,
         }
+    }
+
+    /// Serves only the users of the slots it owns in a cluster of `slots`
+    /// slots, as core `member` ([`Input::Ownership`] says which): the
+    /// others' stanzas go to their owners ([`Action::Forward`]).
+    pub fn with_cluster(mut self, member: &str, slots: u16) -> Self {
+        self.shard = Some(Ownership::new(member, slots));
+        self
+    }
+
+    /// Messages forwarded to peers and not answered yet.
+    pub fn forwards_waiting(&self) -> usize {
+        self.forwards.len()
     }
 
     /// Lets each account bind at most `max` resources at once (default
@@ -466,6 +537,7 @@ impl Router {
     /// after its session's deadline can still win (as it could within the
     /// old one-second tick).
     pub fn handle(&mut self, input: Input, now: Instant) {
+        self.now = Some(now);
         self.handle_input(input, now);
         self.pace_intake();
     }
@@ -488,7 +560,14 @@ impl Router {
 
     fn handle_input(&mut self, input: Input, now: Instant) {
         match input {
-            Input::NodeGone { node } => self.node_gone(node, now),
+            Input::Ownership { events } => self.ownership(events),
+            Input::ForwardDone { seq, accepted } => self.forward_done(seq, accepted),
+            Input::PeerLink { core, up } => self.peer_link(&core, up),
+            Input::NodeGone { node } => {
+                if !self.peer_link_gone(node) {
+                    self.node_gone(node, now)
+                }
+            }
             Input::LinkLost {
                 node,
                 index,
@@ -543,16 +622,22 @@ impl Router {
     /// expiry, a failed flush's retry): call [`Router::handle_timeout`]
     /// then. None: no deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.sessions.next_expiry(), self.flush_retries.next_due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sessions.next_expiry(),
+            self.flush_retries.next_due(),
+            self.next_forward_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Time reached `now`: detached SM sessions whose resumption time is
     /// over expire (what they never acknowledged goes to another resource
     /// or offline storage), and failed flushes due again are asked for.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.expire_forwards(now);
         self.expire(now);
         self.retry_flushes(now);
     }
@@ -607,13 +692,23 @@ impl Router {
             let user = address::bare(jid).to_owned();
             return self.defer(user, node, frame);
         }
-        // … and any frame that needs one.
+        if self.refuse_unserved(node, &frame) {
+            return;
+        }
+        // … and any frame that needs one (of a user this core serves).
         if let Some(user) = roster_for(&frame, &self.domain)
+            && self.serves(&user)
             && !self.rosters.is_ready(&user)
         {
             return self.defer(user, node, frame);
         }
         match frame {
+            Frame::Forward {
+                seq,
+                header,
+                payload,
+            } => self.forwarded_in(node, seq, header, payload),
+            Frame::SlotOwners { core, owned, .. } => self.peer_slots(node, core, &owned),
             Frame::Bind {
                 sid,
                 user,
@@ -690,6 +785,8 @@ pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod live_row_tests;
 #[cfg(test)]

@@ -122,6 +122,11 @@ impl RoutingTable {
         routes.len() < self.max_per_account || routes.iter().any(|r| &*r.resource == resource)
     }
 
+    /// The bare JIDs with a bound session.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.by_bare.keys().map(|b| &**b)
+    }
+
     /// Number of bound sessions.
     pub fn len(&self) -> usize {
         self.by_node.values().map(HashMap::len).sum()

@@ -53,13 +53,23 @@ impl Router {
         let Some((bare, res)) = address::split_full(to_full) else {
             return;
         };
+        let reply = || error_reply(kind, id, from, to_full, condition, None);
         let Some(r) = self.table.full(bare, res) else {
+            // the sender may be another core's user
+            let header_kind = match kind {
+                StanzaKind::Message => Kind::Message,
+                StanzaKind::Presence => Kind::Presence,
+                StanzaKind::Iq => Kind::Iq,
+            };
+            if !self.serves(bare) {
+                self.stats.errors += 1;
+                self.send_to_peer(to_full, header_kind, from, reply());
+            }
             return;
         };
         let target = (r.node, r.sid);
         self.stats.errors += 1;
-        let reply = error_reply(kind, id, from, to_full, condition, None);
-        self.deliver(target, reply);
+        self.deliver(target, reply());
     }
 
     /// Delivers a stanza that is not a chat or normal message (an IQ, a
@@ -202,7 +212,11 @@ impl Router {
     pub(super) fn hold_ack(&mut self) -> Option<(u64, u32)> {
         let origin = self.origin;
         if let Some(origin) = origin {
-            self.sessions.store_started(origin);
+            if super::shards::Inbound::is_inbound(origin.0) {
+                self.inbound.write_started(origin.0);
+            } else {
+                self.sessions.store_started(origin);
+            }
         }
         origin
     }

@@ -43,6 +43,8 @@ impl Router {
         } else {
             std::mem::take(&mut route.directed)
         };
+        let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
+        self.presence_to_peers(&full, bare, &directed, &payload);
         let mut targets = self.others(bare, Some(addr));
         targets.extend(self.subscribers(bare));
         for to in directed {
@@ -53,6 +55,7 @@ impl Router {
         }
         if available && !was {
             self.probe(addr, bare);
+            self.probe_peers(&full, bare);
             self.pending_requests(addr, bare);
             self.request_flush(addr);
         }
@@ -92,13 +95,22 @@ impl Router {
             let known = route.directed.iter().position(|d| **d == *target_bare);
             match (stype, known) {
                 (None, None) if route.directed.len() < MAX_DIRECTED => {
-                    route.directed.push(target_bare.into());
+                    route.directed.push(target_bare.as_str().into());
                 }
                 (Some("unavailable"), Some(i)) => {
                     route.directed.swap_remove(i);
                 }
                 _ => {}
             }
+        }
+        if !self.serves(&target_bare) {
+            let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
+            self.send_to_peer(
+                &to.to_string(),
+                cm_protocol::Kind::Presence,
+                &full,
+                payload.clone(),
+            );
         }
         for t in targets {
             self.deliver(t, payload.clone());
@@ -142,20 +154,27 @@ impl Router {
     /// available sessions (a new subscription), or say they are unavailable
     /// (a cancelled one).
     pub(super) fn presence_of_to(&mut self, bare: &str, contact: &str, unavailable: bool) {
-        let stanzas: Vec<Bytes> = self
+        let stanzas: Vec<(String, Bytes)> = self
             .table
             .resources(bare)
             .iter()
             .filter(|r| r.available)
-            .filter_map(|r| match unavailable {
-                true => Some(presence_stanza(
-                    &format!("{bare}/{}", r.resource),
-                    contact,
-                    "unavailable",
-                )),
-                false => r.presence.clone(),
+            .filter_map(|r| {
+                let full = format!("{bare}/{}", r.resource);
+                let stanza = match unavailable {
+                    true => Some(presence_stanza(&full, contact, "unavailable")),
+                    false => r.presence.clone(),
+                }?;
+                Some((full, stanza))
             })
             .collect();
+        if !self.serves(contact) {
+            for (full, s) in stanzas {
+                self.send_to_peer(contact, cm_protocol::Kind::Presence, &full, s);
+            }
+            return;
+        }
+        let stanzas: Vec<Bytes> = stanzas.into_iter().map(|(_, s)| s).collect();
         for to in self.others(contact, None) {
             for s in &stanzas {
                 self.deliver(to, s.clone());
@@ -176,6 +195,7 @@ impl Router {
             .with_attr("from", full)
             .with_attr("type", "unavailable");
         let presence = Bytes::from(presence.to_bytes(ns::CLIENT));
+        self.presence_to_peers(full, bare, directed, &presence);
         for to in targets {
             self.deliver(to, presence.clone());
         }

@@ -712,6 +712,16 @@ pub(crate) fn roster_for(frame: &Frame, domain: &str) -> Option<String> {
             }
             _ => return None,
         },
+        // a peer core's subscription stanza for one of this core's users
+        Frame::Forward { header, .. }
+            if header.kind == Kind::Presence
+                && header
+                    .stanza_type
+                    .as_deref()
+                    .is_some_and(|t| SubType::parse(t).is_some()) =>
+        {
+            local_bare(header.to.as_deref()?, domain)?
+        }
         _ => return None,
     })
 }

@@ -120,7 +120,11 @@ impl Router {
             }
             false => (payload, None),
         };
-        let delivered = if let Some(res) = to.resource()
+        let delivered = if !self.serves(&bare) {
+            // another core's user: its owner does the recipient's side
+            self.forward_message(&bare, header, payload.clone());
+            Vec::new()
+        } else if let Some(res) = to.resource()
             && let Some(r) = self.table.full(&bare, res.as_str())
         {
             let target = (r.node, r.sid);
@@ -235,11 +239,18 @@ impl Router {
             && to.node().is_some()
         {
             let bare = to.to_bare().to_string();
-            match self.table.full(&bare, res.as_str()) {
-                Some(r) => {
-                    let target = (r.node, r.sid);
-                    self.deliver(target, payload);
-                }
+            let target = self
+                .table
+                .full(&bare, res.as_str())
+                .map(|r| (r.node, r.sid));
+            match target {
+                Some(target) => self.deliver(target, payload),
+                None if self.send_to_peer(
+                    &to.to_string(),
+                    Kind::Iq,
+                    &header.from,
+                    payload.clone(),
+                ) => {}
                 None if is_request => {
                     self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable)
                 }

@@ -264,7 +264,7 @@ impl SmSessions {
     /// its resumption time is the CM's, up to this server's maximum.
     pub(crate) fn restore(&mut self, addr: SessionAddr, bare: &str, sm: &SmSnapshot) {
         let token = match self.ids.verify(&sm.id, bare) {
-            Some(t) if !self.tokens.contains_key(&t) => t,
+            Some(t) if t & PEER_TOKENS == 0 && !self.tokens.contains_key(&t) => t,
             _ => self.new_token(),
         };
         // what the CM says was granted, but never more than this server grants
@@ -560,19 +560,25 @@ impl SmSessions {
         self.ledgers.get_mut(addr).map(|l| &mut **l)
     }
 
-    /// A resumption token no session has (the next of a seeded LCG).
+    /// A resumption token no session has (the next of a seeded LCG),
+    /// with the top bit clear: tokens with it set stand for stanzas
+    /// forwarded from peer cores (`router/shards.rs`).
     fn new_token(&mut self) -> u64 {
         loop {
             self.next_token = self
                 .next_token
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
-            if !self.tokens.contains_key(&self.next_token) {
-                return self.next_token;
+            let token = self.next_token & !PEER_TOKENS;
+            if !self.tokens.contains_key(&token) {
+                return token;
             }
         }
     }
 }
+
+/// The bit of resumption tokens reserved for stanzas from peer cores.
+pub(crate) const PEER_TOKENS: u64 = 1 << 63;
 
 /// Addresses of SM sessions that ended or moved, the latest
 /// [`RETIRED_MEMORY`] of them.

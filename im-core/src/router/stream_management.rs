@@ -270,6 +270,9 @@ impl Router {
 
     /// A storage commit an SM stanza's acknowledgement waited for is done.
     pub(super) fn stored(&mut self, origin: (u64, u32)) {
+        if self.inbound_stored(origin.0) {
+            return;
+        }
         if let Some(((node, sid), h)) = self.sessions.store_done(origin) {
             self.send(node, Frame::Handled { sid, h });
         }

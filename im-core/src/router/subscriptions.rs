@@ -105,7 +105,13 @@ impl Router {
     }
 
     /// The contact's side: `contact` receives `kind` from `from`.
-    fn subscription_in(&mut self, contact: &str, from: &str, kind: SubType) {
+    pub(super) fn subscription_in(&mut self, contact: &str, from: &str, kind: SubType) {
+        if !self.serves(contact) {
+            // the contact's core does its side
+            let stanza = presence_stanza(from, contact, kind.name());
+            self.send_to_peer(contact, cm_protocol::Kind::Presence, from, stanza);
+            return;
+        }
         if !self.rosters.get(contact).is_some_and(|r| r.exists()) {
             // No such account: the request is refused on its behalf, so the
             // user's item does not wait forever.

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use cm_protocol::slots::Slot;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::lease_store::{LeaseError, LeaseStore};
-use super::leases::{LeaseEvent, Round, RoundOutcome, SlotLeases};
+use super::leases::{LeaseEvent, Member, Round, RoundOutcome, SlotLeases};
 
 /// What the core tells the lease driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct LeaseHandle {
     pub events: mpsc::Receiver<LeaseEvent>,
     /// Answers and requests to the driver (bounded like `events`).
     pub commands: mpsc::Sender<LeaseCommand>,
+    /// The live cores as the latest successful round read them.
+    pub members: watch::Receiver<Vec<Member>>,
 }
 
 /// Starts driving `leases` against the database at `url` (migrated by the
@@ -39,15 +41,21 @@ pub fn spawn(leases: SlotLeases, url: String, slots: u16, stop: CancellationToke
     let room = 2 * usize::from(slots) + 16;
     let (event_tx, events) = mpsc::channel(room);
     let (commands, command_rx) = mpsc::channel(room);
+    let (members_tx, members) = watch::channel(Vec::new());
     let driver = Driver {
         leases,
         url,
         slots,
         store: None,
         events: event_tx,
+        members: members_tx,
     };
     tokio::spawn(driver.run(command_rx, stop));
-    LeaseHandle { events, commands }
+    LeaseHandle {
+        events,
+        commands,
+        members,
+    }
 }
 
 struct Driver {
@@ -56,6 +64,7 @@ struct Driver {
     slots: u16,
     store: Option<LeaseStore>,
     events: mpsc::Sender<LeaseEvent>,
+    members: watch::Sender<Vec<Member>>,
 }
 
 impl Driver {
@@ -86,6 +95,13 @@ impl Driver {
                         self.leases.handle_outcome(round.id, None, Instant::now());
                     }
                     Ok(outcome) => {
+                        self.members.send_if_modified(|m| {
+                            let changed = *m != outcome.members;
+                            if changed {
+                                m.clone_from(&outcome.members);
+                            }
+                            changed
+                        });
                         self.leases
                             .handle_outcome(round.id, Some(outcome), Instant::now())
                     }
@@ -118,6 +134,7 @@ impl Driver {
             slots,
             store,
             events,
+            ..
         } = self;
         let work = tokio::time::timeout(round.lease / 2, round_on(store, url, *slots, round));
         tokio::pin!(work);

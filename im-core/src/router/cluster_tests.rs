@@ -1,0 +1,300 @@
+//! The router in a cluster of cores: stanzas for other cores' users are
+//! forwarded and their senders' acknowledgements wait for the answer;
+//! forwards from peers are routed and answered; slots lost are left.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cm_protocol::slots::slot_of;
+use cm_protocol::{Frame, Kind, SlotEpoch};
+
+use super::shards::FORWARD_GIVE_UP;
+use super::test_support::*;
+use super::{Action, Input, Router};
+use crate::shards::{Epoch, LeaseEvent};
+
+const SLOTS: u16 = 2;
+
+/// Two users of different slots (of [`SLOTS`]).
+fn two_users() -> (String, String) {
+    let names: Vec<String> = (0..64).map(|i| format!("u{i}@x")).collect();
+    let a = names[0].clone();
+    let b = names
+        .iter()
+        .find(|n| slot_of(n, SLOTS) != slot_of(&a, SLOTS))
+        .cloned()
+        .unwrap_or_default();
+    (a, b)
+}
+
+/// A router of core `member` that owns `user`'s slot.
+fn core_owning(member: &str, user: &str) -> Router {
+    let mut r = router().with_cluster(member, SLOTS);
+    let slot = slot_of(user, SLOTS);
+    let acts = r.run(Input::Ownership {
+        events: vec![LeaseEvent::Owned {
+            slot,
+            epoch: Epoch(1),
+        }],
+    });
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::SlotsOwned { owned } if owned == &[SlotEpoch { slot: slot.0, epoch: 1 }])),
+        "{acts:?}"
+    );
+    r
+}
+
+/// Peer `core` (on link `node`) says it owns `user`'s slot at `epoch`.
+fn peer_owns(r: &mut Router, node: u32, core: &str, user: &str, epoch: u64) -> Vec<Action> {
+    frame(
+        r,
+        node,
+        Frame::SlotOwners {
+            core: core.into(),
+            slot_count: SLOTS,
+            owned: vec![SlotEpoch {
+                slot: slot_of(user, SLOTS).0,
+                epoch,
+            }],
+            cores: Vec::new(),
+        },
+    )
+}
+
+fn forwards(acts: &[Action]) -> Vec<(String, Frame)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Forward { core, frame } => Some((core.clone(), frame.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn chat_to(r: &mut Router, from_full: &str, to: &str) -> Vec<Action> {
+    stanza(
+        r,
+        1,
+        10,
+        header(Kind::Message, from_full, Some(to), Some("chat")),
+        "<message type='chat' id='m1'><body>hi</body></message>",
+    )
+}
+
+fn handled(acts: &[Action]) -> Vec<u32> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                frame: Frame::Handled { h, .. },
+                ..
+            } => Some(*h),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Commits every archive write in `acts` (reporting `Stored`).
+fn commit_archives(r: &mut Router, acts: &[Action]) -> Vec<Action> {
+    let mut out = Vec::new();
+    for a in acts {
+        if let Action::Archive {
+            origin: Some(origin),
+            ..
+        } = a
+        {
+            out.extend(r.run(Input::Stored { origin: *origin }));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_message_to_another_cores_user_goes_there_once_and_its_senders_ack_waits_for_the_answer() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    let mut b = core_owning("b#1", &bob);
+    peer_owns(&mut a, 9, "b#1", &bob, 1);
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    sm_enable(&mut a, 1, 10, 60);
+    let bob_full = bound(&mut b, 3, 30, &bob, "pc");
+    stanza(
+        &mut b,
+        3,
+        30,
+        header(Kind::Presence, &bob_full, None, None),
+        "<presence/>",
+    );
+
+    let acts = chat_to(&mut a, &alice_full, &bob);
+    assert!(delivered_to(&acts).is_empty(), "{acts:?}");
+    let sent = forwards(&acts);
+    let [
+        (
+            core,
+            Frame::Forward {
+                seq,
+                header,
+                payload,
+            },
+        ),
+    ] = &sent[..]
+    else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(core, "b#1");
+    assert_eq!(header.to.as_deref(), Some(bob.as_str()));
+    // the sender's archive commits, but the peer has not answered yet
+    let after_archive = commit_archives(&mut a, &acts);
+    let asked = frame(&mut a, 1, Frame::AckRequest { sid: 10 });
+    // (an `<r/>` is answered with what is durable: not the message yet)
+    assert!(handled(&after_archive).is_empty());
+    assert_eq!(handled(&asked), vec![0]);
+
+    // core b delivers it to bob and answers
+    let at_b = frame(
+        &mut b,
+        8,
+        Frame::Forward {
+            seq: *seq,
+            header: header.clone(),
+            payload: payload.clone(),
+        },
+    );
+    assert_eq!(delivered_to(&at_b), vec![(3, 30)]);
+    assert!(at_b.iter().any(|x| matches!(
+        x,
+        Action::Send { node: 8, frame: Frame::ForwardDone { seq: s, accepted: true } } if s == seq
+    )));
+    let answered = a.run(Input::ForwardDone {
+        seq: *seq,
+        accepted: true,
+    });
+    assert_eq!(handled(&answered), vec![1]);
+    assert_eq!(a.forwards_waiting(), 0);
+}
+
+#[test]
+fn a_forward_refused_by_a_core_that_lost_the_slot_goes_to_the_next_owner() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    peer_owns(&mut a, 9, "b#1", &bob, 1);
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    let acts = chat_to(&mut a, &alice_full, &bob);
+    let [(_, Frame::Forward { seq, .. })] = &forwards(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    // b no longer owns bob's slot: it refuses; nothing is sent until an owner is known
+    let refused = a.run(Input::ForwardDone {
+        seq: *seq,
+        accepted: false,
+    });
+    assert!(forwards(&refused).is_empty());
+    // c claims it at a later epoch: the forward goes there, once
+    let moved = peer_owns(&mut a, 7, "c#1", &bob, 2);
+    let again = forwards(&moved);
+    assert!(
+        matches!(&again[..], [(core, Frame::Forward { seq: s, .. })] if core == "c#1" && s == seq),
+        "{moved:?}"
+    );
+    // b's stale word (epoch 1) does not take the slot back
+    assert!(forwards(&peer_owns(&mut a, 9, "b#1", &bob, 1)).is_empty());
+}
+
+#[test]
+fn a_core_that_does_not_own_the_recipients_slot_refuses_a_forward() {
+    let (alice, bob) = two_users();
+    let mut b = core_owning("b#1", &alice); // owns alice's slot, not bob's
+    let acts = frame(
+        &mut b,
+        8,
+        Frame::Forward {
+            seq: 5,
+            header: header(
+                Kind::Message,
+                &format!("{alice}/r"),
+                Some(&bob),
+                Some("chat"),
+            ),
+            payload: Bytes::from_static(b"<message type='chat'><body>x</body></message>"),
+        },
+    );
+    assert!(delivered_to(&acts).is_empty());
+    assert!(
+        acts.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                node: 8,
+                frame: Frame::ForwardDone {
+                    seq: 5,
+                    accepted: false
+                }
+            }
+        )),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_forward_nobody_takes_is_answered_with_an_error_and_acknowledged_after_the_give_up_time() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    sm_enable(&mut a, 1, 10, 60);
+    // bob's slot has no known owner
+    let acts = chat_to(&mut a, &alice_full, &bob);
+    assert!(forwards(&acts).is_empty());
+    commit_archives(&mut a, &acts);
+    assert_eq!(
+        handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
+        vec![0]
+    );
+    let due = a.poll_timeout().unwrap_or_else(t0);
+    assert!(due >= t0() + FORWARD_GIVE_UP - Duration::from_secs(1));
+    let expired = a.timeout(due);
+    let errors: Vec<_> = deliveries(&expired)
+        .into_iter()
+        .filter(|(to, xml)| *to == (1, 10) && xml.contains("recipient-unavailable"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{expired:?}");
+    assert_eq!(handled(&expired), vec![1]);
+}
+
+#[test]
+fn a_lost_slots_sessions_leave_without_a_word_and_their_frames_are_refused() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    bound(&mut a, 1, 10, &alice, "phone");
+    let acts = a.run(Input::Ownership {
+        events: vec![LeaseEvent::Lost {
+            slot: slot_of(&alice, SLOTS),
+        }],
+    });
+    assert!(delivered_to(&acts).is_empty(), "{acts:?}");
+    assert!(
+        acts.iter()
+            .any(|x| matches!(x, Action::SlotsOwned { owned } if owned.is_empty()))
+    );
+    assert!(a.table().resources(&alice).is_empty());
+    // its CM, behind, announces it again: kicked so the client resumes elsewhere
+    let announced = frame(
+        &mut a,
+        1,
+        Frame::Announce {
+            sid: 10,
+            jid: format!("{alice}/phone"),
+            available: true,
+            priority: 0,
+            sm: None,
+        },
+    );
+    assert!(
+        announced.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                frame: Frame::Kick { sid: 10, .. },
+                ..
+            }
+        )),
+        "{announced:?}"
+    );
+    let _ = bob;
+}

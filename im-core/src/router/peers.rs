@@ -1,0 +1,501 @@
+//! Routing across cores (issue 15): what this core does for users of slots
+//! it does not own (forward their stanzas to the owner) and for stanzas
+//! forwarded to it (route them to its users, answer `ForwardDone` once
+//! what they stored committed), and what it does when its slots or its
+//! peers' change.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use cm_protocol::slots::Slot;
+use cm_protocol::{Frame, Kind, RouteHeader, SessionId, SlotEpoch};
+use jid::Jid;
+use xmpp_stream::StanzaCondition;
+use xmpp_stream::stanza::StanzaKind;
+
+use super::live_rows::MessageRow;
+use super::shards::{Inbound, Owner};
+use super::subscriptions::{SubType, presence_stanza};
+use super::{Action, Router};
+use crate::address;
+use crate::routing::NodeId;
+use crate::shards::LeaseEvent;
+
+impl Router {
+    /// Whether this core serves `bare` (always, outside a cluster).
+    pub(super) fn serves(&self, bare: &str) -> bool {
+        self.shard
+            .as_ref()
+            .is_none_or(|s| s.owner(bare) == Owner::Local)
+    }
+
+    /// The peer core that serves `bare`, if another core does (or none is
+    /// known: `Some(None)`); `None` if this core serves it.
+    fn peer_of(&self, bare: &str) -> Option<Option<String>> {
+        match self.shard.as_ref()?.owner(bare) {
+            Owner::Local => None,
+            Owner::Peer(core) => Some(Some(core.to_owned())),
+            Owner::Unknown => Some(None),
+        }
+    }
+
+    /// Sends a stanza (not a message whose sender waits) to the core that
+    /// serves `to`'s user, if another core does; false if this core serves
+    /// it. Nothing tracks it: if no owner is known now, it is dropped (a
+    /// presence or an IQ during a fail-over).
+    pub(super) fn send_to_peer(
+        &mut self,
+        to: &str,
+        kind: Kind,
+        from: &str,
+        payload: Bytes,
+    ) -> bool {
+        let bare = address::bare(to);
+        let Some(peer) = self.peer_of(bare) else {
+            return false;
+        };
+        if let Some(core) = peer {
+            let stanza_type = xmpp_stream::stanza::inspect(&payload)
+                .ok()
+                .and_then(|top| top.attr("type").map(str::to_owned));
+            let header = RouteHeader {
+                kind,
+                stanza_type,
+                to: Some(to.to_owned()),
+                id: None,
+                from: from.to_owned(),
+            };
+            let frame = Frame::Forward {
+                seq: 0,
+                header,
+                payload,
+            };
+            self.emit(Action::Forward { core, frame });
+        }
+        true
+    }
+
+    /// Forwards a message to the core that serves `to_bare`; the SM
+    /// sender's acknowledgement waits for that core's answer.
+    pub(super) fn forward_message(&mut self, to_bare: &str, header: &RouteHeader, payload: Bytes) {
+        let origin = self.hold_ack();
+        let Some(now) = self.now else { return };
+        let started = self
+            .forwards
+            .start(to_bare, header.clone(), payload, origin, now);
+        match started {
+            Some(seq) => self.send_forward(seq, to_bare),
+            None => {
+                // too much waits for other cores already
+                self.error_to(
+                    &header.from,
+                    StanzaKind::Message,
+                    header.id.as_deref(),
+                    header.to.as_deref().unwrap_or(to_bare),
+                    StanzaCondition::ResourceConstraint,
+                );
+                if let Some(origin) = origin {
+                    self.stored(origin);
+                }
+            }
+        }
+    }
+
+    /// Sends forward `seq` to `to_bare`'s owner, if one is known (else it
+    /// waits for one).
+    fn send_forward(&mut self, seq: u64, to_bare: &str) {
+        if let Some(Some(core)) = self.peer_of(to_bare)
+            && let Some(frame) = self.forwards.send_to(seq, &core)
+        {
+            self.emit(Action::Forward { core, frame });
+        }
+    }
+
+    /// Sends again the forwards whose owner changed or was unknown.
+    fn resend_forwards(&mut self) {
+        let Some(shard) = &self.shard else { return };
+        let again = self
+            .forwards
+            .to_resend(|bare, core| matches!(shard.owner(bare), Owner::Peer(c) if c == core));
+        for r in again {
+            self.send_forward(r.seq, &r.to_bare);
+        }
+    }
+
+    /// This core's link to `core` is up (forwards waiting go now) or down
+    /// (forwards sent on it and not answered wait for it).
+    pub(super) fn peer_link(&mut self, core: &str, up: bool) {
+        if up {
+            self.resend_forwards();
+        } else {
+            self.forwards.link_down(core);
+        }
+    }
+
+    /// A peer answered forward `seq`.
+    pub(super) fn forward_done(&mut self, seq: u64, accepted: bool) {
+        if accepted {
+            if let Some(Some(origin)) = self.forwards.done(seq) {
+                self.stored(origin);
+            }
+        } else if let Some(again) = self.forwards.refused(seq) {
+            // it waits for the next word on the slot's owner
+            tracing::debug!(
+                seq,
+                to = again.to_bare,
+                "a peer does not own a forward's recipient"
+            );
+        }
+    }
+
+    /// Forwards nobody took within [`super::shards::FORWARD_GIVE_UP`]:
+    /// their senders get an error, and their acknowledgements go on.
+    pub(super) fn expire_forwards(&mut self, now: Instant) {
+        for given_up in self.forwards.expire(now) {
+            let h = &given_up.header;
+            if h.stanza_type.as_deref() != Some("error") {
+                self.error_to(
+                    &h.from,
+                    StanzaKind::Message,
+                    h.id.as_deref(),
+                    h.to.as_deref().unwrap_or_default(),
+                    StanzaCondition::RecipientUnavailable,
+                );
+            }
+            if let Some(origin) = given_up.origin {
+                self.stored(origin);
+            }
+        }
+    }
+
+    /// The earliest give-up time of a forward.
+    pub(super) fn next_forward_deadline(&self) -> Option<Instant> {
+        self.forwards.next_deadline()
+    }
+
+    /// A peer core (on link `node`) says what it owns.
+    pub(super) fn peer_slots(&mut self, node: NodeId, core: String, owned: &[SlotEpoch]) {
+        let Some(shard) = &mut self.shard else { return };
+        if core == shard.member() {
+            return;
+        }
+        shard.peer_says(&core, owned);
+        self.peer_links.insert(node, core);
+        self.resend_forwards();
+    }
+
+    /// A peer's link is gone for good: its slots have no known owner.
+    pub(super) fn peer_link_gone(&mut self, node: NodeId) -> bool {
+        let Some(core) = self.peer_links.remove(&node) else {
+            return false;
+        };
+        if let Some(shard) = &mut self.shard {
+            shard.peer_gone(&core);
+        }
+        true
+    }
+
+    /// Ownership changed (the lease driver's events, in order).
+    pub(super) fn ownership(&mut self, events: Vec<LeaseEvent>) {
+        let Some(shard) = &mut self.shard else { return };
+        let mut lost = Vec::new();
+        let mut handed = Vec::new();
+        for event in events {
+            match event {
+                LeaseEvent::Owned { slot, epoch } => shard.gain(slot, epoch.0 as u64),
+                LeaseEvent::Lost { slot } => {
+                    if shard.lose(slot) {
+                        lost.push(slot);
+                    }
+                }
+                LeaseEvent::HandOver { slot } => {
+                    // Stops serving the slot now; what is under way for its
+                    // users is in storage's queue, ahead of the release.
+                    if shard.lose(slot) {
+                        lost.push(slot);
+                    }
+                    handed.push(slot);
+                }
+            }
+        }
+        let owned = shard.owned();
+        if !lost.is_empty() {
+            self.leave_slots(&lost);
+        }
+        self.emit(Action::SlotsOwned { owned });
+        for slot in handed {
+            self.emit(Action::HandedOver { slot });
+        }
+        self.resend_forwards();
+    }
+
+    /// This core no longer serves `slots`: their users' sessions, ledgers
+    /// and rosters are dropped without a word to anyone (their sessions
+    /// live on; their CMs announce them to the new owner, which reads what
+    /// they had from storage).
+    fn leave_slots(&mut self, slots: &[Slot]) {
+        let Some(shard) = &self.shard else { return };
+        let users: Vec<String> = self
+            .table
+            .users()
+            .filter(|u| slots.contains(&shard.slot(u)))
+            .map(str::to_owned)
+            .collect();
+        for user in users {
+            let addrs: Vec<(NodeId, SessionId)> = self
+                .table
+                .resources(&user)
+                .iter()
+                .map(|r| (r.node, r.sid))
+                .collect();
+            for (node, sid) in addrs {
+                self.sessions.remove((node, sid));
+                self.table.unbind(node, sid);
+            }
+            self.forget_roster_if_unused(&user);
+        }
+    }
+
+    /// A stanza a peer forwarded (`seq` 0: no answer wanted).
+    pub(super) fn forwarded_in(
+        &mut self,
+        node: NodeId,
+        seq: u64,
+        header: RouteHeader,
+        payload: Bytes,
+    ) {
+        let Some(to) = header.to.as_deref().and_then(|t| Jid::new(t).ok()) else {
+            return self.answer_forward(node, seq, true);
+        };
+        let bare = to.to_bare().to_string();
+        if !self.serves(&bare) || to.node().is_none() {
+            return self.answer_forward(node, seq, false);
+        }
+        let token = (seq != 0).then(|| self.inbound.begin(node, seq));
+        self.origin = token.map(|t| (t, 0));
+        match header.kind {
+            Kind::Message => self.message_in(&header, &to, &bare, payload),
+            Kind::Presence => self.presence_in(node, &header, &to, &bare, payload),
+            Kind::Iq => self.iq_in(&header, &to, &bare, payload),
+        }
+        self.origin = None;
+        if let Some(token) = token
+            && let Some((node, seq)) = self.inbound.settle(token, false)
+        {
+            self.answer_forward(node, seq, true);
+        }
+    }
+
+    fn answer_forward(&mut self, node: NodeId, seq: u64, accepted: bool) {
+        if seq != 0 {
+            self.send(node, Frame::ForwardDone { seq, accepted });
+        }
+    }
+
+    /// A write a forwarded stanza waited for finished: answers the peer
+    /// once none is left. False if `token` is not a forward's.
+    pub(super) fn inbound_stored(&mut self, token: u64) -> bool {
+        if !Inbound::is_inbound(token) {
+            return false;
+        }
+        if let Some((node, seq)) = self.inbound.settle(token, true) {
+            self.answer_forward(node, seq, true);
+        }
+        true
+    }
+
+    /// A message from another core's user to one of this core's (its
+    /// sender's archive and carbons were done there).
+    fn message_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
+        let mtype = header.stanza_type.as_deref().unwrap_or("normal");
+        self.live_ticket = MessageRow::Unset;
+        if let Some(res) = to.resource()
+            && let Some(r) = self.table.full(bare, res.as_str())
+        {
+            let target = (r.node, r.sid);
+            self.deliver_message(target, payload, mtype);
+        } else if mtype != "error" {
+            self.message_to_bare(bare, mtype, payload, None);
+        }
+        self.live_ticket = MessageRow::Unset;
+    }
+
+    /// A presence from another core's user: a subscription change on this
+    /// user's side, a probe, or presence to deliver.
+    fn presence_in(
+        &mut self,
+        node: NodeId,
+        header: &RouteHeader,
+        to: &Jid,
+        bare: &str,
+        payload: Bytes,
+    ) {
+        let from_bare = address::bare(&header.from).to_owned();
+        match header.stanza_type.as_deref() {
+            Some(t) if SubType::parse(t).is_some() => {
+                let Some(kind) = SubType::parse(t) else {
+                    return;
+                };
+                let bare = bare.to_owned();
+                // as one roster change; its answers go through this link
+                self.roster_change((node, SessionId::MAX), header, |r| {
+                    r.subscription_in(&bare, &from_bare, kind)
+                });
+            }
+            Some("probe") => self.probe_in(bare, &header.from, &from_bare),
+            _ => {
+                let targets: Vec<_> = match to.resource() {
+                    Some(res) => self
+                        .table
+                        .full(bare, res.as_str())
+                        .map(|r| vec![(r.node, r.sid)])
+                        .unwrap_or_default(),
+                    None => self
+                        .table
+                        .resources(bare)
+                        .iter()
+                        .filter(|r| r.available)
+                        .map(|r| (r.node, r.sid))
+                        .collect(),
+                };
+                for t in targets {
+                    self.deliver(t, payload.clone());
+                }
+            }
+        }
+    }
+
+    /// Another core's user `prober` (full JID) asks for `bare`'s presence
+    /// (RFC 6121 §4.3.2): answered if `bare` lets it see its presence.
+    fn probe_in(&mut self, bare: &str, prober: &str, prober_bare: &str) {
+        let allowed = self
+            .rosters
+            .items(bare)
+            .any(|i| i.jid == prober_bare && i.subscription.from());
+        if !allowed {
+            return;
+        }
+        let found: Vec<(String, Bytes)> = self
+            .table
+            .resources(bare)
+            .iter()
+            .filter_map(|r| {
+                let p = r.presence.clone()?;
+                Some((format!("{bare}/{}", r.resource), p))
+            })
+            .collect();
+        for (from, p) in found {
+            self.send_to_peer(prober, Kind::Presence, &from, p);
+        }
+    }
+
+    /// An IQ from another core's user to a full JID here.
+    fn iq_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
+        let is_request = matches!(header.stanza_type.as_deref(), Some("get" | "set"));
+        let target = to
+            .resource()
+            .and_then(|res| self.table.full(bare, res.as_str()))
+            .map(|r| (r.node, r.sid));
+        match target {
+            Some(t) => self.deliver(t, payload),
+            None if is_request => self.error_to(
+                &header.from,
+                StanzaKind::Iq,
+                header.id.as_deref(),
+                header.to.as_deref().unwrap_or(bare),
+                StanzaCondition::ServiceUnavailable,
+            ),
+            None => {}
+        }
+    }
+
+    /// `bare`'s presence probe for each contact served by another core
+    /// that it is subscribed to (sent when a session becomes available).
+    pub(super) fn probe_peers(&mut self, full: &str, bare: &str) {
+        if self.shard.is_none() {
+            return;
+        }
+        let contacts: Vec<String> = self
+            .rosters
+            .items(bare)
+            .filter(|i| i.subscription.to())
+            .map(|i| i.jid.to_owned())
+            .filter(|c| !self.serves(c))
+            .collect();
+        for c in contacts {
+            let probe = presence_stanza(full, &c, "probe");
+            self.send_to_peer(&c, Kind::Presence, full, probe);
+        }
+    }
+
+    /// `payload` (a presence of `full`) for each contact served by another
+    /// core that is subscribed to `bare`, and each of `directed`.
+    pub(super) fn presence_to_peers(
+        &mut self,
+        full: &str,
+        bare: &str,
+        directed: &[Box<str>],
+        payload: &Bytes,
+    ) {
+        if self.shard.is_none() {
+            return;
+        }
+        let mut targets: Vec<String> = self
+            .rosters
+            .items(bare)
+            .filter(|i| i.subscription.from())
+            .map(|i| i.jid.to_owned())
+            .filter(|c| !self.serves(c))
+            .collect();
+        targets.extend(
+            directed
+                .iter()
+                .filter(|d| !self.serves(address::bare(d)))
+                .map(|d| d.to_string()),
+        );
+        for t in targets {
+            self.send_to_peer(&t, Kind::Presence, full, payload.clone());
+        }
+    }
+
+    /// A session frame for a user this core does not serve (its CM's map
+    /// is behind): refused so the client goes elsewhere. True if refused.
+    pub(super) fn refuse_unserved(&mut self, node: NodeId, frame: &Frame) -> bool {
+        if self.shard.is_none() {
+            return false;
+        }
+        match frame {
+            Frame::Bind {
+                sid, user, iq_id, ..
+            } if !self.serves(user) => {
+                self.send(
+                    node,
+                    Frame::BindResult {
+                        sid: *sid,
+                        iq_id: iq_id.clone(),
+                        result: Err("service-unavailable".into()),
+                    },
+                );
+                true
+            }
+            Frame::Announce { sid, jid, .. } if !self.serves(address::bare(jid)) => {
+                self.kick(
+                    (node, *sid),
+                    xmpp_stream::StreamCondition::ConnectionTimeout,
+                );
+                true
+            }
+            Frame::Resume { sid, user, .. } if !self.serves(user) => {
+                self.send(
+                    node,
+                    Frame::Resumed {
+                        sid: *sid,
+                        result: Err("item-not-found".into()),
+                    },
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+}
