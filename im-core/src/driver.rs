@@ -43,7 +43,7 @@ use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
 use crate::router::{Action, Bounce, Input, RosterWrite, Router};
 use crate::routing::{MAX_RESOURCES_PER_ACCOUNT, NodeId, RouteRow, SessionAddr};
-use crate::storage::{OfflineQuota, OfflineRow, Storage, StorageError, Store};
+use crate::storage::{OfflineQuota, OfflineRow, Storage, StorageError, Store, WriteFence};
 
 /// Events for the router task.
 pub enum Event {
@@ -53,6 +53,12 @@ pub enum Event {
     Snapshot(oneshot::Sender<RoutesSnapshot>),
     /// A user's offline flush finished.
     FlushDone(String),
+}
+
+/// Checks every fence of a write in its transaction (none outside a
+/// cluster).
+fn check_fences(db: &mut dyn Store, fences: &[WriteFence]) -> Result<(), StorageError> {
+    fences.iter().try_for_each(|f| db.check_fence(f))
 }
 
 /// Extra attempts at a storage job that failed or whose transaction failed
@@ -418,11 +424,14 @@ impl Driver {
                 // Queued here, in routing order: stored messages keep their order.
                 let stamp = now_stamp();
                 let recipient = user.clone();
+                let fences = self.fences([user.as_str()]);
                 let job = Arc::new({
                     let payload = payload.clone();
                     move || {
                         let (user, stamp, payload) = (user.clone(), stamp.clone(), payload.clone());
+                        let fences = fences.clone();
                         move |db: &mut dyn Store| {
+                            check_fences(db, &fences)?;
                             db.store_offline_row(&user, &stamp, &payload, quota)
                         }
                     }
@@ -503,11 +512,18 @@ impl Driver {
                         condition: StanzaCondition::ResourceConstraint,
                     });
                 };
+                let fences = self.fences(writes.iter().map(|w| match w {
+                    RosterWrite::Put { user, .. } | RosterWrite::Remove { user, .. } => {
+                        user.as_str()
+                    }
+                }));
                 let job = move || {
                     let writes = writes.clone();
+                    let fences = fences.clone();
                     move |db: &mut dyn Store| {
                         // one change: all of its writes or none
                         crate::storage::all_or_none(db, |db| {
+                            check_fences(db, &fences)?;
                             for w in &writes {
                                 match w {
                                     RosterWrite::Put {
@@ -555,9 +571,12 @@ impl Driver {
                 let Some(charge) = self.budget.charge(payload.len() * entries.len()) else {
                     return self.refuse_write(Bounce::default(), payload, origin, None);
                 };
+                let fences = self.fences(entries.iter().map(|e| e.user.as_str()));
                 let job = move || {
                     let entries = entries.clone();
+                    let fences = fences.clone();
                     move |db: &mut dyn Store| {
+                        check_fences(db, &fences)?;
                         for e in &entries {
                             db.archive(e)?;
                         }
@@ -615,8 +634,10 @@ impl Driver {
             }
             Action::RemoveOffline { user, upto, rows } => {
                 let metrics = self.metrics.clone();
+                let fences = self.fences([user.as_str()]);
                 // Queued now, before any later load of the same user's messages.
                 self.write(move |db| {
+                    check_fences(db, &fences)?;
                     if upto > 0 {
                         db.remove_offline(&user, upto)?;
                     }
@@ -668,6 +689,43 @@ impl Driver {
                 tracing::error!(error = %e, "a storage write failed");
             }
         });
+    }
+
+    /// The fences of a write for `users` (local parts): one per user this
+    /// core owns; if it owns none of them (it lost their slots since the
+    /// write was decided), one that cannot hold, so the write is refused.
+    /// Empty outside a cluster.
+    fn fences<'a>(&self, users: impl IntoIterator<Item = &'a str>) -> Vec<WriteFence> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let mut fences: Vec<WriteFence> = Vec::new();
+        let mut unowned = None;
+        for user in users {
+            match self.router.fence_for(user) {
+                Some((slot, Some(epoch))) => {
+                    if !fences.iter().any(|f| f.slot == slot) {
+                        fences.push(WriteFence {
+                            core: cluster.member.clone(),
+                            slot,
+                            epoch: epoch as i64,
+                        });
+                    }
+                }
+                Some((slot, None)) => unowned = unowned.or(Some(slot)),
+                None => {}
+            }
+        }
+        if fences.is_empty()
+            && let Some(slot) = unowned
+        {
+            fences.push(WriteFence {
+                core: cluster.member.clone(),
+                slot,
+                epoch: -1,
+            });
+        }
+        fences
     }
 
     /// Sends a frame to a peer core; a forward that finds no room is
@@ -996,7 +1054,10 @@ impl JobError {
         match self {
             JobError::Late
             | JobError::Failed(
-                StorageError::QuotaExceeded | StorageError::Overloaded | StorageError::Timeout,
+                StorageError::QuotaExceeded
+                | StorageError::Overloaded
+                | StorageError::Timeout
+                | StorageError::Fenced { .. },
             ) => StanzaCondition::ResourceConstraint,
             JobError::Failed(e) => {
                 tracing::error!(error = %e, "a storage job failed for good");

@@ -493,6 +493,16 @@ impl Router {
         self
     }
 
+    /// The fence a write for local user `user` (its local part) carries:
+    /// none outside a cluster; the user's slot and the epoch this core
+    /// owns it at, or no epoch if this core does not own it (the write
+    /// must not happen).
+    pub fn fence_for(&self, user: &str) -> Option<(u16, Option<u64>)> {
+        let shard = self.shard.as_ref()?;
+        let slot = shard.slot(&format!("{user}@{}", self.domain));
+        Some((slot.0, shard.epoch(slot)))
+    }
+
     /// Messages forwarded to peers and not answered yet.
     pub fn forwards_waiting(&self) -> usize {
         self.forwards.len()

@@ -85,6 +85,11 @@ impl Ownership {
         matches!(self.owned.get(usize::from(slot.0)), Some(Some(_)))
     }
 
+    /// The epoch this core owns `slot` at, if it does.
+    pub(super) fn epoch(&self, slot: Slot) -> Option<u64> {
+        self.owned.get(usize::from(slot.0)).copied().flatten()
+    }
+
     /// This core owns `slot` at `epoch` from now.
     pub(super) fn gain(&mut self, slot: Slot, epoch: u64) {
         if let Some(entry) = self.owned.get_mut(usize::from(slot.0)) {

@@ -680,3 +680,65 @@ fn a_replacement_process_of_the_same_core_cannot_be_robbed_by_the_old_one_coming
         );
     });
 }
+
+#[test]
+fn the_postgres_stores_fenced_write_passes_while_the_slot_is_owned_and_is_refused_once_the_lease_ran_out()
+ {
+    let Some(url) = database("leases_store_fence") else {
+        println!("skipped: LONGLINK_TEST_POSTGRES is unset");
+        return;
+    };
+    let (epoch, member) = runtime().block_on(async {
+        let mut store = LeaseStore::connect(&url).await.expect("connect");
+        store.prepare(4).await.expect("prepare");
+        let mut a = SlotLeases::new(fast("core-a", 4), Instant::now());
+        (own_all(&mut a, &mut store).await, id("core-a"))
+    });
+    let store_url = url.clone();
+    std::thread::spawn(move || {
+        use crate::storage::{OfflineQuota, StorageError, Store, WriteFence};
+        let mut db = crate::storage::Postgres::open(&store_url, 100).expect("store");
+        db.add_user("alice", &xmpp_sasl::StoredCredentials::new("pw", 4096))
+            .expect("user");
+        let fence = WriteFence {
+            core: member.clone(),
+            slot: 2,
+            epoch: epoch.0,
+        };
+        let write = |db: &mut crate::storage::Postgres, body: &[u8]| {
+            db.begin()?;
+            let done = db.check_fence(&fence).and_then(|()| {
+                db.store_offline_row("alice", "2026-01-01T00:00:00Z", body, OfflineQuota::Checked)
+            });
+            match done {
+                Ok(_) => db.commit(),
+                Err(e) => {
+                    db.rollback();
+                    Err(e)
+                }
+            }
+        };
+        write(&mut db, b"<message>one</message>").expect("a owns slot 2: written");
+        // a stops renewing (paused): once its lease ran out, refused
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(matches!(
+            write(&mut db, b"<message>two</message>"),
+            Err(StorageError::Fenced { slot: 2, .. })
+        ));
+        // a fence naming another epoch never holds
+        let stale = WriteFence {
+            epoch: epoch.0 - 1,
+            ..fence.clone()
+        };
+        db.begin().expect("begin");
+        assert!(matches!(
+            db.check_fence(&stale),
+            Err(StorageError::Fenced { .. })
+        ));
+        db.rollback();
+        let stored = db.offline("alice").expect("read");
+        assert_eq!(stored.len(), 1, "exactly the fenced write that held");
+    })
+    .join()
+    .expect("store thread");
+}

@@ -200,6 +200,11 @@ impl Store for FaultyStore {
         self.inner.release_savepoint()
     }
 
+    fn check_fence(&mut self, fence: &super::WriteFence) -> Result<(), StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.check_fence(fence)
+    }
+
     fn add_user(
         &mut self,
         username: &str,

@@ -71,6 +71,29 @@ pub enum StorageError {
     /// A [`FaultPlan`] made the call fail (tests and chaos runs only).
     #[error("injected fault")]
     Injected,
+    /// A write's fence did not hold: this core no longer owns the user's
+    /// slot at the epoch it wrote for (its lease expired, or another core
+    /// claimed the slot). Nothing was written.
+    #[error("fenced: slot {slot} is not this core's at epoch {epoch}")]
+    Fenced {
+        /// The slot.
+        slot: u16,
+        /// The epoch the write carried.
+        epoch: i64,
+    },
+}
+
+/// The fence a write for a user of a cluster's slot carries (issue 15):
+/// the write goes ahead only if `core` owns `slot` at `epoch` with a live
+/// lease, checked in the write's own transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteFence {
+    /// The writing core's member id.
+    pub core: String,
+    /// The user's slot.
+    pub slot: u16,
+    /// The epoch this core owns it at.
+    pub epoch: i64,
 }
 
 /// One stored offline message.
@@ -293,6 +316,14 @@ pub trait Store: Send {
     fn rollback_to_savepoint(&mut self) -> Result<(), StorageError>;
     /// Forgets the last savepoint, keeping what was written since.
     fn release_savepoint(&mut self) -> Result<(), StorageError>;
+    /// Checks a write's fence in the open transaction (and keeps the
+    /// slot from changing hands until it ends); [`StorageError::Fenced`]
+    /// if it does not hold. Stores without slot leases (the embedded one)
+    /// have nothing to check.
+    fn check_fence(&mut self, fence: &WriteFence) -> Result<(), StorageError> {
+        let _ = fence;
+        Ok(())
+    }
 
     /// Creates an account; returns false if it exists.
     fn add_user(&mut self, username: &str, creds: &StoredCredentials)

@@ -477,6 +477,21 @@ impl Store for Postgres {
         io!(self, c => c.batch_execute("RELEASE SAVEPOINT job"))
     }
 
+    fn check_fence(&mut self, fence: &super::WriteFence) -> Result<(), StorageError> {
+        let slot = i32::from(fence.slot);
+        let holds = self.query_opt(
+            crate::shards::FENCE_CHECK,
+            &[&slot, &fence.core, &fence.epoch],
+        )?;
+        match holds {
+            Some(_) => Ok(()),
+            None => Err(StorageError::Fenced {
+                slot: fence.slot,
+                epoch: fence.epoch,
+            }),
+        }
+    }
+
     fn add_user(&mut self, username: &str, c: &StoredCredentials) -> Result<bool, StorageError> {
         let n = self.execute(
             "INSERT INTO users (username, salt, iterations, sha1_stored, sha1_server,

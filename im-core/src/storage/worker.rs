@@ -135,7 +135,12 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            Self::QuotaExceeded | Self::UnknownId | Self::Overloaded | Self::Timeout | Self::Closed
+            Self::QuotaExceeded
+                | Self::UnknownId
+                | Self::Overloaded
+                | Self::Timeout
+                | Self::Closed
+                | Self::Fenced { .. }
         )
     }
 
