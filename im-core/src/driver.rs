@@ -703,15 +703,14 @@ impl Driver {
         let mut unowned = None;
         for user in users {
             match self.router.fence_for(user) {
-                Some((slot, Some(epoch))) => {
-                    if !fences.iter().any(|f| f.slot == slot) {
-                        fences.push(WriteFence {
-                            core: cluster.member.clone(),
-                            slot,
-                            epoch: epoch as i64,
-                        });
-                    }
+                Some((slot, Some(epoch))) if !fences.iter().any(|f| f.slot == slot) => {
+                    fences.push(WriteFence {
+                        core: cluster.member.clone(),
+                        slot,
+                        epoch: epoch as i64,
+                    });
                 }
+                Some((_, Some(_))) => {}
                 Some((slot, None)) => unowned = unowned.or(Some(slot)),
                 None => {}
             }
