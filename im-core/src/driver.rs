@@ -104,6 +104,25 @@ pub struct RoutesSnapshot {
     pub nodes: Vec<NodeRoutes>,
     /// Every route.
     pub routes: Vec<RouteRow>,
+    /// In a cluster of cores: this core's part and the live cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+}
+
+/// A cluster of cores as one core sees it (in [`RoutesSnapshot`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterView {
+    /// This core's member id.
+    pub member: String,
+    /// The cluster's slot count.
+    pub slot_count: u16,
+    /// Slots this core owns now.
+    pub slots_owned: usize,
+    /// Messages forwarded to peers and not answered yet.
+    pub forwards_waiting: usize,
+    /// The live cores as the last lease round read them: member id,
+    /// address, slots owned, draining.
+    pub cores: Vec<crate::shards::Member>,
 }
 
 /// One node in a [`RoutesSnapshot`].
@@ -324,6 +343,13 @@ impl Driver {
         RoutesSnapshot {
             nodes,
             routes: self.router.table().rows(),
+            cluster: self.cluster.as_ref().map(|c| ClusterView {
+                member: c.member.clone(),
+                slot_count: c.slot_count,
+                slots_owned: self.router.slots_owned(),
+                forwards_waiting: self.router.forwards_waiting(),
+                cores: c.cores.borrow().clone(),
+            }),
         }
     }
 

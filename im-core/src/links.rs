@@ -523,11 +523,8 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
     };
     // A peer core (its certificate is the core's) names itself: a member
     // id `name#incarnation`, never a CM's name.
-    let name = if name.is_empty() && node.contains('#') {
-        node.as_str()
-    } else {
-        name
-    };
+    let peer = name.is_empty() && node.contains('#');
+    let name = if peer { node.as_str() } else { name };
     if node != name {
         ctx.metrics
             .link_errors
@@ -590,7 +587,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
     }
     let writer = tokio::spawn(write_loop(send, rx));
     let result = tokio::select! {
-        r = read_loop(ctx, (node_id, conn_id), &tx, &mut recv, &mut decoder) => r,
+        r = read_loop(ctx, (node_id, conn_id), peer, &tx, &mut recv, &mut decoder) => r,
         _ = replaced.cancelled() => Err(LinkError::Replaced),
     };
     writer.abort();
@@ -629,6 +626,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
 async fn read_loop(
     ctx: &LinkContext,
     (node, conn_id): (NodeId, u64),
+    peer: bool,
     reply: &LinkSender,
     recv: &mut RecvStream,
     decoder: &mut FrameDecoder,
@@ -692,6 +690,10 @@ async fn read_loop(
             | Frame::Acked { .. }
             | Frame::Skipped { .. }
             | Frame::Resume { .. }) => forward(ctx, (node, conn_id), f).await?,
+            // only a peer core forwards stanzas and says what it owns
+            f @ (Frame::Forward { .. } | Frame::SlotOwners { .. }) if peer => {
+                forward(ctx, (node, conn_id), f).await?
+            }
             other => {
                 return Err(LinkError::Protocol(format!(
                     "unexpected {} frame",

@@ -503,6 +503,11 @@ impl Router {
         Some((slot.0, shard.epoch(slot)))
     }
 
+    /// Slots this core owns (0 outside a cluster).
+    pub fn slots_owned(&self) -> usize {
+        self.shard.as_ref().map_or(0, |s| s.owned().len())
+    }
+
     /// Messages forwarded to peers and not answered yet.
     pub fn forwards_waiting(&self) -> usize {
         self.forwards.len()

@@ -32,6 +32,38 @@ pub fn free_port(tcp: bool) -> u16 {
     }
 }
 
+/// Writes `users` (all with `password`) into the store at `database_url`
+/// (else the embedded one in `data`).
+fn write_users(
+    database_url: Option<&str>,
+    data: &std::path::Path,
+    users: &[String],
+    password: &str,
+) {
+    if users.is_empty() {
+        return;
+    }
+    // (on a thread: the PostgreSQL store runs a runtime of its own)
+    let (url, data, users, password) = (
+        database_url.map(str::to_owned),
+        data.to_path_buf(),
+        users.to_vec(),
+        password.to_owned(),
+    );
+    std::thread::spawn(move || {
+        let mut db = im_core::storage::open(url.as_deref(), &data, 10_000).unwrap();
+        let creds = xmpp_sasl::StoredCredentials::new(
+            &password,
+            xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
+        );
+        for u in &users {
+            assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 /// Where the stderr of a process of the deployment in `dir` goes: to
 /// `$LONGLINK_TEST_LOG_DIR/<dir's name>-<name>.log` when that variable is
 /// set (to read a failed run's logs; `RUST_LOG` picks the level), else
@@ -122,8 +154,39 @@ pub struct Deployment {
     pub core_token: String,
     /// Each CM's admin endpoint (`/metrics`), by its number (`cm-N`).
     pub cm_admin: std::collections::BTreeMap<u32, String>,
-    /// Processes: [core, lb, CMs in the order added].
+    /// Processes: [core, lb, CMs in the order added]; with several cores
+    /// ([`Self::start_sharded`]): [cores…, lb, CMs].
     pub procs: Processes,
+    /// The cores of a sharded deployment (none otherwise), in process order.
+    pub cores: Vec<CoreProcess>,
+}
+
+/// One core of a sharded deployment.
+pub struct CoreProcess {
+    /// Its name in the cluster (`core-N`).
+    pub name: String,
+    /// Its CM/peer listener.
+    pub listen: String,
+    /// Its admin endpoint.
+    pub admin: String,
+    /// Its admin bearer token.
+    pub token: String,
+    /// Its configuration file.
+    pub toml: String,
+}
+
+impl CoreProcess {
+    /// The `cluster` part of the core's `/routes` (null outside a cluster
+    /// or while it does not answer).
+    pub fn cluster(&self) -> serde_json::Value {
+        ureq::get(&format!("http://{}/routes", self.admin))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+            .map(|v| v["cluster"].clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Deployment {
@@ -158,27 +221,7 @@ impl Deployment {
         ]);
         assert!(init.status.success(), "{init:?}");
         let data = d.join("data");
-        if !users.is_empty() {
-            // (on a thread: the PostgreSQL store runs a runtime of its own)
-            let (url, data, users, password) = (
-                database_url.map(str::to_owned),
-                data.clone(),
-                users.to_vec(),
-                password.to_owned(),
-            );
-            std::thread::spawn(move || {
-                let mut db = im_core::storage::open(url.as_deref(), &data, 10_000).unwrap();
-                let creds = xmpp_sasl::StoredCredentials::new(
-                    &password,
-                    xmpp_sasl::StoredCredentials::DEFAULT_ITERATIONS,
-                );
-                for u in &users {
-                    assert!(db.add_user(u, &creds).unwrap(), "{u} is new");
-                }
-            })
-            .join()
-            .unwrap();
-        }
+        write_users(database_url, &data, users, password);
         // The tokens exist before the processes start, as the ones they read.
         let core_token = im_core::admin_token(&data).unwrap();
         let lb_token_file = d.join("lb-admin.token");
@@ -199,6 +242,7 @@ impl Deployment {
             dir,
             procs: Processes(Vec::new()),
             cm_admin: Default::default(),
+            cores: Vec::new(),
         };
         let core_toml = dep.write(
             "core.toml",
@@ -225,6 +269,86 @@ impl Deployment {
         dep.spawn(&["core", "--config", &core_toml]);
         dep.spawn(&["lb", "--config", &lb_toml]);
         dep
+    }
+
+    /// A deployment of `cores` cores in one cluster on the PostgreSQL
+    /// database `database_url` (which holds `users`), and a balancer. Every
+    /// core has data of its own; the CMs are given `core-1` and learn the
+    /// others from it.
+    pub fn start_sharded(
+        domain: &str,
+        cores: u32,
+        cms: u32,
+        users: &[String],
+        password: &str,
+        database_url: &str,
+    ) -> Self {
+        let mut dep = Self::start_with_database(domain, cms, users, password, Some(database_url));
+        // the single core and the balancer it started are replaced
+        for c in &mut dep.procs.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        dep.procs.0.clear();
+        for i in 1..=cores {
+            let data = dep.dir.path().join(format!("data-{i}"));
+            let token = im_core::admin_token(&data).unwrap();
+            let listen = format!("127.0.0.1:{}", free_port(false));
+            let admin = format!("127.0.0.1:{}", free_port(true));
+            let name = format!("core-{i}");
+            let toml = dep.write(
+                &format!("{name}.toml"),
+                format!(
+                    "domain = \"{domain}\"\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\ndatabase_url = \"{database_url}\"\nnode_grace_ms = 1000\n\n[cluster]\nname = \"{name}\"\nadvertise = \"{listen}\"\n",
+                    data.display(),
+                    dep.pki.display()
+                ),
+            );
+            dep.spawn(&["core", "--config", &toml]);
+            dep.cores.push(CoreProcess {
+                name,
+                listen,
+                admin,
+                token,
+                toml,
+            });
+        }
+        dep.core = dep.cores[0].listen.clone();
+        dep.core_admin = dep.cores[0].admin.clone();
+        dep.core_token = dep.cores[0].token.clone();
+        let lb_toml = dep.dir.path().join("lb.toml");
+        dep.spawn(&["lb", "--config", lb_toml.to_str().unwrap()]);
+        dep
+    }
+
+    /// Starts core `index` (of [`Self::cores`]) again after a kill.
+    pub fn restart_core_at(&mut self, index: usize) {
+        let toml = self.cores[index].toml.clone();
+        let child = Command::new(BIN)
+            .args(["core", "--config", &toml])
+            .stdout(Stdio::null())
+            .stderr(stderr_for(self.dir.path(), &self.cores[index].name))
+            .spawn()
+            .unwrap();
+        self.procs.0[index] = child;
+    }
+
+    /// Waits until the live cores own every one of `slots` slots between
+    /// them, each some (`within` at most); returns each core's count.
+    pub fn wait_slots_shared(&self, slots: u64, within: Duration) -> Vec<u64> {
+        let start = Instant::now();
+        loop {
+            let owned: Vec<u64> = self
+                .cores
+                .iter()
+                .map(|c| c.cluster()["slots_owned"].as_u64().unwrap_or(0))
+                .collect();
+            if owned.iter().sum::<u64>() == slots && owned.iter().all(|&n| n > 0) {
+                return owned;
+            }
+            assert!(start.elapsed() < within, "slots owned {owned:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn write(&self, name: &str, text: String) -> String {

@@ -65,7 +65,7 @@ pub struct LeaseConfig {
 impl LeaseConfig {
     /// Defaults for process `incarnation` (random, drawn by the caller) of
     /// `core` at `address`: 4096 slots, an 8 s lease renewed every 2 s (a
-    /// dead core's slots move within 10 s), hand-overs of 64.
+    /// dead core's slots move within 10 s), hand-overs of 256 (a core that joins three others gets its share in about four rounds).
     pub fn new(core: impl Into<String>, address: impl Into<String>, incarnation: u64) -> Self {
         Self {
             core: core.into(),
@@ -74,7 +74,7 @@ impl LeaseConfig {
             slots: cm_protocol::slots::DEFAULT_SLOTS,
             lease: Duration::from_secs(8),
             round_every: Duration::from_secs(2),
-            handover_batch: 64,
+            handover_batch: 256,
         }
     }
 
@@ -118,7 +118,7 @@ pub struct RoundOutcome {
 }
 
 /// A live core, as a round saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Member {
     /// Its member id (`core#incarnation`).
     pub core: String,
