@@ -25,6 +25,61 @@ pub struct UpArgs {
     /// (WebSocket over TLS) and BASE+500+i (admin: /metrics). 0 = ephemeral ports.
     #[arg(long, default_value_t = 5270)]
     port_base: u16,
+    /// Number of cores. More than one makes a cluster of cores sharing the
+    /// domain (their slot leases live in PostgreSQL): core i listens on
+    /// BASE+20+i for CMs and peers, its admin on BASE+30+i; core 1 keeps
+    /// BASE and BASE+10.
+    #[arg(long, default_value_t = 1)]
+    cores: u32,
+    /// PostgreSQL connection string for the cores' store (needed by a
+    /// cluster). With `--cores` above 1 and none given, a throwaway server
+    /// is started in DIR/postgres with `scripts/postgres.sh` (port BASE+40)
+    /// and stopped with the deployment.
+    #[arg(long)]
+    database: Option<String>,
+}
+
+/// A throwaway PostgreSQL server `longlink up` started, stopped on drop.
+struct LocalPostgres {
+    dir: PathBuf,
+}
+
+impl LocalPostgres {
+    /// Starts one with `scripts/postgres.sh` (in the working directory) in
+    /// `dir` on `port`; returns it and its connection string.
+    fn start(dir: &Path, port: u16) -> Result<(Self, String)> {
+        let script = Path::new("scripts/postgres.sh");
+        anyhow::ensure!(
+            script.exists(),
+            "--cores above 1 needs --database, or scripts/postgres.sh in the working directory"
+        );
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .args(["start", &dir.display().to_string(), &port.to_string()])
+            .output()
+            .context("running scripts/postgres.sh")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "scripts/postgres.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+            },
+            url,
+        ))
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg("scripts/postgres.sh")
+            .args(["stop", &self.dir.display().to_string()])
+            .output();
+    }
 }
 
 /// What `longlink up` started, as written to `DIR/endpoints.json`.
@@ -136,13 +191,52 @@ pub async fn up(args: UpArgs) -> Result<()> {
     if !report.created.is_empty() {
         tracing::info!(dir = %pki.display(), files = report.created.len(), "made dev certificates");
     }
-    let mut core_config = im_core::CoreConfig::new(&args.domain, dir.join("data"), pki.clone());
-    core_config.listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 0)));
-    core_config.admin_listen = SocketAddr::from(([127, 0, 0, 1], port(args.port_base, 10)));
-    let core = im_core::start(core_config)
-        .await
-        .context("starting the core")?;
     let local = |offset| SocketAddr::from(([127, 0, 0, 1], port(args.port_base, offset)));
+    let cores = args.cores.max(1);
+    let mut postgres = None;
+    let database = match (&args.database, cores) {
+        (Some(url), _) => Some(url.clone()),
+        (None, 1) => None,
+        (None, _) => {
+            let (pg, url) = LocalPostgres::start(&dir.join("postgres"), port(args.port_base, 40))?;
+            postgres = Some(pg);
+            Some(url)
+        }
+    };
+    let mut core_handles = Vec::new();
+    for i in 1..=cores {
+        let data = match i {
+            1 => dir.join("data"),
+            _ => dir.join(format!("data-{i}")),
+        };
+        private_data_dir(&data)?;
+        let mut core_config = im_core::CoreConfig::new(&args.domain, data, pki.clone());
+        let (listen, admin) = match i {
+            1 => (local(0), local(10)),
+            _ => (local(20 + i as u16), local(30 + i as u16)),
+        };
+        core_config.listen = listen;
+        core_config.admin_listen = admin;
+        core_config.database_url = database.clone();
+        if cores > 1 {
+            // (an ephemeral port is only known once bound: name it first)
+            let advertise = match listen.port() {
+                0 => std::net::UdpSocket::bind(listen)?.local_addr()?,
+                _ => listen,
+            };
+            core_config.listen = advertise;
+            core_config.cluster = Some(im_core::config::ClusterConfig::new(
+                &format!("core-{i}"),
+                &advertise.to_string(),
+            ));
+        }
+        core_handles.push(
+            im_core::start(core_config)
+                .await
+                .with_context(|| format!("starting core {i}"))?,
+        );
+    }
+    let core = core_handles.remove(0);
     let mut lb_settings = lb::settings::LbSettings::local(pki.clone());
     lb_settings.listen = vec![local(1)];
     if std::net::UdpSocket::bind("[::1]:0").is_ok() {
@@ -214,6 +308,20 @@ pub async fn up(args: UpArgs) -> Result<()> {
         balancer.admin_addr
     );
     println!("  core (CM links)   quic://{}", core.quic_addr);
+    for (i, c) in core_handles.iter().enumerate() {
+        println!(
+            "  core-{:<12} quic://{} (admin http://{})",
+            i + 2,
+            c.quic_addr,
+            c.admin_addr
+        );
+    }
+    if cores > 1 {
+        println!(
+            "  slot map          longlink routes --dir {} (its \"cluster\" field)",
+            dir.display()
+        );
+    }
     println!(
         "  admin             http://{} (/metrics; /routes, /users with the admin token)",
         core.admin_addr
@@ -257,7 +365,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
         cm.shutdown().await;
     }
     balancer.shutdown().await;
+    for c in core_handles {
+        c.shutdown().await;
+    }
     core.shutdown().await;
+    drop(postgres);
     Ok(())
 }
 

@@ -74,6 +74,17 @@ pub struct ClusterConfig {
     pub slots: u16,
 }
 
+impl ClusterConfig {
+    /// Core `name` at `advertise`, with the default slot count.
+    pub fn new(name: &str, advertise: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            advertise: advertise.to_owned(),
+            slots: default_slots(),
+        }
+    }
+}
+
 fn default_slots() -> u16 {
     cm_protocol::slots::DEFAULT_SLOTS
 }

@@ -298,3 +298,87 @@ fn a_lost_slots_sessions_leave_without_a_word_and_their_frames_are_refused() {
     );
     let _ = bob;
 }
+
+/// Binds `user` (node, sid) with a roster naming `contact` (both ways
+/// subscribed), loaded as storage would.
+fn bound_with_contact(r: &mut Router, node: u32, sid: u64, user: &str, contact: &str) -> String {
+    let acts = r.step(Input::Frame {
+        node,
+        frame: Frame::Bind {
+            sid,
+            user: user.into(),
+            iq_id: "b".into(),
+            resource: Some("phone".into()),
+        },
+    });
+    assert!(matches!(&acts[..], [Action::LoadRoster { .. }]), "{acts:?}");
+    let roster = crate::storage::Roster {
+        version: 1,
+        items: vec![crate::storage::RosterItem {
+            jid: contact.into(),
+            subscription: crate::storage::Subscription::Both,
+            listed: true,
+            ..Default::default()
+        }],
+    };
+    r.step(Input::RosterLoaded {
+        user: user.into(),
+        roster: Some(roster),
+    });
+    format!("{user}/phone")
+}
+
+#[test]
+fn presence_reaches_a_contact_of_another_core_and_a_probe_there_is_answered() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    let mut b = core_owning("b#1", &bob);
+    peer_owns(&mut a, 9, "b#1", &bob, 1);
+    peer_owns(&mut b, 8, "a#1", &alice, 1);
+    let bob_full = bound_with_contact(&mut b, 3, 30, &bob, &alice);
+    stanza(
+        &mut b,
+        3,
+        30,
+        header(Kind::Presence, &bob_full, None, None),
+        "<presence/>",
+    );
+    let alice_full = bound_with_contact(&mut a, 1, 10, &alice, &bob);
+
+    // alice comes online: her presence goes to bob's core, and so does a probe
+    let acts = stanza(
+        &mut a,
+        1,
+        10,
+        header(Kind::Presence, &alice_full, None, None),
+        "<presence/>",
+    );
+    let sent = forwards(&acts);
+    let kinds: Vec<Option<String>> = sent
+        .iter()
+        .map(|(core, f)| match f {
+            Frame::Forward { header, .. } if core == "b#1" => header.stanza_type.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, vec![None, Some("probe".into())], "{acts:?}");
+    // at bob's core: the presence reaches bob; the probe is answered with
+    // bob's presence, forwarded back to alice's full JID
+    let mut answers = Vec::new();
+    for (_, f) in sent {
+        let at_b = frame(&mut b, 8, f);
+        if !delivered_to(&at_b).is_empty() {
+            assert_eq!(delivered_to(&at_b), vec![(3, 30)]);
+        }
+        answers.extend(forwards(&at_b));
+    }
+    let [(core, answer @ Frame::Forward { header, .. })] = &answers[..] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(core, "a#1");
+    assert_eq!(header.to.as_deref(), Some(alice_full.as_str()));
+    assert_eq!(header.from, bob_full);
+    // … which reaches alice's session
+    let at_a = frame(&mut a, 9, answer.clone());
+    assert_eq!(delivered_to(&at_a), vec![(1, 10)]);
+}
