@@ -70,11 +70,12 @@ async fn round(clients: &mut [Client], round: usize) -> Vec<Instant> {
     join_all(runs).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_losing_nothing() {
-    let Some(url) = im_core::storage::postgres_for_tests("ll_shards") else {
+/// Three cores on a fresh database, two CMs behind the balancer, and
+/// [`USERS`] users; `None` (after saying "skipped") without PostgreSQL.
+fn deployment(prefix: &str) -> Option<(Deployment, Vec<String>)> {
+    let Some(url) = im_core::storage::postgres_for_tests(prefix) else {
         println!("skipped: LONGLINK_TEST_POSTGRES is unset");
-        return;
+        return None;
     };
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
     let mut dep = Deployment::start_sharded(DOMAIN, 3, 2, &users, "pw", &url);
@@ -83,15 +84,71 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
     dep.wait_backends(&["cm-1", "cm-2"]);
     let shares = dep.wait_slots_shared(4096, Duration::from_secs(60));
     println!("slots per core: {shares:?}");
+    Some((dep, users))
+}
+
+/// Every user logged in (stream management on) and available.
+async fn log_in(dep: &Deployment, users: &[String]) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for u in users {
+        let c = Client::connect(dep.client_options(u, "phone").with_message_states())
+            .await
+            .expect("login");
+        c.send_presence(0).await.expect("presence");
+        clients.push(c);
+    }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_paused_past_its_lease_loses_its_slots_rejoins_and_nothing_is_lost() {
+    let Some((dep, users)) = deployment("ll_pause") else {
+        return;
+    };
     let run = async {
-        let mut clients = Vec::new();
-        for u in &users {
-            let c = Client::connect(dep.client_options(u, "phone").with_message_states())
-                .await
-                .expect("login");
-            c.send_presence(0).await.expect("presence");
-            clients.push(c);
+        let mut clients = log_in(&dep, &users).await;
+        round(&mut clients, 0).await;
+        let paused = 2;
+        let pid = dep.procs.0[paused].id() as i32;
+        // SAFETY: signals to a child process this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        // past its 8 s lease and a round: the others own its slots
+        let survivors = std::time::Instant::now();
+        loop {
+            let owned: u64 = dep.cores[..paused]
+                .iter()
+                .map(|c| c.cluster()["slots_owned"].as_u64().unwrap_or(0))
+                .sum();
+            if owned == 4096 {
+                break;
+            }
+            assert!(
+                survivors.elapsed() < Duration::from_secs(30),
+                "owned {owned}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        println!("slots moved {:?} after the pause", survivors.elapsed());
+        round(&mut clients, 1).await;
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        // it finds its lease gone, rejoins and gets its share back
+        let shares = dep.wait_slots_shared(4096, Duration::from_secs(60));
+        println!("slots per core after the rejoin: {shares:?}");
+        round(&mut clients, 2).await;
+    };
+    tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_losing_nothing() {
+    let Some((mut dep, users)) = deployment("ll_shards") else {
+        return;
+    };
+    let run = async {
+        let mut clients = log_in(&dep, &users).await;
         round(&mut clients, 0).await;
 
         // Which users core-2 serves, then kill it under traffic.
