@@ -18,6 +18,7 @@ pub mod admission;
 pub mod backoff;
 pub mod balancer_link;
 pub mod config;
+pub mod core_map;
 pub mod encap_socket;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
