@@ -269,7 +269,11 @@ impl CoreMap {
             return;
         };
         let binding_at = route.binding_at.take();
-        if self.slots.is_some() && binding_at.is_some() && route.target.is_some() && binding_at != route.target {
+        if self.slots.is_some()
+            && binding_at.is_some()
+            && route.target.is_some()
+            && binding_at != route.target
+        {
             route.generation += 1;
             self.actions.push_back(Action::Move {
                 sid,
@@ -374,7 +378,10 @@ impl CoreMap {
             let down_long = p.down_since.is_some_and(|t| now >= t + DOWN_GRACE);
             if down_long && !p.forgotten {
                 if let (Some(member), Some(slots)) = (&p.member, self.slots.as_mut()) {
-                    tracing::info!(core = member, "core unreachable: its slots wait for a new owner");
+                    tracing::info!(
+                        core = member,
+                        "core unreachable: its slots wait for a new owner"
+                    );
                     changed.extend(slots.forget(member));
                     p.forgotten = true;
                 }
@@ -405,16 +412,19 @@ impl CoreMap {
 
     /// When [`CoreMap::handle_timeout`] is due next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let pools = self.pools.iter().flatten().flat_map(|p| {
-            p.down_since
-                .map(|t| [t + DOWN_GRACE, p.named_at.max(t) + UNLISTED_GRACE])
+        let pools = self.pools.iter().enumerate().flat_map(|(id, p)| {
+            let p = p.as_ref()?;
+            let down = p.down_since?;
+            let forget = (!p.forgotten && p.member.is_some()).then_some(down + DOWN_GRACE);
+            let stop = (id != SEED).then(|| (down + DOWN_GRACE).max(p.named_at + UNLISTED_GRACE));
+            Some([forget, stop])
         });
         let holds = self
             .holding
             .iter()
             .filter_map(|sid| self.sessions.get(sid)?.held_since)
             .map(|t| t + HOLD_TIME);
-        pools.flatten().chain(holds).min()
+        pools.flatten().flatten().chain(holds).min()
     }
 
     /// The next thing to do.
@@ -453,9 +463,11 @@ impl CoreMap {
 
     /// A `cores` list names `core`: its pool is kept (or started).
     fn named(&mut self, core: &CoreAddress, now: Instant) {
-        let existing = self.pools.iter_mut().flatten().find(|p| {
-            p.member.as_deref() == Some(&core.core) || p.address == core.address
-        });
+        let existing = self
+            .pools
+            .iter_mut()
+            .flatten()
+            .find(|p| p.member.as_deref() == Some(&core.core) || p.address == core.address);
         if let Some(p) = existing {
             p.named_at = now;
             return;
@@ -468,7 +480,10 @@ impl CoreMap {
                 self.pools.len() - 1
             }
             None => {
-                tracing::warn!(core = core.core, "{MAX_POOLS} core pools already: not dialed");
+                tracing::warn!(
+                    core = core.core,
+                    "{MAX_POOLS} core pools already: not dialed"
+                );
                 return;
             }
         };
@@ -559,9 +574,10 @@ fn owner_pool(
     slot: Option<Slot>,
 ) -> Option<PoolId> {
     let owner = slots?.owner(slot?)?;
-    pools
-        .iter()
-        .position(|p| p.as_ref().is_some_and(|p| p.member.as_deref() == Some(owner)))
+    pools.iter().position(|p| {
+        p.as_ref()
+            .is_some_and(|p| p.member.as_deref() == Some(owner))
+    })
 }
 
 #[cfg(test)]
@@ -714,10 +730,16 @@ mod tests {
         for (sid, user, pool) in [(1, u, SEED), (2, v, 1)] {
             map.route(sid, auth(sid), now);
             let bound = map.route(sid, bind(sid, user), now);
-            assert!(matches!(bound, Route::To { pool: p, .. } if p == pool), "{bound:?}");
+            assert!(
+                matches!(bound, Route::To { pool: p, .. } if p == pool),
+                "{bound:?}"
+            );
             map.bound(sid);
             let next = map.route(sid, stanza(sid, 1), now);
-            assert!(matches!(next, Route::To { pool: p, .. } if p == pool), "{next:?}");
+            assert!(
+                matches!(next, Route::To { pool: p, .. } if p == pool),
+                "{next:?}"
+            );
             assert!(map.carries(pool, sid));
         }
         assert_eq!(actions(&mut map), vec![]);
@@ -732,7 +754,14 @@ mod tests {
         map.bound(1);
         // b withdraws u's slot: nobody owns it
         map.on_slot_owners(1, "b#1", SLOTS, &[], &[], now);
-        let [Action::Move { sid: 1, generation: 1, to: None, frames }] = &actions(&mut map)[..]
+        let [
+            Action::Move {
+                sid: 1,
+                generation: 1,
+                to: None,
+                frames,
+            },
+        ] = &actions(&mut map)[..]
         else {
             panic!("no move")
         };
@@ -755,7 +784,11 @@ mod tests {
         assert_eq!(map.held_bytes(), 0);
         assert!(matches!(
             map.route(1, stanza(1, 3), now),
-            Route::To { pool: SEED, generation: 2, .. }
+            Route::To {
+                pool: SEED,
+                generation: 2,
+                ..
+            }
         ));
     }
 
@@ -797,7 +830,11 @@ mod tests {
         map.bound(1);
         assert!(matches!(
             map.route(1, stanza(1, 1), now),
-            Route::To { pool: SEED, generation: 0, .. }
+            Route::To {
+                pool: SEED,
+                generation: 0,
+                ..
+            }
         ));
         // b takes u's slot at a later epoch (a has not withdrawn yet)
         map.on_slot_owners(1, "b#1", SLOTS, &claims(&[(slot(u), 2)]), &[], now);
@@ -813,11 +850,18 @@ mod tests {
         // the driver queues the re-announcement before this frame
         assert!(matches!(
             map.route(1, stanza(1, 2), now),
-            Route::To { pool: 1, generation: 1, .. }
+            Route::To {
+                pool: 1,
+                generation: 1,
+                ..
+            }
         ));
         assert!(map.carries(1, 1) && !map.carries(SEED, 1));
         // a's withdrawal moves nothing more
-        let rest: Vec<_> = (0..SLOTS).filter(|s| *s != slot(u)).map(|s| (s, 1)).collect();
+        let rest: Vec<_> = (0..SLOTS)
+            .filter(|s| *s != slot(u))
+            .map(|s| (s, 1))
+            .collect();
         map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&rest), &[], now);
         assert_eq!(actions(&mut map), vec![]);
     }
@@ -877,7 +921,10 @@ mod tests {
         assert_eq!(actions(&mut map), vec![]);
         let cores = [core("a#1", "10.0.0.1:7000")];
         let later = now + UNLISTED_GRACE;
-        let a: Vec<_> = (0..SLOTS).filter(|s| *s != slot(u)).map(|s| (s, 1)).collect();
+        let a: Vec<_> = (0..SLOTS)
+            .filter(|s| *s != slot(u))
+            .map(|s| (s, 1))
+            .collect();
         map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&a), &cores, later);
         map.handle_timeout(later);
         assert_eq!(actions(&mut map), vec![Action::StopPool { pool: 1 }]);
