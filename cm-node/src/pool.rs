@@ -544,6 +544,24 @@ async fn run_connection(
     let mut bounces: Vec<Frame> = Vec::new();
     let metrics = &*setup.metrics;
     let (frames_out, frames_in) = (metrics.frames_to_core(), metrics.frames_from_core());
+    // What came in the Welcome's read (a cluster core's SlotOwners follows
+    // it at once) is handled now, not when more bytes arrive.
+    while let Some(frame) = decoder
+        .next_frame()
+        .map_err(cm_protocol::ReadFrameError::from)?
+    {
+        frames_in.inc();
+        dispatch(pool, setup, frame, &mut bounces);
+    }
+    for b in bounces.drain(..) {
+        if encode(&b, &mut out) {
+            frames_out.inc();
+        }
+    }
+    if !out.is_empty() {
+        send.write_all(&out).await?;
+        out.clear();
+    }
     loop {
         tokio::select! {
             _ = setup.shutdown.cancelled() => {
