@@ -376,15 +376,16 @@ impl CoreMap {
         for (id, pool) in self.pools.iter_mut().enumerate() {
             let Some(p) = pool else { continue };
             let down_long = p.down_since.is_some_and(|t| now >= t + DOWN_GRACE);
-            if down_long && !p.forgotten {
-                if let (Some(member), Some(slots)) = (&p.member, self.slots.as_mut()) {
-                    tracing::info!(
-                        core = member,
-                        "core unreachable: its slots wait for a new owner"
-                    );
-                    changed.extend(slots.forget(member));
-                    p.forgotten = true;
-                }
+            if down_long
+                && !p.forgotten
+                && let (Some(member), Some(slots)) = (&p.member, self.slots.as_mut())
+            {
+                tracing::info!(
+                    core = member,
+                    "core unreachable: its slots wait for a new owner"
+                );
+                changed.extend(slots.forget(member));
+                p.forgotten = true;
             }
             if id != SEED && down_long && now >= p.named_at + UNLISTED_GRACE {
                 *pool = None;
