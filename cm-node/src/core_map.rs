@@ -473,13 +473,15 @@ impl CoreMap {
             p.named_at = now;
             return;
         }
+        // New ids first: a stopped pool's last link reports may still come
+        // under its id; one is reused only once MAX_POOLS ids exist.
         let free = self.pools.iter().position(Option::is_none);
         let pool = match free {
-            Some(i) => i,
-            None if self.pools.len() < MAX_POOLS => {
+            _ if self.pools.len() < MAX_POOLS => {
                 self.pools.push(None);
                 self.pools.len() - 1
             }
+            Some(i) => i,
             None => {
                 tracing::warn!(
                     core = core.core,

@@ -11,6 +11,13 @@
 //! sessions wait on it (and QUIC flow control slows their clients) instead
 //! of memory growing.
 //!
+//! A CM keeps one pool per core ([`crate::cores::Cores`]); each pool has
+//! its id, tells the routing of the `SlotOwners` it receives and of its
+//! links, re-announces only the sessions routed to it, and drops at
+//! dequeue a frame whose session moved to another core since it was routed
+//! ([`Stamp`]); a moved session's re-announcement is queued
+//! ([`Queued::Reannounce`]) and made from the registry when taken.
+//!
 //! What the core's `Welcome` offers clients (SASL mechanisms, in-band
 //! registration) is published as a [`CoreOffer`]; until the first one,
 //! sessions hold their stream features.
