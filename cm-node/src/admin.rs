@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::cores::Cores;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
 use crate::sessions::Sessions;
 
 /// What the handler reads.
@@ -29,8 +29,8 @@ pub(crate) struct Admin {
     pub(crate) open: Arc<AtomicUsize>,
     /// The session registry (bytes queued toward clients).
     pub(crate) sessions: Arc<Sessions>,
-    /// The pool (bytes queued toward the core).
-    pub(crate) pool: Arc<Pool>,
+    /// The core pools (bytes queued toward the cores, pools, slots).
+    pub(crate) pool: Arc<Cores>,
     /// The last count of bytes queued toward clients, and when it was made.
     pub(crate) toward_clients: Arc<Mutex<Option<(Instant, usize)>>>,
 }
@@ -46,6 +46,9 @@ impl Admin {
         m.queued_toward_clients()
             .set(gauge(self.queued_toward_clients()));
         m.queued_toward_core().set(gauge(self.pool.queued_bytes()));
+        m.core_pools.set(gauge(self.pool.pools()));
+        m.owned_slots.set(gauge(self.pool.owned_slots()));
+        m.held_for_owner_bytes.set(gauge(self.pool.held_bytes()));
         m.render()
     }
 }

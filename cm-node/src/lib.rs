@@ -6,7 +6,8 @@
 //! state machine per XMPP stream, over any transport; [`tcp`] (with
 //! [`starttls`]) and [`ws`] accept TCP and WebSocket clients into the same
 //! driver; [`sessions`] is the registry the [`pool`] dispatches core frames
-//! through; [`balancer_link`] keeps the CM registered with the balancer
+//! through; [`cores`] keeps a pool per core and sends each session's frames
+//! to the core that owns its user's shard slot ([`core_map`]); [`balancer_link`] keeps the CM registered with the balancer
 //! and [`encap_socket`] carries its encapsulated datagrams; [`backoff`]
 //! paces both links' reconnections; [`admission`] caps unauthenticated
 //! connections per client address; [`config`] holds the settings;
@@ -18,6 +19,8 @@ pub mod admission;
 pub mod backoff;
 pub mod balancer_link;
 pub mod config;
+pub mod core_map;
+pub mod cores;
 pub mod encap_socket;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -282,19 +285,19 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         None => metrics::Metrics::new(),
     };
     let metrics = Arc::new(metrics);
-    let pool = pool::Pool::start(
-        config.pool_size,
-        pool::PoolSetup {
+    let pool = cores::Cores::start(
+        config.core,
+        cores::Dialer {
+            pool_size: config.pool_size,
             node: config.node.clone(),
             client_addr,
-            core: config.core,
             endpoint: core_endpoint.clone(),
-            sessions: sessions.clone(),
-            shutdown: shutdown.clone(),
             queue_bytes: config.pool_queue_bytes,
-            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
         },
-        &tasks,
+        sessions.clone(),
+        metrics.clone(),
     );
     let ctx = Arc::new(listener::ListenerContext {
         settings: Arc::new(session::SessionSettings {

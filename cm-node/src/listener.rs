@@ -16,9 +16,10 @@ use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
 
 use crate::admission::{ClientPeer, NotAdmitted, PreAuthLimit, PreAuthSlot};
+use crate::cores::Cores;
 use crate::metrics::{DropReason, Metrics, StreamEnd, Transport, TransportMetrics};
 use crate::now;
-use crate::pool::{Pool, bounce};
+use crate::pool::bounce;
 use crate::session::{
     AnnouncementUpdate, ClientSession, ClosedBy, Framing, SessionAction, SessionReport,
     SessionSettings,
@@ -38,8 +39,8 @@ pub struct ListenerContext {
     pub settings: Arc<SessionSettings>,
     /// Sessions registry.
     pub sessions: Arc<Sessions>,
-    /// Pool to the core.
-    pub pool: Arc<Pool>,
+    /// The core pools (one per core).
+    pub pool: Arc<Cores>,
     /// Shutdown signal.
     pub shutdown: CancellationToken,
     /// Task tracker.
@@ -541,12 +542,17 @@ where
                     sm_counts.store(sm)
                 }
                 SessionAction::Announcement(update) => {
-                    if matches!(update, AnnouncementUpdate::Bound { .. }) {
+                    let bound = matches!(update, AnnouncementUpdate::Bound { .. });
+                    if bound {
                         // Authenticated and bound: no longer counted per address.
                         peer.pre_auth.release();
                         gauge.bound();
                     }
-                    ctx.sessions.update(sid, update)
+                    ctx.sessions.update(sid, update);
+                    if bound {
+                        // announced where its frames go now, if it moved while binding
+                        ctx.pool.bound(sid);
+                    }
                 }
                 SessionAction::Report(report) => match report {
                     SessionReport::Login(result) => metrics.login(transport, result),
@@ -598,6 +604,7 @@ where
             let _ = ctx.pool.send(sid, b).await;
         }
     }
+    ctx.pool.closed(sid);
     let _ = tokio::time::timeout(Duration::from_secs(2), send.finish()).await;
     ended
 }
@@ -628,6 +635,7 @@ mod tests {
     use xmpp_stream::framer::Limits;
 
     use super::*;
+    use crate::pool::Pool;
     use crate::session::CoreOffer;
 
     const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
@@ -635,6 +643,8 @@ mod tests {
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>";
 
     fn context(pool: Arc<Pool>) -> Arc<ListenerContext> {
+        let sessions = Arc::new(Sessions::starting_at(0));
+        let pool = Cores::single(pool, sessions.clone());
         Arc::new(ListenerContext {
             settings: Arc::new(SessionSettings {
                 domain: "x".into(),
@@ -642,7 +652,7 @@ mod tests {
                 read_rate: 256 * 1024,
                 read_burst: 1024 * 1024,
             }),
-            sessions: Arc::new(Sessions::starting_at(0)),
+            sessions,
             pool,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -88,6 +88,13 @@ pub enum DropReason {
     /// A stanza (or ack request) of a session fenced after a core link
     /// came back without it: the client resends it after resuming.
     Fenced,
+    /// A frame of a session that moved to another core, taken from the
+    /// old core's queue (not sent: the session was re-announced on the
+    /// new core; a stanza's client is told to resume).
+    Moved,
+    /// A frame of a session kicked while its user's slot had no known
+    /// owner (it held too much or waited too long).
+    NoOwner,
     /// A client stream the session closed for what the client sent.
     Session(Refusal),
 }
@@ -104,6 +111,8 @@ impl DropReason {
             DropReason::SessionGone,
             DropReason::FrameTooLarge,
             DropReason::Fenced,
+            DropReason::Moved,
+            DropReason::NoOwner,
         ]
         .into_iter()
         .chain(Refusal::ALL.into_iter().map(DropReason::Session))
@@ -120,6 +129,8 @@ impl DropReason {
             DropReason::SessionGone => "session_gone",
             DropReason::FrameTooLarge => "frame_too_large",
             DropReason::Fenced => "fenced",
+            DropReason::Moved => "moved",
+            DropReason::NoOwner => "no_owner",
             DropReason::Session(r) => r.name(),
         }
     }
@@ -206,6 +217,14 @@ pub struct Metrics {
     pub core_links: Gauge,
     /// Pooled core connections lost or failed to come up.
     pub core_link_failures: Counter,
+    /// Core pools (one per core the CM dials; set when scraped).
+    pub core_pools: Gauge,
+    /// Shard slots whose owning core is known (0 with a single core; set
+    /// when scraped).
+    pub owned_slots: Gauge,
+    /// Bytes of session frames held while their user's slot has no known
+    /// owner (set when scraped).
+    pub held_for_owner_bytes: Gauge,
     /// QUIC handshakes that failed.
     pub quic_handshakes_failed: Counter,
     /// QUIC connection attempts answered with a Retry.
@@ -254,6 +273,9 @@ impl Metrics {
             core_frames: Family::default(),
             core_links: Gauge::default(),
             core_link_failures: Counter::default(),
+            core_pools: Gauge::default(),
+            owned_slots: Gauge::default(),
+            held_for_owner_bytes: Gauge::default(),
             quic_handshakes_failed: Counter::default(),
             quic_retries: Counter::default(),
             quic_path_changes: Counter::default(),
@@ -322,6 +344,21 @@ impl Metrics {
             "core_link_failures",
             "Pooled connections to the core lost or failed to come up",
             m.core_link_failures.clone(),
+        );
+        registry.register(
+            "core_pools",
+            "Core pools: one per core this CM dials (the configured one and those SlotOwners name)",
+            m.core_pools.clone(),
+        );
+        registry.register(
+            "owned_slots",
+            "Shard slots whose owning core is known (0 with a single core)",
+            m.owned_slots.clone(),
+        );
+        registry.register(
+            "held_for_owner_bytes",
+            "Bytes of session frames held while their user's slot has no known owner",
+            m.held_for_owner_bytes.clone(),
         );
         registry.register(
             "quic_handshakes_failed",

@@ -11,12 +11,21 @@
 //! sessions wait on it (and QUIC flow control slows their clients) instead
 //! of memory growing.
 //!
+//! A CM keeps one pool per core ([`crate::cores::Cores`]); each pool has
+//! its id, tells the routing of the `SlotOwners` it receives and of its
+//! links, re-announces only the sessions routed to it, and drops at
+//! dequeue a frame whose session moved to another core since it was routed
+//! ([`Stamp`]); a moved session's re-announcement is queued
+//! ([`Queued::Reannounce`]) and made from the registry when taken.
+//!
 //! What the core's `Welcome` offers clients (SASL mechanisms, in-band
 //! registration) is published as a [`CoreOffer`]; until the first one,
 //! sessions hold their stream features.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,9 +38,10 @@ use tokio_util::task::TaskTracker;
 use xmpp_stream::pacing::Backoff;
 
 use crate::backoff::Reconnect;
+use crate::core_map::PoolId;
 use crate::metrics::{DropReason, Metrics};
 use crate::session::CoreOffer;
-use crate::sessions::{Dispatch, Reannouncement, Sessions};
+use crate::sessions::{Dispatch, Fence, Reannouncement, Sessions};
 
 /// Reconnection to the core: the first retry after a loss within 0–100 ms
 /// (uniformly spread, so the CMs of a restarted core do not return in one
@@ -48,26 +58,84 @@ pub const POOL_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// One pooled connection's queue, bounded in bytes: a frame waits for its
 /// bytes of the budget and gives them back when the connection takes it.
 struct PoolSender {
-    tx: mpsc::UnboundedSender<(Frame, OwnedSemaphorePermit)>,
+    tx: mpsc::UnboundedSender<Queued>,
     budget: Arc<Semaphore>,
     /// The budget's size: no frame asks for more.
     bytes: usize,
 }
 
+/// The generation a session's frame was routed with, and the session's
+/// current one: a frame whose generation is no longer current was routed
+/// before its session moved to another core and must not be sent
+/// ([`crate::core_map::Action::Move`]).
+#[derive(Clone, Debug)]
+pub struct Stamp {
+    /// The generation the frame was routed with.
+    pub generation: u32,
+    /// The session's generation now.
+    pub current: Arc<AtomicU32>,
+}
+
+impl Stamp {
+    /// Whether the session has not moved since.
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire) == self.generation
+    }
+}
+
+/// What a pooled connection's queue holds.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// A frame (holding its bytes of the budget, unless it was pushed
+    /// past it: re-announced sessions' held frames).
+    Frame {
+        frame: Frame,
+        _bytes: Option<OwnedSemaphorePermit>,
+        stamp: Option<Stamp>,
+    },
+    /// Announce session `sid` (if bound), as the registry holds it when
+    /// the connection takes this: it moved to this core.
+    Reannounce { sid: SessionId, stamp: Stamp },
+}
+
 /// The receiving end of one pooled connection's queue.
-pub(crate) struct PoolQueue(mpsc::UnboundedReceiver<(Frame, OwnedSemaphorePermit)>);
+pub(crate) struct PoolQueue(mpsc::UnboundedReceiver<Queued>);
 
 impl PoolQueue {
-    /// The next frame (its bytes return to the budget); `None` once the
-    /// pool is gone.
+    /// The next frame (its bytes return to the budget), skipping
+    /// re-announcements; `None` once the pool is gone. For tests.
+    #[cfg(test)]
     pub(crate) async fn recv(&mut self) -> Option<Frame> {
-        self.0.recv().await.map(|(frame, _bytes)| frame)
+        loop {
+            if let Queued::Frame { frame, .. } = self.0.recv().await? {
+                return Some(frame);
+            }
+        }
     }
 
-    /// The next frame if one is queued.
-    fn try_recv(&mut self) -> Option<Frame> {
-        self.0.try_recv().ok().map(|(frame, _bytes)| frame)
+    /// The next item; `None` once the pool is gone.
+    pub(crate) async fn next(&mut self) -> Option<Queued> {
+        self.0.recv().await
     }
+
+    /// The next item if one is queued.
+    fn try_next(&mut self) -> Option<Queued> {
+        self.0.try_recv().ok()
+    }
+}
+
+/// What a pool tells the routing of a CM with several cores
+/// ([`crate::cores::Cores`]) and asks it.
+pub trait CoreEvents: Send + Sync {
+    /// A `SlotOwners` arrived on pool `pool`.
+    fn slot_owners(&self, pool: PoolId, frame: Frame);
+    /// Pool `pool` has `up` welcomed connections now.
+    fn links(&self, pool: PoolId, up: usize);
+    /// The sessions pool `pool` carries among `candidates` (all: `None`).
+    fn carried(&self, pool: PoolId, candidates: Vec<SessionId>) -> Option<HashSet<SessionId>>;
+    /// A frame of session `sid` routed before it moved was taken from pool
+    /// `pool`'s queue (not sent).
+    fn stale(&self, pool: PoolId, sid: SessionId, frame: Frame);
 }
 
 /// The pool (see the module docs).
@@ -75,8 +143,19 @@ pub struct Pool {
     senders: Vec<PoolSender>,
     /// Random id of this CM process, sent in every Hello.
     instance: u64,
-    /// What the core offers clients; none until its first Welcome.
-    offer: watch::Sender<Option<Arc<CoreOffer>>>,
+    /// What the cores offer clients; none until the first Welcome (shared
+    /// by every pool of a CM).
+    offer: Arc<OfferCell>,
+    /// Welcomed connections up now.
+    links_up: AtomicUsize,
+}
+
+/// Where the first core's offer is published (shared by a CM's pools).
+pub type OfferCell = watch::Sender<Option<Arc<CoreOffer>>>;
+
+/// A new, empty offer cell.
+pub fn offer_cell() -> Arc<OfferCell> {
+    Arc::new(watch::Sender::new(None))
 }
 
 /// What a pool connection needs.
@@ -97,6 +176,13 @@ pub struct PoolSetup {
     pub queue_bytes: usize,
     /// The CM's metrics (frames, links, drops).
     pub metrics: Arc<Metrics>,
+    /// Where Welcome offers are published.
+    pub offer: Arc<OfferCell>,
+    /// This pool's id among the CM's core pools.
+    pub id: PoolId,
+    /// The CM's routing among several cores (told of SlotOwners and
+    /// links; asks which sessions this pool carries).
+    pub events: Option<Weak<dyn CoreEvents>>,
 }
 
 /// The pool is gone (shutting down).
@@ -108,7 +194,7 @@ impl Pool {
     /// Starts `size` connection tasks.
     pub fn start(size: u16, setup: PoolSetup, tasks: &TaskTracker) -> Arc<Pool> {
         let size = size.max(1);
-        let (pool, receivers) = Self::with_queues(size, setup.queue_bytes);
+        let (pool, receivers) = Self::with_queues(size, setup.queue_bytes, setup.offer.clone());
         let pool = Arc::new(pool);
         let setup = Arc::new(setup);
         for (index, rx) in receivers.into_iter().enumerate() {
@@ -125,7 +211,7 @@ impl Pool {
 
     /// A pool of `size` connections' queues (at least one) of `bytes`
     /// each, and their receiving ends.
-    fn with_queues(size: u16, bytes: usize) -> (Pool, Vec<PoolQueue>) {
+    fn with_queues(size: u16, bytes: usize, offer: Arc<OfferCell>) -> (Pool, Vec<PoolQueue>) {
         let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
         let (senders, receivers) = (0..size.max(1))
             .map(|_| {
@@ -137,7 +223,8 @@ impl Pool {
         let pool = Pool {
             senders,
             instance: rand::random(),
-            offer: watch::Sender::new(None),
+            offer,
+            links_up: AtomicUsize::new(0),
         };
         (pool, receivers)
     }
@@ -147,7 +234,7 @@ impl Pool {
     /// plays the core's `Welcome`.
     #[cfg(test)]
     pub(crate) fn detached(size: u16) -> (Arc<Pool>, Vec<PoolQueue>) {
-        let (pool, receivers) = Self::with_queues(size, POOL_QUEUE_BYTES);
+        let (pool, receivers) = Self::with_queues(size, POOL_QUEUE_BYTES, offer_cell());
         (Arc::new(pool), receivers)
     }
 
@@ -160,8 +247,18 @@ impl Pool {
     /// Queues a frame for the core on the session's connection (waits
     /// while its queue holds its budget of bytes).
     pub async fn send(&self, sid: SessionId, frame: Frame) -> Result<(), PoolClosed> {
-        let i = (sid % self.senders.len() as u64) as usize;
-        let queue = &self.senders[i];
+        self.send_stamped(sid, frame, None).await
+    }
+
+    /// [`Pool::send`] of a frame routed with `stamp` (dropped at dequeue
+    /// if its session moved meanwhile).
+    pub async fn send_stamped(
+        &self,
+        sid: SessionId,
+        frame: Frame,
+        stamp: Option<Stamp>,
+    ) -> Result<(), PoolClosed> {
+        let queue = self.sender(sid);
         let cost = frame.queued_bytes().min(queue.bytes) as u32;
         let bytes = queue
             .budget
@@ -169,7 +266,29 @@ impl Pool {
             .acquire_many_owned(cost)
             .await
             .map_err(|_| PoolClosed)?;
-        queue.tx.send((frame, bytes)).map_err(|_| PoolClosed)
+        let item = Queued::Frame {
+            frame,
+            _bytes: Some(bytes),
+            stamp,
+        };
+        queue.tx.send(item).map_err(|_| PoolClosed)
+    }
+
+    /// Queues at once, past the byte budget: what a session that moved here
+    /// sends first (its re-announcement, then the frames it held while
+    /// its core was unknown, themselves bounded), in order before anything
+    /// routed to it later.
+    pub(crate) fn push_now(&self, sid: SessionId, item: Queued) {
+        let _ = self.sender(sid).tx.send(item);
+    }
+
+    fn sender(&self, sid: SessionId) -> &PoolSender {
+        &self.senders[(sid % self.senders.len() as u64) as usize]
+    }
+
+    /// Welcomed connections up now.
+    pub fn links_up(&self) -> usize {
+        self.links_up.load(Ordering::Relaxed)
     }
 
     /// Bytes of frames queued toward the core now, over every connection.
@@ -249,7 +368,8 @@ async fn connection_task(
             backoff: &mut backoff,
         };
         let mut up = LinkUp {
-            gauge: &setup.metrics.core_links,
+            pool: &pool,
+            setup: &setup,
             up: false,
         };
         let result = run_connection(&pool, &setup, &mut rx, link, &mut up).await;
@@ -267,17 +387,22 @@ async fn connection_task(
     }
 }
 
-/// Counts a pooled connection in the `core_links` gauge while it is up
-/// (welcomed).
+/// Counts a pooled connection in the `core_links` gauge and its pool's
+/// links while it is up (welcomed), and tells the routing.
 struct LinkUp<'a> {
-    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    pool: &'a Pool,
+    setup: &'a PoolSetup,
     up: bool,
 }
 
 impl LinkUp<'_> {
     fn welcomed(&mut self) {
         if !std::mem::replace(&mut self.up, true) {
-            self.gauge.inc();
+            self.setup.metrics.core_links.inc();
+            let up = self.pool.links_up.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(events) = self.setup.events() {
+                events.links(self.setup.id, up);
+            }
         }
     }
 }
@@ -285,8 +410,26 @@ impl LinkUp<'_> {
 impl Drop for LinkUp<'_> {
     fn drop(&mut self) {
         if self.up {
-            self.gauge.dec();
+            self.setup.metrics.core_links.dec();
+            let up = self.pool.links_up.fetch_sub(1, Ordering::Relaxed) - 1;
+            if let Some(events) = self.setup.events() {
+                events.links(self.setup.id, up);
+            }
         }
+    }
+}
+
+impl PoolSetup {
+    /// The routing among several cores, while the CM lives.
+    fn events(&self) -> Option<Arc<dyn CoreEvents>> {
+        self.events.as_ref()?.upgrade()
+    }
+
+    /// Of the sessions connection `index` of `size` carries, those this
+    /// pool carries (all: `None`, a CM with one core).
+    fn carried(&self, index: u16, size: u16) -> Option<HashSet<SessionId>> {
+        let events = self.events()?;
+        events.carried(self.id, self.sessions.carried(index, size))
     }
 }
 
@@ -350,7 +493,8 @@ async fn run_connection(
             if last_instance.is_some_and(|last| last != instance) {
                 // A new core knows nothing of SASL exchanges or binds in progress:
                 // fail them so the clients can retry instead of waiting forever.
-                for sid in setup.sessions.unbound(index, size) {
+                let carried = setup.carried(index, size);
+                for sid in setup.sessions.unbound_among(index, size, carried.as_ref()) {
                     let failure = Frame::AuthFailure {
                         sid,
                         condition: "temporary-auth-failure".into(),
@@ -387,7 +531,9 @@ async fn run_connection(
     let Reannouncement {
         frames: announcements,
         mut fence,
-    } = setup.sessions.announcements(index, size);
+    } = setup
+        .sessions
+        .announcements_among(index, size, setup.carried(index, size).as_ref());
     if !announcements.is_empty() {
         tracing::info!(
             index,
@@ -405,26 +551,46 @@ async fn run_connection(
     let mut bounces: Vec<Frame> = Vec::new();
     let metrics = &*setup.metrics;
     let (frames_out, frames_in) = (metrics.frames_to_core(), metrics.frames_from_core());
+    // What came in the Welcome's read (a cluster core's SlotOwners follows
+    // it at once) is handled now, not when more bytes arrive.
+    while let Some(frame) = decoder
+        .next_frame()
+        .map_err(cm_protocol::ReadFrameError::from)?
+    {
+        frames_in.inc();
+        dispatch(pool, setup, frame, &mut bounces);
+    }
+    for b in bounces.drain(..) {
+        if encode(&b, &mut out) {
+            frames_out.inc();
+        }
+    }
+    if !out.is_empty() {
+        send.write_all(&out).await?;
+        out.clear();
+    }
     loop {
         tokio::select! {
             _ = setup.shutdown.cancelled() => {
                 conn.close(0u32.into(), b"cm shutting down");
                 return Err(LinkError::Shutdown);
             }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { return Err(LinkError::Shutdown) };
-                let mut next = Some(frame);
-                while let Some(f) = next {
-                    if fence.passes(&f) {
-                        if encode(&f, &mut out) {
-                            frames_out.inc();
+            item = rx.next() => {
+                let Some(item) = item else { return Err(LinkError::Shutdown) };
+                let mut next = Some(item);
+                while let Some(item) = next {
+                    if let Some(f) = take(setup, item, &mut fence) {
+                        if fence.passes(&f) {
+                            if encode(&f, &mut out) {
+                                frames_out.inc();
+                            } else {
+                                metrics.dropped(DropReason::FrameTooLarge);
+                            }
                         } else {
-                            metrics.dropped(DropReason::FrameTooLarge);
+                            metrics.dropped(DropReason::Fenced);
                         }
-                    } else {
-                        metrics.dropped(DropReason::Fenced);
                     }
-                    next = if out.len() < 256 * 1024 { rx.try_recv() } else { None };
+                    next = if out.len() < 256 * 1024 { rx.try_next() } else { None };
                 }
                 if out.is_empty() {
                     continue;
@@ -455,6 +621,32 @@ async fn run_connection(
     }
 }
 
+/// What a queued item sends: its frame unless its session moved since it
+/// was routed (then the routing hears of it), or a moved session's
+/// `Announce` as the registry holds it now (if it is still bound and
+/// still here; kicked and fenced if its client sent more than its old
+/// core confirmed).
+fn take(setup: &PoolSetup, item: Queued, fence: &mut Fence) -> Option<Frame> {
+    match item {
+        Queued::Frame { frame, stamp, .. } => {
+            if stamp.as_ref().is_none_or(Stamp::is_current) {
+                return Some(frame);
+            }
+            setup.metrics.dropped(DropReason::Moved);
+            if let (Some(events), Some(sid)) = (setup.events(), frame.sid()) {
+                events.stale(setup.id, sid, frame);
+            }
+            None
+        }
+        Queued::Reannounce { sid, stamp } => {
+            if !stamp.is_current() {
+                return None;
+            }
+            setup.sessions.announcement(sid, fence)
+        }
+    }
+}
+
 /// Encodes a frame for the core; one above the frame limit (which the core
 /// would answer by closing the link for every session on it) is dropped
 /// (false).
@@ -469,6 +661,13 @@ fn encode(frame: &Frame, out: &mut BytesMut) -> bool {
 }
 
 fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Frame>) {
+    if let Frame::SlotOwners { .. } = frame {
+        match setup.events() {
+            Some(events) => events.slot_owners(setup.id, frame),
+            None => tracing::warn!("SlotOwners from the core, but this CM routes to one core"),
+        }
+        return;
+    }
     let sid = match &frame {
         Frame::Deliver { sid, .. }
         | Frame::AuthChallenge { sid, .. }
@@ -535,7 +734,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_waits_while_its_pool_queue_holds_its_byte_budget() {
         use futures_util::FutureExt;
-        let (pool, mut queues) = Pool::with_queues(1, 100_000);
+        let (pool, mut queues) = Pool::with_queues(1, 100_000, offer_cell());
         let stanza = |n: u8| Frame::Bounce {
             sid: 1,
             to: "a@x/r".into(),
@@ -563,7 +762,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_bytes_are_what_the_connections_queues_hold_until_taken() {
-        let (pool, mut queues) = Pool::with_queues(2, 100_000);
+        let (pool, mut queues) = Pool::with_queues(2, 100_000, offer_cell());
         let frame = |sid, n| Frame::Bounce {
             sid,
             to: "a@x/r".into(),

@@ -264,51 +264,69 @@ impl Sessions {
     /// client resumes and resends them in order, and is fenced: nothing
     /// more of it may reach the core (see [`Fence`]).
     pub fn announcements(&self, index: u16, size: u16) -> Reannouncement {
+        self.announcements_among(index, size, None)
+    }
+
+    /// [`Sessions::announcements`] of the sessions in `only` (all: `None`).
+    pub fn announcements_among(
+        &self,
+        index: u16,
+        size: u16,
+        only: Option<&HashSet<SessionId>>,
+    ) -> Reannouncement {
         let mut fence = Fence::default();
         let frames = self
             .lock()
             .iter()
             .filter(|(sid, _)| carried_by(**sid, index, size))
-            .filter_map(|(sid, entry)| {
-                let a = entry.announcement.as_ref()?;
-                let sm = a.sm.as_ref().map(|sm| {
-                    let counts = entry.sm_counts.load();
-                    if counts.unconfirmed() != 0 {
-                        tracing::debug!(
-                            sid,
-                            unconfirmed = counts.unconfirmed(),
-                            "stanzas the core did not confirm: the client resumes"
-                        );
-                        fence.sids.insert(*sid);
-                        kick(entry, *sid);
-                    }
-                    SmSnapshot {
-                        id: sm.id.clone(),
-                        handled: counts.confirmed,
-                        sent: counts.sent,
-                        client_acked: counts.client_acked,
-                        next_seq: counts.next_seq,
-                        max: sm.max,
-                    }
-                });
-                Some(Frame::Announce {
-                    sid: *sid,
-                    jid: a.jid.clone(),
-                    available: a.available,
-                    priority: a.priority,
-                    sm,
-                })
-            })
+            .filter(|(sid, _)| only.is_none_or(|o| o.contains(sid)))
+            .filter_map(|(sid, entry)| announce(*sid, entry, &mut fence))
             .collect();
         Reannouncement { frames, fence }
+    }
+
+    /// The `Announce` of one session, if it is bound, as
+    /// [`Sessions::announcements`] makes it (kicked and added to `fence`
+    /// if its client sent more than the core confirmed): what a session
+    /// that moved to another core is re-announced with there.
+    pub fn announcement(&self, sid: SessionId, fence: &mut Fence) -> Option<Frame> {
+        let map = self.lock();
+        announce(sid, map.get(&sid)?, fence)
+    }
+
+    /// Tells session `sid` to end its stream resumably (`connection-timeout`).
+    pub fn kick(&self, sid: SessionId) {
+        if let Some(entry) = self.lock().get(&sid) {
+            kick(entry, sid);
+        }
+    }
+
+    /// Ids of the sessions pool connection `index` of `size` carries.
+    pub fn carried(&self, index: u16, size: u16) -> Vec<SessionId> {
+        self.lock()
+            .keys()
+            .filter(|sid| carried_by(**sid, index, size))
+            .copied()
+            .collect()
     }
 
     /// Sessions carried by pool connection `index` of `size` that are not bound
     /// yet (possibly mid-SASL or mid-bind at the core).
     pub fn unbound(&self, index: u16, size: u16) -> Vec<SessionId> {
+        self.unbound_among(index, size, None)
+    }
+
+    /// [`Sessions::unbound`] of the sessions in `only` (all: `None`).
+    pub fn unbound_among(
+        &self,
+        index: u16,
+        size: u16,
+        only: Option<&HashSet<SessionId>>,
+    ) -> Vec<SessionId> {
         self.lock()
             .iter()
             .filter(|(sid, entry)| carried_by(**sid, index, size) && entry.announcement.is_none())
+            .filter(|(sid, _)| only.is_none_or(|o| o.contains(sid)))
             .map(|(sid, _)| *sid)
             .collect()
     }
@@ -373,10 +391,48 @@ impl Fence {
         }
     }
 
+    /// Fences session `sid` (it was kicked to resume).
+    pub fn insert(&mut self, sid: SessionId) {
+        self.sids.insert(sid);
+    }
+
     /// Whether no session is fenced.
     pub fn is_empty(&self) -> bool {
         self.sids.is_empty()
     }
+}
+
+/// The `Announce` of a session if it is bound; one whose client sent
+/// more than the core confirmed is kicked and fenced.
+fn announce(sid: SessionId, entry: &Entry, fence: &mut Fence) -> Option<Frame> {
+    let a = entry.announcement.as_ref()?;
+    let sm = a.sm.as_ref().map(|sm| {
+        let counts = entry.sm_counts.load();
+        if counts.unconfirmed() != 0 {
+            tracing::debug!(
+                sid,
+                unconfirmed = counts.unconfirmed(),
+                "stanzas the core did not confirm: the client resumes"
+            );
+            fence.sids.insert(sid);
+            kick(entry, sid);
+        }
+        SmSnapshot {
+            id: sm.id.clone(),
+            handled: counts.confirmed,
+            sent: counts.sent,
+            client_acked: counts.client_acked,
+            next_seq: counts.next_seq,
+            max: sm.max,
+        }
+    });
+    Some(Frame::Announce {
+        sid,
+        jid: a.jid.clone(),
+        available: a.available,
+        priority: a.priority,
+        sm,
+    })
 }
 
 /// Tells a session to end its client's stream resumably: a

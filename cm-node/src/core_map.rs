@@ -1,0 +1,936 @@
+//! Which core takes a session's frames: the sans-IO routing of a CM that
+//! talks to several cores ([`CoreMap`]), driven by [`crate::cores`].
+//!
+//! Until a core sends `SlotOwners` the CM is in single-core mode and every
+//! frame goes to the seed pool (the configured core), as it always did.
+//! In cluster mode:
+//! - a session's frames before its user is known (Register, AuthStart,
+//!   AuthResponse; a SessionEnd of an unauthenticated session) go to one
+//!   pool chosen at its first frame (the seed if it is up, else the first
+//!   pool that is): the SASL state lives in that core;
+//! - from its first `Bind` or `Resume` (which name the bare JID the core
+//!   authenticated) every frame goes to the owner of that user's slot;
+//! - while the slot has no known owner, the frames wait here in order, at
+//!   most [`HELD_BYTES_PER_SESSION`] per session and [`HELD_BYTES`] in all,
+//!   for at most [`HOLD_TIME`]; past any of them the session is kicked
+//!   (`connection-timeout`: its client resumes later);
+//! - when a slot changes owner (a `SlotOwners` or a core whose links stayed
+//!   down past [`DOWN_GRACE`]), each session of the slot moves: its
+//!   generation rises (frames stamped earlier and still queued for the old
+//!   owner are dropped at dequeue), it is re-announced on the new owner
+//!   before anything else of it, then its held frames follow
+//!   ([`Action::Move`]).
+//!
+//! Pools: one per core named in a `cores` list (at most [`MAX_POOLS`]); a
+//! pool other than the seed whose links are all down and that no
+//! `SlotOwners` named for [`UNLISTED_GRACE`] is stopped.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use cm_protocol::slots::{Slot, SlotMap, slot_of};
+use cm_protocol::{CoreAddress, Frame, SessionId, SlotEpoch};
+
+/// A pool of connections to one core; 0 is the seed.
+pub type PoolId = usize;
+
+/// The seed pool (the configured core address).
+pub const SEED: PoolId = 0;
+
+/// Most core pools a CM keeps (the seed included).
+pub const MAX_POOLS: usize = 64;
+
+/// Bytes of frames ([`Frame::queued_bytes`]) one session may hold while its
+/// slot has no known owner.
+pub const HELD_BYTES_PER_SESSION: usize = 256 * 1024;
+
+/// Bytes of frames all sessions together may hold while owners are unknown.
+pub const HELD_BYTES: usize = 64 * 1024 * 1024;
+
+/// A session's frames wait for an owner at most this long.
+pub const HOLD_TIME: Duration = Duration::from_secs(30);
+
+/// A core whose pool has had no connection up for this long is taken for
+/// dead: its slots have no known owner until another core claims them.
+pub const DOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A pool (not the seed) whose links are down and whose core no
+/// `SlotOwners` named for this long is stopped.
+pub const UNLISTED_GRACE: Duration = Duration::from_secs(30);
+
+/// What the driver must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start a pool of connections to `address` (`host:port`).
+    StartPool {
+        /// Its id.
+        pool: PoolId,
+        /// Where the core listens for CMs.
+        address: String,
+    },
+    /// Stop a pool (its id may be reused).
+    StopPool {
+        /// Its id.
+        pool: PoolId,
+    },
+    /// Session `sid` changed core: frames of it stamped with an earlier
+    /// generation than `gen` are stale (never to be sent). With `to`, it
+    /// is re-announced there (if bound), then `frames` (held while the
+    /// owner was unknown) follow in order, all stamped `gen`.
+    Move {
+        /// The session.
+        sid: SessionId,
+        /// Its generation from now on.
+        generation: u32,
+        /// Its new core, if known.
+        to: Option<PoolId>,
+        /// Frames it held, in order.
+        frames: Vec<Frame>,
+    },
+    /// End session `sid` with `connection-timeout` (its client resumes
+    /// later): it waited too long or held too much for an unknown owner.
+    Kick {
+        /// The session.
+        sid: SessionId,
+    },
+}
+
+/// Where a session's frame goes ([`CoreMap::route`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To this pool, stamped with the session's generation.
+    To {
+        /// The pool.
+        pool: PoolId,
+        /// The session's generation (see [`Action::Move`]).
+        generation: u32,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Held until the owner is known (nothing to do now).
+    Held,
+    /// Dropped: the session is being kicked ([`Action::Kick`] follows).
+    Dropped,
+}
+
+/// One pool's core, as far as this CM knows it.
+#[derive(Debug)]
+struct PoolState {
+    /// Where it is dialed.
+    address: String,
+    /// Its member id, from its own `SlotOwners`.
+    member: Option<String>,
+    /// Welcomed connections up now.
+    links_up: usize,
+    /// Since when none is up (none: some are).
+    down_since: Option<Instant>,
+    /// Its claims were forgotten (down past the grace).
+    forgotten: bool,
+    /// When a `SlotOwners` last named it among the live cores.
+    named_at: Instant,
+}
+
+/// One session's route.
+#[derive(Debug, Default)]
+struct SessionRoute {
+    /// The pool its unauthenticated frames go to.
+    auth: Option<PoolId>,
+    /// Its user's slot, once known (from Bind or Resume).
+    slot: Option<Slot>,
+    /// Its user's bare JID (to place it again if the slot count changes).
+    user: Option<String>,
+    /// Where its frames go now (none: held).
+    target: Option<PoolId>,
+    /// Raised at every move.
+    generation: u32,
+    /// Where its Bind or Resume went, until it is bound.
+    binding_at: Option<PoolId>,
+    /// Frames held while the owner is unknown.
+    held: VecDeque<Frame>,
+    held_bytes: usize,
+    held_since: Option<Instant>,
+    /// Kicked: its frames are dropped until it closes.
+    kicked: bool,
+}
+
+/// The routing state (see the module docs).
+#[derive(Debug)]
+pub struct CoreMap {
+    /// Owners of the slots; none until the first `SlotOwners` (single-core mode).
+    slots: Option<SlotMap>,
+    pools: Vec<Option<PoolState>>,
+    sessions: HashMap<SessionId, SessionRoute>,
+    /// Sessions holding frames.
+    holding: HashSet<SessionId>,
+    held_bytes: usize,
+    actions: VecDeque<Action>,
+}
+
+impl CoreMap {
+    /// A map whose seed pool dials `seed` (`host:port`), at `now`.
+    pub fn new(seed: String, now: Instant) -> Self {
+        Self {
+            slots: None,
+            pools: vec![Some(PoolState {
+                address: seed,
+                member: None,
+                links_up: 0,
+                down_since: Some(now),
+                forgotten: false,
+                named_at: now,
+            })],
+            sessions: HashMap::new(),
+            holding: HashSet::new(),
+            held_bytes: 0,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Whether a core has sent `SlotOwners` (cluster mode).
+    pub fn is_cluster(&self) -> bool {
+        self.slots.is_some()
+    }
+
+    /// Where session `sid`'s next frame goes.
+    pub fn route(&mut self, sid: SessionId, frame: Frame, now: Instant) -> Route {
+        let user = match &frame {
+            Frame::Bind { user, .. } | Frame::Resume { user, .. } => Some(user.as_str()),
+            _ => None,
+        };
+        if self.slots.is_none() {
+            // Single-core mode: the seed; remember the user of a session
+            // that binds, in case cluster mode begins while it lives.
+            if let Some(user) = user {
+                let route = self.sessions.entry(sid).or_default();
+                route.user = Some(user.to_owned());
+                route.target = Some(SEED);
+                route.auth = Some(SEED);
+            }
+            let generation = self.sessions.get(&sid).map_or(0, |r| r.generation);
+            return Route::To {
+                pool: SEED,
+                generation,
+                frame,
+            };
+        }
+        let auth_pool = self.auth_pool();
+        let route = self.sessions.entry(sid).or_default();
+        if route.kicked {
+            return Route::Dropped;
+        }
+        if let (Some(user), None) = (user, &route.user) {
+            let slots = self.slots.as_ref().map_or(1, SlotMap::slot_count);
+            route.slot = Some(slot_of(user, slots));
+            route.user = Some(user.to_owned());
+            route.target = owner_pool(&self.pools, self.slots.as_ref(), route.slot);
+        }
+        if route.user.is_none() {
+            let pool = *route.auth.get_or_insert(auth_pool);
+            return Route::To {
+                pool,
+                generation: route.generation,
+                frame,
+            };
+        }
+        let binds = matches!(frame, Frame::Bind { .. } | Frame::Resume { .. });
+        match route.target {
+            Some(pool) if route.held.is_empty() => {
+                if binds {
+                    route.binding_at = Some(pool);
+                }
+                Route::To {
+                    pool,
+                    generation: route.generation,
+                    frame,
+                }
+            }
+            _ => {
+                let cost = frame.queued_bytes();
+                if route.held_bytes + cost > HELD_BYTES_PER_SESSION
+                    || self.held_bytes + cost > HELD_BYTES
+                {
+                    self.kick(sid);
+                    return Route::Dropped;
+                }
+                route.held.push_back(frame);
+                route.held_bytes += cost;
+                route.held_since.get_or_insert(now);
+                self.held_bytes += cost;
+                self.holding.insert(sid);
+                Route::Held
+            }
+        }
+    }
+
+    /// Session `sid` is bound (its Bind or Resume succeeded): if it moved
+    /// while binding, it is announced where its frames go now.
+    pub fn bound(&mut self, sid: SessionId) {
+        let Some(route) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let binding_at = route.binding_at.take();
+        if self.slots.is_some()
+            && binding_at.is_some()
+            && route.target.is_some()
+            && binding_at != route.target
+        {
+            route.generation += 1;
+            self.actions.push_back(Action::Move {
+                sid,
+                generation: route.generation,
+                to: route.target,
+                frames: Vec::new(),
+            });
+        }
+    }
+
+    /// Session `sid` ended: its route and held frames are forgotten.
+    pub fn close(&mut self, sid: SessionId) {
+        if let Some(route) = self.sessions.remove(&sid) {
+            self.held_bytes -= route.held_bytes;
+            self.holding.remove(&sid);
+        }
+    }
+
+    /// Whether pool `pool` carries session `sid` now (what a returning
+    /// connection re-announces). In single-core mode the seed carries all.
+    pub fn carries(&self, pool: PoolId, sid: SessionId) -> bool {
+        if self.slots.is_none() {
+            return pool == SEED;
+        }
+        match self.sessions.get(&sid) {
+            Some(r) if r.user.is_some() => r.target == Some(pool),
+            Some(r) => r.auth == Some(pool),
+            None => pool == SEED,
+        }
+    }
+
+    /// A `SlotOwners` arrived on pool `pool` at `now`.
+    pub fn on_slot_owners(
+        &mut self,
+        pool: PoolId,
+        core: &str,
+        slot_count: u16,
+        owned: &[SlotEpoch],
+        cores: &[CoreAddress],
+        now: Instant,
+    ) {
+        let Some(state) = self.pools.get_mut(pool).and_then(Option::as_mut) else {
+            return;
+        };
+        let previous = state.member.replace(core.to_owned());
+        state.forgotten = false;
+        state.named_at = now;
+        let mut changed = Vec::new();
+        let slots = self.slots.get_or_insert_with(|| SlotMap::new(slot_count));
+        if slots.slot_count() != slot_count.max(1) {
+            tracing::warn!(
+                core,
+                slot_count,
+                known = slots.slot_count(),
+                "a core counts slots differently: its claims are ignored"
+            );
+            return;
+        }
+        if let Some(old) = previous.filter(|old| old != core) {
+            // The core at this address restarted: what it claimed is void.
+            changed.extend(slots.forget(&old));
+        }
+        let claims: Vec<(u16, u64)> = owned.iter().map(|s| (s.slot, s.epoch)).collect();
+        changed.extend(slots.apply(core, &claims));
+        // A pool that reports a member another live pool already has dials
+        // the same core twice: the later one goes.
+        let duplicate = self.pools.iter().enumerate().any(|(i, p)| {
+            i != pool
+                && p.as_ref()
+                    .is_some_and(|p| p.member.as_deref() == Some(core) && !p.forgotten)
+        });
+        if duplicate && pool != SEED {
+            tracing::info!(core, pool, "a second pool to one core: stopped");
+            self.pools[pool] = None;
+            self.actions.push_back(Action::StopPool { pool });
+        }
+        for listed in cores {
+            self.named(listed, now);
+        }
+        self.moved(&changed);
+    }
+
+    /// Pool `pool` has `up` welcomed connections at `now`.
+    pub fn on_links(&mut self, pool: PoolId, up: usize, now: Instant) {
+        let Some(state) = self.pools.get_mut(pool).and_then(Option::as_mut) else {
+            return;
+        };
+        state.links_up = up;
+        match (up, state.down_since) {
+            (0, None) => state.down_since = Some(now),
+            (1.., Some(_)) => state.down_since = None,
+            _ => {}
+        }
+    }
+
+    /// Timers due at `now`: cores down past the grace are forgotten,
+    /// unlisted pools stopped, sessions that waited too long kicked.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut changed = Vec::new();
+        for (id, pool) in self.pools.iter_mut().enumerate() {
+            let Some(p) = pool else { continue };
+            let down_long = p.down_since.is_some_and(|t| now >= t + DOWN_GRACE);
+            if down_long
+                && !p.forgotten
+                && let (Some(member), Some(slots)) = (&p.member, self.slots.as_mut())
+            {
+                tracing::info!(
+                    core = member,
+                    "core unreachable: its slots wait for a new owner"
+                );
+                changed.extend(slots.forget(member));
+                p.forgotten = true;
+            }
+            if id != SEED && down_long && now >= p.named_at + UNLISTED_GRACE {
+                *pool = None;
+                self.actions.push_back(Action::StopPool { pool: id });
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        self.moved(&changed);
+        let late: Vec<SessionId> = self
+            .holding
+            .iter()
+            .filter(|sid| {
+                self.sessions
+                    .get(sid)
+                    .and_then(|r| r.held_since)
+                    .is_some_and(|t| now >= t + HOLD_TIME)
+            })
+            .copied()
+            .collect();
+        for sid in late {
+            self.kick(sid);
+        }
+    }
+
+    /// When [`CoreMap::handle_timeout`] is due next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let pools = self.pools.iter().enumerate().flat_map(|(id, p)| {
+            let p = p.as_ref()?;
+            let down = p.down_since?;
+            let forget = (!p.forgotten && p.member.is_some()).then_some(down + DOWN_GRACE);
+            let stop = (id != SEED).then(|| (down + DOWN_GRACE).max(p.named_at + UNLISTED_GRACE));
+            Some([forget, stop])
+        });
+        let holds = self
+            .holding
+            .iter()
+            .filter_map(|sid| self.sessions.get(sid)?.held_since)
+            .map(|t| t + HOLD_TIME);
+        pools.flatten().flatten().chain(holds).min()
+    }
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Core pools now.
+    pub fn pools(&self) -> usize {
+        self.pools.iter().flatten().count()
+    }
+
+    /// Slots with a known owner.
+    pub fn owned_slots(&self) -> usize {
+        self.slots.as_ref().map_or(0, |s| {
+            (0..s.slot_count())
+                .filter(|n| s.owner(Slot(*n)).is_some())
+                .count()
+        })
+    }
+
+    /// Bytes of frames held for unknown owners.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// The pool a new session authenticates through: the seed if it is
+    /// up, else the first pool that is, else the seed.
+    fn auth_pool(&self) -> PoolId {
+        let up = |p: &Option<PoolState>| p.as_ref().is_some_and(|p| p.links_up > 0);
+        if up(&self.pools[SEED]) {
+            return SEED;
+        }
+        self.pools.iter().position(up).unwrap_or(SEED)
+    }
+
+    /// A `cores` list names `core`: its pool is kept (or started).
+    fn named(&mut self, core: &CoreAddress, now: Instant) {
+        let existing = self
+            .pools
+            .iter_mut()
+            .flatten()
+            .find(|p| p.member.as_deref() == Some(&core.core) || p.address == core.address);
+        if let Some(p) = existing {
+            p.named_at = now;
+            return;
+        }
+        // New ids first: a stopped pool's last link reports may still come
+        // under its id; one is reused only once MAX_POOLS ids exist.
+        let free = self.pools.iter().position(Option::is_none);
+        let pool = match free {
+            _ if self.pools.len() < MAX_POOLS => {
+                self.pools.push(None);
+                self.pools.len() - 1
+            }
+            Some(i) => i,
+            None => {
+                tracing::warn!(
+                    core = core.core,
+                    "{MAX_POOLS} core pools already: not dialed"
+                );
+                return;
+            }
+        };
+        self.pools[pool] = Some(PoolState {
+            address: core.address.clone(),
+            member: Some(core.core.clone()),
+            links_up: 0,
+            down_since: Some(now),
+            forgotten: false,
+            named_at: now,
+        });
+        self.actions.push_back(Action::StartPool {
+            pool,
+            address: core.address.clone(),
+        });
+    }
+
+    /// Slots `changed` owner: their sessions move.
+    fn moved(&mut self, changed: &[Slot]) {
+        if changed.is_empty() {
+            return;
+        }
+        let changed: HashSet<Slot> = changed.iter().copied().collect();
+        for (sid, route) in &mut self.sessions {
+            let Some(slot) = route.slot.or_else(|| {
+                // bound in single-core mode: placed now
+                let user = route.user.as_deref()?;
+                let slots = self.slots.as_ref()?;
+                route.slot = Some(slot_of(user, slots.slot_count()));
+                route.slot
+            }) else {
+                continue;
+            };
+            if !changed.contains(&slot) || route.kicked {
+                continue;
+            }
+            let to = owner_pool(&self.pools, self.slots.as_ref(), Some(slot));
+            if to == route.target && route.held.is_empty() {
+                continue;
+            }
+            route.target = to;
+            route.generation += 1;
+            let mut frames = Vec::new();
+            if to.is_some() {
+                self.held_bytes -= route.held_bytes;
+                route.held_bytes = 0;
+                route.held_since = None;
+                self.holding.remove(sid);
+                frames.extend(route.held.drain(..));
+                if frames
+                    .iter()
+                    .any(|f| matches!(f, Frame::Bind { .. } | Frame::Resume { .. }))
+                {
+                    route.binding_at = to;
+                }
+            }
+            self.actions.push_back(Action::Move {
+                sid: *sid,
+                generation: route.generation,
+                to,
+                frames,
+            });
+        }
+    }
+
+    /// Kicks session `sid`, dropping what it held.
+    fn kick(&mut self, sid: SessionId) {
+        let Some(route) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if route.kicked {
+            return;
+        }
+        route.kicked = true;
+        self.held_bytes -= route.held_bytes;
+        route.held_bytes = 0;
+        route.held.clear();
+        route.held_since = None;
+        self.holding.remove(&sid);
+        self.actions.push_back(Action::Kick { sid });
+    }
+}
+
+/// The pool of the owner of `slot`, if the owner is known and has one.
+fn owner_pool(
+    pools: &[Option<PoolState>],
+    slots: Option<&SlotMap>,
+    slot: Option<Slot>,
+) -> Option<PoolId> {
+    let owner = slots?.owner(slot?)?;
+    pools.iter().position(|p| {
+        p.as_ref()
+            .is_some_and(|p| p.member.as_deref() == Some(owner))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cm_protocol::{Kind, RouteHeader};
+
+    use super::*;
+
+    const SLOTS: u16 = 16;
+
+    fn stanza(sid: SessionId, n: u8) -> Frame {
+        Frame::Stanza {
+            sid,
+            header: RouteHeader {
+                kind: Kind::Message,
+                stanza_type: None,
+                to: Some("b@x".into()),
+                id: None,
+                from: "u@x/r".into(),
+            },
+            payload: Bytes::from(vec![n; 8]),
+        }
+    }
+
+    fn bind(sid: SessionId, user: &str) -> Frame {
+        Frame::Bind {
+            sid,
+            user: user.into(),
+            iq_id: "b".into(),
+            resource: None,
+        }
+    }
+
+    fn auth(sid: SessionId) -> Frame {
+        Frame::AuthStart {
+            sid,
+            mechanism: "PLAIN".into(),
+            data: Bytes::new(),
+            client_ip: None,
+        }
+    }
+
+    fn core(name: &str, address: &str) -> CoreAddress {
+        CoreAddress {
+            core: name.into(),
+            address: address.into(),
+        }
+    }
+
+    fn claims(slots: &[(u16, u64)]) -> Vec<SlotEpoch> {
+        slots
+            .iter()
+            .map(|&(slot, epoch)| SlotEpoch { slot, epoch })
+            .collect()
+    }
+
+    fn actions(map: &mut CoreMap) -> Vec<Action> {
+        std::iter::from_fn(|| map.poll_action()).collect()
+    }
+
+    fn slot(user: &str) -> u16 {
+        slot_of(user, SLOTS).0
+    }
+
+    /// A map in cluster mode: the seed is core a (pool 0), b is pool 1,
+    /// both up; a owns every slot but `b_slots`, which b owns.
+    fn two_cores(now: Instant, b_slots: &[u16]) -> CoreMap {
+        let mut map = CoreMap::new("10.0.0.1:7000".into(), now);
+        let cores = [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")];
+        let a: Vec<(u16, u64)> = (0..SLOTS)
+            .filter(|s| !b_slots.contains(s))
+            .map(|s| (s, 1))
+            .collect();
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&a), &cores, now);
+        assert_eq!(
+            actions(&mut map),
+            vec![Action::StartPool {
+                pool: 1,
+                address: "10.0.0.2:7000".into()
+            }]
+        );
+        let b: Vec<(u16, u64)> = b_slots.iter().map(|&s| (s, 1)).collect();
+        map.on_slot_owners(1, "b#1", SLOTS, &claims(&b), &cores, now);
+        map.on_links(SEED, 2, now);
+        map.on_links(1, 2, now);
+        assert_eq!(actions(&mut map), vec![]);
+        map
+    }
+
+    /// Two users in different slots.
+    fn users() -> (&'static str, &'static str) {
+        let u = "alice@x";
+        let v = ["bob@x", "carol@x", "dave@x", "erin@x"]
+            .into_iter()
+            .find(|v| slot(v) != slot(u))
+            .expect("users in different slots");
+        (u, v)
+    }
+
+    #[test]
+    fn without_slot_owners_everything_goes_to_the_seed() {
+        let now = Instant::now();
+        let mut map = CoreMap::new("10.0.0.1:7000".into(), now);
+        for frame in [auth(1), bind(1, "alice@x"), stanza(1, 1)] {
+            assert_eq!(
+                map.route(1, frame.clone(), now),
+                Route::To {
+                    pool: SEED,
+                    generation: 0,
+                    frame
+                }
+            );
+        }
+        map.bound(1);
+        map.handle_timeout(now + Duration::from_secs(600));
+        assert!(!map.is_cluster());
+        assert_eq!(actions(&mut map), vec![]);
+        assert!(map.carries(SEED, 1) && !map.carries(1, 1));
+    }
+
+    #[test]
+    fn an_authentication_stays_with_the_core_it_started_at() {
+        let now = Instant::now();
+        let mut map = two_cores(now, &[]);
+        // the seed goes down: a new session authenticates through b ...
+        map.on_links(SEED, 0, now);
+        let to = |r: Route| match r {
+            Route::To { pool, .. } => pool,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(to(map.route(7, auth(7), now)), 1);
+        // ... and stays there when the seed is back
+        map.on_links(SEED, 2, now);
+        let response = Frame::AuthResponse {
+            sid: 7,
+            data: Bytes::new(),
+        };
+        assert_eq!(to(map.route(7, response, now)), 1);
+        assert!(map.carries(1, 7) && !map.carries(SEED, 7));
+        // a session starting now authenticates through the seed
+        assert_eq!(to(map.route(8, auth(8), now)), SEED);
+    }
+
+    #[test]
+    fn a_bound_session_goes_to_its_users_owner() {
+        let (u, v) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(v)]);
+        for (sid, user, pool) in [(1, u, SEED), (2, v, 1)] {
+            map.route(sid, auth(sid), now);
+            let bound = map.route(sid, bind(sid, user), now);
+            assert!(
+                matches!(bound, Route::To { pool: p, .. } if p == pool),
+                "{bound:?}"
+            );
+            map.bound(sid);
+            let next = map.route(sid, stanza(sid, 1), now);
+            assert!(
+                matches!(next, Route::To { pool: p, .. } if p == pool),
+                "{next:?}"
+            );
+            assert!(map.carries(pool, sid));
+        }
+        assert_eq!(actions(&mut map), vec![]);
+    }
+
+    #[test]
+    fn frames_wait_for_an_unknown_owner_and_follow_its_claim_in_order() {
+        let (u, _) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(u)]);
+        map.route(1, bind(1, u), now);
+        map.bound(1);
+        // b withdraws u's slot: nobody owns it
+        map.on_slot_owners(1, "b#1", SLOTS, &[], &[], now);
+        let [
+            Action::Move {
+                sid: 1,
+                generation: 1,
+                to: None,
+                frames,
+            },
+        ] = &actions(&mut map)[..]
+        else {
+            panic!("no move")
+        };
+        assert!(frames.is_empty());
+        assert_eq!(map.route(1, stanza(1, 1), now), Route::Held);
+        assert_eq!(map.route(1, stanza(1, 2), now), Route::Held);
+        assert_eq!(map.held_bytes(), 2 * stanza(1, 1).queued_bytes());
+        assert!(map.poll_timeout().is_some_and(|t| t <= now + HOLD_TIME));
+        // a claims it at a later epoch: re-announced there, then the frames in order
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&[(slot(u), 2)]), &[], now);
+        assert_eq!(
+            actions(&mut map),
+            vec![Action::Move {
+                sid: 1,
+                generation: 2,
+                to: Some(SEED),
+                frames: vec![stanza(1, 1), stanza(1, 2)],
+            }]
+        );
+        assert_eq!(map.held_bytes(), 0);
+        assert!(matches!(
+            map.route(1, stanza(1, 3), now),
+            Route::To {
+                pool: SEED,
+                generation: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_session_that_holds_too_much_or_waits_too_long_is_kicked() {
+        let (u, v) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(u), slot(v)]);
+        map.route(1, bind(1, u), now);
+        map.route(2, bind(2, v), now);
+        map.on_links(1, 0, now);
+        // b's links stay down past the grace: its slots have no owner
+        map.handle_timeout(now + DOWN_GRACE);
+        assert_eq!(actions(&mut map).len(), 2);
+        let later = now + DOWN_GRACE;
+        let big = Frame::Deliver {
+            sid: 1,
+            payload: Bytes::from(vec![0; HELD_BYTES_PER_SESSION]),
+        };
+        assert_eq!(map.route(1, big, later), Route::Dropped);
+        assert_eq!(actions(&mut map), vec![Action::Kick { sid: 1 }]);
+        assert_eq!(map.route(1, stanza(1, 1), later), Route::Dropped);
+        assert_eq!(map.route(2, stanza(2, 1), later), Route::Held);
+        map.handle_timeout(later + HOLD_TIME);
+        let kicks: Vec<_> = actions(&mut map)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Kick { .. }))
+            .collect();
+        assert_eq!(kicks, vec![Action::Kick { sid: 2 }]);
+        assert_eq!(map.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_move_to_another_core_raises_the_generation_and_re_announces_before_later_frames() {
+        let (u, _) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[]);
+        map.route(1, bind(1, u), now);
+        map.bound(1);
+        assert!(matches!(
+            map.route(1, stanza(1, 1), now),
+            Route::To {
+                pool: SEED,
+                generation: 0,
+                ..
+            }
+        ));
+        // b takes u's slot at a later epoch (a has not withdrawn yet)
+        map.on_slot_owners(1, "b#1", SLOTS, &claims(&[(slot(u), 2)]), &[], now);
+        assert_eq!(
+            actions(&mut map),
+            vec![Action::Move {
+                sid: 1,
+                generation: 1,
+                to: Some(1),
+                frames: vec![]
+            }]
+        );
+        // the driver queues the re-announcement before this frame
+        assert!(matches!(
+            map.route(1, stanza(1, 2), now),
+            Route::To {
+                pool: 1,
+                generation: 1,
+                ..
+            }
+        ));
+        assert!(map.carries(1, 1) && !map.carries(SEED, 1));
+        // a's withdrawal moves nothing more
+        let rest: Vec<_> = (0..SLOTS)
+            .filter(|s| *s != slot(u))
+            .map(|s| (s, 1))
+            .collect();
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&rest), &[], now);
+        assert_eq!(actions(&mut map), vec![]);
+    }
+
+    #[test]
+    fn a_stale_claim_from_a_paused_core_moves_nothing() {
+        let (u, _) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[]);
+        map.route(1, bind(1, u), now);
+        map.on_slot_owners(1, "b#1", SLOTS, &claims(&[(slot(u), 5)]), &[], now);
+        assert_eq!(actions(&mut map).len(), 1);
+        // a wakes up and repeats its claim at epoch 1
+        let all: Vec<_> = (0..SLOTS).map(|s| (s, 1)).collect();
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&all), &[], now);
+        assert_eq!(actions(&mut map), vec![]);
+        assert!(matches!(
+            map.route(1, stanza(1, 1), now),
+            Route::To { pool: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn a_session_that_moved_while_binding_is_announced_where_it_went_once_bound() {
+        let (u, _) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[]);
+        map.route(1, bind(1, u), now);
+        map.on_slot_owners(1, "b#1", SLOTS, &claims(&[(slot(u), 2)]), &[], now);
+        assert_eq!(actions(&mut map).len(), 1);
+        // the Bind went to a; the session is announced to b once bound
+        map.bound(1);
+        assert_eq!(
+            actions(&mut map),
+            vec![Action::Move {
+                sid: 1,
+                generation: 2,
+                to: Some(1),
+                frames: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_restarted_core_at_the_same_address_loses_its_old_claims_and_a_dead_pool_is_stopped() {
+        let (u, _) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(u)]);
+        assert_eq!(map.owned_slots(), usize::from(SLOTS));
+        assert_eq!(map.pools(), 2);
+        // b restarts as b#2 and claims nothing yet
+        map.on_slot_owners(1, "b#2", SLOTS, &[], &[], now);
+        assert_eq!(map.owned_slots(), usize::from(SLOTS) - 1);
+        // b goes away for good: a stops naming it
+        map.on_links(1, 0, now);
+        map.handle_timeout(now + DOWN_GRACE);
+        assert_eq!(actions(&mut map), vec![]);
+        let cores = [core("a#1", "10.0.0.1:7000")];
+        let later = now + UNLISTED_GRACE;
+        let a: Vec<_> = (0..SLOTS)
+            .filter(|s| *s != slot(u))
+            .map(|s| (s, 1))
+            .collect();
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&a), &cores, later);
+        map.handle_timeout(later);
+        assert_eq!(actions(&mut map), vec![Action::StopPool { pool: 1 }]);
+        assert_eq!(map.pools(), 1);
+    }
+}
