@@ -382,3 +382,94 @@ fn presence_reaches_a_contact_of_another_core_and_a_probe_there_is_answered() {
     let at_a = frame(&mut a, 9, answer.clone());
     assert_eq!(delivered_to(&at_a), vec![(1, 10)]);
 }
+
+#[test]
+fn a_forward_waiting_for_a_slot_this_core_then_takes_is_delivered_here_and_acknowledged() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    sm_enable(&mut a, 1, 10, 60);
+    // bob's slot has no owner: the message waits
+    let acts = chat_to(&mut a, &alice_full, &bob);
+    assert!(forwards(&acts).is_empty());
+    commit_archives(&mut a, &acts);
+    // this core takes bob's slot (bob is offline): the message is stored
+    // here, and alice's acknowledgement follows the store's commit
+    let took = a.run(Input::Ownership {
+        events: vec![LeaseEvent::Owned {
+            slot: slot_of(&bob, SLOTS),
+            epoch: Epoch(2),
+        }],
+    });
+    let stored: Vec<_> = took
+        .iter()
+        .filter_map(|x| match x {
+            Action::StoreOffline { origin, .. } => Some(*origin),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(&stored[..], [Some(_)]), "{took:?}");
+    assert_eq!(a.forwards_waiting(), 0);
+    assert_eq!(
+        handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
+        vec![0]
+    );
+    let Some(origin) = stored[0] else { return };
+    assert_eq!(handled(&a.run(Input::Stored { origin })), vec![1]);
+}
+
+#[test]
+fn a_session_of_a_slot_lost_and_taken_again_is_announced_back_without_a_conflict() {
+    let (alice, _) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    let full = bound(&mut a, 1, 10, &alice, "phone");
+    let acts = sm_enable(&mut a, 1, 10, 60);
+    let Some(id) = acts.iter().find_map(|x| match x {
+        Action::Send {
+            frame: Frame::SmEnabled { id, .. },
+            ..
+        } => Some(id.clone()),
+        _ => None,
+    }) else {
+        panic!("{acts:?}")
+    };
+    let slot = slot_of(&alice, SLOTS);
+    a.run(Input::Ownership {
+        events: vec![LeaseEvent::Lost { slot }],
+    });
+    a.run(Input::Ownership {
+        events: vec![LeaseEvent::Owned {
+            slot,
+            epoch: Epoch(3),
+        }],
+    });
+    let announced = frame(
+        &mut a,
+        1,
+        Frame::Announce {
+            sid: 10,
+            jid: full,
+            available: true,
+            priority: 0,
+            sm: Some(cm_protocol::SmSnapshot {
+                id,
+                handled: 0,
+                sent: 0,
+                client_acked: 0,
+                next_seq: 0,
+                max: 60,
+            }),
+        },
+    );
+    assert!(
+        !announced.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                frame: Frame::Kick { .. },
+                ..
+            }
+        )),
+        "{announced:?}"
+    );
+    assert_eq!(a.sm_counts().0, 1);
+}

@@ -111,14 +111,42 @@ impl Router {
         }
     }
 
-    /// Sends again the forwards whose owner changed or was unknown.
+    /// Sends again the forwards whose owner changed or was unknown; those
+    /// whose recipient is now this core's user are routed here.
     fn resend_forwards(&mut self) {
         let Some(shard) = &self.shard else { return };
         let again = self
             .forwards
             .to_resend(|bare, core| matches!(shard.owner(bare), Owner::Peer(c) if c == core));
         for r in again {
-            self.send_forward(r.seq, &r.to_bare);
+            if self.serves(&r.to_bare) {
+                self.forward_home(r.seq);
+            } else {
+                self.send_forward(r.seq, &r.to_bare);
+            }
+        }
+    }
+
+    /// Routes forward `seq` here (this core took its recipient's slot): as
+    /// one from a peer, its writes holding its sender's acknowledgement.
+    fn forward_home(&mut self, seq: u64) {
+        let Some((header, payload, origin)) = self.forwards.take(seq) else {
+            return;
+        };
+        let Some(to) = header.to.as_deref().and_then(|t| Jid::new(t).ok()) else {
+            return self.release_origin(origin);
+        };
+        let bare = to.to_bare().to_string();
+        self.origin = origin;
+        self.message_in(&header, &to, &bare, payload);
+        self.origin = None;
+        // the forward's own hold goes; its writes here hold on their own
+        self.release_origin(origin);
+    }
+
+    fn release_origin(&mut self, origin: Option<(u64, u32)>) {
+        if let Some(origin) = origin {
+            self.stored(origin);
         }
     }
 
@@ -249,7 +277,7 @@ impl Router {
                 .map(|r| (r.node, r.sid))
                 .collect();
             for (node, sid) in addrs {
-                self.sessions.remove((node, sid));
+                self.sessions.forget((node, sid));
                 self.table.unbind(node, sid);
             }
             self.forget_roster_if_unused(&user);

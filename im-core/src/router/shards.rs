@@ -226,6 +226,14 @@ impl Forwards {
         Some(entry.origin)
     }
 
+    /// Takes forward `seq` back (its recipient is now this core's user):
+    /// its header, payload and origin.
+    pub(super) fn take(&mut self, seq: u64) -> Option<(RouteHeader, Bytes, Option<(u64, u32)>)> {
+        let entry = self.waiting.remove(&seq)?;
+        self.bytes -= entry.cost();
+        Some((entry.header, entry.payload, entry.origin))
+    }
+
     /// The peer refused forward `seq` (not the owner): it waits to be sent
     /// again; returns its recipient.
     pub(super) fn refused(&mut self, seq: u64) -> Option<Resend> {

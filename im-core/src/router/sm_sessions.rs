@@ -542,6 +542,15 @@ impl SmSessions {
         Some(*ledger)
     }
 
+    /// Forgets the session at `addr` without remembering it as retired:
+    /// it lives on at another core (its slot moved), and may be announced
+    /// here again when the slot comes back.
+    pub(crate) fn forget(&mut self, addr: SessionAddr) {
+        if self.remove(addr).is_some() {
+            self.retired.remove(addr);
+        }
+    }
+
     /// Tracks a ledger at `addr`, keeping the counts, the token and the
     /// expiry right.
     fn insert(&mut self, addr: SessionAddr, ledger: Ledger) {

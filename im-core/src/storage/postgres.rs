@@ -86,6 +86,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server-side `statement_timeout` set on each connection (unless the
 /// connection string sets one), so an abandoned statement frees its locks.
 const STATEMENT_TIMEOUT_MS: u64 = 5000;
+/// The server-side `idle_in_transaction_session_timeout` set on each
+/// connection (unless the connection string sets one): a process paused
+/// or cut off in the middle of a transaction loses its session, and the
+/// row locks it held, within this — below a slot lease (8 s), so the slot
+/// fences its writes took (`FOR SHARE`) cannot keep its slots from moving.
+/// A transaction of the storage thread is never idle this long.
+const IDLE_IN_TRANSACTION_MS: u64 = 4000;
 /// First and longest pause between reconnection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 
@@ -181,10 +188,16 @@ impl Postgres {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3);
         let options = config.get_options().unwrap_or_default();
+        let mut options = options.to_owned();
         if !options.contains("statement_timeout") {
-            let options = format!("{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}");
-            config.options(options.trim_start());
+            options = format!("{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}");
         }
+        if !options.contains("idle_in_transaction_session_timeout") {
+            options = format!(
+                "{options} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+            );
+        }
+        config.options(options.trim_start());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
