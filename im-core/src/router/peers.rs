@@ -130,9 +130,10 @@ impl Router {
     /// Routes forward `seq` here (this core took its recipient's slot): as
     /// one from a peer, its writes holding its sender's acknowledgement.
     fn forward_home(&mut self, seq: u64) {
-        let Some((header, payload, origin)) = self.forwards.take(seq) else {
+        let Some(taken) = self.forwards.take(seq) else {
             return;
         };
+        let (header, payload, origin) = (taken.header, taken.payload, taken.origin);
         let Some(to) = header.to.as_deref().and_then(|t| Jid::new(t).ok()) else {
             return self.release_origin(origin);
         };

@@ -170,6 +170,16 @@ pub(super) struct Resend {
     pub to_bare: String,
 }
 
+/// A forward taken back to be routed here.
+pub(super) struct TakenBack {
+    /// Its header.
+    pub header: RouteHeader,
+    /// The stanza.
+    pub payload: Bytes,
+    /// The SM origin its sender's acknowledgement waits on.
+    pub origin: Option<(u64, u32)>,
+}
+
 /// A forward given up on (or refused for room): answer its sender.
 pub(super) struct GivenUp {
     /// The stanza's header (its `from` is the sender).
@@ -228,10 +238,14 @@ impl Forwards {
 
     /// Takes forward `seq` back (its recipient is now this core's user):
     /// its header, payload and origin.
-    pub(super) fn take(&mut self, seq: u64) -> Option<(RouteHeader, Bytes, Option<(u64, u32)>)> {
+    pub(super) fn take(&mut self, seq: u64) -> Option<TakenBack> {
         let entry = self.waiting.remove(&seq)?;
         self.bytes -= entry.cost();
-        Some((entry.header, entry.payload, entry.origin))
+        Some(TakenBack {
+            header: entry.header,
+            payload: entry.payload,
+            origin: entry.origin,
+        })
     }
 
     /// The peer refused forward `seq` (not the owner): it waits to be sent
