@@ -2,7 +2,9 @@
 //! cores in a cluster on PostgreSQL, a balancer and two CMs. Users of all
 //! slots chat across cores and CMs; then a core is SIGKILLed under that
 //! traffic, its slots move to the survivors, its users' sessions are
-//! re-announced and resumed, and no acknowledged message is lost.
+//! re-announced and resumed, and no acknowledged message is lost; a core
+//! paused past its lease loses its slots and rejoins; a fourth core joins
+//! and one is drained and removed, all under traffic, losing nothing.
 //!
 //! Needs PostgreSQL (`LONGLINK_TEST_POSTGRES`); says "skipped" without it.
 
@@ -10,6 +12,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use client_sdk::im::SubscriptionRequest;
 use client_sdk::{Client, Event, MessageState};
 use futures_util::future::join_all;
 use support::process::Deployment;
@@ -20,11 +23,50 @@ const USERS: usize = 60;
 /// Messages each user sends per round.
 const EACH: usize = 5;
 
+/// What a round saw.
+struct Round {
+    /// When each user got its first message of the round.
+    firsts: Vec<Instant>,
+    /// Sessions that could not be resumed and logged in anew.
+    relogins: usize,
+}
+
+/// Each user asks the next user (most of them served by another core)
+/// for its presence; the next user approves; each then sees the other's
+/// available presence.
+async fn subscribe_ring(clients: &mut [Client]) {
+    let n = clients.len();
+    let runs = clients.iter_mut().enumerate().map(|(i, c)| async move {
+        let next = format!("u{}@{DOMAIN}", (i + 1) % n);
+        let prev = format!("u{}@{DOMAIN}", (i + n - 1) % n);
+        c.subscribe(&next).await.expect("subscribe");
+        let (mut approved, mut saw_next) = (false, false);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !approved || !saw_next {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, c.next_event()).await {
+                Ok(Some(Event::Subscription {
+                    from,
+                    kind: SubscriptionRequest::Subscribe,
+                })) if from == prev => {
+                    c.approve(&prev).await.expect("approve");
+                    approved = true;
+                }
+                Ok(Some(Event::Presence(p))) if p.available && p.from.starts_with(&next) => {
+                    saw_next = true;
+                }
+                Ok(Some(_)) => {}
+                other => panic!("u{i}: approved {approved}, saw {next}: {saw_next}: {other:?}"),
+            }
+        }
+    });
+    join_all(runs).await;
+}
+
 /// Each user sends [`EACH`] messages to the next user (most of them of
 /// another core) and waits until they are acknowledged and it got as
-/// many from the previous user, in order, once. Returns when each user
-/// got its first message of the round.
-async fn round(clients: &mut [Client], round: usize) -> Vec<Instant> {
+/// many from the previous user, in order, once.
+async fn round(clients: &mut [Client], round: usize) -> Round {
     let n = clients.len();
     let runs = clients.iter_mut().enumerate().map(|(i, c)| async move {
         let to = format!("u{}@{DOMAIN}", (i + 1) % n);
@@ -39,6 +81,7 @@ async fn round(clients: &mut [Client], round: usize) -> Vec<Instant> {
         let from = (i + n - 1) % n;
         let mut got = Vec::new();
         let mut first = None;
+        let mut relogins = 0;
         let deadline = Instant::now() + Duration::from_secs(90);
         while !waiting.is_empty() || got.len() < EACH {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -53,6 +96,7 @@ async fn round(clients: &mut [Client], round: usize) -> Vec<Instant> {
                     first.get_or_insert_with(Instant::now);
                     got.push(m.body.unwrap_or_default());
                 }
+                Ok(Some(Event::Reconnected { resumed: false })) => relogins += 1,
                 Ok(Some(_)) => {}
                 other => panic!(
                     "u{i} round {round}: {} unacknowledged, got {got:?}: {other:?}",
@@ -65,9 +109,13 @@ async fn round(clients: &mut [Client], round: usize) -> Vec<Instant> {
             got, want,
             "u{i} got every message of u{from}, once, in order"
         );
-        first.unwrap_or_else(Instant::now)
+        (first.unwrap_or_else(Instant::now), relogins)
     });
-    join_all(runs).await
+    let seen = join_all(runs).await;
+    Round {
+        firsts: seen.iter().map(|s| s.0).collect(),
+        relogins: seen.iter().map(|s| s.1).sum(),
+    }
 }
 
 /// Three cores on a fresh database, two CMs behind the balancer, and
@@ -77,6 +125,7 @@ fn deployment(prefix: &str) -> Option<(Deployment, Vec<String>)> {
         println!("skipped: LONGLINK_TEST_POSTGRES is unset");
         return None;
     };
+    support::cluster::init_logging();
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
     let mut dep = Deployment::start_sharded(DOMAIN, 3, 2, &users, "pw", &url);
     dep.spawn_cm(1);
@@ -129,13 +178,19 @@ async fn a_core_paused_past_its_lease_loses_its_slots_rejoins_and_nothing_is_los
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         println!("slots moved {:?} after the pause", survivors.elapsed());
-        round(&mut clients, 1).await;
+        let during = round(&mut clients, 1).await;
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGCONT) };
         // it finds its lease gone, rejoins and gets its share back
         let shares = dep.wait_slots_shared(4096, Duration::from_secs(60));
         println!("slots per core after the rejoin: {shares:?}");
-        round(&mut clients, 2).await;
+        let after = round(&mut clients, 2).await;
+        // (a session whose client was away while its slot was handed over
+        // cannot be resumed: it logs in again, losing nothing)
+        println!(
+            "sessions that logged in again: {}",
+            during.relogins + after.relogins
+        );
     };
     tokio::time::timeout(Duration::from_secs(240), run)
         .await
@@ -149,6 +204,7 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
     };
     let run = async {
         let mut clients = log_in(&dep, &users).await;
+        subscribe_ring(&mut clients).await;
         round(&mut clients, 0).await;
 
         // Which users core-2 serves, then kill it under traffic.
@@ -157,7 +213,9 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
         assert!(!served.is_empty(), "core-2 serves some users");
         let killed = Instant::now();
         dep.kill(victim);
-        let firsts = round(&mut clients, 1).await;
+        let after = round(&mut clients, 1).await;
+        assert_eq!(after.relogins, 0, "every session resumed or moved");
+        let firsts = after.firsts;
         let affected: Vec<usize> = (0..USERS)
             .filter(|i| served.iter().any(|j| j.starts_with(&format!("u{i}@"))))
             .collect();
@@ -174,8 +232,6 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
             .map(|(_, c)| c.cluster()["slots_owned"].as_u64().unwrap_or(0))
             .sum::<u64>();
         assert_eq!(shares, 4096, "the survivors own every slot");
-        let resumed = clients.iter().filter(|c| c.was_resumed()).count();
-        println!("sessions resumed: {resumed}");
     };
     tokio::time::timeout(Duration::from_secs(240), run)
         .await
@@ -204,4 +260,54 @@ fn routes_of(dep: &Deployment, index: usize) -> Vec<String> {
     users.sort();
     users.dedup();
     users
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_core_joins_under_traffic_then_one_is_drained_and_removed_losing_nothing() {
+    let Some((mut dep, users)) = deployment("ll_join") else {
+        return;
+    };
+    let run = async {
+        let mut clients = log_in(&dep, &users).await;
+        round(&mut clients, 0).await;
+        // a fourth core joins while users chat: slots are handed to it
+        let fourth = dep.add_core();
+        let joining = round(&mut clients, 1).await;
+        let shares = dep.wait_slots_shared(4096, Duration::from_secs(60));
+        println!("slots per core with a fourth: {shares:?}");
+        assert_eq!(shares.len(), 4);
+        let joined = round(&mut clients, 2).await;
+        // core-1 is drained while users chat, then stopped
+        dep.drain_core(0);
+        let draining = round(&mut clients, 3).await;
+        dep.wait_core_slots(0, 0, Duration::from_secs(60));
+        // what it gave back is claimed by the others within a round or two
+        let start = Instant::now();
+        loop {
+            let others: u64 = dep.cores[1..]
+                .iter()
+                .map(|c| c.cluster()["slots_owned"].as_u64().unwrap_or(0))
+                .sum();
+            if others == 4096 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the others own {others}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        dep.kill(dep.cores[0].proc);
+        let removed = round(&mut clients, 4).await;
+        let relogins = [joining, joined, draining, removed]
+            .iter()
+            .map(|r| r.relogins)
+            .sum::<usize>();
+        // (see the paused core's test)
+        println!("sessions that logged in again: {relogins}");
+        assert!(dep.cores[fourth].cluster()["slots_owned"].as_u64() > Some(0));
+    };
+    tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the test finished in time");
 }

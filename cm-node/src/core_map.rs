@@ -305,6 +305,17 @@ impl CoreMap {
         }
     }
 
+    /// Whether bound session `sid` is routed to another pool than `pool`
+    /// now (it moved away from `pool`'s core). A session waiting for an
+    /// owner has not moved anywhere yet.
+    pub fn moved_away(&self, pool: PoolId, sid: SessionId) -> bool {
+        self.slots.is_some()
+            && self
+                .sessions
+                .get(&sid)
+                .is_some_and(|r| r.user.is_some() && r.target.is_some_and(|t| t != pool))
+    }
+
     /// A `SlotOwners` arrived on pool `pool` at `now`.
     pub fn on_slot_owners(
         &mut self,
@@ -860,6 +871,8 @@ mod tests {
             }
         ));
         assert!(map.carries(1, 1) && !map.carries(SEED, 1));
+        // what a still sends the session is not the session's any more
+        assert!(map.moved_away(SEED, 1) && !map.moved_away(1, 1));
         // a's withdrawal moves nothing more
         let rest: Vec<_> = (0..SLOTS)
             .filter(|s| *s != slot(u))

@@ -371,6 +371,10 @@ impl CoreEvents for Cores {
         )
     }
 
+    fn moved_away(&self, pool: PoolId, sid: SessionId) -> bool {
+        self.cluster.load(Ordering::Acquire) && self.lock().map.moved_away(pool, sid)
+    }
+
     fn stale(&self, _pool: PoolId, sid: SessionId, frame: Frame) {
         match frame {
             // Lost with the move: the client resends it after resuming.

@@ -136,6 +136,11 @@ pub trait CoreEvents: Send + Sync {
     /// A frame of session `sid` routed before it moved was taken from pool
     /// `pool`'s queue (not sent).
     fn stale(&self, pool: PoolId, sid: SessionId, frame: Frame);
+    /// Whether session `sid` moved from pool `pool`'s core to another:
+    /// deliveries, acknowledgements and kicks from the core it left (one
+    /// that was paused, say, and runs on before it notices) are not the
+    /// session's any more.
+    fn moved_away(&self, pool: PoolId, sid: SessionId) -> bool;
 }
 
 /// The pool (see the module docs).
@@ -692,6 +697,17 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
             return;
         }
     };
+    // (answers to a request the core was sent, a bind or a resumption,
+    // are the session's wherever it went since)
+    if matches!(
+        frame,
+        Frame::Deliver { .. } | Frame::Handled { .. } | Frame::Kick { .. }
+    ) && let Some(events) = setup.events()
+        && events.moved_away(setup.id, sid)
+    {
+        setup.metrics.dropped(DropReason::Moved);
+        return;
+    }
     let undelivered = match setup.sessions.dispatch(sid, frame) {
         Dispatch::Queued => return,
         Dispatch::Gone(f) => {

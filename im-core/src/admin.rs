@@ -1,7 +1,9 @@
 //! The HTTP admin endpoint (loopback by default): `/metrics` (Prometheus
 //! text; open, its labels never name a user), and behind the bearer token
 //! kept in `DATA_DIR/admin.token` (401 without it): `/routes` (routing
-//! table as JSON: every online JID) and account management under `/users`.
+//! table as JSON: every online JID; in a cluster, the core's slots and the
+//! live cores), `POST /drain` (a core of a cluster gives its slots away)
+//! and account management under `/users`.
 
 use std::sync::Arc;
 
@@ -29,6 +31,8 @@ pub struct AdminState {
     pub storage: Storage,
     /// Bearer token for account management.
     pub token: String,
+    /// In a cluster of cores: the lease driver, for `POST /drain`.
+    pub leases: Option<mpsc::Sender<crate::shards::LeaseCommand>>,
 }
 
 /// The admin HTTP routes.
@@ -37,6 +41,7 @@ pub fn routes(state: Arc<AdminState>) -> Router {
     // layer runs ahead of the handlers' extractors, JSON bodies included).
     let private = Router::new()
         .route("/routes", get(routes_json))
+        .route("/drain", post(drain))
         .route("/users", post(add_user))
         .route("/users/{user}", axum::routing::delete(delete_user))
         .route("/users/{user}/password", put(set_password))
@@ -86,6 +91,18 @@ async fn routes_json(State(s): State<Arc<AdminState>>) -> Response {
     match tokio::time::timeout(SNAPSHOT_WAIT, asked).await {
         Ok(Some(snapshot)) => Json(snapshot).into_response(),
         _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// `POST /drain`: a core of a cluster gives every slot away (before it is
+/// stopped); 404 outside a cluster.
+async fn drain(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(leases) = &s.leases else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match leases.send(crate::shards::LeaseCommand::Drain).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
 

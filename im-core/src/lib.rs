@@ -259,6 +259,7 @@ pub async fn start_with_store(
         .with_max_resources(config.max_resources_per_account);
     let mut slot_owners = None;
     let mut cluster_links = None;
+    let mut drain = None;
     if let Some(cluster) = &config.cluster {
         let Some(url) = config.database_url.clone() else {
             return Err(CoreError::Cluster(
@@ -305,8 +306,9 @@ pub async fn start_with_store(
             peers,
             cores: lease.members,
             slot_owners: owners_tx,
-            lease_commands: lease.commands,
+            lease_commands: lease.commands.clone(),
         });
+        drain = Some(lease.commands);
     }
     let driver = driver::Driver::new(
         router,
@@ -331,6 +333,7 @@ pub async fn start_with_store(
         router: events_tx.clone(),
         storage: storage.clone(),
         token,
+        leases: drain,
     });
     let listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await

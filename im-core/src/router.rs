@@ -42,6 +42,7 @@ mod live_rows;
 mod loads;
 mod offline;
 mod output;
+mod parked_resumes;
 mod peers;
 mod presence;
 mod query;
@@ -450,6 +451,8 @@ pub struct Router {
     peer_links: HashMap<NodeId, String>,
     /// The time of the input being handled.
     now: Option<Instant>,
+    /// Resumptions waiting for their session's announcement (a cluster).
+    parked: parked_resumes::ParkedResumes,
 }
 
 impl Router {
@@ -482,6 +485,7 @@ impl Router {
             inbound: Inbound::default(),
             peer_links: HashMap::new(),
             now: None,
+            parked: Default::default(),
         }
     }
 
@@ -641,6 +645,7 @@ impl Router {
             self.sessions.next_expiry(),
             self.flush_retries.next_due(),
             self.next_forward_deadline(),
+            self.parked.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -653,6 +658,7 @@ impl Router {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
         self.expire_forwards(now);
+        self.expire_parked(now);
         self.expire(now);
         self.retry_flushes(now);
     }

@@ -159,6 +159,7 @@ pub struct Deployment {
     pub procs: Processes,
     /// The cores of a sharded deployment (none otherwise), in process order.
     pub cores: Vec<CoreProcess>,
+    database_url: Option<String>,
 }
 
 /// One core of a sharded deployment.
@@ -173,6 +174,8 @@ pub struct CoreProcess {
     pub token: String,
     /// Its configuration file.
     pub toml: String,
+    /// Its index in [`Deployment::procs`].
+    pub proc: usize,
 }
 
 impl CoreProcess {
@@ -243,6 +246,7 @@ impl Deployment {
             procs: Processes(Vec::new()),
             cm_admin: Default::default(),
             cores: Vec::new(),
+            database_url: database_url.map(str::to_owned),
         };
         let core_toml = dep.write(
             "core.toml",
@@ -290,28 +294,9 @@ impl Deployment {
             let _ = c.wait();
         }
         dep.procs.0.clear();
-        for i in 1..=cores {
-            let data = dep.dir.path().join(format!("data-{i}"));
-            let token = im_core::admin_token(&data).unwrap();
-            let listen = format!("127.0.0.1:{}", free_port(false));
-            let admin = format!("127.0.0.1:{}", free_port(true));
-            let name = format!("core-{i}");
-            let toml = dep.write(
-                &format!("{name}.toml"),
-                format!(
-                    "domain = \"{domain}\"\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\ndatabase_url = \"{database_url}\"\nnode_grace_ms = 1000\n\n[cluster]\nname = \"{name}\"\nadvertise = \"{listen}\"\n",
-                    data.display(),
-                    dep.pki.display()
-                ),
-            );
-            dep.spawn(&["core", "--config", &toml]);
-            dep.cores.push(CoreProcess {
-                name,
-                listen,
-                admin,
-                token,
-                toml,
-            });
+        dep.database_url = Some(database_url.to_owned());
+        for _ in 0..cores {
+            dep.add_core();
         }
         dep.core = dep.cores[0].listen.clone();
         dep.core_admin = dep.cores[0].admin.clone();
@@ -319,6 +304,64 @@ impl Deployment {
         let lb_toml = dep.dir.path().join("lb.toml");
         dep.spawn(&["lb", "--config", lb_toml.to_str().unwrap()]);
         dep
+    }
+
+    /// Starts one more core of the cluster (`core-N`, N the next number);
+    /// returns its index in [`Self::cores`].
+    pub fn add_core(&mut self) -> usize {
+        let i = self.cores.len() + 1;
+        let database_url = self.database_url.clone().expect("a sharded deployment");
+        let domain = self.domain.clone();
+        let data = self.dir.path().join(format!("data-{i}"));
+        let token = im_core::admin_token(&data).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port(false));
+        let admin = format!("127.0.0.1:{}", free_port(true));
+        let name = format!("core-{i}");
+        let toml = self.write(
+            &format!("{name}.toml"),
+            format!(
+                "domain = \"{domain}\"\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\npki_dir = \"{}\"\ndatabase_url = \"{database_url}\"\nnode_grace_ms = 1000\n\n[cluster]\nname = \"{name}\"\nadvertise = \"{listen}\"\n",
+                data.display(),
+                self.pki.display()
+            ),
+        );
+        let proc = self.spawn(&["core", "--config", &toml]);
+        self.cores.push(CoreProcess {
+            name,
+            listen,
+            admin,
+            token,
+            toml,
+            proc,
+        });
+        self.cores.len() - 1
+    }
+
+    /// Asks core `index` (of [`Self::cores`]) to give its slots away.
+    pub fn drain_core(&self, index: usize) {
+        let core = &self.cores[index];
+        let status = ureq::post(&format!("http://{}/drain", core.admin))
+            .header("authorization", &format!("Bearer {}", core.token))
+            .send_empty()
+            .map(|r| r.status().as_u16());
+        assert!(matches!(status, Ok(202)), "drain: {status:?}");
+    }
+
+    /// Waits until core `index` owns `want` slots (`within` at most).
+    pub fn wait_core_slots(&self, index: usize, want: u64, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let owned = self.cores[index].cluster()["slots_owned"].as_u64();
+            if owned == Some(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} owns {owned:?}",
+                self.cores[index].name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts core `index` (of [`Self::cores`]) again after a kill.
@@ -330,21 +373,28 @@ impl Deployment {
             .stderr(stderr_for(self.dir.path(), &self.cores[index].name))
             .spawn()
             .unwrap();
-        self.procs.0[index] = child;
+        let proc = self.cores[index].proc;
+        self.procs.0[proc] = child;
     }
 
-    /// Waits until the live cores own every one of `slots` slots between
-    /// them, each some (`within` at most); returns each core's count.
+    /// Waits until the cores own every one of `slots` slots between them,
+    /// each some and every one answering (`within` at most); returns each
+    /// core's count.
     pub fn wait_slots_shared(&self, slots: u64, within: Duration) -> Vec<u64> {
         let start = Instant::now();
         loop {
-            let owned: Vec<u64> = self
+            // (a core that does not answer, stopped, counts as none)
+            let owned: Vec<Option<u64>> = self
                 .cores
                 .iter()
-                .map(|c| c.cluster()["slots_owned"].as_u64().unwrap_or(0))
+                .map(|c| c.cluster()["slots_owned"].as_u64())
                 .collect();
-            if owned.iter().sum::<u64>() == slots && owned.iter().all(|&n| n > 0) {
-                return owned;
+            let counts: Vec<u64> = owned.iter().flatten().copied().collect();
+            if counts.len() == owned.len()
+                && counts.iter().sum::<u64>() == slots
+                && counts.iter().all(|&n| n > 0)
+            {
+                return counts;
             }
             assert!(start.elapsed() < within, "slots owned {owned:?}");
             std::thread::sleep(Duration::from_millis(100));

@@ -473,3 +473,96 @@ fn a_session_of_a_slot_lost_and_taken_again_is_announced_back_without_a_conflict
     );
     assert_eq!(a.sm_counts().0, 1);
 }
+
+#[test]
+fn a_resumption_that_comes_before_its_moved_sessions_announcement_waits_for_it() {
+    let (alice, _) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    let full = bound(&mut a, 1, 10, &alice, "phone");
+    let acts = sm_enable(&mut a, 1, 10, 60);
+    let Some(id) = acts.iter().find_map(|x| match x {
+        Action::Send {
+            frame: Frame::SmEnabled { id, .. },
+            ..
+        } => Some(id.clone()),
+        _ => None,
+    }) else {
+        panic!("{acts:?}")
+    };
+    let slot = slot_of(&alice, SLOTS);
+    // the slot moves away and back: this core knows the session no more
+    a.run(Input::Ownership {
+        events: vec![LeaseEvent::Lost { slot }],
+    });
+    a.run(Input::Ownership {
+        events: vec![LeaseEvent::Owned {
+            slot,
+            epoch: Epoch(3),
+        }],
+    });
+    let resumed = |acts: &[Action]| {
+        acts.iter().find_map(|x| match x {
+            Action::Send {
+                frame: Frame::Resumed { sid: 20, result },
+                ..
+            } => Some(result.is_ok()),
+            _ => None,
+        })
+    };
+    // the client resumes on another CM before its CM announces the session
+    let resume = Frame::Resume {
+        sid: 20,
+        user: alice.clone(),
+        previd: id.clone(),
+        h: 0,
+    };
+    let early = frame(&mut a, 2, resume);
+    assert_eq!(resumed(&early), None, "it waits: {early:?}");
+    let snapshot = cm_protocol::SmSnapshot {
+        id: id.clone(),
+        handled: 0,
+        sent: 0,
+        client_acked: 0,
+        next_seq: 0,
+        max: 60,
+    };
+    let announced = frame(
+        &mut a,
+        1,
+        Frame::Announce {
+            sid: 10,
+            jid: full.clone(),
+            available: true,
+            priority: 0,
+            sm: Some(snapshot),
+        },
+    );
+    assert_eq!(resumed(&announced), Some(true), "{announced:?}");
+    // one whose session never comes (it ended) fails once the wait is over
+    frame(
+        &mut a,
+        2,
+        Frame::SessionEnd {
+            sid: 20,
+            jid: Some(full),
+            clean: true,
+        },
+    );
+    let lost = frame(
+        &mut a,
+        2,
+        Frame::Resume {
+            sid: 21,
+            user: alice.clone(),
+            previd: id,
+            h: 0,
+        },
+    );
+    assert!(lost.is_empty(), "{lost:?}");
+    let later = t0() + super::parked_resumes::RESUME_WAIT + Duration::from_millis(1);
+    let expired = a.timeout(later);
+    assert!(expired.iter().any(|x| matches!(
+        x,
+        Action::Send { frame: Frame::Resumed { sid: 21, result: Err(c) }, .. } if c == "item-not-found"
+    )), "{expired:?}");
+}

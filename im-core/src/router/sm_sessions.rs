@@ -253,6 +253,12 @@ impl SmSessions {
         Some((id, max))
     }
 
+    /// The token a genuine SM id of `bare` names (whether or not a session
+    /// holds it now).
+    pub(crate) fn token_of_id(&self, id: &str, bare: &str) -> Option<u64> {
+        self.ids.verify(id, bare)
+    }
+
     /// The session an SM id of `bare` belongs to now, if any.
     pub(crate) fn holder_of(&self, id: &str, bare: &str) -> Option<SessionAddr> {
         let token = self.ids.verify(id, bare)?;

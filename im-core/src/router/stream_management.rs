@@ -197,6 +197,7 @@ impl Router {
             if available {
                 self.request_flush((node, sid));
             }
+            self.unpark((node, sid));
         }
     }
 
@@ -305,16 +306,43 @@ impl Router {
                     self.request_flush((node, sid));
                 }
             }
-            Err(condition) => {
-                self.stats.resume_failed += 1;
-                self.send(
-                    node,
-                    Frame::Resumed {
-                        sid,
-                        result: Err(condition.name().into()),
-                    },
-                );
+            Err(StanzaCondition::ItemNotFound)
+                if self.shard.is_some()
+                    && let Some(token) = self.sessions.token_of_id(previd, user)
+                    && let Some(now) = self.now
+                    && self.parked.park((node, sid), user, previd, h, token, now) =>
+            {
+                // its session may be announced here in a moment (a move)
             }
+            Err(condition) => self.resume_failed(node, sid, condition),
+        }
+    }
+
+    fn resume_failed(&mut self, node: NodeId, sid: SessionId, condition: StanzaCondition) {
+        self.stats.resume_failed += 1;
+        self.send(
+            node,
+            Frame::Resumed {
+                sid,
+                result: Err(condition.name().into()),
+            },
+        );
+    }
+
+    /// Resumptions that waited for the session at `addr`, just announced.
+    fn unpark(&mut self, addr: SessionAddr) {
+        let Some(token) = self.sessions.token_of(addr) else {
+            return;
+        };
+        for p in self.parked.take(token) {
+            self.resume(p.node, p.sid, &p.user, &p.previd, p.h);
+        }
+    }
+
+    /// Resumptions whose session was not announced in time fail.
+    pub(super) fn expire_parked(&mut self, now: Instant) {
+        for p in self.parked.expired(now) {
+            self.resume_failed(p.node, p.sid, StanzaCondition::ItemNotFound);
         }
     }
 
