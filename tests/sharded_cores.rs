@@ -18,8 +18,11 @@ use futures_util::future::join_all;
 use support::process::Deployment;
 
 const DOMAIN: &str = "example.org";
-/// Users (spread over every core's slots).
-const USERS: usize = 60;
+/// Users (spread over every core's slots) of the kill test, as issue 15
+/// asks; the others run with [`FEW_USERS`].
+const USERS: usize = 600;
+/// Users of the pause and join/drain tests.
+const FEW_USERS: usize = 60;
 /// Messages each user sends per round.
 const EACH: usize = 5;
 
@@ -119,14 +122,14 @@ async fn round(clients: &mut [Client], round: usize) -> Round {
 }
 
 /// Three cores on a fresh database, two CMs behind the balancer, and
-/// [`USERS`] users; `None` (after saying "skipped") without PostgreSQL.
-fn deployment(prefix: &str) -> Option<(Deployment, Vec<String>)> {
+/// `count` users; `None` (after saying "skipped") without PostgreSQL.
+fn deployment(prefix: &str, count: usize) -> Option<(Deployment, Vec<String>)> {
     let Some(url) = im_core::storage::postgres_for_tests(prefix) else {
         println!("skipped: LONGLINK_TEST_POSTGRES is unset");
         return None;
     };
     support::cluster::init_logging();
-    let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
+    let users: Vec<String> = (0..count).map(|i| format!("u{i}")).collect();
     let mut dep = Deployment::start_sharded(DOMAIN, 3, 2, &users, "pw", &url);
     dep.spawn_cm(1);
     dep.spawn_cm(2);
@@ -151,7 +154,7 @@ async fn log_in(dep: &Deployment, users: &[String]) -> Vec<Client> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_paused_past_its_lease_loses_its_slots_rejoins_and_nothing_is_lost() {
-    let Some((dep, users)) = deployment("ll_pause") else {
+    let Some((dep, users)) = deployment("ll_pause", FEW_USERS) else {
         return;
     };
     let run = async {
@@ -199,7 +202,7 @@ async fn a_core_paused_past_its_lease_loses_its_slots_rejoins_and_nothing_is_los
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_losing_nothing() {
-    let Some((mut dep, users)) = deployment("ll_shards") else {
+    let Some((mut dep, users)) = deployment("ll_shards", USERS) else {
         return;
     };
     let run = async {
@@ -264,7 +267,7 @@ fn routes_of(dep: &Deployment, index: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_core_joins_under_traffic_then_one_is_drained_and_removed_losing_nothing() {
-    let Some((mut dep, users)) = deployment("ll_join") else {
+    let Some((mut dep, users)) = deployment("ll_join", FEW_USERS) else {
         return;
     };
     let run = async {
