@@ -53,6 +53,15 @@ impl LocalPostgres {
             script.exists(),
             "--cores above 1 needs --database, or scripts/postgres.sh in the working directory"
         );
+        // The server runs as the postgres user (as root, the script
+        // switches to it), which must be able to pass through the private
+        // deployment directory to its own: let others traverse it (not
+        // list or read it; what it holds keeps its own modes).
+        if let Some(parent) = dir.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("opening {} to traversal", parent.display()))?;
+        }
         let out = std::process::Command::new("bash")
             .arg(script)
             .args(["start", &dir.display().to_string(), &port.to_string()])
@@ -198,7 +207,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
         (Some(url), _) => Some(url.clone()),
         (None, 1) => None,
         (None, _) => {
-            let (pg, url) = LocalPostgres::start(&dir.join("postgres"), port(args.port_base, 40))?;
+            let pg_port = match port(args.port_base, 40) {
+                // (ephemeral: a free one now)
+                0 => std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port(),
+                p => p,
+            };
+            let (pg, url) = LocalPostgres::start(&dir.join("postgres"), pg_port)?;
             postgres = Some(pg);
             Some(url)
         }
