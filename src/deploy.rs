@@ -374,8 +374,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
         args.domain,
         dir.display()
     );
-    println!("Ctrl-C stops everything.");
-    tokio::signal::ctrl_c().await?;
+    println!("Ctrl-C (or SIGTERM) stops everything.");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        stopped = tokio::signal::ctrl_c() => stopped?,
+        _ = terminate.recv() => {}
+    }
     tracing::info!("stopping");
     for cm in cms {
         cm.shutdown().await;
