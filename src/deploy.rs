@@ -375,11 +375,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         dir.display()
     );
     println!("Ctrl-C (or SIGTERM) stops everything.");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        stopped = tokio::signal::ctrl_c() => stopped?,
-        _ = terminate.recv() => {}
-    }
+    stop_signal().await?;
     tracing::info!("stopping");
     for cm in cms {
         cm.shutdown().await;
@@ -390,6 +386,19 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     core.shutdown().await;
     drop(postgres);
+    Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (what systemd and most
+/// supervisors send): either stops a process cleanly.
+async fn stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
     Ok(())
 }
 
@@ -411,7 +420,7 @@ pub async fn run_core(
     }
     private_data_dir(&cfg.data_dir)?;
     let core = im_core::start(cfg).await.context("starting the core")?;
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
     core.shutdown().await;
     Ok(())
 }
@@ -437,7 +446,7 @@ pub async fn run_cm(
         cfg.admin_listen = admin;
     }
     let cm = cm_node::start(cfg).await.context("starting the CM")?;
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
     cm.shutdown().await;
     Ok(())
 }
@@ -451,7 +460,7 @@ pub async fn run_lb(config: &Path) -> Result<()> {
     let balancer = lb::server::start(cfg)
         .await
         .context("starting the balancer")?;
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
     balancer.shutdown().await;
     Ok(())
 }

@@ -13,9 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use client_sdk::im::SubscriptionRequest;
-use client_sdk::{Client, Event, MessageState};
+use client_sdk::{Client, Event};
 use futures_util::future::join_all;
 use support::process::Deployment;
+use support::ring;
 
 const DOMAIN: &str = "example.org";
 /// Users (spread over every core's slots) of the kill test, as issue 15
@@ -23,16 +24,6 @@ const DOMAIN: &str = "example.org";
 const USERS: usize = 600;
 /// Users of the pause and join/drain tests.
 const FEW_USERS: usize = 60;
-/// Messages each user sends per round.
-const EACH: usize = 5;
-
-/// What a round saw.
-struct Round {
-    /// When each user got its first message of the round.
-    firsts: Vec<Instant>,
-    /// Sessions that could not be resumed and logged in anew.
-    relogins: usize,
-}
 
 /// Each user asks the next user (most of them served by another core)
 /// for its presence; the next user approves; each then sees the other's
@@ -64,61 +55,6 @@ async fn subscribe_ring(clients: &mut [Client]) {
         }
     });
     join_all(runs).await;
-}
-
-/// Each user sends [`EACH`] messages to the next user (most of them of
-/// another core) and waits until they are acknowledged and it got as
-/// many from the previous user, in order, once.
-async fn round(clients: &mut [Client], round: usize) -> Round {
-    let n = clients.len();
-    let runs = clients.iter_mut().enumerate().map(|(i, c)| async move {
-        let to = format!("u{}@{DOMAIN}", (i + 1) % n);
-        let mut waiting = std::collections::HashSet::new();
-        for k in 0..EACH {
-            let id = c
-                .send_message(&to, &format!("r{round}-{i}-{k}"))
-                .await
-                .expect("send");
-            waiting.insert(id);
-        }
-        let from = (i + n - 1) % n;
-        let mut got = Vec::new();
-        let mut first = None;
-        let mut relogins = 0;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !waiting.is_empty() || got.len() < EACH {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, c.next_event()).await {
-                Ok(Some(Event::MessageState {
-                    id,
-                    state: MessageState::Acknowledged,
-                })) => {
-                    waiting.remove(&id);
-                }
-                Ok(Some(Event::Message(m))) if m.body.is_some() => {
-                    first.get_or_insert_with(Instant::now);
-                    got.push(m.body.unwrap_or_default());
-                }
-                Ok(Some(Event::Reconnected { resumed: false })) => relogins += 1,
-                Ok(Some(_)) => {}
-                other => panic!(
-                    "u{i} round {round}: {} unacknowledged, got {got:?}: {other:?}",
-                    waiting.len()
-                ),
-            }
-        }
-        let want: Vec<String> = (0..EACH).map(|k| format!("r{round}-{from}-{k}")).collect();
-        assert_eq!(
-            got, want,
-            "u{i} got every message of u{from}, once, in order"
-        );
-        (first.unwrap_or_else(Instant::now), relogins)
-    });
-    let seen = join_all(runs).await;
-    Round {
-        firsts: seen.iter().map(|s| s.0).collect(),
-        relogins: seen.iter().map(|s| s.1).sum(),
-    }
 }
 
 /// Three cores on a fresh database, two CMs behind the balancer, and
@@ -159,7 +95,7 @@ async fn a_core_paused_past_its_lease_loses_its_slots_rejoins_and_nothing_is_los
     };
     let run = async {
         let mut clients = log_in(&dep, &users).await;
-        round(&mut clients, 0).await;
+        ring::round(&mut clients, DOMAIN, 0).await;
         let paused = 2;
         let pid = dep.procs.0[paused].id() as i32;
         // SAFETY: signals to a child process this test started.
@@ -181,13 +117,13 @@ async fn a_core_paused_past_its_lease_loses_its_slots_rejoins_and_nothing_is_los
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         println!("slots moved {:?} after the pause", survivors.elapsed());
-        let during = round(&mut clients, 1).await;
+        let during = ring::round(&mut clients, DOMAIN, 1).await;
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGCONT) };
         // it finds its lease gone, rejoins and gets its share back
         let shares = dep.wait_slots_shared(4096, Duration::from_secs(60));
         println!("slots per core after the rejoin: {shares:?}");
-        let after = round(&mut clients, 2).await;
+        let after = ring::round(&mut clients, DOMAIN, 2).await;
         // (a session whose client was away while its slot was handed over
         // cannot be resumed: it logs in again, losing nothing)
         println!(
@@ -208,7 +144,7 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
     let run = async {
         let mut clients = log_in(&dep, &users).await;
         subscribe_ring(&mut clients).await;
-        round(&mut clients, 0).await;
+        ring::round(&mut clients, DOMAIN, 0).await;
 
         // Which users core-2 serves, then kill it under traffic.
         let victim = 1;
@@ -216,7 +152,7 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
         assert!(!served.is_empty(), "core-2 serves some users");
         let killed = Instant::now();
         dep.kill(victim);
-        let after = round(&mut clients, 1).await;
+        let after = ring::round(&mut clients, DOMAIN, 1).await;
         assert_eq!(after.relogins, 0, "every session resumed or moved");
         let firsts = after.firsts;
         let affected: Vec<usize> = (0..USERS)
@@ -272,17 +208,17 @@ async fn a_fourth_core_joins_under_traffic_then_one_is_drained_and_removed_losin
     };
     let run = async {
         let mut clients = log_in(&dep, &users).await;
-        round(&mut clients, 0).await;
+        ring::round(&mut clients, DOMAIN, 0).await;
         // a fourth core joins while users chat: slots are handed to it
         let fourth = dep.add_core();
-        let joining = round(&mut clients, 1).await;
+        let joining = ring::round(&mut clients, DOMAIN, 1).await;
         let shares = dep.wait_slots_shared(4096, Duration::from_secs(60));
         println!("slots per core with a fourth: {shares:?}");
         assert_eq!(shares.len(), 4);
-        let joined = round(&mut clients, 2).await;
+        let joined = ring::round(&mut clients, DOMAIN, 2).await;
         // core-1 is drained while users chat, then stopped
         dep.drain_core(0);
-        let draining = round(&mut clients, 3).await;
+        let draining = ring::round(&mut clients, DOMAIN, 3).await;
         dep.wait_core_slots(0, 0, Duration::from_secs(60));
         // what it gave back is claimed by the others within a round or two
         let start = Instant::now();
@@ -301,7 +237,7 @@ async fn a_fourth_core_joins_under_traffic_then_one_is_drained_and_removed_losin
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         dep.kill(dep.cores[0].proc);
-        let removed = round(&mut clients, 4).await;
+        let removed = ring::round(&mut clients, DOMAIN, 4).await;
         let relogins = [joining, joined, draining, removed]
             .iter()
             .map(|r| r.relogins)

@@ -34,7 +34,7 @@ pub fn free_port(tcp: bool) -> u16 {
 
 /// Writes `users` (all with `password`) into the store at `database_url`
 /// (else the embedded one in `data`).
-fn write_users(
+pub fn write_users(
     database_url: Option<&str>,
     data: &std::path::Path,
     users: &[String],
@@ -68,7 +68,7 @@ fn write_users(
 /// `$LONGLINK_TEST_LOG_DIR/<dir's name>-<name>.log` when that variable is
 /// set (to read a failed run's logs; `RUST_LOG` picks the level), else
 /// nowhere.
-fn stderr_for(dir: &std::path::Path, name: &str) -> Stdio {
+pub fn stderr_for(dir: &std::path::Path, name: &str) -> Stdio {
     let Some(logs) = std::env::var_os("LONGLINK_TEST_LOG_DIR") else {
         return Stdio::null();
     };
@@ -109,14 +109,20 @@ impl Drop for Processes {
     }
 }
 
-/// Names of the balancer's backends, from its admin endpoint (`token`:
-/// its admin bearer token).
-pub fn backends(admin: &str, token: &str) -> Vec<String> {
-    ureq::get(&format!("http://{admin}/backends"))
+/// The JSON an admin endpoint (`admin`, bearer `token`) answers at `path`,
+/// if it answers.
+pub fn admin_json(admin: &str, token: &str, path: &str) -> Option<serde_json::Value> {
+    ureq::get(&format!("http://{admin}{path}"))
         .header("authorization", &format!("Bearer {token}"))
         .call()
         .ok()
         .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+}
+
+/// Names of the balancer's backends, from its admin endpoint (`token`:
+/// its admin bearer token).
+pub fn backends(admin: &str, token: &str) -> Vec<String> {
+    admin_json(admin, token, "/backends")
         .and_then(|v| {
             v.as_array().map(|a| {
                 a.iter()
@@ -182,11 +188,7 @@ impl CoreProcess {
     /// The `cluster` part of the core's `/routes` (null outside a cluster
     /// or while it does not answer).
     pub fn cluster(&self) -> serde_json::Value {
-        ureq::get(&format!("http://{}/routes", self.admin))
-            .header("authorization", &format!("Bearer {}", self.token))
-            .call()
-            .ok()
-            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+        admin_json(&self.admin, &self.token, "/routes")
             .map(|v| v["cluster"].clone())
             .unwrap_or_default()
     }
