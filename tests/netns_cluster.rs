@@ -80,10 +80,16 @@ async fn messages_cross_a_balancer_two_cms_and_two_cores_each_in_its_own_network
     let (lb_at, cm_at, core_at, pg_at): (u8, [u8; 2], [u8; 2], u8) = (1, [2, 3], [4, 5], 6);
     let lb_ns = net.host("lb", lb_at).expect("lb host");
     let cm_ns: Vec<String> = (0..2)
-        .map(|i| net.host(&format!("cm{}", i + 1), cm_at[i]).expect("cm host"))
+        .map(|i| {
+            net.host(&format!("cm{}", i + 1), cm_at[i])
+                .expect("cm host")
+        })
         .collect();
     let core_ns: Vec<String> = (0..2)
-        .map(|i| net.host(&format!("core{}", i + 1), core_at[i]).expect("core host"))
+        .map(|i| {
+            net.host(&format!("core{}", i + 1), core_at[i])
+                .expect("core host")
+        })
         .collect();
     let pg_ns = net.host("pg", pg_at).expect("pg host");
     let host = |n: u8, port: u16| SocketAddr::from((net.address(n), port));

@@ -141,6 +141,8 @@ struct SessionRoute {
     user: Option<String>,
     /// Where its frames go now (none: held).
     target: Option<PoolId>,
+    /// Where they went last (while held: the core it moved away from).
+    last_target: Option<PoolId>,
     /// Raised at every move.
     generation: u32,
     /// Where its Bind or Resume went, until it is bound.
@@ -151,6 +153,10 @@ struct SessionRoute {
     held_since: Option<Instant>,
     /// Kicked: its frames are dropped until it closes.
     kicked: bool,
+    /// Closed while its slot had no known owner: it holds only its
+    /// `Announce` and a resumable `SessionEnd` for the next owner, and
+    /// goes once they are sent.
+    closing: bool,
 }
 
 /// The routing state (see the module docs).
@@ -163,8 +169,16 @@ pub struct CoreMap {
     /// Sessions holding frames.
     holding: HashSet<SessionId>,
     held_bytes: usize,
+    /// Sessions closed lately and the pool their frames went to last, for
+    /// their frames still queued ([`Self::ended_at`]); at most
+    /// [`ENDED_REMEMBERED`], oldest forgotten first.
+    ended: HashMap<SessionId, PoolId>,
+    ended_order: VecDeque<SessionId>,
     actions: VecDeque<Action>,
 }
+
+/// Closed sessions whose last pool is remembered (about 40 bytes each).
+const ENDED_REMEMBERED: usize = 16 * 1024;
 
 impl CoreMap {
     /// A map whose seed pool dials `seed` (`host:port`), at `now`.
@@ -182,6 +196,8 @@ impl CoreMap {
             sessions: HashMap::new(),
             holding: HashSet::new(),
             held_bytes: 0,
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
             actions: VecDeque::new(),
         }
     }
@@ -213,9 +229,12 @@ impl CoreMap {
                 frame,
             };
         }
+        if matches!(frame, Frame::Bounce { .. }) {
+            return self.route_bounce(sid, frame);
+        }
         let auth_pool = self.auth_pool();
         let route = self.sessions.entry(sid).or_default();
-        if route.kicked {
+        if route.kicked || route.closing {
             return Route::Dropped;
         }
         if let (Some(user), None) = (user, &route.user) {
@@ -262,6 +281,34 @@ impl CoreMap {
         }
     }
 
+    /// A delivery session `sid` could not take goes back to a core, never
+    /// held or dropped (its sender was acknowledged): to the session's
+    /// core, else the one it moved away from (which routes it on to the
+    /// recipient's owner), else the seed.
+    fn route_bounce(&self, sid: SessionId, frame: Frame) -> Route {
+        let route = self.sessions.get(&sid);
+        let pool = route
+            .and_then(|r| r.target.or(r.last_target))
+            .or_else(|| self.ended_at(sid))
+            .filter(|&p| self.pools.get(p).is_some_and(Option::is_some))
+            .unwrap_or(SEED);
+        Route::To {
+            pool,
+            generation: route.map_or(0, |r| r.generation),
+            frame,
+        }
+    }
+
+    /// Where the frames of session `sid`, closed lately, went last.
+    pub fn ended_at(&self, sid: SessionId) -> Option<PoolId> {
+        self.ended.get(&sid).copied()
+    }
+
+    /// Whether session `sid` is open (has a route).
+    pub fn is_routed(&self, sid: SessionId) -> bool {
+        self.sessions.contains_key(&sid)
+    }
+
     /// Session `sid` is bound (its Bind or Resume succeeded): if it moved
     /// while binding, it is announced where its frames go now.
     pub fn bound(&mut self, sid: SessionId) {
@@ -284,11 +331,57 @@ impl CoreMap {
         }
     }
 
-    /// Session `sid` ended: its route and held frames are forgotten.
-    pub fn close(&mut self, sid: SessionId) {
+    /// Session `sid` ended at `now`: its route and held frames are
+    /// forgotten; but a resumable session (`announcement`: its `Announce`)
+    /// whose slot has no known owner now is kept as closing, so that the
+    /// next owner hears of it (announced, then ended resumably) and its
+    /// client can resume there. Its held stanzas are dropped: the owner
+    /// counts what the last core confirmed, and the client resends the
+    /// rest after resuming.
+    pub fn close(&mut self, sid: SessionId, announcement: Option<Frame>, now: Instant) {
         if let Some(route) = self.sessions.remove(&sid) {
             self.held_bytes -= route.held_bytes;
             self.holding.remove(&sid);
+            let ended_cleanly = route
+                .held
+                .iter()
+                .any(|f| matches!(f, Frame::SessionEnd { clean: true, .. }));
+            if self.slots.is_some()
+                && route.user.is_some()
+                && route.target.is_none()
+                && !route.closing
+                && !ended_cleanly
+                && let Some(announce) = announcement
+            {
+                let jid = match &announce {
+                    Frame::Announce { jid, .. } => Some(jid.clone()),
+                    _ => None,
+                };
+                let end = Frame::SessionEnd {
+                    sid,
+                    jid,
+                    clean: false,
+                };
+                let held_bytes = announce.queued_bytes() + end.queued_bytes();
+                self.held_bytes += held_bytes;
+                self.holding.insert(sid);
+                self.sessions.insert(
+                    sid,
+                    SessionRoute {
+                        slot: route.slot,
+                        user: route.user,
+                        generation: route.generation,
+                        last_target: route.last_target,
+                        held: VecDeque::from([announce, end]),
+                        held_bytes,
+                        held_since: Some(route.held_since.unwrap_or(now)),
+                        closing: true,
+                        ..SessionRoute::default()
+                    },
+                );
+                return;
+            }
+            self.remember_ended(sid, route.target.or(route.last_target).or(route.auth));
         }
     }
 
@@ -360,6 +453,15 @@ impl CoreMap {
             tracing::info!(core, pool, "a second pool to one core: stopped");
             self.pools[pool] = None;
             self.actions.push_back(Action::StopPool { pool });
+            // its sessions go to the other pool to the same core
+            changed.extend(
+                self.sessions
+                    .values()
+                    .filter(|r| r.target == Some(pool))
+                    .filter_map(|r| r.slot),
+            );
+            changed.sort_unstable();
+            changed.dedup();
         }
         for listed in cores {
             self.named(listed, now);
@@ -418,6 +520,14 @@ impl CoreMap {
             .copied()
             .collect();
         for sid in late {
+            if self.sessions.get(&sid).is_some_and(|r| r.closing) {
+                // (its client's resumption will fail: it logs in again)
+                if let Some(route) = self.sessions.remove(&sid) {
+                    self.held_bytes -= route.held_bytes;
+                    self.holding.remove(&sid);
+                }
+                continue;
+            }
             self.kick(sid);
         }
     }
@@ -521,6 +631,7 @@ impl CoreMap {
             return;
         }
         let changed: HashSet<Slot> = changed.iter().copied().collect();
+        let mut done = Vec::new();
         for (sid, route) in &mut self.sessions {
             let Some(slot) = route.slot.or_else(|| {
                 // bound in single-core mode: placed now
@@ -534,9 +645,11 @@ impl CoreMap {
             if !changed.contains(&slot) || route.kicked {
                 continue;
             }
+            // (the same pool too: its core restarted, or took the slot
+            // back at a new epoch, and forgot the session)
             let to = owner_pool(&self.pools, self.slots.as_ref(), Some(slot));
-            if to == route.target && route.held.is_empty() {
-                continue;
+            if route.target.is_some() {
+                route.last_target = route.target;
             }
             route.target = to;
             route.generation += 1;
@@ -560,6 +673,26 @@ impl CoreMap {
                 to,
                 frames,
             });
+            if route.closing && to.is_some() {
+                done.push((*sid, to));
+            }
+        }
+        for (sid, to) in done {
+            self.sessions.remove(&sid);
+            self.remember_ended(sid, to);
+        }
+    }
+
+    /// Remembers where closed session `sid`'s frames went last.
+    fn remember_ended(&mut self, sid: SessionId, pool: Option<PoolId>) {
+        let Some(pool) = pool else { return };
+        if self.ended_order.len() >= ENDED_REMEMBERED
+            && let Some(old) = self.ended_order.pop_front()
+        {
+            self.ended.remove(&old);
+        }
+        if self.ended.insert(sid, pool).is_none() {
+            self.ended_order.push_back(sid);
         }
     }
 
@@ -945,5 +1078,112 @@ mod tests {
         map.handle_timeout(later);
         assert_eq!(actions(&mut map), vec![Action::StopPool { pool: 1 }]);
         assert_eq!(map.pools(), 1);
+    }
+
+    #[test]
+    fn a_bounce_is_never_held_or_dropped_and_goes_to_the_core_the_session_left() {
+        let (_, v) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(v)]);
+        map.route(2, auth(2), now);
+        map.route(2, bind(2, v), now);
+        map.bound(2);
+        let bounce = Frame::Bounce {
+            sid: 2,
+            to: format!("{v}/r"),
+            payload: Bytes::from_static(b"<message/>"),
+        };
+        // b gives v's slot up and nobody has claimed it yet: stanzas wait,
+        // a bounce goes back to b (which routes it on to the next owner)
+        let cores = [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")];
+        map.on_slot_owners(1, "b#1", SLOTS, &[], &cores, now);
+        let _ = actions(&mut map);
+        assert_eq!(map.route(2, stanza(2, 1), now), Route::Held);
+        assert!(matches!(
+            map.route(2, bounce.clone(), now),
+            Route::To { pool: 1, .. }
+        ));
+        // closed: what is still queued for it finds where it went last
+        map.close(2, None, now);
+        assert!(!map.is_routed(2));
+        assert_eq!(map.ended_at(2), Some(1));
+        assert!(matches!(
+            map.route(2, bounce, now),
+            Route::To { pool: 1, .. }
+        ));
+        assert!(!map.is_routed(2), "routing a bounce makes no route");
+    }
+
+    #[test]
+    fn a_resumable_session_closed_while_its_slot_has_no_owner_is_announced_and_ended_at_the_next_owner()
+     {
+        let (_, v) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(v)]);
+        map.route(2, auth(2), now);
+        map.route(2, bind(2, v), now);
+        map.bound(2);
+        // b gives the slot up; the client's stanza and the end wait
+        let cores = [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")];
+        map.on_slot_owners(1, "b#1", SLOTS, &[], &cores, now);
+        let _ = actions(&mut map);
+        assert_eq!(map.route(2, stanza(2, 1), now), Route::Held);
+        let end = Frame::SessionEnd {
+            sid: 2,
+            jid: Some(format!("{v}/r")),
+            clean: false,
+        };
+        assert_eq!(map.route(2, end.clone(), now), Route::Held);
+        let announce = Frame::Announce {
+            sid: 2,
+            jid: format!("{v}/r"),
+            available: true,
+            priority: 0,
+            sm: None,
+        };
+        map.close(2, Some(announce.clone()), now);
+        assert!(map.is_routed(2), "kept until the next owner hears of it");
+        // a claims the slot: it gets the announcement and the end, not the stanza
+        let later = now + Duration::from_secs(1);
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&[(slot(v), 2)]), &cores, later);
+        let moves: Vec<Action> = actions(&mut map)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Move { sid: 2, .. }))
+            .collect();
+        assert!(
+            matches!(&moves[..], [Action::Move { to: Some(SEED), frames, .. }] if frames == &vec![announce, end]),
+            "{moves:?}"
+        );
+        assert!(!map.is_routed(2));
+        assert_eq!(map.ended_at(2), Some(SEED));
+    }
+
+    #[test]
+    fn a_closing_session_whose_slot_finds_no_owner_in_time_is_forgotten() {
+        let (_, v) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(v)]);
+        map.route(2, auth(2), now);
+        map.route(2, bind(2, v), now);
+        map.bound(2);
+        let cores = [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")];
+        map.on_slot_owners(1, "b#1", SLOTS, &[], &cores, now);
+        let announce = Frame::Announce {
+            sid: 2,
+            jid: format!("{v}/r"),
+            available: true,
+            priority: 0,
+            sm: None,
+        };
+        map.close(2, Some(announce), now);
+        assert!(map.is_routed(2));
+        map.handle_timeout(now + HOLD_TIME);
+        assert!(!map.is_routed(2));
+        assert!(
+            !actions(&mut map)
+                .iter()
+                .any(|a| matches!(a, Action::Kick { sid: 2 })),
+            "nothing to kick: the session is gone"
+        );
     }
 }

@@ -176,7 +176,14 @@ impl Cores {
                     frame,
                 } => {
                     let stamp = state.map.is_cluster().then(|| state.stamp(sid, generation));
-                    state.pool(pool).cloned().map(|p| (p, frame, stamp))
+                    let handle = state.pool(pool).cloned();
+                    if handle.is_none() {
+                        // (a pool stopped a moment ago: the session
+                        // resumes, rather than lose a frame unseen)
+                        self.metrics.dropped(DropReason::NoOwner);
+                        self.sessions.kick(sid);
+                    }
+                    handle.map(|p| (p, frame, stamp))
                 }
                 Route::Held => None,
                 Route::Dropped => {
@@ -200,10 +207,12 @@ impl Cores {
         self.apply(&mut state);
     }
 
-    /// Session `sid` ended (after its last frame was sent).
-    pub fn closed(&self, sid: SessionId) {
+    /// Session `sid` ended (after its last frame was sent); `announcement`
+    /// is its `Announce` if it can still be resumed (see
+    /// [`CoreMap::close`]).
+    pub fn closed(&self, sid: SessionId, announcement: Option<Frame>) {
         let mut state = self.lock();
-        state.map.close(sid);
+        state.map.close(sid, announcement, crate::now());
         state.generations.remove(&sid);
     }
 
@@ -262,6 +271,23 @@ impl Cores {
                     to,
                     frames,
                 } => {
+                    if !state.map.is_routed(sid) {
+                        // a closed session's announcement and end, held
+                        // until its owner was known
+                        if let Some(pool) = to.and_then(|to| state.pool(to)) {
+                            for frame in frames {
+                                pool.push_now(
+                                    sid,
+                                    Queued::Frame {
+                                        frame,
+                                        _bytes: None,
+                                        stamp: None,
+                                    },
+                                );
+                            }
+                        }
+                        continue;
+                    }
                     let stamp = state.stamp(sid, generation);
                     stamp.current.store(generation, Ordering::Release);
                     let Some(pool) = to.and_then(|to| state.pool(to)) else {
@@ -379,11 +405,32 @@ impl CoreEvents for Cores {
         match frame {
             // Lost with the move: the client resends it after resuming.
             Frame::Stanza { .. } | Frame::AckRequest { .. } => self.sessions.kick(sid),
+            // The session closed since (its route is gone): its end and
+            // what it handed back go where its frames went last.
+            frame @ (Frame::SessionEnd { .. } | Frame::Bounce { .. })
+                if !self.lock().map.is_routed(sid) =>
+            {
+                let state = self.lock();
+                if let Some(p) = state.map.ended_at(sid).and_then(|p| state.pool(p)) {
+                    p.push_now(
+                        sid,
+                        Queued::Frame {
+                            frame,
+                            _bytes: None,
+                            stamp: None,
+                        },
+                    );
+                }
+            }
+            // Closed since: nothing to bind or enable any more.
+            Frame::Bind { .. } | Frame::Resume { .. } | Frame::SmEnable { .. }
+                if !self.lock().map.is_routed(sid) => {}
             // No stanza order to keep: they go where the session is now.
             frame @ (Frame::Bind { .. }
             | Frame::Resume { .. }
             | Frame::SmEnable { .. }
-            | Frame::SessionEnd { .. }) => {
+            | Frame::SessionEnd { .. }
+            | Frame::Bounce { .. }) => {
                 let mut state = self.lock();
                 if let Route::To {
                     pool,

@@ -589,6 +589,9 @@ where
     metrics.stream_ended(transport, end.unwrap_or(StreamEnd::Disconnected));
     drop(gauge);
     recv.stop();
+    // (for a core that learns of the session only after it closed: a
+    // resumable session whose slot has no known owner now)
+    let announcement = ctx.sessions.closing_announcement(sid);
     ctx.sessions.close(sid);
     session.on_closed();
     for action in session.poll_actions() {
@@ -604,7 +607,7 @@ where
             let _ = ctx.pool.send(sid, b).await;
         }
     }
-    ctx.pool.closed(sid);
+    ctx.pool.closed(sid, announcement);
     let _ = tokio::time::timeout(Duration::from_secs(2), send.finish()).await;
     ended
 }

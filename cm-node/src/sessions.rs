@@ -294,6 +294,16 @@ impl Sessions {
         announce(sid, map.get(&sid)?, fence)
     }
 
+    /// The `Announce` of stream-managed session `sid`, which is closing
+    /// resumably, for a core that has not heard of it yet (none if it is
+    /// not bound or has no stream management).
+    pub fn closing_announcement(&self, sid: SessionId) -> Option<Frame> {
+        let map = self.lock();
+        let entry = map.get(&sid)?;
+        entry.announcement.as_ref()?.sm.as_ref()?;
+        snapshot(sid, entry)
+    }
+
     /// Tells session `sid` to end its stream resumably (`connection-timeout`).
     pub fn kick(&self, sid: SessionId) {
         if let Some(entry) = self.lock().get(&sid) {
@@ -405,8 +415,7 @@ impl Fence {
 /// The `Announce` of a session if it is bound; one whose client sent
 /// more than the core confirmed is kicked and fenced.
 fn announce(sid: SessionId, entry: &Entry, fence: &mut Fence) -> Option<Frame> {
-    let a = entry.announcement.as_ref()?;
-    let sm = a.sm.as_ref().map(|sm| {
+    if entry.announcement.as_ref()?.sm.is_some() {
         let counts = entry.sm_counts.load();
         if counts.unconfirmed() != 0 {
             tracing::debug!(
@@ -417,6 +426,16 @@ fn announce(sid: SessionId, entry: &Entry, fence: &mut Fence) -> Option<Frame> {
             fence.sids.insert(sid);
             kick(entry, sid);
         }
+    }
+    snapshot(sid, entry)
+}
+
+/// The `Announce` of a bound session as it stands (stanzas counted only as
+/// far as the core confirmed them).
+fn snapshot(sid: SessionId, entry: &Entry) -> Option<Frame> {
+    let a = entry.announcement.as_ref()?;
+    let sm = a.sm.as_ref().map(|sm| {
+        let counts = entry.sm_counts.load();
         SmSnapshot {
             id: sm.id.clone(),
             handled: counts.confirmed,

@@ -505,6 +505,16 @@ impl Driver {
                             return;
                         }
                         (Ok(OfflineRow::NoSuchUser), _) => StanzaCondition::ServiceUnavailable,
+                        (Err(e), _) if e.is_fenced() => {
+                            let input = Input::StoreFenced {
+                                bounce,
+                                payload,
+                                origin,
+                                live,
+                            };
+                            let _ = events.send(Event::Router(input)).await;
+                            return;
+                        }
                         (Err(e), _) => e.condition(),
                     };
                     let input = Input::StoreFailed {
@@ -619,6 +629,12 @@ impl Driver {
                         (Ok(()), None) => return,
                         // Not durable: the sender is told, and only then is
                         // the stanza acknowledged (see Input::StoreFailed).
+                        (Err(e), origin) if e.is_fenced() => Input::StoreFenced {
+                            bounce: Bounce::default(),
+                            payload,
+                            origin,
+                            live: None,
+                        },
                         (Err(e), origin) => Input::StoreFailed {
                             bounce: Bounce::default(),
                             payload,
@@ -762,6 +778,7 @@ impl Driver {
             && seq != 0
         {
             self.refused.push_back(Input::ForwardDone {
+                core: core.to_owned(),
                 seq,
                 accepted: false,
             });
@@ -786,9 +803,8 @@ impl Driver {
             owned,
             cores,
         };
-        cluster.slot_owners.send_replace(Some(frame.clone()));
-        self.links.broadcast(&frame);
-        cluster.peers.broadcast(&frame);
+        // (every CM and peer link's writer says it: crate::links::write_loop)
+        cluster.slot_owners.send_replace(Some(frame));
     }
 
     /// Sends a frame; a delivery that cannot reach its CM link is reported
@@ -1072,6 +1088,11 @@ impl JobError {
             JobError::Late => true,
             JobError::Failed(e) => e.is_transient(),
         }
+    }
+
+    /// Whether the fence refused the job (this core lost the slot).
+    fn is_fenced(&self) -> bool {
+        matches!(self, JobError::Failed(StorageError::Fenced { .. }))
     }
 
     /// The stanza error that answers a message whose write ended so.

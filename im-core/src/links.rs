@@ -374,18 +374,6 @@ impl Links {
         conn.tx.try_send(frame)
     }
 
-    /// Queues `frame` on every connection of every node (dropped where a
-    /// queue is full: what it says is said again on the next change and
-    /// after every reconnection).
-    pub fn broadcast(&self, frame: &Frame) {
-        let inner = self.lock();
-        for entry in inner.nodes.values() {
-            for conn in &entry.conns {
-                let _ = conn.tx.try_send(frame.clone());
-            }
-        }
-    }
-
     /// Nodes known to this core.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         let inner = self.lock();
@@ -536,6 +524,14 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         )));
     }
     let (tx, rx) = LinkSender::channel(LINK_QUEUE_BYTES);
+    // Welcome is the first frame, before anything the router sends once
+    // the connection is registered.
+    let _ = tx.try_send(Frame::Welcome {
+        domain: ctx.domain.clone(),
+        instance: ctx.instance,
+        mechanisms: ctx.auth.mechanisms(),
+        registration: ctx.auth.registration(),
+    });
     // What registering tells the router goes under the registry's lock,
     // so room for it is reserved first (at most a NodeGone and a LinkLost).
     let mut permits = ctx
@@ -576,16 +572,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         );
     }
     tracing::info!(node = name, node_id, conn_index, %client_addr, remote = %conn.remote_address(), "CM connected");
-    let _ = tx.try_send(Frame::Welcome {
-        domain: ctx.domain.clone(),
-        instance: ctx.instance,
-        mechanisms: ctx.auth.mechanisms(),
-        registration: ctx.auth.registration(),
-    });
-    if let Some(owners) = ctx.slot_owners.as_ref().and_then(|w| w.borrow().clone()) {
-        let _ = tx.try_send(owners);
-    }
-    let writer = tokio::spawn(write_loop(send, rx));
+    let writer = tokio::spawn(write_loop(send, rx, ctx.slot_owners.clone()));
     let result = tokio::select! {
         r = read_loop(ctx, (node_id, conn_id), peer, &tx, &mut recv, &mut decoder) => r,
         _ = replaced.cancelled() => Err(LinkError::Replaced),
@@ -757,9 +744,33 @@ async fn answer_auth(ctx: &LinkContext, sid: SessionId, outcome: Outcome, reply:
     let _ = reply.send(frame).await;
 }
 
-async fn write_loop(mut send: SendStream, mut rx: LinkReceiver) {
+/// Writes the connection's queued frames, and this core's `SlotOwners`
+/// (in a cluster) right after the first (the `Welcome`) and whenever it
+/// changes: the latest is always said, never dropped for a full queue.
+async fn write_loop(
+    mut send: SendStream,
+    mut rx: LinkReceiver,
+    mut owners: Option<tokio::sync::watch::Receiver<Option<Frame>>>,
+) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(frame) = rx.recv().await {
+    // the Welcome, queued before the connection was registered, goes first
+    let Some(welcome) = rx.recv().await else {
+        return;
+    };
+    encode(&welcome, &mut buf);
+    if let Some(frame) = owners.as_mut().and_then(|o| o.borrow_and_update().clone()) {
+        encode(&frame, &mut buf);
+    }
+    if send.write_all(&buf).await.is_err() {
+        return;
+    }
+    buf.clear();
+    loop {
+        let frame = tokio::select! {
+            frame = rx.recv() => frame,
+            Some(frame) = slot_owners_changed(&mut owners) => Some(frame),
+        };
+        let Some(frame) = frame else { return };
         encode(&frame, &mut buf);
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
@@ -771,6 +782,24 @@ async fn write_loop(mut send: SendStream, mut rx: LinkReceiver) {
             return;
         }
         buf.clear();
+    }
+}
+
+/// The latest `SlotOwners` once it changes (pending forever outside a
+/// cluster, or once its sender is gone).
+pub(crate) async fn slot_owners_changed(
+    owners: &mut Option<tokio::sync::watch::Receiver<Option<Frame>>>,
+) -> Option<Frame> {
+    let Some(rx) = owners else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(frame) = rx.borrow_and_update().clone() {
+            return Some(frame);
+        }
     }
 }
 

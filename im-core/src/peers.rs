@@ -7,7 +7,9 @@
 //! forwards come on the link it dials to this core (an ordinary node of
 //! [`crate::links`]).
 //!
-//! A frame that finds no link (or a full one) is refused to the router at
+//! `SlotOwners` is said whenever it changes (from a watch, never dropped);
+//! a frame that finds no link (or a full one: its queue is bounded in
+//! bytes) is refused to the router at
 //! once, and the router sends it again when the link is back
 //! ([`Input::PeerLink`]) or the recipient's slot moves.
 
@@ -23,10 +25,12 @@ use tokio_util::sync::CancellationToken;
 use xmpp_stream::pacing::Backoff;
 
 use crate::driver::Event;
+use crate::links::{LinkReceiver, LinkSender, slot_owners_changed};
 use crate::router::Input;
 
-/// Frames queued per peer link at most.
-pub const PEER_QUEUE_FRAMES: usize = 16 * 1024;
+/// Bytes of frames queued per peer link at most (a forward beyond them is
+/// refused to the router, which sends it again later).
+pub const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Reconnection to a peer: 0.5–1 × 100 ms doubling to 2 s.
 const RECONNECT: Backoff = Backoff::spread(Duration::from_millis(100), Duration::from_secs(2));
 
@@ -38,7 +42,7 @@ pub struct PeerLinks {
 
 struct Peer {
     address: String,
-    tx: mpsc::Sender<Frame>,
+    tx: LinkSender,
     stop: CancellationToken,
 }
 
@@ -71,18 +75,7 @@ impl PeerLinks {
         let Some(peer) = peers.get(core) else {
             return Err(Box::new(frame));
         };
-        peer.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => {
-                Box::new(f)
-            }
-        })
-    }
-
-    /// Queues `frame` for every peer (dropped where a queue is full).
-    pub fn broadcast(&self, frame: &Frame) {
-        for peer in self.lock().values() {
-            let _ = peer.tx.try_send(frame.clone());
-        }
+        peer.tx.try_send(frame).map_err(|(_, f)| f)
     }
 
     /// The live cores are `members` (member id, address): starts a link to
@@ -100,7 +93,7 @@ impl PeerLinks {
             if *core == setup.member || peers.contains_key(core) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES);
+            let (tx, rx) = LinkSender::channel(PEER_QUEUE_BYTES);
             let stop = setup.shutdown.child_token();
             tokio::spawn(run(
                 setup.clone(),
@@ -126,7 +119,7 @@ async fn run(
     setup: PeerSetup,
     core: String,
     address: String,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: LinkReceiver,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -178,7 +171,7 @@ async fn connect_and_pump(
     setup: &PeerSetup,
     core: &str,
     address: &str,
-    rx: &mut mpsc::Receiver<Frame>,
+    rx: &mut LinkReceiver,
 ) -> Result<(), PeerError> {
     let addr = resolve(address).await?;
     let conn = setup
@@ -195,8 +188,9 @@ async fn connect_and_pump(
         instance: 0,
     }
     .encode(&mut out);
-    if let Some(owners) = setup.slot_owners.borrow().clone() {
-        owners.encode(&mut out);
+    let mut owners = Some(setup.slot_owners.clone());
+    if let Some(frame) = owners.as_mut().and_then(|o| o.borrow_and_update().clone()) {
+        frame.encode(&mut out);
     }
     send.write_all(&out).await?;
     let mut decoder = FrameDecoder::new();
@@ -222,9 +216,15 @@ async fn connect_and_pump(
                     continue;
                 }
                 // what else is queued goes in the same write
-                while let Ok(more) = rx.try_recv() {
+                while let Some(more) = rx.try_recv() {
                     let _ = more.try_encode(&mut out);
                 }
+                send.write_all(&out).await?;
+            }
+            // this core's slots changed: said on every link, never dropped
+            Some(frame) = slot_owners_changed(&mut owners) => {
+                out.clear();
+                frame.encode(&mut out);
                 send.write_all(&out).await?;
             }
             frame = read_frame(&mut recv, &mut decoder) => match frame? {
@@ -232,7 +232,11 @@ async fn connect_and_pump(
                 Some(Frame::ForwardDone { seq, accepted }) => {
                     if setup
                         .router
-                        .send(Event::Router(Input::ForwardDone { seq, accepted }))
+                        .send(Event::Router(Input::ForwardDone {
+                            core: core.to_owned(),
+                            seq,
+                            accepted,
+                        }))
                         .await
                         .is_err()
                     {

@@ -254,6 +254,8 @@ pub enum Input {
     },
     /// A peer core answered a `Forward` this core sent.
     ForwardDone {
+        /// The peer's member id.
+        core: String,
         /// The forward's number.
         seq: u64,
         /// Taken (false: the peer does not own the recipient's slot).
@@ -310,6 +312,21 @@ pub enum Input {
         /// The SM session (token, `h`) whose acknowledgement waited.
         origin: Option<(u64, u32)>,
         /// The action's `live` ticket (a live row that was not written).
+        live: Option<u64>,
+    },
+    /// A durable write of a message was refused by the fence: this core no
+    /// longer owns the slot of the user it wrote for. A stanza forwarded by
+    /// a peer core is refused back to it (its sender's core sends it to the
+    /// new owner); any other is answered as [`Input::StoreFailed`] with
+    /// `resource-constraint`.
+    StoreFenced {
+        /// As in [`Input::StoreFailed`].
+        bounce: Bounce,
+        /// As in [`Input::StoreFailed`].
+        payload: Bytes,
+        /// As in [`Input::StoreFailed`].
+        origin: Option<(u64, u32)>,
+        /// As in [`Input::StoreFailed`].
         live: Option<u64>,
     },
     /// A roster asked for by [`Action::LoadRoster`] (`None`: no account).
@@ -580,7 +597,11 @@ impl Router {
     fn handle_input(&mut self, input: Input, now: Instant) {
         match input {
             Input::Ownership { events } => self.ownership(events),
-            Input::ForwardDone { seq, accepted } => self.forward_done(seq, accepted),
+            Input::ForwardDone {
+                core,
+                seq,
+                accepted,
+            } => self.forward_done(&core, seq, accepted, now),
             Input::PeerLink { core, up } => self.peer_link(&core, up),
             Input::NodeGone { node } => {
                 if !self.peer_link_gone(node) {
@@ -624,6 +645,25 @@ impl Router {
                     self.live_written(ticket, None);
                 }
                 self.store_failed(bounce, &payload, condition, origin)
+            }
+            Input::StoreFenced {
+                bounce,
+                payload,
+                origin,
+                live,
+            } => {
+                if let Some(ticket) = live {
+                    self.live_written(ticket, None);
+                }
+                match origin {
+                    Some(origin) if self.inbound_refused(origin.0) => self.stored(origin),
+                    _ => self.store_failed(
+                        bounce,
+                        &payload,
+                        StanzaCondition::ResourceConstraint,
+                        origin,
+                    ),
+                }
             }
             Input::QueryFailed { to, condition } => self.query_failed(to, condition),
             Input::Replies { to, payloads } => {

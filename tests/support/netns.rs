@@ -89,7 +89,9 @@ impl Network {
         let ns = self.namespace(role)?;
         let hub = format!("{}-hub", self.tag);
         let (inside, outside) = (format!("{}h{n}a", self.tag), format!("{}h{n}b", self.tag));
-        ip(&["link", "add", &inside, "type", "veth", "peer", "name", &outside])?;
+        ip(&[
+            "link", "add", &inside, "type", "veth", "peer", "name", &outside,
+        ])?;
         ip(&["link", "set", &outside, "netns", &hub])?;
         ip(&["-n", &hub, "link", "set", &outside, "master", "br0", "up"])?;
         ip(&["link", "set", &inside, "netns", &ns])?;

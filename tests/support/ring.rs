@@ -71,4 +71,3 @@ pub async fn round(clients: &mut [Client], domain: &str, round: usize) -> Round 
         relogins: seen.iter().map(|s| s.1).sum(),
     }
 }
-

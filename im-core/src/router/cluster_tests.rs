@@ -165,6 +165,7 @@ fn a_message_to_another_cores_user_goes_there_once_and_its_senders_ack_waits_for
         Action::Send { node: 8, frame: Frame::ForwardDone { seq: s, accepted: true } } if s == seq
     )));
     let answered = a.run(Input::ForwardDone {
+        core: "b#1".into(),
         seq: *seq,
         accepted: true,
     });
@@ -184,6 +185,7 @@ fn a_forward_refused_by_a_core_that_lost_the_slot_goes_to_the_next_owner() {
     };
     // b no longer owns bob's slot: it refuses; nothing is sent until an owner is known
     let refused = a.run(Input::ForwardDone {
+        core: "b#1".into(),
         seq: *seq,
         accepted: false,
     });
@@ -565,4 +567,119 @@ fn a_resumption_that_comes_before_its_moved_sessions_announcement_waits_for_it()
         x,
         Action::Send { frame: Frame::Resumed { sid: 21, result: Err(c) }, .. } if c == "item-not-found"
     )), "{expired:?}");
+}
+
+#[test]
+fn a_forward_whose_offline_write_the_fence_refuses_is_refused_back_without_an_error() {
+    let (alice, bob) = two_users();
+    let mut b = core_owning("b#1", &bob); // bob has no session: stored offline
+    let acts = frame(
+        &mut b,
+        8,
+        Frame::Forward {
+            seq: 7,
+            header: header(
+                Kind::Message,
+                &format!("{alice}/r"),
+                Some(&bob),
+                Some("chat"),
+            ),
+            payload: Bytes::from_static(b"<message type='chat'><body>x</body></message>"),
+        },
+    );
+    let Some((bounce, payload, origin)) = acts.iter().find_map(|a| match a {
+        Action::StoreOffline {
+            bounce,
+            payload,
+            origin,
+            ..
+        } => Some((bounce.clone(), payload.clone(), *origin)),
+        _ => None,
+    }) else {
+        panic!("stored offline: {acts:?}")
+    };
+    assert!(
+        !acts.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                frame: Frame::ForwardDone { .. },
+                ..
+            }
+        )),
+        "the answer waits for the write: {acts:?}"
+    );
+    // the slot changed hands before the write: the fence refuses it
+    let refused = b.run(Input::StoreFenced {
+        bounce,
+        payload,
+        origin,
+        live: None,
+    });
+    assert!(
+        refused.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                node: 8,
+                frame: Frame::ForwardDone {
+                    seq: 7,
+                    accepted: false
+                }
+            }
+        )),
+        "refused back, so alice's core sends it to the new owner: {refused:?}"
+    );
+    assert!(
+        forwards(&refused).is_empty()
+            && !refused.iter().any(|x| matches!(
+                x,
+                Action::Send {
+                    frame: Frame::Deliver { .. } | Frame::ForwardDone { accepted: true, .. },
+                    ..
+                }
+            )),
+        "no error to alice and no acceptance: {refused:?}"
+    );
+}
+
+#[test]
+fn a_refused_forward_is_sent_again_after_the_retry_time_and_a_stale_refusal_changes_nothing() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    peer_owns(&mut a, 9, "b#1", &bob, 1);
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    let acts = chat_to(&mut a, &alice_full, &bob);
+    let [(_, Frame::Forward { seq, .. })] = &forwards(&acts)[..] else {
+        panic!("{acts:?}")
+    };
+    // a refusal from a core it was never sent to is ignored
+    let stale = a.run(Input::ForwardDone {
+        core: "c#1".into(),
+        seq: *seq,
+        accepted: false,
+    });
+    assert!(forwards(&stale).is_empty());
+    assert!(
+        forwards(&a.timeout(t0() + super::shards::FORWARD_RETRY)).is_empty(),
+        "still sent to b: nothing to retry"
+    );
+    // b refuses (its write was fenced, say) but still claims the slot: no
+    // word on the owner comes, and the retry sends it to b again
+    let t1 = t0() + super::shards::FORWARD_RETRY;
+    let refused = a.run_at(
+        Input::ForwardDone {
+            core: "b#1".into(),
+            seq: *seq,
+            accepted: false,
+        },
+        t1,
+    );
+    assert!(forwards(&refused).is_empty());
+    let early = a.timeout(t1 + super::shards::FORWARD_RETRY / 2);
+    assert!(forwards(&early).is_empty(), "{early:?}");
+    assert!(a.poll_timeout() <= Some(t1 + super::shards::FORWARD_RETRY));
+    let retried = a.timeout(t1 + super::shards::FORWARD_RETRY);
+    assert!(
+        matches!(&forwards(&retried)[..], [(core, Frame::Forward { seq: s, .. })] if core == "b#1" && s == seq),
+        "{retried:?}"
+    );
 }

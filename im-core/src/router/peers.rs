@@ -161,14 +161,14 @@ impl Router {
         }
     }
 
-    /// A peer answered forward `seq`.
-    pub(super) fn forward_done(&mut self, seq: u64, accepted: bool) {
+    /// Peer `core` answered forward `seq`.
+    pub(super) fn forward_done(&mut self, core: &str, seq: u64, accepted: bool, now: Instant) {
         if accepted {
             if let Some(Some(origin)) = self.forwards.done(seq) {
                 self.stored(origin);
             }
-        } else if let Some(again) = self.forwards.refused(seq) {
-            // it waits for the next word on the slot's owner
+        } else if let Some(again) = self.forwards.refused(seq, core, now) {
+            // it waits for the next word on the slot's owner, or the retry
             tracing::debug!(
                 seq,
                 to = again.to_bare,
@@ -179,7 +179,15 @@ impl Router {
 
     /// Forwards nobody took within [`super::shards::FORWARD_GIVE_UP`]:
     /// their senders get an error, and their acknowledgements go on.
+    /// Refused forwards due for a retry go to their recipients' owners.
     pub(super) fn expire_forwards(&mut self, now: Instant) {
+        for again in self.forwards.due_retries(now) {
+            if self.serves(&again.to_bare) {
+                self.forward_home(again.seq);
+            } else {
+                self.send_forward(again.seq, &again.to_bare);
+            }
+        }
         for given_up in self.forwards.expire(now) {
             let h = &given_up.header;
             if h.stanza_type.as_deref() != Some("error") {
@@ -309,9 +317,9 @@ impl Router {
         }
         self.origin = None;
         if let Some(token) = token
-            && let Some((node, seq)) = self.inbound.settle(token, false)
+            && let Some((node, seq, accepted)) = self.inbound.settle(token, false)
         {
-            self.answer_forward(node, seq, true);
+            self.answer_forward(node, seq, accepted);
         }
     }
 
@@ -327,10 +335,18 @@ impl Router {
         if !Inbound::is_inbound(token) {
             return false;
         }
-        if let Some((node, seq)) = self.inbound.settle(token, true) {
-            self.answer_forward(node, seq, true);
+        if let Some((node, seq, accepted)) = self.inbound.settle(token, true) {
+            self.answer_forward(node, seq, accepted);
         }
         true
+    }
+
+    /// A write a forwarded stanza waited for was refused by the fence: the
+    /// forward will be refused, not accepted, once its writes are done (the
+    /// caller then settles this write as for any other). False if `token`
+    /// is not a forward's.
+    pub(super) fn inbound_refused(&mut self, token: u64) -> bool {
+        Inbound::is_inbound(token) && self.inbound.refuse(token)
     }
 
     /// A message from another core's user to one of this core's (its

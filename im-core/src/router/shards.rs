@@ -21,6 +21,10 @@ use crate::routing::NodeId;
 /// took it, across owner changes) before its sender is answered with an
 /// error: longer than a lease (8 s) and a round, so a failover completes.
 pub const FORWARD_GIVE_UP: Duration = Duration::from_secs(20);
+/// How long a forward refused by a peer (not the owner, or its write was
+/// fenced) waits before it is sent again to whoever owns its recipient
+/// then, if no word on the slot's owner came first.
+pub const FORWARD_RETRY: Duration = Duration::from_millis(500);
 /// Most bytes of forwarded stanzas waiting for their answers; past it a
 /// new stanza for another core's user is refused (`resource-constraint`).
 pub const FORWARD_BYTES: usize = 64 * 1024 * 1024;
@@ -159,6 +163,8 @@ pub(super) struct Forwards {
     waiting: HashMap<u64, Outgoing>,
     /// Sequence numbers in the order they were given (so by give-up time).
     order: VecDeque<u64>,
+    /// Refused forwards by retry time (in order: the delay is fixed).
+    retries: VecDeque<(Instant, u64)>,
     bytes: usize,
 }
 
@@ -248,15 +254,42 @@ impl Forwards {
         })
     }
 
-    /// The peer refused forward `seq` (not the owner): it waits to be sent
-    /// again; returns its recipient.
-    pub(super) fn refused(&mut self, seq: u64) -> Option<Resend> {
+    /// Peer `core` refused forward `seq` (not the owner): it waits to be
+    /// sent again, at the latest after [`FORWARD_RETRY`]; returns its
+    /// recipient. An answer from a core it is no longer sent to (it was
+    /// sent again elsewhere since) changes nothing.
+    pub(super) fn refused(&mut self, seq: u64, core: &str, now: Instant) -> Option<Resend> {
         let entry = self.waiting.get_mut(&seq)?;
+        if entry.sent_to.as_deref() != Some(core) {
+            return None;
+        }
         entry.sent_to = None;
+        self.retries.push_back((now + FORWARD_RETRY, seq));
         Some(Resend {
             seq,
             to_bare: entry.to_bare.clone(),
         })
+    }
+
+    /// Refused forwards whose retry time came by `now` and that still wait
+    /// unsent.
+    pub(super) fn due_retries(&mut self, now: Instant) -> Vec<Resend> {
+        let mut out = Vec::new();
+        while let Some(&(at, seq)) = self.retries.front() {
+            if at > now {
+                break;
+            }
+            self.retries.pop_front();
+            if let Some(e) = self.waiting.get(&seq)
+                && e.sent_to.is_none()
+            {
+                out.push(Resend {
+                    seq,
+                    to_bare: e.to_bare.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// The link to `core` went down: what was sent on it and not answered
@@ -288,11 +321,14 @@ impl Forwards {
         out
     }
 
-    /// The earliest give-up time.
+    /// The earliest give-up or retry time.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.order
+        let give_up = self
+            .order
             .iter()
-            .find_map(|seq| self.waiting.get(seq).map(|e| e.give_up))
+            .find_map(|seq| self.waiting.get(seq).map(|e| e.give_up));
+        let retry = self.retries.front().map(|&(at, _)| at);
+        give_up.into_iter().chain(retry).min()
     }
 
     /// Forwards whose give-up time came by `now`.
@@ -331,8 +367,21 @@ impl Forwards {
 #[derive(Debug, Default)]
 pub(super) struct Inbound {
     next_token: u64,
-    /// token → (peer link, its seq, writes outstanding)
-    waiting: HashMap<u64, (NodeId, u64, u32)>,
+    /// token → the forward's state
+    waiting: HashMap<u64, InboundForward>,
+}
+
+/// A forwarded stanza whose writes are outstanding.
+#[derive(Debug)]
+struct InboundForward {
+    /// The peer link it came on.
+    node: NodeId,
+    /// Its seq on that link.
+    seq: u64,
+    /// Writes not finished.
+    writes: u32,
+    /// Whether a write was refused by the fence.
+    refused: bool,
 }
 
 /// Inbound tokens have the top bit set; SM tokens never do, so the two
@@ -344,8 +393,26 @@ impl Inbound {
     pub(super) fn begin(&mut self, node: NodeId, seq: u64) -> u64 {
         self.next_token = (self.next_token + 1) & !INBOUND_TOKEN;
         let token = INBOUND_TOKEN | self.next_token;
-        self.waiting.insert(token, (node, seq, 0));
+        self.waiting.insert(
+            token,
+            InboundForward {
+                node,
+                seq,
+                writes: 0,
+                refused: false,
+            },
+        );
         token
+    }
+
+    /// A write of the forward was refused by the fence; false if the
+    /// forward is not waiting.
+    pub(super) fn refuse(&mut self, token: u64) -> bool {
+        let Some(entry) = self.waiting.get_mut(&token) else {
+            return false;
+        };
+        entry.refused = true;
+        true
     }
 
     /// Whether `token` is an inbound forward's.
@@ -356,21 +423,22 @@ impl Inbound {
     /// A write the forward waits for was queued.
     pub(super) fn write_started(&mut self, token: u64) {
         if let Some(entry) = self.waiting.get_mut(&token) {
-            entry.2 += 1;
+            entry.writes += 1;
         }
     }
 
     /// A write finished (or, with `finished` false, routing ended): the
-    /// forward to answer, if nothing is outstanding any more.
-    pub(super) fn settle(&mut self, token: u64, finished: bool) -> Option<(NodeId, u64)> {
+    /// forward to answer and whether it is accepted (no write refused), if
+    /// nothing is outstanding any more.
+    pub(super) fn settle(&mut self, token: u64, finished: bool) -> Option<(NodeId, u64, bool)> {
         let entry = self.waiting.get_mut(&token)?;
         if finished {
-            entry.2 = entry.2.saturating_sub(1);
+            entry.writes = entry.writes.saturating_sub(1);
         }
-        if entry.2 > 0 {
+        if entry.writes > 0 {
             return None;
         }
-        let (node, seq, _) = self.waiting.remove(&token)?;
-        Some((node, seq))
+        let f = self.waiting.remove(&token)?;
+        Some((f.node, f.seq, !f.refused))
     }
 }

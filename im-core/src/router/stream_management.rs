@@ -313,12 +313,24 @@ impl Router {
                     && self.parked.park((node, sid), user, previd, h, token, now) =>
             {
                 // its session may be announced here in a moment (a move)
+                tracing::debug!(
+                    node,
+                    sid,
+                    user,
+                    "resumption waits for its session's announcement"
+                );
             }
             Err(condition) => self.resume_failed(node, sid, condition),
         }
     }
 
     fn resume_failed(&mut self, node: NodeId, sid: SessionId, condition: StanzaCondition) {
+        tracing::debug!(
+            node,
+            sid,
+            condition = condition.name(),
+            "resumption refused"
+        );
         self.stats.resume_failed += 1;
         self.send(
             node,

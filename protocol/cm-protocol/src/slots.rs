@@ -37,13 +37,17 @@ pub fn slot_of(bare: &str, slots: u16) -> Slot {
 
 /// Who owns each slot, as the owners say it (`SlotOwners` frames): the
 /// view a CM routes sessions by and a core forwards stanzas by. A claim
-/// with a higher epoch wins, so a paused core's stale word cannot undo its
-/// successor's; a core's claims go when it says it no longer owns a slot
-/// or when the holder of the map forgets it (its links are gone).
+/// with a higher epoch wins and one below the highest epoch seen for the
+/// slot is refused, even once the slot has no known owner, so a paused
+/// core's stale word cannot undo its successor's; a core's claims go when
+/// it says it no longer owns a slot or when the holder of the map forgets
+/// it (its links are gone).
 #[derive(Clone, Debug)]
 pub struct SlotMap {
-    /// Owner (index into `cores`) and epoch of each slot; none: unknown.
-    owners: Vec<Option<(u32, u64)>>,
+    /// Owner (index into `cores`) of each slot; none: unknown.
+    owners: Vec<Option<u32>>,
+    /// The highest epoch claimed for each slot (kept when the owner goes).
+    epochs: Vec<u64>,
     /// Member ids of the cores named so far (never shrinks: a few per
     /// process start).
     cores: Vec<String>,
@@ -52,8 +56,10 @@ pub struct SlotMap {
 impl SlotMap {
     /// A map of `slots` slots, none of them owned.
     pub fn new(slots: u16) -> Self {
+        let n = usize::from(slots.max(1));
         Self {
-            owners: vec![None; usize::from(slots.max(1))],
+            owners: vec![None; n],
+            epochs: vec![0; n],
             cores: Vec::new(),
         }
     }
@@ -65,7 +71,7 @@ impl SlotMap {
 
     /// The owner of `slot`, if known.
     pub fn owner(&self, slot: Slot) -> Option<&str> {
-        let (core, _) = (*self.owners.get(usize::from(slot.0))?)?;
+        let core = (*self.owners.get(usize::from(slot.0))?)?;
         self.cores.get(core as usize).map(String::as_str)
     }
 
@@ -74,37 +80,37 @@ impl SlotMap {
         self.owner(slot_of(bare, self.slot_count()))
     }
 
-    /// `core` says it owns exactly `owned` (slot, epoch): its claims with
-    /// an epoch at least the known one take the slot; slots it held and no
-    /// longer names have no known owner. Returns the slots whose owner
-    /// changed. Slots beyond the map's count are ignored.
+    /// `core` says it owns exactly `owned` (slot, epoch): each claim with
+    /// an epoch above the slot's highest takes it, as does one at that
+    /// epoch if the slot has no other owner; slots it held and no longer
+    /// names have no known owner. Returns the slots whose owner changed,
+    /// or whose owner claimed it again at a new epoch (it lost the slot
+    /// and took it back, forgetting its sessions in between). Slots beyond
+    /// the map's count are ignored.
     pub fn apply(&mut self, core: &str, owned: &[(u16, u64)]) -> Vec<Slot> {
         let id = self.core_id(core);
         let mut named = vec![false; self.owners.len()];
         let mut changed = Vec::new();
         for &(slot, epoch) in owned {
-            let Some(entry) = self.owners.get_mut(usize::from(slot)) else {
+            let i = usize::from(slot);
+            let (Some(owner), Some(known)) = (self.owners.get_mut(i), self.epochs.get_mut(i))
+            else {
                 continue;
             };
-            named[usize::from(slot)] = true;
-            match *entry {
-                Some((c, e)) if c == id && e == epoch => {}
-                Some((c, e)) if c == id || epoch >= e => {
-                    *entry = Some((id, epoch));
-                    if c != id {
-                        changed.push(Slot(slot));
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    *entry = Some((id, epoch));
-                    changed.push(Slot(slot));
-                }
+            named[i] = true;
+            let stale = epoch < *known || (epoch == *known && owner.is_some_and(|c| c != id));
+            if stale {
+                continue;
             }
+            if *owner != Some(id) || epoch != *known {
+                changed.push(Slot(slot));
+            }
+            *owner = Some(id);
+            *known = epoch;
         }
-        for (slot, entry) in self.owners.iter_mut().enumerate() {
-            if !named[slot] && matches!(*entry, Some((c, _)) if c == id) {
-                *entry = None;
+        for (slot, owner) in self.owners.iter_mut().enumerate() {
+            if !named[slot] && *owner == Some(id) {
+                *owner = None;
                 changed.push(Slot(slot as u16));
             }
         }
@@ -145,6 +151,34 @@ mod tests {
         // a, paused, repeats its stale claim: slot 1 stays b's.
         assert_eq!(map.apply("a#1", &[(0, 1), (1, 1)]), vec![]);
         assert_eq!(map.owner(Slot(1)), Some("b#1"));
+    }
+
+    #[test]
+    fn a_claim_below_the_highest_epoch_seen_is_refused_even_once_the_slot_is_unowned() {
+        let mut map = SlotMap::new(8);
+        map.apply("a#1", &[(0, 1)]);
+        map.apply("b#1", &[(0, 2)]);
+        // b's links go (or it releases the slot); a, paused, comes back
+        assert_eq!(map.forget("b#1"), vec![Slot(0)]);
+        assert_eq!(map.apply("a#1", &[(0, 1)]), vec![]);
+        assert_eq!(map.owner(Slot(0)), None);
+        // b (or anyone at a later epoch) may take it
+        assert_eq!(map.apply("b#1", &[(0, 2)]), vec![Slot(0)]);
+        assert_eq!(map.owner(Slot(0)), Some("b#1"));
+        // an older frame of b's own, arriving late, changes nothing
+        assert_eq!(map.apply("b#1", &[(0, 1)]), vec![]);
+        assert_eq!(map.owner(Slot(0)), Some("b#1"));
+    }
+
+    #[test]
+    fn a_slot_its_owner_claims_again_at_a_new_epoch_counts_as_changed() {
+        let mut map = SlotMap::new(8);
+        map.apply("a#1", &[(0, 1), (1, 1)]);
+        // the same claims again: nothing changed
+        assert_eq!(map.apply("a#1", &[(0, 1), (1, 1)]), vec![]);
+        // a lost slot 1 and took it back (its sessions were forgotten)
+        assert_eq!(map.apply("a#1", &[(0, 1), (1, 3)]), vec![Slot(1)]);
+        assert_eq!(map.owner(Slot(1)), Some("a#1"));
     }
 
     #[test]
