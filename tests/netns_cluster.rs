@@ -195,7 +195,6 @@ async fn messages_cross_a_balancer_two_cms_and_two_cores_each_in_its_own_network
             ),
         );
     }
-    drop(spawn);
 
     wait("the balancer's backends are cm-1 and cm-2", 30, || {
         let mut have = backends(&lb.addr.to_string(), &lb.token);
