@@ -574,8 +574,9 @@ async fn link_as(cluster: &Cluster, cert_node: &str, hello_node: &str) -> quinn:
 async fn a_cluster_signed_cm_certificate_announcing_another_node_is_refused_by_the_core() {
     bounded(90, async {
         let cluster = Cluster::start(2).await;
-        wait_metrics(&cluster, "2 nodes", |m| {
+        wait_metrics(&cluster, "2 nodes with both their connections", |m| {
             metric(m, "longlink_core_cm_nodes") == Some(2)
+                && metric(m, "longlink_core_cm_connections") == Some(4)
         })
         .await;
         // cm-1's certificate, claiming to be cm-2
