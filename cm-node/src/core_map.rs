@@ -157,6 +157,9 @@ struct SessionRoute {
     /// `Announce` and a resumable `SessionEnd` for the next owner, and
     /// goes once they are sent.
     closing: bool,
+    /// Its client closed its stream (a clean `SessionEnd` was routed): it
+    /// cannot be resumed.
+    ended_cleanly: bool,
 }
 
 /// The routing state (see the module docs).
@@ -237,6 +240,9 @@ impl CoreMap {
         if route.kicked || route.closing {
             return Route::Dropped;
         }
+        if matches!(frame, Frame::SessionEnd { clean: true, .. }) {
+            route.ended_cleanly = true;
+        }
         if let (Some(user), None) = (user, &route.user) {
             let slots = self.slots.as_ref().map_or(1, SlotMap::slot_count);
             route.slot = Some(slot_of(user, slots));
@@ -304,6 +310,11 @@ impl CoreMap {
         self.ended.get(&sid).copied()
     }
 
+    /// Whether session `sid` closed and waits for its slot's next owner.
+    pub fn is_closing(&self, sid: SessionId) -> bool {
+        self.sessions.get(&sid).is_some_and(|r| r.closing)
+    }
+
     /// Whether session `sid` is open (has a route).
     pub fn is_routed(&self, sid: SessionId) -> bool {
         self.sessions.contains_key(&sid)
@@ -342,15 +353,11 @@ impl CoreMap {
         if let Some(route) = self.sessions.remove(&sid) {
             self.held_bytes -= route.held_bytes;
             self.holding.remove(&sid);
-            let ended_cleanly = route
-                .held
-                .iter()
-                .any(|f| matches!(f, Frame::SessionEnd { clean: true, .. }));
             if self.slots.is_some()
                 && route.user.is_some()
                 && route.target.is_none()
                 && !route.closing
-                && !ended_cleanly
+                && !route.ended_cleanly
                 && let Some(announce) = announcement
             {
                 let jid = match &announce {
@@ -454,14 +461,15 @@ impl CoreMap {
             self.pools[pool] = None;
             self.actions.push_back(Action::StopPool { pool });
             // its sessions go to the other pool to the same core
-            changed.extend(
-                self.sessions
-                    .values()
-                    .filter(|r| r.target == Some(pool))
-                    .filter_map(|r| r.slot),
-            );
-            changed.sort_unstable();
-            changed.dedup();
+            let orphans: Vec<SessionId> = self
+                .sessions
+                .iter()
+                .filter(|(_, r)| r.target == Some(pool))
+                .map(|(sid, _)| *sid)
+                .collect();
+            for sid in orphans {
+                self.move_session(sid);
+            }
         }
         for listed in cores {
             self.named(listed, now);
@@ -631,53 +639,65 @@ impl CoreMap {
             return;
         }
         let changed: HashSet<Slot> = changed.iter().copied().collect();
-        let mut done = Vec::new();
+        let slot_count = self.slots.as_ref().map(SlotMap::slot_count);
+        let mut affected = Vec::new();
         for (sid, route) in &mut self.sessions {
             let Some(slot) = route.slot.or_else(|| {
                 // bound in single-core mode: placed now
-                let user = route.user.as_deref()?;
-                let slots = self.slots.as_ref()?;
-                route.slot = Some(slot_of(user, slots.slot_count()));
+                route.slot = Some(slot_of(route.user.as_deref()?, slot_count?));
                 route.slot
             }) else {
                 continue;
             };
-            if !changed.contains(&slot) || route.kicked {
-                continue;
-            }
-            // (the same pool too: its core restarted, or took the slot
-            // back at a new epoch, and forgot the session)
-            let to = owner_pool(&self.pools, self.slots.as_ref(), Some(slot));
-            if route.target.is_some() {
-                route.last_target = route.target;
-            }
-            route.target = to;
-            route.generation += 1;
-            let mut frames = Vec::new();
-            if to.is_some() {
-                self.held_bytes -= route.held_bytes;
-                route.held_bytes = 0;
-                route.held_since = None;
-                self.holding.remove(sid);
-                frames.extend(route.held.drain(..));
-                if frames
-                    .iter()
-                    .any(|f| matches!(f, Frame::Bind { .. } | Frame::Resume { .. }))
-                {
-                    route.binding_at = to;
-                }
-            }
-            self.actions.push_back(Action::Move {
-                sid: *sid,
-                generation: route.generation,
-                to,
-                frames,
-            });
-            if route.closing && to.is_some() {
-                done.push((*sid, to));
+            if changed.contains(&slot) && !route.kicked {
+                affected.push(*sid);
             }
         }
-        for (sid, to) in done {
+        for sid in affected {
+            self.move_session(sid);
+        }
+    }
+
+    /// Sends session `sid` where its slot's owner is now (the same pool
+    /// too: its core restarted, or took the slot back at a new epoch, and
+    /// forgot the session), re-announced there, its held frames following.
+    fn move_session(&mut self, sid: SessionId) {
+        let to = {
+            let Some(route) = self.sessions.get(&sid) else {
+                return;
+            };
+            owner_pool(&self.pools, self.slots.as_ref(), route.slot)
+        };
+        let Some(route) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if route.target.is_some() {
+            route.last_target = route.target;
+        }
+        route.target = to;
+        route.generation += 1;
+        let mut frames = Vec::new();
+        if to.is_some() {
+            self.held_bytes -= route.held_bytes;
+            route.held_bytes = 0;
+            route.held_since = None;
+            self.holding.remove(&sid);
+            frames.extend(route.held.drain(..));
+            if frames
+                .iter()
+                .any(|f| matches!(f, Frame::Bind { .. } | Frame::Resume { .. }))
+            {
+                route.binding_at = to;
+            }
+        }
+        let closing = route.closing;
+        self.actions.push_back(Action::Move {
+            sid,
+            generation: route.generation,
+            to,
+            frames,
+        });
+        if closing && to.is_some() {
             self.sessions.remove(&sid);
             self.remember_ended(sid, to);
         }

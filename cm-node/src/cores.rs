@@ -271,9 +271,10 @@ impl Cores {
                     to,
                     frames,
                 } => {
-                    if !state.map.is_routed(sid) {
+                    if !state.map.is_routed(sid) || state.map.is_closing(sid) {
                         // a closed session's announcement and end, held
-                        // until its owner was known
+                        // until its owner was known (no stamp: nothing
+                        // of it is queued any more)
                         if let Some(pool) = to.and_then(|to| state.pool(to)) {
                             for frame in frames {
                                 pool.push_now(
@@ -405,26 +406,6 @@ impl CoreEvents for Cores {
         match frame {
             // Lost with the move: the client resends it after resuming.
             Frame::Stanza { .. } | Frame::AckRequest { .. } => self.sessions.kick(sid),
-            // The session closed since (its route is gone): its end and
-            // what it handed back go where its frames went last.
-            frame @ (Frame::SessionEnd { .. } | Frame::Bounce { .. })
-                if !self.lock().map.is_routed(sid) =>
-            {
-                let state = self.lock();
-                if let Some(p) = state.map.ended_at(sid).and_then(|p| state.pool(p)) {
-                    p.push_now(
-                        sid,
-                        Queued::Frame {
-                            frame,
-                            _bytes: None,
-                            stamp: None,
-                        },
-                    );
-                }
-            }
-            // Closed since: nothing to bind or enable any more.
-            Frame::Bind { .. } | Frame::Resume { .. } | Frame::SmEnable { .. }
-                if !self.lock().map.is_routed(sid) => {}
             // No stanza order to keep: they go where the session is now.
             frame @ (Frame::Bind { .. }
             | Frame::Resume { .. }
@@ -432,6 +413,24 @@ impl CoreEvents for Cores {
             | Frame::SessionEnd { .. }
             | Frame::Bounce { .. }) => {
                 let mut state = self.lock();
+                if !state.map.is_routed(sid) {
+                    // Closed since: its end and what it handed back go
+                    // where its frames went last; nothing is left to bind.
+                    let last = state.map.ended_at(sid).and_then(|p| state.pool(p));
+                    if let (Some(p), Frame::SessionEnd { .. } | Frame::Bounce { .. }) =
+                        (last, &frame)
+                    {
+                        p.push_now(
+                            sid,
+                            Queued::Frame {
+                                frame,
+                                _bytes: None,
+                                stamp: None,
+                            },
+                        );
+                    }
+                    return;
+                }
                 if let Route::To {
                     pool,
                     generation,

@@ -507,6 +507,7 @@ impl Driver {
                         (Ok(OfflineRow::NoSuchUser), _) => StanzaCondition::ServiceUnavailable,
                         (Err(e), _) if e.is_fenced() => {
                             let input = Input::StoreFenced {
+                                user: recipient,
                                 bounce,
                                 payload,
                                 origin,
@@ -629,7 +630,9 @@ impl Driver {
                         (Ok(()), None) => return,
                         // Not durable: the sender is told, and only then is
                         // the stanza acknowledged (see Input::StoreFailed).
+                        // (the sender's own archive: answered, not forwarded)
                         (Err(e), origin) if e.is_fenced() => Input::StoreFenced {
+                            user: String::new(),
                             bounce: Bounce::default(),
                             payload,
                             origin,
@@ -803,8 +806,12 @@ impl Driver {
             owned,
             cores,
         };
-        // (every CM and peer link's writer says it: crate::links::write_loop)
-        cluster.slot_owners.send_replace(Some(frame));
+        // CM links get it in line behind the deliveries already queued
+        // (so a CM moves a session only after the old core's last frame
+        // for it); peer links follow the watch (crate::peers)
+        // (the watch first: a connection registering meanwhile reads it)
+        cluster.slot_owners.send_replace(Some(frame.clone()));
+        self.links.push_to_all(&frame);
     }
 
     /// Sends a frame; a delivery that cannot reach its CM link is reported

@@ -75,6 +75,15 @@ impl LinkSender {
         }
     }
 
+    /// Queues `frame` whatever the queue holds (for the few frames of state
+    /// that must never be dropped and must keep their place in line:
+    /// `SlotOwners`, at most one per ownership change).
+    pub fn push(&self, frame: Frame) {
+        if let Ok(none) = self.budget.clone().try_acquire_many_owned(0) {
+            let _ = self.tx.send((frame, none));
+        }
+    }
+
     /// Queues `frame` once its bytes fit; gives it back if the link is gone.
     pub async fn send(&self, frame: Frame) -> Result<(), Box<Frame>> {
         let Ok(bytes) = self
@@ -374,6 +383,17 @@ impl Links {
         conn.tx.try_send(frame)
     }
 
+    /// Queues `frame` on every connection of every node, in line behind
+    /// what each holds, whatever its queue holds ([`LinkSender::push`]).
+    pub fn push_to_all(&self, frame: &Frame) {
+        let inner = self.lock();
+        for entry in inner.nodes.values() {
+            for conn in &entry.conns {
+                conn.tx.push(frame.clone());
+            }
+        }
+    }
+
     /// Nodes known to this core.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         let inner = self.lock();
@@ -572,7 +592,12 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         );
     }
     tracing::info!(node = name, node_id, conn_index, %client_addr, remote = %conn.remote_address(), "CM connected");
-    let writer = tokio::spawn(write_loop(send, rx, ctx.slot_owners.clone()));
+    // (after registering: a change from now on is pushed to this
+    // connection too, behind this one)
+    if let Some(owners) = ctx.slot_owners.as_ref().and_then(|w| w.borrow().clone()) {
+        tx.push(owners);
+    }
+    let writer = tokio::spawn(write_loop(send, rx));
     let result = tokio::select! {
         r = read_loop(ctx, (node_id, conn_id), peer, &tx, &mut recv, &mut decoder) => r,
         _ = replaced.cancelled() => Err(LinkError::Replaced),
@@ -744,33 +769,10 @@ async fn answer_auth(ctx: &LinkContext, sid: SessionId, outcome: Outcome, reply:
     let _ = reply.send(frame).await;
 }
 
-/// Writes the connection's queued frames, and this core's `SlotOwners`
-/// (in a cluster) right after the first (the `Welcome`) and whenever it
-/// changes: the latest is always said, never dropped for a full queue.
-async fn write_loop(
-    mut send: SendStream,
-    mut rx: LinkReceiver,
-    mut owners: Option<tokio::sync::watch::Receiver<Option<Frame>>>,
-) {
+/// Writes the connection's queued frames, many per write.
+async fn write_loop(mut send: SendStream, mut rx: LinkReceiver) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    // the Welcome, queued before the connection was registered, goes first
-    let Some(welcome) = rx.recv().await else {
-        return;
-    };
-    encode(&welcome, &mut buf);
-    if let Some(frame) = owners.as_mut().and_then(|o| o.borrow_and_update().clone()) {
-        encode(&frame, &mut buf);
-    }
-    if send.write_all(&buf).await.is_err() {
-        return;
-    }
-    buf.clear();
-    loop {
-        let frame = tokio::select! {
-            frame = rx.recv() => frame,
-            Some(frame) = slot_owners_changed(&mut owners) => Some(frame),
-        };
-        let Some(frame) = frame else { return };
+    while let Some(frame) = rx.recv().await {
         encode(&frame, &mut buf);
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
@@ -782,24 +784,6 @@ async fn write_loop(
             return;
         }
         buf.clear();
-    }
-}
-
-/// The latest `SlotOwners` once it changes (pending forever outside a
-/// cluster, or once its sender is gone).
-pub(crate) async fn slot_owners_changed(
-    owners: &mut Option<tokio::sync::watch::Receiver<Option<Frame>>>,
-) -> Option<Frame> {
-    let Some(rx) = owners else {
-        return std::future::pending().await;
-    };
-    loop {
-        if rx.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        if let Some(frame) = rx.borrow_and_update().clone() {
-            return Some(frame);
-        }
     }
 }
 

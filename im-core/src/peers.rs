@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use xmpp_stream::pacing::Backoff;
 
 use crate::driver::Event;
-use crate::links::{LinkReceiver, LinkSender, slot_owners_changed};
+use crate::links::{LinkReceiver, LinkSender};
 use crate::router::Input;
 
 /// Bytes of frames queued per peer link at most (a forward beyond them is
@@ -260,4 +260,22 @@ async fn resolve(address: &str) -> Result<SocketAddr, PeerError> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
         )
     })
+}
+
+/// The latest `SlotOwners` once it changes (pending forever outside a
+/// cluster, or once its sender is gone).
+async fn slot_owners_changed(
+    owners: &mut Option<tokio::sync::watch::Receiver<Option<Frame>>>,
+) -> Option<Frame> {
+    let Some(rx) = owners else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(frame) = rx.borrow_and_update().clone() {
+            return Some(frame);
+        }
+    }
 }

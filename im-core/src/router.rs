@@ -317,9 +317,13 @@ pub enum Input {
     /// A durable write of a message was refused by the fence: this core no
     /// longer owns the slot of the user it wrote for. A stanza forwarded by
     /// a peer core is refused back to it (its sender's core sends it to the
-    /// new owner); any other is answered as [`Input::StoreFailed`] with
-    /// `resource-constraint`.
+    /// new owner); any other goes to the recipient's new owner as a
+    /// forward (its sender's acknowledgement, if one waits, waiting for
+    /// that), or, if this core serves the recipient again, is answered as
+    /// [`Input::StoreFailed`] with `resource-constraint`.
     StoreFenced {
+        /// The recipient whose slot this core no longer owns (local part).
+        user: String,
         /// As in [`Input::StoreFailed`].
         bounce: Bounce,
         /// As in [`Input::StoreFailed`].
@@ -647,6 +651,7 @@ impl Router {
                 self.store_failed(bounce, &payload, condition, origin)
             }
             Input::StoreFenced {
+                user,
                 bounce,
                 payload,
                 origin,
@@ -657,12 +662,7 @@ impl Router {
                 }
                 match origin {
                     Some(origin) if self.inbound_refused(origin.0) => self.stored(origin),
-                    _ => self.store_failed(
-                        bounce,
-                        &payload,
-                        StanzaCondition::ResourceConstraint,
-                        origin,
-                    ),
+                    _ => self.store_fenced(&user, bounce, payload, origin),
                 }
             }
             Input::QueryFailed { to, condition } => self.query_failed(to, condition),

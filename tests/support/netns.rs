@@ -61,6 +61,7 @@ impl Network {
             root_link: None,
             subnet: [10, 213, (pid % 250) as u8 + 1],
         };
+        net.remove_leftovers();
         let hub = net.namespace("hub")?;
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
@@ -74,6 +75,33 @@ impl Network {
         ip(&["addr", "add", &cidr, "dev", &here])?;
         ip(&["link", "set", &here, "up"])?;
         Ok(net)
+    }
+
+    /// Deletes what a killed run left on this subnet: the root end of its
+    /// link (named `ll…r0`; its namespaces go with their names' reuse).
+    fn remove_leftovers(&self) {
+        let [a, b, c] = self.subnet;
+        let Ok(out) = Command::new("ip")
+            .args([
+                "-o",
+                "-4",
+                "addr",
+                "show",
+                "to",
+                &format!("{a}.{b}.{c}.0/24"),
+            ])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(name) = line.split_whitespace().nth(1)
+                && name.starts_with("ll")
+                && name.ends_with("r0")
+            {
+                let _ = ip(&["link", "del", name]);
+            }
+        }
     }
 
     /// The address of host `n` (1–253) on the bridge.

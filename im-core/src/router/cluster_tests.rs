@@ -610,6 +610,7 @@ fn a_forward_whose_offline_write_the_fence_refuses_is_refused_back_without_an_er
     );
     // the slot changed hands before the write: the fence refuses it
     let refused = b.run(Input::StoreFenced {
+        user: bob.split('@').next().unwrap_or_default().to_owned(),
         bounce,
         payload,
         origin,
@@ -682,4 +683,66 @@ fn a_refused_forward_is_sent_again_after_the_retry_time_and_a_stale_refusal_chan
         matches!(&forwards(&retried)[..], [(core, Frame::Forward { seq: s, .. })] if core == "b#1" && s == seq),
         "{retried:?}"
     );
+}
+
+#[test]
+fn a_message_whose_offline_write_the_fence_refuses_goes_to_the_recipients_new_owner() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    // a owns bob's slot too, at first
+    let acts = a.run(Input::Ownership {
+        events: vec![LeaseEvent::Owned {
+            slot: slot_of(&bob, SLOTS),
+            epoch: Epoch(1),
+        }],
+    });
+    assert!(!acts.is_empty());
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    sm_enable(&mut a, 1, 10, 60);
+    // bob is offline: stored, alice's ack waits for the write
+    let acts = chat_to(&mut a, &alice_full, &bob);
+    let Some((bounce, payload, origin)) = acts.iter().find_map(|x| match x {
+        Action::StoreOffline {
+            bounce,
+            payload,
+            origin,
+            ..
+        } => Some((bounce.clone(), payload.clone(), *origin)),
+        _ => None,
+    }) else {
+        panic!("stored offline: {acts:?}")
+    };
+    let _ = commit_archives(&mut a, &acts);
+    // bob's slot goes to b before the write lands: the fence refuses it
+    a.run(Input::Ownership {
+        events: vec![LeaseEvent::Lost {
+            slot: slot_of(&bob, SLOTS),
+        }],
+    });
+    peer_owns(&mut a, 9, "b#1", &bob, 2);
+    let fenced = a.run(Input::StoreFenced {
+        user: bob.split('@').next().unwrap_or_default().to_owned(),
+        bounce,
+        payload,
+        origin,
+        live: None,
+    });
+    let sent = forwards(&fenced);
+    let [(core, Frame::Forward { seq, header, .. })] = &sent[..] else {
+        panic!("forwarded to the new owner: {fenced:?}")
+    };
+    assert_eq!(core, "b#1");
+    assert_eq!(header.to.as_deref(), Some(bob.as_str()));
+    assert!(
+        handled(&fenced).is_empty(),
+        "alice's ack waits for b: {fenced:?}"
+    );
+    let asked = frame(&mut a, 1, Frame::AckRequest { sid: 10 });
+    assert_eq!(handled(&asked), vec![0], "not durable anywhere yet");
+    let done = a.run(Input::ForwardDone {
+        core: "b#1".into(),
+        seq: *seq,
+        accepted: true,
+    });
+    assert_eq!(handled(&done), vec![1]);
 }

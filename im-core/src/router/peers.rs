@@ -16,7 +16,7 @@ use xmpp_stream::stanza::StanzaKind;
 use super::live_rows::MessageRow;
 use super::shards::{Inbound, Owner};
 use super::subscriptions::{SubType, presence_stanza};
-use super::{Action, Router};
+use super::{Action, Bounce, Router};
 use crate::address;
 use crate::routing::NodeId;
 use crate::shards::LeaseEvent;
@@ -341,6 +341,41 @@ impl Router {
         true
     }
 
+    /// A write of a message for `user` (local part) was refused by the
+    /// fence, and no peer waits for it: the message goes to the user's new
+    /// owner (the write's hold on its sender's acknowledgement passes to
+    /// the forward), unless this core serves the user again or the payload
+    /// is no message to forward, when its sender is answered.
+    pub(super) fn store_fenced(
+        &mut self,
+        user: &str,
+        bounce: Bounce,
+        payload: Bytes,
+        origin: Option<(u64, u32)>,
+    ) {
+        let bare = format!("{user}@{}", self.domain);
+        let header = (!user.is_empty())
+            .then(|| message_header(&bare, &payload))
+            .flatten();
+        match header {
+            Some(header) if !self.serves(&bare) => {
+                self.origin = origin;
+                self.forward_message(&bare, &header, payload);
+                self.origin = None;
+                // (the forward holds the acknowledgement now)
+                if let Some(origin) = origin {
+                    self.stored(origin);
+                }
+            }
+            _ => self.store_failed(
+                bounce,
+                &payload,
+                StanzaCondition::ResourceConstraint,
+                origin,
+            ),
+        }
+    }
+
     /// A write a forwarded stanza waited for was refused by the fence: the
     /// forward will be refused, not accepted, once its writes are done (the
     /// caller then settles this write as for any other). False if `token`
@@ -543,4 +578,20 @@ impl Router {
             _ => false,
         }
     }
+}
+
+/// The routing header of a message stanza `payload` for `bare`, as a
+/// forward carries it (none if `payload` is not a message).
+pub(super) fn message_header(bare: &str, payload: &[u8]) -> Option<RouteHeader> {
+    let top = xmpp_stream::stanza::inspect(payload).ok()?;
+    if top.stanza_kind() != Some(StanzaKind::Message) {
+        return None;
+    }
+    Some(RouteHeader {
+        kind: cm_protocol::Kind::Message,
+        stanza_type: Some(top.attr("type").unwrap_or("normal").to_owned()),
+        to: Some(bare.to_owned()),
+        id: top.attr("id").map(str::to_owned),
+        from: top.attr("from").unwrap_or_default().to_owned(),
+    })
 }

@@ -208,15 +208,11 @@ impl Router {
         }
         let mtype = top.attr("type").unwrap_or("normal").to_owned();
         let bare = jid.to_bare().to_string();
-        if self.shard.is_some() && !self.serves(&bare) {
+        if self.shard.is_some()
+            && !self.serves(&bare)
+            && let Some(header) = super::peers::message_header(&bare, &payload)
+        {
             // the recipient's slot moved on: its owner routes it
-            let header = cm_protocol::RouteHeader {
-                kind: cm_protocol::Kind::Message,
-                stanza_type: Some(mtype),
-                to: Some(bare.clone()),
-                id: top.attr("id").map(str::to_owned),
-                from: top.attr("from").unwrap_or_default().to_owned(),
-            };
             return self.forward_message(&bare, &header, payload);
         }
         self.message_to_bare(&bare, &mtype, payload, None);
