@@ -1134,26 +1134,16 @@ mod tests {
         assert!(!map.is_routed(2), "routing a bounce makes no route");
     }
 
-    #[test]
-    fn a_resumable_session_closed_while_its_slot_has_no_owner_is_announced_and_ended_at_the_next_owner()
-     {
+    /// Session 2 of user `v` (of b's slot) bound at b, then b gives the
+    /// slot up at `now` (no owner known); also `v`'s `Announce` for sid 2.
+    fn bound_then_unowned(now: Instant) -> (CoreMap, &'static str, Frame) {
         let (_, v) = users();
-        let now = Instant::now();
         let mut map = two_cores(now, &[slot(v)]);
         map.route(2, auth(2), now);
         map.route(2, bind(2, v), now);
         map.bound(2);
-        // b gives the slot up; the client's stanza and the end wait
-        let cores = [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")];
-        map.on_slot_owners(1, "b#1", SLOTS, &[], &cores, now);
+        map.on_slot_owners(1, "b#1", SLOTS, &[], &both_cores(), now);
         let _ = actions(&mut map);
-        assert_eq!(map.route(2, stanza(2, 1), now), Route::Held);
-        let end = Frame::SessionEnd {
-            sid: 2,
-            jid: Some(format!("{v}/r")),
-            clean: false,
-        };
-        assert_eq!(map.route(2, end.clone(), now), Route::Held);
         let announce = Frame::Announce {
             sid: 2,
             jid: format!("{v}/r"),
@@ -1161,11 +1151,38 @@ mod tests {
             priority: 0,
             sm: None,
         };
+        (map, v, announce)
+    }
+
+    fn both_cores() -> [CoreAddress; 2] {
+        [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")]
+    }
+
+    #[test]
+    fn a_resumable_session_closed_while_its_slot_has_no_owner_is_announced_and_ended_at_the_next_owner()
+     {
+        let now = Instant::now();
+        // b gives the slot up; the client's stanza and the end wait
+        let (mut map, v, announce) = bound_then_unowned(now);
+        assert_eq!(map.route(2, stanza(2, 1), now), Route::Held);
+        let end = Frame::SessionEnd {
+            sid: 2,
+            jid: Some(format!("{v}/r")),
+            clean: false,
+        };
+        assert_eq!(map.route(2, end.clone(), now), Route::Held);
         map.close(2, Some(announce.clone()), now);
         assert!(map.is_routed(2), "kept until the next owner hears of it");
         // a claims the slot: it gets the announcement and the end, not the stanza
         let later = now + Duration::from_secs(1);
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&[(slot(v), 2)]), &cores, later);
+        map.on_slot_owners(
+            SEED,
+            "a#1",
+            SLOTS,
+            &claims(&[(slot(v), 2)]),
+            &both_cores(),
+            later,
+        );
         let moves: Vec<Action> = actions(&mut map)
             .into_iter()
             .filter(|a| matches!(a, Action::Move { sid: 2, .. }))
@@ -1180,21 +1197,8 @@ mod tests {
 
     #[test]
     fn a_closing_session_whose_slot_finds_no_owner_in_time_is_forgotten() {
-        let (_, v) = users();
         let now = Instant::now();
-        let mut map = two_cores(now, &[slot(v)]);
-        map.route(2, auth(2), now);
-        map.route(2, bind(2, v), now);
-        map.bound(2);
-        let cores = [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")];
-        map.on_slot_owners(1, "b#1", SLOTS, &[], &cores, now);
-        let announce = Frame::Announce {
-            sid: 2,
-            jid: format!("{v}/r"),
-            available: true,
-            priority: 0,
-            sm: None,
-        };
+        let (mut map, _, announce) = bound_then_unowned(now);
         map.close(2, Some(announce), now);
         assert!(map.is_routed(2));
         map.handle_timeout(now + HOLD_TIME);
