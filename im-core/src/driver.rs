@@ -809,9 +809,7 @@ impl Driver {
         // CM links get it in line behind the deliveries already queued
         // (so a CM moves a session only after the old core's last frame
         // for it); peer links follow the watch (crate::peers)
-        // (the watch first: a connection registering meanwhile reads it)
-        cluster.slot_owners.send_replace(Some(frame.clone()));
-        self.links.push_to_all(&frame);
+        self.links.publish(&cluster.slot_owners, frame);
     }
 
     /// Sends a frame; a delivery that cannot reach its CM link is reported

@@ -383,14 +383,31 @@ impl Links {
         conn.tx.try_send(frame)
     }
 
-    /// Queues `frame` on every connection of every node, in line behind
-    /// what each holds, whatever its queue holds ([`LinkSender::push`]).
-    pub fn push_to_all(&self, frame: &Frame) {
+    /// Publishes this core's new `SlotOwners`: into `latest` (what a
+    /// connection gets when it registers, [`Links::push_latest`]) and onto
+    /// every connection of every node, in line behind what each holds,
+    /// whatever its queue holds ([`LinkSender::push`]). Both under the
+    /// registry's lock, so no connection gets an older one after a newer.
+    pub fn publish(&self, latest: &tokio::sync::watch::Sender<Option<Frame>>, frame: Frame) {
         let inner = self.lock();
+        latest.send_replace(Some(frame.clone()));
         for entry in inner.nodes.values() {
             for conn in &entry.conns {
                 conn.tx.push(frame.clone());
             }
+        }
+    }
+
+    /// Pushes the latest `SlotOwners` (if any) onto a connection just
+    /// registered (under the registry's lock: see [`Links::publish`]).
+    pub fn push_latest(
+        &self,
+        tx: &LinkSender,
+        latest: &tokio::sync::watch::Receiver<Option<Frame>>,
+    ) {
+        let _inner = self.lock();
+        if let Some(frame) = latest.borrow().clone() {
+            tx.push(frame);
         }
     }
 
@@ -594,8 +611,8 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
     tracing::info!(node = name, node_id, conn_index, %client_addr, remote = %conn.remote_address(), "CM connected");
     // (after registering: a change from now on is pushed to this
     // connection too, behind this one)
-    if let Some(owners) = ctx.slot_owners.as_ref().and_then(|w| w.borrow().clone()) {
-        tx.push(owners);
+    if let Some(latest) = &ctx.slot_owners {
+        ctx.links.push_latest(&tx, latest);
     }
     let writer = tokio::spawn(write_loop(send, rx));
     let result = tokio::select! {
