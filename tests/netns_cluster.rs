@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use client_sdk::{Client, ConnectOptions};
 use support::netns::Network;
-use support::process::{BIN, Processes, admin_json, backends, run, stderr_for, write_users};
+use support::process::{BIN, Processes, admin_json, backends, certs_init, stderr_for, write_users};
 use support::ring;
 
 const DOMAIN: &str = "example.org";
@@ -116,17 +116,7 @@ async fn messages_cross_a_balancer_two_cms_and_two_cores_each_in_its_own_network
     assert!(url.contains(&pg_addr.to_string()), "{url}");
 
     let pki = d.join("pki");
-    let init = run(&[
-        "certs",
-        "init",
-        "--dir",
-        pki.to_str().unwrap(),
-        "--domain",
-        DOMAIN,
-        "--cm",
-        "2",
-    ]);
-    assert!(init.status.success(), "{init:?}");
+    certs_init(&pki, DOMAIN, 2);
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
     // (over the test's own link to the bridge: PostgreSQL is a host away)
     write_users(Some(&url), &d.join("users"), &users, "pw");

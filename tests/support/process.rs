@@ -15,6 +15,23 @@ pub fn run(args: &[&str]) -> std::process::Output {
         .expect("longlink runs")
 }
 
+/// Makes the cluster PKI for `domain` and `cms` CMs in `pki`
+/// (`longlink certs init`).
+pub fn certs_init(pki: &std::path::Path, domain: &str, cms: u32) {
+    let cms = cms.to_string();
+    let init = run(&[
+        "certs",
+        "init",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--domain",
+        domain,
+        "--cm",
+        &cms,
+    ]);
+    assert!(init.status.success(), "{init:?}");
+}
+
 /// A free UDP or TCP port on loopback (bound and released).
 pub fn free_port(tcp: bool) -> u16 {
     if tcp {
@@ -213,18 +230,7 @@ impl Deployment {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let pki = d.join("pki");
-        let cms_arg = cms.to_string();
-        let init = run(&[
-            "certs",
-            "init",
-            "--dir",
-            pki.to_str().unwrap(),
-            "--domain",
-            domain,
-            "--cm",
-            &cms_arg,
-        ]);
-        assert!(init.status.success(), "{init:?}");
+        certs_init(&pki, domain, cms);
         let data = d.join("data");
         write_users(database_url, &data, users, password);
         // The tokens exist before the processes start, as the ones they read.

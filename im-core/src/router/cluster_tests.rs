@@ -420,8 +420,10 @@ fn a_forward_waiting_for_a_slot_this_core_then_takes_is_delivered_here_and_ackno
     assert_eq!(handled(&a.run(Input::Stored { origin })), vec![1]);
 }
 
-#[test]
-fn a_session_of_a_slot_lost_and_taken_again_is_announced_back_without_a_conflict() {
+/// Core a with alice's SM session (on link 1, sid 10, max 60), after
+/// alice's slot was lost and taken again at a new epoch (the core forgot
+/// the session); returns the core, the session's full JID and its SM id.
+fn sm_session_of_a_slot_lost_and_taken_again() -> (Router, String, String) {
     let (alice, _) = two_users();
     let mut a = core_owning("a#1", &alice);
     let full = bound(&mut a, 1, 10, &alice, "phone");
@@ -445,6 +447,12 @@ fn a_session_of_a_slot_lost_and_taken_again_is_announced_back_without_a_conflict
             epoch: Epoch(3),
         }],
     });
+    (a, full, id)
+}
+
+#[test]
+fn a_session_of_a_slot_lost_and_taken_again_is_announced_back_without_a_conflict() {
+    let (mut a, full, id) = sm_session_of_a_slot_lost_and_taken_again();
     let announced = frame(
         &mut a,
         1,
@@ -478,30 +486,9 @@ fn a_session_of_a_slot_lost_and_taken_again_is_announced_back_without_a_conflict
 
 #[test]
 fn a_resumption_that_comes_before_its_moved_sessions_announcement_waits_for_it() {
-    let (alice, _) = two_users();
-    let mut a = core_owning("a#1", &alice);
-    let full = bound(&mut a, 1, 10, &alice, "phone");
-    let acts = sm_enable(&mut a, 1, 10, 60);
-    let Some(id) = acts.iter().find_map(|x| match x {
-        Action::Send {
-            frame: Frame::SmEnabled { id, .. },
-            ..
-        } => Some(id.clone()),
-        _ => None,
-    }) else {
-        panic!("{acts:?}")
-    };
-    let slot = slot_of(&alice, SLOTS);
     // the slot moves away and back: this core knows the session no more
-    a.run(Input::Ownership {
-        events: vec![LeaseEvent::Lost { slot }],
-    });
-    a.run(Input::Ownership {
-        events: vec![LeaseEvent::Owned {
-            slot,
-            epoch: Epoch(3),
-        }],
-    });
+    let (mut a, full, id) = sm_session_of_a_slot_lost_and_taken_again();
+    let (alice, _) = two_users();
     let resumed = |acts: &[Action]| {
         acts.iter().find_map(|x| match x {
             Action::Send {
