@@ -316,7 +316,10 @@ async fn serve_connection(
 ) {
     let Admitted { open: _open, peer } = admitted;
     let conn = match handshake.await {
-        Ok(c) => c,
+        Ok(c) => {
+            ctx.metrics.quic_handshakes_completed.inc();
+            c
+        }
         Err(e) => {
             tracing::info!(%remote, error = %e, "client handshake failed");
             ctx.metrics.quic_handshakes_failed.inc();

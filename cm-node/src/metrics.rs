@@ -225,6 +225,8 @@ pub struct Metrics {
     /// Bytes of session frames held while their user's slot has no known
     /// owner (set when scraped).
     pub held_for_owner_bytes: Gauge,
+    /// QUIC handshakes that completed (the client's Finished arrived).
+    pub quic_handshakes_completed: Counter,
     /// QUIC handshakes that failed.
     pub quic_handshakes_failed: Counter,
     /// QUIC connection attempts answered with a Retry.
@@ -276,6 +278,7 @@ impl Metrics {
             core_pools: Gauge::default(),
             owned_slots: Gauge::default(),
             held_for_owner_bytes: Gauge::default(),
+            quic_handshakes_completed: Counter::default(),
             quic_handshakes_failed: Counter::default(),
             quic_retries: Counter::default(),
             quic_path_changes: Counter::default(),
@@ -359,6 +362,11 @@ impl Metrics {
             "held_for_owner_bytes",
             "Bytes of session frames held while their user's slot has no known owner",
             m.held_for_owner_bytes.clone(),
+        );
+        registry.register(
+            "quic_handshakes_completed",
+            "Client QUIC handshakes that completed",
+            m.quic_handshakes_completed.clone(),
         );
         registry.register(
             "quic_handshakes_failed",

@@ -240,7 +240,22 @@ impl Cluster {
         client
     }
 
-    /// Client connections each CM accepted so far.
+    /// Client QUIC handshakes each CM completed so far (unlike
+    /// [`accepted`](Self::accepted), a late duplicate of a finished
+    /// connection's Initial, which the CM takes for a new attempt that never
+    /// completes, does not count).
+    pub fn handshakes_completed(&self) -> Vec<u64> {
+        self.cms
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .map(|c| c.metrics.quic_handshakes_completed.get())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Client connection attempts each CM admitted so far.
     pub fn accepted(&self) -> Vec<u64> {
         self.cms
             .iter()
