@@ -125,17 +125,27 @@ async fn a_core_paused_past_its_lease_loses_its_slots_and_rejoins_losing_nothing
         ring::round(&mut clients, DOMAIN, 0).await;
         let paused = 2;
         let pid = dep.procs.0[paused].id() as i32;
-        // SAFETY: signals to a child process this test started.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
-        // past its 8 s lease and a round: the others own its slots
-        let moved = wait_owned_by(&dep, 0..paused).await;
-        println!("slots moved {moved:?} after the pause");
-        let during = ring::round(&mut clients, DOMAIN, 1).await;
+        // Paused under traffic: a round is under way, so frames reach it
+        // that it reads only when it runs again, after its slots moved.
+        let pause = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // SAFETY: signals to a child process this test started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            // past its 8 s lease: the others own its slots
+            let moved = wait_owned_by(&dep, 0..paused).await;
+            println!("slots moved {moved:?} after the pause");
+        };
+        let (during, ()) = tokio::join!(ring::round(&mut clients, DOMAIN, 1), pause);
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGCONT) };
         // it finds its lease gone, rejoins and gets its share back
         let shares = block_in_place(|| dep.wait_slots_shared(4096, Duration::from_secs(60)));
         println!("slots per core after the rejoin: {shares:?}");
+        let fenced =
+            block_in_place(|| dep.cores[paused].metric("longlink_core_writes_fenced_total"));
+        println!(
+            "writes the paused core tried after its slots moved, refused by the fence: {fenced:?}"
+        );
         let after = ring::round(&mut clients, DOMAIN, 2).await;
         // Counted, not asserted: a session detached at a core (its client
         // reconnecting after a kick) while its slot moves back to the
@@ -166,19 +176,34 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
         let victim = 1;
         let served: Vec<String> = block_in_place(|| routes_of(&dep, victim));
         assert!(!served.is_empty(), "core-2 serves some users");
-        let killed = Instant::now();
-        dep.kill(victim);
-        let after = ring::round(&mut clients, DOMAIN, 1).await;
+        // Killed under traffic: a round is under way.
+        let mut killed = Instant::now();
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            killed = Instant::now();
+            dep.kill(victim);
+        };
+        let (after, ()) = tokio::join!(ring::round(&mut clients, DOMAIN, 1), kill);
         assert_eq!(after.relogins, 0, "every session resumed or moved");
-        let firsts = after.firsts;
         let affected: Vec<usize> = (0..USERS)
             .filter(|i| served.iter().any(|j| j.starts_with(&format!("u{i}@"))))
             .collect();
-        let first_again = affected.iter().map(|&i| firsts[i]).min().unwrap_or(killed);
+        // Of the messages core-2's users got after the kill: the first (it
+        // may have been on its way already) and the last (every one of
+        // them had all its messages by then).
+        let after_kill: Vec<Instant> = affected
+            .iter()
+            .flat_map(|&i| after.arrivals[i].iter().copied())
+            .filter(|t| *t > killed)
+            .collect();
+        let since = |t: Option<&Instant>| t.map(|t| t.duration_since(killed));
         println!(
-            "kill to the first message delivered to one of core-2's {} users: {:?}",
+            "kill to the first message delivered after it to one of core-2's {} users: {:?}; to the last: {:?} ({} of their {} messages arrived after the kill)",
             affected.len(),
-            first_again.duration_since(killed)
+            since(after_kill.iter().min()),
+            since(after_kill.iter().max()),
+            after_kill.len(),
+            affected.len() * ring::EACH
         );
         let shares = dep.cores[..]
             .iter()

@@ -466,6 +466,7 @@ impl Driver {
                 let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
                     .run(ARCHIVE_RETRIES, move || first());
                 let events = self.events.clone();
+                let fenced = self.metrics.writes_fenced.clone();
                 let again = unwaited.then(|| StoreAgain {
                     storage: self.storage.clone(),
                     budget: self.budget.clone(),
@@ -506,6 +507,7 @@ impl Driver {
                         }
                         (Ok(OfflineRow::NoSuchUser), _) => StanzaCondition::ServiceUnavailable,
                         (Err(e), _) if e.is_fenced() => {
+                            fenced.inc();
                             let input = Input::StoreFenced {
                                 user: recipient,
                                 bounce,
@@ -581,13 +583,19 @@ impl Driver {
                 let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
                     .run(ARCHIVE_RETRIES, job);
                 let events = self.events.clone();
+                let fenced = self.metrics.writes_fenced.clone();
                 tokio::spawn(async move {
                     let input = match outcome.await {
                         Ok(()) => Input::RosterWritten { txn },
-                        Err(e) => Input::RosterWriteFailed {
-                            txn,
-                            condition: e.condition(),
-                        },
+                        Err(e) => {
+                            if e.is_fenced() {
+                                fenced.inc();
+                            }
+                            Input::RosterWriteFailed {
+                                txn,
+                                condition: e.condition(),
+                            }
+                        }
                     };
                     let _ = events.send(Event::Router(input)).await;
                 });
@@ -623,6 +631,7 @@ impl Driver {
                 let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
                     .run(ARCHIVE_RETRIES, job);
                 let events = self.events.clone();
+                let fenced = self.metrics.writes_fenced.clone();
                 tokio::spawn(async move {
                     // A commit can fail for another job of its batch: tried again alone.
                     let input = match (outcome.await, origin) {
@@ -631,13 +640,16 @@ impl Driver {
                         // Not durable: the sender is told, and only then is
                         // the stanza acknowledged (see Input::StoreFailed).
                         // (the sender's own archive: answered, not forwarded)
-                        (Err(e), origin) if e.is_fenced() => Input::StoreFenced {
-                            user: String::new(),
-                            bounce: Bounce::default(),
-                            payload,
-                            origin,
-                            live: None,
-                        },
+                        (Err(e), origin) if e.is_fenced() => {
+                            fenced.inc();
+                            Input::StoreFenced {
+                                user: String::new(),
+                                bounce: Bounce::default(),
+                                payload,
+                                origin,
+                                live: None,
+                            }
+                        }
                         (Err(e), origin) => Input::StoreFailed {
                             bounce: Bounce::default(),
                             payload,
@@ -729,9 +741,15 @@ impl Driver {
             let _charge = charge;
             f(db)
         });
+        let fenced = self.metrics.writes_fenced.clone();
         tokio::spawn(async move {
-            if let Err(e) = written.await {
-                tracing::error!(error = %e, "a storage write failed");
+            match written.await {
+                Ok(()) => {}
+                Err(e @ StorageError::Fenced { .. }) => {
+                    fenced.inc();
+                    tracing::info!(error = %e, "a write refused by the fence (its slot moved)");
+                }
+                Err(e) => tracing::error!(error = %e, "a storage write failed"),
             }
         });
     }
@@ -829,7 +847,12 @@ impl Driver {
                 // for it: a few warnings a second, not one per frame.
                 if self.overflow_warnings.try_take(1, now()) {
                     let unlogged = std::mem::take(&mut self.overflow_unlogged);
-                    tracing::warn!(node, dropped_unlogged = unlogged, "CM link full");
+                    tracing::warn!(
+                        node,
+                        frame = frame.name(),
+                        dropped_unlogged = unlogged,
+                        "CM link full"
+                    );
                 } else {
                     self.overflow_unlogged += 1;
                 }

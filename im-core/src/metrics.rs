@@ -30,6 +30,9 @@ pub struct Metrics {
     pub link_errors: Family<Labels, Counter>,
     /// Frames dropped because a CM link was full.
     pub link_overflow: Counter,
+    /// Durable writes the fence refused: this core had lost the slot of a
+    /// user the write was for (in a cluster only).
+    pub writes_fenced: Counter,
     /// Pooled CM connections registered (set by the link registry).
     pub cm_connections: Gauge,
     /// CM nodes with at least one registered connection (set by the link
@@ -61,6 +64,7 @@ impl Metrics {
             registrations: Family::default(),
             link_errors: Family::default(),
             link_overflow: Counter::default(),
+            writes_fenced: Counter::default(),
             cm_connections: Gauge::default(),
             cm_nodes: Gauge::default(),
             sessions: Gauge::default(),
@@ -106,6 +110,11 @@ impl Metrics {
             "link_overflow",
             "Frames to a CM dropped because its link was full",
             m.link_overflow.clone(),
+        );
+        registry.register(
+            "writes_fenced",
+            "Durable writes refused by the fence: the core had lost the slot",
+            m.writes_fenced.clone(),
         );
         registry.register(
             "cm_connections",

@@ -209,6 +209,19 @@ impl CoreProcess {
             .map(|v| v["cluster"].clone())
             .unwrap_or_default()
     }
+
+    /// The value of `name` in the core's `/metrics`; `None` while it does
+    /// not answer or has no such metric.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = ureq::get(&format!("http://{}/metrics", self.admin))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        super::cluster::metric_value(&text, name)
+    }
 }
 
 impl Deployment {
@@ -445,7 +458,7 @@ impl Deployment {
         self.spawn(&["cm", "--config", &toml])
     }
 
-    /// Waits until the balancer's backends are exactly `names`.
+    /// Waits (60 s at most) until the balancer's backends are exactly `names`.
     pub fn wait_backends(&self, names: &[&str]) {
         let start = Instant::now();
         loop {
@@ -454,8 +467,9 @@ impl Deployment {
             if have == names {
                 return;
             }
+            // (60 s: three tests may start three deployments at once)
             assert!(
-                start.elapsed() < Duration::from_secs(30),
+                start.elapsed() < Duration::from_secs(60),
                 "backends {have:?}, want {names:?}"
             );
             std::thread::sleep(Duration::from_millis(100));

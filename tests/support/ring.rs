@@ -11,8 +11,8 @@ pub const EACH: usize = 5;
 
 /// What a round saw.
 pub struct Round {
-    /// When each user got its first message of the round.
-    pub firsts: Vec<Instant>,
+    /// When each user got each of its messages of the round, in order.
+    pub arrivals: Vec<Vec<Instant>>,
     /// Sessions that could not be resumed and logged in anew.
     pub relogins: usize,
 }
@@ -34,7 +34,7 @@ pub async fn round(clients: &mut [Client], domain: &str, round: usize) -> Round 
         }
         let from = (i + n - 1) % n;
         let mut got = Vec::new();
-        let mut first = None;
+        let mut arrivals = Vec::new();
         let mut relogins = 0;
         let deadline = Instant::now() + Duration::from_secs(90);
         while !waiting.is_empty() || got.len() < EACH {
@@ -47,7 +47,7 @@ pub async fn round(clients: &mut [Client], domain: &str, round: usize) -> Round 
                     waiting.remove(&id);
                 }
                 Ok(Some(Event::Message(m))) if m.body.is_some() => {
-                    first.get_or_insert_with(Instant::now);
+                    arrivals.push(Instant::now());
                     got.push(m.body.unwrap_or_default());
                 }
                 Ok(Some(Event::Reconnected { resumed: false })) => relogins += 1,
@@ -63,11 +63,11 @@ pub async fn round(clients: &mut [Client], domain: &str, round: usize) -> Round 
             got, want,
             "u{i} got every message of u{from}, once, in order"
         );
-        (first.unwrap_or_else(Instant::now), relogins)
+        (arrivals, relogins)
     });
     let seen = join_all(runs).await;
     Round {
-        firsts: seen.iter().map(|s| s.0).collect(),
         relogins: seen.iter().map(|s| s.1).sum(),
+        arrivals: seen.into_iter().map(|s| s.0).collect(),
     }
 }
