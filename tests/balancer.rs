@@ -50,10 +50,9 @@ async fn handshakes(ep: &quinn::Endpoint, lb: SocketAddr, n: usize) -> usize {
 /// Handshakes each CM completed since `before`, once `n` have completed in
 /// all (a CM completes a handshake a moment after its client does) or 10 s
 /// have passed (a client whose close overtook its Finished leaves its CM a
-/// failed handshake instead). Completed handshakes, not admitted attempts:
-/// a late duplicate Initial of a finished connection is admitted as a new
-/// attempt, on the CM its retry token names even when that CM is draining,
-/// and never completes.
+/// failed handshake instead). Completed handshakes are the connections
+/// clients made; a CM's attempt count also holds attempts it refused or
+/// that never completed.
 async fn completed_since(cluster: &Cluster, before: &[u64], n: u64) -> Vec<u64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -171,7 +170,7 @@ async fn a_joining_cm_takes_new_connections_and_a_drained_one_none() {
         assert_eq!(handshakes(&ep, cluster.lb_addr(), 300).await, 300);
         let shares = completed_since(&cluster, &before, 300).await;
         eprintln!(
-            "while cm-{} drained: handshakes completed {shares:?}, attempts admitted {:?}",
+            "while cm-{} drained: handshakes completed {shares:?}, attempts not answered with a Retry {:?}",
             index + 1,
             delta(&cluster.accepted(), &admitted_before)
         );

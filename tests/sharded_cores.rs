@@ -125,8 +125,13 @@ async fn a_core_paused_past_its_lease_loses_its_slots_and_rejoins_losing_nothing
         ring::round(&mut clients, DOMAIN, 0).await;
         let paused = 2;
         let pid = dep.procs.0[paused].id() as i32;
+        let fenced =
+            || block_in_place(|| dep.cores[paused].metric("longlink_core_writes_fenced_total"));
+        let fenced_before = fenced().unwrap_or(0.0);
         // Paused under traffic: a round is under way, so frames reach it
-        // that it reads only when it runs again, after its slots moved.
+        // that it reads only when it runs again, after its slots moved. The
+        // round must end without it (the others take its users over); it
+        // runs again only then.
         let pause = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             // SAFETY: signals to a child process this test started.
@@ -141,10 +146,9 @@ async fn a_core_paused_past_its_lease_loses_its_slots_and_rejoins_losing_nothing
         // it finds its lease gone, rejoins and gets its share back
         let shares = block_in_place(|| dep.wait_slots_shared(4096, Duration::from_secs(60)));
         println!("slots per core after the rejoin: {shares:?}");
-        let fenced =
-            block_in_place(|| dep.cores[paused].metric("longlink_core_writes_fenced_total"));
         println!(
-            "writes the paused core tried after its slots moved, refused by the fence: {fenced:?}"
+            "writes of the paused core the fence refused once it ran again: {:?}",
+            fenced().map(|n| n - fenced_before)
         );
         let after = ring::round(&mut clients, DOMAIN, 2).await;
         // Counted, not asserted: a session detached at a core (its client

@@ -1,8 +1,11 @@
 //! The routing decision for one client datagram, sans-IO.
 //!
 //! Order (draft-ietf-quic-load-balancers §5 and Katran):
-//! 1. A destination CID whose QUIC-LB server id names a live CM goes to that
-//!    CM (draining or not: its connections continue).
+//! 1. A destination CID a CM made (as long as its config makes them, its
+//!    first octet saying so) whose QUIC-LB server id names a live CM goes
+//!    to that CM (draining or not: its connections continue). A client's
+//!    own random CID is never read for a server id, even if its bytes
+//!    would decode to one.
 //! 2. A client Initial or 0-RTT packet (client-chosen, unroutable CID) goes to
 //!    the CM the Maglev table picks for that CID, over healthy non-draining
 //!    CMs, so every packet of one handshake lands on one CM.
@@ -21,7 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use lb_protocol::{CidDecoder, LbConfig};
+use lb_protocol::{CidDecoder, LbConfig, ServerId};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::maglev::{DEFAULT_TABLE_SIZE, Maglev};
@@ -228,8 +231,22 @@ impl Balancer {
         }
     }
 
+    /// The server id in a CID a CM made: one exactly as long as its config
+    /// makes them, whose first octet says that length (as every CM's does).
+    /// Anything else is a client's choice (quinn's Initial DCIDs are 20
+    /// random octets), whose bytes would name a CM by chance (one in
+    /// 8 × 65 536 here) whatever its drain state.
+    fn server_id(&self, dcid: &[u8]) -> Option<ServerId> {
+        let first = *dcid.first()?;
+        let len = self.decoder.cid_len_for(first)?;
+        if dcid.len() != len || usize::from(first & 0x1f) + 1 != len {
+            return None;
+        }
+        self.decoder.server_id(dcid)
+    }
+
     fn by_cid(&self, dcid: &[u8]) -> Option<usize> {
-        let sid = self.decoder.server_id(dcid)?;
+        let sid = self.server_id(dcid)?;
         self.by_server_id.get(sid.as_ref()).copied()
     }
 
@@ -237,7 +254,6 @@ impl Balancer {
     fn left(&self, dcid: &[u8]) -> bool {
         !self.departed.is_empty()
             && self
-                .decoder
                 .server_id(dcid)
                 .is_some_and(|sid| self.departed.contains(sid.as_ref()))
     }
@@ -282,7 +298,7 @@ impl Balancer {
                     }
                     Some(LongType::Initial) | Some(LongType::ZeroRtt) => self.new_flow(dcid),
                     // A routable-looking CID of no live CM: spoofed or its CM is gone.
-                    _ if self.decoder.server_id(dcid).is_some() => {
+                    _ if self.server_id(dcid).is_some() => {
                         Decision::Drop(DropReason::UnknownServer)
                     }
                     _ => self.new_flow(dcid),
@@ -423,6 +439,38 @@ mod tests {
                 Decision::Forward { index: 2, .. }
             ));
         }
+    }
+
+    #[test]
+    fn a_client_initial_whose_random_dcid_reads_as_a_draining_cms_id_still_goes_by_maglev() {
+        let mut b = balancer(3);
+        b.set_draining("cm-2", true);
+        let cm2 = CidEncoder::new(config(), &2u16.to_be_bytes()).unwrap();
+        for i in 0..300u32 {
+            // 20 octets whose first 9 read as cm-2's: a client's random
+            // DCID that happens to decode to cm-2's server id
+            let mut dcid = cm2.generate().to_vec();
+            dcid.extend_from_slice(&i.to_be_bytes().repeat(3)[..11]);
+            let decision = b.route(&initial(&dcid));
+            assert!(
+                matches!(decision, Decision::Forward { index, .. } if index != 1),
+                "{decision:?}"
+            );
+            // with its first octet's length bits wrong, at cm-2's length
+            let mut odd = cm2.generate().to_vec();
+            odd[0] ^= 0x01;
+            let decision = b.route(&initial(&odd));
+            assert!(
+                matches!(decision, Decision::Forward { index, .. } if index != 1),
+                "{decision:?}"
+            );
+        }
+        // cm-2's own CIDs still reach it, draining or not
+        let cid = cm2.generate();
+        assert!(matches!(
+            b.route(&initial(&cid)),
+            Decision::Forward { index: 1, .. }
+        ));
     }
 
     #[test]

@@ -241,9 +241,8 @@ impl Cluster {
     }
 
     /// Client QUIC handshakes each CM completed so far (unlike
-    /// [`accepted`](Self::accepted), a late duplicate of a finished
-    /// connection's Initial, which the CM takes for a new attempt that never
-    /// completes, does not count).
+    /// [`accepted`](Self::accepted), attempts refused or never completed
+    /// do not count).
     pub fn handshakes_completed(&self) -> Vec<u64> {
         self.cms
             .iter()
@@ -255,7 +254,8 @@ impl Cluster {
             .collect()
     }
 
-    /// Client connection attempts each CM admitted so far.
+    /// Client QUIC connection attempts each CM took up so far, admitted
+    /// or refused (not those answered with a Retry).
     pub fn accepted(&self) -> Vec<u64> {
         self.cms
             .iter()
