@@ -306,6 +306,71 @@ fn separate_processes_and_a_sigkilled_cm_leaves_the_balancer_within_two_seconds(
     }
 }
 
+/// Client QUIC handshakes CM `i` of `dep` completed, from its `/metrics`.
+fn handshakes_completed(dep: &Deployment, i: u32) -> f64 {
+    let text = ureq::get(&format!("http://{}/metrics", dep.cm_admin[&i]))
+        .call()
+        .expect("CM metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    support::metric_value(&text, "longlink_cm_quic_handshakes_completed_total").unwrap_or(0.0)
+}
+
+#[test]
+fn a_client_of_a_sigkilled_cm_is_reset_by_a_live_cm_long_before_its_idle_timeout() {
+    let mut dep = Deployment::start("example.org", 2, &[], "pw");
+    let cms: Vec<usize> = (1..=2).map(|i| dep.spawn_cm(i)).collect();
+    dep.wait_backends(&["cm-1", "cm-2"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        // a bare QUIC client through the balancer (quinn's default idle
+        // timeout: 30 s)
+        let roots = certs::load_roots(&dep.ca()).expect("roots");
+        let tls = certs::client_config(roots, &[b"xmpp-client"]).expect("tls");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+        let before = [1, 2].map(|i| handshakes_completed(&dep, i));
+        let conn = ep
+            .connect(dep.lb(), "example.org")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let victim = loop {
+            let now = [1, 2].map(|i| handshakes_completed(&dep, i));
+            if let Some(i) = (0..2).find(|&i| now[i] > before[i]) {
+                break i;
+            }
+            assert!(Instant::now() < deadline, "no CM completed the handshake");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (mut stream, _) = conn.open_bi().await.expect("stream");
+        // SIGKILL: no CONNECTION_CLOSE reaches the client
+        dep.kill(cms[victim]);
+        let died = Instant::now();
+        // The client keeps sending. The balancer drops its packets while
+        // the CM may come back (3 s), then sends them to the live CM, which
+        // does not know the connection and answers with a stateless reset
+        // (the CMs share its key).
+        let reason = loop {
+            if let Some(reason) = conn.close_reason() {
+                break reason;
+            }
+            let _ = stream.write_all(b"<presence/>").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let took = died.elapsed();
+        println!("the client's connection ended {took:?} after its CM died: {reason}");
+        assert!(
+            matches!(reason, quinn::ConnectionError::Reset),
+            "ended by a stateless reset, not {reason}"
+        );
+        assert!(took < Duration::from_secs(15), "reset {took:?} after");
+    });
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))

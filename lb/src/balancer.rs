@@ -4,8 +4,8 @@
 //! 1. A destination CID a CM made (as long as its config makes them, its
 //!    first octet saying so) whose QUIC-LB server id names a live CM goes
 //!    to that CM (draining or not: its connections continue). A client's
-//!    own random CID is never read for a server id, even if its bytes
-//!    would decode to one.
+//!    own random CID is not read for a server id unless it is shaped like a
+//!    CM's (length and first octet), even if its bytes would decode to one.
 //! 2. A client Initial or 0-RTT packet (client-chosen, unroutable CID) goes to
 //!    the CM the Maglev table picks for that CID, over healthy non-draining
 //!    CMs, so every packet of one handshake lands on one CM.

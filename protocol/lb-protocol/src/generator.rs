@@ -11,9 +11,12 @@ use crate::codec::CidEncoder;
 /// in with `quinn::EndpointConfig::cid_generator(move || Box::new(generator.clone()))`.
 ///
 /// Every CID carries a fresh random nonce, so CIDs are unlinkable. `validate` accepts
-/// only CIDs whose first octet matches this configuration (config id and length
-/// self-description) and whose decoded server id is ours, letting the endpoint drop
-/// stray short-header packets cheaply.
+/// CIDs whose first octet matches this configuration (config id and length
+/// self-description) and that decode under it, whichever server's id they carry,
+/// letting the endpoint drop stray short-header packets cheaply: a packet of
+/// another server's connection it does not know (the balancer sends a departed
+/// server's packets to a live one) is answered with a stateless reset, which the
+/// client accepts when the servers share the reset key.
 #[derive(Clone, Debug)]
 pub struct QuicLbGenerator {
     encoder: CidEncoder,
@@ -55,7 +58,7 @@ impl ConnectionIdGenerator for QuicLbGenerator {
             return Err(InvalidCid);
         }
         match self.encoder.decode(bytes) {
-            Some(sid) if sid == self.encoder.server_id() => Ok(()),
+            Some(_) if bytes.len() == self.encoder.cid_len() => Ok(()),
             _ => Err(InvalidCid),
         }
     }
