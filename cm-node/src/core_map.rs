@@ -490,10 +490,13 @@ impl CoreMap {
         }
     }
 
-    /// Timers due at `now`: cores down past the grace are forgotten,
-    /// unlisted pools stopped, sessions that waited too long kicked.
+    /// Timers due at `now`: cores down past the grace are forgotten (and
+    /// the sessions whose Bind or Resume went to them, which no answer will
+    /// reach, kicked so their clients try again), unlisted pools stopped,
+    /// sessions that waited too long kicked.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut changed = Vec::new();
+        let mut dead = Vec::new();
         for (id, pool) in self.pools.iter_mut().enumerate() {
             let Some(p) = pool else { continue };
             let down_long = p.down_since.is_some_and(|t| now >= t + DOWN_GRACE);
@@ -507,6 +510,7 @@ impl CoreMap {
                 );
                 changed.extend(slots.forget(member));
                 p.forgotten = true;
+                dead.push(id);
             }
             if id != SEED && down_long && now >= p.named_at + UNLISTED_GRACE {
                 *pool = None;
@@ -516,6 +520,15 @@ impl CoreMap {
         changed.sort_unstable();
         changed.dedup();
         self.moved(&changed);
+        let unanswered: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, r)| !r.closing && r.binding_at.is_some_and(|p| dead.contains(&p)))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in unanswered {
+            self.kick(sid);
+        }
         let late: Vec<SessionId> = self
             .holding
             .iter()
@@ -966,6 +979,8 @@ mod tests {
         let mut map = two_cores(now, &[slot(u), slot(v)]);
         map.route(1, bind(1, u), now);
         map.route(2, bind(2, v), now);
+        map.bound(1);
+        map.bound(2);
         map.on_links(1, 0, now);
         // b's links stay down past the grace: its slots have no owner
         map.handle_timeout(now + DOWN_GRACE);
@@ -1098,6 +1113,32 @@ mod tests {
         map.handle_timeout(later);
         assert_eq!(actions(&mut map), vec![Action::StopPool { pool: 1 }]);
         assert_eq!(map.pools(), 1);
+    }
+
+    #[test]
+    fn a_session_whose_bind_went_to_a_core_that_died_is_kicked_once_the_core_is_taken_for_dead() {
+        let (u, v) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[slot(v)]);
+        // v binds at b; u binds at a and is bound
+        map.route(2, auth(2), now);
+        map.route(2, bind(2, v), now);
+        map.route(1, auth(1), now);
+        map.route(1, bind(1, u), now);
+        map.bound(1);
+        assert_eq!(actions(&mut map), vec![]);
+        // b dies before answering: nothing yet within the grace
+        map.on_links(1, 0, now);
+        map.handle_timeout(now + DOWN_GRACE / 2);
+        assert_eq!(actions(&mut map), vec![]);
+        // past it: v's Bind will never be answered, so v is kicked; u is not
+        map.handle_timeout(now + DOWN_GRACE);
+        let acts = actions(&mut map);
+        assert!(acts.contains(&Action::Kick { sid: 2 }), "{acts:?}");
+        assert!(!acts.contains(&Action::Kick { sid: 1 }), "{acts:?}");
+        // once only
+        map.handle_timeout(now + DOWN_GRACE * 2);
+        assert!(!actions(&mut map).contains(&Action::Kick { sid: 2 }));
     }
 
     #[test]

@@ -314,7 +314,10 @@ impl Cores {
                     }
                 }
                 Action::Kick { sid } => {
-                    tracing::debug!(sid, "no owner for the session's user in time: kicked");
+                    tracing::debug!(
+                        sid,
+                        "kicked: no owner for its user in time, or its bind went to a core that died"
+                    );
                     self.metrics.dropped(DropReason::NoOwner);
                     self.sessions.kick(sid);
                 }
