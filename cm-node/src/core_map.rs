@@ -277,6 +277,11 @@ impl CoreMap {
                     self.kick(sid);
                     return Route::Dropped;
                 }
+                if binds {
+                    // (goes out when an owner is known; an earlier
+                    // attempt's core is no longer waited on)
+                    route.binding_at = None;
+                }
                 route.held.push_back(frame);
                 route.held_bytes += cost;
                 route.held_since.get_or_insert(now);

@@ -123,6 +123,9 @@ impl CmHandle {
     }
 }
 
+/// The least time between two stateless resets a CM sends.
+const MIN_RESET_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The drivers' clock: tokio's (so paused time in tests moves it too), as
 /// the `std` instant the state machines take.
 pub(crate) fn now() -> std::time::Instant {
@@ -197,7 +200,12 @@ fn client_endpoint(
         .map_err(|e| CmError::Config(e.to_string()))?;
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(cluster_key.reset_key()));
     endpoint_config
-        .cid_generator(move || Box::new(lb_protocol::QuicLbGenerator::new(encoder.clone())));
+        .cid_generator(move || Box::new(lb_protocol::QuicLbGenerator::new(encoder.clone())))
+        // A CM that dies leaves its clients to the others' stateless resets
+        // (the balancer sends their packets to a live CM): up to 1 000 a
+        // second per CM instead of quinn's 50. A reset is always smaller
+        // than the packet it answers, so this amplifies nothing.
+        .min_reset_interval(MIN_RESET_INTERVAL);
     let socket =
         std::net::UdpSocket::bind(config.listen).map_err(io(format!("bind {}", config.listen)))?;
     let runtime = Arc::new(quinn::TokioRuntime);
