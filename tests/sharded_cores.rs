@@ -27,6 +27,67 @@ const DOMAIN: &str = "example.org";
 const USERS: usize = 600;
 /// Users of the pause and join/drain tests.
 const FEW_USERS: usize = 60;
+/// Phones of the kill test that are away (their sessions detached,
+/// waiting for them to resume) when the core is killed.
+const AWAY: usize = 30;
+
+/// A phone that went away: its user, and the SM id and `h` to resume with.
+struct Away {
+    user: String,
+    previd: String,
+    h: u32,
+}
+
+/// Each of `users` logs in (stream management on), says it is available
+/// and loses its connection for good (its session waits at the server,
+/// detached).
+async fn go_away(dep: &Deployment, users: &[String]) -> Vec<Away> {
+    let mut away = Vec::new();
+    for u in users {
+        let c = Client::connect(dep.client_options(u, "phone").with_message_states())
+            .await
+            .expect("login");
+        c.send_presence(0).await.expect("presence");
+        c.ping().await.expect("ping");
+        let (previd, h) = c.resumption().expect("resumable");
+        c.abort();
+        away.push(Away {
+            user: u.clone(),
+            previd,
+            h,
+        });
+    }
+    away
+}
+
+/// Each phone of `away` comes back and resumes its session (wherever its
+/// slot is now); it gets `later`, which `sender` sent it while it was
+/// away, once. Returns how many resumed (the others logged in again).
+async fn come_back(dep: &Deployment, away: &[Away], sender: &Client, later: &str) -> usize {
+    for a in away {
+        sender
+            .send_message(&format!("{}@{DOMAIN}/phone", a.user), later)
+            .await
+            .expect("send");
+    }
+    sender.ping().await.expect("ping");
+    let runs = away.iter().map(|a| async move {
+        let opts = dep
+            .client_options(&a.user, "phone")
+            .with_previous_session(&a.previd, a.h);
+        let mut c = Client::connect(opts).await.expect("back");
+        let resumed = c.was_resumed();
+        let m = c.next_message(Duration::from_secs(30)).await.expect(later);
+        assert_eq!(m.body.as_deref(), Some(later), "{}", a.user);
+        assert!(
+            c.next_message(Duration::from_millis(300)).await.is_err(),
+            "{} got nothing twice",
+            a.user
+        );
+        resumed
+    });
+    join_all(runs).await.into_iter().filter(|r| *r).count()
+}
 
 /// Each user asks the next user (most of them served by another core)
 /// for its presence; the next user approves; each then sees the other's
@@ -168,13 +229,22 @@ async fn a_core_paused_past_its_lease_loses_its_slots_and_rejoins_losing_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_losing_nothing() {
-    let Some((mut dep, users)) = deployment("ll_shards", USERS) else {
+    let Some((mut dep, users)) = deployment("ll_shards", USERS + AWAY + 1) else {
         return;
     };
     let run = async {
-        let mut clients = log_in(&dep, &users).await;
+        let mut clients = log_in(&dep, &users[..USERS]).await;
         subscribe_ring(&mut clients).await;
         ring::round(&mut clients, DOMAIN, 0).await;
+        // Phones of every core away, their sessions detached.
+        let sender = log_in(&dep, &users[USERS + AWAY..]).await.remove(0);
+        let away = go_away(&dep, &users[USERS..USERS + AWAY]).await;
+        // (their CMs have noticed, and remember them for new owners)
+        let start = Instant::now();
+        while block_in_place(|| detached_at_cms(&dep)) < AWAY as f64 {
+            assert!(start.elapsed() < Duration::from_secs(10), "CMs noticed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // Which users core-2 serves, then kill it under traffic.
         let victim = 1;
@@ -216,10 +286,38 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
             .map(|(_, c)| c.cluster()["slots_owned"].as_u64().unwrap_or(0))
             .sum::<u64>();
         assert_eq!(shares, 4096, "the survivors own every slot");
+        // The away phones come back: those whose sessions detached at the
+        // killed core too resume (at their slots' new owners).
+        let away_there = away
+            .iter()
+            .filter(|a| served.iter().any(|j| j == &format!("{}@{DOMAIN}", a.user)))
+            .count();
+        let resumed = come_back(&dep, &away, &sender, "later").await;
+        println!(
+            "away phones: {AWAY}, {away_there} of them detached at the killed core; resumed: {resumed}"
+        );
+        assert!(away_there > 0, "some away phone was the killed core's");
+        assert_eq!(resumed, AWAY, "every away phone resumed");
     };
     tokio::time::timeout(Duration::from_secs(240), run)
         .await
         .expect("the test finished in time");
+}
+
+/// Sessions the CMs remember as detached, together.
+fn detached_at_cms(dep: &Deployment) -> f64 {
+    dep.cm_admin
+        .values()
+        .map(|admin| {
+            let text = ureq::get(&format!("http://{admin}/metrics"))
+                .call()
+                .expect("CM metrics")
+                .body_mut()
+                .read_to_string()
+                .expect("text");
+            support::cluster::metric_value(&text, "longlink_cm_detached_sessions").unwrap_or(0.0)
+        })
+        .sum()
 }
 
 /// The bare JIDs core `index` routes.

@@ -49,6 +49,9 @@ impl Admin {
         m.core_pools.set(gauge(self.pool.pools()));
         m.owned_slots.set(gauge(self.pool.owned_slots()));
         m.held_for_owner_bytes.set(gauge(self.pool.held_bytes()));
+        let (detached, detached_bytes) = self.pool.detached();
+        m.detached_sessions.set(gauge(detached));
+        m.detached_bytes.set(gauge(detached_bytes));
         m.render()
     }
 }

@@ -20,12 +20,20 @@
 //!   owner are dropped at dequeue), it is re-announced on the new owner
 //!   before anything else of it, then its held frames follow
 //!   ([`Action::Move`]).
+//! - a stream-managed session that closes resumably is remembered as
+//!   *detached* (its `Announce`, marked detached) until its resumption time
+//!   is nearly over, at most [`DETACHED_BYTES`] of them: whenever its slot
+//!   gets a new owner, that core is told of it, so its client can resume
+//!   there although the core it detached at is gone, with what is left of
+//!   its resumption time. A core ends it with a `Kick` for its id other
+//!   than `connection-timeout` (it resumed elsewhere or expired there;
+//!   [`CoreMap::ended_by_core`]): it is forgotten, or never remembered.
 //!
 //! Pools: one per core named in a `cores` list (at most [`MAX_POOLS`]); a
 //! pool other than the seed whose links are all down and that no
 //! `SlotOwners` named for [`UNLISTED_GRACE`] is stopped.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use cm_protocol::slots::{Slot, SlotMap, slot_of};
@@ -57,6 +65,14 @@ pub const DOWN_GRACE: Duration = Duration::from_secs(5);
 /// A pool (not the seed) whose links are down and whose core no
 /// `SlotOwners` named for this long is stopped.
 pub const UNLISTED_GRACE: Duration = Duration::from_secs(30);
+
+/// Bytes of announcements of detached sessions (see the module docs) a
+/// CM keeps; past it, those whose resumption time ends soonest go first.
+pub const DETACHED_BYTES: usize = 32 * 1024 * 1024;
+
+/// A detached session is forgotten this long before its resumption time
+/// ends, so that no core hears of a session its old core has expired.
+const DETACHED_MARGIN: Duration = Duration::from_secs(10);
 
 /// What the driver must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,13 +169,26 @@ struct SessionRoute {
     held_since: Option<Instant>,
     /// Kicked: its frames are dropped until it closes.
     kicked: bool,
-    /// Closed while its slot had no known owner: it holds only its
-    /// `Announce` and a resumable `SessionEnd` for the next owner, and
-    /// goes once they are sent.
-    closing: bool,
+    /// A core ended it for good: not remembered as detached when it closes.
+    ended_by_core: bool,
     /// Its client closed its stream (a clean `SessionEnd` was routed): it
     /// cannot be resumed.
     ended_cleanly: bool,
+}
+
+/// A session that closed resumably, remembered for its slot's next owner.
+#[derive(Debug)]
+struct DetachedSession {
+    /// Its user's slot.
+    slot: Slot,
+    /// Its `Announce`, marked detached.
+    announce: Frame,
+    /// When its resumption time ends.
+    ends_at: Instant,
+    /// When it is forgotten ([`DETACHED_MARGIN`] before that).
+    forget_at: Instant,
+    /// What it counts against [`DETACHED_BYTES`].
+    bytes: usize,
 }
 
 /// The routing state (see the module docs).
@@ -177,8 +206,16 @@ pub struct CoreMap {
     /// [`ENDED_REMEMBERED`], oldest forgotten first.
     ended: HashMap<SessionId, PoolId>,
     ended_order: VecDeque<SessionId>,
+    /// Sessions that closed resumably (see the module docs).
+    detached: HashMap<SessionId, DetachedSession>,
+    detached_by_time: BTreeSet<(Instant, SessionId)>,
+    detached_bytes: usize,
     actions: VecDeque<Action>,
 }
+
+/// What a detached session costs beside its announcement: its entries in
+/// two maps.
+const DETACHED_OVERHEAD: usize = 96;
 
 /// Closed sessions whose last pool is remembered (about 40 bytes each).
 const ENDED_REMEMBERED: usize = 16 * 1024;
@@ -201,6 +238,9 @@ impl CoreMap {
             held_bytes: 0,
             ended: HashMap::new(),
             ended_order: VecDeque::new(),
+            detached: HashMap::new(),
+            detached_by_time: BTreeSet::new(),
+            detached_bytes: 0,
             actions: VecDeque::new(),
         }
     }
@@ -237,7 +277,7 @@ impl CoreMap {
         }
         let auth_pool = self.auth_pool();
         let route = self.sessions.entry(sid).or_default();
-        if route.kicked || route.closing {
+        if route.kicked {
             return Route::Dropped;
         }
         if matches!(frame, Frame::SessionEnd { clean: true, .. }) {
@@ -315,9 +355,15 @@ impl CoreMap {
         self.ended.get(&sid).copied()
     }
 
-    /// Whether session `sid` closed and waits for its slot's next owner.
-    pub fn is_closing(&self, sid: SessionId) -> bool {
-        self.sessions.get(&sid).is_some_and(|r| r.closing)
+    /// Whether session `sid` closed resumably and is remembered for its
+    /// slot's next owner.
+    pub fn is_detached(&self, sid: SessionId) -> bool {
+        self.detached.contains_key(&sid)
+    }
+
+    /// Detached sessions remembered now, and the bytes they count.
+    pub fn detached(&self) -> (usize, usize) {
+        (self.detached.len(), self.detached_bytes)
     }
 
     /// Whether session `sid` is open (has a route).
@@ -348,52 +394,130 @@ impl CoreMap {
     }
 
     /// Session `sid` ended at `now`: its route and held frames are
-    /// forgotten; but a resumable session (`announcement`: its `Announce`)
-    /// whose slot has no known owner now is kept as closing, so that the
-    /// next owner hears of it (announced, then ended resumably) and its
-    /// client can resume there. Its held stanzas are dropped: the owner
-    /// counts what the last core confirmed, and the client resends the
-    /// rest after resuming.
+    /// forgotten. In cluster mode a resumable session (`announcement`: its
+    /// `Announce`) that did not end cleanly is remembered as detached, so
+    /// that its slot's next owner hears of it and its client can resume
+    /// there (if its slot has no known owner now, the next one hears of it
+    /// as soon as it is known). Frames it held are dropped: the owner
+    /// counts what the last core confirmed, and the client resends the rest
+    /// after resuming.
     pub fn close(&mut self, sid: SessionId, announcement: Option<Frame>, now: Instant) {
-        if let Some(route) = self.sessions.remove(&sid) {
-            self.held_bytes -= route.held_bytes;
-            self.holding.remove(&sid);
-            if self.slots.is_some()
-                && route.user.is_some()
-                && route.target.is_none()
-                && !route.closing
-                && !route.ended_cleanly
-                && let Some(announce) = announcement
-            {
-                let jid = match &announce {
-                    Frame::Announce { jid, .. } => Some(jid.clone()),
-                    _ => None,
-                };
-                let end = Frame::SessionEnd {
-                    sid,
-                    jid,
-                    clean: false,
-                };
-                let held_bytes = announce.queued_bytes() + end.queued_bytes();
-                self.held_bytes += held_bytes;
-                self.holding.insert(sid);
-                self.sessions.insert(
-                    sid,
-                    SessionRoute {
-                        slot: route.slot,
-                        user: route.user,
-                        generation: route.generation,
-                        last_target: route.last_target,
-                        held: VecDeque::from([announce, end]),
-                        held_bytes,
-                        held_since: Some(route.held_since.unwrap_or(now)),
-                        closing: true,
-                        ..SessionRoute::default()
-                    },
-                );
-                return;
+        let Some(route) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.held_bytes -= route.held_bytes;
+        self.holding.remove(&sid);
+        let slot = route.slot.or_else(|| {
+            let count = self.slots.as_ref()?.slot_count();
+            Some(slot_of(route.user.as_deref()?, count))
+        });
+        if self.slots.is_some()
+            && !route.ended_cleanly
+            && !route.ended_by_core
+            && let (Some(slot), Some(announce)) = (slot, announcement)
+            && self.keep_detached(sid, slot, announce, now)
+            && route.generation > 0
+            && let Some(to) = route.target
+        {
+            // It moved: its re-announcement may have been still queued,
+            // and is then never sent; the owner hears of it now (after its
+            // end, on the same connection; a core that has it ignores this).
+            self.tell_detached(sid, to, now);
+        }
+        self.remember_ended(sid, route.target.or(route.last_target).or(route.auth));
+    }
+
+    /// Remembers session `sid` as detached (if its `announce` says it can
+    /// be resumed), within [`DETACHED_BYTES`]; whether it did.
+    fn keep_detached(
+        &mut self,
+        sid: SessionId,
+        slot: Slot,
+        mut announce: Frame,
+        now: Instant,
+    ) -> bool {
+        let Frame::Announce { sm: Some(sm), .. } = &mut announce else {
+            return false;
+        };
+        if sm.id.is_empty() || sm.max == 0 {
+            return false;
+        }
+        sm.detached = true;
+        let lasts = Duration::from_secs(u64::from(sm.max)).saturating_sub(DETACHED_MARGIN);
+        if lasts.is_zero() {
+            return false;
+        }
+        let ends_at = now + Duration::from_secs(u64::from(sm.max));
+        let forget_at = now + lasts;
+        let bytes = announce.queued_bytes() + DETACHED_OVERHEAD;
+        self.forget_detached(sid);
+        // room from those ending no later than the new one, soonest first
+        // (else the new one would be the first to go: not kept)
+        let mut kept = self.detached_bytes;
+        let mut goes = Vec::new();
+        for &(at, other) in &self.detached_by_time {
+            if kept + bytes <= DETACHED_BYTES || at > forget_at {
+                break;
             }
-            self.remember_ended(sid, route.target.or(route.last_target).or(route.auth));
+            kept -= self.detached.get(&other).map_or(0, |d| d.bytes);
+            goes.push(other);
+        }
+        if kept + bytes > DETACHED_BYTES {
+            return false;
+        }
+        for other in goes {
+            self.forget_detached(other);
+        }
+        self.detached_by_time.insert((forget_at, sid));
+        self.detached_bytes += bytes;
+        self.detached.insert(
+            sid,
+            DetachedSession {
+                slot,
+                announce,
+                ends_at,
+                forget_at,
+                bytes,
+            },
+        );
+        true
+    }
+
+    /// Tells pool `to`'s core of detached session `sid`, with what is left
+    /// of its resumption time at `now`.
+    fn tell_detached(&mut self, sid: SessionId, to: PoolId, now: Instant) {
+        let Some(d) = self.detached.get(&sid) else {
+            return;
+        };
+        let mut announce = d.announce.clone();
+        if let Frame::Announce { sm: Some(sm), .. } = &mut announce {
+            let left = d.ends_at.saturating_duration_since(now);
+            sm.max = u32::try_from(left.as_secs()).unwrap_or(u32::MAX).max(1);
+        }
+        self.actions.push_back(Action::Move {
+            sid,
+            generation: 0,
+            to: Some(to),
+            frames: vec![announce],
+        });
+    }
+
+    /// A core ended session `sid` for good (a `Kick` other than
+    /// `connection-timeout`: it resumed elsewhere, expired, or was
+    /// replaced): it is not remembered as detached, or forgotten if it is.
+    pub fn ended_by_core(&mut self, sid: SessionId) {
+        if let Some(route) = self.sessions.get_mut(&sid) {
+            route.ended_by_core = true;
+        }
+        self.forget_detached(sid);
+    }
+
+    /// Forgets detached session `sid` (its time is over, or a core ended
+    /// it).
+    fn forget_detached(&mut self, sid: SessionId) {
+        if let Some(d) = self.detached.remove(&sid) {
+            self.detached_by_time.remove(&(d.forget_at, sid));
+            self.detached_bytes -= d.bytes;
         }
     }
 
@@ -479,7 +603,7 @@ impl CoreMap {
         for listed in cores {
             self.named(listed, now);
         }
-        self.moved(&changed);
+        self.moved(&changed, now);
     }
 
     /// Pool `pool` has `up` welcomed connections at `now`.
@@ -524,11 +648,11 @@ impl CoreMap {
         }
         changed.sort_unstable();
         changed.dedup();
-        self.moved(&changed);
+        self.moved(&changed, now);
         let unanswered: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, r)| !r.closing && r.binding_at.is_some_and(|p| dead.contains(&p)))
+            .filter(|(_, r)| r.binding_at.is_some_and(|p| dead.contains(&p)))
             .map(|(sid, _)| *sid)
             .collect();
         for sid in unanswered {
@@ -546,15 +670,12 @@ impl CoreMap {
             .copied()
             .collect();
         for sid in late {
-            if self.sessions.get(&sid).is_some_and(|r| r.closing) {
-                // (its client's resumption will fail: it logs in again)
-                if let Some(route) = self.sessions.remove(&sid) {
-                    self.held_bytes -= route.held_bytes;
-                    self.holding.remove(&sid);
-                }
-                continue;
-            }
             self.kick(sid);
+        }
+        while let Some(&(at, sid)) = self.detached_by_time.first()
+            && at <= now
+        {
+            self.forget_detached(sid);
         }
     }
 
@@ -572,7 +693,8 @@ impl CoreMap {
             .iter()
             .filter_map(|sid| self.sessions.get(sid)?.held_since)
             .map(|t| t + HOLD_TIME);
-        pools.flatten().flatten().chain(holds).min()
+        let detached = self.detached_by_time.first().map(|(at, _)| *at);
+        pools.flatten().flatten().chain(holds).chain(detached).min()
     }
 
     /// The next thing to do.
@@ -651,8 +773,8 @@ impl CoreMap {
         });
     }
 
-    /// Slots `changed` owner: their sessions move.
-    fn moved(&mut self, changed: &[Slot]) {
+    /// Slots `changed` owner at `now`: their sessions move.
+    fn moved(&mut self, changed: &[Slot], now: Instant) {
         if changed.is_empty() {
             return;
         }
@@ -673,6 +795,19 @@ impl CoreMap {
         }
         for sid in affected {
             self.move_session(sid);
+        }
+        // detached sessions of the slots: their new owners hear of them
+        let mut told: Vec<(SessionId, PoolId)> = Vec::new();
+        for (sid, d) in &self.detached {
+            if changed.contains(&d.slot)
+                && let Some(to) = owner_pool(&self.pools, self.slots.as_ref(), Some(d.slot))
+            {
+                told.push((*sid, to));
+            }
+        }
+        told.sort_unstable();
+        for (sid, to) in told {
+            self.tell_detached(sid, to, now);
         }
     }
 
@@ -708,17 +843,12 @@ impl CoreMap {
                 route.binding_at = to;
             }
         }
-        let closing = route.closing;
         self.actions.push_back(Action::Move {
             sid,
             generation: route.generation,
             to,
             frames,
         });
-        if closing && to.is_some() {
-            self.sessions.remove(&sid);
-            self.remember_ended(sid, to);
-        }
     }
 
     /// Remembers where closed session `sid`'s frames went last.
@@ -1195,9 +1325,38 @@ mod tests {
             jid: format!("{v}/r"),
             available: true,
             priority: 0,
-            sm: None,
+            sm: Some(cm_protocol::SmSnapshot {
+                id: "sm-2".into(),
+                handled: 3,
+                sent: 4,
+                client_acked: 2,
+                next_seq: 4,
+                max: 300,
+                detached: false,
+            }),
         };
         (map, v, announce)
+    }
+
+    /// `announce` as a detached session's with `left` seconds to resume.
+    fn detached(mut announce: Frame, left: u32) -> Frame {
+        if let Frame::Announce { sm: Some(sm), .. } = &mut announce {
+            sm.detached = true;
+            sm.max = left;
+        }
+        announce
+    }
+
+    /// The frames of the moves of session `sid` among `acts`, and where to.
+    fn moves_of(acts: Vec<Action>, sid: SessionId) -> Vec<(Option<PoolId>, Vec<Frame>)> {
+        acts.into_iter()
+            .filter_map(|a| match a {
+                Action::Move {
+                    sid: s, to, frames, ..
+                } if s == sid => Some((to, frames)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn both_cores() -> [CoreAddress; 2] {
@@ -1205,7 +1364,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resumable_session_closed_while_its_slot_has_no_owner_is_announced_and_ended_at_the_next_owner()
+    fn a_resumable_session_closed_while_its_slot_has_no_owner_is_announced_detached_at_the_next_owner()
      {
         let now = Instant::now();
         // b gives the slot up; the client's stanza and the end wait
@@ -1216,10 +1375,13 @@ mod tests {
             jid: Some(format!("{v}/r")),
             clean: false,
         };
-        assert_eq!(map.route(2, end.clone(), now), Route::Held);
+        assert_eq!(map.route(2, end, now), Route::Held);
         map.close(2, Some(announce.clone()), now);
-        assert!(map.is_routed(2), "kept until the next owner hears of it");
-        // a claims the slot: it gets the announcement and the end, not the stanza
+        assert!(!map.is_routed(2) && map.is_detached(2));
+        assert_eq!(map.held_bytes(), 0, "what it held is dropped");
+        // bounces still queued for it go to the core it left
+        assert_eq!(map.ended_at(2), Some(1));
+        // a claims the slot: it hears of the detached session, not the stanza
         let later = now + Duration::from_secs(1);
         map.on_slot_owners(
             SEED,
@@ -1229,31 +1391,170 @@ mod tests {
             &both_cores(),
             later,
         );
-        let moves: Vec<Action> = actions(&mut map)
-            .into_iter()
-            .filter(|a| matches!(a, Action::Move { sid: 2, .. }))
-            .collect();
-        assert!(
-            matches!(&moves[..], [Action::Move { to: Some(SEED), frames, .. }] if frames == &vec![announce, end]),
-            "{moves:?}"
+        assert_eq!(
+            moves_of(actions(&mut map), 2),
+            vec![(Some(SEED), vec![detached(announce, 299)])]
         );
-        assert!(!map.is_routed(2));
-        assert_eq!(map.ended_at(2), Some(SEED));
+        assert!(map.is_detached(2), "kept for the moves after this one");
     }
 
     #[test]
-    fn a_closing_session_whose_slot_finds_no_owner_in_time_is_forgotten() {
+    fn a_session_detached_at_its_owner_is_announced_to_each_next_owner_until_a_core_ends_it() {
+        let now = Instant::now();
+        let (_, v) = users();
+        let mut map = two_cores(now, &[slot(v)]);
+        map.route(2, auth(2), now);
+        map.route(2, bind(2, v), now);
+        map.bound(2);
+        let (_, _, announce) = bound_then_unowned(now);
+        // the client's stream is gone; its end went to b, which holds it
+        let end = Frame::SessionEnd {
+            sid: 2,
+            jid: Some(format!("{v}/r")),
+            clean: false,
+        };
+        assert!(matches!(map.route(2, end, now), Route::To { pool: 1, .. }));
+        map.close(2, Some(announce.clone()), now);
+        assert!(map.is_detached(2));
+        assert_eq!(map.detached().0, 1);
+        assert_eq!(actions(&mut map), vec![]);
+        // b dies: while the slot has no owner nobody is told ...
+        map.on_links(1, 0, now);
+        map.handle_timeout(now + DOWN_GRACE);
+        assert_eq!(moves_of(actions(&mut map), 2), vec![]);
+        // ... then a claims it and hears of the session
+        let later = now + Duration::from_secs(9);
+        let claim = claims(&[(slot(v), 2)]);
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claim, &both_cores(), later);
+        assert_eq!(
+            moves_of(actions(&mut map), 2),
+            vec![(Some(SEED), vec![detached(announce.clone(), 291)])]
+        );
+        // the client resumed at a, which says so (a kick for the old
+        // session): no later owner hears of it
+        map.ended_by_core(2);
+        assert_eq!(map.detached(), (0, 0));
+        let b_back = claims(&[(slot(v), 3)]);
+        map.on_links(1, 1, later);
+        map.on_slot_owners(1, "b#2", SLOTS, &b_back, &both_cores(), later);
+        assert_eq!(moves_of(actions(&mut map), 2), vec![]);
+    }
+
+    #[test]
+    fn a_session_that_closes_after_a_move_is_told_detached_to_its_new_owner_at_once() {
+        // (its re-announcement may still have been queued, never to be sent)
+        let now = Instant::now();
+        let (mut map, v, announce) = bound_then_unowned(now);
+        let claim = claims(&[(slot(v), 2)]);
+        map.on_slot_owners(SEED, "a#1", SLOTS, &claim, &both_cores(), now);
+        let _ = actions(&mut map);
+        map.close(2, Some(announce.clone()), now);
+        assert_eq!(
+            moves_of(actions(&mut map), 2),
+            vec![(Some(SEED), vec![detached(announce.clone(), 300)])]
+        );
+        // one that never moved: its core has its end, nothing more
+        let (_, v) = users();
+        let mut map = two_cores(now, &[slot(v)]);
+        map.route(2, bind(2, v), now);
+        map.bound(2);
+        map.close(2, Some(announce), now);
+        assert!(map.is_detached(2));
+        assert_eq!(moves_of(actions(&mut map), 2), vec![]);
+    }
+
+    #[test]
+    fn a_session_that_ended_cleanly_or_for_good_at_a_core_or_cannot_resume_is_not_remembered() {
+        let now = Instant::now();
+        let (mut map, v, announce) = bound_then_unowned(now);
+        let clean = Frame::SessionEnd {
+            sid: 2,
+            jid: Some(format!("{v}/r")),
+            clean: true,
+        };
+        map.route(2, clean, now);
+        map.close(2, Some(announce.clone()), now);
+        assert!(!map.is_detached(2));
+        // not resumable: an empty SM id
+        let (mut map, _, mut announce) = bound_then_unowned(now);
+        if let Frame::Announce { sm: Some(sm), .. } = &mut announce {
+            sm.id.clear();
+        }
+        map.close(2, Some(announce), now);
+        assert!(!map.is_detached(2));
+        // one a core ended for good before it closed (its kick came first)
+        let (mut map, _, announce) = bound_then_unowned(now);
+        map.ended_by_core(2);
+        map.close(2, Some(announce), now);
+        assert!(!map.is_detached(2));
+        // single-core mode keeps nothing
+        let mut single = CoreMap::new("10.0.0.1:7000".into(), now);
+        single.route(2, bind(2, v), now);
+        let (_, _, announce) = bound_then_unowned(now);
+        single.close(2, Some(announce), now);
+        assert!(!single.is_detached(2));
+    }
+
+    #[test]
+    fn a_detached_session_is_forgotten_before_its_resumption_time_ends() {
         let now = Instant::now();
         let (mut map, _, announce) = bound_then_unowned(now);
         map.close(2, Some(announce), now);
-        assert!(map.is_routed(2));
-        map.handle_timeout(now + HOLD_TIME);
-        assert!(!map.is_routed(2));
+        let forget_at = now + Duration::from_secs(300) - DETACHED_MARGIN;
+        assert_eq!(map.poll_timeout(), Some(forget_at));
+        map.handle_timeout(forget_at - Duration::from_millis(1));
+        assert!(map.is_detached(2));
+        map.handle_timeout(forget_at);
+        assert!(!map.is_detached(2));
+        assert_eq!(map.detached(), (0, 0));
+        assert_eq!(map.poll_timeout(), None);
         assert!(
             !actions(&mut map)
                 .iter()
                 .any(|a| matches!(a, Action::Kick { sid: 2 })),
             "nothing to kick: the session is gone"
         );
+    }
+
+    #[test]
+    fn detached_sessions_past_their_byte_bound_go_soonest_to_expire_first() {
+        let now = Instant::now();
+        let (_, v) = users();
+        let mut map = two_cores(now, &[slot(v)]);
+        // announcements of 4 MiB each (a long resource), the first with
+        // the shortest resumption time
+        let big = |sid: SessionId, max: u32| Frame::Announce {
+            sid,
+            jid: format!("{v}/{}", "r".repeat(4 << 20)),
+            available: true,
+            priority: 0,
+            sm: Some(cm_protocol::SmSnapshot {
+                id: format!("sm-{sid}"),
+                handled: 0,
+                sent: 0,
+                client_acked: 0,
+                next_seq: 0,
+                max,
+                detached: false,
+            }),
+        };
+        let fits = DETACHED_BYTES / (4 << 20);
+        for sid in 1..=fits as u64 + 1 {
+            map.route(sid, bind(sid, v), now);
+            let max = if sid == 2 { 60 } else { 300 };
+            map.close(sid, Some(big(sid, max)), now);
+        }
+        let (count, bytes) = map.detached();
+        assert!(bytes <= DETACHED_BYTES, "{bytes}");
+        assert_eq!(count, fits - 1);
+        assert!(!map.is_detached(2), "the soonest to expire went first");
+        assert!(map.is_detached(fits as u64 + 1), "the newest is kept");
+        // a newcomer ending before all of them is not kept, and costs
+        // none of them their place
+        let sid = fits as u64 + 2;
+        map.route(sid, bind(sid, v), now);
+        map.close(sid, Some(big(sid, 30)), now);
+        assert!(!map.is_detached(sid));
+        assert_eq!(map.detached(), (count, bytes));
     }
 }

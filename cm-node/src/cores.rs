@@ -214,6 +214,7 @@ impl Cores {
         let mut state = self.lock();
         state.map.close(sid, announcement, crate::now());
         state.generations.remove(&sid);
+        self.apply(&mut state);
     }
 
     /// What the cores offer clients, if one has welcomed this CM yet.
@@ -253,6 +254,12 @@ impl Cores {
         self.lock().map.held_bytes()
     }
 
+    /// Sessions remembered as detached for their slots' next owners, and
+    /// the bytes they count.
+    pub fn detached(&self) -> (usize, usize) {
+        self.lock().map.detached()
+    }
+
     /// Carries out what the routing decided (under its lock, so a moved
     /// session's re-announcement is queued before anything routed later).
     fn apply(&self, state: &mut State) {
@@ -271,10 +278,10 @@ impl Cores {
                     to,
                     frames,
                 } => {
-                    if !state.map.is_routed(sid) || state.map.is_closing(sid) {
-                        // a closed session's announcement and end, held
-                        // until its owner was known (no stamp: nothing
-                        // of it is queued any more)
+                    if !state.map.is_routed(sid) {
+                        // a detached session's announcement, for its
+                        // slot's new owner (no stamp: nothing of it is
+                        // queued any more)
                         if let Some(pool) = to.and_then(|to| state.pool(to)) {
                             for frame in frames {
                                 pool.push_now(
@@ -403,6 +410,12 @@ impl CoreEvents for Cores {
 
     fn moved_away(&self, pool: PoolId, sid: SessionId) -> bool {
         self.cluster.load(Ordering::Acquire) && self.lock().map.moved_away(pool, sid)
+    }
+
+    fn ended_by_core(&self, sid: SessionId) {
+        if self.cluster.load(Ordering::Acquire) {
+            self.lock().map.ended_by_core(sid);
+        }
     }
 
     fn stale(&self, _pool: PoolId, sid: SessionId, frame: Frame) {

@@ -592,8 +592,8 @@ where
     metrics.stream_ended(transport, end.unwrap_or(StreamEnd::Disconnected));
     drop(gauge);
     recv.stop();
-    // (for a core that learns of the session only after it closed: a
-    // resumable session whose slot has no known owner now)
+    // (for its slot's next owners: a resumable session is remembered as
+    // detached; see `core_map`)
     let announcement = ctx.sessions.closing_announcement(sid);
     ctx.sessions.close(sid);
     session.on_closed();
@@ -837,6 +837,7 @@ mod tests {
                     client_acked: 3,
                     next_seq: 2,
                     max: 300,
+                    detached: false,
                 }),
             }]
         );

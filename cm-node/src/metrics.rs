@@ -225,6 +225,11 @@ pub struct Metrics {
     /// Bytes of session frames held while their user's slot has no known
     /// owner (set when scraped).
     pub held_for_owner_bytes: Gauge,
+    /// Sessions that closed resumably, remembered for their slots' next
+    /// owners (set when scraped).
+    pub detached_sessions: Gauge,
+    /// Bytes those remembered sessions count (set when scraped).
+    pub detached_bytes: Gauge,
     /// QUIC handshakes that completed (the client's Finished arrived).
     pub quic_handshakes_completed: Counter,
     /// QUIC handshakes that failed.
@@ -278,6 +283,8 @@ impl Metrics {
             core_pools: Gauge::default(),
             owned_slots: Gauge::default(),
             held_for_owner_bytes: Gauge::default(),
+            detached_sessions: Gauge::default(),
+            detached_bytes: Gauge::default(),
             quic_handshakes_completed: Counter::default(),
             quic_handshakes_failed: Counter::default(),
             quic_retries: Counter::default(),
@@ -362,6 +369,16 @@ impl Metrics {
             "held_for_owner_bytes",
             "Bytes of session frames held while their user's slot has no known owner",
             m.held_for_owner_bytes.clone(),
+        );
+        registry.register(
+            "detached_sessions",
+            "Sessions that closed resumably, remembered for their slots' next owners",
+            m.detached_sessions.clone(),
+        );
+        registry.register(
+            "detached_bytes",
+            "Bytes of the sessions remembered for their slots' next owners",
+            m.detached_bytes.clone(),
         );
         registry.register(
             "quic_handshakes_completed",

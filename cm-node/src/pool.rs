@@ -141,6 +141,9 @@ pub trait CoreEvents: Send + Sync {
     /// that was paused, say, and runs on before it notices) are not the
     /// session's any more.
     fn moved_away(&self, pool: PoolId, sid: SessionId) -> bool;
+    /// A core ended session `sid` for good (a `Kick` other than
+    /// `connection-timeout`): it is not to be remembered as detached.
+    fn ended_by_core(&self, sid: SessionId);
 }
 
 /// The pool (see the module docs).
@@ -707,6 +710,12 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
     {
         setup.metrics.dropped(DropReason::Moved);
         return;
+    }
+    if let Frame::Kick { condition, .. } = &frame
+        && condition != xmpp_stream::StreamCondition::ConnectionTimeout.name()
+        && let Some(events) = setup.events()
+    {
+        events.ended_by_core(sid);
     }
     let undelivered = match setup.sessions.dispatch(sid, frame) {
         Dispatch::Queued => return,

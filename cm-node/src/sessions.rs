@@ -443,6 +443,7 @@ fn snapshot(sid: SessionId, entry: &Entry) -> Option<Frame> {
             client_acked: counts.client_acked,
             next_seq: counts.next_seq,
             max: sm.max,
+            detached: false,
         }
     });
     Some(Frame::Announce {
@@ -602,6 +603,7 @@ mod tests {
                         client_acked: 7,
                         next_seq: 12,
                         max: 300,
+                        detached: false,
                     }),
                 },
                 Frame::Announce {
@@ -653,6 +655,7 @@ mod tests {
                     client_acked: 3,
                     next_seq: 0,
                     max: 300,
+                    detached: false,
                 }),
             }]
         );

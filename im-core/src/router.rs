@@ -782,7 +782,7 @@ impl Router {
                 available,
                 priority,
                 sm,
-            } => self.announced((node, sid), &jid, available, priority, sm),
+            } => self.announced((node, sid), &jid, available, priority, sm, now),
             Frame::Stanza {
                 sid,
                 header,

@@ -740,6 +740,7 @@ fn a_resume_batch_with_a_replay_reaches_the_registry_with_its_counters_at_every_
         client_acked: 3,
         next_seq,
         max: 300,
+        detached: false,
     };
     let jid = String::from("a@x/phone");
     assert_eq!(

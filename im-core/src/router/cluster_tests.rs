@@ -468,6 +468,7 @@ fn a_session_of_a_slot_lost_and_taken_again_is_announced_back_without_a_conflict
                 client_acked: 0,
                 next_seq: 0,
                 max: 60,
+                detached: false,
             }),
         },
     );
@@ -514,6 +515,7 @@ fn a_resumption_that_comes_before_its_moved_sessions_announcement_waits_for_it()
         client_acked: 0,
         next_seq: 0,
         max: 60,
+        detached: false,
     };
     let announced = frame(
         &mut a,
@@ -732,4 +734,153 @@ fn a_message_whose_offline_write_the_fence_refuses_goes_to_the_recipients_new_ow
         accepted: true,
     });
     assert_eq!(handled(&done), vec![1]);
+}
+
+/// `full`'s `Announce` for `sid` with SM id `id` (max 60), `detached` or not.
+fn sm_announce(sid: u64, full: &str, id: &str, detached: bool) -> Frame {
+    Frame::Announce {
+        sid,
+        jid: full.into(),
+        available: true,
+        priority: 0,
+        sm: Some(cm_protocol::SmSnapshot {
+            id: id.into(),
+            handled: 2,
+            sent: 0,
+            client_acked: 0,
+            next_seq: 0,
+            max: 60,
+            detached,
+        }),
+    }
+}
+
+/// The sessions kicked among `acts`.
+fn kicked(acts: &[Action]) -> Vec<(u32, u64)> {
+    acts.iter()
+        .filter_map(|x| match x {
+            Action::Send {
+                node,
+                frame: Frame::Kick { sid, .. },
+            } => Some((*node, *sid)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `<resumed/>` (its `h`) or a failure for session `sid` among `acts`.
+fn resumed_h(acts: &[Action], sid: u64) -> Option<Result<u32, String>> {
+    acts.iter().find_map(|x| match x {
+        Action::Send {
+            frame: Frame::Resumed { sid: s, result },
+            ..
+        } if *s == sid => Some(result.clone().map(|r| r.h)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_session_a_cm_says_is_detached_waits_here_for_its_client_which_resumes_and_its_cm_forgets_it() {
+    // the session detached at a core that died; its slot is this core's now
+    let (mut a, full, id) = sm_session_of_a_slot_lost_and_taken_again();
+    let (alice, _) = two_users();
+    let told = frame(&mut a, 1, sm_announce(10, &full, &id, true));
+    assert!(kicked(&told).is_empty(), "{told:?}");
+    assert_eq!(a.sm_counts(), (1, 1), "tracked and detached");
+    assert!(
+        a.table().resources(&alice).len() == 1,
+        "routed (available while it waits)"
+    );
+    // its client comes back on another CM: the CM's counters hold
+    let back = frame(
+        &mut a,
+        2,
+        Frame::Resume {
+            sid: 20,
+            user: alice.clone(),
+            previd: id.clone(),
+            h: 0,
+        },
+    );
+    assert_eq!(resumed_h(&back, 20), Some(Ok(2)), "{back:?}");
+    assert_eq!(kicked(&back), vec![(1, 10)], "its old CM forgets it");
+    assert_eq!(a.sm_counts(), (1, 0));
+    // the old CM tells of it again (it had not heard yet): refused, and
+    // told to forget it again; the resumed session is untouched
+    let again = frame(&mut a, 1, sm_announce(10, &full, &id, true));
+    assert_eq!(kicked(&again), vec![(1, 10)]);
+    assert_eq!(a.sm_counts(), (1, 0));
+}
+
+#[test]
+fn a_live_announcement_replaces_a_stale_detached_session_of_its_id_and_a_new_login_wins_over_one() {
+    let (mut a, full, id) = sm_session_of_a_slot_lost_and_taken_again();
+    // a CM remembered the session detached after it had resumed on
+    // another CM; this core hears of the stale one first
+    frame(&mut a, 1, sm_announce(10, &full, &id, true));
+    let live = frame(&mut a, 2, sm_announce(20, &full, &id, false));
+    assert_eq!(kicked(&live), vec![(1, 10)], "only the stale one: {live:?}");
+    assert_eq!(a.sm_counts(), (1, 0), "the live one is tracked");
+    // a new login took the full JID: a detached word about another
+    // session of it is stale (another SM id of the same user)
+    let (alice, _) = two_users();
+    let mut b = core_owning("b#1", &alice);
+    let full_b = bound(&mut b, 3, 30, &alice, "phone");
+    assert_eq!(full_b, full);
+    let stale = frame(&mut b, 1, sm_announce(10, &full, &id, true));
+    assert_eq!(kicked(&stale), vec![(1, 10)], "{stale:?}");
+    assert_eq!(b.sm_counts(), (0, 0));
+}
+
+#[test]
+fn a_detached_session_that_expires_in_a_cluster_is_forgotten_by_its_cm_too() {
+    let (mut a, full, id) = sm_session_of_a_slot_lost_and_taken_again();
+    frame(&mut a, 1, sm_announce(10, &full, &id, true));
+    let expired = a.timeout(t0() + Duration::from_secs(60));
+    assert_eq!(kicked(&expired), vec![(1, 10)], "{expired:?}");
+    assert_eq!(a.sm_counts(), (0, 0));
+}
+
+#[test]
+fn a_detached_word_about_a_user_this_core_does_not_serve_is_dropped_without_a_kick() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    let acts = frame(&mut a, 1, sm_announce(10, &format!("{bob}/r"), "x", true));
+    assert!(
+        kicked(&acts).is_empty(),
+        "the CM keeps it for the owner: {acts:?}"
+    );
+    let live = frame(&mut a, 1, sm_announce(11, &format!("{bob}/r"), "x", false));
+    assert_eq!(kicked(&live), vec![(1, 11)]);
+}
+
+#[test]
+fn a_live_announcement_of_an_sm_id_detached_here_at_another_address_is_kicked_as_before() {
+    // (a CM that never heard its session's `conflict`: the session resumed
+    // elsewhere and detached there; its zombie must not replace it)
+    let mut r = router();
+    let full = bound(&mut r, 1, 10, "alice@x", "phone");
+    let acts = sm_enable(&mut r, 1, 10, 60);
+    let Some(id) = acts.iter().find_map(|x| match x {
+        Action::Send {
+            frame: Frame::SmEnabled { id, .. },
+            ..
+        } => Some(id.clone()),
+        _ => None,
+    }) else {
+        panic!("{acts:?}")
+    };
+    frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some(full.clone()),
+            clean: false,
+        },
+    );
+    assert_eq!(r.sm_counts(), (1, 1));
+    let zombie = frame(&mut r, 2, sm_announce(20, &full, &id, false));
+    assert_eq!(kicked(&zombie), vec![(2, 20)], "{zombie:?}");
+    assert_eq!(r.sm_counts(), (1, 1), "the detached session waits on");
 }

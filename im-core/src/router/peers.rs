@@ -558,6 +558,13 @@ impl Router {
                 );
                 true
             }
+            Frame::Announce {
+                sm: Some(sm), jid, ..
+            } if sm.detached && !self.serves(address::bare(jid)) => {
+                // a CM's word about a session whose client is away: not
+                // ours (the CM's map is behind); its owner hears of it
+                true
+            }
             Frame::Announce { sid, jid, .. } if !self.serves(address::bare(jid)) => {
                 self.kick(
                     (node, *sid),

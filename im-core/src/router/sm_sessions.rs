@@ -191,6 +191,19 @@ impl SmSessions {
             .is_some_and(|l| l.detached_at.is_some())
     }
 
+    /// Whether the session was entered from a CM's word that it detached
+    /// there, and has not been resumed since.
+    pub(crate) fn is_hearsay(&self, addr: SessionAddr) -> bool {
+        self.ledgers.get(&addr).is_some_and(|l| l.hearsay)
+    }
+
+    /// The session at `addr` was entered from a CM's word that it detached.
+    pub(crate) fn mark_hearsay(&mut self, addr: SessionAddr) {
+        if let Some(l) = self.ledgers.get_mut(&addr) {
+            l.hearsay = true;
+        }
+    }
+
     /// Whether the session is tracked and may be resumed.
     pub(crate) fn is_resumable(&self, addr: SessionAddr) -> bool {
         self.ledgers.get(&addr).is_some_and(|l| l.resumable())

@@ -162,7 +162,8 @@ impl Router {
         self.sessions.is_retired(addr)
     }
 
-    /// A CM (re)announced a bound session.
+    /// A CM (re)announced a bound session, or (`sm.detached`) told of a
+    /// session whose client went away there, at `now`.
     pub(super) fn announced(
         &mut self,
         (node, sid): SessionAddr,
@@ -170,13 +171,22 @@ impl Router {
         available: bool,
         priority: i8,
         sm: Option<SmSnapshot>,
+        now: Instant,
     ) {
-        // A CM that never heard its `conflict`: the session lives elsewhere now.
         let bare = address::bare(jid);
-        let moved = sm
+        let holder = sm
             .as_ref()
             .and_then(|sm| self.sessions.holder_of(&sm.id, bare))
-            .is_some_and(|addr| addr != (node, sid));
+            .filter(|addr| *addr != (node, sid));
+        if let Some(sm) = sm.as_ref().filter(|sm| sm.detached) {
+            self.announced_detached((node, sid), jid, available, priority, sm, holder, now);
+            return;
+        }
+        // A CM that never heard its `conflict`: the session lives elsewhere
+        // now. (One only a CM's word says is detached elsewhere is the
+        // stale one: that CM remembered it after it resumed, and this core
+        // heard of it first; it is replaced below.)
+        let moved = holder.is_some_and(|addr| !self.sessions.is_hearsay(addr));
         if moved || self.sessions.is_retired((node, sid)) {
             self.kick((node, sid), StreamCondition::Conflict);
             return;
@@ -199,6 +209,43 @@ impl Router {
             }
             self.unpark((node, sid));
         }
+    }
+
+    /// A CM tells of a session that closed resumably there (its slot moved
+    /// here since): it is entered detached, its ledger rebuilt from the
+    /// CM's counters (stored messages its old core handed out are loaded
+    /// for it), so that its client can resume here. A session this core
+    /// knows under the same SM id (`holder`: it resumed, or was announced
+    /// live, here) or with the same full JID (a new login), or one that
+    /// ended here, wins: the CM is told to forget it (a `Kick` for a
+    /// session it no longer carries).
+    #[allow(clippy::too_many_arguments)]
+    fn announced_detached(
+        &mut self,
+        (node, sid): SessionAddr,
+        jid: &str,
+        available: bool,
+        priority: i8,
+        sm: &SmSnapshot,
+        holder: Option<SessionAddr>,
+        now: Instant,
+    ) {
+        if self.sessions.is_tracked((node, sid)) {
+            return; // heard of already
+        }
+        let taken = address::split_full(jid).is_some_and(|(b, r)| self.table.full(b, r).is_some());
+        if holder.is_some() || taken || self.sessions.is_retired((node, sid)) {
+            self.kick((node, sid), StreamCondition::Conflict);
+            return;
+        }
+        self.announce(node, sid, jid, available, priority);
+        self.sessions.restore((node, sid), address::bare(jid), sm);
+        self.sessions.mark_hearsay((node, sid));
+        if available {
+            self.request_flush((node, sid));
+        }
+        self.detach((node, sid), now);
+        self.unpark((node, sid));
     }
 
     /// `<enable/>` from a bound session: its ledger starts, and the CM is
@@ -266,6 +313,11 @@ impl Router {
             self.stats.sm_expired += 1;
             tracing::debug!(node = addr.0, sid = addr.1, "detached SM session expired");
             self.end_tracked(addr);
+            if self.shard.is_some() {
+                // its CM, which remembers it for the slot's next owners,
+                // forgets it
+                self.kick(addr, StreamCondition::UndefinedCondition);
+            }
         }
     }
 
@@ -388,8 +440,13 @@ impl Router {
         let resumed = match self.sessions.resume(old, (node, sid), h) {
             None => return Err(StanzaCondition::ItemNotFound),
             Some(Err(_)) => {
-                // The client claims more than it was sent: the session is unusable.
+                // The client claims more than it was sent: the session is
+                // unusable (in a cluster its CM, which may remember it for
+                // the slot's next owners, is told).
                 self.end_tracked(old);
+                if self.shard.is_some() {
+                    self.kick(old, StreamCondition::UndefinedCondition);
+                }
                 return Err(StanzaCondition::UndefinedCondition);
             }
             Some(Ok(resumed)) => resumed,
@@ -409,8 +466,10 @@ impl Router {
         // Move the route; the old stream (if its CM still holds it) is told `conflict`.
         let moved = Route { node, sid, ..route };
         if let Some(previous) = self.table.insert(bare, moved)
-            && resumed.old_attached
+            && (resumed.old_attached || self.shard.is_some())
         {
+            // (a detached one's CM, which remembers it for the slot's next
+            // owners, forgets it)
             self.kick(previous, StreamCondition::Conflict);
         }
         Ok((resumption, resumed.replay, resumed.reflush))

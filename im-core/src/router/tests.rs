@@ -543,6 +543,7 @@ fn a_cm_back_after_its_sessions_detached_has_them_resume() {
         client_acked: 0,
         next_seq: 0,
         max: 60,
+        detached: false,
     };
     let acts = frame(&mut r, 1, announce(Some(snapshot)));
     assert!(
@@ -1180,6 +1181,7 @@ fn a_restored_session_gets_at_most_the_servers_resumption_time() {
                 client_acked: 0,
                 next_seq: 0,
                 max: 86_400,
+                detached: false,
             }),
         },
     );
@@ -2330,6 +2332,7 @@ fn a_restored_available_sm_session_is_flushed_and_an_unavailable_one_is_not() {
         client_acked: 1,
         next_seq: 3,
         max: 60,
+        detached: false,
     };
     // the core restarted: alice's CM announces her, available
     let mut r = router();

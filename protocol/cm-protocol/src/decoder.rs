@@ -103,6 +103,7 @@ impl Frame {
                         client_acked: r.u32()?,
                         next_seq: r.u32()?,
                         max: r.u32()?,
+                        detached: r.bool()?,
                     })
                 } else {
                     None

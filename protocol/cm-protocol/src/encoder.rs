@@ -165,6 +165,7 @@ impl Frame {
                     w.varint(u64::from(sm.client_acked));
                     w.varint(u64::from(sm.next_seq));
                     w.varint(u64::from(sm.max));
+                    w.bool(sm.detached);
                 }
             }
             Frame::Stanza {

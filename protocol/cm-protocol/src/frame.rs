@@ -65,6 +65,10 @@ pub struct SmSnapshot {
     pub next_seq: u32,
     /// Resumption time granted, in seconds.
     pub max: u32,
+    /// The client's stream is gone: the session waits for its client to
+    /// resume (a CM telling a slot's new owner of a session that closed
+    /// resumably at the old one).
+    pub detached: bool,
 }
 
 /// What a successful resumption hands the CM.

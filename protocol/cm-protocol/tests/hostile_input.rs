@@ -113,6 +113,7 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
                 client_acked: u32_(rng),
                 next_seq: u32_(rng),
                 max: u32_(rng),
+                detached: rng.gen_bool(0.5),
             }),
         },
         FrameTag::Stanza => Frame::Stanza {

@@ -175,9 +175,10 @@ fn golden() -> Vec<(Frame, &'static str)> {
                     client_acked: 5,
                     next_seq: 9,
                     max: 300,
+                    detached: true,
                 }),
             },
-            "00000019 09 0a056140622f7300000103616263ffffffff0f070509ac02",
+            "0000001a 09 0a056140622f7300000103616263ffffffff0f070509ac0201",
         ),
         (
             Frame::Stanza {

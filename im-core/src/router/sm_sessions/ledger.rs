@@ -162,6 +162,9 @@ pub(crate) struct Ledger {
     pub(super) spilled_while_flushing: bool,
     /// When the client's stream went away (None while attached).
     pub(super) detached_at: Option<Instant>,
+    /// Entered from a CM's word that the session detached there (until
+    /// its client resumes it): a live announcement of its SM id wins.
+    pub(super) hearsay: bool,
 }
 
 impl Ledger {
@@ -191,6 +194,7 @@ impl Ledger {
             flushing: false,
             spilled_while_flushing: false,
             detached_at: None,
+            hearsay: false,
         }
     }
 
@@ -397,6 +401,7 @@ impl Ledger {
         self.bytes = self.entries.iter().map(|e| e.payload.len()).sum();
         self.first_seq = 0;
         self.detached_at = None;
+        self.hearsay = false;
         self.entries.iter().map(|e| e.payload.clone()).collect()
     }
 
