@@ -103,12 +103,24 @@ pub enum Action {
         /// Frames it held, in order.
         frames: Vec<Frame>,
     },
-    /// End session `sid` with `connection-timeout` (its client resumes
-    /// later): it waited too long or held too much for an unknown owner.
+    /// End session `sid` with `connection-timeout` (its client resumes,
+    /// or authenticates, again).
     Kick {
         /// The session.
         sid: SessionId,
+        /// Why.
+        reason: KickReason,
     },
+}
+
+/// Why a session is kicked ([`Action::Kick`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KickReason {
+    /// It waited too long, or held too much, for its slot's unknown owner.
+    NoOwner,
+    /// Its authentication, `Bind` or `Resume` went to a core taken for
+    /// dead since: no answer will come.
+    CoreDied,
 }
 
 /// Where a session's frame goes ([`CoreMap::route`]).
@@ -314,7 +326,7 @@ impl CoreMap {
                 if route.held_bytes + cost > HELD_BYTES_PER_SESSION
                     || self.held_bytes + cost > HELD_BYTES
                 {
-                    self.kick(sid);
+                    self.kick(sid, KickReason::NoOwner);
                     return Route::Dropped;
                 }
                 if binds {
@@ -652,11 +664,14 @@ impl CoreMap {
         let unanswered: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, r)| r.binding_at.is_some_and(|p| dead.contains(&p)))
+            .filter(|(_, r)| {
+                let authenticating = r.user.is_none() && r.auth.is_some_and(|p| dead.contains(&p));
+                authenticating || r.binding_at.is_some_and(|p| dead.contains(&p))
+            })
             .map(|(sid, _)| *sid)
             .collect();
         for sid in unanswered {
-            self.kick(sid);
+            self.kick(sid, KickReason::CoreDied);
         }
         let late: Vec<SessionId> = self
             .holding
@@ -670,7 +685,7 @@ impl CoreMap {
             .copied()
             .collect();
         for sid in late {
-            self.kick(sid);
+            self.kick(sid, KickReason::NoOwner);
         }
         while let Some(&(at, sid)) = self.detached_by_time.first()
             && at <= now
@@ -864,8 +879,8 @@ impl CoreMap {
         }
     }
 
-    /// Kicks session `sid`, dropping what it held.
-    fn kick(&mut self, sid: SessionId) {
+    /// Kicks session `sid` for `reason`, dropping what it held.
+    fn kick(&mut self, sid: SessionId, reason: KickReason) {
         let Some(route) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -878,7 +893,7 @@ impl CoreMap {
         route.held.clear();
         route.held_since = None;
         self.holding.remove(&sid);
-        self.actions.push_back(Action::Kick { sid });
+        self.actions.push_back(Action::Kick { sid, reason });
     }
 }
 
@@ -1126,7 +1141,13 @@ mod tests {
             payload: Bytes::from(vec![0; HELD_BYTES_PER_SESSION]),
         };
         assert_eq!(map.route(1, big, later), Route::Dropped);
-        assert_eq!(actions(&mut map), vec![Action::Kick { sid: 1 }]);
+        assert_eq!(
+            actions(&mut map),
+            vec![Action::Kick {
+                sid: 1,
+                reason: KickReason::NoOwner
+            }]
+        );
         assert_eq!(map.route(1, stanza(1, 1), later), Route::Dropped);
         assert_eq!(map.route(2, stanza(2, 1), later), Route::Held);
         map.handle_timeout(later + HOLD_TIME);
@@ -1134,7 +1155,13 @@ mod tests {
             .into_iter()
             .filter(|a| matches!(a, Action::Kick { .. }))
             .collect();
-        assert_eq!(kicks, vec![Action::Kick { sid: 2 }]);
+        assert_eq!(
+            kicks,
+            vec![Action::Kick {
+                sid: 2,
+                reason: KickReason::NoOwner
+            }]
+        );
         assert_eq!(map.held_bytes(), 0);
     }
 
@@ -1269,11 +1296,53 @@ mod tests {
         // past it: v's Bind will never be answered, so v is kicked; u is not
         map.handle_timeout(now + DOWN_GRACE);
         let acts = actions(&mut map);
-        assert!(acts.contains(&Action::Kick { sid: 2 }), "{acts:?}");
-        assert!(!acts.contains(&Action::Kick { sid: 1 }), "{acts:?}");
+        assert!(
+            acts.contains(&Action::Kick {
+                sid: 2,
+                reason: KickReason::CoreDied
+            }),
+            "{acts:?}"
+        );
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::Kick { sid: 1, .. })),
+            "{acts:?}"
+        );
         // once only
         map.handle_timeout(now + DOWN_GRACE * 2);
-        assert!(!actions(&mut map).contains(&Action::Kick { sid: 2 }));
+        assert!(
+            !actions(&mut map)
+                .iter()
+                .any(|a| matches!(a, Action::Kick { sid: 2, .. }))
+        );
+    }
+
+    #[test]
+    fn a_session_authenticating_at_a_core_that_died_is_kicked_once_the_core_is_taken_for_dead() {
+        let (u, _) = users();
+        let now = Instant::now();
+        let mut map = two_cores(now, &[]);
+        // 3 is mid-SASL at the seed; 1 authenticated there and is bound
+        map.route(3, auth(3), now);
+        map.route(1, auth(1), now);
+        map.route(1, bind(1, u), now);
+        map.bound(1);
+        let _ = actions(&mut map);
+        map.on_links(SEED, 0, now);
+        map.handle_timeout(now + DOWN_GRACE);
+        let kicks: Vec<Action> = actions(&mut map)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Kick { .. }))
+            .collect();
+        assert_eq!(
+            kicks,
+            vec![Action::Kick {
+                sid: 3,
+                reason: KickReason::CoreDied
+            }],
+            "its SASL state died with the core; the bound one moves instead"
+        );
     }
 
     #[test]
@@ -1511,7 +1580,7 @@ mod tests {
         assert!(
             !actions(&mut map)
                 .iter()
-                .any(|a| matches!(a, Action::Kick { sid: 2 })),
+                .any(|a| matches!(a, Action::Kick { sid: 2, .. })),
             "nothing to kick: the session is gone"
         );
     }

@@ -20,7 +20,7 @@ use cm_protocol::{Frame, SessionId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::core_map::{Action, CoreMap, PoolId, Route, SEED};
+use crate::core_map::{Action, CoreMap, KickReason, PoolId, Route, SEED};
 use crate::metrics::{DropReason, Metrics};
 use crate::pool::{CoreEvents, OfferCell, Pool, PoolClosed, PoolSetup, Queued, Stamp};
 use crate::session::CoreOffer;
@@ -320,12 +320,21 @@ impl Cores {
                         );
                     }
                 }
-                Action::Kick { sid } => {
-                    tracing::debug!(
-                        sid,
-                        "kicked: no owner for its user in time, or its bind went to a core that died"
-                    );
-                    self.metrics.dropped(DropReason::NoOwner);
+                Action::Kick { sid, reason } => {
+                    let reason = match reason {
+                        KickReason::NoOwner => {
+                            tracing::debug!(sid, "kicked: no owner for its user in time");
+                            DropReason::NoOwner
+                        }
+                        KickReason::CoreDied => {
+                            tracing::debug!(
+                                sid,
+                                "kicked: its authentication, bind or resumption went to a core that died"
+                            );
+                            DropReason::CoreDied
+                        }
+                    };
+                    self.metrics.dropped(reason);
                     self.sessions.kick(sid);
                 }
             }

@@ -95,6 +95,9 @@ pub enum DropReason {
     /// A frame of a session kicked while its user's slot had no known
     /// owner (it held too much or waited too long).
     NoOwner,
+    /// A session whose authentication, `Bind` or `Resume` went to a core
+    /// taken for dead: kicked so its client tries again at once.
+    CoreDied,
     /// A client stream the session closed for what the client sent.
     Session(Refusal),
 }
@@ -113,6 +116,7 @@ impl DropReason {
             DropReason::Fenced,
             DropReason::Moved,
             DropReason::NoOwner,
+            DropReason::CoreDied,
         ]
         .into_iter()
         .chain(Refusal::ALL.into_iter().map(DropReason::Session))
@@ -131,6 +135,7 @@ impl DropReason {
             DropReason::Fenced => "fenced",
             DropReason::Moved => "moved",
             DropReason::NoOwner => "no_owner",
+            DropReason::CoreDied => "core_died",
             DropReason::Session(r) => r.name(),
         }
     }
