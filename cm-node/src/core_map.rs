@@ -148,6 +148,8 @@ struct PoolState {
     address: String,
     /// Its member id, from its own `SlotOwners`.
     member: Option<String>,
+    /// The version of the last `SlotOwners` taken from it.
+    version: u64,
     /// Welcomed connections up now.
     links_up: usize,
     /// Since when none is up (none: some are).
@@ -240,6 +242,7 @@ impl CoreMap {
             pools: vec![Some(PoolState {
                 address: seed,
                 member: None,
+                version: 0,
                 links_up: 0,
                 down_since: Some(now),
                 forgotten: false,
@@ -557,12 +560,16 @@ impl CoreMap {
                 .is_some_and(|r| r.user.is_some() && r.target.is_some_and(|t| t != pool))
     }
 
-    /// A `SlotOwners` arrived on pool `pool` at `now`.
+    /// A `SlotOwners` (numbered `version` by its core) arrived on pool
+    /// `pool` at `now`; one older than the last taken from the same core
+    /// (it came on another connection) is ignored.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_slot_owners(
         &mut self,
         pool: PoolId,
         core: &str,
         slot_count: u16,
+        version: u64,
         owned: &[SlotEpoch],
         cores: &[CoreAddress],
         now: Instant,
@@ -570,6 +577,16 @@ impl CoreMap {
         let Some(state) = self.pools.get_mut(pool).and_then(Option::as_mut) else {
             return;
         };
+        if state.member.as_deref() == Some(core) && version < state.version {
+            tracing::debug!(
+                core,
+                version,
+                last = state.version,
+                "an older SlotOwners than one taken already: ignored"
+            );
+            return;
+        }
+        state.version = version;
         let previous = state.member.replace(core.to_owned());
         state.forgotten = false;
         state.named_at = now;
@@ -777,6 +794,7 @@ impl CoreMap {
         self.pools[pool] = Some(PoolState {
             address: core.address.clone(),
             member: Some(core.core.clone()),
+            version: 0,
             links_up: 0,
             down_since: Some(now),
             forgotten: false,
@@ -919,6 +937,12 @@ mod tests {
 
     const SLOTS: u16 = 16;
 
+    /// A new `SlotOwners` version (rising across the tests).
+    fn word() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn stanza(sid: SessionId, n: u8) -> Frame {
         Frame::Stanza {
             sid,
@@ -982,7 +1006,7 @@ mod tests {
             .filter(|s| !b_slots.contains(s))
             .map(|s| (s, 1))
             .collect();
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&a), &cores, now);
+        map.on_slot_owners(SEED, "a#1", SLOTS, word(), &claims(&a), &cores, now);
         assert_eq!(
             actions(&mut map),
             vec![Action::StartPool {
@@ -991,7 +1015,7 @@ mod tests {
             }]
         );
         let b: Vec<(u16, u64)> = b_slots.iter().map(|&s| (s, 1)).collect();
-        map.on_slot_owners(1, "b#1", SLOTS, &claims(&b), &cores, now);
+        map.on_slot_owners(1, "b#1", SLOTS, word(), &claims(&b), &cores, now);
         map.on_links(SEED, 2, now);
         map.on_links(1, 2, now);
         assert_eq!(actions(&mut map), vec![]);
@@ -1083,7 +1107,7 @@ mod tests {
         map.route(1, bind(1, u), now);
         map.bound(1);
         // b withdraws u's slot: nobody owns it
-        map.on_slot_owners(1, "b#1", SLOTS, &[], &[], now);
+        map.on_slot_owners(1, "b#1", SLOTS, word(), &[], &[], now);
         let [
             Action::Move {
                 sid: 1,
@@ -1101,7 +1125,15 @@ mod tests {
         assert_eq!(map.held_bytes(), 2 * stanza(1, 1).queued_bytes());
         assert!(map.poll_timeout().is_some_and(|t| t <= now + HOLD_TIME));
         // a claims it at a later epoch: re-announced there, then the frames in order
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&[(slot(u), 2)]), &[], now);
+        map.on_slot_owners(
+            SEED,
+            "a#1",
+            SLOTS,
+            word(),
+            &claims(&[(slot(u), 2)]),
+            &[],
+            now,
+        );
         assert_eq!(
             actions(&mut map),
             vec![Action::Move {
@@ -1181,7 +1213,7 @@ mod tests {
             }
         ));
         // b takes u's slot at a later epoch (a has not withdrawn yet)
-        map.on_slot_owners(1, "b#1", SLOTS, &claims(&[(slot(u), 2)]), &[], now);
+        map.on_slot_owners(1, "b#1", SLOTS, word(), &claims(&[(slot(u), 2)]), &[], now);
         assert_eq!(
             actions(&mut map),
             vec![Action::Move {
@@ -1208,8 +1240,69 @@ mod tests {
             .filter(|s| *s != slot(u))
             .map(|s| (s, 1))
             .collect();
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&rest), &[], now);
+        map.on_slot_owners(SEED, "a#1", SLOTS, word(), &claims(&rest), &[], now);
         assert_eq!(actions(&mut map), vec![]);
+    }
+
+    #[test]
+    fn an_older_slot_owners_from_a_core_arriving_after_a_newer_one_changes_nothing() {
+        // (the two came on different connections to the same core)
+        let now = Instant::now();
+        let (_, v) = users();
+        let mut map = two_cores(now, &[]);
+        map.route(2, auth(2), now);
+        map.route(2, bind(2, v), now);
+        map.bound(2);
+        let newer = word();
+        let older = newer - 1;
+        let a_all: Vec<(u16, u64)> = (0..SLOTS).map(|s| (s, 1)).collect();
+        let a_without_v: Vec<(u16, u64)> = a_all
+            .iter()
+            .copied()
+            .filter(|&(s, _)| s != slot(v))
+            .collect();
+        // a gave v's slot up (newer), then its older word claiming it comes
+        map.on_slot_owners(
+            SEED,
+            "a#1",
+            SLOTS,
+            newer,
+            &claims(&a_without_v),
+            &both_cores(),
+            now,
+        );
+        assert_eq!(
+            moves_of(actions(&mut map), 2).len(),
+            1,
+            "v waits for an owner"
+        );
+        map.on_slot_owners(
+            SEED,
+            "a#1",
+            SLOTS,
+            older,
+            &claims(&a_all),
+            &both_cores(),
+            now,
+        );
+        assert_eq!(
+            moves_of(actions(&mut map), 2),
+            vec![],
+            "ignored: v still waits"
+        );
+        assert_eq!(map.route(2, stanza(2, 1), now), Route::Held);
+        // the same word again (sent after every Welcome) is taken
+        map.on_slot_owners(
+            SEED,
+            "a#1",
+            SLOTS,
+            newer,
+            &claims(&a_without_v),
+            &both_cores(),
+            now,
+        );
+        assert_eq!(moves_of(actions(&mut map), 2), vec![]);
+        assert_eq!(map.owned_slots(), usize::from(SLOTS) - 1);
     }
 
     #[test]
@@ -1218,11 +1311,11 @@ mod tests {
         let now = Instant::now();
         let mut map = two_cores(now, &[]);
         map.route(1, bind(1, u), now);
-        map.on_slot_owners(1, "b#1", SLOTS, &claims(&[(slot(u), 5)]), &[], now);
+        map.on_slot_owners(1, "b#1", SLOTS, word(), &claims(&[(slot(u), 5)]), &[], now);
         assert_eq!(actions(&mut map).len(), 1);
         // a wakes up and repeats its claim at epoch 1
         let all: Vec<_> = (0..SLOTS).map(|s| (s, 1)).collect();
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&all), &[], now);
+        map.on_slot_owners(SEED, "a#1", SLOTS, word(), &claims(&all), &[], now);
         assert_eq!(actions(&mut map), vec![]);
         assert!(matches!(
             map.route(1, stanza(1, 1), now),
@@ -1236,7 +1329,7 @@ mod tests {
         let now = Instant::now();
         let mut map = two_cores(now, &[]);
         map.route(1, bind(1, u), now);
-        map.on_slot_owners(1, "b#1", SLOTS, &claims(&[(slot(u), 2)]), &[], now);
+        map.on_slot_owners(1, "b#1", SLOTS, word(), &claims(&[(slot(u), 2)]), &[], now);
         assert_eq!(actions(&mut map).len(), 1);
         // the Bind went to a; the session is announced to b once bound
         map.bound(1);
@@ -1259,7 +1352,7 @@ mod tests {
         assert_eq!(map.owned_slots(), usize::from(SLOTS));
         assert_eq!(map.pools(), 2);
         // b restarts as b#2 and claims nothing yet
-        map.on_slot_owners(1, "b#2", SLOTS, &[], &[], now);
+        map.on_slot_owners(1, "b#2", SLOTS, word(), &[], &[], now);
         assert_eq!(map.owned_slots(), usize::from(SLOTS) - 1);
         // b goes away for good: a stops naming it
         map.on_links(1, 0, now);
@@ -1271,7 +1364,7 @@ mod tests {
             .filter(|s| *s != slot(u))
             .map(|s| (s, 1))
             .collect();
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claims(&a), &cores, later);
+        map.on_slot_owners(SEED, "a#1", SLOTS, word(), &claims(&a), &cores, later);
         map.handle_timeout(later);
         assert_eq!(actions(&mut map), vec![Action::StopPool { pool: 1 }]);
         assert_eq!(map.pools(), 1);
@@ -1361,7 +1454,7 @@ mod tests {
         // b gives v's slot up and nobody has claimed it yet: stanzas wait,
         // a bounce goes back to b (which routes it on to the next owner)
         let cores = [core("a#1", "10.0.0.1:7000"), core("b#1", "10.0.0.2:7000")];
-        map.on_slot_owners(1, "b#1", SLOTS, &[], &cores, now);
+        map.on_slot_owners(1, "b#1", SLOTS, word(), &[], &cores, now);
         let _ = actions(&mut map);
         assert_eq!(map.route(2, stanza(2, 1), now), Route::Held);
         assert!(matches!(
@@ -1387,7 +1480,7 @@ mod tests {
         map.route(2, auth(2), now);
         map.route(2, bind(2, v), now);
         map.bound(2);
-        map.on_slot_owners(1, "b#1", SLOTS, &[], &both_cores(), now);
+        map.on_slot_owners(1, "b#1", SLOTS, word(), &[], &both_cores(), now);
         let _ = actions(&mut map);
         let announce = Frame::Announce {
             sid: 2,
@@ -1456,6 +1549,7 @@ mod tests {
             SEED,
             "a#1",
             SLOTS,
+            word(),
             &claims(&[(slot(v), 2)]),
             &both_cores(),
             later,
@@ -1494,7 +1588,7 @@ mod tests {
         // ... then a claims it and hears of the session
         let later = now + Duration::from_secs(9);
         let claim = claims(&[(slot(v), 2)]);
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claim, &both_cores(), later);
+        map.on_slot_owners(SEED, "a#1", SLOTS, word(), &claim, &both_cores(), later);
         assert_eq!(
             moves_of(actions(&mut map), 2),
             vec![(Some(SEED), vec![detached(announce.clone(), 291)])]
@@ -1505,7 +1599,7 @@ mod tests {
         assert_eq!(map.detached(), (0, 0));
         let b_back = claims(&[(slot(v), 3)]);
         map.on_links(1, 1, later);
-        map.on_slot_owners(1, "b#2", SLOTS, &b_back, &both_cores(), later);
+        map.on_slot_owners(1, "b#2", SLOTS, word(), &b_back, &both_cores(), later);
         assert_eq!(moves_of(actions(&mut map), 2), vec![]);
     }
 
@@ -1515,7 +1609,7 @@ mod tests {
         let now = Instant::now();
         let (mut map, v, announce) = bound_then_unowned(now);
         let claim = claims(&[(slot(v), 2)]);
-        map.on_slot_owners(SEED, "a#1", SLOTS, &claim, &both_cores(), now);
+        map.on_slot_owners(SEED, "a#1", SLOTS, word(), &claim, &both_cores(), now);
         let _ = actions(&mut map);
         map.close(2, Some(announce.clone()), now);
         assert_eq!(

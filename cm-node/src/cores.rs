@@ -382,6 +382,7 @@ impl CoreEvents for Cores {
         let Frame::SlotOwners {
             core,
             slot_count,
+            version,
             owned,
             cores,
         } = frame
@@ -389,9 +390,15 @@ impl CoreEvents for Cores {
             return;
         };
         let mut state = self.lock();
-        state
-            .map
-            .on_slot_owners(pool, &core, slot_count, &owned, &cores, crate::now());
+        state.map.on_slot_owners(
+            pool,
+            &core,
+            slot_count,
+            version,
+            &owned,
+            &cores,
+            crate::now(),
+        );
         if state.map.is_cluster() {
             self.cluster.store(true, Ordering::Release);
         }

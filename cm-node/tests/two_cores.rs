@@ -102,9 +102,11 @@ impl TestCore {
 
     /// Says it owns `owned` (slot, epoch) among the live `cores`.
     fn claim(&self, owned: &[(u16, u64)], cores: &[&TestCore]) {
+        static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let frame = Frame::SlotOwners {
             core: self.member.clone(),
             slot_count: SLOTS,
+            version: VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             owned: owned
                 .iter()
                 .map(|&(slot, epoch)| SlotEpoch { slot, epoch })

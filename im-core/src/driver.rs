@@ -158,6 +158,8 @@ pub struct Driver {
     overflow_warnings: TokenBucket,
     /// Frames dropped on full links since the last warning.
     overflow_unlogged: u64,
+    /// The version of the last `SlotOwners` this core sent.
+    slot_owners_version: u64,
     /// Domain (for delay stamps).
     domain: String,
     /// Bounds on queued storage work.
@@ -220,6 +222,7 @@ impl Driver {
             intake_open: true,
             overflow_warnings: TokenBucket::new(1, 5, now()),
             overflow_unlogged: 0,
+            slot_owners_version: 0,
             domain,
             limits: StorageLimits::default(),
             budget: Budget::new(STORAGE_QUEUE_BYTES),
@@ -818,9 +821,11 @@ impl Driver {
                 address: m.address.clone(),
             })
             .collect();
+        self.slot_owners_version += 1;
         let frame = Frame::SlotOwners {
             core: cluster.member.clone(),
             slot_count: cluster.slot_count,
+            version: self.slot_owners_version,
             owned,
             cores,
         };

@@ -52,6 +52,7 @@ fn peer_owns(r: &mut Router, node: u32, core: &str, user: &str, epoch: u64) -> V
         Frame::SlotOwners {
             core: core.into(),
             slot_count: SLOTS,
+            version: epoch,
             owned: vec![SlotEpoch {
                 slot: slot_of(user, SLOTS).0,
                 epoch,

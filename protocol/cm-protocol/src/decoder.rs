@@ -190,6 +190,7 @@ impl Frame {
             FrameTag::SlotOwners => {
                 let core = r.string()?;
                 let slot_count = r.u16()?;
+                let version = r.varint()?;
                 let n = r.count()?;
                 // grown as entries arrive, never sized by the claimed count
                 let mut owned = Vec::new();
@@ -214,6 +215,7 @@ impl Frame {
                 Frame::SlotOwners {
                     core,
                     slot_count,
+                    version,
                     owned,
                     cores,
                 }

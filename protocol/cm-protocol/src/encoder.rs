@@ -243,11 +243,13 @@ impl Frame {
             Frame::SlotOwners {
                 core,
                 slot_count,
+                version,
                 owned,
                 cores,
             } => {
                 w.str(core);
                 w.varint(u64::from(*slot_count));
+                w.varint(*version);
                 w.varint(owned.len() as u64);
                 for o in owned {
                     w.varint(u64::from(o.slot));

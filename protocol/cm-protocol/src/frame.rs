@@ -330,6 +330,10 @@ pub enum Frame {
         core: String,
         /// The cluster's number of slots.
         slot_count: u16,
+        /// Numbers the sender's word, rising: a receiver ignores one below
+        /// the last it took from the same core (it may arrive on another
+        /// connection after a newer one); the same word may come again.
+        version: u64,
         /// The slots it owns, ascending.
         owned: Vec<SlotEpoch>,
         /// The live cores (the sender included) and where each is reached.

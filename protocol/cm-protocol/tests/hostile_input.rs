@@ -196,6 +196,7 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             Frame::SlotOwners {
                 core: string(rng),
                 slot_count,
+                version: rng.next_u64(),
                 owned: (0..rng.gen_range(0..10))
                     .map(|_| SlotEpoch {
                         slot: rng.gen_range(0..slot_count),

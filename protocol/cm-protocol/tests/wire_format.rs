@@ -325,6 +325,7 @@ fn golden() -> Vec<(Frame, &'static str)> {
             Frame::SlotOwners {
                 core: "c#1".into(),
                 slot_count: 4096,
+                version: 9,
                 owned: vec![
                     SlotEpoch { slot: 5, epoch: 2 },
                     SlotEpoch {
@@ -337,7 +338,7 @@ fn golden() -> Vec<(Frame, &'static str)> {
                     address: "h:1".into(),
                 }],
             },
-            "00000016 19 0363233180200205 02ac0201 01 03632331 03683a31",
+            "00000017 19 036323318020 09 020502 ac0201 01 03632331 03683a31",
         ),
         (
             Frame::Forward {
