@@ -574,14 +574,23 @@ impl CoreMap {
         cores: &[CoreAddress],
         now: Instant,
     ) {
+        // the last version taken from this core, on any pool (two pools may
+        // reach one core for a while: see `duplicate` below)
+        let last = self
+            .pools
+            .iter()
+            .flatten()
+            .filter(|p| p.member.as_deref() == Some(core))
+            .map(|p| p.version)
+            .max();
         let Some(state) = self.pools.get_mut(pool).and_then(Option::as_mut) else {
             return;
         };
-        if state.member.as_deref() == Some(core) && version < state.version {
+        if let Some(last) = last.filter(|last| version < *last) {
             tracing::debug!(
                 core,
                 version,
-                last = state.version,
+                last,
                 "an older SlotOwners than one taken already: ignored"
             );
             return;
