@@ -421,6 +421,19 @@ fn a_forward_waiting_for_a_slot_this_core_then_takes_is_delivered_here_and_ackno
     assert_eq!(handled(&a.run(Input::Stored { origin })), vec![1]);
 }
 
+/// The SM id an `<enable/>` was answered with among `acts`.
+fn sm_id(acts: &[Action]) -> String {
+    acts.iter()
+        .find_map(|x| match x {
+            Action::Send {
+                frame: Frame::SmEnabled { id, .. },
+                ..
+            } => Some(id.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("SM enabled: {acts:?}"))
+}
+
 /// Core a with alice's SM session (on link 1, sid 10, max 60), after
 /// alice's slot was lost and taken again at a new epoch (the core forgot
 /// the session); returns the core, the session's full JID and its SM id.
@@ -428,16 +441,7 @@ fn sm_session_of_a_slot_lost_and_taken_again() -> (Router, String, String) {
     let (alice, _) = two_users();
     let mut a = core_owning("a#1", &alice);
     let full = bound(&mut a, 1, 10, &alice, "phone");
-    let acts = sm_enable(&mut a, 1, 10, 60);
-    let Some(id) = acts.iter().find_map(|x| match x {
-        Action::Send {
-            frame: Frame::SmEnabled { id, .. },
-            ..
-        } => Some(id.clone()),
-        _ => None,
-    }) else {
-        panic!("{acts:?}")
-    };
+    let id = sm_id(&sm_enable(&mut a, 1, 10, 60));
     let slot = slot_of(&alice, SLOTS);
     a.run(Input::Ownership {
         events: vec![LeaseEvent::Lost { slot }],
@@ -861,16 +865,7 @@ fn a_live_announcement_of_an_sm_id_detached_here_at_another_address_is_kicked_as
     // elsewhere and detached there; its zombie must not replace it)
     let mut r = router();
     let full = bound(&mut r, 1, 10, "alice@x", "phone");
-    let acts = sm_enable(&mut r, 1, 10, 60);
-    let Some(id) = acts.iter().find_map(|x| match x {
-        Action::Send {
-            frame: Frame::SmEnabled { id, .. },
-            ..
-        } => Some(id.clone()),
-        _ => None,
-    }) else {
-        panic!("{acts:?}")
-    };
+    let id = sm_id(&sm_enable(&mut r, 1, 10, 60));
     frame(
         &mut r,
         1,
