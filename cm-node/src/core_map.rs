@@ -1002,6 +1002,14 @@ mod tests {
         std::iter::from_fn(|| map.poll_action()).collect()
     }
 
+    /// The kicks among `map`'s actions (the others are dropped).
+    fn kicks(map: &mut CoreMap) -> Vec<Action> {
+        actions(map)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Kick { .. }))
+            .collect()
+    }
+
     fn slot(user: &str) -> u16 {
         slot_of(user, SLOTS).0
     }
@@ -1192,10 +1200,7 @@ mod tests {
         assert_eq!(map.route(1, stanza(1, 1), later), Route::Dropped);
         assert_eq!(map.route(2, stanza(2, 1), later), Route::Held);
         map.handle_timeout(later + HOLD_TIME);
-        let kicks: Vec<_> = actions(&mut map)
-            .into_iter()
-            .filter(|a| matches!(a, Action::Kick { .. }))
-            .collect();
+        let kicks = kicks(&mut map);
         assert_eq!(
             kicks,
             vec![Action::Kick {
@@ -1433,10 +1438,7 @@ mod tests {
         let _ = actions(&mut map);
         map.on_links(SEED, 0, now);
         map.handle_timeout(now + DOWN_GRACE);
-        let kicks: Vec<Action> = actions(&mut map)
-            .into_iter()
-            .filter(|a| matches!(a, Action::Kick { .. }))
-            .collect();
+        let kicks = kicks(&mut map);
         assert_eq!(
             kicks,
             vec![Action::Kick {
