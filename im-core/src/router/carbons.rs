@@ -16,27 +16,29 @@ impl Router {
 
     /// Carbon copies of a chat message (XEP-0280 §6) embedding `inner` (see
     /// [`super::conversation`]): to the sender's other resources that
-    /// enabled carbons, and to the recipient's that did not get the message
-    /// itself.
+    /// enabled carbons (if `sender`, its session and bare JID, is given:
+    /// not for a message another core's user sent), and to the recipient's
+    /// that did not get the message itself.
     pub(super) fn carbon_copies(
         &mut self,
-        sender: SessionAddr,
-        sender_bare: &str,
+        sender: Option<(SessionAddr, &str)>,
         to_bare: &str,
         delivered: &[SessionAddr],
         inner: &[u8],
     ) {
-        let copies: Vec<(SessionAddr, &str, String)> =
-            [("sent", sender_bare), ("received", to_bare)]
-                .into_iter()
-                .flat_map(|(kind, bare)| {
-                    self.table.resources(bare).iter().filter_map(move |r| {
-                        let addr = (r.node, r.sid);
-                        (r.carbons && r.available && addr != sender && !delivered.contains(&addr))
-                            .then(|| (addr, kind, format!("{bare}/{}", r.resource)))
-                    })
+        let from = sender.map(|(addr, _)| addr);
+        let sent = sender.map(|(_, bare)| ("sent", bare));
+        let copies: Vec<(SessionAddr, &str, String)> = sent
+            .into_iter()
+            .chain([("received", to_bare)])
+            .flat_map(|(kind, bare)| {
+                self.table.resources(bare).iter().filter_map(move |r| {
+                    let addr = (r.node, r.sid);
+                    (r.carbons && r.available && Some(addr) != from && !delivered.contains(&addr))
+                        .then(|| (addr, kind, format!("{bare}/{}", r.resource)))
                 })
-                .collect();
+            })
+            .collect();
         let mut seen = Vec::new();
         for (addr, kind, full) in copies {
             if seen.contains(&addr) {

@@ -880,3 +880,204 @@ fn a_live_announcement_of_an_sm_id_detached_here_at_another_address_is_kicked_as
     assert_eq!(kicked(&zombie), vec![(2, 20)], "{zombie:?}");
     assert_eq!(r.sm_counts(), (1, 1), "the detached session waits on");
 }
+
+/// A forward from peer link 8 of a chat message from `from_full` to `to`,
+/// with `body` inside.
+fn forwarded_chat(r: &mut Router, from_full: &str, to: &str, inner: &str) -> Vec<Action> {
+    frame(
+        r,
+        8,
+        Frame::Forward {
+            seq: 1,
+            header: header(Kind::Message, from_full, Some(to), Some("chat")),
+            payload: Bytes::from(format!("<message type='chat' id='m1'>{inner}</message>")),
+        },
+    )
+}
+
+#[test]
+fn a_forwarded_chat_message_is_carbon_copied_to_the_recipients_other_resources_unless_private() {
+    let (alice, bob) = two_users();
+    let mut b = core_owning("b#1", &bob);
+    let pc = bound(&mut b, 3, 30, &bob, "pc");
+    let phone = bound(&mut b, 3, 31, &bob, "phone");
+    for (sid, full) in [(30, &pc), (31, &phone)] {
+        stanza(
+            &mut b,
+            3,
+            sid,
+            header(Kind::Presence, full, None, None),
+            "<presence/>",
+        );
+    }
+    stanza(
+        &mut b,
+        3,
+        31,
+        header(Kind::Iq, &phone, None, Some("set")),
+        "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+    );
+
+    let acts = forwarded_chat(&mut b, &format!("{alice}/desk"), &pc, "<body>hi</body>");
+    let got = deliveries(&acts);
+    assert_eq!(got.len(), 2, "{acts:?}");
+    assert_eq!(got[0].0, (3, 30));
+    assert!(got[0].1.contains("<body>hi</body>"), "{got:?}");
+    assert_eq!(got[1].0, (3, 31));
+    assert!(
+        got[1].1.starts_with(&format!(
+            "<message xmlns=\"jabber:client\" from=\"{bob}\" to=\"{phone}\" type=\"chat\"><received xmlns=\"urn:xmpp:carbons:2\"><forwarded"
+        )) && got[1].1.contains("<body>hi</body>"),
+        "{got:?}"
+    );
+    // the sender's resources are not here: no sent copy to anyone
+    assert!(!got.iter().any(|(_, p)| p.contains("<sent ")), "{got:?}");
+
+    let private = forwarded_chat(
+        &mut b,
+        &format!("{alice}/desk"),
+        &pc,
+        "<body>psst</body><private xmlns='urn:xmpp:carbons:2'/>",
+    );
+    assert_eq!(delivered_to(&private), vec![(3, 30)], "{private:?}");
+}
+
+/// The transaction of the one roster write among `acts`.
+fn roster_txn(acts: &[Action]) -> u64 {
+    match acts
+        .iter()
+        .filter_map(|x| match x {
+            Action::WriteRoster { txn, .. } => Some(*txn),
+            _ => None,
+        })
+        .collect::<Vec<_>>()[..]
+    {
+        [txn] => txn,
+        _ => panic!("not one roster write: {acts:?}"),
+    }
+}
+
+#[test]
+fn a_subscription_request_for_another_cores_user_goes_after_its_commit_and_again_to_the_next_owner_until_taken()
+ {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    peer_owns(&mut a, 9, "b#1", &bob, 1);
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    sm_enable(&mut a, 1, 10, 60);
+
+    let asked = a.step(Input::Frame {
+        node: 1,
+        frame: Frame::Stanza {
+            sid: 10,
+            header: header(Kind::Presence, &alice_full, Some(&bob), Some("subscribe")),
+            payload: Bytes::from_static(b"<presence type='subscribe'/>"),
+        },
+    });
+    // nothing leaves before alice's roster write commits
+    assert!(forwards(&asked).is_empty(), "{asked:?}");
+    let committed = a.step(Input::RosterWritten {
+        txn: roster_txn(&asked),
+    });
+    let sent = forwards(&committed);
+    let [(core, Frame::Forward { seq, header, .. })] = &sent[..] else {
+        panic!("{committed:?}")
+    };
+    assert_eq!(core, "b#1");
+    assert_ne!(*seq, 0, "a subscription request is a tracked forward");
+    assert_eq!(header.stanza_type.as_deref(), Some("subscribe"));
+    assert_eq!(header.to.as_deref(), Some(bob.as_str()));
+    // alice's acknowledgement waits for bob's owner
+    assert_eq!(
+        handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
+        vec![0]
+    );
+
+    // b#1 dies unanswered; c#1 takes bob's slot: the request goes there
+    let moved = peer_owns(&mut a, 7, "c#1", &bob, 2);
+    let again = forwards(&moved);
+    let [(core, forward @ Frame::Forward { seq: seq2, .. })] = &again[..] else {
+        panic!("{moved:?}")
+    };
+    assert_eq!((core.as_str(), seq2), ("c#1", seq));
+
+    // c#1 takes it as one roster change of bob's, answered once durable
+    let mut c = core_owning("c#1", &bob);
+    let arrived = c.step(Input::Frame {
+        node: 8,
+        frame: forward.clone(),
+    });
+    assert!(
+        matches!(&arrived[..], [Action::LoadRoster { .. }]),
+        "{arrived:?}"
+    );
+    let loaded = c.step(Input::RosterLoaded {
+        user: bob.clone(),
+        roster: Some(crate::storage::Roster::default()),
+    });
+    let done = |acts: &[Action]| {
+        acts.iter()
+            .any(|x| matches!(x, Action::Send { node: 8, frame: Frame::ForwardDone { seq: s, accepted: true } } if s == seq))
+    };
+    assert!(
+        !done(&loaded),
+        "answered before bob's roster write: {loaded:?}"
+    );
+    let written = c.step(Input::RosterWritten {
+        txn: roster_txn(&loaded),
+    });
+    assert!(done(&written), "{written:?}");
+
+    let answered = a.run(Input::ForwardDone {
+        core: "c#1".into(),
+        seq: *seq,
+        accepted: true,
+    });
+    assert_eq!(handled(&answered), vec![1]);
+    assert_eq!(a.forwards_waiting(), 0);
+}
+
+#[test]
+fn a_forwarded_subscription_request_whose_roster_write_fails_here_is_refused_back_to_be_sent_again()
+{
+    let (alice, bob) = two_users();
+    let mut b = core_owning("b#1", &bob);
+    let arrived = b.step(Input::Frame {
+        node: 8,
+        frame: Frame::Forward {
+            seq: 5,
+            header: header(
+                Kind::Presence,
+                &format!("{alice}/phone"),
+                Some(&bob),
+                Some("subscribe"),
+            ),
+            payload: Bytes::from_static(b"<presence type='subscribe'/>"),
+        },
+    });
+    assert!(
+        matches!(&arrived[..], [Action::LoadRoster { .. }]),
+        "{arrived:?}"
+    );
+    let loaded = b.step(Input::RosterLoaded {
+        user: bob.clone(),
+        roster: Some(crate::storage::Roster::default()),
+    });
+    let failed = b.step(Input::RosterWriteFailed {
+        txn: roster_txn(&loaded),
+        condition: xmpp_stream::StanzaCondition::InternalServerError,
+    });
+    assert!(
+        failed.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                node: 8,
+                frame: Frame::ForwardDone {
+                    seq: 5,
+                    accepted: false
+                }
+            }
+        )),
+        "{failed:?}"
+    );
+}

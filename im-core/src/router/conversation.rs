@@ -85,6 +85,26 @@ impl Router {
         self.prepare_from_bytes(sender_bare, to_bare, payload, archive, carbons)
     }
 
+    /// What the carbon copies of a conversation message forwarded by
+    /// another core embed, for its recipient's side here (the sender's core
+    /// archived and stamped it, and copied it to the sender's resources):
+    /// none if no session of `to_bare` enabled carbons or the message asks
+    /// to be kept from them.
+    pub(super) fn received_carbon(&self, to_bare: &str, payload: &Bytes) -> Option<Bytes> {
+        if !self.wants_carbons(to_bare) {
+            return None;
+        }
+        let hints =
+            contains(payload, ns::CARBONS.as_bytes()) || contains(payload, ns::HINTS.as_bytes());
+        if hints && Element::parse(payload, ns::CLIENT).is_ok_and(|m| is_private(&m)) {
+            return None;
+        }
+        match inspect(payload) {
+            Ok(top) => Some(embeddable_as(payload, &top)),
+            Err(_) => Some(payload.clone()),
+        }
+    }
+
     /// [`Router::prepare_conversation`] on the bytes: one [`inspect`] pass,
     /// the stamp appended to them.
     fn prepare_from_bytes(

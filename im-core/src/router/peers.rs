@@ -14,6 +14,7 @@ use xmpp_stream::StanzaCondition;
 use xmpp_stream::stanza::StanzaKind;
 
 use super::live_rows::MessageRow;
+use super::roster_writes::PeerStanza;
 use super::shards::{Inbound, Owner};
 use super::subscriptions::{SubType, presence_stanza};
 use super::{Action, Bounce, Router};
@@ -41,8 +42,9 @@ impl Router {
 
     /// Sends a stanza (not a message whose sender waits) to the core that
     /// serves `to`'s user, if another core does; false if this core serves
-    /// it. Nothing tracks it: if no owner is known now, it is dropped (a
-    /// presence or an IQ during a fail-over).
+    /// it. Nothing tracks it: if no owner is known when it goes, it is
+    /// dropped (a presence or an IQ during a fail-over). A roster change
+    /// being built holds it until its writes commit.
     pub(super) fn send_to_peer(
         &mut self,
         to: &str,
@@ -54,42 +56,72 @@ impl Router {
         let Some(peer) = self.peer_of(bare) else {
             return false;
         };
+        let stanza = PeerStanza {
+            to: to.to_owned(),
+            kind,
+            from: from.to_owned(),
+            payload,
+            tracked: false,
+        };
+        let Some(stanza) = self.hold_forward_for_change(stanza) else {
+            return true;
+        };
         if let Some(core) = peer {
-            let stanza_type = xmpp_stream::stanza::inspect(&payload)
-                .ok()
-                .and_then(|top| top.attr("type").map(str::to_owned));
-            let header = RouteHeader {
-                kind,
-                stanza_type,
-                to: Some(to.to_owned()),
-                id: None,
-                from: from.to_owned(),
-            };
             let frame = Frame::Forward {
                 seq: 0,
-                header,
-                payload,
+                header: peer_header(&stanza),
+                payload: stanza.payload,
             };
             self.emit(Action::Forward { core, frame });
         }
         true
     }
 
-    /// Forwards a message to the core that serves `to_bare`; the SM
-    /// sender's acknowledgement waits for that core's answer.
-    pub(super) fn forward_message(&mut self, to_bare: &str, header: &RouteHeader, payload: Bytes) {
+    /// Sends a subscription stanza to the core that serves `to_bare` as a
+    /// tracked forward (sent again until that core takes it, holding the
+    /// acknowledgement of the stanza being handled), once the roster change
+    /// being built is durable.
+    pub(super) fn subscription_to_peer(&mut self, to_bare: &str, from: &str, payload: Bytes) {
+        let stanza = PeerStanza {
+            to: to_bare.to_owned(),
+            kind: Kind::Presence,
+            from: from.to_owned(),
+            payload,
+            tracked: true,
+        };
+        if let Some(stanza) = self.hold_forward_for_change(stanza) {
+            self.to_peer(stanza);
+        }
+    }
+
+    /// Sends a stanza a roster change held for another core.
+    pub(super) fn to_peer(&mut self, stanza: PeerStanza) {
+        if stanza.tracked {
+            let header = peer_header(&stanza);
+            let to = stanza.to;
+            self.forward_stanza(&to, &header, stanza.payload);
+        } else {
+            self.send_to_peer(&stanza.to, stanza.kind, &stanza.from, stanza.payload);
+        }
+    }
+
+    /// Forwards a stanza to the core that serves `to_bare` (routed here if
+    /// this core serves it by now); the SM sender's acknowledgement waits
+    /// for that core's answer.
+    pub(super) fn forward_stanza(&mut self, to_bare: &str, header: &RouteHeader, payload: Bytes) {
         let origin = self.hold_ack();
         let Some(now) = self.now else { return };
         let started = self
             .forwards
             .start(to_bare, header.clone(), payload, origin, now);
         match started {
+            Some(seq) if self.serves(to_bare) => self.forward_home(seq),
             Some(seq) => self.send_forward(seq, to_bare),
             None => {
                 // too much waits for other cores already
                 self.error_to(
                     &header.from,
-                    StanzaKind::Message,
+                    stanza_kind(header.kind),
                     header.id.as_deref(),
                     header.to.as_deref().unwrap_or(to_bare),
                     StanzaCondition::ResourceConstraint,
@@ -139,7 +171,8 @@ impl Router {
         };
         let bare = to.to_bare().to_string();
         self.origin = origin;
-        self.message_in(&header, &to, &bare, payload);
+        // (no link: a roster change's answers find no session there)
+        self.stanza_in(NodeId::MAX, &header, &to, &bare, payload);
         self.origin = None;
         // the forward's own hold goes; its writes here hold on their own
         self.release_origin(origin);
@@ -193,7 +226,7 @@ impl Router {
             if h.stanza_type.as_deref() != Some("error") {
                 self.error_to(
                     &h.from,
-                    StanzaKind::Message,
+                    stanza_kind(h.kind),
                     h.id.as_deref(),
                     h.to.as_deref().unwrap_or_default(),
                     StanzaCondition::RecipientUnavailable,
@@ -310,16 +343,29 @@ impl Router {
         }
         let token = (seq != 0).then(|| self.inbound.begin(node, seq));
         self.origin = token.map(|t| (t, 0));
-        match header.kind {
-            Kind::Message => self.message_in(&header, &to, &bare, payload),
-            Kind::Presence => self.presence_in(node, &header, &to, &bare, payload),
-            Kind::Iq => self.iq_in(&header, &to, &bare, payload),
-        }
+        self.stanza_in(node, &header, &to, &bare, payload);
         self.origin = None;
         if let Some(token) = token
             && let Some((node, seq, accepted)) = self.inbound.settle(token, false)
         {
             self.answer_forward(node, seq, accepted);
+        }
+    }
+
+    /// Routes a stanza from another core's user to this core's user `to`
+    /// (`bare`), come on link `node`.
+    fn stanza_in(
+        &mut self,
+        node: NodeId,
+        header: &RouteHeader,
+        to: &Jid,
+        bare: &str,
+        payload: Bytes,
+    ) {
+        match header.kind {
+            Kind::Message => self.message_in(header, to, bare, payload),
+            Kind::Presence => self.presence_in(node, header, to, bare, payload),
+            Kind::Iq => self.iq_in(header, to, bare, payload),
         }
     }
 
@@ -360,7 +406,7 @@ impl Router {
         match header {
             Some(header) if !self.serves(&bare) => {
                 self.origin = origin;
-                self.forward_message(&bare, &header, payload);
+                self.forward_stanza(&bare, &header, payload);
                 self.origin = None;
                 // (the forward holds the acknowledgement now)
                 if let Some(origin) = origin {
@@ -385,19 +431,29 @@ impl Router {
     }
 
     /// A message from another core's user to one of this core's (its
-    /// sender's archive and carbons were done there).
+    /// sender's archive and sent carbons were done there; its received
+    /// carbons are done here, where the recipient's sessions are).
     fn message_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
         let mtype = header.stanza_type.as_deref().unwrap_or("normal");
+        let carbon = matches!(mtype, "chat" | "normal")
+            .then(|| self.received_carbon(bare, &payload))
+            .flatten();
         self.live_ticket = MessageRow::Unset;
-        if let Some(res) = to.resource()
+        let delivered = if let Some(res) = to.resource()
             && let Some(r) = self.table.full(bare, res.as_str())
         {
             let target = (r.node, r.sid);
             self.deliver_message(target, payload, mtype);
+            vec![target]
         } else if mtype != "error" {
-            self.message_to_bare(bare, mtype, payload, None);
-        }
+            self.message_to_bare(bare, mtype, payload, None)
+        } else {
+            Vec::new()
+        };
         self.live_ticket = MessageRow::Unset;
+        if let Some(inner) = carbon {
+            self.carbon_copies(None, bare, &delivered, &inner);
+        }
     }
 
     /// A presence from another core's user: a subscription change on this
@@ -601,4 +657,26 @@ pub(super) fn message_header(bare: &str, payload: &[u8]) -> Option<RouteHeader> 
         id: top.attr("id").map(str::to_owned),
         from: top.attr("from").unwrap_or_default().to_owned(),
     })
+}
+
+/// The routing header of a stanza for another core's user.
+fn peer_header(stanza: &PeerStanza) -> RouteHeader {
+    RouteHeader {
+        kind: stanza.kind,
+        stanza_type: xmpp_stream::stanza::inspect(&stanza.payload)
+            .ok()
+            .and_then(|top| top.attr("type").map(str::to_owned)),
+        to: Some(stanza.to.clone()),
+        id: None,
+        from: stanza.from.clone(),
+    }
+}
+
+/// The stanza kind of a routing header's kind.
+fn stanza_kind(kind: Kind) -> StanzaKind {
+    match kind {
+        Kind::Message => StanzaKind::Message,
+        Kind::Presence => StanzaKind::Presence,
+        Kind::Iq => StanzaKind::Iq,
+    }
 }

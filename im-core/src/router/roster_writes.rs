@@ -3,7 +3,8 @@
 //! A stanza that changes rosters (a roster set, a subscription presence) is
 //! handled as one change: its roster writes are collected into one
 //! [`Action::WriteRoster`], and everything it would deliver (the IQ result,
-//! roster pushes, the forwarded subscription stanza, presence) is held back.
+//! roster pushes, presence) or send to other cores (the subscription
+//! stanza, as a tracked forward; presence) is held back.
 //! Until the driver reports the outcome, the rosters it touched count as not
 //! ready, so every frame that needs one of them (and every frame of their
 //! users' sessions) waits in the [`RosterCache`](super::roster_cache::RosterCache)
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cm_protocol::RouteHeader;
+use cm_protocol::{Kind, RouteHeader};
 use xmpp_stream::StanzaCondition;
 
 use super::live_rows::MessageRow;
@@ -39,6 +40,25 @@ pub(super) struct Change {
     before: Vec<(String, RosterSnapshot)>,
     /// What the change delivers once durable, in order.
     deliveries: Vec<(SessionAddr, Bytes, Delivery)>,
+    /// What the change sends to other cores once durable, in order.
+    forwards: Vec<PeerStanza>,
+}
+
+/// A stanza for another core's user that a roster change sends once
+/// durable.
+#[derive(Debug)]
+pub(super) struct PeerStanza {
+    /// Its recipient (a bare JID, or a full one if not `tracked`).
+    pub(super) to: String,
+    /// Its kind.
+    pub(super) kind: Kind,
+    /// Its sender (a JID of this domain).
+    pub(super) from: String,
+    /// The stanza.
+    pub(super) payload: Bytes,
+    /// Whether its owner's answer is waited for (a subscription stanza:
+    /// sent again until taken, and holding its sender's acknowledgement).
+    pub(super) tracked: bool,
 }
 
 /// A change whose writes are with storage.
@@ -78,7 +98,8 @@ impl Router {
         };
         if change.writes.is_empty() {
             // nothing to wait for
-            return self.release(change.deliveries);
+            self.release(change.deliveries);
+            return self.release_forwards(change.forwards);
         }
         let txn = self.roster_writes.next_id;
         self.roster_writes.next_id += 1;
@@ -115,6 +136,18 @@ impl Router {
                 None
             }
             None => Some((addr, payload, delivery)),
+        }
+    }
+
+    /// Keeps a stanza for another core back while a roster change is being
+    /// built; gives it back otherwise.
+    pub(super) fn hold_forward_for_change(&mut self, stanza: PeerStanza) -> Option<PeerStanza> {
+        match &mut self.roster_writes.building {
+            Some(change) => {
+                change.forwards.push(stanza);
+                None
+            }
+            None => Some(stanza),
         }
     }
 
@@ -155,6 +188,10 @@ impl Router {
             return;
         };
         self.release(done.change.deliveries);
+        // (its tracked forwards hold the sender's acknowledgement in turn)
+        let outer = std::mem::replace(&mut self.origin, done.origin);
+        self.release_forwards(done.change.forwards);
+        self.origin = outer;
         if let Some(origin) = done.origin {
             self.stored(origin);
         }
@@ -183,6 +220,9 @@ impl Router {
             self.reply_error(node, sid, &failed.header, condition);
         }
         if let Some(origin) = failed.origin {
+            // a forward's change not stored here (fenced, or storage
+            // failing) is refused back: its sender's core sends it again
+            self.inbound_refused(origin.0);
             self.stored(origin);
         }
         self.rosters_settled(failed.change.before, now);
@@ -195,6 +235,14 @@ impl Router {
                 self.deliver_as(addr, payload, delivery);
                 self.live_ticket = MessageRow::Unset;
             }
+        }
+    }
+
+    /// Stanzas for other cores held for a change, sent (tracked ones
+    /// holding the acknowledgement of the stanza being handled, if any).
+    fn release_forwards(&mut self, forwards: Vec<PeerStanza>) {
+        for f in forwards {
+            self.to_peer(f);
         }
     }
 

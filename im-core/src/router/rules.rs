@@ -122,7 +122,7 @@ impl Router {
         };
         let delivered = if !self.serves(&bare) {
             // another core's user: its owner does the recipient's side
-            self.forward_message(&bare, header, payload.clone());
+            self.forward_stanza(&bare, header, payload.clone());
             Vec::new()
         } else if let Some(res) = to.resource()
             && let Some(r) = self.table.full(&bare, res.as_str())
@@ -138,7 +138,7 @@ impl Router {
         };
         self.live_ticket = MessageRow::Unset;
         if let Some(inner) = carbon {
-            self.carbon_copies((node, sid), sender_bare, &bare, &delivered, &inner);
+            self.carbon_copies(Some(((node, sid), sender_bare)), &bare, &delivered, &inner);
         }
     }
 
@@ -213,7 +213,7 @@ impl Router {
             && let Some(header) = super::peers::message_header(&bare, &payload)
         {
             // the recipient's slot moved on: its owner routes it
-            return self.forward_message(&bare, &header, payload);
+            return self.forward_stanza(&bare, &header, payload);
         }
         self.message_to_bare(&bare, &mtype, payload, None);
     }

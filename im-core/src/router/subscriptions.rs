@@ -108,8 +108,10 @@ impl Router {
     pub(super) fn subscription_in(&mut self, contact: &str, from: &str, kind: SubType) {
         if !self.serves(contact) {
             // the contact's core does its side
+            // (sent again until taken: what a subscription stanza changes
+            // must not be lost with a core)
             let stanza = presence_stanza(from, contact, kind.name());
-            self.send_to_peer(contact, cm_protocol::Kind::Presence, from, stanza);
+            self.subscription_to_peer(contact, from, stanza);
             return;
         }
         if !self.rosters.get(contact).is_some_and(|r| r.exists()) {
