@@ -2,7 +2,8 @@
 //! storage backends: two users who never met subscribe to each other (one
 //! approving after coming online), see each other's presence, a third
 //! device gets carbons, and a fresh device pages through the whole
-//! conversation from the archive.
+//! conversation from the archive. Blocking (XEP-0191) is checked the
+//! same way.
 
 use std::time::Duration;
 
@@ -270,6 +271,83 @@ async fn a_client_that_connects_before_the_core_answered_is_offered_registration
             .expect("the new account logs in");
         frank.disconnect().await;
         cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// The next message error `c` gets: its id and condition.
+async fn message_error(c: &mut Client) -> (Option<String>, Option<String>) {
+    wait_for(c, "a message error", |ev| match ev {
+        Event::Message(m) if m.kind == "error" => Some((m.id.clone(), m.error.clone())),
+        _ => None,
+    })
+    .await
+}
+
+/// Alice blocks Bob (XEP-0191): his messages are refused, live and while
+/// she is offline, hers to him too; the list outlives her session; an
+/// unblock lets him through again.
+async fn blocking(cluster: Cluster) {
+    for user in ["alice", "bob", "carol"] {
+        cluster.add_user(user, "secret");
+    }
+    let (alice_jid, bob_jid) = (jid("alice"), jid("bob"));
+    let alice = cluster.login(0, "alice", "phone").await;
+    assert!(alice.blocklist().await.unwrap().is_empty());
+    alice.block(&[&bob_jid]).await.unwrap();
+    assert_eq!(alice.blocklist().await.unwrap(), vec![bob_jid.clone()]);
+    let mut alice = alice;
+
+    let mut bob = cluster.login(1, "bob", "pc").await;
+    let id = bob.send_message(&alice_jid, "let me in").await.unwrap();
+    assert_eq!(
+        message_error(&mut bob).await,
+        (Some(id), Some("service-unavailable".into()))
+    );
+    let id = alice.send_message(&bob_jid, "go away").await.unwrap();
+    assert_eq!(
+        message_error(&mut alice).await,
+        (Some(id), Some("not-acceptable".into()))
+    );
+
+    // Alice goes offline: Bob's message is refused by the store, Carol's kept.
+    alice.disconnect().await;
+    let id = bob
+        .send_message(&alice_jid, "while you were out")
+        .await
+        .unwrap();
+    assert_eq!(
+        message_error(&mut bob).await,
+        (Some(id), Some("service-unavailable".into()))
+    );
+    let carol = cluster.login(0, "carol", "pc").await;
+    carol.send_message(&alice_jid, "from carol").await.unwrap();
+    let mut alice = cluster.login(1, "alice", "desk").await;
+    assert_eq!(alice.blocklist().await.unwrap(), vec![bob_jid.clone()]);
+    let got = alice.next_message(WAIT).await.unwrap();
+    assert_eq!(got.body.as_deref(), Some("from carol"), "{got:?}");
+
+    // Unblocked, Bob gets through (and nothing of his came before).
+    alice.unblock(&[]).await.unwrap();
+    assert!(alice.blocklist().await.unwrap().is_empty());
+    bob.send_message(&alice_jid, "hello again").await.unwrap();
+    let got = alice.next_message(WAIT).await.unwrap();
+    assert_eq!(got.body.as_deref(), Some("hello again"), "{got:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_user_is_refused_live_and_offline_until_unblocked_on_the_embedded_store() {
+    bounded(120, async { blocking(Cluster::start(2).await).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_user_is_refused_live_and_offline_until_unblocked_on_postgresql() {
+    let Some(url) = im_core::storage::postgres_for_tests("ll_block") else {
+        return;
+    };
+    bounded(120, async {
+        blocking(Cluster::start_on_postgres(2, url).await).await
     })
     .await;
 }

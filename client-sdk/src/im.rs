@@ -1,7 +1,8 @@
 //! The instant-messaging API on top of a session: roster (RFC 6121 §2),
 //! presence subscriptions (§3), presence with show and status (§4), message
-//! history (XEP-0313 with XEP-0059 paging) and carbons (XEP-0280, on by
-//! default: see [`crate::ConnectOptions::without_carbons`]).
+//! history (XEP-0313 with XEP-0059 paging), carbons (XEP-0280, on by
+//! default: see [`crate::ConnectOptions::without_carbons`]) and blocking
+//! (XEP-0191).
 
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
@@ -378,6 +379,38 @@ impl Client {
         self.presence(p).await
     }
 
+    /// The JIDs you block (XEP-0191).
+    pub async fn blocklist(&self) -> Result<Vec<String>, ClientError> {
+        let result = self
+            .request("get", Element::new("blocklist", ns::BLOCKING))
+            .await?;
+        Ok(result
+            .child("blocklist", ns::BLOCKING)
+            .map(|l| {
+                l.elements()
+                    .filter_map(|i| i.attr("jid"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Blocks `jids` (XEP-0191): a bare JID, a full one, or a domain. The
+    /// server refuses their messages and IQs to you and your stanzas to
+    /// them (`not-acceptable`), and presence stops both ways.
+    pub async fn block(&self, jids: &[&str]) -> Result<(), ClientError> {
+        self.request("set", block_items("block", jids))
+            .await
+            .map(drop)
+    }
+
+    /// Unblocks `jids`; everyone if `jids` is empty.
+    pub async fn unblock(&self, jids: &[&str]) -> Result<(), ClientError> {
+        self.request("set", block_items("unblock", jids))
+            .await
+            .map(drop)
+    }
+
     /// One page of the archive (XEP-0313).
     pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, ClientError> {
         match self.ask(Request::History(q.clone())).await? {
@@ -398,4 +431,11 @@ impl Client {
             Some(cond) => Err(ClientError::StanzaError(cond)),
         }
     }
+}
+
+/// A `<block/>` or `<unblock/>` naming `jids`.
+fn block_items(name: &str, jids: &[&str]) -> Element {
+    jids.iter().fold(Element::new(name, ns::BLOCKING), |e, j| {
+        e.with_child(Element::new("item", ns::BLOCKING).with_attr("jid", *j))
+    })
 }

@@ -55,6 +55,24 @@ pub enum Event {
     FlushDone(String),
 }
 
+/// The sender of a message stored offline: the one its bounce names, or
+/// else its `from` (stamped by the CM).
+fn offline_sender(bounce: &Bounce, payload: &[u8]) -> Option<String> {
+    if !bounce.sender.is_empty() {
+        return Some(bounce.sender.clone());
+    }
+    let top = xmpp_stream::stanza::inspect(payload).ok()?;
+    top.attr("from").map(str::to_owned)
+}
+
+/// What an offline store job did.
+enum OfflineStore {
+    /// Stored (or no such user), as the store says.
+    Done(OfflineRow),
+    /// The recipient blocks the sender (XEP-0191): nothing stored.
+    Blocked,
+}
+
 /// Checks every fence of a write in its transaction (none outside a
 /// cluster).
 fn check_fences(db: &mut dyn Store, fences: &[WriteFence]) -> Result<(), StorageError> {
@@ -118,7 +136,7 @@ pub struct ClusterView {
     pub slot_count: u16,
     /// Slots this core owns now.
     pub slots_owned: usize,
-    /// Messages forwarded to peers and not answered yet.
+    /// Messages and subscription stanzas forwarded and not answered yet.
     pub forwards_waiting: usize,
     /// The live cores as the last lease round read them: member id,
     /// address, slots owned, draining.
@@ -454,14 +472,29 @@ impl Driver {
                 let stamp = now_stamp();
                 let recipient = user.clone();
                 let fences = self.fences([user.as_str()]);
+                // A message for a user with no session: the router does not
+                // hold the user's block list (XEP-0191), so the store looks
+                // (at the sender the bounce names, or else the one the
+                // stanza's `from` names, as a forwarded one's does).
+                let sender_forms = live
+                    .is_none()
+                    .then(|| offline_sender(&bounce, &payload))
+                    .flatten()
+                    .map(|sender| crate::block_list::forms(&sender));
                 let job = Arc::new({
                     let payload = payload.clone();
                     move || {
                         let (user, stamp, payload) = (user.clone(), stamp.clone(), payload.clone());
-                        let fences = fences.clone();
+                        let (fences, sender_forms) = (fences.clone(), sender_forms.clone());
                         move |db: &mut dyn Store| {
                             check_fences(db, &fences)?;
+                            if let Some(forms) = &sender_forms
+                                && db.blocks_any(&user, forms)?
+                            {
+                                return Ok(OfflineStore::Blocked);
+                            }
                             db.store_offline_row(&user, &stamp, &payload, quota)
+                                .map(OfflineStore::Done)
                         }
                     }
                 });
@@ -493,7 +526,7 @@ impl Driver {
                     // queued later, e.g. a flush's load that read the row:
                     // the router holds such a load until this comes)
                     let condition = match (outcome, live) {
-                        (Ok(OfflineRow::Row(row)), Some(ticket)) => {
+                        (Ok(OfflineStore::Done(OfflineRow::Row(row))), Some(ticket)) => {
                             let input = Input::LiveStored {
                                 ticket,
                                 row,
@@ -502,13 +535,17 @@ impl Driver {
                             let _ = events.send(Event::Router(input)).await;
                             return;
                         }
-                        (Ok(OfflineRow::Row(_)), None) => {
+                        (Ok(OfflineStore::Done(OfflineRow::Row(_))), None) => {
                             if let Some(origin) = origin {
                                 let _ = events.send(Event::Router(Input::Stored { origin })).await;
                             }
                             return;
                         }
-                        (Ok(OfflineRow::NoSuchUser), _) => StanzaCondition::ServiceUnavailable,
+                        // (XEP-0191: a blocked sender's message is refused so)
+                        (
+                            Ok(OfflineStore::Done(OfflineRow::NoSuchUser) | OfflineStore::Blocked),
+                            _,
+                        ) => StanzaCondition::ServiceUnavailable,
                         (Err(e), _) if e.is_fenced() => {
                             fenced.inc();
                             let input = Input::StoreFenced {
@@ -555,9 +592,10 @@ impl Driver {
                     });
                 };
                 let fences = self.fences(writes.iter().map(|w| match w {
-                    RosterWrite::Put { user, .. } | RosterWrite::Remove { user, .. } => {
-                        user.as_str()
-                    }
+                    RosterWrite::Put { user, .. }
+                    | RosterWrite::Remove { user, .. }
+                    | RosterWrite::Block { user, .. }
+                    | RosterWrite::Unblock { user, .. } => user.as_str(),
                 }));
                 let job = move || {
                     let writes = writes.clone();
@@ -575,6 +613,10 @@ impl Driver {
                                     } => db.put_roster_item(user, item, *version)?,
                                     RosterWrite::Remove { user, jid, version } => {
                                         db.remove_roster_item(user, jid, *version)?
+                                    }
+                                    RosterWrite::Block { user, jids } => db.block(user, jids)?,
+                                    RosterWrite::Unblock { user, jids } => {
+                                        db.unblock(user, jids)?
                                     }
                                 }
                             }

@@ -13,6 +13,7 @@
 pub mod address;
 pub mod admin;
 pub mod auth;
+pub mod block_list;
 pub mod config;
 pub mod driver;
 pub mod links;

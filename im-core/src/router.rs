@@ -33,6 +33,7 @@ use crate::storage::{ArchiveEntry, Roster, RosterItem};
 mod archive;
 mod archive_ids;
 mod binding;
+mod blocking;
 mod carbons;
 mod conversation;
 mod flush_retries;
@@ -219,6 +220,20 @@ pub enum RosterWrite {
         jid: String,
         /// The roster's new version.
         version: u64,
+    },
+    /// Add JIDs to a block list (XEP-0191).
+    Block {
+        /// Username (local part).
+        user: String,
+        /// The JIDs.
+        jids: Vec<String>,
+    },
+    /// Remove JIDs from a block list.
+    Unblock {
+        /// Username (local part).
+        user: String,
+        /// The JIDs; all of them if empty.
+        jids: Vec<String>,
     },
 }
 
@@ -464,7 +479,8 @@ pub struct Router {
     stats: RouterStats,
     /// The slots this core serves in a cluster; none: every user.
     shard: Option<Ownership>,
-    /// Messages forwarded to peer cores, waiting for their answers.
+    /// Messages and subscription stanzas forwarded to peer cores (or routed
+    /// home), waiting for their answers.
     forwards: Forwards,
     /// Stanzas forwarded by peer cores, waiting for their writes.
     inbound: Inbound,
@@ -533,7 +549,7 @@ impl Router {
         self.shard.as_ref().map_or(0, |s| s.owned().len())
     }
 
-    /// Messages forwarded to peers and not answered yet.
+    /// Messages and subscription stanzas forwarded and not answered yet.
     pub fn forwards_waiting(&self) -> usize {
         self.forwards.len()
     }
@@ -846,6 +862,8 @@ pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+#[cfg(test)]
+mod blocking_tests;
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub struct Route {
     pub carbons: bool,
     /// The session asked for the roster, so it gets roster pushes.
     pub interested: bool,
+    /// The session asked for the block list, so it gets block pushes
+    /// (XEP-0191).
+    pub blocklist: bool,
     /// Bare JIDs the session sent directed available presence to, outside
     /// its subscriptions (they learn when it goes away).
     pub directed: Vec<Box<str>>,
@@ -56,6 +59,7 @@ impl Route {
             presence: None,
             carbons: false,
             interested: false,
+            blocklist: false,
             directed: Vec::new(),
         }
     }

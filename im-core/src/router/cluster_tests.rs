@@ -302,35 +302,6 @@ fn a_lost_slots_sessions_leave_without_a_word_and_their_frames_are_refused() {
     let _ = bob;
 }
 
-/// Binds `user` (node, sid) with a roster naming `contact` (both ways
-/// subscribed), loaded as storage would.
-fn bound_with_contact(r: &mut Router, node: u32, sid: u64, user: &str, contact: &str) -> String {
-    let acts = r.step(Input::Frame {
-        node,
-        frame: Frame::Bind {
-            sid,
-            user: user.into(),
-            iq_id: "b".into(),
-            resource: Some("phone".into()),
-        },
-    });
-    assert!(matches!(&acts[..], [Action::LoadRoster { .. }]), "{acts:?}");
-    let roster = crate::storage::Roster {
-        version: 1,
-        items: vec![crate::storage::RosterItem {
-            jid: contact.into(),
-            subscription: crate::storage::Subscription::Both,
-            listed: true,
-            ..Default::default()
-        }],
-    };
-    r.step(Input::RosterLoaded {
-        user: user.into(),
-        roster: Some(roster),
-    });
-    format!("{user}/phone")
-}
-
 #[test]
 fn presence_reaches_a_contact_of_another_core_and_a_probe_there_is_answered() {
     let (alice, bob) = two_users();
@@ -412,13 +383,15 @@ fn a_forward_waiting_for_a_slot_this_core_then_takes_is_delivered_here_and_ackno
         })
         .collect();
     assert!(matches!(&stored[..], [Some(_)]), "{took:?}");
-    assert_eq!(a.forwards_waiting(), 0);
+    // (it went home as a forward to this core: answered once stored)
+    assert_eq!(a.forwards_waiting(), 1);
     assert_eq!(
         handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
         vec![0]
     );
     let Some(origin) = stored[0] else { return };
     assert_eq!(handled(&a.run(Input::Stored { origin })), vec![1]);
+    assert_eq!(a.forwards_waiting(), 0);
 }
 
 /// The SM id an `<enable/>` was answered with among `acts`.
@@ -1080,4 +1053,143 @@ fn a_forwarded_subscription_request_whose_roster_write_fails_here_is_refused_bac
         )),
         "{failed:?}"
     );
+}
+
+/// Alice (of core a#1, SM on) asks to subscribe to bob, whose slot peer
+/// b#1 owns; her roster write commits. The forward's seq.
+fn alice_asks_bob(a: &mut Router, alice: &str, bob: &str) -> u64 {
+    peer_owns(a, 9, "b#1", bob, 1);
+    let alice_full = bound(a, 1, 10, alice, "phone");
+    sm_enable(a, 1, 10, 60);
+    let asked = a.step(Input::Frame {
+        node: 1,
+        frame: Frame::Stanza {
+            sid: 10,
+            header: header(Kind::Presence, &alice_full, Some(bob), Some("subscribe")),
+            payload: Bytes::from_static(b"<presence type='subscribe'/>"),
+        },
+    });
+    let committed = a.step(Input::RosterWritten {
+        txn: roster_txn(&asked),
+    });
+    match &forwards(&committed)[..] {
+        [(_, Frame::Forward { seq, header, .. })] => {
+            // (named by the sender's full JID, for an error if nobody takes it)
+            assert_eq!(header.from, alice_full);
+            *seq
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_subscription_request_whose_recipients_slot_comes_here_waits_for_the_roster_and_its_commit() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    alice_asks_bob(&mut a, &alice, &bob);
+    // b#1 dies unanswered and this core takes bob's slot
+    let took = a.step(Input::Ownership {
+        events: vec![LeaseEvent::Owned {
+            slot: slot_of(&bob, SLOTS),
+            epoch: Epoch(2),
+        }],
+    });
+    assert!(
+        took.iter()
+            .any(|x| matches!(x, Action::LoadRoster { user } if *user == bob)),
+        "bob's roster is loaded first: {took:?}"
+    );
+    assert_eq!(a.forwards_waiting(), 1);
+    let loaded = a.step(Input::RosterLoaded {
+        user: bob.clone(),
+        roster: Some(crate::storage::Roster::default()),
+    });
+    // bob's side is written (a request waiting for him), not refused
+    let writes = roster_writes(&loaded);
+    assert!(
+        writes
+            .iter()
+            .any(|w| matches!(w, crate::router::RosterWrite::Put { item, .. } if item.pending_in)),
+        "{loaded:?}"
+    );
+    assert!(
+        !payloads(&loaded).iter().any(|p| p.contains("unsubscribed")),
+        "{loaded:?}"
+    );
+    assert_eq!(
+        handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
+        vec![0]
+    );
+    let written = a.step(Input::RosterWritten {
+        txn: roster_txn(&loaded),
+    });
+    assert_eq!(handled(&written), vec![1], "{written:?}");
+    assert_eq!(a.forwards_waiting(), 0);
+}
+
+#[test]
+fn a_subscription_request_no_core_takes_is_answered_with_an_error_to_the_senders_session() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    alice_asks_bob(&mut a, &alice, &bob);
+    let later = a.timeout(t0() + FORWARD_GIVE_UP + Duration::from_secs(1));
+    let to_alice: Vec<String> = deliveries(&later)
+        .into_iter()
+        .filter(|(addr, _)| *addr == (1, 10))
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        matches!(&to_alice[..], [p] if p.starts_with("<presence") && p.contains("type=\"error\"") && p.contains("recipient-unavailable")),
+        "{later:?}"
+    );
+    // and her acknowledgement goes on
+    assert_eq!(
+        handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
+        vec![1]
+    );
+}
+
+#[test]
+fn a_forwarded_message_from_a_user_the_recipient_blocks_is_refused_back_to_its_sender() {
+    let (alice, bob) = two_users();
+    let mut b = core_owning("b#1", &bob);
+    peer_owns(&mut b, 8, "a#1", &alice, 1);
+    let acts = b.step(Input::Frame {
+        node: 3,
+        frame: Frame::Bind {
+            sid: 30,
+            user: bob.clone(),
+            iq_id: "b".into(),
+            resource: Some("pc".into()),
+        },
+    });
+    assert!(matches!(&acts[..], [Action::LoadRoster { .. }]), "{acts:?}");
+    b.step(Input::RosterLoaded {
+        user: bob.clone(),
+        roster: Some(crate::storage::Roster {
+            blocked: vec![alice.clone()],
+            ..Default::default()
+        }),
+    });
+    let alice_full = format!("{alice}/desk");
+    let acts = forwarded_chat(&mut b, &alice_full, &bob, "<body>hi</body>");
+    assert!(delivered_to(&acts).is_empty(), "{acts:?}");
+    // the error goes back to alice's core, and the forward is answered
+    let back = forwards(&acts);
+    assert!(
+        matches!(&back[..], [(core, Frame::Forward { seq: 0, header, payload })]
+            if core == "a#1" && header.to.as_deref() == Some(alice_full.as_str())
+                && String::from_utf8_lossy(payload).contains("service-unavailable")),
+        "{acts:?}"
+    );
+    assert!(acts.iter().any(|x| matches!(
+        x,
+        Action::Send {
+            node: 8,
+            frame: Frame::ForwardDone {
+                seq: 1,
+                accepted: true
+            }
+        }
+    )));
 }

@@ -2,6 +2,7 @@
 //! (RFC 6120 §10.3, RFC 6121 §8.5.1, §8.5.3.1): one module per protocol;
 //! ping (XEP-0199) is answered here.
 
+mod blocking;
 mod carbons;
 mod disco;
 mod mam;
@@ -72,6 +73,7 @@ impl Router {
             ("query", ns::MAM, _) if self.archive.is_some() => {
                 return self.mam_iq(addr, header, child, sender_bare);
             }
+            (_, ns::BLOCKING, _) => return self.blocking_iq(addr, header, child, sender_bare),
             ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),
             ("disable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, false),
             _ => {

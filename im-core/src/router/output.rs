@@ -22,11 +22,7 @@ impl Router {
         header: &RouteHeader,
         condition: StanzaCondition,
     ) {
-        let kind = match header.kind {
-            Kind::Message => StanzaKind::Message,
-            Kind::Presence => StanzaKind::Presence,
-            Kind::Iq => StanzaKind::Iq,
-        };
+        let kind = stanza_kind(header.kind);
         let from = header.to.clone().unwrap_or_else(|| self.domain.clone());
         self.stats.errors += 1;
         let reply = error_reply(
@@ -235,5 +231,14 @@ impl Router {
     pub(super) fn kick(&mut self, (node, sid): SessionAddr, condition: StreamCondition) {
         let condition = condition.name().into();
         self.send(node, Frame::Kick { sid, condition });
+    }
+}
+
+/// The stanza kind of a routing header's kind.
+pub(super) fn stanza_kind(kind: Kind) -> StanzaKind {
+    match kind {
+        Kind::Message => StanzaKind::Message,
+        Kind::Presence => StanzaKind::Presence,
+        Kind::Iq => StanzaKind::Iq,
     }
 }

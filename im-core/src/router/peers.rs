@@ -14,6 +14,7 @@ use xmpp_stream::StanzaCondition;
 use xmpp_stream::stanza::StanzaKind;
 
 use super::live_rows::MessageRow;
+use super::output::stanza_kind;
 use super::roster_writes::PeerStanza;
 use super::shards::{Inbound, Owner};
 use super::subscriptions::{SubType, presence_stanza};
@@ -21,6 +22,10 @@ use super::{Action, Bounce, Router};
 use crate::address;
 use crate::routing::NodeId;
 use crate::shards::LeaseEvent;
+
+/// The link this core's own forwards come in on when their recipient's
+/// slot is (or became) its own: no CM or peer has this id.
+pub(super) const HOME: NodeId = NodeId::MAX;
 
 impl Router {
     /// Whether this core serves `bare` (always, outside a cluster).
@@ -90,18 +95,46 @@ impl Router {
             tracked: true,
         };
         if let Some(stanza) = self.hold_forward_for_change(stanza) {
-            self.to_peer(stanza);
+            self.send_held(stanza, None);
         }
     }
 
-    /// Sends a stanza a roster change held for another core.
-    pub(super) fn to_peer(&mut self, stanza: PeerStanza) {
+    /// Sends a stanza a roster change held for another core. A tracked one
+    /// from the bare JID of `sender` (the full JID whose stanza made the
+    /// change) names `sender` in its routing header, so that an error, if
+    /// no core takes it, finds the session.
+    pub(super) fn send_held(&mut self, stanza: PeerStanza, sender: Option<&str>) {
         if stanza.tracked {
-            let header = peer_header(&stanza);
+            let mut header = peer_header(&stanza);
+            if let Some(sender) = sender.filter(|s| address::bare(s) == stanza.from) {
+                header.from = sender.to_owned();
+            }
             let to = stanza.to;
             self.forward_stanza(&to, &header, stanza.payload);
-        } else {
-            self.send_to_peer(&stanza.to, stanza.kind, &stanza.from, stanza.payload);
+        } else if !self.send_to_peer(
+            &stanza.to,
+            stanza.kind,
+            &stanza.from,
+            stanza.payload.clone(),
+        ) {
+            // the recipient's slot came here while the change was written
+            self.deliver_to_jid(&stanza.to, stanza.payload);
+        }
+    }
+
+    /// Delivers a stanza to a local JID's session (a full JID) or available
+    /// sessions (a bare one).
+    fn deliver_to_jid(&mut self, to: &str, payload: Bytes) {
+        let targets: Vec<(NodeId, SessionId)> = match address::split_full(to) {
+            Some((bare, res)) => self
+                .table
+                .full(bare, res)
+                .map(|r| vec![(r.node, r.sid)])
+                .unwrap_or_default(),
+            None => self.others(to, None),
+        };
+        for t in targets {
+            self.deliver(t, payload.clone());
         }
     }
 
@@ -147,9 +180,15 @@ impl Router {
     /// whose recipient is now this core's user are routed here.
     fn resend_forwards(&mut self) {
         let Some(shard) = &self.shard else { return };
+        let member = shard.member();
         let again = self
             .forwards
-            .to_resend(|bare, core| matches!(shard.owner(bare), Owner::Peer(c) if c == core));
+            .to_resend(|bare, core| match shard.owner(bare) {
+                Owner::Peer(c) => c == core,
+                // (routed home already: it waits there)
+                Owner::Local => core == member,
+                Owner::Unknown => false,
+            });
         for r in again {
             if self.serves(&r.to_bare) {
                 self.forward_home(r.seq);
@@ -159,28 +198,18 @@ impl Router {
         }
     }
 
-    /// Routes forward `seq` here (this core took its recipient's slot): as
-    /// one from a peer, its writes holding its sender's acknowledgement.
+    /// Routes forward `seq` here (this core took its recipient's slot):
+    /// sent to this core itself, on the [`HOME`] link, so it takes the way
+    /// of one from a peer (waiting for its recipient's roster if it needs
+    /// it, answered once its writes commit, refused and sent again if they
+    /// fail) and its answer comes back to [`Router::forward_done`].
     fn forward_home(&mut self, seq: u64) {
-        let Some(taken) = self.forwards.take(seq) else {
+        let Some(member) = self.shard.as_ref().map(|s| s.member().to_owned()) else {
             return;
         };
-        let (header, payload, origin) = (taken.header, taken.payload, taken.origin);
-        let Some(to) = header.to.as_deref().and_then(|t| Jid::new(t).ok()) else {
-            return self.release_origin(origin);
-        };
-        let bare = to.to_bare().to_string();
-        self.origin = origin;
-        // (no link: a roster change's answers find no session there)
-        self.stanza_in(NodeId::MAX, &header, &to, &bare, payload);
-        self.origin = None;
-        // the forward's own hold goes; its writes here hold on their own
-        self.release_origin(origin);
-    }
-
-    fn release_origin(&mut self, origin: Option<(u64, u32)>) {
-        if let Some(origin) = origin {
-            self.stored(origin);
+        let Some(now) = self.now else { return };
+        if let Some(frame) = self.forwards.send_to(seq, &member) {
+            self.frame(HOME, frame, now);
         }
     }
 
@@ -202,11 +231,7 @@ impl Router {
             }
         } else if let Some(again) = self.forwards.refused(seq, core, now) {
             // it waits for the next word on the slot's owner, or the retry
-            tracing::debug!(
-                seq,
-                to = again.to_bare,
-                "a peer does not own a forward's recipient"
-            );
+            tracing::debug!(seq, to = again.to_bare, "a peer refused a forward");
         }
     }
 
@@ -342,9 +367,15 @@ impl Router {
             return self.answer_forward(node, seq, false);
         }
         let token = (seq != 0).then(|| self.inbound.begin(node, seq));
-        self.origin = token.map(|t| (t, 0));
-        self.stanza_in(node, &header, &to, &bare, payload);
-        self.origin = None;
+        // (a forward routed home may come while another stanza's
+        // acknowledgement is being held: that one's is kept)
+        let outer = std::mem::replace(&mut self.origin, token.map(|t| (t, 0)));
+        match header.kind {
+            Kind::Message => self.message_in(&header, &to, &bare, payload),
+            Kind::Presence => self.presence_in(node, &header, &to, &bare, payload),
+            Kind::Iq => self.iq_in(&header, &to, &bare, payload),
+        }
+        self.origin = outer;
         if let Some(token) = token
             && let Some((node, seq, accepted)) = self.inbound.settle(token, false)
         {
@@ -352,27 +383,21 @@ impl Router {
         }
     }
 
-    /// Routes a stanza from another core's user to this core's user `to`
-    /// (`bare`), come on link `node`.
-    fn stanza_in(
-        &mut self,
-        node: NodeId,
-        header: &RouteHeader,
-        to: &Jid,
-        bare: &str,
-        payload: Bytes,
-    ) {
-        match header.kind {
-            Kind::Message => self.message_in(header, to, bare, payload),
-            Kind::Presence => self.presence_in(node, header, to, bare, payload),
-            Kind::Iq => self.iq_in(header, to, bare, payload),
+    /// Answers forward `seq` that came on link `node` (none for `seq` 0).
+    pub(super) fn answer_forward(&mut self, node: NodeId, seq: u64, accepted: bool) {
+        if seq == 0 {
+            return;
         }
-    }
-
-    fn answer_forward(&mut self, node: NodeId, seq: u64, accepted: bool) {
-        if seq != 0 {
-            self.send(node, Frame::ForwardDone { seq, accepted });
+        if node == HOME {
+            // one of this core's own forwards, routed home
+            if let (Some(member), Some(now)) =
+                (self.shard.as_ref().map(|s| s.member().to_owned()), self.now)
+            {
+                self.forward_done(&member, seq, accepted, now);
+            }
+            return;
         }
+        self.send(node, Frame::ForwardDone { seq, accepted });
     }
 
     /// A write a forwarded stanza waited for finished: answers the peer
@@ -434,6 +459,9 @@ impl Router {
     /// sender's archive and sent carbons were done there; its received
     /// carbons are done here, where the recipient's sessions are).
     fn message_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
+        if self.blocked_inbound(bare, header) {
+            return;
+        }
         let mtype = header.stanza_type.as_deref().unwrap_or("normal");
         let carbon = matches!(mtype, "chat" | "normal")
             .then(|| self.received_carbon(bare, &payload))
@@ -466,6 +494,10 @@ impl Router {
         bare: &str,
         payload: Bytes,
     ) {
+        // (presence, probes and subscription stanzas alike: dropped)
+        if self.blocked_inbound(bare, header) {
+            return;
+        }
         let from_bare = address::bare(&header.from).to_owned();
         match header.stanza_type.as_deref() {
             Some(t) if SubType::parse(t).is_some() => {
@@ -527,6 +559,9 @@ impl Router {
 
     /// An IQ from another core's user to a full JID here.
     fn iq_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
+        if self.blocked_inbound(bare, header) {
+            return;
+        }
         let is_request = matches!(header.stanza_type.as_deref(), Some("get" | "set"));
         let target = to
             .resource()
@@ -556,7 +591,7 @@ impl Router {
             .items(bare)
             .filter(|i| i.subscription.to())
             .map(|i| i.jid.to_owned())
-            .filter(|c| !self.serves(c))
+            .filter(|c| !self.serves(c) && !self.blocks(bare, c))
             .collect();
         for c in contacts {
             let probe = presence_stanza(full, &c, "probe");
@@ -581,7 +616,7 @@ impl Router {
             .items(bare)
             .filter(|i| i.subscription.from())
             .map(|i| i.jid.to_owned())
-            .filter(|c| !self.serves(c))
+            .filter(|c| !self.serves(c) && !self.blocks(bare, c))
             .collect();
         targets.extend(
             directed
@@ -669,14 +704,5 @@ fn peer_header(stanza: &PeerStanza) -> RouteHeader {
         to: Some(stanza.to.clone()),
         id: None,
         from: stanza.from.clone(),
-    }
-}
-
-/// The stanza kind of a routing header's kind.
-fn stanza_kind(kind: Kind) -> StanzaKind {
-    match kind {
-        Kind::Message => StanzaKind::Message,
-        Kind::Presence => StanzaKind::Presence,
-        Kind::Iq => StanzaKind::Iq,
     }
 }

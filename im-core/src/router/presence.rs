@@ -71,6 +71,10 @@ impl Router {
         bare: &str,
     ) {
         let target_bare = to.to_bare().to_string();
+        let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
+        if self.blocks(&target_bare, &full) {
+            return; // (XEP-0191: presence from a blocked JID is dropped)
+        }
         let targets: Vec<SessionAddr> = match to.resource() {
             Some(res) => self
                 .table
@@ -104,7 +108,6 @@ impl Router {
             }
         }
         if !self.serves(&target_bare) {
-            let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
             self.send_to_peer(
                 &to.to_string(),
                 cm_protocol::Kind::Presence,
@@ -121,7 +124,7 @@ impl Router {
     fn subscribers(&self, bare: &str) -> Vec<SessionAddr> {
         self.rosters
             .items(bare)
-            .filter(|i| i.subscription.from())
+            .filter(|i| i.subscription.from() && !self.blocked_between(bare, i.jid))
             .flat_map(|i| self.table.resources(i.jid))
             .filter(|r| r.available)
             .map(|r| (r.node, r.sid))
@@ -134,7 +137,7 @@ impl Router {
         let mut found: Vec<Bytes> = self
             .rosters
             .items(bare)
-            .filter(|i| i.subscription.to())
+            .filter(|i| i.subscription.to() && !self.blocked_between(bare, i.jid))
             .flat_map(|i| self.table.resources(i.jid))
             .filter_map(|r| r.presence.clone())
             .collect();

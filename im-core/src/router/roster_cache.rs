@@ -128,7 +128,13 @@ struct CachedRoster {
     flags: Vec<u8>,
     /// Names and groups, by contact id, sorted.
     extras: Vec<(u32, Extra)>,
+    /// The JIDs the user blocks (XEP-0191); none for most users.
+    blocked: Option<Box<BlockList>>,
 }
+
+/// A user's block list (XEP-0191): JIDs, sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct BlockList(Vec<String>);
 
 impl CachedRoster {
     /// Where `contact`'s item is, or would go.
@@ -240,6 +246,11 @@ impl<'a> RosterView<'a> {
             .map(move |i| view.owned(i))
     }
 
+    /// The JIDs the user blocks (XEP-0191), sorted.
+    pub(crate) fn blocked(&self) -> &'a [String] {
+        self.roster.blocked.as_deref().map_or(&[], |b| &b.0)
+    }
+
     /// Whether the roster still fits its bounds with `item` in it (in place
     /// of any item with its JID).
     pub(crate) fn fits(&self, item: &RosterItem) -> bool {
@@ -284,6 +295,13 @@ impl<'a> RosterView<'a> {
 pub(crate) struct RosterSnapshot {
     exists: bool,
     roster: Roster,
+}
+
+/// A block list in its cached form (none if empty).
+fn block_list(mut jids: Vec<String>) -> Option<Box<BlockList>> {
+    jids.sort();
+    jids.dedup();
+    (!jids.is_empty()).then(|| Box::new(BlockList(jids)))
 }
 
 /// Roughly what an item takes in a roster result.
@@ -399,6 +417,7 @@ impl RosterCache {
             roster: Roster {
                 version: view.version(),
                 items: view.roster.iter().map(|i| view.owned(i)).collect(),
+                blocked: view.blocked().to_vec(),
             },
         })
     }
@@ -448,6 +467,7 @@ impl RosterCache {
             contacts: Vec::with_capacity(items.len()),
             flags: Vec::with_capacity(items.len()),
             extras: Vec::new(),
+            blocked: block_list(r.blocked),
         };
         let mut items = items.into_iter().peekable();
         while let Some((id, flags, extra)) = items.next() {
@@ -650,6 +670,16 @@ impl RosterCache {
         Some((version, was_listed))
     }
 
+    /// Replaces `bare`'s block list (if its roster is loaded).
+    pub(crate) fn set_blocked(&mut self, bare: &str, jids: Vec<String>) {
+        let Some(user) = self.contacts.id(bare) else {
+            return;
+        };
+        if let Some(roster) = self.rosters.get_mut(&user) {
+            roster.blocked = block_list(jids);
+        }
+    }
+
     /// Removes an item; returns it and the roster's new version.
     pub(crate) fn remove_item(&mut self, bare: &str, contact: &str) -> Option<(RosterItem, u64)> {
         let user = self.contacts.id(bare)?;
@@ -746,7 +776,11 @@ mod tests {
     }
 
     fn roster(items: Vec<RosterItem>) -> Option<Roster> {
-        Some(Roster { version: 3, items })
+        Some(Roster {
+            version: 3,
+            items,
+            blocked: Vec::new(),
+        })
     }
 
     /// JIDs interned now (the test's window on the interner).

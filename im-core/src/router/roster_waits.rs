@@ -28,11 +28,15 @@ impl Router {
         }
     }
 
-    /// A roster could not be read: the sessions that waited for it end.
+    /// A roster could not be read: the sessions that waited for it end,
+    /// and the forwards that waited for it are refused (their senders'
+    /// cores send them again).
     pub(super) fn roster_failed(&mut self, user: String) {
         let mut ended = std::collections::HashSet::new();
         for (node, frame) in self.rosters.failed(&user) {
-            if let Some(sid) = frame.sid()
+            if let Frame::Forward { seq, .. } = frame {
+                self.answer_forward(node, seq, false);
+            } else if let Some(sid) = frame.sid()
                 && ended.insert((node, sid))
             {
                 self.kick((node, sid), StreamCondition::InternalServerError);

@@ -99,7 +99,7 @@ impl Router {
         if change.writes.is_empty() {
             // nothing to wait for
             self.release(change.deliveries);
-            return self.release_forwards(change.forwards);
+            return self.release_forwards(change.forwards, &header.from);
         }
         let txn = self.roster_writes.next_id;
         self.roster_writes.next_id += 1;
@@ -190,7 +190,7 @@ impl Router {
         self.release(done.change.deliveries);
         // (its tracked forwards hold the sender's acknowledgement in turn)
         let outer = std::mem::replace(&mut self.origin, done.origin);
-        self.release_forwards(done.change.forwards);
+        self.release_forwards(done.change.forwards, &done.header.from);
         self.origin = outer;
         if let Some(origin) = done.origin {
             self.stored(origin);
@@ -239,10 +239,11 @@ impl Router {
     }
 
     /// Stanzas for other cores held for a change, sent (tracked ones
-    /// holding the acknowledgement of the stanza being handled, if any).
-    fn release_forwards(&mut self, forwards: Vec<PeerStanza>) {
+    /// holding the acknowledgement of the stanza being handled, if any;
+    /// `sender`: that stanza's sender).
+    fn release_forwards(&mut self, forwards: Vec<PeerStanza>, sender: &str) {
         for f in forwards {
-            self.to_peer(f);
+            self.send_held(f, Some(sender));
         }
     }
 

@@ -34,6 +34,11 @@ impl Router {
                 }
             },
         };
+        if let Some(to) = &to
+            && self.blocked_outbound((node, sid), &header, &to.to_string(), &sender_bare)
+        {
+            return;
+        }
         match header.kind {
             Kind::Presence => self.presence(node, sid, &header, to, payload, &sender_bare),
             Kind::Message => self.message(node, sid, &header, to, payload, &sender_bare),
@@ -110,6 +115,9 @@ impl Router {
             return;
         }
         let bare = to.to_bare().to_string();
+        if bare != sender_bare && self.serves(&bare) && self.blocked_inbound(&bare, header) {
+            return;
+        }
         // one live row for this message (see `live_rows`)
         self.live_ticket = MessageRow::Unset;
         let conversation = matches!(mtype, "chat" | "normal");
@@ -241,6 +249,14 @@ impl Router {
             }
             Some(j) => Some(j),
         };
+        if let Some(to) = &to
+            && to.node().is_some()
+        {
+            let bare = to.to_bare().to_string();
+            if bare != sender_bare && self.serves(&bare) && self.blocked_inbound(&bare, header) {
+                return;
+            }
+        }
         // Addressed to a full JID of a user: deliver to that session.
         if let Some(to) = &to
             && let Some(res) = to.resource()

@@ -176,16 +176,6 @@ pub(super) struct Resend {
     pub to_bare: String,
 }
 
-/// A forward taken back to be routed here.
-pub(super) struct TakenBack {
-    /// Its header.
-    pub header: RouteHeader,
-    /// The stanza.
-    pub payload: Bytes,
-    /// The SM origin its sender's acknowledgement waits on.
-    pub origin: Option<(u64, u32)>,
-}
-
 /// A forward given up on (or refused for room): answer its sender.
 pub(super) struct GivenUp {
     /// The stanza's header (its `from` is the sender).
@@ -240,18 +230,6 @@ impl Forwards {
         let entry = self.waiting.remove(&seq)?;
         self.bytes -= entry.cost();
         Some(entry.origin)
-    }
-
-    /// Takes forward `seq` back (its recipient is now this core's user):
-    /// its header, payload and origin.
-    pub(super) fn take(&mut self, seq: u64) -> Option<TakenBack> {
-        let entry = self.waiting.remove(&seq)?;
-        self.bytes -= entry.cost();
-        Some(TakenBack {
-            header: entry.header,
-            payload: entry.payload,
-            origin: entry.origin,
-        })
     }
 
     /// Peer `core` refused forward `seq` (not the owner): it waits to be

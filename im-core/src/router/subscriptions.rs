@@ -114,6 +114,9 @@ impl Router {
             self.subscription_to_peer(contact, from, stanza);
             return;
         }
+        if self.blocks(contact, from) {
+            return; // (XEP-0191: dropped, as any presence from a blocked JID)
+        }
         if !self.rosters.get(contact).is_some_and(|r| r.exists()) {
             // No such account: the request is refused on its behalf, so the
             // user's item does not wait forever.

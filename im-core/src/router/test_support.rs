@@ -321,3 +321,39 @@ pub(super) fn flushes(acts: &[Action], to: Option<SessionAddr>) -> bool {
     acts.iter()
         .any(|a| matches!(a, Action::FlushOffline { to: t, .. } if to.is_none_or(|to| *t == to)))
 }
+
+/// Binds `user` (node, sid) with a roster naming `contact` (both ways
+/// subscribed), loaded as storage would.
+pub(super) fn bound_with_contact(
+    r: &mut Router,
+    node: u32,
+    sid: u64,
+    user: &str,
+    contact: &str,
+) -> String {
+    let acts = r.step(Input::Frame {
+        node,
+        frame: Frame::Bind {
+            sid,
+            user: user.into(),
+            iq_id: "b".into(),
+            resource: Some("phone".into()),
+        },
+    });
+    assert!(matches!(&acts[..], [Action::LoadRoster { .. }]), "{acts:?}");
+    let roster = crate::storage::Roster {
+        version: 1,
+        items: vec![crate::storage::RosterItem {
+            jid: contact.into(),
+            subscription: crate::storage::Subscription::Both,
+            listed: true,
+            ..Default::default()
+        }],
+        blocked: Vec::new(),
+    };
+    r.step(Input::RosterLoaded {
+        user: user.into(),
+        roster: Some(roster),
+    });
+    format!("{user}/phone")
+}

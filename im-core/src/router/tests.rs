@@ -734,6 +734,7 @@ fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
             listed: true,
             ..Default::default()
         }],
+        blocked: Vec::new(),
     };
     let acts = r.step(Input::RosterLoaded {
         user: "alice@x".into(),
@@ -801,7 +802,7 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
         .iter()
         .filter_map(|w| match w {
             RosterWrite::Put { user, item, .. } => Some((user.clone(), item.ask, item.pending_in)),
-            RosterWrite::Remove { .. } => None,
+            _ => None,
         })
         .collect();
     assert_eq!(
@@ -822,6 +823,7 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
     let stored = Roster {
         version: *version,
         items: vec![item.clone()],
+        blocked: Vec::new(),
     };
     let bind = Frame::Bind {
         sid: 20,

@@ -304,6 +304,21 @@ impl Store for FaultyStore {
         self.inner.query_archive(username, query)
     }
 
+    fn block(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.block(username, jids)
+    }
+
+    fn unblock(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.unblock(username, jids)
+    }
+
+    fn blocks_any(&mut self, username: &str, jids: &[String]) -> Result<bool, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.blocks_any(username, jids)
+    }
+
     fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError> {
         self.plan.check(Call::Read)?;
         self.inner.vcard(username)

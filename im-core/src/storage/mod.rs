@@ -220,6 +220,9 @@ pub struct Roster {
     pub version: u64,
     /// Items, in no particular order.
     pub items: Vec<RosterItem>,
+    /// The JIDs the user blocks (XEP-0191), in no particular order: loaded
+    /// with the roster, since the same stanzas need both.
+    pub blocked: Vec<String>,
 }
 
 /// One message for a user's archive.
@@ -399,6 +402,17 @@ pub trait Store: Send {
         username: &str,
         query: &ArchiveQuery,
     ) -> Result<ArchivePage, StorageError>;
+
+    /// Adds JIDs to a user's block list (XEP-0191); those already in it
+    /// stay as they are.
+    fn block(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError>;
+    /// Removes JIDs from a user's block list; all of them if `jids` is
+    /// empty.
+    fn unblock(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError>;
+    /// Whether a user's block list holds any of `jids` (the forms of one
+    /// sender's JID that a block list item can match: see
+    /// `crate::blocking::candidates`).
+    fn blocks_any(&mut self, username: &str, jids: &[String]) -> Result<bool, StorageError>;
 
     /// A user's vCard (XEP-0054), as stored.
     fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError>;

@@ -77,6 +77,12 @@ const SCHEMA: &[&str] = &[
         epoch BIGINT NOT NULL DEFAULT 0
     );
     CREATE INDEX slots_by_owner ON slots(owner);",
+    // 4: block lists (XEP-0191)
+    "CREATE TABLE blocklist (
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        PRIMARY KEY (username, jid)
+    );",
 ];
 
 /// Longest wait for one round trip (a statement, `BEGIN`, `COMMIT`) or a
@@ -670,10 +676,46 @@ impl Store for Postgres {
                 listed: r.get(6),
             })
             .collect();
+        let blocked = self
+            .query("SELECT jid FROM blocklist WHERE username=$1", &[&username])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         Ok(Roster {
             version: version as u64,
             items,
+            blocked,
         })
+    }
+
+    fn block(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO blocklist (username, jid) SELECT $1, j FROM unnest($2::TEXT[]) AS j
+             ON CONFLICT (username, jid) DO NOTHING",
+            &[&username, &jids],
+        )?;
+        Ok(())
+    }
+
+    fn unblock(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError> {
+        if jids.is_empty() {
+            self.execute("DELETE FROM blocklist WHERE username=$1", &[&username])?;
+        } else {
+            self.execute(
+                "DELETE FROM blocklist WHERE username=$1 AND jid = ANY($2)",
+                &[&username, &jids],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn blocks_any(&mut self, username: &str, jids: &[String]) -> Result<bool, StorageError> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM blocklist WHERE username=$1 AND jid = ANY($2) LIMIT 1",
+                &[&username, &jids],
+            )?
+            .is_some())
     }
 
     fn put_roster_item(

@@ -57,6 +57,12 @@ const SCHEMA: &[&str] = &[
         username TEXT PRIMARY KEY,
         vcard BLOB NOT NULL
     );",
+    // 3: block lists (XEP-0191)
+    "CREATE TABLE blocklist (
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        PRIMARY KEY (username, jid)
+    );",
 ];
 
 /// The embedded store over one SQLite connection.
@@ -312,10 +318,54 @@ impl Store for Sqlite {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let blocked = self
+            .conn
+            .prepare_cached("SELECT jid FROM blocklist WHERE username=?1")?
+            .query_map([username], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         Ok(Roster {
             version: version.unwrap_or(0) as u64,
             items,
+            blocked,
         })
+    }
+
+    fn block(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO blocklist (username, jid) VALUES (?1, ?2)")?;
+        for jid in jids {
+            stmt.execute(params![username, jid])?;
+        }
+        Ok(())
+    }
+
+    fn unblock(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError> {
+        if jids.is_empty() {
+            self.conn
+                .prepare_cached("DELETE FROM blocklist WHERE username=?1")?
+                .execute([username])?;
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM blocklist WHERE username=?1 AND jid=?2")?;
+        for jid in jids {
+            stmt.execute(params![username, jid])?;
+        }
+        Ok(())
+    }
+
+    fn blocks_any(&mut self, username: &str, jids: &[String]) -> Result<bool, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blocklist WHERE username=?1 AND jid=?2")?;
+        for jid in jids {
+            if stmt.exists(params![username, jid])? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn put_roster_item(

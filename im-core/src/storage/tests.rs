@@ -328,6 +328,35 @@ fn the_archive_pages_both_ways_and_filters() {
 }
 
 #[test]
+fn block_lists_load_with_the_roster_match_any_form_and_unblock_some_or_all() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        let jids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        db.block("alice", &jids(&["bob@x", "evil.example", "carol@x/phone"]))
+            .unwrap();
+        // blocking again changes nothing
+        db.block("alice", &jids(&["bob@x"])).unwrap();
+        let mut db = reopen();
+        let mut blocked = db.roster("alice").unwrap().blocked;
+        blocked.sort();
+        assert_eq!(blocked, jids(&["bob@x", "carol@x/phone", "evil.example"]));
+        let forms = crate::block_list::forms;
+        assert!(db.blocks_any("alice", &forms("bob@x/desk")).unwrap());
+        assert!(db.blocks_any("alice", &forms("m@evil.example/a")).unwrap());
+        assert!(db.blocks_any("alice", &forms("carol@x/phone")).unwrap());
+        assert!(!db.blocks_any("alice", &forms("carol@x/desk")).unwrap());
+        assert!(!db.blocks_any("bob", &forms("alice@x")).unwrap());
+        db.unblock("alice", &jids(&["bob@x", "nobody@x"])).unwrap();
+        let mut blocked = db.roster("alice").unwrap().blocked;
+        blocked.sort();
+        assert_eq!(blocked, jids(&["carol@x/phone", "evil.example"]));
+        db.unblock("alice", &[]).unwrap();
+        assert!(db.roster("alice").unwrap().blocked.is_empty());
+    });
+}
+
+#[test]
 fn vcards_are_replaced() {
     both(|db, reopen| {
         db.add_user("alice", &StoredCredentials::new("pw", 4096))

@@ -60,3 +60,7 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 /// Message processing hints (XEP-0334).
 pub const HINTS: &str = "urn:xmpp:hints";
+/// Blocking Command (XEP-0191).
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+/// Its application-specific error condition (XEP-0191 §3.5).
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";

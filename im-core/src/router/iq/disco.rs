@@ -17,6 +17,7 @@ pub(in crate::router) fn disco_info() -> Element {
             ns::ROSTER,
             ns::CARBONS,
             ns::VCARD,
+            ns::BLOCKING,
             "msgoffline",
         ],
     )

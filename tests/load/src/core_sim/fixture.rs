@@ -195,7 +195,11 @@ impl Store for FixtureStore {
                 listed: true,
             })
             .collect();
-        Ok(Roster { version: 1, items })
+        Ok(Roster {
+            version: 1,
+            items,
+            blocked: Vec::new(),
+        })
     }
     fn put_roster_item(&mut self, _: &str, _: &RosterItem, _: u64) -> Result<(), StorageError> {
         Err(refused("roster changes"))
@@ -212,6 +216,16 @@ impl Store for FixtureStore {
             items: Vec::new(),
             complete: true,
         })
+    }
+    fn block(&mut self, _: &str, _: &[String]) -> Result<(), StorageError> {
+        Err(refused("block lists"))
+    }
+    fn unblock(&mut self, _: &str, _: &[String]) -> Result<(), StorageError> {
+        Err(refused("block lists"))
+    }
+    fn blocks_any(&mut self, _: &str, _: &[String]) -> Result<bool, StorageError> {
+        // (the generated population blocks nobody)
+        Ok(false)
     }
     fn vcard(&mut self, _: &str) -> Result<Option<Bytes>, StorageError> {
         Ok(None)

@@ -1,0 +1,79 @@
+//! Block lists (XEP-0191): which items of a user's list a JID matches.
+//!
+//! An item is a JID in any of four forms, matched as privacy lists match
+//! them (XEP-0016 §2.1, which XEP-0191 refers to): a JID matches an item
+//! equal to its full JID, its bare JID, its `domain/resource` or its
+//! domain. So a bare item matches every resource of it, and a domain item
+//! every JID of that domain.
+
+use crate::address;
+
+/// Most items in one block list, so that the whole list fits one stanza
+/// (and one CM↔core frame) with room to spare.
+pub const MAX_BLOCKED: usize = 1000;
+
+/// The forms of `jid` (normalized, as the core holds JIDs) that a block
+/// list item can equal to match it, most specific first.
+pub fn forms(jid: &str) -> Vec<String> {
+    let bare = address::bare(jid);
+    let (node, domain) = match bare.split_once('@') {
+        Some((node, domain)) => (Some(node), domain),
+        None => (None, bare),
+    };
+    let mut forms = Vec::with_capacity(4);
+    let resource = address::resource(jid);
+    if resource.is_some() && node.is_some() {
+        forms.push(jid.to_owned());
+    }
+    if node.is_some() {
+        forms.push(bare.to_owned());
+    }
+    if let Some(resource) = resource {
+        forms.push(format!("{domain}/{resource}"));
+    }
+    forms.push(domain.to_owned());
+    forms
+}
+
+/// Whether `list` (sorted) has an item that matches `jid`.
+pub fn matches(list: &[String], jid: &str) -> bool {
+    !list.is_empty() && forms(jid).iter().any(|f| list.binary_search(f).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jid_has_each_form_an_item_can_match_it_by() {
+        assert_eq!(
+            forms("bob@x/phone"),
+            vec!["bob@x/phone", "bob@x", "x/phone", "x"]
+        );
+        assert_eq!(forms("bob@x"), vec!["bob@x", "x"]);
+        assert_eq!(forms("x/admin"), vec!["x/admin", "x"]);
+        assert_eq!(forms("x"), vec!["x"]);
+    }
+
+    #[test]
+    fn a_bare_item_matches_every_resource_a_full_item_only_its_own_and_a_domain_every_jid_there() {
+        let list = |items: &[&str]| {
+            let mut v: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert!(matches(&list(&["bob@x"]), "bob@x/phone"));
+        assert!(matches(&list(&["bob@x"]), "bob@x"));
+        assert!(!matches(&list(&["bob@x"]), "bobby@x/phone"));
+        assert!(matches(&list(&["bob@x/phone"]), "bob@x/phone"));
+        assert!(!matches(&list(&["bob@x/phone"]), "bob@x/desk"));
+        assert!(!matches(&list(&["bob@x/phone"]), "bob@x"));
+        assert!(matches(&list(&["evil.example"]), "mallory@evil.example/a"));
+        assert!(!matches(&list(&["evil.example"]), "mallory@x"));
+        assert!(matches(&list(&["x/admin"]), "x/admin"));
+        // (XEP-0016 compares the `domain/resource` form of any JID)
+        assert!(matches(&list(&["x/admin"]), "bob@x/admin"));
+        assert!(!matches(&list(&["x/admin"]), "bob@x/phone"));
+        assert!(!matches(&[], "bob@x"));
+    }
+}
