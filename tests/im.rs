@@ -2,14 +2,15 @@
 //! storage backends: two users who never met subscribe to each other (one
 //! approving after coming online), see each other's presence, a third
 //! device gets carbons, and a fresh device pages through the whole
-//! conversation from the archive. Blocking (XEP-0191) is checked the
-//! same way.
+//! conversation from the archive. Blocking (XEP-0191) and private XML
+//! storage (XEP-0049) are checked the same way.
 
 use std::time::Duration;
 
 use client_sdk::im::{HistoryQuery, Subscription, SubscriptionRequest};
 use client_sdk::transport::{Dialer, Transport};
 use client_sdk::{Carbon, Client, Event};
+use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 mod support;
 use support::{Cluster, DOMAIN, WAIT, bounded, jid};
@@ -334,6 +335,61 @@ async fn blocking(cluster: Cluster) {
     let got = alice.next_message(WAIT).await.unwrap();
     assert_eq!(got.body.as_deref(), Some("hello again"), "{got:?}");
     cluster.shutdown().await;
+}
+
+/// Private XML storage (XEP-0049): what one device stores, another reads
+/// after the first logged out; nothing stored reads as an empty element.
+async fn private_storage(cluster: Cluster) {
+    cluster.add_user("alice", "secret");
+    let phone = cluster.login(0, "alice", "phone").await;
+    let empty = phone
+        .private_data("storage", "storage:bookmarks")
+        .await
+        .unwrap();
+    assert_eq!(
+        (empty.name.as_str(), empty.elements().count()),
+        ("storage", 0)
+    );
+    let bookmarks = Element::new("storage", "storage:bookmarks").with_child(
+        Element::new("conference", "storage:bookmarks")
+            .with_attr("jid", "room@conference.example")
+            .with_attr("autojoin", "true"),
+    );
+    phone.set_private_data(bookmarks.clone()).await.unwrap();
+    let refused = phone
+        .set_private_data(Element::new("query", "jabber:iq:roster"))
+        .await;
+    assert!(
+        matches!(&refused, Err(client_sdk::ClientError::StanzaError(c)) if c == "not-acceptable"),
+        "{refused:?}"
+    );
+    phone.disconnect().await;
+    let desk = cluster.login(1, "alice", "desk").await;
+    let got = desk
+        .private_data("storage", "storage:bookmarks")
+        .await
+        .unwrap();
+    assert_eq!(got, bookmarks);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_xml_is_stored_across_sessions_on_the_embedded_store() {
+    bounded(120, async {
+        private_storage(Cluster::start(2).await).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_xml_is_stored_across_sessions_on_postgresql() {
+    let Some(url) = im_core::storage::postgres_for_tests("ll_private") else {
+        return;
+    };
+    bounded(120, async {
+        private_storage(Cluster::start_on_postgres(2, url).await).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! The instant-messaging API on top of a session: roster (RFC 6121 §2),
 //! presence subscriptions (§3), presence with show and status (§4), message
 //! history (XEP-0313 with XEP-0059 paging), carbons (XEP-0280, on by
-//! default: see [`crate::ConnectOptions::without_carbons`]) and blocking
-//! (XEP-0191).
+//! default: see [`crate::ConnectOptions::without_carbons`]), blocking
+//! (XEP-0191) and private XML storage (XEP-0049).
 
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
@@ -409,6 +409,24 @@ impl Client {
         self.request("set", block_items("unblock", jids))
             .await
             .map(drop)
+    }
+
+    /// Your private XML element `name` of `namespace` (XEP-0049), as
+    /// stored; an empty one if nothing is.
+    pub async fn private_data(&self, name: &str, namespace: &str) -> Result<Element, ClientError> {
+        let query = Element::new("query", ns::PRIVATE).with_child(Element::new(name, namespace));
+        let result = self.request("get", query).await?;
+        Ok(result
+            .child("query", ns::PRIVATE)
+            .and_then(|q| q.elements().next().cloned())
+            .unwrap_or_else(|| Element::new(name, namespace)))
+    }
+
+    /// Stores `element` as private XML (XEP-0049) under its namespace,
+    /// replacing what was there. `jabber:` namespaces are refused.
+    pub async fn set_private_data(&self, element: Element) -> Result<(), ClientError> {
+        let query = Element::new("query", ns::PRIVATE).with_child(element);
+        self.request("set", query).await.map(drop)
     }
 
     /// One page of the archive (XEP-0313).

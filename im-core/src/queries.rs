@@ -1,5 +1,6 @@
 //! Answers to the router's storage-backed queries ([`Query`]): archive
-//! pages (XEP-0313 results and `<fin/>`) and vCards. Runs on the storage
+//! pages (XEP-0313 results and `<fin/>`), vCards and private XML
+//! (XEP-0049). Runs on the storage
 //! thread, inside the job, so a query costs one hop.
 
 use bytes::Bytes;
@@ -119,6 +120,33 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             Ok(_) => vec![result(requester, iq_id, None, None)],
             Err(e) => vec![failure(e, requester, iq_id, domain)],
         },
+        Query::PrivateGet {
+            user,
+            name,
+            namespace,
+            requester,
+            iq_id,
+        } => match db.private_xml(user, namespace) {
+            Ok(stored) => {
+                // (stored as this core wrote it; an empty one if none)
+                let element = stored
+                    .and_then(|b| Element::parse(&b, ns::PRIVATE).ok())
+                    .unwrap_or_else(|| Element::new(name.clone(), namespace.clone()));
+                let query = Element::new("query", ns::PRIVATE).with_child(element);
+                vec![result(requester, iq_id, None, Some(query))]
+            }
+            Err(e) => vec![failure(e, requester, iq_id, domain)],
+        },
+        Query::PrivateSet {
+            user,
+            namespace,
+            element,
+            requester,
+            iq_id,
+        } => match db.set_private_xml(user, namespace, element) {
+            Ok(_) => vec![result(requester, iq_id, None, None)],
+            Err(e) => vec![failure(e, requester, iq_id, domain)],
+        },
     }
 }
 
@@ -147,6 +175,7 @@ fn result(to: &str, id: &str, from: Option<&str>, child: Option<Element>) -> Byt
 fn failure(e: StorageError, to: &str, id: &str, domain: &str) -> Bytes {
     let condition = match e {
         StorageError::UnknownId => StanzaCondition::ItemNotFound,
+        StorageError::QuotaExceeded => StanzaCondition::ResourceConstraint,
         e => {
             tracing::error!(error = %e, "storage query failed");
             StanzaCondition::InternalServerError

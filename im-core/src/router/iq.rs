@@ -6,6 +6,7 @@ mod blocking;
 mod carbons;
 mod disco;
 mod mam;
+mod private;
 mod roster;
 mod vcard;
 
@@ -70,6 +71,9 @@ impl Router {
                 result().with_child(Element::new("query", ns::DISCO_ITEMS))
             }
             ("query", ns::ROSTER, _) => return self.roster_iq(addr, header, child, sender_bare),
+            ("query", ns::PRIVATE, _) => {
+                return self.private_iq(addr, header, child, sender_bare);
+            }
             ("query", ns::MAM, _) if self.archive.is_some() => {
                 return self.mam_iq(addr, header, child, sender_bare);
             }

@@ -41,6 +41,33 @@ pub enum Query {
         /// The IQ's id.
         iq_id: String,
     },
+    /// A user's private XML element (XEP-0049).
+    PrivateGet {
+        /// Whose (local part).
+        user: String,
+        /// The element's name and namespace (an empty one answers if
+        /// nothing is stored).
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
+    /// Replaces a user's private XML element of a namespace.
+    PrivateSet {
+        /// Whose (local part).
+        user: String,
+        /// Its namespace.
+        namespace: String,
+        /// The element (its namespace declared).
+        element: Bytes,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
     /// Replaces the user's own vCard.
     VCardSet {
         /// Whose (local part).
@@ -74,6 +101,12 @@ impl Query {
                 requester, iq_id, ..
             }
             | Query::VCardSet {
+                requester, iq_id, ..
+            }
+            | Query::PrivateGet {
+                requester, iq_id, ..
+            }
+            | Query::PrivateSet {
                 requester, iq_id, ..
             } => (requester, iq_id),
         };

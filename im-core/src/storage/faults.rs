@@ -319,6 +319,25 @@ impl Store for FaultyStore {
         self.inner.blocks_any(username, jids)
     }
 
+    fn private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+    ) -> Result<Option<Bytes>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.private_xml(username, namespace)
+    }
+
+    fn set_private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+        element: &[u8],
+    ) -> Result<Stored, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.set_private_xml(username, namespace, element)
+    }
+
     fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError> {
         self.plan.check(Call::Read)?;
         self.inner.vcard(username)

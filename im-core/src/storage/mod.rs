@@ -414,11 +414,32 @@ pub trait Store: Send {
     /// `crate::blocking::candidates`).
     fn blocks_any(&mut self, username: &str, jids: &[String]) -> Result<bool, StorageError>;
 
+    /// A user's private XML element of `namespace` (XEP-0049), as stored.
+    fn private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+    ) -> Result<Option<Bytes>, StorageError>;
+    /// Replaces a user's private XML element of `namespace`; refused with
+    /// [`StorageError::QuotaExceeded`] if it is a new namespace and the
+    /// user keeps [`MAX_PRIVATE_NAMESPACES`] already.
+    fn set_private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+        element: &[u8],
+    ) -> Result<Stored, StorageError>;
+
     /// A user's vCard (XEP-0054), as stored.
     fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError>;
     /// Replaces a user's vCard.
     fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError>;
 }
+
+/// Most namespaces one user keeps private XML under (XEP-0049); with the
+/// element size bound (`MAX_PRIVATE_BYTES` in the router), at most 4 MiB
+/// a user.
+pub const MAX_PRIVATE_NAMESPACES: i64 = 64;
 
 /// Opens the configured store: PostgreSQL when `database_url` is given,
 /// else the embedded database in `data_dir`.

@@ -83,6 +83,13 @@ const SCHEMA: &[&str] = &[
         jid TEXT NOT NULL,
         PRIMARY KEY (username, jid)
     );",
+    // 5: private XML storage (XEP-0049)
+    "CREATE TABLE private_xml (
+        username TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        element BYTEA NOT NULL,
+        PRIMARY KEY (username, namespace)
+    );",
 ];
 
 /// Longest wait for one round trip (a statement, `BEGIN`, `COMMIT`) or a
@@ -816,6 +823,45 @@ impl Store for Postgres {
         Ok(self
             .query_opt("SELECT vcard FROM vcards WHERE username=$1", &[&username])?
             .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+    }
+
+    fn private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+    ) -> Result<Option<Bytes>, StorageError> {
+        Ok(self
+            .query_opt(
+                "SELECT element FROM private_xml WHERE username=$1 AND namespace=$2",
+                &[&username, &namespace],
+            )?
+            .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+    }
+
+    fn set_private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+        element: &[u8],
+    ) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        let others: i64 = self
+            .query_opt(
+                "SELECT COUNT(*) FROM private_xml WHERE username=$1 AND namespace<>$2",
+                &[&username, &namespace],
+            )?
+            .map_or(0, |r| r.get(0));
+        if others >= super::MAX_PRIVATE_NAMESPACES {
+            return Err(StorageError::QuotaExceeded);
+        }
+        self.execute(
+            "INSERT INTO private_xml (username, namespace, element) VALUES ($1, $2, $3)
+             ON CONFLICT (username, namespace) DO UPDATE SET element=EXCLUDED.element",
+            &[&username, &namespace, &element],
+        )?;
+        Ok(Stored::Stored)
     }
 
     fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {

@@ -63,6 +63,13 @@ const SCHEMA: &[&str] = &[
         jid TEXT NOT NULL,
         PRIMARY KEY (username, jid)
     );",
+    // 4: private XML storage (XEP-0049)
+    "CREATE TABLE private_xml (
+        username TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        element BLOB NOT NULL,
+        PRIMARY KEY (username, namespace)
+    );",
 ];
 
 /// The embedded store over one SQLite connection.
@@ -473,6 +480,44 @@ impl Store for Sqlite {
             .query_row([username], |r| r.get::<_, Vec<u8>>(0))
             .optional()?
             .map(Bytes::from))
+    }
+
+    fn private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+    ) -> Result<Option<Bytes>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT element FROM private_xml WHERE username=?1 AND namespace=?2")?
+            .query_row([username, namespace], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(Bytes::from))
+    }
+
+    fn set_private_xml(
+        &mut self,
+        username: &str,
+        namespace: &str,
+        element: &[u8],
+    ) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        let others: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM private_xml WHERE username=?1 AND namespace<>?2")?
+            .query_row([username, namespace], |r| r.get(0))?;
+        if others >= super::MAX_PRIVATE_NAMESPACES {
+            return Err(StorageError::QuotaExceeded);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO private_xml (username, namespace, element)
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![username, namespace, element])?;
+        Ok(Stored::Stored)
     }
 
     fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {

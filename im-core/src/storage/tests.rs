@@ -357,6 +357,40 @@ fn block_lists_load_with_the_roster_match_any_form_and_unblock_some_or_all() {
 }
 
 #[test]
+fn private_xml_is_kept_per_namespace_replaced_and_bounded_in_namespaces() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        assert_eq!(db.private_xml("alice", "a:b").unwrap(), None);
+        assert_eq!(
+            db.set_private_xml("nobody", "a:b", b"<b xmlns='a:b'/>")
+                .unwrap(),
+            Stored::NoSuchUser
+        );
+        db.set_private_xml("alice", "a:b", b"<b xmlns='a:b'>1</b>")
+            .unwrap();
+        db.set_private_xml("alice", "a:b", b"<b xmlns='a:b'>2</b>")
+            .unwrap();
+        let mut db = reopen();
+        assert_eq!(
+            db.private_xml("alice", "a:b").unwrap().as_deref(),
+            Some(&b"<b xmlns='a:b'>2</b>"[..])
+        );
+        for i in 1..MAX_PRIVATE_NAMESPACES {
+            db.set_private_xml("alice", &format!("n:{i}"), b"<x/>")
+                .unwrap();
+        }
+        // full: a new namespace is refused, a kept one still replaced
+        assert!(matches!(
+            db.set_private_xml("alice", "one:more", b"<x/>"),
+            Err(StorageError::QuotaExceeded)
+        ));
+        db.set_private_xml("alice", "a:b", b"<b xmlns='a:b'>3</b>")
+            .unwrap();
+    });
+}
+
+#[test]
 fn vcards_are_replaced() {
     both(|db, reopen| {
         db.add_user("alice", &StoredCredentials::new("pw", 4096))

@@ -60,6 +60,8 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 /// Message processing hints (XEP-0334).
 pub const HINTS: &str = "urn:xmpp:hints";
+/// Private XML storage (XEP-0049).
+pub const PRIVATE: &str = "jabber:iq:private";
 /// Blocking Command (XEP-0191).
 pub const BLOCKING: &str = "urn:xmpp:blocking";
 /// Its application-specific error condition (XEP-0191 §3.5).

@@ -18,6 +18,7 @@ pub(in crate::router) fn disco_info() -> Element {
             ns::CARBONS,
             ns::VCARD,
             ns::BLOCKING,
+            ns::PRIVATE,
             "msgoffline",
         ],
     )

@@ -227,6 +227,12 @@ impl Store for FixtureStore {
         // (the generated population blocks nobody)
         Ok(false)
     }
+    fn private_xml(&mut self, _: &str, _: &str) -> Result<Option<Bytes>, StorageError> {
+        Ok(None)
+    }
+    fn set_private_xml(&mut self, _: &str, _: &str, _: &[u8]) -> Result<Stored, StorageError> {
+        Err(refused("private XML"))
+    }
     fn vcard(&mut self, _: &str) -> Result<Option<Bytes>, StorageError> {
         Ok(None)
     }
