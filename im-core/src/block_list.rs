@@ -8,9 +8,21 @@
 
 use crate::address;
 
-/// Most items in one block list, so that the whole list fits one stanza
-/// (and one CM↔core frame) with room to spare.
+/// Most items in one block list.
 pub const MAX_BLOCKED: usize = 1000;
+/// Most bytes of one block list's JIDs (each counted with the markup of
+/// its `<item/>`), so that the whole list fits one stanza (and one CM↔core
+/// frame) with room to spare, and a cached list stays small.
+pub const MAX_BLOCKED_BYTES: usize = 64 * 1024;
+
+/// Whether `list` keeps within [`MAX_BLOCKED`] and [`MAX_BLOCKED_BYTES`].
+pub fn fits(list: &[String]) -> bool {
+    list.len() <= MAX_BLOCKED
+        && list.iter().map(|j| j.len() + ITEM_MARKUP).sum::<usize>() <= MAX_BLOCKED_BYTES
+}
+
+/// The bytes `<item jid=''/>` adds to a JID.
+const ITEM_MARKUP: usize = 16;
 
 /// The forms of `jid` (normalized, as the core holds JIDs) that a block
 /// list item can equal to match it, most specific first.

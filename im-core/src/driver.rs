@@ -476,10 +476,13 @@ impl Driver {
                 // hold the user's block list (XEP-0191), so the store looks
                 // (at the sender the bounce names, or else the one the
                 // stanza's `from` names, as a forwarded one's does).
+                let own = format!("{user}@{}", self.domain);
                 let sender_forms = live
                     .is_none()
                     .then(|| offline_sender(&bounce, &payload))
                     .flatten()
+                    // (a user's own JIDs are never blocked for the user)
+                    .filter(|sender| crate::address::bare(sender) != own)
                     .map(|sender| crate::block_list::forms(&sender));
                 let job = Arc::new({
                     let payload = payload.clone();

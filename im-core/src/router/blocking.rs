@@ -15,12 +15,19 @@
 //! by its offline store job against the stored list instead (see the
 //! driver's `StoreOffline`).
 //!
-//! In a cluster the recipient's core applies the recipient's list to what
-//! is forwarded to it, but the sender's core has archived a message for
-//! both users before forwarding it, so a blocked sender's message refused
-//! there is still in the blocker's archive; and an IQ to another core's
-//! user's bare JID (a vCard get) is answered by the sender's core from
-//! storage, without that user's list. Both are known gaps.
+//! Cancelling a subscription (`unsubscribe`, `unsubscribed`) goes through
+//! a block both ways, so both rosters stay true; a user's own JIDs are
+//! never blocked for the user. Messages stored before a block are dropped
+//! (and removed) when they would be delivered.
+//!
+//! Known gaps: an IQ to a user's bare JID that the server answers for the
+//! account (a vCard get) is answered without the list when the user's
+//! roster is not in memory (no session here, or another core's user); in
+//! a cluster the sender's core has archived a message for both users
+//! before the recipient's core refuses it, so it is still in the
+//! blocker's archive; and an item naming a full JID of another core's
+//! user does not stop the user's presence to that resource (the sender's
+//! core knows only the bare JIDs of other cores' sessions).
 
 use bytes::Bytes;
 use cm_protocol::{Kind, RouteHeader};
@@ -29,22 +36,31 @@ use xmpp_stream::{StanzaCondition, ns};
 
 use super::Router;
 use super::output::stanza_kind;
-use crate::block_list;
 use crate::routing::SessionAddr;
+use crate::{address, block_list};
 
 impl Router {
     /// Whether `user` (a bare JID this core holds the roster of) blocks
-    /// `jid`; false if its roster is not in memory.
+    /// `jid`; false if its roster is not in memory, and for the user's own
+    /// JIDs (a block of the own domain leaves the own sessions alone).
     pub(super) fn blocks(&self, user: &str, jid: &str) -> bool {
-        self.rosters
-            .get(user)
-            .is_some_and(|r| block_list::matches(r.blocked(), jid))
+        address::bare(jid) != user
+            && self
+                .rosters
+                .get(user)
+                .is_some_and(|r| block_list::matches(r.blocked(), jid))
     }
 
-    /// Whether either of two users blocks the other, as far as this core
-    /// holds their rosters (presence between them stops both ways).
-    pub(super) fn blocked_between(&self, a: &str, b: &str) -> bool {
-        self.blocks(a, b) || self.blocks(b, a)
+    /// Whether a stored message for `user` (a bare JID) comes from a JID
+    /// the user blocks (its `from`, as the CM stamped it).
+    pub(super) fn stored_from_blocked(&self, user: &str, payload: &[u8]) -> bool {
+        self.rosters
+            .get(user)
+            .is_some_and(|r| !r.blocked().is_empty())
+            && xmpp_stream::stanza::inspect(payload)
+                .ok()
+                .and_then(|top| top.attr("from").map(|f| self.blocks(user, f)))
+                .unwrap_or(false)
     }
 
     /// A stanza of `header` from a session of `sender_bare`, to `to`, which
@@ -59,7 +75,7 @@ impl Router {
         to: &str,
         sender_bare: &str,
     ) -> bool {
-        if to == sender_bare || to == self.domain || !self.blocks(sender_bare, to) {
+        if to == self.domain || lets_through(header) || !self.blocks(sender_bare, to) {
             return false;
         }
         if wants_error(header) {
@@ -88,7 +104,7 @@ impl Router {
     /// answered with `service-unavailable`, anything else dropped. False
     /// (nothing done) if not blocked.
     pub(super) fn blocked_inbound(&mut self, recipient: &str, header: &RouteHeader) -> bool {
-        if !self.blocks(recipient, &header.from) {
+        if lets_through(header) || !self.blocks(recipient, &header.from) {
             return false;
         }
         if wants_error(header) {
@@ -102,6 +118,17 @@ impl Router {
         }
         true
     }
+}
+
+/// Whether a stanza goes through a block either way: a cancellation of a
+/// subscription (`unsubscribe`, `unsubscribed`), which only takes away
+/// what the other sees, so that the rosters on both sides stay true.
+fn lets_through(header: &RouteHeader) -> bool {
+    header.kind == Kind::Presence
+        && matches!(
+            header.stanza_type.as_deref(),
+            Some("unsubscribe" | "unsubscribed")
+        )
 }
 
 /// Whether a refused stanza is answered with an error: a message (not an

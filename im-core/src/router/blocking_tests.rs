@@ -180,6 +180,20 @@ fn a_blocked_senders_message_and_iq_are_refused_and_the_blocker_cannot_send_to_t
                 && p.contains("id=\"i1\"")),
         "{from_alice:?}"
     );
+    let iq = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", Some("bob@x/phone"), Some("get")),
+        "<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>",
+    );
+    assert!(to(&iq, 2, 20).is_empty(), "{iq:?}");
+    assert!(
+        to(&iq, 1, 10)
+            .iter()
+            .any(|p| p.starts_with("<iq") && p.contains("<blocked ")),
+        "{iq:?}"
+    );
 }
 
 #[test]
@@ -229,6 +243,13 @@ fn presence_stops_both_ways_while_blocked_and_comes_back_on_unblock() {
         to(&unblocked, 2, 20)
             .iter()
             .any(|p| p.contains("<show>away</show>")),
+        "{unblocked:?}"
+    );
+    // … and alice gets bob's
+    assert!(
+        to(&unblocked, 1, 10)
+            .iter()
+            .any(|p| p.contains("<show>dnd</show>")),
         "{unblocked:?}"
     );
     let chat = stanza(
@@ -314,4 +335,284 @@ fn block_requests_without_items_or_with_bad_jids_are_refused_and_write_nothing()
             "{body}: {acts:?}"
         );
     }
+}
+
+/// Alice (1, 10) blocks `jid`; the actions.
+fn alice_blocks(r: &mut Router, jid: &str) -> Vec<Action> {
+    alice_iq(
+        r,
+        "set",
+        &format!("<block xmlns='urn:xmpp:blocking'><item jid='{jid}'/></block>"),
+    )
+}
+
+#[test]
+fn a_blocked_contact_approving_an_old_request_or_asking_shows_the_blocker_nothing() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    bound(&mut r, 2, 20, "bob@x", "phone");
+    for (node, sid, full) in [(1, 10, "alice@x/phone"), (2, 20, "bob@x/phone")] {
+        stanza(
+            &mut r,
+            node,
+            sid,
+            header(Kind::Presence, full, None, None),
+            "<presence/>",
+        );
+    }
+    // alice asked bob before she blocked him
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Presence,
+            "alice@x/phone",
+            Some("bob@x"),
+            Some("subscribe"),
+        ),
+        "<presence type='subscribe'/>",
+    );
+    alice_blocks(&mut r, "bob@x");
+    for ptype in ["subscribed", "subscribe"] {
+        let acts = stanza(
+            &mut r,
+            2,
+            20,
+            header(Kind::Presence, "bob@x/phone", Some("alice@x"), Some(ptype)),
+            &format!("<presence type='{ptype}'/>"),
+        );
+        assert!(to(&acts, 1, 10).is_empty(), "{ptype}: {acts:?}");
+    }
+}
+
+#[test]
+fn a_request_a_blocked_user_left_while_the_user_was_offline_is_not_shown_at_login() {
+    let mut r = router();
+    bound(&mut r, 2, 20, "bob@x", "phone");
+    // bob asks alice, who has no session: kept as a request waiting for her
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(
+            Kind::Presence,
+            "bob@x/phone",
+            Some("alice@x"),
+            Some("subscribe"),
+        ),
+        "<presence type='subscribe'/>",
+    );
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    alice_blocks(&mut r, "bob@x");
+    let online = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    assert!(
+        !to(&online, 1, 10)
+            .iter()
+            .any(|p| p.contains("type=\"subscribe\"")),
+        "{online:?}"
+    );
+}
+
+#[test]
+fn unblocking_sends_no_presence_where_a_domain_item_or_the_contact_still_blocks() {
+    let mut r = router();
+    friends(&mut r);
+    alice_blocks(&mut r, "bob@x");
+    alice_blocks(&mut r, "x");
+    let unblocked = alice_iq(
+        &mut r,
+        "set",
+        "<unblock xmlns='urn:xmpp:blocking'><item jid='bob@x'/></unblock>",
+    );
+    assert!(to(&unblocked, 2, 20).is_empty(), "{unblocked:?}");
+    // bob blocks alice too; alice unblocks everyone: still nothing to bob
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Iq, "bob@x/phone", None, Some("set")),
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@x'/></block></iq>",
+    );
+    let all = alice_iq(&mut r, "set", "<unblock xmlns='urn:xmpp:blocking'/>");
+    assert!(
+        !to(&all, 2, 20).iter().any(|p| p.contains("<presence")),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn a_full_jid_item_stops_presence_with_that_resource_only_and_the_blocker_sees_it_go() {
+    let mut r = router();
+    friends(&mut r);
+    let desk = bound(&mut r, 2, 22, "bob@x", "desk");
+    stanza(
+        &mut r,
+        2,
+        22,
+        header(Kind::Presence, &desk, None, None),
+        "<presence/>",
+    );
+    let blocked = alice_blocks(&mut r, "bob@x/desk");
+    // bob/desk sees alice go; bob/phone does not
+    assert!(
+        to(&blocked, 2, 22)
+            .iter()
+            .any(|p| p.contains("type=\"unavailable\"")),
+        "{blocked:?}"
+    );
+    assert!(
+        !to(&blocked, 2, 20)
+            .iter()
+            .any(|p| p.contains("type=\"unavailable\"")),
+        "{blocked:?}"
+    );
+    // alice sees bob/desk go
+    assert!(
+        to(&blocked, 1, 10)
+            .iter()
+            .any(|p| p.contains("from=\"bob@x/desk\"") && p.contains("type=\"unavailable\"")),
+        "{blocked:?}"
+    );
+    let away = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence><show>away</show></presence>",
+    );
+    assert!(to(&away, 2, 22).is_empty(), "{away:?}");
+    assert!(!to(&away, 2, 20).is_empty(), "{away:?}");
+    let from_desk = stanza(
+        &mut r,
+        2,
+        22,
+        header(Kind::Presence, &desk, None, None),
+        "<presence><show>dnd</show></presence>",
+    );
+    assert!(to(&from_desk, 1, 10).is_empty(), "{from_desk:?}");
+}
+
+#[test]
+fn blocking_the_own_domain_leaves_the_users_own_sessions_alone() {
+    let mut r = router();
+    friends(&mut r);
+    bound(&mut r, 1, 11, "alice@x", "desk");
+    alice_blocks(&mut r, "x");
+    let to_self = stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Message,
+            "alice@x/phone",
+            Some("alice@x/desk"),
+            Some("chat"),
+        ),
+        "<message type='chat'><body>note</body></message>",
+    );
+    assert_eq!(delivered_to(&to_self), vec![(1, 11)], "{to_self:?}");
+    let to_bob = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some("bob@x"), Some("chat")),
+        "<message type='chat'><body>hi</body></message>",
+    );
+    assert!(to(&to_bob, 2, 20).is_empty(), "{to_bob:?}");
+}
+
+#[test]
+fn a_blocker_can_still_cancel_a_blocked_contacts_subscription() {
+    let mut r = router();
+    friends(&mut r);
+    alice_blocks(&mut r, "bob@x");
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Presence,
+            "alice@x/phone",
+            Some("bob@x"),
+            Some("unsubscribed"),
+        ),
+        "<presence type='unsubscribed'/>",
+    );
+    let writes = roster_writes(&acts);
+    assert!(
+        writes
+            .iter()
+            .any(|w| matches!(w, RosterWrite::Put { user, item, .. }
+            if user == "alice" && !item.subscription.from())),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_message_stored_before_the_block_is_removed_instead_of_delivered() {
+    let mut r = router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    alice_blocks(&mut r, "bob@x");
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    let acts = r.run(Input::Offline {
+        user: "alice".into(),
+        to: (1, 10),
+        messages: vec![
+            (
+                1,
+                Bytes::from_static(
+                    b"<message from='bob@x/pc' type='chat'><body>old</body></message>",
+                ),
+            ),
+            (
+                2,
+                Bytes::from_static(
+                    b"<message from='carol@x/pc' type='chat'><body>hi</body></message>",
+                ),
+            ),
+        ],
+    });
+    let got = payloads(&acts);
+    assert!(matches!(&got[..], [p] if p.contains("carol")), "{acts:?}");
+    // (no SM here: carol's is handed to the link, bob's removed unseen)
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::RemoveOffline { upto: 2, .. })),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_block_list_over_its_byte_bound_is_refused_whole() {
+    let mut r = router();
+    friends(&mut r);
+    let long = "a".repeat(1000);
+    let items: String = (0..70)
+        .map(|i| format!("<item jid='{long}{i}@x'/>"))
+        .collect();
+    let acts = alice_iq(
+        &mut r,
+        "set",
+        &format!("<block xmlns='urn:xmpp:blocking'>{items}</block>"),
+    );
+    assert!(roster_writes(&acts).is_empty(), "{acts:?}");
+    assert!(
+        to(&acts, 1, 10)
+            .iter()
+            .any(|p| p.contains("resource-constraint")),
+        "{acts:?}"
+    );
 }

@@ -114,8 +114,17 @@ impl Router {
         let total = messages.len();
         let mut delivered = 0;
         let mut written = Vec::new();
+        let bare = format!("{user}@{}", self.domain);
         for (id, payload) in messages {
             if !self.stored_rows.wanted(user, id) {
+                delivered += 1;
+                continue;
+            }
+            if self.stored_from_blocked(&bare, &payload) {
+                // stored before the user blocked its sender: removed, not
+                // delivered (XEP-0191)
+                self.stored_rows.handed(user, id);
+                written.push(id);
                 delivered += 1;
                 continue;
             }

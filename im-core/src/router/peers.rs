@@ -118,13 +118,27 @@ impl Router {
             stanza.payload.clone(),
         ) {
             // the recipient's slot came here while the change was written
-            self.deliver_to_jid(&stanza.to, stanza.payload);
+            self.deliver_to_jid(&stanza.to, &stanza.from, stanza.payload);
         }
     }
 
-    /// Delivers a stanza to a local JID's session (a full JID) or available
-    /// sessions (a bare one).
-    fn deliver_to_jid(&mut self, to: &str, payload: Bytes) {
+    /// Sends a presence from `from` (a local user's JID) to `to`: to the
+    /// core that serves `to`'s user, or to its sessions here.
+    pub(super) fn send_to_jid(&mut self, to: &str, from: &str, payload: Bytes) {
+        if !self.send_to_peer(to, Kind::Presence, from, payload.clone()) {
+            self.deliver_to_jid(to, from, payload);
+        }
+    }
+
+    /// Delivers a stanza from `from` to a local JID's session (a full JID)
+    /// or available sessions (a bare one), unless the recipient blocks
+    /// `from` (an unavailable presence goes all the same).
+    fn deliver_to_jid(&mut self, to: &str, from: &str, payload: Bytes) {
+        let unavailable = xmpp_stream::stanza::inspect(&payload)
+            .is_ok_and(|top| top.attr("type") == Some("unavailable"));
+        if !unavailable && self.blocks(address::bare(to), from) {
+            return;
+        }
         let targets: Vec<(NodeId, SessionId)> = match address::split_full(to) {
             Some((bare, res)) => self
                 .table

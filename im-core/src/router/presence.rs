@@ -11,7 +11,7 @@ use xmpp_stream::ns;
 use super::Router;
 use super::subscriptions::presence_stanza;
 use crate::address;
-use crate::routing::SessionAddr;
+use crate::routing::{Route, SessionAddr};
 
 /// Most directed-presence targets remembered per session.
 const MAX_DIRECTED: usize = 64;
@@ -46,7 +46,7 @@ impl Router {
         let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
         self.presence_to_peers(&full, bare, &directed, &payload);
         let mut targets = self.others(bare, Some(addr));
-        targets.extend(self.subscribers(bare));
+        targets.extend(self.subscribers(&full));
         for to in directed {
             targets.extend(self.others(&to, None));
         }
@@ -120,25 +120,46 @@ impl Router {
         }
     }
 
-    /// Available sessions of the contacts subscribed to `bare`'s presence.
-    fn subscribers(&self, bare: &str) -> Vec<SessionAddr> {
+    /// Available sessions of the contacts subscribed to the presence of
+    /// `full` (a session's full JID), but those either side blocks.
+    fn subscribers(&self, full: &str) -> Vec<SessionAddr> {
+        let bare = address::bare(full);
         self.rosters
             .items(bare)
-            .filter(|i| i.subscription.from() && !self.blocked_between(bare, i.jid))
-            .flat_map(|i| self.table.resources(i.jid))
-            .filter(|r| r.available)
+            .filter(|i| i.subscription.from())
+            .flat_map(|i| {
+                self.table
+                    .resources(i.jid)
+                    .iter()
+                    .filter(move |r| r.available && !self.blocked_pair(full, i.jid, r))
+            })
             .map(|r| (r.node, r.sid))
             .collect()
+    }
+
+    /// Whether `full` (a session of a user served here) and the session
+    /// `r` of `contact` block each other either way.
+    pub(super) fn blocked_pair(&self, full: &str, contact: &str, r: &Route) -> bool {
+        let bare = address::bare(full);
+        self.blocks(contact, full) || self.blocks(bare, &format!("{contact}/{}", r.resource))
     }
 
     /// A session became available: it gets the presence of the contacts it
     /// is subscribed to and of the user's other resources.
     fn probe(&mut self, addr: SessionAddr, bare: &str) {
-        let mut found: Vec<Bytes> = self
+        let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
+        let this = &*self;
+        let mut found: Vec<Bytes> = this
             .rosters
             .items(bare)
-            .filter(|i| i.subscription.to() && !self.blocked_between(bare, i.jid))
-            .flat_map(|i| self.table.resources(i.jid))
+            .filter(|i| i.subscription.to())
+            .flat_map(|i| {
+                let full = full.as_str();
+                this.table
+                    .resources(i.jid)
+                    .iter()
+                    .filter(move |r| !this.blocked_pair(full, i.jid, r))
+            })
             .filter_map(|r| r.presence.clone())
             .collect();
         found.extend(
@@ -156,6 +177,8 @@ impl Router {
     /// `bare`'s available resources present themselves to `contact`'s
     /// available sessions (a new subscription), or say they are unavailable
     /// (a cancelled one).
+    /// An available presence is not sent where either side blocks the
+    /// other (an unavailable one is, as the block itself sends it).
     pub(super) fn presence_of_to(&mut self, bare: &str, contact: &str, unavailable: bool) {
         let stanzas: Vec<(String, Bytes)> = self
             .table
@@ -164,6 +187,9 @@ impl Router {
             .filter(|r| r.available)
             .filter_map(|r| {
                 let full = format!("{bare}/{}", r.resource);
+                if !unavailable && self.blocks(bare, contact) {
+                    return None;
+                }
                 let stanza = match unavailable {
                     true => Some(presence_stanza(&full, contact, "unavailable")),
                     false => r.presence.clone(),
@@ -177,11 +203,22 @@ impl Router {
             }
             return;
         }
-        let stanzas: Vec<Bytes> = stanzas.into_iter().map(|(_, s)| s).collect();
-        for to in self.others(contact, None) {
-            for s in &stanzas {
-                self.deliver(to, s.clone());
+        let targets: Vec<&Route> = self
+            .table
+            .resources(contact)
+            .iter()
+            .filter(|r| r.available)
+            .collect();
+        let mut out = Vec::new();
+        for r in targets {
+            for (full, s) in &stanzas {
+                if unavailable || !self.blocked_pair(full, contact, r) {
+                    out.push(((r.node, r.sid), s.clone()));
+                }
             }
+        }
+        for (to, s) in out {
+            self.deliver(to, s);
         }
     }
 
@@ -190,7 +227,7 @@ impl Router {
     pub(super) fn broadcast_unavailable(&mut self, full: &str, directed: &[Box<str>]) {
         let bare = address::bare(full);
         let mut targets = self.others(bare, None);
-        targets.extend(self.subscribers(bare));
+        targets.extend(self.subscribers(full));
         for to in directed {
             targets.extend(self.others(to, None));
         }

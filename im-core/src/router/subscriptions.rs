@@ -114,7 +114,7 @@ impl Router {
             self.subscription_to_peer(contact, from, stanza);
             return;
         }
-        if self.blocks(contact, from) {
+        if matches!(kind, SubType::Subscribe | SubType::Subscribed) && self.blocks(contact, from) {
             return; // (XEP-0191: dropped, as any presence from a blocked JID)
         }
         if !self.rosters.get(contact).is_some_and(|r| r.exists()) {
@@ -270,7 +270,7 @@ impl Router {
         let from: Vec<String> = self
             .rosters
             .items(bare)
-            .filter(|i| i.pending_in)
+            .filter(|i| i.pending_in && !self.blocks(bare, i.jid))
             .map(|i| i.jid.to_owned())
             .collect();
         for contact in from {

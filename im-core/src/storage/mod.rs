@@ -411,7 +411,7 @@ pub trait Store: Send {
     fn unblock(&mut self, username: &str, jids: &[String]) -> Result<(), StorageError>;
     /// Whether a user's block list holds any of `jids` (the forms of one
     /// sender's JID that a block list item can match: see
-    /// `crate::blocking::candidates`).
+    /// [`crate::block_list::forms`]).
     fn blocks_any(&mut self, username: &str, jids: &[String]) -> Result<bool, StorageError>;
 
     /// A user's private XML element of `namespace` (XEP-0049), as stored.

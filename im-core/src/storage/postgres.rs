@@ -563,6 +563,8 @@ impl Store for Postgres {
         self.execute("DELETE FROM roster WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM archive WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM vcards WHERE username=$1", &[&username])?;
+        self.execute("DELETE FROM blocklist WHERE username=$1", &[&username])?;
+        self.execute("DELETE FROM private_xml WHERE username=$1", &[&username])?;
         // Nobody keeps a subscription to the name (it may be registered again).
         self.execute(
             "DELETE FROM roster WHERE left(jid, length($1) + 1) = $1 || '@'",

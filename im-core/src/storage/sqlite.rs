@@ -189,7 +189,14 @@ impl Store for Sqlite {
     }
 
     fn delete_user(&mut self, username: &str) -> Result<bool, StorageError> {
-        for table in ["offline", "roster", "archive", "vcards"] {
+        for table in [
+            "offline",
+            "roster",
+            "archive",
+            "vcards",
+            "blocklist",
+            "private_xml",
+        ] {
             self.conn.execute(
                 &format!("DELETE FROM {table} WHERE username=?1"),
                 [username],

@@ -353,6 +353,11 @@ fn block_lists_load_with_the_roster_match_any_form_and_unblock_some_or_all() {
         assert_eq!(blocked, jids(&["carol@x/phone", "evil.example"]));
         db.unblock("alice", &[]).unwrap();
         assert!(db.roster("alice").unwrap().blocked.is_empty());
+        // an account deleted and registered again starts with no list
+        db.block("alice", &jids(&["bob@x"])).unwrap();
+        assert!(db.delete_user("alice").unwrap());
+        assert!(db.add_user("alice", &creds).unwrap());
+        assert!(db.roster("alice").unwrap().blocked.is_empty());
     });
 }
 
@@ -387,6 +392,10 @@ fn private_xml_is_kept_per_namespace_replaced_and_bounded_in_namespaces() {
         ));
         db.set_private_xml("alice", "a:b", b"<b xmlns='a:b'>3</b>")
             .unwrap();
+        // an account deleted and registered again starts with none
+        assert!(db.delete_user("alice").unwrap());
+        assert!(db.add_user("alice", &creds).unwrap());
+        assert_eq!(db.private_xml("alice", "a:b").unwrap(), None);
     });
 }
 

@@ -13,6 +13,7 @@ use xmpp_stream::{StanzaCondition, ns};
 use super::iq_result;
 use crate::address;
 use crate::block_list::{self, MAX_BLOCKED};
+use crate::router::subscriptions::presence_stanza;
 use crate::router::{RosterWrite, Router};
 use crate::routing::SessionAddr;
 
@@ -59,29 +60,24 @@ impl Router {
                     Ok(items) => items,
                     Err(condition) => return self.reply_error(addr.0, addr.1, header, condition),
                 };
-                let changed: Vec<String> = match block {
-                    true => items
-                        .iter()
-                        .filter(|j| !blocked.contains(j))
-                        .cloned()
-                        .collect(),
+                // (`blocked` is sorted; `changed` is made so)
+                let listed = |j: &String| blocked.binary_search(j).is_ok();
+                let mut changed: Vec<String> = match block {
+                    true => items.iter().filter(|j| !listed(j)).cloned().collect(),
                     // (an empty unblock unblocks everything)
                     false if items.is_empty() => blocked.clone(),
-                    false => items
-                        .iter()
-                        .filter(|j| blocked.contains(j))
-                        .cloned()
-                        .collect(),
+                    false => items.iter().filter(|j| listed(j)).cloned().collect(),
                 };
+                changed.sort();
                 let after: Vec<String> = match block {
                     true => blocked.iter().chain(&changed).cloned().collect(),
                     false => blocked
                         .iter()
-                        .filter(|j| !changed.contains(j))
+                        .filter(|j| changed.binary_search(j).is_err())
                         .cloned()
                         .collect(),
                 };
-                if after.len() > MAX_BLOCKED {
+                if !block_list::fits(&after) {
                     return self.reply_error(
                         addr.0,
                         addr.1,
@@ -150,21 +146,106 @@ impl Router {
                 .with_child(push.clone());
             self.deliver(addr, Bytes::from(iq.to_bytes(ns::CLIENT)));
         }
-        // Contacts that saw the user's presence: a blocked one sees the
-        // user go offline; an unblocked one gets the presence again.
-        let contacts: Vec<String> = self
+        self.presence_after_block(bare, block, changed);
+    }
+
+    /// The presence a block list change implies (XEP-0191 §3.3, §3.4), for
+    /// the roster contacts `changed` names (by any form, or a full JID of
+    /// theirs): on a block, a contact subscribed to the user sees the user
+    /// go unavailable (at the blocked resources only, for a full-JID
+    /// item), and the user's sessions see the contact's local sessions go
+    /// unavailable; on an unblock, presence flows again where neither side
+    /// still blocks the other (the contact's by a probe if another core
+    /// serves it).
+    fn presence_after_block(&mut self, bare: &str, block: bool, mut changed: Vec<String>) {
+        changed.sort();
+        let mut changed_bares: Vec<&str> = changed
+            .iter()
+            .filter(|j| address::resource(j).is_some())
+            .map(|j| address::bare(j))
+            .collect();
+        changed_bares.sort_unstable();
+        let touched: Vec<(String, bool, bool)> = self
             .rosters
             .items(bare)
-            .filter(|i| i.subscription.from())
-            .map(|i| i.jid.to_owned())
-            .filter(|c| {
-                changed
-                    .iter()
-                    .any(|j| block_list::matches(std::slice::from_ref(j), c))
+            .filter(|i| i.subscription.from() || i.subscription.to())
+            .filter(|i| {
+                block_list::matches(&changed, i.jid) || changed_bares.binary_search(&i.jid).is_ok()
             })
+            .map(|i| (i.jid.to_owned(), i.subscription.from(), i.subscription.to()))
             .collect();
-        for contact in contacts {
-            self.presence_of_to(bare, &contact, block);
+        let fulls: Vec<String> = self
+            .table
+            .resources(bare)
+            .iter()
+            .filter(|r| r.available)
+            .map(|r| format!("{bare}/{}", r.resource))
+            .collect();
+        for (contact, from, to) in touched {
+            if from {
+                if !block || self.blocks(bare, &contact) {
+                    // (an available presence goes only where nobody blocks)
+                    self.presence_of_to(bare, &contact, block);
+                } else {
+                    // only some of the contact's resources are blocked
+                    for item in changed.iter().filter(|j| address::bare(j) == contact) {
+                        for full in &fulls {
+                            let stanza = presence_stanza(full, item, "unavailable");
+                            self.send_to_jid(item, full, stanza);
+                        }
+                    }
+                }
+            }
+            if to {
+                self.contact_presence_to_user(bare, &contact, &fulls, block);
+            }
+        }
+    }
+
+    /// The presence of `contact`'s sessions for the user's available
+    /// sessions (`fulls`): unavailable ones on a block (of local sessions:
+    /// another core's are not known here), the current ones on an unblock
+    /// (asked for by a probe if another core serves the contact).
+    fn contact_presence_to_user(
+        &mut self,
+        bare: &str,
+        contact: &str,
+        fulls: &[String],
+        block: bool,
+    ) {
+        if !self.serves(contact) {
+            if !block && !self.blocks(bare, contact) {
+                for full in fulls {
+                    let probe = presence_stanza(full, contact, "probe");
+                    self.send_to_peer(contact, cm_protocol::Kind::Presence, full, probe);
+                }
+            }
+            return;
+        }
+        let mut out = Vec::new();
+        for full in fulls {
+            let Some((user_bare, res)) = address::split_full(full) else {
+                continue;
+            };
+            let Some(to) = self.table.full(user_bare, res).map(|r| (r.node, r.sid)) else {
+                continue;
+            };
+            for r in self.table.resources(contact).iter().filter(|r| r.available) {
+                let stanza = match block {
+                    true => {
+                        presence_stanza(&format!("{contact}/{}", r.resource), full, "unavailable")
+                    }
+                    false if self.blocked_pair(full, contact, r) => continue,
+                    false => match &r.presence {
+                        Some(p) => p.clone(),
+                        None => continue,
+                    },
+                };
+                out.push((to, stanza));
+            }
+        }
+        for (to, stanza) in out {
+            self.deliver(to, stanza);
         }
     }
 }
