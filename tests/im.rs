@@ -3,7 +3,8 @@
 //! approving after coming online), see each other's presence, a third
 //! device gets carbons, and a fresh device pages through the whole
 //! conversation from the archive. Blocking (XEP-0191) and private XML
-//! storage (XEP-0049) are checked the same way.
+//! storage (XEP-0049) are checked the same way, and the TURN credentials
+//! of external service discovery (XEP-0215) against coturn.
 
 use std::time::Duration;
 
@@ -371,6 +372,130 @@ async fn private_storage(cluster: Cluster) {
         .unwrap();
     assert_eq!(got, bookmarks);
     cluster.shutdown().await;
+}
+
+/// A TURN server (coturn's `turnserver`) on loopback checking REST
+/// credentials made with `secret`; killed when dropped.
+struct Coturn {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Coturn {
+    /// Starts one, or says why it cannot (not installed): an error when
+    /// `LONGLINK_REQUIRE_COTURN` is set.
+    fn start(secret: &str) -> Result<Coturn, String> {
+        let installed = std::process::Command::new("turnserver")
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !installed {
+            assert!(
+                std::env::var_os("LONGLINK_REQUIRE_COTURN").is_none(),
+                "LONGLINK_REQUIRE_COTURN is set but coturn's turnserver is not installed"
+            );
+            return Err("coturn (turnserver, turnutils_uclient) is not installed".into());
+        }
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| e.to_string())?;
+        let child = std::process::Command::new("turnserver")
+            .args(["--use-auth-secret", "--static-auth-secret", secret])
+            .args(["--realm", DOMAIN, "--listening-ip", "127.0.0.1"])
+            .args(["--relay-ip", "127.0.0.1", "--listening-port"])
+            .arg(port.to_string())
+            .args([
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--allow-loopback-peers",
+            ])
+            .args(["--log-file", "stdout", "--simple-log"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        Ok(Coturn { child, port })
+    }
+
+    /// Whether an allocation with these credentials relays a message
+    /// (`turnutils_uclient`, client to client through the relay).
+    async fn relays(&self, username: &str, password: &str) -> bool {
+        let run = tokio::process::Command::new("turnutils_uclient")
+            .args(["-u", username, "-w", password, "-p"])
+            .arg(self.port.to_string())
+            .args(["-y", "-n", "1", "-m", "1", "-l", "100", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(20), run).await,
+            Ok(Ok(status)) if status.success()
+        )
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_the_core_hands_out_are_accepted_by_coturn_and_a_forged_one_is_not() {
+    const SECRET: &str = "shared with coturn";
+    let coturn = match Coturn::start(SECRET) {
+        Ok(c) => c,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let port = coturn.port;
+    bounded(120, async move {
+        let configure: support::cluster::Configure = std::sync::Arc::new(move |c| {
+            c.external_services = vec![im_core::external_services::ExternalService {
+                kind: "turn".into(),
+                host: "127.0.0.1".into(),
+                port: Some(port),
+                transport: Some("udp".into()),
+                name: None,
+                secret: Some(SECRET.into()),
+                credentials_ttl_secs: 600,
+            }];
+        });
+        let cluster = Cluster::start_configured(1, configure).await;
+        cluster.add_user("alice", "secret");
+        let alice = cluster.login(0, "alice", "phone").await;
+        let services = alice.external_services().await.unwrap();
+        let [turn] = &services[..] else {
+            panic!("{services:?}")
+        };
+        assert_eq!((turn.kind.as_str(), turn.port), ("turn", Some(port)));
+        let (Some(user), Some(pass)) = (&turn.username, &turn.password) else {
+            panic!("no credentials: {turn:?}")
+        };
+        // (coturn may still be starting: a few tries)
+        let mut relayed = false;
+        for _ in 0..10 {
+            if coturn.relays(user, pass).await {
+                relayed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(relayed, "coturn refused the core's credentials {user}");
+        let forged = format!("{}A", &pass[..pass.len() - 1]);
+        assert!(
+            !coturn.relays(user, &forged).await,
+            "coturn took a forged password"
+        );
+        cluster.shutdown().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! presence subscriptions (§3), presence with show and status (§4), message
 //! history (XEP-0313 with XEP-0059 paging), carbons (XEP-0280, on by
 //! default: see [`crate::ConnectOptions::without_carbons`]), blocking
-//! (XEP-0191) and private XML storage (XEP-0049).
+//! (XEP-0191), private XML storage (XEP-0049) and STUN/TURN servers for
+//! calls (XEP-0215).
 
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
@@ -65,6 +66,40 @@ impl RosterItem {
                 .collect(),
             subscription: Subscription::parse(item.attr("subscription")),
             pending: item.attr("ask") == Some("subscribe"),
+        })
+    }
+}
+
+/// A STUN or TURN server (XEP-0215).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalService {
+    /// `stun`, `turn`, `stuns` or `turns`.
+    pub kind: String,
+    /// Where it is.
+    pub host: String,
+    /// Its port, if not the default.
+    pub port: Option<u16>,
+    /// `udp` or `tcp`, if only one.
+    pub transport: Option<String>,
+    /// The user name to give it, if it needs credentials.
+    pub username: Option<String>,
+    /// The password to give it.
+    pub password: Option<String>,
+    /// When the credentials expire (XEP-0082).
+    pub expires: Option<String>,
+}
+
+impl ExternalService {
+    fn parse(e: &Element) -> Option<Self> {
+        let attr = |n: &str| e.attr(n).map(str::to_owned);
+        Some(Self {
+            kind: attr("type")?,
+            host: attr("host")?,
+            port: e.attr("port").and_then(|p| p.parse().ok()),
+            transport: attr("transport"),
+            username: attr("username"),
+            password: attr("password"),
+            expires: attr("expires"),
         })
     }
 }
@@ -427,6 +462,18 @@ impl Client {
     pub async fn set_private_data(&self, element: Element) -> Result<(), ClientError> {
         let query = Element::new("query", ns::PRIVATE).with_child(element);
         self.request("set", query).await.map(drop)
+    }
+
+    /// The STUN and TURN servers the server tells of (XEP-0215), with
+    /// credentials for those that need them.
+    pub async fn external_services(&self) -> Result<Vec<ExternalService>, ClientError> {
+        let result = self
+            .request("get", Element::new("services", ns::EXTDISCO))
+            .await?;
+        Ok(result
+            .child("services", ns::EXTDISCO)
+            .map(|l| l.elements().filter_map(ExternalService::parse).collect())
+            .unwrap_or_default())
     }
 
     /// One page of the archive (XEP-0313).

@@ -58,6 +58,10 @@ pub struct CoreConfig {
     /// core serves every user (the embedded single core).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// STUN and TURN servers told to clients (XEP-0215), with credentials
+    /// for those given a secret.
+    #[serde(default)]
+    pub external_services: Vec<crate::external_services::ExternalService>,
 }
 
 /// A core's place in a cluster of cores.
@@ -133,6 +137,7 @@ impl CoreConfig {
             storage_queue_bytes: default_storage_queue_bytes(),
             storage_deadline_ms: default_storage_deadline_ms(),
             cluster: None,
+            external_services: Vec::new(),
         }
     }
 
@@ -147,5 +152,31 @@ impl CoreConfig {
     /// The node grace period.
     pub fn node_grace(&self) -> Duration {
         Duration::from_millis(self.node_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_core_configuration_the_deployment_guide_shows_parses() {
+        let guide = include_str!("../../docs/DEPLOYMENT.md");
+        let cores = guide.split("## Cores").nth(1).expect("a Cores section");
+        let toml_block = cores
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a TOML block");
+        let config: CoreConfig = toml::from_str(toml_block).expect("it parses");
+        assert_eq!(config.domain, "example.org");
+        let [turn] = &config.external_services[..] else {
+            panic!("{:?}", config.external_services)
+        };
+        assert_eq!(
+            (turn.kind.as_str(), turn.port, turn.secret.is_some()),
+            ("turn", Some(3478), true)
+        );
+        assert!(config.cluster.is_some());
     }
 }

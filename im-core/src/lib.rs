@@ -16,6 +16,7 @@ pub mod auth;
 pub mod block_list;
 pub mod config;
 pub mod driver;
+pub mod external_services;
 pub mod links;
 pub mod metrics;
 pub mod peers;
@@ -257,7 +258,12 @@ pub async fn start_with_store(
             config.archive,
             (queries::now_micros() as u64).wrapping_mul(16),
         )
-        .with_max_resources(config.max_resources_per_account);
+        .with_max_resources(config.max_resources_per_account)
+        .with_external_services(external_services::ExternalServices::new(
+            config.external_services.clone(),
+            std::time::Instant::now(),
+            external_services::ExternalServices::unix_now(),
+        ));
     let mut slot_owners = None;
     let mut cluster_links = None;
     let mut drain = None;

@@ -476,6 +476,8 @@ pub struct Router {
     push_counter: u64,
     /// Ids of archived messages; none: messages are not archived (XEP-0313).
     archive: Option<ArchiveIds>,
+    /// STUN and TURN servers told to clients (XEP-0215); none: not offered.
+    external: Option<crate::external_services::ExternalServices>,
     stats: RouterStats,
     /// The slots this core serves in a cluster; none: every user.
     shard: Option<Ownership>,
@@ -515,6 +517,7 @@ impl Router {
             querying: Default::default(),
             push_counter: 0,
             archive: Some(ArchiveIds::new(seed)),
+            external: None,
             stats: RouterStats::default(),
             intake_closed: false,
             shard: None,
@@ -568,6 +571,16 @@ impl Router {
     /// archived messages a second.
     pub fn with_archive(mut self, on: bool, base: u64) -> Self {
         self.archive = on.then(|| ArchiveIds::new(base));
+        self
+    }
+
+    /// Tells clients about these STUN and TURN servers (XEP-0215); with
+    /// none, the feature is not offered.
+    pub fn with_external_services(
+        mut self,
+        services: crate::external_services::ExternalServices,
+    ) -> Self {
+        self.external = (!services.services().is_empty()).then_some(services);
         self
     }
 

@@ -43,7 +43,11 @@ pub struct Cluster {
     admin_addr: SocketAddr,
     database_url: Option<String>,
     registration: bool,
+    configure: Option<Configure>,
 }
+
+/// A change to the core's configuration, made every time it starts.
+pub type Configure = std::sync::Arc<dyn Fn(&mut CoreConfig) + Send + Sync>;
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_logging() {
@@ -76,11 +80,27 @@ impl Cluster {
         Self::start_inner(cms, false, None, true).await
     }
 
+    /// Starts a core whose configuration `configure` changes (every time
+    /// it starts), and `cms` CM nodes.
+    pub async fn start_configured(cms: usize, configure: Configure) -> Cluster {
+        Self::start_with(cms, false, None, false, Some(configure)).await
+    }
+
     async fn start_inner(
         cms: usize,
         with_lb: bool,
         database_url: Option<String>,
         registration: bool,
+    ) -> Cluster {
+        Self::start_with(cms, with_lb, database_url, registration, None).await
+    }
+
+    async fn start_with(
+        cms: usize,
+        with_lb: bool,
+        database_url: Option<String>,
+        registration: bool,
+        configure: Option<Configure>,
     ) -> Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -95,6 +115,7 @@ impl Cluster {
             admin_addr: "127.0.0.1:0".parse().expect("addr"),
             database_url,
             registration,
+            configure,
         };
         cluster.start_core().await;
         if with_lb {
@@ -129,6 +150,9 @@ impl Cluster {
         c.node_grace_ms = 1000;
         c.database_url = self.database_url.clone();
         c.registration = self.registration;
+        if let Some(configure) = &self.configure {
+            configure(&mut c);
+        }
         c
     }
 

@@ -5,6 +5,7 @@
 mod blocking;
 mod carbons;
 mod disco;
+mod extdisco;
 mod mam;
 mod private;
 mod roster;
@@ -65,7 +66,7 @@ impl Router {
             ("ping", ns::PING, "get") => result(),
             ("query", ns::DISCO_INFO, "get") => result().with_child(match for_account {
                 true => disco::account_info(self.archive.is_some()),
-                false => disco::disco_info(),
+                false => disco::disco_info(self.external.is_some()),
             }),
             ("query", ns::DISCO_ITEMS, "get") => {
                 result().with_child(Element::new("query", ns::DISCO_ITEMS))
@@ -78,6 +79,9 @@ impl Router {
                 return self.mam_iq(addr, header, child, sender_bare);
             }
             (_, ns::BLOCKING, _) => return self.blocking_iq(addr, header, child, sender_bare),
+            ("services" | "credentials", ns::EXTDISCO, "get") if !for_account => {
+                return self.extdisco_iq(addr, header, child, sender_bare);
+            }
             ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),
             ("disable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, false),
             _ => {

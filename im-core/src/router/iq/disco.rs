@@ -4,23 +4,27 @@ use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
 /// The server's disco#info (XEP-0030): exactly what is served.
-pub(in crate::router) fn disco_info() -> Element {
+pub(in crate::router) fn disco_info(extdisco: bool) -> Element {
+    let mut vars = vec![
+        ns::DISCO_INFO,
+        ns::DISCO_ITEMS,
+        ns::PING,
+        ns::ROSTER,
+        ns::CARBONS,
+        ns::VCARD,
+        ns::BLOCKING,
+        ns::PRIVATE,
+        "msgoffline",
+    ];
+    if extdisco {
+        vars.push(ns::EXTDISCO);
+    }
     features(
         Element::new("identity", ns::DISCO_INFO)
             .with_attr("category", "server")
             .with_attr("type", "im")
             .with_attr("name", "longlink"),
-        &[
-            ns::DISCO_INFO,
-            ns::DISCO_ITEMS,
-            ns::PING,
-            ns::ROSTER,
-            ns::CARBONS,
-            ns::VCARD,
-            ns::BLOCKING,
-            ns::PRIVATE,
-            "msgoffline",
-        ],
+        &vars,
     )
 }
 
