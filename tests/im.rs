@@ -379,6 +379,8 @@ async fn private_storage(cluster: Cluster) {
 struct Coturn {
     child: std::process::Child,
     port: u16,
+    /// Its log (printed when a check fails).
+    log: tempfile::NamedTempFile,
 }
 
 impl Coturn {
@@ -396,10 +398,17 @@ impl Coturn {
             );
             return Err("coturn (turnserver, turnutils_uclient) is not installed".into());
         }
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| e.to_string())?;
+        // a port free for both UDP and TCP (coturn listens on both)
+        let port = (0..50)
+            .find_map(|_| {
+                let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+                let port = udp.local_addr().ok()?.port();
+                std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+                Some(port)
+            })
+            .ok_or("no port free for both UDP and TCP")?;
+        let log = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+        let out = log.reopen().map_err(|e| e.to_string())?;
         let child = std::process::Command::new("turnserver")
             .args(["--use-auth-secret", "--static-auth-secret", secret])
             .args(["--realm", DOMAIN, "--listening-ip", "127.0.0.1"])
@@ -412,11 +421,24 @@ impl Coturn {
                 "--allow-loopback-peers",
             ])
             .args(["--log-file", "stdout", "--simple-log"])
-            .stdout(std::process::Stdio::null())
+            .stdout(out)
             .stderr(std::process::Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
-        Ok(Coturn { child, port })
+        Ok(Coturn { child, port, log })
+    }
+
+    /// Panics, with its log, if it has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            panic!("turnserver exited ({status}):\n{log}");
+        }
+    }
+
+    /// Its log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// Whether an allocation with these credentials relays a message
@@ -431,7 +453,7 @@ impl Coturn {
             .kill_on_drop(true)
             .status();
         matches!(
-            tokio::time::timeout(Duration::from_secs(20), run).await,
+            tokio::time::timeout(Duration::from_secs(8), run).await,
             Ok(Ok(status)) if status.success()
         )
     }
@@ -447,7 +469,7 @@ impl Drop for Coturn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_credentials_the_core_hands_out_are_accepted_by_coturn_and_a_forged_one_is_not() {
     const SECRET: &str = "shared with coturn";
-    let coturn = match Coturn::start(SECRET) {
+    let mut coturn = match Coturn::start(SECRET) {
         Ok(c) => c,
         Err(why) => {
             println!("skipped: {why}");
@@ -480,19 +502,27 @@ async fn turn_credentials_the_core_hands_out_are_accepted_by_coturn_and_a_forged
         };
         // (coturn may still be starting: a few tries)
         let mut relayed = false;
-        for _ in 0..10 {
+        for _ in 0..6 {
+            coturn.assert_running();
             if coturn.relays(user, pass).await {
                 relayed = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        assert!(relayed, "coturn refused the core's credentials {user}");
+        assert!(
+            relayed,
+            "coturn refused the core's credentials {user}:\n{}",
+            coturn.log()
+        );
         let forged = format!("{}A", &pass[..pass.len() - 1]);
         assert!(
             !coturn.relays(user, &forged).await,
             "coturn took a forged password"
         );
+        // (refused as forged, not because coturn went away)
+        coturn.assert_running();
+        assert!(coturn.relays(user, pass).await, "{}", coturn.log());
         cluster.shutdown().await;
     })
     .await;

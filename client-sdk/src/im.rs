@@ -70,8 +70,8 @@ impl RosterItem {
     }
 }
 
-/// A STUN or TURN server (XEP-0215).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A STUN or TURN server (XEP-0215). Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExternalService {
     /// `stun`, `turn`, `stuns` or `turns`.
     pub kind: String,
@@ -87,6 +87,20 @@ pub struct ExternalService {
     pub password: Option<String>,
     /// When the credentials expire (XEP-0082).
     pub expires: Option<String>,
+}
+
+impl std::fmt::Debug for ExternalService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalService")
+            .field("kind", &self.kind)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("transport", &self.transport)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("expires", &self.expires)
+            .finish()
+    }
 }
 
 impl ExternalService {

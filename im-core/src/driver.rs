@@ -90,6 +90,8 @@ pub const STORAGE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 pub const STORAGE_DEADLINE: Duration = Duration::from_secs(10);
 /// What one queued job is charged on top of the message bytes it carries.
 const JOB_COST: usize = 512;
+/// How often the router is told the Unix time.
+const WALL_CLOCK_EVERY: Duration = Duration::from_secs(60);
 /// How soon roster loads waiting for storage room look again.
 const LOAD_RETRY: Duration = Duration::from_millis(5);
 
@@ -172,6 +174,8 @@ pub struct Driver {
     completions: mpsc::Receiver<Event>,
     /// Whether CM frames are taken now ([`Action::Intake`]).
     intake_open: bool,
+    /// When the router is next told the Unix time ([`Input::WallClock`]).
+    wall_clock: tokio::time::Interval,
     /// Warnings of full CM links: at most one a second (five at once).
     overflow_warnings: TokenBucket,
     /// Frames dropped on full links since the last warning.
@@ -238,6 +242,7 @@ impl Driver {
             events,
             completions,
             intake_open: true,
+            wall_clock: tokio::time::interval(WALL_CLOCK_EVERY),
             overflow_warnings: TokenBucket::new(1, 5, now()),
             overflow_unlogged: 0,
             slot_owners_version: 0,
@@ -278,6 +283,10 @@ impl Driver {
                 _ = shutdown.cancelled() => return,
                 _ = sleep_until(deadline) => self.router.handle_timeout(now()),
                 _ = sleep_until(retry) => {}
+                _ = self.wall_clock.tick() => {
+                    let unix_secs = crate::external_services::ExternalServices::unix_now();
+                    self.router.handle(Input::WallClock { unix_secs }, now());
+                }
                 // (the driver holds a sender of its own: never closed)
                 Some(e) = self.completions.recv() => {
                     if !self.on_event(e) {
@@ -483,7 +492,7 @@ impl Driver {
                     .flatten()
                     // (a user's own JIDs are never blocked for the user)
                     .filter(|sender| crate::address::bare(sender) != own)
-                    .map(|sender| crate::block_list::forms(&sender));
+                    .map(|sender| crate::block_list::owned_forms(&sender));
                 let job = Arc::new({
                     let payload = payload.clone();
                     move || {
@@ -710,7 +719,7 @@ impl Driver {
                 });
             }
             Action::Query { to, query } => {
-                let Some(charge) = self.budget.charge(0) else {
+                let Some(charge) = self.budget.charge(query.bytes()) else {
                     return self.refused.push_back(Input::QueryFailed {
                         to,
                         condition: StanzaCondition::ResourceConstraint,

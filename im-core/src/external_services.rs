@@ -11,8 +11,9 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 
-/// One external service, as configured (`[[external_services]]`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// One external service, as configured (`[[external_services]]`). Its
+/// `Debug` leaves the secret out.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalService {
     /// `stun`, `turn`, `stuns` or `turns`.
@@ -40,6 +41,64 @@ pub struct ExternalService {
 
 fn default_ttl() -> u64 {
     24 * 3600
+}
+
+/// Longest lifetime of credentials: a year.
+const MAX_TTL_SECS: u64 = 366 * 24 * 3600;
+
+impl std::fmt::Debug for ExternalService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalService")
+            .field("kind", &self.kind)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("transport", &self.transport)
+            .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .field("credentials_ttl_secs", &self.credentials_ttl_secs)
+            .finish()
+    }
+}
+
+/// Why a configured service cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ServiceError {
+    /// `type` is none of stun, stuns, turn, turns.
+    #[error("external service {0}: type must be stun, stuns, turn or turns")]
+    Kind(String),
+    /// `transport` is neither udp nor tcp.
+    #[error("external service {0}: transport must be udp or tcp")]
+    Transport(String),
+    /// `credentials_ttl_secs` is 0 or over a year.
+    #[error("external service {0}: credentials_ttl_secs must be 1 to {MAX_TTL_SECS}")]
+    Ttl(String),
+    /// `secret` is set but empty.
+    #[error("external service {0}: secret is empty")]
+    EmptySecret(String),
+}
+
+impl ExternalService {
+    /// Checks the configuration (the core refuses to start otherwise).
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        let name = || self.host.clone();
+        if !matches!(self.kind.as_str(), "stun" | "stuns" | "turn" | "turns") {
+            return Err(ServiceError::Kind(name()));
+        }
+        if self
+            .transport
+            .as_deref()
+            .is_some_and(|t| !matches!(t, "udp" | "tcp"))
+        {
+            return Err(ServiceError::Transport(name()));
+        }
+        if self.credentials_ttl_secs == 0 || self.credentials_ttl_secs > MAX_TTL_SECS {
+            return Err(ServiceError::Ttl(name()));
+        }
+        if self.secret.as_deref() == Some("") {
+            return Err(ServiceError::EmptySecret(name()));
+        }
+        Ok(())
+    }
 }
 
 /// Credentials for one user of a service.
@@ -94,6 +153,11 @@ impl ExternalServices {
         &self.services
     }
 
+    /// The Unix time is `unix_secs` at `at` (a newer reading of the clock).
+    pub fn set_clock(&mut self, at: Instant, unix_secs: u64) {
+        self.anchor = (at, unix_secs);
+    }
+
     /// The Unix time (seconds) at `now`.
     pub fn unix_at(&self, now: Instant) -> u64 {
         let (at, secs) = self.anchor;
@@ -139,10 +203,53 @@ mod tests {
     }
 
     #[test]
-    fn the_wall_clock_moves_with_the_instants_handed_in() {
+    fn the_wall_clock_moves_with_the_instants_handed_in_and_follows_a_new_reading() {
         let t0 = Instant::now();
-        let s = ExternalServices::new(Vec::new(), t0, 1000);
+        let mut s = ExternalServices::new(Vec::new(), t0, 1000);
         assert_eq!(s.unix_at(t0 + Duration::from_secs(90)), 1090);
         assert_eq!(s.unix_at(t0), 1000);
+        // the system clock was corrected by an hour
+        s.set_clock(t0 + Duration::from_secs(100), 4700);
+        assert_eq!(s.unix_at(t0 + Duration::from_secs(160)), 4760);
+    }
+
+    #[test]
+    fn bad_types_transports_lifetimes_and_empty_secrets_are_refused_and_debug_hides_the_secret() {
+        let good = ExternalService {
+            kind: "turns".into(),
+            host: "turn.example".into(),
+            port: None,
+            transport: Some("tcp".into()),
+            name: None,
+            secret: Some("hush".into()),
+            credentials_ttl_secs: 3600,
+        };
+        assert_eq!(good.validate(), Ok(()));
+        assert!(!format!("{good:?}").contains("hush"));
+        let bad = |f: fn(&mut ExternalService)| {
+            let mut s = good.clone();
+            f(&mut s);
+            s.validate()
+        };
+        assert!(matches!(
+            bad(|s| s.kind = "http".into()),
+            Err(ServiceError::Kind(_))
+        ));
+        assert!(matches!(
+            bad(|s| s.transport = Some("sctp".into())),
+            Err(ServiceError::Transport(_))
+        ));
+        assert!(matches!(
+            bad(|s| s.credentials_ttl_secs = 0),
+            Err(ServiceError::Ttl(_))
+        ));
+        assert!(matches!(
+            bad(|s| s.credentials_ttl_secs = u64::MAX),
+            Err(ServiceError::Ttl(_))
+        ));
+        assert!(matches!(
+            bad(|s| s.secret = Some(String::new())),
+            Err(ServiceError::EmptySecret(_))
+        ));
     }
 }

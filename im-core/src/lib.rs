@@ -60,6 +60,9 @@ pub enum CoreError {
     /// The cluster configuration is unusable.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// An external service (XEP-0215) is misconfigured.
+    #[error("{0}")]
+    ExternalService(#[from] external_services::ServiceError),
 }
 
 /// Hands the lease driver's events to the router, as many at once as have
@@ -253,6 +256,9 @@ pub async fn start_with_store(
         }
         None => sm_secret(&config.data_dir).map_err(io("SM key"))?,
     };
+    for service in &config.external_services {
+        service.validate()?;
+    }
     let mut router = router::Router::new(&config.domain, instance, sm_key)
         .with_archive(
             config.archive,

@@ -11,12 +11,15 @@ use xmpp_stream::stanza::{StanzaKind, delay_element, error_reply};
 use xmpp_stream::{StanzaCondition, ns};
 
 use crate::router::{Query, embeddable, wrap_forwarded};
-use crate::storage::{StorageError, Store};
+use crate::storage::{StorageError, Store, all_or_none};
 
 /// Most bytes of archived messages in one answer (the rest is the next page).
 pub const MAX_PAGE_BYTES: usize = 256 * 1024;
 
 /// The stanzas answering `query`, in order (errors become stanza errors).
+/// Each storage call runs in a savepoint of its own: a failed statement
+/// is undone there, so the job (which answers rather than fails) leaves
+/// the transaction its batch shares usable.
 pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
     match query {
         Query::Archive {
@@ -27,7 +30,7 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             query,
             flip,
         } => {
-            let page = match db.query_archive(user, query) {
+            let page = match all_or_none(db, |db| db.query_archive(user, query)) {
                 Ok(page) => page,
                 Err(e) => return vec![failure(e, requester, iq_id, domain)],
             };
@@ -98,7 +101,7 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             from,
             requester,
             iq_id,
-        } => match db.vcard(user) {
+        } => match all_or_none(db, |db| db.vcard(user)) {
             Ok(stored) => {
                 let mut iq = result(requester, iq_id, from.as_deref(), None).to_vec();
                 // Insert the stored element before `</iq>`.
@@ -116,7 +119,7 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             vcard,
             requester,
             iq_id,
-        } => match db.set_vcard(user, vcard) {
+        } => match all_or_none(db, |db| db.set_vcard(user, vcard)) {
             Ok(_) => vec![result(requester, iq_id, None, None)],
             Err(e) => vec![failure(e, requester, iq_id, domain)],
         },
@@ -126,13 +129,20 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             namespace,
             requester,
             iq_id,
-        } => match db.private_xml(user, namespace) {
+        } => match all_or_none(db, |db| db.private_xml(user, namespace)) {
             Ok(stored) => {
-                // (stored as this core wrote it; an empty one if none)
-                let element = stored
-                    .and_then(|b| Element::parse(&b, ns::PRIVATE).ok())
-                    .unwrap_or_else(|| Element::new(name.clone(), namespace.clone()));
-                let query = Element::new("query", ns::PRIVATE).with_child(element);
+                // (the elements as this core wrote them; an empty one if none)
+                let query = stored
+                    .and_then(|b| {
+                        let mut wrapped = b"<query xmlns='jabber:iq:private'>".to_vec();
+                        wrapped.extend_from_slice(&b);
+                        wrapped.extend_from_slice(b"</query>");
+                        Element::parse(&wrapped, ns::CLIENT).ok()
+                    })
+                    .unwrap_or_else(|| {
+                        Element::new("query", ns::PRIVATE)
+                            .with_child(Element::new(name.clone(), namespace.clone()))
+                    });
                 vec![result(requester, iq_id, None, Some(query))]
             }
             Err(e) => vec![failure(e, requester, iq_id, domain)],
@@ -143,7 +153,7 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             element,
             requester,
             iq_id,
-        } => match db.set_private_xml(user, namespace, element) {
+        } => match all_or_none(db, |db| db.set_private_xml(user, namespace, element)) {
             Ok(_) => vec![result(requester, iq_id, None, None)],
             Err(e) => vec![failure(e, requester, iq_id, domain)],
         },

@@ -355,6 +355,12 @@ pub enum Input {
         /// The roster.
         roster: Option<Roster>,
     },
+    /// The Unix time now, in seconds (the driver says so every minute, so
+    /// that credentials follow a corrected system clock).
+    WallClock {
+        /// Seconds since the Unix epoch.
+        unix_secs: u64,
+    },
     /// The writes of an [`Action::WriteRoster`] committed.
     RosterWritten {
         /// The action's `txn`.
@@ -664,6 +670,11 @@ impl Router {
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
             Input::RosterWritten { txn } => self.roster_written(txn, now),
+            Input::WallClock { unix_secs } => {
+                if let Some(external) = &mut self.external {
+                    external.set_clock(now, unix_secs);
+                }
+            }
             Input::RosterWriteFailed { txn, condition } => {
                 self.roster_write_failed(txn, condition, now)
             }

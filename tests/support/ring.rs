@@ -50,7 +50,11 @@ pub async fn round(clients: &mut [Client], domain: &str, round: usize) -> Round 
                     arrivals.push(Instant::now());
                     got.push(m.body.unwrap_or_default());
                 }
-                Ok(Some(Event::Reconnected { resumed: false })) => relogins += 1,
+                Ok(Some(Event::Reconnected { resumed: false })) => {
+                    // (named, so a failure's logs can be searched for it)
+                    println!("u{i} round {round}: logged in again");
+                    relogins += 1;
+                }
                 Ok(Some(_)) => {}
                 other => panic!(
                     "u{i} round {round}: {} unacknowledged, got {got:?}: {other:?}",

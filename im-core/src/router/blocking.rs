@@ -51,12 +51,18 @@ impl Router {
                 .is_some_and(|r| block_list::matches(r.blocked(), jid))
     }
 
-    /// Whether a stored message for `user` (a bare JID) comes from a JID
-    /// the user blocks (its `from`, as the CM stamped it).
-    pub(super) fn stored_from_blocked(&self, user: &str, payload: &[u8]) -> bool {
+    /// Whether `user` (a bare JID this core holds the roster of) blocks
+    /// anyone at all.
+    pub(super) fn blocks_anyone(&self, user: &str) -> bool {
         self.rosters
             .get(user)
             .is_some_and(|r| !r.blocked().is_empty())
+    }
+
+    /// Whether a stored message for `user` (a bare JID) comes from a JID
+    /// the user blocks (its `from`, as the CM stamped it).
+    pub(super) fn stored_from_blocked(&self, user: &str, payload: &[u8]) -> bool {
+        self.blocks_anyone(user)
             && xmpp_stream::stanza::inspect(payload)
                 .ok()
                 .and_then(|top| top.attr("from").map(|f| self.blocks(user, f)))

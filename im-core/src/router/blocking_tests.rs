@@ -473,11 +473,17 @@ fn a_full_jid_item_stops_presence_with_that_resource_only_and_the_blocker_sees_i
             .any(|p| p.contains("type=\"unavailable\"")),
         "{blocked:?}"
     );
-    // alice sees bob/desk go
+    // alice sees bob/desk go, and only bob/desk
     assert!(
         to(&blocked, 1, 10)
             .iter()
             .any(|p| p.contains("from=\"bob@x/desk\"") && p.contains("type=\"unavailable\"")),
+        "{blocked:?}"
+    );
+    assert!(
+        !to(&blocked, 1, 10)
+            .iter()
+            .any(|p| p.contains("from=\"bob@x/phone\"")),
         "{blocked:?}"
     );
     let away = stanza(
@@ -614,5 +620,37 @@ fn a_block_list_over_its_byte_bound_is_refused_whole() {
             .iter()
             .any(|p| p.contains("resource-constraint")),
         "{acts:?}"
+    );
+}
+
+#[test]
+fn a_blocked_contacts_cancellation_reveals_none_of_the_blockers_sessions() {
+    let mut r = router();
+    friends(&mut r);
+    alice_blocks(&mut r, "bob@x");
+    // alice comes online on a new device after the block
+    bound(&mut r, 1, 11, "alice@x", "laptop");
+    stanza(
+        &mut r,
+        1,
+        11,
+        header(Kind::Presence, "alice@x/laptop", None, None),
+        "<presence/>",
+    );
+    let cancelled = stanza(
+        &mut r,
+        2,
+        20,
+        header(
+            Kind::Presence,
+            "bob@x/phone",
+            Some("alice@x"),
+            Some("unsubscribe"),
+        ),
+        "<presence type='unsubscribe'/>",
+    );
+    assert!(
+        !to(&cancelled, 2, 20).iter().any(|p| p.contains("alice@x/")),
+        "{cancelled:?}"
     );
 }

@@ -141,7 +141,9 @@ impl Router {
     /// `r` of `contact` block each other either way.
     pub(super) fn blocked_pair(&self, full: &str, contact: &str, r: &Route) -> bool {
         let bare = address::bare(full);
-        self.blocks(contact, full) || self.blocks(bare, &format!("{contact}/{}", r.resource))
+        // (no allocation unless the user blocks someone: a hot path)
+        self.blocks(contact, full)
+            || (self.blocks_anyone(bare) && self.blocks(bare, &format!("{contact}/{}", r.resource)))
     }
 
     /// A session became available: it gets the presence of the contacts it
@@ -177,9 +179,28 @@ impl Router {
     /// `bare`'s available resources present themselves to `contact`'s
     /// available sessions (a new subscription), or say they are unavailable
     /// (a cancelled one).
-    /// An available presence is not sent where either side blocks the
-    /// other (an unavailable one is, as the block itself sends it).
+    /// Nothing is sent where either side blocks the other (XEP-0191).
     pub(super) fn presence_of_to(&mut self, bare: &str, contact: &str, unavailable: bool) {
+        self.presence_of_to_as(bare, contact, unavailable, false);
+    }
+
+    /// `bare`'s available resources say they are unavailable to `contact`,
+    /// whom `bare` has just blocked (the last word the contact gets).
+    pub(super) fn unavailable_at_block(&mut self, bare: &str, contact: &str) {
+        self.presence_of_to_as(bare, contact, true, true);
+    }
+
+    /// [`Router::presence_of_to`], blocks or not (`despite_blocks`).
+    fn presence_of_to_as(
+        &mut self,
+        bare: &str,
+        contact: &str,
+        unavailable: bool,
+        despite_blocks: bool,
+    ) {
+        if !despite_blocks && self.blocks(bare, contact) {
+            return;
+        }
         let stanzas: Vec<(String, Bytes)> = self
             .table
             .resources(bare)
@@ -187,9 +208,6 @@ impl Router {
             .filter(|r| r.available)
             .filter_map(|r| {
                 let full = format!("{bare}/{}", r.resource);
-                if !unavailable && self.blocks(bare, contact) {
-                    return None;
-                }
                 let stanza = match unavailable {
                     true => Some(presence_stanza(&full, contact, "unavailable")),
                     false => r.presence.clone(),
@@ -212,7 +230,7 @@ impl Router {
         let mut out = Vec::new();
         for r in targets {
             for (full, s) in &stanzas {
-                if unavailable || !self.blocked_pair(full, contact, r) {
+                if despite_blocks || !self.blocked_pair(full, contact, r) {
                     out.push(((r.node, r.sid), s.clone()));
                 }
             }

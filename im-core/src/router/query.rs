@@ -91,6 +91,15 @@ pub(super) struct QueryId {
 }
 
 impl Query {
+    /// The bytes of data it carries to storage (a vCard, private XML).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Query::VCardSet { vcard, .. } => vcard.len(),
+            Query::PrivateSet { element, .. } => element.len(),
+            _ => 0,
+        }
+    }
+
     /// The IQ this query answers.
     fn id(&self) -> QueryId {
         let (requester, iq_id) = match self {

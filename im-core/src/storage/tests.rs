@@ -341,7 +341,7 @@ fn block_lists_load_with_the_roster_match_any_form_and_unblock_some_or_all() {
         let mut blocked = db.roster("alice").unwrap().blocked;
         blocked.sort();
         assert_eq!(blocked, jids(&["bob@x", "carol@x/phone", "evil.example"]));
-        let forms = crate::block_list::forms;
+        let forms = crate::block_list::owned_forms;
         assert!(db.blocks_any("alice", &forms("bob@x/desk")).unwrap());
         assert!(db.blocks_any("alice", &forms("m@evil.example/a")).unwrap());
         assert!(db.blocks_any("alice", &forms("carol@x/phone")).unwrap());
@@ -970,4 +970,33 @@ async fn an_archive_query_that_fails_after_reading_keeps_the_batchs_buffered_arc
         assert_eq!(second.await.unwrap(), Stored::Stored);
         assert_eq!(archived_ids(&storage, "u").await, vec![hex(1), hex(2)]);
     }
+}
+
+#[test]
+fn a_query_whose_statement_fails_leaves_its_batchs_transaction_usable() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        db.begin().unwrap();
+        // (a key over PostgreSQL's index row limit fails its statement)
+        let query = crate::router::Query::PrivateSet {
+            user: "alice".into(),
+            // (not compressible, or PostgreSQL would store it compressed)
+            namespace: format!(
+                "urn:{}",
+                (0..2000u64)
+                    .map(|i| format!("{:x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40))
+                    .collect::<String>()
+            ),
+            element: bytes::Bytes::from_static(b"<x/>"),
+            requester: "alice@x/phone".into(),
+            iq_id: "i".into(),
+        };
+        let _answer = crate::queries::answer(db, &query, "x");
+        db.set_vcard("alice", b"<vCard xmlns='vcard-temp'/>")
+            .unwrap();
+        db.commit().unwrap();
+        let mut db = reopen();
+        assert!(db.vcard("alice").unwrap().is_some());
+    });
 }

@@ -185,7 +185,10 @@ impl Router {
             if from {
                 if !block || self.blocks(bare, &contact) {
                     // (an available presence goes only where nobody blocks)
-                    self.presence_of_to(bare, &contact, block);
+                    match block {
+                        true => self.unavailable_at_block(bare, &contact),
+                        false => self.presence_of_to(bare, &contact, false),
+                    }
                 } else {
                     // only some of the contact's resources are blocked
                     for item in changed.iter().filter(|j| address::bare(j) == contact) {
@@ -232,6 +235,8 @@ impl Router {
             };
             for r in self.table.resources(contact).iter().filter(|r| r.available) {
                 let stanza = match block {
+                    // (only the sessions the user now blocks)
+                    true if !self.blocked_pair(full, contact, r) => continue,
                     true => {
                         presence_stanza(&format!("{contact}/{}", r.resource), full, "unavailable")
                     }
@@ -254,6 +259,7 @@ impl Router {
 /// if one is not a JID, `bad-request` if an item has none.
 fn items(request: &Element) -> Result<Vec<String>, StanzaCondition> {
     let mut jids = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for item in request.elements() {
         if item.name != "item" || item.ns != ns::BLOCKING {
             continue;
@@ -261,7 +267,7 @@ fn items(request: &Element) -> Result<Vec<String>, StanzaCondition> {
         let raw = item.attr("jid").ok_or(StanzaCondition::BadRequest)?;
         let jid = Jid::new(raw).map_err(|_| StanzaCondition::JidMalformed)?;
         let jid = jid.to_string();
-        if !jids.contains(&jid) {
+        if seen.insert(jid.clone()) {
             jids.push(jid);
         }
         if jids.len() > MAX_BLOCKED {

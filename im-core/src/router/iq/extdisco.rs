@@ -39,20 +39,35 @@ impl Router {
                     l.with_child(service(s))
                 })
         } else {
-            let Some(asked) = request.child("service", ns::EXTDISCO) else {
+            let asked = request.child("service", ns::EXTDISCO);
+            let (Some(kind), Some(host)) = (
+                asked.and_then(|a| a.attr("type")),
+                asked.and_then(|a| a.attr("host")),
+            ) else {
                 return self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
             };
-            let port = asked.attr("port").and_then(|p| p.parse::<u16>().ok());
-            let found = external.services().iter().find(|s| {
-                Some(s.kind.as_str()) == asked.attr("type")
-                    && Some(s.host.as_str()) == asked.attr("host")
-                    && (port.is_none() || port == s.port)
-                    && s.secret.is_some()
-            });
-            let Some(found) = found else {
+            let port = asked
+                .and_then(|a| a.attr("port"))
+                .and_then(|p| p.parse::<u16>().ok());
+            // (every match: one host may serve UDP and TCP apart)
+            let found: Vec<&ExternalService> = external
+                .services()
+                .iter()
+                .filter(|s| {
+                    s.kind == kind
+                        && s.host == host
+                        && (port.is_none() || port == s.port)
+                        && s.secret.is_some()
+                })
+                .collect();
+            if found.is_empty() {
                 return self.reply_error(addr.0, addr.1, header, StanzaCondition::ItemNotFound);
-            };
-            Element::new("credentials", ns::EXTDISCO).with_child(service(found))
+            }
+            found
+                .into_iter()
+                .fold(Element::new("credentials", ns::EXTDISCO), |c, s| {
+                    c.with_child(service(s))
+                })
         };
         let reply = iq_result(header).with_child(answer);
         self.deliver(addr, Bytes::from(reply.to_bytes(ns::CLIENT)));
@@ -170,6 +185,14 @@ mod tests {
         assert!(
             matches!(&none[..], [p] if p.contains("item-not-found")),
             "{none:?}"
+        );
+        let unnamed = ask(
+            &mut r,
+            "<credentials xmlns='urn:xmpp:extdisco:2'><service type='turn'/></credentials>",
+        );
+        assert!(
+            matches!(&unnamed[..], [p] if p.contains("bad-request")),
+            "{unnamed:?}"
         );
     }
 

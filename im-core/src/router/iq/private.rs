@@ -1,7 +1,10 @@
-//! Private XML storage (XEP-0049): one element per namespace that only its
-//! user reads and replaces, handed to the driver as queries. Namespaces
-//! of the `jabber:` family are refused (§3), as are elements over
-//! [`MAX_PRIVATE_BYTES`]; the store bounds the namespaces per user.
+//! Private XML storage (XEP-0049): the elements of one namespace (one or
+//! more, as set together) that only their user reads and replaces, handed
+//! to the driver as queries. Namespaces of the `jabber:` family are
+//! refused (§3), as are namespaces over [`MAX_NAMESPACE_BYTES`] and data
+//! over [`MAX_PRIVATE_BYTES`]; the store bounds the namespaces per user.
+//! The elements are kept as this core writes them out again: a prefix
+//! declared only for use in text or attribute values is not kept.
 
 use bytes::Bytes;
 use cm_protocol::RouteHeader;
@@ -12,8 +15,10 @@ use crate::address;
 use crate::router::{Query, Router};
 use crate::routing::SessionAddr;
 
-/// Most bytes of one stored element.
+/// Most bytes of what one namespace keeps.
 pub const MAX_PRIVATE_BYTES: usize = 64 * 1024;
+/// Longest namespace name (it is part of the storage key).
+pub const MAX_NAMESPACE_BYTES: usize = 1023;
 
 impl Router {
     /// A private XML get or set of `bare`'s own.
@@ -24,41 +29,52 @@ impl Router {
         query: &Element,
         bare: &str,
     ) {
-        let mut children = query.elements();
-        let (Some(element), None) = (children.next(), children.next()) else {
-            // exactly one element, whose namespace names the data
+        // A get names one element; a set holds one or more of one
+        // namespace (XEP-0049 §2.3), which name the data.
+        let elements: Vec<&Element> = query.elements().collect();
+        let get = header.stanza_type.as_deref() == Some("get");
+        let Some(first) = elements.first() else {
             return self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
         };
-        if element.ns.starts_with("jabber:") || element.ns.is_empty() {
+        if (get && elements.len() > 1) || elements.iter().any(|e| e.ns != first.ns) {
+            return self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
+        }
+        let namespace = first.ns.clone();
+        if namespace.starts_with("jabber:")
+            || namespace.is_empty()
+            || namespace.len() > MAX_NAMESPACE_BYTES
+        {
             return self.reply_error(addr.0, addr.1, header, StanzaCondition::NotAcceptable);
         }
         let user = address::local(bare).unwrap_or_default().to_owned();
         let (requester, iq_id) = (header.from.clone(), header.id.clone().unwrap_or_default());
-        let query = match header.stanza_type.as_deref() {
-            Some("get") => Query::PrivateGet {
+        let query = if get {
+            Query::PrivateGet {
                 user,
-                name: element.name.clone(),
-                namespace: element.ns.clone(),
+                name: first.name.clone(),
+                namespace,
                 requester,
                 iq_id,
-            },
-            _ => {
-                let bytes = element.to_bytes(ns::PRIVATE);
-                if bytes.len() > MAX_PRIVATE_BYTES {
-                    return self.reply_error(
-                        addr.0,
-                        addr.1,
-                        header,
-                        StanzaCondition::ResourceConstraint,
-                    );
-                }
-                Query::PrivateSet {
-                    user,
-                    namespace: element.ns.clone(),
-                    element: Bytes::from(bytes),
-                    requester,
-                    iq_id,
-                }
+            }
+        } else {
+            let bytes: Vec<u8> = elements
+                .iter()
+                .flat_map(|e| e.to_bytes(ns::PRIVATE))
+                .collect();
+            if bytes.len() > MAX_PRIVATE_BYTES {
+                return self.reply_error(
+                    addr.0,
+                    addr.1,
+                    header,
+                    StanzaCondition::ResourceConstraint,
+                );
+            }
+            Query::PrivateSet {
+                user,
+                namespace,
+                element: Bytes::from(bytes),
+                requester,
+                iq_id,
             }
         };
         self.query(addr, header, query);
@@ -104,17 +120,34 @@ mod tests {
     }
 
     #[test]
-    fn jabber_namespaces_two_elements_and_oversized_ones_are_refused_without_a_query() {
+    fn a_set_of_several_elements_of_one_namespace_is_stored_together() {
+        let set = private_iq("set", "<a xmlns='n:s'>1</a><b xmlns='n:s'/>");
+        assert!(
+            matches!(&set[..], [Action::Query { query: Query::PrivateSet { namespace, element, .. }, .. }]
+                if namespace == "n:s"
+                    && String::from_utf8_lossy(element) == "<a xmlns=\"n:s\">1</a><b xmlns=\"n:s\"/>"),
+            "{set:?}"
+        );
+    }
+
+    #[test]
+    fn jabber_namespaces_mixed_or_long_ones_and_oversized_data_are_refused_without_a_query() {
         let big = format!(
             "<p xmlns='a:b'>{}</p>",
             "x".repeat(super::MAX_PRIVATE_BYTES)
         );
+        let long = format!(
+            "<p xmlns='urn:{}'/>",
+            "n".repeat(super::MAX_NAMESPACE_BYTES)
+        );
         for (itype, inner, condition) in [
             ("set", "<query xmlns='jabber:iq:roster'/>", "not-acceptable"),
             ("get", "<x xmlns='jabber:client'/>", "not-acceptable"),
-            ("get", "<a xmlns='a:a'/><b xmlns='b:b'/>", "bad-request"),
+            ("get", "<a xmlns='a:a'/><b xmlns='a:a'/>", "bad-request"),
+            ("set", "<a xmlns='a:a'/><b xmlns='b:b'/>", "bad-request"),
             ("get", "", "bad-request"),
             ("set", big.as_str(), "resource-constraint"),
+            ("set", long.as_str(), "not-acceptable"),
         ] {
             let acts = private_iq(itype, inner);
             let replies = payloads(&acts);
