@@ -5,7 +5,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use interop::compliance::run_compliance;
 use interop::{Target, Transport, run_suite};
+
+/// Which suite `longlink interop` runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Suite {
+    /// The protocol cases: logins, messages, offline delivery, errors, SM.
+    Conformance,
+    /// The features XEP-0479 asks of a server, by lookup (one account).
+    Compliance,
+}
 
 /// Arguments of `longlink interop`.
 #[derive(clap::Args)]
@@ -25,6 +35,9 @@ pub struct InteropArgs {
     /// An existing account, USER:PASSWORD (give two).
     #[arg(long = "account", num_args = 1)]
     accounts: Vec<String>,
+    /// The suite to run.
+    #[arg(long, value_enum, default_value = "conformance")]
+    suite: Suite,
 }
 
 /// Runs the suite; fails if any case failed.
@@ -49,7 +62,10 @@ pub async fn run(args: InteropArgs) -> Result<()> {
         ca: args.ca,
         accounts: [first, second],
     };
-    let outcomes = run_suite(&target).await;
+    let outcomes = match args.suite {
+        Suite::Conformance => run_suite(&target).await,
+        Suite::Compliance => run_compliance(&target).await,
+    };
     let mut failed = 0;
     for o in &outcomes {
         match &o.result {

@@ -346,3 +346,74 @@ async fn the_conformance_suite_passes_over_tcp_tls_and_quic() {
     })
     .await;
 }
+
+/// What longlink serves of XEP-0479's server features today, by lookup;
+/// every other check must fail (a feature that lands moves here).
+const COMPLIANCE_PASSES: &[&str] = &[
+    "XEP-0030 service discovery (server identity)",
+    "RFC 6121 roster versioning (stream feature)",
+    "XEP-0191 blocking command (server feature)",
+    "XEP-0280 message carbons (server feature)",
+    "XEP-0313 message archive (account feature)",
+    "XEP-0160 offline messages (server feature)",
+    "XEP-0049 private XML storage (server feature)",
+    "XEP-0054 vcard-temp (server feature)",
+    "XEP-0198 stream management (stream feature)",
+    "XEP-0352 client state indication (stream feature)",
+    "XEP-0215 external services for calls (server feature)",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compliance_suite_finds_exactly_the_xep_0479_features_longlink_serves() {
+    use interop::compliance::{check_names, run_compliance};
+    use interop::{Target, Transport};
+    bounded(120, async {
+        // (a STUN server configured, so XEP-0215 is offered)
+        let configure: support::cluster::Configure = Arc::new(|c| {
+            c.external_services = vec![im_core::external_services::ExternalService {
+                kind: "stun".into(),
+                host: "stun.example".into(),
+                port: Some(3478),
+                transport: None,
+                name: None,
+                secret: None,
+                credentials_ttl_secs: 600,
+            }];
+        });
+        let mut cluster = Cluster::start_configured(0, configure).await;
+        cluster
+            .add_cm_with(|c| c.tls_listen = Some("127.0.0.1:0".parse().unwrap()))
+            .await;
+        cluster.add_user("interop1", "pw1");
+        let target = Target {
+            server: cluster.cm(0).tls_addr.unwrap(),
+            domain: DOMAIN.to_owned(),
+            transport: Transport::Tls,
+            ca: Some(cluster.ca()),
+            accounts: [
+                ("interop1".to_owned(), "pw1".to_owned()),
+                ("interop1".to_owned(), "pw1".to_owned()),
+            ],
+        };
+        let outcomes = run_compliance(&target).await;
+        let names: Vec<&str> = outcomes.iter().map(|o| o.name).collect();
+        assert_eq!(names, check_names());
+        for o in &outcomes {
+            println!(
+                "{}  {}: {:?}",
+                if o.result.is_ok() { "PASS" } else { "FAIL" },
+                o.name,
+                o.result
+            );
+            assert_eq!(
+                o.result.is_ok(),
+                COMPLIANCE_PASSES.contains(&o.name),
+                "{}: {:?}",
+                o.name,
+                o.result
+            );
+        }
+        cluster.shutdown().await;
+    })
+    .await;
+}

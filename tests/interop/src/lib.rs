@@ -3,6 +3,10 @@
 //! STARTTLS, direct TLS (XEP-0368) or QUIC (XEP-0467). Each case reports
 //! pass or fail with the reason; a case is only as trustworthy as a
 //! reference server passing it (docs/INTEROP.md records Prosody's run).
+//! A second suite, [`compliance`], looks up the features XEP-0479 asks of
+//! a server, as Conversations' compliance tester does.
+
+pub mod compliance;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +49,8 @@ use client_sdk::transport::{Dialer, Io};
 struct Conn {
     io: Io,
     jid: String,
+    /// The stream features offered after authentication.
+    features: Element,
     _quic: Option<(quinn::Endpoint, quinn::Connection)>,
 }
 
@@ -115,6 +121,7 @@ async fn login(
     Ok(Conn {
         io,
         jid,
+        features,
         _quic: quic,
     })
 }
