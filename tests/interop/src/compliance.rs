@@ -31,6 +31,9 @@ enum Look {
     /// A feature of the group chat service (the service with the MUC
     /// feature).
     GroupChatFeature(&'static str),
+    /// A private XML get (XEP-0049, which has no disco feature) is
+    /// answered with a result.
+    PrivateStorageAnswers,
 }
 
 /// One check: its name (the XEP and what it is) and where it looks.
@@ -60,7 +63,7 @@ const CHECKS: &[(&str, Look)] = &[
         Look::ServiceFeature("http://jabber.org/protocol/muc"),
     ),
     (
-        "XEP-0410 MUC self-ping (group chat service feature)",
+        "XEP-0410 MUC self-ping optimization (group chat service feature)",
         Look::GroupChatFeature("http://jabber.org/protocol/muc#self-ping-optimization"),
     ),
     (
@@ -80,8 +83,8 @@ const CHECKS: &[(&str, Look)] = &[
         Look::ServerFeature("msgoffline"),
     ),
     (
-        "XEP-0049 private XML storage (server feature)",
-        Look::ServerFeature(ns::PRIVATE),
+        "XEP-0049 private XML storage (a get is answered)",
+        Look::PrivateStorageAnswers,
     ),
     (
         "XEP-0402 bookmarks with #compat (account feature)",
@@ -129,6 +132,7 @@ struct Found {
     server: Option<Element>,
     account: Option<Element>,
     services: Vec<Element>,
+    private_storage: bool,
 }
 
 /// Most services of the server's disco#items looked into.
@@ -184,8 +188,32 @@ async fn look(target: &Target) -> Result<Found, String> {
             }
         }
     }
+    found.private_storage = private_get(&mut conn).await;
     conn.close().await;
     Ok(found)
+}
+
+/// Whether a private XML get of the account's own is answered with a
+/// result.
+async fn private_get(conn: &mut Conn) -> bool {
+    let id = format!("private-{:08x}", rand::random::<u32>());
+    let iq = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "get")
+        .with_attr("id", id.clone())
+        .with_child(
+            Element::new("query", ns::PRIVATE)
+                .with_child(Element::new("probe", "urn:longlink:compliance")),
+        );
+    if conn
+        .send(&String::from_utf8_lossy(&iq.to_bytes(ns::CLIENT)))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    conn.until(|el| el.name == "iq" && el.attr("id") == Some(&id))
+        .await
+        .is_ok_and(|answer| answer.attr("type") == Some("result"))
 }
 
 /// The `<query/>` of a disco get to `to`, or why there is none.
@@ -236,6 +264,7 @@ fn check(found: &Found, how: Look) -> Result<(), String> {
             .services
             .iter()
             .any(|i| has_feature(i, "http://jabber.org/protocol/muc") && has_feature(i, var)),
+        Look::PrivateStorageAnswers => found.private_storage,
     };
     ok.then_some(()).ok_or_else(|| match how {
         Look::StreamFeature(name, namespace) => format!("no <{name} xmlns='{namespace}'/> feature"),
@@ -244,5 +273,6 @@ fn check(found: &Found, how: Look) -> Result<(), String> {
         Look::AccountIdentity(c, t) => format!("the account has no {c}/{t} identity"),
         Look::ServiceFeature(var) => format!("no service in disco#items offers {var}"),
         Look::GroupChatFeature(var) => format!("no group chat service offers {var}"),
+        Look::PrivateStorageAnswers => "a private XML get was not answered with a result".into(),
     })
 }
