@@ -778,6 +778,7 @@ mod tests {
         CoreOffer {
             mechanisms: vec!["PLAIN".into()],
             registration: false,
+            caps: String::new(),
         }
     }
 

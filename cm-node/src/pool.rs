@@ -249,7 +249,7 @@ impl Pool {
     /// What a `Welcome` offering `offer` does, for driver tests.
     #[cfg(test)]
     pub(crate) fn welcome_for_tests(&self, offer: CoreOffer) {
-        self.welcomed(offer.mechanisms, offer.registration);
+        self.welcomed(offer);
     }
 
     /// Queues a frame for the core on the session's connection (waits
@@ -328,11 +328,7 @@ impl Pool {
     }
 
     /// Records what a Welcome offers; sessions waiting for it go on.
-    fn welcomed(&self, mechanisms: Vec<String>, registration: bool) {
-        let offer = CoreOffer {
-            mechanisms,
-            registration,
-        };
+    fn welcomed(&self, offer: CoreOffer) {
         self.offer.send_if_modified(|current| {
             if current.as_deref() == Some(&offer) {
                 return false;
@@ -494,9 +490,14 @@ async fn run_connection(
             mechanisms,
             instance,
             registration,
+            caps,
             ..
         }) => {
-            pool.welcomed(mechanisms, registration);
+            pool.welcomed(CoreOffer {
+                mechanisms,
+                registration,
+                caps,
+            });
             tracing::info!(index, core_instance = instance, "connected to the core");
             if last_instance.is_some_and(|last| last != instance) {
                 // A new core knows nothing of SASL exchanges or binds in progress:
@@ -690,9 +691,14 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
         Frame::Welcome {
             mechanisms,
             registration,
+            caps,
             ..
         } => {
-            pool.welcomed(mechanisms.clone(), *registration);
+            pool.welcomed(CoreOffer {
+                mechanisms: mechanisms.clone(),
+                registration: *registration,
+                caps: caps.clone(),
+            });
             return;
         }
         other => {
@@ -753,6 +759,7 @@ mod tests {
         CoreOffer {
             mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
             registration,
+            caps: String::new(),
         }
     }
 
@@ -809,16 +816,16 @@ mod tests {
         let (pool, _queues) = Pool::detached(1);
         let mut offers = pool.offer.subscribe();
         assert_eq!(pool.core_offer(), None);
-        pool.welcomed(vec!["PLAIN".into()], false);
+        pool.welcomed(offer(&["PLAIN"], false));
         assert!(offers.has_changed().unwrap());
         let first = offers.borrow_and_update().clone().expect("an offer");
         assert_eq!(*first, offer(&["PLAIN"], false));
         // every reconnection's Welcome saying the same publishes nothing
-        pool.welcomed(vec!["PLAIN".into()], false);
+        pool.welcomed(offer(&["PLAIN"], false));
         assert!(!offers.has_changed().unwrap());
         assert!(Arc::ptr_eq(&pool.core_offer().unwrap(), &first));
         // a core that offers something else is published
-        pool.welcomed(vec!["PLAIN".into()], true);
+        pool.welcomed(offer(&["PLAIN"], true));
         assert!(offers.has_changed().unwrap());
         assert_eq!(*pool.core_offer().unwrap(), offer(&["PLAIN"], true));
     }
@@ -832,7 +839,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        pool.welcomed(vec!["SCRAM-SHA-256".into()], false);
+        pool.welcomed(offer(&["SCRAM-SHA-256"], false));
         let got = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("woken")
@@ -843,7 +850,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_once_the_offer_is_known_returns_at_once() {
         let (pool, _queues) = Pool::detached(1);
-        pool.welcomed(vec!["PLAIN".into()], true);
+        pool.welcomed(offer(&["PLAIN"], true));
         let got = tokio::time::timeout(Duration::ZERO, pool.wait_core_offer())
             .await
             .expect("at once");

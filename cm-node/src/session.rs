@@ -497,7 +497,7 @@ impl ClientSession {
         }
         let features = if authenticated {
             self.state = State::Bind;
-            Some(features::after_auth())
+            Some(features::after_auth(self.offer.as_deref()))
         } else if let Some(offer) = &self.offer {
             self.state = State::Sasl;
             Some(features::before_auth(offer))

@@ -67,6 +67,7 @@ impl TestCore {
                 instance: 1,
                 mechanisms: vec!["PLAIN".into()],
                 registration: false,
+                caps: String::new(),
             }
             .encode(&mut out);
             if send.write_all(&out).await.is_err() {

@@ -370,6 +370,7 @@ pub async fn start_with_store(
         metrics: metrics.clone(),
         domain: config.domain.clone(),
         instance,
+        caps: router::server_caps_ver(!config.external_services.is_empty()),
         grace: config.node_grace(),
         shutdown: shutdown.clone(),
         slot_owners,

@@ -457,6 +457,9 @@ pub struct LinkContext {
     pub domain: String,
     /// This core's instance id.
     pub instance: u64,
+    /// The `ver` of the server's entity capabilities (XEP-0115) the CMs
+    /// show in stream features.
+    pub caps: String,
     /// Grace before a connection-less node's routes are dropped.
     pub grace: Duration,
     /// Shutdown signal.
@@ -568,6 +571,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         instance: ctx.instance,
         mechanisms: ctx.auth.mechanisms(),
         registration: ctx.auth.registration(),
+        caps: ctx.caps.clone(),
     });
     // What registering tells the router goes under the registry's lock,
     // so room for it is reserved first (at most a NodeGone and a LinkLost).

@@ -886,6 +886,13 @@ pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The `ver` of the server's entity capabilities (XEP-0115), for the CMs'
+/// stream features: the same disco#info the router answers (`extdisco`:
+/// STUN/TURN servers are configured).
+pub fn server_caps_ver(extdisco: bool) -> String {
+    iq::caps_ver(extdisco)
+}
+
 #[cfg(test)]
 mod blocking_tests;
 #[cfg(test)]

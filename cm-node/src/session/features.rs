@@ -17,6 +17,9 @@ pub struct CoreOffer {
     pub mechanisms: Vec<String>,
     /// In-band registration (XEP-0077) is offered.
     pub registration: bool,
+    /// The `ver` of the server's entity capabilities (XEP-0115), shown in
+    /// every stream feature set; empty: none.
+    pub caps: String,
 }
 
 impl CoreOffer {
@@ -40,18 +43,19 @@ pub(super) fn header(
     }
 }
 
-/// Features before authentication: the core's mechanisms, and
-/// registration where it is offered.
+/// Features before authentication: the core's mechanisms, registration
+/// where it is offered, and the server's capabilities.
 pub(super) fn before_auth(offer: &CoreOffer) -> Vec<u8> {
     let mechanisms: Vec<&str> = offer.mechanisms.iter().map(String::as_str).collect();
-    if offer.registration {
-        stream::features_sasl_register(&mechanisms)
-    } else {
-        stream::features_sasl(&mechanisms)
-    }
+    stream::features_sasl(&mechanisms, offer.registration, caps(offer))
 }
 
-/// Features after authentication: bind (or resume).
-pub(super) fn after_auth() -> Vec<u8> {
-    stream::features_bind()
+/// Features after authentication: bind (or resume), and the server's
+/// capabilities (if the core's offer is known: it always is by then).
+pub(super) fn after_auth(offer: Option<&CoreOffer>) -> Vec<u8> {
+    stream::features_bind(offer.and_then(caps))
+}
+
+fn caps(offer: &CoreOffer) -> Option<&str> {
+    (!offer.caps.is_empty()).then_some(offer.caps.as_str())
 }

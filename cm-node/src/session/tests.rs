@@ -31,6 +31,7 @@ fn offer(registration: bool) -> Arc<CoreOffer> {
     Arc::new(CoreOffer {
         mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
         registration,
+        caps: "QgayPKawpkPSDYmwT/WM94uAlu0=".into(),
     })
 }
 
@@ -1214,4 +1215,20 @@ fn each_pause_of_reading_for_a_spent_budget_is_reported_once() {
     assert_eq!(reported(&s.poll_actions()), vec![]);
     s.on_data(t0 + Duration::from_secs(1), &[b' '; 2000]);
     assert_eq!(reported(&s.poll_actions()), vec![SessionReport::ReadPaused]);
+}
+
+#[test]
+fn stream_features_before_and_after_authentication_show_the_cores_entity_capabilities() {
+    let caps = "<c xmlns=\"http://jabber.org/protocol/caps\" hash=\"sha-1\" node=\"https://longlink.invalid/caps\" ver=\"QgayPKawpkPSDYmwT/WM94uAlu0=\"/>";
+    let mut s = session_at(Instant::now(), Some(offer(false)), 1);
+    let a = s.data(HEADER);
+    assert!(written(&a).contains(caps), "{}", written(&a));
+    let mut s = session_at(Instant::now(), Some(offer(false)), 1);
+    authenticate(&mut s);
+    let a = s.data(HEADER);
+    let text = written(&a);
+    assert!(
+        text.contains("urn:ietf:params:xml:ns:xmpp-bind") && text.contains(caps),
+        "{text}"
+    );
 }

@@ -5,6 +5,7 @@
 mod blocking;
 mod carbons;
 mod disco;
+pub(super) use disco::caps_ver;
 mod extdisco;
 mod mam;
 mod private;

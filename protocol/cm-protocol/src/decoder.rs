@@ -49,6 +49,7 @@ impl Frame {
                     instance,
                     mechanisms,
                     registration: r.bool()?,
+                    caps: r.string()?,
                 }
             }
             FrameTag::AuthStart => Frame::AuthStart {

@@ -75,6 +75,7 @@ impl Frame {
                 instance,
                 mechanisms,
                 registration,
+                caps,
             } => {
                 w.str(domain);
                 w.varint(*instance);
@@ -83,6 +84,7 @@ impl Frame {
                     w.str(m);
                 }
                 w.bool(*registration);
+                w.str(caps);
             }
             Frame::Register {
                 sid,

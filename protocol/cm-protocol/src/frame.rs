@@ -114,6 +114,9 @@ pub enum Frame {
         mechanisms: Vec<String>,
         /// Offer in-band registration (XEP-0077) before authentication.
         registration: bool,
+        /// The `ver` of the server's entity capabilities (XEP-0115) to
+        /// show in stream features; empty: none.
+        caps: String,
     },
     /// CM→core: a client asks to create an account (XEP-0077, before
     /// authentication).
@@ -427,8 +430,11 @@ impl Frame {
                 node, client_addr, ..
             } => node.len() + client_addr.len(),
             Frame::Welcome {
-                domain, mechanisms, ..
-            } => domain.len() + mechanisms.iter().map(|m| 24 + m.len()).sum::<usize>(),
+                domain,
+                mechanisms,
+                caps,
+                ..
+            } => domain.len() + caps.len() + mechanisms.iter().map(|m| 24 + m.len()).sum::<usize>(),
             Frame::Register {
                 username, password, ..
             } => username.len() + password.len(),

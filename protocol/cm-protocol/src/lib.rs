@@ -46,4 +46,4 @@ pub use tag::FrameTag;
 pub const MAX_STANZA: usize = MAX_FRAME / 2 - 16 * 1024;
 
 /// ALPN of the CM↔core protocol; the version is part of it.
-pub const ALPN: &[u8] = b"longlink-cm/4";
+pub const ALPN: &[u8] = b"longlink-cm/5";

@@ -58,6 +58,7 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             instance: uint(rng),
             mechanisms: (0..rng.gen_range(0..=16)).map(|_| string(rng)).collect(),
             registration: rng.gen_bool(0.5),
+            caps: string(rng),
         },
         FrameTag::AuthStart => Frame::AuthStart {
             sid,

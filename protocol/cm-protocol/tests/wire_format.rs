@@ -28,8 +28,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 instance: u64::MAX,
                 mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
                 registration: true,
+                caps: "abc".into(),
             },
-            "0000002d 01 0b6578616d706c652e6f7267ffffffffffffffffff01020d534352414d2d5348412d32353605504c41494e01",
+            "00000031 01 0b6578616d706c652e6f7267ffffffffffffffffff01020d534352414d2d5348412d32353605504c41494e0103616263",
         ),
         (
             Frame::Welcome {
@@ -37,8 +38,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 instance: 0,
                 mechanisms: vec![],
                 registration: false,
+                caps: String::new(),
             },
-            "00000006 01 0162000000",
+            "00000007 01 016200000000",
         ),
         (
             Frame::Register {

@@ -60,6 +60,8 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 /// Message processing hints (XEP-0334).
 pub const HINTS: &str = "urn:xmpp:hints";
+/// Entity capabilities (XEP-0115).
+pub const CAPS: &str = "http://jabber.org/protocol/caps";
 /// External service discovery (XEP-0215).
 pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";
 /// Private XML storage (XEP-0049).

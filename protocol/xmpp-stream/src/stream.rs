@@ -32,19 +32,28 @@ pub fn client_header(domain: &str, from: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// Stream features before authentication: the SASL mechanisms.
-pub fn features_sasl(mechanisms: &[&str]) -> Vec<u8> {
-    features(vec![mechanisms_element(mechanisms)])
+/// Stream features before authentication: the SASL mechanisms, in-band
+/// registration if `register`, entity capabilities if `caps` (a `ver`).
+pub fn features_sasl(mechanisms: &[&str], register: bool, caps: Option<&str>) -> Vec<u8> {
+    let mut children = vec![mechanisms_element(mechanisms)];
+    if register {
+        // in-band registration (XEP-0077)
+        children.push(Element::new("register", ns::REGISTER_FEATURE));
+    }
+    children.extend(caps.map(caps_element));
+    features(children)
 }
 
-/// Stream features before authentication, offering in-band registration
-/// (XEP-0077) besides SASL.
-pub fn features_sasl_register(mechanisms: &[&str]) -> Vec<u8> {
-    features(vec![
-        mechanisms_element(mechanisms),
-        Element::new("register", ns::REGISTER_FEATURE),
-    ])
+/// The server's entity capabilities (XEP-0115 §6.3) with `ver`.
+fn caps_element(ver: &str) -> Element {
+    Element::new("c", ns::CAPS)
+        .with_attr("hash", "sha-1")
+        .with_attr("node", CAPS_NODE)
+        .with_attr("ver", ver)
 }
+
+/// The `node` of longlink's entity capabilities (XEP-0115).
+pub const CAPS_NODE: &str = "https://longlink.invalid/caps";
 
 fn mechanisms_element(mechanisms: &[&str]) -> Element {
     let mut mechs = Element::new("mechanisms", ns::SASL);
@@ -55,13 +64,15 @@ fn mechanisms_element(mechanisms: &[&str]) -> Element {
 }
 
 /// Stream features after authentication: resource binding.
-pub fn features_bind() -> Vec<u8> {
-    features(vec![
+pub fn features_bind(caps: Option<&str>) -> Vec<u8> {
+    let mut children = vec![
         Element::new("bind", ns::BIND),
         Element::new("sm", ns::SM),
         Element::new("csi", ns::CSI),
         Element::new("ver", ns::ROSTER_VER),
-    ])
+    ];
+    children.extend(caps.map(caps_element));
+    features(children)
 }
 
 /// Stream features before TLS on a plain TCP stream: STARTTLS, required.
@@ -195,7 +206,7 @@ mod tests {
         f.push(&client_header("example.org", None));
         assert!(matches!(f.next_event(), Ok(Some(FrameEvent::Open(_)))));
         let mut stream = server_header("example.org", "abc", Some("a@example.org"), None);
-        stream.extend(features_sasl(&["SCRAM-SHA-256", "PLAIN"]));
+        stream.extend(features_sasl(&["SCRAM-SHA-256", "PLAIN"], false, None));
         stream.extend(sasl_failure("not-authorized", Some("bad <password>")));
         stream.extend(stream_error(
             StreamCondition::PolicyViolation,

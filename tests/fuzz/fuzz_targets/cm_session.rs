@@ -64,6 +64,7 @@ impl Harness {
         let offer = Arc::new(CoreOffer {
             mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
             registration: true,
+            caps: "QgayPKawpkPSDYmwT/WM94uAlu0=".into(),
         });
         let session = ClientSession::new(
             SID,

@@ -4,7 +4,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
 /// The server's disco#info (XEP-0030): exactly what is served.
-pub(in crate::router) fn disco_info(extdisco: bool) -> Element {
+pub(crate) fn disco_info(extdisco: bool) -> Element {
     let mut vars = vec![
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
@@ -28,6 +28,43 @@ pub(in crate::router) fn disco_info(extdisco: bool) -> Element {
     )
 }
 
+/// The `ver` of the server's entity capabilities (XEP-0115 §5.1): the
+/// SHA-1 of its disco#info's identities and features, sorted, as the
+/// CMs show it in stream features (the `Welcome` frame carries it).
+pub fn caps_ver(extdisco: bool) -> String {
+    caps_ver_of(&disco_info(extdisco))
+}
+
+/// The XEP-0115 `ver` of a disco#info `<query/>` (identities and
+/// features; longlink's has no extended forms).
+fn caps_ver_of(info: &Element) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let mut identities: Vec<String> = info
+        .elements()
+        .filter(|e| e.name == "identity")
+        .map(|e| {
+            let a = |n: &str| e.attr(n).unwrap_or_default().to_owned();
+            format!(
+                "{}/{}/{}/{}<",
+                a("category"),
+                a("type"),
+                a("xml:lang"),
+                a("name")
+            )
+        })
+        .collect();
+    identities.sort();
+    let mut features: Vec<String> = info
+        .elements()
+        .filter(|e| e.name == "feature")
+        .filter_map(|e| e.attr("var").map(|v| format!("{v}<")))
+        .collect();
+    features.sort();
+    let s = identities.concat() + &features.concat();
+    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
+}
+
 /// An account's disco#info: its archive and stable ids (XEP-0313 §6).
 pub(in crate::router) fn account_info(archive: bool) -> Element {
     features(
@@ -48,4 +85,29 @@ fn features(identity: Element, vars: &[&str]) -> Element {
         q = q.with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *var));
     }
     q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caps_ver_of_xep_0115s_own_example_is_the_one_it_publishes() {
+        // XEP-0115 §5.2: Exodus 0.9.1
+        let info = features(
+            Element::new("identity", ns::DISCO_INFO)
+                .with_attr("category", "client")
+                .with_attr("type", "pc")
+                .with_attr("name", "Exodus 0.9.1"),
+            &[
+                "http://jabber.org/protocol/caps",
+                ns::DISCO_INFO,
+                ns::DISCO_ITEMS,
+                "http://jabber.org/protocol/muc",
+            ],
+        );
+        assert_eq!(caps_ver_of(&info), "QgayPKawpkPSDYmwT/WM94uAlu0=");
+        // and the server's changes with what it offers
+        assert_ne!(caps_ver(false), caps_ver(true));
+    }
 }
