@@ -350,7 +350,7 @@ async fn the_conformance_suite_passes_over_tcp_tls_and_quic() {
 /// What longlink serves of XEP-0479's server features today, by lookup;
 /// every other check must fail (a feature that lands moves here).
 const COMPLIANCE_PASSES: &[&str] = &[
-    "XEP-0030 service discovery (server identity)",
+    "XEP-0030 service discovery (server identity server/im)",
     "XEP-0115 entity capabilities (stream feature)",
     "RFC 6121 roster versioning (stream feature)",
     "XEP-0191 blocking command (server feature)",
@@ -399,6 +399,9 @@ async fn the_compliance_suite_finds_exactly_the_xep_0479_features_longlink_serve
         let outcomes = run_compliance(&target).await;
         let names: Vec<&str> = outcomes.iter().map(|o| o.name).collect();
         assert_eq!(names, check_names());
+        for pass in COMPLIANCE_PASSES {
+            assert!(names.contains(pass), "no check named {pass}");
+        }
         for o in &outcomes {
             println!(
                 "{}  {}: {:?}",

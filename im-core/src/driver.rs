@@ -242,7 +242,11 @@ impl Driver {
             events,
             completions,
             intake_open: true,
-            wall_clock: tokio::time::interval(WALL_CLOCK_EVERY),
+            wall_clock: {
+                let mut every = tokio::time::interval(WALL_CLOCK_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every
+            },
             overflow_warnings: TokenBucket::new(1, 5, now()),
             overflow_unlogged: 0,
             slot_owners_version: 0,

@@ -654,3 +654,26 @@ fn a_blocked_contacts_cancellation_reveals_none_of_the_blockers_sessions() {
         "{cancelled:?}"
     );
 }
+
+#[test]
+fn a_block_sends_its_unavailable_to_no_session_that_blocks_the_blocker() {
+    let mut r = router();
+    friends(&mut r);
+    // bob blocks alice first; then alice blocks bob
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Iq, "bob@x/phone", None, Some("set")),
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@x'/></block></iq>",
+    );
+    let blocked = alice_blocks(&mut r, "bob@x");
+    assert!(
+        !to(&blocked, 2, 20).iter().any(|p| p.contains("<presence")),
+        "{blocked:?}"
+    );
+    assert!(
+        !to(&blocked, 1, 10).iter().any(|p| p.contains("<presence")),
+        "{blocked:?}"
+    );
+}

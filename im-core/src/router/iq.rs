@@ -65,10 +65,31 @@ impl Router {
                 );
             }
             ("ping", ns::PING, "get") => result(),
-            ("query", ns::DISCO_INFO, "get") => result().with_child(match for_account {
-                true => disco::account_info(self.archive.is_some()),
-                false => disco::disco_info(self.external.is_some()),
-            }),
+            ("query", ns::DISCO_INFO, "get") => match (for_account, child.attr("node")) {
+                (true, _) => result().with_child(disco::account_info(self.archive.is_some())),
+                (false, None) => result().with_child(disco::disco_info(self.external.is_some())),
+                // XEP-0115 §6.2: the node of the caps the CMs show is
+                // answered (echoed); any other is unknown
+                (false, Some(node)) => {
+                    let extdisco = self.external.is_some();
+                    let ours = format!(
+                        "{}#{}",
+                        xmpp_stream::stream::CAPS_NODE,
+                        disco::caps_ver(extdisco)
+                    );
+                    if node != ours {
+                        return self.reply_error(
+                            addr.0,
+                            addr.1,
+                            header,
+                            StanzaCondition::ItemNotFound,
+                        );
+                    }
+                    let mut info = disco::disco_info(extdisco);
+                    info.set_attr("node", ours);
+                    result().with_child(info)
+                }
+            },
             ("query", ns::DISCO_ITEMS, "get") => {
                 result().with_child(Element::new("query", ns::DISCO_ITEMS))
             }

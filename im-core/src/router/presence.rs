@@ -230,7 +230,13 @@ impl Router {
         let mut out = Vec::new();
         for r in targets {
             for (full, s) in &stanzas {
-                if despite_blocks || !self.blocked_pair(full, contact, r) {
+                // (the block's own unavailable goes despite the user's
+                // new block, not to a session that blocks the user)
+                let skip = match despite_blocks {
+                    true => self.blocks(contact, full),
+                    false => self.blocked_pair(full, contact, r),
+                };
+                if !skip {
                     out.push(((r.node, r.sid), s.clone()));
                 }
             }

@@ -22,14 +22,17 @@ enum Look {
     StreamFeature(&'static str, &'static str),
     /// A feature of the server's disco#info.
     ServerFeature(&'static str),
+    /// An identity (category, type) of the server's disco#info.
+    ServerIdentity(&'static str, &'static str),
     /// A feature of the account's (bare JID's) disco#info.
     AccountFeature(&'static str),
     /// An identity (category, type) of the account's disco#info.
     AccountIdentity(&'static str, &'static str),
     /// A service among the server's disco#items with this feature.
     ServiceFeature(&'static str),
-    /// A feature of the group chat service (the service with the MUC
-    /// feature).
+    /// A feature of a group chat service: one of the server's disco#items
+    /// (not the server itself) with identity conference/text and the MUC
+    /// feature, as Conversations takes one.
     GroupChatFeature(&'static str),
     /// A private XML get (XEP-0049, which has no disco feature) is
     /// answered with a result.
@@ -39,8 +42,8 @@ enum Look {
 /// One check: its name (the XEP and what it is) and where it looks.
 const CHECKS: &[(&str, Look)] = &[
     (
-        "XEP-0030 service discovery (server identity)",
-        Look::ServerFeature(ns::DISCO_INFO),
+        "XEP-0030 service discovery (server identity server/im)",
+        Look::ServerIdentity("server", "im"),
     ),
     (
         "XEP-0115 entity capabilities (stream feature)",
@@ -59,8 +62,8 @@ const CHECKS: &[(&str, Look)] = &[
         Look::StreamFeature("ver", ns::ROSTER_VER),
     ),
     (
-        "XEP-0045 multi-user chat (a service)",
-        Look::ServiceFeature("http://jabber.org/protocol/muc"),
+        "XEP-0045 multi-user chat (a conference/text service)",
+        Look::GroupChatFeature("http://jabber.org/protocol/muc"),
     ),
     (
         "XEP-0410 MUC self-ping optimization (group chat service feature)",
@@ -131,16 +134,22 @@ struct Found {
     stream_features: Option<Element>,
     server: Option<Element>,
     account: Option<Element>,
+    /// The disco#info of the server's disco#items.
+    items: Vec<Element>,
+    /// Those and the server's own (where a service such as upload may be).
     services: Vec<Element>,
     private_storage: bool,
 }
 
 /// Most services of the server's disco#items looked into.
 const MAX_SERVICES: usize = 32;
+/// Longest wait for one service's disco#info.
+const SERVICE_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs the lookups with account 0 and every check against them.
 pub async fn run_compliance(target: &Target) -> Vec<Outcome> {
-    let found = match tokio::time::timeout(Duration::from_secs(60), look(target)).await {
+    // (logins and three lookups, plus every service at most SERVICE_WAIT)
+    let found = match tokio::time::timeout(Duration::from_secs(150), look(target)).await {
         Ok(Ok(found)) => found,
         Ok(Err(why)) => return fail_all(&why),
         Err(_) => return fail_all("the lookups timed out"),
@@ -172,8 +181,6 @@ async fn look(target: &Target) -> Result<Found, String> {
         ..Found::default()
     };
     found.server = disco(&mut conn, &target.domain, ns::DISCO_INFO).await.ok();
-    // (a service may be the server itself, as caas looks)
-    found.services.extend(found.server.clone());
     found.account = disco(&mut conn, &account, ns::DISCO_INFO).await.ok();
     if let Ok(items) = disco(&mut conn, &target.domain, ns::DISCO_ITEMS).await {
         let jids: Vec<String> = items
@@ -183,11 +190,15 @@ async fn look(target: &Target) -> Result<Found, String> {
             .take(MAX_SERVICES)
             .collect();
         for jid in jids {
-            if let Ok(info) = disco(&mut conn, &jid, ns::DISCO_INFO).await {
-                found.services.push(info);
+            // (one slow service costs its check, not the run)
+            let asked = disco(&mut conn, &jid, ns::DISCO_INFO);
+            if let Ok(Ok(info)) = tokio::time::timeout(SERVICE_WAIT, asked).await {
+                found.items.push(info);
             }
         }
     }
+    // (a service such as upload may be the server itself)
+    found.services = found.items.iter().chain(&found.server).cloned().collect();
     found.private_storage = private_get(&mut conn).await;
     conn.close().await;
     Ok(found)
@@ -213,7 +224,9 @@ async fn private_get(conn: &mut Conn) -> bool {
     }
     conn.until(|el| el.name == "iq" && el.attr("id") == Some(&id))
         .await
-        .is_ok_and(|answer| answer.attr("type") == Some("result"))
+        .is_ok_and(|answer| {
+            answer.attr("type") == Some("result") && answer.child("query", ns::PRIVATE).is_some()
+        })
 }
 
 /// The `<query/>` of a disco get to `to`, or why there is none.
@@ -260,10 +273,12 @@ fn check(found: &Found, how: Look) -> Result<(), String> {
             .as_ref()
             .is_some_and(|i| has_identity(i, c, t)),
         Look::ServiceFeature(var) => found.services.iter().any(|i| has_feature(i, var)),
-        Look::GroupChatFeature(var) => found
-            .services
-            .iter()
-            .any(|i| has_feature(i, "http://jabber.org/protocol/muc") && has_feature(i, var)),
+        Look::ServerIdentity(c, t) => found.server.as_ref().is_some_and(|i| has_identity(i, c, t)),
+        Look::GroupChatFeature(var) => found.items.iter().any(|i| {
+            has_identity(i, "conference", "text")
+                && has_feature(i, "http://jabber.org/protocol/muc")
+                && has_feature(i, var)
+        }),
         Look::PrivateStorageAnswers => found.private_storage,
     };
     ok.then_some(()).ok_or_else(|| match how {
@@ -272,7 +287,8 @@ fn check(found: &Found, how: Look) -> Result<(), String> {
         Look::AccountFeature(var) => format!("the account's disco#info lacks {var}"),
         Look::AccountIdentity(c, t) => format!("the account has no {c}/{t} identity"),
         Look::ServiceFeature(var) => format!("no service in disco#items offers {var}"),
-        Look::GroupChatFeature(var) => format!("no group chat service offers {var}"),
+        Look::ServerIdentity(c, t) => format!("the server has no {c}/{t} identity"),
+        Look::GroupChatFeature(var) => format!("no conference/text service offers {var}"),
         Look::PrivateStorageAnswers => "a private XML get was not answered with a result".into(),
     })
 }

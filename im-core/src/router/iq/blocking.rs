@@ -236,7 +236,13 @@ impl Router {
             for r in self.table.resources(contact).iter().filter(|r| r.available) {
                 let stanza = match block {
                     // (only the sessions the user now blocks)
-                    true if !self.blocked_pair(full, contact, r) => continue,
+                    // (only the sessions the user now blocks, and none
+                    // that blocks the user: it said its last word)
+                    true if !self.blocks(bare, &format!("{contact}/{}", r.resource))
+                        || self.blocks(contact, full) =>
+                    {
+                        continue;
+                    }
                     true => {
                         presence_stanza(&format!("{contact}/{}", r.resource), full, "unavailable")
                     }

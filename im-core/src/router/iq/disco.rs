@@ -40,28 +40,31 @@ pub fn caps_ver(extdisco: bool) -> String {
 fn caps_ver_of(info: &Element) -> String {
     use base64::Engine;
     use sha1::Digest;
-    let mut identities: Vec<String> = info
+    // (sorted by the values themselves, then joined: a name that is the
+    // start of another comes first, as §5.1 orders them)
+    let mut identities: Vec<[String; 4]> = info
         .elements()
         .filter(|e| e.name == "identity")
         .map(|e| {
             let a = |n: &str| e.attr(n).unwrap_or_default().to_owned();
-            format!(
-                "{}/{}/{}/{}<",
-                a("category"),
-                a("type"),
-                a("xml:lang"),
-                a("name")
-            )
+            [a("category"), a("type"), a("xml:lang"), a("name")]
         })
         .collect();
     identities.sort();
-    let mut features: Vec<String> = info
+    let mut features: Vec<&str> = info
         .elements()
         .filter(|e| e.name == "feature")
-        .filter_map(|e| e.attr("var").map(|v| format!("{v}<")))
+        .filter_map(|e| e.attr("var"))
         .collect();
-    features.sort();
-    let s = identities.concat() + &features.concat();
+    features.sort_unstable();
+    let mut s = String::new();
+    for [category, kind, lang, name] in &identities {
+        s.push_str(&format!("{category}/{kind}/{lang}/{name}<"));
+    }
+    for var in features {
+        s.push_str(var);
+        s.push('<');
+    }
     base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
 }
 
@@ -107,6 +110,20 @@ mod tests {
             ],
         );
         assert_eq!(caps_ver_of(&info), "QgayPKawpkPSDYmwT/WM94uAlu0=");
+        // a name that starts another sorts first ('#' is below '<')
+        let pair = features(
+            Element::new("identity", ns::DISCO_INFO)
+                .with_attr("category", "client")
+                .with_attr("type", "pc"),
+            &["urn:x:1#compat", "urn:x:1"],
+        );
+        let mut hashed = String::from("client/pc//<urn:x:1<urn:x:1#compat<");
+        hashed = {
+            use base64::Engine;
+            use sha1::Digest;
+            base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(hashed.as_bytes()))
+        };
+        assert_eq!(caps_ver_of(&pair), hashed);
         // and the server's changes with what it offers
         assert_ne!(caps_ver(false), caps_ver(true));
     }

@@ -46,9 +46,20 @@ impl Router {
             ) else {
                 return self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
             };
-            let port = asked
-                .and_then(|a| a.attr("port"))
-                .and_then(|p| p.parse::<u16>().ok());
+            let port = match asked.and_then(|a| a.attr("port")) {
+                None => None,
+                Some(p) => match p.parse::<u16>() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        return self.reply_error(
+                            addr.0,
+                            addr.1,
+                            header,
+                            StanzaCondition::BadRequest,
+                        );
+                    }
+                },
+            };
             // (every match: one host may serve UDP and TCP apart)
             let found: Vec<&ExternalService> = external
                 .services()
@@ -186,6 +197,14 @@ mod tests {
             matches!(&none[..], [p] if p.contains("item-not-found")),
             "{none:?}"
         );
+        let bad_port = ask(
+            &mut r,
+            "<credentials xmlns='urn:xmpp:extdisco:2'><service type='turn' host='turn.example' port='x'/></credentials>",
+        );
+        assert!(
+            matches!(&bad_port[..], [p] if p.contains("bad-request")),
+            "{bad_port:?}"
+        );
         let unnamed = ask(
             &mut r,
             "<credentials xmlns='urn:xmpp:extdisco:2'><service type='turn'/></credentials>",
@@ -221,6 +240,32 @@ mod tests {
         assert!(
             matches!(&info[..], [p] if p.contains("urn:xmpp:extdisco:2")),
             "{info:?}"
+        );
+    }
+
+    #[test]
+    fn the_caps_node_is_answered_and_echoed_and_any_other_node_is_unknown() {
+        let mut r = with_services();
+        let node = format!(
+            "{}#{}",
+            xmpp_stream::stream::CAPS_NODE,
+            crate::router::server_caps_ver(true)
+        );
+        let ours = ask(
+            &mut r,
+            &format!("<query xmlns='http://jabber.org/protocol/disco#info' node='{node}'/>"),
+        );
+        assert!(
+            matches!(&ours[..], [p] if p.contains(&format!("node=\"{node}\"")) && p.contains("urn:xmpp:extdisco:2")),
+            "{ours:?}"
+        );
+        let other = ask(
+            &mut r,
+            "<query xmlns='http://jabber.org/protocol/disco#info' node='urn:other'/>",
+        );
+        assert!(
+            matches!(&other[..], [p] if p.contains("item-not-found")),
+            "{other:?}"
         );
     }
 }
