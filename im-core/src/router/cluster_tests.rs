@@ -1193,3 +1193,62 @@ fn a_forwarded_message_from_a_user_the_recipient_blocks_is_refused_back_to_its_s
         }
     )));
 }
+
+#[test]
+fn an_iq_to_another_cores_user_is_a_tracked_forward_answered_with_an_error_if_nobody_takes_it() {
+    let (alice, bob) = two_users();
+    let mut a = core_owning("a#1", &alice);
+    peer_owns(&mut a, 9, "b#1", &bob, 1);
+    let alice_full = bound(&mut a, 1, 10, &alice, "phone");
+    sm_enable(&mut a, 1, 10, 60);
+    let bob_full = format!("{bob}/pc");
+    let asked = stanza(
+        &mut a,
+        1,
+        10,
+        header(Kind::Iq, &alice_full, Some(&bob_full), Some("get")),
+        "<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>",
+    );
+    let sent = forwards(&asked);
+    let [(core, Frame::Forward { seq, header: h, .. })] = &sent[..] else {
+        panic!("{asked:?}")
+    };
+    assert_eq!((core.as_str(), h.kind), ("b#1", Kind::Iq));
+    assert_ne!(*seq, 0, "an IQ to another core's user is tracked");
+    // alice's acknowledgement waits for bob's core
+    assert_eq!(
+        handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
+        vec![0]
+    );
+    // b#1 never answers: alice gets an IQ error, and her `h` goes on
+    let later = a.timeout(t0() + FORWARD_GIVE_UP + Duration::from_secs(1));
+    let to_alice: Vec<String> = deliveries(&later)
+        .into_iter()
+        .filter(|(addr, _)| *addr == (1, 10))
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        matches!(&to_alice[..], [p] if p.starts_with("<iq") && p.contains("type=\"error\"") && p.contains("recipient-unavailable")),
+        "{later:?}"
+    );
+    assert_eq!(
+        handled(&frame(&mut a, 1, Frame::AckRequest { sid: 10 })),
+        vec![1]
+    );
+    // an IQ result nobody takes is not answered with an error
+    let result = stanza(
+        &mut a,
+        1,
+        10,
+        header(Kind::Iq, &alice_full, Some(&bob_full), Some("result")),
+        "<iq type='result' id='x'/>",
+    );
+    assert_eq!(forwards(&result).len(), 1, "{result:?}");
+    let much_later = a.timeout(t0() + 2 * FORWARD_GIVE_UP + Duration::from_secs(2));
+    assert!(
+        !deliveries(&much_later)
+            .iter()
+            .any(|(addr, _)| *addr == (1, 10)),
+        "{much_later:?}"
+    );
+}
