@@ -164,11 +164,6 @@ impl Router {
         match started {
             Some(seq) if self.serves(to_bare) => self.forward_home(seq),
             Some(seq) => self.send_forward(seq, to_bare),
-            None if !answered_with_error(header) => {
-                if let Some(origin) = origin {
-                    self.stored(origin);
-                }
-            }
             None => {
                 // too much waits for other cores already
                 self.error_to(
@@ -267,7 +262,7 @@ impl Router {
         }
         for given_up in self.forwards.expire(now) {
             let h = &given_up.header;
-            if answered_with_error(h) {
+            if h.stanza_type.as_deref() != Some("error") {
                 self.error_to(
                     &h.from,
                     stanza_kind(h.kind),
@@ -723,15 +718,5 @@ fn peer_header(stanza: &PeerStanza) -> RouteHeader {
         to: Some(stanza.to.clone()),
         id: None,
         from: stanza.from.clone(),
-    }
-}
-
-/// Whether a forward nobody took is answered with an error: not an error
-/// or an IQ result itself (RFC 6120 §8.3.1).
-fn answered_with_error(header: &RouteHeader) -> bool {
-    match header.stanza_type.as_deref() {
-        Some("error") => false,
-        Some("result") => header.kind != Kind::Iq,
-        _ => true,
     }
 }

@@ -269,10 +269,12 @@ impl Router {
                 .map(|r| (r.node, r.sid));
             match target {
                 Some(target) => self.deliver(target, payload),
-                // another core's user: tracked, so that the sender's
-                // acknowledgement waits for that core, and the IQ goes to
-                // the next owner (or is answered) if that core dies
-                None if !self.serves(&bare) => self.forward_stanza(&bare, header, payload),
+                None if self.send_to_peer(
+                    &to.to_string(),
+                    Kind::Iq,
+                    &header.from,
+                    payload.clone(),
+                ) => {}
                 None if is_request => {
                     self.reply_error(node, sid, header, StanzaCondition::ServiceUnavailable)
                 }
