@@ -677,3 +677,35 @@ fn a_block_sends_its_unavailable_to_no_session_that_blocks_the_blocker() {
         "{blocked:?}"
     );
 }
+
+#[test]
+fn blocking_one_resource_of_a_contact_who_blocks_the_user_sends_it_nothing() {
+    let mut r = router();
+    friends(&mut r);
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Iq, "bob@x/phone", None, Some("set")),
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@x'/></block></iq>",
+    );
+    let blocked = alice_blocks(&mut r, "bob@x/phone");
+    assert!(
+        !to(&blocked, 2, 20).iter().any(|p| p.contains("<presence")),
+        "{blocked:?}"
+    );
+    // and an account has no disco nodes
+    let node = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", Some("alice@x"), Some("get")),
+        "<iq type='get' id='n'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:xmpp:omemo:2:bundles'/></iq>",
+    );
+    assert!(
+        to(&node, 1, 10)
+            .iter()
+            .any(|p| p.contains("item-not-found")),
+        "{node:?}"
+    );
+}

@@ -65,6 +65,12 @@ impl Router {
                 );
             }
             ("ping", ns::PING, "get") => result(),
+            ("query", ns::DISCO_INFO | ns::DISCO_ITEMS, "get")
+                if child.attr("node").is_some() && (for_account || child.ns == ns::DISCO_ITEMS) =>
+            {
+                // (no nodes there: XEP-0030 §3.2, §4.2)
+                return self.reply_error(addr.0, addr.1, header, StanzaCondition::ItemNotFound);
+            }
             ("query", ns::DISCO_INFO, "get") => match (for_account, child.attr("node")) {
                 (true, _) => result().with_child(disco::account_info(self.archive.is_some())),
                 (false, None) => result().with_child(disco::disco_info(self.external.is_some())),

@@ -191,8 +191,13 @@ impl Router {
                     }
                 } else {
                     // only some of the contact's resources are blocked
+                    // (none to a contact that blocks the user: it said its
+                    // last word)
                     for item in changed.iter().filter(|j| address::bare(j) == contact) {
                         for full in &fulls {
+                            if self.blocks(&contact, full) {
+                                continue;
+                            }
                             let stanza = presence_stanza(full, item, "unavailable");
                             self.send_to_jid(item, full, stanza);
                         }
@@ -235,7 +240,6 @@ impl Router {
             };
             for r in self.table.resources(contact).iter().filter(|r| r.available) {
                 let stanza = match block {
-                    // (only the sessions the user now blocks)
                     // (only the sessions the user now blocks, and none
                     // that blocks the user: it said its last word)
                     true if !self.blocks(bare, &format!("{contact}/{}", r.resource))
