@@ -337,6 +337,17 @@ fn block_requests_without_items_or_with_bad_jids_are_refused_and_write_nothing()
     }
 }
 
+/// Bob (2, 20) blocks alice.
+fn bob_blocks_alice(r: &mut Router) {
+    stanza(
+        r,
+        2,
+        20,
+        header(Kind::Iq, "bob@x/phone", None, Some("set")),
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@x'/></block></iq>",
+    );
+}
+
 /// Alice (1, 10) blocks `jid`; the actions.
 fn alice_blocks(r: &mut Router, jid: &str) -> Vec<Action> {
     alice_iq(
@@ -433,13 +444,7 @@ fn unblocking_sends_no_presence_where_a_domain_item_or_the_contact_still_blocks(
     );
     assert!(to(&unblocked, 2, 20).is_empty(), "{unblocked:?}");
     // bob blocks alice too; alice unblocks everyone: still nothing to bob
-    stanza(
-        &mut r,
-        2,
-        20,
-        header(Kind::Iq, "bob@x/phone", None, Some("set")),
-        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@x'/></block></iq>",
-    );
+    bob_blocks_alice(&mut r);
     let all = alice_iq(&mut r, "set", "<unblock xmlns='urn:xmpp:blocking'/>");
     assert!(
         !to(&all, 2, 20).iter().any(|p| p.contains("<presence")),
@@ -660,13 +665,7 @@ fn a_block_sends_its_unavailable_to_no_session_that_blocks_the_blocker() {
     let mut r = router();
     friends(&mut r);
     // bob blocks alice first; then alice blocks bob
-    stanza(
-        &mut r,
-        2,
-        20,
-        header(Kind::Iq, "bob@x/phone", None, Some("set")),
-        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@x'/></block></iq>",
-    );
+    bob_blocks_alice(&mut r);
     let blocked = alice_blocks(&mut r, "bob@x");
     assert!(
         !to(&blocked, 2, 20).iter().any(|p| p.contains("<presence")),
@@ -682,13 +681,7 @@ fn a_block_sends_its_unavailable_to_no_session_that_blocks_the_blocker() {
 fn blocking_one_resource_of_a_contact_who_blocks_the_user_sends_it_nothing() {
     let mut r = router();
     friends(&mut r);
-    stanza(
-        &mut r,
-        2,
-        20,
-        header(Kind::Iq, "bob@x/phone", None, Some("set")),
-        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@x'/></block></iq>",
-    );
+    bob_blocks_alice(&mut r);
     let blocked = alice_blocks(&mut r, "bob@x/phone");
     assert!(
         !to(&blocked, 2, 20).iter().any(|p| p.contains("<presence")),
