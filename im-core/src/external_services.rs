@@ -113,6 +113,21 @@ pub struct Credentials {
 }
 
 impl ExternalService {
+    /// A TURN server at `turn.example:3478` (UDP) with secret `s3cret`
+    /// and 600 s credentials, for tests.
+    #[cfg(test)]
+    pub(crate) fn turn_for_tests() -> Self {
+        Self {
+            kind: "turn".into(),
+            host: "turn.example".into(),
+            port: Some(3478),
+            transport: Some("udp".into()),
+            name: None,
+            secret: Some("s3cret".into()),
+            credentials_ttl_secs: 600,
+        }
+    }
+
     /// Credentials for `user` (a local part) valid from `now` (Unix
     /// seconds), if the service has a secret.
     pub fn credentials(&self, user: &str, now: u64) -> Option<Credentials> {
@@ -179,15 +194,7 @@ mod tests {
 
     #[test]
     fn credentials_are_coturns_rest_form_checked_against_openssl() {
-        let turn = ExternalService {
-            kind: "turn".into(),
-            host: "turn.example".into(),
-            port: Some(3478),
-            transport: Some("udp".into()),
-            name: None,
-            secret: Some("s3cret".into()),
-            credentials_ttl_secs: 600,
-        };
+        let turn = ExternalService::turn_for_tests();
         let c = turn
             .credentials("alice", 1_796_125_516)
             .expect("a secret is set");

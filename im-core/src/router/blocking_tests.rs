@@ -337,6 +337,11 @@ fn block_requests_without_items_or_with_bad_jids_are_refused_and_write_nothing()
     }
 }
 
+/// Whether `acts` deliver a presence to session (`node`, `sid`).
+fn has_presence(acts: &[Action], node: u32, sid: u64) -> bool {
+    to(acts, node, sid).iter().any(|p| p.contains("<presence"))
+}
+
 /// Bob (2, 20) blocks alice.
 fn bob_blocks_alice(r: &mut Router) {
     stanza(
@@ -667,14 +672,8 @@ fn a_block_sends_its_unavailable_to_no_session_that_blocks_the_blocker() {
     // bob blocks alice first; then alice blocks bob
     bob_blocks_alice(&mut r);
     let blocked = alice_blocks(&mut r, "bob@x");
-    assert!(
-        !to(&blocked, 2, 20).iter().any(|p| p.contains("<presence")),
-        "{blocked:?}"
-    );
-    assert!(
-        !to(&blocked, 1, 10).iter().any(|p| p.contains("<presence")),
-        "{blocked:?}"
-    );
+    assert!(!has_presence(&blocked, 2, 20), "{blocked:?}");
+    assert!(!has_presence(&blocked, 1, 10), "{blocked:?}");
 }
 
 #[test]
@@ -683,10 +682,7 @@ fn blocking_one_resource_of_a_contact_who_blocks_the_user_sends_it_nothing() {
     friends(&mut r);
     bob_blocks_alice(&mut r);
     let blocked = alice_blocks(&mut r, "bob@x/phone");
-    assert!(
-        !to(&blocked, 2, 20).iter().any(|p| p.contains("<presence")),
-        "{blocked:?}"
-    );
+    assert!(!has_presence(&blocked, 2, 20), "{blocked:?}");
     // and an account has no disco nodes
     let node = stanza(
         &mut r,

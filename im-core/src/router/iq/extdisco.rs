@@ -120,15 +120,7 @@ mod tests {
     use crate::router::test_support::*;
 
     fn with_services() -> Router {
-        let turn = ExternalService {
-            kind: "turn".into(),
-            host: "turn.example".into(),
-            port: Some(3478),
-            transport: Some("udp".into()),
-            name: None,
-            secret: Some("s3cret".into()),
-            credentials_ttl_secs: 600,
-        };
+        let turn = ExternalService::turn_for_tests();
         let stun = ExternalService {
             kind: "stun".into(),
             secret: None,
