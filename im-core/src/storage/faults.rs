@@ -9,8 +9,9 @@ use bytes::Bytes;
 use xmpp_sasl::StoredCredentials;
 
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, Roster,
-    RosterItem, StorageError, Store, Stored,
+    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, PepConfig,
+    PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, Roster, RosterItem,
+    StorageError, Store, Stored,
 };
 
 /// What the next storage calls do; shared (cheap clone) between a test and
@@ -336,6 +337,67 @@ impl Store for FaultyStore {
     ) -> Result<Stored, StorageError> {
         self.plan.check(Call::Write)?;
         self.inner.set_private_xml(username, namespace, element)
+    }
+
+    fn pep_publish(
+        &mut self,
+        username: &str,
+        node: &str,
+        item: &PepItem,
+        options: &PepOptions,
+    ) -> Result<PepPublished, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.pep_publish(username, node, item, options)
+    }
+
+    fn pep_configure(
+        &mut self,
+        username: &str,
+        node: &str,
+        options: &PepOptions,
+        create: bool,
+    ) -> Result<PepConfigured, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.pep_configure(username, node, options, create)
+    }
+
+    fn pep_items(
+        &mut self,
+        username: &str,
+        node: &str,
+        ids: &[String],
+        max: Option<u32>,
+    ) -> Result<Option<(PepConfig, Vec<PepItem>)>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.pep_items(username, node, ids, max)
+    }
+
+    fn pep_retract(
+        &mut self,
+        username: &str,
+        node: &str,
+        id: &str,
+    ) -> Result<Option<PepConfig>, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.pep_retract(username, node, id)
+    }
+
+    fn pep_delete(
+        &mut self,
+        username: &str,
+        node: &str,
+    ) -> Result<Option<PepConfig>, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.pep_delete(username, node)
+    }
+
+    fn pep_last_items(
+        &mut self,
+        owners: &[String],
+        nodes: &[String],
+    ) -> Result<Vec<PepLastItem>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.pep_last_items(owners, nodes)
     }
 
     fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError> {

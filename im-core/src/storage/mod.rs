@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use xmpp_sasl::StoredCredentials;
 
 mod faults;
+mod pep;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -26,6 +27,10 @@ mod tests;
 mod worker;
 
 pub use faults::{FaultPlan, FaultyStore};
+pub use pep::{
+    MAX_PEP_BYTES, MAX_PEP_ITEMS, MAX_PEP_NODES, PepAccess, PepConfig, PepConfigured, PepItem,
+    PepLastItem, PepOptions, PepPublished,
+};
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 pub use worker::{JOB_OVERHEAD, Limits, RETRY_PAUSE, Storage};
@@ -429,6 +434,55 @@ pub trait Store: Send {
         namespace: &str,
         element: &[u8],
     ) -> Result<Stored, StorageError>;
+
+    /// Publishes an item to a user's node (XEP-0163), creating the node
+    /// with `options` (over the defaults) if it does not exist; refused if
+    /// it exists with a configuration `options` does not match. The node
+    /// keeps its newest `max_items`. Past [`MAX_PEP_NODES`] nodes or
+    /// [`MAX_PEP_BYTES`] bytes a user: [`StorageError::QuotaExceeded`].
+    fn pep_publish(
+        &mut self,
+        username: &str,
+        node: &str,
+        item: &PepItem,
+        options: &PepOptions,
+    ) -> Result<PepPublished, StorageError>;
+    /// Creates a node (`create`) or changes an existing one's
+    /// configuration, dropping items past a lowered `max_items`.
+    fn pep_configure(
+        &mut self,
+        username: &str,
+        node: &str,
+        options: &PepOptions,
+        create: bool,
+    ) -> Result<PepConfigured, StorageError>;
+    /// A node's configuration and items: those of `ids` if any are named,
+    /// else the newest `max` (all if none), oldest first. None if there is
+    /// no such node.
+    fn pep_items(
+        &mut self,
+        username: &str,
+        node: &str,
+        ids: &[String],
+        max: Option<u32>,
+    ) -> Result<Option<(PepConfig, Vec<PepItem>)>, StorageError>;
+    /// Removes an item; its node's configuration if both existed.
+    fn pep_retract(
+        &mut self,
+        username: &str,
+        node: &str,
+        id: &str,
+    ) -> Result<Option<PepConfig>, StorageError>;
+    /// Removes a node and its items; its configuration if it existed.
+    fn pep_delete(&mut self, username: &str, node: &str)
+    -> Result<Option<PepConfig>, StorageError>;
+    /// The newest item of each of `owners`' (local parts) nodes named in
+    /// `nodes` that has one, with the node's configuration.
+    fn pep_last_items(
+        &mut self,
+        owners: &[String],
+        nodes: &[String],
+    ) -> Result<Vec<PepLastItem>, StorageError>;
 
     /// A user's vCard (XEP-0054), as stored.
     fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError>;

@@ -13,9 +13,11 @@ use bytes::Bytes;
 use tokio_postgres::{Client, Config};
 use xmpp_sasl::{ScramKeys, StoredCredentials};
 
+use super::pep::{PepAccess, PepTables};
 use super::{
     ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
-    Roster, RosterItem, StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
+    PepConfig, PepItem, PepLastItem, Roster, RosterItem, StorageError, Store, Stored, Subscription,
+    decode_groups, encode_groups,
 };
 
 /// Schema migrations; the `schema_version` table records how many ran.
@@ -90,6 +92,23 @@ const SCHEMA: &[&str] = &[
         element BYTEA NOT NULL,
         PRIMARY KEY (username, namespace)
     );",
+    // 6: personal eventing (XEP-0163): nodes and their items, by age
+    "CREATE TABLE pep_nodes (
+        username TEXT NOT NULL,
+        node TEXT NOT NULL,
+        access TEXT NOT NULL,
+        max_items INTEGER NOT NULL,
+        PRIMARY KEY (username, node)
+    );
+    CREATE TABLE pep_items (
+        username TEXT NOT NULL,
+        node TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        payload BYTEA NOT NULL,
+        PRIMARY KEY (username, node, item_id)
+    );
+    CREATE INDEX pep_items_by_age ON pep_items(username, node, seq);",
 ];
 
 /// Longest wait for one round trip (a statement, `BEGIN`, `COMMIT`) or a
@@ -565,6 +584,8 @@ impl Store for Postgres {
         self.execute("DELETE FROM vcards WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM blocklist WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM private_xml WHERE username=$1", &[&username])?;
+        self.execute("DELETE FROM pep_nodes WHERE username=$1", &[&username])?;
+        self.execute("DELETE FROM pep_items WHERE username=$1", &[&username])?;
         // Nobody keeps a subscription to the name (it may be registered again).
         self.execute(
             "DELETE FROM roster WHERE left(jid, length($1) + 1) = $1 || '@'",
@@ -866,6 +887,42 @@ impl Store for Postgres {
         Ok(Stored::Stored)
     }
 
+    super::pep::store_calls!();
+
+    fn pep_last_items(
+        &mut self,
+        owners: &[String],
+        nodes: &[String],
+    ) -> Result<Vec<PepLastItem>, StorageError> {
+        if owners.is_empty() || nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // (one round trip for a whole roster)
+        let rows = self.query(
+            "SELECT DISTINCT ON (i.username, i.node)
+                 i.username, i.node, n.access, n.max_items, i.item_id, i.payload
+             FROM pep_items i JOIN pep_nodes n ON n.username = i.username AND n.node = i.node
+             WHERE i.username = ANY($1) AND i.node = ANY($2)
+             ORDER BY i.username, i.node, i.seq DESC",
+            &[&owners, &nodes],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PepLastItem {
+                owner: r.get(0),
+                node: r.get(1),
+                config: PepConfig {
+                    access: PepAccess::stored(r.get(2)),
+                    max_items: r.get::<_, i32>(3) as u32,
+                },
+                item: PepItem {
+                    id: r.get(4),
+                    payload: Bytes::from(r.get::<_, Vec<u8>>(5)),
+                },
+            })
+            .collect())
+    }
+
     fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {
         if !self.user_exists(username)? {
             return Ok(Stored::NoSuchUser);
@@ -899,4 +956,125 @@ fn connection_lost(e: &::postgres::Error) -> bool {
         return class == "08" || class == "57" && code.code() != "57014";
     }
     std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+impl PepTables for Postgres {
+    fn account_exists(&mut self, user: &str) -> Result<bool, StorageError> {
+        self.user_exists(user)
+    }
+
+    fn node(&mut self, user: &str, node: &str) -> Result<Option<PepConfig>, StorageError> {
+        Ok(self
+            .query_opt(
+                "SELECT access, max_items FROM pep_nodes WHERE username=$1 AND node=$2",
+                &[&user, &node],
+            )?
+            .map(|r| PepConfig {
+                access: PepAccess::stored(r.get(0)),
+                max_items: r.get::<_, i32>(1) as u32,
+            }))
+    }
+
+    fn node_count(&mut self, user: &str) -> Result<i64, StorageError> {
+        Ok(self
+            .query_opt("SELECT COUNT(*) FROM pep_nodes WHERE username=$1", &[&user])?
+            .map_or(0, |r| r.get(0)))
+    }
+
+    fn put_node(&mut self, user: &str, node: &str, config: PepConfig) -> Result<(), StorageError> {
+        let max = config.max_items as i32;
+        self.execute(
+            "INSERT INTO pep_nodes (username, node, access, max_items) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (username, node)
+             DO UPDATE SET access=EXCLUDED.access, max_items=EXCLUDED.max_items",
+            &[&user, &node, &config.access.name(), &max],
+        )?;
+        Ok(())
+    }
+
+    fn drop_node(&mut self, user: &str, node: &str) -> Result<(), StorageError> {
+        self.execute(
+            "DELETE FROM pep_items WHERE username=$1 AND node=$2",
+            &[&user, &node],
+        )?;
+        self.execute(
+            "DELETE FROM pep_nodes WHERE username=$1 AND node=$2",
+            &[&user, &node],
+        )?;
+        Ok(())
+    }
+
+    fn bytes_besides(&mut self, user: &str, node: &str, id: &str) -> Result<i64, StorageError> {
+        Ok(self
+            .query_opt(
+                "SELECT COALESCE(SUM(octet_length(payload)), 0)::BIGINT FROM pep_items
+                 WHERE username=$1 AND NOT (node=$2 AND item_id=$3)",
+                &[&user, &node, &id],
+            )?
+            .map_or(0, |r| r.get(0)))
+    }
+
+    fn put_item(&mut self, user: &str, node: &str, item: &PepItem) -> Result<(), StorageError> {
+        let payload: &[u8] = &item.payload;
+        self.execute(
+            "INSERT INTO pep_items (username, node, item_id, seq, payload)
+             VALUES ($1, $2, $3,
+                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM pep_items WHERE username=$1 AND node=$2),
+                 $4)
+             ON CONFLICT (username, node, item_id)
+             DO UPDATE SET seq=EXCLUDED.seq, payload=EXCLUDED.payload",
+            &[&user, &node, &item.id, &payload],
+        )?;
+        Ok(())
+    }
+
+    fn drop_item(&mut self, user: &str, node: &str, id: &str) -> Result<bool, StorageError> {
+        Ok(self.execute(
+            "DELETE FROM pep_items WHERE username=$1 AND node=$2 AND item_id=$3",
+            &[&user, &node, &id],
+        )? > 0)
+    }
+
+    fn trim(&mut self, user: &str, node: &str, keep: u32) -> Result<(), StorageError> {
+        let keep = i64::from(keep);
+        self.execute(
+            "DELETE FROM pep_items WHERE username=$1 AND node=$2 AND seq <=
+             (SELECT seq FROM pep_items WHERE username=$1 AND node=$2
+              ORDER BY seq DESC LIMIT 1 OFFSET $3)",
+            &[&user, &node, &keep],
+        )?;
+        Ok(())
+    }
+
+    fn items(
+        &mut self,
+        user: &str,
+        node: &str,
+        ids: &[String],
+        max: u32,
+    ) -> Result<Vec<PepItem>, StorageError> {
+        let rows = if ids.is_empty() {
+            let max = i64::from(max);
+            let mut rows = self.query(
+                "SELECT item_id, payload FROM pep_items WHERE username=$1 AND node=$2
+                 ORDER BY seq DESC LIMIT $3",
+                &[&user, &node, &max],
+            )?;
+            rows.reverse();
+            rows
+        } else {
+            self.query(
+                "SELECT item_id, payload FROM pep_items
+                 WHERE username=$1 AND node=$2 AND item_id = ANY($3) ORDER BY seq",
+                &[&user, &node, &ids],
+            )?
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| PepItem {
+                id: r.get(0),
+                payload: Bytes::from(r.get::<_, Vec<u8>>(1)),
+            })
+            .collect())
+    }
 }

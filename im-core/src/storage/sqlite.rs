@@ -7,9 +7,11 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use xmpp_sasl::{ScramKeys, StoredCredentials};
 
+use super::pep::{PepAccess, PepTables};
 use super::{
     ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
-    Roster, RosterItem, StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
+    PepConfig, PepItem, PepLastItem, Roster, RosterItem, StorageError, Store, Stored, Subscription,
+    decode_groups, encode_groups,
 };
 
 /// Schema migrations; `PRAGMA user_version` records how many ran.
@@ -70,6 +72,23 @@ const SCHEMA: &[&str] = &[
         element BLOB NOT NULL,
         PRIMARY KEY (username, namespace)
     );",
+    // 5: personal eventing (XEP-0163): nodes and their items, by age
+    "CREATE TABLE pep_nodes (
+        username TEXT NOT NULL,
+        node TEXT NOT NULL,
+        access TEXT NOT NULL,
+        max_items INTEGER NOT NULL,
+        PRIMARY KEY (username, node)
+    );
+    CREATE TABLE pep_items (
+        username TEXT NOT NULL,
+        node TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (username, node, item_id)
+    );
+    CREATE INDEX pep_items_by_age ON pep_items(username, node, seq);",
 ];
 
 /// The embedded store over one SQLite connection.
@@ -196,6 +215,8 @@ impl Store for Sqlite {
             "vcards",
             "blocklist",
             "private_xml",
+            "pep_nodes",
+            "pep_items",
         ] {
             self.conn.execute(
                 &format!("DELETE FROM {table} WHERE username=?1"),
@@ -527,6 +548,44 @@ impl Store for Sqlite {
         Ok(Stored::Stored)
     }
 
+    super::pep::store_calls!();
+
+    fn pep_last_items(
+        &mut self,
+        owners: &[String],
+        nodes: &[String],
+    ) -> Result<Vec<PepLastItem>, StorageError> {
+        // (an indexed lookup per pair: cheap in-process)
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT n.access, n.max_items, i.item_id, i.payload
+             FROM pep_nodes n JOIN pep_items i ON i.username = n.username AND i.node = n.node
+             WHERE n.username=?1 AND n.node=?2 ORDER BY i.seq DESC LIMIT 1",
+        )?;
+        let mut out = Vec::new();
+        for owner in owners {
+            for node in nodes {
+                let found = stmt
+                    .query_row([owner, node], |r| {
+                        Ok(PepLastItem {
+                            owner: owner.clone(),
+                            node: node.clone(),
+                            config: PepConfig {
+                                access: PepAccess::stored(&r.get::<_, String>(0)?),
+                                max_items: r.get(1)?,
+                            },
+                            item: PepItem {
+                                id: r.get(2)?,
+                                payload: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                            },
+                        })
+                    })
+                    .optional()?;
+                out.extend(found);
+            }
+        }
+        Ok(out)
+    }
+
     fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {
         if !self.user_exists(username)? {
             return Ok(Stored::NoSuchUser);
@@ -535,5 +594,133 @@ impl Store for Sqlite {
             .prepare_cached("INSERT OR REPLACE INTO vcards (username, vcard) VALUES (?1, ?2)")?
             .execute(params![username, vcard])?;
         Ok(Stored::Stored)
+    }
+}
+
+impl PepTables for Sqlite {
+    fn account_exists(&mut self, user: &str) -> Result<bool, StorageError> {
+        self.user_exists(user)
+    }
+
+    fn node(&mut self, user: &str, node: &str) -> Result<Option<PepConfig>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT access, max_items FROM pep_nodes WHERE username=?1 AND node=?2",
+            )?
+            .query_row([user, node], |r| {
+                Ok(PepConfig {
+                    access: PepAccess::stored(&r.get::<_, String>(0)?),
+                    max_items: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn node_count(&mut self, user: &str) -> Result<i64, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM pep_nodes WHERE username=?1")?
+            .query_row([user], |r| r.get(0))?)
+    }
+
+    fn put_node(&mut self, user: &str, node: &str, config: PepConfig) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO pep_nodes (username, node, access, max_items)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![user, node, config.access.name(), config.max_items])?;
+        Ok(())
+    }
+
+    fn drop_node(&mut self, user: &str, node: &str) -> Result<(), StorageError> {
+        for sql in [
+            "DELETE FROM pep_items WHERE username=?1 AND node=?2",
+            "DELETE FROM pep_nodes WHERE username=?1 AND node=?2",
+        ] {
+            self.conn.prepare_cached(sql)?.execute([user, node])?;
+        }
+        Ok(())
+    }
+
+    fn bytes_besides(&mut self, user: &str, node: &str, id: &str) -> Result<i64, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(length(payload)), 0) FROM pep_items
+                 WHERE username=?1 AND NOT (node=?2 AND item_id=?3)",
+            )?
+            .query_row([user, node, id], |r| r.get(0))?)
+    }
+
+    fn put_item(&mut self, user: &str, node: &str, item: &PepItem) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO pep_items (username, node, item_id, seq, payload)
+                 VALUES (?1, ?2, ?3,
+                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM pep_items
+                      WHERE username=?1 AND node=?2),
+                     ?4)",
+            )?
+            .execute(params![user, node, item.id, &item.payload[..]])?;
+        Ok(())
+    }
+
+    fn drop_item(&mut self, user: &str, node: &str, id: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM pep_items WHERE username=?1 AND node=?2 AND item_id=?3")?
+            .execute([user, node, id])?
+            > 0)
+    }
+
+    fn trim(&mut self, user: &str, node: &str, keep: u32) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM pep_items WHERE username=?1 AND node=?2 AND seq <=
+                 (SELECT seq FROM pep_items WHERE username=?1 AND node=?2
+                  ORDER BY seq DESC LIMIT 1 OFFSET ?3)",
+            )?
+            .execute(params![user, node, keep])?;
+        Ok(())
+    }
+
+    fn items(
+        &mut self,
+        user: &str,
+        node: &str,
+        ids: &[String],
+        max: u32,
+    ) -> Result<Vec<PepItem>, StorageError> {
+        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, PepItem)> {
+            Ok((
+                r.get(0)?,
+                PepItem {
+                    id: r.get(1)?,
+                    payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                },
+            ))
+        };
+        let mut found: Vec<(i64, PepItem)> = Vec::new();
+        if ids.is_empty() {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, item_id, payload FROM pep_items WHERE username=?1 AND node=?2
+                 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            for r in stmt.query_map(params![user, node, max], row)? {
+                found.push(r?);
+            }
+        } else {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, item_id, payload FROM pep_items
+                 WHERE username=?1 AND node=?2 AND item_id=?3",
+            )?;
+            for id in ids {
+                found.extend(stmt.query_row([user, node, id], row).optional()?);
+            }
+        }
+        found.sort_by_key(|(seq, _)| *seq);
+        Ok(found.into_iter().map(|(_, item)| item).collect())
     }
 }

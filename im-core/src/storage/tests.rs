@@ -1000,3 +1000,174 @@ fn a_query_whose_statement_fails_leaves_its_batchs_transaction_usable() {
         assert!(db.vcard("alice").unwrap().is_some());
     });
 }
+
+fn pep_item(id: &str, payload: &str) -> PepItem {
+    PepItem {
+        id: id.into(),
+        payload: Bytes::from(payload.to_owned()),
+    }
+}
+
+#[test]
+fn pep_items_are_kept_newest_last_to_max_items_and_options_are_preconditions() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        let none = PepOptions::default();
+        assert_eq!(
+            db.pep_publish("nobody", "n", &pep_item("1", "<a/>"), &none)
+                .unwrap(),
+            PepPublished::NoSuchUser
+        );
+        // auto-created with the defaults: presence, one item
+        assert_eq!(
+            db.pep_publish("alice", "nick", &pep_item("1", "<a/>"), &none)
+                .unwrap(),
+            PepPublished::Published(PepConfig::default())
+        );
+        db.pep_publish("alice", "nick", &pep_item("2", "<b/>"), &none)
+            .unwrap();
+        let (config, items) = db.pep_items("alice", "nick", &[], None).unwrap().unwrap();
+        assert_eq!(config, PepConfig::default());
+        assert_eq!(items, vec![pep_item("2", "<b/>")]);
+        // options naming another configuration are a precondition not met
+        let open = PepOptions {
+            access: Some(PepAccess::Open),
+            max_items: Some(3),
+        };
+        assert_eq!(
+            db.pep_publish("alice", "nick", &pep_item("3", "<c/>"), &open)
+                .unwrap(),
+            PepPublished::PreconditionNotMet
+        );
+        let open3 = PepConfig {
+            access: PepAccess::Open,
+            max_items: 3,
+        };
+        for i in 1..=4 {
+            assert_eq!(
+                db.pep_publish("alice", "list", &pep_item(&i.to_string(), "<x/>"), &open)
+                    .unwrap(),
+                PepPublished::Published(open3)
+            );
+        }
+        // republishing an id makes it the newest
+        db.pep_publish("alice", "list", &pep_item("2", "<y/>"), &open)
+            .unwrap();
+        let mut db = reopen();
+        let ids = |db: &mut dyn Store, ids: &[String], max| {
+            let (_, items) = db.pep_items("alice", "list", ids, max).unwrap().unwrap();
+            items.into_iter().map(|i| i.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&mut *db, &[], None), ["3", "4", "2"]);
+        assert_eq!(ids(&mut *db, &[], Some(2)), ["4", "2"]);
+        assert_eq!(
+            ids(&mut *db, &["2".into(), "9".into(), "3".into()], None),
+            ["3", "2"]
+        );
+        // the newest of each named node of each owner
+        let last = db
+            .pep_last_items(
+                &["alice".into(), "bob".into()],
+                &["list".into(), "nick".into(), "none".into()],
+            )
+            .unwrap();
+        let mut found: Vec<(String, String)> = last
+            .iter()
+            .map(|l| (l.node.clone(), l.item.id.clone()))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [("list".into(), "2".into()), ("nick".into(), "2".into())]
+        );
+        assert!(last.iter().all(|l| l.owner == "alice"));
+        assert_eq!(db.pep_items("alice", "none", &[], None).unwrap(), None);
+    });
+}
+
+#[test]
+fn pep_nodes_are_configured_retracted_deleted_and_bounded() {
+    both(|db, _reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        let two = PepOptions {
+            access: Some(PepAccess::Whitelist),
+            max_items: Some(2),
+        };
+        assert_eq!(
+            db.pep_configure("alice", "n", &two, false).unwrap(),
+            PepConfigured::NoSuchNode
+        );
+        let done = PepConfig {
+            access: PepAccess::Whitelist,
+            max_items: 2,
+        };
+        assert_eq!(
+            db.pep_configure("alice", "n", &two, true).unwrap(),
+            PepConfigured::Done(done)
+        );
+        assert_eq!(
+            db.pep_configure("alice", "n", &two, true).unwrap(),
+            PepConfigured::Exists
+        );
+        for i in 1..=2 {
+            db.pep_publish(
+                "alice",
+                "n",
+                &pep_item(&i.to_string(), "<x/>"),
+                &PepOptions::default(),
+            )
+            .unwrap();
+        }
+        // lowering max_items drops the oldest
+        let one = PepOptions {
+            access: None,
+            max_items: Some(1),
+        };
+        assert!(matches!(
+            db.pep_configure("alice", "n", &one, false).unwrap(),
+            PepConfigured::Done(PepConfig {
+                access: PepAccess::Whitelist,
+                max_items: 1
+            })
+        ));
+        let (_, items) = db.pep_items("alice", "n", &[], None).unwrap().unwrap();
+        assert_eq!(items, vec![pep_item("2", "<x/>")]);
+        assert_eq!(db.pep_retract("alice", "n", "1").unwrap(), None);
+        assert!(db.pep_retract("alice", "n", "2").unwrap().is_some());
+        assert!(db.pep_delete("alice", "n").unwrap().is_some());
+        assert_eq!(db.pep_delete("alice", "n").unwrap(), None);
+        // a user's bytes are bounded, all nodes together
+        let big = "x".repeat(1024 * 1024);
+        for i in 0..MAX_PEP_BYTES / (1024 * 1024) {
+            db.pep_publish(
+                "alice",
+                &format!("big{i}"),
+                &pep_item("1", &big),
+                &PepOptions::default(),
+            )
+            .unwrap();
+        }
+        assert!(matches!(
+            db.pep_publish(
+                "alice",
+                "one-more",
+                &pep_item("1", &big),
+                &PepOptions::default()
+            ),
+            Err(StorageError::QuotaExceeded)
+        ));
+        // (replacing an item counts only its new size)
+        db.pep_publish(
+            "alice",
+            "big0",
+            &pep_item("1", &big),
+            &PepOptions::default(),
+        )
+        .unwrap();
+        assert!(db.delete_user("alice").unwrap());
+        assert!(db.add_user("alice", &creds).unwrap());
+        assert_eq!(db.pep_items("alice", "big0", &[], None).unwrap(), None);
+    });
+}
