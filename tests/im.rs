@@ -3,7 +3,8 @@
 //! approving after coming online), see each other's presence, a third
 //! device gets carbons, and a fresh device pages through the whole
 //! conversation from the archive. Blocking (XEP-0191) and private XML
-//! storage (XEP-0049) are checked the same way, and the TURN credentials
+//! storage (XEP-0049) and personal eventing (XEP-0163) are checked the
+//! same way, and the TURN credentials
 //! of external service discovery (XEP-0215) against coturn.
 
 use std::time::Duration;
@@ -374,6 +375,176 @@ async fn private_storage(cluster: Cluster) {
     cluster.shutdown().await;
 }
 
+const NICK: &str = "http://jabber.org/protocol/nick";
+const DEVICES: &str = "eu.siacs.conversations.axolotl.devicelist";
+
+/// Logs `user` in at CM `cm` wanting notifications of `nodes`, and sends
+/// initial presence (which shows them, XEP-0115).
+async fn login_notified(
+    cluster: &Cluster,
+    cm: usize,
+    user: &str,
+    res: &str,
+    nodes: &[&str],
+) -> Client {
+    let opts = cluster
+        .options(cm, user, "secret")
+        .with_resource(res)
+        .with_notify(nodes);
+    // (a CM answers for a core it is still reconnecting to with a
+    // temporary failure)
+    let mut attempt = 0;
+    let client = loop {
+        match Client::connect(opts.clone()).await {
+            Ok(c) => break c,
+            Err(e) if attempt < 50 && e.to_string().contains("temporary-auth-failure") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{user} logs in: {e}"),
+        }
+    };
+    client.send_presence(0).await.expect("presence");
+    client
+}
+
+/// Waits for a notification of `owner`'s `node` and returns its items'
+/// texts.
+async fn notified(c: &mut Client, owner: &str, node: &str) -> Vec<String> {
+    let owner = jid(owner);
+    wait_for(c, &format!("{owner}'s {node}"), |ev| match ev {
+        Event::Pep(p) if p.from == owner && p.node == node => Some(
+            p.items
+                .iter()
+                .map(|i| i.payload.as_ref().map(Element::text).unwrap_or_default())
+                .collect(),
+        ),
+        _ => None,
+    })
+    .await
+}
+
+fn nick(text: &str) -> Element {
+    Element::new("nick", NICK).with_text(text)
+}
+
+/// Subscribes `a` and `b` to each other's presence, both online.
+async fn befriend(a: &mut Client, b: &mut Client) {
+    let (a_jid, b_jid) = (a.jid().to_owned(), b.jid().to_owned());
+    let (a_bare, b_bare) = (bare(&a_jid), bare(&b_jid));
+    a.subscribe(&b_bare).await.unwrap();
+    subscription_from(b, address_local(&a_bare), SubscriptionRequest::Subscribe).await;
+    b.approve(&a_bare).await.unwrap();
+    subscription_from(a, address_local(&b_bare), SubscriptionRequest::Subscribed).await;
+    b.subscribe(&a_bare).await.unwrap();
+    subscription_from(a, address_local(&b_bare), SubscriptionRequest::Subscribe).await;
+    a.approve(&b_bare).await.unwrap();
+    subscription_from(b, address_local(&a_bare), SubscriptionRequest::Subscribed).await;
+}
+
+fn bare(full: &str) -> String {
+    full.split('/').next().unwrap_or_default().to_owned()
+}
+
+fn address_local(bare: &str) -> &str {
+    bare.split('@').next().unwrap_or_default()
+}
+
+/// Personal eventing (XEP-0163): a publish reaches the owner's and its
+/// contacts' sessions that want the node, and no one else; reads follow
+/// the access model; a session that logs in gets the newest items it
+/// wants; nodes and items outlive a core restart.
+async fn personal_eventing(mut cluster: Cluster) {
+    for user in ["alice", "bob", "carol"] {
+        cluster.add_user(user, "secret");
+    }
+    let alice_jid = jid("alice");
+    let mut alice = login_notified(&cluster, 0, "alice", "phone", &[NICK]).await;
+    let mut bob = login_notified(&cluster, 1, "bob", "pc", &[NICK, DEVICES]).await;
+    befriend(&mut alice, &mut bob).await;
+    // carol wants the node but is no contact; bob's desk wants nothing
+    let mut carol = login_notified(&cluster, 0, "carol", "phone", &[NICK]).await;
+    let mut desk = cluster.login(1, "bob", "desk").await;
+
+    let id = alice
+        .publish(NICK, None, nick("Alice"), &Default::default())
+        .await
+        .unwrap();
+    assert!(!id.is_empty());
+    assert_eq!(notified(&mut bob, "alice", NICK).await, ["Alice"]);
+    assert_eq!(notified(&mut alice, "alice", NICK).await, ["Alice"]);
+    // an open node (as OMEMO device lists are) is read by anyone
+    let devices = Element::new("list", "eu.siacs.conversations.axolotl")
+        .with_child(Element::new("device", "eu.siacs.conversations.axolotl").with_attr("id", "7"));
+    let open = client_sdk::pep::NodeOptions {
+        access: Some(client_sdk::pep::Access::Open),
+        max_items: None,
+    };
+    alice
+        .publish(DEVICES, Some("current"), devices.clone(), &open)
+        .await
+        .unwrap();
+    notified(&mut bob, "alice", DEVICES).await;
+    let read = carol
+        .pep_items(Some(&alice_jid), DEVICES, None)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].payload.as_ref(), Some(&devices));
+    // the presence-only nick is not carol's to read
+    let refused = carol.pep_items(Some(&alice_jid), NICK, None).await;
+    assert!(
+        matches!(&refused, Err(client_sdk::ClientError::StanzaError(c)) if c == "not-authorized"),
+        "{refused:?}"
+    );
+    // publishing with other options than the node's is refused
+    let refused = alice.publish(NICK, None, nick("x"), &open).await;
+    assert!(
+        matches!(&refused, Err(client_sdk::ClientError::StanzaError(c)) if c == "conflict"),
+        "{refused:?}"
+    );
+    let read = bob.pep_items(Some(&alice_jid), NICK, None).await.unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+
+    // bob is offline while alice changes her nick; back, he gets it
+    bob.disconnect().await;
+    alice
+        .publish(NICK, None, nick("Alice II"), &Default::default())
+        .await
+        .unwrap();
+    notified(&mut alice, "alice", NICK).await;
+    let mut bob = login_notified(&cluster, 0, "bob", "tablet", &[NICK]).await;
+    assert_eq!(notified(&mut bob, "alice", NICK).await, ["Alice II"]);
+
+    // after a core restart, nodes and items are still there
+    alice.disconnect().await;
+    bob.disconnect().await;
+    cluster.stop_core().await;
+    cluster.start_core().await;
+    let alice = login_notified(&cluster, 1, "alice", "phone", &[NICK]).await;
+    let read = alice.pep_items(None, NICK, None).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        read[0].payload.as_ref().map(Element::text).as_deref(),
+        Some("Alice II")
+    );
+    alice.delete_node(DEVICES).await.unwrap();
+    let gone = alice.pep_items(None, DEVICES, None).await;
+    assert!(
+        matches!(&gone, Err(client_sdk::ClientError::StanzaError(c)) if c == "item-not-found"),
+        "{gone:?}"
+    );
+    // nobody outside got a notification of what they did not want
+    for (c, who) in [(&mut carol, "carol"), (&mut desk, "bob's desk")] {
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(200), c.next_event()).await
+        {
+            assert!(!matches!(ev, Event::Pep(_)), "{who} got {ev:?}");
+        }
+    }
+    cluster.shutdown().await;
+}
+
 /// A TURN server (coturn's `turnserver`) on loopback checking REST
 /// credentials made with `secret`; killed when dropped.
 struct Coturn {
@@ -543,6 +714,26 @@ async fn private_xml_is_stored_across_sessions_on_postgresql() {
     };
     bounded(120, async {
         private_storage(Cluster::start_on_postgres(2, url).await).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pep_notifies_exactly_the_sessions_that_want_a_node_and_outlives_a_restart_on_the_embedded_store()
+ {
+    bounded(180, async {
+        personal_eventing(Cluster::start(2).await).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pep_notifies_exactly_the_sessions_that_want_a_node_and_outlives_a_restart_on_postgresql() {
+    let Some(url) = im_core::storage::postgres_for_tests("ll_pep") else {
+        return;
+    };
+    bounded(180, async {
+        personal_eventing(Cluster::start_on_postgres(2, url).await).await
     })
     .await;
 }

@@ -352,6 +352,8 @@ async fn the_conformance_suite_passes_over_tcp_tls_and_quic() {
 const COMPLIANCE_PASSES: &[&str] = &[
     "XEP-0030 service discovery (server identity server/im)",
     "XEP-0115 entity capabilities (stream feature)",
+    "XEP-0163 personal eventing (account identity pubsub/pep)",
+    "XEP-0223 PEP publish-options (account feature)",
     "RFC 6121 roster versioning (stream feature)",
     "XEP-0191 blocking command (server feature)",
     "XEP-0280 message carbons (server feature)",

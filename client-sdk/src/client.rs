@@ -47,6 +47,8 @@ pub struct Client {
     task: tokio::task::JoinHandle<()>,
     resumed: bool,
     receipts: bool,
+    /// The entity capabilities every presence shows (XEP-0115).
+    caps: Element,
 }
 
 /// A fresh id for a message the app sends. The handle makes it (not the
@@ -113,6 +115,7 @@ impl Client {
             task,
             resumed,
             receipts: opts.receipts,
+            caps: crate::pep::caps_element(&opts.notify),
         })
     }
 
@@ -188,6 +191,7 @@ impl Client {
 
     /// Sends a broadcast presence, kept to send again after a new login.
     pub(crate) async fn presence(&self, p: Element) -> Result<(), ClientError> {
+        let p = p.with_child(self.caps.clone());
         self.command(Command::Presence(Bytes::from(p.to_bytes(ns::CLIENT))))
             .await
     }

@@ -10,6 +10,9 @@ pub enum Event {
     Message(Message),
     /// A presence.
     Presence(Presence),
+    /// A notification of a personal eventing node the app wants
+    /// ([`crate::ConnectOptions::notify`]).
+    Pep(crate::pep::PepEvent),
     /// An IQ result or error nobody was waiting for, or an IQ request.
     Iq(IqResponse),
     /// The server ended the stream with this condition.
@@ -266,6 +269,11 @@ pub(crate) fn classify(el: Element, own: Option<&str>) -> Option<Event> {
     }
     if el.ns != ns::CLIENT {
         return None;
+    }
+    if el.name == "message"
+        && let Some(ev) = crate::pep::event_of(&el)
+    {
+        return Some(Event::Pep(ev));
     }
     let attr = |k: &str| el.attr(k).map(str::to_owned);
     match el.name.as_str() {

@@ -501,9 +501,23 @@ impl Client {
     /// An IQ to the own account with one child; the result element, or the
     /// stanza error.
     async fn request(&self, itype: &str, child: Element) -> Result<Element, ClientError> {
-        let iq = Element::new("iq", ns::CLIENT)
+        self.request_to(itype, None, child).await
+    }
+
+    /// An IQ with one child to `to` (none: the own account); the result
+    /// element, or the stanza error.
+    pub(crate) async fn request_to(
+        &self,
+        itype: &str,
+        to: Option<&str>,
+        child: Element,
+    ) -> Result<Element, ClientError> {
+        let mut iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", itype)
             .with_child(child);
+        if let Some(to) = to {
+            iq.set_attr("to", to);
+        }
         let r = self.iq(iq).await?;
         match r.error {
             None => Ok(r.element),

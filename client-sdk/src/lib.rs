@@ -37,6 +37,7 @@ pub mod negotiation;
 #[cfg(not(feature = "tools"))]
 mod negotiation;
 mod options;
+pub mod pep;
 mod session;
 mod sm;
 mod tls;

@@ -50,6 +50,12 @@ pub struct ConnectOptions {
     /// Report each sent message's progress as [`Event::MessageState`]
     /// (off by default: an app that turns it on must read its events).
     pub message_states: bool,
+    /// The personal eventing nodes (XEP-0163) whose notifications the app
+    /// wants, such as `urn:xmpp:avatar:metadata` or
+    /// `eu.siacs.conversations.axolotl.devicelist`: announced in the
+    /// session's entity capabilities; they arrive as [`crate::Event::Pep`],
+    /// the newest item of each at login.
+    pub notify: Vec<String>,
 }
 
 impl ConnectOptions {
@@ -71,7 +77,15 @@ impl ConnectOptions {
             receipts: true,
             previous_session: None,
             message_states: false,
+            notify: Vec::new(),
         }
+    }
+
+    /// Wants notifications of these personal eventing nodes (see
+    /// [`Self::notify`]).
+    pub fn with_notify(mut self, nodes: &[&str]) -> Self {
+        self.notify = nodes.iter().map(|n| (*n).to_owned()).collect();
+        self
     }
 
     /// Reports each sent message's progress as [`Event::MessageState`].

@@ -723,11 +723,15 @@ impl Driver {
                 });
             }
             Action::Query { to, query } => {
+                let iq = query.answers_iq();
                 let Some(charge) = self.budget.charge(query.bytes()) else {
-                    return self.refused.push_back(Input::QueryFailed {
-                        to,
-                        condition: StanzaCondition::ResourceConstraint,
-                    });
+                    if iq {
+                        self.refused.push_back(Input::QueryFailed {
+                            to,
+                            condition: StanzaCondition::ResourceConstraint,
+                        });
+                    }
+                    return;
                 };
                 let domain = self.domain.clone();
                 let job = move || {
@@ -738,9 +742,17 @@ impl Driver {
                 let events = self.events.clone();
                 tokio::spawn(async move {
                     let input = match outcome.await {
-                        Ok(payloads) => Input::Replies { to, payloads },
+                        Ok(answer) => Input::Replies {
+                            to,
+                            payloads: answer.payloads,
+                            event: answer.event,
+                            iq,
+                        },
                         Err(e) => {
                             tracing::error!(error = %e, "answering a query failed");
+                            if !iq {
+                                return;
+                            }
                             Input::QueryFailed {
                                 to,
                                 condition: e.condition(),

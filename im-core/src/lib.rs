@@ -14,6 +14,7 @@ pub mod address;
 pub mod admin;
 pub mod auth;
 pub mod block_list;
+pub mod caps;
 pub mod config;
 pub mod driver;
 pub mod external_services;

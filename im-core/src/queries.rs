@@ -10,17 +10,39 @@ use xmpp_stream::element::{Element, escape};
 use xmpp_stream::stanza::{StanzaKind, delay_element, error_reply};
 use xmpp_stream::{StanzaCondition, ns};
 
-use crate::router::{Query, embeddable, wrap_forwarded};
+use crate::router::{PepEvent, Query, embeddable, wrap_forwarded};
 use crate::storage::{StorageError, Store, all_or_none};
 
 /// Most bytes of archived messages in one answer (the rest is the next page).
 pub const MAX_PAGE_BYTES: usize = 256 * 1024;
 
-/// The stanzas answering `query`, in order (errors become stanza errors).
-/// Each storage call runs in a savepoint of its own: a failed statement
-/// is undone there, so the job (which answers rather than fails) leaves
-/// the transaction its batch shares usable.
-pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
+mod pep;
+
+/// What answers a query.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The stanzas for the asking session, in order (errors become stanza
+    /// errors).
+    pub payloads: Vec<Bytes>,
+    /// A change to a personal eventing node it stored, to notify.
+    pub event: Option<PepEvent>,
+}
+
+/// Answers `query`. Each storage call runs in a savepoint of its own: a
+/// failed statement is undone there, so the job (which answers rather than
+/// fails) leaves the transaction its batch shares usable.
+pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Answer {
+    if let Some(answer) = pep::answer(db, query, domain) {
+        return answer;
+    }
+    Answer {
+        payloads: replies(db, query, domain),
+        event: None,
+    }
+}
+
+/// The stanzas answering a query other than personal eventing's.
+fn replies(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
     match query {
         Query::Archive {
             user,
@@ -157,11 +179,19 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             Ok(_) => vec![result(requester, iq_id, None, None)],
             Err(e) => vec![failure(e, requester, iq_id, domain)],
         },
+        // (answered by `pep::answer`)
+        Query::PepPublish { .. }
+        | Query::PepRetract { .. }
+        | Query::PepConfigure { .. }
+        | Query::PepConfigGet { .. }
+        | Query::PepDelete { .. }
+        | Query::PepItems { .. }
+        | Query::PepLastItems { .. } => Vec::new(),
     }
 }
 
 /// `<iq type='result'>` with an optional child (always with an end tag).
-fn result(to: &str, id: &str, from: Option<&str>, child: Option<Element>) -> Bytes {
+pub(crate) fn result(to: &str, id: &str, from: Option<&str>, child: Option<Element>) -> Bytes {
     let mut iq = Element::new("iq", ns::CLIENT)
         .with_attr("type", "result")
         .with_attr("to", to)
@@ -182,7 +212,7 @@ fn result(to: &str, id: &str, from: Option<&str>, child: Option<Element>) -> Byt
     }
 }
 
-fn failure(e: StorageError, to: &str, id: &str, domain: &str) -> Bytes {
+pub(crate) fn failure(e: StorageError, to: &str, id: &str, domain: &str) -> Bytes {
     let condition = match e {
         StorageError::UnknownId => StanzaCondition::ItemNotFound,
         StorageError::QuotaExceeded => StanzaCondition::ResourceConstraint,

@@ -45,6 +45,7 @@ mod offline;
 mod output;
 mod parked_resumes;
 mod peers;
+mod pep;
 mod presence;
 mod query;
 mod roster_cache;
@@ -63,9 +64,11 @@ use binding::ResourceNames;
 use flush_retries::FlushRetries;
 pub use flush_retries::{FLUSH_RETRY_FIRST, FLUSH_RETRY_MAX};
 pub(crate) use forward::{embeddable, wrap_forwarded};
+pub(crate) use iq::{config_form, pubsub_error};
 pub use live_rows::MAX_PENDING_TICKETS;
 use live_rows::{LiveRows, MessageRow};
 use loads::Loads;
+pub use pep::{PepEvent, PepRelation, notification};
 pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
@@ -387,6 +390,10 @@ pub enum Input {
         to: SessionAddr,
         /// Stanzas to deliver, in order.
         payloads: Vec<Bytes>,
+        /// A change to a node the query stored: its readers are notified.
+        event: Option<PepEvent>,
+        /// Whether the query answered an IQ ([`Query::answers_iq`]).
+        iq: bool,
     },
     /// An [`Action::Query`] could not be answered: the IQ gets an error.
     QueryFailed {
@@ -498,6 +505,8 @@ pub struct Router {
     now: Option<Instant>,
     /// Resumptions waiting for their session's announcement (a cluster).
     parked: parked_resumes::ParkedResumes,
+    /// What the sessions' entity capabilities stand for (XEP-0115).
+    caps: crate::caps::CapsCache,
 }
 
 impl Router {
@@ -532,6 +541,7 @@ impl Router {
             peer_links: HashMap::new(),
             now: None,
             parked: Default::default(),
+            caps: Default::default(),
         }
     }
 
@@ -706,12 +716,22 @@ impl Router {
                 }
             }
             Input::QueryFailed { to, condition } => self.query_failed(to, condition),
-            Input::Replies { to, payloads } => {
-                self.querying.remove(&to);
+            Input::Replies {
+                to,
+                payloads,
+                event,
+                iq,
+            } => {
+                if iq {
+                    self.querying.remove(&to);
+                }
                 if self.table.jid_of(to.0, to.1).is_some() {
                     for p in payloads {
                         self.deliver_copy(to, p);
                     }
+                }
+                if let Some(event) = event {
+                    self.pep_event(event);
                 }
             }
         }
@@ -899,6 +919,8 @@ mod blocking_tests;
 mod cluster_tests;
 #[cfg(test)]
 mod live_row_tests;
+#[cfg(test)]
+mod pep_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]

@@ -45,6 +45,9 @@ pub struct Route {
     /// Bare JIDs the session sent directed available presence to, outside
     /// its subscriptions (they learn when it goes away).
     pub directed: Vec<Box<str>>,
+    /// The personal eventing nodes it wants notifications of (its entity
+    /// capabilities' `+notify` features, XEP-0163 §4.4), once known.
+    pub notify: Option<crate::caps::Notify>,
 }
 
 impl Route {
@@ -61,6 +64,7 @@ impl Route {
             interested: false,
             blocklist: false,
             directed: Vec::new(),
+            notify: None,
         }
     }
 }

@@ -93,6 +93,8 @@ pub(crate) struct SessionConfig {
     pub(crate) message_states: bool,
     /// The session the first connection tried to resume (SM id, our `h`).
     pub(crate) previous_session: Option<(String, u32)>,
+    /// The personal eventing nodes the app wants (its capabilities).
+    pub(crate) notify: Vec<String>,
 }
 
 impl SessionConfig {
@@ -109,6 +111,7 @@ impl SessionConfig {
             receipts: opts.receipts,
             message_states: opts.message_states,
             previous_session: opts.previous_session.clone(),
+            notify: opts.notify.clone(),
         }
     }
 }
@@ -880,6 +883,12 @@ impl Session {
             self.send(Outgoing { bytes, id: None });
         }
         if el.name == "message" && !self.message_for_app(&el) {
+            return;
+        }
+        if let Some(reply) = crate::pep::disco_answer(&el, &self.config.notify) {
+            // (what the capabilities in its presence stand for, XEP-0115)
+            let bytes = Bytes::from(reply.to_bytes(ns::CLIENT));
+            self.send(Outgoing { bytes, id: None });
             return;
         }
         if el.name == "iq"

@@ -20,6 +20,7 @@ fn config() -> SessionConfig {
         receipts: true,
         message_states: true,
         previous_session: None,
+        notify: vec!["urn:xmpp:nick".into()],
     }
 }
 
@@ -1432,4 +1433,58 @@ fn after_a_resumption_the_unacknowledged_stanzas_go_before_a_presence_changed_wh
         matches!((m1, presence), (Some(m), Some(p)) if m < p),
         "m1 (sent again) first, then the presence: {w:?}"
     );
+}
+
+#[test]
+fn the_servers_caps_question_is_answered_with_the_notify_nodes_and_notifications_become_pep_events()
+{
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let ver =
+        xmpp_stream::caps::verification_string(&crate::pep::client_info(&["urn:xmpp:nick".into()]));
+    // the node of the shown capabilities: answered, node echoed
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq type='get' from='example.org' id='caps-1'><query xmlns='http://jabber.org/protocol/disco#info' node='{}#{ver}'/></iq>",
+            crate::pep::CAPS_NODE
+        )),
+    );
+    let out = drain(&mut s);
+    let w = written(&out);
+    assert!(events(&out).is_empty(), "{out:?}");
+    assert!(
+        matches!(&w[..], [a] if a.contains("id=\"caps-1\"") && a.contains("type=\"result\"")
+            && a.contains("var=\"urn:xmpp:nick+notify\"") && a.contains(&format!("#{ver}\""))),
+        "{w:?}"
+    );
+    // a notification from an account's bare JID
+    s.on_element(
+        t0,
+        xml("<message from='bob@example.org' type='headline' id='pep-1'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+             <items node='urn:xmpp:nick'><item id='current'><nick xmlns='http://jabber.org/protocol/nick'>Bob</nick></item>\
+             <retract id='old'/></items></event></message>"),
+    );
+    let out = drain(&mut s);
+    let ev = events(&out);
+    let [Event::Pep(pep)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        (pep.from.as_str(), pep.node.as_str()),
+        ("bob@example.org", "urn:xmpp:nick")
+    );
+    assert_eq!(pep.items.len(), 1);
+    assert_eq!(pep.items[0].id, "current");
+    assert_eq!(
+        pep.items[0].payload.as_ref().map(|p| p.text()),
+        Some("Bob".into())
+    );
+    assert_eq!(pep.retracted, ["old"]);
+    // one from a full JID is no notification
+    s.on_element(
+        t0,
+        xml("<message from='bob@example.org/x' type='headline' id='pep-2'><event xmlns='http://jabber.org/protocol/pubsub#event'><items node='n'/></event></message>"),
+    );
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Message(_)]));
 }

@@ -8,6 +8,8 @@ mod disco;
 pub(super) use disco::caps_ver;
 mod extdisco;
 mod mam;
+mod pep;
+pub use pep::{config_form, pubsub_error};
 mod private;
 mod roster;
 mod vcard;
@@ -55,6 +57,9 @@ impl Router {
             // Anyone's vCard can be read; everything else is one's own.
             ("vCard", ns::VCARD, _) if own || itype == "get" => {
                 return self.vcard_iq(addr, header, child, to.filter(|_| !own), sender_bare);
+            }
+            ("pubsub", ns::PUBSUB | ns::PUBSUB_OWNER, _) if for_account || to.is_none() => {
+                return self.pep_iq(addr, header, child, to, sender_bare);
             }
             _ if !own && for_account => {
                 return self.reply_error(

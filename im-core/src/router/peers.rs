@@ -473,7 +473,7 @@ impl Router {
     /// sender's archive and sent carbons were done there; its received
     /// carbons are done here, where the recipient's sessions are).
     fn message_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
-        if self.blocked_inbound(bare, header) {
+        if self.blocked_inbound(bare, header) || self.pep_event_in(header, bare, &payload) {
             return;
         }
         let mtype = header.stanza_type.as_deref().unwrap_or("normal");

@@ -59,6 +59,9 @@ impl Router {
             self.pending_requests(addr, bare);
             self.request_flush(addr);
         }
+        if available {
+            self.presence_caps(addr, &payload);
+        }
     }
 
     /// Directed presence from `addr` to `to` (RFC 6121 §4.6).

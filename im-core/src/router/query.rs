@@ -7,9 +7,10 @@ use cm_protocol::RouteHeader;
 use xmpp_stream::StanzaCondition;
 use xmpp_stream::stanza::{StanzaKind, error_reply};
 
+use super::pep::PepRelation;
 use super::{Action, Router};
 use crate::routing::SessionAddr;
-use crate::storage::ArchiveQuery;
+use crate::storage::{ArchiveQuery, PepItem, PepOptions};
 
 /// A request the driver answers from storage; the stanzas it produces go
 /// back to the session through [`super::Input::Replies`].
@@ -68,6 +69,105 @@ pub enum Query {
         /// The IQ's id.
         iq_id: String,
     },
+    /// Publishes an item to the user's own node (XEP-0163); the
+    /// notifications go out once it is stored.
+    PepPublish {
+        /// Whose (local part).
+        user: String,
+        /// The node.
+        node: String,
+        /// The item.
+        item: PepItem,
+        /// The publish options (preconditions).
+        options: PepOptions,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
+    /// Removes an item of the user's own node, notifying if `notify`.
+    PepRetract {
+        /// Whose (local part).
+        user: String,
+        /// The node.
+        node: String,
+        /// The item's id.
+        item_id: String,
+        /// Whether subscribers learn of it.
+        notify: bool,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
+    /// Creates (`create`) or configures one of the user's own nodes.
+    PepConfigure {
+        /// Whose (local part).
+        user: String,
+        /// The node.
+        node: String,
+        /// The fields set.
+        options: PepOptions,
+        /// Create rather than change.
+        create: bool,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
+    /// The configuration form of one of the user's own nodes.
+    PepConfigGet {
+        /// Whose (local part).
+        user: String,
+        /// The node.
+        node: String,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
+    /// Deletes one of the user's own nodes, notifying subscribers.
+    PepDelete {
+        /// Whose (local part).
+        user: String,
+        /// The node.
+        node: String,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
+    /// Items of a user's node, for a requester standing in `relation` to
+    /// its owner.
+    PepItems {
+        /// Whose (local part).
+        owner: String,
+        /// The node.
+        node: String,
+        /// The items asked for by id (none: the newest).
+        ids: Vec<String>,
+        /// The most items wanted.
+        max: Option<u32>,
+        /// The requester's standing.
+        relation: PepRelation,
+        /// The reply's `from` (the owner's bare JID, or none for one's own).
+        from: Option<String>,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
+    /// The newest items of nodes a session has just said it wants
+    /// notifications of (XEP-0163 §4.3.3), from the owners it may read:
+    /// answered with notifications, not an IQ.
+    PepLastItems {
+        /// The owners (local parts) and the session's standing with each.
+        owners: Vec<(String, PepRelation)>,
+        /// The nodes.
+        nodes: Vec<String>,
+        /// The session's full JID.
+        requester: String,
+    },
     /// Replaces the user's own vCard.
     VCardSet {
         /// Whose (local part).
@@ -96,8 +196,15 @@ impl Query {
         match self {
             Query::VCardSet { vcard, .. } => vcard.len(),
             Query::PrivateSet { element, .. } => element.len(),
+            Query::PepPublish { item, .. } => item.payload.len(),
             _ => 0,
         }
+    }
+
+    /// Whether it answers an IQ (a session has one such at a time); the
+    /// others are the server's own.
+    pub fn answers_iq(&self) -> bool {
+        !matches!(self, Query::PepLastItems { .. })
     }
 
     /// The IQ this query answers.
@@ -117,17 +224,37 @@ impl Query {
             }
             | Query::PrivateSet {
                 requester, iq_id, ..
-            } => (requester, iq_id),
+            }
+            | Query::PepPublish {
+                requester, iq_id, ..
+            }
+            | Query::PepRetract {
+                requester, iq_id, ..
+            }
+            | Query::PepConfigure {
+                requester, iq_id, ..
+            }
+            | Query::PepConfigGet {
+                requester, iq_id, ..
+            }
+            | Query::PepDelete {
+                requester, iq_id, ..
+            }
+            | Query::PepItems {
+                requester, iq_id, ..
+            } => (requester.as_str(), iq_id.as_str()),
+            Query::PepLastItems { requester, .. } => (requester.as_str(), ""),
         };
         QueryId {
-            requester: requester.clone(),
-            iq_id: iq_id.clone(),
+            requester: requester.to_owned(),
+            iq_id: iq_id.to_owned(),
         }
     }
 }
 
 impl Router {
-    /// Hands a query to the driver; one at a time per session.
+    /// Hands a query to the driver; one answering an IQ at a time per
+    /// session.
     pub(super) fn query(&mut self, addr: SessionAddr, header: &RouteHeader, query: Query) {
         if self.querying.contains_key(&addr) {
             return self.reply_error(addr.0, addr.1, header, StanzaCondition::ResourceConstraint);

@@ -285,6 +285,14 @@ impl Router {
         // Otherwise the server answers (for itself or on behalf of the account).
         if is_request {
             self.server_iq((node, sid), header, to.as_ref(), &payload, sender_bare);
+        } else if to.as_ref().is_none_or(|j| j.node().is_none())
+            && header
+                .id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(crate::caps::ASK_ID_PREFIX))
+        {
+            // an answer to the server's own question (XEP-0115)
+            self.caps_answer((node, sid), header, &payload);
         }
     }
 }

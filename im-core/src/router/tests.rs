@@ -1812,6 +1812,8 @@ fn the_action_queue_gives_memory_back_once_a_burst_drained() {
         Input::Replies {
             to: (1, 10),
             payloads: vec![Bytes::from_static(b"<message/>"); burst],
+            event: None,
+            iq: true,
         },
         t0(),
     );
@@ -1827,6 +1829,8 @@ fn the_action_queue_gives_memory_back_once_a_burst_drained() {
         Input::Replies {
             to: (1, 10),
             payloads: vec![Bytes::from_static(b"<message/>"); 5000],
+            event: None,
+            iq: true,
         },
         t0(),
     );

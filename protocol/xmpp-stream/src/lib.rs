@@ -11,11 +11,13 @@
 //!   `from` stamping without building a tree.
 //! - [`element`]: a small element tree for the places that must look inside
 //!   a stanza (server IQs, the SDK).
+//! - [`caps`]: the entity capabilities verification string (XEP-0115).
 //! - [`stream`]: builders for stream headers, features, SASL and errors.
 //! - [`condition`]: stream and stanza error conditions.
 //! - [`pacing`]: a token bucket for the rates clients are held to, and the
 //!   jittered backoff between reconnections.
 
+pub mod caps;
 pub mod condition;
 pub mod element;
 pub mod framer;

@@ -70,3 +70,15 @@ pub const PRIVATE: &str = "jabber:iq:private";
 pub const BLOCKING: &str = "urn:xmpp:blocking";
 /// Its application-specific error condition (XEP-0191 §3.5).
 pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+/// Publish-subscribe (XEP-0060), as personal eventing uses it (XEP-0163).
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+/// Publish-subscribe owner requests (node configuration and deletion).
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+/// Publish-subscribe notifications.
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+/// Publish-subscribe application errors.
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+/// The `FORM_TYPE` of publish options.
+pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// The `FORM_TYPE` of a node's configuration.
+pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";

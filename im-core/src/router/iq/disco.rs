@@ -32,54 +32,52 @@ pub(crate) fn disco_info(extdisco: bool) -> Element {
 /// SHA-1 of its disco#info's identities and features, sorted, as the
 /// CMs show it in stream features (the `Welcome` frame carries it).
 pub fn caps_ver(extdisco: bool) -> String {
-    caps_ver_of(&disco_info(extdisco))
-}
-
-/// The XEP-0115 `ver` of a disco#info `<query/>` (identities and
-/// features; longlink's has no extended forms).
-fn caps_ver_of(info: &Element) -> String {
-    use base64::Engine;
-    use sha1::Digest;
-    // (sorted by the values themselves, then joined: a name that is the
-    // start of another comes first, as §5.1 orders them)
-    let mut identities: Vec<[String; 4]> = info
-        .elements()
-        .filter(|e| e.name == "identity")
-        .map(|e| {
-            let a = |n: &str| e.attr(n).unwrap_or_default().to_owned();
-            [a("category"), a("type"), a("xml:lang"), a("name")]
-        })
-        .collect();
-    identities.sort();
-    let mut features: Vec<&str> = info
-        .elements()
-        .filter(|e| e.name == "feature")
-        .filter_map(|e| e.attr("var"))
-        .collect();
-    features.sort_unstable();
-    let mut s = String::new();
-    for [category, kind, lang, name] in &identities {
-        s.push_str(&format!("{category}/{kind}/{lang}/{name}<"));
-    }
-    for var in features {
-        s.push_str(var);
-        s.push('<');
-    }
-    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
+    crate::caps::verification_string(&disco_info(extdisco))
 }
 
 /// An account's disco#info: its archive and stable ids (XEP-0313 §6).
 pub(in crate::router) fn account_info(archive: bool) -> Element {
+    let mut vars = vec![ns::DISCO_INFO];
+    if archive {
+        vars.extend([ns::MAM, ns::SID]);
+    }
+    vars.extend(PEP_FEATURES);
     features(
         Element::new("identity", ns::DISCO_INFO)
             .with_attr("category", "account")
             .with_attr("type", "registered"),
-        match archive {
-            true => &[ns::DISCO_INFO, ns::MAM, ns::SID],
-            false => &[ns::DISCO_INFO],
-        },
+        &vars,
+    )
+    .with_child(
+        Element::new("identity", ns::DISCO_INFO)
+            .with_attr("category", "pubsub")
+            .with_attr("type", "pep"),
     )
 }
+
+/// What an account's personal eventing service serves (XEP-0163 §9,
+/// XEP-0060 §10).
+const PEP_FEATURES: [&str; 19] = [
+    ns::PUBSUB,
+    "http://jabber.org/protocol/pubsub#access-open",
+    "http://jabber.org/protocol/pubsub#access-presence",
+    "http://jabber.org/protocol/pubsub#access-whitelist",
+    "http://jabber.org/protocol/pubsub#auto-create",
+    "http://jabber.org/protocol/pubsub#auto-subscribe",
+    "http://jabber.org/protocol/pubsub#config-node",
+    "http://jabber.org/protocol/pubsub#create-nodes",
+    "http://jabber.org/protocol/pubsub#delete-items",
+    "http://jabber.org/protocol/pubsub#delete-nodes",
+    "http://jabber.org/protocol/pubsub#filtered-notifications",
+    "http://jabber.org/protocol/pubsub#item-ids",
+    "http://jabber.org/protocol/pubsub#last-published",
+    "http://jabber.org/protocol/pubsub#multi-items",
+    "http://jabber.org/protocol/pubsub#persistent-items",
+    "http://jabber.org/protocol/pubsub#publish",
+    "http://jabber.org/protocol/pubsub#publish-options",
+    "http://jabber.org/protocol/pubsub#retract-items",
+    "http://jabber.org/protocol/pubsub#retrieve-items",
+];
 
 /// A disco#info query with `identity` and the features `vars`.
 fn features(identity: Element, vars: &[&str]) -> Element {
@@ -109,7 +107,10 @@ mod tests {
                 "http://jabber.org/protocol/muc",
             ],
         );
-        assert_eq!(caps_ver_of(&info), "QgayPKawpkPSDYmwT/WM94uAlu0=");
+        assert_eq!(
+            crate::caps::verification_string(&info),
+            "QgayPKawpkPSDYmwT/WM94uAlu0="
+        );
         // a name that starts another sorts first ('#' is below '<')
         let pair = features(
             Element::new("identity", ns::DISCO_INFO)
@@ -123,7 +124,7 @@ mod tests {
             use sha1::Digest;
             base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(hashed.as_bytes()))
         };
-        assert_eq!(caps_ver_of(&pair), hashed);
+        assert_eq!(crate::caps::verification_string(&pair), hashed);
         // and the server's changes with what it offers
         assert_ne!(caps_ver(false), caps_ver(true));
     }

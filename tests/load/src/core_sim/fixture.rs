@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use im_core::storage::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, Roster,
-    RosterItem, StorageError, Store, Stored, Subscription,
+    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, PepConfig,
+    PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, Roster, RosterItem,
+    StorageError, Store, Stored, Subscription,
 };
 use xmpp_sasl::StoredCredentials;
 
@@ -232,6 +233,51 @@ impl Store for FixtureStore {
     }
     fn set_private_xml(&mut self, _: &str, _: &str, _: &[u8]) -> Result<Stored, StorageError> {
         Err(refused("private XML"))
+    }
+    fn pep_publish(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: &PepItem,
+        _: &PepOptions,
+    ) -> Result<PepPublished, StorageError> {
+        Err(refused("PEP items"))
+    }
+    fn pep_configure(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: &PepOptions,
+        _: bool,
+    ) -> Result<PepConfigured, StorageError> {
+        Err(refused("PEP nodes"))
+    }
+    fn pep_items(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: &[String],
+        _: Option<u32>,
+    ) -> Result<Option<(PepConfig, Vec<PepItem>)>, StorageError> {
+        Ok(None)
+    }
+    fn pep_retract(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<PepConfig>, StorageError> {
+        Ok(None)
+    }
+    fn pep_delete(&mut self, _: &str, _: &str) -> Result<Option<PepConfig>, StorageError> {
+        Ok(None)
+    }
+    fn pep_last_items(
+        &mut self,
+        _: &[String],
+        _: &[String],
+    ) -> Result<Vec<PepLastItem>, StorageError> {
+        Ok(Vec::new())
     }
     fn vcard(&mut self, _: &str) -> Result<Option<Bytes>, StorageError> {
         Ok(None)

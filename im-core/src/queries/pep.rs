@@ -1,0 +1,365 @@
+//! Answers to personal eventing queries (XEP-0163): the IQ results and
+//! errors, and for a stored change the `<event/>` its readers are notified
+//! of (the router picks the sessions).
+
+use bytes::Bytes;
+use xmpp_stream::element::{Element, escape};
+use xmpp_stream::{StanzaCondition, ns};
+
+use super::{Answer, failure, result};
+use crate::address;
+use crate::router::{PepEvent, Query, config_form, notification, pubsub_error};
+use crate::storage::{
+    PepAccess, PepConfigured, PepItem, PepPublished, StorageError, Store, all_or_none,
+};
+
+/// The answer to a personal eventing query; none for other queries.
+pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<Answer> {
+    let only = |payloads: Bytes| Answer {
+        payloads: vec![payloads],
+        event: None,
+    };
+    let failed =
+        |e: StorageError, requester: &str, iq_id: &str| only(failure(e, requester, iq_id, domain));
+    let answer = match query {
+        Query::PepPublish {
+            user,
+            node,
+            item,
+            options,
+            requester,
+            iq_id,
+        } => {
+            let mut item = item.clone();
+            if item.id.is_empty() {
+                item.id = format!("{:016x}", rand::random::<u64>());
+            }
+            match all_or_none(db, |db| db.pep_publish(user, node, &item, options)) {
+                Ok(PepPublished::Published(config)) => {
+                    let publish = format!(
+                        "<pubsub xmlns=\"{}\"><publish node=\"{}\"><item id=\"{}\"/></publish></pubsub>",
+                        ns::PUBSUB,
+                        escape(node),
+                        escape(&item.id)
+                    );
+                    Answer {
+                        payloads: vec![result_with(requester, iq_id, None, publish.as_bytes())],
+                        event: Some(PepEvent {
+                            owner: user.clone(),
+                            node: node.clone(),
+                            access: config.access,
+                            body: event(&items(node, std::slice::from_ref(&item))),
+                        }),
+                    }
+                }
+                Ok(PepPublished::PreconditionNotMet) => only(pubsub_error(
+                    address::bare(requester),
+                    requester,
+                    iq_id,
+                    StanzaCondition::Conflict,
+                    "precondition-not-met",
+                    "",
+                )),
+                Ok(PepPublished::NoSuchUser) => failed(StorageError::UnknownId, requester, iq_id),
+                Err(e) => failed(e, requester, iq_id),
+            }
+        }
+        Query::PepRetract {
+            user,
+            node,
+            item_id,
+            notify,
+            requester,
+            iq_id,
+        } => match all_or_none(db, |db| db.pep_retract(user, node, item_id)) {
+            Ok(Some(config)) => Answer {
+                payloads: vec![result(requester, iq_id, None, None)],
+                event: notify.then(|| PepEvent {
+                    owner: user.clone(),
+                    node: node.clone(),
+                    access: config.access,
+                    body: event(
+                        format!(
+                            "<items node=\"{}\"><retract id=\"{}\"/></items>",
+                            escape(node),
+                            escape(item_id)
+                        )
+                        .as_bytes(),
+                    ),
+                }),
+            },
+            Ok(None) => failed(StorageError::UnknownId, requester, iq_id),
+            Err(e) => failed(e, requester, iq_id),
+        },
+        Query::PepConfigure {
+            user,
+            node,
+            options,
+            create,
+            requester,
+            iq_id,
+        } => match all_or_none(db, |db| db.pep_configure(user, node, options, *create)) {
+            Ok(PepConfigured::Done(_)) => only(result(requester, iq_id, None, None)),
+            Ok(PepConfigured::Exists) => {
+                only(error(requester, iq_id, domain, StanzaCondition::Conflict))
+            }
+            Ok(PepConfigured::NoSuchNode | PepConfigured::NoSuchUser) => {
+                failed(StorageError::UnknownId, requester, iq_id)
+            }
+            Err(e) => failed(e, requester, iq_id),
+        },
+        Query::PepConfigGet {
+            user,
+            node,
+            requester,
+            iq_id,
+        } => match all_or_none(db, |db| db.pep_items(user, node, &[], Some(0))) {
+            Ok(Some((config, _))) => {
+                let configure = Element::new("configure", ns::PUBSUB_OWNER)
+                    .with_attr("node", node.clone())
+                    .with_child(config_form(config.access, config.max_items));
+                let pubsub = Element::new("pubsub", ns::PUBSUB_OWNER).with_child(configure);
+                only(result(requester, iq_id, None, Some(pubsub)))
+            }
+            Ok(None) => failed(StorageError::UnknownId, requester, iq_id),
+            Err(e) => failed(e, requester, iq_id),
+        },
+        Query::PepDelete {
+            user,
+            node,
+            requester,
+            iq_id,
+        } => match all_or_none(db, |db| db.pep_delete(user, node)) {
+            Ok(Some(config)) => Answer {
+                payloads: vec![result(requester, iq_id, None, None)],
+                event: Some(PepEvent {
+                    owner: user.clone(),
+                    node: node.clone(),
+                    access: config.access,
+                    body: event(format!("<delete node=\"{}\"/>", escape(node)).as_bytes()),
+                }),
+            },
+            Ok(None) => failed(StorageError::UnknownId, requester, iq_id),
+            Err(e) => failed(e, requester, iq_id),
+        },
+        Query::PepItems {
+            owner,
+            node,
+            ids,
+            max,
+            relation,
+            from,
+            requester,
+            iq_id,
+        } => match all_or_none(db, |db| db.pep_items(owner, node, ids, *max)) {
+            Ok(Some((config, found))) if relation.may_read(config.access) => {
+                let pubsub = format!(
+                    "<pubsub xmlns=\"{}\">{}</pubsub>",
+                    ns::PUBSUB,
+                    String::from_utf8_lossy(&items(node, &found))
+                );
+                only(result_with(
+                    requester,
+                    iq_id,
+                    from.as_deref(),
+                    pubsub.as_bytes(),
+                ))
+            }
+            Ok(Some((config, _))) => {
+                let (condition, app) = match config.access {
+                    PepAccess::Presence => (
+                        StanzaCondition::NotAuthorized,
+                        "presence-subscription-required",
+                    ),
+                    _ => (StanzaCondition::NotAllowed, "closed-node"),
+                };
+                let from = from.as_deref().unwrap_or(address::bare(requester));
+                only(pubsub_error(from, requester, iq_id, condition, app, ""))
+            }
+            Ok(None) => {
+                let from = from.as_deref().unwrap_or(address::bare(requester));
+                only(error(requester, iq_id, from, StanzaCondition::ItemNotFound))
+            }
+            Err(e) => failed(e, requester, iq_id),
+        },
+        Query::PepLastItems {
+            owners,
+            nodes,
+            requester,
+        } => {
+            let locals: Vec<String> = owners.iter().map(|(o, _)| o.clone()).collect();
+            let found = match all_or_none(db, |db| db.pep_last_items(&locals, nodes)) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the newest PEP items failed");
+                    Vec::new()
+                }
+            };
+            let payloads = found
+                .into_iter()
+                .filter(|last| {
+                    owners
+                        .iter()
+                        .any(|(o, r)| *o == last.owner && r.may_read(last.config.access))
+                })
+                .map(|last| {
+                    let from = format!("{}@{domain}", last.owner);
+                    let id = format!("{:016x}", rand::random::<u64>());
+                    let body = event(&items(&last.node, std::slice::from_ref(&last.item)));
+                    notification(&from, requester, &id, &body)
+                })
+                .collect();
+            Answer {
+                payloads,
+                event: None,
+            }
+        }
+        _ => return None,
+    };
+    Some(answer)
+}
+
+/// `<items node='…'>` with each item and its payload.
+fn items(node: &str, items: &[PepItem]) -> Vec<u8> {
+    let mut out = format!("<items node=\"{}\">", escape(node)).into_bytes();
+    for item in items {
+        out.extend_from_slice(format!("<item id=\"{}\">", escape(&item.id)).as_bytes());
+        out.extend_from_slice(&item.payload);
+        out.extend_from_slice(b"</item>");
+    }
+    out.extend_from_slice(b"</items>");
+    out
+}
+
+/// An `<event/>` around `inner`.
+fn event(inner: &[u8]) -> Bytes {
+    let mut out = format!("<event xmlns=\"{}\">", ns::PUBSUB_EVENT).into_bytes();
+    out.extend_from_slice(inner);
+    out.extend_from_slice(b"</event>");
+    Bytes::from(out)
+}
+
+/// A result IQ holding the serialized element `inner`.
+fn result_with(requester: &str, iq_id: &str, from: Option<&str>, inner: &[u8]) -> Bytes {
+    let mut iq = result(requester, iq_id, from, None).to_vec();
+    let close = iq.len() - "</iq>".len();
+    iq.splice(close..close, inner.iter().copied());
+    Bytes::from(iq)
+}
+
+/// An IQ error from `from`.
+fn error(requester: &str, iq_id: &str, from: &str, condition: StanzaCondition) -> Bytes {
+    xmpp_stream::stanza::error_reply(
+        xmpp_stream::stanza::StanzaKind::Iq,
+        Some(iq_id),
+        from,
+        requester,
+        condition,
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::PepRelation;
+    use crate::storage::{PepOptions, Sqlite};
+
+    fn publish(db: &mut dyn Store, node: &str, access: PepAccess) -> Answer {
+        let query = Query::PepPublish {
+            user: "alice".into(),
+            node: node.into(),
+            item: PepItem {
+                id: String::new(),
+                payload: Bytes::from_static(
+                    b"<nick xmlns=\"http://jabber.org/protocol/nick\">A</nick>",
+                ),
+            },
+            options: PepOptions {
+                access: Some(access),
+                max_items: None,
+            },
+            requester: "alice@x/phone".into(),
+            iq_id: "p".into(),
+        };
+        super::answer(db, &query, "x").unwrap()
+    }
+
+    fn read(db: &mut dyn Store, node: &str, relation: PepRelation) -> String {
+        let query = Query::PepItems {
+            owner: "alice".into(),
+            node: node.into(),
+            ids: Vec::new(),
+            max: None,
+            relation,
+            from: Some("alice@x".into()),
+            requester: "bob@x/phone".into(),
+            iq_id: "r".into(),
+        };
+        let answer = super::answer(db, &query, "x").unwrap();
+        String::from_utf8_lossy(&answer.payloads[0]).into_owned()
+    }
+
+    #[test]
+    fn a_publish_answers_with_a_generated_id_and_an_event_and_reads_follow_the_access_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(dir.path(), 10).unwrap();
+        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        let done = publish(&mut db, "open", PepAccess::Open);
+        let result = String::from_utf8_lossy(&done.payloads[0]).into_owned();
+        assert!(
+            result.contains("type=\"result\"")
+                && result.contains("<publish node=\"open\"><item id=\""),
+            "{result}"
+        );
+        let event = done.event.unwrap();
+        assert_eq!(
+            (event.owner.as_str(), event.access),
+            ("alice", PepAccess::Open)
+        );
+        let body = String::from_utf8_lossy(&event.body);
+        assert!(body.starts_with("<event xmlns=\"http://jabber.org/protocol/pubsub#event\"><items node=\"open\"><item id=\""), "{body}");
+        assert!(body.contains(">A</nick></item></items></event>"), "{body}");
+        publish(&mut db, "closed", PepAccess::Presence);
+        publish(&mut db, "mine", PepAccess::Whitelist);
+        assert!(read(&mut db, "open", PepRelation::Other).contains(">A</nick>"));
+        assert!(
+            read(&mut db, "closed", PepRelation::Other).contains("presence-subscription-required")
+        );
+        assert!(read(&mut db, "closed", PepRelation::Subscriber).contains(">A</nick>"));
+        assert!(read(&mut db, "mine", PepRelation::Subscriber).contains("closed-node"));
+        assert!(read(&mut db, "none", PepRelation::Owner).contains("item-not-found"));
+        // the newest items a session may read, as notifications
+        let query = Query::PepLastItems {
+            owners: vec![("alice".into(), PepRelation::Subscriber)],
+            nodes: vec!["open".into(), "closed".into(), "mine".into()],
+            requester: "bob@x/phone".into(),
+        };
+        let last = super::answer(&mut db, &query, "x").unwrap();
+        let mut nodes: Vec<String> = last
+            .payloads
+            .iter()
+            .map(|p| {
+                let m = Element::parse(p, ns::CLIENT).unwrap();
+                assert_eq!(
+                    (m.attr("from"), m.attr("to")),
+                    (Some("alice@x"), Some("bob@x/phone"))
+                );
+                let items = m
+                    .child("event", ns::PUBSUB_EVENT)
+                    .unwrap()
+                    .elements()
+                    .next()
+                    .unwrap();
+                items.attr("node").unwrap().to_owned()
+            })
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, ["closed", "open"]);
+        // a failed precondition stores nothing and says so
+        let refused = publish(&mut db, "open", PepAccess::Presence);
+        assert!(refused.event.is_none());
+        assert!(String::from_utf8_lossy(&refused.payloads[0]).contains("precondition-not-met"));
+    }
+}
