@@ -341,6 +341,7 @@ async fn blocking(cluster: Cluster) {
 
 /// Private XML storage (XEP-0049): what one device stores, another reads
 /// after the first logged out; nothing stored reads as an empty element.
+/// Bookmarks stored there are in the bookmarks PEP node too, and back.
 async fn private_storage(cluster: Cluster) {
     cluster.add_user("alice", "secret");
     let phone = cluster.login(0, "alice", "phone").await;
@@ -372,6 +373,37 @@ async fn private_storage(cluster: Cluster) {
         .await
         .unwrap();
     assert_eq!(got, bookmarks);
+    // bookmarks are in the PEP node too (XEP-0402 #compat), and a room
+    // added there shows in private XML
+    let rooms = desk
+        .pep_items(None, "urn:xmpp:bookmarks:1", None)
+        .await
+        .unwrap();
+    assert_eq!(rooms.len(), 1, "{rooms:?}");
+    assert_eq!(rooms[0].id, "room@conference.example");
+    assert_eq!(
+        rooms[0].payload.as_ref().and_then(|c| c.attr("autojoin")),
+        Some("true")
+    );
+    let second = Element::new("conference", "urn:xmpp:bookmarks:1").with_attr("name", "Second");
+    desk.publish(
+        "urn:xmpp:bookmarks:1",
+        Some("second@conference.example"),
+        second,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let got = desk
+        .private_data("storage", "storage:bookmarks")
+        .await
+        .unwrap();
+    let jids: Vec<&str> = got.elements().filter_map(|c| c.attr("jid")).collect();
+    assert_eq!(
+        jids,
+        ["room@conference.example", "second@conference.example"],
+        "{got:?}"
+    );
     cluster.shutdown().await;
 }
 

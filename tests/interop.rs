@@ -360,6 +360,7 @@ const COMPLIANCE_PASSES: &[&str] = &[
     "XEP-0313 message archive (account feature)",
     "XEP-0160 offline messages (server feature)",
     "XEP-0049 private XML storage (a get is answered)",
+    "XEP-0402 bookmarks with #compat (account feature)",
     "XEP-0054 vcard-temp (server feature)",
     "XEP-0198 stream management (stream feature)",
     "XEP-0352 client state indication (stream feature)",

@@ -745,7 +745,7 @@ impl Driver {
                         Ok(answer) => Input::Replies {
                             to,
                             payloads: answer.payloads,
-                            event: answer.event,
+                            events: answer.events,
                             iq,
                         },
                         Err(e) => {

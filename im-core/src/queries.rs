@@ -16,6 +16,7 @@ use crate::storage::{StorageError, Store, all_or_none};
 /// Most bytes of archived messages in one answer (the rest is the next page).
 pub const MAX_PAGE_BYTES: usize = 256 * 1024;
 
+mod bookmarks;
 mod pep;
 
 /// What answers a query.
@@ -24,8 +25,8 @@ pub struct Answer {
     /// The stanzas for the asking session, in order (errors become stanza
     /// errors).
     pub payloads: Vec<Bytes>,
-    /// A change to a personal eventing node it stored, to notify.
-    pub event: Option<PepEvent>,
+    /// Changes to personal eventing nodes it stored, to notify.
+    pub events: Vec<PepEvent>,
 }
 
 /// Answers `query`. Each storage call runs in a savepoint of its own: a
@@ -37,7 +38,7 @@ pub fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Answer {
     }
     Answer {
         payloads: replies(db, query, domain),
-        event: None,
+        events: Vec::new(),
     }
 }
 

@@ -390,8 +390,8 @@ pub enum Input {
         to: SessionAddr,
         /// Stanzas to deliver, in order.
         payloads: Vec<Bytes>,
-        /// A change to a node the query stored: its readers are notified.
-        event: Option<PepEvent>,
+        /// Changes to nodes the query stored: their readers are notified.
+        events: Vec<PepEvent>,
         /// Whether the query answered an IQ ([`Query::answers_iq`]).
         iq: bool,
     },
@@ -719,7 +719,7 @@ impl Router {
             Input::Replies {
                 to,
                 payloads,
-                event,
+                events,
                 iq,
             } => {
                 if iq {
@@ -730,7 +730,7 @@ impl Router {
                         self.deliver_copy(to, p);
                     }
                 }
-                if let Some(event) = event {
+                for event in events {
                     self.pep_event(event);
                 }
             }

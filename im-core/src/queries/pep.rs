@@ -6,18 +6,19 @@ use bytes::Bytes;
 use xmpp_stream::element::{Element, escape};
 use xmpp_stream::{StanzaCondition, ns};
 
-use super::{Answer, failure, result};
+use super::{Answer, bookmarks, failure, result};
 use crate::address;
 use crate::router::{PepEvent, Query, config_form, notification, pubsub_error};
 use crate::storage::{
     PepAccess, PepConfigured, PepItem, PepPublished, StorageError, Store, all_or_none,
 };
 
-/// The answer to a personal eventing query; none for other queries.
+/// The answer to a personal eventing query (and to a private XML set of
+/// bookmarks, which the bookmarks node follows); none for other queries.
 pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<Answer> {
     let only = |payloads: Bytes| Answer {
         payloads: vec![payloads],
-        event: None,
+        events: Vec::new(),
     };
     let failed =
         |e: StorageError, requester: &str, iq_id: &str| only(failure(e, requester, iq_id, domain));
@@ -34,7 +35,14 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
             if item.id.is_empty() {
                 item.id = format!("{:016x}", rand::random::<u64>());
             }
-            match all_or_none(db, |db| db.pep_publish(user, node, &item, options)) {
+            let publish = |db: &mut dyn Store| {
+                let done = db.pep_publish(user, node, &item, options)?;
+                if node == bookmarks::NODE && matches!(done, PepPublished::Published(_)) {
+                    bookmarks::node_to_private(db, user)?;
+                }
+                Ok(done)
+            };
+            match all_or_none(db, publish) {
                 Ok(PepPublished::Published(config)) => {
                     let publish = format!(
                         "<pubsub xmlns=\"{}\"><publish node=\"{}\"><item id=\"{}\"/></publish></pubsub>",
@@ -44,12 +52,7 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
                     );
                     Answer {
                         payloads: vec![result_with(requester, iq_id, None, publish.as_bytes())],
-                        event: Some(PepEvent {
-                            owner: user.clone(),
-                            node: node.clone(),
-                            access: config.access,
-                            body: event(&items(node, std::slice::from_ref(&item))),
-                        }),
+                        events: vec![published(user, node, config.access, &item)],
                     }
                 }
                 Ok(PepPublished::PreconditionNotMet) => only(pubsub_error(
@@ -71,22 +74,18 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
             notify,
             requester,
             iq_id,
-        } => match all_or_none(db, |db| db.pep_retract(user, node, item_id)) {
+        } => match all_or_none(db, |db| {
+            let done = db.pep_retract(user, node, item_id)?;
+            if node == bookmarks::NODE && done.is_some() {
+                bookmarks::node_to_private(db, user)?;
+            }
+            Ok(done)
+        }) {
             Ok(Some(config)) => Answer {
                 payloads: vec![result(requester, iq_id, None, None)],
-                event: notify.then(|| PepEvent {
-                    owner: user.clone(),
-                    node: node.clone(),
-                    access: config.access,
-                    body: event(
-                        format!(
-                            "<items node=\"{}\"><retract id=\"{}\"/></items>",
-                            escape(node),
-                            escape(item_id)
-                        )
-                        .as_bytes(),
-                    ),
-                }),
+                events: Vec::from_iter(
+                    notify.then(|| retracted(user, node, config.access, item_id)),
+                ),
             },
             Ok(None) => failed(StorageError::UnknownId, requester, iq_id),
             Err(e) => failed(e, requester, iq_id),
@@ -129,15 +128,21 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
             node,
             requester,
             iq_id,
-        } => match all_or_none(db, |db| db.pep_delete(user, node)) {
+        } => match all_or_none(db, |db| {
+            let done = db.pep_delete(user, node)?;
+            if node == bookmarks::NODE && done.is_some() {
+                bookmarks::node_to_private(db, user)?;
+            }
+            Ok(done)
+        }) {
             Ok(Some(config)) => Answer {
                 payloads: vec![result(requester, iq_id, None, None)],
-                event: Some(PepEvent {
+                events: vec![PepEvent {
                     owner: user.clone(),
                     node: node.clone(),
                     access: config.access,
                     body: event(format!("<delete node=\"{}\"/>", escape(node)).as_bytes()),
-                }),
+                }],
             },
             Ok(None) => failed(StorageError::UnknownId, requester, iq_id),
             Err(e) => failed(e, requester, iq_id),
@@ -211,12 +216,63 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
                 .collect();
             Answer {
                 payloads,
-                event: None,
+                events: Vec::new(),
+            }
+        }
+        Query::PrivateSet {
+            user,
+            namespace,
+            element,
+            requester,
+            iq_id,
+        } if namespace == bookmarks::LEGACY => {
+            // (stored, and the bookmarks node brought in line, together)
+            let set = |db: &mut dyn Store| {
+                let stored = db.set_private_xml(user, namespace, element)?;
+                let events = match stored {
+                    crate::storage::Stored::Stored => {
+                        bookmarks::private_to_node(db, user, element)?
+                    }
+                    crate::storage::Stored::NoSuchUser => Vec::new(),
+                };
+                Ok(events)
+            };
+            match all_or_none(db, set) {
+                Ok(events) => Answer {
+                    payloads: vec![result(requester, iq_id, None, None)],
+                    events,
+                },
+                Err(e) => failed(e, requester, iq_id),
             }
         }
         _ => return None,
     };
     Some(answer)
+}
+
+/// The notification of `item`'s publication.
+pub(super) fn published(user: &str, node: &str, access: PepAccess, item: &PepItem) -> PepEvent {
+    PepEvent {
+        owner: user.to_owned(),
+        node: node.to_owned(),
+        access,
+        body: event(&items(node, std::slice::from_ref(item))),
+    }
+}
+
+/// The notification of item `id`'s retraction.
+pub(super) fn retracted(user: &str, node: &str, access: PepAccess, id: &str) -> PepEvent {
+    let retract = format!(
+        "<items node=\"{}\"><retract id=\"{}\"/></items>",
+        escape(node),
+        escape(id)
+    );
+    PepEvent {
+        owner: user.to_owned(),
+        node: node.to_owned(),
+        access,
+        body: event(retract.as_bytes()),
+    }
 }
 
 /// `<items node='…'>` with each item and its payload.
@@ -313,7 +369,9 @@ mod tests {
                 && result.contains("<publish node=\"open\"><item id=\""),
             "{result}"
         );
-        let event = done.event.unwrap();
+        let [event] = &done.events[..] else {
+            panic!("{:?}", done.events)
+        };
         assert_eq!(
             (event.owner.as_str(), event.access),
             ("alice", PepAccess::Open)
@@ -359,7 +417,7 @@ mod tests {
         assert_eq!(nodes, ["closed", "open"]);
         // a failed precondition stores nothing and says so
         let refused = publish(&mut db, "open", PepAccess::Presence);
-        assert!(refused.event.is_none());
+        assert!(refused.events.is_empty());
         assert!(String::from_utf8_lossy(&refused.payloads[0]).contains("precondition-not-met"));
     }
 }

@@ -177,12 +177,12 @@ fn stored(r: &mut super::Router, access: PepAccess, node: &str) -> Vec<Action> {
     r.run(Input::Replies {
         to: (1, 10),
         payloads: Vec::new(),
-        event: Some(PepEvent {
+        events: vec![PepEvent {
             owner: "alice".into(),
             node: node.into(),
             access,
             body: Bytes::from(body),
-        }),
+        }],
         iq: true,
     })
 }
@@ -299,7 +299,7 @@ fn publishes_and_item_requests_become_queries_with_their_options_and_the_readers
     r.run(Input::Replies {
         to: (1, 10),
         payloads: Vec::new(),
-        event: None,
+        events: Vec::new(),
         iq: true,
     });
     // reading: the owner, a subscribed contact, anyone else
@@ -327,7 +327,7 @@ fn publishes_and_item_requests_become_queries_with_their_options_and_the_readers
         r.run(Input::Replies {
             to: (node, sid),
             payloads: Vec::new(),
-            event: None,
+            events: Vec::new(),
             iq: true,
         });
         assert!(

@@ -1812,7 +1812,7 @@ fn the_action_queue_gives_memory_back_once_a_burst_drained() {
         Input::Replies {
             to: (1, 10),
             payloads: vec![Bytes::from_static(b"<message/>"); burst],
-            event: None,
+            events: Vec::new(),
             iq: true,
         },
         t0(),
@@ -1829,7 +1829,7 @@ fn the_action_queue_gives_memory_back_once_a_burst_drained() {
         Input::Replies {
             to: (1, 10),
             payloads: vec![Bytes::from_static(b"<message/>"); 5000],
-            event: None,
+            events: Vec::new(),
             iq: true,
         },
         t0(),
