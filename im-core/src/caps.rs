@@ -34,6 +34,10 @@ pub const MAX_WAITING: usize = 4096;
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The prefix of the ids of the core's disco#info questions.
 pub const ASK_ID_PREFIX: &str = "caps-";
+/// Most nodes one session can want notifications of.
+pub const MAX_NOTIFY_NODES: usize = 64;
+/// The length of a SHA-1 verification string (base64).
+const VER_LEN: usize = 28;
 /// Bytes counted for one known string besides its text.
 const ENTRY_OVERHEAD: usize = 64;
 
@@ -49,7 +53,9 @@ pub struct ShownCaps {
 }
 
 impl ShownCaps {
-    /// The `<c/>` of a presence stanza, if it has one.
+    /// The `<c/>` of a presence stanza, if it has one this core can
+    /// verify (SHA-1, a 28-character string: anything else is ignored,
+    /// as §5.4 allows).
     pub fn of_presence(payload: &[u8]) -> Option<Self> {
         // (most presences are parsed only when they name the namespace)
         let needle = ns::CAPS.as_bytes();
@@ -58,12 +64,32 @@ impl ShownCaps {
         }
         let el = Element::parse(payload, ns::CLIENT).ok()?;
         let c = el.child("c", ns::CAPS)?;
+        let (hash, ver) = (c.attr("hash")?, c.attr("ver")?);
+        if hash != "sha-1" || ver.len() != VER_LEN {
+            return None;
+        }
         Some(Self {
-            hash: c.attr("hash")?.to_owned(),
-            node: c.attr("node").unwrap_or_default().to_owned(),
-            ver: c.attr("ver")?.to_owned(),
+            hash: hash.to_owned(),
+            node: c
+                .attr("node")
+                .unwrap_or_default()
+                .chars()
+                .take(1023)
+                .collect(),
+            ver: ver.to_owned(),
         })
     }
+}
+
+/// A disco#info question to one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    /// The IQ's id.
+    pub id: String,
+    /// The session asked.
+    pub to: SessionAddr,
+    /// The `node` to ask about (`node#ver`).
+    pub node: String,
 }
 
 /// What is known of a verification string.
@@ -71,11 +97,22 @@ impl ShownCaps {
 pub enum Lookup {
     /// Its nodes.
     Known(Notify),
-    /// Unknown: ask the session (a disco#info get with this id to
-    /// `node#ver`).
-    Ask(String),
-    /// Another session was asked: this one waits for that answer.
+    /// Unknown: ask this session.
+    Ask(Question),
+    /// Another session was asked (or this one has a question open): this
+    /// one waits.
     Wait,
+}
+
+/// What an answer to a question did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The nodes the answer names.
+    pub notify: Notify,
+    /// The sessions they are for (the asked one first).
+    pub to: Vec<SessionAddr>,
+    /// The next session to ask, if the answer did not serve the waiters.
+    pub ask: Option<Question>,
 }
 
 /// A question about one verification string.
@@ -83,10 +120,8 @@ pub enum Lookup {
 struct Asking {
     id: String,
     asked: SessionAddr,
-    hash: String,
+    node: String,
     since: Instant,
-    /// Answered without verifying: the next session showing it is asked.
-    void: bool,
     waiting: Vec<SessionAddr>,
 }
 
@@ -107,78 +142,115 @@ impl CapsCache {
         if let Some(n) = self.known.get(caps.ver.as_str()) {
             return Lookup::Known(n.clone());
         }
+        let open = |a: &Asking| now.saturating_duration_since(a.since) < ASK_TIMEOUT;
         if let Some(a) = self.asking.get_mut(caps.ver.as_str())
-            && !a.void
-            && now.saturating_duration_since(a.since) < ASK_TIMEOUT
+            && open(a)
         {
             if a.asked != addr && a.waiting.len() < MAX_WAITING && !a.waiting.contains(&addr) {
                 a.waiting.push(addr);
             }
             return Lookup::Wait;
         }
+        // one open question per session: a client cannot hold them all
+        if self.asking.values().any(|a| a.asked == addr && open(a)) {
+            return Lookup::Wait;
+        }
         if self.asking.len() >= MAX_ASKING {
-            self.asking
-                .retain(|_, a| now.saturating_duration_since(a.since) < ASK_TIMEOUT);
+            self.asking.retain(|_, a| open(a));
             if self.asking.len() >= MAX_ASKING {
                 return Lookup::Wait;
             }
         }
-        self.next_id += 1;
-        let id = format!("{ASK_ID_PREFIX}{}", self.next_id);
         // (waiters of an expired question stay waiting on the new one)
         let waiting = self
             .asking
             .remove(caps.ver.as_str())
             .map(|a| a.waiting)
             .unwrap_or_default();
+        let node = format!("{}#{}", caps.node, caps.ver);
+        let question = self.ask(caps.ver.as_str().into(), addr, node, waiting, now);
+        Lookup::Ask(question)
+    }
+
+    fn ask(
+        &mut self,
+        ver: Box<str>,
+        to: SessionAddr,
+        node: String,
+        mut waiting: Vec<SessionAddr>,
+        now: Instant,
+    ) -> Question {
+        self.next_id += 1;
+        let id = format!("{ASK_ID_PREFIX}{}", self.next_id);
+        waiting.retain(|w| *w != to);
         self.asking.insert(
-            caps.ver.as_str().into(),
+            ver,
             Asking {
                 id: id.clone(),
-                asked: addr,
-                hash: caps.hash.clone(),
+                asked: to,
+                node: node.clone(),
                 since: now,
-                void: false,
                 waiting,
             },
         );
-        Lookup::Ask(id)
+        Question { id, to, node }
     }
 
-    /// The answer to question `id` from `from`: its nodes and the
-    /// sessions they are for (the asked one first). Kept for later
-    /// sessions if it verifies. None if no such question was asked of
-    /// `from`.
+    /// The answer to question `id` from `from`. Kept for later sessions,
+    /// and serving the waiters, if it verifies; otherwise it serves `from`
+    /// alone and the first waiter is asked. None if no such question was
+    /// asked of `from`.
     pub fn answered(
         &mut self,
         id: &str,
         from: SessionAddr,
         info: &Element,
-    ) -> Option<(Notify, Vec<SessionAddr>)> {
-        let ver = self
-            .asking
-            .iter()
-            .find(|(_, a)| a.id == id && a.asked == from)
-            .map(|(v, _)| v.clone())?;
+        now: Instant,
+    ) -> Option<Answered> {
+        let ver = self.question(id, from)?;
         let notify = notify_nodes(info);
-        let verified = self.asking.get(&ver).is_some_and(|a| a.hash == "sha-1")
-            && verification_string(info) == *ver;
-        if !verified {
-            // serves the session that answered; the others ask again
-            self.asking.get_mut(&ver)?.void = true;
-            return Some((notify, vec![from]));
-        }
         let asking = self.asking.remove(&ver)?;
+        if !(sound(info) && verification_string(info) == *ver) {
+            let ask = self.ask_next(ver, asking, now);
+            return Some(Answered {
+                notify,
+                to: vec![from],
+                ask,
+            });
+        }
         self.keep(ver, notify.clone());
         let mut to = vec![asking.asked];
         to.extend(asking.waiting);
-        Some((notify, to))
+        Some(Answered {
+            notify,
+            to,
+            ask: None,
+        })
     }
 
-    /// Question `id` was answered with an error: the next session showing
-    /// its string is asked instead.
-    pub fn refused(&mut self, id: &str, from: SessionAddr) {
-        self.asking.retain(|_, a| !(a.id == id && a.asked == from));
+    /// Question `id` was answered with an error: the first waiter is asked
+    /// instead, if any.
+    pub fn refused(&mut self, id: &str, from: SessionAddr, now: Instant) -> Option<Question> {
+        let ver = self.question(id, from)?;
+        let asking = self.asking.remove(&ver)?;
+        self.ask_next(ver, asking, now)
+    }
+
+    /// The verification string of question `id` asked of `from`.
+    fn question(&self, id: &str, from: SessionAddr) -> Option<Box<str>> {
+        self.asking
+            .iter()
+            .find(|(_, a)| a.id == id && a.asked == from)
+            .map(|(v, _)| v.clone())
+    }
+
+    /// A question that failed: its first waiter is asked in turn.
+    fn ask_next(&mut self, ver: Box<str>, mut asking: Asking, now: Instant) -> Option<Question> {
+        if asking.waiting.is_empty() {
+            return None;
+        }
+        let next = asking.waiting.remove(0);
+        Some(self.ask(ver, next, asking.node, asking.waiting, now))
     }
 
     /// How many verification strings are known.
@@ -212,18 +284,64 @@ impl CapsCache {
     }
 }
 
-/// The nodes whose `NODE+notify` features a disco#info `<query/>` lists.
+/// The nodes whose `NODE+notify` features a disco#info `<query/>` lists
+/// (at most [`MAX_NOTIFY_NODES`], each at most 1023 bytes).
 pub fn notify_nodes(info: &Element) -> Notify {
     let mut nodes: Vec<Box<str>> = info
         .elements()
         .filter(|e| e.name == "feature")
         .filter_map(|e| e.attr("var")?.strip_suffix("+notify"))
-        .filter(|n| !n.is_empty())
+        .filter(|n| !n.is_empty() && n.len() <= 1023)
+        .take(MAX_NOTIFY_NODES)
         .map(Box::from)
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
     nodes.into()
+}
+
+/// Whether a disco#info answer can be verified at all (XEP-0115 §5.4):
+/// no `<` in what the string joins with `<` (else several features could
+/// pass for one), no identity or feature twice, no form type twice.
+fn sound(info: &Element) -> bool {
+    let mut identities = std::collections::HashSet::new();
+    let mut features = std::collections::HashSet::new();
+    let mut forms = std::collections::HashSet::new();
+    let clean = |v: &str| !v.contains('<');
+    for e in info.elements() {
+        match e.name.as_str() {
+            "identity" => {
+                let key: Vec<&str> = ["category", "type", "xml:lang", "name"]
+                    .iter()
+                    .map(|a| e.attr(a).unwrap_or_default())
+                    .collect();
+                if !key.iter().all(|v| clean(v)) || !identities.insert(key[..3].join("/")) {
+                    return false;
+                }
+            }
+            "feature" => {
+                let var = e.attr("var").unwrap_or_default();
+                if !clean(var) || !features.insert(var.to_owned()) {
+                    return false;
+                }
+            }
+            "x" if e.ns == ns::DATA => {
+                for field in e.elements() {
+                    let var = field.attr("var").unwrap_or_default();
+                    if !clean(var) || field.elements().any(|v| !clean(&v.text())) {
+                        return false;
+                    }
+                    if var == "FORM_TYPE"
+                        && !forms.insert(field.elements().map(|v| v.text()).collect::<String>())
+                    {
+                        return false;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Whether `notify` has `node`.
@@ -253,46 +371,99 @@ mod tests {
         q
     }
 
+    fn asked(l: Lookup) -> Question {
+        match l {
+            Lookup::Ask(q) => q,
+            other => panic!("not asked: {other:?}"),
+        }
+    }
+
     #[test]
     fn one_session_is_asked_the_others_wait_and_a_verified_answer_serves_all_and_is_kept() {
         let mut cache = CapsCache::default();
         let answer = with_notify(&["urn:b", "urn:a"]);
         let ver = verification_string(&answer);
         let now = Instant::now();
-        let Lookup::Ask(id) = cache.lookup(&shown(&ver), (1, 1), now) else {
-            panic!("not asked")
-        };
+        let q = asked(cache.lookup(&shown(&ver), (1, 1), now));
+        assert_eq!(
+            (q.to, q.node.as_str()),
+            ((1, 1), format!("n#{ver}").as_str())
+        );
         assert_eq!(cache.lookup(&shown(&ver), (1, 2), now), Lookup::Wait);
         // an answer from a session not asked is ignored
-        assert_eq!(cache.answered(&id, (1, 2), &answer), None);
-        let (notify, to) = cache.answered(&id, (1, 1), &answer).unwrap();
-        assert_eq!(&notify[..], [Box::from("urn:a"), Box::from("urn:b")]);
-        assert!(wants(&notify, "urn:b") && !wants(&notify, "urn:c"));
-        assert_eq!(to, [(1, 1), (1, 2)]);
+        assert_eq!(cache.answered(&q.id, (1, 2), &answer, now), None);
+        let done = cache.answered(&q.id, (1, 1), &answer, now).unwrap();
+        assert_eq!(&done.notify[..], [Box::from("urn:a"), Box::from("urn:b")]);
+        assert!(wants(&done.notify, "urn:b") && !wants(&done.notify, "urn:c"));
+        assert_eq!((done.to, done.ask), (vec![(1, 1), (1, 2)], None));
         assert_eq!(
             cache.lookup(&shown(&ver), (1, 3), now),
-            Lookup::Known(notify)
+            Lookup::Known(done.notify)
         );
     }
 
     #[test]
-    fn an_answer_that_does_not_verify_serves_only_its_session_and_is_not_kept() {
+    fn an_answer_that_does_not_verify_serves_only_its_session_and_the_next_waiter_is_asked() {
         let mut cache = CapsCache::default();
         let now = Instant::now();
-        let Lookup::Ask(id) = cache.lookup(&shown("forged="), (1, 1), now) else {
-            panic!("not asked")
-        };
-        let (notify, to) = cache
-            .answered(&id, (1, 1), &with_notify(&["urn:a"]))
+        let forged = "AAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let q = asked(cache.lookup(&shown(forged), (1, 1), now));
+        assert_eq!(cache.lookup(&shown(forged), (1, 2), now), Lookup::Wait);
+        let done = cache
+            .answered(&q.id, (1, 1), &with_notify(&["urn:a"]), now)
             .unwrap();
-        assert_eq!(to, [(1, 1)]);
-        assert!(wants(&notify, "urn:a"));
-        // the next session showing it is asked itself
+        assert_eq!(done.to, [(1, 1)]);
+        assert!(wants(&done.notify, "urn:a"));
+        let next = done.ask.expect("the waiter is asked");
+        assert_eq!(next.to, (1, 2));
+        assert!(cache.is_empty());
+        // an error answer passes the question on the same way (none left)
+        assert_eq!(cache.refused(&next.id, (1, 2), now), None);
         assert!(matches!(
-            cache.lookup(&shown("forged="), (1, 2), now),
+            cache.lookup(&shown(forged), (1, 3), now),
             Lookup::Ask(_)
         ));
-        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn features_joined_with_the_separator_do_not_pass_for_the_ones_they_imitate() {
+        // an answer whose one feature hashes like a real client's two
+        let real = with_notify(&["urn:a", "urn:b"]);
+        let ver = verification_string(&real);
+        let forged = Element::new("query", ns::DISCO_INFO).with_child(
+            Element::new("feature", ns::DISCO_INFO).with_attr("var", "urn:a+notify<urn:b+notify"),
+        );
+        assert_eq!(verification_string(&forged), ver);
+        let mut cache = CapsCache::default();
+        let now = Instant::now();
+        let q = asked(cache.lookup(&shown(&ver), (1, 1), now));
+        let done = cache.answered(&q.id, (1, 1), &forged, now).unwrap();
+        assert_eq!(done.to, [(1, 1)]);
+        assert!(cache.is_empty(), "the forged answer was kept");
+        // twice the same feature does not verify either
+        let twice = with_notify(&["urn:a", "urn:a"]);
+        assert!(!sound(&twice));
+        assert!(sound(&real));
+    }
+
+    #[test]
+    fn a_session_has_one_open_question_and_unverifiable_caps_are_ignored() {
+        let mut cache = CapsCache::default();
+        let now = Instant::now();
+        asked(cache.lookup(&shown("BBBBBBBBBBBBBBBBBBBBBBBBBBB="), (1, 1), now));
+        assert_eq!(
+            cache.lookup(&shown("CCCCCCCCCCCCCCCCCCCCCCCCCCC="), (1, 1), now),
+            Lookup::Wait
+        );
+        let presence = |hash: &str, ver: &str| {
+            format!(
+                "<presence><c xmlns='http://jabber.org/protocol/caps' hash='{hash}' node='n' ver='{ver}'/></presence>"
+            )
+        };
+        let ok = "DDDDDDDDDDDDDDDDDDDDDDDDDDD=";
+        assert!(ShownCaps::of_presence(presence("sha-1", ok).as_bytes()).is_some());
+        assert!(ShownCaps::of_presence(presence("sha-256", ok).as_bytes()).is_none());
+        assert!(ShownCaps::of_presence(presence("sha-1", &"x".repeat(4000)).as_bytes()).is_none());
     }
 
     #[test]
@@ -301,17 +472,12 @@ mod tests {
         let answer = with_notify(&["urn:a"]);
         let ver = verification_string(&answer);
         let now = Instant::now();
-        assert!(matches!(
-            cache.lookup(&shown(&ver), (1, 1), now),
-            Lookup::Ask(_)
-        ));
+        asked(cache.lookup(&shown(&ver), (1, 1), now));
         assert_eq!(cache.lookup(&shown(&ver), (1, 2), now), Lookup::Wait);
         let later = now + ASK_TIMEOUT;
-        let Lookup::Ask(id) = cache.lookup(&shown(&ver), (1, 3), later) else {
-            panic!("not asked again")
-        };
-        let (_, to) = cache.answered(&id, (1, 3), &answer).unwrap();
-        assert_eq!(to, [(1, 3), (1, 2)]);
+        let q = asked(cache.lookup(&shown(&ver), (1, 3), later));
+        let done = cache.answered(&q.id, (1, 3), &answer, later).unwrap();
+        assert_eq!(done.to, [(1, 3), (1, 2)]);
     }
 
     #[test]

@@ -724,14 +724,20 @@ impl Driver {
             }
             Action::Query { to, query } => {
                 let iq = query.answers_iq();
+                // (a query of the server's own is answered with nothing)
+                let failed = move |condition| match iq {
+                    true => Input::QueryFailed { to, condition },
+                    false => Input::Replies {
+                        to,
+                        payloads: Vec::new(),
+                        events: Vec::new(),
+                        iq,
+                    },
+                };
                 let Some(charge) = self.budget.charge(query.bytes()) else {
-                    if iq {
-                        self.refused.push_back(Input::QueryFailed {
-                            to,
-                            condition: StanzaCondition::ResourceConstraint,
-                        });
-                    }
-                    return;
+                    return self
+                        .refused
+                        .push_back(failed(StanzaCondition::ResourceConstraint));
                 };
                 let domain = self.domain.clone();
                 let job = move || {
@@ -750,13 +756,7 @@ impl Driver {
                         },
                         Err(e) => {
                             tracing::error!(error = %e, "answering a query failed");
-                            if !iq {
-                                return;
-                            }
-                            Input::QueryFailed {
-                                to,
-                                condition: e.condition(),
-                            }
+                            failed(e.condition())
                         }
                     };
                     let _ = events.send(Event::Router(input)).await;

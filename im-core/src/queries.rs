@@ -15,6 +15,12 @@ use crate::storage::{StorageError, Store, all_or_none};
 
 /// Most bytes of archived messages in one answer (the rest is the next page).
 pub const MAX_PAGE_BYTES: usize = 256 * 1024;
+/// Most bytes of items in one answer to a PEP items request (the newest
+/// that fit, one at least).
+pub const MAX_ITEMS_BYTES: usize = 512 * 1024;
+/// Most bytes of the notifications answering a session's
+/// `PepLastItems` (the rest are not sent).
+pub const MAX_LAST_ITEMS_BYTES: usize = 1024 * 1024;
 
 mod bookmarks;
 mod pep;

@@ -507,6 +507,10 @@ pub struct Router {
     parked: parked_resumes::ParkedResumes,
     /// What the sessions' entity capabilities stand for (XEP-0115).
     caps: crate::caps::CapsCache,
+    /// Sessions with a [`Query::PepLastItems`] out (one each).
+    last_items: std::collections::HashSet<SessionAddr>,
+    /// Ids of PEP notifications.
+    event_ids: ArchiveIds,
 }
 
 impl Router {
@@ -542,6 +546,8 @@ impl Router {
             now: None,
             parked: Default::default(),
             caps: Default::default(),
+            last_items: Default::default(),
+            event_ids: ArchiveIds::new(seed.rotate_left(32)),
         }
     }
 
@@ -724,6 +730,8 @@ impl Router {
             } => {
                 if iq {
                     self.querying.remove(&to);
+                } else {
+                    self.last_items_answered(to);
                 }
                 if self.table.jid_of(to.0, to.1).is_some() {
                     for p in payloads {

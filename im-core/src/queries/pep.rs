@@ -6,9 +6,9 @@ use bytes::Bytes;
 use xmpp_stream::element::{Element, escape};
 use xmpp_stream::{StanzaCondition, ns};
 
-use super::{Answer, bookmarks, failure, result};
+use super::{Answer, MAX_ITEMS_BYTES, MAX_LAST_ITEMS_BYTES, bookmarks, failure, result};
 use crate::address;
-use crate::router::{PepEvent, Query, config_form, notification, pubsub_error};
+use crate::router::{PepEvent, PepRelation, Query, config_form, notification, pubsub_error};
 use crate::storage::{
     PepAccess, PepConfigured, PepItem, PepPublished, StorageError, Store, all_or_none,
 };
@@ -156,8 +156,35 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
             from,
             requester,
             iq_id,
-        } => match all_or_none(db, |db| db.pep_items(owner, node, ids, *max)) {
-            Ok(Some((config, found))) if relation.may_read(config.access) => {
+        } => match all_or_none(db, |db| {
+            // (an owner's block list hides the node: XEP-0191 §3.4)
+            let blocked = *relation != PepRelation::Owner
+                && db.blocks_any(owner, &crate::block_list::owned_forms(requester))?;
+            match blocked {
+                true => Ok(None),
+                false => db.pep_items(owner, node, ids, *max).map(Some),
+            }
+        }) {
+            Ok(None) => only(error(
+                requester,
+                iq_id,
+                from.as_deref().unwrap_or(address::bare(requester)),
+                StanzaCondition::ServiceUnavailable,
+            )),
+            Ok(Some(Some((config, mut found)))) if relation.may_read(config.access) => {
+                // the newest that fit in one answer
+                let mut bytes = 0;
+                let fitting = found
+                    .iter()
+                    .rev()
+                    .take_while(|i| {
+                        bytes += i.payload.len() + i.id.len();
+                        bytes <= MAX_ITEMS_BYTES
+                    })
+                    .count()
+                    .max(1)
+                    .min(found.len());
+                found.drain(..found.len() - fitting);
                 let pubsub = format!(
                     "<pubsub xmlns=\"{}\">{}</pubsub>",
                     ns::PUBSUB,
@@ -170,7 +197,7 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
                     pubsub.as_bytes(),
                 ))
             }
-            Ok(Some((config, _))) => {
+            Ok(Some(Some((config, _)))) => {
                 let (condition, app) = match config.access {
                     PepAccess::Presence => (
                         StanzaCondition::NotAuthorized,
@@ -181,7 +208,7 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
                 let from = from.as_deref().unwrap_or(address::bare(requester));
                 only(pubsub_error(from, requester, iq_id, condition, app, ""))
             }
-            Ok(None) => {
+            Ok(Some(None)) => {
                 let from = from.as_deref().unwrap_or(address::bare(requester));
                 only(error(requester, iq_id, from, StanzaCondition::ItemNotFound))
             }
@@ -193,25 +220,49 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
             requester,
         } => {
             let locals: Vec<String> = owners.iter().map(|(o, _)| o.clone()).collect();
-            let found = match all_or_none(db, |db| db.pep_last_items(&locals, nodes)) {
-                Ok(found) => found,
+            let read = |db: &mut dyn Store| {
+                let found = db.pep_last_items(&locals, nodes)?;
+                // (owners whose block lists hold the requester are left out)
+                let mut with_items: Vec<String> = found
+                    .iter()
+                    .filter(|l| {
+                        owners
+                            .iter()
+                            .any(|(o, r)| *o == l.owner && *r != PepRelation::Owner)
+                    })
+                    .map(|l| l.owner.clone())
+                    .collect();
+                with_items.sort_unstable();
+                with_items.dedup();
+                let blockers =
+                    db.blockers(&with_items, &crate::block_list::owned_forms(requester))?;
+                Ok((found, blockers))
+            };
+            let (found, blockers) = match all_or_none(db, read) {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the newest PEP items failed");
-                    Vec::new()
+                    Default::default()
                 }
             };
+            let mut bytes = 0;
             let payloads = found
                 .into_iter()
                 .filter(|last| {
-                    owners
-                        .iter()
-                        .any(|(o, r)| *o == last.owner && r.may_read(last.config.access))
+                    !blockers.contains(&last.owner)
+                        && owners
+                            .iter()
+                            .any(|(o, r)| *o == last.owner && r.may_read(last.config.access))
                 })
                 .map(|last| {
                     let from = format!("{}@{domain}", last.owner);
                     let id = format!("{:016x}", rand::random::<u64>());
                     let body = event(&items(&last.node, std::slice::from_ref(&last.item)));
                     notification(&from, requester, &id, &body)
+                })
+                .take_while(|n| {
+                    bytes += n.len();
+                    bytes <= MAX_LAST_ITEMS_BYTES
                 })
                 .collect();
             Answer {
@@ -357,7 +408,8 @@ mod tests {
     }
 
     #[test]
-    fn a_publish_answers_with_a_generated_id_and_an_event_and_reads_follow_the_access_model() {
+    fn a_publish_answers_with_a_generated_id_and_an_event_and_reads_follow_the_access_model_and_blocks()
+     {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Sqlite::open(dir.path(), 10).unwrap();
         let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
@@ -415,6 +467,12 @@ mod tests {
             .collect();
         nodes.sort();
         assert_eq!(nodes, ["closed", "open"]);
+        // once alice blocks bob, he reads nothing of hers and gets no last items
+        db.block("alice", &["bob@x".into()]).unwrap();
+        assert!(read(&mut db, "open", PepRelation::Subscriber).contains("service-unavailable"));
+        let last = super::answer(&mut db, &query, "x").unwrap();
+        assert!(last.payloads.is_empty(), "{:?}", last.payloads);
+        db.unblock("alice", &[]).unwrap();
         // a failed precondition stores nothing and says so
         let refused = publish(&mut db, "open", PepAccess::Presence);
         assert!(refused.events.is_empty());

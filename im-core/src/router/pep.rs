@@ -21,7 +21,7 @@ use xmpp_stream::ns;
 
 use super::{Action, Query, Router};
 use crate::address;
-use crate::caps::{Lookup, Notify, ShownCaps, wants};
+use crate::caps::{Lookup, Notify, Question, ShownCaps, wants};
 use crate::routing::SessionAddr;
 use crate::storage::PepAccess;
 
@@ -77,64 +77,74 @@ pub fn notification(from: &str, to: &str, id: &str, body: &[u8]) -> Bytes {
 
 impl Router {
     /// A session's available presence: what its entity capabilities say
-    /// it wants notifications of, or a question to it if unknown.
-    pub(super) fn presence_caps(&mut self, addr: SessionAddr, payload: &[u8]) {
+    /// it wants notifications of, or a question to it if unknown. `fresh`:
+    /// the session just became available (it gets the newest items of
+    /// every node it wants, not only of those it did not want before).
+    pub(super) fn presence_caps(&mut self, addr: SessionAddr, payload: &[u8], fresh: bool) {
         let (Some(shown), Some(now)) = (ShownCaps::of_presence(payload), self.now) else {
             return;
         };
         match self.caps.lookup(&shown, addr, now) {
-            Lookup::Known(notify) => self.set_notify(addr, notify),
+            Lookup::Known(notify) => self.set_notify(addr, notify, fresh),
             Lookup::Wait => {}
-            Lookup::Ask(id) => {
-                let Some(full) = self.table.jid_of(addr.0, addr.1) else {
-                    return;
-                };
-                let ask = Element::new("iq", ns::CLIENT)
-                    .with_attr("type", "get")
-                    .with_attr("from", self.domain.clone())
-                    .with_attr("to", full)
-                    .with_attr("id", id)
-                    .with_child(
-                        Element::new("query", ns::DISCO_INFO)
-                            .with_attr("node", format!("{}#{}", shown.node, shown.ver)),
-                    );
-                self.deliver(addr, Bytes::from(ask.to_bytes(ns::CLIENT)));
-            }
+            Lookup::Ask(question) => self.ask_caps(question),
         }
+    }
+
+    /// Asks a session what its capabilities stand for (XEP-0115 §6.2).
+    fn ask_caps(&mut self, question: Question) {
+        let Some(full) = self.table.jid_of(question.to.0, question.to.1) else {
+            return;
+        };
+        let ask = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("from", self.domain.clone())
+            .with_attr("to", full)
+            .with_attr("id", question.id)
+            .with_child(Element::new("query", ns::DISCO_INFO).with_attr("node", question.node));
+        self.deliver(question.to, Bytes::from(ask.to_bytes(ns::CLIENT)));
     }
 
     /// A session answered the core's disco#info question `header.id`.
     pub(super) fn caps_answer(&mut self, addr: SessionAddr, header: &RouteHeader, payload: &[u8]) {
+        let Some(now) = self.now else { return };
         let id = header.id.as_deref().unwrap_or_default();
-        if header.stanza_type.as_deref() != Some("result") {
-            return self.caps.refused(id, addr);
-        }
-        let Ok(iq) = Element::parse(payload, ns::CLIENT) else {
-            return self.caps.refused(id, addr);
-        };
-        let Some(info) = iq.child("query", ns::DISCO_INFO) else {
-            return self.caps.refused(id, addr);
-        };
-        if let Some((notify, to)) = self.caps.answered(id, addr, info) {
-            for a in to {
-                self.set_notify(a, notify.clone());
+        let info = (header.stanza_type.as_deref() == Some("result"))
+            .then(|| Element::parse(payload, ns::CLIENT).ok())
+            .flatten();
+        let answered = info
+            .as_ref()
+            .and_then(|iq| iq.child("query", ns::DISCO_INFO))
+            .map(|info| self.caps.answered(id, addr, info, now));
+        let next = match answered {
+            Some(Some(done)) => {
+                for a in done.to {
+                    self.set_notify(a, done.notify.clone(), false);
+                }
+                done.ask
             }
+            Some(None) => None,
+            None => self.caps.refused(id, addr, now),
+        };
+        if let Some(question) = next {
+            self.ask_caps(question);
         }
     }
 
     /// `addr` wants notifications of `notify`'s nodes: it gets the newest
-    /// items of the nodes it did not want before.
-    fn set_notify(&mut self, addr: SessionAddr, notify: Notify) {
+    /// items of the nodes it did not want before (all if `fresh`), one
+    /// such query at a time.
+    fn set_notify(&mut self, addr: SessionAddr, notify: Notify, fresh: bool) {
         let Some(route) = self.table.route_mut(addr.0, addr.1) else {
             return;
         };
-        let old = route.notify.replace(notify.clone());
+        let old = route.notify.replace(notify.clone()).filter(|_| !fresh);
         let nodes: Vec<String> = notify
             .iter()
             .filter(|n| old.as_ref().is_none_or(|o| !wants(o, n)))
             .map(|n| n.to_string())
             .collect();
-        if nodes.is_empty() || !route.available {
+        if nodes.is_empty() || !route.available || !self.last_items.insert(addr) {
             return;
         }
         let Some(full) = self.table.jid_of(addr.0, addr.1).map(str::to_owned) else {
@@ -146,10 +156,13 @@ impl Router {
             address::local(bare).unwrap_or_default().to_owned(),
             PepRelation::Owner,
         )];
+        // (the contacts either side blocks are left out here if served
+        // here; the store checks the others' lists)
         owners.extend(
             self.rosters
                 .items(bare)
                 .filter(|i| i.subscription.to() && !self.blocks(bare, i.jid))
+                .filter(|i| !(self.serves(i.jid) && self.blocks(i.jid, &full)))
                 .filter_map(|i| i.jid.strip_suffix(suffix.as_str()))
                 .map(|local| (local.to_owned(), PepRelation::Subscriber)),
         );
@@ -159,6 +172,18 @@ impl Router {
             requester: full,
         };
         self.emit(Action::Query { to: addr, query });
+    }
+
+    /// The answer to a session's [`Query::PepLastItems`] came: it may ask
+    /// again.
+    pub(super) fn last_items_answered(&mut self, addr: SessionAddr) {
+        self.last_items.remove(&addr);
+    }
+
+    /// A fresh notification id (unique across restarts: the router's
+    /// seed starts it).
+    fn event_id(&mut self) -> String {
+        format!("pep-{}", self.event_ids.next_id())
     }
 
     /// A change to one of `event.owner`'s nodes was stored: its readers'
@@ -179,8 +204,7 @@ impl Router {
             if self.serves(&contact) {
                 self.pep_notify(&owner, &contact, &event.node, &event.body);
             } else {
-                self.push_counter += 1;
-                let id = format!("pep-{}", self.push_counter);
+                let id = self.event_id();
                 let message = notification(&owner, &contact, &id, &event.body);
                 self.send_to_peer(&contact, Kind::Message, &owner, message);
             }
@@ -234,8 +258,7 @@ impl Router {
             .map(|r| ((r.node, r.sid), format!("{to}/{}", r.resource)))
             .collect();
         for (addr, full) in targets {
-            self.push_counter += 1;
-            let id = format!("pep-{}", self.push_counter);
+            let id = self.event_id();
             self.deliver(addr, notification(owner, &full, &id, body));
         }
     }

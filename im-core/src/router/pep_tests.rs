@@ -385,3 +385,102 @@ fn publishes_and_item_requests_become_queries_with_their_options_and_the_readers
         );
     }
 }
+
+#[test]
+fn a_session_available_again_gets_the_newest_items_again_and_an_owner_who_blocks_it_is_left_out() {
+    let mut r = router();
+    friends_wanting_the_node(&mut r);
+    r.run(Input::Replies {
+        to: (2, 20),
+        payloads: Vec::new(),
+        events: Vec::new(),
+        iq: false,
+    });
+    // alice blocks bob: bob's next query leaves her out
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", None, Some("set")),
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='bob@x'/></block></iq>",
+    );
+    let ver = ver_of(&client_info(&[NODE, "urn:xmpp:nick"]));
+    stanza(
+        &mut r,
+        2,
+        20,
+        header(Kind::Presence, "bob@x/phone", None, Some("unavailable")),
+        "<presence type='unavailable'/>",
+    );
+    let back = present(&mut r, 2, 20, "bob@x/phone", &ver);
+    let queries = last_items(&back);
+    let [(_, Query::PepLastItems { owners, nodes, .. })] = &queries[..] else {
+        panic!("{back:?}")
+    };
+    assert_eq!(owners, &[("bob".to_owned(), PepRelation::Owner)]);
+    assert_eq!(nodes.len(), 2);
+    // one at a time: while it is out, a new node known from carol's
+    // answer asks nothing for bob
+    bound(&mut r, 3, 30, "carol@x", "phone");
+    let wider = client_info(&[NODE, "urn:xmpp:nick", "urn:new"]);
+    let id = question(
+        &present(&mut r, 3, 30, "carol@x/phone", &ver_of(&wider)),
+        (3, 30),
+    )
+    .unwrap();
+    answer(&mut r, 3, 30, "carol@x/phone", &id, &wider);
+    let more = present(&mut r, 2, 20, "bob@x/phone", &ver_of(&wider));
+    assert!(question(&more, (2, 20)).is_none());
+    assert!(last_items(&more).is_empty(), "{more:?}");
+}
+
+#[test]
+fn a_notification_another_core_forwards_reaches_only_the_sessions_that_want_its_node() {
+    use cm_protocol::Frame;
+    let mut r = router();
+    bound_with_contact(&mut r, 2, 20, "bob@x", "alice@x");
+    bound(&mut r, 2, 21, "bob@x", "pc");
+    let info = client_info(&[NODE]);
+    let id = question(
+        &present(&mut r, 2, 20, "bob@x/phone", &ver_of(&info)),
+        (2, 20),
+    )
+    .unwrap();
+    answer(&mut r, 2, 20, "bob@x/phone", &id, &info);
+    stanza(
+        &mut r,
+        2,
+        21,
+        header(Kind::Presence, "bob@x/pc", None, None),
+        "<presence/>",
+    );
+    let forwarded = |r: &mut super::Router, from: &str, node: &str| {
+        let payload = super::notification(
+            "alice@x",
+            "bob@x",
+            "pep-1",
+            format!("<event xmlns='http://jabber.org/protocol/pubsub#event'><items node='{node}'><item id='1'/></items></event>").as_bytes(),
+        );
+        let h = RouteHeader {
+            kind: Kind::Message,
+            stanza_type: Some("headline".into()),
+            to: Some("bob@x".into()),
+            id: Some("pep-1".into()),
+            from: from.into(),
+        };
+        frame(
+            r,
+            9,
+            Frame::Forward {
+                seq: 0,
+                header: h,
+                payload,
+            },
+        )
+    };
+    let got = deliveries(&forwarded(&mut r, "alice@x", NODE));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, (2, 20));
+    assert!(got[0].1.contains("to=\"bob@x/phone\""), "{got:?}");
+    assert!(delivered_to(&forwarded(&mut r, "alice@x", "urn:other")).is_empty());
+}

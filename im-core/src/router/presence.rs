@@ -60,7 +60,7 @@ impl Router {
             self.request_flush(addr);
         }
         if available {
-            self.presence_caps(addr, &payload);
+            self.presence_caps(addr, &payload, !was);
         }
     }
 

@@ -197,6 +197,10 @@ impl Query {
             Query::VCardSet { vcard, .. } => vcard.len(),
             Query::PrivateSet { element, .. } => element.len(),
             Query::PepPublish { item, .. } => item.payload.len(),
+            // (a guess at its answer: a small item per owner and node)
+            Query::PepLastItems { owners, nodes, .. } => {
+                (owners.len() * nodes.len() * 256).min(crate::queries::MAX_LAST_ITEMS_BYTES)
+            }
             _ => 0,
         }
     }

@@ -418,6 +418,17 @@ pub trait Store: Send {
     /// sender's JID that a block list item can match: see
     /// [`crate::block_list::forms`]).
     fn blocks_any(&mut self, username: &str, jids: &[String]) -> Result<bool, StorageError>;
+    /// Those of `users` whose block lists hold any of `jids` (one lookup
+    /// each unless the backend does better).
+    fn blockers(&mut self, users: &[String], jids: &[String]) -> Result<Vec<String>, StorageError> {
+        let mut found = Vec::new();
+        for user in users {
+            if self.blocks_any(user, jids)? {
+                found.push(user.clone());
+            }
+        }
+        Ok(found)
+    }
 
     /// A user's private XML element of `namespace` (XEP-0049), as stored.
     fn private_xml(

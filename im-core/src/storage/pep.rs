@@ -157,8 +157,16 @@ pub(super) trait PepTables {
     fn put_node(&mut self, user: &str, node: &str, config: PepConfig) -> Result<(), StorageError>;
     /// Removes a node and its items.
     fn drop_node(&mut self, user: &str, node: &str) -> Result<(), StorageError>;
-    /// Bytes of the user's items, but item `id` of `node`.
-    fn bytes_besides(&mut self, user: &str, node: &str, id: &str) -> Result<i64, StorageError>;
+    /// Bytes of the user's items outside `node`, and of the newest
+    /// `newest` items of `node` but item `id` (what stays besides `id`
+    /// once it is published and the node trimmed).
+    fn bytes_kept(
+        &mut self,
+        user: &str,
+        node: &str,
+        id: &str,
+        newest: u32,
+    ) -> Result<i64, StorageError>;
     /// Stores an item as the node's newest (replacing one of its id).
     fn put_item(&mut self, user: &str, node: &str, item: &PepItem) -> Result<(), StorageError>;
     /// Removes an item; whether it was there.
@@ -199,7 +207,7 @@ pub(super) fn publish(
             config
         }
     };
-    let used = db.bytes_besides(user, node, &item.id)?;
+    let used = db.bytes_kept(user, node, &item.id, config.max_items.saturating_sub(1))?;
     if used + item.payload.len() as i64 > MAX_PEP_BYTES {
         return Err(StorageError::QuotaExceeded);
     }

@@ -748,6 +748,22 @@ impl Store for Postgres {
             .is_some())
     }
 
+    fn blockers(&mut self, users: &[String], jids: &[String]) -> Result<Vec<String>, StorageError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        // (one round trip for a whole roster)
+        Ok(self
+            .query(
+                "SELECT DISTINCT username FROM blocklist
+                 WHERE username = ANY($1) AND jid = ANY($2)",
+                &[&users, &jids],
+            )?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     fn put_roster_item(
         &mut self,
         username: &str,
@@ -1004,12 +1020,24 @@ impl PepTables for Postgres {
         Ok(())
     }
 
-    fn bytes_besides(&mut self, user: &str, node: &str, id: &str) -> Result<i64, StorageError> {
+    fn bytes_kept(
+        &mut self,
+        user: &str,
+        node: &str,
+        id: &str,
+        newest: u32,
+    ) -> Result<i64, StorageError> {
+        let newest = i64::from(newest);
         Ok(self
             .query_opt(
-                "SELECT COALESCE(SUM(octet_length(payload)), 0)::BIGINT FROM pep_items
-                 WHERE username=$1 AND NOT (node=$2 AND item_id=$3)",
-                &[&user, &node, &id],
+                "SELECT
+                     (SELECT COALESCE(SUM(octet_length(payload)), 0) FROM pep_items
+                      WHERE username=$1 AND node<>$2)::BIGINT
+                   + (SELECT COALESCE(SUM(octet_length(payload)), 0) FROM
+                         (SELECT payload FROM pep_items
+                          WHERE username=$1 AND node=$2 AND item_id<>$3
+                          ORDER BY seq DESC LIMIT $4) AS kept)::BIGINT",
+                &[&user, &node, &id, &newest],
             )?
             .map_or(0, |r| r.get(0)))
     }

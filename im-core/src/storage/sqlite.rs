@@ -644,14 +644,25 @@ impl PepTables for Sqlite {
         Ok(())
     }
 
-    fn bytes_besides(&mut self, user: &str, node: &str, id: &str) -> Result<i64, StorageError> {
+    fn bytes_kept(
+        &mut self,
+        user: &str,
+        node: &str,
+        id: &str,
+        newest: u32,
+    ) -> Result<i64, StorageError> {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT COALESCE(SUM(length(payload)), 0) FROM pep_items
-                 WHERE username=?1 AND NOT (node=?2 AND item_id=?3)",
+                "SELECT
+                     (SELECT COALESCE(SUM(length(payload)), 0) FROM pep_items
+                      WHERE username=?1 AND node<>?2)
+                   + (SELECT COALESCE(SUM(length(payload)), 0) FROM
+                         (SELECT payload FROM pep_items
+                          WHERE username=?1 AND node=?2 AND item_id<>?3
+                          ORDER BY seq DESC LIMIT ?4))",
             )?
-            .query_row([user, node, id], |r| r.get(0))?)
+            .query_row(params![user, node, id, newest], |r| r.get(0))?)
     }
 
     fn put_item(&mut self, user: &str, node: &str, item: &PepItem) -> Result<(), StorageError> {

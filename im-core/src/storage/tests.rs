@@ -1158,7 +1158,15 @@ fn pep_nodes_are_configured_retracted_deleted_and_bounded() {
             ),
             Err(StorageError::QuotaExceeded)
         ));
-        // (replacing an item counts only its new size)
+        // (replacing an item counts only its new size, and so does
+        // publishing a new one that pushes the old out of its node)
+        db.pep_publish(
+            "alice",
+            "big0",
+            &pep_item("2", &big),
+            &PepOptions::default(),
+        )
+        .unwrap();
         db.pep_publish(
             "alice",
             "big0",

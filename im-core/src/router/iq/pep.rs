@@ -75,12 +75,17 @@ impl Router {
                 Query::PepItems {
                     owner: user,
                     node,
-                    ids: op
-                        .elements()
-                        .filter(|e| e.name == "item")
-                        .filter_map(|e| e.attr("id"))
-                        .map(str::to_owned)
-                        .collect(),
+                    ids: {
+                        let mut ids: Vec<String> = op
+                            .elements()
+                            .filter(|e| e.name == "item")
+                            .filter_map(|e| e.attr("id"))
+                            .map(str::to_owned)
+                            .collect();
+                        ids.sort_unstable();
+                        ids.dedup();
+                        ids
+                    },
                     max: op.attr("max_items").and_then(|m| m.parse().ok()),
                     relation,
                     from: (!own).then_some(owner_bare),
