@@ -20,7 +20,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "localhost")]
     domain: String,
     /// First port: core on BASE, balancer on BASE+1 (clients), BASE+2 (CMs), BASE+3 (control),
-    /// core admin on BASE+10, balancer admin on BASE+11, CM i on BASE+100+i (QUIC),
+    /// core admin on BASE+10, balancer admin on BASE+11, file upload (HTTPS,
+    /// XEP-0363) on BASE+12, CM i on BASE+100+i (QUIC),
     /// BASE+200+i (TCP, STARTTLS), BASE+300+i (TCP, direct TLS), BASE+400+i
     /// (WebSocket over TLS) and BASE+500+i (admin: /metrics). 0 = ephemeral ports.
     #[arg(long, default_value_t = 5270)]
@@ -233,6 +234,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
         };
         core_config.listen = listen;
         core_config.admin_listen = admin;
+        // file upload (XEP-0363) from the first core, on the local ports
+        if i == 1 {
+            core_config.upload = Some(im_core::upload::UploadConfig::new(local(12)));
+        }
         core_config.database_url = database.clone();
         if cores > 1 {
             // (an ephemeral port is only known once bound: name it first)
@@ -324,6 +329,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
         balancer.admin_addr
     );
     println!("  core (CM links)   quic://{}", core.quic_addr);
+    if let Some(upload) = core.upload_addr {
+        println!(
+            "  file upload       https://{upload} (XEP-0363, service upload.{})",
+            args.domain
+        );
+    }
     for (i, c) in core_handles.iter().enumerate() {
         println!(
             "  core-{:<12} quic://{} (admin http://{})",

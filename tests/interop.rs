@@ -362,6 +362,7 @@ const COMPLIANCE_PASSES: &[&str] = &[
     "XEP-0049 private XML storage (a get is answered)",
     "XEP-0402 bookmarks with #compat (account feature)",
     "XEP-0054 vcard-temp (server feature)",
+    "XEP-0363 HTTP file upload (a service)",
     "XEP-0198 stream management (stream feature)",
     "XEP-0352 client state indication (stream feature)",
     "XEP-0215 external services for calls (server feature)",
@@ -372,8 +373,12 @@ async fn the_compliance_suite_finds_exactly_the_xep_0479_features_longlink_serve
     use interop::compliance::{check_names, run_compliance};
     use interop::{Target, Transport};
     bounded(120, async {
-        // (a STUN server configured, so XEP-0215 is offered)
+        // (a STUN server and the upload service configured, so XEP-0215
+        // and XEP-0363 are offered)
         let configure: support::cluster::Configure = Arc::new(|c| {
+            c.upload = Some(im_core::upload::UploadConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+            ));
             c.external_services = vec![im_core::external_services::ExternalService {
                 kind: "stun".into(),
                 host: "stun.example".into(),

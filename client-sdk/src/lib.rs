@@ -43,6 +43,7 @@ mod sm;
 mod tls;
 #[cfg(feature = "tools")]
 pub mod transport;
+pub mod upload;
 
 pub use client::Client;
 pub use error::ClientError;

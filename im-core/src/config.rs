@@ -62,6 +62,10 @@ pub struct CoreConfig {
     /// for those given a secret.
     #[serde(default)]
     pub external_services: Vec<crate::external_services::ExternalService>,
+    /// HTTP File Upload (XEP-0363): the service and its HTTPS server.
+    /// Unset: not offered.
+    #[serde(default)]
+    pub upload: Option<crate::upload::UploadConfig>,
 }
 
 /// A core's place in a cluster of cores.
@@ -138,6 +142,7 @@ impl CoreConfig {
             storage_deadline_ms: default_storage_deadline_ms(),
             cluster: None,
             external_services: Vec::new(),
+            upload: None,
         }
     }
 
@@ -178,5 +183,8 @@ mod tests {
             ("turn", Some(3478), true)
         );
         assert!(config.cluster.is_some());
+        let upload = config.upload.expect("an upload section");
+        assert_eq!(upload.jid("example.org"), "upload.example.org");
+        assert_eq!(upload.expiry_days, 30);
     }
 }

@@ -41,7 +41,7 @@ use xmpp_stream::stanza::{append_child, delay_element, inspect};
 
 use crate::links::{Links, NodeInfo, SendError};
 use crate::metrics::{Metrics, label};
-use crate::router::{Action, Bounce, Input, RosterWrite, Router};
+use crate::router::{Action, Bounce, Input, Query, RosterWrite, Router};
 use crate::routing::{MAX_RESOURCES_PER_ACCOUNT, NodeId, RouteRow, SessionAddr};
 use crate::storage::{OfflineQuota, OfflineRow, Storage, StorageError, Store, WriteFence};
 
@@ -193,6 +193,8 @@ pub struct Driver {
     refused: VecDeque<Input>,
     /// Offline flushes running and waiting, one running per user.
     flushes: Flushes,
+    /// The upload service's slots (XEP-0363), if offered.
+    upload: Option<Arc<crate::upload::Slots>>,
     /// Roster loads waiting for room in the storage budget, oldest first.
     /// A load is asked for once per user whose frames wait for it, so this
     /// holds at most one entry per user with a session (or a subscription
@@ -254,6 +256,7 @@ impl Driver {
             limits: StorageLimits::default(),
             budget: Budget::new(STORAGE_QUEUE_BYTES),
             refused: VecDeque::new(),
+            upload: None,
             flushes: Flushes::default(),
             roster_loads: VecDeque::new(),
             sm_shown: None,
@@ -272,6 +275,44 @@ impl Driver {
         self.limits = limits;
         self.budget = Budget::new(limits.queue_bytes);
         self
+    }
+
+    /// Offers the upload service (XEP-0363) whose slots `slots` grants.
+    pub fn with_upload(mut self, slots: Arc<crate::upload::Slots>) -> Self {
+        self.upload = Some(slots);
+        self
+    }
+
+    /// Answers an upload slot request with the upload service, off the
+    /// driver's task (it reads the user's directory).
+    fn upload_slot(&mut self, to: SessionAddr, query: Query) {
+        let Some(slots) = self.upload.clone() else {
+            return self.refused.push_back(Input::QueryFailed {
+                to,
+                condition: StanzaCondition::ServiceUnavailable,
+            });
+        };
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let answer = tokio::task::spawn_blocking(move || {
+                let now = crate::external_services::ExternalServices::unix_now();
+                crate::upload::answer(&slots, &query, now, rand::random())
+            })
+            .await;
+            let input = match answer {
+                Ok(reply) => Input::Replies {
+                    to,
+                    payloads: vec![reply],
+                    events: Vec::new(),
+                    iq: true,
+                },
+                Err(_) => Input::QueryFailed {
+                    to,
+                    condition: StanzaCondition::InternalServerError,
+                },
+            };
+            let _ = events.send(Event::Router(input)).await;
+        });
     }
 
     /// Runs until shutdown.
@@ -734,6 +775,9 @@ impl Driver {
                         iq,
                     },
                 };
+                if let Query::UploadSlot { .. } = &query {
+                    return self.upload_slot(to, query);
+                }
                 let Some(charge) = self.budget.charge(query.bytes()) else {
                     return self
                         .refused

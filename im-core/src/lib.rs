@@ -26,6 +26,7 @@ pub mod router;
 pub mod routing;
 pub mod shards;
 pub mod storage;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -104,6 +105,65 @@ async fn follow_members(
     }
 }
 
+/// Starts the upload service's HTTPS server (and its expiry sweep); its
+/// address.
+fn serve_uploads(
+    config: &CoreConfig,
+    pki: &certs::PkiPaths,
+    listener: tokio::net::TcpListener,
+    slots: Arc<upload::Slots>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr, CoreError> {
+    let Some(u) = &config.upload else {
+        return Err(CoreError::Cluster("no upload configuration".into()));
+    };
+    let (cert, key) = match (&u.tls_cert, &u.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => (pki.core_cert(), pki.core_key()),
+    };
+    let mut tls = certs::client_facing_server_config(&cert, &key, &[b"http/1.1"])?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let listener =
+        upload::tls::TlsListener::new(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+            .map_err(io("upload listener"))?;
+    let addr = axum::serve::Listener::local_addr(&listener).map_err(io("upload address"))?;
+    let app = upload::http::routes(slots.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "upload server failed");
+        }
+    });
+    let (dir, keep) = (
+        slots.dir().to_owned(),
+        Duration::from_secs(u64::from(u.expiry_days) * 86_400),
+    );
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let dir = dir.clone();
+            let cut = std::time::SystemTime::now() - keep;
+            if let Ok(removed) =
+                tokio::task::spawn_blocking(move || upload::sweep::sweep(&dir, cut)).await
+                && removed > 0
+            {
+                tracing::info!(removed, "expired uploads removed");
+            }
+        }
+    });
+    tracing::info!(%addr, "upload service started");
+    Ok(addr)
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoreError {
     let context = context.into();
     move |source| CoreError::Io { context, source }
@@ -115,6 +175,8 @@ pub struct CoreHandle {
     pub quic_addr: SocketAddr,
     /// Admin HTTP address.
     pub admin_addr: SocketAddr,
+    /// The upload server's address (XEP-0363), if it runs.
+    pub upload_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -271,6 +333,33 @@ pub async fn start_with_store(
             std::time::Instant::now(),
             external_services::ExternalServices::unix_now(),
         ));
+    let upload = match &config.upload {
+        Some(u) => {
+            let key = certs::secret::hex_secret(&config.data_dir.join("upload.key"))
+                .map_err(io("upload key"))?;
+            let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()).into();
+            let dir = u
+                .dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("uploads"));
+            let listener = tokio::net::TcpListener::bind(u.listen)
+                .await
+                .map_err(io(format!("bind upload {}", u.listen)))?;
+            let addr = listener.local_addr().map_err(io("upload address"))?;
+            let public = u
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{addr}"));
+            let slots = upload::Slots::new(dir, &public, key, u.max_file_bytes, u.quota_bytes);
+            let service = router::UploadService {
+                jid: u.jid(&config.domain),
+                max_file_bytes: u.max_file_bytes,
+            };
+            router = router.with_upload(service);
+            Some((Arc::new(slots), listener))
+        }
+        None => None,
+    };
     let mut slot_owners = None;
     let mut cluster_links = None;
     let mut drain = None;
@@ -339,6 +428,13 @@ pub async fn start_with_store(
         Some(c) => driver.with_cluster(c),
         None => driver,
     };
+    let (driver, upload_addr) = match upload {
+        Some((slots, listener)) => {
+            let addr = serve_uploads(&config, &pki, listener, slots.clone(), &tasks, &shutdown)?;
+            (driver.with_upload(slots), Some(addr))
+        }
+        None => (driver, None),
+    };
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 
     let token = admin_token(&config.data_dir).map_err(io("admin token"))?;
@@ -392,6 +488,7 @@ pub async fn start_with_store(
     Ok(CoreHandle {
         quic_addr,
         admin_addr,
+        upload_addr,
         endpoint,
         shutdown,
         tasks,

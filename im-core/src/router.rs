@@ -64,6 +64,7 @@ use binding::ResourceNames;
 use flush_retries::FlushRetries;
 pub use flush_retries::{FLUSH_RETRY_FIRST, FLUSH_RETRY_MAX};
 pub(crate) use forward::{embeddable, wrap_forwarded};
+pub use iq::{UPLOAD, UploadService};
 pub(crate) use iq::{config_form, pubsub_error};
 pub use live_rows::MAX_PENDING_TICKETS;
 use live_rows::{LiveRows, MessageRow};
@@ -511,6 +512,8 @@ pub struct Router {
     last_items: std::collections::HashSet<SessionAddr>,
     /// Ids of PEP notifications.
     event_ids: ArchiveIds,
+    /// The upload service (XEP-0363); none: not offered.
+    upload: Option<UploadService>,
 }
 
 impl Router {
@@ -548,6 +551,7 @@ impl Router {
             caps: Default::default(),
             last_items: Default::default(),
             event_ids: ArchiveIds::new(seed.rotate_left(32)),
+            upload: None,
         }
     }
 
@@ -603,6 +607,12 @@ impl Router {
         services: crate::external_services::ExternalServices,
     ) -> Self {
         self.external = (!services.services().is_empty()).then_some(services);
+        self
+    }
+
+    /// Offers the upload service `service` (XEP-0363).
+    pub fn with_upload(mut self, service: UploadService) -> Self {
+        self.upload = Some(service);
         self
     }
 

@@ -12,6 +12,8 @@ mod pep;
 pub use pep::{config_form, pubsub_error};
 mod private;
 mod roster;
+mod upload;
+pub use upload::{UPLOAD, UploadService};
 mod vcard;
 
 use bytes::Bytes;
@@ -101,6 +103,18 @@ impl Router {
                     result().with_child(info)
                 }
             },
+            ("query", ns::DISCO_ITEMS, "get") if !for_account => {
+                // the server's services (XEP-0030 §4)
+                let mut items = Element::new("query", ns::DISCO_ITEMS);
+                if let Some(upload) = &self.upload {
+                    items = items.with_child(
+                        Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", upload.jid.clone())
+                            .with_attr("name", "HTTP File Upload"),
+                    );
+                }
+                result().with_child(items)
+            }
             ("query", ns::DISCO_ITEMS, "get") => {
                 result().with_child(Element::new("query", ns::DISCO_ITEMS))
             }

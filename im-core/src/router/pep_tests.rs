@@ -484,3 +484,69 @@ fn a_notification_another_core_forwards_reaches_only_the_sessions_that_want_its_
     assert!(got[0].1.contains("to=\"bob@x/phone\""), "{got:?}");
     assert!(delivered_to(&forwarded(&mut r, "alice@x", "urn:other")).is_empty());
 }
+
+#[test]
+fn the_upload_service_is_listed_described_and_turns_a_slot_request_into_a_query() {
+    let mut r = router().with_upload(super::UploadService {
+        jid: "upload.x".into(),
+        max_file_bytes: 1000,
+    });
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    let items = iq(
+        &mut r,
+        1,
+        10,
+        "alice@x/phone",
+        "get",
+        Some("x"),
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    );
+    assert!(
+        payloads(&items)[0].contains("jid=\"upload.x\""),
+        "{items:?}"
+    );
+    let info = iq(
+        &mut r,
+        1,
+        10,
+        "alice@x/phone",
+        "get",
+        Some("upload.x"),
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    );
+    let info = &payloads(&info)[0];
+    assert!(info.contains("category=\"store\"") && info.contains("urn:xmpp:http:upload:0"));
+    assert!(info.contains("<value>1000</value>"), "{info}");
+    let slot = iq(
+        &mut r,
+        1,
+        10,
+        "alice@x/phone",
+        "get",
+        Some("upload.x"),
+        "<request xmlns='urn:xmpp:http:upload:0' filename='a.jpg' size='10' content-type='image/jpeg'/>",
+    );
+    assert!(
+        matches!(query(&slot), Some(Query::UploadSlot { user, filename, size: 10, content_type: Some(t), service, .. })
+            if user == "alice" && filename == "a.jpg" && t == "image/jpeg" && service == "upload.x"),
+        "{slot:?}"
+    );
+    // without a size: refused at once
+    r.run(Input::Replies {
+        to: (1, 10),
+        payloads: Vec::new(),
+        events: Vec::new(),
+        iq: true,
+    });
+    let bad = iq(
+        &mut r,
+        1,
+        10,
+        "alice@x/phone",
+        "get",
+        Some("upload.x"),
+        "<request xmlns='urn:xmpp:http:upload:0' filename='a.jpg'/>",
+    );
+    assert!(query(&bad).is_none());
+    assert!(payloads(&bad)[0].contains("bad-request"), "{bad:?}");
+}

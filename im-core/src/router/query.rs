@@ -168,6 +168,23 @@ pub enum Query {
         /// The session's full JID.
         requester: String,
     },
+    /// An upload slot (XEP-0363), answered by the upload service.
+    UploadSlot {
+        /// Whose (local part).
+        user: String,
+        /// The file's name.
+        filename: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its content type, if given.
+        content_type: Option<String>,
+        /// The service's JID (the answer's `from`).
+        service: String,
+        /// The requesting session's full JID.
+        requester: String,
+        /// The IQ's id.
+        iq_id: String,
+    },
     /// Replaces the user's own vCard.
     VCardSet {
         /// Whose (local part).
@@ -245,6 +262,9 @@ impl Query {
                 requester, iq_id, ..
             }
             | Query::PepItems {
+                requester, iq_id, ..
+            }
+            | Query::UploadSlot {
                 requester, iq_id, ..
             } => (requester.as_str(), iq_id.as_str()),
             Query::PepLastItems { requester, .. } => (requester.as_str(), ""),

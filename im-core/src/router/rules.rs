@@ -239,6 +239,15 @@ impl Router {
     ) {
         let itype = header.stanza_type.as_deref().unwrap_or("");
         let is_request = matches!(itype, "get" | "set");
+        if let (Some(j), Some(upload)) = (&to, &self.upload)
+            && j.node().is_none()
+            && j.domain().as_str() == upload.jid
+        {
+            if is_request {
+                self.upload_iq((node, sid), header, &payload, sender_bare);
+            }
+            return;
+        }
         let to = match to {
             None => None,
             Some(j) if !self.is_local(&j) => {

@@ -1,0 +1,210 @@
+//! The upload service's HTTP side: `PUT` of a granted slot (checked
+//! against its signature, streamed to a temporary file, synced, then
+//! renamed into place), `GET` and `HEAD` of stored files, `OPTIONS` for
+//! browsers' preflight. Every answer carries CORS headers (web clients
+//! upload from another origin), and files are served so that a browser
+//! never runs them (`nosniff`, a `default-src 'none'` policy, and as
+//! attachments unless an image, audio, video or plain text).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::put;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::slots::{PutTarget, Slots};
+
+/// The name of the file beside each upload that keeps its content type.
+const TYPE_FILE: &str = ".type";
+
+/// The routes of the upload server.
+pub fn routes(slots: Arc<Slots>) -> Router {
+    Router::new()
+        .route(
+            "/upload/{user}/{slot}/{name}",
+            put(put_file)
+                .get(get_file)
+                .head(get_file)
+                .options(preflight),
+        )
+        .layer(axum::middleware::map_response(cors))
+        .with_state(slots)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn status(code: StatusCode) -> Response<Body> {
+    code.into_response()
+}
+
+/// CORS (for web clients) on every answer.
+async fn cors(mut response: Response<Body>) -> Response<Body> {
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, PUT, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    response
+}
+
+async fn preflight() -> Response<Body> {
+    status(StatusCode::NO_CONTENT)
+}
+
+async fn put_file(
+    State(slots): State<Arc<Slots>>,
+    Path((user, slot, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response<Body> {
+    let text = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    let Some(size) = text(header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok()) else {
+        return status(StatusCode::LENGTH_REQUIRED);
+    };
+    let content_type = text(header::CONTENT_TYPE);
+    let Some(target) = slots.check_put(
+        (&user, &slot, &name),
+        size,
+        content_type,
+        text(header::AUTHORIZATION),
+        now(),
+    ) else {
+        return status(StatusCode::FORBIDDEN);
+    };
+    if tokio::fs::try_exists(&target.file).await.unwrap_or(true) {
+        return status(StatusCode::CONFLICT);
+    }
+    let content_type = super::slots::clean_type(content_type).unwrap_or_default();
+    match store(&target, size, &content_type, body).await {
+        Ok(()) => {
+            slots.used(&target.user, size);
+            status(StatusCode::CREATED)
+        }
+        Err(code) => {
+            let _ = tokio::fs::remove_dir_all(&target.slot_dir).await;
+            status(code)
+        }
+    }
+}
+
+/// Writes `body` (exactly `size` bytes) to the target, synced before it
+/// appears under its name.
+async fn store(
+    target: &PutTarget,
+    size: u64,
+    content_type: &str,
+    body: Body,
+) -> Result<(), StatusCode> {
+    let failed = |e: std::io::Error| {
+        tracing::warn!(error = %e, file = %target.file.display(), "storing an upload failed");
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    tokio::fs::create_dir_all(&target.slot_dir)
+        .await
+        .map_err(failed)?;
+    let part = target.slot_dir.join(".part");
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&part)
+        .await
+        .map_err(|_| StatusCode::CONFLICT)?;
+    let mut written = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
+        written += chunk.len() as u64;
+        if written > size {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        file.write_all(&chunk).await.map_err(failed)?;
+    }
+    if written != size {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    file.sync_all().await.map_err(failed)?;
+    drop(file);
+    tokio::fs::write(target.slot_dir.join(TYPE_FILE), content_type)
+        .await
+        .map_err(failed)?;
+    tokio::fs::rename(&part, &target.file)
+        .await
+        .map_err(failed)?;
+    // (the rename made durable too)
+    if let Ok(dir) = tokio::fs::File::open(&target.slot_dir).await {
+        let _ = dir.sync_all().await;
+    }
+    Ok(())
+}
+
+async fn get_file(
+    State(slots): State<Arc<Slots>>,
+    Path((user, slot, name)): Path<(String, String, String)>,
+    method: axum::http::Method,
+) -> Response<Body> {
+    let Some(target) = slots.target(&user, &slot, &name) else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    let Ok(file) = tokio::fs::File::open(&target.file).await else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    let Ok(meta) = file.metadata().await else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    let content_type = tokio::fs::read_to_string(target.slot_dir.join(TYPE_FILE))
+        .await
+        .ok()
+        .and_then(|t| super::slots::clean_type(Some(&t)))
+        .unwrap_or_else(|| super::slots::DEFAULT_TYPE.to_owned());
+    let inline = ["image/", "audio/", "video/", "text/plain"]
+        .iter()
+        .any(|p| content_type.starts_with(p));
+    let body = match method {
+        axum::http::Method::HEAD => Body::empty(),
+        _ => Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    };
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+    h.insert(header::CONTENT_TYPE, value(&content_type));
+    h.insert(header::CONTENT_LENGTH, value(&meta.len().to_string()));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static(if inline { "inline" } else { "attachment" }),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    response
+}

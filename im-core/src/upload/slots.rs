@@ -1,0 +1,450 @@
+//! Upload slots: what a client may PUT, where, until when.
+//!
+//! A slot's PUT URL carries its path (`<user hash>/<slot>/<file name>`),
+//! and its `Authorization` header `Bearer EXPIRES.MAC`, where MAC is
+//! HMAC-SHA256 over the path, the size, the content type and EXPIRES under
+//! the service's key. The HTTP server recomputes it from the request (its
+//! path, `Content-Length`, `Content-Type`), so a PUT of another size, type
+//! or name, or after EXPIRES, is refused without any shared state.
+//!
+//! The quota counts the user's stored files (read from the directory) and
+//! the slots granted and not yet used or expired.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use hmac::{Hmac, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use sha2::{Digest, Sha256};
+
+/// How long a slot's PUT URL stays valid, in seconds.
+pub const SLOT_VALID_SECS: u64 = 300;
+/// Most files one user keeps.
+pub const MAX_FILES_PER_USER: usize = 10_000;
+/// Most slots granted and not used at once, all users together.
+pub const MAX_RESERVED: usize = 100_000;
+/// Longest file name kept, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+/// Longest content type taken.
+pub const MAX_TYPE_BYTES: usize = 128;
+/// The content type of a file uploaded without one.
+pub const DEFAULT_TYPE: &str = "application/octet-stream";
+
+/// What a URL path segment keeps unencoded (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A granted slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Where to PUT the file.
+    pub put_url: String,
+    /// The headers the PUT must carry (`Authorization`).
+    pub put_headers: Vec<(String, String)>,
+    /// Where it is fetched from once uploaded.
+    pub get_url: String,
+}
+
+/// Why a slot is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SlotRefusal {
+    /// Larger than the service takes.
+    #[error("file too large (at most {max} bytes)")]
+    TooLarge {
+        /// The most it takes.
+        max: u64,
+    },
+    /// The user's quota would be exceeded.
+    #[error("upload quota exceeded")]
+    Quota,
+    /// No usable file name, size or content type.
+    #[error("bad request")]
+    BadRequest,
+    /// The directory could not be read.
+    #[error("storage failed: {0}")]
+    Io(String),
+}
+
+/// Where a PUT that checked out goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutTarget {
+    /// The user's directory name.
+    pub user: String,
+    /// The slot's directory.
+    pub slot_dir: PathBuf,
+    /// The file.
+    pub file: PathBuf,
+}
+
+/// The slots of one upload service.
+#[derive(Debug)]
+pub struct Slots {
+    dir: PathBuf,
+    public_url: String,
+    key: [u8; 32],
+    max_file_bytes: u64,
+    quota_bytes: u64,
+    /// Slots granted and not used, by user directory: (size, expiry).
+    reserved: Mutex<HashMap<String, Vec<(u64, u64)>>>,
+}
+
+impl Slots {
+    /// Slots of files kept in `dir`, reached at `public_url`, signed with `key`.
+    pub fn new(
+        dir: PathBuf,
+        public_url: &str,
+        key: [u8; 32],
+        max_file_bytes: u64,
+        quota_bytes: u64,
+    ) -> Self {
+        Self {
+            dir,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            key,
+            max_file_bytes,
+            quota_bytes,
+            reserved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The directory files are kept in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The largest file taken.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
+    }
+
+    /// Grants `user` a slot for `filename` of `size` bytes and
+    /// `content_type`, at `now` (seconds since the epoch), with `slot` (a
+    /// random 128-bit number) naming it. Reads the user's directory.
+    pub fn grant(
+        &self,
+        user: &str,
+        filename: &str,
+        size: u64,
+        content_type: Option<&str>,
+        now: u64,
+        slot: u128,
+    ) -> Result<Slot, SlotRefusal> {
+        let name = clean_name(filename).ok_or(SlotRefusal::BadRequest)?;
+        let content_type = clean_type(content_type).ok_or(SlotRefusal::BadRequest)?;
+        if size == 0 {
+            return Err(SlotRefusal::BadRequest);
+        }
+        if size > self.max_file_bytes {
+            return Err(SlotRefusal::TooLarge {
+                max: self.max_file_bytes,
+            });
+        }
+        let user = user_dir(user);
+        let stored = stored_bytes(&self.dir.join(&user))?;
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        reserved.retain(|_, slots| {
+            slots.retain(|(_, expires)| *expires > now);
+            !slots.is_empty()
+        });
+        let held: u64 = reserved
+            .get(&user)
+            .map_or(0, |s| s.iter().map(|(b, _)| b).sum());
+        if stored.saturating_add(held).saturating_add(size) > self.quota_bytes
+            || reserved.values().map(Vec::len).sum::<usize>() >= MAX_RESERVED
+        {
+            return Err(SlotRefusal::Quota);
+        }
+        let expires = now + SLOT_VALID_SECS;
+        reserved
+            .entry(user.clone())
+            .or_default()
+            .push((size, expires));
+        let path = format!("{user}/{slot:032x}/{name}");
+        let mac = self.mac(&path, size, &content_type, expires);
+        let url = format!(
+            "{}/upload/{user}/{slot:032x}/{}",
+            self.public_url,
+            utf8_percent_encode(&name, SEGMENT)
+        );
+        Ok(Slot {
+            put_url: url.clone(),
+            put_headers: vec![("Authorization".into(), format!("Bearer {expires}.{mac}"))],
+            get_url: url,
+        })
+    }
+
+    /// Checks a PUT of `size` bytes of `content_type` to `user/slot/name`
+    /// (as decoded from its URL) with `authorization`, at `now`.
+    pub fn check_put(
+        &self,
+        (user, slot, name): (&str, &str, &str),
+        size: u64,
+        content_type: Option<&str>,
+        authorization: Option<&str>,
+        now: u64,
+    ) -> Option<PutTarget> {
+        let target = self.target(user, slot, name)?;
+        let content_type = clean_type(content_type)?;
+        let (expires, mac) = authorization?.strip_prefix("Bearer ")?.split_once('.')?;
+        let expires: u64 = expires.parse().ok()?;
+        if expires < now || size > self.max_file_bytes {
+            return None;
+        }
+        let expected = self.mac(
+            &format!("{user}/{slot}/{name}"),
+            size,
+            &content_type,
+            expires,
+        );
+        // (compared in constant time)
+        let same = expected.len() == mac.len()
+            && expected
+                .bytes()
+                .zip(mac.bytes())
+                .fold(0u8, |d, (a, b)| d | (a ^ b))
+                == 0;
+        same.then_some(target)
+    }
+
+    /// The stored file of `user/slot/name`, if those name one.
+    pub fn target(&self, user: &str, slot: &str, name: &str) -> Option<PutTarget> {
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(user, 32) || !hex(slot, 32) || clean_name(name).as_deref() != Some(name) {
+            return None;
+        }
+        let slot_dir = self.dir.join(user).join(slot);
+        Some(PutTarget {
+            user: user.to_owned(),
+            file: slot_dir.join(name),
+            slot_dir,
+        })
+    }
+
+    /// A slot of `user`'s was used for `size` bytes: its reservation ends
+    /// (the file counts now).
+    pub fn used(&self, user: &str, size: u64) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slots) = reserved.get_mut(user)
+            && let Some(i) = slots.iter().position(|(b, _)| *b == size)
+        {
+            slots.swap_remove(i);
+        }
+    }
+
+    fn mac(&self, path: &str, size: u64, content_type: &str, expires: u64) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(format!("{path}\n{size}\n{content_type}\n{expires}").as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The directory name of `user`'s files (not the name itself: a local
+/// part may hold `..`).
+pub fn user_dir(user: &str) -> String {
+    let digest = Sha256::digest(format!("longlink upload\0{user}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file name safe to keep and serve: no path separators, control or
+/// quote characters (replaced), not `.` or `..`, at most
+/// [`MAX_NAME_BYTES`]; none if nothing is left.
+pub fn clean_name(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        let c = match c {
+            '/' | '\\' | '"' | '\'' | '<' | '>' | '%' => '_',
+            c if c.is_control() => '_',
+            c => c,
+        };
+        if out.len() + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    (!out.is_empty() && out != "." && out != ".." && !out.starts_with('.')).then_some(out)
+}
+
+/// A content type as kept: `type/subtype` of token characters (lower
+/// case), parameters dropped; the default if none is given.
+pub fn clean_type(content_type: Option<&str>) -> Option<String> {
+    let Some(t) = content_type else {
+        return Some(DEFAULT_TYPE.to_owned());
+    };
+    let t = t
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let ok =
+        t.len() <= MAX_TYPE_BYTES && t.split_once('/').is_some_and(|(a, b)| token(a) && token(b));
+    ok.then_some(t)
+}
+
+/// Bytes of the files under a user's directory (none if it does not
+/// exist); refused past [`MAX_FILES_PER_USER`] files.
+fn stored_bytes(dir: &Path) -> Result<u64, SlotRefusal> {
+    let io = |e: std::io::Error| SlotRefusal::Io(e.to_string());
+    let slots = match std::fs::read_dir(dir) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    let (mut bytes, mut files) = (0u64, 0usize);
+    for slot in slots {
+        let slot = slot.map_err(io)?;
+        let Ok(entries) = std::fs::read_dir(slot.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            files += 1;
+            if files > MAX_FILES_PER_USER {
+                return Err(SlotRefusal::Quota);
+            }
+            bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(dir: &Path) -> Slots {
+        Slots::new(
+            dir.to_owned(),
+            "https://up.example:5281/",
+            [9; 32],
+            1000,
+            2500,
+        )
+    }
+
+    fn parts(url: &str) -> (String, String, String) {
+        let path = url.split("/upload/").nth(1).unwrap();
+        let mut it = path.split('/');
+        let (u, s, n) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let n = percent_encoding::percent_decode_str(n)
+            .decode_utf8()
+            .unwrap();
+        (u.into(), s.into(), n.into_owned())
+    }
+
+    #[test]
+    fn a_slot_signs_its_path_size_type_and_expiry_and_a_put_must_match_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = slots(dir.path());
+        let slot = s
+            .grant("alice", "my photo.jpg", 500, Some("image/jpeg"), 1000, 7)
+            .unwrap();
+        assert!(slot.put_url.starts_with("https://up.example:5281/upload/"));
+        assert!(
+            slot.put_url
+                .ends_with("/00000000000000000000000000000007/my%20photo.jpg")
+        );
+        assert_eq!(slot.put_url, slot.get_url);
+        let auth = slot.put_headers[0].1.clone();
+        let (u, sl, n) = parts(&slot.put_url);
+        let at = |size, ty: Option<&str>, auth: &str, now| {
+            s.check_put((&u, &sl, &n), size, ty, Some(auth), now)
+        };
+        let ok = at(500, Some("image/jpeg"), &auth, 1200).expect("the granted PUT");
+        assert_eq!(ok.file, dir.path().join(&u).join(&sl).join("my photo.jpg"));
+        // (parameters and case of the type do not matter)
+        assert!(at(500, Some("Image/JPEG; q=1"), &auth, 1200).is_some());
+        assert!(
+            at(501, Some("image/jpeg"), &auth, 1200).is_none(),
+            "another size"
+        );
+        assert!(
+            at(500, Some("text/html"), &auth, 1200).is_none(),
+            "another type"
+        );
+        assert!(
+            at(500, Some("image/jpeg"), &auth, 1000 + SLOT_VALID_SECS + 1).is_none(),
+            "late"
+        );
+        let forged = auth.replace("Bearer 1300", "Bearer 9999");
+        assert!(
+            at(500, Some("image/jpeg"), &forged, 1200).is_none(),
+            "a later expiry"
+        );
+        assert!(
+            s.check_put(
+                (&u, &sl, "other.jpg"),
+                500,
+                Some("image/jpeg"),
+                Some(&auth),
+                1200
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn sizes_past_the_bound_or_the_quota_and_bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = slots(dir.path());
+        assert_eq!(
+            s.grant("alice", "a", 1001, None, 0, 1),
+            Err(SlotRefusal::TooLarge { max: 1000 })
+        );
+        for bad in ["", "..", ".hidden", "   "] {
+            assert_eq!(
+                s.grant("alice", bad, 10, None, 0, 1),
+                Err(SlotRefusal::BadRequest),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            s.grant("alice", "a", 10, Some("no-slash"), 0, 1),
+            Err(SlotRefusal::BadRequest)
+        );
+        // two granted slots hold 2000 of 2500 bytes; a stored file counts too
+        s.grant("alice", "a", 1000, None, 0, 1).unwrap();
+        s.grant("alice", "b", 1000, None, 0, 2).unwrap();
+        assert_eq!(
+            s.grant("alice", "c", 600, None, 0, 3),
+            Err(SlotRefusal::Quota)
+        );
+        // others have their own quota; unused slots expire
+        s.grant("bob", "c", 1000, None, 0, 4).unwrap();
+        s.grant("alice", "c", 600, None, SLOT_VALID_SECS + 1, 5)
+            .unwrap();
+        let user = user_dir("alice");
+        std::fs::create_dir_all(dir.path().join(&user).join("x")).unwrap();
+        std::fs::write(dir.path().join(&user).join("x").join("f"), vec![0; 1900]).unwrap();
+        assert_eq!(
+            s.grant("alice", "d", 1, None, 2 * SLOT_VALID_SECS, 6),
+            Err(SlotRefusal::Quota)
+        );
+    }
+
+    #[test]
+    fn names_are_cleaned_and_user_directories_are_hashes() {
+        assert_eq!(clean_name("../../etc/passwd"), None);
+        assert_eq!(clean_name("x/../y").as_deref(), Some("x_.._y"));
+        assert_eq!(clean_name("a/b\\c\"d\u{7}").as_deref(), Some("a_b_c_d_"));
+        assert_eq!(
+            clean_name(&"é".repeat(200)).map(|n| n.len()),
+            Some(MAX_NAME_BYTES)
+        );
+        assert_eq!(user_dir("a").len(), 32);
+        assert_ne!(user_dir("a"), user_dir("b"));
+    }
+}

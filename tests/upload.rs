@@ -1,0 +1,161 @@
+//! HTTP File Upload (XEP-0363) end to end: a client finds the upload
+//! service and gets a slot through the SDK; curl (an independent HTTP
+//! client, over TLS checked against the cluster CA) puts the file, fetches
+//! it, and tries what must be refused.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use client_sdk::ClientError;
+use client_sdk::upload::UploadSlot;
+mod support;
+use support::{Cluster, bounded};
+
+/// Runs curl with `args` on `url`; its status code, headers and body.
+fn curl(ca: &std::path::Path, args: &[&str], url: &str) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .arg("-D")
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs (Debian's curl package)");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        code != 0,
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = std::fs::read_to_string(&head)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (code, head, std::fs::read(&body).unwrap_or_default())
+}
+
+/// PUTs `file` to `slot` with its headers (and `extra` arguments).
+fn put(
+    ca: &std::path::Path,
+    slot: &UploadSlot,
+    file: &std::path::Path,
+    content_type: &str,
+    extra: &[&str],
+) -> u16 {
+    let mut args: Vec<String> = vec!["-X".into(), "PUT".into()];
+    for (name, value) in &slot.put_headers {
+        args.extend(["-H".into(), format!("{name}: {value}")]);
+    }
+    args.extend(["-H".into(), format!("Content-Type: {content_type}")]);
+    args.extend(["--data-binary".into(), format!("@{}", file.display())]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(ca, &args, &slot.put_url).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_put_to_a_granted_slot_is_served_back_and_other_puts_are_refused() {
+    bounded(120, async {
+        let configure: support::cluster::Configure = Arc::new(|c| {
+            let mut upload = im_core::upload::UploadConfig::new("127.0.0.1:0".parse().unwrap());
+            upload.max_file_bytes = 64 * 1024;
+            upload.quota_bytes = 100 * 1024;
+            c.upload = Some(upload);
+        });
+        let cluster = Cluster::start_configured(1, configure).await;
+        cluster.add_user("alice", "secret");
+        let alice = cluster.login(0, "alice", "phone").await;
+        let service = alice
+            .upload_service()
+            .await
+            .unwrap()
+            .expect("an upload service");
+        assert_eq!(service.jid, format!("upload.{}", support::DOMAIN));
+        assert_eq!(service.max_file_bytes, Some(64 * 1024));
+
+        let dir = tempfile::tempdir().unwrap();
+        let photo = dir.path().join("photo.jpg");
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&photo, &data).unwrap();
+        let slot = alice
+            .upload_slot(
+                &service.jid,
+                "my photo.jpg",
+                data.len() as u64,
+                Some("image/jpeg"),
+            )
+            .await
+            .unwrap();
+        assert!(slot.put_url.starts_with("https://127.0.0.1:"), "{slot:?}");
+        let ca = cluster.ca();
+
+        // a PUT of another type, or without the signature, is refused
+        assert_eq!(put(&ca, &slot, &photo, "text/html", &[]), 403);
+        let unsigned = UploadSlot {
+            put_headers: Vec::new(),
+            ..slot.clone()
+        };
+        assert_eq!(put(&ca, &unsigned, &photo, "image/jpeg", &[]), 403);
+        // the granted one is taken once
+        assert_eq!(put(&ca, &slot, &photo, "image/jpeg", &[]), 201);
+        assert_eq!(put(&ca, &slot, &photo, "image/jpeg", &[]), 409);
+
+        // fetched back by anyone with the URL, as an inert image
+        let (code, head, body) = curl(&ca, &[], &slot.get_url);
+        assert_eq!(code, 200);
+        assert!(body == data, "the file came back changed");
+        for h in [
+            "content-type: image/jpeg",
+            "x-content-type-options: nosniff",
+            "access-control-allow-origin: *",
+            "content-disposition: inline",
+        ] {
+            assert!(head.contains(h), "{h} missing in {head}");
+        }
+        // a browser's preflight for a PUT is answered
+        let (code, head, _) = curl(
+            &ca,
+            &[
+                "-X",
+                "OPTIONS",
+                "-H",
+                "Origin: https://web.example",
+                "-H",
+                "Access-Control-Request-Method: PUT",
+            ],
+            &slot.put_url,
+        );
+        assert_eq!(code, 204);
+        assert!(
+            head.contains("access-control-allow-methods: get, head, put, options"),
+            "{head}"
+        );
+
+        // too large, and past the quota (50 000 stored + 60 000 asked > 100 KiB)
+        let refused = alice
+            .upload_slot(&service.jid, "big", 65 * 1024, None)
+            .await;
+        assert!(
+            matches!(&refused, Err(ClientError::StanzaError(c)) if c == "not-acceptable"),
+            "{refused:?}"
+        );
+        let refused = alice.upload_slot(&service.jid, "more", 60_000, None).await;
+        assert!(
+            matches!(&refused, Err(ClientError::StanzaError(c)) if c == "resource-constraint"),
+            "{refused:?}"
+        );
+        // a file that is not there is not found
+        let missing = slot.get_url.replace("my%20photo.jpg", "other.jpg");
+        assert_eq!(curl(&ca, &[], &missing).0, 404);
+        cluster.shutdown().await;
+    })
+    .await;
+}
