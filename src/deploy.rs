@@ -28,8 +28,8 @@ pub struct UpArgs {
     port_base: u16,
     /// Number of cores. More than one makes a cluster of cores sharing the
     /// domain (their slot leases live in PostgreSQL): core i listens on
-    /// BASE+20+i for CMs and peers, its admin on BASE+30+i; core 1 keeps
-    /// BASE and BASE+10.
+    /// BASE+20+i for CMs and peers, its admin on BASE+30+i, its file
+    /// upload on BASE+50+i; core 1 keeps BASE, BASE+10 and BASE+12.
     #[arg(long, default_value_t = 1)]
     cores: u32,
     /// PostgreSQL connection string for the cores' store (needed by a
@@ -234,10 +234,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
         };
         core_config.listen = listen;
         core_config.admin_listen = admin;
-        // file upload (XEP-0363) from the first core, on the local ports
-        if i == 1 {
-            core_config.upload = Some(im_core::upload::UploadConfig::new(local(12)));
-        }
+        // file upload (XEP-0363): each core serves the slots it grants
+        let upload = match i {
+            1 => local(12),
+            _ => local(50 + i as u16),
+        };
+        core_config.upload = Some(im_core::upload::UploadConfig::new(upload));
         core_config.database_url = database.clone();
         if cores > 1 {
             // (an ephemeral port is only known once bound: name it first)

@@ -409,6 +409,7 @@ async fn private_storage(cluster: Cluster) {
 
 const NICK: &str = "http://jabber.org/protocol/nick";
 const DEVICES: &str = "eu.siacs.conversations.axolotl.devicelist";
+const AVATAR: &str = "urn:xmpp:avatar:metadata";
 
 /// Logs `user` in at CM `cm` wanting notifications of `nodes`, and sends
 /// initial presence (which shows them, XEP-0115).
@@ -484,15 +485,16 @@ fn address_local(bare: &str) -> &str {
 
 /// Personal eventing (XEP-0163): a publish reaches the owner's and its
 /// contacts' sessions that want the node, and no one else; reads follow
-/// the access model; a session that logs in gets the newest items it
-/// wants; nodes and items outlive a core restart.
+/// the access model; a vCard photo and the PEP avatar follow each other
+/// (XEP-0398); a session that logs in gets the newest items it wants;
+/// nodes and items outlive a core restart.
 async fn personal_eventing(mut cluster: Cluster) {
     for user in ["alice", "bob", "carol"] {
         cluster.add_user(user, "secret");
     }
     let alice_jid = jid("alice");
     let mut alice = login_notified(&cluster, 0, "alice", "phone", &[NICK]).await;
-    let mut bob = login_notified(&cluster, 1, "bob", "pc", &[NICK, DEVICES]).await;
+    let mut bob = login_notified(&cluster, 1, "bob", "pc", &[NICK, DEVICES, AVATAR]).await;
     befriend(&mut alice, &mut bob).await;
     // carol wants the node but is no contact; bob's desk wants nothing
     let mut carol = login_notified(&cluster, 0, "carol", "phone", &[NICK]).await;
@@ -537,6 +539,62 @@ async fn personal_eventing(mut cluster: Cluster) {
     );
     let read = bob.pep_items(Some(&alice_jid), NICK, None).await.unwrap();
     assert_eq!(read.len(), 1, "{read:?}");
+
+    // avatars (XEP-0398): a vCard photo becomes the PEP avatar …
+    let photo = |binval: &str| {
+        Element::new("PHOTO", ns::VCARD)
+            .with_child(Element::new("TYPE", ns::VCARD).with_text("image/png"))
+            .with_child(Element::new("BINVAL", ns::VCARD).with_text(binval))
+    };
+    let set = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "set")
+        .with_child(Element::new("vCard", ns::VCARD).with_child(photo("AQID")));
+    assert_eq!(alice.iq(set).await.unwrap().error, None);
+    let meta = wait_for(&mut bob, "alice's avatar metadata", |ev| match ev {
+        Event::Pep(p) if p.node == AVATAR && !p.items.is_empty() => p.items[0].payload.clone(),
+        _ => None,
+    })
+    .await;
+    let info = meta.elements().next().expect("an info element");
+    assert_eq!(
+        (info.attr("bytes"), info.attr("type")),
+        (Some("3"), Some("image/png"))
+    );
+    // … and an avatar published to PEP becomes the vCard's photo
+    let data = Element::new("data", "urn:xmpp:avatar:data").with_text("BAUG");
+    alice
+        .publish(
+            "urn:xmpp:avatar:data",
+            Some("456"),
+            data,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let info = Element::new("info", AVATAR)
+        .with_attr("id", "456")
+        .with_attr("bytes", "3")
+        .with_attr("type", "image/png");
+    alice
+        .publish(
+            AVATAR,
+            Some("456"),
+            Element::new("metadata", AVATAR).with_child(info),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let get = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "get")
+        .with_attr("to", alice_jid.as_str())
+        .with_child(Element::new("vCard", ns::VCARD));
+    let vcard = bob.iq(get).await.unwrap().element;
+    let binval = vcard
+        .child("vCard", ns::VCARD)
+        .and_then(|v| v.child("PHOTO", ns::VCARD))
+        .and_then(|p| p.child("BINVAL", ns::VCARD))
+        .map(Element::text);
+    assert_eq!(binval.as_deref(), Some("BAUG"), "{vcard:?}");
 
     // bob is offline while alice changes her nick; back, he gets it
     bob.disconnect().await;

@@ -361,6 +361,7 @@ const COMPLIANCE_PASSES: &[&str] = &[
     "XEP-0160 offline messages (server feature)",
     "XEP-0049 private XML storage (a get is answered)",
     "XEP-0402 bookmarks with #compat (account feature)",
+    "XEP-0398 avatar conversion (account feature)",
     "XEP-0054 vcard-temp (server feature)",
     "XEP-0363 HTTP file upload (a service)",
     "XEP-0198 stream management (stream feature)",

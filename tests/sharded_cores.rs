@@ -44,9 +44,11 @@ struct Away {
 async fn go_away(dep: &Deployment, users: &[String]) -> Vec<Away> {
     let mut away = Vec::new();
     for u in users {
-        let c = Client::connect(dep.client_options(u, "phone").with_message_states())
-            .await
-            .expect("login");
+        let options = dep
+            .client_options(u, "phone")
+            .with_message_states()
+            .with_notify(&[NICK]);
+        let c = Client::connect(options).await.expect("login");
         c.send_presence(0).await.expect("presence");
         c.ping().await.expect("ping");
         let (previd, h) = c.resumption().expect("resumable");
@@ -119,6 +121,34 @@ async fn subscribe_ring(clients: &mut [Client]) {
         }
     });
     join_all(runs).await;
+}
+
+/// The nickname node (XEP-0172) every user's app wants.
+const NICK: &str = "http://jabber.org/protocol/nick";
+
+/// Each user publishes a nickname (PEP); the user subscribed to it (the
+/// previous in the ring), whichever core serves either, is notified.
+async fn nick_ring(clients: &mut [Client]) {
+    let n = clients.len();
+    for (i, c) in clients.iter().enumerate() {
+        let nick = xmpp_stream::element::Element::new("nick", NICK).with_text(format!("u{i}"));
+        c.publish(NICK, None, nick, &Default::default())
+            .await
+            .expect("publish");
+    }
+    let waits = clients.iter_mut().enumerate().map(|(i, c)| async move {
+        let next = format!("u{}@{DOMAIN}", (i + 1) % n);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, c.next_event()).await {
+                Ok(Some(Event::Pep(p))) if p.from == next && p.node == NICK => return,
+                Ok(Some(_)) => {}
+                other => panic!("u{i}: no nickname of {next}: {other:?}"),
+            }
+        }
+    });
+    join_all(waits).await;
 }
 
 /// Three cores on a fresh database, two CMs behind the balancer, and
@@ -236,6 +266,8 @@ async fn users_of_three_cores_chat_across_them_and_a_killed_cores_users_resume_l
         let mut clients = log_in(&dep, &users[..USERS]).await;
         subscribe_ring(&mut clients).await;
         ring::round(&mut clients, DOMAIN, 0).await;
+        // PEP notifications reach contacts served by other cores
+        nick_ring(&mut clients).await;
         // Phones of every core away, their sessions detached.
         let sender = log_in(&dep, &users[USERS + AWAY..]).await.remove(0);
         let away = go_away(&dep, &users[USERS..USERS + AWAY]).await;

@@ -11,6 +11,9 @@ use client_sdk::upload::UploadSlot;
 mod support;
 use support::{Cluster, bounded};
 
+/// The content type a PUT without one declares.
+const DEFAULT: &str = "application/octet-stream";
+
 /// Runs curl with `args` on `url`; its status code, headers and body.
 fn curl(ca: &std::path::Path, args: &[&str], url: &str) -> (u16, String, Vec<u8>) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -62,7 +65,7 @@ fn put(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_put_to_a_granted_slot_is_served_back_and_other_puts_are_refused() {
+async fn a_file_put_to_a_granted_slot_is_served_back_once_and_other_puts_and_slots_are_refused() {
     bounded(120, async {
         let configure: support::cluster::Configure = Arc::new(|c| {
             let mut upload = im_core::upload::UploadConfig::new("127.0.0.1:0".parse().unwrap());
@@ -139,7 +142,33 @@ async fn a_file_put_to_a_granted_slot_is_served_back_and_other_puts_are_refused(
             "{head}"
         );
 
-        // too large, and past the quota (50 000 stored + 60 000 asked > 100 KiB)
+        // a PUT of another size, or to another slot, is refused
+        let small = dir.path().join("small");
+        std::fs::write(&small, vec![1u8; 1000]).unwrap();
+        let slot2 = alice
+            .upload_slot(&service.jid, "small.bin", 1000, None)
+            .await
+            .unwrap();
+        assert_eq!(put(&ca, &slot2, &photo, DEFAULT, &[]), 403);
+        let elsewhere = UploadSlot {
+            put_url: slot2.put_url.replace("small.bin", "other.bin"),
+            ..slot2.clone()
+        };
+        assert_eq!(put(&ca, &elsewhere, &small, DEFAULT, &[]), 403);
+        // two PUTs to one slot at once: one stores it, the other is refused
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (ca, slot2, small) = (ca.clone(), slot2.clone(), small.clone());
+                std::thread::spawn(move || put(&ca, &slot2, &small, DEFAULT, &[]))
+            })
+            .collect();
+        let mut codes: Vec<u16> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        codes.sort();
+        assert_eq!(codes, [201, 409]);
+        assert_eq!(curl(&ca, &[], &slot2.get_url).2, vec![1u8; 1000]);
+
+        // too large; the quota (100 KiB) counts what is stored (51 000)
+        // and slots granted but not used
         let refused = alice
             .upload_slot(&service.jid, "big", 65 * 1024, None)
             .await;
@@ -147,7 +176,11 @@ async fn a_file_put_to_a_granted_slot_is_served_back_and_other_puts_are_refused(
             matches!(&refused, Err(ClientError::StanzaError(c)) if c == "not-acceptable"),
             "{refused:?}"
         );
-        let refused = alice.upload_slot(&service.jid, "more", 60_000, None).await;
+        alice
+            .upload_slot(&service.jid, "fits", 50_000, None)
+            .await
+            .expect("stored and held fit");
+        let refused = alice.upload_slot(&service.jid, "more", 5_000, None).await;
         assert!(
             matches!(&refused, Err(ClientError::StanzaError(c)) if c == "resource-constraint"),
             "{refused:?}"

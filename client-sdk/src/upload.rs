@@ -65,9 +65,17 @@ impl Client {
             if !serves {
                 continue;
             }
+            let upload_form = |x: &&Element| {
+                x.name == "x"
+                    && x.ns == ns::DATA
+                    && x.elements().any(|f| {
+                        f.attr("var") == Some("FORM_TYPE")
+                            && f.elements().next().is_some_and(|v| v.text() == UPLOAD)
+                    })
+            };
             let max_file_bytes = query
                 .elements()
-                .filter(|x| x.name == "x" && x.ns == ns::DATA)
+                .filter(upload_form)
                 .flat_map(|x| x.elements())
                 .find(|f| f.attr("var") == Some("max-file-size"))
                 .and_then(|f| f.elements().next())
@@ -97,23 +105,35 @@ impl Client {
             request.set_attr("content-type", t);
         }
         let result = self.request_to("get", Some(service), request).await?;
-        let slot = result
-            .child("slot", UPLOAD)
-            .ok_or_else(|| ClientError::StanzaError("bad-request".into()))?;
-        let put = slot.child("put", UPLOAD);
-        let url =
-            |e: Option<&Element>| e.and_then(|e| e.attr("url")).unwrap_or_default().to_owned();
+        // (XEP-0363 §4: HTTPS URLs, and only these headers, one line each)
+        let bad = || ClientError::StanzaError("bad-request".into());
+        let slot = result.child("slot", UPLOAD).ok_or_else(bad)?;
+        let put = slot.child("put", UPLOAD).ok_or_else(bad)?;
+        let url = |e: Option<&Element>| {
+            e.and_then(|e| e.attr("url"))
+                .filter(|u| u.starts_with("https://"))
+                .map(str::to_owned)
+                .ok_or_else(bad)
+        };
         Ok(UploadSlot {
-            put_url: url(put),
+            put_url: url(Some(put))?,
             put_headers: put
-                .map(|p| {
-                    p.elements()
-                        .filter(|h| h.name == "header")
-                        .filter_map(|h| Some((h.attr("name")?.to_owned(), h.text())))
-                        .collect()
+                .elements()
+                .filter(|h| h.name == "header")
+                .filter_map(|h| {
+                    let name = h.attr("name")?;
+                    let allowed = ["Authorization", "Cookie", "Expires"]
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(name));
+                    let value: String = h
+                        .text()
+                        .chars()
+                        .filter(|c| !matches!(c, '\r' | '\n'))
+                        .collect();
+                    allowed.then(|| (name.to_owned(), value))
                 })
-                .unwrap_or_default(),
-            get_url: url(slot.child("get", UPLOAD)),
+                .collect(),
+            get_url: url(slot.child("get", UPLOAD))?,
         })
     }
 }

@@ -151,9 +151,10 @@ fn serve_uploads(
                 _ = every.tick() => {}
             }
             let dir = dir.clone();
-            let cut = std::time::SystemTime::now() - keep;
+            let now = std::time::SystemTime::now();
+            let cut = now - keep;
             if let Ok(removed) =
-                tokio::task::spawn_blocking(move || upload::sweep::sweep(&dir, cut)).await
+                tokio::task::spawn_blocking(move || upload::sweep::sweep(&dir, cut, now)).await
                 && removed > 0
             {
                 tracing::info!(removed, "expired uploads removed");
@@ -335,6 +336,7 @@ pub async fn start_with_store(
         ));
     let upload = match &config.upload {
         Some(u) => {
+            u.validate(&config.domain).map_err(CoreError::Cluster)?;
             let key = certs::secret::hex_secret(&config.data_dir.join("upload.key"))
                 .map_err(io("upload key"))?;
             let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()).into();

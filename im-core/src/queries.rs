@@ -22,6 +22,7 @@ pub const MAX_ITEMS_BYTES: usize = 512 * 1024;
 /// `PepLastItems` (the rest are not sent).
 pub const MAX_LAST_ITEMS_BYTES: usize = 1024 * 1024;
 
+mod avatars;
 mod bookmarks;
 mod pep;
 
@@ -143,15 +144,6 @@ fn replies(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             }
             Err(e) => vec![failure(e, requester, iq_id, domain)],
         },
-        Query::VCardSet {
-            user,
-            vcard,
-            requester,
-            iq_id,
-        } => match all_or_none(db, |db| db.set_vcard(user, vcard)) {
-            Ok(_) => vec![result(requester, iq_id, None, None)],
-            Err(e) => vec![failure(e, requester, iq_id, domain)],
-        },
         Query::PrivateGet {
             user,
             name,
@@ -187,7 +179,8 @@ fn replies(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             Err(e) => vec![failure(e, requester, iq_id, domain)],
         },
         // (answered by `pep::answer`)
-        Query::PepPublish { .. }
+        Query::VCardSet { .. }
+        | Query::PepPublish { .. }
         | Query::PepRetract { .. }
         | Query::PepConfigure { .. }
         | Query::PepConfigGet { .. }

@@ -87,11 +87,29 @@ impl UploadConfig {
         }
     }
 
-    /// The service's JID for `domain`.
+    /// The service's JID for `domain` (lower case).
     pub fn jid(&self, domain: &str) -> String {
         self.jid
             .clone()
             .unwrap_or_else(|| format!("upload.{domain}"))
+            .to_ascii_lowercase()
+    }
+
+    /// Refuses a configuration that cannot work: a JID that is not a
+    /// domain of its own, a public URL that is not `https://`.
+    pub fn validate(&self, domain: &str) -> Result<(), String> {
+        let jid = self.jid(domain);
+        if jid.is_empty() || jid.contains(['@', '/']) || jid == domain.to_ascii_lowercase() {
+            return Err(format!(
+                "upload jid {jid:?} must be a domain other than {domain:?}"
+            ));
+        }
+        if let Some(url) = &self.public_url
+            && !url.starts_with("https://")
+        {
+            return Err(format!("upload public_url {url:?} must be https://"));
+        }
+        Ok(())
     }
 }
 

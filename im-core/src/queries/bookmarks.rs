@@ -25,6 +25,9 @@ pub const NODE: &str = "urn:xmpp:bookmarks:1";
 /// The private XML namespace of XEP-0048 bookmarks.
 pub const LEGACY: &str = "storage:bookmarks";
 
+/// Longest room JID taken as an item id.
+const MAX_ID_BYTES: usize = 1023;
+
 /// The node's configuration when a private XML set creates it (XEP-0402
 /// §3: only the owner reads it, keeping every room).
 const OPTIONS: PepOptions = PepOptions {
@@ -58,6 +61,21 @@ impl Room {
         }
     }
 
+    /// The legacy `<conference jid=…/>` of this room: `kept` (the one
+    /// private XML held) with this room's fields, its other children kept.
+    fn merged_into(&self, kept: Option<&Element>, jid: &str) -> Element {
+        let Some(kept) = kept else {
+            return self.element(LEGACY, Some(jid), None);
+        };
+        let mut c = self.element(LEGACY, Some(jid), None);
+        for child in kept.elements() {
+            if !matches!(child.name.as_str(), "nick" | "password") {
+                c = c.with_child(child.clone());
+            }
+        }
+        c
+    }
+
     /// The `<conference/>` in namespace `ns`, with `jid` for the legacy
     /// form and `extensions` (kept from the node) for the new one.
     fn element(&self, ns: &str, jid: Option<&str>, extensions: Option<&Element>) -> Element {
@@ -82,30 +100,37 @@ impl Room {
 }
 
 /// Writes the private XML copy of `user`'s bookmarks node (after a change
-/// to the node, in its transaction), keeping the URL bookmarks there.
+/// to the node, in its transaction). What only private XML holds stays:
+/// URL bookmarks and anything else that is not a room, rooms without a
+/// `jid`, and a room's own extra children.
 pub(super) fn node_to_private(db: &mut dyn Store, user: &str) -> Result<(), StorageError> {
     let items = db
         .pep_items(user, NODE, &[], None)?
         .map(|(_, items)| items)
         .unwrap_or_default();
-    let mut storage = Element::new("storage", LEGACY);
-    for item in &items {
-        if let Ok(c) = Element::parse(&item.payload, "") {
-            storage = storage.with_child(Room::of(&c).element(LEGACY, Some(&item.id), None));
-        }
-    }
-    let urls = db
+    let old = db
         .private_xml(user, LEGACY)?
-        .and_then(|b| Element::parse(&b, "").ok())
-        .map(|old| {
-            old.elements()
-                .filter(|e| e.name == "url")
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for url in urls {
-        storage = storage.with_child(url);
+        .and_then(|b| Element::parse(&b, "").ok());
+    let old_rooms: Vec<&Element> = old
+        .iter()
+        .flat_map(|o| o.elements())
+        .filter(|e| e.name == "conference")
+        .collect();
+    let mut storage = Element::new("storage", LEGACY);
+    // (an item whose id is no room's JID is not a bookmark)
+    for item in items.iter().filter(|i| i.id.contains('@')) {
+        let Ok(c) = Element::parse(&item.payload, "") else {
+            continue;
+        };
+        let kept = old_rooms
+            .iter()
+            .find(|o| o.attr("jid") == Some(item.id.as_str()));
+        storage = storage.with_child(Room::of(&c).merged_into(kept.copied(), &item.id));
+    }
+    for other in old.iter().flat_map(|o| o.elements()) {
+        if other.name != "conference" || other.attr("jid").is_none() {
+            storage = storage.with_child(other.clone());
+        }
     }
     db.set_private_xml(user, LEGACY, &storage.to_bytes(""))
         .map(drop)
@@ -122,10 +147,24 @@ pub(super) fn private_to_node(
     let Ok(storage) = Element::parse(stored, "") else {
         return Ok(Vec::new());
     };
-    // (a node that exists keeps its configuration; else it is made as §3
-    // asks)
+    let rooms: Vec<&Element> = storage
+        .elements()
+        .filter(|e| e.name == "conference")
+        .filter(|e| e.attr("jid").is_some_and(|j| j.len() <= MAX_ID_BYTES))
+        .collect();
+    if rooms.len() > MAX_PEP_ITEMS as usize {
+        // (the node could not keep them all)
+        return Err(StorageError::QuotaExceeded);
+    }
+    // The node is made (or made again) as §3 asks: only its owner reads
+    // it (rooms' passwords are in it) and it keeps every room.
     let (mut options, current) = match db.pep_items(user, NODE, &[], None)? {
-        Some((_, items)) => (PepOptions::default(), items),
+        Some((config, items)) => {
+            if !OPTIONS.met_by(config) {
+                db.pep_configure(user, NODE, &OPTIONS, false)?;
+            }
+            (PepOptions::default(), items)
+        }
         None => (OPTIONS, Vec::new()),
     };
     let mut current: BTreeMap<String, Element> = current
@@ -133,7 +172,7 @@ pub(super) fn private_to_node(
         .filter_map(|i| Some((i.id, Element::parse(&i.payload, "").ok()?)))
         .collect();
     let mut events = Vec::new();
-    for c in storage.elements().filter(|e| e.name == "conference") {
+    for c in rooms {
         let Some(jid) = c.attr("jid") else { continue };
         let room = Room::of(c);
         let old = current.remove(jid);
@@ -241,6 +280,79 @@ mod tests {
                 .1
                 .contains("<extensions><x xmlns='urn:ext'/></extensions>")
         );
+    }
+
+    #[test]
+    fn a_private_set_makes_an_open_node_owner_only_and_refuses_more_rooms_than_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(dir.path(), 10).unwrap();
+        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        // a client made the node readable by contacts, one item kept
+        let open = PepOptions {
+            access: Some(PepAccess::Presence),
+            max_items: Some(1),
+        };
+        db.pep_configure("alice", NODE, &open, true).unwrap();
+        let events = set_private(
+            &mut db,
+            "<storage xmlns='storage:bookmarks'><conference jid='a@m'><password>s</password></conference>\
+             <conference jid='b@m'/></storage>",
+        );
+        assert!(
+            events.iter().all(|e| e.access == PepAccess::Whitelist),
+            "{events:?}"
+        );
+        assert_eq!(rooms(&mut db).len(), 2, "both rooms kept");
+        let many: String = (0..=MAX_PEP_ITEMS)
+            .map(|i| format!("<conference jid='r{i}@m'/>"))
+            .collect();
+        let query = Query::PrivateSet {
+            user: "alice".into(),
+            namespace: LEGACY.into(),
+            element: Bytes::from(format!(
+                "<storage xmlns='storage:bookmarks'>{many}</storage>"
+            )),
+            requester: "alice@x/phone".into(),
+            iq_id: "s".into(),
+        };
+        let answer = crate::queries::answer(&mut db, &query, "x");
+        assert!(String::from_utf8_lossy(&answer.payloads[0]).contains("resource-constraint"));
+        assert_eq!(rooms(&mut db).len(), 2, "nothing of the refused set stored");
+    }
+
+    #[test]
+    fn a_node_change_keeps_what_only_private_xml_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(dir.path(), 10).unwrap();
+        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        set_private(
+            &mut db,
+            "<storage xmlns='storage:bookmarks'><conference jid='a@m' name='A'><x xmlns='urn:client'/></conference>\
+             <conference name='no jid'/><other xmlns='urn:o'/></storage>",
+        );
+        // a modern client renames the room and adds one with a non-JID id
+        for (id, name) in [("a@m", "A2"), ("not-a-jid", "X")] {
+            let item = PepItem {
+                id: id.into(),
+                payload: Bytes::from(format!(
+                    "<conference xmlns='urn:xmpp:bookmarks:1' name='{name}'/>"
+                )),
+            };
+            db.pep_publish("alice", NODE, &item, &PepOptions::default())
+                .unwrap();
+        }
+        node_to_private(&mut db, "alice").unwrap();
+        let private = String::from_utf8_lossy(&db.private_xml("alice", LEGACY).unwrap().unwrap())
+            .into_owned();
+        assert!(private.contains("jid=\"a@m\" name=\"A2\""), "{private}");
+        assert!(private.contains("<x xmlns=\"urn:client\"/>"), "{private}");
+        assert!(
+            private.contains("name=\"no jid\"") && private.contains("urn:o"),
+            "{private}"
+        );
+        assert!(!private.contains("not-a-jid"), "{private}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use xmpp_stream::element::{Element, escape};
 use xmpp_stream::{StanzaCondition, ns};
 
-use super::{Answer, MAX_ITEMS_BYTES, MAX_LAST_ITEMS_BYTES, bookmarks, failure, result};
+use super::{Answer, MAX_ITEMS_BYTES, MAX_LAST_ITEMS_BYTES, avatars, bookmarks, failure, result};
 use crate::address;
 use crate::router::{PepEvent, PepRelation, Query, config_form, notification, pubsub_error};
 use crate::storage::{
@@ -37,8 +37,12 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
             }
             let publish = |db: &mut dyn Store| {
                 let done = db.pep_publish(user, node, &item, options)?;
-                if node == bookmarks::NODE && matches!(done, PepPublished::Published(_)) {
-                    bookmarks::node_to_private(db, user)?;
+                if matches!(done, PepPublished::Published(_)) {
+                    match node.as_str() {
+                        bookmarks::NODE => bookmarks::node_to_private(db, user)?,
+                        avatars::METADATA => avatars::metadata_to_vcard(db, user, &item)?,
+                        _ => {}
+                    }
                 }
                 Ok(done)
             };
@@ -287,6 +291,25 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
                     crate::storage::Stored::NoSuchUser => Vec::new(),
                 };
                 Ok(events)
+            };
+            match all_or_none(db, set) {
+                Ok(events) => Answer {
+                    payloads: vec![result(requester, iq_id, None, None)],
+                    events,
+                },
+                Err(e) => failed(e, requester, iq_id),
+            }
+        }
+        Query::VCardSet {
+            user,
+            vcard,
+            requester,
+            iq_id,
+        } => {
+            // (stored, and the avatar brought in line, together)
+            let set = |db: &mut dyn Store| match db.set_vcard(user, vcard)? {
+                crate::storage::Stored::Stored => avatars::vcard_to_avatar(db, user, vcard),
+                crate::storage::Stored::NoSuchUser => Ok(Vec::new()),
             };
             match all_or_none(db, set) {
                 Ok(events) => Answer {

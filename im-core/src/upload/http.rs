@@ -22,6 +22,9 @@ use super::slots::{PutTarget, Slots};
 
 /// The name of the file beside each upload that keeps its content type.
 const TYPE_FILE: &str = ".type";
+/// How the part files of PUTs under way begin (a stored name never
+/// begins with a dot).
+pub const PART_PREFIX: &str = ".part-";
 
 /// The routes of the upload server.
 pub fn routes(slots: Arc<Slots>) -> Router {
@@ -97,20 +100,28 @@ async fn put_file(
         return status(StatusCode::CONFLICT);
     }
     let content_type = super::slots::clean_type(content_type).unwrap_or_default();
-    match store(&target, size, &content_type, body).await {
-        Ok(()) => {
-            slots.used(&target.user, size);
-            status(StatusCode::CREATED)
-        }
-        Err(code) => {
-            let _ = tokio::fs::remove_dir_all(&target.slot_dir).await;
-            status(code)
-        }
+    slots.put_started(&target);
+    let stored = store(&target, size, &content_type, body).await;
+    slots.put_ended(&target);
+    match stored {
+        Ok(()) => status(StatusCode::CREATED),
+        Err(code) => status(code),
     }
 }
 
-/// Writes `body` (exactly `size` bytes) to the target, synced before it
-/// appears under its name.
+/// A part file, removed when dropped (a PUT that failed, or whose client
+/// went away) unless it was published.
+struct Part(std::path::PathBuf);
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `body` (exactly `size` bytes) to a part file of its own, synced,
+/// then links it under the file's name, which fails if another PUT to the
+/// slot got there first: a stored file is never replaced.
 async fn store(
     target: &PutTarget,
     size: u64,
@@ -124,13 +135,17 @@ async fn store(
     tokio::fs::create_dir_all(&target.slot_dir)
         .await
         .map_err(failed)?;
-    let part = target.slot_dir.join(".part");
+    let part = Part(
+        target
+            .slot_dir
+            .join(format!("{PART_PREFIX}{:016x}", rand::random::<u64>())),
+    );
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&part)
+        .open(&part.0)
         .await
-        .map_err(|_| StatusCode::CONFLICT)?;
+        .map_err(failed)?;
     let mut written = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -149,10 +164,14 @@ async fn store(
     tokio::fs::write(target.slot_dir.join(TYPE_FILE), content_type)
         .await
         .map_err(failed)?;
-    tokio::fs::rename(&part, &target.file)
-        .await
-        .map_err(failed)?;
-    // (the rename made durable too)
+    match tokio::fs::hard_link(&part.0, &target.file).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(StatusCode::CONFLICT);
+        }
+        Err(e) => return Err(failed(e)),
+    }
+    // (the part goes with `part`; the link made durable)
     if let Ok(dir) = tokio::fs::File::open(&target.slot_dir).await {
         let _ = dir.sync_all().await;
     }
@@ -204,7 +223,7 @@ async fn get_file(
     );
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
+        HeaderValue::from_static("private, max-age=86400"),
     );
     response
 }

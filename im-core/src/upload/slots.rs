@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// How long a slot's PUT URL stays valid, in seconds.
 pub const SLOT_VALID_SECS: u64 = 300;
@@ -24,6 +24,8 @@ pub const SLOT_VALID_SECS: u64 = 300;
 pub const MAX_FILES_PER_USER: usize = 10_000;
 /// Most slots granted and not used at once, all users together.
 pub const MAX_RESERVED: usize = 100_000;
+/// Most slots one user holds granted and not used at once.
+pub const MAX_RESERVED_PER_USER: usize = 64;
 /// Longest file name kept, in bytes.
 pub const MAX_NAME_BYTES: usize = 200;
 /// Longest content type taken.
@@ -74,6 +76,8 @@ pub enum SlotRefusal {
 pub struct PutTarget {
     /// The user's directory name.
     pub user: String,
+    /// The slot's name.
+    pub slot: String,
     /// The slot's directory.
     pub slot_dir: PathBuf,
     /// The file.
@@ -88,8 +92,9 @@ pub struct Slots {
     key: [u8; 32],
     max_file_bytes: u64,
     quota_bytes: u64,
-    /// Slots granted and not used, by user directory: (size, expiry).
-    reserved: Mutex<HashMap<String, Vec<(u64, u64)>>>,
+    /// Slots granted and not finished, by user directory: (slot, size,
+    /// expiry; `u64::MAX` while its PUT runs).
+    reserved: Mutex<HashMap<String, Vec<(String, u64, u64)>>>,
 }
 
 impl Slots {
@@ -143,30 +148,32 @@ impl Slots {
                 max: self.max_file_bytes,
             });
         }
-        let user = user_dir(user);
-        let stored = stored_bytes(&self.dir.join(&user))?;
+        let user = self.user_dir(user);
+        let (stored, files) = stored_bytes(&self.dir.join(&user))?;
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         reserved.retain(|_, slots| {
-            slots.retain(|(_, expires)| *expires > now);
+            slots.retain(|(_, _, expires)| *expires > now);
             !slots.is_empty()
         });
-        let held: u64 = reserved
-            .get(&user)
-            .map_or(0, |s| s.iter().map(|(b, _)| b).sum());
+        let mine = reserved.get(&user).map_or(&[][..], Vec::as_slice);
+        let held: u64 = mine.iter().map(|(_, b, _)| b).sum();
         if stored.saturating_add(held).saturating_add(size) > self.quota_bytes
+            || files + mine.len() >= MAX_FILES_PER_USER
+            || mine.len() >= MAX_RESERVED_PER_USER
             || reserved.values().map(Vec::len).sum::<usize>() >= MAX_RESERVED
         {
             return Err(SlotRefusal::Quota);
         }
         let expires = now + SLOT_VALID_SECS;
+        let slot = format!("{slot:032x}");
         reserved
             .entry(user.clone())
             .or_default()
-            .push((size, expires));
-        let path = format!("{user}/{slot:032x}/{name}");
+            .push((slot.clone(), size, expires));
+        let path = format!("{user}/{slot}/{name}");
         let mac = self.mac(&path, size, &content_type, expires);
         let url = format!(
-            "{}/upload/{user}/{slot:032x}/{}",
+            "{}/upload/{user}/{slot}/{}",
             self.public_url,
             utf8_percent_encode(&name, SEGMENT)
         );
@@ -219,39 +226,61 @@ impl Slots {
         let slot_dir = self.dir.join(user).join(slot);
         Some(PutTarget {
             user: user.to_owned(),
+            slot: slot.to_owned(),
             file: slot_dir.join(name),
             slot_dir,
         })
     }
 
-    /// A slot of `user`'s was used for `size` bytes: its reservation ends
-    /// (the file counts now).
-    pub fn used(&self, user: &str, size: u64) {
+    /// A PUT to `target` starts: its slot's reservation holds until
+    /// [`Slots::put_ended`] (a slow upload keeps counting in full).
+    pub fn put_started(&self, target: &PutTarget) {
+        self.set_reservation(target, Some(u64::MAX));
+    }
+
+    /// A PUT to `target` ended (the file counts now, or there is none).
+    pub fn put_ended(&self, target: &PutTarget) {
+        self.set_reservation(target, None);
+    }
+
+    fn set_reservation(&self, target: &PutTarget, expires: Option<u64>) {
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slots) = reserved.get_mut(user)
-            && let Some(i) = slots.iter().position(|(b, _)| *b == size)
-        {
-            slots.swap_remove(i);
+        let Some(slots) = reserved.get_mut(&target.user) else {
+            return;
+        };
+        let Some(i) = slots.iter().position(|(s, _, _)| *s == target.slot) else {
+            return;
+        };
+        match expires {
+            Some(e) => slots[i].2 = e,
+            None => {
+                slots.swap_remove(i);
+            }
         }
+    }
+
+    /// The directory name of `user`'s files: keyed, so a file's URL does
+    /// not tell whose it is (and a local part may hold `..`).
+    pub fn user_dir(&self, user: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(format!("user\n{user}").as_bytes());
+        mac.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn mac(&self, path: &str, size: u64, content_type: &str, expires: u64) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(format!("{path}\n{size}\n{content_type}\n{expires}").as_bytes());
+        mac.update(format!("put\n{path}\n{size}\n{content_type}\n{expires}").as_bytes());
         mac.finalize()
             .into_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
     }
-}
-
-/// The directory name of `user`'s files (not the name itself: a local
-/// part may hold `..`).
-pub fn user_dir(user: &str) -> String {
-    let digest = Sha256::digest(format!("longlink upload\0{user}").as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file name safe to keep and serve: no path separators, control or
@@ -295,30 +324,30 @@ pub fn clean_type(content_type: Option<&str>) -> Option<String> {
     ok.then_some(t)
 }
 
-/// Bytes of the files under a user's directory (none if it does not
-/// exist); refused past [`MAX_FILES_PER_USER`] files.
-fn stored_bytes(dir: &Path) -> Result<u64, SlotRefusal> {
+/// Bytes of the files under a user's directory, and its slots (none if
+/// it does not exist); refused past [`MAX_FILES_PER_USER`] slots.
+fn stored_bytes(dir: &Path) -> Result<(u64, usize), SlotRefusal> {
     let io = |e: std::io::Error| SlotRefusal::Io(e.to_string());
     let slots = match std::fs::read_dir(dir) {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
         Err(e) => return Err(io(e)),
     };
-    let (mut bytes, mut files) = (0u64, 0usize);
+    let (mut bytes, mut count) = (0u64, 0usize);
     for slot in slots {
         let slot = slot.map_err(io)?;
+        count += 1;
+        if count > MAX_FILES_PER_USER {
+            return Err(SlotRefusal::Quota);
+        }
         let Ok(entries) = std::fs::read_dir(slot.path()) else {
             continue;
         };
         for entry in entries.flatten() {
-            files += 1;
-            if files > MAX_FILES_PER_USER {
-                return Err(SlotRefusal::Quota);
-            }
             bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
         }
     }
-    Ok(bytes)
+    Ok((bytes, count))
 }
 
 #[cfg(test)]
@@ -426,7 +455,7 @@ mod tests {
         s.grant("bob", "c", 1000, None, 0, 4).unwrap();
         s.grant("alice", "c", 600, None, SLOT_VALID_SECS + 1, 5)
             .unwrap();
-        let user = user_dir("alice");
+        let user = s.user_dir("alice");
         std::fs::create_dir_all(dir.path().join(&user).join("x")).unwrap();
         std::fs::write(dir.path().join(&user).join("x").join("f"), vec![0; 1900]).unwrap();
         assert_eq!(
@@ -436,7 +465,39 @@ mod tests {
     }
 
     #[test]
-    fn names_are_cleaned_and_user_directories_are_hashes() {
+    fn a_slow_puts_slot_counts_in_full_until_the_put_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = slots(dir.path());
+        let mut running = Vec::new();
+        for i in 1..=2 {
+            let slot = s.grant("alice", "a", 1000, None, 0, i).unwrap();
+            let (u, sl, n) = parts(&slot.put_url);
+            let target = s
+                .check_put((&u, &sl, &n), 1000, None, Some(&slot.put_headers[0].1), 10)
+                .unwrap();
+            s.put_started(&target);
+            running.push(target);
+        }
+        // long after the slots' validity, the running PUTs still count
+        let later = 10 * SLOT_VALID_SECS;
+        assert_eq!(
+            s.grant("alice", "b", 1000, None, later, 3),
+            Err(SlotRefusal::Quota)
+        );
+        s.put_ended(&running[0]);
+        s.grant("alice", "b", 1000, None, later, 3).unwrap();
+        // and one user cannot hold every reservation
+        for i in 0..MAX_RESERVED_PER_USER as u128 {
+            s.grant("carol", "c", 1, None, later, 100 + i).unwrap();
+        }
+        assert_eq!(
+            s.grant("carol", "c", 1, None, later, 99),
+            Err(SlotRefusal::Quota)
+        );
+    }
+
+    #[test]
+    fn names_are_cleaned_and_user_directories_are_keyed_hashes() {
         assert_eq!(clean_name("../../etc/passwd"), None);
         assert_eq!(clean_name("x/../y").as_deref(), Some("x_.._y"));
         assert_eq!(clean_name("a/b\\c\"d\u{7}").as_deref(), Some("a_b_c_d_"));
@@ -444,7 +505,11 @@ mod tests {
             clean_name(&"é".repeat(200)).map(|n| n.len()),
             Some(MAX_NAME_BYTES)
         );
-        assert_eq!(user_dir("a").len(), 32);
-        assert_ne!(user_dir("a"), user_dir("b"));
+        let dir = tempfile::tempdir().unwrap();
+        let s = slots(dir.path());
+        let other = Slots::new(dir.path().into(), "https://x", [1; 32], 1, 1);
+        assert_eq!(s.user_dir("a").len(), 32);
+        assert_ne!(s.user_dir("a"), s.user_dir("b"));
+        assert_ne!(s.user_dir("a"), other.user_dir("a"), "keyed");
     }
 }

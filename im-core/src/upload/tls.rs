@@ -1,37 +1,157 @@
-//! The TLS listener under the upload server: handshakes run in tasks of
-//! their own (at most [`MAX_HANDSHAKES`] at once, each bounded in time), so
-//! a slow client holds up nobody; finished connections wait in a bounded
-//! queue for the HTTP server.
+//! The TLS listener under the upload server. Handshakes run in tasks of
+//! their own (each bounded in time), so a slow client holds up nobody;
+//! finished connections wait in a bounded queue for the HTTP server. A
+//! connection holds one of [`MAX_CONNECTIONS`] places (at most
+//! [`MAX_PER_ADDRESS`] for one address) from its accept to its close, and
+//! is closed once it has moved no byte either way for [`IDLE_TIMEOUT`]
+//! (a client that never sends its request, or trickles nothing).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// Most TLS handshakes in progress at once.
-pub const MAX_HANDSHAKES: usize = 256;
+/// Most connections open at once (handshaking or served).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Most connections open at once from one address.
+pub const MAX_PER_ADDRESS: usize = 16;
 /// Longest a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may move nothing before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections open per address.
+#[derive(Debug, Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPlace> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressPlace(self.clone(), ip))
+    }
+}
+
+/// One connection's place among its address's.
+#[derive(Debug)]
+struct AddressPlace(Arc<PerAddress>, IpAddr);
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// A served connection: the TLS stream, its places, its idle deadline.
+pub struct Connection {
+    tls: TlsStream<TcpStream>,
+    idle: Pin<Box<Sleep>>,
+    _places: (OwnedSemaphorePermit, AddressPlace),
+}
+
+impl Connection {
+    /// Progress was made: the idle deadline moves on.
+    fn moved(&mut self) {
+        self.idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+    }
+
+    /// Nothing moved: an error once the idle deadline has passed.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.idle
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| io::Error::new(io::ErrorKind::TimedOut, "upload connection idle"))
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.tls).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.moved();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.stalled(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.tls).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.moved();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.stalled(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
 
 /// Accepted, handshaken connections, for `axum::serve`.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Connection, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Accepts on `listener` with `acceptor` until the listener fails or
-    /// the returned listener is dropped.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+    /// Accepts on `listener` with `acceptor` until the returned listener
+    /// is dropped.
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let per_address = Arc::new(PerAddress::default());
         tokio::spawn(async move {
             loop {
+                // (a place is taken before accepting: past the bound,
+                // connections wait in the kernel's backlog)
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
@@ -46,14 +166,22 @@ impl TlsListener {
                 if tx.is_closed() {
                     return;
                 }
+                let Some(place) = per_address.take(peer.ip()) else {
+                    continue; // (dropped: too many from that address)
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Ok(Ok(tls)) =
+                    let Ok(Ok(tls)) =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                    {
-                        let _ = tx.send((tls, peer)).await;
-                    }
+                    else {
+                        return;
+                    };
+                    let connection = Connection {
+                        tls,
+                        idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+                        _places: (permit, place),
+                    };
+                    let _ = tx.send((connection, peer)).await;
                 });
             }
         });
@@ -62,7 +190,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Connection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -73,7 +201,26 @@ impl axum::serve::Listener for TlsListener {
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+    fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_places_and_gets_them_back_on_close() {
+        let per = Arc::new(PerAddress::default());
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let held: Vec<_> = (0..MAX_PER_ADDRESS)
+            .map(|_| per.take(ip).unwrap())
+            .collect();
+        assert!(per.take(ip).is_none());
+        assert!(per.take([127, 0, 0, 2].into()).is_some());
+        drop(held);
+        assert!(per.take(ip).is_some());
+        assert!(per.0.lock().unwrap().is_empty(), "places are given back");
     }
 }

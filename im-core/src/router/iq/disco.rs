@@ -57,7 +57,7 @@ pub(in crate::router) fn account_info(archive: bool) -> Element {
 
 /// What an account's personal eventing service serves (XEP-0163 §9,
 /// XEP-0060 §10).
-const PEP_FEATURES: [&str; 20] = [
+const PEP_FEATURES: [&str; 21] = [
     ns::PUBSUB,
     "http://jabber.org/protocol/pubsub#access-open",
     "http://jabber.org/protocol/pubsub#access-presence",
@@ -79,6 +79,8 @@ const PEP_FEATURES: [&str; 20] = [
     "http://jabber.org/protocol/pubsub#retrieve-items",
     // bookmarks kept in step with private XML (XEP-0402 §5.3)
     "urn:xmpp:bookmarks:1#compat",
+    // avatars kept in step with the vCard (XEP-0398)
+    "urn:xmpp:pep-vcard-conversion:0",
 ];
 
 /// A disco#info query with `identity` and the features `vars`.
