@@ -44,11 +44,9 @@ struct Away {
 async fn go_away(dep: &Deployment, users: &[String]) -> Vec<Away> {
     let mut away = Vec::new();
     for u in users {
-        let options = dep
-            .client_options(u, "phone")
-            .with_message_states()
-            .with_notify(&[NICK]);
-        let c = Client::connect(options).await.expect("login");
+        let c = Client::connect(dep.client_options(u, "phone").with_message_states())
+            .await
+            .expect("login");
         c.send_presence(0).await.expect("presence");
         c.ping().await.expect("ping");
         let (previd, h) = c.resumption().expect("resumable");
@@ -197,9 +195,11 @@ async fn wait_owned_by(dep: &Deployment, which: std::ops::Range<usize>) -> Durat
 async fn log_in(dep: &Deployment, users: &[String]) -> Vec<Client> {
     let mut clients = Vec::new();
     for u in users {
-        let c = Client::connect(dep.client_options(u, "phone").with_message_states())
-            .await
-            .expect("login");
+        let options = dep
+            .client_options(u, "phone")
+            .with_message_states()
+            .with_notify(&[NICK]);
+        let c = Client::connect(options).await.expect("login");
         c.send_presence(0).await.expect("presence");
         clients.push(c);
     }

@@ -34,6 +34,9 @@ pub const MAX_WAITING: usize = 4096;
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The prefix of the ids of the core's disco#info questions.
 pub const ASK_ID_PREFIX: &str = "caps-";
+/// Most questions open to announced sessions at once (a core restart
+/// asks every available session once).
+pub const MAX_UNSHOWN: usize = 1 << 20;
 /// Most nodes one session can want notifications of.
 pub const MAX_NOTIFY_NODES: usize = 64;
 /// The length of a SHA-1 verification string (base64).
@@ -133,6 +136,9 @@ pub struct CapsCache {
     order: VecDeque<Box<str>>,
     bytes: usize,
     asking: HashMap<Box<str>, Asking>,
+    /// Questions to sessions whose string is not known (announced by a
+    /// CM, their presence unseen here), by id.
+    unshown: HashMap<String, SessionAddr>,
     next_id: u64,
 }
 
@@ -251,6 +257,41 @@ impl CapsCache {
         }
         let next = asking.waiting.remove(0);
         Some(self.ask(ver, next, asking.node, asking.waiting, now))
+    }
+
+    /// The id of a question to `addr`, whose presence this core has not
+    /// seen (a session a CM announced: after a core restart, a slot's
+    /// move, a link's return), about its own features (no node); none
+    /// past [`MAX_UNSHOWN`] such questions open.
+    pub fn ask_unshown(&mut self, addr: SessionAddr) -> Option<String> {
+        if self.unshown.len() >= MAX_UNSHOWN {
+            return None;
+        }
+        self.next_id += 1;
+        let id = format!("{ASK_ID_PREFIX}a{}", self.next_id);
+        self.unshown.insert(id.clone(), addr);
+        Some(id)
+    }
+
+    /// The answer to an [`CapsCache::ask_unshown`] question: its nodes
+    /// (kept under the string they hash to, if sound). None if no such
+    /// question was asked of `from`.
+    pub fn answered_unshown(
+        &mut self,
+        id: &str,
+        from: SessionAddr,
+        info: Option<&Element>,
+    ) -> Option<Notify> {
+        if self.unshown.get(id) != Some(&from) {
+            return None;
+        }
+        self.unshown.remove(id);
+        let info = info?;
+        let notify = notify_nodes(info);
+        if sound(info) {
+            self.keep(verification_string(info).into(), notify.clone());
+        }
+        Some(notify)
     }
 
     /// How many verification strings are known.

@@ -48,6 +48,26 @@ impl PepRelation {
     }
 }
 
+/// Which newest items a session gets when its wanted nodes are set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Newest {
+    /// Of the nodes it did not want before.
+    Added,
+    /// Of every node it wants (it just became available).
+    All,
+    /// None (it had them before: an announced session).
+    None,
+}
+
+impl Newest {
+    fn of(fresh: bool) -> Self {
+        match fresh {
+            true => Newest::All,
+            false => Newest::Added,
+        }
+    }
+}
+
 /// A change to a node, stored: what its readers are notified of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PepEvent {
@@ -84,8 +104,10 @@ impl Router {
         let (Some(shown), Some(now)) = (ShownCaps::of_presence(payload), self.now) else {
             return;
         };
-        match self.caps.lookup(&shown, addr, now) {
-            Lookup::Known(notify) => self.set_notify(addr, notify, fresh),
+        let lookup = self.caps.lookup(&shown, addr, now);
+        tracing::debug!(?addr, ver = shown.ver, ?lookup, "caps shown");
+        match lookup {
+            Lookup::Known(notify) => self.set_notify(addr, notify, Newest::of(fresh)),
             Lookup::Wait => {}
             Lookup::Ask(question) => self.ask_caps(question),
         }
@@ -105,6 +127,31 @@ impl Router {
         self.deliver(question.to, Bytes::from(ask.to_bytes(ns::CLIENT)));
     }
 
+    /// A CM announced an available session this core has not seen the
+    /// presence of: it is asked what it wants notifications of (its
+    /// features, no node), unless the route knows already.
+    pub(super) fn caps_after_announce(&mut self, addr: SessionAddr) {
+        let Some(route) = self.table.route_mut(addr.0, addr.1) else {
+            return;
+        };
+        if !route.available || route.notify.is_some() {
+            return;
+        }
+        let Some(id) = self.caps.ask_unshown(addr) else {
+            return;
+        };
+        let Some(full) = self.table.jid_of(addr.0, addr.1) else {
+            return;
+        };
+        let ask = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("from", self.domain.clone())
+            .with_attr("to", full)
+            .with_attr("id", id)
+            .with_child(Element::new("query", ns::DISCO_INFO));
+        self.deliver(addr, Bytes::from(ask.to_bytes(ns::CLIENT)));
+    }
+
     /// A session answered the core's disco#info question `header.id`.
     pub(super) fn caps_answer(&mut self, addr: SessionAddr, header: &RouteHeader, payload: &[u8]) {
         let Some(now) = self.now else { return };
@@ -112,6 +159,13 @@ impl Router {
         let info = (header.stanza_type.as_deref() == Some("result"))
             .then(|| Element::parse(payload, ns::CLIENT).ok())
             .flatten();
+        let query = info
+            .as_ref()
+            .and_then(|iq| iq.child("query", ns::DISCO_INFO));
+        if let Some(notify) = self.caps.answered_unshown(id, addr, query) {
+            // (it had them from its core before: no newest items again)
+            return self.set_notify(addr, notify, Newest::None);
+        }
         let answered = info
             .as_ref()
             .and_then(|iq| iq.child("query", ns::DISCO_INFO))
@@ -119,26 +173,31 @@ impl Router {
         let next = match answered {
             Some(Some(done)) => {
                 for a in done.to {
-                    self.set_notify(a, done.notify.clone(), false);
+                    self.set_notify(a, done.notify.clone(), Newest::Added);
                 }
                 done.ask
             }
             Some(None) => None,
             None => self.caps.refused(id, addr, now),
         };
+        tracing::debug!(?addr, id, ?next, "caps answer");
         if let Some(question) = next {
             self.ask_caps(question);
         }
     }
 
     /// `addr` wants notifications of `notify`'s nodes: it gets the newest
-    /// items of the nodes it did not want before (all if `fresh`), one
-    /// such query at a time.
-    fn set_notify(&mut self, addr: SessionAddr, notify: Notify, fresh: bool) {
+    /// items of the nodes `newest` says, one such query at a time.
+    fn set_notify(&mut self, addr: SessionAddr, notify: Notify, newest: Newest) {
         let Some(route) = self.table.route_mut(addr.0, addr.1) else {
             return;
         };
-        let old = route.notify.replace(notify.clone()).filter(|_| !fresh);
+        let old = route.notify.replace(notify.clone());
+        let old = match newest {
+            Newest::None => return,
+            Newest::All => None,
+            Newest::Added => old,
+        };
         let nodes: Vec<String> = notify
             .iter()
             .filter(|n| old.as_ref().is_none_or(|o| !wants(o, n)))
@@ -200,6 +259,12 @@ impl Router {
             .filter(|i| i.subscription.from() && !self.blocks(&owner, i.jid))
             .map(|i| i.jid.to_owned())
             .collect();
+        tracing::debug!(
+            owner,
+            node = event.node,
+            contacts = contacts.len(),
+            "pep event"
+        );
         for contact in contacts {
             if self.serves(&contact) {
                 self.pep_notify(&owner, &contact, &event.node, &event.body);
@@ -240,6 +305,7 @@ impl Router {
             return true;
         };
         let body = Bytes::from(event.to_bytes(ns::CLIENT));
+        tracing::debug!(from = header.from, to = bare, node, "pep event from a peer");
         self.pep_notify(&header.from, bare, &node, &body);
         true
     }
@@ -257,6 +323,7 @@ impl Router {
             .filter(|r| r.available && r.notify.as_ref().is_some_and(|n| wants(n, node)))
             .map(|r| ((r.node, r.sid), format!("{to}/{}", r.resource)))
             .collect();
+        tracing::debug!(owner, to, node, sessions = targets.len(), "pep notify");
         for (addr, full) in targets {
             let id = self.event_id();
             self.deliver(addr, notification(owner, &full, &id, body));

@@ -550,3 +550,59 @@ fn the_upload_service_is_listed_described_and_turns_a_slot_request_into_a_query(
     assert!(query(&bad).is_none());
     assert!(payloads(&bad)[0].contains("bad-request"), "{bad:?}");
 }
+
+#[test]
+fn a_session_a_cm_announces_is_asked_its_features_and_then_gets_notifications_without_a_replay() {
+    use cm_protocol::Frame;
+    let mut r = router();
+    bound_with_contact(&mut r, 1, 10, "alice@x", "bob@x");
+    // bob's session comes by a CM's announcement (as after a core restart)
+    let acts = frame(
+        &mut r,
+        2,
+        Frame::Announce {
+            sid: 20,
+            jid: "bob@x/phone".into(),
+            available: true,
+            priority: 0,
+            sm: None,
+        },
+    );
+    let asked = deliveries(&acts)
+        .into_iter()
+        .find(|(a, p)| *a == (2, 20) && p.contains("disco#info"))
+        .map(|(_, p)| Element::parse(p.as_bytes(), ns::CLIENT).unwrap());
+    let asked = asked.unwrap_or_else(|| panic!("bob is not asked: {acts:?}"));
+    assert!(
+        asked
+            .child("query", ns::DISCO_INFO)
+            .unwrap()
+            .attr("node")
+            .is_none()
+    );
+    let id = asked.attr("id").unwrap().to_owned();
+    let info = client_info(&[NODE]);
+    let answered = answer(&mut r, 2, 20, "bob@x/phone", &id, &info);
+    assert!(last_items(&answered).is_empty(), "no replay: {answered:?}");
+    // alice's publish reaches him; the string is known for others now
+    let mut r2 = r;
+    let got = delivered_to(&stored_as(&mut r2, "alice", PepAccess::Presence, NODE));
+    assert!(got.contains(&(2, 20)), "{got:?}");
+}
+
+fn stored_as(r: &mut super::Router, owner: &str, access: PepAccess, node: &str) -> Vec<Action> {
+    let body = format!(
+        "<event xmlns='http://jabber.org/protocol/pubsub#event'><items node='{node}'><item id='1'/></items></event>"
+    );
+    r.run(Input::Replies {
+        to: (1, 10),
+        payloads: Vec::new(),
+        events: vec![PepEvent {
+            owner: owner.into(),
+            node: node.into(),
+            access,
+            body: Bytes::from(body),
+        }],
+        iq: true,
+    })
+}

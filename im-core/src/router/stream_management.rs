@@ -192,6 +192,7 @@ impl Router {
             return;
         }
         self.announce(node, sid, jid, available, priority);
+        self.caps_after_announce((node, sid));
         if self.sessions.is_detached((node, sid)) {
             // The session detached while its CM was cut off: what reached
             // the ledger meanwhile was never sent. The client resumes.
