@@ -84,6 +84,15 @@ pub struct PutTarget {
     pub file: PathBuf,
 }
 
+/// A slot granted and not finished.
+#[derive(Debug)]
+struct Reservation {
+    slot: String,
+    size: u64,
+    /// When it lapses; `u64::MAX` while its PUT runs.
+    expires: u64,
+}
+
 /// The slots of one upload service.
 #[derive(Debug)]
 pub struct Slots {
@@ -92,9 +101,8 @@ pub struct Slots {
     key: [u8; 32],
     max_file_bytes: u64,
     quota_bytes: u64,
-    /// Slots granted and not finished, by user directory: (slot, size,
-    /// expiry; `u64::MAX` while its PUT runs).
-    reserved: Mutex<HashMap<String, Vec<(String, u64, u64)>>>,
+    /// Slots granted and not finished, by user directory.
+    reserved: Mutex<HashMap<String, Vec<Reservation>>>,
 }
 
 impl Slots {
@@ -152,11 +160,11 @@ impl Slots {
         let (stored, files) = stored_bytes(&self.dir.join(&user))?;
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         reserved.retain(|_, slots| {
-            slots.retain(|(_, _, expires)| *expires > now);
+            slots.retain(|r| r.expires > now);
             !slots.is_empty()
         });
         let mine = reserved.get(&user).map_or(&[][..], Vec::as_slice);
-        let held: u64 = mine.iter().map(|(_, b, _)| b).sum();
+        let held: u64 = mine.iter().map(|r| r.size).sum();
         if stored.saturating_add(held).saturating_add(size) > self.quota_bytes
             || files + mine.len() >= MAX_FILES_PER_USER
             || mine.len() >= MAX_RESERVED_PER_USER
@@ -166,10 +174,11 @@ impl Slots {
         }
         let expires = now + SLOT_VALID_SECS;
         let slot = format!("{slot:032x}");
-        reserved
-            .entry(user.clone())
-            .or_default()
-            .push((slot.clone(), size, expires));
+        reserved.entry(user.clone()).or_default().push(Reservation {
+            slot: slot.clone(),
+            size,
+            expires,
+        });
         let path = format!("{user}/{slot}/{name}");
         let mac = self.mac(&path, size, &content_type, expires);
         let url = format!(
@@ -248,11 +257,11 @@ impl Slots {
         let Some(slots) = reserved.get_mut(&target.user) else {
             return;
         };
-        let Some(i) = slots.iter().position(|(s, _, _)| *s == target.slot) else {
+        let Some(i) = slots.iter().position(|r| r.slot == target.slot) else {
             return;
         };
         match expires {
-            Some(e) => slots[i].2 = e,
+            Some(e) => slots[i].expires = e,
             None => {
                 slots.swap_remove(i);
             }

@@ -5,6 +5,9 @@
 use crate::element::Element;
 use crate::ns;
 
+/// A form field: its `var` and its values.
+type Field = (String, Vec<String>);
+
 /// The XEP-0115 verification string (§5.1, SHA-1) of a disco#info
 /// `<query/>`: identities, features and extended forms, each sorted.
 pub fn verification_string(info: &Element) -> String {
@@ -36,7 +39,7 @@ pub fn verification_string(info: &Element) -> String {
         s.push('<');
     }
     // extended forms (XEP-0128), by FORM_TYPE; fields by var, values sorted
-    let mut forms: Vec<(String, Vec<(String, Vec<String>)>)> = info
+    let mut forms: Vec<(String, Vec<Field>)> = info
         .elements()
         .filter(|e| e.name == "x" && e.ns == ns::DATA)
         .filter_map(|form| {
