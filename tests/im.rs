@@ -410,6 +410,8 @@ async fn private_storage(cluster: Cluster) {
 const NICK: &str = "http://jabber.org/protocol/nick";
 const DEVICES: &str = "eu.siacs.conversations.axolotl.devicelist";
 const AVATAR: &str = "urn:xmpp:avatar:metadata";
+/// The id (SHA-1) of the avatar bytes 4, 5, 6 (base64 `BAUG`).
+const AVATAR_ID: &str = "e809c5d1cea47b45e34701d23f608a9a58034dc9";
 
 /// Logs `user` in at CM `cm` wanting notifications of `nodes`, and sends
 /// initial presence (which shows them, XEP-0115).
@@ -565,20 +567,20 @@ async fn personal_eventing(mut cluster: Cluster) {
     alice
         .publish(
             "urn:xmpp:avatar:data",
-            Some("456"),
+            Some(AVATAR_ID),
             data,
             &Default::default(),
         )
         .await
         .unwrap();
     let info = Element::new("info", AVATAR)
-        .with_attr("id", "456")
+        .with_attr("id", AVATAR_ID)
         .with_attr("bytes", "3")
         .with_attr("type", "image/png");
     alice
         .publish(
             AVATAR,
-            Some("456"),
+            Some(AVATAR_ID),
             Element::new("metadata", AVATAR).with_child(info),
             &Default::default(),
         )

@@ -137,8 +137,8 @@ pub struct CapsCache {
     bytes: usize,
     asking: HashMap<Box<str>, Asking>,
     /// Questions to sessions whose string is not known (announced by a
-    /// CM, their presence unseen here), by id.
-    unshown: HashMap<String, SessionAddr>,
+    /// CM, their presence unseen here), by id: the session and when.
+    unshown: HashMap<String, (SessionAddr, Instant)>,
     next_id: u64,
 }
 
@@ -263,13 +263,18 @@ impl CapsCache {
     /// seen (a session a CM announced: after a core restart, a slot's
     /// move, a link's return), about its own features (no node); none
     /// past [`MAX_UNSHOWN`] such questions open.
-    pub fn ask_unshown(&mut self, addr: SessionAddr) -> Option<String> {
+    pub fn ask_unshown(&mut self, addr: SessionAddr, now: Instant) -> Option<String> {
         if self.unshown.len() >= MAX_UNSHOWN {
-            return None;
+            // (unanswered ones lapse, as other questions do)
+            self.unshown
+                .retain(|_, (_, since)| now.saturating_duration_since(*since) < ASK_TIMEOUT);
+            if self.unshown.len() >= MAX_UNSHOWN {
+                return None;
+            }
         }
         self.next_id += 1;
         let id = format!("{ASK_ID_PREFIX}a{}", self.next_id);
-        self.unshown.insert(id.clone(), addr);
+        self.unshown.insert(id.clone(), (addr, now));
         Some(id)
     }
 
@@ -282,7 +287,7 @@ impl CapsCache {
         from: SessionAddr,
         info: Option<&Element>,
     ) -> Option<Notify> {
-        if self.unshown.get(id) != Some(&from) {
+        if self.unshown.get(id).map(|(a, _)| *a) != Some(from) {
             return None;
         }
         self.unshown.remove(id);

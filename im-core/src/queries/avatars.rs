@@ -31,10 +31,17 @@ pub(super) fn metadata_to_vcard(
     let Ok(metadata) = Element::parse(&item.payload, "") else {
         return Ok(());
     };
-    let photo = match metadata.elements().find(|e| e.name == "info") {
+    // (XEP-0398 §3: the info without a url, whose data is stored here
+    // and hashes to its id; else the vCard is left as it is)
+    let infos: Vec<&Element> = metadata
+        .elements()
+        .filter(|e| e.name == "info" && e.attr("url").is_none())
+        .collect();
+    let photo = match infos.first() {
+        None if metadata.elements().any(|e| e.name == "info") => return Ok(()),
         None => None,
         Some(info) => {
-            let (Some(id), kind) = (info.attr("id"), info.attr("type")) else {
+            let Some(id) = info.attr("id") else {
                 return Ok(());
             };
             let Some((_, data)) = db.pep_items(user, DATA, &[id.to_owned()], None)? else {
@@ -46,7 +53,13 @@ pub(super) fn metadata_to_vcard(
             else {
                 return Ok(());
             };
-            Some((kind.unwrap_or("image/png").to_owned(), data.text()))
+            let binval: String = data.text().split_whitespace().collect();
+            if binval.len() > MAX_PHOTO_BASE64 || decode(&binval).is_none_or(|b| sha1_hex(&b) != id)
+            {
+                return Ok(());
+            }
+            let kind = info.attr("type").map(str::trim).filter(|t| !t.is_empty());
+            Some((kind.unwrap_or("image/png").to_owned(), binval))
         }
     };
     let mut vcard = db
@@ -79,6 +92,9 @@ pub(super) fn vcard_to_avatar(
         return Ok(Vec::new());
     };
     let photo = vcard.elements().find(|e| e.name == "PHOTO");
+    if photo.is_some_and(|p| p.elements().any(|e| e.name == "EXTVAL")) {
+        return Ok(Vec::new()); // (a photo elsewhere: not converted)
+    }
     let binval = photo
         .and_then(|p| p.elements().find(|e| e.name == "BINVAL"))
         .map(|b| b.text().split_whitespace().collect::<String>());
@@ -100,19 +116,17 @@ pub(super) fn vcard_to_avatar(
         };
         return publish(db, user, METADATA, &empty).map(|e| e.into_iter().collect());
     };
-    let Ok(image) = base64::engine::general_purpose::STANDARD.decode(&binval) else {
-        return Ok(Vec::new());
+    let Some(image) = decode(&binval).filter(|_| binval.len() <= MAX_PHOTO_BASE64) else {
+        return Ok(Vec::new()); // (kept in the vCard only)
     };
-    let id: String = sha1::Sha1::digest(&image)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let id = sha1_hex(&image);
     if current.as_ref().is_some_and(|c| c.id == id) {
         return Ok(Vec::new()); // (the avatar already)
     }
     let kind = photo
         .and_then(|p| p.elements().find(|e| e.name == "TYPE"))
-        .map(|t| t.text())
+        .map(|t| t.text().trim().to_owned())
+        .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "image/png".into());
     let data = PepItem {
         id: id.clone(),
@@ -134,6 +148,28 @@ pub(super) fn vcard_to_avatar(
     events.extend(publish(db, user, DATA, &data)?);
     events.extend(publish(db, user, METADATA, &metadata)?);
     Ok(events)
+}
+
+/// Most base64 characters of a photo converted either way: a vCard
+/// holding it still fits a client's stanza bound (64 KiB) with room to
+/// spare, and it fits a PEP item.
+pub const MAX_PHOTO_BASE64: usize = 48 * 1024;
+
+/// Base64 as vCards and avatar data hold it (padded or not).
+fn decode(b64: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    STANDARD
+        .decode(b64)
+        .or_else(|_| STANDARD_NO_PAD.decode(b64))
+        .ok()
+}
+
+/// The lower-case hex SHA-1 of `bytes` (an avatar's id, XEP-0084).
+fn sha1_hex(bytes: &[u8]) -> String {
+    sha1::Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Publishes `item` to `node` as the node is configured (the defaults if
@@ -215,8 +251,9 @@ mod tests {
             b"<vCard xmlns='vcard-temp'><FN>Alice</FN><PHOTO><BINVAL>b2xk</BINVAL></PHOTO></vCard>",
         )
         .unwrap();
+        let id = sha1_hex(PNG);
         let data = PepItem {
-            id: "abc".into(),
+            id: id.clone(),
             payload: Bytes::from(format!(
                 "<data xmlns='urn:xmpp:avatar:data'>{}</data>",
                 b64(PNG)
@@ -225,10 +262,10 @@ mod tests {
         db.pep_publish("alice", DATA, &data, &PepOptions::default())
             .unwrap();
         let meta = PepItem {
-            id: "abc".into(),
-            payload: Bytes::from_static(
-                b"<metadata xmlns='urn:xmpp:avatar:metadata'><info id='abc' bytes='21' type='image/jpeg'/></metadata>",
-            ),
+            id: id.clone(),
+            payload: Bytes::from(format!(
+                "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{id}' bytes='21' type='image/jpeg' url='https://elsewhere'/><info id='{id}' bytes='21' type='image/jpeg'/></metadata>"
+            )),
         };
         metadata_to_vcard(&mut db, "alice", &meta).unwrap();
         let vcard = String::from_utf8_lossy(&db.vcard("alice").unwrap().unwrap()).into_owned();

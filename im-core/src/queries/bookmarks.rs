@@ -25,8 +25,8 @@ pub const NODE: &str = "urn:xmpp:bookmarks:1";
 /// The private XML namespace of XEP-0048 bookmarks.
 pub const LEGACY: &str = "storage:bookmarks";
 
-/// Longest room JID taken as an item id.
-const MAX_ID_BYTES: usize = 1023;
+/// Longest room JID taken as an item id (a JID's most, RFC 7622).
+const MAX_ID_BYTES: usize = 3071;
 
 /// The node's configuration when a private XML set creates it (XEP-0402
 /// §3: only the owner reads it, keeping every room).

@@ -308,7 +308,15 @@ pub(super) fn answer(db: &mut dyn Store, query: &Query, domain: &str) -> Option<
         } => {
             // (stored, and the avatar brought in line, together)
             let set = |db: &mut dyn Store| match db.set_vcard(user, vcard)? {
-                crate::storage::Stored::Stored => avatars::vcard_to_avatar(db, user, vcard),
+                // (the avatar in a savepoint of its own: a full PEP store
+                // does not keep the vCard from being set)
+                crate::storage::Stored::Stored => Ok(all_or_none(db, |db| {
+                    avatars::vcard_to_avatar(db, user, vcard)
+                })
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "publishing a vCard's photo as the avatar failed");
+                    Vec::new()
+                })),
                 crate::storage::Stored::NoSuchUser => Ok(Vec::new()),
             };
             match all_or_none(db, set) {

@@ -137,7 +137,8 @@ impl Router {
         if !route.available || route.notify.is_some() {
             return;
         }
-        let Some(id) = self.caps.ask_unshown(addr) else {
+        let Some(now) = self.now else { return };
+        let Some(id) = self.caps.ask_unshown(addr, now) else {
             return;
         };
         let Some(full) = self.table.jid_of(addr.0, addr.1) else {

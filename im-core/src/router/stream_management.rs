@@ -192,7 +192,6 @@ impl Router {
             return;
         }
         self.announce(node, sid, jid, available, priority);
-        self.caps_after_announce((node, sid));
         if self.sessions.is_detached((node, sid)) {
             // The session detached while its CM was cut off: what reached
             // the ledger meanwhile was never sent. The client resumes.
@@ -209,6 +208,11 @@ impl Router {
                 self.request_flush((node, sid));
             }
             self.unpark((node, sid));
+        }
+        // (after its ledger is restored: the question counts in it; none
+        // to a session told to resume)
+        if !self.sessions.is_detached((node, sid)) {
+            self.caps_after_announce((node, sid));
         }
     }
 

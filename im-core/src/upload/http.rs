@@ -100,11 +100,15 @@ async fn put_file(
         return status(StatusCode::CONFLICT);
     }
     let content_type = super::slots::clean_type(content_type).unwrap_or_default();
-    slots.put_started(&target);
-    let stored = store(&target, size, &content_type, body).await;
-    slots.put_ended(&target);
-    match stored {
-        Ok(()) => status(StatusCode::CREATED),
+    // (held until this handler ends, or is dropped with its connection)
+    let Some(hold) = slots.hold(&target) else {
+        return status(StatusCode::FORBIDDEN);
+    };
+    match store(&target, size, &content_type, body).await {
+        Ok(()) => {
+            hold.stored();
+            status(StatusCode::CREATED)
+        }
         Err(code) => status(code),
     }
 }

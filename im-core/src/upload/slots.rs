@@ -71,6 +71,45 @@ pub enum SlotRefusal {
     Io(String),
 }
 
+/// A running PUT's hold on its slot's reservation (see [`Slots::hold`]).
+#[derive(Debug)]
+pub struct PutHold {
+    slots: std::sync::Arc<Slots>,
+    user: String,
+    slot: String,
+    expires: u64,
+    stored: bool,
+}
+
+impl PutHold {
+    /// The file was stored: it counts from now on, not the reservation.
+    pub fn stored(mut self) {
+        self.stored = true;
+    }
+}
+
+impl Drop for PutHold {
+    fn drop(&mut self) {
+        let mut reserved = self
+            .slots
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(slots) = reserved.get_mut(&self.user) else {
+            return;
+        };
+        let Some(i) = slots.iter().position(|r| r.slot == self.slot) else {
+            return;
+        };
+        match self.stored {
+            true => {
+                slots.swap_remove(i);
+            }
+            false => slots[i].expires = self.expires,
+        }
+    }
+}
+
 /// Where a PUT that checked out goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutTarget {
@@ -78,6 +117,8 @@ pub struct PutTarget {
     pub user: String,
     /// The slot's name.
     pub slot: String,
+    /// When its signature lapses (seconds since the epoch; 0 for a GET).
+    pub expires: u64,
     /// The slot's directory.
     pub slot_dir: PathBuf,
     /// The file.
@@ -223,7 +264,7 @@ impl Slots {
                 .zip(mac.bytes())
                 .fold(0u8, |d, (a, b)| d | (a ^ b))
                 == 0;
-        same.then_some(target)
+        same.then_some(PutTarget { expires, ..target })
     }
 
     /// The stored file of `user/slot/name`, if those name one.
@@ -236,36 +277,31 @@ impl Slots {
         Some(PutTarget {
             user: user.to_owned(),
             slot: slot.to_owned(),
+            expires: 0,
             file: slot_dir.join(name),
             slot_dir,
         })
     }
 
-    /// A PUT to `target` starts: its slot's reservation holds until
-    /// [`Slots::put_ended`] (a slow upload keeps counting in full).
-    pub fn put_started(&self, target: &PutTarget) {
-        self.set_reservation(target, Some(u64::MAX));
-    }
-
-    /// A PUT to `target` ended (the file counts now, or there is none).
-    pub fn put_ended(&self, target: &PutTarget) {
-        self.set_reservation(target, None);
-    }
-
-    fn set_reservation(&self, target: &PutTarget, expires: Option<u64>) {
+    /// A PUT to `target` starts: its slot's reservation holds (a slow
+    /// upload keeps counting in full) until the hold is dropped: then it
+    /// ends if the file was stored, else it lapses with the slot's
+    /// signature. None (the PUT is refused) if the slot has no reservation
+    /// here (granted before a restart, or its PUT already running).
+    pub fn hold(self: &std::sync::Arc<Self>, target: &PutTarget) -> Option<PutHold> {
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slots) = reserved.get_mut(&target.user) else {
-            return;
-        };
-        let Some(i) = slots.iter().position(|r| r.slot == target.slot) else {
-            return;
-        };
-        match expires {
-            Some(e) => slots[i].expires = e,
-            None => {
-                slots.swap_remove(i);
-            }
-        }
+        let r = reserved
+            .get_mut(&target.user)?
+            .iter_mut()
+            .find(|r| r.slot == target.slot && r.expires != u64::MAX)?;
+        r.expires = u64::MAX;
+        Some(PutHold {
+            slots: self.clone(),
+            user: target.user.clone(),
+            slot: target.slot.clone(),
+            expires: target.expires,
+            stored: false,
+        })
     }
 
     /// The directory name of `user`'s files: keyed, so a file's URL does
@@ -476,16 +512,17 @@ mod tests {
     #[test]
     fn a_slow_puts_slot_counts_in_full_until_the_put_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let s = slots(dir.path());
-        let mut running = Vec::new();
+        let s = std::sync::Arc::new(slots(dir.path()));
+        let mut holds = Vec::new();
         for i in 1..=2 {
             let slot = s.grant("alice", "a", 1000, None, 0, i).unwrap();
             let (u, sl, n) = parts(&slot.put_url);
             let target = s
                 .check_put((&u, &sl, &n), 1000, None, Some(&slot.put_headers[0].1), 10)
                 .unwrap();
-            s.put_started(&target);
-            running.push(target);
+            holds.push(s.hold(&target).expect("a reservation to hold"));
+            // (one PUT at a time holds a slot)
+            assert!(s.hold(&target).is_none());
         }
         // long after the slots' validity, the running PUTs still count
         let later = 10 * SLOT_VALID_SECS;
@@ -493,8 +530,20 @@ mod tests {
             s.grant("alice", "b", 1000, None, later, 3),
             Err(SlotRefusal::Quota)
         );
-        s.put_ended(&running[0]);
+        // one is stored (its reservation ends), one fails (its reservation
+        // lapses with its signature, already past: it counts no more)
+        holds.remove(0).stored();
+        drop(holds);
         s.grant("alice", "b", 1000, None, later, 3).unwrap();
+        s.grant("alice", "c", 1000, None, later, 4).unwrap();
+        // a failed PUT's slot can be tried again while its signature holds
+        let slot = s.grant("bob", "d", 1000, None, 0, 5).unwrap();
+        let (u, sl, n) = parts(&slot.put_url);
+        let target = s
+            .check_put((&u, &sl, &n), 1000, None, Some(&slot.put_headers[0].1), 10)
+            .unwrap();
+        drop(s.hold(&target).unwrap());
+        assert!(s.hold(&target).is_some(), "held again");
         // and one user cannot hold every reservation
         for i in 0..MAX_RESERVED_PER_USER as u128 {
             s.grant("carol", "c", 1, None, later, 100 + i).unwrap();

@@ -2,7 +2,8 @@
 //! their own (each bounded in time), so a slow client holds up nobody;
 //! finished connections wait in a bounded queue for the HTTP server. A
 //! connection holds one of [`MAX_CONNECTIONS`] places (at most
-//! [`MAX_PER_ADDRESS`] for one address) from its accept to its close, and
+//! [`MAX_PER_ADDRESS`] for one address, an IPv6 /64; those past it are
+//! dropped) from its accept to its close, and
 //! is closed once it has moved no byte either way for [`IDLE_TIMEOUT`]
 //! (a client that never sends its request, or trickles nothing).
 
@@ -37,6 +38,15 @@ struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
 
 impl PerAddress {
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPlace> {
+        // (an IPv6 address counts by its /64, as one host's usually are)
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+            v4 => v4,
+        };
         let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_default();
         if *n >= MAX_PER_ADDRESS {
@@ -126,11 +136,25 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.tls).poll_flush(cx) {
+            Poll::Pending => match this.stalled(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            ready => ready,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.tls).poll_shutdown(cx) {
+            Poll::Pending => match this.stalled(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            ready => ready,
+        }
     }
 }
 
@@ -219,6 +243,13 @@ mod tests {
             .collect();
         assert!(per.take(ip).is_none());
         assert!(per.take([127, 0, 0, 2].into()).is_some());
+        // an IPv6 /64 counts as one address
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        let held6: Vec<_> = (0..MAX_PER_ADDRESS as u16)
+            .map(|i| per.take(v6(i)).unwrap())
+            .collect();
+        assert!(per.take(v6(999)).is_none());
+        drop(held6);
         drop(held);
         assert!(per.take(ip).is_some());
         assert!(per.0.lock().unwrap().is_empty(), "places are given back");
