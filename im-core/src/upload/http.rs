@@ -101,8 +101,10 @@ async fn put_file(
     }
     let content_type = super::slots::clean_type(content_type).unwrap_or_default();
     // (held until this handler ends, or is dropped with its connection)
-    let Some(hold) = slots.hold(&target) else {
-        return status(StatusCode::FORBIDDEN);
+    let hold = match slots.hold(&target) {
+        Ok(hold) => hold,
+        Err(super::slots::NoHold::Busy) => return status(StatusCode::CONFLICT),
+        Err(super::slots::NoHold::Unknown) => return status(StatusCode::FORBIDDEN),
     };
     match store(&target, size, &content_type, body).await {
         Ok(()) => {

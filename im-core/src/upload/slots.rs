@@ -71,6 +71,15 @@ pub enum SlotRefusal {
     Io(String),
 }
 
+/// Why a PUT gets no hold on its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoHold {
+    /// Another PUT to the slot is running.
+    Busy,
+    /// The slot has no reservation here.
+    Unknown,
+}
+
 /// A running PUT's hold on its slot's reservation (see [`Slots::hold`]).
 #[derive(Debug)]
 pub struct PutHold {
@@ -286,16 +295,19 @@ impl Slots {
     /// A PUT to `target` starts: its slot's reservation holds (a slow
     /// upload keeps counting in full) until the hold is dropped: then it
     /// ends if the file was stored, else it lapses with the slot's
-    /// signature. None (the PUT is refused) if the slot has no reservation
-    /// here (granted before a restart, or its PUT already running).
-    pub fn hold(self: &std::sync::Arc<Self>, target: &PutTarget) -> Option<PutHold> {
+    /// signature. Refused if another PUT to the slot runs, or the slot has
+    /// no reservation here (granted before a restart, or used).
+    pub fn hold(self: &std::sync::Arc<Self>, target: &PutTarget) -> Result<PutHold, NoHold> {
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         let r = reserved
-            .get_mut(&target.user)?
-            .iter_mut()
-            .find(|r| r.slot == target.slot && r.expires != u64::MAX)?;
+            .get_mut(&target.user)
+            .and_then(|slots| slots.iter_mut().find(|r| r.slot == target.slot))
+            .ok_or(NoHold::Unknown)?;
+        if r.expires == u64::MAX {
+            return Err(NoHold::Busy);
+        }
         r.expires = u64::MAX;
-        Some(PutHold {
+        Ok(PutHold {
             slots: self.clone(),
             user: target.user.clone(),
             slot: target.slot.clone(),
@@ -522,7 +534,7 @@ mod tests {
                 .unwrap();
             holds.push(s.hold(&target).expect("a reservation to hold"));
             // (one PUT at a time holds a slot)
-            assert!(s.hold(&target).is_none());
+            assert_eq!(s.hold(&target).err(), Some(NoHold::Busy));
         }
         // long after the slots' validity, the running PUTs still count
         let later = 10 * SLOT_VALID_SECS;
@@ -543,7 +555,9 @@ mod tests {
             .check_put((&u, &sl, &n), 1000, None, Some(&slot.put_headers[0].1), 10)
             .unwrap();
         drop(s.hold(&target).unwrap());
-        assert!(s.hold(&target).is_some(), "held again");
+        let stored = s.hold(&target).expect("held again");
+        stored.stored();
+        assert_eq!(s.hold(&target).err(), Some(NoHold::Unknown), "used");
         // and one user cannot hold every reservation
         for i in 0..MAX_RESERVED_PER_USER as u128 {
             s.grant("carol", "c", 1, None, later, 100 + i).unwrap();
