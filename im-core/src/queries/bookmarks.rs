@@ -205,6 +205,15 @@ mod tests {
     use crate::router::Query;
     use crate::storage::Sqlite;
 
+    /// A store in a temporary directory with the account alice.
+    fn alices_store() -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(dir.path(), 10).unwrap();
+        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
+        assert!(db.add_user("alice", &creds).unwrap());
+        (dir, db)
+    }
+
     fn set_private(db: &mut dyn Store, storage: &str) -> Vec<PepEvent> {
         let query = Query::PrivateSet {
             user: "alice".into(),
@@ -228,10 +237,7 @@ mod tests {
 
     #[test]
     fn a_private_bookmarks_set_publishes_changed_rooms_retracts_gone_ones_and_keeps_extensions() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Sqlite::open(dir.path(), 10).unwrap();
-        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
-        assert!(db.add_user("alice", &creds).unwrap());
+        let (_dir, mut db) = alices_store();
         let events = set_private(
             &mut db,
             "<storage xmlns='storage:bookmarks'>\
@@ -284,10 +290,7 @@ mod tests {
 
     #[test]
     fn a_private_set_makes_an_open_node_owner_only_and_refuses_more_rooms_than_it_keeps() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Sqlite::open(dir.path(), 10).unwrap();
-        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
-        assert!(db.add_user("alice", &creds).unwrap());
+        let (_dir, mut db) = alices_store();
         // a client made the node readable by contacts, one item kept
         let open = PepOptions {
             access: Some(PepAccess::Presence),
@@ -323,10 +326,7 @@ mod tests {
 
     #[test]
     fn a_node_change_keeps_what_only_private_xml_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Sqlite::open(dir.path(), 10).unwrap();
-        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
-        assert!(db.add_user("alice", &creds).unwrap());
+        let (_dir, mut db) = alices_store();
         set_private(
             &mut db,
             "<storage xmlns='storage:bookmarks'><conference jid='a@m' name='A'><x xmlns='urn:client'/></conference>\
@@ -357,10 +357,7 @@ mod tests {
 
     #[test]
     fn a_change_to_the_node_rewrites_the_private_copy_keeping_url_bookmarks() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Sqlite::open(dir.path(), 10).unwrap();
-        let creds = xmpp_sasl::StoredCredentials::new("pw", 4096);
-        assert!(db.add_user("alice", &creds).unwrap());
+        let (_dir, mut db) = alices_store();
         set_private(
             &mut db,
             "<storage xmlns='storage:bookmarks'><url name='site' url='https://x'/></storage>",

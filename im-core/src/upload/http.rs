@@ -94,17 +94,19 @@ async fn put_file(
         text(header::AUTHORIZATION),
         now(),
     ) else {
-        return status(StatusCode::FORBIDDEN);
+        return refused(StatusCode::FORBIDDEN, size, body).await;
     };
     if tokio::fs::try_exists(&target.file).await.unwrap_or(true) {
-        return status(StatusCode::CONFLICT);
+        return refused(StatusCode::CONFLICT, size, body).await;
     }
     let content_type = super::slots::clean_type(content_type).unwrap_or_default();
     // (held until this handler ends, or is dropped with its connection)
     let hold = match slots.hold(&target) {
         Ok(hold) => hold,
-        Err(super::slots::NoHold::Busy) => return status(StatusCode::CONFLICT),
-        Err(super::slots::NoHold::Unknown) => return status(StatusCode::FORBIDDEN),
+        Err(super::slots::NoHold::Busy) => return refused(StatusCode::CONFLICT, size, body).await,
+        Err(super::slots::NoHold::Unknown) => {
+            return refused(StatusCode::FORBIDDEN, size, body).await;
+        }
     };
     match store(&target, size, &content_type, body).await {
         Ok(()) => {
@@ -113,6 +115,26 @@ async fn put_file(
         }
         Err(code) => status(code),
     }
+}
+
+/// Most bytes of a refused PUT's body read before answering: a small one
+/// is read (and dropped), so that its client, still sending, gets the
+/// answer instead of a broken connection; a larger one is cut off.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+
+/// Answers a refused PUT with `code`, after reading its body if small.
+async fn refused(code: StatusCode, size: u64, body: Body) -> Response<Body> {
+    if size <= DRAIN_BYTES {
+        let mut stream = body.into_data_stream();
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    }
+    status(code)
 }
 
 /// A part file, removed when dropped (a PUT that failed, or whose client

@@ -81,18 +81,30 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Progress was made: the idle deadline moves on.
-    fn moved(&mut self) {
-        self.idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
-    }
-
-    /// Nothing moved: an error once the idle deadline has passed.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        self.idle
-            .as_mut()
-            .poll(cx)
-            .is_ready()
-            .then(|| io::Error::new(io::ErrorKind::TimedOut, "upload connection idle"))
+    /// `poll` on the TLS stream under the idle deadline: a ready result
+    /// moves the deadline on (if `progress`), a pending one past the
+    /// deadline is an error.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: bool,
+        poll: impl FnOnce(Pin<&mut TlsStream<TcpStream>>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll(Pin::new(&mut self.tls), cx) {
+            Poll::Ready(r) => {
+                if progress {
+                    self.idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "upload connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -102,17 +114,7 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.tls).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.moved();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match this.stalled(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        self.timed(cx, true, |tls, cx| tls.poll_read(cx, buf))
     }
 }
 
@@ -122,39 +124,15 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.tls).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.moved();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match this.stalled(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        self.timed(cx, true, |tls, cx| tls.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.tls).poll_flush(cx) {
-            Poll::Pending => match this.stalled(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            ready => ready,
-        }
+        self.timed(cx, false, |tls, cx| tls.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.tls).poll_shutdown(cx) {
-            Poll::Pending => match this.stalled(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            ready => ready,
-        }
+        self.timed(cx, false, |tls, cx| tls.poll_shutdown(cx))
     }
 }
 
