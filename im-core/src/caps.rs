@@ -167,11 +167,15 @@ impl CapsCache {
                 return Lookup::Wait;
             }
         }
-        // (waiters of an expired question stay waiting on the new one)
+        // (waiters of an expired question, and the session it asked,
+        // wait on the new one)
         let waiting = self
             .asking
             .remove(caps.ver.as_str())
-            .map(|a| a.waiting)
+            .map(|mut a| {
+                a.waiting.push(a.asked);
+                a.waiting
+            })
             .unwrap_or_default();
         let node = format!("{}#{}", caps.node, caps.ver);
         let question = self.ask(caps.ver.as_str().into(), addr, node, waiting, now);
@@ -523,7 +527,7 @@ mod tests {
         let later = now + ASK_TIMEOUT;
         let q = asked(cache.lookup(&shown(&ver), (1, 3), later));
         let done = cache.answered(&q.id, (1, 3), &answer, later).unwrap();
-        assert_eq!(done.to, [(1, 3), (1, 2)]);
+        assert_eq!(done.to, [(1, 3), (1, 2), (1, 1)], "the first asked too");
     }
 
     #[test]
