@@ -129,15 +129,7 @@ fn serve_uploads(
             .map_err(io("upload listener"))?;
     let addr = axum::serve::Listener::local_addr(&listener).map_err(io("upload address"))?;
     let app = upload::http::routes(slots.clone());
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "upload server failed");
-        }
-    });
+    serve_http(tasks, listener, app, shutdown, "upload server");
     let (dir, keep) = (
         slots.dir().to_owned(),
         Duration::from_secs(u64::from(u.expiry_days) * 86_400),
@@ -163,6 +155,28 @@ fn serve_uploads(
     });
     tracing::info!(%addr, "upload service started");
     Ok(addr)
+}
+
+/// Serves `app` on `listener` until `shutdown` (`what` names it in a
+/// failure's log).
+fn serve_http<L: axum::serve::Listener>(
+    tasks: &TaskTracker,
+    listener: L,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+    what: &'static str,
+) where
+    L::Addr: std::fmt::Debug,
+{
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, what, "HTTP server failed");
+        }
+    });
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoreError {
@@ -452,15 +466,7 @@ pub async fn start_with_store(
         .map_err(io(format!("bind admin {}", config.admin_listen)))?;
     let admin_addr = listener.local_addr().map_err(io("admin address"))?;
     let app = admin::routes(admin_state);
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin endpoint failed");
-        }
-    });
+    serve_http(&tasks, listener, app, &shutdown, "admin endpoint");
 
     let ctx = links::LinkContext {
         links,
