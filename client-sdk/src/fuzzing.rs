@@ -83,6 +83,7 @@ impl InboundHarness {
             receipts: true,
             message_states: true,
             previous_session: None,
+            notify: Vec::new(),
         };
         let mut harness = Self {
             session: Session::new(config, StdRng::seed_from_u64(seed)),
