@@ -63,7 +63,7 @@ impl FaultPlan {
     }
 
     /// The next `n` write calls (store_offline, archive writes, roster
-    /// writes, removals...) fail.
+    /// writes, room records, removals...) fail.
     pub fn fail_writes(&self, n: usize) {
         self.state().fail_writes = n;
     }
@@ -408,5 +408,25 @@ impl Store for FaultyStore {
     fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError> {
         self.plan.check(Call::Write)?;
         self.inner.set_vcard(username, vcard)
+    }
+
+    fn muc_room(&mut self, room: &str) -> Result<Option<Bytes>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.muc_room(room)
+    }
+
+    fn set_muc_room(&mut self, room: &str, record: &[u8]) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.set_muc_room(room, record)
+    }
+
+    fn delete_muc_room(&mut self, room: &str) -> Result<bool, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.delete_muc_room(room)
+    }
+
+    fn muc_rooms(&mut self, limit: usize) -> Result<Vec<String>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.muc_rooms(limit)
     }
 }

@@ -1,5 +1,6 @@
 //! Durable storage: accounts (SCRAM credentials, never passwords), offline
-//! messages, rosters, the message archive (XEP-0313) and vCards.
+//! messages, rosters, the message archive (XEP-0313), vCards, and the
+//! records of persistent group-chat rooms (XEP-0045) with their archives.
 //!
 //! [`Store`] is the one interface; it has two backends: [`Sqlite`], an
 //! embedded on-disk database in the data directory (the default, no
@@ -233,7 +234,8 @@ pub struct Roster {
 /// One message for a user's archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArchiveEntry {
-    /// The archive's owner (local part).
+    /// The archive's owner: a local part, or a persistent room's bare JID
+    /// (see [`Store::set_muc_room`]).
     pub user: String,
     /// The stable id (XEP-0359 stanza-id), unique in the archive.
     pub id: String,
@@ -396,12 +398,13 @@ pub trait Store: Send {
         version: u64,
     ) -> Result<(), StorageError>;
 
-    /// Adds a message to a user's archive (an unknown user's entry is
-    /// dropped). The write may be held until the transaction commits, so
-    /// call it between [`Store::begin`] and [`Store::commit`], as
-    /// [`Storage`] does.
+    /// Adds a message to a user's archive, or to a room's when the entry's
+    /// `user` is a stored room's bare JID (an unknown user's or room's
+    /// entry is dropped). The write may be held until the transaction
+    /// commits, so call it between [`Store::begin`] and [`Store::commit`],
+    /// as [`Storage`] does.
     fn archive(&mut self, entry: &ArchiveEntry) -> Result<Stored, StorageError>;
-    /// One page of a user's archive.
+    /// One page of a user's (or a room's) archive.
     fn query_archive(
         &mut self,
         username: &str,
@@ -499,6 +502,32 @@ pub trait Store: Send {
     fn vcard(&mut self, username: &str) -> Result<Option<Bytes>, StorageError>;
     /// Replaces a user's vCard.
     fn set_vcard(&mut self, username: &str, vcard: &[u8]) -> Result<Stored, StorageError>;
+
+    /// A persistent group-chat room's record (XEP-0045), as stored, by the
+    /// room's bare JID (`room@conference.example.org`); None if there is
+    /// no such room.
+    fn muc_room(&mut self, room: &str) -> Result<Option<Bytes>, StorageError>;
+    /// Stores a room's record under its bare JID, replacing any record it
+    /// had. Like the other writes it checks no fence itself: a job that
+    /// must be fenced calls [`Store::check_fence`] first, in the same job.
+    /// Keys are meant to be bare JIDs: a key without `@` is stored, but
+    /// it could be an account's local part, so [`Store::archive`] never
+    /// takes it for a room and [`Store::delete_muc_room`] leaves the
+    /// archive under it alone.
+    fn set_muc_room(&mut self, room: &str, record: &[u8]) -> Result<(), StorageError>;
+    /// Deletes a room's record and its message archive (the archive rows
+    /// whose owner is the room's bare JID, which contains `@` and so is no
+    /// account's); returns whether a record existed.
+    fn delete_muc_room(&mut self, room: &str) -> Result<bool, StorageError>;
+    /// The bare JIDs of the stored rooms, in byte order (both backends
+    /// alike), at most `limit` of them.
+    fn muc_rooms(&mut self, limit: usize) -> Result<Vec<String>, StorageError>;
+}
+
+/// Whether `owner` of an archive row (or a room key) is a room's bare JID:
+/// one with `@`, which no account's local part has (nodeprep forbids it).
+fn is_room(owner: &str) -> bool {
+    owner.contains('@')
 }
 
 /// Most namespaces one user keeps private XML under (XEP-0049); with the

@@ -109,6 +109,13 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (username, node, item_id)
     );
     CREATE INDEX pep_items_by_age ON pep_items(username, node, seq);",
+    // 7: persistent group-chat rooms (XEP-0045), by bare JID, in byte
+    // order (the "C" collation, as SQLite's BINARY); their archives are in
+    // `archive` with the room's bare JID as `username`
+    "CREATE TABLE muc_rooms (
+        room TEXT COLLATE \"C\" PRIMARY KEY,
+        record BYTEA NOT NULL
+    );",
 ];
 
 /// Longest wait for one round trip (a statement, `BEGIN`, `COMMIT`) or a
@@ -396,8 +403,8 @@ impl Postgres {
         io!(self, c => c.query_opt(&s, params))
     }
 
-    /// Writes the batched archive entries (those of unknown users are
-    /// skipped, as one at a time would).
+    /// Writes the batched archive entries (those of unknown users and
+    /// rooms are skipped, as one at a time would).
     fn flush_archive(&mut self) -> Result<(), StorageError> {
         if self.archive_batch.is_empty() {
             return Ok(());
@@ -421,6 +428,8 @@ impl Postgres {
              FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[])
                  WITH ORDINALITY AS t(u, i, p, s, b, n)
              WHERE EXISTS (SELECT 1 FROM users WHERE username = t.u)
+                 OR (strpos(t.u, '@') > 0
+                     AND EXISTS (SELECT 1 FROM muc_rooms WHERE room = t.u))
              ORDER BY t.n
              ON CONFLICT (username, id) DO NOTHING",
             &[&users, &ids, &peers, &stamps, &payloads],
@@ -578,6 +587,9 @@ impl Store for Postgres {
 
     fn delete_user(&mut self, username: &str) -> Result<bool, StorageError> {
         self.flush_archive()?;
+        // Every table but users (below), the cluster's and muc_rooms: rooms
+        // belong to no account, and a room's archive rows (owner a bare
+        // JID, with '@') are never a username's (see `delete_muc_room`).
         self.execute("DELETE FROM offline WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM roster WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM archive WHERE username=$1", &[&username])?;
@@ -949,6 +961,43 @@ impl Store for Postgres {
             &[&username, &vcard],
         )?;
         Ok(Stored::Stored)
+    }
+
+    fn muc_room(&mut self, room: &str) -> Result<Option<Bytes>, StorageError> {
+        self.query_opt("SELECT record FROM muc_rooms WHERE room=$1", &[&room])?
+            .map(|r| r.try_get::<_, Vec<u8>>(0).map(Bytes::from))
+            .transpose()
+            .map_err(StorageError::from)
+    }
+
+    fn set_muc_room(&mut self, room: &str, record: &[u8]) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO muc_rooms (room, record) VALUES ($1, $2)
+             ON CONFLICT (room) DO UPDATE SET record=EXCLUDED.record",
+            &[&room, &record],
+        )?;
+        Ok(())
+    }
+
+    fn delete_muc_room(&mut self, room: &str) -> Result<bool, StorageError> {
+        // (entries buffered for the room are written first, then deleted)
+        self.flush_archive()?;
+        if super::is_room(room) {
+            self.execute("DELETE FROM archive WHERE username=$1", &[&room])?;
+        }
+        let n = self.execute("DELETE FROM muc_rooms WHERE room=$1", &[&room])?;
+        Ok(n > 0)
+    }
+
+    fn muc_rooms(&mut self, limit: usize) -> Result<Vec<String>, StorageError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "SELECT room FROM muc_rooms ORDER BY room LIMIT $1",
+            &[&limit],
+        )?
+        .iter()
+        .map(|r| r.try_get(0).map_err(StorageError::from))
+        .collect()
     }
 }
 

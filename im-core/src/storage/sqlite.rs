@@ -89,6 +89,12 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (username, node, item_id)
     );
     CREATE INDEX pep_items_by_age ON pep_items(username, node, seq);",
+    // 6: persistent group-chat rooms (XEP-0045), by bare JID; their
+    // archives are in `archive` with the room's bare JID as `username`
+    "CREATE TABLE muc_rooms (
+        room TEXT PRIMARY KEY,
+        record BLOB NOT NULL
+    );",
 ];
 
 /// The embedded store over one SQLite connection.
@@ -143,6 +149,18 @@ impl Sqlite {
             .conn
             .prepare_cached("SELECT 1 FROM users WHERE username=?1")?
             .exists([username])?)
+    }
+
+    /// Whether an archive entry of `owner` is kept: the account's, or the
+    /// stored room's if `owner` is a room's bare JID.
+    fn archive_owner_exists(&self, owner: &str) -> Result<bool, StorageError> {
+        if !super::is_room(owner) {
+            return self.user_exists(owner);
+        }
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM muc_rooms WHERE room=?1")?
+            .exists([owner])?)
     }
 
     /// The stored key of archive id `id`, or [`StorageError::UnknownId`].
@@ -208,6 +226,9 @@ impl Store for Sqlite {
     }
 
     fn delete_user(&mut self, username: &str) -> Result<bool, StorageError> {
+        // Every table but users (below) and muc_rooms: rooms belong to no
+        // account, and a room's archive rows (owner a bare JID, with '@')
+        // are never a username's (see `delete_muc_room`).
         for table in [
             "offline",
             "roster",
@@ -451,7 +472,7 @@ impl Store for Sqlite {
     }
 
     fn archive(&mut self, e: &ArchiveEntry) -> Result<Stored, StorageError> {
-        if !self.user_exists(&e.user)? {
+        if !self.archive_owner_exists(&e.user)? {
             return Ok(Stored::NoSuchUser);
         }
         self.conn
@@ -594,6 +615,45 @@ impl Store for Sqlite {
             .prepare_cached("INSERT OR REPLACE INTO vcards (username, vcard) VALUES (?1, ?2)")?
             .execute(params![username, vcard])?;
         Ok(Stored::Stored)
+    }
+
+    fn muc_room(&mut self, room: &str) -> Result<Option<Bytes>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT record FROM muc_rooms WHERE room=?1")?
+            .query_row([room], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(Bytes::from))
+    }
+
+    fn set_muc_room(&mut self, room: &str, record: &[u8]) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO muc_rooms (room, record) VALUES (?1, ?2)")?
+            .execute(params![room, record])?;
+        Ok(())
+    }
+
+    fn delete_muc_room(&mut self, room: &str) -> Result<bool, StorageError> {
+        if super::is_room(room) {
+            self.conn
+                .prepare_cached("DELETE FROM archive WHERE username=?1")?
+                .execute([room])?;
+        }
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM muc_rooms WHERE room=?1")?
+            .execute([room])?;
+        Ok(n > 0)
+    }
+
+    fn muc_rooms(&mut self, limit: usize) -> Result<Vec<String>, StorageError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // (TEXT compares as BINARY here: byte order, as in PostgreSQL's "C")
+        Ok(self
+            .conn
+            .prepare_cached("SELECT room FROM muc_rooms ORDER BY room LIMIT ?1")?
+            .query_map([limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
     }
 }
 

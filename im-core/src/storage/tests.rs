@@ -421,6 +421,159 @@ fn vcards_are_replaced() {
     });
 }
 
+#[test]
+fn rooms_are_stored_replaced_and_deleted() {
+    both(|db, reopen| {
+        let room = "room@conference.example.org";
+        assert_eq!(db.muc_room(room).unwrap(), None);
+        assert!(!db.delete_muc_room(room).unwrap(), "nothing to delete");
+        db.set_muc_room(room, b"<room v='1'/>").unwrap();
+        assert_eq!(
+            db.muc_room(room).unwrap().as_deref(),
+            Some(&b"<room v='1'/>"[..])
+        );
+        db.set_muc_room(room, b"<room v='2'/>").unwrap();
+        let mut db = reopen();
+        assert_eq!(
+            db.muc_room(room).unwrap().as_deref(),
+            Some(&b"<room v='2'/>"[..]),
+            "replaced, and kept across a reopen"
+        );
+        assert_eq!(db.muc_rooms(10).unwrap(), vec![room.to_owned()]);
+        assert!(
+            db.muc_room("other@conference.example.org")
+                .unwrap()
+                .is_none()
+        );
+        assert!(db.delete_muc_room(room).unwrap());
+        assert!(!db.delete_muc_room(room).unwrap());
+        let mut db = reopen();
+        assert_eq!(db.muc_room(room).unwrap(), None);
+        assert!(db.muc_rooms(10).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn rooms_are_listed_in_byte_order_up_to_the_limit() {
+    both(|db, reopen| {
+        // (byte order: upper case before lower, non-ASCII after both, '.'
+        // before letters; a collation of a locale would order them apart)
+        let rooms = [
+            "zeta@conf.x",
+            "\u{e4}pfel@conf.x",
+            "b@conf.x",
+            "Zeta@conf.x",
+            "a.b@conf.x",
+            "a@conf.x",
+            "ab@conf.x",
+            "b@another.x",
+        ];
+        for (i, room) in rooms.iter().enumerate() {
+            db.set_muc_room(room, format!("<r{i}/>").as_bytes())
+                .unwrap();
+        }
+        let mut sorted: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+        sorted.sort();
+        let mut db = reopen();
+        assert_eq!(db.muc_rooms(100).unwrap(), sorted);
+        assert_eq!(db.muc_rooms(rooms.len()).unwrap(), sorted);
+        assert_eq!(db.muc_rooms(3).unwrap(), sorted[..3].to_vec());
+        assert_eq!(db.muc_rooms(1).unwrap(), vec!["Zeta@conf.x".to_owned()]);
+        assert!(db.muc_rooms(0).unwrap().is_empty());
+        assert_eq!(db.muc_rooms(usize::MAX).unwrap(), sorted);
+        // a replaced record is listed once
+        db.set_muc_room("b@conf.x", b"<again/>").unwrap();
+        assert_eq!(db.muc_rooms(100).unwrap().len(), rooms.len());
+    });
+}
+
+#[test]
+fn deleting_a_room_deletes_its_archive_and_no_other() {
+    both(|db, reopen| {
+        let (room, other, ghost) = ("room@conf.x", "other@conf.x", "ghost@conf.x");
+        let all = ArchiveQuery {
+            max: 100,
+            ..Default::default()
+        };
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        db.set_muc_room(room, b"<room/>").unwrap();
+        db.set_muc_room(other, b"<other/>").unwrap();
+        db.begin().unwrap();
+        for i in 0..3 {
+            let e = entry(room, &hex(10 + i), "room@conf.x/nick", 100 + i as i64);
+            assert_eq!(db.archive(&e).unwrap(), Stored::Stored);
+        }
+        db.archive(&entry(other, &hex(20), "other@conf.x/nick", 200))
+            .unwrap();
+        db.archive(&entry("alice", &hex(30), "bob@x", 300)).unwrap();
+        // a room not stored keeps no archive (as an unknown user)
+        db.archive(&entry(ghost, &hex(40), "ghost@conf.x/nick", 400))
+            .unwrap();
+        db.commit().unwrap();
+        let mut db = reopen();
+        assert_eq!(
+            ids(&db.query_archive(room, &all).unwrap()),
+            vec![hex(10), hex(11), hex(12)]
+        );
+        assert!(db.query_archive(ghost, &all).unwrap().items.is_empty());
+
+        // entries written in the deleting transaction go with it
+        db.begin().unwrap();
+        db.archive(&entry(room, &hex(13), "room@conf.x/nick", 103))
+            .unwrap();
+        assert!(db.delete_muc_room(room).unwrap());
+        // a key without '@' is no room: the account's archive stays
+        assert!(!db.delete_muc_room("alice").unwrap());
+        db.commit().unwrap();
+
+        let mut db = reopen();
+        assert_eq!(db.muc_room(room).unwrap(), None);
+        assert!(db.query_archive(room, &all).unwrap().items.is_empty());
+        assert_eq!(ids(&db.query_archive(other, &all).unwrap()), vec![hex(20)]);
+        assert_eq!(
+            ids(&db.query_archive("alice", &all).unwrap()),
+            vec![hex(30)]
+        );
+        assert_eq!(
+            db.muc_room(other).unwrap().as_deref(),
+            Some(&b"<other/>"[..])
+        );
+        // a room made again under the name starts with an empty archive
+        db.set_muc_room(room, b"<room again='1'/>").unwrap();
+        assert!(db.query_archive(room, &all).unwrap().items.is_empty());
+        // and deleting an account leaves the rooms and their archives
+        assert!(db.delete_user("alice").unwrap());
+        assert_eq!(ids(&db.query_archive(other, &all).unwrap()), vec![hex(20)]);
+        assert_eq!(db.muc_rooms(10).unwrap(), vec![other, room]);
+    });
+}
+
+#[test]
+fn room_records_of_256_kib_and_any_bytes_round_trip() {
+    both(|db, reopen| {
+        let big: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+        // every byte value, NUL and invalid UTF-8 among them
+        let binary: Vec<u8> = (0..=255u8).rev().chain(0..=255u8).collect();
+        db.set_muc_room("big@conf.x", &big).unwrap();
+        db.set_muc_room("binary@conf.x", &binary).unwrap();
+        db.set_muc_room("empty@conf.x", b"").unwrap();
+        let mut db = reopen();
+        assert_eq!(
+            db.muc_room("big@conf.x").unwrap().as_deref(),
+            Some(&big[..])
+        );
+        assert_eq!(
+            db.muc_room("binary@conf.x").unwrap().as_deref(),
+            Some(&binary[..])
+        );
+        assert_eq!(
+            db.muc_room("empty@conf.x").unwrap().as_deref(),
+            Some(&b""[..])
+        );
+    });
+}
+
 /// Storage threads over each real backend, wrapped in a fault plan.
 fn faulty_storages(dir: &std::path::Path, limits: Limits) -> Vec<(Storage, FaultPlan)> {
     backends(dir)
@@ -695,6 +848,35 @@ fn the_fault_plan_fails_writes_commits_and_everything_then_heals() {
         // and the real store underneath holds the same
         assert_eq!(reopen().offline("alice").unwrap().len(), 2);
         assert!(plan.calls() >= 13);
+    }
+}
+
+#[test]
+fn the_fault_plan_fails_room_writes_and_lets_room_reads_through() {
+    let dir = tempfile::tempdir().unwrap();
+    for reopen in backends(dir.path()) {
+        let plan = FaultPlan::new();
+        let mut db = FaultyStore::new(reopen(), plan.clone());
+        let room = "room@conf.x";
+        db.set_muc_room(room, b"<room/>").unwrap();
+        plan.fail_writes(2);
+        assert!(matches!(
+            db.set_muc_room(room, b"<lost/>"),
+            Err(StorageError::Injected)
+        ));
+        assert!(matches!(
+            db.delete_muc_room(room),
+            Err(StorageError::Injected)
+        ));
+        assert_eq!(plan.writes_to_fail(), 0);
+        assert_eq!(db.muc_room(room).unwrap().as_deref(), Some(&b"<room/>"[..]));
+        assert_eq!(db.muc_rooms(10).unwrap(), vec![room]);
+        plan.fail_all();
+        assert!(matches!(db.muc_room(room), Err(StorageError::Injected)));
+        assert!(matches!(db.muc_rooms(10), Err(StorageError::Injected)));
+        plan.heal();
+        assert!(db.delete_muc_room(room).unwrap());
+        assert_eq!(reopen().muc_room(room).unwrap(), None);
     }
 }
 

@@ -4,9 +4,9 @@
 //! backend**: it keeps what the core writes (offline and live rows) in
 //! memory, is not transactional (nothing in it fails, so the storage
 //! thread never rolls back; a panicking job's writes would stay), takes no
-//! account or roster changes, and has no archive or vCards (core-sim runs
-//! the core with archiving off). The storage work a login costs on a real
-//! database is measured apart (docs/SCALING.md).
+//! account or roster changes, and has no archive, vCards or group-chat
+//! rooms (core-sim runs the core with archiving off). The storage work a
+//! login costs on a real database is measured apart (docs/SCALING.md).
 //!
 //! Users are `u0` … `u{N-1}`; user `i`'s contacts are `u{i±1}` …
 //! `u{i±C/2}` (modulo N), all with subscription `both`, so rosters are
@@ -284,6 +284,18 @@ impl Store for FixtureStore {
     }
     fn set_vcard(&mut self, _: &str, _: &[u8]) -> Result<Stored, StorageError> {
         Err(refused("vCards"))
+    }
+    fn muc_room(&mut self, _: &str) -> Result<Option<Bytes>, StorageError> {
+        Ok(None)
+    }
+    fn set_muc_room(&mut self, _: &str, _: &[u8]) -> Result<(), StorageError> {
+        Err(refused("group-chat rooms"))
+    }
+    fn delete_muc_room(&mut self, _: &str) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+    fn muc_rooms(&mut self, _: usize) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
     }
 }
 
