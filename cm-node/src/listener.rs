@@ -602,11 +602,12 @@ where
             let _ = ctx.pool.send(sid, frame).await;
         }
     }
-    // Anything still queued for this session goes back to the core.
+    // Anything still queued for this session goes back to the core (but
+    // fan-out copies, which are dropped).
     rx.close();
     while let Ok(frame) = rx.try_recv() {
         metrics.dropped(DropReason::SessionGone);
-        if let Some(b) = bounce(sid, frame.into_frame()) {
+        if let Some(b) = frame.into_bounceable().and_then(|f| bounce(sid, f)) {
             let _ = ctx.pool.send(sid, b).await;
         }
     }

@@ -18,6 +18,11 @@
 //! ([`Stamp`]); a moved session's re-announcement is queued
 //! ([`Queued::Reannounce`]) and made from the registry when taken.
 //!
+//! A `DeliverMany` from the core (one stanza for many sessions, a group
+//! chat's fan-out) is handed to each of its sessions as a `Deliver` of the
+//! stanza stamped with that session's full JID, in the frame's order;
+//! copies for sessions gone or not bound are dropped, never bounced.
+//!
 //! What the core's `Welcome` offers clients (SASL mechanisms, in-band
 //! registration) is published as a [`CoreOffer`]; until the first one,
 //! sessions hold their stream features.
@@ -28,7 +33,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cm_protocol::{Frame, FrameDecoder, SessionId, read_frame};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -670,13 +675,22 @@ fn encode(frame: &Frame, out: &mut BytesMut) -> bool {
 }
 
 fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Frame>) {
-    if let Frame::SlotOwners { .. } = frame {
-        match setup.events() {
-            Some(events) => events.slot_owners(setup.id, frame),
-            None => tracing::warn!("SlotOwners from the core, but this CM routes to one core"),
+    let frame = match frame {
+        Frame::SlotOwners { .. } => {
+            match setup.events() {
+                Some(events) => events.slot_owners(setup.id, frame),
+                None => tracing::warn!("SlotOwners from the core, but this CM routes to one core"),
+            }
+            return;
         }
-        return;
-    }
+        Frame::DeliverMany { sids, payload } => {
+            let events = setup.events();
+            let moved_away = |sid| events.as_ref().is_some_and(|e| e.moved_away(setup.id, sid));
+            deliver_many(&setup.sessions, &setup.metrics, moved_away, sids, payload);
+            return;
+        }
+        frame => frame,
+    };
     let sid = match &frame {
         Frame::Deliver { sid, .. }
         | Frame::AuthChallenge { sid, .. }
@@ -739,6 +753,50 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
     }
 }
 
+/// Hands each session of a `DeliverMany`, in order, its copy of `payload`
+/// stamped with the session's full JID as a `Deliver`, queued as one from
+/// the core is (so stream management numbers it, client state indication
+/// and the queue's budget see it, as any `Deliver`). A session that moved
+/// to another core since (`moved_away`), is gone or is not bound gets no
+/// copy; a session whose queue is full is killed, as for a `Deliver`. None of these copies bounces: a group chat copy for a session
+/// that is gone is dropped.
+fn deliver_many(
+    sessions: &Sessions,
+    metrics: &Metrics,
+    moved_away: impl Fn(SessionId) -> bool,
+    sids: Vec<SessionId>,
+    payload: Bytes,
+) {
+    let mut unstampable = false;
+    for sid in sids {
+        if moved_away(sid) {
+            metrics.dropped(DropReason::Moved);
+            continue;
+        }
+        let Some(jid) = sessions.jid(sid) else {
+            metrics.dropped(DropReason::SessionGone);
+            continue;
+        };
+        let copy = match xmpp_stream::stanza::stamp_to(&payload, &jid) {
+            Some(stamped) => stamped,
+            None => {
+                // The core's stanza has a `to` already, or is no stanza:
+                // written as it came, as a `Deliver` of it would be, so
+                // the session still counts the copy the core counted.
+                if !std::mem::replace(&mut unstampable, true) {
+                    tracing::warn!(sid, "fan-out stanza not stamped with `to`: sent as it came");
+                }
+                payload.clone()
+            }
+        };
+        match sessions.dispatch_copy(sid, Frame::Deliver { sid, payload: copy }) {
+            Dispatch::Queued => {}
+            Dispatch::Gone(_) => metrics.dropped(DropReason::SessionGone),
+            Dispatch::Overflow(_) => metrics.dropped(DropReason::SessionQueueFull),
+        }
+    }
+}
+
 /// Turns an undeliverable Deliver for session `sid` back into a Bounce for the core.
 pub fn bounce(sid: SessionId, frame: Frame) -> Option<Frame> {
     let Frame::Deliver { payload, .. } = frame else {
@@ -751,9 +809,9 @@ pub fn bounce(sid: SessionId, frame: Frame) -> Option<Frame> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
+    use crate::session::AnnouncementUpdate;
+    use crate::sessions::OpenSession;
 
     fn offer(mechanisms: &[&str], registration: bool) -> CoreOffer {
         CoreOffer {
@@ -761,6 +819,227 @@ mod tests {
             registration,
             caps: String::new(),
         }
+    }
+
+    /// A `longlink_cm_drops_total` count.
+    fn drops(metrics: &Metrics, reason: DropReason) -> f64 {
+        let name = format!("longlink_cm_drops_total{{reason=\"{}\"}}", reason.name());
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| {
+                let (n, v) = line.rsplit_once(' ')?;
+                (n == name).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    fn bind(sessions: &Sessions, s: &OpenSession, jid: &str) {
+        sessions.update(
+            s.sid,
+            AnnouncementUpdate::Bound {
+                jid: jid.into(),
+                available: true,
+                priority: 0,
+                sm: None,
+            },
+        );
+    }
+
+    /// Every frame queued for a session so far.
+    fn taken(s: &mut OpenSession) -> Vec<Frame> {
+        std::iter::from_fn(|| s.frames.try_recv().ok().map(|q| q.into_frame())).collect()
+    }
+
+    fn deliver(sid: SessionId, payload: &'static [u8]) -> Frame {
+        Frame::Deliver {
+            sid,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    const ROOM_MESSAGE: &[u8] =
+        b"<message from='room@muc.x/nick' type='groupchat'><body>hi</body></message>";
+
+    #[test]
+    fn a_deliver_many_hands_each_bound_session_a_deliver_addressed_to_it_in_order() {
+        let sessions = Sessions::starting_at(0);
+        let metrics = Metrics::new();
+        let mut alice = sessions.open();
+        let mut unbound = sessions.open();
+        let mut carol = sessions.open();
+        bind(&sessions, &alice, "alice@x/phone");
+        bind(&sessions, &carol, "carol@x/it's&me");
+        let gone = carol.sid + 100;
+        // a Deliver before and one after keep their places around the copy
+        sessions.dispatch(alice.sid, deliver(alice.sid, b"<message id='1'/>"));
+        deliver_many(
+            &sessions,
+            &metrics,
+            |_| false,
+            vec![carol.sid, unbound.sid, gone, alice.sid],
+            Bytes::from_static(ROOM_MESSAGE),
+        );
+        sessions.dispatch(alice.sid, deliver(alice.sid, b"<message id='3'/>"));
+        assert_eq!(
+            taken(&mut alice),
+            vec![
+                deliver(alice.sid, b"<message id='1'/>"),
+                deliver(
+                    alice.sid,
+                    b"<message to='alice@x/phone' from='room@muc.x/nick' type='groupchat'><body>hi</body></message>"
+                ),
+                deliver(alice.sid, b"<message id='3'/>"),
+            ]
+        );
+        let copies = taken(&mut carol);
+        assert_eq!(
+            copies,
+            vec![deliver(
+                carol.sid,
+                b"<message to='carol@x/it&apos;s&amp;me' from='room@muc.x/nick' type='groupchat'><body>hi</body></message>"
+            )]
+        );
+        let [Frame::Deliver { payload, .. }] = &copies[..] else {
+            unreachable!()
+        };
+        let top = xmpp_stream::stanza::inspect(payload).expect("a stanza");
+        assert_eq!(top.attr("to"), Some("carol@x/it's&me"));
+        // the unbound and the gone session get nothing, and nothing bounces
+        assert!(taken(&mut unbound).is_empty());
+        assert_eq!(drops(&metrics, DropReason::SessionGone), 2.0);
+        assert_eq!(drops(&metrics, DropReason::SessionQueueFull), 0.0);
+    }
+
+    #[test]
+    fn a_session_that_moved_away_gets_no_copy() {
+        let sessions = Sessions::starting_at(0);
+        let metrics = Metrics::new();
+        let mut stays = sessions.open();
+        let mut moved = sessions.open();
+        bind(&sessions, &stays, "a@x/1");
+        bind(&sessions, &moved, "b@x/1");
+        let moved_sid = moved.sid;
+        deliver_many(
+            &sessions,
+            &metrics,
+            |sid| sid == moved_sid,
+            vec![moved.sid, stays.sid],
+            Bytes::from_static(b"<presence/>"),
+        );
+        assert!(taken(&mut moved).is_empty());
+        assert_eq!(
+            taken(&mut stays),
+            vec![deliver(stays.sid, b"<presence to='a@x/1'/>")]
+        );
+        assert_eq!(drops(&metrics, DropReason::Moved), 1.0);
+    }
+
+    #[test]
+    fn a_copy_right_behind_a_bind_or_a_resumption_finds_the_session_bound() {
+        let sessions = Sessions::starting_at(0);
+        let metrics = Metrics::new();
+        let mut bound = sessions.open();
+        let mut resumed = sessions.open();
+        let mut refused = sessions.open();
+        // the answers are queued; the sessions' drivers have not taken them
+        let bind_result = Frame::BindResult {
+            sid: bound.sid,
+            iq_id: "b1".into(),
+            result: Ok("a@x/new".into()),
+        };
+        let resumption = Frame::Resumed {
+            sid: resumed.sid,
+            result: Ok(cm_protocol::Resumption {
+                jid: "b@x/back".into(),
+                h: 0,
+                available: true,
+                priority: 0,
+                max: 300,
+            }),
+        };
+        let failure = Frame::Resumed {
+            sid: refused.sid,
+            result: Err("item-not-found".into()),
+        };
+        for frame in [bind_result.clone(), resumption.clone(), failure.clone()] {
+            let sid = frame.sid().expect("a session's");
+            assert_eq!(sessions.dispatch(sid, frame), Dispatch::Queued);
+        }
+        assert_eq!(sessions.jid(bound.sid).as_deref(), Some("a@x/new"));
+        deliver_many(
+            &sessions,
+            &metrics,
+            |_| false,
+            vec![bound.sid, resumed.sid, refused.sid],
+            Bytes::from_static(b"<presence/>"),
+        );
+        assert_eq!(
+            taken(&mut bound),
+            vec![bind_result, deliver(bound.sid, b"<presence to='a@x/new'/>")]
+        );
+        assert_eq!(
+            taken(&mut resumed),
+            vec![
+                resumption,
+                deliver(resumed.sid, b"<presence to='b@x/back'/>")
+            ]
+        );
+        assert_eq!(taken(&mut refused), vec![failure]);
+        // the driver's announcement takes over
+        bind(&sessions, &bound, "a@x/new");
+        assert_eq!(sessions.jid(bound.sid).as_deref(), Some("a@x/new"));
+    }
+
+    #[test]
+    fn a_full_session_queue_kills_the_session_and_its_copy_is_dropped() {
+        let sessions = Sessions::starting_at(0).with_queue_bytes(1);
+        let metrics = Metrics::new();
+        let mut full = sessions.open();
+        let mut fine = sessions.open();
+        bind(&sessions, &full, "a@x/1");
+        bind(&sessions, &fine, "b@x/1");
+        // (a frame above the whole budget still goes into an empty queue)
+        sessions.dispatch(full.sid, deliver(full.sid, b"<message/>"));
+        deliver_many(
+            &sessions,
+            &metrics,
+            |_| false,
+            vec![full.sid, fine.sid],
+            Bytes::from_static(b"<presence/>"),
+        );
+        assert!(full.kill.is_cancelled());
+        assert_eq!(taken(&mut full), vec![deliver(full.sid, b"<message/>")]);
+        assert_eq!(
+            taken(&mut fine),
+            vec![deliver(fine.sid, b"<presence to='b@x/1'/>")]
+        );
+        assert_eq!(drops(&metrics, DropReason::SessionQueueFull), 1.0);
+    }
+
+    #[test]
+    fn a_payload_that_cannot_be_stamped_is_still_counted_as_one_deliver_per_session() {
+        let sessions = Sessions::starting_at(0);
+        let metrics = Metrics::new();
+        let mut a = sessions.open();
+        let mut b = sessions.open();
+        bind(&sessions, &a, "a@x/1");
+        bind(&sessions, &b, "b@x/1");
+        deliver_many(
+            &sessions,
+            &metrics,
+            |_| false,
+            vec![a.sid, b.sid],
+            Bytes::from_static(b"<message to='someone@x'/>"),
+        );
+        assert_eq!(
+            taken(&mut a),
+            vec![deliver(a.sid, b"<message to='someone@x'/>")]
+        );
+        assert_eq!(
+            taken(&mut b),
+            vec![deliver(b.sid, b"<message to='someone@x'/>")]
+        );
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@ pub const SESSION_QUEUE_BYTES: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct QueuedFrame {
     frame: Frame,
+    /// A copy of a `DeliverMany` ([`Sessions::dispatch_copy`]): dropped,
+    /// not bounced, if its session ends without taking it.
+    copy: bool,
     _bytes: OwnedSemaphorePermit,
 }
 
@@ -34,6 +37,12 @@ impl QueuedFrame {
     /// The frame; its bytes return to the session's budget.
     pub fn into_frame(self) -> Frame {
         self.frame
+    }
+
+    /// The frame, unless it is a fan-out copy: what a session that ended
+    /// without taking it hands back to the core (as a bounce).
+    pub fn into_bounceable(self) -> Option<Frame> {
+        (!self.copy).then_some(self.frame)
     }
 }
 
@@ -48,6 +57,11 @@ struct Entry {
     kill: CancellationToken,
     /// Set once the session is bound.
     announcement: Option<Announcement>,
+    /// The full JID a successful bind or resumption dispatched to the
+    /// session gives it, until its driver takes that answer and announces
+    /// the binding: so a fan-out that follows the answer in the same read
+    /// finds the session bound ([`Sessions::jid`]).
+    pending_jid: Option<String>,
     /// The session's latest SM counters (shared with its driver).
     sm_counts: Arc<SmCountsSlot>,
 }
@@ -164,6 +178,7 @@ impl Sessions {
                 budget,
                 kill: kill.clone(),
                 announcement: None,
+                pending_jid: None,
                 sm_counts: sm_counts.clone(),
             },
         );
@@ -196,6 +211,7 @@ impl Sessions {
                 // The slot is written under the registry's lock, so an
                 // announcement never pairs this SM id with older counts.
                 let sm = sm.map(|sm| record(&entry.sm_counts, sm));
+                entry.pending_jid = None;
                 *announcement = Some(Announcement {
                     jid,
                     available,
@@ -230,11 +246,45 @@ impl Sessions {
         self.lock().remove(&sid);
     }
 
+    /// The full JID session `sid` is bound to: its announced binding, or
+    /// the one a successful `BindResult` or `Resumed` dispatched to it gives
+    /// it (its driver may not have taken that yet). `None` if the session
+    /// is gone or not bound.
+    pub fn jid(&self, sid: SessionId) -> Option<String> {
+        let map = self.lock();
+        let entry = map.get(&sid)?;
+        match &entry.announcement {
+            Some(a) => Some(a.jid.clone()),
+            None => entry.pending_jid.clone(),
+        }
+    }
+
     /// Hands a frame from the core to its session.
     pub fn dispatch(&self, sid: SessionId, frame: Frame) -> Dispatch {
-        let map = self.lock();
-        let Some(entry) = map.get(&sid) else {
+        self.enqueue(sid, frame, false)
+    }
+
+    /// Hands a session its copy of a `DeliverMany` (a `Deliver` stamped
+    /// with its JID), as [`Sessions::dispatch`] does, except that a copy
+    /// still queued when the session ends is dropped, not bounced
+    /// ([`QueuedFrame::into_bounceable`]).
+    pub fn dispatch_copy(&self, sid: SessionId, frame: Frame) -> Dispatch {
+        self.enqueue(sid, frame, true)
+    }
+
+    /// Queues `frame` for session `sid` (see [`Sessions::dispatch`]).
+    fn enqueue(&self, sid: SessionId, frame: Frame, copy: bool) -> Dispatch {
+        let mut map = self.lock();
+        let Some(entry) = map.get_mut(&sid) else {
             return Dispatch::Gone(frame);
+        };
+        // the JID a bind or resumption gives, known before the session takes it
+        let bound = match &frame {
+            Frame::BindResult {
+                result: Ok(jid), ..
+            } => Some(jid.clone()),
+            Frame::Resumed { result: Ok(r), .. } => Some(r.jid.clone()),
+            _ => None,
         };
         // A frame larger than the whole budget still goes into an empty queue.
         let cost = frame.queued_bytes().min(self.queue_bytes) as u32;
@@ -244,10 +294,18 @@ impl Sessions {
         };
         let queued = Box::new(QueuedFrame {
             frame,
+            copy,
             _bytes: bytes,
         });
         match entry.tx.try_send(queued) {
-            Ok(()) => Dispatch::Queued,
+            Ok(()) => {
+                if let Some(jid) = bound
+                    && entry.announcement.is_none()
+                {
+                    entry.pending_jid = Some(jid);
+                }
+                Dispatch::Queued
+            }
             Err(mpsc::error::TrySendError::Closed(q)) => Dispatch::Gone(q.into_frame()),
             Err(mpsc::error::TrySendError::Full(q)) => {
                 entry.kill.cancel();
@@ -473,6 +531,7 @@ fn kick(entry: &Entry, sid: SessionId) {
                 .tx
                 .try_send(Box::new(QueuedFrame {
                     frame,
+                    copy: false,
                     _bytes: bytes,
                 }))
                 .ok()
@@ -814,6 +873,48 @@ mod tests {
             "{queued}"
         );
         assert_eq!(queued, SESSION_QUEUE_BYTES / big.queued_bytes());
+    }
+
+    #[test]
+    fn a_fan_out_copy_left_in_the_queue_of_an_ended_session_does_not_bounce() {
+        let sessions = Sessions::starting_at(0);
+        let mut s = sessions.open();
+        let deliver = Frame::Deliver {
+            sid: s.sid,
+            payload: bytes::Bytes::from_static(b"<message to='a@x/1'/>"),
+        };
+        assert_eq!(sessions.dispatch(s.sid, deliver.clone()), Dispatch::Queued);
+        assert_eq!(
+            sessions.dispatch_copy(s.sid, deliver.clone()),
+            Dispatch::Queued
+        );
+        let first = s.frames.try_recv().expect("queued");
+        assert_eq!(first.into_bounceable(), Some(deliver.clone()));
+        let copy = s.frames.try_recv().expect("queued");
+        assert_eq!(copy.into_bounceable(), None);
+        assert_eq!(
+            sessions.dispatch_copy(99, deliver.clone()),
+            Dispatch::Gone(deliver)
+        );
+    }
+
+    #[test]
+    fn a_session_has_a_jid_once_bound() {
+        let sessions = Sessions::starting_at(0);
+        let s = sessions.open();
+        assert_eq!(sessions.jid(s.sid), None);
+        // a failed bind gives none
+        let refused = Frame::BindResult {
+            sid: s.sid,
+            iq_id: "b".into(),
+            result: Err("conflict".into()),
+        };
+        assert_eq!(sessions.dispatch(s.sid, refused), Dispatch::Queued);
+        assert_eq!(sessions.jid(s.sid), None);
+        sessions.update(s.sid, bound("a@x/1"));
+        assert_eq!(sessions.jid(s.sid).as_deref(), Some("a@x/1"));
+        sessions.close(s.sid);
+        assert_eq!(sessions.jid(s.sid), None);
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
-use crate::frame::{CoreAddress, Frame, Kind, Resumption, RouteHeader, SlotEpoch, SmSnapshot};
+use crate::frame::{
+    CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmSnapshot,
+};
 use crate::primitive::Reader;
 use crate::tag::FrameTag;
 
@@ -20,6 +22,12 @@ pub const MAX_FRAME: usize = 1024 * 1024;
 
 /// Most SASL mechanisms a [`Frame::Welcome`] may offer.
 const MAX_MECHANISMS: u64 = 16;
+
+/// Most sessions one [`Frame::DeliverMany`] may name: the decoder refuses
+/// a longer list (and an empty one). At ten octets a session id at most,
+/// this many ids and a [`MAX_STANZA`](crate::MAX_STANZA) payload still fit
+/// in [`MAX_FRAME`].
+pub const MAX_FANOUT_SIDS: usize = 16_384;
 
 /// Octets of the length in front of every frame.
 const LENGTH_PREFIX: usize = 4;
@@ -119,6 +127,13 @@ impl Frame {
                 sid: r.varint()?,
                 payload: r.bytes()?,
             },
+            FrameTag::DeliverMany => {
+                let sids = session_list(&mut r)?;
+                Frame::DeliverMany {
+                    sids,
+                    payload: r.bytes()?,
+                }
+            }
             FrameTag::Bounce => Frame::Bounce {
                 sid: r.varint()?,
                 to: r.string()?,
@@ -245,6 +260,26 @@ fn route_header(r: &mut Reader) -> Result<RouteHeader, DecodeError> {
         id: r.opt_string()?,
         from: r.string()?,
     })
+}
+
+/// The sessions of a `DeliverMany`: a count of 1 to [`MAX_FANOUT_SIDS`]
+/// (else the frame is invalid, whatever its length), then that many ids.
+fn session_list(r: &mut Reader) -> Result<Vec<SessionId>, DecodeError> {
+    let n = r.varint()?;
+    if n == 0 || n > MAX_FANOUT_SIDS as u64 {
+        return Err(DecodeError::Invalid);
+    }
+    // each id takes an octet at least: a count beyond the bytes left is
+    // cut short, and the list is sized by what the frame carries
+    if n > r.remaining() as u64 {
+        return Err(DecodeError::Truncated);
+    }
+    // n <= MAX_FANOUT_SIDS
+    let mut sids = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        sids.push(r.varint()?);
+    }
+    Ok(sids)
 }
 
 /// A client address as carried in `AuthStart`: no octets, 4 or 16.
@@ -383,6 +418,82 @@ mod tests {
         assert_eq!(
             Frame::decode(Bytes::copy_from_slice(&body)),
             Err(DecodeError::Truncated)
+        );
+    }
+
+    /// The body of a `DeliverMany` of `n` sessions (ids 1) and an empty payload.
+    fn deliver_many_body(n: u64) -> Vec<u8> {
+        let mut body = BytesMut::new();
+        let mut w = crate::primitive::Writer::new(&mut body);
+        w.tag(FrameTag::DeliverMany);
+        w.varint(n);
+        for _ in 0..n.min(MAX_FANOUT_SIDS as u64 + 1) {
+            w.varint(1);
+        }
+        w.bytes(&[]);
+        body.to_vec()
+    }
+
+    #[test]
+    fn deliver_many_names_one_to_max_fanout_sids_sessions() {
+        assert_eq!(
+            Frame::decode(Bytes::from(deliver_many_body(0))),
+            Err(DecodeError::Invalid)
+        );
+        assert_eq!(
+            Frame::decode(Bytes::from(deliver_many_body(1))),
+            Ok(Frame::DeliverMany {
+                sids: vec![1],
+                payload: Bytes::new()
+            })
+        );
+        let Ok(Frame::DeliverMany { sids, .. }) =
+            Frame::decode(Bytes::from(deliver_many_body(MAX_FANOUT_SIDS as u64)))
+        else {
+            panic!("MAX_FANOUT_SIDS sessions refused");
+        };
+        assert_eq!(sids.len(), MAX_FANOUT_SIDS);
+        // one more is refused even with every id there
+        assert_eq!(
+            Frame::decode(Bytes::from(deliver_many_body(MAX_FANOUT_SIDS as u64 + 1))),
+            Err(DecodeError::Invalid)
+        );
+        // and a count above the limit is refused before anything is read
+        let mut huge = vec![u8::from(FrameTag::DeliverMany)];
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert_eq!(Frame::decode(Bytes::from(huge)), Err(DecodeError::Invalid));
+    }
+
+    #[test]
+    fn deliver_many_count_beyond_the_frame_is_truncated() {
+        // 3 sessions, one id there
+        let body = [u8::from(FrameTag::DeliverMany), 3, 1];
+        assert_eq!(
+            Frame::decode(Bytes::copy_from_slice(&body)),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn deliver_many_of_max_stanza_to_max_fanout_sids_of_the_longest_ids_fits_a_frame() {
+        let frame = Frame::DeliverMany {
+            sids: vec![u64::MAX; MAX_FANOUT_SIDS],
+            payload: Bytes::from(vec![b'x'; crate::MAX_STANZA]),
+        };
+        assert_eq!(frame.try_encode(&mut BytesMut::new()), Ok(()));
+    }
+
+    #[test]
+    fn deliver_many_sid_is_its_first_session() {
+        let frame = Frame::DeliverMany {
+            sids: vec![9, 3, 5],
+            payload: Bytes::new(),
+        };
+        assert_eq!(frame.sid(), Some(9));
+        assert_eq!(frame.name(), "deliver-many");
+        assert_eq!(
+            frame.queued_bytes(),
+            std::mem::size_of::<Frame>() + 3 * std::mem::size_of::<crate::SessionId>()
         );
     }
 

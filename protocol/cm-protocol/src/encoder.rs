@@ -183,6 +183,13 @@ impl Frame {
                 w.varint(*sid);
                 w.bytes(payload);
             }
+            Frame::DeliverMany { sids, payload } => {
+                w.varint(sids.len() as u64);
+                for sid in sids {
+                    w.varint(*sid);
+                }
+                w.bytes(payload);
+            }
             Frame::Bounce { sid, to, payload } => {
                 w.varint(*sid);
                 w.str(to);

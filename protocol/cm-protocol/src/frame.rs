@@ -228,6 +228,24 @@ pub enum Frame {
         /// The stanza bytes.
         payload: Bytes,
     },
+    /// Core→CM: write one stanza to many sessions of the CM (a group chat
+    /// fan-out: one frame per pooled connection instead of one per
+    /// recipient). The CM writes `payload` to each session of `sids`, in
+    /// that order, each copy with a `to` attribute set to that session's
+    /// bound full JID (the payload carries no `to`). Each copy counts as one
+    /// [`Frame::Deliver`] for its session (stream management numbers it like
+    /// one); a copy for a session that is gone or not bound is dropped, not
+    /// bounced. All `sids` ride the connection the frame is sent on
+    /// (`sid % pool_size` is that connection's index for each), so each
+    /// session's frames keep their order; [`Frame::sid`] is the first.
+    /// The decoder refuses an empty list and one longer than
+    /// [`MAX_FANOUT_SIDS`](crate::MAX_FANOUT_SIDS).
+    DeliverMany {
+        /// The sessions, in the order their copies are written.
+        sids: Vec<SessionId>,
+        /// The stanza bytes, without a `to` on the top element.
+        payload: Bytes,
+    },
     /// CM→core: a stanza for a session that is gone, to be routed again
     /// (to another resource or offline storage).
     Bounce {
@@ -400,6 +418,7 @@ impl Frame {
             Frame::Announce { .. } => FrameTag::Announce,
             Frame::Stanza { .. } => FrameTag::Stanza,
             Frame::Deliver { .. } => FrameTag::Deliver,
+            Frame::DeliverMany { .. } => FrameTag::DeliverMany,
             Frame::Bounce { .. } => FrameTag::Bounce,
             Frame::SessionEnd { .. } => FrameTag::SessionEnd,
             Frame::Kick { .. } => FrameTag::Kick,
@@ -469,6 +488,9 @@ impl Frame {
                     + opt(&header.id)
             }
             Frame::Deliver { payload, .. } => payload.len(),
+            Frame::DeliverMany { sids, payload } => {
+                payload.len() + sids.len() * std::mem::size_of::<SessionId>()
+            }
             Frame::Bounce { to, payload, .. } => to.len() + payload.len(),
             Frame::SessionEnd { jid, .. } => jid.as_ref().map_or(0, String::len),
             Frame::SmEnabled { id, .. } => id.len(),
@@ -500,8 +522,12 @@ impl Frame {
     }
 
     /// The session a frame belongs to (None for connection-level frames).
+    /// For a [`Frame::DeliverMany`], its first session: the one whose pooled
+    /// connection (`sid % pool_size`) carries the frame, and every other
+    /// session it lists.
     pub fn sid(&self) -> Option<SessionId> {
         match self {
+            Frame::DeliverMany { sids, .. } => sids.first().copied(),
             Frame::Hello { .. }
             | Frame::Welcome { .. }
             | Frame::SlotOwners { .. }

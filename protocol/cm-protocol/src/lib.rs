@@ -29,7 +29,7 @@ mod quinn_stream;
 pub mod slots;
 mod tag;
 
-pub use decoder::{FrameDecoder, MAX_FRAME};
+pub use decoder::{FrameDecoder, MAX_FANOUT_SIDS, MAX_FRAME};
 pub use encoder::FrameTooLarge;
 pub use error::{DecodeError, UnknownFrameType};
 pub use frame::{
@@ -41,9 +41,11 @@ pub use tag::FrameTag;
 
 /// The largest client stanza a CM may accept: every frame that carries
 /// one (a `Stanza` with its routing header, whose strings are copies of
-/// attributes of the stanza itself, or a `Deliver` of it wrapped as a carbon
-/// copy at the core) then fits in [`MAX_FRAME`].
+/// attributes of the stanza itself, a `Deliver` of it wrapped as a carbon
+/// copy at the core, or a `DeliverMany` of it to [`MAX_FANOUT_SIDS`]
+/// sessions) then fits in [`MAX_FRAME`].
 pub const MAX_STANZA: usize = MAX_FRAME / 2 - 16 * 1024;
 
-/// ALPN of the CM↔core protocol; the version is part of it.
-pub const ALPN: &[u8] = b"longlink-cm/5";
+/// ALPN of the CM↔core protocol; the version is part of it (6: the core
+/// may send [`Frame::DeliverMany`], which a CM of version 5 cannot decode).
+pub const ALPN: &[u8] = b"longlink-cm/6";

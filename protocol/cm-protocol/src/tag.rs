@@ -97,6 +97,8 @@ frame_tags! {
     Forward = 26, "forward";
     /// [`Frame::ForwardDone`](crate::Frame::ForwardDone).
     ForwardDone = 27, "forward-done";
+    /// [`Frame::DeliverMany`](crate::Frame::DeliverMany).
+    DeliverMany = 28, "deliver-many";
 }
 
 impl From<FrameTag> for u8 {
@@ -119,7 +121,7 @@ mod tests {
     #[test]
     fn octets_without_a_frame_type_are_an_unknown_frame_type() {
         let known = FrameTag::ALL.len();
-        assert_eq!(known, 28);
+        assert_eq!(known, 29);
         for octet in 0..=u8::MAX {
             match FrameTag::try_from(octet) {
                 Ok(tag) => assert_eq!(u8::from(tag), octet),

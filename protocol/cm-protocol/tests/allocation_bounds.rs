@@ -56,7 +56,8 @@ fn largest_allocation(f: impl FnOnce()) -> usize {
 
 /// What decoding one body may take: its strings and byte strings are copies
 /// of at most its length; `Skipped` holds at most one `u32` per octet (with
-/// a growing `Vec`'s doubling); `Welcome` at most 16 `String`s.
+/// a growing `Vec`'s doubling), `DeliverMany` one `u64` per octet (sized
+/// once); `Welcome` at most 16 `String`s.
 fn body_budget(body_len: usize) -> usize {
     8 * body_len + 16 * size_of::<String>() * 2
 }
@@ -91,6 +92,11 @@ fn liars() -> Vec<(&'static str, Vec<u8>)> {
             with(&[25, 1, b'c', 0x80, 0x20, 0], &big),
         ),
         ("bind resource length 2^28", with(&[7, 1, 0, 0, 1], &big)),
+        ("deliver-many count u64::MAX", with(&[28], &huge)),
+        ("deliver-many count 2^28", with(&[28], &big)),
+        // within MAX_FANOUT_SIDS, beyond the frame
+        ("deliver-many count 16384", with(&[28], &[0x80, 0x80, 0x01])),
+        ("deliver-many payload length 2^28", with(&[28, 1, 1], &big)),
     ]
 }
 

@@ -132,6 +132,10 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             sid,
             payload: bytes(rng),
         },
+        FrameTag::DeliverMany => Frame::DeliverMany {
+            sids: (0..rng.gen_range(1..10)).map(|_| uint(rng)).collect(),
+            payload: bytes(rng),
+        },
         FrameTag::Bounce => Frame::Bounce {
             sid,
             to: string(rng),

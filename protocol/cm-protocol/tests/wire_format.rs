@@ -232,6 +232,13 @@ fn golden() -> Vec<(Frame, &'static str)> {
             "0000000d 0b 070a3c6d6573736167652f3e",
         ),
         (
+            Frame::DeliverMany {
+                sids: vec![7, 300, 1 << 40],
+                payload: Bytes::from_static(b"<message/>"),
+            },
+            "00000016 1c 03 07 ac02 808080808020 0a3c6d6573736167652f3e",
+        ),
+        (
             Frame::Bounce {
                 sid: 7,
                 to: "a@b/r".into(),
@@ -412,10 +419,11 @@ fn variant_index(frame: &Frame) -> usize {
         Frame::SlotOwners { .. } => 25,
         Frame::Forward { .. } => 26,
         Frame::ForwardDone { .. } => 27,
+        Frame::DeliverMany { .. } => 28,
     }
 }
 
-const VARIANTS: usize = 28;
+const VARIANTS: usize = 29;
 
 #[test]
 fn golden_covers_every_frame_variant() {

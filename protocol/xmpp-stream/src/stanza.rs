@@ -1,6 +1,7 @@
 //! One complete top-level element without a tree: validation, the routing
 //! header the CM hands to the core, and byte-level rewriting of the start tag
-//! (`from` stamping, error replies, delay stamps).
+//! (`from` stamping, `to` stamping of fanned-out copies, error replies, delay
+//! stamps).
 
 use std::ops::Range;
 
@@ -335,6 +336,91 @@ fn rewrite(
 /// Stamps `from` on a stanza, replacing whatever the client wrote.
 pub fn stamp_from(raw: &[u8], top: &TopLevel, from: &str) -> Bytes {
     rewrite_attrs(raw, top, &[("from", Some(from))])
+}
+
+/// A copy of `raw` with ` to='…'` inserted right after the top element's
+/// name (`<message`, `<presence`, `<iq`, a prefixed name alike), the JID
+/// `to` escaped for a single-quoted attribute: how a CM addresses each copy
+/// of a stanza the core fans out to many sessions.
+///
+/// Only the start tag is read (the rest of the element, which the core
+/// built, is copied as it is). `None` if `raw` does not start with `<` and a
+/// name, its start tag cannot be read, or the top element has a `to`
+/// attribute already.
+pub fn stamp_to(raw: &[u8], to: &str) -> Option<Bytes> {
+    let name_len = addressable_start_tag(raw)?;
+    let at = 1 + name_len;
+    let mut out = Vec::with_capacity(raw.len() + to.len() + 16);
+    out.extend_from_slice(&raw[..at]);
+    out.extend_from_slice(b" to='");
+    push_single_quoted(&mut out, to);
+    out.push(b'\'');
+    out.extend_from_slice(&raw[at..]);
+    Some(Bytes::from(out))
+}
+
+/// The byte length of the top element's name if `raw` opens with a start
+/// tag that reads (name, attributes, its `>`) and has no `to` attribute.
+fn addressable_start_tag(raw: &[u8]) -> Option<usize> {
+    let first = *raw.get(1)?;
+    if raw.first() != Some(&b'<') || !is_name_start(first) {
+        return None;
+    }
+    let mut reader = quick_xml::Reader::from_reader(raw);
+    reader.config_mut().check_end_names = false;
+    let start = match reader.read_event() {
+        Ok(Event::Start(start) | Event::Empty(start)) => start,
+        _ => return None,
+    };
+    let name = start.name();
+    let name = name.as_ref();
+    // the name as written, right after the `<`
+    if raw.get(1..1 + name.len()) != Some(name) || !name.iter().all(|&b| is_name_char(b)) {
+        return None;
+    }
+    for attr in start.attributes().with_checks(true) {
+        if attr.ok()?.key.as_ref() == b"to" {
+            return None;
+        }
+    }
+    Some(name.len())
+}
+
+/// Whether `b` may begin an XML name (ASCII letters, `_`, `:`, or the first
+/// octet of a non-ASCII character; the element is the core's, not policed
+/// here).
+fn is_name_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80
+}
+
+/// Whether `b` may be in an XML name (a name start, digits, `-` and `.`).
+fn is_name_char(b: u8) -> bool {
+    is_name_start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'
+}
+
+/// Appends `value` escaped for an attribute in single quotes: `&`, `'`,
+/// `<` and `"` as references, and the whitespace attribute-value
+/// normalisation would turn into spaces (tab, line feed, carriage return)
+/// as character references, so a parser reads `value` back exactly.
+fn push_single_quoted(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let reference: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'\'' => b"&apos;",
+            b'<' => b"&lt;",
+            b'"' => b"&quot;",
+            b'\t' => b"&#9;",
+            b'\n' => b"&#10;",
+            b'\r' => b"&#13;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[from..i]);
+        out.extend_from_slice(reference);
+        from = i + 1;
+    }
+    out.extend_from_slice(&bytes[from..]);
 }
 
 /// What a server relays of a client's stanza: `from` stamped (see
@@ -762,6 +848,137 @@ mod tests {
             b"<message>\xc3\x28</message>",
         ] {
             assert!(inspect(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stamps_to_right_after_the_name_of_a_message() {
+        let raw = b"<message type='groupchat' from='room@muc.x/nick'><body>hi</body></message>";
+        let out = stamp_to(raw, "alice@x/phone").expect("stamped");
+        assert_eq!(
+            &out[..],
+            &b"<message to='alice@x/phone' type='groupchat' from='room@muc.x/nick'><body>hi</body></message>"[..]
+        );
+        let top = inspect(&out).expect("still a stanza");
+        assert_eq!(top.attr("to"), Some("alice@x/phone"));
+        assert_eq!(top.attr("type"), Some("groupchat"));
+    }
+
+    #[test]
+    fn stamps_to_on_a_self_closing_presence_and_a_prefixed_iq() {
+        let out = stamp_to(b"<presence/>", "a@x/r").expect("stamped");
+        assert_eq!(&out[..], b"<presence to='a@x/r'/>");
+        assert_eq!(inspect(&out).unwrap().attr("to"), Some("a@x/r"));
+        let out = stamp_to(b"<presence\n from='r@m/n'/>", "a@x/r").expect("stamped");
+        assert_eq!(&out[..], b"<presence to='a@x/r'\n from='r@m/n'/>");
+        let raw = b"<c:iq xmlns:c='jabber:client' type='get' id='1'><q xmlns='urn:x'/></c:iq>";
+        let out = stamp_to(raw, "a@x/r").expect("stamped");
+        assert!(out.starts_with(b"<c:iq to='a@x/r' xmlns:c="), "{out:?}");
+        let top = inspect(&out).unwrap();
+        assert_eq!((top.name.as_str(), top.attr("to")), ("iq", Some("a@x/r")));
+    }
+
+    #[test]
+    fn stamped_to_escapes_a_resource_with_quotes_and_ampersands() {
+        let jid = "a@x/it's <b>&\"c\"";
+        let out = stamp_to(b"<message><body>x</body></message>", jid).expect("stamped");
+        assert_eq!(
+            &out[..],
+            &b"<message to='a@x/it&apos;s &lt;b>&amp;&quot;c&quot;'><body>x</body></message>"[..]
+        );
+        assert_eq!(inspect(&out).unwrap().attr("to"), Some(jid));
+    }
+
+    #[test]
+    fn a_stanza_with_a_to_already_is_not_stamped() {
+        for raw in [
+            &b"<message to='b@x'/>"[..],
+            b"<message type='chat' to=\"b@x\"><body/></message>",
+            b"<presence id='1'\tto = 'b@x'/>",
+        ] {
+            assert_eq!(stamp_to(raw, "a@x/r"), None, "{raw:?}");
+        }
+        // a `to` on a child, or a prefixed one, is not the stanza's
+        let out = stamp_to(
+            b"<message xmlns:p='urn:p' p:to='z'><x to='y'/></message>",
+            "a@x/r",
+        );
+        assert_eq!(
+            out.as_deref(),
+            Some(&b"<message to='a@x/r' xmlns:p='urn:p' p:to='z'><x to='y'/></message>"[..])
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_stamped() {
+        for raw in [
+            &b""[..],
+            b"<",
+            b"message/>",
+            b" <message/>",
+            b"</message>",
+            b"<!-- x --><message/>",
+            b"<?xml version='1.0'?><message/>",
+            b"<1message/>",
+            b"< message/>",
+            b"<message",
+            b"<message type='chat",
+            b"<message type=chat>",
+            b"<message a='1' a='2'>",
+            b"<a<b>",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(stamp_to(raw, "a@x/r"), None, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn inspect_reads_back_every_stamped_jid() {
+        const ALPHABET: [&str; 16] = [
+            "a",
+            "Z",
+            "'",
+            "&",
+            "<",
+            ">",
+            "\"",
+            " ",
+            "\t",
+            "\n",
+            "/",
+            "@",
+            ";",
+            "#",
+            "\u{e9}",
+            "\u{1f600}",
+        ];
+        let payloads: [&[u8]; 3] = [
+            b"<message type='groupchat'><body>x</body></message>",
+            b"<presence/>",
+            b"<iq type='result' id='q'/>",
+        ];
+        // a fixed xorshift: every run checks the same resources
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..2000 {
+            let len = next() % 24;
+            let resource: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let jid = format!("user@example.org/{resource}");
+            let payload = payloads[i % payloads.len()];
+            let out = stamp_to(payload, &jid).expect("stamped");
+            let top = inspect(&out).unwrap_or_else(|e| panic!("{jid:?}: {e:?}"));
+            assert_eq!(top.attr("to"), Some(jid.as_str()), "{out:?}");
+            // and the rest of the stanza is as it was
+            let again = rewrite_attrs(&out, &top, &[("to", None)]);
+            let before = inspect(payload).unwrap();
+            assert_eq!(inspect(&again).unwrap().attrs, before.attrs);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! A simulated CM: the real CM↔core protocol (mutual-TLS QUIC, ALPN
-//! `longlink-cm/5`, the frame codec) with a node certificate of the
+//! `longlink-cm/6`, the frame codec) with a node certificate of the
 //! cluster, holding sessions that are only numbers. CMs are trusted to
 //! bind authenticated users, so the simulation announces its sessions as a
 //! CM does after a core restart (`Announce` with stream-management
