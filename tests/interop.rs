@@ -135,6 +135,60 @@ async fn slixmpp_talks_to_a_quic_user_over_starttls_and_direct_tls_with_each_mec
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_clients_chat_in_a_room_with_history_occupants_and_self_ping_over_starttls() {
+    bounded(300, async {
+        let python = tokio::task::spawn_blocking(slixmpp_python).await.unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/slix_muc.py");
+        let cluster = tcp_cluster().await;
+        cluster.add_user("anna", "secret");
+        cluster.add_user("ben", "secret");
+        let port = cluster.cm(0).tcp_addr.unwrap().port().to_string();
+        let room = format!("lounge@conference.{DOMAIN}");
+        let child = tokio::process::Command::new(&python)
+            .arg(&script)
+            .args([
+                "127.0.0.1",
+                &port,
+                DOMAIN,
+                cluster.ca().to_str().unwrap(),
+                &room,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python runs");
+        let out = tokio::time::timeout(Duration::from_secs(150), child.wait_with_output())
+            .await
+            .expect("slixmpp finishes")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "no report ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(out.status.success(), "{report}");
+        assert_eq!(report["anna_affiliation"], "owner", "{report}");
+        assert_eq!(
+            report["anna_reflections"],
+            serde_json::json!(["m0", "m1", "m2"])
+        );
+        assert_eq!(report["ben_history"], serde_json::json!(["m0", "m1", "m2"]));
+        assert_eq!(report["ben_sees"], serde_json::json!(["anna", "ben"]));
+        assert_eq!(report["anna_sees"], serde_json::json!(["anna", "ben"]));
+        assert_eq!(report["self_ping"], "ok");
+        assert_eq!(report["anna_heard_ben"], true);
+        assert_eq!(report["disconnected"], "clean");
+        // both left and ended: the temporary room is gone with them
+        cluster.wait_routes(0).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
 /// A TLS handshake with the direct-TLS listener trusting `roots`.
 async fn handshake(
     addr: std::net::SocketAddr,

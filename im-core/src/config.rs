@@ -66,6 +66,17 @@ pub struct CoreConfig {
     /// Unset: not offered.
     #[serde(default)]
     pub upload: Option<crate::upload::UploadConfig>,
+    /// Group chat (XEP-0045): the service's JID; default
+    /// `conference.DOMAIN`. Offered unless `muc_enabled` is false.
+    #[serde(default)]
+    pub muc_jid: Option<String>,
+    /// Offer group chat (default true).
+    #[serde(default = "yes")]
+    pub muc_enabled: bool,
+    /// Send a room's stanza to each occupant's session in a frame of its
+    /// own instead of one frame per CM (for measurements only).
+    #[serde(default)]
+    pub muc_fanout_per_session: bool,
 }
 
 /// A core's place in a cluster of cores.
@@ -143,6 +154,9 @@ impl CoreConfig {
             cluster: None,
             external_services: Vec::new(),
             upload: None,
+            muc_jid: None,
+            muc_enabled: true,
+            muc_fanout_per_session: false,
         }
     }
 

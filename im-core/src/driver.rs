@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cm_protocol::Frame;
+use cm_protocol::{Frame, SessionId};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -806,6 +806,53 @@ impl Driver {
                     let _ = events.send(Event::Router(input)).await;
                 });
             }
+            Action::LoadRoom { room } => {
+                let failed = Input::RoomLoaded {
+                    room: room.clone(),
+                    record: None,
+                    failed: true,
+                };
+                let Some(charge) = self.budget.charge(0) else {
+                    return self.refused.push_back(failed);
+                };
+                let job = {
+                    let room = room.clone();
+                    move || {
+                        let room = room.clone();
+                        move |db: &mut dyn Store| db.muc_room(&room)
+                    }
+                };
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge).run(0, job);
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let input = match outcome.await {
+                        Ok(record) => Input::RoomLoaded {
+                            room,
+                            record,
+                            failed: false,
+                        },
+                        Err(e) => {
+                            tracing::error!(room, error = %e, "loading a room failed");
+                            failed
+                        }
+                    };
+                    let _ = events.send(Event::Router(input)).await;
+                });
+            }
+            Action::SaveRoom { room, record } => {
+                let fences = self.fences([room.as_str()]);
+                self.write(move |db| {
+                    check_fences(db, &fences)?;
+                    db.set_muc_room(&room, &record)
+                });
+            }
+            Action::DeleteRoom { room } => {
+                let fences = self.fences([room.as_str()]);
+                self.write(move |db| {
+                    check_fences(db, &fences)?;
+                    db.delete_muc_room(&room).map(|_| ())
+                });
+            }
             Action::RemoveOffline { user, upto, rows } => {
                 let metrics = self.metrics.clone();
                 let fences = self.fences([user.as_str()]);
@@ -952,6 +999,14 @@ impl Driver {
     /// Sends a frame; a delivery that cannot reach its CM link is reported
     /// to the router, whose next actions say what becomes of it.
     fn send(&mut self, node: NodeId, frame: Frame) {
+        match frame {
+            Frame::DeliverMany { sids, payload } => self.send_fanout(node, sids, payload),
+            frame => self.send_one(node, frame),
+        }
+    }
+
+    /// Sends a frame on the connection of its session.
+    fn send_one(&mut self, node: NodeId, frame: Frame) {
         let sid = frame.sid().unwrap_or(0);
         if matches!(frame, Frame::Deliver { .. }) {
             self.metrics.delivered.inc();
@@ -983,8 +1038,45 @@ impl Driver {
                     .inc();
             }
         }
-        if let Frame::Deliver { payload, .. } = *frame {
-            self.router.delivery_failed((node, sid), payload, now());
+        match *frame {
+            Frame::Deliver { payload, .. } => {
+                self.router.delivery_failed((node, sid), payload, now())
+            }
+            Frame::DeliverMany { sids, payload } => {
+                for sid in sids {
+                    self.router
+                        .delivery_failed((node, sid), payload.clone(), now());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a room's fan-out to a CM: one `DeliverMany` per pooled
+    /// connection, each with the sessions that connection carries (so
+    /// every session's frames keep one connection and one order).
+    fn send_fanout(&mut self, node: NodeId, sids: Vec<SessionId>, payload: Bytes) {
+        self.metrics.delivered.inc_by(sids.len() as u64);
+        let Some(size) = self.links.pool_size(node) else {
+            // (no link: each session's delivery failed)
+            for sid in sids {
+                self.router
+                    .delivery_failed((node, sid), payload.clone(), now());
+            }
+            return;
+        };
+        let mut by_conn: Vec<Vec<SessionId>> = vec![Vec::new(); usize::from(size)];
+        for sid in sids {
+            by_conn[(sid % u64::from(size)) as usize].push(sid);
+        }
+        for sids in by_conn.into_iter().filter(|s| !s.is_empty()) {
+            self.send_one(
+                node,
+                Frame::DeliverMany {
+                    sids,
+                    payload: payload.clone(),
+                },
+            );
         }
     }
 

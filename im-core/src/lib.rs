@@ -20,6 +20,7 @@ pub mod driver;
 pub mod external_services;
 pub mod links;
 pub mod metrics;
+pub mod muc;
 pub mod peers;
 pub mod queries;
 pub mod router;
@@ -348,6 +349,21 @@ pub async fn start_with_store(
             std::time::Instant::now(),
             external_services::ExternalServices::unix_now(),
         ));
+    if config.muc_enabled {
+        let jid = config
+            .muc_jid
+            .clone()
+            .unwrap_or_else(|| format!("conference.{}", config.domain));
+        // occupant ids (XEP-0421) stay the same across restarts and cores
+        let secret: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(
+            [&sm_key[..], b"longlink occupant ids"].concat(),
+        )
+        .into();
+        let base = (queries::now_micros() as u64).wrapping_mul(16);
+        router = router
+            .with_muc(muc::MucService::new(&jid, base, secret))
+            .with_fanout_per_session(config.muc_fanout_per_session);
+    }
     let upload = match &config.upload {
         Some(u) => {
             u.validate(&config.domain).map_err(CoreError::Cluster)?;

@@ -383,6 +383,17 @@ impl Links {
         conn.tx.try_send(frame)
     }
 
+    /// The size of `node`'s connection pool (a session `sid` is carried
+    /// by connection `sid % size`); none if it has no live connection.
+    pub fn pool_size(&self, node: NodeId) -> Option<u16> {
+        let inner = self.lock();
+        inner
+            .nodes
+            .get(&node)
+            .filter(|e| !e.conns.is_empty())
+            .map(|e| e.pool_size.max(1))
+    }
+
     /// Publishes this core's new `SlotOwners`: into `latest` (what a
     /// connection gets when it registers, [`Links::push_latest`]) and onto
     /// every connection of every node, in line behind what each holds,

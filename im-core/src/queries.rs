@@ -90,7 +90,12 @@ fn replies(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             if *flip {
                 items.reverse();
             }
-            let bare = format!("{user}@{domain}");
+            // (a room's archive is kept under the room's bare JID)
+            let room = user.contains('@');
+            let bare = match room {
+                true => user.clone(),
+                false => format!("{user}@{domain}"),
+            };
             let mut out = Vec::with_capacity(items.len() + 1);
             let query_attr = query_id
                 .as_deref()
@@ -123,7 +128,7 @@ fn replies(db: &mut dyn Store, query: &Query, domain: &str) -> Vec<Bytes> {
             if complete {
                 fin.set_attr("complete", "true");
             }
-            out.push(result(requester, iq_id, None, Some(fin)));
+            out.push(result(requester, iq_id, room.then_some(bare.as_str()), Some(fin)));
             out
         }
         Query::VCardGet {

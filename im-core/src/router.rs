@@ -48,6 +48,7 @@ mod peers;
 mod pep;
 mod presence;
 mod query;
+mod rooms;
 mod roster_cache;
 mod roster_waits;
 mod roster_writes;
@@ -59,7 +60,7 @@ mod stream_management;
 mod subscriptions;
 
 use crate::routing::{NodeId, RoutingTable, SessionAddr};
-use archive_ids::ArchiveIds;
+pub(crate) use archive_ids::ArchiveIds;
 use binding::ResourceNames;
 use flush_retries::FlushRetries;
 pub use flush_retries::{FLUSH_RETRY_FIRST, FLUSH_RETRY_MAX};
@@ -192,6 +193,24 @@ pub enum Action {
     HandedOver {
         /// The slot.
         slot: cm_protocol::slots::Slot,
+    },
+    /// Load a group chat room's record and report [`Input::RoomLoaded`]
+    /// (`failed` if it could not be read).
+    LoadRoom {
+        /// The room's bare JID.
+        room: String,
+    },
+    /// Store a persistent room's record (insert or replace).
+    SaveRoom {
+        /// The room's bare JID.
+        room: String,
+        /// The record.
+        record: Bytes,
+    },
+    /// Remove a room's record and its archive.
+    DeleteRoom {
+        /// The room's bare JID.
+        room: String,
     },
     /// Answer a query from storage and hand the stanzas back through
     /// [`Input::Replies`], or report [`Input::QueryFailed`] if it could not
@@ -422,6 +441,15 @@ pub enum Input {
         /// Username (local part).
         user: String,
     },
+    /// The answer to an [`Action::LoadRoom`].
+    RoomLoaded {
+        /// The room's bare JID.
+        room: String,
+        /// Its record; none: no such room.
+        record: Option<Bytes>,
+        /// It could not be read (the stanzas waiting for it get an error).
+        failed: bool,
+    },
     /// A user's stored messages, loaded for a session that became available.
     Offline {
         /// Username (local part).
@@ -514,6 +542,13 @@ pub struct Router {
     event_ids: ArchiveIds,
     /// The upload service (XEP-0363); none: not offered.
     upload: Option<UploadService>,
+    /// The group chat service (XEP-0045); none: not offered.
+    muc: Option<crate::muc::MucService>,
+    /// The last Unix time told ([`Input::WallClock`]) and when.
+    wall: Option<(Instant, u64)>,
+    /// Rooms' stanzas go in a frame per session (see
+    /// [`Router::with_fanout_per_session`]).
+    fanout_per_session: bool,
 }
 
 impl Router {
@@ -552,6 +587,9 @@ impl Router {
             last_items: Default::default(),
             event_ids: ArchiveIds::new(seed.rotate_left(32)),
             upload: None,
+            muc: None,
+            wall: None,
+            fanout_per_session: false,
         }
     }
 
@@ -569,7 +607,11 @@ impl Router {
     /// must not happen).
     pub fn fence_for(&self, user: &str) -> Option<(u16, Option<u64>)> {
         let shard = self.shard.as_ref()?;
-        let slot = shard.slot(&format!("{user}@{}", self.domain));
+        // (a room's archive is written for the room's bare JID)
+        let slot = match user.contains('@') {
+            true => shard.slot(user),
+            false => shard.slot(&format!("{user}@{}", self.domain)),
+        };
         Some((slot.0, shard.epoch(slot)))
     }
 
@@ -696,7 +738,13 @@ impl Router {
             Input::RosterLoaded { user, roster } => self.roster_loaded(user, roster, now),
             Input::RosterFailed { user } => self.roster_failed(user),
             Input::RosterWritten { txn } => self.roster_written(txn, now),
+            Input::RoomLoaded {
+                room,
+                record,
+                failed,
+            } => self.room_loaded(&room, record, failed),
             Input::WallClock { unix_secs } => {
+                self.wall = Some((now, unix_secs));
                 if let Some(external) = &mut self.external {
                     external.set_clock(now, unix_secs);
                 }
@@ -939,6 +987,8 @@ mod cluster_tests;
 mod live_row_tests;
 #[cfg(test)]
 mod pep_tests;
+#[cfg(test)]
+mod rooms_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]

@@ -111,6 +111,7 @@ impl Router {
             if route.available {
                 self.broadcast_unavailable(&full, &route.directed);
             }
+            self.rooms_left(&full);
             self.forget_roster_if_unused(address::bare(&full));
         }
     }
@@ -135,6 +136,7 @@ impl Router {
             if route.available {
                 self.broadcast_unavailable(&full, &route.directed);
             }
+            self.rooms_left(&full);
             self.forget_roster_if_unused(address::bare(&full));
         }
         self.rosters.forget_node(node);

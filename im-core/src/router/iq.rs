@@ -8,6 +8,7 @@ mod disco;
 pub(super) use disco::caps_ver;
 mod extdisco;
 mod mam;
+pub(super) use mam::parse_mam_query;
 mod pep;
 pub use pep::{config_form, pubsub_error};
 mod private;
@@ -106,6 +107,13 @@ impl Router {
             ("query", ns::DISCO_ITEMS, "get") if !for_account => {
                 // the server's services (XEP-0030 §4)
                 let mut items = Element::new("query", ns::DISCO_ITEMS);
+                if let Some(muc) = self.muc_jid() {
+                    items = items.with_child(
+                        Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", muc)
+                            .with_attr("name", "Chatrooms"),
+                    );
+                }
                 if let Some(upload) = &self.upload {
                     items = items.with_child(
                         Element::new("item", ns::DISCO_ITEMS)

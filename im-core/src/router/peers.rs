@@ -330,6 +330,7 @@ impl Router {
         let owned = shard.owned();
         if !lost.is_empty() {
             self.leave_slots(&lost);
+            self.rooms_moved();
         }
         self.emit(Action::SlotsOwned { owned });
         for slot in handed {
@@ -385,6 +386,8 @@ impl Router {
         // acknowledgement is being held: that one's is kept)
         let outer = std::mem::replace(&mut self.origin, token.map(|t| (t, 0)));
         match header.kind {
+            // for a room of this core's
+            _ if self.is_muc(&to) => self.muc_in(&header.from, &to.to_string(), payload),
             Kind::Message => self.message_in(&header, &to, &bare, payload),
             Kind::Presence => self.presence_in(node, &header, &to, &bare, payload),
             Kind::Iq => self.iq_in(&header, &to, &bare, payload),

@@ -45,6 +45,9 @@ impl Router {
         };
         let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
         self.presence_to_peers(&full, bare, &directed, &payload);
+        if !available {
+            self.rooms_left(&full);
+        }
         let mut targets = self.others(bare, Some(addr));
         targets.extend(self.subscribers(&full));
         for to in directed {
@@ -98,17 +101,8 @@ impl Router {
             .rosters
             .items(bare)
             .any(|i| i.jid == target_bare && i.subscription.from());
-        if !subscribed && let Some(route) = self.table.route_mut(addr.0, addr.1) {
-            let known = route.directed.iter().position(|d| **d == *target_bare);
-            match (stype, known) {
-                (None, None) if route.directed.len() < MAX_DIRECTED => {
-                    route.directed.push(target_bare.as_str().into());
-                }
-                (Some("unavailable"), Some(i)) => {
-                    route.directed.swap_remove(i);
-                }
-                _ => {}
-            }
+        if !subscribed {
+            self.remember_directed(addr, &target_bare, stype);
         }
         if !self.serves(&target_bare) {
             self.send_to_peer(
@@ -120,6 +114,30 @@ impl Router {
         }
         for t in targets {
             self.deliver(t, payload.clone());
+        }
+    }
+
+    /// Remembers (available presence) or forgets (unavailable) that
+    /// `target_bare` learnt of session `addr` by directed presence, so it
+    /// hears when the session goes (at most [`MAX_DIRECTED`] targets).
+    pub(super) fn remember_directed(
+        &mut self,
+        addr: SessionAddr,
+        target_bare: &str,
+        stype: Option<&str>,
+    ) {
+        let Some(route) = self.table.route_mut(addr.0, addr.1) else {
+            return;
+        };
+        let known = route.directed.iter().position(|d| **d == *target_bare);
+        match (stype, known) {
+            (None, None) if route.directed.len() < MAX_DIRECTED => {
+                route.directed.push(target_bare.into());
+            }
+            (Some("unavailable"), Some(i)) => {
+                route.directed.swap_remove(i);
+            }
+            _ => {}
         }
     }
 

@@ -81,6 +81,13 @@ pub(super) struct RosterWrites {
     next_id: u64,
 }
 
+impl RosterWrites {
+    /// Whether a roster change is being built (its deliveries are held).
+    pub(super) fn building(&self) -> bool {
+        self.building.is_some()
+    }
+}
+
 impl Router {
     /// Handles the stanza `header` describes from `sender` with `f`, as one
     /// roster change (see the module docs).

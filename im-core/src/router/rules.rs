@@ -39,6 +39,11 @@ impl Router {
         {
             return;
         }
+        if let Some(to) = &to
+            && self.is_muc(to)
+        {
+            return self.to_muc((node, sid), &header, to, payload);
+        }
         match header.kind {
             Kind::Presence => self.presence(node, sid, &header, to, payload, &sender_bare),
             Kind::Message => self.message(node, sid, &header, to, payload, &sender_bare),

@@ -122,6 +122,8 @@ pub enum StanzaCondition {
     PolicyViolation,
     /// The recipient is unavailable.
     RecipientUnavailable,
+    /// Registration is required (a members-only room, XEP-0045).
+    RegistrationRequired,
     /// A remote domain is not served (no federation).
     RemoteServerNotFound,
     /// Resource limit reached.
@@ -151,6 +153,7 @@ impl StanzaCondition {
             NotAuthorized => "not-authorized",
             PolicyViolation => "policy-violation",
             RecipientUnavailable => "recipient-unavailable",
+            RegistrationRequired => "registration-required",
             RemoteServerNotFound => "remote-server-not-found",
             ResourceConstraint => "resource-constraint",
             ServiceUnavailable => "service-unavailable",
@@ -164,7 +167,7 @@ impl StanzaCondition {
         use StanzaCondition::*;
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation => "modify",
-            NotAuthorized => "auth",
+            NotAuthorized | RegistrationRequired => "auth",
             InternalServerError | ResourceConstraint | RecipientUnavailable => "wait",
             _ => "cancel",
         }
@@ -186,6 +189,7 @@ impl StanzaCondition {
             NotAuthorized,
             PolicyViolation,
             RecipientUnavailable,
+            RegistrationRequired,
             RemoteServerNotFound,
             ResourceConstraint,
             ServiceUnavailable,

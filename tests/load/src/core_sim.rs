@@ -17,6 +17,7 @@
 //!    again.
 
 pub mod fixture;
+pub mod rooms;
 pub mod sim_cm;
 
 use std::net::SocketAddr;
@@ -84,6 +85,11 @@ struct Host {
 
 impl Host {
     async fn start(dir: &Path, population: Population) -> Result<Self> {
+        Self::start_with(dir, population, &[]).await
+    }
+
+    /// Starts the host with more of its arguments (`--muc-per-session`).
+    async fn start_with(dir: &Path, population: Population, extra: &[&str]) -> Result<Self> {
         let exe = std::env::current_exe()?;
         // CORE_SIM_WRAP runs the host under a profiler ("valgrind
         // --tool=massif ..."); its words come before the host's command.
@@ -105,6 +111,7 @@ impl Host {
             .arg(population.users.to_string())
             .arg("--contacts")
             .arg(population.contacts.to_string())
+            .args(extra)
             .stdout(Stdio::piped())
             .stdin(Stdio::piped())
             .kill_on_drop(true)
@@ -486,8 +493,9 @@ fn report(name: &str, rates: [f64; 3], r: &LoadResult) {
 }
 
 /// The child: runs a core on the fixture until its standard input closes.
-pub async fn host(dir: &Path, population: Population) -> Result<()> {
+pub async fn host(dir: &Path, population: Population, muc_per_session: bool) -> Result<()> {
     let mut config = im_core::CoreConfig::new(DOMAIN, dir.join("data"), dir.join("pki"));
+    config.muc_fanout_per_session = muc_per_session;
     config.listen = "127.0.0.1:0".parse()?;
     config.admin_listen = "127.0.0.1:0".parse()?;
     config.archive = false;

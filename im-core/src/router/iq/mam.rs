@@ -73,7 +73,9 @@ fn mam_form() -> Element {
 
 /// Reads the form and paging of a query: the storage query and whether to
 /// flip the page.
-fn parse_mam_query(query: &Element) -> Result<(ArchiveQuery, bool), StanzaCondition> {
+pub(in crate::router) fn parse_mam_query(
+    query: &Element,
+) -> Result<(ArchiveQuery, bool), StanzaCondition> {
     let mut q = ArchiveQuery {
         max: DEFAULT_PAGE,
         ..Default::default()

@@ -65,6 +65,23 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// What a group chat message costs the core for rooms of each size,
+    /// with the per-CM fan-out frame and with a frame per occupant, side
+    /// by side; JSON lines on stdout, a summary on stderr.
+    Rooms {
+        /// Occupants of each room measured (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        sizes: Vec<u32>,
+        /// Simulated CM nodes (the occupants are spread over them).
+        #[arg(long, default_value_t = 20)]
+        nodes: u32,
+        /// Messages sent to each room.
+        #[arg(long, default_value_t = 200)]
+        messages: u32,
+        /// Working directory (PKI, core data); default a fresh temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// (internal) The core on the fixture store.
     Host {
         #[arg(long)]
@@ -73,6 +90,9 @@ enum Command {
         users: u32,
         #[arg(long)]
         contacts: u32,
+        /// A frame per occupant for room stanzas (measurement).
+        #[arg(long)]
+        muc_per_session: bool,
     },
 }
 
@@ -90,10 +110,40 @@ fn main() -> Result<()> {
             dir,
             users,
             contacts,
+            muc_per_session,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(core_sim::host(&dir, Population { users, contacts })),
+            .block_on(core_sim::host(
+                &dir,
+                Population { users, contacts },
+                muc_per_session,
+            )),
+        Command::Rooms {
+            sizes,
+            nodes,
+            messages,
+            dir,
+        } => {
+            let (dir, _temp) = match dir {
+                Some(d) => (d, None),
+                None => {
+                    let t = tempfile::tempdir()?;
+                    (t.path().to_owned(), Some(t))
+                }
+            };
+            let opts = core_sim::rooms::RoomOptions {
+                sizes,
+                nodes,
+                messages,
+                dir,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(core_sim::rooms::run(opts))
+        }
         Command::Run {
             steps,
             contacts,

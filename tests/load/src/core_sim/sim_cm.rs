@@ -1,5 +1,5 @@
-//! A simulated CM: the real CM↔core protocol (mutual-TLS QUIC, ALPN
-//! `longlink-cm/6`, the frame codec) with a node certificate of the
+//! A simulated CM: the real CM↔core protocol (mutual-TLS QUIC, its ALPN,
+//! the frame codec) with a node certificate of the
 //! cluster, holding sessions that are only numbers. CMs are trusted to
 //! bind authenticated users, so the simulation announces its sessions as a
 //! CM does after a core restart (`Announce` with stream-management
@@ -32,8 +32,13 @@ const ACK_EVERY: Duration = Duration::from_millis(50);
 /// What a node has seen from the core.
 #[derive(Debug, Default)]
 pub struct NodeCounts {
-    /// Deliver frames.
+    /// Stanzas delivered: a Deliver frame's, and each copy a DeliverMany
+    /// asks for.
     pub delivered: u64,
+    /// Frames carrying deliveries (Deliver and DeliverMany).
+    pub delivery_frames: u64,
+    /// Encoded bytes of those frames (length prefix included).
+    pub delivery_bytes: u64,
     /// Of those, the simulation's timed messages.
     pub timed: u64,
     /// Delivery times of timed messages, µs.
@@ -325,7 +330,22 @@ async fn read_loop(
             Ok(None) | Err(_) => return,
         };
         let Ok(mut c) = counts.lock() else { return };
+        if matches!(frame, Frame::Deliver { .. } | Frame::DeliverMany { .. }) {
+            let mut scratch = BytesMut::new();
+            frame.encode(&mut scratch);
+            c.delivery_frames += 1;
+            c.delivery_bytes += scratch.len() as u64;
+        }
         match frame {
+            Frame::DeliverMany { sids, .. } => {
+                c.delivered += sids.len() as u64;
+                drop(c);
+                if let Ok(mut a) = acks.lock() {
+                    for sid in sids {
+                        count_delivery(&mut a, sid, nodes);
+                    }
+                }
+            }
             Frame::Deliver { sid, payload } => {
                 c.delivered += 1;
                 if let Some(sent) = sent_at(&payload) {
@@ -334,20 +354,52 @@ async fn read_loop(
                     c.latencies_us.push(now.saturating_sub(sent));
                 }
                 drop(c);
-                let (i, generation) = (sid as u32, (sid >> 32) as u32);
-                let slot = (i / nodes) as usize;
-                if let Ok(mut a) = acks.lock()
-                    && a.generation.get(slot) == Some(&generation)
-                    && let Some(h) = a.h.get_mut(slot)
-                {
-                    *h = h.wrapping_add(1);
-                    a.dirty.insert(slot as u32);
+                if let Ok(mut a) = acks.lock() {
+                    count_delivery(&mut a, sid, nodes);
                 }
             }
             Frame::Kick { .. } => c.kicks += 1,
             _ => c.other += 1,
         }
     }
+}
+
+/// One stanza delivered to session `sid`: its acknowledgement count rises.
+fn count_delivery(a: &mut Acks, sid: SessionId, nodes: u32) {
+    let (i, generation) = (sid as u32, (sid >> 32) as u32);
+    let slot = (i / nodes) as usize;
+    if a.generation.get(slot) == Some(&generation)
+        && let Some(h) = a.h.get_mut(slot)
+    {
+        *h = h.wrapping_add(1);
+        a.dirty.insert(slot as u32);
+    }
+}
+
+/// Appends a stanza from session `i` (`payload`, `to` as addressed).
+pub fn stanza(
+    out: &mut BytesMut,
+    sid: SessionId,
+    i: u32,
+    domain: &str,
+    kind: Kind,
+    stanza_type: Option<&str>,
+    to: &str,
+    payload: String,
+) {
+    let from = jid(i, domain);
+    Frame::Stanza {
+        sid,
+        header: RouteHeader {
+            kind,
+            stanza_type: stanza_type.map(str::to_owned),
+            to: Some(to.to_owned()),
+            id: None,
+            from,
+        },
+        payload: Bytes::from(payload),
+    }
+    .encode(out);
 }
 
 /// The send time a timed message carries (`<body>t{µs}</body>`).

@@ -1,0 +1,585 @@
+use super::*;
+
+const ROOM: &str = "lounge@conference.example.org";
+
+fn service() -> MucService {
+    MucService::new("conference.example.org", 0, [7; 32])
+}
+
+fn stanza(from: &str, to: &str, xml: &str) -> Inbound {
+    Inbound {
+        from: from.into(),
+        to: to.into(),
+        payload: Bytes::from(xml.to_owned()),
+    }
+}
+
+fn drain(s: &mut MucService) -> Vec<MucAction> {
+    std::iter::from_fn(|| s.poll_action()).collect()
+}
+
+/// What `jid` receives of `actions` (fan-outs included), as elements.
+fn received(actions: &[MucAction], jid: &str) -> Vec<Element> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            MucAction::Send { to, payload, .. } if to == jid => Some(payload.clone()),
+            MucAction::Fanout { to, payload, .. } if to.iter().any(|t| t == jid) => {
+                Some(payload.clone())
+            }
+            _ => None,
+        })
+        .map(|p| Element::parse(&p, ns::CLIENT).unwrap())
+        .collect()
+}
+
+fn codes(p: &Element) -> Vec<String> {
+    p.child("x", MUC_USER)
+        .map(|x| {
+            x.elements()
+                .filter(|s| s.name == "status")
+                .filter_map(|s| s.attr("code").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn error_of(e: &Element) -> Option<String> {
+    (e.attr("type") == Some("error")).then(|| {
+        e.child("error", ns::CLIENT)
+            .and_then(|er| er.elements().next())
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    })
+}
+
+fn join(s: &mut MucService, who: &str, nick: &str, extra: &str) -> Vec<MucAction> {
+    s.handle(
+        stanza(
+            who,
+            &format!("{ROOM}/{nick}"),
+            &format!("<presence><x xmlns='{MUC}'>{extra}</x></presence>"),
+        ),
+        1000,
+    );
+    let mut out = drain(s);
+    if let Some(MucAction::Load { room }) = out.first().cloned() {
+        s.loaded(&room, None, 1000);
+        out = drain(s);
+    }
+    out
+}
+
+/// A room created by alice and opened as an instant room.
+fn open_room(s: &mut MucService) {
+    join(s, "alice@example.org/phone", "alice", "");
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            &format!(
+                "<iq type='set' id='c1'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ),
+        ),
+        1000,
+    );
+    drain(s);
+}
+
+#[test]
+fn the_first_join_loads_then_creates_a_locked_room_with_status_201() {
+    let mut s = service();
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            &format!("{ROOM}/alice"),
+            &format!("<presence><x xmlns='{MUC}'/></presence>"),
+        ),
+        1000,
+    );
+    assert_eq!(drain(&mut s), vec![MucAction::Load { room: ROOM.into() }]);
+    s.loaded(ROOM, None, 1000);
+    let out = drain(&mut s);
+    let got = received(&out, "alice@example.org/phone");
+    let own = got.iter().find(|e| e.name == "presence").unwrap();
+    let mut c = codes(own);
+    c.sort();
+    assert_eq!(c, ["110", "201"]);
+    let item = own
+        .child("x", MUC_USER)
+        .unwrap()
+        .child("item", MUC_USER)
+        .unwrap();
+    assert_eq!(item.attr("affiliation"), Some("owner"));
+    assert_eq!(item.attr("role"), Some("moderator"));
+    assert!(own.child("occupant-id", OCCUPANT_ID).is_some());
+    // the subject comes last, empty
+    assert!(got.last().unwrap().child("subject", ns::CLIENT).is_some());
+    // locked: nobody else may enter
+    let out = join(&mut s, "bob@example.org/pc", "bob", "");
+    let err = received(&out, "bob@example.org/pc");
+    assert_eq!(error_of(&err[0]).as_deref(), Some("item-not-found"));
+}
+
+#[test]
+fn occupants_see_each_other_and_messages_fan_out_with_stanza_and_occupant_ids() {
+    let mut s = service();
+    open_room(&mut s);
+    let out = join(&mut s, "bob@example.org/pc", "bob", "");
+    // bob first learns of alice, then of himself
+    let bob = received(&out, "bob@example.org/pc");
+    assert_eq!(bob[0].attr("from"), Some(&*format!("{ROOM}/alice")));
+    assert_eq!(codes(&bob[1]), ["110"]);
+    // alice learns of bob (semi-anonymous: she is a moderator, so with his jid)
+    let alice = received(&out, "alice@example.org/phone");
+    let item = alice[0]
+        .child("x", MUC_USER)
+        .unwrap()
+        .child("item", MUC_USER)
+        .unwrap();
+    assert_eq!(item.attr("jid"), Some("bob@example.org/pc"));
+    s.handle(
+        stanza(
+            "bob@example.org/pc",
+            ROOM,
+            "<message type='groupchat' id='m1'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='lounge@conference.example.org'/></message>",
+        ),
+        2000,
+    );
+    let out = drain(&mut s);
+    let fan: Vec<&MucAction> = out
+        .iter()
+        .filter(|a| matches!(a, MucAction::Fanout { .. }))
+        .collect();
+    assert_eq!(fan.len(), 1, "one fan-out for the whole room: {out:?}");
+    let MucAction::Fanout { to, payload, .. } = fan[0] else {
+        unreachable!()
+    };
+    let mut to = to.clone();
+    to.sort();
+    assert_eq!(to, ["alice@example.org/phone", "bob@example.org/pc"]);
+    let m = Element::parse(payload, ns::CLIENT).unwrap();
+    assert_eq!(m.attr("to"), None);
+    assert_eq!(m.attr("from"), Some(&*format!("{ROOM}/bob")));
+    let ids: Vec<&str> = m
+        .elements()
+        .filter(|e| e.name == "stanza-id")
+        .filter_map(|e| e.attr("id"))
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], "forged");
+    assert!(m.child("occupant-id", OCCUPANT_ID).is_some());
+    // a temporary room keeps no archive
+    assert!(!out.iter().any(|a| matches!(a, MucAction::Archive { .. })));
+}
+
+#[test]
+fn strangers_and_visitors_cannot_speak() {
+    let mut s = service();
+    open_room(&mut s);
+    s.handle(
+        stanza(
+            "eve@example.org/x",
+            ROOM,
+            "<message type='groupchat'><body>x</body></message>",
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    assert_eq!(
+        error_of(&received(&out, "eve@example.org/x")[0]).as_deref(),
+        Some("not-acceptable")
+    );
+    assert!(!out.iter().any(|a| matches!(a, MucAction::Fanout { .. })));
+}
+
+#[test]
+fn self_ping_is_answered_for_occupants_and_refused_for_others() {
+    let mut s = service();
+    open_room(&mut s);
+    let ping = format!("<iq type='get' id='p'><ping xmlns='{}'/></iq>", ns::PING);
+    s.handle(
+        stanza("alice@example.org/phone", &format!("{ROOM}/alice"), &ping),
+        1,
+    );
+    let out = drain(&mut s);
+    assert_eq!(
+        received(&out, "alice@example.org/phone")[0].attr("type"),
+        Some("result")
+    );
+    // another session of alice's is not joined
+    s.handle(
+        stanza("alice@example.org/laptop", &format!("{ROOM}/alice"), &ping),
+        1,
+    );
+    let out = drain(&mut s);
+    assert_eq!(
+        error_of(&received(&out, "alice@example.org/laptop")[0]).as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[test]
+fn history_is_sent_on_join_with_delay_and_limited_by_maxstanzas() {
+    let mut s = service();
+    open_room(&mut s);
+    for i in 0..5 {
+        s.handle(
+            stanza(
+                "alice@example.org/phone",
+                ROOM,
+                &format!("<message type='groupchat'><body>m{i}</body></message>"),
+            ),
+            1_700_000_000 + i,
+        );
+    }
+    drain(&mut s);
+    let out = join(
+        &mut s,
+        "bob@example.org/pc",
+        "bob",
+        "<history maxstanzas='2'/>",
+    );
+    let bodies: Vec<String> = received(&out, "bob@example.org/pc")
+        .iter()
+        .filter_map(|m| m.child("body", ns::CLIENT).map(|b| b.text()))
+        .collect();
+    assert_eq!(bodies, ["m3", "m4"]);
+    let m = received(&out, "bob@example.org/pc")
+        .into_iter()
+        .find(|m| m.child("body", ns::CLIENT).is_some())
+        .unwrap();
+    assert_eq!(m.attr("to"), Some("bob@example.org/pc"));
+    let delay = m.child("delay", ns::DELAY).unwrap();
+    assert_eq!(delay.attr("from"), Some(ROOM));
+    assert!(
+        delay
+            .attr("stamp")
+            .unwrap()
+            .starts_with("2023-11-14T22:13:23")
+    );
+}
+
+#[test]
+fn passwords_members_only_and_bans_refuse_entry() {
+    let mut s = service();
+    open_room(&mut s);
+    let set = |s: &mut MucService, fields: &str| {
+        s.handle(
+            stanza(
+                "alice@example.org/phone",
+                ROOM,
+                &format!(
+                    "<iq type='set' id='c'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'>{fields}</x></query></iq>"
+                ),
+            ),
+            1,
+        );
+        drain(s)
+    };
+    set(
+        &mut s,
+        "<field var='muc#roomconfig_roomsecret'><value>pw</value></field>",
+    );
+    let out = join(&mut s, "bob@example.org/pc", "bob", "");
+    assert_eq!(
+        error_of(&received(&out, "bob@example.org/pc")[0]).as_deref(),
+        Some("not-authorized")
+    );
+    let out = join(
+        &mut s,
+        "bob@example.org/pc",
+        "bob",
+        "<password>pw</password>",
+    );
+    let bob = received(&out, "bob@example.org/pc");
+    assert_eq!(codes(&bob[1]), ["110"]);
+    // ban bob: he is removed with 301 and cannot come back
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            &format!("<iq type='set' id='b'><query xmlns='{MUC_ADMIN}'><item affiliation='outcast' jid='bob@example.org'><reason>spam</reason></item></query></iq>"),
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let bob = received(&out, "bob@example.org/pc");
+    assert_eq!(bob[0].attr("type"), Some("unavailable"));
+    let mut c = codes(&bob[0]);
+    c.sort();
+    assert_eq!(c, ["110", "301"]);
+    let out = join(
+        &mut s,
+        "bob@example.org/pc",
+        "bob",
+        "<password>pw</password>",
+    );
+    assert_eq!(
+        error_of(&received(&out, "bob@example.org/pc")[0]).as_deref(),
+        Some("forbidden")
+    );
+    set(
+        &mut s,
+        "<field var='muc#roomconfig_membersonly'><value>1</value></field>",
+    );
+    let out = join(
+        &mut s,
+        "carol@example.org/x",
+        "carol",
+        "<password>pw</password>",
+    );
+    assert_eq!(
+        error_of(&received(&out, "carol@example.org/x")[0]).as_deref(),
+        Some("registration-required")
+    );
+}
+
+#[test]
+fn a_moderator_kicks_with_307_and_participants_cannot() {
+    let mut s = service();
+    open_room(&mut s);
+    join(&mut s, "bob@example.org/pc", "bob", "");
+    join(&mut s, "carol@example.org/x", "carol", "");
+    let kick = |who: &str| {
+        stanza(
+            who,
+            ROOM,
+            &format!(
+                "<iq type='set' id='k'><query xmlns='{MUC_ADMIN}'><item nick='carol' role='none'/></query></iq>"
+            ),
+        )
+    };
+    s.handle(kick("bob@example.org/pc"), 1);
+    let out = drain(&mut s);
+    assert_eq!(
+        error_of(&received(&out, "bob@example.org/pc")[0]).as_deref(),
+        Some("not-allowed")
+    );
+    s.handle(kick("alice@example.org/phone"), 1);
+    let out = drain(&mut s);
+    let carol = received(&out, "carol@example.org/x");
+    assert!(codes(&carol[0]).contains(&"307".to_owned()));
+    let bob = received(&out, "bob@example.org/pc");
+    assert_eq!(bob[0].attr("type"), Some("unavailable"));
+    assert!(codes(&bob[0]).contains(&"307".to_owned()));
+    // carol is out: her message is refused
+    s.handle(
+        stanza(
+            "carol@example.org/x",
+            ROOM,
+            "<message type='groupchat'><body>x</body></message>",
+        ),
+        1,
+    );
+    assert_eq!(
+        error_of(&received(&drain(&mut s), "carol@example.org/x")[0]).as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[test]
+fn a_persistent_room_is_saved_and_comes_back_from_its_record() {
+    let mut s = service();
+    open_room(&mut s);
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            &format!("<iq type='set' id='c'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field><field var='muc#roomconfig_roomname'><value>Lounge</value></field></x></query></iq>"),
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let record = out
+        .iter()
+        .find_map(|a| match a {
+            MucAction::Save { record, .. } => Some(record.clone()),
+            _ => None,
+        })
+        .expect("saved");
+    // a persistent room's messages go to its archive
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            "<message type='groupchat'><body>kept</body></message>",
+        ),
+        1,
+    );
+    assert!(
+        drain(&mut s)
+            .iter()
+            .any(|a| matches!(a, MucAction::Archive { room, .. } if room == ROOM))
+    );
+    // everyone leaves; the room stays (persistent), then a new core loads it
+    s.session_gone("alice@example.org/phone");
+    assert_eq!(s.rooms(), 1);
+    let mut fresh = service();
+    fresh.handle(
+        stanza(
+            "bob@example.org/pc",
+            ROOM,
+            &format!(
+                "<iq type='get' id='d'><query xmlns='{}'/></iq>",
+                ns::DISCO_INFO
+            ),
+        ),
+        1,
+    );
+    assert_eq!(
+        drain(&mut fresh),
+        vec![MucAction::Load { room: ROOM.into() }]
+    );
+    fresh.loaded(ROOM, Some(&record), 1);
+    let out = drain(&mut fresh);
+    let info = &received(&out, "bob@example.org/pc")[0];
+    let q = info.child("query", ns::DISCO_INFO).unwrap();
+    assert_eq!(
+        q.child("identity", ns::DISCO_INFO).unwrap().attr("name"),
+        Some("Lounge")
+    );
+    assert!(
+        q.elements()
+            .any(|f| f.attr("var") == Some("muc_persistent"))
+    );
+    // alice is still its owner
+    let out = join(&mut fresh, "alice@example.org/phone", "alice", "");
+    let own = received(&out, "alice@example.org/phone")
+        .into_iter()
+        .find(|p| codes(p).contains(&"110".to_owned()))
+        .unwrap();
+    assert_eq!(
+        own.child("x", MUC_USER)
+            .unwrap()
+            .child("item", MUC_USER)
+            .unwrap()
+            .attr("affiliation"),
+        Some("owner")
+    );
+}
+
+#[test]
+fn a_temporary_room_ends_with_its_last_occupant_and_stores_nothing() {
+    let mut s = service();
+    open_room(&mut s);
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            &format!("{ROOM}/alice"),
+            "<presence type='unavailable'/>",
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    assert_eq!(s.rooms(), 0);
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, MucAction::Delete { .. } | MucAction::Save { .. }))
+    );
+    let own = &received(&out, "alice@example.org/phone")[0];
+    assert_eq!(own.attr("type"), Some("unavailable"));
+}
+
+#[test]
+fn a_corrupt_record_is_never_replaced_by_a_new_room() {
+    let mut s = service();
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            &format!("{ROOM}/alice"),
+            &format!("<presence><x xmlns='{MUC}'/></presence>"),
+        ),
+        1,
+    );
+    drain(&mut s);
+    s.loaded(ROOM, Some(b"{not json"), 1);
+    let out = drain(&mut s);
+    assert_eq!(
+        error_of(&received(&out, "alice@example.org/phone")[0]).as_deref(),
+        Some("internal-server-error")
+    );
+    assert_eq!(s.rooms(), 0);
+}
+
+#[test]
+fn nick_conflicts_are_refused_and_nick_changes_announce_303() {
+    let mut s = service();
+    open_room(&mut s);
+    let out = join(&mut s, "bob@example.org/pc", "alice", "");
+    assert_eq!(
+        error_of(&received(&out, "bob@example.org/pc")[0]).as_deref(),
+        Some("conflict")
+    );
+    join(&mut s, "bob@example.org/pc", "bob", "");
+    s.handle(
+        stanza(
+            "bob@example.org/pc",
+            &format!("{ROOM}/robert"),
+            "<presence/>",
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let alice = received(&out, "alice@example.org/phone");
+    assert_eq!(alice[0].attr("type"), Some("unavailable"));
+    assert_eq!(codes(&alice[0]), ["303"]);
+    assert_eq!(
+        alice[0]
+            .child("x", MUC_USER)
+            .unwrap()
+            .child("item", MUC_USER)
+            .unwrap()
+            .attr("nick"),
+        Some("robert")
+    );
+    assert_eq!(alice[1].attr("from"), Some(&*format!("{ROOM}/robert")));
+}
+
+#[test]
+fn mediated_invitations_reach_the_invitee_from_the_room() {
+    let mut s = service();
+    open_room(&mut s);
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            &format!("<message><x xmlns='{MUC_USER}'><invite to='dave@example.org'><reason>come</reason></invite></x></message>"),
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let m = &received(&out, "dave@example.org")[0];
+    assert_eq!(m.attr("from"), Some(ROOM));
+    let invite = m
+        .child("x", MUC_USER)
+        .unwrap()
+        .child("invite", MUC_USER)
+        .unwrap();
+    assert_eq!(invite.attr("from"), Some("alice@example.org"));
+}
+
+#[test]
+fn the_service_advertises_muc_self_ping_and_occupant_ids() {
+    let mut s = service();
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            "conference.example.org",
+            &format!(
+                "<iq type='get' id='i'><query xmlns='{}'/></iq>",
+                ns::DISCO_INFO
+            ),
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let q = received(&out, "alice@example.org/phone")[0]
+        .child("query", ns::DISCO_INFO)
+        .cloned()
+        .unwrap();
+    let features: Vec<&str> = q.elements().filter_map(|f| f.attr("var")).collect();
+    for f in [MUC, SELF_PING, OCCUPANT_ID] {
+        assert!(features.contains(&f), "{f}");
+    }
+}
