@@ -57,7 +57,7 @@ pub struct Client {
 /// session task: the app knows the id before the first state event about
 /// it can arrive. A process-wide counter keeps ids apart within the
 /// process, the random part across processes and restarts.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("ll{n:x}-{:08x}", rand::random::<u32>())
@@ -201,7 +201,7 @@ impl Client {
     /// held up waiting for the app to read its events, or for the
     /// connection to take its writes. That is the backpressure on an app
     /// that sends faster than either.
-    async fn command(&self, c: Command) -> Result<(), ClientError> {
+    pub(crate) async fn command(&self, c: Command) -> Result<(), ClientError> {
         self.to_session
             .send(ToSession::Command(c))
             .await
@@ -229,6 +229,16 @@ impl Client {
     async fn stanza(&self, bytes: Vec<u8>, id: Option<String>) -> Result<(), ClientError> {
         let bytes = Bytes::from(bytes);
         self.command(Command::Send(Outgoing { bytes, id })).await
+    }
+
+    /// Sends a stanza through the outbox and stream management; `id` is
+    /// the message id whose progress the app follows, if any.
+    pub(crate) async fn send_stanza(
+        &self,
+        el: Element,
+        id: Option<String>,
+    ) -> Result<(), ClientError> {
+        self.stanza(el.to_bytes(ns::CLIENT), id).await
     }
 
     /// Sends a chat message; returns its id. Its progress arrives as

@@ -46,6 +46,47 @@ pub enum Event {
     },
     /// The roster changed (from another device, or a subscription moved on).
     RosterPush(crate::im::RosterItem),
+    /// A message in a room the app joined (never also an
+    /// [`Event::Message`]).
+    RoomMessage(crate::muc::RoomMessage),
+    /// A room's subject: at a join (after the history), and when changed.
+    RoomSubject {
+        /// The room's bare JID.
+        room: String,
+        /// Who set it (`None`: the room).
+        nick: Option<String>,
+        /// The subject (empty: none).
+        subject: String,
+    },
+    /// An occupant's presence in a room the app joined, the app's own
+    /// included (never also an [`Event::Presence`]). After a rejoin
+    /// ([`Event::RoomRejoined`]) the occupants arrive anew.
+    Occupant(crate::muc::OccupantPresence),
+    /// An invitation to a room (mediated by the room, or direct).
+    RoomInvite(crate::muc::RoomInvite),
+    /// A room the app was in was destroyed (it is forgotten).
+    RoomDestroyed {
+        /// The room's bare JID.
+        room: String,
+        /// Its owner's reason.
+        reason: Option<String>,
+        /// The room that replaces it, if any.
+        alternate: Option<String>,
+    },
+    /// After a new login (the session could not be resumed) the SDK joined
+    /// this room again by itself, with the same nick and password, asking
+    /// for the history missed meanwhile. Its occupants came before as
+    /// [`Event::Occupant`]; the history follows.
+    RoomRejoined(crate::muc::RoomJoined),
+    /// Joining a room again after a new login failed (the room is
+    /// forgotten): the room's stanza error (e.g. `forbidden`: banned
+    /// meanwhile, `conflict`: the nick is taken), or a timeout.
+    RoomRejoinFailed {
+        /// The room's bare JID.
+        room: String,
+        /// Why.
+        error: crate::ClientError,
+    },
 }
 
 /// Where a sent message is.

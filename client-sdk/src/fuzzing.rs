@@ -30,6 +30,9 @@ const SERVER_HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream
 /// A header in front of what the client writes, to frame it.
 const CLIENT_HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>";
 
+/// The room [`AppStep::JoinRoom`] joins.
+const FUZZ_ROOM: &str = "coven@conference.example.org";
+
 /// What the app can do between the server's bytes.
 #[derive(Clone, Copy, Debug)]
 pub enum AppStep {
@@ -54,6 +57,10 @@ pub enum AppStep {
     Connected(Option<u32>),
     /// Close the session cleanly.
     Close,
+    /// Join the room `coven@conference.example.org` as `me`.
+    JoinRoom,
+    /// Leave it.
+    LeaveRoom,
 }
 
 /// A session after a normal negotiation, and a reader framing the server's
@@ -193,6 +200,23 @@ impl InboundHarness {
                 self.new_server_stream();
             }
             AppStep::Close => self.session.command(now, Command::Close),
+            AppStep::JoinRoom => {
+                let id = self.request_id();
+                let request = Request::JoinRoom {
+                    room: FUZZ_ROOM.into(),
+                    nick: "me".into(),
+                    password: None,
+                    history: Some(20),
+                };
+                self.session.command(now, Command::Request(id, request));
+            }
+            AppStep::LeaveRoom => self.session.command(
+                now,
+                Command::LeaveRoom {
+                    room: FUZZ_ROOM.into(),
+                    status: None,
+                },
+            ),
         }
         self.drain();
     }

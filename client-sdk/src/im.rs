@@ -199,17 +199,30 @@ pub struct ArchivedMessage {
     pub message: Message,
 }
 
-/// One page of history, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HistoryPage {
+/// One page of history, oldest first: of the account's archive
+/// ([`ArchivedMessage`]s), or of a room's
+/// ([`crate::muc::RoomMessage`]s, whose `stanza_id` is the archive id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage<T = ArchivedMessage> {
     /// The messages.
-    pub messages: Vec<ArchivedMessage>,
+    pub messages: Vec<T>,
     /// Nothing further in the paging direction.
     pub complete: bool,
     /// Id of the first message (page back with `before` = this).
     pub first: Option<String>,
     /// Id of the last message (page on with `after` = this).
     pub last: Option<String>,
+}
+
+impl<T> Default for HistoryPage<T> {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            complete: false,
+            first: None,
+            last: None,
+        }
+    }
 }
 
 /// Parses a `<result/>` of an archive query of the account `own` (a bare
@@ -268,7 +281,7 @@ pub(crate) fn history_query(q: &HistoryQuery, query_id: &str) -> Element {
 }
 
 /// The page an archive query's result IQ (its `<fin/>`) closes.
-pub(crate) fn history_page(result: &Element, messages: Vec<ArchivedMessage>) -> HistoryPage {
+pub(crate) fn history_page<T>(result: &Element, messages: Vec<T>) -> HistoryPage<T> {
     let fin = result.child("fin", ns::MAM);
     let rsm = fin.and_then(|f| f.child("set", ns::RSM));
     let text = |name: &str| rsm.and_then(|s| s.child(name, ns::RSM)).map(Element::text);

@@ -32,6 +32,7 @@ mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod im;
+pub mod muc;
 #[cfg(feature = "tools")]
 pub mod negotiation;
 #[cfg(not(feature = "tools"))]

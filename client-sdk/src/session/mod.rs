@@ -13,10 +13,13 @@
 //! What it owns: the outbox (what the app sends while offline), XEP-0198
 //! state (`crate::sm`), the IQs waiting for answers (`requests`), duplicate
 //! suppression (`dedup`), the presence and client state to restore after a
-//! new login, and the reconnection schedule (`reconnect`).
+//! new login, the rooms the app joined (`rooms`: told apart from contacts,
+//! joined again after a new login), and the reconnection schedule
+//! (`reconnect`).
 
 mod dedup;
 mod requests;
+mod rooms;
 #[cfg(test)]
 mod tests;
 
@@ -37,7 +40,11 @@ use crate::sm::{Outgoing, SmClient};
 use crate::{ClientError, ConnectOptions};
 use dedup::DuplicateFilter;
 pub use requests::RequestId;
-use requests::{HistoryResults, IQ_TIMEOUT, MAX_HISTORY_RESULTS, PendingIqs, Responder, Waiter};
+pub(crate) use requests::same_jid;
+use requests::{
+    ArchiveId, HistoryResults, IQ_TIMEOUT, MAX_HISTORY_RESULTS, PendingIqs, Responder, Waiter,
+};
+use rooms::Rooms;
 
 /// Reconnection after a lost connection: the first attempt at once (a phone
 /// that just lost its connection wants it back), then jittered exponential
@@ -127,6 +134,12 @@ pub(crate) enum Command {
     Active(bool),
     /// A question; its answer comes out as [`Output::Reply`] with this id.
     Request(RequestId, Request),
+    /// Leave a room (its bare JID, normalized) with this status text; the
+    /// session forgets it.
+    LeaveRoom {
+        room: String,
+        status: Option<String>,
+    },
     /// End the stream cleanly, then the session.
     Close,
     /// Drop the connection without a goodbye (a resumable session waits at
@@ -144,6 +157,19 @@ pub(crate) enum Request {
     Roster,
     /// A page of the archive.
     History(HistoryQuery),
+    /// Join a room (its bare JID, normalized) as `nick`; kept, and joined
+    /// again after every new login.
+    JoinRoom {
+        room: String,
+        nick: String,
+        password: Option<String>,
+        /// The most history messages wanted.
+        history: Option<u32>,
+    },
+    /// A new nick in a joined room.
+    ChangeNick { room: String, nick: String },
+    /// A page of a room's archive.
+    RoomHistory { room: String, query: HistoryQuery },
 }
 
 /// The answer to a [`Request`] (the variant of the same name).
@@ -153,6 +179,12 @@ pub(crate) enum Answer {
     Iq(IqResponse),
     /// The page, its messages oldest first.
     History(HistoryPage),
+    /// The room's answer to the join.
+    RoomJoined(crate::muc::RoomJoined),
+    /// The nick the room gave.
+    NickChanged(String),
+    /// A page of a room's archive.
+    RoomHistory(HistoryPage<crate::muc::RoomMessage>),
 }
 
 /// What the session reports to the handle without a request (see
@@ -255,6 +287,8 @@ pub(crate) struct Session {
     /// The app asked for the roster: a new login asks again, so roster
     /// pushes keep coming.
     roster_wanted: bool,
+    /// The rooms the app joined.
+    rooms: Rooms,
     iqs: PendingIqs,
     rng: StdRng,
     ids_issued: u64,
@@ -282,6 +316,7 @@ impl Session {
             presence_unsent: false,
             active: true,
             roster_wanted: false,
+            rooms: Rooms::default(),
             iqs: PendingIqs::default(),
             rng,
             ids_issued: 0,
@@ -305,7 +340,10 @@ impl Session {
             Link::Closing { deadline } => Some(*deadline),
             Link::Connecting { .. } | Link::Ended => None,
         };
-        earliest(link, self.iqs.next_deadline())
+        earliest(
+            earliest(link, self.iqs.next_deadline()),
+            self.rooms.next_deadline(),
+        )
     }
 
     /// Brings `snapshot` up to date; true if anything in it changed. (It
@@ -360,10 +398,11 @@ impl Session {
             _ => {}
         }
         for waiter in self.iqs.expire(now) {
-            if let Waiter::App(id) | Waiter::History { request: id, .. } = waiter {
+            if let Some(id) = waiter.request() {
                 self.reply(id, Err(ClientError::Timeout));
             }
         }
+        self.expire_rooms(now);
         self.request_ack(now);
     }
 
@@ -401,6 +440,7 @@ impl Session {
                 self.send_client_state();
             }
             Command::Request(id, request) => self.request(now, id, request),
+            Command::LeaveRoom { room, status } => self.leave_room(&room, status.as_deref()),
             Command::Close => self.close(now),
             Command::Abort => {
                 self.outputs
@@ -422,6 +462,7 @@ impl Session {
             Some(h) => {
                 let (acked, rest) = self.sm.resumed(h);
                 for out in acked {
+                    self.rooms.acknowledged(&out.bytes);
                     self.state(out.id, MessageState::Acknowledged);
                 }
                 rest
@@ -452,6 +493,12 @@ impl Session {
             Some(_) => (resend, Vec::new()),
             None => (Vec::new(), resend),
         };
+        // a new session is in no room: each is joined again below, so
+        // the joins written before are not sent again
+        let stale_joins = match resumed {
+            Some(_) => Vec::new(),
+            None => self.rooms_after_new_login(now),
+        };
         for out in first {
             self.send(out);
         }
@@ -462,7 +509,13 @@ impl Session {
             self.presence_unsent = false;
             self.send(Outgoing { bytes: p, id: None });
         }
-        let owed: Vec<_> = after.into_iter().chain(self.outbox.drain(..)).collect();
+        // joins before what the app sent to the rooms meanwhile
+        self.send_pending_joins();
+        let owed: Vec<_> = after
+            .into_iter()
+            .chain(self.outbox.drain(..))
+            .filter(|out| !stale_joins.contains(&out.bytes))
+            .collect();
         for out in owed {
             self.send(out);
         }
@@ -641,7 +694,7 @@ impl Session {
         } else if el.ns == ns::STREAMS && el.name == "error" {
             self.stream_error(&el);
         } else if el.ns == ns::CLIENT {
-            self.stanza(el);
+            self.stanza(now, el);
         }
         self.request_ack(now);
     }
@@ -762,6 +815,34 @@ impl Session {
                 };
                 self.send_iq(now, iq, iq_id, waiter)
             }
+            Request::RoomHistory { room, mut query } => {
+                query.max = query.max.map(|max| max.min(MAX_HISTORY_RESULTS));
+                let backward = query.latest || query.before.is_some();
+                let iq_id = self.new_id();
+                let iq = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "set")
+                    .with_attr("to", room.clone())
+                    .with_child(im::history_query(&query, &iq_id));
+                let waiter = Waiter::RoomHistory {
+                    request: id,
+                    room,
+                    results: HistoryResults::new(backward),
+                };
+                self.send_iq(now, iq, iq_id, waiter)
+            }
+            Request::JoinRoom {
+                room,
+                nick,
+                password,
+                history,
+            } => {
+                self.join_room(now, id, room, nick, password, history);
+                Ok(())
+            }
+            Request::ChangeNick { room, nick } => {
+                self.change_nick(now, id, &room, nick);
+                Ok(())
+            }
         };
         if let Err(e) = sent {
             self.reply(id, Err(e));
@@ -830,6 +911,7 @@ impl Session {
                             *ack_deadline = None;
                         }
                         for out in acked {
+                            self.rooms.acknowledged(&out.bytes);
                             self.state(out.id, MessageState::Acknowledged);
                         }
                     }
@@ -859,18 +941,27 @@ impl Session {
 
     /// A stanza from the server: counted, then answered, dropped, matched
     /// to a waiting IQ, or given to the app.
-    fn stanza(&mut self, el: Element) {
+    fn stanza(&mut self, now: Instant, el: Element) {
         self.sm.received();
         let own = self.config.jid.as_str();
         if el.name == "message"
             && let Some(result) = el.child("result", ns::MAM)
-            && el.attr("from").is_none_or(|f| f == own)
         {
-            // a result of an archive query the app waits for
-            if let Some(query_id) = result.attr("queryid") {
-                self.iqs.collect(query_id, im::archived(result, own));
+            let from = el.attr("from");
+            let query_id = result.attr("queryid");
+            if from.is_none_or(|f| f == own) {
+                // a result of an archive query the app waits for
+                if let Some(query_id) = query_id {
+                    self.iqs.collect(query_id, im::archived(result, own));
+                }
+                return;
             }
-            return;
+            // one of a room's archive, from the room asked
+            if let Some(query_id) = query_id
+                && self.iqs.collect_room(query_id, from, own, result)
+            {
+                return;
+            }
         }
         if el.name == "iq"
             && event::roster_push(&el, Some(own)).is_some()
@@ -899,6 +990,9 @@ impl Session {
         {
             return self.answered(waiter, el);
         }
+        if self.room_stanza(now, &el) {
+            return;
+        }
         let own = self.config.jid.as_str();
         if let Some(ev) = event::classify(el, Some(own)) {
             self.event(ev);
@@ -921,8 +1015,9 @@ impl Session {
             self.duplicates += 1;
             return false;
         }
+        // (not in a room: XEP-0184 §5.3)
         let wants_receipt = el.child("request", ns::RECEIPTS).is_some()
-            && el.attr("type") != Some("error")
+            && !matches!(el.attr("type"), Some("error" | "groupchat"))
             && el.child("body", ns::CLIENT).is_some();
         if wants_receipt
             && self.config.receipts
@@ -943,13 +1038,13 @@ impl Session {
         match waiter {
             Waiter::App(id) => self.reply(id, Ok(Answer::Iq(event::iq_response(iq)))),
             Waiter::History { request, results } => {
-                let answer = match event::stanza_error_condition(&iq) {
-                    Some(condition) => Err(ClientError::StanzaError(condition)),
-                    None if iq.attr("type") == Some("error") => {
-                        Err(ClientError::StanzaError("undefined-condition".into()))
-                    }
-                    None => Ok(Answer::History(results.into_page(&iq))),
-                };
+                let answer = history_answer(&iq, results).map(Answer::History);
+                self.reply(request, answer);
+            }
+            Waiter::RoomHistory {
+                request, results, ..
+            } => {
+                let answer = history_answer(&iq, results).map(Answer::RoomHistory);
                 self.reply(request, answer);
             }
             Waiter::RosterRefresh => {
@@ -1034,12 +1129,27 @@ impl Session {
         }
         self.link = Link::Ended;
         for waiter in self.iqs.drain() {
-            if let Waiter::App(id) | Waiter::History { request: id, .. } = waiter {
+            if let Some(id) = waiter.request() {
                 self.reply(id, Err(ClientError::Closed));
             }
         }
+        self.drop_rooms();
         self.event(Event::Disconnected);
         self.outputs.push_back(Output::Ended);
+    }
+}
+
+/// The page an archive query's answer `iq` closes, or its error.
+fn history_answer<T: ArchiveId>(
+    iq: &Element,
+    results: HistoryResults<T>,
+) -> Result<HistoryPage<T>, ClientError> {
+    match event::stanza_error_condition(iq) {
+        Some(condition) => Err(ClientError::StanzaError(condition)),
+        None if iq.attr("type") == Some("error") => {
+            Err(ClientError::StanzaError("undefined-condition".into()))
+        }
+        None => Ok(results.into_page(iq)),
     }
 }
 

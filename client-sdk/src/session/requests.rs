@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use xmpp_stream::element::Element;
 
 use crate::im::{self, ArchivedMessage, HistoryPage};
+use crate::muc::{self, RoomMessage};
 
 /// How long an IQ waits for its answer.
 pub(crate) const IQ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,10 +33,29 @@ pub(crate) enum Waiter {
         request: RequestId,
         results: HistoryResults,
     },
+    /// The app, for a page of a room's archive (the IQ went to the room,
+    /// whose results only count).
+    RoomHistory {
+        request: RequestId,
+        room: String,
+        results: HistoryResults<RoomMessage>,
+    },
     /// The roster a new login fetches again: its items become roster pushes.
     RosterRefresh,
     /// Enabling carbons: nobody needs the answer.
     Carbons,
+}
+
+impl Waiter {
+    /// The app's request it answers, if it is the app's.
+    pub(crate) fn request(&self) -> Option<RequestId> {
+        match self {
+            Waiter::App(id)
+            | Waiter::History { request: id, .. }
+            | Waiter::RoomHistory { request: id, .. } => Some(*id),
+            Waiter::RosterRefresh | Waiter::Carbons => None,
+        }
+    }
 }
 
 /// Who may answer an IQ (RFC 6120 §8.1.2.1 and §10.3.3). The server may
@@ -79,7 +99,7 @@ impl Responder {
 /// Whether two JIDs are the same address as the server compares them: the
 /// bare part (localpart and domain) without regard to ASCII case, the
 /// resource exactly.
-fn same_jid(a: &str, b: &str) -> bool {
+pub(crate) fn same_jid(a: &str, b: &str) -> bool {
     let (a_bare, a_resource) = a.split_once('/').map_or((a, None), |(b, r)| (b, Some(r)));
     let (b_bare, b_resource) = b.split_once('/').map_or((b, None), |(b, r)| (b, Some(r)));
     a_bare.eq_ignore_ascii_case(b_bare) && a_resource == b_resource
@@ -152,6 +172,29 @@ impl PendingIqs {
         }
     }
 
+    /// Collects a result `from` that address (the account is `own`) of
+    /// a room's archive for the query `query_id`; false if no such query
+    /// of that room waits.
+    pub(crate) fn collect_room(
+        &mut self,
+        query_id: &str,
+        from: Option<&str>,
+        own: &str,
+        result: &Element,
+    ) -> bool {
+        match self.waiting.get_mut(query_id) {
+            Some((Waiter::RoomHistory { room, results, .. }, responder, _))
+                if responder.answers(from, own) =>
+            {
+                if let Some(m) = muc::archived(result, room) {
+                    results.push(m);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The earliest deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first_key_value().map(|((at, _), _)| *at)
@@ -187,26 +230,45 @@ impl PendingIqs {
 /// query's `max`) gets them cut at the end away from where the query
 /// started — the newest paging forward, the oldest paging back — and the
 /// page says so, so that paging on from it skips nothing.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct HistoryResults {
-    messages: VecDeque<ArchivedMessage>,
+#[derive(Debug, PartialEq)]
+pub(crate) struct HistoryResults<T = ArchivedMessage> {
+    messages: VecDeque<T>,
     /// The query pages back (`before`, or the latest messages).
     backward: bool,
     /// More arrived than were kept.
     cut: bool,
 }
 
-impl HistoryResults {
+/// What a page's edge is named by: its archive id.
+pub(crate) trait ArchiveId {
+    /// The archive id.
+    fn archive_id(&self) -> Option<String>;
+}
+
+impl ArchiveId for ArchivedMessage {
+    fn archive_id(&self) -> Option<String> {
+        Some(self.id.clone())
+    }
+}
+
+impl ArchiveId for RoomMessage {
+    fn archive_id(&self) -> Option<String> {
+        self.stanza_id.clone()
+    }
+}
+
+impl<T: ArchiveId> HistoryResults<T> {
     /// Results of a query paging back (`backward`) or forward.
     pub(crate) fn new(backward: bool) -> Self {
         Self {
+            messages: VecDeque::new(),
             backward,
-            ..Self::default()
+            cut: false,
         }
     }
 
     /// The next result (the server sends them oldest first).
-    fn push(&mut self, m: ArchivedMessage) {
+    fn push(&mut self, m: T) {
         if self.messages.len() < MAX_HISTORY_RESULTS {
             self.messages.push_back(m);
             return;
@@ -221,7 +283,7 @@ impl HistoryResults {
     /// The page the query's answer `iq` closes. When results were cut, it is
     /// incomplete and its edge in the paging direction (`last` forward,
     /// `first` back) is the last message kept, not the server's.
-    pub(crate) fn into_page(self, iq: &Element) -> HistoryPage {
+    pub(crate) fn into_page(self, iq: &Element) -> HistoryPage<T> {
         let Self {
             messages,
             backward,
@@ -231,9 +293,9 @@ impl HistoryResults {
         if cut {
             page.complete = false;
             if backward {
-                page.first = page.messages.first().map(|m| m.id.clone());
+                page.first = page.messages.first().and_then(ArchiveId::archive_id);
             } else {
-                page.last = page.messages.last().map(|m| m.id.clone());
+                page.last = page.messages.last().and_then(ArchiveId::archive_id);
             }
         }
         page

@@ -4,6 +4,7 @@ use rand::SeedableRng;
 
 use super::*;
 use crate::im::{Subscription, SubscriptionRequest};
+use crate::muc::{Affiliation, Removal, Role, RoomInvite};
 
 const OWN: &str = "alice@example.org";
 const ACK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -1487,4 +1488,913 @@ fn the_servers_caps_question_is_answered_with_the_notify_nodes_and_notifications
         xml("<message from='bob@example.org/x' type='headline' id='pep-2'><event xmlns='http://jabber.org/protocol/pubsub#event'><items node='n'/></event></message>"),
     );
     assert!(matches!(&events(&drain(&mut s))[..], [Event::Message(_)]));
+}
+
+// Group chat (XEP-0045): rooms the app joined.
+
+const ROOM: &str = "coven@conference.example.org";
+
+fn join_request(nick: &str, password: Option<&str>, history: Option<u32>) -> Request {
+    Request::JoinRoom {
+        room: ROOM.into(),
+        nick: nick.into(),
+        password: password.map(str::to_owned),
+        history,
+    }
+}
+
+/// A presence of the room's occupant `nick` with `inner` in its
+/// `muc#user` `<x/>` and `extra` after it.
+fn occupant(nick: &str, attrs: &str, inner: &str, extra: &str) -> Element {
+    xml(&format!(
+        "<presence from='{ROOM}/{nick}' to='alice@example.org/phone'{attrs}>\
+         <x xmlns='http://jabber.org/protocol/muc#user'>{inner}</x>{extra}</presence>"
+    ))
+}
+
+/// The app's own presence in the room as `nick` (code 110).
+fn self_presence(nick: &str) -> Element {
+    occupant(
+        nick,
+        "",
+        "<item affiliation='member' role='participant'/><status code='110'/>",
+        "<occupant-id xmlns='urn:xmpp:occupant-id:0' id='occ-me'/>",
+    )
+}
+
+/// A session joined to [`ROOM`] as `me` at `t0` (request 1); outputs drained.
+fn in_room(t0: Instant) -> Session {
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    drain(&mut s);
+    s.on_element(t0, self_presence("me"));
+    let got = replies(&drain(&mut s));
+    assert!(
+        matches!(&got[..], [(RequestId(1), Ok(Answer::RoomJoined(_)))]),
+        "{got:?}"
+    );
+    s
+}
+
+#[test]
+fn a_join_sends_its_presence_and_completes_with_the_own_presence_and_the_occupants_before_it() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(
+            RequestId(1),
+            join_request("thirdwitch", Some("cauldron"), Some(5)),
+        ),
+    );
+    let out = drain(&mut s);
+    let w = written(&out);
+    assert!(
+        w[0].starts_with(&format!(
+            "<presence to=\"{ROOM}/thirdwitch\"><x xmlns=\"http://jabber.org/protocol/muc\">\
+             <history maxstanzas=\"5\"/><password>cauldron</password></x><c xmlns=\"http://jabber.org/protocol/caps\""
+        )),
+        "{w:?}"
+    );
+    assert!(replies(&out).is_empty(), "waits for the room");
+    // the occupants already there: one shows its real JID, one does not
+    s.on_element(
+        t0,
+        occupant(
+            "firstwitch",
+            "",
+            "<item affiliation='owner' role='moderator' jid='crone1@example.org/desktop'/>",
+            "<occupant-id xmlns='urn:xmpp:occupant-id:0' id='occ-1'/>",
+        ),
+    );
+    s.on_element(
+        t0,
+        occupant(
+            "secondwitch",
+            "",
+            "<item affiliation='admin' role='moderator'/>",
+            "<show>away</show>",
+        ),
+    );
+    let ev = events(&drain(&mut s));
+    let [Event::Occupant(first), Event::Occupant(second)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert!(first.available && !first.is_self);
+    assert_eq!(first.room, ROOM);
+    assert_eq!(first.occupant.nick, "firstwitch");
+    assert_eq!(first.occupant.role, Role::Moderator);
+    assert_eq!(first.occupant.affiliation, Affiliation::Owner);
+    assert_eq!(
+        first.occupant.jid.as_deref(),
+        Some("crone1@example.org/desktop")
+    );
+    assert_eq!(first.occupant.occupant_id.as_deref(), Some("occ-1"));
+    assert_eq!(second.occupant.jid, None);
+    assert_eq!(second.occupant.show.as_deref(), Some("away"));
+    // the own presence: 110, the room is new (201) and non-anonymous (100)
+    s.on_element(
+        t0,
+        occupant(
+            "thirdwitch",
+            "",
+            "<item affiliation='owner' role='moderator' jid='alice@example.org/phone'/>\
+             <status code='100'/><status code='110'/><status code='201'/>",
+            "<occupant-id xmlns='urn:xmpp:occupant-id:0' id='occ-me'/>",
+        ),
+    );
+    let out = drain(&mut s);
+    let ev = events(&out);
+    assert!(
+        matches!(&ev[..], [Event::Occupant(p)] if p.is_self && p.available),
+        "{ev:?}"
+    );
+    let got = replies(&out);
+    let [(RequestId(1), Ok(Answer::RoomJoined(joined)))] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(joined.room, ROOM);
+    assert_eq!(joined.nick, "thirdwitch");
+    assert_eq!(joined.me.occupant_id.as_deref(), Some("occ-me"));
+    assert_eq!(joined.me.affiliation, Affiliation::Owner);
+    assert!(joined.created() && joined.non_anonymous());
+    let nicks: Vec<_> = joined.occupants.iter().map(|o| o.nick.as_str()).collect();
+    assert_eq!(nicks, ["firstwitch", "secondwitch"]);
+    assert_eq!(joined.status_codes, [100, 110, 201]);
+    // a contact's presence is still a presence
+    s.on_element(t0, xml("<presence from='bob@example.org/desk'/>"));
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Presence(_)]));
+}
+
+#[test]
+fn the_own_presence_is_known_by_the_real_jid_and_the_room_may_change_the_nick() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    drain(&mut s);
+    // no 110, but the room shows the app's full JID; the nick was changed (210)
+    s.on_element(
+        t0,
+        occupant(
+            "me (2)",
+            "",
+            "<item affiliation='none' role='participant' jid='Alice@example.org/phone'/><status code='210'/>",
+            "",
+        ),
+    );
+    let got = replies(&drain(&mut s));
+    let [(RequestId(1), Ok(Answer::RoomJoined(joined)))] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(joined.nick, "me (2)");
+    assert!(joined.occupants.is_empty());
+}
+
+#[test]
+fn history_the_subject_and_live_messages_of_a_room_become_room_events_only() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    // history: the room's delay and id; a forged delay and id do not count
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}/firstwitch' type='groupchat' id='h1'><body>Thrice</body>\
+             <delay xmlns='urn:xmpp:delay' from='evil.example' stamp='1999-01-01T00:00:00Z'/>\
+             <delay xmlns='urn:xmpp:delay' from='{ROOM}' stamp='2026-01-01T10:00:00Z'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='alice@example.org' id='forged'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='sid-1'/>\
+             <occupant-id xmlns='urn:xmpp:occupant-id:0' id='occ-1'/></message>"
+        )),
+    );
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}/firstwitch' type='groupchat' id='s1'><subject>Fire Burn</subject></message>"
+        )),
+    );
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}/secondwitch' type='groupchat' id='l1'><body>bubble</body>\
+             <request xmlns='urn:xmpp:receipts'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='sid-2'/></message>"
+        )),
+    );
+    let out = drain(&mut s);
+    assert!(
+        !written(&out).iter().any(|w| w.contains("received")),
+        "no receipts in a room"
+    );
+    let ev = events(&out);
+    let [
+        Event::RoomMessage(history),
+        Event::RoomSubject {
+            room,
+            nick,
+            subject,
+        },
+        Event::RoomMessage(live),
+    ] = &ev[..]
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(history.room, ROOM);
+    assert_eq!(history.nick.as_deref(), Some("firstwitch"));
+    assert_eq!(history.id.as_deref(), Some("h1"));
+    assert_eq!(history.body.as_deref(), Some("Thrice"));
+    assert_eq!(history.delay.as_deref(), Some("2026-01-01T10:00:00Z"));
+    assert!(history.is_history);
+    assert_eq!(history.stanza_id.as_deref(), Some("sid-1"));
+    assert_eq!(history.occupant_id.as_deref(), Some("occ-1"));
+    assert_eq!(
+        (room.as_str(), nick.as_deref(), subject.as_str()),
+        (ROOM, Some("firstwitch"), "Fire Burn")
+    );
+    assert!(!live.is_history && live.delay.is_none());
+    assert_eq!(live.stanza_id.as_deref(), Some("sid-2"));
+    // the same archive id again (history sent again, without its id): dropped
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}/secondwitch' type='groupchat'><body>bubble</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='sid-2'/></message>"
+        )),
+    );
+    assert!(events(&drain(&mut s)).is_empty());
+    assert_eq!(snapshot(&s).duplicates_dropped, 1);
+}
+
+#[test]
+fn a_room_presence_error_completes_the_join_as_that_error_and_the_room_is_forgotten() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    for (n, condition) in [
+        (1, "not-authorized"),
+        (2, "registration-required"),
+        (3, "forbidden"),
+        (4, "conflict"),
+    ] {
+        s.command(
+            t0,
+            Command::Request(RequestId(n), join_request("me", None, None)),
+        );
+        drain(&mut s);
+        s.on_element(
+            t0,
+            xml(&format!(
+                "<presence from='{ROOM}/me' type='error'><x xmlns='http://jabber.org/protocol/muc'/>\
+                 <error type='auth' by='{ROOM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+            )),
+        );
+        let out = drain(&mut s);
+        assert_eq!(
+            replies(&out),
+            vec![(
+                RequestId(n),
+                Err(ClientError::StanzaError(condition.into()))
+            )]
+        );
+        assert!(events(&out).is_empty());
+    }
+    // not a room any more: its presence is a plain one
+    s.on_element(t0, occupant("firstwitch", "", "", ""));
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Presence(_)]));
+}
+
+#[test]
+fn a_join_while_one_is_under_way_is_refused_and_an_unanswered_one_times_out_and_leaves() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    drain(&mut s);
+    s.command(
+        t0,
+        Command::Request(RequestId(2), join_request("me", None, None)),
+    );
+    assert!(matches!(
+        &replies(&drain(&mut s))[..],
+        [(RequestId(2), Err(ClientError::Busy(_)))]
+    ));
+    let deadline = t0 + rooms::ROOM_TIMEOUT;
+    assert_eq!(s.poll_timeout(), Some(t0 + ACK_TIMEOUT).min(Some(deadline)));
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='1'/>"));
+    assert_eq!(s.poll_timeout(), Some(deadline));
+    s.handle_timeout(deadline);
+    let out = drain(&mut s);
+    assert_eq!(
+        replies(&out),
+        vec![(RequestId(1), Err(ClientError::Timeout))]
+    );
+    assert!(
+        written(&out)[0].contains("type=\"unavailable\""),
+        "{:?}",
+        written(&out)
+    );
+}
+
+#[test]
+fn kicks_bans_and_nick_changes_are_occupant_events_and_the_own_kick_forgets_the_room() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    s.on_element(
+        t0,
+        occupant(
+            "pistol",
+            " type='unavailable'",
+            "<item affiliation='none' role='none'><actor nick='Fluellen'/><reason>Avaunt</reason></item>\
+             <status code='307'/>",
+            "",
+        ),
+    );
+    s.on_element(
+        t0,
+        occupant(
+            "earl",
+            " type='unavailable'",
+            "<item affiliation='outcast' role='none'/><status code='301'/>",
+            "",
+        ),
+    );
+    s.on_element(
+        t0,
+        occupant(
+            "oldhag",
+            " type='unavailable'",
+            "<item affiliation='member' role='participant' nick='newhag'/><status code='303'/>",
+            "",
+        ),
+    );
+    let ev = events(&drain(&mut s));
+    let [
+        Event::Occupant(kicked),
+        Event::Occupant(banned),
+        Event::Occupant(renamed),
+    ] = &ev[..]
+    else {
+        panic!("{ev:?}")
+    };
+    assert!(!kicked.available && !kicked.is_self);
+    assert_eq!(kicked.removal, Some(Removal::Kicked));
+    assert_eq!(kicked.actor.as_deref(), Some("Fluellen"));
+    assert_eq!(kicked.reason.as_deref(), Some("Avaunt"));
+    assert_eq!(kicked.status_codes, [307]);
+    assert_eq!(banned.removal, Some(Removal::Banned));
+    assert_eq!(banned.occupant.affiliation, Affiliation::Outcast);
+    assert_eq!(renamed.new_nick.as_deref(), Some("newhag"));
+    assert_eq!(renamed.removal, None);
+    // the app itself is kicked: the room is forgotten
+    s.on_element(
+        t0,
+        occupant(
+            "me",
+            " type='unavailable'",
+            "<item affiliation='none' role='none'/><status code='110'/><status code='307'/>",
+            "",
+        ),
+    );
+    let ev = events(&drain(&mut s));
+    assert!(
+        matches!(&ev[..], [Event::Occupant(p)] if p.is_self && p.removal == Some(Removal::Kicked)),
+        "{ev:?}"
+    );
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}/x' type='groupchat'><body>late</body></message>"
+        )),
+    );
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Message(_)]));
+}
+
+#[test]
+fn a_destroyed_room_is_reported_and_forgotten() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    s.on_element(
+        t0,
+        occupant(
+            "me",
+            " type='unavailable'",
+            "<item affiliation='none' role='none'/><status code='110'/>\
+             <destroy jid='new@conference.example.org'><reason>moved</reason></destroy>",
+            "",
+        ),
+    );
+    let ev = events(&drain(&mut s));
+    assert!(
+        matches!(&ev[..], [Event::Occupant(p), Event::RoomDestroyed { room, reason, alternate }]
+            if p.is_self && room == ROOM && reason.as_deref() == Some("moved")
+                && alternate.as_deref() == Some("new@conference.example.org")),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn invitations_mediated_and_direct_become_invite_events() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}' to='alice@example.org' id='inv1'>\
+             <x xmlns='http://jabber.org/protocol/muc#user'>\
+             <invite from='crone1@example.org/desktop'><reason>Hey Alice</reason></invite>\
+             <password>cauldronburn</password></x><body>fallback</body></message>"
+        )),
+    );
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='crone1@example.org/desktop' to='alice@example.org' id='inv2'>\
+             <x xmlns='jabber:x:conference' jid='{ROOM}' password='pw' reason='join us'/></message>"
+        )),
+    );
+    // a mediated invitation must come from a room, not an occupant
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}/mallory' id='inv3'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <invite from='crone1@example.org'/></x></message>"
+        )),
+    );
+    let ev = events(&drain(&mut s));
+    assert_eq!(
+        ev[..2],
+        [
+            Event::RoomInvite(RoomInvite {
+                room: ROOM.into(),
+                from: "crone1@example.org/desktop".into(),
+                reason: Some("Hey Alice".into()),
+                password: Some("cauldronburn".into()),
+                direct: false,
+            }),
+            Event::RoomInvite(RoomInvite {
+                room: ROOM.into(),
+                from: "crone1@example.org/desktop".into(),
+                reason: Some("join us".into()),
+                password: Some("pw".into()),
+                direct: true,
+            }),
+        ]
+    );
+    assert!(matches!(&ev[2..], [Event::Message(_)]), "{ev:?}");
+}
+
+#[test]
+fn a_nick_change_completes_with_the_new_nick_or_fails_with_the_rooms_error() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    let change = |n| {
+        Command::Request(
+            RequestId(n),
+            Request::ChangeNick {
+                room: ROOM.into(),
+                nick: "newme".into(),
+            },
+        )
+    };
+    s.command(t0, change(2));
+    let w = written(&drain(&mut s));
+    assert_eq!(w[0], format!("<presence to=\"{ROOM}/newme\"/>"));
+    s.on_element(
+        t0,
+        occupant(
+            "me",
+            " type='unavailable'",
+            "<item affiliation='member' role='participant' nick='newme'/><status code='303'/><status code='110'/>",
+            "",
+        ),
+    );
+    assert!(
+        replies(&drain(&mut s)).is_empty(),
+        "the new nick's presence follows"
+    );
+    s.on_element(t0, self_presence("newme"));
+    let out = drain(&mut s);
+    assert_eq!(
+        replies(&out),
+        vec![(RequestId(2), Ok(Answer::NickChanged("newme".into())))]
+    );
+    // a taken nick
+    s.command(t0, change(3));
+    drain(&mut s);
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<presence from='{ROOM}/newme' type='error'><error type='cancel'>\
+             <conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+        )),
+    );
+    assert_eq!(
+        replies(&drain(&mut s)),
+        vec![(
+            RequestId(3),
+            Err(ClientError::StanzaError("conflict".into()))
+        )]
+    );
+    // still in the room
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<message from='{ROOM}/x' type='groupchat'><body>hi</body></message>"
+        )),
+    );
+    assert!(matches!(
+        &events(&drain(&mut s))[..],
+        [Event::RoomMessage(_)]
+    ));
+}
+
+#[test]
+fn leaving_sends_the_unavailable_presence_and_forgets_the_room_at_its_answer() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    s.command(
+        t0,
+        Command::LeaveRoom {
+            room: ROOM.into(),
+            status: Some("bye".into()),
+        },
+    );
+    let w = written(&drain(&mut s));
+    assert_eq!(
+        w[0],
+        format!("<presence to=\"{ROOM}/me\" type=\"unavailable\"><status>bye</status></presence>")
+    );
+    s.on_element(
+        t0,
+        occupant(
+            "me",
+            " type='unavailable'",
+            "<item affiliation='member' role='none'/><status code='110'/>",
+            "",
+        ),
+    );
+    let ev = events(&drain(&mut s));
+    assert!(
+        matches!(&ev[..], [Event::Occupant(p)] if p.is_self && !p.available && p.removal.is_none()),
+        "{ev:?}"
+    );
+    s.on_element(t0, occupant("other", "", "", ""));
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Presence(_)]));
+}
+
+#[test]
+fn after_a_new_login_rooms_are_joined_again_asking_for_the_missed_history_before_what_was_queued() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    // heard from at t0 + 100 s; the connection is lost at t0 + 200 s
+    let heard = t0 + Duration::from_secs(100);
+    s.on_element(
+        heard,
+        xml(&format!(
+            "<message from='{ROOM}/firstwitch' type='groupchat' id='m1'><body>one</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='sid-1'/></message>"
+        )),
+    );
+    drain(&mut s);
+    let lost = t0 + Duration::from_secs(200);
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    // sent while offline: queued
+    s.command(
+        lost,
+        Command::Send(Outgoing {
+            bytes: Bytes::from(format!(
+                "<message to='{ROOM}' type='groupchat' id='g1'><body>back</body></message>"
+            )),
+            id: Some("g1".into()),
+        }),
+    );
+    drain(&mut s);
+    let back = t0 + Duration::from_secs(260);
+    s.on_connected(back, bound());
+    let out = drain(&mut s);
+    let w = written(&out);
+    let joins: Vec<_> = w
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| x.contains("http://jabber.org/protocol/muc\""))
+        .collect();
+    // one fresh join (the first one, never acknowledged, is not sent again)
+    let [(at, join)] = &joins[..] else {
+        panic!("{w:?}")
+    };
+    assert!(
+        join.contains(&format!("to=\"{ROOM}/me\"")) && join.contains("<history seconds=\"170\"/>"),
+        "{join}"
+    );
+    let g1 = w.iter().position(|x| x.contains("id='g1'"));
+    assert!(matches!(g1, Some(g) if g > *at), "the join first: {w:?}");
+    assert!(events(&out).contains(&Event::Reconnected { resumed: false }));
+    // the occupants again, then the own presence: rejoined
+    s.on_element(
+        back,
+        occupant(
+            "firstwitch",
+            "",
+            "<item affiliation='owner' role='moderator'/>",
+            "",
+        ),
+    );
+    s.on_element(back, self_presence("me"));
+    let out = drain(&mut s);
+    assert!(replies(&out).is_empty());
+    let ev = events(&out);
+    let [
+        Event::Occupant(_),
+        Event::Occupant(me),
+        Event::RoomRejoined(joined),
+    ] = &ev[..]
+    else {
+        panic!("{ev:?}")
+    };
+    assert!(me.is_self);
+    assert_eq!(joined.room, ROOM);
+    assert_eq!(joined.occupants.len(), 1);
+    // history seen before (same archive id): dropped; new history: kept
+    for (sid, body) in [("sid-1", "one"), ("sid-3", "three")] {
+        s.on_element(
+            back,
+            xml(&format!(
+                "<message from='{ROOM}/firstwitch' type='groupchat'><body>{body}</body>\
+                 <delay xmlns='urn:xmpp:delay' from='{ROOM}' stamp='2026-01-01T00:00:00Z'/>\
+                 <stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='{sid}'/></message>"
+            )),
+        );
+    }
+    let ev = events(&drain(&mut s));
+    assert!(
+        matches!(&ev[..], [Event::RoomMessage(m)] if m.body.as_deref() == Some("three") && m.is_history),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_rejoin_keeps_the_password_and_no_history_if_the_app_wants_none() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", Some("pw"), Some(0))),
+    );
+    drain(&mut s);
+    s.on_element(t0, self_presence("me"));
+    drain(&mut s);
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    s.on_connected(t0 + Duration::from_secs(5), bound());
+    let w = written(&drain(&mut s));
+    assert!(
+        w.iter()
+            .any(|x| x.contains("<history maxstanzas=\"0\"/><password>pw</password>")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn a_refused_rejoin_is_an_event_and_the_room_is_forgotten() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    s.on_connected(t0, bound());
+    drain(&mut s);
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<presence from='{ROOM}/me' type='error'><error type='auth'>\
+             <forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+        )),
+    );
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![Event::RoomRejoinFailed {
+            room: ROOM.into(),
+            error: ClientError::StanzaError("forbidden".into()),
+        }]
+    );
+    // nothing more to rejoin
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    s.on_connected(t0, bound());
+    assert!(
+        !written(&drain(&mut s))
+            .iter()
+            .any(|x| x.contains("protocol/muc")),
+    );
+}
+
+#[test]
+fn after_a_resumption_rooms_stay_joined_and_a_join_asked_offline_goes_out_before_the_outbox() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    s.on_element(t0, xml("<a xmlns='urn:xmpp:sm:3' h='1'/>"));
+    drain(&mut s);
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    let other = "other@conference.example.org";
+    s.command(
+        t0,
+        Command::Request(
+            RequestId(2),
+            Request::JoinRoom {
+                room: other.into(),
+                nick: "me".into(),
+                password: None,
+                history: None,
+            },
+        ),
+    );
+    s.command(
+        t0,
+        Command::Send(Outgoing {
+            bytes: Bytes::from(format!(
+                "<message to='{other}' type='groupchat' id='g1'><body>hi</body></message>"
+            )),
+            id: Some("g1".into()),
+        }),
+    );
+    let out = drain(&mut s);
+    assert!(written(&out).is_empty(), "offline: nothing written");
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(1),
+            jid: None,
+        },
+    );
+    let w = written(&drain(&mut s));
+    let joins: Vec<_> = w.iter().filter(|x| x.contains("protocol/muc\"")).collect();
+    assert!(
+        matches!(&joins[..], [j] if j.contains(&format!("to=\"{other}/me\""))),
+        "{w:?}"
+    );
+    let join = w.iter().position(|x| x.contains("protocol/muc\""));
+    let g1 = w.iter().position(|x| x.contains("id='g1'"));
+    assert!(matches!((join, g1), (Some(j), Some(g)) if j < g), "{w:?}");
+}
+
+#[test]
+fn a_rooms_archive_is_asked_of_the_room_and_only_its_results_count() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    let query = HistoryQuery {
+        max: Some(5000),
+        latest: true,
+        ..HistoryQuery::default()
+    };
+    s.command(
+        t0,
+        Command::Request(
+            RequestId(7),
+            Request::RoomHistory {
+                room: ROOM.into(),
+                query,
+            },
+        ),
+    );
+    let out = drain(&mut s);
+    let id = last_iq_id(&out);
+    let iq = written(&out)
+        .into_iter()
+        .rfind(|w| w.starts_with("<iq"))
+        .unwrap();
+    assert!(iq.contains(&format!("to=\"{ROOM}\"")), "{iq}");
+    assert!(iq.contains("<max>1000</max>"), "{iq}");
+    let result = |from: &str, archive_id: &str| {
+        format!(
+            "<message from='{from}' to='alice@example.org/phone'><result xmlns='urn:xmpp:mam:2' queryid='{id}' id='{archive_id}'>\
+             <forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/>\
+             <message xmlns='jabber:client' from='{ROOM}/firstwitch' type='groupchat'><body>{archive_id}</body></message>\
+             </forwarded></result></message>"
+        )
+    };
+    s.on_element(t0, xml(&result(ROOM, "a1")));
+    // someone else's result for the room's query: not collected
+    s.on_element(t0, xml(&result("mallory@example.org", "forged")));
+    let out = drain(&mut s);
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::RoomMessage(_))),
+        "{out:?}"
+    );
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq type='result' id='{id}' from='{ROOM}'><fin xmlns='urn:xmpp:mam:2' complete='true'>\
+             <set xmlns='http://jabber.org/protocol/rsm'><first>a1</first><last>a1</last></set></fin></iq>"
+        )),
+    );
+    let got = replies(&drain(&mut s));
+    let [(RequestId(7), Ok(Answer::RoomHistory(page)))] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert!(page.complete);
+    let msgs: Vec<_> = page
+        .messages
+        .iter()
+        .map(|m| (m.stanza_id.as_deref(), m.nick.as_deref(), m.is_history))
+        .collect();
+    assert_eq!(msgs, [(Some("a1"), Some("firstwitch"), true)]);
+}
+
+#[test]
+fn a_self_ping_the_room_passes_on_is_answered() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    s.on_element(
+        t0,
+        xml(&format!(
+            "<iq from='{ROOM}/me' id='c0ffee' type='get'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )),
+    );
+    let out = drain(&mut s);
+    assert!(events(&out).is_empty());
+    assert_eq!(
+        written(&out)[0],
+        format!("<iq type=\"result\" to=\"{ROOM}/me\" id=\"c0ffee\"/>")
+    );
+}
+
+#[test]
+fn requests_waiting_on_rooms_fail_as_closed_when_the_session_ends() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    drain(&mut s);
+    s.command(t0, Command::Abort);
+    let out = drain(&mut s);
+    assert_eq!(
+        replies(&out),
+        vec![(RequestId(1), Err(ClientError::Closed))]
+    );
+}
+
+#[test]
+fn without_stream_management_a_join_whose_write_failed_is_not_sent_twice_after_a_new_login() {
+    let t0 = Instant::now();
+    let mut s = connected_without_sm(t0);
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    let join = next_stanza(&mut s);
+    s.on_write_failed(t0, "connection lost", false, Some(join));
+    drain(&mut s);
+    s.on_connected(t0, bound());
+    let w = written(&drain(&mut s));
+    let joins = w.iter().filter(|x| x.contains("protocol/muc\"")).count();
+    assert_eq!(joins, 1, "{w:?}");
+    s.on_element(t0, self_presence("me"));
+    assert!(matches!(
+        &replies(&drain(&mut s))[..],
+        [(RequestId(1), Ok(Answer::RoomJoined(_)))]
+    ));
+}
+
+#[test]
+fn joining_again_right_after_leaving_is_not_undone_by_the_answer_to_the_leave() {
+    let t0 = Instant::now();
+    let mut s = in_room(t0);
+    s.command(
+        t0,
+        Command::LeaveRoom {
+            room: ROOM.into(),
+            status: None,
+        },
+    );
+    s.command(
+        t0,
+        Command::Request(RequestId(2), join_request("me", None, None)),
+    );
+    drain(&mut s);
+    s.on_element(
+        t0,
+        occupant(
+            "me",
+            " type='unavailable'",
+            "<item affiliation='member' role='none'/><status code='110'/>",
+            "",
+        ),
+    );
+    assert!(replies(&drain(&mut s)).is_empty());
+    s.on_element(t0, self_presence("me"));
+    assert!(matches!(
+        &replies(&drain(&mut s))[..],
+        [(RequestId(2), Ok(Answer::RoomJoined(_)))]
+    ));
 }

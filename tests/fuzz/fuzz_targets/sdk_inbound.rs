@@ -18,7 +18,9 @@ use libfuzzer_sys::fuzz_target;
 
 fn app_step(op: u8) -> AppStep {
     match op - 0xe0 {
-        0..=3 => AppStep::SendMessage,
+        0..=1 => AppStep::SendMessage,
+        2 => AppStep::JoinRoom,
+        3 => AppStep::LeaveRoom,
         4 => AppStep::Roster,
         5 => AppStep::History,
         6 => AppStep::Presence,

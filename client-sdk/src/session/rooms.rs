@@ -1,0 +1,607 @@
+//! The rooms (XEP-0045) the app joined, as the session keeps them: which
+//! JIDs are rooms (so their presence and messages become room events, not
+//! a contact's), the joins and nick changes waiting for the room's answer,
+//! and what a new login needs to join them again.
+//!
+//! A join goes out when the connection takes writes, else at the next
+//! connection (never through the outbox: the session writes a fresh join
+//! for every room after a new login, and drops the copies of earlier ones
+//! that stream management or the outbox would send again).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use xmpp_stream::element::Element;
+use xmpp_stream::ns;
+
+use super::requests::IQ_TIMEOUT;
+use super::{Answer, Session};
+use crate::ClientError;
+use crate::event::{self, Event};
+use crate::muc::{self, HistoryWanted, Occupant, RoomJoined, RoomStanza};
+use crate::session::RequestId;
+use crate::sm::Outgoing;
+
+/// How long a join (or a nick change) waits for the room's answer.
+pub(crate) const ROOM_TIMEOUT: Duration = IQ_TIMEOUT;
+/// Rooms kept at once; beyond that joins fail at once.
+pub(crate) const MAX_ROOMS: usize = 1024;
+/// Occupants a join's answer lists at most (all arrive as events).
+pub(crate) const MAX_JOIN_OCCUPANTS: usize = 10_000;
+/// A rejoin asks for the history of the time since the room was last
+/// heard from, plus this (what was on its way then): messages seen twice
+/// are dropped as duplicates.
+pub(crate) const REJOIN_HISTORY_MARGIN_SECS: u64 = 10;
+
+/// A room the app joined (or is joining, or leaving).
+#[derive(Debug)]
+pub(crate) struct Room {
+    /// Its bare JID.
+    jid: String,
+    /// The app's nick there (the one the room gave).
+    nick: String,
+    password: Option<String>,
+    /// The most history messages the app wants at a join.
+    history: Option<u32>,
+    phase: Phase,
+    /// When the room was last heard from (the history a rejoin asks for).
+    last_activity: Instant,
+    nick_change: Option<NickChange>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// The join presence is on its way (or waits for a connection).
+    Joining(Join),
+    /// The room sent the app's own presence.
+    Joined,
+    /// The app left; the room's last presence is awaited.
+    Leaving,
+}
+
+#[derive(Debug)]
+struct Join {
+    /// The app's request (`None`: the session's rejoin).
+    request: Option<RequestId>,
+    deadline: Instant,
+    /// Written on the current connection (else at the next one).
+    sent: bool,
+    history: HistoryWanted,
+    /// The occupants the room showed so far.
+    occupants: Vec<Occupant>,
+}
+
+#[derive(Debug)]
+struct NickChange {
+    /// The nick asked for.
+    nick: String,
+    request: RequestId,
+    deadline: Instant,
+    /// The room sent the app's presence of the old nick with code 303:
+    /// the next own presence is of the new nick (the room may have
+    /// changed the one asked for).
+    renamed: bool,
+}
+
+/// The rooms, by their bare JID in lower case.
+#[derive(Debug, Default)]
+pub(crate) struct Rooms {
+    map: HashMap<String, Room>,
+    /// The join presences written and not acknowledged (of rooms since
+    /// forgotten too): a new login drops their copies that stream
+    /// management or the outbox would send again, as it writes a fresh
+    /// join for each room still kept. (Without stream management nothing
+    /// is acknowledged: they go at the next login, or past a bound.)
+    in_flight: VecDeque<Bytes>,
+}
+
+fn key(jid: &str) -> String {
+    event::bare(jid).to_ascii_lowercase()
+}
+
+impl Rooms {
+    /// The room `jid` (any JID of it) is one the session keeps.
+    fn get_mut(&mut self, jid: &str) -> Option<&mut Room> {
+        self.map.get_mut(&key(jid))
+    }
+
+    fn contains(&self, jid: &str) -> bool {
+        self.map.contains_key(&key(jid))
+    }
+
+    /// The server acknowledged `bytes`: not a join in flight any more.
+    pub(crate) fn acknowledged(&mut self, bytes: &Bytes) {
+        if let Some(at) = self.in_flight.iter().position(|b| b == bytes) {
+            self.in_flight.remove(at);
+        }
+    }
+
+    /// When the next join or nick change gives up.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.map
+            .values()
+            .flat_map(|r| {
+                let join = match &r.phase {
+                    Phase::Joining(j) => Some(j.deadline),
+                    _ => None,
+                };
+                join.into_iter()
+                    .chain(r.nick_change.as_ref().map(|n| n.deadline))
+            })
+            .min()
+    }
+}
+
+impl Session {
+    /// The app's full JID (its own occupant shows it where real JIDs are
+    /// shown).
+    fn own_full_jid(&self) -> String {
+        match &self.resource {
+            Some(r) => format!("{}/{r}", self.config.jid),
+            None => self.config.jid.clone(),
+        }
+    }
+
+    /// The app asks to join `room` as `nick`.
+    pub(super) fn join_room(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        room: String,
+        nick: String,
+        password: Option<String>,
+        history: Option<u32>,
+    ) {
+        let k = key(&room);
+        let previous = self.rooms.map.get(&k);
+        if let Some(Room {
+            phase: Phase::Joining(Join {
+                request: Some(_), ..
+            }),
+            ..
+        }) = previous
+        {
+            return self.reply(
+                id,
+                Err(ClientError::Busy("a join of this room is under way".into())),
+            );
+        }
+        if previous.is_none() && self.rooms.map.len() >= MAX_ROOMS {
+            return self.reply(id, Err(ClientError::Busy("too many rooms".into())));
+        }
+        if let Some(old) = self.rooms.map.remove(&k)
+            && let Some(n) = old.nick_change
+        {
+            self.reply(
+                n.request,
+                Err(ClientError::Protocol(
+                    "the room is being joined again".into(),
+                )),
+            );
+        }
+        let join = Join {
+            request: Some(id),
+            deadline: now + ROOM_TIMEOUT,
+            sent: false,
+            history: HistoryWanted {
+                max_stanzas: history,
+                seconds: None,
+            },
+            occupants: Vec::new(),
+        };
+        self.rooms.map.insert(
+            k.clone(),
+            Room {
+                jid: room,
+                nick,
+                password,
+                history,
+                phase: Phase::Joining(join),
+                last_activity: now,
+                nick_change: None,
+            },
+        );
+        if self.writable() {
+            self.send_join(&k);
+        }
+    }
+
+    /// Writes the join presence of the room `k`.
+    fn send_join(&mut self, k: &str) {
+        let caps = crate::pep::caps_element(&self.config.notify);
+        let Some(room) = self.rooms.map.get_mut(k) else {
+            return;
+        };
+        let Phase::Joining(join) = &mut room.phase else {
+            return;
+        };
+        let occupant = format!("{}/{}", room.jid, room.nick);
+        let presence = muc::join_presence(
+            &occupant,
+            room.password.as_deref(),
+            join.history,
+            Some(caps),
+        );
+        let bytes = Bytes::from(presence.to_bytes(ns::CLIENT));
+        join.sent = true;
+        if self.rooms.in_flight.len() >= MAX_ROOMS * 4 {
+            self.rooms.in_flight.pop_front();
+        }
+        self.rooms.in_flight.push_back(bytes.clone());
+        self.send(Outgoing { bytes, id: None });
+    }
+
+    /// Writes the joins that wait for a connection.
+    pub(super) fn send_pending_joins(&mut self) {
+        let pending: Vec<String> = self
+            .rooms
+            .map
+            .iter()
+            .filter(|(_, r)| matches!(&r.phase, Phase::Joining(j) if !j.sent))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pending {
+            self.send_join(&k);
+        }
+    }
+
+    /// A new login (the server forgot the old session and its rooms):
+    /// every room is to be joined again, asking for the history missed
+    /// (see [`REJOIN_HISTORY_MARGIN_SECS`]); rooms being left are
+    /// forgotten. Returns the join presences written before, whose copies
+    /// must not be sent again.
+    pub(super) fn rooms_after_new_login(&mut self, now: Instant) -> Vec<Bytes> {
+        self.rooms
+            .map
+            .retain(|_, r| !matches!(r.phase, Phase::Leaving));
+        let stale = std::mem::take(&mut self.rooms.in_flight).into();
+        for room in self.rooms.map.values_mut() {
+            match &mut room.phase {
+                Phase::Joining(join) => {
+                    join.sent = false;
+                    join.occupants.clear();
+                    if join.request.is_none() {
+                        join.deadline = now + ROOM_TIMEOUT;
+                    }
+                }
+                Phase::Joined | Phase::Leaving => {
+                    let history = match room.history {
+                        Some(0) => HistoryWanted {
+                            max_stanzas: Some(0),
+                            seconds: None,
+                        },
+                        max => HistoryWanted {
+                            max_stanzas: max,
+                            seconds: Some(
+                                now.saturating_duration_since(room.last_activity).as_secs()
+                                    + REJOIN_HISTORY_MARGIN_SECS,
+                            ),
+                        },
+                    };
+                    room.phase = Phase::Joining(Join {
+                        request: None,
+                        deadline: now + ROOM_TIMEOUT,
+                        sent: false,
+                        history,
+                        occupants: Vec::new(),
+                    });
+                }
+            }
+        }
+        stale
+    }
+
+    /// The app leaves `room`.
+    pub(super) fn leave_room(&mut self, room: &str, status: Option<&str>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let occupant = format!("{}/{}", r.jid, r.nick);
+        let never_sent = matches!(&r.phase, Phase::Joining(j) if !j.sent);
+        let join_request = match &r.phase {
+            Phase::Joining(j) => j.request,
+            _ => None,
+        };
+        let nick_change = r.nick_change.take();
+        r.phase = Phase::Leaving;
+        if never_sent {
+            self.rooms.map.remove(&key(room));
+        } else {
+            let bytes = Bytes::from(muc::leave_presence(&occupant, status).to_bytes(ns::CLIENT));
+            self.send(Outgoing { bytes, id: None });
+        }
+        let left = || Err(ClientError::Protocol("the app left the room".into()));
+        if let Some(id) = join_request {
+            self.reply(id, left());
+        }
+        if let Some(n) = nick_change {
+            self.reply(n.request, left());
+        }
+    }
+
+    /// The app asks for a new nick in `room`.
+    pub(super) fn change_nick(&mut self, now: Instant, id: RequestId, room: &str, nick: String) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return self.reply(
+                id,
+                Err(ClientError::Config(format!("not in the room {room}"))),
+            );
+        };
+        if !matches!(r.phase, Phase::Joined) {
+            return self.reply(
+                id,
+                Err(ClientError::Config(format!("not in the room {room}"))),
+            );
+        }
+        if r.nick_change.is_some() {
+            return self.reply(
+                id,
+                Err(ClientError::Busy("a nick change is under way".into())),
+            );
+        }
+        let presence = muc::nick_presence(&format!("{}/{nick}", r.jid));
+        r.nick_change = Some(NickChange {
+            nick,
+            request: id,
+            deadline: now + ROOM_TIMEOUT,
+            renamed: false,
+        });
+        let bytes = Bytes::from(presence.to_bytes(ns::CLIENT));
+        self.send(Outgoing { bytes, id: None });
+    }
+
+    /// Joins and nick changes whose time is up give up. A join given up
+    /// is left (were the room to answer late, the app would be in a room
+    /// it does not know of).
+    pub(super) fn expire_rooms(&mut self, now: Instant) {
+        let mut expired_joins = Vec::new();
+        let mut expired_nicks = Vec::new();
+        for (k, r) in self.rooms.map.iter_mut() {
+            if let Phase::Joining(j) = &r.phase
+                && j.deadline <= now
+            {
+                expired_joins.push(k.clone());
+            }
+            if r.nick_change.as_ref().is_some_and(|n| n.deadline <= now)
+                && let Some(n) = r.nick_change.take()
+            {
+                expired_nicks.push(n.request);
+            }
+        }
+        for id in expired_nicks {
+            self.reply(id, Err(ClientError::Timeout));
+        }
+        for k in expired_joins {
+            let Some(r) = self.rooms.map.remove(&k) else {
+                continue;
+            };
+            let Phase::Joining(join) = r.phase else {
+                continue;
+            };
+            if join.sent {
+                let leave = muc::leave_presence(&format!("{}/{}", r.jid, r.nick), None);
+                let bytes = Bytes::from(leave.to_bytes(ns::CLIENT));
+                self.send(Outgoing { bytes, id: None });
+            }
+            self.join_failed(r.jid, join.request, ClientError::Timeout);
+        }
+    }
+
+    /// Every room is forgotten (the session is over): what waits fails.
+    pub(super) fn drop_rooms(&mut self) {
+        for (_, r) in self.rooms.map.drain().collect::<Vec<_>>() {
+            if let Phase::Joining(Join {
+                request: Some(id), ..
+            }) = r.phase
+            {
+                self.reply(id, Err(ClientError::Closed));
+            }
+            if let Some(n) = r.nick_change {
+                self.reply(n.request, Err(ClientError::Closed));
+            }
+        }
+    }
+
+    fn join_failed(&mut self, room: String, request: Option<RequestId>, error: ClientError) {
+        match request {
+            Some(id) => self.reply(id, Err(error)),
+            None => self.event(Event::RoomRejoinFailed { room, error }),
+        }
+    }
+
+    /// What a stanza means to the rooms: a room's presence or groupchat
+    /// message, an invitation, a ping of the app's occupant passed on by a
+    /// room. True if it was one (the app sees nothing else of it).
+    pub(super) fn room_stanza(&mut self, now: Instant, el: &Element) -> bool {
+        let from = el.attr("from").unwrap_or_default();
+        let tracked = !from.is_empty() && self.rooms.contains(from);
+        match el.name.as_str() {
+            "presence"
+                if tracked && matches!(el.attr("type"), None | Some("unavailable" | "error")) =>
+            {
+                self.room_presence(now, el);
+                true
+            }
+            "message" if tracked && el.attr("type") == Some("groupchat") => {
+                self.room_message(now, el);
+                true
+            }
+            "message" => match muc::invite_of(el) {
+                Some(invite) => {
+                    self.event(Event::RoomInvite(invite));
+                    true
+                }
+                None => false,
+            },
+            // XEP-0410: the room passes a self-ping on to one of the
+            // occupant's clients, this one maybe
+            "iq" if tracked
+                && el.attr("type") == Some("get")
+                && el.child("ping", ns::PING).is_some() =>
+            {
+                let mut pong = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "result")
+                    .with_attr("to", from);
+                if let Some(id) = el.attr("id") {
+                    pong.set_attr("id", id);
+                }
+                let bytes = Bytes::from(pong.to_bytes(ns::CLIENT));
+                self.send(Outgoing { bytes, id: None });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn room_message(&mut self, now: Instant, el: &Element) {
+        let from = el.attr("from").unwrap_or_default();
+        let Some(room) = self.rooms.get_mut(from) else {
+            return;
+        };
+        room.last_activity = now;
+        let jid = room.jid.clone();
+        match muc::room_message(el, &jid) {
+            RoomStanza::Message(m) => {
+                // history sent again at a rejoin, without the sender's id
+                if let Some(sid) = &m.stanza_id
+                    && !self.seen.first_time(&format!("stanza-id {jid}"), sid)
+                {
+                    tracing::debug!(room = jid, sid, "duplicate room message dropped");
+                    self.duplicates += 1;
+                    return;
+                }
+                self.event(Event::RoomMessage(m));
+            }
+            RoomStanza::Subject { nick, subject } => self.event(Event::RoomSubject {
+                room: jid,
+                nick,
+                subject,
+            }),
+        }
+    }
+
+    fn room_presence(&mut self, now: Instant, el: &Element) {
+        let from = el.attr("from").unwrap_or_default();
+        let own = self.own_full_jid();
+        let Some(room) = self.rooms.get_mut(from) else {
+            return;
+        };
+        room.last_activity = now;
+        let k = key(&room.jid);
+        if el.attr("type") == Some("error") {
+            let condition =
+                event::stanza_error_condition(el).unwrap_or_else(|| "undefined-condition".into());
+            return self.room_presence_error(&k, muc::resource(from), condition);
+        }
+        let Some(p) = muc::occupant_presence(el, &room.jid, &own) else {
+            return;
+        };
+        let destroyed = muc::destroyed(el);
+        if !p.is_self {
+            if let Phase::Joining(join) = &mut room.phase {
+                join.occupants.retain(|o| o.nick != p.occupant.nick);
+                if p.available && join.occupants.len() < MAX_JOIN_OCCUPANTS {
+                    join.occupants.push(p.occupant.clone());
+                }
+            }
+            self.event(Event::Occupant(p));
+            return;
+        }
+        if p.available {
+            room.nick = p.occupant.nick.clone();
+            let nick_change = room
+                .nick_change
+                .take_if(|n| n.renamed || n.nick == p.occupant.nick);
+            let joined = match std::mem::replace(&mut room.phase, Phase::Joined) {
+                Phase::Joining(join) => Some((
+                    join.request,
+                    RoomJoined {
+                        room: room.jid.clone(),
+                        nick: p.occupant.nick.clone(),
+                        me: p.occupant.clone(),
+                        occupants: join.occupants,
+                        status_codes: p.status_codes.clone(),
+                    },
+                )),
+                Phase::Leaving => {
+                    room.phase = Phase::Leaving;
+                    None
+                }
+                Phase::Joined => None,
+            };
+            let nick = p.occupant.nick.clone();
+            self.event(Event::Occupant(p));
+            match joined {
+                Some((Some(id), joined)) => self.reply(id, Ok(Answer::RoomJoined(joined))),
+                Some((None, joined)) => self.event(Event::RoomRejoined(joined)),
+                None => {}
+            }
+            if let Some(n) = nick_change {
+                self.reply(n.request, Ok(Answer::NickChanged(nick)));
+            }
+            return;
+        }
+        if let Some(new_nick) = &p.new_nick {
+            // renamed: the presence from the new nick follows
+            room.nick = new_nick.clone();
+            if let Some(n) = &mut room.nick_change {
+                n.renamed = true;
+            }
+            self.event(Event::Occupant(p));
+            return;
+        }
+        if matches!(room.phase, Phase::Joining(_)) && p.removal.is_none() && destroyed.is_none() {
+            // the answer to a leave before this join
+            self.event(Event::Occupant(p));
+            return;
+        }
+        // the app is out of the room: left, removed, or the room is gone
+        let Some(r) = self.rooms.map.remove(&k) else {
+            return;
+        };
+        let room_jid = r.jid.clone();
+        self.event(Event::Occupant(p));
+        if let Some((reason, alternate)) = destroyed {
+            self.event(Event::RoomDestroyed {
+                room: room_jid.clone(),
+                reason,
+                alternate,
+            });
+        }
+        let out = || Err(ClientError::Protocol("removed from the room".into()));
+        if let Phase::Joining(join) = r.phase
+            && let Some(id) = join.request
+        {
+            self.reply(id, out());
+        }
+        if let Some(n) = r.nick_change {
+            self.reply(n.request, out());
+        }
+    }
+
+    /// The room refused a presence (from the occupant JID `nick`, or the
+    /// room's): a join (it fails, the room is forgotten) or a nick change.
+    fn room_presence_error(&mut self, k: &str, nick: Option<&str>, condition: String) {
+        let Some(room) = self.rooms.map.get_mut(k) else {
+            return;
+        };
+        if matches!(room.phase, Phase::Joining(_)) {
+            let Some(r) = self.rooms.map.remove(k) else {
+                return;
+            };
+            if let Phase::Joining(join) = r.phase {
+                self.join_failed(r.jid, join.request, ClientError::StanzaError(condition));
+            }
+            return;
+        }
+        if let Some(n) = room
+            .nick_change
+            .take_if(|n| nick.is_none_or(|nick| nick == n.nick))
+        {
+            self.reply(n.request, Err(ClientError::StanzaError(condition)));
+            return;
+        }
+        tracing::debug!(room = room.jid, condition, "a room refused a presence");
+    }
+}
