@@ -637,6 +637,160 @@ async fn personal_eventing(mut cluster: Cluster) {
     cluster.shutdown().await;
 }
 
+const ROOM: &str = "team@conference.longlink.test";
+
+/// Waits for `body` in `room` (live, not history).
+async fn room_message(c: &mut Client, body: &str) -> client_sdk::muc::RoomMessage {
+    wait_for(c, &format!("room message {body}"), |ev| match ev {
+        Event::RoomMessage(m) if m.body.as_deref() == Some(body) && !m.is_history => {
+            Some(m.clone())
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// Group chat (XEP-0045) through the SDK: a persistent room made and
+/// configured by its owner, joined with history, messages with the
+/// room's stanza ids and occupant ids, a wrong password and a ban
+/// refused, a kick, and after a core restart the owner still owns it and
+/// its archive (XEP-0313 on the room) holds what was said.
+async fn group_chat(mut cluster: Cluster) {
+    use client_sdk::muc::{Affiliation, JoinOptions, Removal, RoomConfig};
+    assert_eq!(ROOM, format!("team@conference.{DOMAIN}"));
+    for user in ["alice", "bob", "carol"] {
+        cluster.add_user(user, "secret");
+    }
+    let mut alice = cluster.login(0, "alice", "phone").await;
+    let mut bob = cluster.login(1, "bob", "pc").await;
+    let mut carol = cluster.login(0, "carol", "phone").await;
+
+    let joined = alice
+        .join_room(ROOM, "alice", JoinOptions::default())
+        .await
+        .unwrap();
+    assert!(joined.created(), "{joined:?}");
+    assert_eq!(joined.me.affiliation, Affiliation::Owner);
+    assert!(joined.me.occupant_id.is_some());
+    // locked until configured: bob cannot enter yet
+    let early = bob.join_room(ROOM, "bob", JoinOptions::default()).await;
+    assert!(
+        matches!(&early, Err(client_sdk::ClientError::StanzaError(c)) if c == "item-not-found"),
+        "{early:?}"
+    );
+    let config = RoomConfig {
+        persistent: Some(true),
+        password_protected: Some(true),
+        password: Some("door".into()),
+        name: Some("The team".into()),
+        ..RoomConfig::default()
+    };
+    alice.configure_room(ROOM, &config).await.unwrap();
+    let read = alice.room_config(ROOM).await.unwrap();
+    assert_eq!(read.persistent, Some(true));
+    assert_eq!(read.name.as_deref(), Some("The team"));
+
+    alice.send_groupchat(ROOM, "before bob came").await.unwrap();
+    room_message(&mut alice, "before bob came").await;
+    let wrong = bob
+        .join_room(
+            ROOM,
+            "bob",
+            JoinOptions {
+                password: Some("window".into()),
+                ..JoinOptions::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(&wrong, Err(client_sdk::ClientError::StanzaError(c)) if c == "not-authorized"),
+        "{wrong:?}"
+    );
+    let with_password = JoinOptions {
+        password: Some("door".into()),
+        ..JoinOptions::default()
+    };
+    let joined = bob
+        .join_room(ROOM, "bob", with_password.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        joined
+            .occupants
+            .iter()
+            .map(|o| o.nick.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"]
+    );
+    // bob got the history, delayed and stamped by the room
+    let old = wait_for(&mut bob, "history", |ev| match ev {
+        Event::RoomMessage(m) if m.is_history => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(old.body.as_deref(), Some("before bob came"));
+    assert!(old.stanza_id.is_some());
+
+    // a live message reaches both, with one stanza id and the sender's occupant id
+    let id = bob.send_groupchat(ROOM, "hi all").await.unwrap();
+    let at_alice = room_message(&mut alice, "hi all").await;
+    let at_bob = room_message(&mut bob, "hi all").await;
+    assert_eq!(at_bob.id.as_deref(), Some(id.as_str()));
+    assert_eq!(at_alice.stanza_id, at_bob.stanza_id);
+    assert_eq!(at_alice.nick.as_deref(), Some("bob"));
+    assert_eq!(at_alice.occupant_id, joined.me.occupant_id);
+
+    // a ban keeps carol out; a kick removes bob, who may come back
+    alice
+        .set_affiliation(ROOM, &jid("carol"), Affiliation::Outcast, Some("no"))
+        .await
+        .unwrap();
+    let banned = carol.join_room(ROOM, "carol", with_password.clone()).await;
+    assert!(
+        matches!(&banned, Err(client_sdk::ClientError::StanzaError(c)) if c == "forbidden"),
+        "{banned:?}"
+    );
+    alice.kick(ROOM, "bob", Some("cool off")).await.unwrap();
+    let kicked = wait_for(&mut bob, "kicked", |ev| match ev {
+        Event::Occupant(p) if p.is_self && !p.available => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(kicked.removal, Some(Removal::Kicked));
+    let self_ping = bob.self_ping(ROOM, "bob").await.unwrap();
+    assert_eq!(self_ping, client_sdk::muc::SelfPing::NotJoined);
+    bob.join_room(ROOM, "bob", with_password.clone())
+        .await
+        .unwrap();
+
+    // after a core restart the room is still there, still alice's, and
+    // its archive holds what was said
+    alice.disconnect().await;
+    bob.disconnect().await;
+    carol.disconnect().await;
+    cluster.stop_core().await;
+    cluster.start_core().await;
+    let alice = cluster.login(1, "alice", "phone").await;
+    let again = alice
+        .join_room(ROOM, "alice", JoinOptions::default())
+        .await
+        .unwrap();
+    assert!(!again.created());
+    assert_eq!(again.me.affiliation, Affiliation::Owner);
+    let page = alice
+        .room_history(ROOM, &HistoryQuery::default())
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = page
+        .messages
+        .iter()
+        .filter_map(|m| m.body.as_deref())
+        .collect();
+    assert_eq!(bodies, ["before bob came", "hi all"], "{page:?}");
+    assert_eq!(page.messages[1].stanza_id, at_bob.stanza_id);
+    cluster.shutdown().await;
+}
+
 /// A TURN server (coturn's `turnserver`) on loopback checking REST
 /// credentials made with `secret`; killed when dropped.
 struct Coturn {
@@ -787,6 +941,24 @@ async fn turn_credentials_the_core_hands_out_are_accepted_by_coturn_and_a_forged
         coturn.assert_running();
         assert!(coturn.relays(user, pass).await, "{}", coturn.log());
         cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_with_password_ban_kick_history_and_archive_outlives_a_restart_on_the_embedded_store()
+ {
+    bounded(180, async { group_chat(Cluster::start(2).await).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_with_password_ban_kick_history_and_archive_outlives_a_restart_on_postgresql()
+ {
+    let Some(url) = im_core::storage::postgres_for_tests("ll_rooms") else {
+        return;
+    };
+    bounded(180, async {
+        group_chat(Cluster::start_on_postgres(2, url).await).await
     })
     .await;
 }

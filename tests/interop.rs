@@ -409,6 +409,8 @@ const COMPLIANCE_PASSES: &[&str] = &[
     "XEP-0163 personal eventing (account identity pubsub/pep)",
     "XEP-0223 PEP publish-options (account feature)",
     "RFC 6121 roster versioning (stream feature)",
+    "XEP-0045 multi-user chat (a conference/text service)",
+    "XEP-0410 MUC self-ping optimization (group chat service feature)",
     "XEP-0191 blocking command (server feature)",
     "XEP-0280 message carbons (server feature)",
     "XEP-0313 message archive (account feature)",
