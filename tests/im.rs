@@ -770,7 +770,7 @@ async fn group_chat(mut cluster: Cluster) {
     carol.disconnect().await;
     cluster.stop_core().await;
     cluster.start_core().await;
-    let alice = cluster.login(1, "alice", "phone").await;
+    let alice = login_notified(&cluster, 1, "alice", "phone", &[]).await;
     let again = alice
         .join_room(ROOM, "alice", JoinOptions::default())
         .await

@@ -178,6 +178,12 @@ async fn slixmpp_clients_chat_in_a_room_with_history_occupants_and_self_ping_ove
         );
         assert_eq!(report["ben_history"], serde_json::json!(["m0", "m1", "m2"]));
         assert_eq!(report["ben_sees"], serde_json::json!(["anna", "ben"]));
+        // (the occupants slixmpp saw before its own presence: anna's first)
+        let on_join = report["ben_occupants_on_join"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(on_join.contains(&serde_json::json!("anna")), "{report}");
         assert_eq!(report["anna_sees"], serde_json::json!(["anna", "ben"]));
         assert_eq!(report["self_ping"], "ok");
         assert_eq!(report["anna_heard_ben"], true);

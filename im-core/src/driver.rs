@@ -705,6 +705,7 @@ impl Driver {
             Action::Archive {
                 mut entries,
                 origin,
+                bounce,
             } => {
                 let stamp = crate::queries::now_micros();
                 for e in &mut entries {
@@ -716,7 +717,7 @@ impl Driver {
                     .map(|e| e.payload.clone())
                     .unwrap_or_default();
                 let Some(charge) = self.budget.charge(payload.len() * entries.len()) else {
-                    return self.refuse_write(Bounce::default(), payload, origin, None);
+                    return self.refuse_write(bounce, payload, origin, None);
                 };
                 let fences = self.fences(entries.iter().map(|e| e.user.as_str()));
                 let job = move || {
@@ -725,6 +726,15 @@ impl Driver {
                     move |db: &mut dyn Store| {
                         check_fences(db, &fences)?;
                         for e in &entries {
+                            // a room's archive is kept only with its record:
+                            // a message for a room not stored is refused,
+                            // not acknowledged as if archived
+                            if e.user.contains('@') && db.muc_room(&e.user)?.is_none() {
+                                return Err(StorageError::Unavailable(format!(
+                                    "room {} has no stored record",
+                                    e.user
+                                )));
+                            }
                             db.archive(e)?;
                         }
                         Ok(())
@@ -746,14 +756,14 @@ impl Driver {
                             fenced.inc();
                             Input::StoreFenced {
                                 user: String::new(),
-                                bounce: Bounce::default(),
+                                bounce,
                                 payload,
                                 origin,
                                 live: None,
                             }
                         }
                         (Err(e), origin) => Input::StoreFailed {
-                            bounce: Bounce::default(),
+                            bounce,
                             payload,
                             condition: e.condition(),
                             origin,
@@ -810,6 +820,7 @@ impl Driver {
                 let failed = Input::RoomLoaded {
                     room: room.clone(),
                     record: None,
+                    history: Vec::new(),
                     failed: true,
                 };
                 let Some(charge) = self.budget.charge(0) else {
@@ -819,16 +830,34 @@ impl Driver {
                     let room = room.clone();
                     move || {
                         let room = room.clone();
-                        move |db: &mut dyn Store| db.muc_room(&room)
+                        move |db: &mut dyn Store| {
+                            let Some(record) = db.muc_room(&room)? else {
+                                return Ok((None, Vec::new()));
+                            };
+                            // its newest messages are its history
+                            let query = crate::storage::ArchiveQuery {
+                                from_end: true,
+                                max: crate::muc::room::MAX_HISTORY,
+                                ..Default::default()
+                            };
+                            let page = db.query_archive(&room, &query)?;
+                            let history = page
+                                .items
+                                .into_iter()
+                                .map(|a| (a.stamp, a.payload))
+                                .collect();
+                            Ok((Some(record), history))
+                        }
                     }
                 };
                 let outcome = Queued::new(&self.storage, self.limits.deadline, charge).run(0, job);
                 let events = self.events.clone();
                 tokio::spawn(async move {
                     let input = match outcome.await {
-                        Ok(record) => Input::RoomLoaded {
+                        Ok((record, history)) => Input::RoomLoaded {
                             room,
                             record,
+                            history,
                             failed: false,
                         },
                         Err(e) => {
@@ -839,11 +868,52 @@ impl Driver {
                     let _ = events.send(Event::Router(input)).await;
                 });
             }
-            Action::SaveRoom { room, record } => {
+            Action::SaveRoom {
+                room,
+                record,
+                answer,
+            } => {
                 let fences = self.fences([room.as_str()]);
-                self.write(move |db| {
-                    check_fences(db, &fences)?;
-                    db.set_muc_room(&room, &record)
+                let saved = |a: &crate::muc::Answer, payload: &Bytes| Input::RoomSaved {
+                    room: room.clone(),
+                    to: a.to.clone(),
+                    payload: payload.clone(),
+                };
+                let Some(charge) = self.budget.charge(record.len()) else {
+                    tracing::error!(room, "storage overloaded: a room's record is not stored");
+                    if let Some(a) = &answer {
+                        self.refused.push_back(saved(a, &a.error));
+                    }
+                    return;
+                };
+                let job = {
+                    let room = room.clone();
+                    move || {
+                        let (room, record, fences) = (room.clone(), record.clone(), fences.clone());
+                        move |db: &mut dyn Store| {
+                            check_fences(db, &fences)?;
+                            db.set_muc_room(&room, &record)
+                        }
+                    }
+                };
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
+                    .run(ARCHIVE_RETRIES, job);
+                let events = self.events.clone();
+                let (ok, failed) = match &answer {
+                    Some(a) => (Some(saved(a, &a.result)), Some(saved(a, &a.error))),
+                    None => (None, None),
+                };
+                tokio::spawn(async move {
+                    let input = match outcome.await {
+                        Ok(()) => ok,
+                        Err(e) => {
+                            tracing::error!(room, error = %e, "storing a room's record failed");
+                            failed
+                        }
+                    };
+                    if let Some(input) = input {
+                        let _ = events.send(Event::Router(input)).await;
+                    }
                 });
             }
             Action::DeleteRoom { room } => {

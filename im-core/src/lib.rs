@@ -361,7 +361,7 @@ pub async fn start_with_store(
         .into();
         let base = (queries::now_micros() as u64).wrapping_mul(16);
         router = router
-            .with_muc(muc::MucService::new(&jid, base, secret))
+            .with_muc(muc::MucService::new(&jid, base, secret).with_archive(config.archive))
             .with_fanout_per_session(config.muc_fanout_per_session);
     }
     let upload = match &config.upload {

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use cm_protocol::Kind;
 use jid::Jid;
 use sha2::Digest;
-use xmpp_stream::element::{Element, Node};
+use xmpp_stream::element::Element;
 use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, ns};
 
@@ -72,6 +72,21 @@ pub struct Inbound {
     pub to: String,
     /// The stanza (its `from` stamped).
     pub payload: Bytes,
+    /// The sender's acknowledgement held while the stanza waits for its
+    /// room to load (the router's token; given back by
+    /// [`MucAction::Release`]).
+    pub hold: Option<(u64, u32)>,
+}
+
+/// A stanza error's addressing, for when a write the sender waits for fails.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// The sender's full JID.
+    pub jid: String,
+    /// Whom it addressed.
+    pub to: String,
+    /// Its `id`.
+    pub id: Option<String>,
 }
 
 /// What the service decided (see [`MucService::poll_action`]).
@@ -111,13 +126,23 @@ pub enum MucAction {
         from: String,
         /// The message as broadcast.
         payload: Bytes,
+        /// Who sent it (told if the write fails).
+        sender: Sender,
+        /// The acknowledgement it held while waiting for the room to load
+        /// (none: the stanza being routed now).
+        hold: Option<(u64, u32)>,
     },
-    /// Store a persistent room's record (JSON of [`RoomRecord`]).
+    /// Store a persistent room's record (JSON of [`RoomRecord`]), then
+    /// send `answer` (an IQ result to its asker; if the write fails, the
+    /// error instead).
     Save {
         /// The room's bare JID.
         room: String,
         /// The record.
         record: Bytes,
+        /// The asker, the result and the error to send once the write is
+        /// done.
+        answer: Option<Answer>,
     },
     /// Remove a room's record and archive.
     Delete {
@@ -130,6 +155,12 @@ pub enum MucAction {
         /// The room's bare JID.
         room: String,
     },
+    /// A stanza that waited for its room is done with: the
+    /// acknowledgement it held may go.
+    Release {
+        /// What [`Inbound::hold`] held.
+        hold: (u64, u32),
+    },
     /// Answer an archive query (XEP-0313) on a room's archive.
     Query {
         /// The asker's full JID.
@@ -139,6 +170,17 @@ pub enum MucAction {
         /// The IQ.
         iq: Bytes,
     },
+}
+
+/// What to tell the asker of a change once it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The asker's full JID.
+    pub to: String,
+    /// The IQ result.
+    pub result: Bytes,
+    /// The IQ error if the write fails.
+    pub error: Bytes,
 }
 
 /// The service (see the module docs).
@@ -151,6 +193,10 @@ pub struct MucService {
     ids: ArchiveIds,
     secret: [u8; 32],
     unix: u64,
+    /// The hold of the waiting stanza being handled, if any.
+    current_hold: Option<(u64, u32)>,
+    /// Persistent rooms keep an archive (the core's `archive` setting).
+    archive: bool,
     out: VecDeque<MucAction>,
 }
 
@@ -166,7 +212,25 @@ impl MucService {
             ids: ArchiveIds::new(ids_base),
             secret,
             unix: 0,
+            current_hold: None,
+            archive: true,
             out: VecDeque::new(),
+        }
+    }
+
+    /// Keeps rooms' archives (the default) or not.
+    pub fn with_archive(mut self, on: bool) -> Self {
+        self.archive = on;
+        self
+    }
+
+    /// Whether a stanza to `to` would wait for its room to load (the
+    /// router then holds the sender's acknowledgement in
+    /// [`Inbound::hold`]).
+    pub fn would_wait(&self, to: &str) -> bool {
+        match Jid::new(to) {
+            Ok(j) if j.node().is_some() => !self.rooms.contains_key(&j.to_bare().to_string()),
+            _ => false,
         }
     }
 
@@ -214,49 +278,90 @@ impl MucService {
         self.out.push_back(MucAction::Load { room });
     }
 
-    /// A room's record was loaded (`None`: no such room); the stanzas
-    /// that waited for it are handled.
-    pub fn loaded(&mut self, room: &str, record: Option<&[u8]>, unix: u64) {
+    /// A room's record was loaded (`None`: no such room), with its newest
+    /// archived messages (Unix seconds, payload; oldest first) for its
+    /// history; the stanzas that waited for it are handled.
+    pub fn loaded(
+        &mut self,
+        room: &str,
+        record: Option<&[u8]>,
+        history: Vec<(u64, Bytes)>,
+        unix: u64,
+    ) {
         let Some(waiting) = self.waiting.remove(room) else {
             return;
         };
         if let Some(raw) = record {
             match serde_json::from_slice::<RoomRecord>(raw) {
                 Ok(r) if !self.rooms.contains_key(room) => {
-                    self.rooms.insert(room.to_owned(), Room::from_record(r));
+                    let mut loaded = Room::from_record(r);
+                    for (at, payload) in history {
+                        loaded.remember(at, payload);
+                    }
+                    self.rooms.insert(room.to_owned(), loaded);
                 }
                 Ok(_) => {}
                 Err(e) => {
                     // never replaced by a new room of the same name
                     tracing::error!(room, error = %e, "a stored room's record does not parse");
                     for inbound in waiting {
-                        self.refuse(&inbound, StanzaCondition::InternalServerError);
+                        self.refuse_waiting(&inbound, StanzaCondition::InternalServerError);
                     }
                     return;
                 }
             }
         }
+        self.unix = unix;
         for inbound in waiting {
-            let Ok(to) = Jid::new(&inbound.to) else {
-                continue;
-            };
-            let nick = to.resource().map(|r| r.as_str().to_owned());
-            self.unix = unix;
-            self.room_stanza(room, nick.as_deref(), &inbound);
+            if let Ok(to) = Jid::new(&inbound.to) {
+                let nick = to.resource().map(|r| r.as_str().to_owned());
+                self.current_hold = inbound.hold;
+                self.room_stanza(room, nick.as_deref(), &inbound);
+                self.current_hold = None;
+            }
+            self.release(&inbound);
         }
+    }
+
+    /// Gives back the acknowledgement a waiting stanza held.
+    fn release(&mut self, inbound: &Inbound) {
+        if let Some(hold) = inbound.hold {
+            self.out.push_back(MucAction::Release { hold });
+        }
+    }
+
+    /// Refuses a stanza that waited (its sender is told, then its
+    /// acknowledgement goes).
+    fn refuse_waiting(&mut self, inbound: &Inbound, condition: StanzaCondition) {
+        self.refuse(inbound, condition);
+        self.release(inbound);
     }
 
     /// A room could not be loaded: the stanzas that waited get an error.
     pub fn load_failed(&mut self, room: &str) {
         for inbound in self.waiting.remove(room).unwrap_or_default() {
-            self.refuse(&inbound, StanzaCondition::ResourceConstraint);
+            self.refuse_waiting(&inbound, StanzaCondition::ResourceConstraint);
         }
     }
 
-    /// A session is gone (or unavailable): it leaves every room it is in.
+    /// A session is gone (or unavailable): it leaves every room it is in,
+    /// and what it sent to rooms still loading is dropped.
     pub fn session_gone(&mut self, full: &str) {
         for room in self.joined.remove(full).unwrap_or_default() {
             self.leave(&room, full, &[]);
+        }
+        let mut dropped = Vec::new();
+        for waiting in self.waiting.values_mut() {
+            waiting.retain(|i| {
+                let keep = i.from != full;
+                if !keep {
+                    dropped.push(i.clone());
+                }
+                keep
+            });
+        }
+        for inbound in dropped {
+            self.release(&inbound);
         }
     }
 
@@ -265,7 +370,13 @@ impl MucService {
     /// not told: their clients' self-pings find out (XEP-0410).
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.rooms.retain(|room, _| keep(room));
-        self.waiting.retain(|room, _| keep(room));
+        let gone: Vec<String> = self.waiting.keys().filter(|r| !keep(r)).cloned().collect();
+        for room in gone {
+            // (their senders try again: the room's new core takes them)
+            for inbound in self.waiting.remove(&room).unwrap_or_default() {
+                self.refuse_waiting(&inbound, StanzaCondition::ResourceConstraint);
+            }
+        }
         for rooms in self.joined.values_mut() {
             rooms.retain(|r| keep(r));
         }
@@ -367,6 +478,18 @@ impl MucService {
             .and_then(|r| r.occupant_of(from))
             .map(|(n, _)| n.to_owned());
         match current {
+            // a client that lost track (a new stream bound to the same
+            // resource) joins again: it gets the room's state again
+            Some(current) if current == nick && el.child("x", MUC).is_some() => {
+                if let Some(o) = self
+                    .rooms
+                    .get_mut(room)
+                    .and_then(|r| r.occupants.get_mut(nick))
+                {
+                    o.presence = own_children(el);
+                }
+                self.welcome(room, nick, from, Vec::new(), el.child("x", MUC));
+            }
             Some(current) if current == nick => self.presence_update(room, nick, el),
             Some(current) => self.change_nick(room, &current, nick, inbound, el),
             None => self.join(room, nick, inbound, el),
@@ -438,7 +561,31 @@ impl MucService {
             .entry(from.to_owned())
             .or_default()
             .push(room_jid.to_owned());
-        // 1. everyone already there, to the newcomer
+        // 2. the newcomer, to everyone else (a second session of an
+        // occupant already there is no news to them)
+        if new_occupant {
+            self.broadcast_presence(room_jid, nick, &PresenceNote::default(), Some(from));
+        }
+        self.welcome(room_jid, nick, from, codes, muc);
+    }
+
+    /// What a session that (re)joined is sent: the occupants already
+    /// there, its own presence (110 and `codes`), the history it asked
+    /// for and the subject, in that order (XEP-0045 §7.2).
+    fn welcome(
+        &mut self,
+        room_jid: &str,
+        nick: &str,
+        session: &str,
+        mut codes: Vec<u16>,
+        muc: Option<&Element>,
+    ) {
+        let Some(room) = self.rooms.get(room_jid) else {
+            return;
+        };
+        let Some(role) = room.occupants.get(nick).map(|o| o.role) else {
+            return;
+        };
         let sees = room.config.whois == Whois::Anyone || role == Role::Moderator;
         let mut others: Vec<Bytes> = Vec::new();
         for (other_nick, o) in &room.occupants {
@@ -462,32 +609,24 @@ impl MucService {
         if room.config.whois == Whois::Anyone {
             codes.push(100);
         }
-        if room.archives() {
+        if room.archives() && self.archive {
             codes.push(170);
         }
-        let history: Vec<(u64, Bytes)> = history_wanted(muc, room)
+        let history: Vec<(u64, Bytes)> = history_wanted(muc, room, self.unix)
             .into_iter()
             .map(|said| (said.at, said.payload.clone()))
             .collect();
         let subject = stanzas::subject_message(room_jid, &room.subject.nick, &room.subject.text);
-        let occupant_from = format!("{room_jid}/{nick}");
         for p in others {
-            self.send_to(from, Kind::Presence, room_jid, p);
+            self.send_to(session, Kind::Presence, room_jid, p);
         }
-        // 2. the newcomer, to everyone else (a second session of an
-        // occupant already there is no news to them)
-        if new_occupant {
-            self.broadcast_presence(room_jid, nick, &PresenceNote::default(), Some(from));
-        }
-        // 3. its own presence
-        self.self_presence(room_jid, nick, from, &codes);
-        // 4. history, then 5. the subject
+        self.self_presence(room_jid, nick, session, &codes);
         for (at, said) in history {
             if let Some(p) = stanzas::with_delay(&said, room_jid, at) {
-                self.send_to(from, Kind::Message, &occupant_from, p);
+                self.send_to(session, Kind::Message, room_jid, p);
             }
         }
-        self.send_to(from, Kind::Message, room_jid, to_bytes(subject));
+        self.send_to(session, Kind::Message, room_jid, to_bytes(subject));
     }
 
     fn presence_update(&mut self, room_jid: &str, nick: &str, el: &Element) {
@@ -564,17 +703,35 @@ impl MucService {
             return;
         };
         o.sessions.retain(|s| s != full);
+        if !o.sessions.is_empty() {
+            // the user is still there from another session: only this
+            // one hears it left (110, with its own JID)
+            let mut one = o.clone();
+            one.sessions = vec![full.to_owned()];
+            one.presence = status.to_vec();
+            let note = PresenceNote {
+                unavailable: true,
+                codes: vec![110],
+                ..PresenceNote::default()
+            };
+            let p = stanzas::occupant_presence(
+                room_jid,
+                &nick,
+                &one,
+                room.affiliation(&one.bare),
+                Role::None,
+                Some(full),
+                &note,
+            );
+            let from = format!("{room_jid}/{nick}");
+            self.send_to(full, Kind::Presence, &from, to_bytes(p));
+            return;
+        }
         o.presence = status.to_vec();
         let note = PresenceNote {
             unavailable: true,
             ..PresenceNote::default()
         };
-        if !o.sessions.is_empty() {
-            // the user is still there from another session: only this one hears
-            let p = self.occupant_presence_for(room_jid, &nick, &note, true, Role::None);
-            self.send_to(full, Kind::Presence, room_jid, p);
-            return;
-        }
         self.remove_occupant(room_jid, &nick, &note, Some(full));
         self.end_if_empty(room_jid);
     }
@@ -600,9 +757,11 @@ impl MucService {
         for s in &leaving {
             if let Some(rooms) = self.joined.get_mut(s) {
                 rooms.retain(|r| r != room_jid);
+                if rooms.is_empty() {
+                    self.joined.remove(s);
+                }
             }
         }
-        self.joined.retain(|_, rooms| !rooms.is_empty());
         // everyone hears it leave; its sessions (the one that just left
         // too) with 110, and with its real JID
         if let Some(room) = self.rooms.get_mut(room_jid)
@@ -620,8 +779,9 @@ impl MucService {
         let Some(room) = self.rooms.get(room_jid) else {
             return;
         };
-        if room.is_empty() && !room.config.persistent {
-            // (a temporary room has nothing stored)
+        if room.is_empty() && !room.locked {
+            // a temporary room ends; a persistent one leaves memory (its
+            // record and archive are stored: its next stanza loads it)
             self.rooms.remove(room_jid);
         }
     }
@@ -675,8 +835,11 @@ impl MucService {
         let id = self.ids.next_id();
         let m = stanzas::broadcast_message(el, &occupant_from, room_jid, &id, &o.occupant_id);
         let payload = to_bytes(m);
-        let archive = room.archives();
-        if let Some(room) = self.rooms.get_mut(room_jid) {
+        // (a message without a body, a chat state or a marker, is passed
+        // on but neither kept in the history nor archived)
+        let said = el.child("body", ns::CLIENT).is_some();
+        let archive = said && room.archives() && self.archive;
+        if said && let Some(room) = self.rooms.get_mut(room_jid) {
             room.remember(self.unix, payload.clone());
         }
         if archive {
@@ -685,6 +848,12 @@ impl MucService {
                 id,
                 from: occupant_from.clone(),
                 payload: payload.clone(),
+                sender: Sender {
+                    jid: inbound.from.clone(),
+                    to: room_jid.to_owned(),
+                    id: el.attr("id").map(str::to_owned),
+                },
+                hold: self.current_hold,
             });
         }
         let all = self.sessions_of(room_jid);
@@ -699,7 +868,7 @@ impl MucService {
         let Some(room) = self.rooms.get(room_jid) else {
             return;
         };
-        let Some((from_nick, _)) = room.occupant_of(&inbound.from) else {
+        let Some((from_nick, sender_occupant)) = room.occupant_of(&inbound.from) else {
             return self.refuse_el(inbound, el, StanzaCondition::NotAcceptable);
         };
         if mtype == "groupchat" {
@@ -712,14 +881,11 @@ impl MucService {
             return self.refuse_el(inbound, el, StanzaCondition::ItemNotFound);
         };
         let sender = format!("{room_jid}/{from_nick}");
-        let mut m = el.clone();
-        m.set_attr("from", sender.clone());
-        m.children.push(Node::Element(Element::new("x", MUC_USER)));
+        let m = stanzas::private_message(el, &sender, mtype, &sender_occupant.occupant_id);
+        let payload = to_bytes(m);
         let sessions = target.sessions.clone();
         for s in sessions {
-            let mut copy = m.clone();
-            copy.set_attr("to", s.clone());
-            self.send_to(&s, Kind::Message, &sender, to_bytes(copy));
+            self.send_to(&s, Kind::Message, &sender, payload.clone());
         }
     }
 
@@ -802,12 +968,15 @@ impl MucService {
             ("query", MUC_ADMIN, _) => self.admin_iq(room_jid, inbound, el, child),
             ("query", MUC_OWNER, _) => self.owner_iq(room_jid, inbound, el, child),
             ("query", q, "set") if q.starts_with(ns::MAM_PREFIX) => {
+                // members and occupants read a members-only or
+                // password-protected room's archive; outcasts none
                 let member =
                     affiliation >= Affiliation::Member || room.occupant_of(&inbound.from).is_some();
-                if !room.archives() {
+                let closed = room.config.members_only || room.config.password.is_some();
+                if !room.archives() || !self.archive {
                     return self.refuse_el(inbound, el, StanzaCondition::ServiceUnavailable);
                 }
-                if room.config.members_only && !member {
+                if affiliation == Affiliation::Outcast || (closed && !member) {
                     return self.refuse_el(inbound, el, StanzaCondition::Forbidden);
                 }
                 self.out.push_back(MucAction::Query {
@@ -999,19 +1168,55 @@ impl MucService {
 
     /// Stores the room's record if it is persistent.
     fn save(&mut self, room_jid: &str) {
+        self.save_then(room_jid, None);
+    }
+
+    /// Stores the room's record if it is persistent, then sends `answer`
+    /// (its result once stored, its error if the write fails); a
+    /// temporary room's answer goes at once.
+    fn save_then(&mut self, room_jid: &str, answer: Option<Answer>) {
         let Some(room) = self.rooms.get(room_jid) else {
             return;
         };
         if !room.config.persistent {
+            if let Some(a) = answer {
+                self.send_to(&a.to, Kind::Iq, room_jid, a.result);
+            }
             return;
         }
         match serde_json::to_vec(&room.record()) {
             Ok(record) => self.out.push_back(MucAction::Save {
                 room: room_jid.to_owned(),
                 record: Bytes::from(record),
+                answer,
             }),
             Err(e) => tracing::error!(room = room_jid, error = %e, "a room's record"),
         }
+    }
+
+    /// Answers an IQ that changed the room once the change is stored.
+    fn save_and_answer(&mut self, room_jid: &str, inbound: &Inbound, el: &Element) {
+        let mut r = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "result")
+            .with_attr("from", inbound.to.clone())
+            .with_attr("to", inbound.from.clone());
+        if let Some(id) = el.attr("id") {
+            r.set_attr("id", id);
+        }
+        let error = error_reply(
+            StanzaKind::Iq,
+            el.attr("id"),
+            &inbound.to,
+            &inbound.from,
+            StanzaCondition::InternalServerError,
+            None,
+        );
+        let answer = Answer {
+            to: inbound.from.clone(),
+            result: to_bytes(r),
+            error,
+        };
+        self.save_then(room_jid, Some(answer));
     }
 
     fn occupant_id(&self, room: &str, bare: &str) -> String {
@@ -1102,26 +1307,53 @@ fn own_children(el: &Element) -> Vec<Element> {
         .collect()
 }
 
-/// The history a joining client asked for (XEP-0045 §7.2.13).
-fn history_wanted<'a>(muc: Option<&Element>, room: &'a Room) -> Vec<&'a room::Said> {
+/// The history a joining client asked for (XEP-0045 §7.2.13): at most
+/// `maxstanzas` (default [`DEFAULT_HISTORY`]) and `maxchars` bytes, none
+/// older than `seconds` before `now` or than `since`.
+fn history_wanted<'a>(muc: Option<&Element>, room: &'a Room, now: u64) -> Vec<&'a room::Said> {
     let h = muc.and_then(|x| x.child("history", MUC));
-    let max = h
-        .and_then(|h| h.attr("maxstanzas"))
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(DEFAULT_HISTORY);
-    let max_chars = h
-        .and_then(|h| h.attr("maxchars"))
-        .and_then(|n| n.parse::<usize>().ok());
-    let mut out: Vec<&room::Said> = room.history.iter().rev().take(max).collect();
-    if let Some(limit) = max_chars {
-        let mut total = 0;
-        out.retain(|s| {
-            total += s.payload.len();
-            total <= limit
-        });
+    let number = |name: &str| {
+        h.and_then(|h| h.attr(name))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let max = number("maxstanzas").map_or(DEFAULT_HISTORY, |n| {
+        n.min(room::MAX_HISTORY as u64) as usize
+    });
+    let oldest = [
+        number("seconds").map(|s| now.saturating_sub(s)),
+        h.and_then(|h| h.attr("since")).and_then(unix_of_stamp),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
+    let mut out: Vec<&room::Said> = room
+        .history
+        .iter()
+        .rev()
+        .take(max)
+        .take_while(|s| s.at >= oldest)
+        .collect();
+    if let Some(limit) = number("maxchars") {
+        let mut total = 0u64;
+        out = out
+            .into_iter()
+            .take_while(|s| {
+                total += s.payload.len() as u64;
+                total <= limit
+            })
+            .collect();
     }
     out.reverse();
     out
+}
+
+/// Unix seconds of an XEP-0082 date-time.
+fn unix_of_stamp(stamp: &str) -> Option<u64> {
+    let t =
+        time::OffsetDateTime::parse(stamp.trim(), &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
 }
 
 fn room_disco_info(room_jid: &str, room: &Room) -> Element {

@@ -175,6 +175,8 @@ pub enum Action {
         entries: Vec<ArchiveEntry>,
         /// The SM session (token, `h`) whose acknowledgement waits.
         origin: Option<(u64, u32)>,
+        /// What to tell the sender if the write fails (empty: its `from`).
+        bounce: Bounce,
     },
     /// Send a frame (`Forward`) to the peer core `core` (a member id).
     Forward {
@@ -200,12 +202,16 @@ pub enum Action {
         /// The room's bare JID.
         room: String,
     },
-    /// Store a persistent room's record (insert or replace).
+    /// Store a persistent room's record (insert or replace); report
+    /// [`Input::RoomSaved`] with the answer's result once committed, or
+    /// with its error if the write failed for good.
     SaveRoom {
         /// The room's bare JID.
         room: String,
         /// The record.
         record: Bytes,
+        /// Whom to tell, and what.
+        answer: Option<crate::muc::Answer>,
     },
     /// Remove a room's record and its archive.
     DeleteRoom {
@@ -447,8 +453,21 @@ pub enum Input {
         room: String,
         /// Its record; none: no such room.
         record: Option<Bytes>,
+        /// Its newest archived messages (µs since the epoch, message),
+        /// oldest first: its history.
+        history: Vec<(i64, Bytes)>,
         /// It could not be read (the stanzas waiting for it get an error).
         failed: bool,
+    },
+    /// An [`Action::SaveRoom`] with an answer is done: `payload` (its
+    /// result or its error) goes to `to`.
+    RoomSaved {
+        /// The room's bare JID.
+        room: String,
+        /// The asker.
+        to: String,
+        /// What it gets.
+        payload: Bytes,
     },
     /// A user's stored messages, loaded for a session that became available.
     Offline {
@@ -741,8 +760,10 @@ impl Router {
             Input::RoomLoaded {
                 room,
                 record,
+                history,
                 failed,
-            } => self.room_loaded(&room, record, failed),
+            } => self.room_loaded(&room, record, history, failed),
+            Input::RoomSaved { room, to, payload } => self.room_saved(&to, &room, payload),
             Input::WallClock { unix_secs } => {
                 self.wall = Some((now, unix_secs));
                 if let Some(external) = &mut self.external {

@@ -72,7 +72,9 @@ async def run(host, port, domain, ca, room):
     connect(anna, host, port, ca)
     await asyncio.wait_for(anna.ready, 30)
     muc = anna["xep_0045"]
-    joined = await muc.join_muc_wait(room, "anna", timeout=15, maxhistory="0")
+    joined, _subject, _occupants, _history = await muc.join_muc_wait(
+        room, "anna", timeout=15, maxstanzas=0
+    )
     result["anna_joined"] = str(joined["from"])
     result["anna_affiliation"] = joined["muc"]["affiliation"]
     # accept the default configuration (XEP-0045 §10.1.2, an instant room)
@@ -94,12 +96,11 @@ async def run(host, port, domain, ca, room):
 
     connect(ben, host, port, ca)
     await asyncio.wait_for(ben.ready, 30)
-    await ben["xep_0045"].join_muc_wait(room, "ben", timeout=15, maxhistory="10")
-    for _ in range(50):
-        if len(ben.history) >= 3:
-            break
-        await asyncio.sleep(0.1)
-    result["ben_history"] = ben.history
+    _own, _subject, occupants, history = await ben["xep_0045"].join_muc_wait(
+        room, "ben", timeout=15, maxstanzas=10
+    )
+    result["ben_history"] = [m["body"] for m in history]
+    result["ben_occupants_on_join"] = sorted(p["from"].resource for p in occupants)
     result["ben_sees"] = sorted(ben["xep_0045"].get_roster(room))
     # self-ping (XEP-0410): answered for a joined occupant
     try:

@@ -40,7 +40,12 @@ impl MucService {
         if el.attr("type") == Some("get") {
             return self.admin_list(room_jid, inbound, el, items[0], actor_aff, actor_role);
         }
-        // check every item first: all or nothing
+        // check every item first: all or nothing (and the room keeps an owner)
+        let mut owners = room
+            .affiliations
+            .values()
+            .filter(|a| **a == Affiliation::Owner)
+            .count();
         for item in &items {
             let verdict = if let Some(role) = item.attr("role") {
                 let Some(role) = Role::parse(role) else {
@@ -50,7 +55,7 @@ impl MucService {
                     return self.refuse_el(inbound, el, StanzaCondition::ItemNotFound);
                 };
                 let target_aff = room.affiliation(&target.bare);
-                role_change_allowed(actor_aff, actor_role, target_aff, role)
+                role_change_allowed(actor_aff, actor_role, target_aff, target.role, role)
             } else if let Some(aff) = item.attr("affiliation") {
                 let Some(aff) = Affiliation::parse(aff) else {
                     return self.refuse_el(inbound, el, StanzaCondition::BadRequest);
@@ -60,14 +65,12 @@ impl MucService {
                 };
                 let target = jid.to_bare().to_string();
                 let target_aff = room.affiliation(&target);
-                let owners = room
-                    .affiliations
-                    .values()
-                    .filter(|a| **a == Affiliation::Owner)
-                    .count();
-                if target_aff == Affiliation::Owner && aff != Affiliation::Owner && owners <= 1 {
-                    // the last owner stays
-                    return self.refuse_el(inbound, el, StanzaCondition::Conflict);
+                if target_aff == Affiliation::Owner && aff != Affiliation::Owner {
+                    if owners <= 1 {
+                        // the last owner stays
+                        return self.refuse_el(inbound, el, StanzaCondition::Conflict);
+                    }
+                    owners -= 1;
                 }
                 affiliation_change_allowed(actor_aff, target_aff, aff)
             } else {
@@ -110,8 +113,7 @@ impl MucService {
                 _ => {}
             }
         }
-        self.save(room_jid);
-        self.result(inbound, el, None);
+        self.save_and_answer(room_jid, inbound, el);
     }
 
     fn admin_list(
@@ -269,29 +271,56 @@ impl MucService {
         if forms::apply_form(&mut config, form).is_err() {
             return self.refuse_el(inbound, el, StanzaCondition::NotAcceptable);
         }
-        let was_persistent = room.config.persistent;
+        let was = room.config.clone();
         let Some(room) = self.rooms.get_mut(room_jid) else {
             return;
         };
         room.config = config;
         room.locked = false;
-        let persistent = room.config.persistent;
-        if persistent {
-            self.save(room_jid);
-        } else if was_persistent {
-            self.out.push_back(MucAction::Delete {
-                room: room_jid.to_owned(),
-            });
+        let now = room.config.clone();
+        // who is no member of a room turned members-only leaves it (322)
+        let outsiders: Vec<String> = match now.members_only && !was.members_only {
+            true => room
+                .occupants
+                .iter()
+                .filter(|(_, o)| room.affiliation(&o.bare) < Affiliation::Member)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            false => Vec::new(),
+        };
+        if now.persistent {
+            self.save_and_answer(room_jid, inbound, el);
+        } else {
+            if was.persistent {
+                self.out.push_back(MucAction::Delete {
+                    room: room_jid.to_owned(),
+                });
+            }
+            self.result(inbound, el, None);
         }
-        self.result(inbound, el, None);
-        // XEP-0045 §10.2.1: a configuration change is announced (104)
+        for nick in outsiders {
+            let note = PresenceNote {
+                unavailable: true,
+                codes: vec![322],
+                ..PresenceNote::default()
+            };
+            self.remove_occupant(room_jid, &nick, &note, None);
+        }
+        // XEP-0045 §10.2.1: a configuration change is announced (104;
+        // 172/173 when real JIDs became visible or hidden)
+        let mut x = Element::new("x", super::MUC_USER)
+            .with_child(Element::new("status", super::MUC_USER).with_attr("code", "104"));
+        if now.whois != was.whois {
+            let code = match now.whois {
+                super::room::Whois::Anyone => "172",
+                super::room::Whois::Moderators => "173",
+            };
+            x = x.with_child(Element::new("status", super::MUC_USER).with_attr("code", code));
+        }
         let notice = Element::new("message", ns::CLIENT)
             .with_attr("from", room_jid)
             .with_attr("type", "groupchat")
-            .with_child(
-                Element::new("x", super::MUC_USER)
-                    .with_child(Element::new("status", super::MUC_USER).with_attr("code", "104")),
-            );
+            .with_child(x);
         let all = self.sessions_of(room_jid);
         self.fanout(all, Kind::Message, room_jid, to_bytes(notice));
     }
@@ -325,9 +354,15 @@ fn role_change_allowed(
     actor_aff: Affiliation,
     actor_role: Role,
     target_aff: Affiliation,
+    target_role: Role,
     role: Role,
 ) -> bool {
     if actor_role != Role::Moderator {
+        return false;
+    }
+    // only admins and owners give or take moderator (§9.6, §9.7)
+    if (target_role == Role::Moderator || role == Role::Moderator) && actor_aff < Affiliation::Admin
+    {
         return false;
     }
     match role {

@@ -75,19 +75,15 @@ pub fn occupant_presence(
     )
 }
 
-/// A groupchat message from `from` (`room/nick`) with the client's
-/// children (less any stanza id or occupant id it forged), the room's
-/// stanza id and the occupant id; no `to`.
-pub fn broadcast_message(
-    sent: &Element,
-    from: &str,
-    room: &str,
-    stanza_id: &str,
-    occupant_id: &str,
-) -> Element {
+/// A message from an occupant (`from`, `room/nick`) as the room passes
+/// it on: the client's `id`, `xml:lang` and children, less anything only
+/// a server may say (stanza ids, occupant ids, delays, `muc#user`
+/// elements: status codes, items, invitations), with the sender's
+/// occupant id; no `to`.
+fn passed_on(sent: &Element, from: &str, mtype: &str, occupant_id: &str) -> Element {
     let mut m = Element::new("message", ns::CLIENT)
         .with_attr("from", from)
-        .with_attr("type", "groupchat");
+        .with_attr("type", mtype);
     if let Some(id) = sent.attr("id") {
         m.set_attr("id", id);
     }
@@ -96,20 +92,39 @@ pub fn broadcast_message(
     }
     for child in &sent.children {
         if let Node::Element(e) = child {
-            let forged = (e.name == "stanza-id" && e.ns == ns::SID)
-                || (e.name == "occupant-id" && e.ns == OCCUPANT_ID)
-                || e.ns == ns::DELAY;
-            if !forged {
+            let claim = (e.name == "stanza-id" && e.ns == ns::SID)
+                || e.ns == OCCUPANT_ID
+                || e.ns == ns::DELAY
+                || e.ns == ns::LEGACY_DELAY
+                || e.ns == MUC_USER;
+            if !claim {
                 m.children.push(Node::Element(e.clone()));
             }
         }
     }
-    m.with_child(
+    m.with_child(Element::new("occupant-id", OCCUPANT_ID).with_attr("id", occupant_id))
+}
+
+/// A groupchat message from `from` (`room/nick`) as broadcast: what
+/// [`passed_on`] keeps, and the room's stanza id.
+pub fn broadcast_message(
+    sent: &Element,
+    from: &str,
+    room: &str,
+    stanza_id: &str,
+    occupant_id: &str,
+) -> Element {
+    passed_on(sent, from, "groupchat", occupant_id).with_child(
         Element::new("stanza-id", ns::SID)
             .with_attr("id", stanza_id)
             .with_attr("by", room),
     )
-    .with_child(Element::new("occupant-id", OCCUPANT_ID).with_attr("id", occupant_id))
+}
+
+/// A private message between occupants (XEP-0045 §7.5): what
+/// [`passed_on`] keeps, marked with an empty `muc#user` element.
+pub fn private_message(sent: &Element, from: &str, mtype: &str, occupant_id: &str) -> Element {
+    passed_on(sent, from, mtype, occupant_id).with_child(Element::new("x", MUC_USER))
 }
 
 /// A history message: `payload` with a delay stamp from the room.

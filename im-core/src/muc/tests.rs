@@ -11,6 +11,7 @@ fn stanza(from: &str, to: &str, xml: &str) -> Inbound {
         from: from.into(),
         to: to.into(),
         payload: Bytes::from(xml.to_owned()),
+        hold: None,
     }
 }
 
@@ -64,7 +65,7 @@ fn join(s: &mut MucService, who: &str, nick: &str, extra: &str) -> Vec<MucAction
     );
     let mut out = drain(s);
     if let Some(MucAction::Load { room }) = out.first().cloned() {
-        s.loaded(&room, None, 1000);
+        s.loaded(&room, None, Vec::new(), 1000);
         out = drain(s);
     }
     out
@@ -98,7 +99,7 @@ fn the_first_join_loads_then_creates_a_locked_room_with_status_201() {
         1000,
     );
     assert_eq!(drain(&mut s), vec![MucAction::Load { room: ROOM.into() }]);
-    s.loaded(ROOM, None, 1000);
+    s.loaded(ROOM, None, Vec::new(), 1000);
     let out = drain(&mut s);
     let got = received(&out, "alice@example.org/phone");
     let own = got.iter().find(|e| e.name == "presence").unwrap();
@@ -414,7 +415,8 @@ fn a_persistent_room_is_saved_and_comes_back_from_its_record() {
     );
     // everyone leaves; the room stays (persistent), then a new core loads it
     s.session_gone("alice@example.org/phone");
-    assert_eq!(s.rooms(), 1);
+    // (empty, it leaves memory: it is stored)
+    assert_eq!(s.rooms(), 0);
     let mut fresh = service();
     fresh.handle(
         stanza(
@@ -431,7 +433,7 @@ fn a_persistent_room_is_saved_and_comes_back_from_its_record() {
         drain(&mut fresh),
         vec![MucAction::Load { room: ROOM.into() }]
     );
-    fresh.loaded(ROOM, Some(&record), 1);
+    fresh.loaded(ROOM, Some(&record), vec![(5, Bytes::from_static(b"<message from='lounge@conference.example.org/alice' type='groupchat'><body>kept</body></message>"))], 1);
     let out = drain(&mut fresh);
     let info = &received(&out, "bob@example.org/pc")[0];
     let q = info.child("query", ns::DISCO_INFO).unwrap();
@@ -443,8 +445,13 @@ fn a_persistent_room_is_saved_and_comes_back_from_its_record() {
         q.elements()
             .any(|f| f.attr("var") == Some("muc_persistent"))
     );
-    // alice is still its owner
+    // alice is still its owner, and the archive's newest messages are the history
     let out = join(&mut fresh, "alice@example.org/phone", "alice", "");
+    let kept = received(&out, "alice@example.org/phone")
+        .into_iter()
+        .find(|m| m.child("body", ns::CLIENT).is_some())
+        .expect("history from the archive");
+    assert!(kept.child("delay", ns::DELAY).is_some());
     let own = received(&out, "alice@example.org/phone")
         .into_iter()
         .find(|p| codes(p).contains(&"110".to_owned()))
@@ -493,7 +500,7 @@ fn a_corrupt_record_is_never_replaced_by_a_new_room() {
         1,
     );
     drain(&mut s);
-    s.loaded(ROOM, Some(b"{not json"), 1);
+    s.loaded(ROOM, Some(b"{not json"), Vec::new(), 1);
     let out = drain(&mut s);
     assert_eq!(
         error_of(&received(&out, "alice@example.org/phone")[0]).as_deref(),
@@ -582,4 +589,293 @@ fn the_service_advertises_muc_self_ping_and_occupant_ids() {
     for f in [MUC, SELF_PING, OCCUPANT_ID] {
         assert!(features.contains(&f), "{f}");
     }
+}
+
+#[test]
+fn a_session_joining_again_under_its_nick_gets_the_room_again() {
+    let mut s = service();
+    open_room(&mut s);
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            "<message type='groupchat'><body>said</body></message>",
+        ),
+        1,
+    );
+    drain(&mut s);
+    join(&mut s, "bob@example.org/pc", "bob", "");
+    // bob's client lost track (a new stream bound to the same resource) and joins again
+    let out = join(&mut s, "bob@example.org/pc", "bob", "");
+    let got = received(&out, "bob@example.org/pc");
+    assert!(
+        got.iter()
+            .any(|p| p.attr("from") == Some(&*format!("{ROOM}/alice")))
+    );
+    assert!(got.iter().any(|p| codes(p) == ["110"]));
+    assert!(got.iter().any(|m| m.child("body", ns::CLIENT).is_some()));
+    assert!(got.last().unwrap().child("subject", ns::CLIENT).is_some());
+    // nobody else heard anything of it
+    assert!(received(&out, "alice@example.org/phone").is_empty());
+}
+
+#[test]
+fn one_session_of_two_leaving_hears_110_with_its_own_jid_and_nobody_else_hears() {
+    let mut s = service();
+    open_room(&mut s);
+    join(&mut s, "bob@example.org/pc", "bob", "");
+    join(&mut s, "bob@example.org/phone", "bob", "");
+    s.handle(
+        stanza(
+            "bob@example.org/phone",
+            &format!("{ROOM}/bob"),
+            "<presence type='unavailable'/>",
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let own = received(&out, "bob@example.org/phone");
+    assert_eq!(own.len(), 1);
+    assert_eq!(codes(&own[0]), ["110"]);
+    let item = own[0]
+        .child("x", MUC_USER)
+        .unwrap()
+        .child("item", MUC_USER)
+        .unwrap();
+    assert_eq!(item.attr("jid"), Some("bob@example.org/phone"));
+    assert!(received(&out, "alice@example.org/phone").is_empty());
+    assert!(received(&out, "bob@example.org/pc").is_empty());
+}
+
+#[test]
+fn private_messages_lose_forged_claims_and_carry_the_senders_occupant_id() {
+    let mut s = service();
+    open_room(&mut s);
+    join(&mut s, "bob@example.org/pc", "bob", "");
+    s.handle(
+        stanza(
+            "bob@example.org/pc",
+            &format!("{ROOM}/alice"),
+            &format!("<message type='chat' id='p1'><body>psst</body><stanza-id xmlns='urn:xmpp:sid:0' id='x' by='{ROOM}'/><occupant-id xmlns='{OCCUPANT_ID}' id='forged'/><x xmlns='{MUC_USER}'><status code='110'/></x></message>"),
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let m = &received(&out, "alice@example.org/phone")[0];
+    assert_eq!(m.attr("from"), Some(&*format!("{ROOM}/bob")));
+    assert_eq!(m.attr("to"), Some("alice@example.org/phone"));
+    assert!(m.child("stanza-id", ns::SID).is_none());
+    let ids: Vec<&str> = m
+        .elements()
+        .filter(|e| e.ns == OCCUPANT_ID)
+        .filter_map(|e| e.attr("id"))
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], "forged");
+    let x = m.child("x", MUC_USER).unwrap();
+    assert!(x.elements().next().is_none(), "no forged status");
+}
+
+#[test]
+fn chat_states_are_passed_on_but_not_kept_as_history() {
+    let mut s = service();
+    open_room(&mut s);
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            "<message type='groupchat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        ),
+        1,
+    );
+    assert!(
+        drain(&mut s)
+            .iter()
+            .any(|a| matches!(a, MucAction::Fanout { .. }))
+    );
+    let out = join(&mut s, "bob@example.org/pc", "bob", "");
+    assert!(
+        !received(&out, "bob@example.org/pc")
+            .iter()
+            .any(|m| m.name == "message" && m.child("subject", ns::CLIENT).is_none())
+    );
+}
+
+#[test]
+fn history_honours_seconds() {
+    let mut s = service();
+    open_room(&mut s);
+    for (i, at) in [(0, 1000), (1, 1900), (2, 1990)] {
+        s.handle(
+            stanza(
+                "alice@example.org/phone",
+                ROOM,
+                &format!("<message type='groupchat'><body>m{i}</body></message>"),
+            ),
+            at,
+        );
+    }
+    drain(&mut s);
+    // (join() runs at Unix time 1000: ask at 2000 instead)
+    s.handle(
+        stanza(
+            "bob@example.org/pc",
+            &format!("{ROOM}/bob"),
+            &format!("<presence><x xmlns='{MUC}'><history seconds='150'/></x></presence>"),
+        ),
+        2000,
+    );
+    let out = drain(&mut s);
+    let bodies: Vec<String> = received(&out, "bob@example.org/pc")
+        .iter()
+        .filter_map(|m| m.child("body", ns::CLIENT).map(|b| b.text()))
+        .collect();
+    assert_eq!(bodies, ["m1", "m2"]);
+}
+
+#[test]
+fn stanzas_waiting_for_a_load_hold_their_acknowledgement_until_handled() {
+    let mut s = service();
+    let mut waiting = stanza(
+        "alice@example.org/phone",
+        &format!("{ROOM}/alice"),
+        &format!("<presence><x xmlns='{MUC}'/></presence>"),
+    );
+    assert!(s.would_wait(&waiting.to));
+    waiting.hold = Some((9, 1));
+    s.handle(waiting, 1);
+    assert_eq!(drain(&mut s), vec![MucAction::Load { room: ROOM.into() }]);
+    s.loaded(ROOM, None, Vec::new(), 1);
+    let out = drain(&mut s);
+    assert_eq!(out.last(), Some(&MucAction::Release { hold: (9, 1) }));
+    // a failed load refuses and releases too
+    let room2 = "other@conference.example.org";
+    let mut w = stanza("bob@example.org/pc", &format!("{room2}/bob"), "<presence/>");
+    w.hold = Some((9, 2));
+    s.handle(w, 1);
+    drain(&mut s);
+    s.load_failed(room2);
+    let out = drain(&mut s);
+    assert_eq!(
+        error_of(&received(&out, "bob@example.org/pc")[0]).as_deref(),
+        Some("resource-constraint")
+    );
+    assert_eq!(out.last(), Some(&MucAction::Release { hold: (9, 2) }));
+    // and a session that ends while its stanza waits gives it up
+    let mut w = stanza(
+        "carol@example.org/x",
+        &format!("{room2}/carol"),
+        "<presence/>",
+    );
+    w.hold = Some((9, 3));
+    s.handle(w, 1);
+    drain(&mut s);
+    s.session_gone("carol@example.org/x");
+    assert_eq!(drain(&mut s), vec![MucAction::Release { hold: (9, 3) }]);
+}
+
+#[test]
+fn moderation_keeps_an_owner_and_moderator_is_an_admins_to_give_or_take() {
+    let mut s = service();
+    open_room(&mut s);
+    let iq = |s: &mut MucService, who: &str, items: &str| {
+        s.handle(
+            stanza(
+                who,
+                ROOM,
+                &format!("<iq type='set' id='a'><query xmlns='{MUC_ADMIN}'>{items}</query></iq>"),
+            ),
+            1,
+        );
+        let out = drain(s);
+        received(&out, who).first().and_then(error_of)
+    };
+    // two owners demoted at once would leave none
+    assert_eq!(
+        iq(
+            &mut s,
+            "alice@example.org/phone",
+            "<item affiliation='owner' jid='bob@example.org'/>"
+        ),
+        None
+    );
+    assert_eq!(
+        iq(
+            &mut s,
+            "alice@example.org/phone",
+            "<item affiliation='member' jid='bob@example.org'/><item affiliation='member' jid='alice@example.org'/>"
+        )
+        .as_deref(),
+        Some("conflict")
+    );
+    // carol, a participant made moderator by the owner, cannot unmake another moderator
+    join(&mut s, "carol@example.org/x", "carol", "");
+    join(&mut s, "dave@example.org/x", "dave", "");
+    assert_eq!(
+        iq(
+            &mut s,
+            "alice@example.org/phone",
+            "<item nick='carol' role='moderator'/><item nick='dave' role='moderator'/>"
+        ),
+        None
+    );
+    assert_eq!(
+        iq(
+            &mut s,
+            "carol@example.org/x",
+            "<item nick='dave' role='participant'/>"
+        )
+        .as_deref(),
+        Some("not-allowed")
+    );
+}
+
+#[test]
+fn a_room_turned_members_only_removes_non_members_with_322() {
+    let mut s = service();
+    open_room(&mut s);
+    join(&mut s, "bob@example.org/pc", "bob", "");
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            &format!("<iq type='set' id='c'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_membersonly'><value>1</value></field></x></query></iq>"),
+        ),
+        1,
+    );
+    let out = drain(&mut s);
+    let bob = received(&out, "bob@example.org/pc");
+    let gone = bob
+        .iter()
+        .find(|p| p.attr("type") == Some("unavailable"))
+        .expect("removed");
+    assert!(codes(gone).contains(&"322".to_owned()));
+}
+
+#[test]
+fn a_password_rooms_archive_is_for_its_occupants_and_members() {
+    let mut s = service();
+    open_room(&mut s);
+    s.handle(
+        stanza(
+            "alice@example.org/phone",
+            ROOM,
+            &format!("<iq type='set' id='c'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field><field var='muc#roomconfig_roomsecret'><value>pw</value></field></x></query></iq>"),
+        ),
+        1,
+    );
+    drain(&mut s);
+    let mam = "<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2'/></iq>";
+    s.handle(stanza("eve@example.org/x", ROOM, mam), 1);
+    let out = drain(&mut s);
+    assert_eq!(
+        error_of(&received(&out, "eve@example.org/x")[0]).as_deref(),
+        Some("forbidden")
+    );
+    s.handle(stanza("alice@example.org/phone", ROOM, mam), 1);
+    assert!(
+        drain(&mut s)
+            .iter()
+            .any(|a| matches!(a, MucAction::Query { .. }))
+    );
 }

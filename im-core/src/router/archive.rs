@@ -36,6 +36,10 @@ impl Router {
             });
         }
         let origin = self.hold_ack();
-        self.emit(Action::Archive { entries, origin });
+        self.emit(Action::Archive {
+            entries,
+            origin,
+            bounce: super::Bounce::default(),
+        });
     }
 }

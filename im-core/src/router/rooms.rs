@@ -82,6 +82,13 @@ impl Router {
     /// Hands a stanza to the service (from `from`, a full JID, to `to`).
     pub(super) fn muc_in(&mut self, from: &str, to: &str, payload: Bytes) {
         let unix = self.unix_now();
+        // a stanza that waits for its room to load holds its sender's
+        // acknowledgement until it is handled
+        let hold = match &self.muc {
+            Some(muc) if muc.would_wait(to) => self.hold_ack(),
+            Some(_) => None,
+            None => return,
+        };
         let Some(muc) = &mut self.muc else {
             return;
         };
@@ -90,6 +97,7 @@ impl Router {
                 from: from.to_owned(),
                 to: to.to_owned(),
                 payload,
+                hold,
             },
             unix,
         );
@@ -98,16 +106,32 @@ impl Router {
 
     /// A room asked for by [`Action::LoadRoom`] was read (`record`: none
     /// if there is no such room), or could not be (`failed`).
-    pub(super) fn room_loaded(&mut self, room: &str, record: Option<Bytes>, failed: bool) {
+    pub(super) fn room_loaded(
+        &mut self,
+        room: &str,
+        record: Option<Bytes>,
+        history: Vec<(i64, Bytes)>,
+        failed: bool,
+    ) {
         let unix = self.unix_now();
         let Some(muc) = &mut self.muc else {
             return;
         };
+        let history = history
+            .into_iter()
+            .map(|(micros, p)| (u64::try_from(micros / 1_000_000).unwrap_or(0), p))
+            .collect();
         match failed {
             true => muc.load_failed(room),
-            false => muc.loaded(room, record.as_deref(), unix),
+            false => muc.loaded(room, record.as_deref(), history, unix),
         }
         self.muc_actions();
+    }
+
+    /// A room's record asked for by [`Action::SaveRoom`] is stored (or
+    /// not): its asker gets `payload` (the result, or the error).
+    pub(super) fn room_saved(&mut self, to: &str, room: &str, payload: Bytes) {
+        self.room_send(to, Kind::Iq, room, payload);
     }
 
     /// Session `full` went away or unavailable: it leaves its rooms here.
@@ -124,6 +148,7 @@ impl Router {
         if let Some(muc) = &mut self.muc {
             muc.retain(|room| shard.owner(room) == super::shards::Owner::Local);
         }
+        self.muc_actions();
     }
 
     /// The Unix time now, from the last [`super::Input::WallClock`].
@@ -155,18 +180,48 @@ impl Router {
                     id,
                     from,
                     payload,
+                    sender,
+                    hold,
                 } => {
-                    let origin = self.hold_ack();
+                    // the sender's acknowledgement waits for the write (a
+                    // stanza that waited for its room: under its hold)
+                    let origin = match hold {
+                        Some(hold) => {
+                            let outer = self.origin.replace(hold);
+                            let origin = self.hold_ack();
+                            self.origin = outer;
+                            origin
+                        }
+                        None => self.hold_ack(),
+                    };
                     let entries = vec![ArchiveEntry {
-                        user: room,
+                        user: room.clone(),
                         id,
                         peer: from,
                         stamp: 0,
                         payload,
                     }];
-                    self.emit(Action::Archive { entries, origin });
+                    let bounce = super::Bounce {
+                        sender: sender.jid,
+                        to: sender.to,
+                        id: sender.id,
+                    };
+                    self.emit(Action::Archive {
+                        entries,
+                        origin,
+                        bounce,
+                    });
                 }
-                MucAction::Save { room, record } => self.emit(Action::SaveRoom { room, record }),
+                MucAction::Release { hold } => self.stored(hold),
+                MucAction::Save {
+                    room,
+                    record,
+                    answer,
+                } => self.emit(Action::SaveRoom {
+                    room,
+                    record,
+                    answer,
+                }),
                 MucAction::Delete { room } => self.emit(Action::DeleteRoom { room }),
                 MucAction::Load { room } => self.emit(Action::LoadRoom { room }),
                 MucAction::Query { to, room, iq } => self.room_archive_query(&to, &room, &iq),
@@ -181,16 +236,43 @@ impl Router {
             self.send_to_peer(to, kind, from, payload);
             return;
         }
+        let mtype = match kind {
+            Kind::Message => xmpp_stream::stanza::inspect(&payload)
+                .ok()
+                .and_then(|t| t.attr("type").map(str::to_owned))
+                .unwrap_or_else(|| "normal".into()),
+            _ => String::new(),
+        };
         match address::split_full(to) {
             Some((bare, res)) => {
                 if let Some(r) = self.table.full(bare, res) {
-                    self.deliver((r.node, r.sid), payload);
+                    match kind {
+                        // (a private message waits behind stored messages
+                        // and is stored with the session's live rows)
+                        Kind::Message => self.deliver_message((r.node, r.sid), payload, &mtype),
+                        _ => self.deliver((r.node, r.sid), payload),
+                    }
                 }
             }
-            // (an invitation: to the user's best sessions, or stored)
+            // an invitation: to a local user who does not block the room,
+            // at the user's best sessions or stored
             None => {
+                let Ok(jid) = Jid::new(bare) else { return };
+                if !self.is_local(&jid) || jid.node().is_none() {
+                    return;
+                }
                 let bare = bare.to_owned();
-                self.message_to_bare(&bare, "normal", payload, None);
+                let header = RouteHeader {
+                    kind: Kind::Message,
+                    stanza_type: Some(mtype.clone()),
+                    to: Some(bare.clone()),
+                    id: None,
+                    from: from.to_owned(),
+                };
+                if self.blocked_inbound(&bare, &header) {
+                    return;
+                }
+                self.message_to_bare(&bare, &mtype, payload, None);
             }
         }
     }
@@ -255,13 +337,24 @@ impl Router {
         let Some((bare, res)) = address::split_full(to) else {
             return;
         };
-        let Some(r) = self.table.full(bare, res) else {
-            return;
-        };
-        let addr = (r.node, r.sid);
         let Ok(el) = Element::parse(iq, ns::CLIENT) else {
             return;
         };
+        let Some(r) = self.table.full(bare, res) else {
+            // (a session of another core: storage queries are answered to
+            // a core's own sessions only)
+            let error = xmpp_stream::stanza::error_reply(
+                xmpp_stream::stanza::StanzaKind::Iq,
+                el.attr("id"),
+                room,
+                to,
+                xmpp_stream::StanzaCondition::ServiceUnavailable,
+                Some("archive queries on a room of another core are not served yet"),
+            );
+            self.send_to_peer(to, Kind::Iq, room, error);
+            return;
+        };
+        let addr = (r.node, r.sid);
         let header = RouteHeader {
             kind: Kind::Iq,
             stanza_type: Some("set".into()),

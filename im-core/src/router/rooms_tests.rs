@@ -36,6 +36,7 @@ fn room_stanza(
         acts.extend(r.run(Input::RoomLoaded {
             room,
             record: None,
+            history: Vec::new(),
             failed: false,
         }));
     }
@@ -228,7 +229,9 @@ fn a_persistent_rooms_message_waits_for_its_archive_before_the_ack() {
         ),
         "<message type='groupchat' id='g3'><body>kept</body></message>",
     );
-    let Some(Action::Archive { entries, origin }) = acts
+    let Some(Action::Archive {
+        entries, origin, ..
+    }) = acts
         .iter()
         .find(|a| matches!(a, Action::Archive { .. }))
         .cloned()
@@ -267,4 +270,120 @@ fn the_server_lists_the_group_chat_service() {
         "<iq type='get' id='d'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
     );
     assert!(payloads(&acts)[0].contains("conference.x"), "{acts:?}");
+}
+
+#[test]
+fn a_message_that_waited_for_its_room_to_load_is_acknowledged_only_once_archived() {
+    let mut r = muc_router();
+    bound(&mut r, 1, 10, "alice@x", "phone");
+    sm_enable(&mut r, 1, 10, 60);
+    // a stored persistent room, of which alice is a member; not loaded yet
+    let record = crate::muc::room::RoomRecord {
+        config: crate::muc::room::RoomConfig {
+            persistent: true,
+            ..Default::default()
+        },
+        affiliations: [("alice@x".to_owned(), crate::muc::room::Affiliation::Owner)].into(),
+        subject: Default::default(),
+    };
+    let record = bytes::Bytes::from(serde_json::to_vec(&record).unwrap());
+    let load = |r: &mut Router, acts: Vec<Action>| -> Vec<Action> {
+        let mut out = Vec::new();
+        for a in acts {
+            match a {
+                Action::LoadRoom { room } => out.extend(r.run(Input::RoomLoaded {
+                    room,
+                    record: Some(record.clone()),
+                    history: Vec::new(),
+                    failed: false,
+                })),
+                a => out.push(a),
+            }
+        }
+        out
+    };
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Presence,
+            "alice@x/phone",
+            Some(&format!("{ROOM}/alice")),
+            None,
+        ),
+        "<presence><x xmlns='http://jabber.org/protocol/muc'/></presence>",
+    );
+    load(&mut r, acts);
+    // she leaves: the room leaves memory; her next message waits for a load
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Presence,
+            "alice@x/phone",
+            Some(&format!("{ROOM}/alice")),
+            Some("unavailable"),
+        ),
+        "<presence type='unavailable'/>",
+    );
+    assert_eq!(r.rooms_open(), 0);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(
+            Kind::Message,
+            "alice@x/phone",
+            Some(ROOM),
+            Some("groupchat"),
+        ),
+        "<message type='groupchat' id='w1'><body>to an empty room</body></message>",
+    );
+    assert!(acts.iter().any(|a| matches!(a, Action::LoadRoom { .. })));
+    let handled = |acts: &[Action]| {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    frame: Frame::Handled { h, .. },
+                    ..
+                } => Some(*h),
+                _ => None,
+            })
+            .max()
+    };
+    // while it loads, an ack request is not answered past it
+    let before = handled(&frame(&mut r, 1, Frame::AckRequest { sid: 10 }));
+    let acts = load(&mut r, acts);
+    // alice is no occupant now: refused with an error, and only then acknowledged
+    assert!(
+        payloads(&acts).iter().any(|p| p.contains("not-acceptable")),
+        "{acts:?}"
+    );
+    let after = handled(&[acts, frame(&mut r, 1, Frame::AckRequest { sid: 10 })].concat());
+    assert!(after > before, "{before:?} {after:?}");
+}
+
+#[test]
+fn an_invitation_to_another_domain_is_not_stored_for_a_local_namesake() {
+    let mut r = muc_router();
+    let _ = room_of_three(&mut r);
+    let acts = room_stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Message, "alice@x/phone", Some(ROOM), None),
+        "<message><x xmlns='http://jabber.org/protocol/muc#user'><invite to='bob@elsewhere.example'/></x></message>",
+    );
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::StoreOffline { .. })),
+        "{acts:?}"
+    );
+    assert!(
+        !payloads(&acts).iter().any(|p| p.contains("invite")),
+        "{acts:?}"
+    );
 }

@@ -2019,6 +2019,7 @@ fn a_failed_archive_write_answers_the_sender_and_later_stanzas_are_acknowledged(
     let Some(Action::Archive {
         entries,
         origin: Some(origin),
+        ..
     }) = acts.iter().find(|a| matches!(a, Action::Archive { .. }))
     else {
         panic!("{acts:?}")

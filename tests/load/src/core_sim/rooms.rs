@@ -13,9 +13,10 @@
 //! core's CPU over that span (from /proc) and the delivery frames and
 //! their bytes the CMs received, per message, are reported.
 //!
-//! The floor: an idle core's CPU over the same span is subtracted by
-//! nothing here; the per-message figures include the acknowledgements the
-//! simulated CMs send (every 50 ms), the same in both modes.
+//! The floor: right after the messages, the core's CPU over the same
+//! span with nothing sent (the simulated CMs' acknowledgements and the
+//! core's timers go on) is measured too and reported beside it, and the
+//! net figure subtracts it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -190,10 +191,19 @@ async fn measure(
     }
     let copies = u64::from(messages) * u64::from(size);
     until_delivered(nodes, &mut seen, copies, Duration::from_secs(1200)).await?;
-    let secs = started.elapsed().as_secs_f64();
+    let span = started.elapsed();
+    let secs = span.as_secs_f64();
     let core_cpu = cpu(host.pid).unwrap_or_default().saturating_sub(cpu_before);
+    // the floor: as long again with nothing sent
+    let idle_before = cpu(host.pid).unwrap_or_default();
+    tokio::time::sleep(span).await;
+    let idle = cpu(host.pid)
+        .unwrap_or_default()
+        .saturating_sub(idle_before);
     let per = f64::from(messages);
     let cpu_us = core_cpu.as_secs_f64() * 1e6 / per;
+    let idle_us = idle.as_secs_f64() * 1e6 / per;
+    let net_us = (cpu_us - idle_us).max(0.0);
     let frames = seen.delivery_frames as f64 / per;
     let bytes = seen.delivery_bytes as f64 / per;
     println!(
@@ -202,12 +212,14 @@ async fn measure(
             "step": "room", "mode": mode, "occupants": size, "nodes": nodes.len(),
             "messages": messages, "copies": seen.delivered, "secs": secs,
             "core_cpu_us_per_message": cpu_us,
+            "idle_cpu_us_per_message": idle_us,
+            "net_core_cpu_us_per_message": net_us,
             "link_frames_per_message": frames,
             "link_bytes_per_message": bytes,
         })
     );
     eprintln!(
-        "{mode}: room of {size} on {} CMs: {cpu_us:.0} µs core CPU, {frames:.1} frames, {bytes:.0} B on the CM links per message ({} copies in {secs:.1} s)",
+        "{mode}: room of {size} on {} CMs: {cpu_us:.0} µs core CPU ({idle_us:.0} idle, {net_us:.0} net), {frames:.1} frames, {bytes:.0} B on the CM links per message ({} copies in {secs:.1} s)",
         nodes.len(),
         seen.delivered
     );
