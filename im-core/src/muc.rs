@@ -20,6 +20,7 @@ pub mod room;
 pub mod stanzas;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -106,8 +107,9 @@ pub enum MucAction {
     /// Deliver the same stanza (without `to`) to each of these sessions,
     /// each copy addressed to its session.
     Fanout {
-        /// The sessions' full JIDs.
-        to: Vec<String>,
+        /// The sessions' full JIDs (shared: each SM session's ledger keeps
+        /// one beside the shared stanza).
+        to: Vec<Arc<str>>,
         /// The stanza's kind.
         kind: Kind,
         /// Its `from`.
@@ -195,6 +197,9 @@ pub struct MucService {
     unix: u64,
     /// The hold of the waiting stanza being handled, if any.
     current_hold: Option<(u64, u32)>,
+    /// The sessions leaving now are not told (their JID is another
+    /// session's already: [`MucService::session_replaced`]).
+    quiet: bool,
     /// Persistent rooms keep an archive (the core's `archive` setting).
     archive: bool,
     out: VecDeque<MucAction>,
@@ -213,6 +218,7 @@ impl MucService {
             secret,
             unix: 0,
             current_hold: None,
+            quiet: false,
             archive: true,
             out: VecDeque::new(),
         }
@@ -363,6 +369,16 @@ impl MucService {
         for inbound in dropped {
             self.release(&inbound);
         }
+    }
+
+    /// A session was replaced by a new one bound to its full JID: the old
+    /// one leaves its rooms as [`MucService::session_gone`] says, but what
+    /// it would be told goes to nobody (the JID is the new session's,
+    /// which has joined nothing yet).
+    pub fn session_replaced(&mut self, full: &str) {
+        self.quiet = true;
+        self.session_gone(full);
+        self.quiet = false;
     }
 
     /// Forgets the rooms `keep` says no (a cluster: their slots went to
@@ -724,7 +740,9 @@ impl MucService {
                 &note,
             );
             let from = format!("{room_jid}/{nick}");
-            self.send_to(full, Kind::Presence, &from, to_bytes(p));
+            if !self.quiet {
+                self.send_to(full, Kind::Presence, &from, to_bytes(p));
+            }
             return;
         }
         o.presence = status.to_vec();
@@ -1035,7 +1053,7 @@ impl MucService {
         });
     }
 
-    fn fanout(&mut self, to: Vec<String>, kind: Kind, from: &str, payload: Bytes) {
+    fn fanout(&mut self, to: Vec<Arc<str>>, kind: Kind, from: &str, payload: Bytes) {
         if to.is_empty() {
             return;
         }
@@ -1048,10 +1066,10 @@ impl MucService {
     }
 
     /// Every session in the room.
-    fn sessions_of(&self, room_jid: &str) -> Vec<String> {
+    fn sessions_of(&self, room_jid: &str) -> Vec<Arc<str>> {
         self.rooms
             .get(room_jid)
-            .map(|r| r.audience().map(|(s, _)| s.to_owned()).collect())
+            .map(|r| r.audience().map(|(s, _)| Arc::from(s)).collect())
             .unwrap_or_default()
     }
 
@@ -1129,8 +1147,8 @@ impl MucService {
                 continue;
             }
             match sees {
-                true => seeing.push(s.to_owned()),
-                false => blind.push(s.to_owned()),
+                true => seeing.push(Arc::from(s)),
+                false => blind.push(Arc::from(s)),
             }
         }
         let from = format!("{room_jid}/{nick}");
@@ -1141,6 +1159,9 @@ impl MucService {
         let mut with_self = note.clone();
         with_self.codes.push(110);
         let to_self = self.occupant_presence_for(room_jid, nick, &with_self, true, role);
+        if self.quiet {
+            return;
+        }
         for s in own.iter().filter(|s| Some(s.as_str()) != except) {
             self.send_to(s, Kind::Presence, &from, to_self.clone());
         }

@@ -13,6 +13,22 @@ use cm_protocol::Kind;
 /// Items one admin request may change.
 const MAX_ITEMS: usize = 64;
 
+/// One item of an admin request, checked.
+enum Change {
+    /// A role, by nick.
+    Role {
+        nick: String,
+        role: String,
+        reason: Option<String>,
+    },
+    /// An affiliation, by bare JID.
+    Affiliation {
+        jid: String,
+        affiliation: String,
+        reason: Option<String>,
+    },
+}
+
 impl MucService {
     pub(super) fn admin_iq(
         &mut self,
@@ -80,37 +96,40 @@ impl MucService {
                 return self.refuse_el(inbound, el, StanzaCondition::NotAllowed);
             }
         }
-        let changes: Vec<(
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        )> = items
+        let changes: Vec<Change> = items
             .iter()
-            .map(|i| {
-                (
-                    i.attr("role").map(str::to_owned),
-                    i.attr("nick").map(str::to_owned),
-                    i.attr("affiliation").map(str::to_owned),
-                    i.attr("jid")
-                        .and_then(|j| jid::Jid::new(j).ok())
-                        .map(|j| j.to_bare().to_string()),
-                )
+            .filter_map(|i| {
+                let reason = i.child("reason", MUC_ADMIN).map(|r| r.text());
+                match (
+                    i.attr("role"),
+                    i.attr("nick"),
+                    i.attr("affiliation"),
+                    i.attr("jid"),
+                ) {
+                    (Some(role), Some(nick), _, _) => Some(Change::Role {
+                        nick: nick.to_owned(),
+                        role: role.to_owned(),
+                        reason,
+                    }),
+                    (None, _, Some(aff), Some(jid)) => Some(Change::Affiliation {
+                        jid: jid::Jid::new(jid).ok()?.to_bare().to_string(),
+                        affiliation: aff.to_owned(),
+                        reason,
+                    }),
+                    _ => None,
+                }
             })
             .collect();
-        let reasons: Vec<Option<String>> = items
-            .iter()
-            .map(|i| i.child("reason", MUC_ADMIN).map(|r| r.text()))
-            .collect();
-        for ((role, nick, aff, jid), reason) in changes.into_iter().zip(reasons) {
-            match (role, nick, aff, jid) {
-                (Some(role), Some(nick), _, _) => {
-                    self.set_role(room_jid, &nick, role.as_str(), reason.as_deref())
+        for change in changes {
+            match change {
+                Change::Role { nick, role, reason } => {
+                    self.set_role(room_jid, &nick, &role, reason.as_deref())
                 }
-                (None, _, Some(aff), Some(jid)) => {
-                    self.set_affiliation(room_jid, &jid, aff.as_str(), reason.as_deref())
-                }
-                _ => {}
+                Change::Affiliation {
+                    jid,
+                    affiliation,
+                    reason,
+                } => self.set_affiliation(room_jid, &jid, &affiliation, reason.as_deref()),
             }
         }
         self.save_and_answer(room_jid, inbound, el);

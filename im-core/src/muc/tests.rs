@@ -25,7 +25,7 @@ fn received(actions: &[MucAction], jid: &str) -> Vec<Element> {
         .iter()
         .filter_map(|a| match a {
             MucAction::Send { to, payload, .. } if to == jid => Some(payload.clone()),
-            MucAction::Fanout { to, payload, .. } if to.iter().any(|t| t == jid) => {
+            MucAction::Fanout { to, payload, .. } if to.iter().any(|t| &**t == jid) => {
                 Some(payload.clone())
             }
             _ => None,
@@ -156,7 +156,7 @@ fn occupants_see_each_other_and_messages_fan_out_with_stanza_and_occupant_ids() 
     let MucAction::Fanout { to, payload, .. } = fan[0] else {
         unreachable!()
     };
-    let mut to = to.clone();
+    let mut to: Vec<&str> = to.iter().map(|t| &**t).collect();
     to.sort();
     assert_eq!(to, ["alice@example.org/phone", "bob@example.org/pc"]);
     let m = Element::parse(payload, ns::CLIENT).unwrap();
@@ -878,4 +878,130 @@ fn a_password_rooms_archive_is_for_its_occupants_and_members() {
             .iter()
             .any(|a| matches!(a, MucAction::Query { .. }))
     );
+}
+
+/// The service's indexes agree: every session a room lists is indexed
+/// as joined to it and the other way round, and each nick's sessions are
+/// the sessions naming it.
+fn consistent(s: &MucService) {
+    for (room_jid, room) in &s.rooms {
+        for (full, nick) in &room.nicks {
+            let o = room.occupants.get(nick).expect("a nick's occupant");
+            assert!(o.sessions.contains(full), "{full} under {nick}");
+            assert!(
+                s.joined.get(full).is_some_and(|r| r.contains(room_jid)),
+                "{full} not indexed in {room_jid}"
+            );
+        }
+        for (nick, o) in &room.occupants {
+            assert!(!o.sessions.is_empty(), "{nick} has no session");
+            for full in &o.sessions {
+                assert_eq!(room.nicks.get(full), Some(nick));
+            }
+        }
+    }
+    for (full, rooms) in &s.joined {
+        assert!(!rooms.is_empty());
+        for r in rooms {
+            if let Some(room) = s.rooms.get(r) {
+                assert!(room.nicks.contains_key(full), "{full} indexed in {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn random_sequences_of_hostile_and_ordinary_stanzas_keep_the_indexes_consistent() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x4d55_4301);
+    let users = ["alice", "bob", "carol"];
+    let resources = ["a", "b"];
+    let rooms = ["r1", "r2"];
+    let nicks = ["n1", "n2", "alice", "", "x'<&"];
+    for round in 0..300 {
+        let mut s = service();
+        for _ in 0..60 {
+            let user = users[rng.gen_range(0..users.len())];
+            let from = format!("{user}@example.org/{}", resources[rng.gen_range(0..2)]);
+            let room = format!("{}@conference.example.org", rooms[rng.gen_range(0..2)]);
+            let nick = nicks[rng.gen_range(0..nicks.len())];
+            let other = users[rng.gen_range(0..users.len())];
+            let (to, xml) = match rng.gen_range(0..14) {
+                0 | 1 => (
+                    format!("{room}/{nick}"),
+                    format!(
+                        "<presence><x xmlns='{MUC}'><history maxstanzas='{}'/></x></presence>",
+                        rng.gen_range(0..5)
+                    ),
+                ),
+                2 => (
+                    format!("{room}/{nick}"),
+                    "<presence type='unavailable'/>".to_owned(),
+                ),
+                3 => (
+                    format!("{room}/{nick}"),
+                    "<presence><show>away</show></presence>".to_owned(),
+                ),
+                4 => (
+                    room.clone(),
+                    "<message type='groupchat'><body>hi</body></message>".to_owned(),
+                ),
+                5 => (
+                    room.clone(),
+                    "<message type='groupchat'><subject>s</subject></message>".to_owned(),
+                ),
+                6 => (
+                    room.clone(),
+                    format!(
+                        "<iq type='set' id='c'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_membersonly'><value>{}</value></field></x></query></iq>",
+                        rng.gen_range(0..2)
+                    ),
+                ),
+                7 => (
+                    room.clone(),
+                    format!(
+                        "<iq type='set' id='k'><query xmlns='{MUC_ADMIN}'><item nick='{nick}' role='{}'/></query></iq>",
+                        ["none", "visitor", "participant", "moderator"][rng.gen_range(0..4)]
+                    ),
+                ),
+                8 => (
+                    room.clone(),
+                    format!(
+                        "<iq type='set' id='b'><query xmlns='{MUC_ADMIN}'><item jid='{other}@example.org' affiliation='{}'/></query></iq>",
+                        ["outcast", "none", "member", "admin", "owner"][rng.gen_range(0..5)]
+                    ),
+                ),
+                9 => (
+                    room.clone(),
+                    format!(
+                        "<iq type='set' id='d'><query xmlns='{MUC_OWNER}'><destroy/></query></iq>"
+                    ),
+                ),
+                10 => (
+                    format!("{room}/{nick}"),
+                    "<message type='chat'><body>pm</body></message>".to_owned(),
+                ),
+                11 => (
+                    format!("{room}/{nick}"),
+                    format!("<iq type='get' id='p'><ping xmlns='{}'/></iq>", ns::PING),
+                ),
+                12 => {
+                    s.session_gone(&from);
+                    continue;
+                }
+                _ => (room.clone(), "<message type='groupchat'><body".to_owned()),
+            };
+            s.handle(stanza(&from, &to, &xml), 1000 + round);
+            // loads are answered at once, sometimes as failed
+            while let Some(a) = s.poll_action() {
+                if let MucAction::Load { room } = a {
+                    match rng.gen_range(0..8) {
+                        0 => s.load_failed(&room),
+                        _ => s.loaded(&room, None, Vec::new(), 1000),
+                    }
+                }
+            }
+            consistent(&s);
+        }
+    }
 }

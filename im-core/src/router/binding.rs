@@ -75,6 +75,7 @@ impl Router {
         if let Some(ledger) = self.sessions.remove((old_node, old_sid)) {
             self.reroute_unacked(full, ledger);
         }
+        self.rooms_replaced(full);
     }
 
     /// Enters a session a CM announced (after a core restart or a link

@@ -15,7 +15,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 use xmpp_stream::stanza::stamp_to;
 
-use super::sm_sessions::{Admission, Delivery, Row};
+use super::sm_sessions::Admission;
 use super::{Action, Query, Router};
 use crate::address;
 use crate::muc::{Inbound, MucAction, MucService};
@@ -53,7 +53,7 @@ impl Router {
     }
 
     /// A stanza from a local session for the service or a room.
-    pub(super) fn to_muc(
+    pub(super) fn route_to_muc(
         &mut self,
         addr: SessionAddr,
         header: &RouteHeader,
@@ -138,6 +138,15 @@ impl Router {
     pub(super) fn rooms_left(&mut self, full: &str) {
         if let Some(muc) = &mut self.muc {
             muc.session_gone(full);
+            self.muc_actions();
+        }
+    }
+
+    /// Session `full` was replaced by a new bind of its JID: it leaves its
+    /// rooms, and the new session is not told.
+    pub(super) fn rooms_replaced(&mut self, full: &str) {
+        if let Some(muc) = &mut self.muc {
+            muc.session_replaced(full);
             self.muc_actions();
         }
     }
@@ -279,7 +288,7 @@ impl Router {
 
     /// The same stanza to many sessions: one `DeliverMany` per CM for the
     /// local ones, a forward each for another core's.
-    fn room_fanout(&mut self, to: &[String], kind: Kind, from: &str, payload: &Bytes) {
+    fn room_fanout(&mut self, to: &[std::sync::Arc<str>], kind: Kind, from: &str, payload: &Bytes) {
         let mut by_node: BTreeMap<NodeId, Vec<SessionId>> = BTreeMap::new();
         for full in to {
             let Some((bare, res)) = address::split_full(full) else {
@@ -301,20 +310,18 @@ impl Router {
                 }
                 continue;
             }
-            if self.roster_writes.building() || self.sessions.is_tracked(addr) {
-                // its own copy: held with a roster change, or in its ledger
-                let Some(copy) = stamp_to(payload, full) else {
-                    continue;
-                };
-                if self.roster_writes.building() {
+            if self.roster_writes.building() {
+                // held with a roster change: a copy of its own
+                if let Some(copy) = stamp_to(payload, full) {
                     self.deliver(addr, copy);
-                    continue;
                 }
-                match self.sessions.admit(addr, &copy, Delivery::Other, Row::None) {
-                    Admission::Untracked | Admission::Send => {}
-                    // kept for the resumption, or dropped (far behind)
-                    _ => continue,
-                }
+                continue;
+            }
+            // an SM session's ledger keeps the shared stanza and its JID
+            match self.sessions.admit_addressed(addr, payload, full) {
+                Admission::Untracked | Admission::Send => {}
+                // kept for the resumption, or dropped (far behind)
+                _ => continue,
             }
             self.stats.delivered += 1;
             by_node.entry(addr.0).or_default().push(addr.1);

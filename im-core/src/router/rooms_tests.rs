@@ -387,3 +387,33 @@ fn an_invitation_to_another_domain_is_not_stored_for_a_local_namesake() {
         "{acts:?}"
     );
 }
+
+#[test]
+fn a_session_replaced_by_a_new_bind_of_its_jid_leaves_its_rooms_quietly() {
+    let mut r = muc_router();
+    let _ = room_of_three(&mut r);
+    // bob's client comes back on another CM and binds the same resource
+    let acts = r.run(Input::Frame {
+        node: 2,
+        frame: Frame::Bind {
+            sid: 21,
+            user: "bob@x".into(),
+            iq_id: "b2".into(),
+            resource: Some("pc".into()),
+        },
+    });
+    let gone: Vec<u64> = fanouts(&acts)
+        .into_iter()
+        .filter(|f| f.2.contains("unavailable") && f.2.contains("lounge@conference.x/bob"))
+        .flat_map(|f| f.1)
+        .collect();
+    assert!(gone.contains(&10) && gone.contains(&20), "{acts:?}");
+    // the new session, which joined nothing, is told nothing of the room
+    assert!(
+        !deliveries(&acts)
+            .iter()
+            .any(|(addr, p)| *addr == (2, 21) && p.contains("conference")),
+        "{acts:?}"
+    );
+    assert!(!fanouts(&acts).iter().any(|f| f.0 == 2 && f.1.contains(&21)));
+}

@@ -42,7 +42,7 @@ impl Router {
         if let Some(to) = &to
             && self.is_muc(to)
         {
-            return self.to_muc((node, sid), &header, to, payload);
+            return self.route_to_muc((node, sid), &header, to, payload);
         }
         match header.kind {
             Kind::Presence => self.presence(node, sid, &header, to, payload, &sender_bare),

@@ -384,6 +384,32 @@ impl SmSessions {
         }
     }
 
+    /// Records a shared stanza (a room's fan-out, no `to`) for session
+    /// `addr` addressed to `to` (see [`Ledger`]); as [`SmSessions::admit`]
+    /// for anything but a chat or normal message.
+    pub(crate) fn admit_addressed(
+        &mut self,
+        addr: SessionAddr,
+        payload: &Bytes,
+        to: &std::sync::Arc<str>,
+    ) -> Admission {
+        let total = self.bytes;
+        let Some(l) = self.ledgers.get_mut(&addr) else {
+            return Admission::Untracked;
+        };
+        if !l.has_room() || total >= MAX_LEDGER_BYTES_TOTAL {
+            // (a room's copy for a client far behind is dropped, as any
+            // stanza but a chat or normal message: the room's archive has it)
+            return Admission::Dropped;
+        }
+        self.bytes += payload.len() + to.len();
+        l.push_addressed(payload.clone(), to.clone());
+        match l.detached_at {
+            None => Admission::Send,
+            Some(_) => Admission::Held,
+        }
+    }
+
     /// A flush of stored messages to the session is about to be asked for:
     /// false if one is under way already (that one then flushes again when
     /// done: its load may have read before what this one was asked for).

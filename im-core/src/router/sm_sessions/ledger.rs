@@ -9,6 +9,7 @@
 //! Pure data: no clocks (the detach time comes in from outside), no sockets.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,11 +48,31 @@ pub(crate) enum Row {
 #[derive(Debug)]
 struct Entry {
     payload: Bytes,
+    /// The session's JID, for a stanza shared by many sessions without a
+    /// `to` (a room's fan-out, which the CM addresses per copy): added
+    /// only when the stanza is sent again or handed on.
+    to: Option<Arc<str>>,
     /// The CM dropped it unwritten (client state indication).
     skipped: bool,
     /// The offline-storage row holding it: the row stays stored until the
     /// client acknowledges the stanza.
     row: Row,
+}
+
+impl Entry {
+    /// The stanza as the session got it (addressed, if it was shared).
+    fn stanza(&self) -> Bytes {
+        match &self.to {
+            Some(to) => xmpp_stream::stanza::stamp_to(&self.payload, to)
+                .unwrap_or_else(|| self.payload.clone()),
+            None => self.payload.clone(),
+        }
+    }
+
+    /// What it counts for in the ledger's bytes.
+    fn size(&self) -> usize {
+        self.payload.len() + self.to.as_ref().map_or(0, |t| t.len())
+    }
 }
 
 /// The offline-storage rows of entries a client acknowledged, or a ledger
@@ -237,8 +258,22 @@ impl Ledger {
         self.bytes += payload.len();
         self.entries.push_back(Entry {
             payload,
+            to: None,
             skipped: false,
             row,
+        });
+    }
+
+    /// Records a shared stanza sent to the session without its `to` (a
+    /// room's fan-out): counted as its own copy would be, addressed to
+    /// `to` only if it is ever sent again or handed on.
+    pub(super) fn push_addressed(&mut self, payload: Bytes, to: Arc<str>) {
+        self.bytes += payload.len() + to.len();
+        self.entries.push_back(Entry {
+            payload,
+            to: Some(to),
+            skipped: false,
+            row: Row::None,
         });
     }
 
@@ -374,7 +409,7 @@ impl Ledger {
                 n -= 1;
             }
             if let Some(e) = self.entries.pop_front() {
-                self.bytes -= e.payload.len();
+                self.bytes -= e.size();
                 // (a skipped entry is a presence, never a stored message)
                 rows.add(e.row);
             }
@@ -398,11 +433,11 @@ impl Ledger {
     /// returns the stanzas to send again, in order.
     pub(super) fn reattach(&mut self) -> Vec<Bytes> {
         self.entries.retain(|e| !e.skipped);
-        self.bytes = self.entries.iter().map(|e| e.payload.len()).sum();
+        self.bytes = self.entries.iter().map(Entry::size).sum();
         self.first_seq = 0;
         self.detached_at = None;
         self.hearsay = false;
-        self.entries.iter().map(|e| e.payload.clone()).collect()
+        self.entries.iter().map(Entry::stanza).collect()
     }
 
     /// The live row written under `ticket` is stored as `row`: the entry
@@ -429,9 +464,9 @@ impl Ledger {
         let mut unacked = Unacked::default();
         for e in self.entries {
             match (e.row, e.skipped) {
-                (Row::Stored(row), _) => unacked.rows.push((row, e.payload)),
-                (Row::Ticket(t), _) => unacked.tickets.push((t, e.payload)),
-                (Row::None, false) => unacked.payloads.push(e.payload),
+                (Row::Stored(row), _) => unacked.rows.push((row, e.stanza())),
+                (Row::Ticket(t), _) => unacked.tickets.push((t, e.stanza())),
+                (Row::None, false) => unacked.payloads.push(e.stanza()),
                 (Row::None, true) => {}
             }
         }

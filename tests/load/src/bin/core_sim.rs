@@ -75,9 +75,10 @@ enum Command {
         /// Simulated CM nodes (the occupants are spread over them).
         #[arg(long, default_value_t = 20)]
         nodes: u32,
-        /// Messages sent to each room.
-        #[arg(long, default_value_t = 200)]
-        messages: u32,
+        /// Copies delivered per room measured (a room of N occupants gets
+        /// COPIES / N messages, at least 20).
+        #[arg(long, default_value_t = 2_000_000)]
+        copies: u64,
         /// Working directory (PKI, core data); default a fresh temporary one.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -122,7 +123,7 @@ fn main() -> Result<()> {
         Command::Rooms {
             sizes,
             nodes,
-            messages,
+            copies,
             dir,
         } => {
             let (dir, _temp) = match dir {
@@ -135,7 +136,7 @@ fn main() -> Result<()> {
             let opts = core_sim::rooms::RoomOptions {
                 sizes,
                 nodes,
-                messages,
+                copies,
                 dir,
             };
             tokio::runtime::Builder::new_multi_thread()

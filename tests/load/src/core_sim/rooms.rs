@@ -38,8 +38,11 @@ pub struct RoomOptions {
     pub sizes: Vec<u32>,
     /// Simulated CM nodes.
     pub nodes: u32,
-    /// Messages sent to each room.
-    pub messages: u32,
+    /// Copies to deliver in each room's measurement: a room of `size`
+    /// gets `copies / size` messages (at least 20), so every size runs
+    /// long enough for the core's CPU time (counted in 10 ms ticks) to
+    /// mean something.
+    pub copies: u64,
     /// Where the PKI and the core's data go.
     pub dir: PathBuf,
 }
@@ -123,6 +126,9 @@ fn join(out: &mut BytesMut, node: &SimNode, i: u32, room: &str) {
     );
 }
 
+/// Messages sent before waiting for their copies (see [`measure`]).
+const CHUNK: u32 = 1000;
+
 /// One room of `size`: made, joined, then `messages` sent to it.
 async fn measure(
     nodes: &[SimNode],
@@ -172,22 +178,38 @@ async fn measure(
     let cpu_before = cpu(host.pid).unwrap_or_default();
     let started = Instant::now();
     let mut seen = NodeCounts::default();
+    let n = (speaker % nodes.len() as u32) as usize;
+    let mut batch = BytesMut::new();
     for m in 0..messages {
-        each(nodes, speaker..speaker + 1, |b, n, i| {
-            sim_cm::stanza(
-                b,
-                n.sid(i),
-                i,
-                DOMAIN,
-                Kind::Message,
-                Some("groupchat"),
-                &room,
-                format!(
-                    "<message from='u{i}@{DOMAIN}/sim' to='{room}' type='groupchat' id='m{m}'><body>message {m} to the room, of an ordinary length for a chat line</body></message>"
-                ),
-            )
-        })
-        .await?;
+        // in chunks of CHUNK messages, each delivered before the next is
+        // sent: an SM session's ledger keeps 2048 unacknowledged stanzas
+        // (a room's copies beyond are dropped, as for any stanza but a
+        // chat message), and the simulated CMs acknowledge every 50 ms
+        if m > 0 && m % CHUNK == 0 {
+            if !batch.is_empty() {
+                nodes[n].send(std::mem::take(&mut batch)).await?;
+            }
+            let due = u64::from(m) * u64::from(size);
+            until_delivered(nodes, &mut seen, due, Duration::from_secs(600)).await?;
+        }
+        sim_cm::stanza(
+            &mut batch,
+            nodes[n].sid(speaker),
+            speaker,
+            DOMAIN,
+            Kind::Message,
+            Some("groupchat"),
+            &room,
+            format!(
+                "<message from='u{speaker}@{DOMAIN}/sim' to='{room}' type='groupchat' id='m{m}'><body>message {m} to the room, of an ordinary length for a chat line</body></message>"
+            ),
+        );
+        if batch.len() > 32 * 1024 {
+            nodes[n].send(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        nodes[n].send(batch).await?;
     }
     let copies = u64::from(messages) * u64::from(size);
     until_delivered(nodes, &mut seen, copies, Duration::from_secs(1200)).await?;
@@ -243,7 +265,9 @@ pub async fn run(opts: RoomOptions) -> Result<()> {
         until_sessions(host.admin, &nodes, users, Duration::from_secs(600)).await?;
         until_quiet(host.pid).await;
         for &size in &opts.sizes {
-            measure(&nodes, &host, size.max(1), opts.messages, mode).await?;
+            let size = size.max(1);
+            let messages = (opts.copies / u64::from(size)).clamp(20, u64::from(u32::MAX)) as u32;
+            measure(&nodes, &host, size, messages, mode).await?;
         }
         for node in &nodes {
             node.close();
