@@ -22,6 +22,7 @@ pub mod links;
 pub mod metrics;
 pub mod muc;
 pub mod peers;
+pub mod push;
 pub mod queries;
 pub mod router;
 pub mod routing;

@@ -10,8 +10,8 @@ use xmpp_sasl::StoredCredentials;
 
 use super::{
     ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, PepConfig,
-    PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, Roster, RosterItem,
-    StorageError, Store, Stored,
+    PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, PushRegistration, Roster,
+    RosterItem, StorageError, Store, Stored,
 };
 
 /// What the next storage calls do; shared (cheap clone) between a test and
@@ -428,5 +428,34 @@ impl Store for FaultyStore {
     fn muc_rooms(&mut self, limit: usize) -> Result<Vec<String>, StorageError> {
         self.plan.check(Call::Read)?;
         self.inner.muc_rooms(limit)
+    }
+
+    fn push_enable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: &str,
+        options: Option<&[u8]>,
+    ) -> Result<Stored, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.push_enable(username, jid, node, options)
+    }
+
+    fn push_disable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: Option<&str>,
+    ) -> Result<usize, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.push_disable(username, jid, node)
+    }
+
+    fn push_registrations(
+        &mut self,
+        username: &str,
+    ) -> Result<Vec<PushRegistration>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.push_registrations(username)
     }
 }

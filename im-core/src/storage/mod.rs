@@ -1,6 +1,7 @@
 //! Durable storage: accounts (SCRAM credentials, never passwords), offline
-//! messages, rosters, the message archive (XEP-0313), vCards, and the
-//! records of persistent group-chat rooms (XEP-0045) with their archives.
+//! messages, rosters, the message archive (XEP-0313), vCards, the
+//! records of persistent group-chat rooms (XEP-0045) with their archives,
+//! and push registrations (XEP-0357).
 //!
 //! [`Store`] is the one interface; it has two backends: [`Sqlite`], an
 //! embedded on-disk database in the data directory (the default, no
@@ -22,6 +23,7 @@ use xmpp_sasl::StoredCredentials;
 mod faults;
 mod pep;
 mod postgres;
+mod push;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -33,6 +35,7 @@ pub use pep::{
     PepLastItem, PepOptions, PepPublished,
 };
 pub use postgres::Postgres;
+pub use push::{MAX_PUSH_REGISTRATIONS, PushRegistration};
 pub use sqlite::Sqlite;
 pub use worker::{JOB_OVERHEAD, Limits, RETRY_PAUSE, Storage};
 
@@ -522,6 +525,32 @@ pub trait Store: Send {
     /// The bare JIDs of the stored rooms, in byte order (both backends
     /// alike), at most `limit` of them.
     fn muc_rooms(&mut self, limit: usize) -> Result<Vec<String>, StorageError>;
+
+    /// Enables push notifications (XEP-0357) of an existing user to `node`
+    /// of the app server `jid`, publishing with `options` (the XML of a
+    /// publish-options form), replacing the registration of the same
+    /// `jid` and `node` (its options, and its age: it counts as enabled
+    /// now). A user keeps at most [`MAX_PUSH_REGISTRATIONS`]: past that
+    /// the oldest is deleted.
+    fn push_enable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: &str,
+        options: Option<&[u8]>,
+    ) -> Result<Stored, StorageError>;
+    /// Disables a user's registration of `jid` and `node`, or with no
+    /// `node` every registration of that app server; returns how many
+    /// were deleted.
+    fn push_disable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: Option<&str>,
+    ) -> Result<usize, StorageError>;
+    /// A user's push registrations, oldest first.
+    fn push_registrations(&mut self, username: &str)
+    -> Result<Vec<PushRegistration>, StorageError>;
 }
 
 /// Whether `owner` of an archive row (or a room key) is a room's bare JID:

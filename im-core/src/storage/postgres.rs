@@ -16,8 +16,8 @@ use xmpp_sasl::{ScramKeys, StoredCredentials};
 use super::pep::{PepAccess, PepTables};
 use super::{
     ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
-    PepConfig, PepItem, PepLastItem, Roster, RosterItem, StorageError, Store, Stored, Subscription,
-    decode_groups, encode_groups,
+    PepConfig, PepItem, PepLastItem, PushRegistration, Roster, RosterItem, StorageError, Store,
+    Stored, Subscription, decode_groups, encode_groups,
 };
 
 /// Schema migrations; the `schema_version` table records how many ran.
@@ -115,6 +115,16 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE muc_rooms (
         room TEXT COLLATE \"C\" PRIMARY KEY,
         record BYTEA NOT NULL
+    );",
+    // 8: push registrations (XEP-0357): an app server's node per row, with
+    // the publish-options form; `created` (µs) orders a user's rows
+    "CREATE TABLE push_registrations (
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        node TEXT NOT NULL,
+        options BYTEA,
+        created BIGINT NOT NULL,
+        PRIMARY KEY (username, jid, node)
     );",
 ];
 
@@ -598,6 +608,10 @@ impl Store for Postgres {
         self.execute("DELETE FROM private_xml WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM pep_nodes WHERE username=$1", &[&username])?;
         self.execute("DELETE FROM pep_items WHERE username=$1", &[&username])?;
+        self.execute(
+            "DELETE FROM push_registrations WHERE username=$1",
+            &[&username],
+        )?;
         // Nobody keeps a subscription to the name (it may be registered again).
         self.execute(
             "DELETE FROM roster WHERE left(jid, length($1) + 1) = $1 || '@'",
@@ -997,6 +1011,84 @@ impl Store for Postgres {
         )?
         .iter()
         .map(|r| r.try_get(0).map_err(StorageError::from))
+        .collect()
+    }
+
+    fn push_enable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: &str,
+        options: Option<&[u8]>,
+    ) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        let newest: i64 = self
+            .query_opt(
+                "SELECT COALESCE(MAX(created), 0)::BIGINT FROM push_registrations
+                 WHERE username=$1",
+                &[&username],
+            )?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        let created = super::push::created_stamp(newest);
+        self.execute(
+            "INSERT INTO push_registrations (username, jid, node, options, created)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (username, jid, node)
+             DO UPDATE SET options=EXCLUDED.options, created=EXCLUDED.created",
+            &[&username, &jid, &node, &options, &created],
+        )?;
+        // (stamps are distinct per user: everything at or before the
+        // newest beyond the bound goes)
+        self.execute(
+            "DELETE FROM push_registrations WHERE username=$1 AND created <=
+             (SELECT created FROM push_registrations WHERE username=$1
+              ORDER BY created DESC LIMIT 1 OFFSET $2)",
+            &[&username, &super::MAX_PUSH_REGISTRATIONS],
+        )?;
+        Ok(Stored::Stored)
+    }
+
+    fn push_disable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: Option<&str>,
+    ) -> Result<usize, StorageError> {
+        let n = match node {
+            Some(node) => self.execute(
+                "DELETE FROM push_registrations WHERE username=$1 AND jid=$2 AND node=$3",
+                &[&username, &jid, &node],
+            )?,
+            None => self.execute(
+                "DELETE FROM push_registrations WHERE username=$1 AND jid=$2",
+                &[&username, &jid],
+            )?,
+        };
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn push_registrations(
+        &mut self,
+        username: &str,
+    ) -> Result<Vec<PushRegistration>, StorageError> {
+        self.query(
+            "SELECT jid, node, options, created FROM push_registrations
+             WHERE username=$1 ORDER BY created, jid, node",
+            &[&username],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(PushRegistration {
+                jid: r.try_get(0)?,
+                node: r.try_get(1)?,
+                options: r.try_get::<_, Option<Vec<u8>>>(2)?.map(Bytes::from),
+                created: r.try_get(3)?,
+            })
+        })
         .collect()
     }
 }

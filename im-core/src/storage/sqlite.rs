@@ -10,8 +10,8 @@ use xmpp_sasl::{ScramKeys, StoredCredentials};
 use super::pep::{PepAccess, PepTables};
 use super::{
     ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
-    PepConfig, PepItem, PepLastItem, Roster, RosterItem, StorageError, Store, Stored, Subscription,
-    decode_groups, encode_groups,
+    PepConfig, PepItem, PepLastItem, PushRegistration, Roster, RosterItem, StorageError, Store,
+    Stored, Subscription, decode_groups, encode_groups,
 };
 
 /// Schema migrations; `PRAGMA user_version` records how many ran.
@@ -94,6 +94,16 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE muc_rooms (
         room TEXT PRIMARY KEY,
         record BLOB NOT NULL
+    );",
+    // 7: push registrations (XEP-0357): an app server's node per row, with
+    // the publish-options form; `created` (µs) orders a user's rows
+    "CREATE TABLE push_registrations (
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        node TEXT NOT NULL,
+        options BLOB,
+        created INTEGER NOT NULL,
+        PRIMARY KEY (username, jid, node)
     );",
 ];
 
@@ -238,6 +248,7 @@ impl Store for Sqlite {
             "private_xml",
             "pep_nodes",
             "pep_items",
+            "push_registrations",
         ] {
             self.conn.execute(
                 &format!("DELETE FROM {table} WHERE username=?1"),
@@ -653,6 +664,82 @@ impl Store for Sqlite {
             .conn
             .prepare_cached("SELECT room FROM muc_rooms ORDER BY room LIMIT ?1")?
             .query_map([limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn push_enable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: &str,
+        options: Option<&[u8]>,
+    ) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        let newest: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(MAX(created), 0) FROM push_registrations WHERE username=?1",
+            )?
+            .query_row([username], |r| r.get(0))?;
+        let created = super::push::created_stamp(newest);
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO push_registrations (username, jid, node, options, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![username, jid, node, options, created])?;
+        // (stamps are distinct per user: everything at or before the
+        // newest beyond the bound goes)
+        self.conn
+            .prepare_cached(
+                "DELETE FROM push_registrations WHERE username=?1 AND created <=
+                 (SELECT created FROM push_registrations WHERE username=?1
+                  ORDER BY created DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![username, super::MAX_PUSH_REGISTRATIONS])?;
+        Ok(Stored::Stored)
+    }
+
+    fn push_disable(
+        &mut self,
+        username: &str,
+        jid: &str,
+        node: Option<&str>,
+    ) -> Result<usize, StorageError> {
+        Ok(match node {
+            Some(node) => self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM push_registrations WHERE username=?1 AND jid=?2 AND node=?3",
+                )?
+                .execute([username, jid, node])?,
+            None => self
+                .conn
+                .prepare_cached("DELETE FROM push_registrations WHERE username=?1 AND jid=?2")?
+                .execute([username, jid])?,
+        })
+    }
+
+    fn push_registrations(
+        &mut self,
+        username: &str,
+    ) -> Result<Vec<PushRegistration>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT jid, node, options, created FROM push_registrations
+                 WHERE username=?1 ORDER BY created, jid, node",
+            )?
+            .query_map([username], |r| {
+                Ok(PushRegistration {
+                    jid: r.get(0)?,
+                    node: r.get(1)?,
+                    options: r.get::<_, Option<Vec<u8>>>(2)?.map(Bytes::from),
+                    created: r.get(3)?,
+                })
+            })?
             .collect::<Result<_, _>>()?)
     }
 }

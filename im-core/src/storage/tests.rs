@@ -574,6 +574,163 @@ fn room_records_of_256_kib_and_any_bytes_round_trip() {
     });
 }
 
+/// A user's push registrations as (jid, node), oldest first.
+fn push_keys(db: &mut dyn Store, user: &str) -> Vec<(String, String)> {
+    db.push_registrations(user)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.jid, r.node))
+        .collect()
+}
+
+fn key(jid: &str, node: &str) -> (String, String) {
+    (jid.to_owned(), node.to_owned())
+}
+
+#[test]
+fn push_registrations_are_replaced_disabled_one_or_all_and_kept_across_a_reopen() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        db.add_user("alice", &creds).unwrap();
+        db.add_user("bob", &creds).unwrap();
+        assert_eq!(
+            db.push_enable("nobody", "push.x", "n", None).unwrap(),
+            Stored::NoSuchUser
+        );
+        assert!(db.push_registrations("nobody").unwrap().is_empty());
+        assert!(db.push_registrations("alice").unwrap().is_empty());
+        let form = b"<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s\x00\xff</value></field></x>";
+        for (jid, node, options) in [
+            ("push.x", "n1", Some(&form[..])),
+            ("push.x", "n2", None),
+            ("other.x", "n1", None),
+        ] {
+            assert_eq!(
+                db.push_enable("alice", jid, node, options).unwrap(),
+                Stored::Stored
+            );
+        }
+        db.push_enable("bob", "push.x", "n1", None).unwrap();
+        let mut db = reopen();
+        let regs = db.push_registrations("alice").unwrap();
+        assert_eq!(
+            regs.iter()
+                .map(|r| key(&r.jid, &r.node))
+                .collect::<Vec<_>>(),
+            vec![
+                key("push.x", "n1"),
+                key("push.x", "n2"),
+                key("other.x", "n1")
+            ]
+        );
+        assert_eq!(regs[0].options.as_deref(), Some(&form[..]), "any bytes");
+        assert_eq!(regs[1].options, None);
+        assert!(regs.windows(2).all(|w| w[0].created < w[1].created));
+        assert!(
+            regs[0].created > 1_600_000_000_000_000,
+            "µs since the epoch"
+        );
+
+        // enabled again: its options replaced, and it is the newest now
+        db.push_enable("alice", "push.x", "n1", Some(b"<x2/>"))
+            .unwrap();
+        db.push_enable("alice", "push.x", "n2", None).unwrap();
+        let regs = db.push_registrations("alice").unwrap();
+        assert_eq!(regs.len(), 3, "replaced, not added");
+        assert_eq!(
+            regs.iter()
+                .map(|r| key(&r.jid, &r.node))
+                .collect::<Vec<_>>(),
+            vec![
+                key("other.x", "n1"),
+                key("push.x", "n1"),
+                key("push.x", "n2")
+            ]
+        );
+        assert_eq!(regs[1].options.as_deref(), Some(&b"<x2/>"[..]));
+
+        // one by node, then every node of one app server
+        assert_eq!(db.push_disable("alice", "push.x", Some("n2")).unwrap(), 1);
+        assert_eq!(db.push_disable("alice", "push.x", Some("n2")).unwrap(), 0);
+        assert_eq!(db.push_disable("alice", "nowhere.x", None).unwrap(), 0);
+        db.push_enable("alice", "push.x", "n3", None).unwrap();
+        assert_eq!(db.push_disable("alice", "push.x", None).unwrap(), 2);
+        let mut db = reopen();
+        assert_eq!(push_keys(&mut *db, "alice"), vec![key("other.x", "n1")]);
+        assert_eq!(
+            push_keys(&mut *db, "bob"),
+            vec![key("push.x", "n1")],
+            "another user's are left alone"
+        );
+
+        // an account's deletion takes its registrations with it
+        assert!(db.delete_user("bob").unwrap());
+        assert!(db.push_registrations("bob").unwrap().is_empty());
+        db.add_user("bob", &creds).unwrap();
+        assert!(db.push_registrations("bob").unwrap().is_empty());
+        assert_eq!(push_keys(&mut *db, "alice").len(), 1);
+    });
+}
+
+#[test]
+fn push_registrations_are_bounded_the_oldest_replaced() {
+    both(|db, reopen| {
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        let max = MAX_PUSH_REGISTRATIONS as usize;
+        for i in 0..max + 4 {
+            db.push_enable("alice", "push.x", &format!("n{i}"), None)
+                .unwrap();
+        }
+        let mut db = reopen();
+        let expected: Vec<_> = (4..max + 4)
+            .map(|i| key("push.x", &format!("n{i}")))
+            .collect();
+        assert_eq!(push_keys(&mut *db, "alice"), expected, "the oldest went");
+        // enabling the oldest again makes it the newest: the next one to go
+        // is the one after it
+        db.push_enable("alice", "push.x", "n4", None).unwrap();
+        assert_eq!(push_keys(&mut *db, "alice").len(), max);
+        db.push_enable("alice", "new.x", "m", None).unwrap();
+        let keys = push_keys(&mut *db, "alice");
+        assert_eq!(keys.len(), max);
+        assert_eq!(keys[0], key("push.x", "n6"));
+        assert!(!keys.contains(&key("push.x", "n5")));
+        assert_eq!(keys[max - 2], key("push.x", "n4"));
+        assert_eq!(keys[max - 1], key("new.x", "m"));
+    });
+}
+
+#[test]
+fn the_fault_plan_fails_push_writes_and_lets_push_reads_through() {
+    let dir = tempfile::tempdir().unwrap();
+    for reopen in backends(dir.path()) {
+        let plan = FaultPlan::new();
+        let mut db = FaultyStore::new(reopen(), plan.clone());
+        db.add_user("alice", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        db.push_enable("alice", "push.x", "n", None).unwrap();
+        plan.fail_writes(2);
+        assert!(matches!(
+            db.push_enable("alice", "push.x", "m", None),
+            Err(StorageError::Injected)
+        ));
+        assert!(matches!(
+            db.push_disable("alice", "push.x", None),
+            Err(StorageError::Injected)
+        ));
+        assert_eq!(push_keys(&mut db, "alice"), vec![key("push.x", "n")]);
+        plan.fail_all();
+        assert!(matches!(
+            db.push_registrations("alice"),
+            Err(StorageError::Injected)
+        ));
+        plan.heal();
+        assert_eq!(db.push_disable("alice", "push.x", Some("n")).unwrap(), 1);
+        assert!(reopen().push_registrations("alice").unwrap().is_empty());
+    }
+}
+
 /// Storage threads over each real backend, wrapped in a fault plan.
 fn faulty_storages(dir: &std::path::Path, limits: Limits) -> Vec<(Storage, FaultPlan)> {
     backends(dir)

@@ -4,8 +4,8 @@
 //! backend**: it keeps what the core writes (offline and live rows) in
 //! memory, is not transactional (nothing in it fails, so the storage
 //! thread never rolls back; a panicking job's writes would stay), takes no
-//! account or roster changes, and has no archive, vCards or group-chat
-//! rooms (core-sim runs the core with archiving off). The storage work a
+//! account or roster changes, and has no archive, vCards, group-chat
+//! rooms or push registrations (core-sim runs the core with archiving off). The storage work a
 //! login costs on a real database is measured apart (docs/SCALING.md).
 //!
 //! Users are `u0` … `u{N-1}`; user `i`'s contacts are `u{i±1}` …
@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use im_core::storage::{
     ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, PepConfig,
-    PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, Roster, RosterItem,
-    StorageError, Store, Stored, Subscription,
+    PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, PushRegistration, Roster,
+    RosterItem, StorageError, Store, Stored, Subscription,
 };
 use xmpp_sasl::StoredCredentials;
 
@@ -295,6 +295,21 @@ impl Store for FixtureStore {
         Ok(false)
     }
     fn muc_rooms(&mut self, _: usize) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
+    }
+    fn push_enable(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: Option<&[u8]>,
+    ) -> Result<Stored, StorageError> {
+        Err(refused("push registrations"))
+    }
+    fn push_disable(&mut self, _: &str, _: &str, _: Option<&str>) -> Result<usize, StorageError> {
+        Ok(0)
+    }
+    fn push_registrations(&mut self, _: &str) -> Result<Vec<PushRegistration>, StorageError> {
         Ok(Vec::new())
     }
 }
