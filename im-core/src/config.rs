@@ -77,6 +77,15 @@ pub struct CoreConfig {
     /// own instead of one frame per CM (for measurements only).
     #[serde(default)]
     pub muc_fanout_per_session: bool,
+    /// External components (XEP-0114) the core accepts, each with its
+    /// domain and shared secret; see [`CoreConfig::validate_components`].
+    #[serde(default)]
+    pub components: Vec<crate::components::ComponentConfig>,
+    /// The TCP address external components connect to (plain TCP, as
+    /// XEP-0114 specifies: keep it on loopback or a private network).
+    /// Unset: no listener.
+    #[serde(default)]
+    pub component_listen: Option<SocketAddr>,
 }
 
 /// A core's place in a cluster of cores.
@@ -157,7 +166,33 @@ impl CoreConfig {
             muc_jid: None,
             muc_enabled: true,
             muc_fanout_per_session: false,
+            components: Vec::new(),
+            component_listen: None,
         }
+    }
+
+    /// The group chat service's JID, if offered.
+    pub fn muc_service_jid(&self) -> Option<String> {
+        self.muc_enabled.then(|| {
+            self.muc_jid
+                .clone()
+                .unwrap_or_else(|| format!("conference.{}", self.domain))
+        })
+    }
+
+    /// Checks `components`: each name a domain of its own (not the
+    /// server's, the upload service's or the group chat service's), given
+    /// once, with a secret of at least
+    /// [`crate::components::MIN_SECRET_BYTES`] bytes.
+    pub fn validate_components(&self) -> Result<(), crate::components::ComponentConfigError> {
+        let mut services = Vec::new();
+        if let Some(u) = &self.upload {
+            services.push(("the upload service", u.jid(&self.domain)));
+        }
+        if let Some(muc) = self.muc_service_jid() {
+            services.push(("the group chat service", muc));
+        }
+        crate::components::validate(&self.components, &self.domain, &services)
     }
 
     /// The bounds of the storage queue.
@@ -197,8 +232,14 @@ mod tests {
             ("turn", Some(3478), true)
         );
         assert!(config.cluster.is_some());
-        let upload = config.upload.expect("an upload section");
+        let upload = config.upload.clone().expect("an upload section");
         assert_eq!(upload.jid("example.org"), "upload.example.org");
         assert_eq!(upload.expiry_days, 30);
+        let [push] = &config.components[..] else {
+            panic!("{:?}", config.components)
+        };
+        assert_eq!(push.name, "push.example.org");
+        assert!(config.component_listen.is_some());
+        assert_eq!(config.validate_components(), Ok(()));
     }
 }

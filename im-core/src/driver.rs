@@ -205,6 +205,8 @@ pub struct Driver {
     sm_shown: Option<(usize, usize)>,
     /// This core's part in a cluster of cores; none: the single core.
     cluster: Option<ClusterLinks>,
+    /// The external components connected (XEP-0114).
+    components: crate::components::ComponentLinks,
 }
 
 /// What the driver of a core in a cluster carries out the router's
@@ -261,7 +263,14 @@ impl Driver {
             roster_loads: VecDeque::new(),
             sm_shown: None,
             cluster: None,
+            components: Default::default(),
         }
+    }
+
+    /// Sends the router's stanzas for external components through `links`.
+    pub fn with_components(mut self, links: crate::components::ComponentLinks) -> Self {
+        self.components = links;
+        self
     }
 
     /// Carries out the router's cluster actions with `cluster`.
@@ -489,6 +498,15 @@ impl Driver {
                 self.intake_open = open;
             }
             Action::Send { node, frame } => self.send(node, frame),
+            Action::ToComponent { name, payload } => {
+                if let Err(refused) = self.components.try_send(&name, payload.clone()) {
+                    self.refused.push_back(Input::ComponentRefused {
+                        name,
+                        payload,
+                        condition: refused.condition(),
+                    });
+                }
+            }
             Action::Forward { core, frame } => self.forward(&core, frame),
             Action::SlotsOwned { owned } => self.tell_slots(owned),
             Action::HandedOver { slot } => {

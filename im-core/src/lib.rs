@@ -8,13 +8,15 @@
 //! [`driver`] carries its decisions out and keeps its time, [`storage`]
 //! persists accounts and offline messages, [`shards`] owns slots of users
 //! when many cores share a domain, [`admin`] serves metrics,
-//! routes and account changes; [`address`] takes JID strings apart.
+//! routes and account changes; [`address`] takes JID strings apart;
+//! [`components`] accepts external components (XEP-0114).
 
 pub mod address;
 pub mod admin;
 pub mod auth;
 pub mod block_list;
 pub mod caps;
+pub mod components;
 pub mod config;
 pub mod driver;
 pub mod external_services;
@@ -67,6 +69,9 @@ pub enum CoreError {
     /// An external service (XEP-0215) is misconfigured.
     #[error("{0}")]
     ExternalService(#[from] external_services::ServiceError),
+    /// The external components (XEP-0114) are misconfigured.
+    #[error("{0}")]
+    Components(#[from] components::ComponentConfigError),
 }
 
 /// Hands the lease driver's events to the router, as many at once as have
@@ -194,6 +199,8 @@ pub struct CoreHandle {
     pub admin_addr: SocketAddr,
     /// The upload server's address (XEP-0363), if it runs.
     pub upload_addr: Option<SocketAddr>,
+    /// The external components' listener (XEP-0114), if it runs.
+    pub component_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -339,6 +346,7 @@ pub async fn start_with_store(
     for service in &config.external_services {
         service.validate()?;
     }
+    config.validate_components()?;
     let mut router = router::Router::new(&config.domain, instance, sm_key)
         .with_archive(
             config.archive,
@@ -350,11 +358,10 @@ pub async fn start_with_store(
             std::time::Instant::now(),
             external_services::ExternalServices::unix_now(),
         ));
-    if config.muc_enabled {
-        let jid = config
-            .muc_jid
-            .clone()
-            .unwrap_or_else(|| format!("conference.{}", config.domain));
+    if !config.components.is_empty() {
+        router = router.with_components(config.components.iter().map(|c| c.name.clone()));
+    }
+    if let Some(jid) = config.muc_service_jid() {
         // occupant ids (XEP-0421) stay the same across restarts and cores
         let secret: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(
             [&sm_key[..], b"longlink occupant ids"].concat(),
@@ -461,12 +468,46 @@ pub async fn start_with_store(
         Some(c) => driver.with_cluster(c),
         None => driver,
     };
+    let component_links = components::ComponentLinks::default();
+    let driver = driver.with_components(component_links.clone());
     let (driver, upload_addr) = match upload {
         Some((slots, listener)) => {
             let addr = serve_uploads(&config, &pki, listener, slots.clone(), &tasks, &shutdown)?;
             (driver.with_upload(slots), Some(addr))
         }
         None => (driver, None),
+    };
+    let component_addr = match config.component_listen {
+        Some(listen) => {
+            if config.components.is_empty() {
+                tracing::warn!(%listen, "component_listen is set but no components are configured");
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(io(format!("bind components {listen}")))?;
+            let addr = listener.local_addr().map_err(io("component address"))?;
+            let setup = components::ComponentSetup {
+                settings: Arc::new(components::stream::StreamSettings::new(
+                    &config.domain,
+                    &config.components,
+                )),
+                links: component_links,
+                router: events_tx.clone(),
+                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
+            };
+            tasks.spawn(components::serve(listener, setup));
+            tracing::info!(%addr, components = config.components.len(), "component listener started");
+            Some(addr)
+        }
+        None => {
+            if !config.components.is_empty() {
+                tracing::warn!(
+                    "components are configured but component_listen is not: none can connect"
+                );
+            }
+            None
+        }
     };
     tasks.spawn(driver.run(events_rx, shutdown.clone()));
 
@@ -514,6 +555,7 @@ pub async fn start_with_store(
         quic_addr,
         admin_addr,
         upload_addr,
+        component_addr,
         endpoint,
         shutdown,
         tasks,

@@ -35,6 +35,7 @@ mod archive_ids;
 mod binding;
 mod blocking;
 mod carbons;
+mod components;
 mod conversation;
 mod flush_retries;
 mod forward;
@@ -226,6 +227,15 @@ pub enum Action {
         to: SessionAddr,
         /// The query.
         query: Query,
+    },
+    /// Send a stanza to the external component `name` (XEP-0114); if it
+    /// cannot be queued (not connected, its queue full), report
+    /// [`Input::ComponentRefused`] with it.
+    ToComponent {
+        /// The component's name (its domain).
+        name: String,
+        /// The stanza, in `jabber:client` terms.
+        payload: Bytes,
     },
 }
 
@@ -469,6 +479,38 @@ pub enum Input {
         /// What it gets.
         payload: Bytes,
     },
+    /// The external component `name` (XEP-0114) connected to this core
+    /// (its handshake was right, and no other connection holds the name).
+    ComponentUp {
+        /// Its name (its domain).
+        name: String,
+    },
+    /// The external component `name` went away.
+    ComponentDown {
+        /// Its name.
+        name: String,
+    },
+    /// A stanza from the external component `name`: its stream checked
+    /// that it is `from` the component's domain and has a `to`.
+    FromComponent {
+        /// The component's name.
+        name: String,
+        /// The stanza's routing header (`from` as in the payload).
+        header: cm_protocol::RouteHeader,
+        /// The stanza, in `jabber:client` terms.
+        payload: Bytes,
+    },
+    /// A stanza of an [`Action::ToComponent`] could not be queued: its
+    /// sender is answered with `condition` if it waits for an answer.
+    ComponentRefused {
+        /// The component.
+        name: String,
+        /// The stanza.
+        payload: Bytes,
+        /// `service-unavailable` (gone) or `resource-constraint` (its
+        /// queue is full).
+        condition: StanzaCondition,
+    },
     /// A user's stored messages, loaded for a session that became available.
     Offline {
         /// Username (local part).
@@ -568,6 +610,8 @@ pub struct Router {
     /// Rooms' stanzas go in a frame per session (see
     /// [`Router::with_fanout_per_session`]).
     fanout_per_session: bool,
+    /// External components (XEP-0114): configured, and connected here.
+    components: components::Components,
 }
 
 impl Router {
@@ -609,6 +653,7 @@ impl Router {
             muc: None,
             wall: None,
             fanout_per_session: false,
+            components: Default::default(),
         }
     }
 
@@ -801,6 +846,18 @@ impl Router {
                 }
             }
             Input::QueryFailed { to, condition } => self.query_failed(to, condition),
+            Input::ComponentUp { name } => self.component_up(name),
+            Input::ComponentDown { name } => self.component_down(&name),
+            Input::FromComponent {
+                name,
+                header,
+                payload,
+            } => self.component_stanza(&name, header, payload),
+            Input::ComponentRefused {
+                name,
+                payload,
+                condition,
+            } => self.component_refused(&name, &payload, condition),
             Input::Replies {
                 to,
                 payloads,
@@ -1004,6 +1061,8 @@ pub fn server_caps_ver(extdisco: bool) -> String {
 mod blocking_tests;
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod components_tests;
 #[cfg(test)]
 mod live_row_tests;
 #[cfg(test)]

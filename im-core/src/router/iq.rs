@@ -121,6 +121,11 @@ impl Router {
                             .with_attr("name", "HTTP File Upload"),
                     );
                 }
+                // external components connected here (XEP-0114)
+                for name in self.components_connected() {
+                    items = items
+                        .with_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", name));
+                }
                 result().with_child(items)
             }
             ("query", ns::DISCO_ITEMS, "get") => {

@@ -46,6 +46,13 @@ impl Router {
         from: &str,
         condition: StanzaCondition,
     ) {
+        if let Some(name) = self.component_of(to_full) {
+            // a component's stanza: the error goes back to it
+            self.stats.errors += 1;
+            let reply = error_reply(kind, id, from, to_full, condition, None);
+            self.send_to_component(&name, reply);
+            return;
+        }
         let Some((bare, res)) = address::split_full(to_full) else {
             return;
         };

@@ -474,8 +474,15 @@ impl Router {
 
     /// A message from another core's user to one of this core's (its
     /// sender's archive and sent carbons were done there; its received
-    /// carbons are done here, where the recipient's sessions are).
-    fn message_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
+    /// carbons are done here, where the recipient's sessions are), or from
+    /// an external component.
+    pub(super) fn message_in(
+        &mut self,
+        header: &RouteHeader,
+        to: &Jid,
+        bare: &str,
+        payload: Bytes,
+    ) {
         if self.blocked_inbound(bare, header) || self.pep_event_in(header, bare, &payload) {
             return;
         }
@@ -574,8 +581,9 @@ impl Router {
         }
     }
 
-    /// An IQ from another core's user to a full JID here.
-    fn iq_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
+    /// An IQ from another core's user (or an external component) to a
+    /// full JID here.
+    pub(super) fn iq_in(&mut self, header: &RouteHeader, to: &Jid, bare: &str, payload: Bytes) {
         if self.blocked_inbound(bare, header) {
             return;
         }
@@ -638,7 +646,7 @@ impl Router {
         targets.extend(
             directed
                 .iter()
-                .filter(|d| !self.serves(address::bare(d)))
+                .filter(|d| !self.serves(address::bare(d)) && self.component_of(d).is_none())
                 .map(|d| d.to_string()),
         );
         for t in targets {

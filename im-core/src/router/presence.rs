@@ -45,6 +45,7 @@ impl Router {
         };
         let full = self.table.jid_of(addr.0, addr.1).unwrap_or(bare).to_owned();
         self.presence_to_peers(&full, bare, &directed, &payload);
+        self.presence_to_components(&directed, &payload);
         if !available {
             self.rooms_left(&full);
         }
@@ -281,6 +282,7 @@ impl Router {
             .with_attr("type", "unavailable");
         let presence = Bytes::from(presence.to_bytes(ns::CLIENT));
         self.presence_to_peers(full, bare, directed, &presence);
+        self.presence_to_components(directed, &presence);
         for to in targets {
             self.deliver(to, presence.clone());
         }

@@ -240,6 +240,11 @@ impl Router {
 
     /// A stanza from a room to one JID.
     fn room_send(&mut self, to: &str, kind: Kind, from: &str, payload: Bytes) {
+        if let Some(name) = self.component_of(to) {
+            // (an invitation or an error for a component's JID)
+            self.send_to_component(&name, payload);
+            return;
+        }
         let bare = address::bare(to);
         if !self.serves(bare) {
             self.send_to_peer(to, kind, from, payload);

@@ -1,6 +1,7 @@
 //! Where a stanza from a client goes: the server rules of RFC 6120 §10 and
 //! RFC 6121 §8.5 for messages, presence and IQs addressed to local users,
-//! to the server, or to other domains (which are not served).
+//! to the server, to an external component's domain (`components`), or to
+//! other domains (which are not served).
 
 use bytes::Bytes;
 use cm_protocol::{Kind, RouteHeader, SessionId};
@@ -38,6 +39,12 @@ impl Router {
             && self.blocked_outbound((node, sid), &header, &to.to_string(), &sender_bare)
         {
             return;
+        }
+        if let Some(to) = &to
+            && let Some(name) = self.component_named(to.domain().as_str())
+        {
+            let name = name.to_owned();
+            return self.stanza_for_component((node, sid), &header, to, &name, payload);
         }
         if let Some(to) = &to
             && self.is_muc(to)

@@ -11,6 +11,9 @@ pub enum StreamCondition {
     Conflict,
     /// The `to` of the stream header is not served here.
     HostUnknown,
+    /// A `from` the peer may not send as (RFC 6120 §4.9.3.9; an external
+    /// component sending from outside its domain, XEP-0114).
+    InvalidFrom,
     /// Wrong namespace on the stream header or a stanza.
     InvalidNamespace,
     /// The peer sent data that is not well-formed XML.
@@ -47,6 +50,7 @@ impl StreamCondition {
             BadFormat => "bad-format",
             Conflict => "conflict",
             HostUnknown => "host-unknown",
+            InvalidFrom => "invalid-from",
             InvalidNamespace => "invalid-namespace",
             NotWellFormed => "not-well-formed",
             PolicyViolation => "policy-violation",
@@ -70,6 +74,7 @@ impl StreamCondition {
             BadFormat,
             Conflict,
             HostUnknown,
+            InvalidFrom,
             InvalidNamespace,
             NotWellFormed,
             PolicyViolation,

@@ -107,10 +107,23 @@ enum Scan {
 
 const CDATA_OPEN: &[u8] = b"[CDATA[";
 
+/// Which XML streams a [`Framer`] reads: what the peer's stream header
+/// must declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A client's stream (RFC 6120): `jabber:client`, version 1.0.
+    Client,
+    /// An external component's stream (XEP-0114):
+    /// `jabber:component:accept`, any version or none (the protocol
+    /// predates stream versions, and components send none).
+    ComponentAccept,
+}
+
 /// Incremental framer for one inbound XML stream (see the module docs).
 #[derive(Debug)]
 pub struct Framer {
     limits: Limits,
+    kind: StreamKind,
     buf: BytesMut,
     /// Bytes of `buf` already scanned.
     scanned: usize,
@@ -125,10 +138,17 @@ pub struct Framer {
 }
 
 impl Framer {
-    /// A framer expecting a stream header.
+    /// A framer expecting a client's stream header.
     pub fn new(limits: Limits) -> Self {
+        Self::for_stream(StreamKind::Client, limits)
+    }
+
+    /// A framer expecting the stream header of `kind`; the same limits and
+    /// checks apply to what follows whatever the kind.
+    pub fn for_stream(kind: StreamKind, limits: Limits) -> Self {
         Self {
             limits,
+            kind,
             buf: BytesMut::new(),
             scanned: 0,
             state: Scan::Text,
@@ -378,7 +398,7 @@ impl Framer {
                         "stream header too large",
                     ));
                 }
-                let header = parse_header(&self.buf[self.tag_start..tag_end])?;
+                let header = parse_header(&self.buf[self.tag_start..tag_end], self.kind)?;
                 self.consume(tag_end);
                 self.depth = 1;
                 Ok(Some(FrameEvent::Open(header)))
@@ -445,8 +465,8 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
-/// Parses and checks a `<stream:stream ...>` start tag.
-fn parse_header(tag: &[u8]) -> Result<StreamHeader, FramingError> {
+/// Parses and checks a `<stream:stream ...>` start tag of a `kind` stream.
+fn parse_header(tag: &[u8], kind: StreamKind) -> Result<StreamHeader, FramingError> {
     let bad = |text: &str| FramingError::new(StreamCondition::NotWellFormed, text);
     std::str::from_utf8(tag).map_err(|_| bad("stream header is not UTF-8"))?;
     let mut reader = quick_xml::Reader::from_reader(tag);
@@ -480,11 +500,24 @@ fn parse_header(tag: &[u8]) -> Result<StreamHeader, FramingError> {
             _ => {}
         }
     }
-    if stream_ns.as_deref() != Some(ns::STREAMS) || default_ns.as_deref() != Some(ns::CLIENT) {
+    let (content_ns, expected) = match kind {
+        StreamKind::Client => (
+            ns::CLIENT,
+            "expected jabber:client and the streams namespace",
+        ),
+        StreamKind::ComponentAccept => (
+            ns::COMPONENT_ACCEPT,
+            "expected jabber:component:accept and the streams namespace",
+        ),
+    };
+    if stream_ns.as_deref() != Some(ns::STREAMS) || default_ns.as_deref() != Some(content_ns) {
         return Err(FramingError::new(
             StreamCondition::InvalidNamespace,
-            "expected jabber:client and the streams namespace",
+            expected,
         ));
+    }
+    if kind == StreamKind::ComponentAccept {
+        return Ok(header);
     }
     let major = header
         .version
@@ -696,6 +729,33 @@ mod tests {
             f.push(header.as_bytes());
             assert_eq!(events(&mut f).unwrap_err().condition, cond, "{header}");
         }
+    }
+
+    #[test]
+    fn a_component_stream_declares_its_own_namespace_and_needs_no_version() {
+        let component = "<stream:stream xmlns='jabber:component:accept' \
+            xmlns:stream='http://etherx.jabber.org/streams' to='push.example.org'>";
+        let mut f = Framer::for_stream(StreamKind::ComponentAccept, Limits::default());
+        f.push(component.as_bytes());
+        f.push(b"<handshake>00</handshake>");
+        let evs = events(&mut f).unwrap();
+        assert!(
+            matches!(&evs[..], [FrameEvent::Open(h), FrameEvent::Element(_)] if h.to.as_deref() == Some("push.example.org")),
+            "{evs:?}"
+        );
+        // a client's header is not a component's, nor the other way round
+        let mut f = Framer::for_stream(StreamKind::ComponentAccept, Limits::default());
+        f.push(HEADER.as_bytes());
+        assert_eq!(
+            events(&mut f).unwrap_err().condition,
+            StreamCondition::InvalidNamespace
+        );
+        let mut f = Framer::new(Limits::default());
+        f.push(component.as_bytes());
+        assert_eq!(
+            events(&mut f).unwrap_err().condition,
+            StreamCondition::InvalidNamespace
+        );
     }
 
     #[test]

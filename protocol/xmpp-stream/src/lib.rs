@@ -29,5 +29,5 @@ pub mod wellformed;
 
 pub use condition::{StanzaCondition, StreamCondition};
 pub use element::{Element, Node};
-pub use framer::{FrameEvent, Framer, Limits, StreamHeader};
+pub use framer::{FrameEvent, Framer, Limits, StreamHeader, StreamKind};
 pub use stanza::{Claim, ClaimKind, StanzaHeader, StanzaKind, TopLevel};

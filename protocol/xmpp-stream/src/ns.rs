@@ -2,6 +2,9 @@
 
 /// `jabber:client`, the default namespace of client streams.
 pub const CLIENT: &str = "jabber:client";
+/// `jabber:component:accept`, the default namespace of an external
+/// component's stream (XEP-0114).
+pub const COMPONENT_ACCEPT: &str = "jabber:component:accept";
 /// The stream namespace (`stream:` prefix).
 pub const STREAMS: &str = "http://etherx.jabber.org/streams";
 /// Stream error conditions.

@@ -19,6 +19,19 @@ pub fn server_header(domain: &str, id: &str, to: Option<&str>, lang: Option<&str
     out
 }
 
+/// The header a server answers an external component with (XEP-0114 §3):
+/// the stream id the handshake hashes and, when the component's name is
+/// known, that name as `from`. No version: the protocol has none.
+pub fn component_header(id: &str, from: Option<&str>) -> Vec<u8> {
+    let mut out = b"<?xml version='1.0'?><stream:stream xmlns=\"jabber:component:accept\" xmlns:stream=\"http://etherx.jabber.org/streams\"".to_vec();
+    push_attr(&mut out, "id", id);
+    if let Some(from) = from {
+        push_attr(&mut out, "from", from);
+    }
+    out.push(b'>');
+    out
+}
+
 /// The header a client opens with.
 pub fn client_header(domain: &str, from: Option<&str>) -> Vec<u8> {
     let mut out = b"<?xml version='1.0'?><stream:stream xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\"".to_vec();
