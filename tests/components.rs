@@ -101,12 +101,10 @@ impl TestComponent {
 
     /// The next top-level element, or none once the stream ended.
     async fn element(&mut self) -> Option<Bytes> {
-        loop {
-            match self.event().await? {
-                FrameEvent::Element(raw) => return Some(raw),
-                FrameEvent::Close => return None,
-                FrameEvent::Open(h) => panic!("a second header {h:?}"),
-            }
+        match self.event().await? {
+            FrameEvent::Element(raw) => Some(raw),
+            FrameEvent::Close => None,
+            FrameEvent::Open(h) => panic!("a second header {h:?}"),
         }
     }
 
@@ -153,7 +151,7 @@ async fn a_component_exchanges_messages_and_iqs_with_a_user_through_the_core() {
             .expect("refused");
         assert!(refused.contains("not-authorized"), "{refused}");
         let (mut stranger, id) = TestComponent::open(addr, &format!("other.{DOMAIN}")).await;
-        let refused = id.err().expect("refused");
+        let refused = id.expect_err("refused");
         assert!(refused.contains("host-unknown"), "{refused}");
         assert!(stranger.ended().await);
 

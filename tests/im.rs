@@ -663,7 +663,7 @@ async fn group_chat(mut cluster: Cluster) {
     }
     let mut alice = cluster.login(0, "alice", "phone").await;
     let mut bob = cluster.login(1, "bob", "pc").await;
-    let mut carol = cluster.login(0, "carol", "phone").await;
+    let carol = cluster.login(0, "carol", "phone").await;
 
     let joined = alice
         .join_room(ROOM, "alice", JoinOptions::default())

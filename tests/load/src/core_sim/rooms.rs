@@ -115,11 +115,7 @@ fn join(out: &mut BytesMut, node: &SimNode, i: u32, room: &str) {
     sim_cm::stanza(
         out,
         node.sid(i),
-        i,
-        DOMAIN,
-        Kind::Presence,
-        None,
-        &format!("{room}/u{i}"),
+        sim_cm::header(i, DOMAIN, Kind::Presence, None, &format!("{room}/u{i}")),
         format!(
             "<presence from='u{i}@{DOMAIN}/sim' to='{room}/u{i}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
         ),
@@ -148,11 +144,7 @@ async fn measure(
         sim_cm::stanza(
             b,
             n.sid(i),
-            i,
-            DOMAIN,
-            Kind::Iq,
-            Some("set"),
-            &room,
+            sim_cm::header(i, DOMAIN, Kind::Iq, Some("set"), &room),
             format!(
                 "<iq from='u{i}@{DOMAIN}/sim' to='{room}' type='set' id='cfg'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_maxusers'><value>none</value></field><field var='muc#roomconfig_presencebroadcast'><value>moderator</value></field></x></query></iq>"
             ),
@@ -195,11 +187,7 @@ async fn measure(
         sim_cm::stanza(
             &mut batch,
             nodes[n].sid(speaker),
-            speaker,
-            DOMAIN,
-            Kind::Message,
-            Some("groupchat"),
-            &room,
+            sim_cm::header(speaker, DOMAIN, Kind::Message, Some("groupchat"), &room),
             format!(
                 "<message from='u{speaker}@{DOMAIN}/sim' to='{room}' type='groupchat' id='m{m}'><body>message {m} to the room, of an ordinary length for a chat line</body></message>"
             ),

@@ -376,27 +376,28 @@ fn count_delivery(a: &mut Acks, sid: SessionId, nodes: u32) {
     }
 }
 
-/// Appends a stanza from session `i` (`payload`, `to` as addressed).
-pub fn stanza(
-    out: &mut BytesMut,
-    sid: SessionId,
+/// The routing header of a stanza of `kind` from session `i` to `to`.
+pub fn header(
     i: u32,
     domain: &str,
     kind: Kind,
     stanza_type: Option<&str>,
     to: &str,
-    payload: String,
-) {
-    let from = jid(i, domain);
+) -> RouteHeader {
+    RouteHeader {
+        kind,
+        stanza_type: stanza_type.map(str::to_owned),
+        to: Some(to.to_owned()),
+        id: None,
+        from: jid(i, domain),
+    }
+}
+
+/// Appends a stanza from session `sid` with its routing header.
+pub fn stanza(out: &mut BytesMut, sid: SessionId, header: RouteHeader, payload: String) {
     Frame::Stanza {
         sid,
-        header: RouteHeader {
-            kind,
-            stanza_type: stanza_type.map(str::to_owned),
-            to: Some(to.to_owned()),
-            id: None,
-            from,
-        },
+        header,
         payload: Bytes::from(payload),
     }
     .encode(out);
