@@ -259,3 +259,238 @@ async fn a_component_exchanges_messages_and_iqs_with_a_user_through_the_core() {
     })
     .await;
 }
+
+/// A client's `<enable/>` (XEP-0357) of `node` on the app server `jid`,
+/// with a publish-options form carrying `secret`.
+fn enable_push(jid: &str, node: &str, secret: &str) -> Element {
+    let field = |var: &str, value: &str| {
+        Element::new("field", ns::DATA)
+            .with_attr("var", var)
+            .with_child(Element::new("value", ns::DATA).with_text(value))
+    };
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", "set")
+        .with_child(
+            Element::new("enable", "urn:xmpp:push:0")
+                .with_attr("jid", jid)
+                .with_attr("node", node)
+                .with_child(
+                    Element::new("x", ns::DATA)
+                        .with_attr("type", "submit")
+                        .with_child(field(
+                            "FORM_TYPE",
+                            "http://jabber.org/protocol/pubsub#publish-options",
+                        ))
+                        .with_child(field("secret", secret)),
+                ),
+        )
+}
+
+/// The summary form's fields of a publish the app server got.
+fn summary(publish: &Element) -> std::collections::HashMap<String, String> {
+    publish
+        .child("pubsub", "http://jabber.org/protocol/pubsub")
+        .and_then(|p| p.child("publish", "http://jabber.org/protocol/pubsub"))
+        .and_then(|p| p.child("item", "http://jabber.org/protocol/pubsub"))
+        .and_then(|i| i.child("notification", "urn:xmpp:push:0"))
+        .and_then(|n| n.child("x", ns::DATA))
+        .map(|x| {
+            x.elements()
+                .filter_map(|f| {
+                    let value = f.child("value", ns::DATA)?.text();
+                    Some((f.attr("var")?.to_owned(), value))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Connects the app server component, retrying while the core starts.
+async fn app_server(cluster: &Cluster) -> TestComponent {
+    for _ in 0..100 {
+        let addr = cluster.core.as_ref().and_then(|c| c.component_addr);
+        if let Some(addr) = addr
+            && let Ok(Ok(c)) = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                TestComponent::connect(addr, &push_name(), SECRET),
+            )
+            .await
+        {
+            return c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the app server component could not connect");
+}
+
+/// Logs in, retrying while the CM reconnects to a restarted core.
+async fn login(cluster: &Cluster, user: &str, res: &str) -> client_sdk::Client {
+    for _ in 0..50 {
+        if let Ok(c) =
+            client_sdk::Client::connect(cluster.options(0, user, "secret").with_resource(res)).await
+        {
+            return c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{user} could not log in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_away_user_gets_one_coalesced_push_per_burst_none_while_online_or_after_disable_and_a_registration_outlives_a_restart()
+ {
+    use std::time::Duration;
+    bounded(180, async {
+        let configure: support::cluster::Configure = Arc::new(|c| {
+            c.components = vec![im_core::components::ComponentConfig::new(
+                &push_name(),
+                SECRET,
+            )];
+            c.component_listen = Some("127.0.0.1:0".parse().unwrap());
+        });
+        let mut cluster = Cluster::start_configured(1, configure).await;
+        let push = push_name();
+        let mut app = app_server(&cluster).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let bob_jid = jid("bob");
+
+        // bob's account offers push, and bob registers his phone
+        let bob = login(&cluster, "bob", "phone").await;
+        let info = bob
+            .iq(Element::new("iq", ns::CLIENT)
+                .with_attr("type", "get")
+                .with_attr("to", bob_jid.as_str())
+                .with_child(Element::new("query", ns::DISCO_INFO)))
+            .await
+            .expect("disco#info");
+        let features: Vec<String> = info
+            .element
+            .child("query", ns::DISCO_INFO)
+            .map(|q| {
+                q.elements()
+                    .filter_map(|f| f.attr("var"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            features.iter().any(|f| f == "urn:xmpp:push:0"),
+            "{features:?}"
+        );
+        let enabled = bob
+            .iq(enable_push(&push, "phone-1", "s3cret"))
+            .await
+            .unwrap();
+        assert_eq!(enabled.kind, "result", "{:?}", enabled.error);
+        bob.send_presence(0).await.unwrap();
+
+        // while bob is online, nobody wakes his phone
+        let alice = login(&cluster, "alice", "pc").await;
+        alice.send_message(&bob_jid, "seen live").await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(4), app.element())
+                .await
+                .is_err(),
+            "a publish for an online user"
+        );
+
+        // bob goes away: a burst of three is one publish, counting three
+        bob.disconnect().await;
+        cluster.wait_routes(1).await;
+        for i in 0..3 {
+            alice
+                .send_message(&bob_jid, &format!("m{i}"))
+                .await
+                .unwrap();
+        }
+        let publish = app.stanza().await;
+        assert_eq!(publish.name, "iq");
+        assert_eq!(publish.attr("type"), Some("set"));
+        assert_eq!(publish.attr("to"), Some(push.as_str()));
+        assert_eq!(publish.attr("from"), Some(bob_jid.as_str()));
+        let node = publish
+            .child("pubsub", "http://jabber.org/protocol/pubsub")
+            .and_then(|p| p.child("publish", "http://jabber.org/protocol/pubsub"))
+            .and_then(|p| p.attr("node"));
+        assert_eq!(node, Some("phone-1"));
+        let fields = summary(&publish);
+        assert_eq!(
+            fields.get("message-count").map(String::as_str),
+            Some("3"),
+            "{fields:?}"
+        );
+        assert_eq!(
+            fields.get("last-message-sender").map(String::as_str),
+            Some(jid("alice").as_str())
+        );
+        assert!(
+            !fields.contains_key("last-message-body"),
+            "bodies are off by default"
+        );
+        let raw = String::from_utf8_lossy(&publish.to_bytes(ns::COMPONENT_ACCEPT)).into_owned();
+        assert!(
+            raw.contains("s3cret"),
+            "the publish-options go along: {raw}"
+        );
+        let id = publish.attr("id").unwrap().to_owned();
+        app.send(&format!(
+            "<iq type='result' from='{push}' to='{bob_jid}' id='{id}'/>"
+        ))
+        .await;
+        assert!(
+            tokio::time::timeout(Duration::from_secs(4), app.element())
+                .await
+                .is_err(),
+            "one publish per burst"
+        );
+
+        // the registration is stored: after a core restart a message wakes bob again
+        drop(alice);
+        drop(app);
+        cluster.stop_core().await;
+        cluster.start_core().await;
+        let mut app = app_server(&cluster).await;
+        let alice = login(&cluster, "alice", "pc").await;
+        alice
+            .send_message(&bob_jid, "after the restart")
+            .await
+            .unwrap();
+        let publish = app.stanza().await;
+        assert_eq!(
+            summary(&publish).get("message-count").map(String::as_str),
+            Some("1")
+        );
+        let id = publish.attr("id").unwrap().to_owned();
+        app.send(&format!(
+            "<iq type='result' from='{push}' to='{bob_jid}' id='{id}'/>"
+        ))
+        .await;
+
+        // bob disables it: nothing more
+        let bob = login(&cluster, "bob", "phone").await;
+        let disabled = bob
+            .iq(Element::new("iq", ns::CLIENT)
+                .with_attr("type", "set")
+                .with_child(
+                    Element::new("disable", "urn:xmpp:push:0").with_attr("jid", push.as_str()),
+                ))
+            .await
+            .unwrap();
+        assert_eq!(disabled.kind, "result", "{:?}", disabled.error);
+        bob.disconnect().await;
+        cluster.wait_routes(1).await;
+        alice
+            .send_message(&bob_jid, "nobody is woken")
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(4), app.element())
+                .await
+                .is_err(),
+            "a publish after disable"
+        );
+        cluster.shutdown().await;
+    })
+    .await;
+}

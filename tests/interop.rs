@@ -428,6 +428,7 @@ const COMPLIANCE_PASSES: &[&str] = &[
     "XEP-0363 HTTP file upload (a service)",
     "XEP-0198 stream management (stream feature)",
     "XEP-0352 client state indication (stream feature)",
+    "XEP-0357 push notifications (account feature)",
     "XEP-0215 external services for calls (server feature)",
 ];
 

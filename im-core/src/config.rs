@@ -77,6 +77,14 @@ pub struct CoreConfig {
     /// own instead of one frame per CM (for measurements only).
     #[serde(default)]
     pub muc_fanout_per_session: bool,
+    /// Push notifications (XEP-0357) to app servers connected as
+    /// components (default true).
+    #[serde(default = "yes")]
+    pub push_enabled: bool,
+    /// Put a message's body in its push notification (default false: the
+    /// app server learns only the count and the sender).
+    #[serde(default)]
+    pub push_include_body: bool,
     /// External components (XEP-0114) the core accepts, each with its
     /// domain and shared secret; see [`CoreConfig::validate_components`].
     #[serde(default)]
@@ -166,6 +174,8 @@ impl CoreConfig {
             muc_jid: None,
             muc_enabled: true,
             muc_fanout_per_session: false,
+            push_enabled: true,
+            push_include_body: false,
             components: Vec::new(),
             component_listen: None,
         }

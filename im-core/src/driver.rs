@@ -748,10 +748,7 @@ impl Driver {
                             // a message for a room not stored is refused,
                             // not acknowledged as if archived
                             if e.user.contains('@') && db.muc_room(&e.user)?.is_none() {
-                                return Err(StorageError::Unavailable(format!(
-                                    "room {} has no stored record",
-                                    e.user
-                                )));
+                                return Err(StorageError::UnknownId);
                             }
                             db.archive(e)?;
                         }
@@ -858,12 +855,19 @@ impl Driver {
                                 max: crate::muc::room::MAX_HISTORY,
                                 ..Default::default()
                             };
-                            let page = db.query_archive(&room, &query)?;
-                            let history = page
-                                .items
-                                .into_iter()
-                                .map(|a| (a.stamp, a.payload))
-                                .collect();
+                            // (a failed read of the archive leaves the room
+                            // without history rather than unreachable)
+                            let history = match db.query_archive(&room, &query) {
+                                Ok(page) => page
+                                    .items
+                                    .into_iter()
+                                    .map(|a| (a.stamp, a.payload))
+                                    .collect(),
+                                Err(e) => {
+                                    tracing::warn!(room, error = %e, "a room's history could not be read");
+                                    Vec::new()
+                                }
+                            };
                             Ok((Some(record), history))
                         }
                     }
@@ -932,6 +936,87 @@ impl Driver {
                     if let Some(input) = input {
                         let _ = events.send(Event::Router(input)).await;
                     }
+                });
+            }
+            Action::WritePush { change } => {
+                let failed = Input::PushWritten {
+                    change: change.clone(),
+                    ok: false,
+                };
+                let Some(charge) = self.budget.charge(0) else {
+                    return self.refused.push_back(failed);
+                };
+                let fences = self.fences([change.user.as_str()]);
+                let job = {
+                    let change = change.clone();
+                    move || {
+                        let (change, fences) = (change.clone(), fences.clone());
+                        move |db: &mut dyn Store| {
+                            check_fences(db, &fences)?;
+                            match &change.request {
+                                crate::push::PushRequest::Enable { jid, node, options } => db
+                                    .push_enable(&change.user, jid, node, options.as_deref())
+                                    .map(|_| ()),
+                                crate::push::PushRequest::Disable { jid, node } => db
+                                    .push_disable(&change.user, jid, node.as_deref())
+                                    .map(|_| ()),
+                            }
+                        }
+                    }
+                };
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge)
+                    .run(ARCHIVE_RETRIES, job);
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let ok = match outcome.await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a push registration was not stored");
+                            false
+                        }
+                    };
+                    let _ = events
+                        .send(Event::Router(Input::PushWritten { change, ok }))
+                        .await;
+                });
+            }
+            Action::LoadPush { user } => {
+                let failed = Input::PushLoaded {
+                    user: user.clone(),
+                    registrations: None,
+                };
+                let Some(charge) = self.budget.charge(0) else {
+                    return self.refused.push_back(failed);
+                };
+                let job = {
+                    let user = user.clone();
+                    move || {
+                        let user = user.clone();
+                        move |db: &mut dyn Store| db.push_registrations(&user)
+                    }
+                };
+                let outcome = Queued::new(&self.storage, self.limits.deadline, charge).run(0, job);
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let registrations = match outcome.await {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(user, error = %e, "push registrations could not be read");
+                            None
+                        }
+                    };
+                    let input = Input::PushLoaded {
+                        user,
+                        registrations,
+                    };
+                    let _ = events.send(Event::Router(input)).await;
+                });
+            }
+            Action::DisablePush { user, jid, node } => {
+                let fences = self.fences([user.as_str()]);
+                self.write(move |db| {
+                    check_fences(db, &fences)?;
+                    db.push_disable(&user, &jid, Some(&node)).map(|_| ())
                 });
             }
             Action::DeleteRoom { room } => {

@@ -372,6 +372,12 @@ pub async fn start_with_store(
             .with_muc(muc::MucService::new(&jid, base, secret).with_archive(config.archive))
             .with_fanout_per_session(config.muc_fanout_per_session);
     }
+    if config.push_enabled {
+        router = router.with_push(
+            push::PushService::new(&config.domain, instance.rotate_left(17))
+                .with_include_body(config.push_include_body),
+        );
+    }
     let upload = match &config.upload {
         Some(u) => {
             u.validate(&config.domain).map_err(CoreError::Cluster)?;

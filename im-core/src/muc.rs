@@ -273,12 +273,12 @@ impl MucService {
             if waiting.len() < MAX_WAITING {
                 waiting.push(inbound);
             } else {
-                self.refuse(&inbound, StanzaCondition::ResourceConstraint);
+                self.refuse_waiting(&inbound, StanzaCondition::ResourceConstraint);
             }
             return;
         }
         if self.waiting.len() >= MAX_LOADING || self.rooms.len() >= MAX_ROOMS {
-            return self.refuse(&inbound, StanzaCondition::ResourceConstraint);
+            return self.refuse_waiting(&inbound, StanzaCondition::ResourceConstraint);
         }
         self.waiting.insert(room.clone(), vec![inbound]);
         self.out.push_back(MucAction::Load { room });
@@ -350,12 +350,18 @@ impl MucService {
         }
     }
 
-    /// A session is gone (or unavailable): it leaves every room it is in,
-    /// and what it sent to rooms still loading is dropped.
-    pub fn session_gone(&mut self, full: &str) {
+    /// A session went unavailable: it leaves every room it is in (what
+    /// it sent to rooms still loading is handled in order once they load).
+    pub fn session_unavailable(&mut self, full: &str) {
         for room in self.joined.remove(full).unwrap_or_default() {
             self.leave(&room, full, &[]);
         }
+    }
+
+    /// A session is gone: it leaves every room it is in, and what it sent
+    /// to rooms still loading is dropped.
+    pub fn session_gone(&mut self, full: &str) {
+        self.session_unavailable(full);
         let mut dropped = Vec::new();
         for waiting in self.waiting.values_mut() {
             waiting.retain(|i| {
@@ -461,6 +467,15 @@ impl MucService {
         let Some(el) = self.parse(inbound) else {
             return;
         };
+        if !self.rooms.contains_key(room) && el.name != "presence" {
+            // no such room (XEP-0410: a self-ping to a room that is gone
+            // tells its client it is not joined)
+            let condition = match (el.name.as_str(), nick) {
+                ("iq", Some(_)) => StanzaCondition::NotAcceptable,
+                _ => StanzaCondition::ItemNotFound,
+            };
+            return self.refuse_el(inbound, &el, condition);
+        }
         match (el.name.as_str(), nick) {
             ("presence", Some(nick)) => self.presence(room, nick, inbound, &el),
             ("presence", None) => {
@@ -526,6 +541,13 @@ impl MucService {
             }
             let room = Room::created(&bare, RoomConfig::default());
             self.rooms.insert(room_jid.to_owned(), room);
+            codes.push(201);
+        } else if self
+            .rooms
+            .get(room_jid)
+            .is_some_and(|r| r.locked && r.affiliation(&bare) == Affiliation::Owner)
+        {
+            // still waiting for its configuration: the owner is told again
             codes.push(201);
         }
         let occupant_id = self.occupant_id(room_jid, &bare);
@@ -797,8 +819,9 @@ impl MucService {
         let Some(room) = self.rooms.get(room_jid) else {
             return;
         };
-        if room.is_empty() && !room.locked {
-            // a temporary room ends; a persistent one leaves memory (its
+        if room.is_empty() {
+            // a temporary room ends (a locked one too: its creator left
+            // before configuring it); a persistent one leaves memory (its
             // record and archive are stored: its next stanza loads it)
             self.rooms.remove(room_jid);
         }

@@ -48,6 +48,7 @@ mod parked_resumes;
 mod peers;
 mod pep;
 mod presence;
+mod push;
 mod query;
 mod rooms;
 mod roster_cache;
@@ -72,6 +73,7 @@ pub use live_rows::MAX_PENDING_TICKETS;
 use live_rows::{LiveRows, MessageRow};
 use loads::Loads;
 pub use pep::{PepEvent, PepRelation, notification};
+pub use push::PushChange;
 pub use query::Query;
 use query::QueryId;
 use roster_cache::{RosterCache, roster_for};
@@ -196,6 +198,26 @@ pub enum Action {
     HandedOver {
         /// The slot.
         slot: cm_protocol::slots::Slot,
+    },
+    /// Store a push registration change (XEP-0357) and report
+    /// [`Input::PushWritten`].
+    WritePush {
+        /// The change and what answers it.
+        change: PushChange,
+    },
+    /// Load a user's push registrations and report [`Input::PushLoaded`].
+    LoadPush {
+        /// The user (local part).
+        user: String,
+    },
+    /// Remove a push registration an app server refused for good.
+    DisablePush {
+        /// The user (local part).
+        user: String,
+        /// The app server's push service.
+        jid: String,
+        /// The node.
+        node: String,
     },
     /// Load a group chat room's record and report [`Input::RoomLoaded`]
     /// (`failed` if it could not be read).
@@ -457,6 +479,20 @@ pub enum Input {
         /// Username (local part).
         user: String,
     },
+    /// An [`Action::WritePush`] committed (`ok`) or failed.
+    PushWritten {
+        /// The change.
+        change: PushChange,
+        /// Stored.
+        ok: bool,
+    },
+    /// The answer to an [`Action::LoadPush`] (`None`: it failed).
+    PushLoaded {
+        /// The user (local part).
+        user: String,
+        /// The registrations.
+        registrations: Option<Vec<crate::storage::PushRegistration>>,
+    },
     /// The answer to an [`Action::LoadRoom`].
     RoomLoaded {
         /// The room's bare JID.
@@ -605,6 +641,8 @@ pub struct Router {
     upload: Option<UploadService>,
     /// The group chat service (XEP-0045); none: not offered.
     muc: Option<crate::muc::MucService>,
+    /// Push notifications (XEP-0357); none: not offered.
+    push: Option<crate::push::PushService>,
     /// The last Unix time told ([`Input::WallClock`]) and when.
     wall: Option<(Instant, u64)>,
     /// Rooms' stanzas go in a frame per session (see
@@ -651,6 +689,7 @@ impl Router {
             event_ids: ArchiveIds::new(seed.rotate_left(32)),
             upload: None,
             muc: None,
+            push: None,
             wall: None,
             fanout_per_session: false,
             components: Default::default(),
@@ -809,6 +848,11 @@ impl Router {
                 failed,
             } => self.room_loaded(&room, record, history, failed),
             Input::RoomSaved { room, to, payload } => self.room_saved(&to, &room, payload),
+            Input::PushWritten { change, ok } => self.push_written(change, ok, now),
+            Input::PushLoaded {
+                user,
+                registrations,
+            } => self.push_loaded(&user, registrations, now),
             Input::WallClock { unix_secs } => {
                 self.wall = Some((now, unix_secs));
                 if let Some(external) = &mut self.external {
@@ -890,6 +934,9 @@ impl Router {
             self.flush_retries.next_due(),
             self.next_forward_deadline(),
             self.parked.next_deadline(),
+            self.push
+                .as_ref()
+                .and_then(crate::push::PushService::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -905,6 +952,7 @@ impl Router {
         self.expire_parked(now);
         self.expire(now);
         self.retry_flushes(now);
+        self.push_timeout(now);
     }
 
     /// The next action to carry out, in order; take them all after every

@@ -133,6 +133,8 @@ impl MucService {
             }
         }
         self.save_and_answer(room_jid, inbound, el);
+        // (only now may an emptied room leave memory: its record is built)
+        self.end_if_empty(room_jid);
     }
 
     fn admin_list(
@@ -192,7 +194,7 @@ impl MucService {
                 ..PresenceNote::default()
             };
             self.remove_occupant(room_jid, nick, &note, None);
-            return self.end_if_empty(room_jid);
+            return;
         }
         if let Some(o) = self
             .rooms
@@ -247,7 +249,6 @@ impl MucService {
             }
             self.broadcast_presence(room_jid, &nick, &PresenceNote::default(), None);
         }
-        self.end_if_empty(room_jid);
     }
 
     pub(super) fn owner_iq(
@@ -342,6 +343,7 @@ impl MucService {
             .with_child(x);
         let all = self.sessions_of(room_jid);
         self.fanout(all, Kind::Message, room_jid, to_bytes(notice));
+        self.end_if_empty(room_jid);
     }
 
     /// Destroys a room: everyone leaves with the reason, its record and

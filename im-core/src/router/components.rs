@@ -223,6 +223,11 @@ impl Router {
             }
             return;
         }
+        // an app server's answer to a push notification (XEP-0357)
+        if header.kind == Kind::Iq && to.resource().is_none() && self.push_answer(&header, &payload)
+        {
+            return;
+        }
         match header.kind {
             Kind::Message => self.message_in(&header, &to, &bare, payload),
             Kind::Iq => self.iq_in(&header, &to, &bare, payload),

@@ -80,7 +80,10 @@ impl Router {
                 return self.reply_error(addr.0, addr.1, header, StanzaCondition::ItemNotFound);
             }
             ("query", ns::DISCO_INFO, "get") => match (for_account, child.attr("node")) {
-                (true, _) => result().with_child(disco::account_info(self.archive.is_some())),
+                (true, _) => result().with_child(disco::account_info(
+                    self.archive.is_some(),
+                    self.push_offered(),
+                )),
                 (false, None) => result().with_child(disco::disco_info(self.external.is_some())),
                 // XEP-0115 §6.2: the node of the caps the CMs show is
                 // answered (echoed); any other is unknown
@@ -141,6 +144,9 @@ impl Router {
             (_, ns::BLOCKING, _) => return self.blocking_iq(addr, header, child, sender_bare),
             ("services" | "credentials", ns::EXTDISCO, "get") if !for_account => {
                 return self.extdisco_iq(addr, header, child, sender_bare);
+            }
+            ("enable" | "disable", crate::push::NS, _) if own => {
+                return self.push_iq(addr, header, child, sender_bare);
             }
             ("enable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, true),
             ("disable", ns::CARBONS, "set") => return self.carbons_iq(addr, header, false),

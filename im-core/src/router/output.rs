@@ -121,6 +121,11 @@ impl Router {
                 self.stats.delivered += 1;
                 self.send(node, Frame::Deliver { sid, payload });
             }
+            // held for a detached session: if none of the user's available
+            // sessions is attached, the user's phone may be woken
+            Admission::Held if delivery == Delivery::Storable => {
+                self.push_if_away((node, sid), &payload);
+            }
             // kept for the resumption, stored behind older stored messages,
             // or dropped (a copy for a client far behind)
             Admission::Held | Admission::Dropped | Admission::Spill { .. } => {}

@@ -331,6 +331,7 @@ impl Router {
         if !lost.is_empty() {
             self.leave_slots(&lost);
             self.rooms_moved();
+            self.push_moved();
         }
         self.emit(Action::SlotsOwned { owned });
         for slot in handed {

@@ -47,7 +47,7 @@ impl Router {
         self.presence_to_peers(&full, bare, &directed, &payload);
         self.presence_to_components(&directed, &payload);
         if !available {
-            self.rooms_left(&full);
+            self.rooms_unavailable(&full);
         }
         let mut targets = self.others(bare, Some(addr));
         targets.extend(self.subscribers(&full));
@@ -58,6 +58,7 @@ impl Router {
             self.deliver(to, payload.clone());
         }
         if available && !was {
+            self.push_user_online(bare);
             self.probe(addr, bare);
             self.probe_peers(&full, bare);
             self.pending_requests(addr, bare);

@@ -142,6 +142,15 @@ impl Router {
         }
     }
 
+    /// Session `full` went unavailable: it leaves its rooms here (what it
+    /// sent to rooms still loading is handled once they load).
+    pub(super) fn rooms_unavailable(&mut self, full: &str) {
+        if let Some(muc) = &mut self.muc {
+            muc.session_unavailable(full);
+            self.muc_actions();
+        }
+    }
+
     /// Session `full` was replaced by a new bind of its JID: it leaves its
     /// rooms, and the new session is not told.
     pub(super) fn rooms_replaced(&mut self, full: &str) {
@@ -246,6 +255,10 @@ impl Router {
             return;
         }
         let bare = address::bare(to);
+        // (only local users: an invitation to another domain goes nowhere)
+        if Jid::new(bare).map_or(true, |j| !self.is_local(&j)) {
+            return;
+        }
         if !self.serves(bare) {
             self.send_to_peer(to, kind, from, payload);
             return;

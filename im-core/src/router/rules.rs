@@ -209,6 +209,12 @@ impl Router {
                     id: None,
                 },
             };
+            // (no session takes it: the user's phone may be woken)
+            let from = xmpp_stream::stanza::inspect(&payload)
+                .ok()
+                .and_then(|t| t.attr("from").map(str::to_owned))
+                .unwrap_or_default();
+            self.push_message(&user, &from, &payload);
             self.store(user, payload, bounce);
         }
         Vec::new()

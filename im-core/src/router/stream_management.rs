@@ -456,6 +456,7 @@ impl Router {
             }
             Some(Ok(resumed)) => resumed,
         };
+        self.push_user_online(bare);
         self.live_rows.acked(&resumed.rows.tickets);
         if let Some(user) = address::local(bare) {
             let user = user.to_owned();

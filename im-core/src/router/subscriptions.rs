@@ -136,6 +136,13 @@ impl Router {
                     return;
                 }
                 changed.pending_in = true;
+                // (a user with no available session may be woken)
+                if self.others(contact, None).is_empty()
+                    && let Some(user) = address::local(contact)
+                {
+                    let user = user.to_owned();
+                    self.push_subscription(&user, from);
+                }
                 true
             }
             SubType::Subscribed => {

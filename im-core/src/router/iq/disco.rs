@@ -35,11 +35,15 @@ pub fn caps_ver(extdisco: bool) -> String {
     crate::caps::verification_string(&disco_info(extdisco))
 }
 
-/// An account's disco#info: its archive and stable ids (XEP-0313 §6).
-pub(in crate::router) fn account_info(archive: bool) -> Element {
+/// An account's disco#info: its archive and stable ids (XEP-0313 §6),
+/// push notifications (XEP-0357).
+pub(in crate::router) fn account_info(archive: bool, push: bool) -> Element {
     let mut vars = vec![ns::DISCO_INFO];
     if archive {
         vars.extend([ns::MAM, ns::SID]);
+    }
+    if push {
+        vars.push(crate::push::FEATURE);
     }
     vars.extend(PEP_FEATURES);
     features(
