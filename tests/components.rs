@@ -347,6 +347,7 @@ async fn an_away_user_gets_one_coalesced_push_per_burst_none_while_online_or_aft
                 SECRET,
             )];
             c.component_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.push_include_sender = true;
         });
         let mut cluster = Cluster::start_configured(1, configure).await;
         let push = push_name();

@@ -85,6 +85,9 @@ pub struct CoreConfig {
     /// app server learns only the count and the sender).
     #[serde(default)]
     pub push_include_body: bool,
+    /// Put the sender's bare JID in push notifications (default false).
+    #[serde(default)]
+    pub push_include_sender: bool,
     /// External components (XEP-0114) the core accepts, each with its
     /// domain and shared secret; see [`CoreConfig::validate_components`].
     #[serde(default)]
@@ -176,6 +179,7 @@ impl CoreConfig {
             muc_fanout_per_session: false,
             push_enabled: true,
             push_include_body: false,
+            push_include_sender: false,
             components: Vec::new(),
             component_listen: None,
         }

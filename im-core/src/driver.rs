@@ -522,6 +522,7 @@ impl Driver {
                 bounce,
                 origin,
                 live,
+                wake,
             } => {
                 if live.is_none() {
                     self.metrics.offline_stored.inc();
@@ -613,6 +614,13 @@ impl Driver {
                         (Ok(OfflineStore::Done(OfflineRow::Row(_))), None) => {
                             if let Some(origin) = origin {
                                 let _ = events.send(Event::Router(Input::Stored { origin })).await;
+                            }
+                            if wake {
+                                let input = Input::OfflineStored {
+                                    user: recipient,
+                                    payload,
+                                };
+                                let _ = events.send(Event::Router(input)).await;
                             }
                             return;
                         }

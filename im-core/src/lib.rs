@@ -375,7 +375,8 @@ pub async fn start_with_store(
     if config.push_enabled {
         router = router.with_push(
             push::PushService::new(&config.domain, instance.rotate_left(17))
-                .with_include_body(config.push_include_body),
+                .with_include_body(config.push_include_body)
+                .with_include_sender(config.push_include_sender),
         );
     }
     let upload = match &config.upload {

@@ -356,6 +356,22 @@ impl MucService {
         for room in self.joined.remove(full).unwrap_or_default() {
             self.leave(&room, full, &[]);
         }
+        // (a join it sent before going unavailable is void)
+        let mut dropped = Vec::new();
+        for waiting in self.waiting.values_mut() {
+            waiting.retain(|i| {
+                let join = i.from == full
+                    && xmpp_stream::stanza::inspect(&i.payload)
+                        .is_ok_and(|t| t.name == "presence" && t.attr("type").is_none());
+                if join {
+                    dropped.push(i.clone());
+                }
+                !join
+            });
+        }
+        for inbound in dropped {
+            self.release(&inbound);
+        }
     }
 
     /// A session is gone: it leaves every room it is in, and what it sent

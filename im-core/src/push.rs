@@ -294,6 +294,7 @@ pub struct PushService {
     /// The users' domain (publishes come from their bare JIDs).
     domain: String,
     include_body: bool,
+    include_sender: bool,
     users: HashMap<String, User>,
     /// Users by last use (LRU order → user).
     lru: BTreeMap<u64, String>,
@@ -326,6 +327,7 @@ impl PushService {
         Self {
             domain: domain.to_owned(),
             include_body: false,
+            include_sender: false,
             users: HashMap::new(),
             lru: BTreeMap::new(),
             lru_next: 0,
@@ -350,6 +352,14 @@ impl PushService {
     /// passes through third parties (XEP-0357 §9).
     pub fn with_include_body(mut self, on: bool) -> Self {
         self.include_body = on;
+        self
+    }
+
+    /// Puts the sender's bare JID in notifications (`last-message-sender`;
+    /// off by default: the app server, a third party, would learn who
+    /// writes to whom).
+    pub fn with_include_sender(mut self, on: bool) -> Self {
+        self.include_sender = on;
         self
     }
 
@@ -385,6 +395,7 @@ impl PushService {
             return;
         }
         let include_body = self.include_body;
+        let include_sender = self.include_sender;
         let Some(u) = self.users.get_mut(user) else {
             return;
         };
@@ -392,7 +403,7 @@ impl PushService {
         match trigger {
             Trigger::Message { from, body } => {
                 p.messages = p.messages.saturating_add(1);
-                p.last_sender = Some(from);
+                p.last_sender = include_sender.then_some(from);
                 p.last_body = body.filter(|_| include_body).map(cut_body);
             }
             Trigger::Subscription { .. } => p.subscriptions = p.subscriptions.saturating_add(1),

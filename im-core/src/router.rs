@@ -133,6 +133,9 @@ pub enum Action {
         /// the row id (not [`Input::Stored`]), or [`Input::StoreFailed`]
         /// with this ticket.
         live: Option<u64>,
+        /// Once stored, report [`Input::OfflineStored`]: the message waits
+        /// for a user who is away, whose phone may be woken (XEP-0357).
+        wake: bool,
     },
     /// Remove a user's stored messages up to `upto`, and the live rows
     /// `rows`: their clients acknowledged them (or they were handed to
@@ -486,6 +489,13 @@ pub enum Input {
         /// Stored.
         ok: bool,
     },
+    /// A message an [`Action::StoreOffline`] with `wake` stored committed.
+    OfflineStored {
+        /// The user (local part).
+        user: String,
+        /// The message.
+        payload: Bytes,
+    },
     /// The answer to an [`Action::LoadPush`] (`None`: it failed).
     PushLoaded {
         /// The user (local part).
@@ -645,6 +655,12 @@ pub struct Router {
     push: Option<crate::push::PushService>,
     /// The last Unix time told ([`Input::WallClock`]) and when.
     wall: Option<(Instant, u64)>,
+    /// A push trigger was counted for the message being routed (one per
+    /// message, however many of the user's sessions hold it).
+    push_counted: bool,
+    /// Messages a ledger held are being routed again (they were counted
+    /// for push when first held).
+    rerouting: bool,
     /// Rooms' stanzas go in a frame per session (see
     /// [`Router::with_fanout_per_session`]).
     fanout_per_session: bool,
@@ -693,6 +709,8 @@ impl Router {
             wall: None,
             fanout_per_session: false,
             components: Default::default(),
+            push_counted: false,
+            rerouting: false,
         }
     }
 
@@ -849,6 +867,7 @@ impl Router {
             } => self.room_loaded(&room, record, history, failed),
             Input::RoomSaved { room, to, payload } => self.room_saved(&to, &room, payload),
             Input::PushWritten { change, ok } => self.push_written(change, ok, now),
+            Input::OfflineStored { user, payload } => self.push_stored(&user, &payload),
             Input::PushLoaded {
                 user,
                 registrations,
@@ -1115,6 +1134,8 @@ mod components_tests;
 mod live_row_tests;
 #[cfg(test)]
 mod pep_tests;
+#[cfg(test)]
+mod push_tests;
 #[cfg(test)]
 mod rooms_tests;
 #[cfg(test)]

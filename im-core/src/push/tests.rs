@@ -66,7 +66,7 @@ fn summary(iq: &Element, var: &str) -> Option<String> {
 /// A service with `alice`'s registrations loaded (after a first trigger at
 /// `now`, from bob, whose window is open).
 fn loaded_at(now: Instant, regs: Vec<PushRegistration>) -> PushService {
-    let mut s = PushService::new("example.org", 7);
+    let mut s = PushService::new("example.org", 7).with_include_sender(true);
     s.notify(now, "alice", msg("bob@example.org", "hi"));
     assert_eq!(
         drain(&mut s),
@@ -394,7 +394,9 @@ fn answers_from_another_jid_or_to_unknown_ids_are_not_taken() {
 #[test]
 fn the_body_is_sent_only_when_the_service_allows_it() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1).with_include_body(true);
+    let mut s = PushService::new("example.org", 1)
+        .with_include_sender(true)
+        .with_include_body(true);
     s.notify(t0, "alice", msg("bob@example.org", "Wherefore art thou?"));
     s.registrations_loaded("alice", vec![reg("push.example.net", "n", 1)]);
     drain(&mut s);
@@ -432,7 +434,7 @@ fn the_body_is_sent_only_when_the_service_allows_it() {
 #[test]
 fn subscription_requests_are_counted_apart() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     s.notify(
         t0,
         "alice",
@@ -491,7 +493,7 @@ fn coming_online_resets_the_counts_and_cancels_what_waits() {
 #[test]
 fn enables_and_disables_reach_the_cache_also_while_it_loads() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     // not cached: nothing to do (the store has it)
     s.enable("alice", reg("push.example.net", "x", 1));
     s.disable("alice", "push.example.net", None);
@@ -546,7 +548,7 @@ fn enables_and_disables_reach_the_cache_also_while_it_loads() {
 #[test]
 fn too_many_changes_while_loading_load_again() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     s.notify(t0, "alice", msg("bob@example.org", "hi"));
     drain(&mut s);
     for i in 0..=MAX_OPS_WHILE_LOADING {
@@ -613,7 +615,7 @@ fn a_damaged_stored_form_leaves_its_registration_out() {
 #[test]
 fn a_failed_load_drops_the_triggers_and_the_next_one_loads_again() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     s.notify(t0, "alice", msg("bob@example.org", "hi"));
     drain(&mut s);
     s.load_failed("alice");
@@ -648,7 +650,7 @@ fn forgotten_users_are_loaded_again() {
 fn publish_ids_come_from_the_seed() {
     let ids = |seed: u64| {
         let t0 = Instant::now();
-        let mut s = PushService::new("example.org", seed);
+        let mut s = PushService::new("example.org", seed).with_include_sender(true);
         let mut ids = Vec::new();
         for i in 0..50 {
             let user = format!("u{i}");
@@ -675,7 +677,7 @@ fn publish_ids_come_from_the_seed() {
 #[test]
 fn past_the_publishes_in_flight_due_ones_wait_in_order() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     let users = MAX_IN_FLIGHT + 3;
     for i in 0..users {
         let user = format!("u{i}");
@@ -708,7 +710,7 @@ fn past_the_publishes_in_flight_due_ones_wait_in_order() {
 #[test]
 fn past_the_loads_at_once_triggers_of_users_not_cached_are_dropped() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     for i in 0..MAX_LOADING {
         s.notify(t0, &format!("u{i}"), msg("b@example.org", "x"));
     }
@@ -727,7 +729,7 @@ fn past_the_loads_at_once_triggers_of_users_not_cached_are_dropped() {
 #[test]
 fn past_the_cached_users_the_least_recently_used_is_forgotten() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     for i in 0..MAX_CACHED_USERS {
         let user = format!("u{i}");
         s.notify(t0, &user, msg("b@example.org", "x"));
@@ -754,7 +756,7 @@ fn past_the_cached_users_the_least_recently_used_is_forgotten() {
 #[test]
 fn the_cache_is_bounded_in_bytes() {
     let t0 = Instant::now();
-    let mut s = PushService::new("example.org", 1);
+    let mut s = PushService::new("example.org", 1).with_include_sender(true);
     // users with sixteen registrations with 2 KiB forms each
     let form = format!(
         "<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>{}</value></field></x>",

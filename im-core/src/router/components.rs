@@ -69,6 +69,11 @@ impl Router {
         self.components.connected.iter().map(String::as_str)
     }
 
+    /// Whether any component is configured.
+    pub(super) fn components_configured(&self) -> bool {
+        !self.components.configured.is_empty()
+    }
+
     /// The configured component whose domain is `domain`, if one is.
     pub(super) fn component_named(&self, domain: &str) -> Option<&str> {
         self.components.configured.get(domain).map(String::as_str)

@@ -139,7 +139,9 @@ impl Router {
     /// is full or behind stored messages, or its link failed); if storing
     /// fails, the sender its `from` names is answered.
     pub(super) fn store_spilled(&mut self, user: String, payload: Bytes) {
-        self.store(user, payload, Bounce::default());
+        // (its user may be away: a detached session's full ledger)
+        let wake = !self.rerouting && self.away(&format!("{user}@{}", self.domain));
+        self.store_waking(user, payload, Bounce::default(), wake);
     }
 
     /// A durable write of a message failed for good: its sender (from the
@@ -189,6 +191,12 @@ impl Router {
     /// Stores a message offline. If an SM sender's stanza is being routed,
     /// its acknowledgement waits for the commit.
     pub(super) fn store(&mut self, user: String, payload: Bytes, bounce: Bounce) {
+        let wake = !self.rerouting;
+        self.store_waking(user, payload, bounce, wake);
+    }
+
+    /// [`Router::store`], waking the user's phone once stored if `wake`.
+    fn store_waking(&mut self, user: String, payload: Bytes, bounce: Bounce, wake: bool) {
         self.stats.offline_stored += 1;
         let origin = self.hold_ack();
         self.emit(Action::StoreOffline {
@@ -197,6 +205,7 @@ impl Router {
             bounce,
             origin,
             live: None,
+            wake: wake && self.push.is_some(),
         });
     }
 
@@ -212,6 +221,7 @@ impl Router {
             bounce: Bounce::default(),
             origin,
             live: Some(ticket),
+            wake: false,
         });
     }
 

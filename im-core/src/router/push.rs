@@ -42,9 +42,19 @@ impl Router {
         self
     }
 
-    /// Whether push notifications are offered.
+    /// Whether push notifications are offered: the service is on and an
+    /// app server can be reached (a component is configured).
     pub(super) fn push_offered(&self) -> bool {
-        self.push.is_some()
+        self.push.is_some() && self.components_configured()
+    }
+
+    /// Whether `bare` has no available session a message reaches now (none,
+    /// or only detached ones).
+    pub(super) fn away(&self, bare: &str) -> bool {
+        !self
+            .others(bare, None)
+            .into_iter()
+            .any(|a| !self.sessions.is_detached(a))
     }
 
     /// A client's `<enable/>` or `<disable/>` (to its own account).
@@ -55,13 +65,28 @@ impl Router {
         child: &Element,
         sender_bare: &str,
     ) {
-        if self.push.is_none() || header.stanza_type.as_deref() != Some("set") {
+        if !self.push_offered() {
             return self.reply_error(addr.0, addr.1, header, StanzaCondition::ServiceUnavailable);
+        }
+        if header.stanza_type.as_deref() != Some("set") {
+            return self.reply_error(addr.0, addr.1, header, StanzaCondition::BadRequest);
         }
         let request = match push::parse_request(child) {
             Ok(r) => r,
             Err(e) => return self.reply_error(addr.0, addr.1, header, e.condition()),
         };
+        // an app server is reached as a component of this server: another
+        // one could never be told (no federation)
+        if let PushRequest::Enable { jid, .. } = &request
+            && self.component_of(jid).is_none()
+        {
+            return self.reply_error(
+                addr.0,
+                addr.1,
+                header,
+                StanzaCondition::RemoteServerNotFound,
+            );
+        }
         let mut result = Element::new("iq", ns::CLIENT)
             .with_attr("type", "result")
             .with_attr("to", header.from.clone());
@@ -124,9 +149,20 @@ impl Router {
         let (Some(now), Some(service)) = (self.now, self.push.as_mut()) else {
             return;
         };
-        let body = Element::parse(payload, ns::CLIENT)
-            .ok()
-            .and_then(|m| m.child("body", ns::CLIENT).map(|b| b.text()));
+        // only what a person would be woken for: a message with a body, or
+        // an end-to-end encrypted one (OMEMO); not chat states, receipts
+        // or markers
+        let Ok(message) = Element::parse(payload, ns::CLIENT) else {
+            return;
+        };
+        let encrypted = message.elements().any(|e| {
+            e.name == "encrypted"
+                && (e.ns == "eu.siacs.conversations.axolotl" || e.ns.starts_with("urn:xmpp:omemo:"))
+        });
+        let body = message.child("body", ns::CLIENT).map(|b| b.text());
+        if body.is_none() && !encrypted {
+            return;
+        }
         service.notify(
             now,
             user,
@@ -141,20 +177,19 @@ impl Router {
     /// A message was held for session `addr`, which is detached: if none
     /// of its user's available sessions is attached, the user is away.
     pub(super) fn push_if_away(&mut self, addr: SessionAddr, payload: &[u8]) {
-        if self.push.is_none() {
+        // (once per message, not again when a ledger's messages are
+        // routed anew)
+        if self.push.is_none() || self.push_counted || self.rerouting {
             return;
         }
         let Some(jid) = self.table.jid_of(addr.0, addr.1) else {
             return;
         };
         let bare = address::bare(jid).to_owned();
-        let attached = self
-            .others(&bare, None)
-            .into_iter()
-            .any(|a| !self.sessions.is_detached(a));
-        if attached {
+        if !self.away(&bare) {
             return;
         }
+        self.push_counted = true;
         let from = xmpp_stream::stanza::inspect(payload)
             .ok()
             .and_then(|t| t.attr("from").map(str::to_owned))
@@ -162,6 +197,15 @@ impl Router {
         if let Some(user) = address::local(&bare).map(str::to_owned) {
             self.push_message(&user, &from, payload);
         }
+    }
+
+    /// A message for `user` (local part) that no session took is stored.
+    pub(super) fn push_stored(&mut self, user: &str, payload: &[u8]) {
+        let from = xmpp_stream::stanza::inspect(payload)
+            .ok()
+            .and_then(|t| t.attr("from").map(str::to_owned))
+            .unwrap_or_default();
+        self.push_message(user, &from, payload);
     }
 
     /// A subscription request for `user` (local part) from `from` found

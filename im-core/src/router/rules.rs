@@ -187,8 +187,10 @@ impl Router {
             _ => self.table.best(bare),
         };
         if !targets.is_empty() {
-            // one live row for this message, however many sessions take it
+            // one live row (and one push trigger) for this message,
+            // however many sessions take it
             self.live_ticket = MessageRow::Unset;
+            self.push_counted = false;
             for &t in &targets {
                 self.deliver_message(t, payload.clone(), mtype);
             }
@@ -209,12 +211,7 @@ impl Router {
                     id: None,
                 },
             };
-            // (no session takes it: the user's phone may be woken)
-            let from = xmpp_stream::stanza::inspect(&payload)
-                .ok()
-                .and_then(|t| t.attr("from").map(str::to_owned))
-                .unwrap_or_default();
-            self.push_message(&user, &from, &payload);
+            // (no session takes it: once stored, the user's phone may be woken)
             self.store(user, payload, bounce);
         }
         Vec::new()

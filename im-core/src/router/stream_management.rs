@@ -299,6 +299,8 @@ impl Router {
         if let Some(user) = address::local(&bare) {
             self.stored_ended(user, unacked.rows, &unacked.tickets);
         }
+        // (counted for push when first held)
+        let outer = std::mem::replace(&mut self.rerouting, true);
         for payload in unacked.payloads {
             let Ok(top) = inspect(&payload) else { continue };
             if top.stanza_kind() != Some(StanzaKind::Message) {
@@ -310,6 +312,7 @@ impl Router {
             }
             self.message_to_bare(&bare, &mtype, payload, None);
         }
+        self.rerouting = outer;
     }
 
     /// Ends the detached sessions whose resumption time is over at `now`.

@@ -135,14 +135,15 @@ impl Router {
                     self.presence_of_to(contact, from, false);
                     return;
                 }
-                changed.pending_in = true;
-                // (a user with no available session may be woken)
-                if self.others(contact, None).is_empty()
+                // (a user who is away may be woken, once per request)
+                if !item.pending_in
+                    && self.away(contact)
                     && let Some(user) = address::local(contact)
                 {
                     let user = user.to_owned();
                     self.push_subscription(&user, from);
                 }
+                changed.pending_in = true;
                 true
             }
             SubType::Subscribed => {

@@ -1304,6 +1304,7 @@ fn a_failed_delivery_to_a_session_without_sm_stores_a_chat_or_normal_message_fir
             },
             origin: None,
             live: None,
+            wake: false,
         })
     );
     assert!(matches!(r.poll_action(), Some(Action::LoadRoster { .. })));
