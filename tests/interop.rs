@@ -437,12 +437,18 @@ async fn the_compliance_suite_finds_exactly_the_xep_0479_features_longlink_serve
     use interop::compliance::{check_names, run_compliance};
     use interop::{Target, Transport};
     bounded(120, async {
-        // (a STUN server and the upload service configured, so XEP-0215
-        // and XEP-0363 are offered)
+        // (a STUN server, the upload service and a push app server's
+        // component configured, so XEP-0215, XEP-0363 and XEP-0357 are
+        // offered)
         let configure: support::cluster::Configure = Arc::new(|c| {
             c.upload = Some(im_core::upload::UploadConfig::new(
                 "127.0.0.1:0".parse().unwrap(),
             ));
+            c.components = vec![im_core::components::ComponentConfig::new(
+                &format!("push.{DOMAIN}"),
+                "a-secret-of-at-least-16-bytes",
+            )];
+            c.component_listen = Some("127.0.0.1:0".parse().unwrap());
             c.external_services = vec![im_core::external_services::ExternalService {
                 kind: "stun".into(),
                 host: "stun.example".into(),
