@@ -82,7 +82,7 @@ pub struct CoreConfig {
     #[serde(default = "yes")]
     pub push_enabled: bool,
     /// Put a message's body in its push notification (default false: the
-    /// app server learns only the count and the sender).
+    /// app server learns only the count).
     #[serde(default)]
     pub push_include_body: bool,
     /// Put the sender's bare JID in push notifications (default false).

@@ -802,6 +802,8 @@ impl Router {
     /// old one-second tick).
     pub fn handle(&mut self, input: Input, now: Instant) {
         self.now = Some(now);
+        // (one push trigger per routed message: an input routes one)
+        self.push_counted = false;
         self.handle_input(input, now);
         self.pace_intake();
     }

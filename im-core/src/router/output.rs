@@ -139,8 +139,11 @@ impl Router {
     /// is full or behind stored messages, or its link failed); if storing
     /// fails, the sender its `from` names is answered.
     pub(super) fn store_spilled(&mut self, user: String, payload: Bytes) {
-        // (its user may be away: a detached session's full ledger)
-        let wake = !self.rerouting && self.away(&format!("{user}@{}", self.domain));
+        // (its user may be away: a detached session's full ledger; once
+        // per message)
+        let wake =
+            !self.rerouting && !self.push_counted && self.away(&format!("{user}@{}", self.domain));
+        self.push_counted |= wake;
         self.store_waking(user, payload, Bounce::default(), wake);
     }
 
@@ -205,7 +208,7 @@ impl Router {
             bounce,
             origin,
             live: None,
-            wake: wake && self.push.is_some(),
+            wake: wake && self.push_offered(),
         });
     }
 

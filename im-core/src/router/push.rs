@@ -144,16 +144,20 @@ impl Router {
     }
 
     /// A message for `user` (local part) from `from` was held for a user
-    /// with no available session, or for a detached one.
-    pub(super) fn push_message(&mut self, user: &str, from: &str, payload: &[u8]) {
+    /// with no available session, or for a detached one: a trigger if it
+    /// is one a person would be woken for (true).
+    pub(super) fn push_message(&mut self, user: &str, from: &str, payload: &[u8]) -> bool {
+        if !self.push_offered() {
+            return false;
+        }
         let (Some(now), Some(service)) = (self.now, self.push.as_mut()) else {
-            return;
+            return false;
         };
         // only what a person would be woken for: a message with a body, or
         // an end-to-end encrypted one (OMEMO); not chat states, receipts
         // or markers
         let Ok(message) = Element::parse(payload, ns::CLIENT) else {
-            return;
+            return false;
         };
         let encrypted = message.elements().any(|e| {
             e.name == "encrypted"
@@ -161,7 +165,7 @@ impl Router {
         });
         let body = message.child("body", ns::CLIENT).map(|b| b.text());
         if body.is_none() && !encrypted {
-            return;
+            return false;
         }
         service.notify(
             now,
@@ -172,6 +176,7 @@ impl Router {
             },
         );
         self.push_actions(now);
+        true
     }
 
     /// A message was held for session `addr`, which is detached: if none
@@ -179,7 +184,7 @@ impl Router {
     pub(super) fn push_if_away(&mut self, addr: SessionAddr, payload: &[u8]) {
         // (once per message, not again when a ledger's messages are
         // routed anew)
-        if self.push.is_none() || self.push_counted || self.rerouting {
+        if !self.push_offered() || self.push_counted || self.rerouting {
             return;
         }
         let Some(jid) = self.table.jid_of(addr.0, addr.1) else {
@@ -189,18 +194,23 @@ impl Router {
         if !self.away(&bare) {
             return;
         }
-        self.push_counted = true;
         let from = xmpp_stream::stanza::inspect(payload)
             .ok()
             .and_then(|t| t.attr("from").map(str::to_owned))
             .unwrap_or_default();
         if let Some(user) = address::local(&bare).map(str::to_owned) {
-            self.push_message(&user, &from, payload);
+            self.push_counted = self.push_message(&user, &from, payload);
         }
     }
 
     /// A message for `user` (local part) that no session took is stored.
     pub(super) fn push_stored(&mut self, user: &str, payload: &[u8]) {
+        // (the user may have come back while it was stored: the flush
+        // delivers it)
+        let bare = format!("{user}@{}", self.domain);
+        if !self.serves(&bare) || !self.away(&bare) {
+            return;
+        }
         let from = xmpp_stream::stanza::inspect(payload)
             .ok()
             .and_then(|t| t.attr("from").map(str::to_owned))
@@ -309,19 +319,19 @@ impl Router {
                     to,
                     payload,
                 } => {
-                    // an app server is an external component of this core
-                    let sent = match self.component_of(&to) {
-                        Some(name) => self.send_to_component(&name, payload),
-                        None => false,
+                    // an app server is an external component of this
+                    // server: one not configured is gone for good (the
+                    // registration is disabled), one configured but not
+                    // connected here is tried again
+                    let failure = match self.component_of(&to) {
+                        Some(name) if self.send_to_component(&name, payload) => None,
+                        Some(_) => {
+                            Some((push::ErrorType::Wait, StanzaCondition::RemoteServerNotFound))
+                        }
+                        None => Some((push::ErrorType::Cancel, StanzaCondition::ItemNotFound)),
                     };
-                    if !sent && let Some(service) = &mut self.push {
-                        service.publish_failed(
-                            now,
-                            &id,
-                            &to,
-                            push::ErrorType::Wait,
-                            StanzaCondition::RemoteServerNotFound,
-                        );
+                    if let (Some((kind, condition)), Some(service)) = (failure, &mut self.push) {
+                        service.publish_failed(now, &id, &to, kind, condition);
                     }
                 }
             }

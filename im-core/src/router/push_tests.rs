@@ -71,8 +71,7 @@ fn registration() -> PushRegistration {
 #[test]
 fn a_message_for_a_user_whose_phone_is_detached_wakes_it_once_stored_and_a_chat_state_does_not() {
     let mut r = push_router();
-    let id = sm_pair(&mut r);
-    let _ = id;
+    sm_pair(&mut r);
     // alice (1, 10; SM) enables push, is available, then her connection drops
     let acts = stanza(
         &mut r,
@@ -173,4 +172,58 @@ fn an_online_user_is_not_woken_and_a_foreign_app_server_is_refused() {
     let mut all = answer(&mut r, acts, &[registration()]);
     all.extend(r.timeout(t0() + COALESCE * 3));
     assert!(publishes(&all).is_empty(), "{all:?}");
+}
+
+#[test]
+fn every_message_to_a_detached_sessions_full_jid_counts_once() {
+    let mut r = push_router();
+    sm_pair(&mut r);
+    let acts = stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Iq, "alice@x/phone", None, Some("set")),
+        "<iq type='set' id='e'><enable xmlns='urn:xmpp:push:0' jid='push.x' node='n'/></iq>",
+    );
+    answer(&mut r, acts, &[registration()]);
+    stanza(
+        &mut r,
+        1,
+        10,
+        header(Kind::Presence, "alice@x/phone", None, None),
+        "<presence/>",
+    );
+    frame(
+        &mut r,
+        1,
+        Frame::SessionEnd {
+            sid: 10,
+            jid: Some("alice@x/phone".into()),
+            clean: false,
+        },
+    );
+    // two messages to the detached session itself, each its own input
+    for body in ["one", "two"] {
+        let acts = stanza(
+            &mut r,
+            3,
+            30,
+            header(
+                Kind::Message,
+                "bob@x/pc",
+                Some("alice@x/phone"),
+                Some("chat"),
+            ),
+            &format!("<message type='chat' to='alice@x/phone'><body>{body}</body></message>"),
+        );
+        answer(&mut r, acts, &[registration()]);
+    }
+    let acts = r.timeout(t0() + COALESCE + std::time::Duration::from_millis(10));
+    let sent = publishes(&answer(&mut r, acts, &[registration()]));
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].contains("message-count") && sent[0].contains("<value>2</value>"),
+        "both counted: {}",
+        sent[0]
+    );
 }

@@ -141,7 +141,9 @@ impl Router {
                     && let Some(user) = address::local(contact)
                 {
                     let user = user.to_owned();
-                    self.push_subscription(&user, from);
+                    if self.push_offered() {
+                        self.push_subscription(&user, from);
+                    }
                 }
                 changed.pending_in = true;
                 true
