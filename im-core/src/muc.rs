@@ -350,13 +350,17 @@ impl MucService {
         }
     }
 
-    /// A session went unavailable: it leaves every room it is in (what
-    /// it sent to rooms still loading is handled in order once they load).
+    /// A session went unavailable: it leaves every room it is in; a join
+    /// it sent to a room still loading is void (its other stanzas there
+    /// are handled in order once the room loads).
     pub fn session_unavailable(&mut self, full: &str) {
         for room in self.joined.remove(full).unwrap_or_default() {
             self.leave(&room, full, &[]);
         }
         // (a join it sent before going unavailable is void)
+        if self.waiting.is_empty() {
+            return;
+        }
         let mut dropped = Vec::new();
         for waiting in self.waiting.values_mut() {
             waiting.retain(|i| {
@@ -378,6 +382,9 @@ impl MucService {
     /// to rooms still loading is dropped.
     pub fn session_gone(&mut self, full: &str) {
         self.session_unavailable(full);
+        if self.waiting.is_empty() {
+            return;
+        }
         let mut dropped = Vec::new();
         for waiting in self.waiting.values_mut() {
             waiting.retain(|i| {

@@ -142,8 +142,8 @@ impl Router {
         }
     }
 
-    /// Session `full` went unavailable: it leaves its rooms here (what it
-    /// sent to rooms still loading is handled once they load).
+    /// Session `full` went unavailable: it leaves its rooms here (a join
+    /// it sent to a room still loading is void).
     pub(super) fn rooms_unavailable(&mut self, full: &str) {
         if let Some(muc) = &mut self.muc {
             muc.session_unavailable(full);
