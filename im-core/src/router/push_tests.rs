@@ -68,40 +68,46 @@ fn registration() -> PushRegistration {
     }
 }
 
-#[test]
-fn a_message_for_a_user_whose_phone_is_detached_wakes_it_once_stored_and_a_chat_state_does_not() {
-    let mut r = push_router();
-    sm_pair(&mut r);
-    // alice (1, 10; SM) enables push, is available, then her connection drops
+/// alice (1, 10; SM) enables push on `push.x` (its IQ result is
+/// returned), becomes available, and her connection drops (detached).
+fn alice_away(r: &mut Router) -> Vec<Action> {
+    sm_pair(r);
     let acts = stanza(
-        &mut r,
+        r,
         1,
         10,
         header(Kind::Iq, "alice@x/phone", None, Some("set")),
         "<iq type='set' id='e'><enable xmlns='urn:xmpp:push:0' jid='push.x' node='n'/></iq>",
     );
-    let acts = answer(&mut r, acts, &[registration()]);
-    assert!(
-        payloads(&acts)
-            .iter()
-            .any(|p| p.contains("type=\"result\"") || p.contains("type='result'")),
-        "{acts:?}"
-    );
+    let enabled = answer(r, acts, &[registration()]);
     stanza(
-        &mut r,
+        r,
         1,
         10,
         header(Kind::Presence, "alice@x/phone", None, None),
         "<presence/>",
     );
     frame(
-        &mut r,
+        r,
         1,
         Frame::SessionEnd {
             sid: 10,
             jid: Some("alice@x/phone".into()),
             clean: false,
         },
+    );
+    enabled
+}
+
+#[test]
+fn a_message_for_a_user_whose_phone_is_detached_wakes_it_once_stored_and_a_chat_state_does_not() {
+    let mut r = push_router();
+    let acts = alice_away(&mut r);
+    assert!(
+        payloads(&acts)
+            .iter()
+            .any(|p| p.contains("type=\"result\"") || p.contains("type='result'")),
+        "{acts:?}"
     );
     // bob types, then writes
     let acts = stanza(
@@ -177,31 +183,7 @@ fn an_online_user_is_not_woken_and_a_foreign_app_server_is_refused() {
 #[test]
 fn every_message_to_a_detached_sessions_full_jid_counts_once() {
     let mut r = push_router();
-    sm_pair(&mut r);
-    let acts = stanza(
-        &mut r,
-        1,
-        10,
-        header(Kind::Iq, "alice@x/phone", None, Some("set")),
-        "<iq type='set' id='e'><enable xmlns='urn:xmpp:push:0' jid='push.x' node='n'/></iq>",
-    );
-    answer(&mut r, acts, &[registration()]);
-    stanza(
-        &mut r,
-        1,
-        10,
-        header(Kind::Presence, "alice@x/phone", None, None),
-        "<presence/>",
-    );
-    frame(
-        &mut r,
-        1,
-        Frame::SessionEnd {
-            sid: 10,
-            jid: Some("alice@x/phone".into()),
-            clean: false,
-        },
-    );
+    alice_away(&mut r);
     // two messages to the detached session itself, each its own input
     for body in ["one", "two"] {
         let acts = stanza(
