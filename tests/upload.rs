@@ -192,3 +192,207 @@ async fn a_file_put_to_a_granted_slot_is_served_back_once_and_other_puts_and_slo
     })
     .await;
 }
+
+/// A Garage server (the S3-compatible object store, `garage` from
+/// crates.io) on loopback with one bucket and one key; killed when
+/// dropped.
+struct Garage {
+    child: std::process::Child,
+    endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+/// The bucket, key and secret the Garage server is seeded with.
+const BUCKET: &str = "longlink-uploads";
+const ACCESS_KEY: &str = "GK0123456789abcdef01234567";
+const SECRET_KEY: &str = "5ec2e7f0c1d2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
+
+impl Garage {
+    /// Starts one, or says why it cannot (not installed): an error when
+    /// `LONGLINK_REQUIRE_S3` is set.
+    fn start() -> Result<Garage, String> {
+        let installed = Command::new("garage").arg("--version").output().is_ok();
+        if !installed {
+            assert!(
+                std::env::var_os("LONGLINK_REQUIRE_S3").is_none(),
+                "LONGLINK_REQUIRE_S3 is set but Garage's `garage` is not installed"
+            );
+            return Err("Garage (`cargo install garage`) is not installed".into());
+        }
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| e.to_string())
+        };
+        let (s3, rpc) = (free()?, free()?);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = dir.path().join("garage.toml");
+        let d = dir.path().display();
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\n\
+                 db_engine = \"sqlite\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_secret = \"{SECRET_KEY}\"\n\
+                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.path().join("log")).map_err(|e| e.to_string())?;
+        let child = Command::new("garage")
+            .arg("-c")
+            .arg(&config)
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", ACCESS_KEY)
+            .env("GARAGE_DEFAULT_SECRET_KEY", SECRET_KEY)
+            .env("GARAGE_DEFAULT_BUCKET", BUCKET)
+            .env("RUST_LOG", "garage=info")
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let garage = Garage {
+            child,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            dir,
+        };
+        // (up once its S3 port answers and the bucket is made)
+        let log = garage.dir.path().join("log");
+        for _ in 0..300 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok() && text.contains(BUCKET) {
+                return Ok(garage);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "garage did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// The upload store's configuration for this server's bucket.
+    fn config(&self) -> im_core::upload::s3::S3Config {
+        let secret = self.dir.path().join("s3.secret");
+        std::fs::write(&secret, SECRET_KEY).expect("secret file");
+        im_core::upload::s3::S3Config {
+            endpoint: self.endpoint.clone(),
+            bucket: BUCKET.into(),
+            region: "garage".into(),
+            access_key_id: ACCESS_KEY.into(),
+            secret_key_file: secret,
+            path_style: true,
+            ca_file: None,
+            get_url_base: None,
+        }
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_s3_store_files_go_to_the_bucket_by_presigned_put_come_back_by_redirect_and_count_and_expire()
+ {
+    let garage = match Garage::start() {
+        Ok(g) => g,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    bounded(120, async {
+        let s3 = garage.config();
+        let configure: support::cluster::Configure = Arc::new(move |c| {
+            let mut upload = im_core::upload::UploadConfig::new("127.0.0.1:0".parse().unwrap());
+            upload.max_file_bytes = 64 * 1024;
+            upload.quota_bytes = 100 * 1024;
+            upload.s3 = Some(s3.clone());
+            c.upload = Some(upload);
+        });
+        let cluster = Cluster::start_configured(1, configure).await;
+        cluster.add_user("alice", "secret");
+        let alice = cluster.login(0, "alice", "phone").await;
+        let service = alice.upload_service().await.unwrap().expect("a service");
+        let dir = tempfile::tempdir().unwrap();
+        let photo = dir.path().join("photo.jpg");
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&photo, &data).unwrap();
+        let slot = alice
+            .upload_slot(&service.jid, "my photo.jpg", 50_000, Some("image/jpeg"))
+            .await
+            .unwrap();
+        // the PUT goes to the bucket itself, its signature in the URL
+        let bucket_url = format!("{}/{BUCKET}/", garage.endpoint);
+        assert!(slot.put_url.starts_with(&bucket_url), "{slot:?}");
+        assert!(slot.put_headers.is_empty(), "{slot:?}");
+        assert!(slot.get_url.starts_with("https://127.0.0.1:"), "{slot:?}");
+        let ca = cluster.ca();
+
+        // the bucket refuses another type, another size, another key
+        assert_eq!(put(&ca, &slot, &photo, "text/html", &[]), 403);
+        let small = dir.path().join("small");
+        std::fs::write(&small, vec![1u8; 1000]).unwrap();
+        assert_eq!(put(&ca, &slot, &small, "image/jpeg", &[]), 403);
+        let elsewhere = UploadSlot {
+            put_url: slot.put_url.replace("my%20photo.jpg", "other.jpg"),
+            ..slot.clone()
+        };
+        assert_eq!(put(&ca, &elsewhere, &photo, "image/jpeg", &[]), 403);
+        assert_eq!(put(&ca, &slot, &photo, "image/jpeg", &[]), 200);
+
+        // the GET URL redirects to a presigned GET of the object, which
+        // serves it as a download
+        let (code, head, _) = curl(&ca, &[], &slot.get_url);
+        assert_eq!(code, 302);
+        let location = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .expect("a location")
+            .trim()
+            .to_owned();
+        assert!(location.starts_with(&bucket_url), "{location}");
+        let (code, head, body) = curl(&ca, &["-L"], &slot.get_url);
+        assert_eq!(code, 200);
+        assert!(body == data, "the file came back changed");
+        assert!(head.contains("content-disposition: attachment"), "{head}");
+        // (a URL not naming a slot is not redirected)
+        let bad = slot.get_url.replace("/upload/", "/upload/x");
+        assert_eq!(curl(&ca, &[], &bad).0, 404);
+
+        // the quota (100 KiB) counts the object the bucket lists (50 000)
+        // and the slot granted but not used
+        alice
+            .upload_slot(&service.jid, "fits", 50_000, None)
+            .await
+            .expect("stored and held fit");
+        let refused = alice.upload_slot(&service.jid, "more", 5_000, None).await;
+        assert!(
+            matches!(&refused, Err(ClientError::StanzaError(c)) if c == "resource-constraint"),
+            "{refused:?}"
+        );
+        cluster.shutdown().await;
+
+        // the sweep deletes what is older than its cut, and only that
+        let store = im_core::upload::s3::S3Store::new(&garage.config()).unwrap();
+        let (kept, _) = tokio::task::spawn_blocking(move || {
+            let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            assert_eq!(store.sweep(past).unwrap(), 0);
+            let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+            assert_eq!(store.sweep(future).unwrap(), 1);
+            store.list("", None).unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(kept.is_empty(), "{kept:?}");
+        let (code, _, _) = curl(&ca, &[], &location);
+        assert_eq!(code, 404, "the swept object is gone");
+    })
+    .await;
+}

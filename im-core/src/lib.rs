@@ -137,10 +137,7 @@ fn serve_uploads(
     let addr = axum::serve::Listener::local_addr(&listener).map_err(io("upload address"))?;
     let app = upload::http::routes(slots.clone());
     serve_http(tasks, listener, app, shutdown, "upload server");
-    let (dir, keep) = (
-        slots.dir().to_owned(),
-        Duration::from_secs(u64::from(u.expiry_days) * 86_400),
-    );
+    let keep = Duration::from_secs(u64::from(u.expiry_days) * 86_400);
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(600));
@@ -149,19 +146,40 @@ fn serve_uploads(
                 () = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let dir = dir.clone();
+            let slots = slots.clone();
             let now = std::time::SystemTime::now();
             let cut = now - keep;
-            if let Ok(removed) =
-                tokio::task::spawn_blocking(move || upload::sweep::sweep(&dir, cut, now)).await
-                && removed > 0
-            {
-                tracing::info!(removed, "expired uploads removed");
+            let swept = tokio::task::spawn_blocking(move || match slots.store() {
+                upload::Store::Disk(dir) => Ok(upload::sweep::sweep(dir, cut, now)),
+                upload::Store::S3(s3) => s3.sweep(cut),
+            })
+            .await;
+            match swept {
+                Ok(Ok(0)) | Err(_) => {}
+                Ok(Ok(removed)) => tracing::info!(removed, "expired uploads removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing expired uploads failed"),
             }
         }
     });
     tracing::info!(%addr, "upload service started");
     Ok(addr)
+}
+
+/// The upload service's S3 bucket: refused if the store denies the
+/// credentials or has no such bucket; started anyway (with a warning) if
+/// the store cannot be reached now.
+async fn open_bucket(config: &upload::s3::S3Config) -> Result<upload::s3::S3Store, CoreError> {
+    let store = upload::s3::S3Store::new(config).map_err(|e| CoreError::Cluster(e.to_string()))?;
+    let probe = store.clone();
+    match tokio::task::spawn_blocking(move || probe.check()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ upload::s3::S3Error::Status { .. })) => {
+            return Err(CoreError::Cluster(format!("upload bucket: {e}")));
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "the upload bucket cannot be reached yet"),
+        Err(e) => tracing::warn!(error = %e, "checking the upload bucket failed"),
+    }
+    Ok(store)
 }
 
 /// Serves `app` on `listener` until `shutdown` (`what` names it in a
@@ -397,7 +415,11 @@ pub async fn start_with_store(
                 .public_url
                 .clone()
                 .unwrap_or_else(|| format!("https://{addr}"));
-            let slots = upload::Slots::new(dir, &public, key, u.max_file_bytes, u.quota_bytes);
+            let store = match &u.s3 {
+                None => upload::Store::Disk(dir),
+                Some(s3) => upload::Store::S3(open_bucket(s3).await?),
+            };
+            let slots = upload::Slots::new(store, &public, key, u.max_file_bytes, u.quota_bytes);
             let service = router::UploadService {
                 jid: u.jid(&config.domain),
                 max_file_bytes: u.max_file_bytes,

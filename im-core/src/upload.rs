@@ -10,12 +10,16 @@
 //!   clients, files served as inert downloads).
 //! - [`tls`]: the TLS listener under the HTTP server.
 //! - [`sweep`]: removing files past their expiry.
+//! - [`s3`]: the S3-compatible store (`[upload.s3]`): clients PUT to the
+//!   bucket with presigned URLs, GETs are redirected to presigned ones.
 //!
-//! Files live at `DIR/<user hash>/<slot>/<file name>`, the content type
-//! beside them. In a cluster each core stores what it granted: a core's
-//! `public_url` names that core.
+//! On local disk, files live at `DIR/<user hash>/<slot>/<file name>`, the
+//! content type beside them, and in a cluster each core stores what it
+//! granted: a core's `public_url` names that core. In a bucket the key is
+//! `<user hash>/<slot>/<file name>`, and every core shares it.
 
 pub mod http;
+pub mod s3;
 pub mod slots;
 pub mod sweep;
 pub mod tls;
@@ -25,7 +29,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use slots::{Slot, SlotRefusal, Slots};
+pub use slots::{Slot, SlotRefusal, Slots, Store};
 
 /// The upload service's configuration (`[upload]` in the core's TOML).
 #[derive(Clone, Debug, Deserialize)]
@@ -59,6 +63,9 @@ pub struct UploadConfig {
     /// Its private key.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// An S3-compatible bucket to keep the files in instead of `dir`.
+    #[serde(default)]
+    pub s3: Option<s3::S3Config>,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -84,6 +91,7 @@ impl UploadConfig {
             expiry_days: default_expiry_days(),
             tls_cert: None,
             tls_key: None,
+            s3: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The upload service's HTTP side: `PUT` of a granted slot (checked
 //! against its signature, streamed to a temporary file, synced, then
-//! renamed into place), `GET` and `HEAD` of stored files, `OPTIONS` for
+//! renamed into place), `GET` and `HEAD` of stored files (with an S3
+//! store: a redirect to a presigned GET of the object), `OPTIONS` for
 //! browsers' preflight. Every answer carries CORS headers (web clients
 //! upload from another origin), and files are served so that a browser
 //! never runs them (`nosniff`, a `default-src 'none'` policy, and as
@@ -211,6 +212,9 @@ async fn get_file(
     Path((user, slot, name)): Path<(String, String, String)>,
     method: axum::http::Method,
 ) -> Response<Body> {
+    if let super::slots::Store::S3(s3) = slots.store() {
+        return redirect(s3, slots.key(&user, &slot, &name));
+    }
     let Some(target) = slots.target(&user, &slot, &name) else {
         return status(StatusCode::NOT_FOUND);
     };
@@ -252,6 +256,26 @@ async fn get_file(
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=86400"),
+    );
+    response
+}
+
+/// A file in an S3 bucket: a redirect to a presigned GET of its object
+/// (whether it exists is the bucket's to say).
+fn redirect(s3: &super::s3::S3Store, key: Option<String>) -> Response<Body> {
+    let Some(key) = key else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    let Ok(location) = HeaderValue::from_str(&s3.presign_get(&key, super::s3::GET_VALID)) else {
+        return status(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let mut response = status(StatusCode::FOUND);
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, location);
+    // (a cached redirect must not outlive its signature)
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=600"),
     );
     response
 }

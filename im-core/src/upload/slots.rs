@@ -34,7 +34,7 @@ pub const MAX_TYPE_BYTES: usize = 128;
 pub const DEFAULT_TYPE: &str = "application/octet-stream";
 
 /// What a URL path segment keeps unencoded (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -143,10 +143,20 @@ struct Reservation {
     expires: u64,
 }
 
+/// Where an upload service keeps its files.
+#[derive(Debug)]
+pub enum Store {
+    /// A directory on local disk, the upload server taking the PUTs and
+    /// serving the files.
+    Disk(PathBuf),
+    /// An S3-compatible bucket the clients PUT to directly.
+    S3(super::s3::S3Store),
+}
+
 /// The slots of one upload service.
 #[derive(Debug)]
 pub struct Slots {
-    dir: PathBuf,
+    store: Store,
     public_url: String,
     key: [u8; 32],
     max_file_bytes: u64,
@@ -156,16 +166,17 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// Slots of files kept in `dir`, reached at `public_url`, signed with `key`.
+    /// Slots of files kept in `store`, reached at `public_url` (the
+    /// upload server), signed with `key`.
     pub fn new(
-        dir: PathBuf,
+        store: Store,
         public_url: &str,
         key: [u8; 32],
         max_file_bytes: u64,
         quota_bytes: u64,
     ) -> Self {
         Self {
-            dir,
+            store,
             public_url: public_url.trim_end_matches('/').to_owned(),
             key,
             max_file_bytes,
@@ -174,9 +185,9 @@ impl Slots {
         }
     }
 
-    /// The directory files are kept in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the files are kept.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The largest file taken.
@@ -186,7 +197,8 @@ impl Slots {
 
     /// Grants `user` a slot for `filename` of `size` bytes and
     /// `content_type`, at `now` (seconds since the epoch), with `slot` (a
-    /// random 128-bit number) naming it. Reads the user's directory.
+    /// random 128-bit number) naming it. Reads the user's directory, or
+    /// lists the user's objects in the bucket (blocking).
     pub fn grant(
         &self,
         user: &str,
@@ -197,6 +209,7 @@ impl Slots {
         slot: u128,
     ) -> Result<Slot, SlotRefusal> {
         let name = clean_name(filename).ok_or(SlotRefusal::BadRequest)?;
+        let requested_type = content_type;
         let content_type = clean_type(content_type).ok_or(SlotRefusal::BadRequest)?;
         if size == 0 {
             return Err(SlotRefusal::BadRequest);
@@ -207,7 +220,13 @@ impl Slots {
             });
         }
         let user = self.user_dir(user);
-        let (stored, files) = stored_bytes(&self.dir.join(&user))?;
+        let (stored, files) = match &self.store {
+            Store::Disk(dir) => stored_bytes(&dir.join(&user))?,
+            Store::S3(s3) => s3
+                .usage(&format!("{user}/"), MAX_FILES_PER_USER)
+                .map_err(|e| SlotRefusal::Io(e.to_string()))?
+                .ok_or(SlotRefusal::Quota)?,
+        };
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         reserved.retain(|_, slots| {
             slots.retain(|r| r.expires > now);
@@ -230,17 +249,32 @@ impl Slots {
             expires,
         });
         let path = format!("{user}/{slot}/{name}");
-        let mac = self.mac(&path, size, &content_type, expires);
         let url = format!(
             "{}/upload/{user}/{slot}/{}",
             self.public_url,
             utf8_percent_encode(&name, SEGMENT)
         );
-        Ok(Slot {
-            put_url: url.clone(),
-            put_headers: vec![("Authorization".into(), format!("Bearer {expires}.{mac}"))],
-            get_url: url,
-        })
+        match &self.store {
+            Store::Disk(_) => {
+                let mac = self.mac(&path, size, &content_type, expires);
+                Ok(Slot {
+                    put_url: url.clone(),
+                    put_headers: vec![("Authorization".into(), format!("Bearer {expires}.{mac}"))],
+                    get_url: url,
+                })
+            }
+            // (the type signed as the client named it: it sends that)
+            Store::S3(s3) => Ok(Slot {
+                put_url: s3.presign_put(
+                    &path,
+                    size,
+                    requested_type.map(str::trim),
+                    std::time::Duration::from_secs(SLOT_VALID_SECS),
+                ),
+                put_headers: Vec::new(),
+                get_url: s3.public_get_url(&path).unwrap_or(url),
+            }),
+        }
     }
 
     /// Checks a PUT of `size` bytes of `content_type` to `user/slot/name`
@@ -276,13 +310,21 @@ impl Slots {
         same.then_some(PutTarget { expires, ..target })
     }
 
-    /// The stored file of `user/slot/name`, if those name one.
-    pub fn target(&self, user: &str, slot: &str, name: &str) -> Option<PutTarget> {
+    /// The object key of `user/slot/name`, if those could name a file.
+    pub fn key(&self, user: &str, slot: &str, name: &str) -> Option<String> {
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex(user, 32) || !hex(slot, 32) || clean_name(name).as_deref() != Some(name) {
+        let ok = hex(user, 32) && hex(slot, 32) && clean_name(name).as_deref() == Some(name);
+        ok.then(|| format!("{user}/{slot}/{name}"))
+    }
+
+    /// The stored file of `user/slot/name` on local disk, if those name
+    /// one (none with an S3 store).
+    pub fn target(&self, user: &str, slot: &str, name: &str) -> Option<PutTarget> {
+        let Store::Disk(dir) = &self.store else {
             return None;
-        }
-        let slot_dir = self.dir.join(user).join(slot);
+        };
+        self.key(user, slot, name)?;
+        let slot_dir = dir.join(user).join(slot);
         Some(PutTarget {
             user: user.to_owned(),
             slot: slot.to_owned(),
@@ -413,7 +455,7 @@ mod tests {
 
     fn slots(dir: &Path) -> Slots {
         Slots::new(
-            dir.to_owned(),
+            Store::Disk(dir.to_owned()),
             "https://up.example:5281/",
             [9; 32],
             1000,
@@ -579,7 +621,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let s = slots(dir.path());
-        let other = Slots::new(dir.path().into(), "https://x", [1; 32], 1, 1);
+        let other = Slots::new(Store::Disk(dir.path().into()), "https://x", [1; 32], 1, 1);
         assert_eq!(s.user_dir("a").len(), 32);
         assert_ne!(s.user_dir("a"), s.user_dir("b"));
         assert_ne!(s.user_dir("a"), other.user_dir("a"), "keyed");
