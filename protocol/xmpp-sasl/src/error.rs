@@ -33,9 +33,19 @@ pub enum SaslError {
     /// Credentials were rejected (e.g. PLAIN password mismatch).
     #[error("not authorized")]
     NotAuthorized,
-    /// The server signature did not verify: the server does not know the password.
+    /// The server signature (SCRAM) or responder message (HT) did not
+    /// verify: the server does not know the password or token.
     #[error("invalid server signature")]
     InvalidServerSignature,
+    /// The mechanism binds to a channel-binding type this connection does
+    /// not have (e.g. `HT-SHA-256-ENDP` where the certificate the client
+    /// saw is not known): for this connection it is not offered.
+    #[error("channel binding unavailable on this connection")]
+    ChannelBindingUnavailable,
+    /// The credentials (a FAST token) are no longer trusted: expired,
+    /// invalidated, or replaced by a newer one the client used.
+    #[error("credentials expired")]
+    CredentialsExpired,
     /// The server asked for fewer PBKDF2 iterations than the client accepts.
     #[error("iteration count {got} below minimum {min}")]
     IterationsTooLow {
@@ -78,7 +88,10 @@ impl SaslError {
             | SaslError::OutOfOrder => "malformed-request",
             SaslError::Base64 => "incorrect-encoding",
             SaslError::InvalidAuthzid => "invalid-authzid",
-            SaslError::InvalidMechanism(_) => "invalid-mechanism",
+            SaslError::InvalidMechanism(_) | SaslError::ChannelBindingUnavailable => {
+                "invalid-mechanism"
+            }
+            SaslError::CredentialsExpired => "credentials-expired",
             SaslError::EncryptionRequired => "encryption-required",
             SaslError::ChannelBindingMismatch
             | SaslError::NonceMismatch

@@ -1,27 +1,40 @@
-//! SASL mechanisms for XMPP: SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN.
+//! SASL mechanisms for XMPP: SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN; the
+//! Hashed Token mechanisms of FAST tokens (XEP-0484: `HT-SHA-256-EXPR`,
+//! `-ENDP`, `-NONE`, in [`ht`]); the TLS channel bindings they use
+//! ([`channel_binding`]); and the SCRAM downgrade-protection hash
+//! (XEP-0474, [`ssdp`]).
 //!
-//! Everything here is a sans-IO state machine: raw (already base64-decoded)
-//! SASL payload bytes go in, raw payload bytes come out. The XMPP layer owns
-//! the base64 transport encoding, the `<auth/>`/`<challenge/>` elements and
-//! the user lookup.
+//! Everything here is a sans-IO state machine or a pure function: raw
+//! (already base64-decoded) SASL payload bytes go in, raw payload bytes
+//! come out. The XMPP layer owns the base64 transport encoding, the
+//! `<auth/>`/`<authenticate/>`/`<challenge/>` elements and the user (and
+//! token) lookup.
 //!
-//! No channel binding is offered (no `-PLUS` mechanisms); GS2 headers `n,,`
-//! and `y,,` are accepted, `p=` is refused.
+//! SCRAM offers no channel binding (no `-PLUS` mechanisms); GS2 headers
+//! `n,,` and `y,,` are accepted, `p=` is refused.
 
+pub mod channel_binding;
 mod credentials;
 mod crypto;
 mod error;
+pub mod ht;
 mod plain;
 mod scram;
+pub mod ssdp;
 
+pub use channel_binding::{ChannelBindingType, ChannelBindings};
 pub use credentials::{ScramKeys, StoredCredentials, fake_credentials};
 #[cfg(feature = "count-derivations")]
 pub use crypto::derivations_on_this_thread;
 pub use error::SaslError;
+pub use ht::{HtClient, HtMechanism, ht_verify, parse_ht_initial};
 pub use plain::{Plain, parse_plain, plain_message};
 pub use scram::{ClientFirst, SaltedCache, ScramClient, ScramServer, parse_client_first};
 
-/// A SASL mechanism longlink offers, in preference order.
+/// A SASL mechanism longlink offers in its mechanism list, in preference
+/// order. FAST's HT-* mechanisms are not among them: they are offered
+/// only inside SASL2's `<fast/>` ([`HtMechanism`]), so they never enter
+/// the list the downgrade-protection hash covers ([`ssdp`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mechanism {
     /// SCRAM-SHA-256 (RFC 7677).
