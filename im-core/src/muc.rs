@@ -61,6 +61,14 @@ pub const MAX_LOADING: usize = 1024;
 pub const MAX_WAITING: usize = 64;
 /// Rooms listed in the service's disco#items.
 pub const MAX_LISTED: usize = 1000;
+/// Most rooms one user (bare JID) creates in [`CREATION_WINDOW_SECS`]:
+/// no user fills the service's [`MAX_ROOMS`], or storage, by creating.
+pub const MAX_CREATIONS_PER_WINDOW: u32 = 20;
+/// The window [`MAX_CREATIONS_PER_WINDOW`] counts in, in seconds.
+pub const CREATION_WINDOW_SECS: u64 = 3600;
+/// Most users whose creations are counted at once (past it, rooms are
+/// created only once older windows are over).
+pub const MAX_CREATORS: usize = 10_000;
 /// History messages sent on join when the client asks for no number.
 pub const DEFAULT_HISTORY: usize = 20;
 
@@ -202,6 +210,9 @@ pub struct MucService {
     quiet: bool,
     /// Persistent rooms keep an archive (the core's `archive` setting).
     archive: bool,
+    /// Rooms created by each user in its current window: the window's
+    /// start (Unix seconds) and the count.
+    creations: HashMap<String, (u64, u32)>,
     out: VecDeque<MucAction>,
 }
 
@@ -220,6 +231,7 @@ impl MucService {
             current_hold: None,
             quiet: false,
             archive: true,
+            creations: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -559,7 +571,7 @@ impl MucService {
             return self.refuse_el(inbound, el, StanzaCondition::ResourceConstraint);
         }
         if !self.rooms.contains_key(room_jid) {
-            if self.rooms.len() >= MAX_ROOMS {
+            if self.rooms.len() >= MAX_ROOMS || !self.count_creation(&bare) {
                 return self.refuse_el(inbound, el, StanzaCondition::ResourceConstraint);
             }
             let room = Room::created(&bare, RoomConfig::default());
@@ -836,6 +848,28 @@ impl MucService {
         if let Some(room) = self.rooms.get_mut(room_jid) {
             room.occupants.remove(nick);
         }
+    }
+
+    /// Counts a room `bare` creates now; false (nothing counted) past
+    /// [`MAX_CREATIONS_PER_WINDOW`], or when [`MAX_CREATORS`] windows run.
+    fn count_creation(&mut self, bare: &str) -> bool {
+        let now = self.unix;
+        let over = |start: u64| now.saturating_sub(start) >= CREATION_WINDOW_SECS;
+        if !self.creations.contains_key(bare) && self.creations.len() >= MAX_CREATORS {
+            self.creations.retain(|_, (start, _)| !over(*start));
+            if self.creations.len() >= MAX_CREATORS {
+                return false;
+            }
+        }
+        let (start, count) = self.creations.entry(bare.to_owned()).or_insert((now, 0));
+        if over(*start) {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= MAX_CREATIONS_PER_WINDOW {
+            return false;
+        }
+        *count += 1;
+        true
     }
 
     fn end_if_empty(&mut self, room_jid: &str) {

@@ -1005,3 +1005,40 @@ fn random_sequences_of_hostile_and_ordinary_stanzas_keep_the_indexes_consistent(
         }
     }
 }
+
+#[test]
+fn a_user_creates_at_most_twenty_rooms_an_hour_and_joining_existing_ones_is_not_counted() {
+    let mut s = service();
+    let create = |s: &mut MucService, n: u32, at: u64| {
+        let room = format!("r{n}@conference.example.org");
+        s.handle(
+            stanza(
+                "mallory@example.org/bot",
+                &format!("{room}/m"),
+                &format!("<presence><x xmlns='{MUC}'/></presence>"),
+            ),
+            at,
+        );
+        drain(s);
+        s.loaded(&room, None, Vec::new(), at);
+        let out = drain(s);
+        let got = received(&out, "mallory@example.org/bot");
+        error_of(&got[0])
+    };
+    for n in 0..MAX_CREATIONS_PER_WINDOW {
+        assert_eq!(create(&mut s, n, 1000), None, "room {n}");
+    }
+    assert_eq!(
+        create(&mut s, 99, 1000).as_deref(),
+        Some("resource-constraint")
+    );
+    // another user still creates, and mallory joins a room that exists
+    open_room(&mut s);
+    let out = join(&mut s, "mallory@example.org/bot", "m", "");
+    assert_eq!(
+        error_of(&received(&out, "mallory@example.org/bot")[0]),
+        None
+    );
+    // the next window counts afresh
+    assert_eq!(create(&mut s, 100, 1000 + CREATION_WINDOW_SECS), None);
+}
