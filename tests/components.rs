@@ -260,32 +260,6 @@ async fn a_component_exchanges_messages_and_iqs_with_a_user_through_the_core() {
     .await;
 }
 
-/// A client's `<enable/>` (XEP-0357) of `node` on the app server `jid`,
-/// with a publish-options form carrying `secret`.
-fn enable_push(jid: &str, node: &str, secret: &str) -> Element {
-    let field = |var: &str, value: &str| {
-        Element::new("field", ns::DATA)
-            .with_attr("var", var)
-            .with_child(Element::new("value", ns::DATA).with_text(value))
-    };
-    Element::new("iq", ns::CLIENT)
-        .with_attr("type", "set")
-        .with_child(
-            Element::new("enable", "urn:xmpp:push:0")
-                .with_attr("jid", jid)
-                .with_attr("node", node)
-                .with_child(
-                    Element::new("x", ns::DATA)
-                        .with_attr("type", "submit")
-                        .with_child(field(
-                            "FORM_TYPE",
-                            "http://jabber.org/protocol/pubsub#publish-options",
-                        ))
-                        .with_child(field("secret", secret)),
-                ),
-        )
-}
-
 /// The summary form's fields of a publish the app server got.
 fn summary(publish: &Element) -> std::collections::HashMap<String, String> {
     publish
@@ -358,32 +332,10 @@ async fn an_away_user_gets_one_coalesced_push_per_burst_none_while_online_or_aft
 
         // bob's account offers push, and bob registers his phone
         let bob = login(&cluster, "bob", "phone").await;
-        let info = bob
-            .iq(Element::new("iq", ns::CLIENT)
-                .with_attr("type", "get")
-                .with_attr("to", bob_jid.as_str())
-                .with_child(Element::new("query", ns::DISCO_INFO)))
+        assert!(bob.push_supported().await.unwrap(), "push is offered");
+        bob.enable_push(&push, "phone-1", &[("secret", "s3cret")])
             .await
-            .expect("disco#info");
-        let features: Vec<String> = info
-            .element
-            .child("query", ns::DISCO_INFO)
-            .map(|q| {
-                q.elements()
-                    .filter_map(|f| f.attr("var"))
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(
-            features.iter().any(|f| f == "urn:xmpp:push:0"),
-            "{features:?}"
-        );
-        let enabled = bob
-            .iq(enable_push(&push, "phone-1", "s3cret"))
-            .await
-            .unwrap();
-        assert_eq!(enabled.kind, "result", "{:?}", enabled.error);
+            .expect("push enabled");
         bob.send_presence(0).await.unwrap();
 
         // while bob is online, nobody wakes his phone
@@ -470,15 +422,7 @@ async fn an_away_user_gets_one_coalesced_push_per_burst_none_while_online_or_aft
 
         // bob disables it: nothing more
         let bob = login(&cluster, "bob", "phone").await;
-        let disabled = bob
-            .iq(Element::new("iq", ns::CLIENT)
-                .with_attr("type", "set")
-                .with_child(
-                    Element::new("disable", "urn:xmpp:push:0").with_attr("jid", push.as_str()),
-                ))
-            .await
-            .unwrap();
-        assert_eq!(disabled.kind, "result", "{:?}", disabled.error);
+        bob.disable_push(&push, None).await.expect("push disabled");
         bob.disconnect().await;
         cluster.wait_routes(1).await;
         alice

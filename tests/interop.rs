@@ -1,7 +1,8 @@
 //! Clients nobody here wrote: slixmpp (Python, from PyPI) logs in over TCP
 //! with STARTTLS and with direct TLS, with SCRAM-SHA-256 and PLAIN, and
-//! talks to a `client-sdk` user on QUIC. Plus certificate validation on the
-//! TLS listener.
+//! talks to a `client-sdk` user on QUIC; slixmpp's `ComponentXMPP` is a
+//! push app server (XEP-0114, XEP-0357) for an SDK user. Plus certificate
+//! validation on the TLS listener.
 //!
 //! The test installs slixmpp into `target/interop-venv` on first use
 //! (`python3 -m venv`, `pip install slixmpp==1.17.0`).
@@ -190,6 +191,226 @@ async fn slixmpp_clients_chat_in_a_room_with_history_occupants_and_self_ping_ove
         assert_eq!(report["disconnected"], "clean");
         // both left and ended: the temporary room is gone with them
         cluster.wait_routes(0).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// slixmpp's `ComponentXMPP` as a push app server, a child process
+/// (`tests/interop/slix_push_component.py`): the JSON lines it prints, one
+/// an event; it serves until its stdin closes.
+struct SlixAppServer {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl SlixAppServer {
+    /// Starts it, connecting to the core's component listener `addr` as
+    /// `name` with `secret`.
+    fn start(
+        python: &std::path::Path,
+        addr: std::net::SocketAddr,
+        name: &str,
+        secret: &str,
+    ) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/slix_push_component.py");
+        let mut child = tokio::process::Command::new(python)
+            .arg(&script)
+            .args([
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+                name,
+                secret,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python runs");
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // (read as it comes, so slixmpp's logging never blocks on a full pipe)
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        SlixAppServer {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next event, or none within `within` (or after stdout closed).
+    async fn event(&mut self, within: Duration) -> Option<serde_json::Value> {
+        let line = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .ok()?;
+        let line = line.expect("reads the app server's stdout")?;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{}", self.stderr())),
+        )
+    }
+
+    /// What it wrote to stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Closes its stdin and waits for it to end: the events it printed
+    /// meanwhile, and whether it exited 0.
+    async fn finish(mut self) -> (Vec<serde_json::Value>, bool) {
+        drop(self.child.stdin.take());
+        let mut rest = Vec::new();
+        while let Some(ev) = self.event(Duration::from_secs(30)).await {
+            rest.push(ev);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the app server exits")
+            .unwrap();
+        (rest, status.success())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slixmpp_push_component_gets_one_summary_per_burst_for_an_sdk_registration_and_none_after_disable()
+ {
+    use client_sdk::push::PushError;
+    use serde_json::json;
+    bounded(180, async {
+        let python = tokio::task::spawn_blocking(slixmpp_python).await.unwrap();
+        let name = format!("push.{DOMAIN}");
+        let secret = "a-secret-of-at-least-16-bytes";
+        let configured = name.clone();
+        // (defaults: neither the sender nor the body go to the app server)
+        let configure: support::cluster::Configure = Arc::new(move |c| {
+            c.components = vec![im_core::components::ComponentConfig::new(
+                &configured,
+                secret,
+            )];
+            c.component_listen = Some("127.0.0.1:0".parse().unwrap());
+        });
+        let cluster = Cluster::start_configured(1, configure).await;
+        let addr = cluster
+            .core
+            .as_ref()
+            .and_then(|c| c.component_addr)
+            .expect("a component listener");
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let bob_jid = support::jid("bob");
+
+        // slixmpp's component completes the XEP-0114 handshake
+        let mut app = SlixAppServer::start(&python, addr, &name, secret);
+        let connected = app.event(Duration::from_secs(60)).await;
+        assert_eq!(
+            connected.as_ref().map(|e| &e["event"]),
+            Some(&json!("connected")),
+            "{connected:?}\n{}",
+            app.stderr()
+        );
+
+        // bob's SDK registers his phone at it; an app server the core
+        // cannot reach is refused as such
+        let bob = cluster.login(0, "bob", "phone").await;
+        assert!(bob.push_supported().await.unwrap(), "push is offered");
+        let options = [
+            ("secret", "s3cret"),
+            ("endpoint", "https://push.example/d/1"),
+        ];
+        bob.enable_push(&name, "phone-1", &options)
+            .await
+            .expect("push enabled");
+        let elsewhere = bob.enable_push("push.elsewhere.example", "x", &[]).await;
+        assert_eq!(
+            elsewhere,
+            Err(PushError::AppServerUnreachable(
+                "push.elsewhere.example".into()
+            ))
+        );
+
+        // bob goes offline; a burst of three from alice is one publish
+        bob.disconnect().await;
+        cluster.wait_routes(0).await;
+        let alice = cluster.login(0, "alice", "pc").await;
+        for i in 0..3 {
+            alice
+                .send_message(&bob_jid, &format!("m{i}"))
+                .await
+                .unwrap();
+        }
+        let publish = app
+            .event(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("no publish\n{}", app.stderr()));
+        assert_eq!(publish["event"], "publish", "{publish}");
+        assert_eq!(publish["problems"], json!([]), "{publish}");
+        assert_eq!(publish["answered"], "result");
+        assert_eq!(publish["from"], json!(bob_jid));
+        assert_eq!(publish["to"], json!(name));
+        assert_eq!(publish["node"], "phone-1");
+        // the count only: no sender, no body (neither configured)
+        assert_eq!(
+            publish["summary"],
+            json!({"message-count": "3"}),
+            "{publish}"
+        );
+        assert_eq!(
+            publish["publish_options"],
+            json!({"secret": "s3cret", "endpoint": "https://push.example/d/1"})
+        );
+        let more = app.event(Duration::from_secs(4)).await;
+        assert!(more.is_none(), "one publish per burst: {more:?}");
+
+        // the component's result was taken: the next message goes out at
+        // once (a publish still in flight would hold it for 30 s), counting
+        // everything since bob was last online
+        alice.send_message(&bob_jid, "m3").await.unwrap();
+        let publish = app
+            .event(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no second publish\n{}", app.stderr()));
+        assert_eq!(publish["problems"], json!([]), "{publish}");
+        assert_eq!(
+            publish["summary"],
+            json!({"message-count": "4"}),
+            "{publish}"
+        );
+
+        // bob disables it: nothing more
+        let bob = cluster.login(0, "bob", "phone").await;
+        bob.disable_push(&name, Some("phone-1"))
+            .await
+            .expect("push disabled");
+        bob.disconnect().await;
+        cluster.wait_routes(1).await;
+        alice
+            .send_message(&bob_jid, "nobody is woken")
+            .await
+            .unwrap();
+        let after = app.event(Duration::from_secs(4)).await;
+        assert!(after.is_none(), "a publish after disable: {after:?}");
+
+        let stderr = app.stderr();
+        let (rest, ok) = app.finish().await;
+        assert_eq!(rest, [json!({"event": "disconnected"})], "{stderr}");
+        assert!(ok, "{stderr}");
         cluster.shutdown().await;
     })
     .await;

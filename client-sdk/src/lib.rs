@@ -39,6 +39,7 @@ pub mod negotiation;
 mod negotiation;
 mod options;
 pub mod pep;
+pub mod push;
 mod session;
 mod sm;
 mod tls;
