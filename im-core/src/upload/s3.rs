@@ -288,21 +288,23 @@ impl S3Store {
         Ok((listed, page.next_continuation_token))
     }
 
-    /// The bytes and the objects under `prefix`; refused (`None`) past
-    /// `most` objects.
-    pub fn usage(&self, prefix: &str, most: usize) -> Result<Option<(u64, usize)>, S3Error> {
-        let (mut bytes, mut count) = (0u64, 0usize);
+    /// The objects under `prefix`: their bytes and keys; refused (`None`)
+    /// past `most` objects.
+    pub fn usage(&self, prefix: &str, most: usize) -> Result<Option<(u64, Vec<String>)>, S3Error> {
+        let (mut bytes, mut keys) = (0u64, Vec::new());
         let mut token = None;
         loop {
             let (page, next) = self.list(prefix, token.as_deref())?;
-            count += page.len();
-            if count > most {
+            if keys.len() + page.len() > most {
                 return Ok(None);
             }
-            bytes = page.iter().fold(bytes, |b, o| b.saturating_add(o.size));
+            for object in page {
+                bytes = bytes.saturating_add(object.size);
+                keys.push(object.key);
+            }
             match next {
                 Some(next) => token = Some(next),
-                None => return Ok(Some((bytes, count))),
+                None => return Ok(Some((bytes, keys))),
             }
         }
     }

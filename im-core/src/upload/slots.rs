@@ -220,14 +220,29 @@ impl Slots {
             });
         }
         let user = self.user_dir(user);
-        let (stored, files) = match &self.store {
-            Store::Disk(dir) => stored_bytes(&dir.join(&user))?,
-            Store::S3(s3) => s3
-                .usage(&format!("{user}/"), MAX_FILES_PER_USER)
-                .map_err(|e| SlotRefusal::Io(e.to_string()))?
-                .ok_or(SlotRefusal::Quota)?,
+        // (in a bucket, a slot whose object is listed is stored: its
+        // reservation ends, or the file would count twice)
+        let (stored, files, landed) = match &self.store {
+            Store::Disk(dir) => {
+                let (bytes, files) = stored_bytes(&dir.join(&user))?;
+                (bytes, files, Vec::new())
+            }
+            Store::S3(s3) => {
+                let (bytes, keys) = s3
+                    .usage(&format!("{user}/"), MAX_FILES_PER_USER)
+                    .map_err(|e| SlotRefusal::Io(e.to_string()))?
+                    .ok_or(SlotRefusal::Quota)?;
+                let landed: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| k.split('/').nth(1).map(str::to_owned))
+                    .collect();
+                (bytes, keys.len(), landed)
+            }
         };
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = reserved.get_mut(&user) {
+            mine.retain(|r| !landed.contains(&r.slot));
+        }
         reserved.retain(|_, slots| {
             slots.retain(|r| r.expires > now);
             !slots.is_empty()
