@@ -379,7 +379,7 @@ async fn with_an_s3_store_files_go_to_the_bucket_by_presigned_put_come_back_by_r
                 tls_front(front, pki, backend).await
             }
         });
-        let cluster = Cluster::start_configured(1, configure).await;
+        let mut cluster = Cluster::start_configured(1, configure).await;
         cluster.add_user("alice", "secret");
         let alice = cluster.login(0, "alice", "phone").await;
         let service = alice.upload_service().await.unwrap().expect("a service");
@@ -428,6 +428,10 @@ async fn with_an_s3_store_files_go_to_the_bucket_by_presigned_put_come_back_by_r
         assert_eq!(code, 200);
         assert!(body == data, "the file came back changed");
         assert!(head.contains("content-disposition: attachment"), "{head}");
+        // a HEAD (clients learn the size first) is redirected to a HEAD
+        let (code, head, _) = curl(&ca, &["-I", "-L"], &slot.get_url);
+        assert_eq!(code, 200, "{head}");
+        assert!(head.contains("content-length: 50000"), "{head}");
         // (a URL not naming a slot is not redirected)
         let bad = slot.get_url.replace("/upload/", "/upload/x");
         assert_eq!(curl(&ca, &[], &bad).0, 404);
@@ -438,27 +442,50 @@ async fn with_an_s3_store_files_go_to_the_bucket_by_presigned_put_come_back_by_r
             .upload_slot(&service.jid, "fits", 50_000, None)
             .await
             .expect("stored and held fit");
+        let over_quota = |r: &Result<UploadSlot, ClientError>| {
+            matches!(r, Err(ClientError::StanzaError(c)) if c == "resource-constraint")
+        };
         let refused = alice.upload_slot(&service.jid, "more", 5_000, None).await;
-        assert!(
-            matches!(&refused, Err(ClientError::StanzaError(c)) if c == "resource-constraint"),
-            "{refused:?}"
-        );
+        assert!(over_quota(&refused), "{refused:?}");
+        // a restarted core has no reservations: only the listing counts
+        drop(alice);
+        cluster.stop_core().await;
+        cluster.start_core().await;
+        let alice = cluster.login_retrying(0, "alice", "tablet").await;
+        let refused = alice.upload_slot(&service.jid, "big", 53_000, None).await;
+        assert!(over_quota(&refused), "{refused:?}");
+        alice
+            .upload_slot(&service.jid, "fits", 52_000, None)
+            .await
+            .expect("what the listing leaves fits");
+        // an object in the bucket that is not an upload
+        let other = im_core::upload::s3::S3Store::new(&garage.config(&endpoint, ca.clone()))
+            .unwrap()
+            .presign_put("notes.txt", 5, None, std::time::Duration::from_secs(60));
+        let notes = dir.path().join("notes");
+        std::fs::write(&notes, b"notes").unwrap();
+        let other = UploadSlot {
+            put_url: other,
+            put_headers: Vec::new(),
+            get_url: String::new(),
+        };
+        assert_eq!(put(&ca, &other, &notes, DEFAULT, &[]), 200);
 
         // the sweep deletes what is older than its cut, and only that
         let store =
             im_core::upload::s3::S3Store::new(&garage.config(&endpoint, ca.clone())).unwrap();
         let (kept, _) = tokio::task::spawn_blocking(move || {
             let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-            assert_eq!(store.sweep(past).unwrap(), 0);
+            let uploads = im_core::upload::slots::is_upload_key;
+            assert_eq!(store.sweep(past, uploads).unwrap(), 0);
             let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-            assert_eq!(store.sweep(future).unwrap(), 1);
+            assert_eq!(store.sweep(future, uploads).unwrap(), 1);
             store.list("", None).unwrap()
         })
         .await
         .unwrap();
-        assert!(kept.is_empty(), "{kept:?}");
-        let (code, _, _) = curl(&ca, &["-L"], &slot.get_url);
-        assert_eq!(code, 404, "the swept object is gone");
+        let kept: Vec<&str> = kept.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(kept, ["notes.txt"], "only uploads are swept");
         cluster.shutdown().await;
         relay.abort();
     })

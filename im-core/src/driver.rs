@@ -301,9 +301,17 @@ impl Driver {
                 condition: StanzaCondition::ServiceUnavailable,
             });
         };
+        // (bounded: each answer blocks a thread of the blocking pool)
+        let Some(permit) = slots.grant_permit() else {
+            return self.refused.push_back(Input::QueryFailed {
+                to,
+                condition: StanzaCondition::ResourceConstraint,
+            });
+        };
         let events = self.events.clone();
         tokio::spawn(async move {
             let answer = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let now = crate::external_services::ExternalServices::unix_now();
                 crate::upload::answer(&slots, &query, now, rand::random())
             })

@@ -151,7 +151,7 @@ fn serve_uploads(
             let cut = now - keep;
             let swept = tokio::task::spawn_blocking(move || match slots.store() {
                 upload::Store::Disk(dir) => Ok(upload::sweep::sweep(dir, cut, now)),
-                upload::Store::S3(s3) => s3.sweep(cut),
+                upload::Store::S3(s3) => s3.sweep(cut, upload::slots::is_upload_key),
             })
             .await;
             match swept {
@@ -173,7 +173,7 @@ async fn open_bucket(config: &upload::s3::S3Config) -> Result<upload::s3::S3Stor
     let probe = store.clone();
     match tokio::task::spawn_blocking(move || probe.check()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e @ upload::s3::S3Error::Status { .. })) => {
+        Ok(Err(e @ upload::s3::S3Error::Status { status, .. })) if status < 500 => {
             return Err(CoreError::Cluster(format!("upload bucket: {e}")));
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "the upload bucket cannot be reached yet"),
@@ -400,9 +400,12 @@ pub async fn start_with_store(
     let upload = match &config.upload {
         Some(u) => {
             u.validate(&config.domain).map_err(CoreError::Cluster)?;
-            let key = certs::secret::hex_secret(&config.data_dir.join("upload.key"))
-                .map_err(io("upload key"))?;
-            let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()).into();
+            // (from the SM key: in a cluster every core's, so a user's
+            // prefix in a shared bucket, and its quota, are the same on all)
+            let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(
+                [&sm_key[..], b"longlink upload key"].concat(),
+            )
+            .into();
             let dir = u
                 .dir
                 .clone()

@@ -66,8 +66,8 @@ pub const MAX_LISTED: usize = 1000;
 pub const MAX_CREATIONS_PER_WINDOW: u32 = 20;
 /// The window [`MAX_CREATIONS_PER_WINDOW`] counts in, in seconds.
 pub const CREATION_WINDOW_SECS: u64 = 3600;
-/// Most users whose creations are counted at once (past it, rooms are
-/// created only once older windows are over).
+/// Most users whose creations are counted at once (past it, the oldest
+/// window is forgotten).
 pub const MAX_CREATORS: usize = 10_000;
 /// History messages sent on join when the client asks for no number.
 pub const DEFAULT_HISTORY: usize = 20;
@@ -851,14 +851,22 @@ impl MucService {
     }
 
     /// Counts a room `bare` creates now; false (nothing counted) past
-    /// [`MAX_CREATIONS_PER_WINDOW`], or when [`MAX_CREATORS`] windows run.
+    /// [`MAX_CREATIONS_PER_WINDOW`]. With [`MAX_CREATORS`] windows
+    /// running, the oldest is forgotten (evicting anyone's takes that
+    /// many other accounts creating).
     fn count_creation(&mut self, bare: &str) -> bool {
         let now = self.unix;
         let over = |start: u64| now.saturating_sub(start) >= CREATION_WINDOW_SECS;
         if !self.creations.contains_key(bare) && self.creations.len() >= MAX_CREATORS {
             self.creations.retain(|_, (start, _)| !over(*start));
-            if self.creations.len() >= MAX_CREATORS {
-                return false;
+            if self.creations.len() >= MAX_CREATORS
+                && let Some(oldest) = self
+                    .creations
+                    .iter()
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(user, _)| user.clone())
+            {
+                self.creations.remove(&oldest);
             }
         }
         let (start, count) = self.creations.entry(bare.to_owned()).or_insert((now, 0));

@@ -413,6 +413,19 @@ impl Cluster {
             .with_ca_file(self.ca())
     }
 
+    /// Logs in as [`Cluster::login`] does, trying again for up to 5 s
+    /// while the CM's links to a restarted core come back.
+    pub async fn login_retrying(&self, cm: usize, user: &str, resource: &str) -> Client {
+        for _ in 0..50 {
+            if let Ok(client) = self.try_login(cm, user, "secret", resource).await {
+                client.send_presence(0).await.expect("presence");
+                return client;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{user} could not log in within 5 s");
+    }
+
     /// Logs `user` in at CM `cm` with `resource` and sends initial presence.
     pub async fn login(&self, cm: usize, user: &str, resource: &str) -> Client {
         let client = self

@@ -213,7 +213,8 @@ async fn get_file(
     method: axum::http::Method,
 ) -> Response<Body> {
     if let super::slots::Store::S3(s3) = slots.store() {
-        return redirect(s3, slots.key(&user, &slot, &name));
+        let head = method == axum::http::Method::HEAD;
+        return redirect(s3, slots.key(&user, &slot, &name), head);
     }
     let Some(target) = slots.target(&user, &slot, &name) else {
         return status(StatusCode::NOT_FOUND);
@@ -260,13 +261,14 @@ async fn get_file(
     response
 }
 
-/// A file in an S3 bucket: a redirect to a presigned GET of its object
-/// (whether it exists is the bucket's to say).
-fn redirect(s3: &super::s3::S3Store, key: Option<String>) -> Response<Body> {
+/// A file in an S3 bucket: a redirect to a presigned GET (or HEAD) of
+/// its object (whether it exists is the bucket's to say).
+fn redirect(s3: &super::s3::S3Store, key: Option<String>, head: bool) -> Response<Body> {
     let Some(key) = key else {
         return status(StatusCode::NOT_FOUND);
     };
-    let Ok(location) = HeaderValue::from_str(&s3.presign_get(&key, super::s3::GET_VALID)) else {
+    let url = s3.presign_get(&key, head, super::s3::GET_VALID);
+    let Ok(location) = HeaderValue::from_str(&url) else {
         return status(StatusCode::INTERNAL_SERVER_ERROR);
     };
     let mut response = status(StatusCode::FOUND);

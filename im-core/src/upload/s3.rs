@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rusty_s3::actions::{DeleteObject, GetObject, HeadBucket, ListObjectsV2, PutObject};
+use rusty_s3::actions::{
+    DeleteObject, GetObject, HeadBucket, HeadObject, ListObjectsV2, PutObject,
+};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use serde::Deserialize;
 
@@ -31,6 +33,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_PAGE_BYTES: u64 = 4 * 1024 * 1024;
 /// Most objects one sweep deletes (the next sweep goes on).
 pub const MAX_DELETES_PER_SWEEP: usize = 10_000;
+/// Most deletes one sweep sees fail before it gives up until the next.
+pub const MAX_FAILED_DELETES: usize = 100;
 
 /// The S3 store's configuration (`[upload.s3]` in the core's TOML).
 #[derive(Clone, Debug, Deserialize)]
@@ -216,8 +220,14 @@ impl S3Store {
     }
 
     /// A presigned GET of `key`, served as a download (never rendered by
-    /// a browser on the bucket's origin), valid for `valid`.
-    pub fn presign_get(&self, key: &str, valid: Duration) -> String {
+    /// a browser on the bucket's origin), valid for `valid`; a HEAD if
+    /// `head` (the method is signed).
+    pub fn presign_get(&self, key: &str, head: bool, valid: Duration) -> String {
+        if head {
+            return HeadObject::new(&self.bucket, Some(&self.credentials), key)
+                .sign(valid)
+                .to_string();
+        }
         let mut get = GetObject::new(&self.bucket, Some(&self.credentials), key);
         get.query_mut()
             .insert("response-content-disposition", "attachment");
@@ -327,20 +337,36 @@ impl S3Store {
         }
     }
 
-    /// Deletes the objects last written before `cut` (at most
-    /// [`MAX_DELETES_PER_SWEEP`]); how many went.
-    pub fn sweep(&self, cut: SystemTime) -> Result<usize, S3Error> {
-        let mut removed = 0;
+    /// Deletes the uploads (keys `upload_key` takes) last written before
+    /// `cut`, at most [`MAX_DELETES_PER_SWEEP`]; how many went. A delete
+    /// that fails is logged and passed over (the next sweep tries again),
+    /// up to [`MAX_FAILED_DELETES`]; an object the store gives no time for
+    /// stays.
+    pub fn sweep(
+        &self,
+        cut: SystemTime,
+        upload_key: impl Fn(&str) -> bool,
+    ) -> Result<usize, S3Error> {
+        let (mut removed, mut failed) = (0, 0);
         let mut token = None;
         loop {
             let (page, next) = self.list("", token.as_deref())?;
             for object in page {
-                if object.modified.is_some_and(|m| m < cut) {
-                    self.delete(&object.key)?;
-                    removed += 1;
-                    if removed >= MAX_DELETES_PER_SWEEP {
-                        return Ok(removed);
+                if !upload_key(&object.key) || !object.modified.is_some_and(|m| m < cut) {
+                    continue;
+                }
+                match self.delete(&object.key) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(key = %object.key, error = %e, "deleting an expired upload failed");
+                        failed += 1;
+                        if failed >= MAX_FAILED_DELETES {
+                            return Err(e);
+                        }
                     }
+                }
+                if removed >= MAX_DELETES_PER_SWEEP {
+                    return Ok(removed);
                 }
             }
             match next {
@@ -411,7 +437,7 @@ mod tests {
     fn a_presigned_get_is_a_download_and_a_public_base_is_used_as_is() {
         let dir = tempfile::tempdir().unwrap();
         let mut s3 = store(dir.path());
-        let url = s3.presign_get("u/s/f.html", GET_VALID);
+        let url = s3.presign_get("u/s/f.html", false, GET_VALID);
         assert!(
             url.contains("response-content-disposition=attachment"),
             "{url}"

@@ -26,6 +26,9 @@ pub const MAX_FILES_PER_USER: usize = 10_000;
 pub const MAX_RESERVED: usize = 100_000;
 /// Most slots one user holds granted and not used at once.
 pub const MAX_RESERVED_PER_USER: usize = 64;
+/// Most slot requests answered at once (each reads a directory or lists
+/// the bucket on the blocking pool); past it they are refused.
+pub const MAX_GRANTS_AT_ONCE: usize = 16;
 /// Longest file name kept, in bytes.
 pub const MAX_NAME_BYTES: usize = 200;
 /// Longest content type taken.
@@ -163,6 +166,8 @@ pub struct Slots {
     quota_bytes: u64,
     /// Slots granted and not finished, by user directory.
     reserved: Mutex<HashMap<String, Vec<Reservation>>>,
+    /// Slot requests being answered.
+    grants: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Slots {
@@ -182,7 +187,14 @@ impl Slots {
             max_file_bytes,
             quota_bytes,
             reserved: Mutex::new(HashMap::new()),
+            grants: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_GRANTS_AT_ONCE)),
         }
+    }
+
+    /// A place among the [`MAX_GRANTS_AT_ONCE`] slot requests answered
+    /// at once, held until dropped; none if all are taken.
+    pub fn grant_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.grants.clone().try_acquire_owned().ok()
     }
 
     /// Where the files are kept.
@@ -240,18 +252,20 @@ impl Slots {
             }
         };
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(mine) = reserved.get_mut(&user) {
-            mine.retain(|r| !landed.contains(&r.slot));
-        }
         reserved.retain(|_, slots| {
             slots.retain(|r| r.expires > now);
             !slots.is_empty()
         });
         let mine = reserved.get(&user).map_or(&[][..], Vec::as_slice);
-        let held: u64 = mine.iter().map(|r| r.size).sum();
+        // (a reservation whose object this listing shows is counted by the
+        // object; it lapses in its time, as another grant's listing may
+        // predate the object)
+        let unlanded = || mine.iter().filter(|r| !landed.contains(&r.slot));
+        let held: u64 = unlanded().map(|r| r.size).sum();
+        let holding = unlanded().count();
         if stored.saturating_add(held).saturating_add(size) > self.quota_bytes
-            || files + mine.len() >= MAX_FILES_PER_USER
-            || mine.len() >= MAX_RESERVED_PER_USER
+            || files + holding >= MAX_FILES_PER_USER
+            || holding >= MAX_RESERVED_PER_USER
             || reserved.values().map(Vec::len).sum::<usize>() >= MAX_RESERVED
         {
             return Err(SlotRefusal::Quota);
@@ -327,9 +341,7 @@ impl Slots {
 
     /// The object key of `user/slot/name`, if those could name a file.
     pub fn key(&self, user: &str, slot: &str, name: &str) -> Option<String> {
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        let ok = hex(user, 32) && hex(slot, 32) && clean_name(name).as_deref() == Some(name);
-        ok.then(|| format!("{user}/{slot}/{name}"))
+        upload_key(user, slot, name)
     }
 
     /// The stored file of `user/slot/name` on local disk, if those name
@@ -394,6 +406,23 @@ impl Slots {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+}
+
+/// The object key of `user/slot/name`, if those could name a file.
+fn upload_key(user: &str, slot: &str, name: &str) -> Option<String> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = hex(user, 32) && hex(slot, 32) && clean_name(name).as_deref() == Some(name);
+    ok.then(|| format!("{user}/{slot}/{name}"))
+}
+
+/// Whether `key` is an upload's object key (`USER/SLOT/NAME`, as
+/// granted): what the expiry sweep of a bucket may delete.
+pub fn is_upload_key(key: &str) -> bool {
+    let mut parts = key.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(user), Some(slot), Some(name)) => upload_key(user, slot, name).is_some(),
+        _ => false,
     }
 }
 
