@@ -1774,6 +1774,7 @@ mod tests {
                 user: format!("{user}@x"),
                 iq_id: "b".into(),
                 resource: Some(res.into()),
+                bind2: None,
             })
             .await;
             self.until(
@@ -1915,6 +1916,7 @@ mod tests {
                 user: format!("{user}@x"),
                 iq_id: "b".into(),
                 resource: Some("phone".into()),
+                bind2: None,
             })
             .await;
         }
@@ -1947,6 +1949,7 @@ mod tests {
                 user: format!("u{i}@x"),
                 iq_id: "b".into(),
                 resource: Some("r".into()),
+                bind2: None,
             })
             .await;
         }
@@ -2151,6 +2154,7 @@ mod tests {
             user: "carol@x".into(),
             iq_id: "b".into(),
             resource: Some("tablet".into()),
+            bind2: None,
         })
         .await;
         h.until("bind result", |f| {
