@@ -352,7 +352,7 @@ impl S3Store {
         loop {
             let (page, next) = self.list("", token.as_deref())?;
             for object in page {
-                if !upload_key(&object.key) || !object.modified.is_some_and(|m| m < cut) {
+                if !upload_key(&object.key) || object.modified.is_none_or(|m| m >= cut) {
                     continue;
                 }
                 match self.delete(&object.key) {
