@@ -105,7 +105,6 @@ impl InboundHarness {
             Negotiated {
                 resumed: None,
                 jid: Some("alice@example.org/phone".into()),
-                ..Negotiated::default()
             },
         );
         harness.drain();
@@ -197,14 +196,7 @@ impl InboundHarness {
                 let jid = resumed
                     .is_none()
                     .then(|| "alice@example.org/phone".to_owned());
-                self.session.on_connected(
-                    now,
-                    Negotiated {
-                        resumed,
-                        jid,
-                        ..Negotiated::default()
-                    },
-                );
+                self.session.on_connected(now, Negotiated { resumed, jid });
                 self.new_server_stream();
             }
             AppStep::Close => self.session.command(now, Command::Close),

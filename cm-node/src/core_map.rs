@@ -972,7 +972,6 @@ mod tests {
             user: user.into(),
             iq_id: "b".into(),
             resource: None,
-            bind2: None,
         }
     }
 

@@ -780,7 +780,6 @@ mod tests {
             mechanisms: vec!["PLAIN".into()],
             registration: false,
             caps: String::new(),
-            sasl2: true,
         }
     }
 

@@ -1782,7 +1782,6 @@ mod tests {
                 user: format!("{user}@x"),
                 iq_id: "b".into(),
                 resource: Some(res.into()),
-                bind2: None,
             })
             .await;
             self.until(
@@ -1924,7 +1923,6 @@ mod tests {
                 user: format!("{user}@x"),
                 iq_id: "b".into(),
                 resource: Some("phone".into()),
-                bind2: None,
             })
             .await;
         }
@@ -1957,7 +1955,6 @@ mod tests {
                 user: format!("u{i}@x"),
                 iq_id: "b".into(),
                 resource: Some("r".into()),
-                bind2: None,
             })
             .await;
         }
@@ -2162,7 +2159,6 @@ mod tests {
             user: "carol@x".into(),
             iq_id: "b".into(),
             resource: Some("tablet".into()),
-            bind2: None,
         })
         .await;
         h.until("bind result", |f| {

@@ -1048,8 +1048,7 @@ impl Router {
                 user,
                 iq_id,
                 resource,
-                bind2,
-            } => self.bind(node, sid, &user, iq_id, resource, bind2),
+            } => self.bind(node, sid, &user, iq_id, resource),
             Frame::Announce {
                 sid,
                 jid,
