@@ -46,6 +46,8 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
     resumed: bool,
+    /// `connect` logged in with SASL2.
+    sasl2: bool,
     receipts: bool,
     /// The entity capabilities every presence shows (XEP-0115).
     caps: Element,
@@ -92,12 +94,17 @@ impl Client {
             username,
             password: opts.password.clone(),
             mechanism: opts.mechanism,
+            sasl2: opts.sasl2,
+            tag: opts.tag.clone(),
+            stream_management: opts.stream_management.then_some(opts.resume_max_secs),
+            carbons: opts.carbons,
         };
         let (live, negotiated) = dialer
             .clone()
             .connect(opts.previous_session.clone(), opts.resource.clone())
             .await?;
         let resumed = negotiated.resumed.is_some();
+        let sasl2 = negotiated.sasl2;
         let jid = negotiated.jid.clone().unwrap_or_else(|| opts.jid.clone());
         let mut session = Session::new(SessionConfig::new(&opts), StdRng::from_entropy());
         session.on_connected(driver::now(), negotiated);
@@ -114,6 +121,7 @@ impl Client {
             endpoint,
             task,
             resumed,
+            sasl2,
             receipts: opts.receipts,
             caps: crate::pep::caps_element(&opts.notify),
         })
@@ -129,6 +137,12 @@ impl Client {
     /// of the session task's last step; the final count once it ended).
     pub fn duplicates_dropped(&self) -> u64 {
         self.snapshot.borrow().duplicates_dropped
+    }
+
+    /// Whether `connect` logged in with SASL2 (XEP-0388; see
+    /// [`ConnectOptions::sasl2`]).
+    pub fn used_sasl2(&self) -> bool {
+        self.sasl2
     }
 
     /// Whether `connect` resumed `previous_session`.

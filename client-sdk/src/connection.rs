@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use xmpp_sasl::Mechanism;
 use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer};
-use xmpp_stream::ns;
+use xmpp_stream::{ns, sasl2};
 
 use crate::negotiation::{Negotiation, dial};
 use crate::session::Negotiated;
@@ -61,25 +61,44 @@ pub(crate) struct Dialer {
     pub(crate) password: String,
     /// The SASL mechanism.
     pub(crate) mechanism: Mechanism,
+    /// Log in with SASL2, Bind2 and inline resumption where offered.
+    pub(crate) sasl2: bool,
+    /// The Bind2 tag (the resource becomes `tag/random`).
+    pub(crate) tag: String,
+    /// Enable stream management (with this resumption time; 0: the
+    /// server's default).
+    pub(crate) stream_management: Option<u32>,
+    /// Enable carbons.
+    pub(crate) carbons: bool,
 }
 
 impl Dialer {
-    /// Dials, authenticates, then resumes `resumption` if the server offers
-    /// stream management, or binds `resource`.
+    /// Dials and logs in: SASL2 with an inline resumption of `resumption`
+    /// and a Bind2 binding (SM and carbons inline) if the server offers it
+    /// and no exact `resource` is asked for (Bind2 makes `tag/random`;
+    /// with one, the legacy bind follows the SASL2 success on the same
+    /// stream); otherwise SASL, a stream restart, then resumption or bind.
     pub(crate) async fn connect(
         self,
         resumption: Option<(String, u32)>,
         resource: Option<String>,
     ) -> Result<(Live, Negotiated), ClientError> {
-        let (conn, mut nego) = dial(
-            &self.endpoint,
-            self.server,
-            &self.domain,
+        let (conn, mut nego, features) = dial(&self.endpoint, self.server, &self.domain).await?;
+        let offer = sasl2::Offer::from_features(&features)
+            .filter(|o| self.sasl2 && o.mechanisms.iter().any(|m| m == self.mechanism.name()));
+        if let Some(offer) = offer {
+            let negotiated = self.sasl2(&mut nego, &offer, resumption, resource).await?;
+            return Ok((Live::start(conn, nego), negotiated));
+        }
+        nego.sasl1(
+            &features,
             &self.username,
             &self.password,
             self.mechanism,
+            None,
         )
         .await?;
+        nego.open(&self.domain).await?;
         let features = nego.element().await?;
         let mut resumed = None;
         if let Some((id, h)) = resumption
@@ -91,7 +110,78 @@ impl Dialer {
             Some(_) => None,
             None => Some(nego.bind(&features, resource.as_deref()).await?),
         };
-        Ok((Live::start(conn, nego), Negotiated { resumed, jid }))
+        Ok((
+            Live::start(conn, nego),
+            Negotiated {
+                resumed,
+                jid,
+                ..Negotiated::default()
+            },
+        ))
+    }
+
+    /// The SASL2 login (see [`Dialer::connect`]).
+    async fn sasl2(
+        &self,
+        nego: &mut Negotiation,
+        offer: &sasl2::Offer,
+        resumption: Option<(String, u32)>,
+        resource: Option<String>,
+    ) -> Result<Negotiated, ClientError> {
+        let bind = (offer.bind2 && resource.is_none()).then(|| sasl2::BindRequest {
+            tag: Some(self.tag.clone()),
+            sm: self
+                .stream_management
+                .filter(|_| offer.bind2_offers(ns::SM))
+                .map(|max| sasl2::SmEnable { resume: true, max }),
+            carbons: self.carbons && offer.bind2_offers(ns::CARBONS),
+            inactive: false,
+        });
+        let request = sasl2::Authenticate {
+            user_agent: Some(sasl2::UserAgent {
+                software: Some("longlink-sdk".into()),
+                ..sasl2::UserAgent::default()
+            }),
+            resume: resumption
+                .filter(|_| offer.sm)
+                .map(|(previd, h)| sasl2::Resume { previd, h }),
+            bind,
+            ..sasl2::Authenticate::default()
+        };
+        let outcome = nego
+            .sasl2(request, &self.username, &self.password, self.mechanism)
+            .await?;
+        let success = &outcome.success;
+        if let Some(resumed) = success.inline("resumed", ns::SM) {
+            let h = resumed
+                .attr("h")
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| ClientError::Protocol("<resumed/> without h".into()))?;
+            return Ok(Negotiated {
+                resumed: Some(h),
+                sasl2: true,
+                ..Negotiated::default()
+            });
+        }
+        if let Some(bound) = success.inline("bound", ns::BIND2) {
+            let sm_enabled = bound
+                .child("enabled", ns::SM)
+                .map(|e| e.attr("id").map(str::to_owned));
+            return Ok(Negotiated {
+                resumed: None,
+                jid: Some(success.authorization_identifier.clone()),
+                sasl2: true,
+                sm_enabled,
+                carbons_enabled: self.carbons && offer.bind2_offers(ns::CARBONS),
+            });
+        }
+        // Authenticated, not bound: the legacy bind on this stream.
+        let jid = nego.bind(&outcome.features, resource.as_deref()).await?;
+        Ok(Negotiated {
+            jid: Some(jid),
+            sasl2: true,
+            ..Negotiated::default()
+        })
     }
 }
 

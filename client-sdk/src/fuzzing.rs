@@ -105,6 +105,7 @@ impl InboundHarness {
             Negotiated {
                 resumed: None,
                 jid: Some("alice@example.org/phone".into()),
+                ..Negotiated::default()
             },
         );
         harness.drain();
@@ -196,7 +197,14 @@ impl InboundHarness {
                 let jid = resumed
                     .is_none()
                     .then(|| "alice@example.org/phone".to_owned());
-                self.session.on_connected(now, Negotiated { resumed, jid });
+                self.session.on_connected(
+                    now,
+                    Negotiated {
+                        resumed,
+                        jid,
+                        ..Negotiated::default()
+                    },
+                );
                 self.new_server_stream();
             }
             AppStep::Close => self.session.command(now, Command::Close),

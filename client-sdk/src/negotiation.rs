@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xmpp_sasl::{Mechanism, ScramClient};
 use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
-use xmpp_stream::{ns, stream};
+use xmpp_stream::{ns, sasl2, stream};
 
 use crate::{ClientError, event};
 
@@ -96,6 +96,7 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
     }
 
     /// Authenticates with `mechanism` (reads the features first).
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))] // (the tools' API)
     pub async fn authenticate(
         &mut self,
         username: &str,
@@ -107,6 +108,7 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
     }
 
     /// [`Self::authenticate`], taking SCRAM SaltedPasswords from `cache`.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))] // (the tools' API)
     pub async fn authenticate_cached(
         &mut self,
         username: &str,
@@ -115,6 +117,20 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         cache: Option<&std::sync::Arc<xmpp_sasl::SaltedCache>>,
     ) -> Result<(), ClientError> {
         let features = self.element().await?;
+        self.sasl1(&features, username, password, mechanism, cache)
+            .await
+    }
+
+    /// RFC 6120 SASL with `mechanism` on the `features` already read; the
+    /// caller restarts the stream next.
+    pub async fn sasl1(
+        &mut self,
+        features: &Element,
+        username: &str,
+        password: &str,
+        mechanism: Mechanism,
+        cache: Option<&std::sync::Arc<xmpp_sasl::SaltedCache>>,
+    ) -> Result<(), ClientError> {
         let offered = features
             .child("mechanisms", ns::SASL)
             .map(|m| m.elements().map(|e| e.text()).collect::<Vec<_>>())
@@ -122,56 +138,84 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         if !offered.iter().any(|m| m == mechanism.name()) {
             return Err(ClientError::Auth("invalid-mechanism".into()));
         }
-        let mut scram = mechanism.scram_hash().map(|h| {
-            let client = ScramClient::new(h, username, password);
-            match cache {
-                Some(c) => client.with_cache(c.clone()),
-                None => client,
-            }
-        });
-        let initial = match &scram {
-            Some(s) => s.client_first(),
-            None => xmpp_sasl::plain_message(username, password),
-        };
+        let (mut scram, initial) = sasl_client(username, password, mechanism, cache);
         let auth = stream::sasl_element("auth", Some(mechanism.name()), Some(&B64.encode(initial)));
         self.write(&auth).await?;
+        self.exchange(&mut scram, false).await.map(|_| ())
+    }
+
+    /// SASL2 (XEP-0388): `request` (its mechanism and initial response
+    /// are filled in here) with its inline requests; on success, what the
+    /// `<success/>` said, after the features that follow it were read (no
+    /// stream restart). A `<failure/>` leaves the stream open for a retry
+    /// ([`ClientError::Auth`]).
+    pub async fn sasl2(
+        &mut self,
+        mut request: sasl2::Authenticate,
+        username: &str,
+        password: &str,
+        mechanism: Mechanism,
+    ) -> Result<Sasl2Outcome, ClientError> {
+        let (mut scram, initial) = sasl_client(username, password, mechanism, None);
+        request.mechanism = mechanism.name().to_owned();
+        request.initial_response = Some(initial);
+        self.write(&request.to_element().to_bytes(ns::CLIENT))
+            .await?;
+        let success = self.exchange(&mut scram, true).await?;
+        let features = self.element().await?;
+        Ok(Sasl2Outcome { success, features })
+    }
+
+    /// Runs a SASL exchange whose first element is written: challenges
+    /// answered, the server's signature checked; returns the success.
+    async fn exchange(
+        &mut self,
+        scram: &mut Option<ScramClient>,
+        sasl2: bool,
+    ) -> Result<sasl2::Success, ClientError> {
+        let protocol = |_| ClientError::Protocol("SASL data is not base64".into());
         loop {
             let el = self.element().await?;
-            let text = el.text();
-            let data = match text.trim() {
-                "" | "=" => Vec::new(),
-                t => B64
-                    .decode(t)
-                    .map_err(|_| ClientError::Protocol("SASL data is not base64".into()))?,
-            };
             match el.name.as_str() {
                 "challenge" => {
+                    let data = sasl2::read_data(&el).map_err(protocol)?;
                     let reply = scram
                         .as_mut()
                         .ok_or_else(|| ClientError::Protocol("challenge for PLAIN".into()))?
                         .handle_server_first(&data)
                         .map_err(|e| ClientError::Auth(e.condition().to_owned()))?;
-                    self.write(&stream::sasl_element(
-                        "response",
-                        None,
-                        Some(&B64.encode(reply)),
-                    ))
-                    .await?;
+                    let response = if sasl2 {
+                        sasl2::data_element("response", &reply)
+                    } else {
+                        stream::sasl_element("response", None, Some(&B64.encode(reply)))
+                    };
+                    self.write(&response).await?;
                 }
                 "success" => {
+                    let success = if sasl2 {
+                        sasl2::Success::parse(&el).map_err(protocol)?
+                    } else {
+                        sasl2::Success {
+                            additional_data: sasl2::read_data(&el).map_err(protocol)?,
+                            ..sasl2::Success::default()
+                        }
+                    };
                     if let Some(scram) = &scram {
                         scram
-                            .verify_server_final(&data)
+                            .verify_server_final(&success.additional_data)
                             .map_err(|_| ClientError::Auth("server signature invalid".into()))?;
                     }
-                    return Ok(());
+                    return Ok(success);
                 }
                 "failure" => {
-                    let cond = el
-                        .elements()
-                        .find(|c| c.name != "text")
-                        .map(|c| c.name.clone())
-                        .unwrap_or_else(|| "not-authorized".into());
+                    let cond = if sasl2 {
+                        sasl2::failure_condition(&el)
+                    } else {
+                        el.elements()
+                            .find(|c| c.name != "text")
+                            .map(|c| c.name.clone())
+                            .unwrap_or_else(|| "not-authorized".into())
+                    };
                     return Err(ClientError::Auth(cond));
                 }
                 other => {
@@ -239,16 +283,44 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
     }
 }
 
-/// Opens a QUIC connection and its XMPP stream, and authenticates; the
-/// caller binds or resumes next.
+/// What a SASL2 login got: the `<success/>` and the stream features that
+/// followed it.
+#[derive(Clone, Debug)]
+pub struct Sasl2Outcome {
+    /// The success, with its inline answers.
+    pub success: sasl2::Success,
+    /// The features of the authenticated stream.
+    pub features: Element,
+}
+
+/// The SASL client for `mechanism` and its initial response.
+fn sasl_client(
+    username: &str,
+    password: &str,
+    mechanism: Mechanism,
+    cache: Option<&std::sync::Arc<xmpp_sasl::SaltedCache>>,
+) -> (Option<ScramClient>, Vec<u8>) {
+    let scram = mechanism.scram_hash().map(|h| {
+        let client = ScramClient::new(h, username, password);
+        match cache {
+            Some(c) => client.with_cache(c.clone()),
+            None => client,
+        }
+    });
+    let initial = match &scram {
+        Some(s) => s.client_first(),
+        None => xmpp_sasl::plain_message(username, password),
+    };
+    (scram, initial)
+}
+
+/// Opens a QUIC connection and its XMPP stream; returns the stream's
+/// features.
 pub(crate) async fn dial(
     endpoint: &quinn::Endpoint,
     server: std::net::SocketAddr,
     domain: &str,
-    username: &str,
-    password: &str,
-    mechanism: Mechanism,
-) -> Result<(quinn::Connection, Negotiation), ClientError> {
+) -> Result<(quinn::Connection, Negotiation, Element), ClientError> {
     let conn = endpoint
         .connect(server, domain)
         .map_err(|e| ClientError::Unreachable(e.to_string()))?
@@ -257,7 +329,6 @@ pub(crate) async fn dial(
     let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
     let mut nego = Negotiation::new(send, recv);
     nego.open(domain).await?;
-    nego.authenticate(username, password, mechanism).await?;
-    nego.open(domain).await?;
-    Ok((conn, nego))
+    let features = nego.element().await?;
+    Ok((conn, nego, features))
 }

@@ -33,6 +33,15 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// SASL mechanism to use (SCRAM-SHA-256 unless changed).
     pub mechanism: Mechanism,
+    /// Log in with SASL2 (XEP-0388), Bind2 (XEP-0386) and inline
+    /// resumption where the server offers them (default on): one round
+    /// trip for authentication, binding, SM enable and carbons. Off: SASL,
+    /// a stream restart, then bind or resume, SM and carbons one by one.
+    pub sasl2: bool,
+    /// The Bind2 tag: a session bound with Bind2 gets the resource
+    /// `tag/random` (default `longlink`). A [`Self::resource`] asked for
+    /// is bound the legacy way instead (after SASL2, on the same stream).
+    pub tag: String,
     /// Enable XEP-0198 stream management with resumption (default on).
     pub stream_management: bool,
     /// Ask for carbon copies of this account's conversations (XEP-0280).
@@ -69,6 +78,8 @@ impl ConnectOptions {
             trust: Trust::CaFile(PathBuf::from("ca.pem")),
             timeout: Duration::from_secs(10),
             mechanism: Mechanism::ScramSha256,
+            sasl2: true,
+            tag: "longlink".into(),
             stream_management: true,
             carbons: true,
             resume_max_secs: 0,
@@ -123,6 +134,19 @@ impl ConnectOptions {
     /// Whether to ask for and send delivery receipts.
     pub fn with_receipts(mut self, on: bool) -> Self {
         self.receipts = on;
+        self
+    }
+
+    /// Logs in with RFC 6120 SASL only, as servers without SASL2 need (a
+    /// stream restart, then bind or resume).
+    pub fn with_sasl1_only(mut self) -> Self {
+        self.sasl2 = false;
+        self
+    }
+
+    /// Uses another Bind2 tag (see [`Self::tag`]).
+    pub fn with_tag(mut self, tag: &str) -> Self {
+        self.tag = tag.to_owned();
         self
     }
 

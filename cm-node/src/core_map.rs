@@ -972,6 +972,7 @@ mod tests {
             user: user.into(),
             iq_id: "b".into(),
             resource: None,
+            bind2: None,
         }
     }
 

@@ -780,6 +780,7 @@ mod tests {
             mechanisms: vec!["PLAIN".into()],
             registration: false,
             caps: String::new(),
+            sasl2: true,
         }
     }
 

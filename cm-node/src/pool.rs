@@ -496,12 +496,14 @@ async fn run_connection(
             instance,
             registration,
             caps,
+            sasl2,
             ..
         }) => {
             pool.welcomed(CoreOffer {
                 mechanisms,
                 registration,
                 caps,
+                sasl2,
             });
             tracing::info!(index, core_instance = instance, "connected to the core");
             if last_instance.is_some_and(|last| last != instance) {
@@ -706,12 +708,14 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
             mechanisms,
             registration,
             caps,
+            sasl2,
             ..
         } => {
             pool.welcomed(CoreOffer {
                 mechanisms: mechanisms.clone(),
                 registration: *registration,
                 caps: caps.clone(),
+                sasl2: *sasl2,
             });
             return;
         }
@@ -818,6 +822,7 @@ mod tests {
             mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
             registration,
             caps: String::new(),
+            sasl2: true,
         }
     }
 

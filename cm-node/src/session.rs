@@ -13,7 +13,9 @@
 //!
 //! The CM negotiates the stream itself (`features`), relays SASL
 //! (`sasl`), in-band registration (`registration`) and resource binding
-//! or resumption (`binding`) to the core, then stamps and relays stanzas
+//! or resumption (`binding`) to the core — or, with SASL2 (XEP-0388), one
+//! `<authenticate/>` carrying an inline resumption and a Bind2 binding with
+//! SM enable and carbons (`inline`), answered by one `<success/>` — then stamps and relays stanzas
 //! (`relay`) and keeps its share of stream management and client state
 //! indication (`stream_management`). It polices the stream: the framer's
 //! limits, a read budget ([`xmpp_stream::pacing::TokenBucket`]) and a deadline to authenticate
@@ -21,6 +23,7 @@
 
 mod binding;
 mod features;
+mod inline;
 mod output;
 mod registration;
 mod relay;
@@ -47,10 +50,11 @@ pub use report::{EndReason, LoginResult, Refusal, SessionReport};
 pub use stream_management::SmCounts;
 
 use binding::{Binding, Resumed};
+use inline::Inline;
 use output::{Output, StreamError};
 use registration::InBandRegistration;
 use relay::AnnouncedPresence;
-use sasl::SaslRelay;
+use sasl::{Profile, SaslRelay};
 use stream_management::StreamManagement;
 
 /// A stream must be authenticated and bound within this, or it is closed
@@ -152,6 +156,11 @@ enum State {
     AwaitingOffer,
     /// Before authentication: SASL (or registration).
     Sasl,
+    /// SASL2 succeeded at the core; its inline requests (resumption,
+    /// Bind2, SM enable) are at the core and the `<success/>` waits for
+    /// their answers. What the client sends meanwhile waits unparsed, as
+    /// in `AwaitingOffer`.
+    Inline,
     /// Authenticated: binding or resumption.
     Bind,
     /// Bound: stanzas flow.
@@ -175,6 +184,9 @@ pub struct ClientSession {
     /// The bound full JID.
     jid: Option<String>,
     sasl: SaslRelay,
+    /// The inline requests of a SASL2 `<authenticate/>`, until its
+    /// `<success/>` is written.
+    inline: Option<Inline>,
     registration: InBandRegistration,
     binding: Binding,
     presence: AnnouncedPresence,
@@ -216,6 +228,7 @@ impl ClientSession {
             user: None,
             jid: None,
             sasl: SaslRelay::default(),
+            inline: None,
             registration: InBandRegistration::default(),
             binding: Binding::default(),
             presence: AnnouncedPresence::default(),
@@ -255,17 +268,25 @@ impl ClientSession {
             return;
         }
         self.core_batch = true;
+        let was_inline = self.state == State::Inline;
         let result = match (self.state, frame) {
             (
                 _,
                 frame @ (Frame::AuthChallenge { .. }
                 | Frame::AuthSuccess { .. }
                 | Frame::AuthFailure { .. }),
-            ) => self.sasl.on_core(frame, &mut self.out).map(|user| {
-                if let Some(user) = user {
-                    self.authenticated(user);
-                }
-            }),
+            ) => self
+                .sasl
+                .on_core(frame, &mut self.out)
+                .map(|authenticated| match authenticated {
+                    Some(a) if a.profile == Profile::Sasl2 => self.sasl2_succeeded(a.user, a.data),
+                    Some(a) => self.authenticated(a.user),
+                    None => {}
+                }),
+            (State::Inline, frame) => {
+                self.on_inline_answer(frame);
+                Ok(())
+            }
             (_, Frame::RegisterResult { error, .. }) => {
                 self.registration.on_result(error, &mut self.out);
                 Ok(())
@@ -317,6 +338,10 @@ impl ClientSession {
         };
         if let Err(e) = result {
             self.close_with(e);
+        }
+        if was_inline && !matches!(self.state, State::Inline | State::Closed) {
+            // what the client sent behind its `<authenticate/>`
+            self.process_events();
         }
     }
 
@@ -381,7 +406,7 @@ impl ClientSession {
         self.read_paused_until.is_none()
             && match self.state {
                 State::Closed => false,
-                State::AwaitingOffer => {
+                State::AwaitingOffer | State::Inline => {
                     self.framer.buffered() < self.settings.limits.max_stanza_bytes
                 }
                 _ => true,
@@ -452,7 +477,10 @@ impl ClientSession {
 
     /// Runs the framer over what it holds, element by element.
     fn process_events(&mut self) {
-        while !matches!(self.state, State::Closed | State::AwaitingOffer) {
+        while !matches!(
+            self.state,
+            State::Closed | State::AwaitingOffer | State::Inline
+        ) {
             match self.framer.next_event() {
                 Ok(None) => break,
                 Ok(Some(FrameEvent::Open(header))) => self.on_open(header),
@@ -518,7 +546,10 @@ impl ClientSession {
         let sid = self.sid;
         let iq = top.stanza_kind() == Some(StanzaKind::Iq);
         let result = match self.state {
-            State::Sasl if top.ns == ns::SASL => match &self.offer {
+            State::Sasl if top.ns == ns::SASL2 && top.name == "authenticate" => {
+                self.on_authenticate(&raw)
+            }
+            State::Sasl if top.ns == ns::SASL || top.ns == ns::SASL2 => match &self.offer {
                 Some(offer) => self.sasl.on_element(sid, offer, &raw, &top, &mut self.out),
                 None => Ok(()),
             },
@@ -556,7 +587,7 @@ impl ClientSession {
                 "authenticate and bind first",
             )
             .refusing(Refusal::Unauthenticated)),
-            State::Header { .. } | State::AwaitingOffer | State::Closed => Ok(()),
+            State::Header { .. } | State::AwaitingOffer | State::Inline | State::Closed => Ok(()),
         };
         if let Err(e) = result {
             self.close_with(e);

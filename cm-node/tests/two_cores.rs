@@ -68,6 +68,7 @@ impl TestCore {
                 mechanisms: vec!["PLAIN".into()],
                 registration: false,
                 caps: String::new(),
+                sasl2: false,
             }
             .encode(&mut out);
             if send.write_all(&out).await.is_err() {

@@ -128,6 +128,8 @@ pub struct AuthService {
     plain_slots: tokio::sync::Semaphore,
     /// In-band registration (XEP-0077) is offered.
     registration: bool,
+    /// SASL2 (XEP-0388) with Bind2 is offered beside SASL.
+    sasl2: bool,
     /// Registrations allowed now (a token bucket refilled over time).
     register_tokens: Mutex<TokenBucket>,
     /// Failed attempts per account and per client address.
@@ -154,6 +156,7 @@ impl AuthService {
             pending: Mutex::new(HashMap::new()),
             plain_slots: tokio::sync::Semaphore::new(PLAIN_SLOTS),
             registration: false,
+            sasl2: true,
             register_tokens: Mutex::new(TokenBucket::new(
                 REGISTRATIONS_PER_SEC,
                 REGISTRATION_BURST,
@@ -167,6 +170,17 @@ impl AuthService {
     pub fn with_registration(mut self, on: bool) -> Self {
         self.registration = on;
         self
+    }
+
+    /// Offers SASL2 with Bind2 and inline stream management (default on).
+    pub fn with_sasl2(mut self, on: bool) -> Self {
+        self.sasl2 = on;
+        self
+    }
+
+    /// Whether SASL2 is offered.
+    pub fn sasl2(&self) -> bool {
+        self.sasl2
     }
 
     /// Whether in-band registration is offered.

@@ -38,6 +38,10 @@ pub struct CoreConfig {
     /// Let clients create accounts in-band (XEP-0077).
     #[serde(default)]
     pub registration: bool,
+    /// Offer SASL2 (XEP-0388) with Bind2 (XEP-0386) and inline stream
+    /// management beside SASL (one round trip instead of five at login).
+    #[serde(default = "yes")]
+    pub sasl2: bool,
     /// Archive chat messages (XEP-0313), before acknowledging them to
     /// their sender. Off: no history, one durable write less per message.
     #[serde(default = "yes")]
@@ -167,6 +171,7 @@ impl CoreConfig {
             allow_plain: true,
             database_url: None,
             registration: false,
+            sasl2: true,
             archive: true,
             max_resources_per_account: default_max_resources(),
             storage_queue_bytes: default_storage_queue_bytes(),

@@ -1782,6 +1782,7 @@ mod tests {
                 user: format!("{user}@x"),
                 iq_id: "b".into(),
                 resource: Some(res.into()),
+                bind2: None,
             })
             .await;
             self.until(
@@ -1923,6 +1924,7 @@ mod tests {
                 user: format!("{user}@x"),
                 iq_id: "b".into(),
                 resource: Some("phone".into()),
+                bind2: None,
             })
             .await;
         }
@@ -1955,6 +1957,7 @@ mod tests {
                 user: format!("u{i}@x"),
                 iq_id: "b".into(),
                 resource: Some("r".into()),
+                bind2: None,
             })
             .await;
         }
@@ -2159,6 +2162,7 @@ mod tests {
             user: "carol@x".into(),
             iq_id: "b".into(),
             resource: Some("tablet".into()),
+            bind2: None,
         })
         .await;
         h.until("bind result", |f| {

@@ -346,7 +346,8 @@ pub async fn start_with_store(
     }));
     let auth = Arc::new(
         auth::AuthService::new(&config.domain, storage.clone(), config.allow_plain)
-            .with_registration(config.registration),
+            .with_registration(config.registration)
+            .with_sasl2(config.sasl2),
     );
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

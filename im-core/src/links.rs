@@ -583,6 +583,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         mechanisms: ctx.auth.mechanisms(),
         registration: ctx.auth.registration(),
         caps: ctx.caps.clone(),
+        sasl2: ctx.auth.sasl2(),
     });
     // What registering tells the router goes under the registry's lock,
     // so room for it is reserved first (at most a NodeGone and a LinkLost).

@@ -1048,7 +1048,8 @@ impl Router {
                 user,
                 iq_id,
                 resource,
-            } => self.bind(node, sid, &user, iq_id, resource),
+                bind2,
+            } => self.bind(node, sid, &user, iq_id, resource, bind2),
             Frame::Announce {
                 sid,
                 jid,

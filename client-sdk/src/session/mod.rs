@@ -199,12 +199,19 @@ pub(crate) struct Snapshot {
 }
 
 /// How a new connection was negotiated.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Negotiated {
     /// `h` of `<resumed/>`, or None if a new session was bound.
     pub(crate) resumed: Option<u32>,
     /// The bound full JID of a new session.
     pub(crate) jid: Option<String>,
+    /// Logged in with SASL2 (XEP-0388).
+    pub(crate) sasl2: bool,
+    /// Stream management was enabled with a Bind2 binding: the
+    /// `<enabled/>`'s id (None: not resumable).
+    pub(crate) sm_enabled: Option<Option<String>>,
+    /// Carbons were enabled with a Bind2 binding.
+    pub(crate) carbons_enabled: bool,
 }
 
 /// What the session decided; carried out in order by the driver.
@@ -457,7 +464,13 @@ impl Session {
         let Link::Connecting { attempt } = self.link else {
             return;
         };
-        let Negotiated { resumed, jid } = negotiated;
+        let Negotiated {
+            resumed,
+            jid,
+            sm_enabled,
+            carbons_enabled,
+            ..
+        } = negotiated;
         let resend = match resumed {
             Some(h) => {
                 let (acked, rest) = self.sm.resumed(h);
@@ -480,7 +493,7 @@ impl Session {
         };
         if resumed.is_none() {
             // a resumed session keeps its carbons and roster pushes
-            self.new_login(now);
+            self.new_login(now, sm_enabled, carbons_enabled);
         }
         if !self.active {
             // a new CM knows nothing of it, resumed or not
@@ -868,8 +881,13 @@ impl Session {
     /// What a freshly bound session asks for: stream management, the
     /// roster if the app wanted it (its items arrive as roster pushes, as
     /// they may have changed meanwhile), and carbons.
-    fn new_login(&mut self, now: Instant) {
-        if self.config.stream_management {
+    /// With Bind2 (SASL2), stream management (`sm_enabled`: the id of
+    /// the `<enabled/>`) and carbons may already be on.
+    fn new_login(&mut self, now: Instant, sm_enabled: Option<Option<String>>, carbons_on: bool) {
+        if let Some(id) = sm_enabled {
+            self.sm.enabling();
+            self.sm.enabled(id);
+        } else if self.config.stream_management {
             let max = self.config.resume_max_secs.to_string();
             let mut attrs = vec![("resume", "true")];
             if self.config.resume_max_secs > 0 {
@@ -884,7 +902,7 @@ impl Session {
             let id = self.new_id();
             let _ = self.send_iq(now, roster_get(), id, Waiter::RosterRefresh);
         }
-        if self.config.carbons {
+        if self.config.carbons && !carbons_on {
             let enable = Element::new("iq", ns::CLIENT)
                 .with_attr("type", "set")
                 .with_child(Element::new("enable", ns::CARBONS));

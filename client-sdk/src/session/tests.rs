@@ -94,6 +94,7 @@ fn bound() -> Negotiated {
     Negotiated {
         resumed: None,
         jid: Some(format!("{OWN}/phone")),
+        ..Negotiated::default()
     }
 }
 
@@ -234,6 +235,7 @@ fn reconnection_starts_at_once_then_backs_off_with_jitter_up_to_the_cap_and_rese
         Negotiated {
             resumed: Some(0),
             jid: None,
+            ..Negotiated::default()
         },
     );
     assert_eq!(
@@ -315,6 +317,7 @@ fn a_temporary_auth_failure_while_reconnecting_is_retried_with_backoff_and_loses
         Negotiated {
             resumed: Some(0),
             jid: None,
+            ..Negotiated::default()
         },
     );
     let out = drain(&mut s);
@@ -375,6 +378,7 @@ fn after_resumption_what_the_servers_h_does_not_cover_is_resent_then_the_outbox(
         Negotiated {
             resumed: Some(2),
             jid: None,
+            ..Negotiated::default()
         },
     );
     let out = drain(&mut s);
@@ -419,6 +423,7 @@ fn after_a_new_login_everything_unacknowledged_is_resent_with_the_presence() {
         Negotiated {
             resumed: None,
             jid: Some(format!("{OWN}/other")),
+            ..Negotiated::default()
         },
     );
     // (an unacknowledged presence would go out twice: kept, and resent)
@@ -465,6 +470,7 @@ fn a_presence_changed_offline_is_sent_even_when_the_session_resumes() {
         Negotiated {
             resumed: Some(1),
             jid: None,
+            ..Negotiated::default()
         },
     );
     let w = written(&drain(&mut s));
@@ -859,6 +865,7 @@ fn transient_stream_errors_reconnect_and_final_ones_end_the_session() {
         Negotiated {
             resumed: Some(0),
             jid: None,
+            ..Negotiated::default()
         },
     );
     drain(&mut s);
@@ -995,6 +1002,7 @@ fn a_saved_session_resumed_at_the_first_connection_continues_its_counters() {
         Negotiated {
             resumed: Some(3),
             jid: None,
+            ..Negotiated::default()
         },
     );
     let out = drain(&mut s);
@@ -1072,6 +1080,7 @@ fn an_inactive_state_is_sent_on_every_new_connection() {
         Negotiated {
             resumed: Some(0),
             jid: None,
+            ..Negotiated::default()
         },
     );
     assert_eq!(
@@ -1245,6 +1254,7 @@ fn with_stream_management_a_failed_write_leaves_the_stanzas_to_it() {
         Negotiated {
             resumed: Some(0),
             jid: None,
+            ..Negotiated::default()
         },
     );
     let w = written(&drain(&mut s));
@@ -1425,6 +1435,7 @@ fn after_a_resumption_the_unacknowledged_stanzas_go_before_a_presence_changed_wh
         Negotiated {
             resumed: Some(0),
             jid: None,
+            ..Negotiated::default()
         },
     );
     let w = written(&drain(&mut s));
@@ -2231,6 +2242,7 @@ fn after_a_resumption_rooms_stay_joined_and_a_join_asked_offline_goes_out_before
         Negotiated {
             resumed: Some(1),
             jid: None,
+            ..Negotiated::default()
         },
     );
     let w = written(&drain(&mut s));

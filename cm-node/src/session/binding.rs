@@ -3,7 +3,7 @@
 //! relays the request and turns the answer into the client's reply.
 
 use bytes::Bytes;
-use cm_protocol::{Frame, Resumption, SessionId};
+use cm_protocol::{Bind2, Frame, Resumption, SessionId};
 use xmpp_stream::element::Element;
 use xmpp_stream::stanza::{StanzaKind, error_reply};
 use xmpp_stream::{StanzaCondition, StreamCondition, TopLevel, ns, stream};
@@ -32,6 +32,15 @@ pub(super) struct Resumed {
     pub client_h: u32,
     /// What the core answered: the full JID, its `h`, presence, time.
     pub resumption: Resumption,
+}
+
+impl Resumed {
+    /// `<resumed previd h/>` (XEP-0198 §5), alone or inline in a SASL2 success.
+    pub fn element(&self) -> Element {
+        Element::new("resumed", ns::SM)
+            .with_attr("previd", &self.previd)
+            .with_attr("h", self.resumption.h.to_string())
+    }
 }
 
 impl Binding {
@@ -66,6 +75,7 @@ impl Binding {
                     user: user.to_owned(),
                     iq_id: id,
                     resource,
+                    bind2: None,
                 });
                 Ok(())
             }
@@ -83,6 +93,12 @@ impl Binding {
             out.write(stream::sm_failed("bad-request", None));
             return;
         };
+        self.resume(sid, user, previd, h, out);
+    }
+
+    /// Asks the core to resume `previd` for `user`, the client having
+    /// received `h` (a `<resume/>`, or one inline in a SASL2 `<authenticate/>`).
+    pub fn resume(&mut self, sid: SessionId, user: &str, previd: String, h: u32, out: &mut Output) {
         *self = Binding::Resuming {
             previd: previd.clone(),
             h,
@@ -92,6 +108,21 @@ impl Binding {
             user: user.to_owned(),
             previd,
             h,
+        });
+    }
+
+    /// Asks the core for a Bind2 binding (XEP-0386, inline in SASL2); its
+    /// `BindResult` answers with an empty IQ id.
+    pub fn bind2(&mut self, sid: SessionId, user: &str, bind2: Bind2, out: &mut Output) {
+        *self = Binding::Pending {
+            iq_id: String::new(),
+        };
+        out.send(Frame::Bind {
+            sid,
+            user: user.to_owned(),
+            iq_id: String::new(),
+            resource: None,
+            bind2: Some(bind2),
         });
     }
 
@@ -105,11 +136,7 @@ impl Binding {
         user: &str,
         out: &mut Output,
     ) -> Option<String> {
-        let Binding::Pending { iq_id: pending } = std::mem::take(self) else {
-            tracing::debug!("bind result ignored: no bind pending");
-            return None;
-        };
-        let iq_id = if iq_id.is_empty() { pending } else { iq_id };
+        let (iq_id, result) = self.take_bind_result(iq_id, result)?;
         match result {
             Ok(jid) => {
                 out.write_stanza(Bytes::from(stream::bind_result(&iq_id, &jid)));
@@ -130,27 +157,48 @@ impl Binding {
         }
     }
 
+    /// The core's `BindResult` for the pending bind, with the IQ id it
+    /// answers; None if no bind is pending.
+    pub fn take_bind_result(
+        &mut self,
+        iq_id: String,
+        result: Result<String, String>,
+    ) -> Option<(String, Result<String, String>)> {
+        let Binding::Pending { iq_id: pending } = std::mem::take(self) else {
+            tracing::debug!("bind result ignored: no bind pending");
+            return None;
+        };
+        let iq_id = if iq_id.is_empty() { pending } else { iq_id };
+        Some((iq_id, result))
+    }
+
+    /// The core's `Resumed` for the pending resumption: what the session
+    /// resumes, or the condition it failed with; None if none is pending.
+    pub fn take_resumed(
+        &mut self,
+        result: Result<Resumption, String>,
+    ) -> Option<Result<Resumed, String>> {
+        let Binding::Resuming { previd, h } = std::mem::take(self) else {
+            tracing::debug!("resumption answer ignored: none pending");
+            return None;
+        };
+        Some(result.map(|resumption| Resumed {
+            previd,
+            client_h: h,
+            resumption,
+        }))
+    }
+
     /// The core's `Resumed`; returns what the session resumes.
     pub fn on_resumed(
         &mut self,
         result: Result<Resumption, String>,
         out: &mut Output,
     ) -> Option<Resumed> {
-        let Binding::Resuming { previd, h } = std::mem::take(self) else {
-            tracing::debug!("resumption answer ignored: none pending");
-            return None;
-        };
-        match result {
-            Ok(r) => {
-                out.write(stream::sm_element(
-                    "resumed",
-                    &[("previd", &previd), ("h", &r.h.to_string())],
-                ));
-                Some(Resumed {
-                    previd,
-                    client_h: h,
-                    resumption: r,
-                })
+        match self.take_resumed(result)? {
+            Ok(resumed) => {
+                out.write(resumed.element().to_bytes(ns::CLIENT));
+                Some(resumed)
             }
             Err(condition) => {
                 out.write(stream::sm_failed(&condition, None));

@@ -20,6 +20,8 @@ pub struct CoreOffer {
     /// The `ver` of the server's entity capabilities (XEP-0115), shown in
     /// every stream feature set; empty: none.
     pub caps: String,
+    /// SASL2 (XEP-0388) with Bind2 and inline stream management is offered.
+    pub sasl2: bool,
 }
 
 impl CoreOffer {
@@ -47,7 +49,13 @@ pub(super) fn header(
 /// where it is offered, and the server's capabilities.
 pub(super) fn before_auth(offer: &CoreOffer) -> Vec<u8> {
     let mechanisms: Vec<&str> = offer.mechanisms.iter().map(String::as_str).collect();
-    stream::features_sasl(&mechanisms, offer.registration, caps(offer))
+    stream::features_sasl(&mechanisms, offer.sasl2, offer.registration, caps(offer))
+}
+
+/// Features after a SASL2 success that bound the stream (Bind2 or an
+/// inline resumption).
+pub(super) fn after_bound(offer: Option<&CoreOffer>) -> Vec<u8> {
+    stream::features_bound(offer.and_then(caps))
 }
 
 /// Features after authentication: bind (or resume), and the server's

@@ -1,7 +1,10 @@
-//! SASL relayed to the core (RFC 6120 §6): the CM checks the mechanism,
-//! decodes base64 and forwards the exchange as `AuthStart` /
-//! `AuthResponse` frames; the core's challenges and outcome go back to the
-//! client. Failures and aborts are counted so a stream cannot try forever.
+//! SASL relayed to the core (RFC 6120 §6, or SASL2, XEP-0388): the CM
+//! checks the mechanism, decodes base64 and forwards the exchange as
+//! `AuthStart` / `AuthResponse` frames; the core's challenges and outcome
+//! go back to the client in the profile the exchange began in. A SASL2
+//! success is not written here: the session writes it once the inline
+//! requests are answered. Failures and aborts of both profiles are counted
+//! together so a stream cannot try forever.
 
 use std::net::IpAddr;
 
@@ -9,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cm_protocol::{Frame, SessionId};
 use xmpp_stream::element::Element;
-use xmpp_stream::{StreamCondition, TopLevel, ns, stream};
+use xmpp_stream::{StreamCondition, TopLevel, ns, sasl2, stream};
 
 use super::SessionAction;
 use super::features::CoreOffer;
@@ -32,10 +35,59 @@ enum Stage {
     Running,
 }
 
+/// Which SASL profile an exchange runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Profile {
+    /// RFC 6120 SASL (`urn:ietf:params:xml:ns:xmpp-sasl`), a stream
+    /// restart after success.
+    #[default]
+    Sasl1,
+    /// XEP-0388 SASL2 (`urn:xmpp:sasl:2`), no restart.
+    Sasl2,
+}
+
+impl Profile {
+    fn ns(self) -> &'static str {
+        match self {
+            Profile::Sasl1 => ns::SASL,
+            Profile::Sasl2 => ns::SASL2,
+        }
+    }
+
+    fn challenge(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Profile::Sasl1 if data.is_empty() => stream::sasl_element("challenge", None, None),
+            Profile::Sasl1 => stream::sasl_element("challenge", None, Some(&B64.encode(data))),
+            Profile::Sasl2 => sasl2::data_element("challenge", data),
+        }
+    }
+
+    fn failure(self, condition: &str) -> Vec<u8> {
+        match self {
+            Profile::Sasl1 => stream::sasl_failure(condition, None),
+            Profile::Sasl2 => sasl2::failure(condition, None),
+        }
+    }
+}
+
+/// A successful exchange.
+#[derive(Debug)]
+pub(super) struct Authenticated {
+    /// The bare JID the core authenticated.
+    pub user: String,
+    /// The profile: a SASL1 success is written, a SASL2 one is not yet.
+    pub profile: Profile,
+    /// The mechanism's additional data (SCRAM's server-final), for the
+    /// SASL2 success.
+    pub data: Vec<u8>,
+}
+
 /// The SASL relay of one stream (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct SaslRelay {
     stage: Stage,
+    /// The profile of the exchange in progress (or the last).
+    profile: Profile,
     /// A frame was sent to the core and its answer is due.
     awaiting_core: bool,
     /// The client aborted while an answer was due: drop that answer.
@@ -77,14 +129,27 @@ impl SaslRelay {
             "" | "=" => Ok(Vec::new()),
             t => B64.decode(t),
         };
+        if !self.is_idle() && top.ns != self.profile.ns() {
+            return Err(StreamError::new(
+                StreamCondition::NotAuthorized,
+                "SASL element of another profile",
+            )
+            .refusing(Refusal::Unauthenticated));
+        }
         let Ok(data) = data else {
-            out.write(stream::sasl_failure("incorrect-encoding", None));
+            let profile = if self.is_idle() {
+                Profile::Sasl1
+            } else {
+                self.profile
+            };
+            out.write(profile.failure("incorrect-encoding"));
             report(out, LoginResult::IncorrectEncoding);
             self.stage = Stage::Idle;
             return Ok(());
         };
         match (&mut self.stage, top.name.as_str()) {
-            (Stage::Idle, "auth") => {
+            (Stage::Idle, "auth") if top.ns == ns::SASL => {
+                self.profile = Profile::Sasl1;
                 let mechanism = top.attr("mechanism").unwrap_or_default();
                 if !offer.offers(mechanism) {
                     out.write(stream::sasl_failure("invalid-mechanism", None));
@@ -93,7 +158,7 @@ impl SaslRelay {
                 }
                 if no_initial_response {
                     // RFC 6120 §6.4.2: ask for it with an empty challenge.
-                    out.write(stream::sasl_element("challenge", None, None));
+                    out.write(Profile::Sasl1.challenge(&[]));
                     self.stage = Stage::InitialResponse(mechanism.to_owned());
                     return Ok(());
                 }
@@ -111,7 +176,16 @@ impl SaslRelay {
                 });
             }
             (_, "abort") => {
-                out.write(stream::sasl_failure("aborted", None));
+                let profile = if self.is_idle() {
+                    if top.ns == ns::SASL2 {
+                        Profile::Sasl2
+                    } else {
+                        Profile::Sasl1
+                    }
+                } else {
+                    self.profile
+                };
+                out.write(profile.failure("aborted"));
                 report(out, LoginResult::Aborted);
                 self.drop_next_answer = self.awaiting_core;
                 self.stage = Stage::Idle;
@@ -129,13 +203,53 @@ impl SaslRelay {
         Ok(())
     }
 
+    /// A SASL2 `<authenticate/>` (already read): starts the exchange;
+    /// false if it was refused (the failure is written).
+    pub fn authenticate(
+        &mut self,
+        sid: SessionId,
+        offer: &CoreOffer,
+        mechanism: &str,
+        initial_response: Option<Vec<u8>>,
+        out: &mut Output,
+    ) -> Result<bool, StreamError> {
+        self.profile = Profile::Sasl2;
+        if !offer.offers(mechanism) {
+            out.write(sasl2::failure("invalid-mechanism", None));
+            report(out, LoginResult::InvalidMechanism);
+            return Ok(false);
+        }
+        match initial_response {
+            Some(data) => self.start(sid, mechanism.to_owned(), data, out),
+            None => {
+                out.write(sasl2::data_element("challenge", &[]));
+                self.stage = Stage::InitialResponse(mechanism.to_owned());
+            }
+        }
+        Ok(true)
+    }
+
+    /// A SASL2 `<authenticate/>` that does not read (`condition`, e.g.
+    /// `incorrect-encoding` or `malformed-request`): refused, counted.
+    pub fn refuse_authenticate(
+        &mut self,
+        condition: &str,
+        result: LoginResult,
+        out: &mut Output,
+    ) -> Result<(), StreamError> {
+        out.write(sasl2::failure(condition, None));
+        report(out, result);
+        self.stage = Stage::Idle;
+        self.count_failure()
+    }
+
     /// The core's `AuthChallenge`, `AuthSuccess` or `AuthFailure`; returns
-    /// the authenticated user on success.
+    /// who authenticated on success.
     pub fn on_core(
         &mut self,
         frame: Frame,
         out: &mut Output,
-    ) -> Result<Option<String>, StreamError> {
+    ) -> Result<Option<Authenticated>, StreamError> {
         self.awaiting_core = false;
         if std::mem::take(&mut self.drop_next_answer) || !self.is_running() {
             tracing::debug!(frame = frame.name(), "SASL answer ignored");
@@ -143,21 +257,30 @@ impl SaslRelay {
         }
         match frame {
             Frame::AuthChallenge { data, .. } => {
-                out.write(stream::sasl_element(
-                    "challenge",
-                    None,
-                    Some(&B64.encode(&data)),
-                ));
+                let challenge = match self.profile {
+                    // (an empty SASL1 challenge is `=`, as before)
+                    Profile::Sasl1 => {
+                        stream::sasl_element("challenge", None, Some(&B64.encode(&data)))
+                    }
+                    Profile::Sasl2 => self.profile.challenge(&data),
+                };
+                out.write(challenge);
             }
             Frame::AuthSuccess { data, user, .. } => {
-                let data = (!data.is_empty()).then(|| B64.encode(&data));
-                out.write(stream::sasl_element("success", None, data.as_deref()));
+                if self.profile == Profile::Sasl1 {
+                    let data = (!data.is_empty()).then(|| B64.encode(&data));
+                    out.write(stream::sasl_element("success", None, data.as_deref()));
+                }
                 report(out, LoginResult::Ok);
                 self.stage = Stage::Idle;
-                return Ok(Some(user));
+                return Ok(Some(Authenticated {
+                    user,
+                    profile: self.profile,
+                    data: data.to_vec(),
+                }));
             }
             Frame::AuthFailure { condition, .. } => {
-                out.write(stream::sasl_failure(&condition, None));
+                out.write(self.profile.failure(&condition));
                 report(out, LoginResult::of_failure(&condition));
                 self.stage = Stage::Idle;
                 self.count_failure()?;

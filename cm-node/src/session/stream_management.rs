@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 use cm_protocol::{Frame, SessionId};
+use xmpp_stream::element::Element;
 use xmpp_stream::stanza::inspect;
 use xmpp_stream::{StanzaKind, StreamCondition, TopLevel, ns, stream};
 
@@ -325,8 +326,30 @@ impl StreamManagement {
 
     /// The core's `SmEnabled`: `<enabled/>` to the client; numbering starts.
     pub fn on_enabled(&mut self, id: String, max: u32, out: &mut Output) {
+        if let Some(enabled) = self.confirm_enabled(id, max, out) {
+            out.write(enabled.to_bytes(ns::CLIENT));
+        }
+    }
+
+    /// Stream management is being enabled with a Bind2 binding (its
+    /// `SmEnabled` comes right behind the `BindResult`); `inactive`: the
+    /// client starts inactive (XEP-0352 inline).
+    pub fn enabling_inline(&mut self, inactive: bool) {
+        self.sm = Some(SmState::enabling());
+        self.csi.inactive = inactive;
+    }
+
+    /// The client starts inactive (XEP-0352, inline in Bind2).
+    pub fn set_inactive(&mut self) {
+        self.csi.inactive = true;
+    }
+
+    /// The core's `SmEnabled`, confirmed: numbering starts, the registry
+    /// learns it; returns the `<enabled/>` to write (alone, or inline in a
+    /// Bind2 `<bound/>`), None if the client never asked.
+    pub fn confirm_enabled(&mut self, id: String, max: u32, out: &mut Output) -> Option<Element> {
         let Some(sm) = &mut self.sm else {
-            return;
+            return None;
         };
         // Presence held before numbering began is written before
         // `<enabled/>`: neither side counts it.
@@ -334,19 +357,17 @@ impl StreamManagement {
             out.write_stanza(payload);
         }
         let announcement = sm.enabled(id, max);
-        let max_s = max.to_string();
-        let mut attrs = vec![];
+        let mut enabled = Element::new("enabled", ns::SM);
         if !announcement.id.is_empty() {
-            attrs = vec![
-                ("id", announcement.id.as_str()),
-                ("resume", "true"),
-                ("max", &max_s),
-            ];
+            enabled = enabled
+                .with_attr("id", &announcement.id)
+                .with_attr("resume", "true")
+                .with_attr("max", max.to_string());
         }
-        out.write(stream::sm_element("enabled", &attrs));
         out.push(SessionAction::Announcement(
             AnnouncementUpdate::StreamManagement(announcement),
         ));
+        Some(enabled)
     }
 
     /// The core's `Handled`: the answer to the client's `<r/>`, and what

@@ -32,6 +32,7 @@ fn offer(registration: bool) -> Arc<CoreOffer> {
         mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
         registration,
         caps: "QgayPKawpkPSDYmwT/WM94uAlu0=".into(),
+        sasl2: false,
     })
 }
 
@@ -1231,4 +1232,261 @@ fn stream_features_before_and_after_authentication_show_the_cores_entity_capabil
         text.contains("urn:ietf:params:xml:ns:xmpp-bind") && text.contains(caps),
         "{text}"
     );
+}
+
+// ---- SASL2 (XEP-0388) with Bind2 (XEP-0386) and inline resumption ----
+
+fn sasl2_session() -> ClientSession {
+    let offer = Arc::new(CoreOffer {
+        sasl2: true,
+        ..(*offer(false)).clone()
+    });
+    session_at(Instant::now(), Some(offer), 1)
+}
+
+const AUTHENTICATE_BIND2: &[u8] = b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+    <initial-response>AGEAYg==</initial-response>\
+    <user-agent id='d4565fa7-4d72-4749-b3d3-740edbf87770'><software>t</software></user-agent>\
+    <bind xmlns='urn:xmpp:bind:0'><tag>app</tag>\
+    <enable xmlns='urn:xmpp:sm:3' resume='true' max='300'/>\
+    <enable xmlns='urn:xmpp:carbons:2'/></bind></authenticate>";
+
+fn auth_success(s: &mut ClientSession) -> Vec<SessionAction> {
+    s.core(Frame::AuthSuccess {
+        sid: 7,
+        data: Bytes::from_static(b"v=sig"),
+        user: "a@x".into(),
+    })
+}
+
+#[test]
+fn sasl2_is_offered_only_when_the_core_says_so() {
+    let a = sasl2_session().data(HEADER);
+    let w = written(&a);
+    assert!(w.contains("<authentication xmlns=\"urn:xmpp:sasl:2\"><mechanism>SCRAM-SHA-256</mechanism><mechanism>PLAIN</mechanism><inline><bind xmlns=\"urn:xmpp:bind:0\">"), "{w}");
+    assert!(
+        w.contains("<feature var=\"urn:xmpp:sm:3\"/>")
+            && w.contains("<sm xmlns=\"urn:xmpp:sm:3\"/>")
+    );
+    // the SASL1 list is still there
+    assert!(w.contains("<mechanisms xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\">"));
+    let a = session().data(HEADER);
+    assert!(!written(&a).contains("urn:xmpp:sasl:2"));
+    // without the offer, an <authenticate/> ends the stream
+    let mut s = session();
+    s.data(HEADER);
+    let a = s.data(AUTHENTICATE_BIND2);
+    assert!(written(&a).contains("not-authorized"), "{a:?}");
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
+}
+
+#[test]
+fn sasl2_bind2_binds_with_tag_carbons_and_sm_then_writes_one_success_without_restart() {
+    let mut s = sasl2_session();
+    s.data(HEADER);
+    let a = s.data(AUTHENTICATE_BIND2);
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, data, .. }] if mechanism == "PLAIN" && &data[..] == b"\0a\0b"),
+        "{a:?}"
+    );
+    assert_eq!(written(&a), "");
+    let a = auth_success(&mut s);
+    assert_eq!(written(&a), "", "nothing before the inline answers");
+    assert_eq!(
+        to_core(&a),
+        vec![Frame::Bind {
+            sid: 7,
+            user: "a@x".into(),
+            iq_id: String::new(),
+            resource: None,
+            bind2: Some(cm_protocol::Bind2 {
+                tag: Some("app".into()),
+                carbons: true,
+                sm: Some(cm_protocol::SmRequest {
+                    resume: true,
+                    max: 300
+                }),
+            }),
+        }]
+    );
+    // the client pipelines its presence: it waits, unparsed
+    assert!(to_core(&s.data(b"<presence/>")).is_empty());
+    let a = s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: String::new(),
+        result: Ok("a@x/app/r1".into()),
+    });
+    assert_eq!(written(&a), "", "the success waits for SmEnabled");
+    let a = s.core(Frame::SmEnabled {
+        sid: 7,
+        id: "sm1".into(),
+        max: 300,
+    });
+    let w = written(&a);
+    assert_eq!(
+        w,
+        "<success xmlns=\"urn:xmpp:sasl:2\"><additional-data>dj1zaWc=</additional-data>\
+         <authorization-identifier>a@x/app/r1</authorization-identifier>\
+         <bound xmlns=\"urn:xmpp:bind:0\"><enabled xmlns=\"urn:xmpp:sm:3\" id=\"sm1\" resume=\"true\" max=\"300\"/></bound></success>\
+         <stream:features><csi xmlns=\"urn:xmpp:csi:0\"/><ver xmlns=\"urn:xmpp:features:rosterver\"/>\
+         <c xmlns=\"http://jabber.org/protocol/caps\" hash=\"sha-1\" node=\"https://longlink.invalid/caps\" ver=\"QgayPKawpkPSDYmwT/WM94uAlu0=\"/></stream:features>"
+    );
+    // the pipelined presence now goes to the core, stamped and counted
+    let frames = to_core(&a);
+    assert!(
+        matches!(&frames[..], [Frame::Stanza { header, .. }] if header.from == "a@x/app/r1"),
+        "{frames:?}"
+    );
+    let updates = announced(&a);
+    assert!(
+        updates
+            .iter()
+            .any(|u| matches!(u, AnnouncementUpdate::StreamManagement(sm) if sm.id == "sm1")),
+        "{updates:?}"
+    );
+    // SM numbering is on: a delivery is counted and acknowledged
+    let a = s.deliver("<message/>");
+    assert_eq!(written(&a), "<message/><r xmlns=\"urn:xmpp:sm:3\"/>");
+}
+
+#[test]
+fn sasl2_inline_resume_success_is_bound_at_once_and_the_ledger_follows() {
+    let mut s = sasl2_session();
+    s.data(HEADER);
+    s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGEAYg==</initial-response>\
+        <resume xmlns='urn:xmpp:sm:3' previd='sm0' h='4'/>\
+        <bind xmlns='urn:xmpp:bind:0'><enable xmlns='urn:xmpp:sm:3' resume='true'/></bind></authenticate>");
+    let a = auth_success(&mut s);
+    assert_eq!(
+        to_core(&a),
+        vec![Frame::Resume {
+            sid: 7,
+            user: "a@x".into(),
+            previd: "sm0".into(),
+            h: 4
+        }]
+    );
+    let a = s.core(Frame::Resumed {
+        sid: 7,
+        result: Ok(cm_protocol::Resumption {
+            jid: "a@x/app/r0".into(),
+            h: 9,
+            available: true,
+            priority: 1,
+            max: 300,
+        }),
+    });
+    let w = written(&a);
+    assert!(
+        w.starts_with("<success xmlns=\"urn:xmpp:sasl:2\"><additional-data>dj1zaWc=</additional-data><authorization-identifier>a@x/app/r0</authorization-identifier><resumed xmlns=\"urn:xmpp:sm:3\" previd=\"sm0\" h=\"9\"/></success><stream:features>"),
+        "{w}"
+    );
+    assert!(!w.contains("bound"));
+    assert!(to_core(&a).is_empty(), "no bind after a resumption");
+    // the replayed ledger is written after it
+    let a = s.deliver("<message id='missed'/>");
+    assert!(written(&a).starts_with("<message id='missed'/>"));
+}
+
+#[test]
+fn sasl2_failed_inline_resume_falls_back_to_bind2_in_the_same_success() {
+    let mut s = sasl2_session();
+    s.data(HEADER);
+    s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGEAYg==</initial-response>\
+        <resume xmlns='urn:xmpp:sm:3' previd='gone' h='4'/>\
+        <bind xmlns='urn:xmpp:bind:0'><tag>app</tag></bind></authenticate>");
+    auth_success(&mut s);
+    let a = s.core(Frame::Resumed {
+        sid: 7,
+        result: Err("item-not-found".into()),
+    });
+    assert_eq!(written(&a), "");
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::Bind { bind2: Some(b), .. }] if b.sm.is_none() && !b.carbons)
+    );
+    let a = s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: String::new(),
+        result: Ok("a@x/app/r2".into()),
+    });
+    let w = written(&a);
+    assert!(
+        w.starts_with("<success xmlns=\"urn:xmpp:sasl:2\"><additional-data>dj1zaWc=</additional-data><authorization-identifier>a@x/app/r2</authorization-identifier>\
+            <failed xmlns=\"urn:xmpp:sm:3\"><item-not-found xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/></failed>\
+            <bound xmlns=\"urn:xmpp:bind:0\"/></success><stream:features>"),
+        "{w}"
+    );
+}
+
+#[test]
+fn sasl2_without_inline_requests_authenticates_and_the_client_binds_the_legacy_way() {
+    let mut s = sasl2_session();
+    s.data(HEADER);
+    // no initial response: an empty challenge asks for it
+    let a = s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'/>");
+    assert_eq!(
+        written(&a),
+        "<challenge xmlns=\"urn:xmpp:sasl:2\">=</challenge>"
+    );
+    let a = s.data(b"<response xmlns='urn:xmpp:sasl:2'>AGEAYg==</response>");
+    assert_eq!(to_core(&a).len(), 1);
+    let a = auth_success(&mut s);
+    let w = written(&a);
+    assert!(w.contains("<authorization-identifier>a@x</authorization-identifier></success><stream:features><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\"/>"), "{w}");
+    let a = s.data(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    assert!(matches!(
+        &to_core(&a)[..],
+        [Frame::Bind { bind2: None, .. }]
+    ));
+}
+
+#[test]
+fn sasl2_failure_keeps_the_stream_for_a_retry_and_challenges_use_the_sasl2_namespace() {
+    let mut s = sasl2_session();
+    s.data(HEADER);
+    s.data(AUTHENTICATE_BIND2);
+    let a = s.core(Frame::AuthFailure {
+        sid: 7,
+        condition: "not-authorized".into(),
+    });
+    assert_eq!(
+        written(&a),
+        "<failure xmlns=\"urn:xmpp:sasl:2\"><not-authorized xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"/></failure>"
+    );
+    assert!(!a.contains(&SessionAction::Close(ClosedBy::Server)));
+    // a retry with SCRAM on the same stream: challenge and response in SASL2
+    let a = s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='SCRAM-SHA-256'><initial-response>biwsbj1hLHI9eA==</initial-response></authenticate>");
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, .. }] if mechanism == "SCRAM-SHA-256")
+    );
+    let a = s.core(Frame::AuthChallenge {
+        sid: 7,
+        data: Bytes::from_static(b"r=xy"),
+    });
+    assert_eq!(
+        written(&a),
+        "<challenge xmlns=\"urn:xmpp:sasl:2\">cj14eQ==</challenge>"
+    );
+    // a SASL1 response in the middle of a SASL2 exchange ends the stream
+    let a = s.data(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>eA==</response>");
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)));
+}
+
+#[test]
+fn sasl2_unknown_mechanism_bad_base64_and_bad_resume_are_sasl2_failures_counted() {
+    let mut s = sasl2_session();
+    s.data(HEADER);
+    let a = s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='X-NONE'><initial-response>AA==</initial-response></authenticate>");
+    assert!(written(&a).contains("<invalid-mechanism"), "{a:?}");
+    let a = s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>!!</initial-response></authenticate>");
+    assert!(written(&a).contains("<incorrect-encoding"), "{a:?}");
+    let a = s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGEAYg==</initial-response><resume xmlns='urn:xmpp:sm:3' previd='x'/></authenticate>");
+    assert!(written(&a).contains("<malformed-request"), "{a:?}");
+    // counted as in SASL1 (an unknown mechanism is not): a third ends it
+    assert!(
+        !a.contains(&SessionAction::Close(ClosedBy::Server)),
+        "{a:?}"
+    );
+    let a = s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>!!</initial-response></authenticate>");
+    assert!(a.contains(&SessionAction::Close(ClosedBy::Server)), "{a:?}");
 }

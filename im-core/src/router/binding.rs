@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use cm_protocol::{Frame, SessionId};
+use cm_protocol::{Bind2, Frame, SessionId};
 use jid::BareJid;
 use xmpp_stream::StreamCondition;
 
@@ -15,6 +15,10 @@ use crate::routing::{NodeId, SessionAddr};
 impl Router {
     /// Binds a resource for a session the core authenticated as `user`
     /// (the CM, a trusted cluster member, carries the user from AuthSuccess).
+    /// A Bind2 binding (`bind2`) gets the resource `tag/random` and its
+    /// carbons with the route, before anything can be routed to it; like
+    /// the legacy bind it leaves the offline messages alone (they come
+    /// after the first available presence; ejabberd #4287).
     pub(super) fn bind(
         &mut self,
         node: NodeId,
@@ -22,10 +26,14 @@ impl Router {
         user: &str,
         iq_id: String,
         resource: Option<String>,
+        bind2: Option<Bind2>,
     ) {
-        let resource = match resource.filter(|r| !r.is_empty()) {
-            Some(r) => r,
-            None => self.resources.next_name(),
+        let resource = match (&bind2, resource.filter(|r| !r.is_empty())) {
+            (Some(Bind2 { tag: Some(tag), .. }), _) => {
+                format!("{tag}/{}", self.resources.next_name())
+            }
+            (Some(_), _) | (None, None) => self.resources.next_name(),
+            (None, Some(r)) => r,
         };
         let full = BareJid::new(user)
             .ok()
@@ -58,6 +66,11 @@ impl Router {
         if let Some(old) = self.table.bind(&bare, &resource, node, sid, false, 0) {
             self.replaced(old, &full.to_string());
         }
+        if bind2.as_ref().is_some_and(|b| b.carbons)
+            && let Some(route) = self.table.route_mut(node, sid)
+        {
+            route.carbons = true;
+        }
         self.send(
             node,
             Frame::BindResult {
@@ -66,6 +79,10 @@ impl Router {
                 result: Ok(full.to_string()),
             },
         );
+        if let Some(sm) = bind2.and_then(|b| b.sm) {
+            // right behind the result: nothing is routed in between
+            self.sm_enable(node, sid, sm.resume, sm.max);
+        }
     }
 
     /// A session was replaced by a new one with its full JID (`conflict`):
@@ -170,10 +187,92 @@ impl ResourceNames {
 
 #[cfg(test)]
 mod tests {
-    use cm_protocol::Frame;
+    use cm_protocol::{Bind2, Frame, SmRequest};
 
     use super::super::test_support::{Run, bound};
     use super::super::{Action, Input, Router};
+
+    #[test]
+    fn a_bind2_binding_gets_tag_slash_random_and_carbons_and_touches_no_offline_store() {
+        let mut r = Router::new("x", 1, [7; 32]);
+        let bind = |sid, tag: Option<&str>, carbons| Input::Frame {
+            node: 1,
+            frame: Frame::Bind {
+                sid,
+                user: "a@x".into(),
+                iq_id: String::new(),
+                resource: Some("ignored".into()),
+                bind2: Some(Bind2 {
+                    tag: tag.map(Into::into),
+                    carbons,
+                    sm: None,
+                }),
+            },
+        };
+        let acts = r.run(bind(1, Some("app"), true));
+        // only the answer: no offline flush or deletion (ejabberd #4287)
+        let [
+            Action::Send {
+                frame:
+                    Frame::BindResult {
+                        sid: 1,
+                        result: Ok(jid),
+                        ..
+                    },
+                ..
+            },
+        ] = &acts[..]
+        else {
+            panic!("{acts:?}");
+        };
+        assert!(jid.starts_with("a@x/app/"), "{jid}");
+        assert!(jid.len() > "a@x/app/".len());
+        let route = r.table().full("a@x", &jid["a@x/".len()..]).unwrap();
+        assert!(route.carbons);
+        // no tag: a random resource, not the requested one; carbons as asked
+        let acts = r.run(bind(2, None, false));
+        let [
+            Action::Send {
+                frame: Frame::BindResult {
+                    result: Ok(jid), ..
+                },
+                ..
+            },
+        ] = &acts[..]
+        else {
+            panic!("{acts:?}");
+        };
+        assert!(!jid.ends_with("/ignored") && !jid.contains("app"), "{jid}");
+        assert!(!r.table().full("a@x", &jid["a@x/".len()..]).unwrap().carbons);
+        // with SM: SmEnabled right behind the result
+        let acts = r.run(Input::Frame {
+            node: 1,
+            frame: Frame::Bind {
+                sid: 3,
+                user: "a@x".into(),
+                iq_id: String::new(),
+                resource: None,
+                bind2: Some(Bind2 {
+                    tag: Some("app".into()),
+                    carbons: false,
+                    sm: Some(SmRequest {
+                        resume: true,
+                        max: 0,
+                    }),
+                }),
+            },
+        });
+        assert!(
+            matches!(
+                &acts[..],
+                [
+                    Action::Send { frame: Frame::BindResult { sid: 3, result: Ok(_), .. }, .. },
+                    Action::Send { frame: Frame::SmEnabled { sid: 3, id, max }, .. },
+                ] if !id.is_empty() && *max > 0
+            ),
+            "{acts:?}"
+        );
+    }
 
     #[test]
     fn a_bind_beyond_the_accounts_resource_cap_is_refused_with_resource_constraint() {
@@ -187,6 +286,7 @@ mod tests {
                 user: "a@x".into(),
                 iq_id: "b".into(),
                 resource: Some("three".into()),
+                bind2: None,
             },
         });
         assert!(
@@ -206,6 +306,7 @@ mod tests {
                 user: "a@x".into(),
                 iq_id: "b".into(),
                 resource: Some("two".into()),
+                bind2: None,
             },
         });
         assert!(

@@ -272,6 +272,7 @@ fn a_block_list_loaded_with_the_roster_applies_and_a_domain_item_blocks_everyone
             user: "alice@x".into(),
             iq_id: "b".into(),
             resource: Some("phone".into()),
+            bind2: None,
         },
     });
     assert!(matches!(&acts[..], [Action::LoadRoster { .. }]), "{acts:?}");

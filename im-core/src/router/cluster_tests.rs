@@ -1161,6 +1161,7 @@ fn a_forwarded_message_from_a_user_the_recipient_blocks_is_refused_back_to_its_s
             user: bob.clone(),
             iq_id: "b".into(),
             resource: Some("pc".into()),
+            bind2: None,
         },
     });
     assert!(matches!(&acts[..], [Action::LoadRoster { .. }]), "{acts:?}");

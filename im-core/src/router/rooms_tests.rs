@@ -400,6 +400,7 @@ fn a_session_replaced_by_a_new_bind_of_its_jid_leaves_its_rooms_quietly() {
             user: "bob@x".into(),
             iq_id: "b2".into(),
             resource: Some("pc".into()),
+            bind2: None,
         },
     });
     let gone: Vec<u64> = fanouts(&acts)

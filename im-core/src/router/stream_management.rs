@@ -255,7 +255,7 @@ impl Router {
 
     /// `<enable/>` from a bound session: its ledger starts, and the CM is
     /// told the SM id and the resumption time granted.
-    fn sm_enable(&mut self, node: NodeId, sid: SessionId, resume: bool, max: u32) {
+    pub(super) fn sm_enable(&mut self, node: NodeId, sid: SessionId, resume: bool, max: u32) {
         let Some(full) = self.table.jid_of(node, sid) else {
             return;
         };

@@ -113,6 +113,7 @@ pub(super) fn bound(r: &mut Router, node: NodeId, sid: SessionId, user: &str, re
             user: user.into(),
             iq_id: "b".into(),
             resource: Some(res.into()),
+            bind2: None,
         },
     });
     match &acts[..] {
@@ -338,6 +339,7 @@ pub(super) fn bound_with_contact(
             user: user.into(),
             iq_id: "b".into(),
             resource: Some("phone".into()),
+            bind2: None,
         },
     });
     assert!(matches!(&acts[..], [Action::LoadRoster { .. }]), "{acts:?}");

@@ -110,6 +110,7 @@ fn conflict_kicks_the_old_session() {
             user: "alice@x".into(),
             iq_id: "b".into(),
             resource: Some("phone".into()),
+            bind2: None,
         },
     });
     assert!(acts.contains(&Action::Send {
@@ -133,6 +134,7 @@ fn bind_generates_resources_and_refuses_bad_ones() {
                 user: "a@x".into(),
                 iq_id: "b".into(),
                 resource: resource.map(Into::into),
+                bind2: None,
             },
         })
     };
@@ -700,6 +702,7 @@ fn frames_wait_in_order_for_a_roster_and_the_router_never_blocks() {
         user: "alice@x".into(),
         iq_id: "b".into(),
         resource: Some("phone".into()),
+        bind2: None,
     };
     // The bind waits for alice's roster; so does her next frame.
     let acts = r.step(Input::Frame {
@@ -830,6 +833,7 @@ fn a_request_to_an_offline_user_is_kept_and_shown_at_their_login() {
         user: "bob@x".into(),
         iq_id: "b".into(),
         resource: Some("pc".into()),
+        bind2: None,
     };
     let acts = r.step(Input::Frame {
         node: 2,
@@ -1082,6 +1086,7 @@ fn a_new_session_taking_a_detached_sessions_jid_removes_its_deadline() {
                 user: "alice@x".into(),
                 iq_id: "b".into(),
                 resource: Some("phone".into()),
+                bind2: None,
             },
         },
         t0() + Duration::from_secs(10),
@@ -1609,6 +1614,7 @@ fn a_session_flooding_control_frames_while_its_roster_loads_is_ended_once_and_it
         user: "alice@x".into(),
         iq_id: "b".into(),
         resource: Some("phone".into()),
+        bind2: None,
     };
     assert_eq!(
         r.step(Input::Frame {
@@ -1772,6 +1778,7 @@ fn stanza_bytes_waiting_for_a_roster_are_bounded() {
         user: "alice@x".into(),
         iq_id: "b".into(),
         resource: Some("phone".into()),
+        bind2: None,
     };
     r.step(Input::Frame {
         node: 1,
@@ -2542,6 +2549,7 @@ fn too_many_frames_waiting_for_rosters_close_the_intake_until_loads_drain_them()
                 user: format!("u{i}@x"),
                 iq_id: "b".into(),
                 resource: Some("r".into()),
+                bind2: None,
             },
         })
     };

@@ -12,7 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::frame::{
-    CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmSnapshot,
+    Bind2, CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
+    SmSnapshot,
 };
 use crate::primitive::Reader;
 use crate::tag::FrameTag;
@@ -58,6 +59,7 @@ impl Frame {
                     mechanisms,
                     registration: r.bool()?,
                     caps: r.string()?,
+                    sasl2: r.bool()?,
                 }
             }
             FrameTag::AuthStart => Frame::AuthStart {
@@ -88,6 +90,22 @@ impl Frame {
                 user: r.string()?,
                 iq_id: r.string()?,
                 resource: r.opt_string()?,
+                bind2: if r.flag()? {
+                    Some(Bind2 {
+                        tag: r.opt_string()?,
+                        carbons: r.bool()?,
+                        sm: if r.flag()? {
+                            Some(SmRequest {
+                                resume: r.bool()?,
+                                max: r.u32()?,
+                            })
+                        } else {
+                            None
+                        },
+                    })
+                } else {
+                    None
+                },
             },
             FrameTag::BindResult => {
                 let sid = r.varint()?;

@@ -76,6 +76,7 @@ impl Frame {
                 mechanisms,
                 registration,
                 caps,
+                sasl2,
             } => {
                 w.str(domain);
                 w.varint(*instance);
@@ -85,6 +86,7 @@ impl Frame {
                 }
                 w.bool(*registration);
                 w.str(caps);
+                w.bool(*sasl2);
             }
             Frame::Register {
                 sid,
@@ -133,11 +135,22 @@ impl Frame {
                 user,
                 iq_id,
                 resource,
+                bind2,
             } => {
                 w.varint(*sid);
                 w.str(user);
                 w.str(iq_id);
                 w.opt_str(resource.as_deref());
+                w.flag(bind2.is_some());
+                if let Some(b) = bind2 {
+                    w.opt_str(b.tag.as_deref());
+                    w.bool(b.carbons);
+                    w.flag(b.sm.is_some());
+                    if let Some(sm) = b.sm {
+                        w.bool(sm.resume);
+                        w.varint(u64::from(sm.max));
+                    }
+                }
             }
             Frame::BindResult { sid, iq_id, result } => {
                 w.varint(*sid);

@@ -86,6 +86,31 @@ pub struct Resumption {
     pub max: u32,
 }
 
+/// What a Bind2 request (XEP-0386, inside a SASL2 `<authenticate/>`) asks
+/// of a [`Frame::Bind`] beyond the legacy bind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bind2 {
+    /// The client's tag: the core makes the resource `tag/random` (None:
+    /// a random resource).
+    pub tag: Option<String>,
+    /// Turn message carbons (XEP-0280) on with the binding, before any
+    /// stanza can reach the session.
+    pub carbons: bool,
+    /// Enable stream management (XEP-0198) right after binding: the core
+    /// answers `SmEnabled` right behind the `BindResult`, so no delivery
+    /// comes between them.
+    pub sm: Option<SmRequest>,
+}
+
+/// A request to enable stream management, as in `<enable resume max/>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmRequest {
+    /// Resumable.
+    pub resume: bool,
+    /// The resumption time asked for, seconds (0: the server's default).
+    pub max: u32,
+}
+
 /// One protocol frame. "CM→core" and "core→CM" give the direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -117,6 +142,9 @@ pub enum Frame {
         /// The `ver` of the server's entity capabilities (XEP-0115) to
         /// show in stream features; empty: none.
         caps: String,
+        /// Offer SASL2 (XEP-0388) with Bind2 and inline stream management
+        /// beside SASL (new in `longlink-cm/7`).
+        sasl2: bool,
     },
     /// CM→core: a client asks to create an account (XEP-0077, before
     /// authentication).
@@ -186,8 +214,10 @@ pub enum Frame {
         user: String,
         /// IQ id to answer.
         iq_id: String,
-        /// Requested resource.
+        /// Requested resource (ignored with `bind2`).
         resource: Option<String>,
+        /// A Bind2 binding (new in `longlink-cm/7`); None: the legacy bind IQ.
+        bind2: Option<Bind2>,
     },
     /// Core→CM: the bind result.
     BindResult {
@@ -468,8 +498,17 @@ impl Frame {
                 user,
                 iq_id,
                 resource,
+                bind2,
                 ..
-            } => user.len() + iq_id.len() + resource.as_ref().map_or(0, String::len),
+            } => {
+                user.len()
+                    + iq_id.len()
+                    + resource.as_ref().map_or(0, String::len)
+                    + bind2
+                        .as_ref()
+                        .and_then(|b| b.tag.as_ref())
+                        .map_or(0, String::len)
+            }
             Frame::BindResult { iq_id, result, .. } => {
                 iq_id.len() + result.as_ref().map_or_else(String::len, String::len)
             }

@@ -33,7 +33,8 @@ pub use decoder::{FrameDecoder, MAX_FANOUT_SIDS, MAX_FRAME};
 pub use encoder::FrameTooLarge;
 pub use error::{DecodeError, UnknownFrameType};
 pub use frame::{
-    CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmSnapshot,
+    Bind2, CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
+    SmSnapshot,
 };
 #[cfg(feature = "quinn")]
 pub use quinn_stream::{ReadFrameError, read_frame};
@@ -47,5 +48,6 @@ pub use tag::FrameTag;
 pub const MAX_STANZA: usize = MAX_FRAME / 2 - 16 * 1024;
 
 /// ALPN of the CM↔core protocol; the version is part of it (6: the core
-/// may send [`Frame::DeliverMany`], which a CM of version 5 cannot decode).
-pub const ALPN: &[u8] = b"longlink-cm/6";
+/// may send [`Frame::DeliverMany`], which a CM of version 5 cannot decode;
+/// 7: `Welcome.sasl2` and `Bind.bind2`, SASL2 with Bind2).
+pub const ALPN: &[u8] = b"longlink-cm/7";

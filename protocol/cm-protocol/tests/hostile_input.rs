@@ -59,6 +59,7 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             mechanisms: (0..rng.gen_range(0..=16)).map(|_| string(rng)).collect(),
             registration: rng.gen_bool(0.5),
             caps: string(rng),
+            sasl2: rng.gen_bool(0.5),
         },
         FrameTag::AuthStart => Frame::AuthStart {
             sid,
@@ -92,6 +93,14 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             user: string(rng),
             iq_id: string(rng),
             resource: opt_string(rng),
+            bind2: rng.gen_bool(0.5).then(|| cm_protocol::Bind2 {
+                tag: opt_string(rng),
+                carbons: rng.gen_bool(0.5),
+                sm: rng.gen_bool(0.5).then(|| cm_protocol::SmRequest {
+                    resume: rng.gen_bool(0.5),
+                    max: rng.r#gen(),
+                }),
+            }),
         },
         FrameTag::BindResult => Frame::BindResult {
             sid,

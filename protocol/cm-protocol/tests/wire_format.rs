@@ -5,7 +5,8 @@
 
 use bytes::{Bytes, BytesMut};
 use cm_protocol::{
-    CoreAddress, Frame, FrameDecoder, Kind, Resumption, RouteHeader, SlotEpoch, SmSnapshot,
+    Bind2, CoreAddress, Frame, FrameDecoder, Kind, Resumption, RouteHeader, SlotEpoch, SmRequest,
+    SmSnapshot,
 };
 
 /// Every frame variant with its encoding: the `u32` length, the type octet,
@@ -29,8 +30,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
                 registration: true,
                 caps: "abc".into(),
+                sasl2: true,
             },
-            "00000031 01 0b6578616d706c652e6f7267ffffffffffffffffff01020d534352414d2d5348412d32353605504c41494e0103616263",
+            "00000032 01 0b6578616d706c652e6f7267ffffffffffffffffff01020d534352414d2d5348412d32353605504c41494e010361626301",
         ),
         (
             Frame::Welcome {
@@ -39,8 +41,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanisms: vec![],
                 registration: false,
                 caps: String::new(),
+                sasl2: false,
             },
-            "00000007 01 016200000000",
+            "00000008 01 01620000000000",
         ),
         (
             Frame::Register {
@@ -126,8 +129,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 user: "a@b".into(),
                 iq_id: "b1".into(),
                 resource: None,
+                bind2: None,
             },
-            "0000000a 07 090361406202623100",
+            "0000000b 07 09036140620262310000",
         ),
         (
             Frame::Bind {
@@ -135,8 +139,26 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 user: "a@b".into(),
                 iq_id: "b2".into(),
                 resource: Some("phone".into()),
+                bind2: None,
             },
-            "00000010 07 0903614062026232010570686f6e65",
+            "00000011 07 0903614062026232010570686f6e6500",
+        ),
+        (
+            Frame::Bind {
+                sid: 9,
+                user: "a@b".into(),
+                iq_id: "b3".into(),
+                resource: None,
+                bind2: Some(Bind2 {
+                    tag: Some("web".into()),
+                    carbons: true,
+                    sm: Some(SmRequest {
+                        resume: true,
+                        max: 300,
+                    }),
+                }),
+            },
+            "00000015 07 0903614062026233000101037765620101 01ac02",
         ),
         (
             Frame::BindResult {

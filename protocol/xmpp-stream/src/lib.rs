@@ -12,6 +12,8 @@
 //! - [`element`]: a small element tree for the places that must look inside
 //!   a stanza (server IQs, the SDK).
 //! - [`caps`]: the entity capabilities verification string (XEP-0115).
+//! - [`sasl2`]: SASL2 (XEP-0388) with Bind2 (XEP-0386) and inline
+//!   XEP-0198 resumption: `<authenticate/>` and `<success/>` both ways.
 //! - [`stream`]: builders for stream headers, features, SASL and errors.
 //! - [`condition`]: stream and stanza error conditions.
 //! - [`pacing`]: a token bucket for the rates clients are held to, and the
@@ -23,6 +25,7 @@ pub mod element;
 pub mod framer;
 pub mod ns;
 pub mod pacing;
+pub mod sasl2;
 pub mod stanza;
 pub mod stream;
 pub mod wellformed;

@@ -27,6 +27,10 @@ pub const DELAY: &str = "urn:xmpp:delay";
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// XEP-0198 stream management.
 pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0388 Extensible SASL Profile (SASL2).
+pub const SASL2: &str = "urn:xmpp:sasl:2";
+/// XEP-0386 Bind 2.
+pub const BIND2: &str = "urn:xmpp:bind:0";
 /// XEP-0352 client state indication.
 pub const CSI: &str = "urn:xmpp:csi:0";
 /// XEP-0184 message delivery receipts.

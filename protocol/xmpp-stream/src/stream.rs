@@ -45,10 +45,19 @@ pub fn client_header(domain: &str, from: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// Stream features before authentication: the SASL mechanisms, in-band
+/// Stream features before authentication: the SASL mechanisms (also as
+/// SASL2 with Bind2 and inline resumption if `sasl2`), in-band
 /// registration if `register`, entity capabilities if `caps` (a `ver`).
-pub fn features_sasl(mechanisms: &[&str], register: bool, caps: Option<&str>) -> Vec<u8> {
+pub fn features_sasl(
+    mechanisms: &[&str],
+    sasl2: bool,
+    register: bool,
+    caps: Option<&str>,
+) -> Vec<u8> {
     let mut children = vec![mechanisms_element(mechanisms)];
+    if sasl2 {
+        children.push(crate::sasl2::authentication_feature(mechanisms));
+    }
     if register {
         // in-band registration (XEP-0077)
         children.push(Element::new("register", ns::REGISTER_FEATURE));
@@ -74,6 +83,17 @@ fn mechanisms_element(mechanisms: &[&str]) -> Element {
         mechs = mechs.with_child(Element::new("mechanism", ns::SASL).with_text(*m));
     }
     mechs
+}
+
+/// Stream features after a SASL2 success that bound the stream (Bind2 or
+/// an inline resumption): what a bound stream may still use.
+pub fn features_bound(caps: Option<&str>) -> Vec<u8> {
+    let mut children = vec![
+        Element::new("csi", ns::CSI),
+        Element::new("ver", ns::ROSTER_VER),
+    ];
+    children.extend(caps.map(caps_element));
+    features(children)
 }
 
 /// Stream features after authentication: resource binding.
@@ -219,7 +239,12 @@ mod tests {
         f.push(&client_header("example.org", None));
         assert!(matches!(f.next_event(), Ok(Some(FrameEvent::Open(_)))));
         let mut stream = server_header("example.org", "abc", Some("a@example.org"), None);
-        stream.extend(features_sasl(&["SCRAM-SHA-256", "PLAIN"], false, None));
+        stream.extend(features_sasl(
+            &["SCRAM-SHA-256", "PLAIN"],
+            true,
+            false,
+            None,
+        ));
         stream.extend(sasl_failure("not-authorized", Some("bad <password>")));
         stream.extend(stream_error(
             StreamCondition::PolicyViolation,
