@@ -268,7 +268,7 @@ impl ClientSession {
             return;
         }
         self.core_batch = true;
-        let was_inline = self.state == State::Inline;
+        let was_inline = self.parsing_paused();
         let result = match (self.state, frame) {
             (
                 _,
@@ -339,7 +339,7 @@ impl ClientSession {
         if let Err(e) = result {
             self.close_with(e);
         }
-        if was_inline && !matches!(self.state, State::Inline | State::Closed) {
+        if was_inline && !self.parsing_paused() && self.state != State::Closed {
             // what the client sent behind its `<authenticate/>`
             self.process_events();
         }
@@ -406,7 +406,7 @@ impl ClientSession {
         self.read_paused_until.is_none()
             && match self.state {
                 State::Closed => false,
-                State::AwaitingOffer | State::Inline => {
+                _ if self.parsing_paused() => {
                     self.framer.buffered() < self.settings.limits.max_stanza_bytes
                 }
                 _ => true,
@@ -475,12 +475,21 @@ impl ClientSession {
         self.framer.shrink();
     }
 
+    /// Whether what the client sends waits unparsed: for the core's offer,
+    /// for a SASL2 exchange's answer at the core (pipelined data behind an
+    /// `<authenticate/>` is read the same whatever the core's latency),
+    /// or for its inline requests.
+    fn parsing_paused(&self) -> bool {
+        match self.state {
+            State::AwaitingOffer | State::Inline => true,
+            State::Sasl => self.sasl.sasl2_awaiting_core(),
+            _ => false,
+        }
+    }
+
     /// Runs the framer over what it holds, element by element.
     fn process_events(&mut self) {
-        while !matches!(
-            self.state,
-            State::Closed | State::AwaitingOffer | State::Inline
-        ) {
+        while self.state != State::Closed && !self.parsing_paused() {
             match self.framer.next_event() {
                 Ok(None) => break,
                 Ok(Some(FrameEvent::Open(header))) => self.on_open(header),

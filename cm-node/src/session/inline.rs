@@ -18,6 +18,10 @@ use super::output::StreamError;
 use super::report::{LoginResult, Refusal};
 use super::{ClientSession, State, features};
 
+/// Most core frames held while the success waits (a core that sends
+/// more is not behaving: the stream ends).
+pub const MAX_HELD: usize = 64;
+
 /// What an `<authenticate/>` asked beyond authentication, and what has
 /// been answered so far.
 #[derive(Debug, Default)]
@@ -34,7 +38,7 @@ pub(super) struct Inline {
     phase: InlinePhase,
     /// Frames from the core that came before the success was written
     /// (none should: the core answers a Bind2 bind and its SM enable back
-    /// to back), handled right after it.
+    /// to back), handled right after it; at most [`MAX_HELD`].
     held: Vec<Frame>,
 }
 
@@ -168,6 +172,9 @@ impl ClientSession {
                             .write_features(features::after_bound(self.offer.as_deref()));
                         // Bound, as after `<resumed/>`: the ledger's replay follows.
                         self.resumed(resumed);
+                        for frame in inline.held {
+                            self.on_core(frame);
+                        }
                     }
                     Some(Err(condition)) => {
                         // XEP-0198 inline: `<failed/>` in the success, then bind.
@@ -188,7 +195,11 @@ impl ClientSession {
                 match result {
                     Ok(jid) => {
                         let sm = inline.bind.as_ref().is_some_and(|b| b.sm.is_some());
+                        // (the negotiation's deadline still runs until the
+                        // success is written: SmEnabled may never come)
+                        let deadline = self.negotiation_deadline;
                         self.bound(jid.clone());
+                        self.negotiation_deadline = deadline;
                         if sm {
                             inline.phase = InlinePhase::Enabling(jid);
                             self.inline = Some(inline);
@@ -202,6 +213,8 @@ impl ClientSession {
                         // Authenticated, not bound: the success says so (no
                         // `<bound/>`), and the client may bind the legacy way.
                         tracing::debug!(sid = self.sid, condition, "bind2 refused");
+                        // (nor is SM or CSI on: the client enables them anew)
+                        self.sm.inline_refused();
                         let user = self.user.clone().unwrap_or_default();
                         self.write_success(&inline, user, Vec::new());
                         self.state = State::Bind;
@@ -224,6 +237,9 @@ impl ClientSession {
                 self.close_with(StreamError::bare(StreamCondition::from_name(&condition)));
             }
             (_, other) => {
+                if inline.held.len() >= MAX_HELD {
+                    return self.close_with(StreamError::bare(StreamCondition::ResourceConstraint));
+                }
                 inline.held.push(other);
                 self.inline = Some(inline);
             }
@@ -234,6 +250,7 @@ impl ClientSession {
     /// what the core sent meanwhile is handled.
     fn bound_written(&mut self, inline: Inline) {
         self.state = State::Bound;
+        self.negotiation_deadline = None;
         self.out
             .write_features(features::after_bound(self.offer.as_deref()));
         for frame in inline.held {

@@ -109,6 +109,12 @@ impl SaslRelay {
         matches!(self.stage, Stage::Idle)
     }
 
+    /// A SASL2 exchange waits for the core's answer: the client may only
+    /// abort meanwhile, so what it pipelines behind is read on later.
+    pub fn sasl2_awaiting_core(&self) -> bool {
+        self.awaiting_core && self.profile == Profile::Sasl2
+    }
+
     /// The core is running an exchange for this stream.
     pub fn is_running(&self) -> bool {
         matches!(self.stage, Stage::Running)

@@ -339,6 +339,13 @@ impl StreamManagement {
         self.csi.inactive = inactive;
     }
 
+    /// The inline Bind2 was refused: neither SM nor CSI is on (the
+    /// client binds and enables them the legacy way).
+    pub fn inline_refused(&mut self) {
+        self.sm = None;
+        self.csi.inactive = false;
+    }
+
     /// The client starts inactive (XEP-0352, inline in Bind2).
     pub fn set_inactive(&mut self) {
         self.csi.inactive = true;

@@ -1490,3 +1490,98 @@ fn sasl2_unknown_mechanism_bad_base64_and_bad_resume_are_sasl2_failures_counted(
     let a = s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>!!</initial-response></authenticate>");
     assert!(a.contains(&SessionAction::Close(ClosedBy::Server)), "{a:?}");
 }
+
+#[test]
+fn sasl2_a_refused_bind2_leaves_sm_off_so_the_legacy_enable_works_and_the_deadline_runs_until_the_success()
+ {
+    let now = Instant::now();
+    let offer = Arc::new(CoreOffer {
+        sasl2: true,
+        ..(*offer(false)).clone()
+    });
+    let mut s = session_at(now, Some(offer.clone()), 1);
+    s.data(HEADER);
+    s.data(AUTHENTICATE_BIND2);
+    auth_success(&mut s);
+    let a = s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: String::new(),
+        result: Err("resource-constraint".into()),
+    });
+    let w = written(&a);
+    assert!(
+        w.contains("<success xmlns=\"urn:xmpp:sasl:2\">") && !w.contains("<bound"),
+        "{w}"
+    );
+    // a legacy bind (no restart), then a legacy <enable/>: asked of the
+    // core, not failed
+    let a = s.data(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::Bind { bind2: None, .. }]),
+        "{a:?}"
+    );
+    s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: "b1".into(),
+        result: Ok("a@x/r2".into()),
+    });
+    let a = s.data(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    assert!(!written(&a).contains("<failed"), "{a:?}");
+    assert!(
+        to_core(&a)
+            .iter()
+            .any(|f| matches!(f, Frame::SmEnable { .. })),
+        "{a:?}"
+    );
+
+    // bound, but SmEnabled never comes: the negotiation deadline ends it
+    let mut s = session_at(now, Some(offer), 1);
+    s.data(HEADER);
+    s.data(AUTHENTICATE_BIND2);
+    auth_success(&mut s);
+    s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: String::new(),
+        result: Ok("a@x/app/r1".into()),
+    });
+    assert!(
+        s.poll_timeout().is_some(),
+        "a deadline while SmEnabled is awaited"
+    );
+    s.handle_timeout(now + NEGOTIATION_TIMEOUT + Duration::from_secs(1));
+    let a = s.poll_actions();
+    assert!(
+        a.iter().any(|x| matches!(x, SessionAction::Close(_))),
+        "the stream ends at the deadline: {a:?}"
+    );
+}
+
+#[test]
+fn sasl2_a_presence_in_the_same_flight_as_the_authenticate_waits_for_the_success() {
+    let mut s = sasl2_session();
+    s.data(HEADER);
+    let mut flight = AUTHENTICATE_BIND2.to_vec();
+    flight.extend_from_slice(b"<presence/>");
+    let a = s.data(&flight);
+    assert!(!written(&a).contains("not-authorized"), "{a:?}");
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { .. }]),
+        "{a:?}"
+    );
+    auth_success(&mut s);
+    s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: String::new(),
+        result: Ok("a@x/app/r1".into()),
+    });
+    let a = s.core(Frame::SmEnabled {
+        sid: 7,
+        id: "sm1".into(),
+        max: 300,
+    });
+    let frames = to_core(&a);
+    assert!(
+        matches!(&frames[..], [Frame::Stanza { header, .. }] if header.from == "a@x/app/r1"),
+        "{frames:?}"
+    );
+}
