@@ -174,8 +174,15 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         sasl2: bool,
     ) -> Result<sasl2::Success, ClientError> {
         let protocol = |_| ClientError::Protocol("SASL data is not base64".into());
+        let namespace = if sasl2 { ns::SASL2 } else { ns::SASL };
         loop {
             let el = self.element().await?;
+            if el.ns != namespace {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected <{}/> in {} during SASL",
+                    el.name, el.ns
+                )));
+            }
             match el.name.as_str() {
                 "challenge" => {
                     let data = sasl2::read_data(&el).map_err(protocol)?;

@@ -53,9 +53,10 @@ pub(super) fn before_auth(offer: &CoreOffer) -> Vec<u8> {
 }
 
 /// Features after a SASL2 success that bound the stream (Bind2 or an
-/// inline resumption).
-pub(super) fn after_bound(offer: Option<&CoreOffer>) -> Vec<u8> {
-    stream::features_bound(offer.and_then(caps))
+/// inline resumption); `<sm/>` while stream management is still off, so
+/// a client whose Bind2 carried no inline enable can enable it.
+pub(super) fn after_bound(offer: Option<&CoreOffer>, sm_off: bool) -> Vec<u8> {
+    stream::features_bound(sm_off, offer.and_then(caps))
 }
 
 /// Features after authentication: bind (or resume), and the server's

@@ -78,9 +78,7 @@ impl ClientSession {
                         ("incorrect-encoding", LoginResult::IncorrectEncoding)
                     }
                     Sasl2Error::NoMechanism => ("invalid-mechanism", LoginResult::InvalidMechanism),
-                    Sasl2Error::BadResume | Sasl2Error::BadInline => {
-                        ("malformed-request", LoginResult::Failed)
-                    }
+                    Sasl2Error::BadResume => ("malformed-request", LoginResult::Failed),
                 };
                 return self
                     .sasl
@@ -168,8 +166,10 @@ impl ClientSession {
                     Some(Ok(resumed)) => {
                         let jid = resumed.resumption.jid.clone();
                         self.write_success(&inline, jid, vec![resumed.element()]);
-                        self.out
-                            .write_features(features::after_bound(self.offer.as_deref()));
+                        self.out.write_features(features::after_bound(
+                            self.offer.as_deref(),
+                            !self.sm.is_on(),
+                        ));
                         // Bound, as after `<resumed/>`: the ledger's replay follows.
                         self.resumed(resumed);
                         for frame in inline.held {
@@ -251,8 +251,10 @@ impl ClientSession {
     fn bound_written(&mut self, inline: Inline) {
         self.state = State::Bound;
         self.negotiation_deadline = None;
-        self.out
-            .write_features(features::after_bound(self.offer.as_deref()));
+        self.out.write_features(features::after_bound(
+            self.offer.as_deref(),
+            !self.sm.is_on(),
+        ));
         for frame in inline.held {
             self.on_core(frame);
         }

@@ -242,6 +242,12 @@ pub(super) struct StreamManagement {
 }
 
 impl StreamManagement {
+    /// Whether stream management is on (enabled, being enabled, or
+    /// resumed).
+    pub fn is_on(&self) -> bool {
+        self.sm.is_some()
+    }
+
     /// An XEP-0198 or XEP-0352 element (a nonza) from the bound client.
     pub fn on_nonza(
         &mut self,

@@ -32,9 +32,6 @@ pub enum Sasl2Error {
     /// An inline `<resume/>` lacks `previd` or a numeric `h`.
     #[error("bad inline resume")]
     BadResume,
-    /// The Bind2 tag is too long or the user-agent id is.
-    #[error("bad bind2 tag or user agent")]
-    BadInline,
 }
 
 /// The SASL2 stream feature the server offers: `mechanisms` (in order), with
@@ -173,28 +170,25 @@ impl Authenticate {
             .child("initial-response", ns::SASL2)
             .map(|r| decode(&r.text()))
             .transpose()?;
+        // (an id longer than any UUID is not one: ignored, as an absent
+        // id is, rather than refusing the login over it)
         let user_agent = el.child("user-agent", ns::SASL2).map(|ua| UserAgent {
-            id: ua.attr("id").map(str::to_owned),
+            id: ua
+                .attr("id")
+                .filter(|id| id.len() <= MAX_USER_AGENT_ID_BYTES)
+                .map(str::to_owned),
             software: ua.child("software", ns::SASL2).map(|e| e.text()),
             device: ua.child("device", ns::SASL2).map(|e| e.text()),
         });
-        if user_agent
-            .as_ref()
-            .and_then(|ua| ua.id.as_ref())
-            .is_some_and(|id| id.len() > MAX_USER_AGENT_ID_BYTES)
-        {
-            return Err(Sasl2Error::BadInline);
-        }
         let bind = el
             .child("bind", ns::BIND2)
             .map(|b| {
+                // (a longer tag is cut to its first MAX_TAG_BYTES bytes'
+                // characters: it only names the client in the resource)
                 let tag = b
                     .child("tag", ns::BIND2)
-                    .map(|t| t.text().trim().to_owned())
+                    .map(|t| truncated(t.text().trim(), MAX_TAG_BYTES).to_owned())
                     .filter(|t| !t.is_empty());
-                if tag.as_ref().is_some_and(|t| t.len() > MAX_TAG_BYTES) {
-                    return Err(Sasl2Error::BadInline);
-                }
                 let sm = b.child("enable", ns::SM).map(|e| SmEnable {
                     resume: matches!(e.attr("resume"), Some("true" | "1")),
                     max: e.attr("max").and_then(|m| m.parse().ok()).unwrap_or(0),
@@ -286,8 +280,10 @@ impl Authenticate {
 
 /// A SASL2 `<challenge/>` or `<response/>` (`name`) carrying `data`.
 pub fn data_element(name: &str, data: &[u8]) -> Vec<u8> {
+    // (empty data: an empty element, as RFC 6120 §6.4.3 has it for
+    // challenges; `=` is the initial response's marker)
     Element::new(name, ns::SASL2)
-        .with_text(encode(data))
+        .with_text(B64.encode(data))
         .to_bytes(ns::CLIENT)
 }
 
@@ -332,7 +328,8 @@ impl Success {
         let mut el = Element::new("success", ns::SASL2);
         if !self.additional_data.is_empty() {
             el = el.with_child(
-                Element::new("additional-data", ns::SASL2).with_text(encode(&self.additional_data)),
+                Element::new("additional-data", ns::SASL2)
+                    .with_text(B64.encode(&self.additional_data)),
             );
         }
         el = el.with_child(
@@ -382,9 +379,20 @@ pub fn bound(children: Vec<Element>) -> Element {
         .fold(Element::new("bound", ns::BIND2), Element::with_child)
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// An initial response's text.
 fn encode(data: &[u8]) -> String {
     if data.is_empty() {
-        // XEP-0388 §"Challenges": `=` stands for empty data.
+        // RFC 6120 §6.4.2: `=` is an initial response without data.
         "=".to_owned()
     } else {
         B64.encode(data)
@@ -476,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn authenticate_refuses_no_mechanism_bad_base64_bad_resume_and_long_tags() {
+    fn authenticate_refuses_no_mechanism_bad_base64_and_bad_resume_but_cuts_long_tags() {
         let cases = [
             (
                 "<authenticate xmlns='urn:xmpp:sasl:2'/>",
@@ -494,14 +502,19 @@ mod tests {
         for (xml, err) in cases {
             assert_eq!(Authenticate::parse(&parse(xml)), Err(err), "{xml}");
         }
+        // a long tag is cut on a character boundary, a long user-agent id
+        // ignored: neither refuses the login
         let long = format!(
-            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><bind xmlns='urn:xmpp:bind:0'><tag>{}</tag></bind></authenticate>",
-            "t".repeat(MAX_TAG_BYTES + 1)
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><user-agent id='{}'/><bind xmlns='urn:xmpp:bind:0'><tag>{}é</tag></bind></authenticate>",
+            "u".repeat(MAX_USER_AGENT_ID_BYTES + 1),
+            "t".repeat(MAX_TAG_BYTES - 1)
         );
+        let long = Authenticate::parse(&parse(&long)).unwrap();
         assert_eq!(
-            Authenticate::parse(&parse(&long)),
-            Err(Sasl2Error::BadInline)
+            long.bind.and_then(|b| b.tag),
+            Some("t".repeat(MAX_TAG_BYTES - 1))
         );
+        assert_eq!(long.user_agent.and_then(|ua| ua.id), None);
         // no initial response at all, and an empty one, differ
         let none = Authenticate::parse(&parse(
             "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'/>",

@@ -87,11 +87,15 @@ fn mechanisms_element(mechanisms: &[&str]) -> Element {
 
 /// Stream features after a SASL2 success that bound the stream (Bind2 or
 /// an inline resumption): what a bound stream may still use.
-pub fn features_bound(caps: Option<&str>) -> Vec<u8> {
-    let mut children = vec![
+pub fn features_bound(sm: bool, caps: Option<&str>) -> Vec<u8> {
+    let mut children = Vec::new();
+    if sm {
+        children.push(Element::new("sm", ns::SM));
+    }
+    children.extend([
         Element::new("csi", ns::CSI),
         Element::new("ver", ns::ROSTER_VER),
-    ];
+    ]);
     children.extend(caps.map(caps_element));
     features(children)
 }
