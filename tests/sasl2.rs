@@ -143,7 +143,10 @@ async fn raw_sasl2_on_starttls_tls_and_quic_binds_tag_with_sm_and_carbons_in_one
             );
             let carbon = loop {
                 let el = io.element().await.expect("carbon");
-                if el.name == "message" {
+                // (skipping bob's receipt for the previous transport's
+                // "via desk": that desk was gone, so it waited offline
+                // for raw's next available session)
+                if el.name == "message" && el.child("received", ns::RECEIPTS).is_none() {
                     break el;
                 }
             };
