@@ -65,6 +65,9 @@ impl Harness {
             mechanisms: vec!["SCRAM-SHA-256".into(), "PLAIN".into()],
             registration: true,
             caps: "QgayPKawpkPSDYmwT/WM94uAlu0=".into(),
+            // (the SASL1 login of this harness; SASL2's stage has its own
+            // target, sasl2_session)
+            sasl2: false,
         });
         let session = ClientSession::new(
             SID,
