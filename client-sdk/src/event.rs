@@ -73,14 +73,18 @@ pub enum Event {
         /// The room that replaces it, if any.
         alternate: Option<String>,
     },
-    /// After a new login (the session could not be resumed) the SDK joined
-    /// this room again by itself, with the same nick and password, asking
-    /// for the history missed meanwhile. Its occupants came before as
+    /// After a new login (the session could not be resumed), or when an
+    /// XEP-0410 self-ping found the app out of the room (e.g. the server
+    /// restarted and forgot its occupants; see
+    /// [`crate::ConnectOptions::room_ping_interval`]), the SDK joined this
+    /// room again by itself, with the same nick and password, asking for
+    /// the history missed meanwhile. Its occupants came before as
     /// [`Event::Occupant`]; the history follows.
     RoomRejoined(crate::muc::RoomJoined),
-    /// Joining a room again after a new login failed (the room is
-    /// forgotten): the room's stanza error (e.g. `forbidden`: banned
-    /// meanwhile, `conflict`: the nick is taken), or a timeout.
+    /// Joining a room again (after a new login or a self-ping, as for
+    /// [`Event::RoomRejoined`]) failed (the room is forgotten): the room's
+    /// stanza error (e.g. `forbidden`: banned meanwhile, `conflict`: the
+    /// nick is taken), or a timeout.
     RoomRejoinFailed {
         /// The room's bare JID.
         room: String,

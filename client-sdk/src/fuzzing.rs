@@ -91,6 +91,7 @@ impl InboundHarness {
             message_states: true,
             previous_session: None,
             notify: Vec::new(),
+            room_ping_interval: Some(crate::DEFAULT_ROOM_PING_INTERVAL),
         };
         let mut harness = Self {
             session: Session::new(config, StdRng::seed_from_u64(seed)),

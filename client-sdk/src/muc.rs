@@ -236,7 +236,8 @@ pub struct RoomInvite {
     pub direct: bool,
 }
 
-/// A joined room ([`Client::join_room`], or a rejoin after a new login).
+/// A joined room ([`Client::join_room`], or the session's rejoin after a
+/// new login or a self-ping that found the app out of it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoomJoined {
     /// The room's bare JID.
@@ -275,9 +276,9 @@ pub struct JoinOptions {
     /// The room's password.
     pub password: Option<String>,
     /// At most this many messages of history (0: none); the room's default
-    /// if not set. A rejoin after a new login asks for what was missed,
-    /// at most this many (none if 0: an app that reads the room's archive
-    /// instead).
+    /// if not set. A rejoin (after a new login, or when a self-ping found
+    /// the app out of the room) asks for what was missed, at most this
+    /// many (none if 0: an app that reads the room's archive instead).
     pub history_max_stanzas: Option<u32>,
 }
 
@@ -525,7 +526,8 @@ pub enum SelfPing {
     /// again.
     NotJoined,
     /// No answer in time, or the room's server is unreachable
-    /// (`remote-server-not-found`, `remote-server-timeout`): nothing can
+    /// (`remote-server-not-found`, `remote-server-timeout`) or overloaded
+    /// (`resource-constraint`: a join would be refused too): nothing can
     /// be told; ask again later.
     Unreachable,
 }
@@ -535,7 +537,9 @@ pub(crate) fn self_ping_verdict(error: Option<&str>) -> SelfPing {
     match error {
         None | Some("service-unavailable" | "feature-not-implemented") => SelfPing::Joined,
         Some("item-not-found") => SelfPing::NickChanged,
-        Some("remote-server-not-found" | "remote-server-timeout") => SelfPing::Unreachable,
+        Some("remote-server-not-found" | "remote-server-timeout" | "resource-constraint") => {
+            SelfPing::Unreachable
+        }
         Some(_) => SelfPing::NotJoined,
     }
 }
@@ -1151,6 +1155,17 @@ impl Client {
         }
     }
 
+    /// Checks now that the app is still in every room it joined (an
+    /// XEP-0410 self-ping of each, as the session also does by itself
+    /// every [`crate::ConnectOptions::room_ping_interval`] and after each
+    /// resumption): a room that lost the app is joined again, reported as
+    /// [`crate::Event::RoomRejoined`] or [`crate::Event::RoomRejoinFailed`].
+    /// Nothing is sent while offline (the next connection checks them).
+    /// Returns once the check is handed to the session, not its outcome.
+    pub async fn check_rooms(&self) -> Result<(), ClientError> {
+        self.command(Command::CheckRooms).await
+    }
+
     /// One page of `room`'s archive (XEP-0313 asked of the room), oldest
     /// first; `q.with` is ignored by most rooms. Each message's
     /// `stanza_id` is its archive id, for paging (after a rejoin, the
@@ -1433,6 +1448,10 @@ mod tests {
         assert_eq!(self_ping_verdict(Some("bad-request")), SelfPing::NotJoined);
         assert_eq!(
             self_ping_verdict(Some("remote-server-not-found")),
+            SelfPing::Unreachable
+        );
+        assert_eq!(
+            self_ping_verdict(Some("resource-constraint")),
             SelfPing::Unreachable
         );
         assert_eq!(

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use xmpp_sasl::Mechanism;
 
+/// The default [`ConnectOptions::room_ping_interval`]: 10 minutes.
+pub const DEFAULT_ROOM_PING_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Where the client trusts certificates from.
 #[derive(Clone, Debug)]
 pub enum Trust {
@@ -65,6 +68,13 @@ pub struct ConnectOptions {
     /// session's entity capabilities; they arrive as [`crate::Event::Pep`],
     /// the newest item of each at login.
     pub notify: Vec<String>,
+    /// How often the session checks that it is still in each room it
+    /// joined (an XEP-0410 self-ping of its own occupant, when the room
+    /// was silent that long; ±25 % jitter), and joins again a room that
+    /// lost it (a core restart forgets occupants): default 10 minutes.
+    /// `None` or zero turns the periodic check off; a resumed stream is
+    /// checked at once either way (see [`crate::Client::check_rooms`]).
+    pub room_ping_interval: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -89,7 +99,15 @@ impl ConnectOptions {
             previous_session: None,
             message_states: false,
             notify: Vec::new(),
+            room_ping_interval: Some(DEFAULT_ROOM_PING_INTERVAL),
         }
+    }
+
+    /// Checks the rooms joined this often (`None` or zero: never by
+    /// itself); see [`Self::room_ping_interval`].
+    pub fn with_room_ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.room_ping_interval = interval;
+        self
     }
 
     /// Wants notifications of these personal eventing nodes (see

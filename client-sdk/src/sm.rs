@@ -126,6 +126,13 @@ impl SmClient {
         }
     }
 
+    /// Stanzas written since `<enable/>` (what an `<a h/>` acknowledging
+    /// everything says).
+    #[cfg(test)]
+    pub fn sent(&self) -> u32 {
+        self.sent
+    }
+
     /// Our `h`.
     pub fn inbound(&self) -> u32 {
         self.inbound

@@ -7,15 +7,15 @@
 //! events for the app, answers to its requests, and the end of the session;
 //! [`Session::poll_timeout`] says when to call [`Session::handle_timeout`]
 //! next (acknowledgement timeout, reconnection backoff, unanswered IQs, the
-//! wait for the server's last words). Ids and backoff jitter come from the
-//! RNG given to [`Session::new`].
+//! wait for the server's last words, the rooms' self-pings). Ids, backoff
+//! and self-ping jitter come from the RNG given to [`Session::new`].
 //!
 //! What it owns: the outbox (what the app sends while offline), XEP-0198
 //! state (`crate::sm`), the IQs waiting for answers (`requests`), duplicate
 //! suppression (`dedup`), the presence and client state to restore after a
 //! new login, the rooms the app joined (`rooms`: told apart from contacts,
-//! joined again after a new login), and the reconnection schedule
-//! (`reconnect`).
+//! joined again after a new login, or when an XEP-0410 self-ping finds the
+//! app out of one), and the reconnection schedule (`reconnect`).
 
 mod dedup;
 mod requests;
@@ -102,6 +102,9 @@ pub(crate) struct SessionConfig {
     pub(crate) previous_session: Option<(String, u32)>,
     /// The personal eventing nodes the app wants (its capabilities).
     pub(crate) notify: Vec<String>,
+    /// Self-ping each joined room when it was silent this long (XEP-0410;
+    /// `None`: only after a resumption and when the app asks).
+    pub(crate) room_ping_interval: Option<Duration>,
 }
 
 impl SessionConfig {
@@ -119,6 +122,7 @@ impl SessionConfig {
             message_states: opts.message_states,
             previous_session: opts.previous_session.clone(),
             notify: opts.notify.clone(),
+            room_ping_interval: opts.room_ping_interval.filter(|i| !i.is_zero()),
         }
     }
 }
@@ -140,6 +144,9 @@ pub(crate) enum Command {
         room: String,
         status: Option<String>,
     },
+    /// Self-ping every joined room now (XEP-0410); a room that lost the
+    /// app is joined again.
+    CheckRooms,
     /// End the stream cleanly, then the session.
     Close,
     /// Drop the connection without a goodbye (a resumable session waits at
@@ -347,9 +354,16 @@ impl Session {
             Link::Closing { deadline } => Some(*deadline),
             Link::Connecting { .. } | Link::Ended => None,
         };
+        // (self-pings wait while the connection takes no writes: a
+        // resumption checks every room anyway, a new login joins them)
+        let pings = if self.writable() {
+            self.rooms.next_ping()
+        } else {
+            None
+        };
         earliest(
             earliest(link, self.iqs.next_deadline()),
-            self.rooms.next_deadline(),
+            earliest(self.rooms.next_deadline(), pings),
         )
     }
 
@@ -408,8 +422,12 @@ impl Session {
             if let Some(id) = waiter.request() {
                 self.reply(id, Err(ClientError::Timeout));
             }
+            if let Waiter::RoomPing { room, id } = waiter {
+                self.room_ping_answered(now, &room, &id, None);
+            }
         }
         self.expire_rooms(now);
+        self.ping_due_rooms(now);
         self.request_ack(now);
     }
 
@@ -448,6 +466,7 @@ impl Session {
             }
             Command::Request(id, request) => self.request(now, id, request),
             Command::LeaveRoom { room, status } => self.leave_room(&room, status.as_deref()),
+            Command::CheckRooms => self.check_rooms(now),
             Command::Close => self.close(now),
             Command::Abort => {
                 self.outputs
@@ -531,6 +550,11 @@ impl Session {
             .collect();
         for out in owed {
             self.send(out);
+        }
+        if resumed.is_some() {
+            // the server may have lost the app's occupants meanwhile (a
+            // core restart forgets them): make sure of each room
+            self.check_rooms(now);
         }
         if self.connected_before {
             let resumed = resumed.is_some();
@@ -1006,7 +1030,7 @@ impl Session {
                 .attr("id")
                 .and_then(|id| self.iqs.answer(id, el.attr("from"), &self.config.jid))
         {
-            return self.answered(waiter, el);
+            return self.answered(now, waiter, el);
         }
         if self.room_stanza(now, &el) {
             return;
@@ -1052,7 +1076,7 @@ impl Session {
     }
 
     /// The answer to an IQ the session waited for.
-    fn answered(&mut self, waiter: Waiter, iq: Element) {
+    fn answered(&mut self, now: Instant, waiter: Waiter, iq: Element) {
         match waiter {
             Waiter::App(id) => self.reply(id, Ok(Answer::Iq(event::iq_response(iq)))),
             Waiter::History { request, results } => {
@@ -1075,6 +1099,7 @@ impl Session {
                 }
             }
             Waiter::Carbons => {}
+            Waiter::RoomPing { room, id } => self.room_ping_answered(now, &room, &id, Some(&iq)),
         }
     }
 

@@ -44,6 +44,9 @@ pub(crate) enum Waiter {
     RosterRefresh,
     /// Enabling carbons: nobody needs the answer.
     Carbons,
+    /// The session's XEP-0410 self-ping of a room (its key), this IQ id:
+    /// the answer (or its absence) says whether the app is still in it.
+    RoomPing { room: String, id: String },
 }
 
 impl Waiter {
@@ -53,7 +56,7 @@ impl Waiter {
             Waiter::App(id)
             | Waiter::History { request: id, .. }
             | Waiter::RoomHistory { request: id, .. } => Some(*id),
-            Waiter::RosterRefresh | Waiter::Carbons => None,
+            Waiter::RosterRefresh | Waiter::Carbons | Waiter::RoomPing { .. } => None,
         }
     }
 }

@@ -3,6 +3,23 @@
 //! a contact's), the joins and nick changes waiting for the room's answer,
 //! and what a new login needs to join them again.
 //!
+//! Whether the app is still in each room it joined is checked by an
+//! XEP-0410 self-ping of its own occupant: when the room was silent for
+//! [`SessionConfig::room_ping_interval`](super::SessionConfig) (±25 %),
+//! after every resumed stream (a server that restarted forgets occupants
+//! while the stream survives), and when the app asks. A room that says
+//! the app is not in it (`not-acceptable`, or any error but those below)
+//! is joined again as after a new login, reported as
+//! [`Event::RoomRejoined`] or [`Event::RoomRejoinFailed`]. A result,
+//! `service-unavailable`, `feature-not-implemented` or `item-not-found`
+//! (another client of the account renamed the occupant) mean still
+//! joined. No answer in time, `remote-server-not-found`,
+//! `remote-server-timeout` and `resource-constraint` tell nothing: the
+//! next ping goes an interval later, and timeouts never lead to a rejoin
+//! however many there are in a row (a room that does not answer a ping
+//! would not answer a join either, and a failed rejoin forgets the room;
+//! a dead connection is the acknowledgement timeout's to find).
+//!
 //! A join goes out when the connection takes writes, else at the next
 //! connection (never through the outbox: the session writes a fresh join
 //! for every room after a new login, and drops the copies of earlier ones
@@ -12,19 +29,24 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rand::Rng;
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
-use super::requests::IQ_TIMEOUT;
+use super::requests::{IQ_TIMEOUT, Waiter};
 use super::{Answer, Session};
 use crate::ClientError;
 use crate::event::{self, Event};
-use crate::muc::{self, HistoryWanted, Occupant, RoomJoined, RoomStanza};
+use crate::muc::{self, HistoryWanted, Occupant, RoomJoined, RoomStanza, SelfPing};
 use crate::session::RequestId;
 use crate::sm::Outgoing;
 
 /// How long a join (or a nick change) waits for the room's answer.
 pub(crate) const ROOM_TIMEOUT: Duration = IQ_TIMEOUT;
+/// A self-ping interval is this many times the configured one, at least…
+const MIN_PING_JITTER: f64 = 0.75;
+/// …and less than this many times.
+const MAX_PING_JITTER: f64 = 1.25;
 /// Rooms kept at once; beyond that joins fail at once.
 pub(crate) const MAX_ROOMS: usize = 1024;
 /// Occupants a join's answer lists at most (all arrive as events).
@@ -48,6 +70,18 @@ pub(crate) struct Room {
     /// When the room was last heard from (the history a rejoin asks for).
     last_activity: Instant,
     nick_change: Option<NickChange>,
+    /// The XEP-0410 self-ping of a joined room.
+    ping: RoomPing,
+}
+
+/// Where a joined room's self-ping stands (see the module docs).
+#[derive(Debug, Default)]
+struct RoomPing {
+    /// When the next one is due (if the room is still silent then).
+    due: Option<Instant>,
+    /// The id of the one waiting for its answer (an answer to an earlier
+    /// one, sent before a rejoin or a newer ping, counts for nothing).
+    waiting: Option<String>,
 }
 
 #[derive(Debug)]
@@ -117,6 +151,15 @@ impl Rooms {
         }
     }
 
+    /// When the next self-ping of a joined room is due.
+    pub(crate) fn next_ping(&self) -> Option<Instant> {
+        self.map
+            .values()
+            .filter(|r| matches!(r.phase, Phase::Joined))
+            .filter_map(|r| r.ping.due)
+            .min()
+    }
+
     /// When the next join or nick change gives up.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.map
@@ -130,6 +173,24 @@ impl Rooms {
                     .chain(r.nick_change.as_ref().map(|n| n.deadline))
             })
             .min()
+    }
+}
+
+/// What a rejoin of `room` asks for: the history since it was last heard
+/// from (see [`REJOIN_HISTORY_MARGIN_SECS`]), unless the app wants none.
+fn missed_history(room: &Room, now: Instant) -> HistoryWanted {
+    match room.history {
+        Some(0) => HistoryWanted {
+            max_stanzas: Some(0),
+            seconds: None,
+        },
+        max => HistoryWanted {
+            max_stanzas: max,
+            seconds: Some(
+                now.saturating_duration_since(room.last_activity).as_secs()
+                    + REJOIN_HISTORY_MARGIN_SECS,
+            ),
+        },
     }
 }
 
@@ -200,6 +261,7 @@ impl Session {
                 phase: Phase::Joining(join),
                 last_activity: now,
                 nick_change: None,
+                ping: RoomPing::default(),
             },
         );
         if self.writable() {
@@ -257,6 +319,7 @@ impl Session {
             .retain(|_, r| !matches!(r.phase, Phase::Leaving));
         let stale = std::mem::take(&mut self.rooms.in_flight).into();
         for room in self.rooms.map.values_mut() {
+            room.ping = RoomPing::default();
             match &mut room.phase {
                 Phase::Joining(join) => {
                     join.sent = false;
@@ -266,19 +329,7 @@ impl Session {
                     }
                 }
                 Phase::Joined | Phase::Leaving => {
-                    let history = match room.history {
-                        Some(0) => HistoryWanted {
-                            max_stanzas: Some(0),
-                            seconds: None,
-                        },
-                        max => HistoryWanted {
-                            max_stanzas: max,
-                            seconds: Some(
-                                now.saturating_duration_since(room.last_activity).as_secs()
-                                    + REJOIN_HISTORY_MARGIN_SECS,
-                            ),
-                        },
-                    };
+                    let history = missed_history(room, now);
                     room.phase = Phase::Joining(Join {
                         request: None,
                         deadline: now + ROOM_TIMEOUT,
@@ -531,6 +582,9 @@ impl Session {
                 Phase::Joined => None,
             };
             let nick = p.occupant.nick.clone();
+            if joined.is_some() {
+                self.schedule_ping(now, &k);
+            }
             self.event(Event::Occupant(p));
             match joined {
                 Some((Some(id), joined)) => self.reply(id, Ok(Answer::RoomJoined(joined))),
@@ -603,5 +657,177 @@ impl Session {
             return;
         }
         tracing::debug!(room = room.jid, condition, "a room refused a presence");
+    }
+}
+
+impl Session {
+    /// The self-ping interval with ±25 % jitter (so the rooms of a fleet
+    /// that joined together are not all pinged at once), if the periodic
+    /// check is on.
+    fn jittered_ping_interval(&mut self) -> Option<Duration> {
+        let interval = self.config.room_ping_interval?;
+        Some(interval.mul_f64(self.rng.gen_range(MIN_PING_JITTER..MAX_PING_JITTER)))
+    }
+
+    /// The room `k`'s next self-ping is an interval away (none if the
+    /// periodic check is off).
+    fn schedule_ping(&mut self, now: Instant, k: &str) {
+        let due = self.jittered_ping_interval().map(|i| now + i);
+        if let Some(r) = self.rooms.map.get_mut(k) {
+            r.ping.due = due;
+        }
+    }
+
+    /// Self-pings the joined rooms whose ping is due, unless heard from
+    /// lately (within 3/4 of the interval): those have their ping moved to
+    /// an interval after they were last heard from.
+    pub(super) fn ping_due_rooms(&mut self, now: Instant) {
+        if !self.writable() {
+            return;
+        }
+        let due: Vec<(String, Instant)> = self
+            .rooms
+            .map
+            .iter()
+            .filter(|(_, r)| matches!(r.phase, Phase::Joined))
+            .filter(|(_, r)| r.ping.due.is_some_and(|at| at <= now))
+            .map(|(k, r)| (k.clone(), r.last_activity))
+            .collect();
+        let Some(interval) = self.config.room_ping_interval else {
+            return;
+        };
+        for (k, heard) in due {
+            if heard + interval.mul_f64(MIN_PING_JITTER) > now {
+                // the room spoke lately: the app is in it (the next due
+                // time is past `now`: the jitter is at least as much)
+                let next = self.jittered_ping_interval().map(|i| heard + i);
+                if let Some(r) = self.rooms.map.get_mut(&k) {
+                    r.ping.due = next;
+                }
+            } else {
+                self.send_room_ping(now, &k);
+            }
+        }
+    }
+
+    /// Self-pings every joined room now (a ping still unanswered is
+    /// superseded); nothing while the connection takes no writes (the
+    /// next one checks them: a resumption pings them all, a new login
+    /// joins them again).
+    pub(super) fn check_rooms(&mut self, now: Instant) {
+        if !self.writable() {
+            return;
+        }
+        let joined: Vec<String> = self
+            .rooms
+            .map
+            .iter()
+            .filter(|(_, r)| matches!(r.phase, Phase::Joined))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in joined {
+            self.send_room_ping(now, &k);
+        }
+    }
+
+    /// Sends the XEP-0410 self-ping of the room `k` (its own occupant);
+    /// the answer, or its absence after [`IQ_TIMEOUT`], comes back to
+    /// [`Self::room_ping_answered`].
+    fn send_room_ping(&mut self, now: Instant, k: &str) {
+        let Some(room) = self.rooms.map.get(k) else {
+            return;
+        };
+        if !matches!(room.phase, Phase::Joined) {
+            return;
+        }
+        let iq = muc::self_ping_iq(&format!("{}/{}", room.jid, room.nick));
+        let id = self.new_id();
+        let waiter = Waiter::RoomPing {
+            room: k.to_owned(),
+            id: id.clone(),
+        };
+        match self.send_iq(now, iq, id.clone(), waiter) {
+            Ok(()) => {
+                if let Some(r) = self.rooms.map.get_mut(k) {
+                    r.ping = RoomPing {
+                        due: None,
+                        waiting: Some(id),
+                    };
+                }
+            }
+            Err(error) => {
+                tracing::debug!(room = k, %error, "a room's self-ping could not be sent");
+                self.schedule_ping(now, k);
+            }
+        }
+    }
+
+    /// The answer to the self-ping `id` of the room `k` (`None`: none in
+    /// time). See the module docs for what each answer means.
+    pub(super) fn room_ping_answered(
+        &mut self,
+        now: Instant,
+        k: &str,
+        id: &str,
+        answer: Option<&Element>,
+    ) {
+        let Some(room) = self.rooms.map.get_mut(k) else {
+            return;
+        };
+        if !matches!(room.phase, Phase::Joined) || room.ping.waiting.as_deref() != Some(id) {
+            // an earlier ping's: the room was joined or pinged again since
+            return;
+        }
+        room.ping.waiting = None;
+        let verdict = match answer {
+            None => SelfPing::Unreachable,
+            Some(iq) if iq.attr("type") == Some("result") => SelfPing::Joined,
+            Some(iq) => {
+                let condition = event::stanza_error_condition(iq);
+                muc::self_ping_verdict(Some(condition.as_deref().unwrap_or("undefined-condition")))
+            }
+        };
+        match verdict {
+            SelfPing::NotJoined => self.rejoin(now, k),
+            SelfPing::Unreachable => {
+                tracing::debug!(room = room.jid, "a room's self-ping told nothing");
+                self.schedule_ping(now, k);
+            }
+            SelfPing::Joined | SelfPing::NickChanged => self.schedule_ping(now, k),
+        }
+    }
+
+    /// A self-ping found the app out of the joined room `k`: it is joined
+    /// again as after a new login (the same nick and password, the history
+    /// missed), reported as [`Event::RoomRejoined`] or
+    /// [`Event::RoomRejoinFailed`]. A nick change under way fails.
+    fn rejoin(&mut self, now: Instant, k: &str) {
+        let Some(room) = self.rooms.map.get_mut(k) else {
+            return;
+        };
+        tracing::info!(
+            room = room.jid,
+            "not in the room any more: joining it again"
+        );
+        let history = missed_history(room, now);
+        room.phase = Phase::Joining(Join {
+            request: None,
+            deadline: now + ROOM_TIMEOUT,
+            sent: false,
+            history,
+            occupants: Vec::new(),
+        });
+        room.ping = RoomPing::default();
+        if let Some(n) = room.nick_change.take() {
+            self.reply(
+                n.request,
+                Err(ClientError::Protocol(
+                    "the room is being joined again".into(),
+                )),
+            );
+        }
+        if self.writable() {
+            self.send_join(k);
+        }
     }
 }

@@ -8,6 +8,7 @@ use crate::muc::{Affiliation, Removal, Role, RoomInvite};
 
 const OWN: &str = "alice@example.org";
 const ACK_TIMEOUT: Duration = Duration::from_secs(20);
+const PING_INTERVAL: Duration = Duration::from_secs(600);
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -22,6 +23,7 @@ fn config() -> SessionConfig {
         message_states: true,
         previous_session: None,
         notify: vec!["urn:xmpp:nick".into()],
+        room_ping_interval: Some(PING_INTERVAL),
     }
 }
 
@@ -2409,4 +2411,347 @@ fn joining_again_right_after_leaving_is_not_undone_by_the_answer_to_the_leave() 
         &replies(&drain(&mut s))[..],
         [(RequestId(2), Ok(Answer::RoomJoined(_)))]
     ));
+}
+
+// XEP-0410 self-pings of the rooms joined.
+
+/// The server acknowledges everything written (so no acknowledgement
+/// deadline hides the self-ping's).
+fn ack_all(s: &mut Session, now: Instant) {
+    let h = s.sm.sent();
+    s.on_element(now, xml(&format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>")));
+    drain(s);
+}
+
+/// [`in_room`] with the join acknowledged: nothing is due but the room's
+/// self-ping.
+fn in_quiet_room(t0: Instant) -> Session {
+    let mut s = in_room(t0);
+    ack_all(&mut s, t0);
+    s
+}
+
+/// The id of the self-ping of [`ROOM`]'s `me` among what was written.
+fn room_ping(outputs: &[Output]) -> Option<String> {
+    written(outputs)
+        .into_iter()
+        .find(|w| {
+            w.starts_with("<iq type=\"get\"")
+                && w.contains(&format!("to=\"{ROOM}/me\""))
+                && w.contains("<ping xmlns=\"urn:xmpp:ping\"/>")
+        })
+        .map(|w| xml(&w).attr("id").expect("an id").to_owned())
+}
+
+/// Lets time pass until the next self-ping of [`ROOM`] goes out (one
+/// due while the room was heard from lately is moved first): when, and
+/// its id.
+fn next_room_ping(s: &mut Session) -> (Instant, String) {
+    for _ in 0..3 {
+        let due = s.poll_timeout().expect("a self-ping is scheduled");
+        s.handle_timeout(due);
+        if let Some(id) = room_ping(&drain(s)) {
+            return (due, id);
+        }
+    }
+    panic!("no self-ping")
+}
+
+/// The join presences among what was written.
+fn joins(outputs: &[Output]) -> Vec<String> {
+    written(outputs)
+        .into_iter()
+        .filter(|w| w.contains("http://jabber.org/protocol/muc\""))
+        .collect()
+}
+
+/// The room's answer to the self-ping `id`: a result, or this error.
+fn ping_answer(id: &str, error: Option<&str>) -> Element {
+    match error {
+        None => xml(&format!(
+            "<iq from='{ROOM}/me' to='alice@example.org/phone' id='{id}' type='result'/>"
+        )),
+        Some(condition) => xml(&format!(
+            "<iq from='{ROOM}/me' to='alice@example.org/phone' id='{id}' type='error'>\
+             <error type='cancel'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             </error></iq>"
+        )),
+    }
+}
+
+/// The next self-ping is due within the interval's jitter after `from`.
+fn assert_ping_due_after(s: &Session, from: Instant) -> Instant {
+    let due = s.poll_timeout().expect("a self-ping is scheduled");
+    assert!(
+        due >= from + PING_INTERVAL * 3 / 4 && due < from + PING_INTERVAL * 5 / 4,
+        "due {:?} after {from:?}",
+        due - from
+    );
+    due
+}
+
+#[test]
+fn a_joined_room_is_self_pinged_after_an_interval_of_silence_and_one_heard_from_later() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    let due = assert_ping_due_after(&s, t0);
+    s.handle_timeout(due - Duration::from_millis(1));
+    assert!(drain(&mut s).is_empty(), "nothing before it is due");
+    s.handle_timeout(due);
+    let out = drain(&mut s);
+    let id = room_ping(&out).expect("the self-ping");
+    assert!(events(&out).is_empty());
+    // one in flight at a time: none more until it is answered
+    ack_all(&mut s, due);
+    assert_eq!(s.poll_timeout(), Some(due + IQ_TIMEOUT));
+    s.on_element(due, ping_answer(&id, None));
+    drain(&mut s);
+    let next = assert_ping_due_after(&s, due);
+    // the room speaks meanwhile: its ping moves to an interval after that
+    let heard = next - PING_INTERVAL / 2;
+    s.on_element(
+        heard,
+        xml(&format!(
+            "<message from='{ROOM}/firstwitch' type='groupchat' id='m1'><body>hi</body></message>"
+        )),
+    );
+    drain(&mut s);
+    s.handle_timeout(next);
+    let out = drain(&mut s);
+    assert_eq!(room_ping(&out), None, "{out:?}");
+    let moved = assert_ping_due_after(&s, heard);
+    s.handle_timeout(moved);
+    assert!(room_ping(&drain(&mut s)).is_some());
+}
+
+#[test]
+fn a_self_ping_answered_as_still_joined_changes_nothing() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    // XEP-0410 §4: a result; errors of a client that got the ping and does
+    // not answer pings; the nick renamed by another client
+    for error in [
+        None,
+        Some("service-unavailable"),
+        Some("feature-not-implemented"),
+        Some("item-not-found"),
+    ] {
+        let due = s.poll_timeout().expect("a self-ping is scheduled");
+        s.handle_timeout(due);
+        let id = room_ping(&drain(&mut s)).expect("the self-ping");
+        s.on_element(due, ping_answer(&id, error));
+        let out = drain(&mut s);
+        assert!(joins(&out).is_empty(), "{error:?}: no rejoin");
+        assert!(events(&out).is_empty(), "{error:?}: {out:?}");
+        assert!(replies(&out).is_empty());
+        // acknowledge what the session wrote, so only the ping is due
+        ack_all(&mut s, due);
+        assert_ping_due_after(&s, due);
+    }
+}
+
+#[test]
+fn a_room_that_lost_the_app_is_joined_again_asking_for_the_history_since_it_was_last_heard() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    let heard = t0 + Duration::from_secs(30);
+    s.on_element(
+        heard,
+        xml(&format!(
+            "<message from='{ROOM}/firstwitch' type='groupchat' id='m1'><body>one</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='sid-1'/></message>"
+        )),
+    );
+    drain(&mut s);
+    let (due, id) = next_room_ping(&mut s);
+    let answered = due + Duration::from_secs(2);
+    s.on_element(answered, ping_answer(&id, Some("not-acceptable")));
+    let out = drain(&mut s);
+    assert!(events(&out).is_empty(), "{out:?}");
+    let seconds = (answered - heard).as_secs() + rooms::REJOIN_HISTORY_MARGIN_SECS;
+    let [join] = &joins(&out)[..] else {
+        panic!("one join: {out:?}")
+    };
+    assert!(
+        join.contains(&format!("to=\"{ROOM}/me\""))
+            && join.contains(&format!("<history seconds=\"{seconds}\"/>")),
+        "{join}"
+    );
+    // no self-ping while joining
+    ack_all(&mut s, answered);
+    assert_eq!(s.poll_timeout(), Some(answered + rooms::ROOM_TIMEOUT));
+    // the room takes the app back: an event, and the pings go on
+    s.on_element(answered, self_presence("me"));
+    let out = drain(&mut s);
+    assert!(replies(&out).is_empty());
+    let ev = events(&out);
+    assert!(
+        matches!(&ev[..], [Event::Occupant(me), Event::RoomRejoined(j)] if me.is_self && j.room == ROOM),
+        "{ev:?}"
+    );
+    assert_ping_due_after(&s, answered);
+    // history seen before is dropped, what was missed is kept
+    for (sid, body) in [("sid-1", "one"), ("sid-2", "two")] {
+        s.on_element(
+            answered,
+            xml(&format!(
+                "<message from='{ROOM}/firstwitch' type='groupchat'><body>{body}</body>\
+                 <delay xmlns='urn:xmpp:delay' from='{ROOM}' stamp='2026-01-01T00:00:00Z'/>\
+                 <stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='{sid}'/></message>"
+            )),
+        );
+    }
+    let ev = events(&drain(&mut s));
+    assert!(
+        matches!(&ev[..], [Event::RoomMessage(m)] if m.body.as_deref() == Some("two")),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_refused_rejoin_after_a_self_ping_is_an_event_and_the_room_is_forgotten() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    let due = s.poll_timeout().expect("a self-ping is scheduled");
+    s.handle_timeout(due);
+    let id = room_ping(&drain(&mut s)).expect("the self-ping");
+    s.on_element(due, ping_answer(&id, Some("not-acceptable")));
+    drain(&mut s);
+    s.on_element(
+        due,
+        xml(&format!(
+            "<presence from='{ROOM}/me' type='error'><error type='auth'>\
+             <forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+        )),
+    );
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![Event::RoomRejoinFailed {
+            room: ROOM.into(),
+            error: ClientError::StanzaError("forbidden".into()),
+        }]
+    );
+    ack_all(&mut s, due);
+    assert_eq!(s.poll_timeout(), None, "nothing left to ping");
+}
+
+#[test]
+fn unanswered_self_pings_never_rejoin_and_are_tried_again_an_interval_later() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    let mut due = s.poll_timeout().expect("a self-ping is scheduled");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        s.handle_timeout(due);
+        ids.push(room_ping(&drain(&mut s)).expect("the self-ping"));
+        ack_all(&mut s, due);
+        let gave_up = due + IQ_TIMEOUT;
+        assert_eq!(s.poll_timeout(), Some(gave_up));
+        s.handle_timeout(gave_up);
+        let out = drain(&mut s);
+        assert!(joins(&out).is_empty(), "no rejoin on a timeout: {out:?}");
+        assert!(events(&out).is_empty() && replies(&out).is_empty());
+        due = assert_ping_due_after(&s, gave_up);
+    }
+    // nor on an inconclusive answer (the room's server unreachable, or
+    // overloaded)
+    for error in ["remote-server-not-found", "resource-constraint"] {
+        s.handle_timeout(due);
+        let id = room_ping(&drain(&mut s)).expect("the self-ping");
+        s.on_element(due, ping_answer(&id, Some(error)));
+        let out = drain(&mut s);
+        ack_all(&mut s, due);
+        assert!(joins(&out).is_empty(), "{error}: {out:?}");
+        due = assert_ping_due_after(&s, due);
+    }
+    // a late answer to a ping given up on counts for nothing
+    s.on_element(due, ping_answer(&ids[0], Some("not-acceptable")));
+    assert!(joins(&drain(&mut s)).is_empty());
+}
+
+#[test]
+fn a_resumed_stream_self_pings_every_joined_room_at_once_and_rejoins_one_that_lost_the_app() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    assert_eq!(s.poll_timeout(), None, "no self-ping while offline");
+    let back = t0 + Duration::from_secs(5);
+    s.on_connected(
+        back,
+        Negotiated {
+            resumed: Some(1),
+            jid: None,
+        },
+    );
+    let out = drain(&mut s);
+    assert!(events(&out).contains(&Event::Reconnected { resumed: true }));
+    assert!(joins(&out).is_empty(), "the room is still joined: {out:?}");
+    let id = room_ping(&out).expect("a self-ping right after the resumption");
+    // the server restarted meanwhile and forgot the occupants
+    s.on_element(back, ping_answer(&id, Some("not-acceptable")));
+    let out = drain(&mut s);
+    let [join] = &joins(&out)[..] else {
+        panic!("one join: {out:?}")
+    };
+    assert!(join.contains("<history seconds=\"15\"/>"), "{join}");
+    s.on_element(back, self_presence("me"));
+    assert!(
+        events(&drain(&mut s))
+            .iter()
+            .any(|e| matches!(e, Event::RoomRejoined(j) if j.room == ROOM))
+    );
+}
+
+#[test]
+fn the_app_can_check_its_rooms_now_and_a_newer_ping_supersedes_an_older_one() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    s.command(t0, Command::CheckRooms);
+    let first = room_ping(&drain(&mut s)).expect("a self-ping at once");
+    s.command(t0, Command::CheckRooms);
+    let second = room_ping(&drain(&mut s)).expect("a self-ping at once");
+    assert_ne!(first, second);
+    // the older one's answer counts for nothing (the newer one decides)
+    s.on_element(t0, ping_answer(&first, Some("not-acceptable")));
+    assert!(joins(&drain(&mut s)).is_empty());
+    s.on_element(t0, ping_answer(&second, Some("not-acceptable")));
+    assert_eq!(joins(&drain(&mut s)).len(), 1);
+}
+
+#[test]
+fn without_a_ping_interval_rooms_are_pinged_only_after_a_resumption_or_when_asked() {
+    let t0 = Instant::now();
+    let mut s = connected(
+        SessionConfig {
+            room_ping_interval: None,
+            ..config()
+        },
+        t0,
+    );
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    drain(&mut s);
+    s.on_element(t0, self_presence("me"));
+    ack_all(&mut s, t0);
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + PING_INTERVAL * 10);
+    assert_eq!(room_ping(&drain(&mut s)), None);
+    s.command(t0, Command::CheckRooms);
+    let id = room_ping(&drain(&mut s)).expect("asked: a self-ping");
+    s.on_element(t0, ping_answer(&id, None));
+    ack_all(&mut s, t0);
+    assert_eq!(s.poll_timeout(), None, "and none after it");
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    s.on_connected(
+        t0,
+        Negotiated {
+            resumed: Some(2),
+            jid: None,
+        },
+    );
+    assert!(room_ping(&drain(&mut s)).is_some());
 }
