@@ -7,6 +7,8 @@
 mod chat;
 mod idle;
 mod login;
+mod reconnect;
+mod relay;
 mod report;
 mod scale;
 mod switch;
@@ -137,6 +139,17 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         settle: u64,
     },
+    /// QUIC only: login and resume times of a phone behind a relay that
+    /// adds a delay each way, with SASL1 and with SASL2 (accounts PREFIX0
+    /// and PREFIX1).
+    Reconnect {
+        /// Delay added each way, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        delay_ms: u64,
+        /// Attempts per mode (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        attempts: usize,
+    },
     /// QUIC only: clients chat while each moves to a new UDP port every T seconds.
     Migrate {
         /// Clients.
@@ -254,6 +267,7 @@ async fn main() -> Result<()> {
         return switch::serve(cli.listen, cli.domain).await;
     }
     let cli = Cli::parse();
+    let ca_path = cli.ca.clone();
     let roots = match &cli.ca {
         Some(ca) => {
             client_sdk::load_roots(ca).with_context(|| format!("reading {}", ca.display()))?
@@ -326,6 +340,23 @@ async fn main() -> Result<()> {
                 settle,
             };
             scale::run(setup, cli.pids, plan).await
+        }
+        Scenario::Reconnect { delay_ms, attempts } => {
+            anyhow::ensure!(
+                cli.transport == Transport::Quic,
+                "reconnect needs --transport quic"
+            );
+            let plan = reconnect::Plan {
+                server: cli.server,
+                ca: ca_path.context("reconnect needs --ca")?,
+                prefix: setup.prefix,
+                password: setup.password,
+                domain: cli.domain,
+                mechanism: setup.mechanism,
+                one_way: Duration::from_millis(delay_ms),
+                attempts,
+            };
+            reconnect::run(plan).await
         }
         Scenario::Migrate {
             users,

@@ -1,0 +1,216 @@
+//! A UDP relay on loopback that delays every datagram by a fixed time in
+//! each direction: a mobile link's latency for `longlink-bench reconnect`,
+//! without network namespaces or `tc netem` (which need privileges and a
+//! kernel module this tool cannot count on).
+//!
+//! Each client address gets its own upstream socket, so the server sees
+//! one peer per client as it would without the relay. A constant delay
+//! keeps each direction's order (a FIFO per direction). At most
+//! [`MAX_FLOWS`] clients and [`MAX_QUEUED`] datagrams in flight per
+//! direction; beyond that datagrams are dropped, as a full link drops them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Most client addresses relayed at once.
+pub const MAX_FLOWS: usize = 1024;
+/// Most datagrams waiting out their delay, per direction of a flow.
+pub const MAX_QUEUED: usize = 4096;
+/// Largest datagram relayed (QUIC's are at most about 1500 bytes here).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// A running relay; stops (and drops its sockets) when dropped.
+pub struct UdpDelay {
+    /// Where clients send to.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for UdpDelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl UdpDelay {
+    /// Starts relaying datagrams sent to the returned relay's `addr` to
+    /// `upstream` (and the answers back), each `one_way` later.
+    pub async fn start(upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = front.local_addr()?;
+        let task = tokio::spawn(front_loop(front, upstream, one_way));
+        Ok(Self { addr, task })
+    }
+}
+
+/// Reads the client side; one upstream socket (and task) per client.
+async fn front_loop(front: Arc<UdpSocket>, upstream: SocketAddr, one_way: Duration) {
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let Ok((n, client)) = front.recv_from(&mut buf).await else {
+            continue;
+        };
+        if !flows.contains_key(&client) {
+            if flows.len() >= MAX_FLOWS {
+                continue;
+            }
+            match Flow::open(front.clone(), client, upstream, one_way).await {
+                Ok(flow) => {
+                    flows.insert(client, flow);
+                }
+                Err(e) => {
+                    tracing::warn!(%client, "relay: no upstream socket: {e}");
+                    continue;
+                }
+            }
+        }
+        if let Some(flow) = flows.get(&client) {
+            // (a full queue drops the datagram, as a full link would)
+            let _ = flow
+                .to_server
+                .try_send((Instant::now() + one_way, buf[..n].to_vec()));
+        }
+    }
+}
+
+/// One client's path through the relay.
+struct Flow {
+    to_server: mpsc::Sender<(Instant, Vec<u8>)>,
+    tasks: [JoinHandle<()>; 3],
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Flow {
+    async fn open(
+        front: Arc<UdpSocket>,
+        client: SocketAddr,
+        upstream: SocketAddr,
+        one_way: Duration,
+    ) -> std::io::Result<Self> {
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        back.connect(upstream).await?;
+        let (to_server, server_queue) = mpsc::channel(MAX_QUEUED);
+        let (to_client, client_queue) = mpsc::channel::<(Instant, Vec<u8>)>(MAX_QUEUED);
+        let reader = {
+            let back = back.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                while let Ok(n) = back.recv(&mut buf).await {
+                    let _ = to_client.try_send((Instant::now() + one_way, buf[..n].to_vec()));
+                }
+            })
+        };
+        let upward = tokio::spawn(deliver(server_queue, move |d| {
+            let back = back.clone();
+            async move {
+                let _ = back.send(&d).await;
+            }
+        }));
+        let downward = tokio::spawn(deliver(client_queue, move |d| {
+            let front = front.clone();
+            async move {
+                let _ = front.send_to(&d, client).await;
+            }
+        }));
+        Ok(Self {
+            to_server,
+            tasks: [reader, upward, downward],
+        })
+    }
+}
+
+/// Sends each queued datagram when its time comes, in order.
+async fn deliver<F, Fut>(mut queue: mpsc::Receiver<(Instant, Vec<u8>)>, send: F)
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while let Some((due, datagram)) = queue.recv().await {
+        tokio::time::sleep_until(due).await;
+        send(datagram).await;
+    }
+}
+
+/// The relay's own round trip: the median time of `n` datagrams echoed by
+/// a trivial UDP echo on loopback through a relay of `one_way` (the floor
+/// every figure measured through the relay stands on).
+pub async fn floor(one_way: Duration, n: usize) -> std::io::Result<Duration> {
+    let echo = UdpSocket::bind("127.0.0.1:0").await?;
+    let echo_addr = echo.local_addr()?;
+    let echoing = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((len, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..len], from).await;
+        }
+    });
+    let relay = UdpDelay::start(echo_addr, one_way).await?;
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    client.connect(relay.addr).await?;
+    let mut times = Vec::with_capacity(n.max(1));
+    let mut buf = [0u8; 64];
+    for i in 0..n.max(1) {
+        let start = Instant::now();
+        client.send(&(i as u64).to_be_bytes()).await?;
+        tokio::time::timeout(one_way * 4 + Duration::from_secs(1), client.recv(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("echo lost"))??;
+        times.push(start.elapsed());
+    }
+    echoing.abort();
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn datagrams_arrive_in_order_and_no_sooner_than_the_delay_each_way() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay = UdpDelay::start(server.local_addr().unwrap(), Duration::from_millis(20))
+            .await
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(relay.addr).await.unwrap();
+        let sent = Instant::now();
+        for i in 0u8..50 {
+            client.send(&[i]).await.unwrap();
+        }
+        let mut buf = [0u8; 8];
+        let mut from = None;
+        for i in 0u8..50 {
+            let (n, addr) = server.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], &[i], "in order");
+            from = Some(addr);
+        }
+        assert!(sent.elapsed() >= Duration::from_millis(20));
+        // the answer goes back through the same flow, delayed again
+        let back = Instant::now();
+        server.send_to(b"pong", from.unwrap()).await.unwrap();
+        let n = client.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"pong");
+        assert!(back.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn the_floor_is_at_least_the_two_delays() {
+        let floor = floor(Duration::from_millis(10), 3).await.unwrap();
+        assert!(floor >= Duration::from_millis(20), "{floor:?}");
+    }
+}
