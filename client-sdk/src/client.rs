@@ -4,6 +4,7 @@
 //! state with the task.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -98,6 +99,7 @@ impl Client {
             tag: opts.tag.clone(),
             stream_management: opts.stream_management.then_some(opts.resume_max_secs),
             carbons: opts.carbons,
+            known_offer: Arc::default(),
         };
         let (live, negotiated) = dialer
             .clone()

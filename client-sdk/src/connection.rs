@@ -13,7 +13,7 @@ use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer};
 use xmpp_stream::{ns, sasl2};
 
-use crate::negotiation::{Negotiation, dial};
+use crate::negotiation::{Negotiation, Sasl2Outcome, Sasl2Start, dial};
 use crate::session::Negotiated;
 use crate::{ALPN, ClientError, ConnectOptions};
 
@@ -70,6 +70,11 @@ pub(crate) struct Dialer {
     pub(crate) stream_management: Option<u32>,
     /// Enable carbons.
     pub(crate) carbons: bool,
+    /// The SASL2 offer of the last connection that used it, shared by the
+    /// dialer's clones: the next connection writes its `<authenticate/>`
+    /// right behind the stream header instead of waiting a round trip
+    /// for the features. Forgotten when such an attempt fails.
+    pub(crate) known_offer: Arc<std::sync::Mutex<Option<sasl2::Offer>>>,
 }
 
 impl Dialer {
@@ -83,13 +88,25 @@ impl Dialer {
         resumption: Option<(String, u32)>,
         resource: Option<String>,
     ) -> Result<(Live, Negotiated), ClientError> {
-        let (conn, mut nego, features) = dial(&self.endpoint, self.server, &self.domain).await?;
-        let offer = sasl2::Offer::from_features(&features)
-            .filter(|o| self.sasl2 && o.mechanisms.iter().any(|m| m == self.mechanism.name()));
-        if let Some(offer) = offer {
-            let negotiated = self.sasl2(&mut nego, &offer, resumption, resource).await?;
+        if let Some(offer) = self.known() {
+            let pipelined = self.pipelined(&offer, resumption, resource).await;
+            if pipelined.is_err() {
+                self.remember(None);
+            }
+            return pipelined;
+        }
+        let (conn, mut nego, features) =
+            dial(&self.endpoint, self.server, &self.domain, &[]).await?;
+        if let Some(offer) = self.usable(&features) {
+            let request = self.request(&offer, resumption, resource.is_none());
+            let outcome = nego
+                .sasl2(request, &self.username, &self.password, self.mechanism)
+                .await?;
+            let negotiated = self.conclude(&mut nego, &offer, outcome, resource).await?;
+            self.remember(Some(offer));
             return Ok((Live::start(conn, nego), negotiated));
         }
+        self.remember(None);
         nego.sasl1(
             &features,
             &self.username,
@@ -120,15 +137,64 @@ impl Dialer {
         ))
     }
 
-    /// The SASL2 login (see [`Dialer::connect`]).
-    async fn sasl2(
+    /// A SASL2 login whose `<authenticate/>` (built from the `offer` of
+    /// an earlier connection) rides in the stream header's flight: one
+    /// round trip less than waiting for the features.
+    async fn pipelined(
         &self,
-        nego: &mut Negotiation,
         offer: &sasl2::Offer,
         resumption: Option<(String, u32)>,
         resource: Option<String>,
-    ) -> Result<Negotiated, ClientError> {
-        let bind = (offer.bind2 && resource.is_none()).then(|| sasl2::BindRequest {
+    ) -> Result<(Live, Negotiated), ClientError> {
+        let request = self.request(offer, resumption, resource.is_none());
+        let started = Sasl2Start::new(request, &self.username, &self.password, self.mechanism);
+        let (conn, mut nego, features) = dial(
+            &self.endpoint,
+            self.server,
+            &self.domain,
+            &started.authenticate,
+        )
+        .await?;
+        if self.usable(&features).as_ref() != Some(offer) {
+            // (what was written may not be understood: a new attempt
+            // reads the features first)
+            return Err(ClientError::Protocol(
+                "the server's SASL2 offer changed".into(),
+            ));
+        }
+        let outcome = nego.sasl2_finish(started).await?;
+        let negotiated = self.conclude(&mut nego, offer, outcome, resource).await?;
+        Ok((Live::start(conn, nego), negotiated))
+    }
+
+    /// The SASL2 offer in `features`, if this client uses it.
+    fn usable(&self, features: &Element) -> Option<sasl2::Offer> {
+        sasl2::Offer::from_features(features)
+            .filter(|o| self.sasl2 && o.mechanisms.iter().any(|m| m == self.mechanism.name()))
+    }
+
+    /// The offer a connection may pipeline against.
+    fn known(&self) -> Option<sasl2::Offer> {
+        let known = self.known_offer.lock().ok()?.clone();
+        known.filter(|_| self.sasl2)
+    }
+
+    fn remember(&self, offer: Option<sasl2::Offer>) {
+        if let Ok(mut known) = self.known_offer.lock() {
+            *known = offer;
+        }
+    }
+
+    /// The `<authenticate/>` for `offer`: an inline resumption of
+    /// `resumption`, and a Bind2 binding unless an exact resource is
+    /// wanted (`bind2`).
+    fn request(
+        &self,
+        offer: &sasl2::Offer,
+        resumption: Option<(String, u32)>,
+        bind2: bool,
+    ) -> sasl2::Authenticate {
+        let bind = (offer.bind2 && bind2).then(|| sasl2::BindRequest {
             tag: Some(self.tag.clone()),
             sm: self
                 .stream_management
@@ -137,7 +203,7 @@ impl Dialer {
             carbons: self.carbons && offer.bind2_offers(ns::CARBONS),
             inactive: false,
         });
-        let request = sasl2::Authenticate {
+        sasl2::Authenticate {
             user_agent: Some(sasl2::UserAgent {
                 software: Some("longlink-sdk".into()),
                 ..sasl2::UserAgent::default()
@@ -147,10 +213,18 @@ impl Dialer {
                 .map(|(previd, h)| sasl2::Resume { previd, h }),
             bind,
             ..sasl2::Authenticate::default()
-        };
-        let outcome = nego
-            .sasl2(request, &self.username, &self.password, self.mechanism)
-            .await?;
+        }
+    }
+
+    /// What a SASL2 success says: resumed, bound, or (an exact resource
+    /// wanted) bound now the legacy way on the same stream.
+    async fn conclude(
+        &self,
+        nego: &mut Negotiation,
+        offer: &sasl2::Offer,
+        outcome: Sasl2Outcome,
+        resource: Option<String>,
+    ) -> Result<Negotiated, ClientError> {
         let success = &outcome.success;
         if let Some(resumed) = success.inline("resumed", ns::SM) {
             let h = resumed

@@ -87,8 +87,20 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
 
     /// Opens (or restarts) the stream and waits for the server's header.
     pub async fn open(&mut self, domain: &str) -> Result<(), ClientError> {
+        self.open_with(domain, &[]).await
+    }
+
+    /// [`Self::open`], writing `behind` in the same flight as the header
+    /// (a pipelined first element).
+    pub(crate) async fn open_with(
+        &mut self,
+        domain: &str,
+        behind: &[u8],
+    ) -> Result<(), ClientError> {
         self.framer.restart();
-        self.write(&stream::client_header(domain, None)).await?;
+        let mut flight = stream::client_header(domain, None);
+        flight.extend_from_slice(behind);
+        self.write(&flight).await?;
         match self.next().await? {
             FrameEvent::Open(_) => Ok(()),
             _ => Err(ClientError::Protocol("expected a stream header".into())),
@@ -151,17 +163,23 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
     /// ([`ClientError::Auth`]).
     pub async fn sasl2(
         &mut self,
-        mut request: sasl2::Authenticate,
+        request: sasl2::Authenticate,
         username: &str,
         password: &str,
         mechanism: Mechanism,
     ) -> Result<Sasl2Outcome, ClientError> {
-        let (mut scram, initial) = sasl_client(username, password, mechanism, None);
-        request.mechanism = mechanism.name().to_owned();
-        request.initial_response = Some(initial);
-        self.write(&request.to_element().to_bytes(ns::CLIENT))
-            .await?;
-        let success = self.exchange(&mut scram, true).await?;
+        let started = Sasl2Start::new(request, username, password, mechanism);
+        self.write(&started.authenticate).await?;
+        self.sasl2_finish(started).await
+    }
+
+    /// The rest of a SASL2 exchange whose `<authenticate/>` is written
+    /// (by [`Self::sasl2`], or pipelined behind the stream header).
+    pub(crate) async fn sasl2_finish(
+        &mut self,
+        mut started: Sasl2Start,
+    ) -> Result<Sasl2Outcome, ClientError> {
+        let success = self.exchange(&mut started.scram, true).await?;
         let features = self.element().await?;
         Ok(Sasl2Outcome { success, features })
     }
@@ -300,6 +318,32 @@ pub struct Sasl2Outcome {
     pub features: Element,
 }
 
+/// A SASL2 `<authenticate/>` ready to write, and the SASL client that
+/// continues the exchange.
+pub(crate) struct Sasl2Start {
+    /// The element's bytes.
+    pub(crate) authenticate: Vec<u8>,
+    scram: Option<ScramClient>,
+}
+
+impl Sasl2Start {
+    /// `request` with `mechanism`'s initial response filled in.
+    pub(crate) fn new(
+        mut request: sasl2::Authenticate,
+        username: &str,
+        password: &str,
+        mechanism: Mechanism,
+    ) -> Self {
+        let (scram, initial) = sasl_client(username, password, mechanism, None);
+        request.mechanism = mechanism.name().to_owned();
+        request.initial_response = Some(initial);
+        Self {
+            authenticate: request.to_element().to_bytes(ns::CLIENT),
+            scram,
+        }
+    }
+}
+
 /// The SASL client for `mechanism` and its initial response.
 fn sasl_client(
     username: &str,
@@ -321,12 +365,13 @@ fn sasl_client(
     (scram, initial)
 }
 
-/// Opens a QUIC connection and its XMPP stream; returns the stream's
-/// features.
+/// Opens a QUIC connection and its XMPP stream, with `behind` written in
+/// the stream header's flight; returns the stream's features.
 pub(crate) async fn dial(
     endpoint: &quinn::Endpoint,
     server: std::net::SocketAddr,
     domain: &str,
+    behind: &[u8],
 ) -> Result<(quinn::Connection, Negotiation, Element), ClientError> {
     let conn = endpoint
         .connect(server, domain)
@@ -335,7 +380,7 @@ pub(crate) async fn dial(
         .map_err(ClientError::from_connection)?;
     let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
     let mut nego = Negotiation::new(send, recv);
-    nego.open(domain).await?;
+    nego.open_with(domain, behind).await?;
     let features = nego.element().await?;
     Ok((conn, nego, features))
 }

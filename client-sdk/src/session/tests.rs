@@ -2681,7 +2681,7 @@ fn a_resumed_stream_self_pings_every_joined_room_at_once_and_rejoins_one_that_lo
         back,
         Negotiated {
             resumed: Some(1),
-            jid: None,
+            ..Negotiated::default()
         },
     );
     let out = drain(&mut s);
@@ -2750,7 +2750,7 @@ fn without_a_ping_interval_rooms_are_pinged_only_after_a_resumption_or_when_aske
         t0,
         Negotiated {
             resumed: Some(2),
-            jid: None,
+            ..Negotiated::default()
         },
     );
     assert!(room_ping(&drain(&mut s)).is_some());

@@ -166,10 +166,9 @@ impl ClientSession {
                     Some(Ok(resumed)) => {
                         let jid = resumed.resumption.jid.clone();
                         self.write_success(&inline, jid, vec![resumed.element()]);
-                        self.out.write_features(features::after_bound(
-                            self.offer.as_deref(),
-                            !self.sm.is_on(),
-                        ));
+                        // (resumed: stream management is on)
+                        self.out
+                            .write_features(features::after_bound(self.offer.as_deref(), false));
                         // Bound, as after `<resumed/>`: the ledger's replay follows.
                         self.resumed(resumed);
                         for frame in inline.held {

@@ -86,7 +86,8 @@ fn mechanisms_element(mechanisms: &[&str]) -> Element {
 }
 
 /// Stream features after a SASL2 success that bound the stream (Bind2 or
-/// an inline resumption): what a bound stream may still use.
+/// an inline resumption): what a bound stream may still use — `<sm/>`
+/// (with `sm`) while stream management is still off.
 pub fn features_bound(sm: bool, caps: Option<&str>) -> Vec<u8> {
     let mut children = Vec::new();
     if sm {

@@ -9,10 +9,18 @@
 //!
 //! - *login*: `Client::connect` from nothing until it returns (QUIC
 //!   handshake, stream, SASL, bind, stream management on);
+//!   (login ends when stream management is on: with SASL1 that is after
+//!   `connect` returns);
 //! - *resume*: the connection dropped without a goodbye
-//!   (`Client::abort`), one message sent to the phone meanwhile, then
-//!   `Client::connect` with the saved SM id and `h` until that message has
-//!   arrived.
+//!   (`Client::abort`), one message sent to the phone meanwhile, then a
+//!   new client's `Client::connect` with the saved SM id and `h` until
+//!   that message has arrived (an app the OS killed, started again);
+//! - *reconnect*: the relay cuts the network, one message is sent to the
+//!   phone, the phone notices the loss (its `<r/>` unanswered for
+//!   [`ACK_TIMEOUT`]) and reconnects by itself; timed from its
+//!   `ConnectionLost` event until that message has arrived. This client
+//!   knows the server's SASL2 offer from its last connection and writes
+//!   its `<authenticate/>` in the stream header's flight.
 //!
 //! The relay's floor (a trivial UDP echo through it) is measured first;
 //! times are also given in floor round trips. Everything a client does
@@ -29,6 +37,9 @@ use serde::Serialize;
 
 use crate::relay::{self, UdpDelay};
 use crate::report;
+
+/// The phone's acknowledgement timeout: how soon it notices the cut.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What to measure.
 pub struct Plan {
@@ -78,14 +89,20 @@ pub async fn run(plan: Plan) -> Result<()> {
     for (mode, sasl2) in [("sasl1", false), ("sasl2", true)] {
         let mut logins = Vec::new();
         let mut resumes = Vec::new();
+        let mut reconnects = Vec::new();
         for attempt in 0..plan.attempts {
-            let (login, resume) = attempt_once(&plan, &relay, &sender, sasl2, attempt)
+            let times = attempt_once(&plan, &relay, &sender, sasl2, attempt)
                 .await
                 .with_context(|| format!("{mode} attempt {attempt}"))?;
-            logins.push(login);
-            resumes.push(resume);
+            logins.push(times.login);
+            resumes.push(times.resume);
+            reconnects.push(times.reconnect);
         }
-        for (step, times) in [("login", &mut logins), ("resume", &mut resumes)] {
+        for (step, times) in [
+            ("login", &mut logins),
+            ("resume", &mut resumes),
+            ("reconnect", &mut reconnects),
+        ] {
             emit(&plan, floor, mode, step, times);
         }
     }
@@ -93,31 +110,39 @@ pub async fn run(plan: Plan) -> Result<()> {
     Ok(())
 }
 
-/// One login and one resume; their durations.
+/// The durations of one attempt's steps.
+struct Times {
+    login: Duration,
+    resume: Duration,
+    reconnect: Duration,
+}
+
+/// One login, one resume by a new client (an app started again), one
+/// reconnection of a client that lost its network.
 async fn attempt_once(
     plan: &Plan,
     relay: &UdpDelay,
     sender: &Client,
     sasl2: bool,
     attempt: usize,
-) -> Result<(Duration, Duration)> {
+) -> Result<Times> {
     let opts = |o: ConnectOptions| if sasl2 { o } else { o.with_sasl1_only() };
     let start = Instant::now();
     let mut phone = Client::connect(opts(options(plan, relay.addr, 0)))
         .await
         .context("the phone logs in")?;
+    // (SASL1 enables stream management after `connect` returns)
+    while phone.resumption().is_none() {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "SM enabled");
+        let _ = tokio::time::timeout(Duration::from_millis(1), phone.next_event()).await;
+    }
     let login = start.elapsed();
     anyhow::ensure!(
         phone.used_sasl2() == sasl2,
         "SASL2 used: {}",
         phone.used_sasl2()
     );
-    // settle: the server's acks of the login arrive, nothing is pending
-    let settle = (plan.one_way * 4).max(Duration::from_millis(200));
-    while tokio::time::timeout(settle, phone.next_event())
-        .await
-        .is_ok_and(|e| e.is_some())
-    {}
+    settle(plan, &mut phone).await;
     let saved = phone.resumption().context("a resumable session")?;
     let full = phone.jid().to_owned();
     phone.abort();
@@ -133,24 +158,71 @@ async fn attempt_once(
     .await
     .context("the phone resumes")?;
     anyhow::ensure!(phone.was_resumed(), "the session was resumed");
+    wait_for(&mut phone, &body).await?;
+    let resume = start.elapsed();
+
+    // The network goes; the phone notices when its `<r/>` goes unanswered
+    // (the acknowledgement timeout, short here) and comes back by itself.
+    settle(plan, &mut phone).await;
+    relay.cut().await;
+    let body = format!("missed while cut {attempt} sasl2={sasl2}");
+    sender.send_message(&full, &body).await?;
+    phone.send_message(sender.jid(), "anyone there?").await?;
+    let lost = loop {
+        match tokio::time::timeout(Duration::from_secs(10), phone.next_event()).await {
+            Ok(Some(Event::ConnectionLost(_))) => break Instant::now(),
+            Ok(Some(_)) => {}
+            other => anyhow::bail!("the loss was not noticed: {other:?}"),
+        }
+    };
+    let mut resumed = false;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), phone.next_event()).await {
+            Ok(Some(Event::Reconnected { resumed: r })) => resumed = r,
             Ok(Some(Event::Message(m))) if m.body.as_deref() == Some(body.as_str()) => break,
             Ok(Some(_)) => {}
             other => anyhow::bail!("the missed message did not arrive: {other:?}"),
         }
     }
-    let resume = start.elapsed();
+    let reconnect = lost.elapsed();
+    anyhow::ensure!(resumed, "the reconnection resumed the session");
     phone.disconnect().await;
-    Ok((login, resume))
+    Ok(Times {
+        login,
+        resume,
+        reconnect,
+    })
+}
+
+/// Waits until the phone has heard nothing for a while (the server's acks
+/// of what came before have arrived).
+async fn settle(plan: &Plan, phone: &mut Client) {
+    let quiet = (plan.one_way * 4).max(Duration::from_millis(200));
+    while tokio::time::timeout(quiet, phone.next_event())
+        .await
+        .is_ok_and(|e| e.is_some())
+    {}
+}
+
+/// Reads events until a message with `body`.
+async fn wait_for(phone: &mut Client, body: &str) -> Result<()> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), phone.next_event()).await {
+            Ok(Some(Event::Message(m))) if m.body.as_deref() == Some(body) => return Ok(()),
+            Ok(Some(_)) => {}
+            other => anyhow::bail!("the missed message did not arrive: {other:?}"),
+        }
+    }
 }
 
 fn options(plan: &Plan, server: SocketAddr, i: usize) -> ConnectOptions {
     let jid = format!("{}{i}@{}", plan.prefix, plan.domain);
-    ConnectOptions::new(server, &jid, &plan.password)
+    let mut options = ConnectOptions::new(server, &jid, &plan.password)
         .with_ca_file(&plan.ca)
         .with_mechanism(plan.mechanism)
-        .with_receipts(false)
+        .with_receipts(false);
+    options.ack_timeout = ACK_TIMEOUT;
+    options
 }
 
 fn emit(
@@ -174,7 +246,7 @@ fn emit(
         round_trips: median.as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON),
     };
     let human = format!(
-        "{mode:6} {step:7} median {:7.1} ms  max {:7.1} ms  = {:.1} round trips",
+        "{mode:6} {step:9} median {:7.1} ms  max {:7.1} ms  = {:.1} round trips",
         row.median_ms, row.max_ms, row.round_trips
     );
     report::emit(&row, human);

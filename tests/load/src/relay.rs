@@ -6,8 +6,10 @@
 //! Each client address gets its own upstream socket, so the server sees
 //! one peer per client as it would without the relay. A constant delay
 //! keeps each direction's order (a FIFO per direction). At most
-//! [`MAX_FLOWS`] clients and [`MAX_QUEUED`] datagrams in flight per
-//! direction; beyond that datagrams are dropped, as a full link drops them.
+//! [`MAX_FLOWS`] clients (idle ones are forgotten to make room) and
+//! [`MAX_QUEUED`] datagrams in flight per direction; beyond that datagrams
+//! are dropped, as a full link drops them. [`UdpDelay::cut`] loses the
+//! network of every current client.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,11 +28,15 @@ pub const MAX_QUEUED: usize = 4096;
 /// Largest datagram relayed (QUIC's are at most about 1500 bytes here).
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Idle this long, a flow may be forgotten to make room for a new one.
+const FLOW_IDLE: Duration = Duration::from_secs(60);
+
 /// A running relay; stops (and drops its sockets) when dropped.
 pub struct UdpDelay {
     /// Where clients send to.
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    cuts: mpsc::Sender<()>,
 }
 
 impl Drop for UdpDelay {
@@ -45,20 +51,60 @@ impl UdpDelay {
     pub async fn start(upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
-        let task = tokio::spawn(front_loop(front, upstream, one_way));
-        Ok(Self { addr, task })
+        let (cuts, cut) = mpsc::channel(4);
+        let task = tokio::spawn(front_loop(front, upstream, one_way, cut));
+        Ok(Self { addr, task, cuts })
+    }
+
+    /// Cuts every current path, as a lost network does: what the clients
+    /// and the server send on them is dropped from now on. A client's new
+    /// QUIC connection (a long-header Initial packet) from the same
+    /// address gets a new path.
+    pub async fn cut(&self) {
+        let _ = self.cuts.send(()).await;
     }
 }
 
+/// Whether `datagram` starts a QUIC connection (RFC 9000 §17.2: a long
+/// header of version 1's Initial type).
+fn is_quic_initial(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & 0xf0 == 0xc0)
+}
+
 /// Reads the client side; one upstream socket (and task) per client.
-async fn front_loop(front: Arc<UdpSocket>, upstream: SocketAddr, one_way: Duration) {
+async fn front_loop(
+    front: Arc<UdpSocket>,
+    upstream: SocketAddr,
+    one_way: Duration,
+    mut cuts: mpsc::Receiver<()>,
+) {
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let Ok((n, client)) = front.recv_from(&mut buf).await else {
+        let received = tokio::select! {
+            received = front.recv_from(&mut buf) => received,
+            Some(()) = cuts.recv() => {
+                for flow in flows.values_mut() {
+                    flow.cut();
+                }
+                continue;
+            }
+        };
+        let Ok((n, client)) = received else {
+            // (an ICMP error reported on the socket: no busy loop)
+            tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         };
+        if flows
+            .get(&client)
+            .is_some_and(|f| f.cut && is_quic_initial(&buf[..n]))
+        {
+            flows.remove(&client);
+        }
         if !flows.contains_key(&client) {
+            if flows.len() >= MAX_FLOWS {
+                flows.retain(|_, f| f.last_seen.elapsed() < FLOW_IDLE);
+            }
             if flows.len() >= MAX_FLOWS {
                 continue;
             }
@@ -72,7 +118,10 @@ async fn front_loop(front: Arc<UdpSocket>, upstream: SocketAddr, one_way: Durati
                 }
             }
         }
-        if let Some(flow) = flows.get(&client) {
+        if let Some(flow) = flows.get_mut(&client)
+            && !flow.cut
+        {
+            flow.last_seen = Instant::now();
             // (a full queue drops the datagram, as a full link would)
             let _ = flow
                 .to_server
@@ -85,17 +134,26 @@ async fn front_loop(front: Arc<UdpSocket>, upstream: SocketAddr, one_way: Durati
 struct Flow {
     to_server: mpsc::Sender<(Instant, Vec<u8>)>,
     tasks: [JoinHandle<()>; 3],
+    last_seen: Instant,
+    /// Cut: everything on it is dropped.
+    cut: bool,
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.cut();
     }
 }
 
 impl Flow {
+    /// Drops everything on this path from now on, both ways.
+    fn cut(&mut self) {
+        self.cut = true;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
     async fn open(
         front: Arc<UdpSocket>,
         client: SocketAddr,
@@ -110,8 +168,15 @@ impl Flow {
             let back = back.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
-                while let Ok(n) = back.recv(&mut buf).await {
-                    let _ = to_client.try_send((Instant::now() + one_way, buf[..n].to_vec()));
+                loop {
+                    match back.recv(&mut buf).await {
+                        Ok(n) => {
+                            let _ =
+                                to_client.try_send((Instant::now() + one_way, buf[..n].to_vec()));
+                        }
+                        // (ICMP errors from the server's side: keep reading)
+                        Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
                 }
             })
         };
@@ -130,6 +195,8 @@ impl Flow {
         Ok(Self {
             to_server,
             tasks: [reader, upward, downward],
+            last_seen: Instant::now(),
+            cut: false,
         })
     }
 }
@@ -206,6 +273,31 @@ mod tests {
         let n = client.recv(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"pong");
         assert!(back.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn a_cut_path_drops_both_ways_until_a_new_quic_initial_opens_another() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay = UdpDelay::start(server.local_addr().unwrap(), Duration::from_millis(1))
+            .await
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(relay.addr).await.unwrap();
+        let mut buf = [0u8; 8];
+        client.send(&[0x40, 1]).await.unwrap();
+        let (_, old_path) = server.recv_from(&mut buf).await.unwrap();
+        relay.cut().await;
+        // a short-header packet on the cut path: dropped; then an Initial
+        client.send(&[0x40, 2]).await.unwrap();
+        client.send(&[0xc3, 3]).await.unwrap();
+        let (n, new_path) = server.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &[0xc3, 3], "only the Initial passed");
+        assert_ne!(new_path, old_path, "on a new path");
+        // the old path's answers are dropped, the new one's arrive
+        server.send_to(b"old", old_path).await.unwrap();
+        server.send_to(b"new", new_path).await.unwrap();
+        let n = client.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"new");
     }
 
     #[tokio::test]
