@@ -166,12 +166,14 @@ impl ClientSession {
                     Some(Ok(resumed)) => {
                         let jid = resumed.resumption.jid.clone();
                         self.write_success(&inline, jid, vec![resumed.element()]);
+                        // Bound, as after `<resumed/>`: the ledger's replay follows.
+                        self.resumed(resumed);
+                        // (after the resumption turned stream management
+                        // on: the features offer no `<sm/>` to enable again)
                         self.out.write_features(features::after_bound(
                             self.offer.as_deref(),
                             !self.sm.is_on(),
                         ));
-                        // Bound, as after `<resumed/>`: the ledger's replay follows.
-                        self.resumed(resumed);
                         for frame in inline.held {
                             self.on_core(frame);
                         }
