@@ -2,10 +2,12 @@
 //! with STARTTLS and with direct TLS, with SCRAM-SHA-256 and PLAIN, and
 //! talks to a `client-sdk` user on QUIC; slixmpp's `ComponentXMPP` is a
 //! push app server (XEP-0114, XEP-0357) for an SDK user. Plus certificate
-//! validation on the TLS listener.
+//! validation on the TLS listener; and @xmpp/client (xmpp.js, from npm)
+//! logs in over WebSocket with SASL2 and Bind2 and resumes inline.
 //!
 //! The test installs slixmpp into `target/interop-venv` on first use
-//! (`python3 -m venv`, `pip install slixmpp==1.17.0`).
+//! (`python3 -m venv`, `pip install slixmpp==1.17.0`), and @xmpp/client into
+//! `target/interop-node` (`npm install @xmpp/client@0.14.0 ws@8.18.3`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -583,6 +585,400 @@ async fn a_websocket_client_talks_to_a_quic_user() {
         ws_send(&mut ws, "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>").await;
         let close = ws_next(&mut ws).await;
         assert_eq!((close.name.as_str(), close.ns.as_str()), ("close", "urn:ietf:params:xml:ns:xmpp-framing"));
+        cluster.wait_routes(1).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// The exact npm packages the xmpp.js test installs: @xmpp/client, and `ws`
+/// as the WebSocket for a Node without a global one (Debian 12's Node 18).
+const XMPPJS_PACKAGES: [&str; 2] = ["@xmpp/client@0.14.0", "ws@8.18.3"];
+
+/// `node` and the arguments that give it a global WebSocket where a flag
+/// can, with @xmpp/client installed into `target/interop-node` on first
+/// use; `None` (the test skips) if there is no `node` and
+/// `LONGLINK_REQUIRE_NODE` is unset.
+fn xmppjs_node() -> Option<(PathBuf, Vec<&'static str>)> {
+    use std::process::Command;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join("interop-node");
+    if Command::new("node").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("LONGLINK_REQUIRE_NODE").is_none(),
+            "LONGLINK_REQUIRE_NODE is set but there is no node"
+        );
+        println!("skipped: no node (Node.js) to run @xmpp/client with");
+        return None;
+    }
+    let installed = |package: &str, version: &str| {
+        std::fs::read_to_string(dir.join("node_modules").join(package).join("package.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|p| p["version"] == version)
+    };
+    if !installed("@xmpp/client", "0.14.0") || !installed("ws", "8.18.3") {
+        std::fs::create_dir_all(&dir).unwrap();
+        let npm = Command::new("npm")
+            .arg("install")
+            .arg("--prefix")
+            .arg(&dir)
+            .args([
+                "--no-audit",
+                "--no-fund",
+                "--save-exact",
+                "--loglevel=error",
+            ])
+            .args(XMPPJS_PACKAGES)
+            .status()
+            .expect("npm runs");
+        assert!(npm.success(), "npm install {XMPPJS_PACKAGES:?}");
+    }
+    // (ES modules resolve packages from the script's own directory)
+    let script = root.join("tests/interop/xmppjs_client.mjs");
+    std::fs::copy(&script, dir.join("xmppjs_client.mjs")).expect("copies the script");
+    let has_websocket = |flags: &[&str]| {
+        Command::new("node")
+            .args(flags)
+            .args([
+                "-e",
+                "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let flags = if !has_websocket(&[]) && has_websocket(&["--experimental-websocket"]) {
+        vec!["--experimental-websocket"]
+    } else {
+        vec![]
+    };
+    Some((dir, flags))
+}
+
+/// The xmpp.js script as a child process: its JSON lines, one an event;
+/// it takes commands on stdin.
+struct XmppJs {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: Arc<std::sync::Mutex<String>>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl XmppJs {
+    /// The next event; panics with everything seen so far if none comes
+    /// within 30 s.
+    async fn next(&mut self) -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line()).await;
+        let Ok(Ok(Some(line))) = line else {
+            panic!(
+                "no event from xmpp.js ({line:?}) after {:#?}\n{}",
+                self.seen,
+                self.stderr()
+            );
+        };
+        self.record(&line)
+    }
+
+    /// Parses and keeps one line; an error of any kind fails the test.
+    fn record(&mut self, line: &str) -> serde_json::Value {
+        let ev: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{}", self.stderr()));
+        assert!(
+            !matches!(
+                ev["event"].as_str(),
+                Some("error" | "client-error" | "stream-error" | "sasl-failure")
+            ),
+            "{ev} after {:#?}\n{}",
+            self.seen,
+            self.stderr()
+        );
+        self.seen.push(ev.clone());
+        ev
+    }
+
+    /// The events up to and with the first `name`.
+    async fn until(&mut self, name: &str) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        loop {
+            let ev = self.next().await;
+            events.push(ev.clone());
+            if ev["event"] == name {
+                return events;
+            }
+        }
+    }
+
+    /// Every event within `within`.
+    async fn quiet(&mut self, within: Duration) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout_at(deadline, self.lines.next_line()).await
+        {
+            events.push(self.record(&line));
+        }
+        events
+    }
+
+    /// Writes one command line to its stdin.
+    async fn command(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("xmpp.js reads its stdin");
+    }
+
+    /// What it wrote to stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// The only event named `name` in `events`.
+fn only<'a>(events: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    let found: Vec<_> = events.iter().filter(|e| e["event"] == name).collect();
+    assert_eq!(found.len(), 1, "one {name} in {events:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user_and_resumes_inline_after_a_dropped_socket()
+ {
+    use serde_json::json;
+    use tokio::io::AsyncReadExt as _;
+    bounded(240, async {
+        let Some((dir, flags)) = tokio::task::spawn_blocking(xmppjs_node).await.unwrap() else {
+            return;
+        };
+        let cluster = tcp_cluster().await;
+        cluster.add_user("webjs", "secret");
+        cluster.add_user("bob", "secret");
+        let mut bob = cluster.login(0, "bob", "phone").await;
+        let port = cluster.cm(0).ws_addr.unwrap().port();
+        let mut child = tokio::process::Command::new("node")
+            .args(&flags)
+            .arg(dir.join("xmppjs_client.mjs"))
+            .args([
+                &format!("wss://127.0.0.1:{port}/xmpp-websocket"),
+                DOMAIN,
+                "webjs",
+                "secret",
+                "xmppjs",
+                bob.jid(),
+            ])
+            .env("NODE_EXTRA_CA_CERTS", cluster.ca())
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut js = XmppJs {
+            stdin: child.stdin.take().unwrap(),
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+                child.stdout.take().unwrap(),
+            )),
+            child,
+            stderr,
+            seen: Vec::new(),
+        };
+
+        // 1. SASL2 with Bind2: what longlink offered, what xmpp.js chose
+        let login = js.until("online").await;
+        let features = &login[0];
+        assert_eq!(features["event"], "features", "{login:#?}");
+        assert_eq!(features["sasl2"], true, "{features}");
+        let mechanisms = features["sasl2_mechanisms"].as_array().unwrap();
+        assert!(mechanisms.contains(&json!("SCRAM-SHA-1")), "{features}");
+        let inline = features["inline"].as_array().unwrap();
+        assert!(
+            inline.contains(&json!("urn:xmpp:bind:0 bind")),
+            "{features}"
+        );
+        assert!(inline.contains(&json!("urn:xmpp:sm:3 sm")), "{features}");
+        assert!(
+            features["bind2_features"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("urn:xmpp:sm:3")),
+            "{features}"
+        );
+        // FAST (XEP-0484) is not offered yet: xmpp.js uses its password
+        assert_eq!(features["fast_offered"], false, "{features}");
+        let auth = only(&login, "authenticate");
+        assert_eq!(auth["mechanism"], "SCRAM-SHA-1", "{auth}");
+        assert_eq!(auth["bind_tag"], "xmppjs", "{auth}");
+        assert_eq!(auth["bind_enables"], json!(["urn:xmpp:sm:3"]), "{auth}");
+        assert_eq!(auth["resume"], json!(null), "{auth}");
+        assert_eq!(
+            (&auth["fast"], &auth["request_token"]),
+            (&json!(false), &json!(false))
+        );
+        let user_agent = auth["user_agent"]
+            .as_str()
+            .expect("a user-agent id")
+            .to_owned();
+        let success = only(&login, "success");
+        let full = success["authorization_identifier"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            full.starts_with(&format!("webjs@{DOMAIN}/xmppjs/")),
+            "{success}"
+        );
+        assert!(
+            full.len() > format!("webjs@{DOMAIN}/xmppjs/").len(),
+            "{success}"
+        );
+        assert_eq!(
+            success["additional_data"], true,
+            "SCRAM's server signature: {success}"
+        );
+        assert_eq!(success["bound"], true, "{success}");
+        assert_eq!(success["sm_enabled"]["resume"], "true", "{success}");
+        let sm_id = success["sm_enabled"]["id"]
+            .as_str()
+            .expect("an SM id")
+            .to_owned();
+        assert_eq!(success["token"], false, "{success}");
+        let online = login.last().unwrap();
+        println!(
+            "@xmpp/client on Node {} with the {} WebSocket",
+            online["node"], online["websocket"]
+        );
+        assert_eq!(online["jid"], full.as_str(), "{online}");
+        assert_eq!(online["fast_mechanism"], json!(null), "{online}");
+        // nothing of SASL1, legacy bind or a separate <enable/>
+        for ev in &login {
+            assert!(
+                !matches!(
+                    ev["event"].as_str(),
+                    Some("sasl1" | "sasl1-auth" | "legacy-bind" | "sm-nonza-sent")
+                ),
+                "{ev}"
+            );
+        }
+
+        // 2. a chat with bob on QUIC
+        let m = bob.next_message(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("hello from xmpp.js"));
+        assert_eq!(m.from, full);
+        bob.send_message(&full, "hello back from a phone")
+            .await
+            .unwrap();
+        let chat = js.until("dropping").await;
+        let answer = only(&chat, "message");
+        assert_eq!(answer["body"], "hello back from a phone", "{chat:#?}");
+        assert!(
+            answer["from"].as_str().unwrap().starts_with(bob.jid()),
+            "{answer}"
+        );
+        let dropping = chat.last().unwrap();
+        // (xmpp.js goes online before it reads <enabled/> in <bound/>)
+        assert_eq!(dropping["sm_enabled"], true, "{dropping}");
+        assert_eq!(dropping["sm_id"], sm_id.as_str(), "{dropping}");
+        assert_eq!(
+            dropping["unacked"], 0,
+            "the server acknowledged: {dropping}"
+        );
+        let h = dropping["inbound"].as_u64().unwrap();
+        assert!(h >= 1, "{dropping}");
+        // the socket is gone without <close/>: the session waits for a resumption
+        let gone = js.until("disconnected").await;
+        assert!(gone.iter().all(|e| e["event"] != "message"), "{gone:#?}");
+        bob.send_message(&full, "while you were away")
+            .await
+            .unwrap();
+
+        // 3. the same client reconnects and resumes inside <authenticate/>
+        js.command("reconnect").await;
+        let back = js.until("resumed").await;
+        let auth = only(&back, "authenticate");
+        assert_eq!(auth["mechanism"], "SCRAM-SHA-1", "{auth}");
+        assert_eq!(auth["resume"]["previd"], sm_id.as_str(), "{auth}");
+        assert_eq!(auth["resume"]["h"], h.to_string(), "{auth}");
+        assert_eq!(
+            auth["user_agent"],
+            user_agent.as_str(),
+            "the same client: {auth}"
+        );
+        assert_eq!(auth["fast"], false, "{auth}");
+        let success = only(&back, "success");
+        assert_eq!(success["resumed"]["previd"], sm_id.as_str(), "{success}");
+        assert!(success["resumed"]["h"].is_string(), "{success}");
+        assert_eq!(
+            success["bound"], false,
+            "resumed, not bound again: {success}"
+        );
+        assert_eq!(
+            success["authorization_identifier"],
+            full.as_str(),
+            "{success}"
+        );
+        assert_eq!(only(&back, "resumed")["jid"], full.as_str());
+        // what bob sent meanwhile arrives, once; nothing from before again
+        let mut after = back;
+        if !after.iter().any(|e| e["body"] == "while you were away") {
+            after.extend(js.until("message").await);
+        }
+        after.extend(js.quiet(Duration::from_secs(2)).await);
+        let missed: Vec<_> = after.iter().filter(|e| e["event"] == "message").collect();
+        assert_eq!(missed.len(), 1, "{after:#?}");
+        assert_eq!(missed[0]["body"], "while you were away", "{after:#?}");
+        assert!(missed[0]["from"].as_str().unwrap().starts_with(bob.jid()));
+        assert!(
+            after.iter().all(|e| !matches!(
+                e["event"].as_str(),
+                Some("online" | "sm-fail" | "legacy-bind" | "sasl1-auth")
+            )),
+            "{after:#?}"
+        );
+        // and the resumed session carries xmpp.js's messages, not its old one again
+        let m = bob.next_message(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(m.body.as_deref(), Some("back from xmpp.js"));
+        assert_eq!(m.from, full);
+        let again = bob.next_message(Duration::from_secs(1)).await;
+        assert!(again.is_err(), "{again:?}");
+
+        // FAST (XEP-0484), once longlink offers it: here the same client
+        // stops, starts again and must log in with HT-SHA-256-NONE and the
+        // token from its first <success/> (assert `fast`, no
+        // `request_token`, the mechanism, and a new `token`).
+
+        js.command("stop").await;
+        let end = js.until("stopped").await;
+        assert!(end.iter().all(|e| e["event"] != "message"), "{end:#?}");
+        let status = tokio::time::timeout(Duration::from_secs(30), js.child.wait())
+            .await
+            .expect("xmpp.js exits")
+            .unwrap();
+        assert!(status.success(), "{}", js.stderr());
+        for ev in &js.seen {
+            println!("xmpp.js: {ev}");
+        }
+        // xmpp.js closed its stream: its session is gone, bob's is left
         cluster.wait_routes(1).await;
         cluster.shutdown().await;
     })

@@ -166,7 +166,9 @@ impl ClientSession {
                     Some(Ok(resumed)) => {
                         let jid = resumed.resumption.jid.clone();
                         self.write_success(&inline, jid, vec![resumed.element()]);
-                        // (resumed: stream management is on)
+                        // no `<sm/>`: the resumed session's SM is on (a
+                        // client that sees it offered resumes again, and
+                        // its <failed/> fails its unacknowledged stanzas)
                         self.out
                             .write_features(features::after_bound(self.offer.as_deref(), false));
                         // Bound, as after `<resumed/>`: the ledger's replay follows.

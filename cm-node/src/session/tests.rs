@@ -1382,6 +1382,8 @@ fn sasl2_inline_resume_success_is_bound_at_once_and_the_ledger_follows() {
         "{w}"
     );
     assert!(!w.contains("bound"));
+    // SM is on again: it is not offered (@xmpp/client resumes again if it is)
+    assert!(!w.contains("<sm "), "{w}");
     assert!(to_core(&a).is_empty(), "no bind after a resumption");
     // the replayed ledger is written after it
     let a = s.deliver("<message id='missed'/>");
