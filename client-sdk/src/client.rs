@@ -54,6 +54,17 @@ pub struct Client {
     caps: Element,
 }
 
+/// A session's event queue, taken out of its [`Client`] with
+/// [`Client::take_events`].
+pub struct Events(mpsc::Receiver<Event>);
+
+impl Events {
+    /// The next event; `None` once the session is over.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+}
+
 /// A fresh id for a message the app sends. The handle makes it (not the
 /// session, whose ids are `lls…` from its seeded RNG) so that
 /// [`Client::send_message`] returns it without a round trip through the
@@ -303,9 +314,22 @@ impl Client {
         self.stanza(xml.to_vec(), None).await
     }
 
-    /// The next event; `None` once the session is over.
+    /// The next event; `None` once the session is over (or at once, once
+    /// [`Client::take_events`] took the queue).
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
+    }
+
+    /// Takes the event queue out of the client, to read it on a task of its
+    /// own while others use the client (a binding shares one client among
+    /// the app's threads). From then on the client's own reading
+    /// ([`Client::next_event`], [`Client::next_message`]) finds the queue
+    /// closed and [`Client::disconnect`] returns no events: they all come
+    /// through the [`Events`], until it returns `None` when the session is
+    /// over. The session still waits while the queue is full: keep reading.
+    pub fn take_events(&mut self) -> Events {
+        let (_, closed) = mpsc::channel(1);
+        Events(std::mem::replace(&mut self.events, closed))
     }
 
     /// Waits for the next message, skipping other events, up to `timeout`.

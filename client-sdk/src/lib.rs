@@ -47,7 +47,7 @@ mod tls;
 pub mod transport;
 pub mod upload;
 
-pub use client::Client;
+pub use client::{Client, Events};
 pub use error::ClientError;
 pub use event::{Carbon, Event, IqResponse, Message, MessageState, Presence};
 pub use options::{ConnectOptions, DEFAULT_ROOM_PING_INTERVAL, Trust};
