@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::process::{BIN, Deployment, Processes, backends, run};
+use support::process::{BIN, Deployment, Processes, backends, run, wait_for};
 
 #[test]
 fn certs_init_keeps_keys_unless_forced() {
@@ -61,18 +61,6 @@ fn certs_init_keeps_keys_unless_forced() {
         .success()
     );
     assert_ne!(std::fs::read(&key).unwrap(), before);
-}
-
-fn wait_for(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

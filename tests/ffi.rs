@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::process::{BIN, Processes, run};
+use support::process::{BIN, Processes, run, wait_for};
 
 /// The bindings library built with the tests (`liblonglink_ffi.so`).
 fn cdylib() -> PathBuf {
@@ -119,18 +119,6 @@ fn python() -> Option<&'static str> {
         .output()
         .is_ok_and(|o| o.status.success());
     ok.then_some("python3")
-}
-
-fn wait_for(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

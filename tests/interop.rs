@@ -198,6 +198,28 @@ async fn slixmpp_clients_chat_in_a_room_with_history_occupants_and_self_ping_ove
     .await;
 }
 
+/// The child's standard error, read as it comes (so its logging never
+/// blocks on a full pipe) into a string a failing test prints.
+fn collect_stderr(child: &mut tokio::process::Child) -> Arc<std::sync::Mutex<String>> {
+    let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+    let Some(mut pipe) = child.stderr.take() else {
+        return stderr;
+    };
+    let collected = stderr.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut text) = collected.lock() {
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    stderr
+}
+
 /// slixmpp's `ComponentXMPP` as a push app server, a child process
 /// (`tests/interop/slix_push_component.py`): the JSON lines it prints, one
 /// an event; it serves until its stdin closes.
@@ -234,22 +256,7 @@ impl SlixAppServer {
             .spawn()
             .expect("python runs");
         let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        // (read as it comes, so slixmpp's logging never blocks on a full pipe)
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         SlixAppServer {
             child,
             lines,
@@ -779,21 +786,7 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
             .kill_on_drop(true)
             .spawn()
             .expect("node runs");
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         let mut js = XmppJs {
             stdin: child.stdin.take().unwrap(),
             lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(

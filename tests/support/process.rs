@@ -568,3 +568,17 @@ impl Deployment {
             .collect()
     }
 }
+
+/// Waits (60 s at most, else panics) until `path` exists: a file a
+/// process writes once it is up, such as `longlink up`'s endpoints.json.
+pub fn wait_for(path: &std::path::Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
