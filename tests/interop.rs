@@ -7,7 +7,7 @@
 //!
 //! The test installs slixmpp into `target/interop-venv` on first use
 //! (`python3 -m venv`, `pip install slixmpp==1.17.0`), and @xmpp/client into
-//! `target/interop-node` (`npm install @xmpp/client@0.14.0 ws@8.18.3`).
+//! `target/interop-node` (`npm ci` of `tests/interop/node`'s lockfile).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -598,14 +598,14 @@ async fn a_websocket_client_talks_to_a_quic_user() {
     .await;
 }
 
-/// The exact npm packages the xmpp.js test installs: @xmpp/client, and `ws`
-/// as the WebSocket for a Node without a global one (Debian 12's Node 18).
-const XMPPJS_PACKAGES: [&str; 2] = ["@xmpp/client@0.14.0", "ws@8.18.3"];
+/// How long `npm ci` may take before the test gives up on it.
+const NPM_DEADLINE: Duration = Duration::from_secs(300);
 
 /// `node` and the arguments that give it a global WebSocket where a flag
 /// can, with @xmpp/client installed into `target/interop-node` on first
-/// use; `None` (the test skips) if there is no `node` and
-/// `LONGLINK_REQUIRE_NODE` is unset.
+/// use from the committed lockfile (`tests/interop/node`: every package
+/// pinned with its integrity hash; `npm ci --ignore-scripts`); `None` (the
+/// test skips) if there is no `node` and `LONGLINK_REQUIRE_NODE` is unset.
 fn xmppjs_node() -> Option<(PathBuf, Vec<&'static str>)> {
     use std::process::Command;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -621,28 +621,39 @@ fn xmppjs_node() -> Option<(PathBuf, Vec<&'static str>)> {
         println!("skipped: no node (Node.js) to run @xmpp/client with");
         return None;
     }
-    let installed = |package: &str, version: &str| {
-        std::fs::read_to_string(dir.join("node_modules").join(package).join("package.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .is_some_and(|p| p["version"] == version)
-    };
-    if !installed("@xmpp/client", "0.14.0") || !installed("ws", "8.18.3") {
+    let manifest = root.join("tests/interop/node");
+    let lock = std::fs::read(manifest.join("package-lock.json")).expect("the committed lockfile");
+    let installed = std::fs::read(dir.join("package-lock.json")).is_ok_and(|l| l == lock)
+        && dir.join("node_modules/@xmpp/client/package.json").exists();
+    if !installed {
         std::fs::create_dir_all(&dir).unwrap();
-        let npm = Command::new("npm")
-            .arg("install")
-            .arg("--prefix")
-            .arg(&dir)
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(manifest.join(file), dir.join(file)).expect("copies the manifest");
+        }
+        let mut npm = Command::new("npm")
             .args([
+                "ci",
+                "--ignore-scripts",
                 "--no-audit",
                 "--no-fund",
-                "--save-exact",
                 "--loglevel=error",
             ])
-            .args(XMPPJS_PACKAGES)
-            .status()
+            .current_dir(&dir)
+            .spawn()
             .expect("npm runs");
-        assert!(npm.success(), "npm install {XMPPJS_PACKAGES:?}");
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = npm.try_wait().expect("npm waited for") {
+                break status;
+            }
+            if start.elapsed() > NPM_DEADLINE {
+                let _ = npm.kill();
+                let _ = npm.wait();
+                panic!("npm ci took more than {NPM_DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(status.success(), "npm ci in {}", dir.display());
     }
     // (ES modules resolve packages from the script's own directory)
     let script = root.join("tests/interop/xmppjs_client.mjs");
@@ -944,8 +955,16 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
         assert!(
             after.iter().all(|e| !matches!(
                 e["event"].as_str(),
-                Some("online" | "sm-fail" | "legacy-bind" | "sasl1-auth")
+                Some("online" | "sm-fail" | "legacy-bind" | "sasl1-auth" | "sm-nonza-sent")
             )),
+            "no second resumption or enable: {after:#?}"
+        );
+        // the features after the resumed success offer no <sm/> to take up
+        assert!(
+            after
+                .iter()
+                .filter(|e| e["event"] == "features")
+                .all(|f| f["sm"] == false),
             "{after:#?}"
         );
         // and the resumed session carries xmpp.js's messages, not its old one again

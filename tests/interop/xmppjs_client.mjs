@@ -8,7 +8,7 @@
 //
 // stdout: one JSON object per line, {"event": ..., ...}; stdin: the test's
 // commands, one per line ("reconnect", "stop"). Exits 0 after "stop", 1 on
-// an error, 2 if the test says nothing for 60 s.
+// an error or if the test says nothing for 60 s.
 
 import readline from "node:readline";
 
@@ -71,6 +71,7 @@ xmpp.on("nonza", (el) => {
       fast_offered: !!inline?.getChild("fast", FAST),
       sasl1: !!el.getChild("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl"),
       legacy_bind: !!el.getChild("bind", "urn:ietf:params:xml:ns:xmpp-bind"),
+      sm: !!el.getChild("sm", SM),
     });
   } else if (el.is("success", SASL2)) {
     const bound = el.getChild("bound", BIND2);
