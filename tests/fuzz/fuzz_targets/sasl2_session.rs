@@ -15,7 +15,9 @@
 //! and parses, its routing header saying what it says; at most one
 //! authentication success per stream; the features after a bound SASL2
 //! success offer `<sm/>` only while stream management is off; after the
-//! stream closed nothing goes to the core but one `SessionEnd`.
+//! stream closed nothing goes to the core but one `SessionEnd`, and that
+//! one does whenever the core knew of the session (the stream is closed
+//! at the end of every input).
 
 #![no_main]
 
@@ -45,8 +47,7 @@ const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http:
 struct Harness {
     session: ClientSession,
     now: Instant,
-    /// Frames what the CM writes (after a header of our own: the CM's
-    /// headers count as restarts of it).
+    /// Frames what the CM writes (its own headers count as restarts).
     written: Framer,
     /// The CM closed the stream (`Close`), or the driver said it is gone.
     closed: bool,
@@ -467,4 +468,17 @@ fuzz_target!(|data: &[u8]| {
             input = &rest[n..];
         }
     }
+    // The stream goes at the end of the input whatever happened: a
+    // session the core knows of (authenticated, bound, or with an
+    // authentication or resumption at the core) must say so once.
+    let core_knows = h.successes > 0 || h.bound || h.pending_auth || h.pending_resume;
+    if !h.gone {
+        h.gone = true;
+        h.session.on_closed();
+        h.actions();
+    }
+    assert!(
+        !core_knows || h.session_ended,
+        "the core never learned the stream ended"
+    );
 });
