@@ -84,7 +84,10 @@ pub enum Event {
     /// Joining a room again (after a new login or a self-ping, as for
     /// [`Event::RoomRejoined`]) failed (the room is forgotten): the room's
     /// stanza error (e.g. `forbidden`: banned meanwhile, `conflict`: the
-    /// nick is taken), or a timeout.
+    /// nick is taken), or `item-not-found` when the rejoin created the
+    /// room anew (a temporary room gone meanwhile: the session left it at
+    /// once). A rejoin left unanswered is no failure: the room stays, and
+    /// is checked and joined again a minute later.
     RoomRejoinFailed {
         /// The room's bare JID.
         room: String,

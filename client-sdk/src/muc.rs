@@ -527,8 +527,9 @@ pub enum SelfPing {
     NotJoined,
     /// No answer in time, or the room's server is unreachable
     /// (`remote-server-not-found`, `remote-server-timeout`) or overloaded
-    /// (`resource-constraint`: a join would be refused too): nothing can
-    /// be told; ask again later.
+    /// (`resource-constraint`: a join would be refused too; XEP-0410 §3.2
+    /// would call it not joined, a deliberate deviation): nothing can be
+    /// told; ask again later.
     Unreachable,
 }
 

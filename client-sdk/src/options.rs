@@ -73,7 +73,9 @@ pub struct ConnectOptions {
     /// was silent that long; ±25 % jitter), and joins again a room that
     /// lost it (a core restart forgets occupants): default 10 minutes.
     /// `None` or zero turns the periodic check off; a resumed stream is
-    /// checked at once either way (see [`crate::Client::check_rooms`]).
+    /// checked either way, each room within 2 s (see
+    /// [`crate::Client::check_rooms`]). Other values are kept between
+    /// 1 second and 1 day.
     pub room_ping_interval: Option<Duration>,
 }
 

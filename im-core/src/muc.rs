@@ -1108,7 +1108,7 @@ impl MucService {
         };
         let ping = iq_request(el).is_some_and(|c| c.name == "ping" && c.ns == ns::PING);
         if own == nick && ping {
-            // XEP-0410 §3.2: the service answers its own occupant's self-ping
+            // XEP-0410 §3.3: the service answers its own occupant's self-ping
             return self.result(inbound, el, None);
         }
         if !room.occupants.contains_key(nick) {

@@ -103,7 +103,8 @@ pub(crate) struct SessionConfig {
     /// The personal eventing nodes the app wants (its capabilities).
     pub(crate) notify: Vec<String>,
     /// Self-ping each joined room when it was silent this long (XEP-0410;
-    /// `None`: only after a resumption and when the app asks).
+    /// `None`: only after a resumption and when the app asks), within
+    /// [`rooms::MIN_ROOM_PING_INTERVAL`]..=[`rooms::MAX_ROOM_PING_INTERVAL`].
     pub(crate) room_ping_interval: Option<Duration>,
 }
 
@@ -122,7 +123,10 @@ impl SessionConfig {
             message_states: opts.message_states,
             previous_session: opts.previous_session.clone(),
             notify: opts.notify.clone(),
-            room_ping_interval: opts.room_ping_interval.filter(|i| !i.is_zero()),
+            room_ping_interval: opts
+                .room_ping_interval
+                .filter(|i| !i.is_zero())
+                .map(|i| i.clamp(rooms::MIN_ROOM_PING_INTERVAL, rooms::MAX_ROOM_PING_INTERVAL)),
         }
     }
 }
@@ -363,7 +367,7 @@ impl Session {
         };
         earliest(
             earliest(link, self.iqs.next_deadline()),
-            earliest(self.rooms.next_deadline(), pings),
+            earliest(self.rooms.next_deadline(self.writable()), pings),
         )
     }
 
@@ -542,7 +546,7 @@ impl Session {
             self.send(Outgoing { bytes: p, id: None });
         }
         // joins before what the app sent to the rooms meanwhile
-        self.send_pending_joins();
+        self.send_pending_joins(now);
         let owed: Vec<_> = after
             .into_iter()
             .chain(self.outbox.drain(..))
@@ -553,8 +557,9 @@ impl Session {
         }
         if resumed.is_some() {
             // the server may have lost the app's occupants meanwhile (a
-            // core restart forgets them): make sure of each room
-            self.check_rooms(now);
+            // core restart forgets them): make sure of each room, spread
+            // over a moment
+            self.rooms_after_resumption(now);
         }
         if self.connected_before {
             let resumed = resumed.is_some();

@@ -154,6 +154,12 @@ impl PendingIqs {
         self.cancel(id)
     }
 
+    /// How many IQs wait (for tests: nothing may leak).
+    #[cfg(test)]
+    pub(crate) fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Stops waiting for IQ `id`; its waiter.
     pub(crate) fn cancel(&mut self, id: &str) -> Option<Waiter> {
         let (waiter, _, key) = self.waiting.remove(id)?;

@@ -7,18 +7,31 @@
 //! XEP-0410 self-ping of its own occupant: when the room was silent for
 //! [`SessionConfig::room_ping_interval`](super::SessionConfig) (±25 %),
 //! after every resumed stream (a server that restarted forgets occupants
-//! while the stream survives), and when the app asks. A room that says
-//! the app is not in it (`not-acceptable`, or any error but those below)
-//! is joined again as after a new login, reported as
+//! while the stream survives; each room at a random moment within
+//! [`RESUME_PING_SPREAD`], so a CM restart's thousands of resumptions are
+//! no burst), and when the app asks. One ping per room waits at a time
+//! (only a resumption supersedes one, which then stops waiting); none goes
+//! to a room whose nick change is under way (XEP-0410 §4). A room that
+//! says the app is not in it (`not-acceptable`, or any error but those
+//! below) is joined again as after a new login, reported as
 //! [`Event::RoomRejoined`] or [`Event::RoomRejoinFailed`]. A result,
 //! `service-unavailable`, `feature-not-implemented` or `item-not-found`
 //! (another client of the account renamed the occupant) mean still
-//! joined. No answer in time, `remote-server-not-found`,
-//! `remote-server-timeout` and `resource-constraint` tell nothing: the
-//! next ping goes an interval later, and timeouts never lead to a rejoin
-//! however many there are in a row (a room that does not answer a ping
-//! would not answer a join either, and a failed rejoin forgets the room;
-//! a dead connection is the acknowledgement timeout's to find).
+//! joined (XEP-0410 §3.2). No answer in time, `remote-server-not-found`
+//! and `remote-server-timeout` tell nothing (§3.2), nor, deliberately
+//! unlike §3.2 (which would call it not joined), `resource-constraint`:
+//! an overloaded room would refuse the rejoin too. The next ping goes an
+//! interval later, and timeouts never lead to a rejoin however many there
+//! are in a row (a dead connection is the acknowledgement timeout's to
+//! find).
+//!
+//! A rejoin the session makes itself waits [`ROOM_TIMEOUT`] from when it
+//! is written, counting only online; unanswered, the room counts as joined
+//! again and is self-pinged [`REJOIN_RETRY`] later (so it is tried again
+//! while the room says the app is not in it); only the room's refusal
+//! forgets it. A rejoin answered with status 201 created a temporary room
+//! anew: it is left at once and reported as failed (the app never asked
+//! to own a new room).
 //!
 //! A join goes out when the connection takes writes, else at the next
 //! connection (never through the outbox: the session writes a fresh join
@@ -47,6 +60,21 @@ pub(crate) const ROOM_TIMEOUT: Duration = IQ_TIMEOUT;
 const MIN_PING_JITTER: f64 = 0.75;
 /// …and less than this many times.
 const MAX_PING_JITTER: f64 = 1.25;
+/// The least self-ping interval (a shorter one configured is raised to it).
+pub(crate) const MIN_ROOM_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// The greatest self-ping interval (a longer one configured is lowered to
+/// it, which keeps every deadline computed from it representable).
+pub(crate) const MAX_ROOM_PING_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// A rejoin the session made itself that got no answer in time leaves the
+/// room joined as far as the app knows, and self-pings it again this long
+/// after (±25 %, whatever the interval): a rejoin is tried again if the
+/// room still says the app is not in it.
+pub(crate) const REJOIN_RETRY: Duration = Duration::from_secs(60);
+/// After a resumed stream each joined room is self-pinged at a random
+/// moment within this (so a CM restart's thousands of resumptions do not
+/// ping every room of every session in one burst; short, so a core
+/// restart's lost occupants are back within seconds).
+pub(crate) const RESUME_PING_SPREAD: Duration = Duration::from_secs(2);
 /// Rooms kept at once; beyond that joins fail at once.
 pub(crate) const MAX_ROOMS: usize = 1024;
 /// Occupants a join's answer lists at most (all arrive as events).
@@ -82,6 +110,9 @@ struct RoomPing {
     /// The id of the one waiting for its answer (an answer to an earlier
     /// one, sent before a rejoin or a newer ping, counts for nothing).
     waiting: Option<String>,
+    /// The ping at `due` goes out even if the room was heard from lately
+    /// (after a resumption, a timed-out rejoin, or the app asking).
+    forced: bool,
 }
 
 #[derive(Debug)]
@@ -98,6 +129,9 @@ enum Phase {
 struct Join {
     /// The app's request (`None`: the session's rejoin).
     request: Option<RequestId>,
+    /// When it gives up: an app's join counts from the request; the
+    /// session's own from when it was written (re-armed at every
+    /// connection, and not counting while offline).
     deadline: Instant,
     /// Written on the current connection (else at the next one).
     sent: bool,
@@ -160,13 +194,14 @@ impl Rooms {
             .min()
     }
 
-    /// When the next join or nick change gives up.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+    /// When the next join or nick change gives up (the session's own joins
+    /// only while `online`).
+    pub(crate) fn next_deadline(&self, online: bool) -> Option<Instant> {
         self.map
             .values()
             .flat_map(|r| {
                 let join = match &r.phase {
-                    Phase::Joining(j) => Some(j.deadline),
+                    Phase::Joining(j) if online || j.request.is_some() => Some(j.deadline),
                     _ => None,
                 };
                 join.into_iter()
@@ -265,12 +300,13 @@ impl Session {
             },
         );
         if self.writable() {
-            self.send_join(&k);
+            self.send_join(now, &k);
         }
     }
 
-    /// Writes the join presence of the room `k`.
-    fn send_join(&mut self, k: &str) {
+    /// Writes the join presence of the room `k` (a join of the session's
+    /// own has its deadline from now).
+    fn send_join(&mut self, now: Instant, k: &str) {
         let caps = crate::pep::caps_element(&self.config.notify);
         let Some(room) = self.rooms.map.get_mut(k) else {
             return;
@@ -287,6 +323,9 @@ impl Session {
         );
         let bytes = Bytes::from(presence.to_bytes(ns::CLIENT));
         join.sent = true;
+        if join.request.is_none() {
+            join.deadline = now + ROOM_TIMEOUT;
+        }
         if self.rooms.in_flight.len() >= MAX_ROOMS * 4 {
             self.rooms.in_flight.pop_front();
         }
@@ -295,7 +334,7 @@ impl Session {
     }
 
     /// Writes the joins that wait for a connection.
-    pub(super) fn send_pending_joins(&mut self) {
+    pub(super) fn send_pending_joins(&mut self, now: Instant) {
         let pending: Vec<String> = self
             .rooms
             .map
@@ -304,7 +343,34 @@ impl Session {
             .map(|(k, _)| k.clone())
             .collect();
         for k in pending {
-            self.send_join(&k);
+            self.send_join(now, &k);
+        }
+    }
+
+    /// A resumed stream: the session's own joins written before wait a
+    /// full [`ROOM_TIMEOUT`] again (stream management sends them again),
+    /// and every joined room is self-pinged within [`RESUME_PING_SPREAD`]
+    /// (a ping still unanswered is given up: its answer may come from a
+    /// server that restarted since).
+    pub(super) fn rooms_after_resumption(&mut self, now: Instant) {
+        for room in self.rooms.map.values_mut() {
+            match &mut room.phase {
+                Phase::Joining(join) if join.request.is_none() => {
+                    join.deadline = now + ROOM_TIMEOUT;
+                }
+                Phase::Joined => {
+                    if let Some(old) = room.ping.waiting.take() {
+                        self.iqs.cancel(&old);
+                    }
+                    let spread = RESUME_PING_SPREAD.mul_f64(self.rng.gen_range(0.0..1.0));
+                    room.ping = RoomPing {
+                        due: Some(now + spread),
+                        waiting: None,
+                        forced: true,
+                    };
+                }
+                _ => {}
+            }
         }
     }
 
@@ -319,6 +385,9 @@ impl Session {
             .retain(|_, r| !matches!(r.phase, Phase::Leaving));
         let stale = std::mem::take(&mut self.rooms.in_flight).into();
         for room in self.rooms.map.values_mut() {
+            if let Some(old) = room.ping.waiting.take() {
+                self.iqs.cancel(&old);
+            }
             room.ping = RoomPing::default();
             match &mut room.phase {
                 Phase::Joining(join) => {
@@ -402,15 +471,21 @@ impl Session {
         self.send(Outgoing { bytes, id: None });
     }
 
-    /// Joins and nick changes whose time is up give up. A join given up
-    /// is left (were the room to answer late, the app would be in a room
-    /// it does not know of).
+    /// Joins and nick changes whose time is up give up. An app's join
+    /// given up fails and is left (were the room to answer late, the app
+    /// would be in a room it does not know of). A rejoin of the session's
+    /// own (whose time runs only online) is not given up for good: the
+    /// room counts as joined again, self-pinged [`REJOIN_RETRY`] later,
+    /// and joined again if it still says the app is not in it (only the
+    /// room's refusal forgets it).
     pub(super) fn expire_rooms(&mut self, now: Instant) {
+        let online = self.writable();
         let mut expired_joins = Vec::new();
         let mut expired_nicks = Vec::new();
         for (k, r) in self.rooms.map.iter_mut() {
             if let Phase::Joining(j) = &r.phase
                 && j.deadline <= now
+                && (online || j.request.is_some())
             {
                 expired_joins.push(k.clone());
             }
@@ -424,6 +499,20 @@ impl Session {
             self.reply(id, Err(ClientError::Timeout));
         }
         for k in expired_joins {
+            if let Some(r) = self.rooms.map.get_mut(&k)
+                && matches!(&r.phase, Phase::Joining(j) if j.request.is_none())
+            {
+                tracing::info!(room = r.jid, "no answer to a rejoin: trying again later");
+                r.phase = Phase::Joined;
+                let retry =
+                    REJOIN_RETRY.mul_f64(self.rng.gen_range(MIN_PING_JITTER..MAX_PING_JITTER));
+                r.ping = RoomPing {
+                    due: Some(now + retry),
+                    waiting: None,
+                    forced: true,
+                };
+                continue;
+            }
             let Some(r) = self.rooms.map.remove(&k) else {
                 continue;
             };
@@ -582,6 +671,11 @@ impl Session {
                 Phase::Joined => None,
             };
             let nick = p.occupant.nick.clone();
+            if let Some((None, j)) = &joined
+                && j.status_codes.contains(&201)
+            {
+                return self.rejoin_created(&k);
+            }
             if joined.is_some() {
                 self.schedule_ping(now, &k);
             }
@@ -634,6 +728,26 @@ impl Session {
         }
     }
 
+    /// A rejoin of the session's own created the room `k` anew (status
+    /// 201: it was a temporary room, gone with its occupants): the app
+    /// never asked to own a new room, so it is left at once (which
+    /// destroys a room still locked) and forgotten,
+    /// reported as [`Event::RoomRejoinFailed`] with `item-not-found` (what
+    /// a join of a locked room by anyone else gets).
+    fn rejoin_created(&mut self, k: &str) {
+        let Some(r) = self.rooms.map.remove(k) else {
+            return;
+        };
+        tracing::info!(room = r.jid, "a rejoin created the room anew: leaving it");
+        let leave = muc::leave_presence(&format!("{}/{}", r.jid, r.nick), None);
+        let bytes = Bytes::from(leave.to_bytes(ns::CLIENT));
+        self.send(Outgoing { bytes, id: None });
+        self.event(Event::RoomRejoinFailed {
+            room: r.jid,
+            error: ClientError::StanzaError("item-not-found".into()),
+        });
+    }
+
     /// The room refused a presence (from the occupant JID `nick`, or the
     /// room's): a join (it fails, the room is forgotten) or a nick change.
     fn room_presence_error(&mut self, k: &str, nick: Option<&str>, condition: String) {
@@ -665,80 +779,96 @@ impl Session {
     /// that joined together are not all pinged at once), if the periodic
     /// check is on.
     fn jittered_ping_interval(&mut self) -> Option<Duration> {
-        let interval = self.config.room_ping_interval?;
+        let interval = self.config.room_ping_interval?.min(MAX_ROOM_PING_INTERVAL);
         Some(interval.mul_f64(self.rng.gen_range(MIN_PING_JITTER..MAX_PING_JITTER)))
     }
 
-    /// The room `k`'s next self-ping is an interval away (none if the
-    /// periodic check is off).
-    fn schedule_ping(&mut self, now: Instant, k: &str) {
-        let due = self.jittered_ping_interval().map(|i| now + i);
+    /// The room `k`'s next self-ping is an interval after `from` (none if
+    /// the periodic check is off).
+    fn schedule_ping(&mut self, from: Instant, k: &str) {
+        let due = self
+            .jittered_ping_interval()
+            .and_then(|i| from.checked_add(i));
         if let Some(r) = self.rooms.map.get_mut(k) {
             r.ping.due = due;
+            r.ping.forced = false;
         }
     }
 
     /// Self-pings the joined rooms whose ping is due, unless heard from
-    /// lately (within 3/4 of the interval): those have their ping moved to
-    /// an interval after they were last heard from.
+    /// lately (within 3/4 of the interval; not for a forced ping): those
+    /// have their ping moved to an interval after they were last heard
+    /// from. A room whose nick change is under way waits for its answer
+    /// (XEP-0410 §4: the nick the ping would go to is not settled).
     pub(super) fn ping_due_rooms(&mut self, now: Instant) {
         if !self.writable() {
             return;
         }
-        let due: Vec<(String, Instant)> = self
+        let due: Vec<String> = self
             .rooms
             .map
             .iter()
             .filter(|(_, r)| matches!(r.phase, Phase::Joined))
             .filter(|(_, r)| r.ping.due.is_some_and(|at| at <= now))
-            .map(|(k, r)| (k.clone(), r.last_activity))
+            .map(|(k, _)| k.clone())
             .collect();
-        let Some(interval) = self.config.room_ping_interval else {
-            return;
-        };
-        for (k, heard) in due {
-            if heard + interval.mul_f64(MIN_PING_JITTER) > now {
+        let interval = self.config.room_ping_interval;
+        for k in due {
+            let Some(r) = self.rooms.map.get_mut(&k) else {
+                continue;
+            };
+            if let Some(n) = &r.nick_change {
+                r.ping.due = Some(n.deadline);
+                continue;
+            }
+            let heard = r.last_activity;
+            let lately = !r.ping.forced
+                && interval.is_some_and(|i| {
+                    heard
+                        .checked_add(i.min(MAX_ROOM_PING_INTERVAL).mul_f64(MIN_PING_JITTER))
+                        .is_some_and(|t| t > now)
+                });
+            if lately {
                 // the room spoke lately: the app is in it (the next due
                 // time is past `now`: the jitter is at least as much)
-                let next = self.jittered_ping_interval().map(|i| heard + i);
-                if let Some(r) = self.rooms.map.get_mut(&k) {
-                    r.ping.due = next;
-                }
+                self.schedule_ping(heard, &k);
             } else {
                 self.send_room_ping(now, &k);
             }
         }
     }
 
-    /// Self-pings every joined room now (a ping still unanswered is
-    /// superseded); nothing while the connection takes no writes (the
-    /// next one checks them: a resumption pings them all, a new login
+    /// Self-pings every joined room now, the app asking (not those whose
+    /// ping still waits for its answer; those with a nick change under
+    /// way once it is over); nothing while the connection takes no writes
+    /// (the next one checks them: a resumption pings them all, a new login
     /// joins them again).
     pub(super) fn check_rooms(&mut self, now: Instant) {
         if !self.writable() {
             return;
         }
-        let joined: Vec<String> = self
-            .rooms
-            .map
-            .iter()
-            .filter(|(_, r)| matches!(r.phase, Phase::Joined))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in joined {
-            self.send_room_ping(now, &k);
+        for r in self.rooms.map.values_mut() {
+            if matches!(r.phase, Phase::Joined) && r.ping.waiting.is_none() {
+                r.ping.due = Some(now);
+                r.ping.forced = true;
+            }
         }
+        self.ping_due_rooms(now);
     }
 
     /// Sends the XEP-0410 self-ping of the room `k` (its own occupant);
     /// the answer, or its absence after [`IQ_TIMEOUT`], comes back to
-    /// [`Self::room_ping_answered`].
+    /// [`Self::room_ping_answered`]. A ping of the room still waiting is
+    /// superseded: it stops waiting (its answer counts for nothing).
     fn send_room_ping(&mut self, now: Instant, k: &str) {
-        let Some(room) = self.rooms.map.get(k) else {
+        let Some(room) = self.rooms.map.get_mut(k) else {
             return;
         };
         if !matches!(room.phase, Phase::Joined) {
             return;
+        }
+        if let Some(old) = room.ping.waiting.take() {
+            self.iqs.cancel(&old);
         }
         let iq = muc::self_ping_iq(&format!("{}/{}", room.jid, room.nick));
         let id = self.new_id();
@@ -752,6 +882,7 @@ impl Session {
                     r.ping = RoomPing {
                         due: None,
                         waiting: Some(id),
+                        forced: false,
                     };
                 }
             }
@@ -827,7 +958,7 @@ impl Session {
             );
         }
         if self.writable() {
-            self.send_join(k);
+            self.send_join(now, k);
         }
     }
 }

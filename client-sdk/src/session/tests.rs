@@ -2669,8 +2669,33 @@ fn unanswered_self_pings_never_rejoin_and_are_tried_again_an_interval_later() {
     assert!(joins(&drain(&mut s)).is_empty());
 }
 
+/// The connection drops and the stream is resumed at `at`; outputs drained.
+fn resume(s: &mut Session, at: Instant) -> Vec<Output> {
+    s.on_stream_end("gone".into());
+    drain(s);
+    let h = s.sm.sent();
+    s.on_connected(
+        at,
+        Negotiated {
+            resumed: Some(h),
+            ..Negotiated::default()
+        },
+    );
+    drain(s)
+}
+
+/// Lets time pass to the next timeout (which must be at most `by`): when,
+/// and what came out.
+fn next_timeout(s: &mut Session, by: Instant) -> (Instant, Vec<Output>) {
+    let due = s.poll_timeout().expect("a timeout");
+    assert!(due <= by, "due {due:?} after {by:?}");
+    s.handle_timeout(due);
+    (due, drain(s))
+}
+
 #[test]
-fn a_resumed_stream_self_pings_every_joined_room_at_once_and_rejoins_one_that_lost_the_app() {
+fn a_resumed_stream_self_pings_every_joined_room_within_a_short_spread_and_rejoins_one_that_lost_the_app()
+ {
     let t0 = Instant::now();
     let mut s = in_quiet_room(t0);
     s.on_stream_end("gone".into());
@@ -2687,15 +2712,31 @@ fn a_resumed_stream_self_pings_every_joined_room_at_once_and_rejoins_one_that_lo
     let out = drain(&mut s);
     assert!(events(&out).contains(&Event::Reconnected { resumed: true }));
     assert!(joins(&out).is_empty(), "the room is still joined: {out:?}");
-    let id = room_ping(&out).expect("a self-ping right after the resumption");
+    assert_eq!(room_ping(&out), None, "not at once: spread");
+    // the room speaks (what it queued before a restart, maybe): the ping
+    // after a resumption goes all the same
+    s.on_element(
+        back,
+        xml(&format!(
+            "<message from='{ROOM}/firstwitch' type='groupchat' id='m1'><body>hi</body></message>"
+        )),
+    );
+    drain(&mut s);
+    ack_all(&mut s, back);
+    let (due, out) = next_timeout(&mut s, back + rooms::RESUME_PING_SPREAD);
+    let id = room_ping(&out).expect("a self-ping soon after the resumption");
     // the server restarted meanwhile and forgot the occupants
-    s.on_element(back, ping_answer(&id, Some("not-acceptable")));
+    s.on_element(due, ping_answer(&id, Some("not-acceptable")));
     let out = drain(&mut s);
     let [join] = &joins(&out)[..] else {
         panic!("one join: {out:?}")
     };
-    assert!(join.contains("<history seconds=\"15\"/>"), "{join}");
-    s.on_element(back, self_presence("me"));
+    let seconds = (due - back).as_secs() + rooms::REJOIN_HISTORY_MARGIN_SECS;
+    assert!(
+        join.contains(&format!("<history seconds=\"{seconds}\"/>")),
+        "{join}"
+    );
+    s.on_element(due, self_presence("me"));
     assert!(
         events(&drain(&mut s))
             .iter()
@@ -2704,18 +2745,102 @@ fn a_resumed_stream_self_pings_every_joined_room_at_once_and_rejoins_one_that_lo
 }
 
 #[test]
-fn the_app_can_check_its_rooms_now_and_a_newer_ping_supersedes_an_older_one() {
+fn resumptions_ping_many_rooms_at_different_moments_within_the_spread() {
+    let t0 = Instant::now();
+    let mut s = connected(config(), t0);
+    let rooms: Vec<String> = (0..20)
+        .map(|i| format!("r{i}@conference.example.org"))
+        .collect();
+    for (i, room) in rooms.iter().enumerate() {
+        s.command(
+            t0,
+            Command::Request(
+                RequestId(i as u64),
+                Request::JoinRoom {
+                    room: room.clone(),
+                    nick: "me".into(),
+                    password: None,
+                    history: None,
+                },
+            ),
+        );
+        s.on_element(
+            t0,
+            xml(&format!(
+                "<presence from='{room}/me'><x xmlns='http://jabber.org/protocol/muc#user'>\
+                 <item affiliation='member' role='participant'/><status code='110'/></x></presence>"
+            )),
+        );
+    }
+    drain(&mut s);
+    let back = t0 + Duration::from_secs(5);
+    let out = resume(&mut s, back);
+    assert!(written(&out).iter().all(|w| !w.contains("urn:xmpp:ping")));
+    ack_all(&mut s, back);
+    let mut moments = Vec::new();
+    let mut pinged = 0;
+    while pinged < rooms.len() {
+        let (due, out) = next_timeout(&mut s, back + rooms::RESUME_PING_SPREAD);
+        let n = written(&out)
+            .iter()
+            .filter(|w| w.contains("urn:xmpp:ping"))
+            .count();
+        assert!(n > 0, "{out:?}");
+        pinged += n;
+        moments.push(due);
+        ack_all(&mut s, due);
+    }
+    assert_eq!(pinged, rooms.len());
+    assert!(moments.len() > rooms.len() / 2, "spread: {moments:?}");
+}
+
+#[test]
+fn the_app_can_check_its_rooms_now_but_a_ping_waiting_is_not_sent_again() {
     let t0 = Instant::now();
     let mut s = in_quiet_room(t0);
+    let before = s.iqs.waiting_count();
     s.command(t0, Command::CheckRooms);
     let first = room_ping(&drain(&mut s)).expect("a self-ping at once");
-    s.command(t0, Command::CheckRooms);
-    let second = room_ping(&drain(&mut s)).expect("a self-ping at once");
-    assert_ne!(first, second);
-    // the older one's answer counts for nothing (the newer one decides)
+    for _ in 0..10 {
+        s.command(t0, Command::CheckRooms);
+        assert_eq!(room_ping(&drain(&mut s)), None, "one waits already");
+    }
+    assert_eq!(s.iqs.waiting_count(), before + 1);
     s.on_element(t0, ping_answer(&first, Some("not-acceptable")));
-    assert!(joins(&drain(&mut s)).is_empty());
-    s.on_element(t0, ping_answer(&second, Some("not-acceptable")));
+    assert_eq!(joins(&drain(&mut s)).len(), 1);
+}
+
+#[test]
+fn a_ping_superseded_by_a_resumption_stops_waiting_and_its_answer_counts_for_nothing() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    let before = s.iqs.waiting_count();
+    s.command(t0, Command::CheckRooms);
+    let mut ids = vec![room_ping(&drain(&mut s)).expect("a self-ping")];
+    let mut now = t0;
+    for _ in 0..5 {
+        now += Duration::from_secs(1);
+        resume(&mut s, now);
+        assert_eq!(
+            s.iqs.waiting_count(),
+            before,
+            "the old ping no longer waits"
+        );
+        ack_all(&mut s, now);
+        let (due, out) = next_timeout(&mut s, now + rooms::RESUME_PING_SPREAD);
+        ids.push(room_ping(&out).expect("a new self-ping"));
+        assert_eq!(s.iqs.waiting_count(), before + 1);
+        ack_all(&mut s, due);
+        now = due;
+    }
+    for old in &ids[..ids.len() - 1] {
+        s.on_element(now, ping_answer(old, Some("not-acceptable")));
+        assert!(joins(&drain(&mut s)).is_empty());
+    }
+    s.on_element(
+        now,
+        ping_answer(ids.last().unwrap(), Some("not-acceptable")),
+    );
     assert_eq!(joins(&drain(&mut s)).len(), 1);
 }
 
@@ -2744,14 +2869,168 @@ fn without_a_ping_interval_rooms_are_pinged_only_after_a_resumption_or_when_aske
     s.on_element(t0, ping_answer(&id, None));
     ack_all(&mut s, t0);
     assert_eq!(s.poll_timeout(), None, "and none after it");
+    resume(&mut s, t0);
+    ack_all(&mut s, t0);
+    let (_, out) = next_timeout(&mut s, t0 + rooms::RESUME_PING_SPREAD);
+    assert!(room_ping(&out).is_some());
+}
+
+/// [`in_quiet_room`] whose self-ping found the app out: the rejoin was
+/// written at the returned moment (and acknowledged).
+fn rejoining(t0: Instant) -> (Session, Instant) {
+    let mut s = in_quiet_room(t0);
+    let (due, id) = next_room_ping(&mut s);
+    s.on_element(due, ping_answer(&id, Some("not-acceptable")));
+    assert_eq!(joins(&drain(&mut s)).len(), 1);
+    ack_all(&mut s, due);
+    (s, due)
+}
+
+#[test]
+fn an_unanswered_rejoin_of_the_sessions_own_keeps_the_room_and_is_tried_again_after_a_ping() {
+    let t0 = Instant::now();
+    let (mut s, sent) = rejoining(t0);
+    // offline its time does not run
     s.on_stream_end("gone".into());
     drain(&mut s);
+    let late = sent + rooms::ROOM_TIMEOUT * 10;
+    s.handle_timeout(late);
+    let out = drain(&mut s);
+    assert!(events(&out).is_empty(), "{out:?}");
+    // back: a full wait again from the resumption
     s.on_connected(
-        t0,
+        late,
         Negotiated {
-            resumed: Some(2),
+            resumed: Some(s.sm.sent()),
             ..Negotiated::default()
         },
     );
+    drain(&mut s);
+    ack_all(&mut s, late);
+    assert_eq!(s.poll_timeout(), Some(late + rooms::ROOM_TIMEOUT));
+    let gave_up = late + rooms::ROOM_TIMEOUT;
+    s.handle_timeout(gave_up);
+    let out = drain(&mut s);
+    assert!(events(&out).is_empty(), "not forgotten: {out:?}");
+    assert!(
+        written(&out).iter().all(|w| !w.contains("unavailable")),
+        "not left: {out:?}"
+    );
+    // the room is pinged again soon, and joined again if still needed
+    let due = s.poll_timeout().expect("a retry");
+    assert!(
+        due >= gave_up + rooms::REJOIN_RETRY * 3 / 4 && due < gave_up + rooms::REJOIN_RETRY * 5 / 4,
+        "{:?}",
+        due - gave_up
+    );
+    s.handle_timeout(due);
+    let id = room_ping(&drain(&mut s)).expect("the retry's self-ping");
+    s.on_element(due, ping_answer(&id, Some("not-acceptable")));
+    assert_eq!(joins(&drain(&mut s)).len(), 1);
+    s.on_element(due, self_presence("me"));
+    assert!(
+        events(&drain(&mut s))
+            .iter()
+            .any(|e| matches!(e, Event::RoomRejoined(j) if j.room == ROOM))
+    );
+}
+
+#[test]
+fn a_rejoin_that_creates_the_room_anew_leaves_it_at_once_and_fails() {
+    let t0 = Instant::now();
+    let (mut s, at) = rejoining(t0);
+    s.on_element(
+        at,
+        occupant(
+            "me",
+            "",
+            "<item affiliation='owner' role='moderator'/><status code='110'/><status code='201'/>",
+            "",
+        ),
+    );
+    let out = drain(&mut s);
+    assert_eq!(
+        events(&out),
+        vec![Event::RoomRejoinFailed {
+            room: ROOM.into(),
+            error: ClientError::StanzaError("item-not-found".into()),
+        }]
+    );
+    let w = written(&out);
+    assert!(
+        w.iter()
+            .any(|w| w.contains(&format!("to=\"{ROOM}/me\"")) && w.contains("unavailable")),
+        "{w:?}"
+    );
+    ack_all(&mut s, at);
+    assert_eq!(s.poll_timeout(), None, "the room is forgotten");
+}
+
+#[test]
+fn a_ping_interval_out_of_bounds_is_clamped_and_a_huge_one_never_overflows() {
+    let addr = "127.0.0.1:5222".parse().unwrap();
+    for (asked, kept) in [
+        (Duration::MAX, rooms::MAX_ROOM_PING_INTERVAL),
+        (Duration::from_millis(1), rooms::MIN_ROOM_PING_INTERVAL),
+        (PING_INTERVAL, PING_INTERVAL),
+    ] {
+        let opts = ConnectOptions::new(addr, OWN, "pw").with_room_ping_interval(Some(asked));
+        assert_eq!(SessionConfig::new(&opts).room_ping_interval, Some(kept));
+    }
+    // unclamped (as the session would never get it): still no panic
+    let t0 = Instant::now();
+    let mut s = connected(
+        SessionConfig {
+            room_ping_interval: Some(Duration::MAX),
+            ..config()
+        },
+        t0,
+    );
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    s.on_element(t0, self_presence("me"));
+    ack_all(&mut s, t0);
+    let due = s.poll_timeout().expect("a ping, a day away at most");
+    assert!(due <= t0 + rooms::MAX_ROOM_PING_INTERVAL * 5 / 4);
+    s.handle_timeout(due);
     assert!(room_ping(&drain(&mut s)).is_some());
+}
+
+#[test]
+fn no_self_ping_goes_to_a_room_whose_nick_change_is_under_way() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    let due = s.poll_timeout().expect("a self-ping is scheduled");
+    let asked = due - Duration::from_secs(1);
+    s.command(
+        asked,
+        Command::Request(
+            RequestId(2),
+            Request::ChangeNick {
+                room: ROOM.into(),
+                nick: "newme".into(),
+            },
+        ),
+    );
+    drain(&mut s);
+    ack_all(&mut s, asked);
+    s.handle_timeout(due);
+    assert_eq!(room_ping(&drain(&mut s)), None);
+    s.command(due, Command::CheckRooms);
+    assert_eq!(room_ping(&drain(&mut s)), None, "not even when asked");
+    // the nick change times out: then the room is pinged
+    let next = s.poll_timeout().expect("the nick change's deadline");
+    assert_eq!(next, asked + rooms::ROOM_TIMEOUT);
+    s.handle_timeout(next);
+    let out = drain(&mut s);
+    assert!(
+        matches!(
+            &replies(&out)[..],
+            [(RequestId(2), Err(ClientError::Timeout))]
+        ),
+        "{out:?}"
+    );
+    assert!(room_ping(&out).is_some(), "{out:?}");
 }
