@@ -24,7 +24,8 @@ out=${1:-target/bindings}
 target=${CARGO_TARGET_DIR:-target}
 
 # one build of both, so they share their dependencies
-cargo build --locked "${cargo_profile[@]}" -p longlink-ffi -p uniffi-bindgen
+# (the guarded expansion: bash 3.2, macOS, takes an empty array as unset)
+cargo build --locked ${cargo_profile[@]+"${cargo_profile[@]}"} -p longlink-ffi -p uniffi-bindgen
 
 case "$(uname -s)" in
 Darwin) lib="$target/$profile/liblonglink_ffi.dylib" ;;
@@ -32,7 +33,13 @@ Darwin) lib="$target/$profile/liblonglink_ffi.dylib" ;;
 esac
 bindgen="$target/$profile/uniffi-bindgen"
 
-rm -rf "$out"
+case "$out" in
+"" | / | /. | /..) echo "refusing OUT_DIR ${out:-(empty)}" >&2; exit 2 ;;
+esac
+# only what this script writes there: OUT_DIR may hold other things
+for language in kotlin swift python; do
+    rm -rf "${out:?}/$language"
+done
 for language in kotlin swift python; do
     "$bindgen" generate "$lib" --crate longlink_ffi \
         --language "$language" --out-dir "$out/$language"

@@ -63,6 +63,12 @@ impl Events {
     pub async fn next(&mut self) -> Option<Event> {
         self.0.recv().await
     }
+
+    /// The next event if one is waiting now, without waiting (`None`:
+    /// none yet, or the session is over).
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
+    }
 }
 
 /// A fresh id for a message the app sends. The handle makes it (not the

@@ -4,8 +4,10 @@ Usage: smoke.py BINDINGS_DIR SERVER CA_FILE DOMAIN PASSWORD
 
 BINDINGS_DIR holds the generated module (longlink_ffi.py) and the library
 it loads; SERVER is the balancer of a running deployment where `alice` and
-`bob` exist with PASSWORD. Alice reads her events with `next_event()`, Bob
-with an `EventListener`; they chat, Alice's messages report their states up
+`bob` exist with PASSWORD. Alice logs in without a resource (SASL2 and
+Bind2 in one round trip) and reads her events with `next_event()` and
+`drain_events()`, Bob with an `EventListener` whose first call throws;
+they chat, Alice's messages report their states up
 to delivered, her connection moves (network_changed) and Bob goes inactive
 and back, and roster, history, ping and push registration go through the
 binding. Prints one line per step and "ffi smoke: ok" at the end; exits
@@ -34,22 +36,23 @@ def bare(jid):
     return jid.split("/", 1)[0]
 
 
-def options(user, resource):
+def options(user, resource, tag):
     return ll.ConnectOptions(
         server=SERVER,
         jid=f"{user}@{DOMAIN}",
         password=PASSWORD,
         trust=ll.Trust.CA_FILE(path=CA),
         resource=resource,
+        tag=tag,
     )
 
 
-async def login(user, resource):
+async def login(user, resource, tag=None):
     """Connects, retrying while the deployment is still starting."""
     deadline = time.monotonic() + 30
     while True:
         try:
-            return await ll.Client.connect(options(user, resource))
+            return await ll.Client.connect(options(user, resource, tag))
         except (ll.LonglinkError.Unreachable, ll.LonglinkError.Timeout,
                 ll.LonglinkError.Disconnected) as e:
             if time.monotonic() > deadline:
@@ -60,14 +63,19 @@ async def login(user, resource):
 
 class Inbox(ll.EventListener):
     """Bob's listener: hands each event, from the library's thread, to the
-    asyncio loop."""
+    asyncio loop; throws once, after handing over the first (the library
+    must go on delivering)."""
 
     def __init__(self, loop):
         self.loop = loop
         self.queue = asyncio.Queue()
+        self.thrown = False
 
     def on_event(self, event):
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        if not self.thrown:
+            self.thrown = True
+            raise RuntimeError("a listener's bug (thrown on purpose by smoke.py)")
 
     async def next(self):
         return await asyncio.wait_for(self.queue.get(), STEP_TIMEOUT)
@@ -100,7 +108,7 @@ def body_of(body):
 
 
 async def main():
-    alice = await login("alice", "phone")
+    alice = await login("alice", None, tag="smoke")
     bob = await login("bob", "tablet")
     try:
         await chat(alice, bob)
@@ -113,7 +121,9 @@ async def main():
 
 async def chat(alice, bob):
     loop = asyncio.get_running_loop()
-    assert alice.jid() == f"alice@{DOMAIN}/phone", alice.jid()
+    # no resource asked for: Bind2 bound tag/random in the SASL2 round trip
+    assert alice.jid().startswith(f"alice@{DOMAIN}/smoke/"), alice.jid()
+    assert alice.used_sasl2(), "alice did not log in with SASL2"
     assert bob.jid() == f"bob@{DOMAIN}/tablet", bob.jid()
     step(f"connected through {SERVER} as {alice.jid()} and {bob.jid()}")
 
@@ -122,6 +132,11 @@ async def chat(alice, bob):
     try:
         await bob.next_event()
         raise AssertionError("next_event beside a listener")
+    except ll.LonglinkError.EventsTaken:
+        pass
+    try:
+        bob.drain_events()
+        raise AssertionError("drain_events beside a listener")
     except ll.LonglinkError.EventsTaken:
         pass
     await alice.send_presence(0)
@@ -148,12 +163,24 @@ async def chat(alice, bob):
     # written before confirmed by Bob's device (the server's ack may come
     # before or after the receipt)
     assert states[0] in ("QUEUED", "SENT") and states[-1] == "DELIVERED", states
-    step(f"alice -> bob received; states {states}")
+    assert inbox.thrown
+    step(f"alice -> bob received (after the listener threw); states {states}")
 
     # Bob -> Alice, read with next_event
     await bob.send_message(alice.jid(), "hi alice")
     await next_of(alice.next_event, body_of("hi alice"), "bob's reply at alice")
     step("bob -> alice received")
+
+    # events waiting are taken without waiting (before saving a token)
+    await bob.send_message(alice.jid(), "drain me")
+    drained = []
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while not any(isinstance(e, ll.Event.MESSAGE_RECEIVED) and e.message.body == "drain me"
+                  for e in drained):
+        assert time.monotonic() < deadline, f"drain_events gave {drained}"
+        await asyncio.sleep(0.05)
+        drained += alice.drain_events()
+    step(f"drain_events: {len(drained)} events, the message among them")
 
     # Alice's network changes: the connection moves, the chat goes on
     alice.network_changed()

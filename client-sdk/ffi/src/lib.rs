@@ -16,7 +16,8 @@
 //! cancelled) does not undo what the task does.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock, Weak};
 
 mod error;
 mod types;
@@ -67,12 +68,52 @@ where
 
 /// Receives every event of a session, in order, on a thread of the
 /// library's own (one per client): hand them to the app's main thread or
-/// queue, and return soon (the session waits meanwhile).
+/// queue, and return soon (the session waits meanwhile). An exception
+/// thrown by `on_event` is logged and that event is lost; the next ones
+/// still come.
 #[uniffi::export(with_foreign)]
 pub trait EventListener: Send + Sync {
     /// One event. The last is `Event.Disconnected`, when the session is
     /// over.
     fn on_event(&self, event: Event);
+}
+
+/// What a caught panic says.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
+}
+
+/// Aborts the session of a client whose listener's thread is ending
+/// before the events did (when dropped unless `finished`): nobody would
+/// read them, yet the session would go on acknowledging their stanzas.
+struct ListenerGuard {
+    /// The client (weak: the thread does not keep it alive).
+    client: Weak<Client>,
+    /// The event queue ended: nothing to abort.
+    finished: bool,
+}
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        tracing::error!("the event listener's thread ended early: aborting the session");
+        let (Some(client), Some(rt)) = (self.client.upgrade(), RUNTIME.get()) else {
+            return;
+        };
+        // (on the runtime: this may run while the thread unwinds, where
+        // blocking is no option)
+        rt.spawn(async move {
+            if let Some(session) = client.session.write().await.take() {
+                session.abort();
+            }
+        });
+    }
 }
 
 /// Creates the account `options.jid` with `options.password` by in-band
@@ -82,8 +123,9 @@ pub trait EventListener: Send + Sync {
 #[uniffi::export]
 pub async fn register(options: ConnectOptions) -> Result<(), LonglinkError> {
     on_runtime(async move {
-        let opts = options.resolve().await?;
-        Ok(client_sdk::im::register(&opts).await?)
+        options
+            .each_address(|opts| async move { client_sdk::im::register(&opts).await })
+            .await
     })
     .await
 }
@@ -129,13 +171,16 @@ macro_rules! with_session {
 
 #[uniffi::export]
 impl Client {
-    /// Connects (QUIC), logs in (SCRAM-SHA-256), then resumes
-    /// `options.previous_session` or binds a resource.
+    /// Connects (QUIC; each address the server's name resolves to in
+    /// turn while one is unreachable) and logs in (SCRAM-SHA-256): with
+    /// SASL2 (unless `options.sasl2` is off) it resumes
+    /// `options.previous_session` or binds a resource with Bind2
+    /// (`tag/random`) in the same round trip; a `resource` asked for is
+    /// bound afterwards, the legacy way.
     #[uniffi::constructor]
     pub async fn connect(options: ConnectOptions) -> Result<Arc<Self>, LonglinkError> {
         on_runtime(async move {
-            let opts = options.resolve().await?;
-            let mut client = client_sdk::Client::connect(opts).await?;
+            let mut client = options.each_address(client_sdk::Client::connect).await?;
             let events = client.take_events();
             Ok(Arc::new(Self {
                 jid: client.jid().to_owned(),
@@ -152,6 +197,16 @@ impl Client {
         self.jid.clone()
     }
 
+    /// Whether `connect` logged in with SASL2 (XEP-0388: one round trip
+    /// for login, binding or resumption); `false` once the session ended.
+    pub fn used_sasl2(&self) -> bool {
+        self.session
+            .try_read()
+            .ok()
+            .and_then(|s| s.as_ref().map(client_sdk::Client::used_sasl2))
+            .unwrap_or(false)
+    }
+
     /// Whether `connect` resumed `previous_session`.
     pub fn was_resumed(&self) -> bool {
         self.session
@@ -163,8 +218,9 @@ impl Client {
 
     /// What to resume this session with from a new process (keep it when
     /// the app goes to the background); `None` if it cannot be resumed.
-    /// Read the events that are waiting first: the token counts them as
-    /// handled.
+    /// Its count includes the events still waiting unread: take it, then
+    /// read what is waiting ([`Client::drain_events`]) before the process
+    /// may die, or those are lost.
     pub fn resumption(&self) -> Option<SessionToken> {
         let session = self.session.try_read().ok()?;
         let (id, h) = session.as_ref()?.resumption()?;
@@ -182,10 +238,31 @@ impl Client {
         Ok(events.next().await.map(Event::from))
     }
 
+    /// The events waiting now, without waiting (at most
+    /// [`client_sdk::EVENT_QUEUE`]; empty while a [`Client::next_event`]
+    /// call waits, which gets the next one): to empty the queue before
+    /// saving [`Client::resumption`]. Fails with
+    /// [`LonglinkError::EventsTaken`] when an [`EventListener`] is set.
+    pub fn drain_events(&self) -> Result<Vec<Event>, LonglinkError> {
+        let Ok(mut events) = self.events.try_lock() else {
+            return Ok(Vec::new());
+        };
+        let events = events.as_mut().ok_or(LonglinkError::EventsTaken)?;
+        let mut drained = Vec::new();
+        while drained.len() < client_sdk::EVENT_QUEUE
+            && let Some(event) = events.try_next()
+        {
+            drained.push(event.into());
+        }
+        Ok(drained)
+    }
+
     /// Sends every event to `listener` from now on, on a thread of its own,
-    /// instead of [`Client::next_event`]; once only.
+    /// instead of [`Client::next_event`]; once only. Should that thread
+    /// end before the events do, the session is aborted (nothing more is
+    /// acknowledged to the server unread).
     pub fn set_event_listener(
-        &self,
+        self: Arc<Self>,
         listener: Arc<dyn EventListener>,
     ) -> Result<(), LonglinkError> {
         let rt = runtime()?;
@@ -196,12 +273,29 @@ impl Client {
             .and_then(|mut e| e.take())
             .ok_or(LonglinkError::EventsTaken)?;
         let (done, listener_done) = tokio::sync::oneshot::channel();
+        let guard = ListenerGuard {
+            client: Arc::downgrade(&self),
+            finished: false,
+        };
         std::thread::Builder::new()
             .name(EVENT_THREAD.into())
             .spawn(move || {
+                // (the whole guard moves in, not only its field)
+                let mut guard = guard;
                 while let Some(event) = rt.block_on(events.next()) {
-                    listener.on_event(event.into());
+                    let event = Event::from(event);
+                    // (a foreign exception is a panic here: UniFFI's
+                    // "Callback interface failure")
+                    let delivered =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| listener.on_event(event)));
+                    if let Err(panic) = delivered {
+                        tracing::error!(
+                            "the event listener failed, its event is lost: {}",
+                            panic_text(&*panic)
+                        );
+                    }
                 }
+                guard.finished = true;
                 // (releasing a foreign listener calls into its language:
                 // done before `disconnect` returns)
                 drop(listener);

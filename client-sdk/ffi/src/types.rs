@@ -4,6 +4,7 @@
 //! keywords), no variant named like a type (a Kotlin sealed class's
 //! variants are nested classes that would hide it).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,8 @@ pub struct SessionToken {
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ConnectOptions {
     /// The server (the balancer) as `host:port`, e.g. `xmpp.example.org:5222`
-    /// (a name is resolved at each connect).
+    /// (a name is resolved at each connect, and its addresses tried in
+    /// turn while one is unreachable).
     pub server: String,
     /// The account's bare JID, e.g. `alice@example.org`.
     pub jid: String,
@@ -53,9 +55,21 @@ pub struct ConnectOptions {
     pub password: String,
     /// Which certificates to trust.
     pub trust: Trust,
-    /// The resource to ask for (none: the server picks one).
+    /// The resource to ask for. None (best): Bind2 binds `tag/random`
+    /// (see `tag`) in the login's round trip. One asked for is bound the
+    /// legacy way after SASL2: one more round trip.
     #[uniffi(default)]
     pub resource: Option<String>,
+    /// The Bind2 tag (XEP-0386), naming the app: the resource becomes
+    /// `tag/random` (none: `longlink`).
+    #[uniffi(default)]
+    pub tag: Option<String>,
+    /// Log in with SASL2 (XEP-0388), Bind2 and inline resumption where the
+    /// server offers them: one round trip for login, binding or
+    /// resumption, stream management and carbons. Off: SASL, a stream
+    /// restart, then each of those in turn.
+    #[uniffi(default = true)]
+    pub sasl2: bool,
     /// A session to resume first (see [`SessionToken`]).
     #[uniffi(default)]
     pub previous_session: Option<SessionToken>,
@@ -80,35 +94,86 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// client-sdk's options, the server address resolved.
-    pub(crate) async fn resolve(self) -> Result<client_sdk::ConnectOptions, LonglinkError> {
-        let server = resolve_server(&self.server).await?;
-        let mut opts = client_sdk::ConnectOptions::new(server, &self.jid, &self.password)
+    /// Runs `attempt` with client-sdk's options for each address the
+    /// server resolves to, until one is not unreachable (nor timed out);
+    /// the last failure if none.
+    pub(crate) async fn each_address<T, F, Fut>(self, attempt: F) -> Result<T, LonglinkError>
+    where
+        F: Fn(client_sdk::ConnectOptions) -> Fut,
+        Fut: Future<Output = Result<T, client_sdk::ClientError>>,
+    {
+        let (opts, addrs) = self.resolve().await?;
+        let mut last = None;
+        for addr in addrs {
+            let mut opts = opts.clone();
+            opts.server = addr;
+            match attempt(opts).await {
+                Ok(done) => return Ok(done),
+                Err(
+                    e
+                    @ (client_sdk::ClientError::Unreachable(_) | client_sdk::ClientError::Timeout),
+                ) => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last.map_or_else(
+            || LonglinkError::Unreachable {
+                detail: "the server resolves to no address".into(),
+            },
+            Into::into,
+        ))
+    }
+
+    /// client-sdk's options (with the first address), and every address
+    /// the server resolves to.
+    pub(crate) async fn resolve(
+        self,
+    ) -> Result<(client_sdk::ConnectOptions, Vec<SocketAddr>), LonglinkError> {
+        let addrs = resolve_server(&self.server).await?;
+        let mut opts = client_sdk::ConnectOptions::new(addrs[0], &self.jid, &self.password)
             .with_receipts(self.receipts)
             .with_resume_max(self.resume_max_secs);
+        if let Some(tag) = &self.tag {
+            opts = opts.with_tag(tag);
+        }
+        opts.sasl2 = self.sasl2;
         opts.trust = trust(&self.trust)?;
         opts.timeout = Duration::from_millis(u64::from(self.timeout_ms));
         opts.resource = self.resource;
         opts.previous_session = self.previous_session.map(|s| (s.id, s.h));
         opts.message_states = self.message_states;
         opts.carbons = self.carbons;
-        Ok(opts)
+        Ok((opts, addrs))
     }
 }
 
-/// The first address `server` (`host:port`) resolves to.
-async fn resolve_server(server: &str) -> Result<SocketAddr, LonglinkError> {
+/// The addresses `server` (`host:port`) resolves to, at least one. Not
+/// `host:port` is a [`LonglinkError::Config`]; a failed lookup (no
+/// network, no such name) is [`LonglinkError::Unreachable`].
+async fn resolve_server(server: &str) -> Result<Vec<SocketAddr>, LonglinkError> {
     if let Ok(addr) = server.parse() {
-        return Ok(addr);
+        return Ok(vec![addr]);
     }
-    let mut addrs = tokio::net::lookup_host(server)
+    let well_formed = server
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !well_formed {
+        return Err(LonglinkError::Config {
+            detail: format!("server {server:?}: not host:port"),
+        });
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
-        .map_err(|e| LonglinkError::Config {
-            detail: format!("server {server:?}: {e}"),
-        })?;
-    addrs.next().ok_or_else(|| LonglinkError::Unreachable {
-        detail: format!("{server} resolves to no address"),
-    })
+        .map_err(|e| LonglinkError::Unreachable {
+            detail: format!("cannot resolve {server}: {e}"),
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(LonglinkError::Unreachable {
+            detail: format!("{server} resolves to no address"),
+        });
+    }
+    Ok(addrs)
 }
 
 /// client-sdk's trust for `trust`; PEM text is parsed here.
@@ -538,6 +603,8 @@ mod tests {
             password: "pw".into(),
             trust,
             resource: Some("phone".into()),
+            tag: Some("app".into()),
+            sasl2: false,
             previous_session: Some(SessionToken {
                 id: "sm-1".into(),
                 h: 7,
@@ -552,12 +619,15 @@ mod tests {
 
     #[tokio::test]
     async fn connect_options_carry_every_setting_to_the_sdk() {
-        let opts = options(Trust::CaFile {
+        let (opts, addrs) = options(Trust::CaFile {
             path: "/data/ca.pem".into(),
         })
         .resolve()
         .await
         .unwrap();
+        assert_eq!(addrs, vec![opts.server]);
+        assert_eq!(opts.tag, "app");
+        assert!(!opts.sasl2);
         assert_eq!(opts.server, "127.0.0.1:5222".parse().unwrap());
         assert_eq!(opts.jid, "alice@example.org");
         assert_eq!(opts.resource.as_deref(), Some("phone"));
@@ -571,7 +641,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pem_text_without_a_certificate_and_an_unresolvable_server_are_config_errors() {
+    async fn pem_text_without_a_certificate_and_a_server_not_host_port_are_config_errors() {
         let no_cert = options(Trust::CaPem {
             pem: "not a certificate".into(),
         });
@@ -585,6 +655,19 @@ mod tests {
             bad_server.resolve().await,
             Err(LonglinkError::Config { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_name_resolves_to_every_address_and_sasl2_is_on_by_default() {
+        let mut named = options(Trust::CaFile { path: "x".into() });
+        named.server = "localhost:5222".into();
+        named.tag = None;
+        named.sasl2 = true;
+        let (opts, addrs) = named.resolve().await.unwrap();
+        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()));
+        assert!(addrs.iter().all(|a| a.port() == 5222));
+        assert_eq!(opts.tag, "longlink");
+        assert!(opts.sasl2);
     }
 
     #[test]
