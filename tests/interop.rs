@@ -201,6 +201,7 @@ async fn slixmpp_clients_chat_in_a_room_with_history_occupants_and_self_ping_ove
 /// The child's standard error, read as it comes (so its logging never
 /// blocks on a full pipe) into a string a failing test prints.
 fn collect_stderr(child: &mut tokio::process::Child) -> Arc<std::sync::Mutex<String>> {
+    use tokio::io::AsyncReadExt;
     let stderr = Arc::new(std::sync::Mutex::new(String::new()));
     let Some(mut pipe) = child.stderr.take() else {
         return stderr;
@@ -238,7 +239,7 @@ impl SlixAppServer {
         name: &str,
         secret: &str,
     ) -> Self {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        use tokio::io::AsyncBufReadExt;
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/slix_push_component.py");
         let mut child = tokio::process::Command::new(python)
@@ -768,7 +769,6 @@ fn only<'a>(events: &'a [serde_json::Value], name: &str) -> &'a serde_json::Valu
 async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user_and_resumes_inline_after_a_dropped_socket()
  {
     use serde_json::json;
-    use tokio::io::AsyncReadExt as _;
     bounded(240, async {
         let Some((dir, flags)) = tokio::task::spawn_blocking(xmppjs_node).await.unwrap() else {
             return;
