@@ -89,11 +89,15 @@ impl Dialer {
         resource: Option<String>,
     ) -> Result<(Live, Negotiated), ClientError> {
         if let Some(offer) = self.known() {
-            let pipelined = self.pipelined(&offer, resumption, resource).await;
-            if pipelined.is_err() {
-                self.remember(None);
+            match self
+                .pipelined(&offer, resumption.clone(), resource.clone())
+                .await
+            {
+                Pipelined::Done(done) => return done,
+                // (the new connection offers less than the request used:
+                // dialed again below, reading the features first)
+                Pipelined::Incompatible => self.remember(None),
             }
-            return pipelined;
         }
         let (conn, mut nego, features) =
             dial(&self.endpoint, self.server, &self.domain, &[]).await?;
@@ -139,32 +143,47 @@ impl Dialer {
 
     /// A SASL2 login whose `<authenticate/>` (built from the `offer` of
     /// an earlier connection) rides in the stream header's flight: one
-    /// round trip less than waiting for the features.
+    /// round trip less than waiting for the features. The offer is kept
+    /// through a failed dial (a phone's first attempt after a loss often
+    /// finds no network yet) and forgotten once a server answered
+    /// otherwise than with a success.
     async fn pipelined(
         &self,
         offer: &sasl2::Offer,
         resumption: Option<(String, u32)>,
         resource: Option<String>,
-    ) -> Result<(Live, Negotiated), ClientError> {
+    ) -> Pipelined {
         let request = self.request(offer, resumption, resource.is_none());
         let started = Sasl2Start::new(request, &self.username, &self.password, self.mechanism);
-        let (conn, mut nego, features) = dial(
+        let dialed = dial(
             &self.endpoint,
             self.server,
             &self.domain,
             &started.authenticate,
         )
-        .await?;
-        if self.usable(&features).as_ref() != Some(offer) {
-            // (what was written may not be understood: a new attempt
-            // reads the features first)
-            return Err(ClientError::Protocol(
-                "the server's SASL2 offer changed".into(),
-            ));
+        .await;
+        let (conn, mut nego, features) = match dialed {
+            Ok(dialed) => dialed,
+            Err(e) => return Pipelined::Done(Err(e)),
+        };
+        let Some(now) = self.usable(&features).filter(|now| now.serves(offer)) else {
+            return Pipelined::Incompatible;
+        };
+        let done = async {
+            let outcome = nego.sasl2_finish(started).await?;
+            self.conclude(&mut nego, offer, outcome, resource).await
         }
-        let outcome = nego.sasl2_finish(started).await?;
-        let negotiated = self.conclude(&mut nego, offer, outcome, resource).await?;
-        Ok((Live::start(conn, nego), negotiated))
+        .await;
+        match done {
+            Ok(negotiated) => {
+                self.remember(Some(now));
+                Pipelined::Done(Ok((Live::start(conn, nego), negotiated)))
+            }
+            Err(e) => {
+                self.remember(None);
+                Pipelined::Done(Err(e))
+            }
+        }
     }
 
     /// The SASL2 offer in `features`, if this client uses it.
@@ -257,6 +276,14 @@ impl Dialer {
             ..Negotiated::default()
         })
     }
+}
+
+/// How a pipelined login went.
+enum Pipelined {
+    /// Logged in, or failed (the error is the attempt's).
+    Done(Result<(Live, Negotiated), ClientError>),
+    /// The server's offer no longer covers what was written: dial again.
+    Incompatible,
 }
 
 /// What the reader of a connection hands over.

@@ -242,10 +242,15 @@ impl Client {
     /// [`client_sdk::EVENT_QUEUE`]; empty while a [`Client::next_event`]
     /// call waits, which gets the next one): to empty the queue before
     /// saving [`Client::resumption`]. Fails with
-    /// [`LonglinkError::EventsTaken`] when an [`EventListener`] is set.
+    /// [`LonglinkError::EventsTaken`] when an [`EventListener`] is set, and
+    /// with [`LonglinkError::Busy`] while a `next_event` call still waits.
     pub fn drain_events(&self) -> Result<Vec<Event>, LonglinkError> {
         let Ok(mut events) = self.events.try_lock() else {
-            return Ok(Vec::new());
+            // (a `next_event` still waits: what it gets next would be lost
+            // to an app that believed the queue empty)
+            return Err(LonglinkError::Busy {
+                detail: "a next_event call is waiting: end it first".into(),
+            });
         };
         let events = events.as_mut().ok_or(LonglinkError::EventsTaken)?;
         let mut drained = Vec::new();

@@ -1037,6 +1037,15 @@ impl Session {
         {
             return self.answered(now, waiter, el);
         }
+        if el.name == "iq"
+            && matches!(el.attr("type"), Some("result" | "error"))
+            && el
+                .attr("id")
+                .is_some_and(|id| self.rooms.take_abandoned(id))
+        {
+            // (the answer to a self-ping a resumption superseded)
+            return;
+        }
         if self.room_stanza(now, &el) {
             return;
         }

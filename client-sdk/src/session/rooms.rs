@@ -123,6 +123,10 @@ enum Phase {
     Joined,
     /// The app left; the room's last presence is awaited.
     Leaving,
+    /// The session left a room the app never asked for (its rejoin
+    /// created the room anew): whatever the room still sends is dropped
+    /// until its last presence to us, which forgets it.
+    Abandoned,
 }
 
 #[derive(Debug)]
@@ -162,13 +166,38 @@ pub(crate) struct Rooms {
     /// join for each room still kept. (Without stream management nothing
     /// is acknowledged: they go at the next login, or past a bound.)
     in_flight: VecDeque<Bytes>,
+    /// Self-pings superseded before their answer (newest last, at most
+    /// [`MAX_ABANDONED_PINGS`]): their waiters are gone from the IQ table,
+    /// and an answer that still comes (stream management resends the ping
+    /// after a resumption) is dropped here instead of reaching the app.
+    abandoned: VecDeque<String>,
 }
+
+/// Most superseded self-ping ids remembered (their answers dropped).
+const MAX_ABANDONED_PINGS: usize = 2 * MAX_ROOMS;
 
 fn key(jid: &str) -> String {
     event::bare(jid).to_ascii_lowercase()
 }
 
 impl Rooms {
+    /// Remembers a superseded self-ping's id (see [`Rooms::abandoned`]).
+    fn abandon(&mut self, id: String) {
+        if self.abandoned.len() >= MAX_ABANDONED_PINGS {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(id);
+    }
+
+    /// Whether `id` is a superseded self-ping's (forgotten once answered).
+    pub(super) fn take_abandoned(&mut self, id: &str) -> bool {
+        let Some(at) = self.abandoned.iter().position(|a| a == id) else {
+            return false;
+        };
+        self.abandoned.remove(at);
+        true
+    }
+
     /// The room `jid` (any JID of it) is one the session keeps.
     fn get_mut(&mut self, jid: &str) -> Option<&mut Room> {
         self.map.get_mut(&key(jid))
@@ -353,6 +382,7 @@ impl Session {
     /// (a ping still unanswered is given up: its answer may come from a
     /// server that restarted since).
     pub(super) fn rooms_after_resumption(&mut self, now: Instant) {
+        let mut abandoned = Vec::new();
         for room in self.rooms.map.values_mut() {
             match &mut room.phase {
                 Phase::Joining(join) if join.request.is_none() => {
@@ -361,6 +391,7 @@ impl Session {
                 Phase::Joined => {
                     if let Some(old) = room.ping.waiting.take() {
                         self.iqs.cancel(&old);
+                        abandoned.push(old);
                     }
                     let spread = RESUME_PING_SPREAD.mul_f64(self.rng.gen_range(0.0..1.0));
                     room.ping = RoomPing {
@@ -372,6 +403,9 @@ impl Session {
                 _ => {}
             }
         }
+        for id in abandoned {
+            self.rooms.abandon(id);
+        }
     }
 
     /// A new login (the server forgot the old session and its rooms):
@@ -382,7 +416,7 @@ impl Session {
     pub(super) fn rooms_after_new_login(&mut self, now: Instant) -> Vec<Bytes> {
         self.rooms
             .map
-            .retain(|_, r| !matches!(r.phase, Phase::Leaving));
+            .retain(|_, r| !matches!(r.phase, Phase::Leaving | Phase::Abandoned));
         let stale = std::mem::take(&mut self.rooms.in_flight).into();
         for room in self.rooms.map.values_mut() {
             if let Some(old) = room.ping.waiting.take() {
@@ -397,7 +431,7 @@ impl Session {
                         join.deadline = now + ROOM_TIMEOUT;
                     }
                 }
-                Phase::Joined | Phase::Leaving => {
+                Phase::Joined | Phase::Leaving | Phase::Abandoned => {
                     let history = missed_history(room, now);
                     room.phase = Phase::Joining(Join {
                         request: None,
@@ -556,6 +590,20 @@ impl Session {
     pub(super) fn room_stanza(&mut self, now: Instant, el: &Element) -> bool {
         let from = el.attr("from").unwrap_or_default();
         let tracked = !from.is_empty() && self.rooms.contains(from);
+        if tracked
+            && let Some(room) = self.rooms.get_mut(from)
+            && matches!(room.phase, Phase::Abandoned)
+        {
+            let own = format!("{}/{}", room.jid, room.nick);
+            if el.name == "presence"
+                && el.attr("type") == Some("unavailable")
+                && event::bare(from) != from
+                && from.eq_ignore_ascii_case(&own)
+            {
+                self.rooms.map.remove(&key(from));
+            }
+            return true;
+        }
         match el.name.as_str() {
             "presence"
                 if tracked && matches!(el.attr("type"), None | Some("unavailable" | "error")) =>
@@ -664,8 +712,8 @@ impl Session {
                         status_codes: p.status_codes.clone(),
                     },
                 )),
-                Phase::Leaving => {
-                    room.phase = Phase::Leaving;
+                phase @ (Phase::Leaving | Phase::Abandoned) => {
+                    room.phase = phase;
                     None
                 }
                 Phase::Joined => None,
@@ -735,15 +783,18 @@ impl Session {
     /// reported as [`Event::RoomRejoinFailed`] with `item-not-found` (what
     /// a join of a locked room by anyone else gets).
     fn rejoin_created(&mut self, k: &str) {
-        let Some(r) = self.rooms.map.remove(k) else {
+        let Some(r) = self.rooms.map.get_mut(k) else {
             return;
         };
         tracing::info!(room = r.jid, "a rejoin created the room anew: leaving it");
+        r.phase = Phase::Abandoned;
+        r.ping = RoomPing::default();
+        let jid = r.jid.clone();
         let leave = muc::leave_presence(&format!("{}/{}", r.jid, r.nick), None);
         let bytes = Bytes::from(leave.to_bytes(ns::CLIENT));
         self.send(Outgoing { bytes, id: None });
         self.event(Event::RoomRejoinFailed {
-            room: r.jid,
+            room: jid,
             error: ClientError::StanzaError("item-not-found".into()),
         });
     }
@@ -869,7 +920,11 @@ impl Session {
         }
         if let Some(old) = room.ping.waiting.take() {
             self.iqs.cancel(&old);
+            self.rooms.abandon(old);
         }
+        let Some(room) = self.rooms.map.get_mut(k) else {
+            return;
+        };
         let iq = muc::self_ping_iq(&format!("{}/{}", room.jid, room.nick));
         let id = self.new_id();
         let waiter = Waiter::RoomPing {

@@ -2811,7 +2811,8 @@ fn the_app_can_check_its_rooms_now_but_a_ping_waiting_is_not_sent_again() {
 }
 
 #[test]
-fn a_ping_superseded_by_a_resumption_stops_waiting_and_its_answer_counts_for_nothing() {
+fn a_ping_superseded_by_a_resumption_stops_waiting_and_its_answer_counts_for_nothing_nor_reaches_the_app()
+ {
     let t0 = Instant::now();
     let mut s = in_quiet_room(t0);
     let before = s.iqs.waiting_count();
@@ -2833,9 +2834,15 @@ fn a_ping_superseded_by_a_resumption_stops_waiting_and_its_answer_counts_for_not
         ack_all(&mut s, due);
         now = due;
     }
-    for old in &ids[..ids.len() - 1] {
-        s.on_element(now, ping_answer(old, Some("not-acceptable")));
-        assert!(joins(&drain(&mut s)).is_empty());
+    for (i, old) in ids[..ids.len() - 1].iter().enumerate() {
+        let error = (i % 2 == 0).then_some("not-acceptable");
+        s.on_element(now, ping_answer(old, error));
+        let out = drain(&mut s);
+        assert!(joins(&out).is_empty());
+        assert!(
+            events(&out).is_empty(),
+            "a superseded ping's answer reaches no one: {out:?}"
+        );
     }
     s.on_element(
         now,
@@ -2963,7 +2970,33 @@ fn a_rejoin_that_creates_the_room_anew_leaves_it_at_once_and_fails() {
         "{w:?}"
     );
     ack_all(&mut s, at);
-    assert_eq!(s.poll_timeout(), None, "the room is forgotten");
+    assert_eq!(s.poll_timeout(), None, "no ping of a room being left");
+    // what the room sent behind the 201 (its subject) and the answer to
+    // the leave reach no one; after it the room is forgotten
+    s.on_element(
+        at,
+        xml(&format!(
+            "<message from='{ROOM}' to='alice@example.org/phone' type='groupchat'><subject/></message>"
+        )),
+    );
+    s.on_element(
+        at,
+        occupant(
+            "me",
+            " type='unavailable'",
+            "<item affiliation='owner' role='none'/><status code='110'/>",
+            "",
+        ),
+    );
+    let out = drain(&mut s);
+    assert!(events(&out).is_empty(), "{out:?}");
+    s.on_element(at, self_presence("me"));
+    assert!(
+        events(&drain(&mut s))
+            .iter()
+            .all(|e| !matches!(e, Event::RoomRejoined(_))),
+        "the room is forgotten"
+    );
 }
 
 #[test]

@@ -66,6 +66,18 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// Whether an `<authenticate/>` built from `earlier` (with its
+    /// mechanism, chosen from this offer's) is served by this offer:
+    /// every inline feature it may use is still offered.
+    pub fn serves(&self, earlier: &Offer) -> bool {
+        (!earlier.sm || self.sm)
+            && (!earlier.bind2 || self.bind2)
+            && earlier
+                .bind2_features
+                .iter()
+                .all(|f| self.bind2_features.contains(f))
+    }
+
     /// The SASL2 offer in a `<stream:features/>`, if there is one.
     pub fn from_features(features: &Element) -> Option<Offer> {
         let auth = features.child("authentication", ns::SASL2)?;
@@ -526,6 +538,43 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(empty.initial_response, Some(Vec::new()));
+    }
+
+    #[test]
+    fn an_offer_serves_an_earlier_one_whose_inline_features_it_still_has() {
+        let full = Offer {
+            mechanisms: vec!["SCRAM-SHA-256".into()],
+            bind2: true,
+            bind2_features: vec![ns::SM.into(), ns::CARBONS.into()],
+            sm: true,
+        };
+        let more = Offer {
+            mechanisms: vec!["SCRAM-SHA-1".into(), "SCRAM-SHA-256".into()],
+            bind2_features: vec![ns::CSI.into(), ns::SM.into(), ns::CARBONS.into()],
+            ..full.clone()
+        };
+        assert!(more.serves(&full), "more, in another order");
+        assert!(full.serves(&full));
+        let no_carbons = Offer {
+            bind2_features: vec![ns::SM.into()],
+            ..full.clone()
+        };
+        assert!(!no_carbons.serves(&full));
+        assert!(
+            !Offer {
+                sm: false,
+                ..full.clone()
+            }
+            .serves(&full)
+        );
+        assert!(
+            !Offer {
+                bind2: false,
+                ..full.clone()
+            }
+            .serves(&full)
+        );
+        assert!(full.serves(&Offer::default()));
     }
 
     #[test]
