@@ -925,6 +925,7 @@ impl Session {
         let Some(room) = self.rooms.map.get_mut(k) else {
             return;
         };
+        let forced = room.ping.forced;
         let iq = muc::self_ping_iq(&format!("{}/{}", room.jid, room.nick));
         let id = self.new_id();
         let waiter = Waiter::RoomPing {
@@ -944,6 +945,13 @@ impl Session {
             Err(error) => {
                 tracing::debug!(room = k, %error, "a room's self-ping could not be sent");
                 self.schedule_ping(now, k);
+                // a forced ping (after a resumption, or asked for) is
+                // tried again even with no periodic ping
+                if forced && let Some(r) = self.rooms.map.get_mut(k) {
+                    let retry = now.checked_add(REJOIN_RETRY);
+                    r.ping.due = r.ping.due.into_iter().chain(retry).min();
+                    r.ping.forced = true;
+                }
             }
         }
     }

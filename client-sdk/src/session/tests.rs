@@ -3067,3 +3067,51 @@ fn no_self_ping_goes_to_a_room_whose_nick_change_is_under_way() {
     );
     assert!(room_ping(&out).is_some(), "{out:?}");
 }
+
+#[test]
+fn a_forced_ping_that_finds_the_iq_table_full_is_tried_again_without_a_ping_interval() {
+    let t0 = Instant::now();
+    let mut s = connected(
+        SessionConfig {
+            room_ping_interval: None,
+            ..config()
+        },
+        t0,
+    );
+    s.command(
+        t0,
+        Command::Request(RequestId(1), join_request("me", None, None)),
+    );
+    drain(&mut s);
+    s.on_element(t0, self_presence("me"));
+    ack_all(&mut s, t0);
+    // the app fills the IQ table
+    for i in 0..super::requests::MAX_PENDING_IQS {
+        s.command(
+            t0,
+            Command::Request(
+                RequestId(10 + i as u64),
+                Request::Iq(xml(
+                    "<iq type='get' to='example.org'><ping xmlns='urn:xmpp:ping'/></iq>",
+                )),
+            ),
+        );
+    }
+    drain(&mut s);
+    resume(&mut s, t0);
+    ack_all(&mut s, t0);
+    // the resumption's ping finds no room in the table
+    let (due, out) = next_timeout(&mut s, t0 + rooms::RESUME_PING_SPREAD);
+    assert_eq!(room_ping(&out), None);
+    // the app's IQs time out, and the ping is tried again in time
+    let mut sent = None;
+    while let Some(next) = s.poll_timeout() {
+        assert!(next <= due + rooms::REJOIN_RETRY, "no retry in time");
+        s.handle_timeout(next);
+        if let Some(id) = room_ping(&drain(&mut s)) {
+            sent = Some(id);
+            break;
+        }
+    }
+    assert!(sent.is_some(), "the forced ping was tried again");
+}
