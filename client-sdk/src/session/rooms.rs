@@ -70,6 +70,10 @@ pub(crate) const MAX_ROOM_PING_INTERVAL: Duration = Duration::from_secs(24 * 60 
 /// after (±25 %, whatever the interval): a rejoin is tried again if the
 /// room still says the app is not in it.
 pub(crate) const REJOIN_RETRY: Duration = Duration::from_secs(60);
+
+/// How often a self-ping held back by a nick change looks again whether
+/// the change is over.
+const NICK_CHANGE_RECHECK: Duration = Duration::from_secs(1);
 /// After a resumed stream each joined room is self-pinged at a random
 /// moment within this (so a CM restart's thousands of resumptions do not
 /// ping every room of every session in one burst; short, so a core
@@ -869,7 +873,9 @@ impl Session {
                 continue;
             };
             if let Some(n) = &r.nick_change {
-                r.ping.due = Some(n.deadline);
+                // looked at again each second until the change is over
+                // (at most its deadline away)
+                r.ping.due = Some(n.deadline.min(now + NICK_CHANGE_RECHECK));
                 continue;
             }
             let heard = r.last_activity;
