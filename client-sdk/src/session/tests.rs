@@ -2851,9 +2851,8 @@ fn a_ping_superseded_by_a_resumption_stops_waiting_and_its_answer_counts_for_not
     assert_eq!(joins(&drain(&mut s)).len(), 1);
 }
 
-#[test]
-fn without_a_ping_interval_rooms_are_pinged_only_after_a_resumption_or_when_asked() {
-    let t0 = Instant::now();
+/// In [`ROOM`] as "me" (acknowledged), with no periodic self-ping.
+fn in_room_without_ping_interval(t0: Instant) -> Session {
     let mut s = connected(
         SessionConfig {
             room_ping_interval: None,
@@ -2868,6 +2867,13 @@ fn without_a_ping_interval_rooms_are_pinged_only_after_a_resumption_or_when_aske
     drain(&mut s);
     s.on_element(t0, self_presence("me"));
     ack_all(&mut s, t0);
+    s
+}
+
+#[test]
+fn without_a_ping_interval_rooms_are_pinged_only_after_a_resumption_or_when_asked() {
+    let t0 = Instant::now();
+    let mut s = in_room_without_ping_interval(t0);
     assert_eq!(s.poll_timeout(), None);
     s.handle_timeout(t0 + PING_INTERVAL * 10);
     assert_eq!(room_ping(&drain(&mut s)), None);
@@ -3081,20 +3087,7 @@ fn no_self_ping_goes_to_a_room_whose_nick_change_is_under_way() {
 #[test]
 fn a_forced_ping_that_finds_the_iq_table_full_is_tried_again_without_a_ping_interval() {
     let t0 = Instant::now();
-    let mut s = connected(
-        SessionConfig {
-            room_ping_interval: None,
-            ..config()
-        },
-        t0,
-    );
-    s.command(
-        t0,
-        Command::Request(RequestId(1), join_request("me", None, None)),
-    );
-    drain(&mut s);
-    s.on_element(t0, self_presence("me"));
-    ack_all(&mut s, t0);
+    let mut s = in_room_without_ping_interval(t0);
     // the app fills the IQ table
     for i in 0..super::requests::MAX_PENDING_IQS {
         s.command(

@@ -1388,31 +1388,6 @@ fn sasl2_inline_resume_success_is_bound_at_once_and_the_ledger_follows() {
     // the replayed ledger is written after it
     let a = s.deliver("<message id='missed'/>");
     assert!(written(&a).starts_with("<message id='missed'/>"));
-}
-
-#[test]
-fn sasl2_features_after_an_inline_resumption_do_not_offer_sm_it_resumed() {
-    let mut s = sasl2_session();
-    s.data(HEADER);
-    s.data(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGEAYg==</initial-response>\
-        <resume xmlns='urn:xmpp:sm:3' previd='sm0' h='4'/></authenticate>");
-    auth_success(&mut s);
-    let a = s.core(Frame::Resumed {
-        sid: 7,
-        result: Ok(cm_protocol::Resumption {
-            jid: "a@x/app/r0".into(),
-            h: 9,
-            available: true,
-            priority: 1,
-            max: 300,
-        }),
-    });
-    let w = written(&a);
-    let at = w
-        .find("<stream:features>")
-        .expect("features follow the success");
-    let features = &w[at..];
-    assert!(!features.contains("urn:xmpp:sm:3"), "{features}");
     // stream management is on: an <enable/> now is refused, as the
     // features said
     let a = s.data(b"<enable xmlns='urn:xmpp:sm:3'/>");
