@@ -149,6 +149,9 @@ enum Scenario {
         /// Attempts per mode (the median is reported).
         #[arg(long, default_value_t = 5)]
         attempts: usize,
+        /// A CM's direct TLS address: measure TCP + TLS too.
+        #[arg(long)]
+        tls_server: Option<SocketAddr>,
     },
     /// QUIC only: clients chat while each moves to a new UDP port every T seconds.
     Migrate {
@@ -341,7 +344,11 @@ async fn main() -> Result<()> {
             };
             scale::run(setup, cli.pids, plan).await
         }
-        Scenario::Reconnect { delay_ms, attempts } => {
+        Scenario::Reconnect {
+            delay_ms,
+            attempts,
+            tls_server,
+        } => {
             anyhow::ensure!(
                 cli.transport == Transport::Quic,
                 "reconnect needs --transport quic"
@@ -355,6 +362,7 @@ async fn main() -> Result<()> {
                 mechanism: setup.mechanism,
                 one_way: Duration::from_millis(delay_ms),
                 attempts,
+                tls: tls_server,
             };
             reconnect::run(plan).await
         }

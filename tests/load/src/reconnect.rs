@@ -22,6 +22,12 @@
 //!   knows the server's SASL2 offer from its last connection and writes
 //!   its `<authenticate/>` in the stream header's flight.
 //!
+//! With `--tls-server` (a CM's direct TLS port) the login and the resume
+//! are also timed over TCP + TLS 1.3, through a TCP relay that delays every
+//! chunk the same way ([`crate::relay::TcpDelay`]; it accepts TCP itself,
+//! so the TCP handshake is not in those figures), driving the stream by
+//! hand (`client_sdk::transport`), as the SDK speaks QUIC only.
+//!
 //! The relay's floor (a trivial UDP echo through it) is measured first;
 //! times are also given in floor round trips. Everything a client does
 //! locally (SCRAM's key derivation above all) is in the times, so a round
@@ -35,7 +41,10 @@ use anyhow::{Context, Result};
 use client_sdk::{Client, ConnectOptions, Event, Mechanism};
 use serde::Serialize;
 
-use crate::relay::{self, UdpDelay};
+use client_sdk::transport::{Dialer, Transport};
+use xmpp_stream::{ns, sasl2};
+
+use crate::relay::{self, TcpDelay, UdpDelay};
 use crate::report;
 
 /// The phone's acknowledgement timeout: how soon it notices the cut.
@@ -59,6 +68,10 @@ pub struct Plan {
     pub one_way: Duration,
     /// Attempts per mode (the median is reported).
     pub attempts: usize,
+    /// A CM's direct TLS address (XEP-0368): the same login and resume
+    /// over TCP + TLS 1.3 too (the client side by hand, as the SDK speaks
+    /// QUIC only).
+    pub tls: Option<SocketAddr>,
 }
 
 /// One line of the result.
@@ -106,8 +119,124 @@ pub async fn run(plan: Plan) -> Result<()> {
             emit(&plan, floor, mode, step, times);
         }
     }
+    if let Some(tls) = plan.tls {
+        let relay = TcpDelay::start(tls, plan.one_way).await?;
+        let roots = client_sdk::load_roots(&plan.ca)?;
+        let dialer = Dialer::new(relay.addr, &plan.domain, Transport::Tls, roots)?;
+        for (mode, sasl2) in [("tls-sasl1", false), ("tls-sasl2", true)] {
+            let mut logins = Vec::new();
+            let mut resumes = Vec::new();
+            for attempt in 0..plan.attempts {
+                let (login, resume) = tls_attempt(&plan, &dialer, &sender, sasl2, attempt)
+                    .await
+                    .with_context(|| format!("{mode} attempt {attempt}"))?;
+                logins.push(login);
+                resumes.push(resume);
+            }
+            emit(&plan, floor, mode, "login", &mut logins);
+            emit(&plan, floor, mode, "resume", &mut resumes);
+        }
+    }
     sender.disconnect().await;
     Ok(())
+}
+
+/// Over direct TLS: a login (until stream management is enabled) and,
+/// after the TCP connection was dropped and a message sent meanwhile, a
+/// resumption until that message has arrived.
+async fn tls_attempt(
+    plan: &Plan,
+    dialer: &Dialer,
+    sender: &Client,
+    sasl2: bool,
+    attempt: usize,
+) -> Result<(Duration, Duration)> {
+    let user = format!("{}0", plan.prefix);
+    let start = Instant::now();
+    let mut io = dialer.connect(None).await?.io;
+    let features = io.element().await?;
+    let (full, sm_id) = if sasl2 {
+        let request = sasl2::Authenticate {
+            bind: Some(sasl2::BindRequest {
+                tag: Some("bench".into()),
+                sm: Some(sasl2::SmEnable {
+                    resume: true,
+                    max: 0,
+                }),
+                ..sasl2::BindRequest::default()
+            }),
+            ..sasl2::Authenticate::default()
+        };
+        let outcome = io
+            .sasl2(request, &user, &plan.password, plan.mechanism)
+            .await?;
+        let enabled = outcome
+            .success
+            .inline("bound", ns::BIND2)
+            .and_then(|b| b.child("enabled", ns::SM).and_then(|e| e.attr("id")))
+            .context("SM enabled in the Bind2 answer")?
+            .to_owned();
+        (outcome.success.authorization_identifier.clone(), enabled)
+    } else {
+        io.sasl1(&features, &user, &plan.password, plan.mechanism, None)
+            .await?;
+        io.open(&plan.domain).await?;
+        let features = io.element().await?;
+        let full = io.bind(&features, None).await?;
+        io.write(&xmpp_stream::stream::sm_element(
+            "enable",
+            &[("resume", "true")],
+        ))
+        .await?;
+        let enabled = io.element().await?;
+        let id = enabled.attr("id").context("<enabled id/>")?.to_owned();
+        (full, id)
+    };
+    let login = start.elapsed();
+    // gone without a goodbye; a message comes meanwhile
+    drop(io);
+    let body = format!("missed over TLS {attempt} sasl2={sasl2}");
+    sender.send_message(&full, &body).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let start = Instant::now();
+    let mut io = dialer.connect(None).await?.io;
+    let features = io.element().await?;
+    if sasl2 {
+        let request = sasl2::Authenticate {
+            resume: Some(sasl2::Resume {
+                previd: sm_id,
+                h: 0,
+            }),
+            ..sasl2::Authenticate::default()
+        };
+        let outcome = io
+            .sasl2(request, &user, &plan.password, plan.mechanism)
+            .await?;
+        anyhow::ensure!(
+            outcome.success.inline("resumed", ns::SM).is_some(),
+            "resumed inline"
+        );
+    } else {
+        io.sasl1(&features, &user, &plan.password, plan.mechanism, None)
+            .await?;
+        io.open(&plan.domain).await?;
+        io.element().await?;
+        anyhow::ensure!(io.resume(&sm_id, 0).await?.is_some(), "resumed");
+    }
+    loop {
+        let el = tokio::time::timeout(Duration::from_secs(10), io.element())
+            .await
+            .context("the missed message")??;
+        if el.name == "message"
+            && el.child("body", ns::CLIENT).map(|b| b.text()) == Some(body.clone())
+        {
+            break;
+        }
+    }
+    let resume = start.elapsed();
+    let _ = io.write(b"</stream:stream>").await;
+    Ok((login, resume))
 }
 
 /// The durations of one attempt's steps.

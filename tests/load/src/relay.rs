@@ -201,6 +201,79 @@ impl Flow {
     }
 }
 
+/// A TCP relay on loopback that delays every byte by a fixed time in each
+/// direction (each read is passed on as one chunk, in order, `one_way`
+/// later); stops when dropped.
+pub struct TcpDelay {
+    /// Where clients connect to.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TcpDelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TcpDelay {
+    /// Starts relaying connections made to the returned relay's `addr` to
+    /// `upstream`.
+    pub async fn start(upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                pipes.spawn(pipe(client_read, server_write, one_way));
+                pipes.spawn(pipe(server_read, client_write, one_way));
+                // (ended pipes are reaped as new connections come)
+                while pipes.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+/// Copies `from` to `to`, each chunk `one_way` after it was read; ends
+/// (closing `to`'s side) when `from` ends.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    one_way: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (chunks, queue) = mpsc::channel::<(Instant, Vec<u8>)>(MAX_QUEUED);
+    let writer = tokio::spawn(async move {
+        let mut queue = queue;
+        while let Some((due, chunk)) = queue.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0
+            || chunks
+                .send((Instant::now() + one_way, buf[..n].to_vec()))
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    drop(chunks);
+    let _ = writer.await;
+}
+
 /// Sends each queued datagram when its time comes, in order.
 async fn deliver<F, Fut>(mut queue: mpsc::Receiver<(Instant, Vec<u8>)>, send: F)
 where
@@ -298,6 +371,32 @@ mod tests {
         server.send_to(b"new", new_path).await.unwrap();
         let n = client.recv(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"new");
+    }
+
+    #[tokio::test]
+    async fn tcp_bytes_arrive_in_order_no_sooner_than_the_delay_and_the_end_passes_on() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = TcpDelay::start(server.local_addr().unwrap(), Duration::from_millis(20))
+            .await
+            .unwrap();
+        let mut client = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        let (mut upstream, _) = server.accept().await.unwrap();
+        let sent = Instant::now();
+        for i in 0u8..50 {
+            client.write_all(&[i]).await.unwrap();
+        }
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, (0u8..50).collect::<Vec<_>>());
+        assert!(sent.elapsed() >= Duration::from_millis(20));
+        let back = Instant::now();
+        upstream.write_all(b"pong").await.unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        assert!(back.elapsed() >= Duration::from_millis(20));
     }
 
     #[tokio::test]
