@@ -73,7 +73,8 @@ pub(crate) struct Dialer {
     /// The SASL2 offer of the last connection that used it, shared by the
     /// dialer's clones: the next connection writes its `<authenticate/>`
     /// right behind the stream header instead of waiting a round trip
-    /// for the features. Forgotten when such an attempt fails.
+    /// for the features. Forgotten when a server answers such an attempt
+    /// otherwise than with a success (see [`Dialer::connect`]).
     pub(crate) known_offer: Arc<std::sync::Mutex<Option<sasl2::Offer>>>,
 }
 
@@ -180,7 +181,13 @@ impl Dialer {
                 Pipelined::Done(Ok((Live::start(conn, nego), negotiated)))
             }
             Err(e) => {
-                self.remember(None);
+                // (a server's answer, not a lost link, ends the offer)
+                if matches!(
+                    e,
+                    ClientError::Auth(_) | ClientError::Protocol(_) | ClientError::Stream(_)
+                ) {
+                    self.remember(None);
+                }
                 Pipelined::Done(Err(e))
             }
         }

@@ -239,11 +239,11 @@ impl Client {
     }
 
     /// The events waiting now, without waiting (at most
-    /// [`client_sdk::EVENT_QUEUE`]; empty while a [`Client::next_event`]
-    /// call waits, which gets the next one): to empty the queue before
-    /// saving [`Client::resumption`]. Fails with
-    /// [`LonglinkError::EventsTaken`] when an [`EventListener`] is set, and
-    /// with [`LonglinkError::Busy`] while a `next_event` call still waits.
+    /// [`client_sdk::EVENT_QUEUE`]): to empty the queue before saving
+    /// [`Client::resumption`]. Fails with [`LonglinkError::EventsTaken`]
+    /// when an [`EventListener`] is set, and with [`LonglinkError::Busy`]
+    /// while a `next_event` (or another `drain_events`) call holds the
+    /// queue.
     pub fn drain_events(&self) -> Result<Vec<Event>, LonglinkError> {
         let Ok(mut events) = self.events.try_lock() else {
             // (a `next_event` still waits: what it gets next would be lost

@@ -422,9 +422,13 @@ impl Session {
             .map
             .retain(|_, r| !matches!(r.phase, Phase::Leaving | Phase::Abandoned));
         let stale = std::mem::take(&mut self.rooms.in_flight).into();
+        let mut abandoned = Vec::new();
         for room in self.rooms.map.values_mut() {
             if let Some(old) = room.ping.waiting.take() {
+                // (stream management writes it again on the new stream:
+                // its answer is dropped)
                 self.iqs.cancel(&old);
+                abandoned.push(old);
             }
             room.ping = RoomPing::default();
             match &mut room.phase {
@@ -446,6 +450,9 @@ impl Session {
                     });
                 }
             }
+        }
+        for id in abandoned {
+            self.rooms.abandon(id);
         }
         stale
     }
@@ -595,6 +602,7 @@ impl Session {
         let from = el.attr("from").unwrap_or_default();
         let tracked = !from.is_empty() && self.rooms.contains(from);
         if tracked
+            && el.name != "iq"
             && let Some(room) = self.rooms.get_mut(from)
             && matches!(room.phase, Phase::Abandoned)
         {

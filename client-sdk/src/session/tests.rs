@@ -3118,3 +3118,26 @@ fn a_forced_ping_that_finds_the_iq_table_full_is_tried_again_without_a_ping_inte
     }
     assert!(sent.is_some(), "the forced ping was tried again");
 }
+
+#[test]
+fn a_ping_written_again_after_a_new_login_is_answered_to_no_one() {
+    let t0 = Instant::now();
+    let mut s = in_quiet_room(t0);
+    s.command(t0, Command::CheckRooms);
+    let id = room_ping(&drain(&mut s)).expect("a self-ping");
+    // the server forgot the session: a new login, which writes what was
+    // not acknowledged again (the ping among it) before joining anew
+    s.on_stream_end("gone".into());
+    drain(&mut s);
+    s.on_connected(t0, bound());
+    let out = drain(&mut s);
+    assert!(
+        written(&out).iter().any(|w| w.contains(&id)),
+        "the ping went again: {out:?}"
+    );
+    assert_eq!(joins(&out).len(), 1, "{out:?}");
+    s.on_element(t0, ping_answer(&id, Some("not-acceptable")));
+    let out = drain(&mut s);
+    assert!(events(&out).is_empty(), "{out:?}");
+    assert!(joins(&out).is_empty(), "{out:?}");
+}
