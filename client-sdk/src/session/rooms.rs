@@ -148,6 +148,20 @@ struct Join {
     occupants: Vec<Occupant>,
 }
 
+impl Join {
+    /// The session's own join of a room it was in, asking for the history
+    /// of `room` missed (see [`missed_history`]).
+    fn rejoin(room: &Room, now: Instant) -> Self {
+        Self {
+            request: None,
+            deadline: now + ROOM_TIMEOUT,
+            sent: false,
+            history: missed_history(room, now),
+            occupants: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct NickChange {
     /// The nick asked for.
@@ -440,14 +454,7 @@ impl Session {
                     }
                 }
                 Phase::Joined | Phase::Leaving | Phase::Abandoned => {
-                    let history = missed_history(room, now);
-                    room.phase = Phase::Joining(Join {
-                        request: None,
-                        deadline: now + ROOM_TIMEOUT,
-                        sent: false,
-                        history,
-                        occupants: Vec::new(),
-                    });
+                    room.phase = Phase::Joining(Join::rejoin(room, now));
                 }
             }
         }
@@ -1017,14 +1024,7 @@ impl Session {
             room = room.jid,
             "not in the room any more: joining it again"
         );
-        let history = missed_history(room, now);
-        room.phase = Phase::Joining(Join {
-            request: None,
-            deadline: now + ROOM_TIMEOUT,
-            sent: false,
-            history,
-            occupants: Vec::new(),
-        });
+        room.phase = Phase::Joining(Join::rejoin(room, now));
         room.ping = RoomPing::default();
         if let Some(n) = room.nick_change.take() {
             self.reply(
