@@ -982,6 +982,7 @@ mod tests {
             mechanism: "PLAIN".into(),
             data: Bytes::new(),
             client_ip: None,
+            fast: Default::default(),
         }
     }
 

@@ -259,6 +259,7 @@ fn count_in(ctx: &ListenerContext, ip: IpAddr, validated: bool) -> Result<Admitt
         peer: ClientPeer {
             ip,
             pre_auth: PreAuthSlot::new(pre_auth),
+            tls_exporter: None,
         },
     })
 }
@@ -314,7 +315,10 @@ async fn serve_connection(
     remote: std::net::SocketAddr,
     admitted: Admitted,
 ) {
-    let Admitted { open: _open, peer } = admitted;
+    let Admitted {
+        open: _open,
+        mut peer,
+    } = admitted;
     let conn = match handshake.await {
         Ok(c) => {
             ctx.metrics.quic_handshakes_completed.inc();
@@ -326,6 +330,9 @@ async fn serve_connection(
             return;
         }
     };
+    peer.tls_exporter = crate::admission::tls_exporter(|out, label| {
+        conn.export_keying_material(out, label, b"").is_ok()
+    });
     // The connection's streams; while it has none, it has `stream_wait` to
     // open one (keep-alives alone do not hold a client slot).
     let mut streams = tokio::task::JoinSet::new();
@@ -476,6 +483,9 @@ where
         now(),
     )
     .with_client_ip(peer.ip);
+    if let Some(exporter) = peer.tls_exporter.clone() {
+        session = session.with_tls_exporter(exporter);
+    }
     // How the stream ended, once known (for the metrics), and who ended it.
     let mut end = None;
     let mut ended = None;
@@ -734,6 +744,7 @@ mod tests {
         let peer = ClientPeer {
             ip,
             pre_auth: PreAuthSlot::new(ctx.pre_auth.admit(ip).expect("admitted")),
+            tls_exporter: None,
         };
         let task = tokio::spawn(run_session(
             ctx.clone(),
@@ -768,6 +779,7 @@ mod tests {
             sid,
             data: Bytes::new(),
             user: "a@x".to_owned(),
+            token: None,
         };
         ctx.sessions.dispatch(sid, success);
         assert!(client.read().await.contains("<success"));
@@ -781,6 +793,7 @@ mod tests {
             registration: false,
             caps: String::new(),
             sasl2: true,
+            fast: false,
         }
     }
 

@@ -497,6 +497,7 @@ async fn run_connection(
             registration,
             caps,
             sasl2,
+            fast,
             ..
         }) => {
             pool.welcomed(CoreOffer {
@@ -504,6 +505,7 @@ async fn run_connection(
                 registration,
                 caps,
                 sasl2,
+                fast,
             });
             tracing::info!(index, core_instance = instance, "connected to the core");
             if last_instance.is_some_and(|last| last != instance) {
@@ -709,6 +711,7 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
             registration,
             caps,
             sasl2,
+            fast,
             ..
         } => {
             pool.welcomed(CoreOffer {
@@ -716,6 +719,7 @@ fn dispatch(pool: &Pool, setup: &PoolSetup, frame: Frame, bounces: &mut Vec<Fram
                 registration: *registration,
                 caps: caps.clone(),
                 sasl2: *sasl2,
+                fast: *fast,
             });
             return;
         }
@@ -823,6 +827,7 @@ mod tests {
             registration,
             caps: String::new(),
             sasl2: true,
+            fast: false,
         }
     }
 

@@ -198,6 +198,9 @@ pub struct ClientSession {
     negotiation_deadline: Option<Instant>,
     /// The client closed its stream itself.
     closed_by_client: bool,
+    /// The connection's `tls-exporter` channel binding, if known (sent to
+    /// the core with SASL2 attempts, for FAST's `HT-SHA-256-EXPR`).
+    tls_exporter: Option<Bytes>,
     /// Frames from the core came in this batch (ask for an ack after it).
     core_batch: bool,
     out: Output,
@@ -236,6 +239,7 @@ impl ClientSession {
             read_paused_until: None,
             negotiation_deadline: Some(now + NEGOTIATION_TIMEOUT),
             closed_by_client: false,
+            tls_exporter: None,
             core_batch: false,
             out: Output::new(framing),
         }
@@ -244,6 +248,13 @@ impl ClientSession {
     /// The client connected from `ip` (sent to the core with SASL attempts).
     pub fn with_client_ip(mut self, ip: std::net::IpAddr) -> Self {
         self.sasl.set_client_ip(ip);
+        self
+    }
+
+    /// The connection's `tls-exporter` channel binding (RFC 9266), as the
+    /// driver that terminates TLS computed it.
+    pub fn with_tls_exporter(mut self, exporter: Bytes) -> Self {
+        self.tls_exporter = Some(exporter);
         self
     }
 
@@ -279,7 +290,7 @@ impl ClientSession {
                 .sasl
                 .on_core(frame, &mut self.out)
                 .map(|authenticated| match authenticated {
-                    Some(a) if a.profile == Profile::Sasl2 => self.sasl2_succeeded(a.user, a.data),
+                    Some(a) if a.profile == Profile::Sasl2 => self.sasl2_succeeded(a),
                     Some(a) => self.authenticated(a.user),
                     None => {}
                 }),
@@ -351,7 +362,9 @@ impl ClientSession {
         let waiting = self.state == State::AwaitingOffer;
         if waiting {
             self.state = State::Sasl;
-            self.out.write_features(features::before_auth(&offer));
+            let fast = features::fast_feature(&offer, self.tls_exporter.is_some());
+            self.out
+                .write_features(features::before_auth(&offer, &fast));
         }
         self.offer = Some(offer);
         if waiting {
@@ -537,7 +550,8 @@ impl ClientSession {
             Some(features::after_auth(self.offer.as_deref()))
         } else if let Some(offer) = &self.offer {
             self.state = State::Sasl;
-            Some(features::before_auth(offer))
+            let fast = features::fast_feature(offer, self.tls_exporter.is_some());
+            Some(features::before_auth(offer, &fast))
         } else {
             // The core's Welcome has not come yet: its mechanisms, and
             // whether it offers registration, are unknown.
@@ -643,6 +657,8 @@ impl ClientSession {
     /// whole.
     fn bound_as(&mut self, jid: String, available: bool, priority: i8, sm: Option<SmAnnouncement>) {
         self.state = State::Bound;
+        // (only authentication uses it: an idle session holds no more)
+        self.tls_exporter = None;
         self.negotiation_deadline = None;
         self.out
             .push(SessionAction::Announcement(AnnouncementUpdate::Bound {

@@ -91,7 +91,10 @@ pub async fn run(
         move |stream, remote, ctx, admitted| {
             let tls = tls.clone();
             async move {
-                let Admitted { open: _open, peer } = admitted;
+                let Admitted {
+                    open: _open,
+                    mut peer,
+                } = admitted;
                 let secured = Box::pin(secure(stream, &tls, mode, &ctx.settings.domain));
                 let tls_stream = match tokio::time::timeout(TLS_DEADLINE, secured).await {
                     Ok(Ok(tls_stream)) => tls_stream,
@@ -106,6 +109,13 @@ pub async fn run(
                         return;
                     }
                 };
+                peer.tls_exporter = crate::admission::tls_exporter(|out, label| {
+                    tls_stream
+                        .get_ref()
+                        .1
+                        .export_keying_material(out, label, None)
+                        .is_ok()
+                });
                 let (read, write) = tokio::io::split(tls_stream);
                 run_session(ctx, Writer(write), Reader(read), transport, peer).await;
             }

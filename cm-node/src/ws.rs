@@ -38,21 +38,35 @@ pub async fn run(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<ListenerConte
         move |tcp, remote, ctx, admitted| {
             let tls = tls.clone();
             async move {
-                let crate::listener::Admitted { open: _open, peer } = admitted;
+                let crate::listener::Admitted {
+                    open: _open,
+                    mut peer,
+                } = admitted;
                 let config = websocket_config(ctx.settings.limits.max_stanza_bytes);
                 // boxed, and unpacked before the session: see `accept_loop`
                 let upgrade = Box::pin(async {
                     let tls_stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
+                    let exporter = crate::admission::tls_exporter(|out, label| {
+                        tls_stream
+                            .get_ref()
+                            .1
+                            .export_keying_material(out, label, None)
+                            .is_ok()
+                    });
                     tokio_tungstenite::accept_hdr_async_with_config(
                         tls_stream,
                         require_xmpp,
                         Some(config),
                     )
                     .await
+                    .map(|ws| (ws, exporter))
                     .map_err(|e| e.to_string())
                 });
                 let ws = match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
-                    Ok(Ok(ws)) => ws,
+                    Ok(Ok((ws, exporter))) => {
+                        peer.tls_exporter = exporter;
+                        ws
+                    }
                     Ok(Err(e)) => {
                         ctx.metrics.dropped(DropReason::WebSocketUpgradeFailed);
                         tracing::debug!(%remote, error = %e, "WebSocket upgrade failed");

@@ -69,6 +69,7 @@ impl TestCore {
                 registration: false,
                 caps: String::new(),
                 sasl2: false,
+                fast: false,
             }
             .encode(&mut out);
             if send.write_all(&out).await.is_err() {
@@ -270,6 +271,7 @@ async fn bound_session() -> Bound {
         sid,
         data: Bytes::new(),
         user: USER.into(),
+        token: None,
     });
     client.read_until("<success").await;
     client.open().await;

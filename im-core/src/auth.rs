@@ -11,7 +11,14 @@
 //! an attempt counts against its account and address from its start (an
 //! [`Attempt`] settled when it ends, or dropped as abandoned), and the
 //! throttle is asked again right before the password is checked.
+//!
+//! FAST (XEP-0484, [`fast`]): a successful SASL2 authentication that asks
+//! for a token gets one; a token use (an HT mechanism) is checked against
+//! the user agent's two stored tokens with the connection's channel
+//! binding as the CM relayed it, its count recorded before the success is
+//! answered (so a replayed 0-RTT flight cannot log in twice).
 
+pub mod fast;
 pub mod throttle;
 
 use std::collections::HashMap;
@@ -19,8 +26,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cm_protocol::{FastAuth, FastTokenGrant};
+use xmpp_sasl::ht::{ht_verify, parse_ht_initial};
 use xmpp_sasl::{
-    Mechanism, ScramServer, StoredCredentials, fake_credentials, parse_client_first, parse_plain,
+    ChannelBindings, HtMechanism, Mechanism, ScramServer, StoredCredentials, fake_credentials,
+    parse_client_first, parse_plain,
 };
 
 use xmpp_stream::pacing::TokenBucket;
@@ -45,6 +55,8 @@ pub enum Outcome {
         data: Vec<u8>,
         /// Bare JID.
         user: String,
+        /// A FAST token issued with it (asked for, or a rotation).
+        token: Option<FastTokenGrant>,
     },
     /// Fail with this RFC 6120 §6.5 condition.
     Failure(&'static str),
@@ -56,6 +68,8 @@ struct Pending {
     started: Instant,
     /// Its admission by the throttle, settled when the exchange ends.
     attempt: Attempt,
+    /// A FAST token to issue on success.
+    token: Option<fast::TokenRequest>,
 }
 
 /// An attempt admitted by the throttle ([`AuthThrottle::begin`]); settled
@@ -134,6 +148,8 @@ pub struct AuthService {
     register_tokens: Mutex<TokenBucket>,
     /// Failed attempts per account and per client address.
     throttle: Arc<Mutex<AuthThrottle>>,
+    /// FAST tokens, if offered.
+    fast: Option<fast::FastTokens>,
 }
 
 /// Accounts created in-band per second, cluster-wide, and the burst allowed.
@@ -163,7 +179,19 @@ impl AuthService {
                 Instant::now(),
             )),
             throttle: Arc::new(Mutex::new(AuthThrottle::new(ThrottleSettings::default()))),
+            fast: None,
         }
+    }
+
+    /// Offers FAST tokens (XEP-0484) in SASL2.
+    pub fn with_fast(mut self, tokens: fast::FastTokens) -> Self {
+        self.fast = Some(tokens);
+        self
+    }
+
+    /// Whether FAST tokens are offered.
+    pub fn fast(&self) -> bool {
+        self.sasl2 && self.fast.is_some()
     }
 
     /// Offers in-band registration.
@@ -244,14 +272,19 @@ impl AuthService {
     }
 
     /// The client (from `client_ip`, if the CM said) chose `mechanism`
-    /// with an initial response.
+    /// with an initial response, and said `fast` of FAST tokens.
     pub async fn start(
         &self,
         addr: SessionAddr,
         mechanism: &str,
         data: &[u8],
         client_ip: Option<IpAddr>,
+        fast: &FastAuth,
     ) -> Outcome {
+        if let Some(ht) = HtMechanism::from_name(mechanism) {
+            return self.fast_login(ht, data, client_ip, fast).await;
+        }
+        let token = self.token_request(fast);
         let mech = match Mechanism::from_name(mechanism) {
             Some(Mechanism::Plain) if !self.allow_plain => {
                 return Outcome::Failure("invalid-mechanism");
@@ -260,7 +293,10 @@ impl AuthService {
             None => return Outcome::Failure("invalid-mechanism"),
         };
         match mech.scram_hash() {
-            None => self.plain(data, client_ip).await,
+            None => {
+                let outcome = self.plain(data, client_ip).await;
+                self.with_token(outcome, token).await
+            }
             Some(hash) => {
                 let first = match parse_client_first(data) {
                     Ok(f) => f,
@@ -299,6 +335,7 @@ impl AuthService {
                         exists,
                         started: Instant::now(),
                         attempt,
+                        token,
                     },
                 );
                 // the sweep's and a replaced exchange's attempts are settled
@@ -311,29 +348,216 @@ impl AuthService {
     }
 
     /// The client answered a challenge.
-    pub fn respond(&self, addr: SessionAddr, data: &[u8]) -> Outcome {
+    pub async fn respond(&self, addr: SessionAddr, data: &[u8]) -> Outcome {
+        let (outcome, token) = self.finish(addr, data);
+        self.with_token(outcome, token).await
+    }
+
+    /// The end of a SCRAM exchange, and the token it asked for.
+    fn finish(&self, addr: SessionAddr, data: &[u8]) -> (Outcome, Option<fast::TokenRequest>) {
         let Some(p) = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&addr)
         else {
-            return Outcome::Failure("malformed-request");
+            return (Outcome::Failure("malformed-request"), None);
         };
         if p.started.elapsed() > DEADLINE {
-            return Outcome::Failure("not-authorized");
+            return (Outcome::Failure("not-authorized"), None);
         }
         if p.attempt.blocked_now() {
-            return Outcome::Failure(THROTTLED);
+            return (Outcome::Failure(THROTTLED), None);
         }
         let user = self.bare(p.server.username());
         let outcome = match p.server.finish(data) {
-            Ok(data) if p.exists => Outcome::Success { data, user },
+            Ok(data) if p.exists => Outcome::Success {
+                data,
+                user,
+                token: None,
+            },
             Ok(_) => Outcome::Failure("not-authorized"),
             Err(e) => Outcome::Failure(e.condition()),
         };
         p.attempt.settle(Settled::of(&outcome));
-        outcome
+        (outcome, p.token)
+    }
+
+    /// The token a SASL2 attempt asks for, if FAST is offered and the
+    /// request is usable (a user agent, an HT mechanism).
+    fn token_request(&self, fast: &FastAuth) -> Option<fast::TokenRequest> {
+        self.fast.as_ref()?;
+        Some(fast::TokenRequest {
+            client: fast::FastTokens::client(fast.user_agent.as_deref()?),
+            mechanism: HtMechanism::from_name(fast.request_token.as_deref()?)?,
+        })
+    }
+
+    /// A success with the token it asked for (none if storing it fails:
+    /// the login stands, the client just has no token).
+    async fn with_token(&self, outcome: Outcome, request: Option<fast::TokenRequest>) -> Outcome {
+        match (outcome, request) {
+            (Outcome::Success { data, user, .. }, Some(request)) => {
+                let token = self.issue_token(&user, request).await;
+                Outcome::Success { data, user, token }
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// Stores a new token for `user` (a bare JID) and returns its grant.
+    async fn issue_token(
+        &self,
+        user: &str,
+        request: fast::TokenRequest,
+    ) -> Option<FastTokenGrant> {
+        let tokens = self.fast.as_ref()?;
+        let node = normalize_user(user.split('@').next()?)?;
+        let (row, grant) = tokens.issue(request.mechanism, fast::unix_now(), rand::random());
+        let stored = self
+            .storage
+            .call(move |db| db.fast_issue(&node, &request.client, &row))
+            .await;
+        match stored {
+            Ok(crate::storage::Stored::Stored) => Some(grant),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "FAST token not stored; none issued");
+                None
+            }
+        }
+    }
+
+    /// A FAST token use (XEP-0484 §4) with HT mechanism `mechanism`.
+    async fn fast_login(
+        &self,
+        mechanism: HtMechanism,
+        data: &[u8],
+        client_ip: Option<IpAddr>,
+        fast: &FastAuth,
+    ) -> Outcome {
+        let Some(tokens) = &self.fast else {
+            return Outcome::Failure("invalid-mechanism");
+        };
+        let initial = match parse_ht_initial(data) {
+            Ok(i) => i,
+            Err(e) => return Outcome::Failure(e.condition()),
+        };
+        // tokens are per user agent; 0-RTT data may be a replay: only a
+        // count above the last lets it in
+        let Some(user_agent) = fast.user_agent.as_deref() else {
+            return Outcome::Failure("not-authorized");
+        };
+        if fast.early && fast.count.is_none() {
+            return Outcome::Failure("not-authorized");
+        }
+        let Some(attempt) = self.admit(self.account(&initial.authcid), client_ip) else {
+            return Outcome::Failure(THROTTLED);
+        };
+        let client = fast::FastTokens::client(user_agent);
+        let node = normalize_user(&initial.authcid);
+        let rows = match node.clone() {
+            Some(node) => {
+                match self
+                    .storage
+                    .call(move |db| db.fast_tokens(&node, &client))
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::error!(error = %e, "FAST token lookup failed");
+                        return Outcome::Failure("temporary-auth-failure");
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        // every use costs the same two HMACs, whatever is stored
+        let mut candidates: Vec<String> = rows.iter().take(2).map(|r| tokens.token(r)).collect();
+        while candidates.len() < 2 {
+            candidates.push(tokens.fake_token(&initial.authcid, candidates.len()));
+        }
+        let bindings = ChannelBindings {
+            tls_exporter: fast.tls_exporter.as_ref().map(|b| b.to_vec()),
+            tls_server_end_point: None,
+        };
+        let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
+        let verified = ht_verify(mechanism, &bindings, &initial, &refs);
+        let (Ok(verified), Some(node)) = (verified, node) else {
+            attempt.settle(Settled::Failed);
+            return Outcome::Failure("not-authorized");
+        };
+        let Some(row) = rows.get(verified.index) else {
+            attempt.settle(Settled::Failed);
+            return Outcome::Failure("not-authorized");
+        };
+        let now = fast::unix_now();
+        let slot = match tokens.check(row, mechanism, now) {
+            fast::Checked::Usable(slot) => slot,
+            fast::Checked::WrongMechanism => {
+                attempt.settle(Settled::Failed);
+                return Outcome::Failure("not-authorized");
+            }
+            fast::Checked::Expired => {
+                let node = node.clone();
+                let _ = self
+                    .storage
+                    .call(move |db| db.fast_invalidate(&node, &client))
+                    .await;
+                attempt.settle(Settled::Failed);
+                return Outcome::Failure("credentials-expired");
+            }
+        };
+        if attempt.blocked_now() {
+            return Outcome::Failure(THROTTLED);
+        }
+        let count = fast.count.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        let invalidate = fast.invalidate;
+        let used = {
+            let node = node.clone();
+            self.storage
+                .call(move |db| {
+                    let used = db.fast_use(&node, &client, slot, count)?;
+                    if used && invalidate {
+                        db.fast_invalidate(&node, &client)?;
+                    }
+                    Ok(used)
+                })
+                .await
+        };
+        match used {
+            Ok(true) => {}
+            Ok(false) => {
+                // a count not above the last: a replay (or a client that
+                // lost its count)
+                tracing::info!(user = node, "FAST token use refused: count not above the last");
+                attempt.settle(Settled::Failed);
+                return Outcome::Failure("not-authorized");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "FAST token use not recorded");
+                return Outcome::Failure("temporary-auth-failure");
+            }
+        }
+        attempt.settle(Settled::Succeeded);
+        let user = self.bare(&node);
+        let request = match self.token_request(fast) {
+            Some(asked) => Some(asked),
+            None if !invalidate && tokens.rotation_due(row, &rows, now) => {
+                // rotation: the same mechanism as the token in use
+                Some(fast::TokenRequest { client, mechanism })
+            }
+            None => None,
+        };
+        let token = match request {
+            Some(request) => self.issue_token(&user, request).await,
+            None => None,
+        };
+        Outcome::Success {
+            data: verified.responder,
+            user,
+            token,
+        }
     }
 
     /// The session went away mid-exchange.
@@ -381,6 +605,7 @@ impl AuthService {
             Outcome::Success {
                 data: Vec::new(),
                 user,
+                token: None,
             }
         } else {
             Outcome::Failure("not-authorized")
@@ -496,22 +721,22 @@ mod tests {
         let free = ThrottleSettings::default().account_free_failures;
         for sid in 0..=u64::from(free) {
             let outcome = auth
-                .start((1, sid), "PLAIN", &plain("alice", "guess"), attacker)
+                .start((1, sid), "PLAIN", &plain("alice", "guess"), attacker, &FastAuth::default())
                 .await;
             assert_eq!(outcome, Outcome::Failure("not-authorized"), "guess {sid}");
         }
         // blocked now: even the right password is not checked
         let outcome = auth
-            .start((1, 99), "PLAIN", &plain("alice", "right"), attacker)
+            .start((1, 99), "PLAIN", &plain("alice", "right"), attacker, &FastAuth::default())
             .await;
         assert_eq!(outcome, Outcome::Failure(THROTTLED));
         let outcome = auth
-            .start((1, 100), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None)
+            .start((1, 100), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None, &FastAuth::default())
             .await;
         assert_eq!(outcome, Outcome::Failure(THROTTLED));
         // other accounts are not blocked by it
         let outcome = auth
-            .start((1, 101), "PLAIN", &plain("bob", "x"), None)
+            .start((1, 101), "PLAIN", &plain("bob", "x"), None, &FastAuth::default())
             .await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
     }
@@ -539,7 +764,7 @@ mod tests {
         for sid in 0..4 * free {
             let from = Some(IpAddr::from([192, 0, 2, sid as u8]));
             match auth
-                .start((1, sid), "SCRAM-SHA-256", b"n,,n=alice,r=abc", from)
+                .start((1, sid), "SCRAM-SHA-256", b"n,,n=alice,r=abc", from, &FastAuth::default())
                 .await
             {
                 Outcome::Challenge(_) => challenged += 1,
@@ -551,12 +776,12 @@ mod tests {
         assert_eq!((challenged, throttled), (free + 1, 3 * free - 1));
         // the exchanges that were let in fail; then the account is blocked
         for sid in 0..=free {
-            let outcome = auth.respond((1, sid), b"c=biws,r=abc,p=AAAA");
+            let outcome = auth.respond((1, sid), b"c=biws,r=abc,p=AAAA").await;
             assert_ne!(outcome, Outcome::Failure(THROTTLED), "exchange {sid}");
             assert!(matches!(outcome, Outcome::Failure(_)), "exchange {sid}");
         }
         let outcome = auth
-            .start((1, 1000), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None)
+            .start((1, 1000), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None, &FastAuth::default())
             .await;
         assert_eq!(outcome, Outcome::Failure(THROTTLED));
     }
@@ -572,7 +797,7 @@ mod tests {
             let auth = auth.clone();
             let from = Some(IpAddr::from([198, 51, 100, sid as u8]));
             let message = xmpp_sasl::plain_message("alice", "guess");
-            tasks.spawn(async move { auth.start((2, sid), "PLAIN", &message, from).await });
+            tasks.spawn(async move { auth.start((2, sid), "PLAIN", &message, from, &FastAuth::default()).await });
         }
         let (mut checked, mut throttled) = (0, 0);
         while let Some(outcome) = tasks.join_next().await {
@@ -596,5 +821,184 @@ mod tests {
             (known_right, known_wrong, unknown),
             ((true, 1), (false, 1), (false, 1))
         );
+    }
+
+    fn fast_service(auth: AuthService) -> AuthService {
+        auth.with_fast(fast::FastTokens::new([3; 32], Duration::from_secs(14 * 86_400)))
+    }
+
+    fn fast_request(user_agent: Option<&str>, request: Option<&str>) -> FastAuth {
+        FastAuth {
+            user_agent: user_agent.map(str::to_owned),
+            request_token: request.map(str::to_owned),
+            ..FastAuth::default()
+        }
+    }
+
+    /// The HT initial response of `user` with `token` over `mechanism`.
+    fn ht(user: &str, token: &str, mechanism: HtMechanism, exporter: Option<&[u8]>) -> Vec<u8> {
+        let bindings = ChannelBindings {
+            tls_exporter: exporter.map(<[u8]>::to_vec),
+            tls_server_end_point: None,
+        };
+        xmpp_sasl::HtClient::new(mechanism, user, token, &bindings)
+            .unwrap()
+            .initial_response()
+    }
+
+    async fn token_by_plain(auth: &AuthService, sid: u64, ua: &str, mechanism: &str) -> String {
+        let plain = xmpp_sasl::plain_message("alice", "right");
+        match auth
+            .start((1, sid), "PLAIN", &plain, None, &fast_request(Some(ua), Some(mechanism)))
+            .await
+        {
+            Outcome::Success {
+                token: Some(grant), ..
+            } => grant.token,
+            other => panic!("no token: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fast_token_logs_in_once_per_count_and_only_its_user_agent_mechanism_and_binding() {
+        let (_dir, auth) = service_with_alice().await;
+        let auth = fast_service(auth);
+        let none = HtMechanism::Sha256None;
+        let token = token_by_plain(&auth, 1, "phone", none.name()).await;
+        // no token without a user agent, nor for a mechanism that is not HT
+        let plain = xmpp_sasl::plain_message("alice", "right");
+        for fast in [
+            fast_request(None, Some(none.name())),
+            fast_request(Some("phone"), Some("PLAIN")),
+        ] {
+            let outcome = auth.start((1, 2), "PLAIN", &plain, None, &fast).await;
+            assert!(matches!(outcome, Outcome::Success { token: None, .. }));
+        }
+        let use_with = |count: Option<u64>, ua: &str| FastAuth {
+            count,
+            ..fast_request(Some(ua), None)
+        };
+        // the token, with a count: in, with the server's proof
+        let initial = ht("alice", &token, none, None);
+        let Outcome::Success { data, user, .. } = auth
+            .start((1, 3), none.name(), &initial, None, &use_with(Some(1), "phone"))
+            .await
+        else {
+            panic!("token refused");
+        };
+        assert_eq!(user, "alice@x");
+        let client = xmpp_sasl::HtClient::new(none, "alice", &token, &ChannelBindings::none()).unwrap();
+        client.verify_responder(&data).expect("the server proves it knows the token");
+        // the same count again (a replay), another user agent, a wrong token: out
+        for (fast, initial) in [
+            (use_with(Some(1), "phone"), initial.clone()),
+            (use_with(Some(5), "laptop"), initial.clone()),
+            (use_with(Some(6), "phone"), ht("alice", "not-the-token", none, None)),
+        ] {
+            let outcome = auth.start((1, 4), none.name(), &initial, None, &fast).await;
+            assert_eq!(outcome, Outcome::Failure("not-authorized"));
+        }
+        // a higher count: in again; without a count (not early): in
+        let outcome = auth.start((1, 5), none.name(), &initial, None, &use_with(Some(2), "phone")).await;
+        assert!(matches!(outcome, Outcome::Success { .. }));
+        let outcome = auth.start((1, 6), none.name(), &initial, None, &use_with(None, "phone")).await;
+        assert!(matches!(outcome, Outcome::Success { .. }));
+        // early data must carry a count above the last
+        let early = |count| FastAuth {
+            early: true,
+            ..use_with(count, "phone")
+        };
+        let outcome = auth.start((1, 7), none.name(), &initial, None, &early(None)).await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"));
+        let outcome = auth.start((1, 8), none.name(), &initial, None, &early(Some(3))).await;
+        assert!(matches!(outcome, Outcome::Success { .. }));
+        // a -NONE token is not an -EXPR one, even with the binding known
+        let exporter = [9u8; 32];
+        let expr = HtMechanism::Sha256Expr;
+        let fast = FastAuth {
+            tls_exporter: Some(bytes::Bytes::copy_from_slice(&exporter)),
+            ..use_with(Some(10), "phone")
+        };
+        let outcome = auth
+            .start((1, 9), expr.name(), &ht("alice", &token, expr, Some(&exporter)), None, &fast)
+            .await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"));
+        // an -EXPR token is bound to the connection's exporter
+        let expr_token = token_by_plain(&auth, 10, "tablet", expr.name()).await;
+        let on = |exporter: &[u8]| FastAuth {
+            tls_exporter: Some(bytes::Bytes::copy_from_slice(exporter)),
+            ..use_with(None, "tablet")
+        };
+        let proof = ht("alice", &expr_token, expr, Some(&exporter));
+        let outcome = auth.start((1, 11), expr.name(), &proof, None, &on(&[8; 32])).await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"), "another connection");
+        let outcome = auth.start((1, 12), expr.name(), &proof, None, &on(&exporter)).await;
+        assert!(matches!(outcome, Outcome::Success { .. }));
+        // FAST off: HT is not a mechanism
+        let (_dir2, plain_only) = service_with_alice().await;
+        let outcome = plain_only.start((1, 13), none.name(), &initial, None, &use_with(Some(9), "phone")).await;
+        assert_eq!(outcome, Outcome::Failure("invalid-mechanism"));
+    }
+
+    #[tokio::test]
+    async fn a_fast_token_can_be_invalidated_and_a_new_one_replaces_the_old_once_used() {
+        let (_dir, auth) = service_with_alice().await;
+        let auth = fast_service(auth);
+        let none = HtMechanism::Sha256None;
+        let fast = |count| FastAuth {
+            count: Some(count),
+            ..fast_request(Some("phone"), None)
+        };
+        let unused = token_by_plain(&auth, 1, "phone", none.name()).await;
+        let first = token_by_plain(&auth, 2, "phone", none.name()).await;
+        let outcome = auth.start((1, 3), none.name(), &ht("alice", &unused, none, None), None, &fast(1)).await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"), "an unused new token is replaced");
+        let outcome = auth.start((1, 3), none.name(), &ht("alice", &first, none, None), None, &fast(1)).await;
+        assert!(matches!(outcome, Outcome::Success { .. }));
+        // a second request (e.g. a password login): both valid until the new one is used
+        let second = token_by_plain(&auth, 2, "phone", none.name()).await;
+        assert_ne!(first, second);
+        let outcome = auth.start((1, 3), none.name(), &ht("alice", &first, none, None), None, &fast(2)).await;
+        assert!(matches!(outcome, Outcome::Success { .. }), "the old one, before the new is used");
+        let outcome = auth.start((1, 4), none.name(), &ht("alice", &second, none, None), None, &fast(1)).await;
+        assert!(matches!(outcome, Outcome::Success { token: None, .. }), "fresh: no rotation");
+        let outcome = auth.start((1, 5), none.name(), &ht("alice", &first, none, None), None, &fast(9)).await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"), "the old one ended");
+        // invalidate: this use is the last
+        let end = FastAuth {
+            invalidate: true,
+            ..fast(2)
+        };
+        let outcome = auth.start((1, 6), none.name(), &ht("alice", &second, none, None), None, &end).await;
+        assert!(matches!(outcome, Outcome::Success { token: None, .. }));
+        let outcome = auth.start((1, 7), none.name(), &ht("alice", &second, none, None), None, &fast(3)).await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"));
+        // an unknown user costs the same and fails the same
+        let outcome = auth.start((1, 8), none.name(), &ht("nobody", &second, none, None), None, &fast(1)).await;
+        assert_eq!(outcome, Outcome::Failure("not-authorized"));
+    }
+
+    #[tokio::test]
+    async fn a_fast_token_in_its_second_half_is_rotated_and_an_expired_one_refused() {
+        let (_dir, auth) = service_with_alice().await;
+        // a lifetime of 4 s: in its second half after two (Unix seconds)
+        let auth = auth.with_fast(fast::FastTokens::new([3; 32], Duration::from_secs(4)));
+        let none = HtMechanism::Sha256None;
+        let token = token_by_plain(&auth, 1, "phone", none.name()).await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let fast = |count| FastAuth {
+            count: Some(count),
+            ..fast_request(Some("phone"), None)
+        };
+        let Outcome::Success {
+            token: Some(rotated),
+            ..
+        } = auth.start((1, 2), none.name(), &ht("alice", &token, none, None), None, &fast(1)).await
+        else {
+            panic!("no rotation");
+        };
+        tokio::time::sleep(Duration::from_millis(4100)).await;
+        let outcome = auth.start((1, 3), none.name(), &ht("alice", &rotated.token, none, None), None, &fast(1)).await;
+        assert_eq!(outcome, Outcome::Failure("credentials-expired"));
     }
 }

@@ -42,6 +42,13 @@ pub struct CoreConfig {
     /// management beside SASL (one round trip instead of five at login).
     #[serde(default = "yes")]
     pub sasl2: bool,
+    /// Offer FAST tokens (XEP-0484) in SASL2: a client logs in again with
+    /// a token in one round trip instead of SCRAM's two.
+    #[serde(default = "yes")]
+    pub fast: bool,
+    /// How long a FAST token lives, in days (renewed on use in its second half).
+    #[serde(default = "default_fast_token_days")]
+    pub fast_token_days: u32,
     /// Archive chat messages (XEP-0313), before acknowledging them to
     /// their sender. Off: no history, one durable write less per message.
     #[serde(default = "yes")]
@@ -153,6 +160,10 @@ fn default_storage_queue_bytes() -> usize {
 fn default_storage_deadline_ms() -> u64 {
     crate::storage::Limits::default().deadline.as_millis() as u64
 }
+fn default_fast_token_days() -> u32 {
+    14
+}
+
 fn yes() -> bool {
     true
 }
@@ -172,6 +183,8 @@ impl CoreConfig {
             database_url: None,
             registration: false,
             sasl2: true,
+            fast: true,
+            fast_token_days: default_fast_token_days(),
             archive: true,
             max_resources_per_account: default_max_resources(),
             storage_queue_bytes: default_storage_queue_bytes(),

@@ -344,11 +344,6 @@ pub async fn start_with_store(
         nodes: metrics.cm_nodes.clone(),
         connections: metrics.cm_connections.clone(),
     }));
-    let auth = Arc::new(
-        auth::AuthService::new(&config.domain, storage.clone(), config.allow_plain)
-            .with_registration(config.registration)
-            .with_sasl2(config.sasl2),
-    );
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let instance: u64 = rand::random();
@@ -362,6 +357,23 @@ pub async fn start_with_store(
         }
         None => sm_secret(&config.data_dir).map_err(io("SM key"))?,
     };
+    let mut auth = auth::AuthService::new(&config.domain, storage.clone(), config.allow_plain)
+        .with_registration(config.registration)
+        .with_sasl2(config.sasl2);
+    if config.sasl2 && config.fast {
+        // (from the SM key: in a cluster every core derives the same
+        // tokens from a stored seed)
+        let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(
+            [&sm_key[..], b"longlink fast tokens"].concat(),
+        )
+        .into();
+        let days = u64::from(config.fast_token_days.clamp(1, 365));
+        auth = auth.with_fast(auth::fast::FastTokens::new(
+            key,
+            std::time::Duration::from_secs(days * 86_400),
+        ));
+    }
+    let auth = Arc::new(auth);
     for service in &config.external_services {
         service.validate()?;
     }

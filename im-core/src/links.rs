@@ -584,6 +584,7 @@ async fn run_link(ctx: &LinkContext, conn: &Connection, name: &str) -> Result<()
         registration: ctx.auth.registration(),
         caps: ctx.caps.clone(),
         sasl2: ctx.auth.sasl2(),
+        fast: ctx.auth.fast(),
     });
     // What registering tells the router goes under the registry's lock,
     // so room for it is reserved first (at most a NodeGone and a LinkLost).
@@ -688,13 +689,14 @@ async fn read_loop(
                 mechanism,
                 data,
                 client_ip,
+                fast,
             } => {
                 let ctx = ctx.clone();
                 let reply = reply.clone();
                 tokio::spawn(async move {
                     let outcome = ctx
                         .auth
-                        .start((node, sid), &mechanism, &data, client_ip)
+                        .start((node, sid), &mechanism, &data, client_ip, &fast)
                         .await;
                     answer_auth(&ctx, sid, outcome, &reply).await;
                 });
@@ -717,10 +719,13 @@ async fn read_loop(
                 });
             }
             Frame::AuthResponse { sid, data } => {
-                let outcome = ctx.auth.respond((node, sid), &data);
-                // Never wait on our own link's queue while reading it.
+                // Never wait on our own link's queue (nor on storage, for a
+                // FAST token) while reading it.
                 let (ctx, reply) = (ctx.clone(), reply.clone());
-                tokio::spawn(async move { answer_auth(&ctx, sid, outcome, &reply).await });
+                tokio::spawn(async move {
+                    let outcome = ctx.auth.respond((node, sid), &data).await;
+                    answer_auth(&ctx, sid, outcome, &reply).await
+                });
             }
             Frame::SessionEnd { sid, jid, clean } => {
                 ctx.auth.abort((node, sid));
@@ -777,7 +782,7 @@ async fn answer_auth(ctx: &LinkContext, sid: SessionId, outcome: Outcome, reply:
             sid,
             data: data.into(),
         },
-        Outcome::Success { data, user } => {
+        Outcome::Success { data, user, token } => {
             ctx.metrics
                 .auth
                 .get_or_create(&label("result", "success"))
@@ -786,6 +791,7 @@ async fn answer_auth(ctx: &LinkContext, sid: SessionId, outcome: Outcome, reply:
                 sid,
                 data: data.into(),
                 user,
+                token,
             }
         }
         Outcome::Failure(condition) => {

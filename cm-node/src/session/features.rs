@@ -5,6 +5,7 @@
 
 use rand::RngCore;
 use rand::rngs::SmallRng;
+use xmpp_stream::sasl2::FastFeature;
 use xmpp_stream::stream;
 
 use super::output::Framing;
@@ -22,6 +23,8 @@ pub struct CoreOffer {
     pub caps: String,
     /// SASL2 (XEP-0388) with Bind2 and inline stream management is offered.
     pub sasl2: bool,
+    /// FAST tokens (XEP-0484) are offered inside SASL2.
+    pub fast: bool,
 }
 
 impl CoreOffer {
@@ -45,11 +48,43 @@ pub(super) fn header(
     }
 }
 
-/// Features before authentication: the core's mechanisms, registration
-/// where it is offered, and the server's capabilities.
-pub(super) fn before_auth(offer: &CoreOffer) -> Vec<u8> {
+/// Features before authentication: the core's mechanisms (in SASL2 with
+/// `fast`, this connection's FAST offer), registration where it is
+/// offered, and the server's capabilities.
+pub(super) fn before_auth(offer: &CoreOffer, fast: &FastFeature) -> Vec<u8> {
     let mechanisms: Vec<&str> = offer.mechanisms.iter().map(String::as_str).collect();
-    stream::features_sasl(&mechanisms, offer.sasl2, offer.registration, caps(offer))
+    stream::features_sasl(
+        &mechanisms,
+        offer.sasl2.then_some(fast),
+        offer.registration,
+        caps(offer),
+    )
+}
+
+/// The HT mechanism bound to the connection's `tls-exporter` (the names
+/// are `xmpp-sasl`'s; the CM relays, the core computes).
+pub const HT_SHA_256_EXPR: &str = "HT-SHA-256-EXPR";
+/// The HT mechanism without channel binding.
+pub const HT_SHA_256_NONE: &str = "HT-SHA-256-NONE";
+
+/// The FAST offer of a connection: none unless the core offers FAST;
+/// `HT-SHA-256-EXPR` where the connection's `tls-exporter` is known, and
+/// `HT-SHA-256-NONE` always. (`-ENDP` is not offered: a client resuming a
+/// TLS session another CM issued hashes that CM's certificate, which this
+/// one cannot know; `-UNIQ` does not exist on TLS 1.3.)
+pub(super) fn fast_feature(offer: &CoreOffer, tls_exporter: bool) -> FastFeature {
+    if !offer.fast {
+        return FastFeature::default();
+    }
+    let mut mechanisms = Vec::new();
+    if tls_exporter {
+        mechanisms.push(HT_SHA_256_EXPR);
+    }
+    mechanisms.push(HT_SHA_256_NONE);
+    FastFeature {
+        mechanisms,
+        tls_0rtt: false,
+    }
 }
 
 /// Features after a SASL2 success that bound the stream (Bind2 or an

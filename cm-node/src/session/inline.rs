@@ -9,12 +9,13 @@
 //! offline messages come after the first available presence, as after a
 //! legacy bind.
 
-use cm_protocol::{Bind2, Frame, SmRequest};
+use cm_protocol::{Bind2, FastAuth, Frame, SmRequest};
 use xmpp_stream::element::Element;
 use xmpp_stream::sasl2::{self, Authenticate, BindRequest, Resume, Sasl2Error, Success};
 use xmpp_stream::{StreamCondition, ns};
 
 use super::output::StreamError;
+use super::sasl::Authenticated;
 use super::report::{LoginResult, Refusal};
 use super::{ClientSession, State, features};
 
@@ -34,6 +35,8 @@ pub(super) struct Inline {
     additional_data: Vec<u8>,
     /// Answers for the success so far (a resumption's `<failed/>`).
     answers: Vec<Element>,
+    /// A FAST token for the success.
+    token: Option<sasl2::Token>,
     /// Where it stands.
     phase: InlinePhase,
     /// Frames from the core that came before the success was written
@@ -88,15 +91,29 @@ impl ClientSession {
         let Authenticate {
             mechanism,
             initial_response,
+            user_agent,
             bind,
             resume,
-            ..
+            fast,
+            request_token,
         } = auth;
+        let fast_offer = features::fast_feature(&offer, self.tls_exporter.is_some());
+        let offered = offer.offers(&mechanism) || fast_offer.mechanisms.contains(&&*mechanism);
+        let fast = FastAuth {
+            user_agent: user_agent.and_then(|ua| ua.id),
+            // (a token only for a mechanism this connection offers)
+            request_token: request_token.filter(|m| fast_offer.mechanisms.contains(&&**m)),
+            count: fast.and_then(|f| f.count),
+            invalidate: fast.is_some_and(|f| f.invalidate),
+            tls_exporter: self.tls_exporter.clone(),
+            early: false,
+        };
         if self.sasl.authenticate(
             self.sid,
-            &offer,
+            offered,
             &mechanism,
             initial_response,
+            fast,
             &mut self.out,
         )? {
             self.inline = Some(Inline {
@@ -108,12 +125,23 @@ impl ClientSession {
         Ok(())
     }
 
-    /// The core accepted a SASL2 exchange as `user`: its inline requests
-    /// go to the core (or, with none, the success is written at once).
-    pub(super) fn sasl2_succeeded(&mut self, user: String, additional_data: Vec<u8>) {
+    /// The core accepted a SASL2 exchange: its inline requests go to the
+    /// core (or, with none, the success is written at once, with the FAST
+    /// token the core issued, if any).
+    pub(super) fn sasl2_succeeded(&mut self, authenticated: Authenticated) {
+        let Authenticated {
+            user, data, token, ..
+        } = authenticated;
         self.user = Some(user.clone());
         let mut inline = self.inline.take().unwrap_or_default();
-        inline.additional_data = additional_data;
+        inline.additional_data = data;
+        if let Some(t) = token {
+            let expiry = i64::try_from(t.expiry).unwrap_or(i64::MAX);
+            inline.token = Some(sasl2::Token {
+                token: t.token,
+                expiry,
+            });
+        }
         if let Some(Resume { previd, h }) = inline.resume.take() {
             self.binding
                 .resume(self.sid, &user, previd, h, &mut self.out);
@@ -265,6 +293,7 @@ impl ClientSession {
     fn write_success(&mut self, inline: &Inline, identifier: String, mut answers: Vec<Element>) {
         let mut all = inline.answers.clone();
         all.append(&mut answers);
+        all.extend(inline.token.as_ref().map(sasl2::Token::to_element));
         let success = Success {
             additional_data: inline.additional_data.clone(),
             authorization_identifier: identifier,

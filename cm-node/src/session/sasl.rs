@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use cm_protocol::{Frame, SessionId};
+use cm_protocol::{FastAuth, FastTokenGrant, Frame, SessionId};
 use xmpp_stream::element::Element;
 use xmpp_stream::{StreamCondition, TopLevel, ns, sasl2, stream};
 
@@ -28,9 +28,10 @@ enum Stage {
     /// Waiting for `<auth/>`.
     #[default]
     Idle,
-    /// `<auth/>` came without an initial response for this mechanism; an
-    /// empty challenge was sent.
-    InitialResponse(String),
+    /// `<auth/>` came without an initial response for this mechanism
+    /// (with what a SASL2 `<authenticate/>` said of FAST); an empty
+    /// challenge was sent.
+    InitialResponse(String, FastAuth),
     /// The exchange runs at the core.
     Running,
 }
@@ -80,6 +81,8 @@ pub(super) struct Authenticated {
     /// The mechanism's additional data (SCRAM's server-final), for the
     /// SASL2 success.
     pub data: Vec<u8>,
+    /// A FAST token the core issued, for the SASL2 success.
+    pub token: Option<FastTokenGrant>,
 }
 
 /// The SASL relay of one stream (see the module docs).
@@ -165,14 +168,15 @@ impl SaslRelay {
                 if no_initial_response {
                     // RFC 6120 §6.4.2: ask for it with an empty challenge.
                     out.write(Profile::Sasl1.challenge(&[]));
-                    self.stage = Stage::InitialResponse(mechanism.to_owned());
+                    self.stage = Stage::InitialResponse(mechanism.to_owned(), FastAuth::default());
                     return Ok(());
                 }
-                self.start(sid, mechanism.to_owned(), data, out);
+                self.start(sid, mechanism.to_owned(), data, FastAuth::default(), out);
             }
-            (Stage::InitialResponse(mechanism), "response") => {
+            (Stage::InitialResponse(mechanism, fast), "response") => {
                 let mechanism = std::mem::take(mechanism);
-                self.start(sid, mechanism, data, out);
+                let fast = std::mem::take(fast);
+                self.start(sid, mechanism, data, fast, out);
             }
             (Stage::Running, "response") => {
                 self.awaiting_core = true;
@@ -209,27 +213,30 @@ impl SaslRelay {
         Ok(())
     }
 
-    /// A SASL2 `<authenticate/>` (already read): starts the exchange;
-    /// false if it was refused (the failure is written).
+    /// A SASL2 `<authenticate/>` (already read) for a mechanism this
+    /// connection offers or not (`offered`), with what it says of FAST:
+    /// starts the exchange; false if it was refused (the failure is
+    /// written).
     pub fn authenticate(
         &mut self,
         sid: SessionId,
-        offer: &CoreOffer,
+        offered: bool,
         mechanism: &str,
         initial_response: Option<Vec<u8>>,
+        fast: FastAuth,
         out: &mut Output,
     ) -> Result<bool, StreamError> {
         self.profile = Profile::Sasl2;
-        if !offer.offers(mechanism) {
+        if !offered {
             out.write(sasl2::failure("invalid-mechanism", None));
             report(out, LoginResult::InvalidMechanism);
             return Ok(false);
         }
         match initial_response {
-            Some(data) => self.start(sid, mechanism.to_owned(), data, out),
+            Some(data) => self.start(sid, mechanism.to_owned(), data, fast, out),
             None => {
                 out.write(sasl2::data_element("challenge", &[]));
-                self.stage = Stage::InitialResponse(mechanism.to_owned());
+                self.stage = Stage::InitialResponse(mechanism.to_owned(), fast);
             }
         }
         Ok(true)
@@ -272,7 +279,9 @@ impl SaslRelay {
                 };
                 out.write(challenge);
             }
-            Frame::AuthSuccess { data, user, .. } => {
+            Frame::AuthSuccess {
+                data, user, token, ..
+            } => {
                 if self.profile == Profile::Sasl1 {
                     let data = (!data.is_empty()).then(|| B64.encode(&data));
                     out.write(stream::sasl_element("success", None, data.as_deref()));
@@ -283,6 +292,8 @@ impl SaslRelay {
                     user,
                     profile: self.profile,
                     data: data.to_vec(),
+                    // (a SASL1 success has no place for a token)
+                    token: token.filter(|_| self.profile == Profile::Sasl2),
                 }));
             }
             Frame::AuthFailure { condition, .. } => {
@@ -296,7 +307,14 @@ impl SaslRelay {
         Ok(None)
     }
 
-    fn start(&mut self, sid: SessionId, mechanism: String, data: Vec<u8>, out: &mut Output) {
+    fn start(
+        &mut self,
+        sid: SessionId,
+        mechanism: String,
+        data: Vec<u8>,
+        fast: FastAuth,
+        out: &mut Output,
+    ) {
         self.stage = Stage::Running;
         self.awaiting_core = true;
         out.send(Frame::AuthStart {
@@ -304,6 +322,7 @@ impl SaslRelay {
             mechanism,
             data: data.into(),
             client_ip: self.client_ip,
+            fast,
         });
     }
 

@@ -33,6 +33,7 @@ fn offer(registration: bool) -> Arc<CoreOffer> {
         registration,
         caps: "QgayPKawpkPSDYmwT/WM94uAlu0=".into(),
         sasl2: false,
+        fast: false,
     })
 }
 
@@ -124,6 +125,7 @@ fn authenticate(s: &mut ClientSession) {
         sid: 7,
         data: Bytes::new(),
         user: "a@x".into(),
+        token: None,
     });
     assert!(written(&a).contains("<success"));
 }
@@ -405,6 +407,7 @@ fn aborts_count_and_a_stale_answer_is_dropped() {
         sid: 7,
         data: Bytes::new(),
         user: "a@x".into(),
+        token: None,
     });
     assert!(a.is_empty(), "{a:?}");
     let a = s.core(Frame::AuthFailure {
@@ -891,6 +894,7 @@ fn negotiation_times_out_exactly_at_its_deadline() {
         sid: 7,
         data: Bytes::new(),
         user: "a@x".into(),
+        token: None,
     });
     s.poll_actions();
     assert_eq!(s.poll_timeout(), Some(deadline));
@@ -982,6 +986,7 @@ fn the_same_seed_gives_the_same_stream_ids() {
         sid: 7,
         data: Bytes::new(),
         user: "a@x".into(),
+        token: None,
     });
     let second = written(&s.data(HEADER));
     assert!(first.contains(&header_with_seed(42)));
@@ -1092,6 +1097,7 @@ fn every_sasl_outcome_is_reported_with_its_result() {
         sid: 7,
         data: Bytes::new(),
         user: "a@x".into(),
+        token: None,
     });
     assert_eq!(reported(&a), vec![SessionReport::Login(LoginResult::Ok)]);
 }
@@ -1239,6 +1245,7 @@ fn stream_features_before_and_after_authentication_show_the_cores_entity_capabil
 fn sasl2_session() -> ClientSession {
     let offer = Arc::new(CoreOffer {
         sasl2: true,
+        fast: false,
         ..(*offer(false)).clone()
     });
     session_at(Instant::now(), Some(offer), 1)
@@ -1256,6 +1263,7 @@ fn auth_success(s: &mut ClientSession) -> Vec<SessionAction> {
         sid: 7,
         data: Bytes::from_static(b"v=sig"),
         user: "a@x".into(),
+        token: None,
     })
 }
 
@@ -1503,6 +1511,7 @@ fn sasl2_a_refused_bind2_leaves_sm_off_so_the_legacy_enable_works_and_the_deadli
     let now = Instant::now();
     let offer = Arc::new(CoreOffer {
         sasl2: true,
+        fast: false,
         ..(*offer(false)).clone()
     });
     let mut s = session_at(now, Some(offer.clone()), 1);
@@ -1590,4 +1599,94 @@ fn sasl2_a_presence_in_the_same_flight_as_the_authenticate_waits_for_the_success
         matches!(&frames[..], [Frame::Stanza { header, .. }] if header.from == "a@x/app/r1"),
         "{frames:?}"
     );
+}
+
+// ---- FAST (XEP-0484) ----
+
+fn fast_session(exporter: Option<&'static [u8]>) -> ClientSession {
+    let offer = Arc::new(CoreOffer {
+        sasl2: true,
+        fast: true,
+        ..(*offer(false)).clone()
+    });
+    let s = session_at(Instant::now(), Some(offer), 1);
+    match exporter {
+        Some(e) => s.with_tls_exporter(Bytes::from_static(e)),
+        None => s,
+    }
+}
+
+#[test]
+fn fast_is_offered_inline_with_expr_only_where_the_exporter_is_known_and_never_as_sasl() {
+    let w = written(&fast_session(Some(&[5; 32])).data(HEADER));
+    assert!(
+        w.contains("<fast xmlns=\"urn:xmpp:fast:0\"><mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>"),
+        "{w}"
+    );
+    assert_eq!(w.matches("HT-SHA-256").count(), 2, "not among SASL's: {w}");
+    let w = written(&fast_session(None).data(HEADER));
+    assert!(
+        w.contains("<fast xmlns=\"urn:xmpp:fast:0\"><mechanism>HT-SHA-256-NONE</mechanism></fast>"),
+        "{w}"
+    );
+    assert!(!written(&sasl2_session().data(HEADER)).contains("urn:xmpp:fast:0"));
+}
+
+#[test]
+fn a_fast_token_use_reaches_the_core_with_its_user_agent_count_and_binding_and_a_granted_token_is_written() {
+    let mut s = fast_session(Some(&[5; 32]));
+    s.data(HEADER);
+    let a = s.data(
+        b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-EXPR'>\
+          <initial-response>YQBo</initial-response><user-agent id='ua-1'/>\
+          <fast xmlns='urn:xmpp:fast:0' count='4'/>\
+          <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/></authenticate>",
+    );
+    let [Frame::AuthStart { mechanism, data, fast, .. }] = &to_core(&a)[..] else {
+        panic!("{a:?}");
+    };
+    assert_eq!((mechanism.as_str(), &data[..]), ("HT-SHA-256-EXPR", &b"a\0h"[..]));
+    assert_eq!(fast.user_agent.as_deref(), Some("ua-1"));
+    assert_eq!(fast.count, Some(4));
+    assert_eq!(fast.request_token.as_deref(), Some("HT-SHA-256-NONE"));
+    assert_eq!(fast.tls_exporter.as_deref(), Some(&[5u8; 32][..]));
+    assert!(!fast.early && !fast.invalidate);
+    let a = s.core(Frame::AuthSuccess {
+        sid: 7,
+        data: Bytes::from_static(b"proof"),
+        user: "a@x".into(),
+        token: Some(cm_protocol::FastTokenGrant {
+            token: "tok".into(),
+            expiry: 1_798_111_200,
+        }),
+    });
+    let w = written(&a);
+    assert!(
+        w.contains("<token xmlns=\"urn:xmpp:fast:0\" token=\"tok\" expiry=\"2026-12-24T11:20:00Z\"/></success>"),
+        "{w}"
+    );
+}
+
+#[test]
+fn an_ht_mechanism_this_connection_does_not_offer_is_refused_and_a_token_is_asked_only_for_an_offered_one() {
+    // no exporter: no -EXPR
+    let mut s = fast_session(None);
+    s.data(HEADER);
+    let a = s.data(
+        b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-EXPR'>\
+          <initial-response>YQBo</initial-response><user-agent id='ua-1'/></authenticate>",
+    );
+    assert!(to_core(&a).is_empty());
+    assert!(written(&a).contains("invalid-mechanism"), "{a:?}");
+    // -UNIQ is never offered, so never asked of the core
+    let a = s.data(
+        b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+          <initial-response>AGEAYg==</initial-response><user-agent id='ua-1'/>\
+          <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-UNIQ'/></authenticate>",
+    );
+    let [Frame::AuthStart { fast, .. }] = &to_core(&a)[..] else {
+        panic!("{a:?}");
+    };
+    assert_eq!(fast.request_token, None);
+    assert_eq!(fast.tls_exporter, None);
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use xmpp_sasl::StoredCredentials;
 
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, PepConfig,
+    ArchiveEntry, FastSlot, FastToken, ArchivePage, ArchiveQuery, OfflineMessage, OfflineQuota, OfflineRow, PepConfig,
     PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, PushRegistration, Roster,
     RosterItem, StorageError, Store, Stored,
 };
@@ -457,5 +457,40 @@ impl Store for FaultyStore {
     ) -> Result<Vec<PushRegistration>, StorageError> {
         self.plan.check(Call::Read)?;
         self.inner.push_registrations(username)
+    }
+
+    fn fast_tokens(
+        &mut self,
+        username: &str,
+        client: &[u8],
+    ) -> Result<Vec<FastToken>, StorageError> {
+        self.plan.check(Call::Read)?;
+        self.inner.fast_tokens(username, client)
+    }
+
+    fn fast_issue(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        token: &FastToken,
+    ) -> Result<Stored, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.fast_issue(username, client, token)
+    }
+
+    fn fast_use(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        slot: FastSlot,
+        count: Option<i64>,
+    ) -> Result<bool, StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.fast_use(username, client, slot, count)
+    }
+
+    fn fast_invalidate(&mut self, username: &str, client: &[u8]) -> Result<(), StorageError> {
+        self.plan.check(Call::Write)?;
+        self.inner.fast_invalidate(username, client)
     }
 }

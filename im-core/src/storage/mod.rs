@@ -1,7 +1,7 @@
 //! Durable storage: accounts (SCRAM credentials, never passwords), offline
 //! messages, rosters, the message archive (XEP-0313), vCards, the
 //! records of persistent group-chat rooms (XEP-0045) with their archives,
-//! and push registrations (XEP-0357).
+//! push registrations (XEP-0357) and FAST tokens (XEP-0484).
 //!
 //! [`Store`] is the one interface; it has two backends: [`Sqlite`], an
 //! embedded on-disk database in the data directory (the default, no
@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use xmpp_sasl::StoredCredentials;
 
+mod fast;
 mod faults;
 mod pep;
 mod postgres;
@@ -29,6 +30,7 @@ mod sqlite;
 mod tests;
 mod worker;
 
+pub use fast::{FastSlot, FastToken, MAX_FAST_CLIENTS};
 pub use faults::{FaultPlan, FaultyStore};
 pub use pep::{
     MAX_PEP_BYTES, MAX_PEP_ITEMS, MAX_PEP_NODES, PepAccess, PepConfig, PepConfigured, PepItem,
@@ -551,6 +553,36 @@ pub trait Store: Send {
     /// A user's push registrations, oldest first.
     fn push_registrations(&mut self, username: &str)
     -> Result<Vec<PushRegistration>, StorageError>;
+
+    /// The FAST tokens (XEP-0484) of a user's user agent `client` (the
+    /// SHA-256 of its id): at most one per slot, `Current` first.
+    fn fast_tokens(&mut self, username: &str, client: &[u8])
+    -> Result<Vec<FastToken>, StorageError>;
+    /// Stores `token` (its slot is ignored: it goes to `New`, replacing an
+    /// unused new token) for an existing user's user agent. A user keeps
+    /// tokens for at most [`MAX_FAST_CLIENTS`] user agents: past that, the
+    /// user agent whose newest token expires first loses its tokens.
+    fn fast_issue(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        token: &FastToken,
+    ) -> Result<Stored, StorageError>;
+    /// Records a successful authentication with the token in `slot`,
+    /// carrying `count`: false, and nothing changed, if the token is gone
+    /// or `count` is not above its `last_count` (a replay); else the count
+    /// is stored and a `New` token becomes `Current`, the old current one
+    /// deleted. One conditional update decides, so of two uses with the
+    /// same count on any cores exactly one succeeds.
+    fn fast_use(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        slot: FastSlot,
+        count: Option<i64>,
+    ) -> Result<bool, StorageError>;
+    /// Deletes a user agent's tokens (both slots).
+    fn fast_invalidate(&mut self, username: &str, client: &[u8]) -> Result<(), StorageError>;
 }
 
 /// Whether `owner` of an archive row (or a room key) is a room's bare JID:

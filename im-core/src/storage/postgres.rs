@@ -16,8 +16,8 @@ use xmpp_sasl::{ScramKeys, StoredCredentials};
 use super::pep::{PepAccess, PepTables};
 use super::{
     ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
-    PepConfig, PepItem, PepLastItem, PushRegistration, Roster, RosterItem, StorageError, Store,
-    Stored, Subscription, decode_groups, encode_groups,
+    FastSlot, FastToken, PepConfig, PepItem, PepLastItem, PushRegistration, Roster, RosterItem,
+    StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
 };
 
 /// Schema migrations; the `schema_version` table records how many ran.
@@ -125,6 +125,19 @@ const SCHEMA: &[&str] = &[
         options BYTEA,
         created BIGINT NOT NULL,
         PRIMARY KEY (username, jid, node)
+    );",
+    // 9: FAST tokens (XEP-0484): per user and user agent (SHA-256 of its
+    // id), slot 0 the current token and 1 a new unused one; the token is
+    // derived from `seed` with the core's FAST key
+    "CREATE TABLE fast_tokens (
+        username TEXT NOT NULL,
+        client BYTEA NOT NULL,
+        slot SMALLINT NOT NULL,
+        seed BYTEA NOT NULL,
+        mechanism TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        last_count BIGINT NOT NULL DEFAULT -1,
+        PRIMARY KEY (username, client, slot)
     );",
 ];
 
@@ -592,6 +605,8 @@ impl Store for Postgres {
                 &c.sha256.server_key,
             ],
         )?;
+        // a new password ends every FAST token (XEP-0484 §6)
+        self.execute("DELETE FROM fast_tokens WHERE username=$1", &[&username])?;
         Ok(n == 1)
     }
 
@@ -612,6 +627,7 @@ impl Store for Postgres {
             "DELETE FROM push_registrations WHERE username=$1",
             &[&username],
         )?;
+        self.execute("DELETE FROM fast_tokens WHERE username=$1", &[&username])?;
         // Nobody keeps a subscription to the name (it may be registered again).
         self.execute(
             "DELETE FROM roster WHERE left(jid, length($1) + 1) = $1 || '@'",
@@ -1090,6 +1106,104 @@ impl Store for Postgres {
             })
         })
         .collect()
+    }
+
+    fn fast_tokens(
+        &mut self,
+        username: &str,
+        client: &[u8],
+    ) -> Result<Vec<FastToken>, StorageError> {
+        let rows = self
+            .query(
+                "SELECT slot, seed, mechanism, expires_at, last_count FROM fast_tokens
+                 WHERE username=$1 AND client=$2 ORDER BY slot",
+                &[&username, &client],
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    i64::from(r.try_get::<_, i16>(0)?),
+                    FastToken {
+                        slot: FastSlot::Current,
+                        seed: r.try_get(1)?,
+                        mechanism: r.try_get(2)?,
+                        expires_at: r.try_get(3)?,
+                        last_count: r.try_get(4)?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        Ok(super::fast::with_slots(rows))
+    }
+
+    fn fast_issue(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        token: &FastToken,
+    ) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        self.execute(
+            "INSERT INTO fast_tokens
+             (username, client, slot, seed, mechanism, expires_at, last_count)
+             VALUES ($1, $2, 1, $3, $4, $5, -1)
+             ON CONFLICT (username, client, slot) DO UPDATE SET seed=EXCLUDED.seed,
+             mechanism=EXCLUDED.mechanism, expires_at=EXCLUDED.expires_at, last_count=-1",
+            &[
+                &username,
+                &client,
+                &token.seed,
+                &token.mechanism,
+                &token.expires_at,
+            ],
+        )?;
+        self.execute(
+            "DELETE FROM fast_tokens WHERE username=$1 AND client IN
+             (SELECT client FROM fast_tokens WHERE username=$1 GROUP BY client
+              ORDER BY MAX(expires_at) DESC, client OFFSET $2)",
+            &[&username, &super::MAX_FAST_CLIENTS],
+        )?;
+        Ok(Stored::Stored)
+    }
+
+    fn fast_use(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        slot: FastSlot,
+        count: Option<i64>,
+    ) -> Result<bool, StorageError> {
+        let stored = slot.stored() as i16;
+        let n = self.execute(
+            "UPDATE fast_tokens SET last_count = COALESCE($4::BIGINT, last_count)
+             WHERE username=$1 AND client=$2 AND slot=$3
+             AND ($4::BIGINT IS NULL OR last_count < $4::BIGINT)",
+            &[&username, &client, &stored, &count],
+        )?;
+        if n != 1 {
+            return Ok(false);
+        }
+        if slot == FastSlot::New {
+            self.execute(
+                "DELETE FROM fast_tokens WHERE username=$1 AND client=$2 AND slot=0",
+                &[&username, &client],
+            )?;
+            self.execute(
+                "UPDATE fast_tokens SET slot=0 WHERE username=$1 AND client=$2 AND slot=1",
+                &[&username, &client],
+            )?;
+        }
+        Ok(true)
+    }
+
+    fn fast_invalidate(&mut self, username: &str, client: &[u8]) -> Result<(), StorageError> {
+        self.execute(
+            "DELETE FROM fast_tokens WHERE username=$1 AND client=$2",
+            &[&username, &client],
+        )?;
+        Ok(())
     }
 }
 

@@ -10,8 +10,8 @@ use xmpp_sasl::{ScramKeys, StoredCredentials};
 use super::pep::{PepAccess, PepTables};
 use super::{
     ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
-    PepConfig, PepItem, PepLastItem, PushRegistration, Roster, RosterItem, StorageError, Store,
-    Stored, Subscription, decode_groups, encode_groups,
+    FastSlot, FastToken, PepConfig, PepItem, PepLastItem, PushRegistration, Roster, RosterItem,
+    StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
 };
 
 /// Schema migrations; `PRAGMA user_version` records how many ran.
@@ -104,6 +104,19 @@ const SCHEMA: &[&str] = &[
         options BLOB,
         created INTEGER NOT NULL,
         PRIMARY KEY (username, jid, node)
+    );",
+    // 8: FAST tokens (XEP-0484): per user and user agent (SHA-256 of its
+    // id), slot 0 the current token and 1 a new unused one; the token is
+    // derived from `seed` with the core's FAST key
+    "CREATE TABLE fast_tokens (
+        username TEXT NOT NULL,
+        client BLOB NOT NULL,
+        slot INTEGER NOT NULL,
+        seed BLOB NOT NULL,
+        mechanism TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        last_count INTEGER NOT NULL DEFAULT -1,
+        PRIMARY KEY (username, client, slot)
     );",
 ];
 
@@ -232,6 +245,9 @@ impl Store for Sqlite {
              sha256_stored=?6, sha256_server=?7 WHERE username=?1",
             Self::account_params(username, creds),
         )?;
+        // a new password ends every FAST token (XEP-0484 §6)
+        self.conn
+            .execute("DELETE FROM fast_tokens WHERE username=?1", [username])?;
         Ok(n == 1)
     }
 
@@ -249,6 +265,7 @@ impl Store for Sqlite {
             "pep_nodes",
             "pep_items",
             "push_registrations",
+            "fast_tokens",
         ] {
             self.conn.execute(
                 &format!("DELETE FROM {table} WHERE username=?1"),
@@ -741,6 +758,115 @@ impl Store for Sqlite {
                 })
             })?
             .collect::<Result<_, _>>()?)
+    }
+
+    fn fast_tokens(
+        &mut self,
+        username: &str,
+        client: &[u8],
+    ) -> Result<Vec<FastToken>, StorageError> {
+        self.fast_tokens_of(username, client)
+    }
+
+    fn fast_issue(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        token: &FastToken,
+    ) -> Result<Stored, StorageError> {
+        if !self.user_exists(username)? {
+            return Ok(Stored::NoSuchUser);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO fast_tokens
+                 (username, client, slot, seed, mechanism, expires_at, last_count)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, -1)",
+            )?
+            .execute(params![
+                username,
+                client,
+                token.seed,
+                token.mechanism,
+                token.expires_at
+            ])?;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM fast_tokens WHERE username=?1 AND client IN
+                 (SELECT client FROM fast_tokens WHERE username=?1 GROUP BY client
+                  ORDER BY MAX(expires_at) DESC, client LIMIT -1 OFFSET ?2)",
+            )?
+            .execute(params![username, super::MAX_FAST_CLIENTS])?;
+        Ok(Stored::Stored)
+    }
+
+    fn fast_use(
+        &mut self,
+        username: &str,
+        client: &[u8],
+        slot: FastSlot,
+        count: Option<i64>,
+    ) -> Result<bool, StorageError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE fast_tokens SET last_count = COALESCE(?4, last_count)
+                 WHERE username=?1 AND client=?2 AND slot=?3
+                 AND (?4 IS NULL OR last_count < ?4)",
+            )?
+            .execute(params![username, client, slot.stored(), count])?;
+        if n != 1 {
+            return Ok(false);
+        }
+        if slot == FastSlot::New {
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM fast_tokens WHERE username=?1 AND client=?2 AND slot=0",
+                )?
+                .execute(params![username, client])?;
+            self.conn
+                .prepare_cached(
+                    "UPDATE fast_tokens SET slot=0 WHERE username=?1 AND client=?2 AND slot=1",
+                )?
+                .execute(params![username, client])?;
+        }
+        Ok(true)
+    }
+
+    fn fast_invalidate(&mut self, username: &str, client: &[u8]) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached("DELETE FROM fast_tokens WHERE username=?1 AND client=?2")?
+            .execute(params![username, client])?;
+        Ok(())
+    }
+}
+
+impl Sqlite {
+    fn fast_tokens_of(
+        &mut self,
+        username: &str,
+        client: &[u8],
+    ) -> Result<Vec<FastToken>, StorageError> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT slot, seed, mechanism, expires_at, last_count FROM fast_tokens
+                 WHERE username=?1 AND client=?2 ORDER BY slot",
+            )?
+            .query_map(params![username, client], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    FastToken {
+                        slot: FastSlot::Current,
+                        seed: r.get(1)?,
+                        mechanism: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        last_count: r.get(4)?,
+                    },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::fast::with_slots(rows))
     }
 }
 

@@ -1518,3 +1518,132 @@ fn pep_nodes_are_configured_retracted_deleted_and_bounded() {
         assert_eq!(db.pep_items("alice", "big0", &[], None).unwrap(), None);
     });
 }
+
+fn fast_token(seed: u8, mechanism: &str, expires_at: i64) -> FastToken {
+    FastToken {
+        slot: FastSlot::New,
+        seed: vec![seed; 16],
+        mechanism: mechanism.into(),
+        expires_at,
+        last_count: -1,
+    }
+}
+
+fn fast_slots(db: &mut dyn Store, user: &str, client: &[u8]) -> Vec<(FastSlot, u8, i64)> {
+    db.fast_tokens(user, client)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.slot, t.seed[0], t.last_count))
+        .collect()
+}
+
+#[test]
+fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_the_password() {
+    both(|db, reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        db.add_user("alice", &creds).unwrap();
+        let (phone, laptop) = (&[1u8; 32][..], &[2u8; 32][..]);
+        assert_eq!(
+            db.fast_issue("nobody", phone, &fast_token(1, "HT-SHA-256-NONE", 10))
+                .unwrap(),
+            Stored::NoSuchUser
+        );
+        assert!(db.fast_tokens("alice", phone).unwrap().is_empty());
+        // the first token waits in New until used
+        db.fast_issue("alice", phone, &fast_token(1, "HT-SHA-256-NONE", 100))
+            .unwrap();
+        db.fast_issue("alice", laptop, &fast_token(9, "HT-SHA-256-EXPR", 100))
+            .unwrap();
+        let mut db = reopen();
+        let stored = db.fast_tokens("alice", phone).unwrap();
+        assert_eq!(stored, vec![fast_token(1, "HT-SHA-256-NONE", 100)]);
+        // used with count 1: promoted to Current; the same count again is a replay
+        assert!(db.fast_use("alice", phone, FastSlot::New, Some(1)).unwrap());
+        assert_eq!(
+            fast_slots(&mut *db, "alice", phone),
+            [(FastSlot::Current, 1, 1)]
+        );
+        assert!(!db.fast_use("alice", phone, FastSlot::Current, Some(1)).unwrap());
+        assert!(!db.fast_use("alice", phone, FastSlot::Current, Some(0)).unwrap());
+        assert!(!db.fast_use("alice", phone, FastSlot::New, Some(5)).unwrap(), "no New token");
+        // no count (a client outside 0-RTT that sends none): accepted, count kept
+        assert!(db.fast_use("alice", phone, FastSlot::Current, None).unwrap());
+        assert!(db.fast_use("alice", phone, FastSlot::Current, Some(2)).unwrap());
+        // a rotation: Current stays valid until New is used, then goes
+        db.fast_issue("alice", phone, &fast_token(2, "HT-SHA-256-NONE", 200))
+            .unwrap();
+        assert_eq!(
+            fast_slots(&mut *db, "alice", phone),
+            [(FastSlot::Current, 1, 2), (FastSlot::New, 2, -1)]
+        );
+        assert!(db.fast_use("alice", phone, FastSlot::Current, Some(3)).unwrap());
+        assert_eq!(fast_slots(&mut *db, "alice", phone).len(), 2);
+        // an unused New is replaced by a newer one
+        db.fast_issue("alice", phone, &fast_token(3, "HT-SHA-256-NONE", 300))
+            .unwrap();
+        assert!(db.fast_use("alice", phone, FastSlot::New, Some(0)).unwrap());
+        assert_eq!(
+            fast_slots(&mut *db, "alice", phone),
+            [(FastSlot::Current, 3, 0)]
+        );
+        // the other user agent's token is its own
+        assert_eq!(fast_slots(&mut *db, "alice", laptop), [(FastSlot::New, 9, -1)]);
+        db.fast_invalidate("alice", laptop).unwrap();
+        assert!(db.fast_tokens("alice", laptop).unwrap().is_empty());
+        // a new password ends them all; so does deleting the user
+        db.fast_issue("alice", laptop, &fast_token(9, "HT-SHA-256-EXPR", 100))
+            .unwrap();
+        assert!(db.set_credentials("alice", &creds).unwrap());
+        assert!(db.fast_tokens("alice", phone).unwrap().is_empty());
+        assert!(db.fast_tokens("alice", laptop).unwrap().is_empty());
+        db.fast_issue("alice", phone, &fast_token(4, "HT-SHA-256-NONE", 100))
+            .unwrap();
+        assert!(db.delete_user("alice").unwrap());
+        db.add_user("alice", &creds).unwrap();
+        assert!(db.fast_tokens("alice", phone).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn fast_tokens_keep_at_most_max_clients_user_agents_per_user_dropping_the_soonest_to_expire() {
+    both(|db, _reopen| {
+        let creds = StoredCredentials::new("pw", 4096);
+        db.add_user("bob", &creds).unwrap();
+        let clients: Vec<[u8; 32]> = (0..=MAX_FAST_CLIENTS as u8).map(|i| [i; 32]).collect();
+        // client 0 expires first; the one past the bound evicts it
+        for (i, c) in clients.iter().enumerate() {
+            db.fast_issue("bob", c, &fast_token(1, "HT-SHA-256-NONE", 1000 + i as i64))
+                .unwrap();
+        }
+        assert!(db.fast_tokens("bob", &clients[0]).unwrap().is_empty());
+        for c in &clients[1..] {
+            assert_eq!(db.fast_tokens("bob", c).unwrap().len(), 1);
+        }
+    });
+}
+
+#[test]
+fn fast_use_with_the_same_count_from_two_stores_succeeds_once() {
+    // two connections to one database, as two cores have: the conditional
+    // update lets exactly one use of a count through
+    let dir = tempfile::tempdir().unwrap();
+    let mut opens: Vec<Box<dyn Fn() -> Box<dyn Store>>> = Vec::new();
+    let path = dir.path().to_owned();
+    opens.push(Box::new(move || Box::new(Sqlite::open(&path, 2).unwrap())));
+    if let Some(url) = postgres_for_tests("ll_unit") {
+        opens.push(Box::new(move || Box::new(Postgres::open(&url, 2).unwrap())));
+    }
+    for open in opens {
+        let (mut a, mut b) = (open(), open());
+        a.add_user("carol", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        a.fast_issue("carol", &[7; 32], &fast_token(1, "HT-SHA-256-NONE", 100))
+            .unwrap();
+        let first = a.fast_use("carol", &[7; 32], FastSlot::New, Some(1)).unwrap();
+        let second = b
+            .fast_use("carol", &[7; 32], FastSlot::Current, Some(1))
+            .unwrap();
+        let again = b.fast_use("carol", &[7; 32], FastSlot::New, Some(1)).unwrap();
+        assert!(first && !second && !again);
+    }
+}

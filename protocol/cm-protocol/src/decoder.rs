@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::frame::{
-    Bind2, CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
+    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
     SmSnapshot,
 };
 use crate::primitive::Reader;
@@ -60,6 +60,7 @@ impl Frame {
                     registration: r.bool()?,
                     caps: r.string()?,
                     sasl2: r.bool()?,
+                    fast: r.bool()?,
                 }
             }
             FrameTag::AuthStart => Frame::AuthStart {
@@ -67,6 +68,14 @@ impl Frame {
                 mechanism: r.string()?,
                 data: r.bytes()?,
                 client_ip: ip_address(&r.bytes()?)?,
+                fast: FastAuth {
+                    user_agent: r.opt_string()?,
+                    request_token: r.opt_string()?,
+                    count: if r.flag()? { Some(r.varint()?) } else { None },
+                    invalidate: r.bool()?,
+                    tls_exporter: if r.flag()? { Some(r.bytes()?) } else { None },
+                    early: r.bool()?,
+                },
             },
             FrameTag::AuthResponse => Frame::AuthResponse {
                 sid: r.varint()?,
@@ -80,6 +89,14 @@ impl Frame {
                 sid: r.varint()?,
                 data: r.bytes()?,
                 user: r.string()?,
+                token: if r.flag()? {
+                    Some(FastTokenGrant {
+                        token: r.string()?,
+                        expiry: r.varint()?,
+                    })
+                } else {
+                    None
+                },
             },
             FrameTag::AuthFailure => Frame::AuthFailure {
                 sid: r.varint()?,

@@ -77,6 +77,7 @@ impl Frame {
                 registration,
                 caps,
                 sasl2,
+                fast,
             } => {
                 w.str(domain);
                 w.varint(*instance);
@@ -87,6 +88,7 @@ impl Frame {
                 w.bool(*registration);
                 w.str(caps);
                 w.bool(*sasl2);
+                w.bool(*fast);
             }
             Frame::Register {
                 sid,
@@ -106,6 +108,7 @@ impl Frame {
                 mechanism,
                 data,
                 client_ip,
+                fast,
             } => {
                 w.varint(*sid);
                 w.str(mechanism);
@@ -116,15 +119,37 @@ impl Frame {
                     Some(IpAddr::V4(ip)) => w.bytes(&ip.octets()),
                     Some(IpAddr::V6(ip)) => w.bytes(&ip.octets()),
                 }
+                w.opt_str(fast.user_agent.as_deref());
+                w.opt_str(fast.request_token.as_deref());
+                w.flag(fast.count.is_some());
+                if let Some(count) = fast.count {
+                    w.varint(count);
+                }
+                w.bool(fast.invalidate);
+                w.flag(fast.tls_exporter.is_some());
+                if let Some(exporter) = &fast.tls_exporter {
+                    w.bytes(exporter);
+                }
+                w.bool(fast.early);
             }
             Frame::AuthResponse { sid, data } | Frame::AuthChallenge { sid, data } => {
                 w.varint(*sid);
                 w.bytes(data);
             }
-            Frame::AuthSuccess { sid, data, user } => {
+            Frame::AuthSuccess {
+                sid,
+                data,
+                user,
+                token,
+            } => {
                 w.varint(*sid);
                 w.bytes(data);
                 w.str(user);
+                w.flag(token.is_some());
+                if let Some(t) = token {
+                    w.str(&t.token);
+                    w.varint(t.expiry);
+                }
             }
             Frame::AuthFailure { sid, condition } | Frame::Kick { sid, condition } => {
                 w.varint(*sid);

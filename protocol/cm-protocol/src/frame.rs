@@ -102,6 +102,59 @@ pub struct Bind2 {
     pub sm: Option<SmRequest>,
 }
 
+/// What an authentication attempt carries for FAST (XEP-0484) beyond the
+/// SASL exchange: the user agent its tokens are keyed by, a token asked
+/// for, a token use's count and invalidation, and what the CM that
+/// terminates TLS knows of the connection.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FastAuth {
+    /// The `<user-agent id/>` (FAST tokens are per user agent); None: absent.
+    pub user_agent: Option<String>,
+    /// `<request-token mechanism/>`: issue a token bound to this HT mechanism.
+    pub request_token: Option<String>,
+    /// `<fast count/>` of a token use.
+    pub count: Option<u64>,
+    /// `<fast invalidate='true'/>`: end the token after this use.
+    pub invalidate: bool,
+    /// The connection's `tls-exporter` channel binding (RFC 9266), if known.
+    pub tls_exporter: Option<Bytes>,
+    /// The authentication arrived as TLS early data (0-RTT): it may be a
+    /// replay, so a token use must carry a count above the last.
+    pub early: bool,
+}
+
+impl std::fmt::Debug for FastAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the exporter value is key material of the connection
+        f.debug_struct("FastAuth")
+            .field("user_agent", &self.user_agent)
+            .field("request_token", &self.request_token)
+            .field("count", &self.count)
+            .field("invalidate", &self.invalidate)
+            .field("tls_exporter", &self.tls_exporter.as_ref().map(|_| ".."))
+            .field("early", &self.early)
+            .finish()
+    }
+}
+
+/// A FAST token issued to a client (XEP-0484 `<token/>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FastTokenGrant {
+    /// The token.
+    pub token: String,
+    /// When it expires, in seconds since the Unix epoch.
+    pub expiry: u64,
+}
+
+impl std::fmt::Debug for FastTokenGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a token is a credential: not for logs
+        f.debug_struct("FastTokenGrant")
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request to enable stream management, as in `<enable resume max/>`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SmRequest {
@@ -145,6 +198,9 @@ pub enum Frame {
         /// Offer SASL2 (XEP-0388) with Bind2 and inline stream management
         /// beside SASL (new in `longlink-cm/7`).
         sasl2: bool,
+        /// Offer FAST tokens (XEP-0484) inside SASL2; the CM offers the HT
+        /// mechanisms each connection can bind to (new in `longlink-cm/8`).
+        fast: bool,
     },
     /// CM→core: a client asks to create an account (XEP-0077, before
     /// authentication).
@@ -175,6 +231,10 @@ pub enum Frame {
         /// The client's IP address as the CM saw it (the core throttles
         /// failed attempts per address); `None` if unknown.
         client_ip: Option<IpAddr>,
+        /// What a SASL2 `<authenticate/>` said about FAST tokens, and the
+        /// connection's channel binding (new in `longlink-cm/8`; default
+        /// for SASL).
+        fast: FastAuth,
     },
     /// CM→core: a SASL response.
     AuthResponse {
@@ -198,6 +258,9 @@ pub enum Frame {
         data: Bytes,
         /// The authenticated bare JID.
         user: String,
+        /// A FAST token issued with this success (asked for, or a
+        /// rotation), for the SASL2 `<success/>` (new in `longlink-cm/8`).
+        token: Option<FastTokenGrant>,
     },
     /// Core→CM: authentication failed.
     AuthFailure {
@@ -489,10 +552,21 @@ impl Frame {
             } => username.len() + password.len(),
             Frame::RegisterResult { error, .. } => error.as_ref().map_or(0, String::len),
             Frame::AuthStart {
-                mechanism, data, ..
-            } => mechanism.len() + data.len(),
+                mechanism,
+                data,
+                fast,
+                ..
+            } => {
+                mechanism.len()
+                    + data.len()
+                    + fast.user_agent.as_ref().map_or(0, String::len)
+                    + fast.request_token.as_ref().map_or(0, String::len)
+                    + fast.tls_exporter.as_ref().map_or(0, Bytes::len)
+            }
             Frame::AuthResponse { data, .. } | Frame::AuthChallenge { data, .. } => data.len(),
-            Frame::AuthSuccess { data, user, .. } => data.len() + user.len(),
+            Frame::AuthSuccess {
+                data, user, token, ..
+            } => data.len() + user.len() + token.as_ref().map_or(0, |t| t.token.len()),
             Frame::AuthFailure { condition, .. } | Frame::Kick { condition, .. } => condition.len(),
             Frame::Bind {
                 user,

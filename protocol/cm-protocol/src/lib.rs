@@ -33,7 +33,7 @@ pub use decoder::{FrameDecoder, MAX_FANOUT_SIDS, MAX_FRAME};
 pub use encoder::FrameTooLarge;
 pub use error::{DecodeError, UnknownFrameType};
 pub use frame::{
-    Bind2, CoreAddress, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
+    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
     SmSnapshot,
 };
 #[cfg(feature = "quinn")]
@@ -49,5 +49,6 @@ pub const MAX_STANZA: usize = MAX_FRAME / 2 - 16 * 1024;
 
 /// ALPN of the CM↔core protocol; the version is part of it (6: the core
 /// may send [`Frame::DeliverMany`], which a CM of version 5 cannot decode;
-/// 7: `Welcome.sasl2` and `Bind.bind2`, SASL2 with Bind2).
-pub const ALPN: &[u8] = b"longlink-cm/7";
+/// 7: `Welcome.sasl2` and `Bind.bind2`, SASL2 with Bind2; 8:
+/// `Welcome.fast`, `AuthStart.fast` and `AuthSuccess.token`, FAST tokens).
+pub const ALPN: &[u8] = b"longlink-cm/8";

@@ -60,6 +60,7 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             registration: rng.gen_bool(0.5),
             caps: string(rng),
             sasl2: rng.gen_bool(0.5),
+            fast: rng.gen_bool(0.5),
         },
         FrameTag::AuthStart => Frame::AuthStart {
             sid,
@@ -69,6 +70,14 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
                 0 => None,
                 1 => Some(std::net::IpAddr::from(rng.r#gen::<[u8; 4]>())),
                 _ => Some(std::net::IpAddr::from(rng.r#gen::<[u8; 16]>())),
+            },
+            fast: cm_protocol::FastAuth {
+                user_agent: opt_string(rng),
+                request_token: opt_string(rng),
+                count: rng.gen_bool(0.5).then(|| uint(rng)),
+                invalidate: rng.gen_bool(0.5),
+                tls_exporter: rng.gen_bool(0.5).then(|| bytes(rng)),
+                early: rng.gen_bool(0.5),
             },
         },
         FrameTag::AuthResponse => Frame::AuthResponse {
@@ -83,6 +92,10 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
             sid,
             data: bytes(rng),
             user: string(rng),
+            token: rng.gen_bool(0.5).then(|| cm_protocol::FastTokenGrant {
+                token: string(rng),
+                expiry: uint(rng),
+            }),
         },
         FrameTag::AuthFailure => Frame::AuthFailure {
             sid,

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use cm_protocol::{
-    Bind2, CoreAddress, Frame, FrameDecoder, Kind, Resumption, RouteHeader, SlotEpoch, SmRequest,
+    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, FrameDecoder, Kind, Resumption, RouteHeader, SlotEpoch, SmRequest,
     SmSnapshot,
 };
 
@@ -31,8 +31,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 registration: true,
                 caps: "abc".into(),
                 sasl2: true,
+                fast: true,
             },
-            "00000032 01 0b6578616d706c652e6f7267ffffffffffffffffff01020d534352414d2d5348412d32353605504c41494e010361626301",
+            "00000033 01 0b6578616d706c652e6f7267ffffffffffffffffff01020d534352414d2d5348412d32353605504c41494e01036162630101",
         ),
         (
             Frame::Welcome {
@@ -42,8 +43,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 registration: false,
                 caps: String::new(),
                 sasl2: false,
+                fast: false,
             },
-            "00000008 01 01620000000000",
+            "00000009 01 0162000000000000",
         ),
         (
             Frame::Register {
@@ -73,8 +75,26 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanism: "PLAIN".into(),
                 data: Bytes::from_static(b"\0a\0b"),
                 client_ip: Some(std::net::Ipv4Addr::new(127, 0, 0, 1).into()),
+                fast: FastAuth::default(),
             },
-            "00000012 02 0105504c41494e0400610062 047f000001",
+            "00000018 02 0105504c41494e0400610062 047f000001 000000000000",
+        ),
+        (
+            Frame::AuthStart {
+                sid: 1,
+                mechanism: "HT-SHA-256-NONE".into(),
+                data: Bytes::from_static(b"a\0h"),
+                client_ip: None,
+                fast: FastAuth {
+                    user_agent: Some("u1".into()),
+                    request_token: Some("HT".into()),
+                    count: Some(300),
+                    invalidate: true,
+                    tls_exporter: Some(Bytes::from_static(b"xy")),
+                    early: true,
+                },
+            },
+            "00000028 02 010f48542d5348412d3235362d4e4f4e4503610068 00 01027531 01024854 01ac02 01 01027879 01",
         ),
         (
             Frame::AuthStart {
@@ -82,8 +102,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanism: "PLAIN".into(),
                 data: Bytes::from_static(b"\0a\0b"),
                 client_ip: None,
+                fast: FastAuth::default(),
             },
-            "0000000e 02 0105504c41494e0400610062 00",
+            "00000014 02 0105504c41494e0400610062 00 000000000000",
         ),
         (
             Frame::AuthStart {
@@ -91,8 +112,9 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanism: "PLAIN".into(),
                 data: Bytes::new(),
                 client_ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
+                fast: FastAuth::default(),
             },
-            "0000001a 02 0105504c41494e00 1000000000000000000000000000000001",
+            "00000020 02 0105504c41494e00 1000000000000000000000000000000001 000000000000",
         ),
         (
             Frame::AuthResponse {
@@ -113,8 +135,21 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 sid: 2,
                 data: Bytes::from_static(b"v=y"),
                 user: "a@b".into(),
+                token: None,
             },
-            "0000000a 05 0203763d7903614062",
+            "0000000b 05 0203763d790361406200",
+        ),
+        (
+            Frame::AuthSuccess {
+                sid: 2,
+                data: Bytes::new(),
+                user: "a@b".into(),
+                token: Some(FastTokenGrant {
+                    token: "tk".into(),
+                    expiry: 1,
+                }),
+            },
+            "0000000c 05 0200036140620102746b01",
         ),
         (
             Frame::AuthFailure {

@@ -34,9 +34,22 @@ pub enum Sasl2Error {
     BadResume,
 }
 
+/// What a SASL2 feature offers of FAST (XEP-0484): the HT mechanisms this
+/// connection can use (none: FAST is not offered) and whether a token may
+/// be used in TLS early data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FastFeature {
+    /// HT mechanisms, in preference order.
+    pub mechanisms: Vec<&'static str>,
+    /// `tls-0rtt='true'`: the server accepts a token use in 0-RTT data.
+    pub tls_0rtt: bool,
+}
+
 /// The SASL2 stream feature the server offers: `mechanisms` (in order), with
-/// Bind2 (carbons, CSI and SM enable inline) and inline SM resumption.
-pub fn authentication_feature(mechanisms: &[&str]) -> Element {
+/// Bind2 (carbons, CSI and SM enable inline), inline SM resumption and
+/// `fast`'s mechanisms for FAST tokens (never among the SASL mechanisms,
+/// so never in a SCRAM downgrade-protection hash: ejabberd #4331).
+pub fn authentication_feature(mechanisms: &[&str], fast: &FastFeature) -> Element {
     let mut auth = Element::new("authentication", ns::SASL2);
     for m in mechanisms {
         auth = auth.with_child(Element::new("mechanism", ns::SASL2).with_text(*m));
@@ -46,9 +59,19 @@ pub fn authentication_feature(mechanisms: &[&str]) -> Element {
         bind_inline =
             bind_inline.with_child(Element::new("feature", ns::BIND2).with_attr("var", var));
     }
-    let inline = Element::new("inline", ns::SASL2)
+    let mut inline = Element::new("inline", ns::SASL2)
         .with_child(Element::new("bind", ns::BIND2).with_child(bind_inline))
         .with_child(Element::new("sm", ns::SM));
+    if !fast.mechanisms.is_empty() {
+        let mut el = Element::new("fast", ns::FAST);
+        if fast.tls_0rtt {
+            el = el.with_attr("tls-0rtt", "true");
+        }
+        for m in &fast.mechanisms {
+            el = el.with_child(Element::new("mechanism", ns::FAST).with_text(*m));
+        }
+        inline = inline.with_child(el);
+    }
     auth.with_child(inline)
 }
 
@@ -63,6 +86,10 @@ pub struct Offer {
     pub bind2_features: Vec<String>,
     /// Inline SM resumption is offered.
     pub sm: bool,
+    /// The FAST (XEP-0484) HT mechanisms offered, in order.
+    pub fast: Vec<String>,
+    /// A FAST token may be used in TLS early data.
+    pub fast_0rtt: bool,
 }
 
 impl Offer {
@@ -97,11 +124,21 @@ impl Offer {
                     .collect()
             })
             .unwrap_or_default();
+        let fast = inline.and_then(|i| i.child("fast", ns::FAST));
         Some(Offer {
             mechanisms,
             bind2: bind.is_some(),
             bind2_features,
             sm: inline.is_some_and(|i| i.child("sm", ns::SM).is_some()),
+            fast: fast
+                .map(|f| {
+                    f.elements()
+                        .filter(|e| e.name == "mechanism" && e.ns == ns::FAST)
+                        .map(|e| e.text().trim().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            fast_0rtt: fast.is_some_and(|f| matches!(f.attr("tls-0rtt"), Some("true" | "1"))),
         })
     }
 
@@ -153,6 +190,59 @@ pub struct Resume {
     pub h: u32,
 }
 
+/// A FAST token use's `<fast/>` (XEP-0484) in an `<authenticate/>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastUse {
+    /// `count`: one more on every attempt with the token (replay guard).
+    pub count: Option<u64>,
+    /// `invalidate='true'`: end the token after this authentication.
+    pub invalidate: bool,
+}
+
+/// A FAST token as the server grants it in a `<success/>` (XEP-0484 `<token/>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The token.
+    pub token: String,
+    /// When it expires, in seconds since the Unix epoch.
+    pub expiry: i64,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a token is a credential: not for logs
+        f.debug_struct("Token")
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// The `<token xmlns='urn:xmpp:fast:0' token expiry/>` element (the
+    /// expiry an XEP-0082 date-time in UTC).
+    pub fn to_element(&self) -> Element {
+        let expiry = time::OffsetDateTime::from_unix_timestamp(self.expiry)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
+        Element::new("token", ns::FAST)
+            .with_attr("token", &self.token)
+            .with_attr("expiry", expiry)
+    }
+
+    /// Reads a `<token/>`; None if it lacks a token or a valid expiry.
+    pub fn parse(el: &Element) -> Option<Token> {
+        let token = el.attr("token").filter(|t| !t.is_empty())?.to_owned();
+        let expiry = time::OffsetDateTime::parse(
+            el.attr("expiry")?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?
+        .unix_timestamp();
+        Some(Token { token, expiry })
+    }
+}
+
 /// A client's `<authenticate/>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Authenticate {
@@ -167,6 +257,10 @@ pub struct Authenticate {
     pub bind: Option<BindRequest>,
     /// An inline resumption, tried before binding.
     pub resume: Option<Resume>,
+    /// A FAST token use's `<fast/>`.
+    pub fast: Option<FastUse>,
+    /// `<request-token mechanism/>`: a FAST token for this HT mechanism.
+    pub request_token: Option<String>,
 }
 
 impl Authenticate {
@@ -227,12 +321,23 @@ impl Authenticate {
                 }
             })
             .transpose()?;
+        let fast = el.child("fast", ns::FAST).map(|f| FastUse {
+            count: f.attr("count").and_then(|c| c.parse().ok()),
+            invalidate: matches!(f.attr("invalidate"), Some("true" | "1")),
+        });
+        let request_token = el
+            .child("request-token", ns::FAST)
+            .and_then(|r| r.attr("mechanism"))
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
         Ok(Authenticate {
             mechanism,
             initial_response,
             user_agent,
             bind,
             resume,
+            fast,
+            request_token,
         })
     }
 
@@ -255,6 +360,19 @@ impl Authenticate {
                 u = u.with_child(Element::new("device", ns::SASL2).with_text(d));
             }
             el = el.with_child(u);
+        }
+        if let Some(f) = &self.fast {
+            let mut e = Element::new("fast", ns::FAST);
+            if let Some(count) = f.count {
+                e = e.with_attr("count", count.to_string());
+            }
+            if f.invalidate {
+                e = e.with_attr("invalidate", "true");
+            }
+            el = el.with_child(e);
+        }
+        if let Some(m) = &self.request_token {
+            el = el.with_child(Element::new("request-token", ns::FAST).with_attr("mechanism", m));
         }
         if let Some(r) = &self.resume {
             el = el.with_child(
@@ -429,7 +547,10 @@ mod tests {
     #[test]
     fn the_feature_offers_mechanisms_bind2_with_carbons_csi_sm_and_inline_resume() {
         let mut features = Element::new("features", ns::STREAMS);
-        features = features.with_child(authentication_feature(&["SCRAM-SHA-1", "PLAIN"]));
+        features = features.with_child(authentication_feature(
+            &["SCRAM-SHA-1", "PLAIN"],
+            &FastFeature::default(),
+        ));
         let bytes = features.to_bytes(ns::CLIENT);
         let offer = Offer::from_features(&parse(std::str::from_utf8(&bytes).unwrap())).unwrap();
         assert_eq!(offer.mechanisms, ["SCRAM-SHA-1", "PLAIN"]);
@@ -541,12 +662,83 @@ mod tests {
     }
 
     #[test]
+    fn fast_is_offered_inline_requested_used_and_granted_as_xep_0484_writes_it() {
+        let fast = FastFeature {
+            mechanisms: vec!["HT-SHA-256-EXPR", "HT-SHA-256-NONE"],
+            tls_0rtt: true,
+        };
+        let feature = authentication_feature(&["SCRAM-SHA-256"], &fast);
+        let features = Element::new("features", ns::STREAMS).with_child(feature);
+        let bytes = features.to_bytes(ns::CLIENT);
+        let offer = Offer::from_features(&parse(std::str::from_utf8(&bytes).unwrap())).unwrap();
+        assert_eq!(offer.mechanisms, ["SCRAM-SHA-256"], "HT never among SASL's");
+        assert_eq!(offer.fast, ["HT-SHA-256-EXPR", "HT-SHA-256-NONE"]);
+        assert!(offer.fast_0rtt);
+        let plain = authentication_feature(&["PLAIN"], &FastFeature::default());
+        let plain = Element::new("features", ns::STREAMS).with_child(plain);
+        let offer = Offer::from_features(&parse(
+            std::str::from_utf8(&plain.to_bytes(ns::CLIENT)).unwrap(),
+        ))
+        .unwrap();
+        assert!(offer.fast.is_empty() && !offer.fast_0rtt);
+
+        // a use with count and invalidate, a request, as XEP-0484 §3 writes them
+        let el = parse(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+             <initial-response>YWxpY2UAkJd4dGGhhOD6hOwAwTgRkLbE0WqOxEU8eyrF5/z5Ne0=</initial-response>\
+             <user-agent id='d4565fa7'/><fast xmlns='urn:xmpp:fast:0' count='7' invalidate='true'/>\
+             <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/></authenticate>",
+        );
+        let a = Authenticate::parse(&el).unwrap();
+        assert_eq!(
+            a.fast,
+            Some(FastUse {
+                count: Some(7),
+                invalidate: true
+            })
+        );
+        assert_eq!(a.request_token.as_deref(), Some("HT-SHA-256-NONE"));
+        let again = Authenticate::parse(&parse(
+            std::str::from_utf8(&a.to_element().to_bytes(ns::CLIENT)).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(again, a);
+        // @xmpp/client's use: no count
+        let a = Authenticate::parse(&parse(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><fast xmlns='urn:xmpp:fast:0'/></authenticate>",
+        ))
+        .unwrap();
+        assert_eq!(a.fast, Some(FastUse::default()));
+
+        // the grant, with an XEP-0082 expiry, inline in a success
+        let token = Token {
+            token: "WXZzciBwYmFmdmZnZiBqdmd1IGp2eXFhcmZm".into(),
+            expiry: 1_798_111_200,
+        };
+        let el = token.to_element();
+        assert_eq!(el.attr("expiry"), Some("2026-12-24T11:20:00Z"));
+        let s = Success {
+            authorization_identifier: "alice@example.org".into(),
+            inline: vec![el],
+            ..Success::default()
+        };
+        let back = Success::parse(&parse(std::str::from_utf8(&s.to_bytes()).unwrap())).unwrap();
+        let got = Token::parse(back.inline("token", ns::FAST).unwrap()).unwrap();
+        assert_eq!(got, token);
+        assert_eq!(
+            Token::parse(&parse("<token xmlns='urn:xmpp:fast:0' token='x' expiry='soon'/>")),
+            None
+        );
+    }
+
+    #[test]
     fn an_offer_serves_an_earlier_one_whose_inline_features_it_still_has() {
         let full = Offer {
             mechanisms: vec!["SCRAM-SHA-256".into()],
             bind2: true,
             bind2_features: vec![ns::SM.into(), ns::CARBONS.into()],
             sm: true,
+            ..Offer::default()
         };
         let more = Offer {
             mechanisms: vec!["SCRAM-SHA-1".into(), "SCRAM-SHA-256".into()],

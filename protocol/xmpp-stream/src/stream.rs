@@ -46,17 +46,17 @@ pub fn client_header(domain: &str, from: Option<&str>) -> Vec<u8> {
 }
 
 /// Stream features before authentication: the SASL mechanisms (also as
-/// SASL2 with Bind2 and inline resumption if `sasl2`), in-band
+/// SASL2 with Bind2, inline resumption and FAST if `sasl2` says so), in-band
 /// registration if `register`, entity capabilities if `caps` (a `ver`).
 pub fn features_sasl(
     mechanisms: &[&str],
-    sasl2: bool,
+    sasl2: Option<&crate::sasl2::FastFeature>,
     register: bool,
     caps: Option<&str>,
 ) -> Vec<u8> {
     let mut children = vec![mechanisms_element(mechanisms)];
-    if sasl2 {
-        children.push(crate::sasl2::authentication_feature(mechanisms));
+    if let Some(fast) = sasl2 {
+        children.push(crate::sasl2::authentication_feature(mechanisms, fast));
     }
     if register {
         // in-band registration (XEP-0077)
@@ -246,7 +246,7 @@ mod tests {
         let mut stream = server_header("example.org", "abc", Some("a@example.org"), None);
         stream.extend(features_sasl(
             &["SCRAM-SHA-256", "PLAIN"],
-            true,
+            Some(&crate::sasl2::FastFeature::default()),
             false,
             None,
         ));

@@ -92,6 +92,7 @@ impl Harness {
             sid: SID,
             data: Bytes::new(),
             user: "alice".into(),
+            token: None,
         });
         h.data(HEADER);
         h.data(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>");

@@ -345,6 +345,7 @@ impl Harness {
                     sid: SID,
                     data,
                     user: USER.into(),
+                    token: None,
                 });
             }
             3 | 4 if self.pending_auth => {

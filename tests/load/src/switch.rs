@@ -102,7 +102,7 @@ async fn serve_stream(
                 FrameEvent::Open(_) => {
                     let mut out = stream::server_header(domain, "floor", None, None);
                     out.extend(match user {
-                        None => stream::features_sasl(&["PLAIN"], false, false, None),
+                        None => stream::features_sasl(&["PLAIN"], None, false, None),
                         Some(_) => stream::features_bind(None),
                     });
                     send(tx, out).await?;
