@@ -84,6 +84,11 @@ pub struct CmConfig {
     /// it on loopback or a private network.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// Whether client QUIC connections may resume with 0-RTT early data
+    /// (on tickets from any CM; vendor/rustls). Off until the session
+    /// applies the early rule (docs/design/sasl2-fast.md §6.2).
+    #[serde(default)]
+    pub zero_rtt: bool,
 }
 
 /// How a CM reaches its balancer.
@@ -167,6 +172,7 @@ impl CmConfig {
             tls_listen: None,
             ws_listen: None,
             admin_listen: None,
+            zero_rtt: false,
         }
     }
 

@@ -229,6 +229,18 @@ fn client_endpoint(
     }
 }
 
+/// Lets a client-facing QUIC config accept 0-RTT early data on resumed
+/// tickets, including the stateless tickets every CM shares (the vendored
+/// rustls' `early_data_with_stateless_tickets`). Such early data can be
+/// replayed to any CM within rustls' ticket-age tolerance: the session
+/// must act on it only as docs/design/sasl2-fast.md §6.2 allows (one
+/// counted FAST authentication). QUIC only: TCP TLS keeps no early data.
+pub fn allow_zero_rtt(tls: &mut rustls::ServerConfig) {
+    // QUIC allows only 0 or u32::MAX (RFC 9001 §4.6.1)
+    tls.max_early_data_size = u32::MAX;
+    tls.early_data_with_stateless_tickets = true;
+}
+
 /// Starts a CM node: the client listener and the pool to the core.
 pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
     if config.max_stanza_bytes > cm_protocol::MAX_STANZA {
@@ -255,7 +267,10 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         tls.ticketer = cluster_key.ticketer();
         Ok(tls)
     };
-    let client_tls = tls_for(&[CLIENT_ALPN])?;
+    let mut client_tls = tls_for(&[CLIENT_ALPN])?;
+    if config.zero_rtt {
+        allow_zero_rtt(&mut client_tls);
+    }
     let client_tls = quinn::crypto::rustls::QuicServerConfig::try_from(client_tls)
         .map_err(|e| CmError::Quic(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(client_tls));
