@@ -324,3 +324,132 @@ async fn the_sasl1_path_works_forced_by_the_sdk_and_against_a_server_without_sas
     })
     .await;
 }
+
+// ---- FAST (XEP-0484) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_token_from_a_password_login_resumes_a_new_process_without_the_password_once_per_count()
+ {
+    bounded(120, async {
+        let cluster = Cluster::start(1).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let mut bob = cluster.login(0, "bob", "desk").await;
+        let ua = "5b0b4f6e-1d3a-4c36-9d5e-0d8c7e1f2a10";
+        let alice = Client::connect(
+            cluster
+                .options(0, "alice", "secret")
+                .with_user_agent_id(ua),
+        )
+        .await
+        .unwrap();
+        let token = alice.fast_token().expect("a token with the password login");
+        // QUIC has a tls-exporter: the token is bound to it
+        assert_eq!(token.mechanism, "HT-SHA-256-EXPR");
+        assert_eq!((token.count, alice.fast_logins()), (0, 0));
+        assert_eq!(alice.user_agent_id(), ua);
+        alice.send_presence(0).await.unwrap();
+        alice.ping().await.unwrap();
+        let full = alice.jid().to_owned();
+        let (id, h) = alice.resumption().expect("resumable");
+        alice.abort();
+        for i in 0..3 {
+            bob.send_message(&full, &format!("m{i}")).await.unwrap();
+        }
+        bob.ping().await.unwrap();
+        // a new process: the saved token and user agent, a wrong password
+        // (so only the token can log it in), an inline resumption
+        let with_token = |token: client_sdk::FastToken| {
+            cluster
+                .options(0, "alice", "not-the-password")
+                .with_user_agent_id(ua)
+                .with_fast_token(token)
+        };
+        let mut alice = Client::connect(with_token(token.clone()).with_previous_session(&id, h))
+            .await
+            .expect("logged in with the token");
+        assert!(alice.was_resumed() && alice.used_sasl2());
+        assert_eq!(alice.fast_logins(), 1);
+        assert_eq!(alice.fast_token().map(|t| t.count), Some(1), "count kept");
+        for i in 0..3 {
+            let m = alice.next_message(WAIT).await.unwrap();
+            assert_eq!(m.body, Some(format!("m{i}")));
+        }
+        alice.send_message(bob.jid(), "back").await.unwrap();
+        assert_eq!(
+            bob.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("back")
+        );
+        // the same count again (a replayed login): refused, and the wrong
+        // password after it too
+        let replay = Client::connect(with_token(token.clone())).await;
+        assert!(matches!(replay, Err(ClientError::Auth(_))), "{:?}", replay.err());
+        // another user agent cannot use it
+        let other = Client::connect(
+            cluster
+                .options(0, "alice", "not-the-password")
+                .with_user_agent_id("another-install")
+                .with_fast_token(client_sdk::FastToken { count: 7, ..token.clone() }),
+        )
+        .await;
+        assert!(matches!(other, Err(ClientError::Auth(_))), "{:?}", other.err());
+        // FAST off: the password only
+        let off = Client::connect(with_token(token).with_fast(false)).await;
+        assert!(matches!(off, Err(ClientError::Auth(_))));
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_reconnects_with_its_fast_token_after_a_cm_crash_and_falls_back_to_the_password_when_it_is_refused()
+ {
+    bounded(120, async {
+        let mut cluster = Cluster::start(1).await;
+        cluster.add_user("alice", "secret");
+        let mut alice = Client::connect(cluster.options(0, "alice", "secret"))
+            .await
+            .unwrap();
+        let first = alice.fast_token().expect("token");
+        alice.ping().await.unwrap();
+        let addr = cluster.crash_cm(0);
+        cluster.revive_cm(0, addr).await;
+        let reconnected = async {
+            while let Some(ev) = alice.next_event().await {
+                if let client_sdk::Event::Reconnected { .. } = ev {
+                    return;
+                }
+            }
+            panic!("session ended");
+        };
+        tokio::time::timeout(Duration::from_secs(60), reconnected)
+            .await
+            .expect("reconnected");
+        assert_eq!(alice.fast_logins(), 1, "the reconnection used the token");
+        assert_eq!(alice.fast_token().map(|t| t.count), Some(1));
+        alice.ping().await.unwrap();
+        // the password changed meanwhile: every token ends (XEP-0484 §6);
+        // the next reconnection's token is refused and the password (still
+        // the one the client holds: changed back) logs in on the same stream
+        cluster.set_password("alice", "secret");
+        let addr = cluster.crash_cm(0);
+        cluster.revive_cm(0, addr).await;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(ev) = alice.next_event().await {
+                if let client_sdk::Event::Reconnected { .. } = ev {
+                    return;
+                }
+            }
+            panic!("session ended");
+        })
+        .await
+        .expect("reconnected with the password");
+        assert_eq!(alice.fast_logins(), 1, "the refused token did not count");
+        let renewed = alice.fast_token().expect("a new token with the password login");
+        assert_ne!(renewed.token, first.token);
+        assert_eq!(renewed.count, 0);
+        alice.ping().await.unwrap();
+        cluster.shutdown().await;
+    })
+    .await;
+}

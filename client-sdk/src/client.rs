@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
-use crate::connection::{Dialer, client_endpoint};
+use crate::connection::{Dialer, TokenState, client_endpoint};
 use crate::driver::{self, Driver, ToSession};
 use crate::session::{Answer, Command, Request, Session, SessionConfig, Snapshot};
 use crate::sm::Outgoing;
@@ -49,6 +49,10 @@ pub struct Client {
     resumed: bool,
     /// `connect` logged in with SASL2.
     sasl2: bool,
+    /// The FAST token the session's logins use and renew.
+    tokens: Arc<std::sync::Mutex<TokenState>>,
+    /// The `<user-agent id/>` it is bound to.
+    user_agent_id: String,
     receipts: bool,
     /// The entity capabilities every presence shows (XEP-0115).
     caps: Element,
@@ -117,7 +121,18 @@ impl Client {
             stream_management: opts.stream_management.then_some(opts.resume_max_secs),
             carbons: opts.carbons,
             known_offer: Arc::default(),
+            fast: opts.fast && opts.sasl2,
+            user_agent_id: opts
+                .user_agent_id
+                .clone()
+                .unwrap_or_else(random_user_agent_id),
+            tokens: Arc::new(std::sync::Mutex::new(TokenState {
+                token: opts.fast_token.clone(),
+                logins: 0,
+            })),
         };
+        let tokens = dialer.tokens.clone();
+        let user_agent_id = dialer.user_agent_id.clone();
         let (live, negotiated) = dialer
             .clone()
             .connect(opts.previous_session.clone(), opts.resource.clone())
@@ -141,6 +156,8 @@ impl Client {
             task,
             resumed,
             sasl2,
+            tokens,
+            user_agent_id,
             receipts: opts.receipts,
             caps: crate::pep::caps_element(&opts.notify),
         })
@@ -162,6 +179,26 @@ impl Client {
     /// [`ConnectOptions::sasl2`]).
     pub fn used_sasl2(&self) -> bool {
         self.sasl2
+    }
+
+    /// The FAST token (XEP-0484) the next login would use, with its count,
+    /// as of now: an app that keeps logins fast across processes saves it
+    /// (as a credential) with [`Client::user_agent_id`] after each login
+    /// and gives both back in [`ConnectOptions`]. None: no token (FAST
+    /// off or not offered, or the server refused the last one).
+    pub fn fast_token(&self) -> Option<crate::FastToken> {
+        self.tokens.lock().ok()?.token.clone()
+    }
+
+    /// How many logins of this session (the first and each reconnection)
+    /// authenticated with a FAST token instead of the password.
+    pub fn fast_logins(&self) -> u64 {
+        self.tokens.lock().map_or(0, |t| t.logins)
+    }
+
+    /// The `<user-agent id/>` this session's FAST tokens are bound to.
+    pub fn user_agent_id(&self) -> &str {
+        &self.user_agent_id
     }
 
     /// Whether `connect` resumed `previous_session`.
@@ -410,4 +447,20 @@ impl Client {
     pub fn abort(self) {
         let _ = self.to_session.try_send(ToSession::Command(Command::Abort));
     }
+}
+
+/// A random UUID (version 4) for a client that was given no user-agent id.
+fn random_user_agent_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }

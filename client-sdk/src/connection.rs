@@ -13,9 +13,12 @@ use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer};
 use xmpp_stream::{ns, sasl2};
 
-use crate::negotiation::{Negotiation, Sasl2Outcome, Sasl2Start, dial};
+use crate::negotiation::{Negotiation, Sasl2Outcome, Sasl2Start, channel_bindings, dial};
 use crate::session::Negotiated;
-use crate::{ALPN, ClientError, ConnectOptions};
+use crate::{ALPN, ClientError, ConnectOptions, FastToken};
+
+/// A FAST token is not used this close to its expiry (clocks differ).
+const TOKEN_MARGIN_SECS: i64 = 60;
 
 /// Elements read ahead of the session task, per connection.
 const INBOUND_QUEUE: usize = 256;
@@ -76,6 +79,30 @@ pub(crate) struct Dialer {
     /// for the features. Forgotten when a server answers such an attempt
     /// otherwise than with a success (see [`Dialer::connect`]).
     pub(crate) known_offer: Arc<std::sync::Mutex<Option<sasl2::Offer>>>,
+    /// Use FAST tokens (XEP-0484) where offered.
+    pub(crate) fast: bool,
+    /// The `<user-agent id/>` FAST tokens are bound to.
+    pub(crate) user_agent_id: String,
+    /// The FAST token, shared by the dialer's clones and the app's handle.
+    pub(crate) tokens: Arc<std::sync::Mutex<TokenState>>,
+}
+
+/// A client's FAST token and how many logins used one.
+#[derive(Debug, Default)]
+pub(crate) struct TokenState {
+    /// The token to log in with next, if any.
+    pub(crate) token: Option<FastToken>,
+    /// Logins (first or reconnections) that authenticated with a token.
+    pub(crate) logins: u64,
+}
+
+/// A SASL2 `<authenticate/>` about to be written, and what it used.
+struct Started {
+    sasl2: Sasl2Start,
+    /// It authenticates with the FAST token (else the password).
+    by_token: bool,
+    /// The mechanism a token granted in its success is bound to.
+    grant_mechanism: Option<String>,
 }
 
 impl Dialer {
@@ -100,12 +127,14 @@ impl Dialer {
                 Pipelined::Incompatible => self.remember(None),
             }
         }
-        let (conn, mut nego, features) =
-            dial(&self.endpoint, self.server, &self.domain, &[]).await?;
+        let (conn, mut nego, features, ()) =
+            dial(&self.endpoint, self.server, &self.domain, |_| (Vec::new(), ())).await?;
         if let Some(offer) = self.usable(&features) {
-            let request = self.request(&offer, resumption, resource.is_none());
-            let outcome = nego
-                .sasl2(request, &self.username, &self.password, self.mechanism)
+            let bind2 = resource.is_none();
+            let started = self.start(&offer, resumption.clone(), bind2, &conn);
+            nego.write(&started.sasl2.authenticate).await?;
+            let outcome = self
+                .sasl2_login(&mut nego, started, &offer, resumption, bind2)
                 .await?;
             let negotiated = self.conclude(&mut nego, &offer, outcome, resource).await?;
             self.remember(Some(offer));
@@ -154,16 +183,13 @@ impl Dialer {
         resumption: Option<(String, u32)>,
         resource: Option<String>,
     ) -> Pipelined {
-        let request = self.request(offer, resumption, resource.is_none());
-        let started = Sasl2Start::new(request, &self.username, &self.password, self.mechanism);
-        let dialed = dial(
-            &self.endpoint,
-            self.server,
-            &self.domain,
-            &started.authenticate,
-        )
+        let bind2 = resource.is_none();
+        let dialed = dial(&self.endpoint, self.server, &self.domain, |conn| {
+            let started = self.start(offer, resumption.clone(), bind2, conn);
+            (started.sasl2.authenticate.clone(), started)
+        })
         .await;
-        let (conn, mut nego, features) = match dialed {
+        let (conn, mut nego, features, started) = match dialed {
             Ok(dialed) => dialed,
             Err(e) => return Pipelined::Done(Err(e)),
         };
@@ -171,7 +197,9 @@ impl Dialer {
             return Pipelined::Incompatible;
         };
         let done = async {
-            let outcome = nego.sasl2_finish(started).await?;
+            let outcome = self
+                .sasl2_login(&mut nego, started, offer, resumption, bind2)
+                .await?;
             self.conclude(&mut nego, offer, outcome, resource).await
         }
         .await;
@@ -190,6 +218,159 @@ impl Dialer {
                 }
                 Pipelined::Done(Err(e))
             }
+        }
+    }
+
+    /// The `<authenticate/>` for `offer` on `conn`: with the FAST token
+    /// if there is a usable one (its count raised, and kept, before it is
+    /// sent), else with the password, asking for a token where FAST is
+    /// offered.
+    fn start(
+        &self,
+        offer: &sasl2::Offer,
+        resumption: Option<(String, u32)>,
+        bind2: bool,
+        conn: &quinn::Connection,
+    ) -> Started {
+        let mut request = self.request(offer, resumption, bind2);
+        let bindings = channel_bindings(conn);
+        if let Some(token) = self.usable_token(offer) {
+            let count = token.count.saturating_add(1);
+            request.fast = Some(sasl2::FastUse {
+                count: Some(count),
+                invalidate: false,
+            });
+            let started = Sasl2Start::with_token(
+                request.clone(),
+                &self.username,
+                &token.token,
+                &token.mechanism,
+                &bindings,
+            );
+            if let Some(sasl2) = started {
+                self.with_tokens(|t| {
+                    if let Some(kept) = &mut t.token {
+                        kept.count = count;
+                    }
+                });
+                return Started {
+                    sasl2,
+                    by_token: true,
+                    grant_mechanism: Some(token.mechanism),
+                };
+            }
+            request.fast = None;
+        }
+        self.password_start(request, offer, bindings.tls_exporter.is_some())
+    }
+
+    /// A password `<authenticate/>` from `request`, asking for a FAST
+    /// token where offered: bound to the exporter if this connection has
+    /// one and the server takes no token in 0-RTT (where no binding is
+    /// known yet), else `HT-SHA-256-NONE`.
+    fn password_start(
+        &self,
+        mut request: sasl2::Authenticate,
+        offer: &sasl2::Offer,
+        exporter: bool,
+    ) -> Started {
+        const EXPR: &str = "HT-SHA-256-EXPR";
+        const NONE: &str = "HT-SHA-256-NONE";
+        let offered = |m: &str| offer.fast.iter().any(|o| o == m);
+        let mechanism = if !self.fast {
+            None
+        } else if exporter && !offer.fast_0rtt && offered(EXPR) {
+            Some(EXPR)
+        } else {
+            offered(NONE).then_some(NONE)
+        };
+        request.request_token = mechanism.map(str::to_owned);
+        request.fast = None;
+        Started {
+            sasl2: Sasl2Start::new(request, &self.username, &self.password, self.mechanism),
+            by_token: false,
+            grant_mechanism: mechanism.map(str::to_owned),
+        }
+    }
+
+    /// The rest of a SASL2 login whose `<authenticate/>` is written: a
+    /// token the server refuses is forgotten and the password sent on
+    /// the same stream; a token in the success is kept for the next login.
+    async fn sasl2_login(
+        &self,
+        nego: &mut Negotiation,
+        started: Started,
+        offer: &sasl2::Offer,
+        resumption: Option<(String, u32)>,
+        bind2: bool,
+    ) -> Result<Sasl2Outcome, ClientError> {
+        let Started {
+            sasl2,
+            by_token,
+            mut grant_mechanism,
+        } = started;
+        let outcome = match nego.sasl2_finish(sasl2).await {
+            Err(ClientError::Auth(condition)) if by_token => {
+                tracing::debug!(condition, "FAST token refused; logging in with the password");
+                self.with_tokens(|t| t.token = None);
+                let request = self.request(offer, resumption, bind2);
+                // (no binding: the token request falls back to -NONE if
+                // the exporter-bound one is not offered either way)
+                let retry = self.password_start(request, offer, false);
+                grant_mechanism = retry.grant_mechanism;
+                nego.write(&retry.sasl2.authenticate).await?;
+                return self
+                    .granted(nego.sasl2_finish(retry.sasl2).await?, grant_mechanism, false);
+            }
+            outcome => outcome?,
+        };
+        self.granted(outcome, grant_mechanism, by_token)
+    }
+
+    /// Keeps a token the success grants (count 0), and counts a login by token.
+    fn granted(
+        &self,
+        outcome: Sasl2Outcome,
+        mechanism: Option<String>,
+        by_token: bool,
+    ) -> Result<Sasl2Outcome, ClientError> {
+        let grant = outcome
+            .success
+            .inline("token", ns::FAST)
+            .and_then(sasl2::Token::parse);
+        self.with_tokens(|t| {
+            if by_token {
+                t.logins += 1;
+            }
+            if let (Some(grant), Some(mechanism)) = (grant, mechanism) {
+                t.token = Some(FastToken {
+                    token: grant.token,
+                    mechanism,
+                    expiry: grant.expiry,
+                    count: 0,
+                });
+            }
+        });
+        Ok(outcome)
+    }
+
+    /// The FAST token, if this client uses FAST, it is not about to
+    /// expire and `offer` offers its mechanism.
+    fn usable_token(&self, offer: &sasl2::Offer) -> Option<FastToken> {
+        if !self.fast {
+            return None;
+        }
+        let token = self.tokens.lock().ok()?.token.clone()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let fresh = token.expiry > now.saturating_add(TOKEN_MARGIN_SECS);
+        (fresh && offer.fast.contains(&token.mechanism)).then_some(token)
+    }
+
+    fn with_tokens(&self, f: impl FnOnce(&mut TokenState)) {
+        if let Ok(mut t) = self.tokens.lock() {
+            f(&mut t);
         }
     }
 
@@ -231,6 +412,7 @@ impl Dialer {
         });
         sasl2::Authenticate {
             user_agent: Some(sasl2::UserAgent {
+                id: Some(self.user_agent_id.clone()),
                 software: Some("longlink-sdk".into()),
                 ..sasl2::UserAgent::default()
             }),

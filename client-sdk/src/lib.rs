@@ -50,7 +50,7 @@ pub mod upload;
 pub use client::{Client, Events};
 pub use error::ClientError;
 pub use event::{Carbon, Event, IqResponse, Message, MessageState, Presence};
-pub use options::{ConnectOptions, DEFAULT_ROOM_PING_INTERVAL, Trust};
+pub use options::{ConnectOptions, DEFAULT_ROOM_PING_INTERVAL, FastToken, Trust};
 pub use tls::load_roots;
 pub use xmpp_sasl::Mechanism;
 

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use xmpp_sasl::{Mechanism, ScramClient};
+use xmpp_sasl::{ChannelBindings, HtClient, HtMechanism, Mechanism, ScramClient};
 use xmpp_stream::element::Element;
 use xmpp_stream::framer::{FrameEvent, Framer, Limits};
 use xmpp_stream::{ns, sasl2, stream};
@@ -150,10 +150,11 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         if !offered.iter().any(|m| m == mechanism.name()) {
             return Err(ClientError::Auth("invalid-mechanism".into()));
         }
-        let (mut scram, initial) = sasl_client(username, password, mechanism, cache);
+        let (scram, initial) = sasl_client(username, password, mechanism, cache);
         let auth = stream::sasl_element("auth", Some(mechanism.name()), Some(&B64.encode(initial)));
         self.write(&auth).await?;
-        self.exchange(&mut scram, false).await.map(|_| ())
+        let mut verifier = Verifier::from(scram);
+        self.exchange(&mut verifier, false).await.map(|_| ())
     }
 
     /// SASL2 (XEP-0388): `request` (its mechanism and initial response
@@ -161,6 +162,7 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
     /// `<success/>` said, after the features that follow it were read (no
     /// stream restart). A `<failure/>` leaves the stream open for a retry
     /// ([`ClientError::Auth`]).
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))] // (the tools' API)
     pub async fn sasl2(
         &mut self,
         request: sasl2::Authenticate,
@@ -179,7 +181,7 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         &mut self,
         mut started: Sasl2Start,
     ) -> Result<Sasl2Outcome, ClientError> {
-        let success = self.exchange(&mut started.scram, true).await?;
+        let success = self.exchange(&mut started.verifier, true).await?;
         let features = self.element().await?;
         Ok(Sasl2Outcome { success, features })
     }
@@ -188,7 +190,7 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
     /// answered, the server's signature checked; returns the success.
     async fn exchange(
         &mut self,
-        scram: &mut Option<ScramClient>,
+        verifier: &mut Verifier,
         sasl2: bool,
     ) -> Result<sasl2::Success, ClientError> {
         let protocol = |_| ClientError::Protocol("SASL data is not base64".into());
@@ -204,9 +206,12 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
             match el.name.as_str() {
                 "challenge" => {
                     let data = sasl2::read_data(&el).map_err(protocol)?;
+                    let Verifier::Scram(scram) = verifier else {
+                        return Err(ClientError::Protocol(
+                            "challenge for a one-message mechanism".into(),
+                        ));
+                    };
                     let reply = scram
-                        .as_mut()
-                        .ok_or_else(|| ClientError::Protocol("challenge for PLAIN".into()))?
                         .handle_server_first(&data)
                         .map_err(|e| ClientError::Auth(e.condition().to_owned()))?;
                     let response = if sasl2 {
@@ -225,11 +230,15 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
                             ..sasl2::Success::default()
                         }
                     };
-                    if let Some(scram) = &scram {
-                        scram
-                            .verify_server_final(&success.additional_data)
-                            .map_err(|_| ClientError::Auth("server signature invalid".into()))?;
-                    }
+                    let verified = match verifier {
+                        Verifier::Scram(scram) => {
+                            scram.verify_server_final(&success.additional_data)
+                        }
+                        // (FAST: the server proves it knows the token)
+                        Verifier::Ht(ht) => ht.verify_responder(&success.additional_data),
+                        Verifier::None => Ok(()),
+                    };
+                    verified.map_err(|_| ClientError::Auth("server signature invalid".into()))?;
                     return Ok(success);
                 }
                 "failure" => {
@@ -318,12 +327,28 @@ pub struct Sasl2Outcome {
     pub features: Element,
 }
 
+/// What checks the server's side of an exchange.
+enum Verifier {
+    /// SCRAM: the server's signature.
+    Scram(ScramClient),
+    /// An HT mechanism (FAST): the responder message.
+    Ht(HtClient),
+    /// PLAIN: nothing.
+    None,
+}
+
+impl From<Option<ScramClient>> for Verifier {
+    fn from(scram: Option<ScramClient>) -> Self {
+        scram.map_or(Verifier::None, Verifier::Scram)
+    }
+}
+
 /// A SASL2 `<authenticate/>` ready to write, and the SASL client that
 /// continues the exchange.
 pub(crate) struct Sasl2Start {
     /// The element's bytes.
     pub(crate) authenticate: Vec<u8>,
-    scram: Option<ScramClient>,
+    verifier: Verifier,
 }
 
 impl Sasl2Start {
@@ -339,8 +364,46 @@ impl Sasl2Start {
         request.initial_response = Some(initial);
         Self {
             authenticate: request.to_element().to_bytes(ns::CLIENT),
-            scram,
+            verifier: Verifier::from(scram),
         }
+    }
+
+    /// `request` as a FAST token use: `token` with its HT `mechanism` over
+    /// a connection with `bindings`; None if the mechanism is not an HT
+    /// one or needs a binding this connection lacks.
+    pub(crate) fn with_token(
+        mut request: sasl2::Authenticate,
+        username: &str,
+        token: &str,
+        mechanism: &str,
+        bindings: &ChannelBindings,
+    ) -> Option<Self> {
+        let mechanism = HtMechanism::from_name(mechanism)?;
+        let ht = HtClient::new(mechanism, username, token, bindings).ok()?;
+        request.mechanism = mechanism.name().to_owned();
+        request.initial_response = Some(ht.initial_response());
+        Some(Self {
+            authenticate: request.to_element().to_bytes(ns::CLIENT),
+            verifier: Verifier::Ht(ht),
+        })
+    }
+}
+
+/// The channel bindings of a QUIC connection as FAST's HT mechanisms use
+/// them: its `tls-exporter` (RFC 9266; TLS 1.3 makes QUIC's empty context
+/// the same as none).
+pub(crate) fn channel_bindings(conn: &quinn::Connection) -> ChannelBindings {
+    let mut exporter = [0u8; xmpp_sasl::channel_binding::TLS_EXPORTER_LEN];
+    let known = conn
+        .export_keying_material(
+            &mut exporter,
+            xmpp_sasl::channel_binding::TLS_EXPORTER_LABEL,
+            b"",
+        )
+        .is_ok();
+    ChannelBindings {
+        tls_exporter: known.then(|| exporter.to_vec()),
+        tls_server_end_point: None,
     }
 }
 
@@ -365,14 +428,15 @@ fn sasl_client(
     (scram, initial)
 }
 
-/// Opens a QUIC connection and its XMPP stream, with `behind` written in
-/// the stream header's flight; returns the stream's features.
-pub(crate) async fn dial(
+/// Opens a QUIC connection and its XMPP stream, with what `behind`
+/// makes of the connection written in the stream header's flight;
+/// returns the stream's features.
+pub(crate) async fn dial<T>(
     endpoint: &quinn::Endpoint,
     server: std::net::SocketAddr,
     domain: &str,
-    behind: &[u8],
-) -> Result<(quinn::Connection, Negotiation, Element), ClientError> {
+    behind: impl FnOnce(&quinn::Connection) -> (Vec<u8>, T),
+) -> Result<(quinn::Connection, Negotiation, Element, T), ClientError> {
     let conn = endpoint
         .connect(server, domain)
         .map_err(|e| ClientError::Unreachable(e.to_string()))?
@@ -380,7 +444,8 @@ pub(crate) async fn dial(
         .map_err(ClientError::from_connection)?;
     let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
     let mut nego = Negotiation::new(send, recv);
-    nego.open_with(domain, behind).await?;
+    let (flight, made) = behind(&conn);
+    nego.open_with(domain, &flight).await?;
     let features = nego.element().await?;
-    Ok((conn, nego, features))
+    Ok((conn, nego, features, made))
 }

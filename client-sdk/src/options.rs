@@ -19,6 +19,34 @@ pub enum Trust {
     Roots(Arc<rustls::RootCertStore>),
 }
 
+/// A FAST token (XEP-0484) the server granted: the SDK logs in with it
+/// instead of the password. An app that keeps it across processes stores
+/// it as a password (keychain, keystore), with its `count`, after every
+/// login ([`crate::Client::fast_token`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FastToken {
+    /// The token.
+    pub token: String,
+    /// The HT mechanism it is bound to (`HT-SHA-256-EXPR`, `-NONE`).
+    pub mechanism: String,
+    /// When it expires, in seconds since the Unix epoch.
+    pub expiry: i64,
+    /// The count of its last use (each use sends one more, so a replayed
+    /// login is refused).
+    pub count: u64,
+}
+
+impl std::fmt::Debug for FastToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a credential: not for logs
+        f.debug_struct("FastToken")
+            .field("mechanism", &self.mechanism)
+            .field("expiry", &self.expiry)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How to connect and log in.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
@@ -41,6 +69,20 @@ pub struct ConnectOptions {
     /// trip for authentication, binding, SM enable and carbons. Off: SASL,
     /// a stream restart, then bind or resume, SM and carbons one by one.
     pub sasl2: bool,
+    /// Log in again with a FAST token (XEP-0484) where the server offers
+    /// FAST (default on): a password login asks for a token, later logins
+    /// (the SDK's reconnections, or [`Self::fast_token`] saved by the app)
+    /// use it instead of SCRAM, one round trip less; a token the server
+    /// refuses is forgotten and the password used on the same stream.
+    pub fast: bool,
+    /// The stable id of this installation of the app (XEP-0388
+    /// `<user-agent id/>`, a UUID); FAST tokens are bound to it. None: a
+    /// random one per [`crate::Client`] (a saved token is then useless to
+    /// the next process: apps keep theirs).
+    pub user_agent_id: Option<String>,
+    /// A FAST token saved from an earlier session
+    /// ([`crate::Client::fast_token`]), used at the first login.
+    pub fast_token: Option<FastToken>,
     /// The Bind2 tag: a session bound with Bind2 gets the resource
     /// `tag/random` (default `longlink`). A [`Self::resource`] asked for
     /// is bound the legacy way instead (after SASL2, on the same stream).
@@ -91,6 +133,9 @@ impl ConnectOptions {
             timeout: Duration::from_secs(10),
             mechanism: Mechanism::ScramSha256,
             sasl2: true,
+            fast: true,
+            user_agent_id: None,
+            fast_token: None,
             tag: "longlink".into(),
             stream_management: true,
             carbons: true,
@@ -103,6 +148,25 @@ impl ConnectOptions {
             notify: Vec::new(),
             room_ping_interval: Some(DEFAULT_ROOM_PING_INTERVAL),
         }
+    }
+
+    /// Uses FAST tokens or not (see [`Self::fast`]).
+    pub fn with_fast(mut self, on: bool) -> Self {
+        self.fast = on;
+        self
+    }
+
+    /// The app installation's stable id (see [`Self::user_agent_id`]).
+    pub fn with_user_agent_id(mut self, id: &str) -> Self {
+        self.user_agent_id = Some(id.to_owned());
+        self
+    }
+
+    /// A FAST token saved from an earlier session (needs the same
+    /// [`Self::user_agent_id`]).
+    pub fn with_fast_token(mut self, token: FastToken) -> Self {
+        self.fast_token = Some(token);
+        self
     }
 
     /// Checks the rooms joined this often (`None` or zero: never by

@@ -342,6 +342,13 @@ impl Cluster {
     /// Starts a new process of CM `index` on client address `addr` (some
     /// time after [`Cluster::crash_cm`], once the old socket is released).
     pub async fn revive_cm(&mut self, index: usize, addr: SocketAddr) {
+        // (the aborted CM's tasks let go of the socket shortly after)
+        for _ in 0..100 {
+            if std::net::UdpSocket::bind(addr).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.cms[index] = Some(self.start_cm(index + 1, |c| c.listen = addr).await);
     }
 
@@ -405,6 +412,20 @@ impl Cluster {
         })
         .join()
         .expect("add user");
+    }
+
+    /// Sets a user's password in storage, as `longlink passwd` does (which
+    /// also ends the user's FAST tokens).
+    pub fn set_password(&self, user: &str, password: &str) {
+        let (url, dir) = (self.database_url.clone(), self.dir.path().join("data"));
+        let (user, password) = (user.to_owned(), password.to_owned());
+        std::thread::spawn(move || {
+            let mut db = im_core::storage::open(url.as_deref(), &dir, 10_000).expect("db");
+            let creds = xmpp_sasl::StoredCredentials::new(&password, 4096);
+            assert!(db.set_credentials(&user, &creds).expect("set password"));
+        })
+        .join()
+        .expect("set password");
     }
 
     /// Connection options for `user` at CM `cm`.

@@ -312,6 +312,33 @@ impl Store for FixtureStore {
     fn push_registrations(&mut self, _: &str) -> Result<Vec<PushRegistration>, StorageError> {
         Ok(Vec::new())
     }
+    fn fast_tokens(
+        &mut self,
+        _: &str,
+        _: &[u8],
+    ) -> Result<Vec<im_core::storage::FastToken>, StorageError> {
+        Ok(Vec::new())
+    }
+    fn fast_issue(
+        &mut self,
+        _: &str,
+        _: &[u8],
+        _: &im_core::storage::FastToken,
+    ) -> Result<Stored, StorageError> {
+        Err(refused("FAST tokens"))
+    }
+    fn fast_use(
+        &mut self,
+        _: &str,
+        _: &[u8],
+        _: im_core::storage::FastSlot,
+        _: Option<i64>,
+    ) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+    fn fast_invalidate(&mut self, _: &str, _: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
