@@ -766,7 +766,7 @@ fn only<'a>(events: &'a [serde_json::Value], name: &str) -> &'a serde_json::Valu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user_and_resumes_inline_after_a_dropped_socket()
+async fn xmppjs_over_websocket_logs_in_with_sasl2_bind2_gets_a_fast_token_talks_to_a_quic_user_resumes_inline_with_the_token_and_logs_in_again_with_it()
  {
     use serde_json::json;
     bounded(240, async {
@@ -828,8 +828,9 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
                 .contains(&json!("urn:xmpp:sm:3")),
             "{features}"
         );
-        // FAST (XEP-0484) is not offered yet: xmpp.js uses its password
-        assert_eq!(features["fast_offered"], false, "{features}");
+        // FAST (XEP-0484) is offered: xmpp.js has no token yet, so it
+        // uses its password and asks for one
+        assert_eq!(features["fast_offered"], true, "{features}");
         let auth = only(&login, "authenticate");
         assert_eq!(auth["mechanism"], "SCRAM-SHA-1", "{auth}");
         assert_eq!(auth["bind_tag"], "xmppjs", "{auth}");
@@ -837,7 +838,7 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
         assert_eq!(auth["resume"], json!(null), "{auth}");
         assert_eq!(
             (&auth["fast"], &auth["request_token"]),
-            (&json!(false), &json!(false))
+            (&json!(false), &json!(true))
         );
         let user_agent = auth["user_agent"]
             .as_str()
@@ -866,14 +867,14 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
             .as_str()
             .expect("an SM id")
             .to_owned();
-        assert_eq!(success["token"], false, "{success}");
+        assert_eq!(success["token"], true, "a FAST token: {success}");
         let online = login.last().unwrap();
         println!(
             "@xmpp/client on Node {} with the {} WebSocket",
             online["node"], online["websocket"]
         );
         assert_eq!(online["jid"], full.as_str(), "{online}");
-        assert_eq!(online["fast_mechanism"], json!(null), "{online}");
+        assert_eq!(online["fast_mechanism"], "HT-SHA-256-NONE", "{online}");
         // nothing of SASL1, legacy bind or a separate <enable/>
         for ev in &login {
             assert!(
@@ -920,7 +921,13 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
         js.command("reconnect").await;
         let back = js.until("resumed").await;
         let auth = only(&back, "authenticate");
-        assert_eq!(auth["mechanism"], "SCRAM-SHA-1", "{auth}");
+        // with the token from the first success, not the password
+        assert_eq!(auth["mechanism"], "HT-SHA-256-NONE", "{auth}");
+        assert_eq!(
+            (&auth["fast"], &auth["request_token"]),
+            (&json!(true), &json!(false)),
+            "{auth}"
+        );
         assert_eq!(auth["resume"]["previd"], sm_id.as_str(), "{auth}");
         assert_eq!(auth["resume"]["h"], h.to_string(), "{auth}");
         assert_eq!(
@@ -928,8 +935,11 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
             user_agent.as_str(),
             "the same client: {auth}"
         );
-        assert_eq!(auth["fast"], false, "{auth}");
         let success = only(&back, "success");
+        assert_eq!(
+            success["additional_data"], true,
+            "the HT responder: {success}"
+        );
         assert_eq!(success["resumed"]["previd"], sm_id.as_str(), "{success}");
         assert!(success["resumed"]["h"].is_string(), "{success}");
         assert_eq!(
@@ -974,14 +984,31 @@ async fn xmppjs_logs_in_with_sasl2_and_bind2_over_websocket_talks_to_a_quic_user
         let again = bob.next_message(Duration::from_secs(1)).await;
         assert!(again.is_err(), "{again:?}");
 
-        // FAST (XEP-0484), once longlink offers it: here the same client
-        // stops, starts again and must log in with HT-SHA-256-NONE and the
-        // token from its first <success/> (assert `fast`, no
-        // `request_token`, the mechanism, and a new `token`).
-
+        // 4. a clean stop, and the same client logs in again with its token
         js.command("stop").await;
         let end = js.until("stopped").await;
         assert!(end.iter().all(|e| e["event"] != "message"), "{end:#?}");
+        js.command("start").await;
+        let again = js.until("started").await;
+        let auth = only(&again, "authenticate");
+        assert_eq!(auth["mechanism"], "HT-SHA-256-NONE", "{auth}");
+        assert_eq!(auth["fast"], true, "{auth}");
+        assert_eq!(auth["user_agent"], user_agent.as_str(), "{auth}");
+        let success = only(&again, "success");
+        assert!(
+            success["authorization_identifier"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("webjs@{DOMAIN}/")),
+            "{success}"
+        );
+        assert!(
+            again.iter().all(|e| e["event"] != "sasl-failure"),
+            "{again:#?}"
+        );
+        js.command("stop").await;
+        js.until("stopped").await;
+        js.command("exit").await;
         let status = tokio::time::timeout(Duration::from_secs(30), js.child.wait())
             .await
             .expect("xmpp.js exits")

@@ -379,6 +379,7 @@ pub async fn start_with_store(
     }
     config.validate_components()?;
     let mut router = router::Router::new(&config.domain, instance, sm_key)
+        .with_login_features(config.sasl2, config.sasl2 && config.fast)
         .with_archive(
             config.archive,
             (queries::now_micros() as u64).wrapping_mul(16),
@@ -578,7 +579,11 @@ pub async fn start_with_store(
         metrics: metrics.clone(),
         domain: config.domain.clone(),
         instance,
-        caps: router::server_caps_ver(!config.external_services.is_empty()),
+        caps: router::server_caps_ver(router::ServerOffers {
+            extdisco: !config.external_services.is_empty(),
+            sasl2: config.sasl2,
+            fast: config.sasl2 && config.fast,
+        }),
         grace: config.node_grace(),
         shutdown: shutdown.clone(),
         slot_owners,

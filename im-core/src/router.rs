@@ -67,7 +67,7 @@ use binding::ResourceNames;
 use flush_retries::FlushRetries;
 pub use flush_retries::{FLUSH_RETRY_FIRST, FLUSH_RETRY_MAX};
 pub(crate) use forward::{embeddable, wrap_forwarded};
-pub use iq::{UPLOAD, UploadService};
+pub use iq::{ServerOffers, UPLOAD, UploadService};
 pub(crate) use iq::{config_form, pubsub_error};
 pub use live_rows::MAX_PENDING_TICKETS;
 use live_rows::{LiveRows, MessageRow};
@@ -627,6 +627,8 @@ pub struct Router {
     archive: Option<ArchiveIds>,
     /// STUN and TURN servers told to clients (XEP-0215); none: not offered.
     external: Option<crate::external_services::ExternalServices>,
+    /// What logins offer (SASL2, FAST), as disco#info lists it.
+    login: (bool, bool),
     stats: RouterStats,
     /// The slots this core serves in a cluster; none: every user.
     shard: Option<Ownership>,
@@ -692,6 +694,7 @@ impl Router {
             push_counter: 0,
             archive: Some(ArchiveIds::new(seed)),
             external: None,
+            login: (true, false),
             stats: RouterStats::default(),
             intake_closed: false,
             shard: None,
@@ -761,6 +764,22 @@ impl Router {
     pub fn with_archive(mut self, on: bool, base: u64) -> Self {
         self.archive = on.then(|| ArchiveIds::new(base));
         self
+    }
+
+    /// Lists SASL2 with Bind2, and FAST, in the server's disco#info as
+    /// the authentication service offers them.
+    pub fn with_login_features(mut self, sasl2: bool, fast: bool) -> Self {
+        self.login = (sasl2, fast);
+        self
+    }
+
+    /// What the server's disco#info lists beyond the fixed features.
+    fn server_offers(&self) -> ServerOffers {
+        ServerOffers {
+            extdisco: self.external.is_some(),
+            sasl2: self.login.0,
+            fast: self.login.0 && self.login.1,
+        }
     }
 
     /// Tells clients about these STUN and TURN servers (XEP-0215); with
@@ -1121,10 +1140,9 @@ pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The `ver` of the server's entity capabilities (XEP-0115), for the CMs'
-/// stream features: the same disco#info the router answers (`extdisco`:
-/// STUN/TURN servers are configured).
-pub fn server_caps_ver(extdisco: bool) -> String {
-    iq::caps_ver(extdisco)
+/// stream features: the same disco#info the router answers.
+pub fn server_caps_ver(offers: ServerOffers) -> String {
+    iq::caps_ver(offers)
 }
 
 #[cfg(test)]

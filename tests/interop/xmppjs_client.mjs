@@ -1,14 +1,16 @@
 // @xmpp/client (xmpp.js, npm) against longlink over WebSocket (RFC 7395),
 // driven by tests/interop.rs: SASL2 (XEP-0388) with Bind2 (XEP-0386) and
-// SM enabled inline, a chat with a client-sdk user, then a dropped socket
-// (no <close/>) and an inline XEP-0198 resumption inside <authenticate/>.
+// SM enabled inline and a FAST (XEP-0484) token asked for, a chat with a
+// client-sdk user, then a dropped socket (no <close/>) and an inline
+// XEP-0198 resumption inside an <authenticate/> with the token, and a new
+// login with the token after a clean stop.
 //
 // usage: node xmppjs_client.mjs SERVICE DOMAIN USERNAME PASSWORD TAG PEER
 // (the cluster CA comes in through NODE_EXTRA_CA_CERTS)
 //
 // stdout: one JSON object per line, {"event": ..., ...}; stdin: the test's
-// commands, one per line ("reconnect", "stop"). Exits 0 after "stop", 1 on
-// an error or if the test says nothing for 60 s.
+// commands, one per line ("reconnect", "stop", "start", "exit"). Exits 0
+// after "exit", 1 on an error or if the test says nothing for 60 s.
 
 import readline from "node:readline";
 
@@ -189,11 +191,14 @@ commands.on("line", async (line) => {
       await xmpp.reconnect.reconnect();
       emit("reconnected", { status: xmpp.status, jid: xmpp.jid?.toString() });
     } else if (line === "stop") {
-      // FAST (XEP-0484) goes here once longlink offers it: stop, start the
-      // same client again and check it logs in with HT-SHA-256-NONE and the
-      // token from the first <success/> instead of its password.
       await xmpp.stop();
       emit("stopped");
+    } else if (line === "start") {
+      // the same client object (same user-agent id, the token it saved)
+      // logs in again: with FAST, not its password
+      await xmpp.start();
+      emit("started", { jid: xmpp.jid?.toString() });
+    } else if (line === "exit") {
       process.exit(0);
     }
   } catch (err) {

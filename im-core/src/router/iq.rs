@@ -6,6 +6,7 @@ mod blocking;
 mod carbons;
 mod disco;
 pub(super) use disco::caps_ver;
+pub use disco::ServerOffers;
 mod extdisco;
 mod mam;
 pub(super) use mam::parse_mam_query;
@@ -84,15 +85,15 @@ impl Router {
                     self.archive.is_some(),
                     self.push_offered(),
                 )),
-                (false, None) => result().with_child(disco::disco_info(self.external.is_some())),
+                (false, None) => result().with_child(disco::disco_info(self.server_offers())),
                 // XEP-0115 §6.2: the node of the caps the CMs show is
                 // answered (echoed); any other is unknown
                 (false, Some(node)) => {
-                    let extdisco = self.external.is_some();
+                    let offers = self.server_offers();
                     let ours = format!(
                         "{}#{}",
                         xmpp_stream::stream::CAPS_NODE,
-                        disco::caps_ver(extdisco)
+                        disco::caps_ver(offers)
                     );
                     if node != ours {
                         return self.reply_error(
@@ -102,7 +103,7 @@ impl Router {
                             StanzaCondition::ItemNotFound,
                         );
                     }
-                    let mut info = disco::disco_info(extdisco);
+                    let mut info = disco::disco_info(offers);
                     info.set_attr("node", ours);
                     result().with_child(info)
                 }

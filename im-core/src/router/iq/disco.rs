@@ -3,8 +3,19 @@
 use xmpp_stream::element::Element;
 use xmpp_stream::ns;
 
+/// What the server offers beyond what every longlink core serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerOffers {
+    /// STUN/TURN services are configured (XEP-0215).
+    pub extdisco: bool,
+    /// SASL2 (XEP-0388) with Bind2 (XEP-0386) is offered at login.
+    pub sasl2: bool,
+    /// FAST tokens (XEP-0484) are offered in SASL2.
+    pub fast: bool,
+}
+
 /// The server's disco#info (XEP-0030): exactly what is served.
-pub(crate) fn disco_info(extdisco: bool) -> Element {
+pub(crate) fn disco_info(offers: ServerOffers) -> Element {
     let mut vars = vec![
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
@@ -16,8 +27,14 @@ pub(crate) fn disco_info(extdisco: bool) -> Element {
         ns::PRIVATE,
         "msgoffline",
     ];
-    if extdisco {
+    if offers.extdisco {
         vars.push(ns::EXTDISCO);
+    }
+    if offers.sasl2 {
+        vars.extend([ns::SASL2, ns::BIND2]);
+        if offers.fast {
+            vars.push(ns::FAST);
+        }
     }
     features(
         Element::new("identity", ns::DISCO_INFO)
@@ -31,8 +48,8 @@ pub(crate) fn disco_info(extdisco: bool) -> Element {
 /// The `ver` of the server's entity capabilities (XEP-0115 §5.1): the
 /// SHA-1 of its disco#info's identities and features, sorted, as the
 /// CMs show it in stream features (the `Welcome` frame carries it).
-pub fn caps_ver(extdisco: bool) -> String {
-    crate::caps::verification_string(&disco_info(extdisco))
+pub fn caps_ver(offers: ServerOffers) -> String {
+    crate::caps::verification_string(&disco_info(offers))
 }
 
 /// An account's disco#info: its archive and stable ids (XEP-0313 §6),
@@ -134,6 +151,22 @@ mod tests {
         };
         assert_eq!(crate::caps::verification_string(&pair), hashed);
         // and the server's changes with what it offers
-        assert_ne!(caps_ver(false), caps_ver(true));
+        let plain = ServerOffers {
+            extdisco: false,
+            sasl2: false,
+            fast: false,
+        };
+        let all = ServerOffers {
+            extdisco: true,
+            sasl2: true,
+            fast: true,
+        };
+        assert_ne!(caps_ver(plain), caps_ver(ServerOffers { extdisco: true, ..plain }));
+        assert_ne!(caps_ver(plain), caps_ver(ServerOffers { sasl2: true, ..plain }));
+        let info = disco_info(all).to_bytes(ns::CLIENT);
+        let info = String::from_utf8(info).unwrap();
+        for var in [ns::SASL2, ns::BIND2, ns::FAST, ns::EXTDISCO] {
+            assert!(info.contains(&format!("var=\"{var}\"")), "{var}: {info}");
+        }
     }
 }

@@ -241,7 +241,11 @@ mod tests {
         let node = format!(
             "{}#{}",
             xmpp_stream::stream::CAPS_NODE,
-            crate::router::server_caps_ver(true)
+            crate::router::server_caps_ver(crate::router::ServerOffers {
+                extdisco: true,
+                sasl2: true,
+                fast: false,
+            })
         );
         let ours = ask(
             &mut r,
