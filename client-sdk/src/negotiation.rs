@@ -92,7 +92,7 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
 
     /// [`Self::open`], writing `behind` in the same flight as the header
     /// (a pipelined first element).
-    pub(crate) async fn open_with(
+    pub async fn open_with(
         &mut self,
         domain: &str,
         behind: &[u8],

@@ -157,6 +157,16 @@ impl Dialer {
         &self,
         endpoint: Option<&quinn::Endpoint>,
     ) -> Result<Connected, ClientError> {
+        self.connect_with(endpoint, &[]).await
+    }
+
+    /// [`Self::connect`], writing `behind` (a pipelined `<authenticate/>`)
+    /// in the stream header's flight.
+    pub async fn connect_with(
+        &self,
+        endpoint: Option<&quinn::Endpoint>,
+        behind: &[u8],
+    ) -> Result<Connected, ClientError> {
         let name = rustls::pki_types::ServerName::try_from(self.domain.clone())
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let (mut io, quic): (Io, _) = match self.transport {
@@ -201,7 +211,7 @@ impl Dialer {
                 }
             }
         };
-        io.open(&self.domain).await?;
+        io.open_with(&self.domain, behind).await?;
         Ok(Connected { io, quic })
     }
 }

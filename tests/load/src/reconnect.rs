@@ -1,6 +1,7 @@
 //! `longlink-bench reconnect` (QUIC): how long a phone on a slow link takes
 //! to log in, and to come back after losing its connection and have what
-//! it missed, with SASL1 and with SASL2 (Bind2, inline resumption).
+//! it missed, with SASL1, with SASL2 (Bind2, inline resumption) and
+//! SCRAM, and with SASL2 and a FAST token (XEP-0484) after the first login.
 //!
 //! The phone (account `PREFIX0`) reaches the server through a relay that
 //! delays every datagram by `--delay-ms` each way ([`crate::relay`]); a
@@ -21,6 +22,11 @@
 //!   `ConnectionLost` event until that message has arrived. This client
 //!   knows the server's SASL2 offer from its last connection and writes
 //!   its `<authenticate/>` in the stream header's flight.
+//!
+//! In mode `fast` the login (with the password) gets a token, the resume's
+//! new client is given it (as an app that saved it would) and the
+//! reconnection uses it: the tool checks that each of them authenticated
+//! with the token.
 //!
 //! With `--tls-server` (a CM's direct TLS port) the login and the resume
 //! are also timed over TCP + TLS 1.3, through a TCP relay that delays every
@@ -49,6 +55,17 @@ use crate::report;
 
 /// The phone's acknowledgement timeout: how soon it notices the cut.
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How the phone authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Login {
+    /// RFC 6120 SASL, a restart, bind or resume.
+    Sasl1,
+    /// SASL2 with the password (SCRAM) every time.
+    Sasl2,
+    /// SASL2, the password at login, a FAST token afterwards.
+    Fast,
+}
 
 /// What to measure.
 pub struct Plan {
@@ -99,12 +116,16 @@ pub async fn run(plan: Plan) -> Result<()> {
     let sender = Client::connect(options(&plan, plan.server, 1))
         .await
         .context("the sender logs in")?;
-    for (mode, sasl2) in [("sasl1", false), ("sasl2", true)] {
+    for (mode, login) in [
+        ("sasl1", Login::Sasl1),
+        ("sasl2", Login::Sasl2),
+        ("fast", Login::Fast),
+    ] {
         let mut logins = Vec::new();
         let mut resumes = Vec::new();
         let mut reconnects = Vec::new();
         for attempt in 0..plan.attempts {
-            let times = attempt_once(&plan, &relay, &sender, sasl2, attempt)
+            let times = attempt_once(&plan, &relay, &sender, login, attempt)
                 .await
                 .with_context(|| format!("{mode} attempt {attempt}"))?;
             logins.push(times.login);
@@ -123,11 +144,15 @@ pub async fn run(plan: Plan) -> Result<()> {
         let relay = TcpDelay::start(tls, plan.one_way).await?;
         let roots = client_sdk::load_roots(&plan.ca)?;
         let dialer = Dialer::new(relay.addr, &plan.domain, Transport::Tls, roots)?;
-        for (mode, sasl2) in [("tls-sasl1", false), ("tls-sasl2", true)] {
+        for (mode, how) in [
+            ("tls-sasl1", Login::Sasl1),
+            ("tls-sasl2", Login::Sasl2),
+            ("tls-fast", Login::Fast),
+        ] {
             let mut logins = Vec::new();
             let mut resumes = Vec::new();
             for attempt in 0..plan.attempts {
-                let (login, resume) = tls_attempt(&plan, &dialer, &sender, sasl2, attempt)
+                let (login, resume) = tls_attempt(&plan, &dialer, &sender, how, attempt)
                     .await
                     .with_context(|| format!("{mode} attempt {attempt}"))?;
                 logins.push(login);
@@ -143,20 +168,31 @@ pub async fn run(plan: Plan) -> Result<()> {
 
 /// Over direct TLS: a login (until stream management is enabled) and,
 /// after the TCP connection was dropped and a message sent meanwhile, a
-/// resumption until that message has arrived.
+/// resumption until that message has arrived. With `Login::Fast` the
+/// login asks for a FAST token (`HT-SHA-256-NONE`) and the resumption's
+/// `<authenticate/>` uses it, written in the stream header's flight.
 async fn tls_attempt(
     plan: &Plan,
     dialer: &Dialer,
     sender: &Client,
-    sasl2: bool,
+    how: Login,
     attempt: usize,
 ) -> Result<(Duration, Duration)> {
+    const HT: &str = "HT-SHA-256-NONE";
+    let sasl2 = how != Login::Sasl1;
     let user = format!("{}0", plan.prefix);
+    let user_agent = Some(sasl2::UserAgent {
+        id: Some(format!("bench-tls-{attempt}")),
+        ..sasl2::UserAgent::default()
+    });
     let start = Instant::now();
     let mut io = dialer.connect(None).await?.io;
     let features = io.element().await?;
+    let mut token = None;
     let (full, sm_id) = if sasl2 {
         let request = sasl2::Authenticate {
+            user_agent: user_agent.clone(),
+            request_token: (how == Login::Fast).then(|| HT.to_owned()),
             bind: Some(sasl2::BindRequest {
                 tag: Some("bench".into()),
                 sm: Some(sasl2::SmEnable {
@@ -176,6 +212,14 @@ async fn tls_attempt(
             .and_then(|b| b.child("enabled", ns::SM).and_then(|e| e.attr("id")))
             .context("SM enabled in the Bind2 answer")?
             .to_owned();
+        token = outcome
+            .success
+            .inline("token", ns::FAST)
+            .and_then(sasl2::Token::parse);
+        anyhow::ensure!(
+            token.is_some() == (how == Login::Fast),
+            "a FAST token only in mode fast"
+        );
         (outcome.success.authorization_identifier.clone(), enabled)
     } else {
         io.sasl1(&features, &user, &plan.password, plan.mechanism, None)
@@ -195,11 +239,53 @@ async fn tls_attempt(
     let login = start.elapsed();
     // gone without a goodbye; a message comes meanwhile
     drop(io);
-    let body = format!("missed over TLS {attempt} sasl2={sasl2}");
+    let body = format!("missed over TLS {attempt} {how:?}");
     sender.send_message(&full, &body).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let start = Instant::now();
+    if let Some(token) = token {
+        // the header and the token's <authenticate/> in one flight
+        let ht = xmpp_sasl::HtClient::new(
+            xmpp_sasl::HtMechanism::Sha256None,
+            &user,
+            &token.token,
+            &xmpp_sasl::ChannelBindings::none(),
+        )?;
+        let request = sasl2::Authenticate {
+            mechanism: HT.to_owned(),
+            initial_response: Some(ht.initial_response()),
+            user_agent,
+            fast: Some(sasl2::FastUse {
+                count: Some(1),
+                invalidate: false,
+            }),
+            resume: Some(sasl2::Resume {
+                previd: sm_id.clone(),
+                h: 0,
+            }),
+            ..sasl2::Authenticate::default()
+        };
+        let flight = request.to_element().to_bytes(ns::CLIENT);
+        let mut io = dialer.connect_with(None, &flight).await?.io;
+        let _features = io.element().await?;
+        let success = io.element().await?;
+        anyhow::ensure!(
+            success.name == "success" && success.ns == ns::SASL2,
+            "a SASL2 success: <{}/>",
+            success.name
+        );
+        let success = sasl2::Success::parse(&success)?;
+        ht.verify_responder(&success.additional_data)?;
+        anyhow::ensure!(
+            success.inline("resumed", ns::SM).is_some(),
+            "resumed inline"
+        );
+        wait_for_raw(&mut io, &body).await?;
+        let resume = start.elapsed();
+        let _ = io.write(b"</stream:stream>").await;
+        return Ok((login, resume));
+    }
     let mut io = dialer.connect(None).await?.io;
     let features = io.element().await?;
     if sasl2 {
@@ -224,19 +310,22 @@ async fn tls_attempt(
         io.element().await?;
         anyhow::ensure!(io.resume(&sm_id, 0).await?.is_some(), "resumed");
     }
+    wait_for_raw(&mut io, &body).await?;
+    let resume = start.elapsed();
+    let _ = io.write(b"</stream:stream>").await;
+    Ok((login, resume))
+}
+
+/// Reads a hand-driven stream until a message with `body`.
+async fn wait_for_raw(io: &mut client_sdk::transport::Io, body: &str) -> Result<()> {
     loop {
         let el = tokio::time::timeout(Duration::from_secs(10), io.element())
             .await
             .context("the missed message")??;
-        if el.name == "message"
-            && el.child("body", ns::CLIENT).map(|b| b.text()) == Some(body.clone())
-        {
-            break;
+        if el.name == "message" && el.child("body", ns::CLIENT).map(|b| b.text()).as_deref() == Some(body) {
+            return Ok(());
         }
     }
-    let resume = start.elapsed();
-    let _ = io.write(b"</stream:stream>").await;
-    Ok((login, resume))
 }
 
 /// The durations of one attempt's steps.
@@ -252,10 +341,16 @@ async fn attempt_once(
     plan: &Plan,
     relay: &UdpDelay,
     sender: &Client,
-    sasl2: bool,
+    how: Login,
     attempt: usize,
 ) -> Result<Times> {
-    let opts = |o: ConnectOptions| if sasl2 { o } else { o.with_sasl1_only() };
+    let sasl2 = how != Login::Sasl1;
+    let ua = format!("bench-phone-{attempt}");
+    let opts = |o: ConnectOptions| match how {
+        Login::Sasl1 => o.with_sasl1_only(),
+        Login::Sasl2 => o.with_fast(false),
+        Login::Fast => o.with_user_agent_id(&ua),
+    };
     let start = Instant::now();
     let mut phone = Client::connect(opts(options(plan, relay.addr, 0)))
         .await
@@ -273,20 +368,31 @@ async fn attempt_once(
     );
     settle(plan, &mut phone).await;
     let saved = phone.resumption().context("a resumable session")?;
+    let token = phone.fast_token();
+    anyhow::ensure!(
+        token.is_some() == (how == Login::Fast),
+        "a FAST token only in mode fast"
+    );
     let full = phone.jid().to_owned();
     phone.abort();
-    let body = format!("missed {attempt} sasl2={sasl2}");
+    let body = format!("missed {attempt} {how:?}");
     sender.send_message(&full, &body).await?;
     // (it reaches the phone's detached session at the server)
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    let mut again = opts(options(plan, relay.addr, 0)).with_previous_session(&saved.0, saved.1);
+    if let Some(token) = token {
+        again = again.with_fast_token(token);
+    }
     let start = Instant::now();
-    let mut phone = Client::connect(
-        opts(options(plan, relay.addr, 0)).with_previous_session(&saved.0, saved.1),
-    )
-    .await
-    .context("the phone resumes")?;
+    let mut phone = Client::connect(again)
+        .await
+        .context("the phone resumes")?;
     anyhow::ensure!(phone.was_resumed(), "the session was resumed");
+    anyhow::ensure!(
+        phone.fast_logins() == u64::from(how == Login::Fast),
+        "the resume authenticated with the token only in mode fast"
+    );
     wait_for(&mut phone, &body).await?;
     let resume = start.elapsed();
 
@@ -294,7 +400,7 @@ async fn attempt_once(
     // (the acknowledgement timeout, short here) and comes back by itself.
     settle(plan, &mut phone).await;
     relay.cut().await;
-    let body = format!("missed while cut {attempt} sasl2={sasl2}");
+    let body = format!("missed while cut {attempt} {how:?}");
     sender.send_message(&full, &body).await?;
     phone.send_message(sender.jid(), "anyone there?").await?;
     let lost = loop {
@@ -315,6 +421,10 @@ async fn attempt_once(
     }
     let reconnect = lost.elapsed();
     anyhow::ensure!(resumed, "the reconnection resumed the session");
+    anyhow::ensure!(
+        phone.fast_logins() == 2 * u64::from(how == Login::Fast),
+        "the reconnection authenticated with the token only in mode fast"
+    );
     phone.disconnect().await;
     Ok(Times {
         login,
