@@ -128,8 +128,9 @@ impl Client {
                 .unwrap_or_else(random_user_agent_id),
             tokens: Arc::new(std::sync::Mutex::new(TokenState {
                 token: opts.fast_token.clone(),
-                logins: 0,
+                ..TokenState::default()
             })),
+            zero_rtt: opts.zero_rtt,
         };
         let tokens = dialer.tokens.clone();
         let user_agent_id = dialer.user_agent_id.clone();
@@ -194,6 +195,12 @@ impl Client {
     /// authenticated with a FAST token instead of the password.
     pub fn fast_logins(&self) -> u64 {
         self.tokens.lock().map_or(0, |t| t.logins)
+    }
+
+    /// How many logins of this session went as QUIC 0-RTT data (the
+    /// server accepted the early data: one round trip back).
+    pub fn zero_rtt_logins(&self) -> u64 {
+        self.tokens.lock().map_or(0, |t| t.early_logins)
     }
 
     /// The `<user-agent id/>` this session's FAST tokens are bound to.

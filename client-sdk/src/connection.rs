@@ -27,7 +27,10 @@ const INBOUND_QUEUE: usize = 256;
 /// reconnections so TLS session tickets make them cheaper.
 pub(crate) fn client_endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
     let roots = crate::tls::roots(&opts.trust)?;
-    let tls = crate::tls::client_config(roots, &[ALPN])?;
+    let mut tls = crate::tls::client_config(roots, &[ALPN])?;
+    // QUIC 0-RTT: a reconnection's first flight rides with its handshake
+    // (the session tickets stay in this config, kept across reconnections)
+    tls.enable_early_data = opts.zero_rtt;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClientError::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -85,6 +88,9 @@ pub(crate) struct Dialer {
     pub(crate) user_agent_id: String,
     /// The FAST token, shared by the dialer's clones and the app's handle.
     pub(crate) tokens: Arc<std::sync::Mutex<TokenState>>,
+    /// Send a pipelined login as QUIC 0-RTT data where the server takes
+    /// FAST tokens in early data.
+    pub(crate) zero_rtt: bool,
 }
 
 /// A client's FAST token and how many logins used one.
@@ -94,6 +100,8 @@ pub(crate) struct TokenState {
     pub(crate) token: Option<FastToken>,
     /// Logins (first or reconnections) that authenticated with a token.
     pub(crate) logins: u64,
+    /// Logins whose `<authenticate/>` the server took as QUIC 0-RTT data.
+    pub(crate) early_logins: u64,
 }
 
 /// A SASL2 `<authenticate/>` about to be written, and what it used.
@@ -127,11 +135,17 @@ impl Dialer {
                 Pipelined::Incompatible => self.remember(None),
             }
         }
-        let (conn, mut nego, features, ()) =
-            dial(&self.endpoint, self.server, &self.domain, |_| (Vec::new(), ())).await?;
+        let (conn, mut nego, features, (), _) = dial(
+            &self.endpoint,
+            self.server,
+            &self.domain,
+            false,
+            |_, _| (Vec::new(), ()),
+        )
+        .await?;
         if let Some(offer) = self.usable(&features) {
             let bind2 = resource.is_none();
-            let started = self.start(&offer, resumption.clone(), bind2, &conn);
+            let started = self.start(&offer, resumption.clone(), bind2, &conn, false);
             nego.write(&started.sasl2.authenticate).await?;
             let outcome = self
                 .sasl2_login(&mut nego, started, &offer, resumption, bind2)
@@ -184,15 +198,27 @@ impl Dialer {
         resource: Option<String>,
     ) -> Pipelined {
         let bind2 = resource.is_none();
-        let dialed = dial(&self.endpoint, self.server, &self.domain, |conn| {
-            let started = self.start(offer, resumption.clone(), bind2, conn);
-            (started.sasl2.authenticate.clone(), started)
-        })
+        // 0-RTT only with a token usable without the connection's binding
+        // (the server refuses anything else in early data)
+        let zero_rtt = self.zero_rtt && offer.fast_0rtt && self.usable_token(offer).is_some();
+        let dialed = dial(
+            &self.endpoint,
+            self.server,
+            &self.domain,
+            zero_rtt,
+            |conn, early| {
+                let started = self.start(offer, resumption.clone(), bind2, conn, early);
+                (started.sasl2.authenticate.clone(), started)
+            },
+        )
         .await;
-        let (conn, mut nego, features, started) = match dialed {
+        let (conn, mut nego, features, started, early) = match dialed {
             Ok(dialed) => dialed,
             Err(e) => return Pipelined::Done(Err(e)),
         };
+        if early {
+            self.with_tokens(|t| t.early_logins += 1);
+        }
         let Some(now) = self.usable(&features).filter(|now| now.serves(offer)) else {
             return Pipelined::Incompatible;
         };
@@ -221,8 +247,9 @@ impl Dialer {
         }
     }
 
-    /// The `<authenticate/>` for `offer` on `conn`: with the FAST token
-    /// if there is a usable one (its count raised, and kept, before it is
+    /// The `<authenticate/>` for `offer` on `conn` (in 0-RTT data if
+    /// `early`: no channel binding is known yet): with the FAST token if
+    /// there is a usable one (its count raised, and kept, before it is
     /// sent), else with the password, asking for a token where FAST is
     /// offered.
     fn start(
@@ -231,9 +258,14 @@ impl Dialer {
         resumption: Option<(String, u32)>,
         bind2: bool,
         conn: &quinn::Connection,
+        early: bool,
     ) -> Started {
         let mut request = self.request(offer, resumption, bind2);
-        let bindings = channel_bindings(conn);
+        let bindings = if early {
+            xmpp_sasl::ChannelBindings::none()
+        } else {
+            channel_bindings(conn)
+        };
         if let Some(token) = self.usable_token(offer) {
             let count = token.count.saturating_add(1);
             request.fast = Some(sasl2::FastUse {

@@ -97,10 +97,20 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
         domain: &str,
         behind: &[u8],
     ) -> Result<(), ClientError> {
+        self.write_opening(domain, behind).await?;
+        self.read_opening().await
+    }
+
+    /// Writes the stream header and `behind` in one flight.
+    async fn write_opening(&mut self, domain: &str, behind: &[u8]) -> Result<(), ClientError> {
         self.framer.restart();
         let mut flight = stream::client_header(domain, None);
         flight.extend_from_slice(behind);
-        self.write(&flight).await?;
+        self.write(&flight).await
+    }
+
+    /// Waits for the server's stream header.
+    async fn read_opening(&mut self) -> Result<(), ClientError> {
         match self.next().await? {
             FrameEvent::Open(_) => Ok(()),
             _ => Err(ClientError::Protocol("expected a stream header".into())),
@@ -430,22 +440,48 @@ fn sasl_client(
 
 /// Opens a QUIC connection and its XMPP stream, with what `behind`
 /// makes of the connection written in the stream header's flight;
-/// returns the stream's features.
+/// returns the stream's features, what `behind` made, and whether the
+/// flight went as 0-RTT data. With `zero_rtt`, and a session ticket that
+/// allows it, the flight goes with the handshake (`behind` is told it is
+/// early: no channel binding yet); if the server rejects early data, the
+/// flight is lost and `behind` makes it again for a new stream.
 pub(crate) async fn dial<T>(
     endpoint: &quinn::Endpoint,
     server: std::net::SocketAddr,
     domain: &str,
-    behind: impl FnOnce(&quinn::Connection) -> (Vec<u8>, T),
-) -> Result<(quinn::Connection, Negotiation, Element, T), ClientError> {
-    let conn = endpoint
+    zero_rtt: bool,
+    mut behind: impl FnMut(&quinn::Connection, bool) -> (Vec<u8>, T),
+) -> Result<(quinn::Connection, Negotiation, Element, T, bool), ClientError> {
+    let connecting = endpoint
         .connect(server, domain)
-        .map_err(|e| ClientError::Unreachable(e.to_string()))?
-        .await
-        .map_err(ClientError::from_connection)?;
+        .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+    let attempt = if zero_rtt {
+        connecting.into_0rtt()
+    } else {
+        Err(connecting)
+    };
+    let conn = match attempt {
+        Ok((conn, accepted)) => {
+            let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
+            let mut nego = Negotiation::new(send, recv);
+            let (flight, made) = behind(&conn, true);
+            nego.write_opening(domain, &flight).await?;
+            // (the server's answer comes in the same flight as its
+            // handshake: waiting for the verdict costs nothing)
+            if accepted.await {
+                nego.read_opening().await?;
+                let features = nego.element().await?;
+                return Ok((conn, nego, features, made, true));
+            }
+            tracing::debug!("0-RTT rejected; the login goes again after the handshake");
+            conn
+        }
+        Err(connecting) => connecting.await.map_err(ClientError::from_connection)?,
+    };
     let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
     let mut nego = Negotiation::new(send, recv);
-    let (flight, made) = behind(&conn);
+    let (flight, made) = behind(&conn, false);
     nego.open_with(domain, &flight).await?;
     let features = nego.element().await?;
-    Ok((conn, nego, features, made))
+    Ok((conn, nego, features, made, false))
 }

@@ -80,6 +80,12 @@ pub struct ConnectOptions {
     /// random one per [`crate::Client`] (a saved token is then useless to
     /// the next process: apps keep theirs).
     pub user_agent_id: Option<String>,
+    /// Reconnect in one round trip where possible (default on): with a
+    /// FAST token usable in TLS early data and a session ticket of the
+    /// server's, a reconnection's stream header and `<authenticate/>`
+    /// (with the inline resumption) ride as QUIC 0-RTT data. Replays are
+    /// refused by the token's count.
+    pub zero_rtt: bool,
     /// A FAST token saved from an earlier session
     /// ([`crate::Client::fast_token`]), used at the first login.
     pub fast_token: Option<FastToken>,
@@ -136,6 +142,7 @@ impl ConnectOptions {
             fast: true,
             user_agent_id: None,
             fast_token: None,
+            zero_rtt: true,
             tag: "longlink".into(),
             stream_management: true,
             carbons: true,
@@ -153,6 +160,12 @@ impl ConnectOptions {
     /// Uses FAST tokens or not (see [`Self::fast`]).
     pub fn with_fast(mut self, on: bool) -> Self {
         self.fast = on;
+        self
+    }
+
+    /// Uses QUIC 0-RTT or not (see [`Self::zero_rtt`]).
+    pub fn with_zero_rtt(mut self, on: bool) -> Self {
+        self.zero_rtt = on;
         self
     }
 

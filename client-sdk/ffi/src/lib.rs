@@ -25,7 +25,7 @@ mod types;
 pub use error::LonglinkError;
 pub use types::{
     ArchivedMessage, Carbon, ConnectOptions, Event, HistoryPage, HistoryQuery, Message,
-    MessageState, Presence, PushOption, RosterItem, SessionToken, Show, Subscription,
+    FastToken, MessageState, Presence, PushOption, RosterItem, SessionToken, Show, Subscription,
     SubscriptionRequest, Trust,
 };
 
@@ -205,6 +205,20 @@ impl Client {
             .ok()
             .and_then(|s| s.as_ref().map(client_sdk::Client::used_sasl2))
             .unwrap_or(false)
+    }
+
+    /// The FAST token the next login would use (save it, with
+    /// [`Client::user_agent_id`], after every login); `None` once the
+    /// session ended or without one.
+    pub fn fast_token(&self) -> Option<FastToken> {
+        let session = self.session.try_read().ok()?;
+        session.as_ref()?.fast_token().map(Into::into)
+    }
+
+    /// The `<user-agent id/>` the session's FAST tokens are bound to.
+    pub fn user_agent_id(&self) -> Option<String> {
+        let session = self.session.try_read().ok()?;
+        Some(session.as_ref()?.user_agent_id().to_owned())
     }
 
     /// Whether `connect` resumed `previous_session`.

@@ -42,6 +42,53 @@ pub struct SessionToken {
     pub h: u32,
 }
 
+/// A FAST token (XEP-0484): logs in again in one round trip instead of
+/// the password's two. Store it as a credential (Keychain, Keystore)
+/// with the `user_agent_id` it belongs to, after every login.
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FastToken {
+    /// The token.
+    pub token: String,
+    /// The mechanism it is bound to.
+    pub mechanism: String,
+    /// When it expires, seconds since the Unix epoch.
+    pub expiry: i64,
+    /// The count of its last use.
+    pub count: u64,
+}
+
+impl std::fmt::Debug for FastToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a credential: not for logs
+        f.debug_struct("FastToken")
+            .field("mechanism", &self.mechanism)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<client_sdk::FastToken> for FastToken {
+    fn from(t: client_sdk::FastToken) -> Self {
+        Self {
+            token: t.token,
+            mechanism: t.mechanism,
+            expiry: t.expiry,
+            count: t.count,
+        }
+    }
+}
+
+impl From<FastToken> for client_sdk::FastToken {
+    fn from(t: FastToken) -> Self {
+        Self {
+            token: t.token,
+            mechanism: t.mechanism,
+            expiry: t.expiry,
+            count: t.count,
+        }
+    }
+}
+
 /// How to connect and log in.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ConnectOptions {
@@ -91,6 +138,17 @@ pub struct ConnectOptions {
     /// after the connection is lost (0: the server's default).
     #[uniffi(default = 0)]
     pub resume_max_secs: u32,
+    /// The app installation's stable id (a UUID the app makes once and
+    /// keeps); FAST tokens are bound to it. None: a new one per client.
+    #[uniffi(default)]
+    pub user_agent_id: Option<String>,
+    /// A FAST token saved from an earlier session (`Client.fastToken()`),
+    /// with the same `user_agent_id`.
+    #[uniffi(default)]
+    pub fast_token: Option<FastToken>,
+    /// Use FAST tokens and QUIC 0-RTT where the server offers them.
+    #[uniffi(default = true)]
+    pub fast: bool,
 }
 
 impl ConnectOptions {
@@ -143,6 +201,10 @@ impl ConnectOptions {
         opts.previous_session = self.previous_session.map(|s| (s.id, s.h));
         opts.message_states = self.message_states;
         opts.carbons = self.carbons;
+        opts.user_agent_id = self.user_agent_id;
+        opts.fast_token = self.fast_token.map(Into::into);
+        opts.fast = self.fast;
+        opts.zero_rtt = self.fast;
         Ok((opts, addrs))
     }
 }
@@ -614,6 +676,14 @@ mod tests {
             receipts: false,
             carbons: false,
             resume_max_secs: 600,
+            user_agent_id: Some("ua-1".into()),
+            fast_token: Some(FastToken {
+                token: "t".into(),
+                mechanism: "HT-SHA-256-NONE".into(),
+                expiry: 9,
+                count: 3,
+            }),
+            fast: false,
         }
     }
 
@@ -635,6 +705,9 @@ mod tests {
         assert_eq!(opts.timeout, Duration::from_millis(2500));
         assert!(opts.message_states && !opts.receipts && !opts.carbons);
         assert_eq!(opts.resume_max_secs, 600);
+        assert_eq!(opts.user_agent_id.as_deref(), Some("ua-1"));
+        assert_eq!(opts.fast_token.as_ref().map(|t| t.count), Some(3));
+        assert!(!opts.fast && !opts.zero_rtt);
         assert!(
             matches!(&opts.trust, client_sdk::Trust::CaFile(p) if p.to_str() == Some("/data/ca.pem"))
         );
