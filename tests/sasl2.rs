@@ -336,13 +336,9 @@ async fn a_fast_token_from_a_password_login_resumes_a_new_process_without_the_pa
         cluster.add_user("bob", "secret");
         let mut bob = cluster.login(0, "bob", "desk").await;
         let ua = "5b0b4f6e-1d3a-4c36-9d5e-0d8c7e1f2a10";
-        let alice = Client::connect(
-            cluster
-                .options(0, "alice", "secret")
-                .with_user_agent_id(ua),
-        )
-        .await
-        .unwrap();
+        let alice = Client::connect(cluster.options(0, "alice", "secret").with_user_agent_id(ua))
+            .await
+            .unwrap();
         let token = alice.fast_token().expect("a token with the password login");
         // QUIC has a tls-exporter: the token is bound to it
         assert_eq!(token.mechanism, "HT-SHA-256-EXPR");
@@ -383,16 +379,27 @@ async fn a_fast_token_from_a_password_login_resumes_a_new_process_without_the_pa
         // the same count again (a replayed login): refused, and the wrong
         // password after it too
         let replay = Client::connect(with_token(token.clone())).await;
-        assert!(matches!(replay, Err(ClientError::Auth(_))), "{:?}", replay.err());
+        assert!(
+            matches!(replay, Err(ClientError::Auth(_))),
+            "{:?}",
+            replay.err()
+        );
         // another user agent cannot use it
         let other = Client::connect(
             cluster
                 .options(0, "alice", "not-the-password")
                 .with_user_agent_id("another-install")
-                .with_fast_token(client_sdk::FastToken { count: 7, ..token.clone() }),
+                .with_fast_token(client_sdk::FastToken {
+                    count: 7,
+                    ..token.clone()
+                }),
         )
         .await;
-        assert!(matches!(other, Err(ClientError::Auth(_))), "{:?}", other.err());
+        assert!(
+            matches!(other, Err(ClientError::Auth(_))),
+            "{:?}",
+            other.err()
+        );
         // FAST off: the password only
         let off = Client::connect(with_token(token).with_fast(false)).await;
         assert!(matches!(off, Err(ClientError::Auth(_))));
@@ -445,10 +452,69 @@ async fn the_sdk_reconnects_with_its_fast_token_after_a_cm_crash_and_falls_back_
         .await
         .expect("reconnected with the password");
         assert_eq!(alice.fast_logins(), 1, "the refused token did not count");
-        let renewed = alice.fast_token().expect("a new token with the password login");
+        let renewed = alice
+            .fast_token()
+            .expect("a new token with the password login");
         assert_ne!(renewed.token, first.token);
         assert_eq!(renewed.count, 0);
         alice.ping().await.unwrap();
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnection_to_a_restarted_cm_rides_in_quic_0rtt_with_the_fast_token_and_gets_what_it_missed()
+ {
+    bounded(120, async {
+        let mut cluster = Cluster::start(1).await;
+        let zero_rtt = |c: &mut cm_node::config::CmConfig| c.zero_rtt = true;
+        let phone_cm = cluster.add_cm_with(zero_rtt).await;
+        cluster.add_user("alice", "secret");
+        cluster.add_user("bob", "secret");
+        let mut bob = cluster.login(0, "bob", "desk").await;
+        let mut alice = Client::connect(cluster.options(phone_cm, "alice", "secret"))
+            .await
+            .unwrap();
+        // a CM that takes tokens in 0-RTT gets one usable there (no binding)
+        let token = alice.fast_token().expect("token");
+        assert_eq!(token.mechanism, "HT-SHA-256-NONE");
+        alice.send_presence(0).await.unwrap();
+        alice.ping().await.unwrap();
+        let full = alice.jid().to_owned();
+        // the CM restarts (same cluster ticket key); bob writes meanwhile
+        let addr = cluster.crash_cm(phone_cm);
+        bob.send_message(&full, "while the CM was down")
+            .await
+            .unwrap();
+        bob.ping().await.unwrap();
+        cluster.revive_cm_with(phone_cm, addr, zero_rtt).await;
+        let back = async {
+            let mut resumed = None;
+            while let Some(ev) = alice.next_event().await {
+                match ev {
+                    client_sdk::Event::Reconnected { resumed: r } => resumed = Some(r),
+                    client_sdk::Event::Message(m)
+                        if m.body.as_deref() == Some("while the CM was down") =>
+                    {
+                        return resumed;
+                    }
+                    _ => {}
+                }
+            }
+            panic!("session ended");
+        };
+        let resumed = tokio::time::timeout(Duration::from_secs(60), back)
+            .await
+            .expect("back with the missed message");
+        assert_eq!(resumed, Some(true), "the session was resumed");
+        assert_eq!(alice.fast_logins(), 1, "with the token");
+        assert_eq!(alice.zero_rtt_logins(), 1, "as 0-RTT data");
+        alice.send_message(bob.jid(), "back").await.unwrap();
+        assert_eq!(
+            bob.next_message(WAIT).await.unwrap().body.as_deref(),
+            Some("back")
+        );
         cluster.shutdown().await;
     })
     .await;

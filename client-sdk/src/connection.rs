@@ -135,14 +135,11 @@ impl Dialer {
                 Pipelined::Incompatible => self.remember(None),
             }
         }
-        let (conn, mut nego, features, (), _) = dial(
-            &self.endpoint,
-            self.server,
-            &self.domain,
-            false,
-            |_, _| (Vec::new(), ()),
-        )
-        .await?;
+        let (conn, mut nego, features, (), _) =
+            dial(&self.endpoint, self.server, &self.domain, false, |_, _| {
+                (Vec::new(), ())
+            })
+            .await?;
         if let Some(offer) = self.usable(&features) {
             let bind2 = resource.is_none();
             let started = self.start(&offer, resumption.clone(), bind2, &conn, false);
@@ -343,7 +340,10 @@ impl Dialer {
         } = started;
         let outcome = match nego.sasl2_finish(sasl2).await {
             Err(ClientError::Auth(condition)) if by_token => {
-                tracing::debug!(condition, "FAST token refused; logging in with the password");
+                tracing::debug!(
+                    condition,
+                    "FAST token refused; logging in with the password"
+                );
                 self.with_tokens(|t| t.token = None);
                 let request = self.request(offer, resumption, bind2);
                 // (no binding: the token request falls back to -NONE if
@@ -351,8 +351,11 @@ impl Dialer {
                 let retry = self.password_start(request, offer, false);
                 grant_mechanism = retry.grant_mechanism;
                 nego.write(&retry.sasl2.authenticate).await?;
-                return self
-                    .granted(nego.sasl2_finish(retry.sasl2).await?, grant_mechanism, false);
+                return self.granted(
+                    nego.sasl2_finish(retry.sasl2).await?,
+                    grant_mechanism,
+                    false,
+                );
             }
             outcome => outcome?,
         };

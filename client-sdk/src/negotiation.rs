@@ -92,11 +92,7 @@ impl<W: AsyncWrite + Unpin, R: AsyncRead + Unpin> Negotiation<W, R> {
 
     /// [`Self::open`], writing `behind` in the same flight as the header
     /// (a pipelined first element).
-    pub async fn open_with(
-        &mut self,
-        domain: &str,
-        behind: &[u8],
-    ) -> Result<(), ClientError> {
+    pub async fn open_with(&mut self, domain: &str, behind: &[u8]) -> Result<(), ClientError> {
         self.write_opening(domain, behind).await?;
         self.read_opening().await
     }

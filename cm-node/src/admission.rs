@@ -177,9 +177,7 @@ pub struct ClientPeer {
 /// from its exporter: 32 octets, label `EXPORTER-Channel-Binding`, no
 /// context (TLS 1.3 makes an empty context the same as none, so QUIC's
 /// empty-context exporter gives the same value). None if it fails.
-pub fn tls_exporter(
-    export: impl FnOnce(&mut [u8; 32], &[u8]) -> bool,
-) -> Option<bytes::Bytes> {
+pub fn tls_exporter(export: impl FnOnce(&mut [u8; 32], &[u8]) -> bool) -> Option<bytes::Bytes> {
     let mut out = [0u8; 32];
     export(&mut out, b"EXPORTER-Channel-Binding").then(|| bytes::Bytes::copy_from_slice(&out))
 }

@@ -406,11 +406,7 @@ impl AuthService {
     }
 
     /// Stores a new token for `user` (a bare JID) and returns its grant.
-    async fn issue_token(
-        &self,
-        user: &str,
-        request: fast::TokenRequest,
-    ) -> Option<FastTokenGrant> {
+    async fn issue_token(&self, user: &str, request: fast::TokenRequest) -> Option<FastTokenGrant> {
         let tokens = self.fast.as_ref()?;
         let node = normalize_user(user.split('@').next()?)?;
         let (row, grant) = tokens.issue(request.mechanism, fast::unix_now(), rand::random());
@@ -530,7 +526,10 @@ impl AuthService {
             Ok(false) => {
                 // a count not above the last: a replay (or a client that
                 // lost its count)
-                tracing::info!(user = node, "FAST token use refused: count not above the last");
+                tracing::info!(
+                    user = node,
+                    "FAST token use refused: count not above the last"
+                );
                 attempt.settle(Settled::Failed);
                 return Outcome::Failure("not-authorized");
             }
@@ -721,22 +720,46 @@ mod tests {
         let free = ThrottleSettings::default().account_free_failures;
         for sid in 0..=u64::from(free) {
             let outcome = auth
-                .start((1, sid), "PLAIN", &plain("alice", "guess"), attacker, &FastAuth::default())
+                .start(
+                    (1, sid),
+                    "PLAIN",
+                    &plain("alice", "guess"),
+                    attacker,
+                    &FastAuth::default(),
+                )
                 .await;
             assert_eq!(outcome, Outcome::Failure("not-authorized"), "guess {sid}");
         }
         // blocked now: even the right password is not checked
         let outcome = auth
-            .start((1, 99), "PLAIN", &plain("alice", "right"), attacker, &FastAuth::default())
+            .start(
+                (1, 99),
+                "PLAIN",
+                &plain("alice", "right"),
+                attacker,
+                &FastAuth::default(),
+            )
             .await;
         assert_eq!(outcome, Outcome::Failure(THROTTLED));
         let outcome = auth
-            .start((1, 100), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None, &FastAuth::default())
+            .start(
+                (1, 100),
+                "SCRAM-SHA-256",
+                b"n,,n=alice,r=abc",
+                None,
+                &FastAuth::default(),
+            )
             .await;
         assert_eq!(outcome, Outcome::Failure(THROTTLED));
         // other accounts are not blocked by it
         let outcome = auth
-            .start((1, 101), "PLAIN", &plain("bob", "x"), None, &FastAuth::default())
+            .start(
+                (1, 101),
+                "PLAIN",
+                &plain("bob", "x"),
+                None,
+                &FastAuth::default(),
+            )
             .await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
     }
@@ -764,7 +787,13 @@ mod tests {
         for sid in 0..4 * free {
             let from = Some(IpAddr::from([192, 0, 2, sid as u8]));
             match auth
-                .start((1, sid), "SCRAM-SHA-256", b"n,,n=alice,r=abc", from, &FastAuth::default())
+                .start(
+                    (1, sid),
+                    "SCRAM-SHA-256",
+                    b"n,,n=alice,r=abc",
+                    from,
+                    &FastAuth::default(),
+                )
                 .await
             {
                 Outcome::Challenge(_) => challenged += 1,
@@ -781,7 +810,13 @@ mod tests {
             assert!(matches!(outcome, Outcome::Failure(_)), "exchange {sid}");
         }
         let outcome = auth
-            .start((1, 1000), "SCRAM-SHA-256", b"n,,n=alice,r=abc", None, &FastAuth::default())
+            .start(
+                (1, 1000),
+                "SCRAM-SHA-256",
+                b"n,,n=alice,r=abc",
+                None,
+                &FastAuth::default(),
+            )
             .await;
         assert_eq!(outcome, Outcome::Failure(THROTTLED));
     }
@@ -797,7 +832,10 @@ mod tests {
             let auth = auth.clone();
             let from = Some(IpAddr::from([198, 51, 100, sid as u8]));
             let message = xmpp_sasl::plain_message("alice", "guess");
-            tasks.spawn(async move { auth.start((2, sid), "PLAIN", &message, from, &FastAuth::default()).await });
+            tasks.spawn(async move {
+                auth.start((2, sid), "PLAIN", &message, from, &FastAuth::default())
+                    .await
+            });
         }
         let (mut checked, mut throttled) = (0, 0);
         while let Some(outcome) = tasks.join_next().await {
@@ -824,7 +862,10 @@ mod tests {
     }
 
     fn fast_service(auth: AuthService) -> AuthService {
-        auth.with_fast(fast::FastTokens::new([3; 32], Duration::from_secs(14 * 86_400)))
+        auth.with_fast(fast::FastTokens::new(
+            [3; 32],
+            Duration::from_secs(14 * 86_400),
+        ))
     }
 
     fn fast_request(user_agent: Option<&str>, request: Option<&str>) -> FastAuth {
@@ -849,7 +890,13 @@ mod tests {
     async fn token_by_plain(auth: &AuthService, sid: u64, ua: &str, mechanism: &str) -> String {
         let plain = xmpp_sasl::plain_message("alice", "right");
         match auth
-            .start((1, sid), "PLAIN", &plain, None, &fast_request(Some(ua), Some(mechanism)))
+            .start(
+                (1, sid),
+                "PLAIN",
+                &plain,
+                None,
+                &fast_request(Some(ua), Some(mechanism)),
+            )
             .await
         {
             Outcome::Success {
@@ -881,36 +928,68 @@ mod tests {
         // the token, with a count: in, with the server's proof
         let initial = ht("alice", &token, none, None);
         let Outcome::Success { data, user, .. } = auth
-            .start((1, 3), none.name(), &initial, None, &use_with(Some(1), "phone"))
+            .start(
+                (1, 3),
+                none.name(),
+                &initial,
+                None,
+                &use_with(Some(1), "phone"),
+            )
             .await
         else {
             panic!("token refused");
         };
         assert_eq!(user, "alice@x");
-        let client = xmpp_sasl::HtClient::new(none, "alice", &token, &ChannelBindings::none()).unwrap();
-        client.verify_responder(&data).expect("the server proves it knows the token");
+        let client =
+            xmpp_sasl::HtClient::new(none, "alice", &token, &ChannelBindings::none()).unwrap();
+        client
+            .verify_responder(&data)
+            .expect("the server proves it knows the token");
         // the same count again (a replay), another user agent, a wrong token: out
         for (fast, initial) in [
             (use_with(Some(1), "phone"), initial.clone()),
             (use_with(Some(5), "laptop"), initial.clone()),
-            (use_with(Some(6), "phone"), ht("alice", "not-the-token", none, None)),
+            (
+                use_with(Some(6), "phone"),
+                ht("alice", "not-the-token", none, None),
+            ),
         ] {
             let outcome = auth.start((1, 4), none.name(), &initial, None, &fast).await;
             assert_eq!(outcome, Outcome::Failure("not-authorized"));
         }
         // a higher count: in again; without a count (not early): in
-        let outcome = auth.start((1, 5), none.name(), &initial, None, &use_with(Some(2), "phone")).await;
+        let outcome = auth
+            .start(
+                (1, 5),
+                none.name(),
+                &initial,
+                None,
+                &use_with(Some(2), "phone"),
+            )
+            .await;
         assert!(matches!(outcome, Outcome::Success { .. }));
-        let outcome = auth.start((1, 6), none.name(), &initial, None, &use_with(None, "phone")).await;
+        let outcome = auth
+            .start(
+                (1, 6),
+                none.name(),
+                &initial,
+                None,
+                &use_with(None, "phone"),
+            )
+            .await;
         assert!(matches!(outcome, Outcome::Success { .. }));
         // early data must carry a count above the last
         let early = |count| FastAuth {
             early: true,
             ..use_with(count, "phone")
         };
-        let outcome = auth.start((1, 7), none.name(), &initial, None, &early(None)).await;
+        let outcome = auth
+            .start((1, 7), none.name(), &initial, None, &early(None))
+            .await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
-        let outcome = auth.start((1, 8), none.name(), &initial, None, &early(Some(3))).await;
+        let outcome = auth
+            .start((1, 8), none.name(), &initial, None, &early(Some(3)))
+            .await;
         assert!(matches!(outcome, Outcome::Success { .. }));
         // a -NONE token is not an -EXPR one, even with the binding known
         let exporter = [9u8; 32];
@@ -920,7 +999,13 @@ mod tests {
             ..use_with(Some(10), "phone")
         };
         let outcome = auth
-            .start((1, 9), expr.name(), &ht("alice", &token, expr, Some(&exporter)), None, &fast)
+            .start(
+                (1, 9),
+                expr.name(),
+                &ht("alice", &token, expr, Some(&exporter)),
+                None,
+                &fast,
+            )
             .await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
         // an -EXPR token is bound to the connection's exporter
@@ -930,13 +1015,29 @@ mod tests {
             ..use_with(None, "tablet")
         };
         let proof = ht("alice", &expr_token, expr, Some(&exporter));
-        let outcome = auth.start((1, 11), expr.name(), &proof, None, &on(&[8; 32])).await;
-        assert_eq!(outcome, Outcome::Failure("not-authorized"), "another connection");
-        let outcome = auth.start((1, 12), expr.name(), &proof, None, &on(&exporter)).await;
+        let outcome = auth
+            .start((1, 11), expr.name(), &proof, None, &on(&[8; 32]))
+            .await;
+        assert_eq!(
+            outcome,
+            Outcome::Failure("not-authorized"),
+            "another connection"
+        );
+        let outcome = auth
+            .start((1, 12), expr.name(), &proof, None, &on(&exporter))
+            .await;
         assert!(matches!(outcome, Outcome::Success { .. }));
         // FAST off: HT is not a mechanism
         let (_dir2, plain_only) = service_with_alice().await;
-        let outcome = plain_only.start((1, 13), none.name(), &initial, None, &use_with(Some(9), "phone")).await;
+        let outcome = plain_only
+            .start(
+                (1, 13),
+                none.name(),
+                &initial,
+                None,
+                &use_with(Some(9), "phone"),
+            )
+            .await;
         assert_eq!(outcome, Outcome::Failure("invalid-mechanism"));
     }
 
@@ -951,30 +1052,108 @@ mod tests {
         };
         let unused = token_by_plain(&auth, 1, "phone", none.name()).await;
         let first = token_by_plain(&auth, 2, "phone", none.name()).await;
-        let outcome = auth.start((1, 3), none.name(), &ht("alice", &unused, none, None), None, &fast(1)).await;
-        assert_eq!(outcome, Outcome::Failure("not-authorized"), "an unused new token is replaced");
-        let outcome = auth.start((1, 3), none.name(), &ht("alice", &first, none, None), None, &fast(1)).await;
+        let outcome = auth
+            .start(
+                (1, 3),
+                none.name(),
+                &ht("alice", &unused, none, None),
+                None,
+                &fast(1),
+            )
+            .await;
+        assert_eq!(
+            outcome,
+            Outcome::Failure("not-authorized"),
+            "an unused new token is replaced"
+        );
+        let outcome = auth
+            .start(
+                (1, 3),
+                none.name(),
+                &ht("alice", &first, none, None),
+                None,
+                &fast(1),
+            )
+            .await;
         assert!(matches!(outcome, Outcome::Success { .. }));
         // a second request (e.g. a password login): both valid until the new one is used
         let second = token_by_plain(&auth, 2, "phone", none.name()).await;
         assert_ne!(first, second);
-        let outcome = auth.start((1, 3), none.name(), &ht("alice", &first, none, None), None, &fast(2)).await;
-        assert!(matches!(outcome, Outcome::Success { .. }), "the old one, before the new is used");
-        let outcome = auth.start((1, 4), none.name(), &ht("alice", &second, none, None), None, &fast(1)).await;
-        assert!(matches!(outcome, Outcome::Success { token: None, .. }), "fresh: no rotation");
-        let outcome = auth.start((1, 5), none.name(), &ht("alice", &first, none, None), None, &fast(9)).await;
-        assert_eq!(outcome, Outcome::Failure("not-authorized"), "the old one ended");
+        let outcome = auth
+            .start(
+                (1, 3),
+                none.name(),
+                &ht("alice", &first, none, None),
+                None,
+                &fast(2),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Success { .. }),
+            "the old one, before the new is used"
+        );
+        let outcome = auth
+            .start(
+                (1, 4),
+                none.name(),
+                &ht("alice", &second, none, None),
+                None,
+                &fast(1),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Success { token: None, .. }),
+            "fresh: no rotation"
+        );
+        let outcome = auth
+            .start(
+                (1, 5),
+                none.name(),
+                &ht("alice", &first, none, None),
+                None,
+                &fast(9),
+            )
+            .await;
+        assert_eq!(
+            outcome,
+            Outcome::Failure("not-authorized"),
+            "the old one ended"
+        );
         // invalidate: this use is the last
         let end = FastAuth {
             invalidate: true,
             ..fast(2)
         };
-        let outcome = auth.start((1, 6), none.name(), &ht("alice", &second, none, None), None, &end).await;
+        let outcome = auth
+            .start(
+                (1, 6),
+                none.name(),
+                &ht("alice", &second, none, None),
+                None,
+                &end,
+            )
+            .await;
         assert!(matches!(outcome, Outcome::Success { token: None, .. }));
-        let outcome = auth.start((1, 7), none.name(), &ht("alice", &second, none, None), None, &fast(3)).await;
+        let outcome = auth
+            .start(
+                (1, 7),
+                none.name(),
+                &ht("alice", &second, none, None),
+                None,
+                &fast(3),
+            )
+            .await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
         // an unknown user costs the same and fails the same
-        let outcome = auth.start((1, 8), none.name(), &ht("nobody", &second, none, None), None, &fast(1)).await;
+        let outcome = auth
+            .start(
+                (1, 8),
+                none.name(),
+                &ht("nobody", &second, none, None),
+                None,
+                &fast(1),
+            )
+            .await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
     }
 
@@ -993,12 +1172,28 @@ mod tests {
         let Outcome::Success {
             token: Some(rotated),
             ..
-        } = auth.start((1, 2), none.name(), &ht("alice", &token, none, None), None, &fast(1)).await
+        } = auth
+            .start(
+                (1, 2),
+                none.name(),
+                &ht("alice", &token, none, None),
+                None,
+                &fast(1),
+            )
+            .await
         else {
             panic!("no rotation");
         };
         tokio::time::sleep(Duration::from_millis(4100)).await;
-        let outcome = auth.start((1, 3), none.name(), &ht("alice", &rotated.token, none, None), None, &fast(1)).await;
+        let outcome = auth
+            .start(
+                (1, 3),
+                none.name(),
+                &ht("alice", &rotated.token, none, None),
+                None,
+                &fast(1),
+            )
+            .await;
         assert_eq!(outcome, Outcome::Failure("credentials-expired"));
     }
 }

@@ -363,10 +363,9 @@ pub async fn start_with_store(
     if config.sasl2 && config.fast {
         // (from the SM key: in a cluster every core derives the same
         // tokens from a stored seed)
-        let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(
-            [&sm_key[..], b"longlink fast tokens"].concat(),
-        )
-        .into();
+        let key: [u8; 32] =
+            <sha2::Sha256 as sha2::Digest>::digest([&sm_key[..], b"longlink fast tokens"].concat())
+                .into();
         let days = u64::from(config.fast_token_days.clamp(1, 365));
         auth = auth.with_fast(auth::fast::FastTokens::new(
             key,

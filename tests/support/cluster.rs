@@ -342,6 +342,16 @@ impl Cluster {
     /// Starts a new process of CM `index` on client address `addr` (some
     /// time after [`Cluster::crash_cm`], once the old socket is released).
     pub async fn revive_cm(&mut self, index: usize, addr: SocketAddr) {
+        self.revive_cm_with(index, addr, |_| {}).await;
+    }
+
+    /// [`Cluster::revive_cm`], configured by `tweak` too.
+    pub async fn revive_cm_with(
+        &mut self,
+        index: usize,
+        addr: SocketAddr,
+        tweak: impl FnOnce(&mut CmConfig),
+    ) {
         // (the aborted CM's tasks let go of the socket shortly after)
         for _ in 0..100 {
             if std::net::UdpSocket::bind(addr).is_ok() {
@@ -349,7 +359,13 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.cms[index] = Some(self.start_cm(index + 1, |c| c.listen = addr).await);
+        let cm = self
+            .start_cm(index + 1, |c| {
+                tweak(c);
+                c.listen = addr;
+            })
+            .await;
+        self.cms[index] = Some(cm);
     }
 
     async fn start_cm(&self, n: usize, tweak: impl FnOnce(&mut CmConfig)) -> CmHandle {

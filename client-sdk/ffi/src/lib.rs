@@ -24,8 +24,8 @@ mod types;
 
 pub use error::LonglinkError;
 pub use types::{
-    ArchivedMessage, Carbon, ConnectOptions, Event, HistoryPage, HistoryQuery, Message,
-    FastToken, MessageState, Presence, PushOption, RosterItem, SessionToken, Show, Subscription,
+    ArchivedMessage, Carbon, ConnectOptions, Event, FastToken, HistoryPage, HistoryQuery, Message,
+    MessageState, Presence, PushOption, RosterItem, SessionToken, Show, Subscription,
     SubscriptionRequest, Trust,
 };
 

@@ -15,8 +15,8 @@ use xmpp_stream::sasl2::{self, Authenticate, BindRequest, Resume, Sasl2Error, Su
 use xmpp_stream::{StreamCondition, ns};
 
 use super::output::StreamError;
-use super::sasl::Authenticated;
 use super::report::{LoginResult, Refusal};
+use super::sasl::Authenticated;
 use super::{ClientSession, State, features};
 
 /// Most core frames held while the success waits (a core that sends

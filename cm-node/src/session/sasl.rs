@@ -322,7 +322,7 @@ impl SaslRelay {
             mechanism,
             data: data.into(),
             client_ip: self.client_ip,
-            fast,
+            fast: Box::new(fast),
         });
     }
 

@@ -1633,7 +1633,8 @@ fn fast_is_offered_inline_with_expr_only_where_the_exporter_is_known_and_never_a
 }
 
 #[test]
-fn a_fast_token_use_reaches_the_core_with_its_user_agent_count_and_binding_and_a_granted_token_is_written() {
+fn a_fast_token_use_reaches_the_core_with_its_user_agent_count_and_binding_and_a_granted_token_is_written()
+ {
     let mut s = fast_session(Some(&[5; 32]));
     s.data(HEADER);
     let a = s.data(
@@ -1642,10 +1643,21 @@ fn a_fast_token_use_reaches_the_core_with_its_user_agent_count_and_binding_and_a
           <fast xmlns='urn:xmpp:fast:0' count='4'/>\
           <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/></authenticate>",
     );
-    let [Frame::AuthStart { mechanism, data, fast, .. }] = &to_core(&a)[..] else {
+    let [
+        Frame::AuthStart {
+            mechanism,
+            data,
+            fast,
+            ..
+        },
+    ] = &to_core(&a)[..]
+    else {
         panic!("{a:?}");
     };
-    assert_eq!((mechanism.as_str(), &data[..]), ("HT-SHA-256-EXPR", &b"a\0h"[..]));
+    assert_eq!(
+        (mechanism.as_str(), &data[..]),
+        ("HT-SHA-256-EXPR", &b"a\0h"[..])
+    );
     assert_eq!(fast.user_agent.as_deref(), Some("ua-1"));
     assert_eq!(fast.count, Some(4));
     assert_eq!(fast.request_token.as_deref(), Some("HT-SHA-256-NONE"));
@@ -1668,7 +1680,8 @@ fn a_fast_token_use_reaches_the_core_with_its_user_agent_count_and_binding_and_a
 }
 
 #[test]
-fn an_ht_mechanism_this_connection_does_not_offer_is_refused_and_a_token_is_asked_only_for_an_offered_one() {
+fn an_ht_mechanism_this_connection_does_not_offer_is_refused_and_a_token_is_asked_only_for_an_offered_one()
+ {
     // no exporter: no -EXPR
     let mut s = fast_session(None);
     s.data(HEADER);

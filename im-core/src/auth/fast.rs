@@ -76,7 +76,12 @@ impl FastTokens {
     /// fewer than two tokens (or the user does not exist), so every use
     /// costs the same two HMACs.
     pub fn fake_token(&self, authcid: &str, index: usize) -> String {
-        let seed = [b"longlink fake fast token\0", authcid.as_bytes(), &[index as u8]].concat();
+        let seed = [
+            b"longlink fake fast token\0",
+            authcid.as_bytes(),
+            &[index as u8],
+        ]
+        .concat();
         derive_token(&self.key, &seed)
     }
 
@@ -169,7 +174,10 @@ mod tests {
             t.check(&row, HtMechanism::Sha256Expr, 10),
             Checked::Usable(FastSlot::New)
         );
-        assert_eq!(t.check(&row, HtMechanism::Sha256Expr, 1000), Checked::Expired);
+        assert_eq!(
+            t.check(&row, HtMechanism::Sha256Expr, 1000),
+            Checked::Expired
+        );
         row.slot = FastSlot::Current;
         assert_eq!(
             t.check(&row, HtMechanism::Sha256Expr, 999),

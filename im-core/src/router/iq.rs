@@ -5,8 +5,8 @@
 mod blocking;
 mod carbons;
 mod disco;
-pub(super) use disco::caps_ver;
 pub use disco::ServerOffers;
+pub(super) use disco::caps_ver;
 mod extdisco;
 mod mam;
 pub(super) use mam::parse_mam_query;

@@ -59,9 +59,11 @@ pub struct FastToken {
 /// unknown slot (written by a newer version) are left out.
 pub(super) fn with_slots(rows: Vec<(i64, FastToken)>) -> Vec<FastToken> {
     rows.into_iter()
-        .filter_map(|(n, token)| Some(FastToken {
-            slot: FastSlot::from_stored(n)?,
-            ..token
-        }))
+        .filter_map(|(n, token)| {
+            Some(FastToken {
+                slot: FastSlot::from_stored(n)?,
+                ..token
+            })
+        })
         .collect()
 }

@@ -556,8 +556,11 @@ pub trait Store: Send {
 
     /// The FAST tokens (XEP-0484) of a user's user agent `client` (the
     /// SHA-256 of its id): at most one per slot, `Current` first.
-    fn fast_tokens(&mut self, username: &str, client: &[u8])
-    -> Result<Vec<FastToken>, StorageError>;
+    fn fast_tokens(
+        &mut self,
+        username: &str,
+        client: &[u8],
+    ) -> Result<Vec<FastToken>, StorageError>;
     /// Stores `token` (its slot is ignored: it goes to `New`, replacing an
     /// unused new token) for an existing user's user agent. A user keeps
     /// tokens for at most [`MAX_FAST_CLIENTS`] user agents: past that, the

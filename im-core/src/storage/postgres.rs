@@ -15,9 +15,9 @@ use xmpp_sasl::{ScramKeys, StoredCredentials};
 
 use super::pep::{PepAccess, PepTables};
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, OfflineMessage, OfflineQuota, OfflineRow,
-    FastSlot, FastToken, PepConfig, PepItem, PepLastItem, PushRegistration, Roster, RosterItem,
-    StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
+    ArchiveEntry, ArchivePage, ArchiveQuery, Archived, FastSlot, FastToken, OfflineMessage,
+    OfflineQuota, OfflineRow, PepConfig, PepItem, PepLastItem, PushRegistration, Roster,
+    RosterItem, StorageError, Store, Stored, Subscription, decode_groups, encode_groups,
 };
 
 /// Schema migrations; the `schema_version` table records how many ran.

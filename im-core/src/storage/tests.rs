@@ -1563,12 +1563,27 @@ fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_
             fast_slots(&mut *db, "alice", phone),
             [(FastSlot::Current, 1, 1)]
         );
-        assert!(!db.fast_use("alice", phone, FastSlot::Current, Some(1)).unwrap());
-        assert!(!db.fast_use("alice", phone, FastSlot::Current, Some(0)).unwrap());
-        assert!(!db.fast_use("alice", phone, FastSlot::New, Some(5)).unwrap(), "no New token");
+        assert!(
+            !db.fast_use("alice", phone, FastSlot::Current, Some(1))
+                .unwrap()
+        );
+        assert!(
+            !db.fast_use("alice", phone, FastSlot::Current, Some(0))
+                .unwrap()
+        );
+        assert!(
+            !db.fast_use("alice", phone, FastSlot::New, Some(5)).unwrap(),
+            "no New token"
+        );
         // no count (a client outside 0-RTT that sends none): accepted, count kept
-        assert!(db.fast_use("alice", phone, FastSlot::Current, None).unwrap());
-        assert!(db.fast_use("alice", phone, FastSlot::Current, Some(2)).unwrap());
+        assert!(
+            db.fast_use("alice", phone, FastSlot::Current, None)
+                .unwrap()
+        );
+        assert!(
+            db.fast_use("alice", phone, FastSlot::Current, Some(2))
+                .unwrap()
+        );
         // a rotation: Current stays valid until New is used, then goes
         db.fast_issue("alice", phone, &fast_token(2, "HT-SHA-256-NONE", 200))
             .unwrap();
@@ -1576,7 +1591,10 @@ fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_
             fast_slots(&mut *db, "alice", phone),
             [(FastSlot::Current, 1, 2), (FastSlot::New, 2, -1)]
         );
-        assert!(db.fast_use("alice", phone, FastSlot::Current, Some(3)).unwrap());
+        assert!(
+            db.fast_use("alice", phone, FastSlot::Current, Some(3))
+                .unwrap()
+        );
         assert_eq!(fast_slots(&mut *db, "alice", phone).len(), 2);
         // an unused New is replaced by a newer one
         db.fast_issue("alice", phone, &fast_token(3, "HT-SHA-256-NONE", 300))
@@ -1587,7 +1605,10 @@ fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_
             [(FastSlot::Current, 3, 0)]
         );
         // the other user agent's token is its own
-        assert_eq!(fast_slots(&mut *db, "alice", laptop), [(FastSlot::New, 9, -1)]);
+        assert_eq!(
+            fast_slots(&mut *db, "alice", laptop),
+            [(FastSlot::New, 9, -1)]
+        );
         db.fast_invalidate("alice", laptop).unwrap();
         assert!(db.fast_tokens("alice", laptop).unwrap().is_empty());
         // a new password ends them all; so does deleting the user
@@ -1639,11 +1660,15 @@ fn fast_use_with_the_same_count_from_two_stores_succeeds_once() {
             .unwrap();
         a.fast_issue("carol", &[7; 32], &fast_token(1, "HT-SHA-256-NONE", 100))
             .unwrap();
-        let first = a.fast_use("carol", &[7; 32], FastSlot::New, Some(1)).unwrap();
+        let first = a
+            .fast_use("carol", &[7; 32], FastSlot::New, Some(1))
+            .unwrap();
         let second = b
             .fast_use("carol", &[7; 32], FastSlot::Current, Some(1))
             .unwrap();
-        let again = b.fast_use("carol", &[7; 32], FastSlot::New, Some(1)).unwrap();
+        let again = b
+            .fast_use("carol", &[7; 32], FastSlot::New, Some(1))
+            .unwrap();
         assert!(first && !second && !again);
     }
 }

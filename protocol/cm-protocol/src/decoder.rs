@@ -12,8 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::frame::{
-    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
-    SmSnapshot,
+    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, Kind, Resumption, RouteHeader, SessionId,
+    SlotEpoch, SmRequest, SmSnapshot,
 };
 use crate::primitive::Reader;
 use crate::tag::FrameTag;
@@ -68,14 +68,14 @@ impl Frame {
                 mechanism: r.string()?,
                 data: r.bytes()?,
                 client_ip: ip_address(&r.bytes()?)?,
-                fast: FastAuth {
+                fast: Box::new(FastAuth {
                     user_agent: r.opt_string()?,
                     request_token: r.opt_string()?,
                     count: if r.flag()? { Some(r.varint()?) } else { None },
                     invalidate: r.bool()?,
                     tls_exporter: if r.flag()? { Some(r.bytes()?) } else { None },
                     early: r.bool()?,
-                },
+                }),
             },
             FrameTag::AuthResponse => Frame::AuthResponse {
                 sid: r.varint()?,

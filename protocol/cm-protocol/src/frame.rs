@@ -233,8 +233,9 @@ pub enum Frame {
         client_ip: Option<IpAddr>,
         /// What a SASL2 `<authenticate/>` said about FAST tokens, and the
         /// connection's channel binding (new in `longlink-cm/8`; default
-        /// for SASL).
-        fast: FastAuth,
+        /// for SASL). Boxed: most frames are stanzas, and this would
+        /// double the size of every queued frame.
+        fast: Box<FastAuth>,
     },
     /// CM→core: a SASL response.
     AuthResponse {

@@ -33,8 +33,8 @@ pub use decoder::{FrameDecoder, MAX_FANOUT_SIDS, MAX_FRAME};
 pub use encoder::FrameTooLarge;
 pub use error::{DecodeError, UnknownFrameType};
 pub use frame::{
-    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, Kind, Resumption, RouteHeader, SessionId, SlotEpoch, SmRequest,
-    SmSnapshot,
+    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, Kind, Resumption, RouteHeader, SessionId,
+    SlotEpoch, SmRequest, SmSnapshot,
 };
 #[cfg(feature = "quinn")]
 pub use quinn_stream::{ReadFrameError, read_frame};

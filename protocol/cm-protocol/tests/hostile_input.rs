@@ -71,14 +71,14 @@ fn random_frame(rng: &mut StdRng, tag: FrameTag) -> Frame {
                 1 => Some(std::net::IpAddr::from(rng.r#gen::<[u8; 4]>())),
                 _ => Some(std::net::IpAddr::from(rng.r#gen::<[u8; 16]>())),
             },
-            fast: cm_protocol::FastAuth {
+            fast: Box::new(cm_protocol::FastAuth {
                 user_agent: opt_string(rng),
                 request_token: opt_string(rng),
                 count: rng.gen_bool(0.5).then(|| uint(rng)),
                 invalidate: rng.gen_bool(0.5),
                 tls_exporter: rng.gen_bool(0.5).then(|| bytes(rng)),
                 early: rng.gen_bool(0.5),
-            },
+            }),
         },
         FrameTag::AuthResponse => Frame::AuthResponse {
             sid,

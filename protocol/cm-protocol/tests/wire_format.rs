@@ -5,8 +5,8 @@
 
 use bytes::{Bytes, BytesMut};
 use cm_protocol::{
-    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, FrameDecoder, Kind, Resumption, RouteHeader, SlotEpoch, SmRequest,
-    SmSnapshot,
+    Bind2, CoreAddress, FastAuth, FastTokenGrant, Frame, FrameDecoder, Kind, Resumption,
+    RouteHeader, SlotEpoch, SmRequest, SmSnapshot,
 };
 
 /// Every frame variant with its encoding: the `u32` length, the type octet,
@@ -75,7 +75,7 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanism: "PLAIN".into(),
                 data: Bytes::from_static(b"\0a\0b"),
                 client_ip: Some(std::net::Ipv4Addr::new(127, 0, 0, 1).into()),
-                fast: FastAuth::default(),
+                fast: Box::default(),
             },
             "00000018 02 0105504c41494e0400610062 047f000001 000000000000",
         ),
@@ -85,14 +85,14 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanism: "HT-SHA-256-NONE".into(),
                 data: Bytes::from_static(b"a\0h"),
                 client_ip: None,
-                fast: FastAuth {
+                fast: Box::new(FastAuth {
                     user_agent: Some("u1".into()),
                     request_token: Some("HT".into()),
                     count: Some(300),
                     invalidate: true,
                     tls_exporter: Some(Bytes::from_static(b"xy")),
                     early: true,
-                },
+                }),
             },
             "00000028 02 010f48542d5348412d3235362d4e4f4e4503610068 00 01027531 01024854 01ac02 01 01027879 01",
         ),
@@ -102,7 +102,7 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanism: "PLAIN".into(),
                 data: Bytes::from_static(b"\0a\0b"),
                 client_ip: None,
-                fast: FastAuth::default(),
+                fast: Box::default(),
             },
             "00000014 02 0105504c41494e0400610062 00 000000000000",
         ),
@@ -112,7 +112,7 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 mechanism: "PLAIN".into(),
                 data: Bytes::new(),
                 client_ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
-                fast: FastAuth::default(),
+                fast: Box::default(),
             },
             "00000020 02 0105504c41494e00 1000000000000000000000000000000001 000000000000",
         ),

@@ -223,7 +223,10 @@ impl Token {
     pub fn to_element(&self) -> Element {
         let expiry = time::OffsetDateTime::from_unix_timestamp(self.expiry)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
         Element::new("token", ns::FAST)
             .with_attr("token", &self.token)
@@ -726,7 +729,9 @@ mod tests {
         let got = Token::parse(back.inline("token", ns::FAST).unwrap()).unwrap();
         assert_eq!(got, token);
         assert_eq!(
-            Token::parse(&parse("<token xmlns='urn:xmpp:fast:0' token='x' expiry='soon'/>")),
+            Token::parse(&parse(
+                "<token xmlns='urn:xmpp:fast:0' token='x' expiry='soon'/>"
+            )),
             None
         );
     }

@@ -322,7 +322,9 @@ async fn wait_for_raw(io: &mut client_sdk::transport::Io, body: &str) -> Result<
         let el = tokio::time::timeout(Duration::from_secs(10), io.element())
             .await
             .context("the missed message")??;
-        if el.name == "message" && el.child("body", ns::CLIENT).map(|b| b.text()).as_deref() == Some(body) {
+        if el.name == "message"
+            && el.child("body", ns::CLIENT).map(|b| b.text()).as_deref() == Some(body)
+        {
             return Ok(());
         }
     }
@@ -385,9 +387,7 @@ async fn attempt_once(
         again = again.with_fast_token(token);
     }
     let start = Instant::now();
-    let mut phone = Client::connect(again)
-        .await
-        .context("the phone resumes")?;
+    let mut phone = Client::connect(again).await.context("the phone resumes")?;
     anyhow::ensure!(phone.was_resumed(), "the session was resumed");
     anyhow::ensure!(
         phone.fast_logins() == u64::from(how == Login::Fast),

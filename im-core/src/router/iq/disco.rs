@@ -161,8 +161,20 @@ mod tests {
             sasl2: true,
             fast: true,
         };
-        assert_ne!(caps_ver(plain), caps_ver(ServerOffers { extdisco: true, ..plain }));
-        assert_ne!(caps_ver(plain), caps_ver(ServerOffers { sasl2: true, ..plain }));
+        assert_ne!(
+            caps_ver(plain),
+            caps_ver(ServerOffers {
+                extdisco: true,
+                ..plain
+            })
+        );
+        assert_ne!(
+            caps_ver(plain),
+            caps_ver(ServerOffers {
+                sasl2: true,
+                ..plain
+            })
+        );
         let info = disco_info(all).to_bytes(ns::CLIENT);
         let info = String::from_utf8(info).unwrap();
         for var in [ns::SASL2, ns::BIND2, ns::FAST, ns::EXTDISCO] {
