@@ -171,15 +171,17 @@ pub struct ClientPeer {
     /// The connection's `tls-exporter` channel binding (RFC 9266), once
     /// its TLS handshake is done (for FAST's `HT-SHA-256-EXPR`).
     pub tls_exporter: Option<bytes::Bytes>,
+    /// Set while a QUIC connection accepted with 0-RTT has not completed
+    /// its handshake: sessions opened meanwhile start early and learn the
+    /// completion (and the exporter) from it.
+    pub handshake: Option<crate::listener::HandshakeWatch>,
 }
 
 /// The `tls-exporter` channel binding (RFC 9266) of a TLS 1.3 connection,
 /// from its exporter: 32 octets, label `EXPORTER-Channel-Binding`, no
 /// context (TLS 1.3 makes an empty context the same as none, so QUIC's
 /// empty-context exporter gives the same value). None if it fails.
-pub fn tls_exporter(
-    export: impl FnOnce(&mut [u8; 32], &[u8]) -> bool,
-) -> Option<bytes::Bytes> {
+pub fn tls_exporter(export: impl FnOnce(&mut [u8; 32], &[u8]) -> bool) -> Option<bytes::Bytes> {
     let mut out = [0u8; 32];
     export(&mut out, b"EXPORTER-Channel-Binding").then(|| bytes::Bytes::copy_from_slice(&out))
 }

@@ -85,8 +85,9 @@ pub struct CmConfig {
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// Whether client QUIC connections may resume with 0-RTT early data
-    /// (on tickets from any CM; vendor/rustls). Off until the session
-    /// applies the early rule (docs/design/sasl2-fast.md §6.2).
+    /// (on tickets from any CM; vendor/rustls): such connections are
+    /// served before their handshake completes, under the early rule
+    /// (docs/design/sasl2-fast.md §6.2), and FAST offers say `tls-0rtt`.
     #[serde(default)]
     pub zero_rtt: bool,
 }
