@@ -25,9 +25,9 @@
 //! ([`ClientSession::with_early_data`]): until the driver reports the
 //! handshake complete ([`ClientSession::on_handshake_complete`]), early data
 //! may be a replay, so only the stream header and one SASL2
-//! `<authenticate/>` are acted on (marked `early` for the core, which then
-//! requires a FAST count); anything else waits
-//! (docs/design/sasl2-fast.md §6.2).
+//! `<authenticate/>` with a FAST token (`HT-SHA-256-NONE`) are acted on
+//! (marked `early` for the core, which then requires a FAST count);
+//! anything else waits (docs/design/sasl2-fast.md §6.2).
 
 mod binding;
 mod features;
@@ -303,9 +303,10 @@ impl ClientSession {
     /// accepted with 0-RTT; implies [`ClientSession::with_zero_rtt`]): what
     /// the client sends may be replayed early data. Until
     /// [`ClientSession::on_handshake_complete`] only the stream header and
-    /// one SASL2 `<authenticate/>` are handled (sent to the core marked
-    /// `early`, without channel binding, so only `HT-SHA-256-NONE` is
-    /// offered); anything else waits unparsed.
+    /// one SASL2 `<authenticate/>` with `HT-SHA-256-NONE` (a FAST token,
+    /// counted) are handled (sent to the core marked `early`, without
+    /// channel binding, so only `HT-SHA-256-NONE` is offered); anything
+    /// else (another mechanism too) waits unparsed.
     pub fn with_early_data(mut self) -> Self {
         self.zero_rtt = true;
         self.early = Some(Box::default());
@@ -661,8 +662,12 @@ impl ClientSession {
         };
         let authenticate = top.ns == ns::SASL2 && top.name == "authenticate";
         if let Some(early) = &mut self.early {
-            // Early data: one `<authenticate/>`, nothing else (§6.2).
-            if !(authenticate && self.state == State::Sasl && !early.authenticated) {
+            // Early data: one counted FAST `<authenticate/>`, nothing else
+            // (§6.2). (A password mechanism would be replayable with no
+            // count to stop it: it waits for the handshake too.)
+            let fast_none = self.offer.as_ref().is_some_and(|o| o.sasl2 && o.fast)
+                && top.attr("mechanism") == Some(features::HT_SHA_256_NONE);
+            if !(authenticate && fast_none && self.state == State::Sasl && !early.authenticated) {
                 early.held = Some(FrameEvent::Element(raw));
                 return;
             }

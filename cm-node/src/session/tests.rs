@@ -1844,7 +1844,8 @@ fn a_second_authenticate_in_early_data_waits_for_the_handshake_and_is_not_early(
 }
 
 #[test]
-fn sasl1_auth_registration_and_stream_end_in_early_data_wait_without_error_until_the_handshake() {
+fn sasl1_auth_password_authenticate_registration_and_stream_end_in_early_data_wait_until_the_handshake()
+ {
     // SASL1 <auth/>
     let mut s = early_session();
     s.data(HEADER);
@@ -1852,6 +1853,17 @@ fn sasl1_auth_registration_and_stream_end_in_early_data_wait_without_error_until
     assert!(to_core(&a).is_empty() && written(&a).is_empty(), "{a:?}");
     // (and anything behind it, even an <authenticate/>)
     assert!(to_core(&s.data(AUTHENTICATE_NONE)).is_empty());
+    s.on_handshake_complete(None);
+    let a = s.poll_actions();
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, fast, .. }] if mechanism == "PLAIN" && !fast.early),
+        "{a:?}"
+    );
+    // a SASL2 <authenticate/> with a password (no count would stop its replay)
+    let mut s = early_session();
+    s.data(HEADER);
+    let a = s.data(AUTHENTICATE_BIND2);
+    assert!(to_core(&a).is_empty() && written(&a).is_empty(), "{a:?}");
     s.on_handshake_complete(None);
     let a = s.poll_actions();
     assert!(
