@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -545,6 +546,13 @@ async fn serve_streams(
                 break;
             }
         }
+    }
+    // A handshake that ended as the connection did is still counted (not
+    // one cut short by shutdown).
+    if let Some(mut e) = early.take()
+        && (&mut e.accepted).now_or_never().is_some()
+    {
+        handshake_ended(&ctx, &conn, remote, &mut peer, e);
     }
     // Sessions end on their own (shutdown, or their stream is gone).
     while streams.join_next().await.is_some() {}

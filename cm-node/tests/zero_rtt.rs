@@ -554,9 +554,14 @@ struct ZeroRttCm {
 }
 
 async fn zero_rtt_cm() -> ZeroRttCm {
+    zero_rtt_cm_with(serde_json::json!({})).await
+}
+
+/// [`zero_rtt_cm`] with more CM settings.
+async fn zero_rtt_cm_with(more: serde_json::Value) -> ZeroRttCm {
     let pki = pki();
     let core = TestCore::start(pki.path());
-    let config: cm_node::CmConfig = serde_json::from_value(serde_json::json!({
+    let mut config = serde_json::json!({
         "node": "cm-1",
         "domain": DOMAIN,
         "listen": "127.0.0.1:0",
@@ -565,8 +570,11 @@ async fn zero_rtt_cm() -> ZeroRttCm {
         "pool_size": 1,
         "pre_auth_per_address": 8,
         "zero_rtt": true,
-    }))
-    .expect("config");
+    });
+    if let (Some(config), Some(more)) = (config.as_object_mut(), more.as_object()) {
+        config.extend(more.clone());
+    }
+    let config: cm_node::CmConfig = serde_json::from_value(config).expect("config");
     let cm = cm_node::start(config).await.expect("cm");
     let store = Arc::new(CountingStore {
         inner: ClientSessionMemoryCache::new(8),
@@ -763,6 +771,53 @@ async fn a_stanza_pipelined_in_0rtt_data_behind_the_authenticate_reaches_the_cor
         let mut seen = String::new();
         read_until(&mut recv, &mut seen, "<bound xmlns=\"urn:xmpp:bind:0\"").await;
         conn.close(quinn::VarInt::from_u32(0), b"done");
+        setup.cm.shutdown().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test]
+async fn a_0rtt_connection_whose_handshake_never_completes_ends_its_early_session_and_counts_as_failed()
+ {
+    tokio::time::timeout(WAIT, async {
+        // (a short idle timeout: the connection dies with its handshake held)
+        let mut setup = zero_rtt_cm_with(serde_json::json!({
+            "idle_timeout_secs": 2,
+            "keep_alive_secs": 1,
+        }))
+        .await;
+        let flight = format!("{HEADER}{}", authenticate_none(""));
+        // (`open` kept: dropped, it would let the relay forward the Finished)
+        let EarlyStream {
+            conn,
+            _send,
+            recv: _recv,
+            open: _open,
+            ..
+        } = early_stream(&setup, &flight).await;
+        let Frame::AuthStart { sid, fast, .. } = setup.core.next().await else {
+            panic!("not an AuthStart");
+        };
+        assert!(fast.early);
+        // the client gives up; its Finished never reaches the CM (which
+        // ends the connection at its idle timeout, or on the client's close)
+        conn.close(quinn::VarInt::from_u32(0), b"gone");
+        let ended = loop {
+            match setup.core.next().await {
+                Frame::SessionEnd { sid: ended, .. } => break ended,
+                other => eprintln!("core got {other:?}"),
+            }
+        };
+        assert_eq!(ended, sid);
+        assert!(setup.cm.sessions.is_empty());
+        // (the driver counts it when it sees the connection gone, maybe
+        // after the session's end)
+        while setup.cm.metrics.quic_handshakes_failed.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(setup.cm.metrics.quic_handshakes_failed.get(), 1);
+        assert_eq!(setup.cm.metrics.quic_handshakes_completed.get(), 1);
         setup.cm.shutdown().await;
     })
     .await
