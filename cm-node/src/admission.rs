@@ -171,6 +171,10 @@ pub struct ClientPeer {
     /// The connection's `tls-exporter` channel binding (RFC 9266), once
     /// its TLS handshake is done (for FAST's `HT-SHA-256-EXPR`).
     pub tls_exporter: Option<bytes::Bytes>,
+    /// Set while a QUIC connection accepted with 0-RTT has not completed
+    /// its handshake: sessions opened meanwhile start early and learn the
+    /// completion (and the exporter) from it.
+    pub handshake: Option<crate::listener::HandshakeWatch>,
 }
 
 /// The `tls-exporter` channel binding (RFC 9266) of a TLS 1.3 connection,

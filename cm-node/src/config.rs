@@ -85,9 +85,11 @@ pub struct CmConfig {
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// Whether client QUIC connections may resume with 0-RTT early data
-    /// (on tickets from any CM; vendor/rustls). Off until the session
-    /// applies the early rule (docs/design/sasl2-fast.md §6.2).
-    #[serde(default)]
+    /// (on tickets from any CM; vendor/rustls): such connections are
+    /// served before their handshake completes, under the early rule
+    /// (docs/design/sasl2-fast.md §6.2), and FAST offers say `tls-0rtt`
+    /// (default on: a phone's reconnection in one round trip).
+    #[serde(default = "yes")]
     pub zero_rtt: bool,
 }
 
@@ -99,6 +101,10 @@ pub struct BalancerLink {
     pub control: SocketAddr,
     /// The balancer's backend UDP address (encapsulated datagrams).
     pub encap: SocketAddr,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_pool() -> u16 {
@@ -172,7 +178,7 @@ impl CmConfig {
             tls_listen: None,
             ws_listen: None,
             admin_listen: None,
-            zero_rtt: false,
+            zero_rtt: true,
         }
     }
 

@@ -344,6 +344,7 @@ pub async fn start(config: CmConfig) -> Result<CmHandle, CmError> {
         pre_auth: Arc::new(admission::PreAuthLimit::new(config.pre_auth_per_address)),
         stream_wait: config.stream_wait(),
         auth_wait: config.auth_wait(),
+        zero_rtt: config.zero_rtt,
     });
     tasks.spawn(listener::run(client_endpoint.clone(), ctx.clone()));
     let mut tcp_addrs = [None, None];

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xmpp_stream::StreamCondition;
@@ -64,6 +66,51 @@ pub struct ListenerContext {
     /// after its handshake is closed (each stream has its own negotiation
     /// deadline, but a connection could open one after another).
     pub auth_wait: Duration,
+    /// Client QUIC connections are accepted with 0-RTT (the CM's
+    /// `zero_rtt`; its QUIC TLS config allows early data).
+    pub zero_rtt: bool,
+}
+
+/// Where a QUIC connection accepted with 0-RTT stands in its handshake.
+#[derive(Clone, Debug, Default)]
+enum HandshakeState {
+    /// Not complete: the connection's streams may carry early data.
+    #[default]
+    Pending,
+    /// Complete, with the connection's `tls-exporter` if computed.
+    Complete(Option<Bytes>),
+}
+
+/// The handshake of a QUIC connection accepted with 0-RTT, as its
+/// sessions see it: the connection's driver sets it once, when the
+/// handshake completes (if it fails, the watch closes, and the
+/// connection's streams end with it).
+#[derive(Clone, Debug)]
+pub struct HandshakeWatch(watch::Receiver<HandshakeState>);
+
+impl HandshakeWatch {
+    /// The connection's `tls-exporter` if the handshake is complete
+    /// (`Some(None)`: complete, no exporter).
+    fn completed(&self) -> Option<Option<Bytes>> {
+        match &*self.0.borrow() {
+            HandshakeState::Pending => None,
+            HandshakeState::Complete(exporter) => Some(exporter.clone()),
+        }
+    }
+
+    /// Waits for the handshake to complete: the connection's
+    /// `tls-exporter`, if computed; `None` if the connection died first.
+    async fn wait(mut self) -> Option<Option<Bytes>> {
+        let state = self
+            .0
+            .wait_for(|s| matches!(s, HandshakeState::Complete(_)))
+            .await
+            .ok()?;
+        match &*state {
+            HandshakeState::Complete(exporter) => Some(exporter.clone()),
+            HandshakeState::Pending => None,
+        }
+    }
 }
 
 /// Where a session's bytes come from: a QUIC stream (zero-copy chunks, no
@@ -260,6 +307,7 @@ fn count_in(ctx: &ListenerContext, ip: IpAddr, validated: bool) -> Result<Admitt
             ip,
             pre_auth: PreAuthSlot::new(pre_auth),
             tls_exporter: None,
+            handshake: None,
         },
     })
 }
@@ -281,6 +329,23 @@ pub async fn run(endpoint: quinn::Endpoint, ctx: Arc<ListenerContext>) {
         };
         let remote = incoming.remote_address();
         match admit_quic(&ctx, remote.ip(), incoming.remote_address_validated()) {
+            Ok(admitted) if ctx.zero_rtt => {
+                ctx.metrics.transport(Transport::Quic).accepted.inc();
+                match incoming.accept() {
+                    Ok(connecting) => {
+                        ctx.tasks.spawn(serve_0rtt_connection(
+                            ctx.clone(),
+                            connecting,
+                            remote,
+                            admitted,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::info!(%remote, error = %e, "client handshake failed");
+                        ctx.metrics.quic_handshakes_failed.inc();
+                    }
+                }
+            }
             Ok(admitted) => {
                 ctx.metrics.transport(Transport::Quic).accepted.inc();
                 ctx.tasks.spawn(serve_connection(
@@ -330,9 +395,98 @@ async fn serve_connection(
             return;
         }
     };
-    peer.tls_exporter = crate::admission::tls_exporter(|out, label| {
+    peer.tls_exporter = quic_tls_exporter(&conn);
+    serve_streams(ctx, conn, remote, peer, None).await;
+}
+
+/// The `tls-exporter` channel binding of a QUIC connection whose
+/// handshake is complete.
+fn quic_tls_exporter(conn: &quinn::Connection) -> Option<Bytes> {
+    crate::admission::tls_exporter(|out, label| {
         conn.export_keying_material(out, label, b"").is_ok()
-    });
+    })
+}
+
+/// [`serve_connection`] with 0-RTT (the CM's `zero_rtt`): the streams
+/// are served at once, their sessions started early, and when the
+/// handshake completes they learn it (with the exporter) through a
+/// [`HandshakeWatch`]. (`into_0rtt` always succeeds on a server; should it
+/// not, the handshake is awaited as without 0-RTT.)
+async fn serve_0rtt_connection(
+    ctx: Arc<ListenerContext>,
+    connecting: quinn::Connecting,
+    remote: std::net::SocketAddr,
+    admitted: Admitted,
+) {
+    let Admitted {
+        open: _open,
+        mut peer,
+    } = admitted;
+    let (conn, early) = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => {
+            let (done, watch) = watch::channel(HandshakeState::Pending);
+            peer.handshake = Some(HandshakeWatch(watch));
+            (conn, Some(EarlyConnection { accepted, done }))
+        }
+        Err(connecting) => match connecting.await {
+            Ok(conn) => {
+                ctx.metrics.quic_handshakes_completed.inc();
+                peer.tls_exporter = quic_tls_exporter(&conn);
+                (conn, None)
+            }
+            Err(e) => {
+                tracing::info!(%remote, error = %e, "client handshake failed");
+                ctx.metrics.quic_handshakes_failed.inc();
+                return;
+            }
+        },
+    };
+    serve_streams(ctx, conn, remote, peer, early).await;
+}
+
+/// A connection accepted with 0-RTT whose handshake is not complete.
+struct EarlyConnection {
+    /// Resolves when the handshake completes or fails (its bool means
+    /// nothing on a server).
+    accepted: quinn::ZeroRttAccepted,
+    /// Tells the connection's sessions.
+    done: watch::Sender<HandshakeState>,
+}
+
+/// The handshake of a connection accepted with 0-RTT ended: counted, and
+/// if it completed, the exporter is computed and the connection's
+/// sessions (and those to come) learn it. If it failed, the watch closes
+/// with `early` and the streams end with the connection.
+fn handshake_ended(
+    ctx: &ListenerContext,
+    conn: &quinn::Connection,
+    remote: std::net::SocketAddr,
+    peer: &mut ClientPeer,
+    early: EarlyConnection,
+) {
+    peer.handshake = None;
+    if let Some(e) = conn.close_reason() {
+        tracing::info!(%remote, error = %e, "client handshake failed");
+        ctx.metrics.quic_handshakes_failed.inc();
+        return;
+    }
+    ctx.metrics.quic_handshakes_completed.inc();
+    peer.tls_exporter = quic_tls_exporter(conn);
+    early
+        .done
+        .send_replace(HandshakeState::Complete(peer.tls_exporter.clone()));
+}
+
+/// Serves a client connection's streams, each a [`run_session`], until the
+/// connection ends (or has none for `stream_wait`, or authenticates none in
+/// `auth_wait`). `early`: its handshake is not complete yet (0-RTT).
+async fn serve_streams(
+    ctx: Arc<ListenerContext>,
+    conn: quinn::Connection,
+    remote: std::net::SocketAddr,
+    mut peer: ClientPeer,
+    mut early: Option<EarlyConnection>,
+) {
     // The connection's streams; while it has none, it has `stream_wait` to
     // open one (keep-alives alone do not hold a client slot).
     let mut streams = tokio::task::JoinSet::new();
@@ -341,8 +495,15 @@ async fn serve_connection(
         let idle = streams.is_empty();
         let wait = tokio::time::sleep(ctx.stream_wait);
         let unauthenticated = !peer.pre_auth.is_released();
+        let handshaking = early.is_some();
         let stream = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
+            _ = async { if let Some(e) = early.as_mut() { (&mut e.accepted).await; } }, if handshaking => {
+                if let Some(e) = early.take() {
+                    handshake_ended(&ctx, &conn, remote, &mut peer, e);
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(auth_deadline), if unauthenticated => {
                 if peer.pre_auth.is_released() {
                     continue;
@@ -385,6 +546,13 @@ async fn serve_connection(
                 break;
             }
         }
+    }
+    // A handshake that ended as the connection did is still counted (not
+    // one cut short by shutdown).
+    if let Some(mut e) = early.take()
+        && (&mut e.accepted).now_or_never().is_some()
+    {
+        handshake_ended(&ctx, &conn, remote, &mut peer, e);
     }
     // Sessions end on their own (shutdown, or their stream is gone).
     while streams.join_next().await.is_some() {}
@@ -483,7 +651,24 @@ where
         now(),
     )
     .with_client_ip(peer.ip);
-    if let Some(exporter) = peer.tls_exporter.clone() {
+    if transport == Transport::Quic && ctx.zero_rtt {
+        session = session.with_zero_rtt();
+    }
+    let mut exporter = peer.tls_exporter.clone();
+    // On a connection accepted with 0-RTT whose handshake is not complete,
+    // the session starts early and waits (boxed: only such sessions pay)
+    // for the handshake.
+    let mut handshake = None;
+    if let Some(watch) = &peer.handshake {
+        match watch.completed() {
+            Some(completed) => exporter = exporter.or(completed),
+            None => {
+                session = session.with_early_data();
+                handshake = Some(Box::pin(watch.clone().wait()));
+            }
+        }
+    }
+    if let Some(exporter) = exporter {
         session = session.with_tls_exporter(exporter);
     }
     // How the stream ended, once known (for the metrics), and who ended it.
@@ -498,6 +683,13 @@ where
             _ = ctx.shutdown.cancelled() => session.close(StreamCondition::SystemShutdown, None),
             _ = kill.cancelled() => session.close(StreamCondition::ResourceConstraint, Some("client is not reading fast enough")),
             offer = ctx.pool.wait_core_offer(), if awaiting_offer => session.on_core_offer(offer),
+            done = async { match handshake.as_mut() { Some(h) => h.await, None => std::future::pending().await } }, if handshake.is_some() => {
+                handshake = None;
+                // (None: the connection died in its handshake; its stream ends with it)
+                if let Some(exporter) = done {
+                    session.on_handshake_complete(exporter);
+                }
+            }
             chunk = recv.next_chunk(), if reading => match chunk {
                 Ok(Some(c)) => {
                     counts.bytes_in.inc_by(c.len() as u64);
@@ -681,6 +873,7 @@ mod tests {
             pre_auth: Arc::new(PreAuthLimit::new(10)),
             stream_wait: Duration::from_secs(10),
             auth_wait: Duration::from_secs(90),
+            zero_rtt: false,
         })
     }
 
@@ -745,6 +938,7 @@ mod tests {
             ip,
             pre_auth: PreAuthSlot::new(ctx.pre_auth.admit(ip).expect("admitted")),
             tls_exporter: None,
+            handshake: None,
         };
         let task = tokio::spawn(run_session(
             ctx.clone(),

@@ -20,6 +20,14 @@
 //! indication (`stream_management`). It polices the stream: the framer's
 //! limits, a read budget ([`xmpp_stream::pacing::TokenBucket`]) and a deadline to authenticate
 //! and bind.
+//!
+//! On a QUIC connection accepted with 0-RTT, a session starts *early*
+//! ([`ClientSession::with_early_data`]): until the driver reports the
+//! handshake complete ([`ClientSession::on_handshake_complete`]), early data
+//! may be a replay, so only the stream header and one SASL2
+//! `<authenticate/>` with a FAST token (`HT-SHA-256-NONE`) are acted on
+//! (marked `early` for the core, which then requires a FAST count);
+//! anything else waits (docs/design/sasl2-fast.md §6.2).
 
 mod binding;
 mod features;
@@ -72,6 +80,25 @@ pub struct SessionSettings {
     pub read_rate: u64,
     /// Bytes one stream may send at once before shaping applies.
     pub read_burst: u64,
+}
+
+/// What a session started early holds until its transport's handshake
+/// completes (see [`ClientSession::with_early_data`]).
+#[derive(Debug, Default)]
+struct Early {
+    /// The one `<authenticate/>` early data may carry was taken.
+    authenticated: bool,
+    /// What came that early data may not do (any element but that
+    /// `<authenticate/>`, or the stream's end): handled first once the
+    /// handshake completes. Parsing stops behind it.
+    held: Option<FrameEvent>,
+}
+
+impl Early {
+    /// Whether parsing waits for the handshake.
+    fn waits(&self) -> bool {
+        self.authenticated || self.held.is_some()
+    }
 }
 
 /// What the driver must do.
@@ -201,6 +228,10 @@ pub struct ClientSession {
     /// The connection's `tls-exporter` channel binding, if known (sent to
     /// the core with SASL2 attempts, for FAST's `HT-SHA-256-EXPR`).
     tls_exporter: Option<Bytes>,
+    /// The transport accepts 0-RTT: the FAST offer says `tls-0rtt`.
+    zero_rtt: bool,
+    /// Set while the transport's handshake is not complete (0-RTT).
+    early: Option<Box<Early>>,
     /// Frames from the core came in this batch (ask for an ack after it).
     core_batch: bool,
     out: Output,
@@ -240,6 +271,8 @@ impl ClientSession {
             negotiation_deadline: Some(now + NEGOTIATION_TIMEOUT),
             closed_by_client: false,
             tls_exporter: None,
+            zero_rtt: false,
+            early: None,
             core_batch: false,
             out: Output::new(framing),
         }
@@ -256,6 +289,50 @@ impl ClientSession {
     pub fn with_tls_exporter(mut self, exporter: Bytes) -> Self {
         self.tls_exporter = Some(exporter);
         self
+    }
+
+    /// The connection's transport accepts 0-RTT (QUIC on a CM with
+    /// `zero_rtt` on): the FAST offer says `tls-0rtt='true'`, so a client
+    /// may use its token in early data next time.
+    pub fn with_zero_rtt(mut self) -> Self {
+        self.zero_rtt = true;
+        self
+    }
+
+    /// The transport's handshake is not complete yet (a QUIC connection
+    /// accepted with 0-RTT; implies [`ClientSession::with_zero_rtt`]): what
+    /// the client sends may be replayed early data. Until
+    /// [`ClientSession::on_handshake_complete`] only the stream header and
+    /// one SASL2 `<authenticate/>` with `HT-SHA-256-NONE` (a FAST token,
+    /// counted) are handled (sent to the core marked `early`, without
+    /// channel binding, so only `HT-SHA-256-NONE` is offered); anything
+    /// else (another mechanism too) waits unparsed.
+    pub fn with_early_data(mut self) -> Self {
+        self.zero_rtt = true;
+        self.early = Some(Box::default());
+        self
+    }
+
+    /// The transport's handshake completed, with the connection's
+    /// `tls-exporter` channel binding if the driver computed it: what the
+    /// client sent beyond the early rule is handled now.
+    pub fn on_handshake_complete(&mut self, tls_exporter: Option<Bytes>) {
+        if self.jid.is_none() && tls_exporter.is_some() {
+            // (only authentication uses it: a bound session needs none)
+            self.tls_exporter = tls_exporter;
+        }
+        let Some(early) = self.early.take() else {
+            return;
+        };
+        if self.state == State::Closed {
+            return;
+        }
+        // (held only before any authentication, when nothing else pauses
+        // parsing: it is handled as it would have been)
+        if let Some(event) = early.held {
+            self.on_event(Ok(Some(event)));
+        }
+        self.process_events();
     }
 
     /// Bytes arrived from the client at `now`.
@@ -362,7 +439,7 @@ impl ClientSession {
         let waiting = self.state == State::AwaitingOffer;
         if waiting {
             self.state = State::Sasl;
-            let fast = features::fast_feature(&offer, self.tls_exporter.is_some());
+            let fast = features::fast_feature(&offer, self.tls_exporter.is_some(), self.zero_rtt);
             self.out
                 .write_features(features::before_auth(&offer, &fast));
         }
@@ -491,8 +568,12 @@ impl ClientSession {
     /// Whether what the client sends waits unparsed: for the core's offer,
     /// for a SASL2 exchange's answer at the core (pipelined data behind an
     /// `<authenticate/>` is read the same whatever the core's latency),
-    /// or for its inline requests.
+    /// or for its inline requests; or, before the transport's handshake
+    /// completes, for that.
     fn parsing_paused(&self) -> bool {
+        if self.early.as_ref().is_some_and(|e| e.waits()) {
+            return true;
+        }
         match self.state {
             State::AwaitingOffer | State::Inline => true,
             State::Sasl => self.sasl.sasl2_awaiting_core(),
@@ -503,17 +584,30 @@ impl ClientSession {
     /// Runs the framer over what it holds, element by element.
     fn process_events(&mut self) {
         while self.state != State::Closed && !self.parsing_paused() {
-            match self.framer.next_event() {
-                Ok(None) => break,
-                Ok(Some(FrameEvent::Open(header))) => self.on_open(header),
-                Ok(Some(FrameEvent::Element(raw))) => self.on_element(raw),
-                Ok(Some(FrameEvent::Close)) => {
-                    self.closed_by_client = true;
-                    self.out.write_close();
-                    self.finish(EndReason::ClientClosed);
-                }
-                Err(e) => self.close_with(e.into()),
+            let event = self.framer.next_event();
+            if matches!(event, Ok(None)) {
+                break;
             }
+            self.on_event(event);
+        }
+    }
+
+    /// One event of the framer.
+    fn on_event(&mut self, event: Result<Option<FrameEvent>, xmpp_stream::framer::FramingError>) {
+        match event {
+            Ok(None) => {}
+            Ok(Some(FrameEvent::Open(header))) => self.on_open(header),
+            Ok(Some(FrameEvent::Element(raw))) => self.on_element(raw),
+            Ok(Some(FrameEvent::Close)) => {
+                if let Some(early) = &mut self.early {
+                    early.held = Some(FrameEvent::Close);
+                    return;
+                }
+                self.closed_by_client = true;
+                self.out.write_close();
+                self.finish(EndReason::ClientClosed);
+            }
+            Err(e) => self.close_with(e.into()),
         }
     }
 
@@ -550,7 +644,7 @@ impl ClientSession {
             Some(features::after_auth(self.offer.as_deref()))
         } else if let Some(offer) = &self.offer {
             self.state = State::Sasl;
-            let fast = features::fast_feature(offer, self.tls_exporter.is_some());
+            let fast = features::fast_feature(offer, self.tls_exporter.is_some(), self.zero_rtt);
             Some(features::before_auth(offer, &fast))
         } else {
             // The core's Welcome has not come yet: its mechanisms, and
@@ -566,12 +660,23 @@ impl ClientSession {
             Ok(t) => t,
             Err(e) => return self.close_with(e.into()),
         };
+        let authenticate = top.ns == ns::SASL2 && top.name == "authenticate";
+        if let Some(early) = &mut self.early {
+            // Early data: one counted FAST `<authenticate/>`, nothing else
+            // (§6.2). (A password mechanism would be replayable with no
+            // count to stop it: it waits for the handshake too.)
+            let fast_none = self.offer.as_ref().is_some_and(|o| o.sasl2 && o.fast)
+                && top.attr("mechanism") == Some(features::HT_SHA_256_NONE);
+            if !(authenticate && fast_none && self.state == State::Sasl && !early.authenticated) {
+                early.held = Some(FrameEvent::Element(raw));
+                return;
+            }
+            early.authenticated = true;
+        }
         let sid = self.sid;
         let iq = top.stanza_kind() == Some(StanzaKind::Iq);
         let result = match self.state {
-            State::Sasl if top.ns == ns::SASL2 && top.name == "authenticate" => {
-                self.on_authenticate(&raw)
-            }
+            State::Sasl if authenticate => self.on_authenticate(&raw),
             State::Sasl if top.ns == ns::SASL || top.ns == ns::SASL2 => match &self.offer {
                 Some(offer) => self.sasl.on_element(sid, offer, &raw, &top, &mut self.out),
                 None => Ok(()),

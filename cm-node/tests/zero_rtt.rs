@@ -6,12 +6,21 @@
 //! across connections. A ticket from A opens 0-RTT on B, and B reads the
 //! early data before the handshake completes; without the flag the same
 //! setup never offers 0-RTT.
+//!
+//! Then a real CM (`zero_rtt` on) in front of a test core speaking the CM
+//! protocol: a client reconnecting with the CM's ticket writes its stream
+//! header and a FAST `<authenticate/>` as 0-RTT data, and the core gets it
+//! marked `early` while the client's Finished is still held back; a stanza
+//! pipelined behind it reaches the core only after the handshake completes
+//! (docs/design/sasl2-fast.md §6.2).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use cm_protocol::{Frame, FrameDecoder, read_frame};
 use futures_util::FutureExt;
 use rustls::NamedGroup;
 use rustls::client::{
@@ -409,6 +418,407 @@ async fn without_the_flag_stateless_tickets_allow_no_0rtt_on_another_cm() {
         assert!(matches!(from_b.recv().await, Some(Seen::Complete)));
         conn.close(quinn::VarInt::from_u32(0), b"done");
         endpoint.wait_idle().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+/// A test core: accepts one CM connection, welcomes it with SASL2 and
+/// FAST, then writes what the test gives it and hands the test what the CM
+/// sends.
+struct TestCore {
+    addr: SocketAddr,
+    from_cm: mpsc::UnboundedReceiver<Frame>,
+    to_cm: mpsc::UnboundedSender<Frame>,
+    _endpoint: quinn::Endpoint,
+}
+
+impl TestCore {
+    fn start(pki: &Path) -> TestCore {
+        let paths = certs::PkiPaths::new(pki);
+        let tls = certs::cluster_server_config(
+            &paths.ca_cert(),
+            &paths.core_cert(),
+            &paths.core_key(),
+            cm_protocol::ALPN,
+        )
+        .expect("core tls");
+        let tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
+        let config = quinn::ServerConfig::with_crypto(Arc::new(tls));
+        let endpoint =
+            quinn::Endpoint::server(config, ([127, 0, 0, 1], 0).into()).expect("core endpoint");
+        let addr = endpoint.local_addr().expect("core address");
+        let (to_test, from_cm) = mpsc::unbounded_channel();
+        let (to_cm, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+        let accepting = endpoint.clone();
+        tokio::spawn(async move {
+            let Some(incoming) = accepting.accept().await else {
+                return;
+            };
+            let Ok(conn) = incoming.await else { return };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                return;
+            };
+            let mut decoder = FrameDecoder::new();
+            let Ok(Some(Frame::Hello { .. })) = read_frame(&mut recv, &mut decoder).await else {
+                return;
+            };
+            let mut out = BytesMut::new();
+            Frame::Welcome {
+                domain: DOMAIN.into(),
+                instance: 1,
+                mechanisms: vec!["PLAIN".into()],
+                registration: false,
+                caps: String::new(),
+                sasl2: true,
+                fast: true,
+            }
+            .encode(&mut out);
+            if send.write_all(&out).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    frame = outgoing.recv() => {
+                        let Some(frame) = frame else { return };
+                        let mut out = BytesMut::new();
+                        frame.encode(&mut out);
+                        if send.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    frame = read_frame(&mut recv, &mut decoder) => match frame {
+                        Ok(Some(frame)) => {
+                            let _ = to_test.send(frame);
+                        }
+                        _ => return,
+                    },
+                }
+            }
+        });
+        TestCore {
+            addr,
+            from_cm,
+            to_cm,
+            _endpoint: endpoint,
+        }
+    }
+
+    fn send(&self, frame: Frame) {
+        self.to_cm.send(frame).expect("core task");
+    }
+
+    /// The next frame from the CM.
+    async fn next(&mut self) -> Frame {
+        self.from_cm.recv().await.expect("the CM's link closed")
+    }
+}
+
+const HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
+
+/// A FAST token use as an SDK sends it in 0-RTT (`rest`: inline requests).
+fn authenticate_none(rest: &str) -> String {
+    format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+         <initial-response>dUB4AGg=</initial-response>\
+         <user-agent id='ua-1'><software>t</software></user-agent>\
+         <fast xmlns='urn:xmpp:fast:0' count='1'/>{rest}</authenticate>"
+    )
+}
+
+/// Reads `recv` until `needle` has come; what came up to its end is
+/// taken from `seen` and returned.
+async fn read_until(recv: &mut quinn::RecvStream, seen: &mut String, needle: &str) -> String {
+    loop {
+        if let Some(at) = seen.find(needle) {
+            return seen.drain(..at + needle.len()).collect();
+        }
+        let chunk = recv
+            .read_chunk(64 * 1024, true)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("the CM closed the stream before {needle:?}: {seen:?}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk.bytes));
+    }
+}
+
+/// A CM with `zero_rtt` on in front of a test core, and a client that got
+/// the CM's tickets on a first (1-RTT) connection, whose stream's features
+/// offered FAST with `tls-0rtt`.
+struct ZeroRttCm {
+    core: TestCore,
+    cm: cm_node::CmHandle,
+    endpoint: quinn::Endpoint,
+    store: Arc<CountingStore>,
+    _pki: tempfile::TempDir,
+}
+
+async fn zero_rtt_cm() -> ZeroRttCm {
+    zero_rtt_cm_with(serde_json::json!({})).await
+}
+
+/// [`zero_rtt_cm`] with more CM settings.
+async fn zero_rtt_cm_with(more: serde_json::Value) -> ZeroRttCm {
+    let pki = pki();
+    let core = TestCore::start(pki.path());
+    let mut config = serde_json::json!({
+        "node": "cm-1",
+        "domain": DOMAIN,
+        "listen": "127.0.0.1:0",
+        "core": core.addr.to_string(),
+        "pki_dir": pki.path(),
+        "pool_size": 1,
+        "pre_auth_per_address": 8,
+        "zero_rtt": true,
+    });
+    if let (Some(config), Some(more)) = (config.as_object_mut(), more.as_object()) {
+        config.extend(more.clone());
+    }
+    let config: cm_node::CmConfig = serde_json::from_value(config).expect("config");
+    let cm = cm_node::start(config).await.expect("cm");
+    let store = Arc::new(CountingStore {
+        inner: ClientSessionMemoryCache::new(8),
+        received: Mutex::default(),
+        taken: Mutex::default(),
+    });
+    let endpoint = client(pki.path(), store.clone());
+
+    let connecting = endpoint.connect(cm.client_addr, DOMAIN).expect("connect");
+    let Err(connecting) = connecting.into_0rtt() else {
+        panic!("0-RTT offered without a ticket");
+    };
+    let conn = connecting.await.expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(HEADER.as_bytes()).await.expect("write");
+    let mut seen = String::new();
+    let features = read_until(&mut recv, &mut seen, "</stream:features>").await;
+    assert!(
+        features.contains("<fast xmlns=\"urn:xmpp:fast:0\" tls-0rtt=\"true\"><mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>"),
+        "{features}"
+    );
+    while store.received().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        store.received().iter().all(|&size| size == u32::MAX),
+        "the CM's tickets allow early data: {:?}",
+        store.received()
+    );
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    assert_eq!(cm.metrics.quic_handshakes_completed.get(), 1);
+    ZeroRttCm {
+        core,
+        cm,
+        endpoint,
+        store,
+        _pki: pki,
+    }
+}
+
+/// A 0-RTT connection to the CM through a relay that holds the client's
+/// Finished until `open` fires.
+struct EarlyStream {
+    conn: quinn::Connection,
+    accepted: quinn::ZeroRttAccepted,
+    /// Kept open (dropping it would end the stream).
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    open: oneshot::Sender<()>,
+}
+
+/// An [`EarlyStream`] with `flight` written as early data.
+async fn early_stream(setup: &ZeroRttCm, flight: &str) -> EarlyStream {
+    let (open, gate) = oneshot::channel();
+    let held = hold_handshake(setup.cm.client_addr, gate).await;
+    let (conn, accepted) = setup
+        .endpoint
+        .connect(held, DOMAIN)
+        .expect("connect")
+        .into_0rtt()
+        .unwrap_or_else(|_| panic!("0-RTT refused with the CM's ticket"));
+    let (mut send, recv) = conn.open_bi().await.expect("0-RTT stream");
+    send.write_all(flight.as_bytes())
+        .await
+        .expect("0-RTT write");
+    assert_eq!(
+        setup.store.taken(),
+        1,
+        "the second connection used a ticket"
+    );
+    EarlyStream {
+        conn,
+        accepted,
+        _send: send,
+        recv,
+        open,
+    }
+}
+
+#[tokio::test]
+async fn a_fast_authenticate_in_0rtt_data_reaches_the_core_marked_early_before_the_handshake_completes()
+ {
+    tokio::time::timeout(WAIT, async {
+        let mut setup = zero_rtt_cm().await;
+        let flight = format!("{HEADER}{}", authenticate_none(""));
+        let EarlyStream {
+            conn,
+            accepted,
+            _send,
+            mut recv,
+            open,
+        } = early_stream(&setup, &flight).await;
+
+        let Frame::AuthStart {
+            sid,
+            mechanism,
+            fast,
+            ..
+        } = setup.core.next().await
+        else {
+            panic!("not an AuthStart");
+        };
+        // the client's Finished is held: only the first connection's
+        // handshake has completed
+        assert_eq!(setup.cm.metrics.quic_handshakes_completed.get(), 1);
+        assert_eq!(mechanism, "HT-SHA-256-NONE");
+        assert!(fast.early, "not marked early: {fast:?}");
+        assert_eq!(fast.tls_exporter, None);
+        assert_eq!(fast.count, Some(1));
+        assert_eq!(fast.user_agent.as_deref(), Some("ua-1"));
+        setup.core.send(Frame::AuthSuccess {
+            sid,
+            data: Bytes::new(),
+            user: "u@x".into(),
+            token: None,
+        });
+        let _ = open.send(());
+        assert!(accepted.await, "client: 0-RTT rejected");
+        let mut seen = String::new();
+        read_until(&mut recv, &mut seen, "<success xmlns=\"urn:xmpp:sasl:2\">").await;
+        read_until(
+            &mut recv,
+            &mut seen,
+            "<authorization-identifier>u@x</authorization-identifier>",
+        )
+        .await;
+        while setup.cm.metrics.quic_handshakes_completed.get() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(setup.cm.metrics.quic_handshakes_failed.get(), 0);
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+        setup.cm.shutdown().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test]
+async fn a_stanza_pipelined_in_0rtt_data_behind_the_authenticate_reaches_the_core_only_after_the_handshake()
+ {
+    tokio::time::timeout(WAIT, async {
+        let mut setup = zero_rtt_cm().await;
+        let flight = format!(
+            "{HEADER}{}<message to='b@x' id='m0' type='chat'><body>early</body></message>",
+            authenticate_none("<bind xmlns='urn:xmpp:bind:0'><tag>app</tag></bind>")
+        );
+        let EarlyStream {
+            conn,
+            accepted,
+            _send,
+            mut recv,
+            open,
+        } = early_stream(&setup, &flight).await;
+
+        let Frame::AuthStart { sid, fast, .. } = setup.core.next().await else {
+            panic!("not an AuthStart");
+        };
+        assert!(fast.early);
+        setup.core.send(Frame::AuthSuccess {
+            sid,
+            data: Bytes::new(),
+            user: "u@x".into(),
+            token: None,
+        });
+        let Frame::Bind { bind2, .. } = setup.core.next().await else {
+            panic!("not the Bind2 bind");
+        };
+        assert_eq!(bind2.and_then(|b| b.tag).as_deref(), Some("app"));
+        setup.core.send(Frame::BindResult {
+            sid,
+            iq_id: String::new(),
+            result: Ok("u@x/app".into()),
+        });
+        // The session is bound; the message waits for the handshake. (A
+        // short look for a wrong early forward; what proves the order is
+        // the count below.)
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(frame) = setup.core.from_cm.try_recv() {
+            assert!(
+                !matches!(frame, Frame::Stanza { .. }),
+                "a stanza forwarded before the handshake completed: {frame:?}"
+            );
+        }
+        assert_eq!(setup.cm.metrics.quic_handshakes_completed.get(), 1);
+        let _ = open.send(());
+        let Frame::Stanza { header, .. } = setup.core.next().await else {
+            panic!("not the message");
+        };
+        assert_eq!(header.id.as_deref(), Some("m0"));
+        assert_eq!(header.from, "u@x/app");
+        // forwarded only once the CM had seen the handshake complete
+        assert_eq!(setup.cm.metrics.quic_handshakes_completed.get(), 2);
+        assert!(accepted.await, "client: 0-RTT rejected");
+        let mut seen = String::new();
+        read_until(&mut recv, &mut seen, "<bound xmlns=\"urn:xmpp:bind:0\"").await;
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+        setup.cm.shutdown().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test]
+async fn a_0rtt_connection_whose_handshake_never_completes_ends_its_early_session_and_counts_as_failed()
+ {
+    tokio::time::timeout(WAIT, async {
+        // (a short idle timeout: the connection dies with its handshake held)
+        let mut setup = zero_rtt_cm_with(serde_json::json!({
+            "idle_timeout_secs": 2,
+            "keep_alive_secs": 1,
+        }))
+        .await;
+        let flight = format!("{HEADER}{}", authenticate_none(""));
+        // (`open` kept: dropped, it would let the relay forward the Finished)
+        let EarlyStream {
+            conn,
+            _send,
+            recv: _recv,
+            open: _open,
+            ..
+        } = early_stream(&setup, &flight).await;
+        let Frame::AuthStart { sid, fast, .. } = setup.core.next().await else {
+            panic!("not an AuthStart");
+        };
+        assert!(fast.early);
+        // the client gives up; its Finished never reaches the CM (which
+        // ends the connection at its idle timeout, or on the client's close)
+        conn.close(quinn::VarInt::from_u32(0), b"gone");
+        let ended = loop {
+            match setup.core.next().await {
+                Frame::SessionEnd { sid: ended, .. } => break ended,
+                other => eprintln!("core got {other:?}"),
+            }
+        };
+        assert_eq!(ended, sid);
+        assert!(setup.cm.sessions.is_empty());
+        // (the driver counts it when it sees the connection gone, maybe
+        // after the session's end)
+        while setup.cm.metrics.quic_handshakes_failed.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(setup.cm.metrics.quic_handshakes_failed.get(), 1);
+        assert_eq!(setup.cm.metrics.quic_handshakes_completed.get(), 1);
+        setup.cm.shutdown().await;
     })
     .await
     .expect("timed out");

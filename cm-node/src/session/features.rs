@@ -71,8 +71,9 @@ pub const HT_SHA_256_NONE: &str = "HT-SHA-256-NONE";
 /// `HT-SHA-256-EXPR` where the connection's `tls-exporter` is known, and
 /// `HT-SHA-256-NONE` always. (`-ENDP` is not offered: a client resuming a
 /// TLS session another CM issued hashes that CM's certificate, which this
-/// one cannot know; `-UNIQ` does not exist on TLS 1.3.)
-pub(super) fn fast_feature(offer: &CoreOffer, tls_exporter: bool) -> FastFeature {
+/// one cannot know; `-UNIQ` does not exist on TLS 1.3.) `tls-0rtt='true'`
+/// where the connection's transport accepts 0-RTT (`zero_rtt`).
+pub(super) fn fast_feature(offer: &CoreOffer, tls_exporter: bool, zero_rtt: bool) -> FastFeature {
     if !offer.fast {
         return FastFeature::default();
     }
@@ -83,7 +84,7 @@ pub(super) fn fast_feature(offer: &CoreOffer, tls_exporter: bool) -> FastFeature
     mechanisms.push(HT_SHA_256_NONE);
     FastFeature {
         mechanisms,
-        tls_0rtt: false,
+        tls_0rtt: zero_rtt,
     }
 }
 

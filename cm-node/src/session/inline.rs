@@ -97,7 +97,7 @@ impl ClientSession {
             fast,
             request_token,
         } = auth;
-        let fast_offer = features::fast_feature(&offer, self.tls_exporter.is_some());
+        let fast_offer = features::fast_feature(&offer, self.tls_exporter.is_some(), self.zero_rtt);
         let offered = offer.offers(&mechanism) || fast_offer.mechanisms.contains(&&*mechanism);
         let fast = FastAuth {
             user_agent: user_agent.and_then(|ua| ua.id),
@@ -106,7 +106,8 @@ impl ClientSession {
             count: fast.and_then(|f| f.count),
             invalidate: fast.is_some_and(|f| f.invalidate),
             tls_exporter: self.tls_exporter.clone(),
-            early: false,
+            // parsed from early data: the core requires a count (§6.2)
+            early: self.early.is_some(),
         };
         if self.sasl.authenticate(
             self.sid,

@@ -1703,3 +1703,200 @@ fn an_ht_mechanism_this_connection_does_not_offer_is_refused_and_a_token_is_aske
     assert_eq!(fast.request_token, None);
     assert_eq!(fast.tls_exporter, None);
 }
+
+// ---- QUIC 0-RTT: the early rule (docs/design/sasl2-fast.md §6.2) ----
+
+/// A FAST session whose transport's handshake is not complete (0-RTT).
+fn early_session() -> ClientSession {
+    fast_session(None).with_early_data()
+}
+
+const AUTHENTICATE_NONE: &[u8] =
+    b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+    <initial-response>YQBo</initial-response><user-agent id='ua-1'/>\
+    <fast xmlns='urn:xmpp:fast:0' count='5'/></authenticate>";
+
+const AUTHENTICATE_NONE_BIND2: &[u8] =
+    b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+    <initial-response>YQBo</initial-response><user-agent id='ua-1'/>\
+    <fast xmlns='urn:xmpp:fast:0' count='5'/>\
+    <bind xmlns='urn:xmpp:bind:0'><tag>app</tag></bind></authenticate>";
+
+const FAST_NONE_0RTT: &str = "<fast xmlns=\"urn:xmpp:fast:0\" tls-0rtt=\"true\"><mechanism>HT-SHA-256-NONE</mechanism></fast>";
+
+#[test]
+fn features_written_in_early_data_offer_only_ht_none_and_tls_0rtt() {
+    let mut s = early_session();
+    let w = written(&s.data(HEADER));
+    assert!(w.contains(FAST_NONE_0RTT), "{w}");
+    assert!(!w.contains("HT-SHA-256-EXPR"), "{w}");
+    // the same once the core's offer comes late
+    let offer = Arc::new(CoreOffer {
+        sasl2: true,
+        fast: true,
+        ..(*offer(false)).clone()
+    });
+    let mut s = session_at(Instant::now(), None, 1).with_early_data();
+    s.data(HEADER);
+    s.on_core_offer(offer);
+    let w = written(&s.poll_actions());
+    assert!(w.contains(FAST_NONE_0RTT), "{w}");
+}
+
+#[test]
+fn a_session_on_a_zero_rtt_transport_offers_tls_0rtt_also_after_its_handshake() {
+    let mut s = fast_session(Some(&[5; 32])).with_zero_rtt();
+    let w = written(&s.data(HEADER));
+    assert!(
+        w.contains("<fast xmlns=\"urn:xmpp:fast:0\" tls-0rtt=\"true\"><mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>"),
+        "{w}"
+    );
+    // without 0-RTT on its transport, no tls-0rtt
+    let w = written(&fast_session(Some(&[5; 32])).data(HEADER));
+    assert!(!w.contains("tls-0rtt"), "{w}");
+}
+
+#[test]
+fn an_authenticate_in_early_data_reaches_the_core_marked_early_without_an_exporter() {
+    let mut s = early_session();
+    s.data(HEADER);
+    let a = s.data(AUTHENTICATE_NONE);
+    let [
+        Frame::AuthStart {
+            mechanism, fast, ..
+        },
+    ] = &to_core(&a)[..]
+    else {
+        panic!("{a:?}");
+    };
+    assert_eq!(mechanism, "HT-SHA-256-NONE");
+    assert!(fast.early);
+    assert_eq!(fast.tls_exporter, None);
+    assert_eq!(fast.count, Some(5));
+    assert_eq!(fast.user_agent.as_deref(), Some("ua-1"));
+    // its success is written before the handshake completes (0.5-RTT data)
+    let a = auth_success(&mut s);
+    assert!(
+        written(&a).contains("<success xmlns=\"urn:xmpp:sasl:2\">"),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_stanza_pipelined_behind_an_early_authenticate_waits_for_the_handshake_and_goes_after_it() {
+    let mut s = early_session();
+    let mut flight = HEADER.to_vec();
+    flight.extend_from_slice(AUTHENTICATE_NONE_BIND2);
+    flight.extend_from_slice(b"<presence/>");
+    let a = s.data(&flight);
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { fast, .. }] if fast.early),
+        "{a:?}"
+    );
+    let a = auth_success(&mut s);
+    assert!(matches!(&to_core(&a)[..], [Frame::Bind { .. }]), "{a:?}");
+    let a = s.core(Frame::BindResult {
+        sid: 7,
+        iq_id: String::new(),
+        result: Ok("a@x/app/r1".into()),
+    });
+    // bound and its success written, but the presence still waits
+    assert!(
+        written(&a).contains("<bound xmlns=\"urn:xmpp:bind:0\"/>"),
+        "{a:?}"
+    );
+    assert!(to_core(&a).is_empty(), "{a:?}");
+    assert!(to_core(&s.data(b"<message to='b@x'/>")).is_empty());
+    // while it waits, reading goes on only up to one stanza's worth
+    let limit = Limits::default().max_stanza_bytes;
+    s.on_data(Instant::now(), &vec![b' '; limit]);
+    assert!(!s.wants_read());
+    s.on_handshake_complete(Some(Bytes::from_static(&[5; 32])));
+    let frames = to_core(&s.poll_actions());
+    assert!(
+        matches!(&frames[..], [Frame::Stanza { header: h1, .. }, Frame::Stanza { header: h2, .. }]
+            if h1.from == "a@x/app/r1" && h2.to.as_deref() == Some("b@x")),
+        "{frames:?}"
+    );
+    assert!(s.wants_read());
+}
+
+#[test]
+fn a_second_authenticate_in_early_data_waits_for_the_handshake_and_is_not_early() {
+    let mut s = early_session();
+    s.data(HEADER);
+    assert_eq!(to_core(&s.data(AUTHENTICATE_NONE)).len(), 1);
+    let a = s.core(Frame::AuthFailure {
+        sid: 7,
+        condition: "not-authorized".into(),
+    });
+    assert!(written(&a).contains("not-authorized"), "{a:?}");
+    // the retry is not acted on before the handshake completes
+    let a = s.data(AUTHENTICATE_NONE);
+    assert!(to_core(&a).is_empty() && written(&a).is_empty(), "{a:?}");
+    s.on_handshake_complete(Some(Bytes::from_static(&[5; 32])));
+    let a = s.poll_actions();
+    let [Frame::AuthStart { fast, .. }] = &to_core(&a)[..] else {
+        panic!("{a:?}");
+    };
+    assert!(!fast.early);
+    assert_eq!(fast.tls_exporter.as_deref(), Some(&[5u8; 32][..]));
+}
+
+#[test]
+fn sasl1_auth_password_authenticate_registration_and_stream_end_in_early_data_wait_until_the_handshake()
+ {
+    // SASL1 <auth/>
+    let mut s = early_session();
+    s.data(HEADER);
+    let a = s.data(AUTH_PLAIN);
+    assert!(to_core(&a).is_empty() && written(&a).is_empty(), "{a:?}");
+    // (and anything behind it, even an <authenticate/>)
+    assert!(to_core(&s.data(AUTHENTICATE_NONE)).is_empty());
+    s.on_handshake_complete(None);
+    let a = s.poll_actions();
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, fast, .. }] if mechanism == "PLAIN" && !fast.early),
+        "{a:?}"
+    );
+    // a SASL2 <authenticate/> with a password (no count would stop its replay)
+    let mut s = early_session();
+    s.data(HEADER);
+    let a = s.data(AUTHENTICATE_BIND2);
+    assert!(to_core(&a).is_empty() && written(&a).is_empty(), "{a:?}");
+    s.on_handshake_complete(None);
+    let a = s.poll_actions();
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::AuthStart { mechanism, fast, .. }] if mechanism == "PLAIN" && !fast.early),
+        "{a:?}"
+    );
+    // a registration IQ
+    let offer = Arc::new(CoreOffer {
+        sasl2: true,
+        fast: true,
+        ..(*offer(true)).clone()
+    });
+    let mut s = session_at(Instant::now(), Some(offer), 1).with_early_data();
+    s.data(HEADER);
+    let a = s.data(b"<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>d</username><password>p</password></query></iq>");
+    assert!(to_core(&a).is_empty() && written(&a).is_empty(), "{a:?}");
+    s.on_handshake_complete(None);
+    let a = s.poll_actions();
+    assert!(
+        matches!(&to_core(&a)[..], [Frame::Register { username, .. }] if username == "d"),
+        "{a:?}"
+    );
+    // the stream's end
+    let mut s = early_session();
+    s.data(HEADER);
+    let a = s.data(b"</stream:stream>");
+    assert!(
+        !a.contains(&SessionAction::Close(ClosedBy::Client)),
+        "{a:?}"
+    );
+    s.on_handshake_complete(None);
+    assert!(
+        s.poll_actions()
+            .contains(&SessionAction::Close(ClosedBy::Client))
+    );
+}
