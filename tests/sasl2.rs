@@ -331,7 +331,9 @@ async fn the_sasl1_path_works_forced_by_the_sdk_and_against_a_server_without_sas
 async fn a_fast_token_from_a_password_login_resumes_a_new_process_without_the_password_once_per_count()
  {
     bounded(120, async {
-        let cluster = Cluster::start(1).await;
+        // (a CM without 0-RTT: the token is bound to the connection)
+        let mut cluster = Cluster::start(0).await;
+        cluster.add_cm_with(|c| c.zero_rtt = false).await;
         cluster.add_user("alice", "secret");
         cluster.add_user("bob", "secret");
         let mut bob = cluster.login(0, "bob", "desk").await;
@@ -433,7 +435,8 @@ async fn the_sdk_reconnects_with_its_fast_token_after_a_cm_crash_and_falls_back_
             .await
             .expect("reconnected");
         assert_eq!(alice.fast_logins(), 1, "the reconnection used the token");
-        assert_eq!(alice.fast_token().map(|t| t.count), Some(1));
+        // (a 0-RTT attempt that found no CM yet spent a count too)
+        assert!(alice.fast_token().is_some_and(|t| t.count >= 1));
         alice.ping().await.unwrap();
         // the password changed meanwhile: every token ends (XEP-0484 §6);
         // the next reconnection's token is refused and the password (still

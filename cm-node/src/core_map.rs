@@ -124,9 +124,6 @@ pub enum KickReason {
 }
 
 /// Where a session's frame goes ([`CoreMap::route`]).
-// (a return value moved once, on every frame's path: boxing the frame would
-// cost an allocation per frame to save stack space for a moment)
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     /// To this pool, stamped with the session's generation.
