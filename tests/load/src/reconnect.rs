@@ -63,8 +63,17 @@ enum Login {
     Sasl1,
     /// SASL2 with the password (SCRAM) every time.
     Sasl2,
-    /// SASL2, the password at login, a FAST token afterwards.
+    /// SASL2, the password at login, a FAST token afterwards, QUIC 0-RTT
+    /// where the server allows it.
     Fast,
+    /// As `Fast`, without 0-RTT.
+    Fast1Rtt,
+}
+
+impl Login {
+    fn fast(self) -> bool {
+        matches!(self, Login::Fast | Login::Fast1Rtt)
+    }
 }
 
 /// What to measure.
@@ -119,6 +128,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     for (mode, login) in [
         ("sasl1", Login::Sasl1),
         ("sasl2", Login::Sasl2),
+        ("fast-1rtt", Login::Fast1Rtt),
         ("fast", Login::Fast),
     ] {
         let mut logins = Vec::new();
@@ -350,8 +360,9 @@ async fn attempt_once(
     let ua = format!("bench-phone-{attempt}");
     let opts = |o: ConnectOptions| match how {
         Login::Sasl1 => o.with_sasl1_only(),
-        Login::Sasl2 => o.with_fast(false),
+        Login::Sasl2 => o.with_fast(false).with_zero_rtt(false),
         Login::Fast => o.with_user_agent_id(&ua),
+        Login::Fast1Rtt => o.with_user_agent_id(&ua).with_zero_rtt(false),
     };
     let start = Instant::now();
     let mut phone = Client::connect(opts(options(plan, relay.addr, 0)))
@@ -372,8 +383,8 @@ async fn attempt_once(
     let saved = phone.resumption().context("a resumable session")?;
     let token = phone.fast_token();
     anyhow::ensure!(
-        token.is_some() == (how == Login::Fast),
-        "a FAST token only in mode fast"
+        token.is_some() == how.fast(),
+        "a FAST token only in the fast modes"
     );
     let full = phone.jid().to_owned();
     phone.abort();
@@ -390,8 +401,8 @@ async fn attempt_once(
     let mut phone = Client::connect(again).await.context("the phone resumes")?;
     anyhow::ensure!(phone.was_resumed(), "the session was resumed");
     anyhow::ensure!(
-        phone.fast_logins() == u64::from(how == Login::Fast),
-        "the resume authenticated with the token only in mode fast"
+        phone.fast_logins() == u64::from(how.fast()),
+        "the resume authenticated with the token only in the fast modes"
     );
     wait_for(&mut phone, &body).await?;
     let resume = start.elapsed();
@@ -422,8 +433,13 @@ async fn attempt_once(
     let reconnect = lost.elapsed();
     anyhow::ensure!(resumed, "the reconnection resumed the session");
     anyhow::ensure!(
-        phone.fast_logins() == 2 * u64::from(how == Login::Fast),
-        "the reconnection authenticated with the token only in mode fast"
+        phone.fast_logins() == 2 * u64::from(how.fast()),
+        "the reconnection authenticated with the token only in the fast modes"
+    );
+    anyhow::ensure!(
+        phone.zero_rtt_logins() == u64::from(how == Login::Fast),
+        "the reconnection went as 0-RTT data in mode fast only: {}",
+        phone.zero_rtt_logins()
     );
     phone.disconnect().await;
     Ok(Times {

@@ -66,9 +66,11 @@ impl UdpDelay {
 }
 
 /// Whether `datagram` starts a QUIC connection (RFC 9000 §17.2: a long
-/// header of version 1's Initial type).
+/// header of version 1's Initial type), whatever its fixed bit: a client
+/// that remembers a server's transport parameters (for 0-RTT) greases it
+/// (RFC 9287) in about half its packets, Initials included.
 fn is_quic_initial(datagram: &[u8]) -> bool {
-    datagram.first().is_some_and(|b| b & 0xf0 == 0xc0)
+    datagram.first().is_some_and(|b| b & 0xb0 == 0x80)
 }
 
 /// Reads the client side; one upstream socket (and task) per client.
@@ -360,11 +362,13 @@ mod tests {
         client.send(&[0x40, 1]).await.unwrap();
         let (_, old_path) = server.recv_from(&mut buf).await.unwrap();
         relay.cut().await;
-        // a short-header packet on the cut path: dropped; then an Initial
+        // a short-header packet and a Handshake on the cut path: dropped;
+        // then an Initial with its fixed bit greased (RFC 9287)
         client.send(&[0x40, 2]).await.unwrap();
-        client.send(&[0xc3, 3]).await.unwrap();
+        client.send(&[0xe0, 2]).await.unwrap();
+        client.send(&[0x83, 3]).await.unwrap();
         let (n, new_path) = server.recv_from(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], &[0xc3, 3], "only the Initial passed");
+        assert_eq!(&buf[..n], &[0x83, 3], "only the Initial passed");
         assert_ne!(new_path, old_path, "on a new path");
         // the old path's answers are dropped, the new one's arrive
         server.send_to(b"old", old_path).await.unwrap();
