@@ -68,6 +68,7 @@ impl Harness {
             // (the SASL1 login of this harness; SASL2's stage has its own
             // target, sasl2_session)
             sasl2: false,
+            fast: false,
         });
         let session = ClientSession::new(
             SID,

@@ -17,7 +17,11 @@
 //! success offer `<sm/>` only while stream management is off; after the
 //! stream closed nothing goes to the core but one `SessionEnd`, and that
 //! one does whenever the core knew of the session (the stream is closed
-//! at the end of every input).
+//! at the end of every input). FAST (XEP-0484) is offered; the seed's low
+//! bits make the stream early (QUIC 0-RTT, until an event completes its
+//! handshake) and give it a `tls-exporter`: while early, nothing but an
+//! `HT-SHA-256-NONE` authentication, marked early, and after its success
+//! its inline resumption or Bind2 binding reach the core.
 
 #![no_main]
 
@@ -75,6 +79,10 @@ struct Harness {
     pending_resume: bool,
     /// An `SmEnable` (or a Bind2 SM enable whose bind succeeded) waits.
     pending_sm: bool,
+    /// The transport's handshake is not complete (0-RTT data).
+    early: bool,
+    /// The core answered an authentication with a success.
+    core_authenticated: bool,
 }
 
 fn client_reader() -> Framer {
@@ -98,8 +106,9 @@ impl Harness {
             registration: true,
             caps: "QgayPKawpkPSDYmwT/WM94uAlu0=".into(),
             sasl2: true,
+            fast: true,
         });
-        let session = ClientSession::new(
+        let mut session = ClientSession::new(
             SID,
             settings,
             Framing::Stream,
@@ -107,6 +116,12 @@ impl Harness {
             SmallRng::seed_from_u64(seed),
             now,
         );
+        let early = seed & 1 == 1;
+        if early {
+            session = session.with_early_data();
+        } else if seed & 2 == 2 {
+            session = session.with_tls_exporter(Bytes::from_static(&[7; 32]));
+        }
         let mut h = Self {
             session,
             now,
@@ -124,6 +139,8 @@ impl Harness {
             pending_bind: None,
             pending_resume: false,
             pending_sm: false,
+            early,
+            core_authenticated: false,
         };
         h.data(HEADER);
         h
@@ -182,6 +199,30 @@ impl Harness {
             !self.closed && !self.gone,
             "a frame to the core after the close: {frame:?}"
         );
+        if let Frame::AuthStart {
+            mechanism, fast, ..
+        } = &frame
+        {
+            assert_eq!(fast.early, self.early, "early marks early data only");
+            if self.early {
+                assert_eq!(mechanism, "HT-SHA-256-NONE", "only a token in early data");
+                assert!(
+                    fast.tls_exporter.is_none(),
+                    "no binding before the handshake"
+                );
+            }
+        } else if self.early {
+            // (what the counted authentication asked inline — a
+            // resumption, a Bind2 binding — runs after its success; nothing
+            // the client sent as a stanza or another exchange does)
+            assert!(
+                matches!(
+                    frame,
+                    Frame::Resume { .. } | Frame::Bind { bind2: Some(_), .. }
+                ) && self.core_authenticated,
+                "only a token's authentication and its inline requests in early data: {frame:?}"
+            );
+        }
         match frame {
             Frame::Stanza {
                 sid,
@@ -336,6 +377,7 @@ impl Harness {
         match op - 0xd0 {
             0..=2 if self.pending_auth => {
                 self.pending_auth = false;
+                self.core_authenticated = true;
                 let data = if op & 1 == 0 {
                     Bytes::from_static(b"v=sig")
                 } else {
@@ -345,7 +387,10 @@ impl Harness {
                     sid: SID,
                     data,
                     user: USER.into(),
-                    token: None,
+                    token: (op == 0xd2).then(|| cm_protocol::FastTokenGrant {
+                        token: "dG9rZW4".into(),
+                        expiry: 1_798_111_200,
+                    }),
                 });
             }
             3 | 4 if self.pending_auth => {
@@ -447,6 +492,12 @@ impl Harness {
             37 if !self.gone => {
                 self.gone = true;
                 self.session.on_closed();
+                self.actions();
+            }
+            38 if self.early => {
+                self.early = false;
+                self.session
+                    .on_handshake_complete(Some(Bytes::from_static(&[7; 32])));
                 self.actions();
             }
             _ => self.clock(Duration::from_millis(100)),
