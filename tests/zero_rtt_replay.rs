@@ -124,10 +124,12 @@ struct Recorded {
     /// Client connection ids seen (an Initial with one of them is no new
     /// connection).
     seen: HashSet<Vec<u8>>,
-    /// Hold back the next new connection's datagrams.
-    hold_next: bool,
-    /// The client connection id whose datagrams are held back.
-    holding: Option<Vec<u8>>,
+    /// Hold back the datagrams of connections that start now.
+    hold_new: bool,
+    /// The client connection ids whose datagrams are held back.
+    holding: HashSet<Vec<u8>>,
+    /// The first held connection's place in `flights`.
+    first_held: Option<usize>,
     /// What was held back, in order, with the client that sent it.
     held: Vec<(SocketAddr, Vec<u8>)>,
 }
@@ -166,18 +168,18 @@ impl Tap {
         }
     }
 
-    /// Holds back everything the client's next new QUIC connection sends
-    /// (it is still recorded) until [`Tap::release`].
-    fn hold_next_connection(&self) {
-        self.recorded.lock().unwrap().hold_next = true;
+    /// Holds back everything the client's QUIC connections that start
+    /// from now on send (it is still recorded) until [`Tap::release`];
+    /// the connection it has goes on.
+    fn hold_new_connections(&self) {
+        self.recorded.lock().unwrap().hold_new = true;
     }
 
-    /// The first flight of the held connection, once its recording
+    /// The first flight of the first held connection, once its recording
     /// window is over.
     fn held_flight(&self) -> Option<Flight> {
         let recorded = self.recorded.lock().unwrap();
-        recorded.holding.as_ref()?;
-        let (start, flight) = recorded.flights.last()?;
+        let (start, flight) = recorded.flights.get(recorded.first_held?)?;
         (start.elapsed() > FLIGHT_WINDOW).then(|| flight.clone())
     }
 
@@ -218,7 +220,8 @@ async fn front_loop(
             Some(()) = released.recv() => {
                 let held = {
                     let mut rec = recorded.lock().unwrap();
-                    rec.holding = None;
+                    rec.hold_new = false;
+                    rec.holding.clear();
                     std::mem::take(&mut rec.held)
                 };
                 for (client, datagram) in held {
@@ -242,8 +245,10 @@ async fn front_loop(
                 && rec.seen.insert(scid.to_vec())
             {
                 rec.flights.push((now, Flight::default()));
-                if std::mem::take(&mut rec.hold_next) {
-                    rec.holding = Some(scid.to_vec());
+                if rec.hold_new {
+                    rec.holding.insert(scid.to_vec());
+                    let index = rec.flights.len() - 1;
+                    rec.first_held.get_or_insert(index);
                 }
             }
             if let Some((start, flight)) = rec.flights.last_mut()
@@ -253,7 +258,7 @@ async fn front_loop(
             }
             // (only long-header packets before the handshake completes:
             // a held connection sends nothing else)
-            if rec.holding.is_some() && rec.holding.as_deref() == long_header_scid(datagram) {
+            if long_header_scid(datagram).is_some_and(|scid| rec.holding.contains(scid)) {
                 rec.held.push((client, datagram.to_vec()));
                 continue;
             }
@@ -392,13 +397,18 @@ async fn a_replayed_0rtt_reconnection_flight_logs_nobody_in_is_refused_for_its_c
         assert_eq!(tap.flights().len(), 1, "the first login's connection");
 
         // the CM restarts (same cluster ticket key); bob writes meanwhile;
-        // the SDK reconnects through the tap in 0-RTT
+        // the SDK reconnects through the tap in 0-RTT. (Its attempts wait
+        // in the tap until the new CM runs: the crashed CM's socket, still
+        // open for a moment, would refuse them, each spending one of the
+        // client's session tickets, and one with none left goes in 1-RTT.)
+        tap.hold_new_connections();
         let addr = cluster.crash_cm(phone_cm);
         bob.send_message(&full, "while the CM was down")
             .await
             .unwrap();
         bob.ping().await.unwrap();
         cluster.revive_cm_with(phone_cm, addr, zero_rtt).await;
+        tap.release();
         let back = async {
             let mut resumed = None;
             while let Some(ev) = alice.next_event().await {
@@ -504,6 +514,28 @@ async fn a_replayed_0rtt_reconnection_flight_logs_nobody_in_is_refused_for_its_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_a_0rtt_reconnection_delivered_before_the_original_wins_its_count_but_the_client_still_resumes_with_what_it_missed()
  {
+    copy_delivered_first(CopyTo::SameCm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_0rtt_reconnection_delivered_first_to_another_cm_gets_the_original_refused_and_the_client_resumes_with_its_password()
+ {
+    copy_delivered_first(CopyTo::OtherCm).await;
+}
+
+/// Where the attacker sends the copy he delivers before the original.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CopyTo {
+    /// The CM the original goes to.
+    SameCm,
+    /// Another CM of the cluster (which opens the same tickets).
+    OtherCm,
+}
+
+/// The tap holds the reconnection's first flight back, the attacker's
+/// copy goes first (to `to`) and wins the count; then the original goes
+/// on, and the client must come back resumed with what it missed.
+async fn copy_delivered_first(to: CopyTo) {
     bounded(120, async {
         let zero_rtt = |c: &mut cm_node::config::CmConfig| c.zero_rtt = true;
         let mut cluster = Cluster::start(0).await;
@@ -524,7 +556,7 @@ async fn a_copy_of_a_0rtt_reconnection_delivered_before_the_original_wins_its_co
         let full = alice.jid().to_owned();
 
         // the attacker holds back the reconnection's first flight
-        tap.hold_next_connection();
+        tap.hold_new_connections();
         let addr = cluster.crash_cm(phone_cm);
         bob.send_message(&full, "while the CM was down")
             .await
@@ -545,7 +577,10 @@ async fn a_copy_of_a_0rtt_reconnection_delivered_before_the_original_wins_its_co
         let successes = cluster.metric(AUTH_SUCCESS).await.unwrap_or(0.0);
         let attacker = {
             let flight = flight.clone();
-            let to = cluster.cm_addr(phone_cm);
+            let to = cluster.cm_addr(match to {
+                CopyTo::SameCm => phone_cm,
+                CopyTo::OtherCm => desk_cm,
+            });
             tokio::spawn(async move { replay(&flight, to, Duration::from_secs(3)).await })
         };
         cluster
@@ -589,7 +624,18 @@ async fn a_copy_of_a_0rtt_reconnection_delivered_before_the_original_wins_its_co
             "back after the copy won"
         );
         assert_eq!(resumed, Some(true), "the session was resumed");
-        assert!(alice.fast_logins() >= 1, "by the token");
+        match to {
+            // (the original never reached the core: the next attempt's
+            // count+1 did, by the token, in 0-RTT again)
+            CopyTo::SameCm => assert!(alice.fast_logins() >= 1, "by the token"),
+            // (the original reached the core, which refused its count:
+            // the SDK forgot the token and logged in with the password on
+            // the same stream, getting a new token)
+            CopyTo::OtherCm => {
+                assert_eq!(alice.fast_logins(), 0, "the token was refused");
+                assert_eq!(alice.fast_token().map(|t| t.count), Some(0), "a new one");
+            }
+        }
         assert_eq!(routes_of(&cluster, &jid("alice")).await, vec![full.clone()]);
         assert!(
             answers.long.iter().all(|k| *k == 0 || *k == 2),
