@@ -19,6 +19,14 @@ use crate::{ALPN, ClientError, ConnectOptions, FastToken};
 
 /// A FAST token is not used this close to its expiry (clocks differ).
 const TOKEN_MARGIN_SECS: i64 = 60;
+/// The HT mechanism bound to the connection's `tls-exporter`.
+const HT_SHA_256_EXPR: &str = "HT-SHA-256-EXPR";
+/// The HT mechanism without channel binding (the one usable in 0-RTT).
+const HT_SHA_256_NONE: &str = "HT-SHA-256-NONE";
+/// SASL conditions a refused token is answered with.
+const NOT_AUTHORIZED: &str = "not-authorized";
+const CREDENTIALS_EXPIRED: &str = "credentials-expired";
+const INVALID_MECHANISM: &str = "invalid-mechanism";
 
 /// Elements read ahead of the session task, per connection.
 const INBOUND_QUEUE: usize = 256;
@@ -109,6 +117,8 @@ struct Started {
     sasl2: Sasl2Start,
     /// It authenticates with the FAST token (else the password).
     by_token: bool,
+    /// It goes as QUIC 0-RTT data.
+    early: bool,
     /// The mechanism a token granted in its success is bound to.
     grant_mechanism: Option<String>,
 }
@@ -145,7 +155,7 @@ impl Dialer {
             let started = self.start(&offer, resumption.clone(), bind2, &conn, false);
             nego.write(&started.sasl2.authenticate).await?;
             let outcome = self
-                .sasl2_login(&mut nego, started, &offer, resumption, bind2)
+                .sasl2_login(&mut nego, &conn, started, &offer, resumption, bind2)
                 .await?;
             let negotiated = self.conclude(&mut nego, &offer, outcome, resource).await?;
             self.remember(Some(offer));
@@ -197,7 +207,11 @@ impl Dialer {
         let bind2 = resource.is_none();
         // 0-RTT only with a token usable without the connection's binding
         // (the server refuses anything else in early data)
-        let zero_rtt = self.zero_rtt && offer.fast_0rtt && self.usable_token(offer).is_some();
+        let zero_rtt = self.zero_rtt
+            && offer.fast_0rtt
+            && self
+                .usable_token(offer)
+                .is_some_and(|t| t.mechanism == HT_SHA_256_NONE);
         let dialed = dial(
             &self.endpoint,
             self.server,
@@ -221,7 +235,7 @@ impl Dialer {
         };
         let done = async {
             let outcome = self
-                .sasl2_login(&mut nego, started, offer, resumption, bind2)
+                .sasl2_login(&mut nego, &conn, started, offer, resumption, bind2)
                 .await?;
             self.conclude(&mut nego, offer, outcome, resource).await
         }
@@ -278,13 +292,14 @@ impl Dialer {
             );
             if let Some(sasl2) = started {
                 self.with_tokens(|t| {
-                    if let Some(kept) = &mut t.token {
-                        kept.count = count;
+                    if let Some(kept) = t.token.as_mut().filter(|k| k.token == token.token) {
+                        kept.count = kept.count.max(count);
                     }
                 });
                 return Started {
                     sasl2,
                     by_token: true,
+                    early,
                     grant_mechanism: Some(token.mechanism),
                 };
             }
@@ -303,31 +318,38 @@ impl Dialer {
         offer: &sasl2::Offer,
         exporter: bool,
     ) -> Started {
-        const EXPR: &str = "HT-SHA-256-EXPR";
-        const NONE: &str = "HT-SHA-256-NONE";
         let offered = |m: &str| offer.fast.iter().any(|o| o == m);
         let mechanism = if !self.fast {
             None
-        } else if exporter && !offer.fast_0rtt && offered(EXPR) {
-            Some(EXPR)
+        } else if exporter && !offer.fast_0rtt && offered(HT_SHA_256_EXPR) {
+            Some(HT_SHA_256_EXPR)
         } else {
-            offered(NONE).then_some(NONE)
+            offered(HT_SHA_256_NONE).then_some(HT_SHA_256_NONE)
         };
         request.request_token = mechanism.map(str::to_owned);
         request.fast = None;
         Started {
             sasl2: Sasl2Start::new(request, &self.username, &self.password, self.mechanism),
             by_token: false,
+            early: false,
             grant_mechanism: mechanism.map(str::to_owned),
         }
     }
 
-    /// The rest of a SASL2 login whose `<authenticate/>` is written: a
-    /// token the server refuses is forgotten and the password sent on
-    /// the same stream; a token in the success is kept for the next login.
+    /// The rest of a SASL2 login whose `<authenticate/>` is written; a
+    /// token in the success is kept for the next login. A token the server
+    /// refuses (`not-authorized`, `credentials-expired`) is forgotten and
+    /// the password sent on the same stream — after one more try with the
+    /// token and the next count if the refused attempt went as 0-RTT data
+    /// (a copy of it may have won its count, docs/design/sasl2-fast.md
+    /// §6.2); `invalid-mechanism` (not offered here) uses the password but
+    /// keeps the token; anything else (`temporary-auth-failure`, a server
+    /// that cannot prove it knows the token) fails the attempt, the token
+    /// kept for the next one.
     async fn sasl2_login(
         &self,
         nego: &mut Negotiation,
+        conn: &quinn::Connection,
         started: Started,
         offer: &sasl2::Offer,
         resumption: Option<(String, u32)>,
@@ -336,30 +358,40 @@ impl Dialer {
         let Started {
             sasl2,
             by_token,
-            mut grant_mechanism,
+            early,
+            grant_mechanism,
         } = started;
-        let outcome = match nego.sasl2_finish(sasl2).await {
-            Err(ClientError::Auth(condition)) if by_token => {
-                tracing::debug!(
-                    condition,
-                    "FAST token refused; logging in with the password"
-                );
-                self.with_tokens(|t| t.token = None);
-                let request = self.request(offer, resumption, bind2);
-                // (no binding: the token request falls back to -NONE if
-                // the exporter-bound one is not offered either way)
-                let retry = self.password_start(request, offer, false);
-                grant_mechanism = retry.grant_mechanism;
-                nego.write(&retry.sasl2.authenticate).await?;
-                return self.granted(
-                    nego.sasl2_finish(retry.sasl2).await?,
-                    grant_mechanism,
-                    false,
-                );
-            }
-            outcome => outcome?,
+        let condition = match nego.sasl2_finish(sasl2).await {
+            Err(ClientError::Auth(condition)) if by_token => condition,
+            outcome => return self.granted(outcome?, grant_mechanism, by_token),
         };
-        self.granted(outcome, grant_mechanism, by_token)
+        match condition.as_str() {
+            NOT_AUTHORIZED if early => {
+                let again = self.start(offer, resumption.clone(), bind2, conn, false);
+                if again.by_token {
+                    tracing::debug!("FAST token refused in 0-RTT; once more with the next count");
+                    nego.write(&again.sasl2.authenticate).await?;
+                    match nego.sasl2_finish(again.sasl2).await {
+                        Err(ClientError::Auth(c))
+                            if c == NOT_AUTHORIZED || c == CREDENTIALS_EXPIRED => {}
+                        outcome => {
+                            return self.granted(outcome?, again.grant_mechanism, true);
+                        }
+                    }
+                }
+                self.with_tokens(|t| t.token = None);
+            }
+            NOT_AUTHORIZED | CREDENTIALS_EXPIRED => self.with_tokens(|t| t.token = None),
+            INVALID_MECHANISM => {}
+            _ => return Err(ClientError::Auth(condition)),
+        }
+        tracing::debug!(condition, "FAST token refused; logging in with the password");
+        let request = self.request(offer, resumption, bind2);
+        let exporter = channel_bindings(conn).tls_exporter.is_some();
+        let retry = self.password_start(request, offer, exporter);
+        nego.write(&retry.sasl2.authenticate).await?;
+        let outcome = nego.sasl2_finish(retry.sasl2).await?;
+        self.granted(outcome, retry.grant_mechanism, false)
     }
 
     /// Keeps a token the success grants (count 0), and counts a login by token.

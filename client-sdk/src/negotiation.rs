@@ -434,6 +434,10 @@ fn sasl_client(
     (scram, initial)
 }
 
+/// How long a 0-RTT attempt waits for the server's handshake before it
+/// dials again in 1-RTT (a handshake answers in one round trip).
+const ZERO_RTT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens a QUIC connection and its XMPP stream, with what `behind`
 /// makes of the connection written in the stream header's flight;
 /// returns the stream's features, what `behind` made, and whether the
@@ -448,31 +452,50 @@ pub(crate) async fn dial<T>(
     zero_rtt: bool,
     mut behind: impl FnMut(&quinn::Connection, bool) -> (Vec<u8>, T),
 ) -> Result<(quinn::Connection, Negotiation, Element, T, bool), ClientError> {
-    let connecting = endpoint
-        .connect(server, domain)
-        .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-    let attempt = if zero_rtt {
-        connecting.into_0rtt()
-    } else {
-        Err(connecting)
+    let connect = || {
+        endpoint
+            .connect(server, domain)
+            .map_err(|e| ClientError::Unreachable(e.to_string()))
     };
-    let conn = match attempt {
-        Ok((conn, accepted)) => {
-            let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
-            let mut nego = Negotiation::new(send, recv);
-            let (flight, made) = behind(&conn, true);
-            nego.write_opening(domain, &flight).await?;
-            // (the server's answer comes in the same flight as its
-            // handshake: waiting for the verdict costs nothing)
-            if accepted.await {
-                nego.read_opening().await?;
-                let features = nego.element().await?;
-                return Ok((conn, nego, features, made, true));
+    let mut handshaken = None;
+    if zero_rtt {
+        match connect()?.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
+                let mut nego = Negotiation::new(send, recv);
+                let (flight, made) = behind(&conn, true);
+                nego.write_opening(domain, &flight).await?;
+                // (the server's answer comes in the same flight as its
+                // handshake: waiting for the verdict costs nothing)
+                match tokio::time::timeout(ZERO_RTT_WAIT, accepted).await {
+                    Ok(true) => {
+                        nego.read_opening().await?;
+                        let features = nego.element().await?;
+                        return Ok((conn, nego, features, made, true));
+                    }
+                    Ok(false) => {
+                        tracing::debug!("0-RTT rejected; the login goes again after the handshake");
+                        handshaken = Some(conn);
+                    }
+                    Err(_) => {
+                        // An unanswered 0-RTT handshake: the network, or a
+                        // copy of this flight that reached the server first
+                        // and holds its connection id (a server routes the
+                        // original to the copy's connection, which drops
+                        // it): a fresh connection, in 1-RTT.
+                        tracing::debug!("0-RTT handshake unanswered; dialing again");
+                        conn.close(0u32.into(), b"unanswered");
+                    }
+                }
             }
-            tracing::debug!("0-RTT rejected; the login goes again after the handshake");
-            conn
+            Err(connecting) => {
+                handshaken = Some(connecting.await.map_err(ClientError::from_connection)?);
+            }
         }
-        Err(connecting) => connecting.await.map_err(ClientError::from_connection)?,
+    }
+    let conn = match handshaken {
+        Some(conn) => conn,
+        None => connect()?.await.map_err(ClientError::from_connection)?,
     };
     let (send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
     let mut nego = Negotiation::new(send, recv);

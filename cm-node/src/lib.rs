@@ -239,6 +239,10 @@ pub fn allow_zero_rtt(tls: &mut rustls::ServerConfig) {
     // QUIC allows only 0 or u32::MAX (RFC 9001 §4.6.1)
     tls.max_early_data_size = u32::MAX;
     tls.early_data_with_stateless_tickets = true;
+    // A client spends a ticket on every attempt, answered or not (a phone
+    // without network tries a few times): four per handshake, not two,
+    // keep its next reconnection in 0-RTT after some failed ones.
+    tls.send_tls13_tickets = 4;
 }
 
 /// Starts a CM node: the client listener and the pool to the core.

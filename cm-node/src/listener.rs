@@ -465,7 +465,16 @@ fn handshake_ended(
     early: EarlyConnection,
 ) {
     peer.handshake = None;
-    if let Some(e) = conn.close_reason() {
+    // (quinn's verdict means nothing on a server: the close, if any, says.
+    // An application's close — the client's, or ours — comes after a
+    // completed handshake; a timeout, a reset or a transport error ends
+    // one that failed)
+    if let Some(e) = conn.close_reason().filter(|e| {
+        !matches!(
+            e,
+            quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed
+        )
+    }) {
         tracing::info!(%remote, error = %e, "client handshake failed");
         ctx.metrics.quic_handshakes_failed.inc();
         return;
@@ -623,7 +632,7 @@ pub async fn run_session<R, W>(
     mut send: W,
     mut recv: R,
     transport: Transport,
-    peer: ClientPeer,
+    mut peer: ClientPeer,
 ) -> Option<ClosedBy>
 where
     R: ByteSource,
@@ -654,17 +663,19 @@ where
     if transport == Transport::Quic && ctx.zero_rtt {
         session = session.with_zero_rtt();
     }
-    let mut exporter = peer.tls_exporter.clone();
+    // (taken: the session holds them only while it needs them, not the
+    // peer for the stream's life)
+    let mut exporter = peer.tls_exporter.take();
     // On a connection accepted with 0-RTT whose handshake is not complete,
     // the session starts early and waits (boxed: only such sessions pay)
     // for the handshake.
     let mut handshake = None;
-    if let Some(watch) = &peer.handshake {
+    if let Some(watch) = peer.handshake.take() {
         match watch.completed() {
             Some(completed) => exporter = exporter.or(completed),
             None => {
                 session = session.with_early_data();
-                handshake = Some(Box::pin(watch.clone().wait()));
+                handshake = Some(Box::pin(watch.wait()));
             }
         }
     }

@@ -488,8 +488,8 @@ impl AuthService {
             return Outcome::Failure("not-authorized");
         };
         let now = fast::unix_now();
-        let slot = match tokens.check(row, mechanism, now) {
-            fast::Checked::Usable(slot) => slot,
+        match tokens.check(row, mechanism, now) {
+            fast::Checked::Usable(_) => {}
             fast::Checked::WrongMechanism => {
                 attempt.settle(Settled::Failed);
                 return Outcome::Failure("not-authorized");
@@ -503,17 +503,25 @@ impl AuthService {
                 attempt.settle(Settled::Failed);
                 return Outcome::Failure("credentials-expired");
             }
-        };
+        }
         if attempt.blocked_now() {
             return Outcome::Failure(THROTTLED);
         }
-        let count = fast.count.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        // (a count beyond what storage holds is no count anyone sent in earnest)
+        let count = match fast.count.map(i64::try_from).transpose() {
+            Ok(count) => count,
+            Err(_) => {
+                attempt.settle(Settled::Failed);
+                return Outcome::Failure("not-authorized");
+            }
+        };
+        let used_row = row.clone();
         let invalidate = fast.invalidate;
         let used = {
             let node = node.clone();
             self.storage
                 .call(move |db| {
-                    let used = db.fast_use(&node, &client, slot, count)?;
+                    let used = db.fast_use(&node, &client, &used_row, count)?;
                     if used && invalidate {
                         db.fast_invalidate(&node, &client)?;
                     }
@@ -542,7 +550,7 @@ impl AuthService {
         let user = self.bare(&node);
         let request = match self.token_request(fast) {
             Some(asked) => Some(asked),
-            None if !invalidate && tokens.rotation_due(row, &rows, now) => {
+            None if !invalidate && tokens.rotation_due(row, now) => {
                 // rotation: the same mechanism as the token in use
                 Some(fast::TokenRequest { client, mechanism })
             }

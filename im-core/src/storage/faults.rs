@@ -9,7 +9,7 @@ use bytes::Bytes;
 use xmpp_sasl::StoredCredentials;
 
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, FastSlot, FastToken, OfflineMessage, OfflineQuota,
+    ArchiveEntry, ArchivePage, ArchiveQuery, FastToken, OfflineMessage, OfflineQuota,
     OfflineRow, PepConfig, PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished,
     PushRegistration, Roster, RosterItem, StorageError, Store, Stored,
 };
@@ -482,11 +482,11 @@ impl Store for FaultyStore {
         &mut self,
         username: &str,
         client: &[u8],
-        slot: FastSlot,
+        token: &FastToken,
         count: Option<i64>,
     ) -> Result<bool, StorageError> {
         self.plan.check(Call::Write)?;
-        self.inner.fast_use(username, client, slot, count)
+        self.inner.fast_use(username, client, token, count)
     }
 
     fn fast_invalidate(&mut self, username: &str, client: &[u8]) -> Result<(), StorageError> {

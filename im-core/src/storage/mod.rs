@@ -571,17 +571,19 @@ pub trait Store: Send {
         client: &[u8],
         token: &FastToken,
     ) -> Result<Stored, StorageError>;
-    /// Records a successful authentication with the token in `slot`,
-    /// carrying `count`: false, and nothing changed, if the token is gone
-    /// or `count` is not above its `last_count` (a replay); else the count
-    /// is stored and a `New` token becomes `Current`, the old current one
-    /// deleted. One conditional update decides, so of two uses with the
-    /// same count on any cores exactly one succeeds.
+    /// Records a successful authentication with `token` (a row read
+    /// before: its slot and seed name it), carrying `count`: false, and
+    /// nothing changed, if that token is no longer in that slot (deleted,
+    /// replaced, promoted meanwhile) or `count` is not above its
+    /// `last_count` (a replay); else the count is stored and a `New` token
+    /// becomes `Current`, the old current one deleted. One conditional
+    /// update decides, so of two uses with the same count on any cores
+    /// exactly one succeeds.
     fn fast_use(
         &mut self,
         username: &str,
         client: &[u8],
-        slot: FastSlot,
+        token: &FastToken,
         count: Option<i64>,
     ) -> Result<bool, StorageError>;
     /// Deletes a user agent's tokens (both slots).

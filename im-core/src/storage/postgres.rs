@@ -1172,27 +1172,28 @@ impl Store for Postgres {
         &mut self,
         username: &str,
         client: &[u8],
-        slot: FastSlot,
+        token: &FastToken,
         count: Option<i64>,
     ) -> Result<bool, StorageError> {
-        let stored = slot.stored() as i16;
+        let stored = token.slot.stored() as i16;
         let n = self.execute(
-            "UPDATE fast_tokens SET last_count = COALESCE($4::BIGINT, last_count)
-             WHERE username=$1 AND client=$2 AND slot=$3
-             AND ($4::BIGINT IS NULL OR last_count < $4::BIGINT)",
-            &[&username, &client, &stored, &count],
+            "UPDATE fast_tokens SET last_count = COALESCE($5::BIGINT, last_count)
+             WHERE username=$1 AND client=$2 AND slot=$3 AND seed=$4
+             AND ($5::BIGINT IS NULL OR last_count < $5::BIGINT)",
+            &[&username, &client, &stored, &token.seed, &count],
         )?;
         if n != 1 {
             return Ok(false);
         }
-        if slot == FastSlot::New {
+        if token.slot == FastSlot::New {
             self.execute(
                 "DELETE FROM fast_tokens WHERE username=$1 AND client=$2 AND slot=0",
                 &[&username, &client],
             )?;
             self.execute(
-                "UPDATE fast_tokens SET slot=0 WHERE username=$1 AND client=$2 AND slot=1",
-                &[&username, &client],
+                "UPDATE fast_tokens SET slot=0
+                 WHERE username=$1 AND client=$2 AND slot=1 AND seed=$3",
+                &[&username, &client, &token.seed],
             )?;
         }
         Ok(true)

@@ -804,21 +804,27 @@ impl Store for Sqlite {
         &mut self,
         username: &str,
         client: &[u8],
-        slot: FastSlot,
+        token: &FastToken,
         count: Option<i64>,
     ) -> Result<bool, StorageError> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE fast_tokens SET last_count = COALESCE(?4, last_count)
-                 WHERE username=?1 AND client=?2 AND slot=?3
-                 AND (?4 IS NULL OR last_count < ?4)",
+                "UPDATE fast_tokens SET last_count = COALESCE(?5, last_count)
+                 WHERE username=?1 AND client=?2 AND slot=?3 AND seed=?4
+                 AND (?5 IS NULL OR last_count < ?5)",
             )?
-            .execute(params![username, client, slot.stored(), count])?;
+            .execute(params![
+                username,
+                client,
+                token.slot.stored(),
+                token.seed,
+                count
+            ])?;
         if n != 1 {
             return Ok(false);
         }
-        if slot == FastSlot::New {
+        if token.slot == FastSlot::New {
             self.conn
                 .prepare_cached(
                     "DELETE FROM fast_tokens WHERE username=?1 AND client=?2 AND slot=0",
@@ -826,9 +832,10 @@ impl Store for Sqlite {
                 .execute(params![username, client])?;
             self.conn
                 .prepare_cached(
-                    "UPDATE fast_tokens SET slot=0 WHERE username=?1 AND client=?2 AND slot=1",
+                    "UPDATE fast_tokens SET slot=0
+                     WHERE username=?1 AND client=?2 AND slot=1 AND seed=?3",
                 )?
-                .execute(params![username, client])?;
+                .execute(params![username, client, token.seed])?;
         }
         Ok(true)
     }

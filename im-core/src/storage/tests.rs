@@ -1537,6 +1537,63 @@ fn fast_slots(db: &mut dyn Store, user: &str, client: &[u8]) -> Vec<(FastSlot, u
         .collect()
 }
 
+/// Uses the token now in `slot` (a bogus one if the slot is empty).
+fn use_slot(
+    db: &mut dyn Store,
+    user: &str,
+    client: &[u8],
+    slot: FastSlot,
+    count: Option<i64>,
+) -> bool {
+    let row = db
+        .fast_tokens(user, client)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.slot == slot)
+        .unwrap_or(FastToken {
+            slot,
+            ..fast_token(0xee, "HT-SHA-256-NONE", i64::MAX)
+        });
+    db.fast_use(user, client, &row, count).unwrap()
+}
+
+#[test]
+fn a_fast_token_read_before_another_core_replaced_it_is_refused_though_its_slot_is_filled() {
+    both(|db, _reopen| {
+        db.add_user("dave", &StoredCredentials::new("pw", 4096))
+            .unwrap();
+        let client = &[9u8; 32][..];
+        db.fast_issue("dave", client, &fast_token(1, "HT-SHA-256-NONE", 100))
+            .unwrap();
+        assert!(use_slot(db, "dave", client, FastSlot::New, Some(1)));
+        db.fast_issue("dave", client, &fast_token(2, "HT-SHA-256-NONE", 200))
+            .unwrap();
+        // a core reads both rows (a replay of the current token, count 6)...
+        let old = db.fast_tokens("dave", client).unwrap()[0].clone();
+        assert_eq!((old.slot, old.seed[0]), (FastSlot::Current, 1));
+        // ...meanwhile the client uses the new one elsewhere: promoted, the old deleted
+        assert!(use_slot(db, "dave", client, FastSlot::New, Some(1)));
+        // the old row's use matches nothing, though slot 0 holds a token
+        assert!(!db.fast_use("dave", client, &old, Some(6)).unwrap());
+        assert_eq!(
+            fast_slots(db, "dave", client),
+            [(FastSlot::Current, 2, 1)],
+            "the new token's count untouched"
+        );
+        // and a New read before a newer one replaced it is not promoted
+        db.fast_issue("dave", client, &fast_token(3, "HT-SHA-256-NONE", 300))
+            .unwrap();
+        let stale = db.fast_tokens("dave", client).unwrap()[1].clone();
+        db.fast_issue("dave", client, &fast_token(4, "HT-SHA-256-NONE", 400))
+            .unwrap();
+        assert!(!db.fast_use("dave", client, &stale, Some(1)).unwrap());
+        assert_eq!(
+            fast_slots(db, "dave", client),
+            [(FastSlot::Current, 2, 1), (FastSlot::New, 4, -1)]
+        );
+    });
+}
+
 #[test]
 fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_the_password() {
     both(|db, reopen| {
@@ -1558,31 +1615,27 @@ fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_
         let stored = db.fast_tokens("alice", phone).unwrap();
         assert_eq!(stored, vec![fast_token(1, "HT-SHA-256-NONE", 100)]);
         // used with count 1: promoted to Current; the same count again is a replay
-        assert!(db.fast_use("alice", phone, FastSlot::New, Some(1)).unwrap());
+        assert!(use_slot(&mut *db, "alice", phone, FastSlot::New, Some(1)));
         assert_eq!(
             fast_slots(&mut *db, "alice", phone),
             [(FastSlot::Current, 1, 1)]
         );
         assert!(
-            !db.fast_use("alice", phone, FastSlot::Current, Some(1))
-                .unwrap()
+            !use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(1))
         );
         assert!(
-            !db.fast_use("alice", phone, FastSlot::Current, Some(0))
-                .unwrap()
+            !use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(0))
         );
         assert!(
-            !db.fast_use("alice", phone, FastSlot::New, Some(5)).unwrap(),
+            !use_slot(&mut *db, "alice", phone, FastSlot::New, Some(5)),
             "no New token"
         );
         // no count (a client outside 0-RTT that sends none): accepted, count kept
         assert!(
-            db.fast_use("alice", phone, FastSlot::Current, None)
-                .unwrap()
+            use_slot(&mut *db, "alice", phone, FastSlot::Current, None)
         );
         assert!(
-            db.fast_use("alice", phone, FastSlot::Current, Some(2))
-                .unwrap()
+            use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(2))
         );
         // a rotation: Current stays valid until New is used, then goes
         db.fast_issue("alice", phone, &fast_token(2, "HT-SHA-256-NONE", 200))
@@ -1592,14 +1645,13 @@ fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_
             [(FastSlot::Current, 1, 2), (FastSlot::New, 2, -1)]
         );
         assert!(
-            db.fast_use("alice", phone, FastSlot::Current, Some(3))
-                .unwrap()
+            use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(3))
         );
         assert_eq!(fast_slots(&mut *db, "alice", phone).len(), 2);
         // an unused New is replaced by a newer one
         db.fast_issue("alice", phone, &fast_token(3, "HT-SHA-256-NONE", 300))
             .unwrap();
-        assert!(db.fast_use("alice", phone, FastSlot::New, Some(0)).unwrap());
+        assert!(use_slot(&mut *db, "alice", phone, FastSlot::New, Some(0)));
         assert_eq!(
             fast_slots(&mut *db, "alice", phone),
             [(FastSlot::Current, 3, 0)]
@@ -1660,15 +1712,9 @@ fn fast_use_with_the_same_count_from_two_stores_succeeds_once() {
             .unwrap();
         a.fast_issue("carol", &[7; 32], &fast_token(1, "HT-SHA-256-NONE", 100))
             .unwrap();
-        let first = a
-            .fast_use("carol", &[7; 32], FastSlot::New, Some(1))
-            .unwrap();
-        let second = b
-            .fast_use("carol", &[7; 32], FastSlot::Current, Some(1))
-            .unwrap();
-        let again = b
-            .fast_use("carol", &[7; 32], FastSlot::New, Some(1))
-            .unwrap();
+        let first = use_slot(&mut *a, "carol", &[7; 32], FastSlot::New, Some(1));
+        let second = use_slot(&mut *b, "carol", &[7; 32], FastSlot::Current, Some(1));
+        let again = use_slot(&mut *b, "carol", &[7; 32], FastSlot::New, Some(1));
         assert!(first && !second && !again);
     }
 }

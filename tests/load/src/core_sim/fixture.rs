@@ -331,7 +331,7 @@ impl Store for FixtureStore {
         &mut self,
         _: &str,
         _: &[u8],
-        _: im_core::storage::FastSlot,
+        _: &im_core::storage::FastToken,
         _: Option<i64>,
     ) -> Result<bool, StorageError> {
         Ok(false)
