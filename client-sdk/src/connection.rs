@@ -385,7 +385,10 @@ impl Dialer {
             INVALID_MECHANISM => {}
             _ => return Err(ClientError::Auth(condition)),
         }
-        tracing::debug!(condition, "FAST token refused; logging in with the password");
+        tracing::debug!(
+            condition,
+            "FAST token refused; logging in with the password"
+        );
         let request = self.request(offer, resumption, bind2);
         let exporter = channel_bindings(conn).tls_exporter.is_some();
         let retry = self.password_start(request, offer, exporter);

@@ -11,99 +11,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cm_protocol::slots::slot_of;
-use cm_protocol::{CoreAddress, Frame, FrameDecoder, SlotEpoch, read_frame};
-use tokio::sync::mpsc;
+use cm_protocol::{CoreAddress, Frame, SlotEpoch};
+
+mod support;
+
+use support::TestCore;
 
 const DOMAIN: &str = "x";
 const USER: &str = "u@x";
 const SLOTS: u16 = cm_protocol::slots::DEFAULT_SLOTS;
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A test core: accepts one CM connection, welcomes it, and then writes
-/// what the test gives it and hands the test what the CM sends.
-struct TestCore {
-    member: String,
-    addr: SocketAddr,
-    from_cm: mpsc::UnboundedReceiver<Frame>,
-    to_cm: mpsc::UnboundedSender<Frame>,
-    _endpoint: quinn::Endpoint,
+/// A test core of this cluster (a SASL1 offer).
+fn start_core(pki: &Path, member: &str) -> TestCore {
+    TestCore::start(
+        pki,
+        member,
+        Frame::Welcome {
+            domain: DOMAIN.into(),
+            instance: 1,
+            mechanisms: vec!["PLAIN".into()],
+            registration: false,
+            caps: String::new(),
+            sasl2: false,
+            fast: false,
+        },
+    )
 }
 
-impl TestCore {
-    fn start(pki: &Path, member: &str) -> TestCore {
-        let paths = certs::PkiPaths::new(pki);
-        let tls = certs::cluster_server_config(
-            &paths.ca_cert(),
-            &paths.core_cert(),
-            &paths.core_key(),
-            cm_protocol::ALPN,
-        )
-        .expect("core tls");
-        let tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
-        let config = quinn::ServerConfig::with_crypto(Arc::new(tls));
-        let endpoint =
-            quinn::Endpoint::server(config, ([127, 0, 0, 1], 0).into()).expect("core endpoint");
-        let addr = endpoint.local_addr().expect("core address");
-        let (to_test, from_cm) = mpsc::unbounded_channel();
-        let (to_cm, mut outgoing) = mpsc::unbounded_channel::<Frame>();
-        let accepting = endpoint.clone();
-        tokio::spawn(async move {
-            let Some(incoming) = accepting.accept().await else {
-                return;
-            };
-            let Ok(conn) = incoming.await else { return };
-            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-                return;
-            };
-            let mut decoder = FrameDecoder::new();
-            let Ok(Some(Frame::Hello { .. })) = read_frame(&mut recv, &mut decoder).await else {
-                return;
-            };
-            let mut out = BytesMut::new();
-            Frame::Welcome {
-                domain: DOMAIN.into(),
-                instance: 1,
-                mechanisms: vec!["PLAIN".into()],
-                registration: false,
-                caps: String::new(),
-                sasl2: false,
-                fast: false,
-            }
-            .encode(&mut out);
-            if send.write_all(&out).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    frame = outgoing.recv() => {
-                        let Some(frame) = frame else { return };
-                        let mut out = BytesMut::new();
-                        frame.encode(&mut out);
-                        if send.write_all(&out).await.is_err() {
-                            return;
-                        }
-                    }
-                    frame = read_frame(&mut recv, &mut decoder) => match frame {
-                        Ok(Some(frame)) => {
-                            let _ = to_test.send(frame);
-                        }
-                        _ => return,
-                    },
-                }
-            }
-        });
-        TestCore {
-            member: member.into(),
-            addr,
-            from_cm,
-            to_cm,
-            _endpoint: endpoint,
-        }
-    }
-
+/// What the tests ask of their cores beyond the shared test core.
+trait CoreExt {
     /// Says it owns `owned` (slot, epoch) among the live `cores`.
+    fn claim(&self, owned: &[(u16, u64)], cores: &[&TestCore]);
+    /// The next frame from the CM.
+    async fn next(&mut self, what: &str) -> Frame;
+}
+
+impl CoreExt for TestCore {
     fn claim(&self, owned: &[(u16, u64)], cores: &[&TestCore]) {
         static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let frame = Frame::SlotOwners {
@@ -122,16 +68,11 @@ impl TestCore {
                 })
                 .collect(),
         };
-        self.to_cm.send(frame).expect("core task");
+        self.send(frame);
     }
 
-    fn send(&self, frame: Frame) {
-        self.to_cm.send(frame).expect("core task");
-    }
-
-    /// The next frame from the CM.
     async fn next(&mut self, what: &str) -> Frame {
-        tokio::time::timeout(WAIT, self.from_cm.recv())
+        tokio::time::timeout(WAIT, self.recv())
             .await
             .unwrap_or_else(|_| panic!("{} got no {what} in time", self.member))
             .unwrap_or_else(|| panic!("{}'s link closed before {what}", self.member))
@@ -234,8 +175,8 @@ struct Bound {
 async fn bound_session() -> Bound {
     let pki = tempfile::tempdir().expect("tempdir");
     certs::init(pki.path(), DOMAIN, 1, false).expect("pki");
-    let mut a = TestCore::start(pki.path(), "a#1");
-    let b = TestCore::start(pki.path(), "b#1");
+    let mut a = start_core(pki.path(), "a#1");
+    let b = start_core(pki.path(), "b#1");
     let slot = slot_of(USER, SLOTS).0;
 
     let config: cm_node::CmConfig = serde_json::from_value(serde_json::json!({
@@ -372,7 +313,7 @@ async fn a_bound_session_follows_its_users_slot_to_the_core_that_claims_it_and_i
     let second = b.next("the second stanza").await;
     assert_eq!(stanza_id(&second), Some("m2"), "{second:?}");
     // nothing more of the session went to a
-    while let Ok(frame) = a.from_cm.try_recv() {
+    while let Some(frame) = a.try_recv() {
         assert!(
             stanza_id(&frame).is_none(),
             "a got {frame:?} after the move"

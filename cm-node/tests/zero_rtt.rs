@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use cm_protocol::{Frame, FrameDecoder, read_frame};
+use bytes::Bytes;
+use cm_protocol::Frame;
 use futures_util::FutureExt;
 use rustls::NamedGroup;
 use rustls::client::{
@@ -31,6 +31,10 @@ use rustls::pki_types::ServerName;
 use rustls::server::ProducesTickets;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
+
+mod support;
+
+use support::TestCore;
 
 const DOMAIN: &str = "x";
 const WAIT: Duration = Duration::from_secs(20);
@@ -423,95 +427,26 @@ async fn without_the_flag_stateless_tickets_allow_no_0rtt_on_another_cm() {
     .expect("timed out");
 }
 
-/// A test core: accepts one CM connection, welcomes it with SASL2 and
-/// FAST, then writes what the test gives it and hands the test what the CM
-/// sends.
-struct TestCore {
-    addr: SocketAddr,
-    from_cm: mpsc::UnboundedReceiver<Frame>,
-    to_cm: mpsc::UnboundedSender<Frame>,
-    _endpoint: quinn::Endpoint,
+/// A test core offering SASL2 and FAST.
+fn start_core(pki: &Path) -> TestCore {
+    TestCore::start(
+        pki,
+        "core",
+        Frame::Welcome {
+            domain: DOMAIN.into(),
+            instance: 1,
+            mechanisms: vec!["PLAIN".into()],
+            registration: false,
+            caps: String::new(),
+            sasl2: true,
+            fast: true,
+        },
+    )
 }
 
-impl TestCore {
-    fn start(pki: &Path) -> TestCore {
-        let paths = certs::PkiPaths::new(pki);
-        let tls = certs::cluster_server_config(
-            &paths.ca_cert(),
-            &paths.core_cert(),
-            &paths.core_key(),
-            cm_protocol::ALPN,
-        )
-        .expect("core tls");
-        let tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
-        let config = quinn::ServerConfig::with_crypto(Arc::new(tls));
-        let endpoint =
-            quinn::Endpoint::server(config, ([127, 0, 0, 1], 0).into()).expect("core endpoint");
-        let addr = endpoint.local_addr().expect("core address");
-        let (to_test, from_cm) = mpsc::unbounded_channel();
-        let (to_cm, mut outgoing) = mpsc::unbounded_channel::<Frame>();
-        let accepting = endpoint.clone();
-        tokio::spawn(async move {
-            let Some(incoming) = accepting.accept().await else {
-                return;
-            };
-            let Ok(conn) = incoming.await else { return };
-            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-                return;
-            };
-            let mut decoder = FrameDecoder::new();
-            let Ok(Some(Frame::Hello { .. })) = read_frame(&mut recv, &mut decoder).await else {
-                return;
-            };
-            let mut out = BytesMut::new();
-            Frame::Welcome {
-                domain: DOMAIN.into(),
-                instance: 1,
-                mechanisms: vec!["PLAIN".into()],
-                registration: false,
-                caps: String::new(),
-                sasl2: true,
-                fast: true,
-            }
-            .encode(&mut out);
-            if send.write_all(&out).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    frame = outgoing.recv() => {
-                        let Some(frame) = frame else { return };
-                        let mut out = BytesMut::new();
-                        frame.encode(&mut out);
-                        if send.write_all(&out).await.is_err() {
-                            return;
-                        }
-                    }
-                    frame = read_frame(&mut recv, &mut decoder) => match frame {
-                        Ok(Some(frame)) => {
-                            let _ = to_test.send(frame);
-                        }
-                        _ => return,
-                    },
-                }
-            }
-        });
-        TestCore {
-            addr,
-            from_cm,
-            to_cm,
-            _endpoint: endpoint,
-        }
-    }
-
-    fn send(&self, frame: Frame) {
-        self.to_cm.send(frame).expect("core task");
-    }
-
-    /// The next frame from the CM.
-    async fn next(&mut self) -> Frame {
-        self.from_cm.recv().await.expect("the CM's link closed")
-    }
+/// The next frame from the CM.
+async fn next(core: &mut TestCore) -> Frame {
+    core.recv().await.expect("the CM's link closed")
 }
 
 const HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
@@ -560,7 +495,7 @@ async fn zero_rtt_cm() -> ZeroRttCm {
 /// [`zero_rtt_cm`] with more CM settings.
 async fn zero_rtt_cm_with(more: serde_json::Value) -> ZeroRttCm {
     let pki = pki();
-    let core = TestCore::start(pki.path());
+    let core = start_core(pki.path());
     let mut config = serde_json::json!({
         "node": "cm-1",
         "domain": DOMAIN,
@@ -673,7 +608,7 @@ async fn a_fast_authenticate_in_0rtt_data_reaches_the_core_marked_early_before_t
             mechanism,
             fast,
             ..
-        } = setup.core.next().await
+        } = next(&mut setup.core).await
         else {
             panic!("not an AuthStart");
         };
@@ -729,7 +664,7 @@ async fn a_stanza_pipelined_in_0rtt_data_behind_the_authenticate_reaches_the_cor
             open,
         } = early_stream(&setup, &flight).await;
 
-        let Frame::AuthStart { sid, fast, .. } = setup.core.next().await else {
+        let Frame::AuthStart { sid, fast, .. } = next(&mut setup.core).await else {
             panic!("not an AuthStart");
         };
         assert!(fast.early);
@@ -739,7 +674,7 @@ async fn a_stanza_pipelined_in_0rtt_data_behind_the_authenticate_reaches_the_cor
             user: "u@x".into(),
             token: None,
         });
-        let Frame::Bind { bind2, .. } = setup.core.next().await else {
+        let Frame::Bind { bind2, .. } = next(&mut setup.core).await else {
             panic!("not the Bind2 bind");
         };
         assert_eq!(bind2.and_then(|b| b.tag).as_deref(), Some("app"));
@@ -752,7 +687,7 @@ async fn a_stanza_pipelined_in_0rtt_data_behind_the_authenticate_reaches_the_cor
         // short look for a wrong early forward; what proves the order is
         // the count below.)
         tokio::time::sleep(Duration::from_millis(200)).await;
-        while let Ok(frame) = setup.core.from_cm.try_recv() {
+        while let Some(frame) = setup.core.try_recv() {
             assert!(
                 !matches!(frame, Frame::Stanza { .. }),
                 "a stanza forwarded before the handshake completed: {frame:?}"
@@ -760,7 +695,7 @@ async fn a_stanza_pipelined_in_0rtt_data_behind_the_authenticate_reaches_the_cor
         }
         assert_eq!(setup.cm.metrics.quic_handshakes_completed.get(), 1);
         let _ = open.send(());
-        let Frame::Stanza { header, .. } = setup.core.next().await else {
+        let Frame::Stanza { header, .. } = next(&mut setup.core).await else {
             panic!("not the message");
         };
         assert_eq!(header.id.as_deref(), Some("m0"));
@@ -796,7 +731,7 @@ async fn a_0rtt_connection_whose_handshake_never_completes_ends_its_early_sessio
             open: _open,
             ..
         } = early_stream(&setup, &flight).await;
-        let Frame::AuthStart { sid, fast, .. } = setup.core.next().await else {
+        let Frame::AuthStart { sid, fast, .. } = next(&mut setup.core).await else {
             panic!("not an AuthStart");
         };
         assert!(fast.early);
@@ -804,7 +739,7 @@ async fn a_0rtt_connection_whose_handshake_never_completes_ends_its_early_sessio
         // ends the connection at its idle timeout, or on the client's close)
         conn.close(quinn::VarInt::from_u32(0), b"gone");
         let ended = loop {
-            match setup.core.next().await {
+            match next(&mut setup.core).await {
                 Frame::SessionEnd { sid: ended, .. } => break ended,
                 other => eprintln!("core got {other:?}"),
             }

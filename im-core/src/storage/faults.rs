@@ -9,9 +9,9 @@ use bytes::Bytes;
 use xmpp_sasl::StoredCredentials;
 
 use super::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, FastToken, OfflineMessage, OfflineQuota,
-    OfflineRow, PepConfig, PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished,
-    PushRegistration, Roster, RosterItem, StorageError, Store, Stored,
+    ArchiveEntry, ArchivePage, ArchiveQuery, FastToken, OfflineMessage, OfflineQuota, OfflineRow,
+    PepConfig, PepConfigured, PepItem, PepLastItem, PepOptions, PepPublished, PushRegistration,
+    Roster, RosterItem, StorageError, Store, Stored,
 };
 
 /// What the next storage calls do; shared (cheap clone) between a test and

@@ -1620,23 +1620,33 @@ fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_
             fast_slots(&mut *db, "alice", phone),
             [(FastSlot::Current, 1, 1)]
         );
-        assert!(
-            !use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(1))
-        );
-        assert!(
-            !use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(0))
-        );
+        assert!(!use_slot(
+            &mut *db,
+            "alice",
+            phone,
+            FastSlot::Current,
+            Some(1)
+        ));
+        assert!(!use_slot(
+            &mut *db,
+            "alice",
+            phone,
+            FastSlot::Current,
+            Some(0)
+        ));
         assert!(
             !use_slot(&mut *db, "alice", phone, FastSlot::New, Some(5)),
             "no New token"
         );
         // no count (a client outside 0-RTT that sends none): accepted, count kept
-        assert!(
-            use_slot(&mut *db, "alice", phone, FastSlot::Current, None)
-        );
-        assert!(
-            use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(2))
-        );
+        assert!(use_slot(&mut *db, "alice", phone, FastSlot::Current, None));
+        assert!(use_slot(
+            &mut *db,
+            "alice",
+            phone,
+            FastSlot::Current,
+            Some(2)
+        ));
         // a rotation: Current stays valid until New is used, then goes
         db.fast_issue("alice", phone, &fast_token(2, "HT-SHA-256-NONE", 200))
             .unwrap();
@@ -1644,9 +1654,13 @@ fn fast_tokens_issue_into_new_promote_on_use_refuse_replayed_counts_and_go_with_
             fast_slots(&mut *db, "alice", phone),
             [(FastSlot::Current, 1, 2), (FastSlot::New, 2, -1)]
         );
-        assert!(
-            use_slot(&mut *db, "alice", phone, FastSlot::Current, Some(3))
-        );
+        assert!(use_slot(
+            &mut *db,
+            "alice",
+            phone,
+            FastSlot::Current,
+            Some(3)
+        ));
         assert_eq!(fast_slots(&mut *db, "alice", phone).len(), 2);
         // an unused New is replaced by a newer one
         db.fast_issue("alice", phone, &fast_token(3, "HT-SHA-256-NONE", 300))
