@@ -435,8 +435,10 @@ fn sasl_client(
 }
 
 /// How long a 0-RTT attempt waits for the server's handshake before it
-/// dials again in 1-RTT (a handshake answers in one round trip).
-const ZERO_RTT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// dials again in 1-RTT: a handshake answers in one round trip, or after
+/// a lost first flight in quinn's first retransmission (about 1 s) plus
+/// one, so 3 s covers round trips up to about 2 s with one loss.
+const ZERO_RTT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Opens a QUIC connection and its XMPP stream, with what `behind`
 /// makes of the connection written in the stream header's flight;

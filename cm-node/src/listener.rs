@@ -465,22 +465,23 @@ fn handshake_ended(
     early: EarlyConnection,
 ) {
     peer.handshake = None;
-    // (quinn's verdict means nothing on a server: the close, if any, says.
-    // An application's close — the client's, or ours — comes after a
-    // completed handshake; a timeout, a reset or a transport error ends
-    // one that failed)
-    if let Some(e) = conn.close_reason().filter(|e| {
-        !matches!(
-            e,
-            quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed
-        )
-    }) {
+    // (quinn's verdict means nothing on a server, and it resolves too when
+    // the connection closes — ours closing a replay that never finished
+    // its handshake, or a close frame replayed in 0-RTT. The handshake is
+    // complete when TLS can export keying material, which it cannot
+    // before the client's Finished; a connection still open when the
+    // future resolved completed it.)
+    let exporter = quic_tls_exporter(conn);
+    if exporter.is_none()
+        && let Some(e) = conn.close_reason()
+    {
         tracing::info!(%remote, error = %e, "client handshake failed");
         ctx.metrics.quic_handshakes_failed.inc();
+        // (the watch closes with `early`: the held data is never handled)
         return;
     }
     ctx.metrics.quic_handshakes_completed.inc();
-    peer.tls_exporter = quic_tls_exporter(conn);
+    peer.tls_exporter = exporter;
     early
         .done
         .send_replace(HandshakeState::Complete(peer.tls_exporter.clone()));

@@ -758,3 +758,41 @@ async fn a_0rtt_connection_whose_handshake_never_completes_ends_its_early_sessio
     .await
     .expect("timed out");
 }
+
+#[tokio::test]
+async fn a_password_authenticate_held_in_0rtt_data_never_reaches_the_core_when_the_cm_closes_the_unfinished_connection()
+ {
+    tokio::time::timeout(WAIT, async {
+        // (the CM closes an unauthenticated connection after 1 s: its own
+        // close must not pass for a completed handshake)
+        let mut setup = zero_rtt_cm_with(serde_json::json!({ "auth_wait_ms": 1000 })).await;
+        let plain = "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+                     <initial-response>AHVAeABw</initial-response></authenticate>";
+        let flight = format!("{HEADER}{plain}");
+        // (the client's Finished is held for good: a replayed flight)
+        let EarlyStream {
+            conn: _conn,
+            _send,
+            recv: _recv,
+            open: _open,
+            ..
+        } = early_stream(&setup, &flight).await;
+        while setup.cm.metrics.quic_handshakes_failed.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // whatever the core hears of the session, never the held password
+        while let Ok(Some(frame)) =
+            tokio::time::timeout(Duration::from_millis(500), setup.core.recv()).await
+        {
+            assert!(
+                !matches!(frame, Frame::AuthStart { .. }),
+                "a held authenticate reached the core: {frame:?}"
+            );
+        }
+        assert_eq!(setup.cm.metrics.quic_handshakes_failed.get(), 1);
+        assert_eq!(setup.cm.metrics.quic_handshakes_completed.get(), 1);
+        setup.cm.shutdown().await;
+    })
+    .await
+    .expect("timed out");
+}

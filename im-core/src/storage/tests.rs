@@ -1726,9 +1726,13 @@ fn fast_use_with_the_same_count_from_two_stores_succeeds_once() {
             .unwrap();
         a.fast_issue("carol", &[7; 32], &fast_token(1, "HT-SHA-256-NONE", 100))
             .unwrap();
-        let first = use_slot(&mut *a, "carol", &[7; 32], FastSlot::New, Some(1));
-        let second = use_slot(&mut *b, "carol", &[7; 32], FastSlot::Current, Some(1));
-        let again = use_slot(&mut *b, "carol", &[7; 32], FastSlot::New, Some(1));
+        // both cores read the New row, then both use it with count 1
+        let read_by_a = a.fast_tokens("carol", &[7; 32]).unwrap()[0].clone();
+        let read_by_b = b.fast_tokens("carol", &[7; 32]).unwrap()[0].clone();
+        let first = a.fast_use("carol", &[7; 32], &read_by_a, Some(1)).unwrap();
+        let second = b.fast_use("carol", &[7; 32], &read_by_b, Some(1)).unwrap();
+        // (and the promoted token, read afresh, with the same count)
+        let again = use_slot(&mut *b, "carol", &[7; 32], FastSlot::Current, Some(1));
         assert!(first && !second && !again);
     }
 }
