@@ -895,6 +895,25 @@ mod tests {
             .initial_response()
     }
 
+    /// A `HT-SHA-256-NONE` use of `token` by `user` with what `fast` says.
+    async fn use_none(
+        auth: &AuthService,
+        sid: u64,
+        user: &str,
+        token: &str,
+        fast: FastAuth,
+    ) -> Outcome {
+        let none = HtMechanism::Sha256None;
+        auth.start(
+            (1, sid),
+            none.name(),
+            &ht(user, token, none, None),
+            None,
+            &fast,
+        )
+        .await
+    }
+
     async fn token_by_plain(auth: &AuthService, sid: u64, ua: &str, mechanism: &str) -> String {
         let plain = xmpp_sasl::plain_message("alice", "right");
         match auth
@@ -1060,68 +1079,28 @@ mod tests {
         };
         let unused = token_by_plain(&auth, 1, "phone", none.name()).await;
         let first = token_by_plain(&auth, 2, "phone", none.name()).await;
-        let outcome = auth
-            .start(
-                (1, 3),
-                none.name(),
-                &ht("alice", &unused, none, None),
-                None,
-                &fast(1),
-            )
-            .await;
+        let outcome = use_none(&auth, 3, "alice", &unused, fast(1)).await;
         assert_eq!(
             outcome,
             Outcome::Failure("not-authorized"),
             "an unused new token is replaced"
         );
-        let outcome = auth
-            .start(
-                (1, 3),
-                none.name(),
-                &ht("alice", &first, none, None),
-                None,
-                &fast(1),
-            )
-            .await;
+        let outcome = use_none(&auth, 3, "alice", &first, fast(1)).await;
         assert!(matches!(outcome, Outcome::Success { .. }));
         // a second request (e.g. a password login): both valid until the new one is used
         let second = token_by_plain(&auth, 2, "phone", none.name()).await;
         assert_ne!(first, second);
-        let outcome = auth
-            .start(
-                (1, 3),
-                none.name(),
-                &ht("alice", &first, none, None),
-                None,
-                &fast(2),
-            )
-            .await;
+        let outcome = use_none(&auth, 3, "alice", &first, fast(2)).await;
         assert!(
             matches!(outcome, Outcome::Success { .. }),
             "the old one, before the new is used"
         );
-        let outcome = auth
-            .start(
-                (1, 4),
-                none.name(),
-                &ht("alice", &second, none, None),
-                None,
-                &fast(1),
-            )
-            .await;
+        let outcome = use_none(&auth, 4, "alice", &second, fast(1)).await;
         assert!(
             matches!(outcome, Outcome::Success { token: None, .. }),
             "fresh: no rotation"
         );
-        let outcome = auth
-            .start(
-                (1, 5),
-                none.name(),
-                &ht("alice", &first, none, None),
-                None,
-                &fast(9),
-            )
-            .await;
+        let outcome = use_none(&auth, 5, "alice", &first, fast(9)).await;
         assert_eq!(
             outcome,
             Outcome::Failure("not-authorized"),
@@ -1132,36 +1111,12 @@ mod tests {
             invalidate: true,
             ..fast(2)
         };
-        let outcome = auth
-            .start(
-                (1, 6),
-                none.name(),
-                &ht("alice", &second, none, None),
-                None,
-                &end,
-            )
-            .await;
+        let outcome = use_none(&auth, 6, "alice", &second, end).await;
         assert!(matches!(outcome, Outcome::Success { token: None, .. }));
-        let outcome = auth
-            .start(
-                (1, 7),
-                none.name(),
-                &ht("alice", &second, none, None),
-                None,
-                &fast(3),
-            )
-            .await;
+        let outcome = use_none(&auth, 7, "alice", &second, fast(3)).await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
         // an unknown user costs the same and fails the same
-        let outcome = auth
-            .start(
-                (1, 8),
-                none.name(),
-                &ht("nobody", &second, none, None),
-                None,
-                &fast(1),
-            )
-            .await;
+        let outcome = use_none(&auth, 8, "nobody", &second, fast(1)).await;
         assert_eq!(outcome, Outcome::Failure("not-authorized"));
     }
 
@@ -1180,28 +1135,12 @@ mod tests {
         let Outcome::Success {
             token: Some(rotated),
             ..
-        } = auth
-            .start(
-                (1, 2),
-                none.name(),
-                &ht("alice", &token, none, None),
-                None,
-                &fast(1),
-            )
-            .await
+        } = use_none(&auth, 2, "alice", &token, fast(1)).await
         else {
             panic!("no rotation");
         };
         tokio::time::sleep(Duration::from_millis(4100)).await;
-        let outcome = auth
-            .start(
-                (1, 3),
-                none.name(),
-                &ht("alice", &rotated.token, none, None),
-                None,
-                &fast(1),
-            )
-            .await;
+        let outcome = use_none(&auth, 3, "alice", &rotated.token, fast(1)).await;
         assert_eq!(outcome, Outcome::Failure("credentials-expired"));
     }
 }
