@@ -36,6 +36,7 @@ fn note(ev: Event, acked: &mut HashSet<String>, failed: &mut HashSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_arrives_in_order_once_across_a_core_restart() {
+    support::cluster::init_logging();
     let users: Vec<String> = ["alice", "bob"].map(String::from).to_vec();
     let mut dep = Deployment::start(DOMAIN, 1, &users, "pw");
     dep.spawn_cm(1);

@@ -156,8 +156,14 @@ pub enum AnnouncementUpdate {
     },
     /// Stream management was enabled.
     StreamManagement(SmAnnouncement),
-    /// The SM counters now (at most once per batch, only while stream
-    /// management is on or being enabled).
+    /// The client asked the core for stream management (true, before the
+    /// request leaves) or gave up asking (false: an inline Bind2 refused);
+    /// a session re-announced while it waits for the core's answer is
+    /// kicked (see `sessions::announce`).
+    SmEnabling(bool),
+    /// The SM counters now (at most once per batch, before the batch's
+    /// first stanza to the core; only while stream management is on or
+    /// being enabled).
     SmCounters(SmCounts),
 }
 
@@ -539,7 +545,12 @@ impl ClientSession {
 
     /// Ends the batch: what to do, in order. After frames from the core
     /// this asks the client for an acknowledgement (once per burst), and
-    /// any change to what the registry re-announces comes last, once.
+    /// any change to what the registry re-announces comes last, once —
+    /// but the SM counters, which come before the batch's first stanza
+    /// to the core: a link that dies with stanzas on it must never be
+    /// re-announced with counts that leave them out (they would be lost
+    /// unnoticed); counts ahead of the frames only kick the session to
+    /// resume.
     pub fn poll_actions(&mut self) -> Vec<SessionAction> {
         if std::mem::take(&mut self.core_batch) && self.state == State::Bound {
             self.sm.request_ack(&mut self.out);
@@ -551,13 +562,32 @@ impl ClientSession {
                     priority,
                 }));
         }
+        let mut actions = self.out.take();
         if let Some(counts) = self.sm.take_changed_counts() {
-            self.out
-                .push(SessionAction::Announcement(AnnouncementUpdate::SmCounters(
-                    counts,
-                )));
+            // (after an announcement that records counts of its own, which
+            // must not overwrite these)
+            let after = actions
+                .iter()
+                .rposition(|a| {
+                    matches!(
+                        a,
+                        SessionAction::Announcement(
+                            AnnouncementUpdate::Bound { .. }
+                                | AnnouncementUpdate::StreamManagement(_)
+                        )
+                    )
+                })
+                .map_or(0, |i| i + 1);
+            let first_stanza = actions[after..]
+                .iter()
+                .position(|a| matches!(a, SessionAction::ToCore(Frame::Stanza { .. })))
+                .map_or(actions.len(), |p| after + p);
+            actions.insert(
+                first_stanza,
+                SessionAction::Announcement(AnnouncementUpdate::SmCounters(counts)),
+            );
         }
-        self.out.take()
+        actions
     }
 
     /// Releases parser memory while idle.

@@ -64,6 +64,10 @@ struct Entry {
     pending_jid: Option<String>,
     /// The session's latest SM counters (shared with its driver).
     sm_counts: Arc<SmCountsSlot>,
+    /// The client asked the core for stream management, which has not
+    /// confirmed it yet: a new core would never answer, and what the
+    /// client sent meanwhile may have died with the link.
+    sm_enabling: bool,
 }
 
 /// What an `Announce` frame says of a bound session (the SM counters are
@@ -179,6 +183,7 @@ impl Sessions {
                 kill: kill.clone(),
                 announcement: None,
                 pending_jid: None,
+                sm_enabling: false,
                 sm_counts: sm_counts.clone(),
             },
         );
@@ -212,6 +217,9 @@ impl Sessions {
                 // announcement never pairs this SM id with older counts.
                 let sm = sm.map(|sm| record(&entry.sm_counts, sm));
                 entry.pending_jid = None;
+                if sm.is_some() {
+                    entry.sm_enabling = false;
+                }
                 *announcement = Some(Announcement {
                     jid,
                     available,
@@ -231,7 +239,9 @@ impl Sessions {
             }
             (AnnouncementUpdate::StreamManagement(sm), Some(a)) => {
                 a.sm = Some(record(&entry.sm_counts, sm));
+                entry.sm_enabling = false;
             }
+            (AnnouncementUpdate::SmEnabling(on), _) => entry.sm_enabling = on,
             // Counters are kept whenever they come (also while SM is being
             // enabled); they are announced once SM is on.
             (AnnouncementUpdate::SmCounters(counts), _) => entry.sm_counts.store(counts),
@@ -320,7 +330,9 @@ impl Sessions {
     /// sent more than that (stanzas that died with the link or still wait
     /// in the pool's queue) is kicked with `connection-timeout`, so its
     /// client resumes and resends them in order, and is fenced: nothing
-    /// more of it may reach the core (see [`Fence`]).
+    /// more of it may reach the core (see [`Fence`]). So is one whose
+    /// `<enable/>` the lost core never answered, and one bound by the lost
+    /// core whose driver has not taken the answer yet (it is not announced).
     pub fn announcements(&self, index: u16, size: u16) -> Reannouncement {
         self.announcements_among(index, size, None)
     }
@@ -338,7 +350,17 @@ impl Sessions {
             .iter()
             .filter(|(sid, _)| carried_by(**sid, index, size))
             .filter(|(sid, _)| only.is_none_or(|o| o.contains(sid)))
-            .filter_map(|(sid, entry)| announce(*sid, entry, &mut fence))
+            .filter_map(|(sid, entry)| {
+                if entry.announcement.is_none() && entry.pending_jid.is_some() {
+                    // Bound by the lost core, the answer not yet taken by
+                    // its driver: the new core would never hear of it.
+                    tracing::debug!(sid, "bound but not yet announced: the client reconnects");
+                    fence.sids.insert(*sid);
+                    kick(entry, *sid);
+                    return None;
+                }
+                announce(*sid, entry, &mut fence)
+            })
             .collect();
         Reannouncement { frames, fence }
     }
@@ -434,7 +456,8 @@ pub struct Reannouncement {
 
 /// Sessions a pool connection was re-announced without stanzas their
 /// clients sent, and kicked for it: until each one's `SessionEnd` passes,
-/// their `Stanza` and `AckRequest` frames are dropped, so the core never
+/// their `Stanza`, `AckRequest` and `SmEnable` frames are dropped (an
+/// `SmEnable` would leave a resumable ghost at the core), so the core never
 /// routes a stanza that came after a lost one (the client resends them
 /// all after it resumes). Bounded by the sessions the connection carries;
 /// replaced at every re-announcement.
@@ -450,7 +473,9 @@ impl Fence {
             return true;
         }
         match frame {
-            Frame::Stanza { sid, .. } | Frame::AckRequest { sid } => !self.sids.contains(sid),
+            Frame::Stanza { sid, .. } | Frame::AckRequest { sid } | Frame::SmEnable { sid, .. } => {
+                !self.sids.contains(sid)
+            }
             Frame::SessionEnd { sid, .. } => {
                 self.sids.remove(sid);
                 true
@@ -484,6 +509,17 @@ fn announce(sid: SessionId, entry: &Entry, fence: &mut Fence) -> Option<Frame> {
             fence.sids.insert(sid);
             kick(entry, sid);
         }
+    } else if entry.sm_enabling {
+        // Announced without SM, the new core would count nothing the
+        // client sends and never answer its `<enable/>`; what it sent
+        // since may have died with the link. It reconnects and, having no
+        // SM id to resume, sends again all it holds unacknowledged.
+        tracing::debug!(
+            sid,
+            "stream management not confirmed: the client starts over"
+        );
+        fence.sids.insert(sid);
+        kick(entry, sid);
     }
     snapshot(sid, entry)
 }
@@ -825,6 +861,101 @@ mod tests {
         assert!(fence.passes(&end));
         assert!(fence.is_empty());
         assert!(fence.passes(&stanza(lossy.sid)));
+    }
+
+    #[test]
+    fn a_session_still_waiting_for_the_core_to_confirm_stream_management_is_kicked_and_fenced() {
+        let sessions = Sessions::starting_at(0);
+        let mut waiting = sessions.open();
+        let mut confirmed = sessions.open();
+        let mut withdrawn = sessions.open();
+        for s in [&waiting, &confirmed, &withdrawn] {
+            sessions.update(s.sid, AnnouncementUpdate::SmEnabling(true));
+            sessions.update(s.sid, bound("a@x/1"));
+        }
+        // the client sent 2 stanzas behind its <enable/>: on the dead link, maybe
+        waiting.sm_counts.store(SmCounts {
+            handled: 2,
+            ..SmCounts::default()
+        });
+        sessions.update(
+            confirmed.sid,
+            AnnouncementUpdate::StreamManagement(sm("ID", 300, SmCounts::default())),
+        );
+        // (an inline Bind2 refused: SM is not on, the client binds anew)
+        sessions.update(withdrawn.sid, AnnouncementUpdate::SmEnabling(false));
+        let Reannouncement { frames, mut fence } = sessions.announcements(0, 1);
+        // all three are announced as they stand: the waiting one without SM
+        let sm_of: Vec<_> = by_sid(frames)
+            .into_iter()
+            .map(|f| match f {
+                Frame::Announce { sid, sm, .. } => (sid, sm.is_some()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sm_of,
+            vec![
+                (waiting.sid, false),
+                (confirmed.sid, true),
+                (withdrawn.sid, false)
+            ]
+        );
+        // the waiting one is told to reconnect, and nothing more of it is routed
+        assert_eq!(
+            waiting.frames.try_recv().map(|q| q.into_frame()).ok(),
+            Some(Frame::Kick {
+                sid: waiting.sid,
+                condition: "connection-timeout".into()
+            })
+        );
+        assert!(!fence.passes(&Frame::AckRequest { sid: waiting.sid }));
+        // (its <enable/>, queued during the outage, would leave a ghost)
+        let enable = |sid| Frame::SmEnable {
+            sid,
+            resume: true,
+            max: 0,
+        };
+        assert!(!fence.passes(&enable(waiting.sid)));
+        assert!(fence.passes(&enable(confirmed.sid)));
+        for other in [&mut confirmed, &mut withdrawn] {
+            assert!(other.frames.try_recv().is_err());
+            assert!(fence.passes(&Frame::AckRequest { sid: other.sid }));
+        }
+    }
+
+    #[test]
+    fn a_session_bound_by_the_lost_core_whose_answer_waits_in_its_queue_is_kicked_and_fenced() {
+        let sessions = Sessions::starting_at(0);
+        let mut binding = sessions.open();
+        let answer = Frame::BindResult {
+            sid: binding.sid,
+            iq_id: "b1".into(),
+            result: Ok("a@x/1".into()),
+        };
+        assert_eq!(
+            sessions.dispatch(binding.sid, answer.clone()),
+            Dispatch::Queued
+        );
+        let Reannouncement { frames, mut fence } = sessions.announcements(0, 1);
+        // not announced: the new core would not know the JID it takes
+        assert!(frames.is_empty());
+        let mut queued = || binding.frames.try_recv().map(|q| q.into_frame()).ok();
+        assert_eq!(queued(), Some(answer));
+        assert_eq!(
+            queued(),
+            Some(Frame::Kick {
+                sid: binding.sid,
+                condition: "connection-timeout".into()
+            })
+        );
+        assert!(!fence.passes(&Frame::AckRequest { sid: binding.sid }));
+        // an unbound session with no answer pending is left to the failures
+        // the pool dispatches to every unbound session
+        let idle = sessions.open();
+        let Reannouncement { frames, fence } =
+            sessions.announcements_among(0, 1, Some(&std::iter::once(idle.sid).collect()));
+        assert!(frames.is_empty() && fence.is_empty());
     }
 
     #[test]

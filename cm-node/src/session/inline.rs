@@ -174,7 +174,7 @@ impl ClientSession {
             }),
         };
         if bind2.sm.is_some() {
-            self.sm.enabling_inline(bind.inactive);
+            self.sm.enabling_inline(bind.inactive, &mut self.out);
         } else if bind.inactive {
             self.sm.set_inactive();
         }
@@ -244,7 +244,7 @@ impl ClientSession {
                         // `<bound/>`), and the client may bind the legacy way.
                         tracing::debug!(sid = self.sid, condition, "bind2 refused");
                         // (nor is SM or CSI on: the client enables them anew)
-                        self.sm.inline_refused();
+                        self.sm.inline_refused(&mut self.out);
                         let user = self.user.clone().unwrap_or_default();
                         self.write_success(&inline, user, Vec::new());
                         self.state = State::Bind;

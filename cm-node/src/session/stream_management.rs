@@ -260,6 +260,9 @@ impl StreamManagement {
                 let resume = matches!(top.attr("resume"), Some("true" | "1"));
                 let max = top.attr("max").and_then(|m| m.parse().ok()).unwrap_or(0);
                 self.sm = Some(SmState::enabling());
+                out.push(SessionAction::Announcement(AnnouncementUpdate::SmEnabling(
+                    true,
+                )));
                 out.send(Frame::SmEnable { sid, resume, max });
             }
             (ns::SM, "enable" | "resume", _) => {
@@ -339,16 +342,24 @@ impl StreamManagement {
 
     /// Stream management is being enabled with a Bind2 binding (its
     /// `SmEnabled` comes right behind the `BindResult`); `inactive`: the
-    /// client starts inactive (XEP-0352 inline).
-    pub fn enabling_inline(&mut self, inactive: bool) {
+    /// client starts inactive (XEP-0352 inline). Called before the bind
+    /// request leaves.
+    pub fn enabling_inline(&mut self, inactive: bool, out: &mut Output) {
         self.sm = Some(SmState::enabling());
         self.csi.inactive = inactive;
+        out.push(SessionAction::Announcement(AnnouncementUpdate::SmEnabling(
+            true,
+        )));
     }
 
     /// The inline Bind2 was refused: neither SM nor CSI is on (the
     /// client binds and enables them the legacy way).
-    pub fn inline_refused(&mut self) {
-        self.sm = None;
+    pub fn inline_refused(&mut self, out: &mut Output) {
+        if self.sm.take().is_some() {
+            out.push(SessionAction::Announcement(AnnouncementUpdate::SmEnabling(
+                false,
+            )));
+        }
         self.csi.inactive = false;
     }
 

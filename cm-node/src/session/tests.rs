@@ -537,8 +537,9 @@ fn sm_counters_leave_the_session_once_per_batch_and_only_when_changed() {
             ..SmCounts::default()
         })]
     );
-    // the counters come after the frames they count
-    assert!(matches!(a.last(), Some(SessionAction::Announcement(_))));
+    // the counters reach the registry before the frames they count leave
+    // (a link that dies with them on it is re-announced with them counted)
+    assert!(matches!(a.first(), Some(SessionAction::Announcement(_))));
     // a keep-alive changes nothing
     assert_eq!(announced(&s.data(b" ")), vec![]);
     s.on_core(Frame::Deliver {
@@ -572,6 +573,43 @@ fn sm_counters_leave_the_session_once_per_batch_and_only_when_changed() {
     // without stream management there is nothing to announce
     let mut plain = bound_session();
     assert_eq!(announced(&plain.data(b"<message to='b@x'/>")), vec![]);
+}
+
+#[test]
+fn an_sm_enable_and_the_stanzas_behind_it_are_known_to_the_registry_before_they_leave_for_the_core()
+{
+    let mut s = bound_session();
+    let a = s.data(
+        b"<enable xmlns='urn:xmpp:sm:3' resume='true'/><message to='b@x'/><message to='b@x'/>",
+    );
+    let enabling = SessionAction::Announcement(AnnouncementUpdate::SmEnabling(true));
+    let counts = SessionAction::Announcement(AnnouncementUpdate::SmCounters(SmCounts {
+        handled: 2,
+        ..SmCounts::default()
+    }));
+    let position = |action: &SessionAction| a.iter().position(|x| x == action).expect("sent");
+    let first_frame = |stanza: bool| {
+        a.iter()
+            .position(|x| match x {
+                SessionAction::ToCore(Frame::Stanza { .. }) => stanza,
+                SessionAction::ToCore(Frame::SmEnable { .. }) => !stanza,
+                _ => false,
+            })
+            .expect("sent")
+    };
+    assert!(position(&enabling) < first_frame(false), "{a:?}");
+    assert!(first_frame(false) < first_frame(true), "{a:?}");
+    assert!(position(&counts) < first_frame(true), "{a:?}");
+    // the core's answer makes it a stream-managed session in the registry
+    let a = s.core(Frame::SmEnabled {
+        sid: 7,
+        id: "ID".into(),
+        max: 300,
+    });
+    assert!(matches!(
+        &announced(&a)[..],
+        [AnnouncementUpdate::StreamManagement(sm)] if sm.counts.handled == 2
+    ));
 }
 
 #[test]
