@@ -32,21 +32,10 @@ pub fn certs_init(pki: &std::path::Path, domain: &str, cms: u32) {
     assert!(init.status.success(), "{init:?}");
 }
 
-/// A free UDP or TCP port on loopback (bound and released).
+/// A free UDP or TCP port on loopback, below the ephemeral range
+/// ([`longlink_bench::ports`]).
 pub fn free_port(tcp: bool) -> u16 {
-    if tcp {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    longlink_bench::ports::free_port(tcp).expect("a free loopback port")
 }
 
 /// Writes `users` (all with `password`) into the store at `database_url`

@@ -4,9 +4,11 @@
 //! user ([`user`]: log in, close) is here too, so the end-to-end tests
 //! check the tool's own close path.
 //! [`core_sim`] loads one core with millions of simulated sessions (the
-//! `core-sim` binary); [`procstat`] reads what processes cost.
+//! `core-sim` binary); [`procstat`] reads what processes cost; [`ports`]
+//! chooses loopback ports for the processes a run starts.
 
 pub mod chaos;
 pub mod core_sim;
+pub mod ports;
 pub mod procstat;
 pub mod user;

@@ -55,16 +55,7 @@ pub struct Cluster {
 
 /// A free loopback port (bound and released).
 fn free_port(tcp: bool) -> Result<u16> {
-    let port = if tcp {
-        std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port()
-    } else {
-        std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port()
-    };
-    Ok(port)
+    Ok(crate::ports::free_port(tcp)?)
 }
 
 fn loopback(port: u16) -> SocketAddr {
