@@ -85,8 +85,9 @@ pub enum DropReason {
     SessionGone,
     /// A frame for the core above the frame limit.
     FrameTooLarge,
-    /// A stanza (or ack request) of a session fenced after a core link
-    /// came back without it: the client resends it after resuming.
+    /// A stanza (ack request, SM enable) of a session fenced after a core
+    /// link came back without it: the client resends it after resuming or
+    /// logging in again.
     Fenced,
     /// A frame of a session that moved to another core, taken from the
     /// old core's queue (not sent: the session was re-announced on the

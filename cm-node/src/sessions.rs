@@ -367,7 +367,8 @@ impl Sessions {
 
     /// The `Announce` of one session, if it is bound, as
     /// [`Sessions::announcements`] makes it (kicked and added to `fence`
-    /// if its client sent more than the core confirmed): what a session
+    /// if its client sent more than the core confirmed, or its `<enable/>`
+    /// is unanswered): what a session
     /// that moved to another core is re-announced with there.
     pub fn announcement(&self, sid: SessionId, fence: &mut Fence) -> Option<Frame> {
         let map = self.lock();
@@ -455,7 +456,8 @@ pub struct Reannouncement {
 }
 
 /// Sessions a pool connection was re-announced without stanzas their
-/// clients sent, and kicked for it: until each one's `SessionEnd` passes,
+/// clients sent (or without the SM they asked for, or not at all), and
+/// kicked for it: until each one's `SessionEnd` passes,
 /// their `Stanza`, `AckRequest` and `SmEnable` frames are dropped (an
 /// `SmEnable` would leave a resumable ghost at the core), so the core never
 /// routes a stanza that came after a lost one (the client resends them
@@ -869,10 +871,23 @@ mod tests {
         let mut waiting = sessions.open();
         let mut confirmed = sessions.open();
         let mut withdrawn = sessions.open();
+        let mut resumed = sessions.open();
         for s in [&waiting, &confirmed, &withdrawn] {
             sessions.update(s.sid, AnnouncementUpdate::SmEnabling(true));
             sessions.update(s.sid, bound("a@x/1"));
         }
+        // (a SASL2 inline resumption: asked for with the authentication,
+        // answered by a binding that carries SM)
+        sessions.update(resumed.sid, AnnouncementUpdate::SmEnabling(true));
+        sessions.update(
+            resumed.sid,
+            AnnouncementUpdate::Bound {
+                jid: "a@x/2".into(),
+                available: true,
+                priority: 0,
+                sm: Some(sm("ID2", 300, SmCounts::default())),
+            },
+        );
         // the client sent 2 stanzas behind its <enable/>: on the dead link, maybe
         waiting.sm_counts.store(SmCounts {
             handled: 2,
@@ -885,7 +900,7 @@ mod tests {
         // (an inline Bind2 refused: SM is not on, the client binds anew)
         sessions.update(withdrawn.sid, AnnouncementUpdate::SmEnabling(false));
         let Reannouncement { frames, mut fence } = sessions.announcements(0, 1);
-        // all three are announced as they stand: the waiting one without SM
+        // all are announced as they stand: the waiting one without SM
         let sm_of: Vec<_> = by_sid(frames)
             .into_iter()
             .map(|f| match f {
@@ -898,7 +913,8 @@ mod tests {
             vec![
                 (waiting.sid, false),
                 (confirmed.sid, true),
-                (withdrawn.sid, false)
+                (withdrawn.sid, false),
+                (resumed.sid, true)
             ]
         );
         // the waiting one is told to reconnect, and nothing more of it is routed
@@ -918,7 +934,7 @@ mod tests {
         };
         assert!(!fence.passes(&enable(waiting.sid)));
         assert!(fence.passes(&enable(confirmed.sid)));
-        for other in [&mut confirmed, &mut withdrawn] {
+        for other in [&mut confirmed, &mut withdrawn, &mut resumed] {
             assert!(other.frames.try_recv().is_err());
             assert!(fence.passes(&Frame::AckRequest { sid: other.sid }));
         }
