@@ -87,8 +87,7 @@ pub enum DropReason {
     FrameTooLarge,
     /// A stanza (ack request, SM enable) of a session fenced after a core
     /// link came back without it: the client resends it after resuming or
-    /// logging in again; or a login step queued before the CM failed it for
-    /// a restarted core.
+    /// logging in again.
     Fenced,
     /// A frame of a session that moved to another core, taken from the
     /// old core's queue (not sent: the session was re-announced on the

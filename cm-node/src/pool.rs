@@ -4,9 +4,7 @@
 //! jittered exponential backoff ([`Reconnect`] on the `RECONNECT`
 //! schedule), says Hello, re-announces the bound sessions it carries
 //! (those with stanzas the core never confirmed are kicked to resume, and
-//! fenced until they end: [`crate::sessions::Fence`]; to a restarted core,
-//! login steps in progress are failed and what they queued is dropped up
-//! to a [`Queued::LoginBarrier`]), then pumps frames
+//! fenced until they end: [`crate::sessions::Fence`]), then pumps frames
 //! both ways. Session `sid` always uses connection
 //! `sid % pool_size`, so a session's frames stay in order. Each connection
 //! has a bounded queue that outlives reconnects: while the core is away,
@@ -103,9 +101,6 @@ pub(crate) enum Queued {
     /// Announce session `sid` (if bound), as the registry holds it when
     /// the connection takes this: it moved to this core.
     Reannounce { sid: SessionId, stamp: Stamp },
-    /// Everything before this was queued before the connection failed the
-    /// login steps in progress for a restarted core ([`Fence::fail_logins`]).
-    LoginBarrier,
 }
 
 /// The receiving end of one pooled connection's queue.
@@ -300,13 +295,6 @@ impl Pool {
         let _ = self.sender(sid).tx.send(item);
     }
 
-    /// Queues a [`Queued::LoginBarrier`] on connection `index`.
-    fn push_login_barrier(&self, index: u16) {
-        if let Some(sender) = self.senders.get(usize::from(index)) {
-            let _ = sender.tx.send(Queued::LoginBarrier);
-        }
-    }
-
     fn sender(&self, sid: SessionId) -> &PoolSender {
         &self.senders[(sid % self.senders.len() as u64) as usize]
     }
@@ -498,8 +486,6 @@ async fn run_connection(
     send.write_all(&out).await?;
     out.clear();
     let mut decoder = FrameDecoder::new();
-    // Sessions whose login steps a restarted core never saw: failed here.
-    let mut failed_logins = Vec::new();
     let welcome =
         tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, &mut decoder))
             .await
@@ -524,15 +510,9 @@ async fn run_connection(
             tracing::info!(index, core_instance = instance, "connected to the core");
             if last_instance.is_some_and(|last| last != instance) {
                 // A new core knows nothing of SASL exchanges or binds in progress:
-                // fail them so the clients can retry instead of waiting forever,
-                // and hold back what they queued for those steps (the barrier
-                // goes first: what a client sends once failed comes after it).
+                // fail them so the clients can retry instead of waiting forever.
                 let carried = setup.carried(index, size);
-                failed_logins = setup.sessions.unbound_among(index, size, carried.as_ref());
-                if !failed_logins.is_empty() {
-                    pool.push_login_barrier(index);
-                }
-                for &sid in &failed_logins {
+                for sid in setup.sessions.unbound_among(index, size, carried.as_ref()) {
                     let failure = Frame::AuthFailure {
                         sid,
                         condition: "temporary-auth-failure".into(),
@@ -572,7 +552,6 @@ async fn run_connection(
     } = setup
         .sessions
         .announcements_among(index, size, setup.carried(index, size).as_ref());
-    fence.fail_logins(failed_logins);
     if !announcements.is_empty() {
         tracing::info!(
             index,
@@ -682,10 +661,6 @@ fn take(setup: &PoolSetup, item: Queued, fence: &mut Fence) -> Option<Frame> {
                 return None;
             }
             setup.sessions.announcement(sid, fence)
-        }
-        Queued::LoginBarrier => {
-            fence.logins_caught_up();
-            None
         }
     }
 }

@@ -463,54 +463,27 @@ pub struct Reannouncement {
 /// routes a stanza that came after a lost one (the client resends them
 /// all after it resumes). Bounded by the sessions the connection carries;
 /// replaced at every re-announcement.
-///
-/// It also holds back the login frames (`AuthStart`, `AuthResponse`,
-/// `Bind`, `Resume`, `Register`) that sessions queued before the CM failed
-/// their login steps for a restarted core, up to the pool's barrier queued
-/// behind them ([`Fence::fail_logins`]): the new core must not answer an
-/// exchange the client was told had failed (its answer would be taken for
-/// the client's next one, or bind a session the CM reported unbound).
 #[derive(Debug, Default)]
 pub struct Fence {
     sids: HashSet<SessionId>,
-    logins: HashSet<SessionId>,
 }
 
 impl Fence {
     /// Whether `frame`, taken from the pool's queue, may go to the core.
     pub fn passes(&mut self, frame: &Frame) -> bool {
-        if self.sids.is_empty() && self.logins.is_empty() {
+        if self.sids.is_empty() {
             return true;
         }
         match frame {
             Frame::Stanza { sid, .. } | Frame::AckRequest { sid } | Frame::SmEnable { sid, .. } => {
                 !self.sids.contains(sid)
             }
-            Frame::AuthStart { sid, .. }
-            | Frame::AuthResponse { sid, .. }
-            | Frame::Bind { sid, .. }
-            | Frame::Resume { sid, .. }
-            | Frame::Register { sid, .. } => !self.logins.contains(sid),
             Frame::SessionEnd { sid, .. } => {
                 self.sids.remove(sid);
-                self.logins.remove(sid);
                 true
             }
             _ => true,
         }
-    }
-
-    /// Holds back the login frames of `sids` queued so far: their login
-    /// steps were failed for a restarted core. Until
-    /// [`Fence::logins_caught_up`].
-    pub fn fail_logins(&mut self, sids: impl IntoIterator<Item = SessionId>) {
-        self.logins.extend(sids);
-    }
-
-    /// The barrier queued behind the failed logins' frames was taken: what
-    /// follows was sent after the failures.
-    pub fn logins_caught_up(&mut self) {
-        self.logins.clear();
     }
 
     /// Fences session `sid` (it was kicked to resume).
@@ -520,7 +493,7 @@ impl Fence {
 
     /// Whether no session is fenced.
     pub fn is_empty(&self) -> bool {
-        self.sids.is_empty() && self.logins.is_empty()
+        self.sids.is_empty()
     }
 }
 
@@ -999,60 +972,6 @@ mod tests {
         let Reannouncement { frames, fence } =
             sessions.announcements_among(0, 1, Some(&std::iter::once(idle.sid).collect()));
         assert!(frames.is_empty() && fence.is_empty());
-    }
-
-    #[test]
-    fn failed_logins_lose_their_login_frames_until_the_barrier_and_nothing_else() {
-        let mut fence = Fence::default();
-        fence.fail_logins([1]);
-        let auth = |sid| Frame::AuthStart {
-            sid,
-            mechanism: "PLAIN".into(),
-            data: bytes::Bytes::new(),
-            client_ip: None,
-            fast: Box::default(),
-        };
-        let bind = |sid| Frame::Bind {
-            sid,
-            user: "a@x".into(),
-            iq_id: "b".into(),
-            resource: None,
-            bind2: None,
-        };
-        let resume = |sid| Frame::Resume {
-            sid,
-            user: "a@x".into(),
-            previd: "ID".into(),
-            h: 0,
-        };
-        let register = |sid| Frame::Register {
-            sid,
-            username: "a".into(),
-            password: "p".into(),
-        };
-        let response = |sid| Frame::AuthResponse {
-            sid,
-            data: bytes::Bytes::new(),
-        };
-        for frame in [auth(1), response(1), bind(1), resume(1), register(1)] {
-            assert!(!fence.passes(&frame), "{frame:?}");
-        }
-        // another session's, and the failed one's other frames, pass
-        assert!(fence.passes(&auth(2)));
-        assert!(fence.passes(&Frame::AckRequest { sid: 1 }));
-        assert!(!fence.is_empty());
-        // what came after the barrier was sent after the failure
-        fence.logins_caught_up();
-        assert!(fence.is_empty());
-        assert!(fence.passes(&auth(1)));
-        // a session that ends before the barrier is forgotten
-        fence.fail_logins([3]);
-        assert!(fence.passes(&Frame::SessionEnd {
-            sid: 3,
-            jid: None,
-            clean: true
-        }));
-        assert!(fence.is_empty());
     }
 
     #[test]

@@ -28,12 +28,6 @@ impl TestCore {
     /// A core named `member` with the cluster PKI in `pki`, answering
     /// `welcome`.
     pub fn start(pki: &Path, member: &str, welcome: Frame) -> TestCore {
-        Self::start_at(pki, member, welcome, ([127, 0, 0, 1], 0).into())
-    }
-
-    /// [`TestCore::start`] on `addr` (a restarted core takes its
-    /// predecessor's address; retried for a second while the port frees).
-    pub fn start_at(pki: &Path, member: &str, welcome: Frame, addr: SocketAddr) -> TestCore {
         let paths = certs::PkiPaths::new(pki);
         let tls = certs::cluster_server_config(
             &paths.ca_cert(),
@@ -44,18 +38,8 @@ impl TestCore {
         .expect("core tls");
         let tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
         let config = quinn::ServerConfig::with_crypto(Arc::new(tls));
-        let mut tries = 0;
-        let endpoint = loop {
-            match quinn::Endpoint::server(config.clone(), addr) {
-                Ok(endpoint) => break endpoint,
-                Err(e) if tries < 100 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "core endpoint: retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("core endpoint on {addr}: {e}"),
-            }
-        };
+        let endpoint =
+            quinn::Endpoint::server(config, ([127, 0, 0, 1], 0).into()).expect("core endpoint");
         let addr = endpoint.local_addr().expect("core address");
         let (to_test, from_cm) = mpsc::unbounded_channel();
         let (to_cm, mut outgoing) = mpsc::unbounded_channel::<Frame>();
@@ -103,13 +87,6 @@ impl TestCore {
             to_cm,
             _endpoint: endpoint,
         }
-    }
-
-    /// Closes the core's connections at once, as a dying core's are (its
-    /// address is free once the returned future finishes).
-    pub async fn close(self) {
-        self._endpoint.close(0u32.into(), b"core gone");
-        self._endpoint.wait_idle().await;
     }
 
     /// Sends `frame` to the CM.
